@@ -1,0 +1,72 @@
+"""modelkeep: a fast, safe model registry for Python machine learning.
+
+>>> from modelkeep import ModelPersistence
+>>> persistence = ModelPersistence(models_dir="models")        # doctest: +SKIP
+>>> persistence.save(model, "churn", accuracy=0.93)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ArtifactNotFoundError,
+    BackendUnavailableError,
+    ConfigError,
+    IntegrityError,
+    InvalidNameError,
+    MetadataError,
+    ModelKeepError,
+    ModelNotFoundError,
+    SerializationError,
+    SignatureError,
+    StorageError,
+    UnsafeModelError,
+    VersionExistsError,
+    VersionNotFoundError,
+)
+from .metadata import ArtifactInfo, ModelMetadata, ModelSummary
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .manager import ModelPersistenceManager
+    from .registry import ModelPersistence
+
+_LAZY = {"ModelPersistence": "registry", "ModelPersistenceManager": "manager"}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that `import modelkeep` (and the CLI's --help)
+    # does not pay for SQLAlchemy, fsspec and pydantic.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modelkeep' has no attribute {name!r}")
+
+
+__all__ = [
+    "ArtifactInfo",
+    "ArtifactNotFoundError",
+    "BackendUnavailableError",
+    "ConfigError",
+    "IntegrityError",
+    "InvalidNameError",
+    "MetadataError",
+    "ModelKeepError",
+    "ModelMetadata",
+    "ModelNotFoundError",
+    "ModelPersistence",
+    "ModelPersistenceManager",
+    "ModelSummary",
+    "SerializationError",
+    "SignatureError",
+    "StorageError",
+    "UnsafeModelError",
+    "VersionExistsError",
+    "VersionNotFoundError",
+    "__version__",
+]

@@ -1,0 +1,166 @@
+"""Configuration: the seed's YAML file, overridden by ``MODELKEEP_*`` variables.
+
+This is the only module that reads configuration. Precedence, lowest first:
+defaults, the YAML file, environment variables, explicit keyword overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .registry import ModelPersistence, ProgressFactory
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+#: environment variable -> (section, key)
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "MODELKEEP_LOG_LEVEL": ("logging", "level"),
+    "MODELKEEP_LOG_FILE": ("logging", "file"),
+    "MODELKEEP_MODELS_DIR": ("persistence", "models_dir"),
+    "MODELKEEP_REGISTRY_PATH": ("persistence", "registry_path"),
+    "MODELKEEP_REGISTRY_URL": ("persistence", "registry_url"),
+    "MODELKEEP_STORAGE_OPTIONS": ("persistence", "storage_options"),
+    "MODELKEEP_SERIALIZATION_FORMAT": ("persistence", "serialization_format"),
+    "MODELKEEP_COMPRESS": ("persistence", "compress"),
+    "MODELKEEP_SIGNING_KEY": ("persistence", "signing_key"),
+}
+#: keyword override -> (section, key), for ``load_settings(models_dir=...)``
+OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {
+    "log_level": ("logging", "level"),
+    "log_file": ("logging", "file"),
+}
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: LogLevel = "INFO"
+    file: str | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class PersistenceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models_dir: str = "models"
+    registry_path: str | None = None
+    registry_url: str | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    serialization_format: str = "joblib"
+    compress: bool | int | str | tuple[str, int] = True
+    signing_key: SecretStr | None = None
+
+    @field_validator("serialization_format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from .formats import FORMATS
+
+        if v not in FORMATS:
+            raise ValueError(f"must be one of {', '.join(repr(n) for n in FORMATS)}, got {v!r}")
+        return v
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _json_options(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON object: {exc}") from exc
+        return {} if v is None else v
+
+
+class Settings(BaseModel):
+    """Validated configuration, as read by :func:`load_settings`."""
+
+    model_config = ConfigDict(extra="forbid")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
+
+    def create_persistence(self, progress: ProgressFactory | None = None) -> ModelPersistence:
+        """A :class:`ModelPersistence` built from these settings."""
+        from .registry import ModelPersistence
+
+        p = self.persistence
+        return ModelPersistence(
+            models_dir=p.models_dir,
+            serialization_format=p.serialization_format,
+            compress=p.compress,
+            registry_path=p.registry_path,
+            registry_url=p.registry_url,
+            storage_options=p.storage_options or None,
+            signing_key=p.signing_key.get_secret_value() if p.signing_key else None,
+            progress=progress,
+        )
+
+    def apply_logging(self) -> None:
+        """Set the ``modelkeep`` logger's level, and add the configured log file once."""
+        logger = logging.getLogger("modelkeep")
+        logger.setLevel(self.logging.level)
+        if self.logging.file:
+            path = os.path.abspath(self.logging.file)
+            if not any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                handler = logging.FileHandler(path)
+                handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                logger.addHandler(handler)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return data
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read and validate configuration.
+
+    ``config_path=None`` reads ``./config.yaml`` when it exists; an explicit
+    path that does not exist is an error. Keyword overrides (``models_dir``,
+    ``registry_url``, ``compress``, ...) win over the file and the environment;
+    ``None`` values are ignored.
+    """
+    if config_path is None:
+        default = Path("config.yaml")
+        data = _read_yaml(default) if default.is_file() else {}
+    else:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        data = _read_yaml(path)
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for var, (section, key) in ENV_VARS.items():
+        if var in os.environ:
+            data.setdefault(section, {})[key] = os.environ[var]
+    for name, value in overrides.items():
+        if name not in OVERRIDES:
+            raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(sorted(OVERRIDES))}")
+        if value is not None:
+            section, key = OVERRIDES[name]
+            data.setdefault(section, {})[key] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+        loc = ".".join(p for p in loc.split(".") if p not in {"bool", "int", "str", "tuple[str,int]"})
+        raise ConfigError(f"invalid config value for {loc}: {err['msg']}") from exc

@@ -1,0 +1,77 @@
+"""joblib: the default format, efficient for objects full of numpy arrays."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from ..errors import ConfigError
+from .base import Format, Writable
+
+DEFAULT_CODEC = ("zlib", 3)
+CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "lz4")
+
+
+def parse_codec(compress: Any, default: tuple[str, int]) -> tuple[str, int] | None:
+    """Normalize joblib-style ``compress`` values into ``(codec, level)`` or ``None``."""
+    if compress is None or compress is False or compress == 0:
+        return None
+    if compress is True:
+        return default
+    if isinstance(compress, int) and not isinstance(compress, bool):
+        return (default[0], compress)
+    if isinstance(compress, str):
+        codec, _, level = compress.partition(":")
+        return (codec, int(level) if level else default[1])
+    if isinstance(compress, (tuple, list)) and len(compress) == 2:
+        return (str(compress[0]), int(compress[1]))
+    raise ConfigError(f"compress must be a bool, a level, a codec name or (codec, level); got {compress!r}")
+
+
+class JoblibFormat(Format):
+    """``joblib.dump`` / ``joblib.load``; compressed with any joblib codec."""
+
+    name = "joblib"
+
+    def extension(self, compression: str | None) -> str:
+        return ".joblib"
+
+    def normalize_compression(self, compress: Any) -> str | None:
+        spec = parse_codec(compress, DEFAULT_CODEC)
+        if spec is None:
+            return None
+        codec, level = spec
+        if codec not in CODECS:
+            raise ConfigError(f"unknown joblib codec {codec!r}; allowed values: {', '.join(CODECS)}")
+        if not 1 <= level <= 9:
+            raise ConfigError(f"compression level must be 1 to 9, got {level}")
+        return f"{codec}:{level}"
+
+    def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+        import joblib
+
+        if compression is None:
+            joblib.dump(obj, file)
+            return None
+        else:
+            codec, level = compression.split(":")
+            joblib.dump(obj, file, compress=(codec, int(level)))
+            return None
+
+    def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
+        import joblib
+
+        from ._restricted import restricted_joblib
+
+        with restricted_joblib():
+            return joblib.load(file)
+
+    def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
+        import joblib
+
+        from ._restricted import restricted_joblib
+
+        with restricted_joblib():
+            return joblib.load(path, mmap_mode=options.get("mmap_mode"))
+
+    def supports_mmap(self, compression: str | None) -> bool:
+        return compression is None

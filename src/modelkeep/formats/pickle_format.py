@@ -1,0 +1,55 @@
+"""pickle: the standard library's format, optionally gzip-compressed (``.pkl.gz``)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from typing import IO, Any
+
+from ..errors import ConfigError
+from .base import Format, Writable
+
+PROTOCOL = 5
+
+
+class PickleFormat(Format):
+    """Pickle protocol 5, gzip-compressed when ``compress`` is on."""
+
+    name = "pickle"
+
+    def extension(self, compression: str | None) -> str:
+        return ".pkl.gz" if compression else ".pkl"
+
+    def normalize_compression(self, compress: Any) -> str | None:
+        if compress is None or compress is False or compress == 0:
+            return None
+        if compress is True:
+            return "gzip:6"
+        if isinstance(compress, int):
+            level = compress
+        elif isinstance(compress, str) and compress.partition(":")[0] == "gzip":
+            level = int(compress.partition(":")[2] or 6)
+        elif isinstance(compress, (tuple, list)) and len(compress) == 2 and compress[0] == "gzip":
+            level = int(compress[1])
+        else:
+            raise ConfigError(f"the pickle format compresses with gzip only; got compress={compress!r}")
+        if not 1 <= level <= 9:
+            raise ConfigError(f"compression level must be 1 to 9, got {level}")
+        return f"gzip:{level}"
+
+    def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+        if compression is None:
+            pickle.dump(obj, file, protocol=PROTOCOL)
+            return None
+        level = int(compression.split(":")[1])
+        with gzip.GzipFile(fileobj=file, mode="wb", compresslevel=level, mtime=0) as gz:  # type: ignore[call-overload]
+            pickle.dump(obj, gz, protocol=PROTOCOL)
+        return None
+
+    def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
+        from ._restricted import RestrictedUnpickler
+
+        if compression is None:
+            return RestrictedUnpickler(file).load()
+        with gzip.GzipFile(fileobj=file, mode="rb") as gz:
+            return RestrictedUnpickler(gz).load()

@@ -1,0 +1,351 @@
+"""The registry index on SQLAlchemy Core: one code path for SQLite and PostgreSQL.
+
+Writers serialize per registry (SQLite: ``BEGIN IMMEDIATE``) or per model
+(PostgreSQL: a transaction-scoped advisory lock), and the unique constraint on
+``(model_name, version)`` backs both up. A writer that dies mid-transaction
+releases its lock with its connection, so no stale lock can outlive a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ..errors import (
+    BackendUnavailableError,
+    ConfigError,
+    ModelNotFoundError,
+    StorageError,
+    VersionExistsError,
+    VersionNotFoundError,
+)
+from ..metadata import ModelMetadata, ModelSummary
+from ..versions import next_version, sort_key
+from .schema import SCHEMA_VERSION, info, metadata_obj, versions
+
+_WRITE = "modelkeep_write"
+_ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.asc())
+_ORDER_DESC = (versions.c.parsed.desc(), versions.c.sort_key.desc(), versions.c.id.desc())
+
+
+def normalize_url(url: str) -> str:
+    """Pick psycopg 3 for bare ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
+
+
+def no_versions(model_name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"No versions found for model '{model_name}'")
+
+
+class Reservation:
+    """A version slot held inside an open write transaction (see :meth:`SqlIndex.reserve`)."""
+
+    def __init__(self, conn: Connection, model_name: str, version: str, previous: ModelMetadata | None):
+        self._conn = conn
+        self.model_name = model_name
+        self.version = version
+        self.previous = previous
+        self.record: ModelMetadata | None = None
+
+    def put(self, record: ModelMetadata) -> None:
+        """Write ``record`` for the reserved version; committed when the block exits."""
+        row = _row(record)
+        if self.previous is None:
+            self._conn.execute(insert(versions).values(**row))
+        else:
+            self._conn.execute(
+                update(versions)
+                .where(versions.c.model_name == self.model_name, versions.c.version == self.version)
+                .values(**row)
+            )
+        self.record = record
+
+
+def _row(record: ModelMetadata) -> dict[str, Any]:
+    art = record.artifact
+    if art is None:
+        raise ValueError("a record needs its artifact before it is indexed")
+    key = sort_key(record.version)
+    return {
+        "model_name": record.model_name,
+        "version": record.version,
+        "parsed": key is not None,
+        "sort_key": key,
+        "model_type": record.model_type[:256],
+        "artifact_key": art.key,
+        "format": art.format,
+        "compression": art.compression,
+        "size": art.size,
+        "sha256": art.sha256,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "record": json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True),
+    }
+
+
+def _record(raw: str) -> ModelMetadata:
+    return ModelMetadata.from_dict(json.loads(raw))
+
+
+class SqlIndex:
+    """Versions of every model, keyed by ``(model_name, version)``.
+
+    ``url`` is any SQLAlchemy URL; ``schema`` (PostgreSQL) puts the tables in
+    a schema of their own, created if needed.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.url = normalize_url(url)
+        try:
+            parsed = make_url(self.url)
+        except Exception as exc:  # sqlalchemy raises ArgumentError with a terse text
+            raise ConfigError(f"registry_url {url!r} is not a valid database URL: {exc}") from exc
+        self.dialect = parsed.get_backend_name()
+        self.schema = schema
+        try:
+            if self.dialect == "sqlite":
+                engine = create_engine(self.url, connect_args={"timeout": 60})
+                _sqlite_setup(engine)
+            else:
+                engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"the database driver for {parsed.drivername!r} is not installed: {exc} "
+                "(for PostgreSQL install modelkeep[postgres])"
+            ) from exc
+        if schema is not None:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self.engine: Engine = engine
+        self._create_tables()
+
+    # -- plumbing ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+                yield conn
+        except SAIntegrityError as exc:
+            raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
+        except OperationalError as exc:
+            raise StorageError(f"registry database error: {exc.orig}") from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StorageError(f"registry database error: {exc.orig}") from exc
+
+    def _lock_model(self, conn: Connection, model_name: str) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "modelkeep:" + model_name})
+
+    def _create_tables(self) -> None:
+        try:
+            with self._write() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:schema'))"))
+                    if self.schema is not None:
+                        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                metadata_obj.create_all(conn, checkfirst=True)
+                found = conn.execute(select(info.c.value).where(info.c.key == "schema_version")).scalar()
+                if found is None:
+                    conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(found) > SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"the registry at {self.safe_url} uses index schema {found}; "
+                        f"this modelkeep reads up to {SCHEMA_VERSION}: upgrade modelkeep"
+                    )
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open the registry database {self.safe_url}: {exc}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def reserve(self, model_name: str, version: str | None, *, overwrite: bool = False) -> Iterator[Reservation]:
+        """Hold the model's write lock and a version for it until the block exits.
+
+        With ``version=None`` the next patch version is allocated. An existing
+        version raises :class:`VersionExistsError` unless ``overwrite`` is true.
+        Call :meth:`Reservation.put` inside the block; leaving the block commits,
+        an exception rolls everything back.
+        """
+        with self._write() as conn:
+            self._lock_model(conn, model_name)
+            previous = None
+            if version is None:
+                top = conn.execute(
+                    select(versions.c.version)
+                    .where(versions.c.model_name == model_name, versions.c.parsed.is_(True))
+                    .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
+                    .limit(1)
+                ).scalar()
+                version = next_version(top, lambda v: self._get(conn, model_name, v) is not None)
+            else:
+                previous = self._get(conn, model_name, version)
+                if previous is not None and not overwrite:
+                    raise VersionExistsError(
+                        f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
+                    )
+            slot = Reservation(conn, model_name, version, previous)
+            yield slot
+            if slot.record is None:
+                raise RuntimeError("reserve() block exited without put()")
+
+    def put(self, record: ModelMetadata) -> None:
+        """Insert or replace ``record`` as is (used by reindex and copy)."""
+        with self._write() as conn:
+            self._lock_model(conn, record.model_name)
+            slot = Reservation(
+                conn, record.model_name, record.version, self._get(conn, record.model_name, record.version)
+            )
+            slot.put(record)
+
+    def delete(self, model_name: str, version: str) -> ModelMetadata:
+        """Remove one version's entry and return it; :class:`VersionNotFoundError` if absent."""
+        with self._write() as conn:
+            self._lock_model(conn, model_name)
+            rec = self._get(conn, model_name, version)
+            if rec is None:
+                raise self._missing(conn, model_name, version)
+            conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
+            return rec
+
+    def clear(self) -> None:
+        """Delete every entry (reindex rebuilds from the sidecar files afterwards)."""
+        with self._write() as conn:
+            conn.execute(delete(versions))
+
+    # -- reading ----------------------------------------------------------------
+    def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
+        raw = conn.execute(
+            select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
+        ).scalar()
+        return None if raw is None else _record(raw)
+
+    def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
+        exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name).limit(1)).first()
+        if exists is None:
+            return no_versions(model_name)
+        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'")
+
+    def get(self, model_name: str, version: str) -> ModelMetadata | None:
+        """The record of one version, or ``None``."""
+        with self._read() as conn:
+            return self._get(conn, model_name, version)
+
+    def resolve(self, model_name: str, version: str | None = None) -> ModelMetadata:
+        """The record of ``version`` (latest when ``None``); raises when absent."""
+        with self._read() as conn:
+            if version is None:
+                raw = conn.execute(
+                    select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_DESC).limit(1)
+                ).scalar()
+                if raw is None:
+                    raise no_versions(model_name)
+                return _record(raw)
+            rec = self._get(conn, model_name, version)
+            if rec is None:
+                raise self._missing(conn, model_name, version)
+            return rec
+
+    def list_models(self) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(select(versions.c.model_name).distinct().order_by(versions.c.model_name))
+            return [r[0] for r in rows]
+
+    def list_versions(self, model_name: str) -> list[str]:
+        """Version strings in ascending version order (unparsed ones first, by creation)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(versions.c.version).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+            )
+            return [r[0] for r in rows]
+
+    def list_records(self, model_name: str) -> list[ModelMetadata]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+            )
+            return [_record(r[0]) for r in rows]
+
+    def iter_records(self) -> Iterator[ModelMetadata]:
+        """Every record of every model (for verify, gc and copy)."""
+        with self._read() as conn:
+            for (raw,) in conn.execute(select(versions.c.record).order_by(versions.c.model_name, *_ORDER_ASC)):
+                yield _record(raw)
+
+    def summaries(self) -> list[ModelSummary]:
+        ranked = select(
+            versions.c.model_name,
+            versions.c.version,
+            func.count().over(partition_by=versions.c.model_name).label("n"),
+            func.max(versions.c.updated_at).over(partition_by=versions.c.model_name).label("updated"),
+            func.row_number().over(partition_by=versions.c.model_name, order_by=_ORDER_DESC).label("rank"),
+        ).subquery()
+        query = (
+            select(ranked.c.model_name, ranked.c.n, ranked.c.version, ranked.c.updated)
+            .where(ranked.c.rank == 1)
+            .order_by(ranked.c.model_name)
+        )
+        with self._read() as conn:
+            return [ModelSummary(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(query)]
+
+    def count_artifact_refs(self, artifact_key: str) -> int:
+        """How many versions point at ``artifact_key`` (dedup references)."""
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(versions).where(versions.c.artifact_key == artifact_key)
+                ).scalar_one()
+            )
+
+    def artifact_keys(self) -> set[str]:
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(select(versions.c.artifact_key))}
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, a long busy timeout, and BEGIN IMMEDIATE for write transactions."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 60000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")

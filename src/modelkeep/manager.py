@@ -1,0 +1,57 @@
+"""``ModelPersistenceManager``: a ``ModelPersistence`` configured from YAML and env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings, load_settings
+from .metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .registry import ModelPersistence
+
+
+class ModelPersistenceManager:
+    """The seed's config-driven entry point.
+
+    ``config_path`` is the seed's YAML file (``logging`` and ``persistence``
+    sections). ``None`` reads ``./config.yaml`` if present. ``MODELKEEP_*``
+    environment variables and keyword ``overrides`` win over the file.
+    """
+
+    def __init__(self, config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> None:
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.settings: Settings = load_settings(config_path, **overrides)
+        self.settings.apply_logging()
+        self.persistence: ModelPersistence = self.settings.create_persistence()
+
+    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> Path:
+        """Save ``model``; see :meth:`ModelPersistence.save`."""
+        return self.persistence.save(model, model_name, version, **metadata)
+
+    def load_model(self, model_name: str, version: str | None = None, return_metadata: bool = False) -> Any:
+        """Load a version (latest by default); see :meth:`ModelPersistence.load`."""
+        return self.persistence.load(model_name, version, return_metadata)
+
+    def get_model_metadata(self, model_name: str, version: str | None = None) -> ModelMetadata | None:
+        """A version's metadata, or ``None``."""
+        return self.persistence.get_metadata(model_name, version)
+
+    def list_models(self) -> list[str]:
+        return self.persistence.list_models()
+
+    def list_versions(self, model_name: str) -> list[str]:
+        return self.persistence.list_versions(model_name)
+
+    def compare_versions(self, model_name: str, versions: list[str] | None = None) -> pd.DataFrame:
+        return self.persistence.compare_versions(model_name, versions)
+
+    def delete_model(self, model_name: str, version: str) -> None:
+        self.persistence.delete(model_name, version)
+
+    def close(self) -> None:
+        self.persistence.close()

@@ -1,0 +1,187 @@
+"""Plain records describing a stored model version. No I/O happens here."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import PurePath
+from typing import Any
+
+from .errors import MetadataError
+
+#: Version of the sidecar JSON layout written next to every artifact.
+SIDECAR_SCHEMA = 1
+#: Metadata arrays larger than this are refused rather than inflating the index.
+MAX_ARRAY_ELEMENTS = 10_000
+
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 string in UTC."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Where and how one version's artifact is stored.
+
+    ``key`` is relative to the store root (``name/version/name_vversion.joblib``);
+    ``sha256`` is the digest of the stored bytes, computed while they were written.
+    """
+
+    key: str
+    format: str
+    compression: str | None
+    size: int
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "format": self.format,
+            "compression": self.compression,
+            "size": self.size,
+            "sha256": self.sha256,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArtifactInfo:
+        return cls(
+            key=data["key"],
+            format=data["format"],
+            compression=data.get("compression"),
+            size=int(data["size"]),
+            sha256=data["sha256"],
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+@dataclass
+class ModelMetadata:
+    """Everything modelkeep knows about one model version.
+
+    ``metadata`` holds ``model_params`` (from ``get_params()`` when the model has
+    it) and every custom field passed to ``save``: metrics, dataset info, tags.
+    """
+
+    model_name: str
+    model_type: str
+    version: str
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    artifact: ArtifactInfo | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    signature: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; the same layout as the sidecar ``*_metadata.json`` file."""
+        out: dict[str, Any] = {
+            "schema": SIDECAR_SCHEMA,
+            "model_name": self.model_name,
+            "model_type": self.model_type,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "metadata": self.metadata,
+            "environment": self.environment,
+        }
+        if self.artifact is not None:
+            out["artifact"] = self.artifact.to_dict()
+        if self.signature is not None:
+            out["signature"] = self.signature
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        try:
+            artifact = data.get("artifact")
+            return cls(
+                model_name=data["model_name"],
+                model_type=data.get("model_type", ""),
+                version=data["version"],
+                created_at=data.get("created_at", ""),
+                updated_at=data.get("updated_at", data.get("created_at", "")),
+                metadata=dict(data.get("metadata") or {}),
+                artifact=ArtifactInfo.from_dict(artifact) if artifact else None,
+                environment=dict(data.get("environment") or {}),
+                signature=data.get("signature"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MetadataError(f"not a modelkeep metadata record: missing or bad {exc}") from exc
+
+
+def to_json_safe(value: Any, path: str = "metadata") -> Any:
+    """Convert ``value`` to plain JSON types, or raise :class:`MetadataError`.
+
+    Conversions: numpy scalars become Python numbers, numpy arrays (up to
+    ``MAX_ARRAY_ELEMENTS`` elements) become lists, tuples and sets become lists,
+    datetimes and dates become ISO-8601 strings, paths and enums become their
+    string or value, and NaN or infinite floats become ``null``. Dict keys must
+    be strings (ints, floats and bools are turned into strings). Anything else
+    (bytes, arbitrary objects) is refused with the dotted path of the field.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, (bool, int, float)):
+                k = str(k)
+            if not isinstance(k, str):
+                raise MetadataError(f"{path} has a key of type {type(k).__name__}; keys must be strings")
+            out[k] = to_json_safe(v, f"{path}.{k}")
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [to_json_safe(v, f"{path}[{i}]") for i, v in enumerate(items)]
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Enum):
+        return to_json_safe(value.value, path)
+    if isinstance(value, PurePath):
+        return str(value)
+    module = type(value).__module__
+    if module == "numpy":
+        if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
+            if value.size > MAX_ARRAY_ELEMENTS:
+                raise MetadataError(
+                    f"{path} is a numpy array of {value.size} elements; "
+                    f"metadata arrays may hold at most {MAX_ARRAY_ELEMENTS}"
+                )
+            return to_json_safe(value.tolist(), path)
+        if hasattr(value, "item"):
+            return to_json_safe(value.item(), path)
+    if hasattr(value, "isoformat") and module.startswith("pandas"):
+        return value.isoformat()
+    raise MetadataError(
+        f"{path} has type {type(value).__module__}.{type(value).__qualname__}, which cannot be stored as JSON metadata"
+    )
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One line of ``list``: a model, how many versions it has, and its latest."""
+
+    name: str
+    version_count: int
+    latest_version: str
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version_count": self.version_count,
+            "latest_version": self.latest_version,
+            "updated_at": self.updated_at,
+        }

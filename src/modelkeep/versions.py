@@ -1,0 +1,185 @@
+"""Model names and version strings: validation, ordering, and allocation.
+
+Ordering rule (also documented in the README):
+
+* A version *parses* when it looks like ``[v]N(.N)*[-pre][+build]``; ``1.10.0``
+  sorts after ``1.9.0``, missing parts count as zero, and a pre-release
+  (``1.0.0-rc1``, ``1.0.0rc1``) sorts before its release.
+* Versions that do not parse (``alpha-1``, ``production-v1``) sort before every
+  parsed version, among themselves in creation order.
+* "Latest" is therefore the highest parsed version, or, when none of a model's
+  versions parse, the most recently created one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import InvalidNameError
+
+MAX_NAME_LENGTH = 128
+MAX_VERSION_LENGTH = 64
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# Names that Windows cannot create as files, and names modelkeep keeps for itself.
+_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+    "registry.db",
+    "registry.json",
+    "latest",
+}
+
+_SEMVER_RE = re.compile(
+    r"""
+    [vV]?
+    (?P<nums>\d+(?:\.\d+)*)
+    (?:
+        -(?P<pre>[0-9A-Za-z][0-9A-Za-z.-]*)        # semver pre-release: 1.0.0-rc.1
+      | [._]?(?P<pep>[A-Za-z][0-9A-Za-z.]*)        # PEP 440 style: 1.0.0rc1, 1.0.0.dev2
+    )?
+    (?:\+(?P<build>[0-9A-Za-z.-]+))?
+    """,
+    re.VERBOSE,
+)
+_IDENT_SPLIT = re.compile(r"\d+|[A-Za-z]+")
+
+
+def _check(value: object, what: str, pattern: re.Pattern[str], max_len: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{what} must be a string, got {type(value).__name__}")
+    shown = repr(value) if len(value) <= 80 else repr(value[:77] + "...")
+    if not value or not value.strip():
+        raise InvalidNameError(f"{what} must not be empty")
+    if len(value) > max_len:
+        raise InvalidNameError(f"{what} {shown} is longer than {max_len} characters")
+    if "\x00" in value:
+        raise InvalidNameError(f"{what} {shown} contains a NUL byte")
+    if "/" in value or "\\" in value:
+        raise InvalidNameError(f"{what} {shown} contains a path separator")
+    if ".." in value:
+        raise InvalidNameError(f"{what} {shown} contains '..'")
+    if not pattern.fullmatch(value):
+        raise InvalidNameError(
+            f"{what} {shown} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(and '+' in versions), starting with a letter or digit"
+        )
+    if value.lower() in _RESERVED or value.split(".")[0].lower() in _RESERVED - {"latest"}:
+        raise InvalidNameError(f"{what} {shown} is a reserved name")
+    return value
+
+
+def validate_model_name(name: object) -> str:
+    """Return ``name`` if it is a safe model name, else raise :class:`InvalidNameError`."""
+    return _check(name, "model name", _NAME_RE, MAX_NAME_LENGTH)
+
+
+def validate_version(version: object) -> str:
+    """Return ``version`` if it is a safe version string, else raise :class:`InvalidNameError`."""
+    return _check(version, "version", _VERSION_RE, MAX_VERSION_LENGTH)
+
+
+@dataclass(frozen=True)
+class ParsedVersion:
+    """A version string that follows the ``[v]N(.N)*[-pre][+build]`` shape."""
+
+    prefix: str
+    numbers: tuple[int, ...]
+    pre: tuple[int | str, ...]
+    build: str | None
+
+
+def parse_version(version: str) -> ParsedVersion | None:
+    """Parse ``version``; return ``None`` for custom strings such as ``alpha-1``."""
+    m = _SEMVER_RE.fullmatch(version)
+    if m is None:
+        return None
+    numbers = tuple(int(n) for n in m["nums"].split("."))
+    pre_text = m["pre"] or m["pep"] or ""
+    pre: tuple[int | str, ...] = tuple(
+        int(tok) if tok.isdigit() else tok.lower() for tok in _IDENT_SPLIT.findall(pre_text)
+    )
+    return ParsedVersion(version[0] if version[0] in "vV" else "", numbers, pre, m["build"])
+
+
+def _encode_int(n: int) -> bytes:
+    digits = str(n).encode()
+    return bytes([len(digits)]) + digits
+
+
+def sort_key(version: str) -> bytes | None:
+    """A byte string whose bytewise order is the version order, or ``None``.
+
+    Stored in the index so that SQL can find the latest version with an
+    ``ORDER BY ... LIMIT 1`` instead of loading every version.
+    """
+    parsed = parse_version(version)
+    if parsed is None:
+        return None
+    numbers = list(parsed.numbers)
+    while len(numbers) > 3 and numbers[-1] == 0:
+        numbers.pop()  # 1.0.0.0 == 1.0.0
+    numbers += [0] * (3 - len(numbers))
+    out = bytearray()
+    for n in numbers:
+        out += b"\x02" + _encode_int(n)
+    out += b"\x01"  # end of the numeric part: 1.0.0-x < 1.0.0.1
+    if not parsed.pre:
+        out += b"\x03"  # a release sorts after all of its pre-releases
+    else:
+        out += b"\x02"
+        for ident in parsed.pre:
+            if isinstance(ident, int):
+                out += b"\x02" + _encode_int(ident)  # numbers before words, numerically
+            else:
+                out += b"\x03" + ident.encode("ascii")
+            out += b"\x01"
+        out += b"\x00"  # a shorter pre-release list sorts first
+    return bytes(out)
+
+
+def version_order_key(version: str, created_seq: int = 0) -> tuple[int, bytes, int]:
+    """Python sort key matching the index's ``ORDER BY`` (parsed after unparsed)."""
+    key = sort_key(version)
+    return (0, b"", created_seq) if key is None else (1, key, created_seq)
+
+
+def sort_versions(versions: list[str]) -> list[str]:
+    """Sort version strings in ascending version order (stable for unparsed ones)."""
+    indexed = list(enumerate(versions))
+    indexed.sort(key=lambda iv: version_order_key(iv[1], iv[0]))
+    return [v for _, v in indexed]
+
+
+def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v: False) -> str:
+    """The next patch after ``highest`` (the highest parsed version), or ``1.0.0``.
+
+    Pre-release and build parts are dropped, missing parts count as zero, and a
+    ``v`` prefix is kept: ``v1.2.3`` -> ``v1.2.4``. ``is_taken`` skips versions
+    that already exist under another spelling (``1.0.1`` beside ``v1.0.1``).
+    """
+    parsed = parse_version(highest) if highest is not None else None
+    if parsed is None:
+        nums, prefix = [1, 0, 0], ""
+    else:
+        nums = list(parsed.numbers) + [0] * (3 - len(parsed.numbers))
+        nums[-1] += 1
+        prefix = parsed.prefix
+    text = prefix + ".".join(map(str, nums))
+    while is_taken(text):
+        nums[-1] += 1
+        text = prefix + ".".join(map(str, nums))
+    return text
+
+
+def highest_version(versions: list[str]) -> str | None:
+    """The highest parsed version in ``versions``, or ``None`` if none parse."""
+    keyed = [(k, v) for v in versions if (k := sort_key(v)) is not None]
+    return max(keyed)[1] if keyed else None

@@ -1,0 +1,98 @@
+"""Shared fixtures: every index test runs on SQLite and on PostgreSQL.
+
+PostgreSQL is used when ``MODELKEEP_TEST_POSTGRES_URL`` is set (``.ci/run``
+sets it); each test gets a schema of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from modelkeep import ModelPersistence
+
+PG_URL = os.environ.get("MODELKEEP_TEST_POSTGRES_URL")
+
+
+@dataclass
+class IndexTarget:
+    """Where a test's index lives: a URL plus, for PostgreSQL, a private schema."""
+
+    kind: str
+    url: str
+    schema: str | None = None
+
+    def persistence(self, models_dir: Path, **kwargs: object) -> ModelPersistence:
+        return ModelPersistence(models_dir=models_dir, registry_url=self.url, index_schema=self.schema, **kwargs)  # type: ignore[arg-type]
+
+
+def _pg_schema() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    schema = f"mk_test_{uuid.uuid4().hex[:12]}"
+    yield schema
+    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))  # type: ignore[union-attr]
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def index_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexTarget]:
+    """An empty index on each backend."""
+    if request.param == "sqlite":
+        yield IndexTarget("sqlite", f"sqlite:///{tmp_path / 'registry.db'}")
+        return
+    if not PG_URL:
+        pytest.skip("MODELKEEP_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+    gen = _pg_schema()
+    schema = next(gen)
+    yield IndexTarget("postgresql", PG_URL, schema)
+    next(gen, None)
+
+
+@pytest.fixture
+def persistence(index_target: IndexTarget, tmp_path: Path) -> Iterator[ModelPersistence]:
+    """A ModelPersistence on a fresh local folder, over each index backend."""
+    p = index_target.persistence(tmp_path / "models")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def local_persistence(tmp_path: Path) -> Iterator[ModelPersistence]:
+    """The embedded default: SQLite beside the models in a fresh folder."""
+    p = ModelPersistence(models_dir=tmp_path / "models")
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="session")
+def iris_data():  # type: ignore[no-untyped-def]
+    from sklearn.datasets import load_iris
+
+    return load_iris(return_X_y=True)
+
+
+@pytest.fixture(scope="session")
+def classifier(iris_data):  # type: ignore[no-untyped-def]
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_data
+    return LogisticRegression(max_iter=500).fit(X, y)
+
+
+@pytest.fixture(scope="session")
+def regressor():  # type: ignore[no-untyped-def]
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 5))
+    y = X @ rng.normal(size=5) + rng.normal(size=100) * 0.1
+    return LinearRegression().fit(X, y), X
