@@ -22,10 +22,12 @@ from . import environment, signing
 from .errors import (
     ModelKeepError,
     SerializationError,
+    StorageError,
     VersionExistsError,
 )
 from .formats import Format, format_for_suffix, get_format
-from .index import SqlIndex
+from .index import Reservation, SqlIndex
+from .index.sql import record_blobs
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .storage import ArtifactStore
 from .versions import validate_model_name, validate_version
@@ -195,7 +197,7 @@ class ModelPersistence:
         with self.store.staged() as staged:
             with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
                 try:
-                    extra = fmt.dump(model, out, compression) or {}
+                    extra = fmt.dump(model, out, compression, **self._format_options(fmt)) or {}
                 except ModelKeepError:
                     raise
                 except OSError:
@@ -217,8 +219,12 @@ class ModelPersistence:
                 )
                 if self.signing_key:
                     record.signature = signing.sign(record, self.signing_key)
+                if extra.get("blobs"):
+                    self._check_blobs_present(slot, extra["blobs"])
                 self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
-                staged.commit(key)
+                same = self.index.find_artifact(staged.sha256, exclude_key=key)
+                if not (same and self.store.link(same, key)):  # identical bytes: share them
+                    staged.commit(key)
                 slot.put(record)
             previous = slot.previous
         if previous is not None and previous.artifact is not None and previous.artifact.key != key:
@@ -232,6 +238,23 @@ class ModelPersistence:
             (time.perf_counter() - started) * 1000,
         )
         return record
+
+    def _format_options(self, fmt: Format, **options: Any) -> dict[str, Any]:
+        """Extra keyword arguments for formats that keep buffers in the blob store."""
+        if getattr(fmt, "uses_blobs", False):
+            from .blobs import BlobStore
+
+            options["blobs"] = BlobStore(self.store)
+        return options
+
+    def _check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
+        """Under the shared blob lock, make sure a concurrent gc removed none of our blobs."""
+        from .blobs import BlobStore
+
+        slot.lock_blobs()
+        gone = BlobStore(self.store).missing((sha, int(size)) for sha, size in blobs)
+        if gone:
+            raise StorageError(f"{len(gone)} blob(s) were removed by a concurrent gc during the save; save again")
 
     def import_file(
         self,
@@ -295,14 +318,13 @@ class ModelPersistence:
         fmt = get_format(art.format)
         local = self.store.local_path(art.key)
         with self._progress(f"loading {model_name}", art.size) as advance:
+            options = self._format_options(fmt, mmap_mode=mmap_mode, extra=art.extra)
             if mmap_mode is not None and local is not None and fmt.supports_mmap(art.compression):
                 self.store.verify(art.key, art.sha256)
-                model = self._deserialize(
-                    fmt.load_path, str(local), art.compression, mmap_mode=mmap_mode, extra=art.extra
-                )
+                model = self._deserialize(fmt.load_path, str(local), art.compression, **options)
             else:
                 with self.store.open_verified(art.key, art.sha256, advance) as f:
-                    model = self._deserialize(fmt.load, f, art.compression, extra=art.extra)
+                    model = self._deserialize(fmt.load, f, art.compression, **options)
         diffs = environment.differences(record.environment)
         if diffs:
             logger.warning(
@@ -418,6 +440,11 @@ class ModelPersistence:
         art = record.artifact
         if art is not None and self.index.count_artifact_refs(art.key) == 0:
             self.store.delete(art.key, missing_ok=True)
+        if art is not None and art.extra.get("blobs"):
+            from .blobs import BlobStore
+
+            blobs = BlobStore(self.store)
+            self.index.release_blobs(record_blobs(record), blobs.delete_many)
         self.store.delete(sidecar_key(model_name, version), missing_ok=True)
         self.store.remove_empty_dirs(f"{model_name}/{version}")
         logger.info(

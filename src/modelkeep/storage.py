@@ -191,6 +191,29 @@ class ArtifactStore:
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot move artifact into {self.display_path(dst_key)}: {exc}") from exc
 
+    def link(self, src_key: str, dst_key: str) -> bool:
+        """Make ``dst_key`` share ``src_key``'s bytes (a hard link); ``False`` if not possible.
+
+        Used for dedup: saving a model identical to a stored one adds no bytes.
+        Object stores and filesystems without hard links return ``False``.
+        """
+        if not self.is_local:
+            return False
+        src, dst = self.full_path(src_key), self.full_path(dst_key)
+        tmp = self.full_path(f"{TMP_DIR}/{uuid.uuid4().hex}.link")
+        try:
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            os.link(src, tmp)
+            parent = os.path.dirname(dst)
+            os.makedirs(parent, exist_ok=True)
+            os.replace(tmp, dst)
+            _fsync_dir(parent)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write a small file atomically (stage, fsync, rename)."""
         with self.staged() as st:

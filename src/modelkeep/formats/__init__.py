@@ -12,6 +12,7 @@ FORMATS: dict[str, str] = {
     "joblib": "modelkeep.formats.joblib_format:JoblibFormat",
     "pickle": "modelkeep.formats.pickle_format:PickleFormat",
     "skops": "modelkeep.formats.skops_format:SkopsFormat",
+    "native": "modelkeep.formats.native:NativeFormat",
 }
 
 _cache: dict[str, Format] = {}

@@ -53,3 +53,15 @@ info = Table(
     Column("key", String(64), primary_key=True),
     Column("value", String(256), nullable=False),
 )
+
+# Which versions use which content-addressed blobs (native format), so that
+# deletion and gc never remove a blob another version still needs.
+blob_refs = Table(
+    "modelkeep_blob_refs",
+    metadata_obj,
+    Column("model_name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    UniqueConstraint("model_name", "version", "sha256", name="uq_modelkeep_blob_refs"),
+    Index("ix_modelkeep_blob_refs_sha256", "sha256"),
+)

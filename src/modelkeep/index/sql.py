@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import (
@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
-from .schema import SCHEMA_VERSION, info, metadata_obj, versions
+from .schema import SCHEMA_VERSION, blob_refs, info, metadata_obj, versions
 
 _WRITE = "modelkeep_write"
 _ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.asc())
@@ -61,12 +61,24 @@ def no_versions(model_name: str) -> ModelNotFoundError:
 class Reservation:
     """A version slot held inside an open write transaction (see :meth:`SqlIndex.reserve`)."""
 
-    def __init__(self, conn: Connection, model_name: str, version: str, previous: ModelMetadata | None):
+    def __init__(
+        self,
+        index: SqlIndex,
+        conn: Connection,
+        model_name: str,
+        version: str,
+        previous: ModelMetadata | None,
+    ) -> None:
+        self._index = index
         self._conn = conn
         self.model_name = model_name
         self.version = version
         self.previous = previous
         self.record: ModelMetadata | None = None
+
+    def lock_blobs(self) -> None:
+        """Hold the shared blob lock until commit: gc cannot remove blobs meanwhile."""
+        self._index.lock_blobs(self._conn, exclusive=False)
 
     def put(self, record: ModelMetadata) -> None:
         """Write ``record`` for the reserved version; committed when the block exits."""
@@ -79,7 +91,24 @@ class Reservation:
                 .where(versions.c.model_name == self.model_name, versions.c.version == self.version)
                 .values(**row)
             )
+            _drop_blob_refs(self._conn, self.model_name, self.version)
+        shas = record_blobs(record)
+        if shas:
+            self._conn.execute(
+                insert(blob_refs),
+                [{"model_name": self.model_name, "version": self.version, "sha256": sha} for sha in shas],
+            )
         self.record = record
+
+
+def record_blobs(record: ModelMetadata) -> set[str]:
+    """The content-addressed blobs a record references (native format)."""
+    extra = record.artifact.extra if record.artifact is not None else {}
+    return {str(item[0]) for item in extra.get("blobs", [])}
+
+
+def _drop_blob_refs(conn: Connection, model_name: str, version: str) -> None:
+    conn.execute(delete(blob_refs).where(blob_refs.c.model_name == model_name, blob_refs.c.version == version))
 
 
 def _row(record: ModelMetadata) -> dict[str, Any]:
@@ -162,6 +191,15 @@ class SqlIndex:
         if self.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "modelkeep:" + model_name})
 
+    def lock_blobs(self, conn: Connection, *, exclusive: bool) -> None:
+        """Savers that reference blobs hold this shared; blob removal holds it exclusive.
+
+        On SQLite every write transaction is already exclusive.
+        """
+        if self.dialect == "postgresql":
+            fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            conn.execute(text(f"SELECT {fn}(hashtext('modelkeep:blobs'))"))
+
     def _create_tables(self) -> None:
         try:
             with self._write() as conn:
@@ -216,7 +254,7 @@ class SqlIndex:
                     raise VersionExistsError(
                         f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
                     )
-            slot = Reservation(conn, model_name, version, previous)
+            slot = Reservation(self, conn, model_name, version, previous)
             yield slot
             if slot.record is None:
                 raise RuntimeError("reserve() block exited without put()")
@@ -225,9 +263,8 @@ class SqlIndex:
         """Insert or replace ``record`` as is (used by reindex and copy)."""
         with self._write() as conn:
             self._lock_model(conn, record.model_name)
-            slot = Reservation(
-                conn, record.model_name, record.version, self._get(conn, record.model_name, record.version)
-            )
+            previous = self._get(conn, record.model_name, record.version)
+            slot = Reservation(self, conn, record.model_name, record.version, previous)
             slot.put(record)
 
     def delete(self, model_name: str, version: str) -> ModelMetadata:
@@ -238,11 +275,36 @@ class SqlIndex:
             if rec is None:
                 raise self._missing(conn, model_name, version)
             conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
+            _drop_blob_refs(conn, model_name, version)
             return rec
+
+    def release_blobs(self, candidates: set[str], remove: Callable[[list[str]], None]) -> list[str]:
+        """Call ``remove`` with the ``candidates`` no version references any more.
+
+        Runs under the exclusive blob lock, so no saver can start referencing
+        a blob between the check and its removal. Returns what was removed.
+        """
+        if not candidates:
+            return []
+        with self._write() as conn:
+            self.lock_blobs(conn, exclusive=True)
+            used = {
+                r[0] for r in conn.execute(select(blob_refs.c.sha256).where(blob_refs.c.sha256.in_(sorted(candidates))))
+            }
+            unused = sorted(candidates - used)
+            if unused:
+                remove(unused)
+            return unused
+
+    def referenced_blobs(self) -> set[str]:
+        """Every blob digest some version references."""
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(select(blob_refs.c.sha256).distinct())}
 
     def clear(self) -> None:
         """Delete every entry (reindex rebuilds from the sidecar files afterwards)."""
         with self._write() as conn:
+            conn.execute(delete(blob_refs))
             conn.execute(delete(versions))
 
     # -- reading ----------------------------------------------------------------
@@ -328,6 +390,15 @@ class SqlIndex:
                     select(func.count()).select_from(versions).where(versions.c.artifact_key == artifact_key)
                 ).scalar_one()
             )
+
+    def find_artifact(self, sha256: str, *, exclude_key: str) -> str | None:
+        """The key of some stored artifact with exactly these bytes, other than ``exclude_key``."""
+        with self._read() as conn:
+            return conn.execute(
+                select(versions.c.artifact_key)
+                .where(versions.c.sha256 == sha256, versions.c.artifact_key != exclude_key)
+                .limit(1)
+            ).scalar()
 
     def artifact_keys(self) -> set[str]:
         with self._read() as conn:
