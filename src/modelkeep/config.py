@@ -70,6 +70,21 @@ class PersistenceSettings(BaseModel):
             raise ValueError(f"must be one of {', '.join(repr(n) for n in FORMATS)}, got {v!r}")
         return v
 
+    @field_validator("compress", mode="before")
+    @classmethod
+    def _parse_compress(cls, v: Any) -> Any:
+        # Environment variables arrive as text: "false", "1", "zstd:3", "zlib".
+        if isinstance(v, str):
+            text = v.strip().lower()
+            if text in {"true", "yes", "on"}:
+                return True
+            if text in {"false", "no", "off", "none", ""}:
+                return False
+            if text.isdigit():
+                return int(text)
+            return text
+        return v
+
     @field_validator("storage_options", mode="before")
     @classmethod
     def _json_options(cls, v: Any) -> Any:
@@ -88,8 +103,8 @@ class Settings(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
 
-    def create_persistence(self, progress: ProgressFactory | None = None) -> ModelPersistence:
-        """A :class:`ModelPersistence` built from these settings."""
+    def create_persistence(self, progress: ProgressFactory | None = None, *, create: bool = True) -> ModelPersistence:
+        """A :class:`ModelPersistence` built from these settings (see its ``create`` argument)."""
         from .registry import ModelPersistence
 
         p = self.persistence
@@ -102,6 +117,7 @@ class Settings(BaseModel):
             storage_options=p.storage_options or None,
             signing_key=p.signing_key.get_secret_value() if p.signing_key else None,
             progress=progress,
+            create=create,
         )
 
     def apply_logging(self) -> None:
@@ -144,6 +160,8 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
         data = _read_yaml(default) if default.is_file() else {}
     else:
         path = Path(config_path)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
         data = _read_yaml(path)

@@ -30,6 +30,10 @@ class ArtifactNotFoundError(ModelKeepError, FileNotFoundError):
     """The index lists a version whose artifact file is missing ("Model file not found")."""
 
 
+class RegistryNotFoundError(ModelKeepError, FileNotFoundError):
+    """No registry exists at the configured location (and ``create=False``)."""
+
+
 class VersionExistsError(ModelKeepError, FileExistsError):
     """The version is already registered and ``overwrite`` was not given."""
 
@@ -79,6 +83,7 @@ __all__ = [
     "MetadataError",
     "ModelKeepError",
     "ModelNotFoundError",
+    "RegistryNotFoundError",
     "SerializationError",
     "SignatureError",
     "StorageError",

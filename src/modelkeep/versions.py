@@ -33,6 +33,9 @@ _RESERVED = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
     "registry.db",
+    "registry.db-wal",
+    "registry.db-shm",
+    "registry.db-journal",
     "registry.json",
     "latest",
 }
