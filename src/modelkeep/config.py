@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -85,6 +85,16 @@ class PersistenceSettings(BaseModel):
             return text
         return v
 
+    @model_validator(mode="after")
+    def _check_compress(self) -> PersistenceSettings:
+        from .formats import get_format
+
+        try:
+            get_format(self.serialization_format).normalize_compression(self.compress)
+        except ConfigError as exc:
+            raise ValueError(f"compress: {exc}") from None
+        return self
+
     @field_validator("storage_options", mode="before")
     @classmethod
     def _json_options(cls, v: Any) -> Any:
@@ -119,6 +129,16 @@ class Settings(BaseModel):
             progress=progress,
             create=create,
         )
+
+    def release_logging(self) -> None:
+        """Close and detach the log file handler that :meth:`apply_logging` added."""
+        if not self.logging.file:
+            return
+        logger = logging.getLogger("modelkeep")
+        path = os.path.abspath(self.logging.file)
+        for handler in [h for h in logger.handlers if getattr(h, "baseFilename", None) == path]:
+            logger.removeHandler(handler)
+            handler.close()
 
     def apply_logging(self) -> None:
         """Set the ``modelkeep`` logger's level, and add the configured log file once."""
@@ -178,7 +198,20 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
-        loc = ".".join(p for p in loc.split(".") if p not in {"bool", "int", "str", "tuple[str,int]"})
-        raise ConfigError(f"invalid config value for {loc}: {err['msg']}") from exc
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming the config key and what is allowed there."""
+    err = exc.errors()[0]
+    parts = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))]
+    parts = [p for p in parts if p not in {"bool", "int", "str", "tuple[str,int]"}]
+    loc = ".".join(parts)
+    if err["type"] == "extra_forbidden":
+        section: type[BaseModel] = Settings
+        if len(parts) > 1:
+            section = {"logging": LoggingSettings, "persistence": PersistenceSettings}.get(parts[0], Settings)
+        allowed = ", ".join(section.model_fields)
+        return f"unknown config key {loc}; allowed keys here: {allowed}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"invalid config value for {loc}: {msg}"

@@ -11,20 +11,21 @@ TRACKED = {"numpy": "numpy", "sklearn": "scikit-learn", "joblib": "joblib"}
 
 
 def _module_version(module: str) -> str | None:
+    """The version of an importable module: its ``__version__`` if imported, else its
+    distribution's (looked up under the distribution's name, e.g. scikit-learn)."""
     mod = sys.modules.get(module)
     version = getattr(mod, "__version__", None) if mod is not None else None
     if isinstance(version, str):
         return version
-    try:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as dist_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
+    for dist in dict.fromkeys((TRACKED.get(module, module), module)):
         try:
-            return dist_version(module)
+            return dist_version(dist)
         except PackageNotFoundError:
-            return None
-    except ImportError:  # pragma: no cover
-        return None
+            continue
+    return None
 
 
 def capture(model: Any) -> dict[str, Any]:

@@ -54,4 +54,6 @@ class ModelPersistenceManager:
         self.persistence.delete(model_name, version)
 
     def close(self) -> None:
+        """Release database connections and the log file this manager opened."""
         self.persistence.close()
+        self.settings.release_logging()

@@ -138,6 +138,8 @@ def to_json_safe(value: Any, path: str = "metadata") -> Any:
                 k = str(k)
             if not isinstance(k, str):
                 raise MetadataError(f"{path} has a key of type {type(k).__name__}; keys must be strings")
+            if k in out:
+                raise MetadataError(f"{path} has the key {k!r} twice once numbers are turned into strings")
             out[k] = to_json_safe(v, f"{path}.{k}")
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
