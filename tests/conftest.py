@@ -16,6 +16,8 @@ import pytest
 
 from modelkeep import ModelPersistence
 
+pytest_plugins = ["tests.s3_server"]
+
 PG_URL = os.environ.get("MODELKEEP_TEST_POSTGRES_URL")
 
 

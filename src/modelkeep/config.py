@@ -208,9 +208,8 @@ def _describe(exc: ValidationError) -> str:
     parts = [p for p in parts if p not in {"bool", "int", "str", "tuple[str,int]"}]
     loc = ".".join(parts)
     if err["type"] == "extra_forbidden":
-        section: type[BaseModel] = Settings
-        if len(parts) > 1:
-            section = {"logging": LoggingSettings, "persistence": PersistenceSettings}.get(parts[0], Settings)
+        sections: dict[str, type[BaseModel]] = {"logging": LoggingSettings, "persistence": PersistenceSettings}
+        section = sections.get(parts[0], Settings) if len(parts) > 1 else Settings
         allowed = ", ".join(section.model_fields)
         return f"unknown config key {loc}; allowed keys here: {allowed}"
     msg = str(err["msg"]).removeprefix("Value error, ")

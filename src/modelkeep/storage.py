@@ -2,9 +2,19 @@
 
 Writes are atomic. Bytes are *staged* first (hashed as they stream), then
 committed under their final key: on a local disk by ``fsync`` + ``rename`` +
-directory ``fsync``; on an object store by a server-side move, so no partial
+directory ``fsync``; on an object store by a server-side copy, so no partial
 object ever sits under a final key. A crash leaves at most a staged file under
 ``.tmp/``, which ``gc`` removes.
+
+Object stores (S3 through s3fs, GCS, Azure): staged bytes go up as a multipart
+upload in parts of :data:`UPLOAD_PART_SIZE` while they are produced, so the
+progress bar tracks the upload and memory stays at about one part. A failed
+write aborts its multipart upload, which S3 never shows under any key. The
+commit is a server-side ``CopyObject`` (no bytes pass through the client) plus
+a delete of the staged object. Small files (sidecars) are one ``PUT``, which
+object stores apply atomically. Reads stream in ranged ``GET``s of
+:data:`READ_CHUNK` into a spool file while being hashed. Every failure of the
+remote service surfaces as :class:`StorageError`.
 """
 
 from __future__ import annotations
@@ -12,17 +22,32 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
+import tempfile
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from .errors import ArtifactNotFoundError, BackendUnavailableError, IntegrityError, StorageError
+from .errors import ArtifactNotFoundError, BackendUnavailableError, IntegrityError, ModelKeepError, StorageError
+
+logger = logging.getLogger("modelkeep")
 
 #: Staged files live here until committed; anything left is a crash leftover.
 TMP_DIR = ".tmp"
 CHUNK = 1 << 20
+#: Part size of multipart uploads to object stores (S3's minimum is 5 MiB).
+#: Parts double every 1,000 parts, so S3's 10,000-part limit is never reached.
+UPLOAD_PART_SIZE = 8 << 20
+#: Size of each ranged GET when streaming an object from a remote store.
+READ_CHUNK = 8 << 20
+#: Remote objects being verified are spooled in memory up to this size, then on disk.
+SPOOL_MAX_BYTES = 64 << 20
+#: Filesystems where one upload is all-or-nothing and a copy happens server-side.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
 
 Advance = Callable[[int], None]
 
@@ -34,27 +59,63 @@ def _noop(_: int) -> None:
 class HashingWriter(io.RawIOBase):
     """A write-only file that hashes and counts every byte on its way to ``raw``."""
 
+    #: Immutable chunks at least this large are hashed on a helper thread while
+    #: the next one is written, so hashing overlaps the disk write.
+    OVERLAP_MIN = 1 << 20
+    #: At most this many chunks wait for the hasher (bounds the extra memory).
+    MAX_PENDING = 4
+
     def __init__(self, raw: IO[bytes], advance: Advance = _noop) -> None:
         super().__init__()
         self._raw = raw
         self._sha = hashlib.sha256()
         self._advance = advance
+        self._hasher: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
         self.size = 0
 
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        # joblib asks for the position to align arrays for memory-mapping.
+        return self.size
+
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self._sha.update(view)
-        self._raw.write(view)
         n = view.nbytes
+        if isinstance(data, bytes) and n >= self.OVERLAP_MIN:
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-sha256")
+            while len(self._pending) >= self.MAX_PENDING:
+                self._pending.popleft().result()
+            self._pending.append(self._hasher.submit(self._sha.update, view))
+        else:
+            # Mutable buffers may be reused by the caller once write() returns: hash now,
+            # after whatever is queued so the digest keeps the byte order.
+            self._drain()
+            self._sha.update(view)
+        written = 0
+        while written < n:  # raw (unbuffered) writes may be partial
+            written += self._raw.write(view[written:]) or 0
         self.size += n
         self._advance(n)
         return n
 
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
     def hexdigest(self) -> str:
+        self._drain()
         return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self._drain()
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
+        super().close()
 
 
 def hash_stream(f: IO[bytes], advance: Advance = _noop) -> tuple[str, int]:
@@ -96,8 +157,11 @@ class StagedArtifact:
         """Open the staged file for writing; on success it is flushed and fsync'ed."""
         with self.store._open_write(self.tmp_key) as raw:
             writer = HashingWriter(raw, advance)
-            yield writer
-            self.sha256, self.size = writer.hexdigest(), writer.size
+            try:
+                yield writer
+                self.sha256, self.size = writer.hexdigest(), writer.size
+            finally:
+                writer.close()
 
     def commit(self, key: str) -> None:
         """Move the staged bytes to ``key`` atomically, replacing what was there."""
@@ -105,8 +169,13 @@ class StagedArtifact:
         self.committed = True
 
     def discard(self) -> None:
-        if not self.committed:
+        """Remove the staged bytes unless committed; best effort (``gc`` removes leftovers)."""
+        if self.committed:
+            return
+        try:
             self.store.delete(self.tmp_key, missing_ok=True)
+        except Exception as exc:  # never hide the error that made us discard
+            logger.warning("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
 
 
 class ArtifactStore:
@@ -130,6 +199,9 @@ class ArtifactStore:
         protocol = self.fs.protocol
         protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
         self.is_local = "file" in protocols or "local" in protocols
+        #: uploads are atomic and copies server-side (S3, GCS, Azure, memory)
+        self.is_object_store = not self.is_local and bool(OBJECT_STORES.intersection(protocols))
+        self.part_size = UPLOAD_PART_SIZE
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else f"{protocols[0]}://{self.root}"
 
@@ -170,9 +242,21 @@ class ArtifactStore:
                     yield f
                     os.fsync(f.fileno())
             else:
-                self.fs.makedirs(self.fs._parent(path), exist_ok=True)
-                with self.fs.open(path, "wb") as f:
-                    yield f
+                with self._remote("write", key):
+                    if not self.is_object_store:
+                        self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+                    f = self.fs.open(path, "wb", block_size=self.part_size)
+                try:
+                    yield _RemoteWriter(f, self, key)  # type: ignore[misc]
+                except BaseException:
+                    _abort_upload(f)  # never complete a partial upload
+                    raise
+                try:
+                    with self._remote("write", key):
+                        f.close()  # uploads the last part and completes the object
+                except BaseException:
+                    _abort_upload(f)
+                    raise
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -186,9 +270,19 @@ class ArtifactStore:
                 os.makedirs(parent, exist_ok=True)
                 os.replace(src, dst)
                 _fsync_dir(parent)
+            elif self.is_object_store:
+                with self._remote("commit", dst_key):
+                    self.fs.cp_file(src, dst)  # server-side copy; the object appears whole
+                try:
+                    self.fs.rm_file(src)
+                except Exception as exc:  # the artifact is in place; gc removes the leftover
+                    logger.warning("could not remove staged file %s: %s", self.display_path(src_key), exc)
             else:
-                self.fs.mv(src, dst)
+                with self._remote("commit", dst_key):
+                    self.fs.mv(src, dst)
         except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError(exc.errno, f"cannot move artifact into {self.display_path(dst_key)}: {exc}") from exc
 
     def link(self, src_key: str, dst_key: str) -> bool:
@@ -215,7 +309,11 @@ class ArtifactStore:
             return False
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write a small file atomically (stage, fsync, rename)."""
+        """Write a small file atomically (stage, fsync, rename; one ``PUT`` on object stores)."""
+        if self.is_object_store and len(data) < self.part_size:
+            with self._remote("write", key):
+                self.fs.pipe_file(self.full_path(key), bytes(data))  # a single PUT is all-or-nothing
+            return
         with self.staged() as st:
             with st.open() as w:
                 w.write(data)
@@ -225,12 +323,40 @@ class ArtifactStore:
     def open_read(self, key: str) -> BinaryIO:
         """Open ``key`` for reading; :class:`ArtifactNotFoundError` when missing."""
         path = self.full_path(key)
+        if not self.is_local:
+            with self._remote("read", key):
+                self.fs.invalidate_cache()  # another process may have written it since we listed
+                return self.fs.open(path, "rb")
         try:
-            if self.is_local:
-                return open(path, "rb")
-            return self.fs.open(path, "rb")
+            return open(path, "rb")
         except FileNotFoundError as exc:
             raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from exc
+
+    @contextlib.contextmanager
+    def stream(self, key: str) -> Iterator[Iterator[bytes]]:
+        """Iterate over ``key``'s bytes in chunks without holding the whole file.
+
+        Local files are read in :data:`CHUNK` pieces; remote objects arrive as
+        ranged GETs of :data:`READ_CHUNK` each, with no read-ahead cache.
+        """
+        if self.is_local:
+            with self.open_read(key) as f:
+                yield iter(lambda: f.read(CHUNK), b"")
+            return
+        with self._remote("read", key):
+            self.fs.invalidate_cache()
+            f = self.fs.open(self.full_path(key), "rb", block_size=READ_CHUNK, cache_type="none")
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                with self._remote("read", key):
+                    chunk = f.read(READ_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+
+        with f:
+            yield chunks()
 
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:
@@ -242,50 +368,74 @@ class ArtifactStore:
 
         The digest is checked on the same open file that is then handed to the
         deserializer, so a file swapped in by rename after the check is not read.
-        Remote objects are first spooled to a local temporary file.
+        Remote objects are streamed (ranged GETs) into a local spool file while
+        hashed: memory holds at most :data:`SPOOL_MAX_BYTES` plus one chunk;
+        larger objects spill to a temporary file on disk.
         """
-        with self.open_read(key) as f:
-            if self.is_local:
+        if self.is_local:
+            with self.open_read(key) as f:
                 got, _ = hash_stream(f, advance)
                 _check_digest(self.display_path(key), sha256, got)
                 f.seek(0)
                 yield f
-                return
-            import tempfile
-
-            with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
-                w = HashingWriter(spool, advance)
-                while chunk := f.read(8 * CHUNK):
+            return
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
+            w = HashingWriter(spool, advance)
+            with self.stream(key) as chunks:
+                for chunk in chunks:
                     w.write(chunk)
-                _check_digest(self.display_path(key), sha256, w.hexdigest())
-                spool.seek(0)
-                yield spool  # type: ignore[misc]
+            _check_digest(self.display_path(key), sha256, w.hexdigest())
+            spool.seek(0)
+            yield spool  # type: ignore[misc]
 
     def verify(self, key: str, sha256: str) -> None:
         """Raise :class:`IntegrityError` (or :class:`ArtifactNotFoundError`) unless ``key`` matches."""
-        with self.open_read(key) as f:
-            got, _ = hash_stream(f)
-        _check_digest(self.display_path(key), sha256, got)
+        sha = hashlib.sha256()
+        with self.stream(key) as chunks:
+            for chunk in chunks:
+                sha.update(chunk)
+        _check_digest(self.display_path(key), sha256, sha.hexdigest())
 
     # -- housekeeping ---------------------------------------------------------
     def exists(self, key: str) -> bool:
+        """Whether a file is stored under ``key``."""
         path = self.full_path(key)
-        return os.path.exists(path) if self.is_local else bool(self.fs.exists(path))
+        if self.is_local:
+            return os.path.exists(path)
+        with self._remote("check", key):
+            self.fs.invalidate_cache()
+            return bool(self.fs.exists(path))
 
     def size(self, key: str) -> int:
+        """Size in bytes of ``key``; :class:`ArtifactNotFoundError` when missing."""
         path = self.full_path(key)
-        return os.path.getsize(path) if self.is_local else int(self.fs.size(path))
+        if self.is_local:
+            try:
+                return os.path.getsize(path)
+            except FileNotFoundError as exc:
+                raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from exc
+        with self._remote("check", key):
+            self.fs.invalidate_cache()
+            return int(self.fs.size(path))
 
     def delete(self, key: str, *, missing_ok: bool = False) -> None:
+        """Remove ``key``; :class:`ArtifactNotFoundError` when missing unless ``missing_ok``."""
         path = self.full_path(key)
-        try:
-            if self.is_local:
+        if self.is_local:
+            try:
                 os.unlink(path)
-            else:
-                self.fs.rm(path)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from None
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from None
+            return
+        with self._remote("delete", key):
+            if not missing_ok and not self.exists(key):
+                raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}")
+            try:
+                self.fs.rm_file(path)  # S3 deletes of absent keys succeed
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
 
     def remove_empty_dirs(self, key_prefix: str) -> None:
         """Remove ``key_prefix`` and its parent while they are empty (local stores only)."""
@@ -310,11 +460,78 @@ class ArtifactStore:
                     out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
             return sorted(out)
         try:
-            found = self.fs.find(base)
-        except FileNotFoundError:
+            with self._remote("list", prefix):
+                self.fs.invalidate_cache()
+                found = self.fs.find(base)
+        except ArtifactNotFoundError:
             return []
         strip = len(self.root) + 1
         return sorted(p[strip:] for p in found)
+
+    @contextlib.contextmanager
+    def _remote(self, action: str, key: str) -> Iterator[None]:
+        """Turn a remote service's failures into :class:`StorageError` (missing keys into
+        :class:`ArtifactNotFoundError`); s3fs lets botocore's connection errors through raw."""
+        try:
+            yield
+        except ModelKeepError:
+            raise
+        except FileNotFoundError as exc:
+            raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from exc
+        except Exception as exc:
+            errno = exc.errno if isinstance(exc, OSError) else None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            message = f"cannot {action} {self.display_path(key)}: {reason}"
+            raise (StorageError(message) if errno is None else StorageError(errno, message)) from exc
+
+
+class _RemoteWriter(io.RawIOBase):
+    """Writes to an fsspec upload file, with errors as :class:`StorageError` and bounded parts.
+
+    s3fs uploads its whole buffer as one part each time the buffer reaches
+    ``blocksize``, so large writes are fed in ``part_size`` slices: parts stay
+    near ``part_size`` and memory near one part. Doubling the part size every
+    1,000 parts keeps any artifact under S3's 10,000-part limit.
+    """
+
+    def __init__(self, f: Any, store: ArtifactStore, key: str) -> None:
+        super().__init__()
+        self._f = f
+        self._store = store
+        self._key = key
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        step = self._store.part_size
+        for start in range(0, view.nbytes, step):  # one big write must not become one huge part
+            with self._store._remote("upload", self._key):
+                self._f.write(view[start : start + step])
+            parts = getattr(self._f, "parts", None)
+            if parts:
+                step = self._store.part_size << (len(parts) // 1000)
+                if getattr(self._f, "blocksize", step) < step:
+                    self._f.blocksize = step
+        return view.nbytes
+
+
+def _abort_upload(f: Any) -> None:
+    """Throw away an unfinished upload: abort the multipart upload, never complete it.
+
+    fsspec's ``__exit__`` and ``__del__`` would *close* the file, which uploads
+    the partial buffer and completes the object, so mark it closed first.
+    """
+    try:
+        discard = getattr(f, "discard", None)
+        if callable(discard):
+            discard()
+    except Exception as exc:  # the server may be the reason we are here
+        logger.warning("could not abort an upload: %s", exc)
+    finally:
+        with contextlib.suppress(AttributeError):  # io-based files (memory://) have nothing to complete
+            f.closed = True
 
 
 def _check_digest(where: str, expected: str, got: str) -> None:

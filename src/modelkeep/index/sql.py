@@ -9,9 +9,11 @@ releases its lock with its connection, so no stale lock can outlive a crash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -26,8 +28,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ..errors import (
     BackendUnavailableError,
@@ -42,6 +44,9 @@ from ..versions import next_version, sort_key
 from .schema import SCHEMA_VERSION, blob_refs, info, metadata_obj, versions
 
 _WRITE = "modelkeep_write"
+logger = logging.getLogger("modelkeep")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 _ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.asc())
 _ORDER_DESC = (versions.c.parsed.desc(), versions.c.sort_key.desc(), versions.c.id.desc())
 
@@ -52,6 +57,29 @@ def normalize_url(url: str) -> str:
         if url.startswith(bare):
             return "postgresql+psycopg://" + url[len(bare) :]
     return url
+
+
+class ConnectionLostError(StorageError):
+    """The database connection dropped before the transaction committed, so nothing was written.
+
+    Reads and whole write transactions are retried once on a fresh connection
+    when this happens; a drop while committing is a plain :class:`StorageError`
+    because the outcome is then unknown.
+    """
+
+
+def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Run ``method`` (a read, or one whole write transaction) again once if the connection dropped."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except ConnectionLostError as exc:
+            logger.warning("%s; retrying once on a new connection", exc)
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def no_versions(model_name: str) -> ModelNotFoundError:
@@ -129,7 +157,7 @@ def _row(record: ModelMetadata) -> dict[str, Any]:
         "sha256": art.sha256,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
-        "record": json.dumps(record.to_dict(), separators=(",", ":"), sort_keys=True),
+        "record": json.dumps(record.to_dict(), separators=(",", ":")),  # keeps the caller's field order
     }
 
 
@@ -171,20 +199,39 @@ class SqlIndex:
     # -- plumbing ---------------------------------------------------------------
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
+        committing = False
         try:
             with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
                 yield conn
+                committing = True
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
-        except OperationalError as exc:
-            raise StorageError(f"registry database error: {exc.orig}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated and committing:
+                raise StorageError(
+                    f"lost the connection to the registry database {self.safe_url} while committing; "
+                    f"the change may or may not have been saved: {exc.orig}"
+                ) from exc
+            self._raise_db_error(exc)
+            raise
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            self._raise_db_error(exc)
+            raise
+
+    def _raise_db_error(self, exc: DBAPIError) -> None:
+        """:class:`ConnectionLostError` for a dropped connection, :class:`StorageError` for other
+        operational failures; returns (so the caller re-raises) for anything else."""
+        if exc.connection_invalidated:
+            raise ConnectionLostError(
+                f"lost the connection to the registry database {self.safe_url}; nothing was written: {exc.orig}"
+            ) from exc
+        if isinstance(exc, OperationalError):
             raise StorageError(f"registry database error: {exc.orig}") from exc
 
     def _lock_model(self, conn: Connection, model_name: str) -> None:
@@ -236,29 +283,45 @@ class SqlIndex:
         version raises :class:`VersionExistsError` unless ``overwrite`` is true.
         Call :meth:`Reservation.put` inside the block; leaving the block commits,
         an exception rolls everything back.
-        """
-        with self._write() as conn:
-            self._lock_model(conn, model_name)
-            previous = None
-            if version is None:
-                top = conn.execute(
-                    select(versions.c.version)
-                    .where(versions.c.model_name == model_name, versions.c.parsed.is_(True))
-                    .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
-                    .limit(1)
-                ).scalar()
-                version = next_version(top, lambda v: self._get(conn, model_name, v) is not None)
-            else:
-                previous = self._get(conn, model_name, version)
-                if previous is not None and not overwrite:
-                    raise VersionExistsError(
-                        f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
-                    )
-            slot = Reservation(self, conn, model_name, version, previous)
-            yield slot
-            if slot.record is None:
-                raise RuntimeError("reserve() block exited without put()")
 
+        A connection that drops while the lock and version are being obtained is
+        replaced once; one that drops inside the block raises
+        :class:`ConnectionLostError` (a :class:`StorageError`) with nothing written.
+        """
+        yielded = False
+        for attempt in (1, 2):
+            try:
+                with self._write() as conn:
+                    self._lock_model(conn, model_name)
+                    previous = None
+                    chosen = version
+                    if chosen is None:
+                        top = conn.execute(
+                            select(versions.c.version)
+                            .where(versions.c.model_name == model_name, versions.c.parsed.is_(True))
+                            .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
+                            .limit(1)
+                        ).scalar()
+                        chosen = next_version(top, lambda v: self._get(conn, model_name, v) is not None)
+                    else:
+                        previous = self._get(conn, model_name, chosen)
+                        if previous is not None and not overwrite:
+                            raise VersionExistsError(
+                                f"model '{model_name}' version '{chosen}' already exists; "
+                                "pass overwrite=True to replace it"
+                            )
+                    slot = Reservation(self, conn, model_name, chosen, previous)
+                    yielded = True
+                    yield slot
+                    if slot.record is None:
+                        raise RuntimeError("reserve() block exited without put()")
+                return
+            except ConnectionLostError as exc:
+                if yielded or attempt == 2:
+                    raise
+                logger.warning("%s; retrying once on a new connection", exc)
+
+    @_retry_on_disconnect
     def put(self, record: ModelMetadata) -> None:
         """Insert or replace ``record`` as is (used by reindex and copy)."""
         with self._write() as conn:
@@ -267,6 +330,7 @@ class SqlIndex:
             slot = Reservation(self, conn, record.model_name, record.version, previous)
             slot.put(record)
 
+    @_retry_on_disconnect
     def delete(self, model_name: str, version: str) -> ModelMetadata:
         """Remove one version's entry and return it; :class:`VersionNotFoundError` if absent."""
         with self._write() as conn:
@@ -296,11 +360,13 @@ class SqlIndex:
                 remove(unused)
             return unused
 
+    @_retry_on_disconnect
     def referenced_blobs(self) -> set[str]:
         """Every blob digest some version references."""
         with self._read() as conn:
             return {r[0] for r in conn.execute(select(blob_refs.c.sha256).distinct())}
 
+    @_retry_on_disconnect
     def clear(self) -> None:
         """Delete every entry (reindex rebuilds from the sidecar files afterwards)."""
         with self._write() as conn:
@@ -320,11 +386,13 @@ class SqlIndex:
             return no_versions(model_name)
         return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'")
 
+    @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
         """The record of one version, or ``None``."""
         with self._read() as conn:
             return self._get(conn, model_name, version)
 
+    @_retry_on_disconnect
     def resolve(self, model_name: str, version: str | None = None) -> ModelMetadata:
         """The record of ``version`` (latest when ``None``); raises when absent."""
         with self._read() as conn:
@@ -340,11 +408,13 @@ class SqlIndex:
                 raise self._missing(conn, model_name, version)
             return rec
 
+    @_retry_on_disconnect
     def list_models(self) -> list[str]:
         with self._read() as conn:
             rows = conn.execute(select(versions.c.model_name).distinct().order_by(versions.c.model_name))
             return [r[0] for r in rows]
 
+    @_retry_on_disconnect
     def list_versions(self, model_name: str) -> list[str]:
         """Version strings in ascending version order (unparsed ones first, by creation)."""
         with self._read() as conn:
@@ -353,6 +423,7 @@ class SqlIndex:
             )
             return [r[0] for r in rows]
 
+    @_retry_on_disconnect
     def list_records(self, model_name: str) -> list[ModelMetadata]:
         with self._read() as conn:
             rows = conn.execute(
@@ -366,6 +437,7 @@ class SqlIndex:
             for (raw,) in conn.execute(select(versions.c.record).order_by(versions.c.model_name, *_ORDER_ASC)):
                 yield _record(raw)
 
+    @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:
         ranked = select(
             versions.c.model_name,
@@ -382,6 +454,7 @@ class SqlIndex:
         with self._read() as conn:
             return [ModelSummary(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(query)]
 
+    @_retry_on_disconnect
     def count_artifact_refs(self, artifact_key: str) -> int:
         """How many versions point at ``artifact_key`` (dedup references)."""
         with self._read() as conn:
@@ -391,6 +464,7 @@ class SqlIndex:
                 ).scalar_one()
             )
 
+    @_retry_on_disconnect
     def find_artifact(self, sha256: str, *, exclude_key: str) -> str | None:
         """The key of some stored artifact with exactly these bytes, other than ``exclude_key``."""
         with self._read() as conn:
@@ -400,6 +474,7 @@ class SqlIndex:
                 .limit(1)
             ).scalar()
 
+    @_retry_on_disconnect
     def artifact_keys(self) -> set[str]:
         with self._read() as conn:
             return {r[0] for r in conn.execute(select(versions.c.artifact_key))}
