@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import environment, signing
 from .errors import (
     ModelKeepError,
+    RegistryNotFoundError,
     SerializationError,
     StorageError,
     VersionExistsError,
@@ -52,6 +54,11 @@ def _no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
 def artifact_key(model_name: str, version: str, extension: str) -> str:
     """The seed's layout: ``<name>/<version>/<name>_v<version><ext>``."""
     return f"{model_name}/{version}/{model_name}_v{version}{extension}"
+
+
+def revision_key(model_name: str, version: str, extension: str) -> str:
+    """A fresh key for an overwrite, beside the usual one: ``<name>/<version>/<name>_v<version>.r<hex><ext>``."""
+    return f"{model_name}/{version}/{model_name}_v{version}.r{uuid.uuid4().hex[:12]}{extension}"
 
 
 def sidecar_key(model_name: str, version: str) -> str:
@@ -91,6 +98,12 @@ class ModelPersistence:
         storage_options: passed to fsspec (endpoints, credentials).
         signing_key: when set, every save is signed and every load verified.
         progress: a progress-bar factory; see :data:`ProgressFactory`.
+        index_schema: PostgreSQL schema for the index tables (default: the search path).
+        create: create the embedded registry if it does not exist; with ``False``
+            a missing ``registry.db`` raises :class:`RegistryNotFoundError`.
+        trusted_types: extra types the ``skops`` format may construct at load
+            (beyond skops' own safe defaults). They come only from here or the
+            config, never from an artifact or its metadata.
     """
 
     def __init__(
@@ -105,6 +118,8 @@ class ModelPersistence:
         signing_key: str | bytes | None = None,
         progress: ProgressFactory | None = None,
         index_schema: str | None = None,
+        trusted_types: list[str] | None = None,
+        create: bool = True,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
@@ -121,10 +136,21 @@ class ModelPersistence:
                     "registry_path to keep a local, per-machine index on purpose"
                 )
             folder = Path(registry_path) if registry_path is not None else Path(self.store.root)
-            folder.mkdir(parents=True, exist_ok=True)
+            if not create and not (folder / "registry.db").is_file():
+                raise RegistryNotFoundError(
+                    f"no modelkeep registry at {str(folder)!r} (registry.db not found): "
+                    "check models_dir, or save a model first"
+                )
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    exc.errno, f"cannot create the registry folder {str(folder)!r}: {exc.strerror or exc}"
+                ) from exc
             registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
         self.index = SqlIndex(registry_url, schema=index_schema)
         self.signing_key = signing_key or None
+        self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
 
     # -- lifecycle ----------------------------------------------------------------
@@ -156,11 +182,13 @@ class ModelPersistence:
         With ``version=None`` the next patch version is allocated atomically
         (``1.0.0`` for a new model). Keyword arguments become custom metadata
         (metrics, dataset info, ...). Raises :class:`VersionExistsError` if the
-        version exists and ``overwrite`` is false.
+        version exists and ``overwrite`` is false. On an object store the
+        returned "path" is the artifact's URL as a string (``s3://...``).
         """
         rec = self.save_version(model, model_name, version, overwrite=overwrite, metadata=metadata)
         assert rec.artifact is not None
-        return Path(self.store.display_path(rec.artifact.key))
+        where = self.store.display_path(rec.artifact.key)
+        return Path(where) if self.store.is_local else where  # type: ignore[return-value]
 
     def save_version(
         self,
@@ -207,6 +235,14 @@ class ModelPersistence:
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
                 key = artifact_key(model_name, slot.version, fmt.extension(compression))
+                if (
+                    slot.previous is not None
+                    and slot.previous.artifact is not None
+                    and slot.previous.artifact.key == key
+                ):
+                    # Overwrite: never replace the bytes the committed row points at. The new
+                    # artifact gets a key of its own; the old one is deleted after the commit.
+                    key = revision_key(model_name, slot.version, fmt.extension(compression))
                 record = ModelMetadata(
                     model_name=model_name,
                     model_type=type(model).__name__,
@@ -221,11 +257,16 @@ class ModelPersistence:
                     record.signature = signing.sign(record, self.signing_key)
                 if extra.get("blobs"):
                     self._check_blobs_present(slot, extra["blobs"])
-                self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
-                same = self.index.find_artifact(staged.sha256, exclude_key=key)
-                if not (same and self.store.link(same, key)):  # identical bytes: share them
-                    staged.commit(key)
-                slot.put(record)
+                try:
+                    self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
+                    same = self.index.find_artifact(staged.sha256, exclude_key=key)
+                    if not (same and self.store.link(same, key)):  # identical bytes: share them
+                        staged.commit(key)
+                    slot.put(record)
+                except BaseException:
+                    # Still under the write lock: undo the files before the rollback lets others in.
+                    self._undo_files(record, key, slot.previous)
+                    raise
             previous = slot.previous
         if previous is not None and previous.artifact is not None and previous.artifact.key != key:
             self.store.delete(previous.artifact.key, missing_ok=True)
@@ -238,6 +279,21 @@ class ModelPersistence:
             (time.perf_counter() - started) * 1000,
         )
         return record
+
+    def _undo_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
+        """Best-effort removal of a failed save's files: its artifact, and its sidecar
+        (restored to the previous version's when overwriting)."""
+        sidecar = sidecar_key(record.model_name, record.version)
+        try:
+            self.store.delete(key, missing_ok=True)
+            if previous is None:
+                self.store.delete(sidecar, missing_ok=True)
+            else:
+                self.store.write_bytes(sidecar, _sidecar_bytes(previous))
+        except Exception as exc:  # never hide the error that made the save fail; gc cleans up
+            logger.warning(
+                "could not clean up after a failed save of %s %s: %s", record.model_name, record.version, exc
+            )
 
     def _format_options(self, fmt: Format, **options: Any) -> dict[str, Any]:
         """Extra keyword arguments for formats that keep buffers in the blob store."""
@@ -318,7 +374,7 @@ class ModelPersistence:
         fmt = get_format(art.format)
         local = self.store.local_path(art.key)
         with self._progress(f"loading {model_name}", art.size) as advance:
-            options = self._format_options(fmt, mmap_mode=mmap_mode, extra=art.extra)
+            options = self._format_options(fmt, mmap_mode=mmap_mode, extra=art.extra, trusted=self.trusted_types)
             if mmap_mode is not None and local is not None and fmt.supports_mmap(art.compression):
                 self.store.verify(art.key, art.sha256)
                 model = self._deserialize(fmt.load_path, str(local), art.compression, **options)
@@ -364,6 +420,8 @@ class ModelPersistence:
         only replaced with ``force=True``."""
         out = Path(output)
         fmt_name, compressed = format_for_suffix(out.name)
+        if out.is_dir():
+            raise StorageError(f"output {str(out)!r} is a directory; give a file name such as model.joblib")
         if out.exists() and not force:
             raise VersionExistsError(f"output file {str(out)!r} already exists; use force to replace it")
         model = self.load(model_name, version)

@@ -47,30 +47,34 @@ class JoblibFormat(Format):
         return f"{codec}:{level}"
 
     def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+        """``joblib.dump``; returns ``{"globals": [...]}``, every global the pickle references."""
         import joblib
 
-        if compression is None:
-            joblib.dump(obj, file)
-            return None
-        else:
-            codec, level = compression.split(":")
-            joblib.dump(obj, file, compress=(codec, int(level)))
-            return None
+        from ._restricted import GLOBALS_KEY, recording_joblib_globals
+
+        with recording_joblib_globals() as found:
+            if compression is None:
+                joblib.dump(obj, file)
+            else:
+                codec, level = compression.split(":")
+                joblib.dump(obj, file, compress=(codec, int(level)))
+        return {GLOBALS_KEY: sorted(found)}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
+        """``joblib.load`` with the deny-list, refusing globals outside ``extra["globals"]`` when recorded."""
         import joblib
 
-        from ._restricted import restricted_joblib
+        from ._restricted import allowed_globals, restricted_joblib
 
-        with restricted_joblib():
+        with restricted_joblib(allowed_globals(options.get("extra"))):
             return joblib.load(file)
 
     def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
         import joblib
 
-        from ._restricted import restricted_joblib
+        from ._restricted import allowed_globals, restricted_joblib
 
-        with restricted_joblib():
+        with restricted_joblib(allowed_globals(options.get("extra"))):
             return joblib.load(path, mmap_mode=options.get("mmap_mode"))
 
     def supports_mmap(self, compression: str | None) -> bool:

@@ -38,18 +38,27 @@ class PickleFormat(Format):
         return f"gzip:{level}"
 
     def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+        """Pickle ``obj``; returns ``{"globals": [...]}``, the globals the stream references
+        (scanned from the uncompressed stream as it is written)."""
+        from ._restricted import GLOBALS_KEY, ScanningWriter
+
         if compression is None:
-            pickle.dump(obj, file, protocol=PROTOCOL)
-            return None
-        level = int(compression.split(":")[1])
-        with gzip.GzipFile(fileobj=file, mode="wb", compresslevel=level, mtime=0) as gz:  # type: ignore[call-overload]
-            pickle.dump(obj, gz, protocol=PROTOCOL)
-        return None
+            out = ScanningWriter(file)
+            pickle.dump(obj, out, protocol=PROTOCOL)
+        else:
+            level = int(compression.split(":")[1])
+            with gzip.GzipFile(fileobj=file, mode="wb", compresslevel=level, mtime=0) as gz:  # type: ignore[call-overload]
+                out = ScanningWriter(gz)
+                pickle.dump(obj, out, protocol=PROTOCOL)
+        found = out.scanner.globals
+        return None if found is None else {GLOBALS_KEY: found}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        from ._restricted import RestrictedUnpickler
+        """Unpickle with the deny-list, and refuse globals outside ``extra["globals"]`` when recorded."""
+        from ._restricted import RestrictedUnpickler, allowed_globals
 
+        allowed = allowed_globals(options.get("extra"))
         if compression is None:
-            return RestrictedUnpickler(file).load()
+            return RestrictedUnpickler(file, allowed=allowed).load()
         with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-            return RestrictedUnpickler(gz).load()
+            return RestrictedUnpickler(gz, allowed=allowed).load()

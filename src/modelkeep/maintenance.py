@@ -1,0 +1,504 @@
+"""Registry maintenance: ``verify``, ``gc`` and ``reindex``.
+
+The store keeps three kinds of files under its root:
+
+* ``<model>/<version>/...``: each version's artifact and its sidecar
+  ``<model>_v<version>_metadata.json`` (the record, as JSON);
+* ``.blobs/<xx>/<sha256>``: content-addressed buffers of the ``native`` format;
+* ``.tmp/...``: staged files of saves in progress, or left by a crash.
+
+Anything else under the root (the SQLite index beside the models, for
+example) is not touched. A crash at any point of a save leaves at most files
+that no index entry names; :func:`collect_garbage` removes them and
+:func:`verify_registry` reports them as *orphaned*. The index itself is never
+left naming a missing or half-written artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import signing
+from .blobs import BLOB_DIR, blob_key
+from .errors import (
+    ArtifactNotFoundError,
+    IntegrityError,
+    InvalidNameError,
+    MetadataError,
+    ModelKeepError,
+    SignatureError,
+)
+from .index.sql import no_versions, record_blobs
+from .metadata import ModelMetadata
+from .registry import _sidecar_bytes, sidecar_key
+from .storage import TMP_DIR
+from .versions import validate_model_name, validate_version
+
+if TYPE_CHECKING:
+    from .registry import ModelPersistence
+    from .storage import ArtifactStore
+
+logger = logging.getLogger("modelkeep")
+
+#: Kinds of :class:`Problem`.
+MISSING = "missing"
+"""The index lists a version whose artifact (or one of its blobs) is not in the store."""
+CORRUPT = "corrupt"
+"""An artifact or blob does not hash to the digest recorded at save."""
+SIGNATURE = "signature"
+"""A signing key is configured and the version's manifest signature is missing or wrong."""
+SIDECAR = "sidecar"
+"""A version's sidecar metadata file is missing or disagrees with the index (``reindex`` would be wrong)."""
+ORPHANED = "orphaned"
+"""A file no index entry names: a staged temp file, or an artifact, sidecar or blob of no version."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing :func:`verify_registry` found wrong."""
+
+    kind: str
+    key: str
+    detail: str
+    model_name: str | None = None
+    version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "model_name": self.model_name,
+            "version": self.version,
+            "detail": self.detail,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.model_name} {self.version}: " if self.model_name else ""
+        return f"{self.kind}: {where}{self.key}: {self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    """The result of :func:`verify_registry`; ``ok`` when nothing was found."""
+
+    versions_checked: int = 0
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every artifact is present and intact, and nothing is orphaned."""
+        return not self.problems
+
+    def of_kind(self, *kinds: str) -> list[Problem]:
+        """The problems of the given kinds (``MISSING``, ``CORRUPT``, ...)."""
+        return [p for p in self.problems if p.kind in kinds]
+
+    def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, int] = defaultdict(int)
+        for p in self.problems:
+            counts[p.kind] += 1
+        return {
+            "ok": self.ok,
+            "versions_checked": self.versions_checked,
+            "blobs_checked": self.blobs_checked,
+            "bytes_checked": self.bytes_checked,
+            "counts": dict(sorted(counts.items())),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A file :func:`collect_garbage` removed (or would remove, or kept because it is young)."""
+
+    key: str
+    reason: str
+    size: int
+    age_seconds: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "reason": self.reason, "size": self.size, "age_seconds": self.age_seconds}
+
+
+@dataclass
+class GcReport:
+    """The result of :func:`collect_garbage`.
+
+    ``removed`` lists what was removed (with ``dry_run``: what would be);
+    ``kept`` lists leftovers younger than ``min_age_seconds`` (they may belong
+    to a save in progress); ``repaired`` lists sidecars rewritten from the
+    index; ``errors`` lists files that could not be removed.
+    """
+
+    dry_run: bool
+    min_age_seconds: float
+    removed: list[Leftover] = field(default_factory=list)
+    kept: list[Leftover] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every leftover old enough was removed (or, dry run, could be)."""
+        return not self.errors
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(item.size for item in self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "min_age_seconds": self.min_age_seconds,
+            "bytes_freed": self.bytes_freed,
+            "removed": [item.to_dict() for item in self.removed],
+            "kept": [item.to_dict() for item in self.kept],
+            "repaired": list(self.repaired),
+            "errors": list(self.errors),
+        }
+
+
+# -- layout ---------------------------------------------------------------------------------
+
+
+def _version_dir(key: str) -> tuple[str, str] | None:
+    """``(model, version)`` for a key inside a version folder, else ``None``."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0].startswith("."):
+        return None
+    return parts[0], parts[1]
+
+
+def _referenced_keys(record: ModelMetadata) -> set[str]:
+    keys = {sidecar_key(record.model_name, record.version)}
+    if record.artifact is not None:
+        keys.add(record.artifact.key)
+    return keys
+
+
+def _blob_digest(key: str) -> str | None:
+    parts = key.split("/")
+    return parts[2] if len(parts) == 3 and parts[0] == BLOB_DIR else None
+
+
+def _age_seconds(store: ArtifactStore, key: str, now: float) -> float | None:
+    """Seconds since ``key`` was last written, or ``None`` when the store cannot tell."""
+    try:
+        if store.is_local:
+            return now - os.stat(store.full_path(key)).st_mtime
+        info = store.fs.info(store.full_path(key))
+    except FileNotFoundError:
+        return None
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created", "time"):
+        value = info.get(name)
+        if isinstance(value, (int, float)):
+            return now - float(value)
+        if isinstance(value, _dt.datetime):
+            stamp = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+            return now - stamp.timestamp()
+        if isinstance(value, str):
+            try:
+                return now - _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def _size(store: ArtifactStore, key: str) -> int:
+    try:
+        return store.size(key)
+    except OSError:
+        return 0
+
+
+def _sidecar_matches(store: ArtifactStore, record: ModelMetadata) -> str | None:
+    """``None`` if the sidecar holds exactly ``record``, else what is wrong with it."""
+    key = sidecar_key(record.model_name, record.version)
+    try:
+        raw = store.read_bytes(key)
+    except (ArtifactNotFoundError, FileNotFoundError):
+        return "the sidecar metadata file is missing; reindex would lose this version"
+    try:
+        found = ModelMetadata.from_dict(json.loads(raw)).to_dict()
+    except (ValueError, MetadataError) as exc:
+        return f"the sidecar metadata file is not valid: {exc}"
+    if found != record.to_dict():
+        return "the sidecar metadata file disagrees with the index (run gc to rewrite it from the index)"
+    return None
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def verify_registry(p: ModelPersistence, model_name: str | None = None) -> VerifyReport:
+    """Re-hash every artifact (and blob) and report what is missing, corrupt or orphaned.
+
+    Also checks each version's signature when ``p`` has a signing key, and that
+    each sidecar metadata file matches the index (``reindex`` relies on them).
+    With ``model_name``, only that model's versions and folder are checked
+    (:class:`ModelNotFoundError` if it has neither).
+    """
+    if model_name is not None:
+        model_name = validate_model_name(model_name)
+    store = p.store
+    report = VerifyReport()
+    records = [r for r in p.index.iter_records() if model_name is None or r.model_name == model_name]
+    referenced: set[str] = set()
+    used_blobs: dict[str, int] = {}
+    blob_owners: dict[str, list[ModelMetadata]] = defaultdict(list)
+    for record in records:
+        referenced |= _referenced_keys(record)
+        report.versions_checked += 1
+        report.problems.extend(_check_record(p, record, report))
+        for sha, size in record.artifact.extra.get("blobs", []) if record.artifact else []:
+            used_blobs[str(sha)] = int(size)
+            blob_owners[str(sha)].append(record)
+
+    for sha in sorted(used_blobs):
+        report.blobs_checked += 1
+        key = blob_key(sha)
+        owners = blob_owners[sha]
+        try:
+            store.verify(key, sha)
+            report.bytes_checked += used_blobs[sha]
+        except ArtifactNotFoundError:
+            report.problems.extend(Problem(MISSING, key, "blob is missing", r.model_name, r.version) for r in owners)
+        except IntegrityError as exc:
+            report.problems.extend(Problem(CORRUPT, key, str(exc), r.model_name, r.version) for r in owners)
+
+    keys = store.list_keys(model_name or "")
+    if model_name is not None and not records and not keys:
+        raise no_versions(model_name)
+    if model_name is None:
+        all_used = p.index.referenced_blobs() | set(used_blobs)
+        for key in keys:
+            if key.startswith(TMP_DIR + "/"):
+                report.problems.append(Problem(ORPHANED, key, "temporary file left by an interrupted save"))
+            elif (sha := _blob_digest(key)) is not None and sha not in all_used:
+                report.problems.append(Problem(ORPHANED, key, "blob no version uses"))
+    for key in keys:
+        where = _version_dir(key)
+        if where is not None and key not in referenced:
+            report.problems.append(Problem(ORPHANED, key, "no index entry names this file", *where))
+    return report
+
+
+def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyReport) -> list[Problem]:
+    name, version = record.model_name, record.version
+    art = record.artifact
+    out: list[Problem] = []
+    if art is None:
+        return [Problem(MISSING, sidecar_key(name, version), "the index entry names no artifact", name, version)]
+    try:
+        p.store.verify(art.key, art.sha256)
+        report.bytes_checked += art.size
+    except ArtifactNotFoundError:
+        out.append(Problem(MISSING, art.key, "artifact file is missing", name, version))
+    except IntegrityError as exc:
+        out.append(Problem(CORRUPT, art.key, str(exc), name, version))
+    if p.signing_key:
+        try:
+            signing.verify(record, p.signing_key)
+        except SignatureError as exc:
+            out.append(Problem(SIGNATURE, art.key, str(exc), name, version))
+    wrong = _sidecar_matches(p.store, record)
+    if wrong is not None:
+        out.append(Problem(SIDECAR, sidecar_key(name, version), wrong, name, version))
+    return out
+
+
+# -- gc -------------------------------------------------------------------------------------
+
+
+class _Release(Exception):
+    """Raised inside :meth:`SqlIndex.reserve` to leave it without writing anything."""
+
+
+def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_seconds: float = 3600.0) -> GcReport:
+    """Remove crash leftovers: staged temp files, and artifacts, sidecars and blobs no version uses.
+
+    Files younger than ``min_age_seconds`` are kept (a save may be writing
+    them). Files in a version folder are re-checked and removed while holding
+    that model's write lock, and blobs under the blob lock, so a save that
+    commits concurrently never loses a file. Sidecars that disagree with the
+    index (left by a crash during an overwrite) are rewritten from the index.
+    ``dry_run`` only reports.
+    """
+    store = p.store
+    report = GcReport(dry_run=dry_run, min_age_seconds=min_age_seconds)
+    now = time.time()
+
+    def old_enough(key: str, reason: str) -> Leftover | None:
+        age = _age_seconds(store, key, now)
+        item = Leftover(key, reason, _size(store, key), None if age is None else round(age, 3))
+        if min_age_seconds > 0 and (age is None or age < min_age_seconds):
+            report.kept.append(item)
+            return None
+        return item
+
+    records = list(p.index.iter_records())
+    referenced: set[str] = set()
+    for record in records:
+        referenced |= _referenced_keys(record)
+
+    temporary: list[Leftover] = []
+    blob_candidates: dict[str, Leftover] = {}
+    per_dir: dict[tuple[str, str], list[Leftover]] = defaultdict(list)
+    used_blobs = p.index.referenced_blobs()
+    for key in store.list_keys():
+        if key.startswith(TMP_DIR + "/"):
+            if (item := old_enough(key, "temporary file left by an interrupted save")) is not None:
+                temporary.append(item)
+        elif (sha := _blob_digest(key)) is not None:
+            if sha not in used_blobs and (item := old_enough(key, "blob no version uses")) is not None:
+                blob_candidates[sha] = item
+        elif (
+            (where := _version_dir(key)) is not None
+            and key not in referenced
+            and (item := old_enough(key, "no index entry names this file")) is not None
+        ):
+            per_dir[where].append(item)
+    stale_sidecars = {(r.model_name, r.version) for r in records if _sidecar_matches(store, r) is not None}
+
+    if dry_run:
+        report.removed.extend(temporary)
+        for items in per_dir.values():
+            report.removed.extend(items)
+        report.removed.extend(blob_candidates.values())
+        report.repaired.extend(sidecar_key(*where) for where in sorted(stale_sidecars))
+        return report
+
+    for item in temporary:
+        _remove(store, item, report)
+    for where in sorted(set(per_dir) | stale_sidecars):
+        _clean_version_dir(p, where, per_dir.get(where, []), where in stale_sidecars, report)
+    if blob_candidates:
+
+        def remove_blobs(shas: list[str]) -> None:
+            for sha in shas:
+                _remove(store, blob_candidates[sha], report)
+
+        try:
+            p.index.release_blobs(set(blob_candidates), remove_blobs)
+        except ModelKeepError as exc:
+            report.errors.append(f"blobs: {exc}")
+        store.remove_empty_dirs(BLOB_DIR)
+    logger.info(
+        "gc removed %d file(s) (%d bytes), kept %d young one(s), repaired %d sidecar(s)",
+        len(report.removed),
+        report.bytes_freed,
+        len(report.kept),
+        len(report.repaired),
+    )
+    return report
+
+
+def _remove(store: ArtifactStore, item: Leftover, report: GcReport) -> None:
+    try:
+        store.delete(item.key, missing_ok=True)
+        report.removed.append(item)
+    except OSError as exc:
+        report.errors.append(f"{item.key}: {exc}")
+
+
+def _clean_version_dir(
+    p: ModelPersistence,
+    where: tuple[str, str],
+    leftovers: list[Leftover],
+    repair_sidecar: bool,
+    report: GcReport,
+) -> None:
+    """Under the model's write lock: remove ``leftovers`` the index still does not name,
+    and rewrite the sidecar from the index if it is stale."""
+    model_name, version = where
+    try:
+        with p.index.reserve(model_name, version, overwrite=True) as slot:
+            current = slot.previous
+            keep = _referenced_keys(current) if current is not None else set()
+            for item in leftovers:
+                if item.key not in keep:
+                    _remove(p.store, item, report)
+            if repair_sidecar and current is not None and _sidecar_matches(p.store, current) is not None:
+                key = sidecar_key(model_name, version)
+                p.store.write_bytes(key, _sidecar_bytes(current))
+                report.repaired.append(key)
+            raise _Release
+    except _Release:
+        pass
+    except ModelKeepError as exc:
+        report.errors.append(f"{model_name}/{version}: {exc}")
+        return
+    p.store.remove_empty_dirs(f"{model_name}/{version}")
+
+
+# -- reindex --------------------------------------------------------------------------------
+
+
+def rebuild_index(p: ModelPersistence) -> int:
+    """Rebuild the index from the sidecar metadata files; returns the number of versions indexed.
+
+    For disaster recovery (a lost or damaged index) and after moving a store
+    (artifact keys are relative to the store root, so they stay valid). The
+    current index entries are replaced. A sidecar is skipped, with a warning,
+    when it is unreadable, sits in the wrong folder, names an artifact outside
+    its version folder, or its artifact (or a blob) is missing. Digests are not
+    re-checked here (run :func:`verify_registry` afterwards); loading still
+    checks them, and a signing key still guards every version. Run it while no
+    one is saving to the registry.
+    """
+    store = p.store
+    records: list[ModelMetadata] = []
+    for key in store.list_keys():
+        where = _version_dir(key)
+        if where is None or not key.endswith("_metadata.json") or key != sidecar_key(*where):
+            continue
+        record = _read_sidecar(store, key, *where)
+        if record is not None:
+            records.append(record)
+    records.sort(key=lambda r: (r.created_at, r.updated_at, r.model_name, r.version))
+    p.index.clear()
+    for record in records:
+        p.index.put(record)
+    logger.info("reindex: %d version(s) indexed from their sidecar files", len(records))
+    return len(records)
+
+
+def _read_sidecar(store: ArtifactStore, key: str, model_name: str, version: str) -> ModelMetadata | None:
+    def skip(why: str) -> None:
+        logger.warning("reindex: skipping %s: %s", store.display_path(key), why)
+
+    try:
+        validate_model_name(model_name)
+        validate_version(version)
+        record = ModelMetadata.from_dict(json.loads(store.read_bytes(key)))
+    except (ValueError, InvalidNameError, MetadataError, TypeError) as exc:
+        skip(f"not a valid metadata file: {exc}")
+        return None
+    if (record.model_name, record.version) != (model_name, version):
+        skip(f"it describes {record.model_name} {record.version}, not the folder it is in")
+        return None
+    art = record.artifact
+    if art is None:
+        skip("it names no artifact")
+        return None
+    if not art.key.startswith(f"{model_name}/{version}/") or art.key.count("/") != 2 or ".." in art.key:
+        skip(f"its artifact key {art.key!r} is outside its version folder")
+        return None
+    if not store.exists(art.key):
+        skip("its artifact is missing (a save that never committed)")
+        return None
+    missing = [sha for sha in record_blobs(record) if not store.exists(blob_key(sha))]
+    if missing:
+        skip(f"{len(missing)} of its blobs are missing")
+        return None
+    return record

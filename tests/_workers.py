@@ -1,0 +1,220 @@
+"""Functions run in child processes (multiprocessing "spawn") by the concurrency and crash tests.
+
+They live in an importable module because a spawned child imports its target
+by name. Every worker opens its own :class:`ModelPersistence` on the store and
+index the parent names, exactly as separate programs would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkeep import ModelPersistence, VersionExistsError
+
+
+def open_registry(models_dir: str, url: str, schema: str | None, **kwargs: Any) -> ModelPersistence:
+    return ModelPersistence(models_dir=models_dir, registry_url=url, index_schema=schema, **kwargs)
+
+
+def payload(worker: int, seq: int, nbytes: int = 64 << 10) -> dict[str, Any]:
+    """A model stand-in that says who saved it; ``nbytes`` of random data make the save take time."""
+    rng = np.random.default_rng(worker * 100_003 + seq)
+    return {"worker": worker, "seq": seq, "data": rng.integers(0, 255, size=nbytes, dtype=np.uint8)}
+
+
+def _report(queue: Any, worker: int, fn: Any) -> None:
+    try:
+        queue.put((worker, "ok", fn()))
+    except BaseException:
+        queue.put((worker, "error", traceback.format_exc()))
+
+
+def save_many(
+    models_dir: str, url: str, schema: str | None, worker: int, plan: list[str | None], barrier: Any, queue: Any
+) -> None:
+    """Save one payload per entry of ``plan`` (``None``: next automatic version); report the versions."""
+
+    def run() -> list[tuple[str, int]]:
+        with open_registry(models_dir, url, schema) as p:
+            barrier.wait(120)
+            done = []
+            for seq, version in enumerate(plan):
+                rec = p.save_version(payload(worker, seq, 16 << 10), "shared", version)
+                done.append((rec.version, seq))
+            return done
+
+    _report(queue, worker, run)
+
+
+def race_for_versions(
+    models_dir: str, url: str, schema: str | None, worker: int, versions: list[str], barrier: Any, queue: Any
+) -> None:
+    """For each version, wait for every racer, then try to save it; report who won what."""
+
+    def run() -> list[tuple[str, str]]:
+        with open_registry(models_dir, url, schema) as p:
+            results = []
+            for seq, version in enumerate(versions):
+                model = payload(worker, seq)
+                barrier.wait(120)
+                try:
+                    p.save(model, "contested", version)
+                    results.append((version, "won"))
+                except VersionExistsError:
+                    results.append((version, "exists"))
+            return results
+
+    _report(queue, worker, run)
+
+
+def save_forever(models_dir: str, url: str, schema: str | None, nbytes: int, ready: Any) -> None:
+    """Save until killed: automatic versions, and overwrites of version ``9.9.9``, alternately."""
+    with open_registry(models_dir, url, schema, serialization_format="pickle", compress=False) as p:
+        ready.set()
+        seq = 0
+        while True:
+            seq += 1
+            if seq % 3 == 0:
+                p.save(payload(os.getpid(), seq, nbytes), "crashy", "9.9.9", overwrite=True)
+            else:
+                p.save(payload(os.getpid(), seq, nbytes), "crashy")
+
+
+#: Where :func:`save_then_die` kills itself, in the order a save passes them.
+PHASES = ("staging", "sidecar", "commit", "index")
+
+
+def save_then_die(models_dir: str, url: str, schema: str | None, phase: str, version: str | None) -> None:
+    """Start a save and SIGKILL this process at ``phase``; the save must not complete."""
+    from modelkeep.index.sql import Reservation
+    from modelkeep.storage import ArtifactStore, HashingWriter, StagedArtifact
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if phase == "staging":  # half-way through writing the staged file
+        original_write = HashingWriter.write
+
+        def write(self: HashingWriter, data: Any) -> int:
+            n = original_write(self, data)
+            if self.size > (256 << 10):
+                die()
+            return n
+
+        HashingWriter.write = write  # type: ignore[method-assign]
+    elif phase == "sidecar":  # sidecar written, artifact not yet moved into place
+        original_write_bytes = ArtifactStore.write_bytes
+
+        def write_bytes(self: ArtifactStore, key: str, data: bytes) -> None:
+            original_write_bytes(self, key, data)
+            if key.endswith("_metadata.json"):
+                die()
+
+        ArtifactStore.write_bytes = write_bytes  # type: ignore[method-assign]
+    elif phase == "commit":  # artifact in place, index row not yet written
+        original_commit = StagedArtifact.commit
+
+        def commit(self: StagedArtifact, key: str) -> None:
+            original_commit(self, key)
+            if not key.endswith("_metadata.json"):  # the artifact, not the sidecar
+                die()
+
+        StagedArtifact.commit = commit  # type: ignore[method-assign]
+    elif phase == "index":  # index row written, transaction not yet committed
+        original_put = Reservation.put
+
+        def put(self: Reservation, record: Any) -> None:
+            original_put(self, record)
+            die()
+
+        Reservation.put = put  # type: ignore[method-assign]
+    else:
+        raise ValueError(phase)
+    with open_registry(models_dir, url, schema) as p:
+        p.save(payload(1, 1, 1 << 20), "victim", version, overwrite=True)
+    raise AssertionError("the save should have been killed")
+
+
+# -- gadgets for the tampering tests -----------------------------------------------------------
+
+
+def mark_executed(path: str) -> str:
+    """What a malicious pickle would run: leaves a file behind as evidence."""
+    Path(path).write_text("pwned")
+    return "pwned"
+
+
+class Gadget:
+    """Pickles to a call of :func:`mark_executed`: code that runs on unpickling."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (mark_executed, (self.path,))
+
+
+class SystemGadget:
+    """The classic: pickles to ``os.system(command)``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+# -- running workers -----------------------------------------------------------------------------
+
+
+def run_in_processes(target: Any, worker_args: list[tuple[Any, ...]], *, timeout: float = 300) -> dict[int, Any]:
+    """Run ``target(*args, barrier, queue)`` in one spawned process per ``args``; return
+    ``{worker: result}``. Each ``args`` must start with ``(models_dir, url, schema, worker, ...)``.
+    A worker that raised fails the test with its traceback."""
+    import multiprocessing
+    import queue as queue_mod
+
+    ctx = multiprocessing.get_context("spawn")
+    results: Any = ctx.Queue()
+    barrier = ctx.Barrier(len(worker_args))
+    procs = [ctx.Process(target=target, args=(*args, barrier, results)) for args in worker_args]
+    for proc in procs:
+        proc.start()
+    out: dict[int, Any] = {}
+    errors: list[str] = []
+    try:
+        for _ in procs:
+            try:
+                worker, status, value = results.get(timeout=timeout)
+            except queue_mod.Empty:
+                codes = [proc.exitcode for proc in procs]
+                raise AssertionError(f"workers did not report within {timeout}s; exit codes {codes}") from None
+            if status == "ok":
+                out[worker] = value
+            else:
+                errors.append(f"worker {worker}:\n{value}")
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    if errors:
+        raise AssertionError("\n".join(errors))
+    return out
+
+
+class Custom:
+    """A plain user class: skops does not trust it unless the caller says so."""
+
+    def __init__(self, value: int = 1) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Custom) and other.value == self.value
