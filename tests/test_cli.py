@@ -697,3 +697,29 @@ def test_help_imports_no_heavy_module() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY_MODULES)
     assert heavy == [], f"--help imported heavy modules: {heavy[:10]}"
+
+
+# -- copy ---------------------------------------------------------------------
+
+
+def test_copy_to_another_registry_keeps_digests(run: Run, model_file: Path, tmp_path: Path) -> None:
+    first = save(run, model_file, version="1.0.0")
+    save(run, model_file, "other", "2.0.0")
+    dest = tmp_path / "team"
+    result = run("copy", "--to-models-dir", str(dest), "--model-name", "clf", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["copied"] == [["clf", "1.0.0"]] and report["skipped"] == []
+    copied = CliRunner().invoke(cli, ["--models-dir", str(dest), "info", "--model-name", "clf", "--json"])
+    assert copied.exit_code == 0, copied.output
+    assert json.loads(copied.stdout)["artifact"]["sha256"] == first["artifact"]["sha256"]
+    again = run("copy", "--to-models-dir", str(dest), "--json")
+    assert json.loads(again.stdout)["skipped"] == [["clf", "1.0.0"]]
+    assert json.loads(again.stdout)["copied"] == [["other", "2.0.0"]]
+
+
+def test_copy_needs_a_destination(run: Run, model_file: Path) -> None:
+    save(run, model_file)
+    result = run("copy")
+    assert result.exit_code == 2
+    assert "destination" in result.stderr

@@ -333,6 +333,53 @@ def delete(ctx: click.Context, model_name: str, version: str, yes: bool) -> None
     _status(ctx, f"Deleted {model_name} version {version}")
 
 
+@cli.command()
+@click.option("--to-config", "to_config", type=click.Path(path_type=Path), help="YAML config of the destination.")
+@click.option("--to-models-dir", metavar="DIR", help="Destination models directory (or fsspec URL).")
+@click.option("--to-registry-url", metavar="URL", help="Destination index database URL.")
+@click.option("--model-name", "model_names", multiple=True, help="Copy only this model (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace destination versions whose bytes differ.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout and nothing else.")
+@click.pass_context
+def copy(
+    ctx: click.Context,
+    to_config: Path | None,
+    to_models_dir: str | None,
+    to_registry_url: str | None,
+    model_names: tuple[str, ...],
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Copy models from this registry to another (e.g. local -> PostgreSQL + S3).
+
+    Every version is copied byte for byte with its metadata and digests, and
+    verified in the destination before it is registered there. Versions the
+    destination already holds with the same SHA-256 are skipped.
+    """
+    from ._progress import ProgressBar
+    from .config import load_settings
+    from .migrate import copy_registry
+
+    if to_config is None and to_models_dir is None and to_registry_url is None:
+        raise click.UsageError("give the destination: --to-config, --to-models-dir and/or --to-registry-url")
+    source = _open(ctx)
+    settings = load_settings(to_config, models_dir=to_models_dir, registry_url=to_registry_url)
+    progress = ProgressBar(enabled=False if _state(ctx).verbose is False else None)
+    dest = ctx.with_resource(settings.create_persistence(progress=progress))
+    report = copy_registry(source, dest, models=list(model_names) or None, overwrite=overwrite, progress=progress)
+    if as_json:
+        _emit_json(
+            {
+                "copied": [list(v) for v in report.copied],
+                "skipped": [list(v) for v in report.skipped],
+                "overwritten": [list(v) for v in report.overwritten],
+                "bytes_copied": report.bytes_copied,
+            }
+        )
+    else:
+        _status(ctx, str(report))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelkeep`` console script and ``python -m modelkeep``."""
     cli.main(args=argv, prog_name="modelkeep")
