@@ -723,3 +723,54 @@ def test_copy_needs_a_destination(run: Run, model_file: Path) -> None:
     result = run("copy")
     assert result.exit_code == 2
     assert "destination" in result.stderr
+
+
+# -- verify / gc / reindex ------------------------------------------------------
+
+
+def test_verify_clean_then_corrupt(run: Run, model_file: Path) -> None:
+    record = save(run, model_file)
+    ok = run("verify", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["ok"] is True
+    path = Path(record["path"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    bad = run("verify", "--json")
+    assert bad.exit_code == 1
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False
+    assert report["counts"] == {"corrupt": 1}
+    assert report["problems"][0]["version"] == "1.0.0"
+    people = run("verify")
+    assert people.exit_code == 1 and "1 problem" in people.stdout
+
+
+def test_gc_dry_run_then_remove(run: Run, model_file: Path, models_dir: Path) -> None:
+    save(run, model_file)
+    leftover = models_dir / ".tmp" / "dead.part"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"x" * 10)
+    dry = run("gc", "--dry-run", "--min-age", "0", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert [item["key"] for item in json.loads(dry.stdout)["removed"]] == [".tmp/dead.part"]
+    assert leftover.exists()
+    young = run("gc", "--json")  # default min age: an hour, so the fresh file is kept
+    assert json.loads(young.stdout)["removed"] == [] and leftover.exists()
+    real = run("gc", "--min-age", "0")
+    assert real.exit_code == 0 and "removed 1 file" in real.stdout
+    assert not leftover.exists()
+
+
+def test_reindex_rebuilds_a_lost_index(run: Run, model_file: Path, models_dir: Path) -> None:
+    save(run, model_file, version="1.0.0")
+    save(run, model_file, version="1.1.0")
+    for f in models_dir.glob("registry.db*"):
+        f.unlink()
+    assert run("reindex").exit_code == 1  # no terminal and no --yes: refuse
+    result = run("reindex", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Reindexed 2 version(s)" in result.stdout
+    listed = run("list", "--model-name", "clf", "--json")
+    assert [row["version"] for row in json.loads(listed.stdout)] == ["1.0.0", "1.1.0"]

@@ -44,7 +44,8 @@ from modelkeep.signing import manifest
 from ._workers import Custom, Gadget, SystemGadget
 
 FORMATS = [
-    pytest.param("joblib", True, id="joblib-zlib"),
+    pytest.param("joblib", True, id="joblib-zstd"),
+    pytest.param("joblib", ("zlib", 3), id="joblib-zlib"),
     pytest.param("joblib", False, id="joblib-raw"),
     pytest.param("pickle", True, id="pickle-gz"),
     pytest.param("pickle", False, id="pickle-raw"),
@@ -70,11 +71,16 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
-def serialize_like(fmt: str, compress: bool, obj: Any) -> bytes:
+def serialize_like(fmt: str, compress: Any, obj: Any) -> bytes:
     """``obj`` in the bytes a modelkeep artifact of that format would hold (for swapping)."""
     buf = io.BytesIO()
-    if fmt == "joblib":
-        joblib.dump(obj, buf, compress=("zlib", 3) if compress else 0)
+    if fmt == "joblib" and compress is True:  # modelkeep's default: a zstd frame around a joblib stream
+        import zstandard
+
+        with zstandard.ZstdCompressor(level=1).stream_writer(buf, closefd=False) as zfile:
+            joblib.dump(obj, zfile)
+    elif fmt == "joblib":
+        joblib.dump(obj, buf, compress=compress or 0)
     else:
         import gzip
 
@@ -114,7 +120,7 @@ def model(classifier: Any) -> Any:
 
 
 @pytest.mark.parametrize(("fmt", "compress"), FORMATS)
-def test_one_flipped_byte_fails_the_integrity_check(tmp_path: Path, model: Any, fmt: str, compress: bool) -> None:
+def test_one_flipped_byte_fails_the_integrity_check(tmp_path: Path, model: Any, fmt: str, compress: Any) -> None:
     with ModelPersistence(tmp_path / "models", serialization_format=fmt, compress=compress) as p:
         p.save(model, "clf", "1.0.0")
         flip_byte(artifact_path(p, "clf", "1.0.0"))
@@ -146,7 +152,7 @@ def test_a_flipped_byte_in_a_native_blob_fails_the_integrity_check(tmp_path: Pat
 
 @pytest.mark.parametrize(("fmt", "compress"), PICKLE_FORMATS)
 def test_a_swapped_in_pickle_is_refused_before_it_is_unpickled(
-    tmp_path: Path, model: Any, fmt: str, compress: bool
+    tmp_path: Path, model: Any, fmt: str, compress: Any
 ) -> None:
     marker = tmp_path / "executed"
     with ModelPersistence(tmp_path / "models", serialization_format=fmt, compress=compress) as p:
@@ -163,7 +169,7 @@ def test_a_swapped_in_pickle_is_refused_before_it_is_unpickled(
 
 
 @pytest.mark.parametrize(("fmt", "compress"), PICKLE_FORMATS)
-def test_rewritten_digests_do_not_let_a_gadget_run(tmp_path: Path, model: Any, fmt: str, compress: bool) -> None:
+def test_rewritten_digests_do_not_let_a_gadget_run(tmp_path: Path, model: Any, fmt: str, compress: Any) -> None:
     """Without a key, the digests can be forged; the globals recorded at save still stop a
     gadget that only uses harmless-looking globals (not on the deny-list)."""
     marker = tmp_path / "executed"
@@ -178,7 +184,7 @@ def test_rewritten_digests_do_not_let_a_gadget_run(tmp_path: Path, model: Any, f
 
 @pytest.mark.parametrize(("fmt", "compress"), PICKLE_FORMATS)
 def test_the_deny_list_stops_os_system_even_without_recorded_globals(
-    tmp_path: Path, model: Any, fmt: str, compress: bool
+    tmp_path: Path, model: Any, fmt: str, compress: Any
 ) -> None:
     marker = tmp_path / "executed"
     with ModelPersistence(tmp_path / "models", serialization_format=fmt, compress=compress) as p:
@@ -192,7 +198,7 @@ def test_the_deny_list_stops_os_system_even_without_recorded_globals(
 
 @pytest.mark.parametrize(("fmt", "compress"), PICKLE_FORMATS)
 def test_without_a_key_a_swapped_legit_model_with_forged_digests_loads(
-    tmp_path: Path, iris_data: Any, fmt: str, compress: bool
+    tmp_path: Path, iris_data: Any, fmt: str, compress: Any
 ) -> None:
     """The limit of hashes alone (documented in the README): someone who can write both the
     store and the index can replace a model by another one built from the same classes."""
@@ -209,7 +215,7 @@ def test_without_a_key_a_swapped_legit_model_with_forged_digests_loads(
 
 @pytest.mark.parametrize(("fmt", "compress"), FORMATS)
 def test_with_a_key_a_swap_with_digests_rewritten_in_index_and_sidecar_is_refused(
-    tmp_path: Path, iris_data: Any, fmt: str, compress: bool
+    tmp_path: Path, iris_data: Any, fmt: str, compress: Any
 ) -> None:
     from sklearn.linear_model import LogisticRegression
 
@@ -358,7 +364,7 @@ def test_restrictions_apply_only_inside_modelkeep(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "compress"), PICKLE_FORMATS)
-def test_save_records_the_globals_of_the_pickle(tmp_path: Path, model: Any, fmt: str, compress: bool) -> None:
+def test_save_records_the_globals_of_the_pickle(tmp_path: Path, model: Any, fmt: str, compress: Any) -> None:
     with ModelPersistence(tmp_path / "models", serialization_format=fmt, compress=compress) as p:
         rec = p.save_version(model, "clf", "1.0.0")
         found = rec.artifact.extra["globals"]  # type: ignore[union-attr]
@@ -454,3 +460,26 @@ def test_records_round_trip_their_extra(tmp_path: Path, model: Any) -> None:
         rec = p.save_version(model, "clf", "1.0.0")
         again = ModelMetadata.from_dict(rec.to_dict())
         assert again.artifact == rec.artifact
+
+
+def test_skops_trusted_types_come_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelkeep import ModelPersistenceManager
+
+    models = tmp_path / "models"
+    with ModelPersistence(models, serialization_format="skops") as p:
+        p.save({"custom": Custom(7)}, "obj", "1.0.0")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"persistence:\n  models_dir: {models}\n  trusted_types: [tests._workers.Custom]\n")
+    manager = ModelPersistenceManager(config)
+    try:
+        assert manager.load_model("obj", "1.0.0") == {"custom": Custom(7)}
+    finally:
+        manager.close()
+    monkeypatch.setenv("MODELKEEP_TRUSTED_TYPES", "tests._workers.Other")
+    config.write_text(f"persistence:\n  models_dir: {models}\n")
+    manager = ModelPersistenceManager(config)
+    try:
+        with pytest.raises(UnsafeModelError, match=r"tests\._workers\.Custom"):
+            manager.load_model("obj", "1.0.0")
+    finally:
+        manager.close()

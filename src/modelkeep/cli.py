@@ -380,6 +380,74 @@ def copy(
         _status(ctx, str(report))
 
 
+@cli.command()
+@click.option("--model-name", default=None, help="Check only this model.")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
+    """Re-hash every artifact; report missing, corrupt and orphaned files (exit 1 if any)."""
+    report = _open(ctx).verify(model_name)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        for problem in report.problems:
+            click.echo(str(problem))
+        _status(
+            ctx,
+            f"checked {report.versions_checked} version(s), {report.blobs_checked} blob(s), "
+            f"{_human_size(report.bytes_checked)}: "
+            + ("all intact" if report.ok else f"{len(report.problems)} problem(s)"),
+        )
+    if not report.ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.option(
+    "--min-age",
+    "min_age",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Keep leftovers younger than this many seconds (they may belong to a save in progress).",
+)
+@json_option
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, min_age: float, as_json: bool) -> None:
+    """Remove crash leftovers: staged temp files, and files no index entry uses."""
+    report = _open(ctx).gc(dry_run=dry_run, min_age_seconds=min_age)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for item in report.removed:
+            click.echo(f"{verb} {item.key} ({item.reason}, {_human_size(item.size)})")
+        for error in report.errors:
+            click.echo(f"could not remove {error}", err=True)
+        _status(
+            ctx,
+            f"{verb} {len(report.removed)} file(s), {_human_size(report.bytes_freed)}; "
+            f"kept {len(report.kept)} younger than {min_age:g} s; repaired {len(report.repaired)} sidecar(s)",
+        )
+    if not report.ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def reindex(ctx: click.Context, yes: bool) -> None:
+    """Rebuild the index from the *_metadata.json sidecar files (disaster recovery, moved stores)."""
+    if not yes and not _stdin_is_interactive():
+        raise click.ClickException("refusing to rebuild the index without confirmation: pass --yes")
+    persistence = _open(ctx, create=True)  # a lost registry.db is exactly when reindex is needed
+    if not yes:
+        click.confirm("Replace the index with what the sidecar files describe?", abort=True, err=True)
+    count = persistence.reindex()
+    _status(ctx, f"Reindexed {count} version(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelkeep`` console script and ``python -m modelkeep``."""
     cli.main(args=argv, prog_name="modelkeep")

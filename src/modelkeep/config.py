@@ -32,6 +32,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_SERIALIZATION_FORMAT": ("persistence", "serialization_format"),
     "MODELKEEP_COMPRESS": ("persistence", "compress"),
     "MODELKEEP_SIGNING_KEY": ("persistence", "signing_key"),
+    "MODELKEEP_TRUSTED_TYPES": ("persistence", "trusted_types"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {
@@ -60,6 +61,15 @@ class PersistenceSettings(BaseModel):
     serialization_format: str = "joblib"
     compress: bool | int | str | tuple[str, int] = True
     signing_key: SecretStr | None = None
+    #: Types the skops format may build at load; from here or the caller, never from an artifact.
+    trusted_types: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_types", mode="before")
+    @classmethod
+    def _split_types(cls, v: Any) -> Any:
+        if isinstance(v, str):  # MODELKEEP_TRUSTED_TYPES="pkg.mod.Class,other.Class"
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return [] if v is None else v
 
     @field_validator("serialization_format")
     @classmethod
@@ -128,6 +138,7 @@ class Settings(BaseModel):
             signing_key=p.signing_key.get_secret_value() if p.signing_key else None,
             progress=progress,
             create=create,
+            trusted_types=p.trusted_types or None,
         )
 
     def release_logging(self) -> None:

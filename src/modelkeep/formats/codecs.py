@@ -1,0 +1,47 @@
+"""Stream codecs that wrap a format's byte stream (zstd), beside joblib's own.
+
+joblib's built-in codecs (zlib, gzip, bz2, lzma, xz, lz4) stay available by
+name; ``zstd`` is modelkeep's default for ``compress=True`` because at level 1
+it is several times faster than joblib's zlib-3 at about the same size. A
+zstd artifact is a standard zstd frame around a plain joblib stream:
+``joblib.load(zstandard.open(path, "rb"))`` reads it without modelkeep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from typing import IO, Any
+
+from ..errors import BackendUnavailableError
+
+STREAM_CODECS = ("zstd",)
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError as exc:  # pragma: no cover - zstandard is a base dependency
+        raise BackendUnavailableError("the zstd codec needs the 'zstandard' package") from exc
+    return zstandard
+
+
+@contextlib.contextmanager
+def compressing(file: Any, codec: str, level: int) -> Iterator[Any]:
+    """A writer that compresses into ``file``; the frame is finished on exit."""
+    if codec != "zstd":
+        raise ValueError(f"unknown stream codec {codec!r}")
+    zstd = _zstd()
+    with zstd.ZstdCompressor(level=level).stream_writer(file, closefd=False) as writer:
+        yield writer
+
+
+@contextlib.contextmanager
+def decompressing(file: IO[bytes], codec: str) -> Iterator[IO[bytes]]:
+    """A buffered reader of the decompressed stream (``peek`` works, as joblib needs)."""
+    if codec != "zstd":
+        raise ValueError(f"unknown stream codec {codec!r}")
+    zstd = _zstd()
+    with zstd.ZstdDecompressor().stream_reader(file, closefd=False) as raw:
+        yield io.BufferedReader(raw, buffer_size=1 << 20)
