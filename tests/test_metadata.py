@@ -213,3 +213,12 @@ def test_metadata_nan_is_stored_as_null(local_persistence: ModelPersistence) -> 
     assert meta.metadata == {"score": None, "scores": [1.0, None]}
     df = local_persistence.compare_versions("m")
     assert df["score"].isna().all()
+
+
+def test_circular_metadata_is_refused_with_its_path() -> None:
+    loop: dict[str, object] = {"a": 1}
+    loop["self"] = loop
+    with pytest.raises(MetadataError, match=r"metadata\.inner\.self contains itself"):
+        to_json_safe({"inner": loop})
+    shared = [1, 2]
+    assert to_json_safe({"x": shared, "y": shared}) == {"x": [1, 2], "y": [1, 2]}  # shared, not circular

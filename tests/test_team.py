@@ -79,7 +79,7 @@ def test_save_list_load_delete_round_trip(
 ) -> None:
     X, _ = iris_data
     path = team.save(classifier, "iris", accuracy=0.97)
-    assert path.name == "iris_v1.0.0.joblib"
+    assert path == f"{s3_bucket.url()}/iris/1.0.0/iris_v1.0.0.joblib"  # a URL string, not a mangled Path
     team.save(classifier, "iris", accuracy=0.98)
     assert team.list_models() == ["iris"]
     assert team.list_versions("iris") == ["1.0.0", "1.0.1"]

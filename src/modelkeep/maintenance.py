@@ -320,10 +320,6 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
 # -- gc -------------------------------------------------------------------------------------
 
 
-class _Release(Exception):
-    """Raised inside :meth:`SqlIndex.reserve` to leave it without writing anything."""
-
-
 def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_seconds: float = 3600.0) -> GcReport:
     """Remove crash leftovers: staged temp files, and artifacts, sidecars and blobs no version uses.
 
@@ -422,8 +418,8 @@ def _clean_version_dir(
     and rewrite the sidecar from the index if it is stale."""
     model_name, version = where
     try:
-        with p.index.reserve(model_name, version, overwrite=True) as slot:
-            current = slot.previous
+        with p.index.lock_model(model_name):
+            current = p.index.get(model_name, version)
             keep = _referenced_keys(current) if current is not None else set()
             for item in leftovers:
                 if item.key not in keep:
@@ -432,9 +428,6 @@ def _clean_version_dir(
                 key = sidecar_key(model_name, version)
                 p.store.write_bytes(key, _sidecar_bytes(current))
                 report.repaired.append(key)
-            raise _Release
-    except _Release:
-        pass
     except ModelKeepError as exc:
         report.errors.append(f"{model_name}/{version}: {exc}")
         return
@@ -466,9 +459,7 @@ def rebuild_index(p: ModelPersistence) -> int:
         if record is not None:
             records.append(record)
     records.sort(key=lambda r: (r.created_at, r.updated_at, r.model_name, r.version))
-    p.index.clear()
-    for record in records:
-        p.index.put(record)
+    p.index.replace_all(records)
     logger.info("reindex: %d version(s) indexed from their sidecar files", len(records))
     return len(records)
 

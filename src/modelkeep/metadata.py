@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import math
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from .errors import MetadataError
 
 #: Version of the sidecar JSON layout written next to every artifact.
 SIDECAR_SCHEMA = 1
+#: ids of the containers being converted right now, to catch circular references.
+_active: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("modelkeep_json_path", default=frozenset())
 #: Metadata arrays larger than this are refused rather than inflating the index.
 MAX_ARRAY_ELEMENTS = 10_000
 
@@ -131,6 +134,18 @@ def to_json_safe(value: Any, path: str = "metadata") -> Any:
         return int(value)
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else None
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in _active.get():
+            raise MetadataError(f"{path} contains itself (a circular reference); metadata must be a tree")
+        token = _active.set(_active.get() | {id(value)})
+        try:
+            return _container(value, path)
+        finally:
+            _active.reset(token)
+    return _scalar(value, path)
+
+
+def _container(value: Any, path: str) -> Any:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
@@ -145,6 +160,10 @@ def to_json_safe(value: Any, path: str = "metadata") -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         return [to_json_safe(v, f"{path}[{i}]") for i, v in enumerate(items)]
+    raise TypeError(f"not a container: {type(value).__name__}")  # pragma: no cover - callers check
+
+
+def _scalar(value: Any, path: str) -> Any:
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, _dt.timedelta):

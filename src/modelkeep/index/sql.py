@@ -368,10 +368,31 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def clear(self) -> None:
-        """Delete every entry (reindex rebuilds from the sidecar files afterwards)."""
+        """Delete every entry."""
+        self.replace_all([])
+
+    @_retry_on_disconnect
+    def replace_all(self, records: list[ModelMetadata]) -> None:
+        """Replace every entry with ``records``, in one transaction (for reindex).
+
+        Readers see either the old index or the new one, never a half-built one;
+        on PostgreSQL every model named on either side is locked meanwhile.
+        """
         with self._write() as conn:
+            names = {r[0] for r in conn.execute(select(versions.c.model_name).distinct())}
+            for name in sorted(names | {r.model_name for r in records}):
+                self._lock_model(conn, name)
             conn.execute(delete(blob_refs))
             conn.execute(delete(versions))
+            for record in records:
+                Reservation(self, conn, record.model_name, record.version, None).put(record)
+
+    @contextlib.contextmanager
+    def lock_model(self, model_name: str) -> Iterator[None]:
+        """Hold a model's write lock (what savers hold) for the block, writing nothing."""
+        with self._write() as conn:
+            self._lock_model(conn, model_name)
+            yield
 
     # -- reading ----------------------------------------------------------------
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
