@@ -52,7 +52,7 @@ FORMATS = [
     pytest.param("skops", True, id="skops"),
     pytest.param("native", False, id="native"),
 ]
-PICKLE_FORMATS = [p for p in FORMATS if p.values[0] in ("joblib", "pickle")]
+PICKLE_FORMATS = [p for p in FORMATS if p.values[0] in ("joblib", "pickle", "native")]
 
 
 def artifact_path(p: ModelPersistence, name: str, version: str) -> Path:

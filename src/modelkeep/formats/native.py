@@ -54,6 +54,7 @@ class NativeFormat(Format):
 
     def dump(self, obj: Any, file: Writable, compression: str | None, **options: Any) -> dict[str, Any] | None:
         from ..blobs import BlobStore
+        from ._restricted import GLOBALS_KEY, ScanningWriter
 
         blobs: BlobStore = options["blobs"]
         views: list[memoryview] = []
@@ -68,26 +69,30 @@ class NativeFormat(Format):
             views.append(view)
             return False
 
-        pickle.dump(obj, file, protocol=5, buffer_callback=out_of_band)
+        out = ScanningWriter(file)  # records the globals the stream references
+        pickle.dump(obj, out, protocol=5, buffer_callback=out_of_band)
         digests = blobs.hash_all(views)
         sizes = [v.nbytes for v in views]
         todo = set(blobs.missing(zip(digests, sizes, strict=True)))
         written = blobs.put_many({d: v for d, v in zip(digests, views, strict=True) if d in todo})
-        return {
+        extra: dict[str, Any] = {
             "protocol": PROTOCOL,
             "blobs": [[d, s] for d, s in zip(digests, sizes, strict=True)],
             "blob_bytes_written": written,
         }
+        if out.scanner.globals is not None:
+            extra[GLOBALS_KEY] = out.scanner.globals
+        return extra
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        from ._restricted import RestrictedUnpickler
+        from ._restricted import RestrictedUnpickler, allowed_globals
 
         blobs = options["blobs"]
         extra = options.get("extra") or {}
         digests = [(sha, int(size)) for sha, size in extra.get("blobs", [])]
         mmap = options.get("mmap_mode") is not None
         buffers = blobs.read_many(digests, verify=not mmap, mmap=mmap)
-        return RestrictedUnpickler(file, buffers=buffers).load()
+        return RestrictedUnpickler(file, buffers=buffers, allowed=allowed_globals(extra)).load()
 
     def supports_mmap(self, compression: str | None) -> bool:
         return False  # mapping happens per blob in load(); the stream itself is tiny
