@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import signing
-from .errors import IntegrityError, StorageError, VersionExistsError
+from .blobs import blob_key
+from .errors import IntegrityError, VersionExistsError
 from .index.sql import record_blobs
 from .metadata import ModelMetadata
 from .registry import _sidecar_bytes, revision_key, sidecar_key
@@ -132,17 +133,14 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
             key = copied.artifact.key  # type: ignore[union-attr]
             sidecar = sidecar_key(record.model_name, record.version)
             try:
-                if record_blobs(record):
-                    slot.lock_blobs()  # a concurrent gc in dest must not remove the blobs meanwhile
-                    gone = [sha for sha, _ in art.extra["blobs"] if not dest.store.exists(_blob_key(sha))]
-                    if gone:
-                        raise StorageError(f"{len(gone)} blob(s) of {where} vanished from the destination; copy again")
+                if record_blobs(record):  # a concurrent gc in dest must not have removed them
+                    dest.check_blobs_present(slot, art.extra["blobs"])
                 staged.commit(key)
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
                 dest.store.write_bytes(sidecar, _sidecar_bytes(copied))
                 slot.put(copied)
             except BaseException:
-                _undo(dest, key, sidecar, previous)  # still under the lock: nobody saw these files
+                dest.undo_version_files(copied, key, previous)
                 raise
     old_key = previous.artifact.key if previous is not None and previous.artifact is not None else key
     if old_key != key and dest.index.count_artifact_refs(old_key) == 0:
@@ -170,18 +168,6 @@ def _for_dest(
     return moved
 
 
-def _undo(dest: ModelPersistence, key: str, sidecar: str, previous: ModelMetadata | None) -> None:
-    """Best-effort removal of a failed copy's files (the sidecar restored when replacing)."""
-    try:
-        dest.store.delete(key, missing_ok=True)
-        if previous is None:
-            dest.store.delete(sidecar, missing_ok=True)
-        else:
-            dest.store.write_bytes(sidecar, _sidecar_bytes(previous))
-    except Exception as exc:  # never hide the error that made the copy fail; gc cleans up
-        logger.warning("could not clean up after a failed copy to %s: %s", dest.store.display_path(key), exc)
-
-
 def _stream_into(src: ArtifactStore, key: str, staged: StagedArtifact, advance: Advance) -> None:
     with src.stream(key) as chunks, staged.open(advance) as out:
         for chunk in chunks:
@@ -196,16 +182,10 @@ def _check(staged: StagedArtifact, sha256: str, size: int, where: str) -> None:
         )
 
 
-def _blob_key(sha256: str) -> str:
-    from .blobs import blob_key
-
-    return blob_key(sha256)
-
-
 def _copy_blobs(src: ArtifactStore, dst: ArtifactStore, blobs: list[list[Any]]) -> None:
     """Copy the content-addressed blobs a record references that ``dst`` lacks, verified."""
     for sha, size in blobs:
-        key = _blob_key(str(sha))
+        key = blob_key(str(sha))
         if dst.exists(key) and dst.size(key) == int(size):
             continue
         with dst.staged() as staged:

@@ -256,7 +256,7 @@ class ModelPersistence:
                 if self.signing_key:
                     record.signature = signing.sign(record, self.signing_key)
                 if extra.get("blobs"):
-                    self._check_blobs_present(slot, extra["blobs"])
+                    self.check_blobs_present(slot, extra["blobs"])
                 try:
                     self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
                     same = self.index.find_artifact(staged.sha256, exclude_key=key)
@@ -265,7 +265,7 @@ class ModelPersistence:
                     slot.put(record)
                 except BaseException:
                     # Still under the write lock: undo the files before the rollback lets others in.
-                    self._undo_files(record, key, slot.previous)
+                    self.undo_version_files(record, key, slot.previous)
                     raise
             previous = slot.previous
         if previous is not None and previous.artifact is not None and previous.artifact.key != key:
@@ -280,9 +280,10 @@ class ModelPersistence:
         )
         return record
 
-    def _undo_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
-        """Best-effort removal of a failed save's files: its artifact, and its sidecar
-        (restored to the previous version's when overwriting)."""
+    def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
+        """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
+        sidecar (restored to the previous version's when overwriting). Call it while
+        still holding the version's write lock, so nobody has seen these files."""
         sidecar = sidecar_key(record.model_name, record.version)
         try:
             self.store.delete(key, missing_ok=True)
@@ -303,7 +304,7 @@ class ModelPersistence:
             options["blobs"] = BlobStore(self.store)
         return options
 
-    def _check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
+    def check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
         """Under the shared blob lock, make sure a concurrent gc removed none of our blobs."""
         from .blobs import BlobStore
 
