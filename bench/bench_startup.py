@@ -54,10 +54,16 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
     env = _environment()
     with tempfile.TemporaryDirectory(prefix="modelkeep-bench-") as tmp:
         models_dir = str(Path(tmp) / "models")
+        # An empty registry (list refuses a folder that has none, to catch typos).
+        subprocess.run(
+            [sys.executable, "-c", f"from modelkeep import ModelPersistence; ModelPersistence({models_dir!r}).close()"],
+            check=True,
+            env=env,
+        )
         commands = [
             ("python -c pass", [sys.executable, "-c", "pass"]),
             ("modelkeep --help", [*modelkeep, "--help"]),
-            ("modelkeep list (empty models dir)", [*modelkeep, "--models-dir", models_dir, "list"]),
+            ("modelkeep list (empty registry)", [*modelkeep, "--models-dir", models_dir, "list"]),
         ]
         results: list[dict[str, Any]] = []
         for name, argv in commands:

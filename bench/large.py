@@ -1,0 +1,153 @@
+"""Large models: uncompressed save and load of a >=100 MB forest and a dict of float arrays.
+
+Methods: joblib and pickle 5 (each + fsync), modelkeep's default joblib format
+with ``compress=False``, and modelkeep's ``native`` format (pickle 5 with
+content-addressed array blobs) when it exists. Loads are measured "warm" (the
+file is in the page cache, as right after a save) and "cold" (pages dropped
+with ``posix_fadvise`` first); ``mmap_mode="r"`` loads of the array dict warm.
+
+Saving the same object again would let modelkeep's content dedup skip the
+write, which a retrained model would not get; so the default-format registry
+deletes the previous repetition's version first, and the native format writes
+to a fresh registry in every repetition.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from baselines import joblib_read, joblib_save, pickle_read, pickle_save
+from common import CACHE_DIR, Settings, compare_interleaved, error_text, evict_from_page_cache, log, scratch_dir
+from subject import drop_version, open_registry
+from workloads import array_dict, cached_forest, pickled_size
+
+JOBLIB = "joblib.dump+fsync"
+PICKLE = "pickle5+fsync"
+MK = "modelkeep"
+NATIVE = "modelkeep native"
+
+
+def workloads(settings: Settings) -> dict[str, Any]:
+    """The two large objects, built (or reloaded from the cache) once per run."""
+    return {
+        "forest": cached_forest(settings.forest_target_mb, CACHE_DIR),
+        "arrays": array_dict(settings.arrays_mb),
+    }
+
+
+def _version(i: int) -> str:
+    """The modelkeep version written by repetition ``i`` (warm-ups have negative ``i``)."""
+    return str(i + 100)
+
+
+class _Targets:
+    """Where each method writes in repetition ``i``, and how to clean up before the next."""
+
+    def __init__(self, root: Path, modelkeep: Any, name: str) -> None:
+        self.root = root
+        self.modelkeep = modelkeep
+        self.name = name
+        self.registry: Any = None
+        self.native: Any = None
+        self.errors: dict[str, str] = {}
+        if modelkeep is not None:
+            try:
+                self.registry = open_registry(modelkeep, root / "default", compress=False)
+            except Exception as exc:
+                self.errors[MK] = error_text(exc)
+
+    def path(self, case: str, i: int) -> Path:
+        return self.root / f"{case}-{i}.bin"
+
+    def native_root(self, i: int) -> Path:
+        return self.root / f"native-{i}"
+
+    def before_save(self, case: str, i: int) -> None:
+        """Remove what the previous repetition of ``case`` wrote; open a fresh native registry."""
+        if case == MK:
+            drop_version(self.registry, self.name, _version(i - 1))
+        elif case == NATIVE:
+            self.close_native()
+            shutil.rmtree(self.native_root(i - 1), ignore_errors=True)
+            self.native = open_registry(self.modelkeep, self.native_root(i), serialization_format="native")
+        else:
+            self.path(case, i - 1).unlink(missing_ok=True)
+
+    def file_of(self, case: str, last: int) -> Path:
+        """The file or directory a load case reads (for page-cache eviction)."""
+        if case.startswith(NATIVE):
+            return self.native_root(last)
+        if case.startswith(MK):
+            return self.root / "default"
+        return self.path(JOBLIB if case.startswith("joblib") else PICKLE, last)
+
+    def close_native(self) -> None:
+        if self.native is not None:
+            self.native.close()
+            self.native = None
+
+    def close(self) -> None:
+        self.close_native()
+        if self.registry is not None:
+            self.registry.close()
+
+
+def _save_cases(obj: object, t: _Targets) -> dict[str, Any]:
+    """Timed save callables for every available method."""
+    cases: dict[str, Any] = {
+        JOBLIB: lambda i: joblib_save(obj, t.path(JOBLIB, i)),
+        PICKLE: lambda i: pickle_save(obj, t.path(PICKLE, i)),
+    }
+    if t.registry is not None:
+        cases[MK] = lambda i: t.registry.save(obj, t.name, _version(i))
+    if t.modelkeep is not None:
+        cases[NATIVE] = lambda i: t.native.save(obj, t.name, _version(i))
+    return cases
+
+
+def _load_cases(t: _Targets, last: int, mmap: bool) -> dict[str, Any]:
+    """Timed load callables reading what the last save repetition wrote."""
+    v = _version(last)
+    cases: dict[str, Any] = {
+        "joblib.load": lambda i: joblib_read(t.path(JOBLIB, last)),
+        "pickle.load": lambda i: pickle_read(t.path(PICKLE, last)),
+    }
+    if t.registry is not None:
+        cases[MK] = lambda i: t.registry.load(t.name, v)
+    if t.native is not None:
+        cases[NATIVE] = lambda i: t.native.load(t.name, v)
+    if mmap:
+        cases["joblib.load mmap_mode=r"] = lambda i: joblib_read(t.path(JOBLIB, last), "r")
+        if t.registry is not None:
+            cases[f"{MK} mmap_mode=r"] = lambda i: t.registry.load(t.name, v, mmap_mode="r")
+        if t.native is not None:
+            cases[f"{NATIVE} mmap_mode=r"] = lambda i: t.native.load(t.name, v, mmap_mode="r")
+    return cases
+
+
+def _measure_one(label: str, obj: object, settings: Settings, modelkeep: Any) -> dict[str, Any]:
+    """Save, warm load, cold load (and mmap load for the array dict) of one object."""
+    out: dict[str, Any] = {"model_bytes": pickled_size(obj)}
+    repeats = settings.large_repeats
+    last = repeats - 1
+    with scratch_dir(f"large-{label}") as root:
+        t = _Targets(root, modelkeep, label)
+        try:
+            log(f"large {label}: save")
+            out["save"] = compare_interleaved(_save_cases(obj, t), repeats, before=t.before_save)
+            log(f"large {label}: load")
+            out["load"] = compare_interleaved(_load_cases(t, last, mmap=label == "arrays"), repeats)
+            evict = lambda case, i: evict_from_page_cache(t.file_of(case, last))  # noqa: E731
+            out["load_cold"] = compare_interleaved(_load_cases(t, last, mmap=False), repeats, before=evict)
+        finally:
+            t.close()
+        if t.errors:
+            out["modelkeep_errors"] = t.errors
+    return out
+
+
+def run(settings: Settings, modelkeep: Any, objects: dict[str, Any]) -> dict[str, Any]:
+    """Measure both large workloads."""
+    return {label: _measure_one(label, obj, settings, modelkeep) for label, obj in objects.items()}

@@ -1,0 +1,191 @@
+"""Run every modelkeep benchmark side by side with its baselines and write bench/README.md.
+
+Usage (from the repository root)::
+
+    python bench/run.py            # full run, about 10 minutes; rewrites bench/README.md
+    python bench/run.py --quick    # smoke run; writes bench/.tmp/README.quick.md
+    python bench/run.py --only small,large
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import baselines  # first, so it records joblib's own classes before modelkeep can swap them
+from common import BENCH_DIR, TMP_ROOT, Settings, error_text, load_modelkeep, log
+
+SECTIONS = ("small", "large", "compression", "memory", "index", "dedup", "mlflow", "startup")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="modelkeep benchmark suite")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
+    parser.add_argument("--only", default="", help="comma-separated sections to run")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    parser.add_argument("--output", type=Path, help="README to write (default depends on --quick)")
+    args = parser.parse_args(argv)
+    for name in filter(None, (args.only + "," + args.skip).split(",")):
+        if name not in SECTIONS:
+            parser.error(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def selected_sections(args: argparse.Namespace) -> list[str]:
+    only = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    skip = set(filter(None, args.skip.split(",")))
+    return [s for s in SECTIONS if s in only and s not in skip]
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("modelkeep", "numpy", "scikit-learn", "joblib", "zstandard", "SQLAlchemy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed" if name != "modelkeep" else "from src/ (not installed)"
+    return versions
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment(args: argparse.Namespace, modelkeep_error: str | None) -> dict[str, Any]:
+    """What the report says about the machine and the run."""
+    command = "python bench/run.py" + (" --quick" if args.quick else "")
+    command += f" --only {args.only}" if args.only else ""
+    command += f" --skip {args.skip}" if args.skip else ""
+    return {
+        "command": command,
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3,
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "packages": _package_versions(),
+        "modelkeep_error": modelkeep_error,
+    }
+
+
+def run_startup() -> dict[str, Any]:
+    """The CLI cold-start rows from bench/bench_startup.py, if that module exists."""
+    if not (BENCH_DIR / "bench_startup.py").exists():
+        return {"skipped": "bench/bench_startup.py is not present yet"}
+    import bench_startup
+
+    return {"rows": bench_startup.run()}
+
+
+class Runner:
+    """Runs the selected sections, sharing the large objects between them."""
+
+    def __init__(self, settings: Settings, modelkeep: Any) -> None:
+        self.settings = settings
+        self.modelkeep = modelkeep
+        self._objects: dict[str, Any] | None = None
+
+    def objects(self) -> dict[str, Any]:
+        if self._objects is None:
+            import large
+
+            log("building the large workloads (the forest is cached in bench/.tmp/cache)")
+            self._objects = large.workloads(self.settings)
+        return self._objects
+
+    def model_bytes(self) -> dict[str, int]:
+        from workloads import pickled_size
+
+        return {label: pickled_size(obj) for label, obj in self.objects().items()}
+
+    def section(self, name: str) -> Callable[[], dict[str, Any]]:
+        """The callable that measures section ``name``."""
+        import compression
+        import dedup
+        import index_scaling
+        import large
+        import memory
+        import mlflow_baseline
+        import small
+
+        s, mk = self.settings, self.modelkeep
+        return {
+            "small": lambda: small.run(s, mk),
+            "large": lambda: large.run(s, mk, self.objects()),
+            "compression": lambda: compression.run(s, mk, self.objects()),
+            "memory": lambda: memory.run(s, mk, self.model_bytes()),
+            "index": lambda: index_scaling.run(s, mk),
+            "dedup": lambda: dedup.run(s, mk),
+            "mlflow": lambda: mlflow_baseline.run(s),
+            "startup": run_startup,
+        }[name]
+
+    def run(self, names: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Results per section, and the seconds each section took."""
+        results: dict[str, Any] = {}
+        seconds: dict[str, float] = {}
+        for name in names:
+            log(f"section {name}")
+            began = time.monotonic()
+            try:
+                results[name] = self.section(name)()
+            except Exception as exc:
+                results[name] = {"error": error_text(exc)}
+            seconds[name] = round(time.monotonic() - began, 1)
+        return results, seconds
+
+
+def write_outputs(results: dict[str, Any], quick: bool, output: Path | None) -> Path:
+    """Write results JSON, the index plot and the README; returns the README path."""
+    import index_scaling
+    import report
+
+    out_dir = TMP_ROOT if quick else BENCH_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ".quick" if quick else ""
+    (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot = out_dir / f"index_scaling{suffix}.png"
+    plotted = "index" in results and index_scaling.plot(results["index"], plot)
+    readme = output or out_dir / f"README{suffix}.md"
+    plot_name = os.path.relpath(plot, readme.resolve().parent) if plotted else None
+    readme.write_text(report.render(results, plot_name))
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings.for_mode(args.quick)
+    modelkeep, modelkeep_error = load_modelkeep()
+    if modelkeep_error:
+        log(f"modelkeep unavailable ({modelkeep_error}); measuring baselines only")
+    began = time.monotonic()
+    results: dict[str, Any] = {"meta": environment(args, modelkeep_error)}
+    sections, seconds = Runner(settings, modelkeep).run(selected_sections(args))
+    results.update(sections)
+    results["meta"]["section_seconds"] = seconds
+    results["meta"]["joblib_classes_replaced"] = baselines.joblib_patched_by_others()
+    results["meta"]["duration_s"] = time.monotonic() - began
+    readme = write_outputs(results, args.quick, args.output)
+    log(f"done in {results['meta']['duration_s'] / 60:.1f} min; report: {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Small model: save plus register, and load, for modelkeep next to joblib and pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from baselines import joblib_read, joblib_save, pickle_read, pickle_save
+from common import Settings, compare_interleaved, error_text, fsync_latency, log, scratch_dir
+from subject import open_registry
+from workloads import pickled_size, small_model
+
+NAME = "small"
+#: modelkeep configurations measured for the small model: label -> ModelPersistence options.
+CONFIGS = {
+    "modelkeep (default)": {},
+    "modelkeep (compress=False)": {"compress": False},
+}
+
+
+def _save_cases(model: object, root: Path, registries: dict[str, Any]) -> dict[str, Any]:
+    """One timed callable per saving method; modelkeep allocates the versions itself."""
+    cases: dict[str, Any] = {
+        "joblib.dump+fsync": lambda i: joblib_save(model, root / f"j{i}.joblib"),
+        "pickle5+fsync": lambda i: pickle_save(model, root / f"p{i}.pkl"),
+    }
+    for label, registry in registries.items():
+        cases[f"{label} save"] = lambda i, r=registry: r.save(model, NAME)
+    return cases
+
+
+def _retrain(model: Any) -> Any:
+    """A ``before`` hook that nudges the intercept, so every save stores new bytes.
+
+    Saving byte-identical models would let modelkeep's content dedup skip the
+    write, which is not what a retrained model does.
+    """
+    base = float(model.intercept_[0])
+
+    def before(case: str, i: int) -> None:
+        model.intercept_[0] = base + (i + 10) * 1e-9 + hash(case) % 1000 * 1e-12
+
+    return before
+
+
+def _load_cases(root: Path, registries: dict[str, Any]) -> dict[str, Any]:
+    """One timed callable per loading method, each reading what the save step wrote."""
+    cases: dict[str, Any] = {
+        "joblib.load": lambda i: joblib_read(root / "j0.joblib"),
+        "pickle.load": lambda i: pickle_read(root / "p0.pkl"),
+    }
+    for label, registry in registries.items():
+        versions = registry.list_versions(NAME)
+        if versions:
+            cases[f"{label} load (explicit version)"] = lambda i, r=registry, v=versions[0]: r.load(NAME, v)
+            cases[f"{label} load (latest)"] = lambda i, r=registry: r.load(NAME)
+    return cases
+
+
+def _open_all(modelkeep: Any, root: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Open one registry per configuration; failures are returned as error texts."""
+    registries: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for n, (label, options) in enumerate(CONFIGS.items()):
+        try:
+            registries[label] = open_registry(modelkeep, root / f"registry{n}", **options)
+        except Exception as exc:
+            errors[label] = error_text(exc)
+    return registries, errors
+
+
+def run(settings: Settings, modelkeep: Any) -> dict[str, Any]:
+    """Measure the small-model group; modelkeep rows are missing when it is not importable."""
+    model = small_model()
+    out: dict[str, Any] = {"model_bytes": pickled_size(model)}
+    with scratch_dir("small") as root:
+        registries, errors = _open_all(modelkeep, root) if modelkeep is not None else ({}, {})
+        if errors:
+            out["modelkeep_errors"] = errors
+        out["fsync_before"] = fsync_latency(root)
+        log("small: save")
+        out["save"] = compare_interleaved(
+            _save_cases(model, root, registries), settings.small_model_repeats, warmup=2, before=_retrain(model)
+        )
+        log("small: load")
+        out["load"] = compare_interleaved(_load_cases(root, registries), settings.small_model_repeats, warmup=2)
+        out["fsync_after"] = fsync_latency(root)
+        for registry in registries.values():
+            registry.close()
+    return out
