@@ -19,8 +19,10 @@ from .errors import ArtifactNotFoundError, IntegrityError, StorageError
 from .storage import TMP_DIR, ArtifactStore, _fsync_dir
 
 BLOB_DIR = ".blobs"
-#: Threads used to hash and write blobs; hashlib and file writes release the GIL.
+#: Threads that hash and read blobs (CPU-bound; hashlib releases the GIL).
 WORKERS = max(2, min(8, (os.cpu_count() or 2)))
+#: Threads that write blobs: mostly waiting on fsync, so more than the cores.
+IO_WORKERS = 8
 
 
 def blob_key(sha256: str) -> str:
@@ -68,7 +70,7 @@ class BlobStore:
         if len(items) == 1:
             self._put(*items[0])
         else:
-            with ThreadPoolExecutor(WORKERS) as pool:
+            with ThreadPoolExecutor(IO_WORKERS) as pool:
                 list(pool.map(lambda kv: self._put(*kv), items))
         if self.store.is_local:
             for parent in {os.path.dirname(self.store.full_path(blob_key(sha))) for sha in blobs}:
@@ -118,12 +120,26 @@ class BlobStore:
             if verify:
                 self._check(sha, memoryview(mapped))
             return mapped
-        data = self.store.read_bytes(key)
-        if len(data) != size:
-            raise IntegrityError(f"blob {sha[:12]} has {len(data)} bytes, recorded {size}")
+        data = self._read_into(key, size)
         if verify:
             self._check(sha, memoryview(data))
-        return bytearray(data)  # writable, so loaded arrays are writable like joblib's
+        return data  # writable, so loaded arrays are writable like joblib's
+
+    def _read_into(self, key: str, size: int) -> bytearray:
+        """The blob's bytes in one writable buffer, read once (no intermediate copy)."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        with self.store.open_read(key) as f:
+            while got < size:
+                n = f.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                got += n
+            extra = f.read(1)
+        if got != size or extra:
+            raise IntegrityError(f"blob {key.rsplit('/', 1)[-1][:12]} does not have the recorded {size} bytes")
+        return buf
 
     def read_many(self, digests: Sequence[tuple[str, int]], *, verify: bool = True, mmap: bool = False) -> list[Any]:
         """Every blob, read (and verified) in parallel."""

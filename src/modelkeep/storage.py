@@ -61,7 +61,7 @@ class HashingWriter(io.RawIOBase):
 
     #: Immutable chunks at least this large are hashed on a helper thread while
     #: the next one is written, so hashing overlaps the disk write.
-    OVERLAP_MIN = 1 << 20
+    OVERLAP_MIN = 64 << 10
     #: At most this many chunks wait for the hasher (bounds the extra memory).
     MAX_PENDING = 4
 
