@@ -1,7 +1,8 @@
 """Shared fixtures: every index test runs on SQLite and on PostgreSQL.
 
 PostgreSQL is used when ``MODELKEEP_TEST_POSTGRES_URL`` is set (``.ci/run``
-sets it); each test gets a schema of its own, dropped afterwards.
+sets it), or else when the machine's own server answers on 127.0.0.1:5432.
+Each test gets a schema of its own, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +19,24 @@ from modelkeep import ModelPersistence
 
 pytest_plugins = ["tests.s3_server"]
 
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _local_postgres() -> str | None:
+    """The machine's own PostgreSQL (trust auth, database ``test``), if one answers."""
+    try:
+        import psycopg
+
+        with psycopg.connect(LOCAL_PG, connect_timeout=2):
+            return LOCAL_PG
+    except Exception:
+        return None
+
+
+# Set once here, before the test modules read it, so that a plain `pytest` on a machine with
+# PostgreSQL running exercises the PostgreSQL backend as well (subprocess workers inherit it).
+if "MODELKEEP_TEST_POSTGRES_URL" not in os.environ and (_found := _local_postgres()):
+    os.environ["MODELKEEP_TEST_POSTGRES_URL"] = _found
 PG_URL = os.environ.get("MODELKEEP_TEST_POSTGRES_URL")
 
 
