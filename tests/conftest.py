@@ -39,6 +39,19 @@ if "MODELKEEP_TEST_POSTGRES_URL" not in os.environ and (_found := _local_postgre
     os.environ["MODELKEEP_TEST_POSTGRES_URL"] = _found
 PG_URL = os.environ.get("MODELKEEP_TEST_POSTGRES_URL")
 
+#: The seed README's config.yaml, as written there.
+SEED_CONFIG = """\
+logging:
+  level: INFO
+  file: logs/app.log
+
+persistence:
+  models_dir: models
+  registry_path: null
+  serialization_format: joblib
+  compress: true
+"""
+
 
 @dataclass
 class IndexTarget:

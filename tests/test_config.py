@@ -14,17 +14,7 @@ from modelkeep import ConfigError, ModelMetadata, ModelPersistenceManager, Signa
 from modelkeep.config import ENV_VARS, load_settings
 from modelkeep.formats import get_format
 
-SEED_CONFIG = """\
-logging:
-  level: INFO
-  file: logs/app.log
-
-persistence:
-  models_dir: models
-  registry_path: null
-  serialization_format: joblib
-  compress: true
-"""
+from .conftest import SEED_CONFIG
 
 
 @pytest.fixture(autouse=True)

@@ -19,17 +19,7 @@ import pytest
 
 from modelkeep.config import ENV_VARS
 
-SEED_CONFIG_YAML = """\
-logging:
-  level: INFO
-  file: logs/app.log
-
-persistence:
-  models_dir: models
-  registry_path: null
-  serialization_format: joblib
-  compress: true
-"""
+from .conftest import SEED_CONFIG
 
 
 @pytest.fixture(autouse=True)
@@ -269,7 +259,7 @@ def test_compare_versions(with_my_model: dict[str, Any], capsys: pytest.CaptureF
 
 
 def test_using_manager_with_config(basic: dict[str, Any], workdir: Path) -> None:
-    (workdir / "config.yaml").write_text(SEED_CONFIG_YAML)
+    (workdir / "config.yaml").write_text(SEED_CONFIG)
     state = using_manager_with_config(basic["model"])
     try:
         assert state["model_path"] == workdir / "models" / "my_model" / "1.0.0" / "my_model_v1.0.0.joblib"

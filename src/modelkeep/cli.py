@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .formats import FORMATS  # a dict of names; the formats themselves load lazily
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -184,7 +186,7 @@ def cli(
     type=click.Path(path_type=Path),
     help="JSON file with an object of custom metadata (metrics, dataset info, ...).",
 )
-@click.option("--format", "fmt", type=click.Choice(["joblib", "pickle"]), help="Storage format (default: from config).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="Storage format (default: from config).")
 @click.option("--compress/--no-compress", default=None, help="Compress the stored artifact (default: from config).")
 @click.option("--overwrite", is_flag=True, help="Replace the version if it already exists.")
 @json_option
