@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .errors import ArtifactNotFoundError, IntegrityError, StorageError
-from .storage import TMP_DIR, ArtifactStore, _fsync_dir
+from .errors import IntegrityError, StorageError
+from .storage import TMP_DIR, ArtifactStore, _fsync_dir, check_digest
 
 BLOB_DIR = ".blobs"
 #: Threads that hash and read blobs (CPU-bound; hashlib releases the GIL).
@@ -114,7 +114,7 @@ class BlobStore:
                         return b""
                     mapped = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
             except FileNotFoundError as exc:
-                raise ArtifactNotFoundError(f"Model file not found: blob {self.store.display_path(key)}") from exc
+                raise self.store.not_found(key) from exc
             if len(mapped) != size:
                 raise IntegrityError(f"blob {sha[:12]} has {len(mapped)} bytes, recorded {size}")
             if verify:
@@ -150,12 +150,7 @@ class BlobStore:
 
     @staticmethod
     def _check(sha: str, view: memoryview) -> None:
-        got = sha256_of(view)
-        if got != sha:
-            raise IntegrityError(
-                f"integrity check failed for blob {sha[:16]}...: SHA-256 is {got[:16]}...; "
-                "the blob was changed after it was saved"
-            )
+        check_digest(f"blob {sha[:16]}...", sha, sha256_of(view))
 
     def delete(self, sha: str) -> None:
         self.store.delete(blob_key(sha), missing_ok=True)

@@ -214,6 +214,10 @@ class ArtifactStore:
         """A path a person can paste: a local path, or a URL for object stores."""
         return self.full_path(key) if self.is_local else f"{self.url}/{key}"
 
+    def not_found(self, key: str) -> ArtifactNotFoundError:
+        """The error for a missing ``key``, in the seed's wording."""
+        return ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}")
+
     def local_path(self, key: str) -> Path | None:
         """The local file behind ``key``, or ``None`` for remote stores."""
         return Path(self.full_path(key)) if self.is_local else None
@@ -330,7 +334,7 @@ class ArtifactStore:
         try:
             return open(path, "rb")
         except FileNotFoundError as exc:
-            raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from exc
+            raise self.not_found(key) from exc
 
     @contextlib.contextmanager
     def stream(self, key: str) -> Iterator[Iterator[bytes]]:
@@ -375,7 +379,7 @@ class ArtifactStore:
         if self.is_local:
             with self.open_read(key) as f:
                 got, _ = hash_stream(f, advance)
-                _check_digest(self.display_path(key), sha256, got)
+                check_digest(self.display_path(key), sha256, got)
                 f.seek(0)
                 yield f
             return
@@ -384,7 +388,7 @@ class ArtifactStore:
             with self.stream(key) as chunks:
                 for chunk in chunks:
                     w.write(chunk)
-            _check_digest(self.display_path(key), sha256, w.hexdigest())
+            check_digest(self.display_path(key), sha256, w.hexdigest())
             spool.seek(0)
             yield spool  # type: ignore[misc]
 
@@ -394,7 +398,7 @@ class ArtifactStore:
         with self.stream(key) as chunks:
             for chunk in chunks:
                 sha.update(chunk)
-        _check_digest(self.display_path(key), sha256, sha.hexdigest())
+        check_digest(self.display_path(key), sha256, sha.hexdigest())
 
     # -- housekeeping ---------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -413,7 +417,7 @@ class ArtifactStore:
             try:
                 return os.path.getsize(path)
             except FileNotFoundError as exc:
-                raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from exc
+                raise self.not_found(key) from exc
         with self._remote("check", key):
             self.fs.invalidate_cache()
             return int(self.fs.size(path))
@@ -426,11 +430,11 @@ class ArtifactStore:
                 os.unlink(path)
             except FileNotFoundError:
                 if not missing_ok:
-                    raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from None
+                    raise self.not_found(key) from None
             return
         with self._remote("delete", key):
             if not missing_ok and not self.exists(key):
-                raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}")
+                raise self.not_found(key)
             try:
                 self.fs.rm_file(path)  # S3 deletes of absent keys succeed
             except FileNotFoundError:
@@ -477,7 +481,7 @@ class ArtifactStore:
         except ModelKeepError:
             raise
         except FileNotFoundError as exc:
-            raise ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}") from exc
+            raise self.not_found(key) from exc
         except Exception as exc:
             errno = exc.errno if isinstance(exc, OSError) else None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -534,7 +538,8 @@ def _abort_upload(f: Any) -> None:
             f.closed = True
 
 
-def _check_digest(where: str, expected: str, got: str) -> None:
+def check_digest(where: str, expected: str, got: str) -> None:
+    """Raise :class:`IntegrityError` naming ``where`` unless ``got`` is the recorded digest."""
     if got != expected:
         raise IntegrityError(
             f"integrity check failed for {where}: SHA-256 is {got[:16]}..., "
