@@ -50,6 +50,10 @@ class ConfigError(ModelKeepError, ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
 
 
+class IncompatibleRegistryError(ConfigError):
+    """The registry was written by a newer modelkeep (index schema or file format): upgrade to open it."""
+
+
 class IntegrityError(ModelKeepError, ValueError):
     """An artifact does not match the digest recorded when it was saved."""
 

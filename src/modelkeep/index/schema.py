@@ -1,4 +1,10 @@
-"""The registry index tables, as SQLAlchemy Core metadata (SQLite and PostgreSQL)."""
+"""The registry index tables, as SQLAlchemy Core metadata (SQLite and PostgreSQL).
+
+These definitions are the *current* schema: a new registry is created from them
+and stamped with :data:`SCHEMA_VERSION`. An older registry is brought up to the
+same shape by the ordered steps in :mod:`modelkeep.index.migrations`, so every
+change here needs a migration step there (a test compares the two).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-
-#: Bumped when the tables change in a way older code cannot read.
-SCHEMA_VERSION = 1
 
 metadata_obj = MetaData()
 
@@ -41,6 +44,9 @@ versions = Table(
     Column("updated_at", String(40), nullable=False),
     # The whole ModelMetadata.to_dict() as JSON text: metadata, environment, signature.
     Column("record", Text, nullable=False),
+    # Lifecycle (schema 2): NULL while live, the ISO-8601 time it was trashed otherwise.
+    Column("deleted_at", String(40), nullable=True),
+    Column("description", Text, nullable=True),
     UniqueConstraint("model_name", "version", name="uq_modelkeep_versions_model_version"),
     Index("ix_modelkeep_versions_order", "model_name", "parsed", "sort_key"),
     Index("ix_modelkeep_versions_sha256", "sha256"),
@@ -64,4 +70,57 @@ blob_refs = Table(
     Column("sha256", String(64), nullable=False),
     UniqueConstraint("model_name", "version", "sha256", name="uq_modelkeep_blob_refs"),
     Index("ix_modelkeep_blob_refs_sha256", "sha256"),
+)
+
+
+# -- lifecycle (schema 2) --------------------------------------------------------
+
+# One row per model that has (or had) versions: the model's own description.
+models = Table(
+    "modelkeep_models",
+    metadata_obj,
+    Column("model_name", String(128), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
+# Named pointers at versions (``production``, ``champion``); their moves are in history.
+aliases = Table(
+    "modelkeep_aliases",
+    metadata_obj,
+    Column("model_name", String(128), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Index("ix_modelkeep_aliases_version", "model_name", "version"),
+)
+
+# Key/value tags on a model (version = '') or on one version.
+tags = Table(
+    "modelkeep_tags",
+    metadata_obj,
+    Column("model_name", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("value", Text, nullable=False),
+    Index("ix_modelkeep_tags_key", "key"),
+)
+
+# Append-only audit log: one row per change, written in the change's own transaction.
+history = Table(
+    "modelkeep_history",
+    metadata_obj,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", String(40), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("version", String(64), nullable=True),
+    Column("alias", String(64), nullable=True),
+    Column("key", String(256), nullable=True),
+    Column("before", Text, nullable=True),
+    Column("after", Text, nullable=True),
+    Index("ix_modelkeep_history_model", "model_name", "id"),
+    Index("ix_modelkeep_history_alias", "model_name", "alias", "id"),
 )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -34,6 +35,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from ..errors import (
     BackendUnavailableError,
     ConfigError,
+    IncompatibleRegistryError,
     ModelNotFoundError,
     StorageError,
     VersionExistsError,
@@ -41,7 +43,8 @@ from ..errors import (
 )
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
-from .schema import SCHEMA_VERSION, blob_refs, info, metadata_obj, versions
+from .migrations import SCHEMA_VERSION, pending
+from .schema import blob_refs, info, metadata_obj, versions
 
 _WRITE = "modelkeep_write"
 logger = logging.getLogger("modelkeep")
@@ -194,7 +197,7 @@ class SqlIndex:
         if schema is not None:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
-        self._create_tables()
+        self._open_schema()
 
     # -- plumbing ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -247,24 +250,60 @@ class SqlIndex:
             fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
             conn.execute(text(f"SELECT {fn}(hashtext('modelkeep:blobs'))"))
 
-    def _create_tables(self) -> None:
+    def _open_schema(self) -> None:
+        """Create a new registry, or bring an older one up to :data:`SCHEMA_VERSION`.
+
+        The usual case (already current) costs one read. Otherwise, under the write
+        lock (and on PostgreSQL a schema-wide advisory lock), the steps of
+        :mod:`.migrations` run in one transaction, so concurrent openers upgrade once
+        and a crash mid-upgrade leaves the old schema intact.
+        """
         try:
+            if self._stamped_version() == SCHEMA_VERSION:
+                return
             with self._write() as conn:
                 if self.dialect == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:schema'))"))
                     if self.schema is not None:
                         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-                metadata_obj.create_all(conn, checkfirst=True)
-                found = conn.execute(select(info.c.value).where(info.c.key == "schema_version")).scalar()
+                found = self._schema_of(conn)
                 if found is None:
+                    metadata_obj.create_all(conn, checkfirst=True)
                     conn.execute(insert(info).values(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif int(found) > SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"the registry at {self.safe_url} uses index schema {found}; "
-                        f"this modelkeep reads up to {SCHEMA_VERSION}: upgrade modelkeep"
+                    return
+                if found > SCHEMA_VERSION:
+                    raise IncompatibleRegistryError(
+                        f"the registry at {self.safe_url} was written with index schema {found}, newer than "
+                        f"this modelkeep's {SCHEMA_VERSION}: upgrade modelkeep to open it"
                     )
+                steps = pending(found)
+                for step in steps:
+                    logger.info("upgrading the registry index to schema %d: %s", step.version, step.summary)
+                    step.upgrade(conn, self.dialect)
+                if steps:
+                    conn.execute(update(info).where(info.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open the registry database {self.safe_url}: {exc}") from exc
+
+    def _stamped_version(self) -> int | None:
+        """The recorded schema version, or ``None`` if it cannot be read cheaply (new database)."""
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(select(info.c.value).where(info.c.key == "schema_version")).scalar()
+        except SQLAlchemyError:
+            return None  # no tables yet, or an error that the locked path reports properly
+        return None if found is None else int(found)
+
+    def _schema_of(self, conn: Connection) -> int | None:
+        """The schema of the registry behind ``conn``: ``None`` when it has no tables yet."""
+        names = set(inspect(conn).get_table_names(schema=self.schema))
+        if versions.name not in names:
+            return None
+        if info.name in names:
+            found = conn.execute(select(info.c.value).where(info.c.key == "schema_version")).scalar()
+            if found is not None:
+                return int(found)
+        return 1  # tables without a stamp: the 0.1 layout
 
     @property
     def safe_url(self) -> str:

@@ -1,0 +1,83 @@
+"""Ordered upgrade steps for the index schema.
+
+A registry records the schema it was written with (``schema_version`` in
+``modelkeep_info``). Opening an older one applies every later step here, in
+order, inside one write transaction under the schema lock, then stamps the new
+version; a registry written by a newer modelkeep is refused with
+:class:`~modelkeep.errors.IncompatibleRegistryError` rather than misread. A new
+registry is created straight from :mod:`modelkeep.index.schema` and stamped
+with :data:`SCHEMA_VERSION`.
+
+Rules for a new step: append it (never edit or reorder a released one), make it
+work on SQLite and PostgreSQL, backfill existing rows, and keep
+:mod:`modelkeep.index.schema` equal to "version 1 plus every step"
+(``tests/test_migrations.py`` checks that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Connection, func, insert, null, select
+
+from . import schema
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One upgrade step: from ``version - 1`` to ``version``."""
+
+    version: int
+    summary: str
+    upgrade: Callable[[Connection, str], None]
+
+
+def _qualified(conn: Connection, table_name: str) -> str:
+    """``table_name`` quoted, and prefixed with the PostgreSQL schema the engine maps to."""
+    preparer = conn.dialect.identifier_preparer
+    translate = conn.get_execution_options().get("schema_translate_map") or {}
+    target = translate.get(None)
+    quoted = preparer.quote(table_name)
+    return f"{preparer.quote_schema(target)}.{quoted}" if target else quoted
+
+
+def add_column(conn: Connection, table_name: str, column: Column[object]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for a nullable column (SQLite and PostgreSQL)."""
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {_qualified(conn, table_name)} ADD COLUMN {column.name} {kind}")
+
+
+def _baseline(conn: Connection, dialect: str) -> None:
+    """Version 1, the 0.1 release: versions, info and blob_refs. Nothing to upgrade from."""
+
+
+def _lifecycle(conn: Connection, dialect: str) -> None:
+    """Version 2: soft delete and descriptions on versions; models, aliases, tags, history."""
+    v = schema.versions
+    add_column(conn, v.name, Column("deleted_at", v.c.deleted_at.type))
+    add_column(conn, v.name, Column("description", v.c.description.type))
+    # These tables are new in this step, so their current definitions are the step's. If a
+    # later step changes one of them, copy its version-2 definition here first.
+    for table in (schema.models, schema.aliases, schema.tags, schema.history):
+        table.create(conn, checkfirst=True)
+    conn.execute(
+        insert(schema.models).from_select(
+            ["model_name", "description", "created_at", "updated_at"],
+            select(v.c.model_name, null(), func.min(v.c.created_at), func.max(v.c.updated_at)).group_by(v.c.model_name),
+        )
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
+    Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
+]
+
+#: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS`.
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def pending(found: int) -> list[Migration]:
+    """The steps that bring a registry at schema ``found`` up to :data:`SCHEMA_VERSION`."""
+    return [m for m in MIGRATIONS if m.version > found]

@@ -1,0 +1,152 @@
+"""Index schema migrations: an older registry is upgraded in place, a newer one refused.
+
+Runs on SQLite and PostgreSQL. The "older registry" is made by taking a current one
+back to schema 1 (the 0.1 layout: no lifecycle tables or columns), so the test
+also proves that ``schema.py`` equals "version 1 plus every migration step".
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, inspect, text
+
+from modelkeep import IncompatibleRegistryError, ModelPersistence
+from modelkeep.index import SqlIndex
+from modelkeep.index.migrations import MIGRATIONS, SCHEMA_VERSION, pending
+from tests.conftest import IndexTarget
+
+_V2_TABLES = ("modelkeep_models", "modelkeep_aliases", "modelkeep_tags", "modelkeep_history")
+_V2_COLUMNS = ("deleted_at", "description")
+
+
+def _qualify(target: IndexTarget, name: str) -> str:
+    return f'"{target.schema}".{name}' if target.schema else name
+
+
+def _shape(engine: Engine, schema: str | None) -> dict[str, set[str]]:
+    insp = inspect(engine)
+    return {t: {c["name"] for c in insp.get_columns(t, schema=schema)} for t in insp.get_table_names(schema=schema)}
+
+
+def _downgrade_to_v1(index: SqlIndex, target: IndexTarget) -> None:
+    """Turn a current registry into what 0.1 wrote."""
+    with index.engine.begin() as conn:
+        for table in _V2_TABLES:
+            conn.execute(text(f"DROP TABLE {_qualify(target, table)}"))
+        for column in _V2_COLUMNS:
+            conn.execute(text(f"ALTER TABLE {_qualify(target, 'modelkeep_versions')} DROP COLUMN {column}"))
+        conn.execute(text(f"UPDATE {_qualify(target, 'modelkeep_info')} SET value = '1' WHERE key = 'schema_version'"))
+
+
+def _stamp(index: SqlIndex, target: IndexTarget) -> int:
+    with index.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(f"SELECT value FROM {_qualify(target, 'modelkeep_info')} WHERE key = 'schema_version'")
+            ).scalar_one()
+        )
+
+
+def _old_registry(index_target: IndexTarget, tmp_path: Path, classifier: Any) -> ModelPersistence:
+    p = index_target.persistence(tmp_path / "models")
+    p.save(classifier, "churn", "1.0.0", accuracy=0.9)
+    p.save(classifier, "churn", "1.1.0", accuracy=0.95)
+    p.save(classifier, "fraud", accuracy=0.8)
+    _downgrade_to_v1(p.index, index_target)
+    p.close()
+    return p
+
+
+def test_steps_are_numbered_in_order() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    assert MIGRATIONS[-1].version == SCHEMA_VERSION
+    assert [m.version for m in pending(1)] == list(range(2, SCHEMA_VERSION + 1))
+    assert pending(SCHEMA_VERSION) == []
+
+
+def test_old_registry_is_upgraded_to_the_current_shape(
+    index_target: IndexTarget, tmp_path: Path, classifier: Any
+) -> None:
+    old = _old_registry(index_target, tmp_path, classifier)
+    fresh = SqlIndex(f"sqlite:///{tmp_path / 'fresh.db'}") if index_target.kind == "sqlite" else None
+    assert "modelkeep_aliases" not in _shape(old.index.engine, index_target.schema)
+
+    upgraded = index_target.persistence(tmp_path / "models")
+    try:
+        assert _stamp(upgraded.index, index_target) == SCHEMA_VERSION
+        shape = _shape(upgraded.index.engine, index_target.schema)
+        if fresh is not None:
+            assert shape == _shape(fresh.engine, None)
+            fresh.close()
+        for table in _V2_TABLES:
+            assert table in shape
+        assert set(_V2_COLUMNS) <= shape["modelkeep_versions"]
+        # Everything written before the upgrade is still there and loads.
+        assert upgraded.list_versions("churn") == ["1.0.0", "1.1.0"]
+        assert (
+            upgraded.load("churn", "1.0.0").predict([[5.0, 3.5, 1.4, 0.2]]).tolist()
+            == classifier.predict([[5.0, 3.5, 1.4, 0.2]]).tolist()
+        )
+        assert upgraded.verify().ok
+        # The step backfilled one models row per model.
+        with upgraded.index.engine.connect() as conn:
+            names = conn.execute(
+                text(f"SELECT model_name FROM {_qualify(index_target, 'modelkeep_models')} ORDER BY model_name")
+            ).scalars()
+            assert list(names) == ["churn", "fraud"]
+        # And the upgraded registry keeps working for writes.
+        upgraded.save(classifier, "churn")
+        assert upgraded.list_versions("churn")[-1] == "1.1.1"
+    finally:
+        upgraded.close()
+
+
+def test_fresh_registry_matches_an_upgraded_one_on_postgres_too(index_target: IndexTarget, tmp_path: Path) -> None:
+    index = SqlIndex(index_target.url, schema=index_target.schema)
+    try:
+        assert _stamp(index, index_target) == SCHEMA_VERSION
+        shape = _shape(index.engine, index_target.schema)
+        assert set(_V2_TABLES) <= set(shape)
+    finally:
+        index.close()
+
+
+def test_newer_registry_is_refused(index_target: IndexTarget, tmp_path: Path) -> None:
+    index = SqlIndex(index_target.url, schema=index_target.schema)
+    with index.engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE {_qualify(index_target, 'modelkeep_info')} SET value = :v WHERE key = 'schema_version'"),
+            {"v": str(SCHEMA_VERSION + 1)},
+        )
+    index.close()
+    with pytest.raises(IncompatibleRegistryError, match="upgrade modelkeep") as err:
+        SqlIndex(index_target.url, schema=index_target.schema)
+    assert isinstance(err.value, ValueError)
+
+
+def test_concurrent_openers_upgrade_once(index_target: IndexTarget, tmp_path: Path, classifier: Any) -> None:
+    _old_registry(index_target, tmp_path, classifier)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            index_target.persistence(tmp_path / "models").close()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    p = index_target.persistence(tmp_path / "models")
+    try:
+        assert _stamp(p.index, index_target) == SCHEMA_VERSION
+        assert p.list_versions("churn") == ["1.0.0", "1.1.0"]
+    finally:
+        p.close()
