@@ -99,8 +99,7 @@ def list_keys(ctx: click.Context, as_json: bool) -> None:
         signs = {"kind": "ecdsa-p256", "fingerprint": None, "name": "per-user key (created on first save)"}
         signs["path"] = str(k.user_key_path())
     trusted = [
-        {"fingerprint": key.fingerprint, "name": key.name, "source": key.source}
-        for key in ring.trusted_keys().values()
+        {"fingerprint": key.fingerprint, "name": key.name, "source": key.source} for key in ring.trusted_keys().values()
     ]
     if as_json:
         _emit_json({"signing_key": signs, "trusted_keys": trusted, "required": ring.required})
