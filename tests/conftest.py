@@ -53,6 +53,26 @@ persistence:
 """
 
 
+#: Settings that would change what every test signs and trusts, if the developer's shell has them.
+KEY_VARIABLES = (
+    "MODELKEEP_SIGNING_KEY",
+    "MODELKEEP_SIGNING_KEY_FILE",
+    "MODELKEEP_TRUSTED_KEYS",
+    "MODELKEEP_REQUIRE_SIGNATURES",
+)
+
+
+@pytest.fixture(autouse=True)
+def private_config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own per-user config folder (and so its own per-user signing key),
+    never the real home; subprocess workers inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("config") / "modelkeep"
+    monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(folder))
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
 @dataclass
 class IndexTarget:
     """Where a test's index lives: a URL plus, for PostgreSQL, a private schema."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -709,7 +710,8 @@ def test_backend_unavailable_for_missing_driver(tmp_path: Path) -> None:
 
 
 def test_signature_errors(local_persistence: ModelPersistence, tmp_path: Path) -> None:
-    local_persistence.save({"v": 1}, "unsigned", "1.0.0")
+    rec = local_persistence.save_version({"v": 1}, "unsigned", "1.0.0")
+    local_persistence.index.put(dataclasses.replace(rec, signature=None))  # as saved by 0.1 without a key
     with ModelPersistence(models_dir=tmp_path / "models", signing_key="k1") as signer:
         signer.save({"v": 2}, "signed", "1.0.0")
         assert signer.load("signed") == {"v": 2}

@@ -42,7 +42,7 @@ Run = Callable[..., Result]
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No MODELKEEP_* variables and no ./config.yaml leak in from outside."""
     for var in list(os.environ):
-        if var.startswith("MODELKEEP_"):
+        if var.startswith("MODELKEEP_") and var != "MODELKEEP_CONFIG_DIR":  # that one is the test's own
             monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
 
@@ -641,7 +641,7 @@ def test_large_save_without_terminal_draws_no_progress(run: Run, tmp_path: Path,
 
 
 def _subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_") or k == "MODELKEEP_CONFIG_DIR"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     return env
 

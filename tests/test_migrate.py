@@ -121,6 +121,9 @@ def test_conflicts_are_refused_unless_overwrite(local: ModelPersistence, team: M
     copied, original = records(team), records(local)
     copied["m", "1.0.0"]["artifact"].pop("key")
     original["m", "1.0.0"]["artifact"].pop("key")
+    # the new key changed the manifest, so the per-user signature was renewed
+    assert copied["m", "1.0.0"].pop("signature") != original["m", "1.0.0"].pop("signature")
+    assert team.signature_status("m", "1.0.0").trusted
     assert copied == original  # digests, metadata and timestamps as in the source
 
 

@@ -91,7 +91,9 @@ def serialize_like(fmt: str, compress: Any, obj: Any) -> bytes:
 
 def forge_record(p: ModelPersistence, name: str, version: str, new_bytes: bytes, **extra_changes: Any) -> None:
     """What an attacker with write access to the store and the index does: replace the
-    artifact and rewrite its digest (and size) in both the index row and the sidecar."""
+    artifact and rewrite its digest (and size) in both the index row and the sidecar. The
+    attacker holds no key, so the signature (by the per-user key) is dropped: a kept one
+    would no longer verify."""
     import hashlib
 
     rec = p.get_version(name, version)
@@ -106,6 +108,7 @@ def forge_record(p: ModelPersistence, name: str, version: str, new_bytes: bytes,
         artifact=ArtifactInfo(
             art.key, art.format, art.compression, len(new_bytes), hashlib.sha256(new_bytes).hexdigest(), extra
         ),
+        signature=rec.signature if p.keyring.explicit else None,
     )
     p.index.put(forged)
     p.store.write_bytes(sidecar_key(name, version), _sidecar_bytes(forged))
@@ -256,7 +259,8 @@ def test_a_wrong_key_refuses_every_version(tmp_path: Path, model: Any) -> None:
 
 def test_an_unsigned_version_is_refused_when_a_key_is_configured(tmp_path: Path, model: Any) -> None:
     with ModelPersistence(tmp_path / "models") as p:
-        p.save(model, "clf", "1.0.0")
+        rec = p.save_version(model, "clf", "1.0.0")
+        p.index.put(dataclasses.replace(rec, signature=None))  # as saved by 0.1 without a key
     with ModelPersistence(tmp_path / "models", signing_key="k") as p, pytest.raises(SignatureError, match="not signed"):
         p.load("clf", "1.0.0")
 
@@ -447,7 +451,7 @@ def test_a_skops_artifact_cannot_vouch_for_its_own_types(tmp_path: Path) -> None
         art = rec.artifact
         assert art is not None
         forged = dataclasses.replace(
-            rec, artifact=dataclasses.replace(art, extra={"trusted": ["tests._workers.Custom"]})
+            rec, artifact=dataclasses.replace(art, extra={"trusted": ["tests._workers.Custom"]}), signature=None
         )
         p.index.put(forged)
         p.store.write_bytes(sidecar_key("obj", "1.0.0"), _sidecar_bytes(forged))

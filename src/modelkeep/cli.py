@@ -145,6 +145,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
 )
 @click.option("--models-dir", metavar="DIR", help="Directory (or fsspec URL) where artifacts are stored.")
 @click.option("--registry-url", metavar="URL", help="Registry index database, e.g. sqlite:///reg.db.")
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    metavar="PUB",
+    help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
+)
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
 @click.option(
     "--version",
@@ -160,6 +167,7 @@ def cli(
     config_path: Path | None,
     models_dir: str | None,
     registry_url: str | None,
+    trusted_keys: tuple[str, ...],
     verbose: bool | None,
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
@@ -167,7 +175,7 @@ def cli(
     Settings come from --config (or ./config.yaml), then MODELKEEP_* environment
     variables, then the options below.
     """
-    overrides = {"models_dir": models_dir, "registry_url": registry_url}
+    overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
     ctx.obj = _State(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose)
 
 
@@ -280,12 +288,14 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
     The artifact part gives its path, format, compression, size and SHA-256.
     """
-    record = _open(ctx).get_version(model_name, version)
+    persistence = _open(ctx)
+    record = persistence.get_version(model_name, version)
     location = _artifact_location(ctx, record)
+    verdict = persistence.keyring.verdict(record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location})
+        _emit_json({**record.to_dict(), "path": location, "signature_status": verdict.to_dict()})
     else:
-        _print_info(record, location)
+        _print_info(record, location, verdict.to_dict() | {"signer": verdict.signer})
 
 
 @cli.command()
@@ -394,6 +404,8 @@ def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(str(problem))
+        if report.signatures:
+            click.echo("signatures: " + ", ".join(f"{n} {status}" for status, n in sorted(report.signatures.items())))
         _status(
             ctx,
             f"checked {report.versions_checked} version(s), {report.blobs_checked} blob(s), "
@@ -448,6 +460,13 @@ def reindex(ctx: click.Context, yes: bool) -> None:
         click.confirm("Replace the index with what the sidecar files describe?", abort=True, err=True)
     count = persistence.reindex()
     _status(ctx, f"Reindexed {count} version(s)")
+
+
+from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli's helpers lazily)
+
+cli.add_command(keys)
+cli.add_command(sign)
+cli.add_command(export_signed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -553,7 +572,7 @@ def _print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
     _console().print(table)
 
 
-def _print_info(record: ModelMetadata, location: str | None) -> None:
+def _print_info(record: ModelMetadata, location: str | None, signature: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -591,7 +610,7 @@ def _print_info(record: ModelMetadata, location: str | None) -> None:
             },
         )
     section("Environment", record.environment)
-    section("Signature", {"signed": "yes" if record.signature else "no"})
+    section("Signature", {k: signature.get(k) for k in ("status", "scheme", "signer", "fingerprint", "reason")})
     _console().print(table)
 
 

@@ -25,7 +25,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import signing
 from .blobs import BLOB_DIR, blob_key
 from .errors import (
     ArtifactNotFoundError,
@@ -53,7 +52,7 @@ MISSING = "missing"
 CORRUPT = "corrupt"
 """An artifact or blob does not hash to the digest recorded at save."""
 SIGNATURE = "signature"
-"""A signing key is configured and the version's manifest signature is missing or wrong."""
+"""The manifest signature does not verify, or signatures are required and it is missing or untrusted."""
 SIDECAR = "sidecar"
 """A version's sidecar metadata file is missing or disagrees with the index (``reindex`` would be wrong)."""
 ORPHANED = "orphaned"
@@ -92,6 +91,8 @@ class VerifyReport:
     blobs_checked: int = 0
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: versions per signature status (``trusted``, ``unsigned``, ``untrusted``) that passed the check
+    signatures: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +113,7 @@ class VerifyReport:
             "blobs_checked": self.blobs_checked,
             "bytes_checked": self.bytes_checked,
             "counts": dict(sorted(counts.items())),
+            "signatures": dict(sorted(self.signatures.items())),
             "problems": [p.to_dict() for p in self.problems],
         }
 
@@ -243,7 +245,7 @@ def _sidecar_matches(store: ArtifactStore, record: ModelMetadata) -> str | None:
 def verify_registry(p: ModelPersistence, model_name: str | None = None) -> VerifyReport:
     """Re-hash every artifact (and blob) and report what is missing, corrupt or orphaned.
 
-    Also checks each version's signature when ``p`` has a signing key, and that
+    Also checks each version's signature with ``p``'s keys (see :meth:`Keyring.check`), and that
     each sidecar metadata file matches the index (``reindex`` relies on them).
     With ``model_name``, only that model's versions and folder are checked
     (:class:`ModelNotFoundError` if it has neither).
@@ -306,11 +308,11 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
         out.append(Problem(MISSING, art.key, "artifact file is missing", name, version))
     except IntegrityError as exc:
         out.append(Problem(CORRUPT, art.key, str(exc), name, version))
-    if p.signing_key:
-        try:
-            signing.verify(record, p.signing_key)
-        except SignatureError as exc:
-            out.append(Problem(SIGNATURE, art.key, str(exc), name, version))
+    try:
+        verdict = p.keyring.check(record)
+        report.signatures[verdict.status] = report.signatures.get(verdict.status, 0) + 1
+    except SignatureError as exc:
+        out.append(Problem(SIGNATURE, art.key, str(exc), name, version))
     wrong = _sidecar_matches(p.store, record)
     if wrong is not None:
         out.append(Problem(SIDECAR, sidecar_key(name, version), wrong, name, version))

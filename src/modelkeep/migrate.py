@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import signing
 from .blobs import blob_key
 from .errors import IntegrityError, VersionExistsError
 from .index.sql import record_blobs
@@ -119,8 +118,7 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
     art = record.artifact
     if art is None:
         raise IntegrityError(f"model '{record.model_name}' version '{record.version}' has no artifact")
-    if source.signing_key:
-        signing.verify(record, source.signing_key)
+    source.keyring.check(record)
     _copy_blobs(source.store, dest.store, art.extra.get("blobs") or [])
     where = f"{record.model_name} {record.version}"
     with dest.store.staged() as staged:
@@ -162,9 +160,9 @@ def _for_dest(
     tail = art.key[len(prefix) :] if art.key.startswith(prefix) else "." + art.key.rsplit(".", 1)[-1]
     extension = re.sub(r"^\.r[0-9a-f]{12}(?=\.)", "", tail)  # a revision of a revision: one suffix
     moved = replace(record, artifact=replace(art, key=revision_key(record.model_name, record.version, extension)))
-    signing_key = dest.signing_key or source.signing_key
-    if record.signature and signing_key:
-        moved.signature = signing.sign(moved, signing_key)
+    if record.signature:  # the key is signed: renew a trusted signature, drop one nobody here can vouch for
+        signer = dest.keyring if dest.keyring.explicit else source.keyring
+        moved.signature = signer.sign(moved) if source.keyring.verdict(record).trusted else None
     return moved
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .maintenance import GcReport, VerifyReport
+    from .resign import ResignReport
 
 logger = logging.getLogger("modelkeep")
 
@@ -96,7 +97,15 @@ class ModelPersistence:
         registry_url: a SQLAlchemy URL for a shared index (PostgreSQL); wins
             over ``registry_path``.
         storage_options: passed to fsspec (endpoints, credentials).
-        signing_key: when set, every save is signed and every load verified.
+        signing_key: a shared HMAC secret: every save is signed with it, and every
+            load requires a valid signature (default: ``MODELKEEP_SIGNING_KEY``).
+        signing_key_file: a PEM ECDSA P-256 private key that signs every save;
+            signatures become required (default: ``MODELKEEP_SIGNING_KEY_FILE``).
+            Without either, saves are signed with the per-user key.
+        trusted_keys: PEM public key files whose signatures are trusted
+            (default: ``MODELKEEP_TRUSTED_KEYS``).
+        require_signatures: refuse versions without a trusted signature (default:
+            ``MODELKEEP_REQUIRE_SIGNATURES``, else on when a key is configured).
         progress: a progress-bar factory; see :data:`ProgressFactory`.
         index_schema: PostgreSQL schema for the index tables (default: the search path).
         create: create the embedded registry if it does not exist; with ``False``
@@ -120,6 +129,9 @@ class ModelPersistence:
         index_schema: str | None = None,
         trusted_types: list[str] | None = None,
         create: bool = True,
+        signing_key_file: str | os.PathLike[str] | None = None,
+        trusted_keys: list[str] | None = None,
+        require_signatures: bool | None = None,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
@@ -149,7 +161,14 @@ class ModelPersistence:
                 ) from exc
             registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
         self.index = SqlIndex(registry_url, schema=index_schema)
-        self.signing_key = signing_key or None
+        #: What this registry signs with and trusts (see :func:`modelkeep.signing.resolve_keyring`).
+        self.keyring = signing.resolve_keyring(
+            signing_key=signing_key or None,
+            signing_key_file=signing_key_file,
+            trusted_keys=trusted_keys,
+            require_signatures=require_signatures,
+        )
+        self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
 
@@ -253,8 +272,7 @@ class ModelPersistence:
                     artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
                     environment=env,
                 )
-                if self.signing_key:
-                    record.signature = signing.sign(record, self.signing_key)
+                record.signature = self.keyring.sign(record)
                 if extra.get("blobs"):
                     self.check_blobs_present(slot, extra["blobs"])
                 try:
@@ -361,8 +379,10 @@ class ModelPersistence:
     ) -> Any:
         """Load a version (the latest when ``version`` is ``None``).
 
-        The artifact's SHA-256 (and signature, with a signing key) is checked
-        before anything is deserialized; a mismatch raises :class:`IntegrityError`.
+        The artifact's SHA-256 and the signature are checked before anything is
+        deserialized; a mismatch raises :class:`IntegrityError` (:class:`SignatureError`
+        for a bad signature, or a missing one when signatures are required). The format
+        trusts the globals recorded at save only when the signature is by a held key.
         ``mmap_mode="r"`` maps the arrays of uncompressed joblib artifacts
         instead of reading them. Returns the model, or ``(model, metadata)``.
         """
@@ -370,12 +390,13 @@ class ModelPersistence:
         record = self.get_version(model_name, version)
         art = record.artifact
         assert art is not None
-        if self.signing_key:
-            signing.verify(record, self.signing_key)
+        verdict = self.keyring.check(record)
         fmt = get_format(art.format)
         local = self.store.local_path(art.key)
         with self._progress(f"loading {model_name}", art.size) as advance:
-            options = self._format_options(fmt, mmap_mode=mmap_mode, extra=art.extra, trusted=self.trusted_types)
+            options = self._format_options(
+                fmt, mmap_mode=mmap_mode, extra=art.extra, trusted=self.trusted_types, signed=verdict.trusted
+            )
             if mmap_mode is not None and local is not None and fmt.supports_mmap(art.compression):
                 self.store.verify(art.key, art.sha256)
                 model = self._deserialize(fmt.load_path, str(local), art.compression, **options)
@@ -457,6 +478,23 @@ class ModelPersistence:
             return self.get_version(model_name, version)
         except KeyError:
             return None
+
+    def signature_status(self, model_name: str, version: str | None = None) -> signing.Verdict:
+        """Who signed a version, and whether this registry's keys trust that signature."""
+        return self.keyring.verdict(self.get_version(model_name, version))
+
+    def sign(
+        self, model_name: str | None = None, version: str | None = None, *, include_untrusted: bool = False
+    ) -> ResignReport:
+        """Re-sign versions with the current signing key (after a key rotation).
+
+        Only versions that verify under a trusted key are re-signed, after their bytes
+        are re-hashed; with ``include_untrusted``, unsigned and untrusted ones are too
+        (you vouch for them). ``model_name=None`` signs every model.
+        """
+        from .resign import resign_versions
+
+        return resign_versions(self, model_name, version, include_untrusted=include_untrusted)
 
     def list_models(self) -> list[str]:
         """Names of all models with at least one version, sorted."""
