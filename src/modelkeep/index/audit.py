@@ -110,7 +110,7 @@ def attach_lifecycle(
     for v, name in conn.execute(alias_q.order_by(aliases.c.alias)):
         by_version[v].append(name)
     tag_map: dict[str, dict[str, str]] = defaultdict(dict)
-    for v, key, value in conn.execute(tag_q.order_by(tags.c.key)):
+    for v, key, value in conn.execute(tag_q.order_by(tags.c.version, tags.c.key)):  # the primary key's order
         tag_map[v][key] = value
     out = []
     for record, description in pairs:
