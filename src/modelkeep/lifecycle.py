@@ -166,7 +166,7 @@ class LifecycleMixin:
         ``force``, which removes those aliases too (recorded in the history).
         """
         self.index.lifecycle.trash(model_name, version, force=force)
-        logger.info("moved %s version %s to the trash", model_name, version)
+        logger.info("deleted %s version %s (moved to the trash)", model_name, version)
 
     def restore(self, model_name: str, version: str) -> None:
         """Bring a version back from the trash."""
