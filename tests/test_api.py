@@ -388,11 +388,13 @@ def test_compare_versions_unknown(persistence: ModelPersistence) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_delete_removes_files_and_entry_only_for_that_version(persistence: ModelPersistence) -> None:
+def test_delete_then_purge_removes_files_and_entry_only_for_that_version(persistence: ModelPersistence) -> None:
     keep = persistence.save({"v": 1}, "m", "1.0.0")
     gone = persistence.save({"v": 2}, "m", "1.1.0")
     other = persistence.save({"v": 3}, "other", "1.1.0")
     persistence.delete("m", "1.1.0")
+    assert gone.exists(), "a delete only moves the version to the trash"
+    assert persistence.purge("m", "1.1.0") == [("m", "1.1.0")]
     assert not gone.exists()
     assert not gone.parent.exists()  # the version folder, sidecar included, is gone
     assert persistence.list_versions("m") == ["1.0.0"]
@@ -410,6 +412,7 @@ def test_delete_last_version_removes_model(persistence: ModelPersistence) -> Non
     persistence.delete("m", "1.0.0")
     assert persistence.list_models() == ["keep"]
     assert persistence.list_versions("m") == []
+    persistence.purge("m")
     assert not (Path(persistence.models_dir) / "m").exists()
     assert persistence.save({"v": 3}, "m").parent.name == "1.0.0"
 
@@ -418,6 +421,7 @@ def test_delete_same_bytes_twice_keeps_the_other_copy(persistence: ModelPersiste
     a = persistence.save({"same": 1}, "m", "1.0.0")
     b = persistence.save({"same": 1}, "m", "1.0.1")
     persistence.delete("m", "1.0.0")
+    persistence.purge("m", "1.0.0")
     assert not a.exists() and b.exists()
     assert persistence.load("m", "1.0.1") == {"same": 1}
 
@@ -635,12 +639,16 @@ def test_one_info_line_per_save_load_delete(
     loads = _infos(caplog)
     caplog.clear()
     persistence.delete("clf", "3.2.1")
+    trashes = _infos(caplog)
+    caplog.clear()
+    persistence.purge("clf", "3.2.1")
     deletes = _infos(caplog)
+    assert len(trashes) == 1 and "clf" in trashes[0] and "3.2.1" in trashes[0] and "trash" in trashes[0]
     for lines in (saves, loads, deletes):
         assert len(lines) == 1, lines
         line = lines[0]
         assert "clf" in line and "3.2.1" in line and f"{size} bytes" in line and " ms" in line
-    assert "save" in saves[0] and "load" in loads[0] and "delet" in deletes[0]
+    assert "save" in saves[0] and "load" in loads[0] and "purged" in deletes[0]
 
 
 def test_failed_operations_log_no_info_line(persistence: ModelPersistence, caplog: pytest.LogCaptureFixture) -> None:

@@ -378,49 +378,30 @@ def versions_of(run: Run, name: str = "clf") -> list[str]:
     return [row["version"] for row in json.loads(result.stdout)]
 
 
-def test_delete_with_yes(run: Run, model_file: Path) -> None:
+def test_delete_with_yes_still_works(run: Run, model_file: Path) -> None:
     save(run, model_file, "clf", "1.0.0")
     save(run, model_file, "clf", "2.0.0")
     result = run("delete", "--model-name", "clf", "--version", "1.0.0", "--yes")
     assert result.exit_code == 0, result.output
-    assert "Deleted clf version 1.0.0" in result.stdout
+    assert "Deleted clf version 1.0.0" in result.stdout and "trash" in result.stdout
     assert versions_of(run) == ["2.0.0"]
 
 
-def test_delete_without_yes_and_no_tty_refuses(run: Run, model_file: Path) -> None:
+def test_seed_delete_command_runs_in_a_script_without_prompt(models_dir: Path, model_file: Path, run: Run) -> None:
+    """The seed's ``modelkeep delete --model-name my_model --version 1.0.0``, no --yes, stdin not a terminal."""
+    save(run, model_file, "my_model", "1.0.0")
+    proc = run_module("--models-dir", str(models_dir), "delete", "--model-name", "my_model", "--version", "1.0.0")
+    assert proc.returncode == 0, proc.stderr
+    assert versions_of(run, "my_model") == []
+    restored = run("restore", "--model-name", "my_model", "--version", "1.0.0")
+    assert restored.exit_code == 0, restored.output
+    assert versions_of(run, "my_model") == ["1.0.0"]
+
+
+def test_delete_unknown_version_fails(run: Run, model_file: Path) -> None:
     save(run, model_file)
-    assert_user_error(run("delete", "--model-name", "clf", "--version", "1.0.0"), "--yes")
+    assert_user_error(run("delete", "--model-name", "clf", "--version", "3.0.0"), "3.0.0")
     assert versions_of(run) == ["1.0.0"]
-
-
-def test_delete_without_yes_refuses_in_subprocess_with_no_stdin(models_dir: Path) -> None:
-    """The real script must not hang waiting for an answer when stdin is not a terminal."""
-    proc = run_module("--models-dir", str(models_dir), "delete", "--model-name", "clf", "--version", "1.0.0")
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("Error: ")
-    assert "--yes" in proc.stderr
-
-
-@pytest.mark.parametrize(("answer", "deleted"), [("y\n", True), ("n\n", False)])
-def test_delete_asks_on_a_terminal(
-    run: Run, model_file: Path, monkeypatch: pytest.MonkeyPatch, answer: str, deleted: bool
-) -> None:
-    save(run, model_file)
-    monkeypatch.setattr(modelkeep.cli, "_stdin_is_interactive", lambda: True)
-    result = run("delete", "--model-name", "clf", "--version", "1.0.0", input=answer)
-    assert "Delete clf version 1.0.0?" in result.stderr
-    assert result.exit_code == (0 if deleted else 1), result.output
-    assert versions_of(run) == ([] if deleted else ["1.0.0"])
-
-
-def test_delete_unknown_version_fails_before_asking(
-    run: Run, model_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    save(run, model_file)
-    monkeypatch.setattr(modelkeep.cli, "_stdin_is_interactive", lambda: True)
-    result = run("delete", "--model-name", "clf", "--version", "3.0.0", input="y\n")
-    assert_user_error(result, "3.0.0")
-    assert "Delete" not in result.stderr.split("Error:")[0]
 
 
 # -- errors -------------------------------------------------------------------

@@ -98,6 +98,7 @@ def test_save_list_load_delete_round_trip(
     assert sidecar["artifact"]["sha256"] == team.get_version("iris", "1.0.0").artifact.sha256  # type: ignore[union-attr]
     team.delete("iris", "1.0.0")
     assert team.list_versions("iris") == ["1.0.1"]
+    team.purge("iris", "1.0.0")
     assert [k for k in s3_bucket.object_keys() if "/1.0.0/" in k] == []
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    AliasConflictError,
+    AliasNotFoundError,
     ArtifactNotFoundError,
     BackendUnavailableError,
     ConfigError,
@@ -25,9 +27,11 @@ from .errors import (
     StorageError,
     UnsafeModelError,
     VersionExistsError,
+    VersionInUseError,
     VersionNotFoundError,
+    VersionTrashedError,
 )
-from .metadata import ArtifactInfo, ModelMetadata, ModelSummary
+from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
 __version__ = "0.1.0"
 
@@ -51,10 +55,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AliasConflictError",
+    "AliasNotFoundError",
     "ArtifactInfo",
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
+    "HistoryEntry",
     "IncompatibleRegistryError",
     "IntegrityError",
     "InvalidNameError",
@@ -71,6 +78,8 @@ __all__ = [
     "StorageError",
     "UnsafeModelError",
     "VersionExistsError",
+    "VersionInUseError",
     "VersionNotFoundError",
+    "VersionTrashedError",
     "__version__",
 ]

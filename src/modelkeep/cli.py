@@ -269,13 +269,15 @@ def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
             "created_at": "Created",
             "size": "Size",
             "format": "Format",
+            "aliases": "Aliases",
+            "tags": "Tags",
         }
     if as_json:
         _emit_json(rows)
     elif not rows:
         _status(ctx, "No models registered.")
     else:
-        _print_table(headers, rows)
+        _print_table(headers, [_lifecycle_cells(row) for row in rows])
 
 
 @cli.command()
@@ -293,7 +295,9 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
     location = _artifact_location(ctx, record)
     verdict = persistence.keyring.verdict(record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location, "signature_status": verdict.to_dict()})
+        _emit_json(
+            {**record.to_dict(), **record.lifecycle_dict(), "path": location, "signature_status": verdict.to_dict()}
+        )
     else:
         _print_info(record, location, verdict.to_dict() | {"signer": verdict.signer})
 
@@ -312,7 +316,11 @@ def compare(
     as_json: bool,
 ) -> None:
     """Compare metadata and metrics across a model's versions."""
-    table = _open(ctx).compare_versions(model_name, versions)
+    persistence = _open(ctx)
+    table = persistence.compare_versions(model_name, versions)
+    from .cli_lifecycle import add_lifecycle_columns
+
+    table = add_lifecycle_columns(persistence, model_name, table)
     if metrics is not None:
         for metric in metrics:
             if metric not in table.columns:
@@ -331,18 +339,21 @@ def compare(
 @cli.command()
 @model_name_option
 @click.option("--version", required=True, help="Version to delete.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Delete even if an alias points at it (the alias is removed).")
+@click.option("--yes", "-y", is_flag=True, hidden=True, help="Accepted for older scripts; delete never asks.")
+@json_option
 @click.pass_context
-def delete(ctx: click.Context, model_name: str, version: str, yes: bool) -> None:
-    """Delete one model version (asks for confirmation unless --yes)."""
-    if not yes and not _stdin_is_interactive():
-        raise click.ClickException("refusing to delete without confirmation: stdin is not a terminal; pass --yes")
-    persistence = _open(ctx)
-    persistence.resolve_version(model_name, version)  # fail before asking about a missing version
-    if not yes:
-        click.confirm(f"Delete {model_name} version {version}?", abort=True, err=True)
-    persistence.delete(model_name, version)
-    _status(ctx, f"Deleted {model_name} version {version}")
+def delete(ctx: click.Context, model_name: str, version: str, force: bool, yes: bool, as_json: bool) -> None:
+    """Move one model version to the trash (undo with `modelkeep restore`; `modelkeep purge` frees the space)."""
+    _open(ctx).delete(model_name, version, force=force)
+    if as_json:
+        _emit_json({"model_name": model_name, "version": version, "trashed": True})
+    else:
+        _status(
+            ctx,
+            f"Deleted {model_name} version {version} (moved to the trash; undo with: "
+            f"modelkeep restore --model-name {model_name} --version {version})",
+        )
 
 
 @cli.command()
@@ -426,15 +437,23 @@ def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     show_default=True,
     help="Keep leftovers younger than this many seconds (they may belong to a save in progress).",
 )
+@click.option(
+    "--purge-deleted-older-than",
+    "purge_older",
+    metavar="AGE",
+    help="First purge versions in the trash for at least AGE (30d, 12h, 90m, 45s).",
+)
 @json_option
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, min_age: float, as_json: bool) -> None:
+def gc(ctx: click.Context, dry_run: bool, min_age: float, purge_older: str | None, as_json: bool) -> None:
     """Remove crash leftovers: staged temp files, and files no index entry uses."""
-    report = _open(ctx).gc(dry_run=dry_run, min_age_seconds=min_age)
+    report = _open(ctx).gc(dry_run=dry_run, min_age_seconds=min_age, purge_deleted_older_than=purge_older)
     if as_json:
         _emit_json(report.to_dict())
     else:
         verb = "would remove" if dry_run else "removed"
+        for model, version in report.purged:
+            click.echo(f"{'would purge' if dry_run else 'purged'} {model} {version} from the trash")
         for item in report.removed:
             click.echo(f"{verb} {item.key} ({item.reason}, {_human_size(item.size)})")
         for error in report.errors:
@@ -467,6 +486,15 @@ from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli'
 cli.add_command(keys)
 cli.add_command(sign)
 cli.add_command(export_signed)
+from . import cli_lifecycle  # noqa: E402  (lifecycle commands, registered below)
+
+cli.add_command(cli_lifecycle.alias)
+cli.add_command(cli_lifecycle.tag)
+cli.add_command(cli_lifecycle.describe)
+cli.add_command(cli_lifecycle.history)
+cli.add_command(cli_lifecycle.restore)
+cli.add_command(cli_lifecycle.purge)
+cli.add_command(cli_lifecycle.prune)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -530,7 +558,17 @@ def _version_row(record: ModelMetadata) -> dict[str, Any]:
         "format": artifact.format if artifact else None,
         "compression": artifact.compression if artifact else None,
         "sha256": artifact.sha256 if artifact else None,
+        "aliases": record.aliases,
+        "tags": record.tags,
     }
+
+
+def _lifecycle_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """Aliases and tags of a version row as short text for a table cell."""
+    if "aliases" not in row:
+        return row
+    tags = ", ".join(f"{k}={v}" for k, v in row["tags"].items())
+    return {**row, "aliases": ", ".join(row["aliases"]), "tags": tags}
 
 
 def _console() -> Console:
@@ -596,6 +634,10 @@ def _print_info(record: ModelMetadata, location: str | None, signature: dict[str
         },
     )
     section("Metadata", record.metadata)
+    section(
+        "Lifecycle",
+        {"aliases": ", ".join(record.aliases), "tags": record.tags, "description": record.description},
+    )
     artifact = record.artifact
     if artifact is not None:
         section(

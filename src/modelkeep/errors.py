@@ -34,8 +34,24 @@ class RegistryNotFoundError(ModelKeepError, FileNotFoundError):
     """No registry exists at the configured location (and ``create=False``)."""
 
 
+class AliasNotFoundError(ModelNotFoundError):
+    """The model has no alias of that name."""
+
+
 class VersionExistsError(ModelKeepError, FileExistsError):
     """The version is already registered and ``overwrite`` was not given."""
+
+
+class AliasConflictError(ModelKeepError, ValueError):
+    """A compare-and-set of an alias failed: it no longer points where the caller expected."""
+
+
+class VersionInUseError(ModelKeepError, ValueError):
+    """The version cannot be deleted: an alias points at it (pass ``force=True`` to remove the alias too)."""
+
+
+class VersionTrashedError(VersionExistsError):
+    """The version is in the trash: restore it, or purge it before saving that version again."""
 
 
 class InvalidNameError(ModelKeepError, ValueError):
@@ -79,6 +95,8 @@ class BackendUnavailableError(ModelKeepError, ImportError):
 
 
 __all__ = [
+    "AliasConflictError",
+    "AliasNotFoundError",
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
@@ -93,5 +111,7 @@ __all__ = [
     "StorageError",
     "UnsafeModelError",
     "VersionExistsError",
+    "VersionInUseError",
     "VersionNotFoundError",
+    "VersionTrashedError",
 ]

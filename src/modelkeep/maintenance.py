@@ -147,6 +147,8 @@ class GcReport:
     kept: list[Leftover] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: ``(model, version)`` purged from the trash first (``purge_deleted_older_than``).
+    purged: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -167,6 +169,7 @@ class GcReport:
             "kept": [item.to_dict() for item in self.kept],
             "repaired": list(self.repaired),
             "errors": list(self.errors),
+            "purged": [list(item) for item in self.purged],
         }
 
 

@@ -68,6 +68,10 @@ class ModelMetadata:
 
     ``metadata`` holds ``model_params`` (from ``get_params()`` when the model has
     it) and every custom field passed to ``save``: metrics, dataset info, tags.
+
+    ``aliases``, ``tags`` and ``description`` are the version's lifecycle state,
+    read from the index when the record is read. They can change at any time, so
+    they are not part of :meth:`to_dict` (the sidecar file and the signed manifest).
     """
 
     model_name: str
@@ -79,6 +83,13 @@ class ModelMetadata:
     artifact: ArtifactInfo | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     signature: str | None = None
+    aliases: list[str] = field(default_factory=list, compare=False)
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
+    description: str | None = field(default=None, compare=False)
+
+    def lifecycle_dict(self) -> dict[str, Any]:
+        """The version's aliases, tags and description (not part of :meth:`to_dict`)."""
+        return {"aliases": list(self.aliases), "tags": dict(self.tags), "description": self.description}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; the same layout as the sidecar ``*_metadata.json`` file."""
@@ -205,4 +216,41 @@ class ModelSummary:
             "version_count": self.version_count,
             "latest_version": self.latest_version,
             "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One row of the registry's append-only audit log.
+
+    ``action`` is one of ``save``, ``overwrite``, ``delete``, ``restore``, ``purge``,
+    ``alias_set``, ``alias_delete``, ``tag_set``, ``tag_delete``, ``describe`` and
+    ``reindex``. ``before`` and ``after`` are the changed value before and after
+    (a version string for alias changes, a tag value, a description, or a small dict).
+    ``at`` is an ISO-8601 UTC time; ``actor`` is ``MODELKEEP_USER`` or ``user@host``.
+    """
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    model_name: str
+    version: str | None = None
+    alias: str | None = None
+    key: str | None = None
+    before: Any = None
+    after: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "model_name": self.model_name,
+            "version": self.version,
+            "alias": self.alias,
+            "key": self.key,
+            "before": self.before,
+            "after": self.after,
         }

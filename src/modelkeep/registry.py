@@ -26,10 +26,11 @@ from .errors import (
     SerializationError,
     StorageError,
     VersionExistsError,
+    VersionTrashedError,
 )
 from .formats import Format, format_for_suffix, get_format
 from .index import Reservation, SqlIndex
-from .index.sql import record_blobs
+from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .storage import ArtifactStore
 from .versions import validate_model_name, validate_version
@@ -85,7 +86,7 @@ def _model_params(model: Any) -> dict[str, Any] | None:
     return out
 
 
-class ModelPersistence:
+class ModelPersistence(LifecycleMixin):
     """Save, version, find, compare and load models in one registry.
 
     Args:
@@ -237,6 +238,10 @@ class ModelPersistence:
             custom = {"model_params": params, **custom}
         env = environment.capture(model)
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
+            if self.index.lifecycle.trashed_version(model_name, version):
+                raise VersionTrashedError(
+                    f"model '{model_name}' version '{version}' is in the trash; restore or purge it"
+                )
             raise VersionExistsError(
                 f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
             )
@@ -376,8 +381,12 @@ class ModelPersistence:
         return_metadata: bool = False,
         *,
         mmap_mode: str | None = None,
+        alias: str | None = None,
     ) -> Any:
         """Load a version (the latest when ``version`` is ``None``).
+
+        ``load("churn@production")`` or ``load("churn", alias="production")`` loads
+        the version an alias points at.
 
         The artifact's SHA-256 and the signature are checked before anything is
         deserialized; a mismatch raises :class:`IntegrityError` (:class:`SignatureError`
@@ -387,7 +396,7 @@ class ModelPersistence:
         instead of reading them. Returns the model, or ``(model, metadata)``.
         """
         started = time.perf_counter()
-        record = self.get_version(model_name, version)
+        record = self.get_version(model_name, version, alias=alias)
         art = record.artifact
         assert art is not None
         verdict = self.keyring.check(record)
@@ -461,21 +470,22 @@ class ModelPersistence:
         return out
 
     # -- querying -----------------------------------------------------------------
-    def resolve_version(self, model_name: str, version: str | None = None) -> str:
-        """The concrete version string ``version`` (or "latest") refers to."""
-        return self.get_version(model_name, version).version
+    def resolve_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> str:
+        """The concrete version string ``version`` (or "latest", or an alias) refers to."""
+        return self.get_version(model_name, version, alias=alias).version
 
-    def get_version(self, model_name: str, version: str | None = None) -> ModelMetadata:
-        """The record of a version (latest when ``None``); raises when absent."""
-        model_name = validate_model_name(model_name)
-        if version is not None:
-            version = validate_version(version)
-        return self.index.resolve(model_name, version)
+    def get_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> ModelMetadata:
+        """The record of a version (latest when ``None``), with its aliases, tags and
+        description; raises when absent or trashed. ``"churn@production"``,
+        ``version="@production"`` and ``alias="production"`` name a version by alias."""
+        return self._lookup(model_name, version, alias)
 
-    def get_metadata(self, model_name: str, version: str | None = None) -> ModelMetadata | None:
+    def get_metadata(
+        self, model_name: str, version: str | None = None, *, alias: str | None = None
+    ) -> ModelMetadata | None:
         """The record of a version (latest when ``None``), or ``None`` if there is none."""
         try:
-            return self.get_version(model_name, version)
+            return self.get_version(model_name, version, alias=alias)
         except KeyError:
             return None
 
@@ -518,7 +528,9 @@ class ModelPersistence:
         return self.index.summaries()
 
     def compare_versions(self, model_name: str, versions: list[str] | None = None) -> pd.DataFrame:
-        """A DataFrame with one row per version and a column per metric or scalar field."""
+        """A DataFrame with one row per version and a column per metric or scalar field.
+
+        ``versions`` may name aliases as ``"@production"``."""
         from .compare import comparison_frame
 
         if versions is None:
@@ -527,30 +539,7 @@ class ModelPersistence:
             records = [self.get_version(model_name, v) for v in versions]
         return comparison_frame(records)
 
-    # -- deleting -----------------------------------------------------------------
-    def delete(self, model_name: str, version: str) -> None:
-        """Delete one version: its index entry first, then its files."""
-        started = time.perf_counter()
-        model_name = validate_model_name(model_name)
-        version = validate_version(version)
-        record = self.index.delete(model_name, version)
-        art = record.artifact
-        if art is not None and self.index.count_artifact_refs(art.key) == 0:
-            self.store.delete(art.key, missing_ok=True)
-        if art is not None and art.extra.get("blobs"):
-            from .blobs import BlobStore
-
-            blobs = BlobStore(self.store)
-            self.index.release_blobs(record_blobs(record), blobs.delete_many)
-        self.store.delete(sidecar_key(model_name, version), missing_ok=True)
-        self.store.remove_empty_dirs(f"{model_name}/{version}")
-        logger.info(
-            "deleted %s version %s (%d bytes) in %.1f ms",
-            model_name,
-            version,
-            art.size if art else 0,
-            (time.perf_counter() - started) * 1000,
-        )
+    # -- deleting: delete (to the trash), restore, purge, prune in modelkeep.lifecycle
 
     # -- maintenance (implemented in modelkeep.maintenance) -------------------------
     def verify(self, model_name: str | None = None) -> VerifyReport:
@@ -559,15 +548,28 @@ class ModelPersistence:
 
         return verify_registry(self, model_name)
 
-    def gc(self, *, dry_run: bool = False, min_age_seconds: float = 3600.0) -> GcReport:
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        min_age_seconds: float = 3600.0,
+        purge_deleted_older_than: Age | None = None,
+    ) -> GcReport:
         """Remove crash leftovers: staged temp files and artifacts no index entry names.
 
         Files younger than ``min_age_seconds`` are kept: they may belong to a
-        save in progress. ``dry_run`` only reports what would be removed.
+        save in progress. ``purge_deleted_older_than`` (``"30d"``, seconds, a
+        timedelta) first purges versions that have been in the trash that long.
+        ``dry_run`` only reports what would be removed.
         """
         from .maintenance import collect_garbage
 
-        return collect_garbage(self, dry_run=dry_run, min_age_seconds=min_age_seconds)
+        purged = (
+            [] if purge_deleted_older_than is None else self._purge_for_gc(purge_deleted_older_than, dry_run=dry_run)
+        )
+        report = collect_garbage(self, dry_run=dry_run, min_age_seconds=min_age_seconds)
+        report.purged = purged
+        return report
 
     def reindex(self) -> int:
         """Rebuild the index from the sidecar metadata files; returns the number of versions."""

@@ -89,6 +89,18 @@ def validate_version(version: object) -> str:
     return _check(version, "version", _VERSION_RE, MAX_VERSION_LENGTH)
 
 
+def validate_alias(alias: object) -> str:
+    """Return ``alias`` if it can name an alias, else raise :class:`InvalidNameError`.
+
+    Aliases follow the version rules, must not look like a version (``1.0``, ``v2``),
+    and ``latest`` is reserved.
+    """
+    name = _check(alias, "alias", _VERSION_RE, MAX_VERSION_LENGTH)
+    if parse_version(name) is not None:
+        raise InvalidNameError(f"alias {name!r} looks like a version; pick a name such as 'production'")
+    return name
+
+
 @dataclass(frozen=True)
 class ParsedVersion:
     """A version string that follows the ``[v]N(.N)*[-pre][+build]`` shape."""

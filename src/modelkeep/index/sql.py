@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -39,12 +39,18 @@ from ..errors import (
     ModelNotFoundError,
     StorageError,
     VersionExistsError,
+    VersionInUseError,
     VersionNotFoundError,
+    VersionTrashedError,
 )
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
+from .audit import LIVE, artifact_summary, attach_lifecycle, now, touch_model, write_history
 from .migrations import SCHEMA_VERSION, pending
-from .schema import blob_refs, info, metadata_obj, versions
+from .schema import aliases, blob_refs, info, metadata_obj, tags, versions
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
 logger = logging.getLogger("modelkeep")
@@ -106,6 +112,8 @@ class Reservation:
         self.version = version
         self.previous = previous
         self.record: ModelMetadata | None = None
+        #: The audit row ``put`` writes (``None``: none, as for reindex).
+        self.history_action: str | None = "save" if previous is None else "overwrite"
 
     def lock_blobs(self) -> None:
         """Hold the shared blob lock until commit: gc cannot remove blobs meanwhile."""
@@ -128,6 +136,18 @@ class Reservation:
             self._conn.execute(
                 insert(blob_refs),
                 [{"model_name": self.model_name, "version": self.version, "sha256": sha} for sha in shas],
+            )
+        if self.history_action is not None:
+            at = now()
+            touch_model(self._conn, self.model_name, at)
+            write_history(
+                self._conn,
+                self.history_action,
+                self.model_name,
+                version=self.version,
+                before=None if self.previous is None else artifact_summary(self.previous),
+                after=artifact_summary(record),
+                at=at,
             )
         self.record = record
 
@@ -166,6 +186,10 @@ def _row(record: ModelMetadata) -> dict[str, Any]:
 
 def _record(raw: str) -> ModelMetadata:
     return ModelMetadata.from_dict(json.loads(raw))
+
+
+def trashed_error(model_name: str, version: str) -> VersionNotFoundError:
+    return VersionNotFoundError(f"model '{model_name}' version '{version}' is in the trash; restore it to use it again")
 
 
 class SqlIndex:
@@ -344,6 +368,10 @@ class SqlIndex:
                         chosen = next_version(top, lambda v: self._get(conn, model_name, v) is not None)
                     else:
                         previous = self._get(conn, model_name, chosen)
+                        if previous is not None and self._is_trashed(conn, model_name, chosen):
+                            raise VersionTrashedError(
+                                f"model '{model_name}' version '{chosen}' is in the trash; restore or purge it"
+                            )
                         if previous is not None and not overwrite:
                             raise VersionExistsError(
                                 f"model '{model_name}' version '{chosen}' already exists; "
@@ -370,15 +398,35 @@ class SqlIndex:
             slot.put(record)
 
     @_retry_on_disconnect
-    def delete(self, model_name: str, version: str) -> ModelMetadata:
-        """Remove one version's entry and return it; :class:`VersionNotFoundError` if absent."""
+    def delete(self, model_name: str, version: str, *, trashed_only: bool = False) -> ModelMetadata:
+        """Remove one version's entry for good (a purge) and return it.
+
+        Its tags go with it, and the purge is recorded in the history. With
+        ``trashed_only`` a version that is not in the trash is refused. An aliased
+        version is refused (delete it with ``force`` first). Raises
+        :class:`VersionNotFoundError` if absent.
+        """
         with self._write() as conn:
             self._lock_model(conn, model_name)
             rec = self._get(conn, model_name, version)
             if rec is None:
                 raise self._missing(conn, model_name, version)
+            if trashed_only and not self._is_trashed(conn, model_name, version):
+                raise VersionNotFoundError(
+                    f"model '{model_name}' version '{version}' is not in the trash; delete it first"
+                )
+            pointing = conn.execute(
+                select(aliases.c.alias).where(aliases.c.model_name == model_name, aliases.c.version == version)
+            ).first()
+            if pointing is not None:
+                raise VersionInUseError(
+                    f"alias '{pointing[0]}' of model '{model_name}' points at version '{version}'; "
+                    "move or delete the alias first"
+                )
             conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
+            conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
             _drop_blob_refs(conn, model_name, version)
+            write_history(conn, "purge", model_name, version=version, before=artifact_summary(rec))
             return rec
 
     def release_blobs(self, candidates: set[str], remove: Callable[[list[str]], None]) -> list[str]:
@@ -421,10 +469,43 @@ class SqlIndex:
             names = {r[0] for r in conn.execute(select(versions.c.model_name).distinct())}
             for name in sorted(names | {r.model_name for r in records}):
                 self._lock_model(conn, name)
+            # Trash state and descriptions are not in the sidecars: keep them for versions that stay.
+            kept = {
+                (r[0], r[1]): (r[2], r[3])
+                for r in conn.execute(
+                    select(versions.c.model_name, versions.c.version, versions.c.deleted_at, versions.c.description)
+                )
+            }
             conn.execute(delete(blob_refs))
             conn.execute(delete(versions))
+            at = now()
             for record in records:
-                Reservation(self, conn, record.model_name, record.version, None).put(record)
+                slot = Reservation(self, conn, record.model_name, record.version, None)
+                slot.history_action = None
+                slot.put(record)
+                deleted_at, description = kept.get((record.model_name, record.version), (None, None))
+                if deleted_at is not None or description is not None:
+                    conn.execute(
+                        update(versions)
+                        .where(versions.c.model_name == record.model_name, versions.c.version == record.version)
+                        .values(deleted_at=deleted_at, description=description)
+                    )
+            self._drop_dangling(conn, {(r.model_name, r.version) for r in records}, at)
+            for name in sorted({r.model_name for r in records}):
+                touch_model(conn, name, at)
+                write_history(conn, "reindex", name, at=at)
+
+    def _drop_dangling(self, conn: Connection, present: set[tuple[str, str]], at: str) -> None:
+        """After a reindex: remove aliases (recorded) and tags of versions that are gone."""
+        for model_name, alias, version in list(
+            conn.execute(select(aliases.c.model_name, aliases.c.alias, aliases.c.version))
+        ):
+            if (model_name, version) not in present:
+                conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+                write_history(conn, "alias_delete", model_name, version=version, alias=alias, before=version, at=at)
+        for model_name, version in list(conn.execute(select(tags.c.model_name, tags.c.version).distinct())):
+            if version != "" and (model_name, version) not in present:
+                conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
 
     @contextlib.contextmanager
     def lock_model(self, model_name: str) -> Iterator[None]:
@@ -433,7 +514,22 @@ class SqlIndex:
             self._lock_model(conn, model_name)
             yield
 
+    @functools.cached_property
+    def lifecycle(self) -> Lifecycle:
+        """Aliases, tags, descriptions, trash and history of this index."""
+        from .lifecycle import Lifecycle
+
+        return Lifecycle(self)
+
     # -- reading ----------------------------------------------------------------
+    def _is_trashed(self, conn: Connection, model_name: str, version: str) -> bool:
+        return (
+            conn.execute(
+                select(versions.c.deleted_at).where(versions.c.model_name == model_name, versions.c.version == version)
+            ).scalar()
+            is not None
+        )
+
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
         raw = conn.execute(
             select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
@@ -441,10 +537,28 @@ class SqlIndex:
         return None if raw is None else _record(raw)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
-        exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name).limit(1)).first()
+        exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
         if exists is None:
             return no_versions(model_name)
         return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'")
+
+    def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
+        """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
+        query = select(versions.c.record, versions.c.description, versions.c.deleted_at).where(
+            versions.c.model_name == model_name
+        )
+        if version is None:
+            row = conn.execute(query.where(LIVE).order_by(*_ORDER_DESC).limit(1)).first()
+            if row is None:
+                raise no_versions(model_name)
+        else:
+            row = conn.execute(query.where(versions.c.version == version)).first()
+            if row is None:
+                raise self._missing(conn, model_name, version)
+            if row[2] is not None:
+                raise trashed_error(model_name, version)
+        rec = _record(row[0])
+        return attach_lifecycle(conn, model_name, [(rec, row[1])], version=rec.version)[0]
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
@@ -454,24 +568,15 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def resolve(self, model_name: str, version: str | None = None) -> ModelMetadata:
-        """The record of ``version`` (latest when ``None``); raises when absent."""
+        """The record of ``version`` (latest when ``None``), with its aliases, tags and
+        description; raises when absent or in the trash ("latest" skips the trash)."""
         with self._read() as conn:
-            if version is None:
-                raw = conn.execute(
-                    select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_DESC).limit(1)
-                ).scalar()
-                if raw is None:
-                    raise no_versions(model_name)
-                return _record(raw)
-            rec = self._get(conn, model_name, version)
-            if rec is None:
-                raise self._missing(conn, model_name, version)
-            return rec
+            return self._live(conn, model_name, version)
 
     @_retry_on_disconnect
     def list_models(self) -> list[str]:
         with self._read() as conn:
-            rows = conn.execute(select(versions.c.model_name).distinct().order_by(versions.c.model_name))
+            rows = conn.execute(select(versions.c.model_name).where(LIVE).distinct().order_by(versions.c.model_name))
             return [r[0] for r in rows]
 
     @_retry_on_disconnect
@@ -479,32 +584,42 @@ class SqlIndex:
         """Version strings in ascending version order (unparsed ones first, by creation)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.version).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+                select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_ASC)
             )
             return [r[0] for r in rows]
 
     @_retry_on_disconnect
     def list_records(self, model_name: str) -> list[ModelMetadata]:
+        """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+                select(versions.c.record, versions.c.description)
+                .where(versions.c.model_name == model_name, LIVE)
+                .order_by(*_ORDER_ASC)
             )
-            return [_record(r[0]) for r in rows]
+            return attach_lifecycle(conn, model_name, [(_record(r[0]), r[1]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
-        """Every record of every model (for verify, gc and copy)."""
+        """Every record of every model, trashed ones included: they still own their files
+        (for verify, gc and copy)."""
         with self._read() as conn:
             for (raw,) in conn.execute(select(versions.c.record).order_by(versions.c.model_name, *_ORDER_ASC)):
                 yield _record(raw)
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:
+        live = select(versions).where(LIVE).subquery()
         ranked = select(
-            versions.c.model_name,
-            versions.c.version,
-            func.count().over(partition_by=versions.c.model_name).label("n"),
-            func.max(versions.c.updated_at).over(partition_by=versions.c.model_name).label("updated"),
-            func.row_number().over(partition_by=versions.c.model_name, order_by=_ORDER_DESC).label("rank"),
+            live.c.model_name,
+            live.c.version,
+            func.count().over(partition_by=live.c.model_name).label("n"),
+            func.max(live.c.updated_at).over(partition_by=live.c.model_name).label("updated"),
+            func.row_number()
+            .over(
+                partition_by=live.c.model_name,
+                order_by=(live.c.parsed.desc(), live.c.sort_key.desc(), live.c.id.desc()),
+            )
+            .label("rank"),
         ).subquery()
         query = (
             select(ranked.c.model_name, ranked.c.n, ranked.c.version, ranked.c.updated)
@@ -516,7 +631,7 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def count_artifact_refs(self, artifact_key: str) -> int:
-        """How many versions point at ``artifact_key`` (dedup references)."""
+        """How many versions, trashed ones included, point at ``artifact_key`` (dedup references)."""
         with self._read() as conn:
             return int(
                 conn.execute(
@@ -526,7 +641,8 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def find_artifact(self, sha256: str, *, exclude_key: str) -> str | None:
-        """The key of some stored artifact with exactly these bytes, other than ``exclude_key``."""
+        """The key of some stored artifact with exactly these bytes, other than ``exclude_key``
+        (a trashed version's too: its bytes stay until it is purged, and purge counts references)."""
         with self._read() as conn:
             return conn.execute(
                 select(versions.c.artifact_key)
