@@ -155,14 +155,15 @@ def _load_from_bytes_weights_only(data: bytes) -> Any:
         ) from exc
 
 
-def _restricted_getattr(obj: Any, name: str, *default: Any) -> Any:
+def _restricted_getattr(*args: Any) -> Any:
     """``getattr`` for pickles: reads only the ``(class, attribute)`` pairs in :data:`SAFE_ATTRIBUTES`."""
-    for module, qualname, attribute in SAFE_ATTRIBUTES:
-        if name == attribute and obj is _import_attribute(module, qualname):
-            return getattr(obj, name, *default)
+    if len(args) in (2, 3) and isinstance(args[1], str):
+        for module, qualname, attribute in SAFE_ATTRIBUTES:
+            if args[1] == attribute and args[0] is _import_attribute(module, qualname):
+                return getattr(*args)
     raise UnsafeModelError(
-        f"refused to load: the pickle calls getattr(..., {name!r}), which modelkeep allows only for "
-        f"known constructors (possible malicious pickle). {HOW_TO_TRUST} (builtins.getattr)."
+        "refused to load: the pickle calls the global builtins.getattr, which modelkeep allows only to fetch known "
+        f"constructors (possible malicious pickle). {HOW_TO_TRUST} (builtins.getattr)."
     )
 
 
