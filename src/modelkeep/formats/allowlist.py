@@ -175,13 +175,8 @@ _SKLEARN_FUNCTIONS: Section = {
     "sklearn.neighbors._kd_tree": ("newObj",),
     # defaults of estimator parameters: pure computations on arrays
     "sklearn.cluster._kmeans": ("_kmeans_single_lloyd", "_kmeans_single_elkan"),
-    "sklearn.feature_selection._univariate_selection": (
-        "chi2",
-        "f_classif",
-        "f_regression",
-        "mutual_info_classif",
-        "mutual_info_regression",
-    ),
+    "sklearn.feature_selection._univariate_selection": ("chi2", "f_classif", "f_regression"),
+    "sklearn.feature_selection._mutual_info": ("mutual_info_classif", "mutual_info_regression"),
 }
 _TORCH_FUNCTIONS: Section = {
     "torch._utils": (
