@@ -230,10 +230,10 @@ class _Policed:
             )
 
 
-class RestrictedUnpickler(_Policed, pickle._Unpickler):  # type: ignore[name-defined, misc]
+class RestrictedUnpickler(_Policed, pickle._Unpickler):
     """A pure-Python ``pickle`` unpickler that resolves globals only under ``policy``."""
 
-    dispatch = pickle._Unpickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch = pickle._Unpickler.dispatch.copy()
 
     def __init__(self, file: Any, *, policy: TrustPolicy | None = None, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
@@ -244,7 +244,7 @@ class RestrictedUnpickler(_Policed, pickle._Unpickler):  # type: ignore[name-def
         self._check_build()
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
 
 
 def restricted_loads(data: bytes, policy: TrustPolicy | None = None) -> Any:
