@@ -52,6 +52,8 @@ import io
 import logging
 import pickle
 import pickletools
+import struct
+import sys
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -239,12 +241,46 @@ class RestrictedUnpickler(_Policed, pickle._Unpickler):
         super().__init__(file, **kwargs)
         self._policy = policy or TrustPolicy()
         self._fetched = {}
+        self._file_readinto = getattr(file, "readinto", None) or self._read_into_copy
+        self._file = file
+
+    def _read_into_copy(self, view: memoryview) -> int:
+        chunk = self._file.read(len(view))
+        view[: len(chunk)] = chunk
+        return len(chunk)
 
     def load_build(self) -> None:
         self._check_build()
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
 
     dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
+
+    def load_bytearray8(self) -> None:
+        """Protocol 5 in-band buffers (numpy arrays): read straight into the bytearray, as the C
+        unpickler does, instead of reading bytes and copying them."""
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > sys.maxsize:
+            raise pickle.UnpicklingError("BYTEARRAY8 exceeds system's maximum size")
+        data = bytearray(size)
+        unframer, got = self._unframer, 0
+        if unframer.current_frame:  # small buffers sit inside a frame
+            got = unframer.current_frame.readinto(data)
+            if got == 0 and size:
+                unframer.current_frame = None  # the frame is used up: the buffer follows it
+            elif got < size:
+                raise pickle.UnpicklingError("pickle exhausted before end of frame")
+        if got == 0 and size:  # read from the file, in place (large buffers are written unframed)
+            view = memoryview(data)
+            while got < size:
+                n = self._file_readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != size:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(data)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8  # type: ignore[assignment]
 
 
 def restricted_loads(data: bytes, policy: TrustPolicy | None = None) -> Any:
