@@ -236,6 +236,10 @@ class RestrictedUnpickler(_Policed, pickle._Unpickler):
     """A pure-Python ``pickle`` unpickler that resolves globals only under ``policy``."""
 
     dispatch = pickle._Unpickler.dispatch.copy()
+    # set by pickle._Unpickler.load(); declared for the type checker
+    read: Any
+    append: Any
+    _unframer: Any
 
     def __init__(self, file: Any, *, policy: TrustPolicy | None = None, **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
