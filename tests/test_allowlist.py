@@ -194,9 +194,8 @@ def _framework_models() -> dict[str, Callable[[], Any]]:
     if _installed("catboost"):
         import catboost
 
-        out["catboost"] = lambda: catboost.CatBoostClassifier(iterations=3, verbose=0, allow_writing_files=False).fit(
-            X, y
-        )
+        quiet = {"iterations": 3, "verbose": 0, "allow_writing_files": False}
+        out["catboost"] = lambda: catboost.CatBoostClassifier(**quiet).fit(X, y)
     if _installed("statsmodels"):
         import statsmodels.api as sm
 
