@@ -129,10 +129,11 @@ def test_help_lists_every_command(run: Run) -> None:
         assert option in result.stdout
 
 
-def test_save_help_warns_to_use_only_trusted_files(run: Run) -> None:
+def test_save_help_explains_the_allow_list_and_trust_file(run: Run) -> None:
     result = run("save", "--help")
     assert result.exit_code == 0
-    assert "only files you trust" in " ".join(result.stdout.split()).lower()
+    text = " ".join(result.stdout.split()).lower()
+    assert "allow-list" in text and "--trust-file" in text and "only for a file you wrote yourself" in text
 
 
 def test_version_flag_prints_package_version() -> None:

@@ -178,7 +178,8 @@ def test_dict_of_arrays_round_trips(
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dataclass_round_trips(make_persistence: Callable[..., ModelPersistence], fmt: str, compress: bool) -> None:
     point = Point(1.5, -2.0, ["a", "b"])
-    p = make_persistence(serialization_format=fmt, compress=compress)
+    # a custom class: loading it without a signing key needs the user's trust (tests/test_gadgets.py)
+    p = make_persistence(serialization_format=fmt, compress=compress, trusted_types=["tests.test_formats.Point"])
     p.save(point, "point", source="test")
     loaded, meta = p.load("point", return_metadata=True)
     assert loaded == point and isinstance(loaded, Point)
@@ -187,7 +188,7 @@ def test_dataclass_round_trips(make_persistence: Callable[..., ModelPersistence]
 
 
 def test_model_params_captured_only_with_get_params(make_persistence: Callable[..., ModelPersistence]) -> None:
-    p = make_persistence()
+    p = make_persistence(trusted_types=["tests.test_formats.ParamsOnly"])
     p.save(ParamsOnly(0.25), "params")
     meta = p.get_metadata("params")
     assert meta is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ class _State:
     config_path: Path | None
     overrides: dict[str, Any]
     verbose: bool | None  # True: --verbose, False: --quiet, None: neither
+    trust: list[str] = field(default_factory=list)  # --trust names, added to the configured trusted_types
     settings: Settings | None = None
     persistence: ModelPersistence | None = None
 
@@ -61,6 +62,7 @@ def _open(ctx: click.Context, *, create: bool = False) -> ModelPersistence:
 
         level = None if state.verbose is None else "DEBUG" if state.verbose else "ERROR"
         state.settings = load_settings(state.config_path, log_level=level, **state.overrides)
+        state.settings.persistence.trusted_types = [*state.settings.persistence.trusted_types, *state.trust]
         state.settings.apply_logging()
         _log_to_stderr(bool(state.verbose))
         progress = ProgressBar(enabled=False if state.verbose is False else None)
@@ -134,6 +136,14 @@ def _split_csv(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 model_name_option = click.option("--model-name", required=True, help="Name of the model.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout and nothing else.")
+trust_option = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    metavar="MODULE.NAME",
+    help="Trust this global when unpickling, beyond the built-in allow-list (repeatable; "
+    "adds to trusted_types from the config and MODELKEEP_TRUSTED_TYPES).",
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,6 +163,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
     help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
 )
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
+@trust_option
 @click.option(
     "--version",
     is_flag=True,
@@ -169,6 +180,7 @@ def cli(
     registry_url: str | None,
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
+    trust: tuple[str, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
 
@@ -176,7 +188,7 @@ def cli(
     variables, then the options below.
     """
     overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
-    ctx.obj = _State(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose)
+    ctx.obj = _State(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 
 @cli.command()
@@ -186,7 +198,13 @@ def cli(
     "--model-file",
     required=True,
     type=click.Path(path_type=Path),
-    help="Pickle or joblib file holding the model. ONLY USE FILES YOU TRUST.",
+    help="Pickle or joblib file holding the model; read under the allow-list (see --trust, --trust-file).",
+)
+@trust_option
+@click.option(
+    "--trust-file",
+    is_flag=True,
+    help="Read --model-file with plain joblib.load, running any code it holds: only for a file you wrote yourself.",
 )
 @click.option(
     "--metadata",
@@ -209,13 +227,18 @@ def save(
     compress: bool | None,
     overwrite: bool,
     as_json: bool,
+    trust: tuple[str, ...],
+    trust_file: bool,
 ) -> None:
     """Register the model in a pickle or joblib file as a new version.
 
-    WARNING: reading --model-file unpickles it, and unpickling runs any code the
-    file contains. Use only files you trust.
+    The file is unpickled under the same allow-list as a load: globals outside it
+    are refused unless named with --trust. --trust-file reads the file with plain
+    joblib.load, which runs any code the file contains: use it only for files you
+    wrote yourself.
     """
     metadata = _read_metadata(metadata_file) if metadata_file is not None else None
+    _state(ctx).trust.extend(trust)
     record = _open(ctx, create=True).import_file(
         model_file,
         model_name,
@@ -224,6 +247,7 @@ def save(
         serialization_format=fmt,
         compress=compress,
         metadata=metadata,
+        trust_file=trust_file,
     )
     location = _artifact_location(ctx, record)
     if as_json:

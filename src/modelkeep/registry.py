@@ -25,10 +25,12 @@ from .errors import (
     RegistryNotFoundError,
     SerializationError,
     StorageError,
+    UnsafeModelError,
     VersionExistsError,
     VersionTrashedError,
 )
 from .formats import Format, format_for_suffix, get_format
+from .formats._restricted import warn_untrusted_globals
 from .index import Reservation, SqlIndex
 from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
@@ -256,6 +258,7 @@ class ModelPersistence(LifecycleMixin):
                     raise
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+            warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
                 key = artifact_key(model_name, slot.version, fmt.extension(compression))
@@ -346,23 +349,42 @@ class ModelPersistence(LifecycleMixin):
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        trusted_types: list[str] | None = None,
+        trust_file: bool = False,
     ) -> ModelMetadata:
-        """Register a model from a pickle or joblib file. Loading it runs its code:
-        only import files you trust (denied globals are still refused)."""
-        import joblib
+        """Register a model from a pickle or joblib file.
 
-        from .formats._restricted import restricted_joblib
+        The file is read under the same policy as a load: the built-in allow-list plus
+        this registry's ``trusted_types`` and ``trusted_types`` given here; any other
+        global raises :class:`UnsafeModelError` naming it. ``trust_file=True`` reads the
+        file with plain ``joblib.load``, which runs any code it contains: only for a
+        file you wrote yourself.
+        """
+        from .formats._restricted import TrustPolicy, joblib_load
 
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
+        where = os.fspath(path)
         try:
-            with restricted_joblib():
-                model = joblib.load(os.fspath(path))  # reads joblib and plain pickle files alike
+            if trust_file:
+                import joblib
+
+                logger.info("reading %s with plain joblib.load (trust_file)", where)
+                model = joblib.load(where)  # reads joblib and plain pickle files alike
+            else:
+                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
+                model = joblib_load(where, policy)
+        except UnsafeModelError as exc:
+            raise UnsafeModelError(
+                f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
+            ) from exc
         except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
             raise
         except Exception as exc:
-            raise SerializationError(f"cannot read a model from {os.fspath(path)!r}: {exc}") from exc
+            raise SerializationError(
+                f"cannot read a model from {where!r}: not a readable pickle or joblib file ({exc})"
+            ) from exc
         return self.save_version(
             model,
             model_name,

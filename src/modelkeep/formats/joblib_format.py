@@ -71,25 +71,20 @@ class JoblibFormat(Format):
         return {GLOBALS_KEY: sorted(found)}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        """``joblib.load`` with the deny-list, refusing globals outside ``extra["globals"]`` when recorded."""
-        import joblib
+        """``joblib.load`` under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
+        from ._restricted import TrustPolicy, joblib_load
 
-        from ._restricted import allowed_globals, restricted_joblib
-
+        policy = TrustPolicy.for_load(options)
         codec = compression.split(":")[0] if compression else None
-        with restricted_joblib(allowed_globals(options.get("extra"))):
-            if codec in STREAM_CODECS:
-                with decompressing(file, codec) as plain:
-                    return joblib.load(plain)
-            return joblib.load(file)
+        if codec in STREAM_CODECS:
+            with decompressing(file, codec) as plain:
+                return joblib_load(plain, policy)
+        return joblib_load(file, policy)
 
     def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
-        import joblib
+        from ._restricted import TrustPolicy, joblib_load
 
-        from ._restricted import allowed_globals, restricted_joblib
-
-        with restricted_joblib(allowed_globals(options.get("extra"))):
-            return joblib.load(path, mmap_mode=options.get("mmap_mode"))
+        return joblib_load(path, TrustPolicy.for_load(options), options.get("mmap_mode"))
 
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None

@@ -85,14 +85,14 @@ class NativeFormat(Format):
         return extra
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        from ._restricted import RestrictedUnpickler, allowed_globals
+        from ._restricted import RestrictedUnpickler, TrustPolicy
 
         blobs = options["blobs"]
         extra = options.get("extra") or {}
         digests = [(sha, int(size)) for sha, size in extra.get("blobs", [])]
         mmap = options.get("mmap_mode") is not None
         buffers = blobs.read_many(digests, verify=not mmap, mmap=mmap)
-        return RestrictedUnpickler(file, buffers=buffers, allowed=allowed_globals(extra)).load()
+        return RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options)).load()
 
     def supports_mmap(self, compression: str | None) -> bool:
         return False  # mapping happens per blob in load(); the stream itself is tiny

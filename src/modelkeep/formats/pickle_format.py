@@ -54,11 +54,11 @@ class PickleFormat(Format):
         return None if found is None else {GLOBALS_KEY: found}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        """Unpickle with the deny-list, and refuse globals outside ``extra["globals"]`` when recorded."""
-        from ._restricted import RestrictedUnpickler, allowed_globals
+        """Unpickle under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
+        from ._restricted import RestrictedUnpickler, TrustPolicy
 
-        allowed = allowed_globals(options.get("extra"))
+        policy = TrustPolicy.for_load(options)
         if compression is None:
-            return RestrictedUnpickler(file, allowed=allowed).load()
+            return RestrictedUnpickler(file, policy=policy).load()
         with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-            return RestrictedUnpickler(gz, allowed=allowed).load()
+            return RestrictedUnpickler(gz, policy=policy).load()
