@@ -259,12 +259,19 @@ def test_a_real_torch_tensor_loads_and_its_nested_pickle_is_weights_only(tmp_pat
     assert not ctx.fired()
 
 
-def test_trusted_types_admit_a_custom_class_for_every_pickle_format(tmp_path: Path) -> None:
+def test_trusted_types_admit_a_custom_class_for_every_pickle_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ._workers import Custom
 
     for fmt in ("joblib", "pickle", "native"):
         with ModelPersistence(tmp_path / fmt, serialization_format=fmt, compress=False) as p:
             p.save({"c": Custom(4)}, "custom", "1.0.0")
+            assert p.load("custom", "1.0.0") == {"c": Custom(4)}  # the author's own key vouches for it
+    # Another user holds no key that signed these versions: only the allow-list and trusted types apply.
+    monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(tmp_path / "another-user"))
+    for fmt in ("joblib", "pickle", "native"):
+        with ModelPersistence(tmp_path / fmt, serialization_format=fmt, compress=False) as p:
             with pytest.raises(UnsafeModelError, match=r"tests\._workers\.Custom"):
                 p.load("custom", "1.0.0")
         with ModelPersistence(tmp_path / fmt, serialization_format=fmt, trusted_types=["tests._workers.Custom"]) as p:
