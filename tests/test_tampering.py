@@ -37,8 +37,8 @@ from modelkeep.formats._restricted import (
     restricted_joblib,
     scan_pickle_globals,
 )
+from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.metadata import ArtifactInfo, ModelMetadata
-from modelkeep.registry import _sidecar_bytes, sidecar_key
 from modelkeep.signing import manifest
 
 from ._workers import Custom, Gadget, SystemGadget
@@ -108,7 +108,7 @@ def forge_record(p: ModelPersistence, name: str, version: str, new_bytes: bytes,
         ),
     )
     p.index.put(forged)
-    p.store.write_bytes(sidecar_key(name, version), _sidecar_bytes(forged))
+    p.store.write_bytes(sidecar_key(name, version), sidecar_bytes(forged))
 
 
 @pytest.fixture
@@ -450,7 +450,7 @@ def test_a_skops_artifact_cannot_vouch_for_its_own_types(tmp_path: Path) -> None
             rec, artifact=dataclasses.replace(art, extra={"trusted": ["tests._workers.Custom"]})
         )
         p.index.put(forged)
-        p.store.write_bytes(sidecar_key("obj", "1.0.0"), _sidecar_bytes(forged))
+        p.store.write_bytes(sidecar_key("obj", "1.0.0"), sidecar_bytes(forged))
         with pytest.raises(UnsafeModelError, match=r"tests\._workers\.Custom"):
             p.load("obj", "1.0.0")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     ArtifactNotFoundError,
     BackendUnavailableError,
@@ -27,8 +28,6 @@ from .errors import (
     VersionNotFoundError,
 )
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .manager import ModelPersistenceManager

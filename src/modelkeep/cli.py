@@ -360,7 +360,7 @@ def copy(
     """
     from ._progress import ProgressBar
     from .config import load_settings
-    from .migrate import copy_registry
+    from .copying import copy_registry
 
     if to_config is None and to_models_dir is None and to_registry_url is None:
         raise click.UsageError("give the destination: --to-config, --to-models-dir and/or --to-registry-url")

@@ -29,7 +29,7 @@ class ModelPersistenceManager:
         self.settings.apply_logging()
         self.persistence: ModelPersistence = self.settings.create_persistence()
 
-    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> Path:
+    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> str | Path:
         """Save ``model``; see :meth:`ModelPersistence.save`."""
         return self.persistence.save(model, model_name, version, **metadata)
 

@@ -29,9 +29,10 @@ TARGET = HERE / "registry_0_1"
 
 
 def main() -> None:
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
     import modelkeep
     from modelkeep import ModelPersistence
-    from sklearn.linear_model import LinearRegression, LogisticRegression
 
     if modelkeep.__version__ != "0.1.0":
         sys.exit(f"run this with modelkeep 0.1.0 on the path, not {modelkeep.__version__}")

@@ -34,11 +34,14 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from ..errors import (
     BackendUnavailableError,
     ConfigError,
+    ConnectionLostError,
     ModelNotFoundError,
     StorageError,
     VersionExistsError,
     VersionNotFoundError,
+    no_versions,
 )
+from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
 from .schema import SCHEMA_VERSION, blob_refs, info, metadata_obj, versions
@@ -59,15 +62,6 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class ConnectionLostError(StorageError):
-    """The database connection dropped before the transaction committed, so nothing was written.
-
-    Reads and whole write transactions are retried once on a fresh connection
-    when this happens; a drop while committing is a plain :class:`StorageError`
-    because the outcome is then unknown.
-    """
-
-
 def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
     """Run ``method`` (a read, or one whole write transaction) again once if the connection dropped."""
 
@@ -80,10 +74,6 @@ def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
             return method(*args, **kwargs)
 
     return wrapper
-
-
-def no_versions(model_name: str) -> ModelNotFoundError:
-    return ModelNotFoundError(f"No versions found for model '{model_name}'")
 
 
 class Reservation:
@@ -127,12 +117,6 @@ class Reservation:
                 [{"model_name": self.model_name, "version": self.version, "sha256": sha} for sha in shas],
             )
         self.record = record
-
-
-def record_blobs(record: ModelMetadata) -> set[str]:
-    """The content-addressed blobs a record references (native format)."""
-    extra = record.artifact.extra if record.artifact is not None else {}
-    return {str(item[0]) for item in extra.get("blobs", [])}
 
 
 def _drop_blob_refs(conn: Connection, model_name: str, version: str) -> None:
@@ -308,7 +292,8 @@ class SqlIndex:
                         if previous is not None and not overwrite:
                             raise VersionExistsError(
                                 f"model '{model_name}' version '{chosen}' already exists; "
-                                "pass overwrite=True to replace it"
+                                "pass overwrite=True to replace it",
+                                cli={"overwrite=True": "--overwrite"},
                             )
                     slot = Reservation(self, conn, model_name, chosen, previous)
                     yielded = True

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from modelkeep import ModelPersistence
+from modelkeep.copying import CopyReport, copy_registry
 from modelkeep.errors import IntegrityError, ModelNotFoundError, VersionExistsError
 from modelkeep.index.sql import normalize_url
-from modelkeep.migrate import CopyReport, copy_registry
 from tests.s3_server import S3Bucket
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
