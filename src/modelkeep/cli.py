@@ -20,11 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_render import (
+    copy_report_json,
+    emit_json,
+    gc_lines,
+    print_info,
+    print_table,
+    verify_summary,
+    version_row,
+)
+from .errors import ModelKeepError
 from .formats import FORMATS  # a dict of names; the formats themselves load lazily
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from .config import Settings
     from .metadata import ModelMetadata
     from .registry import ModelPersistence
@@ -82,12 +90,14 @@ def _log_to_stderr(enabled: bool) -> None:
         logger.addHandler(handler)
 
 
-def _one_line(exc: BaseException) -> str:
-    """A one-line description of ``exc`` for the ``Error:`` line."""
-    from .errors import ModelKeepError
+#: Exit status when modelkeep itself failed (a bug), as ``sysexits.h``'s EX_SOFTWARE.
+EXIT_INTERNAL_ERROR = 70
 
+
+def _one_line(exc: BaseException) -> str:
+    """A one-line description of ``exc`` for the ``Error:`` line, in CLI spelling."""
     if isinstance(exc, ModelKeepError):
-        text = str(exc)
+        text = exc.for_cli()
     elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.strerror}: {exc.filename}"
         if exc.filename2 is not None:
@@ -98,20 +108,34 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Group(click.Group):
-    """A group that turns every non-click exception into one ``Error:`` line, exit 1."""
+    """Library errors (:class:`ModelKeepError`) and the operating system's (``OSError``:
+    missing files, permissions, a full disk) become one ``Error:`` line, exit 1. Anything
+    else is a bug in modelkeep: it is shown as one, with its traceback, exit 70."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise  # click reports these itself (a broken pipe exits 1 quietly)
-        except Exception as exc:
+        except (ModelKeepError, OSError) as exc:
             state = ctx.find_object(_State)
             if state is not None and state.verbose:
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
             raise click.ClickException(_one_line(exc)) from exc
+        except Exception as exc:
+            import traceback
+
+            from . import __version__
+
+            traceback.print_exc(file=sys.stderr)
+            click.echo(
+                f"Error: internal error in modelkeep {__version__}, please report it with the traceback "
+                f"above: {_one_line(exc)}",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL_ERROR)
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -219,7 +243,7 @@ def save(
     )
     location = _artifact_location(ctx, record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location})
+        emit_json({**record.to_dict(), "path": location})
     else:
         click.echo(f"Saved {record.model_name} version {record.version} to {location}")
 
@@ -254,7 +278,7 @@ def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
         rows = [summary.to_dict() for summary in persistence.model_summaries()]
         headers = {"name": "Model", "version_count": "Versions", "latest_version": "Latest", "updated_at": "Updated"}
     else:
-        rows = [_version_row(r) for r in persistence.list_version_records(model_name)]
+        rows = [version_row(r) for r in persistence.list_version_records(model_name)]
         headers = {
             "version": "Version",
             "model_type": "Type",
@@ -263,11 +287,11 @@ def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
             "format": "Format",
         }
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     elif not rows:
         _status(ctx, "No models registered.")
     else:
-        _print_table(headers, rows)
+        print_table(headers, rows)
 
 
 @cli.command()
@@ -283,9 +307,9 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
     record = _open(ctx).get_version(model_name, version)
     location = _artifact_location(ctx, record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location})
+        emit_json({**record.to_dict(), "path": location})
     else:
-        _print_info(record, location)
+        print_info(record, location)
 
 
 @cli.command()
@@ -313,9 +337,9 @@ def compare(
         table = table[["version", *(m for m in metrics if m != "version")]]
     rows = json.loads(table.to_json(orient="records", date_format="iso"))
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
-        _print_table({str(c): str(c) for c in table.columns}, rows)
+        print_table({str(c): str(c) for c in table.columns}, rows)
 
 
 @cli.command()
@@ -370,14 +394,7 @@ def copy(
     dest = ctx.with_resource(settings.create_persistence(progress=progress))
     report = copy_registry(source, dest, models=list(model_names) or None, overwrite=overwrite, progress=progress)
     if as_json:
-        _emit_json(
-            {
-                "copied": [list(v) for v in report.copied],
-                "skipped": [list(v) for v in report.skipped],
-                "overwritten": [list(v) for v in report.overwritten],
-                "bytes_copied": report.bytes_copied,
-            }
-        )
+        emit_json(copy_report_json(report))
     else:
         _status(ctx, str(report))
 
@@ -390,16 +407,11 @@ def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     """Re-hash every artifact; report missing, corrupt and orphaned files (exit 1 if any)."""
     report = _open(ctx).verify(model_name)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         for problem in report.problems:
             click.echo(str(problem))
-        _status(
-            ctx,
-            f"checked {report.versions_checked} version(s), {report.blobs_checked} blob(s), "
-            f"{_human_size(report.bytes_checked)}: "
-            + ("all intact" if report.ok else f"{len(report.problems)} problem(s)"),
-        )
+        _status(ctx, verify_summary(report))
     if not report.ok:
         ctx.exit(1)
 
@@ -420,18 +432,14 @@ def gc(ctx: click.Context, dry_run: bool, min_age: float, as_json: bool) -> None
     """Remove crash leftovers: staged temp files, and files no index entry uses."""
     report = _open(ctx).gc(dry_run=dry_run, min_age_seconds=min_age)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
-        verb = "would remove" if dry_run else "removed"
-        for item in report.removed:
-            click.echo(f"{verb} {item.key} ({item.reason}, {_human_size(item.size)})")
-        for error in report.errors:
-            click.echo(f"could not remove {error}", err=True)
-        _status(
-            ctx,
-            f"{verb} {len(report.removed)} file(s), {_human_size(report.bytes_freed)}; "
-            f"kept {len(report.kept)} younger than {min_age:g} s; repaired {len(report.repaired)} sidecar(s)",
-        )
+        out, err, summary = gc_lines(report, min_age)
+        for line in out:
+            click.echo(line)
+        for line in err:
+            click.echo(line, err=True)
+        _status(ctx, summary)
     if not report.ok:
         ctx.exit(1)
 
@@ -460,7 +468,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _read_metadata(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or a one-line user error."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"--metadata {path}: not UTF-8 text: {exc.reason}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -474,7 +485,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 def _stdin_is_interactive() -> bool:
     try:
-        return click.get_text_stream("stdin").isatty()
+        return sys.stdin is not None and sys.stdin.isatty()
     except (AttributeError, ValueError):
         return False
 
@@ -487,139 +498,7 @@ def _artifact_location(ctx: click.Context, record: ModelMetadata) -> str | None:
     return str(persistence.store.display_path(record.artifact.key))
 
 
-# -- rendering ----------------------------------------------------------------
-
-
 def _status(ctx: click.Context, message: str) -> None:
     """A message for people; --quiet hides it."""
     if _state(ctx).verbose is not False:
         click.echo(message)
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _version_row(record: ModelMetadata) -> dict[str, Any]:
-    artifact = record.artifact
-    return {
-        "version": record.version,
-        "model_type": record.model_type,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "size": artifact.size if artifact else None,
-        "format": artifact.format if artifact else None,
-        "compression": artifact.compression if artifact else None,
-        "sha256": artifact.sha256 if artifact else None,
-    }
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = 1000  # never wrap cells when piped
-    return console
-
-
-def _cell(key: str, value: Any) -> str:
-    """Format one value for a table cell."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if key in ("size",) and isinstance(value, int):
-        return _human_size(value)
-    if key.endswith("_at") and isinstance(value, str):
-        return _short_time(value)
-    if isinstance(value, float):
-        text = format(value, ".6g")
-        return text if any(c in text for c in ".en") else f"{text}.0"  # keep 1.0 a float
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for key, title in headers.items():
-        numeric = any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows)
-        table.add_column(title, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(Text(_cell(key, row.get(key))) for key in headers))
-    _console().print(table)
-
-
-def _print_info(record: ModelMetadata, location: str | None) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-
-    def section(title: str, items: dict[str, Any]) -> None:
-        table.add_row(Text(title, style="bold underline"), "")
-        for key, value in _flatten(items).items():
-            table.add_row(Text(f"  {key}"), Text("None" if value is None else _cell(key, value)))
-
-    section(
-        "Model",
-        {
-            "model_name": record.model_name,
-            "version": record.version,
-            "model_type": record.model_type,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-        },
-    )
-    section("Metadata", record.metadata)
-    artifact = record.artifact
-    if artifact is not None:
-        section(
-            "Artifact",
-            {
-                "path": location,
-                "format": artifact.format,
-                "compression": artifact.compression or "none",
-                "size": f"{_human_size(artifact.size)} ({artifact.size} bytes)",
-                "sha256": artifact.sha256,
-                **artifact.extra,
-            },
-        )
-    section("Environment", record.environment)
-    section("Signature", {"signed": "yes" if record.signature else "no"})
-    _console().print(table)
-
-
-def _flatten(items: dict[str, Any]) -> dict[str, Any]:
-    """One level of nested dicts becomes dotted keys: ``model_params.C``."""
-    flat: dict[str, Any] = {}
-    for key, value in items.items():
-        if isinstance(value, dict) and value:
-            flat.update({f"{key}.{sub_key}": sub_value for sub_key, sub_value in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _short_time(iso: str) -> str:
-    import datetime as dt
-
-    try:
-        parsed = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    return parsed.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
