@@ -269,7 +269,7 @@ def test_newer_sidecar_schema_is_refused() -> None:
     record = ModelMetadata(model_name="m", model_type="dict", version="1.0.0", created_at="", updated_at="")
     data = record.to_dict()
     assert data["schema"] == 1 and ModelMetadata.from_dict(data) == record
-    with pytest.raises(FormatVersionError, match="schema 2.*upgrade to modelkeep 3\\.0"):
+    with pytest.raises(FormatVersionError, match=r"schema 2.*upgrade to modelkeep 3\.0"):
         ModelMetadata.from_dict({**data, "schema": 2, "requires": "3.0"})
     with pytest.raises(FormatVersionError, match="upgrade modelkeep"):
         ModelMetadata.from_dict({**data, "schema": 2})
