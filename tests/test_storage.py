@@ -136,6 +136,12 @@ def test_read_verified_returns_the_bytes_it_hashed(case: StoreCase) -> None:
     advanced: list[int] = []
     assert case.store.read_verified("v/file", sha, advanced.append) == data
     assert sum(advanced) == len(data)
+    advanced.clear()
+    with case.store.open_verified("v/file", sha, advanced.append) as f:
+        case.store.write_bytes("v/file", b"replaced after the check")
+        assert f.read() == data  # the private copy that was hashed, not the store's new bytes
+    case.store.write_bytes("v/file", data)
+    assert sum(advanced) == len(data)
     case.store.verify("v/file", sha)
     assert b"".join(_chunks(case.store, "v/file")) == data
 
@@ -152,6 +158,8 @@ def test_digest_mismatch_is_refused(case: StoreCase) -> None:
         case.store.verify("v/file", sha)
     with pytest.raises(IntegrityError):
         case.store.read_verified("v/file", sha)
+    with pytest.raises(IntegrityError), case.store.open_verified("v/file", sha):
+        pytest.fail("a tampered artifact must not be handed out")
     if case.kind == "local":  # the memory-mapping path hashes the open file before naming it
         with pytest.raises(IntegrityError), case.store.verified_path("v/file", sha):
             pytest.fail("a tampered artifact must not be handed out")
@@ -169,6 +177,7 @@ def test_missing_key_errors(case: StoreCase) -> None:
         lambda: _chunks(s, "nope/file"),
         lambda: s.read_verified("nope/file", "0" * 64),
         lambda: s.read_exact("nope/file", 1),
+        lambda: s.open_verified("nope/file", "0" * 64).__enter__(),
     ):
         with pytest.raises(ArtifactNotFoundError, match="not found") as info:
             call()

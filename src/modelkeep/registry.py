@@ -14,7 +14,6 @@ See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import time
@@ -382,9 +381,10 @@ class ModelPersistence:
                     if path is not None:
                         model = self._deserialize(fmt.load_path, path, art.compression, **options)
             if model is None:
-                # Hash what is unpickled: the artifact is read once, checked, and parsed from memory.
-                data = self.store.read_verified(art.key, art.sha256, advance)
-                model = self._deserialize(fmt.load, io.BytesIO(data), art.compression, **options)
+                # Hash what is unpickled: the artifact is read once into a private in-memory
+                # file, checked, and parsed from that file.
+                with self.store.open_verified(art.key, art.sha256, advance) as f:
+                    model = self._deserialize(fmt.load, f, art.compression, **options)
         diffs = environment.differences(record.environment)
         if diffs:
             logger.warning(

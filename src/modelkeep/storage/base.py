@@ -17,11 +17,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from ..errors import ArtifactNotFoundError, IntegrityError
 from ..layout import TMP_DIR
-from .hashing import Advance, HashingWriter, check_digest, hashing_sink, no_advance
+from .hashing import Advance, HashingWriter, check_digest, hashing_sink, no_advance, private_file
 
 logger = logging.getLogger("modelkeep")
 
@@ -184,6 +184,21 @@ class ArtifactStore(ABC):
                 chunks.append(chunk)
         check_digest(self.display_path(key), sha256, w.hexdigest())
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @contextlib.contextmanager
+    def open_verified(self, key: str, sha256: str, advance: Advance = no_advance) -> Iterator[IO[bytes]]:
+        """``key``'s bytes in a private in-memory file, positioned at 0, after checking that
+        they hash to ``sha256``. The store is read once; deserialize from this file, which
+        holds exactly the bytes that were hashed and which no one else can change."""
+        with private_file() as buf:
+            w = HashingWriter(buf, advance)
+            with self.stream(key) as chunks:
+                for chunk in chunks:
+                    w.write(chunk)
+            check_digest(self.display_path(key), sha256, w.hexdigest())
+            w.close()
+            buf.seek(0)
+            yield buf
 
     def read_exact(self, key: str, size: int) -> bytearray:
         """``key``'s bytes in one writable buffer, read once; :class:`IntegrityError`

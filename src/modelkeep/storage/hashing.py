@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
@@ -105,3 +107,18 @@ def check_digest(where: str, expected: str, got: str) -> None:
             f"integrity check failed for {where}: SHA-256 is {got[:16]}..., "
             f"recorded {expected[:16]}...; the artifact was changed after it was saved"
         )
+
+
+@contextlib.contextmanager
+def private_file() -> Iterator[IO[bytes]]:
+    """A read-write file that lives in this process's memory only (``memfd`` on Linux,
+    else ``BytesIO``): verified bytes are kept here, out of reach of anyone writing the store,
+    and deserializers read it like any file (``numpy.fromfile`` included, on Linux)."""
+    make = getattr(os, "memfd_create", None)
+    if make is None:
+        with io.BytesIO() as buf:
+            yield buf
+        return
+    fd = make("modelkeep-verified", getattr(os, "MFD_CLOEXEC", 0))
+    with open(fd, "w+b") as f:
+        yield f
