@@ -1,8 +1,10 @@
-"""Functions run in child processes (multiprocessing "spawn") by the concurrency and crash tests.
+"""The one worker harness: functions run in child processes (multiprocessing "spawn") by the
+concurrency, crash and team tests, and :func:`run_in_processes`, which runs them.
 
 They live in an importable module because a spawned child imports its target
 by name. Every worker opens its own :class:`ModelPersistence` on the store and
-index the parent names, exactly as separate programs would.
+index the parent names, exactly as separate programs would; with ``machines``,
+each also gets its own home, temporary and working folders, as on another machine.
 """
 
 from __future__ import annotations
@@ -48,6 +50,38 @@ def save_many(
                 rec = p.save_version(payload(worker, seq, 16 << 10), "shared", version)
                 done.append((rec.version, seq))
             return done
+
+    _report(queue, worker, run)
+
+
+def team_model(worker: int, i: int) -> dict[str, Any]:
+    """The object worker ``worker`` saves as its ``i``-th team version (distinct per worker and step)."""
+    return {"worker": worker, "i": i, "weights": np.full(50_000, worker * 1000 + i, dtype=np.int64)}
+
+
+def save_team_versions(
+    models_dir: str,
+    url: str,
+    schema: str | None,
+    worker: int,
+    count: int,
+    storage_options: dict[str, Any],
+    barrier: Any,
+    queue: Any,
+) -> None:
+    """Save ``count`` versions of ``shared`` to a team registry; report each version and its SHA-256."""
+
+    def run() -> list[dict[str, Any]]:
+        with open_registry(models_dir, url, schema, storage_options=storage_options) as p:
+            barrier.wait(120)
+            saved = []
+            for i in range(count):
+                rec = p.save_version(
+                    team_model(worker, i), "shared", metadata={"worker": worker, "i": i, "cwd": os.getcwd()}
+                )
+                assert rec.artifact is not None
+                saved.append({"version": rec.version, "sha256": rec.artifact.sha256, "i": i})
+            return saved
 
     _report(queue, worker, run)
 
@@ -173,17 +207,38 @@ class SystemGadget:
 # -- running workers -----------------------------------------------------------------------------
 
 
-def run_in_processes(target: Any, worker_args: list[tuple[Any, ...]], *, timeout: float = 300) -> dict[int, Any]:
+def _on_machine(machine: str | None, target: Any, *args: Any) -> None:
+    """Child entry point: with ``machine``, live in that folder as if on another computer."""
+    if machine is not None:
+        tmp = Path(machine) / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.environ.update(HOME=machine, TMPDIR=str(tmp), XDG_CACHE_HOME=str(Path(machine) / "cache"))
+        os.chdir(machine)
+    target(*args)
+
+
+def run_in_processes(
+    target: Any,
+    worker_args: list[tuple[Any, ...]],
+    *,
+    timeout: float = 300,
+    machines: list[str] | None = None,
+) -> dict[int, Any]:
     """Run ``target(*args, barrier, queue)`` in one spawned process per ``args``; return
     ``{worker: result}``. Each ``args`` must start with ``(models_dir, url, schema, worker, ...)``.
-    A worker that raised fails the test with its traceback."""
+    ``machines`` gives each worker its own home, temporary and working folder. A worker
+    that raised fails the test with its traceback."""
     import multiprocessing
     import queue as queue_mod
 
     ctx = multiprocessing.get_context("spawn")
     results: Any = ctx.Queue()
     barrier = ctx.Barrier(len(worker_args))
-    procs = [ctx.Process(target=target, args=(*args, barrier, results)) for args in worker_args]
+    where = machines or [None] * len(worker_args)
+    procs = [
+        ctx.Process(target=_on_machine, args=(machine, target, *args, barrier, results))
+        for machine, args in zip(where, worker_args, strict=True)
+    ]
     for proc in procs:
         proc.start()
     out: dict[int, Any] = {}

@@ -271,9 +271,11 @@ def test_trusted_types_admit_a_custom_class_for_every_pickle_format(
     # Another user holds no key that signed these versions: only the allow-list and trusted types apply.
     monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(tmp_path / "another-user"))
     for fmt in ("joblib", "pickle", "native"):
-        with ModelPersistence(tmp_path / fmt, serialization_format=fmt, compress=False) as p:
-            with pytest.raises(UnsafeModelError, match=r"tests\._workers\.Custom"):
-                p.load("custom", "1.0.0")
+        with (
+            ModelPersistence(tmp_path / fmt, serialization_format=fmt, compress=False) as p,
+            pytest.raises(UnsafeModelError, match=r"tests\._workers\.Custom"),
+        ):
+            p.load("custom", "1.0.0")
         with ModelPersistence(tmp_path / fmt, serialization_format=fmt, trusted_types=["tests._workers.Custom"]) as p:
             assert p.load("custom", "1.0.0") == {"c": Custom(4)}
 

@@ -59,19 +59,28 @@ def _files(root: Path) -> set[str]:
 # --------------------------------------------------------------------------------------
 
 
-def test_public_names_are_importable() -> None:
-    for name in [
-        "ModelPersistence",
-        "ModelPersistenceManager",
-        "ModelMetadata",
-        "ArtifactInfo",
-        "ModelSummary",
-        "ModelKeepError",
-        "__version__",
-    ]:
-        assert getattr(modelkeep, name) is not None
+def test_public_names_are_the_real_objects() -> None:
+    """Every name in ``__all__`` resolves to the object it promises, not merely to something."""
+    import importlib.metadata
+    import inspect
+
+    from modelkeep import errors, manager, metadata, registry
+
+    assert modelkeep.ModelPersistence is registry.ModelPersistence
+    assert modelkeep.ModelPersistenceManager is manager.ModelPersistenceManager
+    for name in ("ModelMetadata", "ArtifactInfo", "ModelSummary"):
+        assert getattr(modelkeep, name) is getattr(metadata, name)
+    for name in modelkeep.__all__:
+        value = getattr(modelkeep, name)
+        if name.endswith("Error"):
+            assert value is getattr(errors, name) and issubclass(value, errors.ModelKeepError)
+        elif name != "__version__":
+            assert inspect.isclass(value), name
     assert set(modelkeep.__all__) >= {"ModelPersistence", "ModelPersistenceManager", "VersionExistsError"}
-    assert isinstance(modelkeep.__version__, str)
+    # The version is set in one place, and the installed metadata agrees with it.
+    assert modelkeep.__version__ == importlib.metadata.version("modelkeep")
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        modelkeep.NoSuchThing  # noqa: B018
 
 
 def test_context_manager_and_repr(tmp_path: Path) -> None:

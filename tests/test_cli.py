@@ -525,17 +525,35 @@ def test_verbose_adds_traceback(run: Run) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
 
 
-def test_unexpected_exception_is_one_line(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_is_shown_as_a_bug(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that is not a library or OS error is a bug in modelkeep: the user sees the
+    traceback and a request to report it, and exit status 70, not a plain ``Error:`` line."""
     import modelkeep.config
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setattr(modelkeep.config, "load_settings", broken)
-    assert_user_error(run("list"), "RuntimeError: boom second line")
-    verbose = run("list", global_args=("--verbose",))
-    assert verbose.exit_code == 1
-    assert "Traceback" in verbose.stderr
+    result = run("list")
+    assert result.exit_code == 70, result.output
+    assert "Traceback" in result.stderr and "RuntimeError: boom" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: internal error in modelkeep") and "please report" in last
+    assert last.endswith("RuntimeError: boom second line")
+
+
+def test_library_errors_use_cli_spelling(run: Run, model_file: Path, tmp_path: Path) -> None:
+    """Remedies name the flags (--overwrite, --force), not the API's keyword arguments."""
+    args = ("save", "--model-name", "clf", "--version", "1.0.0", "--model-file", str(model_file))
+    assert run(*args).exit_code == 0
+    again = run(*args)
+    assert_user_error(again, "--overwrite")
+    assert "overwrite=True" not in again.stderr
+    out = tmp_path / "exported.joblib"
+    out.write_bytes(b"keep me")
+    exported = run("load", "--model-name", "clf", "--output", str(out))
+    assert_user_error(exported, "--force")
+    assert "force=True" not in exported.stderr and out.read_bytes() == b"keep me"
 
 
 # -- configuration ------------------------------------------------------------

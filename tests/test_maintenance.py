@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from modelkeep import ModelNotFoundError, ModelPersistence
+from modelkeep.layout import sidecar_key
 from modelkeep.maintenance import CORRUPT, MISSING, ORPHANED, SIDECAR, SIGNATURE
-from modelkeep.registry import sidecar_key
 
 from .conftest import IndexTarget
 

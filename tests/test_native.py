@@ -11,7 +11,7 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 
 from modelkeep import IntegrityError, ModelPersistence
-from modelkeep.blobs import BLOB_DIR, blob_key
+from modelkeep.layout import BLOB_DIR, blob_key
 
 from .conftest import IndexTarget
 

@@ -25,8 +25,8 @@ import pytest
 from modelkeep import ConfigError, ModelPersistence, SignatureError, keys, signing
 from modelkeep.formats import FORMATS, _cache
 from modelkeep.formats.pickle_format import PickleFormat
+from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.maintenance import SIGNATURE
-from modelkeep.registry import _sidecar_bytes, sidecar_key
 
 from .conftest import IndexTarget
 
@@ -193,12 +193,12 @@ def test_a_tampered_manifest_fails_under_every_scheme(index_target: IndexTarget,
         ):
             forged = dataclasses.replace(rec, artifact=dataclasses.replace(rec.artifact, **change))
             p.index.put(forged)
-            p.store.write_bytes(sidecar_key("m", "1.0.0"), _sidecar_bytes(forged))
+            p.store.write_bytes(sidecar_key("m", "1.0.0"), sidecar_bytes(forged))
             with pytest.raises(SignatureError, match="signature check failed"):
                 p.load("m", "1.0.0")
             assert [x.version for x in p.verify().of_kind(SIGNATURE)] == ["1.0.0"]
         p.index.put(rec)
-        p.store.write_bytes(sidecar_key("m", "1.0.0"), _sidecar_bytes(rec))
+        p.store.write_bytes(sidecar_key("m", "1.0.0"), sidecar_bytes(rec))
         assert p.load("m", "1.0.0") == {"v": 1}
         assert p.verify().ok
 

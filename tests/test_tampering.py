@@ -38,8 +38,8 @@ from modelkeep.formats._restricted import (
     joblib_load,
     scan_pickle_globals,
 )
+from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.metadata import ArtifactInfo, ModelMetadata
-from modelkeep.registry import _sidecar_bytes, sidecar_key
 from modelkeep.signing import manifest
 
 from ._workers import Custom, Gadget, SystemGadget
@@ -112,7 +112,7 @@ def forge_record(p: ModelPersistence, name: str, version: str, new_bytes: bytes,
         signature=rec.signature if p.keyring.explicit else None,
     )
     p.index.put(forged)
-    p.store.write_bytes(sidecar_key(name, version), _sidecar_bytes(forged))
+    p.store.write_bytes(sidecar_key(name, version), sidecar_bytes(forged))
 
 
 @pytest.fixture
@@ -294,13 +294,13 @@ def test_the_signing_key_comes_from_the_environment_or_the_config(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MODELKEEP_SIGNING_KEY", "from-env")
-    with load_settings(models_dir=str(tmp_path / "models")).create_persistence() as p:
+    with ModelPersistence.from_settings(load_settings(models_dir=str(tmp_path / "models"))) as p:
         assert p.signing_key == "from-env"
         assert p.save_version(model, "clf", "1.0.0").signature
     monkeypatch.delenv("MODELKEEP_SIGNING_KEY")
     config = tmp_path / "config.yaml"
     config.write_text(f"persistence:\n  models_dir: {tmp_path / 'models'}\n  signing_key: from-config\n")
-    with load_settings(config).create_persistence() as p:
+    with ModelPersistence.from_settings(load_settings(config)) as p:
         assert p.signing_key == "from-config"
         with pytest.raises(SignatureError):
             p.load("clf", "1.0.0")
@@ -457,7 +457,7 @@ def test_a_skops_artifact_cannot_vouch_for_its_own_types(tmp_path: Path) -> None
             rec, artifact=dataclasses.replace(art, extra={"trusted": ["tests._workers.Custom"]}), signature=None
         )
         p.index.put(forged)
-        p.store.write_bytes(sidecar_key("obj", "1.0.0"), _sidecar_bytes(forged))
+        p.store.write_bytes(sidecar_key("obj", "1.0.0"), sidecar_bytes(forged))
         with pytest.raises(UnsafeModelError, match=r"tests\._workers\.Custom"):
             p.load("obj", "1.0.0")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     AliasConflictError,
     AliasNotFoundError,
@@ -32,8 +33,6 @@ from .errors import (
     VersionTrashedError,
 )
 from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .manager import ModelPersistenceManager

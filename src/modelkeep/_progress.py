@@ -81,7 +81,7 @@ class _LazyBar:
 
 
 class ProgressBar:
-    """The ``progress`` callable given to ``Settings.create_persistence``.
+    """The ``progress`` callable given to ``ModelPersistence(progress=...)``.
 
     :param enabled: draw anything at all; ``None`` means "when stderr is a terminal".
     :param threshold: artifacts smaller than this many bytes get no bar.

@@ -14,82 +14,37 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_context import CliState, cli_state, open_registry, print_status, stdin_is_interactive
+from .cli_render import (
+    copy_report_json,
+    emit_json,
+    gc_lines,
+    lifecycle_cells,
+    print_info,
+    print_table,
+    verify_summary,
+    version_row,
+)
+from .errors import ModelKeepError
 from .formats import FORMATS  # a dict of names; the formats themselves load lazily
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from .config import Settings
     from .metadata import ModelMetadata
-    from .registry import ModelPersistence
 
 
-@dataclass
-class _State:
-    """Global options, and the library object once a command has asked for it."""
-
-    config_path: Path | None
-    overrides: dict[str, Any]
-    verbose: bool | None  # True: --verbose, False: --quiet, None: neither
-    trust: list[str] = field(default_factory=list)  # --trust names, added to the configured trusted_types
-    settings: Settings | None = None
-    persistence: ModelPersistence | None = None
-
-
-def _state(ctx: click.Context) -> _State:
-    state = ctx.find_object(_State)
-    if state is None:  # a command invoked without the cli group
-        raise RuntimeError("modelkeep commands must run under modelkeep.cli.cli")
-    return state
-
-
-def _open(ctx: click.Context, *, create: bool = False) -> ModelPersistence:
-    """Build the library object from the config file and global options (once).
-
-    Only ``save`` creates a registry; the other commands report a missing one,
-    so that a mistyped ``--models-dir`` is an error rather than a new empty registry.
-    """
-    state = _state(ctx)
-    if state.persistence is None:
-        from ._progress import ProgressBar
-        from .config import load_settings
-
-        level = None if state.verbose is None else "DEBUG" if state.verbose else "ERROR"
-        state.settings = load_settings(state.config_path, log_level=level, **state.overrides)
-        state.settings.persistence.trusted_types = [*state.settings.persistence.trusted_types, *state.trust]
-        state.settings.apply_logging()
-        _log_to_stderr(bool(state.verbose))
-        progress = ProgressBar(enabled=False if state.verbose is False else None)
-        state.persistence = ctx.with_resource(state.settings.create_persistence(progress=progress, create=create))
-    return state.persistence
-
-
-def _log_to_stderr(enabled: bool) -> None:
-    """Send the library's log records to stderr (for --verbose), replacing an earlier handler."""
-    import logging
-
-    logger = logging.getLogger("modelkeep")
-    for handler in [h for h in logger.handlers if h.get_name() == "modelkeep-cli"]:
-        logger.removeHandler(handler)
-    if enabled:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name("modelkeep-cli")
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+#: Exit status when modelkeep itself failed (a bug), as ``sysexits.h``'s EX_SOFTWARE.
+EXIT_INTERNAL_ERROR = 70
 
 
 def _one_line(exc: BaseException) -> str:
-    """A one-line description of ``exc`` for the ``Error:`` line."""
-    from .errors import ModelKeepError
-
+    """A one-line description of ``exc`` for the ``Error:`` line, in CLI spelling."""
     if isinstance(exc, ModelKeepError):
-        text = str(exc)
+        text = exc.for_cli()
     elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.strerror}: {exc.filename}"
         if exc.filename2 is not None:
@@ -100,20 +55,34 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Group(click.Group):
-    """A group that turns every non-click exception into one ``Error:`` line, exit 1."""
+    """Library errors (:class:`ModelKeepError`) and the operating system's (``OSError``:
+    missing files, permissions, a full disk) become one ``Error:`` line, exit 1. Anything
+    else is a bug in modelkeep: it is shown as one, with its traceback, exit 70."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise  # click reports these itself (a broken pipe exits 1 quietly)
-        except Exception as exc:
-            state = ctx.find_object(_State)
+        except (ModelKeepError, OSError) as exc:
+            state = ctx.find_object(CliState)
             if state is not None and state.verbose:
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
             raise click.ClickException(_one_line(exc)) from exc
+        except Exception as exc:
+            import traceback
+
+            from . import __version__
+
+            traceback.print_exc(file=sys.stderr)
+            click.echo(
+                f"Error: internal error in modelkeep {__version__}, please report it with the traceback "
+                f"above: {_one_line(exc)}",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL_ERROR)
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -188,7 +157,7 @@ def cli(
     variables, then the options below.
     """
     overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
-    ctx.obj = _State(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
+    ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 
 @cli.command()
@@ -238,8 +207,8 @@ def save(
     wrote yourself.
     """
     metadata = _read_metadata(metadata_file) if metadata_file is not None else None
-    _state(ctx).trust.extend(trust)
-    record = _open(ctx, create=True).import_file(
+    cli_state(ctx).trust.extend(trust)
+    record = open_registry(ctx, create=True).import_file(
         model_file,
         model_name,
         version,
@@ -251,7 +220,7 @@ def save(
     )
     location = _artifact_location(ctx, record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location})
+        emit_json({**record.to_dict(), "path": location})
     else:
         click.echo(f"Saved {record.model_name} version {record.version} to {location}")
 
@@ -269,10 +238,10 @@ def save(
 @click.pass_context
 def load(ctx: click.Context, model_name: str, version: str | None, output: Path, force: bool) -> None:
     """Write a stored model version to a file."""
-    persistence = _open(ctx)
+    persistence = open_registry(ctx)
     resolved = persistence.resolve_version(model_name, version)
     written = persistence.export_file(model_name, resolved, output, force=force)
-    _status(ctx, f"Wrote {model_name} version {resolved} to {written}")
+    print_status(ctx, f"Wrote {model_name} version {resolved} to {written}")
 
 
 @cli.command("list")
@@ -281,12 +250,12 @@ def load(ctx: click.Context, model_name: str, version: str | None, output: Path,
 @click.pass_context
 def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     """List every model, or (with --model-name) one model's versions."""
-    persistence = _open(ctx)
+    persistence = open_registry(ctx)
     if model_name is None:
         rows = [summary.to_dict() for summary in persistence.model_summaries()]
         headers = {"name": "Model", "version_count": "Versions", "latest_version": "Latest", "updated_at": "Updated"}
     else:
-        rows = [_version_row(r) for r in persistence.list_version_records(model_name)]
+        rows = [version_row(r) for r in persistence.list_version_records(model_name)]
         headers = {
             "version": "Version",
             "model_type": "Type",
@@ -297,11 +266,11 @@ def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
             "tags": "Tags",
         }
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     elif not rows:
-        _status(ctx, "No models registered.")
+        print_status(ctx, "No models registered.")
     else:
-        _print_table(headers, [_lifecycle_cells(row) for row in rows])
+        print_table(headers, [lifecycle_cells(row) for row in rows])
 
 
 @cli.command()
@@ -314,16 +283,16 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
     The artifact part gives its path, format, compression, size and SHA-256.
     """
-    persistence = _open(ctx)
+    persistence = open_registry(ctx)
     record = persistence.get_version(model_name, version)
     location = _artifact_location(ctx, record)
     verdict = persistence.keyring.verdict(record)
     if as_json:
-        _emit_json(
+        emit_json(
             {**record.to_dict(), **record.lifecycle_dict(), "path": location, "signature_status": verdict.to_dict()}
         )
     else:
-        _print_info(record, location, verdict.to_dict() | {"signer": verdict.signer})
+        print_info(record, location, verdict.to_dict() | {"signer": verdict.signer})
 
 
 @cli.command()
@@ -340,7 +309,7 @@ def compare(
     as_json: bool,
 ) -> None:
     """Compare metadata and metrics across a model's versions."""
-    persistence = _open(ctx)
+    persistence = open_registry(ctx)
     table = persistence.compare_versions(model_name, versions)
     from .cli_lifecycle import add_lifecycle_columns
 
@@ -355,9 +324,9 @@ def compare(
         table = table[["version", *(m for m in metrics if m != "version")]]
     rows = json.loads(table.to_json(orient="records", date_format="iso"))
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
-        _print_table({str(c): str(c) for c in table.columns}, rows)
+        print_table({str(c): str(c) for c in table.columns}, rows)
 
 
 @cli.command()
@@ -369,11 +338,11 @@ def compare(
 @click.pass_context
 def delete(ctx: click.Context, model_name: str, version: str, force: bool, yes: bool, as_json: bool) -> None:
     """Move one model version to the trash (undo with `modelkeep restore`; `modelkeep purge` frees the space)."""
-    _open(ctx).delete(model_name, version, force=force)
+    open_registry(ctx).delete(model_name, version, force=force)
     if as_json:
-        _emit_json({"model_name": model_name, "version": version, "trashed": True})
+        emit_json({"model_name": model_name, "version": version, "trashed": True})
     else:
-        _status(
+        print_status(
             ctx,
             f"Deleted {model_name} version {version} (moved to the trash; undo with: "
             f"modelkeep restore --model-name {model_name} --version {version})",
@@ -405,26 +374,21 @@ def copy(
     """
     from ._progress import ProgressBar
     from .config import load_settings
-    from .migrate import copy_registry
+    from .copying import copy_registry
 
     if to_config is None and to_models_dir is None and to_registry_url is None:
         raise click.UsageError("give the destination: --to-config, --to-models-dir and/or --to-registry-url")
-    source = _open(ctx)
+    source = open_registry(ctx)
     settings = load_settings(to_config, models_dir=to_models_dir, registry_url=to_registry_url)
-    progress = ProgressBar(enabled=False if _state(ctx).verbose is False else None)
-    dest = ctx.with_resource(settings.create_persistence(progress=progress))
+    progress = ProgressBar(enabled=False if cli_state(ctx).verbose is False else None)
+    from .registry import ModelPersistence
+
+    dest = ctx.with_resource(ModelPersistence.from_settings(settings, progress=progress))
     report = copy_registry(source, dest, models=list(model_names) or None, overwrite=overwrite, progress=progress)
     if as_json:
-        _emit_json(
-            {
-                "copied": [list(v) for v in report.copied],
-                "skipped": [list(v) for v in report.skipped],
-                "overwritten": [list(v) for v in report.overwritten],
-                "bytes_copied": report.bytes_copied,
-            }
-        )
+        emit_json(copy_report_json(report))
     else:
-        _status(ctx, str(report))
+        print_status(ctx, str(report))
 
 
 @cli.command()
@@ -433,20 +397,15 @@ def copy(
 @click.pass_context
 def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     """Re-hash every artifact; report missing, corrupt and orphaned files (exit 1 if any)."""
-    report = _open(ctx).verify(model_name)
+    report = open_registry(ctx).verify(model_name)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         for problem in report.problems:
             click.echo(str(problem))
         if report.signatures:
             click.echo("signatures: " + ", ".join(f"{n} {status}" for status, n in sorted(report.signatures.items())))
-        _status(
-            ctx,
-            f"checked {report.versions_checked} version(s), {report.blobs_checked} blob(s), "
-            f"{_human_size(report.bytes_checked)}: "
-            + ("all intact" if report.ok else f"{len(report.problems)} problem(s)"),
-        )
+        print_status(ctx, verify_summary(report))
     if not report.ok:
         ctx.exit(1)
 
@@ -471,22 +430,16 @@ def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
 @click.pass_context
 def gc(ctx: click.Context, dry_run: bool, min_age: float, purge_older: str | None, as_json: bool) -> None:
     """Remove crash leftovers: staged temp files, and files no index entry uses."""
-    report = _open(ctx).gc(dry_run=dry_run, min_age_seconds=min_age, purge_deleted_older_than=purge_older)
+    report = open_registry(ctx).gc(dry_run=dry_run, min_age_seconds=min_age, purge_deleted_older_than=purge_older)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
-        verb = "would remove" if dry_run else "removed"
-        for model, version in report.purged:
-            click.echo(f"{'would purge' if dry_run else 'purged'} {model} {version} from the trash")
-        for item in report.removed:
-            click.echo(f"{verb} {item.key} ({item.reason}, {_human_size(item.size)})")
-        for error in report.errors:
-            click.echo(f"could not remove {error}", err=True)
-        _status(
-            ctx,
-            f"{verb} {len(report.removed)} file(s), {_human_size(report.bytes_freed)}; "
-            f"kept {len(report.kept)} younger than {min_age:g} s; repaired {len(report.repaired)} sidecar(s)",
-        )
+        out, err, summary = gc_lines(report, min_age)
+        for line in out:
+            click.echo(line)
+        for line in err:
+            click.echo(line, err=True)
+        print_status(ctx, summary)
     if not report.ok:
         ctx.exit(1)
 
@@ -496,13 +449,13 @@ def gc(ctx: click.Context, dry_run: bool, min_age: float, purge_older: str | Non
 @click.pass_context
 def reindex(ctx: click.Context, yes: bool) -> None:
     """Rebuild the index from the *_metadata.json sidecar files (disaster recovery, moved stores)."""
-    if not yes and not _stdin_is_interactive():
+    if not yes and not stdin_is_interactive():
         raise click.ClickException("refusing to rebuild the index without confirmation: pass --yes")
-    persistence = _open(ctx, create=True)  # a lost registry.db is exactly when reindex is needed
+    persistence = open_registry(ctx, create=True)  # a lost registry.db is exactly when reindex is needed
     if not yes:
         click.confirm("Replace the index with what the sidecar files describe?", abort=True, err=True)
     count = persistence.reindex()
-    _status(ctx, f"Reindexed {count} version(s)")
+    print_status(ctx, f"Reindexed {count} version(s)")
 
 
 from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli's helpers lazily)
@@ -531,7 +484,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _read_metadata(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or a one-line user error."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"--metadata {path}: not UTF-8 text: {exc.reason}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -543,168 +499,9 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return data
 
 
-def _stdin_is_interactive() -> bool:
-    try:
-        return click.get_text_stream("stdin").isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def _artifact_location(ctx: click.Context, record: ModelMetadata) -> str | None:
     """Where the version's artifact lives: a local path, or a URL for remote stores."""
-    persistence = _state(ctx).persistence
+    persistence = cli_state(ctx).persistence
     if record.artifact is None or persistence is None:
         return None
     return str(persistence.store.display_path(record.artifact.key))
-
-
-# -- rendering ----------------------------------------------------------------
-
-
-def _status(ctx: click.Context, message: str) -> None:
-    """A message for people; --quiet hides it."""
-    if _state(ctx).verbose is not False:
-        click.echo(message)
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _version_row(record: ModelMetadata) -> dict[str, Any]:
-    artifact = record.artifact
-    return {
-        "version": record.version,
-        "model_type": record.model_type,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "size": artifact.size if artifact else None,
-        "format": artifact.format if artifact else None,
-        "compression": artifact.compression if artifact else None,
-        "sha256": artifact.sha256 if artifact else None,
-        "aliases": record.aliases,
-        "tags": record.tags,
-    }
-
-
-def _lifecycle_cells(row: dict[str, Any]) -> dict[str, Any]:
-    """Aliases and tags of a version row as short text for a table cell."""
-    if "aliases" not in row:
-        return row
-    tags = ", ".join(f"{k}={v}" for k, v in row["tags"].items())
-    return {**row, "aliases": ", ".join(row["aliases"]), "tags": tags}
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = 1000  # never wrap cells when piped
-    return console
-
-
-def _cell(key: str, value: Any) -> str:
-    """Format one value for a table cell."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if key in ("size",) and isinstance(value, int):
-        return _human_size(value)
-    if key.endswith("_at") and isinstance(value, str):
-        return _short_time(value)
-    if isinstance(value, float):
-        text = format(value, ".6g")
-        return text if any(c in text for c in ".en") else f"{text}.0"  # keep 1.0 a float
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for key, title in headers.items():
-        numeric = any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows)
-        table.add_column(title, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(Text(_cell(key, row.get(key))) for key in headers))
-    _console().print(table)
-
-
-def _print_info(record: ModelMetadata, location: str | None, signature: dict[str, Any]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-
-    def section(title: str, items: dict[str, Any]) -> None:
-        table.add_row(Text(title, style="bold underline"), "")
-        for key, value in _flatten(items).items():
-            table.add_row(Text(f"  {key}"), Text("None" if value is None else _cell(key, value)))
-
-    section(
-        "Model",
-        {
-            "model_name": record.model_name,
-            "version": record.version,
-            "model_type": record.model_type,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-        },
-    )
-    section("Metadata", record.metadata)
-    section(
-        "Lifecycle",
-        {"aliases": ", ".join(record.aliases), "tags": record.tags, "description": record.description},
-    )
-    artifact = record.artifact
-    if artifact is not None:
-        section(
-            "Artifact",
-            {
-                "path": location,
-                "format": artifact.format,
-                "compression": artifact.compression or "none",
-                "size": f"{_human_size(artifact.size)} ({artifact.size} bytes)",
-                "sha256": artifact.sha256,
-                **artifact.extra,
-            },
-        )
-    section("Environment", record.environment)
-    section("Signature", {k: signature.get(k) for k in ("status", "scheme", "signer", "fingerprint", "reason")})
-    _console().print(table)
-
-
-def _flatten(items: dict[str, Any]) -> dict[str, Any]:
-    """One level of nested dicts becomes dotted keys: ``model_params.C``."""
-    flat: dict[str, Any] = {}
-    for key, value in items.items():
-        if isinstance(value, dict) and value:
-            flat.update({f"{key}.{sub_key}": sub_value for sub_key, sub_value in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _short_time(iso: str) -> str:
-    import datetime as dt
-
-    try:
-        parsed = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    return parsed.strftime("%Y-%m-%d %H:%M:%S %Z").strip()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def _keyring(ctx: click.Context) -> Keyring:
     """The keys the current settings name (config file, MODELKEEP_* variables, global options)."""
-    from .cli import _state
+    from .cli_context import cli_state as _state
     from .config import load_settings
     from .signing import resolve_keyring
 
@@ -86,7 +86,8 @@ def generate(name: str | None, out: Path | None, rotate: bool, force: bool) -> N
 def list_keys(ctx: click.Context, as_json: bool) -> None:
     """Show the key that signs saves and the keys whose signatures are trusted."""
     from . import keys as k
-    from .cli import _emit_json, _print_table
+    from .cli_render import emit_json as _emit_json
+    from .cli_render import print_table as _print_table
 
     ring = _keyring(ctx)
     private = ring.private or (k.user_key(create=False) if not ring.hmac_key else None)
@@ -163,7 +164,9 @@ def sign(
     Versions whose signature verifies under a trusted key are re-hashed and
     re-signed; unsigned or untrusted ones are skipped unless --include-unsigned.
     """
-    from .cli import _emit_json, _open, _status
+    from .cli_context import open_registry as _open
+    from .cli_context import print_status as _status
+    from .cli_render import emit_json as _emit_json
 
     if all_models == (model_name is not None):
         raise click.UsageError("give either --all or --model-name")
@@ -193,7 +196,8 @@ def export_signed(
     Check it with: model_signing verify key OUT --signature OUT.sig --public_key KEY.pub
     (KEY.pub from `modelkeep keys export-public`).
     """
-    from .cli import _open, _status
+    from .cli_context import open_registry as _open
+    from .cli_context import print_status as _status
     from .interop import export_signed as export
 
     folder, sig = export(_open(ctx), model_name, version, out, signature=signature, force=force)

@@ -21,25 +21,25 @@ version_scope_option = click.option("--version", help="Act on this version inste
 
 
 def _open(ctx: click.Context) -> ModelPersistence:
-    from .cli import _open as open_registry
+    from .cli_context import open_registry
 
     return open_registry(ctx)
 
 
 def _emit_json(data: Any) -> None:
-    from .cli import _emit_json as emit
+    from .cli_render import emit_json as emit
 
     emit(data)
 
 
 def _status(ctx: click.Context, message: str) -> None:
-    from .cli import _status as status
+    from .cli_context import print_status as status
 
     status(ctx, message)
 
 
 def _table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    from .cli import _print_table
+    from .cli_render import print_table as _print_table
 
     _print_table(headers, rows)
 
@@ -303,7 +303,7 @@ def purge(
     """Remove trashed versions for good, files included (asks for confirmation unless --yes)."""
     import datetime as dt
 
-    from .cli import _stdin_is_interactive
+    from .cli_context import stdin_is_interactive as _stdin_is_interactive
     from .lifecycle import parse_age
 
     if version is not None and model_name is None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .registry import ModelPersistence, ProgressFactory
+    pass
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -153,26 +153,26 @@ class Settings(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
 
-    def create_persistence(self, progress: ProgressFactory | None = None, *, create: bool = True) -> ModelPersistence:
-        """A :class:`ModelPersistence` built from these settings (see its ``create`` argument)."""
-        from .registry import ModelPersistence
+    def persistence_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~modelkeep.ModelPersistence` from these settings.
 
+        Use ``ModelPersistence.from_settings(settings)``; this module does not import the
+        registry, so that the registry (and the signing code it uses) can read settings.
+        """
         p = self.persistence
-        return ModelPersistence(
-            models_dir=p.models_dir,
-            serialization_format=p.serialization_format,
-            compress=p.compress,
-            registry_path=p.registry_path,
-            registry_url=p.registry_url,
-            storage_options=p.storage_options or None,
-            signing_key=p.signing_key.get_secret_value() if p.signing_key else None,
-            signing_key_file=p.signing_key_file,
-            trusted_keys=p.trusted_keys or None,
-            require_signatures=p.require_signatures,
-            progress=progress,
-            create=create,
-            trusted_types=p.trusted_types or None,
-        )
+        return {
+            "models_dir": p.models_dir,
+            "serialization_format": p.serialization_format,
+            "compress": p.compress,
+            "registry_path": p.registry_path,
+            "registry_url": p.registry_url,
+            "storage_options": p.storage_options or None,
+            "signing_key": p.signing_key.get_secret_value() if p.signing_key else None,
+            "signing_key_file": p.signing_key_file,
+            "trusted_keys": p.trusted_keys or None,
+            "require_signatures": p.require_signatures,
+            "trusted_types": p.trusted_types or None,
+        }
 
     def release_logging(self) -> None:
         """Close and detach the log file handler that :meth:`apply_logging` added."""

@@ -11,11 +11,27 @@ import pickle
 
 
 class ModelKeepError(Exception):
-    """Base class of every error modelkeep raises on purpose."""
+    """Base class of every error modelkeep raises on purpose.
+
+    ``cli`` maps the API spelling a message uses for a remedy (``overwrite=True``)
+    to the command line's (``--overwrite``); :meth:`for_cli` applies it, so each
+    interface tells the user what to type in that interface.
+    """
+
+    def __init__(self, *args: object, cli: dict[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.cli_spelling: dict[str, str] = dict(cli or {})
 
     def __str__(self) -> str:
         # KeyError.__str__ would repr() the message; keep it readable everywhere.
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+    def for_cli(self) -> str:
+        """The message with API spellings replaced by the CLI's."""
+        text = str(self)
+        for api, cli in getattr(self, "cli_spelling", {}).items():
+            text = text.replace(api, cli)
+        return text
 
 
 class ModelNotFoundError(ModelKeepError, KeyError):
@@ -90,8 +106,26 @@ class StorageError(ModelKeepError, OSError):
     """The artifact store failed (disk full, permission denied, network error)."""
 
 
+class ConnectionLostError(StorageError):
+    """The database connection dropped before the transaction committed, so nothing was written.
+
+    Reads and whole write transactions are retried once on a fresh connection
+    when this happens; a drop while committing is a plain :class:`StorageError`
+    because the outcome is then unknown.
+    """
+
+
 class BackendUnavailableError(ModelKeepError, ImportError):
     """An optional backend was requested but its package is not installed."""
+
+
+class FormatVersionError(SerializationError):
+    """An artifact or sidecar was written by a newer modelkeep, in a protocol this one cannot read."""
+
+
+def no_versions(model_name: str) -> ModelNotFoundError:
+    """The error for a model with no versions (the seed's wording)."""
+    return ModelNotFoundError(f"No versions found for model '{model_name}'")
 
 
 __all__ = [
@@ -100,6 +134,8 @@ __all__ = [
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
+    "ConnectionLostError",
+    "FormatVersionError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",
@@ -114,4 +150,5 @@ __all__ = [
     "VersionInUseError",
     "VersionNotFoundError",
     "VersionTrashedError",
+    "no_versions",
 ]

@@ -84,7 +84,7 @@ def export_signed(
     assert art is not None
     _copy_verified(p, art.key, art.sha256, out / art.key.rsplit("/", 1)[-1])
     for sha, _size in art.extra.get("blobs") or []:
-        from .blobs import blob_key
+        from .layout import blob_key
 
         _copy_verified(p, blob_key(str(sha)), str(sha), out / "blobs" / str(sha))
     meta = out / f"{record.model_name}_v{record.version}_metadata.json"

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidNameError, VersionNotFoundError
-from .index.sql import record_blobs
+from .layout import record_blobs
 from .metadata import HistoryEntry, ModelMetadata
 from .versions import validate_alias, validate_model_name, validate_version
 
@@ -209,7 +209,7 @@ class LifecycleMixin:
 
     def _purge_one(self, model_name: str, version: str) -> None:
         """Drop the index entry (with its history row), then the files nobody else uses."""
-        from .registry import sidecar_key
+        from .layout import sidecar_key
 
         started = time.perf_counter()
         record = self.index.delete(model_name, version, trashed_only=True)

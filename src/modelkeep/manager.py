@@ -27,9 +27,11 @@ class ModelPersistenceManager:
         self.config_path = Path(config_path) if config_path is not None else None
         self.settings: Settings = load_settings(config_path, **overrides)
         self.settings.apply_logging()
-        self.persistence: ModelPersistence = self.settings.create_persistence()
+        from .registry import ModelPersistence
 
-    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> Path:
+        self.persistence: ModelPersistence = ModelPersistence.from_settings(self.settings)
+
+    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> str | Path:
         """Save ``model``; see :meth:`ModelPersistence.save`."""
         return self.persistence.save(model, model_name, version, **metadata)
 

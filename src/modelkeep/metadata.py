@@ -10,7 +10,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
-from .errors import MetadataError
+from .errors import FormatVersionError, MetadataError
 
 #: Version of the sidecar JSON layout written next to every artifact.
 SIDECAR_SCHEMA = 1
@@ -111,7 +111,24 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        """Inverse of :meth:`to_dict`; unknown keys are ignored.
+
+        Records from a newer modelkeep, whose ``schema`` is above
+        :data:`SIDECAR_SCHEMA`, are refused with :class:`FormatVersionError`
+        naming the release needed (its ``requires`` field); older ones load.
+        """
+        schema = data.get("schema", 1) if isinstance(data, dict) else 1
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise MetadataError(f"not a modelkeep metadata record: bad schema {schema!r}")
+        if schema > SIDECAR_SCHEMA:
+            from ._version import __version__
+
+            release = data.get("requires")
+            remedy = f"upgrade to modelkeep {release} or later" if isinstance(release, str) else "upgrade modelkeep"
+            raise FormatVersionError(
+                f"the metadata record of {data.get('model_name')!r} {data.get('version')!r} uses schema {schema}, "
+                f"but this modelkeep ({__version__}) reads up to schema {SIDECAR_SCHEMA}: {remedy}"
+            )
         try:
             artifact = data.get("artifact")
             return cls(

@@ -3,17 +3,20 @@
 Save:  object -> format.dump -> bytes hashed as they stream to a staged file
        -> (write lock) allocate version -> sidecar JSON -> rename into place
        -> index row -> commit.
-Load:  index row -> (signature) -> open artifact -> SHA-256 check -> deserialize.
+Load:  index row -> (signature) -> read artifact once -> SHA-256 check -> deserialize
+       those same bytes.
+
+The store layout (which key holds what) is :mod:`modelkeep.layout`; the bytes
+go through :mod:`modelkeep.storage`; formats are :mod:`modelkeep.formats`.
+See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import environment, signing
 from .errors import (
+    ConfigError,
     ModelKeepError,
     RegistryNotFoundError,
     SerializationError,
@@ -28,24 +32,29 @@ from .errors import (
     UnsafeModelError,
     VersionExistsError,
     VersionTrashedError,
+    no_versions,
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
 from .index import Reservation, SqlIndex
+from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
-from .storage import ArtifactStore
+from .storage import open_store
+from .storage.hashing import Advance
+from .storage.local import atomic_file
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .blobs import BlobStore
+    from .config import Settings
     from .maintenance import GcReport, VerifyReport
     from .resign import ResignReport
 
 logger = logging.getLogger("modelkeep")
 
-Advance = Callable[[int], None]
 #: ``progress(description, total_bytes_or_None)`` -> context manager yielding ``advance(n)``.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 
@@ -53,20 +62,6 @@ ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 @contextlib.contextmanager
 def _no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
     yield lambda _n: None
-
-
-def artifact_key(model_name: str, version: str, extension: str) -> str:
-    """The seed's layout: ``<name>/<version>/<name>_v<version><ext>``."""
-    return f"{model_name}/{version}/{model_name}_v{version}{extension}"
-
-
-def revision_key(model_name: str, version: str, extension: str) -> str:
-    """A fresh key for an overwrite, beside the usual one: ``<name>/<version>/<name>_v<version>.r<hex><ext>``."""
-    return f"{model_name}/{version}/{model_name}_v{version}.r{uuid.uuid4().hex[:12]}{extension}"
-
-
-def sidecar_key(model_name: str, version: str) -> str:
-    return f"{model_name}/{version}/{model_name}_v{version}_metadata.json"
 
 
 def _model_params(model: Any) -> dict[str, Any] | None:
@@ -139,12 +134,11 @@ class ModelPersistence(LifecycleMixin):
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
-        self.store = ArtifactStore(models_dir, storage_options)
-        self.models_dir = Path(self.store.root) if self.store.is_local else self.store.url
+        self.store = open_store(models_dir, storage_options)
+        #: The store's root: a :class:`~pathlib.Path` for a local folder, else its URL.
+        self.models_dir: str | Path = self.store.location()
         if registry_url is None:
-            if not self.store.is_local and registry_path is None:
-                from .errors import ConfigError
-
+            if self.store.shared and registry_path is None:
                 raise ConfigError(
                     f"models_dir {self.store.url!r} is remote but no registry_url is set: "
                     "point registry_url at a shared database (for example PostgreSQL), or pass "
@@ -175,6 +169,13 @@ class ModelPersistence(LifecycleMixin):
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, progress: ProgressFactory | None = None, *, create: bool = True
+    ) -> ModelPersistence:
+        """A registry opened with validated :class:`~modelkeep.config.Settings` (what the CLI uses)."""
+        return cls(**settings.persistence_options(), progress=progress, create=create)
+
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
         """Release database connections."""
@@ -198,19 +199,19 @@ class ModelPersistence(LifecycleMixin):
         *,
         overwrite: bool = False,
         **metadata: Any,
-    ) -> Path:
-        """Save ``model`` as a new version and return the artifact's path.
+    ) -> str | Path:
+        """Save ``model`` as a new version and return where its artifact is.
 
         With ``version=None`` the next patch version is allocated atomically
         (``1.0.0`` for a new model). Keyword arguments become custom metadata
         (metrics, dataset info, ...). Raises :class:`VersionExistsError` if the
-        version exists and ``overwrite`` is false. On an object store the
-        returned "path" is the artifact's URL as a string (``s3://...``).
+        version exists and ``overwrite`` is false. The return value is a
+        :class:`~pathlib.Path` on a local store, and the artifact's URL as a
+        ``str`` (``s3://...``) on a remote one, so a URL is never mangled into a path.
         """
         rec = self.save_version(model, model_name, version, overwrite=overwrite, metadata=metadata)
         assert rec.artifact is not None
-        where = self.store.display_path(rec.artifact.key)
-        return Path(where) if self.store.is_local else where  # type: ignore[return-value]
+        return self.store.location(rec.artifact.key)
 
     def save_version(
         self,
@@ -245,13 +246,15 @@ class ModelPersistence(LifecycleMixin):
                     f"model '{model_name}' version '{version}' is in the trash; restore or purge it"
                 )
             raise VersionExistsError(
-                f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
+                f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it",
+                cli={"overwrite=True": "--overwrite"},
             )
 
         with self.store.staged() as staged:
             with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
                 try:
-                    extra = fmt.dump(model, out, compression, **self._format_options(fmt)) or {}
+                    extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
+                    extra.update(fmt.protocol_record())
                 except ModelKeepError:
                     raise
                 except OSError:
@@ -284,7 +287,7 @@ class ModelPersistence(LifecycleMixin):
                 if extra.get("blobs"):
                     self.check_blobs_present(slot, extra["blobs"])
                 try:
-                    self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
+                    self.store.write_bytes(sidecar_key(model_name, slot.version), sidecar_bytes(record))
                     same = self.index.find_artifact(staged.sha256, exclude_key=key)
                     if not (same and self.store.link(same, key)):  # identical bytes: share them
                         staged.commit(key)
@@ -316,19 +319,19 @@ class ModelPersistence(LifecycleMixin):
             if previous is None:
                 self.store.delete(sidecar, missing_ok=True)
             else:
-                self.store.write_bytes(sidecar, _sidecar_bytes(previous))
+                self.store.write_bytes(sidecar, sidecar_bytes(previous))
         except Exception as exc:  # never hide the error that made the save fail; gc cleans up
             logger.warning(
                 "could not clean up after a failed save of %s %s: %s", record.model_name, record.version, exc
             )
 
-    def _format_options(self, fmt: Format, **options: Any) -> dict[str, Any]:
-        """Extra keyword arguments for formats that keep buffers in the blob store."""
-        if getattr(fmt, "uses_blobs", False):
-            from .blobs import BlobStore
+    def _blobs(self, fmt: Format) -> BlobStore | None:
+        """The blob store, for formats that keep large buffers there (``None`` for the others)."""
+        if not fmt.uses_blobs:
+            return None
+        from .blobs import BlobStore
 
-            options["blobs"] = BlobStore(self.store)
-        return options
+        return BlobStore(self.store)
 
     def check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
         """Under the shared blob lock, make sure a concurrent gc removed none of our blobs."""
@@ -423,15 +426,27 @@ class ModelPersistence(LifecycleMixin):
         assert art is not None
         verdict = self.keyring.check(record)
         fmt = get_format(art.format)
-        local = self.store.local_path(art.key)
+        fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
+        options: dict[str, Any] = {
+            "mmap_mode": mmap_mode,
+            "extra": art.extra,
+            "trusted": self.trusted_types,
+            "signed": verdict.trusted,
+        }
+        blobs = self._blobs(fmt)
+        if blobs is not None:
+            options["blobs"] = blobs
         with self._progress(f"loading {model_name}", art.size) as advance:
-            options = self._format_options(
-                fmt, mmap_mode=mmap_mode, extra=art.extra, trusted=self.trusted_types, signed=verdict.trusted
-            )
-            if mmap_mode is not None and local is not None and fmt.supports_mmap(art.compression):
-                self.store.verify(art.key, art.sha256)
-                model = self._deserialize(fmt.load_path, str(local), art.compression, **options)
-            else:
+            model = None
+            if mmap_mode is not None and fmt.supports_mmap(art.compression):
+                # The file is hashed through an open descriptor, then parsed through that same
+                # descriptor; its raw array pages are mapped, not read (see docs/ARCHITECTURE.md).
+                with self.store.verified_path(art.key, art.sha256) as path:
+                    if path is not None:
+                        model = self._deserialize(fmt.load_path, path, art.compression, **options)
+            if model is None:
+                # Hash what is unpickled: the artifact is read once into a private in-memory
+                # file, checked, and parsed from that file.
                 with self.store.open_verified(art.key, art.sha256, advance) as f:
                     model = self._deserialize(fmt.load, f, art.compression, **options)
         diffs = environment.differences(record.environment)
@@ -476,19 +491,14 @@ class ModelPersistence(LifecycleMixin):
         if out.is_dir():
             raise StorageError(f"output {str(out)!r} is a directory; give a file name such as model.joblib")
         if out.exists() and not force:
-            raise VersionExistsError(f"output file {str(out)!r} already exists; use force to replace it")
+            raise VersionExistsError(
+                f"output file {str(out)!r} already exists; pass force=True to replace it",
+                cli={"force=True": "--force"},
+            )
         model = self.load(model_name, version)
         fmt = get_format(fmt_name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                fmt.dump(model, f, fmt.normalize_compression(compressed))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(out) as f:
+            fmt.dump(model, f, fmt.normalize_compression(compressed))
         return out
 
     # -- querying -----------------------------------------------------------------
@@ -538,8 +548,6 @@ class ModelPersistence(LifecycleMixin):
 
     def list_version_records(self, model_name: str) -> list[ModelMetadata]:
         """Every version's record, ascending; :class:`ModelNotFoundError` if none."""
-        from .index.sql import no_versions
-
         records = self.index.list_records(validate_model_name(model_name))
         if not records:
             raise no_versions(model_name)
@@ -598,7 +606,3 @@ class ModelPersistence(LifecycleMixin):
         from .maintenance import rebuild_index
 
         return rebuild_index(self)
-
-
-def _sidecar_bytes(record: ModelMetadata) -> bytes:
-    return json.dumps(record.to_dict(), indent=2, sort_keys=False).encode() + b"\n"

@@ -54,7 +54,7 @@ def resign_versions(
     include_untrusted: bool = False,
 ) -> ResignReport:
     """Re-sign the chosen versions with ``p``'s signing key; see the module docstring."""
-    from .registry import _sidecar_bytes, sidecar_key
+    from .layout import sidecar_bytes, sidecar_key
     from .signing import ECDSA_SCHEME, HMAC_SCHEME
 
     keyring = p.keyring
@@ -90,7 +90,7 @@ def resign_versions(
                 report.skipped.append((*where, "changed while signing; run again"))
                 continue
             signed = replace(record, signature=keyring.sign(record))
-            p.store.write_bytes(sidecar_key(record.model_name, record.version), _sidecar_bytes(signed))
+            p.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(signed))
             slot.put(signed)
         report.signed.append(where)
     logger.info("re-signed: %s", report)

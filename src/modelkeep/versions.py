@@ -160,19 +160,6 @@ def sort_key(version: str) -> bytes | None:
     return bytes(out)
 
 
-def version_order_key(version: str, created_seq: int = 0) -> tuple[int, bytes, int]:
-    """Python sort key matching the index's ``ORDER BY`` (parsed after unparsed)."""
-    key = sort_key(version)
-    return (0, b"", created_seq) if key is None else (1, key, created_seq)
-
-
-def sort_versions(versions: list[str]) -> list[str]:
-    """Sort version strings in ascending version order (stable for unparsed ones)."""
-    indexed = list(enumerate(versions))
-    indexed.sort(key=lambda iv: version_order_key(iv[1], iv[0]))
-    return [v for _, v in indexed]
-
-
 def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v: False) -> str:
     """The next patch after ``highest`` (the highest parsed version), or ``1.0.0``.
 
@@ -192,9 +179,3 @@ def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v
         nums[-1] += 1
         text = prefix + ".".join(map(str, nums))
     return text
-
-
-def highest_version(versions: list[str]) -> str | None:
-    """The highest parsed version in ``versions``, or ``None`` if none parse."""
-    keyed = [(k, v) for v in versions if (k := sort_key(v)) is not None]
-    return max(keyed)[1] if keyed else None

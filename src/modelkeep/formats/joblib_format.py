@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Format, Writable
+
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
 from .codecs import STREAM_CODECS, compressing, decompressing
 
 #: ``compress=True``: zstd level 1 is several times faster than joblib's zlib-3 at about
@@ -52,7 +55,9 @@ class JoblibFormat(Format):
             raise ConfigError(f"{codec} compression level must be {levels.start} to {levels.stop - 1}, got {level}")
         return f"{codec}:{level}"
 
-    def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+    def dump(
+        self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
+    ) -> dict[str, Any] | None:
         """``joblib.dump``; returns ``{"globals": [...]}``, every global the pickle references."""
         import joblib
 

@@ -24,12 +24,15 @@ from ..errors import (
     InvalidNameError,
     VersionInUseError,
     VersionNotFoundError,
+    no_versions,
 )
 from ..metadata import HistoryEntry
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import LIVE, MODEL_LEVEL, now, write_history
+from .common import ORDER_DESC as _ORDER_DESC
+from .common import retry_on_disconnect as _retry_on_disconnect
+from .common import trashed_error
 from .schema import aliases, history, models, tags, versions
-from .sql import _ORDER_DESC, _retry_on_disconnect, no_versions, trashed_error
 
 if TYPE_CHECKING:
     from .sql import SqlIndex

@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from ..errors import (
     BackendUnavailableError,
     ConfigError,
+    ConnectionLostError,
     IncompatibleRegistryError,
     ModelNotFoundError,
     StorageError,
@@ -42,10 +43,16 @@ from ..errors import (
     VersionInUseError,
     VersionNotFoundError,
     VersionTrashedError,
+    no_versions,
 )
+from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
 from .audit import LIVE, artifact_summary, attach_lifecycle, now, touch_model, write_history
+from .common import ORDER_ASC as _ORDER_ASC
+from .common import ORDER_DESC as _ORDER_DESC
+from .common import retry_on_disconnect as _retry_on_disconnect
+from .common import trashed_error
 from .migrations import SCHEMA_VERSION, pending
 from .schema import aliases, blob_refs, info, metadata_obj, tags, versions
 
@@ -54,10 +61,6 @@ if TYPE_CHECKING:
 
 _WRITE = "modelkeep_write"
 logger = logging.getLogger("modelkeep")
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-_ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.asc())
-_ORDER_DESC = (versions.c.parsed.desc(), versions.c.sort_key.desc(), versions.c.id.desc())
 
 
 def normalize_url(url: str) -> str:
@@ -66,33 +69,6 @@ def normalize_url(url: str) -> str:
         if url.startswith(bare):
             return "postgresql+psycopg://" + url[len(bare) :]
     return url
-
-
-class ConnectionLostError(StorageError):
-    """The database connection dropped before the transaction committed, so nothing was written.
-
-    Reads and whole write transactions are retried once on a fresh connection
-    when this happens; a drop while committing is a plain :class:`StorageError`
-    because the outcome is then unknown.
-    """
-
-
-def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Run ``method`` (a read, or one whole write transaction) again once if the connection dropped."""
-
-    @functools.wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except ConnectionLostError as exc:
-            logger.warning("%s; retrying once on a new connection", exc)
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
-def no_versions(model_name: str) -> ModelNotFoundError:
-    return ModelNotFoundError(f"No versions found for model '{model_name}'")
 
 
 class Reservation:
@@ -152,12 +128,6 @@ class Reservation:
         self.record = record
 
 
-def record_blobs(record: ModelMetadata) -> set[str]:
-    """The content-addressed blobs a record references (native format)."""
-    extra = record.artifact.extra if record.artifact is not None else {}
-    return {str(item[0]) for item in extra.get("blobs", [])}
-
-
 def _drop_blob_refs(conn: Connection, model_name: str, version: str) -> None:
     conn.execute(delete(blob_refs).where(blob_refs.c.model_name == model_name, blob_refs.c.version == version))
 
@@ -186,10 +156,6 @@ def _row(record: ModelMetadata) -> dict[str, Any]:
 
 def _record(raw: str) -> ModelMetadata:
     return ModelMetadata.from_dict(json.loads(raw))
-
-
-def trashed_error(model_name: str, version: str) -> VersionNotFoundError:
-    return VersionNotFoundError(f"model '{model_name}' version '{version}' is in the trash; restore it to use it again")
 
 
 class SqlIndex:
@@ -375,7 +341,8 @@ class SqlIndex:
                         if previous is not None and not overwrite:
                             raise VersionExistsError(
                                 f"model '{model_name}' version '{chosen}' already exists; "
-                                "pass overwrite=True to replace it"
+                                "pass overwrite=True to replace it",
+                                cli={"overwrite=True": "--overwrite"},
                             )
                     slot = Reservation(self, conn, model_name, chosen, previous)
                     yielded = True

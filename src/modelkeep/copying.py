@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .blobs import blob_key
 from .errors import IntegrityError, VersionExistsError
-from .index.sql import record_blobs
+from .layout import artifact_extension, blob_key, record_blobs, revision_key, sidecar_bytes, sidecar_key
 from .metadata import ModelMetadata
-from .registry import _sidecar_bytes, revision_key, sidecar_key
 from .versions import validate_model_name
 
 if TYPE_CHECKING:
-    from .registry import Advance, ModelPersistence, ProgressFactory
-    from .storage import ArtifactStore, StagedArtifact
+    from .registry import ModelPersistence, ProgressFactory
+    from .storage import Advance, ArtifactStore, StagedArtifact
 
 logger = logging.getLogger("modelkeep")
 
@@ -98,7 +95,8 @@ def copy_registry(
         shown = ", ".join(conflicts[:10]) + (f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
         raise VersionExistsError(
             f"{len(conflicts)} version(s) already exist in the destination with different bytes: {shown}; "
-            "nothing was copied (pass overwrite=True to replace them)"
+            "nothing was copied (pass overwrite=True to replace them)",
+            cli={"overwrite=True": "--overwrite"},
         )
     for record, existing in plan:
         report.bytes_copied += _copy_version(source, dest, record, factory)
@@ -135,7 +133,7 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
                     dest.check_blobs_present(slot, art.extra["blobs"])
                 staged.commit(key)
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
-                dest.store.write_bytes(sidecar, _sidecar_bytes(copied))
+                dest.store.write_bytes(sidecar, sidecar_bytes(copied))
                 slot.put(copied)
             except BaseException:
                 dest.undo_version_files(copied, key, previous)
@@ -156,9 +154,7 @@ def _for_dest(
     assert art is not None
     if previous is None or previous.artifact is None or previous.artifact.key != art.key:
         return record
-    prefix = f"{record.model_name}/{record.version}/{record.model_name}_v{record.version}"
-    tail = art.key[len(prefix) :] if art.key.startswith(prefix) else "." + art.key.rsplit(".", 1)[-1]
-    extension = re.sub(r"^\.r[0-9a-f]{12}(?=\.)", "", tail)  # a revision of a revision: one suffix
+    extension = artifact_extension(record.model_name, record.version, art.key)
     moved = replace(record, artifact=replace(art, key=revision_key(record.model_name, record.version, extension)))
     if record.signature:  # the key is signed: renew a trusted signature, drop one nobody here can vouch for
         signer = dest.keyring if dest.keyring.explicit else source.keyring

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,12 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
 
 from modelkeep import ModelPersistence
+from modelkeep.copying import CopyReport, copy_registry
 from modelkeep.errors import IntegrityError, ModelNotFoundError, VersionExistsError
-from modelkeep.index.sql import normalize_url
-from modelkeep.migrate import CopyReport, copy_registry
 from tests.s3_server import S3Bucket
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
@@ -25,23 +22,17 @@ PG_URL = os.environ.get("MODELKEEP_TEST_POSTGRES_URL")
 
 
 @pytest.fixture
-def team(s3_bucket: S3Bucket) -> Iterator[ModelPersistence]:
+def team(s3_bucket: S3Bucket, pg_schema: str) -> Iterator[ModelPersistence]:
     """An empty team registry: PostgreSQL (private schema) + S3."""
-    if not PG_URL:
-        pytest.skip("MODELKEEP_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    schema = f"mk_copy_{uuid.uuid4().hex[:12]}"
+    assert PG_URL
     p = ModelPersistence(
         models_dir=s3_bucket.url(),
         registry_url=PG_URL,
         storage_options=s3_bucket.storage_options,
-        index_schema=schema,
+        index_schema=pg_schema,
     )
     yield p
     p.close()
-    engine = create_engine(normalize_url(PG_URL))
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 @pytest.fixture
