@@ -54,6 +54,18 @@ class IncompatibleRegistryError(ConfigError):
     """The registry was written by a newer modelkeep (index schema or file format): upgrade to open it."""
 
 
+class FilterError(ModelKeepError, ValueError):
+    """A search filter or ``order_by`` that does not parse, or names an unknown field.
+
+    ``position`` is the 0-based character offset the problem was found at
+    (``None`` when it concerns the whole filter, such as an unknown field).
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
 class IntegrityError(ModelKeepError, ValueError):
     """An artifact does not match the digest recorded when it was saved."""
 
@@ -82,6 +94,7 @@ __all__ = [
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
+    "FilterError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",

@@ -43,8 +43,9 @@ from ..errors import (
 )
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
+from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .schema import blob_refs, info, metadata_obj, versions
+from .schema import blob_refs, fields, info, metadata_obj, versions
 
 _WRITE = "modelkeep_write"
 logger = logging.getLogger("modelkeep")
@@ -123,6 +124,7 @@ class Reservation:
                 .values(**row)
             )
             _drop_blob_refs(self._conn, self.model_name, self.version)
+        index_fields(self._conn, record)  # search: the record's scalar fields, one row each
         shas = record_blobs(record)
         if shas:
             self._conn.execute(
@@ -377,6 +379,7 @@ class SqlIndex:
             rec = self._get(conn, model_name, version)
             if rec is None:
                 raise self._missing(conn, model_name, version)
+            drop_fields(conn, model_name, version)
             conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
             _drop_blob_refs(conn, model_name, version)
             return rec
@@ -422,6 +425,7 @@ class SqlIndex:
             for name in sorted(names | {r.model_name for r in records}):
                 self._lock_model(conn, name)
             conn.execute(delete(blob_refs))
+            conn.execute(delete(fields))
             conn.execute(delete(versions))
             for record in records:
                 Reservation(self, conn, record.model_name, record.version, None).put(record)
