@@ -155,7 +155,7 @@ class Compiler:
         values = node.values if isinstance(node, In) else (node.value,)
         _check_types(node.field, kind, values, node)
         if isinstance(node, In):
-            return self.text(col).in_(values) if kind == "text" else col.in_(values)
+            return self.text(col).in_(values) if kind == "text" else col.in_([_number(x) for x in values])
         assert isinstance(node, Compare)
         if kind == "text":
             return self.compare_text(col, node.op, str(node.value))
@@ -237,7 +237,7 @@ class Compiler:
                 parts.append((self.text(col) if kind == "text" else col, desc))
             elif target.kind == "version":
                 parts += [
-                    (versions.c.parsed, desc),
+                    (case((versions.c.parsed.is_(True), 1), else_=0), desc),
                     (func.coalesce(versions.c.sort_key, literal(b"", LargeBinary)), desc),
                 ]
             elif target.kind == "field":
