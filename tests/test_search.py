@@ -473,3 +473,58 @@ def test_oracle_is_not_trivial() -> None:
     row = Row(0, {"model_name": "m", "version": "1.0.0"}, {"accuracy": 0.9})
     assert oracle(Compare("accuracy", ">", 0.5), row) and not oracle(Compare("accuracy", "<", 0.5), row)
     assert not math.isnan(0.0)
+
+
+# -- CLI ------------------------------------------------------------------------------
+def _cli(models_dir: Any, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from modelkeep.cli import cli
+
+    return CliRunner().invoke(cli, ["--models-dir", str(models_dir), *args])
+
+
+def test_cli_search_and_compare_filter(tmp_path: Any) -> None:
+    p = ModelPersistence(tmp_path / "models")
+    fill(p)
+    p.close()
+    result = _cli(tmp_path / "models", "search", 'accuracy > 0.9 AND dataset = "v7"', "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads(result.output)
+    assert [(i["model_name"], i["version"], i["accuracy"]) for i in data["items"]] == [
+        ("churn", "1.2.0", 1.0),
+        ("churn", "1.9.0", 0.95),
+    ]
+    assert data["items"][0]["aliases"] == ["champion", "production"]
+    paged = _cli(
+        index_target,
+        tmp_path / "models",
+        "search",
+        "accuracy >= 0",
+        "--order-by",
+        "-accuracy",
+        "--limit",
+        "1",
+        "--json",
+    )
+    assert json.loads(paged.output)["next_page_token"]
+    table = _cli(tmp_path / "models", "search", "flag = TRUE", "--order-by", "accuracy DESC")
+    assert table.exit_code == 0 and "fraud" in table.output and "churn" not in table.output
+    compare = _cli(
+        index_target, tmp_path / "models", "compare", "--model-name", "churn", "--filter", "accuracy > 0.94", "--json"
+    )
+    assert [r["version"] for r in json.loads(compare.output)] == ["1.2.0", "1.9.0", "1.10.0"]
+
+
+def test_cli_bad_filter_is_one_line_without_traceback(tmp_path: Any) -> None:
+    p = ModelPersistence(tmp_path / "models")
+    p.save({"w": 1}, "churn", accuracy=0.5)
+    p.close()
+    result = _cli(tmp_path / "models", "search", "accuracy >> 1")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: invalid filter at position 10: expected a value (a number, a quoted string, TRUE or FALSE), found '>'"
+    ]
+    assert "Traceback" not in result.output

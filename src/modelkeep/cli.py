@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from . import cli_search
 from .formats import FORMATS  # a dict of names; the formats themselves load lazily
 
 if TYPE_CHECKING:
@@ -292,6 +293,7 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 @model_name_option
 @click.option("--versions", callback=_split_csv, help="Comma-separated versions (default: all).")
 @click.option("--metrics", callback=_split_csv, help="Comma-separated columns to show (default: all).")
+@click.option("--filter", "filter_text", help="Only versions matching this search filter, e.g. 'accuracy > 0.9'.")
 @json_option
 @click.pass_context
 def compare(
@@ -299,10 +301,11 @@ def compare(
     model_name: str,
     versions: list[str] | None,
     metrics: list[str] | None,
+    filter_text: str | None,
     as_json: bool,
 ) -> None:
     """Compare metadata and metrics across a model's versions."""
-    table = _open(ctx).compare_versions(model_name, versions)
+    table = _open(ctx).compare_versions(model_name, versions, filter=filter_text)
     if metrics is not None:
         for metric in metrics:
             if metric not in table.columns:
@@ -448,6 +451,9 @@ def reindex(ctx: click.Context, yes: bool) -> None:
         click.confirm("Replace the index with what the sidecar files describe?", abort=True, err=True)
     count = persistence.reindex()
     _status(ctx, f"Reindexed {count} version(s)")
+
+
+cli.add_command(cli_search.search)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -203,7 +203,8 @@ class _Parser:
 
     def fail(self, expected: str) -> FilterError:
         tok = self.tok
-        return FilterError(f"at position {tok.pos}: expected {expected}, found {_describe(tok)}", tok.pos)
+        message = f"invalid filter at position {tok.pos}: expected {expected}, found {_describe(tok)}"
+        return FilterError(message, tok.pos)
 
     def keyword(self, *words: str) -> str | None:
         if self.tok.kind == "keyword" and self.tok.text in words:
