@@ -499,7 +499,6 @@ def test_cli_search_and_compare_filter(tmp_path: Any) -> None:
     ]
     assert data["items"][0]["aliases"] == ["champion", "production"]
     paged = _cli(
-        index_target,
         tmp_path / "models",
         "search",
         "accuracy >= 0",
@@ -512,9 +511,7 @@ def test_cli_search_and_compare_filter(tmp_path: Any) -> None:
     assert json.loads(paged.output)["next_page_token"]
     table = _cli(tmp_path / "models", "search", "flag = TRUE", "--order-by", "accuracy DESC")
     assert table.exit_code == 0 and "fraud" in table.output and "churn" not in table.output
-    compare = _cli(
-        index_target, tmp_path / "models", "compare", "--model-name", "churn", "--filter", "accuracy > 0.94", "--json"
-    )
+    compare = _cli(tmp_path / "models", "compare", "--model-name", "churn", "--filter", "accuracy > 0.94", "--json")
     assert [r["version"] for r in json.loads(compare.output)] == ["1.2.0", "1.9.0", "1.10.0"]
 
 
