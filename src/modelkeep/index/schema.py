@@ -141,5 +141,7 @@ fields = Table(
     Column("key", String(256), primary_key=True),
     Column("num", Double, nullable=True),
     Column("str", Text, nullable=True),
-    Index("ix_modelkeep_fields_key_num", "key", "num"),
+    # Covering: a range filter on one key yields version ids without touching the rows.
+    Index("ix_modelkeep_fields_key_num", "key", "num", "version_id"),
+    sqlite_with_rowid=False,  # rows live in the primary-key tree: one lookup per (version, key)
 )
