@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -17,7 +18,7 @@ from ..index.schema import aliases, fields, tags, versions
 from ..index.sql import SqlIndex, _record
 from ..metadata import ModelMetadata, ModelSummary
 from .compile import Compiler, Resolved, after, field_names, resolve_name
-from .grammar import And, IsNull, Node, OrderKey, parse_filter, parse_order_by, unparse
+from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
 
 _T = TypeVar("_T")
 MAX_LIMIT = 10_000
@@ -100,7 +101,7 @@ def search_versions(
     names = (field_names(node) if node is not None else []) + [k.field for k in keys]
     with index.engine.connect() as conn:
         compiler = Compiler(index.dialect, _resolve(conn, list(dict.fromkeys(names))))
-        source, parts = compiler.order(keys, versions)
+        source, parts = compiler.order(keys, versions, node)
         conds: list[ColumnElement[bool]] = [versions.c.deleted_at.is_(None)]
         if model_name is not None:
             conds.append(versions.c.model_name == model_name)
@@ -222,7 +223,7 @@ def best_version(
     if mode not in ("max", "min"):
         raise FilterError(f"mode must be 'max' or 'min', got {mode!r}")
     node = _filter_node(filter)
-    has_metric: Node = IsNull(metric, negated=True)
+    has_metric: Node = Compare(metric, ">=", -sys.float_info.max)  # any number; lets the index drive
     combined = has_metric if node is None else And((has_metric, node))
     page = search_versions(
         index, combined, model_name=model_name, order_by=[("-" if mode == "max" else "") + f"`{metric}`"], limit=1

@@ -115,6 +115,8 @@ class Compiler:
     def __init__(self, dialect: str, resolved: dict[str, Resolved]) -> None:
         self.postgres = dialect == "postgresql"
         self.resolved = resolved
+        # The filter condition that ``order`` turned into its driving join (see there).
+        self._driving: tuple[Compare, Any] | None = None
 
     # -- helpers -------------------------------------------------------------------
     def text(self, expr: Any) -> Any:
@@ -203,6 +205,9 @@ class Compiler:
         return self._related(node, aliases, aliases.c.alias, true())
 
     def _field(self, node: Leaf, key: str) -> ColumnElement[bool]:
+        if self._driving is not None and node is self._driving[0]:
+            assert isinstance(node, Compare)
+            return _OPS[node.op](self._driving[1].c.num, _number(node.value))
         f = fields.c
         matching = select(f.version_id).where(f.key == key)
         if isinstance(node, IsNull):
@@ -223,13 +228,28 @@ class Compiler:
         return versions.c.id.in_(matching.where(cond))
 
     # -- ordering ------------------------------------------------------------------
-    def order(self, keys: list[OrderKey], source: FromClause) -> tuple[FromClause, list[tuple[Any, bool]]]:
+    def order(
+        self, keys: list[OrderKey], source: FromClause, node: Node | None = None
+    ) -> tuple[FromClause, list[tuple[Any, bool]]]:
         """Join what ``keys`` need onto ``source``; return it with (expression, descending) pairs.
 
         The last pair is always the version's unique id, so the order is total.
+
+        When the first key is a custom field that the filter (``node``) requires to be
+        a number (``accuracy > 0.9 AND ...``), every match has a numeric value, so the
+        order is just that number: the query is then driven by the field's index in
+        order and stops after ``limit`` rows. Call :meth:`where` after this.
         """
         parts: list[tuple[Any, bool]] = []
-        for i, key in enumerate(keys):
+        first = self.resolved[keys[0].field] if keys else None
+        leaf = _numeric_condition(node, keys[0].field) if keys and first and first.kind == "field" else None
+        if leaf is not None and first is not None:
+            drive = fields.alias("order_0")
+            source = source.join(drive, and_(drive.c.version_id == versions.c.id, drive.c.key == first.key))
+            self._driving = (leaf, drive)
+            parts.append((drive.c.num, keys[0].descending))
+            keys = keys[1:]
+        for i, key in enumerate(keys, start=1 if leaf is not None else 0):
             target = self.resolved[key.field]
             desc = key.descending
             if target.kind == "column":
@@ -265,8 +285,17 @@ class Compiler:
                 ]
             else:
                 raise FilterError(f"cannot order by {key.field!r}: a version may have several aliases")
-        parts.append((versions.c.id, False))
+        parts.append((self._driving[1].c.version_id if self._driving else versions.c.id, False))
         return source, parts
+
+
+def _numeric_condition(node: Node | None, name: str) -> Compare | None:
+    """A top-level ``name <op> <number>`` condition of ``node``, if it has one."""
+    items = node.items if isinstance(node, And) else (node,) if node is not None else ()
+    for item in items:
+        if isinstance(item, Compare) and item.field == name and item.op in _OPS and not isinstance(item.value, str):
+            return item
+    return None
 
 
 def after(parts: list[tuple[Any, bool]], last: list[Any]) -> ColumnElement[bool]:
