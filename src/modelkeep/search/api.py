@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, and_, select
+from sqlalchemy import ColumnElement, Connection, String, and_, exists, literal, select, union_all
 
 from ..errors import FilterError, ModelNotFoundError
 from ..index.schema import aliases, fields, tags, versions
@@ -40,19 +40,23 @@ def _filter_node(filter: str | Node | None) -> Node | None:
     return parse_filter(filter) if isinstance(filter, str) else filter
 
 
-def _exists_in(conn: Connection) -> Any:
-    def check(kind: str, key: str) -> bool:
-        if kind == "tag":
-            query = select(tags.c.key).where(tags.c.key == key).limit(1)
-        else:
-            query = select(fields.c.key).where(fields.c.key == key).limit(1)
-        return conn.execute(query).first() is not None
-
-    return check
+def _present(conn: Connection, table: Any, keys: set[str]) -> set[str]:
+    """Which of ``keys`` occur in ``table.key`` (one query; each key is one index probe)."""
+    if not keys:
+        return set()
+    probes = [select(literal(k, String(256))).where(exists().where(table.c.key == k)) for k in sorted(keys)]
+    return {r[0] for r in conn.execute(union_all(*probes))}
 
 
 def _resolve(conn: Connection, names: list[str]) -> dict[str, Resolved]:
-    check = _exists_in(conn)
+    """Resolve every field name, with one query for the custom fields and one for the tags."""
+    candidates = {n[8:] for n in names if n.startswith("metrics.")} | set(names)
+    known_fields = _present(conn, fields, candidates)
+    known_tags = _present(conn, tags, {n[5:] for n in names if n.startswith("tags.")})
+
+    def check(kind: str, key: str) -> bool:
+        return key in (known_tags if kind == "tag" else known_fields)
+
     return {name: resolve_name(name, check) for name in names}
 
 
