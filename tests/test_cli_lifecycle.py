@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import modelkeep.cli
+import modelkeep.cli_context
 
 from .test_cli import (  # noqa: F401  (the fixtures are used by name)
     Run,
@@ -138,7 +139,7 @@ def test_delete_restore_prune_purge(run: Run, models_dir: Path, monkeypatch: pyt
     # purge asks; without a terminal it needs --yes
     assert_user_error(run("purge"), "--yes")
     assert json.loads(ok(run, "purge", "--dry-run", "--json"))["would_purge"] == [["clf", "1.1.0"]]
-    monkeypatch.setattr(modelkeep.cli, "_stdin_is_interactive", lambda: True)
+    monkeypatch.setattr(modelkeep.cli_context, "stdin_is_interactive", lambda: True)
     declined = run("purge", input="n\n")
     assert declined.exit_code == 1 and "Purge 1 version(s)" in declined.stderr
     assert artifact.exists()

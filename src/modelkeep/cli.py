@@ -299,6 +299,7 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 @model_name_option
 @click.option("--versions", callback=_split_csv, help="Comma-separated versions (default: all).")
 @click.option("--metrics", callback=_split_csv, help="Comma-separated columns to show (default: all).")
+@click.option("--filter", "filter_text", help="Only versions matching this search filter, e.g. 'accuracy > 0.9'.")
 @json_option
 @click.pass_context
 def compare(
@@ -306,11 +307,12 @@ def compare(
     model_name: str,
     versions: list[str] | None,
     metrics: list[str] | None,
+    filter_text: str | None,
     as_json: bool,
 ) -> None:
     """Compare metadata and metrics across a model's versions."""
     persistence = open_registry(ctx)
-    table = persistence.compare_versions(model_name, versions)
+    table = persistence.compare_versions(model_name, versions, filter=filter_text)
     from .cli_lifecycle import add_lifecycle_columns
 
     table = add_lifecycle_columns(persistence, model_name, table)
@@ -463,7 +465,7 @@ from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli'
 cli.add_command(keys)
 cli.add_command(sign)
 cli.add_command(export_signed)
-from . import cli_lifecycle  # noqa: E402  (lifecycle commands, registered below)
+from . import cli_lifecycle, cli_search  # noqa: E402  (commands defined in their own modules)
 
 cli.add_command(cli_lifecycle.alias)
 cli.add_command(cli_lifecycle.tag)
@@ -472,6 +474,9 @@ cli.add_command(cli_lifecycle.history)
 cli.add_command(cli_lifecycle.restore)
 cli.add_command(cli_lifecycle.purge)
 cli.add_command(cli_lifecycle.prune)
+
+
+cli.add_command(cli_search.search)
 
 
 def main(argv: list[str] | None = None) -> None:

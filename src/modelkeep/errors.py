@@ -86,6 +86,18 @@ class IncompatibleRegistryError(ConfigError):
     """The registry was written by a newer modelkeep (index schema or file format): upgrade to open it."""
 
 
+class FilterError(ModelKeepError, ValueError):
+    """A search filter or ``order_by`` that does not parse, or names an unknown field.
+
+    ``position`` is the 0-based character offset the problem was found at
+    (``None`` when it concerns the whole filter, such as an unknown field).
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
 class IntegrityError(ModelKeepError, ValueError):
     """An artifact does not match the digest recorded when it was saved."""
 
@@ -136,6 +148,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "FormatVersionError",
+    "FilterError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",

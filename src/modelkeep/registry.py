@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from .config import Settings
     from .maintenance import GcReport, VerifyReport
     from .resign import ResignReport
+    from .search import SearchPage
+    from .search.grammar import Node
 
 logger = logging.getLogger("modelkeep")
 
@@ -557,17 +559,70 @@ class ModelPersistence(LifecycleMixin):
         """Each model with its version count, latest version and last update."""
         return self.index.summaries()
 
-    def compare_versions(self, model_name: str, versions: list[str] | None = None) -> pd.DataFrame:
+    def compare_versions(
+        self, model_name: str, versions: list[str] | None = None, *, filter: str | Node | None = None
+    ) -> pd.DataFrame:
         """A DataFrame with one row per version and a column per metric or scalar field.
 
-        ``versions`` may name aliases as ``"@production"``."""
+        ``versions`` may name aliases as ``"@production"``. With ``filter`` (see
+        :meth:`search_versions`), only the live versions that match it (and are in
+        ``versions``, when given) are compared.
+        """
         from .compare import comparison_frame
 
-        if versions is None:
+        if filter is not None:
+            from .search import matching_versions
+
+            records = matching_versions(self.index, validate_model_name(model_name), filter)
+            if versions is not None:
+                wanted = {self.get_version(model_name, v).version for v in versions}
+                records = [r for r in records if r.version in wanted]
+        elif versions is None:
             records = self.list_version_records(model_name)
         else:
             records = [self.get_version(model_name, v) for v in versions]
         return comparison_frame(records)
+
+    # -- search (implemented in modelkeep.search) ------------------------------------
+    def search_versions(
+        self,
+        filter: str | Node | None = None,
+        *,
+        model_name: str | None = None,
+        order_by: str | list[str] | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> SearchPage[ModelMetadata]:
+        """Live versions matching ``filter`` (e.g. ``'accuracy > 0.9 AND tags.dataset = "v7"'``).
+
+        ``order_by``: ``"-accuracy"``, ``"accuracy DESC, version"`` or a list of such
+        entries (default: model name, then version). Returns a page of at most
+        ``limit`` records with their aliases and tags; pass its ``next_page_token``
+        as ``page_token`` for the next page. Raises :class:`FilterError` for a
+        malformed filter or an unknown field.
+        """
+        from .search import search_versions
+
+        return search_versions(
+            self.index, filter, model_name=model_name, order_by=order_by, limit=limit, page_token=page_token
+        )
+
+    def search_models(
+        self, filter: str | Node | None = None, *, limit: int = 100, page_token: str | None = None
+    ) -> SearchPage[ModelSummary]:
+        """Models with at least one live version matching ``filter``, by name, a page at a time."""
+        from .search import search_models
+
+        return search_models(self.index, filter, limit=limit, page_token=page_token)
+
+    def best_version(
+        self, model_name: str, metric: str, mode: str = "max", filter: str | Node | None = None
+    ) -> ModelMetadata:
+        """The live version with the highest (``mode="max"``) or lowest (``"min"``) ``metric``,
+        among those matching ``filter``; ties go to the oldest version."""
+        from .search import best_version
+
+        return best_version(self.index, validate_model_name(model_name), metric, mode, filter)
 
     # -- deleting: delete (to the trash), restore, purge, prune in modelkeep.lifecycle
 

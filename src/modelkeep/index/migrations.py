@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Connection, func, insert, null, select
 
-from .schema import aliases, history, models, tags, versions
+from .schema import aliases, fields, history, models, tags, versions
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,18 @@ def _lifecycle(conn: Connection, dialect: str) -> None:
     )
 
 
+def _search(conn: Connection, dialect: str) -> None:
+    """Version 3: ``modelkeep_fields``, every version's scalar fields for indexed search."""
+    from .fields import backfill
+
+    fields.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+    backfill(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
+    Migration(3, "search: scalar fields of every version, indexed", _search),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS`.

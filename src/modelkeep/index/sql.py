@@ -53,8 +53,9 @@ from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .common import trashed_error
+from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .schema import aliases, blob_refs, info, metadata_obj, tags, versions
+from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -107,6 +108,7 @@ class Reservation:
                 .values(**row)
             )
             _drop_blob_refs(self._conn, self.model_name, self.version)
+        index_fields(self._conn, record)  # search: the record's scalar fields, one row each
         shas = record_blobs(record)
         if shas:
             self._conn.execute(
@@ -154,8 +156,12 @@ def _row(record: ModelMetadata) -> dict[str, Any]:
     }
 
 
-def _record(raw: str) -> ModelMetadata:
+def parse_record(raw: str) -> ModelMetadata:
+    """A version's record from the JSON text of its ``record`` column."""
     return ModelMetadata.from_dict(json.loads(raw))
+
+
+_record = parse_record
 
 
 class SqlIndex:
@@ -390,6 +396,7 @@ class SqlIndex:
                     f"alias '{pointing[0]}' of model '{model_name}' points at version '{version}'; "
                     "move or delete the alias first"
                 )
+            drop_fields(conn, model_name, version)
             conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
             conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
             _drop_blob_refs(conn, model_name, version)
@@ -444,6 +451,7 @@ class SqlIndex:
                 )
             }
             conn.execute(delete(blob_refs))
+            conn.execute(delete(fields))
             conn.execute(delete(versions))
             at = now()
             for record in records:
