@@ -450,6 +450,15 @@ def reindex(ctx: click.Context, yes: bool) -> None:
     _status(ctx, f"Reindexed {count} version(s)")
 
 
+from .cli_mlflow import import_mlflow_command  # noqa: E402  (commands defined in their own modules)
+
+cli.add_command(import_mlflow_command)
+from .cli_bundle import export_command, import_command  # noqa: E402
+
+cli.add_command(export_command)
+cli.add_command(import_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelkeep`` console script and ``python -m modelkeep``."""
     cli.main(args=argv, prog_name="modelkeep")

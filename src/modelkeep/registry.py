@@ -200,8 +200,13 @@ class ModelPersistence:
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        created_at: str | None = None,
     ) -> ModelMetadata:
-        """Like :meth:`save`, but returns the full :class:`ModelMetadata` record."""
+        """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
+
+        ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
+        to keep a version's original timestamp.
+        """
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
         if version is not None:
@@ -247,7 +252,7 @@ class ModelPersistence:
                     model_name=model_name,
                     model_type=type(model).__name__,
                     version=slot.version,
-                    created_at=slot.previous.created_at if slot.previous else now,
+                    created_at=created_at or (slot.previous.created_at if slot.previous else now),
                     updated_at=now,
                     metadata=custom,
                     artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
@@ -323,9 +328,11 @@ class ModelPersistence:
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        created_at: str | None = None,
     ) -> ModelMetadata:
         """Register a model from a pickle or joblib file. Loading it runs its code:
-        only import files you trust (denied globals are still refused)."""
+        only import files you trust (denied globals are still refused). ``created_at``
+        is passed to :meth:`save_version`."""
         import joblib
 
         from .formats._restricted import restricted_joblib
@@ -348,6 +355,7 @@ class ModelPersistence:
             serialization_format=serialization_format,
             compress=compress,
             metadata=metadata,
+            created_at=created_at,
         )
 
     # -- loading ------------------------------------------------------------------
