@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
@@ -116,6 +118,7 @@ def import_mlflow(
     models: Iterable[str] | None = None,
     dry_run: bool = False,
     renumber: bool = False,
+    artifacts_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFactory | None = None,
 ) -> ImportReport:
     """Import the registered models of the MLflow store at ``tracking_uri`` into ``persistence``.
@@ -133,8 +136,14 @@ def import_mlflow(
     new. Aliases, tags and descriptions are applied when the registry has the lifecycle API,
     and always listed in the report. ``progress(description, total)`` gets one ``advance(1)``
     per version.
+
+    MLflow records absolute artifact paths. When one no longer exists (the store was moved),
+    its tail is looked for under ``artifacts_dir`` (default: the folder of the SQLite file, or
+    the folder holding ``mlruns``), e.g. for a PostgreSQL store whose artifacts were copied.
     """
     store = open_store(tracking_uri)
+    if artifacts_dir is not None:
+        store.base = Path(artifacts_dir).resolve()
     report = ImportReport(dry_run=dry_run)
     try:
         wanted = None if models is None else {validate_model_name(m) for m in models}
