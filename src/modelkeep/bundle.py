@@ -286,8 +286,12 @@ def _unpack_verified(path: Path, dest: Path, key: str | bytes | None) -> tuple[d
     except tarfile.TarError as exc:
         raise BundleError(f"{str(path)!r} is not a modelkeep bundle (not a tar file): {exc}") from exc
     with tar:
+        try:
+            listed = tar.getmembers()
+        except tarfile.TarError as exc:
+            raise BundleError(f"{str(path)!r} is damaged (truncated or not a tar file): {exc}") from exc
         members: dict[str, tarfile.TarInfo] = {}
-        for member in tar.getmembers():
+        for member in listed:
             try:
                 name = check_member(member)
             except IntegrityError as exc:
