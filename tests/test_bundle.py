@@ -263,3 +263,29 @@ def test_cli_export_and_import(tmp_path: Path, iris_data: Any) -> None:
     out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])  # truncated: the manifest is gone
     result = runner.invoke(cli, ["--models-dir", str(tmp_path / "c"), "import", str(out)])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "Traceback" not in result.output
+
+
+def test_readme_bundle_examples_run_as_shown(tmp_path: Path, iris_data: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's commands, then its standard-library reader in a Python without site-packages."""
+    import subprocess
+    import sys
+
+    from tests._readme import readme_blocks, run_cli_lines
+
+    monkeypatch.chdir(tmp_path)
+    with ModelPersistence("models") as p:  # the default models_dir
+        _fill(p, iris_data)
+    [commands] = readme_blocks("Moving out: portable bundles", "bash")
+    run_cli_lines(commands)
+    with ModelPersistence("other_models") as other:
+        assert other.list_versions("churn") == ["1.0.0", "1.1.0", "2.0.0"]
+    [reader] = readme_blocks("Moving out: portable bundles", "python")
+    done = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", reader], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "churn 1.0.0 joblib store/churn/1.0.0/churn_v1.0.0.joblib",
+        "churn 1.1.0 joblib store/churn/1.1.0/churn_v1.1.0.joblib",
+        "churn 2.0.0 native store/churn/2.0.0/churn_v2.0.0.mkpkl",
+    ]

@@ -295,3 +295,36 @@ def test_reads_an_mlflow_store_on_postgresql(tmp_path: Path, mlflow_on_postgres:
                 predicted = p.load(name, number).predict(_inputs(name))
                 assert np.array_equal(predicted, np.asarray(info["predictions"]))
         assert report.lifecycle["churn"]["aliases"] == _aliases(mlflow_on_postgres.expected["churn"])
+
+
+def test_readme_import_mlflow_examples_run_as_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests._readme import readme_blocks, run_cli_lines
+
+    shutil.copytree(DATA / "sqlite", tmp_path, dirs_exist_ok=True)  # ./mlflow.db and its artifacts
+    shutil.copytree(DATA / "filestore", tmp_path / "fs")
+    monkeypatch.chdir(tmp_path)
+    [commands] = readme_blocks("Moving in: import an MLflow registry", "bash")
+    lines = commands.replace("./mlruns", str(tmp_path / "fs" / "mlruns")).splitlines()
+    results = run_cli_lines("\n".join(lines[:2]))
+    assert "would import" in results[0].output
+    assert {v["model_name"] for v in json.loads(results[1].output)["imported"]} == {"churn"}
+    monkeypatch.setenv("MODELKEEP_MODELS_DIR", str(tmp_path / "renumbered"))
+    run_cli_lines(lines[2])
+    with ModelPersistence(tmp_path / "renumbered") as p:
+        assert p.list_versions("price") == ["1.0.0", "2.0.0"]
+
+
+def test_progress_gets_one_step_per_version(persistence: ModelPersistence, mlflow_store: MlflowFixture) -> None:
+    from contextlib import contextmanager
+
+    calls: list[tuple[str, int | None]] = []
+    steps: list[int] = []
+
+    @contextmanager
+    def progress(description: str, total: int | None) -> Iterator[Any]:
+        calls.append((description, total))
+        yield steps.append
+
+    import_mlflow(persistence, mlflow_store.uri, dry_run=True, progress=progress)
+    total = len(mlflow_store.live_versions()) + 1  # and the soft-deleted one, skipped
+    assert calls == [(f"importing {total} MLflow version(s)", total)] and steps == [1] * total
