@@ -198,6 +198,31 @@ def test_a_hostile_pickle_in_the_store_is_refused_not_run(
     assert persistence.list_versions("churn") == ["1", "3"]
 
 
+class Untrusted:
+    """Any type outside skops' trusted list: skops would import and build it while loading."""
+
+    def __init__(self) -> None:
+        self.payload = "rm -rf ~"
+
+
+def test_a_skops_file_with_untrusted_types_is_refused(
+    persistence: ModelPersistence, mlflow_store: MlflowFixture
+) -> None:
+    import skops.io
+
+    target = mlflow_store.model_folder("churn", "3") / "model.skops"
+    assert target.is_file()
+    skops.io.dump(Untrusted(), target)
+    mlmodel = target.parent / "MLmodel"  # the file vouching for itself does not count
+    text = mlmodel.read_text()
+    assert "skops_trusted_types: null" in text
+    mlmodel.write_text(text.replace("skops_trusted_types: null", f"skops_trusted_types: [{__name__}.Untrusted]"))
+    report = import_mlflow(persistence, mlflow_store.uri, models=["churn"])
+    assert [(n, v) for n, v, _ in report.refused] == [("churn", 3)]
+    assert "Untrusted" in report.refused[0][2] and "not trusted" in report.refused[0][2]
+    assert persistence.list_versions("churn") == ["1", "2"]
+
+
 def test_unknown_model_and_bad_uri_are_clear_errors(persistence: ModelPersistence, mlflow_store: MlflowFixture) -> None:
     from modelkeep.errors import ConfigError, ModelNotFoundError
 

@@ -15,7 +15,6 @@ Layout read::
 
 from __future__ import annotations
 
-import math
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -113,21 +112,14 @@ class FileStore:
         meta = _yaml(folder / "meta.yaml")
         metrics: dict[str, float] = {}
         for key, text in _values(folder / "metrics").items():
-            best: tuple[int, int, float] | None = None
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) < 2:
-                    continue
-                value = float(parts[1])
-                rank = (int(parts[2]) if len(parts) >= 3 else 0, int(parts[0]), value)
-                if best is None or (rank[0], rank[1], -math.inf if math.isnan(value) else value) > (
-                    best[0],
-                    best[1],
-                    -math.inf if math.isnan(best[2]) else best[2],
-                ):
-                    best = rank
-            if best is not None:
-                metrics[key] = best[2]
+            # Lines are "timestamp value [step ...]"; the latest is MLflow's max of (step, timestamp, value).
+            ranks = [
+                (int(parts[2]) if len(parts) >= 3 else 0, int(parts[0]), float(parts[1]))
+                for parts in (line.split() for line in text.splitlines())
+                if len(parts) >= 2
+            ]
+            if ranks:
+                metrics[key] = max(ranks)[2]
         return SourceRun(run_id, meta.get("artifact_uri"), metrics, _values(folder / "params"))
 
     def logged_model_location(self, model_id: str) -> str | None:

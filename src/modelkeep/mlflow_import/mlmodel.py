@@ -3,7 +3,8 @@
 The sklearn flavor's file is loaded under modelkeep's safe-loading policy and never with
 MLflow: ``pickle``/``cloudpickle`` files go through :meth:`ModelPersistence.import_file`'s
 restricted unpickler (a global on the deny-list, ``os.system`` say, is refused before it is
-imported), ``skops`` files through the skops format, which builds trusted types only. A
+imported), ``skops`` files through the skops format, which builds trusted types only (the
+``skops_trusted_types`` an ``MLmodel`` may list are ignored: a file cannot vouch for itself). A
 folder whose flavor cannot be loaded this way (a pyfunc ``PythonModel``, custom ``code``)
 is kept whole, as a :class:`~modelkeep.formats.archive.ModelArchive`.
 """
