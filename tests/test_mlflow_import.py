@@ -223,6 +223,23 @@ def test_a_skops_file_with_untrusted_types_is_refused(
     assert persistence.list_versions("churn") == ["1", "2"]
 
 
+def test_a_model_name_modelkeep_cannot_use_is_refused_and_the_rest_imported(
+    persistence: ModelPersistence, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    shutil.copytree(DATA / "sqlite", tmp_path / "store")
+    db = sqlite3.connect(tmp_path / "store" / "mlflow.db")
+    with db:  # MLflow allows spaces in names; modelkeep does not
+        for table in ("registered_models", "model_versions", "registered_model_tags", "registered_model_aliases"):
+            db.execute(f"UPDATE {table} SET name = 'Price model' WHERE name = 'price'")
+    db.close()
+    report = import_mlflow(persistence, f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert sorted((n, v) for n, v, _ in report.refused) == [("Price model", 1), ("Price model", 2)]
+    assert "cannot be used in modelkeep" in report.refused[0][2]
+    assert persistence.list_models() == ["churn", "custom"]
+
+
 def test_unknown_model_and_bad_uri_are_clear_errors(persistence: ModelPersistence, mlflow_store: MlflowFixture) -> None:
     from modelkeep.errors import ConfigError, ModelNotFoundError
 

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
-from ..errors import ArtifactNotFoundError, IntegrityError, MetadataError, SerializationError
+from ..errors import (
+    ArtifactNotFoundError,
+    IntegrityError,
+    InvalidNameError,
+    MetadataError,
+    SerializationError,
+)
 from ..versions import validate_model_name
 from .locate import model_folder
 from .mlmodel import PICKLE_FORMATS, MlModel, archive, load_skops, read_mlmodel
@@ -146,7 +152,7 @@ def import_mlflow(
         store.base = Path(artifacts_dir).resolve()
     report = ImportReport(dry_run=dry_run)
     try:
-        wanted = None if models is None else {validate_model_name(m) for m in models}
+        wanted = None if models is None else set(models)
         selected = [m for m in store.models() if wanted is None or m.name in wanted]
         missing = sorted((wanted or set()) - {m.name for m in selected})
         if missing:
@@ -177,7 +183,14 @@ def _import_model(
     renumber: bool,
     advance: Advance,
 ) -> None:
-    name = validate_model_name(model.name)
+    name = model.name
+    try:
+        validate_model_name(name)
+    except InvalidNameError as exc:
+        for version in model.versions:
+            report.refused.append((name, version.version, f"the name cannot be used in modelkeep: {exc}"))
+            advance(1)
+        return
     present: set[str] = set()
     for version in model.versions:
         target = mapped_version(version.version, renumber)
