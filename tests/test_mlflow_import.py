@@ -370,3 +370,23 @@ def test_progress_gets_one_step_per_version(persistence: ModelPersistence, mlflo
     import_mlflow(persistence, mlflow_store.uri, dry_run=True, progress=progress)
     total = len(mlflow_store.live_versions()) + 1  # and the soft-deleted one, skipped
     assert calls == [(f"importing {total} MLflow version(s)", total)] and steps == [1] * total
+
+
+def test_the_cli_progress_bar_counts_versions() -> None:
+    import io
+
+    from rich.console import Console
+
+    from modelkeep.cli_mlflow import PROGRESS_MIN_VERSIONS, version_progress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=100)
+    with version_progress(False, console)("importing", 10_000) as advance:  # disabled
+        advance(1)
+    with version_progress(True, console)("importing", PROGRESS_MIN_VERSIONS - 1) as advance:  # too small
+        advance(1)
+    assert buffer.getvalue() == ""
+    with version_progress(True, console)("importing", PROGRESS_MIN_VERSIONS) as advance:
+        for _ in range(PROGRESS_MIN_VERSIONS):
+            advance(1)
+    assert f"{PROGRESS_MIN_VERSIONS}/{PROGRESS_MIN_VERSIONS}" in buffer.getvalue()

@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
 import click
+
+#: Imports of at least this many versions get a progress bar (on a terminal).
+PROGRESS_MIN_VERSIONS = 20
+
+
+def version_progress(
+    enabled: bool | None, console: Any = None
+) -> Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]]:
+    """A ``progress`` factory counting versions (not bytes): a bar on stderr (or ``console``)
+    for imports of :data:`PROGRESS_MIN_VERSIONS` versions or more."""
+
+    @contextmanager
+    def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        from ._progress import _stderr_is_terminal
+
+        draw = _stderr_is_terminal() if enabled is None else enabled
+        if not draw or total is None or total < PROGRESS_MIN_VERSIONS:
+            yield lambda _n: None
+            return
+        import sys
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        out = console if console is not None else Console(file=sys.stderr)
+        with Progress(*columns, console=out, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+
+    return progress
 
 
 @click.command("import-mlflow")
@@ -37,12 +72,11 @@ def import_mlflow_command(
     models are loaded under the safe-loading policy (a hostile file is refused, not run);
     other flavors are kept as their MLflow model folder.
     """
-    from ._progress import ProgressBar
     from .cli import _emit_json, _open, _state, _status
     from .mlflow_import import import_mlflow
 
     persistence = _open(ctx, create=True)
-    progress = ProgressBar(enabled=False if _state(ctx).verbose is False else None, threshold=50)
+    progress = version_progress(False if _state(ctx).verbose is False or as_json else None)
     report = import_mlflow(
         persistence,
         tracking_uri,
