@@ -115,10 +115,20 @@ def read_history(persistence: Any, model_name: str) -> list[dict[str, Any]]:
     history = getattr(persistence, "history", None)
     if not callable(history):
         return []
+    import dataclasses
+
+    from .metadata import to_json_safe
+
     out = []
     for entry in history(model_name):
         to_dict = getattr(entry, "to_dict", None)
-        out.append(to_dict() if callable(to_dict) else dict(vars(entry)))
+        if callable(to_dict):
+            data = to_dict()
+        elif dataclasses.is_dataclass(entry) and not isinstance(entry, type):
+            data = dataclasses.asdict(entry)
+        else:
+            data = dict(vars(entry))
+        out.append(to_json_safe(data, "history"))
     return out
 
 
