@@ -390,3 +390,20 @@ def test_the_cli_progress_bar_counts_versions() -> None:
         for _ in range(PROGRESS_MIN_VERSIONS):
             advance(1)
     assert f"{PROGRESS_MIN_VERSIONS}/{PROGRESS_MIN_VERSIONS}" in buffer.getvalue()
+
+
+def test_a_model_archive_never_extracts_outside_its_folder(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from modelkeep.errors import IntegrityError
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("MLmodel", "../escaped.py"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(IntegrityError, match=r"'\.\.'"):
+        ModelArchive(buf.getvalue(), "mlflow-model").extract(tmp_path / "out")
+    assert not (tmp_path / "escaped.py").exists() and not (tmp_path / "out" / "MLmodel").exists()
