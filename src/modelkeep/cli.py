@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_context import CliState, cli_state, open_registry, print_status, stdin_is_interactive
+from .cli_context import CliState, cli_state, open_registry, print_status, split_csv, stdin_is_interactive
 from .cli_render import (
     copy_report_json,
     emit_json,
@@ -92,15 +92,6 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
     click.echo(f"modelkeep {__version__}")
     ctx.exit()
-
-
-def _split_csv(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise click.BadParameter("expected a comma-separated list")
-    return items
 
 
 model_name_option = click.option("--model-name", required=True, help="Name of the model.")
@@ -297,8 +288,8 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
 @cli.command()
 @model_name_option
-@click.option("--versions", callback=_split_csv, help="Comma-separated versions (default: all).")
-@click.option("--metrics", callback=_split_csv, help="Comma-separated columns to show (default: all).")
+@click.option("--versions", callback=split_csv, help="Comma-separated versions (default: all).")
+@click.option("--metrics", callback=split_csv, help="Comma-separated columns to show (default: all).")
 @click.option("--filter", "filter_text", help="Only versions matching this search filter, e.g. 'accuracy > 0.9'.")
 @json_option
 @click.pass_context
@@ -477,6 +468,15 @@ cli.add_command(cli_lifecycle.prune)
 
 
 cli.add_command(cli_search.search)
+
+
+from .cli_mlflow import import_mlflow_command  # noqa: E402  (commands defined in their own modules)
+
+cli.add_command(import_mlflow_command)
+from .cli_bundle import export_command, import_command  # noqa: E402
+
+cli.add_command(export_command)
+cli.add_command(import_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,3 +88,12 @@ def print_status(ctx: click.Context, message: str) -> None:
     """A message for people; --quiet hides it."""
     if cli_state(ctx).verbose is not False:
         click.echo(message)
+
+
+def split_csv(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise click.BadParameter("expected a comma-separated list")
+    return items

@@ -225,8 +225,13 @@ class ModelPersistence(LifecycleMixin):
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        created_at: str | None = None,
     ) -> ModelMetadata:
-        """Like :meth:`save`, but returns the full :class:`ModelMetadata` record."""
+        """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
+
+        ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
+        to keep a version's original timestamp.
+        """
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
         if version is not None:
@@ -279,7 +284,7 @@ class ModelPersistence(LifecycleMixin):
                     model_name=model_name,
                     model_type=type(model).__name__,
                     version=slot.version,
-                    created_at=slot.previous.created_at if slot.previous else now,
+                    created_at=created_at or (slot.previous.created_at if slot.previous else now),
                     updated_at=now,
                     metadata=custom,
                     artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
@@ -356,8 +361,9 @@ class ModelPersistence(LifecycleMixin):
         metadata: dict[str, Any] | None = None,
         trusted_types: list[str] | None = None,
         trust_file: bool = False,
+        created_at: str | None = None,
     ) -> ModelMetadata:
-        """Register a model from a pickle or joblib file.
+        """Register a model from a pickle or joblib file (``created_at`` is passed to :meth:`save_version`).
 
         The file is read under the same policy as a load: the built-in allow-list plus
         this registry's ``trusted_types`` and ``trusted_types`` given here; any other
@@ -398,6 +404,7 @@ class ModelPersistence(LifecycleMixin):
             serialization_format=serialization_format,
             compress=compress,
             metadata=metadata,
+            created_at=created_at,
         )
 
     # -- loading ------------------------------------------------------------------

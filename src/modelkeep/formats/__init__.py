@@ -13,6 +13,7 @@ FORMATS: dict[str, str] = {
     "pickle": "modelkeep.formats.pickle_format:PickleFormat",
     "skops": "modelkeep.formats.skops_format:SkopsFormat",
     "native": "modelkeep.formats.native:NativeFormat",
+    "archive": "modelkeep.formats.archive:ArchiveFormat",
 }
 
 _cache: dict[str, Format] = {}
