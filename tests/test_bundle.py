@@ -20,7 +20,7 @@ from modelkeep.bundle import FORMAT_VERSION, MANIFEST, SIGNATURE, BundleError, e
 from modelkeep.cli import cli
 from modelkeep.errors import IntegrityError, SignatureError, VersionExistsError
 from tests.s3_server import S3Bucket
-from tests.test_team import pg_schema, team_persistence  # noqa: F401  (pg_schema is a fixture)
+from tests.test_team import team_persistence
 
 KEY = "bundle-test-key"
 
@@ -53,7 +53,7 @@ def _same_versions(a: ModelPersistence, b: ModelPersistence, name: str, X: Any) 
 def test_round_trip_local_to_postgres_s3_and_back(
     tmp_path: Path,
     s3_bucket: S3Bucket,
-    pg_schema: str,  # noqa: F811
+    pg_schema: str,
     iris_data: Any,
 ) -> None:
     X, _ = iris_data

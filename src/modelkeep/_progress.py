@@ -95,7 +95,7 @@ class ProgressBar:
         threshold: int = DEFAULT_THRESHOLD,
         console: Any = None,
     ) -> None:
-        self.enabled = _stderr_is_terminal() if enabled is None else enabled
+        self.enabled = stderr_is_terminal() if enabled is None else enabled
         self.threshold = threshold
         self.console = console
 
@@ -112,7 +112,7 @@ class ProgressBar:
             bar.close()
 
 
-def _stderr_is_terminal() -> bool:
+def stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # closed or replaced stream

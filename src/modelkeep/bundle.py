@@ -87,9 +87,9 @@ class BundleReport:
 # -- signing: the one place a bundle's manifest is signed and checked -------------------------
 def sign_manifest(data: bytes, key: str | bytes) -> str:
     """The signature of a manifest's exact bytes (HMAC-SHA256 today; room for other schemes)."""
-    from .signing import SCHEME, _key_bytes
+    from .signing import SCHEME, key_bytes
 
-    return SCHEME + hmac.new(_key_bytes(key), data, hashlib.sha256).hexdigest()
+    return SCHEME + hmac.new(key_bytes(key), data, hashlib.sha256).hexdigest()
 
 
 def verify_manifest(data: bytes, signature: str | None, key: str | bytes) -> None:

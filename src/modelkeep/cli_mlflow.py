@@ -20,9 +20,9 @@ def version_progress(
 
     @contextmanager
     def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        from ._progress import _stderr_is_terminal
+        from ._progress import stderr_is_terminal
 
-        draw = _stderr_is_terminal() if enabled is None else enabled
+        draw = stderr_is_terminal() if enabled is None else enabled
         if not draw or total is None or total < PROGRESS_MIN_VERSIONS:
             yield lambda _n: None
             return

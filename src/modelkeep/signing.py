@@ -76,7 +76,7 @@ def _canonical(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _key_bytes(key: str | bytes) -> bytes:
+def key_bytes(key: str | bytes) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
@@ -91,7 +91,7 @@ def _ecdsa_payload(record: ModelMetadata, fingerprint: str, name: str | None) ->
 def sign(record: ModelMetadata, key: str | bytes | PrivateKey) -> str:
     """The signature of ``record``'s manifest: HMAC with a secret, ECDSA with a :class:`PrivateKey`."""
     if isinstance(key, (str, bytes)):
-        return SCHEME + hmac.new(_key_bytes(key), _canonical(manifest(record)), hashlib.sha256).hexdigest()
+        return SCHEME + hmac.new(key_bytes(key), _canonical(manifest(record)), hashlib.sha256).hexdigest()
     raw = key.sign(_ecdsa_payload(record, key.fingerprint, key.name))
     text = f"{ECDSA_SCHEME}:{key.fingerprint}:{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
     return f"{text}:{key.name}" if key.name else text
