@@ -212,6 +212,10 @@ class ModelPersistence:
             if compress is None and serialization_format is None
             else fmt.normalize_compression(self.compress if compress is None else compress)
         )
+        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
+            from .formats.frameworks import resolve_auto
+
+            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
         custom = to_json_safe(dict(metadata or {}))
         params = _model_params(model)
         if params is not None and "model_params" not in custom:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import IO, Any
 
 from ..errors import ConfigError
@@ -14,6 +15,8 @@ DEFAULT_CODEC = ("zstd", 1)
 JOBLIB_CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "lz4")
 CODECS = ("zstd", *JOBLIB_CODECS)
 LEVELS = {"zstd": range(1, 20)}
+
+logger = logging.getLogger("modelkeep")
 
 
 def parse_codec(compress: Any, default: tuple[str, int]) -> tuple[str, int] | None:
@@ -88,8 +91,18 @@ class JoblibFormat(Format):
 
         from ._restricted import allowed_globals, restricted_joblib
 
+        mmap_mode = options.get("mmap_mode")
         with restricted_joblib(allowed_globals(options.get("extra"))):
-            return joblib.load(path, mmap_mode=options.get("mmap_mode"))
+            try:
+                return joblib.load(path, mmap_mode=mmap_mode)
+            except ValueError as exc:
+                # Some objects (statsmodels' ARIMA results, Cython memoryviews) rebuild themselves
+                # from writable buffers only: map them copy-on-write instead. The file is never
+                # written either way; pages the object writes to become private copies.
+                if mmap_mode != "r" or "read-only" not in str(exc):
+                    raise
+                logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", path, exc)
+                return joblib.load(path, mmap_mode="c")
 
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None
