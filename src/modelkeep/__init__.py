@@ -13,6 +13,7 @@ from .errors import (
     ArtifactNotFoundError,
     BackendUnavailableError,
     ConfigError,
+    InputSchemaError,
     IntegrityError,
     InvalidNameError,
     MetadataError,
@@ -31,10 +32,20 @@ from .metadata import ArtifactInfo, ModelMetadata, ModelSummary
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .environment import EnvironmentDiff, EnvironmentMismatchWarning
+    from .input_signature import InputCheck
+    from .loading import MmapIgnoredWarning
     from .manager import ModelPersistenceManager
     from .registry import ModelPersistence
 
-_LAZY = {"ModelPersistence": "registry", "ModelPersistenceManager": "manager"}
+_LAZY = {
+    "ModelPersistence": "registry",
+    "ModelPersistenceManager": "manager",
+    "InputCheck": "input_signature",
+    "EnvironmentDiff": "environment",
+    "EnvironmentMismatchWarning": "environment",
+    "MmapIgnoredWarning": "loading",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -54,9 +65,14 @@ __all__ = [
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
+    "EnvironmentDiff",
+    "EnvironmentMismatchWarning",
+    "InputCheck",
+    "InputSchemaError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",
+    "MmapIgnoredWarning",
     "ModelKeepError",
     "ModelMetadata",
     "ModelNotFoundError",

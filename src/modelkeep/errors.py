@@ -8,6 +8,7 @@ catch, so ``except KeyError`` or ``except ValueError`` keeps working.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 
 class ModelKeepError(Exception):
@@ -91,3 +92,11 @@ __all__ = [
     "VersionExistsError",
     "VersionNotFoundError",
 ]
+
+
+class InputSchemaError(ModelKeepError, ValueError):
+    """Data does not fit a version's input signature; ``.result`` is the ``InputCheck``."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import environment, signing
 from .errors import (
+    MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
     SerializationError,
@@ -37,6 +38,7 @@ from .versions import validate_model_name, validate_version
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
 
 logger = logging.getLogger("modelkeep")
@@ -175,6 +177,10 @@ class ModelPersistence:
         version: str | None = None,
         *,
         overwrite: bool = False,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
         **metadata: Any,
     ) -> Path:
         """Save ``model`` as a new version and return the artifact's path.
@@ -184,8 +190,24 @@ class ModelPersistence:
         (metrics, dataset info, ...). Raises :class:`VersionExistsError` if the
         version exists and ``overwrite`` is false. On an object store the
         returned "path" is the artifact's URL as a string (``s3://...``).
+
+        The input signature is captured from the model (and from ``input_example``,
+        a DataFrame, array or tensor, when given). ``training_data`` /
+        ``training_target`` are fingerprinted, the git commit is recorded when
+        saving inside a repository, and ``parent`` (``"1.0.0"`` or
+        ``"other-model:1.0.0"``) names the version this one derives from.
         """
-        rec = self.save_version(model, model_name, version, overwrite=overwrite, metadata=metadata)
+        rec = self.save_version(
+            model,
+            model_name,
+            version,
+            overwrite=overwrite,
+            metadata=metadata,
+            input_example=input_example,
+            training_data=training_data,
+            training_target=training_target,
+            parent=parent,
+        )
         assert rec.artifact is not None
         where = self.store.display_path(rec.artifact.key)
         return Path(where) if self.store.is_local else where  # type: ignore[return-value]
@@ -200,6 +222,10 @@ class ModelPersistence:
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
     ) -> ModelMetadata:
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record."""
         started = time.perf_counter()
@@ -220,7 +246,9 @@ class ModelPersistence:
         params = _model_params(model)
         if params is not None and "model_params" not in custom:
             custom = {"model_params": params, **custom}
-        env = environment.capture(model)
+        signature, lineage_record = self._describe(
+            model, model_name, input_example, training_data, training_target, parent
+        )
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
             raise VersionExistsError(
                 f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
@@ -236,6 +264,7 @@ class ModelPersistence:
                     raise
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+            env = environment.capture(model, environment.modules_of(extra, fmt.name))
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
                 key = artifact_key(model_name, slot.version, fmt.extension(compression))
@@ -256,6 +285,8 @@ class ModelPersistence:
                     metadata=custom,
                     artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
                     environment=env,
+                    input_signature=signature,
+                    lineage=lineage_record,
                 )
                 if self.signing_key:
                     record.signature = signing.sign(record, self.signing_key)
@@ -283,6 +314,29 @@ class ModelPersistence:
             (time.perf_counter() - started) * 1000,
         )
         return record
+
+    def _describe(
+        self,
+        model: Any,
+        model_name: str,
+        input_example: Any,
+        training_data: Any,
+        training_target: Any,
+        parent: str | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The input signature and lineage of a save (modelkeep.input_signature, modelkeep.lineage)."""
+        from . import input_signature, lineage
+
+        try:
+            signature = input_signature.infer(model, input_example)
+        except TypeError as exc:
+            raise MetadataError(str(exc)) from exc
+        parent_ref = None
+        if parent is not None:
+            parent_ref = lineage.parse_parent(parent, model_name)
+            self.get_version(*parent_ref)  # VersionNotFoundError when the parent does not exist
+        record = lineage.capture(training_data=training_data, training_target=training_target, parent=parent_ref)
+        return to_json_safe(signature, "input_signature"), record
 
     def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
         """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
@@ -362,16 +416,34 @@ class ModelPersistence:
         return_metadata: bool = False,
         *,
         mmap_mode: str | None = None,
+        validate: Any = None,
     ) -> Any:
         """Load a version (the latest when ``version`` is ``None``).
 
         The artifact's SHA-256 (and signature, with a signing key) is checked
         before anything is deserialized; a mismatch raises :class:`IntegrityError`.
         ``mmap_mode="r"`` maps the arrays of uncompressed joblib artifacts
-        instead of reading them. Returns the model, or ``(model, metadata)``.
+        instead of reading them (``"c"``: copy-on-write); where an artifact cannot be
+        mapped (compressed, pickle, a remote store, a framework format) it is read
+        into memory with a :class:`MmapIgnoredWarning`. Any other ``mmap_mode`` is a
+        :class:`ConfigError`. ``validate=X`` checks data ``X`` against the version's
+        input signature first and raises :class:`InputSchemaError` (its ``.result``
+        is the :class:`InputCheck`) when it does not fit. Returns the model, or
+        ``(model, metadata)``.
         """
+        from .loading import check_mmap_mode, warn_mmap_ignored
+
         started = time.perf_counter()
+        check_mmap_mode(mmap_mode)
         record = self.get_version(model_name, version)
+        if validate is not None:
+            from .input_signature import InputSchemaError, check
+
+            result = check(record.input_signature, validate)
+            if not result.ok:
+                raise InputSchemaError(
+                    f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
+                )
         art = record.artifact
         assert art is not None
         if self.signing_key:
@@ -384,16 +456,10 @@ class ModelPersistence:
                 self.store.verify(art.key, art.sha256)
                 model = self._deserialize(fmt.load_path, str(local), art.compression, **options)
             else:
+                warn_mmap_ignored(mmap_mode, fmt, art, local is not None)
                 with self.store.open_verified(art.key, art.sha256, advance) as f:
                     model = self._deserialize(fmt.load, f, art.compression, **options)
-        diffs = environment.differences(record.environment)
-        if diffs:
-            logger.warning(
-                "model '%s' version %s was saved in a different environment: %s",
-                record.model_name,
-                record.version,
-                "; ".join(diffs),
-            )
+        environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
             record.model_name,
@@ -442,6 +508,13 @@ class ModelPersistence:
         finally:
             tmp.unlink(missing_ok=True)
         return out
+
+    def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
+        """Check data ``X`` (DataFrame, array or tensor) against a version's input signature:
+        missing, extra and reordered columns, feature count, unsafe dtype casts."""
+        from .input_signature import check
+
+        return check(self.get_version(model_name, version).input_signature, X)
 
     # -- querying -----------------------------------------------------------------
     def resolve_version(self, model_name: str, version: str | None = None) -> str:

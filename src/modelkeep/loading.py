@@ -1,0 +1,52 @@
+"""What ``load(..., mmap_mode=...)`` does, said in one place.
+
+* ``None``: read the artifact into memory.
+* ``"r"``: map uncompressed joblib arrays (and native blobs) read-only. Objects
+  that insist on writable buffers (statsmodels' ARIMA results) are mapped
+  copy-on-write instead, with a logged note.
+* ``"c"``: copy-on-write mapping; the file is never written.
+* anything else (``"r+"``, ``"w+"``, typos): :class:`ConfigError`, before anything is read,
+  whatever the format, because a registry artifact must never be written through a map.
+
+When an artifact cannot be mapped (compressed, the pickle format, a remote store,
+a framework's own format) it is read into memory and one
+:class:`MmapIgnoredWarning` says why.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .errors import ConfigError
+
+MMAP_MODES = ("r", "c")
+
+
+class MmapIgnoredWarning(UserWarning):
+    """``mmap_mode`` was given but the artifact was read into memory instead."""
+
+
+def check_mmap_mode(mmap_mode: Any) -> None:
+    """Refuse every ``mmap_mode`` but ``None``, ``"r"`` and ``"c"``."""
+    if mmap_mode is not None and mmap_mode not in MMAP_MODES:
+        raise ConfigError(
+            f"mmap_mode must be None, 'r' (read-only) or 'c' (copy-on-write), got {mmap_mode!r}: "
+            "stored artifacts are never written through a map"
+        )
+
+
+def warn_mmap_ignored(mmap_mode: str | None, fmt: Any, artifact: Any, is_local: bool) -> None:
+    """Warn when ``mmap_mode`` is set but this artifact will be read into memory."""
+    if mmap_mode is None or getattr(fmt, "uses_blobs", False):  # native maps its blobs itself
+        return
+    if not is_local:
+        reason = "it is on a remote store"
+    elif artifact.compression is not None and fmt.name in ("joblib", "pickle"):
+        reason = f"it is compressed ({artifact.compression}); save with compress=False to map it"
+    else:
+        reason = f"the {fmt.name} format cannot be memory-mapped (use joblib with compress=False, or native)"
+    warnings.warn(
+        MmapIgnoredWarning(f"mmap_mode={mmap_mode!r} ignored for {artifact.key}: {reason}; it was read into memory"),
+        stacklevel=3,
+    )
