@@ -187,7 +187,8 @@ def test_highest_version_ignores_unparsed_strings() -> None:
         ("1.2", "1.2.1"),
         ("2", "2.0.1"),
         ("1.2.3.4", "1.2.3.5"),
-        ("1.0.0-rc1", "1.0.1"),
+        ("1.0.0-rc1", "1.0.0"),  # the release after its pre-release, not 1.0.1
+        ("v2.0-beta.2", "v2.0.0"),
         ("1.0.0+build7", "1.0.1"),
         ("production-v1", "1.0.0"),
     ],

@@ -536,7 +536,8 @@ def _cell(key: str, value: Any) -> str:
         return text if any(c in text for c in ".en") else f"{text}.0"  # keep 1.0 a float
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
-    return str(value)
+    text = str(value)
+    return " ".join(text.split()) if "\n" in text else text  # one line per row: keep the table intact
 
 
 def _print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
@@ -591,6 +592,10 @@ def _print_info(record: ModelMetadata, location: str | None) -> None:
             },
         )
     section("Environment", record.environment)
+    if record.input_signature:
+        section("Input signature", record.input_signature)
+    if record.lineage:
+        section("Lineage", record.lineage)
     section("Signature", {"signed": "yes" if record.signature else "no"})
     _console().print(table)
 

@@ -29,7 +29,7 @@ _NOT_PACKAGES = frozenset({"builtins", "__main__", "__builtin__", "copy_reg"})
 def _distributions() -> dict[str, list[str]]:
     from importlib.metadata import packages_distributions
 
-    return packages_distributions()
+    return dict(packages_distributions())
 
 
 @functools.lru_cache(maxsize=256)

@@ -132,8 +132,8 @@ def _from_model(model: Any) -> dict[str, Any]:
             n = None
     if n is None and names:
         n = len(names)
-    if isinstance(n, int) or hasattr(n, "__index__"):
-        out["n_features"] = int(n)
+    if n is not None and hasattr(n, "__index__"):
+        out["n_features"] = int(n.__index__())
     classes = _list(getattr(model, "classes_", None))
     if classes is not None:
         out["classes"] = [c if isinstance(c, (str, int, float, bool)) else str(c) for c in classes]

@@ -50,3 +50,34 @@ def warn_mmap_ignored(mmap_mode: str | None, fmt: Any, artifact: Any, is_local: 
         MmapIgnoredWarning(f"mmap_mode={mmap_mode!r} ignored for {artifact.key}: {reason}; it was read into memory"),
         stacklevel=3,
     )
+
+
+def describe_unreadable(path: str, exc: Exception) -> str:
+    """Why ``path`` could not be read as a pickle/joblib model, saying what the file is."""
+    import json
+
+    what = None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        head = b""
+    if not head:
+        what = "it is empty"
+    else:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            try:
+                json.loads(text)
+                what = "it is a JSON document"
+            except ValueError:
+                what = "it is a JSON document" if text.lstrip()[:1] in "{[" else "it is a text file"
+    if what is None:
+        return f"cannot read a model from {path!r}: {type(exc).__name__}: {exc}"
+    return (
+        f"cannot read a model from {path!r}: {what}, not a model file; "
+        "expected a model written with pickle.dump or joblib.dump (.pkl or .joblib)"
+    )

@@ -82,7 +82,7 @@ def _model_params(model: Any) -> dict[str, Any] | None:
         try:
             out[str(k)] = to_json_safe(v, f"model_params.{k}")
         except ModelKeepError:
-            out[str(k)] = repr(v)  # estimators-in-estimators, callables: keep a readable trace
+            out[str(k)] = " ".join(repr(v).split())  # estimators-in-estimators: a readable, one-line trace
     return out
 
 
@@ -391,13 +391,19 @@ class ModelPersistence:
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
+        from .loading import describe_unreadable
+
+        if not os.path.exists(path):
+            from .errors import ArtifactNotFoundError
+
+            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
         try:
             with restricted_joblib():
                 model = joblib.load(os.fspath(path))  # reads joblib and plain pickle files alike
         except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
             raise
         except Exception as exc:
-            raise SerializationError(f"cannot read a model from {os.fspath(path)!r}: {exc}") from exc
+            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
         return self.save_version(
             model,
             model_name,

@@ -82,8 +82,10 @@ def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
     return wrapper
 
 
-def no_versions(model_name: str) -> ModelNotFoundError:
-    return ModelNotFoundError(f"No versions found for model '{model_name}'")
+def no_versions(model_name: str, known_models: list[str] | None = None) -> ModelNotFoundError:
+    from ..suggest import did_you_mean
+
+    return ModelNotFoundError(f"No versions found for model '{model_name}'{did_you_mean(model_name, known_models or [])}")
 
 
 class Reservation:
@@ -404,8 +406,15 @@ class SqlIndex:
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name).limit(1)).first()
         if exists is None:
-            return no_versions(model_name)
-        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'")
+            return no_versions(model_name, self._model_names(conn))
+        from ..suggest import versions_hint
+
+        names = [r[0] for r in conn.execute(select(versions.c.version).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC))]
+        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'{versions_hint(version, names)}")
+
+    @staticmethod
+    def _model_names(conn: Connection) -> list[str]:
+        return [r[0] for r in conn.execute(select(versions.c.model_name).distinct())]
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
@@ -422,7 +431,7 @@ class SqlIndex:
                     select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_DESC).limit(1)
                 ).scalar()
                 if raw is None:
-                    raise no_versions(model_name)
+                    raise no_versions(model_name, self._model_names(conn))
                 return _record(raw)
             rec = self._get(conn, model_name, version)
             if rec is None:
