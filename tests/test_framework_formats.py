@@ -15,15 +15,15 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from modelkeep import (  # noqa: E402
+from modelkeep import (
     ConfigError,
     EnvironmentMismatchWarning,
     ModelPersistence,
     SerializationError,
     UnsafeModelError,
 )
-from modelkeep.formats import get_format  # noqa: E402
-from tests import _framework_models as fm  # noqa: E402
+from modelkeep.formats import get_format
+from tests import _framework_models as fm
 
 PICKLE_FREE = ["xgboost", "lightgbm", "catboost", "torch", "keras"]
 

@@ -85,7 +85,9 @@ def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
 def no_versions(model_name: str, known_models: list[str] | None = None) -> ModelNotFoundError:
     from ..suggest import did_you_mean
 
-    return ModelNotFoundError(f"No versions found for model '{model_name}'{did_you_mean(model_name, known_models or [])}")
+    return ModelNotFoundError(
+        f"No versions found for model '{model_name}'{did_you_mean(model_name, known_models or [])}"
+    )
 
 
 class Reservation:
@@ -409,7 +411,12 @@ class SqlIndex:
             return no_versions(model_name, self._model_names(conn))
         from ..suggest import versions_hint
 
-        names = [r[0] for r in conn.execute(select(versions.c.version).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC))]
+        names = [
+            r[0]
+            for r in conn.execute(
+                select(versions.c.version).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+            )
+        ]
         return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'{versions_hint(version, names)}")
 
     @staticmethod
