@@ -121,7 +121,7 @@ def test_keras_lambda_layers_are_refused_by_safe_mode(p: ModelPersistence) -> No
 
     model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Lambda(lambda x: x * 2)])
     p.save(model, "lam")
-    with pytest.raises(SerializationError, match="(?i)lambda|safe_mode"):
+    with pytest.raises(SerializationError, match=r"(?i)lambda|safe_mode"):
         p.load("lam")
 
 
