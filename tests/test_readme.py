@@ -2,7 +2,8 @@
 
 The blocks run in order, in one fresh temporary folder per README section (``## ...``), so a
 block may use the files an earlier block of its section wrote, as a reader following along
-would, with ``MODELKEEP_*`` variables cleared and this interpreter's ``bin`` first on PATH. A block preceded by an HTML comment
+would, with ``MODELKEEP_*`` variables cleared and this interpreter's ``bin`` first on PATH. A block
+preceded by an HTML comment
 ``<!-- not run by tests/test_readme.py: <reason> -->`` is skipped, and must give a reason; today
 those are the quick start (CI runs it itself), ``pip install`` and the team block that needs real
 PostgreSQL and S3 servers.
