@@ -168,3 +168,11 @@ def test_environment_differences_are_one_structured_warning(p: ModelPersistence)
     assert found["numpy"]["saved"] == "1.0.0" and found["numpy"]["level"] == "major"
     assert found["no-such-package"] == {"saved": "0.1", "running": None, "level": "major"}
     assert p.get_version("m").environment_diff().to_dict() == found
+
+
+@pytest.mark.parametrize("fmt", ["joblib", "pickle", "native"])
+def test_keras_with_a_pickle_format_is_refused_before_writing(tmp_path: Path, models: dict[str, Any], fmt: str) -> None:
+    with ModelPersistence(models_dir=tmp_path / "m", serialization_format=fmt) as p:
+        with pytest.raises(SerializationError, match="serialization_format='keras' or 'auto'"):
+            p.save(models["keras_sequential"], "k")
+        assert p.list_versions("k") == []

@@ -190,3 +190,19 @@ def _env() -> dict[str, str]:
 def test_readme_names_the_real_blob_path() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert ".blobs/<sha256>`" not in readme and ".blobs/<sha[:2]>/<sha>" in readme
+
+
+def test_a_class_from_main_warns_at_save(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import warnings\n"
+        "from modelkeep import ModelPersistence\n"
+        "class Model:\n"
+        "    pass\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    ModelPersistence(models_dir='models').save(Model(), 'm')\n"
+        "print([str(w.message) for w in caught])\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert "__main__.Model" in out.stdout and "other programs cannot load it" in out.stdout

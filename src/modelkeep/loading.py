@@ -81,3 +81,31 @@ def describe_unreadable(path: str, exc: Exception) -> str:
         f"cannot read a model from {path!r}: {what}, not a model file; "
         "expected a model written with pickle.dump or joblib.dump (.pkl or .joblib)"
     )
+
+
+def refuse_unloadable(obj: Any, format_name: str) -> None:
+    """Refuse, before anything is written, objects this format would store but never load:
+    a Keras model pickles fine, but its pickle needs ``builtins.getattr`` to load, which the
+    unpickler refuses; the ``keras`` format (or ``auto``) stores it safely."""
+    if format_name in ("joblib", "pickle", "native") and any(
+        c.__module__.split(".", 1)[0] == "keras" and c.__name__ == "Model" for c in type(obj).__mro__
+    ):
+        from .errors import SerializationError
+
+        raise SerializationError(
+            f"a Keras model saved with the {format_name} format could never be loaded (its pickle calls "
+            "builtins.getattr): use serialization_format='keras' or 'auto'"
+        )
+
+
+def warn_main_globals(extra: dict[str, Any]) -> None:
+    """Warn when the artifact references classes or functions defined in ``__main__``: they
+    exist only in the script that saved them, so any other program fails to load the model."""
+    found = sorted(str(g) for g in extra.get("globals") or [] if str(g).startswith("__main__."))
+    if found:
+        warnings.warn(
+            f"the model references {', '.join(found)}, defined in the running script (__main__): "
+            "other programs cannot load it; define these in an importable module instead",
+            UserWarning,
+            stacklevel=4,
+        )

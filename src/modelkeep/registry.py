@@ -242,6 +242,9 @@ class ModelPersistence:
             from .formats.frameworks import resolve_auto
 
             fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
+        from .loading import refuse_unloadable, warn_main_globals
+
+        refuse_unloadable(model, fmt.name)
         custom = to_json_safe(dict(metadata or {}))
         params = _model_params(model)
         if params is not None and "model_params" not in custom:
@@ -265,6 +268,7 @@ class ModelPersistence:
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
             env = environment.capture(model, environment.modules_of(extra, fmt.name))
+            warn_main_globals(extra)
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
                 key = artifact_key(model_name, slot.version, fmt.extension(compression))
