@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +101,11 @@ def _git_root(start: Path) -> Path | None:
     return None
 
 
-def git_state(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The commit, branch and dirty flag of the git repository around ``cwd`` (default:
-    the working directory), or ``None`` outside one or without git. Set
-    ``MODELKEEP_GIT=0`` to skip it."""
-    if os.environ.get("MODELKEEP_GIT", "1") == "0":
-        return None
-    where = Path(cwd) if cwd is not None else Path.cwd()
-    if _git_root(where.resolve()) is None or shutil.which("git") is None:
-        return None
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+
+
+def _git_status(where: Path) -> dict[str, Any] | None:
     try:
         proc = subprocess.run(
             ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
@@ -135,6 +132,34 @@ def git_state(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any] | Non
     return {"commit": commit, "dirty": dirty, "branch": None if branch == "(detached)" else branch}
 
 
+def start_git(cwd: str | os.PathLike[str] | None = None) -> Future[dict[str, Any] | None] | None:
+    """Start reading the git state of the repository around ``cwd`` (default: the working
+    directory) on a helper thread, so it runs while the model is serialized; ``None``
+    outside a repository, without git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
+    global _executor, _executor_pid
+    if os.environ.get("MODELKEEP_GIT", "1") == "0":
+        return None
+    where = Path(cwd) if cwd is not None else Path.cwd()
+    if _git_root(where.resolve()) is None or shutil.which("git") is None:
+        return None
+    if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")
+        _executor_pid = os.getpid()
+    return _executor.submit(_git_status, where)
+
+
+def finish_git(pending: Future[dict[str, Any] | None] | None) -> dict[str, Any] | None:
+    """The commit, branch and dirty flag from :func:`start_git`, or ``None``."""
+    return None if pending is None else pending.result()
+
+
+def git_state(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The commit, branch and dirty flag of the git repository around ``cwd`` (default:
+    the working directory), or ``None`` outside one or without git. Set
+    ``MODELKEEP_GIT=0`` to skip it."""
+    return finish_git(start_git(cwd))
+
+
 def parse_parent(parent: str, model_name: str) -> tuple[str, str]:
     """``"1.0.0"`` (same model) or ``"other-model:1.0.0"`` -> ``(model_name, version)``."""
     name, sep, version = parent.rpartition(":")
@@ -143,17 +168,18 @@ def parse_parent(parent: str, model_name: str) -> tuple[str, str]:
 
 def capture(
     *,
-    training_data: Any = None,
-    training_target: Any = None,
+    data_fingerprint: dict[str, Any] | None = None,
+    target_fingerprint: dict[str, Any] | None = None,
     parent: tuple[str, str] | None = None,
+    git: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The lineage record for one save (``None`` when there is nothing to record)."""
+    """The lineage record for one save (``None`` when there is nothing to record), from
+    :func:`fingerprint` results, the parent version and :func:`finish_git`'s result."""
     out: dict[str, Any] = {}
-    if training_data is not None:
-        out["training_data"] = fingerprint(training_data)
-    if training_target is not None:
-        out["training_target"] = fingerprint(training_target)
-    git = git_state()
+    if data_fingerprint is not None:
+        out["training_data"] = data_fingerprint
+    if target_fingerprint is not None:
+        out["training_target"] = target_fingerprint
     if git is not None:
         out["git"] = git
     if parent is not None:

@@ -15,11 +15,12 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, signing
+from . import environment, lineage, signing
 from .errors import (
     MetadataError,
     ModelKeepError,
@@ -249,7 +250,7 @@ class ModelPersistence:
         params = _model_params(model)
         if params is not None and "model_params" not in custom:
             custom = {"model_params": params, **custom}
-        signature, lineage_record = self._describe(
+        signature, lineage_parts, git = self._describe(
             model, model_name, input_example, training_data, training_target, parent
         )
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
@@ -268,6 +269,7 @@ class ModelPersistence:
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
             env = environment.capture(model, environment.modules_of(extra, fmt.name))
+            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
             warn_main_globals(extra)
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
@@ -327,9 +329,10 @@ class ModelPersistence:
         training_data: Any,
         training_target: Any,
         parent: str | None,
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The input signature and lineage of a save (modelkeep.input_signature, modelkeep.lineage)."""
-        from . import input_signature, lineage
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
+        """The input signature, the lineage parts and a running ``git status`` for a save
+        (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized."""
+        from . import input_signature
 
         try:
             signature = input_signature.infer(model, input_example)
@@ -339,8 +342,12 @@ class ModelPersistence:
         if parent is not None:
             parent_ref = lineage.parse_parent(parent, model_name)
             self.get_version(*parent_ref)  # VersionNotFoundError when the parent does not exist
-        record = lineage.capture(training_data=training_data, training_target=training_target, parent=parent_ref)
-        return to_json_safe(signature, "input_signature"), record
+        parts = {
+            "data_fingerprint": lineage.fingerprint(training_data) if training_data is not None else None,
+            "target_fingerprint": lineage.fingerprint(training_target) if training_target is not None else None,
+            "parent": parent_ref,
+        }
+        return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
 
     def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
         """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
