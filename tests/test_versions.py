@@ -258,7 +258,8 @@ def test_auto_version_sequence_through_api(persistence: ModelPersistence) -> Non
     persistence.save({"i": 4}, "m", "1.10.0-rc1")
     persistence.save({"i": 5}, "m", "custom")
     assert persistence.get_version("m", None).version == "1.10.0-rc1"
-    assert persistence.save({"i": 6}, "m").parent.name == "1.10.1"
+    assert persistence.save({"i": 6}, "m").parent.name == "1.10.0"  # the release after its rc (issue 14)
+    assert persistence.save({"i": 7}, "m").parent.name == "1.10.1"
 
 
 def test_auto_version_after_only_custom_versions(persistence: ModelPersistence) -> None:
