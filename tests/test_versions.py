@@ -232,7 +232,8 @@ def test_latest_ignores_unparsed_strings(order: IndexOrder) -> None:
         ("1.2", "1.2.1"),
         ("2", "2.0.1"),
         ("1.2.3.4", "1.2.3.5"),
-        ("1.0.0-rc1", "1.0.1"),
+        ("1.0.0-rc1", "1.0.0"),  # the release after its pre-release, not 1.0.1
+        ("v2.0-beta.2", "v2.0.0"),
         ("1.0.0+build7", "1.0.1"),
         ("production-v1", "1.0.0"),
     ],
@@ -302,7 +303,8 @@ def test_auto_version_sequence_through_api(persistence: ModelPersistence) -> Non
     persistence.save({"i": 4}, "m", "1.10.0-rc1")
     persistence.save({"i": 5}, "m", "custom")
     assert persistence.get_version("m", None).version == "1.10.0-rc1"
-    assert persistence.save({"i": 6}, "m").parent.name == "1.10.1"
+    assert persistence.save({"i": 6}, "m").parent.name == "1.10.0"  # the release after its rc (issue 14)
+    assert persistence.save({"i": 7}, "m").parent.name == "1.10.1"
 
 
 def test_auto_version_after_only_custom_versions(persistence: ModelPersistence) -> None:

@@ -18,6 +18,7 @@ from .errors import (
     ConfigError,
     FilterError,
     IncompatibleRegistryError,
+    InputSchemaError,
     IntegrityError,
     InvalidNameError,
     MetadataError,
@@ -36,10 +37,20 @@ from .errors import (
 from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
 if TYPE_CHECKING:
+    from .environment import EnvironmentDiff, EnvironmentMismatchWarning
+    from .input_signature import InputCheck
+    from .loading import MmapIgnoredWarning
     from .manager import ModelPersistenceManager
     from .registry import ModelPersistence
 
-_LAZY = {"ModelPersistence": "registry", "ModelPersistenceManager": "manager"}
+_LAZY = {
+    "ModelPersistence": "registry",
+    "ModelPersistenceManager": "manager",
+    "InputCheck": "input_signature",
+    "EnvironmentDiff": "environment",
+    "EnvironmentMismatchWarning": "environment",
+    "MmapIgnoredWarning": "loading",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -64,9 +75,14 @@ __all__ = [
     "HistoryEntry",
     "FilterError",
     "IncompatibleRegistryError",
+    "EnvironmentDiff",
+    "EnvironmentMismatchWarning",
+    "InputCheck",
+    "InputSchemaError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",
+    "MmapIgnoredWarning",
     "ModelKeepError",
     "ModelMetadata",
     "ModelNotFoundError",

@@ -69,7 +69,8 @@ def cell(key: str, value: Any) -> str:
         return text if any(c in text for c in ".en") else f"{text}.0"  # keep 1.0 a float
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
-    return str(value)
+    text = str(value)
+    return " ".join(text.split()) if "\n" in text else text  # one line per row: keep the table intact
 
 
 def print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
@@ -128,6 +129,10 @@ def print_info(record: ModelMetadata, location: str | None, signature: dict[str,
             },
         )
     section("Environment", record.environment)
+    if record.input_signature:
+        section("Input signature", record.input_signature)
+    if record.lineage:
+        section("Lineage", record.lineage)
     section("Signature", {k: signature.get(k) for k in ("status", "scheme", "signer", "fingerprint", "reason")})
     console().print(table)
 

@@ -230,19 +230,34 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
             raise ConfigError(f"config file {str(path)!r} not found")
         data = _read_yaml(path)
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    from_env: dict[tuple[str, str], str] = {}
     for var, (section, key) in ENV_VARS.items():
         if var in os.environ:
             data.setdefault(section, {})[key] = os.environ[var]
+            from_env[(section, key)] = var
     for name, value in overrides.items():
         if name not in OVERRIDES:
             raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(sorted(OVERRIDES))}")
         if value is not None:
             section, key = OVERRIDES[name]
             data.setdefault(section, {})[key] = value
+            from_env.pop((section, key), None)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(_name_env_var(_describe(exc), exc, from_env)) from exc
+
+
+def _name_env_var(message: str, exc: ValidationError, from_env: dict[tuple[str, str], str]) -> str:
+    """Name the environment variable when the bad value came from one (not from the file)."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    for (section, key), var in from_env.items():
+        if loc[:2] == [section, key] or (loc[:1] == [section] and msg.startswith(f"{key}:")):
+            detail = msg.removeprefix(f"{key}:").strip()
+            return f"invalid value for {var} (the environment variable, setting {section}.{key}): {detail}"
+    return message
 
 
 def key_settings(**explicit: Any) -> KeySettings:

@@ -8,6 +8,7 @@ catch, so ``except KeyError`` or ``except ValueError`` keeps working.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 
 class ModelKeepError(Exception):
@@ -135,9 +136,13 @@ class FormatVersionError(SerializationError):
     """An artifact or sidecar was written by a newer modelkeep, in a protocol this one cannot read."""
 
 
-def no_versions(model_name: str) -> ModelNotFoundError:
-    """The error for a model with no versions (the seed's wording)."""
-    return ModelNotFoundError(f"No versions found for model '{model_name}'")
+def no_versions(model_name: str, known_models: list[str] | None = None) -> ModelNotFoundError:
+    """The error for a model with no versions (the seed's wording), suggesting close names."""
+    from .suggest import did_you_mean
+
+    return ModelNotFoundError(
+        f"No versions found for model '{model_name}'{did_you_mean(model_name, known_models or [])}"
+    )
 
 
 __all__ = [
@@ -165,3 +170,11 @@ __all__ = [
     "VersionTrashedError",
     "no_versions",
 ]
+
+
+class InputSchemaError(ModelKeepError, ValueError):
+    """Data does not fit a version's input signature; ``.result`` is the ``InputCheck``."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -44,15 +44,19 @@ class ModelPersistenceManager:
         return self.persistence.get_metadata(model_name, version)
 
     def list_models(self) -> list[str]:
+        """Names of all models with at least one version, sorted; see :meth:`ModelPersistence.list_models`."""
         return self.persistence.list_models()
 
     def list_versions(self, model_name: str) -> list[str]:
+        """A model's versions in ascending version order (``[]`` for an unknown model)."""
         return self.persistence.list_versions(model_name)
 
     def compare_versions(self, model_name: str, versions: list[str] | None = None) -> pd.DataFrame:
+        """A DataFrame with one row per version (all, or ``versions``) and a column per metric."""
         return self.persistence.compare_versions(model_name, versions)
 
     def delete_model(self, model_name: str, version: str) -> None:
+        """Delete one version; see :meth:`ModelPersistence.delete`."""
         self.persistence.delete(model_name, version)
 
     def close(self) -> None:

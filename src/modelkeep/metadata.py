@@ -8,9 +8,12 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import FormatVersionError, MetadataError
+
+if TYPE_CHECKING:
+    from .environment import EnvironmentDiff
 
 #: Version of the sidecar JSON layout written next to every artifact.
 SIDECAR_SCHEMA = 1
@@ -83,6 +86,10 @@ class ModelMetadata:
     artifact: ArtifactInfo | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     signature: str | None = None
+    #: What the model expects as input (modelkeep.input_signature); ``None`` when unknown.
+    input_signature: dict[str, Any] | None = None
+    #: Where the model came from: training-data fingerprint, git commit, parent (modelkeep.lineage).
+    lineage: dict[str, Any] | None = None
     aliases: list[str] = field(default_factory=list, compare=False)
     tags: dict[str, str] = field(default_factory=dict, compare=False)
     description: str | None = field(default=None, compare=False)
@@ -107,7 +114,17 @@ class ModelMetadata:
             out["artifact"] = self.artifact.to_dict()
         if self.signature is not None:
             out["signature"] = self.signature
+        if self.input_signature is not None:
+            out["input_signature"] = self.input_signature
+        if self.lineage is not None:
+            out["lineage"] = self.lineage
         return out
+
+    def environment_diff(self) -> EnvironmentDiff:
+        """How the running process differs from the environment this version was saved in."""
+        from .environment import diff
+
+        return diff(self.environment)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
@@ -141,6 +158,8 @@ class ModelMetadata:
                 artifact=ArtifactInfo.from_dict(artifact) if artifact else None,
                 environment=dict(data.get("environment") or {}),
                 signature=data.get("signature"),
+                input_signature=data.get("input_signature"),
+                lineage=data.get("lineage"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MetadataError(f"not a modelkeep metadata record: missing or bad {exc}") from exc

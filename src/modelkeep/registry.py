@@ -18,13 +18,15 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, signing
+from . import environment, lineage, signing
 from .errors import (
     ConfigError,
+    MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
     SerializationError,
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
     from .blobs import BlobStore
     from .config import Settings
+    from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
     from .resign import ResignReport
     from .search import SearchPage
@@ -81,7 +84,7 @@ def _model_params(model: Any) -> dict[str, Any] | None:
         try:
             out[str(k)] = to_json_safe(v, f"model_params.{k}")
         except ModelKeepError:
-            out[str(k)] = repr(v)  # estimators-in-estimators, callables: keep a readable trace
+            out[str(k)] = " ".join(repr(v).split())  # estimators-in-estimators: a readable, one-line trace
     return out
 
 
@@ -200,6 +203,10 @@ class ModelPersistence(LifecycleMixin):
         version: str | None = None,
         *,
         overwrite: bool = False,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
         **metadata: Any,
     ) -> str | Path:
         """Save ``model`` as a new version and return where its artifact is.
@@ -210,8 +217,24 @@ class ModelPersistence(LifecycleMixin):
         version exists and ``overwrite`` is false. The return value is a
         :class:`~pathlib.Path` on a local store, and the artifact's URL as a
         ``str`` (``s3://...``) on a remote one, so a URL is never mangled into a path.
+
+        The input signature is captured from the model (and from ``input_example``,
+        a DataFrame, array or tensor, when given). ``training_data`` /
+        ``training_target`` are fingerprinted, the git commit is recorded when
+        saving inside a repository, and ``parent`` (``"1.0.0"`` or
+        ``"other-model:1.0.0"``) names the version this one derives from.
         """
-        rec = self.save_version(model, model_name, version, overwrite=overwrite, metadata=metadata)
+        rec = self.save_version(
+            model,
+            model_name,
+            version,
+            overwrite=overwrite,
+            metadata=metadata,
+            input_example=input_example,
+            training_data=training_data,
+            training_target=training_target,
+            parent=parent,
+        )
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
 
@@ -226,6 +249,10 @@ class ModelPersistence(LifecycleMixin):
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
         created_at: str | None = None,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
     ) -> ModelMetadata:
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
 
@@ -242,11 +269,20 @@ class ModelPersistence(LifecycleMixin):
             if compress is None and serialization_format is None
             else fmt.normalize_compression(self.compress if compress is None else compress)
         )
+        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
+            from .formats.frameworks import resolve_auto
+
+            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
+        from .loading import refuse_unloadable, warn_main_globals
+
+        refuse_unloadable(model, fmt.name)
         custom = to_json_safe(dict(metadata or {}))
         params = _model_params(model)
         if params is not None and "model_params" not in custom:
             custom = {"model_params": params, **custom}
-        env = environment.capture(model)
+        signature, lineage_parts, git = self._describe(
+            model, model_name, input_example, training_data, training_target, parent
+        )
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
             if self.index.lifecycle.trashed_version(model_name, version):
                 raise VersionTrashedError(
@@ -268,6 +304,9 @@ class ModelPersistence(LifecycleMixin):
                     raise
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+            env = environment.capture(model, environment.modules_of(extra, fmt.name))
+            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
+            warn_main_globals(extra)
             warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
@@ -289,6 +328,8 @@ class ModelPersistence(LifecycleMixin):
                     metadata=custom,
                     artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
                     environment=env,
+                    input_signature=signature,
+                    lineage=lineage_record,
                 )
                 record.signature = self.keyring.sign(record)
                 if extra.get("blobs"):
@@ -315,6 +356,34 @@ class ModelPersistence(LifecycleMixin):
             (time.perf_counter() - started) * 1000,
         )
         return record
+
+    def _describe(
+        self,
+        model: Any,
+        model_name: str,
+        input_example: Any,
+        training_data: Any,
+        training_target: Any,
+        parent: str | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
+        """The input signature, the lineage parts and a running ``git status`` for a save
+        (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized."""
+        from . import input_signature
+
+        try:
+            signature = input_signature.infer(model, input_example)
+        except TypeError as exc:
+            raise MetadataError(str(exc)) from exc
+        parent_ref = None
+        if parent is not None:
+            parent_ref = lineage.parse_parent(parent, model_name)
+            self.get_version(*parent_ref)  # VersionNotFoundError when the parent does not exist
+        parts = {
+            "data_fingerprint": lineage.fingerprint(training_data) if training_data is not None else None,
+            "target_fingerprint": lineage.fingerprint(training_target) if training_target is not None else None,
+            "parent": parent_ref,
+        }
+        return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
 
     def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
         """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
@@ -376,6 +445,13 @@ class ModelPersistence(LifecycleMixin):
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
+        from .loading import describe_unreadable
+
+        if not os.path.exists(path):
+            from .errors import ArtifactNotFoundError
+
+            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
+
         where = os.fspath(path)
         try:
             if trust_file:
@@ -393,9 +469,7 @@ class ModelPersistence(LifecycleMixin):
         except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
             raise
         except Exception as exc:
-            raise SerializationError(
-                f"cannot read a model from {where!r}: not a readable pickle or joblib file ({exc})"
-            ) from exc
+            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
         return self.save_version(
             model,
             model_name,
@@ -416,6 +490,7 @@ class ModelPersistence(LifecycleMixin):
         *,
         mmap_mode: str | None = None,
         alias: str | None = None,
+        validate: Any = None,
     ) -> Any:
         """Load a version (the latest when ``version`` is ``None``).
 
@@ -427,10 +502,27 @@ class ModelPersistence(LifecycleMixin):
         for a bad signature, or a missing one when signatures are required). The format
         trusts the globals recorded at save only when the signature is by a held key.
         ``mmap_mode="r"`` maps the arrays of uncompressed joblib artifacts
-        instead of reading them. Returns the model, or ``(model, metadata)``.
+        instead of reading them (``"c"``: copy-on-write); where an artifact cannot be
+        mapped (compressed, pickle, a remote store, a framework format) it is read
+        into memory with a :class:`MmapIgnoredWarning`. Any other ``mmap_mode`` is a
+        :class:`ConfigError`. ``validate=X`` checks data ``X`` against the version's
+        input signature first and raises :class:`InputSchemaError` (its ``.result``
+        is the :class:`InputCheck`) when it does not fit. Returns the model, or
+        ``(model, metadata)``.
         """
+        from .loading import check_mmap_mode, warn_mmap_ignored
+
         started = time.perf_counter()
+        check_mmap_mode(mmap_mode)
         record = self.get_version(model_name, version, alias=alias)
+        if validate is not None:
+            from .input_signature import InputSchemaError, check
+
+            result = check(record.input_signature, validate)
+            if not result.ok:
+                raise InputSchemaError(
+                    f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
+                )
         art = record.artifact
         assert art is not None
         verdict = self.keyring.check(record)
@@ -454,18 +546,12 @@ class ModelPersistence(LifecycleMixin):
                     if path is not None:
                         model = self._deserialize(fmt.load_path, path, art.compression, **options)
             if model is None:
+                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
                 # Hash what is unpickled: the artifact is read once into a private in-memory
                 # file, checked, and parsed from that file.
                 with self.store.open_verified(art.key, art.sha256, advance) as f:
                     model = self._deserialize(fmt.load, f, art.compression, **options)
-        diffs = environment.differences(record.environment)
-        if diffs:
-            logger.warning(
-                "model '%s' version %s was saved in a different environment: %s",
-                record.model_name,
-                record.version,
-                "; ".join(diffs),
-            )
+        environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
             record.model_name,
@@ -509,6 +595,13 @@ class ModelPersistence(LifecycleMixin):
         with atomic_file(out) as f:
             fmt.dump(model, f, fmt.normalize_compression(compressed))
         return out
+
+    def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
+        """Check data ``X`` (DataFrame, array or tensor) against a version's input signature:
+        missing, extra and reordered columns, feature count, unsafe dtype casts."""
+        from .input_signature import check
+
+        return check(self.get_version(model_name, version).input_signature, X)
 
     # -- querying -----------------------------------------------------------------
     def resolve_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> str:

@@ -163,7 +163,8 @@ def sort_key(version: str) -> bytes | None:
 def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v: False) -> str:
     """The next patch after ``highest`` (the highest parsed version), or ``1.0.0``.
 
-    Pre-release and build parts are dropped, missing parts count as zero, and a
+    After a pre-release comes its release (``2.0.0-rc1`` -> ``2.0.0``). Otherwise
+    pre-release and build parts are dropped, missing parts count as zero, and a
     ``v`` prefix is kept: ``v1.2.3`` -> ``v1.2.4``. ``is_taken`` skips versions
     that already exist under another spelling (``1.0.1`` beside ``v1.0.1``).
     """
@@ -172,8 +173,10 @@ def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v
         nums, prefix = [1, 0, 0], ""
     else:
         nums = list(parsed.numbers) + [0] * (3 - len(parsed.numbers))
-        nums[-1] += 1
         prefix = parsed.prefix
+        release = prefix + ".".join(map(str, nums))
+        if not parsed.pre or is_taken(release):  # after 2.0.0-rc1 comes the release 2.0.0 itself
+            nums[-1] += 1
     text = prefix + ".".join(map(str, nums))
     while is_taken(text):
         nums[-1] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -17,6 +18,8 @@ DEFAULT_CODEC = ("zstd", 1)
 JOBLIB_CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "lz4")
 CODECS = ("zstd", *JOBLIB_CODECS)
 LEVELS = {"zstd": range(1, 20)}
+
+logger = logging.getLogger("modelkeep")
 
 
 def parse_codec(compress: Any, default: tuple[str, int]) -> tuple[str, int] | None:
@@ -89,7 +92,18 @@ class JoblibFormat(Format):
     def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
         from ._restricted import TrustPolicy, joblib_load
 
-        return joblib_load(path, TrustPolicy.for_load(options), options.get("mmap_mode"))
+        mmap_mode = options.get("mmap_mode")
+        policy = TrustPolicy.for_load(options)
+        try:
+            return joblib_load(path, policy, mmap_mode)
+        except ValueError as exc:
+            # Some objects (statsmodels' ARIMA results, Cython memoryviews) rebuild themselves
+            # from writable buffers only: map them copy-on-write instead. The file is never
+            # written either way; pages the object writes to become private copies.
+            if mmap_mode != "r" or "read-only" not in str(exc):
+                raise
+            logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", path, exc)
+            return joblib_load(path, policy, "c")
 
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None

@@ -514,8 +514,20 @@ class SqlIndex:
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
         if exists is None:
-            return no_versions(model_name)
-        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'")
+            return no_versions(model_name, self._model_names(conn))
+        from ..suggest import versions_hint
+
+        names = [
+            r[0]
+            for r in conn.execute(
+                select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_ASC)
+            )
+        ]
+        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'{versions_hint(version, names)}")
+
+    @staticmethod
+    def _model_names(conn: Connection) -> list[str]:
+        return [r[0] for r in conn.execute(select(versions.c.model_name).where(LIVE).distinct())]
 
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
@@ -525,7 +537,7 @@ class SqlIndex:
         if version is None:
             row = conn.execute(query.where(LIVE).order_by(*_ORDER_DESC).limit(1)).first()
             if row is None:
-                raise no_versions(model_name)
+                raise no_versions(model_name, self._model_names(conn))
         else:
             row = conn.execute(query.where(versions.c.version == version)).first()
             if row is None:
