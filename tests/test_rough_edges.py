@@ -206,3 +206,17 @@ def test_a_class_from_main_warns_at_save(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert "__main__.Model" in out.stdout and "other programs cannot load it" in out.stdout
+
+
+def test_export_file_to_a_bare_file_name_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, classifier: Any
+) -> None:
+    """``modelkeep load --output churn.joblib`` writes into the current folder (a bare name has no parent)."""
+    from modelkeep import ModelPersistence
+
+    monkeypatch.chdir(tmp_path)
+    with ModelPersistence(models_dir=tmp_path / "models") as p:
+        p.save(classifier, "churn", "1.0.0")
+        written = p.export_file("churn", "1.0.0", "churn.joblib")
+    assert (tmp_path / "churn.joblib").is_file()
+    assert str(written) == "churn.joblib"

@@ -225,7 +225,7 @@ def durable_write(path: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
 
 def durable_replace(src: str, dst: str, *, sync_dir: bool = True) -> None:
     """Rename ``src`` over ``dst`` (atomic), then make the rename durable."""
-    parent = os.path.dirname(dst)
+    parent = os.path.dirname(dst) or "."  # a bare file name lives in the working directory
     os.makedirs(parent, exist_ok=True)
     os.replace(src, dst)
     if sync_dir:
