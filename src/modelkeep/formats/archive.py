@@ -67,6 +67,8 @@ class ModelArchive:
 class ArchiveFormat(Format):
     """Stores a :class:`ModelArchive`'s bytes as they are (``.tar.gz``)."""
 
+    general_purpose = False
+
     name = "archive"
 
     def extension(self, compression: str | None) -> str:

@@ -46,6 +46,9 @@ class Format(ABC):
     protocol_since: str = "0.1.0"
     #: Whether :meth:`dump` and :meth:`load` need ``blobs=`` (a :class:`~modelkeep.blobs.BlobStore`).
     uses_blobs: bool = False
+    #: Whether the format stores models in general (scikit-learn estimators, arrays, any picklable
+    #: object). Formats for one framework's own models, or for archives, say ``False``.
+    general_purpose: bool = True
 
     @abstractmethod
     def extension(self, compression: str | None) -> str:

@@ -69,6 +69,8 @@ def _mro_names(obj: Any) -> set[str]:
 class FrameworkFormat(Format):
     """Shared parts: no compression of our own, and a fixed list of loadable classes."""
 
+    general_purpose = False
+
     suffix = ""
     #: ``"module:qualname"`` of every class :meth:`load` may rebuild.
     classes: tuple[str, ...] = ()
@@ -270,6 +272,8 @@ def choose_format(obj: Any, fallback: str = "joblib") -> str:
 
 class AutoFormat(Format):
     """Not a format of its own: ``save`` replaces it with :func:`choose_format`'s pick."""
+
+    general_purpose = False
 
     name = "auto"
 
