@@ -450,6 +450,16 @@ def reindex(ctx: click.Context, yes: bool) -> None:
     _status(ctx, f"Reindexed {count} version(s)")
 
 
+def _register_commands() -> None:
+    """Commands defined in their own modules (each imports only click at start-up)."""
+    from .cli_ui import ui
+
+    cli.add_command(ui)
+
+
+_register_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelkeep`` console script and ``python -m modelkeep``."""
     cli.main(args=argv, prog_name="modelkeep")
