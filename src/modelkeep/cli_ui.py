@@ -20,6 +20,6 @@ def ui(ctx: click.Context, host: str, port: int, read_only: bool, open_browser: 
     except ImportError as exc:
         raise click.ClickException(f"the UI needs the [ui] extra: pip install 'modelkeep[ui]' ({exc})") from exc
     from . import ui as web
-    from .cli import _open
+    from .cli_context import open_registry
 
-    web.serve(_open(ctx), host, port, read_only=read_only, open_browser=open_browser, echo=click.echo)
+    web.serve(open_registry(ctx), host, port, read_only=read_only, open_browser=open_browser, echo=click.echo)

@@ -63,4 +63,8 @@ def serve(
     echo("Press Ctrl-C to stop.")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    server.run()
+    try:
+        server.run()  # returns after a graceful shutdown on Ctrl-C / SIGTERM
+    except KeyboardInterrupt:  # newer uvicorn re-raises the signal once it has shut down
+        pass
+    echo("modelkeep UI stopped.")

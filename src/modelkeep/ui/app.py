@@ -36,8 +36,9 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 #: At most this many (newest) versions are plotted on a model's chart.
 CHART_POINTS = 2000
-#: Rows of alias moves shown on a model page.
+#: Rows of alias moves shown on a model page (found among the newest history rows).
 TIMELINE_ROWS = 50
+TIMELINE_SCAN = 2000
 
 
 class _Pages:
@@ -54,7 +55,7 @@ class _Pages:
         self.templates.env.filters["q"] = lambda s: quote(str(s), safe="")
 
     # -- plumbing -------------------------------------------------------------
-    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         cookie = request.cookies.get(COOKIE) or self.guard.new_cookie()
         context.update(
             read_only=self.read_only,
@@ -63,7 +64,7 @@ class _Pages:
             message=request.query_params.get("msg"),
             registry=str(self.p.models_dir),
         )
-        response = self.templates.TemplateResponse(request, name, context, status_code=status)
+        response = self.templates.TemplateResponse(request, template, context, status_code=status)
         if COOKIE not in request.cookies:
             response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict")
         return response
@@ -116,8 +117,9 @@ class _Pages:
         if not page.items and token is None:
             await self.call(self.p.get_version, name)  # raises the library's not-found error (404)
         aliases = await self.call(self.p.get_aliases, name)
-        moves = await self.call(self.p.history, name, limit=TIMELINE_ROWS, actions=ALIAS_ACTIONS)
-        trashed = await self.call(self.p.list_trash, name) if hasattr(self.p, "list_trash") else []
+        entries = await self.call(self.p.history, name, limit=TIMELINE_SCAN)
+        moves = [e for e in reversed(entries) if e.action in ALIAS_ACTIONS][:TIMELINE_ROWS]  # newest first
+        trashed = await self.call(self.p.list_trash, name)
         return self.render(
             request,
             "model.html",
@@ -157,7 +159,7 @@ class _Pages:
             nested=nested,
             params=record.metadata.get("model_params") or {},
             env_diffs=environment.differences(record.environment),
-            signature=await self.call(self.p.signature_status, record) if hasattr(self.p, "signature_status") else None,
+            signature=await self.call(self.p.signature_status, name, record.version),
             snippet=views.load_snippet(record, str(self.p.models_dir), _registry_url(self.p)),
             all_aliases=all_aliases,
         )
@@ -197,6 +199,7 @@ class _Pages:
         since = params.get("since") or None
         until = params.get("until") or None
         entries = await self.call(self.p.history, model, alias=alias, since=since, until=until, limit=500)
+        entries = list(reversed(entries))  # newest first
         return self.render(
             request,
             "history.html",
@@ -244,7 +247,7 @@ class _Pages:
 
     async def trash(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        form = await self.form(request)
+        await self.form(request)
         await self.call(self.p.delete, name, version)
         return self.back(f"/models/{quote(name)}", f"version {version} moved to the trash")
 
@@ -266,7 +269,7 @@ class _Pages:
 
 
 #: The history actions that are alias moves (the model page's timeline).
-ALIAS_ACTIONS = ("alias_set", "alias_move", "alias_delete")
+ALIAS_ACTIONS = ("alias_set", "alias_delete")
 
 
 def _is_conflict(exc: Exception) -> bool:
