@@ -7,6 +7,7 @@ offline. :func:`create_app` builds the ASGI app; :func:`serve` runs it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 import threading
@@ -63,8 +64,8 @@ def serve(
     echo("Press Ctrl-C to stop.")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    try:
-        server.run()  # returns after a graceful shutdown on Ctrl-C / SIGTERM
-    except KeyboardInterrupt:  # newer uvicorn re-raises the signal once it has shut down
-        pass
+    # server.run() returns after a graceful shutdown on Ctrl-C / SIGTERM; newer uvicorn then
+    # re-raises the signal, which here only means "stopped as asked".
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
     echo("modelkeep UI stopped.")
