@@ -358,19 +358,19 @@ def lifecycle_then_die(models_dir: str, url: str, schema: str | None, op: str) -
     """Run one lifecycle operation on the registry :func:`lifecycle_fixture` made, SIGKILL mid-way."""
     import modelkeep.index.lifecycle as lifecycle_mod
     import modelkeep.index.sql as sql_mod
-    from modelkeep.storage import ArtifactStore
+    from modelkeep.storage.local import LocalStore
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     if op == "purge_files":
-        original_delete = ArtifactStore.delete
+        original_delete = LocalStore.delete  # the backend these tests use (base.delete is abstract)
 
-        def delete(self: ArtifactStore, key: str, *, missing_ok: bool = False) -> None:
+        def delete(self: LocalStore, key: str, *, missing_ok: bool = False) -> None:
             original_delete(self, key, missing_ok=missing_ok)
             die()
 
-        ArtifactStore.delete = delete  # type: ignore[method-assign]
+        LocalStore.delete = delete  # type: ignore[method-assign]
     else:
         original = lifecycle_mod.write_history
 

@@ -28,8 +28,17 @@ from .. import environment
 from ..errors import ModelKeepError
 from ..metadata import ModelMetadata
 from ..registry import ModelPersistence
-from . import views
 from .security import COOKIE, FIELD, CsrfGuard
+from .views import (
+    cell,
+    chart_series,
+    comparison_rows,
+    human_size,
+    is_scalar,
+    load_snippet,
+    metric_names,
+    numeric_metrics,
+)
 
 HERE = Path(__file__).parent
 #: Versions per page of a model's table.
@@ -50,8 +59,8 @@ class _Pages:
         self.page_size = page_size
         self.guard = CsrfGuard()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self.templates.env.filters["cell"] = views.cell
-        self.templates.env.filters["size"] = views.human_size
+        self.templates.env.filters["cell"] = cell
+        self.templates.env.filters["size"] = human_size
         self.templates.env.filters["q"] = lambda s: quote(str(s), safe="")
 
     # -- plumbing -------------------------------------------------------------
@@ -100,7 +109,7 @@ class _Pages:
                 "search.html",
                 query=query,
                 records=page.items,
-                metrics=views.metric_names(page.items),
+                metrics=metric_names(page.items),
                 more=page.next_page_token is not None,
             )
         summaries = await self.call(self.p.model_summaries)
@@ -125,8 +134,8 @@ class _Pages:
             "model.html",
             name=name,
             records=page.items,
-            metrics=views.metric_names(page.items),
-            chart_metrics=views.numeric_metrics(page.items),
+            metrics=metric_names(page.items),
+            chart_metrics=numeric_metrics(page.items),
             order=order,
             next_page=page.next_page_token,
             aliases=aliases,
@@ -142,13 +151,13 @@ class _Pages:
         page = await self.call(self.p.search_versions, None, model_name=name, order_by=["-version"], limit=CHART_POINTS)
         records = list(reversed(page.items))
         aliases = await self.call(self.p.get_aliases, name)
-        return JSONResponse(views.chart_series(records, metric, aliases))
+        return JSONResponse(chart_series(records, metric, aliases))
 
     async def version(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
         record: ModelMetadata = await self.call(self.p.get_version, name, version)
-        scalars = {k: v for k, v in record.metadata.items() if k != "model_params" and views.is_scalar(v)}
-        nested = {k: v for k, v in record.metadata.items() if k != "model_params" and not views.is_scalar(v)}
+        scalars = {k: v for k, v in record.metadata.items() if k != "model_params" and is_scalar(v)}
+        nested = {k: v for k, v in record.metadata.items() if k != "model_params" and not is_scalar(v)}
         all_aliases = await self.call(self.p.get_aliases, name)
         return self.render(
             request,
@@ -160,7 +169,7 @@ class _Pages:
             params=record.metadata.get("model_params") or {},
             env_diffs=environment.differences(record.environment),
             signature=await self.call(self.p.signature_status, name, record.version),
-            snippet=views.load_snippet(record, str(self.p.models_dir), _registry_url(self.p)),
+            snippet=load_snippet(record, str(self.p.models_dir), _registry_url(self.p)),
             all_aliases=all_aliases,
         )
 
@@ -170,8 +179,8 @@ class _Pages:
         if len(chosen) < 2:
             raise HTTPException(400, "pick two or more versions to compare")
         records = [await self.call(self.p.get_version, name, v) for v in chosen]
-        rows = views.comparison_rows(records)
-        numeric = views.numeric_metrics(records)
+        rows = comparison_rows(records)
+        numeric = numeric_metrics(records)
         chart = {
             "metrics": numeric,
             "series": [
