@@ -31,6 +31,8 @@ def artifact_compression(registry: Any, name: str, version: str) -> str | None:
 
 
 def drop_version(registry: Any, name: str, version: str) -> None:
-    """Delete a version if it exists; used between repetitions to keep the disk small."""
+    """Delete a version for good if it exists; used between repetitions to keep the disk small."""
     with contextlib.suppress(KeyError):
         registry.delete(name, version)
+        if hasattr(registry, "purge"):  # deletes go to the trash since the lifecycle release
+            registry.purge(name, version)

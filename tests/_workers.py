@@ -1,8 +1,10 @@
-"""Functions run in child processes (multiprocessing "spawn") by the concurrency and crash tests.
+"""The one worker harness: functions run in child processes (multiprocessing "spawn") by the
+concurrency, crash and team tests, and :func:`run_in_processes`, which runs them.
 
 They live in an importable module because a spawned child imports its target
 by name. Every worker opens its own :class:`ModelPersistence` on the store and
-index the parent names, exactly as separate programs would.
+index the parent names, exactly as separate programs would; with ``machines``,
+each also gets its own home, temporary and working folders, as on another machine.
 """
 
 from __future__ import annotations
@@ -48,6 +50,38 @@ def save_many(
                 rec = p.save_version(payload(worker, seq, 16 << 10), "shared", version)
                 done.append((rec.version, seq))
             return done
+
+    _report(queue, worker, run)
+
+
+def team_model(worker: int, i: int) -> dict[str, Any]:
+    """The object worker ``worker`` saves as its ``i``-th team version (distinct per worker and step)."""
+    return {"worker": worker, "i": i, "weights": np.full(50_000, worker * 1000 + i, dtype=np.int64)}
+
+
+def save_team_versions(
+    models_dir: str,
+    url: str,
+    schema: str | None,
+    worker: int,
+    count: int,
+    storage_options: dict[str, Any],
+    barrier: Any,
+    queue: Any,
+) -> None:
+    """Save ``count`` versions of ``shared`` to a team registry; report each version and its SHA-256."""
+
+    def run() -> list[dict[str, Any]]:
+        with open_registry(models_dir, url, schema, storage_options=storage_options) as p:
+            barrier.wait(120)
+            saved = []
+            for i in range(count):
+                rec = p.save_version(
+                    team_model(worker, i), "shared", metadata={"worker": worker, "i": i, "cwd": os.getcwd()}
+                )
+                assert rec.artifact is not None
+                saved.append({"version": rec.version, "sha256": rec.artifact.sha256, "i": i})
+            return saved
 
     _report(queue, worker, run)
 
@@ -173,17 +207,38 @@ class SystemGadget:
 # -- running workers -----------------------------------------------------------------------------
 
 
-def run_in_processes(target: Any, worker_args: list[tuple[Any, ...]], *, timeout: float = 300) -> dict[int, Any]:
+def _on_machine(machine: str | None, target: Any, *args: Any) -> None:
+    """Child entry point: with ``machine``, live in that folder as if on another computer."""
+    if machine is not None:
+        tmp = Path(machine) / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.environ.update(HOME=machine, TMPDIR=str(tmp), XDG_CACHE_HOME=str(Path(machine) / "cache"))
+        os.chdir(machine)
+    target(*args)
+
+
+def run_in_processes(
+    target: Any,
+    worker_args: list[tuple[Any, ...]],
+    *,
+    timeout: float = 300,
+    machines: list[str] | None = None,
+) -> dict[int, Any]:
     """Run ``target(*args, barrier, queue)`` in one spawned process per ``args``; return
     ``{worker: result}``. Each ``args`` must start with ``(models_dir, url, schema, worker, ...)``.
-    A worker that raised fails the test with its traceback."""
+    ``machines`` gives each worker its own home, temporary and working folder. A worker
+    that raised fails the test with its traceback."""
     import multiprocessing
     import queue as queue_mod
 
     ctx = multiprocessing.get_context("spawn")
     results: Any = ctx.Queue()
     barrier = ctx.Barrier(len(worker_args))
-    procs = [ctx.Process(target=target, args=(*args, barrier, results)) for args in worker_args]
+    where = machines or [None] * len(worker_args)
+    procs = [
+        ctx.Process(target=_on_machine, args=(machine, target, *args, barrier, results))
+        for machine, args in zip(where, worker_args, strict=True)
+    ]
     for proc in procs:
         proc.start()
     out: dict[int, Any] = {}
@@ -218,3 +273,138 @@ class Custom:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Custom) and other.value == self.value
+
+
+# -- lifecycle: aliases, trash -------------------------------------------------------------------
+
+
+def move_alias_with_cas(
+    models_dir: str,
+    url: str,
+    schema: str | None,
+    worker: int,
+    attempts: int,
+    versions: list[str],
+    barrier: Any,
+    queue: Any,
+) -> None:
+    """Move ``shared@production`` ``attempts`` times, each a compare-and-set against what was just read;
+    report the ``(before, after)`` of each success and the number of conflicts."""
+    from modelkeep import AliasConflictError
+
+    def run() -> tuple[list[tuple[str, str]], int]:
+        with open_registry(models_dir, url, schema) as p:
+            barrier.wait(120)
+            won: list[tuple[str, str]] = []
+            conflicts = 0
+            for i in range(attempts):
+                current = p.get_aliases("shared")["production"]
+                target = versions[(worker + i) % len(versions)]
+                if target == current:
+                    target = versions[(worker + i + 1) % len(versions)]
+                try:
+                    p.set_alias("shared", "production", target, expected=current)
+                    won.append((current, target))
+                except AliasConflictError:
+                    conflicts += 1
+            return won, conflicts
+
+    _report(queue, worker, run)
+
+
+def alias_or_trash(
+    models_dir: str,
+    url: str,
+    schema: str | None,
+    worker: int,
+    rounds: int,
+    versions: list[str],
+    barrier: Any,
+    queue: Any,
+) -> None:
+    """Even workers move ``shared@production`` around; odd ones delete and restore versions.
+    Refusals (an aliased version, a trashed target) are the expected outcome of a lost race."""
+    import random
+
+    from modelkeep import VersionInUseError, VersionNotFoundError
+
+    def run() -> dict[str, int]:
+        rng = random.Random(worker)
+        counts = {"ok": 0, "refused": 0}
+        with open_registry(models_dir, url, schema) as p:
+            barrier.wait(120)
+            for _ in range(rounds):
+                version = rng.choice(versions)
+                try:
+                    if worker % 2 == 0:
+                        p.set_alias("shared", "production", version)
+                    else:
+                        p.delete("shared", version)
+                        p.restore("shared", version)
+                    counts["ok"] += 1
+                except (VersionInUseError, VersionNotFoundError):
+                    counts["refused"] += 1
+        return counts
+
+    _report(queue, worker, run)
+
+
+#: Where :func:`lifecycle_then_die` kills itself: the operation, killed after writing its history row
+#: (inside the transaction), except ``purge_files``: after the purge committed, while removing files.
+LIFECYCLE_OPS = ("alias_move", "force_delete", "restore", "tag", "describe", "prune", "purge_files")
+
+
+def lifecycle_then_die(models_dir: str, url: str, schema: str | None, op: str) -> None:
+    """Run one lifecycle operation on the registry :func:`lifecycle_fixture` made, SIGKILL mid-way."""
+    import modelkeep.index.lifecycle as lifecycle_mod
+    import modelkeep.index.sql as sql_mod
+    from modelkeep.storage import ArtifactStore
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if op == "purge_files":
+        original_delete = ArtifactStore.delete
+
+        def delete(self: ArtifactStore, key: str, *, missing_ok: bool = False) -> None:
+            original_delete(self, key, missing_ok=missing_ok)
+            die()
+
+        ArtifactStore.delete = delete  # type: ignore[method-assign]
+    else:
+        original = lifecycle_mod.write_history
+
+        def write_history(*args: Any, **kwargs: Any) -> None:
+            original(*args, **kwargs)
+            die()
+
+        lifecycle_mod.write_history = write_history  # type: ignore[assignment]
+        sql_mod.write_history = write_history  # type: ignore[assignment]
+    with open_registry(models_dir, url, schema) as p:
+        if op == "alias_move":
+            p.set_alias("victim", "production", "1.0.2", expected="1.0.1")
+        elif op == "force_delete":
+            p.delete("victim", "1.0.1", force=True)
+        elif op == "restore":
+            p.restore("victim", "1.0.0")
+        elif op == "tag":
+            p.set_tag("victim", "stage", "changed", version="1.0.1")
+        elif op == "describe":
+            p.set_description("victim", "changed")
+        elif op == "prune":
+            p.prune("victim", keep_last=0)
+        elif op == "purge_files":
+            p.purge("victim", "1.0.0")
+        else:
+            raise ValueError(op)
+    raise AssertionError("the operation should have been killed")
+
+
+def lifecycle_fixture(p: ModelPersistence) -> None:
+    """victim 1.0.0 (trashed), 1.0.1 (production, tagged), 1.0.2."""
+    for seq in range(3):
+        p.save(payload(0, seq, 16 << 10), "victim")
+    p.set_alias("victim", "production", "1.0.1")
+    p.set_tag("victim", "stage", "prod", version="1.0.1")
+    p.set_description("victim", "original")
+    p.delete("victim", "1.0.0")

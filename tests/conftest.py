@@ -7,6 +7,7 @@ Each test gets a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -53,6 +54,26 @@ persistence:
 """
 
 
+#: Settings that would change what every test signs and trusts, if the developer's shell has them.
+KEY_VARIABLES = (
+    "MODELKEEP_SIGNING_KEY",
+    "MODELKEEP_SIGNING_KEY_FILE",
+    "MODELKEEP_TRUSTED_KEYS",
+    "MODELKEEP_REQUIRE_SIGNATURES",
+)
+
+
+@pytest.fixture(autouse=True)
+def private_config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own per-user config folder (and so its own per-user signing key),
+    never the real home; subprocess workers inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("config") / "modelkeep"
+    monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(folder))
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
 @dataclass
 class IndexTarget:
     """Where a test's index lives: a URL plus, for PostgreSQL, a private schema."""
@@ -65,15 +86,35 @@ class IndexTarget:
         return ModelPersistence(models_dir=models_dir, registry_url=self.url, index_schema=self.schema, **kwargs)  # type: ignore[arg-type]
 
 
-def _pg_schema() -> Iterator[str]:
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A new, empty PostgreSQL schema on :data:`PG_URL`, dropped with everything in it afterwards.
+
+    The one place tests create and drop schemas; skips the test when no PostgreSQL is configured.
+    """
+    if not PG_URL:
+        pytest.skip("MODELKEEP_TEST_POSTGRES_URL is not set (.ci/run sets it)")
     from sqlalchemy import create_engine, text
 
+    from modelkeep.index.sql import normalize_url
+
     schema = f"mk_test_{uuid.uuid4().hex[:12]}"
-    yield schema
-    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))  # type: ignore[union-attr]
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
+    engine = create_engine(normalize_url(PG_URL))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield schema
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A private PostgreSQL schema for this test (see :func:`postgres_schema`)."""
+    with postgres_schema() as schema:
+        yield schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -82,12 +123,9 @@ def index_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ind
     if request.param == "sqlite":
         yield IndexTarget("sqlite", f"sqlite:///{tmp_path / 'registry.db'}")
         return
-    if not PG_URL:
-        pytest.skip("MODELKEEP_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    gen = _pg_schema()
-    schema = next(gen)
-    yield IndexTarget("postgresql", PG_URL, schema)
-    next(gen, None)
+    with postgres_schema() as schema:
+        assert PG_URL is not None
+        yield IndexTarget("postgresql", PG_URL, schema)
 
 
 @pytest.fixture

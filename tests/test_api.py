@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -58,19 +59,28 @@ def _files(root: Path) -> set[str]:
 # --------------------------------------------------------------------------------------
 
 
-def test_public_names_are_importable() -> None:
-    for name in [
-        "ModelPersistence",
-        "ModelPersistenceManager",
-        "ModelMetadata",
-        "ArtifactInfo",
-        "ModelSummary",
-        "ModelKeepError",
-        "__version__",
-    ]:
-        assert getattr(modelkeep, name) is not None
+def test_public_names_are_the_real_objects() -> None:
+    """Every name in ``__all__`` resolves to the object it promises, not merely to something."""
+    import importlib.metadata
+    import inspect
+
+    from modelkeep import errors, manager, metadata, registry
+
+    assert modelkeep.ModelPersistence is registry.ModelPersistence
+    assert modelkeep.ModelPersistenceManager is manager.ModelPersistenceManager
+    for name in ("ModelMetadata", "ArtifactInfo", "ModelSummary"):
+        assert getattr(modelkeep, name) is getattr(metadata, name)
+    for name in modelkeep.__all__:
+        value = getattr(modelkeep, name)
+        if name.endswith("Error"):
+            assert value is getattr(errors, name) and issubclass(value, errors.ModelKeepError)
+        elif name != "__version__":
+            assert inspect.isclass(value), name
     assert set(modelkeep.__all__) >= {"ModelPersistence", "ModelPersistenceManager", "VersionExistsError"}
-    assert isinstance(modelkeep.__version__, str)
+    # The version is set in one place, and the installed metadata agrees with it.
+    assert modelkeep.__version__ == importlib.metadata.version("modelkeep")
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        modelkeep.NoSuchThing  # noqa: B018
 
 
 def test_context_manager_and_repr(tmp_path: Path) -> None:
@@ -387,11 +397,13 @@ def test_compare_versions_unknown(persistence: ModelPersistence) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_delete_removes_files_and_entry_only_for_that_version(persistence: ModelPersistence) -> None:
+def test_delete_then_purge_removes_files_and_entry_only_for_that_version(persistence: ModelPersistence) -> None:
     keep = persistence.save({"v": 1}, "m", "1.0.0")
     gone = persistence.save({"v": 2}, "m", "1.1.0")
     other = persistence.save({"v": 3}, "other", "1.1.0")
     persistence.delete("m", "1.1.0")
+    assert gone.exists(), "a delete only moves the version to the trash"
+    assert persistence.purge("m", "1.1.0") == [("m", "1.1.0")]
     assert not gone.exists()
     assert not gone.parent.exists()  # the version folder, sidecar included, is gone
     assert persistence.list_versions("m") == ["1.0.0"]
@@ -409,6 +421,7 @@ def test_delete_last_version_removes_model(persistence: ModelPersistence) -> Non
     persistence.delete("m", "1.0.0")
     assert persistence.list_models() == ["keep"]
     assert persistence.list_versions("m") == []
+    persistence.purge("m")
     assert not (Path(persistence.models_dir) / "m").exists()
     assert persistence.save({"v": 3}, "m").parent.name == "1.0.0"
 
@@ -417,6 +430,7 @@ def test_delete_same_bytes_twice_keeps_the_other_copy(persistence: ModelPersiste
     a = persistence.save({"same": 1}, "m", "1.0.0")
     b = persistence.save({"same": 1}, "m", "1.0.1")
     persistence.delete("m", "1.0.0")
+    persistence.purge("m", "1.0.0")
     assert not a.exists() and b.exists()
     assert persistence.load("m", "1.0.1") == {"same": 1}
 
@@ -634,12 +648,16 @@ def test_one_info_line_per_save_load_delete(
     loads = _infos(caplog)
     caplog.clear()
     persistence.delete("clf", "3.2.1")
+    trashes = _infos(caplog)
+    caplog.clear()
+    persistence.purge("clf", "3.2.1")
     deletes = _infos(caplog)
+    assert len(trashes) == 1 and "clf" in trashes[0] and "3.2.1" in trashes[0] and "trash" in trashes[0]
     for lines in (saves, loads, deletes):
         assert len(lines) == 1, lines
         line = lines[0]
         assert "clf" in line and "3.2.1" in line and f"{size} bytes" in line and " ms" in line
-    assert "save" in saves[0] and "load" in loads[0] and "delet" in deletes[0]
+    assert "save" in saves[0] and "load" in loads[0] and "purged" in deletes[0]
 
 
 def test_failed_operations_log_no_info_line(persistence: ModelPersistence, caplog: pytest.LogCaptureFixture) -> None:
@@ -709,7 +727,8 @@ def test_backend_unavailable_for_missing_driver(tmp_path: Path) -> None:
 
 
 def test_signature_errors(local_persistence: ModelPersistence, tmp_path: Path) -> None:
-    local_persistence.save({"v": 1}, "unsigned", "1.0.0")
+    rec = local_persistence.save_version({"v": 1}, "unsigned", "1.0.0")
+    local_persistence.index.put(dataclasses.replace(rec, signature=None))  # as saved by 0.1 without a key
     with ModelPersistence(models_dir=tmp_path / "models", signing_key="k1") as signer:
         signer.save({"v": 2}, "signed", "1.0.0")
         assert signer.load("signed") == {"v": 2}

@@ -42,7 +42,7 @@ Run = Callable[..., Result]
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No MODELKEEP_* variables and no ./config.yaml leak in from outside."""
     for var in list(os.environ):
-        if var.startswith("MODELKEEP_"):
+        if var.startswith("MODELKEEP_") and var != "MODELKEEP_CONFIG_DIR":  # that one is the test's own
             monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
 
@@ -129,10 +129,11 @@ def test_help_lists_every_command(run: Run) -> None:
         assert option in result.stdout
 
 
-def test_save_help_warns_to_use_only_trusted_files(run: Run) -> None:
+def test_save_help_explains_the_allow_list_and_trust_file(run: Run) -> None:
     result = run("save", "--help")
     assert result.exit_code == 0
-    assert "only files you trust" in " ".join(result.stdout.split()).lower()
+    text = " ".join(result.stdout.split()).lower()
+    assert "allow-list" in text and "--trust-file" in text and "only for a file you wrote yourself" in text
 
 
 def test_version_flag_prints_package_version() -> None:
@@ -378,49 +379,30 @@ def versions_of(run: Run, name: str = "clf") -> list[str]:
     return [row["version"] for row in json.loads(result.stdout)]
 
 
-def test_delete_with_yes(run: Run, model_file: Path) -> None:
+def test_delete_with_yes_still_works(run: Run, model_file: Path) -> None:
     save(run, model_file, "clf", "1.0.0")
     save(run, model_file, "clf", "2.0.0")
     result = run("delete", "--model-name", "clf", "--version", "1.0.0", "--yes")
     assert result.exit_code == 0, result.output
-    assert "Deleted clf version 1.0.0" in result.stdout
+    assert "Deleted clf version 1.0.0" in result.stdout and "trash" in result.stdout
     assert versions_of(run) == ["2.0.0"]
 
 
-def test_delete_without_yes_and_no_tty_refuses(run: Run, model_file: Path) -> None:
+def test_seed_delete_command_runs_in_a_script_without_prompt(models_dir: Path, model_file: Path, run: Run) -> None:
+    """The seed's ``modelkeep delete --model-name my_model --version 1.0.0``, no --yes, stdin not a terminal."""
+    save(run, model_file, "my_model", "1.0.0")
+    proc = run_module("--models-dir", str(models_dir), "delete", "--model-name", "my_model", "--version", "1.0.0")
+    assert proc.returncode == 0, proc.stderr
+    assert versions_of(run, "my_model") == []
+    restored = run("restore", "--model-name", "my_model", "--version", "1.0.0")
+    assert restored.exit_code == 0, restored.output
+    assert versions_of(run, "my_model") == ["1.0.0"]
+
+
+def test_delete_unknown_version_fails(run: Run, model_file: Path) -> None:
     save(run, model_file)
-    assert_user_error(run("delete", "--model-name", "clf", "--version", "1.0.0"), "--yes")
+    assert_user_error(run("delete", "--model-name", "clf", "--version", "3.0.0"), "3.0.0")
     assert versions_of(run) == ["1.0.0"]
-
-
-def test_delete_without_yes_refuses_in_subprocess_with_no_stdin(models_dir: Path) -> None:
-    """The real script must not hang waiting for an answer when stdin is not a terminal."""
-    proc = run_module("--models-dir", str(models_dir), "delete", "--model-name", "clf", "--version", "1.0.0")
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("Error: ")
-    assert "--yes" in proc.stderr
-
-
-@pytest.mark.parametrize(("answer", "deleted"), [("y\n", True), ("n\n", False)])
-def test_delete_asks_on_a_terminal(
-    run: Run, model_file: Path, monkeypatch: pytest.MonkeyPatch, answer: str, deleted: bool
-) -> None:
-    save(run, model_file)
-    monkeypatch.setattr(modelkeep.cli, "_stdin_is_interactive", lambda: True)
-    result = run("delete", "--model-name", "clf", "--version", "1.0.0", input=answer)
-    assert "Delete clf version 1.0.0?" in result.stderr
-    assert result.exit_code == (0 if deleted else 1), result.output
-    assert versions_of(run) == ([] if deleted else ["1.0.0"])
-
-
-def test_delete_unknown_version_fails_before_asking(
-    run: Run, model_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    save(run, model_file)
-    monkeypatch.setattr(modelkeep.cli, "_stdin_is_interactive", lambda: True)
-    result = run("delete", "--model-name", "clf", "--version", "3.0.0", input="y\n")
-    assert_user_error(result, "3.0.0")
-    assert "Delete" not in result.stderr.split("Error:")[0]
 
 
 # -- errors -------------------------------------------------------------------
@@ -543,17 +525,35 @@ def test_verbose_adds_traceback(run: Run) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
 
 
-def test_unexpected_exception_is_one_line(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_is_shown_as_a_bug(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that is not a library or OS error is a bug in modelkeep: the user sees the
+    traceback and a request to report it, and exit status 70, not a plain ``Error:`` line."""
     import modelkeep.config
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setattr(modelkeep.config, "load_settings", broken)
-    assert_user_error(run("list"), "RuntimeError: boom second line")
-    verbose = run("list", global_args=("--verbose",))
-    assert verbose.exit_code == 1
-    assert "Traceback" in verbose.stderr
+    result = run("list")
+    assert result.exit_code == 70, result.output
+    assert "Traceback" in result.stderr and "RuntimeError: boom" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: internal error in modelkeep") and "please report" in last
+    assert last.endswith("RuntimeError: boom second line")
+
+
+def test_library_errors_use_cli_spelling(run: Run, model_file: Path, tmp_path: Path) -> None:
+    """Remedies name the flags (--overwrite, --force), not the API's keyword arguments."""
+    args = ("save", "--model-name", "clf", "--version", "1.0.0", "--model-file", str(model_file))
+    assert run(*args).exit_code == 0
+    again = run(*args)
+    assert_user_error(again, "--overwrite")
+    assert "overwrite=True" not in again.stderr
+    out = tmp_path / "exported.joblib"
+    out.write_bytes(b"keep me")
+    exported = run("load", "--model-name", "clf", "--output", str(out))
+    assert_user_error(exported, "--force")
+    assert "force=True" not in exported.stderr and out.read_bytes() == b"keep me"
 
 
 # -- configuration ------------------------------------------------------------
@@ -641,7 +641,7 @@ def test_large_save_without_terminal_draws_no_progress(run: Run, tmp_path: Path,
 
 
 def _subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_") or k == "MODELKEEP_CONFIG_DIR"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     return env
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from modelkeep import ModelMetadata, ModelNotFoundError, VersionExistsError, VersionNotFoundError
+from modelkeep import (
+    AliasConflictError,
+    AliasNotFoundError,
+    InvalidNameError,
+    ModelMetadata,
+    ModelNotFoundError,
+    VersionExistsError,
+    VersionInUseError,
+    VersionNotFoundError,
+    VersionTrashedError,
+)
 from modelkeep.index import SqlIndex
 from modelkeep.metadata import ArtifactInfo
 
@@ -131,3 +141,208 @@ def test_artifact_refs_are_counted(index: SqlIndex) -> None:
     _add(index, "m", "1.0.0")
     assert index.count_artifact_refs("m/1.0.0/m_v1.0.0.joblib") == 1
     assert index.count_artifact_refs("nope") == 0
+
+
+# -- lifecycle: aliases, tags, descriptions, trash, history ------------------------------------
+
+
+def _actions(index: SqlIndex, model: str | None = None) -> list[tuple[str, str | None]]:
+    return [(h.action, h.version) for h in index.lifecycle.history(model)]
+
+
+def test_save_and_overwrite_are_in_the_history(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    with index.reserve("m", "1.0.0", overwrite=True) as slot:
+        slot.put(_record("m", "1.0.0", sha="f" * 64))
+    entries = index.lifecycle.history("m")
+    assert [(e.action, e.version) for e in entries] == [("save", "1.0.0"), ("overwrite", "1.0.0")]
+    assert entries[1].before["sha256"] == "0" * 64 and entries[1].after["sha256"] == "f" * 64
+    assert entries[0].actor and entries[0].at < entries[1].at
+
+
+def test_actor_comes_from_modelkeep_user(index: SqlIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELKEEP_USER", "ci-bot")
+    _add(index, "m", "1.0.0")
+    assert index.lifecycle.history("m")[0].actor == "ci-bot"
+
+
+def test_alias_compare_and_set(index: SqlIndex) -> None:
+    for v in ("1.0.0", "1.0.1", "1.0.2"):
+        _add(index, "m", v)
+    lc = index.lifecycle
+    lc.set_alias("m", "production", "1.0.0")
+    lc.set_alias("m", "production", "1.0.1", expected="1.0.0")
+    with pytest.raises(AliasConflictError, match=r"points at version '1\.0\.1', not '1\.0\.0'"):
+        lc.set_alias("m", "production", "1.0.2", expected="1.0.0")
+    assert lc.get_aliases("m") == {"production": "1.0.1"}
+    assert index.resolve("m", "1.0.1").aliases == ["production"]
+    moves = lc.history("m", alias="production")
+    assert [(e.before, e.after) for e in moves] == [(None, "1.0.0"), ("1.0.0", "1.0.1")]
+    assert lc.delete_alias("m", "production") == "1.0.1"
+    with pytest.raises(AliasNotFoundError):
+        lc.resolve_alias("m", "production")
+
+
+@pytest.mark.parametrize("bad", ["latest", "1.0", "v2", "", "a/b", "..x", "x" * 65, "@prod"])
+def test_bad_alias_names_are_refused(index: SqlIndex, bad: str) -> None:
+    _add(index, "m", "1.0.0")
+    with pytest.raises(InvalidNameError):
+        index.lifecycle.set_alias("m", bad, "1.0.0")
+    assert index.lifecycle.get_aliases("m") == {}
+
+
+def test_alias_needs_a_live_version(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    with pytest.raises(VersionNotFoundError):
+        index.lifecycle.set_alias("m", "production", "9.9.9")
+    index.lifecycle.trash("m", "1.0.0")
+    with pytest.raises(VersionNotFoundError, match="trash"):
+        index.lifecycle.set_alias("m", "production", "1.0.0")
+
+
+def test_trash_hides_a_version_everywhere_but_keeps_its_bytes_referenced(index: SqlIndex) -> None:
+    for v in ("1.0.0", "1.0.1", "2.0.0"):
+        _add(index, "m", v)
+    index.lifecycle.trash("m", "2.0.0")
+    assert index.list_versions("m") == ["1.0.0", "1.0.1"]
+    assert [r.version for r in index.list_records("m")] == ["1.0.0", "1.0.1"]
+    assert index.resolve("m").version == "1.0.1", "latest skips the trash"
+    with pytest.raises(VersionNotFoundError, match="in the trash"):
+        index.resolve("m", "2.0.0")
+    assert {s.name: (s.version_count, s.latest_version) for s in index.summaries()} == {"m": (2, "1.0.1")}
+    # Its files are still its own until purged: gc and dedup must see them.
+    assert index.count_artifact_refs("m/2.0.0/m_v2.0.0.joblib") == 1
+    assert "m/2.0.0/m_v2.0.0.joblib" in index.artifact_keys()
+    assert {r.version for r in index.iter_records()} == {"1.0.0", "1.0.1", "2.0.0"}
+    # Saving that version again fails clearly; automatic versions never reuse it.
+    with pytest.raises(VersionTrashedError, match="in the trash; restore or purge it"), index.reserve("m", "2.0.0"):
+        pass
+    with pytest.raises(VersionTrashedError), index.reserve("m", "2.0.0", overwrite=True):
+        pass
+    assert _add(index, "m", None) == "2.0.1"
+    index.lifecycle.restore("m", "2.0.0")
+    assert index.resolve("m").version == "2.0.1" and "2.0.0" in index.list_versions("m")
+
+
+def test_trashing_every_version_hides_the_model(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    _add(index, "other", "1.0.0")
+    index.lifecycle.trash("m", "1.0.0")
+    assert index.list_models() == ["other"]
+    assert [s.name for s in index.summaries()] == ["other"]
+    with pytest.raises(ModelNotFoundError, match="No versions found for model 'm'"):
+        index.resolve("m")
+
+
+def test_delete_of_an_aliased_version_needs_force(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    _add(index, "m", "1.0.1")
+    index.lifecycle.set_alias("m", "production", "1.0.0")
+    index.lifecycle.set_alias("m", "champion", "1.0.0")
+    with pytest.raises(VersionInUseError, match="champion, production"):
+        index.lifecycle.trash("m", "1.0.0")
+    assert index.list_versions("m") == ["1.0.0", "1.0.1"]
+    index.lifecycle.trash("m", "1.0.0", force=True)
+    assert index.lifecycle.get_aliases("m") == {}
+    tail = index.lifecycle.history("m")[-3:]
+    assert [(e.action, e.alias) for e in tail] == [
+        ("alias_delete", "champion"),
+        ("alias_delete", "production"),
+        ("delete", None),
+    ]
+    assert tail[-1].after["removed_aliases"] == ["champion", "production"]
+
+
+def test_tags_on_models_and_versions(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    _add(index, "m", "1.0.1")
+    lc = index.lifecycle
+    lc.set_tag("m", "team", "risk")
+    lc.set_tag("m", "stage", "candidate", version="1.0.1")
+    lc.set_tag("m", "stage", "approved", version="1.0.1")
+    assert lc.get_tags("m") == {"team": "risk"}
+    assert lc.get_tags("m", version="1.0.1") == {"stage": "approved"}
+    assert [r.tags for r in index.list_records("m")] == [{}, {"stage": "approved"}]
+    lc.delete_tag("m", "stage", version="1.0.1")
+    with pytest.raises(KeyError):
+        lc.delete_tag("m", "stage", version="1.0.1")
+    with pytest.raises(ModelNotFoundError):
+        lc.set_tag("ghost", "k", "v")
+    with pytest.raises(InvalidNameError):
+        lc.set_tag("m", "k", "nul\x00byte")
+    tags = [(e.action, e.version, e.key, e.before, e.after) for e in lc.history("m") if e.action.startswith("tag")]
+    assert tags == [
+        ("tag_set", None, "team", None, "risk"),
+        ("tag_set", "1.0.1", "stage", None, "candidate"),
+        ("tag_set", "1.0.1", "stage", "candidate", "approved"),
+        ("tag_delete", "1.0.1", "stage", "approved", None),
+    ]
+
+
+def test_descriptions(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    lc = index.lifecycle
+    lc.set_description("m", "Predicts churn")
+    lc.set_description("m", "Retrained on May data", version="1.0.0")
+    assert lc.get_description("m") == "Predicts churn"
+    assert index.resolve("m").description == "Retrained on May data"
+    lc.set_description("m", None, version="1.0.0")
+    assert index.resolve("m").description is None
+    assert [(e.version, e.before, e.after) for e in lc.history("m") if e.action == "describe"] == [
+        (None, None, "Predicts churn"),
+        ("1.0.0", None, "Retrained on May data"),
+        ("1.0.0", "Retrained on May data", None),
+    ]
+
+
+def test_purge_removes_the_row_tags_and_records_it(index: SqlIndex) -> None:
+    _add(index, "m", "1.0.0")
+    _add(index, "m", "1.0.1")
+    index.lifecycle.set_tag("m", "k", "v", version="1.0.0")
+    with pytest.raises(VersionNotFoundError, match="not in the trash"):
+        index.delete("m", "1.0.0", trashed_only=True)
+    index.lifecycle.trash("m", "1.0.0")
+    index.delete("m", "1.0.0", trashed_only=True)
+    assert index.get("m", "1.0.0") is None and index.count_artifact_refs("m/1.0.0/m_v1.0.0.joblib") == 0
+    assert _actions(index, "m")[-2:] == [("delete", "1.0.0"), ("purge", "1.0.0")]
+    _add(index, "m", "1.0.0")  # the name is free again, without the old tags
+    assert index.resolve("m", "1.0.0").tags == {}
+
+
+def test_prune_keeps_the_newest_and_aliased_versions(index: SqlIndex) -> None:
+    for v in ("1.0.0", "1.1.0", "1.2.0", "2.0.0", "2.1.0"):
+        _add(index, "m", v)
+    index.lifecycle.set_alias("m", "production", "1.1.0")
+    assert index.lifecycle.prune("m", 2, dry_run=True) == ["1.2.0", "1.0.0"]
+    assert index.list_versions("m") == ["1.0.0", "1.1.0", "1.2.0", "2.0.0", "2.1.0"]
+    assert index.lifecycle.prune("m", 2) == ["1.2.0", "1.0.0"]
+    assert index.list_versions("m") == ["1.1.0", "2.0.0", "2.1.0"]
+    assert [t[1] for t in index.lifecycle.trashed("m")] == ["1.2.0", "1.0.0"]
+    with pytest.raises(InvalidNameError):
+        index.lifecycle.prune("m", -1)
+
+
+def test_history_filters_by_model_alias_and_time(index: SqlIndex) -> None:
+    _add(index, "a", "1.0.0")
+    _add(index, "b", "1.0.0")
+    middle = index.lifecycle.history()[-1].at
+    index.lifecycle.set_alias("a", "production", "1.0.0")
+    assert [e.model_name for e in index.lifecycle.history()] == ["a", "b", "a"]
+    assert [e.action for e in index.lifecycle.history("a")] == ["save", "alias_set"]
+    assert [e.action for e in index.lifecycle.history(alias="production")] == ["alias_set"]
+    assert [e.model_name for e in index.lifecycle.history(since=middle)] == ["b", "a"]
+    assert [e.model_name for e in index.lifecycle.history(until=middle)] == ["a"]
+    assert [e.action for e in index.lifecycle.history(limit=1)] == ["alias_set"]
+    with pytest.raises(InvalidNameError):
+        index.lifecycle.history(since="not a date")
+
+
+def test_reindex_keeps_trash_and_drops_aliases_of_vanished_versions(index: SqlIndex) -> None:
+    for v in ("1.0.0", "1.0.1", "1.0.2"):
+        _add(index, "m", v)
+    index.lifecycle.trash("m", "1.0.0")
+    index.lifecycle.set_alias("m", "production", "1.0.2")
+    index.replace_all([_record("m", "1.0.0"), _record("m", "1.0.1")])
+    assert index.list_versions("m") == ["1.0.1"]
+    assert index.lifecycle.get_aliases("m") == {}
+    assert _actions(index, "m")[-2:] == [("alias_delete", "1.0.2"), ("reindex", None)]

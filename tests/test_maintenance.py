@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from modelkeep import ModelNotFoundError, ModelPersistence
+from modelkeep.layout import sidecar_key
 from modelkeep.maintenance import CORRUPT, MISSING, ORPHANED, SIDECAR, SIGNATURE
-from modelkeep.registry import sidecar_key
 
 from .conftest import IndexTarget
 
@@ -97,7 +98,8 @@ def test_verify_reports_missing_and_stale_sidecars(filled: ModelPersistence) -> 
 
 def test_verify_checks_signatures_with_a_key(index_target: IndexTarget, tmp_path: Path) -> None:
     with index_target.persistence(tmp_path / "models") as p:
-        p.save({"v": 1}, "m", "1.0.0")
+        rec = p.save_version({"v": 1}, "m", "1.0.0")
+        p.index.put(dataclasses.replace(rec, signature=None))  # as saved by 0.1 without a key
     with index_target.persistence(tmp_path / "models", signing_key="k") as p:
         p.save({"v": 2}, "m", "1.0.1")
         bad = p.verify().of_kind(SIGNATURE)

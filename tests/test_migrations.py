@@ -21,6 +21,7 @@ from tests.conftest import IndexTarget
 
 _V2_TABLES = ("modelkeep_models", "modelkeep_aliases", "modelkeep_tags", "modelkeep_history")
 _V2_COLUMNS = ("deleted_at", "description")
+_V3_TABLES = ("modelkeep_fields",)
 
 
 def _qualify(target: IndexTarget, name: str) -> str:
@@ -35,7 +36,7 @@ def _shape(engine: Engine, schema: str | None) -> dict[str, set[str]]:
 def _downgrade_to_v1(index: SqlIndex, target: IndexTarget) -> None:
     """Turn a current registry into what 0.1 wrote."""
     with index.engine.begin() as conn:
-        for table in _V2_TABLES:
+        for table in _V2_TABLES + _V3_TABLES:
             conn.execute(text(f"DROP TABLE {_qualify(target, table)}"))
         for column in _V2_COLUMNS:
             conn.execute(text(f"ALTER TABLE {_qualify(target, 'modelkeep_versions')} DROP COLUMN {column}"))
@@ -98,6 +99,11 @@ def test_old_registry_is_upgraded_to_the_current_shape(
                 text(f"SELECT model_name FROM {_qualify(index_target, 'modelkeep_models')} ORDER BY model_name")
             ).scalars()
             assert list(names) == ["churn", "fraud"]
+        # Step 3 backfilled the searchable fields from the stored records.
+        assert [r.version for r in upgraded.search_versions("accuracy >= 0.9", order_by="-accuracy").items] == [
+            "1.1.0",
+            "1.0.0",
+        ]
         # And the upgraded registry keeps working for writes.
         upgraded.save(classifier, "churn")
         assert upgraded.list_versions("churn")[-1] == "1.1.1"

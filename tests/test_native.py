@@ -11,7 +11,7 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 
 from modelkeep import IntegrityError, ModelPersistence
-from modelkeep.blobs import BLOB_DIR, blob_key
+from modelkeep.layout import BLOB_DIR, blob_key
 
 from .conftest import IndexTarget
 
@@ -79,9 +79,12 @@ def test_delete_keeps_shared_blobs_until_last_reference(native: ModelPersistence
     root = Path(native.store.root)
     shared = _blob_files(root)
     native.delete("a", "1.0.0")
+    native.purge("a", "1.0.0")
     assert _blob_files(root) == shared
     assert np.array_equal(native.load("b").predict(forest_data[0]), model.predict(forest_data[0]))
     native.delete("b", "1.0.0")
+    assert _blob_files(root) == shared, "a trashed version keeps its blobs"
+    native.purge("b", "1.0.0")
     assert _blob_files(root) == set()
 
 
@@ -129,5 +132,6 @@ def test_identical_joblib_saves_share_one_file(local_persistence: ModelPersisten
     b = local_persistence.save(classifier, "m")
     assert a != b and a.stat().st_ino == b.stat().st_ino
     local_persistence.delete("m", "1.0.0")
+    local_persistence.purge("m", "1.0.0")
     assert not a.exists() and b.exists()
     assert local_persistence.load("m").predict([[1, 2, 3, 4]]).shape == (1,)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from modelkeep import storage
+from modelkeep.blobs import BlobStore
 from modelkeep.errors import ArtifactNotFoundError, IntegrityError, StorageError
-from modelkeep.storage import TMP_DIR, ArtifactStore
+from modelkeep.storage import TMP_DIR, ArtifactStore, LocalStore, ObjectStore, open_store
+from modelkeep.storage import remote as remote_storage
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
 MiB = 1 << 20
@@ -37,15 +38,15 @@ class StoreCase:
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreCase]:
     """An empty store on each backend."""
     if request.param == "local":
-        yield StoreCase("local", ArtifactStore(tmp_path / "store"), list)
+        yield StoreCase("local", open_store(tmp_path / "store"), list)
     elif request.param == "memory":
-        store = ArtifactStore(f"memory://mk-{uuid.uuid4().hex}")
+        store = open_store(f"memory://mk-{uuid.uuid4().hex}")
         yield StoreCase("memory", store, list)
         if store.fs.exists(store.root):
             store.fs.rm(store.root, recursive=True)
     else:
         bucket: S3Bucket = request.getfixturevalue("s3_bucket")
-        store = ArtifactStore(bucket.url(), bucket.storage_options)
+        store = open_store(bucket.url(), bucket.storage_options)
         yield StoreCase("s3", store, bucket.pending_uploads)
 
 
@@ -129,12 +130,17 @@ def test_progress_sees_every_byte(case: StoreCase) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------
-def test_open_verified_yields_the_bytes(case: StoreCase) -> None:
+def test_read_verified_returns_the_bytes_it_hashed(case: StoreCase) -> None:
     data = payload(2 * MiB + 5, seed=1)
     sha, _ = write_staged(case.store, "v/file", data)
     advanced: list[int] = []
+    assert case.store.read_verified("v/file", sha, advanced.append) == data
+    assert sum(advanced) == len(data)
+    advanced.clear()
     with case.store.open_verified("v/file", sha, advanced.append) as f:
-        assert f.read() == data
+        case.store.write_bytes("v/file", b"replaced after the check")
+        assert f.read() == data  # the private copy that was hashed, not the store's new bytes
+    case.store.write_bytes("v/file", data)
     assert sum(advanced) == len(data)
     case.store.verify("v/file", sha)
     assert b"".join(_chunks(case.store, "v/file")) == data
@@ -150,8 +156,13 @@ def test_digest_mismatch_is_refused(case: StoreCase) -> None:
     case.store.write_bytes("v/file", b"tampered bytes")
     with pytest.raises(IntegrityError, match="integrity check failed"):
         case.store.verify("v/file", sha)
+    with pytest.raises(IntegrityError):
+        case.store.read_verified("v/file", sha)
     with pytest.raises(IntegrityError), case.store.open_verified("v/file", sha):
         pytest.fail("a tampered artifact must not be handed out")
+    if case.kind == "local":  # the memory-mapping path hashes the open file before naming it
+        with pytest.raises(IntegrityError), case.store.verified_path("v/file", sha):
+            pytest.fail("a tampered artifact must not be handed out")
 
 
 def test_missing_key_errors(case: StoreCase) -> None:
@@ -164,12 +175,13 @@ def test_missing_key_errors(case: StoreCase) -> None:
         lambda: s.size("nope/file"),
         lambda: s.delete("nope/file"),
         lambda: _chunks(s, "nope/file"),
+        lambda: s.read_verified("nope/file", "0" * 64),
+        lambda: s.read_exact("nope/file", 1),
+        lambda: s.open_verified("nope/file", "0" * 64).__enter__(),
     ):
         with pytest.raises(ArtifactNotFoundError, match="not found") as info:
             call()
         assert isinstance(info.value, FileNotFoundError)
-    with pytest.raises(ArtifactNotFoundError), s.open_verified("nope/file", "0" * 64):
-        pass
     s.delete("nope/file", missing_ok=True)
 
 
@@ -197,12 +209,12 @@ def test_display_and_local_paths(case: StoreCase) -> None:
     else:
         assert s.local_path("m/f") is None
         assert s.display_path("m/f").startswith(("s3://", "memory://")) and s.display_path("m/f").endswith("/m/f")
-        assert s.is_object_store
+        assert isinstance(s, ObjectStore)
 
 
 def test_file_url_is_a_local_store(tmp_path: Path) -> None:
-    s = ArtifactStore(f"file://{tmp_path}/store")
-    assert s.is_local and s.root == str(tmp_path / "store")
+    s = open_store(f"file://{tmp_path}/store")
+    assert isinstance(s, LocalStore) and s.root == str(tmp_path / "store")
     write_staged(s, "m/f", b"bytes")
     assert (tmp_path / "store" / "m" / "f").read_bytes() == b"bytes"
     assert not (tmp_path / "store" / TMP_DIR).exists() or not any((tmp_path / "store" / TMP_DIR).iterdir())
@@ -210,7 +222,7 @@ def test_file_url_is_a_local_store(tmp_path: Path) -> None:
 
 # -- S3 only ---------------------------------------------------------------------------
 def _proxied_store(bucket: S3Bucket, proxy: FaultProxy) -> ArtifactStore:
-    return ArtifactStore(bucket.url(), s3_options(proxy.endpoint_url))
+    return open_store(bucket.url(), s3_options(proxy.endpoint_url))
 
 
 def _is_upload_part(method: str, path: str) -> bool:
@@ -243,27 +255,26 @@ def test_large_upload_is_multipart_while_streaming(s3_bucket: S3Bucket, fault_pr
     calls = fault_proxy.requests
     assert sum(_is_upload_part(m, p) for m, p in calls) == 3  # 8 + 8 + 4 MiB
     assert any(m == "POST" and p.endswith("?uploads") for m, p in calls)  # CreateMultipartUpload
-    assert at_first_part and at_first_part[0] <= storage.UPLOAD_PART_SIZE + MiB < len(data)
+    assert at_first_part and at_first_part[0] <= remote_storage.UPLOAD_PART_SIZE + MiB < len(data)
     assert s3_bucket.object_keys() == ["models/big/1.0.0/big.joblib"]
     assert s3_bucket.pending_uploads() == []
 
 
 @pytest.mark.s3
-def test_remote_read_streams_through_a_disk_spool(
+def test_remote_verified_read_is_one_pass_of_ranged_gets(
     s3_bucket: S3Bucket, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Verification reads ranged chunks into a spool that spills to disk above its threshold."""
-    monkeypatch.setattr(storage, "SPOOL_MAX_BYTES", 2 * MiB)
-    monkeypatch.setattr(storage, "READ_CHUNK", 2 * MiB)
+    """A verified read fetches the object once, in ranged GETs, and returns the bytes it hashed."""
+    monkeypatch.setattr(remote_storage, "READ_CHUNK", 2 * MiB)
     store = _proxied_store(s3_bucket, fault_proxy)
     data = payload(9 * MiB, seed=3)
     sha, _ = write_staged(store, "r/file", data)
     fault_proxy.requests.clear()
-    with store.open_verified("r/file", sha) as f:
-        assert getattr(f, "_rolled", False), "a 9 MiB object must not stay in memory with a 2 MiB spool"
-        assert f.read() == data
+    assert store.read_verified("r/file", sha) == data
     gets = [p for m, p in fault_proxy.requests if m == "GET"]
-    assert len(gets) == 5  # ceil(9 / 2) ranged GETs, no read-ahead
+    assert len(gets) == 5  # ceil(9 / 2) ranged GETs, no read-ahead, no second read
+    with pytest.raises(IntegrityError):
+        store.read_verified("r/file", "0" * 64)
 
 
 @pytest.mark.s3
@@ -302,8 +313,13 @@ def test_unreachable_endpoint_is_a_storage_error(s3_bucket: S3Bucket) -> None:
         port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
     options = s3_options(f"http://127.0.0.1:{port}")
     options["config_kwargs"]["retries"] = {"max_attempts": 1}
-    store = ArtifactStore(s3_bucket.url(), options)
+    store = open_store(s3_bucket.url(), options)
     with pytest.raises(StorageError, match=r"cannot write .*Could not connect"):
         store.write_bytes("m/f", b"x")
     with pytest.raises(StorageError, match="cannot check"):
         store.exists("m/f")
+    blob = memoryview(payload(64 << 10))
+    with pytest.raises(StorageError, match=r"cannot write .*\.blobs/"):  # blob writes too, not a raw ConnectionError
+        BlobStore(store).put_many({"ab" * 32: blob})
+    with pytest.raises(StorageError, match=r"cannot write"):
+        BlobStore(store).put_many({"ab" * 32: blob, "cd" * 32: blob})

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +26,7 @@ from modelkeep import ModelPersistence
 from modelkeep.config import load_settings
 from modelkeep.errors import ConfigError, StorageError
 from modelkeep.index.sql import normalize_url
-from tests._team_workers import team_model
+from tests._workers import run_in_processes, save_team_versions, team_model
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
@@ -36,19 +34,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 PG_URL = os.environ.get("MODELKEEP_TEST_POSTGRES_URL")
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A private PostgreSQL schema for this test's index, dropped afterwards."""
-    if not PG_URL:
-        pytest.skip("MODELKEEP_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    schema = f"mk_team_{uuid.uuid4().hex[:12]}"
-    yield schema
-    engine = create_engine(normalize_url(PG_URL))
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 @pytest.fixture
@@ -98,6 +83,7 @@ def test_save_list_load_delete_round_trip(
     assert sidecar["artifact"]["sha256"] == team.get_version("iris", "1.0.0").artifact.sha256  # type: ignore[union-attr]
     team.delete("iris", "1.0.0")
     assert team.list_versions("iris") == ["1.0.1"]
+    team.purge("iris", "1.0.0")
     assert [k for k in s3_bucket.object_keys() if "/1.0.0/" in k] == []
 
 
@@ -129,7 +115,7 @@ def test_remote_models_dir_needs_a_shared_index_or_an_explicit_local_one(s3_buck
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"persistence:\n  models_dir: {s3_bucket.url()}\n")
     with pytest.raises(ConfigError, match="registry_url"):
-        load_settings(cfg, storage_options=s3_bucket.storage_options).create_persistence()
+        ModelPersistence.from_settings(load_settings(cfg, storage_options=s3_bucket.storage_options))
     # the per-machine index is possible, but only when asked for by name
     with ModelPersistence(
         models_dir=s3_bucket.url(), registry_path=tmp_path / "idx", storage_options=s3_bucket.storage_options
@@ -144,10 +130,6 @@ def test_team_config_from_yaml_and_environment(
 ) -> None:
     """The README's team setup: YAML for the URLs, environment for the endpoint (and credentials)."""
     assert PG_URL
-    engine = create_engine(normalize_url(PG_URL))
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{pg_schema}"'))
-    engine.dispose()
     url = f"{PG_URL}?options=-csearch_path%3D{pg_schema}"  # the libpq way to put the tables in a schema
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
@@ -159,7 +141,7 @@ def test_team_config_from_yaml_and_environment(
         "      endpoint_url: http://wrong.invalid:1\n"
     )
     monkeypatch.setenv("MODELKEEP_STORAGE_OPTIONS", json.dumps(s3_bucket.storage_options))  # env beats YAML
-    with load_settings(cfg).create_persistence() as p:
+    with ModelPersistence.from_settings(load_settings(cfg)) as p:
         p.save({"w": [1, 2, 3]}, "cfg-model", owner="team")
         assert p.load("cfg-model") == {"w": [1, 2, 3]}
         assert p.index.dialect == "postgresql"
@@ -175,45 +157,14 @@ def test_eight_processes_on_two_machines_save_distinct_loadable_versions(
     team: ModelPersistence, s3_bucket: S3Bucket, pg_schema: str, tmp_path: Path
 ) -> None:
     assert PG_URL
-    start = tmp_path / "start"
-    procs = []
-    for worker in range(8):
-        machine = tmp_path / ("machine-a" if worker < 4 else "machine-b")
-        (machine / "tmp").mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "HOME": str(machine),
-            "TMPDIR": str(machine / "tmp"),
-            "XDG_CACHE_HOME": str(machine / "cache"),
-            "PYTHONPATH": str(ROOT),
-        }
-        spec = {
-            "models_dir": s3_bucket.url(),
-            "registry_url": PG_URL,
-            "index_schema": pg_schema,
-            "storage_options": s3_bucket.storage_options,
-            "model_name": "shared",
-            "worker": worker,
-            "count": 3,
-            "start_file": str(start),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(ROOT / "tests" / "_team_workers.py"), json.dumps(spec)],
-                cwd=machine,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    start.touch()
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    saved = [(r["worker"], s["i"], s["version"], s["sha256"]) for r in results for s in r["saved"]]
+    machines = [str(tmp_path / ("machine-a" if worker < 4 else "machine-b")) for worker in range(8)]
+    results = run_in_processes(
+        save_team_versions,
+        [(s3_bucket.url(), PG_URL, pg_schema, worker, 3, s3_bucket.storage_options) for worker in range(8)],
+        machines=machines,
+        timeout=120,
+    )
+    saved = [(worker, s["i"], s["version"], s["sha256"]) for worker, done in results.items() for s in done]
     versions = [v for _, _, v, _ in saved]
     assert len(versions) == 24 and len(set(versions)) == 24
     assert team.list_versions("shared") == [f"1.0.{i}" for i in range(24)]

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
+    AliasConflictError,
+    AliasNotFoundError,
     ArtifactNotFoundError,
     BackendUnavailableError,
     ConfigError,
+    FilterError,
     IncompatibleRegistryError,
+    InputSchemaError,
     IntegrityError,
     InvalidNameError,
     MetadataError,
@@ -25,17 +30,27 @@ from .errors import (
     StorageError,
     UnsafeModelError,
     VersionExistsError,
+    VersionInUseError,
     VersionNotFoundError,
+    VersionTrashedError,
 )
-from .metadata import ArtifactInfo, ModelMetadata, ModelSummary
-
-__version__ = "0.1.0"
+from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
 if TYPE_CHECKING:
+    from .environment import EnvironmentDiff, EnvironmentMismatchWarning
+    from .input_signature import InputCheck
+    from .loading import MmapIgnoredWarning
     from .manager import ModelPersistenceManager
     from .registry import ModelPersistence
 
-_LAZY = {"ModelPersistence": "registry", "ModelPersistenceManager": "manager"}
+_LAZY = {
+    "ModelPersistence": "registry",
+    "ModelPersistenceManager": "manager",
+    "InputCheck": "input_signature",
+    "EnvironmentDiff": "environment",
+    "EnvironmentMismatchWarning": "environment",
+    "MmapIgnoredWarning": "loading",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -51,14 +66,23 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AliasConflictError",
+    "AliasNotFoundError",
     "ArtifactInfo",
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
+    "HistoryEntry",
+    "FilterError",
     "IncompatibleRegistryError",
+    "EnvironmentDiff",
+    "EnvironmentMismatchWarning",
+    "InputCheck",
+    "InputSchemaError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",
+    "MmapIgnoredWarning",
     "ModelKeepError",
     "ModelMetadata",
     "ModelNotFoundError",
@@ -71,6 +95,8 @@ __all__ = [
     "StorageError",
     "UnsafeModelError",
     "VersionExistsError",
+    "VersionInUseError",
     "VersionNotFoundError",
+    "VersionTrashedError",
     "__version__",
 ]

@@ -81,7 +81,7 @@ class _LazyBar:
 
 
 class ProgressBar:
-    """The ``progress`` callable given to ``Settings.create_persistence``.
+    """The ``progress`` callable given to ``ModelPersistence(progress=...)``.
 
     :param enabled: draw anything at all; ``None`` means "when stderr is a terminal".
     :param threshold: artifacts smaller than this many bytes get no bar.
@@ -95,7 +95,7 @@ class ProgressBar:
         threshold: int = DEFAULT_THRESHOLD,
         console: Any = None,
     ) -> None:
-        self.enabled = _stderr_is_terminal() if enabled is None else enabled
+        self.enabled = stderr_is_terminal() if enabled is None else enabled
         self.threshold = threshold
         self.console = console
 
@@ -112,7 +112,7 @@ class ProgressBar:
             bar.close()
 
 
-def _stderr_is_terminal() -> bool:
+def stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # closed or replaced stream

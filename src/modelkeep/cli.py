@@ -14,80 +14,37 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_context import CliState, cli_state, open_registry, print_status, split_csv, stdin_is_interactive
+from .cli_render import (
+    copy_report_json,
+    emit_json,
+    gc_lines,
+    lifecycle_cells,
+    print_info,
+    print_table,
+    verify_summary,
+    version_row,
+)
+from .errors import ModelKeepError
 from .formats import FORMATS  # a dict of names; the formats themselves load lazily
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from .config import Settings
     from .metadata import ModelMetadata
-    from .registry import ModelPersistence
 
 
-@dataclass
-class _State:
-    """Global options, and the library object once a command has asked for it."""
-
-    config_path: Path | None
-    overrides: dict[str, Any]
-    verbose: bool | None  # True: --verbose, False: --quiet, None: neither
-    settings: Settings | None = None
-    persistence: ModelPersistence | None = None
-
-
-def _state(ctx: click.Context) -> _State:
-    state = ctx.find_object(_State)
-    if state is None:  # a command invoked without the cli group
-        raise RuntimeError("modelkeep commands must run under modelkeep.cli.cli")
-    return state
-
-
-def _open(ctx: click.Context, *, create: bool = False) -> ModelPersistence:
-    """Build the library object from the config file and global options (once).
-
-    Only ``save`` creates a registry; the other commands report a missing one,
-    so that a mistyped ``--models-dir`` is an error rather than a new empty registry.
-    """
-    state = _state(ctx)
-    if state.persistence is None:
-        from ._progress import ProgressBar
-        from .config import load_settings
-
-        level = None if state.verbose is None else "DEBUG" if state.verbose else "ERROR"
-        state.settings = load_settings(state.config_path, log_level=level, **state.overrides)
-        state.settings.apply_logging()
-        _log_to_stderr(bool(state.verbose))
-        progress = ProgressBar(enabled=False if state.verbose is False else None)
-        state.persistence = ctx.with_resource(state.settings.create_persistence(progress=progress, create=create))
-    return state.persistence
-
-
-def _log_to_stderr(enabled: bool) -> None:
-    """Send the library's log records to stderr (for --verbose), replacing an earlier handler."""
-    import logging
-
-    logger = logging.getLogger("modelkeep")
-    for handler in [h for h in logger.handlers if h.get_name() == "modelkeep-cli"]:
-        logger.removeHandler(handler)
-    if enabled:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name("modelkeep-cli")
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+#: Exit status when modelkeep itself failed (a bug), as ``sysexits.h``'s EX_SOFTWARE.
+EXIT_INTERNAL_ERROR = 70
 
 
 def _one_line(exc: BaseException) -> str:
-    """A one-line description of ``exc`` for the ``Error:`` line."""
-    from .errors import ModelKeepError
-
+    """A one-line description of ``exc`` for the ``Error:`` line, in CLI spelling."""
     if isinstance(exc, ModelKeepError):
-        text = str(exc)
+        text = exc.for_cli()
     elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.strerror}: {exc.filename}"
         if exc.filename2 is not None:
@@ -98,20 +55,34 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Group(click.Group):
-    """A group that turns every non-click exception into one ``Error:`` line, exit 1."""
+    """Library errors (:class:`ModelKeepError`) and the operating system's (``OSError``:
+    missing files, permissions, a full disk) become one ``Error:`` line, exit 1. Anything
+    else is a bug in modelkeep: it is shown as one, with its traceback, exit 70."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise  # click reports these itself (a broken pipe exits 1 quietly)
-        except Exception as exc:
-            state = ctx.find_object(_State)
+        except (ModelKeepError, OSError) as exc:
+            state = ctx.find_object(CliState)
             if state is not None and state.verbose:
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
             raise click.ClickException(_one_line(exc)) from exc
+        except Exception as exc:
+            import traceback
+
+            from . import __version__
+
+            traceback.print_exc(file=sys.stderr)
+            click.echo(
+                f"Error: internal error in modelkeep {__version__}, please report it with the traceback "
+                f"above: {_one_line(exc)}",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL_ERROR)
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -123,17 +94,16 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-def _split_csv(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise click.BadParameter("expected a comma-separated list")
-    return items
-
-
 model_name_option = click.option("--model-name", required=True, help="Name of the model.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout and nothing else.")
+trust_option = click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    metavar="MODULE.NAME",
+    help="Trust this global when unpickling, beyond the built-in allow-list (repeatable; "
+    "adds to trusted_types from the config and MODELKEEP_TRUSTED_TYPES).",
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,7 +115,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
 )
 @click.option("--models-dir", metavar="DIR", help="Directory (or fsspec URL) where artifacts are stored.")
 @click.option("--registry-url", metavar="URL", help="Registry index database, e.g. sqlite:///reg.db.")
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    metavar="PUB",
+    help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
+)
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
+@trust_option
 @click.option(
     "--version",
     is_flag=True,
@@ -160,15 +138,17 @@ def cli(
     config_path: Path | None,
     models_dir: str | None,
     registry_url: str | None,
+    trusted_keys: tuple[str, ...],
     verbose: bool | None,
+    trust: tuple[str, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
 
     Settings come from --config (or ./config.yaml), then MODELKEEP_* environment
     variables, then the options below.
     """
-    overrides = {"models_dir": models_dir, "registry_url": registry_url}
-    ctx.obj = _State(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose)
+    overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
+    ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 
 @cli.command()
@@ -178,7 +158,13 @@ def cli(
     "--model-file",
     required=True,
     type=click.Path(path_type=Path),
-    help="Pickle or joblib file holding the model. ONLY USE FILES YOU TRUST.",
+    help="Pickle or joblib file holding the model; read under the allow-list (see --trust, --trust-file).",
+)
+@trust_option
+@click.option(
+    "--trust-file",
+    is_flag=True,
+    help="Read --model-file with plain joblib.load, running any code it holds: only for a file you wrote yourself.",
 )
 @click.option(
     "--metadata",
@@ -201,14 +187,19 @@ def save(
     compress: bool | None,
     overwrite: bool,
     as_json: bool,
+    trust: tuple[str, ...],
+    trust_file: bool,
 ) -> None:
     """Register the model in a pickle or joblib file as a new version.
 
-    WARNING: reading --model-file unpickles it, and unpickling runs any code the
-    file contains. Use only files you trust.
+    The file is unpickled under the same allow-list as a load: globals outside it
+    are refused unless named with --trust. --trust-file reads the file with plain
+    joblib.load, which runs any code the file contains: use it only for files you
+    wrote yourself.
     """
     metadata = _read_metadata(metadata_file) if metadata_file is not None else None
-    record = _open(ctx, create=True).import_file(
+    cli_state(ctx).trust.extend(trust)
+    record = open_registry(ctx, create=True).import_file(
         model_file,
         model_name,
         version,
@@ -216,10 +207,11 @@ def save(
         serialization_format=fmt,
         compress=compress,
         metadata=metadata,
+        trust_file=trust_file,
     )
     location = _artifact_location(ctx, record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location})
+        emit_json({**record.to_dict(), "path": location})
     else:
         click.echo(f"Saved {record.model_name} version {record.version} to {location}")
 
@@ -237,10 +229,10 @@ def save(
 @click.pass_context
 def load(ctx: click.Context, model_name: str, version: str | None, output: Path, force: bool) -> None:
     """Write a stored model version to a file."""
-    persistence = _open(ctx)
+    persistence = open_registry(ctx)
     resolved = persistence.resolve_version(model_name, version)
     written = persistence.export_file(model_name, resolved, output, force=force)
-    _status(ctx, f"Wrote {model_name} version {resolved} to {written}")
+    print_status(ctx, f"Wrote {model_name} version {resolved} to {written}")
 
 
 @cli.command("list")
@@ -249,25 +241,27 @@ def load(ctx: click.Context, model_name: str, version: str | None, output: Path,
 @click.pass_context
 def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     """List every model, or (with --model-name) one model's versions."""
-    persistence = _open(ctx)
+    persistence = open_registry(ctx)
     if model_name is None:
         rows = [summary.to_dict() for summary in persistence.model_summaries()]
         headers = {"name": "Model", "version_count": "Versions", "latest_version": "Latest", "updated_at": "Updated"}
     else:
-        rows = [_version_row(r) for r in persistence.list_version_records(model_name)]
+        rows = [version_row(r) for r in persistence.list_version_records(model_name)]
         headers = {
             "version": "Version",
             "model_type": "Type",
             "created_at": "Created",
             "size": "Size",
             "format": "Format",
+            "aliases": "Aliases",
+            "tags": "Tags",
         }
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     elif not rows:
-        _status(ctx, "No models registered.")
+        print_status(ctx, "No models registered.")
     else:
-        _print_table(headers, rows)
+        print_table(headers, [lifecycle_cells(row) for row in rows])
 
 
 @cli.command()
@@ -280,18 +274,23 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
     The artifact part gives its path, format, compression, size and SHA-256.
     """
-    record = _open(ctx).get_version(model_name, version)
+    persistence = open_registry(ctx)
+    record = persistence.get_version(model_name, version)
     location = _artifact_location(ctx, record)
+    verdict = persistence.keyring.verdict(record)
     if as_json:
-        _emit_json({**record.to_dict(), "path": location})
+        emit_json(
+            {**record.to_dict(), **record.lifecycle_dict(), "path": location, "signature_status": verdict.to_dict()}
+        )
     else:
-        _print_info(record, location)
+        print_info(record, location, verdict.to_dict() | {"signer": verdict.signer})
 
 
 @cli.command()
 @model_name_option
-@click.option("--versions", callback=_split_csv, help="Comma-separated versions (default: all).")
-@click.option("--metrics", callback=_split_csv, help="Comma-separated columns to show (default: all).")
+@click.option("--versions", callback=split_csv, help="Comma-separated versions (default: all).")
+@click.option("--metrics", callback=split_csv, help="Comma-separated columns to show (default: all).")
+@click.option("--filter", "filter_text", help="Only versions matching this search filter, e.g. 'accuracy > 0.9'.")
 @json_option
 @click.pass_context
 def compare(
@@ -299,10 +298,15 @@ def compare(
     model_name: str,
     versions: list[str] | None,
     metrics: list[str] | None,
+    filter_text: str | None,
     as_json: bool,
 ) -> None:
     """Compare metadata and metrics across a model's versions."""
-    table = _open(ctx).compare_versions(model_name, versions)
+    persistence = open_registry(ctx)
+    table = persistence.compare_versions(model_name, versions, filter=filter_text)
+    from .cli_lifecycle import add_lifecycle_columns
+
+    table = add_lifecycle_columns(persistence, model_name, table)
     if metrics is not None:
         for metric in metrics:
             if metric not in table.columns:
@@ -313,26 +317,29 @@ def compare(
         table = table[["version", *(m for m in metrics if m != "version")]]
     rows = json.loads(table.to_json(orient="records", date_format="iso"))
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
-        _print_table({str(c): str(c) for c in table.columns}, rows)
+        print_table({str(c): str(c) for c in table.columns}, rows)
 
 
 @cli.command()
 @model_name_option
 @click.option("--version", required=True, help="Version to delete.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Delete even if an alias points at it (the alias is removed).")
+@click.option("--yes", "-y", is_flag=True, hidden=True, help="Accepted for older scripts; delete never asks.")
+@json_option
 @click.pass_context
-def delete(ctx: click.Context, model_name: str, version: str, yes: bool) -> None:
-    """Delete one model version (asks for confirmation unless --yes)."""
-    if not yes and not _stdin_is_interactive():
-        raise click.ClickException("refusing to delete without confirmation: stdin is not a terminal; pass --yes")
-    persistence = _open(ctx)
-    persistence.resolve_version(model_name, version)  # fail before asking about a missing version
-    if not yes:
-        click.confirm(f"Delete {model_name} version {version}?", abort=True, err=True)
-    persistence.delete(model_name, version)
-    _status(ctx, f"Deleted {model_name} version {version}")
+def delete(ctx: click.Context, model_name: str, version: str, force: bool, yes: bool, as_json: bool) -> None:
+    """Move one model version to the trash (undo with `modelkeep restore`; `modelkeep purge` frees the space)."""
+    open_registry(ctx).delete(model_name, version, force=force)
+    if as_json:
+        emit_json({"model_name": model_name, "version": version, "trashed": True})
+    else:
+        print_status(
+            ctx,
+            f"Deleted {model_name} version {version} (moved to the trash; undo with: "
+            f"modelkeep restore --model-name {model_name} --version {version})",
+        )
 
 
 @cli.command()
@@ -360,26 +367,21 @@ def copy(
     """
     from ._progress import ProgressBar
     from .config import load_settings
-    from .migrate import copy_registry
+    from .copying import copy_registry
 
     if to_config is None and to_models_dir is None and to_registry_url is None:
         raise click.UsageError("give the destination: --to-config, --to-models-dir and/or --to-registry-url")
-    source = _open(ctx)
+    source = open_registry(ctx)
     settings = load_settings(to_config, models_dir=to_models_dir, registry_url=to_registry_url)
-    progress = ProgressBar(enabled=False if _state(ctx).verbose is False else None)
-    dest = ctx.with_resource(settings.create_persistence(progress=progress))
+    progress = ProgressBar(enabled=False if cli_state(ctx).verbose is False else None)
+    from .registry import ModelPersistence
+
+    dest = ctx.with_resource(ModelPersistence.from_settings(settings, progress=progress))
     report = copy_registry(source, dest, models=list(model_names) or None, overwrite=overwrite, progress=progress)
     if as_json:
-        _emit_json(
-            {
-                "copied": [list(v) for v in report.copied],
-                "skipped": [list(v) for v in report.skipped],
-                "overwritten": [list(v) for v in report.overwritten],
-                "bytes_copied": report.bytes_copied,
-            }
-        )
+        emit_json(copy_report_json(report))
     else:
-        _status(ctx, str(report))
+        print_status(ctx, str(report))
 
 
 @cli.command()
@@ -388,18 +390,15 @@ def copy(
 @click.pass_context
 def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     """Re-hash every artifact; report missing, corrupt and orphaned files (exit 1 if any)."""
-    report = _open(ctx).verify(model_name)
+    report = open_registry(ctx).verify(model_name)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         for problem in report.problems:
             click.echo(str(problem))
-        _status(
-            ctx,
-            f"checked {report.versions_checked} version(s), {report.blobs_checked} blob(s), "
-            f"{_human_size(report.bytes_checked)}: "
-            + ("all intact" if report.ok else f"{len(report.problems)} problem(s)"),
-        )
+        if report.signatures:
+            click.echo("signatures: " + ", ".join(f"{n} {status}" for status, n in sorted(report.signatures.items())))
+        print_status(ctx, verify_summary(report))
     if not report.ok:
         ctx.exit(1)
 
@@ -414,24 +413,26 @@ def verify(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     show_default=True,
     help="Keep leftovers younger than this many seconds (they may belong to a save in progress).",
 )
+@click.option(
+    "--purge-deleted-older-than",
+    "purge_older",
+    metavar="AGE",
+    help="First purge versions in the trash for at least AGE (30d, 12h, 90m, 45s).",
+)
 @json_option
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, min_age: float, as_json: bool) -> None:
+def gc(ctx: click.Context, dry_run: bool, min_age: float, purge_older: str | None, as_json: bool) -> None:
     """Remove crash leftovers: staged temp files, and files no index entry uses."""
-    report = _open(ctx).gc(dry_run=dry_run, min_age_seconds=min_age)
+    report = open_registry(ctx).gc(dry_run=dry_run, min_age_seconds=min_age, purge_deleted_older_than=purge_older)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
-        verb = "would remove" if dry_run else "removed"
-        for item in report.removed:
-            click.echo(f"{verb} {item.key} ({item.reason}, {_human_size(item.size)})")
-        for error in report.errors:
-            click.echo(f"could not remove {error}", err=True)
-        _status(
-            ctx,
-            f"{verb} {len(report.removed)} file(s), {_human_size(report.bytes_freed)}; "
-            f"kept {len(report.kept)} younger than {min_age:g} s; repaired {len(report.repaired)} sidecar(s)",
-        )
+        out, err, summary = gc_lines(report, min_age)
+        for line in out:
+            click.echo(line)
+        for line in err:
+            click.echo(line, err=True)
+        print_status(ctx, summary)
     if not report.ok:
         ctx.exit(1)
 
@@ -441,13 +442,42 @@ def gc(ctx: click.Context, dry_run: bool, min_age: float, as_json: bool) -> None
 @click.pass_context
 def reindex(ctx: click.Context, yes: bool) -> None:
     """Rebuild the index from the *_metadata.json sidecar files (disaster recovery, moved stores)."""
-    if not yes and not _stdin_is_interactive():
+    if not yes and not stdin_is_interactive():
         raise click.ClickException("refusing to rebuild the index without confirmation: pass --yes")
-    persistence = _open(ctx, create=True)  # a lost registry.db is exactly when reindex is needed
+    persistence = open_registry(ctx, create=True)  # a lost registry.db is exactly when reindex is needed
     if not yes:
         click.confirm("Replace the index with what the sidecar files describe?", abort=True, err=True)
     count = persistence.reindex()
-    _status(ctx, f"Reindexed {count} version(s)")
+    print_status(ctx, f"Reindexed {count} version(s)")
+
+
+from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli's helpers lazily)
+
+cli.add_command(keys)
+cli.add_command(sign)
+cli.add_command(export_signed)
+from . import cli_lifecycle, cli_search, cli_ui  # noqa: E402  (commands defined in their own modules)
+
+cli.add_command(cli_lifecycle.alias)
+cli.add_command(cli_lifecycle.tag)
+cli.add_command(cli_lifecycle.describe)
+cli.add_command(cli_lifecycle.history)
+cli.add_command(cli_lifecycle.restore)
+cli.add_command(cli_lifecycle.purge)
+cli.add_command(cli_lifecycle.prune)
+
+
+cli.add_command(cli_search.search)
+cli.add_command(cli_ui.ui)
+
+
+from .cli_mlflow import import_mlflow_command  # noqa: E402  (commands defined in their own modules)
+
+cli.add_command(import_mlflow_command)
+from .cli_bundle import export_command, import_command  # noqa: E402
+
+cli.add_command(export_command)
+cli.add_command(import_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -460,7 +490,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _read_metadata(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or a one-line user error."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"--metadata {path}: not UTF-8 text: {exc.reason}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -472,154 +505,9 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return data
 
 
-def _stdin_is_interactive() -> bool:
-    try:
-        return click.get_text_stream("stdin").isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def _artifact_location(ctx: click.Context, record: ModelMetadata) -> str | None:
     """Where the version's artifact lives: a local path, or a URL for remote stores."""
-    persistence = _state(ctx).persistence
+    persistence = cli_state(ctx).persistence
     if record.artifact is None or persistence is None:
         return None
     return str(persistence.store.display_path(record.artifact.key))
-
-
-# -- rendering ----------------------------------------------------------------
-
-
-def _status(ctx: click.Context, message: str) -> None:
-    """A message for people; --quiet hides it."""
-    if _state(ctx).verbose is not False:
-        click.echo(message)
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _version_row(record: ModelMetadata) -> dict[str, Any]:
-    artifact = record.artifact
-    return {
-        "version": record.version,
-        "model_type": record.model_type,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "size": artifact.size if artifact else None,
-        "format": artifact.format if artifact else None,
-        "compression": artifact.compression if artifact else None,
-        "sha256": artifact.sha256 if artifact else None,
-    }
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = 1000  # never wrap cells when piped
-    return console
-
-
-def _cell(key: str, value: Any) -> str:
-    """Format one value for a table cell."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if key in ("size",) and isinstance(value, int):
-        return _human_size(value)
-    if key.endswith("_at") and isinstance(value, str):
-        return _short_time(value)
-    if isinstance(value, float):
-        text = format(value, ".6g")
-        return text if any(c in text for c in ".en") else f"{text}.0"  # keep 1.0 a float
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for key, title in headers.items():
-        numeric = any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows)
-        table.add_column(title, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(Text(_cell(key, row.get(key))) for key in headers))
-    _console().print(table)
-
-
-def _print_info(record: ModelMetadata, location: str | None) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-
-    def section(title: str, items: dict[str, Any]) -> None:
-        table.add_row(Text(title, style="bold underline"), "")
-        for key, value in _flatten(items).items():
-            table.add_row(Text(f"  {key}"), Text("None" if value is None else _cell(key, value)))
-
-    section(
-        "Model",
-        {
-            "model_name": record.model_name,
-            "version": record.version,
-            "model_type": record.model_type,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-        },
-    )
-    section("Metadata", record.metadata)
-    artifact = record.artifact
-    if artifact is not None:
-        section(
-            "Artifact",
-            {
-                "path": location,
-                "format": artifact.format,
-                "compression": artifact.compression or "none",
-                "size": f"{_human_size(artifact.size)} ({artifact.size} bytes)",
-                "sha256": artifact.sha256,
-                **artifact.extra,
-            },
-        )
-    section("Environment", record.environment)
-    section("Signature", {"signed": "yes" if record.signature else "no"})
-    _console().print(table)
-
-
-def _flatten(items: dict[str, Any]) -> dict[str, Any]:
-    """One level of nested dicts becomes dotted keys: ``model_params.C``."""
-    flat: dict[str, Any] = {}
-    for key, value in items.items():
-        if isinstance(value, dict) and value:
-            flat.update({f"{key}.{sub_key}": sub_value for sub_key, sub_value in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _short_time(iso: str) -> str:
-    import datetime as dt
-
-    try:
-        parsed = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    return parsed.strftime("%Y-%m-%d %H:%M:%S %Z").strip()

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .registry import ModelPersistence, ProgressFactory
+    pass
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -33,6 +33,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_COMPRESS": ("persistence", "compress"),
     "MODELKEEP_SIGNING_KEY": ("persistence", "signing_key"),
     "MODELKEEP_TRUSTED_TYPES": ("persistence", "trusted_types"),
+    "MODELKEEP_SIGNING_KEY_FILE": ("persistence", "signing_key_file"),
+    "MODELKEEP_TRUSTED_KEYS": ("persistence", "trusted_keys"),
+    "MODELKEEP_REQUIRE_SIGNATURES": ("persistence", "require_signatures"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {
@@ -52,7 +55,35 @@ class LoggingSettings(BaseModel):
         return v.upper() if isinstance(v, str) else v
 
 
-class PersistenceSettings(BaseModel):
+class KeySettings(BaseModel):
+    """Where signing keys and trusted keys come from (see :func:`key_settings`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: A shared HMAC-SHA256 secret: signs every save; signatures become required.
+    signing_key: SecretStr | None = None
+    #: A PEM ECDSA P-256 private key that signs every save; signatures become required.
+    signing_key_file: str | None = None
+    #: PEM public key files whose signatures are trusted.
+    trusted_keys: list[str] = Field(default_factory=list)
+    #: Refuse versions without a trusted signature (default: on when a key is configured).
+    require_signatures: bool | None = None
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_paths(cls, v: Any) -> Any:
+        if isinstance(v, str):  # MODELKEEP_TRUSTED_KEYS="a.pub,b.pub" (or os.pathsep-separated)
+            return [t.strip() for t in v.replace(os.pathsep, ",").split(",") if t.strip()]
+        return [] if v is None else v
+
+    @field_validator("require_signatures", mode="before")
+    @classmethod
+    def _parse_bool(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in {"", "auto"}:
+            return None
+        return v
+
+
+class PersistenceSettings(KeySettings):
     model_config = ConfigDict(extra="forbid")
     models_dir: str = "models"
     registry_path: str | None = None
@@ -60,7 +91,6 @@ class PersistenceSettings(BaseModel):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     serialization_format: str = "joblib"
     compress: bool | int | str | tuple[str, int] = True
-    signing_key: SecretStr | None = None
     #: Types the skops format may build at load; from here or the caller, never from an artifact.
     trusted_types: list[str] = Field(default_factory=list)
 
@@ -123,23 +153,26 @@ class Settings(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
 
-    def create_persistence(self, progress: ProgressFactory | None = None, *, create: bool = True) -> ModelPersistence:
-        """A :class:`ModelPersistence` built from these settings (see its ``create`` argument)."""
-        from .registry import ModelPersistence
+    def persistence_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~modelkeep.ModelPersistence` from these settings.
 
+        Use ``ModelPersistence.from_settings(settings)``; this module does not import the
+        registry, so that the registry (and the signing code it uses) can read settings.
+        """
         p = self.persistence
-        return ModelPersistence(
-            models_dir=p.models_dir,
-            serialization_format=p.serialization_format,
-            compress=p.compress,
-            registry_path=p.registry_path,
-            registry_url=p.registry_url,
-            storage_options=p.storage_options or None,
-            signing_key=p.signing_key.get_secret_value() if p.signing_key else None,
-            progress=progress,
-            create=create,
-            trusted_types=p.trusted_types or None,
-        )
+        return {
+            "models_dir": p.models_dir,
+            "serialization_format": p.serialization_format,
+            "compress": p.compress,
+            "registry_path": p.registry_path,
+            "registry_url": p.registry_url,
+            "storage_options": p.storage_options or None,
+            "signing_key": p.signing_key.get_secret_value() if p.signing_key else None,
+            "signing_key_file": p.signing_key_file,
+            "trusted_keys": p.trusted_keys or None,
+            "require_signatures": p.require_signatures,
+            "trusted_types": p.trusted_types or None,
+        }
 
     def release_logging(self) -> None:
         """Close and detach the log file handler that :meth:`apply_logging` added."""
@@ -197,27 +230,57 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
             raise ConfigError(f"config file {str(path)!r} not found")
         data = _read_yaml(path)
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    from_env: dict[tuple[str, str], str] = {}
     for var, (section, key) in ENV_VARS.items():
         if var in os.environ:
             data.setdefault(section, {})[key] = os.environ[var]
+            from_env[(section, key)] = var
     for name, value in overrides.items():
         if name not in OVERRIDES:
             raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(sorted(OVERRIDES))}")
         if value is not None:
             section, key = OVERRIDES[name]
             data.setdefault(section, {})[key] = value
+            from_env.pop((section, key), None)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(_name_env_var(_describe(exc), exc, from_env)) from exc
 
 
-def _describe(exc: ValidationError) -> str:
+def _name_env_var(message: str, exc: ValidationError, from_env: dict[tuple[str, str], str]) -> str:
+    """Name the environment variable when the bad value came from one (not from the file)."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    for (section, key), var in from_env.items():
+        if loc[:2] == [section, key] or (loc[:1] == [section] and msg.startswith(f"{key}:")):
+            detail = msg.removeprefix(f"{key}:").strip()
+            return f"invalid value for {var} (the environment variable, setting {section}.{key}): {detail}"
+    return message
+
+
+def key_settings(**explicit: Any) -> KeySettings:
+    """The key settings: each ``explicit`` value that is not ``None``, else its ``MODELKEEP_*``
+    variable. ``ModelPersistence()`` resolves its keys here, and the CLI reaches the same
+    function with the values it read from the config file."""
+    data: dict[str, Any] = {}
+    for var, (_section, key) in ENV_VARS.items():
+        if key in KeySettings.model_fields and var in os.environ:
+            data[key] = os.environ[var]
+    data.update({k: v for k, v in explicit.items() if v is not None})
+    try:
+        return KeySettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, prefix="persistence.")) from exc
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
     """One line naming the config key and what is allowed there."""
     err = exc.errors()[0]
     parts = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))]
     parts = [p for p in parts if p not in {"bool", "int", "str", "tuple[str,int]"}]
-    loc = ".".join(parts)
+    loc = prefix + ".".join(parts)
     if err["type"] == "extra_forbidden":
         sections: dict[str, type[BaseModel]] = {"logging": LoggingSettings, "persistence": PersistenceSettings}
         section = sections.get(parts[0], Settings) if len(parts) > 1 else Settings

@@ -8,14 +8,31 @@ catch, so ``except KeyError`` or ``except ValueError`` keeps working.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 
 class ModelKeepError(Exception):
-    """Base class of every error modelkeep raises on purpose."""
+    """Base class of every error modelkeep raises on purpose.
+
+    ``cli`` maps the API spelling a message uses for a remedy (``overwrite=True``)
+    to the command line's (``--overwrite``); :meth:`for_cli` applies it, so each
+    interface tells the user what to type in that interface.
+    """
+
+    def __init__(self, *args: object, cli: dict[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.cli_spelling: dict[str, str] = dict(cli or {})
 
     def __str__(self) -> str:
         # KeyError.__str__ would repr() the message; keep it readable everywhere.
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+    def for_cli(self) -> str:
+        """The message with API spellings replaced by the CLI's."""
+        text = str(self)
+        for api, cli in getattr(self, "cli_spelling", {}).items():
+            text = text.replace(api, cli)
+        return text
 
 
 class ModelNotFoundError(ModelKeepError, KeyError):
@@ -34,8 +51,24 @@ class RegistryNotFoundError(ModelKeepError, FileNotFoundError):
     """No registry exists at the configured location (and ``create=False``)."""
 
 
+class AliasNotFoundError(ModelNotFoundError):
+    """The model has no alias of that name."""
+
+
 class VersionExistsError(ModelKeepError, FileExistsError):
     """The version is already registered and ``overwrite`` was not given."""
+
+
+class AliasConflictError(ModelKeepError, ValueError):
+    """A compare-and-set of an alias failed: it no longer points where the caller expected."""
+
+
+class VersionInUseError(ModelKeepError, ValueError):
+    """The version cannot be deleted: an alias points at it (pass ``force=True`` to remove the alias too)."""
+
+
+class VersionTrashedError(VersionExistsError):
+    """The version is in the trash: restore it, or purge it before saving that version again."""
 
 
 class InvalidNameError(ModelKeepError, ValueError):
@@ -52,6 +85,18 @@ class ConfigError(ModelKeepError, ValueError):
 
 class IncompatibleRegistryError(ConfigError):
     """The registry was written by a newer modelkeep (index schema or file format): upgrade to open it."""
+
+
+class FilterError(ModelKeepError, ValueError):
+    """A search filter or ``order_by`` that does not parse, or names an unknown field.
+
+    ``position`` is the 0-based character offset the problem was found at
+    (``None`` when it concerns the whole filter, such as an unknown field).
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class IntegrityError(ModelKeepError, ValueError):
@@ -74,14 +119,41 @@ class StorageError(ModelKeepError, OSError):
     """The artifact store failed (disk full, permission denied, network error)."""
 
 
+class ConnectionLostError(StorageError):
+    """The database connection dropped before the transaction committed, so nothing was written.
+
+    Reads and whole write transactions are retried once on a fresh connection
+    when this happens; a drop while committing is a plain :class:`StorageError`
+    because the outcome is then unknown.
+    """
+
+
 class BackendUnavailableError(ModelKeepError, ImportError):
     """An optional backend was requested but its package is not installed."""
 
 
+class FormatVersionError(SerializationError):
+    """An artifact or sidecar was written by a newer modelkeep, in a protocol this one cannot read."""
+
+
+def no_versions(model_name: str, known_models: list[str] | None = None) -> ModelNotFoundError:
+    """The error for a model with no versions (the seed's wording), suggesting close names."""
+    from .suggest import did_you_mean
+
+    return ModelNotFoundError(
+        f"No versions found for model '{model_name}'{did_you_mean(model_name, known_models or [])}"
+    )
+
+
 __all__ = [
+    "AliasConflictError",
+    "AliasNotFoundError",
     "ArtifactNotFoundError",
     "BackendUnavailableError",
     "ConfigError",
+    "ConnectionLostError",
+    "FormatVersionError",
+    "FilterError",
     "IntegrityError",
     "InvalidNameError",
     "MetadataError",
@@ -93,5 +165,16 @@ __all__ = [
     "StorageError",
     "UnsafeModelError",
     "VersionExistsError",
+    "VersionInUseError",
     "VersionNotFoundError",
+    "VersionTrashedError",
+    "no_versions",
 ]
+
+
+class InputSchemaError(ModelKeepError, ValueError):
+    """Data does not fit a version's input signature; ``.result`` is the ``InputCheck``."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

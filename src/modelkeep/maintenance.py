@@ -16,17 +16,13 @@ left naming a missing or half-written artifact.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import signing
-from .blobs import BLOB_DIR, blob_key
 from .errors import (
     ArtifactNotFoundError,
     IntegrityError,
@@ -34,11 +30,20 @@ from .errors import (
     MetadataError,
     ModelKeepError,
     SignatureError,
+    no_versions,
 )
-from .index.sql import no_versions, record_blobs
+from .layout import (
+    BLOB_DIR,
+    blob_digest,
+    blob_key,
+    is_temporary,
+    record_blobs,
+    referenced_keys,
+    sidecar_bytes,
+    sidecar_key,
+    version_dir,
+)
 from .metadata import ModelMetadata
-from .registry import _sidecar_bytes, sidecar_key
-from .storage import TMP_DIR
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
@@ -53,7 +58,7 @@ MISSING = "missing"
 CORRUPT = "corrupt"
 """An artifact or blob does not hash to the digest recorded at save."""
 SIGNATURE = "signature"
-"""A signing key is configured and the version's manifest signature is missing or wrong."""
+"""The manifest signature does not verify, or signatures are required and it is missing or untrusted."""
 SIDECAR = "sidecar"
 """A version's sidecar metadata file is missing or disagrees with the index (``reindex`` would be wrong)."""
 ORPHANED = "orphaned"
@@ -92,6 +97,8 @@ class VerifyReport:
     blobs_checked: int = 0
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: versions per signature status (``trusted``, ``unsigned``, ``untrusted``) that passed the check
+    signatures: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +119,7 @@ class VerifyReport:
             "blobs_checked": self.blobs_checked,
             "bytes_checked": self.bytes_checked,
             "counts": dict(sorted(counts.items())),
+            "signatures": dict(sorted(self.signatures.items())),
             "problems": [p.to_dict() for p in self.problems],
         }
 
@@ -145,6 +153,8 @@ class GcReport:
     kept: list[Leftover] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: ``(model, version)`` purged from the trash first (``purge_deleted_older_than``).
+    purged: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -165,53 +175,11 @@ class GcReport:
             "kept": [item.to_dict() for item in self.kept],
             "repaired": list(self.repaired),
             "errors": list(self.errors),
+            "purged": [list(item) for item in self.purged],
         }
 
 
-# -- layout ---------------------------------------------------------------------------------
-
-
-def _version_dir(key: str) -> tuple[str, str] | None:
-    """``(model, version)`` for a key inside a version folder, else ``None``."""
-    parts = key.split("/")
-    if len(parts) != 3 or parts[0].startswith("."):
-        return None
-    return parts[0], parts[1]
-
-
-def _referenced_keys(record: ModelMetadata) -> set[str]:
-    keys = {sidecar_key(record.model_name, record.version)}
-    if record.artifact is not None:
-        keys.add(record.artifact.key)
-    return keys
-
-
-def _blob_digest(key: str) -> str | None:
-    parts = key.split("/")
-    return parts[2] if len(parts) == 3 and parts[0] == BLOB_DIR else None
-
-
-def _age_seconds(store: ArtifactStore, key: str, now: float) -> float | None:
-    """Seconds since ``key`` was last written, or ``None`` when the store cannot tell."""
-    try:
-        if store.is_local:
-            return now - os.stat(store.full_path(key)).st_mtime
-        info = store.fs.info(store.full_path(key))
-    except FileNotFoundError:
-        return None
-    for name in ("mtime", "LastModified", "last_modified", "updated", "created", "time"):
-        value = info.get(name)
-        if isinstance(value, (int, float)):
-            return now - float(value)
-        if isinstance(value, _dt.datetime):
-            stamp = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-            return now - stamp.timestamp()
-        if isinstance(value, str):
-            try:
-                return now - _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
+# -- helpers ------------------------------------------------------------------------------
 
 
 def _size(store: ArtifactStore, key: str) -> int:
@@ -243,7 +211,7 @@ def _sidecar_matches(store: ArtifactStore, record: ModelMetadata) -> str | None:
 def verify_registry(p: ModelPersistence, model_name: str | None = None) -> VerifyReport:
     """Re-hash every artifact (and blob) and report what is missing, corrupt or orphaned.
 
-    Also checks each version's signature when ``p`` has a signing key, and that
+    Also checks each version's signature with ``p``'s keys (see :meth:`Keyring.check`), and that
     each sidecar metadata file matches the index (``reindex`` relies on them).
     With ``model_name``, only that model's versions and folder are checked
     (:class:`ModelNotFoundError` if it has neither).
@@ -257,7 +225,7 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
     used_blobs: dict[str, int] = {}
     blob_owners: dict[str, list[ModelMetadata]] = defaultdict(list)
     for record in records:
-        referenced |= _referenced_keys(record)
+        referenced |= referenced_keys(record)
         report.versions_checked += 1
         report.problems.extend(_check_record(p, record, report))
         for sha, size in record.artifact.extra.get("blobs", []) if record.artifact else []:
@@ -282,12 +250,12 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
     if model_name is None:
         all_used = p.index.referenced_blobs() | set(used_blobs)
         for key in keys:
-            if key.startswith(TMP_DIR + "/"):
+            if is_temporary(key):
                 report.problems.append(Problem(ORPHANED, key, "temporary file left by an interrupted save"))
-            elif (sha := _blob_digest(key)) is not None and sha not in all_used:
+            elif (sha := blob_digest(key)) is not None and sha not in all_used:
                 report.problems.append(Problem(ORPHANED, key, "blob no version uses"))
     for key in keys:
-        where = _version_dir(key)
+        where = version_dir(key)
         if where is not None and key not in referenced:
             report.problems.append(Problem(ORPHANED, key, "no index entry names this file", *where))
     return report
@@ -306,11 +274,11 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
         out.append(Problem(MISSING, art.key, "artifact file is missing", name, version))
     except IntegrityError as exc:
         out.append(Problem(CORRUPT, art.key, str(exc), name, version))
-    if p.signing_key:
-        try:
-            signing.verify(record, p.signing_key)
-        except SignatureError as exc:
-            out.append(Problem(SIGNATURE, art.key, str(exc), name, version))
+    try:
+        verdict = p.keyring.check(record)
+        report.signatures[verdict.status] = report.signatures.get(verdict.status, 0) + 1
+    except SignatureError as exc:
+        out.append(Problem(SIGNATURE, art.key, str(exc), name, version))
     wrong = _sidecar_matches(p.store, record)
     if wrong is not None:
         out.append(Problem(SIDECAR, sidecar_key(name, version), wrong, name, version))
@@ -335,7 +303,7 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
     now = time.time()
 
     def old_enough(key: str, reason: str) -> Leftover | None:
-        age = _age_seconds(store, key, now)
+        age = store.age_seconds(key, now)
         item = Leftover(key, reason, _size(store, key), None if age is None else round(age, 3))
         if min_age_seconds > 0 and (age is None or age < min_age_seconds):
             report.kept.append(item)
@@ -345,21 +313,21 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
     records = list(p.index.iter_records())
     referenced: set[str] = set()
     for record in records:
-        referenced |= _referenced_keys(record)
+        referenced |= referenced_keys(record)
 
     temporary: list[Leftover] = []
     blob_candidates: dict[str, Leftover] = {}
     per_dir: dict[tuple[str, str], list[Leftover]] = defaultdict(list)
     used_blobs = p.index.referenced_blobs()
     for key in store.list_keys():
-        if key.startswith(TMP_DIR + "/"):
+        if is_temporary(key):
             if (item := old_enough(key, "temporary file left by an interrupted save")) is not None:
                 temporary.append(item)
-        elif (sha := _blob_digest(key)) is not None:
+        elif (sha := blob_digest(key)) is not None:
             if sha not in used_blobs and (item := old_enough(key, "blob no version uses")) is not None:
                 blob_candidates[sha] = item
         elif (
-            (where := _version_dir(key)) is not None
+            (where := version_dir(key)) is not None
             and key not in referenced
             and (item := old_enough(key, "no index entry names this file")) is not None
         ):
@@ -377,7 +345,7 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
     for item in temporary:
         _remove(store, item, report)
     for where in sorted(set(per_dir) | stale_sidecars):
-        _clean_version_dir(p, where, per_dir.get(where, []), where in stale_sidecars, report)
+        _cleanversion_dir(p, where, per_dir.get(where, []), where in stale_sidecars, report)
     if blob_candidates:
 
         def remove_blobs(shas: list[str]) -> None:
@@ -407,7 +375,7 @@ def _remove(store: ArtifactStore, item: Leftover, report: GcReport) -> None:
         report.errors.append(f"{item.key}: {exc}")
 
 
-def _clean_version_dir(
+def _cleanversion_dir(
     p: ModelPersistence,
     where: tuple[str, str],
     leftovers: list[Leftover],
@@ -420,13 +388,13 @@ def _clean_version_dir(
     try:
         with p.index.lock_model(model_name):
             current = p.index.get(model_name, version)
-            keep = _referenced_keys(current) if current is not None else set()
+            keep = referenced_keys(current) if current is not None else set()
             for item in leftovers:
                 if item.key not in keep:
                     _remove(p.store, item, report)
             if repair_sidecar and current is not None and _sidecar_matches(p.store, current) is not None:
                 key = sidecar_key(model_name, version)
-                p.store.write_bytes(key, _sidecar_bytes(current))
+                p.store.write_bytes(key, sidecar_bytes(current))
                 report.repaired.append(key)
     except ModelKeepError as exc:
         report.errors.append(f"{model_name}/{version}: {exc}")
@@ -452,7 +420,7 @@ def rebuild_index(p: ModelPersistence) -> int:
     store = p.store
     records: list[ModelMetadata] = []
     for key in store.list_keys():
-        where = _version_dir(key)
+        where = version_dir(key)
         if where is None or not key.endswith("_metadata.json") or key != sidecar_key(*where):
             continue
         record = _read_sidecar(store, key, *where)

@@ -27,9 +27,11 @@ class ModelPersistenceManager:
         self.config_path = Path(config_path) if config_path is not None else None
         self.settings: Settings = load_settings(config_path, **overrides)
         self.settings.apply_logging()
-        self.persistence: ModelPersistence = self.settings.create_persistence()
+        from .registry import ModelPersistence
 
-    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> Path:
+        self.persistence: ModelPersistence = ModelPersistence.from_settings(self.settings)
+
+    def save_model(self, model: Any, model_name: str, version: str | None = None, **metadata: Any) -> str | Path:
         """Save ``model``; see :meth:`ModelPersistence.save`."""
         return self.persistence.save(model, model_name, version, **metadata)
 
@@ -42,15 +44,19 @@ class ModelPersistenceManager:
         return self.persistence.get_metadata(model_name, version)
 
     def list_models(self) -> list[str]:
+        """Names of all models with at least one version, sorted; see :meth:`ModelPersistence.list_models`."""
         return self.persistence.list_models()
 
     def list_versions(self, model_name: str) -> list[str]:
+        """A model's versions in ascending version order (``[]`` for an unknown model)."""
         return self.persistence.list_versions(model_name)
 
     def compare_versions(self, model_name: str, versions: list[str] | None = None) -> pd.DataFrame:
+        """A DataFrame with one row per version (all, or ``versions``) and a column per metric."""
         return self.persistence.compare_versions(model_name, versions)
 
     def delete_model(self, model_name: str, version: str) -> None:
+        """Delete one version; see :meth:`ModelPersistence.delete`."""
         self.persistence.delete(model_name, version)
 
     def close(self) -> None:

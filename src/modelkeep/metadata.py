@@ -8,9 +8,12 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import MetadataError
+from .errors import FormatVersionError, MetadataError
+
+if TYPE_CHECKING:
+    from .environment import EnvironmentDiff
 
 #: Version of the sidecar JSON layout written next to every artifact.
 SIDECAR_SCHEMA = 1
@@ -68,6 +71,10 @@ class ModelMetadata:
 
     ``metadata`` holds ``model_params`` (from ``get_params()`` when the model has
     it) and every custom field passed to ``save``: metrics, dataset info, tags.
+
+    ``aliases``, ``tags`` and ``description`` are the version's lifecycle state,
+    read from the index when the record is read. They can change at any time, so
+    they are not part of :meth:`to_dict` (the sidecar file and the signed manifest).
     """
 
     model_name: str
@@ -79,6 +86,17 @@ class ModelMetadata:
     artifact: ArtifactInfo | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     signature: str | None = None
+    #: What the model expects as input (modelkeep.input_signature); ``None`` when unknown.
+    input_signature: dict[str, Any] | None = None
+    #: Where the model came from: training-data fingerprint, git commit, parent (modelkeep.lineage).
+    lineage: dict[str, Any] | None = None
+    aliases: list[str] = field(default_factory=list, compare=False)
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
+    description: str | None = field(default=None, compare=False)
+
+    def lifecycle_dict(self) -> dict[str, Any]:
+        """The version's aliases, tags and description (not part of :meth:`to_dict`)."""
+        return {"aliases": list(self.aliases), "tags": dict(self.tags), "description": self.description}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; the same layout as the sidecar ``*_metadata.json`` file."""
@@ -96,11 +114,38 @@ class ModelMetadata:
             out["artifact"] = self.artifact.to_dict()
         if self.signature is not None:
             out["signature"] = self.signature
+        if self.input_signature is not None:
+            out["input_signature"] = self.input_signature
+        if self.lineage is not None:
+            out["lineage"] = self.lineage
         return out
+
+    def environment_diff(self) -> EnvironmentDiff:
+        """How the running process differs from the environment this version was saved in."""
+        from .environment import diff
+
+        return diff(self.environment)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        """Inverse of :meth:`to_dict`; unknown keys are ignored.
+
+        Records from a newer modelkeep, whose ``schema`` is above
+        :data:`SIDECAR_SCHEMA`, are refused with :class:`FormatVersionError`
+        naming the release needed (its ``requires`` field); older ones load.
+        """
+        schema = data.get("schema", 1) if isinstance(data, dict) else 1
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise MetadataError(f"not a modelkeep metadata record: bad schema {schema!r}")
+        if schema > SIDECAR_SCHEMA:
+            from ._version import __version__
+
+            release = data.get("requires")
+            remedy = f"upgrade to modelkeep {release} or later" if isinstance(release, str) else "upgrade modelkeep"
+            raise FormatVersionError(
+                f"the metadata record of {data.get('model_name')!r} {data.get('version')!r} uses schema {schema}, "
+                f"but this modelkeep ({__version__}) reads up to schema {SIDECAR_SCHEMA}: {remedy}"
+            )
         try:
             artifact = data.get("artifact")
             return cls(
@@ -113,6 +158,8 @@ class ModelMetadata:
                 artifact=ArtifactInfo.from_dict(artifact) if artifact else None,
                 environment=dict(data.get("environment") or {}),
                 signature=data.get("signature"),
+                input_signature=data.get("input_signature"),
+                lineage=data.get("lineage"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MetadataError(f"not a modelkeep metadata record: missing or bad {exc}") from exc
@@ -205,4 +252,41 @@ class ModelSummary:
             "version_count": self.version_count,
             "latest_version": self.latest_version,
             "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One row of the registry's append-only audit log.
+
+    ``action`` is one of ``save``, ``overwrite``, ``delete``, ``restore``, ``purge``,
+    ``alias_set``, ``alias_delete``, ``tag_set``, ``tag_delete``, ``describe`` and
+    ``reindex``. ``before`` and ``after`` are the changed value before and after
+    (a version string for alias changes, a tag value, a description, or a small dict).
+    ``at`` is an ISO-8601 UTC time; ``actor`` is ``MODELKEEP_USER`` or ``user@host``.
+    """
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    model_name: str
+    version: str | None = None
+    alias: str | None = None
+    key: str | None = None
+    before: Any = None
+    after: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "model_name": self.model_name,
+            "version": self.version,
+            "alias": self.alias,
+            "key": self.key,
+            "before": self.before,
+            "after": self.after,
         }

@@ -3,45 +3,63 @@
 Save:  object -> format.dump -> bytes hashed as they stream to a staged file
        -> (write lock) allocate version -> sidecar JSON -> rename into place
        -> index row -> commit.
-Load:  index row -> (signature) -> open artifact -> SHA-256 check -> deserialize.
+Load:  index row -> (signature) -> read artifact once -> SHA-256 check -> deserialize
+       those same bytes.
+
+The store layout (which key holds what) is :mod:`modelkeep.layout`; the bytes
+go through :mod:`modelkeep.storage`; formats are :mod:`modelkeep.formats`.
+See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, signing
+from . import environment, lineage, signing
 from .errors import (
+    ConfigError,
+    MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
     SerializationError,
     StorageError,
+    UnsafeModelError,
     VersionExistsError,
+    VersionTrashedError,
+    no_versions,
 )
 from .formats import Format, format_for_suffix, get_format
+from .formats._restricted import warn_untrusted_globals
 from .index import Reservation, SqlIndex
-from .index.sql import record_blobs
+from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
+from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
-from .storage import ArtifactStore
+from .storage import open_store
+from .storage.hashing import Advance
+from .storage.local import atomic_file
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .blobs import BlobStore
+    from .config import Settings
+    from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
+    from .resign import ResignReport
+    from .search import SearchPage
+    from .search.grammar import Node
 
 logger = logging.getLogger("modelkeep")
 
-Advance = Callable[[int], None]
 #: ``progress(description, total_bytes_or_None)`` -> context manager yielding ``advance(n)``.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 
@@ -49,20 +67,6 @@ ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 @contextlib.contextmanager
 def _no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
     yield lambda _n: None
-
-
-def artifact_key(model_name: str, version: str, extension: str) -> str:
-    """The seed's layout: ``<name>/<version>/<name>_v<version><ext>``."""
-    return f"{model_name}/{version}/{model_name}_v{version}{extension}"
-
-
-def revision_key(model_name: str, version: str, extension: str) -> str:
-    """A fresh key for an overwrite, beside the usual one: ``<name>/<version>/<name>_v<version>.r<hex><ext>``."""
-    return f"{model_name}/{version}/{model_name}_v{version}.r{uuid.uuid4().hex[:12]}{extension}"
-
-
-def sidecar_key(model_name: str, version: str) -> str:
-    return f"{model_name}/{version}/{model_name}_v{version}_metadata.json"
 
 
 def _model_params(model: Any) -> dict[str, Any] | None:
@@ -80,11 +84,11 @@ def _model_params(model: Any) -> dict[str, Any] | None:
         try:
             out[str(k)] = to_json_safe(v, f"model_params.{k}")
         except ModelKeepError:
-            out[str(k)] = repr(v)  # estimators-in-estimators, callables: keep a readable trace
+            out[str(k)] = " ".join(repr(v).split())  # estimators-in-estimators: a readable, one-line trace
     return out
 
 
-class ModelPersistence:
+class ModelPersistence(LifecycleMixin):
     """Save, version, find, compare and load models in one registry.
 
     Args:
@@ -96,7 +100,15 @@ class ModelPersistence:
         registry_url: a SQLAlchemy URL for a shared index (PostgreSQL); wins
             over ``registry_path``.
         storage_options: passed to fsspec (endpoints, credentials).
-        signing_key: when set, every save is signed and every load verified.
+        signing_key: a shared HMAC secret: every save is signed with it, and every
+            load requires a valid signature (default: ``MODELKEEP_SIGNING_KEY``).
+        signing_key_file: a PEM ECDSA P-256 private key that signs every save;
+            signatures become required (default: ``MODELKEEP_SIGNING_KEY_FILE``).
+            Without either, saves are signed with the per-user key.
+        trusted_keys: PEM public key files whose signatures are trusted
+            (default: ``MODELKEEP_TRUSTED_KEYS``).
+        require_signatures: refuse versions without a trusted signature (default:
+            ``MODELKEEP_REQUIRE_SIGNATURES``, else on when a key is configured).
         progress: a progress-bar factory; see :data:`ProgressFactory`.
         index_schema: PostgreSQL schema for the index tables (default: the search path).
         create: create the embedded registry if it does not exist; with ``False``
@@ -120,16 +132,18 @@ class ModelPersistence:
         index_schema: str | None = None,
         trusted_types: list[str] | None = None,
         create: bool = True,
+        signing_key_file: str | os.PathLike[str] | None = None,
+        trusted_keys: list[str] | None = None,
+        require_signatures: bool | None = None,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
-        self.store = ArtifactStore(models_dir, storage_options)
-        self.models_dir = Path(self.store.root) if self.store.is_local else self.store.url
+        self.store = open_store(models_dir, storage_options)
+        #: The store's root: a :class:`~pathlib.Path` for a local folder, else its URL.
+        self.models_dir: str | Path = self.store.location()
         if registry_url is None:
-            if not self.store.is_local and registry_path is None:
-                from .errors import ConfigError
-
+            if self.store.shared and registry_path is None:
                 raise ConfigError(
                     f"models_dir {self.store.url!r} is remote but no registry_url is set: "
                     "point registry_url at a shared database (for example PostgreSQL), or pass "
@@ -149,9 +163,23 @@ class ModelPersistence:
                 ) from exc
             registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
         self.index = SqlIndex(registry_url, schema=index_schema)
-        self.signing_key = signing_key or None
+        #: What this registry signs with and trusts (see :func:`modelkeep.signing.resolve_keyring`).
+        self.keyring = signing.resolve_keyring(
+            signing_key=signing_key or None,
+            signing_key_file=signing_key_file,
+            trusted_keys=trusted_keys,
+            require_signatures=require_signatures,
+        )
+        self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, progress: ProgressFactory | None = None, *, create: bool = True
+    ) -> ModelPersistence:
+        """A registry opened with validated :class:`~modelkeep.config.Settings` (what the CLI uses)."""
+        return cls(**settings.persistence_options(), progress=progress, create=create)
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
@@ -175,20 +203,40 @@ class ModelPersistence:
         version: str | None = None,
         *,
         overwrite: bool = False,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
         **metadata: Any,
-    ) -> Path:
-        """Save ``model`` as a new version and return the artifact's path.
+    ) -> str | Path:
+        """Save ``model`` as a new version and return where its artifact is.
 
         With ``version=None`` the next patch version is allocated atomically
         (``1.0.0`` for a new model). Keyword arguments become custom metadata
         (metrics, dataset info, ...). Raises :class:`VersionExistsError` if the
-        version exists and ``overwrite`` is false. On an object store the
-        returned "path" is the artifact's URL as a string (``s3://...``).
+        version exists and ``overwrite`` is false. The return value is a
+        :class:`~pathlib.Path` on a local store, and the artifact's URL as a
+        ``str`` (``s3://...``) on a remote one, so a URL is never mangled into a path.
+
+        The input signature is captured from the model (and from ``input_example``,
+        a DataFrame, array or tensor, when given). ``training_data`` /
+        ``training_target`` are fingerprinted, the git commit is recorded when
+        saving inside a repository, and ``parent`` (``"1.0.0"`` or
+        ``"other-model:1.0.0"``) names the version this one derives from.
         """
-        rec = self.save_version(model, model_name, version, overwrite=overwrite, metadata=metadata)
+        rec = self.save_version(
+            model,
+            model_name,
+            version,
+            overwrite=overwrite,
+            metadata=metadata,
+            input_example=input_example,
+            training_data=training_data,
+            training_target=training_target,
+            parent=parent,
+        )
         assert rec.artifact is not None
-        where = self.store.display_path(rec.artifact.key)
-        return Path(where) if self.store.is_local else where  # type: ignore[return-value]
+        return self.store.location(rec.artifact.key)
 
     def save_version(
         self,
@@ -200,8 +248,17 @@ class ModelPersistence:
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        created_at: str | None = None,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
     ) -> ModelMetadata:
-        """Like :meth:`save`, but returns the full :class:`ModelMetadata` record."""
+        """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
+
+        ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
+        to keep a version's original timestamp.
+        """
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
         if version is not None:
@@ -212,26 +269,45 @@ class ModelPersistence:
             if compress is None and serialization_format is None
             else fmt.normalize_compression(self.compress if compress is None else compress)
         )
+        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
+            from .formats.frameworks import resolve_auto
+
+            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
+        from .loading import refuse_unloadable, warn_main_globals
+
+        refuse_unloadable(model, fmt.name)
         custom = to_json_safe(dict(metadata or {}))
         params = _model_params(model)
         if params is not None and "model_params" not in custom:
             custom = {"model_params": params, **custom}
-        env = environment.capture(model)
+        signature, lineage_parts, git = self._describe(
+            model, model_name, input_example, training_data, training_target, parent
+        )
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
+            if self.index.lifecycle.trashed_version(model_name, version):
+                raise VersionTrashedError(
+                    f"model '{model_name}' version '{version}' is in the trash; restore or purge it"
+                )
             raise VersionExistsError(
-                f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it"
+                f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it",
+                cli={"overwrite=True": "--overwrite"},
             )
 
         with self.store.staged() as staged:
             with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
                 try:
-                    extra = fmt.dump(model, out, compression, **self._format_options(fmt)) or {}
+                    extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
+                    extra.update(fmt.protocol_record())
                 except ModelKeepError:
                     raise
                 except OSError:
                     raise
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+            env = environment.capture(model, environment.modules_of(extra, fmt.name))
+            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
+            warn_main_globals(extra)
+            warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
             with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
                 key = artifact_key(model_name, slot.version, fmt.extension(compression))
@@ -247,18 +323,19 @@ class ModelPersistence:
                     model_name=model_name,
                     model_type=type(model).__name__,
                     version=slot.version,
-                    created_at=slot.previous.created_at if slot.previous else now,
+                    created_at=created_at or (slot.previous.created_at if slot.previous else now),
                     updated_at=now,
                     metadata=custom,
                     artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
                     environment=env,
+                    input_signature=signature,
+                    lineage=lineage_record,
                 )
-                if self.signing_key:
-                    record.signature = signing.sign(record, self.signing_key)
+                record.signature = self.keyring.sign(record)
                 if extra.get("blobs"):
                     self.check_blobs_present(slot, extra["blobs"])
                 try:
-                    self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
+                    self.store.write_bytes(sidecar_key(model_name, slot.version), sidecar_bytes(record))
                     same = self.index.find_artifact(staged.sha256, exclude_key=key)
                     if not (same and self.store.link(same, key)):  # identical bytes: share them
                         staged.commit(key)
@@ -280,6 +357,34 @@ class ModelPersistence:
         )
         return record
 
+    def _describe(
+        self,
+        model: Any,
+        model_name: str,
+        input_example: Any,
+        training_data: Any,
+        training_target: Any,
+        parent: str | None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
+        """The input signature, the lineage parts and a running ``git status`` for a save
+        (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized."""
+        from . import input_signature
+
+        try:
+            signature = input_signature.infer(model, input_example)
+        except TypeError as exc:
+            raise MetadataError(str(exc)) from exc
+        parent_ref = None
+        if parent is not None:
+            parent_ref = lineage.parse_parent(parent, model_name)
+            self.get_version(*parent_ref)  # VersionNotFoundError when the parent does not exist
+        parts = {
+            "data_fingerprint": lineage.fingerprint(training_data) if training_data is not None else None,
+            "target_fingerprint": lineage.fingerprint(training_target) if training_target is not None else None,
+            "parent": parent_ref,
+        }
+        return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
+
     def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
         """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
         sidecar (restored to the previous version's when overwriting). Call it while
@@ -290,19 +395,19 @@ class ModelPersistence:
             if previous is None:
                 self.store.delete(sidecar, missing_ok=True)
             else:
-                self.store.write_bytes(sidecar, _sidecar_bytes(previous))
+                self.store.write_bytes(sidecar, sidecar_bytes(previous))
         except Exception as exc:  # never hide the error that made the save fail; gc cleans up
             logger.warning(
                 "could not clean up after a failed save of %s %s: %s", record.model_name, record.version, exc
             )
 
-    def _format_options(self, fmt: Format, **options: Any) -> dict[str, Any]:
-        """Extra keyword arguments for formats that keep buffers in the blob store."""
-        if getattr(fmt, "uses_blobs", False):
-            from .blobs import BlobStore
+    def _blobs(self, fmt: Format) -> BlobStore | None:
+        """The blob store, for formats that keep large buffers there (``None`` for the others)."""
+        if not fmt.uses_blobs:
+            return None
+        from .blobs import BlobStore
 
-            options["blobs"] = BlobStore(self.store)
-        return options
+        return BlobStore(self.store)
 
     def check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
         """Under the shared blob lock, make sure a concurrent gc removed none of our blobs."""
@@ -323,23 +428,48 @@ class ModelPersistence:
         serialization_format: str | None = None,
         compress: Any = None,
         metadata: dict[str, Any] | None = None,
+        trusted_types: list[str] | None = None,
+        trust_file: bool = False,
+        created_at: str | None = None,
     ) -> ModelMetadata:
-        """Register a model from a pickle or joblib file. Loading it runs its code:
-        only import files you trust (denied globals are still refused)."""
-        import joblib
+        """Register a model from a pickle or joblib file (``created_at`` is passed to :meth:`save_version`).
 
-        from .formats._restricted import restricted_joblib
+        The file is read under the same policy as a load: the built-in allow-list plus
+        this registry's ``trusted_types`` and ``trusted_types`` given here; any other
+        global raises :class:`UnsafeModelError` naming it. ``trust_file=True`` reads the
+        file with plain ``joblib.load``, which runs any code it contains: only for a
+        file you wrote yourself.
+        """
+        from .formats._restricted import TrustPolicy, joblib_load
 
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
+        from .loading import describe_unreadable
+
+        if not os.path.exists(path):
+            from .errors import ArtifactNotFoundError
+
+            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
+
+        where = os.fspath(path)
         try:
-            with restricted_joblib():
-                model = joblib.load(os.fspath(path))  # reads joblib and plain pickle files alike
+            if trust_file:
+                import joblib
+
+                logger.info("reading %s with plain joblib.load (trust_file)", where)
+                model = joblib.load(where)  # reads joblib and plain pickle files alike
+            else:
+                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
+                model = joblib_load(where, policy)
+        except UnsafeModelError as exc:
+            raise UnsafeModelError(
+                f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
+            ) from exc
         except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
             raise
         except Exception as exc:
-            raise SerializationError(f"cannot read a model from {os.fspath(path)!r}: {exc}") from exc
+            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
         return self.save_version(
             model,
             model_name,
@@ -348,6 +478,7 @@ class ModelPersistence:
             serialization_format=serialization_format,
             compress=compress,
             metadata=metadata,
+            created_at=created_at,
         )
 
     # -- loading ------------------------------------------------------------------
@@ -358,38 +489,69 @@ class ModelPersistence:
         return_metadata: bool = False,
         *,
         mmap_mode: str | None = None,
+        alias: str | None = None,
+        validate: Any = None,
     ) -> Any:
         """Load a version (the latest when ``version`` is ``None``).
 
-        The artifact's SHA-256 (and signature, with a signing key) is checked
-        before anything is deserialized; a mismatch raises :class:`IntegrityError`.
+        ``load("churn@production")`` or ``load("churn", alias="production")`` loads
+        the version an alias points at.
+
+        The artifact's SHA-256 and the signature are checked before anything is
+        deserialized; a mismatch raises :class:`IntegrityError` (:class:`SignatureError`
+        for a bad signature, or a missing one when signatures are required). The format
+        trusts the globals recorded at save only when the signature is by a held key.
         ``mmap_mode="r"`` maps the arrays of uncompressed joblib artifacts
-        instead of reading them. Returns the model, or ``(model, metadata)``.
+        instead of reading them (``"c"``: copy-on-write); where an artifact cannot be
+        mapped (compressed, pickle, a remote store, a framework format) it is read
+        into memory with a :class:`MmapIgnoredWarning`. Any other ``mmap_mode`` is a
+        :class:`ConfigError`. ``validate=X`` checks data ``X`` against the version's
+        input signature first and raises :class:`InputSchemaError` (its ``.result``
+        is the :class:`InputCheck`) when it does not fit. Returns the model, or
+        ``(model, metadata)``.
         """
+        from .loading import check_mmap_mode, warn_mmap_ignored
+
         started = time.perf_counter()
-        record = self.get_version(model_name, version)
+        check_mmap_mode(mmap_mode)
+        record = self.get_version(model_name, version, alias=alias)
+        if validate is not None:
+            from .input_signature import InputSchemaError, check
+
+            result = check(record.input_signature, validate)
+            if not result.ok:
+                raise InputSchemaError(
+                    f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
+                )
         art = record.artifact
         assert art is not None
-        if self.signing_key:
-            signing.verify(record, self.signing_key)
+        verdict = self.keyring.check(record)
         fmt = get_format(art.format)
-        local = self.store.local_path(art.key)
+        fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
+        options: dict[str, Any] = {
+            "mmap_mode": mmap_mode,
+            "extra": art.extra,
+            "trusted": self.trusted_types,
+            "signed": verdict.trusted,
+        }
+        blobs = self._blobs(fmt)
+        if blobs is not None:
+            options["blobs"] = blobs
         with self._progress(f"loading {model_name}", art.size) as advance:
-            options = self._format_options(fmt, mmap_mode=mmap_mode, extra=art.extra, trusted=self.trusted_types)
-            if mmap_mode is not None and local is not None and fmt.supports_mmap(art.compression):
-                self.store.verify(art.key, art.sha256)
-                model = self._deserialize(fmt.load_path, str(local), art.compression, **options)
-            else:
+            model = None
+            if mmap_mode is not None and fmt.supports_mmap(art.compression):
+                # The file is hashed through an open descriptor, then parsed through that same
+                # descriptor; its raw array pages are mapped, not read (see docs/ARCHITECTURE.md).
+                with self.store.verified_path(art.key, art.sha256) as path:
+                    if path is not None:
+                        model = self._deserialize(fmt.load_path, path, art.compression, **options)
+            if model is None:
+                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
+                # Hash what is unpickled: the artifact is read once into a private in-memory
+                # file, checked, and parsed from that file.
                 with self.store.open_verified(art.key, art.sha256, advance) as f:
                     model = self._deserialize(fmt.load, f, art.compression, **options)
-        diffs = environment.differences(record.environment)
-        if diffs:
-            logger.warning(
-                "model '%s' version %s was saved in a different environment: %s",
-                record.model_name,
-                record.version,
-                "; ".join(diffs),
-            )
+        environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
             record.model_name,
@@ -424,39 +586,59 @@ class ModelPersistence:
         if out.is_dir():
             raise StorageError(f"output {str(out)!r} is a directory; give a file name such as model.joblib")
         if out.exists() and not force:
-            raise VersionExistsError(f"output file {str(out)!r} already exists; use force to replace it")
+            raise VersionExistsError(
+                f"output file {str(out)!r} already exists; pass force=True to replace it",
+                cli={"force=True": "--force"},
+            )
         model = self.load(model_name, version)
         fmt = get_format(fmt_name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                fmt.dump(model, f, fmt.normalize_compression(compressed))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(out) as f:
+            fmt.dump(model, f, fmt.normalize_compression(compressed))
         return out
 
+    def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
+        """Check data ``X`` (DataFrame, array or tensor) against a version's input signature:
+        missing, extra and reordered columns, feature count, unsafe dtype casts."""
+        from .input_signature import check
+
+        return check(self.get_version(model_name, version).input_signature, X)
+
     # -- querying -----------------------------------------------------------------
-    def resolve_version(self, model_name: str, version: str | None = None) -> str:
-        """The concrete version string ``version`` (or "latest") refers to."""
-        return self.get_version(model_name, version).version
+    def resolve_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> str:
+        """The concrete version string ``version`` (or "latest", or an alias) refers to."""
+        return self.get_version(model_name, version, alias=alias).version
 
-    def get_version(self, model_name: str, version: str | None = None) -> ModelMetadata:
-        """The record of a version (latest when ``None``); raises when absent."""
-        model_name = validate_model_name(model_name)
-        if version is not None:
-            version = validate_version(version)
-        return self.index.resolve(model_name, version)
+    def get_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> ModelMetadata:
+        """The record of a version (latest when ``None``), with its aliases, tags and
+        description; raises when absent or trashed. ``"churn@production"``,
+        ``version="@production"`` and ``alias="production"`` name a version by alias."""
+        return self._lookup(model_name, version, alias)
 
-    def get_metadata(self, model_name: str, version: str | None = None) -> ModelMetadata | None:
+    def get_metadata(
+        self, model_name: str, version: str | None = None, *, alias: str | None = None
+    ) -> ModelMetadata | None:
         """The record of a version (latest when ``None``), or ``None`` if there is none."""
         try:
-            return self.get_version(model_name, version)
+            return self.get_version(model_name, version, alias=alias)
         except KeyError:
             return None
+
+    def signature_status(self, model_name: str, version: str | None = None) -> signing.Verdict:
+        """Who signed a version, and whether this registry's keys trust that signature."""
+        return self.keyring.verdict(self.get_version(model_name, version))
+
+    def sign(
+        self, model_name: str | None = None, version: str | None = None, *, include_untrusted: bool = False
+    ) -> ResignReport:
+        """Re-sign versions with the current signing key (after a key rotation).
+
+        Only versions that verify under a trusted key are re-signed, after their bytes
+        are re-hashed; with ``include_untrusted``, unsigned and untrusted ones are too
+        (you vouch for them). ``model_name=None`` signs every model.
+        """
+        from .resign import resign_versions
+
+        return resign_versions(self, model_name, version, include_untrusted=include_untrusted)
 
     def list_models(self) -> list[str]:
         """Names of all models with at least one version, sorted."""
@@ -468,8 +650,6 @@ class ModelPersistence:
 
     def list_version_records(self, model_name: str) -> list[ModelMetadata]:
         """Every version's record, ascending; :class:`ModelNotFoundError` if none."""
-        from .index.sql import no_versions
-
         records = self.index.list_records(validate_model_name(model_name))
         if not records:
             raise no_versions(model_name)
@@ -479,40 +659,72 @@ class ModelPersistence:
         """Each model with its version count, latest version and last update."""
         return self.index.summaries()
 
-    def compare_versions(self, model_name: str, versions: list[str] | None = None) -> pd.DataFrame:
-        """A DataFrame with one row per version and a column per metric or scalar field."""
+    def compare_versions(
+        self, model_name: str, versions: list[str] | None = None, *, filter: str | Node | None = None
+    ) -> pd.DataFrame:
+        """A DataFrame with one row per version and a column per metric or scalar field.
+
+        ``versions`` may name aliases as ``"@production"``. With ``filter`` (see
+        :meth:`search_versions`), only the live versions that match it (and are in
+        ``versions``, when given) are compared.
+        """
         from .compare import comparison_frame
 
-        if versions is None:
+        if filter is not None:
+            from .search import matching_versions
+
+            records = matching_versions(self.index, validate_model_name(model_name), filter)
+            if versions is not None:
+                wanted = {self.get_version(model_name, v).version for v in versions}
+                records = [r for r in records if r.version in wanted]
+        elif versions is None:
             records = self.list_version_records(model_name)
         else:
             records = [self.get_version(model_name, v) for v in versions]
         return comparison_frame(records)
 
-    # -- deleting -----------------------------------------------------------------
-    def delete(self, model_name: str, version: str) -> None:
-        """Delete one version: its index entry first, then its files."""
-        started = time.perf_counter()
-        model_name = validate_model_name(model_name)
-        version = validate_version(version)
-        record = self.index.delete(model_name, version)
-        art = record.artifact
-        if art is not None and self.index.count_artifact_refs(art.key) == 0:
-            self.store.delete(art.key, missing_ok=True)
-        if art is not None and art.extra.get("blobs"):
-            from .blobs import BlobStore
+    # -- search (implemented in modelkeep.search) ------------------------------------
+    def search_versions(
+        self,
+        filter: str | Node | None = None,
+        *,
+        model_name: str | None = None,
+        order_by: str | list[str] | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> SearchPage[ModelMetadata]:
+        """Live versions matching ``filter`` (e.g. ``'accuracy > 0.9 AND tags.dataset = "v7"'``).
 
-            blobs = BlobStore(self.store)
-            self.index.release_blobs(record_blobs(record), blobs.delete_many)
-        self.store.delete(sidecar_key(model_name, version), missing_ok=True)
-        self.store.remove_empty_dirs(f"{model_name}/{version}")
-        logger.info(
-            "deleted %s version %s (%d bytes) in %.1f ms",
-            model_name,
-            version,
-            art.size if art else 0,
-            (time.perf_counter() - started) * 1000,
+        ``order_by``: ``"-accuracy"``, ``"accuracy DESC, version"`` or a list of such
+        entries (default: model name, then version). Returns a page of at most
+        ``limit`` records with their aliases and tags; pass its ``next_page_token``
+        as ``page_token`` for the next page. Raises :class:`FilterError` for a
+        malformed filter or an unknown field.
+        """
+        from .search import search_versions
+
+        return search_versions(
+            self.index, filter, model_name=model_name, order_by=order_by, limit=limit, page_token=page_token
         )
+
+    def search_models(
+        self, filter: str | Node | None = None, *, limit: int = 100, page_token: str | None = None
+    ) -> SearchPage[ModelSummary]:
+        """Models with at least one live version matching ``filter``, by name, a page at a time."""
+        from .search import search_models
+
+        return search_models(self.index, filter, limit=limit, page_token=page_token)
+
+    def best_version(
+        self, model_name: str, metric: str, mode: str = "max", filter: str | Node | None = None
+    ) -> ModelMetadata:
+        """The live version with the highest (``mode="max"``) or lowest (``"min"``) ``metric``,
+        among those matching ``filter``; ties go to the oldest version."""
+        from .search import best_version
+
+        return best_version(self.index, validate_model_name(model_name), metric, mode, filter)
+
+    # -- deleting: delete (to the trash), restore, purge, prune in modelkeep.lifecycle
 
     # -- maintenance (implemented in modelkeep.maintenance) -------------------------
     def verify(self, model_name: str | None = None) -> VerifyReport:
@@ -521,22 +733,31 @@ class ModelPersistence:
 
         return verify_registry(self, model_name)
 
-    def gc(self, *, dry_run: bool = False, min_age_seconds: float = 3600.0) -> GcReport:
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        min_age_seconds: float = 3600.0,
+        purge_deleted_older_than: Age | None = None,
+    ) -> GcReport:
         """Remove crash leftovers: staged temp files and artifacts no index entry names.
 
         Files younger than ``min_age_seconds`` are kept: they may belong to a
-        save in progress. ``dry_run`` only reports what would be removed.
+        save in progress. ``purge_deleted_older_than`` (``"30d"``, seconds, a
+        timedelta) first purges versions that have been in the trash that long.
+        ``dry_run`` only reports what would be removed.
         """
         from .maintenance import collect_garbage
 
-        return collect_garbage(self, dry_run=dry_run, min_age_seconds=min_age_seconds)
+        purged = (
+            [] if purge_deleted_older_than is None else self._purge_for_gc(purge_deleted_older_than, dry_run=dry_run)
+        )
+        report = collect_garbage(self, dry_run=dry_run, min_age_seconds=min_age_seconds)
+        report.purged = purged
+        return report
 
     def reindex(self) -> int:
         """Rebuild the index from the sidecar metadata files; returns the number of versions."""
         from .maintenance import rebuild_index
 
         return rebuild_index(self)
-
-
-def _sidecar_bytes(record: ModelMetadata) -> bytes:
-    return json.dumps(record.to_dict(), indent=2, sort_keys=False).encode() + b"\n"

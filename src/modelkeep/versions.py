@@ -89,6 +89,18 @@ def validate_version(version: object) -> str:
     return _check(version, "version", _VERSION_RE, MAX_VERSION_LENGTH)
 
 
+def validate_alias(alias: object) -> str:
+    """Return ``alias`` if it can name an alias, else raise :class:`InvalidNameError`.
+
+    Aliases follow the version rules, must not look like a version (``1.0``, ``v2``),
+    and ``latest`` is reserved.
+    """
+    name = _check(alias, "alias", _VERSION_RE, MAX_VERSION_LENGTH)
+    if parse_version(name) is not None:
+        raise InvalidNameError(f"alias {name!r} looks like a version; pick a name such as 'production'")
+    return name
+
+
 @dataclass(frozen=True)
 class ParsedVersion:
     """A version string that follows the ``[v]N(.N)*[-pre][+build]`` shape."""
@@ -148,23 +160,11 @@ def sort_key(version: str) -> bytes | None:
     return bytes(out)
 
 
-def version_order_key(version: str, created_seq: int = 0) -> tuple[int, bytes, int]:
-    """Python sort key matching the index's ``ORDER BY`` (parsed after unparsed)."""
-    key = sort_key(version)
-    return (0, b"", created_seq) if key is None else (1, key, created_seq)
-
-
-def sort_versions(versions: list[str]) -> list[str]:
-    """Sort version strings in ascending version order (stable for unparsed ones)."""
-    indexed = list(enumerate(versions))
-    indexed.sort(key=lambda iv: version_order_key(iv[1], iv[0]))
-    return [v for _, v in indexed]
-
-
 def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v: False) -> str:
     """The next patch after ``highest`` (the highest parsed version), or ``1.0.0``.
 
-    Pre-release and build parts are dropped, missing parts count as zero, and a
+    After a pre-release comes its release (``2.0.0-rc1`` -> ``2.0.0``). Otherwise
+    pre-release and build parts are dropped, missing parts count as zero, and a
     ``v`` prefix is kept: ``v1.2.3`` -> ``v1.2.4``. ``is_taken`` skips versions
     that already exist under another spelling (``1.0.1`` beside ``v1.0.1``).
     """
@@ -173,16 +173,12 @@ def next_version(highest: str | None, is_taken: Callable[[str], bool] = lambda v
         nums, prefix = [1, 0, 0], ""
     else:
         nums = list(parsed.numbers) + [0] * (3 - len(parsed.numbers))
-        nums[-1] += 1
         prefix = parsed.prefix
+        release = prefix + ".".join(map(str, nums))
+        if not parsed.pre or is_taken(release):  # after 2.0.0-rc1 comes the release 2.0.0 itself
+            nums[-1] += 1
     text = prefix + ".".join(map(str, nums))
     while is_taken(text):
         nums[-1] += 1
         text = prefix + ".".join(map(str, nums))
     return text
-
-
-def highest_version(versions: list[str]) -> str | None:
-    """The highest parsed version in ``versions``, or ``None`` if none parse."""
-    keyed = [(k, v) for v in versions if (k := sort_key(v)) is not None]
-    return max(keyed)[1] if keyed else None

@@ -13,6 +13,14 @@ FORMATS: dict[str, str] = {
     "pickle": "modelkeep.formats.pickle_format:PickleFormat",
     "skops": "modelkeep.formats.skops_format:SkopsFormat",
     "native": "modelkeep.formats.native:NativeFormat",
+    "archive": "modelkeep.formats.archive:ArchiveFormat",
+    # Pickle-free: each framework's own model format (formats/frameworks.py).
+    "auto": "modelkeep.formats.frameworks:AutoFormat",
+    "xgboost": "modelkeep.formats.frameworks:XGBoostFormat",
+    "lightgbm": "modelkeep.formats.frameworks:LightGBMFormat",
+    "catboost": "modelkeep.formats.frameworks:CatBoostFormat",
+    "torch": "modelkeep.formats.frameworks:TorchFormat",
+    "keras": "modelkeep.formats.frameworks:KerasFormat",
 }
 
 _cache: dict[str, Format] = {}

@@ -1,19 +1,43 @@
-"""Unpicklers that refuse globals no model needs (``os.system``, ``eval``, ...).
+"""Unpickling under an allow-list: a pickle may only load the globals someone vouched for.
 
 A pickle can name any importable callable and have it called while loading:
-that is how "malicious model" exploits work. modelkeep checks every global a
-pickle asks for against a deny-list before importing it, and raises
-:class:`~modelkeep.errors.UnsafeModelError` naming the refused global. The
-deny-list is defence in depth: the SHA-256 check (and the signature, when a
-key is configured) is what keeps foreign pickles out in the first place.
+that is how "malicious model" exploits work, and a deny-list of bad names
+cannot win (every release of every library adds new ones). So modelkeep
+resolves a global only when it is admitted by one of three sources:
 
-On top of the deny-list, every save records the set of globals its pickle
-stream references (``ArtifactInfo.extra["globals"]``, covered by the
-signature). At load, a global outside that recorded set is refused too, so a
-swapped artifact cannot reach for anything the original model did not use.
-The pickle format records by scanning the opcode stream as it is written
-(:class:`GlobalsScanner`); joblib, whose files interleave raw array bytes with
-pickle opcodes, records inside its pickler (:func:`recording_joblib_globals`).
+1. the built-in allow-list (:mod:`modelkeep.formats.allowlist`): exact
+   ``(module, qualified name)`` pairs reviewed as safe to call while
+   unpickling -- containers, numpy/pandas/scipy reconstructors, estimator
+   and model classes of scikit-learn, xgboost, lightgbm, catboost,
+   statsmodels, torch's tensor rebuild functions;
+2. the user's ``trusted`` setting (``ModelPersistence(trusted_types=...)``,
+   the ``trusted_types`` config key, ``MODELKEEP_TRUSTED_TYPES``,
+   ``modelkeep --trust``), never read from an artifact, sidecar or index;
+3. the globals recorded at save (``ArtifactInfo.extra["globals"]``), but only
+   when the registry verified the version's signature with a key the reader
+   holds (the format's ``load`` gets ``signed=True``). Unsigned, the recorded
+   list is only a hint for the error message.
+
+Everything else raises :class:`~modelkeep.errors.UnsafeModelError` naming the
+global and how to trust it; so does a name that resolves to a module object
+(``GLOBAL pathlib os``) or walks through a module (protocol 4's dotted
+``('pathlib', 'os.system')``), and a ``BUILD`` (``__setstate__``/``setattr``)
+applied to a class, a module or any other object fetched by name, which
+could otherwise patch library code for the rest of the process.
+
+The policy is a frozen :class:`TrustPolicy` handed to each unpickler: there
+is no module-level switch a payload could flip, and modelkeep's own modules
+are not on the allow-list, so a payload cannot reach them at all.
+
+Two globals are replaced by safe equivalents: ``torch.storage._load_from_bytes``
+(which would run ``torch.load(weights_only=False)`` on bytes nested in the
+pickle) loads the nested bytes with ``weights_only=True``, and
+``builtins.getattr`` (which pandas writes for time zones) only reads the
+attributes in :data:`SAFE_ATTRIBUTES` unless the user trusts ``builtins.getattr``.
+
+At save, every format records the set of globals its pickle stream references
+(scanned from the opcodes as they are written, :class:`GlobalsScanner`; joblib
+records inside its pickler, :func:`recording_joblib_globals`).
 """
 
 from __future__ import annotations
@@ -22,179 +46,265 @@ import _compat_pickle
 import contextlib
 import contextvars
 import copyreg
+import functools
+import importlib
+import io
+import logging
 import pickle
 import pickletools
+import struct
+import sys
 import types
-from collections.abc import Collection, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsafeModelError
+from .allowlist import BUILTIN_ALLOWLIST
 
-#: Whole modules (and their submodules) a model never needs at load time.
-DENIED_MODULES = frozenset(
-    {
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "sys",
-        "importlib",
-        "marshal",
-        "ctypes",
-        "pickle",
-        "_pickle",
-        "shutil",
-        "socket",
-        "runpy",
-        "code",
-        "codeop",
-        "pty",
-        "multiprocessing",
-        "webbrowser",
-        "pdb",
-        "bdb",
-        "timeit",
-        "trace",
-        "profile",
-        "cProfile",
-        "site",
-        "sysconfig",
-        "asyncio",
-        "signal",
-        "threading",
-        "_thread",
-        "tempfile",
-        "zipimport",
-        "pkgutil",
-        "http",
-        "urllib",
-        "ftplib",
-        "smtplib",
-        "telnetlib",
-        "xmlrpc",
-        "dill",
-        "cloudpickle",
-        "joblib.numpy_pickle_utils",
-        "setuptools",
-        "pip",
-        "distutils",
-        "_posixsubprocess",
-        "shelve",
-        "dbm",
-        "imp",
-        "inspect",
-        "gc",
-        "builtins.__import__",
-    }
-)
-#: Individual globals refused wherever they come from.
-DENIED_GLOBALS = frozenset(
-    {
-        ("builtins", "eval"),
-        ("builtins", "exec"),
-        ("builtins", "compile"),
-        ("builtins", "__import__"),
-        ("builtins", "getattr"),
-        ("builtins", "setattr"),
-        ("builtins", "delattr"),
-        ("builtins", "open"),
-        ("builtins", "input"),
-        ("builtins", "breakpoint"),
-        ("builtins", "globals"),
-        ("builtins", "locals"),
-        ("builtins", "vars"),
-        ("builtins", "exit"),
-        ("builtins", "quit"),
-        ("builtins", "help"),
-        ("io", "open"),
-        ("io", "FileIO"),
-        ("_io", "open"),
-        ("_io", "FileIO"),
-        ("types", "CodeType"),
-        ("types", "FunctionType"),
-        ("types", "LambdaType"),
-        ("types", "MethodType"),
-        ("types", "ModuleType"),
-        ("operator", "attrgetter"),
-        ("operator", "methodcaller"),
-        ("platform", "popen"),
-        ("numpy", "load"),
-        ("numpy", "save"),
-        ("numpy", "fromfile"),
-        ("numpy", "memmap"),
-        ("numpy.lib.npyio", "load"),
-        ("numpy.testing._private.utils", "runstring"),
-        ("joblib", "load"),
-        ("joblib", "dump"),
-        ("torch", "load"),
-        ("pandas", "read_pickle"),
-        ("pandas.io.pickle", "read_pickle"),
-        ("numpy.lib.format", "read_array"),
-    }
-)
-
+logger = logging.getLogger("modelkeep")
 
 #: Key of ``ArtifactInfo.extra`` holding the sorted ``"module.name"`` globals of a pickle.
 GLOBALS_KEY = "globals"
+#: ``(module, qualified name, attribute)``: what the replacement ``getattr`` may read.
+SAFE_ATTRIBUTES = frozenset({("zoneinfo", "ZoneInfo", "_unpickle")})
+#: ``"module.name"`` spellings of the built-in allow-list, to match recorded or trusted strings.
+_BUILTIN_DOTTED = frozenset(f"{m}.{n}" for m, n in BUILTIN_ALLOWLIST)
+
+HOW_TO_TRUST = (
+    "If you trust them, list them in trusted_types: ModelPersistence(trusted_types=[...]), "
+    "the trusted_types config key, MODELKEEP_TRUSTED_TYPES, or modelkeep --trust NAME"
+)
 
 
-def _denied(module: str, name: str) -> bool:
-    root = module.split(".", 1)[0]
-    return (
-        (module, name) in DENIED_GLOBALS
-        or module in DENIED_MODULES
-        or root in DENIED_MODULES
-        or f"{module}.{name}" in DENIED_MODULES
-        or f"{module}.{name.split('.', 1)[0]}" in DENIED_MODULES
-        or (module == "builtins" and name.startswith("__"))
+def recorded_globals(extra: Mapping[str, Any] | None) -> list[str]:
+    """The globals recorded at save in a version's ``extra`` (``[]`` when none were recorded)."""
+    found = (extra or {}).get(GLOBALS_KEY)
+    return [str(g) for g in found] if isinstance(found, list) else []
+
+
+def builtin_allows(dotted: str) -> bool:
+    """Whether ``"module.qualname"`` names an entry of the built-in allow-list."""
+    return dotted in _BUILTIN_DOTTED
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """What one load may resolve, beyond the built-in allow-list. Immutable, one per load.
+
+    Args:
+        trusted: ``"module.qualname"`` names the user trusts (never from the store).
+        recorded: the globals recorded at save, only when the version's signature verified.
+        hint: recorded globals of an unsigned version, named in the error message only.
+    """
+
+    trusted: frozenset[str] = frozenset()
+    recorded: frozenset[str] = frozenset()
+    hint: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def for_load(cls, options: Mapping[str, Any]) -> TrustPolicy:
+        """The policy for a format's ``load(**options)``: ``trusted``, ``extra`` and ``signed``."""
+        trusted = frozenset(str(t) for t in options.get("trusted") or ())
+        recorded = recorded_globals(options.get("extra"))
+        if options.get("signed"):
+            return cls(trusted, frozenset(recorded))
+        hint = tuple(g for g in recorded if not builtin_allows(g) and g not in trusted)
+        return cls(trusted, frozenset(), hint)
+
+    def source(self, module: str, name: str) -> str | None:
+        """``"builtin"``, ``"trusted"`` or ``"signed"``: what admits ``module.name``; ``None`` if nothing."""
+        if (module, name) in BUILTIN_ALLOWLIST:
+            return "builtin"
+        dotted = f"{module}.{name}"
+        if dotted in self.trusted:
+            return "trusted"
+        if dotted in self.recorded:
+            return "signed"
+        return None
+
+    def refusal(self, module: str, name: str) -> UnsafeModelError:
+        """The error for a global no source admits: names it, and says how to trust it."""
+        text = (
+            f"refused to load: the pickle references the global {module}.{name}, which is neither in "
+            "modelkeep's built-in allow-list nor in your trusted types (possible malicious pickle). "
+            f"{HOW_TO_TRUST}."
+        )
+        if self.hint:
+            text += (
+                f" The version records these globals outside the allow-list: {', '.join(self.hint)}; "
+                "recorded globals are trusted only when the version is signed by a key you hold."
+            )
+        return UnsafeModelError(text)
+
+
+def _module_refusal(what: str) -> UnsafeModelError:
+    return UnsafeModelError(
+        f"refused to load: the pickle global {what} is a module or reaches through one, "
+        "which modelkeep never unpickles (possible malicious pickle)"
     )
 
 
-def _py3_name(module: str, name: str) -> tuple[str, str]:
-    """The name ``find_class`` really imports: protocol 0-2 pickles may use Python 2 names
-    (``__builtin__.eval``), which the unpickler maps to Python 3 ones before importing."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        mapped: tuple[str, str] = _compat_pickle.NAME_MAPPING[(module, name)]
-        return mapped
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+def _load_from_bytes_weights_only(data: bytes) -> Any:
+    """``torch.storage._load_from_bytes`` without the code execution: torch's weights-only loader."""
+    import torch
 
-
-def check_global(module: str, name: str, allowed: Collection[str] | None = None) -> None:
-    """Raise :class:`UnsafeModelError` if ``module.name`` may not be loaded.
-
-    A global is refused when it is on the deny-list, or when ``allowed`` (the
-    globals recorded at save) is given and does not contain it.
-    """
-    if _denied(module, name) or _denied(*_py3_name(module, name)):
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as exc:
         raise UnsafeModelError(
-            f"refused to load: the artifact references the global {module}.{name}, "
-            "which modelkeep never unpickles (possible malicious pickle)"
-        )
-    if allowed is not None and f"{module}.{name}" not in allowed:
-        raise UnsafeModelError(
-            f"refused to load: the artifact references the global {module}.{name}, which is not among "
-            "the globals recorded when this version was saved (the artifact was probably replaced)"
-        )
+            f"refused to load: a torch tensor holds a nested pickle that torch's weights-only loader refused: {exc}"
+        ) from exc
 
 
-def allowed_globals(extra: dict[str, Any] | None) -> frozenset[str] | None:
-    """The recorded globals in a version's ``extra``, or ``None`` when none were recorded."""
-    found = (extra or {}).get(GLOBALS_KEY)
-    if not isinstance(found, list):
-        return None
-    return frozenset(str(g) for g in found)
+def _restricted_getattr(*args: Any) -> Any:
+    """``getattr`` for pickles: reads only the ``(class, attribute)`` pairs in :data:`SAFE_ATTRIBUTES`."""
+    if len(args) in (2, 3) and isinstance(args[1], str):
+        for module, qualname, attribute in SAFE_ATTRIBUTES:
+            if args[1] == attribute and args[0] is _import_attribute(module, qualname):
+                return getattr(*args)
+    raise UnsafeModelError(
+        "refused to load: the pickle calls the global builtins.getattr, which modelkeep allows only to fetch known "
+        f"constructors (possible malicious pickle). {HOW_TO_TRUST} (builtins.getattr)."
+    )
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """A ``pickle.Unpickler`` that consults the deny-list (and the recorded globals) for every global."""
+#: Globals replaced at load: always (torch), or unless the user or a signature trusts the real one.
+_ALWAYS_REPLACED = {("torch.storage", "_load_from_bytes"): _load_from_bytes_weights_only}
+_REPLACED_WHEN_BUILTIN = {("builtins", "getattr"): _restricted_getattr}
 
-    def __init__(self, file: Any, *, allowed: Collection[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(file, **kwargs)
-        self._allowed = allowed
+
+def _import_attribute(module: str, qualname: str) -> Any:
+    """Import ``module`` and walk ``qualname``; refuse module objects on the way and at the end."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+        if isinstance(obj, types.ModuleType):
+            raise _module_refusal(f"{module}.{qualname}")
+    return obj
+
+
+def resolve_global(policy: TrustPolicy, module: str, name: str, protocol: int = 5) -> Any:
+    """What ``find_class(module, name)`` returns under ``policy``, or :class:`UnsafeModelError`."""
+    if protocol < 3:  # Python 2 spellings, mapped exactly as pickle's own find_class does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+    source = policy.source(module, name)
+    if source is None:
+        raise policy.refusal(module, name)
+    key = (module, name)
+    if key in _ALWAYS_REPLACED:
+        return _ALWAYS_REPLACED[key]
+    if source == "builtin" and key in _REPLACED_WHEN_BUILTIN:
+        return _REPLACED_WHEN_BUILTIN[key]
+    try:
+        return _import_attribute(module, name)
+    except (ImportError, AttributeError) as exc:
+        raise pickle.UnpicklingError(f"cannot find {module}.{name}: {exc}") from exc
+
+
+class _Policed:
+    """``find_class`` and ``BUILD`` checks shared by modelkeep's unpicklers (pure-Python ones:
+    the C unpickler cannot intercept ``BUILD``)."""
+
+    _policy: TrustPolicy
+    _fetched: dict[int, Any]
+    proto: int
+    stack: list[Any]
 
     def find_class(self, module: str, name: str) -> Any:
-        check_global(module, name, self._allowed)
-        return super().find_class(module, name)
+        obj = resolve_global(self._policy, module, name, self.proto)
+        self._fetched[id(obj)] = obj  # kept alive, so the id stays unique
+        return obj
+
+    def _check_build(self) -> None:
+        """Refuse ``BUILD`` on a class, a module or anything fetched by name: setting the state
+        of those would patch code for the rest of the process, not build a new object."""
+        if len(self.stack) < 2:
+            return
+        target = self.stack[-2]
+        if isinstance(target, (type, types.ModuleType)) or id(target) in self._fetched:
+            raise UnsafeModelError(
+                f"refused to load: the pickle sets the state of {getattr(target, '__name__', type(target).__name__)}, "
+                "a class, module or global rather than a new object (possible malicious pickle)"
+            )
+
+
+class RestrictedUnpickler(_Policed, pickle._Unpickler):
+    """A pure-Python ``pickle`` unpickler that resolves globals only under ``policy``."""
+
+    dispatch = pickle._Unpickler.dispatch.copy()
+    # set by pickle._Unpickler.load(); declared for the type checker
+    read: Any
+    append: Any
+    _unframer: Any
+
+    def __init__(self, file: Any, *, policy: TrustPolicy | None = None, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._policy = policy or TrustPolicy()
+        self._fetched = {}
+        self._file_readinto = getattr(file, "readinto", None) or self._read_into_copy
+        self._file = file
+
+    def _read_into_copy(self, view: memoryview) -> int:
+        chunk = self._file.read(len(view))
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+    def load_build(self) -> None:
+        self._check_build()
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
+
+    def load_bytearray8(self) -> None:
+        """Protocol 5 in-band buffers (numpy arrays): read straight into the bytearray, as the C
+        unpickler does, instead of reading bytes and copying them."""
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > sys.maxsize:
+            raise pickle.UnpicklingError("BYTEARRAY8 exceeds system's maximum size")
+        data = bytearray(size)
+        unframer, got = self._unframer, 0
+        if unframer.current_frame:  # small buffers sit inside a frame
+            got = unframer.current_frame.readinto(data)
+            if got == 0 and size:
+                unframer.current_frame = None  # the frame is used up: the buffer follows it
+            elif got < size:
+                raise pickle.UnpicklingError("pickle exhausted before end of frame")
+        if got == 0 and size:  # read from the file, in place (large buffers are written unframed)
+            view = memoryview(data)
+            while got < size:
+                n = self._file_readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != size:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(data)
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8  # type: ignore[assignment]
+
+
+def restricted_loads(data: bytes, policy: TrustPolicy | None = None) -> Any:
+    """Unpickle ``data`` under ``policy`` (the built-in allow-list alone by default)."""
+    return RestrictedUnpickler(io.BytesIO(data), policy=policy).load()
+
+
+def warn_untrusted_globals(extra: Mapping[str, Any] | None, trusted: Iterable[str], where: str) -> list[str]:
+    """At save: log one warning naming the recorded globals that a reader without the
+    signing key could not load (outside the built-in allow-list and ``trusted``); return them."""
+    trusted_set = set(trusted)
+    outside = [g for g in recorded_globals(extra) if not builtin_allows(g) and g not in trusted_set]
+    if outside:
+        logger.warning(
+            "%s uses globals outside modelkeep's built-in allow-list: %s. A reader without your signing key "
+            "must trust them (trusted_types / MODELKEEP_TRUSTED_TYPES / --trust) to load it",
+            where,
+            ", ".join(outside),
+        )
+    return outside
 
 
 # -- recording the globals of a pickle stream -------------------------------------------------
@@ -468,42 +578,57 @@ def recording_joblib_globals() -> Iterator[set[str]]:
 
 # -- joblib loading ------------------------------------------------------------------------
 
-_enforce: contextvars.ContextVar[bool] = contextvars.ContextVar("modelkeep_restrict", default=False)
-_allowed: contextvars.ContextVar[Collection[str] | None] = contextvars.ContextVar("modelkeep_allowed", default=None)
-_installed = False
 
-
-def _install_joblib_hook() -> None:
-    """Swap joblib's unpickler class for a subclass that checks the deny-list.
-
-    The check is only active inside :func:`restricted_joblib`, so other code in
-    the process that calls ``joblib.load`` directly behaves exactly as before.
-    """
-    global _installed
-    if _installed:
-        return
+@functools.cache
+def _joblib_unpickler() -> type[Any]:
+    """joblib's unpickler with the policy's checks, including the object arrays that joblib
+    stores as a nested pickle (read here with :class:`RestrictedUnpickler`, not plain pickle)."""
     from joblib import numpy_pickle
 
     base = numpy_pickle.NumpyUnpickler
 
-    class _CheckedNumpyUnpickler(base):  # type: ignore[valid-type, misc]
-        def find_class(self, module: str, name: str) -> Any:
-            if _enforce.get():
-                check_global(module, name, _allowed.get())
-            return super().find_class(module, name)
+    class PolicedNumpyUnpickler(_Policed, base):  # type: ignore[valid-type, misc]
+        dispatch = base.dispatch.copy()
 
-    numpy_pickle.NumpyUnpickler = _CheckedNumpyUnpickler
-    _installed = True
+        def __init__(self, *args: Any, policy: TrustPolicy, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._policy = policy
+            self._fetched = {}
+
+        def load_build(self) -> None:
+            self._check_build()
+            pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+            wrapper = self.stack[-1]
+            if type(wrapper) is not numpy_pickle.NumpyArrayWrapper:
+                return
+            if wrapper.dtype.hasobject:
+                self.stack[-1] = RestrictedUnpickler(self.file_handle, policy=self._policy).load()
+            else:
+                self.stack[-1] = wrapper.read(self, self.ensure_native_byte_order)
+
+        dispatch[pickle.BUILD[0]] = load_build
+
+    return PolicedNumpyUnpickler
 
 
-@contextlib.contextmanager
-def restricted_joblib(allowed: Collection[str] | None = None) -> Iterator[None]:
-    """Within this block, ``joblib.load`` refuses denied globals, and any outside ``allowed``."""
-    _install_joblib_hook()
-    token = _enforce.set(True)
-    allowed_token = _allowed.set(allowed)
-    try:
-        yield
-    finally:
-        _allowed.reset(allowed_token)
-        _enforce.reset(token)
+def joblib_load(source: Any, policy: TrustPolicy, mmap_mode: str | None = None) -> Any:
+    """``joblib.load(source, mmap_mode)`` under ``policy``; ``source`` is a path or a file object."""
+    from joblib import numpy_pickle
+
+    cls = _joblib_unpickler()
+    native_order = mmap_mode is None
+    with contextlib.ExitStack() as stack:
+        if hasattr(source, "read"):
+            filename = getattr(source, "name", "")
+            fobj = source
+        else:
+            filename = str(source)
+            fobj = stack.enter_context(open(filename, "rb"))
+        fobj, mmap_mode = stack.enter_context(numpy_pickle._validate_fileobject_and_memmap(fobj, filename, mmap_mode))
+        if isinstance(fobj, str):
+            raise UnsafeModelError(
+                "refused to load: a joblib file from before joblib 0.10 (its arrays live in side files)"
+            )
+        if not isinstance(filename, str):
+            filename = ""
+        return cls(filename, fobj, native_order, mmap_mode=mmap_mode, policy=policy).load()

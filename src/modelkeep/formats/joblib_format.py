@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import IO, Any
+import logging
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Format, Writable
+
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
 from .codecs import STREAM_CODECS, compressing, decompressing
 
 #: ``compress=True``: zstd level 1 is several times faster than joblib's zlib-3 at about
@@ -14,6 +18,8 @@ DEFAULT_CODEC = ("zstd", 1)
 JOBLIB_CODECS = ("zlib", "gzip", "bz2", "lzma", "xz", "lz4")
 CODECS = ("zstd", *JOBLIB_CODECS)
 LEVELS = {"zstd": range(1, 20)}
+
+logger = logging.getLogger("modelkeep")
 
 
 def parse_codec(compress: Any, default: tuple[str, int]) -> tuple[str, int] | None:
@@ -52,7 +58,9 @@ class JoblibFormat(Format):
             raise ConfigError(f"{codec} compression level must be {levels.start} to {levels.stop - 1}, got {level}")
         return f"{codec}:{level}"
 
-    def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+    def dump(
+        self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
+    ) -> dict[str, Any] | None:
         """``joblib.dump``; returns ``{"globals": [...]}``, every global the pickle references."""
         import joblib
 
@@ -71,25 +79,31 @@ class JoblibFormat(Format):
         return {GLOBALS_KEY: sorted(found)}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        """``joblib.load`` with the deny-list, refusing globals outside ``extra["globals"]`` when recorded."""
-        import joblib
+        """``joblib.load`` under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
+        from ._restricted import TrustPolicy, joblib_load
 
-        from ._restricted import allowed_globals, restricted_joblib
-
+        policy = TrustPolicy.for_load(options)
         codec = compression.split(":")[0] if compression else None
-        with restricted_joblib(allowed_globals(options.get("extra"))):
-            if codec in STREAM_CODECS:
-                with decompressing(file, codec) as plain:
-                    return joblib.load(plain)
-            return joblib.load(file)
+        if codec in STREAM_CODECS:
+            with decompressing(file, codec) as plain:
+                return joblib_load(plain, policy)
+        return joblib_load(file, policy)
 
     def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
-        import joblib
+        from ._restricted import TrustPolicy, joblib_load
 
-        from ._restricted import allowed_globals, restricted_joblib
-
-        with restricted_joblib(allowed_globals(options.get("extra"))):
-            return joblib.load(path, mmap_mode=options.get("mmap_mode"))
+        mmap_mode = options.get("mmap_mode")
+        policy = TrustPolicy.for_load(options)
+        try:
+            return joblib_load(path, policy, mmap_mode)
+        except ValueError as exc:
+            # Some objects (statsmodels' ARIMA results, Cython memoryviews) rebuild themselves
+            # from writable buffers only: map them copy-on-write instead. The file is never
+            # written either way; pages the object writes to become private copies.
+            if mmap_mode != "r" or "read-only" not in str(exc):
+                raise
+            logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", path, exc)
+            return joblib_load(path, policy, "c")
 
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None

@@ -28,14 +28,16 @@ Loading without modelkeep, from the files alone::
 from __future__ import annotations
 
 import pickle
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Format, Writable
 
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
+
 #: Buffers smaller than this stay inside the pickle stream.
 MIN_BLOB = 16 * 1024
-PROTOCOL = 1
 
 
 class NativeFormat(Format):
@@ -52,11 +54,13 @@ class NativeFormat(Format):
             return None  # blobs stay raw so they can be shared and memory-mapped
         raise ConfigError("the native format stores arrays uncompressed (for dedup and mmap); use compress=False")
 
-    def dump(self, obj: Any, file: Writable, compression: str | None, **options: Any) -> dict[str, Any] | None:
-        from ..blobs import BlobStore
+    def dump(
+        self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
+    ) -> dict[str, Any] | None:
         from ._restricted import GLOBALS_KEY, ScanningWriter
 
-        blobs: BlobStore = options["blobs"]
+        if blobs is None:
+            raise ValueError("the native format needs blobs= (a BlobStore)")
         views: list[memoryview] = []
 
         def out_of_band(buf: pickle.PickleBuffer) -> bool:
@@ -76,7 +80,6 @@ class NativeFormat(Format):
         todo = set(blobs.missing(zip(digests, sizes, strict=True)))
         written = blobs.put_many({d: v for d, v in zip(digests, views, strict=True) if d in todo})
         extra: dict[str, Any] = {
-            "protocol": PROTOCOL,
             "blobs": [[d, s] for d, s in zip(digests, sizes, strict=True)],
             "blob_bytes_written": written,
         }
@@ -85,14 +88,14 @@ class NativeFormat(Format):
         return extra
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        from ._restricted import RestrictedUnpickler, allowed_globals
+        from ._restricted import RestrictedUnpickler, TrustPolicy
 
         blobs = options["blobs"]
         extra = options.get("extra") or {}
         digests = [(sha, int(size)) for sha, size in extra.get("blobs", [])]
         mmap = options.get("mmap_mode") is not None
         buffers = blobs.read_many(digests, verify=not mmap, mmap=mmap)
-        return RestrictedUnpickler(file, buffers=buffers, allowed=allowed_globals(extra)).load()
+        return RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options)).load()
 
     def supports_mmap(self, compression: str | None) -> bool:
         return False  # mapping happens per blob in load(); the stream itself is tiny

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Format, Writable
+
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
 
 PROTOCOL = 5
 
@@ -37,7 +40,9 @@ class PickleFormat(Format):
             raise ConfigError(f"compression level must be 1 to 9, got {level}")
         return f"gzip:{level}"
 
-    def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+    def dump(
+        self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
+    ) -> dict[str, Any] | None:
         """Pickle ``obj``; returns ``{"globals": [...]}``, the globals the stream references
         (scanned from the uncompressed stream as it is written)."""
         from ._restricted import GLOBALS_KEY, ScanningWriter
@@ -54,11 +59,11 @@ class PickleFormat(Format):
         return None if found is None else {GLOBALS_KEY: found}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        """Unpickle with the deny-list, and refuse globals outside ``extra["globals"]`` when recorded."""
-        from ._restricted import RestrictedUnpickler, allowed_globals
+        """Unpickle under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
+        from ._restricted import RestrictedUnpickler, TrustPolicy
 
-        allowed = allowed_globals(options.get("extra"))
+        policy = TrustPolicy.for_load(options)
         if compression is None:
-            return RestrictedUnpickler(file, allowed=allowed).load()
+            return RestrictedUnpickler(file, policy=policy).load()
         with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-            return RestrictedUnpickler(gz, allowed=allowed).load()
+            return RestrictedUnpickler(gz, policy=policy).load()

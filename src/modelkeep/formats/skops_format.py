@@ -16,10 +16,13 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SerializationError, UnsafeModelError
 from .base import Format, Writable
+
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
 
 #: codec name -> zipfile compression constant.
 CODECS = {"deflate": zipfile.ZIP_DEFLATED, "bzip2": zipfile.ZIP_BZIP2, "lzma": zipfile.ZIP_LZMA}
@@ -86,7 +89,9 @@ class SkopsFormat(Format):
             raise ConfigError(f"compression level must be 1 to 9, got {level}")
         return f"{codec}:{level}"
 
-    def dump(self, obj: Any, file: Writable, compression: str | None) -> dict[str, Any] | None:
+    def dump(
+        self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
+    ) -> dict[str, Any] | None:
         """Write ``obj`` as a skops zip; refuses objects skops could write but never load."""
         import skops.io
 
@@ -125,7 +130,8 @@ class SkopsFormat(Format):
             raise UnsafeModelError(
                 f"refused to load: the skops artifact contains types that are not trusted: {', '.join(untrusted)}. "
                 "Review them; if you trust them, pass trusted_types=[...] to ModelPersistence "
-                "(or set trusted_types in the config). modelkeep never takes trusted types from the artifact."
+                "(or set trusted_types in the config). modelkeep never takes trusted types from the artifact.",
+                cli={"pass trusted_types=[...] to ModelPersistence": "pass --trust TYPE"},
             )
         try:
             return skops.io.load(io.BytesIO(data), trusted=trusted or None)

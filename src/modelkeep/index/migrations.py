@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Connection, func, insert, null, select
 
-from . import schema
+from .schema import aliases, fields, history, models, tags, versions
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,33 @@ def _baseline(conn: Connection, dialect: str) -> None:
 
 def _lifecycle(conn: Connection, dialect: str) -> None:
     """Version 2: soft delete and descriptions on versions; models, aliases, tags, history."""
-    v = schema.versions
+    v = versions
     add_column(conn, v.name, Column("deleted_at", v.c.deleted_at.type))
     add_column(conn, v.name, Column("description", v.c.description.type))
     # These tables are new in this step, so their current definitions are the step's. If a
     # later step changes one of them, copy its version-2 definition here first.
-    for table in (schema.models, schema.aliases, schema.tags, schema.history):
+    for table in (models, aliases, tags, history):
         table.create(conn, checkfirst=True)
     conn.execute(
-        insert(schema.models).from_select(
+        insert(models).from_select(
             ["model_name", "description", "created_at", "updated_at"],
             select(v.c.model_name, null(), func.min(v.c.created_at), func.max(v.c.updated_at)).group_by(v.c.model_name),
         )
     )
 
 
+def _search(conn: Connection, dialect: str) -> None:
+    """Version 3: ``modelkeep_fields``, every version's scalar fields for indexed search."""
+    from .fields import backfill
+
+    fields.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+    backfill(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
+    Migration(3, "search: scalar fields of every version, indexed", _search),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS`.

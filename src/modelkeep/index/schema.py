@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Double,
     Index,
     Integer,
     LargeBinary,
@@ -123,4 +124,24 @@ history = Table(
     Column("after", Text, nullable=True),
     Index("ix_modelkeep_history_model", "model_name", "id"),
     Index("ix_modelkeep_history_alias", "model_name", "alias", "id"),
+)
+
+
+# -- search (schema 3) -----------------------------------------------------------
+
+# Every scalar custom field of every version, one row each, so that search filters and
+# orders on metrics and parameters with indexes instead of parsing each row's JSON.
+# Keys: ``accuracy`` (top-level field), ``metrics.auc`` (nested dicts, dotted),
+# ``params.max_depth`` (model_params). A number (or bool, as 1/0) is in ``num``, a
+# string in ``str``; JSON nulls, lists and non-finite numbers get no row.
+fields = Table(
+    "modelkeep_fields",
+    metadata_obj,
+    Column("version_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("num", Double, nullable=True),
+    Column("str", Text, nullable=True),
+    # Covering: a range filter on one key yields version ids without touching the rows.
+    Index("ix_modelkeep_fields_key_num", "key", "num", "version_id"),
+    sqlite_with_rowid=False,  # rows live in the primary-key tree: one lookup per (version, key)
 )

@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -35,23 +35,33 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from ..errors import (
     BackendUnavailableError,
     ConfigError,
+    ConnectionLostError,
     IncompatibleRegistryError,
     ModelNotFoundError,
     StorageError,
     VersionExistsError,
+    VersionInUseError,
     VersionNotFoundError,
+    VersionTrashedError,
+    no_versions,
 )
+from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
+from .audit import LIVE, artifact_summary, attach_lifecycle, now, touch_model, write_history
+from .common import ORDER_ASC as _ORDER_ASC
+from .common import ORDER_DESC as _ORDER_DESC
+from .common import retry_on_disconnect as _retry_on_disconnect
+from .common import trashed_error
+from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .schema import blob_refs, info, metadata_obj, versions
+from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
 logger = logging.getLogger("modelkeep")
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-_ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.asc())
-_ORDER_DESC = (versions.c.parsed.desc(), versions.c.sort_key.desc(), versions.c.id.desc())
 
 
 def normalize_url(url: str) -> str:
@@ -60,33 +70,6 @@ def normalize_url(url: str) -> str:
         if url.startswith(bare):
             return "postgresql+psycopg://" + url[len(bare) :]
     return url
-
-
-class ConnectionLostError(StorageError):
-    """The database connection dropped before the transaction committed, so nothing was written.
-
-    Reads and whole write transactions are retried once on a fresh connection
-    when this happens; a drop while committing is a plain :class:`StorageError`
-    because the outcome is then unknown.
-    """
-
-
-def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Run ``method`` (a read, or one whole write transaction) again once if the connection dropped."""
-
-    @functools.wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except ConnectionLostError as exc:
-            logger.warning("%s; retrying once on a new connection", exc)
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
-def no_versions(model_name: str) -> ModelNotFoundError:
-    return ModelNotFoundError(f"No versions found for model '{model_name}'")
 
 
 class Reservation:
@@ -106,6 +89,8 @@ class Reservation:
         self.version = version
         self.previous = previous
         self.record: ModelMetadata | None = None
+        #: The audit row ``put`` writes (``None``: none, as for reindex).
+        self.history_action: str | None = "save" if previous is None else "overwrite"
 
     def lock_blobs(self) -> None:
         """Hold the shared blob lock until commit: gc cannot remove blobs meanwhile."""
@@ -123,19 +108,26 @@ class Reservation:
                 .values(**row)
             )
             _drop_blob_refs(self._conn, self.model_name, self.version)
+        index_fields(self._conn, record)  # search: the record's scalar fields, one row each
         shas = record_blobs(record)
         if shas:
             self._conn.execute(
                 insert(blob_refs),
                 [{"model_name": self.model_name, "version": self.version, "sha256": sha} for sha in shas],
             )
+        if self.history_action is not None:
+            at = now()
+            touch_model(self._conn, self.model_name, at)
+            write_history(
+                self._conn,
+                self.history_action,
+                self.model_name,
+                version=self.version,
+                before=None if self.previous is None else artifact_summary(self.previous),
+                after=artifact_summary(record),
+                at=at,
+            )
         self.record = record
-
-
-def record_blobs(record: ModelMetadata) -> set[str]:
-    """The content-addressed blobs a record references (native format)."""
-    extra = record.artifact.extra if record.artifact is not None else {}
-    return {str(item[0]) for item in extra.get("blobs", [])}
 
 
 def _drop_blob_refs(conn: Connection, model_name: str, version: str) -> None:
@@ -164,8 +156,12 @@ def _row(record: ModelMetadata) -> dict[str, Any]:
     }
 
 
-def _record(raw: str) -> ModelMetadata:
+def parse_record(raw: str) -> ModelMetadata:
+    """A version's record from the JSON text of its ``record`` column."""
     return ModelMetadata.from_dict(json.loads(raw))
+
+
+_record = parse_record
 
 
 class SqlIndex:
@@ -344,10 +340,15 @@ class SqlIndex:
                         chosen = next_version(top, lambda v: self._get(conn, model_name, v) is not None)
                     else:
                         previous = self._get(conn, model_name, chosen)
+                        if previous is not None and self._is_trashed(conn, model_name, chosen):
+                            raise VersionTrashedError(
+                                f"model '{model_name}' version '{chosen}' is in the trash; restore or purge it"
+                            )
                         if previous is not None and not overwrite:
                             raise VersionExistsError(
                                 f"model '{model_name}' version '{chosen}' already exists; "
-                                "pass overwrite=True to replace it"
+                                "pass overwrite=True to replace it",
+                                cli={"overwrite=True": "--overwrite"},
                             )
                     slot = Reservation(self, conn, model_name, chosen, previous)
                     yielded = True
@@ -370,15 +371,36 @@ class SqlIndex:
             slot.put(record)
 
     @_retry_on_disconnect
-    def delete(self, model_name: str, version: str) -> ModelMetadata:
-        """Remove one version's entry and return it; :class:`VersionNotFoundError` if absent."""
+    def delete(self, model_name: str, version: str, *, trashed_only: bool = False) -> ModelMetadata:
+        """Remove one version's entry for good (a purge) and return it.
+
+        Its tags go with it, and the purge is recorded in the history. With
+        ``trashed_only`` a version that is not in the trash is refused. An aliased
+        version is refused (delete it with ``force`` first). Raises
+        :class:`VersionNotFoundError` if absent.
+        """
         with self._write() as conn:
             self._lock_model(conn, model_name)
             rec = self._get(conn, model_name, version)
             if rec is None:
                 raise self._missing(conn, model_name, version)
+            if trashed_only and not self._is_trashed(conn, model_name, version):
+                raise VersionNotFoundError(
+                    f"model '{model_name}' version '{version}' is not in the trash; delete it first"
+                )
+            pointing = conn.execute(
+                select(aliases.c.alias).where(aliases.c.model_name == model_name, aliases.c.version == version)
+            ).first()
+            if pointing is not None:
+                raise VersionInUseError(
+                    f"alias '{pointing[0]}' of model '{model_name}' points at version '{version}'; "
+                    "move or delete the alias first"
+                )
+            drop_fields(conn, model_name, version)
             conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
+            conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
             _drop_blob_refs(conn, model_name, version)
+            write_history(conn, "purge", model_name, version=version, before=artifact_summary(rec))
             return rec
 
     def release_blobs(self, candidates: set[str], remove: Callable[[list[str]], None]) -> list[str]:
@@ -421,10 +443,44 @@ class SqlIndex:
             names = {r[0] for r in conn.execute(select(versions.c.model_name).distinct())}
             for name in sorted(names | {r.model_name for r in records}):
                 self._lock_model(conn, name)
+            # Trash state and descriptions are not in the sidecars: keep them for versions that stay.
+            kept = {
+                (r[0], r[1]): (r[2], r[3])
+                for r in conn.execute(
+                    select(versions.c.model_name, versions.c.version, versions.c.deleted_at, versions.c.description)
+                )
+            }
             conn.execute(delete(blob_refs))
+            conn.execute(delete(fields))
             conn.execute(delete(versions))
+            at = now()
             for record in records:
-                Reservation(self, conn, record.model_name, record.version, None).put(record)
+                slot = Reservation(self, conn, record.model_name, record.version, None)
+                slot.history_action = None
+                slot.put(record)
+                deleted_at, description = kept.get((record.model_name, record.version), (None, None))
+                if deleted_at is not None or description is not None:
+                    conn.execute(
+                        update(versions)
+                        .where(versions.c.model_name == record.model_name, versions.c.version == record.version)
+                        .values(deleted_at=deleted_at, description=description)
+                    )
+            self._drop_dangling(conn, {(r.model_name, r.version) for r in records}, at)
+            for name in sorted({r.model_name for r in records}):
+                touch_model(conn, name, at)
+                write_history(conn, "reindex", name, at=at)
+
+    def _drop_dangling(self, conn: Connection, present: set[tuple[str, str]], at: str) -> None:
+        """After a reindex: remove aliases (recorded) and tags of versions that are gone."""
+        for model_name, alias, version in list(
+            conn.execute(select(aliases.c.model_name, aliases.c.alias, aliases.c.version))
+        ):
+            if (model_name, version) not in present:
+                conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+                write_history(conn, "alias_delete", model_name, version=version, alias=alias, before=version, at=at)
+        for model_name, version in list(conn.execute(select(tags.c.model_name, tags.c.version).distinct())):
+            if version != "" and (model_name, version) not in present:
+                conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
 
     @contextlib.contextmanager
     def lock_model(self, model_name: str) -> Iterator[None]:
@@ -433,7 +489,22 @@ class SqlIndex:
             self._lock_model(conn, model_name)
             yield
 
+    @functools.cached_property
+    def lifecycle(self) -> Lifecycle:
+        """Aliases, tags, descriptions, trash and history of this index."""
+        from .lifecycle import Lifecycle
+
+        return Lifecycle(self)
+
     # -- reading ----------------------------------------------------------------
+    def _is_trashed(self, conn: Connection, model_name: str, version: str) -> bool:
+        return (
+            conn.execute(
+                select(versions.c.deleted_at).where(versions.c.model_name == model_name, versions.c.version == version)
+            ).scalar()
+            is not None
+        )
+
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
         raw = conn.execute(
             select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
@@ -441,10 +512,40 @@ class SqlIndex:
         return None if raw is None else _record(raw)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
-        exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name).limit(1)).first()
+        exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
         if exists is None:
-            return no_versions(model_name)
-        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'")
+            return no_versions(model_name, self._model_names(conn))
+        from ..suggest import versions_hint
+
+        names = [
+            r[0]
+            for r in conn.execute(
+                select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_ASC)
+            )
+        ]
+        return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'{versions_hint(version, names)}")
+
+    @staticmethod
+    def _model_names(conn: Connection) -> list[str]:
+        return [r[0] for r in conn.execute(select(versions.c.model_name).where(LIVE).distinct())]
+
+    def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
+        """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
+        query = select(versions.c.record, versions.c.description, versions.c.deleted_at).where(
+            versions.c.model_name == model_name
+        )
+        if version is None:
+            row = conn.execute(query.where(LIVE).order_by(*_ORDER_DESC).limit(1)).first()
+            if row is None:
+                raise no_versions(model_name, self._model_names(conn))
+        else:
+            row = conn.execute(query.where(versions.c.version == version)).first()
+            if row is None:
+                raise self._missing(conn, model_name, version)
+            if row[2] is not None:
+                raise trashed_error(model_name, version)
+        rec = _record(row[0])
+        return attach_lifecycle(conn, model_name, [(rec, row[1])], version=rec.version)[0]
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
@@ -454,24 +555,15 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def resolve(self, model_name: str, version: str | None = None) -> ModelMetadata:
-        """The record of ``version`` (latest when ``None``); raises when absent."""
+        """The record of ``version`` (latest when ``None``), with its aliases, tags and
+        description; raises when absent or in the trash ("latest" skips the trash)."""
         with self._read() as conn:
-            if version is None:
-                raw = conn.execute(
-                    select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_DESC).limit(1)
-                ).scalar()
-                if raw is None:
-                    raise no_versions(model_name)
-                return _record(raw)
-            rec = self._get(conn, model_name, version)
-            if rec is None:
-                raise self._missing(conn, model_name, version)
-            return rec
+            return self._live(conn, model_name, version)
 
     @_retry_on_disconnect
     def list_models(self) -> list[str]:
         with self._read() as conn:
-            rows = conn.execute(select(versions.c.model_name).distinct().order_by(versions.c.model_name))
+            rows = conn.execute(select(versions.c.model_name).where(LIVE).distinct().order_by(versions.c.model_name))
             return [r[0] for r in rows]
 
     @_retry_on_disconnect
@@ -479,32 +571,42 @@ class SqlIndex:
         """Version strings in ascending version order (unparsed ones first, by creation)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.version).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+                select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_ASC)
             )
             return [r[0] for r in rows]
 
     @_retry_on_disconnect
     def list_records(self, model_name: str) -> list[ModelMetadata]:
+        """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.record).where(versions.c.model_name == model_name).order_by(*_ORDER_ASC)
+                select(versions.c.record, versions.c.description)
+                .where(versions.c.model_name == model_name, LIVE)
+                .order_by(*_ORDER_ASC)
             )
-            return [_record(r[0]) for r in rows]
+            return attach_lifecycle(conn, model_name, [(_record(r[0]), r[1]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
-        """Every record of every model (for verify, gc and copy)."""
+        """Every record of every model, trashed ones included: they still own their files
+        (for verify, gc and copy)."""
         with self._read() as conn:
             for (raw,) in conn.execute(select(versions.c.record).order_by(versions.c.model_name, *_ORDER_ASC)):
                 yield _record(raw)
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:
+        live = select(versions).where(LIVE).subquery()
         ranked = select(
-            versions.c.model_name,
-            versions.c.version,
-            func.count().over(partition_by=versions.c.model_name).label("n"),
-            func.max(versions.c.updated_at).over(partition_by=versions.c.model_name).label("updated"),
-            func.row_number().over(partition_by=versions.c.model_name, order_by=_ORDER_DESC).label("rank"),
+            live.c.model_name,
+            live.c.version,
+            func.count().over(partition_by=live.c.model_name).label("n"),
+            func.max(live.c.updated_at).over(partition_by=live.c.model_name).label("updated"),
+            func.row_number()
+            .over(
+                partition_by=live.c.model_name,
+                order_by=(live.c.parsed.desc(), live.c.sort_key.desc(), live.c.id.desc()),
+            )
+            .label("rank"),
         ).subquery()
         query = (
             select(ranked.c.model_name, ranked.c.n, ranked.c.version, ranked.c.updated)
@@ -516,7 +618,7 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def count_artifact_refs(self, artifact_key: str) -> int:
-        """How many versions point at ``artifact_key`` (dedup references)."""
+        """How many versions, trashed ones included, point at ``artifact_key`` (dedup references)."""
         with self._read() as conn:
             return int(
                 conn.execute(
@@ -526,7 +628,8 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def find_artifact(self, sha256: str, *, exclude_key: str) -> str | None:
-        """The key of some stored artifact with exactly these bytes, other than ``exclude_key``."""
+        """The key of some stored artifact with exactly these bytes, other than ``exclude_key``
+        (a trashed version's too: its bytes stay until it is purged, and purge counts references)."""
         with self._read() as conn:
             return conn.execute(
                 select(versions.c.artifact_key)

@@ -1,0 +1,188 @@
+"""Copy models from one registry to another (``modelkeep copy``), for example local to team.
+
+Artifacts are copied byte for byte, never re-serialized, so every digest
+stays identical, and the index records are copied as they are (versions,
+``created_at``/``updated_at``, metadata, environment, signature). Each
+artifact is hashed while it streams out of the source and checked again in
+the destination before its index entry is written, so a version either
+arrives complete and verified or not at all. Replacing a version whose
+artifact has the same key (``overwrite=True``) writes the new bytes under a
+fresh revision key, as ``save(..., overwrite=True)`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import IntegrityError, VersionExistsError
+from .layout import artifact_extension, blob_key, record_blobs, revision_key, sidecar_bytes, sidecar_key
+from .metadata import ModelMetadata
+from .versions import validate_model_name
+
+if TYPE_CHECKING:
+    from .registry import ModelPersistence, ProgressFactory
+    from .storage import Advance, ArtifactStore, StagedArtifact
+
+logger = logging.getLogger("modelkeep")
+
+
+@dataclass
+class CopyReport:
+    """What :func:`copy_registry` did, as ``(model_name, version)`` pairs."""
+
+    copied: list[tuple[str, str]] = field(default_factory=list)
+    """Versions written to the destination (including the overwritten ones)."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Versions the destination already had with the same SHA-256."""
+    overwritten: list[tuple[str, str]] = field(default_factory=list)
+    """Versions that replaced a different artifact (only with ``overwrite=True``)."""
+    bytes_copied: int = 0
+    """Artifact bytes uploaded (sidecars not counted)."""
+
+    def __str__(self) -> str:
+        return (
+            f"copied {len(self.copied)} version(s) ({self.bytes_copied} bytes), "
+            f"skipped {len(self.skipped)} already present, overwrote {len(self.overwritten)}"
+        )
+
+
+@contextlib.contextmanager
+def _no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
+    yield lambda _n: None
+
+
+def copy_registry(
+    source: ModelPersistence,
+    dest: ModelPersistence,
+    *,
+    models: Iterable[str] | None = None,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+) -> CopyReport:
+    """Copy every version of ``models`` (default: all models) from ``source`` to ``dest``.
+
+    A version already in ``dest`` with the same SHA-256 is skipped. A version
+    in ``dest`` with *different* bytes is a conflict: unless ``overwrite`` is
+    true, :class:`VersionExistsError` is raised listing the conflicts before
+    anything is copied. With a signing key on ``source``, signatures are
+    checked before copying (records keep their signature, so ``dest`` must use
+    the same key to load them).
+
+    Raises :class:`ModelNotFoundError` for a requested model that has no
+    versions, :class:`IntegrityError` if a source artifact does not match its
+    recorded digest (nothing is registered for it), and :class:`StorageError`
+    when either store or index fails.
+    """
+    factory: ProgressFactory = progress or _no_progress
+    names = source.list_models() if models is None else [validate_model_name(m) for m in models]
+    plan: list[tuple[ModelMetadata, ModelMetadata | None]] = []
+    conflicts: list[str] = []
+    report = CopyReport()
+    for name in names:
+        for record in source.list_version_records(name):
+            existing = dest.index.get(record.model_name, record.version)
+            if existing is not None and _same_bytes(existing, record):
+                report.skipped.append((record.model_name, record.version))
+            elif existing is not None and not overwrite:
+                conflicts.append(f"{record.model_name} {record.version}")
+            else:
+                plan.append((record, existing))
+    if conflicts:
+        shown = ", ".join(conflicts[:10]) + (f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
+        raise VersionExistsError(
+            f"{len(conflicts)} version(s) already exist in the destination with different bytes: {shown}; "
+            "nothing was copied (pass overwrite=True to replace them)",
+            cli={"overwrite=True": "--overwrite"},
+        )
+    for record, existing in plan:
+        report.bytes_copied += _copy_version(source, dest, record, factory)
+        report.copied.append((record.model_name, record.version))
+        if existing is not None:
+            report.overwritten.append((record.model_name, record.version))
+    logger.info("copy from %r to %r: %s", source, dest, report)
+    return report
+
+
+def _same_bytes(a: ModelMetadata, b: ModelMetadata) -> bool:
+    return a.artifact is not None and b.artifact is not None and a.artifact.sha256 == b.artifact.sha256
+
+
+def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: ModelMetadata, progress: Any) -> int:
+    """Copy one version's artifact, blobs, sidecar and index entry; returns the artifact's size."""
+    art = record.artifact
+    if art is None:
+        raise IntegrityError(f"model '{record.model_name}' version '{record.version}' has no artifact")
+    source.keyring.check(record)
+    _copy_blobs(source.store, dest.store, art.extra.get("blobs") or [])
+    where = f"{record.model_name} {record.version}"
+    with dest.store.staged() as staged:
+        with progress(f"copying {where}", art.size) as advance:
+            _stream_into(source.store, art.key, staged, advance)
+        _check(staged, art.sha256, art.size, source.store.display_path(art.key))
+        with dest.index.reserve(record.model_name, record.version, overwrite=True) as slot:
+            previous = slot.previous
+            copied = _for_dest(record, previous, source, dest)
+            key = copied.artifact.key  # type: ignore[union-attr]
+            sidecar = sidecar_key(record.model_name, record.version)
+            try:
+                if record_blobs(record):  # a concurrent gc in dest must not have removed them
+                    dest.check_blobs_present(slot, art.extra["blobs"])
+                staged.commit(key)
+                dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
+                dest.store.write_bytes(sidecar, sidecar_bytes(copied))
+                slot.put(copied)
+            except BaseException:
+                dest.undo_version_files(copied, key, previous)
+                raise
+    old_key = previous.artifact.key if previous is not None and previous.artifact is not None else key
+    if old_key != key and dest.index.count_artifact_refs(old_key) == 0:
+        dest.store.delete(old_key, missing_ok=True)
+    return art.size
+
+
+def _for_dest(
+    record: ModelMetadata, previous: ModelMetadata | None, source: ModelPersistence, dest: ModelPersistence
+) -> ModelMetadata:
+    """``record`` as it goes into ``dest``: unchanged, except that replacing a version whose
+    artifact has the same key gets a fresh revision key (the old bytes stay valid until the
+    commit), and then a signature is renewed with whichever registry's key is known."""
+    art = record.artifact
+    assert art is not None
+    if previous is None or previous.artifact is None or previous.artifact.key != art.key:
+        return record
+    extension = artifact_extension(record.model_name, record.version, art.key)
+    moved = replace(record, artifact=replace(art, key=revision_key(record.model_name, record.version, extension)))
+    if record.signature:  # the key is signed: renew a trusted signature, drop one nobody here can vouch for
+        signer = dest.keyring if dest.keyring.explicit else source.keyring
+        moved.signature = signer.sign(moved) if source.keyring.verdict(record).trusted else None
+    return moved
+
+
+def _stream_into(src: ArtifactStore, key: str, staged: StagedArtifact, advance: Advance) -> None:
+    with src.stream(key) as chunks, staged.open(advance) as out:
+        for chunk in chunks:
+            out.write(chunk)
+
+
+def _check(staged: StagedArtifact, sha256: str, size: int, where: str) -> None:
+    if staged.sha256 != sha256 or staged.size != size:
+        raise IntegrityError(
+            f"integrity check failed for {where}: SHA-256 is {staged.sha256[:16]}... ({staged.size} bytes), "
+            f"recorded {sha256[:16]}... ({size} bytes); not copied"
+        )
+
+
+def _copy_blobs(src: ArtifactStore, dst: ArtifactStore, blobs: list[list[Any]]) -> None:
+    """Copy the content-addressed blobs a record references that ``dst`` lacks, verified."""
+    for sha, size in blobs:
+        key = blob_key(str(sha))
+        if dst.exists(key) and dst.size(key) == int(size):
+            continue
+        with dst.staged() as staged:
+            _stream_into(src, key, staged, lambda _n: None)
+            _check(staged, str(sha), int(size), src.display_path(key))
+            staged.commit(key)

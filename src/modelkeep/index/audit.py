@@ -1,0 +1,121 @@
+"""Rows the lifecycle keeps beside each version: the audit log, model rows, and the
+aliases, tags and description attached to records when they are read.
+
+Low-level helpers used inside the index's own transactions (no locking here);
+:mod:`.lifecycle` holds the operations built on them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import os
+import socket
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from ..metadata import ModelMetadata
+from .schema import aliases, history, models, tags, versions
+
+#: The ``modelkeep_tags.version`` of model-level tags.
+MODEL_LEVEL = ""
+#: ``WHERE`` clause of versions that are not in the trash.
+LIVE = versions.c.deleted_at.is_(None)
+
+
+def now() -> str:
+    """The current UTC time, ISO-8601 with microseconds (fixed width, so strings sort as times)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def actor() -> str:
+    """Who is making the change: ``MODELKEEP_USER``, else ``user@host``."""
+    name = os.environ.get("MODELKEEP_USER", "").strip()
+    if not name:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (containers)
+            user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+        name = f"{user}@{socket.gethostname()}"
+    return name[:256]
+
+
+def write_history(
+    conn: Connection,
+    action: str,
+    model_name: str,
+    *,
+    version: str | None = None,
+    alias: str | None = None,
+    key: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    at: str | None = None,
+) -> None:
+    """Append one audit row; call it inside the transaction of the change it records."""
+    conn.execute(
+        insert(history).values(
+            at=at or now(),
+            actor=actor(),
+            action=action,
+            model_name=model_name,
+            version=version,
+            alias=alias,
+            key=key,
+            before=None if before is None else json.dumps(before, separators=(",", ":")),
+            after=None if after is None else json.dumps(after, separators=(",", ":")),
+        )
+    )
+
+
+def touch_model(conn: Connection, model_name: str, at: str) -> None:
+    """Make sure the model has its ``modelkeep_models`` row (call under the model's lock)."""
+    found = conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first()
+    if found is None:
+        conn.execute(insert(models).values(model_name=model_name, description=None, created_at=at, updated_at=at))
+
+
+def artifact_summary(record: ModelMetadata) -> dict[str, Any]:
+    """What the audit log keeps of a version's content: enough to tell two saves apart."""
+    art = record.artifact
+    return {
+        "sha256": art.sha256 if art else None,
+        "size": art.size if art else None,
+        "format": art.format if art else None,
+        "artifact_key": art.key if art else None,
+    }
+
+
+def attach_lifecycle(
+    conn: Connection, model_name: str, pairs: list[tuple[ModelMetadata, str | None]], *, version: str | None = None
+) -> list[ModelMetadata]:
+    """Fill ``aliases``, ``tags`` and ``description`` of ``pairs`` (record, description).
+
+    Two queries however many records there are: all of the model's aliases, and
+    its version tags (only ``version``'s when given).
+    """
+    if not pairs:
+        return []
+    alias_q = select(aliases.c.version, aliases.c.alias).where(aliases.c.model_name == model_name)
+    tag_q = select(tags.c.version, tags.c.key, tags.c.value).where(tags.c.model_name == model_name)
+    if version is not None:
+        alias_q = alias_q.where(aliases.c.version == version)
+        tag_q = tag_q.where(tags.c.version == version)
+    else:
+        tag_q = tag_q.where(tags.c.version != MODEL_LEVEL)
+    by_version: dict[str, list[str]] = defaultdict(list)
+    for v, name in conn.execute(alias_q.order_by(aliases.c.alias)):
+        by_version[v].append(name)
+    tag_map: dict[str, dict[str, str]] = defaultdict(dict)
+    for v, key, value in conn.execute(tag_q.order_by(tags.c.version, tags.c.key)):  # the primary key's order
+        tag_map[v][key] = value
+    out = []
+    for record, description in pairs:
+        record.aliases = by_version.get(record.version, [])
+        record.tags = tag_map.get(record.version, {})
+        record.description = description
+        out.append(record)
+    return out

@@ -1,0 +1,450 @@
+"""Lifecycle operations on the index: aliases, tags, descriptions, the trash and the history.
+
+Every change takes the model's write lock (what savers hold), checks its
+preconditions inside that transaction, and appends its history row in the same
+transaction, so the audit log never disagrees with the state it describes, even
+after a crash. An alias only ever points at a live version: moving it checks the
+target under the lock, and trashing a version checks (and with ``force``
+removes) its aliases under the same lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ..errors import (
+    AliasConflictError,
+    AliasNotFoundError,
+    InvalidNameError,
+    VersionInUseError,
+    VersionNotFoundError,
+    no_versions,
+)
+from ..metadata import HistoryEntry
+from ..versions import validate_alias, validate_model_name, validate_version
+from .audit import LIVE, MODEL_LEVEL, now, write_history
+from .common import ORDER_DESC as _ORDER_DESC
+from .common import retry_on_disconnect as _retry_on_disconnect
+from .common import trashed_error
+from .schema import aliases, history, models, tags, versions
+
+if TYPE_CHECKING:
+    from .sql import SqlIndex
+
+MAX_TAG_KEY = 256
+MAX_TEXT = 1 << 20
+
+
+def _text(value: object, what: str, max_len: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise InvalidNameError(f"{what} contains a NUL byte")
+    if len(value) > max_len:
+        raise InvalidNameError(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def validate_tag_key(key: object) -> str:
+    """A tag key: a non-empty string of at most 256 characters without NUL."""
+    key = _text(key, "tag key", MAX_TAG_KEY)
+    if not key.strip():
+        raise InvalidNameError("tag key must not be empty")
+    return key
+
+
+def as_utc_iso(when: _dt.datetime | _dt.date | str) -> str:
+    """``when`` as the index writes times (UTC, microseconds); naive times count as UTC."""
+    if isinstance(when, str):
+        try:
+            when = _dt.datetime.fromisoformat(when)
+        except ValueError as exc:
+            raise InvalidNameError(f"{when!r} is not an ISO-8601 date or time") from exc
+    if not isinstance(when, _dt.datetime):
+        when = _dt.datetime(when.year, when.month, when.day)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+class Lifecycle:
+    """The lifecycle state of one :class:`SqlIndex` (reach it as ``index.lifecycle``)."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self._index = index
+
+    # -- helpers ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, model_name: str) -> Iterator[Connection]:
+        """One write transaction holding the model's write lock (what savers hold)."""
+        with self._index._write() as conn:
+            self._index._lock_model(conn, model_name)
+            yield conn
+
+    def _version_state(self, conn: Connection, model_name: str, version: str) -> tuple[bool, str | None]:
+        """``(exists, deleted_at)`` of one version."""
+        row = conn.execute(
+            select(versions.c.deleted_at).where(versions.c.model_name == model_name, versions.c.version == version)
+        ).first()
+        return (False, None) if row is None else (True, row[0])
+
+    def _require_live(self, conn: Connection, model_name: str, version: str) -> None:
+        exists, deleted_at = self._version_state(conn, model_name, version)
+        if not exists:
+            raise self._index._missing(conn, model_name, version)
+        if deleted_at is not None:
+            raise trashed_error(model_name, version)
+
+    def _require_model(self, conn: Connection, model_name: str) -> None:
+        if conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first() is None:
+            raise no_versions(model_name)
+
+    def _alias_target(self, conn: Connection, model_name: str, alias: str) -> str | None:
+        return conn.execute(
+            select(aliases.c.version).where(aliases.c.model_name == model_name, aliases.c.alias == alias)
+        ).scalar()
+
+    # -- aliases --------------------------------------------------------------------
+    @_retry_on_disconnect
+    def set_alias(self, model_name: str, alias: str, version: str, *, expected: str | None = None) -> str | None:
+        """Point ``alias`` at ``version`` (a live version); returns where it pointed before.
+
+        With ``expected``, a compare-and-set: :class:`AliasConflictError` unless the
+        alias currently points at ``expected``. Setting it to where it already
+        points changes nothing and writes no history.
+        """
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        version = validate_version(version)
+        if expected is not None:
+            expected = validate_version(expected)
+        with self._locked(model_name) as conn:
+            self._require_live(conn, model_name, version)
+            current = self._alias_target(conn, model_name, alias)
+            if expected is not None and current != expected:
+                where = f"points at version '{current}'" if current else "does not exist"
+                raise AliasConflictError(
+                    f"alias '{alias}' of model '{model_name}' {where}, not '{expected}' as expected; "
+                    "someone else moved it: check and try again"
+                )
+            if current == version:
+                return current
+            at = now()
+            if current is None:
+                conn.execute(insert(aliases).values(model_name=model_name, alias=alias, version=version, updated_at=at))
+            else:
+                conn.execute(
+                    update(aliases)
+                    .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
+                    .values(version=version, updated_at=at)
+                )
+            write_history(
+                conn, "alias_set", model_name, version=version, alias=alias, before=current, after=version, at=at
+            )
+            return current
+
+    @_retry_on_disconnect
+    def delete_alias(self, model_name: str, alias: str) -> str:
+        """Remove ``alias``; returns the version it pointed at. :class:`AliasNotFoundError` if absent."""
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        with self._locked(model_name) as conn:
+            current = self._alias_target(conn, model_name, alias)
+            if current is None:
+                raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+            conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+            write_history(conn, "alias_delete", model_name, version=current, alias=alias, before=current)
+            return current
+
+    @_retry_on_disconnect
+    def get_aliases(self, model_name: str) -> dict[str, str]:
+        """``{alias: version}`` of a model, sorted by alias."""
+        model_name = validate_model_name(model_name)
+        with self._index._read() as conn:
+            rows = conn.execute(
+                select(aliases.c.alias, aliases.c.version)
+                .where(aliases.c.model_name == model_name)
+                .order_by(aliases.c.alias)
+            )
+            return {a: v for a, v in rows}
+
+    @_retry_on_disconnect
+    def resolve_alias(self, model_name: str, alias: str) -> str:
+        """The version ``alias`` points at; :class:`AliasNotFoundError` if there is no such alias."""
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        with self._index._read() as conn:
+            found = self._alias_target(conn, model_name, alias)
+            if found is None:
+                raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+            return found
+
+    # -- tags and descriptions --------------------------------------------------------
+    def _tag_scope(self, conn: Connection, model_name: str, version: str | None) -> str:
+        if version is None:
+            self._require_model(conn, model_name)
+            return MODEL_LEVEL
+        self._require_live(conn, model_name, version)
+        return version
+
+    @_retry_on_disconnect
+    def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
+        """Set a tag on the model (``version=None``) or on one live version."""
+        model_name = validate_model_name(model_name)
+        key = validate_tag_key(key)
+        value = _text(value, f"value of tag {key!r}", MAX_TEXT)
+        if version is not None:
+            version = validate_version(version)
+        with self._locked(model_name) as conn:
+            scope = self._tag_scope(conn, model_name, version)
+            where = (tags.c.model_name == model_name, tags.c.version == scope, tags.c.key == key)
+            before = conn.execute(select(tags.c.value).where(*where)).scalar()
+            if before == value:
+                return
+            if before is None:
+                conn.execute(insert(tags).values(model_name=model_name, version=scope, key=key, value=value))
+            else:
+                conn.execute(update(tags).where(*where).values(value=value))
+            write_history(conn, "tag_set", model_name, version=version, key=key, before=before, after=value)
+
+    @_retry_on_disconnect
+    def delete_tag(self, model_name: str, key: str, *, version: str | None = None) -> None:
+        """Remove a tag; :class:`KeyError` (``ModelNotFoundError``) if it is not set."""
+        model_name = validate_model_name(model_name)
+        key = validate_tag_key(key)
+        if version is not None:
+            version = validate_version(version)
+        with self._locked(model_name) as conn:
+            scope = self._tag_scope(conn, model_name, version)
+            where = (tags.c.model_name == model_name, tags.c.version == scope, tags.c.key == key)
+            before = conn.execute(select(tags.c.value).where(*where)).scalar()
+            if before is None:
+                on = f"version '{version}' of model '{model_name}'" if version else f"model '{model_name}'"
+                raise VersionNotFoundError(f"{on} has no tag {key!r}")
+            conn.execute(delete(tags).where(*where))
+            write_history(conn, "tag_delete", model_name, version=version, key=key, before=before)
+
+    @_retry_on_disconnect
+    def get_tags(self, model_name: str, *, version: str | None = None) -> dict[str, str]:
+        """The model's tags (``version=None``) or one version's, sorted by key."""
+        model_name = validate_model_name(model_name)
+        scope = MODEL_LEVEL if version is None else validate_version(version)
+        with self._index._read() as conn:
+            if version is not None:
+                self._require_live(conn, model_name, scope)
+            rows = conn.execute(
+                select(tags.c.key, tags.c.value)
+                .where(tags.c.model_name == model_name, tags.c.version == scope)
+                .order_by(tags.c.key)
+            )
+            return {k: v for k, v in rows}
+
+    @_retry_on_disconnect
+    def set_description(self, model_name: str, text: str | None, *, version: str | None = None) -> None:
+        """Describe the model (``version=None``) or one live version; ``None`` clears it."""
+        model_name = validate_model_name(model_name)
+        if text is not None:
+            text = _text(text, "description", MAX_TEXT)
+        if version is not None:
+            version = validate_version(version)
+        with self._locked(model_name) as conn:
+            at = now()
+            if version is None:
+                self._require_model(conn, model_name)
+                where_m = models.c.model_name == model_name
+                before = conn.execute(select(models.c.description).where(where_m)).scalar()
+                if before == text:
+                    return
+                conn.execute(update(models).where(where_m).values(description=text, updated_at=at))
+            else:
+                self._require_live(conn, model_name, version)
+                where_v = (versions.c.model_name == model_name, versions.c.version == version)
+                before = conn.execute(select(versions.c.description).where(*where_v)).scalar()
+                if before == text:
+                    return
+                conn.execute(update(versions).where(*where_v).values(description=text))
+            write_history(conn, "describe", model_name, version=version, before=before, after=text, at=at)
+
+    @_retry_on_disconnect
+    def get_description(self, model_name: str, *, version: str | None = None) -> str | None:
+        """The model's description (``version=None``) or one live version's."""
+        model_name = validate_model_name(model_name)
+        with self._index._read() as conn:
+            if version is None:
+                self._require_model(conn, model_name)
+                return conn.execute(select(models.c.description).where(models.c.model_name == model_name)).scalar()
+            version = validate_version(version)
+            self._require_live(conn, model_name, version)
+            return conn.execute(
+                select(versions.c.description).where(versions.c.model_name == model_name, versions.c.version == version)
+            ).scalar()
+
+    # -- trash ----------------------------------------------------------------------
+    def _trash(self, conn: Connection, model_name: str, version: str, *, force: bool, reason: str | None) -> str:
+        pointing = list(
+            conn.execute(
+                select(aliases.c.alias)
+                .where(aliases.c.model_name == model_name, aliases.c.version == version)
+                .order_by(aliases.c.alias)
+            ).scalars()
+        )
+        at = now()
+        if pointing and not force:
+            raise VersionInUseError(
+                f"model '{model_name}' version '{version}' is what alias(es) {', '.join(pointing)} point at; "
+                "move the alias first, or force the delete (which removes the alias too)"
+            )
+        for alias in pointing:
+            conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+            write_history(conn, "alias_delete", model_name, version=version, alias=alias, before=version, at=at)
+        conn.execute(
+            update(versions)
+            .where(versions.c.model_name == model_name, versions.c.version == version)
+            .values(deleted_at=at)
+        )
+        after: dict[str, Any] = {"deleted_at": at}
+        if reason:
+            after["reason"] = reason
+        if pointing:
+            after["removed_aliases"] = pointing
+        write_history(conn, "delete", model_name, version=version, after=after, at=at)
+        return at
+
+    @_retry_on_disconnect
+    def trash(self, model_name: str, version: str, *, force: bool = False) -> str:
+        """Move a live version to the trash; returns the time it was trashed.
+
+        An aliased version raises :class:`VersionInUseError` unless ``force``, which
+        removes its aliases (each recorded in the history) in the same transaction.
+        """
+        model_name = validate_model_name(model_name)
+        version = validate_version(version)
+        with self._locked(model_name) as conn:
+            exists, deleted_at = self._version_state(conn, model_name, version)
+            if not exists:
+                raise self._index._missing(conn, model_name, version)
+            if deleted_at is not None:
+                raise VersionNotFoundError(f"model '{model_name}' version '{version}' is already in the trash")
+            return self._trash(conn, model_name, version, force=force, reason=None)
+
+    @_retry_on_disconnect
+    def trashed_version(self, model_name: str, version: str) -> bool:
+        """True when ``version`` exists and is in the trash."""
+        with self._index._read() as conn:
+            return self._version_state(conn, model_name, version)[1] is not None
+
+    @_retry_on_disconnect
+    def restore(self, model_name: str, version: str) -> None:
+        """Bring a trashed version back; :class:`VersionNotFoundError` if it is not in the trash."""
+        model_name = validate_model_name(model_name)
+        version = validate_version(version)
+        with self._locked(model_name) as conn:
+            exists, deleted_at = self._version_state(conn, model_name, version)
+            if not exists or deleted_at is None:
+                state = "is not in the trash" if exists else "does not exist (purged?)"
+                raise VersionNotFoundError(f"model '{model_name}' version '{version}' {state}")
+            conn.execute(
+                update(versions)
+                .where(versions.c.model_name == model_name, versions.c.version == version)
+                .values(deleted_at=None)
+            )
+            write_history(conn, "restore", model_name, version=version, before={"deleted_at": deleted_at})
+
+    @_retry_on_disconnect
+    def trashed(
+        self, model_name: str | None = None, *, older_than: _dt.datetime | str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """``(model, version, deleted_at)`` of trashed versions, oldest trash first."""
+        query = select(versions.c.model_name, versions.c.version, versions.c.deleted_at).where(
+            versions.c.deleted_at.is_not(None)
+        )
+        if model_name is not None:
+            query = query.where(versions.c.model_name == validate_model_name(model_name))
+        if older_than is not None:
+            query = query.where(versions.c.deleted_at < as_utc_iso(older_than))
+        with self._index._read() as conn:
+            return [(m, v, d) for m, v, d in conn.execute(query.order_by(versions.c.deleted_at, versions.c.id))]
+
+    @_retry_on_disconnect
+    def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
+        """Trash every live version but the newest ``keep_last`` (in version order), never an
+        aliased one; returns the versions trashed (or, ``dry_run``, that would be)."""
+        model_name = validate_model_name(model_name)
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+            raise InvalidNameError(f"keep_last must be a whole number >= 0, got {keep_last!r}")
+        with self._locked(model_name) as conn:
+            newest_first = list(
+                conn.execute(
+                    select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_DESC)
+                ).scalars()
+            )
+            if not newest_first and not self._version_state_any(conn, model_name):
+                raise no_versions(model_name)
+            aliased = set(conn.execute(select(aliases.c.version).where(aliases.c.model_name == model_name)).scalars())
+            chosen = [v for v in newest_first[keep_last:] if v not in aliased]
+            if not dry_run:
+                for version in chosen:
+                    self._trash(conn, model_name, version, force=False, reason=f"prune keep_last={keep_last}")
+            return chosen
+
+    def _version_state_any(self, conn: Connection, model_name: str) -> bool:
+        return (
+            conn.execute(select(versions.c.id).where(versions.c.model_name == model_name).limit(1)).first() is not None
+        )
+
+    # -- history --------------------------------------------------------------------
+    @_retry_on_disconnect
+    def history(
+        self,
+        model_name: str | None = None,
+        *,
+        alias: str | None = None,
+        since: _dt.datetime | str | None = None,
+        until: _dt.datetime | str | None = None,
+        limit: int | None = None,
+        actions: tuple[str, ...] | None = None,
+    ) -> list[HistoryEntry]:
+        """Audit rows, oldest first; ``limit`` keeps the most recent ones.
+
+        ``since`` is inclusive, ``until`` exclusive; both take datetimes (naive = UTC)
+        or ISO-8601 strings.
+        """
+        query = select(history)
+        if model_name is not None:
+            query = query.where(history.c.model_name == validate_model_name(model_name))
+        if alias is not None:
+            query = query.where(history.c.alias == validate_alias(alias))
+        if since is not None:
+            query = query.where(history.c.at >= as_utc_iso(since))
+        if until is not None:
+            query = query.where(history.c.at < as_utc_iso(until))
+        if actions is not None:
+            query = query.where(history.c.action.in_(actions))
+        query = query.order_by(history.c.id.desc())
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise InvalidNameError(f"limit must be a whole number >= 0, got {limit!r}")
+            query = query.limit(limit)
+        with self._index._read() as conn:
+            rows = list(conn.execute(query))
+        return [
+            HistoryEntry(
+                id=int(r.id),
+                at=r.at,
+                actor=r.actor,
+                action=r.action,
+                model_name=r.model_name,
+                version=r.version,
+                alias=r.alias,
+                key=r.key,
+                before=None if r.before is None else json.loads(r.before),
+                after=None if r.after is None else json.loads(r.after),
+            )
+            for r in reversed(rows)
+        ]

@@ -1,0 +1,95 @@
+"""The store layout: where each file of a registry lives, relative to ``models_dir``.
+
+Every module that names a file in the store asks this one::
+
+    <model>/<version>/<model>_v<version><ext>                 the artifact
+    <model>/<version>/<model>_v<version>.r<12 hex><ext>       an overwrite's artifact (a revision)
+    <model>/<version>/<model>_v<version>_metadata.json        the sidecar: the record as JSON
+    .blobs/<first two hex digits>/<sha256>                    content-addressed buffers (native format)
+    .tmp/<hex>.part                                           staged bytes of a save in progress
+
+Keys always use ``/``; the storage backend maps them to paths or object names.
+This module does no I/O and imports nothing from modelkeep but the metadata types.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .metadata import ModelMetadata
+
+#: Staged files live here until committed; anything left is a crash leftover.
+TMP_DIR = ".tmp"
+#: Content-addressed blobs of the ``native`` format.
+BLOB_DIR = ".blobs"
+SIDECAR_SUFFIX = "_metadata.json"
+_REVISION = re.compile(r"^\.r[0-9a-f]{12}(?=\.)")
+
+
+def artifact_key(model_name: str, version: str, extension: str) -> str:
+    """The artifact of a version: ``<name>/<version>/<name>_v<version><ext>``."""
+    return f"{model_name}/{version}/{model_name}_v{version}{extension}"
+
+
+def revision_key(model_name: str, version: str, extension: str) -> str:
+    """A fresh key for an overwrite, beside the usual one: ``<name>/<version>/<name>_v<version>.r<hex><ext>``."""
+    return f"{model_name}/{version}/{model_name}_v{version}.r{uuid.uuid4().hex[:12]}{extension}"
+
+
+def artifact_extension(model_name: str, version: str, key: str) -> str:
+    """The format suffix of an artifact key (``.joblib``, ``.pkl.gz``), without any revision part."""
+    prefix = f"{model_name}/{version}/{model_name}_v{version}"
+    tail = key[len(prefix) :] if key.startswith(prefix) else "." + key.rsplit(".", 1)[-1]
+    return _REVISION.sub("", tail)  # a revision of a revision gets one suffix, not two
+
+
+def sidecar_key(model_name: str, version: str) -> str:
+    """The sidecar metadata file of a version (what ``reindex`` rebuilds the index from)."""
+    return f"{model_name}/{version}/{model_name}_v{version}{SIDECAR_SUFFIX}"
+
+
+def sidecar_bytes(record: ModelMetadata) -> bytes:
+    """The sidecar file's content for ``record``."""
+    return json.dumps(record.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
+
+
+def blob_key(sha256: str) -> str:
+    """The key of a content-addressed blob."""
+    return f"{BLOB_DIR}/{sha256[:2]}/{sha256}"
+
+
+def blob_digest(key: str) -> str | None:
+    """The SHA-256 of a blob key, or ``None`` if ``key`` is not a blob."""
+    parts = key.split("/")
+    return parts[2] if len(parts) == 3 and parts[0] == BLOB_DIR else None
+
+
+def version_dir(key: str) -> tuple[str, str] | None:
+    """``(model, version)`` for a key inside a version folder, else ``None``."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0].startswith("."):
+        return None
+    return parts[0], parts[1]
+
+
+def is_temporary(key: str) -> bool:
+    """Whether ``key`` is a staged file (of a save in progress, or a crash leftover)."""
+    return key.startswith(TMP_DIR + "/")
+
+
+def referenced_keys(record: ModelMetadata) -> set[str]:
+    """The files in its version folder that a record names: its artifact and its sidecar."""
+    keys = {sidecar_key(record.model_name, record.version)}
+    if record.artifact is not None:
+        keys.add(record.artifact.key)
+    return keys
+
+
+def record_blobs(record: ModelMetadata) -> set[str]:
+    """The content-addressed blobs a record references (native format)."""
+    extra = record.artifact.extra if record.artifact is not None else {}
+    return {str(item[0]) for item in extra.get("blobs", [])}

@@ -1,0 +1,247 @@
+"""The lifecycle half of :class:`~modelkeep.ModelPersistence`: aliases, tags,
+descriptions, the audit history, the trash (delete, restore, purge) and retention.
+
+The state lives in the index (see :mod:`modelkeep.index.lifecycle`); this mixin
+validates the caller's arguments, resolves ``name@alias`` references, and removes
+a purged version's files after its index entry is gone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidNameError, VersionNotFoundError
+from .layout import record_blobs
+from .metadata import HistoryEntry, ModelMetadata
+from .versions import validate_alias, validate_model_name, validate_version
+
+if TYPE_CHECKING:
+    from .index import SqlIndex
+    from .storage import ArtifactStore
+
+logger = logging.getLogger("modelkeep")
+
+#: Actions that move or remove an alias, as :meth:`LifecycleMixin.alias_history` reports them.
+ALIAS_ACTIONS = ("alias_set", "alias_delete")
+_AGE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+Age = _dt.timedelta | float | int | str
+
+
+def parse_age(age: Age) -> _dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w``, a number of seconds, or a timedelta."""
+    if isinstance(age, _dt.timedelta):
+        seconds = age.total_seconds()
+    elif isinstance(age, (int, float)) and not isinstance(age, bool):
+        seconds = float(age)
+    elif isinstance(age, str) and (m := _AGE_RE.fullmatch(age)):
+        seconds = float(m[1]) * _AGE_UNITS[m[2].lower()]
+    else:
+        raise InvalidNameError(f"age {age!r} is not understood; use e.g. '30d', '12h', '90m' or seconds")
+    if seconds < 0:
+        raise InvalidNameError(f"age {age!r} must not be negative")
+    return _dt.timedelta(seconds=seconds)
+
+
+def split_reference(model_name: str, version: str | None, alias: str | None) -> tuple[str, str | None, str | None]:
+    """``("churn@production", None, None)`` -> ``("churn", None, "production")``; also ``version="@production"``."""
+    if isinstance(model_name, str) and "@" in model_name:
+        model_name, _, named = model_name.partition("@")
+        if alias is not None and alias != named:
+            raise InvalidNameError(f"two aliases given: '@{named}' and alias={alias!r}")
+        alias = named
+    if isinstance(version, str) and version.startswith("@"):
+        if alias is not None and alias != version[1:]:
+            raise InvalidNameError(f"two aliases given: alias {alias!r} and version {version!r}")
+        alias, version = version[1:], None
+    model_name = validate_model_name(model_name)
+    if alias is not None:
+        alias = validate_alias(alias)
+    if version is not None:
+        version = validate_version(version)
+    return model_name, version, alias
+
+
+class LifecycleMixin:
+    """Aliases, tags, descriptions, history and the trash, on :class:`ModelPersistence`."""
+
+    index: SqlIndex
+    store: ArtifactStore
+
+    # -- references -------------------------------------------------------------------
+    def _lookup(self, model_name: str, version: str | None, alias: str | None) -> ModelMetadata:
+        """The live record ``name[@alias]`` / ``version`` / ``alias=`` names (latest by default)."""
+        model_name, version, alias = split_reference(model_name, version, alias)
+        if alias is not None:
+            target = self.index.lifecycle.resolve_alias(model_name, alias)
+            if version is not None and version != target:
+                raise InvalidNameError(
+                    f"alias '{alias}' of model '{model_name}' points at version '{target}', not '{version}'"
+                )
+            version = target
+        return self.index.resolve(model_name, version)
+
+    # -- aliases ----------------------------------------------------------------------
+    def set_alias(self, model_name: str, alias: str, version: str, *, expected: str | None = None) -> None:
+        """Point ``alias`` (``production``, ``champion``...) at a live ``version``.
+
+        With ``expected``, a compare-and-set: raises :class:`AliasConflictError` if
+        the alias points anywhere else right now (someone moved it meanwhile).
+        Every move is recorded in the history.
+        """
+        self.index.lifecycle.set_alias(model_name, alias, version, expected=expected)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        """Remove an alias (recorded in the history); :class:`AliasNotFoundError` if absent."""
+        self.index.lifecycle.delete_alias(model_name, alias)
+
+    def get_aliases(self, model_name: str) -> dict[str, str]:
+        """``{alias: version}`` of a model."""
+        return self.index.lifecycle.get_aliases(model_name)
+
+    # -- tags and descriptions ------------------------------------------------------------
+    def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
+        """Set a key/value tag on the model, or on one version with ``version=``."""
+        self.index.lifecycle.set_tag(model_name, key, value, version=version)
+
+    def delete_tag(self, model_name: str, key: str, *, version: str | None = None) -> None:
+        """Remove a tag from the model, or from one version with ``version=``."""
+        self.index.lifecycle.delete_tag(model_name, key, version=version)
+
+    def get_tags(self, model_name: str, *, version: str | None = None) -> dict[str, str]:
+        """The model's tags, or one version's with ``version=``."""
+        return self.index.lifecycle.get_tags(model_name, version=version)
+
+    def set_description(self, model_name: str, text: str | None, *, version: str | None = None) -> None:
+        """Describe the model, or one version with ``version=``; ``None`` clears it."""
+        self.index.lifecycle.set_description(model_name, text, version=version)
+
+    def get_description(self, model_name: str, *, version: str | None = None) -> str | None:
+        """The model's description, or one version's with ``version=``."""
+        return self.index.lifecycle.get_description(model_name, version=version)
+
+    # -- history --------------------------------------------------------------------
+    def history(
+        self,
+        model_name: str | None = None,
+        *,
+        alias: str | None = None,
+        since: _dt.datetime | str | None = None,
+        until: _dt.datetime | str | None = None,
+        limit: int | None = None,
+    ) -> list[HistoryEntry]:
+        """The audit log, oldest first: every save, overwrite, delete, restore, purge,
+        alias, tag and description change, with time, actor and before/after values.
+
+        Filter by model, alias, and time (``since`` inclusive, ``until`` exclusive;
+        datetimes or ISO-8601 strings, naive ones in UTC); ``limit`` keeps the newest.
+        """
+        return self.index.lifecycle.history(model_name, alias=alias, since=since, until=until, limit=limit)
+
+    def alias_history(self, model_name: str, alias: str) -> list[HistoryEntry]:
+        """Every move and removal of one alias, oldest first (``after`` is the version, or ``None``)."""
+        return self.index.lifecycle.history(model_name, alias=alias, actions=ALIAS_ACTIONS)
+
+    def alias_at(self, model_name: str, alias: str, when: _dt.datetime | str) -> str | None:
+        """The version ``alias`` pointed at, at time ``when`` (``None`` if it did not exist then).
+
+        Answers "which version was in production on March 3rd".
+        """
+        moves = self.index.lifecycle.history(model_name, alias=alias, until=when, actions=ALIAS_ACTIONS)
+        if not moves or moves[-1].action == "alias_delete":
+            return None
+        return str(moves[-1].after)
+
+    # -- trash ------------------------------------------------------------------------
+    def delete(self, model_name: str, version: str, *, force: bool = False) -> None:
+        """Move a version to the trash: it no longer lists, resolves or loads, and its
+        bytes stay until :meth:`purge`. Undo with :meth:`restore`.
+
+        A version an alias points at is refused (:class:`VersionInUseError`) unless
+        ``force``, which removes those aliases too (recorded in the history).
+        """
+        self.index.lifecycle.trash(model_name, version, force=force)
+        logger.info("deleted %s version %s (moved to the trash)", model_name, version)
+
+    def restore(self, model_name: str, version: str) -> None:
+        """Bring a version back from the trash."""
+        self.index.lifecycle.restore(model_name, version)
+        logger.info("restored %s version %s from the trash", model_name, version)
+
+    def list_trash(self, model_name: str | None = None) -> list[tuple[str, str, str]]:
+        """``(model, version, deleted_at)`` of every trashed version (of one model), oldest first."""
+        return self.index.lifecycle.trashed(model_name)
+
+    def purge(
+        self, model_name: str | None = None, version: str | None = None, *, older_than: Age | None = None
+    ) -> list[tuple[str, str]]:
+        """Remove trashed versions for good, bytes included; returns ``(model, version)`` pairs.
+
+        One version (``model_name`` and ``version``), all of a model's trash, or all
+        trash; ``older_than`` (``"30d"``, seconds, a timedelta) keeps younger trash.
+        Shared bytes are kept while another version references them (dedup and blobs).
+        A ``version`` that is not in the trash raises :class:`VersionNotFoundError`.
+        """
+        if version is not None:
+            if model_name is None:
+                raise InvalidNameError("purge of one version needs its model_name")
+            targets = [(validate_model_name(model_name), validate_version(version))]
+        else:
+            cutoff = None
+            if older_than is not None:
+                cutoff = _dt.datetime.now(_dt.timezone.utc) - parse_age(older_than)
+            targets = [(m, v) for m, v, _ in self.index.lifecycle.trashed(model_name, older_than=cutoff)]
+        done = []
+        for name, ver in targets:
+            try:
+                self._purge_one(name, ver)
+            except VersionNotFoundError:
+                if version is not None:
+                    raise
+                continue  # restored or purged by someone else meanwhile
+            done.append((name, ver))
+        return done
+
+    def _purge_one(self, model_name: str, version: str) -> None:
+        """Drop the index entry (with its history row), then the files nobody else uses."""
+        from .layout import sidecar_key
+
+        started = time.perf_counter()
+        record = self.index.delete(model_name, version, trashed_only=True)
+        art = record.artifact
+        if art is not None and self.index.count_artifact_refs(art.key) == 0:
+            self.store.delete(art.key, missing_ok=True)
+        if art is not None and art.extra.get("blobs"):
+            from .blobs import BlobStore
+
+            self.index.release_blobs(record_blobs(record), BlobStore(self.store).delete_many)
+        self.store.delete(sidecar_key(model_name, version), missing_ok=True)
+        self.store.remove_empty_dirs(f"{model_name}/{version}")
+        logger.info(
+            "purged %s version %s (%d bytes) in %.1f ms",
+            model_name,
+            version,
+            art.size if art else 0,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
+        """Trash every version of ``model_name`` but the newest ``keep_last`` (version order),
+        never an aliased one. Returns the versions trashed (``dry_run``: that would be)."""
+        return self.index.lifecycle.prune(model_name, keep_last, dry_run=dry_run)
+
+    def _purge_for_gc(self, older_than: Age, *, dry_run: bool) -> list[tuple[str, str]]:
+        if dry_run:
+            cutoff = _dt.datetime.now(_dt.timezone.utc) - parse_age(older_than)
+            return [(m, v) for m, v, _ in self.index.lifecycle.trashed(older_than=cutoff)]
+        return self.purge(older_than=older_than)
+
+
+def lifecycle_json(record: ModelMetadata) -> dict[str, Any]:
+    """``record.to_dict()`` plus its aliases, tags and description (for ``--json`` output)."""
+    return {**record.to_dict(), **record.lifecycle_dict()}

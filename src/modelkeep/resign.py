@@ -1,0 +1,97 @@
+"""Re-signing stored versions with the current key (``modelkeep sign``), for key rotation.
+
+A signature vouches for the bytes, so a version is re-signed only when its
+current signature verifies under a key this registry trusts and its artifact
+still hashes to the recorded digest. Unsigned or untrusted versions are skipped
+unless the caller vouches for them (``include_untrusted``). Each version is
+rewritten under its write lock: sidecar first, then the index row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import SignatureError
+from .versions import validate_model_name, validate_version
+
+if TYPE_CHECKING:
+    from .registry import ModelPersistence
+
+logger = logging.getLogger("modelkeep")
+
+
+@dataclass
+class ResignReport:
+    """What :meth:`ModelPersistence.sign` did: ``(model, version)`` pairs."""
+
+    signer: str = ""
+    signed: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (model, version, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signer": self.signer,
+            "signed": [list(v) for v in self.signed],
+            "unchanged": [list(v) for v in self.unchanged],
+            "skipped": [{"model_name": m, "version": v, "reason": r} for m, v, r in self.skipped],
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"signed {len(self.signed)} version(s) with {self.signer}, {len(self.unchanged)} already signed, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+def resign_versions(
+    p: ModelPersistence,
+    model_name: str | None = None,
+    version: str | None = None,
+    *,
+    include_untrusted: bool = False,
+) -> ResignReport:
+    """Re-sign the chosen versions with ``p``'s signing key; see the module docstring."""
+    from .layout import sidecar_bytes, sidecar_key
+    from .signing import ECDSA_SCHEME, HMAC_SCHEME
+
+    keyring = p.keyring
+    key = keyring.signer()
+    if key is None:
+        raise SignatureError("no signing key: configure signing_key_file or signing_key, or allow the per-user key")
+    report = ResignReport(signer="shared HMAC key" if isinstance(key, (str, bytes)) else key.public.label)
+    if model_name is None:
+        if version is not None:
+            raise ValueError("a version needs a model name")
+        records = list(p.index.iter_records())
+    elif version is None:
+        records = p.list_version_records(validate_model_name(model_name))
+    else:
+        records = [p.get_version(model_name, validate_version(version))]
+    identity = (HMAC_SCHEME, None) if isinstance(key, (str, bytes)) else (ECDSA_SCHEME, key.fingerprint)
+    for record in records:
+        where = (record.model_name, record.version)
+        verdict = keyring.verdict(record)
+        if verdict.trusted and (verdict.scheme, verdict.fingerprint) == identity:
+            report.unchanged.append(where)
+            continue
+        if not verdict.trusted and not include_untrusted:
+            report.skipped.append((*where, f"{verdict.status}: {verdict.reason}"))
+            continue
+        if record.artifact is None:
+            report.skipped.append((*where, "no artifact"))
+            continue
+        p.store.verify(record.artifact.key, record.artifact.sha256)  # vouch only for intact bytes
+        with p.index.reserve(record.model_name, record.version, overwrite=True) as slot:
+            now = slot.previous
+            if now is None or now.to_dict() != record.to_dict():  # deleted or replaced meanwhile
+                report.skipped.append((*where, "changed while signing; run again"))
+                continue
+            signed = replace(record, signature=keyring.sign(record))
+            p.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(signed))
+            slot.put(signed)
+        report.signed.append(where)
+    logger.info("re-signed: %s", report)
+    return report

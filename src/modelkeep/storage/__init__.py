@@ -1,0 +1,59 @@
+"""The artifact store: bytes under keys, on a local disk or any fsspec filesystem.
+
+:func:`open_store` picks the backend once, from the URL scheme, as fsspec
+does: a local folder (or ``file://``) gets :class:`LocalStore`; S3, GCS, Azure
+and ``memory://`` get :class:`ObjectStore`; any other fsspec filesystem gets
+:class:`FsspecStore`. They all implement :class:`ArtifactStore`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import BackendUnavailableError
+from ..layout import TMP_DIR
+from .base import ArtifactStore, StagedArtifact
+from .hashing import Advance, HashingWriter, check_digest
+from .local import LocalStore
+from .remote import FsspecStore, ObjectStore
+
+#: Filesystems where one upload is all-or-nothing and a copy happens server-side.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+#: Extras that bring a scheme's fsspec implementation.
+EXTRAS = {"s3": "s3", "s3a": "s3"}
+
+
+def open_store(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> ArtifactStore:
+    """The backend for ``root``: a local path, ``file://...``, or any fsspec URL."""
+    root_str = os.fspath(root)
+    scheme = root_str.split("://", 1)[0] if "://" in root_str else "file"
+    if scheme in ("file", "local"):
+        return LocalStore(root_str.split("://", 1)[-1] if "://" in root_str else root_str)
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, path = url_to_fs(root_str, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        extra = EXTRAS.get(scheme)
+        hint = f" (for {scheme}:// install modelkeep[{extra}])" if extra else ""
+        raise BackendUnavailableError(f"cannot open models_dir {root_str!r}: {exc}{hint}") from exc
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        return LocalStore(path)
+    cls = ObjectStore if OBJECT_STORES.intersection(protocols) else FsspecStore
+    return cls(fs, path, protocols[0])
+
+
+__all__ = [
+    "TMP_DIR",
+    "Advance",
+    "ArtifactStore",
+    "FsspecStore",
+    "HashingWriter",
+    "LocalStore",
+    "ObjectStore",
+    "StagedArtifact",
+    "check_digest",
+    "open_store",
+]

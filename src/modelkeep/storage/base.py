@@ -1,0 +1,255 @@
+"""The artifact store interface: bytes under keys, written atomically, read verified.
+
+:class:`ArtifactStore` is the small base class every backend implements (see
+:mod:`.local` and :mod:`.remote`); :func:`modelkeep.storage.open_store` picks the
+backend once, from the URL scheme. Writes are atomic: bytes are *staged* first
+under ``.tmp/`` (hashed as they stream), then *committed* under their final
+key, so no reader ever sees a partial file under a final key. A crash leaves at
+most a staged file, which ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from ..errors import ArtifactNotFoundError, IntegrityError
+from ..layout import TMP_DIR
+from .hashing import Advance, HashingWriter, check_digest, hashing_sink, no_advance, private_file
+
+logger = logging.getLogger("modelkeep")
+
+#: Threads that write many small immutable files (blobs) at once: mostly waiting on I/O.
+IO_WORKERS = 8
+
+
+class StagedArtifact:
+    """Bytes written under a temporary key, waiting to be committed or discarded."""
+
+    def __init__(self, store: ArtifactStore, tmp_key: str) -> None:
+        self.store = store
+        self.tmp_key = tmp_key
+        self.sha256 = ""
+        self.size = 0
+        self.committed = False
+
+    @contextlib.contextmanager
+    def open(self, advance: Advance = no_advance) -> Iterator[HashingWriter]:
+        """Open the staged file for writing; on success it is flushed and made durable."""
+        with self.store.open_write(self.tmp_key) as raw:
+            writer = HashingWriter(raw, advance)
+            try:
+                yield writer
+                self.sha256, self.size = writer.hexdigest(), writer.size
+            finally:
+                writer.close()
+
+    def commit(self, key: str) -> None:
+        """Move the staged bytes to ``key`` atomically, replacing what was there."""
+        self.store.move(self.tmp_key, key)
+        self.committed = True
+
+    def discard(self) -> None:
+        """Remove the staged bytes unless committed; best effort (``gc`` removes leftovers)."""
+        if self.committed:
+            return
+        try:
+            self.store.delete(self.tmp_key, missing_ok=True)
+        except Exception as exc:  # never hide the error that made us discard
+            logger.warning("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
+
+
+class ArtifactStore(ABC):
+    """Keys (``name/version/file``) mapped to files under one root.
+
+    Subclasses implement the primitives marked abstract; everything else
+    (staging, small writes, verified reads) is built on them here, once.
+    """
+
+    #: The root as the backend names it (an absolute path, or ``bucket/prefix``).
+    root: str
+    #: The root as a user names it (a path, or ``s3://bucket/prefix``).
+    url: str
+    #: Whether other machines see the same files (then the index must be shared too).
+    shared: bool = True
+
+    # -- naming -----------------------------------------------------------------
+    def full_path(self, key: str) -> str:
+        """The filesystem path (local) or object path (remote) of ``key``."""
+        return f"{self.root}/{key}"
+
+    def display_path(self, key: str) -> str:
+        """A path a person can paste: a local path, or a URL for object stores."""
+        return f"{self.url}/{key}"
+
+    def local_path(self, key: str) -> Path | None:
+        """The local file behind ``key``, or ``None`` for remote stores."""
+        return None
+
+    def location(self, key: str = "") -> str | Path:
+        """Where ``key`` (default: the root) lives, as ``save()`` returns it: a
+        :class:`~pathlib.Path` for local stores, the URL string (``s3://...``) for remote ones."""
+        return self.display_path(key) if key else self.url
+
+    def not_found(self, key: str) -> ArtifactNotFoundError:
+        """The error for a missing ``key``, in the seed's wording."""
+        return ArtifactNotFoundError(f"Model file not found: {self.display_path(key)}")
+
+    # -- writing: primitives ------------------------------------------------------
+    @abstractmethod
+    def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A raw file for writing ``key``; made durable when the block exits cleanly,
+        thrown away (never completed) when it raises. Callers write staged keys only."""
+
+    @abstractmethod
+    def move(self, src_key: str, dst_key: str) -> None:
+        """Make ``src_key``'s bytes appear whole under ``dst_key``, then drop ``src_key``."""
+
+    def link(self, src_key: str, dst_key: str) -> bool:
+        """Make ``dst_key`` share ``src_key``'s bytes without copying; ``False`` if the
+        backend cannot (then the caller writes the bytes)."""
+        return False
+
+    # -- writing: built on the primitives ------------------------------------------
+    def stage(self) -> StagedArtifact:
+        """A new staged artifact under ``.tmp/``; commit or discard it."""
+        return StagedArtifact(self, f"{TMP_DIR}/{uuid.uuid4().hex}.part")
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[StagedArtifact]:
+        """Context manager around :meth:`stage` that discards on any exit unless committed."""
+        st = self.stage()
+        try:
+            yield st
+        finally:
+            st.discard()
+
+    def write_bytes(self, key: str, data: bytes | memoryview) -> None:
+        """Write a small file atomically (staged, durable, then moved into place)."""
+        with self.staged() as st:
+            with st.open() as w:
+                w.write(data)
+            st.commit(key)
+
+    def write_many(self, items: Mapping[str, memoryview]) -> None:
+        """Write immutable files (content-addressed blobs) atomically, in parallel."""
+        if len(items) <= 1:
+            for key, data in items.items():
+                self.write_bytes(key, data)
+            return
+        with ThreadPoolExecutor(IO_WORKERS) as pool:
+            list(pool.map(lambda kv: self.write_bytes(*kv), items.items()))
+
+    # -- reading: primitives -------------------------------------------------------
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """Open ``key`` for reading; :class:`ArtifactNotFoundError` when missing."""
+
+    @abstractmethod
+    def stream(self, key: str) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+        """Iterate over ``key``'s bytes in chunks without holding the whole file."""
+
+    def map(self, key: str) -> Any | None:
+        """A read-only memory map of ``key``, or ``None`` when the backend cannot map."""
+        return None
+
+    @contextlib.contextmanager
+    def verified_path(self, key: str, sha256: str) -> Iterator[str | None]:
+        """A local path naming exactly the file that was just hashed (``None`` if the
+        backend has no local files); for deserializers that memory-map by path."""
+        yield None
+
+    # -- reading: built on the primitives -------------------------------------------
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    def read_verified(self, key: str, sha256: str, advance: Advance = no_advance) -> bytes:
+        """``key``'s bytes, read once, after checking that they hash to ``sha256``.
+
+        The bytes returned are the bytes hashed: deserialize from them, never
+        from a second read of the store.
+        """
+        chunks: list[bytes] = []
+        w = hashing_sink(advance)
+        with self.stream(key) as parts:
+            for chunk in parts:
+                w.write(chunk)
+                chunks.append(chunk)
+        check_digest(self.display_path(key), sha256, w.hexdigest())
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @contextlib.contextmanager
+    def open_verified(self, key: str, sha256: str, advance: Advance = no_advance) -> Iterator[IO[bytes]]:
+        """``key``'s bytes in a private in-memory file, positioned at 0, after checking that
+        they hash to ``sha256``. The store is read once; deserialize from this file, which
+        holds exactly the bytes that were hashed and which no one else can change."""
+        with private_file() as buf:
+            w = HashingWriter(buf, advance)
+            with self.stream(key) as chunks:
+                for chunk in chunks:
+                    w.write(chunk)
+            check_digest(self.display_path(key), sha256, w.hexdigest())
+            w.close()
+            buf.seek(0)
+            yield buf
+
+    def read_exact(self, key: str, size: int) -> bytearray:
+        """``key``'s bytes in one writable buffer, read once; :class:`IntegrityError`
+        unless the file has exactly ``size`` bytes."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        with self.open_read(key) as f:
+            while got < size:
+                n = f.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                got += n
+            extra = f.read(1)
+        if got != size or extra:
+            raise IntegrityError(f"{self.display_path(key)} does not have the recorded {size} bytes")
+        return buf
+
+    def verify(self, key: str, sha256: str) -> None:
+        """Raise :class:`IntegrityError` (or :class:`ArtifactNotFoundError`) unless ``key`` matches."""
+        w = hashing_sink()
+        with self.stream(key) as chunks:
+            for chunk in chunks:
+                w.write(chunk)
+        check_digest(self.display_path(key), sha256, w.hexdigest())
+
+    # -- housekeeping ----------------------------------------------------------------
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether a file is stored under ``key``."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes of ``key``; :class:`ArtifactNotFoundError` when missing."""
+
+    @abstractmethod
+    def age_seconds(self, key: str, now: float) -> float | None:
+        """Seconds since ``key`` was last written, or ``None`` when the store cannot tell."""
+
+    @abstractmethod
+    def delete(self, key: str, *, missing_ok: bool = False) -> None:
+        """Remove ``key``; :class:`ArtifactNotFoundError` when missing unless ``missing_ok``."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every file key under ``prefix`` (recursively), relative to the root, sorted."""
+
+    def touch(self, key: str) -> None:
+        """Mark ``key`` as just used, so ``gc``'s age rule keeps it (where the store can)."""
+        return None
+
+    def remove_empty_dirs(self, key_prefix: str) -> None:
+        """Remove ``key_prefix`` and its parent while they are empty (stores with directories)."""
+        return None

@@ -1,0 +1,217 @@
+"""Input signatures, input checks and lineage: captured at save, stored in the record on
+SQLite and PostgreSQL, shown by ``info``, and checked at load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelkeep import InputSchemaError, ModelPersistence, VersionNotFoundError
+from modelkeep.input_signature import check, infer
+from modelkeep.lineage import fingerprint, git_state
+
+
+@pytest.fixture(scope="module")
+def frame() -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(
+        {
+            "age": pd.array(rng.integers(18, 90, 60), dtype="Int64"),
+            "member": pd.array(rng.random(60) > 0.5, dtype="boolean"),
+            "city": pd.array(rng.choice(["a", "b"], 60), dtype="string"),
+            "income": rng.normal(size=60),
+        }
+    )
+    y = (X["income"] > 0).to_numpy().astype(int)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(frame: tuple[pd.DataFrame, np.ndarray]) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = frame
+    return LogisticRegression().fit(X[["age", "income"]].astype(float), y)
+
+
+def test_signature_captured_from_the_model_alone(persistence: ModelPersistence, fitted: Any) -> None:
+    rec = persistence.save_version(fitted, "m")
+    sig = persistence.get_version("m").input_signature
+    assert sig == rec.input_signature
+    assert sig is not None
+    assert sig["feature_names"] == ["age", "income"]
+    assert sig["n_features"] == 2 and sig["classes"] == [0, 1] and sig["source"] == "model"
+
+
+def test_nullable_example_keeps_its_dtypes_and_round_trips(
+    persistence: ModelPersistence, fitted: Any, frame: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    X, _ = frame
+    persistence.save(fitted, "m", input_example=X[["age", "income"]])
+    sig = persistence.get_version("m").input_signature
+    assert sig is not None
+    assert [(c["name"], c["dtype"]) for c in sig["columns"]] == [("age", "Int64"), ("income", "float64")]
+    assert sig["shape"] == [None, 2]
+
+    whole = persistence.save_version({"any": "object"}, "frame-model", input_example=X)
+    assert [c["dtype"] for c in whole.input_signature["columns"]] == ["Int64", "boolean", "string", "float64"]  # type: ignore[index]
+
+
+def test_check_input_reports_missing_extra_reordered_and_unsafe_casts(
+    persistence: ModelPersistence, frame: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    X, _ = frame
+    persistence.save({"model": 1}, "m", input_example=X)
+    assert persistence.check_input("m", None, X).ok
+
+    reordered = persistence.check_input("m", "1.0.0", X[["income", "age", "member", "city"]])
+    assert reordered.ok and reordered.reordered
+    assert reordered.expected_columns == ["age", "member", "city", "income"]
+
+    bad = X.drop(columns=["city"]).assign(extra=1.0, age=X["age"].astype("float64"))
+    result = persistence.check_input("m", "1.0.0", bad)
+    assert not result.ok
+    assert result.missing == ["city"] and result.extra == ["extra"]
+    assert [(p.column, p.expected, p.got) for p in result.dtype_problems] == [("age", "Int64", "float64")]
+    assert result.to_dict()["dtype_problems"][0]["reason"]
+
+    with pytest.raises(InputSchemaError) as err:
+        persistence.load("m", validate=bad)
+    assert err.value.result.missing == ["city"]
+    assert persistence.load("m", validate=X) == {"model": 1}
+
+
+@pytest.mark.parametrize(
+    ("expected", "got", "has_missing", "safe"),
+    [
+        ("int64", "Int64", False, True),  # a nullable column without NA fits plain ints
+        ("int64", "Int64", True, False),  # ...but not when it holds missing values
+        ("Int64", "int64", False, True),
+        ("bool", "boolean", True, False),
+        ("boolean", "bool", False, True),
+        ("float64", "Int64", True, True),  # NA becomes NaN
+        ("string", "object", False, True),
+        ("string", "int64", False, False),
+        ("int32", "int64", False, False),
+        ("float64", "float32", False, True),
+    ],
+)
+def test_nullable_and_numpy_casts(expected: str, got: str, has_missing: bool, safe: bool) -> None:
+    values: dict[str, Any] = {
+        "Int64": pd.array([1, None if has_missing else 2], dtype="Int64"),
+        "boolean": pd.array([True, None if has_missing else False], dtype="boolean"),
+        "object": np.array(["a", "b"], dtype=object),
+    }
+    column = values[got] if got in values else np.array([1, 2]).astype(got)
+    result = check({"columns": [{"name": "c", "dtype": expected, "nullable": False}]}, pd.DataFrame({"c": column}))
+    assert result.ok is safe, result
+
+
+def test_array_and_tensor_examples() -> None:
+    sig = infer(object(), np.zeros((5, 3), dtype=np.float32))
+    assert sig == {"shape": [None, 3], "dtype": "float32", "n_features": 3, "source": "example"}
+    assert check(sig, np.zeros((2, 4), dtype=np.float32)).n_features == (3, 4)
+    assert not check(sig, np.zeros((2, 3), dtype=np.float64)).ok  # float64 -> float32 loses precision
+    assert check(sig, np.zeros((2, 3), dtype=np.float32)).ok
+    torch = pytest.importorskip("torch")
+    tsig = infer(object(), torch.zeros(4, 2, dtype=torch.float64))
+    assert tsig is not None and tsig["dtype"] == "float64" and tsig["shape"] == [None, 2]
+
+
+def test_framework_equivalents_are_captured() -> None:
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    from tests._framework_models import data
+
+    X, y = data()
+    booster = xgb.train({"max_depth": 2}, xgb.DMatrix(X, label=y), num_boost_round=2)
+    assert infer(booster)["feature_names"] == list(X.columns)  # type: ignore[index]
+    lbooster = lgb.train({"verbose": -1, "num_leaves": 3}, lgb.Dataset(X, label=y), num_boost_round=2)
+    assert infer(lbooster)["n_features"] == 4  # type: ignore[index]
+
+
+def test_lineage_round_trips_and_parent_must_exist(
+    persistence: ModelPersistence, frame: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    X, y = frame
+    first = persistence.save_version({"v": 1}, "m", training_data=X, training_target=y)
+    assert first.lineage is not None
+    data = first.lineage["training_data"]
+    assert data["shape"] == [60, 4] and [c["name"] for c in data["columns"]] == list(X.columns)
+    assert data["sha256"] == fingerprint(X.copy())["sha256"]
+    assert first.lineage["training_target"]["shape"] == [60]
+
+    second = persistence.save_version({"v": 2}, "m", parent="1.0.0")
+    assert second.lineage is not None and second.lineage["parent"] == {"model_name": "m", "version": "1.0.0"}
+    stored = persistence.get_version("m", "1.0.1")
+    assert stored.lineage == second.lineage
+    assert persistence.get_version("m", "1.0.0").lineage == first.lineage
+
+    persistence.save({"v": 3}, "other", parent="m:1.0.1")
+    assert persistence.get_version("other").lineage["parent"]["model_name"] == "m"  # type: ignore[index]
+    with pytest.raises(VersionNotFoundError):
+        persistence.save({"v": 4}, "m", parent="9.9.9")
+    assert persistence.list_versions("m") == ["1.0.0", "1.0.1"]
+
+
+def test_fingerprint_sees_values_names_dtypes_and_nulls(frame: tuple[pd.DataFrame, np.ndarray]) -> None:
+    X, _ = frame
+    base = fingerprint(X)["sha256"]
+    changed = X.copy()
+    changed.loc[0, "income"] += 1e-9
+    renamed = X.rename(columns={"income": "revenue"})
+    nulled = X.copy()
+    nulled.loc[0, "age"] = pd.NA
+    retyped = X.assign(age=X["age"].astype("float64"))
+    digests = {fingerprint(d)["sha256"] for d in (changed, renamed, nulled, retyped, X[X.columns[::-1]])}
+    assert base not in digests and len(digests) == 5
+    arr = np.arange(12.0).reshape(3, 4)
+    assert fingerprint(arr)["sha256"] == fingerprint(np.asfortranarray(arr))["sha256"]  # same content
+    assert fingerprint(arr)["sha256"] != fingerprint(arr.reshape(4, 3))["sha256"]  # another shape
+
+
+def test_git_commit_and_dirty_flag_are_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (repo / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-qm", "first")
+    commit = git("rev-parse", "HEAD")
+    monkeypatch.chdir(repo)
+    assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
+    with ModelPersistence(models_dir=tmp_path / "models") as p:  # outside the repo's tree: models dir unseen
+        clean = p.save_version({"a": 1}, "m")
+        (repo / "train.py").write_text("print(2)\n")
+        dirty = p.save_version({"a": 2}, "m")
+    assert clean.lineage == {"git": {"commit": commit, "dirty": False, "branch": "main"}}
+    assert dirty.lineage is not None and dirty.lineage["git"]["dirty"] is True
+    monkeypatch.chdir(tmp_path)
+    assert git_state() is None
+
+
+def test_info_shows_signature_and_lineage(tmp_path: Path, fitted: Any, frame: tuple[pd.DataFrame, np.ndarray]) -> None:
+    X, y = frame
+    with ModelPersistence(models_dir=tmp_path / "models") as p:
+        p.save(fitted, "m", training_data=X, training_target=y)
+    args = [sys.executable, "-m", "modelkeep", "--models-dir", str(tmp_path / "models"), "info", "--model-name", "m"]
+    out = subprocess.run([*args, "--json"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    record = json.loads(out)
+    assert record["input_signature"]["feature_names"] == ["age", "income"]
+    assert record["lineage"]["training_data"]["shape"] == [60, 4]
+    table = subprocess.run(args, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "Input signature" in table and "Lineage" in table and "training_data" in table
