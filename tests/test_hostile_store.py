@@ -9,6 +9,7 @@ outside the root was read, written or deleted, and that verify reports it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -86,10 +87,8 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 
 def _attempt(action: Callable[[], Any]) -> None:
     """Run one command; refusing with a modelkeep error is a correct outcome."""
-    try:
+    with contextlib.suppress(ModelKeepError):
         action()
-    except ModelKeepError:
-        pass
 
 
 def _every_command(world: dict[str, Any], name: str, version: str) -> list[str]:
@@ -137,8 +136,9 @@ def test_blob_id_escaping_the_blob_folder_is_refused_by_reindex_and_purge(world:
     _rewrite_sidecar(world["root"], "churn", "1.1.0", add_blob)
     with ModelPersistence(models_dir=world["root"], create=False) as p:
         _attempt(p.reindex)
-    _rewrite_index(world["root"], "churn", "1.1.0", add_blob)
-    problems = _every_command(world, "churn", "1.1.0")
+    # reindex skipped the hostile 1.1.0 sidecar; now the attacker rewrites 1.0.0's index row too.
+    _rewrite_index(world["root"], "churn", "1.0.0", add_blob)
+    problems = _every_command(world, "churn", "1.0.0")
     _outside_unchanged(world, before)
     assert any("victim" in p for p in problems), problems
 
@@ -185,3 +185,24 @@ def test_symlinked_artifact_file_is_not_read_or_deleted(world: dict[str, Any]) -
     problems = _every_command(world, "churn", "1.0.0")
     _outside_unchanged(world, before)
     assert problems
+
+
+def test_reindex_skips_a_sidecar_naming_an_unsafe_blob(world: dict[str, Any]) -> None:
+    def add_blob(record: dict[str, Any]) -> None:
+        record["artifact"].setdefault("extra", {})["blobs"] = [["../outside/victim", len(SECRET)]]
+
+    _rewrite_sidecar(world["root"], "churn", "1.1.0", add_blob)
+    with ModelPersistence(models_dir=world["root"], create=False) as p:
+        assert p.reindex() == 1  # 1.0.0 only: the hostile sidecar is skipped, not trusted
+        assert p.list_versions("churn") == ["1.0.0"]
+    assert world["victim"].read_bytes() == SECRET
+
+
+def test_verify_names_the_unsafe_entry(world: dict[str, Any]) -> None:
+    def point_outside(record: dict[str, Any]) -> None:
+        record["artifact"]["key"] = "../outside/victim"
+
+    _rewrite_index(world["root"], "churn", "1.0.0", point_outside)
+    with ModelPersistence(models_dir=world["root"], create=False) as p:
+        unsafe = [pr for pr in p.verify().problems if pr.kind == "unsafe"]
+    assert [(pr.model_name, pr.version) for pr in unsafe] == [("churn", "1.0.0")]
