@@ -103,6 +103,11 @@ class IntegrityError(ModelKeepError, ValueError):
     """An artifact does not match the digest recorded when it was saved."""
 
 
+class UnsafeKeyError(IntegrityError):
+    """A key or blob id read from the index or a sidecar would leave the store: an absolute path,
+    ``..``, or a symbolic link inside a local store. Someone else wrote that entry; it is refused."""
+
+
 class SignatureError(IntegrityError):
     """A version's manifest signature is missing or does not verify with the key."""
 

@@ -19,6 +19,8 @@ import re
 import uuid
 from typing import TYPE_CHECKING
 
+from .errors import UnsafeKeyError
+
 if TYPE_CHECKING:
     from .metadata import ModelMetadata
 
@@ -28,6 +30,7 @@ TMP_DIR = ".tmp"
 BLOB_DIR = ".blobs"
 SIDECAR_SUFFIX = "_metadata.json"
 _REVISION = re.compile(r"^\.r[0-9a-f]{12}(?=\.)")
+_BLOB_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def artifact_key(model_name: str, version: str, extension: str) -> str:
@@ -57,8 +60,36 @@ def sidecar_bytes(record: ModelMetadata) -> bytes:
     return json.dumps(record.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
 
 
+def check_key(key: str) -> str:
+    """``key`` if it names a place inside the store, else :class:`UnsafeKeyError`.
+
+    Keys come from the index and sidecars, which whoever can write the database or
+    the bucket can rewrite: an absolute path, a ``..`` part or an empty part is refused
+    before any storage call, so no command reads, writes or deletes outside the root.
+    """
+    parts = key.split("/")
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or ":" in parts[0]
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise UnsafeKeyError(f"refusing the store key {key!r}: it does not name a file inside the store")
+    return key
+
+
+def check_blob_id(sha256: str) -> str:
+    """``sha256`` if it is a blob id (64 lowercase hex digits), else :class:`UnsafeKeyError`."""
+    if not _BLOB_ID.fullmatch(sha256):
+        raise UnsafeKeyError(f"refusing the blob id {sha256!r}: a blob id is 64 lowercase hex digits")
+    return sha256
+
+
 def blob_key(sha256: str) -> str:
-    """The key of a content-addressed blob."""
+    """The key of a content-addressed blob (its id is checked first)."""
+    check_blob_id(sha256)
     return f"{BLOB_DIR}/{sha256[:2]}/{sha256}"
 
 

@@ -30,12 +30,14 @@ from .errors import (
     MetadataError,
     ModelKeepError,
     SignatureError,
+    UnsafeKeyError,
     no_versions,
 )
 from .layout import (
     BLOB_DIR,
     blob_digest,
     blob_key,
+    check_blob_id,
     is_temporary,
     record_blobs,
     referenced_keys,
@@ -61,6 +63,9 @@ SIGNATURE = "signature"
 """The manifest signature does not verify, or signatures are required and it is missing or untrusted."""
 SIDECAR = "sidecar"
 """A version's sidecar metadata file is missing or disagrees with the index (``reindex`` would be wrong)."""
+UNSAFE = "unsafe"
+"""An index entry or sidecar names a key outside the store, a bad blob id, or a symbolic link in a
+local store: someone else wrote it. Nothing is read, written or deleted through it."""
 ORPHANED = "orphaned"
 """A file no index entry names: a staged temp file, or an artifact, sidecar or blob of no version."""
 
@@ -189,11 +194,17 @@ def _size(store: ArtifactStore, key: str) -> int:
         return 0
 
 
+def _who(record: ModelMetadata) -> tuple[str, str]:
+    return record.model_name, record.version
+
+
 def _sidecar_matches(store: ArtifactStore, record: ModelMetadata) -> str | None:
     """``None`` if the sidecar holds exactly ``record``, else what is wrong with it."""
     key = sidecar_key(record.model_name, record.version)
     try:
         raw = store.read_bytes(key)
+    except UnsafeKeyError as exc:
+        return f"the sidecar metadata file is not readable safely: {exc}"
     except (ArtifactNotFoundError, FileNotFoundError):
         return "the sidecar metadata file is missing; reindex would lose this version"
     try:
@@ -225,10 +236,19 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
     used_blobs: dict[str, int] = {}
     blob_owners: dict[str, list[ModelMetadata]] = defaultdict(list)
     for record in records:
-        referenced |= referenced_keys(record)
         report.versions_checked += 1
+        try:
+            referenced |= referenced_keys(record)
+        except UnsafeKeyError as exc:
+            report.problems.append(Problem(UNSAFE, str(exc), "the index names a key outside the store", *_who(record)))
+            continue
         report.problems.extend(_check_record(p, record, report))
         for sha, size in record.artifact.extra.get("blobs", []) if record.artifact else []:
+            try:
+                check_blob_id(str(sha))
+            except UnsafeKeyError as exc:
+                report.problems.append(Problem(UNSAFE, str(sha), str(exc), *_who(record)))
+                continue
             used_blobs[str(sha)] = int(size)
             blob_owners[str(sha)].append(record)
 
@@ -270,6 +290,8 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
     try:
         p.store.verify(art.key, art.sha256)
         report.bytes_checked += art.size
+    except UnsafeKeyError as exc:
+        return [Problem(UNSAFE, art.key, str(exc), name, version)]
     except ArtifactNotFoundError:
         out.append(Problem(MISSING, art.key, "artifact file is missing", name, version))
     except IntegrityError as exc:
@@ -453,10 +475,14 @@ def _read_sidecar(store: ArtifactStore, key: str, model_name: str, version: str)
     if not art.key.startswith(f"{model_name}/{version}/") or art.key.count("/") != 2 or ".." in art.key:
         skip(f"its artifact key {art.key!r} is outside its version folder")
         return None
-    if not store.exists(art.key):
-        skip("its artifact is missing (a save that never committed)")
+    try:
+        if not store.exists(art.key):
+            skip("its artifact is missing (a save that never committed)")
+            return None
+        missing = [sha for sha in record_blobs(record) if not store.exists(blob_key(sha))]
+    except UnsafeKeyError as exc:  # a bad blob id, or a symbolic link in the store
+        skip(str(exc))
         return None
-    missing = [sha for sha in record_blobs(record) if not store.exists(blob_key(sha))]
     if missing:
         skip(f"{len(missing)} of its blobs are missing")
         return None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from ..errors import ArtifactNotFoundError, IntegrityError
-from ..layout import TMP_DIR
+from ..layout import TMP_DIR, check_key
 from .hashing import Advance, HashingWriter, check_digest, hashing_sink, no_advance, private_file
 
 logger = logging.getLogger("modelkeep")
@@ -81,8 +81,9 @@ class ArtifactStore(ABC):
 
     # -- naming -----------------------------------------------------------------
     def full_path(self, key: str) -> str:
-        """The filesystem path (local) or object path (remote) of ``key``."""
-        return f"{self.root}/{key}"
+        """The filesystem path (local) or object path (remote) of ``key``; a key that would
+        leave the store raises :class:`~modelkeep.errors.UnsafeKeyError` (see :func:`check_key`)."""
+        return f"{self.root}/{check_key(key)}"
 
     def display_path(self, key: str) -> str:
         """A path a person can paste: a local path, or a URL for object stores."""

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from ..errors import IntegrityError, StorageError
-from ..layout import TMP_DIR
+from ..errors import IntegrityError, StorageError, UnsafeKeyError
+from ..layout import TMP_DIR, check_key
 from .base import IO_WORKERS, ArtifactStore
 from .hashing import CHUNK, Advance, check_digest, hashing_sink, no_advance
 
@@ -31,8 +31,21 @@ class LocalStore(ArtifactStore):
         self.root = os.path.abspath(root)
         self.url = self.root
 
+    def full_path(self, key: str) -> str:
+        """The path of ``key`` under the root. Keys that leave the root, and symbolic links
+        anywhere below it, raise :class:`UnsafeKeyError`: a store written by someone else
+        must not make modelkeep read, write or delete outside it."""
+        current = self.root
+        for part in check_key(key).split("/"):
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise UnsafeKeyError(
+                    f"refusing {current}: it is a symbolic link inside the store, and modelkeep does not follow links"
+                )
+        return current
+
     def display_path(self, key: str) -> str:
-        return self.full_path(key)
+        return os.path.join(self.root, *key.split("/")) if key else self.root
 
     def local_path(self, key: str) -> Path | None:
         return Path(self.full_path(key))

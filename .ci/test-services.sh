@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Make sure a PostgreSQL server answers on 127.0.0.1:5432 with trust auth and a
-# database "test": start it if stopped, install it with apt-get if missing.
+# What the test suite needs from the system, installed with apt-get where missing:
+# Debian's Chromium (the UI tests drive it; nothing is downloaded at run time), and a
+# PostgreSQL server on 127.0.0.1:5432 with trust auth and a database "test" (started if stopped).
 set -euo pipefail
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 ready() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
 if ready; then exit 0; fi
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
