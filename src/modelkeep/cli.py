@@ -425,6 +425,8 @@ def gc(ctx: click.Context, dry_run: bool, min_age: float, as_json: bool) -> None
         verb = "would remove" if dry_run else "removed"
         for item in report.removed:
             click.echo(f"{verb} {item.key} ({item.reason}, {_human_size(item.size)})")
+        for claim in report.released_claims:
+            click.echo(f"{'would release' if dry_run else 'released'} the stale write claim: {claim}")
         for error in report.errors:
             click.echo(f"could not remove {error}", err=True)
         _status(

@@ -38,6 +38,10 @@ class VersionExistsError(ModelKeepError, FileExistsError):
     """The version is already registered and ``overwrite`` was not given."""
 
 
+class SaveInProgressError(VersionExistsError):
+    """Another save (or delete) of this exact version holds its write claim right now."""
+
+
 class InvalidNameError(ModelKeepError, ValueError):
     """A model name or version string is empty, too long, or unsafe."""
 
@@ -70,6 +74,14 @@ class StorageError(ModelKeepError, OSError):
     """The artifact store failed (disk full, permission denied, network error)."""
 
 
+class ClaimLostError(StorageError):
+    """This save's write claim on its version is gone (``gc`` released it as stale); nothing was registered."""
+
+
+class CommitUnknownError(StorageError):
+    """The connection dropped while committing and the outcome could not be read back."""
+
+
 class BackendUnavailableError(ModelKeepError, ImportError):
     """An optional backend was requested but its package is not installed."""
 
@@ -77,6 +89,8 @@ class BackendUnavailableError(ModelKeepError, ImportError):
 __all__ = [
     "ArtifactNotFoundError",
     "BackendUnavailableError",
+    "ClaimLostError",
+    "CommitUnknownError",
     "ConfigError",
     "IntegrityError",
     "InvalidNameError",
@@ -84,6 +98,7 @@ __all__ = [
     "ModelKeepError",
     "ModelNotFoundError",
     "RegistryNotFoundError",
+    "SaveInProgressError",
     "SerializationError",
     "SignatureError",
     "StorageError",

@@ -28,7 +28,7 @@ from .errors import (
     VersionExistsError,
 )
 from .formats import Format, format_for_suffix, get_format
-from .index import Reservation, SqlIndex
+from .index import SqlIndex
 from .index.sql import record_blobs
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .storage import ArtifactStore
@@ -37,7 +37,9 @@ from .versions import validate_model_name, validate_version
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .index.claims import VersionClaim
     from .maintenance import GcReport, VerifyReport
+    from .storage import StagedArtifact
 
 logger = logging.getLogger("modelkeep")
 
@@ -232,17 +234,9 @@ class ModelPersistence:
                     raise
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
-            with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
+            with self.index.claim(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
-                key = artifact_key(model_name, slot.version, fmt.extension(compression))
-                if (
-                    slot.previous is not None
-                    and slot.previous.artifact is not None
-                    and slot.previous.artifact.key == key
-                ):
-                    # Overwrite: never replace the bytes the committed row points at. The new
-                    # artifact gets a key of its own; the old one is deleted after the commit.
-                    key = revision_key(model_name, slot.version, fmt.extension(compression))
+                key = self._new_artifact_key(slot, fmt.extension(compression))
                 record = ModelMetadata(
                     model_name=model_name,
                     model_type=type(model).__name__,
@@ -255,21 +249,14 @@ class ModelPersistence:
                 )
                 if self.signing_key:
                     record.signature = signing.sign(record, self.signing_key)
-                if extra.get("blobs"):
-                    self.check_blobs_present(slot, extra["blobs"])
                 try:
-                    self.store.write_bytes(sidecar_key(model_name, slot.version), _sidecar_bytes(record))
-                    same = self.index.find_artifact(staged.sha256, exclude_key=key)
-                    if not (same and self.store.link(same, key)):  # identical bytes: share them
-                        staged.commit(key)
-                    slot.put(record)
+                    self._write_claimed_files(slot, record, staged)
+                    slot.put(record, before_commit=self._blobs_check(extra))
                 except BaseException:
-                    # Still under the write lock: undo the files before the rollback lets others in.
-                    self.undo_version_files(record, key, slot.previous)
+                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly)
                     raise
-            previous = slot.previous
-        if previous is not None and previous.artifact is not None and previous.artifact.key != key:
-            self.store.delete(previous.artifact.key, missing_ok=True)
+                if slot.previous is not None:
+                    self._finish_overwrite(slot, record)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -280,21 +267,71 @@ class ModelPersistence:
         )
         return record
 
-    def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
-        """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
-        sidecar (restored to the previous version's when overwriting). Call it while
-        still holding the version's write lock, so nobody has seen these files."""
-        sidecar = sidecar_key(record.model_name, record.version)
+    # -- writing under a claim (see modelkeep.index.claims) -------------------------
+    @staticmethod
+    def _new_artifact_key(slot: VersionClaim, extension: str) -> str:
+        """The seed's key for a new version; for an overwrite, a fresh revision key whenever the
+        committed row names the usual one (its bytes are never replaced)."""
+        key = artifact_key(slot.model_name, slot.version, extension)
+        previous = slot.previous
+        if previous is not None and previous.artifact is not None and previous.artifact.key == key:
+            key = revision_key(slot.model_name, slot.version, extension)
+        return key
+
+    def _write_claimed_files(self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact) -> None:
+        """Put the attempt's files in place, once the database confirms the claim is still its own:
+        the sidecar (new versions; an overwrite's comes after its commit) and the artifact."""
+        assert record.artifact is not None
+        key = record.artifact.key
+        slot.check()
+        if slot.previous is None:
+            self.store.write_bytes(sidecar_key(slot.model_name, slot.version), _sidecar_bytes(record))
+        same = self.index.find_artifact(record.artifact.sha256, exclude_key=key)
+        if not (same and self.store.link(same, key)):  # identical bytes: share them
+            staged.commit(key)
+
+    def _finish_overwrite(self, slot: VersionClaim, record: ModelMetadata) -> None:
+        """After an overwrite's commit, still under its claim: the sidecar, then the replaced artifact."""
+        assert record.artifact is not None
+        try:
+            self.store.write_bytes(sidecar_key(slot.model_name, slot.version), _sidecar_bytes(record))
+        except Exception as exc:  # the version is saved; verify reports the stale sidecar, gc rewrites it
+            logger.warning("saved %s %s, but could not update its sidecar: %s", slot.model_name, slot.version, exc)
+            return
+        old = slot.previous.artifact if slot.previous is not None else None
+        if old is not None and old.key != record.artifact.key and self.index.count_artifact_refs(old.key) == 0:
+            self._remove_quietly(old.key)
+
+    @staticmethod
+    def _attempt_files(slot: VersionClaim, key: str) -> list[str]:
+        """The keys a failed attempt may have written (the index still checks each before removal)."""
+        files = [key]
+        if slot.previous is None:
+            files.append(sidecar_key(slot.model_name, slot.version))
+        return files
+
+    def _remove_quietly(self, key: str) -> None:
+        """Remove ``key``; a failure is logged at debug level (``gc`` removes leftovers)."""
         try:
             self.store.delete(key, missing_ok=True)
-            if previous is None:
-                self.store.delete(sidecar, missing_ok=True)
-            else:
-                self.store.write_bytes(sidecar, _sidecar_bytes(previous))
-        except Exception as exc:  # never hide the error that made the save fail; gc cleans up
-            logger.warning(
-                "could not clean up after a failed save of %s %s: %s", record.model_name, record.version, exc
-            )
+        except Exception as exc:
+            logger.debug("could not remove %s: %s", self.store.display_path(key), exc)
+
+    def _blobs_check(self, extra: dict[str, Any]) -> Callable[[], None] | None:
+        """For the commit transaction (under the shared blob lock): fail if a concurrent gc
+        removed one of the blobs the record references."""
+        blobs = extra.get("blobs")
+        if not blobs:
+            return None
+
+        def check() -> None:
+            from .blobs import BlobStore
+
+            gone = BlobStore(self.store).missing((sha, int(size)) for sha, size in blobs)
+            if gone:
+                raise StorageError(f"{len(gone)} blob(s) were removed by a concurrent gc during the save; save again")
+
+        return check
 
     def _format_options(self, fmt: Format, **options: Any) -> dict[str, Any]:
         """Extra keyword arguments for formats that keep buffers in the blob store."""
@@ -303,15 +340,6 @@ class ModelPersistence:
 
             options["blobs"] = BlobStore(self.store)
         return options
-
-    def check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
-        """Under the shared blob lock, make sure a concurrent gc removed none of our blobs."""
-        from .blobs import BlobStore
-
-        slot.lock_blobs()
-        gone = BlobStore(self.store).missing((sha, int(size)) for sha, size in blobs)
-        if gone:
-            raise StorageError(f"{len(gone)} blob(s) were removed by a concurrent gc during the save; save again")
 
     def import_file(
         self,
@@ -495,17 +523,19 @@ class ModelPersistence:
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
         version = validate_version(version)
-        record = self.index.delete(model_name, version)
-        art = record.artifact
-        if art is not None and self.index.count_artifact_refs(art.key) == 0:
-            self.store.delete(art.key, missing_ok=True)
-        if art is not None and art.extra.get("blobs"):
-            from .blobs import BlobStore
+        from .index.claims import deleting
 
-            blobs = BlobStore(self.store)
-            self.index.release_blobs(record_blobs(record), blobs.delete_many)
-        self.store.delete(sidecar_key(model_name, version), missing_ok=True)
-        self.store.remove_empty_dirs(f"{model_name}/{version}")
+        with deleting(self.index, model_name, version) as record:  # the version stays claimed meanwhile
+            art = record.artifact
+            if art is not None and self.index.count_artifact_refs(art.key) == 0:
+                self.store.delete(art.key, missing_ok=True)
+            if art is not None and art.extra.get("blobs"):
+                from .blobs import BlobStore
+
+                blobs = BlobStore(self.store)
+                self.index.release_blobs(record_blobs(record), blobs.delete_many)
+            self.store.delete(sidecar_key(model_name, version), missing_ok=True)
+            self.store.remove_empty_dirs(f"{model_name}/{version}")
         logger.info(
             "deleted %s version %s (%d bytes) in %.1f ms",
             model_name,

@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from ..errors import (
     BackendUnavailableError,
+    CommitUnknownError,
     ConfigError,
     ModelNotFoundError,
     StorageError,
@@ -42,6 +43,9 @@ from ..errors import (
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version, sort_key
 from .schema import SCHEMA_VERSION, blob_refs, info, metadata_obj, versions
+
+if TYPE_CHECKING:
+    from .claims import VersionClaim
 
 _WRITE = "modelkeep_write"
 logger = logging.getLogger("modelkeep")
@@ -208,7 +212,7 @@ class SqlIndex:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated and committing:
-                raise StorageError(
+                raise CommitUnknownError(
                     f"lost the connection to the registry database {self.safe_url} while committing; "
                     f"the change may or may not have been saved: {exc.orig}"
                 ) from exc
@@ -320,6 +324,21 @@ class SqlIndex:
                 if yielded or attempt == 2:
                     raise
                 logger.warning("%s; retrying once on a new connection", exc)
+
+    def claim(
+        self, model_name: str, version: str | None, *, overwrite: bool = False
+    ) -> contextlib.AbstractContextManager[VersionClaim]:
+        """Claim a version (the next free one when ``None``) in a committed row for the block.
+
+        Files go under the version's folder only while the claim is held, and
+        :meth:`VersionClaim.put` commits the row only if it still is: see
+        :mod:`modelkeep.index.claims`. Raises :class:`VersionExistsError` for an
+        existing version without ``overwrite``, and :class:`SaveInProgressError`
+        when another save holds that version.
+        """
+        from .claims import claimed
+
+        return claimed(self, model_name, version, overwrite=overwrite)
 
     @_retry_on_disconnect
     def put(self, record: ModelMetadata) -> None:
