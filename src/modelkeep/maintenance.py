@@ -36,7 +36,7 @@ from .errors import (
     SaveInProgressError,
     SignatureError,
 )
-from .index.claims import list_claims, owner_is_dead, settle_version
+from .index.claims import CLAIM_LEASE_SECONDS, list_claims, owner_is_dead, settle_version
 from .index.sql import no_versions, record_blobs
 from .metadata import ModelMetadata
 from .registry import _sidecar_bytes, sidecar_key
@@ -386,7 +386,7 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
     stale_claims = {
         (c.model_name, c.version): c
         for c in list_claims(p.index)
-        if c.age_seconds(now) >= min_age_seconds or owner_is_dead(c.owner)
+        if c.age_seconds(now) >= max(min_age_seconds, CLAIM_LEASE_SECONDS) or owner_is_dead(c.owner)
     }
 
     if dry_run:

@@ -134,10 +134,10 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
                 slot.put(copied, before_commit=dest._blobs_check(art.extra))
             except BaseException:
-                slot.abandon(dest._attempt_files(slot, key), dest._remove_quietly)
+                slot.abandon(dest._attempt_files(slot, key), dest._remove_quietly, dest._write_sidecar)
                 raise
             if slot.previous is not None:
-                dest._finish_overwrite(slot, copied)
+                dest._remove_replaced_artifact(slot, copied)
     return art.size
 
 

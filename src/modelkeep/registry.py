@@ -253,10 +253,10 @@ class ModelPersistence:
                     self._write_claimed_files(slot, record, staged)
                     slot.put(record, before_commit=self._blobs_check(extra))
                 except BaseException:
-                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly)
+                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
                     raise
                 if slot.previous is not None:
-                    self._finish_overwrite(slot, record)
+                    self._remove_replaced_artifact(slot, record)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -280,24 +280,23 @@ class ModelPersistence:
 
     def _write_claimed_files(self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact) -> None:
         """Put the attempt's files in place, once the database confirms the claim is still its own:
-        the sidecar (new versions; an overwrite's comes after its commit) and the artifact."""
+        the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact."""
         assert record.artifact is not None
         key = record.artifact.key
         slot.check()
-        if slot.previous is None:
-            self.store.write_bytes(sidecar_key(slot.model_name, slot.version), _sidecar_bytes(record))
+        self._write_sidecar(record)
+        slot.check()
         same = self.index.find_artifact(record.artifact.sha256, exclude_key=key)
         if not (same and self.store.link(same, key)):  # identical bytes: share them
             staged.commit(key)
 
-    def _finish_overwrite(self, slot: VersionClaim, record: ModelMetadata) -> None:
-        """After an overwrite's commit, still under its claim: the sidecar, then the replaced artifact."""
+    def _write_sidecar(self, record: ModelMetadata) -> None:
+        self.store.write_bytes(sidecar_key(record.model_name, record.version), _sidecar_bytes(record))
+
+    def _remove_replaced_artifact(self, slot: VersionClaim, record: ModelMetadata) -> None:
+        """After an overwrite's commit, still under its claim: remove the artifact it replaced
+        unless another version shares it."""
         assert record.artifact is not None
-        try:
-            self.store.write_bytes(sidecar_key(slot.model_name, slot.version), _sidecar_bytes(record))
-        except Exception as exc:  # the version is saved; verify reports the stale sidecar, gc rewrites it
-            logger.warning("saved %s %s, but could not update its sidecar: %s", slot.model_name, slot.version, exc)
-            return
         old = slot.previous.artifact if slot.previous is not None else None
         if old is not None and old.key != record.artifact.key and self.index.count_artifact_refs(old.key) == 0:
             self._remove_quietly(old.key)

@@ -42,6 +42,15 @@ from ..errors import ClaimLostError, CommitUnknownError, SaveInProgressError, Ve
 from ..metadata import ModelMetadata, utc_now
 from ..versions import next_version, sort_key
 from .schema import claims, versions
+from .sql import (
+    RETRY_PAUSES,
+    ConnectionLostError,
+    Reservation,
+    _drop_blob_refs,
+    _retry_on_disconnect,
+    _row,
+    record_blobs,
+)
 
 if TYPE_CHECKING:
     from .sql import SqlIndex
@@ -50,6 +59,11 @@ logger = logging.getLogger("modelkeep")
 
 SAVE = "save"
 DELETE = "delete"
+#: A writer never writes under a version's folder once it has held the claim this long
+#: (seconds), and gc never releases a claim younger than this unless its process is
+#: provably dead, whatever its --min-age: a stale claim is only taken from a writer that
+#: has already stopped writing.
+CLAIM_LEASE_SECONDS = 900.0
 #: Pauses between read-backs of an unknown commit outcome (the database may be restarting).
 READ_BACK_PAUSES = (0.0, 0.2, 0.5, 1.0, 2.0)
 
@@ -146,6 +160,12 @@ def _claim_row(conn: Connection, model_name: str, version: str) -> ClaimInfo | N
     return None if row is None else _info(row)
 
 
+@_retry_on_disconnect
+def _read_claim(index: SqlIndex, model_name: str, version: str) -> ClaimInfo | None:
+    with index._read() as conn:
+        return _claim_row(conn, model_name, version)
+
+
 def in_progress(info: ClaimInfo) -> SaveInProgressError:
     what = "a save" if info.purpose == SAVE else "a delete"
     return SaveInProgressError(
@@ -180,11 +200,17 @@ class VersionClaim:
     purpose: str = SAVE
     state: str = CLAIMED
     record: ModelMetadata | None = field(default=None, repr=False)
+    taken: float = field(default_factory=time.monotonic, repr=False)
 
     def check(self) -> None:
-        """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the database)."""
-        with self.index._read() as conn:
-            current = _claim_row(conn, self.model_name, self.version)
+        """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the
+        database) and younger than :data:`CLAIM_LEASE_SECONDS`. Call it before each write."""
+        if time.monotonic() - self.taken > CLAIM_LEASE_SECONDS:
+            raise ClaimLostError(
+                f"this save held its write claim on model '{self.model_name}' version '{self.version}' "
+                f"for more than {CLAIM_LEASE_SECONDS:g} s; it stops before writing, as gc may release it"
+            )
+        current = _read_claim(self.index, self.model_name, self.version)
         if current is None or current.token != self.token:
             self.state = RELEASED
             raise self._lost()
@@ -210,7 +236,6 @@ class VersionClaim:
         lock is taken when the record uses blobs. A dropped COMMIT is resolved by
         reading back; :class:`CommitUnknownError` when even that fails.
         """
-        from .sql import ConnectionLostError, Reservation, _row, record_blobs
 
         release = self.previous is None
         mine = _row(record)["record"]
@@ -232,26 +257,29 @@ class VersionClaim:
                 if release:
                     conn.execute(delete(claims).where(claims.c.token == self.token))
 
-        for try_number in (1, 2):
+        tries = len(RETRY_PAUSES) + 1
+        for try_number in range(1, tries + 1):
             try:
                 attempt()
                 break
             except ConnectionLostError as exc:  # dropped before COMMIT: nothing was written
-                if try_number == 2:
+                if try_number == tries:
                     raise
-                logger.warning("%s; retrying once on a new connection", exc)
+                logger.warning("%s; retrying on a new connection", exc)
+                time.sleep(RETRY_PAUSES[try_number - 1])
             except CommitUnknownError as exc:
                 outcome = self._read_back(mine)
                 if outcome == COMMITTED:
                     logger.info("the commit of %s %s went through before the connection dropped", *self._names())
                     break
-                if outcome == CLAIMED and try_number == 1:
-                    logger.warning("%s; it did not; committing again", exc)
-                    continue
                 if outcome == RELEASED:
                     raise self._lost() from exc
-                self.state = UNKNOWN
-                raise
+                if outcome == UNKNOWN:
+                    self.state = UNKNOWN  # nothing may be cleaned up now: gc settles it later
+                    raise
+                if try_number == tries:  # known not committed, claim still ours: abandon() cleans up
+                    raise
+                logger.warning("%s; it was not; committing again", exc)
         self.record = record
         self.state = RELEASED if release else COMMITTED
 
@@ -261,7 +289,6 @@ class VersionClaim:
     def _read_back(self, mine: str) -> str:
         """After a dropped COMMIT: ``committed`` if our row is in, ``claimed`` if not and the
         claim is still ours, ``released`` if neither, ``unknown`` if the database stays away."""
-        from .sql import ConnectionLostError
 
         for pause in READ_BACK_PAUSES:
             time.sleep(pause)
@@ -283,7 +310,12 @@ class VersionClaim:
             return CLAIMED if held is not None else RELEASED
         return UNKNOWN
 
-    def abandon(self, keys: Iterable[str], remove: Callable[[str], None]) -> None:
+    def abandon(
+        self,
+        keys: Iterable[str],
+        remove: Callable[[str], None],
+        restore: Callable[[ModelMetadata], None] | None = None,
+    ) -> None:
         """After a failed attempt: remove ``keys`` (this attempt's files) and the claim.
 
         Only inside a transaction that confirms the claim is still ours and
@@ -295,7 +327,6 @@ class VersionClaim:
         """
         if self.state != CLAIMED:
             return
-        from .sql import ConnectionLostError
 
         wanted = list(dict.fromkeys(keys))
 
@@ -310,6 +341,11 @@ class VersionClaim:
                 if row is not None and (self.previous is None or row.to_dict() != self.previous.to_dict()):
                     logger.debug("%s %s was committed after all; nothing to undo", *self._names())
                 else:
+                    if row is not None and restore is not None:
+                        try:
+                            restore(row)
+                        except Exception as exc:  # verify reports the sidecar, gc rewrites it
+                            logger.debug("could not restore the sidecar of %s %s: %s", *self._names(), exc)
                     used = {
                         r[0]
                         for r in conn.execute(
@@ -326,12 +362,12 @@ class VersionClaim:
                             logger.debug("could not remove %s after a failed save: %s", key, exc)
                 conn.execute(delete(claims).where(claims.c.token == self.token))
 
-        for try_number in (1, 2):
+        for try_number in range(1, len(RETRY_PAUSES) + 2):
             try:
                 attempt()
                 break
             except (ConnectionLostError, CommitUnknownError) as exc:  # removals are idempotent: try again
-                if try_number == 2:
+                if try_number == len(RETRY_PAUSES) + 1:
                     logger.debug("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
             except Exception as exc:
                 logger.debug("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
@@ -342,15 +378,14 @@ class VersionClaim:
         """Remove the claim (after a committed overwrite's follow-up work, or a finished delete)."""
         if self.state == RELEASED:
             return
-        from .sql import ConnectionLostError
 
-        for try_number in (1, 2):
+        for try_number in range(1, len(RETRY_PAUSES) + 2):
             try:
                 with self.index._write() as conn:
                     conn.execute(delete(claims).where(claims.c.token == self.token))
                 break
             except (ConnectionLostError, CommitUnknownError) as exc:
-                if try_number == 2:
+                if try_number == len(RETRY_PAUSES) + 1:
                     logger.warning("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
             except Exception as exc:
                 logger.warning("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
@@ -375,12 +410,12 @@ def take(
     must_exist: bool = False,
 ) -> VersionClaim:
     """Commit a claim on ``version`` (the next free one when ``None``) and return it."""
-    from .sql import ConnectionLostError
 
     token = uuid.uuid4().hex
     owner = owner_label()
     previous: ModelMetadata | None = None
-    for try_number in (1, 2, 3):
+    tries = len(RETRY_PAUSES) + 1
+    for try_number in range(1, tries + 1):
         claimed_at = utc_now()
         try:
             with index._write() as conn:
@@ -398,14 +433,15 @@ def take(
                 )
             return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose)
         except ConnectionLostError as exc:
-            if try_number == 3:
+            if try_number == tries:
                 raise
             logger.warning("%s; retrying on a new connection", exc)
+            time.sleep(RETRY_PAUSES[try_number - 1])
         except CommitUnknownError:
             found = _find_token(index, token)
             if found is not None:
                 return VersionClaim(index, model_name, found.version, token, found.claimed_at, previous, purpose)
-            if try_number == 3:
+            if try_number == tries:
                 raise
     raise AssertionError("unreachable")
 
@@ -474,6 +510,7 @@ def claimed(
             claim.release()
 
 
+@_retry_on_disconnect
 def list_claims(index: SqlIndex, model_name: str | None = None) -> list[ClaimInfo]:
     """Every claim (of one model), oldest first."""
     query = select(claims).order_by(claims.c.claimed_at)
@@ -483,6 +520,7 @@ def list_claims(index: SqlIndex, model_name: str | None = None) -> list[ClaimInf
         return [_info(r) for r in conn.execute(query)]
 
 
+@_retry_on_disconnect
 def count_claims(index: SqlIndex) -> int:
     with index._read() as conn:
         return int(conn.execute(select(func.count()).select_from(claims)).scalar_one())
@@ -499,14 +537,16 @@ def settle_version(
 ) -> ClaimInfo | None:
     """For gc: under the model's write lock, release the version's claim if it is stale
     (older than ``min_age_seconds``, or its process died), then call ``clean`` with the
-    committed record (or ``None``) to remove leftovers. A live claim means a save is
+    committed record (or ``None``) to remove leftovers. Claims younger than
+    :data:`CLAIM_LEASE_SECONDS` are never released (unless their process died). A live claim means a save is
     writing there: nothing is touched and :class:`SaveInProgressError` is raised.
     Returns the released claim, if any."""
     with index._write() as conn:
         index._lock_model(conn, model_name)
         info = _claim_row(conn, model_name, version)
         if info is not None:
-            if info.age_seconds(now) < min_age_seconds and not owner_is_dead(info.owner):
+            young = info.age_seconds(now) < max(min_age_seconds, CLAIM_LEASE_SECONDS)
+            if young and not owner_is_dead(info.owner):
                 raise in_progress(info)
             conn.execute(delete(claims).where(claims.c.token == info.token))
         clean(index._get(conn, model_name, version))
@@ -518,10 +558,9 @@ def deleting(index: SqlIndex, model_name: str, version: str) -> Iterator[ModelMe
     """Remove a version's row and, in the same commit, claim the version, so that its
     files can be deleted without racing a new save of the same version; the claim is
     released when the block ends."""
-    from .sql import ConnectionLostError, _drop_blob_refs
 
     token = uuid.uuid4().hex
-    for try_number in (1, 2):
+    for try_number in range(1, len(RETRY_PAUSES) + 2):
         try:
             with index._write() as conn:
                 index._lock_model(conn, model_name)
@@ -548,7 +587,7 @@ def deleting(index: SqlIndex, model_name: str, version: str) -> Iterator[ModelMe
                 )
             break
         except ConnectionLostError:
-            if try_number == 2:
+            if try_number == len(RETRY_PAUSES) + 1:
                 raise
         except CommitUnknownError:
             if _find_token(index, token) is None:

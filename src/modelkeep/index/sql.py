@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -72,18 +73,36 @@ class ConnectionLostError(StorageError):
     """
 
 
+#: Pauses before the retries of a read or write transaction whose connection dropped
+#: (a failover or restart can drop a new connection too).
+RETRY_PAUSES = (0.0, 0.2, 1.0)
+
+
 def _retry_on_disconnect(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Run ``method`` (a read, or one whole write transaction) again once if the connection dropped."""
+    """Run ``method`` (a read, or one whole write transaction) again, up to :data:`RETRY_PAUSES`
+    more times, when its connection dropped before anything was committed."""
 
     @functools.wraps(method)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except ConnectionLostError as exc:
-            logger.warning("%s; retrying once on a new connection", exc)
-            return method(*args, **kwargs)
+        for pause in RETRY_PAUSES:
+            try:
+                return method(*args, **kwargs)
+            except ConnectionLostError as exc:
+                logger.warning("%s; retrying on a new connection", exc)
+                time.sleep(pause)
+        return method(*args, **kwargs)
 
     return wrapper
+
+
+#: SQLSTATEs of a connection that is gone: class 08, and the server shutting the session down.
+_LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """True when ``exc`` means the connection died (invalidated by SQLAlchemy, or a server-side termination)."""
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return bool(exc.connection_invalidated) or state.startswith("08") or state in _LOST_STATES
 
 
 def no_versions(model_name: str) -> ModelNotFoundError:
@@ -211,7 +230,7 @@ class SqlIndex:
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated and committing:
+            if committing and _connection_lost(exc):
                 raise CommitUnknownError(
                     f"lost the connection to the registry database {self.safe_url} while committing; "
                     f"the change may or may not have been saved: {exc.orig}"
@@ -231,7 +250,7 @@ class SqlIndex:
     def _raise_db_error(self, exc: DBAPIError) -> None:
         """:class:`ConnectionLostError` for a dropped connection, :class:`StorageError` for other
         operational failures; returns (so the caller re-raises) for anything else."""
-        if exc.connection_invalidated:
+        if _connection_lost(exc):
             raise ConnectionLostError(
                 f"lost the connection to the registry database {self.safe_url}; nothing was written: {exc.orig}"
             ) from exc
@@ -251,6 +270,7 @@ class SqlIndex:
             fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
             conn.execute(text(f"SELECT {fn}(hashtext('modelkeep:blobs'))"))
 
+    @_retry_on_disconnect
     def _create_tables(self) -> None:
         try:
             with self._write() as conn:
