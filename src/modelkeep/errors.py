@@ -14,8 +14,13 @@ class ModelKeepError(Exception):
     """Base class of every error modelkeep raises on purpose."""
 
     def __str__(self) -> str:
-        # KeyError.__str__ would repr() the message; keep it readable everywhere.
-        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+        # KeyError.__str__ would repr() the message; keep it readable everywhere, and
+        # without OSError's "[Errno N]" prefix (the message says what went wrong).
+        if len(self.args) == 1:
+            return str(self.args[0])
+        if isinstance(self, OSError) and self.strerror:
+            return str(self.strerror)
+        return super().__str__()
 
 
 class ModelNotFoundError(ModelKeepError, KeyError):

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, signing
+from . import environment, signing, timeouts
 from .errors import (
     ModelKeepError,
     RegistryNotFoundError,
@@ -106,6 +106,8 @@ class ModelPersistence:
         trusted_types: extra types the ``skops`` format may construct at load
             (beyond skops' own safe defaults). They come only from here or the
             config, never from an artifact or its metadata.
+        connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
+            connect and to answer (see :mod:`modelkeep.timeouts`).
     """
 
     def __init__(
@@ -122,11 +124,15 @@ class ModelPersistence:
         index_schema: str | None = None,
         trusted_types: list[str] | None = None,
         create: bool = True,
+        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+        read_timeout: float = timeouts.READ_TIMEOUT,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
-        self.store = ArtifactStore(models_dir, storage_options)
+        self.store = ArtifactStore(
+            models_dir, storage_options, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
         self.models_dir = Path(self.store.root) if self.store.is_local else self.store.url
         if registry_url is None:
             if not self.store.is_local and registry_path is None:
@@ -150,7 +156,9 @@ class ModelPersistence:
                     exc.errno, f"cannot create the registry folder {str(folder)!r}: {exc.strerror or exc}"
                 ) from exc
             registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
-        self.index = SqlIndex(registry_url, schema=index_schema)
+        self.index = SqlIndex(
+            registry_url, schema=index_schema, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
         self.signing_key = signing_key or None
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress

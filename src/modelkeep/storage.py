@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from . import timeouts
 from .errors import ArtifactNotFoundError, BackendUnavailableError, IntegrityError, ModelKeepError, StorageError
 
 logger = logging.getLogger("modelkeep")
@@ -172,17 +173,31 @@ class StagedArtifact:
         """Remove the staged bytes unless committed; best effort (``gc`` removes leftovers)."""
         if self.committed:
             return
+        if self.store.unreachable:  # it would wait out the same timeouts again; gc removes leftovers
+            logger.debug("not removing %s: the store did not answer", self.store.display_path(self.tmp_key))
+            return
         try:
             self.store.delete(self.tmp_key, missing_ok=True)
-        except Exception as exc:  # never hide the error that made us discard
-            logger.warning("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
+        except Exception as exc:  # never hide the error that made us discard; gc removes leftovers
+            logger.debug("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
 
 
 class ArtifactStore:
     """Keys (``name/version/file``) mapped to files under one fsspec root URL."""
 
-    def __init__(self, root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        *,
+        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+        read_timeout: float = timeouts.READ_TIMEOUT,
+    ) -> None:
         root_str = os.fspath(root)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        #: set when a remote call timed out or could not connect (cleanup then stops trying)
+        self.unreachable = False
+        storage_options = timeouts.s3_storage_options(root_str, storage_options, connect_timeout, read_timeout)
         try:
             from fsspec.core import url_to_fs
         except ImportError as exc:  # pragma: no cover - fsspec is a base dependency
@@ -198,6 +213,8 @@ class ArtifactStore:
             ) from exc
         protocol = self.fs.protocol
         protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+        if set(protocols) & set(timeouts.S3_PROTOCOLS):
+            timeouts.tune_s3_filesystem(self.fs)
         self.is_local = "file" in protocols or "local" in protocols
         #: uploads are atomic and copies server-side (S3, GCS, Azure, memory)
         self.is_object_store = not self.is_local and bool(OBJECT_STORES.intersection(protocols))
@@ -481,12 +498,29 @@ class ArtifactStore:
         except ModelKeepError:
             raise
         except FileNotFoundError as exc:
+            if _names_missing_bucket(exc):
+                bucket = self.root.split("/", 1)[0]
+                raise StorageError(
+                    f"cannot {action} {self.display_path(key)}: the bucket {bucket!r} does not exist "
+                    "(check models_dir, or create the bucket)"
+                ) from exc
             raise self.not_found(key) from exc
         except Exception as exc:
             errno = exc.errno if isinstance(exc, OSError) else None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            message = f"cannot {action} {self.display_path(key)}: {reason}"
+            message = f"cannot {action} {self.display_path(key)}: {reason}{self._remote_hint(exc)}"
             raise (StorageError(message) if errno is None else StorageError(errno, message)) from exc
+
+    def _remote_hint(self, exc: BaseException) -> str:
+        """What to add to a network failure's message: the timeouts in force, or that it was retried."""
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & {"ConnectTimeoutError", "ReadTimeoutError", "TimeoutError", "FSTimeoutError"}:
+            self.unreachable = True
+            return " " + timeouts.describe(self.connect_timeout, self.read_timeout)
+        if "EndpointConnectionError" in names:
+            self.unreachable = True
+            return f" (gave up after {timeouts.S3_ATTEMPTS} attempts; check the endpoint URL in storage_options)"
+        return ""
 
 
 class _RemoteWriter(io.RawIOBase):
@@ -532,10 +566,15 @@ def _abort_upload(f: Any) -> None:
         if callable(discard):
             discard()
     except Exception as exc:  # the server may be the reason we are here
-        logger.warning("could not abort an upload: %s", exc)
+        logger.debug("could not abort an upload: %s", exc)
     finally:
         with contextlib.suppress(AttributeError):  # io-based files (memory://) have nothing to complete
             f.closed = True
+
+
+def _names_missing_bucket(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__ or ''}"
+    return "NoSuchBucket" in text or "bucket does not exist" in text.lower()
 
 
 def check_digest(where: str, expected: str, got: str) -> None:

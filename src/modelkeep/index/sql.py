@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
+from .. import timeouts
 from ..errors import (
     BackendUnavailableError,
     CommitUnknownError,
@@ -195,8 +196,16 @@ class SqlIndex:
     a schema of their own, created if needed.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+        read_timeout: float = timeouts.READ_TIMEOUT,
+    ) -> None:
         self.url = normalize_url(url)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         try:
             parsed = make_url(self.url)
         except Exception as exc:  # sqlalchemy raises ArgumentError with a terse text
@@ -208,7 +217,8 @@ class SqlIndex:
                 engine = create_engine(self.url, connect_args={"timeout": 60})
                 _sqlite_setup(engine)
             else:
-                engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+                args = timeouts.postgres_connect_args(dict(parsed.query), connect_timeout, read_timeout)
+                engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=args)
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the database driver for {parsed.drivername!r} is not installed: {exc} "
@@ -288,7 +298,19 @@ class SqlIndex:
                         f"this modelkeep reads up to {SCHEMA_VERSION}: upgrade modelkeep"
                     )
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot open the registry database {self.safe_url}: {exc}") from exc
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise StorageError(
+                f"cannot open the registry database {self.safe_url}: {reason}{self._timeout_hint(reason)}"
+            ) from exc
+        except StorageError as exc:
+            if not self._timeout_hint(str(exc)):
+                raise
+            raise StorageError(f"{exc}{self._timeout_hint(str(exc))}") from exc
+
+    def _timeout_hint(self, reason: str) -> str:
+        if "timeout" in reason.lower() or "timed out" in reason.lower():
+            return " " + timeouts.describe(self.connect_timeout, self.read_timeout)
+        return ""
 
     @property
     def safe_url(self) -> str:
