@@ -452,6 +452,11 @@ def reindex(ctx: click.Context, yes: bool) -> None:
     _status(ctx, f"Reindexed {count} version(s)")
 
 
+from .cli_doctor import doctor  # noqa: E402
+
+cli.add_command(doctor)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelkeep`` console script and ``python -m modelkeep``."""
     cli.main(args=argv, prog_name="modelkeep")
