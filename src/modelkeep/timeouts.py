@@ -37,7 +37,7 @@ def s3_storage_options(
     config = out.setdefault("config_kwargs", {})
     config.setdefault("connect_timeout", connect_timeout)
     config.setdefault("read_timeout", read_timeout)
-    config.setdefault("retries", {"max_attempts": S3_ATTEMPTS, "mode": "standard"})
+    config.setdefault("retries", {"total_max_attempts": S3_ATTEMPTS, "mode": "standard"})
     if "session" not in out:
         out["session"] = _session_without_expect_header()
     return out
