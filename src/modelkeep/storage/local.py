@@ -216,7 +216,7 @@ class LocalStore(ArtifactStore):
 @contextlib.contextmanager
 def durable_write(path: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
     """A new file at ``path`` (which must not exist), ``fsync``'ed when the block exits cleanly."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     with open(fd, "wb", buffering=0) as f:
         yield f
@@ -225,7 +225,7 @@ def durable_write(path: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
 
 def durable_replace(src: str, dst: str, *, sync_dir: bool = True) -> None:
     """Rename ``src`` over ``dst`` (atomic), then make the rename durable."""
-    parent = os.path.dirname(dst)
+    parent = os.path.dirname(dst) or "."  # a bare file name lives in the working directory
     os.makedirs(parent, exist_ok=True)
     os.replace(src, dst)
     if sync_dir:
