@@ -480,6 +480,11 @@ cli.add_command(export_command)
 cli.add_command(import_command)
 
 
+from .cli_doctor import doctor  # noqa: E402
+
+cli.add_command(doctor)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelkeep`` console script and ``python -m modelkeep``."""
     cli.main(args=argv, prog_name="modelkeep")

@@ -191,6 +191,8 @@ def gc_lines(report: GcReport, min_age: float) -> tuple[list[str], list[str], st
     purged = "would purge" if report.dry_run else "purged"
     out = [f"{purged} {model} {version} from the trash" for model, version in report.purged]
     out += [f"{verb} {item.key} ({item.reason}, {human_size(item.size)})" for item in report.removed]
+    release = "would release" if report.dry_run else "released"
+    out += [f"{release} the stale write claim: {claim}" for claim in report.released_claims]
     err = [f"could not remove {error}" for error in report.errors]
     summary = (
         f"{verb} {len(report.removed)} file(s), {human_size(report.bytes_freed)}; "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from . import timeouts
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_SIGNING_KEY_FILE": ("persistence", "signing_key_file"),
     "MODELKEEP_TRUSTED_KEYS": ("persistence", "trusted_keys"),
     "MODELKEEP_REQUIRE_SIGNATURES": ("persistence", "require_signatures"),
+    "MODELKEEP_CONNECT_TIMEOUT": ("persistence", "connect_timeout"),
+    "MODELKEEP_READ_TIMEOUT": ("persistence", "read_timeout"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {
@@ -93,6 +96,9 @@ class PersistenceSettings(KeySettings):
     compress: bool | int | str | tuple[str, int] = True
     #: Types the skops format may build at load; from here or the caller, never from an artifact.
     trusted_types: list[str] = Field(default_factory=list)
+    #: Seconds to wait for S3 / PostgreSQL to connect, and to answer a request.
+    connect_timeout: float = Field(default=timeouts.CONNECT_TIMEOUT, gt=0)
+    read_timeout: float = Field(default=timeouts.READ_TIMEOUT, gt=0)
 
     @field_validator("trusted_types", mode="before")
     @classmethod
@@ -172,6 +178,8 @@ class Settings(BaseModel):
             "trusted_keys": p.trusted_keys or None,
             "require_signatures": p.require_signatures,
             "trusted_types": p.trusted_types or None,
+            "connect_timeout": p.connect_timeout,
+            "read_timeout": p.read_timeout,
         }
 
     def release_logging(self) -> None:

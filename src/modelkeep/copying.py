@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import IntegrityError, VersionExistsError
-from .layout import artifact_extension, blob_key, record_blobs, revision_key, sidecar_bytes, sidecar_key
+from .layout import artifact_extension, blob_key, revision_key
 from .metadata import ModelMetadata
 from .versions import validate_model_name
 
@@ -123,24 +123,18 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
         with progress(f"copying {where}", art.size) as advance:
             _stream_into(source.store, art.key, staged, advance)
         _check(staged, art.sha256, art.size, source.store.display_path(art.key))
-        with dest.index.reserve(record.model_name, record.version, overwrite=True) as slot:
-            previous = slot.previous
-            copied = _for_dest(record, previous, source, dest)
+        with dest.index.claim(record.model_name, record.version, overwrite=True) as slot:
+            copied = _for_dest(record, slot.previous, source, dest)
             key = copied.artifact.key  # type: ignore[union-attr]
-            sidecar = sidecar_key(record.model_name, record.version)
             try:
-                if record_blobs(record):  # a concurrent gc in dest must not have removed them
-                    dest.check_blobs_present(slot, art.extra["blobs"])
-                staged.commit(key)
+                dest._write_claimed_files(slot, copied, staged)
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
-                dest.store.write_bytes(sidecar, sidecar_bytes(copied))
-                slot.put(copied)
+                slot.put(copied, before_commit=dest._blobs_check(art.extra))
             except BaseException:
-                dest.undo_version_files(copied, key, previous)
+                slot.abandon(dest._attempt_files(slot, key), dest._remove_quietly, dest._write_sidecar)
                 raise
-    old_key = previous.artifact.key if previous is not None and previous.artifact is not None else key
-    if old_key != key and dest.index.count_artifact_refs(old_key) == 0:
-        dest.store.delete(old_key, missing_ok=True)
+            if slot.previous is not None:
+                dest._remove_replaced_artifact(slot, copied)
     return art.size
 
 

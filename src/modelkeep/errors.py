@@ -24,8 +24,13 @@ class ModelKeepError(Exception):
         self.cli_spelling: dict[str, str] = dict(cli or {})
 
     def __str__(self) -> str:
-        # KeyError.__str__ would repr() the message; keep it readable everywhere.
-        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+        # KeyError.__str__ would repr() the message; keep it readable everywhere, and
+        # without OSError's "[Errno N]" prefix (the message says what went wrong).
+        if len(self.args) == 1:
+            return str(self.args[0])
+        if isinstance(self, OSError) and self.strerror:
+            return str(self.strerror)
+        return super().__str__()
 
     def for_cli(self) -> str:
         """The message with API spellings replaced by the CLI's."""
@@ -69,6 +74,10 @@ class VersionInUseError(ModelKeepError, ValueError):
 
 class VersionTrashedError(VersionExistsError):
     """The version is in the trash: restore it, or purge it before saving that version again."""
+
+
+class SaveInProgressError(VersionExistsError):
+    """Another save (or delete) of this exact version holds its write claim right now."""
 
 
 class InvalidNameError(ModelKeepError, ValueError):
@@ -127,10 +136,18 @@ class StorageError(ModelKeepError, OSError):
 class ConnectionLostError(StorageError):
     """The database connection dropped before the transaction committed, so nothing was written.
 
-    Reads and whole write transactions are retried once on a fresh connection
-    when this happens; a drop while committing is a plain :class:`StorageError`
+    Reads and whole write transactions are retried on a fresh connection when
+    this happens; a drop while committing is a :class:`CommitUnknownError`
     because the outcome is then unknown.
     """
+
+
+class ClaimLostError(StorageError):
+    """This save's write claim on its version is gone (``gc`` released it as stale); nothing was registered."""
+
+
+class CommitUnknownError(StorageError):
+    """The connection dropped while committing and the outcome could not be read back."""
 
 
 class BackendUnavailableError(ModelKeepError, ImportError):
@@ -155,6 +172,8 @@ __all__ = [
     "AliasNotFoundError",
     "ArtifactNotFoundError",
     "BackendUnavailableError",
+    "ClaimLostError",
+    "CommitUnknownError",
     "ConfigError",
     "ConnectionLostError",
     "FormatVersionError",
@@ -165,6 +184,7 @@ __all__ = [
     "ModelKeepError",
     "ModelNotFoundError",
     "RegistryNotFoundError",
+    "SaveInProgressError",
     "SerializationError",
     "SignatureError",
     "StorageError",

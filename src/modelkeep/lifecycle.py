@@ -209,19 +209,21 @@ class LifecycleMixin:
 
     def _purge_one(self, model_name: str, version: str) -> None:
         """Drop the index entry (with its history row), then the files nobody else uses."""
+        from .index.claims import deleting
         from .layout import sidecar_key
 
         started = time.perf_counter()
-        record = self.index.delete(model_name, version, trashed_only=True)
-        art = record.artifact
-        if art is not None and self.index.count_artifact_refs(art.key) == 0:
-            self.store.delete(art.key, missing_ok=True)
-        if art is not None and art.extra.get("blobs"):
-            from .blobs import BlobStore
+        # The version stays claimed while its files go, so a new save of it cannot race the removal.
+        with deleting(self.index, model_name, version, trashed_only=True) as record:
+            art = record.artifact
+            if art is not None and self.index.count_artifact_refs(art.key) == 0:
+                self.store.delete(art.key, missing_ok=True)
+            if art is not None and art.extra.get("blobs"):
+                from .blobs import BlobStore
 
-            self.index.release_blobs(record_blobs(record), BlobStore(self.store).delete_many)
-        self.store.delete(sidecar_key(model_name, version), missing_ok=True)
-        self.store.remove_empty_dirs(f"{model_name}/{version}")
+                self.index.release_blobs(record_blobs(record), BlobStore(self.store).delete_many)
+            self.store.delete(sidecar_key(model_name, version), missing_ok=True)
+            self.store.remove_empty_dirs(f"{model_name}/{version}")
         logger.info(
             "purged %s version %s (%d bytes) in %.1f ms",
             model_name,

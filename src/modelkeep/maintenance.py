@@ -29,10 +29,12 @@ from .errors import (
     InvalidNameError,
     MetadataError,
     ModelKeepError,
+    SaveInProgressError,
     SignatureError,
     UnsafeKeyError,
     no_versions,
 )
+from .index.claims import CLAIM_LEASE_SECONDS, list_claims, owner_is_dead, settle_version
 from .layout import (
     BLOB_DIR,
     blob_digest,
@@ -68,6 +70,11 @@ UNSAFE = "unsafe"
 local store: someone else wrote it. Nothing is read, written or deleted through it."""
 ORPHANED = "orphaned"
 """A file no index entry names: a staged temp file, or an artifact, sidecar or blob of no version."""
+CLAIM = "claim"
+"""A version's write claim left by a writer that died, or held for longer than :data:`CLAIM_REPORT_AGE`."""
+
+#: ``verify`` reports write claims older than this (seconds); younger ones are saves in progress.
+CLAIM_REPORT_AGE = 300.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class GcReport:
     errors: list[str] = field(default_factory=list)
     #: ``(model, version)`` purged from the trash first (``purge_deleted_older_than``).
     purged: list[tuple[str, str]] = field(default_factory=list)
+    released_claims: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -181,6 +189,7 @@ class GcReport:
             "repaired": list(self.repaired),
             "errors": list(self.errors),
             "purged": [list(item) for item in self.purged],
+            "released_claims": list(self.released_claims),
         }
 
 
@@ -265,8 +274,17 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
             report.problems.extend(Problem(CORRUPT, key, str(exc), r.model_name, r.version) for r in owners)
 
     keys = store.list_keys(model_name or "")
-    if model_name is not None and not records and not keys:
+    held = {(c.model_name, c.version): c for c in list_claims(p.index, model_name)}
+    if model_name is not None and not records and not keys and not held:
         raise no_versions(model_name)
+    busy: set[tuple[str, str]] = set()
+    for (claim_model, claim_version), claim in sorted(held.items()):
+        if owner_is_dead(claim.owner) or claim.age_seconds() >= CLAIM_REPORT_AGE:
+            why = "its writer died" if owner_is_dead(claim.owner) else "a save still running, or its writer died"
+            detail = f"write claim held: {claim} ({why}; gc releases it once older than --min-age)"
+            report.problems.append(Problem(CLAIM, f"{claim_model}/{claim_version}", detail, claim_model, claim_version))
+        else:
+            busy.add((claim_model, claim_version))  # a save in progress is writing this folder
     if model_name is None:
         all_used = p.index.referenced_blobs() | set(used_blobs)
         for key in keys:
@@ -276,7 +294,7 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
                 report.problems.append(Problem(ORPHANED, key, "blob no version uses"))
     for key in keys:
         where = version_dir(key)
-        if where is not None and key not in referenced:
+        if where is not None and key not in referenced and where not in busy:
             report.problems.append(Problem(ORPHANED, key, "no index entry names this file", *where))
     return report
 
@@ -355,6 +373,11 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
         ):
             per_dir[where].append(item)
     stale_sidecars = {(r.model_name, r.version) for r in records if _sidecar_matches(store, r) is not None}
+    stale_claims = {
+        (c.model_name, c.version): c
+        for c in list_claims(p.index)
+        if c.age_seconds(now) >= max(min_age_seconds, CLAIM_LEASE_SECONDS) or owner_is_dead(c.owner)
+    }
 
     if dry_run:
         report.removed.extend(temporary)
@@ -362,12 +385,13 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
             report.removed.extend(items)
         report.removed.extend(blob_candidates.values())
         report.repaired.extend(sidecar_key(*where) for where in sorted(stale_sidecars))
+        report.released_claims.extend(str(c) for _, c in sorted(stale_claims.items()))
         return report
 
     for item in temporary:
         _remove(store, item, report)
-    for where in sorted(set(per_dir) | stale_sidecars):
-        _cleanversion_dir(p, where, per_dir.get(where, []), where in stale_sidecars, report)
+    for where in sorted(set(per_dir) | stale_sidecars | set(stale_claims)):
+        _cleanversion_dir(p, where, per_dir.get(where, []), where in stale_sidecars, report, now)
     if blob_candidates:
 
         def remove_blobs(shas: list[str]) -> None:
@@ -403,24 +427,35 @@ def _cleanversion_dir(
     leftovers: list[Leftover],
     repair_sidecar: bool,
     report: GcReport,
+    now: float,
 ) -> None:
-    """Under the model's write lock: remove ``leftovers`` the index still does not name,
-    and rewrite the sidecar from the index if it is stale."""
+    """Under the model's write lock: release the version's write claim if it is stale, remove
+    ``leftovers`` the index still does not name, and rewrite the sidecar from the index if it
+    is stale. A live claim means a save is writing there: its files are kept."""
     model_name, version = where
+
+    def clean(current: ModelMetadata | None) -> None:
+        keep = referenced_keys(current) if current is not None else set()
+        for item in leftovers:
+            if item.key not in keep:
+                _remove(p.store, item, report)
+        if repair_sidecar and current is not None and _sidecar_matches(p.store, current) is not None:
+            key = sidecar_key(model_name, version)
+            p.store.write_bytes(key, sidecar_bytes(current))
+            report.repaired.append(key)
+
     try:
-        with p.index.lock_model(model_name):
-            current = p.index.get(model_name, version)
-            keep = referenced_keys(current) if current is not None else set()
-            for item in leftovers:
-                if item.key not in keep:
-                    _remove(p.store, item, report)
-            if repair_sidecar and current is not None and _sidecar_matches(p.store, current) is not None:
-                key = sidecar_key(model_name, version)
-                p.store.write_bytes(key, sidecar_bytes(current))
-                report.repaired.append(key)
+        released = settle_version(
+            p.index, model_name, version, min_age_seconds=report.min_age_seconds, clean=clean, now=now
+        )
+    except SaveInProgressError:
+        report.kept.extend(leftovers)
+        return
     except ModelKeepError as exc:
         report.errors.append(f"{model_name}/{version}: {exc}")
         return
+    if released is not None:
+        report.released_claims.append(str(released))
     p.store.remove_empty_dirs(f"{model_name}/{version}")
 
 

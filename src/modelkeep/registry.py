@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, lineage, signing
+from . import environment, lineage, signing, timeouts
 from .errors import (
     ConfigError,
     MetadataError,
@@ -38,7 +38,7 @@ from .errors import (
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
-from .index import Reservation, SqlIndex
+from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
@@ -52,11 +52,13 @@ if TYPE_CHECKING:
 
     from .blobs import BlobStore
     from .config import Settings
+    from .index.claims import VersionClaim
     from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
     from .resign import ResignReport
     from .search import SearchPage
     from .search.grammar import Node
+    from .storage import StagedArtifact
 
 logger = logging.getLogger("modelkeep")
 
@@ -116,6 +118,8 @@ class ModelPersistence(LifecycleMixin):
         trusted_types: extra types the ``skops`` format may construct at load
             (beyond skops' own safe defaults). They come only from here or the
             config, never from an artifact or its metadata.
+        connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
+            connect and to answer (see :mod:`modelkeep.timeouts`).
     """
 
     def __init__(
@@ -135,11 +139,13 @@ class ModelPersistence(LifecycleMixin):
         signing_key_file: str | os.PathLike[str] | None = None,
         trusted_keys: list[str] | None = None,
         require_signatures: bool | None = None,
+        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+        read_timeout: float = timeouts.READ_TIMEOUT,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
-        self.store = open_store(models_dir, storage_options)
+        self.store = open_store(models_dir, storage_options, connect_timeout=connect_timeout, read_timeout=read_timeout)
         #: The store's root: a :class:`~pathlib.Path` for a local folder, else its URL.
         self.models_dir: str | Path = self.store.location()
         if registry_url is None:
@@ -162,7 +168,9 @@ class ModelPersistence(LifecycleMixin):
                     exc.errno, f"cannot create the registry folder {str(folder)!r}: {exc.strerror or exc}"
                 ) from exc
             registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
-        self.index = SqlIndex(registry_url, schema=index_schema)
+        self.index = SqlIndex(
+            registry_url, schema=index_schema, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
         #: What this registry signs with and trusts (see :func:`modelkeep.signing.resolve_keyring`).
         self.keyring = signing.resolve_keyring(
             signing_key=signing_key or None,
@@ -308,17 +316,9 @@ class ModelPersistence(LifecycleMixin):
             lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
             warn_main_globals(extra)
             warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
-            with self.index.reserve(model_name, version, overwrite=overwrite) as slot:
+            with self.index.claim(model_name, version, overwrite=overwrite) as slot:
                 now = utc_now()
-                key = artifact_key(model_name, slot.version, fmt.extension(compression))
-                if (
-                    slot.previous is not None
-                    and slot.previous.artifact is not None
-                    and slot.previous.artifact.key == key
-                ):
-                    # Overwrite: never replace the bytes the committed row points at. The new
-                    # artifact gets a key of its own; the old one is deleted after the commit.
-                    key = revision_key(model_name, slot.version, fmt.extension(compression))
+                key = self._new_artifact_key(slot, fmt.extension(compression))
                 record = ModelMetadata(
                     model_name=model_name,
                     model_type=type(model).__name__,
@@ -332,21 +332,14 @@ class ModelPersistence(LifecycleMixin):
                     lineage=lineage_record,
                 )
                 record.signature = self.keyring.sign(record)
-                if extra.get("blobs"):
-                    self.check_blobs_present(slot, extra["blobs"])
                 try:
-                    self.store.write_bytes(sidecar_key(model_name, slot.version), sidecar_bytes(record))
-                    same = self.index.find_artifact(staged.sha256, exclude_key=key)
-                    if not (same and self.store.link(same, key)):  # identical bytes: share them
-                        staged.commit(key)
-                    slot.put(record)
+                    self._write_claimed_files(slot, record, staged)
+                    slot.put(record, before_commit=self._blobs_check(extra))
                 except BaseException:
-                    # Still under the write lock: undo the files before the rollback lets others in.
-                    self.undo_version_files(record, key, slot.previous)
+                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
                     raise
-            previous = slot.previous
-        if previous is not None and previous.artifact is not None and previous.artifact.key != key:
-            self.store.delete(previous.artifact.key, missing_ok=True)
+                if slot.previous is not None:
+                    self._remove_replaced_artifact(slot, record)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -385,21 +378,70 @@ class ModelPersistence(LifecycleMixin):
         }
         return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
 
-    def undo_version_files(self, record: ModelMetadata, key: str, previous: ModelMetadata | None) -> None:
-        """Best-effort removal of a failed save's (or copy's) files: its artifact, and its
-        sidecar (restored to the previous version's when overwriting). Call it while
-        still holding the version's write lock, so nobody has seen these files."""
-        sidecar = sidecar_key(record.model_name, record.version)
+    # -- writing under a claim (see modelkeep.index.claims) -------------------------
+    @staticmethod
+    def _new_artifact_key(slot: VersionClaim, extension: str) -> str:
+        """The seed's key for a new version; for an overwrite, a fresh revision key whenever the
+        committed row names the usual one (its bytes are never replaced)."""
+        key = artifact_key(slot.model_name, slot.version, extension)
+        previous = slot.previous
+        if previous is not None and previous.artifact is not None and previous.artifact.key == key:
+            key = revision_key(slot.model_name, slot.version, extension)
+        return key
+
+    def _write_claimed_files(self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact) -> None:
+        """Put the attempt's files in place, once the database confirms the claim is still its own:
+        the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact."""
+        assert record.artifact is not None
+        key = record.artifact.key
+        slot.check()
+        self._write_sidecar(record)
+        slot.check()
+        same = self.index.find_artifact(record.artifact.sha256, exclude_key=key)
+        if not (same and self.store.link(same, key)):  # identical bytes: share them
+            staged.commit(key)
+
+    def _write_sidecar(self, record: ModelMetadata) -> None:
+        self.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(record))
+
+    def _remove_replaced_artifact(self, slot: VersionClaim, record: ModelMetadata) -> None:
+        """After an overwrite's commit, still under its claim: remove the artifact it replaced
+        unless another version shares it."""
+        assert record.artifact is not None
+        old = slot.previous.artifact if slot.previous is not None else None
+        if old is not None and old.key != record.artifact.key and self.index.count_artifact_refs(old.key) == 0:
+            self._remove_quietly(old.key)
+
+    @staticmethod
+    def _attempt_files(slot: VersionClaim, key: str) -> list[str]:
+        """The keys a failed attempt may have written (the index still checks each before removal)."""
+        files = [key]
+        if slot.previous is None:
+            files.append(sidecar_key(slot.model_name, slot.version))
+        return files
+
+    def _remove_quietly(self, key: str) -> None:
+        """Remove ``key``; a failure is logged at debug level (``gc`` removes leftovers)."""
         try:
             self.store.delete(key, missing_ok=True)
-            if previous is None:
-                self.store.delete(sidecar, missing_ok=True)
-            else:
-                self.store.write_bytes(sidecar, sidecar_bytes(previous))
-        except Exception as exc:  # never hide the error that made the save fail; gc cleans up
-            logger.warning(
-                "could not clean up after a failed save of %s %s: %s", record.model_name, record.version, exc
-            )
+        except Exception as exc:
+            logger.debug("could not remove %s: %s", self.store.display_path(key), exc)
+
+    def _blobs_check(self, extra: dict[str, Any]) -> Callable[[], None] | None:
+        """For the commit transaction (under the shared blob lock): fail if a concurrent gc
+        removed one of the blobs the record references."""
+        blobs = extra.get("blobs")
+        if not blobs:
+            return None
+
+        def check() -> None:
+            from .blobs import BlobStore
+
+            gone = BlobStore(self.store).missing((sha, int(size)) for sha, size in blobs)
+            if gone:
+                raise StorageError(f"{len(gone)} blob(s) were removed by a concurrent gc during the save; save again")
+
+        return check
 
     def _blobs(self, fmt: Format) -> BlobStore | None:
         """The blob store, for formats that keep large buffers there (``None`` for the others)."""
@@ -408,15 +450,6 @@ class ModelPersistence(LifecycleMixin):
         from .blobs import BlobStore
 
         return BlobStore(self.store)
-
-    def check_blobs_present(self, slot: Reservation, blobs: list[list[Any]]) -> None:
-        """Under the shared blob lock, make sure a concurrent gc removed none of our blobs."""
-        from .blobs import BlobStore
-
-        slot.lock_blobs()
-        gone = BlobStore(self.store).missing((sha, int(size)) for sha, size in blobs)
-        if gone:
-            raise StorageError(f"{len(gone)} blob(s) were removed by a concurrent gc during the save; save again")
 
     def import_file(
         self,

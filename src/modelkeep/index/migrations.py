@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Connection, func, insert, null, select
 
-from .schema import aliases, fields, history, models, tags, versions
+from .schema import aliases, claims, fields, history, models, tags, versions
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,20 @@ def _search(conn: Connection, dialect: str) -> None:
     backfill(conn)
 
 
+def _claims(conn: Connection, dialect: str) -> None:
+    """Version 4: ``modelkeep_claims``, team-mode write claims (see :mod:`modelkeep.index.claims`).
+
+    No save of an older registry used claims, so there is nothing to backfill: the table
+    starts empty. The same DDL serves SQLite and PostgreSQL.
+    """
+    claims.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
     Migration(3, "search: scalar fields of every version, indexed", _search),
+    Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS`.

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -144,4 +145,26 @@ fields = Table(
     # Covering: a range filter on one key yields version ids without touching the rows.
     Index("ix_modelkeep_fields_key_num", "key", "num", "version_id"),
     sqlite_with_rowid=False,  # rows live in the primary-key tree: one lookup per (version, key)
+)
+
+
+# -- write claims (schema 4) -----------------------------------------------------
+
+# Write claims (team mode): a version is claimed here, in a committed row, before any byte is
+# written under its folder, and the claim is checked again when the version row is committed.
+# Unlike a lock, a claim survives a dropped connection. See modelkeep.index.claims.
+claims = Table(
+    "modelkeep_claims",
+    metadata_obj,
+    Column("model_name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    # A random token per save attempt: only the attempt that holds it may write or delete.
+    Column("token", String(64), nullable=False),
+    # host/pid-namespace/pid/start-time of the claiming process (to spot dead writers).
+    Column("owner", String(256), nullable=False),
+    Column("claimed_at", String(40), nullable=False),
+    # "save" or "delete": what the claimer is doing to the version's files.
+    Column("purpose", String(16), nullable=False),
+    PrimaryKeyConstraint("model_name", "version", name="pk_modelkeep_claims"),
+    Index("ix_modelkeep_claims_token", "token", unique=True),
 )

@@ -32,8 +32,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
+from .. import timeouts
 from ..errors import (
     BackendUnavailableError,
+    CommitUnknownError,
     ConfigError,
     ConnectionLostError,
     IncompatibleRegistryError,
@@ -47,17 +49,19 @@ from ..errors import (
 )
 from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
-from ..versions import next_version, sort_key
+from ..versions import next_version
 from .audit import LIVE, artifact_summary, attach_lifecycle, now, touch_model, write_history
 from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
+from .common import connection_lost as _connection_lost
+from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
-from .common import trashed_error
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
+    from .claims import VersionClaim
     from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
@@ -98,7 +102,7 @@ class Reservation:
 
     def put(self, record: ModelMetadata) -> None:
         """Write ``record`` for the reserved version; committed when the block exits."""
-        row = _row(record)
+        row = record_row(record)
         if self.previous is None:
             self._conn.execute(insert(versions).values(**row))
         else:
@@ -107,7 +111,7 @@ class Reservation:
                 .where(versions.c.model_name == self.model_name, versions.c.version == self.version)
                 .values(**row)
             )
-            _drop_blob_refs(self._conn, self.model_name, self.version)
+            drop_blob_refs(self._conn, self.model_name, self.version)
         index_fields(self._conn, record)  # search: the record's scalar fields, one row each
         shas = record_blobs(record)
         if shas:
@@ -130,32 +134,6 @@ class Reservation:
         self.record = record
 
 
-def _drop_blob_refs(conn: Connection, model_name: str, version: str) -> None:
-    conn.execute(delete(blob_refs).where(blob_refs.c.model_name == model_name, blob_refs.c.version == version))
-
-
-def _row(record: ModelMetadata) -> dict[str, Any]:
-    art = record.artifact
-    if art is None:
-        raise ValueError("a record needs its artifact before it is indexed")
-    key = sort_key(record.version)
-    return {
-        "model_name": record.model_name,
-        "version": record.version,
-        "parsed": key is not None,
-        "sort_key": key,
-        "model_type": record.model_type[:256],
-        "artifact_key": art.key,
-        "format": art.format,
-        "compression": art.compression,
-        "size": art.size,
-        "sha256": art.sha256,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "record": json.dumps(record.to_dict(), separators=(",", ":")),  # keeps the caller's field order
-    }
-
-
 def parse_record(raw: str) -> ModelMetadata:
     """A version's record from the JSON text of its ``record`` column."""
     return ModelMetadata.from_dict(json.loads(raw))
@@ -171,8 +149,16 @@ class SqlIndex:
     a schema of their own, created if needed.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+        read_timeout: float = timeouts.READ_TIMEOUT,
+    ) -> None:
         self.url = normalize_url(url)
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         try:
             parsed = make_url(self.url)
         except Exception as exc:  # sqlalchemy raises ArgumentError with a terse text
@@ -184,7 +170,8 @@ class SqlIndex:
                 engine = create_engine(self.url, connect_args={"timeout": 60})
                 _sqlite_setup(engine)
             else:
-                engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+                args = timeouts.postgres_connect_args(dict(parsed.query), connect_timeout, read_timeout)
+                engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=args)
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the database driver for {parsed.drivername!r} is not installed: {exc} "
@@ -206,8 +193,8 @@ class SqlIndex:
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated and committing:
-                raise StorageError(
+            if committing and _connection_lost(exc):
+                raise CommitUnknownError(
                     f"lost the connection to the registry database {self.safe_url} while committing; "
                     f"the change may or may not have been saved: {exc.orig}"
                 ) from exc
@@ -226,7 +213,7 @@ class SqlIndex:
     def _raise_db_error(self, exc: DBAPIError) -> None:
         """:class:`ConnectionLostError` for a dropped connection, :class:`StorageError` for other
         operational failures; returns (so the caller re-raises) for anything else."""
-        if exc.connection_invalidated:
+        if _connection_lost(exc):
             raise ConnectionLostError(
                 f"lost the connection to the registry database {self.safe_url}; nothing was written: {exc.orig}"
             ) from exc
@@ -246,6 +233,7 @@ class SqlIndex:
             fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
             conn.execute(text(f"SELECT {fn}(hashtext('modelkeep:blobs'))"))
 
+    @_retry_on_disconnect
     def _open_schema(self) -> None:
         """Create a new registry, or bring an older one up to :data:`SCHEMA_VERSION`.
 
@@ -279,7 +267,19 @@ class SqlIndex:
                 if steps:
                     conn.execute(update(info).where(info.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot open the registry database {self.safe_url}: {exc}") from exc
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise StorageError(
+                f"cannot open the registry database {self.safe_url}: {reason}{self._timeout_hint(reason)}"
+            ) from exc
+        except StorageError as exc:
+            if not self._timeout_hint(str(exc)):
+                raise
+            raise StorageError(f"{exc}{self._timeout_hint(str(exc))}") from exc
+
+    def _timeout_hint(self, reason: str) -> str:
+        if "timeout" in reason.lower() or "timed out" in reason.lower():
+            return " " + timeouts.describe(self.connect_timeout, self.read_timeout)
+        return ""
 
     def _stamped_version(self) -> int | None:
         """The recorded schema version, or ``None`` if it cannot be read cheaply (new database)."""
@@ -331,12 +331,7 @@ class SqlIndex:
                     previous = None
                     chosen = version
                     if chosen is None:
-                        top = conn.execute(
-                            select(versions.c.version)
-                            .where(versions.c.model_name == model_name, versions.c.parsed.is_(True))
-                            .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
-                            .limit(1)
-                        ).scalar()
+                        top = self.highest_version(conn, model_name)
                         chosen = next_version(top, lambda v: self._get(conn, model_name, v) is not None)
                     else:
                         previous = self._get(conn, model_name, chosen)
@@ -361,6 +356,38 @@ class SqlIndex:
                     raise
                 logger.warning("%s; retrying once on a new connection", exc)
 
+    def claim(
+        self, model_name: str, version: str | None, *, overwrite: bool = False
+    ) -> contextlib.AbstractContextManager[VersionClaim]:
+        """Claim a version (the next free one when ``None``) in a committed row for the block.
+
+        Files go under the version's folder only while the claim is held, and
+        :meth:`VersionClaim.put` commits the row only if it still is: see
+        :mod:`modelkeep.index.claims`. Raises :class:`VersionExistsError` for an
+        existing version without ``overwrite``, and :class:`SaveInProgressError`
+        when another save holds that version.
+        """
+        from .claims import claimed
+
+        return claimed(self, model_name, version, overwrite=overwrite)
+
+    @staticmethod
+    def highest_version(conn: Connection, model_name: str) -> str | None:
+        """The model's highest parsed version in the index (trashed ones included), or ``None``."""
+        top = conn.execute(
+            select(versions.c.version)
+            .where(versions.c.model_name == model_name, versions.c.parsed.is_(True))
+            .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
+            .limit(1)
+        ).scalar()
+        return None if top is None else str(top)
+
+    def reservation(
+        self, conn: Connection, model_name: str, version: str, previous: ModelMetadata | None
+    ) -> Reservation:
+        """A :class:`Reservation` inside the caller's write transaction (used by write claims)."""
+        return Reservation(self, conn, model_name, version, previous)
+
     @_retry_on_disconnect
     def put(self, record: ModelMetadata) -> None:
         """Insert or replace ``record`` as is (used by reindex and copy)."""
@@ -381,27 +408,31 @@ class SqlIndex:
         """
         with self._write() as conn:
             self._lock_model(conn, model_name)
-            rec = self._get(conn, model_name, version)
-            if rec is None:
-                raise self._missing(conn, model_name, version)
-            if trashed_only and not self._is_trashed(conn, model_name, version):
-                raise VersionNotFoundError(
-                    f"model '{model_name}' version '{version}' is not in the trash; delete it first"
-                )
-            pointing = conn.execute(
-                select(aliases.c.alias).where(aliases.c.model_name == model_name, aliases.c.version == version)
-            ).first()
-            if pointing is not None:
-                raise VersionInUseError(
-                    f"alias '{pointing[0]}' of model '{model_name}' points at version '{version}'; "
-                    "move or delete the alias first"
-                )
-            drop_fields(conn, model_name, version)
-            conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
-            conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
-            _drop_blob_refs(conn, model_name, version)
-            write_history(conn, "purge", model_name, version=version, before=artifact_summary(rec))
-            return rec
+            return self.remove_version(conn, model_name, version, trashed_only=trashed_only)
+
+    def remove_version(
+        self, conn: Connection, model_name: str, version: str, *, trashed_only: bool = False
+    ) -> ModelMetadata:
+        """The body of :meth:`delete`, inside the caller's write transaction (model lock held)."""
+        rec = self._get(conn, model_name, version)
+        if rec is None:
+            raise self._missing(conn, model_name, version)
+        if trashed_only and not self._is_trashed(conn, model_name, version):
+            raise VersionNotFoundError(f"model '{model_name}' version '{version}' is not in the trash; delete it first")
+        pointing = conn.execute(
+            select(aliases.c.alias).where(aliases.c.model_name == model_name, aliases.c.version == version)
+        ).first()
+        if pointing is not None:
+            raise VersionInUseError(
+                f"alias '{pointing[0]}' of model '{model_name}' points at version '{version}'; "
+                "move or delete the alias first"
+            )
+        drop_fields(conn, model_name, version)
+        conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
+        conn.execute(delete(tags).where(tags.c.model_name == model_name, tags.c.version == version))
+        drop_blob_refs(conn, model_name, version)
+        write_history(conn, "purge", model_name, version=version, before=artifact_summary(rec))
+        return rec
 
     def release_blobs(self, candidates: set[str], remove: Callable[[list[str]], None]) -> list[str]:
         """Call ``remove`` with the ``candidates`` no version references any more.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import timeouts
 from ..errors import BackendUnavailableError
 from ..layout import TMP_DIR
 from .base import ArtifactStore, StagedArtifact
@@ -24,8 +25,18 @@ OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "mem
 EXTRAS = {"s3": "s3", "s3a": "s3"}
 
 
-def open_store(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> ArtifactStore:
-    """The backend for ``root``: a local path, ``file://...``, or any fsspec URL."""
+def open_store(
+    root: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+    read_timeout: float = timeouts.READ_TIMEOUT,
+) -> ArtifactStore:
+    """The backend for ``root``: a local path, ``file://...``, or any fsspec URL.
+
+    ``connect_timeout`` and ``read_timeout`` (seconds) bound each request to a
+    remote store (S3 also gets bounded retries; see :mod:`modelkeep.timeouts`).
+    """
     root_str = os.fspath(root)
     scheme = root_str.split("://", 1)[0] if "://" in root_str else "file"
     if scheme in ("file", "local"):
@@ -33,7 +44,8 @@ def open_store(root: str | os.PathLike[str], storage_options: dict[str, Any] | N
     from fsspec.core import url_to_fs
 
     try:
-        fs, path = url_to_fs(root_str, **(storage_options or {}))
+        options = timeouts.s3_storage_options(root_str, storage_options, connect_timeout, read_timeout)
+        fs, path = url_to_fs(root_str, **(options or {}))
     except (ImportError, ValueError) as exc:
         extra = EXTRAS.get(scheme)
         hint = f" (for {scheme}:// install modelkeep[{extra}])" if extra else ""
@@ -42,7 +54,7 @@ def open_store(root: str | os.PathLike[str], storage_options: dict[str, Any] | N
     if "file" in protocols or "local" in protocols:
         return LocalStore(path)
     cls = ObjectStore if OBJECT_STORES.intersection(protocols) else FsspecStore
-    return cls(fs, path, protocols[0])
+    return cls(fs, path, protocols[0], connect_timeout=connect_timeout, read_timeout=read_timeout)
 
 
 __all__ = [

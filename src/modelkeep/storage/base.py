@@ -59,10 +59,13 @@ class StagedArtifact:
         """Remove the staged bytes unless committed; best effort (``gc`` removes leftovers)."""
         if self.committed:
             return
+        if self.store.unreachable:  # it would wait out the same timeouts again; gc removes leftovers
+            logger.debug("not removing %s: the store did not answer", self.store.display_path(self.tmp_key))
+            return
         try:
             self.store.delete(self.tmp_key, missing_ok=True)
-        except Exception as exc:  # never hide the error that made us discard
-            logger.warning("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
+        except Exception as exc:  # never hide the error that made us discard; gc removes leftovers
+            logger.debug("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
 
 
 class ArtifactStore(ABC):
@@ -78,6 +81,8 @@ class ArtifactStore(ABC):
     url: str
     #: Whether other machines see the same files (then the index must be shared too).
     shared: bool = True
+    #: Set when a remote call timed out or could not connect (cleanup then stops trying).
+    unreachable: bool = False
 
     # -- naming -----------------------------------------------------------------
     def full_path(self, key: str) -> str:

@@ -229,7 +229,7 @@ class LocalStore(ArtifactStore):
 @contextlib.contextmanager
 def durable_write(path: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
     """A new file at ``path`` (which must not exist), ``fsync``'ed when the block exits cleanly."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     with open(fd, "wb", buffering=0) as f:
         yield f

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
+from .. import timeouts
 from ..errors import ArtifactNotFoundError, ModelKeepError, StorageError
 from .base import IO_WORKERS, ArtifactStore
 
@@ -38,11 +39,24 @@ _TIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "created", 
 class FsspecStore(ArtifactStore):
     """Any fsspec filesystem that is not local: commits are ``fs.mv``."""
 
-    def __init__(self, fs: Any, root: str, protocol: str) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        root: str,
+        protocol: str,
+        *,
+        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
+        read_timeout: float = timeouts.READ_TIMEOUT,
+    ) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.url = f"{protocol}://{self.root}"
         self.part_size = UPLOAD_PART_SIZE
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        #: set when a remote call timed out or could not connect (cleanup then stops trying)
+        self.unreachable = False
+        if protocol in timeouts.S3_PROTOCOLS:
+            timeouts.tune_s3_filesystem(fs)
 
     # -- writing ---------------------------------------------------------------
     def _prepare_write(self, path: str) -> None:
@@ -156,12 +170,29 @@ class FsspecStore(ArtifactStore):
         except ModelKeepError:
             raise
         except FileNotFoundError as exc:
+            if _names_missing_bucket(exc):
+                bucket = self.root.split("/", 1)[0]
+                raise StorageError(
+                    f"cannot {action} {self.display_path(key)}: the bucket {bucket!r} does not exist "
+                    "(check models_dir, or create the bucket)"
+                ) from exc
             raise self.not_found(key) from exc
         except Exception as exc:
             errno = exc.errno if isinstance(exc, OSError) else None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            message = f"cannot {action} {self.display_path(key)}: {reason}"
+            message = f"cannot {action} {self.display_path(key)}: {reason}{self._remote_hint(exc)}"
             raise (StorageError(message) if errno is None else StorageError(errno, message)) from exc
+
+    def _remote_hint(self, exc: BaseException) -> str:
+        """What to add to a network failure's message: the timeouts in force, or that it was retried."""
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & {"ConnectTimeoutError", "ReadTimeoutError", "TimeoutError", "FSTimeoutError"}:
+            self.unreachable = True
+            return " " + timeouts.describe(self.connect_timeout, self.read_timeout)
+        if "EndpointConnectionError" in names:
+            self.unreachable = True
+            return f" (gave up after {timeouts.S3_ATTEMPTS} attempts; check the endpoint URL in storage_options)"
+        return ""
 
 
 class ObjectStore(FsspecStore):
@@ -177,7 +208,7 @@ class ObjectStore(FsspecStore):
         try:
             self.fs.rm_file(src)
         except Exception as exc:  # the artifact is in place; gc removes the leftover
-            logger.warning("could not remove staged file %s: %s", self.display_path(src_key), exc)
+            logger.debug("could not remove staged file %s: %s", self.display_path(src_key), exc)
 
     def write_bytes(self, key: str, data: bytes | memoryview) -> None:
         """Small files are one ``PUT`` (all-or-nothing); larger ones a staged multipart upload."""
@@ -243,7 +274,12 @@ def _abort_upload(f: Any) -> None:
         if callable(discard):
             discard()
     except Exception as exc:  # the server may be the reason we are here
-        logger.warning("could not abort an upload: %s", exc)
+        logger.debug("could not abort an upload: %s", exc)
     finally:
         with contextlib.suppress(AttributeError):  # io-based files (memory://) have nothing to complete
             f.closed = True
+
+
+def _names_missing_bucket(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__ or ''}"
+    return "NoSuchBucket" in text or "bucket does not exist" in text.lower()

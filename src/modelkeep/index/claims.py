@@ -1,0 +1,596 @@
+"""Write claims: who may write (or delete) the files of one version, recorded in the database.
+
+The rule they enforce: no write or delete touches a key that a committed row,
+other than the writer's own, might reference.
+
+* Before any byte goes under ``<name>/<version>/``, a save commits a *claim*
+  row ``(model_name, version, token)`` with a random per-attempt token. A
+  claim is data, not a lock: it survives a dropped connection, a failover or a
+  server restart, so no other writer can get that version while it exists
+  (automatic versions skip claimed ones; an explicit version meets
+  :class:`SaveInProgressError`).
+* The version row is inserted by a transaction that first checks the claim is
+  still this attempt's (fencing) and removes it in the same commit.
+* A failed attempt deletes files only inside a transaction that confirms the
+  claim is still its own and that no committed row names them.
+* When the connection drops during a COMMIT, the outcome is read back (the
+  claim by its token, the row by its exact record) instead of guessed.
+* Claims of dead writers: a claim whose process is provably gone (same host
+  and PID namespace, that PID no longer running the same process) is released
+  by the next writer; any other stale claim is released by ``gc`` once older
+  than its ``min_age`` and reported by ``verify``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, delete, func, insert, select
+
+from ..errors import (
+    ClaimLostError,
+    CommitUnknownError,
+    ConnectionLostError,
+    SaveInProgressError,
+    VersionExistsError,
+    VersionTrashedError,
+)
+from ..layout import record_blobs
+from ..metadata import ModelMetadata, utc_now
+from ..versions import next_version, sort_key
+from .common import RETRY_PAUSES, record_row
+from .common import retry_on_disconnect as _retry_on_disconnect
+from .schema import claims, versions
+
+if TYPE_CHECKING:
+    from .sql import SqlIndex
+
+logger = logging.getLogger("modelkeep")
+
+SAVE = "save"
+DELETE = "delete"
+#: A writer never writes under a version's folder once it has held the claim this long
+#: (seconds), and gc never releases a claim younger than this unless its process is
+#: provably dead, whatever its --min-age: a stale claim is only taken from a writer that
+#: has already stopped writing.
+CLAIM_LEASE_SECONDS = 900.0
+#: Pauses between read-backs of an unknown commit outcome (the database may be restarting).
+READ_BACK_PAUSES = (0.0, 0.2, 0.5, 1.0, 2.0)
+
+
+# -- who is claiming ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _process_identity() -> tuple[str, str, int, str]:
+    host = socket.gethostname()
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""
+    return host, pidns, os.getpid(), _start_ticks(os.getpid())
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), or ``""`` when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of stat, counted after the comm field
+
+
+def owner_label() -> str:
+    """``host/pid-namespace/pid/start-ticks`` of this process."""
+    if _process_identity()[2] != os.getpid():  # forked since the cache was filled
+        _process_identity.cache_clear()
+    host, pidns, pid, start = _process_identity()
+    return f"{host}/{pidns}/{pid}/{start}"[:256]
+
+
+def describe_owner(owner: str) -> str:
+    """``pid 123 on host`` for messages."""
+    parts = owner.split("/")
+    return f"pid {parts[2]} on {parts[0]}" if len(parts) == 4 else owner
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` provably no longer runs: same host and PID namespace as
+    us, and that PID is gone or now belongs to a process started at another time."""
+    parts = owner.split("/")
+    if len(parts) != 4:
+        return False
+    host, pidns, pid_text, start = parts
+    my_host, my_pidns, _my_pid, _ = _process_identity()
+    if host != my_host or not pidns or pidns != my_pidns or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    return bool(start) and _start_ticks(pid) not in ("", start)
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    """A claim row as stored (for ``verify``, ``gc`` and ``doctor``)."""
+
+    model_name: str
+    version: str
+    token: str
+    owner: str
+    claimed_at: str
+    purpose: str
+
+    def age_seconds(self, now: float | None = None) -> float:
+        try:
+            at = _dt.datetime.fromisoformat(self.claimed_at).timestamp()
+        except ValueError:
+            return float("inf")
+        return (time.time() if now is None else now) - at
+
+    def __str__(self) -> str:
+        who = describe_owner(self.owner)
+        return f"{self.purpose} of {self.model_name} {self.version} by {who} since {self.claimed_at}"
+
+
+def _info(row: Any) -> ClaimInfo:
+    return ClaimInfo(row.model_name, row.version, row.token, row.owner, row.claimed_at, row.purpose)
+
+
+def _claim_row(conn: Connection, model_name: str, version: str) -> ClaimInfo | None:
+    row = conn.execute(select(claims).where(claims.c.model_name == model_name, claims.c.version == version)).first()
+    return None if row is None else _info(row)
+
+
+@_retry_on_disconnect
+def _read_claim(index: SqlIndex, model_name: str, version: str) -> ClaimInfo | None:
+    with index._read() as conn:
+        return _claim_row(conn, model_name, version)
+
+
+def in_progress(info: ClaimInfo) -> SaveInProgressError:
+    what = "a save" if info.purpose == SAVE else "a delete"
+    return SaveInProgressError(
+        f"{what} of model '{info.model_name}' version '{info.version}' is in progress since {info.claimed_at} "
+        f"({describe_owner(info.owner)}); try again when it is done. If that process died, "
+        "`modelkeep gc` releases its claim once it is older than --min-age"
+    )
+
+
+# -- a claim held by this process -----------------------------------------------------------------
+
+CLAIMED, COMMITTED, RELEASED, UNKNOWN = "claimed", "committed", "released", "unknown"
+
+
+@dataclass
+class VersionClaim:
+    """This attempt's claim on one version; see :meth:`modelkeep.index.SqlIndex.claim`.
+
+    ``previous`` is the committed record the version had when claimed (an
+    overwrite), or ``None`` for a new version. ``state`` moves from
+    ``claimed`` to ``committed`` (row in, claim kept until the block ends),
+    ``released``, or ``unknown`` (the commit's outcome could not be read back:
+    nothing is deleted then; ``gc`` settles it later).
+    """
+
+    index: SqlIndex
+    model_name: str
+    version: str
+    token: str
+    claimed_at: str
+    previous: ModelMetadata | None
+    purpose: str = SAVE
+    state: str = CLAIMED
+    record: ModelMetadata | None = field(default=None, repr=False)
+    taken: float = field(default_factory=time.monotonic, repr=False)
+
+    def check(self) -> None:
+        """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the
+        database) and younger than :data:`CLAIM_LEASE_SECONDS`. Call it before each write."""
+        if time.monotonic() - self.taken > CLAIM_LEASE_SECONDS:
+            raise ClaimLostError(
+                f"this save held its write claim on model '{self.model_name}' version '{self.version}' "
+                f"for more than {CLAIM_LEASE_SECONDS:g} s; it stops before writing, as gc may release it"
+            )
+        current = _read_claim(self.index, self.model_name, self.version)
+        if current is None or current.token != self.token:
+            self.state = RELEASED
+            raise self._lost()
+
+    def _lost(self) -> ClaimLostError:
+        return ClaimLostError(
+            f"the write claim on model '{self.model_name}' version '{self.version}' was released while this "
+            "save was still running (by gc, as stale); nothing was registered and no file of another save was touched"
+        )
+
+    def _fence(self, conn: Connection) -> None:
+        self.index._lock_model(conn, self.model_name)
+        current = _claim_row(conn, self.model_name, self.version)
+        if current is None or current.token != self.token:
+            raise self._lost()
+
+    def put(self, record: ModelMetadata, *, before_commit: Callable[[], None] | None = None) -> None:
+        """Commit ``record`` as the version, if the claim is still ours (fencing).
+
+        A new version's claim is removed in the same commit; an overwrite keeps
+        it until the block ends (its sidecar and old artifact are handled under
+        it). ``before_commit`` runs inside the transaction, after the shared blob
+        lock is taken when the record uses blobs. A dropped COMMIT is resolved by
+        reading back; :class:`CommitUnknownError` when even that fails.
+        """
+
+        release = self.previous is None
+        mine = record_row(record)["record"]
+
+        def attempt() -> None:
+            with self.index._write() as conn:
+                self._fence(conn)
+                current = self.index._get(conn, self.model_name, self.version)
+                if current is not None and (self.previous is None or current.to_dict() != self.previous.to_dict()):
+                    raise VersionExistsError(
+                        f"model '{self.model_name}' version '{self.version}' was written by another "
+                        "writer without a claim (an older modelkeep?); nothing was registered"
+                    )
+                if record_blobs(record):
+                    self.index.lock_blobs(conn, exclusive=False)
+                if before_commit is not None:
+                    before_commit()
+                self.index.reservation(conn, self.model_name, self.version, current).put(record)
+                if release:
+                    conn.execute(delete(claims).where(claims.c.token == self.token))
+
+        tries = len(RETRY_PAUSES) + 1
+        for try_number in range(1, tries + 1):
+            try:
+                attempt()
+                break
+            except ConnectionLostError as exc:  # dropped before COMMIT: nothing was written
+                if try_number == tries:
+                    raise
+                logger.warning("%s; retrying on a new connection", exc)
+                time.sleep(RETRY_PAUSES[try_number - 1])
+            except CommitUnknownError as exc:
+                outcome = self._read_back(mine)
+                if outcome == COMMITTED:
+                    logger.info("the commit of %s %s went through before the connection dropped", *self._names())
+                    break
+                if outcome == RELEASED:
+                    raise self._lost() from exc
+                if outcome == UNKNOWN:
+                    self.state = UNKNOWN  # nothing may be cleaned up now: gc settles it later
+                    raise
+                if try_number == tries:  # known not committed, claim still ours: abandon() cleans up
+                    raise
+                logger.warning("%s; it was not; committing again", exc)
+        self.record = record
+        self.state = RELEASED if release else COMMITTED
+
+    def _names(self) -> tuple[str, str]:
+        return self.model_name, self.version
+
+    def _read_back(self, mine: str) -> str:
+        """After a dropped COMMIT: ``committed`` if our row is in, ``claimed`` if not and the
+        claim is still ours, ``released`` if neither, ``unknown`` if the database stays away."""
+
+        for pause in READ_BACK_PAUSES:
+            time.sleep(pause)
+            try:
+                with self.index._read() as conn:
+                    raw = conn.execute(
+                        select(versions.c.record).where(
+                            versions.c.model_name == self.model_name, versions.c.version == self.version
+                        )
+                    ).scalar()
+                    held = conn.execute(select(claims.c.token).where(claims.c.token == self.token)).scalar()
+            except ConnectionLostError:
+                continue
+            except Exception as exc:  # the server may be down for a while: keep asking, then give up
+                logger.debug("reading back the commit outcome failed: %s", exc)
+                continue
+            if raw is not None and _same_json(raw, mine):
+                return COMMITTED
+            return CLAIMED if held is not None else RELEASED
+        return UNKNOWN
+
+    def abandon(
+        self,
+        keys: Iterable[str],
+        remove: Callable[[str], None],
+        restore: Callable[[ModelMetadata], None] | None = None,
+    ) -> None:
+        """After a failed attempt: remove ``keys`` (this attempt's files) and the claim.
+
+        Only inside a transaction that confirms the claim is still ours and
+        that no committed row names a key; a new version's sidecar is only
+        removed while no row exists for the version. Nothing is removed when
+        the commit's outcome is unknown or the claim was lost. Removal errors
+        are logged at debug level (``gc`` removes leftovers): the error that
+        made the save fail is the one to report.
+        """
+        if self.state != CLAIMED:
+            return
+
+        wanted = list(dict.fromkeys(keys))
+
+        def attempt() -> None:
+            with self.index._write() as conn:
+                self.index._lock_model(conn, self.model_name)
+                current = _claim_row(conn, self.model_name, self.version)
+                if current is None or current.token != self.token:
+                    logger.debug("claim on %s %s is no longer ours; leaving its files alone", *self._names())
+                    return
+                row = self.index._get(conn, self.model_name, self.version)
+                if row is not None and (self.previous is None or row.to_dict() != self.previous.to_dict()):
+                    logger.debug("%s %s was committed after all; nothing to undo", *self._names())
+                else:
+                    if row is not None and restore is not None:
+                        try:
+                            restore(row)
+                        except Exception as exc:  # verify reports the sidecar, gc rewrites it
+                            logger.debug("could not restore the sidecar of %s %s: %s", *self._names(), exc)
+                    used = {
+                        r[0]
+                        for r in conn.execute(
+                            select(versions.c.artifact_key).where(versions.c.artifact_key.in_(wanted))
+                        )
+                    }
+                    version_dir = f"{self.model_name}/{self.version}/"
+                    for key in wanted:
+                        if key in used or (row is not None and key.startswith(version_dir) and key.endswith(".json")):
+                            continue
+                        try:
+                            remove(key)
+                        except Exception as exc:  # never hide the error that made the save fail
+                            logger.debug("could not remove %s after a failed save: %s", key, exc)
+                conn.execute(delete(claims).where(claims.c.token == self.token))
+
+        for try_number in range(1, len(RETRY_PAUSES) + 2):
+            try:
+                attempt()
+                break
+            except (ConnectionLostError, CommitUnknownError) as exc:  # removals are idempotent: try again
+                if try_number == len(RETRY_PAUSES) + 1:
+                    logger.debug("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
+            except Exception as exc:
+                logger.debug("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
+                break
+        self.state = RELEASED
+
+    def release(self) -> None:
+        """Remove the claim (after a committed overwrite's follow-up work, or a finished delete)."""
+        if self.state == RELEASED:
+            return
+
+        for try_number in range(1, len(RETRY_PAUSES) + 2):
+            try:
+                with self.index._write() as conn:
+                    conn.execute(delete(claims).where(claims.c.token == self.token))
+                break
+            except (ConnectionLostError, CommitUnknownError) as exc:
+                if try_number == len(RETRY_PAUSES) + 1:
+                    logger.warning("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
+            except Exception as exc:
+                logger.warning("could not release the claim on %s %s: %s (gc releases it)", *self._names(), exc)
+                break
+        self.state = RELEASED
+
+
+def _same_json(a: str, b: str) -> bool:
+    return a == b or json.loads(a) == json.loads(b)
+
+
+# -- taking and settling claims -------------------------------------------------------------------
+
+
+def take(
+    index: SqlIndex,
+    model_name: str,
+    version: str | None,
+    *,
+    overwrite: bool = False,
+    purpose: str = SAVE,
+    must_exist: bool = False,
+) -> VersionClaim:
+    """Commit a claim on ``version`` (the next free one when ``None``) and return it."""
+
+    token = uuid.uuid4().hex
+    owner = owner_label()
+    previous: ModelMetadata | None = None
+    tries = len(RETRY_PAUSES) + 1
+    for try_number in range(1, tries + 1):
+        claimed_at = utc_now()
+        try:
+            with index._write() as conn:
+                index._lock_model(conn, model_name)
+                chosen, previous = _choose(index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist)
+                conn.execute(
+                    insert(claims).values(
+                        model_name=model_name,
+                        version=chosen,
+                        token=token,
+                        owner=owner,
+                        claimed_at=claimed_at,
+                        purpose=purpose,
+                    )
+                )
+            return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose)
+        except ConnectionLostError as exc:
+            if try_number == tries:
+                raise
+            logger.warning("%s; retrying on a new connection", exc)
+            time.sleep(RETRY_PAUSES[try_number - 1])
+        except CommitUnknownError:
+            found = _find_token(index, token)
+            if found is not None:
+                return VersionClaim(index, model_name, found.version, token, found.claimed_at, previous, purpose)
+            if try_number == tries:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _find_token(index: SqlIndex, token: str) -> ClaimInfo | None:
+    """Read back a claim by its token after a dropped COMMIT (``None``: it was not committed)."""
+    for pause in READ_BACK_PAUSES:
+        time.sleep(pause)
+        try:
+            with index._read() as conn:
+                row = conn.execute(select(claims).where(claims.c.token == token)).first()
+            return None if row is None else _info(row)
+        except Exception as exc:
+            logger.debug("reading back a claim failed: %s", exc)
+    raise CommitUnknownError(
+        f"lost the connection to the registry database {index.safe_url} while claiming a version, "
+        "and it did not come back; nothing was written (gc releases the claim if it was taken)"
+    )
+
+
+def _choose(
+    index: SqlIndex, conn: Connection, model_name: str, version: str | None, *, overwrite: bool, must_exist: bool
+) -> tuple[str, ModelMetadata | None]:
+    """The version to claim and its committed record (if any), under the model's write lock."""
+    held = {c.version: c for c in map(_info, conn.execute(select(claims).where(claims.c.model_name == model_name)))}
+    for info in list(held.values()):
+        if owner_is_dead(info.owner):  # its process is gone: it can write nothing any more
+            logger.info("releasing the claim of a process that died: %s", info)
+            conn.execute(delete(claims).where(claims.c.token == info.token))
+            del held[info.version]
+    if version is None:
+        top = index.highest_version(conn, model_name)
+        keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
+        highest = max(keyed)[1] if keyed else None
+        chosen = next_version(highest, lambda v: v in held or index._get(conn, model_name, v) is not None)
+        return chosen, None
+    if version in held:
+        raise in_progress(held[version])
+    previous = index._get(conn, model_name, version)
+    if previous is not None and index._is_trashed(conn, model_name, version):
+        raise VersionTrashedError(f"model '{model_name}' version '{version}' is in the trash; restore or purge it")
+    if previous is not None and not overwrite:
+        raise VersionExistsError(
+            f"model '{model_name}' version '{version}' already exists; pass overwrite=True to replace it",
+            cli={"overwrite=True": "--overwrite"},
+        )
+    if previous is None and must_exist:
+        raise index._missing(conn, model_name, version)
+    return version, previous
+
+
+@contextlib.contextmanager
+def claimed(
+    index: SqlIndex, model_name: str, version: str | None, *, overwrite: bool = False
+) -> Iterator[VersionClaim]:
+    """Hold a committed claim for the block; released (or left to gc when unknown) afterwards."""
+    claim = take(index, model_name, version, overwrite=overwrite)
+    try:
+        yield claim
+    finally:
+        if claim.state == CLAIMED:
+            claim.abandon([], lambda _key: None)
+        elif claim.state == COMMITTED:
+            claim.release()
+
+
+@_retry_on_disconnect
+def list_claims(index: SqlIndex, model_name: str | None = None) -> list[ClaimInfo]:
+    """Every claim (of one model), oldest first."""
+    query = select(claims).order_by(claims.c.claimed_at)
+    if model_name is not None:
+        query = query.where(claims.c.model_name == model_name)
+    with index._read() as conn:
+        return [_info(r) for r in conn.execute(query)]
+
+
+@_retry_on_disconnect
+def count_claims(index: SqlIndex) -> int:
+    with index._read() as conn:
+        return int(conn.execute(select(func.count()).select_from(claims)).scalar_one())
+
+
+def settle_version(
+    index: SqlIndex,
+    model_name: str,
+    version: str,
+    *,
+    min_age_seconds: float,
+    clean: Callable[[ModelMetadata | None], None],
+    now: float | None = None,
+) -> ClaimInfo | None:
+    """For gc: under the model's write lock, release the version's claim if it is stale
+    (older than ``min_age_seconds``, or its process died), then call ``clean`` with the
+    committed record (or ``None``) to remove leftovers. Claims younger than
+    :data:`CLAIM_LEASE_SECONDS` are never released (unless their process died). A live claim means a save is
+    writing there: nothing is touched and :class:`SaveInProgressError` is raised.
+    Returns the released claim, if any."""
+    with index._write() as conn:
+        index._lock_model(conn, model_name)
+        info = _claim_row(conn, model_name, version)
+        if info is not None:
+            young = info.age_seconds(now) < max(min_age_seconds, CLAIM_LEASE_SECONDS)
+            if young and not owner_is_dead(info.owner):
+                raise in_progress(info)
+            conn.execute(delete(claims).where(claims.c.token == info.token))
+        clean(index._get(conn, model_name, version))
+        return info
+
+
+@contextlib.contextmanager
+def deleting(index: SqlIndex, model_name: str, version: str, *, trashed_only: bool = False) -> Iterator[ModelMetadata]:
+    """Remove a version's row for good (a purge: see :meth:`SqlIndex.delete`) and, in the
+    same commit, claim the version, so that its files can be deleted without racing a new
+    save of the same version; the claim is released when the block ends."""
+
+    token = uuid.uuid4().hex
+    for try_number in range(1, len(RETRY_PAUSES) + 2):
+        try:
+            with index._write() as conn:
+                index._lock_model(conn, model_name)
+                held = _claim_row(conn, model_name, version)
+                if held is not None and not owner_is_dead(held.owner):
+                    raise in_progress(held)
+                if held is not None:
+                    conn.execute(delete(claims).where(claims.c.token == held.token))
+                rec = index.remove_version(conn, model_name, version, trashed_only=trashed_only)
+                claimed_at = utc_now()
+                conn.execute(
+                    insert(claims).values(
+                        model_name=model_name,
+                        version=version,
+                        token=token,
+                        owner=owner_label(),
+                        claimed_at=claimed_at,
+                        purpose=DELETE,
+                    )
+                )
+            break
+        except ConnectionLostError:
+            if try_number == len(RETRY_PAUSES) + 1:
+                raise
+        except CommitUnknownError:
+            if _find_token(index, token) is None:
+                raise
+            break
+    assert rec is not None
+    claim = VersionClaim(index, model_name, version, token, claimed_at, rec, DELETE, state=COMMITTED)
+    try:
+        yield rec
+    finally:
+        claim.release()
