@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .storage.local import fsync_dir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -259,24 +260,11 @@ def write_key_file(path: Path, data: bytes, *, replace: bool = False, mode: int 
                 os.link(tmp, path)  # atomic, and fails if the name exists
             except FileExistsError:
                 return False
-        _fsync_dir(path.parent)
+        fsync_dir(str(path.parent))
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def user_key(*, create: bool) -> PrivateKey | None:
