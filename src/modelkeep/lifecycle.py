@@ -134,14 +134,18 @@ class LifecycleMixin:
         since: _dt.datetime | str | None = None,
         until: _dt.datetime | str | None = None,
         limit: int | None = None,
+        actions: tuple[str, ...] | None = None,
     ) -> list[HistoryEntry]:
         """The audit log, oldest first: every save, overwrite, delete, restore, purge,
         alias, tag and description change, with time, actor and before/after values.
 
         Filter by model, alias, and time (``since`` inclusive, ``until`` exclusive;
-        datetimes or ISO-8601 strings, naive ones in UTC); ``limit`` keeps the newest.
+        datetimes or ISO-8601 strings, naive ones in UTC), and ``actions`` (e.g.
+        ``("alias_set", "alias_delete")``); ``limit`` keeps the newest.
         """
-        return self.index.lifecycle.history(model_name, alias=alias, since=since, until=until, limit=limit)
+        return self.index.lifecycle.history(
+            model_name, alias=alias, since=since, until=until, limit=limit, actions=actions
+        )
 
     def alias_history(self, model_name: str, alias: str) -> list[HistoryEntry]:
         """Every move and removal of one alias, oldest first (``after`` is the version, or ``None``)."""

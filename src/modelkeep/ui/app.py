@@ -26,6 +26,7 @@ from starlette.templating import Jinja2Templates
 
 from .. import environment
 from ..errors import ModelKeepError
+from ..lifecycle import ALIAS_ACTIONS
 from ..metadata import ModelMetadata
 from ..registry import ModelPersistence
 from .security import COOKIE, FIELD, CsrfGuard
@@ -45,9 +46,8 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 #: At most this many (newest) versions are plotted on a model's chart.
 CHART_POINTS = 2000
-#: Rows of alias moves shown on a model page (found among the newest history rows).
+#: Rows of alias moves shown on a model page (the newest, filtered in SQL).
 TIMELINE_ROWS = 50
-TIMELINE_SCAN = 2000
 
 
 class _Pages:
@@ -126,8 +126,8 @@ class _Pages:
         if not page.items and token is None:
             await self.call(self.p.get_version, name)  # raises the library's not-found error (404)
         aliases = await self.call(self.p.get_aliases, name)
-        entries = await self.call(self.p.history, name, limit=TIMELINE_SCAN)
-        moves = [e for e in reversed(entries) if e.action in ALIAS_ACTIONS][:TIMELINE_ROWS]  # newest first
+        entries = await self.call(self.p.history, name, limit=TIMELINE_ROWS, actions=ALIAS_ACTIONS)
+        moves = list(reversed(entries))  # newest first
         trashed = await self.call(self.p.list_trash, name)
         return self.render(
             request,
@@ -275,10 +275,6 @@ class _Pages:
         code = 404 if isinstance(exc, KeyError) else 409 if _is_conflict(exc) else 400
         detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         return self.render(request, "error.html", status=code, code=code, detail=str(detail))
-
-
-#: The history actions that are alias moves (the model page's timeline).
-ALIAS_ACTIONS = ("alias_set", "alias_delete")
 
 
 def _is_conflict(exc: Exception) -> bool:
