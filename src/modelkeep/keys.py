@@ -51,6 +51,12 @@ def config_dir() -> Path:
     return base / "modelkeep"
 
 
+def checked_files_dir() -> Path:
+    """Where this user's record of already-checked local artifacts lives (memory-mapped loads
+    skip hashing an unchanged file again: :class:`modelkeep.storage.verified.CheckedFiles`)."""
+    return config_dir() / "checked"
+
+
 def user_key_path() -> Path:
     """Where the per-user private key lives (it may not exist yet)."""
     return config_dir() / USER_KEY_FILE

@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, lineage, signing, timeouts
+from . import environment, keys, lineage, signing, timeouts
 from .errors import (
     ConfigError,
     MetadataError,
@@ -43,8 +43,9 @@ from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .storage import open_store
-from .storage.hashing import Advance
+from .storage.hashing import BLAKE3_KEY, Advance, Expected
 from .storage.local import atomic_file
+from .storage.verified import CheckedFiles
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
@@ -312,6 +313,8 @@ class ModelPersistence(LifecycleMixin):
                     raise
                 except Exception as exc:
                     raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+            if staged.blake3 is not None:
+                extra[BLAKE3_KEY] = staged.blake3
             env = environment.capture(model, environment.modules_of(extra, fmt.name))
             lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
             warn_main_globals(extra)
@@ -570,20 +573,17 @@ class ModelPersistence(LifecycleMixin):
         blobs = self._blobs(fmt)
         if blobs is not None:
             options["blobs"] = blobs
+        expected = Expected.of(art.sha256, art.size, art.extra)
         with self._progress(f"loading {model_name}", art.size) as advance:
             model = None
             if mmap_mode is not None and fmt.supports_mmap(art.compression):
-                # The file is hashed through an open descriptor, then parsed through that same
-                # descriptor; its raw array pages are mapped, not read (see docs/ARCHITECTURE.md).
-                with self.store.verified_path(art.key, art.sha256) as path:
-                    if path is not None:
-                        model = self._deserialize(fmt.load_path, path, art.compression, **options)
+                model = self._load_mapped(fmt, art, expected, options)
             if model is None:
                 warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
-                # Hash what is unpickled: the artifact is read once into a private in-memory
-                # file, checked, and parsed from that file.
-                with self.store.open_verified(art.key, art.sha256, advance) as f:
-                    model = self._deserialize(fmt.load, f, art.compression, **options)
+                # Hash what is unpickled: the artifact is read once into private memory,
+                # checked, and parsed from there (docs/ARCHITECTURE.md).
+                with self.store.open_artifact(art.key, expected, advance) as verified:
+                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
         environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
@@ -593,6 +593,23 @@ class ModelPersistence(LifecycleMixin):
             (time.perf_counter() - started) * 1000,
         )
         return (model, record) if return_metadata else model
+
+    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
+        """A memory-mapped load, or ``None`` when this artifact cannot be mapped from this store.
+
+        Artifacts with payload ranges: the parsed bytes are checked and parsed from private
+        memory, the payload bytes are checked in the file and then mapped from that same open
+        file. Older artifacts: the open file is hashed, then parsed and mapped through that
+        same descriptor. Either way a file renamed over the key meanwhile is not what is read."""
+        if expected.fast:
+            checked = CheckedFiles(keys.checked_files_dir())
+            with self.store.open_mapped(art.key, expected, checked) as verified:
+                if verified is not None:
+                    return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        with self.store.verified_path(art.key, art.sha256) as path:
+            if path is not None:
+                return self._deserialize(fmt.load_path, path, art.compression, **options)
+        return None
 
     @staticmethod
     def _deserialize(fn: Callable[..., Any], source: Any, compression: str | None, **options: Any) -> Any:

@@ -530,16 +530,30 @@ def _install_joblib_recorder() -> None:
 
         def save(self, obj: Any, *args: Any) -> None:
             found = _recording.get()
-            if found is not None:
-                if self._mk_names is not None and type(obj) is str:
-                    self._mk_names.append(obj)
-                np = self.np
-                if np is not None and type(obj) in (np.ndarray, np.matrix) and obj.dtype.hasobject:
-                    nested = scan_pickle_globals(pickle.dumps(obj, protocol=5))  # what joblib writes
-                    if nested is None:
-                        raise pickle.PicklingError("cannot record the globals of an object array")
-                    found.update(nested)
-            base.save(self, obj, *args)
+            if found is None:
+                base.save(self, obj, *args)
+                return
+            if self._mk_names is not None and type(obj) is str:
+                self._mk_names.append(obj)
+            np = self.np
+            if np is not None and type(obj) in (np.ndarray, np.matrix) and obj.dtype.hasobject:
+                nested = scan_pickle_globals(pickle.dumps(obj, protocol=5))  # what joblib writes
+                if nested is None:
+                    raise pickle.PicklingError("cannot record the globals of an object array")
+                found.update(nested)
+            marker = getattr(self.file_handle, "payload", None)
+            if marker is None or np is None or type(obj) not in (np.ndarray, np.memmap) or obj.dtype.hasobject:
+                base.save(self, obj, *args)
+                return
+            # joblib's own branch for arrays (NumpyPickler.save), with the raw bytes marked as a
+            # payload: a load reads them into the array's own memory, or maps them, unparsed.
+            obj = np.asanyarray(obj) if type(obj) is np.memmap else obj
+            wrapper = self._create_array_wrapper(obj)
+            pickle._Pickler.save(self, wrapper)  # type: ignore[attr-defined]
+            if self.proto >= 4:
+                self.framer.commit_frame(force=True)
+            with marker(obj.nbytes):
+                wrapper.write_array(obj, self)
 
         def save_global(self, obj: Any, name: str | None = None) -> None:
             found = _recording.get()
@@ -590,10 +604,14 @@ def _joblib_unpickler() -> type[Any]:
     class PolicedNumpyUnpickler(_Policed, base):  # type: ignore[valid-type, misc]
         dispatch = base.dispatch.copy()
 
-        def __init__(self, *args: Any, policy: TrustPolicy, **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, policy: TrustPolicy, verified: Any = None, map_mode: str | None = None, **kwargs: Any
+        ) -> None:
             super().__init__(*args, **kwargs)
             self._policy = policy
             self._fetched = {}
+            self._verified = verified
+            self._map_mode = map_mode
 
         def load_build(self) -> None:
             self._check_build()
@@ -601,22 +619,57 @@ def _joblib_unpickler() -> type[Any]:
             wrapper = self.stack[-1]
             if type(wrapper) is not numpy_pickle.NumpyArrayWrapper:
                 return
+            payload = self._verified.ranges.get(self.file_handle.tell()) if self._verified is not None else None
             if wrapper.dtype.hasobject:
                 self.stack[-1] = RestrictedUnpickler(self.file_handle, policy=self._policy).load()
+            elif payload is not None:
+                self.stack[-1] = self._payload_array(wrapper, payload)
             else:
                 self.stack[-1] = wrapper.read(self, self.ensure_native_byte_order)
+
+        def _payload_array(self, wrapper: Any, payload: tuple[int, int, int]) -> Any:
+            """The array whose raw bytes are the payload ``(start, data_start, end)``: its own
+            verified buffer, or a map of the open file (no bytes parsed, none copied)."""
+            np = self.np
+            start, data_start, end = payload
+            shape = tuple(int(n) for n in wrapper.shape)
+            count = int(np.prod(shape, dtype=np.int64))
+            if count * wrapper.dtype.itemsize != end - data_start or wrapper.order not in ("C", "F"):
+                raise UnsafeModelError(f"refused to load: the array at byte {start} does not match its recorded range")
+            if self._verified.mapped is not None:
+                array = np.memmap(
+                    self._verified.mapped,
+                    dtype=wrapper.dtype,
+                    mode=self._map_mode or "r",
+                    offset=data_start,
+                    shape=shape,
+                    order=wrapper.order,
+                )
+            else:
+                flat = np.frombuffer(self._verified.buffers[start], dtype=wrapper.dtype, count=count)
+                array = flat.reshape(shape[::-1]).T if wrapper.order == "F" else flat.reshape(shape)
+                if self.ensure_native_byte_order:
+                    array = numpy_pickle._ensure_native_byte_order(array)
+            self.file_handle.seek(end)
+            return array
 
         dispatch[pickle.BUILD[0]] = load_build
 
     return PolicedNumpyUnpickler
 
 
-def joblib_load(source: Any, policy: TrustPolicy, mmap_mode: str | None = None) -> Any:
-    """``joblib.load(source, mmap_mode)`` under ``policy``; ``source`` is a path or a file object."""
+def joblib_load(
+    source: Any, policy: TrustPolicy, mmap_mode: str | None = None, *, verified: Any = None, map_mode: str | None = None
+) -> Any:
+    """``joblib.load(source, mmap_mode)`` under ``policy``; ``source`` is a path or a file object.
+
+    ``verified`` (a :class:`~modelkeep.storage.hashing.VerifiedArtifact`) supplies the arrays
+    whose bytes are payload ranges: from their own buffers, or mapped (``map_mode``) from the
+    open artifact."""
     from joblib import numpy_pickle
 
     cls = _joblib_unpickler()
-    native_order = mmap_mode is None
+    native_order = mmap_mode is None and map_mode is None
     with contextlib.ExitStack() as stack:
         if hasattr(source, "read"):
             filename = getattr(source, "name", "")
@@ -631,4 +684,7 @@ def joblib_load(source: Any, policy: TrustPolicy, mmap_mode: str | None = None) 
             )
         if not isinstance(filename, str):
             filename = ""
-        return cls(filename, fobj, native_order, mmap_mode=mmap_mode, policy=policy).load()
+        unpickler = cls(
+            filename, fobj, native_order, mmap_mode=mmap_mode, policy=policy, verified=verified, map_mode=map_mode
+        )
+        return unpickler.load()

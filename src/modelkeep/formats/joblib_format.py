@@ -87,7 +87,18 @@ class JoblibFormat(Format):
         if codec in STREAM_CODECS:
             with decompressing(file, codec) as plain:
                 return joblib_load(plain, policy)
-        return joblib_load(file, policy)
+        verified = options.get("verified")
+        if verified is None or verified.mapped is None:
+            return joblib_load(file, policy, verified=verified)
+        mode = options.get("mmap_mode") or "r"
+        try:
+            return joblib_load(file, policy, verified=verified, map_mode=mode)
+        except ValueError as exc:
+            if mode != "r" or "read-only" not in str(exc):
+                raise
+            logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", file, exc)
+            file.seek(0)
+            return joblib_load(file, policy, verified=verified, map_mode="c")
 
     def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
         from ._restricted import TrustPolicy, joblib_load

@@ -14,14 +14,15 @@ import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from ..errors import ArtifactNotFoundError, IntegrityError
 from ..layout import TMP_DIR, check_key
-from .hashing import Advance, HashingWriter, check_digest, hashing_sink, no_advance, private_file
+from .hashing import Advance, Expected, HashingWriter, VerifiedArtifact, check_digest, hashing_sink, no_advance
+from .verified import CheckedFiles, ChunkReader, ReadInto, read_artifact
 
 logger = logging.getLogger("modelkeep")
 
@@ -37,17 +38,24 @@ class StagedArtifact:
         self.tmp_key = tmp_key
         self.sha256 = ""
         self.size = 0
+        #: The BLAKE3 digests a load checks (see :mod:`.hashing`); ``None`` until written.
+        self.blake3: dict[str, Any] | None = None
         self.committed = False
 
     @contextlib.contextmanager
     def open(self, advance: Advance = no_advance) -> Iterator[HashingWriter]:
-        """Open the staged file for writing; on success it is flushed and made durable."""
-        with self.store.open_write(self.tmp_key) as raw:
-            writer = HashingWriter(raw, advance)
-            try:
+        """Open the staged file for writing; on success it is flushed and made durable.
+
+        The digests are read after the file is made durable, so the hashing threads
+        finish while ``fsync`` waits for the disk."""
+        writer = None
+        try:
+            with self.store.open_write(self.tmp_key) as raw:
+                writer = HashingWriter(raw, advance)
                 yield writer
-                self.sha256, self.size = writer.hexdigest(), writer.size
-            finally:
+            self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()
+        finally:
+            if writer is not None:
                 writer.close()
 
     def commit(self, key: str) -> None:
@@ -166,6 +174,15 @@ class ArtifactStore(ABC):
         return None
 
     @contextlib.contextmanager
+    def open_mapped(
+        self, key: str, expected: Expected, checked: CheckedFiles | None = None
+    ) -> Iterator[VerifiedArtifact | None]:
+        """For a memory-mapped load: the artifact's skeleton in private memory and the open
+        file to map its payloads from, after checking both (see :func:`.verified.check_mapped`);
+        ``None`` if the backend has no local files or the record has no payload ranges."""
+        yield None
+
+    @contextlib.contextmanager
     def verified_path(self, key: str, sha256: str) -> Iterator[str | None]:
         """A local path naming exactly the file that was just hashed (``None`` if the
         backend has no local files); for deserializers that memory-map by path."""
@@ -192,19 +209,42 @@ class ArtifactStore(ABC):
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @contextlib.contextmanager
+    def open_artifact(
+        self, key: str, expected: Expected | str, advance: Advance = no_advance
+    ) -> Iterator[VerifiedArtifact]:
+        """``key``'s bytes in private memory after checking them against ``expected`` (a
+        record's digests, or a SHA-256), payload ranges in buffers of their own: see
+        :func:`.verified.read_artifact`. The store is read once; deserialize from what this
+        yields, which no one else can change."""
+        if isinstance(expected, str):
+            expected = Expected(expected)
+        where = self.display_path(key)
+        with self._source(key, expected) as (readinto, size, more):
+            out = read_artifact(readinto, size, expected, where, advance)
+            if more():
+                out.file.close()
+                raise IntegrityError(f"integrity check failed for {where}: it is longer than recorded")
+        try:
+            yield out
+        finally:
+            out.file.close()
+
+    @contextlib.contextmanager
+    def _source(self, key: str, expected: Expected) -> Iterator[tuple[ReadInto, int, Callable[[], bool]]]:
+        """For :meth:`open_artifact`: ``readinto`` over ``key``'s bytes, their size, and a
+        call that says whether bytes remain after that size."""
+        size = expected.size if expected.size is not None else self.size(key)
+        with self.stream(key) as chunks:
+            reader = ChunkReader(chunks)
+            yield reader.readinto, size, lambda: bool(reader.readinto(memoryview(bytearray(1))))
+
+    @contextlib.contextmanager
     def open_verified(self, key: str, sha256: str, advance: Advance = no_advance) -> Iterator[IO[bytes]]:
         """``key``'s bytes in a private in-memory file, positioned at 0, after checking that
-        they hash to ``sha256``. The store is read once; deserialize from this file, which
-        holds exactly the bytes that were hashed and which no one else can change."""
-        with private_file() as buf:
-            w = HashingWriter(buf, advance)
-            with self.stream(key) as chunks:
-                for chunk in chunks:
-                    w.write(chunk)
-            check_digest(self.display_path(key), sha256, w.hexdigest())
-            w.close()
-            buf.seek(0)
-            yield buf
+        they hash to ``sha256``; deserialize from this file, which holds exactly the bytes that
+        were hashed and which no one else can change."""
+        with self.open_artifact(key, sha256, advance) as verified:
+            yield verified.file
 
     def read_exact(self, key: str, size: int) -> bytearray:
         """``key``'s bytes in one writable buffer, read once; :class:`IntegrityError`

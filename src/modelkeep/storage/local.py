@@ -6,15 +6,16 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from ..errors import IntegrityError, StorageError, UnsafeKeyError
+from ..errors import StorageError, UnsafeKeyError
 from ..layout import TMP_DIR, check_key
 from .base import IO_WORKERS, ArtifactStore
-from .hashing import CHUNK, Advance, check_digest, hashing_sink, no_advance
+from .hashing import CHUNK, Advance, Expected, VerifiedArtifact, check_digest, hashing_sink, no_advance
+from .verified import CheckedFiles, ReadInto, check_mapped
 
 #: Largest single ``os.write`` when writing a blob.
 WRITE_SLICE = 64 << 20
@@ -131,31 +132,22 @@ class LocalStore(ArtifactStore):
         return data
 
     @contextlib.contextmanager
-    def open_verified(self, key: str, sha256: str, advance: Advance = no_advance) -> Iterator[IO[bytes]]:
-        """As the base class, read in one pass: each chunk is read into a private memory
-        buffer of the file's size (pre-faulted) and hashed while it is still in the CPU cache."""
+    def _source(self, key: str, expected: Expected) -> Iterator[tuple[ReadInto, int, Callable[[], bool]]]:
+        """Read straight from the file into the private buffers; its size is the file's own."""
         with self.open_read(key) as f:
-            size = os.fstat(f.fileno()).st_size
-            buf = private_buffer(size)
+            yield f.readinto, os.fstat(f.fileno()).st_size, lambda: bool(f.read(1))  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def open_mapped(
+        self, key: str, expected: Expected, checked: CheckedFiles | None = None
+    ) -> Iterator[VerifiedArtifact | None]:
+        with self.open_read(key) as f:
+            out = check_mapped(f, expected, self.display_path(key), checked)
             try:
-                view = memoryview(buf) if size else memoryview(b"")
-                sha = hashlib.sha256()
-                got = 0
-                while got < size:
-                    n = f.readinto(view[got : got + CHUNK])  # type: ignore[attr-defined]
-                    if not n:
-                        break
-                    sha.update(view[got : got + n])
-                    got += n
-                    advance(n)
-                view.release()
-                if got != size or f.read(1):
-                    raise IntegrityError(f"{self.display_path(key)} changed size while it was read")
-                check_digest(self.display_path(key), sha256, sha.hexdigest())
-                buf.seek(0)
-                yield buf
+                yield out
             finally:
-                buf.close()
+                if out is not None:
+                    out.file.close()
 
     @contextlib.contextmanager
     def verified_path(self, key: str, sha256: str) -> Iterator[str | None]:
@@ -258,19 +250,6 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def private_buffer(size: int) -> Any:
-    """A writable, file-like buffer of ``size`` bytes in this process's memory only: an
-    anonymous memory map whose pages are faulted in by the kernel at once (much faster than
-    page by page), or an empty ``BytesIO`` for an empty file."""
-    import io
-    import mmap
-
-    if size == 0:
-        return io.BytesIO()
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    return mmap.mmap(-1, size, flags=flags)
 
 
 def fsync_dir(path: str) -> None:
