@@ -33,7 +33,8 @@ def compressing(file: Any, codec: str, level: int) -> Iterator[Any]:
     if codec != "zstd":
         raise ValueError(f"unknown stream codec {codec!r}")
     zstd = _zstd()
-    with zstd.ZstdCompressor(level=level).stream_writer(file, closefd=False) as writer:
+    # threads=-1: compress on every core while the caller pickles (still one standard frame).
+    with zstd.ZstdCompressor(level=level, threads=-1).stream_writer(file, closefd=False) as writer:
         yield writer
 
 
