@@ -4,7 +4,14 @@ Methods: joblib and pickle 5 (each + fsync), modelkeep's default joblib format
 with ``compress=False``, and modelkeep's ``native`` format (pickle 5 with
 content-addressed array blobs) when it exists. Loads are measured "warm" (the
 file is in the page cache, as right after a save) and "cold" (pages dropped
-with ``posix_fadvise`` first); ``mmap_mode="r"`` loads of the array dict warm.
+with ``posix_fadvise`` first); ``mmap_mode="r"`` loads of the array dict warm, both
+of a file this user has already checked (the payload bytes are not hashed again) and
+of one checked for the first time.
+
+``floors`` measures, in the same run and on the same bytes, what the hardware allows:
+reading the file into memory, and SHA-256 and BLAKE3 over it. A verified load cannot
+beat the read plus the part of the hashing that does not overlap it, and a save cannot
+beat the SHA-256 of its bytes (the artifact's identity), however the work is arranged.
 
 Saving the same object again would let modelkeep's content dedup skip the
 write, which a retrained model would not get; so the default-format registry
@@ -14,12 +21,25 @@ to a fresh registry in every repetition.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from baselines import joblib_read, joblib_save, pickle_read, pickle_save
-from common import CACHE_DIR, Settings, compare_interleaved, error_text, evict_from_page_cache, log, scratch_dir
+from common import (
+    CACHE_DIR,
+    Settings,
+    compare_interleaved,
+    error_text,
+    evict_from_page_cache,
+    log,
+    scratch_dir,
+    summarize,
+    time_call,
+)
 from subject import drop_version, open_registry
 from workloads import array_dict, cached_forest, pickled_size
 
@@ -27,6 +47,10 @@ JOBLIB = "joblib.dump+fsync"
 PICKLE = "pickle5+fsync"
 MK = "modelkeep"
 NATIVE = "modelkeep native"
+MK_MMAP = f"{MK} mmap_mode=r"
+MK_MMAP_FIRST = f"{MK} mmap_mode=r, first check"
+#: A file changed less than this long ago is not remembered as checked (CheckedFiles.RACY_NS).
+CHECKED_MIN_AGE_S = 1.1
 
 
 def workloads(settings: Settings) -> dict[str, Any]:
@@ -121,7 +145,8 @@ def _load_cases(t: _Targets, last: int, mmap: bool) -> dict[str, Any]:
     if mmap:
         cases["joblib.load mmap_mode=r"] = lambda i: joblib_read(t.path(JOBLIB, last), "r")
         if t.registry is not None:
-            cases[f"{MK} mmap_mode=r"] = lambda i: t.registry.load(t.name, v, mmap_mode="r")
+            cases[MK_MMAP] = lambda i: t.registry.load(t.name, v, mmap_mode="r")
+            cases[MK_MMAP_FIRST] = lambda i: t.registry.load(t.name, v, mmap_mode="r")
         if t.native is not None:
             cases[f"{NATIVE} mmap_mode=r"] = lambda i: t.native.load(t.name, v, mmap_mode="r")
     return cases
@@ -138,7 +163,9 @@ def _measure_one(label: str, obj: object, settings: Settings, modelkeep: Any) ->
             log(f"large {label}: save")
             out["save"] = compare_interleaved(_save_cases(obj, t), repeats, before=t.before_save)
             log(f"large {label}: load")
-            out["load"] = compare_interleaved(_load_cases(t, last, mmap=label == "arrays"), repeats)
+            _wait_until_old(root / "default")
+            out["load"] = compare_interleaved(_load_cases(t, last, mmap=label == "arrays"), repeats, before=_forget)
+            out["floors"] = floors(t.path(JOBLIB, last), repeats)
             evict = lambda case, i: evict_from_page_cache(t.file_of(case, last))  # noqa: E731
             out["load_cold"] = compare_interleaved(_load_cases(t, last, mmap=False), repeats, before=evict)
         finally:
@@ -146,6 +173,43 @@ def _measure_one(label: str, obj: object, settings: Settings, modelkeep: Any) ->
         if t.errors:
             out["modelkeep_errors"] = t.errors
     return out
+
+
+def _wait_until_old(folder: Path) -> None:
+    """Let the artifacts age past the window in which a check is not remembered, as a model
+    loaded by a service some time after it was saved would be."""
+    newest = max((p.stat().st_ctime for p in folder.rglob("*") if p.is_file()), default=0.0)
+    time.sleep(max(0.0, newest + CHECKED_MIN_AGE_S - time.time()))
+
+
+def _forget(case: str, i: int) -> None:
+    """Before the "first check" case: forget which files this user has already checked."""
+    if case == MK_MMAP_FIRST:
+        from modelkeep.keys import checked_files_dir
+
+        shutil.rmtree(checked_files_dir(), ignore_errors=True)
+
+
+def floors(path: Path, repeats: int) -> dict[str, Any]:
+    """Times, on this file's bytes, of what any verified save or load must do at least once."""
+    from blake3 import blake3
+
+    size = os.path.getsize(path)
+    buf = bytearray(size)
+
+    def read() -> None:
+        with open(path, "rb", buffering=0) as fh:
+            fh.readinto(buf)
+
+    read()
+    view = memoryview(buf)
+    steps = {
+        "read into memory (page cache)": read,
+        "SHA-256, one core": lambda: hashlib.sha256(view).digest(),
+        "BLAKE3, one core": lambda: blake3(view).digest(),
+        "BLAKE3, all cores": lambda: blake3(view, max_threads=blake3.AUTO).digest(),
+    }
+    return {name: summarize([time_call(fn) for _ in range(max(3, repeats))]) for name, fn in steps.items()}
 
 
 def run(settings: Settings, modelkeep: Any, objects: dict[str, Any]) -> dict[str, Any]:

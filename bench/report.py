@@ -125,6 +125,13 @@ def large_section(results: dict[str, Any]) -> list[str]:
         lines += ["Save:", "", *timing_table(data.get("save"), "joblib.dump+fsync", size)]
         lines += ["Load, warm page cache:", "", *timing_table(data.get("load"), "joblib.load", size)]
         lines += ["Load, pages dropped first (fadvise):", "", *timing_table(data.get("load_cold"), "joblib.load", size)]
+        if data.get("floors"):
+            lines += [
+                "What the hardware allows, on the same bytes in the same run (a verified load cannot beat the",
+                "read plus whatever hashing does not overlap it; a save cannot beat the SHA-256 of its bytes):",
+                "",
+                *timing_table(data["floors"], "read into memory (page cache)", size),
+            ]
     return lines
 
 
