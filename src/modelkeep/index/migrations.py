@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Connection, func, insert, null, select
 
-from . import names
+from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
 from .schema import aliases, claims, fields, history, models, tags, versions
 
 
@@ -96,8 +96,8 @@ MIGRATIONS: list[Migration] = [
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).
 SCHEMA_VERSION = MIGRATIONS[-1].version
-if SCHEMA_VERSION != names.SCHEMA_VERSION:  # pragma: no cover - caught by every test run
-    raise RuntimeError(f"index/names.py says schema {names.SCHEMA_VERSION}, the migrations end at {SCHEMA_VERSION}")
+if SCHEMA_VERSION != NAMED_SCHEMA_VERSION:  # pragma: no cover - caught by every test run
+    raise RuntimeError(f"index/names.py says schema {NAMED_SCHEMA_VERSION}, the migrations end at {SCHEMA_VERSION}")
 
 
 def pending(found: int) -> list[Migration]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import FilterError, ModelNotFoundError
-from ..index import names
+from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
 from ..metadata import ModelMetadata, ModelSummary
 from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
@@ -84,16 +84,16 @@ def _present(db: Database, table_name: str, keys: set[str]) -> set[str]:
     return {r[0] for r in db.rows(" UNION ALL ".join(probes), params.values)}
 
 
-def _resolve(db: Database, names_: list[str]) -> dict[str, Resolved]:
+def _resolve(db: Database, wanted: list[str]) -> dict[str, Resolved]:
     """Resolve every field name, with one query for the custom fields and one for the tags."""
-    candidates = {n[8:] for n in names_ if n.startswith("metrics.")} | set(names_)
-    known_fields = _present(db, names.FIELDS, candidates)
-    known_tags = _present(db, names.TAGS, {n[5:] for n in names_ if n.startswith("tags.")})
+    candidates = {n[8:] for n in wanted if n.startswith("metrics.")} | set(wanted)
+    known_fields = _present(db, FIELDS, candidates)
+    known_tags = _present(db, TAGS, {n[5:] for n in wanted if n.startswith("tags.")})
 
     def check(kind: str, key: str) -> bool:
         return key in (known_tags if kind == "tag" else known_fields)
 
-    return {name: resolve_name(name, check) for name in names_}
+    return {name: resolve_name(name, check) for name in wanted}
 
 
 def _check_limit(limit: int) -> int:
@@ -190,7 +190,7 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
     found_aliases: dict[tuple[str, str], list[str]] = {}
     params = Params()
     sql = (
-        f"SELECT model_name, alias, version FROM {db.table(names.ALIASES)}"
+        f"SELECT model_name, alias, version FROM {db.table(ALIASES)}"
         f" WHERE model_name IN {params.many(model_names)} ORDER BY alias"
     )
     for mn, alias, version in db.rows(sql, params.values):
@@ -199,7 +199,7 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
     found_tags: dict[tuple[str, str], dict[str, str]] = {}
     params = Params()
     sql = (
-        f"SELECT model_name, version, key, value FROM {db.table(names.TAGS)}"
+        f"SELECT model_name, version, key, value FROM {db.table(TAGS)}"
         f" WHERE model_name IN {params.many(model_names)} AND version IN {params.many(sorted({v for _, v in wanted}))}"
         " ORDER BY key"
     )
@@ -254,7 +254,7 @@ def search_models(
         if page_token:
             conds.append(f"{name} > {params.bind(_decode_token(page_token, fingerprint, 1)[0])}")
         sql = (
-            f"SELECT v.model_name FROM {db.table(names.VERSIONS)} AS v WHERE {' AND '.join(conds)}"
+            f"SELECT v.model_name FROM {db.table(VERSIONS)} AS v WHERE {' AND '.join(conds)}"
             f" GROUP BY v.model_name ORDER BY {name} LIMIT {params.bind(limit + 1)}"
         )
         found = [r[0] for r in db.rows(sql, params.values)]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FilterError
-from ..index import names
+from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
 from ..versions import sort_key
 from .grammar import And, Compare, In, IsNull, Leaf, Node, Not, Or, OrderKey, Value
 
@@ -216,16 +216,16 @@ class Compiler:
         return f"EXISTS ({source} AND {cond})"
 
     def _tag(self, node: Leaf, key: str) -> str:
-        return self._related(node, names.TAGS, "r.value", f" AND r.key = {self.params.bind(key)}")
+        return self._related(node, TAGS, "r.value", f" AND r.key = {self.params.bind(key)}")
 
     def _alias(self, node: Leaf, key: str) -> str:
-        return self._related(node, names.ALIASES, "r.alias", "")
+        return self._related(node, ALIASES, "r.alias", "")
 
     def _field(self, node: Leaf, key: str) -> str:
         if node is self._driving:
             assert isinstance(node, Compare)
             return f"order_0.num {node.op} {self.params.bind(_number(node.value))}"
-        matching = f"SELECT f.version_id FROM {self.table(names.FIELDS)} AS f WHERE f.key = {self.params.bind(key)}"
+        matching = f"SELECT f.version_id FROM {self.table(FIELDS)} AS f WHERE f.key = {self.params.bind(key)}"
         if isinstance(node, IsNull):
             return f"v.id IN ({matching})" if node.negated else f"v.id NOT IN ({matching})"
         if isinstance(node, In):
@@ -255,13 +255,13 @@ class Compiler:
         order is just that number: the query is then driven by the field's index in
         order and stops after ``limit`` rows. Call :meth:`where` after this.
         """
-        source = f"{self.table(names.VERSIONS)} AS v"
+        source = f"{self.table(VERSIONS)} AS v"
         parts: list[Part] = []
         first = self.resolved[keys[0].field] if keys else None
         leaf = _numeric_condition(node, keys[0].field) if keys and first and first.kind == "field" else None
         if leaf is not None and first is not None:
             source += (
-                f" JOIN {self.table(names.FIELDS)} AS order_0"
+                f" JOIN {self.table(FIELDS)} AS order_0"
                 f" ON order_0.version_id = v.id AND order_0.key = {self.params.bind(first.key)}"
             )
             self._driving = leaf
@@ -281,7 +281,7 @@ class Compiler:
                 ]
             elif target.kind == "field":
                 source += (
-                    f" LEFT OUTER JOIN {self.table(names.FIELDS)} AS {alias}"
+                    f" LEFT OUTER JOIN {self.table(FIELDS)} AS {alias}"
                     f" ON {alias}.version_id = v.id AND {alias}.key = {self.params.bind(target.key)}"
                 )
                 rank = f"CASE WHEN {alias}.num IS NOT NULL THEN 0 WHEN {alias}.str IS NOT NULL THEN 1 ELSE 2 END"
@@ -292,7 +292,7 @@ class Compiler:
                 ]
             elif target.kind == "tag":
                 source += (
-                    f" LEFT OUTER JOIN {self.table(names.TAGS)} AS {alias}"
+                    f" LEFT OUTER JOIN {self.table(TAGS)} AS {alias}"
                     f" ON {alias}.model_name = v.model_name AND {alias}.version = v.version"
                     f" AND {alias}.key = {self.params.bind(target.key)}"
                 )
