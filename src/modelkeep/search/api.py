@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import FilterError, ModelNotFoundError
 from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
+from ..index.rows import parse_record, scalar_fields
 from ..metadata import ModelMetadata, ModelSummary
 from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
@@ -173,7 +174,7 @@ def search_versions_in(
     )
     rows = db.rows(sql, params.values)
     page = rows[:limit]
-    records = [ModelMetadata.from_dict(json.loads(r[0])) for r in page]
+    records = [parse_record(r[0]) for r in page]
     _attach_lifecycle(db, records, [r[1] for r in page])
     token = None
     if len(rows) > limit:
@@ -291,8 +292,6 @@ def best_version(
 
 
 def _metric_value(record: ModelMetadata, metric: str) -> Any:
-    from ..index.fields import scalar_fields
-
     values = scalar_fields(record.metadata)
     for key in (metric, metric[8:] if metric.startswith("metrics.") else None):
         if key is not None and key in values:
