@@ -24,7 +24,7 @@ from .config_sources import DEFAULT_MODELS_DIR, defaults_apply
 from .errors import no_versions
 from .lifecycle import split_reference
 from .metadata import ModelMetadata, ModelSummary
-from .search.api import SearchPage
+from .search.api import SearchPage, search_versions_in
 from .signing import Keyring
 from .storage import LocalStore, is_local, local_root
 from .versions import validate_model_name
@@ -74,19 +74,9 @@ class ReadOnlyRegistry:
         found = self.index.resolve(name, number)
         return found if found is not None else self._library().get_version(model_name, version)
 
-    def search_versions(
-        self,
-        filter: str | Node | None = None,
-        *,
-        model_name: str | None = None,
-        order_by: str | list[str] | None = None,
-        limit: int = 100,
-        page_token: str | None = None,
-    ) -> SearchPage[ModelMetadata]:
-        """As :meth:`ModelPersistence.search_versions`."""
-        return self.index.search_versions(
-            filter, model_name=model_name, order_by=order_by, limit=limit, page_token=page_token
-        )
+    def search_versions(self, filter: str | Node | None = None, **options: Any) -> SearchPage[ModelMetadata]:
+        """As :meth:`ModelPersistence.search_versions`, through the library's own query builder."""
+        return search_versions_in(self.index.database(), filter, **options)
 
     def close(self) -> None:
         self.index.close()

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metadata import ModelMetadata, ModelSummary
-from ..search.api import Database, SearchPage, search_versions_in
-from ..search.grammar import Node
+from ..search.api import Database
 from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
 from .rows import fill_lifecycle, parse_record
 
@@ -104,20 +103,9 @@ class ReadOnlyIndex:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def search_versions(
-        self,
-        filter: str | Node | None = None,
-        *,
-        model_name: str | None = None,
-        order_by: str | list[str] | None = None,
-        limit: int = 100,
-        page_token: str | None = None,
-    ) -> SearchPage[ModelMetadata]:
-        """The library's search (:func:`~modelkeep.search.api.search_versions_in`) on this connection."""
-        db = Database("sqlite", None, self._rows)
-        return search_versions_in(
-            db, filter, model_name=model_name, order_by=order_by, limit=limit, page_token=page_token
-        )
+    def database(self) -> Database:
+        """This connection for the library's search (:func:`~modelkeep.search.api.search_versions_in`)."""
+        return Database("sqlite", None, self._rows)
 
     def _with_lifecycle(
         self, model_name: str, pairs: list[tuple[ModelMetadata, str | None]], *, version: str | None = None

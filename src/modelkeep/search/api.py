@@ -126,20 +126,11 @@ def _decode_token(token: str, fingerprint: str, size: int) -> list[Any]:
     return values
 
 
-def search_versions(
-    index: SqlIndex,
-    filter: str | Node | None = None,
-    *,
-    model_name: str | None = None,
-    order_by: str | list[str] | None = None,
-    limit: int = 100,
-    page_token: str | None = None,
-) -> SearchPage[ModelMetadata]:
-    """Live versions matching ``filter``, in ``order_by`` order, one page at a time."""
+def search_versions(index: SqlIndex, filter: str | Node | None = None, **options: Any) -> SearchPage[ModelMetadata]:
+    """Live versions matching ``filter``, in ``order_by`` order, one page at a time
+    (the options of :func:`search_versions_in`, on a connection of ``index``)."""
     with connected(index) as db:
-        return search_versions_in(
-            db, filter, model_name=model_name, order_by=order_by, limit=limit, page_token=page_token
-        )
+        return search_versions_in(db, filter, **options)
 
 
 def search_versions_in(
