@@ -59,6 +59,9 @@ def _modelkeep_command() -> list[str]:
 
 def _environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
+    # As in an installed package, modules load from cached bytecode: the warm-up run of each
+    # command writes it (a shell with PYTHONDONTWRITEBYTECODE would compile every module every run).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     return env
 
