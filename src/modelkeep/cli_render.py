@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -185,6 +184,8 @@ def _cell_len(text: str) -> int:
     """Terminal cells ``text`` takes: wide East Asian characters two, combining marks none."""
     if text.isascii():
         return len(text)
+    import unicodedata
+
     return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
