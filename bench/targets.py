@@ -201,6 +201,20 @@ def _dedup(results: dict[str, Any]) -> list[Verdict]:
     return [Verdict("Dedup: native format storage vs sum of artifacts", measured, "report only", True, "")]
 
 
+def _startup(results: dict[str, Any]) -> list[Verdict]:
+    """CLI start-up: every row of bench_startup.py that carries a ``target_s``."""
+    rows = _get(results, "startup", "rows") or []
+    verdicts = [
+        _limit_verdict(f"`{row['name']}` (median, fresh process)", row.get("median_s"), row["target_s"])
+        for row in rows
+        if isinstance(row, dict) and row.get("target_s") is not None
+    ]
+    if not verdicts:
+        reason = _get(results, "startup", "skipped") or _get(results, "startup", "error") or "no measurement"
+        return [Verdict("CLI list/info/search at 1,000 versions", DASH, "≤ 150.00 ms", None, str(reason))]
+    return verdicts
+
+
 def evaluate(results: dict[str, Any]) -> list[Verdict]:
     """Every target, in the order of the issue."""
     return [
@@ -211,4 +225,5 @@ def evaluate(results: dict[str, Any]) -> list[Verdict]:
         *_index(results),
         *_mmap(results),
         *_dedup(results),
+        *_startup(results),
     ]

@@ -35,6 +35,7 @@ from .formats import FORMATS  # a dict of names; the formats themselves load laz
 
 if TYPE_CHECKING:
     from .metadata import ModelMetadata
+    from .storage import ArtifactStore
 
 
 #: Exit status when modelkeep itself failed (a bug), as ``sysexits.h``'s EX_SOFTWARE.
@@ -209,7 +210,7 @@ def save(
         metadata=metadata,
         trust_file=trust_file,
     )
-    location = _artifact_location(ctx, record)
+    location = _artifact_location(open_registry(ctx).store, record)
     if as_json:
         emit_json({**record.to_dict(), "path": location})
     else:
@@ -241,12 +242,14 @@ def load(ctx: click.Context, model_name: str, version: str | None, output: Path,
 @click.pass_context
 def list_(ctx: click.Context, model_name: str | None, as_json: bool) -> None:
     """List every model, or (with --model-name) one model's versions."""
-    persistence = open_registry(ctx)
+    from .cli_readonly import read_registry
+
+    registry = read_registry(ctx)
     if model_name is None:
-        rows = [summary.to_dict() for summary in persistence.model_summaries()]
+        rows = [summary.to_dict() for summary in registry.model_summaries()]
         headers = {"name": "Model", "version_count": "Versions", "latest_version": "Latest", "updated_at": "Updated"}
     else:
-        rows = [version_row(r) for r in persistence.list_version_records(model_name)]
+        rows = [version_row(r) for r in registry.list_version_records(model_name)]
         headers = {
             "version": "Version",
             "model_type": "Type",
@@ -274,10 +277,12 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
     The artifact part gives its path, format, compression, size and SHA-256.
     """
-    persistence = open_registry(ctx)
-    record = persistence.get_version(model_name, version)
-    location = _artifact_location(ctx, record)
-    verdict = persistence.keyring.verdict(record)
+    from .cli_readonly import read_registry
+
+    registry = read_registry(ctx)
+    record = registry.get_version(model_name, version)
+    location = _artifact_location(registry.store, record)
+    verdict = registry.keyring.verdict(record)
     if as_json:
         emit_json(
             {**record.to_dict(), **record.lifecycle_dict(), "path": location, "signature_status": verdict.to_dict()}
@@ -510,9 +515,8 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return data
 
 
-def _artifact_location(ctx: click.Context, record: ModelMetadata) -> str | None:
+def _artifact_location(store: ArtifactStore, record: ModelMetadata) -> str | None:
     """Where the version's artifact lives: a local path, or a URL for remote stores."""
-    persistence = cli_state(ctx).persistence
-    if record.artifact is None or persistence is None:
+    if record.artifact is None:
         return None
-    return str(persistence.store.display_path(record.artifact.key))
+    return str(store.display_path(record.artifact.key))

@@ -1,12 +1,16 @@
 """How the ``modelkeep`` command line shows results: tables for people, JSON for programs.
 
-Only the standard library and ``click`` are imported at start-up; ``rich`` is
-imported by the functions that draw tables.
+Only the standard library and ``click`` are imported. Tables are laid out here, as
+``rich`` lays out its ``SIMPLE_HEAD`` tables and grids (the same text, bold headers on
+a terminal); ``rich``, which costs more to import than a read command takes
+otherwise, is imported only to wrap a table too wide for the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -70,17 +74,34 @@ def cell(key: str, value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
     text = str(value)
-    return " ".join(text.split()) if "\n" in text else text  # one line per row: keep the table intact
+    # One line per row, with no tab or other control character: keep the table intact.
+    return text if text.isprintable() else " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Rows under a header line and a rule; numeric columns right-aligned."""
+    right = [
+        any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows) for key in headers
+    ]
+    body = [[cell(key, row.get(key)) for key in headers] for row in rows]
+    titles = list(headers.values())
+    bold = _bold()
+    widths = _widths([titles, *body])
+    lines = [bold(_line(titles, widths, right, " " * 3)), "\u2500" * (sum(widths) + 3 * (len(widths) - 1))]
+    lines += [_line(cells, widths, right, " " * 3) for cells in body]
+    if not _fits(sum(widths) + 3 * (len(widths) - 1)):
+        return _print_with_rich(headers, rows, right)
+    click.echo("\n".join(lines))
+
+
+def _print_with_rich(headers: dict[str, str], rows: list[dict[str, Any]], right: list[bool]) -> None:
+    """The table drawn by rich, which wraps cells to a terminal narrower than the table."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for key, title in headers.items():
-        numeric = any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows)
+    for title, numeric in zip(headers.values(), right, strict=True):
         table.add_column(title, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*(Text(cell(key, row.get(key))) for key in headers))
@@ -88,17 +109,13 @@ def print_table(headers: dict[str, str], rows: list[dict[str, Any]]) -> None:
 
 
 def print_info(record: ModelMetadata, location: str | None, signature: dict[str, Any]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    """One version, section by section: model, metadata, lifecycle, artifact, environment, signature."""
+    grid: list[tuple[str, str, bool]] = []  # (key, value, is a section title)
 
     def section(title: str, items: dict[str, Any]) -> None:
-        table.add_row(Text(title, style="bold underline"), "")
+        grid.append((title, "", True))
         for key, value in flatten(items).items():
-            table.add_row(Text(f"  {key}"), Text("None" if value is None else cell(key, value)))
+            grid.append((f"  {key}", "None" if value is None else cell(key, value), False))
 
     section(
         "Model",
@@ -134,7 +151,79 @@ def print_info(record: ModelMetadata, location: str | None, signature: dict[str,
     if record.lineage:
         section("Lineage", record.lineage)
     section("Signature", {k: signature.get(k) for k in ("status", "scheme", "signer", "fingerprint", "reason")})
+    widths = _widths([[key, value] for key, value, _title in grid])
+    bold, title_style = _bold(), _bold(underline=True)
+    if not _fits(widths[0] + 2 + widths[1]):
+        return _print_info_with_rich(grid)
+    lines = []
+    for key, value, is_title in grid:
+        pad = " " * (widths[0] - _cell_len(key))
+        # rich styles a title's text, and pads the rest of the cell in the column's style
+        first = bold(title_style(key) + pad) if is_title else bold(key + pad)
+        lines.append(first + "  " + value + " " * (widths[1] - _cell_len(value)))
+    click.echo("\n".join(lines))
+
+
+def _print_info_with_rich(grid: list[tuple[str, str, bool]]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value, is_title in grid:
+        if is_title:
+            table.add_row(Text(key, style="bold underline"), "")
+        else:
+            table.add_row(Text(key), Text(value))
     console().print(table)
+
+
+# -- layout ------------------------------------------------------------------------
+def _cell_len(text: str) -> int:
+    """Terminal cells ``text`` takes: wide East Asian characters two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _widths(rows: list[list[str]]) -> list[int]:
+    return [max(_cell_len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+
+def _line(cells: list[str], widths: list[int], right: list[bool], gap: str) -> str:
+    out = []
+    for text, width, to_right in zip(cells, widths, right, strict=True):
+        pad = " " * (width - _cell_len(text))
+        out.append(pad + text if to_right else text + pad)
+    return gap.join(out)
+
+
+def _terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _fits(width: int) -> bool:
+    """Whether a table ``width`` cells wide fits the terminal (always, when output is not a terminal)."""
+    if not _terminal():
+        return True
+    import shutil
+
+    return width <= shutil.get_terminal_size().columns
+
+
+def _bold(underline: bool = False) -> Any:
+    """A function that makes text bold (and underlined) on a terminal that takes colour, as rich does."""
+    term = os.environ.get("TERM", "")
+    if not _terminal() or "NO_COLOR" in os.environ or term in ("dumb", "unknown"):
+        return lambda text: text
+    start = "\x1b[1;4m" if underline else "\x1b[1m"
+    return lambda text: f"{start}{text}\x1b[0m" if text else text
 
 
 def flatten(items: dict[str, Any]) -> dict[str, Any]:

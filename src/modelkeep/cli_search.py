@@ -30,16 +30,16 @@ def search(
     as_json: bool,
 ) -> None:
     """List the versions matching FILTER, e.g. 'accuracy > 0.9 AND tags.dataset = "v7"'."""
-    from .cli_context import open_registry as _open
+    from .cli_readonly import read_registry
     from .cli_render import emit_json as _emit_json
     from .cli_render import print_table as _print_table
-    from .index.fields import scalar_fields
+    from .index.rows import scalar_fields
     from .search import parse_filter, parse_order_by
     from .search.compile import BUILTINS, field_names
 
     keys = parse_order_by(list(order_by)) if order_by else []
     node = parse_filter(filter_text) if filter_text else None
-    page = _open(ctx).search_versions(
+    page = read_registry(ctx).search_versions(
         node, model_name=model_name, order_by=list(order_by) or None, limit=limit, page_token=page_token
     )
     shown = [k.field for k in keys] + (field_names(node) if node is not None else [])

@@ -10,41 +10,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from . import timeouts
+from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    pass
-
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-#: environment variable -> (section, key)
-ENV_VARS: dict[str, tuple[str, str]] = {
-    "MODELKEEP_LOG_LEVEL": ("logging", "level"),
-    "MODELKEEP_LOG_FILE": ("logging", "file"),
-    "MODELKEEP_MODELS_DIR": ("persistence", "models_dir"),
-    "MODELKEEP_REGISTRY_PATH": ("persistence", "registry_path"),
-    "MODELKEEP_REGISTRY_URL": ("persistence", "registry_url"),
-    "MODELKEEP_STORAGE_OPTIONS": ("persistence", "storage_options"),
-    "MODELKEEP_SERIALIZATION_FORMAT": ("persistence", "serialization_format"),
-    "MODELKEEP_COMPRESS": ("persistence", "compress"),
-    "MODELKEEP_SIGNING_KEY": ("persistence", "signing_key"),
-    "MODELKEEP_TRUSTED_TYPES": ("persistence", "trusted_types"),
-    "MODELKEEP_SIGNING_KEY_FILE": ("persistence", "signing_key_file"),
-    "MODELKEEP_TRUSTED_KEYS": ("persistence", "trusted_keys"),
-    "MODELKEEP_REQUIRE_SIGNATURES": ("persistence", "require_signatures"),
-    "MODELKEEP_CONNECT_TIMEOUT": ("persistence", "connect_timeout"),
-    "MODELKEEP_READ_TIMEOUT": ("persistence", "read_timeout"),
-}
-#: keyword override -> (section, key), for ``load_settings(models_dir=...)``
-OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {
-    "log_level": ("logging", "level"),
-    "log_file": ("logging", "file"),
-}
 
 
 class LoggingSettings(BaseModel):
@@ -88,7 +62,7 @@ class KeySettings(BaseModel):
 
 class PersistenceSettings(KeySettings):
     model_config = ConfigDict(extra="forbid")
-    models_dir: str = "models"
+    models_dir: str = DEFAULT_MODELS_DIR
     registry_path: str | None = None
     registry_url: str | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -228,7 +202,7 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
     ``None`` values are ignored.
     """
     if config_path is None:
-        default = Path("config.yaml")
+        default = Path(DEFAULT_CONFIG_FILE)
         data = _read_yaml(default) if default.is_file() else {}
     else:
         path = Path(config_path)

@@ -12,12 +12,12 @@ import getpass
 import json
 import os
 import socket
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
 from ..metadata import ModelMetadata
+from .rows import fill_lifecycle
 from .schema import aliases, history, models, tags, versions
 
 #: The ``modelkeep_tags.version`` of model-level tags.
@@ -106,16 +106,8 @@ def attach_lifecycle(
         tag_q = tag_q.where(tags.c.version == version)
     else:
         tag_q = tag_q.where(tags.c.version != MODEL_LEVEL)
-    by_version: dict[str, list[str]] = defaultdict(list)
-    for v, name in conn.execute(alias_q.order_by(aliases.c.alias)):
-        by_version[v].append(name)
-    tag_map: dict[str, dict[str, str]] = defaultdict(dict)
-    for v, key, value in conn.execute(tag_q.order_by(tags.c.version, tags.c.key)):  # the primary key's order
-        tag_map[v][key] = value
-    out = []
-    for record, description in pairs:
-        record.aliases = by_version.get(record.version, [])
-        record.tags = tag_map.get(record.version, {})
-        record.description = description
-        out.append(record)
-    return out
+    return fill_lifecycle(
+        pairs,
+        conn.execute(alias_q.order_by(aliases.c.alias)),
+        conn.execute(tag_q.order_by(tags.c.version, tags.c.key)),  # the primary key's order
+    )

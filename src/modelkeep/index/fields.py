@@ -1,59 +1,21 @@
 """The scalar fields of each version, denormalised into ``modelkeep_fields`` for search.
 
-A record's ``metadata`` dict is flattened: top-level scalars keep their name
-(``accuracy``), scalars in nested dicts get a dotted key (``metrics.auc``, up to
-:data:`MAX_DEPTH` levels), and ``model_params`` become ``params.<name>``.
-Numbers and booleans (as 1.0/0.0) go to ``num`` as double precision, strings
-to ``str``; ``None``, lists and non-finite numbers are left out (a search sees
-them as missing).
+Which fields a record has is :func:`modelkeep.index.rows.scalar_fields`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 
 from ..metadata import ModelMetadata
+from .rows import MAX_DEPTH, MAX_KEY_LENGTH, scalar_fields
+
+__all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "backfill", "drop_fields", "field_rows", "index_fields", "scalar_fields"]
 from .schema import fields, versions
-
-MAX_DEPTH = 3
-MAX_KEY_LENGTH = 256
-
-
-def scalar_fields(metadata: dict[str, Any]) -> dict[str, float | str]:
-    """``{key: number-or-string}`` for every searchable scalar in a record's ``metadata``."""
-    out: dict[str, float | str] = {}
-    for key, value in metadata.items():
-        if key == "model_params" and isinstance(value, dict):
-            _flatten(out, "params", value, 1)
-        else:
-            _add(out, str(key), value, 0)
-    return out
-
-
-def _flatten(out: dict[str, float | str], prefix: str, tree: dict[str, Any], depth: int) -> None:
-    for key, value in tree.items():
-        _add(out, f"{prefix}.{key}", value, depth)
-
-
-def _add(out: dict[str, float | str], key: str, value: Any, depth: int) -> None:
-    if len(key) > MAX_KEY_LENGTH:
-        return
-    if isinstance(value, dict):
-        if depth < MAX_DEPTH:
-            _flatten(out, key, value, depth + 1)
-    elif isinstance(value, bool):
-        out.setdefault(key, 1.0 if value else 0.0)
-    elif isinstance(value, (int, float)):
-        number = float(value)
-        if math.isfinite(number):
-            out.setdefault(key, number)
-    elif isinstance(value, str):
-        out.setdefault(key, value)
 
 
 def field_rows(version_id: int, metadata: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Connection, func, insert, null, select
 
+from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
 from .schema import aliases, claims, fields, history, models, tags, versions
 
 
@@ -93,8 +94,10 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
 ]
 
-#: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS`.
+#: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).
 SCHEMA_VERSION = MIGRATIONS[-1].version
+if SCHEMA_VERSION != NAMED_SCHEMA_VERSION:  # pragma: no cover - caught by every test run
+    raise RuntimeError(f"index/names.py says schema {NAMED_SCHEMA_VERSION}, the migrations end at {SCHEMA_VERSION}")
 
 
 def pending(found: int) -> list[Migration]:

@@ -24,10 +24,12 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from .names import ALIASES, FIELDS, INFO, TAGS, VERSIONS
+
 metadata_obj = MetaData()
 
 versions = Table(
-    "modelkeep_versions",
+    VERSIONS,
     metadata_obj,
     # Autoincrement id doubles as the creation order ("most recently created").
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
@@ -56,7 +58,7 @@ versions = Table(
 )
 
 info = Table(
-    "modelkeep_info",
+    INFO,
     metadata_obj,
     Column("key", String(64), primary_key=True),
     Column("value", String(256), nullable=False),
@@ -89,7 +91,7 @@ models = Table(
 
 # Named pointers at versions (``production``, ``champion``); their moves are in history.
 aliases = Table(
-    "modelkeep_aliases",
+    ALIASES,
     metadata_obj,
     Column("model_name", String(128), primary_key=True),
     Column("alias", String(64), primary_key=True),
@@ -100,7 +102,7 @@ aliases = Table(
 
 # Key/value tags on a model (version = '') or on one version.
 tags = Table(
-    "modelkeep_tags",
+    TAGS,
     metadata_obj,
     Column("model_name", String(128), primary_key=True),
     Column("version", String(64), primary_key=True),
@@ -136,7 +138,7 @@ history = Table(
 # ``params.max_depth`` (model_params). A number (or bool, as 1/0) is in ``num``, a
 # string in ``str``; JSON nulls, lists and non-finite numbers get no row.
 fields = Table(
-    "modelkeep_fields",
+    FIELDS,
     metadata_obj,
     Column("version_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("key", String(256), primary_key=True),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -58,6 +57,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
+from .rows import parse_record
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
@@ -132,11 +132,6 @@ class Reservation:
                 at=at,
             )
         self.record = record
-
-
-def parse_record(raw: str) -> ModelMetadata:
-    """A version's record from the JSON text of its ``record`` column."""
-    return ModelMetadata.from_dict(json.loads(raw))
 
 
 _record = parse_record

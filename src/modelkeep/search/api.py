@@ -1,24 +1,33 @@
-"""Search over a registry index: filtered, ordered, keyset-paginated, all in SQL."""
+"""Search over a registry index: filtered, ordered, keyset-paginated, all in SQL.
+
+The SQL is text from :mod:`.compile`; :class:`Database` says where it runs. The
+library runs it on its SQLAlchemy connection (:func:`connected`), the command
+line's read-only path on a ``sqlite3`` connection (:mod:`modelkeep.index.readonly`):
+one compiler and one query builder for both. This module imports SQLAlchemy only
+inside :func:`connected`.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
-
-from sqlalchemy import ColumnElement, Connection, String, and_, exists, literal, select, union_all
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import FilterError, ModelNotFoundError
-from ..index.schema import aliases, fields, tags, versions
-from ..index.sql import SqlIndex, parse_record
+from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
+from ..index.rows import parse_record, scalar_fields
 from ..metadata import ModelMetadata, ModelSummary
-from .compile import Compiler, Resolved, after, field_names, resolve_name
+from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
+
+if TYPE_CHECKING:
+    from ..index.sql import SqlIndex
 
 _T = TypeVar("_T")
 MAX_LIMIT = 10_000
@@ -34,30 +43,58 @@ class SearchPage(Generic[_T]):
     next_page_token: str | None = None
 
 
+@dataclass
+class Database:
+    """Where search SQL runs: the dialect, the PostgreSQL schema of the tables (``None``: the
+    search path), and ``rows(sql, params)``, which runs one statement and returns its rows."""
+
+    dialect: str
+    schema: str | None
+    rows: Callable[[str, dict[str, Any]], list[Any]]
+
+    def table(self, name: str) -> str:
+        return table(name, self.schema)
+
+
+@contextlib.contextmanager
+def connected(index: SqlIndex) -> Iterator[Database]:
+    """A :class:`Database` on one connection of ``index``'s engine, for the block."""
+    from sqlalchemy import text
+
+    with index.engine.connect() as conn:
+        yield Database(index.dialect, index.schema, lambda sql, params: list(conn.execute(text(sql), params)))
+
+
 def _filter_node(filter: str | Node | None) -> Node | None:
     if filter is None or (isinstance(filter, str) and not filter.strip()):
         return None
     return parse_filter(filter) if isinstance(filter, str) else filter
 
 
-def _present(conn: Connection, table: Any, keys: set[str]) -> set[str]:
-    """Which of ``keys`` occur in ``table.key`` (one query; each key is one index probe)."""
+def _present(db: Database, table_name: str, keys: set[str]) -> set[str]:
+    """Which of ``keys`` occur in the table's ``key`` column (one query; each key is one index probe)."""
     if not keys:
         return set()
-    probes = [select(literal(k, String(256))).where(exists().where(table.c.key == k)) for k in sorted(keys)]
-    return {r[0] for r in conn.execute(union_all(*probes))}
+    params = Params()
+    probes = []
+    for key in sorted(keys):
+        k = params.bind(key)
+        probes.append(
+            f"SELECT CAST({k} AS VARCHAR(256)) WHERE EXISTS (SELECT 1 FROM {db.table(table_name)} WHERE key = {k})"
+        )
+    return {r[0] for r in db.rows(" UNION ALL ".join(probes), params.values)}
 
 
-def _resolve(conn: Connection, names: list[str]) -> dict[str, Resolved]:
+def _resolve(db: Database, wanted: list[str]) -> dict[str, Resolved]:
     """Resolve every field name, with one query for the custom fields and one for the tags."""
-    candidates = {n[8:] for n in names if n.startswith("metrics.")} | set(names)
-    known_fields = _present(conn, fields, candidates)
-    known_tags = _present(conn, tags, {n[5:] for n in names if n.startswith("tags.")})
+    candidates = {n[8:] for n in wanted if n.startswith("metrics.")} | set(wanted)
+    known_fields = _present(db, FIELDS, candidates)
+    known_tags = _present(db, TAGS, {n[5:] for n in wanted if n.startswith("tags.")})
 
     def check(kind: str, key: str) -> bool:
         return key in (known_tags if kind == "tag" else known_fields)
 
-    return {name: resolve_name(name, check) for name in names}
+    return {name: resolve_name(name, check) for name in wanted}
 
 
 def _check_limit(limit: int) -> int:
@@ -89,8 +126,15 @@ def _decode_token(token: str, fingerprint: str, size: int) -> list[Any]:
     return values
 
 
-def search_versions(
-    index: SqlIndex,
+def search_versions(index: SqlIndex, filter: str | Node | None = None, **options: Any) -> SearchPage[ModelMetadata]:
+    """Live versions matching ``filter``, in ``order_by`` order, one page at a time
+    (the options of :func:`search_versions_in`, on a connection of ``index``)."""
+    with connected(index) as db:
+        return search_versions_in(db, filter, **options)
+
+
+def search_versions_in(
+    db: Database,
     filter: str | Node | None = None,
     *,
     model_name: str | None = None,
@@ -98,67 +142,67 @@ def search_versions(
     limit: int = 100,
     page_token: str | None = None,
 ) -> SearchPage[ModelMetadata]:
-    """Live versions matching ``filter``, in ``order_by`` order, one page at a time."""
+    """:func:`search_versions` on ``db`` (what the command line's read-only path calls)."""
     node = _filter_node(filter)
     keys = parse_order_by(order_by) or DEFAULT_ORDER
     limit = _check_limit(limit)
-    names = (field_names(node) if node is not None else []) + [k.field for k in keys]
-    with index.engine.connect() as conn:
-        compiler = Compiler(index.dialect, _resolve(conn, list(dict.fromkeys(names))))
-        source, parts = compiler.order(keys, versions, node)
-        conds: list[ColumnElement[bool]] = [versions.c.deleted_at.is_(None)]
-        if model_name is not None:
-            conds.append(versions.c.model_name == model_name)
-        if node is not None:
-            conds.append(compiler.where(node))
-        fingerprint = _fingerprint(unparse(node) if node else None, model_name, [(k.field, k.descending) for k in keys])
-        if page_token:
-            conds.append(after(parts, _decode_token(page_token, fingerprint, len(parts))))
-        query = (
-            select(versions.c.record, versions.c.description, *(p[0].label(f"k{i}") for i, p in enumerate(parts)))
-            .select_from(source)
-            .where(and_(*conds))
-            .order_by(*(p[0].desc() if p[1] else p[0].asc() for p in parts))
-            .limit(limit + 1)
-        )
-        rows = conn.execute(query).all()
-        page = rows[:limit]
-        records = [parse_record(r[0]) for r in page]
-        _attach_lifecycle(conn, records, [r[1] for r in page])
+    wanted = (field_names(node) if node is not None else []) + [k.field for k in keys]
+    params = Params()
+    compiler = Compiler(db.dialect, _resolve(db, list(dict.fromkeys(wanted))), params, db.schema)
+    source, parts = compiler.order(keys, node)
+    conds = ["v.deleted_at IS NULL"]
+    if model_name is not None:
+        conds.append(f"v.model_name = {params.bind(model_name)}")
+    if node is not None:
+        conds.append(compiler.where(node))
+    fingerprint = _fingerprint(unparse(node) if node else None, model_name, [(k.field, k.descending) for k in keys])
+    if page_token:
+        conds.append(after(parts, _decode_token(page_token, fingerprint, len(parts)), params))
+    columns = ", ".join(f"{expr} AS k{i}" for i, (expr, _desc) in enumerate(parts))
+    sql = (
+        f"SELECT v.record, v.description, {columns} FROM {source} WHERE {' AND '.join(conds)}"
+        f" ORDER BY {order_clause(parts)} LIMIT {params.bind(limit + 1)}"
+    )
+    rows = db.rows(sql, params.values)
+    page = rows[:limit]
+    records = [parse_record(r[0]) for r in page]
+    _attach_lifecycle(db, records, [r[1] for r in page])
     token = None
     if len(rows) > limit:
         token = _encode_token(fingerprint, list(page[-1][2:]))
     return SearchPage(records, token)
 
 
-def _attach_lifecycle(conn: Connection, records: list[ModelMetadata], descriptions: list[str | None]) -> None:
+def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: list[str | None]) -> None:
     """Give each record its aliases, tags and description (fields of ModelMetadata since schema 2)."""
     if not records:
         return
-    names = sorted({r.model_name for r in records})
+    model_names = sorted({r.model_name for r in records})
     wanted = {(r.model_name, r.version) for r in records}
     found_aliases: dict[tuple[str, str], list[str]] = {}
-    for mn, alias, version in conn.execute(
-        select(aliases.c.model_name, aliases.c.alias, aliases.c.version)
-        .where(aliases.c.model_name.in_(names))
-        .order_by(aliases.c.alias)
-    ):
+    params = Params()
+    sql = (
+        f"SELECT model_name, alias, version FROM {db.table(ALIASES)}"
+        f" WHERE model_name IN {params.many(model_names)} ORDER BY alias"
+    )
+    for mn, alias, version in db.rows(sql, params.values):
         if (mn, version) in wanted:
             found_aliases.setdefault((mn, version), []).append(alias)
     found_tags: dict[tuple[str, str], dict[str, str]] = {}
-    for mn, version, key, value in conn.execute(
-        select(tags.c.model_name, tags.c.version, tags.c.key, tags.c.value)
-        .where(tags.c.model_name.in_(names), tags.c.version.in_(sorted({v for _, v in wanted})))
-        .order_by(tags.c.key)
-    ):
+    params = Params()
+    sql = (
+        f"SELECT model_name, version, key, value FROM {db.table(TAGS)}"
+        f" WHERE model_name IN {params.many(model_names)} AND version IN {params.many(sorted({v for _, v in wanted}))}"
+        " ORDER BY key"
+    )
+    for mn, version, key, value in db.rows(sql, params.values):
         if (mn, version) in wanted:
             found_tags.setdefault((mn, version), {})[key] = value
     for record, description in zip(records, descriptions, strict=True):
         ident = (record.model_name, record.version)
-        # setattr: the lifecycle branch declares these fields on ModelMetadata.
-        setattr(record, "aliases", found_aliases.get(ident, []))  # noqa: B010
-        setattr(record, "tags", found_tags.get(ident, {}))  # noqa: B010
-        setattr(record, "description", description)  # noqa: B010
+        record.aliases = found_aliases.get(ident, [])
+        record.tags = found_tags.get(ident, {})
+        record.description = description
 
 
 def iter_versions(
@@ -191,28 +235,24 @@ def search_models(
     """Models with at least one live version matching ``filter``, by name."""
     node = _filter_node(filter)
     limit = _check_limit(limit)
-    with index.engine.connect() as conn:
-        compiler = Compiler(index.dialect, _resolve(conn, field_names(node) if node is not None else []))
-        name = compiler.text(versions.c.model_name)
-        conds: list[ColumnElement[bool]] = [versions.c.deleted_at.is_(None)]
+    with connected(index) as db:
+        params = Params()
+        compiler = Compiler(db.dialect, _resolve(db, field_names(node) if node is not None else []), params, db.schema)
+        name = compiler.text("v.model_name")
+        conds = ["v.deleted_at IS NULL"]
         if node is not None:
             conds.append(compiler.where(node))
         fingerprint = _fingerprint("models", unparse(node) if node else None)
         if page_token:
-            conds.append(name > _decode_token(page_token, fingerprint, 1)[0])
-        names = [
-            r[0]
-            for r in conn.execute(
-                select(versions.c.model_name)
-                .where(and_(*conds))
-                .group_by(versions.c.model_name)
-                .order_by(name)
-                .limit(limit + 1)
-            )
-        ]
-    page = names[:limit]
+            conds.append(f"{name} > {params.bind(_decode_token(page_token, fingerprint, 1)[0])}")
+        sql = (
+            f"SELECT v.model_name FROM {db.table(VERSIONS)} AS v WHERE {' AND '.join(conds)}"
+            f" GROUP BY v.model_name ORDER BY {name} LIMIT {params.bind(limit + 1)}"
+        )
+        found = [r[0] for r in db.rows(sql, params.values)]
+    page = found[:limit]
     summaries = {s.name: s for s in index.summaries() if s.name in set(page)}
-    token = _encode_token(fingerprint, [page[-1]]) if len(names) > limit else None
+    token = _encode_token(fingerprint, [page[-1]]) if len(found) > limit else None
     return SearchPage([summaries[n] for n in page if n in summaries], token)
 
 
@@ -243,8 +283,6 @@ def best_version(
 
 
 def _metric_value(record: ModelMetadata, metric: str) -> Any:
-    from ..index.fields import scalar_fields
-
     values = scalar_fields(record.metadata)
     for key in (metric, metric[8:] if metric.startswith("metrics.") else None):
         if key is not None and key in values:

@@ -1,4 +1,4 @@
-"""Filter AST -> SQLAlchemy Core, identical in meaning on SQLite and PostgreSQL.
+"""Filter AST -> SQL text with bound parameters, identical in meaning on SQLite and PostgreSQL.
 
 Semantics (also in the README):
 
@@ -13,55 +13,39 @@ Semantics (also in the README):
 * Order: a custom field sorts numbers first, then strings, then versions without
   it (last in both directions). Ties are broken by creation order (oldest first).
 
-Every value reaches the database as a bound parameter.
+Every value reaches the database as a bound parameter: the SQL is text with
+``:pN`` placeholders (see :class:`Params`), which runs unchanged through SQLAlchemy's
+``text()`` (the library) and through the standard ``sqlite3`` module (the command
+line's read-only path), so both answer every filter from this one compiler. It
+imports no SQLAlchemy. The versions table is always ``v``.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    FromClause,
-    LargeBinary,
-    and_,
-    case,
-    exists,
-    func,
-    literal,
-    not_,
-    or_,
-    select,
-    true,
-)
-
 from ..errors import FilterError
-from ..index.schema import aliases, fields, tags, versions
+from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
 from ..versions import sort_key
 from .grammar import And, Compare, In, IsNull, Leaf, Node, Not, Or, OrderKey, Value
 
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-#: Built-in fields stored in their own columns: (column, "text" or "number").
-COLUMNS: dict[str, tuple[Any, str]] = {
-    "model_name": (versions.c.model_name, "text"),
-    "model_type": (versions.c.model_type, "text"),
-    "format": (versions.c.format, "text"),
-    "created_at": (versions.c.created_at, "text"),
-    "size": (versions.c.size, "number"),
+_OPS = ("=", "!=", "<", "<=", ">", ">=")
+#: Built-in fields stored in their own columns of the versions table ``v``: (column, "text" or "number").
+COLUMNS: dict[str, tuple[str, str]] = {
+    "model_name": ("v.model_name", "text"),
+    "model_type": ("v.model_type", "text"),
+    "format": ("v.format", "text"),
+    "created_at": ("v.created_at", "text"),
+    "size": ("v.size", "number"),
 }
 BUILTINS = (*COLUMNS, "version", "alias")
 _ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ASCII_FOLD = str.maketrans(_ASCII_UPPER, _ASCII_UPPER.lower())
+
+#: One order part: (SQL expression, descending).
+Part = tuple[str, bool]
 
 
 @dataclass(frozen=True)
@@ -70,6 +54,27 @@ class Resolved:
 
     kind: str
     key: str
+
+
+@dataclass
+class Params:
+    """The bound parameters of one statement: :meth:`bind` returns the placeholder of a value."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return ":" + name
+
+    def many(self, values: list[Any] | tuple[Any, ...]) -> str:
+        """``(:p1, :p2, ...)`` for an ``IN`` list."""
+        return "(" + ", ".join(self.bind(v) for v in values) + ")"
+
+
+def table(name: str, schema: str | None) -> str:
+    """A table name, qualified with its PostgreSQL schema when there is one."""
+    return name if schema is None else '"' + schema.replace('"', '""') + '".' + name
 
 
 def resolve_name(name: str, exists_in: Callable[[str, str], bool]) -> Resolved:
@@ -110,128 +115,138 @@ def field_names(node: Node) -> list[str]:
 
 
 class Compiler:
-    """Turns filters and order keys into SQL for one dialect, given resolved field names."""
+    """Turns filters and order keys into SQL text for one dialect, given resolved field names.
 
-    def __init__(self, dialect: str, resolved: dict[str, Resolved]) -> None:
+    Values go to ``params``; ``schema`` is the PostgreSQL schema of the tables (``None``:
+    the search path).
+    """
+
+    def __init__(self, dialect: str, resolved: dict[str, Resolved], params: Params, schema: str | None = None) -> None:
         self.postgres = dialect == "postgresql"
         self.resolved = resolved
+        self.params = params
+        self.schema = schema
         # The filter condition that ``order`` turned into its driving join (see there).
-        self._driving: tuple[Compare, Any] | None = None
+        self._driving: Compare | None = None
 
     # -- helpers -------------------------------------------------------------------
-    def text(self, expr: Any) -> Any:
-        """``expr`` compared by code point on both databases."""
-        return expr.collate("C") if self.postgres else expr
+    def table(self, name: str) -> str:
+        return table(name, self.schema)
 
-    def like(self, expr: Any, pattern: str, fold: bool) -> ColumnElement[bool]:
+    def text(self, expr: str) -> str:
+        """``expr`` compared by code point on both databases."""
+        return f'{expr} COLLATE "C"' if self.postgres else expr
+
+    def like(self, expr: str, pattern: str, fold: bool) -> str:
         parts = _pattern_parts(pattern.translate(_ASCII_FOLD) if fold else pattern)
+        bind = self.params.bind
         if self.postgres:
             if fold:
-                expr = func.translate(expr, _ASCII_UPPER, _ASCII_UPPER.lower())
-            return self.text(expr).like(_render_like(parts), escape="\\")
+                expr = f"translate({expr}, {bind(_ASCII_UPPER)}, {bind(_ASCII_UPPER.lower())})"
+            return f"{self.text(expr)} LIKE {bind(_render_like(parts))} ESCAPE '\\'"
         if fold:
-            expr = func.lower(expr)  # SQLite's lower() folds ASCII letters only
-        return expr.op("GLOB")(_render_glob(parts))
+            expr = f"lower({expr})"  # SQLite's lower() folds ASCII letters only
+        return f"{expr} GLOB {bind(_render_glob(parts))}"
 
-    def compare_text(self, expr: Any, op: str, value: str) -> ColumnElement[bool]:
+    def compare_text(self, expr: str, op: str, value: str) -> str:
         if op in ("LIKE", "ILIKE"):
             return self.like(expr, value, op == "ILIKE")
-        return _OPS[op](self.text(expr), value)
+        return f"{self.text(expr)} {op} {self.params.bind(value)}"
+
+    def _in(self, expr: str, values: list[Any] | tuple[Any, ...]) -> str:
+        return f"{expr} IN {self.params.many(values)}" if values else "1 = 0"
 
     # -- filters -------------------------------------------------------------------
-    def where(self, node: Node) -> ColumnElement[bool]:
+    def where(self, node: Node) -> str:
         if isinstance(node, And):
-            return and_(*(self.where(i) for i in node.items))
+            return "(" + " AND ".join(self.where(i) for i in node.items) + ")"
         if isinstance(node, Or):
-            return or_(*(self.where(i) for i in node.items))
+            return "(" + " OR ".join(self.where(i) for i in node.items) + ")"
         if isinstance(node, Not):
-            return not_(self.where(node.item))
+            return f"NOT ({self.where(node.item)})"
         target = self.resolved[node.field]
-        method: Callable[[Leaf, str], ColumnElement[bool]] = getattr(self, "_" + target.kind)
+        method: Callable[[Leaf, str], str] = getattr(self, "_" + target.kind)
         return method(node, target.key)
 
-    def _column(self, node: Leaf, key: str) -> ColumnElement[bool]:
+    def _column(self, node: Leaf, key: str) -> str:
         col, kind = COLUMNS[key]
         if isinstance(node, IsNull):
-            return col.isnot(None) if node.negated else col.is_(None)
+            return f"{col} IS NOT NULL" if node.negated else f"{col} IS NULL"
         values = node.values if isinstance(node, In) else (node.value,)
         _check_types(node.field, kind, values, node)
         if isinstance(node, In):
-            return self.text(col).in_(values) if kind == "text" else col.in_([_number(x) for x in values])
+            return self._in(self.text(col), values) if kind == "text" else self._in(col, [_number(x) for x in values])
         assert isinstance(node, Compare)
         if kind == "text":
             return self.compare_text(col, node.op, str(node.value))
-        return _OPS[node.op](col, _number(node.value))
+        return f"{col} {node.op} {self.params.bind(_number(node.value))}"
 
-    def _version(self, node: Leaf, key: str) -> ColumnElement[bool]:
-        v = versions.c
+    def _version(self, node: Leaf, key: str) -> str:
         if isinstance(node, IsNull):
-            return v.version.isnot(None) if node.negated else v.version.is_(None)
+            return "v.version IS NOT NULL" if node.negated else "v.version IS NULL"
         values = node.values if isinstance(node, In) else (node.value,)
         _check_types("version", "text", values, node)
         if isinstance(node, In):
-            return self.text(v.version).in_(values)
+            return self._in(self.text("v.version"), values)
         assert isinstance(node, Compare)
         if node.op in ("=", "!=", "LIKE", "ILIKE"):
-            return self.compare_text(v.version, node.op, str(node.value))
+            return self.compare_text("v.version", node.op, str(node.value))
         bound = sort_key(str(node.value))
         if bound is None:
             raise FilterError(
                 f'version {node.op} {node.value!r}: ordering needs a version such as "1.10.0" (N.N.N[-pre])'
             )
         if node.op in (">", ">="):
-            return and_(v.parsed.is_(True), _OPS[node.op](v.sort_key, bound))
-        return or_(v.parsed.is_(False), _OPS[node.op](v.sort_key, bound))
+            return f"(v.parsed IS TRUE AND v.sort_key {node.op} {self.params.bind(bound)})"
+        return f"(v.parsed IS FALSE OR v.sort_key {node.op} {self.params.bind(bound)})"
 
-    def _related(self, node: Leaf, table: Any, value_col: Any, key_cond: Any) -> ColumnElement[bool]:
-        """EXISTS over rows of ``table`` belonging to the version (tags, aliases)."""
-        link = and_(table.c.model_name == versions.c.model_name, table.c.version == versions.c.version, key_cond)
+    def _related(self, node: Leaf, table_name: str, value_col: str, key_cond: str) -> str:
+        """EXISTS over rows of ``table_name`` (as ``r``) belonging to the version (tags, aliases)."""
+        link = f"r.model_name = v.model_name AND r.version = v.version{key_cond}"
+        source = f"SELECT 1 FROM {self.table(table_name)} AS r WHERE {link}"
         if isinstance(node, IsNull):
-            found = exists().where(link)
-            return found if node.negated else ~found
+            return f"EXISTS ({source})" if node.negated else f"NOT (EXISTS ({source}))"
         values = node.values if isinstance(node, In) else (node.value,)
         _check_types(node.field, "text", values, node)
         if isinstance(node, In):
-            cond = self.text(value_col).in_(values)
+            cond = self._in(self.text(value_col), values)
         else:
             assert isinstance(node, Compare)
             cond = self.compare_text(value_col, node.op, str(node.value))
-        return exists().where(link, cond)
+        return f"EXISTS ({source} AND {cond})"
 
-    def _tag(self, node: Leaf, key: str) -> ColumnElement[bool]:
-        return self._related(node, tags, tags.c.value, tags.c.key == key)
+    def _tag(self, node: Leaf, key: str) -> str:
+        return self._related(node, TAGS, "r.value", f" AND r.key = {self.params.bind(key)}")
 
-    def _alias(self, node: Leaf, key: str) -> ColumnElement[bool]:
-        return self._related(node, aliases, aliases.c.alias, true())
+    def _alias(self, node: Leaf, key: str) -> str:
+        return self._related(node, ALIASES, "r.alias", "")
 
-    def _field(self, node: Leaf, key: str) -> ColumnElement[bool]:
-        if self._driving is not None and node is self._driving[0]:
+    def _field(self, node: Leaf, key: str) -> str:
+        if node is self._driving:
             assert isinstance(node, Compare)
-            return _OPS[node.op](self._driving[1].c.num, _number(node.value))
-        f = fields.c
-        matching = select(f.version_id).where(f.key == key)
+            return f"order_0.num {node.op} {self.params.bind(_number(node.value))}"
+        matching = f"SELECT f.version_id FROM {self.table(FIELDS)} AS f WHERE f.key = {self.params.bind(key)}"
         if isinstance(node, IsNull):
-            found = versions.c.id.in_(matching)
-            return found if node.negated else ~found
+            return f"v.id IN ({matching})" if node.negated else f"v.id NOT IN ({matching})"
         if isinstance(node, In):
             numbers = [_number(x) for x in node.values if not isinstance(x, str)]
             strings = [x for x in node.values if isinstance(x, str)]
-            conds = ([f.num.in_(numbers)] if numbers else []) + ([self.text(f.str).in_(strings)] if strings else [])
-            return versions.c.id.in_(matching.where(or_(*conds)))
+            conds = ([self._in("f.num", numbers)] if numbers else []) + (
+                [self._in(self.text("f.str"), strings)] if strings else []
+            )
+            return f"v.id IN ({matching} AND ({' OR '.join(conds)}))"
         assert isinstance(node, Compare)
         if isinstance(node.value, str):
-            cond = self.compare_text(f.str, node.op, node.value)
+            cond = self.compare_text("f.str", node.op, node.value)
         elif node.op in ("LIKE", "ILIKE"):
             raise FilterError(f"{node.field} {node.op} needs a quoted pattern")  # pragma: no cover - parser
         else:
-            cond = _OPS[node.op](f.num, _number(node.value))
-        return versions.c.id.in_(matching.where(cond))
+            cond = f"f.num {node.op} {self.params.bind(_number(node.value))}"
+        return f"v.id IN ({matching} AND {cond})"
 
     # -- ordering ------------------------------------------------------------------
-    def order(
-        self, keys: list[OrderKey], source: FromClause, node: Node | None = None
-    ) -> tuple[FromClause, list[tuple[Any, bool]]]:
-        """Join what ``keys`` need onto ``source``; return it with (expression, descending) pairs.
+    def order(self, keys: list[OrderKey], node: Node | None = None) -> tuple[str, list[Part]]:
+        """The versions table ``v`` with what ``keys`` need joined; and (expression, descending) pairs.
 
         The last pair is always the version's unique id, so the order is total.
 
@@ -240,52 +255,54 @@ class Compiler:
         order is just that number: the query is then driven by the field's index in
         order and stops after ``limit`` rows. Call :meth:`where` after this.
         """
-        parts: list[tuple[Any, bool]] = []
+        source = f"{self.table(VERSIONS)} AS v"
+        parts: list[Part] = []
         first = self.resolved[keys[0].field] if keys else None
         leaf = _numeric_condition(node, keys[0].field) if keys and first and first.kind == "field" else None
         if leaf is not None and first is not None:
-            drive = fields.alias("order_0")
-            source = source.join(drive, and_(drive.c.version_id == versions.c.id, drive.c.key == first.key))
-            self._driving = (leaf, drive)
-            parts.append((drive.c.num, keys[0].descending))
+            source += (
+                f" JOIN {self.table(FIELDS)} AS order_0"
+                f" ON order_0.version_id = v.id AND order_0.key = {self.params.bind(first.key)}"
+            )
+            self._driving = leaf
+            parts.append(("order_0.num", keys[0].descending))
             keys = keys[1:]
         for i, key in enumerate(keys, start=1 if leaf is not None else 0):
             target = self.resolved[key.field]
             desc = key.descending
+            alias = f"order_{i}"
             if target.kind == "column":
                 col, kind = COLUMNS[target.key]
                 parts.append((self.text(col) if kind == "text" else col, desc))
             elif target.kind == "version":
                 parts += [
-                    (case((versions.c.parsed.is_(True), 1), else_=0), desc),
-                    (func.coalesce(versions.c.sort_key, literal(b"", LargeBinary)), desc),
+                    ("CASE WHEN v.parsed IS TRUE THEN 1 ELSE 0 END", desc),
+                    (f"coalesce(v.sort_key, {self.params.bind(b'')})", desc),
                 ]
             elif target.kind == "field":
-                fo = fields.alias(f"order_{i}")
-                source = source.outerjoin(fo, and_(fo.c.version_id == versions.c.id, fo.c.key == target.key))
-                rank = case((fo.c.num.isnot(None), 0), (fo.c.str.isnot(None), 1), else_=2)
+                source += (
+                    f" LEFT OUTER JOIN {self.table(FIELDS)} AS {alias}"
+                    f" ON {alias}.version_id = v.id AND {alias}.key = {self.params.bind(target.key)}"
+                )
+                rank = f"CASE WHEN {alias}.num IS NOT NULL THEN 0 WHEN {alias}.str IS NOT NULL THEN 1 ELSE 2 END"
                 parts += [
                     (rank, False),
-                    (func.coalesce(fo.c.num, 0.0), desc),
-                    (self.text(func.coalesce(fo.c.str, "")), desc),
+                    (f"coalesce({alias}.num, 0.0)", desc),
+                    (self.text(f"coalesce({alias}.str, '')"), desc),
                 ]
             elif target.kind == "tag":
-                to = tags.alias(f"order_{i}")
-                source = source.outerjoin(
-                    to,
-                    and_(
-                        to.c.model_name == versions.c.model_name,
-                        to.c.version == versions.c.version,
-                        to.c.key == target.key,
-                    ),
+                source += (
+                    f" LEFT OUTER JOIN {self.table(TAGS)} AS {alias}"
+                    f" ON {alias}.model_name = v.model_name AND {alias}.version = v.version"
+                    f" AND {alias}.key = {self.params.bind(target.key)}"
                 )
                 parts += [
-                    (case((to.c.value.isnot(None), 0), else_=1), False),
-                    (self.text(func.coalesce(to.c.value, "")), desc),
+                    (f"CASE WHEN {alias}.value IS NOT NULL THEN 0 ELSE 1 END", False),
+                    (self.text(f"coalesce({alias}.value, '')"), desc),
                 ]
             else:
                 raise FilterError(f"cannot order by {key.field!r}: a version may have several aliases")
-        parts.append((self._driving[1].c.version_id if self._driving else versions.c.id, False))
+        parts.append(("order_0.version_id" if self._driving else "v.id", False))
         return source, parts
 
 
@@ -298,16 +315,22 @@ def _numeric_condition(node: Node | None, name: str) -> Compare | None:
     return None
 
 
-def after(parts: list[tuple[Any, bool]], last: list[Any]) -> ColumnElement[bool]:
+def after(parts: list[Part], last: list[Any], params: Params) -> str:
     """Rows strictly after the row whose order values were ``last`` (keyset pagination)."""
+    bound = [params.bind(value) for value in last]
     ors = []
     for i, (expr, desc) in enumerate(parts):
-        step = expr < last[i] if desc else expr > last[i]
-        ors.append(and_(*(parts[j][0] == last[j] for j in range(i)), step))
-    return or_(*ors)
+        step = [f"{parts[j][0]} = {bound[j]}" for j in range(i)] + [f"{expr} {'<' if desc else '>'} {bound[i]}"]
+        ors.append("(" + " AND ".join(step) + ")")
+    return "(" + " OR ".join(ors) + ")"
 
 
-def _number(value: Value) -> float | int:
+def order_clause(parts: list[Part]) -> str:
+    """The ``ORDER BY`` list of ``parts``."""
+    return ", ".join(f"{expr} {'DESC' if desc else 'ASC'}" for expr, desc in parts)
+
+
+def _number(value: Value) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     assert not isinstance(value, str)

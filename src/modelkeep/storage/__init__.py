@@ -25,6 +25,19 @@ OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "mem
 EXTRAS = {"s3": "s3", "s3a": "s3"}
 
 
+def is_local(root: str | os.PathLike[str]) -> bool:
+    """Whether :func:`open_store` gives ``root`` a :class:`LocalStore` without asking fsspec
+    (a path, ``file://`` or ``local://``)."""
+    root_str = os.fspath(root)
+    return "://" not in root_str or root_str.split("://", 1)[0] in ("file", "local")
+
+
+def local_root(root: str | os.PathLike[str]) -> str:
+    """The folder of a root for which :func:`is_local` is true."""
+    root_str = os.fspath(root)
+    return root_str.split("://", 1)[-1] if "://" in root_str else root_str
+
+
 def open_store(
     root: str | os.PathLike[str],
     storage_options: dict[str, Any] | None = None,
@@ -38,9 +51,9 @@ def open_store(
     remote store (S3 also gets bounded retries; see :mod:`modelkeep.timeouts`).
     """
     root_str = os.fspath(root)
-    scheme = root_str.split("://", 1)[0] if "://" in root_str else "file"
-    if scheme in ("file", "local"):
-        return LocalStore(root_str.split("://", 1)[-1] if "://" in root_str else root_str)
+    if is_local(root_str):
+        return LocalStore(local_root(root_str))
+    scheme = root_str.split("://", 1)[0]
     from fsspec.core import url_to_fs
 
     try:
@@ -67,5 +80,7 @@ __all__ = [
     "ObjectStore",
     "StagedArtifact",
     "check_digest",
+    "is_local",
+    "local_root",
     "open_store",
 ]

@@ -1,0 +1,48 @@
+"""Where settings come from, without validating them (no pydantic).
+
+:mod:`modelkeep.config` reads and validates these sources. The command line's
+read-only path (:mod:`modelkeep.cli_readonly`) asks :func:`defaults_apply` first:
+when no source says anything, the validated settings are the defaults, and a read
+command does not need to import pydantic to know them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: ``persistence.models_dir`` when nothing sets it.
+DEFAULT_MODELS_DIR = "models"
+#: The config file read when ``--config`` / ``config_path`` is not given, if it exists.
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+#: environment variable -> (section, key)
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "MODELKEEP_LOG_LEVEL": ("logging", "level"),
+    "MODELKEEP_LOG_FILE": ("logging", "file"),
+    "MODELKEEP_MODELS_DIR": ("persistence", "models_dir"),
+    "MODELKEEP_REGISTRY_PATH": ("persistence", "registry_path"),
+    "MODELKEEP_REGISTRY_URL": ("persistence", "registry_url"),
+    "MODELKEEP_STORAGE_OPTIONS": ("persistence", "storage_options"),
+    "MODELKEEP_SERIALIZATION_FORMAT": ("persistence", "serialization_format"),
+    "MODELKEEP_COMPRESS": ("persistence", "compress"),
+    "MODELKEEP_SIGNING_KEY": ("persistence", "signing_key"),
+    "MODELKEEP_TRUSTED_TYPES": ("persistence", "trusted_types"),
+    "MODELKEEP_SIGNING_KEY_FILE": ("persistence", "signing_key_file"),
+    "MODELKEEP_TRUSTED_KEYS": ("persistence", "trusted_keys"),
+    "MODELKEEP_REQUIRE_SIGNATURES": ("persistence", "require_signatures"),
+    "MODELKEEP_CONNECT_TIMEOUT": ("persistence", "connect_timeout"),
+    "MODELKEEP_READ_TIMEOUT": ("persistence", "read_timeout"),
+}
+#: keyword override -> (section, key), for ``load_settings(models_dir=...)``
+OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {
+    "log_level": ("logging", "level"),
+    "log_file": ("logging", "file"),
+}
+
+
+def defaults_apply(config_path: str | os.PathLike[str] | None) -> bool:
+    """True when there is no config file to read and no ``MODELKEEP_*`` setting in the environment."""
+    if config_path is not None or Path(DEFAULT_CONFIG_FILE).is_file():
+        return False
+    return not any(var in os.environ for var in ENV_VARS)
