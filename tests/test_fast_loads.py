@@ -308,3 +308,16 @@ def test_the_record_of_checked_files_lives_with_the_user_not_the_store(
     entries = list((private_config_dir / "checked").iterdir())
     assert len(entries) == 1
     assert not any("checked" in k for k in p.store.list_keys())
+
+
+# -- verify checks what a load checks --------------------------------------------------------------
+
+
+def test_verify_checks_the_blake3_digests_a_load_uses(p: ModelPersistence) -> None:
+    p.save(arrays(), "m", "1.0.0")
+    assert p.verify().ok  # SHA-256, skeleton and payload digests all recomputed from one stream
+    forge(p, "m", "1.0.0", payload="0" * 64)
+    report = p.verify()
+    assert [x.key for x in report.of_kind("corrupt")] == [p.get_version("m", "1.0.0").artifact.key]  # type: ignore[union-attr]
+    with pytest.raises(IntegrityError, match="integrity check failed"):
+        p.load("m", "1.0.0")

@@ -48,6 +48,7 @@ from .layout import (
     version_dir,
 )
 from .metadata import ModelMetadata
+from .storage.hashing import Expected
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
@@ -306,7 +307,7 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
     if art is None:
         return [Problem(MISSING, sidecar_key(name, version), "the index entry names no artifact", name, version)]
     try:
-        p.store.verify(art.key, art.sha256)
+        p.store.verify(art.key, Expected.of(art.sha256, art.size, art.extra))
         report.bytes_checked += art.size
     except UnsafeKeyError as exc:
         return [Problem(UNSAFE, art.key, str(exc), name, version)]

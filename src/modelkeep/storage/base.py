@@ -22,7 +22,7 @@ from typing import IO, Any, BinaryIO
 from ..errors import ArtifactNotFoundError, IntegrityError
 from ..layout import TMP_DIR, check_key
 from .hashing import Advance, Expected, HashingWriter, VerifiedArtifact, check_digest, hashing_sink, no_advance
-from .verified import CheckedFiles, ChunkReader, ReadInto, read_artifact
+from .verified import CheckedFiles, ChunkReader, ReadInto, SplitHash, read_artifact
 
 logger = logging.getLogger("modelkeep")
 
@@ -263,13 +263,24 @@ class ArtifactStore(ABC):
             raise IntegrityError(f"{self.display_path(key)} does not have the recorded {size} bytes")
         return buf
 
-    def verify(self, key: str, sha256: str) -> None:
-        """Raise :class:`IntegrityError` (or :class:`ArtifactNotFoundError`) unless ``key`` matches."""
+    def verify(self, key: str, expected: Expected | str) -> None:
+        """Raise :class:`IntegrityError` (or :class:`ArtifactNotFoundError`) unless ``key``
+        matches its SHA-256 and, when recorded, its BLAKE3 digests (what a load checks)."""
+        if isinstance(expected, str):
+            expected = Expected(expected)
         w = hashing_sink()
+        split = SplitHash(expected.ranges) if expected.fast else None
         with self.stream(key) as chunks:
             for chunk in chunks:
                 w.write(chunk)
-        check_digest(self.display_path(key), sha256, w.hexdigest())
+                if split is not None:
+                    split.update(chunk)
+        where = self.display_path(key)
+        check_digest(where, expected.sha256, w.hexdigest())
+        if split is not None:
+            check_digest(where, str(expected.skeleton), split.skeleton.hexdigest())
+            if expected.ranges:
+                check_digest(where, str(expected.payload), split.payload.hexdigest())
 
     # -- housekeeping ----------------------------------------------------------------
     @abstractmethod

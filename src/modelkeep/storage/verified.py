@@ -18,11 +18,11 @@ import json
 import mmap
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from ..errors import IntegrityError
-from .hashing import Advance, BackgroundHash, Expected, VerifiedArtifact, new_hash, no_advance, plan_segments
+from .hashing import Advance, BackgroundHash, Expected, Range, VerifiedArtifact, new_hash, no_advance, plan_segments
 
 #: Bytes read (and handed to the hasher) at a time.
 READ_CHUNK = 4 << 20
@@ -62,6 +62,29 @@ class ChunkReader:
         view[:n] = self._rest[:n]
         self._rest = self._rest[n:]
         return n
+
+
+class SplitHash:
+    """BLAKE3 of a stream fed in order, split into the skeleton and the payload ranges (for
+    ``verify``, which keeps no bytes)."""
+
+    def __init__(self, ranges: Sequence[Range]) -> None:
+        self.skeleton, self.payload = new_hash("blake3"), new_hash("blake3")
+        self._bounds = [(start, end) for start, _, end in ranges]
+        self._pos = 0
+
+    def update(self, data: bytes) -> None:
+        view, pos = memoryview(data), self._pos
+        while view:
+            inside = next(((s, e) for s, e in self._bounds if s <= pos < e), None)
+            if inside is not None:
+                n = min(len(view), inside[1] - pos)
+                self.payload.update(view[:n])
+            else:
+                n = min([len(view)] + [s - pos for s, _ in self._bounds if s > pos])
+                self.skeleton.update(view[:n])
+            view, pos = view[n:], pos + n
+        self._pos = pos
 
 
 def _fill(readinto: ReadInto, view: memoryview, hasher: BackgroundHash, advance: Advance, where: str) -> None:
