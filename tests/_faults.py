@@ -10,6 +10,7 @@ Also the worker of the random-kill test: ``python tests/_faults.py '<json spec>'
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -136,7 +137,8 @@ def _self_kill_hooks(p: Any, rng: random.Random, probability: float) -> Connecti
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Save ``count`` versions (some explicit-version overwrites), reporting successes and failures."""
+    """Save ``count`` versions (some explicit-version overwrites), reporting successes and failures;
+    with ``stop_file``, keep saving after ``count`` until that file exists."""
     from modelkeep import ModelPersistence
     from modelkeep.errors import ModelKeepError
 
@@ -164,7 +166,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.01)
     with p:
         killer = _self_kill_hooks(p, rng, spec["self_kill"]) if spec.get("self_kill") else None
-        for i in range(spec["count"]):
+        for i in itertools.count():
+            if i >= spec["count"] and not (spec.get("stop_file") and not os.path.exists(spec["stop_file"])):
+                break
             explicit = spec["shared_version"] if i % 4 == 3 else None
             try:
                 rec = p.save_version(
