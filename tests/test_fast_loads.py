@@ -321,3 +321,56 @@ def test_verify_checks_the_blake3_digests_a_load_uses(p: ModelPersistence) -> No
     assert [x.key for x in report.of_kind("corrupt")] == [p.get_version("m", "1.0.0").artifact.key]  # type: ignore[union-attr]
     with pytest.raises(IntegrityError, match="integrity check failed"):
         p.load("m", "1.0.0")
+
+
+# -- the hashing writer: both ways of hashing give the same digests --------------------------------
+
+
+@pytest.mark.parametrize("trailing", [False, True])
+def test_the_hashing_writer_digests_what_it_wrote(tmp_path: Path, trailing: bool) -> None:
+    """Random writes, some marked as payloads, through a writer that queues what it is given
+    or one that maps the written file back: digests equal a direct hash of the bytes."""
+    from blake3 import blake3
+
+    from modelkeep.storage.hashing import HashingWriter
+    from modelkeep.storage.local import durable_write
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "staged"
+    expected_ranges = []
+    with durable_write(str(path)) as raw:
+        w = HashingWriter(raw, reread_fd=raw.fileno() if trailing else None)
+        for _ in range(40):
+            if rng.random() < 0.3:
+                n = int(rng.integers(PAYLOAD_MIN, 3 * PAYLOAD_MIN))
+                start = w.size
+                with w.payload(n) as marked:
+                    assert marked
+                    w.write(b"\xff" * int(rng.integers(1, 17)))  # padding, as joblib writes it
+                    w.write(rng.bytes(n))
+                expected_ranges.append([start, w.size - n, w.size])
+            else:
+                w.write(bytearray(rng.bytes(int(rng.integers(1, 3 << 20)))))  # mutable: reused by callers
+    record = w.blake3_record()
+    sha = w.hexdigest()
+    w.close()
+    data = path.read_bytes()
+    assert sha == hashlib.sha256(data).hexdigest() and record is not None
+    assert record["ranges"] == expected_ranges
+    inside = b"".join(data[s:e] for s, _, e in expected_ranges)
+    outside, pos = b"", 0
+    for s, _, e in expected_ranges:
+        outside, pos = outside + data[pos:s], e
+    assert record["payload"] == blake3(inside).hexdigest()
+    assert record["skeleton"] == blake3(outside + data[pos:]).hexdigest()
+
+
+def test_a_save_that_fails_midway_stops_its_hashing_and_leaves_nothing(p: ModelPersistence) -> None:
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(SerializationError, match="cannot pickle this"):
+        p.save({"big": np.zeros(4 << 20), "bad": Unpicklable()}, "m")
+    assert p.store.list_keys(".tmp") == []
+    assert p.list_models() == []

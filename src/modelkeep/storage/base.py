@@ -51,7 +51,7 @@ class StagedArtifact:
         writer = None
         try:
             with self.store.open_write(self.tmp_key) as raw:
-                writer = HashingWriter(raw, advance)
+                writer = HashingWriter(raw, advance, reread_fd=self.store.reread_fd(raw))
                 yield writer
             self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()
         finally:
@@ -124,6 +124,11 @@ class ArtifactStore(ABC):
     @abstractmethod
     def move(self, src_key: str, dst_key: str) -> None:
         """Make ``src_key``'s bytes appear whole under ``dst_key``, then drop ``src_key``."""
+
+    def reread_fd(self, raw: BinaryIO) -> int | None:
+        """A descriptor that reads back what is written to ``raw`` (from :meth:`open_write`), so
+        hashing can trail the writer through the page cache; ``None`` if the backend has none."""
+        return None
 
     def link(self, src_key: str, dst_key: str) -> bool:
         """Make ``dst_key`` share ``src_key``'s bytes without copying; ``False`` if the

@@ -17,9 +17,13 @@ A format without payloads has one digest, ``skeleton``, over the whole file.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
+import mmap
+import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,12 +67,16 @@ class BackgroundHash:
 
     :meth:`update` queues buffers that stay unchanged until hashed (``bytes``, or views of
     buffers the caller never reuses); at most ``max_pending`` bytes wait, which bounds the
-    memory held. Small updates are gathered into one buffer first, so that a stream of small
-    writes costs no thread hand-off each (and never waits for the helper).
+    memory held. Updates are handed over in batches of ``BATCH`` bytes: each hand-over costs
+    the helper a wait for the GIL (up to the interpreter's switch interval while the caller
+    runs Python code), so few large hand-overs keep it hashing. Small updates are gathered
+    into one buffer first.
     """
 
-    #: Updates smaller than this are gathered; larger ones go to the helper as they are.
+    #: Updates smaller than this are copied into one gathering buffer.
     OVERLAP_MIN = 64 << 10
+    #: Bytes handed to the helper at a time.
+    BATCH = 8 << 20
 
     def __init__(self, algorithm: str, max_pending: int = 128 << 20) -> None:
         self._hash = new_hash(algorithm)
@@ -77,6 +85,8 @@ class BackgroundHash:
         self._pending: deque[tuple[Future[None], int]] = deque()
         self._pending_bytes = 0
         self._small = bytearray()
+        self._batch: list[memoryview] = []
+        self._batch_bytes = 0
 
     def update(self, view: memoryview, *, stable: bool = True) -> None:
         """Hash ``view``: later, on the helper thread, when ``stable``; a large unstable
@@ -85,28 +95,39 @@ class BackgroundHash:
         if n < self.OVERLAP_MIN:
             self._small += view
             if len(self._small) >= self.OVERLAP_MIN:
-                self._flush_small()
-            return
-        self._flush_small()
-        if stable:
-            self._submit(view, n)
+                self._gather()
+        elif stable:
+            self._gather()
+            self._batch.append(view)
+            self._batch_bytes += n
         else:
             self._drain()  # keep the byte order
             self._hash.update(view)
+            return
+        if self._batch_bytes >= self.BATCH:
+            self._submit()
 
-    def _flush_small(self) -> None:
+    def _gather(self) -> None:
         if self._small:
-            data = bytes(self._small)
+            self._batch.append(memoryview(bytes(self._small)))
+            self._batch_bytes += len(self._small)
             self._small.clear()
-            self._submit(memoryview(data), len(data))
 
-    def _submit(self, view: memoryview, n: int) -> None:
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        batch, n = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-hash")
         while self._pending and self._pending_bytes + n > self._max_pending:
             self._pop()
-        self._pending.append((self._pool.submit(self._hash.update, view), n))
+        self._pending.append((self._pool.submit(self._hash_all, batch), n))
         self._pending_bytes += n
+
+    def _hash_all(self, views: list[memoryview]) -> None:
+        for view in views:
+            self._hash.update(view)
 
     def _pop(self) -> None:
         future, n = self._pending.popleft()
@@ -114,15 +135,15 @@ class BackgroundHash:
         future.result()
 
     def _drain(self) -> None:
+        """Hash everything given so far (the helper's queue, then the rest here)."""
+        self._gather()
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
         while self._pending:
             self._pop()
+        self._hash_all(batch)
 
     def hexdigest(self) -> str:
         """The digest of everything passed to :meth:`update` (waits for the helper)."""
-        if self._small:
-            self._drain()
-            self._hash.update(self._small)
-            self._small.clear()
         self._drain()
         return str(self._hash.hexdigest())
 
@@ -135,24 +156,98 @@ class BackgroundHash:
             self._pool = None
 
 
+class _Trailer:
+    """Hashes what a :class:`HashingWriter` has written so far by mapping it back from the file
+    (the page cache) on a helper thread, trailing the writer: the caller's buffers are never
+    held, so the memory they used is reused at once instead of fresh pages being faulted in,
+    and nothing is copied."""
+
+    #: Bytes mapped and hashed at a time.
+    CHUNK = 8 << 20
+
+    def __init__(self, fd: int, writer: HashingWriter, consume: Callable[[memoryview, int], None]) -> None:
+        self._fd = fd
+        self._writer = writer
+        self._consume = consume
+        self._wake = threading.Event()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="modelkeep-hash", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        done = 0
+        try:
+            while not self._stop:
+                self._wake.clear()
+                finished = self._writer.finished  # read before the size: then the size is final
+                target = self._writer.size
+                if done >= target:
+                    if finished:
+                        return
+                    self._wake.wait()
+                    continue
+                end = min(target, done + self.CHUNK)
+                # Map the written pages (no copy); a map starts on a page boundary.
+                start = done - done % mmap.ALLOCATIONGRANULARITY
+                pages = mmap.mmap(self._fd, end - start, offset=start, access=mmap.ACCESS_READ)
+                with pages, memoryview(pages) as view:
+                    self._consume(view[done - start :], done)
+                done = end
+        except BaseException as exc:  # raised in the writer's thread by join()
+            self._error = exc
+
+    def join(self, *, abort: bool = False) -> None:
+        """Wait until everything written is hashed (or, with ``abort``, stop at once)."""
+        self._stop = abort
+        self._wake.set()
+        self._thread.join()
+        if self._error is not None and not abort:
+            raise self._error
+
+
 class HashingWriter(io.RawIOBase):
     """A write-only file that hashes and counts every byte on its way to ``raw``.
 
     It computes the SHA-256 of everything and, when ``blake3`` is set, the BLAKE3 skeleton
     and payload digests (see the module's docstring); formats mark payloads with
-    :meth:`payload`. Hashing runs on helper threads while the bytes are written.
+    :meth:`payload`. Hashing runs on helper threads while the bytes are written: given
+    ``reread_fd`` (a descriptor that reads the file being written), one thread maps the written
+    bytes back from the page cache and computes every digest; otherwise the written buffers are
+    queued for a thread per digest (:class:`BackgroundHash`).
     """
 
-    def __init__(self, raw: IO[bytes], advance: Advance = no_advance, *, blake3: bool = True) -> None:
+    #: Below this size a re-readable file is hashed in the writer's thread when it finishes.
+    TRAIL_MIN = 1 << 20
+
+    def __init__(
+        self, raw: IO[bytes], advance: Advance = no_advance, *, blake3: bool = True, reread_fd: int | None = None
+    ) -> None:
         super().__init__()
         self._raw = raw
         self._advance = advance
-        self._sha = BackgroundHash("sha256")
-        self._skeleton = BackgroundHash("blake3") if blake3 else None
-        self._payload = BackgroundHash("blake3") if blake3 else None
+        # Its own descriptor: the hashing may finish after the writer's file is closed.
+        self._fd = os.dup(reread_fd) if reread_fd is not None else None
+        self._blake3 = blake3
         self._in_payload = False
+        #: Offsets where the stream switches between skeleton and payload bytes, in order.
+        self._switches: list[tuple[int, bool]] = []
         self.ranges: list[Range] = []
         self.size = 0
+        self.finished = False
+        self._trailers: list[_Trailer] = []
+        if reread_fd is None:
+            self._queued: dict[str, BackgroundHash] | None = {"sha256": BackgroundHash("sha256")}
+            if blake3:
+                self._queued.update(skeleton=BackgroundHash("blake3"), payload=BackgroundHash("blake3"))
+        else:
+            self._queued = None
+            self._sha = new_hash("sha256")
+            self._skeleton = new_hash("blake3") if blake3 else None
+            self._payload = new_hash("blake3") if blake3 else None
 
     def writable(self) -> bool:
         return True
@@ -164,18 +259,46 @@ class HashingWriter(io.RawIOBase):
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         n = view.nbytes
-        # Mutable buffers may be reused by the caller once write() returns: hash them now.
-        stable = isinstance(data, bytes)
-        self._sha.update(view, stable=stable)
-        blake = self._payload if self._in_payload else self._skeleton
-        if blake is not None:
-            blake.update(view, stable=stable)
+        if self._queued is not None:
+            # Mutable buffers may be reused by the caller once write() returns: hash them now.
+            stable = isinstance(data, bytes)
+            self._queued["sha256"].update(view, stable=stable)
+            blake = self._queued.get("payload" if self._in_payload else "skeleton")
+            if blake is not None:
+                blake.update(view, stable=stable)
         written = 0
         while written < n:  # raw (unbuffered) writes may be partial
             written += self._raw.write(view[written:]) or 0
         self.size += n
+        if self._fd is not None:
+            if not self._trailers and self.size >= self.TRAIL_MIN:
+                self._start_trailers(self._fd)
+            for trailer in self._trailers:
+                trailer.wake()
         self._advance(n)
         return n
+
+    def _start_trailers(self, fd: int) -> None:
+        # One thread computes every digest, so each chunk is mapped once and the writer keeps a
+        # core to itself (a thread per digest measured no faster on 2 cores).
+        self._trailers.append(_Trailer(fd, self, self._hash_all))
+
+    def _hash_all(self, view: memoryview, offset: int) -> None:
+        self._sha.update(view)
+        if self._blake3:
+            self._hash_blake3(view, offset)
+
+    def _hash_blake3(self, view: memoryview, offset: int) -> None:
+        """BLAKE3 of bytes at ``offset``: skeleton or payload digest, by the recorded switches."""
+        assert self._skeleton is not None and self._payload is not None
+        switches = self._switches  # appended to by the writer meanwhile, always in order
+        while view:
+            i = bisect.bisect_right(switches, (offset, True))
+            in_payload = switches[i - 1][1] if i else False
+            until = switches[i][0] if i < len(switches) else None
+            n = len(view) if until is None else min(len(view), until - offset)
+            (self._payload if in_payload else self._skeleton).update(view[:n])
+            view, offset = view[n:], offset + n
 
     @contextlib.contextmanager
     def payload(self, nbytes: int) -> Iterator[bool]:
@@ -184,37 +307,75 @@ class HashingWriter(io.RawIOBase):
 
         Yields ``False`` (and marks nothing) for small payloads, past the range limit,
         or when this writer keeps no BLAKE3 digests."""
-        if self._payload is None or nbytes < PAYLOAD_MIN or len(self.ranges) >= PAYLOAD_MAX_RANGES:
+        if not self._blake3 or nbytes < PAYLOAD_MIN or len(self.ranges) >= PAYLOAD_MAX_RANGES:
             yield False
             return
         start = self.size
+        self._switches.append((start, True))
         self._in_payload = True
         try:
             yield True
         finally:
             self._in_payload = False
+            self._switches.append((self.size, False))
         if self.size - start < nbytes:
             raise ValueError(f"a payload of {nbytes} bytes wrote only {self.size - start}")
         self.ranges.append((start, self.size - nbytes, self.size))
 
+    def _finish(self) -> None:
+        """Wait until every byte written is hashed."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._fd is None:
+            return
+        try:
+            if self._trailers:
+                for trailer in self._trailers:
+                    trailer.join()
+                return
+            view = memoryview(os.pread(self._fd, self.size, 0))  # small: hash it here
+            if len(view) != self.size:
+                raise OSError(f"the staged file has {len(view)} bytes; {self.size} were written")
+            self._sha.update(view)
+            if self._blake3:
+                self._hash_blake3(view, 0)
+        finally:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _digest(self, name: str) -> str:
+        self._finish()
+        if self._queued is not None:
+            return self._queued[name].hexdigest()
+        return str({"sha256": self._sha, "skeleton": self._skeleton, "payload": self._payload}[name].hexdigest())
+
     def hexdigest(self) -> str:
         """The SHA-256 of everything written."""
-        return self._sha.hexdigest()
+        return self._digest("sha256")
 
     def blake3_record(self) -> dict[str, Any] | None:
         """The BLAKE3 digests to record in the artifact's ``extra`` (``None`` without BLAKE3)."""
-        if self._skeleton is None or self._payload is None:
+        if not self._blake3:
             return None
-        record: dict[str, Any] = {"sha256": self.hexdigest(), "skeleton": self._skeleton.hexdigest()}
+        record: dict[str, Any] = {"sha256": self.hexdigest(), "skeleton": self._digest("skeleton")}
         if self.ranges:
-            record["payload"] = self._payload.hexdigest()
+            record["payload"] = self._digest("payload")
             record["ranges"] = [list(r) for r in self.ranges]
         return record
 
     def close(self) -> None:
-        for h in (self._sha, self._skeleton, self._payload):
-            if h is not None:
-                h.close()
+        if not self.finished:  # abandoned: stop hashing what no one will ask for
+            self.finished = True
+            for trailer in self._trailers:
+                trailer.join(abort=True)
+        self._close_fd()
+        for h in (self._queued or {}).values():
+            h.close()
         super().close()
 
 

@@ -66,6 +66,9 @@ class LocalStore(ArtifactStore):
         except OSError as exc:
             raise _storage_error(exc, f"cannot write {path}") from exc
 
+    def reread_fd(self, raw: BinaryIO) -> int | None:
+        return raw.fileno()  # durable_write opens read-write
+
     def move(self, src_key: str, dst_key: str) -> None:
         dst = self.full_path(dst_key)
         try:
@@ -222,7 +225,9 @@ class LocalStore(ArtifactStore):
 def durable_write(path: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
     """A new file at ``path`` (which must not exist), ``fsync``'ed when the block exits cleanly."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    # Opened read-write (new files get their access from this call, whatever ``mode`` says), so the
+    # hashing threads can read the written bytes back through the same descriptor.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     with open(fd, "wb", buffering=0) as f:
         yield f
         os.fsync(f.fileno())
