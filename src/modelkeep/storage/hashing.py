@@ -220,7 +220,8 @@ class HashingWriter(io.RawIOBase):
     queued for a thread per digest (:class:`BackgroundHash`).
     """
 
-    #: Below this size a re-readable file is hashed in the writer's thread when it finishes.
+    #: Below this size a re-readable file is hashed in the writer's thread when it finishes; the
+    #: hashing thread is woken each time this many more bytes were written.
     TRAIL_MIN = 1 << 20
 
     def __init__(
@@ -239,6 +240,8 @@ class HashingWriter(io.RawIOBase):
         self.size = 0
         self.finished = False
         self._trailers: list[_Trailer] = []
+        self._side: ThreadPoolExecutor | None = None
+        self._woken = 0
         if reread_fd is None:
             self._queued: dict[str, BackgroundHash] | None = {"sha256": BackgroundHash("sha256")}
             if blake3:
@@ -270,8 +273,9 @@ class HashingWriter(io.RawIOBase):
         while written < n:  # raw (unbuffered) writes may be partial
             written += self._raw.write(view[written:]) or 0
         self.size += n
-        if self._fd is not None:
-            if not self._trailers and self.size >= self.TRAIL_MIN:
+        if self._fd is not None and self.size - self._woken >= self.TRAIL_MIN:
+            self._woken = self.size  # wake the hasher once per TRAIL_MIN bytes, not per write
+            if not self._trailers:
                 self._start_trailers(self._fd)
             for trailer in self._trailers:
                 trailer.wake()
@@ -279,14 +283,17 @@ class HashingWriter(io.RawIOBase):
         return n
 
     def _start_trailers(self, fd: int) -> None:
-        # One thread computes every digest, so each chunk is mapped once and the writer keeps a
-        # core to itself (a thread per digest measured no faster on 2 cores).
+        # One thread maps each chunk once; it hashes the SHA-256 while a second thread hashes the
+        # BLAKE3 digests of the same pages (SHA-256 is the slower: the pair costs what it costs).
+        if self._blake3:
+            self._side = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-blake3")
         self._trailers.append(_Trailer(fd, self, self._hash_all))
 
     def _hash_all(self, view: memoryview, offset: int) -> None:
+        side = self._side.submit(self._hash_blake3, view, offset) if self._side is not None else None
         self._sha.update(view)
-        if self._blake3:
-            self._hash_blake3(view, offset)
+        if side is not None:
+            side.result()
 
     def _hash_blake3(self, view: memoryview, offset: int) -> None:
         """BLAKE3 of bytes at ``offset``: skeleton or payload digest, by the recorded switches."""
@@ -344,6 +351,9 @@ class HashingWriter(io.RawIOBase):
             self._close_fd()
 
     def _close_fd(self) -> None:
+        if self._side is not None:
+            self._side.shutdown()
+            self._side = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
