@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from subject import open_registry
 from workloads import pickled_size, small_model
 
 NAME = "small"
+NO_GIT = "modelkeep (default) save, MODELKEEP_GIT=0"
 #: modelkeep configurations measured for the small model: label -> ModelPersistence options.
 CONFIGS = {
     "modelkeep (default)": {},
@@ -26,7 +28,24 @@ def _save_cases(model: object, root: Path, registries: dict[str, Any]) -> dict[s
     }
     for label, registry in registries.items():
         cases[f"{label} save"] = lambda i, r=registry: r.save(model, NAME)
+    default = registries.get("modelkeep (default)")
+    if default is not None:
+        # The bench runs inside a git checkout, so each save also reads `git status` for its
+        # lineage; this case shows the save without it (as outside a repository).
+        cases[NO_GIT] = lambda i: _without_git(lambda: default.save(model, NAME))
     return cases
+
+
+def _without_git(fn: Any) -> Any:
+    old = os.environ.get("MODELKEEP_GIT")
+    os.environ["MODELKEEP_GIT"] = "0"
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ["MODELKEEP_GIT"]
+        else:
+            os.environ["MODELKEEP_GIT"] = old
 
 
 def _retrain(model: Any) -> Any:
