@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from targets import evaluate
@@ -370,4 +371,16 @@ def render(results: dict[str, Any], plot_name: str | None) -> str:
     lines += index_section(results, plot_name)
     for section in (dedup_section, mlflow_section, startup_section):
         lines += section(results)
+    lines += standalone_sections()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def standalone_sections() -> list[str]:
+    """The sections of the standalone scripts (bench/standalone.md), kept as they are: run.py
+    does not run those scripts, so their last figures must survive its rewrite of the README."""
+    path = Path(__file__).with_name("standalone.md")
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    body = text.split("-->", 1)[1] if text.startswith("<!--") else text
+    return ["", *body.strip().splitlines()]
