@@ -53,6 +53,7 @@ class StagedArtifact:
             with self.store.open_write(self.tmp_key) as raw:
                 writer = HashingWriter(raw, advance, reread_fd=self.store.reread_fd(raw))
                 yield writer
+                writer.done_writing()  # hashing that needs the whole file runs during the fsync
             self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()
         finally:
             if writer is not None:

@@ -214,10 +214,11 @@ class HashingWriter(io.RawIOBase):
 
     It computes the SHA-256 of everything and, when ``blake3`` is set, the BLAKE3 skeleton
     and payload digests (see the module's docstring); formats mark payloads with
-    :meth:`payload`. Hashing runs on helper threads while the bytes are written: given
-    ``reread_fd`` (a descriptor that reads the file being written), one thread maps the written
-    bytes back from the page cache and computes every digest; otherwise the written buffers are
-    queued for a thread per digest (:class:`BackgroundHash`).
+    :meth:`payload`. Hashing runs on helper threads: given ``reread_fd`` (a descriptor that
+    reads the file being written), one thread maps the written bytes back from the page cache
+    and computes the SHA-256 while they are written, and BLAKE3 runs once :meth:`done_writing`
+    says the file is complete (while the caller's ``fsync`` waits); otherwise the written buffers
+    are queued for a thread per digest (:class:`BackgroundHash`).
     """
 
     #: Below this size a re-readable file is hashed in the writer's thread when it finishes; the
@@ -240,7 +241,9 @@ class HashingWriter(io.RawIOBase):
         self.size = 0
         self.finished = False
         self._trailers: list[_Trailer] = []
-        self._side: ThreadPoolExecutor | None = None
+        self._whole: threading.Thread | None = None
+        self._whole_error: BaseException | None = None
+        self._hashed = False
         self._woken = 0
         if reread_fd is None:
             self._queued: dict[str, BackgroundHash] | None = {"sha256": BackgroundHash("sha256")}
@@ -283,17 +286,29 @@ class HashingWriter(io.RawIOBase):
         return n
 
     def _start_trailers(self, fd: int) -> None:
-        # One thread maps each chunk once; it hashes the SHA-256 while a second thread hashes the
-        # BLAKE3 digests of the same pages (SHA-256 is the slower: the pair costs what it costs).
-        if self._blake3:
-            self._side = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-blake3")
-        self._trailers.append(_Trailer(fd, self, self._hash_all))
+        # The SHA-256 trails the writer on its own core; BLAKE3, several times faster, waits for
+        # done_writing() and then runs while the caller's fsync leaves the writer's core idle.
+        self._trailers.append(_Trailer(fd, self, lambda view, _offset: self._sha.update(view)))
 
-    def _hash_all(self, view: memoryview, offset: int) -> None:
-        side = self._side.submit(self._hash_blake3, view, offset) if self._side is not None else None
-        self._sha.update(view)
-        if side is not None:
-            side.result()
+    def done_writing(self) -> None:
+        """No more bytes will be written: the size is final. With a re-readable file, BLAKE3 of
+        the whole file starts now on a helper thread, to run while the caller makes it durable."""
+        if self.finished:
+            return
+        self.finished = True
+        for trailer in self._trailers:
+            trailer.wake()
+        if self._trailers and self._blake3 and self._fd is not None:
+            self._whole = threading.Thread(target=self._blake3_whole, args=(self._fd,), name="modelkeep-blake3")
+            self._whole.start()
+
+    def _blake3_whole(self, fd: int) -> None:
+        try:
+            pages = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
+            with pages, memoryview(pages) as view:
+                self._hash_blake3(view, 0)
+        except BaseException as exc:  # raised in the writer's thread by _finish()
+            self._whole_error = exc
 
     def _hash_blake3(self, view: memoryview, offset: int) -> None:
         """BLAKE3 of bytes at ``offset``: skeleton or payload digest, by the recorded switches."""
@@ -331,15 +346,20 @@ class HashingWriter(io.RawIOBase):
 
     def _finish(self) -> None:
         """Wait until every byte written is hashed."""
-        if self.finished:
+        if self._hashed:
             return
-        self.finished = True
+        self.done_writing()
+        self._hashed = True
         if self._fd is None:
             return
         try:
             if self._trailers:
                 for trailer in self._trailers:
                     trailer.join()
+                if self._whole is not None:
+                    self._whole.join()
+                    if self._whole_error is not None:
+                        raise self._whole_error
                 return
             view = memoryview(os.pread(self._fd, self.size, 0))  # small: hash it here
             if len(view) != self.size:
@@ -351,9 +371,6 @@ class HashingWriter(io.RawIOBase):
             self._close_fd()
 
     def _close_fd(self) -> None:
-        if self._side is not None:
-            self._side.shutdown()
-            self._side = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -379,10 +396,13 @@ class HashingWriter(io.RawIOBase):
         return record
 
     def close(self) -> None:
-        if not self.finished:  # abandoned: stop hashing what no one will ask for
+        if not self._hashed:  # abandoned: stop hashing what no one will ask for
+            self._hashed = True
             self.finished = True
             for trailer in self._trailers:
                 trailer.join(abort=True)
+            if self._whole is not None:
+                self._whole.join()
         self._close_fd()
         for h in (self._queued or {}).values():
             h.close()
