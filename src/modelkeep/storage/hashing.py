@@ -221,6 +221,8 @@ class HashingWriter(io.RawIOBase):
     are queued for a thread per digest (:class:`BackgroundHash`).
     """
 
+    #: Bytes of the written file mapped at a time to hash it (a multiple of the page size).
+    MAP_CHUNK = 8 << 20
     #: Below this size a re-readable file is hashed in the writer's thread when it finishes; the
     #: hashing thread is woken each time this many more bytes were written.
     TRAIL_MIN = 1 << 20
@@ -304,9 +306,10 @@ class HashingWriter(io.RawIOBase):
 
     def _blake3_whole(self, fd: int) -> None:
         try:
-            pages = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
-            with pages, memoryview(pages) as view:
-                self._hash_blake3(view, 0)
+            for start in range(0, self.size, self.MAP_CHUNK):  # a chunk at a time: a small RSS
+                pages = mmap.mmap(fd, min(self.MAP_CHUNK, self.size - start), offset=start, access=mmap.ACCESS_READ)
+                with pages, memoryview(pages) as view:
+                    self._hash_blake3(view, start)
         except BaseException as exc:  # raised in the writer's thread by _finish()
             self._whole_error = exc
 
