@@ -257,12 +257,24 @@ def test_an_unchanged_checked_file_is_mapped_without_rehashing(
     p: ModelPersistence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p.save(arrays(), "m", "1.0.0")
-    path = artifact_path(p, "m", "1.0.0")
-    assert hashed_payloads(p, monkeypatch)  # just written: too recent to be remembered
-    age(path, 1.2)
-    assert hashed_payloads(p, monkeypatch)  # checked now, and remembered
+    age(artifact_path(p, "m", "1.0.0"), 1.2)
+    assert hashed_payloads(p, monkeypatch)  # first check: hashed, then remembered
     assert not hashed_payloads(p, monkeypatch)  # unchanged since: not hashed again
     assert_same(p.load("m", "1.0.0", mmap_mode="r"), arrays())
+
+
+def test_a_file_changed_just_before_its_check_is_not_remembered(tmp_path: Path) -> None:
+    """Timestamps are only as fine as the clock tick: a check made within a second of the file's
+    last change could miss a change in the same tick, so it is not remembered."""
+    f = tmp_path / "artifact"
+    f.write_bytes(b"bytes")
+    st = os.stat(f)
+    checked = verified.CheckedFiles(tmp_path / "checked")
+    checked.remember(st, "digest", st.st_ctime_ns + 100_000_000)  # checked 0.1 s after the change
+    assert not checked.known(st, "digest")
+    checked.remember(st, "digest", st.st_ctime_ns + 2_000_000_000)
+    assert checked.known(st, "digest")
+    assert not checked.known(st, "another digest")
 
 
 def test_a_file_changed_in_place_after_its_check_is_hashed_again(p: ModelPersistence) -> None:
