@@ -21,8 +21,17 @@ from typing import IO, Any, BinaryIO
 
 from ..errors import ArtifactNotFoundError, IntegrityError
 from ..layout import TMP_DIR, check_key
-from .hashing import Advance, Expected, HashingWriter, VerifiedArtifact, check_digest, hashing_sink, no_advance
-from .verified import CheckedFiles, ChunkReader, ReadInto, SplitHash, read_artifact
+from .hashing import (
+    Advance,
+    Expected,
+    HashingWriter,
+    SplitHash,
+    VerifiedArtifact,
+    check_digest,
+    hashing_sink,
+    no_advance,
+)
+from .verified import CheckedFiles, ChunkReader, ReadInto, read_artifact
 
 logger = logging.getLogger("modelkeep")
 

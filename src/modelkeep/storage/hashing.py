@@ -156,6 +156,18 @@ class BackgroundHash:
             self._pool = None
 
 
+def _mapped(fd: int, start: int, end: int, chunk: int) -> Iterator[memoryview]:
+    """The bytes ``[start, end)`` of the file ``fd``, mapped (no copy) ``chunk`` bytes at a time,
+    so only one chunk's pages count in the process's memory."""
+    while start < end:
+        stop = min(end, start + chunk)
+        base = start - start % mmap.ALLOCATIONGRANULARITY  # a map starts on a page boundary
+        pages = mmap.mmap(fd, stop - base, offset=base, access=mmap.ACCESS_READ)
+        with pages, memoryview(pages) as whole, whole[start - base :] as view:
+            yield view  # released when the caller asks for the next one: the map can then close
+        start = stop
+
+
 class _Trailer:
     """Hashes what a :class:`HashingWriter` has written so far by mapping it back from the file
     (the page cache) on a helper thread, trailing the writer: the caller's buffers are never
@@ -165,10 +177,10 @@ class _Trailer:
     #: Bytes mapped and hashed at a time.
     CHUNK = 8 << 20
 
-    def __init__(self, fd: int, writer: HashingWriter, consume: Callable[[memoryview, int], None]) -> None:
+    def __init__(self, fd: int, writer: HashingWriter, hasher: Any) -> None:
         self._fd = fd
         self._writer = writer
-        self._consume = consume
+        self._hasher = hasher
         self._wake = threading.Event()
         self._stop = False
         self._error: BaseException | None = None
@@ -191,11 +203,8 @@ class _Trailer:
                     self._wake.wait()
                     continue
                 end = min(target, done + self.CHUNK)
-                # Map the written pages (no copy); a map starts on a page boundary.
-                start = done - done % mmap.ALLOCATIONGRANULARITY
-                pages = mmap.mmap(self._fd, end - start, offset=start, access=mmap.ACCESS_READ)
-                with pages, memoryview(pages) as view:
-                    self._consume(view[done - start :], done)
+                for view in _mapped(self._fd, done, end, self.CHUNK):
+                    self._hasher.update(view)
                 done = end
         except BaseException as exc:  # raised in the writer's thread by join()
             self._error = exc
@@ -237,8 +246,6 @@ class HashingWriter(io.RawIOBase):
         self._fd = os.dup(reread_fd) if reread_fd is not None else None
         self._blake3 = blake3
         self._in_payload = False
-        #: Offsets where the stream switches between skeleton and payload bytes, in order.
-        self._switches: list[tuple[int, bool]] = []
         self.ranges: list[Range] = []
         self.size = 0
         self.finished = False
@@ -254,8 +261,8 @@ class HashingWriter(io.RawIOBase):
         else:
             self._queued = None
             self._sha = new_hash("sha256")
-            self._skeleton = new_hash("blake3") if blake3 else None
-            self._payload = new_hash("blake3") if blake3 else None
+            # BLAKE3 by the final ranges, once the file is complete (done_writing)
+            self._split: SplitHash | None = None
 
     def writable(self) -> bool:
         return True
@@ -290,7 +297,7 @@ class HashingWriter(io.RawIOBase):
     def _start_trailers(self, fd: int) -> None:
         # The SHA-256 trails the writer on its own core; BLAKE3, several times faster, waits for
         # done_writing() and then runs while the caller's fsync leaves the writer's core idle.
-        self._trailers.append(_Trailer(fd, self, lambda view, _offset: self._sha.update(view)))
+        self._trailers.append(_Trailer(fd, self, self._sha))
 
     def done_writing(self) -> None:
         """No more bytes will be written: the size is final. With a re-readable file, BLAKE3 of
@@ -300,30 +307,19 @@ class HashingWriter(io.RawIOBase):
         self.finished = True
         for trailer in self._trailers:
             trailer.wake()
-        if self._trailers and self._blake3 and self._fd is not None:
+        if self._blake3 and self._queued is None:
+            self._split = SplitHash(self.ranges)
+        if self._trailers and self._split is not None and self._fd is not None:
             self._whole = threading.Thread(target=self._blake3_whole, args=(self._fd,), name="modelkeep-blake3")
             self._whole.start()
 
     def _blake3_whole(self, fd: int) -> None:
+        assert self._split is not None
         try:
-            for start in range(0, self.size, self.MAP_CHUNK):  # a chunk at a time: a small RSS
-                pages = mmap.mmap(fd, min(self.MAP_CHUNK, self.size - start), offset=start, access=mmap.ACCESS_READ)
-                with pages, memoryview(pages) as view:
-                    self._hash_blake3(view, start)
+            for view in _mapped(fd, 0, self.size, self.MAP_CHUNK):
+                self._split.update(view)
         except BaseException as exc:  # raised in the writer's thread by _finish()
             self._whole_error = exc
-
-    def _hash_blake3(self, view: memoryview, offset: int) -> None:
-        """BLAKE3 of bytes at ``offset``: skeleton or payload digest, by the recorded switches."""
-        assert self._skeleton is not None and self._payload is not None
-        switches = self._switches  # appended to by the writer meanwhile, always in order
-        while view:
-            i = bisect.bisect_right(switches, (offset, True))
-            in_payload = switches[i - 1][1] if i else False
-            until = switches[i][0] if i < len(switches) else None
-            n = len(view) if until is None else min(len(view), until - offset)
-            (self._payload if in_payload else self._skeleton).update(view[:n])
-            view, offset = view[n:], offset + n
 
     @contextlib.contextmanager
     def payload(self, nbytes: int) -> Iterator[bool]:
@@ -336,13 +332,11 @@ class HashingWriter(io.RawIOBase):
             yield False
             return
         start = self.size
-        self._switches.append((start, True))
         self._in_payload = True
         try:
             yield True
         finally:
             self._in_payload = False
-            self._switches.append((self.size, False))
         if self.size - start < nbytes:
             raise ValueError(f"a payload of {nbytes} bytes wrote only {self.size - start}")
         self.ranges.append((start, self.size - nbytes, self.size))
@@ -368,8 +362,8 @@ class HashingWriter(io.RawIOBase):
             if len(view) != self.size:
                 raise OSError(f"the staged file has {len(view)} bytes; {self.size} were written")
             self._sha.update(view)
-            if self._blake3:
-                self._hash_blake3(view, 0)
+            if self._split is not None:
+                self._split.update(view)
         finally:
             self._close_fd()
 
@@ -382,7 +376,10 @@ class HashingWriter(io.RawIOBase):
         self._finish()
         if self._queued is not None:
             return self._queued[name].hexdigest()
-        return str({"sha256": self._sha, "skeleton": self._skeleton, "payload": self._payload}[name].hexdigest())
+        if name == "sha256":
+            return str(self._sha.hexdigest())
+        assert self._split is not None
+        return str((self._split.skeleton if name == "skeleton" else self._split.payload).hexdigest())
 
     def hexdigest(self) -> str:
         """The SHA-256 of everything written."""
@@ -434,6 +431,31 @@ def check_digest(where: str, expected: str, got: str) -> None:
             f"integrity check failed for {where}: digest is {got[:16]}..., "
             f"recorded {expected[:16]}...; the artifact was changed after it was saved"
         )
+
+
+class SplitHash:
+    """BLAKE3 of a stream fed in order, split by payload ranges into the skeleton and the
+    payload digests (for a writer's file once it is complete, and for ``verify``)."""
+
+    def __init__(self, ranges: Sequence[Range]) -> None:
+        self.skeleton, self.payload = new_hash("blake3"), new_hash("blake3")
+        self._starts = [start for start, _, _ in ranges]
+        self._ends = [end for _, _, end in ranges]
+        self._pos = 0
+
+    def update(self, data: Any) -> None:
+        view, pos = memoryview(data), self._pos
+        while view:
+            i = bisect.bisect_right(self._starts, pos) - 1  # the last range starting at or before pos
+            if i >= 0 and pos < self._ends[i]:
+                n = min(len(view), self._ends[i] - pos)
+                self.payload.update(view[:n])
+            else:
+                upto = self._starts[i + 1] if i + 1 < len(self._starts) else None
+                n = len(view) if upto is None else min(len(view), upto - pos)
+                self.skeleton.update(view[:n])
+            view, pos = view[n:], pos + n
+        self._pos = pos
 
 
 @dataclass(frozen=True)

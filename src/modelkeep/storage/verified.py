@@ -18,11 +18,11 @@ import json
 import mmap
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from ..errors import IntegrityError
-from .hashing import Advance, BackgroundHash, Expected, Range, VerifiedArtifact, new_hash, no_advance, plan_segments
+from .hashing import Advance, BackgroundHash, Expected, VerifiedArtifact, new_hash, no_advance, plan_segments
 
 #: Bytes read (and handed to the hasher) at a time.
 READ_CHUNK = 4 << 20
@@ -64,29 +64,6 @@ class ChunkReader:
         return n
 
 
-class SplitHash:
-    """BLAKE3 of a stream fed in order, split into the skeleton and the payload ranges (for
-    ``verify``, which keeps no bytes)."""
-
-    def __init__(self, ranges: Sequence[Range]) -> None:
-        self.skeleton, self.payload = new_hash("blake3"), new_hash("blake3")
-        self._bounds = [(start, end) for start, _, end in ranges]
-        self._pos = 0
-
-    def update(self, data: bytes) -> None:
-        view, pos = memoryview(data), self._pos
-        while view:
-            inside = next(((s, e) for s, e in self._bounds if s <= pos < e), None)
-            if inside is not None:
-                n = min(len(view), inside[1] - pos)
-                self.payload.update(view[:n])
-            else:
-                n = min([len(view)] + [s - pos for s, _ in self._bounds if s > pos])
-                self.skeleton.update(view[:n])
-            view, pos = view[n:], pos + n
-        self._pos = pos
-
-
 def _fill(readinto: ReadInto, view: memoryview, hasher: BackgroundHash, advance: Advance, where: str) -> None:
     """Fill ``view`` from ``readinto``, queueing each chunk for ``hasher``."""
     got, size = 0, len(view)
@@ -120,17 +97,21 @@ def _check(expected: Expected, skeleton: Any, payload: Any, where: str) -> None:
             )
 
 
+def _check_size(size: int, expected: Expected, where: str) -> None:
+    if expected.size is not None and size != expected.size:
+        raise IntegrityError(
+            f"integrity check failed for {where}: it has {size} bytes, recorded {expected.size}; "
+            "the artifact was changed after it was saved"
+        )
+
+
 def read_artifact(
     readinto: ReadInto, size: int, expected: Expected, where: str, advance: Advance = no_advance
 ) -> VerifiedArtifact:
     """Read ``size`` bytes from ``readinto`` once, check them, and return them privately held.
 
     The caller checks that no bytes follow (the file did not grow)."""
-    if expected.size is not None and size != expected.size:
-        raise IntegrityError(
-            f"integrity check failed for {where}: it has {size} bytes, recorded {expected.size}; "
-            "the artifact was changed after it was saved"
-        )
+    _check_size(size, expected, where)
     segments = plan_segments(size, expected.ranges, where)
     skeleton, payload = _hashers(expected)
     buf = private_buffer(size, dense=not expected.ranges)  # holes where payloads go cost nothing
@@ -230,11 +211,7 @@ def check_mapped(
     started = time.time_ns()
     st = os.fstat(f.fileno())
     size = st.st_size
-    if expected.size is not None and size != expected.size:
-        raise IntegrityError(
-            f"integrity check failed for {where}: it has {size} bytes, recorded {expected.size}; "
-            "the artifact was changed after it was saved"
-        )
+    _check_size(size, expected, where)
     segments = plan_segments(size, expected.ranges, where)
     known = checked is not None and checked.known(st, expected.payload)
     buf = private_buffer(size, dense=False)
