@@ -117,6 +117,7 @@ def read_artifact(
     buf = private_buffer(size, dense=not expected.ranges)  # holes where payloads go cost nothing
     view = memoryview(buf) if size else memoryview(bytearray())
     out = VerifiedArtifact(buf)
+    checked = False
     try:
         for seg in segments:
             if not seg.payload:
@@ -128,15 +129,13 @@ def read_artifact(
             out.ranges[seg.start] = (seg.start, seg.data_start, seg.end)
             out.buffers[seg.start] = data
         _check(expected, skeleton, payload, where)
-    except BaseException:
-        view.release()
+        checked = True
+    finally:
+        view.release()  # before closing the buffer it views
         skeleton.close()
         payload.close()
-        buf.close()
-        raise
-    view.release()
-    skeleton.close()
-    payload.close()
+        if not checked:
+            buf.close()
     buf.seek(0)
     return out
 
@@ -217,28 +216,22 @@ def check_mapped(
     buf = private_buffer(size, dense=False)
     view = memoryview(buf)
     skeleton, payload = new_hash("blake3"), new_hash("blake3", threads=True)
-    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    ok = False
     try:
-        source = memoryview(mapped)
-        try:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as source:
             for seg in segments:
                 if not seg.payload:
                     view[seg.start : seg.end] = source[seg.start : seg.end]  # copy first, then hash the copy
                     skeleton.update(view[seg.start : seg.end])
                 elif not known:
                     payload.update(source[seg.start : seg.end])
-            _check(expected, skeleton, None if known else payload, where)
-        finally:
-            source.release()
-    except BaseException:
-        view.release()
-        buf.close()
-        raise
+        _check(expected, skeleton, None if known else payload, where)
+        ok = True
     finally:
-        mapped.close()
-    view.release()
+        view.release()  # before closing the buffer it views
+        if not ok:
+            buf.close()
     if checked is not None and not known and _same_file(st, os.fstat(f.fileno())):
         checked.remember(st, expected.payload, started)
-    out = VerifiedArtifact(buf, mapped=f)
-    out.ranges = {s.start: (s.start, s.data_start, s.end) for s in segments if s.payload}
-    return out
+    ranges = {s.start: (s.start, s.data_start, s.end) for s in segments if s.payload}
+    return VerifiedArtifact(buf, ranges=ranges, mapped=f)
