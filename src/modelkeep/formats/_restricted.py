@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsafeModelError
+from . import state_checks
 from .allowlist import BUILTIN_ALLOWLIST
 
 logger = logging.getLogger("modelkeep")
@@ -230,6 +231,7 @@ class _Policed:
                 f"refused to load: the pickle sets the state of {getattr(target, '__name__', type(target).__name__)}, "
                 "a class, module or global rather than a new object (possible malicious pickle)"
             )
+        state_checks.check_build(target, self.stack[-1])
 
 
 class RestrictedUnpickler(_Policed, pickle._Unpickler):
