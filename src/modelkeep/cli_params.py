@@ -33,6 +33,8 @@ def backfill_params(
         verb = "would record" if dry_run else "recorded"
         for m, v in report.updated:
             click.echo(f"{verb} {m} {v}")
+        for m, v in report.given:
+            click.echo(f"left {m} {v} as saved: its model_params were given at save")
         for skipped in report.skipped:
             click.echo(f"skipped {skipped.model_name} {skipped.version}: {skipped.cli_reason}")
         _status(ctx, str(report))

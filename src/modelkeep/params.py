@@ -117,7 +117,11 @@ def bounded(raw: dict[Any, Any]) -> dict[str, Any]:
         if len(name) > MAX_KEY_LENGTH or len(out) >= MAX_KEYS or name in out:
             truncation.note(truncation.dropped, name)
             continue
-        out[name] = summarise(raw[key], name, truncation)
+        try:
+            out[name] = summarise(raw[key], name, truncation)
+        except Exception:  # an odd object must not block saving the model: keep its class name
+            truncation.note(truncation.summarised, name)
+            out[name] = type(raw[key]).__name__
     fields: dict[str, Any] = {PARAMS_KEY: out}
     report = truncation.to_dict()
     if report is not None:

@@ -55,14 +55,18 @@ class BackfillReport:
 
     ``checked``: live versions looked at; ``updated``: ``(model, version)`` whose
     deep parameters were recorded; ``unchanged``: loaded, with nothing to add;
-    ``skipped``: not loaded or left alone, each with its reason. Versions whose
-    parameters are already deep (or that have none) are only counted in ``checked``.
+    ``given``: loaded, but their ``model_params`` were passed to ``save`` by hand
+    (they differ from the model's ``get_params()``), so they are left as they are;
+    ``skipped``: not loaded (refused under this reader's trust, corrupt, missing)
+    or changed meanwhile, each with its reason. Versions whose parameters are
+    already deep (or that have none) are only counted in ``checked``.
     """
 
     dry_run: bool = False
     checked: int = 0
     updated: list[tuple[str, str]] = field(default_factory=list)
     unchanged: list[tuple[str, str]] = field(default_factory=list)
+    given: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +75,7 @@ class BackfillReport:
             "checked": self.checked,
             "updated": [list(v) for v in self.updated],
             "unchanged": [list(v) for v in self.unchanged],
+            "given": [list(v) for v in self.given],
             "skipped": [s.to_dict() for s in self.skipped],
         }
 
@@ -78,7 +83,8 @@ class BackfillReport:
         verb = "would record" if self.dry_run else "recorded"
         return (
             f"checked {self.checked} version(s): {verb} the deep parameters of {len(self.updated)}, "
-            f"{len(self.unchanged)} unchanged, {len(self.skipped)} skipped"
+            f"{len(self.unchanged)} unchanged, {len(self.given)} with parameters given at save, "
+            f"{len(self.skipped)} skipped"
         )
 
 
@@ -106,9 +112,7 @@ def backfill_params(
             report.skipped.append(Skipped(*where, str(exc), exc.for_cli()))
             continue
         if shallow_keys(model) != set(record.metadata[PARAMS_KEY]):
-            # Not what modelkeep captured: the saver passed model_params by hand. Leave them.
-            reason = "its model_params differ from the model's get_params(): they were given at save; left as they are"
-            report.skipped.append(Skipped(*where, reason, reason))
+            report.given.append(where)  # not what modelkeep captured: the saver passed them by hand
             continue
         fields = capture(model)
         del model
