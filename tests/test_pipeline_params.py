@@ -383,3 +383,29 @@ def test_backfill_of_a_0_1_registry_loads_nothing_it_does_not_need(tmp_path: Pat
         assert (report.checked, report.updated, report.skipped, report.unchanged) == (7, [], [], [])
         assert p.get_version("churn", "1.0.0").metadata["model_params"]["C"] == 1.0  # flat params were complete
     assert {p: p.read_bytes() for p in store.rglob("*_metadata.json")} == before
+
+
+def test_backfill_of_pipelines_saved_by_0_1(index_target: Any, tmp_path: Path, iris_data: Any) -> None:
+    """Artifacts and sidecars written by modelkeep 0.1 (tests/data/make_pipelines_0_1.py), indexed by reindex."""
+    import shutil
+
+    store = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "pipelines_0_1", store)
+    with index_target.persistence(store) as p:
+        assert p.reindex() == 4
+        steps = p.get_version("pipe", "1.0.0").metadata["model_params"]["steps"]
+        assert (
+            steps
+            == "[('standardscaler', StandardScaler()), ('logisticregression', LogisticRegression(C=0.1, max_iter=300))]"
+        )
+        with pytest.raises(FilterError, match="backfill-params"):
+            p.search_versions("params.logisticregression__C < 1")
+
+        report = p.backfill_params()
+        assert report.updated == [("ct", "1.0.0"), ("pipe", "1.0.0"), ("pipe", "1.0.1"), ("pipe", "1.0.2")]
+        assert _found(p, "params.logisticregression__C < 1") == ["1.0.0", "1.0.1"]
+        assert _found(p, "params.columntransformer__num__simpleimputer__strategy = 'median'") == ["1.0.0"]
+        assert list(p.compare_versions("pipe")["params.logisticregression__C"]) == [0.1, 0.5, 2.0]
+        X, _ = iris_data
+        assert p.load("pipe", "1.0.2").predict(X[:5]).shape == (5,)  # the artifacts are untouched
+        assert p.verify().ok
