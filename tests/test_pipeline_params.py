@@ -32,7 +32,7 @@ from modelkeep.cli import cli
 from modelkeep.errors import MetadataError
 from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.metadata import to_json_safe
-from modelkeep.params import MAX_KEYS, MAX_STRING, bounded
+from modelkeep.params import MAX_KEYS, MAX_STRING, bounded, capture
 
 C_VALUES = (0.01, 0.1, 1.0, 10.0)
 
@@ -212,6 +212,28 @@ def test_bounded_limits_each_kind_of_value() -> None:
     assert params["spec"] == "SymbolicShape"  # summarising it failed: the class name, and saving goes on
     assert report["summarised_keys"] == ["spec", "big_list", "deep", "opaque"]
     json.dumps(out, allow_nan=False)
+
+
+def test_every_scikit_learn_estimator_is_recorded_whole() -> None:
+    """No estimator scikit-learn ships hits a limit or yields a value JSON cannot hold."""
+    import warnings
+
+    from sklearn.utils import all_estimators
+
+    checked = []
+    for name, cls in all_estimators():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                estimator = cls()
+        except TypeError:  # meta-estimators need their inner estimators (covered above)
+            continue
+        fields = capture(estimator)
+        assert set(fields) == {"model_params"}, (name, fields.get("model_params_truncated"))
+        assert set(fields["model_params"]) == set(estimator.get_params(deep=True)), name
+        json.dumps(fields, allow_nan=False)
+        checked.append(name)
+    assert len(checked) > 150
 
 
 # -- CLI ---------------------------------------------------------------------------------
