@@ -50,7 +50,7 @@ MAX_NAMED = 20
 #: A short repr of any other object is kept; a longer one is replaced by the class name.
 MAX_REPR = 200
 
-# The one-line repr of an object, as modelkeep before 0.2 stored a nested estimator.
+# The repr of an object, as modelkeep before 0.2 stored a nested estimator (``Pipeline(steps=[...``).
 _REPR = re.compile(r"^<|[A-Za-z_][\w.]*\(")
 
 
@@ -204,7 +204,7 @@ def looks_recorded_before_0_2(params: Any) -> bool:
     """Whether ``model_params`` has the shape modelkeep before 0.2 wrote for a nested estimator.
 
     That is ``get_params(deep=False)`` with each nested estimator (and list of
-    steps) as its one-line repr: no ``step__param`` key, and some value that
+    steps) as its repr: no ``step__param`` key, and some value that
     reads like a repr. Only such versions gain anything from :func:`capture` on
     the loaded model (see :func:`modelkeep.params_backfill.backfill_params`).
     """

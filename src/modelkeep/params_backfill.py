@@ -1,7 +1,7 @@
 """Record the deep parameters of versions saved before modelkeep 0.2 (``modelkeep backfill-params``).
 
 modelkeep before 0.2 stored ``get_params(deep=False)``, with each nested estimator
-as its one-line repr, so ``params.logisticregression__C`` of an older pipeline
+(and list of steps) as its repr, so ``params.logisticregression__C`` of an older pipeline
 cannot be searched. The index's schema upgrade cannot fix that: only the model
 object knows its parameters, and opening a registry must not unpickle anything.
 This maintenance step does, for the versions that need it
@@ -10,8 +10,8 @@ the normal :meth:`ModelPersistence.load` (signature, digests, allow-list, under
 the reader's own trust settings), records :func:`modelkeep.params.capture` of the
 loaded model, and rewrites the version's sidecar and index row (under the model's
 write lock, with a ``backfill_params`` history row). A version that does not load
-under the reader's trust is skipped and reported, as is one whose ``model_params``
-were given by hand at save. The signature covers the artifact, not the metadata,
+under the reader's trust is skipped and reported; one whose ``model_params`` were
+given by hand at save is left as it is (and reported apart). The signature covers the artifact, not the metadata,
 so signed versions stay signed.
 """
 
