@@ -19,6 +19,7 @@ as shown by their own tests (``RUN_ELSEWHERE``).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,32 @@ def test_the_quick_start_keeps_its_two_commands() -> None:
         'bash .ci/test-services.sh && pip install -e ".[test]" && python -m pytest -q',
     ]
     assert block.code.splitlines()[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_the_site() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    site = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        if page.name != "index.md":  # the site's home page; the README is the repository's
+            assert f"(docs/{page.name})" in readme, page.name
+        assert f": {page.name}\n" in site, page.name
+
+
+def test_the_api_page_names_every_public_method_and_every_error() -> None:
+    """The reference tables, written by hand, miss nothing the library offers (issue 23)."""
+    import inspect
+
+    from modelkeep import errors
+    from modelkeep.registry import ModelPersistence
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    methods = [n for n, _ in inspect.getmembers(ModelPersistence, callable) if not n.startswith("_")]
+    assert {"set_alias", "set_tag", "history", "restore", "purge", "prune", "list_trash"} <= set(methods)
+    rows = "\n".join(line for line in api.splitlines() if line.startswith("| `"))
+    missing = [n for n in methods if not re.search(rf"[`.]{n}\(", rows)]
+    assert not missing, f"methods missing from docs/api.md: {missing}"
+    classes = [c for c in vars(errors).values() if inspect.isclass(c) and issubclass(c, errors.ModelKeepError)]
+    table = api[api.index("| error | also a |") :]
+    assert not [c.__name__ for c in classes if c is not errors.ModelKeepError and f"| `{c.__name__}` |" not in table]
+    for name in ("save", "compare_versions", "delete", "ModelPersistence"):  # one row each, no contradicting copies
+        assert len(re.findall(rf"^\| `{name}\(", api, re.M)) == 1, name
