@@ -140,3 +140,48 @@ def test_the_api_page_names_every_public_method_and_every_error() -> None:
     assert not [c.__name__ for c in classes if c is not errors.ModelKeepError and f"| `{c.__name__}` |" not in table]
     for name in ("save", "compare_versions", "delete", "ModelPersistence"):  # one row each, no contradicting copies
         assert len(re.findall(rf"^\| `{name}\(", api, re.M)) == 1, name
+
+
+TRACE = """
+import importlib.util, sys, threading
+root = importlib.util.find_spec("modelkeep").submodule_search_locations[0] + "/"
+seen = set()
+def profile(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename.startswith(root):
+        seen.add(frame.f_code.co_filename[len(root):])
+def traced(call):
+    sys.setprofile(profile); threading.setprofile(profile)
+    try:
+        return call()
+    finally:
+        sys.setprofile(None); threading.setprofile(None)
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+model = {"clf": LogisticRegression().fit([[0.0], [1.0]], [0, 1]), "weights": np.arange(200_000.0)}
+for fmt, compress in (("joblib", True), ("joblib", False), ("native", True)):
+    p = traced(lambda: __import__("modelkeep").ModelPersistence(f"models-{fmt}-{compress}", fmt, compress))
+    traced(lambda: p.save(model, "m", accuracy=0.9))
+    p.set_alias("m", "production", "1.0.0")
+    traced(lambda: p.load("m@production"))
+    traced(lambda: p.load("m", mmap_mode="r"))
+    try:
+        traced(lambda: p.load("n"))
+    except KeyError:
+        pass
+print("\\n".join(sorted(seen)))
+"""
+
+
+def test_architecture_names_every_module_a_save_and_a_load_pass_through(tmp_path: Path) -> None:
+    """Trace real saves and loads (joblib compressed and mapped, native, an alias, an unknown name) and
+    require each modelkeep file they run to be named, as `path`, in docs/ARCHITECTURE.md (issue 23)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
+    env |= {"MODELKEEP_CONFIG_DIR": str(tmp_path / "user"), "MODELKEEP_GIT": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", TRACE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    modules = done.stdout.split()
+    assert {"registry.py", "index/claims.py", "storage/verified.py", "formats/_restricted.py"} <= set(modules)
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    assert not [m for m in modules if f"`{m}`" not in text], "modules missing from docs/ARCHITECTURE.md"
