@@ -69,8 +69,9 @@ class ArtifactInfo:
 class ModelMetadata:
     """Everything modelkeep knows about one model version.
 
-    ``metadata`` holds ``model_params`` (from ``get_params()`` when the model has
-    it) and every custom field passed to ``save``: metrics, dataset info, tags.
+    ``metadata`` holds ``model_params`` (from ``get_params(deep=True)`` when the
+    model has it, flat and bounded: see :mod:`modelkeep.params`) and every custom
+    field passed to ``save``: metrics, dataset info, tags.
 
     ``aliases``, ``tags`` and ``description`` are the version's lifecycle state,
     read from the index when the record is read. They can change at any time, so
