@@ -535,7 +535,7 @@ class SqlIndex:
         raw = conn.execute(
             select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
         ).scalar()
-        return None if raw is None else _record(raw)
+        return None if raw is None else _record(raw, model_name, version)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
@@ -557,7 +557,7 @@ class SqlIndex:
 
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
-        query = select(versions.c.record, versions.c.description, versions.c.deleted_at).where(
+        query = select(versions.c.record, versions.c.description, versions.c.deleted_at, versions.c.version).where(
             versions.c.model_name == model_name
         )
         if version is None:
@@ -570,7 +570,7 @@ class SqlIndex:
                 raise self._missing(conn, model_name, version)
             if row[2] is not None:
                 raise trashed_error(model_name, version)
-        rec = _record(row[0])
+        rec = _record(row[0], model_name, row[3])
         return attach_lifecycle(conn, model_name, [(rec, row[1])], version=rec.version)[0]
 
     @_retry_on_disconnect
@@ -606,18 +606,19 @@ class SqlIndex:
         """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.record, versions.c.description)
+                select(versions.c.record, versions.c.description, versions.c.version)
                 .where(versions.c.model_name == model_name, LIVE)
                 .order_by(*_ORDER_ASC)
             )
-            return attach_lifecycle(conn, model_name, [(_record(r[0]), r[1]) for r in rows])
+            return attach_lifecycle(conn, model_name, [(_record(r[0], model_name, r[2]), r[1]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
         """Every record of every model, trashed ones included: they still own their files
         (for verify, gc and copy)."""
         with self._read() as conn:
-            for (raw,) in conn.execute(select(versions.c.record).order_by(versions.c.model_name, *_ORDER_ASC)):
-                yield _record(raw)
+            query = select(versions.c.record, versions.c.model_name, versions.c.version)
+            for raw, name, version in conn.execute(query.order_by(versions.c.model_name, *_ORDER_ASC)):
+                yield _record(raw, name, version)
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:
