@@ -207,3 +207,25 @@ def test_ui_pages_survive_damaged_rows(damaged: Damaged) -> None:
         assert "damaged" in client.get("/history").text
         assert "damaged" in client.get("/models/churn/versions/1.0.0").text
         assert "damaged" in client.get("/models/churn").text
+
+
+@pytest.mark.postgres
+def test_cli_commands_survive_damaged_rows_on_postgresql(tmp_path: Path, pg_schema: str) -> None:
+    from tests.conftest import PG_URL
+
+    url = f"{PG_URL}?options=-csearch_path%3D{pg_schema}"  # the libpq way to put the tables in a schema
+    with ModelPersistence(tmp_path / "models", registry_url=url) as p:
+        _fill(p)
+        _damage(p, sqlite=False)
+    base = ["--models-dir", str(tmp_path / "models"), "--registry-url", url]
+    runner = CliRunner()
+    for args in CLI:
+        result = runner.invoke(cli, [*base, *args])
+        assert result.exit_code == 0, (args, result.output)
+        assert "Traceback" not in result.output
+        if "--json" in args:
+            json.loads(result.stdout)
+    verify = runner.invoke(cli, [*base, "verify", "--json"])
+    assert verify.exit_code == 1
+    kinds = {(pr["kind"], pr["key"]) for pr in json.loads(verify.stdout)["problems"]}
+    assert ("damaged", "index row of churn 1.0.0") in kinds

@@ -46,7 +46,7 @@ class ModelArchive:
     def names(self) -> list[str]:
         """The files in the archive."""
         with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:gz") as tar:
-            return [m.name for m in tar.getmembers() if m.isfile()]
+            return [m.name for m in tar.getmembers() if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE)]
 
     def read(self, name: str, *, max_bytes: int | None = None) -> bytes:
         """One file's bytes (a regular file no larger than :func:`~modelkeep._tarsafe.extract_limit`
