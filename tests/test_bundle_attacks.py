@@ -221,6 +221,13 @@ def test_a_sparse_member_claiming_a_gibibyte_is_refused_before_a_byte_is_written
     assert "MODELS []" in guarded.stdout
 
 
+def test_the_cli_refuses_a_sparse_bundle_in_one_line(tmp_path: Path, bundle: Path) -> None:
+    hostile = sparse_bundle(tmp_path, bundle)
+    result = CliRunner().invoke(cli, ["--models-dir", str(tmp_path / "dest"), "import", str(hostile)])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "a sparse file" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("member", [gnu_sparse_member, pax_sparse_member], ids=["gnu", "pax"])
 def test_both_sparse_encodings_are_refused(
     tmp_path: Path, bundle: Path, member: Callable[[str, bytes, int], bytes]

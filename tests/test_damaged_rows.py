@@ -115,7 +115,9 @@ def test_records_aliases_and_tags_degrade_to_one_damaged_entry(damaged: Damaged)
     if damaged.sqlite:
         assert tags == {"owner": "ml-team"} and version_tags == {"stage": "\ufffdprod"}
     page = p.search_versions("accuracy > 0.1")
-    assert {(r.model_name, r.version) for r in page.items} >= {("churn", "2.0.0"), ("churn", "3.0.0")}
+    found = {(r.model_name, r.version): r for r in page.items}
+    assert set(found) >= {("churn", "1.0.0"), ("churn", "2.0.0"), ("churn", "3.0.0")}  # its fields were indexed at save
+    assert found["churn", "1.0.0"].damaged and not found["churn", "2.0.0"].damaged
     assert p.list_models() == ["churn", "fraud"]
     assert p.load("churn", "2.0.0") == {"w": 2}
     assert p.load("churn", alias="production") == {"w": 2}
@@ -207,6 +209,7 @@ def test_ui_pages_survive_damaged_rows(damaged: Damaged) -> None:
         assert "damaged" in client.get("/history").text
         assert "damaged" in client.get("/models/churn/versions/1.0.0").text
         assert "damaged" in client.get("/models/churn").text
+        assert "damaged" in client.get("/?q=accuracy%20%3E%200.1").text
 
 
 @pytest.mark.postgres
