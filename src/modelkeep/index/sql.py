@@ -57,7 +57,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .rows import parse_record
+from .rows import parse_record, text_value
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
@@ -503,6 +503,7 @@ class SqlIndex:
         ):
             if (model_name, version) not in present:
                 conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+                version, alias = text_value(version), text_value(alias)  # a damaged row may hold bytes
                 write_history(conn, "alias_delete", model_name, version=version, alias=alias, before=version, at=at)
         for model_name, version in list(conn.execute(select(tags.c.model_name, tags.c.version).distinct())):
             if version != "" and (model_name, version) not in present:
