@@ -543,7 +543,14 @@ class ModelPersistence(LifecycleMixin):
                     f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
                 )
         art = record.artifact
-        assert art is not None
+        if art is None or record.damaged:
+            from .errors import IntegrityError
+
+            raise IntegrityError(
+                f"model '{record.model_name}' version '{record.version}' cannot be loaded: its index row is damaged "
+                f"({record.damaged or 'no artifact'}); run modelkeep verify, and reindex to rebuild it from the "
+                "sidecar files"
+            )
         verdict = self.keyring.check(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
