@@ -20,11 +20,19 @@ the modules named in :data:`CHECK_MODULES`, imported on first use. A check raise
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import types
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..errors import UnsafeModelError
+
 #: Modules that register checks when imported (each imports its framework lazily, inside the checks).
-CHECK_MODULES: tuple[str, ...] = ()
+CHECK_MODULES: tuple[str, ...] = ("modelkeep.formats.checks_sklearn", "modelkeep.formats.checks_scipy")
+
+#: :func:`check_loaded` refuses an object graph with more objects than this (a padded graph
+#: must not hide a native object past the end of the walk).
+MAX_LOADED_OBJECTS = 5_000_000
 
 BuildCheck = Callable[[Any, Any], None]
 CallCheck = Callable[[Any, tuple[Any, ...]], None]
@@ -91,7 +99,91 @@ def check_call(func: Any, args: tuple[Any, ...]) -> None:
         check(func, args)
 
 
+def refuse(what: str) -> UnsafeModelError:
+    """The error a check raises: ``what`` says exactly what was wrong with the state."""
+    return UnsafeModelError(
+        f"refused to load: {what}. Native code would read or write out of bounds with this state "
+        "(a corrupted or malicious model); modelkeep checks it before native code sees it"
+    )
+
+
+def current_state(obj: Any) -> Any:
+    """The state ``obj`` would pickle now: what a build check sees for an object built without
+    modelkeep's unpicklers (skops) or changed after its ``BUILD``."""
+    getstate = getattr(obj, "__getstate__", None)
+    if getstate is not None:
+        try:
+            return getstate()
+        except TypeError:
+            pass
+    reduced = obj.__reduce_ex__(4)
+    return reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 else None
+
+
+def _children(obj: Any) -> Iterator[Any]:
+    """The objects ``obj`` refers to that a model can hide a native object in."""
+    if isinstance(obj, dict):
+        yield from obj.keys()
+        yield from obj.values()
+        return
+    if isinstance(obj, (list, tuple, set, frozenset, deque)):
+        yield from obj
+        return
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None and getattr(dtype, "hasobject", False) and hasattr(obj, "ravel"):
+        try:
+            items = list(obj.ravel(order="K"))
+        except (TypeError, ValueError, AttributeError):
+            items = []
+        yield from items
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict):
+        yield from attrs.values()
+    for klass in type(obj).__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                yield getattr(obj, slot)
+
+
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, types.ModuleType)
+
+
 def check_loaded(obj: Any) -> None:
-    """After a load that bypassed modelkeep's unpicklers: check every registered native object
-    reachable from ``obj``. Filled in by the native-state work; a no-op until checks exist."""
+    """After a load: check every registered native object reachable from ``obj``.
+
+    The walk is iterative (no recursion limit), visits each object once (cycles are fine) and
+    covers dicts, lists, tuples, sets, object arrays, ``__dict__`` and ``__slots__``. Each
+    native object's *current* state goes through its build check, and so do the estimators
+    that hold them, so state changed after its ``BUILD`` (a second ``BUILD``, a shared array
+    rebuilt later) and objects built without modelkeep's unpicklers (skops) are covered too.
+    A graph of more than :data:`MAX_LOADED_OBJECTS` objects is refused, not half-checked.
+    """
     _ensure_loaded()
+    if not _BUILD_CHECKS:
+        return
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _LEAVES) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if len(seen) > MAX_LOADED_OBJECTS:
+            raise UnsafeModelError(
+                f"refused to load: the object graph has more than {MAX_LOADED_OBJECTS} objects, "
+                "too many to check for unsafe native state"
+            )
+        check = build_check_for(type(item))
+        if check is not None:
+            check(item, current_state(item))
+        stack.extend(_children(item))
+
+
+def checked(obj: Any) -> Any:
+    """``obj`` after :func:`check_loaded`: the last step of every unpickling load. The checks
+    at ``BUILD`` refuse bad state before ``__setstate__`` runs; this pass sees the final graph,
+    so state changed after its check (an array rebuilt by a later ``BUILD``, an estimator
+    whose trees were built after it) cannot slip through."""
+    check_loaded(obj)
+    return obj
