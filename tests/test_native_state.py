@@ -1,0 +1,332 @@
+"""Native state is checked before native code sees it (issue 22).
+
+Written as an attacker who can write the store and the index: each test plants an unsigned,
+crafted model with the real globals of an allow-listed native type and state that makes its
+Cython/C++ code read or write out of bounds. The crashing part always runs in a child process
+(tests/_native_fuzz.py) under a memory cap, so a segfault fails the test, not the run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelkeep import ModelPersistence
+from modelkeep.errors import UnsafeModelError
+from modelkeep.formats import state_checks
+
+from ._native_fuzz import (
+    Reduced,
+    binary_tree,
+    binary_tree_payload,
+    data,
+    kdtree_attack,
+    tree_attack,
+    tree_model,
+)
+from .test_tampering import forge_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _child(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    return subprocess.run(
+        [sys.executable, "-m", "tests._native_fuzz", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _plant(p: ModelPersistence, payload: bytes) -> None:
+    """An unsigned version 'victim' 1.0.0 whose artifact is ``payload`` (a plain pickle, which
+    the joblib and pickle formats both read), recorded as the honest save would record it."""
+    p.save({"weights": [1.0, 2.0]}, "victim", "1.0.0")
+    art = p.get_version("victim", "1.0.0").artifact
+    assert art is not None
+    codec = (art.compression or "").split(":")[0]
+    if codec == "zstd":
+        import zstandard
+
+        payload = zstandard.ZstdCompressor(level=1).compress(payload)
+    elif codec == "gzip":
+        payload = gzip.compress(payload)
+    elif codec:
+        pytest.fail(f"no planting for compression {art.compression}")
+    forge_record(p, "victim", "1.0.0", payload, globals=[], blobs=[])
+
+
+# -- the attacks are real ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ["tree", "kdtree"])
+def test_plain_load_and_predict_of_the_crafted_model_crashes(attack: str) -> None:
+    result = _child("attack", attack)
+    assert "LOADED" in result.stdout  # plain pickle / joblib.load accepts it without a word
+    assert result.returncode < 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    assert -result.returncode in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT)
+    assert "SURVIVED" not in result.stdout
+
+
+def test_modelkeep_refuses_the_planted_decision_tree(persistence: ModelPersistence) -> None:
+    payload, _ = tree_attack()
+    _plant(persistence, payload)
+    with pytest.raises(UnsafeModelError, match=r"Tree node 0 has left child 1000000000 outside 1\.\.\d+"):
+        persistence.load("victim", "1.0.0")
+
+
+def test_modelkeep_refuses_the_planted_knn_with_a_kdtree_pointing_outside_its_data(
+    persistence: ModelPersistence,
+) -> None:
+    payload, _ = kdtree_attack()
+    _plant(persistence, payload)
+    with pytest.raises(
+        UnsafeModelError, match=r"KDTree\w* idx_array\[0\] is 1000000000, outside the data rows 0\.\.199"
+    ):
+        persistence.load("victim", "1.0.0")
+
+
+# -- one crafted payload per native type ---------------------------------------------------------
+
+
+def _balltree_with_short_node_range() -> bytes:
+    tree, _ = binary_tree("ball")
+    state = list(tree.__getstate__())
+    state[2] = state[2].copy()
+    state[2]["idx_end"][0] = 10**6
+    return binary_tree_payload(tree, tuple(state))
+
+
+def _seuclidean_with_short_vector() -> bytes:
+    from sklearn.metrics import DistanceMetric
+
+    tree, _ = binary_tree("ball", "seuclidean", V=np.ones(4))
+    state = list(tree.__getstate__())
+    state[11] = DistanceMetric.get_metric("seuclidean", V=np.ones(2))
+    return binary_tree_payload(tree, tuple(state))
+
+
+def _mahalanobis_not_square() -> bytes:
+    from sklearn.metrics import DistanceMetric
+
+    metric = DistanceMetric.get_metric("mahalanobis", VI=np.eye(4))
+    func, args, (p, vec, _) = metric.__reduce__()
+    return pickle.dumps(Reduced(func, args, (p, vec, np.ones((4, 2)))))
+
+
+def _hist_gradient_boosting_bad_child() -> bytes:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+    x, y = data(100)
+    model = HistGradientBoostingRegressor(max_iter=3).fit(x, y)
+    predictor = model._predictors[0][0]
+    assert isinstance(predictor, TreePredictor)  # pure Python: it takes any nodes array as is
+    predictor.nodes = predictor.nodes.copy()
+    predictor.nodes["left"][0] = 50_000
+    return pickle.dumps(model)
+
+
+def _svc_inconsistent_support() -> bytes:
+    from sklearn.svm import SVC
+
+    x, y = data(60)
+    model = SVC().fit(x, y)
+    model._n_support = model._n_support * 3  # libsvm walks 3x the support vectors there are
+    return pickle.dumps(model)
+
+
+def _csr_out_of_range() -> bytes:
+    import scipy.sparse as sp
+
+    matrix = sp.random(20, 10, density=0.3, format="csr", random_state=0)
+    matrix.indices[3] = 10**7
+    return pickle.dumps(matrix)
+
+
+def _tree_feature_past_the_input() -> bytes:
+    """A decision tree whose n_features_in_ says 2 but whose tree splits on column 3."""
+    model, _ = tree_model()
+    model.n_features_in_ = 2
+    return pickle.dumps(model)
+
+
+CRAFTED = {
+    "balltree": (
+        _balltree_with_short_node_range,
+        r"BallTree\w* node 0 covers idx_array\[0:1000000\], outside 0\.\.200",
+    ),
+    "seuclidean": (_seuclidean_with_short_vector, r"BallTree\w* dist_metric does not fit its 4-feature data"),
+    "mahalanobis": (_mahalanobis_not_square, r"MahalanobisDistance64 mat has shape \(4, 2\), expected a square"),
+    "hgb": (_hist_gradient_boosting_bad_child, r"TreePredictor node 0 has left child 50000 outside 1\.\.\d+"),
+    "svc": (_svc_inconsistent_support, r"SVC _n_support \[.*\] does not add up to its \d+ support vectors"),
+    "csr": (_csr_out_of_range, r"csr_matrix indices\[\d+\] is 10000000, outside 0\.\.9"),
+    "tree-width": (
+        _tree_feature_past_the_input,
+        r"DecisionTreeClassifier takes 2 features but its tree_ was built for 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_modelkeep_refuses_crafted_native_state(persistence: ModelPersistence, name: str) -> None:
+    make, message = CRAFTED[name]
+    _plant(persistence, make())
+    with pytest.raises(UnsafeModelError, match=message):
+        persistence.load("victim", "1.0.0")
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "native"])
+def test_every_pickling_format_checks_the_state(tmp_path: Path, fmt: str) -> None:
+    with ModelPersistence(tmp_path / "models", serialization_format=fmt) as p:
+        _plant(p, tree_attack()[0])
+        with pytest.raises(UnsafeModelError, match="Tree node 0 has left child"):
+            p.load("victim", "1.0.0")
+
+
+def test_a_tree_constructor_with_fewer_class_counts_than_outputs_is_refused() -> None:
+    from sklearn.tree._tree import Tree
+
+    # Tree.__cinit__ copies n_classes[k] for every k < n_outputs, unchecked
+    with pytest.raises(UnsafeModelError, match="Tree n_classes has 1 entries for 50 outputs"):
+        state_checks.check_call(Tree, (4, np.array([2]), 50))
+    state_checks.check_call(Tree, (4, np.array([2, 3]), 2))  # an honest call passes
+
+
+def _rebuilt_after_its_check() -> bytes:
+    """A csr_matrix that is valid at its own BUILD, whose indices array is then rebuilt (a second
+    BUILD on the memoized ndarray) with an index far past the columns."""
+    import pickletools
+
+    import scipy.sparse as sp
+
+    matrix = sp.random(20, 10, density=0.3, format="csr", random_state=0)
+    honest = pickle.dumps([matrix], protocol=2)
+    memo = None
+    for op, arg, _ in pickletools.genops(honest):  # the memo slot of the indices array
+        if op.name == "BINPUT" and memo is None and _is_indices_slot(honest, arg, matrix):
+            memo = arg
+    assert memo is not None
+    bad = matrix.indices.copy()
+    bad[0] = 10**7
+    state = pickle.dumps(bad.__reduce__()[2], protocol=2)[2:-1]
+    return honest[:-1] + b"h" + bytes([memo]) + state + b"b0."
+
+
+def _is_indices_slot(honest: bytes, slot: int, matrix: Any) -> bool:
+    probe = honest[:-1] + b"0h" + bytes([slot]) + b"."
+    try:
+        value = pickle.loads(probe)
+    except Exception:
+        return False
+    return isinstance(value, np.ndarray) and np.array_equal(value, matrix.indices)
+
+
+def test_state_changed_after_its_build_check_is_caught_by_the_final_pass(persistence: ModelPersistence) -> None:
+    payload = _rebuilt_after_its_check()
+    assert pickle.loads(payload)[0].indices[0] == 10**7  # plain pickle ends with the bad index
+    _plant(persistence, payload)
+    with pytest.raises(UnsafeModelError, match=r"csr_matrix indices\[0\] is 10000000"):
+        persistence.load("victim", "1.0.0")
+
+
+def test_skops_loads_get_the_same_checks(tmp_path: Path) -> None:
+    """skops rebuilds a Tree from the arrays in its zip without modelkeep's unpicklers."""
+    import skops.io
+    from sklearn.tree import DecisionTreeClassifier
+
+    model, _ = tree_model()
+    honest = skops.io.dumps(model)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(honest)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            raw = src.read(item.filename)
+            if item.filename.endswith(".npy"):
+                array = np.load(io.BytesIO(raw), allow_pickle=False)
+                if array.dtype.names and "left_child" in array.dtype.names:
+                    array = array.copy()
+                    array["left_child"][0] = 10**9
+                    buf = io.BytesIO()
+                    np.save(buf, array, allow_pickle=False)
+                    raw = buf.getvalue()
+            dst.writestr(item, raw)
+    trusted = ["sklearn.tree._tree.Tree"]  # skops asks the user to trust Tree by name
+    with ModelPersistence(tmp_path / "models", serialization_format="skops", trusted_types=trusted) as p:
+        p.save(DecisionTreeClassifier().fit(*data(20)), "victim", "1.0.0")
+        forge_record(p, "victim", "1.0.0", out.getvalue())
+        with pytest.raises(UnsafeModelError, match="Tree node 0 has left child 1000000000"):
+            p.load("victim", "1.0.0")
+
+
+def test_a_python_distance_function_from_the_builtin_list_is_not_called() -> None:
+    from sklearn.feature_selection import f_classif
+    from sklearn.metrics._dist_metrics import PyFuncDistance64
+
+    state = (2.0, np.zeros(1), np.zeros((1, 1)), f_classif, {})
+    with pytest.raises(UnsafeModelError, match="f_classif as a distance function"):
+        state_checks.check_build(PyFuncDistance64.__new__(PyFuncDistance64), state)
+
+
+# -- honest models are untouched -----------------------------------------------------------------
+
+
+def test_honest_native_models_round_trip_through_the_checks(local_persistence: ModelPersistence) -> None:
+    import scipy.sparse as sp
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC
+
+    x, y = data(120)
+    models = {
+        "forest": RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y),
+        "gb": GradientBoostingClassifier(n_estimators=3).fit(x, y % 2),
+        "hgb": HistGradientBoostingClassifier(max_iter=3).fit(x, y),
+        "knn-ball": KNeighborsClassifier(
+            algorithm="ball_tree", metric="mahalanobis", metric_params={"VI": np.eye(4)}
+        ).fit(x, y),
+        "svc-sparse": SVC(probability=False).fit(sp.csr_matrix(x), y),
+        "sparse": sp.random(30, 8, density=0.2, format="csr", random_state=0),
+    }
+    for name, model in models.items():
+        local_persistence.save(model, name, "1.0.0")
+        loaded = local_persistence.load(name, "1.0.0")
+        if hasattr(model, "predict"):
+            np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+        else:
+            assert (loaded != model).nnz == 0
+
+
+# -- fuzzing: random mutations of honest states, loaded and used in child processes -------------
+
+
+@pytest.mark.parametrize("kind", ["tree", "kdtree", "balltree", "metric"])
+def test_fuzzed_native_state_is_refused_or_harmless(kind: str) -> None:
+    seed, count = 22, 250
+    result = _child("modelkeep", kind, str(seed), str(count))
+    cases = [line for line in result.stdout.splitlines() if line.startswith("CASE")]
+    last = cases[-1] if cases else "(none)"
+    assert result.returncode == 0, f"the child died ({result.returncode}) on {last}: {result.stderr[-2000:]}"
+    done = result.stdout.strip().splitlines()[-1]
+    assert done.startswith("DONE"), done
+    refused = int(done.split("refused=")[1].split()[0])
+    assert len(cases) == count and refused > count // 2  # most mutations are unsafe and refused
+
+
+def test_the_fuzzer_finds_crashes_without_the_checks() -> None:
+    """The same mutations, loaded with plain pickle, crash a child: the fuzz test is not vacuous."""
+    result = _child("plain", "tree", "22", "250")
+    assert result.returncode < 0, result.stdout[-2000:]
