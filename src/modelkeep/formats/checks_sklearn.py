@@ -97,7 +97,7 @@ def check_tree_call(func: Any, args: tuple[Any, ...]) -> None:
         raise refuse(f"Tree n_classes {n_classes.tolist()[:10]} must be positive and small enough to allocate")
 
 
-@register_build("sklearn.tree._tree", "Tree")
+@register_build("sklearn.tree._tree", "Tree", copies=True)
 def check_tree(tree: Any, state: Any) -> None:
     """Nodes exactly ``NODE_DTYPE``, values ``(node_count, n_outputs, max_n_classes)`` float64,
     children within ``node_count`` (both, or both ``TREE_LEAF``), features below ``n_features``,

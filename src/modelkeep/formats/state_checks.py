@@ -38,15 +38,23 @@ BuildCheck = Callable[[Any, Any], None]
 CallCheck = Callable[[Any, tuple[Any, ...]], None]
 
 _BUILD_CHECKS: dict[tuple[str, str], BuildCheck] = {}
+#: Build checks of types whose ``__setstate__`` copies the state into native memory: once
+#: checked at ``BUILD`` nothing later in the pickle can change it, so the final pass skips them.
+_COPYING: set[BuildCheck] = set()
 _CALL_CHECKS: dict[tuple[str, str], CallCheck] = {}
 _loaded = False
 
 
-def register_build(module: str, qualname: str) -> Callable[[BuildCheck], BuildCheck]:
-    """Register ``check(target, state)`` for objects whose type (or a base) is ``module.qualname``."""
+def register_build(module: str, qualname: str, *, copies: bool = False) -> Callable[[BuildCheck], BuildCheck]:
+    """Register ``check(target, state)`` for objects whose type (or a base) is ``module.qualname``.
+
+    ``copies=True`` says the type's ``__setstate__`` copies the state (so the check at ``BUILD``
+    covers it for good and :func:`checked` need not repeat it)."""
 
     def add(check: BuildCheck) -> BuildCheck:
         _BUILD_CHECKS[(module, qualname)] = check
+        if copies:
+            _COPYING.add(check)
         return check
 
     return add
@@ -149,7 +157,7 @@ def _children(obj: Any) -> Iterator[Any]:
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, types.ModuleType)
 
 
-def check_loaded(obj: Any) -> None:
+def check_loaded(obj: Any, *, built: bool = False) -> None:
     """After a load: check every registered native object reachable from ``obj``.
 
     The walk is iterative (no recursion limit), visits each object once (cycles are fine) and
@@ -158,6 +166,8 @@ def check_loaded(obj: Any) -> None:
     that hold them, so state changed after its ``BUILD`` (a second ``BUILD``, a shared array
     rebuilt later) and objects built without modelkeep's unpicklers (skops) are covered too.
     A graph of more than :data:`MAX_LOADED_OBJECTS` objects is refused, not half-checked.
+    ``built=True`` (after modelkeep's unpicklers, which checked every ``BUILD``) skips the
+    types whose state was copied into native memory at that ``BUILD``.
     """
     _ensure_loaded()
     if not _BUILD_CHECKS:
@@ -175,7 +185,7 @@ def check_loaded(obj: Any) -> None:
                 "too many to check for unsafe native state"
             )
         check = build_check_for(type(item))
-        if check is not None:
+        if check is not None and not (built and check in _COPYING):
             check(item, current_state(item))
         stack.extend(_children(item))
 
@@ -185,5 +195,5 @@ def checked(obj: Any) -> Any:
     at ``BUILD`` refuse bad state before ``__setstate__`` runs; this pass sees the final graph,
     so state changed after its check (an array rebuilt by a later ``BUILD``, an estimator
     whose trees were built after it) cannot slip through."""
-    check_loaded(obj)
+    check_loaded(obj, built=True)
     return obj
