@@ -59,24 +59,32 @@ def check_single_parent_tree(what: str, left: Any, right: Any, internal: Any) ->
     import numpy as np
 
     n = left.shape[0]
-    idx = np.arange(n)
-    for side, child in (("left", left), ("right", right)):
-        bad = internal & ((child <= idx) | (child >= n))
-        if bad.any():
-            i = _first_bad(bad)
-            raise refuse(f"{what} node {i} has {side} child {int(child[i])} outside {i + 1}..{n - 1}")
-    counts = np.bincount(np.concatenate([left[internal], right[internal]]).astype(np.intp), minlength=n)
-    if n and (counts[0] != 0 or (counts[1:] != 1).any()):
-        i = 0 if counts[0] else 1 + _first_bad(counts[1:] != 1)
+    parents = np.flatnonzero(internal)
+    lc, rc = left[parents].astype(np.int64), right[parents].astype(np.int64)
+    if ((lc <= parents) | (lc >= n) | (rc <= parents) | (rc >= n)).any():
+        for side, child in (("left", lc), ("right", rc)):
+            bad = (child <= parents) | (child >= n)
+            if bad.any():
+                j = _first_bad(bad)
+                i = int(parents[j])
+                raise refuse(f"{what} node {i} has {side} child {int(child[j])} outside {i + 1}..{n - 1}")
+    children = np.concatenate([lc, rc]).astype(np.intp)
+    counts = np.bincount(children, minlength=n)  # children > parents >= 0: never the root
+    if n and (counts[1:] != 1).any():
+        i = 1 + _first_bad(counts[1:] != 1)
         raise refuse(f"{what} node {i} is the child of {int(counts[i])} nodes (a tree needs exactly one parent)")
-    depth = 0
-    frontier = np.zeros(1, dtype=np.intp) if n else np.zeros(0, dtype=np.intp)
-    while True:
-        inner = frontier[internal[frontier]]
-        if not inner.size:
-            return depth
-        frontier = np.concatenate([left[inner], right[inner]]).astype(np.intp)
-        depth += 1
+    if n < 2:
+        return 0
+    # depth by pointer jumping: rank[i] is the distance from i to nxt[i]; log2(depth) rounds
+    parent = np.zeros(n, dtype=np.intp)
+    parent[children] = np.concatenate([parents, parents])
+    rank = np.ones(n, dtype=np.intp)
+    rank[0] = 0
+    nxt = parent
+    while nxt.any():
+        rank = rank + rank[nxt]
+        nxt = nxt[nxt]
+    return int(rank.max())
 
 
 # ---------------------------------------------------------------- sklearn.tree._tree.Tree
@@ -173,6 +181,7 @@ def check_estimator(est: Any, state: Any) -> None:
     """An estimator whose trees predict on input checked against *its* ``n_features_in_``
     (``tree_`` of a decision tree; ``estimators_`` of forests and gradient boosting, which call
     the trees without checking the input again) must have trees of exactly that width."""
+    import numpy as np
     from sklearn.tree._tree import Tree
 
     attrs = _merged(est, state)
@@ -186,17 +195,27 @@ def check_estimator(est: Any, state: Any) -> None:
     if not any(isinstance(getattr(m, "tree_", None), Tree) for m in members):
         return
     features = attrs.get("estimators_features_")
-    if features is None and "n_features_in_" not in attrs:
-        raise refuse(f"{name} holds fitted trees but has no n_features_in_ to check their input against")
+    n_in = _n_features_in(attrs, name)
+    if features is not None:
+        features = list(features)
     for i, member in enumerate(members):
         if not isinstance(getattr(member, "tree_", None), Tree):
             continue
         width = _n_features_in(member, f"{name} estimator {i}")
         if features is not None:
-            sub = list(features)[i] if i < len(features) else None
-            expected = len(sub) if sub is not None else -1
+            # bagging and isolation forests give tree i the columns estimators_features_[i]
+            # (or all columns, when they think no subset was drawn): in range, no more than there are
+            sub = np.asarray(features[i]) if i < len(features) else np.zeros(0)
+            if (
+                sub.ndim != 1
+                or sub.dtype.kind not in "iu"
+                or sub.size > n_in
+                or (sub.size and (int(sub.min()) < 0 or int(sub.max()) >= n_in))
+            ):
+                raise refuse(f"{name} estimators_features_[{i}] is not a set of columns of its {n_in} features")
+            expected = sub.size
         else:
-            expected = _int(attrs["n_features_in_"], f"{name} n_features_in_", 0)
+            expected = n_in
         if width != expected or int(member.tree_.n_features) != width:
             raise refuse(
                 f"{name} estimator {i} takes {width} features (tree: {int(member.tree_.n_features)}), "

@@ -19,6 +19,7 @@ the modules named in :data:`CHECK_MODULES`, imported on first use. A check raise
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import types
 from collections import deque
@@ -41,6 +42,8 @@ _BUILD_CHECKS: dict[tuple[str, str], BuildCheck] = {}
 #: Build checks of types whose ``__setstate__`` copies the state into native memory: once
 #: checked at ``BUILD`` nothing later in the pickle can change it, so the final pass skips them.
 _COPYING: set[BuildCheck] = set()
+#: type -> its build check (or None), memoized: the MRO walk runs once per type, not per object.
+_FOR_TYPE: dict[type, BuildCheck | None] = {}
 _CALL_CHECKS: dict[tuple[str, str], CallCheck] = {}
 _loaded = False
 
@@ -53,6 +56,7 @@ def register_build(module: str, qualname: str, *, copies: bool = False) -> Calla
 
     def add(check: BuildCheck) -> BuildCheck:
         _BUILD_CHECKS[(module, qualname)] = check
+        _FOR_TYPE.clear()
         if copies:
             _COPYING.add(check)
         return check
@@ -85,11 +89,18 @@ def _key(obj: Any) -> tuple[str, str]:
 def build_check_for(cls: type) -> BuildCheck | None:
     """The registered state check for instances of ``cls`` (the nearest in its MRO), if any."""
     _ensure_loaded()
+    try:
+        return _FOR_TYPE[cls]
+    except (KeyError, TypeError):  # not seen yet (or a type that cannot be a dict key)
+        pass
+    found = None
     for base in getattr(cls, "__mro__", (cls,)):
-        check = _BUILD_CHECKS.get(_key(base))
-        if check is not None:
-            return check
-    return None
+        found = _BUILD_CHECKS.get(_key(base))
+        if found is not None:
+            break
+    with contextlib.suppress(TypeError):
+        _FOR_TYPE[cls] = found
+    return found
 
 
 def check_build(target: Any, state: Any) -> None:
