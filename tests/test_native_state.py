@@ -165,6 +165,17 @@ def _tree_feature_past_the_input() -> bytes:
     return pickle.dumps(model)
 
 
+def _isolation_forest_wide_subset() -> bytes:
+    """Each tree of an isolation forest reads the columns estimators_features_[i] of the input;
+    a list longer than the input has columns makes the tree read past the row."""
+    from sklearn.ensemble import IsolationForest
+
+    x, _ = data(100)
+    model = IsolationForest(n_estimators=3, random_state=0).fit(x)
+    model.estimators_features_[0] = np.arange(9)
+    return pickle.dumps(model)
+
+
 CRAFTED = {
     "balltree": (
         _balltree_with_short_node_range,
@@ -279,6 +290,34 @@ def test_a_python_distance_function_from_the_builtin_list_is_not_called() -> Non
     state = (2.0, np.zeros(1), np.zeros((1, 1)), f_classif, {})
     with pytest.raises(UnsafeModelError, match="f_classif as a distance function"):
         state_checks.check_build(PyFuncDistance64.__new__(PyFuncDistance64), state)
+
+
+def test_a_python_distance_function_the_user_trusts_is_used(tmp_path: Path) -> None:
+    from sklearn.neighbors import BallTree
+
+    from ._native_fuzz import manhattan
+
+    x, _ = data(50)
+    tree = BallTree(x, metric=manhattan)
+    trusted = ["tests._native_fuzz.manhattan"]
+    with ModelPersistence(tmp_path / "models", trusted_types=trusted) as p:
+        p.save(tree, "tree", "1.0.0")
+        loaded = p.load("tree", "1.0.0")
+    np.testing.assert_array_equal(loaded.query(x[:5], k=2)[1], tree.query(x[:5], k=2)[1])
+
+
+def test_the_final_pass_is_cycle_safe_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scipy.sparse as sp
+
+    bad = pickle.loads(_csr_out_of_range())
+    graph: list[Any] = [{"deep": [bad]}]
+    graph.append(graph)  # a cycle
+    with pytest.raises(UnsafeModelError, match="csr_matrix indices"):
+        state_checks.check_loaded(graph)
+    state_checks.check_loaded([sp.eye(3, format="csr"), graph[:0]])  # honest: passes
+    monkeypatch.setattr(state_checks, "MAX_LOADED_OBJECTS", 100)
+    with pytest.raises(UnsafeModelError, match="more than 100 objects"):
+        state_checks.check_loaded([[i] for i in range(200)])
 
 
 # -- honest models are untouched -----------------------------------------------------------------
