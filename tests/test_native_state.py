@@ -8,6 +8,7 @@ Cython/C++ code read or write out of bounds. The crashing part always runs in a 
 
 from __future__ import annotations
 
+import copyreg
 import gzip
 import io
 import os
@@ -176,6 +177,51 @@ def _isolation_forest_wide_subset() -> bytes:
     return pickle.dumps(model)
 
 
+def _dumps_with(obj: Any, cls: type, change: Any) -> bytes:
+    """``obj`` pickled with every ``cls`` instance's ``__reduce__`` state passed through ``change``:
+    the real globals and constructor arguments, the attacker's state."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=4)
+
+    def reduce(item: Any) -> Any:
+        func, args, state = item.__reduce__()[:3]
+        return func, args, change(dict(state))
+
+    pickler.dispatch_table = {**copyreg.dispatch_table, cls: reduce}
+    pickler.dump(obj)
+    return buf.getvalue()
+
+
+def _arima() -> Any:
+    import warnings
+
+    import statsmodels.api as sm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sm.tsa.arima.ARIMA(np.random.RandomState(0).rand(40), order=(1, 0, 0)).fit()
+
+
+def _kalman_filter_short_array() -> bytes:
+    from statsmodels.tsa.statespace._kalman_filter import dKalmanFilter
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        state["predicted_state"] = np.zeros((1, 2), order="F")  # the recursions write nobs + 1 columns
+        return state
+
+    return _dumps_with(_arima(), dKalmanFilter, change)
+
+
+def _kalman_filter_time_past_the_end() -> bytes:
+    from statsmodels.tsa.statespace._kalman_filter import dKalmanFilter
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        state["t"] = 10**6
+        return state
+
+    return _dumps_with(_arima(), dKalmanFilter, change)
+
+
 CRAFTED = {
     "balltree": (
         _balltree_with_short_node_range,
@@ -186,6 +232,12 @@ CRAFTED = {
     "hgb": (_hist_gradient_boosting_bad_child, r"TreePredictor node 0 has left child 50000 outside 1\.\.\d+"),
     "svc": (_svc_inconsistent_support, r"SVC _n_support \[.*\] does not add up to its \d+ support vectors"),
     "csr": (_csr_out_of_range, r"csr_matrix indices\[\d+\] is 10000000, outside 0\.\.9"),
+    "iforest": (_isolation_forest_wide_subset, r"IsolationForest estimators_features_\[0\] is not a set of columns"),
+    "kalman-array": (
+        _kalman_filter_short_array,
+        r"dKalmanFilter predicted_state is float64 \(1, 2\), expected float64",
+    ),
+    "kalman-time": (_kalman_filter_time_past_the_end, r"dKalmanFilter t is 1000000, outside 0\.\.40"),
     "tree-width": (
         _tree_feature_past_the_input,
         r"DecisionTreeClassifier takes 2 features but its tree_ was built for 4",
@@ -247,11 +299,11 @@ def _is_indices_slot(honest: bytes, slot: int, matrix: Any) -> bool:
     return isinstance(value, np.ndarray) and np.array_equal(value, matrix.indices)
 
 
-def test_state_changed_after_its_build_check_is_caught_by_the_final_pass(persistence: ModelPersistence) -> None:
+def test_an_array_rebuilt_after_its_holder_was_checked_is_refused(persistence: ModelPersistence) -> None:
     payload = _rebuilt_after_its_check()
     assert pickle.loads(payload)[0].indices[0] == 10**7  # plain pickle ends with the bad index
     _plant(persistence, payload)
-    with pytest.raises(UnsafeModelError, match=r"csr_matrix indices\[0\] is 10000000"):
+    with pytest.raises(UnsafeModelError, match=r"rebuilds an array of shape \(\d+,\) that was already built"):
         persistence.load("victim", "1.0.0")
 
 

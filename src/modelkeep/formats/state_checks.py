@@ -29,7 +29,12 @@ from typing import Any
 from ..errors import UnsafeModelError
 
 #: Modules that register checks when imported (each imports its framework lazily, inside the checks).
-CHECK_MODULES: tuple[str, ...] = ("modelkeep.formats.checks_sklearn", "modelkeep.formats.checks_scipy")
+CHECK_MODULES: tuple[str, ...] = (
+    "modelkeep.formats.checks_numpy",
+    "modelkeep.formats.checks_sklearn",
+    "modelkeep.formats.checks_scipy",
+    "modelkeep.formats.checks_statsmodels",
+)
 
 #: :func:`check_loaded` refuses an object graph with more objects than this (a padded graph
 #: must not hide a native object past the end of the walk).
@@ -42,23 +47,32 @@ _BUILD_CHECKS: dict[tuple[str, str], BuildCheck] = {}
 #: Build checks of types whose ``__setstate__`` copies the state into native memory: once
 #: checked at ``BUILD`` nothing later in the pickle can change it, so the final pass skips them.
 _COPYING: set[BuildCheck] = set()
+#: Build checks that only make sense at ``BUILD`` (they compare the state with what the
+#: constructor allocated, or refuse rebuilding an object): the final pass skips them.
+_BUILD_ONLY: set[BuildCheck] = set()
 #: type -> its build check (or None), memoized: the MRO walk runs once per type, not per object.
 _FOR_TYPE: dict[type, BuildCheck | None] = {}
 _CALL_CHECKS: dict[tuple[str, str], CallCheck] = {}
 _loaded = False
 
 
-def register_build(module: str, qualname: str, *, copies: bool = False) -> Callable[[BuildCheck], BuildCheck]:
+def register_build(
+    module: str, qualname: str, *, copies: bool = False, build_only: bool = False
+) -> Callable[[BuildCheck], BuildCheck]:
     """Register ``check(target, state)`` for objects whose type (or a base) is ``module.qualname``.
 
     ``copies=True`` says the type's ``__setstate__`` copies the state (so the check at ``BUILD``
-    covers it for good and :func:`checked` need not repeat it)."""
+    covers it for good and :func:`checked` need not repeat it); ``build_only=True`` that the
+    check judges the state against the object as its constructor left it, so only ``BUILD``
+    can run it (:func:`check_loaded` skips it)."""
 
     def add(check: BuildCheck) -> BuildCheck:
         _BUILD_CHECKS[(module, qualname)] = check
         _FOR_TYPE.clear()
         if copies:
             _COPYING.add(check)
+        if build_only:
+            _BUILD_ONLY.add(check)
         return check
 
     return add
@@ -196,7 +210,7 @@ def check_loaded(obj: Any, *, built: bool = False) -> None:
                 "too many to check for unsafe native state"
             )
         check = build_check_for(type(item))
-        if check is not None and not (built and check in _COPYING):
+        if check is not None and check not in _BUILD_ONLY and not (built and check in _COPYING):
             check(item, current_state(item))
         stack.extend(_children(item))
 
