@@ -222,6 +222,28 @@ def _kalman_filter_time_past_the_end() -> bytes:
     return _dumps_with(_arima(), dKalmanFilter, change)
 
 
+def _kmeans_narrow_centers() -> bytes:
+    """KMeans.predict checks the input against n_features_in_, then the Lloyd kernel reads that
+    many entries of each center."""
+    from sklearn.cluster import KMeans
+
+    x, _ = data(60)
+    model = KMeans(3, n_init=1, random_state=0).fit(x)
+    model.cluster_centers_ = np.ascontiguousarray(model.cluster_centers_[:, :1])
+    return pickle.dumps(model)
+
+
+def _spline_short_coefficients() -> bytes:
+    """A SplineTransformer whose BSpline has fewer coefficients than basis functions (its
+    constructor would refuse it; unpickling skips the constructor)."""
+    from sklearn.preprocessing import SplineTransformer
+
+    x, _ = data(60)
+    model = SplineTransformer().fit(x)
+    model.bsplines_[0]._c = model.bsplines_[0]._c[:2].copy()
+    return pickle.dumps(model)
+
+
 CRAFTED = {
     "balltree": (
         _balltree_with_short_node_range,
@@ -232,6 +254,8 @@ CRAFTED = {
     "hgb": (_hist_gradient_boosting_bad_child, r"TreePredictor node 0 has left child 50000 outside 1\.\.\d+"),
     "svc": (_svc_inconsistent_support, r"SVC _n_support \[.*\] does not add up to its \d+ support vectors"),
     "csr": (_csr_out_of_range, r"csr_matrix indices\[\d+\] is 10000000, outside 0\.\.9"),
+    "kmeans": (_kmeans_narrow_centers, r"KMeans cluster_centers_ has shape \(3, 1\), expected \(n_clusters, 4\)"),
+    "bspline": (_spline_short_coefficients, r"BSpline has coefficients of shape \(2, \d+\) for \d+ basis functions"),
     "iforest": (_isolation_forest_wide_subset, r"IsolationForest estimators_features_\[0\] is not a set of columns"),
     "kalman-array": (
         _kalman_filter_short_array,

@@ -175,3 +175,29 @@ def check_dok(matrix: Any, state: Any) -> None:
             for k, n in zip(index, shape, strict=True)
         ):
             raise refuse(f"{name} has an entry at {key!r}, outside its shape {shape}")
+
+
+@register_build("scipy.interpolate._bsplines", "BSpline")
+def check_bspline(spline: Any, state: Any) -> None:
+    """What ``BSpline.__init__`` checks (a pickled spline skips it): ``_bspl``'s Cython evaluation
+    and design matrix find the knot interval in ``t[k:n+1]`` and read ``c[interval - k ...]``."""
+    import numpy as np
+
+    attrs = _attrs(spline, state)
+    k, t, c = attrs.get("k"), attrs.get("_t"), attrs.get("_c")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= 1000:
+        raise refuse(f"BSpline degree k is {k!r}, expected a small non-negative integer")
+    if not isinstance(t, np.ndarray) or t.ndim != 1 or t.dtype != np.float64 or not t.flags.c_contiguous:
+        raise refuse("BSpline knots are not a contiguous 1-D float64 array")
+    n = t.shape[0] - int(k) - 1
+    if n < k + 1:
+        raise refuse(f"BSpline has {t.shape[0]} knots, degree {k} needs at least {2 * k + 2}")
+    if not np.isfinite(t).all() or (np.diff(t) < 0).any() or len(np.unique(t[k : n + 1])) < 2:
+        raise refuse("BSpline knots are not finite, non-decreasing, with two distinct internal knots")
+    if not isinstance(c, np.ndarray) or c.ndim < 1 or c.shape[0] < n or c.dtype.kind not in "fc":
+        raise refuse(f"BSpline has coefficients of shape {getattr(c, 'shape', None)} for {n} basis functions")
+    axis, extrapolate = attrs.get("axis", 0), attrs.get("extrapolate", True)
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis < c.ndim:
+        raise refuse(f"BSpline axis {axis!r} is not an axis of its coefficients")
+    if not isinstance(extrapolate, (bool, np.bool_)) and extrapolate != "periodic":
+        raise refuse(f"BSpline extrapolate is {extrapolate!r}")

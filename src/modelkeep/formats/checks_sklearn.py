@@ -549,3 +549,36 @@ def check_libsvm(est: Any, state: Any) -> None:
         fit = attrs.get("_BaseLibSVM__Xfit")
         if getattr(fit, "shape", (None,))[0] != n_train:
             raise refuse(f"{name} has a kernel function but its training data is not {n_train} rows")
+
+
+# ------------------------------------------------------------------------------- k-means
+
+
+@register_build("sklearn.cluster._kmeans", "_BaseKMeans")
+def check_kmeans(est: Any, state: Any) -> None:
+    """``predict``/``score`` hand ``cluster_centers_`` (and a bisecting tree's node centers) to
+    the Lloyd kernel, which reads ``n_features`` entries per center, where ``n_features`` comes
+    from the input (checked against ``n_features_in_``), not from the centers."""
+    import numpy as np
+
+    check_estimator(est, state)
+    attrs = _merged(est, state)
+    centers = attrs.get("cluster_centers_")
+    if centers is None:
+        return
+    name = type(est).__name__
+    n = _n_features_in(attrs, name)
+    centers = _array(centers, f"{name} cluster_centers_", 2, kind="f")
+    if centers.shape[0] < 1 or centers.shape[1] != n:
+        raise refuse(f"{name} cluster_centers_ has shape {centers.shape}, expected (n_clusters, {n})")
+    seen: set[int] = set()
+    stack = [attrs.get("_bisecting_tree")]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        center = getattr(node, "center", None)
+        if center is not None and np.shape(center) != (n,):
+            raise refuse(f"{name} bisecting tree node center has shape {np.shape(center)}, expected ({n},)")
+        stack += [getattr(node, "left", None), getattr(node, "right", None)]
