@@ -239,14 +239,25 @@ def _check_gradient_boosting(est: Any, attrs: dict[str, Any], members: list[Any]
     k = _int(attrs.get("n_trees_per_iteration_"), f"{name} n_trees_per_iteration_", 1)
     if estimators.shape[1] != k:
         raise refuse(f"{name} has {estimators.shape[1]} trees per stage but n_trees_per_iteration_ {k}")
-    if "n_classes_" in attrs:
-        n_classes = _int(attrs["n_classes_"], f"{name} n_classes_", 1)
-        if k != (1 if n_classes <= 2 else n_classes):
-            raise refuse(f"{name} has {k} trees per stage for {n_classes} classes")
-        init = attrs.get("init_")
-        classes = getattr(init, "classes_", None)
-        if init != "zero" and init is not None and (classes is None or len(classes) != n_classes):
-            raise refuse(f"{name} init_ predicts {None if classes is None else len(classes)} classes, not {n_classes}")
+    init = attrs.get("init_")
+    if init is None or (isinstance(init, str) and init == "zero"):
+        return
+    if "n_classes_" not in attrs:
+        # a regressor's init predictions are reshaped to one column
+        if k != 1:
+            raise refuse(f"{name} is a regressor with {k} trees per stage, expected 1")
+        return
+    n_classes = _int(attrs["n_classes_"], f"{name} n_classes_", 1)
+    if k != (1 if n_classes <= 2 else n_classes):
+        raise refuse(f"{name} has {k} trees per stage for {n_classes} classes")
+    if k == 1:
+        return  # binary: one column taken from the init probabilities (numpy checks the index)
+    # multiclass: the init estimator's probabilities, one column per class, are the buffer
+    widths = {len(getattr(init, "classes_", ()))}
+    if hasattr(init, "class_prior_"):  # DummyClassifier (the default): tiles class_prior_
+        widths |= {len(init.class_prior_), int(getattr(init, "n_classes_", -1))}
+    if widths != {n_classes}:
+        raise refuse(f"{name} init_ predicts {sorted(widths)} columns, not one per each of {n_classes} classes")
 
 
 # ------------------------------------------------------------ KDTree / BallTree (BinaryTree)
