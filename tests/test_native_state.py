@@ -9,6 +9,7 @@ Cython/C++ code read or write out of bounds. The crashing part always runs in a 
 from __future__ import annotations
 
 import copyreg
+import functools
 import gzip
 import io
 import os
@@ -192,6 +193,7 @@ def _dumps_with(obj: Any, cls: type, change: Any) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
 def _arima() -> Any:
     import warnings
 
