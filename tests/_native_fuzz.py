@@ -1,8 +1,8 @@
 """Child-process side of tests/test_native_state.py: crafted native state, loaded and used.
 
-Run as ``python -m tests._native_fuzz MODE KIND SEED COUNT``. Everything that may crash runs
+Run as ``python -m tests._native_fuzz MODE KIND[,KIND...] SEED COUNT``. Everything that may crash runs
 here, in a fresh interpreter with a memory cap, never in pytest's process. Before each case it
-prints ``CASE <n> <description>`` (flushed), so a parent that sees this process die by a
+prints ``CASE <kind> <n> <description>`` (flushed), so a parent that sees this process die by a
 signal can name the case that killed it.
 
 MODE ``plain`` loads with ``pickle.loads`` (what an unguarded reader does); MODE ``modelkeep``
@@ -257,7 +257,52 @@ def metric_cases(rng: random.Random) -> Iterator[tuple[str, bytes, Any]]:
         yield desc, payload, x
 
 
+def hgb_cases(rng: random.Random) -> Iterator[tuple[str, bytes, Any]]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x, y = data(150)
+    x[:, 3] = (x[:, 3] * 5).astype(int)
+    honest = HistGradientBoostingClassifier(max_iter=3, categorical_features=[3], random_state=0).fit(x, y % 2)
+    while True:
+        model = pickle.loads(pickle.dumps(honest))
+        predictor = model._predictors[rng.randrange(len(model._predictors))][0]
+        nodes = predictor.nodes
+        i = rng.randrange(nodes.shape[0])
+        field = rng.choice(["left", "right", "feature_idx", "bitset_idx", "is_categorical", "is_leaf"])
+        if field in ("left", "right", "bitset_idx"):
+            nodes[field][i] = rng.choice([0, i, nodes.shape[0], nodes.shape[0] + 7, 2**31, 2**32 - 1])
+        elif field == "feature_idx":
+            nodes[field][i] = _bad_int(rng, x.shape[1])
+        else:
+            nodes[field][i] = 1 - nodes[field][i]
+        desc = f"hgb nodes[{i}].{field} = {int(nodes[field][i])}"
+        yield desc, pickle.dumps(model, protocol=4), x
+
+
+def svc_cases(rng: random.Random) -> Iterator[tuple[str, bytes, Any]]:
+    from sklearn.svm import SVC
+
+    x, y = data(60)
+    honest = SVC(kernel=rng.choice(["rbf", "linear"])).fit(x, y)
+    while True:
+        model = pickle.loads(pickle.dumps(honest))
+        what = rng.choice(["n_support", "dual_coef", "intercept", "support", "vectors"])
+        if what == "n_support":
+            model._n_support = np.array([_bad_int(rng, 20) % 2**31 for _ in range(rng.choice([1, 2, 3, 5]))], np.int32)
+        elif what == "dual_coef":
+            model._dual_coef_ = np.zeros((rng.choice([0, 1, 2, 5]), rng.choice([1, 10, 200])))
+        elif what == "intercept":
+            model._intercept_ = np.zeros(rng.choice([0, 1, 2]))
+        elif what == "support":
+            model.support_ = np.array([_bad_int(rng, 60) % 2**31] * len(model.support_), np.int32)
+        else:
+            model.support_vectors_ = np.ascontiguousarray(model.support_vectors_[: rng.choice([1, 5])])
+        yield f"svc {what}", pickle.dumps(model, protocol=4), x
+
+
 CASES: dict[str, Callable[[random.Random], Iterator[tuple[str, bytes, Any]]]] = {
+    "hgb": hgb_cases,
+    "svc": svc_cases,
     "tree": tree_cases,
     "kdtree": lambda rng: binary_tree_cases(rng, "kd"),
     "balltree": lambda rng: binary_tree_cases(rng, "ball"),
@@ -265,38 +310,45 @@ CASES: dict[str, Callable[[random.Random], Iterator[tuple[str, bytes, Any]]]] = 
 }
 
 
-def load(mode: str, payload: bytes) -> Any:
+#: Globals a kind's honest model needs beyond the built-in list (HGB with categorical features
+#: keeps ``partial(check_array, ...)`` in its preprocessing), trusted as a user would trust them.
+TRUSTED = {"hgb": ["functools.partial", "sklearn.utils.validation.check_array"]}
+
+
+def load(mode: str, payload: bytes, kind: str = "") -> Any:
     if mode == "plain":
         return pickle.loads(payload)
     from modelkeep.formats import get_format
 
-    return get_format("pickle").load(io.BytesIO(payload), None)
+    return get_format("pickle").load(io.BytesIO(payload), None, trusted=TRUSTED.get(kind, []))
 
 
-def main(mode: str, kind: str, seed: int, count: int) -> None:
+def main(mode: str, kinds: str, seed: int, count: int) -> None:
+    """``count`` mutations of each of the comma-separated ``kinds``, in this one process."""
     from modelkeep.errors import UnsafeModelError
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
     warnings.simplefilter("ignore")
-    rng = random.Random(seed)
-    refused = loaded = 0
-    cases = CASES[kind](rng)
-    for n in range(count):
-        desc, payload, x = next(cases)
-        print(f"CASE {n} {desc}", flush=True)
-        try:
-            obj = load(mode, payload)
-        except UnsafeModelError as exc:
-            refused += 1
-            print(f"REFUSED {exc}", flush=True)
-            continue
-        except Exception as exc:  # sklearn's own checks refusing the state is fine too
-            refused += 1
-            print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
-            continue
-        loaded += 1
-        use(obj, x)
-    print(f"DONE refused={refused} loaded={loaded}", flush=True)
+    for kind in kinds.split(","):
+        rng = random.Random(seed)
+        refused = loaded = 0
+        cases = CASES[kind](rng)
+        for n in range(count):
+            desc, payload, x = next(cases)
+            print(f"CASE {kind} {n} {desc}", flush=True)
+            try:
+                obj = load(mode, payload, kind)
+            except UnsafeModelError as exc:
+                refused += 1
+                print(f"REFUSED {exc}", flush=True)
+                continue
+            except Exception as exc:  # sklearn's own checks refusing the state is fine too
+                refused += 1
+                print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
+                continue
+            loaded += 1
+            use(obj, x)
+        print(f"DONE {kind} refused={refused} loaded={loaded}", flush=True)
 
 
 def attack(name: str) -> None:
