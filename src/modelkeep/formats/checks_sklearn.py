@@ -443,7 +443,7 @@ def check_tree_predictor(predictor: Any, state: Any) -> None:
     bad = categorical & (nodes["bitset_idx"] >= min(rows))
     if bad.any():
         i = _first_bad(bad)
-        raise refuse(f"TreePredictor node {i} uses bitset {int(nodes['bitset_idx'][i])} outside 0..{min(rows) - 1}")
+        raise refuse(f"TreePredictor node {i} uses bitset {int(nodes['bitset_idx'][i])} of {min(rows)} bitset rows")
 
 
 @register_build("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "BaseHistGradientBoosting")
