@@ -38,6 +38,7 @@ from .errors import (
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
+from .formats.state_checks import checked
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
@@ -480,7 +481,7 @@ class ModelPersistence(LifecycleMixin):
                 model = joblib.load(where)  # reads joblib and plain pickle files alike
             else:
                 policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = joblib_load(where, policy)
+                model = checked(joblib_load(where, policy))
         except UnsafeModelError as exc:
             raise UnsafeModelError(
                 f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
