@@ -38,6 +38,7 @@ from .errors import (
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
+from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
@@ -142,6 +143,10 @@ class ModelPersistence(LifecycleMixin):
         require_signatures: bool | None = None,
         connect_timeout: float = timeouts.CONNECT_TIMEOUT,
         read_timeout: float = timeouts.READ_TIMEOUT,
+        identity: Identity | None = None,
+        token: str | None = None,
+        protected_aliases: list[str] | None = None,
+        protected_alias_users: list[str] | None = None,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
@@ -182,6 +187,16 @@ class ModelPersistence(LifecycleMixin):
         self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
+        # Who acts, and the protected aliases (see modelkeep.identity): with a token, its owner
+        # (who must be MODELKEEP_USER when that is set); otherwise ``identity``, or nobody.
+        self.access = AccessPolicy.build(protected_aliases, protected_alias_users)
+        self.identity = identity
+        if token:
+            try:
+                self.sign_in(token, name=os.environ.get("MODELKEEP_USER", "").strip() or None)
+            except BaseException:
+                self.index.close()
+                raise
 
     @classmethod
     def from_settings(
