@@ -197,6 +197,10 @@ class SignInLimiter:
     def failed(self, user: str, client: str) -> None:
         now = time.monotonic()
         with self._lock:
+            if len(self._failures) > 10_000:  # many made-up names: forget the ones that expired
+                for key in list(self._failures):
+                    if not self._recent(key, now):
+                        del self._failures[key]
             for key in (f"user:{user.lower()}", f"addr:{client}"):
                 self._recent(key, now).append(now)
 
