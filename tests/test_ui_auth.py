@@ -334,3 +334,21 @@ def test_sign_in_redirects_only_to_this_server(app: Any) -> None:
             follow_redirects=False,
         )
         assert response.headers["location"] == "/", target
+
+
+def test_only_admins_manage_users_in_the_ui(app: Any, reg: ModelPersistence) -> None:
+    eddie = _signed_in(app, "eddie")
+    assert 'id="users-link"' not in eddie.get("/").text
+    assert eddie.get("/users").status_code == 403
+    refused = eddie.post("/users/add", data={FIELD: _csrf(eddie, "/"), "name": "mallory", "role": "admin"})
+    assert refused.status_code == 403 and reg.users.get("mallory") is None
+    ada = _signed_in(app, "ada")
+    page = ada.get("/users")
+    assert page.status_code == 200 and 'data-user="vera"' in page.text and "$argon2" not in page.text
+    token = _csrf(ada, "/users")
+    added = ada.post("/users/add", data={FIELD: token, "name": "sso-sam", "role": "editor"}, follow_redirects=False)
+    assert added.status_code == 303
+    assert reg.users.identity("sso-sam") is not None and reg.users.get("sso-sam").password_hash is None  # type: ignore[union-attr]
+    assert ada.post("/users/role", data={FIELD: token, "name": "ada", "role": "viewer"}).status_code == 403
+    assert ada.post("/users/remove", data={FIELD: token, "name": "sso-sam"}).status_code == 200
+    assert reg.users.get("sso-sam") is None

@@ -392,6 +392,48 @@ class _Pages:
             until=until or "",
         )
 
+    # -- users (admins) -------------------------------------------------------
+    def require_admin(self, request: Request) -> Identity:
+        who: Identity | None = getattr(request.state, "user", None)
+        if who is None:
+            raise HTTPException(
+                403, "no users are configured: add the first one with 'modelkeep users add NAME --role admin'"
+            )
+        if not who.at_least("admin"):
+            raise HTTPException(
+                403, f"{who.name} is {'an' if who.role == 'editor' else 'a'} {who.role}: only admins manage users"
+            )
+        return who
+
+    async def users_page(self, request: Request) -> Response:
+        self.require_admin(request)
+        rows = await self.call(self.p.users.list)
+        tokens = {r.name: len(await self.call(self.p.users.tokens, r.name)) for r in rows}
+        return self.render(request, "users.html", rows=rows, tokens=tokens, roles=("viewer", "editor", "admin"))
+
+    async def users_change(self, request: Request) -> Response:
+        """Add a user, change a role, revoke tokens or remove a user (an admin, never themselves)."""
+        who = self.require_admin(request)
+        form = await self.form(request)
+        action, name = request.path_params["action"], form.get("name", "").strip()
+        if name == who.name and action in ("role", "remove"):
+            raise HTTPException(403, "you cannot demote or remove yourself here: another admin, or the CLI, can")
+        users = self.p.users
+        if action == "add":
+            await self.call(users.add, name, form.get("password") or None, form.get("role", "viewer"))
+            msg = f"added {form.get('role', 'viewer')} {name}"
+        elif action == "role":
+            await self.call(users.set_role, name, form.get("role", ""))
+            msg = f"{name} is now {form.get('role')}"
+        elif action == "revoke":
+            msg = f"revoked {await self.call(users.revoke_tokens, name)} token(s) of {name}"
+        elif action == "remove":
+            await self.call(users.remove, name)
+            msg = f"removed {name}"
+        else:
+            raise HTTPException(404, f"no user action {action!r}")
+        return self.back("/users", msg)
+
     # -- actions --------------------------------------------------------------
     async def set_alias(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -563,6 +605,8 @@ def create_app(
         Route("/models/{name}/description", gate(pages.describe, timed=False), methods=post),
         Route("/models/{name}/versions/{version}/delete", gate(pages.trash, timed=False), methods=post),
         Route("/models/{name}/versions/{version}/restore", gate(pages.restore, timed=False), methods=post),
+        Route("/users", gate(pages.users_page), methods=get),
+        Route("/users/{action}", gate(pages.users_change, timed=False), methods=post),
         Route("/signin", pages.signin_page, methods=get),
         Route("/signin", pages.signin, methods=post),
         Route("/signout", pages.signout, methods=post),
