@@ -47,13 +47,16 @@ def test_editor_token_moves_other_aliases_but_not_protected_ones(reg: ModelPersi
         ):
             with pytest.raises(PermissionDeniedError, match="alias 'production' is protected"):
                 attempt()
+        eddie.save({"v": "1.3.0"}, "churn", "1.3.0")  # an editor saves, and the history says who
+        assert eddie.history("churn", limit=1)[0].actor == "eddie"
         eddie.delete("churn", "1.2.0")
         with pytest.raises(PermissionDeniedError, match="needs the admin role"):
             eddie.purge("churn", "1.2.0")
     assert reg.get_aliases("churn") == {"production": "1.0.0", "staging": "1.1.0"}
-    assert [(e.actor, e.action) for e in reg.history("churn", limit=3)] == [
+    assert [(e.actor, e.action) for e in reg.history("churn", limit=4)] == [
         ("eddie", "alias_set"),
         ("eddie", "tag_set"),
+        ("eddie", "save"),
         ("eddie", "delete"),
     ]
 
@@ -64,8 +67,12 @@ def test_named_users_and_configured_aliases(reg: ModelPersistence) -> None:
         reg.set_alias("churn", "production", "1.1.0")
     with acting_as(Identity("eddie", "editor")), pytest.raises(PermissionDeniedError, match="rel-eng"):
         reg.set_alias("churn", "champion", "1.1.0")
-    with acting_as(Identity("vera", "viewer")), pytest.raises(PermissionDeniedError, match="needs the editor role"):
-        reg.set_tag("churn", "k", "v")
+    with acting_as(Identity("vera", "viewer")):
+        with pytest.raises(PermissionDeniedError, match="needs the editor role"):
+            reg.set_tag("churn", "k", "v")
+        with pytest.raises(PermissionDeniedError, match="may not save versions"):
+            reg.save({"v": 2}, "churn", "2.0.0")
+    assert "2.0.0" not in reg.list_versions("churn")
     with acting_as(Identity("ada", "admin")):
         reg.set_alias("churn", "champion", "1.2.0")
     assert reg.history("churn", limit=1)[0].actor == "ada"

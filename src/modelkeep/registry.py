@@ -41,7 +41,7 @@ from .formats._restricted import warn_untrusted_globals
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
-from .lifecycle import Age, LifecycleMixin
+from .lifecycle import Age, LifecycleMixin, acts
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
@@ -246,6 +246,7 @@ class ModelPersistence(LifecycleMixin):
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
 
+    @acts("editor", "save versions")
     def save_version(
         self,
         model: Any,
@@ -265,7 +266,8 @@ class ModelPersistence(LifecycleMixin):
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
 
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
-        to keep a version's original timestamp.
+        to keep a version's original timestamp. When an identity acts (a token), saving needs the
+        editor role and the history records its name.
         """
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
