@@ -322,6 +322,14 @@ def test_sso_proxy_header_is_believed_only_from_the_trusted_proxy(reg: ModelPers
         headers={"X-Forwarded-User": "ada"},
     )
     assert refused.status_code == 403 and reg.get_aliases("churn")["production"] == "1.1.0"
+    # Through the proxy, ada (an admin account) moves production, and the history says so.
+    moved = via_proxy.post(
+        "/models/churn/aliases",
+        data={FIELD: found.group(1), "alias": "production", "version": "1.0.0", "seen": '{"production": "1.1.0"}'},
+        headers={"X-Forwarded-User": "ada"},
+        follow_redirects=False,
+    )
+    assert moved.status_code == 303 and reg.history("churn", limit=1)[0].actor == "ada"
 
 
 def test_sign_in_redirects_only_to_this_server(app: Any) -> None:
