@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: Modules that register checks when imported (each imports its framework lazily, inside the checks).
-CHECK_MODULES: tuple[str, ...] = ()
+CHECK_MODULES: tuple[str, ...] = ("modelkeep.formats.native_checks",)
 
 BuildCheck = Callable[[Any, Any], None]
 CallCheck = Callable[[Any, tuple[Any, ...]], None]
