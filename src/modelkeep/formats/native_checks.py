@@ -354,7 +354,7 @@ class _UBJReader:
             if typed is not None:
                 return [self._value(typed, depth) for _ in range(count)]
             return [self.value(depth) for _ in range(count)]
-        items = []
+        items: list[Any] = []
         while True:
             if self.pos >= len(self.data):
                 raise _ubj_refuse("ends inside an array", self.pos)
