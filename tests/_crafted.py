@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import signal
@@ -57,7 +58,7 @@ def _blocks(text: str) -> tuple[str, list[str], str]:
     starts = [m.start() for m in re.finditer(r"^Tree=", text, re.MULTILINE)]
     end = text.index("end of trees")
     bounds = [*starts, end]
-    return text[: starts[0]], [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)], text[end:]
+    return text[: starts[0]], [text[a:b] for a, b in itertools.pairwise(bounds)], text[end:]
 
 
 def with_tree_sizes(text: str) -> str:
