@@ -282,7 +282,11 @@ def _tail(path: str, size: int = 4096) -> str:
 
 
 def _looks_out_of_memory(text: str) -> bool:
-    return any(s in text for s in ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory"))
+    text = text.lower()
+    return any(s in text for s in _OUT_OF_MEMORY)
+
+
+_OUT_OF_MEMORY = ("memoryerror", "bad_alloc", "cannot allocate memory", "out of memory", "memory alloc")
 
 
 def _signal_name(number: int) -> str:
