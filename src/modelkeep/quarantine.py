@@ -194,6 +194,7 @@ def _blob_root(persistence: ModelPersistence, extra: dict[str, Any], folder: str
     return os.path.join(folder, "blobs")
 
 
+#: The child's first lines: cap its address space before anything is imported or read.
 _CHILD = (
     "import resource, sys\n"
     "cap = int(sys.argv[1])\n"
@@ -201,6 +202,8 @@ _CHILD = (
     "from modelkeep.quarantine import child_main\n"
     "child_main()\n"
 )
+#: ``-P``: the child's working folder (ours, private) is not put on ``sys.path``.
+_PYTHON_FLAGS = ["-P"] if sys.version_info >= (3, 11) else []
 
 
 def _run(
@@ -216,7 +219,7 @@ def _run(
     log_path = os.path.join(folder, "stderr")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(cap)],
+            [sys.executable, *_PYTHON_FLAGS, "-c", _CHILD, str(cap)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=log,
