@@ -8,10 +8,10 @@ files we know of; the quarantine covers the rest:
 1. the caller reads the artifact and checks it against the index row's digests, as every load
    does, and writes those bytes to a private file (a fresh ``0700`` folder);
 2. a fresh interpreter (``subprocess``: no fork of the caller, whatever threads it runs) caps
-   its own address space (``RLIMIT_AS``), checks the file's SHA-256 against the one it was
-   given on its standard input, deserializes it with the same format, trusted types and
-   signature verdict, and runs a smoke ``predict`` on an input built from the version's input
-   signature when it has one;
+   its own address space (``RLIMIT_AS``), checks the file's SHA-256 against the artifact's
+   recorded one (given on its standard input), deserializes it with the same format, trusted
+   types and signature verdict, and runs a smoke ``predict`` on an input built from the
+   version's input signature when it has one;
 3. only a clean exit lets the caller load the version in its own process. A signal, the memory
    cap or the timeout is an :class:`~modelkeep.errors.UnsafeModelError` that names it
    ("crashed a quarantined test load (SIGSEGV)"); an error the load itself raised is raised
@@ -135,10 +135,10 @@ def screen(
     try:
         path = os.path.join(folder, "artifact")
         with persistence.store.open_artifact(art.key, Expected.of(art.sha256, art.size, art.extra)) as verified:
-            digest = _write_verified(verified, path)
+            _write_verified(verified, path)
         job: dict[str, Any] = {
             "artifact": path,
-            "sha256": digest,
+            "sha256": art.sha256,  # the whole artifact's, as recorded (and signed, when it is)
             "format": art.format,
             "compression": art.compression,
             "extra": art.extra,
@@ -156,12 +156,10 @@ def screen(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write_verified(verified: Any, path: str) -> str:
-    """Write a :class:`VerifiedArtifact`'s bytes (payload buffers at their offsets) to ``path``;
-    return their SHA-256."""
+def _write_verified(verified: Any, path: str) -> None:
+    """Write a :class:`VerifiedArtifact`'s bytes (payload buffers at their offsets) to ``path``."""
     source = verified.file
     source.seek(0)
-    digest = hashlib.sha256()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         while chunk := source.read(1 << 22):
@@ -169,11 +167,7 @@ def _write_verified(verified: Any, path: str) -> str:
         for start, (_s, data_start, _end) in verified.ranges.items():
             out.seek(data_start)
             out.write(verified.buffers[start])
-    with open(path, "rb") as back:
-        while chunk := back.read(1 << 22):
-            digest.update(chunk)
     source.seek(0)
-    return digest.hexdigest()
 
 
 def _blob_root(persistence: ModelPersistence, extra: dict[str, Any], folder: str) -> str:
@@ -356,8 +350,8 @@ def _child_load(job: dict[str, Any]) -> Any:
 
     with open(job["artifact"], "rb") as f:
         data = f.read()
-    if hashlib.sha256(data).hexdigest() != job["sha256"]:
-        raise IntegrityError("the quarantined copy of the artifact changed before the test load")
+    if hashlib.sha256(data).hexdigest() != job["sha256"]:  # exactly the bytes the caller checked
+        raise IntegrityError("the quarantined copy of the artifact is not the recorded artifact")
     options: dict[str, Any] = {"extra": job["extra"], "trusted": job["trusted"], "signed": job["signed"]}
     fmt = get_format(job["format"])
     if "blobs" in job:
