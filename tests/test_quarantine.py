@@ -209,3 +209,19 @@ def test_the_setting_comes_from_config_env_and_cli(tmp_path: Path, monkeypatch: 
     )
     assert result.exit_code == 0, result.output
     assert quarantine.children_started() == before + 1
+
+
+def test_without_memfd_the_child_reads_a_private_file_checked_by_its_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y = data()
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(X, y)
+    with _registry(tmp_path, fmt="pickle") as p:
+        p.save(model, "lr", "1.0.0")
+        plant(p, "lr", "1.0.0", pickle.dumps(model))
+        monkeypatch.delattr(os, "memfd_create")  # as on macOS
+        before = quarantine.children_started()
+        np.testing.assert_array_equal(p.load("lr", "1.0.0").predict(X), model.predict(X))
+        assert quarantine.children_started() == before + 1

@@ -6,12 +6,13 @@ catches that. :mod:`modelkeep.formats.native_checks` and the state checks refuse
 files we know of; the quarantine covers the rest:
 
 1. the caller reads the artifact and checks it against the index row's digests, as every load
-   does, and writes those bytes to a private file (a fresh ``0700`` folder);
+   does, and copies those bytes into a sealed memory file (Linux ``memfd``: nothing on disk,
+   unchangeable once sealed) handed to the child alone, or elsewhere into a private file in a
+   fresh ``0700`` folder, which the child checks against the artifact's recorded SHA-256;
 2. a fresh interpreter (``subprocess``: no fork of the caller, whatever threads it runs) caps
-   its own address space (``RLIMIT_AS``), checks the file's SHA-256 against the artifact's
-   recorded one (given on its standard input), deserializes it with the same format, trusted
-   types and signature verdict, and runs a smoke ``predict`` on an input built from the
-   version's input signature when it has one;
+   its own address space (``RLIMIT_AS``), deserializes those bytes with the same format,
+   trusted types and signature verdict, and runs a smoke ``predict`` on an input built from
+   the version's input signature when it has one;
 3. only a clean exit lets the caller load the version in its own process. A signal, the memory
    cap or the timeout is an :class:`~modelkeep.errors.UnsafeModelError` that names it
    ("crashed a quarantined test load (SIGSEGV)"); an error the load itself raised is raised
@@ -29,6 +30,7 @@ even signed versions), so a crafted version is refused while the old one keeps s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -59,6 +61,8 @@ MEMORY_PER_BYTE = 16
 SMOKE_ROWS = 2
 
 _count = 0
+#: A sealed memory file can no longer be written, shrunk or grown, nor its seals changed.
+_SEALS = sum(getattr(fcntl, n, 0) for n in ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE"))
 
 
 def children_started() -> int:
@@ -132,12 +136,12 @@ def screen(
     fmt = get_format(art.format)
     where = f"model '{record.model_name}' version '{record.version}'"
     folder = tempfile.mkdtemp(prefix="modelkeep-quarantine-")  # mode 0700, ours alone
+    source: dict[str, Any] = {}
     try:
-        path = os.path.join(folder, "artifact")
         with persistence.store.open_artifact(art.key, Expected.of(art.sha256, art.size, art.extra)) as verified:
-            _write_verified(verified, path)
+            source = _copy_verified(verified, folder)
         job: dict[str, Any] = {
-            "artifact": path,
+            **source,
             "sha256": art.sha256,  # the whole artifact's, as recorded (and signed, when it is)
             "format": art.format,
             "compression": art.compression,
@@ -153,21 +157,40 @@ def screen(
         cap = memory_cap(art.size, persistence.quarantine_memory_mb)
         return _run(job, folder, where, timeout, cap, record)
     finally:
+        if "fd" in source:
+            os.close(source["fd"])
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write_verified(verified: Any, path: str) -> None:
-    """Write a :class:`VerifiedArtifact`'s bytes (payload buffers at their offsets) to ``path``."""
+def _copy_verified(verified: Any, folder: str) -> dict[str, Any]:
+    """Copy a :class:`VerifiedArtifact`'s bytes (payload buffers at their offsets) for the child:
+    into a sealed memory file (Linux: nothing on disk, and no one can change it once sealed),
+    else into a private file in ``folder``. Returns how the child finds it (``fd`` or ``path``)."""
+    sealing = hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
+    if sealing:
+        fd = os.memfd_create("modelkeep-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        where: dict[str, Any] = {"fd": fd}
+    else:
+        path = os.path.join(folder, "artifact")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        where = {"path": path}
     source = verified.file
     source.seek(0)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        while chunk := source.read(1 << 22):
-            out.write(chunk)
-        for start, (_s, data_start, _end) in verified.ranges.items():
-            out.seek(data_start)
-            out.write(verified.buffers[start])
+    try:
+        with open(fd, "wb", closefd=not sealing) as out:
+            while chunk := source.read(1 << 22):
+                out.write(chunk)
+            for start, (_s, data_start, _end) in verified.ranges.items():
+                out.seek(data_start)
+                out.write(verified.buffers[start])
+        if sealing:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        if sealing:
+            os.close(fd)
+        raise
     source.seek(0)
+    return where
 
 
 def _blob_root(persistence: ModelPersistence, extra: dict[str, Any], folder: str) -> str:
@@ -220,6 +243,7 @@ def _run(
             env=env,
             cwd=folder,
             close_fds=True,
+            pass_fds=(job["fd"],) if "fd" in job else (),
         )
         _count += 1
         try:
@@ -348,10 +372,18 @@ def _child_load(job: dict[str, Any]) -> Any:
     from .errors import IntegrityError
     from .formats import get_format
 
-    with open(job["artifact"], "rb") as f:
-        data = f.read()
-    if hashlib.sha256(data).hexdigest() != job["sha256"]:  # exactly the bytes the caller checked
-        raise IntegrityError("the quarantined copy of the artifact is not the recorded artifact")
+    if "fd" in job:
+        fd = int(job["fd"])
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+            raise IntegrityError("the quarantined copy of the artifact is not sealed")
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "rb") as f:
+            data = f.read()
+    else:
+        with open(job["path"], "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != job["sha256"]:  # exactly the bytes the caller checked
+            raise IntegrityError("the quarantined copy of the artifact is not the recorded artifact")
     options: dict[str, Any] = {"extra": job["extra"], "trusted": job["trusted"], "signed": job["signed"]}
     fmt = get_format(job["format"])
     if "blobs" in job:
