@@ -288,3 +288,22 @@ def test_catboost_safetensors_and_keras_headers_are_checked() -> None:
         native_checks.check_keras_archive(buf.getvalue())
     with pytest.raises(UnsafeModelError, match="not a readable zip"):
         native_checks.check_keras_archive(b"not a zip")
+
+
+def test_the_checks_read_lines_tokens_and_keys_as_the_native_parsers_do(lgb_text: str, xgb_booster: Any) -> None:
+    """Where Python and C++ would split differently, the crafted file is refused, so the checks
+    never judge other content than the parser reads: LightGBM ends a line at a lone CR and
+    splits arrays on single spaces only; an object that repeats a key is ambiguous."""
+    with pytest.raises(UnsafeModelError, match="carriage return"):
+        native_checks.check_lightgbm_model(lgb_text.replace("\n", "\r"))
+    with pytest.raises(UnsafeModelError, match="split_feature"):
+        native_checks.check_lightgbm_model(set_tree_field(lgb_text, "split_feature", "0\t1 0"))
+    raw = bytes(xgb_booster.save_raw("ubj"))
+    key = b"L" + struct.pack(">q", len(b"left_children")) + b"left_children"
+    at = raw.index(key)
+    end = raw.index(key[:1] + struct.pack(">q", len(b"loss_changes")) + b"loss_changes")
+    with pytest.raises(UnsafeModelError, match="repeats the key 'left_children'"):
+        native_checks.check_xgboost_model(raw[:end] + raw[at:end] + raw[end:])
+    text = bytes(xgb_booster.save_raw("json")).replace(b'"left_children":', b'"left_children":[0],"left_children":', 1)
+    with pytest.raises(UnsafeModelError, match="repeats a key"):
+        native_checks.check_xgboost_model(text)

@@ -68,13 +68,18 @@ def _lgb_int(value: str | None, what: str, *, low: int | None = None) -> int:
     return number
 
 
+def _tokens(value: str) -> list[str]:
+    """``value`` split as LightGBM splits it: on single spaces, empty tokens dropped."""
+    return [t for t in value.split(" ") if t]
+
+
 def _lgb_array(fields: dict[str, str], key: str, count: int, where: str, *, required: bool) -> list[str] | None:
     """The ``count`` space-separated items of ``key`` (``None`` when absent and optional)."""
     if key not in fields:
         if required and count > 0:
             raise _lgb_refuse(f"{where} has no {key}")
         return None
-    items = fields[key].split()
+    items = _tokens(fields[key])
     if count > 0 and len(items) != count:
         raise _lgb_refuse(f"{where} declares {count} entries for {key} but has {len(items)}")
     return items
@@ -133,7 +138,7 @@ def _lgb_tree(fields: dict[str, str], where: str, n_features: int) -> None:
         n_threshold = int(bounds[-1])
         if bounds[0] != 0 or (np.diff(bounds) < 0).any():
             raise _lgb_refuse(f"{where} has cat_boundaries that do not rise from 0")
-        if n_threshold > len(fields.get("cat_threshold", "").split()):
+        if n_threshold > len(_tokens(fields.get("cat_threshold", ""))):
             raise _lgb_refuse(f"{where} declares {n_threshold} cat_threshold entries but has fewer")
         _lgb_array(fields, "cat_threshold", n_threshold, where, required=True)
     if categorical.any():
@@ -151,8 +156,8 @@ def _lgb_linear(fields: dict[str, str], where: str, n_leaves: int, n_features: i
     if (per_leaf < 0).any():
         raise _lgb_refuse(f"{where} declares a negative num_features")
     total = int(per_leaf.sum())
-    features = _ints(fields.get("leaf_features", "").split(), f"{where} leaf_features")
-    if len(features) != total or len(fields.get("leaf_coeff", "").split()) != total:
+    features = _ints(_tokens(fields.get("leaf_features", "")), f"{where} leaf_features")
+    if len(features) != total or len(_tokens(fields.get("leaf_coeff", ""))) != total:
         raise _lgb_refuse(f"{where} declares {total} linear features but lists another number")
     if ((features < 0) | (features >= n_features)).any():
         raise _lgb_refuse(f"{where} has a linear leaf feature outside 0..{n_features - 1}")
@@ -186,6 +191,8 @@ def check_lightgbm_model(text: str) -> None:
         raise UnsafeModelError(f"refused to load: a LightGBM model string must be text, not {type(text).__name__}")
     if "\x00" in text:
         raise _lgb_refuse("holds a NUL character")
+    if "\r" in text:  # LightGBM ends lines at a lone CR too; model_to_string never writes one
+        raise _lgb_refuse("holds a carriage return")
     first = re.search(r"^Tree=", text, re.MULTILINE)
     head_end = first.start() if first else len(text)
     header: dict[str, str] = {}
@@ -206,7 +213,7 @@ def check_lightgbm_model(text: str) -> None:
     if trees_end >= 0:
         starts = [s for s in starts if s < trees_end]
     if "tree_sizes" in header:
-        sizes = _ints(header["tree_sizes"].split(), "tree_sizes")
+        sizes = _ints(_tokens(header["tree_sizes"]), "tree_sizes")
         if (sizes <= 0).any():
             raise _lgb_refuse("declares a tree size of 0 or less in tree_sizes")
         bounds = head_end + np.concatenate([[0], np.cumsum(sizes)])
@@ -326,7 +333,10 @@ class _UBJReader:
             if count is None and self.pos < len(self.data) and self.data[self.pos] == ord("}"):
                 self.pos += 1
                 return out
+            at = self.pos
             key = self._string()
+            if key in out:
+                raise _ubj_refuse(f"repeats the key {key[:40]!r}", at)
             out[key] = self.value(depth)
 
     def _array(self, depth: int) -> Any:
@@ -490,12 +500,19 @@ def _xgb_learner(model: Any) -> None:
         _xgb_tree(tree, f"tree {i}", n_features)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return out
+
+
 def _xgb_parse(data: bytes | bytearray | memoryview) -> Any:
     view = memoryview(data).cast("B")
     head = bytes(view[:2])
     if head[:1] == b"{" and head[1:2] in (b'"', b" ", b"\n", b"\r", b"\t", b"}"):
         try:
-            return json.loads(bytes(view))
+            return json.loads(bytes(view), object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as exc:
             raise _xgb_refuse(f"is not valid JSON: {str(exc)[:80]}") from None
     if head[:1] != b"{":
