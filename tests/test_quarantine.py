@@ -225,3 +225,16 @@ def test_without_memfd_the_child_reads_a_private_file_checked_by_its_digest(
         before = quarantine.children_started()
         np.testing.assert_array_equal(p.load("lr", "1.0.0").predict(X), model.predict(X))
         assert quarantine.children_started() == before + 1
+
+
+def test_an_unsigned_native_version_loads_its_blobs_in_quarantine(tmp_path: Path) -> None:
+    arrays = {"w": np.arange(1 << 18, dtype=np.float64), "b": np.ones(1 << 17)}
+    with _registry(tmp_path, fmt="native") as p:
+        p.save(arrays, "arrays", "1.0.0")
+        assert p.get_version("arrays", "1.0.0").artifact.extra["blobs"]  # type: ignore[union-attr]
+        plant(p, "arrays", "1.0.0", _artifact_bytes(p, "arrays"))
+        before = quarantine.children_started()
+        loaded = p.load("arrays", "1.0.0")
+        assert quarantine.children_started() == before + 1
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(loaded[key], value)
