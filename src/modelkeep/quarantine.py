@@ -307,7 +307,14 @@ def _looks_out_of_memory(text: str) -> bool:
     return any(s in text for s in _OUT_OF_MEMORY)
 
 
-_OUT_OF_MEMORY = ("memoryerror", "bad_alloc", "cannot allocate memory", "out of memory", "memory alloc")
+_OUT_OF_MEMORY = (
+    "memoryerror",
+    "bad_alloc",
+    "cannot allocate memory",
+    "out of memory",
+    "memory alloc",
+    "failed to map segment",  # a shared library that no longer fits under the cap
+)
 
 
 def _signal_name(number: int) -> str:
@@ -323,7 +330,7 @@ def _reraise(result: dict[str, Any], where: str, cap: int) -> None:
 
     name = str(result.get("error", ""))
     message = str(result.get("message", ""))
-    if name == "MemoryError":
+    if name == "MemoryError" or _looks_out_of_memory(message):
         raise UnsafeModelError(
             f"refused to load: {where} ran out of memory under its cap of {cap >> 20} MiB (quarantine_memory_mb) "
             "in a quarantined test load"
