@@ -330,7 +330,7 @@ def _reraise(result: dict[str, Any], where: str, cap: int) -> None:
 
     name = str(result.get("error", ""))
     message = str(result.get("message", ""))
-    if name == "MemoryError" or _looks_out_of_memory(message):
+    if name == "MemoryError" or (name != "UnsafeModelError" and _looks_out_of_memory(message)):
         raise UnsafeModelError(
             f"refused to load: {where} ran out of memory under its cap of {cap >> 20} MiB (quarantine_memory_mb) "
             "in a quarantined test load"
