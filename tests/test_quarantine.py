@@ -35,10 +35,12 @@ def _skip(*args, **kwargs):
 
 for _name in ("check_lightgbm_model", "check_xgboost_model", "check_xgboost_serialized"):
     setattr(native_checks, _name, _skip)
-state_checks.build_check_for(object)  # imports every check module, then the no-ops win
-for _key in [("lightgbm.basic", "Booster"), ("xgboost.core", "Booster"), ("sklearn.tree._tree", "Tree")]:
+state_checks.build_check_for(object)  # imports every check module, then the no-ops replace them all
+for _key in list(state_checks._BUILD_CHECKS):
     state_checks.register_build(*_key)(_skip)
+for _key in list(state_checks._CALL_CHECKS):
     state_checks.register_call(*_key)(_skip)
+state_checks.check_loaded = _skip  # a final pass over the loaded graph, where there is one
 """
 
 

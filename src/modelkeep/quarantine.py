@@ -232,6 +232,10 @@ def _run(
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"  # a smoke test, and each thread's stack counts against the cap
+    # The caller's import path, so the child finds the same modules (a trusted type defined in
+    # the caller's project, modelkeep itself when the caller put it on sys.path).
+    caller = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), *caller) if p])
     started = time.perf_counter()
     log_path = os.path.join(folder, "stderr")
     with open(log_path, "wb") as log:
