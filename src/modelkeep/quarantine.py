@@ -128,7 +128,7 @@ def screen(
     mode = check_mode(mode if mode is not None else persistence.quarantine)
     if not needed(mode, verdict):
         return None
-    from .formats import get_format
+    from .formats import FORMATS, get_format
     from .storage.hashing import Expected
 
     art = record.artifact
@@ -150,6 +150,7 @@ def screen(
             "signed": verdict.trusted,
             "input_signature": record.input_signature,
             "result": os.path.join(folder, "result.json"),
+            "formats": {k: v for k, v in FORMATS.items() if isinstance(v, str)},  # formats the caller added too
         }
         if fmt.uses_blobs:
             job["blobs"] = _blob_root(persistence, art.extra, folder)
@@ -381,7 +382,9 @@ def child_main() -> None:
 
 def _child_load(job: dict[str, Any]) -> Any:
     from .errors import IntegrityError
-    from .formats import get_format
+    from .formats import FORMATS, get_format
+
+    FORMATS.update(job.get("formats") or {})
 
     if "fd" in job:
         fd = int(job["fd"])
