@@ -341,19 +341,14 @@ def _reraise(result: dict[str, Any], where: str, cap: int) -> None:
             "in a quarantined test load"
         )
     cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, ModelKeepError) and name in _SIMPLE_ERRORS:
-        raise cls(message)
+    if isinstance(cls, type) and issubclass(cls, ModelKeepError):
+        try:
+            error = cls(message)
+        except TypeError:  # an error that carries more than a message
+            error = None
+        if error is not None:
+            raise error
     raise SerializationError(f"cannot deserialize the artifact: {name}: {message}")
-
-
-_SIMPLE_ERRORS = {
-    "UnsafeModelError",
-    "SerializationError",
-    "IntegrityError",
-    "FormatVersionError",
-    "BackendUnavailableError",
-    "ConfigError",
-}
 
 
 # -- the child ----------------------------------------------------------------------------
