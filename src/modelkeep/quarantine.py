@@ -30,6 +30,7 @@ even signed versions), so a crafted version is refused while the old one keeps s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -39,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -238,32 +240,35 @@ def _run(
     caller = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), *caller) if p])
     started = time.perf_counter()
-    log_path = os.path.join(folder, "stderr")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, *_PYTHON_FLAGS, "-c", _CHILD, str(cap)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=env,
-            cwd=folder,
-            close_fds=True,
-            pass_fds=(job["fd"],) if "fd" in job else (),
-        )
-        _count += 1
-        try:
-            proc.communicate(json.dumps(job).encode(), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise UnsafeModelError(
-                f"refused to load: {where} did not finish a quarantined test load within {timeout:g} s "
-                "(quarantine_timeout): a crafted model can loop forever; raise quarantine_timeout if it is "
-                "just slow to load"
-            ) from None
+    proc = subprocess.Popen(
+        [sys.executable, *_PYTHON_FLAGS, "-c", _CHILD, str(cap)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=folder,
+        close_fds=True,
+        pass_fds=(job["fd"],) if "fd" in job else (),
+    )
+    _count += 1
+    log = _Tail(proc.stderr)
+    # Fed from a thread, so that a child that never reads cannot block us past the timeout.
+    threading.Thread(target=_feed, args=(proc.stdin, json.dumps(job).encode()), daemon=True).start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise UnsafeModelError(
+            f"refused to load: {where} did not finish a quarantined test load within {timeout:g} s "
+            "(quarantine_timeout): a crafted model can loop forever; raise quarantine_timeout if it is "
+            "just slow to load"
+        ) from None
+    finally:
+        log.join(5)  # a grandchild may hold stderr open: what was read by then is enough
     seconds = time.perf_counter() - started
     result = _read_result(job["result"])
-    tail = _tail(log_path)
+    tail = log.text()
     if proc.returncode < 0:
         name = _signal_name(-proc.returncode)
         memory = " near its memory cap" if _looks_out_of_memory(tail) else ""
@@ -298,13 +303,31 @@ def _read_result(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _tail(path: str, size: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def _feed(stream: Any, data: bytes) -> None:
+    # BrokenPipeError, OSError: a child that died at once is judged by its exit instead
+    with contextlib.suppress(BrokenPipeError, OSError), stream:
+        stream.write(data)
+
+
+class _Tail(threading.Thread):
+    """Reads a child's stderr to the end, keeping only its last bytes (a crafted model may
+    print without end; neither memory nor a disk fills up with it)."""
+
+    KEEP = 4096
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.kept = b""
+        self.start()
+
+    def run(self) -> None:
+        with self.stream:
+            while chunk := self.stream.read1(1 << 16):
+                self.kept = (self.kept + chunk)[-self.KEEP :]
+
+    def text(self) -> str:
+        return self.kept.decode("utf-8", "replace")
 
 
 def _looks_out_of_memory(text: str) -> bool:
