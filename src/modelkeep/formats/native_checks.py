@@ -246,6 +246,12 @@ _UBJ_SCALARS: dict[int, tuple[str, int]] = {
     ord("D"): (">f8", 8),
 }
 
+#: The same scalars as :mod:`struct` formats, for reading one value.
+_UBJ_STRUCTS = {
+    marker: struct.Struct(">" + code)
+    for marker, code in zip(b"iUIlLdD", ("b", "B", "h", "i", "q", "f", "d"), strict=True)
+}
+
 
 def _ubj_refuse(what: str, pos: int) -> UnsafeModelError:
     return UnsafeModelError(
@@ -261,23 +267,32 @@ class _UBJReader:
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.data = memoryview(data).cast("B")
+        self.end = len(self.data)
         self.pos = 0
 
     def _take(self, n: int) -> memoryview:
-        if n < 0 or n > len(self.data) - self.pos:
-            raise _ubj_refuse(f"declares {n} bytes where {len(self.data) - self.pos} remain", self.pos)
+        if n < 0 or n > self.end - self.pos:
+            raise _ubj_refuse(f"declares {n} bytes where {self.end - self.pos} remain", self.pos)
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
     def _marker(self) -> int:
-        return int(self._take(1)[0])
+        if self.pos >= self.end:
+            raise _ubj_refuse("ends where a value should follow", self.pos)
+        marker = self.data[self.pos]
+        self.pos += 1
+        return int(marker)
 
     def _scalar(self, marker: int) -> Any:
-        if marker not in _UBJ_SCALARS:
+        unpack = _UBJ_STRUCTS.get(marker)
+        if unpack is None:
             raise _ubj_refuse(f"has an unknown type marker {chr(marker)!r}", self.pos - 1)
-        dtype, size = _UBJ_SCALARS[marker]
-        return np.frombuffer(self._take(size), dtype=dtype)[0].item()
+        if unpack.size > self.end - self.pos:
+            raise _ubj_refuse(f"declares {unpack.size} bytes where {self.end - self.pos} remain", self.pos)
+        (value,) = unpack.unpack_from(self.data, self.pos)
+        self.pos += unpack.size
+        return value
 
     def _count(self) -> int:
         at = self.pos
@@ -292,7 +307,7 @@ class _UBJReader:
     def _string(self) -> str:
         raw = self._take(self._count())
         try:
-            return bytes(raw).decode("utf-8")
+            return str(raw, "utf-8")
         except UnicodeDecodeError:
             raise _ubj_refuse("has a string that is not UTF-8", self.pos) from None
 
