@@ -403,7 +403,6 @@ def _child_load(job: dict[str, Any]) -> Any:
     from .formats import FORMATS, get_format
 
     FORMATS.update(job.get("formats") or {})
-
     if "fd" in job:
         fd = int(job["fd"])
         if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
