@@ -124,6 +124,11 @@ trust_option = click.option(
     help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
 )
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
+@click.option(
+    "--max-load-memory",
+    metavar="SIZE",
+    help="Bytes one load may allocate, e.g. 4GiB (default: max(256 MiB, 32 x the artifact's size)).",
+)
 @trust_option
 @click.option(
     "--version",
@@ -141,6 +146,7 @@ def cli(
     registry_url: str | None,
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
+    max_load_memory: str | None,
     trust: tuple[str, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
@@ -148,7 +154,12 @@ def cli(
     Settings come from --config (or ./config.yaml), then MODELKEEP_* environment
     variables, then the options below.
     """
-    overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
+    overrides = {
+        "models_dir": models_dir,
+        "registry_url": registry_url,
+        "trusted_keys": list(trusted_keys) or None,
+        "max_load_memory": max_load_memory,
+    }
     ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 

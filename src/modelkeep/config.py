@@ -73,6 +73,17 @@ class PersistenceSettings(KeySettings):
     #: Seconds to wait for S3 / PostgreSQL to connect, and to answer a request.
     connect_timeout: float = Field(default=timeouts.CONNECT_TIMEOUT, gt=0)
     read_timeout: float = Field(default=timeouts.READ_TIMEOUT, gt=0)
+    #: Bytes one load may allocate (default: max(256 MiB, 32 x the artifact's size)); "2GiB" works.
+    max_load_memory: int | None = None
+
+    @field_validator("max_load_memory", mode="before")
+    @classmethod
+    def _parse_memory(cls, v: Any) -> Any:
+        from .formats.budget import parse_size
+
+        if v is None or (isinstance(v, str) and v.strip().lower() in {"", "none", "default"}):
+            return None
+        return parse_size(v)
 
     @field_validator("trusted_types", mode="before")
     @classmethod
@@ -154,6 +165,7 @@ class Settings(BaseModel):
             "trusted_types": p.trusted_types or None,
             "connect_timeout": p.connect_timeout,
             "read_timeout": p.read_timeout,
+            "max_load_memory": p.max_load_memory,
         }
 
     def release_logging(self) -> None:

@@ -33,6 +33,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_REQUIRE_SIGNATURES": ("persistence", "require_signatures"),
     "MODELKEEP_CONNECT_TIMEOUT": ("persistence", "connect_timeout"),
     "MODELKEEP_READ_TIMEOUT": ("persistence", "read_timeout"),
+    "MODELKEEP_MAX_LOAD_MEMORY": ("persistence", "max_load_memory"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {

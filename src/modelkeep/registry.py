@@ -121,6 +121,10 @@ class ModelPersistence(LifecycleMixin):
             config, never from an artifact or its metadata.
         connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
             connect and to answer (see :mod:`modelkeep.timeouts`).
+        max_load_memory: bytes one load may allocate while unpickling (an int, or text
+            such as ``"2GiB"``); default ``max(256 MiB, 32 x the artifact's size)``. A
+            pickle that claims more is refused with :class:`UnsafeModelError`
+            (see :mod:`modelkeep.formats.budget`).
     """
 
     def __init__(
@@ -142,7 +146,15 @@ class ModelPersistence(LifecycleMixin):
         require_signatures: bool | None = None,
         connect_timeout: float = timeouts.CONNECT_TIMEOUT,
         read_timeout: float = timeouts.READ_TIMEOUT,
+        max_load_memory: int | str | None = None,
     ) -> None:
+        from .formats.budget import parse_size
+
+        try:
+            #: Bytes one load may allocate (``None``: from each artifact's size).
+            self.max_load_memory: int | None = None if max_load_memory is None else parse_size(max_load_memory)
+        except ValueError as exc:
+            raise ConfigError(f"max_load_memory {exc}") from None
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
@@ -496,8 +508,11 @@ class ModelPersistence(LifecycleMixin):
                 logger.info("reading %s with plain joblib.load (trust_file)", where)
                 model = joblib.load(where)  # reads joblib and plain pickle files alike
             else:
+                from .formats.budget import LoadBudget
+
                 policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = joblib_load(where, policy)
+                budget = LoadBudget.for_artifact(os.path.getsize(where), self.max_load_memory)
+                model = joblib_load(where, policy, budget=budget)
         except UnsafeModelError as exc:
             raise UnsafeModelError(
                 f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
@@ -569,6 +584,8 @@ class ModelPersistence(LifecycleMixin):
             "extra": art.extra,
             "trusted": self.trusted_types,
             "signed": verdict.trusted,
+            "max_load_memory": self.max_load_memory,
+            "artifact_size": art.size,
         }
         blobs = self._blobs(fmt)
         if blobs is not None:
