@@ -127,6 +127,12 @@ class TrustPolicy:
             return "signed"
         return None
 
+    def vouched_for(self, key: tuple[str, str]) -> bool:
+        """Whether the user trusts ``module.name``, or it was recorded in a version signed by a held key:
+        such globals may be called, not only named."""
+        dotted = f"{key[0]}.{key[1]}"
+        return dotted in self.trusted or dotted in self.recorded
+
     def refusal(self, module: str, name: str) -> UnsafeModelError:
         """The error for a global no source admits: names it, and says how to trust it."""
         text = (
@@ -294,7 +300,7 @@ class _Policed:
         obj, source, key = _resolve(self._policy, module, name, self.proto)
         oid = id(obj)
         self._fetched[oid] = obj  # kept alive, so the id stays unique
-        if source != "builtin" or key in CALLABLE_ALLOWLIST:
+        if key in CALLABLE_ALLOWLIST or self._policy.vouched_for(key):
             self._callables[oid] = obj  # trusted and signed globals: the user vouched for them
         guards = []
         guard = call_guards.GUARDS.get(key)
