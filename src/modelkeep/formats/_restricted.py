@@ -297,7 +297,7 @@ class _Policed:
     # -- naming ---------------------------------------------------------------------------------
 
     def find_class(self, module: str, name: str) -> Any:
-        obj, source, key = _resolve(self._policy, module, name, self.proto)
+        obj, _source, key = _resolve(self._policy, module, name, self.proto)
         oid = id(obj)
         self._fetched[oid] = obj  # kept alive, so the id stays unique
         if key in CALLABLE_ALLOWLIST or self._policy.vouched_for(key):
