@@ -500,3 +500,33 @@ def test_saving_leaves_joblibs_pickler_alone(tmp_path: Path) -> None:
         assert numpy_pickle.NumpyPickler is own
         joblib.dump({"b": 1}, tmp_path / "mine.joblib")  # the user's own dump: joblib's class
         assert joblib.load(tmp_path / "mine.joblib") == {"b": 1}
+
+
+# -- the max_load_memory setting -----------------------------------------------------------------
+
+
+def test_max_load_memory_from_the_config_the_environment_and_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from modelkeep.cli import cli
+    from modelkeep.config import load_settings
+
+    config = tmp_path / "config.yaml"
+    config.write_text("persistence:\n  max_load_memory: 512MiB\n")
+    assert load_settings(config).persistence_options()["max_load_memory"] == 512 << 20
+    monkeypatch.setenv("MODELKEEP_MAX_LOAD_MEMORY", "2GiB")
+    assert load_settings(None).persistence.max_load_memory == 2 << 30
+    monkeypatch.delenv("MODELKEEP_MAX_LOAD_MEMORY")
+    with pytest.raises(ValueError, match="max_load_memory"):
+        load_settings(None, max_load_memory="lots")
+
+    models = tmp_path / "models"
+    with ModelPersistence(models, serialization_format="pickle") as p:
+        p.save(np.zeros(10_000), "big", "1.0.0")
+    args = ["--models-dir", str(models), "load", "--model-name", "big", "--output", str(tmp_path / "out.pkl")]
+    refused = CliRunner().invoke(cli, ["--max-load-memory", "1KiB", *args])
+    assert refused.exit_code == 1
+    assert "memory budget" in refused.output and "max_load_memory" in refused.output
+    assert CliRunner().invoke(cli, args).exit_code == 0

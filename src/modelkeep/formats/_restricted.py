@@ -50,6 +50,7 @@ import functools
 import importlib
 import io
 import logging
+import math
 import mmap
 import os
 import pickle
@@ -247,8 +248,11 @@ def _describe(obj: Any) -> str:
 
 def source_size(file: Any) -> int | None:
     """The size of a fully known source (in-memory bytes, a private map, a regular file), else ``None``."""
-    if isinstance(file, io.BytesIO):
-        return len(file.getbuffer())
+    if isinstance(file, io.BytesIO):  # its size without getbuffer(), which would copy shared bytes
+        here = file.tell()
+        size = file.seek(0, 2)
+        file.seek(here)
+        return size
     if isinstance(file, mmap.mmap):
         return len(file)
     if isinstance(file, (io.BufferedReader, io.FileIO)) and type(getattr(file, "raw", file)) is io.FileIO:
@@ -290,6 +294,9 @@ class _Policed:
         self._guards = {}
         self._takes_classes = set()
         self._depth = {}
+        self._state_checks: dict[int, Any] = {}
+        self._frame: Any = None
+        self._frame_size = 0
         self._source = source
         self._size = source_size(source)
         self.budget = budget or LoadBudget.for_artifact(self._size)
@@ -313,6 +320,8 @@ class _Policed:
             self._guards[oid] = (*self._guards.get(oid, ()), *guards)
         if key in call_guards.TAKES_CLASSES:
             self._takes_classes.add(oid)
+        if oid not in self._state_checks:
+            self._state_checks[oid] = state_checks.call_check_for(obj)
         return obj
 
     # -- calling --------------------------------------------------------------------------------
@@ -351,20 +360,28 @@ class _Policed:
             if not plain:
                 raise self._not_callable(func, role)
         takes_classes = fid in self._takes_classes
+        fetched = self._fetched
         for value in (*args, *kwargs.values()) if kwargs else args:
+            kind = type(value)
+            if kind in _LEAVES:
+                continue
             vid = id(value)
-            if vid in self._fetched and vid not in self._callables and callable(value):
+            if vid in fetched and vid not in self._callables and callable(value):
                 if takes_classes and isinstance(value, type):
                     continue  # the guard checks it, as NEWOBJ would
                 raise UnsafeModelError(
                     f"refused to load: the pickle passes {_describe(value)}, which it may name but not call, to "
                     f"{_describe(func)}, which may call it (possible malicious pickle)"
                 )
-            if isinstance(value, (range, dict, list, tuple)) or type(value).__name__ == "RangeIndex":
+            if kind is range or kind.__name__ == "RangeIndex" or (kind in _SEQUENCES and _holds_lazy(value)):
                 call_guards.charge_lazy(self, (value,), _describe(func))
         for guard in self._guards.get(fid, ()):
             guard(self, args, kwargs)
-        state_checks.check_call(func, args)
+        check = self._state_checks.get(fid, _UNKNOWN)
+        if check is _UNKNOWN:  # not fetched by name (what a trusted getattr returned)
+            state_checks.check_call(func, args)
+        elif check is not None:
+            check(func, args)
 
     def load_reduce(self) -> None:
         stack = self.stack
@@ -426,12 +443,18 @@ class _Policed:
                 "a class, module or global rather than a new object (possible malicious pickle)"
             )
         kind = type(target)
-        module = kind.__module__ or ""
-        if module.startswith("numpy") and isinstance(state, tuple) and len(state) == 5:
+        family = _FAMILY.get(kind)
+        if family is None:
+            module = kind.__module__ or ""
+            family = _FAMILY[kind] = (
+                "numpy" if module.startswith("numpy") else "pandas" if module.startswith("pandas") else ""
+            )
+        if family == "numpy" and type(state) is tuple and len(state) == 5:
             self._charge_array_state(state)
-        elif module.startswith("pandas"):
+        elif family == "pandas":
             call_guards.check_pandas_strings((state,), f"the state of a {kind.__name__}")
-        self._nest(target, (state,))
+        if type(state) not in _LEAVES:
+            self._nest(target, (state,))
         state_checks.check_build(target, state)
 
     def _charge_array_state(self, state: tuple[Any, ...]) -> None:
@@ -448,9 +471,13 @@ class _Policed:
 
     def _remaining(self) -> int | None:
         """Bytes left in the artifact after the read position (``None`` if the source is a stream)."""
-        frame = getattr(getattr(self, "_unframer", None), "current_frame", None)
+        frame = self._unframer.current_frame  # type: ignore[attr-defined]
         if frame is not None:
-            left = len(frame.getbuffer()) - frame.tell()
+            if frame is not self._frame:  # a new frame: its size, without copying it (getbuffer would)
+                here = frame.tell()
+                self._frame, self._frame_size = frame, frame.seek(0, 2)
+                frame.seek(here)
+            left = self._frame_size - frame.tell()
             if left:
                 return left  # an exhausted frame falls through to the file, as pickle reads
         return self._file_remaining()
@@ -471,34 +498,36 @@ class _Policed:
                 f"refused to load: a {opcode} claims {size} bytes but only {left} remain in the artifact "
                 "(truncated or malicious pickle)"
             )
-        self.budget.charge(size, f"a {opcode} of {size} bytes")
+        budget = self.budget
+        if size > budget.limit - budget.used:
+            raise budget.refusal(size, f"a {opcode} of {size} bytes")
+        budget.used += size
 
-    def _read_length(self, fmt: str, opcode: str) -> int:
-        raw = self.read(struct.calcsize(fmt))
-        (size,) = struct.unpack(fmt, raw)
+    def _read_length(self, fmt: struct.Struct, opcode: str) -> int:
+        (size,) = fmt.unpack(self.read(fmt.size))
         if size < 0 or size > sys.maxsize:
             raise pickle.UnpicklingError(f"{opcode} has a negative or excessive byte count")
-        self._claim(size, f"{opcode} opcode")
+        self._claim(size, opcode)
         return int(size)
 
     def load_binbytes(self) -> None:
-        self.append(self.read(self._read_length("<I", "BINBYTES")))
+        self.append(self.read(self._read_length(_U32, "BINBYTES opcode")))
 
     def load_binbytes8(self) -> None:
-        self.append(self.read(self._read_length("<Q", "BINBYTES8")))
+        self.append(self.read(self._read_length(_U64, "BINBYTES8 opcode")))
 
     def load_binunicode(self) -> None:
-        self.append(str(self.read(self._read_length("<I", "BINUNICODE")), "utf-8", "surrogatepass"))
+        self.append(str(self.read(self._read_length(_U32, "BINUNICODE opcode")), "utf-8", "surrogatepass"))
 
     def load_binunicode8(self) -> None:
-        self.append(str(self.read(self._read_length("<Q", "BINUNICODE8")), "utf-8", "surrogatepass"))
+        self.append(str(self.read(self._read_length(_U64, "BINUNICODE8 opcode")), "utf-8", "surrogatepass"))
 
     def load_binstring(self) -> None:
-        data = self.read(self._read_length("<i", "BINSTRING"))
+        data = self.read(self._read_length(_I32, "BINSTRING opcode"))
         self.append(self._decode_string(data))  # type: ignore[attr-defined]
 
     def load_long4(self) -> None:
-        data = self.read(self._read_length("<i", "LONG4"))
+        data = self.read(self._read_length(_I32, "LONG4 opcode"))
         self.append(pickle.decode_long(data))
 
     def load_frame(self) -> None:
@@ -519,7 +548,7 @@ class _Policed:
         unframer.load_frame(size)
 
     def load_bytearray8(self) -> None:
-        size = self._read_length("<Q", "BYTEARRAY8")
+        size = self._read_length(_U64, "BYTEARRAY8 opcode")
         data = bytearray(size)
         self.readinto(data)  # type: ignore[attr-defined]
         self.append(data)
@@ -540,13 +569,17 @@ class _Policed:
         depth = self._depth
         deepest = 0
         for item in items:
+            kind = type(item)
+            if kind in _LEAVES:
+                continue
             found = depth.get(id(item))
-            if found is not None and found[0] > deepest:
-                deepest = found[0]
-            elif type(item) in _CONTAINERS and deepest == 0:
+            if found is not None:
+                if found[0] > deepest:
+                    deepest = found[0]
+            elif deepest == 0 and kind in _CONTAINERS:
                 deepest = 1
         if deepest:
-            if deepest + 1 > MAX_DEPTH:
+            if deepest >= MAX_DEPTH:
                 raise self._too_deep()
             mine = depth.get(id(container))
             if mine is None or mine[0] <= deepest:
@@ -603,17 +636,26 @@ class _Policed:
         self._nest(value, items)
         self.append(value)
 
+    # TUPLE1-3 and the calls run for nearly every object: their checks skip plain values inline.
+
     def load_tuple1(self) -> None:
         self.stack[-1] = value = (self.stack[-1],)
-        self._nest(value, value)
+        if type(value[0]) not in _LEAVES:
+            self._nest(value, value)
 
     def load_tuple2(self) -> None:
-        self.stack[-2:] = [value := (self.stack[-2], self.stack[-1])]
-        self._nest(value, value)
+        stack = self.stack
+        value = (stack[-2], stack[-1])
+        stack[-2:] = [value]
+        if type(value[0]) not in _LEAVES or type(value[1]) not in _LEAVES:
+            self._nest(value, value)
 
     def load_tuple3(self) -> None:
-        self.stack[-3:] = [value := (self.stack[-3], self.stack[-2], self.stack[-1])]
-        self._nest(value, value)
+        stack = self.stack
+        value = (stack[-3], stack[-2], stack[-1])
+        stack[-3:] = [value]
+        if type(value[0]) not in _LEAVES or type(value[1]) not in _LEAVES or type(value[2]) not in _LEAVES:
+            self._nest(value, value)
 
     def load_list(self) -> None:
         items = self.pop_mark()  # type: ignore[attr-defined]
@@ -650,6 +692,26 @@ class _Policed:
 
 
 _CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
+_U32, _U64, _I32 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<i")
+_UNKNOWN = object()
+#: Per type of a BUILD target: "numpy", "pandas" or "" (which state checks apply).
+_FAMILY: dict[type, str] = {}
+#: Values that hold nothing and cannot be called: skipped by the per-item checks.
+_LEAVES = frozenset({int, float, str, bytes, bool, type(None), complex, bytearray})
+#: Arguments that may hold a lazy sequence.
+_SEQUENCES = frozenset({dict, list, tuple})
+
+
+def _holds_lazy(value: Any) -> bool:
+    """Whether a list, tuple or dict argument holds a ``range`` or ``RangeIndex`` among its first items."""
+    items = list(value.values())[:64] if type(value) is dict else value[:64]
+    for item in items:
+        kind = type(item)
+        if kind is range or (kind not in _LEAVES and kind.__name__ == "RangeIndex"):
+            return True
+    return False
+
+
 #: Opcode -> name of the checked handler on :class:`_Policed`.
 _CHECKED_OPCODES = {
     pickle.REDUCE: "load_reduce",
@@ -710,7 +772,7 @@ class RestrictedUnpickler(_Policed, pickle._Unpickler):
     def load_bytearray8(self) -> None:
         """Protocol 5 in-band buffers (numpy arrays): checked against the bytes left, then read
         straight into the bytearray, as the C unpickler does, instead of reading bytes and copying them."""
-        size = self._read_length("<Q", "BYTEARRAY8")
+        size = self._read_length(_U64, "BYTEARRAY8 opcode")
         data = bytearray(size)
         unframer, got = self._unframer, 0
         if unframer.current_frame:  # small buffers sit inside a frame
@@ -1090,8 +1152,7 @@ def _joblib_unpickler() -> type[Any]:
             elif payload is not None:
                 self.stack[-1] = self._payload_array(wrapper, payload)
             else:
-                shape = [int(n) for n in wrapper.shape]
-                nbytes = int(self.np.prod(shape, dtype=object)) * wrapper.dtype.itemsize
+                nbytes = math.prod(int(n) for n in wrapper.shape) * wrapper.dtype.itemsize
                 self._claim(nbytes, "joblib array", unframed=True)
                 self.stack[-1] = wrapper.read(self, self.ensure_native_byte_order)
 

@@ -79,6 +79,8 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, d
 
 def _count(value: Any, what: str) -> int:
     """A non-negative integer count, or a refusal (a float or a huge int is not a shape)."""
+    if type(value) is int:
+        return value if value > 0 else 0
     try:
         number = int(value.__index__())
     except (AttributeError, TypeError):
@@ -104,7 +106,7 @@ def _itemsize(dtype: Any) -> int:
 
 
 def charge_array(ctx: CallContext, shape: Any, dtype: Any, what: str) -> None:
-    dims = _shape(shape, f"the shape of {what}")
+    dims = _shape(shape, "an array shape")
     ctx.budget.charge(math.prod(dims) * _itemsize(dtype), what)
 
 
@@ -431,8 +433,14 @@ def pandas_call(ctx: CallContext, where: str, args: tuple[Any, ...], kwargs: dic
 
 @guard("sklearn.tree._tree:Tree")
 def _tree(ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    outputs = _arg(args, kwargs, 2, "n_outputs", 1)
-    ctx.budget.charge(16 * _count(outputs, "Tree's n_outputs"), "sklearn Tree's per-output arrays")
+    """``Tree(n_features, n_classes, n_outputs)`` copies ``n_outputs`` entries of ``n_classes``
+    without bounds checks: ``n_classes`` must hold that many."""
+    outputs = _count(_arg(args, kwargs, 2, "n_outputs", 1), "Tree's n_outputs")
+    ctx.budget.charge(16 * outputs, "sklearn Tree's per-output arrays")
+    classes = _arg(args, kwargs, 1, "n_classes")
+    n = _length(classes)
+    if n is None or n < outputs:
+        raise refuse(f"a scikit-learn Tree with n_outputs={outputs} but {n} class counts")
 
 
 @guard(
