@@ -18,6 +18,20 @@ resolves a global only when it is admitted by one of three sources:
    holds (the format's ``load`` gets ``signed=True``). Unsigned, the recorded
    list is only a hint for the error message.
 
+Resolving a global only lets the pickle *name* it. Calling is narrower: the
+callable of ``REDUCE``, ``NEWOBJ``/``NEWOBJ_EX`` (when the class has a ``__new__`` of
+its own), ``INST`` and ``OBJ`` must be on
+:data:`~modelkeep.formats.allowlist.CALLABLE_ALLOWLIST` (reviewed reconstructors and
+data classes), or be trusted or signed as above (the user vouched for it); other
+allow-listed classes are only created with a ``__new__`` that runs none of their code
+(so ``Booster(model_file=...)`` is never reached), and functions a model holds as
+values (a kmeans kernel, ``f_classif``) are never called. Each call's arguments are
+checked first (:mod:`modelkeep.formats.call_guards`: paths and time zones, counts,
+callables handed on), then :func:`modelkeep.formats.state_checks.check_call`. Every
+load is bounded by a :class:`~modelkeep.formats.budget.LoadBudget`: length-carrying
+opcodes are checked against the bytes left before allocating, allocating calls and
+container items are charged, nesting is limited to :data:`MAX_DEPTH`.
+
 Everything else raises :class:`~modelkeep.errors.UnsafeModelError` naming the
 global and how to trust it; so does a name that resolves to a module object
 (``GLOBAL pathlib os``) or walks through a module (protocol 4's dotted

@@ -1,5 +1,12 @@
 """The built-in allow-list: the only globals a pickle may load without the user's say-so.
 
+Two lists: :data:`BUILTIN_ALLOWLIST`, what a pickle may *name* (push as a value), and
+:data:`CALLABLE_ALLOWLIST`, the subset it may *call* while loading (reconstructors and
+classes whose construction takes only data, each reviewed in docs/allowlist-review.md,
+their arguments checked by :mod:`modelkeep.formats.call_guards`). Named-only functions
+(:data:`NAMED_ONLY`) are estimator parameters such as ``f_classif``; other named classes
+are only ever created with a ``__new__`` that runs none of their code.
+
 Every entry is an exact ``(module, qualified name)`` pair, organised per
 framework, reviewed by hand: a class or function is listed only when calling
 it with any arguments a pickle can build (and applying ``__setstate__`` to
