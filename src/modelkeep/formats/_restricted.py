@@ -291,7 +291,7 @@ class _Policed:
     _callables: dict[int, Any]
     _guards: dict[int, tuple[Any, ...]]
     _takes_classes: set[int]
-    _depth: dict[int, tuple[int, Any]]
+    _depth: dict[int, int]
     budget: LoadBudget
     _size: int | None
     _source: Any
@@ -570,7 +570,9 @@ class _Policed:
     def load_mark(self) -> None:
         if len(self.metastack) >= MAX_DEPTH or len(self.stack) >= MAX_STACK:
             raise self._too_deep()
-        pickle._Unpickler.load_mark(self)  # type: ignore[attr-defined]
+        self.metastack.append(self.stack)
+        self.stack = []
+        self.append = self.stack.append
 
     def _too_deep(self) -> UnsafeModelError:
         return UnsafeModelError(
@@ -579,29 +581,34 @@ class _Policed:
         )
 
     def _nest(self, container: Any, items: Any) -> None:
-        """Record how deep ``container`` nests now that it holds ``items`` (refused past MAX_DEPTH)."""
+        """Record how deep ``container`` nests now that it holds ``items`` (refused past MAX_DEPTH).
+
+        Depths are kept by ``id`` only, without keeping the objects alive (that would keep every
+        temporary of the load in memory). An id reused after its object died can only make a
+        depth look larger, by at most the depth of what honestly came before: never smaller."""
         depth = self._depth
         deepest = 0
         for item in items:
             kind = type(item)
             if kind in _LEAVES:
                 continue
-            found = depth.get(id(item))
-            if found is not None:
-                if found[0] > deepest:
-                    deepest = found[0]
+            found = depth.get(id(item), 0)
+            if found > deepest:
+                deepest = found
             elif deepest == 0 and kind in _CONTAINERS:
                 deepest = 1
         if deepest:
             if deepest >= MAX_DEPTH:
                 raise self._too_deep()
-            mine = depth.get(id(container))
-            if mine is None or mine[0] <= deepest:
-                depth[id(container)] = (deepest + 1, container)
+            if depth.get(id(container), 0) <= deepest:
+                depth[id(container)] = deepest + 1
 
     def load_appends(self) -> None:
         items = self.pop_mark()  # type: ignore[attr-defined]
-        self.budget.charge(ITEM_BYTES * len(items), "the items of a list")
+        budget = self.budget
+        if ITEM_BYTES * len(items) > budget.limit - budget.used:
+            raise budget.refusal(ITEM_BYTES * len(items), "the items of a list")
+        budget.used += ITEM_BYTES * len(items)
         target = self.stack[-1]
         self._nest(target, items)
         extend = getattr(target, "extend", None)
@@ -619,9 +626,12 @@ class _Policed:
 
     def load_setitems(self) -> None:
         items = self.pop_mark()  # type: ignore[attr-defined]
-        self.budget.charge(ITEM_BYTES * len(items), "the items of a dict")
+        budget = self.budget
+        if ITEM_BYTES * len(items) > budget.limit - budget.used:
+            raise budget.refusal(ITEM_BYTES * len(items), "the items of a dict")
+        budget.used += ITEM_BYTES * len(items)
         target = self.stack[-1]
-        self._nest(target, items)
+        self._nest(target, items[1::2])  # keys nest only through tuples, counted when built
         for i in range(0, len(items), 2):
             target[items[i]] = items[i + 1]
 
@@ -634,7 +644,10 @@ class _Policed:
 
     def load_additems(self) -> None:
         items = self.pop_mark()  # type: ignore[attr-defined]
-        self.budget.charge(ITEM_BYTES * len(items), "the items of a set")
+        budget = self.budget
+        if ITEM_BYTES * len(items) > budget.limit - budget.used:
+            raise budget.refusal(ITEM_BYTES * len(items), "the items of a set")
+        budget.used += ITEM_BYTES * len(items)
         target = self.stack[-1]
         self._nest(target, items)
         if isinstance(target, set):
