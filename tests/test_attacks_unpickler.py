@@ -530,3 +530,18 @@ def test_max_load_memory_from_the_config_the_environment_and_the_cli(
     assert refused.exit_code == 1
     assert "memory budget" in refused.output and "max_load_memory" in refused.output
     assert CliRunner().invoke(cli, args).exit_code == 0
+
+
+def test_a_torch_parameter_state_cannot_set_dunder_attributes() -> None:
+    import torch
+
+    honest = torch.nn.Parameter(torch.zeros(3))
+    honest.note = "kept"
+    raw = pickle.dumps(honest, protocol=2)  # no frames: the name can be swapped in place
+    assert restricted_loads(raw).note == "kept"
+    payload = raw.replace(b"X\x04\x00\x00\x00note", b"X\t\x00\x00\x00__class__")
+    assert payload != raw
+    with pytest.raises(TypeError, match="__class__"):  # plain pickle reaches setattr(param, "__class__", ...)
+        pickle.loads(payload)
+    with pytest.raises(UnsafeModelError, match="__class__"):
+        restricted_loads(payload)

@@ -488,4 +488,16 @@ def _no_backward_hooks(position: int) -> Guard:
 
 
 guard("torch._utils:_rebuild_tensor_v2")(_no_backward_hooks(5))
-guard("torch._utils:_rebuild_parameter", "torch._utils:_rebuild_parameter_with_state")(_no_backward_hooks(2))
+guard("torch._utils:_rebuild_parameter")(_no_backward_hooks(2))
+
+
+@guard("torch._utils:_rebuild_parameter_with_state")
+def _parameter_with_state(ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The state is applied with ``setattr``: plain attribute names only (no ``__class__``, no dunders)."""
+    _no_backward_hooks(2)(ctx, args, kwargs)
+    state = _arg(args, kwargs, 3, "state")
+    parts = state if isinstance(state, tuple) else (state,)
+    for part in parts:
+        for name in part or {}:
+            if not isinstance(name, str) or name.startswith("__"):
+                raise refuse(f"a torch parameter whose state sets the attribute {name!r}")
