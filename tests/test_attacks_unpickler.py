@@ -90,8 +90,9 @@ except Exception as exc:
     print(type(exc).__name__, str(exc)[:400])
 else:
     print("loaded")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("peak_kib", peak)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's pages at fork)
+status = open("/proc/self/status").read()
+print("peak_kib", status.split("VmHWM:")[1].split()[0])
 """
 
 
