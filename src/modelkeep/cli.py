@@ -130,6 +130,11 @@ trust_option = click.option(
     help="Load versions in a short-lived child process first: auto (default: those not signed by a "
     "trusted key), always, never.",
 )
+@click.option(
+    "--max-load-memory",
+    metavar="SIZE",
+    help="Bytes one load may allocate, e.g. 4GiB (default: max(256 MiB, 32 x the artifact's size)).",
+)
 @trust_option
 @click.option(
     "--version",
@@ -148,6 +153,7 @@ def cli(
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
     quarantine: str | None,
+    max_load_memory: str | None,
     trust: tuple[str, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
@@ -160,6 +166,7 @@ def cli(
         "registry_url": registry_url,
         "trusted_keys": list(trusted_keys) or None,
         "quarantine": quarantine,
+        "max_load_memory": max_load_memory,
     }
     ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 

@@ -101,6 +101,18 @@ class PersistenceSettings(KeySettings):
     def _auto_memory(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.strip().lower() in {"", "auto"} else v
 
+    #: Bytes one load may allocate (default: max(256 MiB, 32 x the artifact's size)); "2GiB" works.
+    max_load_memory: int | None = None
+
+    @field_validator("max_load_memory", mode="before")
+    @classmethod
+    def _parse_memory(cls, v: Any) -> Any:
+        from .formats.budget import parse_size
+
+        if v is None or (isinstance(v, str) and v.strip().lower() in {"", "none", "default"}):
+            return None
+        return parse_size(v)
+
     @field_validator("trusted_types", mode="before")
     @classmethod
     def _split_types(cls, v: Any) -> Any:
@@ -187,6 +199,7 @@ class Settings(BaseModel):
             "quarantine": p.quarantine,
             "quarantine_timeout": p.quarantine_timeout,
             "quarantine_memory_mb": p.quarantine_memory_mb,
+            "max_load_memory": p.max_load_memory,
         }
 
     def release_logging(self) -> None:

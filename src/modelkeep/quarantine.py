@@ -150,6 +150,7 @@ def screen(
             "extra": art.extra,
             "trusted": list(persistence.trusted_types),
             "signed": verdict.trusted,
+            "max_load_memory": getattr(persistence, "max_load_memory", None),
             "input_signature": record.input_signature,
             "result": os.path.join(folder, "result.json"),
             "formats": {k: v for k, v in FORMATS.items() if isinstance(v, str)},  # formats the caller added too
@@ -415,7 +416,12 @@ def _child_load(job: dict[str, Any]) -> Any:
             data = f.read()
         if hashlib.sha256(data).hexdigest() != job["sha256"]:  # exactly the bytes the caller checked
             raise IntegrityError("the quarantined copy of the artifact is not the recorded artifact")
-    options: dict[str, Any] = {"extra": job["extra"], "trusted": job["trusted"], "signed": job["signed"]}
+    options: dict[str, Any] = {
+        "extra": job["extra"],
+        "trusted": job["trusted"],
+        "signed": job["signed"],
+        "max_load_memory": job.get("max_load_memory"),  # the same budget as the caller's load
+    }
     fmt = get_format(job["format"])
     if "blobs" in job:
         from .blobs import BlobStore

@@ -112,6 +112,10 @@ class ModelPersistence(LifecycleMixin):
             short-lived child process first, ``"always"`` every version, ``"never"`` none
             (see :mod:`modelkeep.quarantine`); ``quarantine_timeout`` (seconds) and
             ``quarantine_memory_mb`` (the child's address-space cap) bound that child.
+        max_load_memory: bytes one load may allocate while unpickling (an int, or text
+            such as ``"2GiB"``); default ``max(256 MiB, 32 x the artifact's size)``. A
+            pickle that claims more is refused with :class:`UnsafeModelError`
+            (see :mod:`modelkeep.formats.budget`).
     """
 
     def __init__(
@@ -140,7 +144,15 @@ class ModelPersistence(LifecycleMixin):
         quarantine: str = "auto",
         quarantine_timeout: float = quarantine_mod.DEFAULT_TIMEOUT,
         quarantine_memory_mb: int | None = None,
+        max_load_memory: int | str | None = None,
     ) -> None:
+        from .formats.budget import parse_size
+
+        try:
+            #: Bytes one load may allocate (``None``: from each artifact's size).
+            self.max_load_memory: int | None = None if max_load_memory is None else parse_size(max_load_memory)
+        except ValueError as exc:
+            raise ConfigError(f"max_load_memory {exc}") from None
         self.quarantine = quarantine_mod.check_mode(quarantine)
         self.quarantine_timeout = quarantine_timeout
         self.quarantine_memory_mb = quarantine_memory_mb
@@ -508,8 +520,11 @@ class ModelPersistence(LifecycleMixin):
                 logger.info("reading %s with plain joblib.load (trust_file)", where)
                 model = joblib.load(where)  # reads joblib and plain pickle files alike
             else:
+                from .formats.budget import LoadBudget
+
                 policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = checked(joblib_load(where, policy))
+                budget = LoadBudget.for_artifact(os.path.getsize(where), self.max_load_memory)
+                model = checked(joblib_load(where, policy, budget=budget))
         except UnsafeModelError as exc:
             raise UnsafeModelError(
                 f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
@@ -589,6 +604,8 @@ class ModelPersistence(LifecycleMixin):
             "extra": art.extra,
             "trusted": self.trusted_types,
             "signed": verdict.trusted,
+            "max_load_memory": self.max_load_memory,
+            "artifact_size": art.size,
         }
         blobs = self._blobs(fmt)
         if blobs is not None:
