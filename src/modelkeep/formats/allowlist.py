@@ -178,6 +178,9 @@ _SKLEARN_FUNCTIONS: Section = {
     "sklearn.metrics._dist_metrics": ("newObj",),
     "sklearn.neighbors._ball_tree": ("newObj",),
     "sklearn.neighbors._kd_tree": ("newObj",),
+    # Cython's generated unpickler of the multiclass loss (multiclass gradient boosting): it
+    # checks the layout checksum, __new__s its class argument and sets no array state
+    "sklearn._loss._loss": ("__pyx_unpickle_CyHalfMultinomialLoss",),
 }
 #: Functions a model holds as a *value* (an estimator parameter, a default): they may be
 #: named in a pickle, never called while loading. ``_kmeans_single_lloyd`` is a Cython

@@ -361,6 +361,7 @@ _new_only("sklearn.neighbors._ball_tree", "newObj")
 _new_only("sklearn.neighbors._kd_tree", "newObj")
 _new_only("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked")
 _new_only("pandas._libs.interval", "__pyx_unpickle_IntervalMixin")
+_new_only("sklearn._loss._loss", "__pyx_unpickle_CyHalfMultinomialLoss")
 
 
 # -- pandas -------------------------------------------------------------------------------------
