@@ -31,6 +31,7 @@ from ..registry import ModelPersistence
 from .security import COOKIE, FIELD, CsrfGuard
 from .views import (
     SEARCH_EXAMPLES,
+    breakable,
     cell,
     chart_series,
     comparison_rows,
@@ -72,6 +73,7 @@ class _Pages:
         self.templates.env.filters["when"] = time_html
         self.templates.env.filters["diff"] = history_diff
         self.templates.env.filters["short_type"] = short_type
+        self.templates.env.filters["breakable"] = breakable
 
     # -- plumbing -------------------------------------------------------------
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:

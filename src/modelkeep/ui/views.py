@@ -474,3 +474,10 @@ def short_type(model_type: Any) -> str:
     """``sklearn.linear_model._logistic.LogisticRegression`` -> ``LogisticRegression``."""
     text = "" if model_type is None else str(model_type)
     return text.rsplit(".", 1)[-1]
+
+
+def breakable(name: Any) -> Markup:
+    """``train_seconds`` with a line-break opportunity after each ``_`` or ``.``, so
+    long column names wrap in a header instead of widening the table."""
+    text = str(escape("" if name is None else str(name)))
+    return Markup(re.sub(r"([_.])", r"\1<wbr>", text))
