@@ -402,4 +402,4 @@ def test_tables_use_chips_and_labelled_fields(client: TestClient) -> None:
     form = model[model.index('id="alias-form"') : model.index("</form>", model.index('id="alias-form"'))]
     for name in ("alias", "version", "expected"):
         assert re.search(rf'<label class="field"><span>[^<]+</span><input name="{name}"', form), name
-    assert '<td title="LogisticRegression, saved as joblib">LogisticRegression<br>' in model
+    assert 'title="LogisticRegression, saved as joblib"><span class="clip">LogisticRegression</span>' in model

@@ -219,6 +219,7 @@ def test_every_page_fits_has_no_console_errors_and_a_sane_chart_legend(
             assert wrap[2] <= wrap[3], f"the page scrolls sideways at {width} px: {wrap}"
             expect(page.locator("#versions thead th", has_text="Tags")).to_be_visible()
 
+        page.set_viewport_size({"width": 1400, "height": 900})
         legend = page.inner_text("#chart-legend")
         assert "accuracy" in legend and "aliased version" in legend
         assert "--" not in legend and "version:" not in legend

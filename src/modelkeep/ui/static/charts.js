@@ -96,7 +96,7 @@
           }
           plot = new uPlot({
             width: width(el), height: 300,
-            padding: [LABEL_ROW * LABEL_ROWS + 6, 24, 0, 0],
+            padding: [d.marked.length ? LABEL_ROW * Math.min(LABEL_ROWS, d.marked.length) + 6 : 12, 24, 0, 0],
             legend: { show: false },
             cursor: { points: { size: 8 } },
             scales: { x: { time: false } },
