@@ -220,6 +220,16 @@ def test_every_page_fits_has_no_console_errors_and_a_sane_chart_legend(
             expect(page.locator("#versions thead th", has_text="Tags")).to_be_visible()
 
         page.set_viewport_size({"width": 1400, "height": 900})
+        for path in ("/", "/models/churn", "/models/churn/versions/1.4.0", "/history", "/?q=acuracy"):
+            page.goto(base + path)
+            unlabelled = page.evaluate(
+                "() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]"
+                ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))"
+                ".map(e => e.outerHTML)"
+            )
+            assert unlabelled == [], f"form fields without a label on {path}: {unlabelled}"
+        page.goto(base + "/models/churn")
+        expect(page.locator("#chart.ready canvas")).to_have_count(1)
         legend = page.inner_text("#chart-legend")
         assert "accuracy" in legend and "aliased version" in legend
         assert "--" not in legend and "version:" not in legend
