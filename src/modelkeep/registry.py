@@ -38,6 +38,7 @@ from .errors import (
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
+from .formats.state_checks import checked
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
@@ -480,7 +481,7 @@ class ModelPersistence(LifecycleMixin):
                 model = joblib.load(where)  # reads joblib and plain pickle files alike
             else:
                 policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = joblib_load(where, policy)
+                model = checked(joblib_load(where, policy))
         except UnsafeModelError as exc:
             raise UnsafeModelError(
                 f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
@@ -543,7 +544,14 @@ class ModelPersistence(LifecycleMixin):
                     f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
                 )
         art = record.artifact
-        assert art is not None
+        if art is None or record.damaged:
+            from .errors import IntegrityError
+
+            raise IntegrityError(
+                f"model '{record.model_name}' version '{record.version}' cannot be loaded: its index row is damaged "
+                f"({record.damaged or 'no artifact'}); run modelkeep verify, and reindex to rebuild it from the "
+                "sidecar files"
+            )
         verdict = self.keyring.check(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
