@@ -115,6 +115,42 @@ def _shot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
+#: Text whose colour has less than the WCAG AA contrast with its background (4.5:1, 3:1 for large text).
+LOW_CONTRAST_JS = r"""
+() => {
+  function rgb(s) { const m = s.match(/[\d.]+/g); return m ? m.map(Number) : [0, 0, 0, 1]; }
+  function lum(c) {
+    const a = c.slice(0, 3).map(v => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * a[0] + 0.7152 * a[1] + 0.0722 * a[2];
+  }
+  function bg(el) {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0.5) return c;
+    }
+    return [255, 255, 255, 1];
+  }
+  const bad = [];
+  document.querySelectorAll("body *").forEach(el => {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.offsetParent) return;
+    const st = getComputedStyle(el);
+    if (st.visibility === "hidden" || el.closest(".sr-only, .skip")) return;
+    const l1 = lum(rgb(st.color)), l2 = lum(bg(el));
+    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+    const size = parseFloat(st.fontSize), bold = parseInt(st.fontWeight) >= 700;
+    const need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
+    const text = el.textContent.trim().slice(0, 30);
+    if (ratio < need) bad.push(`${el.tagName}.${el.className} "${text}" ${ratio.toFixed(2)}`);
+  });
+  return bad;
+}
+"""
+
+
 def _console_errors(page: Any) -> list[str]:
     """Console errors and failed requests of ``page``, except the status of a page that is
     meant to be an error page (a 400 search error, a 409 trash confirmation)."""
@@ -220,7 +256,14 @@ def test_every_page_fits_has_no_console_errors_and_a_sane_chart_legend(
             expect(page.locator("#versions thead th", has_text="Tags")).to_be_visible()
 
         page.set_viewport_size({"width": 1400, "height": 900})
-        for path in ("/", "/models/churn", "/models/churn/versions/1.4.0", "/history", "/?q=acuracy"):
+        for path in (
+            "/",
+            "/models/churn",
+            "/models/churn/versions/1.4.0",
+            "/models/churn/compare?v=1.0.0&v=1.4.0",
+            "/history",
+            "/?q=acuracy",
+        ):
             page.goto(base + path)
             unlabelled = page.evaluate(
                 "() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]"
@@ -228,6 +271,8 @@ def test_every_page_fits_has_no_console_errors_and_a_sane_chart_legend(
                 ".map(e => e.outerHTML)"
             )
             assert unlabelled == [], f"form fields without a label on {path}: {unlabelled}"
+            low = page.evaluate(LOW_CONTRAST_JS)
+            assert low == [], f"text below WCAG AA contrast on {path}: {low}"
         page.goto(base + "/models/churn")
         expect(page.locator("#chart.ready canvas")).to_have_count(1)
         legend = page.inner_text("#chart-legend")
