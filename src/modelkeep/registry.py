@@ -39,9 +39,10 @@ from .errors import (
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
 from .formats.state_checks import checked
+from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
-from .lifecycle import Age, LifecycleMixin
+from .lifecycle import Age, LifecycleMixin, acts
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
@@ -127,6 +128,10 @@ class ModelPersistence(LifecycleMixin):
         require_signatures: bool | None = None,
         connect_timeout: float = timeouts.CONNECT_TIMEOUT,
         read_timeout: float = timeouts.READ_TIMEOUT,
+        identity: Identity | None = None,
+        token: str | None = None,
+        protected_aliases: list[str] | None = None,
+        protected_alias_users: list[str] | None = None,
     ) -> None:
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
@@ -167,6 +172,16 @@ class ModelPersistence(LifecycleMixin):
         self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
+        # Who acts, and the protected aliases (see modelkeep.identity): with a token, its owner
+        # (who must be MODELKEEP_USER when that is set); otherwise ``identity``, or nobody.
+        self.access = AccessPolicy.build(protected_aliases, protected_alias_users)
+        self.identity = identity
+        if token:
+            try:
+                self.sign_in(token, name=os.environ.get("MODELKEEP_USER", "").strip() or None)
+            except BaseException:
+                self.index.close()
+                raise
 
     @classmethod
     def from_settings(
@@ -232,6 +247,7 @@ class ModelPersistence(LifecycleMixin):
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
 
+    @acts("editor", "save versions")
     def save_version(
         self,
         model: Any,
@@ -251,7 +267,8 @@ class ModelPersistence(LifecycleMixin):
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
 
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
-        to keep a version's original timestamp.
+        to keep a version's original timestamp. When an identity acts (a token), saving needs the
+        editor role and the history records its name.
         """
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
