@@ -90,7 +90,11 @@ def run(n_versions: int, repeats: int) -> dict[str, Any]:
             "search results (first 50)": "/?q=accuracy+%3E+0.5",
             "search typo (error in place, suggestion)": "/?q=acuracy+%3E+0.5",
         }
-        with TestClient(create_app(big)) as cb, TestClient(create_app(small)) as cs:
+        loopback = "http://127.0.0.1"  # the UI answers only allowed Host names
+        with (
+            TestClient(create_app(big), base_url=loopback) as cb,
+            TestClient(create_app(small), base_url=loopback) as cs,
+        ):
             for label, path in pages.items():
                 out[label] = {"big": server_ms(cb, path, repeats), "baseline_100": server_ms(cs, path, repeats)}
         big.close()
