@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from .storage import StagedArtifact
 
 logger = logging.getLogger("modelkeep")
+#: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
+_NOT_MAPPED: Any = object()
 
 #: ``progress(description, total_bytes_or_None)`` -> context manager yielding ``advance(n)``.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
@@ -575,11 +577,11 @@ class ModelPersistence(LifecycleMixin):
             options["blobs"] = blobs
         expected = Expected.of(art.sha256, art.size, art.extra)
         with self._progress(f"loading {model_name}", art.size) as advance:
-            model = None
+            model: Any = _NOT_MAPPED
             if mmap_mode is not None and fmt.supports_mmap(art.compression):
                 model = self._load_mapped(fmt, art, expected, options)
-            if model is None:
-                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
+            if model is _NOT_MAPPED:
+                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None, expected)
                 # Hash what is unpickled: the artifact is read once into private memory,
                 # checked, and parsed from there (docs/ARCHITECTURE.md).
                 with self.store.open_artifact(art.key, expected, advance) as verified:
@@ -595,21 +597,20 @@ class ModelPersistence(LifecycleMixin):
         return (model, record) if return_metadata else model
 
     def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
-        """A memory-mapped load, or ``None`` when this artifact cannot be mapped from this store.
+        """A memory-mapped load, or ``_NOT_MAPPED`` when this artifact has nothing to map from this store.
 
-        Artifacts with payload ranges: the parsed bytes are checked and parsed from private
-        memory, the payload bytes are checked in the file and then mapped from that same open
-        file. Older artifacts: the open file is hashed, then parsed and mapped through that
-        same descriptor. Either way a file renamed over the key meanwhile is not what is read."""
-        if expected.fast:
-            checked = CheckedFiles(keys.checked_files_dir())
-            with self.store.open_mapped(art.key, expected, checked) as verified:
-                if verified is not None:
-                    return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
-        with self.store.verified_path(art.key, art.sha256) as path:
-            if path is not None:
-                return self._deserialize(fmt.load_path, path, art.compression, **options)
-        return None
+        Only artifacts with payload ranges are mapped: the parsed bytes are checked and parsed
+        from private memory, and the payload bytes are checked in the open file and then mapped
+        from that same descriptor. Anything else is read once into private memory by the caller:
+        a load never opens the artifact again (by name or ``/proc/self/fd``) after hashing it,
+        because another process could rewrite the file in between."""
+        if not expected.fast or not expected.ranges:
+            return _NOT_MAPPED
+        checked = CheckedFiles(keys.checked_files_dir())
+        with self.store.open_mapped(art.key, expected, checked) as verified:
+            if verified is not None:
+                return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        return _NOT_MAPPED
 
     @staticmethod
     def _deserialize(fn: Callable[..., Any], source: Any, compression: str | None, **options: Any) -> Any:
