@@ -14,6 +14,7 @@ each reproduced against the code before this change and refused now:
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import warnings
@@ -24,9 +25,14 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
+from sqlalchemy import insert, select, update
 
-from modelkeep import IntegrityError, ModelPersistence
+from modelkeep import IntegrityError, ModelPersistence, SignatureError
+from modelkeep.copying import copy_registry
+from modelkeep.index.rows import parse_record
+from modelkeep.index.schema import aliases, versions
 from modelkeep.loading import MmapIgnoredWarning
+from modelkeep.metadata import ModelMetadata
 from modelkeep.storage import verified as verified_module
 
 SIGNED = {"who": "the signed model", "weights": [1.0, 2.0, 3.0]}
@@ -159,3 +165,175 @@ def test_no_load_path_reopens_an_artifact_by_name() -> None:
         if "/proc/self/fd" in f.read_text(encoding="utf-8") and f.name != "registry.py"
     ]
     assert offenders == []
+
+
+# -- a signed record replayed under another name or version ------------------------------------
+
+OTHER = {"who": "other 1.0.0, a different model"}
+FRAUD = {"who": "fraud 2.0.0, the model that was asked for"}
+
+
+def replay(p: ModelPersistence, source: tuple[str, str], target: tuple[str, str]) -> None:
+    """The attacker's edit: copy the ``record``, ``artifact_key``, ``sha256``, ``size``, ``format``
+    and ``compression`` of the ``source`` row into the ``target`` row (whose ``model_name`` and
+    ``version`` columns stay, because that is how it is found)."""
+    cols = ("record", "artifact_key", "sha256", "size", "format", "compression", "model_type")
+    with p.index.engine.begin() as conn:
+        row = conn.execute(
+            select(*(versions.c[c] for c in cols)).where(
+                versions.c.model_name == source[0], versions.c.version == source[1]
+            )
+        ).one()
+        conn.execute(
+            update(versions)
+            .where(versions.c.model_name == target[0], versions.c.version == target[1])
+            .values(dict(zip(cols, row, strict=True)))
+        )
+
+
+def row_record(p: ModelPersistence, model_name: str, version: str) -> ModelMetadata:
+    """The record as the code before this change built it: the row's JSON, nothing compared."""
+    with p.index.engine.connect() as conn:
+        raw = conn.execute(
+            select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
+        ).scalar_one()
+    return parse_record(raw)
+
+
+def make_replayed(persistence: ModelPersistence) -> ModelPersistence:
+    """Make ``persistence`` a registry whose signatures are required, where ``fraud 2.0.0``'s row now carries the signed
+    record of ``other 1.0.0``. Before this change ``load("fraud", "2.0.0")`` returned ``OTHER``
+    with verdict ``trusted``: the record's signature is genuine, and nothing compared its name and
+    version with the row that was asked for."""
+    persistence.keyring.required = True
+    persistence.save(OTHER, "other", "1.0.0")
+    persistence.save({"who": "fraud 1.0.0"}, "fraud", "1.0.0")
+    persistence.save(FRAUD, "fraud", "2.0.0")
+    replay(persistence, ("other", "1.0.0"), ("fraud", "2.0.0"))
+    # The premise: the replayed record verifies as trusted on its own, and its bytes are intact.
+    forged = row_record(persistence, "fraud", "2.0.0")
+    assert (forged.model_name, forged.version) == ("other", "1.0.0")
+    assert persistence.keyring.check(forged).trusted
+    return persistence
+
+
+@pytest.fixture
+def replayed(persistence: ModelPersistence) -> ModelPersistence:
+    """:func:`make_replayed` on SQLite and PostgreSQL."""
+    return make_replayed(persistence)
+
+
+SIGNED_FOR_OTHER_TEXT = "model 'fraud' version '2.0.0' carries a record signed for other 1.0.0"
+SIGNED_FOR_OTHER = re.escape(SIGNED_FOR_OTHER_TEXT)
+
+
+def test_load_refuses_a_record_signed_for_another_version(replayed: ModelPersistence) -> None:
+    for call in (
+        lambda: replayed.load("fraud", "2.0.0"),
+        lambda: replayed.load("fraud"),  # latest is 2.0.0
+        lambda: replayed.load("fraud", "2.0.0", mmap_mode="r"),
+    ):
+        with pytest.raises(SignatureError, match=SIGNED_FOR_OTHER):
+            call()
+    assert replayed.load("fraud", "1.0.0") == {"who": "fraud 1.0.0"}  # the untouched rows still load
+    assert replayed.load("other", "1.0.0") == OTHER
+
+
+def test_load_through_an_alias_refuses_it_too(replayed: ModelPersistence) -> None:
+    with replayed.index.engine.begin() as conn:
+        conn.execute(insert(aliases).values(model_name="fraud", alias="prod", version="2.0.0", updated_at="x"))
+    with pytest.raises(SignatureError, match=SIGNED_FOR_OTHER):
+        replayed.load("fraud@prod")
+
+
+def test_metadata_signature_status_and_export_refuse_it(replayed: ModelPersistence, tmp_path: Path) -> None:
+    for call in (
+        lambda: replayed.get_metadata("fraud", "2.0.0"),
+        lambda: replayed.get_version("fraud"),
+        lambda: replayed.signature_status("fraud", "2.0.0"),
+        lambda: replayed.export_file("fraud", "2.0.0", tmp_path / "out.joblib"),
+        lambda: replayed.list_version_records("fraud"),
+        lambda: replayed.search_versions("version = '2.0.0'", model_name="fraud"),
+    ):
+        with pytest.raises(SignatureError, match=SIGNED_FOR_OTHER):
+            call()
+    assert not (tmp_path / "out.joblib").exists()
+
+
+def test_verify_reports_the_replayed_row_under_its_own_name(replayed: ModelPersistence) -> None:
+    report = replayed.verify("fraud")
+    found = [(pr.kind, pr.model_name, pr.version) for pr in report.problems if pr.kind == "signature"]
+    assert found == [("signature", "fraud", "2.0.0")]
+    assert any(SIGNED_FOR_OTHER_TEXT in pr.detail for pr in report.problems)
+
+
+def test_copy_refuses_the_replayed_row(replayed: ModelPersistence, tmp_path: Path) -> None:
+    """Before: copy registered the forged row in the destination as ``other 1.0.0`` (the name in
+    its JSON), under the source's signature. Now nothing of ``fraud`` is copied."""
+    with ModelPersistence(models_dir=tmp_path / "dest") as dest:
+        with pytest.raises(SignatureError, match=SIGNED_FOR_OTHER):
+            copy_registry(replayed, dest, models=["fraud"])
+        assert dest.list_models() == []
+
+
+def test_ui_version_page_refuses_it(replayed: ModelPersistence) -> None:
+    from starlette.testclient import TestClient
+
+    from modelkeep.ui import create_app
+
+    with TestClient(create_app(replayed, read_only=True), base_url="http://127.0.0.1") as client:
+        for path in ("/models/fraud/versions/2.0.0", "/models/fraud"):
+            page = client.get(path)
+            assert page.status_code == 400
+            assert "carries a record signed for other 1.0.0" in page.text
+        assert client.get("/models/fraud/versions/1.0.0").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [
+        ("artifact_key", "fraud/2.0.0/elsewhere.joblib", "but the index row names 'fraud/2.0.0/elsewhere.joblib'"),
+        ("sha256", "0" * 64, "but the index row says 0000000000000000"),
+        ("size", 1, "(1 bytes)"),
+    ],
+)
+def test_a_row_whose_columns_disagree_with_its_signed_record_is_refused(
+    persistence: ModelPersistence, column: str, value: object, says: str
+) -> None:
+    persistence.save(FRAUD, "fraud", "2.0.0")
+    with persistence.index.engine.begin() as conn:
+        conn.execute(update(versions).where(versions.c.model_name == "fraud").values({column: value}))
+    with pytest.raises(SignatureError, match=re.escape(says)):
+        persistence.load("fraud", "2.0.0")
+
+
+def test_an_unsigned_record_of_another_version_is_a_corrupt_row(tmp_path: Path) -> None:
+    """Without any signature the same replay is not a signature problem but a corrupt row."""
+    with ModelPersistence(models_dir=tmp_path / "m") as p:
+        p.keyring.use_user_key = False  # save unsigned
+        p.save(OTHER, "other", "1.0.0")
+        p.save(FRAUD, "fraud", "2.0.0")
+        assert p.get_version("fraud").signature is None
+        replay(p, ("other", "1.0.0"), ("fraud", "2.0.0"))
+        with pytest.raises(IntegrityError, match=re.escape("holds a record made for other 1.0.0")) as caught:
+            p.load("fraud", "2.0.0")
+        assert not isinstance(caught.value, SignatureError)
+
+
+def test_the_cli_read_only_path_refuses_it_too(local_persistence: ModelPersistence) -> None:
+    """``info`` answers from a read-only SQLite reader when it can: it refuses the row as the
+    library does, with the same message."""
+    from click.testing import CliRunner
+
+    from modelkeep.cli import cli
+
+    replayed = make_replayed(local_persistence)
+    runner = CliRunner()
+    for fast in ("1", "0"):
+        result = runner.invoke(
+            cli,
+            ["--models-dir", str(replayed.models_dir), "info", "--model-name", "fraud", "--version", "2.0.0"],
+            env={"MODELKEEP_CLI_FAST_PATH": fast},
+        )
+        assert result.exit_code != 0
+        assert SIGNED_FOR_OTHER_TEXT in result.output

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import IntegrityError, SignatureError
 from ..metadata import ModelMetadata
 
 MAX_DEPTH = 3
@@ -57,8 +58,61 @@ def _add(out: dict[str, float | str], key: str, value: Any, depth: int) -> None:
 
 
 def parse_record(raw: str) -> ModelMetadata:
-    """A version's record from the JSON text of its ``record`` column."""
+    """A version's record from the JSON text of its ``record`` column, unchecked: use
+    :func:`bound_record` for a row that a query selected."""
     return ModelMetadata.from_dict(json.loads(raw))
+
+
+#: The ``modelkeep_versions`` columns a row's record must agree with, after ``record`` itself.
+#: ``model_name`` and ``version`` are what a query selects a row by (what was asked for, or
+#: what "latest" resolved to); the others name the bytes the row stands for.
+BOUND_COLUMNS = ("model_name", "version", "artifact_key", "sha256", "size")
+
+
+def binding_error(
+    record: ModelMetadata, model_name: str, version: str, artifact_key: str, sha256: str, size: int
+) -> IntegrityError | None:
+    """Why ``record`` (from a row's JSON ``record`` column) does not belong to the row
+    ``model_name``/``version`` whose other columns are given, or ``None`` when it does.
+
+    A signature covers the record's own name, version, artifact key, digest and size, so a
+    record signed for ``other 1.0.0`` copied into the row of ``fraud 2.0.0`` (with that row's
+    ``artifact_key``, ``sha256`` and ``size``) still verifies: only comparing it with the row it
+    was selected by shows the replay. That is a :class:`SignatureError` when the record carries a
+    signature, and an :class:`IntegrityError` (a corrupt row) when it does not."""
+    art = record.artifact
+    where = f"model '{model_name}' version '{version}'"
+    if record.model_name != model_name or record.version != version:
+        found = f"{record.model_name} {record.version}"
+    elif art is None:
+        return IntegrityError(f"{where}: its index record names no artifact; the index row is corrupt")
+    elif art.key != artifact_key:
+        found = f"artifact {art.key!r}, but the index row names {artifact_key!r}"
+    elif art.sha256 != sha256 or art.size != int(size):
+        found = (
+            f"SHA-256 {art.sha256[:16]}... ({art.size} bytes), but the index row says {sha256[:16]}... ({size} bytes)"
+        )
+    else:
+        return None
+    if record.signature:
+        return SignatureError(
+            f"{where} carries a record signed for {found}: the index was altered (a signed record "
+            "replayed under another name, version or artifact); restore the index from a backup"
+        )
+    return IntegrityError(
+        f"{where} holds a record made for {found}: the index row is corrupt or was altered; "
+        "restore the index from a backup"
+    )
+
+
+def bound_record(raw: str, model_name: str, version: str, artifact_key: str, sha256: str, size: int) -> ModelMetadata:
+    """The record in a row's ``record`` column, after checking that it is the record of that
+    row (see :func:`binding_error`, which says what is raised otherwise)."""
+    record = parse_record(raw)
+    error = binding_error(record, model_name, version, artifact_key, sha256, size)
+    if error is not None:
+        raise error
+    return record
 
 
 def fill_lifecycle(
