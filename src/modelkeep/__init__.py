@@ -25,6 +25,7 @@ from .errors import (
     ModelKeepError,
     ModelNotFoundError,
     RegistryNotFoundError,
+    RollbackError,
     SerializationError,
     SignatureError,
     StorageError,
@@ -38,6 +39,7 @@ from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
 if TYPE_CHECKING:
     from .environment import EnvironmentDiff, EnvironmentMismatchWarning
+    from .freshness import RollbackWarning
     from .input_signature import InputCheck
     from .loading import MmapIgnoredWarning
     from .manager import ModelPersistenceManager
@@ -50,6 +52,7 @@ _LAZY = {
     "EnvironmentDiff": "environment",
     "EnvironmentMismatchWarning": "environment",
     "MmapIgnoredWarning": "loading",
+    "RollbackWarning": "freshness",
 }
 
 
@@ -90,6 +93,8 @@ __all__ = [
     "ModelPersistenceManager",
     "ModelSummary",
     "RegistryNotFoundError",
+    "RollbackError",
+    "RollbackWarning",
     "SerializationError",
     "SignatureError",
     "StorageError",

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from .blobs import BlobStore
     from .config import Settings
+    from .freshness import Freshness
     from .index.claims import VersionClaim
     from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
@@ -552,7 +553,7 @@ class ModelPersistence(LifecycleMixin):
 
         started = time.perf_counter()
         check_mmap_mode(mmap_mode)
-        record = self.get_version(model_name, version, alias=alias)
+        record, reference = self._resolve_reference(model_name, version, alias)
         if validate is not None:
             from .input_signature import InputSchemaError, check
 
@@ -564,6 +565,11 @@ class ModelPersistence(LifecycleMixin):
         art = record.artifact
         assert art is not None
         verdict = self.keyring.check(record)
+        freshness = self._freshness()
+        if reference.state is not None and reference.alias is not None:
+            freshness.check_alias(record, reference.alias, reference.state)
+        elif reference.latest:
+            freshness.check_latest(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
         options: dict[str, Any] = {
@@ -586,6 +592,7 @@ class ModelPersistence(LifecycleMixin):
                 # checked, and parsed from there (docs/ARCHITECTURE.md).
                 with self.store.open_artifact(art.key, expected, advance) as verified:
                     model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        freshness.note_loaded(record, verdict)
         environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
@@ -595,6 +602,20 @@ class ModelPersistence(LifecycleMixin):
             (time.perf_counter() - started) * 1000,
         )
         return (model, record) if return_metadata else model
+
+    def _freshness(self) -> Freshness:
+        """The rollback checks of this registry, with what this user has seen of it (see
+        :mod:`modelkeep.freshness`). The registry is named by where it is opened from."""
+        from .freshness import Freshness, SeenMarks
+
+        where = f"store={self.store.url} index={self.index.safe_url} schema={self.index.schema or ''}"
+        return Freshness(self.keyring, self.index.lifecycle, SeenMarks(keys.config_dir() / "seen", where))
+
+    def forget_seen(self, model_name: str | None = None) -> None:
+        """Forget which versions and alias moves this user has seen in this registry (one model,
+        or all): "latest" and aliases are then trusted again as they are. For after versions were
+        removed on purpose without a signing key; see :mod:`modelkeep.freshness`."""
+        self._freshness().marks.forget(None if model_name is None else validate_model_name(model_name))
 
     def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
         """A memory-mapped load, or ``_NOT_MAPPED`` when this artifact has nothing to map from this store.
