@@ -25,12 +25,12 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
-from modelkeep import IntegrityError, ModelPersistence, SignatureError
+from modelkeep import IntegrityError, ModelPersistence, RollbackError, RollbackWarning, SignatureError
 from modelkeep.copying import copy_registry
 from modelkeep.index.rows import parse_record
-from modelkeep.index.schema import aliases, versions
+from modelkeep.index.schema import aliases, history, versions
 from modelkeep.loading import MmapIgnoredWarning
 from modelkeep.metadata import ModelMetadata
 from modelkeep.storage import verified as verified_module
@@ -337,3 +337,172 @@ def test_the_cli_read_only_path_refuses_it_too(local_persistence: ModelPersisten
         )
         assert result.exit_code != 0
         assert SIGNED_FOR_OTHER_TEXT in result.output
+
+
+# -- rollback: latest and aliases going back to an older signed version ------------------------
+
+
+def delete_row(p: ModelPersistence, model_name: str, version: str) -> None:
+    """The attacker removes a version's row outright (no trash, no history): every row left
+    is still genuinely signed."""
+    with p.index.engine.begin() as conn:
+        conn.execute(delete(versions).where(versions.c.model_name == model_name, versions.c.version == version))
+
+
+@pytest.fixture
+def two_versions(persistence: ModelPersistence) -> ModelPersistence:
+    """``fraud`` 1.0.0 and 2.0.0, signed, signatures required; this reader has loaded the latest."""
+    persistence.keyring.required = True
+    persistence.save({"who": "fraud 1.0.0"}, "fraud", "1.0.0")
+    persistence.save(FRAUD, "fraud", "2.0.0")
+    assert persistence.load("fraud") == FRAUD
+    return persistence
+
+
+def test_latest_rolled_back_by_deleting_the_newest_row_is_refused(two_versions: ModelPersistence) -> None:
+    """Before this change ``load("fraud")`` then returned ``fraud 1.0.0`` with verdict ``trusted``."""
+    p = two_versions
+    delete_row(p, "fraud", "2.0.0")
+    assert p.resolve_version("fraud") == "1.0.0"
+    assert p.signature_status("fraud", "1.0.0").trusted  # the row left is genuinely signed
+    with pytest.raises(RollbackError, match=r"resolves to '1\.0\.0'.*signed version '2\.0\.0'"):
+        p.load("fraud")
+    assert p.load("fraud", "1.0.0") == {"who": "fraud 1.0.0"}  # asked for by number: the user's call
+
+
+def test_latest_rolled_back_by_reordering_rows_is_refused(two_versions: ModelPersistence) -> None:
+    """The index orders versions by its ``sort_key`` column, which the attacker can rewrite; the
+    reader compares the version numbers themselves."""
+    p = two_versions
+    with p.index.engine.begin() as conn:
+        conn.execute(update(versions).where(versions.c.version == "1.0.0").values(sort_key=b"\xff" * 8))
+    assert p.resolve_version("fraud") == "1.0.0"
+    with pytest.raises(RollbackError):
+        p.load("fraud")
+
+
+def test_a_signed_trash_moves_latest_back_without_an_error(two_versions: ModelPersistence) -> None:
+    p = two_versions
+    p.delete("fraud", "2.0.0")
+    assert p.load("fraud") == {"who": "fraud 1.0.0"}
+    p.purge("fraud", "2.0.0")  # purging after the trash changes nothing for readers
+    assert p.load("fraud") == {"who": "fraud 1.0.0"}
+    # and the mark is now 1.0.0: deleting that row without a signed trash is a rollback again
+    p.save({"who": "fraud 0.9.0"}, "fraud", "0.9.0")
+    delete_row(p, "fraud", "1.0.0")
+    with pytest.raises(RollbackError):
+        p.load("fraud")
+
+
+def test_an_old_signed_trash_replayed_after_a_restore_is_refused(two_versions: ModelPersistence) -> None:
+    """2.0.0 was trashed (signed) and restored; the reader loads it again. Deleting its row now and
+    keeping the old signed trash in the history does not pass: that removal is older than the
+    reader's last sight of 2.0.0."""
+    p = two_versions
+    p.delete("fraud", "2.0.0")
+    p.restore("fraud", "2.0.0")
+    assert p.load("fraud") == FRAUD
+    delete_row(p, "fraud", "2.0.0")
+    assert p.index.lifecycle.signed_removals("fraud", "2.0.0")  # the old signed removal is there
+    with pytest.raises(RollbackError):
+        p.load("fraud")
+
+
+def test_a_forged_trash_signature_is_not_accepted(two_versions: ModelPersistence) -> None:
+    p = two_versions
+    p.keyring.use_user_key = False  # a writer without the key trashes (unsigned)...
+    p.delete("fraud", "2.0.0")
+    assert p.index.lifecycle.signed_removals("fraud", "2.0.0") == []
+    with p.index.engine.begin() as conn:  # ...and the attacker pastes a signature from elsewhere
+        conn.execute(update(history).where(history.c.action == "delete").values(signature="hmac-sha256:" + "0" * 64))
+    with pytest.raises(RollbackError):
+        p.load("fraud")
+
+
+def alias_row(p: ModelPersistence, model_name: str, alias: str) -> dict[str, Any]:
+    with p.index.engine.connect() as conn:
+        row = conn.execute(select(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias)).one()
+    return dict(row._mapping)
+
+
+def test_alias_moves_are_signed_and_a_rewritten_alias_is_refused(two_versions: ModelPersistence) -> None:
+    """Before this change an ``UPDATE modelkeep_aliases SET version = '1.0.0'`` made
+    ``load("fraud@prod")`` return ``fraud 1.0.0``, trusted."""
+    p = two_versions
+    p.set_alias("fraud", "prod", "2.0.0")
+    row = alias_row(p, "fraud", "prod")
+    assert row["signature"] and row["seq"]
+    assert p.load("fraud@prod") == FRAUD
+    with p.index.engine.begin() as conn:
+        conn.execute(update(aliases).where(aliases.c.alias == "prod").values(version="1.0.0"))
+    with pytest.raises(SignatureError, match="signature of that move does not match"):
+        p.load("fraud@prod")
+
+
+def test_an_older_signed_alias_move_replayed_is_a_rollback(two_versions: ModelPersistence) -> None:
+    """The attacker kept the alias row of an earlier, genuinely signed move (to 1.0.0) and writes
+    it back after the alias moved on to 2.0.0."""
+    p = two_versions
+    p.set_alias("fraud", "prod", "1.0.0")
+    old = alias_row(p, "fraud", "prod")
+    p.set_alias("fraud", "prod", "2.0.0")
+    assert p.load("fraud@prod") == FRAUD
+    with p.index.engine.begin() as conn:
+        conn.execute(
+            update(aliases)
+            .where(aliases.c.alias == "prod")
+            .values(version=old["version"], seq=old["seq"], signature=old["signature"])
+        )
+    with pytest.raises(RollbackError, match="older move than this reader has already seen"):
+        p.load("fraud@prod")
+    with pytest.raises(RollbackError):  # stripping the signature does not help either
+        with p.index.engine.begin() as conn:
+            conn.execute(update(aliases).where(aliases.c.alias == "prod").values(signature=None))
+        p.load("fraud", alias="prod")
+    assert p.load("fraud", "1.0.0") == {"who": "fraud 1.0.0"}
+
+
+def test_unsigned_alias_is_refused_when_signatures_are_required_until_moved_again(
+    two_versions: ModelPersistence,
+) -> None:
+    """An alias set before signed moves existed (or by a writer without a key) has no signature."""
+    p = two_versions
+    with p.index.engine.begin() as conn:
+        conn.execute(insert(aliases).values(model_name="fraud", alias="prod", version="2.0.0", updated_at="x"))
+    with pytest.raises(SignatureError, match=r"not signed by a trusted key.*modelkeep alias set"):
+        p.load("fraud@prod")
+    p.set_alias("fraud", "prod", "2.0.0")  # where it already points: signs it, writes no history
+    assert alias_row(p, "fraud", "prod")["signature"]
+    assert [e.action for e in p.alias_history("fraud", "prod")] == []
+    assert p.load("fraud@prod") == FRAUD
+
+
+def test_without_required_signatures_a_rollback_is_a_warning(persistence: ModelPersistence) -> None:
+    p = persistence
+    p.save({"who": "fraud 1.0.0"}, "fraud", "1.0.0")
+    p.save(FRAUD, "fraud", "2.0.0")
+    assert p.load("fraud") == FRAUD
+    delete_row(p, "fraud", "2.0.0")
+    with pytest.warns(RollbackWarning, match="may have been rolled back"):
+        assert p.load("fraud") == {"who": "fraud 1.0.0"}
+
+
+def test_forget_seen_resets_what_this_reader_remembers(two_versions: ModelPersistence) -> None:
+    p = two_versions
+    delete_row(p, "fraud", "2.0.0")
+    with pytest.raises(RollbackError):
+        p.load("fraud")
+    p.forget_seen("fraud")
+    assert p.load("fraud") == {"who": "fraud 1.0.0"}
+
+
+def test_marks_live_in_the_readers_config_folder_per_registry(
+    two_versions: ModelPersistence, private_config_dir: Path, tmp_path: Path
+) -> None:
+    """Another registry with the same model names is not affected by what was seen here."""
+    seen = list((private_config_dir / "seen").glob("*.json"))
+    assert len(seen) == 1
+    with ModelPersistence(models_dir=tmp_path / "elsewhere", require_signatures=True) as other:
+        other.save({"who": "elsewhere"}, "fraud", "1.0.0")
+        assert other.load("fraud") == {"who": "elsewhere"}
+    assert len(list((private_config_dir / "seen").glob("*.json"))) == 2

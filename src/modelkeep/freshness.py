@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("modelkeep")
 
-#: A mark's "seen at" time is refreshed when older than this many seconds, so that a signed
-#: removal older than the reader's last sight of a version cannot be replayed after a restore.
-REFRESH_SECONDS = 60.0
-
 
 class RollbackWarning(UserWarning):
     """ "latest" or an alias went back to an older version than this reader saw (signatures are
@@ -227,16 +223,9 @@ class Freshness:
         if not verdict.trusted or art is None or sort_key(record.version) is None:
             return
         mark = self.marks.model(record.model_name).get("latest")
-        now = _now()
-        if isinstance(mark, dict) and isinstance(mark.get("version"), str):
-            if _older(record.version, mark["version"]):
-                return
-            if mark["version"] == record.version and mark.get("sha256") == art.sha256:
-                try:
-                    fresh = (now - _dt.datetime.fromisoformat(str(mark.get("seen_at")))).total_seconds()
-                except ValueError:
-                    fresh = REFRESH_SECONDS
-                if fresh < REFRESH_SECONDS:
-                    return
-        seen = {"version": record.version, "sha256": art.sha256, "seen_at": now.isoformat(timespec="microseconds")}
+        if isinstance(mark, dict) and isinstance(mark.get("version"), str) and _older(record.version, mark["version"]):
+            return
+        # The time is renewed on every load of the marked version: a signed removal counts only
+        # if it was made after the reader last saw the version (not one replayed from before a restore).
+        seen = {"version": record.version, "sha256": art.sha256, "seen_at": _now().isoformat(timespec="microseconds")}
         self.marks.update(record.model_name, latest=seen)
