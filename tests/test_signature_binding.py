@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from modelkeep import IntegrityError, ModelPersistence, RollbackError, RollbackWarning, SignatureError
+from modelkeep import IntegrityError, ModelPersistence, RollbackError, RollbackWarning, SignatureError, freshness
 from modelkeep.copying import copy_registry
 from modelkeep.index.rows import parse_record
 from modelkeep.index.schema import aliases, history, versions
@@ -394,10 +394,14 @@ def test_a_signed_trash_moves_latest_back_without_an_error(two_versions: ModelPe
         p.load("fraud")
 
 
-def test_an_old_signed_trash_replayed_after_a_restore_is_refused(two_versions: ModelPersistence) -> None:
+def test_an_old_signed_trash_replayed_after_a_restore_is_refused(
+    two_versions: ModelPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """2.0.0 was trashed (signed) and restored; the reader loads it again. Deleting its row now and
     keeping the old signed trash in the history does not pass: that removal is older than the
-    reader's last sight of 2.0.0."""
+    reader's last sight of 2.0.0. (A reader renews that time every ``REFRESH_SECONDS``; here on
+    every load, so that the test does not depend on the clock.)"""
+    monkeypatch.setattr(freshness, "REFRESH_SECONDS", 0.0)
     p = two_versions
     p.delete("fraud", "2.0.0")
     p.restore("fraud", "2.0.0")
@@ -506,3 +510,24 @@ def test_marks_live_in_the_readers_config_folder_per_registry(
         other.save({"who": "elsewhere"}, "fraud", "1.0.0")
         assert other.load("fraud") == {"who": "elsewhere"}
     assert len(list((private_config_dir / "seen").glob("*.json"))) == 2
+
+
+def test_cli_forget_seen(local_persistence: ModelPersistence) -> None:
+    from click.testing import CliRunner
+
+    from modelkeep.cli import cli
+
+    p = local_persistence
+    p.keyring.required = True
+    p.save({"who": "fraud 1.0.0"}, "fraud", "1.0.0")
+    p.save(FRAUD, "fraud", "2.0.0")
+    p.load("fraud")
+    delete_row(p, "fraud", "2.0.0")
+    with pytest.raises(RollbackError):
+        p.load("fraud")
+    result = CliRunner().invoke(
+        cli, ["--models-dir", str(p.models_dir), "keys", "forget-seen", "--model-name", "fraud"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Forgot what you have seen of model 'fraud'" in result.output
+    assert p.load("fraud") == {"who": "fraud 1.0.0"}

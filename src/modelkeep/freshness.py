@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("modelkeep")
 
 
+#: How often (seconds) a reader renews the time it last saw its newest version; a signed
+#: removal made and undone (restored) within this long before that can be replayed.
+REFRESH_SECONDS = 60.0
+
+
 class RollbackWarning(UserWarning):
     """ "latest" or an alias went back to an older version than this reader saw (signatures are
     not required, so the load goes on)."""
@@ -71,8 +76,15 @@ class SeenMarks:
         self.registry = registry
         digest = hashlib.sha256(registry.encode()).hexdigest()[:32]
         self.path = Path(folder) / f"{digest}.json"
+        self._models: dict[str, Any] | None = None
 
     def read(self) -> dict[str, Any]:
+        """``{model: entry}``, read from the file once per :class:`SeenMarks` (one load)."""
+        if self._models is None:
+            self._models = self._read()
+        return self._models
+
+    def _read(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -87,8 +99,9 @@ class SeenMarks:
         return found if isinstance(found, dict) else {}
 
     def update(self, model_name: str, **changes: Any) -> None:
-        """Merge ``changes`` (``latest=...``, ``aliases={alias: seq}``) into one model's entry."""
-        models = self.read()
+        """Merge ``changes`` (``latest=...``, ``aliases={alias: seq}``) into one model's entry
+        (read again first, so that another process's marks of other models are kept)."""
+        models = self._models = self._read()
         entry = models.get(model_name) if isinstance(models.get(model_name), dict) else {}
         assert isinstance(entry, dict)
         for key, value in changes.items():
@@ -107,7 +120,7 @@ class SeenMarks:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             return
-        models = self.read()
+        models = self._models = self._read()
         if models.pop(model_name, None) is not None:
             self._write({"registry": self.registry, "models": models})
 
@@ -223,9 +236,19 @@ class Freshness:
         if not verdict.trusted or art is None or sort_key(record.version) is None:
             return
         mark = self.marks.model(record.model_name).get("latest")
-        if isinstance(mark, dict) and isinstance(mark.get("version"), str) and _older(record.version, mark["version"]):
-            return
-        # The time is renewed on every load of the marked version: a signed removal counts only
-        # if it was made after the reader last saw the version (not one replayed from before a restore).
-        seen = {"version": record.version, "sha256": art.sha256, "seen_at": _now().isoformat(timespec="microseconds")}
+        now = _now()
+        if isinstance(mark, dict) and isinstance(mark.get("version"), str):
+            if _older(record.version, mark["version"]):
+                return
+            if mark["version"] == record.version and mark.get("sha256") == art.sha256:
+                # Seen again. A signed removal counts only if made after the reader last saw the
+                # version (so one from before a restore cannot be replayed); that time is renewed
+                # every REFRESH_SECONDS rather than by a file write on every load.
+                try:
+                    age = (now - _dt.datetime.fromisoformat(str(mark.get("seen_at")))).total_seconds()
+                except ValueError:
+                    age = REFRESH_SECONDS
+                if 0 <= age < REFRESH_SECONDS:
+                    return
+        seen = {"version": record.version, "sha256": art.sha256, "seen_at": now.isoformat(timespec="microseconds")}
         self.marks.update(record.model_name, latest=seen)
