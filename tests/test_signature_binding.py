@@ -531,3 +531,15 @@ def test_cli_forget_seen(local_persistence: ModelPersistence) -> None:
     assert result.exit_code == 0, result.output
     assert "Forgot what you have seen of model 'fraud'" in result.output
     assert p.load("fraud") == {"who": "fraud 1.0.0"}
+
+
+def test_overwriting_an_aliased_version_re_signs_its_aliases(two_versions: ModelPersistence) -> None:
+    """A move's signature names the bytes it pointed at; an honest overwrite re-signs the alias, so
+    it keeps loading (a rewrite of the row by someone without the key does not)."""
+    p = two_versions
+    p.set_alias("fraud", "prod", "2.0.0")
+    before = alias_row(p, "fraud", "prod")
+    p.save({"who": "fraud 2.0.0, retrained"}, "fraud", "2.0.0", overwrite=True)
+    after = alias_row(p, "fraud", "prod")
+    assert after["seq"] > before["seq"] and after["signature"] != before["signature"]
+    assert p.load("fraud@prod") == {"who": "fraud 2.0.0, retrained"}

@@ -167,7 +167,8 @@ class Freshness:
         if found.status == INVALID:
             raise SignatureError(
                 f"{where} points at version '{state.version}', but the signature of that move does not match: "
-                "the alias was moved by someone without the key; move it again with a signing key"
+                "the alias was moved, or the version's bytes replaced, by someone without the key; move it "
+                "again with a signing key (modelkeep alias set)"
             )
         seen = (self.marks.model(name).get("aliases") or {}).get(alias)
         seen = seen if isinstance(seen, int) else None

@@ -346,6 +346,8 @@ class ModelPersistence(LifecycleMixin):
                     raise
                 if slot.previous is not None:
                     self._remove_replaced_artifact(slot, record)
+            if slot.previous is not None:  # each alias move signs the bytes it pointed at
+                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,

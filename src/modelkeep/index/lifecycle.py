@@ -145,7 +145,8 @@ class Lifecycle:
 
         With ``expected``, a compare-and-set: :class:`AliasConflictError` unless the
         alias currently points at ``expected``. Setting it to where it already
-        points changes nothing and writes no history (an unsigned alias gets signed).
+        points changes nothing and writes no history (but re-signs the alias, so that an
+        unsigned alias, or one whose version was overwritten since, carries a valid signature).
         ``sign`` signs the move (:func:`modelkeep.events.alias_event`), numbered above the
         alias's previous move.
         """
@@ -169,7 +170,7 @@ class Lifecycle:
             if sign is not None:
                 signature = sign(alias_event(model_name, alias, version, self._sha256(conn, model_name, version), seq))
             if current == version:
-                if state is not None and state.signature is None and signature is not None:
+                if signature is not None:  # unsigned, or signed for bytes since overwritten: sign it now
                     conn.execute(
                         update(aliases)
                         .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
@@ -196,6 +197,30 @@ class Lifecycle:
                 signature=signature,
             )
             return current
+
+    @_retry_on_disconnect
+    def resign_aliases(self, model_name: str, version: str, sign: Signer) -> list[str]:
+        """Re-sign every alias that points at ``version`` (after an overwrite changed its bytes,
+        which each move's signature names); returns those aliases."""
+        with self._locked(model_name) as conn:
+            pointing = list(
+                conn.execute(
+                    select(aliases.c.alias, aliases.c.seq).where(
+                        aliases.c.model_name == model_name, aliases.c.version == version
+                    )
+                )
+            )
+            if not pointing:
+                return []
+            sha256 = self._sha256(conn, model_name, version)
+            for alias, previous in pointing:
+                seq = next_seq(previous)
+                conn.execute(
+                    update(aliases)
+                    .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
+                    .values(seq=seq, signature=sign(alias_event(model_name, alias, version, sha256, seq)))
+                )
+            return [alias for alias, _ in pointing]
 
     @staticmethod
     def _alias_state(conn: Connection, model_name: str, alias: str) -> AliasState | None:
