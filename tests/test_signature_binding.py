@@ -252,12 +252,24 @@ def test_metadata_signature_status_and_export_refuse_it(replayed: ModelPersisten
         lambda: replayed.get_version("fraud"),
         lambda: replayed.signature_status("fraud", "2.0.0"),
         lambda: replayed.export_file("fraud", "2.0.0", tmp_path / "out.joblib"),
-        lambda: replayed.list_version_records("fraud"),
-        lambda: replayed.search_versions("version = '2.0.0'", model_name="fraud"),
     ):
         with pytest.raises(SignatureError, match=SIGNED_FOR_OTHER):
             call()
     assert not (tmp_path / "out.joblib").exists()
+
+
+def test_listings_mark_the_replayed_row_damaged(replayed: ModelPersistence) -> None:
+    """A listing does not fail on one altered row: it shows it as damaged (it cannot be loaded),
+    under the row's own name and version, saying why."""
+    for records in (
+        replayed.list_version_records("fraud"),
+        replayed.search_versions("version = '2.0.0'", model_name="fraud").items,
+    ):
+        forged = [r for r in records if r.version == "2.0.0"]
+        assert len(forged) == 1 and forged[0].model_name == "fraud"
+        assert forged[0].damaged is not None and SIGNED_FOR_OTHER_TEXT in forged[0].damaged
+        assert forged[0].artifact is None
+    assert [r.version for r in replayed.list_version_records("fraud") if not r.damaged] == ["1.0.0"]
 
 
 def test_verify_reports_the_replayed_row_under_its_own_name(replayed: ModelPersistence) -> None:
@@ -282,10 +294,12 @@ def test_ui_version_page_refuses_it(replayed: ModelPersistence) -> None:
     from modelkeep.ui import create_app
 
     with TestClient(create_app(replayed, read_only=True), base_url="http://127.0.0.1") as client:
-        for path in ("/models/fraud/versions/2.0.0", "/models/fraud"):
-            page = client.get(path)
-            assert page.status_code == 400
-            assert "carries a record signed for other 1.0.0" in page.text
+        page = client.get("/models/fraud/versions/2.0.0")
+        assert page.status_code == 400
+        assert "carries a record signed for other 1.0.0" in page.text
+        listing = client.get("/models/fraud")  # the model page lists it as damaged, and why
+        assert listing.status_code == 200
+        assert "damaged" in listing.text and "carries a record signed for other 1.0.0" in listing.text
         assert client.get("/models/fraud/versions/1.0.0").status_code == 200
 
 

@@ -82,6 +82,15 @@ def copy_registry(
     plan: list[tuple[ModelMetadata, ModelMetadata | None]] = []
     conflicts: list[str] = []
     report = CopyReport()
+    damaged = [r for name in names for r in source.list_version_records(name) if r.damaged]
+    for r in damaged:  # a signed record replayed into another row: its own SignatureError
+        source.index.get(r.model_name, r.version)
+    if damaged:
+        shown = ", ".join(f"{r.model_name} {r.version} ({r.damaged})" for r in damaged[:5])
+        raise IntegrityError(
+            f"{len(damaged)} version(s) have a damaged index row: {shown}; nothing was copied "
+            "(run modelkeep verify, and reindex to rebuild them from the sidecar files)"
+        )
     for name in names:
         for record in source.list_version_records(name):
             existing = dest.index.get(record.model_name, record.version)

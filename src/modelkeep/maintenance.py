@@ -71,6 +71,9 @@ UNSAFE = "unsafe"
 local store: someone else wrote it. Nothing is read, written or deleted through it."""
 ORPHANED = "orphaned"
 """A file no index entry names: a staged temp file, or an artifact, sidecar or blob of no version."""
+DAMAGED = "damaged"
+"""An index row that cannot be read as written (a record, history value, alias or tag that is not
+valid JSON or has the wrong type): listings show it as damaged instead of failing."""
 CLAIM = "claim"
 """A version's write claim left by a writer that died, or held for longer than :data:`CLAIM_REPORT_AGE`."""
 
@@ -246,8 +249,12 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
     referenced: set[str] = set()
     used_blobs: dict[str, int] = {}
     blob_owners: dict[str, list[ModelMetadata]] = defaultdict(list)
-    for record, row_model, row_version, unbound in checked:
+    for record, bound_model, bound_version, unbound in checked:
         report.versions_checked += 1
+        if record.damaged:
+            row = f"index row of {record.model_name} {record.version}"
+            report.problems.append(Problem(DAMAGED, row, record.damaged, *_who(record)))
+            continue
         try:
             referenced |= referenced_keys(record)
         except UnsafeKeyError as exc:
@@ -256,7 +263,7 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
         if unbound is not None:  # a record replayed into another row: its bytes are not that row's
             kind = SIGNATURE if isinstance(unbound, SignatureError) else CORRUPT
             key = record.artifact.key if record.artifact else sidecar_key(record.model_name, record.version)
-            report.problems.append(Problem(kind, key, str(unbound), row_model, row_version))
+            report.problems.append(Problem(kind, key, str(unbound), bound_model, bound_version))
             continue
         report.problems.extend(_check_record(p, record, report))
         for sha, size in record.artifact.extra.get("blobs", []) if record.artifact else []:
@@ -279,6 +286,9 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
             report.problems.extend(Problem(MISSING, key, "blob is missing", r.model_name, r.version) for r in owners)
         except IntegrityError as exc:
             report.problems.extend(Problem(CORRUPT, key, str(exc), r.model_name, r.version) for r in owners)
+
+    for what, row_model, row_version, why in p.index.lifecycle.damaged_rows(model_name):
+        report.problems.append(Problem(DAMAGED, what, why, row_model, row_version))
 
     keys = store.list_keys(model_name or "")
     held = {(c.model_name, c.version): c for c in list_claims(p.index, model_name)}

@@ -22,7 +22,7 @@ from typing import Any
 from ..metadata import ModelMetadata, ModelSummary
 from ..search.api import Database
 from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
-from .rows import BOUND_COLUMNS, bound_record, fill_lifecycle
+from .rows import BOUND_COLUMNS, bound_record, fill_lifecycle, text_value
 
 #: Version order as the library's ``ORDER_ASC`` / ``ORDER_DESC`` (index/common.py).
 _ASC = "parsed ASC, sort_key ASC, id ASC"
@@ -84,7 +84,7 @@ class ReadOnlyIndex:
             f"SELECT record, {_BOUND}, description FROM {VERSIONS} WHERE model_name = ? AND {_LIVE} ORDER BY {_ASC}",
             (model_name,),
         )
-        return self._with_lifecycle(model_name, [(bound_record(*r[:_N]), r[_N]) for r in rows])
+        return self._with_lifecycle(model_name, [(bound_record(*r[:_N], strict=False), r[_N]) for r in rows])
 
     def resolve(self, model_name: str, version: str | None) -> ModelMetadata | None:
         """The live record of ``version`` (latest when ``None``) with its lifecycle fields, or
@@ -104,7 +104,7 @@ class ReadOnlyIndex:
         row = self._conn.execute(
             f"SELECT version FROM {ALIASES} WHERE model_name = ? AND alias = ?", (model_name, alias)
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else text_value(row[0])
 
     def database(self) -> Database:
         """This connection for the library's search (:func:`~modelkeep.search.api.search_versions_in`)."""

@@ -58,7 +58,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record
+from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
@@ -151,9 +151,10 @@ class CheckedRow(NamedTuple):
     error: IntegrityError | None
 
 
-def _bound(row: Any) -> ModelMetadata:
-    """The record of a row selected with :data:`_RECORD_COLUMNS` first, checked against the row."""
-    return bound_record(*row[:_N])
+def _bound(row: Any, *, strict: bool = True) -> ModelMetadata:
+    """The record of a row selected with :data:`_RECORD_COLUMNS` first, checked against the row
+    (see :func:`.rows.bound_record`: a mismatch raises, or in a listing marks the record damaged)."""
+    return bound_record(*row[:_N], strict=strict)
 
 
 class SqlIndex:
@@ -522,6 +523,7 @@ class SqlIndex:
         ):
             if (model_name, version) not in present:
                 conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+                version, alias = text_value(version), text_value(alias)  # a damaged row may hold bytes
                 write_history(conn, "alias_delete", model_name, version=version, alias=alias, before=version, at=at)
         for model_name, version in list(conn.execute(select(tags.c.model_name, tags.c.version).distinct())):
             if version != "" and (model_name, version) not in present:
@@ -629,7 +631,7 @@ class SqlIndex:
                 .where(versions.c.model_name == model_name, LIVE)
                 .order_by(*_ORDER_ASC)
             )
-            return attach_lifecycle(conn, model_name, [(_bound(r), r[_N]) for r in rows])
+            return attach_lifecycle(conn, model_name, [(_bound(r, strict=False), r[_N]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
         """Every record of every model, trashed ones included: they still own their files
@@ -646,8 +648,9 @@ class SqlIndex:
         with self._read() as conn:
             query = select(*_RECORD_COLUMNS).order_by(versions.c.model_name, *_ORDER_ASC)
             for row in conn.execute(query):
-                record = _record(row[0])
-                yield CheckedRow(record, row[1], row[2], binding_error(record, *row[1:_N]))
+                record = _record(row[0], row[1], row[2])
+                name, version = text_value(row[1]), text_value(row[2])
+                yield CheckedRow(record, name, version, binding_error(record, *row[1:_N]))
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import FilterError, ModelNotFoundError
 from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
-from ..index.rows import BOUND_COLUMNS, bound_record, scalar_fields
+from ..index.rows import BOUND_COLUMNS, bound_record, scalar_fields, text_value
 from ..metadata import ModelMetadata, ModelSummary
 from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
@@ -168,7 +168,7 @@ def search_versions_in(
     rows = db.rows(sql, params.values)
     page = rows[:limit]
     n = 1 + len(BOUND_COLUMNS)
-    records = [bound_record(*r[:n]) for r in page]
+    records = [bound_record(*r[:n], strict=False) for r in page]
     _attach_lifecycle(db, records, [r[n] for r in page])
     token = None
     if len(rows) > limit:
@@ -189,8 +189,8 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
         f" WHERE model_name IN {params.many(model_names)} ORDER BY alias"
     )
     for mn, alias, version in db.rows(sql, params.values):
-        if (mn, version) in wanted:
-            found_aliases.setdefault((mn, version), []).append(alias)
+        if (mn, text_value(version)) in wanted:
+            found_aliases.setdefault((mn, text_value(version)), []).append(text_value(alias))
     found_tags: dict[tuple[str, str], dict[str, str]] = {}
     params = Params()
     sql = (
@@ -199,8 +199,8 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
         " ORDER BY key"
     )
     for mn, version, key, value in db.rows(sql, params.values):
-        if (mn, version) in wanted:
-            found_tags.setdefault((mn, version), {})[key] = value
+        if (mn, text_value(version)) in wanted:
+            found_tags.setdefault((mn, text_value(version)), {})[text_value(key)] = text_value(value)
     for record, description in zip(records, descriptions, strict=True):
         ident = (record.model_name, record.version)
         record.aliases = found_aliases.get(ident, [])
