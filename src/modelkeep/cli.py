@@ -124,6 +124,12 @@ trust_option = click.option(
     help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
 )
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
+@click.option(
+    "--quarantine",
+    type=click.Choice(["auto", "always", "never"]),
+    help="Load versions in a short-lived child process first: auto (default: those not signed by a "
+    "trusted key), always, never.",
+)
 @trust_option
 @click.option(
     "--version",
@@ -141,6 +147,7 @@ def cli(
     registry_url: str | None,
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
+    quarantine: str | None,
     trust: tuple[str, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
@@ -148,7 +155,12 @@ def cli(
     Settings come from --config (or ./config.yaml), then MODELKEEP_* environment
     variables, then the options below.
     """
-    overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
+    overrides = {
+        "models_dir": models_dir,
+        "registry_url": registry_url,
+        "trusted_keys": list(trusted_keys) or None,
+        "quarantine": quarantine,
+    }
     ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 
@@ -471,7 +483,7 @@ from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli'
 cli.add_command(keys)
 cli.add_command(sign)
 cli.add_command(export_signed)
-from . import cli_lifecycle, cli_search, cli_ui  # noqa: E402  (commands defined in their own modules)
+from . import cli_lifecycle, cli_search, cli_ui, cli_users  # noqa: E402  (commands defined in their own modules)
 
 cli.add_command(cli_lifecycle.alias)
 cli.add_command(cli_lifecycle.tag)
@@ -484,6 +496,7 @@ cli.add_command(cli_lifecycle.prune)
 
 cli.add_command(cli_search.search)
 cli.add_command(cli_ui.ui)
+cli.add_command(cli_users.users)
 
 
 from .cli_mlflow import import_mlflow_command  # noqa: E402  (commands defined in their own modules)

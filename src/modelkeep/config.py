@@ -73,6 +73,33 @@ class PersistenceSettings(KeySettings):
     #: Seconds to wait for S3 / PostgreSQL to connect, and to answer a request.
     connect_timeout: float = Field(default=timeouts.CONNECT_TIMEOUT, gt=0)
     read_timeout: float = Field(default=timeouts.READ_TIMEOUT, gt=0)
+    #: Aliases only admins (or ``protected_alias_users``) may move, when an identity acts.
+    protected_aliases: list[str] = Field(default_factory=lambda: ["production"])
+    protected_alias_users: list[str] = Field(default_factory=list)
+    #: A personal API token (``modelkeep users token``): act as its owner, with their role.
+    token: SecretStr | None = None
+
+    @field_validator("protected_aliases", "protected_alias_users", mode="before")
+    @classmethod
+    def _split_names(cls, v: Any) -> Any:
+        if isinstance(v, str):  # MODELKEEP_PROTECTED_ALIASES="production,prod-eu"
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return [] if v is None else v
+
+    #: Load versions not signed by a trusted key in a child process first (modelkeep.quarantine).
+    quarantine: Literal["auto", "always", "never"] = "auto"
+    quarantine_timeout: float = Field(default=120.0, gt=0)
+    quarantine_memory_mb: int | None = Field(default=None, gt=0)
+
+    @field_validator("quarantine", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("quarantine_memory_mb", mode="before")
+    @classmethod
+    def _auto_memory(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in {"", "auto"} else v
 
     @field_validator("trusted_types", mode="before")
     @classmethod
@@ -154,6 +181,12 @@ class Settings(BaseModel):
             "trusted_types": p.trusted_types or None,
             "connect_timeout": p.connect_timeout,
             "read_timeout": p.read_timeout,
+            "protected_aliases": p.protected_aliases,
+            "protected_alias_users": p.protected_alias_users or None,
+            "token": p.token.get_secret_value() if p.token else None,
+            "quarantine": p.quarantine,
+            "quarantine_timeout": p.quarantine_timeout,
+            "quarantine_memory_mb": p.quarantine_memory_mb,
         }
 
     def release_logging(self) -> None:

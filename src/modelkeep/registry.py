@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import environment, keys, lineage, signing, timeouts
+from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
     MetadataError,
@@ -38,9 +39,11 @@ from .errors import (
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
+from .formats.state_checks import checked
+from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
-from .lifecycle import Age, LifecycleMixin
+from .lifecycle import Age, LifecycleMixin, acts
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
@@ -108,6 +111,10 @@ class ModelPersistence(LifecycleMixin):
             config, never from an artifact or its metadata.
         connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
             connect and to answer (see :mod:`modelkeep.timeouts`).
+        quarantine: ``"auto"`` (default) loads versions not signed by a trusted key in a
+            short-lived child process first, ``"always"`` every version, ``"never"`` none
+            (see :mod:`modelkeep.quarantine`); ``quarantine_timeout`` (seconds) and
+            ``quarantine_memory_mb`` (the child's address-space cap) bound that child.
     """
 
     def __init__(
@@ -129,7 +136,17 @@ class ModelPersistence(LifecycleMixin):
         require_signatures: bool | None = None,
         connect_timeout: float = timeouts.CONNECT_TIMEOUT,
         read_timeout: float = timeouts.READ_TIMEOUT,
+        identity: Identity | None = None,
+        token: str | None = None,
+        protected_aliases: list[str] | None = None,
+        protected_alias_users: list[str] | None = None,
+        quarantine: str = "auto",
+        quarantine_timeout: float = quarantine_mod.DEFAULT_TIMEOUT,
+        quarantine_memory_mb: int | None = None,
     ) -> None:
+        self.quarantine = quarantine_mod.check_mode(quarantine)
+        self.quarantine_timeout = quarantine_timeout
+        self.quarantine_memory_mb = quarantine_memory_mb
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
@@ -169,6 +186,16 @@ class ModelPersistence(LifecycleMixin):
         self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
+        # Who acts, and the protected aliases (see modelkeep.identity): with a token, its owner
+        # (who must be MODELKEEP_USER when that is set); otherwise ``identity``, or nobody.
+        self.access = AccessPolicy.build(protected_aliases, protected_alias_users)
+        self.identity = identity
+        if token:
+            try:
+                self.sign_in(token, name=os.environ.get("MODELKEEP_USER", "").strip() or None)
+            except BaseException:
+                self.index.close()
+                raise
 
     @classmethod
     def from_settings(
@@ -234,6 +261,7 @@ class ModelPersistence(LifecycleMixin):
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
 
+    @acts("editor", "save versions")
     def save_version(
         self,
         model: Any,
@@ -253,7 +281,8 @@ class ModelPersistence(LifecycleMixin):
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
 
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
-        to keep a version's original timestamp.
+        to keep a version's original timestamp. When an identity acts (a token), saving needs the
+        editor role and the history records its name.
         """
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
@@ -485,7 +514,7 @@ class ModelPersistence(LifecycleMixin):
                 model = joblib.load(where)  # reads joblib and plain pickle files alike
             else:
                 policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = joblib_load(where, policy)
+                model = checked(joblib_load(where, policy))
         except UnsafeModelError as exc:
             raise UnsafeModelError(
                 f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
@@ -564,6 +593,7 @@ class ModelPersistence(LifecycleMixin):
             freshness.check_latest(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
+        quarantine_mod.screen(self, record, verdict)  # a child loads untrusted content first
         options: dict[str, Any] = {
             "mmap_mode": mmap_mode,
             "extra": art.extra,

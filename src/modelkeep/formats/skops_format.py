@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SerializationError, UnsafeModelError
+from . import state_checks
 from .base import Format, Writable
 
 if TYPE_CHECKING:
@@ -134,6 +135,9 @@ class SkopsFormat(Format):
                 cli={"pass trusted_types=[...] to ModelPersistence": "pass --trust TYPE"},
             )
         try:
-            return skops.io.load(io.BytesIO(data), trusted=trusted or None)
+            obj = skops.io.load(io.BytesIO(data), trusted=trusted or None)
         except UntrustedTypesFoundException as exc:  # pragma: no cover - caught by the audit above
             raise UnsafeModelError(f"refused to load: {exc}") from exc
+        # skops rebuilds native objects (trees, KD trees, sparse matrices) from unchecked arrays
+        state_checks.check_loaded(obj)
+        return obj

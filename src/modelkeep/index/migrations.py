@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
-from .schema import aliases, claims, fields, history, models, tags, versions
+from .schema import aliases, claims, fields, history, models, tags, tokens, users, versions
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def add_column(conn: Connection, table_name: str, column: Column[object]) -> Non
     conn.exec_driver_sql(f"ALTER TABLE {_qualified(conn, table_name)} ADD COLUMN {column.name} {kind}")
 
 
-# The version-2 shapes of the tables that later steps changed (step 5 added columns).
+# The version-2 shapes of the tables that later steps changed (step 6 added columns).
 _V2 = MetaData()
 _ALIASES_V2 = Table(
     aliases.name,
@@ -75,7 +75,7 @@ def _lifecycle(conn: Connection, dialect: str) -> None:
     add_column(conn, v.name, Column("deleted_at", v.c.deleted_at.type))
     add_column(conn, v.name, Column("description", v.c.description.type))
     # These tables are new in this step, so their current definitions are the step's, except
-    # for aliases and history, which schema 5 changed: their version-2 definitions are below.
+    # for aliases and history, which schema 6 changed: their version-2 definitions are below.
     for table in (models, _ALIASES_V2, tags, _HISTORY_V2):
         table.create(conn, checkfirst=True)
     conn.execute(
@@ -103,8 +103,18 @@ def _claims(conn: Connection, dialect: str) -> None:
     claims.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
 
 
+def _users(conn: Connection, dialect: str) -> None:
+    """Version 5: ``modelkeep_users`` and ``modelkeep_tokens``, who may sign in to the UI.
+
+    New tables, empty: a registry had no users before, so the UI stays sign-in free on
+    loopback until someone adds one (``modelkeep users add``).
+    """
+    for table in (users, tokens):
+        table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+
+
 def _signed_events(conn: Connection, dialect: str) -> None:
-    """Version 5: signed alias moves (``modelkeep_aliases.seq`` and ``.signature``) and signed
+    """Version 6: signed alias moves (``modelkeep_aliases.seq`` and ``.signature``) and signed
     events in the history (``modelkeep_history.signature``). Existing aliases and history rows
     stay unsigned (NULL): moving an alias again signs it."""
     add_column(conn, aliases.name, Column("seq", aliases.c.seq.type))
@@ -117,7 +127,8 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
     Migration(3, "search: scalar fields of every version, indexed", _search),
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
-    Migration(5, "signed alias moves and signed history events", _signed_events),
+    Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
+    Migration(6, "signed alias moves and signed history events", _signed_events),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).
