@@ -319,7 +319,7 @@ def _spawn_writers(tmp_path: Path, spec: dict[str, Any], workers: int) -> tuple[
     start = tmp_path / "start"
     procs = []
     for worker in range(workers):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(ROOT / "tests" / "_faults.py"), json.dumps({**spec, "worker": worker})],

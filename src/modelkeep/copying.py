@@ -83,6 +83,8 @@ def copy_registry(
     conflicts: list[str] = []
     report = CopyReport()
     damaged = [r for name in names for r in source.list_version_records(name) if r.damaged]
+    for r in damaged:  # a signed record replayed into another row: its own SignatureError
+        source.index.get(r.model_name, r.version)
     if damaged:
         shown = ", ".join(f"{r.model_name} {r.version} ({r.damaged})" for r in damaged[:5])
         raise IntegrityError(

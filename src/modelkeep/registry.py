@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from .blobs import BlobStore
     from .config import Settings
+    from .freshness import Freshness
     from .index.claims import VersionClaim
     from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
     from .storage import StagedArtifact
 
 logger = logging.getLogger("modelkeep")
+#: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
+_NOT_MAPPED: Any = object()
 
 #: ``progress(description, total_bytes_or_None)`` -> context manager yielding ``advance(n)``.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
@@ -367,6 +370,8 @@ class ModelPersistence(LifecycleMixin):
                     raise
                 if slot.previous is not None:
                     self._remove_replaced_artifact(slot, record)
+            if slot.previous is not None:  # each alias move signs the bytes it pointed at
+                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -577,7 +582,7 @@ class ModelPersistence(LifecycleMixin):
 
         started = time.perf_counter()
         check_mmap_mode(mmap_mode)
-        record = self.get_version(model_name, version, alias=alias)
+        record, reference = self._resolve_reference(model_name, version, alias)
         if validate is not None:
             from .input_signature import InputSchemaError, check
 
@@ -596,6 +601,11 @@ class ModelPersistence(LifecycleMixin):
                 "sidecar files"
             )
         verdict = self.keyring.check(record)
+        freshness = self._freshness()
+        if reference.state is not None and reference.alias is not None:
+            freshness.check_alias(record, reference.alias, reference.state)
+        elif reference.latest:
+            freshness.check_latest(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
         quarantine_mod.screen(self, record, verdict)  # a child loads untrusted content first
@@ -612,15 +622,16 @@ class ModelPersistence(LifecycleMixin):
             options["blobs"] = blobs
         expected = Expected.of(art.sha256, art.size, art.extra)
         with self._progress(f"loading {model_name}", art.size) as advance:
-            model = None
+            model: Any = _NOT_MAPPED
             if mmap_mode is not None and fmt.supports_mmap(art.compression):
                 model = self._load_mapped(fmt, art, expected, options)
-            if model is None:
-                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
+            if model is _NOT_MAPPED:
+                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None, expected)
                 # Hash what is unpickled: the artifact is read once into private memory,
                 # checked, and parsed from there (docs/ARCHITECTURE.md).
                 with self.store.open_artifact(art.key, expected, advance) as verified:
                     model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        freshness.note_loaded(record, verdict)
         environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
@@ -631,22 +642,35 @@ class ModelPersistence(LifecycleMixin):
         )
         return (model, record) if return_metadata else model
 
-    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
-        """A memory-mapped load, or ``None`` when this artifact cannot be mapped from this store.
+    def _freshness(self) -> Freshness:
+        """The rollback checks of this registry, with what this user has seen of it (see
+        :mod:`modelkeep.freshness`). The registry is named by where it is opened from."""
+        from .freshness import Freshness, SeenMarks
 
-        Artifacts with payload ranges: the parsed bytes are checked and parsed from private
-        memory, the payload bytes are checked in the file and then mapped from that same open
-        file. Older artifacts: the open file is hashed, then parsed and mapped through that
-        same descriptor. Either way a file renamed over the key meanwhile is not what is read."""
-        if expected.fast:
-            checked = CheckedFiles(keys.checked_files_dir())
-            with self.store.open_mapped(art.key, expected, checked) as verified:
-                if verified is not None:
-                    return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
-        with self.store.verified_path(art.key, art.sha256) as path:
-            if path is not None:
-                return self._deserialize(fmt.load_path, path, art.compression, **options)
-        return None
+        where = f"store={self.store.url} index={self.index.safe_url} schema={self.index.schema or ''}"
+        return Freshness(self.keyring, self.index.lifecycle, SeenMarks(keys.config_dir() / "seen", where))
+
+    def forget_seen(self, model_name: str | None = None) -> None:
+        """Forget which versions and alias moves this user has seen in this registry (one model,
+        or all): "latest" and aliases are then trusted again as they are. For after versions were
+        removed on purpose without a signing key; see :mod:`modelkeep.freshness`."""
+        self._freshness().marks.forget(None if model_name is None else validate_model_name(model_name))
+
+    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
+        """A memory-mapped load, or ``_NOT_MAPPED`` when this artifact has nothing to map from this store.
+
+        Only artifacts with payload ranges are mapped: the parsed bytes are checked and parsed
+        from private memory, and the payload bytes are checked in the open file and then mapped
+        from that same descriptor. Anything else is read once into private memory by the caller:
+        a load never opens the artifact again (by name or ``/proc/self/fd``) after hashing it,
+        because another process could rewrite the file in between."""
+        if not expected.fast or not expected.ranges:
+            return _NOT_MAPPED
+        checked = CheckedFiles(keys.checked_files_dir())
+        with self.store.open_mapped(art.key, expected, checked) as verified:
+            if verified is not None:
+                return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        return _NOT_MAPPED
 
     @staticmethod
     def _deserialize(fn: Callable[..., Any], source: Any, compression: str | None, **options: Any) -> Any:

@@ -102,26 +102,5 @@ class JoblibFormat(Format):
             budget = LoadBudget.for_load(options, source_size(file))
             return checked(joblib_load(file, policy, verified=verified, map_mode="c", budget=budget))
 
-    def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
-        import os
-
-        from ._restricted import TrustPolicy, joblib_load
-        from .budget import LoadBudget
-
-        mmap_mode = options.get("mmap_mode")
-        policy = TrustPolicy.for_load(options)
-        try:
-            return checked(
-                joblib_load(path, policy, mmap_mode, budget=LoadBudget.for_load(options, os.path.getsize(path)))
-            )
-        except ValueError as exc:
-            # Some objects (statsmodels' ARIMA results, Cython memoryviews) rebuild themselves
-            # from writable buffers only: map them copy-on-write instead. The file is never
-            # written either way; pages the object writes to become private copies.
-            if mmap_mode != "r" or "read-only" not in str(exc):
-                raise
-            logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", path, exc)
-            return checked(joblib_load(path, policy, "c", budget=LoadBudget.for_load(options, os.path.getsize(path))))
-
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -38,6 +38,7 @@ from ..errors import (
     ConfigError,
     ConnectionLostError,
     IncompatibleRegistryError,
+    IntegrityError,
     ModelNotFoundError,
     StorageError,
     VersionExistsError,
@@ -57,7 +58,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .rows import parse_record, text_value
+from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
@@ -135,6 +136,25 @@ class Reservation:
 
 
 _record = parse_record
+#: A row's ``record`` and the columns it must agree with (:data:`.rows.BOUND_COLUMNS`).
+_RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
+_N = len(_RECORD_COLUMNS)
+
+
+class CheckedRow(NamedTuple):
+    """One index row: its record, the model name and version it is stored under, and why the
+    record does not belong to it (``None`` when it does)."""
+
+    record: ModelMetadata
+    model_name: str
+    version: str
+    error: IntegrityError | None
+
+
+def _bound(row: Any, *, strict: bool = True) -> ModelMetadata:
+    """The record of a row selected with :data:`_RECORD_COLUMNS` first, checked against the row
+    (see :func:`.rows.bound_record`: a mismatch raises, or in a listing marks the record damaged)."""
+    return bound_record(*row[:_N], strict=strict)
 
 
 class SqlIndex:
@@ -533,10 +553,10 @@ class SqlIndex:
         )
 
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
-        raw = conn.execute(
-            select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
-        ).scalar()
-        return None if raw is None else _record(raw, model_name, version)
+        row = conn.execute(
+            select(*_RECORD_COLUMNS).where(versions.c.model_name == model_name, versions.c.version == version)
+        ).first()
+        return None if row is None else _bound(row)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
@@ -558,7 +578,7 @@ class SqlIndex:
 
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
-        query = select(versions.c.record, versions.c.description, versions.c.deleted_at, versions.c.version).where(
+        query = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
             versions.c.model_name == model_name
         )
         if version is None:
@@ -569,10 +589,10 @@ class SqlIndex:
             row = conn.execute(query.where(versions.c.version == version)).first()
             if row is None:
                 raise self._missing(conn, model_name, version)
-            if row[2] is not None:
+            if row[_N + 1] is not None:
                 raise trashed_error(model_name, version)
-        rec = _record(row[0], model_name, row[3])
-        return attach_lifecycle(conn, model_name, [(rec, row[1])], version=rec.version)[0]
+        rec = _bound(row)
+        return attach_lifecycle(conn, model_name, [(rec, row[_N])], version=rec.version)[0]
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
@@ -607,19 +627,30 @@ class SqlIndex:
         """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.record, versions.c.description, versions.c.version)
+                select(*_RECORD_COLUMNS, versions.c.description)
                 .where(versions.c.model_name == model_name, LIVE)
                 .order_by(*_ORDER_ASC)
             )
-            return attach_lifecycle(conn, model_name, [(_record(r[0], model_name, r[2]), r[1]) for r in rows])
+            return attach_lifecycle(conn, model_name, [(_bound(r, strict=False), r[_N]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
         """Every record of every model, trashed ones included: they still own their files
-        (for verify, gc and copy)."""
+        (for gc and re-signing). A record that does not belong to its row raises (see
+        :func:`.rows.binding_error`); :meth:`iter_checked_records` reports it instead."""
+        for row in self.iter_checked_records():
+            if row.error is not None:
+                raise row.error
+            yield row.record
+
+    def iter_checked_records(self) -> Iterator[CheckedRow]:
+        """Every row of every model, trashed ones included, with its record and the reason that
+        record does not belong to it (``None`` when it does), for ``verify`` and ``gc``."""
         with self._read() as conn:
-            query = select(versions.c.record, versions.c.model_name, versions.c.version)
-            for raw, name, version in conn.execute(query.order_by(versions.c.model_name, *_ORDER_ASC)):
-                yield _record(raw, name, version)
+            query = select(*_RECORD_COLUMNS).order_by(versions.c.model_name, *_ORDER_ASC)
+            for row in conn.execute(query):
+                record = _record(row[0], row[1], row[2])
+                name, version = text_value(row[1]), text_value(row[2])
+                yield CheckedRow(record, name, version, binding_error(record, *row[1:_N]))
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:
