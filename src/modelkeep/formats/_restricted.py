@@ -1201,6 +1201,14 @@ def _joblib_unpickler() -> type[Any]:
                     shape=shape,
                     order=wrapper.order,
                 )
+                if array.dtype.kind not in "fc":
+                    # Only float and complex numbers stay mapped. Integer, boolean and structured
+                    # arrays can be indices that native code trusts (a KD-tree's idx_array): a
+                    # write to the file after the load must not move them out of range behind the
+                    # state checks, so they are copied into private memory here, before the
+                    # checks run on them (formats/state_checks.py).
+                    self._claim(array.nbytes, "mapped index-like array", unframed=True)
+                    array = np.array(array, order="K")
             else:
                 flat = np.frombuffer(self._verified.buffers[start], dtype=wrapper.dtype, count=count)
                 array = flat.reshape(shape[::-1]).T if wrapper.order == "F" else flat.reshape(shape)
