@@ -82,6 +82,7 @@ def copy_registry(
     plan: list[tuple[ModelMetadata, ModelMetadata | None]] = []
     conflicts: list[str] = []
     report = CopyReport()
+    dest.ensure_registry()  # a copy is a save: it may create the destination registry
     for name in names:
         for record in source.list_version_records(name):
             existing = dest.index.get(record.model_name, record.version)

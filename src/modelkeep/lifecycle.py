@@ -70,8 +70,11 @@ def split_reference(model_name: str, version: str | None, alias: str | None) -> 
 class LifecycleMixin:
     """Aliases, tags, descriptions, history and the trash, on :class:`ModelPersistence`."""
 
-    index: SqlIndex
     store: ArtifactStore
+
+    @property
+    def index(self) -> SqlIndex:  # ModelPersistence.index
+        raise NotImplementedError
 
     # -- references -------------------------------------------------------------------
     def _lookup(self, model_name: str, version: str | None, alias: str | None) -> ModelMetadata:

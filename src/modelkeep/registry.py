@@ -91,13 +91,41 @@ def _model_params(model: Any) -> dict[str, Any] | None:
     return out
 
 
+#: What ``ModelPersistence()`` uses for an argument left at ``None`` when no ``MODELKEEP_*`` variable sets it.
+_DEFAULTS: dict[str, Any] = {
+    "models_dir": "models",
+    "serialization_format": "joblib",
+    "compress": True,
+    "trusted_types": [],
+    "connect_timeout": timeouts.CONNECT_TIMEOUT,
+    "read_timeout": timeouts.READ_TIMEOUT,
+}
+
+
+def _settings_from_environment(**explicit: Any) -> dict[str, Any]:
+    """Each argument as given, else its ``MODELKEEP_*`` variable, else the default (as the CLI reads them)."""
+    from .config_sources import ENV_VARS
+
+    if any(var in os.environ for var in ENV_VARS):
+        from .config import persistence_defaults
+
+        return persistence_defaults(**explicit)
+    resolved = {key: _DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
+    resolved["trusted_types"] = list(explicit["trusted_types"] or [])
+    return resolved
+
+
 class ModelPersistence(LifecycleMixin):
     """Save, version, find, compare and load models in one registry.
 
+    Every argument left at ``None`` is read from its ``MODELKEEP_*`` environment
+    variable, as the CLI reads it (``MODELKEEP_MODELS_DIR``, ``MODELKEEP_TRUSTED_TYPES``...),
+    else takes its default.
+
     Args:
-        models_dir: where artifacts go: a local folder or any fsspec URL.
+        models_dir: where artifacts go: a local folder or any fsspec URL (default ``"models"``).
         serialization_format: ``"joblib"`` (default) or ``"pickle"``.
-        compress: ``True`` for the format's default codec, ``False``, or a
+        compress: ``True`` (default) for the format's default codec, ``False``, or a
             codec spec such as ``("zlib", 3)``, ``"lz4:1"`` or a level.
         registry_path: folder of the embedded SQLite index (default: ``models_dir``).
         registry_url: a SQLAlchemy URL for a shared index (PostgreSQL); wins
@@ -114,20 +142,22 @@ class ModelPersistence(LifecycleMixin):
             ``MODELKEEP_REQUIRE_SIGNATURES``, else on when a key is configured).
         progress: a progress-bar factory; see :data:`ProgressFactory`.
         index_schema: PostgreSQL schema for the index tables (default: the search path).
-        create: create the embedded registry if it does not exist; with ``False``
-            a missing ``registry.db`` raises :class:`RegistryNotFoundError`.
-        trusted_types: extra types the ``skops`` format may construct at load
-            (beyond skops' own safe defaults). They come only from here or the
-            config, never from an artifact or its metadata.
+        create: with ``True`` (default) the first save creates the registry when none
+            exists; reads of a missing registry raise :class:`RegistryNotFoundError`
+            (naming the path) and create nothing. With ``False`` a missing registry
+            (no ``registry.db``; on PostgreSQL, no tables) raises right here.
+        trusted_types: extra types a load may construct, beyond the built-in
+            allow-list; added to ``MODELKEEP_TRUSTED_TYPES``. They come only from
+            here or the config, never from an artifact or its metadata.
         connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
             connect and to answer (see :mod:`modelkeep.timeouts`).
     """
 
     def __init__(
         self,
-        models_dir: str | os.PathLike[str] = "models",
-        serialization_format: str = "joblib",
-        compress: Any = True,
+        models_dir: str | os.PathLike[str] | None = None,
+        serialization_format: str | None = None,
+        compress: Any = None,
         registry_path: str | os.PathLike[str] | None = None,
         *,
         registry_url: str | None = None,
@@ -140,9 +170,29 @@ class ModelPersistence(LifecycleMixin):
         signing_key_file: str | os.PathLike[str] | None = None,
         trusted_keys: list[str] | None = None,
         require_signatures: bool | None = None,
-        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
-        read_timeout: float = timeouts.READ_TIMEOUT,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> None:
+        settings = _settings_from_environment(
+            models_dir=models_dir,
+            serialization_format=serialization_format,
+            compress=compress,
+            registry_path=registry_path,
+            registry_url=registry_url,
+            storage_options=storage_options,
+            trusted_types=trusted_types,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        models_dir, serialization_format = settings["models_dir"], settings["serialization_format"]
+        compress, registry_path, registry_url = (
+            settings["compress"],
+            settings["registry_path"],
+            settings["registry_url"],
+        )
+        storage_options, trusted_types = settings["storage_options"] or None, settings["trusted_types"]
+        connect_timeout, read_timeout = settings["connect_timeout"], settings["read_timeout"]
+        assert models_dir is not None and serialization_format is not None
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
@@ -156,22 +206,25 @@ class ModelPersistence(LifecycleMixin):
                     "point registry_url at a shared database (for example PostgreSQL), or pass "
                     "registry_path to keep a local, per-machine index on purpose"
                 )
-            folder = Path(registry_path) if registry_path is not None else Path(self.store.root)
-            if not create and not (folder / "registry.db").is_file():
-                raise RegistryNotFoundError(
-                    f"no modelkeep registry at {str(folder)!r} (registry.db not found): "
-                    "check models_dir, or save a model first"
-                )
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno, f"cannot create the registry folder {str(folder)!r}: {exc.strerror or exc}"
-                ) from exc
-            registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
-        self.index = SqlIndex(
-            registry_url, schema=index_schema, connect_timeout=connect_timeout, read_timeout=read_timeout
-        )
+            self._registry_folder: Path | None = Path(
+                registry_path if registry_path is not None else self.store.root
+            ).resolve()
+            registry_url = f"sqlite:///{self._registry_folder / 'registry.db'}"
+        else:
+            self._registry_folder = None
+        self._index_options: dict[str, Any] = {
+            "url": registry_url,
+            "schema": index_schema,
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+        }
+        # Reading never creates a registry: until a save creates it, reads raise RegistryNotFoundError.
+        self._index: SqlIndex | None = None
+        try:
+            self._index = SqlIndex(**self._index_options, create=False)
+        except RegistryNotFoundError:
+            if not create:
+                raise
         #: What this registry signs with and trusts (see :func:`modelkeep.signing.resolve_keyring`).
         self.keyring = signing.resolve_keyring(
             signing_key=signing_key or None,
@@ -190,10 +243,35 @@ class ModelPersistence(LifecycleMixin):
         """A registry opened with validated :class:`~modelkeep.config.Settings` (what the CLI uses)."""
         return cls(**settings.persistence_options(), progress=progress, create=create)
 
+    # -- the index: read, or created by the first save ----------------------------------
+    @property
+    def index(self) -> SqlIndex:
+        """The registry index; :class:`RegistryNotFoundError` (naming the path) while no registry
+        exists here. Only a save creates one (:meth:`ensure_registry`)."""
+        if self._index is None:
+            self._index = SqlIndex(**self._index_options, create=False)
+        return self._index
+
+    def ensure_registry(self) -> SqlIndex:
+        """The index, creating an empty registry here first if there is none (what a save,
+        an import, a copy into this registry and :meth:`reindex` do)."""
+        if self._index is None:
+            if self._registry_folder is not None:
+                try:
+                    self._registry_folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(
+                        exc.errno,
+                        f"cannot create the registry folder {str(self._registry_folder)!r}: {exc.strerror or exc}",
+                    ) from exc
+            self._index = SqlIndex(**self._index_options, create=True)
+        return self._index
+
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
         """Release database connections."""
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
 
     def __enter__(self) -> ModelPersistence:
         return self
@@ -202,7 +280,8 @@ class ModelPersistence(LifecycleMixin):
         self.close()
 
     def __repr__(self) -> str:
-        return f"ModelPersistence(models_dir={str(self.models_dir)!r}, registry={self.index.safe_url!r})"
+        where = self._index.safe_url if self._index is not None else str(self._registry_folder or "(not created)")
+        return f"ModelPersistence(models_dir={str(self.models_dir)!r}, registry={where!r})"
 
     # -- saving -------------------------------------------------------------------
     def save(
@@ -285,6 +364,7 @@ class ModelPersistence(LifecycleMixin):
         from .loading import refuse_unloadable, warn_main_globals
 
         refuse_unloadable(model, fmt.name)
+        self.ensure_registry()
         custom = to_json_safe(dict(metadata or {}))
         params = _model_params(model)
         if params is not None and "model_params" not in custom:
@@ -810,4 +890,5 @@ class ModelPersistence(LifecycleMixin):
         """Rebuild the index from the sidecar metadata files; returns the number of versions."""
         from .maintenance import rebuild_index
 
+        self.ensure_registry()
         return rebuild_index(self)
