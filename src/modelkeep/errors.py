@@ -122,7 +122,13 @@ class SignatureError(IntegrityError):
 
 
 class UnsafeModelError(IntegrityError, pickle.UnpicklingError):
-    """The artifact references a global that modelkeep refuses to load."""
+    """The artifact references a global that modelkeep refuses to load.
+
+    ``refused`` names the ``module.qualname`` globals or types that were refused (empty when
+    the refusal is not about a name that could be trusted), so a remedy can name them.
+    """
+
+    refused: tuple[str, ...] = ()
 
 
 class SerializationError(ModelKeepError, TypeError):

@@ -626,7 +626,7 @@ class ModelPersistence(LifecycleMixin):
         is the :class:`InputCheck`) when it does not fit. Returns the model, or
         ``(model, metadata)``.
         """
-        from .loading import check_mmap_mode, warn_mmap_ignored
+        from .loading import check_mmap_mode
 
         started = time.perf_counter()
         check_mmap_mode(mmap_mode)
@@ -654,16 +654,13 @@ class ModelPersistence(LifecycleMixin):
         if blobs is not None:
             options["blobs"] = blobs
         expected = Expected.of(art.sha256, art.size, art.extra)
-        with self._progress(f"loading {model_name}", art.size) as advance:
-            model = None
-            if mmap_mode is not None and fmt.supports_mmap(art.compression):
-                model = self._load_mapped(fmt, art, expected, options)
-            if model is None:
-                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
-                # Hash what is unpickled: the artifact is read once into private memory,
-                # checked, and parsed from there (docs/ARCHITECTURE.md).
-                with self.store.open_artifact(art.key, expected, advance) as verified:
-                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        try:
+            model = self._load_artifact(f"loading {model_name}", fmt, art, expected, options)
+        except UnsafeModelError as exc:
+            from .remedies import with_remedy
+
+            where = f"model '{record.model_name}' version '{record.version}'"
+            raise with_remedy(exc, where, verdict) from exc
         environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
@@ -673,6 +670,25 @@ class ModelPersistence(LifecycleMixin):
             (time.perf_counter() - started) * 1000,
         )
         return (model, record) if return_metadata else model
+
+    def _load_artifact(
+        self, title: str, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]
+    ) -> Any:
+        """Read, check and deserialize a version's artifact (mapped when asked and possible)."""
+        from .loading import warn_mmap_ignored
+
+        mmap_mode = options["mmap_mode"]
+        with self._progress(title, art.size) as advance:
+            model = None
+            if mmap_mode is not None and fmt.supports_mmap(art.compression):
+                model = self._load_mapped(fmt, art, expected, options)
+            if model is None:
+                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
+                # Hash what is unpickled: the artifact is read once into private memory,
+                # checked, and parsed from there (docs/ARCHITECTURE.md).
+                with self.store.open_artifact(art.key, expected, advance) as verified:
+                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        return model
 
     def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
         """A memory-mapped load, or ``None`` when this artifact cannot be mapped from this store.
@@ -710,7 +726,9 @@ class ModelPersistence(LifecycleMixin):
     ) -> Path:
         """Write a version to ``output`` in the format its suffix names
         (``.joblib``, ``.pkl``, ``.pickle``, ``.pkl.gz``). An existing file is
-        only replaced with ``force=True``."""
+        only replaced with ``force=True``. A ``.joblib`` file is compressed as the
+        stored version is, with a codec plain ``joblib.load`` reads (see
+        :func:`modelkeep.exporting.export_compression`); a ``.pkl`` file is a plain pickle."""
         out = Path(output)
         fmt_name, compressed = format_for_suffix(out.name)
         if out.is_dir():
@@ -720,10 +738,17 @@ class ModelPersistence(LifecycleMixin):
                 f"output file {str(out)!r} already exists; pass force=True to replace it",
                 cli={"force=True": "--force"},
             )
-        model = self.load(model_name, version)
+        from .exporting import export_compression
+
+        model, record = self.load(model_name, version, return_metadata=True)
+        assert record.artifact is not None
         fmt = get_format(fmt_name)
+        compression, note = export_compression(
+            out.name, fmt_name, compressed, record.artifact.format, record.artifact.compression
+        )
         with atomic_file(out) as f:
-            fmt.dump(model, f, fmt.normalize_compression(compressed))
+            fmt.dump(model, f, fmt.normalize_compression(compression or False))
+        logger.info("exported %s version %s to %s, %s", record.model_name, record.version, out, note)
         return out
 
     def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
