@@ -341,12 +341,18 @@ class ModelPersistence(LifecycleMixin):
         training_data: Any = None,
         training_target: Any = None,
         parent: str | None = None,
+        **custom: Any,
     ) -> ModelMetadata:
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
 
+        It takes the same arguments as :meth:`save`: keyword arguments become custom metadata
+        (``save_version(m, "cancer", algo="svc")``), merged over ``metadata=`` when both are
+        given. ``serialization_format`` / ``compress`` choose this version's format and codec.
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
         to keep a version's original timestamp.
         """
+        if custom:
+            metadata = {**(metadata or {}), **custom}
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
         if version is not None:
@@ -534,6 +540,43 @@ class ModelPersistence(LifecycleMixin):
 
         return BlobStore(self.store)
 
+    def read_file(
+        self, path: str | os.PathLike[str], *, trusted_types: list[str] | None = None, trust_file: bool = False
+    ) -> Any:
+        """Read a model from a pickle or joblib file as :meth:`import_file` does, without saving it
+        (the same checks: what a dry run of an import needs to know)."""
+        from .formats._restricted import TrustPolicy, joblib_load
+        from .loading import describe_unreadable
+
+        if not os.path.exists(path):
+            from .errors import ArtifactNotFoundError
+
+            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
+
+        where = os.fspath(path)
+        try:
+            if trust_file:
+                import joblib
+
+                logger.info("reading %s with plain joblib.load (trust_file)", where)
+                model = joblib.load(where)  # reads joblib and plain pickle files alike
+            else:
+                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
+                model = joblib_load(where, policy)
+        except UnsafeModelError as exc:
+            own = "use trust_file=True (modelkeep save --trust-file)"
+            error = UnsafeModelError(
+                f"{exc} To accept a file you wrote yourself, {own}.",
+                cli={**exc.cli_spelling, own: "use --trust-file"},
+            )
+            error.refused = exc.refused
+            raise error from exc
+        except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except Exception as exc:
+            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
+        return model
+
     def import_file(
         self,
         path: str | os.PathLike[str],
@@ -556,36 +599,10 @@ class ModelPersistence(LifecycleMixin):
         file with plain ``joblib.load``, which runs any code it contains: only for a
         file you wrote yourself.
         """
-        from .formats._restricted import TrustPolicy, joblib_load
-
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
-        from .loading import describe_unreadable
-
-        if not os.path.exists(path):
-            from .errors import ArtifactNotFoundError
-
-            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
-
-        where = os.fspath(path)
-        try:
-            if trust_file:
-                import joblib
-
-                logger.info("reading %s with plain joblib.load (trust_file)", where)
-                model = joblib.load(where)  # reads joblib and plain pickle files alike
-            else:
-                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = joblib_load(where, policy)
-        except UnsafeModelError as exc:
-            raise UnsafeModelError(
-                f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
-            ) from exc
-        except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except Exception as exc:
-            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
+        model = self.read_file(path, trusted_types=trusted_types, trust_file=trust_file)
         return self.save_version(
             model,
             model_name,

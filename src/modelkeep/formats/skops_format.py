@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import ConfigError, SerializationError, UnsafeModelError
+from ..errors import BackendUnavailableError, ConfigError, SerializationError, UnsafeModelError
 from .allowlist import BUILTIN_ALLOWLIST
 from .base import Format, Writable
 from .state_checks import check_loaded
@@ -65,6 +65,17 @@ def _unloadable(node: Any, seen: dict[tuple[str, str], bool]) -> Iterator[str]:
             yield from _unloadable(value, seen)
 
 
+def _skops() -> Any:
+    """The ``skops`` package, or :class:`BackendUnavailableError` naming the extra to install."""
+    try:
+        import skops.io
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f'the skops format needs the skops package ({exc}): pip install "modelkeep[skops]"'
+        ) from exc
+    return skops
+
+
 def builtin_allows_type(dotted: str) -> bool:
     """Whether a skops type name (``"sklearn.tree._tree.Tree"``) is in modelkeep's built-in
     allow-list, the list a joblib or pickle load of the same model trusts."""
@@ -104,7 +115,7 @@ class SkopsFormat(Format):
         self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
     ) -> dict[str, Any] | None:
         """Write ``obj`` as a skops zip; refuses objects skops could write but never load."""
-        import skops.io
+        skops = _skops()
 
         if compression is None:
             kwargs: dict[str, Any] = {"compression": zipfile.ZIP_STORED}
@@ -131,7 +142,7 @@ class SkopsFormat(Format):
 
         An artifact with any other type raises :class:`UnsafeModelError` naming the types.
         """
-        import skops.io
+        skops = _skops()
         from skops.io.exceptions import UntrustedTypesFoundException
 
         trusted = [str(t) for t in options.get("trusted") or []]
