@@ -318,7 +318,8 @@ class Lifecycle:
         if pointing and not force:
             raise VersionInUseError(
                 f"model '{model_name}' version '{version}' is what alias(es) {', '.join(pointing)} point at; "
-                "move the alias first, or force the delete (which removes the alias too)"
+                "move the alias first, or delete with force=True (which removes the alias too)",
+                cli={"delete with force=True": "pass --force"},
             )
         for alias in pointing:
             conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
