@@ -101,11 +101,13 @@ def _check_store(store: Any, tmp_dir: str) -> Check:
     root = str(where) if isinstance(where, Path) else None
     if root is not None and not os.path.isdir(root):
         parent = os.path.dirname(os.path.abspath(root))
-        while not os.path.isdir(parent) and parent != os.path.dirname(parent):
+        while not os.path.exists(parent) and parent != os.path.dirname(parent):
             parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            return Check("store", False, f"{root} cannot be created: cannot write into {parent}, a file, not a folder")
         if os.access(parent, os.W_OK | os.X_OK):
             return Check("store", True, f"{root} does not exist yet; the first save creates it (under {parent})")
-        return Check("store", False, f"{root} does not exist and cannot be created: {parent} is not writable")
+        return Check("store", False, f"{root} cannot be created: cannot write into {parent} (permission denied)")
     tmp_existed = root is not None and os.path.isdir(os.path.join(root, tmp_dir))
     key = f"{tmp_dir}/doctor-{uuid.uuid4().hex}.probe"
     probe = b"modelkeep doctor probe\n"
@@ -152,7 +154,7 @@ def _check_index(sql_index: Any, url: str, connect_timeout: float, read_timeout:
     from .index.migrations import SCHEMA_VERSION
 
     try:
-        index = sql_index(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        index = sql_index(url, connect_timeout=connect_timeout, read_timeout=read_timeout, create=False)
     except ModelKeepError as exc:
         return Check("index", False, str(exc))
     try:
