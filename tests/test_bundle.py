@@ -264,7 +264,7 @@ def test_cli_export_and_import(tmp_path: Path, iris_data: Any) -> None:
 
 
 def test_readme_bundle_examples_run_as_shown(tmp_path: Path, iris_data: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's commands, then its standard-library reader in a Python without site-packages."""
+    """docs/mlflow.md's commands, then its standard-library reader in a Python without site-packages."""
     import subprocess
     import sys
 
@@ -273,11 +273,12 @@ def test_readme_bundle_examples_run_as_shown(tmp_path: Path, iris_data: Any, mon
     monkeypatch.chdir(tmp_path)
     with ModelPersistence("models") as p:  # the default models_dir
         _fill(p, iris_data)
-    [commands] = readme_blocks("Moving out: portable bundles", "bash")
+    [commands] = readme_blocks("Moving out: portable bundles", "bash", "docs/mlflow.md")
     run_cli_lines(commands)
     with ModelPersistence("other_models") as other:
         assert other.list_versions("churn") == ["1.0.0", "1.1.0", "2.0.0"]
-    reader = readme_blocks("Moving out: portable bundles", "python")[-1]  # the first one fills a registry
+    # The first python block fills a registry; the last one reads the bundle.
+    reader = readme_blocks("Moving out: portable bundles", "python", "docs/mlflow.md")[-1]
     done = subprocess.run(
         [sys.executable, "-S", "-I", "-c", reader], cwd=tmp_path, capture_output=True, text=True, check=False
     )

@@ -345,7 +345,7 @@ def test_readme_import_mlflow_examples_run_as_shown(tmp_path: Path, monkeypatch:
     shutil.copytree(DATA / "sqlite", tmp_path, dirs_exist_ok=True)  # ./mlflow.db and its artifacts
     shutil.copytree(DATA / "filestore", tmp_path / "fs")
     monkeypatch.chdir(tmp_path)
-    [commands] = readme_blocks("Moving in: import an MLflow registry", "bash")
+    [commands] = readme_blocks("Moving in: import an MLflow registry", "bash", "docs/mlflow.md")
     lines = commands.replace("./mlruns", str(tmp_path / "fs" / "mlruns")).splitlines()
     results = run_cli_lines("\n".join(lines[:2]))
     assert "would import" in results[0].output

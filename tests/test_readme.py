@@ -1,12 +1,19 @@
-"""Every python and bash block in README.md runs as shown.
+"""Every code block of README.md and of every docs/*.md page runs as shown.
 
-The blocks run in order, in one fresh temporary folder per README section (``## ...``), so a
-block may use the files an earlier block of its section wrote, as a reader following along
-would, with ``MODELKEEP_*`` variables cleared and this interpreter's ``bin`` first on PATH. A block
-preceded by an HTML comment
-``<!-- not run by tests/test_readme.py: <reason> -->`` is skipped, and must give a reason; today
-those are the quick start (CI runs it itself), ``pip install`` and the team block that needs real
-PostgreSQL and S3 servers.
+The blocks of a page run in order, in one fresh temporary folder per section (``## ...``), so a
+block may use the files an earlier block of its section wrote, as a reader following along would,
+with ``MODELKEEP_*`` variables cleared, a per-user config folder of the section's own, and this
+interpreter's ``bin`` first on PATH.
+
+- ``python`` blocks run with this interpreter, ``bash`` blocks with ``bash -euo pipefail``;
+- ``yaml`` blocks are modelkeep config files: each is read and validated by ``load_settings``;
+- ``text`` blocks are diagrams, file trees and output, not code.
+
+A block preceded by ``<!-- not run by tests/test_readme.py: <reason> -->`` is skipped and must
+give a reason: the quick start (CI runs it itself), ``pip install`` lines, the web UI (it serves
+until Ctrl-C) and the team block that needs real PostgreSQL and S3 servers. Sections whose blocks
+need fixtures (real MLflow stores, a filled registry in a Python without site-packages) are run
+as shown by their own tests (``RUN_ELSEWHERE``).
 """
 
 from __future__ import annotations
@@ -17,48 +24,164 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"(?:<!--(?P<note>[^>]*)-->\s*\n)?```(?P<lang>\w*)\n(?P<code>.*?)```", re.S)
-SKIP = "not run by tests/test_readme.py:"
-#: Sections whose blocks need fixtures (real MLflow stores, a registry to export) and are run as
-#: shown by their own tests instead.
+import pytest
+
+from tests._readme import PAGES, ROOT, Block, page_blocks
+
+#: (page, section heading) -> the test file that runs that section's blocks as shown.
 RUN_ELSEWHERE = {
-    "Moving in: import an MLflow registry": "tests/test_mlflow_import.py",
-    "Moving out: portable bundles": "tests/test_bundle.py",
+    ("docs/mlflow.md", "Moving in: import an MLflow registry"): "tests/test_mlflow_import.py",
+    ("docs/mlflow.md", "Moving out: portable bundles"): "tests/test_bundle.py",
 }
+LANGUAGES = {"python", "bash", "yaml", "text"}
+#: Skipped blocks across all pages: few, each with its reason.
+MAX_SKIPPED = 6
 
 
-def blocks() -> list[tuple[int, str, str, str | None, int]]:
-    """(line, language, code, skip reason, section number) for every fenced block."""
-    text = README.read_text()
-    out = []
-    for m in BLOCK.finditer(text):
-        note = (m.group("note") or "").strip()
-        reason = note.removeprefix(SKIP).strip() if note.startswith(SKIP) else None
-        section = len(re.findall(r"^## ", text[: m.start()], re.M))
-        out.append((text.count("\n", 0, m.start("code")), m.group("lang"), m.group("code"), reason, section))
-    return out
+def _page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
 
 
-def test_every_readme_code_block_runs(tmp_path: Path) -> None:
+def _runs_elsewhere(block: Block) -> bool:
+    return (_page_id(block.page), block.heading) in RUN_ELSEWHERE
+
+
+def _check_yaml(block: Block, folder: Path) -> None:
+    import yaml
+
+    from modelkeep.config import load_settings
+
+    data = yaml.safe_load(block.code)
+    assert isinstance(data, dict) and set(data) <= {"logging", "persistence"}, f"{block.where}: not a config file"
+    config = folder / "docs-block.yaml"
+    config.write_text(block.code, encoding="utf-8")
+    load_settings(config)  # raises ConfigError, naming the key, on anything modelkeep would refuse
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_every_code_block_of_the_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MODELKEEP_GIT"] = "0"
-    headings = ["", *re.findall(r"^## (.*)$", README.read_text(), re.M)]
-    ran = skipped = 0
-    for line, lang, code, reason, section in blocks():
-        if lang not in ("python", "bash") or headings[section] in RUN_ELSEWHERE:
+    for name in [k for k in os.environ if k.startswith("MODELKEEP_")]:
+        monkeypatch.delenv(name)  # the yaml check runs in this process
+    for block in page_blocks(page):
+        assert block.language in LANGUAGES, f"{block.where}: give the block one of the languages {sorted(LANGUAGES)}"
+        if block.skip is not None:
+            assert block.skip, f"{block.where}: a skipped block must say why"
             continue
-        if reason is not None:
-            assert reason, f"README line {line}: a skipped block must say why"
-            skipped += 1
+        if block.language == "text" or _runs_elsewhere(block):
             continue
-        cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-euo", "pipefail", "-c", code]
-        folder = tmp_path / f"section-{section}"
+        folder = tmp_path / f"section-{block.section}"
         folder.mkdir(exist_ok=True)
+        if block.language == "yaml":
+            _check_yaml(block, folder)
+            continue
+        cmd = (
+            [sys.executable, "-c", block.code]
+            if block.language == "python"
+            else ["bash", "-euo", "pipefail", "-c", block.code]
+        )
         # Each section is a fresh reader: its own per-user keys, never the real home's.
         env["MODELKEEP_CONFIG_DIR"] = str(folder / ".user-config")
         proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"README block at line {line} ({lang}) failed:\n{code}\n{proc.stderr[-3000:]}"
-        ran += 1
-    assert ran >= 6 and skipped <= 5, (ran, skipped)
+        assert proc.returncode == 0, f"{block.where} ({block.language}) failed:\n{block.code}\n{proc.stderr[-3000:]}"
+
+
+def test_skipped_blocks_are_few_and_give_a_reason() -> None:
+    skipped = [b for page in PAGES for b in page_blocks(page) if b.skip is not None]
+    assert all(b.skip for b in skipped), [b.where for b in skipped if not b.skip]
+    assert len(skipped) <= MAX_SKIPPED, [f"{b.where}: {b.skip}" for b in skipped]
+    runnable = [b for page in PAGES for b in page_blocks(page) if b.skip is None and b.language in ("python", "bash")]
+    assert len(runnable) >= 20, len(runnable)
+
+
+def test_sections_run_elsewhere_exist_and_are_run_there() -> None:
+    for (page, heading), test_file in RUN_ELSEWHERE.items():
+        blocks = [b for b in page_blocks(ROOT / page) if b.heading == heading and b.skip is None]
+        assert any(b.language in ("python", "bash") for b in blocks), (page, heading)
+        assert heading in (ROOT / test_file).read_text(encoding="utf-8"), (page, heading, test_file)
+
+
+def test_the_quick_start_keeps_its_two_commands() -> None:
+    """CI (.ci/run) runs the quick start's second line; the README must keep both lines together."""
+    [block] = [b for b in page_blocks(ROOT / "README.md") if b.heading == "Quick start"]
+    assert block.code.splitlines() == [
+        'pip install -e ".[demo]" && python examples/quickstart.py',
+        'bash .ci/test-services.sh && pip install -e ".[test]" && python -m pytest -q',
+    ]
+    assert block.code.splitlines()[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_the_site() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    site = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        if page.name != "index.md":  # the site's home page; the README is the repository's
+            assert f"(docs/{page.name})" in readme, page.name
+        assert f": {page.name}\n" in site, page.name
+
+
+def test_the_api_page_names_every_public_method_and_every_error() -> None:
+    """The reference tables, written by hand, miss nothing the library offers (issue 23)."""
+    import inspect
+
+    from modelkeep import errors
+    from modelkeep.registry import ModelPersistence
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    methods = [n for n, _ in inspect.getmembers(ModelPersistence, callable) if not n.startswith("_")]
+    assert {"set_alias", "set_tag", "history", "restore", "purge", "prune", "list_trash"} <= set(methods)
+    rows = "\n".join(line for line in api.splitlines() if line.startswith("| `"))
+    missing = [n for n in methods if not re.search(rf"[`.]{n}\(", rows)]
+    assert not missing, f"methods missing from docs/api.md: {missing}"
+    classes = [c for c in vars(errors).values() if inspect.isclass(c) and issubclass(c, errors.ModelKeepError)]
+    table = api[api.index("| error | also a |") :]
+    assert not [c.__name__ for c in classes if c is not errors.ModelKeepError and f"| `{c.__name__}` |" not in table]
+    for name in ("save", "compare_versions", "delete", "ModelPersistence"):  # one row each, no contradicting copies
+        assert len(re.findall(rf"^\| `{name}\(", api, re.M)) == 1, name
+
+
+TRACE = """
+import importlib.util, sys, threading
+root = importlib.util.find_spec("modelkeep").submodule_search_locations[0] + "/"
+seen = set()
+def profile(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename.startswith(root):
+        seen.add(frame.f_code.co_filename[len(root):])
+def traced(call):
+    sys.setprofile(profile); threading.setprofile(profile)
+    try:
+        return call()
+    finally:
+        sys.setprofile(None); threading.setprofile(None)
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+model = {"clf": LogisticRegression().fit([[0.0], [1.0]], [0, 1]), "weights": np.arange(200_000.0)}
+for fmt, compress in (("joblib", True), ("joblib", False), ("native", True)):
+    p = traced(lambda: __import__("modelkeep").ModelPersistence(f"models-{fmt}-{compress}", fmt, compress))
+    traced(lambda: p.save(model, "m", accuracy=0.9))
+    p.set_alias("m", "production", "1.0.0")
+    traced(lambda: p.load("m@production"))
+    traced(lambda: p.load("m", mmap_mode="r"))
+    try:
+        traced(lambda: p.load("n"))
+    except KeyError:
+        pass
+print("\\n".join(sorted(seen)))
+"""
+
+
+def test_architecture_names_every_module_a_save_and_a_load_pass_through(tmp_path: Path) -> None:
+    """Trace real saves and loads (joblib compressed and mapped, native, an alias, an unknown name) and
+    require each modelkeep file they run to be named, as `path`, in docs/ARCHITECTURE.md (issue 23)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
+    env |= {"MODELKEEP_CONFIG_DIR": str(tmp_path / "user"), "MODELKEEP_GIT": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", TRACE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    modules = done.stdout.split()
+    assert {"registry.py", "index/claims.py", "storage/verified.py", "formats/_restricted.py"} <= set(modules)
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    assert not [m for m in modules if f"`{m}`" not in text], "modules missing from docs/ARCHITECTURE.md"

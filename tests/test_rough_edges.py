@@ -158,8 +158,8 @@ def test_manager_methods_are_documented() -> None:
 
     public = [n for n in vars(ModelPersistenceManager) if not n.startswith("_")]
     assert public and all(getattr(ModelPersistenceManager, n).__doc__ for n in public), public
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert all(f"`{n}(" in readme for n in public)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert all(f"`{n}(" in docs for n in public)
 
 
 def test_info_on_a_pipeline_keeps_one_line_per_row(tmp_path: Path, iris_data: Any) -> None:
@@ -187,9 +187,9 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def test_readme_names_the_real_blob_path() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert ".blobs/<sha256>`" not in readme and ".blobs/<sha[:2]>/<sha>" in readme
+def test_docs_name_the_real_blob_path() -> None:
+    formats = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    assert ".blobs/<sha256>`" not in formats and ".blobs/<sha[:2]>/<sha>" in formats
 
 
 def test_a_class_from_main_warns_at_save(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ class FormatVersionError(SerializationError):
 
 
 def no_versions(model_name: str, known_models: list[str] | None = None) -> ModelNotFoundError:
-    """The error for a model with no versions (the seed's wording), suggesting close names."""
+    """The error for a model with no versions ("No versions found for model 'x'"), suggesting close names."""
     from .suggest import did_you_mean
 
     return ModelNotFoundError(

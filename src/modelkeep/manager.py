@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 
 class ModelPersistenceManager:
-    """The seed's config-driven entry point.
+    """A :class:`~modelkeep.registry.ModelPersistence` configured from a YAML file and the environment.
 
-    ``config_path`` is the seed's YAML file (``logging`` and ``persistence``
-    sections). ``None`` reads ``./config.yaml`` if present. ``MODELKEEP_*``
+    ``config_path`` is the YAML config file (``logging`` and ``persistence``
+    sections; see docs/configuration.md). ``None`` reads ``./config.yaml`` if present. ``MODELKEEP_*``
     environment variables and keyword ``overrides`` win over the file.
     """
 
