@@ -231,9 +231,11 @@ def test_lifecycle_travels_with_the_bundle(tmp_path: Path, iris_data: Any) -> No
     manifest = json.loads(_members(bundle)[MANIFEST])
     assert set(manifest["lifecycle"]) == {"churn"} and "history" in manifest
     with ModelPersistence(tmp_path / "dest") as dest:
-        report = import_bundle(dest, bundle)
+        report = import_bundle(dest, bundle, with_aliases=True)
         assert report.lifecycle_applied is has_api
         if has_api:
+            assert report.aliases_applied
+            assert report.alias_moves == {"churn": {"champion": {"from": None, "to": "1.1.0"}}}
             assert dest.get_aliases("churn") == {"champion": "1.1.0"}  # type: ignore[attr-defined]
             assert dest.get_tags("churn") == {"team": "growth"}  # type: ignore[attr-defined]
             assert dest.get_tags("churn", version="1.0.0") == {"validated": "yes"}  # type: ignore[attr-defined]

@@ -141,7 +141,7 @@ def test_sklearn_round_trip_keeps_predictions(
     assert meta.artifact.format == fmt  # type: ignore[union-attr]
     assert meta.artifact.compression == EXPECTED_COMPRESSION.get((fmt, compress))  # type: ignore[union-attr]
     assert meta.artifact.extra["protocol"] == get_format(fmt).protocol  # type: ignore[union-attr]
-    assert set(meta.metadata["model_params"]) == set(model.get_params(deep=False))
+    assert set(meta.metadata["model_params"]) == set(model.get_params(deep=True))  # a pipeline: step__param keys too
 
 
 def test_compression_makes_artifacts_smaller(make_persistence: Callable[..., ModelPersistence]) -> None:

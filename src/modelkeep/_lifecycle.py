@@ -55,11 +55,26 @@ def supported(persistence: Any) -> bool:
     return callable(getattr(persistence, "set_alias", None))
 
 
-def apply_lifecycle(persistence: Any, model_name: str, lifecycle: Lifecycle, versions: set[str]) -> bool:
+def alias_moves(
+    persistence: Any, model_name: str, lifecycle: Lifecycle, versions: set[str]
+) -> dict[str, tuple[str | None, str]]:
+    """``alias -> (current version or None, version)`` for each alias ``lifecycle`` would set
+    to another version than the registry's (only aliases naming one of ``versions``)."""
+    wanted = {a: v for a, v in lifecycle.aliases.items() if v in versions}
+    if not wanted:
+        return {}
+    current = persistence.get_aliases(model_name) if supported(persistence) else {}
+    return {a: (current.get(a), v) for a, v in sorted(wanted.items()) if current.get(a) != v}
+
+
+def apply_lifecycle(
+    persistence: Any, model_name: str, lifecycle: Lifecycle, versions: set[str], *, with_aliases: bool = True
+) -> bool:
     """Set ``lifecycle`` on ``model_name`` through the lifecycle API; returns whether it was applied.
 
     Only values that differ from the registry's current ones are written (a re-run adds no
     history entries), and version-level items only for ``versions`` that exist in the registry.
+    Aliases are moved only with ``with_aliases`` (see :func:`alias_moves` for what would move).
     Without the lifecycle API, logs one line and returns ``False``.
     """
     if not supported(persistence):
@@ -84,9 +99,8 @@ def apply_lifecycle(persistence: Any, model_name: str, lifecycle: Lifecycle, ver
         text = lifecycle.version_descriptions.get(version)
         if text and _description(persistence, model_name, version) != text:
             persistence.set_description(model_name, text, version=version)
-    aliases = persistence.get_aliases(model_name)
-    for alias, version in lifecycle.aliases.items():
-        if version in versions and aliases.get(alias) != version:
+    if with_aliases:
+        for alias, (_old, version) in alias_moves(persistence, model_name, lifecycle, versions).items():
             persistence.set_alias(model_name, alias, version)
     return True
 

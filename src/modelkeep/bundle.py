@@ -8,15 +8,27 @@ A bundle (``.mkb``) is an uncompressed POSIX tar:
 * ``manifest.json``: ``format`` (``"modelkeep-bundle"``), ``format_version``, the versions,
   the SHA-256 and size of every ``store/`` member, and the model's aliases, tags,
   descriptions and history when the registry has them;
-* ``manifest.sig`` (only when the writer has a signing key): ``hmac-sha256:<hex>`` of the
-  exact bytes of ``manifest.json``.
+* ``manifest.sig`` (when the writer has a key to sign with: the one it signs versions with,
+  the per-user ECDSA key by default): ``hmac-sha256:<hex>`` of the exact bytes of
+  ``manifest.json``, or ``ecdsa-p256:<fingerprint>:<signature>[:<name>]`` over
+  ``modelkeep-bundle-signature-v1``, the signer and those bytes.
 
-Import checks everything before it registers anything: member names (no absolute path, no
-``..``, no links or devices), the manifest's format version (newer is refused), its
-signature when the reader has a key (an unsigned bundle is then refused too), every member's
-SHA-256 and size against the manifest, and that no member is missing or extra. The versions
-are then copied into the registry as ``modelkeep copy`` does (byte for byte, checked again in
-the destination; versions already present with the same bytes are skipped).
+Import checks everything before it registers anything:
+
+* member names (no absolute path, no ``..``) and types: regular files only, by their type
+  byte (no links, devices, FIFOs or sparse files: :mod:`modelkeep._tarsafe`);
+* the manifest's format version (newer is refused) and its signature: invalid is refused,
+  a signer the reader does not trust is reported (and refused when signatures are required,
+  as is an unsigned bundle);
+* that each member's size is the one the manifest declares and lies inside the bundle file,
+  and that their total stays under ``max_bundle_bytes`` and the free disk space, before a
+  byte is written; then each member is streamed through SHA-256 as it is written, never past
+  its declared size; and that no member is missing or extra.
+
+The versions are then copied into the registry as ``modelkeep copy`` does (byte for byte,
+checked again in the destination; versions already present with the same bytes are skipped).
+The manifest's lifecycle section applies only to the models and versions the bundle carries;
+its aliases are reported and moved only with ``with_aliases``.
 """
 
 from __future__ import annotations
@@ -30,20 +42,21 @@ import logging
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__, _lifecycle
-from ._tarsafe import check_member
+from ._tarsafe import check_member, check_total, copy_member
 from .errors import IntegrityError, MetadataError, SignatureError
 from .layout import blob_key, sidecar_bytes, sidecar_key
 from .metadata import ModelMetadata, utc_now
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
+    from .keys import PrivateKey
     from .registry import ModelPersistence
+    from .signing import Keyring, Verdict
 
 logger = logging.getLogger("modelkeep")
 
@@ -53,7 +66,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 STORE_PREFIX = "store/"
-_CHUNK = 1 << 20
+#: Largest ``manifest.json`` / ``manifest.sig`` read into memory.
+MAX_MANIFEST_BYTES = 64 << 20
+_BUNDLE_DOMAIN = b"modelkeep-bundle-signature-v1\n"
 
 
 class BundleError(IntegrityError):
@@ -62,45 +77,150 @@ class BundleError(IntegrityError):
 
 @dataclass
 class BundleReport:
-    """What :func:`import_bundle` did, as ``(model_name, version)`` pairs."""
+    """What :func:`import_bundle` did, as ``(model_name, version)`` pairs.
+
+    ``signature`` is the manifest's verdict (``status``: ``trusted``, ``untrusted``,
+    ``unsigned``; ``signer``). ``alias_moves`` lists, per model, each alias the bundle would set
+    to another version than the registry's (``{"from": current or None, "to": version}``);
+    they are applied only with ``with_aliases`` (``aliases_applied``). ``ignored`` says which
+    parts of the bundle's lifecycle section were left out: models or versions it does not carry.
+    """
 
     imported: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     signature_checked: bool = False
     lifecycle_applied: bool = False
     lifecycle: dict[str, Any] = field(default_factory=dict)
+    signature: dict[str, Any] = field(default_factory=dict)
+    alias_moves: dict[str, dict[str, dict[str, str | None]]] = field(default_factory=dict)
+    aliases_applied: bool = False
+    ignored: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "imported": [list(v) for v in self.imported],
             "skipped": [list(v) for v in self.skipped],
             "signature_checked": self.signature_checked,
+            "signature": self.signature,
             "lifecycle_applied": self.lifecycle_applied,
             "lifecycle": self.lifecycle,
+            "alias_moves": self.alias_moves,
+            "aliases_applied": self.aliases_applied,
+            "ignored": self.ignored,
         }
 
     def __str__(self) -> str:
-        signed = "signature checked" if self.signature_checked else "not signed-checked (no key)"
-        return f"imported {len(self.imported)} version(s), skipped {len(self.skipped)} already present; {signed}"
+        status = self.signature.get("status")
+        signer = self.signature.get("signer")
+        if self.signature_checked:
+            signed = f"signature checked ({signer})" if signer else "signature checked"
+        elif status == "untrusted":
+            signed = f"signed by {signer or 'an unknown key'}, which this reader does not trust: not checked"
+        elif status == "unsigned":
+            signed = "not signed"
+        else:
+            signed = "not signed-checked (no key)"
+        lines = [f"imported {len(self.imported)} version(s), skipped {len(self.skipped)} already present; {signed}"]
+        moves = [
+            f"{model} {alias}: {move['from'] or '(unset)'} -> {move['to']}"
+            for model, aliases in sorted(self.alias_moves.items())
+            for alias, move in sorted(aliases.items())
+        ]
+        if moves:
+            verb = "moved" if self.aliases_applied else "not moved (use --with-aliases to move them)"
+            lines.append(f"aliases in the bundle, {verb}:")
+            lines += [f"  {m}" for m in moves]
+        lines += [f"ignored: {why}" for why in self.ignored]
+        return "\n".join(lines)
 
 
 # -- signing: the one place a bundle's manifest is signed and checked -------------------------
-def sign_manifest(data: bytes, key: str | bytes) -> str:
-    """The signature of a manifest's exact bytes (HMAC-SHA256 today; room for other schemes)."""
-    from .signing import SCHEME, key_bytes
+def _ecdsa_payload(data: bytes, fingerprint: str, name: str | None) -> bytes:
+    header = json.dumps({"signer": fingerprint, "name": name}, sort_keys=True, separators=(",", ":"))
+    return _BUNDLE_DOMAIN + header.encode() + b"\n" + data
 
-    return SCHEME + hmac.new(key_bytes(key), data, hashlib.sha256).hexdigest()
+
+def sign_manifest(data: bytes, key: str | bytes | PrivateKey) -> str:
+    """The signature of a manifest's exact bytes: HMAC-SHA256 with a shared secret, ECDSA
+    P-256 with a :class:`~modelkeep.keys.PrivateKey` (the same key types as versions)."""
+    import base64
+
+    from .signing import ECDSA_SCHEME, SCHEME, key_bytes
+
+    if isinstance(key, (str, bytes)):
+        return SCHEME + hmac.new(key_bytes(key), data, hashlib.sha256).hexdigest()
+    raw = key.sign(_ecdsa_payload(data, key.fingerprint, key.name))
+    text = f"{ECDSA_SCHEME}:{key.fingerprint}:{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
+    return f"{text}:{key.name}" if key.name else text
+
+
+def manifest_verdict(data: bytes, signature: str | None, keyring: Keyring) -> Verdict:
+    """Judge a manifest's signature with ``keyring``'s HMAC secret and trusted public keys
+    (never raises for a bad signature; see :func:`check_manifest`)."""
+    import base64
+    import binascii
+
+    from . import signing
+
+    if not signature:
+        return signing.Verdict(signing.UNSIGNED, reason="the bundle is not signed")
+    signature = signature.strip()
+    parsed = signing.parse(signature)
+    if parsed.scheme == signing.HMAC_SCHEME:
+        if not keyring.hmac_key:
+            return signing.Verdict(
+                signing.UNTRUSTED, signing.HMAC_SCHEME, reason="signed with a shared HMAC key, and none is configured"
+            )
+        if hmac.compare_digest(signature, sign_manifest(data, keyring.hmac_key)):
+            return signing.Verdict(signing.TRUSTED, signing.HMAC_SCHEME, reason="valid HMAC signature")
+        return signing.Verdict(signing.INVALID, signing.HMAC_SCHEME, reason="wrong key, or the manifest was altered")
+    if parsed.scheme == signing.ECDSA_SCHEME and parsed.fingerprint:
+        fp, name = parsed.fingerprint, parsed.name
+        key = keyring.trusted_keys().get(fp)
+        if key is None:
+            why = f"signed by key {fp[:16]}, which is not trusted"
+            return signing.Verdict(signing.UNTRUSTED, signing.ECDSA_SCHEME, fp, name, reason=why)
+        try:
+            raw = base64.urlsafe_b64decode(parsed.value + "=" * (-len(parsed.value) % 4))
+        except (binascii.Error, ValueError):
+            raw = b""
+        if raw and key.verify(raw, _ecdsa_payload(data, fp, name)):
+            return signing.Verdict(
+                signing.TRUSTED, signing.ECDSA_SCHEME, fp, key.name or name, reason="valid signature by a trusted key"
+            )
+        why = "the signature does not match: the manifest was altered"
+        return signing.Verdict(signing.INVALID, signing.ECDSA_SCHEME, fp, name, reason=why)
+    return signing.Verdict(
+        signing.UNTRUSTED, parsed.scheme or None, reason=f"unknown signature scheme {parsed.scheme!r}"
+    )
+
+
+def check_manifest(data: bytes, signature: str | None, keyring: Keyring) -> Verdict:
+    """The manifest's verdict; :class:`SignatureError` when the signature is invalid, or when
+    ``keyring`` requires signatures and this one is missing or by a key it does not trust."""
+    from . import signing
+
+    found = manifest_verdict(data, signature, keyring)
+    if found.status == signing.INVALID:
+        raise SignatureError(
+            f"the bundle's manifest signature does not verify ({found.reason}): wrong key, or the manifest "
+            "was altered; nothing was imported"
+        )
+    if keyring.required and not found.trusted:
+        if found.status == signing.UNSIGNED:
+            raise SignatureError("the bundle is not signed, but signatures are required; nothing was imported")
+        raise SignatureError(
+            f"the bundle is not signed by a trusted key ({found.reason}), and signatures are required: add the "
+            "signer's public key to trusted_keys; nothing was imported"
+        )
+    return found
 
 
 def verify_manifest(data: bytes, signature: str | None, key: str | bytes) -> None:
-    """Raise :class:`SignatureError` unless ``signature`` is ``data``'s under ``key``."""
-    if not signature:
-        raise SignatureError("the bundle is not signed, but a signing key is configured; nothing was imported")
-    if not hmac.compare_digest(signature.strip(), sign_manifest(data, key)):
-        raise SignatureError(
-            "the bundle's manifest signature does not verify: wrong key, or the manifest was altered; "
-            "nothing was imported"
-        )
+    """Raise :class:`SignatureError` unless ``signature`` is ``data``'s HMAC under ``key``."""
+    from .signing import Keyring
+
+    check_manifest(data, signature, Keyring(hmac_key=key, user_key=False))
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -132,9 +252,10 @@ def export_bundle(
 ) -> Path:
     """Write ``model_name``'s versions (all by default) to the bundle file ``output``.
 
-    Every artifact is re-hashed while it is written and must match its recorded SHA-256
-    (and, with a signing key, its signature); the bundle is signed when ``persistence`` has
-    a signing key. The file appears only when complete (written beside it, then renamed).
+    Every artifact is re-hashed while it is written and must match its recorded SHA-256,
+    and every version's signature is checked as a load checks it. The manifest is signed with
+    the key ``persistence`` signs versions with (a private key file, the shared HMAC key, or
+    the per-user ECDSA key). The file appears only when complete (written beside it, then renamed).
     """
     out = Path(output)
     if out.exists() and not force:
@@ -146,11 +267,9 @@ def export_bundle(
         records = persistence.list_version_records(model_name)
     else:
         records = [persistence.get_version(model_name, validate_version(v)) for v in versions]
-    if persistence.signing_key:
-        from . import signing
-
-        for record in records:
-            signing.verify(record, persistence.signing_key)
+    for record in records:
+        persistence.keyring.check(record)
+    signer = persistence.keyring.signer()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -159,8 +278,8 @@ def export_bundle(
                 manifest = _write_versions(persistence, tar, records)
                 data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
                 _add_bytes(tar, MANIFEST, data)
-                if persistence.signing_key:
-                    _add_bytes(tar, SIGNATURE, sign_manifest(data, persistence.signing_key).encode() + b"\n")
+                if signer is not None:
+                    _add_bytes(tar, SIGNATURE, sign_manifest(data, signer).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -243,21 +362,38 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> dict[str, Any]:
 
 
 # -- import ----------------------------------------------------------------------------------
-def import_bundle(persistence: ModelPersistence, path: str | os.PathLike[str]) -> BundleReport:
+def import_bundle(
+    persistence: ModelPersistence,
+    path: str | os.PathLike[str],
+    *,
+    with_aliases: bool = False,
+    max_bundle_bytes: int | None = None,
+) -> BundleReport:
     """Verify the bundle at ``path`` completely, then register its versions in ``persistence``.
 
     Raises :class:`BundleError` (an :class:`IntegrityError`) or :class:`SignatureError` if
     anything does not check out, before anything is registered; :class:`VersionExistsError`
     if the registry already holds one of the versions with different bytes. Versions present
-    with the same bytes are skipped, so importing twice is harmless. Aliases, tags and
-    descriptions are applied when the registry has the lifecycle API.
+    with the same bytes are skipped, so importing twice is harmless.
+
+    The manifest's signature is checked with ``persistence``'s keys: an invalid one is refused,
+    a signer the reader does not trust is reported in ``signature`` (and refused, as is an
+    unsigned bundle, when signatures are required). Nothing is unpacked when the files would
+    total more than ``max_bundle_bytes`` (default: no limit but the bundle's own size and the
+    free disk space).
+
+    Tags and descriptions in the bundle are applied to the models and versions it carries,
+    never to others; its aliases are listed in ``alias_moves`` and moved only with
+    ``with_aliases``.
     """
     from .copying import copy_registry
     from .registry import ModelPersistence
 
     report = BundleReport()
     with tempfile.TemporaryDirectory(prefix="modelkeep-bundle-") as tmp:
-        manifest, report.signature_checked = _unpack_verified(Path(path), Path(tmp) / "store", persistence.signing_key)
+        manifest, verdict = _unpack_verified(Path(path), Path(tmp) / "store", persistence.keyring, max_bundle_bytes)
+        report.signature = {**verdict.to_dict(), "signer": verdict.signer}
+        report.signature_checked = verdict.trusted
         names = sorted({str(v["model_name"]) for v in manifest["versions"]})
         with ModelPersistence(Path(tmp) / "store", registry_path=Path(tmp) / "index") as staging:
             if staging.reindex() != len(manifest["versions"]):
@@ -265,22 +401,62 @@ def import_bundle(persistence: ModelPersistence, path: str | os.PathLike[str]) -
             _check_records(staging, manifest)
             copied = copy_registry(staging, persistence, models=names)
     report.imported, report.skipped = copied.copied, copied.skipped
-    versions_of: dict[str, set[str]] = {}
-    for entry in manifest["versions"]:
-        versions_of.setdefault(str(entry["model_name"]), set()).add(str(entry["version"]))
-    for name, data in (manifest.get("lifecycle") or {}).items():
-        lifecycle = _lifecycle.Lifecycle.from_dict(data)
-        report.lifecycle[name] = lifecycle.to_dict()
-        report.lifecycle_applied = _lifecycle.apply_lifecycle(
-            persistence, name, lifecycle, versions_of.get(name, set())
-        )
+    _apply_lifecycle(persistence, manifest, report, with_aliases=with_aliases)
     logger.info("imported bundle %s: %s", path, report)
     return report
 
 
-def _unpack_verified(path: Path, dest: Path, key: str | bytes | None) -> tuple[dict[str, Any], bool]:
-    """Check and unpack ``path`` into ``dest``; returns the manifest and whether its signature was checked."""
+def _apply_lifecycle(
+    persistence: ModelPersistence, manifest: dict[str, Any], report: BundleReport, *, with_aliases: bool
+) -> None:
+    """Apply the manifest's lifecycle section to the models and versions the bundle carries only."""
+    versions_of: dict[str, set[str]] = {}
+    for entry in manifest["versions"]:
+        versions_of.setdefault(str(entry["model_name"]), set()).add(str(entry["version"]))
+    section = manifest.get("lifecycle") or {}
+    if not isinstance(section, dict):
+        report.ignored.append("the manifest's lifecycle section is not an object")
+        return
+    applied = False
+    for name, data in sorted(section.items()):
+        carried = versions_of.get(str(name))
+        if carried is None:
+            report.ignored.append(f"lifecycle data for {name!r}, a model the bundle does not carry")
+            logger.warning("ignored the bundle's lifecycle data for %r, a model it does not carry", name)
+            continue
+        try:
+            lifecycle = _lifecycle.Lifecycle.from_dict(data)
+        except (AttributeError, TypeError, ValueError) as exc:
+            report.ignored.append(f"lifecycle data for {name!r}: malformed ({exc})")
+            continue
+        for version in sorted(
+            (set(lifecycle.version_tags) | set(lifecycle.version_descriptions) | set(lifecycle.aliases.values()))
+            - carried
+        ):
+            report.ignored.append(f"lifecycle data for {name} {version}, a version the bundle does not carry")
+        lifecycle.version_tags = {v: t for v, t in lifecycle.version_tags.items() if v in carried}
+        lifecycle.version_descriptions = {v: d for v, d in lifecycle.version_descriptions.items() if v in carried}
+        lifecycle.aliases = {a: v for a, v in lifecycle.aliases.items() if v in carried}
+        report.lifecycle[name] = lifecycle.to_dict()
+        moves = _lifecycle.alias_moves(persistence, name, lifecycle, carried)
+        if moves:
+            report.alias_moves[name] = {a: {"from": old, "to": new} for a, (old, new) in moves.items()}
+        applied = _lifecycle.apply_lifecycle(persistence, name, lifecycle, carried, with_aliases=with_aliases)
+        report.aliases_applied = report.aliases_applied or bool(applied and with_aliases and moves)
+    report.lifecycle_applied = applied
+    if report.alias_moves and not with_aliases:
+        listed = [f"{m} {a} -> {x['to']}" for m, moves in sorted(report.alias_moves.items()) for a, x in moves.items()]
+        logger.warning(
+            "the bundle's aliases were not moved (%s); import with --with-aliases to move them", ", ".join(listed)
+        )
+
+
+def _unpack_verified(
+    path: Path, dest: Path, keyring: Keyring, max_bundle_bytes: int | None
+) -> tuple[dict[str, Any], Verdict]:
+    """Check and unpack ``path`` into ``dest``; returns the manifest and its signature's verdict."""
     try:
+        bundle_size = path.stat().st_size
         tar = tarfile.open(path, mode="r:")  # noqa: SIM115  (closed by the with below)
     except tarfile.TarError as exc:
         raise BundleError(f"{str(path)!r} is not a modelkeep bundle (not a tar file): {exc}") from exc
@@ -297,16 +473,20 @@ def _unpack_verified(path: Path, dest: Path, key: str | bytes | None) -> tuple[d
                 raise BundleError(f"{exc}; nothing was imported") from exc
             if name in members:
                 raise BundleError(f"the bundle holds {name!r} twice; nothing was imported")
+            if member.offset_data + member.size > bundle_size:
+                raise BundleError(
+                    f"{name} claims {member.size} bytes, more than the bundle file holds: it is truncated "
+                    "or crafted; nothing was imported"
+                )
             if member.isfile():
                 members[name] = member
         if MANIFEST not in members:
             raise BundleError(f"{str(path)!r} has no {MANIFEST}: not a modelkeep bundle")
-        data = _read(tar, members[MANIFEST])
-        signature = _read(tar, members[SIGNATURE]).decode("ascii", "replace") if SIGNATURE in members else None
-        if key:
-            verify_manifest(data, signature, key)
-        elif signature:
-            logger.warning("%s is signed, but no signing key is configured: its signature was not checked", path)
+        data = _read_small(tar, members[MANIFEST])
+        signature = _read_small(tar, members[SIGNATURE]).decode("ascii", "replace") if SIGNATURE in members else None
+        verdict = check_manifest(data, signature, keyring)
+        if signature and not verdict.trusted:
+            logger.warning("%s: %s; its signature was not checked", path, verdict.reason)
         manifest = _parse_manifest(data)
         files: dict[str, Any] = manifest["files"]
         expected = set(files) | {MANIFEST} | ({SIGNATURE} if signature is not None else set())
@@ -317,8 +497,21 @@ def _unpack_verified(path: Path, dest: Path, key: str | bytes | None) -> tuple[d
         for name, want in sorted(files.items()):
             if not name.startswith(STORE_PREFIX):
                 raise BundleError(f"manifest lists {name!r} outside store/; nothing was imported")
+            if not isinstance(want, dict) or not isinstance(want.get("size"), int) or want["size"] < 0:
+                raise BundleError(f"manifest lists {name!r} without a valid size; nothing was imported")
+            if members[name].size != want["size"]:
+                raise BundleError(
+                    f"{name} holds {members[name].size} bytes, but the bundle's manifest declares {want['size']}: "
+                    "the bundle was altered or damaged; nothing was imported"
+                )
+        limit = bundle_size if max_bundle_bytes is None else min(bundle_size, max_bundle_bytes)
+        try:
+            check_total((want["size"] for want in files.values()), limit, dest, setting="max_bundle_bytes")
+        except IntegrityError as exc:
+            raise BundleError(f"{exc}; nothing was imported") from exc
+        for name, want in sorted(files.items()):
             _extract_checked(tar, members[name], dest / name[len(STORE_PREFIX) :], want)
-    return manifest, bool(key)
+    return manifest, verdict
 
 
 def _check_records(staging: ModelPersistence, manifest: dict[str, Any]) -> None:
@@ -341,11 +534,13 @@ def _check_records(staging: ModelPersistence, manifest: dict[str, Any]) -> None:
             )
 
 
-def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    if member.size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"the bundle's {member.name} is {member.size} bytes, more than {MAX_MANIFEST_BYTES}")
     f = tar.extractfile(member)
     assert f is not None  # a regular file
     with f:
-        return f.read()
+        return f.read(member.size)
 
 
 def _parse_manifest(data: bytes) -> dict[str, Any]:
@@ -379,26 +574,24 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
 
 
 def _extract_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, want: dict[str, Any]) -> None:
-    """Write one member to ``target``, hashing it; refuse it unless it is what the manifest says."""
+    """Stream one member to ``target`` through SHA-256, never past the size the manifest
+    declares; refuse it unless its digest is the manifest's."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    sha, size = hashlib.sha256(), 0
+    sha = hashlib.sha256()
+    size = int(want["size"])
     with contextlib.ExitStack() as stack:
         source = tar.extractfile(member)
         assert source is not None
         stack.enter_context(source)
         out = stack.enter_context(open(target, "wb"))
-        for chunk in _chunks(source):
-            sha.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    if sha.hexdigest() != want.get("sha256") or size != want.get("size"):
+        try:
+            for chunk in copy_member(source, out, size, member.name):
+                sha.update(chunk)
+        except IntegrityError as exc:
+            raise BundleError(f"{exc}; nothing was imported") from exc
+    if sha.hexdigest() != want.get("sha256"):
         raise BundleError(
             f"{member.name} does not match the bundle's manifest (SHA-256 {sha.hexdigest()[:16]}..., "
             f"{size} bytes; manifest says {str(want.get('sha256'))[:16]}..., {want.get('size')} bytes): "
             "the bundle was altered or damaged; nothing was imported"
         )
-
-
-def _chunks(f: IO[bytes]) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
-        yield chunk

@@ -334,6 +334,14 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 @click.option("--versions", callback=split_csv, help="Comma-separated versions (default: all).")
 @click.option("--metrics", callback=split_csv, help="Comma-separated columns to show (default: all).")
 @click.option("--filter", "filter_text", help="Only versions matching this search filter, e.g. 'accuracy > 0.9'.")
+@click.option(
+    "--params",
+    "params",
+    type=click.Choice(["differing", "all", "none"]),
+    default="differing",
+    show_default=True,
+    help="Which model parameters to show as params.<name> columns (--metrics may name any).",
+)
 @json_option
 @click.pass_context
 def compare(
@@ -342,11 +350,13 @@ def compare(
     versions: list[str] | None,
     metrics: list[str] | None,
     filter_text: str | None,
+    params: str,
     as_json: bool,
 ) -> None:
-    """Compare metadata and metrics across a model's versions."""
+    """Compare metadata, metrics and differing parameters across a model's versions."""
     persistence = open_registry(ctx)
-    table = persistence.compare_versions(model_name, versions, filter=filter_text)
+    shown = "all" if metrics is not None else params  # --metrics may name any parameter
+    table = persistence.compare_versions(model_name, versions, filter=filter_text, params=shown)
     from .cli_lifecycle import add_lifecycle_columns
 
     table = add_lifecycle_columns(persistence, model_name, table)
@@ -526,6 +536,9 @@ cli.add_command(import_command)
 from .cli_doctor import doctor  # noqa: E402
 
 cli.add_command(doctor)
+from .cli_params import backfill_params  # noqa: E402
+
+cli.add_command(backfill_params)
 
 
 def main(argv: list[str] | None = None) -> None:

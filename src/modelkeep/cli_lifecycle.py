@@ -66,6 +66,8 @@ def _print_history(ctx: click.Context, entries: list[HistoryEntry], as_json: boo
             "after": "After",
         }
         rows = [{**e.to_dict(), "before": _short(e.before), "after": _short(e.after)} for e in entries]
+        if any(e.damaged for e in entries):
+            headers["damaged"] = "Damaged"
         _table(headers, rows)
 
 

@@ -53,7 +53,10 @@ def version_progress(
 @click.option(
     "--artifacts-dir",
     type=click.Path(file_okay=False, exists=True),
-    help="Where to look for artifacts whose recorded absolute path is gone (the store was moved).",
+    help=(
+        "The folder holding the store's artifacts: the only place they are read from (default: the mlruns "
+        "folder, or the SQLite file's folder), and where paths recorded before a move are looked for."
+    ),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout and nothing else.")
 @click.pass_context

@@ -40,6 +40,7 @@ def version_row(record: ModelMetadata) -> dict[str, Any]:
         "sha256": artifact.sha256 if artifact else None,
         "aliases": record.aliases,
         "tags": record.tags,
+        **({"damaged": record.damaged} if record.damaged else {}),
     }
 
 
@@ -48,7 +49,10 @@ def lifecycle_cells(row: dict[str, Any]) -> dict[str, Any]:
     if "aliases" not in row:
         return row
     tags = ", ".join(f"{k}={v}" for k, v in row["tags"].items())
-    return {**row, "aliases": ", ".join(row["aliases"]), "tags": tags}
+    out = {**row, "aliases": ", ".join(row["aliases"]), "tags": tags}
+    if row.get("damaged"):
+        out["model_type"] = f"damaged: {row['damaged']}"
+    return out
 
 
 def console() -> Console:
@@ -125,6 +129,7 @@ def print_info(record: ModelMetadata, location: str | None, signature: dict[str,
             "model_type": record.model_type,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
+            **({"damaged": f"{record.damaged} (run modelkeep verify)"} if record.damaged else {}),
         },
     )
     section("Metadata", record.metadata)

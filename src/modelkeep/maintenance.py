@@ -71,6 +71,9 @@ UNSAFE = "unsafe"
 local store: someone else wrote it. Nothing is read, written or deleted through it."""
 ORPHANED = "orphaned"
 """A file no index entry names: a staged temp file, or an artifact, sidecar or blob of no version."""
+DAMAGED = "damaged"
+"""An index row that cannot be read as written (a record, history value, alias or tag that is not
+valid JSON or has the wrong type): listings show it as damaged instead of failing."""
 CLAIM = "claim"
 """A version's write claim left by a writer that died, or held for longer than :data:`CLAIM_REPORT_AGE`."""
 
@@ -247,6 +250,10 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
     blob_owners: dict[str, list[ModelMetadata]] = defaultdict(list)
     for record in records:
         report.versions_checked += 1
+        if record.damaged:
+            row = f"index row of {record.model_name} {record.version}"
+            report.problems.append(Problem(DAMAGED, row, record.damaged, *_who(record)))
+            continue
         try:
             referenced |= referenced_keys(record)
         except UnsafeKeyError as exc:
@@ -273,6 +280,9 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
             report.problems.extend(Problem(MISSING, key, "blob is missing", r.model_name, r.version) for r in owners)
         except IntegrityError as exc:
             report.problems.extend(Problem(CORRUPT, key, str(exc), r.model_name, r.version) for r in owners)
+
+    for what, row_model, row_version, why in p.index.lifecycle.damaged_rows(model_name):
+        report.problems.append(Problem(DAMAGED, what, why, row_model, row_version))
 
     keys = store.list_keys(model_name or "")
     held = {(c.model_name, c.version): c for c in list_claims(p.index, model_name)}

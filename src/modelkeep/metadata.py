@@ -69,8 +69,9 @@ class ArtifactInfo:
 class ModelMetadata:
     """Everything modelkeep knows about one model version.
 
-    ``metadata`` holds ``model_params`` (from ``get_params()`` when the model has
-    it) and every custom field passed to ``save``: metrics, dataset info, tags.
+    ``metadata`` holds ``model_params`` (from ``get_params(deep=True)`` when the
+    model has it, flat and bounded: see :mod:`modelkeep.params`) and every custom
+    field passed to ``save``: metrics, dataset info, tags.
 
     ``aliases``, ``tags`` and ``description`` are the version's lifecycle state,
     read from the index when the record is read. They can change at any time, so
@@ -93,10 +94,17 @@ class ModelMetadata:
     aliases: list[str] = field(default_factory=list, compare=False)
     tags: dict[str, str] = field(default_factory=dict, compare=False)
     description: str | None = field(default=None, compare=False)
+    #: Why the index row of this version could not be read (``None`` when it could): a
+    #: placeholder that keeps one damaged row from failing a whole listing. It cannot be loaded.
+    damaged: str | None = field(default=None, compare=False)
 
     def lifecycle_dict(self) -> dict[str, Any]:
-        """The version's aliases, tags and description (not part of :meth:`to_dict`)."""
-        return {"aliases": list(self.aliases), "tags": dict(self.tags), "description": self.description}
+        """The version's aliases, tags and description (not part of :meth:`to_dict`), and
+        ``damaged`` when its index row could not be read."""
+        out: dict[str, Any] = {"aliases": list(self.aliases), "tags": dict(self.tags), "description": self.description}
+        if self.damaged is not None:
+            out["damaged"] = self.damaged
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; the same layout as the sidecar ``*_metadata.json`` file."""
@@ -276,9 +284,12 @@ class HistoryEntry:
     key: str | None = None
     before: Any = None
     after: Any = None
+    #: Why this row could not be read as written (a value that is not JSON, a field of the
+    #: wrong type), or ``None``; the unreadable values are shown as text.
+    damaged: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "at": self.at,
             "actor": self.actor,
@@ -290,3 +301,6 @@ class HistoryEntry:
             "before": self.before,
             "after": self.after,
         }
+        if self.damaged is not None:
+            out["damaged"] = self.damaged
+        return out

@@ -42,6 +42,8 @@ from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, LifecycleMixin
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
+from .params import PARAMS_KEY
+from .params import capture as capture_params
 from .storage import open_store
 from .storage.hashing import BLAKE3_KEY, Advance, Expected
 from .storage.local import atomic_file
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from .index.claims import VersionClaim
     from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
+    from .params_backfill import BackfillReport
     from .resign import ResignReport
     from .search import SearchPage
     from .search.grammar import Node
@@ -70,25 +73,6 @@ ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 @contextlib.contextmanager
 def _no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
     yield lambda _n: None
-
-
-def _model_params(model: Any) -> dict[str, Any] | None:
-    get_params = getattr(model, "get_params", None)
-    if not callable(get_params):
-        return None
-    try:
-        params = get_params(deep=False)
-    except TypeError:
-        params = get_params()
-    except Exception:  # a broken get_params must not block saving the model
-        return None
-    out: dict[str, Any] = {}
-    for k, v in dict(params).items():
-        try:
-            out[str(k)] = to_json_safe(v, f"model_params.{k}")
-        except ModelKeepError:
-            out[str(k)] = " ".join(repr(v).split())  # estimators-in-estimators: a readable, one-line trace
-    return out
 
 
 #: What ``ModelPersistence()`` uses for an argument left at ``None`` when no ``MODELKEEP_*`` variable sets it.
@@ -372,9 +356,8 @@ class ModelPersistence(LifecycleMixin):
         refuse_unloadable(model, fmt.name)
         self.ensure_registry()
         custom = to_json_safe(dict(metadata or {}))
-        params = _model_params(model)
-        if params is not None and "model_params" not in custom:
-            custom = {"model_params": params, **custom}
+        if PARAMS_KEY not in custom:
+            custom = {**capture_params(model), **custom}
         signature, lineage_parts, git = self._describe(
             model, model_name, input_example, training_data, training_target, parent
         )
@@ -657,7 +640,14 @@ class ModelPersistence(LifecycleMixin):
                     f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
                 )
         art = record.artifact
-        assert art is not None
+        if art is None or record.damaged:
+            from .errors import IntegrityError
+
+            raise IntegrityError(
+                f"model '{record.model_name}' version '{record.version}' cannot be loaded: its index row is damaged "
+                f"({record.damaged or 'no artifact'}); run modelkeep verify, and reindex to rebuild it from the "
+                "sidecar files"
+            )
         verdict = self.keyring.check(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
@@ -832,13 +822,20 @@ class ModelPersistence(LifecycleMixin):
         return self.index.summaries()
 
     def compare_versions(
-        self, model_name: str, versions: list[str] | None = None, *, filter: str | Node | None = None
+        self,
+        model_name: str,
+        versions: list[str] | None = None,
+        *,
+        filter: str | Node | None = None,
+        params: str = "differing",
     ) -> pd.DataFrame:
         """A DataFrame with one row per version and a column per metric or scalar field.
 
         ``versions`` may name aliases as ``"@production"``. With ``filter`` (see
         :meth:`search_versions`), only the live versions that match it (and are in
-        ``versions``, when given) are compared.
+        ``versions``, when given) are compared. Model parameters are
+        ``params.<name>`` columns (``params.logisticregression__C``): by default
+        those that differ between the versions; ``params="all"`` or ``"none"``.
         """
         from .compare import comparison_frame
 
@@ -853,7 +850,7 @@ class ModelPersistence(LifecycleMixin):
             records = self.list_version_records(model_name)
         else:
             records = [self.get_version(model_name, v) for v in versions]
-        return comparison_frame(records)
+        return comparison_frame(records, params)
 
     # -- search (implemented in modelkeep.search) ------------------------------------
     def search_versions(
@@ -934,3 +931,17 @@ class ModelPersistence(LifecycleMixin):
 
         self.ensure_registry()
         return rebuild_index(self)
+
+    def backfill_params(
+        self, model_name: str | None = None, version: str | None = None, *, dry_run: bool = False
+    ) -> BackfillReport:
+        """Record the deep (``step__param``) parameters of versions saved before modelkeep 0.2.
+
+        Each such version is loaded as :meth:`load` loads it (signature, digests,
+        allow-list, this registry's trust settings) and its ``model_params`` are
+        rewritten; versions that do not load are skipped and reported. See
+        :mod:`modelkeep.params_backfill`.
+        """
+        from .params_backfill import backfill_params
+
+        return backfill_params(self, model_name, version, dry_run=dry_run)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import SerializationError
+from ..errors import IntegrityError, SerializationError
 from .base import Format, Writable
 
 if TYPE_CHECKING:
@@ -46,21 +46,33 @@ class ModelArchive:
     def names(self) -> list[str]:
         """The files in the archive."""
         with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:gz") as tar:
-            return [m.name for m in tar.getmembers() if m.isfile()]
+            return [m.name for m in tar.getmembers() if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE)]
 
-    def read(self, name: str) -> bytes:
-        """One file's bytes."""
+    def read(self, name: str, *, max_bytes: int | None = None) -> bytes:
+        """One file's bytes (a regular file no larger than :func:`~modelkeep._tarsafe.extract_limit`
+        allows: links, sparse files and the like raise :class:`~modelkeep.errors.IntegrityError`)."""
+        from .._tarsafe import check_member, extract_limit
+
         with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:gz") as tar:
-            f = tar.extractfile(name)
+            member = tar.getmember(name)
+            check_member(member)
+            limit = extract_limit(len(self.data), max_bytes)
+            if member.size > limit:
+                raise IntegrityError(f"{name} claims {member.size} bytes, more than the {limit} allowed")
+            f = tar.extractfile(member)
             if f is None:
                 raise KeyError(name)
-            return f.read()
+            with f:
+                return f.read(member.size)
 
-    def extract(self, dest: str | os.PathLike[str]) -> Path:
-        """Unpack into ``dest`` (members are checked: no absolute paths, ``..`` or links)."""
+    def extract(self, dest: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
+        """Unpack into ``dest``. Members are checked first (regular files and folders only: no
+        absolute paths, ``..``, links, devices or sparse files), and nothing is written when the
+        files would total more than ``max_bytes`` (default: ``max(256 MiB, 64 * the archive's
+        size)``) or more than the free space there."""
         from .._tarsafe import extract_all
 
-        extract_all(self.data, dest)
+        extract_all(self.data, dest, max_bytes=max_bytes)
         return Path(dest)
 
 

@@ -50,7 +50,10 @@ def backfill(conn: Connection, batch: int = 2000) -> int:
     count = 0
     rows: list[dict[str, Any]] = []
     for version_id, raw in conn.execute(select(versions.c.id, versions.c.record)).all():
-        metadata = json.loads(raw).get("metadata") or {}
+        try:
+            metadata = json.loads(raw).get("metadata") or {}
+        except (ValueError, TypeError, AttributeError, RecursionError):  # a damaged row: verify reports it
+            metadata = {}
         rows.extend(field_rows(int(version_id), metadata if isinstance(metadata, dict) else {}))
         count += 1
         if len(rows) >= batch:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from .audit import LIVE, MODEL_LEVEL, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .common import trashed_error
+from .rows import history_entry, text_value
 from .schema import aliases, history, models, tags, versions
 
 if TYPE_CHECKING:
@@ -107,9 +107,10 @@ class Lifecycle:
             raise no_versions(model_name)
 
     def _alias_target(self, conn: Connection, model_name: str, alias: str) -> str | None:
-        return conn.execute(
+        found = conn.execute(
             select(aliases.c.version).where(aliases.c.model_name == model_name, aliases.c.alias == alias)
         ).scalar()
+        return None if found is None else text_value(found)
 
     def _alias_names(self, conn: Connection, model_name: str) -> list[str]:
         return list(
@@ -192,7 +193,7 @@ class Lifecycle:
                 .where(aliases.c.model_name == model_name)
                 .order_by(aliases.c.alias)
             )
-            return {a: v for a, v in rows}
+            return {text_value(a): text_value(v) for a, v in rows}
 
     @_retry_on_disconnect
     def resolve_alias(self, model_name: str, alias: str) -> str:
@@ -263,7 +264,7 @@ class Lifecycle:
                 .where(tags.c.model_name == model_name, tags.c.version == scope)
                 .order_by(tags.c.key)
             )
-            return {k: v for k, v in rows}
+            return {text_value(k): text_value(v) for k, v in rows}
 
     @_retry_on_disconnect
     def set_description(self, model_name: str, text: str | None, *, version: str | None = None) -> None:
@@ -454,18 +455,37 @@ class Lifecycle:
             query = query.limit(limit)
         with self._index._read() as conn:
             rows = list(conn.execute(query))
-        return [
-            HistoryEntry(
-                id=int(r.id),
-                at=r.at,
-                actor=r.actor,
-                action=r.action,
-                model_name=r.model_name,
-                version=r.version,
-                alias=r.alias,
-                key=r.key,
-                before=None if r.before is None else json.loads(r.before),
-                after=None if r.after is None else json.loads(r.after),
-            )
-            for r in reversed(rows)
-        ]
+        return [history_entry(r._mapping) for r in reversed(rows)]
+
+    # -- damage ---------------------------------------------------------------------
+    @_retry_on_disconnect
+    def damaged_rows(self, model_name: str | None = None) -> list[tuple[str, str, str | None, str]]:
+        """``(what, model, version, why)`` for each history, alias or tag row that cannot be read
+        as written (a value that is not JSON, a cell of the wrong type); ``verify`` lists them."""
+        out: list[tuple[str, str, str | None, str]] = []
+        where_h = [] if model_name is None else [history.c.model_name == model_name]
+        where_a = [] if model_name is None else [aliases.c.model_name == model_name]
+        where_t = [] if model_name is None else [tags.c.model_name == model_name]
+        with self._index._read() as conn:
+            for row in conn.execute(select(history).where(*where_h).order_by(history.c.id)):
+                entry = history_entry(row._mapping)
+                if entry.damaged:
+                    out.append((f"history row {entry.id}", entry.model_name, entry.version, entry.damaged))
+            for name, alias, version in conn.execute(
+                select(aliases.c.model_name, aliases.c.alias, aliases.c.version).where(*where_a)
+            ):
+                bad = [f"{what} is a {type(v).__name__}" for what, v in (("alias", alias), ("version", version))]
+                if not (isinstance(alias, str) and isinstance(version, str)):
+                    out.append((f"alias {text_value(alias)}", text_value(name), text_value(version), _wrong(bad)))
+            for name, version, key, value in conn.execute(
+                select(tags.c.model_name, tags.c.version, tags.c.key, tags.c.value).where(*where_t)
+            ):
+                bad = [f"{what} is a {type(v).__name__}" for what, v in (("key", key), ("value", value))]
+                if not (isinstance(key, str) and isinstance(value, str)):
+                    scope = text_value(version) or None
+                    out.append((f"tag {text_value(key)}", text_value(name), scope, _wrong(bad)))
+        return out
+
+
+def _wrong(found: list[str]) -> str:
+    return "; ".join(f for f in found if not f.endswith(" is a str")) + ", not text"

@@ -22,7 +22,7 @@ from typing import Any
 from ..metadata import ModelMetadata, ModelSummary
 from ..search.api import Database
 from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
-from .rows import fill_lifecycle, parse_record
+from .rows import fill_lifecycle, parse_record, text_value
 
 #: Version order as the library's ``ORDER_ASC`` / ``ORDER_DESC`` (index/common.py).
 _ASC = "parsed ASC, sort_key ASC, id ASC"
@@ -78,22 +78,22 @@ class ReadOnlyIndex:
     def list_records(self, model_name: str) -> list[ModelMetadata]:
         """Live records of a model, ascending, with aliases, tags and descriptions (as ``SqlIndex.list_records``)."""
         rows = self._rows(
-            f"SELECT record, description FROM {VERSIONS} WHERE model_name = ? AND {_LIVE} ORDER BY {_ASC}",
+            f"SELECT record, description, version FROM {VERSIONS} WHERE model_name = ? AND {_LIVE} ORDER BY {_ASC}",
             (model_name,),
         )
-        return self._with_lifecycle(model_name, [(parse_record(r[0]), r[1]) for r in rows])
+        return self._with_lifecycle(model_name, [(parse_record(r[0], model_name, r[2]), r[1]) for r in rows])
 
     def resolve(self, model_name: str, version: str | None) -> ModelMetadata | None:
         """The live record of ``version`` (latest when ``None``) with its lifecycle fields, or
         ``None`` when there is none (the library then says why)."""
-        base = f"SELECT record, description FROM {VERSIONS} WHERE model_name = ? AND {_LIVE}"
+        base = f"SELECT record, description, version FROM {VERSIONS} WHERE model_name = ? AND {_LIVE}"
         if version is None:
             row = self._conn.execute(f"{base} ORDER BY {_DESC} LIMIT 1", (model_name,)).fetchone()
         else:
             row = self._conn.execute(f"{base} AND version = ?", (model_name, version)).fetchone()
         if row is None:
             return None
-        record = parse_record(row[0])
+        record = parse_record(row[0], model_name, row[2])
         return self._with_lifecycle(model_name, [(record, row[1])], version=record.version)[0]
 
     def alias_target(self, model_name: str, alias: str) -> str | None:
@@ -101,7 +101,7 @@ class ReadOnlyIndex:
         row = self._conn.execute(
             f"SELECT version FROM {ALIASES} WHERE model_name = ? AND alias = ?", (model_name, alias)
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else text_value(row[0])
 
     def database(self) -> Database:
         """This connection for the library's search (:func:`~modelkeep.search.api.search_versions_in`)."""

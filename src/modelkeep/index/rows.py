@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..metadata import ModelMetadata
+from ..errors import FormatVersionError
+from ..metadata import HistoryEntry, ModelMetadata
 
 MAX_DEPTH = 3
 MAX_KEY_LENGTH = 256
@@ -56,9 +57,70 @@ def _add(out: dict[str, float | str], key: str, value: Any, depth: int) -> None:
         out.setdefault(key, value)
 
 
-def parse_record(raw: str) -> ModelMetadata:
-    """A version's record from the JSON text of its ``record`` column."""
-    return ModelMetadata.from_dict(json.loads(raw))
+_RECORD_TEXT = ("model_name", "model_type", "version", "created_at", "updated_at")
+
+
+def parse_record(raw: Any, model_name: str | None = None, version: str | None = None) -> ModelMetadata:
+    """A version's record from the JSON text of its ``record`` column.
+
+    A row that cannot be read (not JSON, not an object, a field of the wrong type) gives a
+    placeholder record named ``model_name``/``version`` whose ``damaged`` says why, so that one
+    damaged row never fails a whole listing; it has no artifact, so it cannot be loaded. A
+    record from a newer modelkeep still raises :class:`~modelkeep.errors.FormatVersionError`.
+    """
+    try:
+        record = ModelMetadata.from_dict(json.loads(raw))
+        problem = record_problem(record)
+    except FormatVersionError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        problem = f"the record is not readable: {_reason(exc)}"
+    if problem is None:
+        return record
+    return ModelMetadata(
+        model_name=text_value(model_name),
+        model_type="",
+        version=text_value(version),
+        created_at="",
+        updated_at="",
+        damaged=problem,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at character {exc.pos})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, KeyError):
+        return f"the field {exc} is missing"
+    return str(exc)[:200] or type(exc).__name__
+
+
+def record_problem(record: ModelMetadata) -> str | None:
+    """What is wrong with the types of a parsed record, or ``None``."""
+    for name in _RECORD_TEXT:
+        if not isinstance(getattr(record, name), str):
+            return f"the record's {name} is a {type(getattr(record, name)).__name__}, not text"
+    art = record.artifact
+    if art is not None and not (isinstance(art.key, str) and isinstance(art.sha256, str)):
+        return "the record's artifact key or digest is not text"
+    for name in ("environment", "metadata"):
+        if not isinstance(getattr(record, name), dict):
+            return f"the record's {name} is not an object"
+    return None
+
+
+def text_value(value: Any) -> str:
+    """An index cell read as text whatever its type (SQLite stores any type in any column):
+    text as it is, bytes decoded (invalid UTF-8 replaced), ``None`` as ``""``, else ``str()``."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
 
 
 def fill_lifecycle(
@@ -73,10 +135,10 @@ def fill_lifecycle(
     """
     by_version: dict[str, list[str]] = defaultdict(list)
     for v, name in alias_rows:
-        by_version[v].append(name)
+        by_version[text_value(v)].append(text_value(name))
     tag_map: dict[str, dict[str, str]] = defaultdict(dict)
     for v, key, value in tag_rows:
-        tag_map[v][key] = value
+        tag_map[text_value(v)][text_value(key)] = text_value(value)
     out = []
     for record, description in pairs:
         record.aliases = by_version.get(record.version, [])
@@ -84,3 +146,41 @@ def fill_lifecycle(
         record.description = description
         out.append(record)
     return out
+
+
+_HISTORY_TEXT = ("at", "actor", "action", "model_name")
+_HISTORY_OPTIONAL = ("version", "alias", "key")
+
+
+def history_entry(row: Mapping[Any, Any]) -> HistoryEntry:
+    """A history row as a :class:`HistoryEntry`. A value that is not JSON, or a cell of the
+    wrong type, does not fail the read: the entry keeps the value as text and says why in
+    ``damaged``."""
+    problems: list[str] = []
+    text: dict[str, Any] = {}
+    for name in (*_HISTORY_TEXT, *_HISTORY_OPTIONAL):
+        value = row.get(name)
+        if value is None and name in _HISTORY_OPTIONAL:
+            text[name] = None
+        elif isinstance(value, str):
+            text[name] = value
+        else:
+            problems.append(f"{name} is a {type(value).__name__}, not text")
+            text[name] = text_value(value)
+    values: dict[str, Any] = {}
+    for name in ("before", "after"):
+        raw = row.get(name)
+        if raw is None:
+            values[name] = None
+            continue
+        try:
+            values[name] = json.loads(raw)
+        except (ValueError, TypeError, RecursionError) as exc:
+            problems.append(f"{name} is not JSON" + (" (not UTF-8 text)" if isinstance(exc, UnicodeError) else ""))
+            values[name] = text_value(raw)
+    try:
+        ident = int(row.get("id"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        problems.append("id is not a number")
+        ident = -1
+    return HistoryEntry(id=ident, **text, **values, damaged="; ".join(problems) if problems else None)

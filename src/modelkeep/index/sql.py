@@ -59,7 +59,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .rows import parse_record
+from .rows import parse_record, text_value
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
@@ -530,6 +530,7 @@ class SqlIndex:
         ):
             if (model_name, version) not in present:
                 conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
+                version, alias = text_value(version), text_value(alias)  # a damaged row may hold bytes
                 write_history(conn, "alias_delete", model_name, version=version, alias=alias, before=version, at=at)
         for model_name, version in list(conn.execute(select(tags.c.model_name, tags.c.version).distinct())):
             if version != "" and (model_name, version) not in present:
@@ -562,7 +563,7 @@ class SqlIndex:
         raw = conn.execute(
             select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
         ).scalar()
-        return None if raw is None else _record(raw)
+        return None if raw is None else _record(raw, model_name, version)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
@@ -584,7 +585,7 @@ class SqlIndex:
 
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
-        query = select(versions.c.record, versions.c.description, versions.c.deleted_at).where(
+        query = select(versions.c.record, versions.c.description, versions.c.deleted_at, versions.c.version).where(
             versions.c.model_name == model_name
         )
         if version is None:
@@ -597,7 +598,7 @@ class SqlIndex:
                 raise self._missing(conn, model_name, version)
             if row[2] is not None:
                 raise trashed_error(model_name, version)
-        rec = _record(row[0])
+        rec = _record(row[0], model_name, row[3])
         return attach_lifecycle(conn, model_name, [(rec, row[1])], version=rec.version)[0]
 
     @_retry_on_disconnect
@@ -633,18 +634,19 @@ class SqlIndex:
         """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.record, versions.c.description)
+                select(versions.c.record, versions.c.description, versions.c.version)
                 .where(versions.c.model_name == model_name, LIVE)
                 .order_by(*_ORDER_ASC)
             )
-            return attach_lifecycle(conn, model_name, [(_record(r[0]), r[1]) for r in rows])
+            return attach_lifecycle(conn, model_name, [(_record(r[0], model_name, r[2]), r[1]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
         """Every record of every model, trashed ones included: they still own their files
         (for verify, gc and copy)."""
         with self._read() as conn:
-            for (raw,) in conn.execute(select(versions.c.record).order_by(versions.c.model_name, *_ORDER_ASC)):
-                yield _record(raw)
+            query = select(versions.c.record, versions.c.model_name, versions.c.version)
+            for raw, name, version in conn.execute(query.order_by(versions.c.model_name, *_ORDER_ASC)):
+                yield _record(raw, name, version)
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:

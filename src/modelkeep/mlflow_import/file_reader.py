@@ -25,7 +25,14 @@ from ..errors import ConfigError
 from .source import SourceModel, SourceRun, SourceVersion
 
 
-def _yaml(path: Path) -> dict[str, Any]:
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies inside ``root`` (already resolved)."""
+    return path.resolve().is_relative_to(root)
+
+
+def _yaml(path: Path, root: Path) -> dict[str, Any]:
+    if not _inside(path, root):
+        raise ConfigError(f"MLflow meta file {str(path)!r} is a link to outside the store; refused")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -33,14 +40,15 @@ def _yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _values(folder: Path) -> dict[str, str]:
-    """Files in ``folder`` (tags, params, aliases) as ``name -> content``; keys may nest (``a/b``)."""
-    if not folder.is_dir():
+def _values(folder: Path, root: Path) -> dict[str, str]:
+    """Files in ``folder`` (tags, params, aliases) as ``name -> content``; keys may nest (``a/b``).
+    A file that is a link to outside the store is left out: its content is never read."""
+    if not folder.is_dir() or not _inside(folder, root):
         return {}
     return {
         path.relative_to(folder).as_posix(): path.read_text(encoding="utf-8")
         for path in sorted(folder.rglob("*"))
-        if path.is_file()
+        if path.is_file() and _inside(path, root)
     }
 
 
@@ -54,6 +62,8 @@ class FileStore:
         if not (self.root / "models").is_dir() and not any(self.root.glob("*/meta.yaml")):
             raise ConfigError(f"{str(self.root)!r} is not an MLflow file store (no models/ and no experiments)")
         self.base: Path | None = self.root.parent
+        #: A file store keeps its artifacts inside ``mlruns`` (MLflow's default artifact root).
+        self.artifact_root: Path | None = self.root
 
     def close(self) -> None:
         return None
@@ -64,9 +74,9 @@ class FileStore:
         for folder in sorted(registry.iterdir()) if registry.is_dir() else []:
             if not (folder / "meta.yaml").is_file():
                 continue
-            meta = _yaml(folder / "meta.yaml")
+            meta = _yaml(folder / "meta.yaml", self.root)
             name = str(meta.get("name") or folder.name)
-            aliases = {alias: int(v.strip()) for alias, v in _values(folder / "aliases").items()}
+            aliases = {alias: int(v.strip()) for alias, v in _values(folder / "aliases", self.root).items()}
             versions = [
                 self._version(name, vdir)
                 for vdir in folder.iterdir()
@@ -76,16 +86,15 @@ class FileStore:
                 SourceModel(
                     name=name,
                     description=meta.get("description") or None,
-                    tags=_values(folder / "tags"),
+                    tags=_values(folder / "tags", self.root),
                     aliases=aliases,
                     versions=sorted(versions, key=lambda v: v.version),
                 )
             )
         return out
 
-    @staticmethod
-    def _version(name: str, folder: Path) -> SourceVersion:
-        meta = _yaml(folder / "meta.yaml")
+    def _version(self, name: str, folder: Path) -> SourceVersion:
+        meta = _yaml(folder / "meta.yaml", self.root)
         return SourceVersion(
             model_name=name,
             version=int(meta.get("version") or folder.name.removeprefix("version-")),
@@ -95,7 +104,7 @@ class FileStore:
             storage_location=meta.get("storage_location"),
             run_id=meta.get("run_id") or None,
             stage=str(meta.get("current_stage") or "None"),
-            tags=_values(folder / "tags"),
+            tags=_values(folder / "tags", self.root),
             model_id=meta.get("model_id"),
         )
 
@@ -109,9 +118,9 @@ class FileStore:
         folder = self._find(f"*/{run_id}")
         if folder is None:
             return None
-        meta = _yaml(folder / "meta.yaml")
+        meta = _yaml(folder / "meta.yaml", self.root)
         metrics: dict[str, float] = {}
-        for key, text in _values(folder / "metrics").items():
+        for key, text in _values(folder / "metrics", self.root).items():
             # Lines are "timestamp value [step ...]"; the latest is MLflow's max of (step, timestamp, value).
             ranks = [
                 (int(parts[2]) if len(parts) >= 3 else 0, int(parts[0]), float(parts[1]))
@@ -120,13 +129,13 @@ class FileStore:
             ]
             if ranks:
                 metrics[key] = max(ranks)[2]
-        return SourceRun(run_id, meta.get("artifact_uri"), metrics, _values(folder / "params"))
+        return SourceRun(run_id, meta.get("artifact_uri"), metrics, _values(folder / "params", self.root))
 
     def logged_model_location(self, model_id: str) -> str | None:
         folder = self._find(f"*/models/{model_id}")
         if folder is None:
             return None
-        location = _yaml(folder / "meta.yaml").get("artifact_location")
+        location = _yaml(folder / "meta.yaml", self.root).get("artifact_location")
         return None if location is None else str(location)
 
 

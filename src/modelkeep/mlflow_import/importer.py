@@ -154,10 +154,17 @@ def import_mlflow(
     MLflow records absolute artifact paths. When one no longer exists (the store was moved),
     its tail is looked for under ``artifacts_dir`` (default: the folder of the SQLite file, or
     the folder holding ``mlruns``), e.g. for a PostgreSQL store whose artifacts were copied.
+
+    Artifacts are read only from inside the store's artifact root: ``artifacts_dir`` when
+    given, else the ``mlruns`` folder of a file store or the folder of a SQLite file (a
+    PostgreSQL store needs ``artifacts_dir``). A ``source``, ``storage_location``, run
+    ``artifact_uri`` or logged-model location that resolves elsewhere (symbolic links
+    followed) is refused, naming the path: the store's writer cannot make the import copy
+    a folder from anywhere on this machine.
     """
     store = open_store(tracking_uri)
     if artifacts_dir is not None:
-        store.base = Path(artifacts_dir).resolve()
+        store.base = store.artifact_root = Path(artifacts_dir).resolve()
     report = ImportReport(dry_run=dry_run)
     try:
         wanted = None if models is None else set(models)

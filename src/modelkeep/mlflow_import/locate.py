@@ -5,6 +5,10 @@ Where MLflow says the folder is, in order: the version's ``storage_location``; i
 the run's ``artifact_uri`` + path; anything else is a URI). Only local (``file:``) locations are
 read. MLflow records absolute paths; when a store was moved and the recorded path is gone, the
 same path is looked for under the store's folder, longest matching tail first.
+
+Whoever wrote the store chooses every one of those locations, so a folder is used only when it
+lies inside the store's artifact root (``MlflowStore.artifact_root``, or ``--artifacts-dir``)
+once symbolic links are resolved; a location elsewhere is refused, naming it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import urllib.parse
 from pathlib import Path, PurePosixPath
 
-from ..errors import ArtifactNotFoundError
+from ..errors import ArtifactNotFoundError, IntegrityError
 from .file_reader import file_store_root
 from .source import MlflowStore, SourceVersion
 
@@ -24,15 +28,34 @@ class UnsupportedLocation(ArtifactNotFoundError):
     """The artifact lives somewhere this importer does not read (``mlflow-artifacts:``, ``dbfs:``, ...)."""
 
 
+class OutsideArtifactRoot(IntegrityError):
+    """A location the MLflow store records lies outside its artifact root: refused, never read."""
+
+
 def model_folder(store: MlflowStore, version: SourceVersion) -> Path:
-    """The local folder of ``version``'s MLflow model; raises :class:`ArtifactNotFoundError`."""
+    """The local folder of ``version``'s MLflow model, inside the store's artifact root (symbolic
+    links resolved); raises :class:`ArtifactNotFoundError` or :class:`OutsideArtifactRoot`."""
+    root = store.artifact_root.resolve() if store.artifact_root is not None else None
     tried: list[str] = []
+    outside: list[Path] = []
     for uri in _candidates(store, version):
-        folder = _local(uri, store.base)
         tried.append(uri)
-        if folder is not None and (folder / "MLmodel").is_file():
-            return folder
+        for folder in _local(uri, store.base):
+            real = folder.resolve()
+            if root is None or not real.is_relative_to(root):
+                if folder.exists():
+                    outside.append(real)
+                continue
+            if (real / "MLmodel").is_file() and (real / "MLmodel").resolve().is_relative_to(root):
+                return real
     where = f"{version.model_name} version {version.version}"
+    if outside:
+        allowed = f"the MLflow store's artifact root {str(root)!r}" if root else "no artifact root (none is known)"
+        raise OutsideArtifactRoot(
+            f"{where}: refused {str(outside[0])!r}: the store points there, but artifacts are read only from "
+            f"{allowed}; if that folder is genuine, pass --artifacts-dir (artifacts_dir=) naming the folder "
+            "that holds the store's artifacts"
+        )
     remote = [u for u in tried if file_store_root(u) is None]
     if remote and len(remote) == len(tried):
         raise UnsupportedLocation(
@@ -63,15 +86,18 @@ def _candidates(store: MlflowStore, version: SourceVersion) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _local(uri: str, base: Path | None) -> Path | None:
+def _local(uri: str, base: Path | None) -> list[Path]:
+    """Where ``uri`` may be on disk: the path it names, then (if that one is gone or not usable)
+    the same path relocated under ``base``."""
     path = file_store_root(uri)
     if path is None:
-        return None
+        return []
     if not path.is_absolute() and base is not None:
         path = base / path
-    if path.exists() or base is None:
-        return path
-    return relocate(path, base)
+    if base is None:
+        return [path]
+    moved = relocate(path, base)
+    return [path] if moved is None or moved == path else [path, moved]
 
 
 def relocate(path: Path, base: Path) -> Path | None:

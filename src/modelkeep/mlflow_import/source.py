@@ -60,6 +60,8 @@ class MlflowStore(Protocol):
 
     #: The folder artifact paths are relocated under when the recorded absolute path is gone.
     base: Path | None
+    #: The only folder artifacts are read from (``None``: none, until ``--artifacts-dir`` names one).
+    artifact_root: Path | None
 
     def models(self) -> list[SourceModel]:
         """Every registered model, sorted by name, versions ascending."""

@@ -28,6 +28,9 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(normalize_url(url))
         self.base = _sqlite_folder(url)
+        #: MLflow keeps a SQLite store's artifacts beside the database file; a server's
+        #: (PostgreSQL, MySQL) artifacts can be anywhere, so they need ``--artifacts-dir``.
+        self.artifact_root = self.base
         self.meta = MetaData()
         with self.engine.connect() as conn:
             from sqlalchemy import inspect

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import FilterError, ModelNotFoundError
 from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
-from ..index.rows import parse_record, scalar_fields
+from ..index.rows import parse_record, scalar_fields, text_value
 from ..metadata import ModelMetadata, ModelSummary
 from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
@@ -160,16 +160,16 @@ def search_versions_in(
         conds.append(after(parts, _decode_token(page_token, fingerprint, len(parts)), params))
     columns = ", ".join(f"{expr} AS k{i}" for i, (expr, _desc) in enumerate(parts))
     sql = (
-        f"SELECT v.record, v.description, {columns} FROM {source} WHERE {' AND '.join(conds)}"
+        f"SELECT v.record, v.description, v.model_name, v.version, {columns} FROM {source} WHERE {' AND '.join(conds)}"
         f" ORDER BY {order_clause(parts)} LIMIT {params.bind(limit + 1)}"
     )
     rows = db.rows(sql, params.values)
     page = rows[:limit]
-    records = [parse_record(r[0]) for r in page]
+    records = [parse_record(r[0], r[2], r[3]) for r in page]
     _attach_lifecycle(db, records, [r[1] for r in page])
     token = None
     if len(rows) > limit:
-        token = _encode_token(fingerprint, list(page[-1][2:]))
+        token = _encode_token(fingerprint, list(page[-1][4:]))
     return SearchPage(records, token)
 
 
@@ -186,8 +186,8 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
         f" WHERE model_name IN {params.many(model_names)} ORDER BY alias"
     )
     for mn, alias, version in db.rows(sql, params.values):
-        if (mn, version) in wanted:
-            found_aliases.setdefault((mn, version), []).append(alias)
+        if (mn, text_value(version)) in wanted:
+            found_aliases.setdefault((mn, text_value(version)), []).append(text_value(alias))
     found_tags: dict[tuple[str, str], dict[str, str]] = {}
     params = Params()
     sql = (
@@ -196,8 +196,8 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
         " ORDER BY key"
     )
     for mn, version, key, value in db.rows(sql, params.values):
-        if (mn, version) in wanted:
-            found_tags.setdefault((mn, version), {})[key] = value
+        if (mn, text_value(version)) in wanted:
+            found_tags.setdefault((mn, text_value(version)), {})[text_value(key)] = text_value(value)
     for record, description in zip(records, descriptions, strict=True):
         ident = (record.model_name, record.version)
         record.aliases = found_aliases.get(ident, [])

@@ -97,9 +97,15 @@ def resolve_name(name: str, exists_in: Callable[[str, str], bool]) -> Resolved:
     for key in candidates:
         if exists_in("field", key):
             return Resolved("field", key)
+    hint = ""
+    if name.startswith("params.") and "__" in name:
+        hint = (
+            "; a pipeline's step parameters of versions saved before modelkeep 0.2 become "
+            "searchable after `modelkeep backfill-params` (ModelPersistence.backfill_params())"
+        )
     raise FilterError(
         f"unknown field {name!r}: no version has it; use a metric or custom field given at save, "
-        f"params.<name>, tags.<key>, or one of {', '.join(BUILTINS)}"
+        f"params.<name>, tags.<key>, or one of {', '.join(BUILTINS)}{hint}"
     )
 
 
