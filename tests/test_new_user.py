@@ -506,7 +506,7 @@ def test_load_output_follows_the_stored_compression(tmp_path: Path) -> None:
     assert "uncompressed: a .pkl file is a plain pickle" in pkl.output and ".pkl.gz" in pkl.output
 
 
-def test_empty_index_fixture_still_opens(tmp_path: Path) -> None:
+def test_an_existing_empty_registry_reads_as_empty(tmp_path: Path) -> None:
     """An index a tool created (tables, no versions) is a registry: reads answer, nothing is missing."""
     SqlIndex(f"sqlite:///{tmp_path / 'registry.db'}").close()
     with ModelPersistence(tmp_path) as p:
