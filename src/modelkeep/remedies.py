@@ -31,9 +31,12 @@ def with_remedy(exc: UnsafeModelError, where: str, verdict: Verdict) -> UnsafeMo
     names = list(exc.refused)
     api_types = "trusted_types=[" + ", ".join(f'"{n}"' for n in names) + "]"
     cli_types = " ".join(f"--trust {n}" for n in names)
+    from .formats._restricted import HOW_TO_TRUST
+    from .formats.skops_format import HOW_TO_TRUST as SKOPS_HOW_TO_TRUST
+
     head = str(exc)
-    for generic in (" If you trust them", " Review them"):  # the generic advice gives way to the exact one
-        head = head.split(generic, 1)[0]
+    for generic in (f" {HOW_TO_TRUST}.", f" {SKOPS_HOW_TO_TRUST}"):  # the general advice gives way to the exact one
+        head = head.replace(generic, "")
     lines = [head]
     key_fix = verdict.fingerprint is not None and not verdict.trusted
     if key_fix:

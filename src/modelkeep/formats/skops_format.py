@@ -65,6 +65,12 @@ def _unloadable(node: Any, seen: dict[tuple[str, str], bool]) -> Iterator[str]:
             yield from _unloadable(value, seen)
 
 
+#: The general advice of a refusal (:mod:`modelkeep.remedies` replaces it with the exact fix).
+HOW_TO_TRUST = (
+    "Review them; if you trust them, pass trusted_types=[...] to ModelPersistence (or set trusted_types in the config)."
+)
+
+
 def _skops() -> Any:
     """The ``skops`` package, or :class:`BackendUnavailableError` naming the extra to install."""
     try:
@@ -152,8 +158,7 @@ class SkopsFormat(Format):
         if untrusted:
             error = UnsafeModelError(
                 f"refused to load: the skops artifact contains types that are not trusted: {', '.join(untrusted)}. "
-                "Review them; if you trust them, pass trusted_types=[...] to ModelPersistence "
-                "(or set trusted_types in the config). modelkeep never takes trusted types from the artifact.",
+                f"{HOW_TO_TRUST} modelkeep never takes trusted types from the artifact.",
                 cli={"pass trusted_types=[...] to ModelPersistence": "pass --trust TYPE"},
             )
             error.refused = tuple(untrusted)
