@@ -23,6 +23,7 @@ _V2_TABLES = ("modelkeep_models", "modelkeep_aliases", "modelkeep_tags", "modelk
 _V2_COLUMNS = ("deleted_at", "description")
 _V3_TABLES = ("modelkeep_fields",)
 _V4_TABLES = ("modelkeep_claims",)  # write claims
+_V5_TABLES = ("modelkeep_users", "modelkeep_tokens")  # UI users and API tokens
 
 
 def _qualify(target: IndexTarget, name: str) -> str:
@@ -37,7 +38,7 @@ def _shape(engine: Engine, schema: str | None) -> dict[str, set[str]]:
 def _downgrade_to_v1(index: SqlIndex, target: IndexTarget) -> None:
     """Turn a current registry into what 0.1 wrote."""
     with index.engine.begin() as conn:
-        for table in _V2_TABLES + _V3_TABLES + _V4_TABLES:
+        for table in _V2_TABLES + _V3_TABLES + _V4_TABLES + _V5_TABLES:
             conn.execute(text(f"DROP TABLE {_qualify(target, table)}"))
         for column in _V2_COLUMNS:
             conn.execute(text(f"ALTER TABLE {_qualify(target, 'modelkeep_versions')} DROP COLUMN {column}"))
@@ -84,7 +85,7 @@ def test_old_registry_is_upgraded_to_the_current_shape(
         if fresh is not None:
             assert shape == _shape(fresh.engine, None)
             fresh.close()
-        for table in _V2_TABLES + _V4_TABLES:
+        for table in _V2_TABLES + _V4_TABLES + _V5_TABLES:
             assert table in shape
         assert set(_V2_COLUMNS) <= shape["modelkeep_versions"]
         # Everything written before the upgrade is still there and loads.

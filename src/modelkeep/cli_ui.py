@@ -10,9 +10,64 @@ import click
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--read-only", is_flag=True, help="Browse only: no alias, tag, description or trash changes.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@click.option(
+    "--auth",
+    "auth_mode",
+    type=click.Choice(["local", "proxy"]),
+    default="local",
+    show_default=True,
+    help="local: accounts from 'modelkeep users' (sign-in page, API tokens); proxy: an SSO proxy names the user.",
+)
+@click.option(
+    "--user-header", default="X-Forwarded-User", show_default=True, help="With --auth proxy: the user's header."
+)
+@click.option(
+    "--trusted-proxy",
+    multiple=True,
+    metavar="ADDRESS",
+    help="With --auth proxy: the proxy's address or network (repeatable).",
+)
+@click.option(
+    "--proxy-role",
+    type=click.Choice(["viewer", "editor", "admin"]),
+    default="viewer",
+    show_default=True,
+    help="With --auth proxy: the role of a user who has no account in 'modelkeep users'.",
+)
+@click.option("--allowed-host", multiple=True, metavar="NAME", help="Another Host name the UI answers to (repeatable).")
+@click.option(
+    "--protected-alias",
+    multiple=True,
+    metavar="ALIAS",
+    help="Alias only admins may move (repeatable; replaces the configured set, 'production' by default).",
+)
+@click.option("--allow-anonymous", is_flag=True, help="Serve a non-loopback address with no users configured.")
+@click.option("--secure-cookies", is_flag=True, help="Mark cookies Secure over plain HTTP (a TLS proxy is in front).")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key.")
 @click.pass_context
-def ui(ctx: click.Context, host: str, port: int, read_only: bool, open_browser: bool) -> None:
-    """Browse, compare and promote models in a web page."""
+def ui(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    read_only: bool,
+    open_browser: bool,
+    auth_mode: str,
+    user_header: str,
+    trusted_proxy: tuple[str, ...],
+    proxy_role: str,
+    allowed_host: tuple[str, ...],
+    protected_alias: tuple[str, ...],
+    allow_anonymous: bool,
+    secure_cookies: bool,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+) -> None:
+    """Browse, compare and promote models in a web page.
+
+    With users configured ('modelkeep users add'), people sign in and act with
+    their role; on loopback with no users, the page is sign-in free.
+    """
     try:
         import jinja2  # noqa: F401
         import starlette  # noqa: F401
@@ -21,5 +76,33 @@ def ui(ctx: click.Context, host: str, port: int, read_only: bool, open_browser: 
         raise click.ClickException(f"the UI needs the [ui] extra: pip install 'modelkeep[ui]' ({exc})") from exc
     from . import ui as web
     from .cli_context import open_registry
+    from .identity import AccessPolicy
+    from .ui.auth import AuthSettings
 
-    web.serve(open_registry(ctx), host, port, read_only=read_only, open_browser=open_browser, echo=click.echo)
+    try:
+        proxies = AuthSettings.networks(trusted_proxy)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from exc
+    auth = AuthSettings(
+        mode=auth_mode,
+        user_header=user_header,
+        trusted_proxies=proxies,
+        proxy_role=proxy_role,
+        allowed_hosts=tuple(allowed_host),
+        secure_cookies=secure_cookies,
+    )
+    persistence = open_registry(ctx)
+    if protected_alias:
+        persistence.access = AccessPolicy.build(protected_alias, persistence.access.alias_movers)
+    web.serve(
+        persistence,
+        host,
+        port,
+        read_only=read_only,
+        open_browser=open_browser,
+        echo=click.echo,
+        auth=auth,
+        allow_anonymous=allow_anonymous,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )

@@ -73,6 +73,18 @@ class PersistenceSettings(KeySettings):
     #: Seconds to wait for S3 / PostgreSQL to connect, and to answer a request.
     connect_timeout: float = Field(default=timeouts.CONNECT_TIMEOUT, gt=0)
     read_timeout: float = Field(default=timeouts.READ_TIMEOUT, gt=0)
+    #: Aliases only admins (or ``protected_alias_users``) may move, when an identity acts.
+    protected_aliases: list[str] = Field(default_factory=lambda: ["production"])
+    protected_alias_users: list[str] = Field(default_factory=list)
+    #: A personal API token (``modelkeep users token``): act as its owner, with their role.
+    token: SecretStr | None = None
+
+    @field_validator("protected_aliases", "protected_alias_users", mode="before")
+    @classmethod
+    def _split_names(cls, v: Any) -> Any:
+        if isinstance(v, str):  # MODELKEEP_PROTECTED_ALIASES="production,prod-eu"
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return [] if v is None else v
 
     @field_validator("trusted_types", mode="before")
     @classmethod
@@ -154,6 +166,9 @@ class Settings(BaseModel):
             "trusted_types": p.trusted_types or None,
             "connect_timeout": p.connect_timeout,
             "read_timeout": p.read_timeout,
+            "protected_aliases": p.protected_aliases,
+            "protected_alias_users": p.protected_alias_users or None,
+            "token": p.token.get_secret_value() if p.token else None,
         }
 
     def release_logging(self) -> None:
@@ -262,6 +277,7 @@ def persistence_defaults(**explicit: Any) -> dict[str, Any]:
     except ValidationError as exc:
         raise ConfigError(_name_env_var(_describe(exc), exc, from_env)) from exc
     resolved = {key: getattr(settings, key) if value is None else value for key, value in explicit.items()}
+    resolved = {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in resolved.items()}
     if "trusted_types" in explicit:
         resolved["trusted_types"] = list(dict.fromkeys([*settings.trusted_types, *(explicit["trusted_types"] or [])]))
     return resolved

@@ -33,6 +33,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_REQUIRE_SIGNATURES": ("persistence", "require_signatures"),
     "MODELKEEP_CONNECT_TIMEOUT": ("persistence", "connect_timeout"),
     "MODELKEEP_READ_TIMEOUT": ("persistence", "read_timeout"),
+    "MODELKEEP_PROTECTED_ALIASES": ("persistence", "protected_aliases"),
+    "MODELKEEP_PROTECTED_ALIAS_USERS": ("persistence", "protected_alias_users"),
+    "MODELKEEP_TOKEN": ("persistence", "token"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {

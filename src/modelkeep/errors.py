@@ -68,6 +68,18 @@ class AliasConflictError(ModelKeepError, ValueError):
     """A compare-and-set of an alias failed: it no longer points where the caller expected."""
 
 
+class PermissionDeniedError(ModelKeepError, PermissionError):
+    """The acting user's role (or an alias's protection) does not allow this change."""
+
+
+class UserNotFoundError(ModelKeepError, KeyError):
+    """No user of that name (``modelkeep users list`` shows who exists)."""
+
+
+class AuthenticationError(ModelKeepError, PermissionError):
+    """A user name, password or API token was not accepted."""
+
+
 class VersionInUseError(ModelKeepError, ValueError):
     """The version cannot be deleted: an alias points at it (pass ``force=True`` to remove the alias too)."""
 

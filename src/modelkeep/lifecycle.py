@@ -8,13 +8,17 @@ a purged version's files after its index entry is gone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import functools
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import InvalidNameError, VersionNotFoundError
+from .identity import AccessPolicy, Identity, acting, acting_as
 from .layout import record_blobs
 from .metadata import HistoryEntry, ModelMetadata
 from .versions import validate_alias, validate_model_name, validate_version
@@ -22,6 +26,7 @@ from .versions import validate_alias, validate_model_name, validate_version
 if TYPE_CHECKING:
     from .index import SqlIndex
     from .storage import ArtifactStore
+    from .users import UserStore
 
 logger = logging.getLogger("modelkeep")
 
@@ -48,6 +53,24 @@ def parse_age(age: Age) -> _dt.timedelta:
     return _dt.timedelta(seconds=seconds)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def acts(role: str, what: str) -> Callable[[_F], _F]:
+    """Decorate a :class:`LifecycleMixin` method that changes the registry: it needs ``role`` when
+    an identity acts, and runs as that identity (whose name the history then records)."""
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: LifecycleMixin, *args: Any, **kwargs: Any) -> Any:
+            with self._as(role, what):
+                return method(self, *args, **kwargs)
+
+        return cast(_F, wrapper)
+
+    return decorate
+
+
 def split_reference(model_name: str, version: str | None, alias: str | None) -> tuple[str, str | None, str | None]:
     """``("churn@production", None, None)`` -> ``("churn", None, "production")``; also ``version="@production"``."""
     if isinstance(model_name, str) and "@" in model_name:
@@ -71,6 +94,38 @@ class LifecycleMixin:
     """Aliases, tags, descriptions, history and the trash, on :class:`ModelPersistence`."""
 
     store: ArtifactStore
+    #: Who uses this object (see :mod:`modelkeep.identity`); ``None``: no role checks.
+    identity: Identity | None = None
+    #: Protected aliases and who may move them (checked when an identity acts).
+    access: AccessPolicy = AccessPolicy()
+
+    # -- identity ---------------------------------------------------------------------
+    @functools.cached_property
+    def users(self) -> UserStore:
+        """The registry's users and API tokens (see :class:`modelkeep.users.UserStore`)."""
+        from .users import UserStore
+
+        return UserStore(self.index)
+
+    def sign_in(self, token: str, *, name: str | None = None) -> Identity:
+        """Act as the owner of API ``token`` from now on: their role is checked and their name
+        goes into the history. ``name`` (e.g. ``MODELKEEP_USER``) must then be that owner.
+        Raises :class:`~modelkeep.errors.AuthenticationError` for an unknown token."""
+        row = self.users.check_token(token, name=name)
+        self.identity = Identity(row.name, row.role)
+        return self.identity
+
+    def _who(self) -> Identity | None:
+        """The identity acting now: one set for this block (the UI's request), else this object's."""
+        return acting() or self.identity
+
+    @contextlib.contextmanager
+    def _as(self, role: str, what: str) -> Iterator[Identity | None]:
+        """Check ``role``, then run the block as the acting identity (for the history)."""
+        who = self._who()
+        self.access.require(who, role, what)
+        with acting_as(who):
+            yield who
 
     @property
     def index(self) -> SqlIndex:  # ModelPersistence.index
@@ -95,13 +150,21 @@ class LifecycleMixin:
 
         With ``expected``, a compare-and-set: raises :class:`AliasConflictError` if
         the alias points anywhere else right now (someone moved it meanwhile).
-        Every move is recorded in the history.
+        ``expected=""`` means the alias must not exist yet. Every move is recorded in
+        the history. With an identity, a protected alias needs an admin (or a named user).
         """
-        self.index.lifecycle.set_alias(model_name, alias, version, expected=expected)
+        with self._as("editor", "move aliases") as who:
+            self.access.require_alias(who, alias, "move it")
+            self.index.lifecycle.set_alias(model_name, alias, version, expected=expected)
 
-    def delete_alias(self, model_name: str, alias: str) -> None:
-        """Remove an alias (recorded in the history); :class:`AliasNotFoundError` if absent."""
-        self.index.lifecycle.delete_alias(model_name, alias)
+    def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> None:
+        """Remove an alias (recorded in the history); :class:`AliasNotFoundError` if absent.
+
+        With ``expected``, only if it still points there (:class:`AliasConflictError` otherwise).
+        """
+        with self._as("editor", "remove aliases") as who:
+            self.access.require_alias(who, alias, "remove it")
+            self.index.lifecycle.delete_alias(model_name, alias, expected=expected)
 
     def get_aliases(self, model_name: str) -> dict[str, str]:
         """``{alias: version}`` of a model."""
@@ -110,11 +173,13 @@ class LifecycleMixin:
     # -- tags and descriptions ------------------------------------------------------------
     def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
         """Set a key/value tag on the model, or on one version with ``version=``."""
-        self.index.lifecycle.set_tag(model_name, key, value, version=version)
+        with self._as("editor", "set tags"):
+            self.index.lifecycle.set_tag(model_name, key, value, version=version)
 
     def delete_tag(self, model_name: str, key: str, *, version: str | None = None) -> None:
         """Remove a tag from the model, or from one version with ``version=``."""
-        self.index.lifecycle.delete_tag(model_name, key, version=version)
+        with self._as("editor", "remove tags"):
+            self.index.lifecycle.delete_tag(model_name, key, version=version)
 
     def get_tags(self, model_name: str, *, version: str | None = None) -> dict[str, str]:
         """The model's tags, or one version's with ``version=``."""
@@ -122,7 +187,8 @@ class LifecycleMixin:
 
     def set_description(self, model_name: str, text: str | None, *, version: str | None = None) -> None:
         """Describe the model, or one version with ``version=``; ``None`` clears it."""
-        self.index.lifecycle.set_description(model_name, text, version=version)
+        with self._as("editor", "change descriptions"):
+            self.index.lifecycle.set_description(model_name, text, version=version)
 
     def get_description(self, model_name: str, *, version: str | None = None) -> str | None:
         """The model's description, or one version's with ``version=``."""
@@ -170,14 +236,21 @@ class LifecycleMixin:
         bytes stay until :meth:`purge`. Undo with :meth:`restore`.
 
         A version an alias points at is refused (:class:`VersionInUseError`) unless
-        ``force``, which removes those aliases too (recorded in the history).
+        ``force``, which removes those aliases too (recorded in the history); with an
+        identity, a protected one among them needs an admin.
         """
-        self.index.lifecycle.trash(model_name, version, force=force)
+        with self._as("editor", "move versions to the trash") as who:
+            if force and who is not None:
+                for alias, target in self.get_aliases(model_name).items():
+                    if target == version:
+                        self.access.require_alias(who, alias, "remove it by forcing a delete")
+            self.index.lifecycle.trash(model_name, version, force=force)
         logger.info("deleted %s version %s (moved to the trash)", model_name, version)
 
     def restore(self, model_name: str, version: str) -> None:
         """Bring a version back from the trash."""
-        self.index.lifecycle.restore(model_name, version)
+        with self._as("editor", "restore versions"):
+            self.index.lifecycle.restore(model_name, version)
         logger.info("restored %s version %s from the trash", model_name, version)
 
     def list_trash(self, model_name: str | None = None) -> list[tuple[str, str, str]]:
@@ -193,7 +266,12 @@ class LifecycleMixin:
         trash; ``older_than`` (``"30d"``, seconds, a timedelta) keeps younger trash.
         Shared bytes are kept while another version references them (dedup and blobs).
         A ``version`` that is not in the trash raises :class:`VersionNotFoundError`.
+        With an identity, purging needs the admin role.
         """
+        with self._as("admin", "purge the trash"):
+            return self._purge(model_name, version, older_than)
+
+    def _purge(self, model_name: str | None, version: str | None, older_than: Age | None) -> list[tuple[str, str]]:
         if version is not None:
             if model_name is None:
                 raise InvalidNameError("purge of one version needs its model_name")
@@ -242,7 +320,10 @@ class LifecycleMixin:
     def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
         """Trash every version of ``model_name`` but the newest ``keep_last`` (version order),
         never an aliased one. Returns the versions trashed (``dry_run``: that would be)."""
-        return self.index.lifecycle.prune(model_name, keep_last, dry_run=dry_run)
+        if dry_run:
+            return self.index.lifecycle.prune(model_name, keep_last, dry_run=True)
+        with self._as("editor", "prune versions"):
+            return self.index.lifecycle.prune(model_name, keep_last, dry_run=dry_run)
 
     def _purge_for_gc(self, older_than: Age, *, dry_run: bool) -> list[tuple[str, str]]:
         if dry_run:

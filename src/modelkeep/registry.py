@@ -38,9 +38,11 @@ from .errors import (
 )
 from .formats import Format, format_for_suffix, get_format
 from .formats._restricted import warn_untrusted_globals
+from .formats.state_checks import checked
+from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
-from .lifecycle import Age, LifecycleMixin
+from .lifecycle import Age, LifecycleMixin, acts
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
@@ -156,6 +158,10 @@ class ModelPersistence(LifecycleMixin):
         require_signatures: bool | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        identity: Identity | None = None,
+        token: str | None = None,
+        protected_aliases: list[str] | None = None,
+        protected_alias_users: list[str] | None = None,
     ) -> None:
         settings = _settings_from_environment(
             models_dir=models_dir,
@@ -167,7 +173,12 @@ class ModelPersistence(LifecycleMixin):
             trusted_types=trusted_types,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            protected_aliases=protected_aliases,
+            protected_alias_users=protected_alias_users,
+            token=token,
         )
+        protected_aliases, protected_alias_users = settings["protected_aliases"], settings["protected_alias_users"]
+        token = settings["token"]
         models_dir, serialization_format = settings["models_dir"], settings["serialization_format"]
         compress, registry_path, registry_url = (
             settings["compress"],
@@ -219,6 +230,16 @@ class ModelPersistence(LifecycleMixin):
         self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
+        # Who acts, and the protected aliases (see modelkeep.identity): with a token, its owner
+        # (who must be MODELKEEP_USER when that is set); otherwise ``identity``, or nobody.
+        self.access = AccessPolicy.build(protected_aliases, protected_alias_users)
+        self.identity = identity
+        if token:
+            try:
+                self.sign_in(token, name=os.environ.get("MODELKEEP_USER", "").strip() or None)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def from_settings(
@@ -310,6 +331,7 @@ class ModelPersistence(LifecycleMixin):
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
 
+    @acts("editor", "save versions")
     def save_version(
         self,
         model: Any,
@@ -333,7 +355,8 @@ class ModelPersistence(LifecycleMixin):
         (``save_version(m, "cancer", algo="svc")``), merged over ``metadata=`` when both are
         given. ``serialization_format`` / ``compress`` choose this version's format and codec.
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
-        to keep a version's original timestamp.
+        to keep a version's original timestamp. When an identity acts (a token), saving needs the
+        editor role and the history records its name.
         """
         if custom:
             metadata = {**(metadata or {}), **custom}
@@ -545,7 +568,7 @@ class ModelPersistence(LifecycleMixin):
                 model = joblib.load(where)  # reads joblib and plain pickle files alike
             else:
                 policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = joblib_load(where, policy)
+                model = checked(joblib_load(where, policy))
         except UnsafeModelError as exc:
             own = "use trust_file=True (modelkeep save --trust-file)"
             error = UnsafeModelError(

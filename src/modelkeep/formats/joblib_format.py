@@ -11,6 +11,7 @@ from .base import Format, Writable
 if TYPE_CHECKING:
     from ..blobs import BlobStore
 from .codecs import STREAM_CODECS, compressing, decompressing
+from .state_checks import checked
 
 #: ``compress=True``: zstd level 1 is several times faster than joblib's zlib-3 at about
 #: the same size (bench/README.md). joblib's own codecs stay selectable by name.
@@ -86,19 +87,19 @@ class JoblibFormat(Format):
         codec = compression.split(":")[0] if compression else None
         if codec in STREAM_CODECS:
             with decompressing(file, codec) as plain:
-                return joblib_load(plain, policy)
+                return checked(joblib_load(plain, policy))
         verified = options.get("verified")
         if verified is None or verified.mapped is None:
-            return joblib_load(file, policy, verified=verified)
+            return checked(joblib_load(file, policy, verified=verified))
         mode = options.get("mmap_mode") or "r"
         try:
-            return joblib_load(file, policy, verified=verified, map_mode=mode)
+            return checked(joblib_load(file, policy, verified=verified, map_mode=mode))
         except ValueError as exc:
             if mode != "r" or "read-only" not in str(exc):
                 raise
             logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", file, exc)
             file.seek(0)
-            return joblib_load(file, policy, verified=verified, map_mode="c")
+            return checked(joblib_load(file, policy, verified=verified, map_mode="c"))
 
     def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
         from ._restricted import TrustPolicy, joblib_load
@@ -106,7 +107,7 @@ class JoblibFormat(Format):
         mmap_mode = options.get("mmap_mode")
         policy = TrustPolicy.for_load(options)
         try:
-            return joblib_load(path, policy, mmap_mode)
+            return checked(joblib_load(path, policy, mmap_mode))
         except ValueError as exc:
             # Some objects (statsmodels' ARIMA results, Cython memoryviews) rebuild themselves
             # from writable buffers only: map them copy-on-write instead. The file is never
@@ -114,7 +115,7 @@ class JoblibFormat(Format):
             if mmap_mode != "r" or "read-only" not in str(exc):
                 raise
             logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", path, exc)
-            return joblib_load(path, policy, "c")
+            return checked(joblib_load(path, policy, "c"))
 
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None

@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Format, Writable
+from .state_checks import checked
 
 if TYPE_CHECKING:
     from ..blobs import BlobStore
@@ -95,7 +96,7 @@ class NativeFormat(Format):
         digests = [(sha, int(size)) for sha, size in extra.get("blobs", [])]
         mmap = options.get("mmap_mode") is not None
         buffers = blobs.read_many(digests, verify=not mmap, mmap=mmap)
-        return RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options)).load()
+        return checked(RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options)).load())
 
     def supports_mmap(self, compression: str | None) -> bool:
         return False  # mapping happens per blob in load(); the stream itself is tiny

@@ -8,6 +8,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Format, Writable
+from .state_checks import checked
 
 if TYPE_CHECKING:
     from ..blobs import BlobStore
@@ -64,6 +65,6 @@ class PickleFormat(Format):
 
         policy = TrustPolicy.for_load(options)
         if compression is None:
-            return RestrictedUnpickler(file, policy=policy).load()
+            return checked(RestrictedUnpickler(file, policy=policy).load())
         with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-            return RestrictedUnpickler(gz, policy=policy).load()
+            return checked(RestrictedUnpickler(gz, policy=policy).load())

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, ConfigError, SerializationError, UnsafeModelError
+from . import state_checks
 from .allowlist import BUILTIN_ALLOWLIST
 from .base import Format, Writable
-from .state_checks import check_loaded
 
 if TYPE_CHECKING:
     from ..blobs import BlobStore
@@ -167,8 +167,9 @@ class SkopsFormat(Format):
         # and their native state is checked like an unpickled one.
         accepted = [*trusted, *(t for t in found if t not in trusted)]
         try:
-            model = skops.io.load(io.BytesIO(data), trusted=accepted or None)
-            check_loaded(model)
-            return model
+            obj = skops.io.load(io.BytesIO(data), trusted=accepted or None)
         except UntrustedTypesFoundException as exc:  # pragma: no cover - caught by the audit above
             raise UnsafeModelError(f"refused to load: {exc}") from exc
+        # skops rebuilds native objects (trees, KD trees, sparse matrices) from unchecked arrays
+        state_checks.check_loaded(obj)
+        return obj

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from ..identity import acting
 from ..metadata import ModelMetadata
 from .rows import fill_lifecycle
 from .schema import aliases, history, models, tags, versions
@@ -32,7 +33,11 @@ def now() -> str:
 
 
 def actor() -> str:
-    """Who is making the change: ``MODELKEEP_USER``, else ``user@host``."""
+    """Who is making the change: the identity acting now (the UI's signed-in user, or the
+    library's configured identity), else ``MODELKEEP_USER``, else ``user@host``."""
+    who = acting()
+    if who is not None:
+        return who.name[:256]
     name = os.environ.get("MODELKEEP_USER", "").strip()
     if not name:
         try:

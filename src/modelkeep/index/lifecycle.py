@@ -130,13 +130,13 @@ class Lifecycle:
         """Point ``alias`` at ``version`` (a live version); returns where it pointed before.
 
         With ``expected``, a compare-and-set: :class:`AliasConflictError` unless the
-        alias currently points at ``expected``. Setting it to where it already
-        points changes nothing and writes no history.
+        alias currently points at ``expected`` (``""``: unless it does not exist).
+        Setting it to where it already points changes nothing and writes no history.
         """
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
         version = validate_version(version)
-        if expected is not None:
+        if expected:
             expected = validate_version(expected)
         with self._locked(model_name) as conn:
             self._require_live(conn, model_name, version)
@@ -148,10 +148,11 @@ class Lifecycle:
                         f"model '{model_name}' already has the alias '{twin[0]}', which differs from '{alias}' "
                         f"only in case: use '{twin[0]}' (alias names that differ only in case are refused)"
                     )
-            if expected is not None and current != expected:
+            if expected is not None and current != (expected or None):
                 where = f"points at version '{current}'" if current else "does not exist"
+                wanted = f"'{expected}'" if expected else "absent"
                 raise AliasConflictError(
-                    f"alias '{alias}' of model '{model_name}' {where}, not '{expected}' as expected; "
+                    f"alias '{alias}' of model '{model_name}' {where}, not {wanted} as expected; "
                     "someone else moved it: check and try again"
                 )
             if current == version:
@@ -171,14 +172,20 @@ class Lifecycle:
             return current
 
     @_retry_on_disconnect
-    def delete_alias(self, model_name: str, alias: str) -> str:
-        """Remove ``alias``; returns the version it pointed at. :class:`AliasNotFoundError` if absent."""
+    def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
+        """Remove ``alias``; returns the version it pointed at. :class:`AliasNotFoundError` if absent;
+        with ``expected``, :class:`AliasConflictError` unless it points there."""
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
         with self._locked(model_name) as conn:
             current = self._alias_target(conn, model_name, alias)
             if current is None:
                 raise self._no_alias(conn, model_name, alias)
+            if expected is not None and current != expected:
+                raise AliasConflictError(
+                    f"alias '{alias}' of model '{model_name}' points at version '{current}', not '{expected}' "
+                    "as expected; someone else moved it: check and try again"
+                )
             conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
             write_history(conn, "alias_delete", model_name, version=current, alias=alias, before=current)
             return current

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Column, Connection, func, insert, null, select
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
-from .schema import aliases, claims, fields, history, models, tags, versions
+from .schema import aliases, claims, fields, history, models, tags, tokens, users, versions
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,22 @@ def _claims(conn: Connection, dialect: str) -> None:
     claims.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
 
 
+def _users(conn: Connection, dialect: str) -> None:
+    """Version 5: ``modelkeep_users`` and ``modelkeep_tokens``, who may sign in to the UI.
+
+    New tables, empty: a registry had no users before, so the UI stays sign-in free on
+    loopback until someone adds one (``modelkeep users add``).
+    """
+    for table in (users, tokens):
+        table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
     Migration(3, "search: scalar fields of every version, indexed", _search),
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
+    Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

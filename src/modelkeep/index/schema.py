@@ -170,3 +170,30 @@ claims = Table(
     PrimaryKeyConstraint("model_name", "version", name="pk_modelkeep_claims"),
     Index("ix_modelkeep_claims_token", "token", unique=True),
 )
+
+
+# -- users (schema 5) ------------------------------------------------------------
+
+# People who sign in to ``modelkeep ui`` (and whose API tokens the library accepts), with
+# their role. Only an argon2 hash of a password is kept; a proxy-only user has none.
+users = Table(
+    "modelkeep_users",
+    metadata_obj,
+    Column("name", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", Text, nullable=True),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)
+
+# Personal API tokens: only the SHA-256 of each token is kept (tokens are 256-bit random,
+# so a fast hash is enough); ``Authorization: Bearer <token>`` acts as ``user_name``.
+tokens = Table(
+    "modelkeep_tokens",
+    metadata_obj,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_name", String(128), nullable=False),
+    Column("label", String(128), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Index("ix_modelkeep_tokens_user", "user_name"),
+)

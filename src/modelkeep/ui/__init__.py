@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from ..registry import ModelPersistence
+    from .auth import AuthSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -31,11 +32,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(persistence: ModelPersistence, *, read_only: bool = False) -> Starlette:
-    """The UI of ``persistence``'s registry as an ASGI application."""
+def create_app(
+    persistence: ModelPersistence,
+    *,
+    read_only: bool = False,
+    auth: AuthSettings | None = None,
+    anonymous: bool = True,
+) -> Starlette:
+    """The UI of ``persistence``'s registry as an ASGI application (see :func:`modelkeep.ui.app.create_app`)."""
     from .app import create_app as build
 
-    return build(persistence, read_only=read_only)
+    return build(persistence, read_only=read_only, auth=auth, anonymous=anonymous)
 
 
 def serve(
@@ -46,20 +53,68 @@ def serve(
     read_only: bool = False,
     open_browser: bool = False,
     echo: Callable[[str], None] = print,
+    auth: AuthSettings | None = None,
+    allow_anonymous: bool = False,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
-    """Serve the UI until Ctrl-C. Binding anything but loopback prints a warning."""
+    """Serve the UI until Ctrl-C.
+
+    With ``local`` accounts and no users configured, the UI is sign-in free on a
+    loopback address; bound anywhere else it refuses to start (``ConfigError`` that
+    says how to add a user) unless ``allow_anonymous``.
+    """
+    import dataclasses
+
     import uvicorn
 
-    app = create_app(persistence, read_only=read_only)
+    from ..errors import ConfigError
+    from .auth import AuthSettings
+
+    auth = auth or AuthSettings()
+    if host not in ("0.0.0.0", "::", ""):
+        auth = dataclasses.replace(auth, allowed_hosts=(*auth.allowed_hosts, host.strip("[]")))
+    loopback = is_loopback(host)
+    if auth.mode == "proxy" and not auth.trusted_proxies:
+        raise ConfigError("--auth proxy needs the proxy's address: add --trusted-proxy ADDRESS")
+    if auth.mode == "local" and not loopback and not allow_anonymous and persistence.users.count() == 0:
+        raise ConfigError(
+            f"refusing to serve the UI on {host} with no users configured (anyone who reaches the port could "
+            "change aliases and the trash): add one first with 'modelkeep users add NAME --role admin', "
+            "or bind to 127.0.0.1, or pass --allow-anonymous to serve everyone on purpose"
+        )
+    app = create_app(persistence, read_only=read_only, auth=auth, anonymous=loopback or allow_anonymous)
+    scheme = "https" if ssl_certfile else "http"
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/"
-    if not is_loopback(host):
+    url = f"{scheme}://{shown}:{port}/"
+    if not loopback:
+        who = {
+            "local": "signed-in users",
+            "proxy": f"users signed in by the proxy at {', '.join(map(str, auth.trusted_proxies))}",
+        }
         print(
-            f"Warning: the UI is bound to {host}, so other machines can reach it"
-            + ("" if read_only else " and change aliases, tags and the trash; consider --read-only"),
+            f"Warning: the UI is bound to {host}, so other machines can reach it; it serves "
+            + (who.get(auth.mode, "everyone") if not (allow_anonymous and auth.mode == "local") else "everyone who can")
+            + (
+                ". Passwords and sessions travel in clear over plain HTTP: use --ssl-certfile or a TLS proxy"
+                if scheme == "http" and auth.mode == "local"
+                else ""
+            ),
             file=sys.stderr,
         )
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            # The peer address must be the real one: trusted-proxy checks and sign-in limits use it.
+            proxy_headers=False,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        )
+    )
     echo(f"modelkeep UI: {url} (read-only)" if read_only else f"modelkeep UI: {url}")
     echo("Press Ctrl-C to stop.")
     if open_browser:

@@ -8,6 +8,7 @@ calls block (database, storage), so they run in Starlette's thread pool.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,10 +26,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import environment
-from ..errors import ModelKeepError
+from ..errors import AliasConflictError, AuthenticationError, ModelKeepError, PermissionDeniedError
+from ..identity import Identity, acting_as
 from ..lifecycle import ALIAS_ACTIONS
 from ..metadata import ModelMetadata
 from ..registry import ModelPersistence
+from .auth import LOOPBACK_HOSTS, SESSION_COOKIE, AuthSettings, HostGate, Sessions, SignInLimiter
 from .security import COOKIE, FIELD, CsrfGuard
 from .views import (
     cell,
@@ -50,13 +53,30 @@ CHART_POINTS = 2000
 TIMELINE_ROWS = 50
 
 
+class _SignInNeeded(Exception):
+    """The request carries no identity, and this UI needs one."""
+
+
 class _Pages:
     """The handlers of one app, bound to one registry."""
 
-    def __init__(self, persistence: ModelPersistence, *, read_only: bool, page_size: int) -> None:
+    def __init__(
+        self,
+        persistence: ModelPersistence,
+        *,
+        read_only: bool,
+        page_size: int,
+        auth: AuthSettings,
+        anonymous: bool,
+    ) -> None:
         self.p = persistence
         self.read_only = read_only
         self.page_size = page_size
+        self.auth = auth
+        #: Whether a ``local`` UI with no users configured serves everyone (``serve`` allows it on loopback).
+        self.anonymous = anonymous
+        self.sessions = Sessions()
+        self.limiter = SignInLimiter()
         self.guard = CsrfGuard()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["cell"] = cell
@@ -66,8 +86,13 @@ class _Pages:
     # -- plumbing -------------------------------------------------------------
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         cookie = request.cookies.get(COOKIE) or self.guard.new_cookie()
+        who: Identity | None = getattr(request.state, "user", None)
         context.update(
-            read_only=self.read_only,
+            # A viewer sees the pages as a read-only UI: no forms.
+            read_only=self.read_only or (who is not None and not who.at_least("editor")),
+            user=who,
+            signin_free=getattr(request.state, "signin_free", False),
+            auth_mode=self.auth.mode,
             csrf_field=FIELD,
             csrf_token=self.guard.token_for(cookie),
             message=request.query_params.get("msg"),
@@ -75,24 +100,170 @@ class _Pages:
         )
         response = self.templates.TemplateResponse(request, template, context, status_code=status)
         if COOKIE not in request.cookies:
-            response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict")
+            response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=self.secure(request))
         return response
+
+    def secure(self, request: Request) -> bool:
+        """Whether cookies get the ``Secure`` flag: served over TLS, or told a TLS proxy is in front."""
+        return request.url.scheme == "https" or self.auth.secure_cookies
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(fn, *args, **kwargs)
 
+    async def act(self, request: Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a library method that changes something, as the signed-in user (role checks, history)."""
+        who: Identity | None = getattr(request.state, "user", None)
+
+        def run() -> Any:
+            with acting_as(who):
+                return fn(*args, **kwargs)
+
+        return await run_in_threadpool(run)
+
     async def form(self, request: Request) -> dict[str, str]:
-        """The POSTed form, after the read-only and CSRF checks."""
+        """The POSTed form, after the read-only, role and CSRF checks."""
         if self.read_only:
             raise HTTPException(403, "this UI is read-only (started with --read-only)")
+        who: Identity | None = getattr(request.state, "user", None)
+        if who is not None and not who.at_least("editor"):
+            raise HTTPException(403, f"{who.name} is a {who.role}: viewers cannot change anything")
         data = await request.form()
         fields = {k: str(v) for k, v in data.items()}
+        if getattr(request.state, "via", None) == "token":
+            return fields  # a bearer token is not sent by browsers on their own: no CSRF to guard
+        self.check_csrf(request, fields)
+        return fields
+
+    def check_csrf(self, request: Request, fields: dict[str, str]) -> None:
         why = self.guard.check(
             request.cookies.get(COOKIE), fields.get(FIELD), request.headers.get("origin"), request.headers.get("host")
         )
         if why:
             raise HTTPException(403, why)
-        return fields
+
+    # -- identity -------------------------------------------------------------
+    async def identify(self, request: Request) -> Identity | None:
+        """Who sent ``request``: ``None`` when this UI is sign-in free; else raises (401/403 or sign-in)."""
+        if self.auth.mode == "none":
+            request.state.signin_free = True
+            return None
+        if self.auth.mode == "proxy":
+            return await self._from_proxy(request)
+        header = request.headers.get("authorization")
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise HTTPException(401, "only 'Authorization: Bearer <API token>' is understood")
+            try:
+                row = await self.call(self.p.users.check_token, token.strip())
+            except AuthenticationError as exc:
+                raise HTTPException(401, str(exc)) from None
+            if session is not None and session.user != row.name:
+                raise HTTPException(401, "the API token belongs to another user than the one signed in")
+            request.state.via = "token"
+            return Identity(row.name, row.role)
+        if session is not None:
+            found = await self.call(self.p.users.get, session.user)
+            if found is not None and found.password_hash == session.password_hash:
+                request.state.via = "session"
+                return Identity(found.name, found.role)
+            self.sessions.end(request.cookies.get(SESSION_COOKIE))  # removed, or password changed
+        if self.anonymous and await self.call(self.p.users.count) == 0:
+            request.state.signin_free = True
+            return None
+        raise _SignInNeeded()
+
+    async def _from_proxy(self, request: Request) -> Identity:
+        client = request.client.host if request.client else None
+        if not self.auth.from_trusted_proxy(client):
+            raise HTTPException(403, f"this UI accepts requests only through its sign-in proxy; {client} is not one")
+        name = request.headers.get(self.auth.user_header, "").strip()
+        if not name or len(name) > 128:
+            raise HTTPException(401, f"the sign-in proxy sent no user name in {self.auth.user_header}")
+        request.state.via = "proxy"
+        return await self.call(self.p.users.identity, name) or Identity(name, self.auth.proxy_role)
+
+    def gate(
+        self, handler: Callable[[Request], Awaitable[Response]], *, timed: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind the identity check; a GET without one goes to the sign-in page."""
+
+        async def wrapper(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                request.state.user = await self.identify(request)
+            except _SignInNeeded:
+                if request.method == "GET" and not request.url.path.startswith("/api/"):
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
+                raise HTTPException(401, "sign in first (or send 'Authorization: Bearer <API token>')") from None
+            response = await handler(request)
+            if timed:
+                response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+            return response
+
+        return wrapper
+
+    # -- sign-in --------------------------------------------------------------
+    async def signin_page(self, request: Request, *, status: int = 200, error: str | None = None) -> Response:
+        next_page = _local_path(request.query_params.get("next") or "/")
+        if self.auth.mode != "local":
+            return RedirectResponse(next_page, status_code=303)
+        return self.render(
+            request,
+            "signin.html",
+            status=status,
+            next_page=next_page,
+            error=error,
+            name=request.query_params.get("user"),
+        )
+
+    async def signin(self, request: Request) -> Response:
+        if self.auth.mode != "local":
+            raise HTTPException(404, "sign-in is done by the SSO proxy in front of this UI")
+        data = await request.form()
+        fields = {k: str(v) for k, v in data.items()}
+        self.check_csrf(request, fields)
+        name, password = fields.get("username", "").strip(), fields.get("password", "")
+        next_page = _local_path(fields.get("next") or "/")
+        client = request.client.host if request.client else "?"
+        wait = self.limiter.wait(name, client)
+        if wait > 0:
+            response = self.render(
+                request,
+                "signin.html",
+                status=429,
+                next_page=next_page,
+                name=name,
+                error=f"Too many wrong passwords: try again in {math.ceil(wait)} seconds.",
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
+        try:
+            row = await self.call(self.p.users.check_password, name, password)
+        except AuthenticationError as exc:
+            self.limiter.failed(name, client)
+            return self.render(request, "signin.html", status=401, next_page=next_page, name=name, error=str(exc))
+        self.limiter.succeeded(name)
+        self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse(next_page, status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.sessions.start(row.name, row.password_hash),
+            httponly=True,
+            samesite="strict",
+            secure=self.secure(request),
+        )
+        return response
+
+    async def signout(self, request: Request) -> Response:
+        data = await request.form()
+        self.check_csrf(request, {k: str(v) for k, v in data.items()})
+        self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/signin?msg=signed+out" if self.auth.mode == "local" else "/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=self.secure(request))
+        return response
 
     @staticmethod
     def back(to: str, msg: str) -> RedirectResponse:
@@ -142,6 +313,7 @@ class _Pages:
             moves=moves,
             trashed=trashed,
             model_tags=await self.call(self.p.get_tags, name),
+            aliases_seen=json.dumps(aliases),
             description=await self.call(self.p.get_description, name),
         )
 
@@ -171,6 +343,7 @@ class _Pages:
             signature=await self.call(self.p.signature_status, name, record.version),
             snippet=load_snippet(record, str(self.p.models_dir), _registry_url(self.p)),
             all_aliases=all_aliases,
+            aliases_seen=json.dumps(all_aliases),
         )
 
     async def compare(self, request: Request) -> Response:
@@ -219,21 +392,96 @@ class _Pages:
             until=until or "",
         )
 
+    # -- users (admins) -------------------------------------------------------
+    def require_admin(self, request: Request) -> Identity:
+        who: Identity | None = getattr(request.state, "user", None)
+        if who is None:
+            raise HTTPException(
+                403, "no users are configured: add the first one with 'modelkeep users add NAME --role admin'"
+            )
+        if not who.at_least("admin"):
+            raise HTTPException(
+                403, f"{who.name} is {'an' if who.role == 'editor' else 'a'} {who.role}: only admins manage users"
+            )
+        return who
+
+    async def users_page(self, request: Request) -> Response:
+        self.require_admin(request)
+        rows = await self.call(self.p.users.list)
+        tokens = {r.name: len(await self.call(self.p.users.tokens, r.name)) for r in rows}
+        return self.render(request, "users.html", rows=rows, tokens=tokens, roles=("viewer", "editor", "admin"))
+
+    async def users_change(self, request: Request) -> Response:
+        """Add a user, change a role, revoke tokens or remove a user (an admin, never themselves)."""
+        who = self.require_admin(request)
+        form = await self.form(request)
+        action, name = request.path_params["action"], form.get("name", "").strip()
+        if name == who.name and action in ("role", "remove"):
+            raise HTTPException(403, "you cannot demote or remove yourself here: another admin, or the CLI, can")
+        users = self.p.users
+        if action == "add":
+            await self.call(users.add, name, form.get("password") or None, form.get("role", "viewer"))
+            msg = f"added {form.get('role', 'viewer')} {name}"
+        elif action == "role":
+            await self.call(users.set_role, name, form.get("role", ""))
+            msg = f"{name} is now {form.get('role')}"
+        elif action == "revoke":
+            msg = f"revoked {await self.call(users.revoke_tokens, name)} token(s) of {name}"
+        elif action == "remove":
+            await self.call(users.remove, name)
+            msg = f"removed {name}"
+        else:
+            raise HTTPException(404, f"no user action {action!r}")
+        return self.back("/users", msg)
+
     # -- actions --------------------------------------------------------------
     async def set_alias(self, request: Request) -> Response:
         name = request.path_params["name"]
         form = await self.form(request)
         alias, version = form.get("alias", "").strip(), form.get("version", "").strip()
-        expected = form.get("expected", "").strip() or None
-        await self.call(self.p.set_alias, name, alias, version, expected=expected)
-        return self.back(form.get("next") or f"/models/{quote(name)}", f"{alias} -> {version}")
+        expected = _expected(form, alias)
+        try:
+            await self.act(request, self.p.set_alias, name, alias, version, expected=expected)
+        except AliasConflictError as exc:
+            return await self.conflict(request, name, alias, version, expected, form, exc)
+        return self.back(_local_path(form.get("next") or f"/models/{quote(name)}"), f"{alias} -> {version}")
 
     async def delete_alias(self, request: Request) -> Response:
         name = request.path_params["name"]
         form = await self.form(request)
         alias = form.get("alias", "")
-        await self.call(self.p.delete_alias, name, alias)
-        return self.back(form.get("next") or f"/models/{quote(name)}", f"alias {alias} removed")
+        expected = _expected(form, alias) or None
+        try:
+            await self.act(request, self.p.delete_alias, name, alias, expected=expected)
+        except AliasConflictError as exc:
+            return await self.conflict(request, name, alias, None, expected, form, exc)
+        return self.back(_local_path(form.get("next") or f"/models/{quote(name)}"), f"alias {alias} removed")
+
+    async def conflict(
+        self,
+        request: Request,
+        name: str,
+        alias: str,
+        version: str | None,
+        expected: str | None,
+        form: dict[str, str],
+        exc: Exception,
+    ) -> Response:
+        """409: the alias moved since the page was drawn. Show both targets and offer to retry."""
+        current = (await self.call(self.p.get_aliases, name)).get(alias)
+        return self.render(
+            request,
+            "conflict.html",
+            status=409,
+            name=name,
+            alias=alias,
+            wanted=version,
+            seen=expected or None,
+            current=current,
+            retry_seen=json.dumps({alias: current} if current else {}),
+            next_page=_local_path(form.get("next") or f"/models/{quote(name)}"),
+            detail=str(exc),
+        )
 
     async def set_tag(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -241,29 +489,29 @@ class _Pages:
         key, value = form.get("key", "").strip(), form.get("value", "")
         version = form.get("version") or None
         if form.get("remove"):
-            await self.call(self.p.delete_tag, name, key, version=version)
+            await self.act(request, self.p.delete_tag, name, key, version=version)
             msg = f"tag {key} removed"
         else:
-            await self.call(self.p.set_tag, name, key, value, version=version)
+            await self.act(request, self.p.set_tag, name, key, value, version=version)
             msg = f"tag {key} = {value}"
-        return self.back(form.get("next") or f"/models/{quote(name)}", msg)
+        return self.back(_local_path(form.get("next") or f"/models/{quote(name)}"), msg)
 
     async def describe(self, request: Request) -> Response:
         name = request.path_params["name"]
         form = await self.form(request)
-        await self.call(self.p.set_description, name, form.get("text", ""), version=form.get("version") or None)
-        return self.back(form.get("next") or f"/models/{quote(name)}", "description saved")
+        await self.act(request, self.p.set_description, name, form.get("text", ""), version=form.get("version") or None)
+        return self.back(_local_path(form.get("next") or f"/models/{quote(name)}"), "description saved")
 
     async def trash(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
         await self.form(request)
-        await self.call(self.p.delete, name, version)
+        await self.act(request, self.p.delete, name, version)
         return self.back(f"/models/{quote(name)}", f"version {version} moved to the trash")
 
     async def restore(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
         await self.form(request)
-        await self.call(self.p.restore, name, version)
+        await self.act(request, self.p.restore, name, version)
         return self.back(f"/models/{quote(name)}/versions/{quote(version)}", f"version {version} restored")
 
     # -- errors ---------------------------------------------------------------
@@ -272,9 +520,42 @@ class _Pages:
         return self.render(request, "error.html", status=exc.status_code, code=exc.status_code, detail=exc.detail)
 
     async def library_error(self, request: Request, exc: Exception) -> Response:
-        code = 404 if isinstance(exc, KeyError) else 409 if _is_conflict(exc) else 400
+        code = (
+            404
+            if isinstance(exc, KeyError)
+            else 409
+            if _is_conflict(exc)
+            else 401
+            if isinstance(exc, AuthenticationError)
+            else 403
+            if isinstance(exc, PermissionDeniedError)
+            else 400
+        )
         detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         return self.render(request, "error.html", status=code, code=code, detail=str(detail))
+
+
+def _expected(form: dict[str, str], alias: str) -> str | None:
+    """Where the page showed ``alias`` pointing when it was drawn (``""``: nowhere), from the
+    form's ``seen`` field (every alias of the model, as JSON); else an explicit ``expected``
+    field (API clients); else ``None``: no compare-and-set."""
+    seen = form.get("seen")
+    if seen is not None:
+        try:
+            drawn = json.loads(seen)
+        except ValueError:
+            raise HTTPException(400, "the form's 'seen' field is not JSON: reload the page") from None
+        if not isinstance(drawn, dict):
+            raise HTTPException(400, "the form's 'seen' field is not a JSON object: reload the page")
+        return str(drawn.get(alias) or "")
+    return form.get("expected", "").strip() or None
+
+
+def _local_path(target: str) -> str:
+    """``target`` if it is a path on this server, else ``/`` (no open redirects)."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or any(ord(c) < 32 for c in target):
+        return "/"
+    return target
 
 
 def _is_conflict(exc: Exception) -> bool:
@@ -292,38 +573,48 @@ def _registry_url(p: ModelPersistence) -> str | None:
     return None if url.startswith("sqlite") else url
 
 
-def _timed(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Adds a ``Server-Timing`` header: how long the server spent on the request."""
+def create_app(
+    persistence: ModelPersistence,
+    *,
+    read_only: bool = False,
+    page_size: int = PAGE_SIZE,
+    auth: AuthSettings | None = None,
+    anonymous: bool = True,
+) -> Starlette:
+    """The UI for ``persistence``'s registry as an ASGI app (serve it with uvicorn).
 
-    async def wrapper(request: Request) -> Response:
-        started = time.perf_counter()
-        response = await handler(request)
-        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
-        return response
-
-    return wrapper
-
-
-def create_app(persistence: ModelPersistence, *, read_only: bool = False, page_size: int = PAGE_SIZE) -> Starlette:
-    """The UI for ``persistence``'s registry as an ASGI app (serve it with uvicorn)."""
-    pages = _Pages(persistence, read_only=read_only, page_size=page_size)
+    ``auth`` says how people are identified (local accounts by default). With
+    ``anonymous``, a UI with ``local`` accounts and no users configured serves
+    everyone without sign-in (``serve`` allows that only on loopback). Requests
+    whose ``Host`` is not a loopback name or one of ``auth.allowed_hosts`` get a 400.
+    """
+    auth = auth or AuthSettings()
+    pages = _Pages(persistence, read_only=read_only, page_size=page_size, auth=auth, anonymous=anonymous)
     get, post = ["GET"], ["POST"]
+    gate = pages.gate
     routes = [
-        Route("/", _timed(pages.models), methods=get),
-        Route("/history", _timed(pages.history), methods=get),
-        Route("/models/{name}", _timed(pages.model), methods=get),
-        Route("/models/{name}/compare", _timed(pages.compare), methods=get),
-        Route("/models/{name}/versions/{version}", _timed(pages.version), methods=get),
-        Route("/api/models/{name}/chart", _timed(pages.chart), methods=get),
-        Route("/models/{name}/aliases", pages.set_alias, methods=post),
-        Route("/models/{name}/aliases/delete", pages.delete_alias, methods=post),
-        Route("/models/{name}/tags", pages.set_tag, methods=post),
-        Route("/models/{name}/description", pages.describe, methods=post),
-        Route("/models/{name}/versions/{version}/delete", pages.trash, methods=post),
-        Route("/models/{name}/versions/{version}/restore", pages.restore, methods=post),
+        Route("/", gate(pages.models), methods=get),
+        Route("/history", gate(pages.history), methods=get),
+        Route("/models/{name}", gate(pages.model), methods=get),
+        Route("/models/{name}/compare", gate(pages.compare), methods=get),
+        Route("/models/{name}/versions/{version}", gate(pages.version), methods=get),
+        Route("/api/models/{name}/chart", gate(pages.chart), methods=get),
+        Route("/models/{name}/aliases", gate(pages.set_alias, timed=False), methods=post),
+        Route("/models/{name}/aliases/delete", gate(pages.delete_alias, timed=False), methods=post),
+        Route("/models/{name}/tags", gate(pages.set_tag, timed=False), methods=post),
+        Route("/models/{name}/description", gate(pages.describe, timed=False), methods=post),
+        Route("/models/{name}/versions/{version}/delete", gate(pages.trash, timed=False), methods=post),
+        Route("/models/{name}/versions/{version}/restore", gate(pages.restore, timed=False), methods=post),
+        Route("/users", gate(pages.users_page), methods=get),
+        Route("/users/{action}", gate(pages.users_change, timed=False), methods=post),
+        Route("/signin", pages.signin_page, methods=get),
+        Route("/signin", pages.signin, methods=post),
+        Route("/signout", pages.signout, methods=post),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: pages.http_error, ModelKeepError: pages.library_error},
     )
+    app.add_middleware(HostGate, allowed=(*LOOPBACK_HOSTS, *auth.allowed_hosts))
+    return app

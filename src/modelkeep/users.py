@@ -1,0 +1,157 @@
+"""Local accounts for ``modelkeep ui`` and the library: users, passwords, API tokens.
+
+Users live in the registry's index (``modelkeep_users``), so a team that shares
+an index shares its users. Passwords are hashed with argon2id by
+`argon2-cffi <https://argon2-cffi.readthedocs.io>`_ (its default, RFC 9106 low-memory
+parameters) and only the hash is stored. A personal API token is 32 random bytes
+shown once; only its SHA-256 is stored (a random 256-bit secret needs no slow hash).
+
+Needs the ``[ui]`` extra for argon2 (password checks); tokens work without it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import hmac
+import re
+import secrets
+from typing import TYPE_CHECKING
+
+from .errors import AuthenticationError, BackendUnavailableError, InvalidNameError, UserNotFoundError
+from .identity import Identity, validate_role
+from .index.users import UserRow, UserRows
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+    from .index import SqlIndex
+
+__all__ = ["TOKEN_PREFIX", "UserNotFoundError", "UserStore", "validate_user_name"]
+
+#: API tokens start with this, so a leaked one is easy to recognise (and to grep for).
+TOKEN_PREFIX = "mkt_"
+#: Shortest password accepted.
+MIN_PASSWORD = 8
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+def validate_user_name(name: str) -> str:
+    """Letters, digits and ``. _ @ + -``, up to 128 characters (an e-mail address fits)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"user name {name!r} is not valid: use letters, digits and . _ @ + - (up to 128 characters)"
+        )
+    return name
+
+
+def _hasher() -> PasswordHasher:
+    try:
+        from argon2 import PasswordHasher
+    except ImportError as exc:
+        raise BackendUnavailableError(f"passwords need argon2-cffi: pip install 'modelkeep[ui]' ({exc})") from exc
+    return PasswordHasher()
+
+
+def hash_token(token: str) -> str:
+    """What the index keeps of an API token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserStore:
+    """Add, change, remove and authenticate the users of one registry's index."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self._rows = UserRows(index)
+        # Verifying an unknown user still costs one argon2 check, so timing does not tell
+        # which names exist.
+        self._dummy_hash: str | None = None
+
+    # -- accounts -------------------------------------------------------------------
+    def add(self, name: str, password: str | None, role: str = "viewer") -> None:
+        """A new user; ``password=None`` makes one who signs in only through an SSO proxy or a token."""
+        name = validate_user_name(name)
+        validate_role(role)
+        self._rows.add(name, role, None if password is None else self._hash(password))
+
+    def set_password(self, name: str, password: str) -> None:
+        """Change a password (signs the user out of running UIs: their sessions hold the old hash)."""
+        self._rows.update(validate_user_name(name), password_hash=self._hash(password))
+
+    def set_role(self, name: str, role: str) -> None:
+        self._rows.update(validate_user_name(name), role=validate_role(role))
+
+    def remove(self, name: str) -> None:
+        """Remove a user and their tokens."""
+        self._rows.remove(validate_user_name(name))
+
+    def list(self) -> builtins.list[UserRow]:
+        """Every user, by name (hashes included: do not print them)."""
+        return self._rows.all()
+
+    def get(self, name: str) -> UserRow | None:
+        return self._rows.get(name)
+
+    def count(self) -> int:
+        return self._rows.count()
+
+    def identity(self, name: str) -> Identity | None:
+        """The current role of ``name`` as an :class:`Identity`, or ``None`` if there is no such user."""
+        row = self._rows.get(name)
+        return None if row is None else Identity(row.name, row.role)
+
+    # -- tokens ---------------------------------------------------------------------
+    def new_token(self, name: str, label: str = "") -> str:
+        """A new personal API token for ``name``; shown once, only its hash is kept."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._rows.add_token(validate_user_name(name), hash_token(token), label[:128] or "token")
+        return token
+
+    def tokens(self, name: str) -> builtins.list[tuple[str, str]]:
+        """``(label, created_at)`` of each of ``name``'s tokens."""
+        return self._rows.tokens_of(name)
+
+    def revoke_tokens(self, name: str) -> int:
+        """Remove every token of ``name``; returns how many there were."""
+        return self._rows.revoke_tokens(name)
+
+    # -- checks ---------------------------------------------------------------------
+    def check_password(self, name: str, password: str) -> UserRow:
+        """The user, if ``password`` is theirs; else :class:`AuthenticationError` (same text either way)."""
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+        hasher = _hasher()
+        row = self._rows.get(name) if _NAME_RE.fullmatch(name or "") else None
+        stored = row.password_hash if row is not None else None
+        if stored is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = hasher.hash(secrets.token_hex(16))
+            stored, row = self._dummy_hash, None
+        try:
+            hasher.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            row = None
+        if row is None:
+            raise AuthenticationError("wrong user name or password")
+        if hasher.check_needs_rehash(stored):
+            self._rows.update(row.name, password_hash=hasher.hash(password))
+            row = self._rows.get(row.name) or row
+        return row
+
+    def check_token(self, token: str, *, name: str | None = None) -> UserRow:
+        """The user ``token`` belongs to; :class:`AuthenticationError` if it is unknown, or when
+        ``name`` is given and the token belongs to someone else."""
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
+            raise AuthenticationError("not a modelkeep API token (they start with 'mkt_')")
+        row = self._rows.token_owner(hash_token(token))
+        if row is None:
+            raise AuthenticationError("unknown or revoked API token: make one with 'modelkeep users token NAME'")
+        if name is not None and not hmac.compare_digest(row.name, name):
+            raise AuthenticationError(f"this API token belongs to another user, not to {name!r}")
+        return row
+
+    @staticmethod
+    def _hash(password: str) -> str:
+        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+            raise InvalidNameError(f"a password needs at least {MIN_PASSWORD} characters")
+        return _hasher().hash(password)
