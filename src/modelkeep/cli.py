@@ -145,6 +145,12 @@ trust_option = click.option(
     help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
 )
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
+@click.option(
+    "--quarantine",
+    type=click.Choice(["auto", "always", "never"]),
+    help="Load versions in a short-lived child process first: auto (default: those not signed by a "
+    "trusted key), always, never.",
+)
 @trust_option
 @click.option(
     "--path",
@@ -171,6 +177,7 @@ def cli(
     registry_url: str | None,
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
+    quarantine: str | None,
     trust: tuple[str, ...],
     import_paths: tuple[Path, ...],
 ) -> None:
@@ -180,7 +187,12 @@ def cli(
     variables, then the options below.
     """
     add_import_paths(import_paths)
-    overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
+    overrides = {
+        "models_dir": models_dir,
+        "registry_url": registry_url,
+        "trusted_keys": list(trusted_keys) or None,
+        "quarantine": quarantine,
+    }
     ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import environment, keys, lineage, signing, timeouts
+from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
     MetadataError,
@@ -85,6 +86,8 @@ _DEFAULTS: dict[str, Any] = {
     "trusted_types": [],
     "connect_timeout": timeouts.CONNECT_TIMEOUT,
     "read_timeout": timeouts.READ_TIMEOUT,
+    "quarantine": "auto",
+    "quarantine_timeout": quarantine_mod.DEFAULT_TIMEOUT,
 }
 
 
@@ -137,6 +140,10 @@ class ModelPersistence(LifecycleMixin):
             here or the config, never from an artifact or its metadata.
         connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
             connect and to answer (see :mod:`modelkeep.timeouts`).
+        quarantine: ``"auto"`` (default) loads versions not signed by a trusted key in a
+            short-lived child process first, ``"always"`` every version, ``"never"`` none
+            (see :mod:`modelkeep.quarantine`); ``quarantine_timeout`` (seconds) and
+            ``quarantine_memory_mb`` (the child's address-space cap) bound that child.
     """
 
     def __init__(
@@ -162,6 +169,9 @@ class ModelPersistence(LifecycleMixin):
         token: str | None = None,
         protected_aliases: list[str] | None = None,
         protected_alias_users: list[str] | None = None,
+        quarantine: str | None = None,
+        quarantine_timeout: float | None = None,
+        quarantine_memory_mb: int | None = None,
     ) -> None:
         settings = _settings_from_environment(
             models_dir=models_dir,
@@ -176,7 +186,12 @@ class ModelPersistence(LifecycleMixin):
             protected_aliases=protected_aliases,
             protected_alias_users=protected_alias_users,
             token=token,
+            quarantine=quarantine,
+            quarantine_timeout=quarantine_timeout,
+            quarantine_memory_mb=quarantine_memory_mb,
         )
+        quarantine, quarantine_timeout = settings["quarantine"], settings["quarantine_timeout"]
+        quarantine_memory_mb = settings["quarantine_memory_mb"]
         protected_aliases, protected_alias_users = settings["protected_aliases"], settings["protected_alias_users"]
         token = settings["token"]
         models_dir, serialization_format = settings["models_dir"], settings["serialization_format"]
@@ -188,6 +203,9 @@ class ModelPersistence(LifecycleMixin):
         storage_options, trusted_types = settings["storage_options"] or None, settings["trusted_types"]
         connect_timeout, read_timeout = settings["connect_timeout"], settings["read_timeout"]
         assert models_dir is not None and serialization_format is not None
+        self.quarantine = quarantine_mod.check_mode(quarantine)
+        self.quarantine_timeout = quarantine_timeout
+        self.quarantine_memory_mb = quarantine_memory_mb
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
@@ -685,6 +703,7 @@ class ModelPersistence(LifecycleMixin):
             options["blobs"] = blobs
         expected = Expected.of(art.sha256, art.size, art.extra)
         try:
+            quarantine_mod.screen(self, record, verdict)  # a child loads untrusted content first
             model = self._load_artifact(f"loading {model_name}", fmt, art, expected, options)
         except UnsafeModelError as exc:
             from .remedies import with_remedy
