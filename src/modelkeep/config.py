@@ -288,6 +288,32 @@ def _name_env_var(message: str, exc: ValidationError, from_env: dict[tuple[str, 
     return message
 
 
+def persistence_defaults(**explicit: Any) -> dict[str, Any]:
+    """``ModelPersistence()``'s settings: each ``explicit`` value that is not ``None``, else its
+    ``MODELKEEP_*`` variable, else the default; so a variable means the same in the library as
+    in the CLI. Only values taken from the environment are validated here (an error names the
+    variable). ``trusted_types`` adds the given names to ``MODELKEEP_TRUSTED_TYPES``, as
+    ``--trust`` adds to the configured ones."""
+    from_env = {
+        ("persistence", key): var
+        for var, (section, key) in ENV_VARS.items()
+        if section == "persistence" and key in explicit and var in os.environ
+        if explicit[key] is None or key == "trusted_types"
+    }
+    data = {key: os.environ[var] for (_section, key), var in from_env.items()}
+    if "compress" in data and explicit.get("serialization_format") is not None:
+        data["serialization_format"] = explicit["serialization_format"]  # the codec must fit the format
+    try:
+        settings = Settings.model_validate({"persistence": data}).persistence
+    except ValidationError as exc:
+        raise ConfigError(_name_env_var(_describe(exc), exc, from_env)) from exc
+    resolved = {key: getattr(settings, key) if value is None else value for key, value in explicit.items()}
+    resolved = {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in resolved.items()}
+    if "trusted_types" in explicit:
+        resolved["trusted_types"] = list(dict.fromkeys([*settings.trusted_types, *(explicit["trusted_types"] or [])]))
+    return resolved
+
+
 def key_settings(**explicit: Any) -> KeySettings:
     """The key settings: each ``explicit`` value that is not ``None``, else its ``MODELKEEP_*``
     variable. ``ModelPersistence()`` resolves its keys here, and the CLI reaches the same

@@ -91,6 +91,7 @@ def copy_registry(
             f"{len(damaged)} version(s) have a damaged index row: {shown}; nothing was copied "
             "(run modelkeep verify, and reindex to rebuild them from the sidecar files)"
         )
+    dest.ensure_registry()  # a copy is a save: it may create the destination registry
     for name in names:
         for record in source.list_version_records(name):
             existing = dest.index.get(record.model_name, record.version)

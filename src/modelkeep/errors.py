@@ -139,7 +139,13 @@ class RollbackError(SignatureError):
 
 
 class UnsafeModelError(IntegrityError, pickle.UnpicklingError):
-    """The artifact references a global that modelkeep refuses to load."""
+    """The artifact references a global that modelkeep refuses to load.
+
+    ``refused`` names the ``module.qualname`` globals or types that were refused (empty when
+    the refusal is not about a name that could be trusted), so a remedy can name them.
+    """
+
+    refused: tuple[str, ...] = ()
 
 
 class SerializationError(ModelKeepError, TypeError):

@@ -108,7 +108,6 @@ class LifecycleMixin:
     (:mod:`modelkeep.events`), so that readers can tell them from a rolled-back index.
     """
 
-    index: SqlIndex
     store: ArtifactStore
     keyring: Keyring
     #: Who uses this object (see :mod:`modelkeep.identity`); ``None``: no role checks.
@@ -143,6 +142,10 @@ class LifecycleMixin:
         self.access.require(who, role, what)
         with acting_as(who):
             yield who
+
+    @property
+    def index(self) -> SqlIndex:  # ModelPersistence.index
+        raise NotImplementedError
 
     # -- references -------------------------------------------------------------------
     def _lookup(self, model_name: str, version: str | None, alias: str | None) -> ModelMetadata:

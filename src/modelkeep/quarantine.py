@@ -371,6 +371,9 @@ def _reraise(result: dict[str, Any], where: str, cap: int) -> None:
         except TypeError:  # an error that carries more than a message
             error = None
         if error is not None:
+            error.cli_spelling = {str(k): str(v) for k, v in (result.get("cli") or {}).items()}
+            if isinstance(error, UnsafeModelError):
+                error.refused = tuple(str(n) for n in result.get("refused") or ())
             raise error
     raise SerializationError(f"cannot deserialize the artifact: {name}: {message}")
 
@@ -393,6 +396,9 @@ def child_main() -> None:
         result, code = {"ok": False, "error": "MemoryError", "message": ""}, 3
     except Exception as exc:
         result, code = {"ok": False, "error": type(exc).__name__, "message": str(exc)[:2000]}, 3
+        # what a remedy needs (modelkeep.remedies): the refused names and the CLI spelling
+        result["refused"] = [str(n) for n in getattr(exc, "refused", ())]
+        result["cli"] = {str(k): str(v) for k, v in getattr(exc, "cli_spelling", {}).items()}
     with open(job["result"], "w", encoding="utf-8") as f:
         json.dump(result, f)
     sys.stdout.flush()

@@ -94,6 +94,11 @@ HOW_TO_TRUST = (
     "If you trust them, list them in trusted_types: ModelPersistence(trusted_types=[...]), "
     "the trusted_types config key, MODELKEEP_TRUSTED_TYPES, or modelkeep --trust NAME"
 )
+#: :data:`HOW_TO_TRUST` as the command line says it.
+HOW_TO_TRUST_CLI = (
+    "If you trust them, pass --trust NAME (modelkeep --trust NAME load ...), "
+    "or list them in the trusted_types config key or MODELKEEP_TRUSTED_TYPES"
+)
 
 
 def recorded_globals(extra: Mapping[str, Any] | None) -> list[str]:
@@ -160,7 +165,9 @@ class TrustPolicy:
                 f" The version records these globals outside the allow-list: {', '.join(self.hint)}; "
                 "recorded globals are trusted only when the version is signed by a key you hold."
             )
-        return UnsafeModelError(text)
+        error = UnsafeModelError(text, cli={HOW_TO_TRUST: HOW_TO_TRUST_CLI})
+        error.refused = (f"{module}.{name}",)
+        return error
 
 
 def _module_refusal(what: str) -> UnsafeModelError:
@@ -239,7 +246,25 @@ def _resolve(policy: TrustPolicy, module: str, name: str, protocol: int) -> tupl
     try:
         return _import_attribute(module, name), source, key
     except (ImportError, AttributeError) as exc:
-        raise pickle.UnpicklingError(f"cannot find {module}.{name}: {exc}") from exc
+        raise pickle.UnpicklingError(f"cannot find {module}.{name}: {exc}{missing_global_hint(module, exc)}") from exc
+
+
+def missing_global_hint(module: str, exc: Exception) -> str:
+    """What to do when a trusted global cannot be found: a class saved from a script's
+    ``__main__``, or a module that is not importable here."""
+    if module == "__main__" or module.startswith("__main__."):
+        return (
+            ". The class was defined in the script that saved the model (__main__), so only that script "
+            "can load it: move the class into a module (e.g. mytransformers.py) that both scripts import, "
+            "and save the model again; or define (or import) the class in this script's __main__ before loading"
+        )
+    if isinstance(exc, ModuleNotFoundError):
+        return (
+            f". The module {module!r} is not importable here: install it, or run from the folder that holds it "
+            "(python -m modelkeep and the modelkeep command look in the working directory; "
+            "add another folder with modelkeep --path DIR or PYTHONPATH)"
+        )
+    return ""
 
 
 #: ``__new__`` of builtin bases that runs no code of the class and ignores or stores its arguments.

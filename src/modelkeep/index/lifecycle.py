@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..events import alias_event, next_seq, removal_event
 from ..metadata import HistoryEntry
+from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import LIVE, MODEL_LEVEL, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
@@ -131,6 +132,18 @@ class Lifecycle:
             ).scalar_one()
         )
 
+    def _alias_names(self, conn: Connection, model_name: str) -> list[str]:
+        return list(
+            conn.execute(select(aliases.c.alias).where(aliases.c.model_name == model_name).order_by(aliases.c.alias))
+            .scalars()
+            .all()
+        )
+
+    def _no_alias(self, conn: Connection, model_name: str, alias: str) -> AliasNotFoundError:
+        """The error for an unknown alias, suggesting the ones that exist (:func:`alias_hint`)."""
+        hint = alias_hint(alias, self._alias_names(conn, model_name))
+        return AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'{hint}")
+
     # -- aliases --------------------------------------------------------------------
     @_retry_on_disconnect
     def set_alias(
@@ -159,6 +172,13 @@ class Lifecycle:
         with self._locked(model_name) as conn:
             self._require_live(conn, model_name, version)
             current = self._alias_target(conn, model_name, alias)
+            if current is None:  # one alias per name whatever its case: "Production" is not a second "production"
+                twin = [a for a in self._alias_names(conn, model_name) if a.lower() == alias.lower()]
+                if twin:
+                    raise InvalidNameError(
+                        f"model '{model_name}' already has the alias '{twin[0]}', which differs from '{alias}' "
+                        f"only in case: use '{twin[0]}' (alias names that differ only in case are refused)"
+                    )
             if expected is not None and current != (expected or None):
                 where = f"points at version '{current}'" if current else "does not exist"
                 wanted = f"'{expected}'" if expected else "absent"
@@ -274,7 +294,7 @@ class Lifecycle:
         with self._locked(model_name) as conn:
             current = self._alias_target(conn, model_name, alias)
             if current is None:
-                raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+                raise self._no_alias(conn, model_name, alias)
             if expected is not None and current != expected:
                 raise AliasConflictError(
                     f"alias '{alias}' of model '{model_name}' points at version '{current}', not '{expected}' "
@@ -304,7 +324,7 @@ class Lifecycle:
         with self._index._read() as conn:
             found = self._alias_target(conn, model_name, alias)
             if found is None:
-                raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+                raise self._no_alias(conn, model_name, alias)
             return found
 
     # -- tags and descriptions --------------------------------------------------------
@@ -422,7 +442,8 @@ class Lifecycle:
         if pointing and not force:
             raise VersionInUseError(
                 f"model '{model_name}' version '{version}' is what alias(es) {', '.join(pointing)} point at; "
-                "move the alias first, or force the delete (which removes the alias too)"
+                "move the alias first, or delete with force=True (which removes the alias too)",
+                cli={"delete with force=True": "pass --force"},
             )
         for alias in pointing:
             conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))

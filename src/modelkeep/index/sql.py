@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -40,6 +41,7 @@ from ..errors import (
     IncompatibleRegistryError,
     IntegrityError,
     ModelNotFoundError,
+    RegistryNotFoundError,
     StorageError,
     VersionExistsError,
     VersionInUseError,
@@ -75,6 +77,20 @@ def normalize_url(url: str) -> str:
         if url.startswith(bare):
             return "postgresql+psycopg://" + url[len(bare) :]
     return url
+
+
+def missing_registry(where: str, schema: str | None = None) -> RegistryNotFoundError:
+    """The error for a read of a registry that does not exist: a local folder without
+    ``registry.db``, or a database (``schema``) without modelkeep's tables."""
+    if "://" not in where:
+        text = f"no modelkeep registry at {where!r} (registry.db not found): check models_dir, or save a model first"
+    else:
+        inside = f", schema {schema!r}" if schema else ""
+        text = (
+            f"no modelkeep registry in {where}{inside} (its tables do not exist): "
+            "check registry_url, or save a model first"
+        )
+    return RegistryNotFoundError(text, cli={"models_dir": "--models-dir", "registry_url": "--registry-url"})
 
 
 class Reservation:
@@ -161,7 +177,9 @@ class SqlIndex:
     """Versions of every model, keyed by ``(model_name, version)``.
 
     ``url`` is any SQLAlchemy URL; ``schema`` (PostgreSQL) puts the tables in
-    a schema of their own, created if needed.
+    a schema of their own, created if needed. With ``create=False`` a registry that
+    does not exist yet (no SQLite file; on PostgreSQL, no tables) raises
+    :class:`RegistryNotFoundError` and nothing is created.
     """
 
     def __init__(
@@ -171,6 +189,7 @@ class SqlIndex:
         schema: str | None = None,
         connect_timeout: float = timeouts.CONNECT_TIMEOUT,
         read_timeout: float = timeouts.READ_TIMEOUT,
+        create: bool = True,
     ) -> None:
         self.url = normalize_url(url)
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
@@ -180,6 +199,9 @@ class SqlIndex:
             raise ConfigError(f"registry_url {url!r} is not a valid database URL: {exc}") from exc
         self.dialect = parsed.get_backend_name()
         self.schema = schema
+        database = parsed.database or ":memory:"
+        if not create and self.dialect == "sqlite" and database != ":memory:" and not os.path.isfile(database):
+            raise missing_registry(os.path.dirname(os.path.abspath(database)))
         try:
             if self.dialect == "sqlite":
                 engine = create_engine(self.url, connect_args={"timeout": 60})
@@ -195,7 +217,7 @@ class SqlIndex:
         if schema is not None:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
-        self._open_schema()
+        self._open_schema(create)
 
     # -- plumbing ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -249,8 +271,8 @@ class SqlIndex:
             conn.execute(text(f"SELECT {fn}(hashtext('modelkeep:blobs'))"))
 
     @_retry_on_disconnect
-    def _open_schema(self) -> None:
-        """Create a new registry, or bring an older one up to :data:`SCHEMA_VERSION`.
+    def _open_schema(self, create: bool = True) -> None:
+        """Create a new registry (unless ``create`` is false), or bring an older one up to :data:`SCHEMA_VERSION`.
 
         The usual case (already current) costs one read. Otherwise, under the write
         lock (and on PostgreSQL a schema-wide advisory lock), the steps of
@@ -260,6 +282,11 @@ class SqlIndex:
         try:
             if self._stamped_version() == SCHEMA_VERSION:
                 return
+            if not create:
+                with self._read() as conn:
+                    if self._schema_of(conn) is None:
+                        self.engine.dispose()
+                        raise missing_registry(self.safe_url, self.schema)
             with self._write() as conn:
                 if self.dialect == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:schema'))"))
