@@ -283,6 +283,7 @@ def test_copy_refuses_the_replayed_row(replayed: ModelPersistence, tmp_path: Pat
     """Before: copy registered the forged row in the destination as ``other 1.0.0`` (the name in
     its JSON), under the source's signature. Now nothing of ``fraud`` is copied."""
     with ModelPersistence(models_dir=tmp_path / "dest") as dest:
+        dest.ensure_registry()  # an empty destination registry, so "nothing copied" can be listed
         with pytest.raises(SignatureError, match=SIGNED_FOR_OTHER):
             copy_registry(replayed, dest, models=["fraud"])
         assert dest.list_models() == []
