@@ -275,8 +275,8 @@ def test_readme_bundle_examples_run_as_shown(tmp_path: Path, iris_data: Any, mon
     monkeypatch.chdir(tmp_path)
     with ModelPersistence("models") as p:  # the default models_dir
         _fill(p, iris_data)
-    [commands] = readme_blocks("Moving out: portable bundles", "bash", "docs/mlflow.md")
-    run_cli_lines(commands)
+    for commands in readme_blocks("Moving out: portable bundles", "bash", "docs/mlflow.md"):
+        run_cli_lines(commands)
     with ModelPersistence("other_models") as other:
         assert other.list_versions("churn") == ["1.0.0", "1.1.0", "2.0.0"]
     # The first python block fills a registry; the last one reads the bundle.

@@ -284,6 +284,7 @@ def test_issue_11_reproduction_on_postgresql_and_s3(s3_bucket: Any, tmp_path: Pa
     from .test_team import team_persistence
 
     with pg_schema() as schema, team_persistence(s3_bucket, schema) as a, team_persistence(s3_bucket, schema) as b:
+        a.ensure_registry()  # the team's registry exists; the killer watches its connection
         killer = ConnectionKiller(a, _admin_url())
         b_records: list[Any] = []
         store_class = type(a.store)  # the backend's own write_bytes (object stores override it)

@@ -175,4 +175,4 @@ def test_keras_with_a_pickle_format_is_refused_before_writing(tmp_path: Path, mo
     with ModelPersistence(models_dir=tmp_path / "m", serialization_format=fmt) as p:
         with pytest.raises(SerializationError, match="serialization_format='keras' or 'auto'"):
             p.save(models["keras_sequential"], "k")
-        assert p.list_versions("k") == []
+        assert not (tmp_path / "m" / "registry.db").exists()  # refused before anything was written

@@ -265,8 +265,8 @@ class Lifecycle:
         alias = validate_alias(alias)
         with self._index._read() as conn:
             found = self._alias_state(conn, model_name, alias)
-        if found is None:
-            raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+            if found is None:
+                raise self._no_alias(conn, model_name, alias)
         return found
 
     @_retry_on_disconnect
