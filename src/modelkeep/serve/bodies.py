@@ -157,9 +157,14 @@ def check(X: Any, signature: dict[str, Any] | None) -> Any:
                 f"missing values (null or NaN) in columns the model needs filled: {', '.join(holes)}",
                 columns=holes,
             )
-    elif isinstance(X, np.ndarray) and X.dtype.kind == "f" and cols and not any(c.get("nullable") for c in cols):
-        if np.isnan(X).any():  # noqa: SIM102  (the cheap test first)
-            raise BadInput(400, "the input holds NaN values, and the model's signature has no nullable column")
+    elif (
+        isinstance(X, np.ndarray)
+        and X.dtype.kind == "f"
+        and cols
+        and not any(c.get("nullable") for c in cols)
+        and np.isnan(X).any()
+    ):
+        raise BadInput(400, "the input holds NaN values, and the model's signature has no nullable column")
     result = input_signature.check(signature, X)
     if not result.ok or result.reordered:
         detail = result.to_dict()
