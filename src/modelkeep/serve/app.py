@@ -95,12 +95,23 @@ class _Server:
         self._started = False
         self._start_lock = threading.Lock()
 
-    def ensure_started(self) -> None:
-        """Load the first version on a background thread and follow the alias (once)."""
+    def claim_start(self) -> bool:
+        """True for the one caller that should load the first version."""
         with self._start_lock:
-            if self._started:
-                return
-            self._started = True
+            first, self._started = not self._started, True
+            return first
+
+    async def start_now(self) -> None:
+        """Load the first version before accepting requests (the app's lifespan: with pre-forked
+        workers, a worker takes connections only once it can answer them), then follow the alias."""
+        if self.claim_start():
+            await run_in_threadpool(self.live.start)
+            self.live.follow(self.poll)
+
+    def ensure_started(self) -> None:
+        """Where no lifespan ran (an app mounted in another): load on a background thread, then follow."""
+        if not self.claim_start():
+            return
 
         def first() -> None:
             self.live.start()
@@ -298,7 +309,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        server.ensure_started()
+        await server.start_now()
         yield
         live.stop()
 

@@ -92,11 +92,7 @@ def _rows(value: Any, signature: dict[str, Any] | None, what: str) -> Any:
                 f"expected {len(names)} values per row ({', '.join(names)}), got {array.shape[1]}",
                 expected_columns=names,
             )
-        return (
-            pd.DataFrame({n: array[:, i] for i, n in enumerate(names)})
-            if array.dtype.kind in "iufb"
-            else (pd.DataFrame(array.tolist(), columns=names))
-        )
+        return pd.DataFrame(value, columns=names)
     return array
 
 
@@ -165,6 +161,8 @@ def check(X: Any, signature: dict[str, Any] | None) -> Any:
         and np.isnan(X).any()
     ):
         raise BadInput(400, "the input holds NaN values, and the model's signature has no nullable column")
+    if isinstance(X, pd.DataFrame):
+        X = _whole_floats_to_int(X, cols)
     result = input_signature.check(signature, X)
     if not result.ok or result.reordered:
         detail = result.to_dict()
@@ -181,6 +179,23 @@ def check(X: Any, signature: dict[str, Any] | None) -> Any:
             X = X.astype({k: v for k, v in wanted.items() if str(X[k].dtype) != v})
         except (TypeError, ValueError) as exc:
             raise BadInput(422, f"cannot cast the input to the signature's dtypes: {exc}") from None
+    return X
+
+
+def _whole_floats_to_int(X: pd.DataFrame, cols: list[dict[str, Any]]) -> pd.DataFrame:
+    """JSON writes ``2`` as ``2.0`` often enough (``DataFrame.values.tolist()``): a float column whose
+    values are all whole numbers fits an integer column without losing anything."""
+    for c in cols:
+        name = c["name"]
+        if name not in X or X[name].dtype.kind != "f":
+            continue
+        try:
+            kind = np.dtype(c["dtype"]).kind
+        except TypeError:
+            continue
+        values = X[name].to_numpy()
+        if kind in "iu" and np.isfinite(values).all() and (values == np.round(values)).all():
+            X = X.assign(**{name: values.astype(c["dtype"])})
     return X
 
 
