@@ -205,7 +205,7 @@ def test_alias_moves_under_load_tampered_version_is_refused_rollback_works(
     X = X.head(20)
     body = {"dataframe_split": json.loads(X.to_json(orient="split", index=False))}
     answers = {v: m.predict(X).tolist() for v, m in models.items()}
-    s = Server(folder, "churn@production", "--poll", str(POLL))
+    s = Server(folder, "churn@production", "--poll", str(POLL), "--require-signatures")
     p = ModelPersistence(models_dir=folder)
     failures: list[str] = []
     seen: list[tuple[float, str]] = []
@@ -265,6 +265,17 @@ def test_alias_moves_under_load_tampered_version_is_refused_rollback_works(
         assert r.headers["x-model-version"] == "2" and r.json()["predictions"] == answers["2"]
         assert "modelkeep_serve_behind 1.0" in s.client.get("/metrics").text
         assert "version 3, which cannot be served" in s.output()
+
+        # A version signed by a key this server does not trust: refused under --require-signatures.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MODELKEEP_CONFIG_DIR", str(folder.parent / "someone-else"))
+            with ModelPersistence(models_dir=folder) as other:
+                other.save(make_pipeline(StandardScaler()).fit(Xt), "churn", "4")
+        assert p.signature_status("churn", "4").status == "untrusted"
+        p.set_alias("churn", "production", "4")
+        wait_for(lambda: (s.client.get("/health").json().get("behind") or {}).get("version") == "4", "refuses 4")
+        assert "--require-signatures" in s.client.get("/health").json()["behind"]["reason"]
+        assert s.client.get("/model").json()["version"] == "2"
 
         # Rollback is moving the alias back.
         p.set_alias("churn", "production", "1")
