@@ -124,6 +124,12 @@ trust_option = click.option(
     help="A PEM public key whose signatures are trusted (repeatable; replaces trusted_keys).",
 )
 @click.option("--verbose/--quiet", default=None, help="Debug logging and tracebacks / errors only, no progress bar.")
+@click.option(
+    "--quarantine",
+    type=click.Choice(["auto", "always", "never"]),
+    help="Load versions in a short-lived child process first: auto (default: those not signed by a "
+    "trusted key), always, never.",
+)
 @trust_option
 @click.option(
     "--version",
@@ -141,6 +147,7 @@ def cli(
     registry_url: str | None,
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
+    quarantine: str | None,
     trust: tuple[str, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
@@ -148,7 +155,12 @@ def cli(
     Settings come from --config (or ./config.yaml), then MODELKEEP_* environment
     variables, then the options below.
     """
-    overrides = {"models_dir": models_dir, "registry_url": registry_url, "trusted_keys": list(trusted_keys) or None}
+    overrides = {
+        "models_dir": models_dir,
+        "registry_url": registry_url,
+        "trusted_keys": list(trusted_keys) or None,
+        "quarantine": quarantine,
+    }
     ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
 

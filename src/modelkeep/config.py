@@ -86,6 +86,21 @@ class PersistenceSettings(KeySettings):
             return [t.strip() for t in v.split(",") if t.strip()]
         return [] if v is None else v
 
+    #: Load versions not signed by a trusted key in a child process first (modelkeep.quarantine).
+    quarantine: Literal["auto", "always", "never"] = "auto"
+    quarantine_timeout: float = Field(default=120.0, gt=0)
+    quarantine_memory_mb: int | None = Field(default=None, gt=0)
+
+    @field_validator("quarantine", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("quarantine_memory_mb", mode="before")
+    @classmethod
+    def _auto_memory(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in {"", "auto"} else v
+
     @field_validator("trusted_types", mode="before")
     @classmethod
     def _split_types(cls, v: Any) -> Any:
@@ -169,6 +184,9 @@ class Settings(BaseModel):
             "protected_aliases": p.protected_aliases,
             "protected_alias_users": p.protected_alias_users or None,
             "token": p.token.get_secret_value() if p.token else None,
+            "quarantine": p.quarantine,
+            "quarantine_timeout": p.quarantine_timeout,
+            "quarantine_memory_mb": p.quarantine_memory_mb,
         }
 
     def release_logging(self) -> None:

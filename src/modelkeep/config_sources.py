@@ -36,6 +36,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_PROTECTED_ALIASES": ("persistence", "protected_aliases"),
     "MODELKEEP_PROTECTED_ALIAS_USERS": ("persistence", "protected_alias_users"),
     "MODELKEEP_TOKEN": ("persistence", "token"),
+    "MODELKEEP_QUARANTINE": ("persistence", "quarantine"),
+    "MODELKEEP_QUARANTINE_TIMEOUT": ("persistence", "quarantine_timeout"),
+    "MODELKEEP_QUARANTINE_MEMORY_MB": ("persistence", "quarantine_memory_mb"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {

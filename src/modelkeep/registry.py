@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import environment, keys, lineage, signing, timeouts
+from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
     MetadataError,
@@ -107,6 +108,10 @@ class ModelPersistence(LifecycleMixin):
             config, never from an artifact or its metadata.
         connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
             connect and to answer (see :mod:`modelkeep.timeouts`).
+        quarantine: ``"auto"`` (default) loads versions not signed by a trusted key in a
+            short-lived child process first, ``"always"`` every version, ``"never"`` none
+            (see :mod:`modelkeep.quarantine`); ``quarantine_timeout`` (seconds) and
+            ``quarantine_memory_mb`` (the child's address-space cap) bound that child.
     """
 
     def __init__(
@@ -132,7 +137,13 @@ class ModelPersistence(LifecycleMixin):
         token: str | None = None,
         protected_aliases: list[str] | None = None,
         protected_alias_users: list[str] | None = None,
+        quarantine: str = "auto",
+        quarantine_timeout: float = quarantine_mod.DEFAULT_TIMEOUT,
+        quarantine_memory_mb: int | None = None,
     ) -> None:
+        self.quarantine = quarantine_mod.check_mode(quarantine)
+        self.quarantine_timeout = quarantine_timeout
+        self.quarantine_memory_mb = quarantine_memory_mb
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
@@ -572,6 +583,7 @@ class ModelPersistence(LifecycleMixin):
         verdict = self.keyring.check(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
+        quarantine_mod.screen(self, record, verdict)  # a child loads untrusted content first
         options: dict[str, Any] = {
             "mmap_mode": mmap_mode,
             "extra": art.extra,

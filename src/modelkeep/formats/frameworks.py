@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ..errors import ConfigError, SerializationError, UnsafeModelError
+from . import native_checks
 from .base import Format, Writable
 
 CHUNK = 1 << 20
@@ -51,11 +52,6 @@ def _copy_out(path: str, file: Writable) -> None:
     with open(path, "rb") as src:
         while chunk := src.read(CHUNK):
             file.write(chunk)
-
-
-def _copy_in(file: IO[bytes], path: str) -> None:
-    with open(path, "wb") as dst:
-        shutil.copyfileobj(file, dst, CHUNK)
 
 
 def _class_path(obj: Any) -> str:
@@ -132,8 +128,10 @@ class XGBoostFormat(FrameworkFormat):
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
         cls = self._class(options)
+        data = bytearray(file.read())
+        native_checks.check_xgboost_model(data)
         model = cls()
-        model.load_model(bytearray(file.read()))
+        model.load_model(data)
         return model
 
 
@@ -152,7 +150,12 @@ class LightGBMFormat(FrameworkFormat):
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
         cls = self._class(options)
-        return cls(model_str=file.read().decode())
+        try:
+            text = file.read().decode()
+        except UnicodeDecodeError:
+            raise UnsafeModelError("refused to load: the LightGBM model string is not UTF-8 text") from None
+        native_checks.check_lightgbm_model(text)
+        return cls(model_str=text)
 
 
 class CatBoostFormat(FrameworkFormat):
@@ -176,7 +179,9 @@ class CatBoostFormat(FrameworkFormat):
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
         cls = self._class(options)
-        return cls().load_model(blob=file.read())
+        data = file.read()
+        native_checks.check_catboost_model(data)
+        return cls().load_model(blob=data)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -211,7 +216,9 @@ class TorchFormat(FrameworkFormat):
         from safetensors.torch import load
 
         cls = self._class(options)
-        tensors = load(file.read())
+        data = file.read()
+        native_checks.check_safetensors(data)
+        tensors = load(data)
         order = (options.get("extra") or {}).get("order") or list(tensors)
         return cls((k, tensors[k]) for k in order)
 
@@ -238,8 +245,11 @@ class KerasFormat(FrameworkFormat):
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
         import keras
 
+        data = file.read()
+        native_checks.check_keras_archive(data)
         with _scratch(self.suffix) as path:
-            _copy_in(file, path)
+            with open(path, "wb") as out:
+                out.write(data)
             return keras.saving.load_model(path, safe_mode=True)
 
 

@@ -34,6 +34,7 @@ CHECK_MODULES: tuple[str, ...] = (
     "modelkeep.formats.checks_sklearn",
     "modelkeep.formats.checks_scipy",
     "modelkeep.formats.checks_statsmodels",
+    "modelkeep.formats.native_checks",
 )
 
 #: :func:`check_loaded` refuses an object graph with more objects than this (a padded graph
