@@ -54,9 +54,16 @@ def read_token_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _is_loopback(host: str) -> bool:
-    from ..ui import is_loopback
+    """Whether ``host`` only accepts connections from this machine (as ``modelkeep ui`` decides it;
+    not imported from :mod:`modelkeep.ui`, whose package imports the registry)."""
+    import ipaddress
 
-    return is_loopback(host)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(

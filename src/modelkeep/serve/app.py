@@ -21,8 +21,9 @@ from starlette.routing import Route
 from ..lifecycle import split_reference
 from ..ui.auth import LOOPBACK_HOSTS, HostGate
 from ..versions import parse_version
-from . import bodies
 from .batching import Batcher
+from .bodies import BadInput, jsonable, parse
+from .bodies import check as check_body
 from .live import Behind, LiveModel, Loaded
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -136,7 +137,7 @@ class _Server:
             if response is None:
                 try:
                     response = await fn(request)
-                except bodies.BadInput as exc:
+                except BadInput as exc:
                     response = JSONResponse(exc.detail, exc.status)
             status = str(response.status_code)
             self.metrics.requests.labels(name, status).inc()
@@ -151,12 +152,12 @@ class _Server:
         declared = request.headers.get("content-length")
         too_big = f"the body is larger than this server's limit of {self.max_body} bytes (--max-body)"
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise bodies.BadInput(400, too_big, max_body=self.max_body)
+            raise BadInput(400, too_big, max_body=self.max_body)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body:
-                raise bodies.BadInput(400, too_big, max_body=self.max_body)
+                raise BadInput(400, too_big, max_body=self.max_body)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -167,7 +168,7 @@ class _Server:
     async def predict(self, request: Request) -> Response:
         method = request.query_params.get("method", "predict")
         if method not in self.methods:
-            raise bodies.BadInput(
+            raise BadInput(
                 400,
                 f"method {method!r} is not allowed on this server; allowed: {', '.join(self.methods)} "
                 f"(start it with --method {method} to allow it)",
@@ -180,13 +181,13 @@ class _Server:
             return JSONResponse({"error": "no model is loaded yet", "detail": self.live.error}, 503)
         fn = getattr(loaded.model, method, None)
         if not callable(fn) or method.startswith("_"):
-            raise bodies.BadInput(400, f"the model ({type(loaded.model).__name__}) has no method {method!r}")
+            raise BadInput(400, f"the model ({type(loaded.model).__name__}) has no method {method!r}")
         raw = await self.body(request)
         content_type = request.headers.get("content-type", "application/json")
         signature = loaded.record.input_signature
 
         def prepare() -> Any:
-            return bodies.check(bodies.parse(raw, content_type, signature), signature)
+            return check_body(parse(raw, content_type, signature), signature)
 
         def run(X: Any) -> Any:
             return fn(X)
@@ -203,8 +204,8 @@ class _Server:
                     return X, run(X)
 
                 X, out = await run_in_threadpool(both)
-            predictions = bodies.jsonable(out)
-        except bodies.BadInput:
+            predictions = jsonable(out)
+        except BadInput:
             raise
         except Exception as exc:
             logger.exception("%s of version %s failed", method, loaded.record.version)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import bodies
+from .bodies import example_from
 
 if TYPE_CHECKING:
     from ..metadata import ModelMetadata
@@ -105,7 +105,7 @@ class LiveModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MmapIgnoredWarning: not every artifact can be mapped
             model, record = self.p.load(self.name, version, return_metadata=True, mmap_mode="r" if self.mmap else None)
-        example = bodies.example_from(record.input_signature)
+        example = example_from(record.input_signature)
         if example is not None and hasattr(model, "predict"):
             try:
                 model.predict(example)
