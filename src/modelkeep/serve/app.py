@@ -223,7 +223,13 @@ class _Server:
             )
         out: dict[str, Any] = {"status": "behind" if behind else "ok", "version": loaded.record.version}
         if behind:
-            out["behind"] = {"version": behind.version, "reason": behind.reason, "since": _iso(behind.since)}
+            out["behind"] = {"version": behind.version, "since": _iso(behind.since)}
+            # /health needs no token; why a version failed (paths, signers) is for those who have one.
+            shown = self.tokens is None or not await run_in_threadpool(
+                self.tokens.why_not, request.headers.get("authorization")
+            )
+            if shown:
+                out["behind"]["reason"] = behind.reason
         return JSONResponse(out)
 
     async def model(self, request: Request) -> Response:
@@ -324,7 +330,7 @@ def create_app(
         Route("/metrics", ep("metrics", server.metrics_page), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(HostGate, allowed=(*LOOPBACK_HOSTS, *allowed_hosts))
+    app.add_middleware(HostGate, allowed=(*LOOPBACK_HOSTS, *allowed_hosts), what="modelkeep server")
     app.state.live = live
     app.state.metrics = metrics
     return app
