@@ -289,10 +289,19 @@ def test_alias_moves_under_load_tampered_version_is_refused_rollback_works(
         s.stop()
 
 
-def test_two_workers_and_batching_answer_as_unbatched(registry: tuple[Path, dict[str, Any]]) -> None:
+def test_two_workers_batching_tokens_and_host_check(registry: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """One server with two pre-forked workers, batching and a token file (one start instead of three)."""
     folder, models = registry
     X, _ = _data()
-    s = Server(folder, "churn@production", "--workers", "2", "--batch-max-rows", "64", "--batch-wait-ms", "20")
+    token = "tok_" + os.urandom(16).hex()
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# serving clients\n{token}\n")
+    with ModelPersistence(models_dir=folder) as p:
+        p.users.add("ci", None, "viewer")
+        user_token = p.users.new_token("ci")
+    args = ["--workers", "2", "--batch-max-rows", "64", "--batch-wait-ms", "20", "--token-file", str(token_file)]
+    s = Server(folder, "churn@production", *args)
+    auth = {**JSON, "authorization": f"Bearer {token}"}
     results: dict[int, Any] = {}
 
     def one(i: int) -> None:
@@ -302,7 +311,7 @@ def test_two_workers_and_batching_answer_as_unbatched(registry: tuple[Path, dict
         else:
             body = {"dataframe_split": json.loads(part.to_json(orient="split", index=False))}
         with httpx.Client(base_url=s.url, timeout=30) as c:
-            r = _post(c, body, headers=JSON)
+            r = _post(c, body, headers=auth)
         results[i] = (r.status_code, r.json(), part)
 
     try:
@@ -317,21 +326,8 @@ def test_two_workers_and_batching_answer_as_unbatched(registry: tuple[Path, dict
             else:
                 assert status == 200, answer
                 assert answer["predictions"] == models["1"].predict(part).tolist(), i
-    finally:
-        s.stop()
 
-
-def test_tokens_and_host_check(registry: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    folder, _ = registry
-    token = "tok_" + os.urandom(16).hex()
-    token_file = tmp_path / "tokens"
-    token_file.write_text(f"# serving clients\n{token}\n")
-    with ModelPersistence(models_dir=folder) as p:
-        p.users.add("ci", None, "viewer")
-        user_token = p.users.new_token("ci")
-    s = Server(folder, "churn@production", "--token-file", str(token_file))
-    body = {"instances": [[1.0, 2]]}
-    try:
+        body = {"instances": [[1.0, 2]]}
         assert _post(s.client, body, headers=JSON).status_code == 401
         r = _post(s.client, body, headers={**JSON, "authorization": "Bearer not-the-token-at-all"})
         assert r.status_code == 401 and "unknown" in r.json()["error"]
