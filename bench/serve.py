@@ -197,7 +197,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         if mlflow_ok:
             uri = f"sqlite:///{tmp / 'mlflow.db'}"
-            mlenv = {**env, "MLFLOW_TRACKING_URI": uri}
+            venv_bin = str(Path(args.mlflow_python).parent)  # mlflow execs `uvicorn`: the venv's, not ours
+            mlenv = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            mlenv.update(MLFLOW_TRACKING_URI=uri, PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
             setup = subprocess.run(
                 [args.mlflow_python, "-c", MLFLOW_SETUP, uri, kind, str(args.forest_trees)],
                 env=mlenv,
