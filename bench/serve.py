@@ -61,7 +61,11 @@ kind, trees = sys.argv[2], int(sys.argv[3])
 model, X = fit(kind, trees)
 with mlflow.start_run():
     info = mlflow.sklearn.log_model(
-        model, name="model", registered_model_name=kind, signature=infer_signature(X, model.predict(X.head(100)))
+        model,
+        name="model",
+        registered_model_name=kind,
+        signature=infer_signature(X, model.predict(X.head(100))),
+        serialization_format="cloudpickle",  # MLflow 3's skops default refuses forests without a trust list
     )
 client = mlflow.MlflowClient()
 version = client.search_model_versions(f"name='{kind}'")[0].version
@@ -166,6 +170,7 @@ def main() -> None:
     ap.add_argument("--forest-trees", type=int, default=300)
     ap.add_argument("--mlflow-python", default="/tmp/mlflow-venv/bin/python")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--models", default="pipeline,forest", help="which models, comma-separated")
     args = ap.parse_args()
 
     from modelkeep import ModelPersistence
@@ -181,7 +186,7 @@ def main() -> None:
     )
     results: list[dict[str, Any]] = []
     p = ModelPersistence(tmp / "models", compress=False)  # uncompressed: mapped at load, shared by workers
-    for kind in ("pipeline", "forest"):
+    for kind in args.models.split(","):
         model, X = namespace["fit"](kind, args.forest_trees)
         p.save(model, kind, "1", input_example=X.head(5))
         p.set_alias(kind, "production", "1")
