@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,14 @@ sys.path.insert(0, str(BENCH_DIR.parent / "src"))
 from sqlalchemy import func, insert, select, text  # noqa: E402
 
 from modelkeep.index import SqlIndex  # noqa: E402
+from modelkeep.index.common import record_row as _row  # noqa: E402
 from modelkeep.index.fields import field_rows  # noqa: E402
 from modelkeep.index.schema import fields, tags, versions  # noqa: E402
-from modelkeep.index.sql import _row  # noqa: E402
 from modelkeep.metadata import ArtifactInfo, ModelMetadata  # noqa: E402
 from modelkeep.search import iter_versions, search_versions  # noqa: E402
 
+#: When the first bulk-inserted version was "saved" (each next one a second later).
+EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 METRICS = ["accuracy", "auc", "f1", "precision", "recall", "loss", "rmse", "mae", "latency_ms", "epochs"]
 QUERIES = [
     ('accuracy > 0.9 AND tags.dataset = "v7"', "-accuracy"),
@@ -83,8 +86,8 @@ def build(index: SqlIndex, n_versions: int, n_models: int, seed: int = 0) -> flo
                     model_name=name,
                     model_type="RandomForestClassifier",
                     version=f"1.{i}.0",
-                    created_at=f"2026-01-01T00:00:{vid:06d}+00:00",
-                    updated_at=f"2026-01-01T00:00:{vid:06d}+00:00",
+                    created_at=(EPOCH + timedelta(seconds=vid)).isoformat(),
+                    updated_at=(EPOCH + timedelta(seconds=vid)).isoformat(),
                     metadata=metadata,
                     artifact=ArtifactInfo(f"{name}/1.{i}.0/a.joblib", "joblib", None, 1000 + vid, "0" * 64),
                 )

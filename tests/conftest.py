@@ -83,7 +83,10 @@ class IndexTarget:
     schema: str | None = None
 
     def persistence(self, models_dir: Path, **kwargs: object) -> ModelPersistence:
-        return ModelPersistence(models_dir=models_dir, registry_url=self.url, index_schema=self.schema, **kwargs)  # type: ignore[arg-type]
+        """A registry on this index, created empty if it does not exist yet (opening alone creates nothing)."""
+        p = ModelPersistence(models_dir=models_dir, registry_url=self.url, index_schema=self.schema, **kwargs)  # type: ignore[arg-type]
+        p.ensure_registry()
+        return p
 
 
 @contextlib.contextmanager
@@ -140,6 +143,7 @@ def persistence(index_target: IndexTarget, tmp_path: Path) -> Iterator[ModelPers
 def local_persistence(tmp_path: Path) -> Iterator[ModelPersistence]:
     """The embedded default: SQLite beside the models in a fresh folder."""
     p = ModelPersistence(models_dir=tmp_path / "models")
+    p.ensure_registry()
     yield p
     p.close()
 

@@ -296,3 +296,26 @@ def test_the_policy_for_a_load_ignores_recorded_globals_unless_signed() -> None:
     data = io.BytesIO(pickle.dumps(np.arange(3)))
     assert TrustPolicy.for_load({}).source("numpy", "ndarray") == "builtin"
     assert list(restricted_loads(data.getvalue())) == [0, 1, 2]
+
+
+def test_multiclass_gradient_boosting_loads_for_another_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multiclass (Hist)GradientBoosting pickles its loss through Cython's generated
+    ``__pyx_unpickle_CyHalfMultinomialLoss``: a reader without the author's key must still load
+    them with no setting (the reconstructor only ``__new__``s its allow-listed class)."""
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+
+    X, y = load_iris(return_X_y=True)
+    models = {
+        "gbc": GradientBoostingClassifier(n_estimators=5, random_state=0).fit(X, y),
+        "hgb": HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(X, y),
+    }
+    with ModelPersistence(tmp_path / "reg") as p:
+        for name, model in models.items():
+            p.save(model, name, "1.0.0")
+    monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(tmp_path / "another-user"))
+    with ModelPersistence(tmp_path / "reg", quarantine="never") as p:
+        for name, model in models.items():
+            assert p.signature_status(name, "1.0.0").status == "untrusted"
+            loaded = p.load(name, "1.0.0")
+            np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

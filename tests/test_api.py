@@ -748,11 +748,12 @@ def test_signature_errors(local_persistence: ModelPersistence, tmp_path: Path) -
     ids=["models-dir-is-a-file", "models-dir-under-a-file", "registry-path-is-a-file"],
 )
 def test_unusable_folders_raise_storage_error(tmp_path: Path, layout: dict[str, str]) -> None:
-    """A folder that cannot be created is a storage failure, catchable as ModelKeepError."""
+    """A folder that cannot be created is a storage failure, catchable as ModelKeepError
+    (raised by the save that would create it: opening a registry creates nothing)."""
     (tmp_path / "afile").write_text("not a folder")
     kwargs = {key: tmp_path / value for key, value in layout.items()}
-    with pytest.raises(StorageError) as info:
-        ModelPersistence(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(StorageError) as info, ModelPersistence(**kwargs) as p:  # type: ignore[arg-type]
+        p.save({"a": 1}, "m")
     assert isinstance(info.value, OSError)
 
 

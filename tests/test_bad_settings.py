@@ -21,6 +21,7 @@ from typing import Any
 import joblib
 import pytest
 
+from modelkeep.index.sql import SqlIndex
 from tests.s3_server import AWS_ENV
 
 
@@ -146,11 +147,12 @@ def failed(report: dict[str, Any]) -> dict[str, str]:
 @pytest.mark.s3
 def test_doctor_passes_on_a_working_team_registry(s3_bucket: Any, tmp_path: Path) -> None:
     args = ["--models-dir", s3_bucket.url(), "--registry-url", f"sqlite:///{tmp_path / 'r.db'}"]
+    SqlIndex(args[-1]).close()  # the team's index exists (doctor checks it, and never creates it)
     code, report = doctor(args, {**s3_env(s3_bucket.endpoint_url), "MODELKEEP_SIGNING_KEY": "k" * 32}, tmp_path)
     assert code == 0 and report["ok"], report
     details = {c["check"]: c["detail"] for c in report["checks"]}
     assert "probe written and removed" in details["store"]
-    assert details["signing key"] == "from the environment (MODELKEEP_SIGNING_KEY)"
+    assert details["signing key"] == "shared HMAC key from the environment (MODELKEEP_SIGNING_KEY)"
     assert [k for k in s3_bucket.object_keys() if "doctor" in k] == []  # the probe is gone
     text, _ = run_cli([*args, "doctor"], s3_env(s3_bucket.endpoint_url), tmp_path)
     assert len(text.stdout.strip().splitlines()) == len(report["checks"])  # one line per check

@@ -98,7 +98,7 @@ def test_list_info_compare_show_aliases_and_tags(run: Run) -> None:
     assert (info["version"], info["aliases"], info["tags"]) == ("1.1.0", ["production"], {"stage": "approved"})
     assert "production" in ok(run, "info", "--model-name", "clf", "--version", "@production")
     compared = json.loads(ok(run, "compare", "--model-name", "clf", "--json"))
-    assert [(r["version"], r["aliases"], r["tag.stage"]) for r in compared] == [
+    assert [(r["version"], r["aliases"], r["tags.stage"]) for r in compared] == [
         ("1.0.0", "", None),
         ("1.1.0", "production", "approved"),
         ("2.0.0", "", None),

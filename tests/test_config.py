@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelkeep import ConfigError, ModelMetadata, ModelPersistenceManager, SignatureError, VersionNotFoundError
+from modelkeep import (
+    ConfigError,
+    ModelMetadata,
+    ModelPersistenceManager,
+    RegistryNotFoundError,
+    SignatureError,
+    VersionNotFoundError,
+)
 from modelkeep.config import ENV_VARS, load_settings
 from modelkeep.formats import get_format
 
@@ -66,8 +73,9 @@ def test_seed_config_keys(tmp_path: Path, managers: list[ModelPersistenceManager
     assert (s.persistence.models_dir, s.persistence.registry_path) == ("models", None)
     assert (s.persistence.serialization_format, s.persistence.compress) == ("joblib", True)
     assert manager.persistence.models_dir == tmp_path / "models"
-    assert (tmp_path / "models" / "registry.db").is_file()
+    assert not (tmp_path / "models").exists()  # opening creates nothing; the first save does
     path = manager.save_model(classifier, "my_model", "1.0.0", accuracy=0.95)
+    assert (tmp_path / "models" / "registry.db").is_file()
     assert path == tmp_path / "models" / "my_model" / "1.0.0" / "my_model_v1.0.0.joblib"
     default = get_format("joblib").normalize_compression(True)
     assert manager.persistence.get_version("my_model").artifact.compression == default  # type: ignore[union-attr]
@@ -283,7 +291,8 @@ def test_manager_methods(
 ) -> None:
     X, _ = iris_data
     manager = _manager(managers, _write(tmp_path / "config.yaml", SEED_CONFIG))
-    assert manager.list_models() == []
+    with pytest.raises(RegistryNotFoundError, match="models"):  # nothing saved yet: no registry
+        manager.list_models()
     manager.save_model(classifier, "my_model", "1.0.0", accuracy=0.95)
     manager.save_model(classifier, "my_model", accuracy=0.97)  # next patch
     manager.save_model({"x": 1}, "other")

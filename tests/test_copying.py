@@ -31,6 +31,7 @@ def team(s3_bucket: S3Bucket, pg_schema: str) -> Iterator[ModelPersistence]:
         storage_options=s3_bucket.storage_options,
         index_schema=pg_schema,
     )
+    p.ensure_registry()
     yield p
     p.close()
 
@@ -38,6 +39,7 @@ def team(s3_bucket: S3Bucket, pg_schema: str) -> Iterator[ModelPersistence]:
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[ModelPersistence]:
     with ModelPersistence(models_dir=tmp_path / "local") as p:
+        p.ensure_registry()
         yield p
 
 

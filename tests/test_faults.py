@@ -319,7 +319,7 @@ def _spawn_writers(tmp_path: Path, spec: dict[str, Any], workers: int) -> tuple[
     start = tmp_path / "start"
     procs = []
     for worker in range(workers):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(ROOT / "tests" / "_faults.py"), json.dumps({**spec, "worker": worker})],
@@ -380,8 +380,8 @@ def test_random_backend_kills_with_eight_writers_lose_nothing(s3_bucket: Any, tm
             "stop_file": str(tmp_path / "stop"),
         }
         options = {"storage_options": s3_bucket.storage_options, "index_schema": schema}
-        with ModelPersistence(models_dir=s3_bucket.url(), registry_url=PG_URL, **options):
-            pass  # the tables exist before the writers start
+        with ModelPersistence(models_dir=s3_bucket.url(), registry_url=PG_URL, **options) as p:
+            p.ensure_registry()  # the tables exist before the writers start
         procs, start = _spawn_writers(tmp_path, spec, 8)
         _wait_ready(start, 8)
         start.touch()
@@ -422,8 +422,8 @@ def test_random_connection_kills_with_eight_writers_on_sqlite_lose_nothing(tmp_p
     models = tmp_path / "models"
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     name = "randomly-killed"
-    with ModelPersistence(models_dir=models, registry_url=url):
-        pass
+    with ModelPersistence(models_dir=models, registry_url=url) as p:
+        p.ensure_registry()  # the tables exist before the writers start
     spec = {
         "models_dir": str(models),
         "registry_url": url,

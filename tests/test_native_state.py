@@ -472,3 +472,33 @@ def test_the_fuzzer_finds_crashes_without_the_checks(kind: str) -> None:
     """The same mutations, loaded with plain pickle, crash a child: the fuzz test is not vacuous."""
     result = _child("plain", kind, "22", "200")
     assert result.returncode < 0, result.stdout[-2000:]
+
+
+def test_mapped_index_arrays_are_private_so_a_later_write_cannot_move_them(tmp_path: Path) -> None:
+    """With ``mmap_mode``, float arrays stay mapped to the store file, but integer arrays (a
+    KD-tree's ``idx_array``, which its Cython query trusts as row indices) are copied into
+    private memory before the state checks: a process that rewrites the artifact after the load
+    changes neither the indices nor the answers, and cannot push ``query`` out of bounds."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(20_000, 4), rng.randint(0, 3, 20_000)
+    model = KNeighborsClassifier(algorithm="kd_tree").fit(X, y)
+    with ModelPersistence(tmp_path / "reg", compress=False) as p:
+        p.save(model, "knn", "1.0.0")
+        loaded = p.load("knn", "1.0.0", mmap_mode="r")
+        path = p.store.local_path(p.get_version("knn", "1.0.0").artifact.key)
+    data, idx_array, _node_data, _bounds = loaded._tree.get_arrays()
+    assert isinstance(np.asarray(data).base, np.memmap) or isinstance(data, np.memmap)  # floats stay mapped
+    idx = np.asarray(idx_array)
+    assert not isinstance(idx, np.memmap) and not isinstance(idx.base, np.memmap)
+    expected = loaded.predict(X[:50])
+    # Rewrite every aligned int64 equal to a row index with a huge value, in place in the file.
+    raw = bytearray(Path(path).read_bytes())
+    needle = np.ascontiguousarray(model._tree.get_arrays()[1]).tobytes()
+    at = bytes(raw).find(needle)
+    assert at > 0
+    raw[at : at + len(needle)] = np.full(len(needle) // 8, 10**12, dtype=np.int64).tobytes()
+    with open(path, "r+b") as f:
+        f.write(raw)
+    np.testing.assert_array_equal(loaded.predict(X[:50]), expected)

@@ -73,7 +73,8 @@ def test_mmap_that_maps_does_not_warn(tmp_path: Path, fmt: str) -> None:
 def test_arima_maps_copy_on_write_when_read_only_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from statsmodels.tsa.arima.model import ARIMA
 
-    fitted = ARIMA(np.cumsum(np.random.default_rng(1).normal(size=60)), order=(1, 0, 0)).fit()
+    # 10,000 points: its arrays are large enough (64 KiB) to be mapped rather than read.
+    fitted = ARIMA(np.cumsum(np.random.default_rng(1).normal(size=10_000)), order=(1, 0, 0)).fit()
     with ModelPersistence(models_dir=tmp_path / "m", compress=False) as p:
         p.save(fitted, "arima")
         with caplog.at_level("WARNING", logger="modelkeep"):

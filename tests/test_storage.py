@@ -160,9 +160,6 @@ def test_digest_mismatch_is_refused(case: StoreCase) -> None:
         case.store.read_verified("v/file", sha)
     with pytest.raises(IntegrityError), case.store.open_verified("v/file", sha):
         pytest.fail("a tampered artifact must not be handed out")
-    if case.kind == "local":  # the memory-mapping path hashes the open file before naming it
-        with pytest.raises(IntegrityError), case.store.verified_path("v/file", sha):
-            pytest.fail("a tampered artifact must not be handed out")
 
 
 def test_missing_key_errors(case: StoreCase) -> None:

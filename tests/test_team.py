@@ -42,6 +42,7 @@ MiB = 1 << 20
 def team(s3_bucket: S3Bucket, pg_schema: str) -> Iterator[ModelPersistence]:
     """A ModelPersistence on PostgreSQL + S3."""
     with team_persistence(s3_bucket, pg_schema) as p:
+        p.ensure_registry()
         yield p
 
 

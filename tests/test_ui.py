@@ -16,7 +16,17 @@ from starlette.testclient import TestClient
 from modelkeep import ModelPersistence
 from modelkeep.ui import create_app, is_loopback
 from modelkeep.ui.security import COOKIE, FIELD
-from modelkeep.ui.views import chart_series, comparison_rows, metric_names
+from modelkeep.ui.views import (
+    ago,
+    chart_series,
+    comparison_rows,
+    history_diff,
+    lineage_view,
+    lower_is_better,
+    metric_names,
+    signature_view,
+    time_html,
+)
 
 
 @pytest.fixture
@@ -62,6 +72,22 @@ def test_search_box_uses_the_filter_grammar(client: TestClient) -> None:
     bad = client.get("/", params={"q": "accuracy >"})
     assert bad.status_code == 400
     assert "Traceback" not in bad.text
+
+
+def test_a_search_typo_is_shown_in_place_with_the_query_kept_and_a_suggestion(client: TestClient) -> None:
+    bad = client.get("/", params={"q": "accuracy >"})
+    assert bad.status_code == 400
+    assert 'id="search-error"' in bad.text and "expected a value" in bad.text
+    # The search box still holds the query, and a caret points at the problem.
+    assert 'id="search" value="accuracy &gt;"' in bad.text
+    assert re.search(r'<span class="caret" aria-hidden="true"> {10}\^</span>', bad.text)
+    assert "accuracy%20%3E%200.9" in bad.text  # an example filter to click
+    typo = client.get("/", params={"q": "acuracy > 0.8"})
+    assert typo.status_code == 400
+    assert "Did you mean accuracy?" in typo.text
+    fixed = re.search(r'id="search-fixed" href="([^"]+)"', typo.text)
+    assert fixed is not None
+    assert client.get(fixed.group(1).replace("&amp;", "&")).status_code == 200
 
 
 def test_model_page_has_metric_columns_aliases_tags_and_timeline(client: TestClient) -> None:
@@ -125,9 +151,13 @@ def test_version_page_shows_everything_about_a_version(client: TestClient, regis
 def test_compare_page_lines_up_versions_and_marks_differences(client: TestClient) -> None:
     page = client.get("/models/churn/compare", params=[("v", "1.0.0"), ("v", "1.2.0")])
     assert page.status_code == 200
-    assert '<tr class="differs"><th>accuracy</th><td>0.81</td><td>0.9</td></tr>' in page.text.replace("\n", "")
-    assert '<tr class="same"><th>dataset</th>' in page.text.replace("\n", "")
-    assert 'id="compare-data"' in page.text
+    flat = page.text.replace("\n", "")
+    accuracy = re.search(r'<tr class="differs"><th scope="row">accuracy (.*?)</tr>', flat)
+    assert accuracy is not None
+    # 0.9 is the best accuracy (higher is better), highlighted; 0.81 is not.
+    assert "<td>0.81</td>" in accuracy.group(1) and '<td class="best">0.9</td>' in accuracy.group(1)
+    assert '<tr class="same"><th scope="row">dataset</th>' in flat
+    assert 'id="small-multiples"' in page.text and 'data-metric="f1"' in page.text
     diff_only = client.get("/models/churn/compare", params=[("v", "1.0.0"), ("v", "1.2.0"), ("diff", "1")])
     assert re.search(r'<tr class="same"[^>]*hidden>', diff_only.text)
     assert client.get("/models/churn/compare", params=[("v", "1.0.0")]).status_code == 400
@@ -246,3 +276,132 @@ def test_view_helpers(registry: ModelPersistence) -> None:
 def test_loopback_detection() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+
+
+def test_times_are_human_with_the_exact_time_in_datetime_and_title(
+    client: TestClient, registry: ModelPersistence
+) -> None:
+    record = registry.get_version("churn", "1.1.0")
+    for path in ("/", "/models/churn", "/models/churn/versions/1.1.0", "/history"):
+        page = client.get(path)
+        times = re.findall(r'<time datetime="([^"]+)" title="([^"]+)">([^<]+)</time>', page.text)
+        assert times, path
+        for exact, title, label in times:
+            assert exact in title and "T" in exact and "T" not in label, (path, label)
+    version = client.get("/models/churn/versions/1.1.0").text
+    assert f'<time datetime="{record.created_at}"' in version.replace("+00:00", "+00:00")
+
+
+def test_time_helpers() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2026, 12, 5, 14, 2, tzinfo=timezone.utc)
+    assert ago(now - timedelta(hours=3), now) == "3 hours ago"
+    assert ago(now - timedelta(seconds=5), now) == "just now"
+    assert ago(now - timedelta(days=1), now) == "yesterday"
+    assert ago(now - timedelta(days=30), now) == ""
+    old = time_html("2026-11-01T09:15:30.123456+00:00", now)
+    assert '<time datetime="2026-11-01T09:15:30.123456+00:00"' in old and ">2026-11-01 09:15</time>" in old
+    assert ">3 hours ago</time>" in time_html((now - timedelta(hours=3)).isoformat(), now)
+    assert time_html("not a time", now) == "not a time"
+    assert time_html("<b>", now) == "&lt;b&gt;"
+
+
+def test_version_page_shows_the_signature_as_a_table_and_lineage_as_a_card(
+    client: TestClient, registry: ModelPersistence
+) -> None:
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    frame = pd.DataFrame({"age": [30, 41, 52, 23], "region": pd.array([1, None, 2, 3], dtype="Int64")})
+    model = LogisticRegression().fit(frame.fillna(0), [0, 1, 0, 1])
+    registry.save(model, "churn", "1.3.0", input_example=frame, training_data=frame, parent="1.2.0", accuracy=0.7)
+    page = client.get("/models/churn/versions/1.3.0").text
+    table = page[page.index('id="input-signature"') : page.index("</table>", page.index('id="input-signature"'))]
+    rows = re.findall(r'<tr><td class="mono">([^<]+)</td><td class="mono">([^<]+)</td><td>([^<]*)</td></tr>', table)
+    assert rows == [("age", "int64", "no"), ("region", "Int64", "yes")]
+    card = page[page.index('id="lineage"') :]
+    assert "4 rows \u00d7 2 columns" in card
+    record = registry.get_version("churn", "1.3.0")
+    assert record.lineage is not None
+    assert record.lineage["training_data"]["sha256"][:12] in card
+    assert 'id="lineage-parent"><a class="mono" href="/models/churn/versions/1.2.0">1.2.0</a>' in card
+    shown = re.sub(r'value="[^"]*"', "", page)  # hidden form fields may carry JSON; the page text may not
+    assert '"training_data"' not in shown and "{&#34;" not in shown  # no raw JSON walls
+
+
+def test_signature_and_lineage_views() -> None:
+    sig = signature_view({"feature_names": ["a", "b"], "n_features": 2, "shape": [None, 2], "source": "model"})
+    assert sig is not None
+    assert [c["name"] for c in sig.columns] == ["a", "b"] and ("shape", "any \u00d7 2") in sig.facts
+    assert signature_view(None) is None
+    card = lineage_view({"git": {"commit": "0123456789abcdef", "dirty": True, "branch": "main"}})
+    assert card is not None and card["git"] == {
+        "commit": "0123456789abcdef",
+        "short": "0123456789",
+        "dirty": True,
+        "branch": "main",
+    }
+    assert card["data"] is None and card["parent"] is None
+
+
+def test_history_is_a_diff_not_json(client: TestClient, registry: ModelPersistence) -> None:
+    registry.set_alias("churn", "production", "1.2.0", expected="1.1.0")
+    page = client.get("/history", params={"model": "churn"}).text
+    assert re.search(r"<del>1\.1\.0</del><span class=\"arrow\"[^>]*>→</span><ins>1\.2\.0</ins>", page)
+    assert '<span class="mono">format</span>: <ins>' in page  # a save lists its fields, one per line
+    shown = re.sub(r'value="[^"]*"', "", page)
+    assert "{&#34;" not in shown and '{"' not in shown
+
+
+def test_history_diff_helper() -> None:
+    assert [(c.key, c.before, c.after, c.kind) for c in history_diff("1.0.0", "1.1.0")] == [
+        ("", "1.0.0", "1.1.0", "changed")
+    ]
+    lines = history_diff({"a": 1, "b": 2}, {"b": 3, "c": 4})
+    assert [(c.key, c.kind) for c in lines] == [("a", "removed"), ("b", "changed"), ("c", "added")]
+    assert history_diff(None, None) == []
+
+
+def test_best_value_direction_follows_the_metric_name() -> None:
+    for name in ("val_loss", "rmse", "train_seconds", "latency_ms", "error_rate", "model-size"):
+        assert lower_is_better(name), name
+    for name in ("accuracy", "auc", "f1", "r2", "precision", "lossless_ratio"):
+        assert not lower_is_better(name), name
+
+
+def test_trashing_an_aliased_version_offers_moving_the_alias_or_forcing(
+    client: TestClient, registry: ModelPersistence
+) -> None:
+    token = _token(client, "/models/churn/versions/1.1.0")
+    confirm = client.post("/models/churn/versions/1.1.0/delete", data={FIELD: token})
+    assert confirm.status_code == 409
+    assert "1.1.0" in registry.list_versions("churn")
+    assert 'id="move-first"' in confirm.text and 'id="force-form"' in confirm.text
+    assert "force the delete" not in confirm.text
+    # "Move the alias first": the form moves production with compare-and-set, then the trash works.
+    move = re.search(r'action="/models/churn/aliases" class="move-alias">(.*?)</form>', confirm.text, re.S)
+    assert move is not None
+    assert 'name="expected" value="1.1.0"' in move.group(1) and "<option>1.2.0</option>" in move.group(1)
+    moved = client.post(
+        "/models/churn/aliases", data={FIELD: token, "alias": "production", "version": "1.2.0", "expected": "1.1.0"}
+    )
+    assert moved.status_code == 200 and registry.get_aliases("churn")["production"] == "1.2.0"
+    assert client.post("/models/churn/versions/1.1.0/delete", data={FIELD: token}).status_code == 200
+    assert "1.1.0" not in registry.list_versions("churn")
+    # "Force": trashes the aliased version and removes the alias.
+    forced = client.post("/models/churn/versions/1.2.0/delete", data={FIELD: token, "force": "1"})
+    assert forced.status_code == 200
+    assert "1.2.0" not in registry.list_versions("churn") and "production" not in registry.get_aliases("churn")
+
+
+def test_tables_use_chips_and_labelled_fields(client: TestClient) -> None:
+    model = client.get("/models/churn").text
+    assert '<span class="chip alias production">production</span>' in model
+    assert '<span class="chip tag" title="team=growth"><span class="k">team</span>=growth</span>' in model
+    assert 'id="column-chooser" data-table="versions"' in model
+    assert re.search(r'<th scope="col" data-col="accuracy"', model)
+    form = model[model.index('id="alias-form"') : model.index("</form>", model.index('id="alias-form"'))]
+    for name in ("alias", "version"):
+        assert re.search(rf'<label class="field"><span>[^<]+</span><input name="{name}"', form), name
+    assert 'title="LogisticRegression, saved as joblib"><span class="clip">LogisticRegression</span>' in model

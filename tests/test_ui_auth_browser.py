@@ -17,7 +17,7 @@ from typing import Any
 
 from modelkeep import ModelPersistence
 from modelkeep.index.audit import actor
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_until_serving
+from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _shot, _wait_until_serving
 
 USERS = {"vera": ("viewer", "viewer-pass-1"), "eddie": ("editor", "editor-pass-1"), "ada": ("admin", "admin-pass-1")}
 
@@ -106,6 +106,7 @@ def test_team_flow_in_chromium(tmp_path: Path, classifier: Any) -> None:
             page.click("#version-alias-form button")
             expect(page.locator("#conflict-seen")).to_have_text("1.2.0")
             expect(page.locator("#conflict-current")).to_have_text("1.0.0")
+            _shot(page, "conflict")
             assert statuses[-1] == 409 and p.get_aliases("churn")["production"] == "1.0.0"
             page.click("#retry-form button")
             expect(page.locator(".flash")).to_contain_text("production -> 1.3.0")
@@ -114,6 +115,10 @@ def test_team_flow_in_chromium(tmp_path: Path, classifier: Any) -> None:
             page.goto(url + "history?model=churn")
             history = page.locator("#history").inner_text()
             assert "eddie" in history and "ada" in history
+            if "/users" in page.content():
+                page.goto(url + "users")
+                expect(page.locator("#users")).to_contain_text("eddie")
+                _shot(page, "users")
 
             # A rebinding page's Host is refused; then sign out.
             page.goto(f"http://attacker.example:{port}/models/churn")
@@ -122,6 +127,7 @@ def test_team_flow_in_chromium(tmp_path: Path, classifier: Any) -> None:
             _sign_out(page)
             page.goto(url + "models/churn")
             assert "/signin" in page.url
+            _shot(page, "signin")
             browser.close()
         assert p.get_aliases("churn") == {"production": "1.3.0", "staging": "1.2.0"}
         assert [(e.actor, e.alias) for e in p.history("churn", limit=4)] == [

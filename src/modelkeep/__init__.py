@@ -27,6 +27,7 @@ from .errors import (
     ModelNotFoundError,
     PermissionDeniedError,
     RegistryNotFoundError,
+    RollbackError,
     SerializationError,
     SignatureError,
     StorageError,
@@ -40,6 +41,7 @@ from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
 if TYPE_CHECKING:
     from .environment import EnvironmentDiff, EnvironmentMismatchWarning
+    from .freshness import RollbackWarning
     from .input_signature import InputCheck
     from .loading import MmapIgnoredWarning
     from .manager import ModelPersistenceManager
@@ -52,6 +54,7 @@ _LAZY = {
     "EnvironmentDiff": "environment",
     "EnvironmentMismatchWarning": "environment",
     "MmapIgnoredWarning": "loading",
+    "RollbackWarning": "freshness",
 }
 
 
@@ -94,6 +97,8 @@ __all__ = [
     "ModelSummary",
     "PermissionDeniedError",
     "RegistryNotFoundError",
+    "RollbackError",
+    "RollbackWarning",
     "SerializationError",
     "SignatureError",
     "StorageError",

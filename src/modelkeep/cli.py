@@ -43,7 +43,8 @@ EXIT_INTERNAL_ERROR = 70
 
 
 def _one_line(exc: BaseException) -> str:
-    """A one-line description of ``exc`` for the ``Error:`` line, in CLI spelling."""
+    """A one-line description of ``exc`` for the ``Error:`` line, in CLI spelling; lines the
+    message indents (commands to paste) stay lines of their own below it."""
     if isinstance(exc, ModelKeepError):
         text = exc.for_cli()
     elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
@@ -52,7 +53,15 @@ def _one_line(exc: BaseException) -> str:
             text += f" -> {exc.filename2}"
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    out: list[str] = []
+    for line in filter(str.strip, text.splitlines()):
+        if line.startswith("  ") and out:
+            out.append("  " + line.strip())
+        elif out and not out[-1].startswith("  "):
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line.strip())
+    return "\n".join(out)
 
 
 class _Group(click.Group):
@@ -84,6 +93,18 @@ class _Group(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def add_import_paths(folders: tuple[Path, ...] | list[Path]) -> None:
+    """Let a load import the user's own modules, as ``python -m modelkeep`` can: the ``--path``
+    folders, then the working directory, appended to ``sys.path``. Appended, not prepended, so a
+    file in the working directory never shadows the standard library or an installed package."""
+    import os
+
+    for folder in [*folders, Path(os.getcwd())]:
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.append(entry)
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -130,7 +151,21 @@ trust_option = click.option(
     help="Load versions in a short-lived child process first: auto (default: those not signed by a "
     "trusted key), always, never.",
 )
+@click.option(
+    "--max-load-memory",
+    metavar="SIZE",
+    help="Bytes one load may allocate, e.g. 4GiB (default: max(256 MiB, 32 x the artifact's size)).",
+)
 @trust_option
+@click.option(
+    "--path",
+    "import_paths",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also import your own modules (custom classes of a model) from DIR (repeatable); "
+    "the working directory is always searched, after installed packages.",
+)
 @click.option(
     "--version",
     is_flag=True,
@@ -148,18 +183,22 @@ def cli(
     trusted_keys: tuple[str, ...],
     verbose: bool | None,
     quarantine: str | None,
+    max_load_memory: str | None,
     trust: tuple[str, ...],
+    import_paths: tuple[Path, ...],
 ) -> None:
     """Store, version, inspect and compare machine-learning models.
 
     Settings come from --config (or ./config.yaml), then MODELKEEP_* environment
     variables, then the options below.
     """
+    add_import_paths(import_paths)
     overrides = {
         "models_dir": models_dir,
         "registry_url": registry_url,
         "trusted_keys": list(trusted_keys) or None,
         "quarantine": quarantine,
+        "max_load_memory": max_load_memory,
     }
     ctx.obj = CliState(config_path, {k: v for k, v in overrides.items() if v is not None}, verbose, list(trust))
 
@@ -245,7 +284,13 @@ def load(ctx: click.Context, model_name: str, version: str | None, output: Path,
     persistence = open_registry(ctx)
     resolved = persistence.resolve_version(model_name, version)
     written = persistence.export_file(model_name, resolved, output, force=force)
-    print_status(ctx, f"Wrote {model_name} version {resolved} to {written}")
+    from .exporting import export_compression
+    from .formats import format_for_suffix
+
+    art = persistence.get_version(model_name, resolved).artifact
+    assert art is not None
+    _, note = export_compression(written.name, *format_for_suffix(written.name), art.format, art.compression)
+    print_status(ctx, f"Wrote {model_name} version {resolved} to {written} ({note})")
 
 
 @cli.command("list")

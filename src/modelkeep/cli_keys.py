@@ -140,6 +140,22 @@ def trust(public_key: Path) -> None:
     click.echo(f"trusted {key.label}: {k.trust_public_key(key)}")
 
 
+@keys.command("forget-seen")
+@click.option("--model-name", help="Only this model (default: every model of the registry).")
+@click.pass_context
+def forget_seen(ctx: click.Context, model_name: str | None) -> None:
+    """Forget the newest signed versions and alias moves you have loaded from this registry.
+
+    Loads of "latest" or of an alias refuse to go back below what you have seen (a rolled-back
+    index). After versions were removed on purpose without a signing key, this resets it.
+    """
+    from .cli_context import open_registry as _open
+    from .cli_context import print_status as _status
+
+    _open(ctx).forget_seen(model_name)
+    _status(ctx, f"Forgot what you have seen of {f'model {model_name!r}' if model_name else 'every model'} here")
+
+
 @click.command()
 @click.option("--all", "all_models", is_flag=True, help="Re-sign every version of every model.")
 @click.option("--model-name", help="Re-sign this model's versions.")

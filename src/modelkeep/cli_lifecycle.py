@@ -354,12 +354,13 @@ def prune(ctx: click.Context, model_name: str, keep_last: int, dry_run: bool, as
 
 
 def add_lifecycle_columns(persistence: ModelPersistence, model_name: str, table: Any) -> Any:
-    """``compare``: an ``aliases`` column after ``version``, and a ``tag.<key>`` column per tag."""
+    """``compare``: an ``aliases`` column after ``version``, and a ``tags.<key>`` column per tag
+    (the field's name in search filters)."""
     records = {r.version: r for r in persistence.list_version_records(model_name.partition("@")[0])}
     rows = [records.get(str(v)) for v in table["version"]]
     if any(r is not None and r.aliases for r in rows):
         table.insert(1, "aliases", [", ".join(r.aliases) if r is not None else "" for r in rows])
     keys = sorted({k for r in rows if r is not None for k in r.tags})
     for key in keys:
-        table[f"tag.{key}"] = [r.tags.get(key) if r is not None else None for r in rows]
+        table[f"tags.{key}"] = [r.tags.get(key) if r is not None else None for r in rows]
     return table

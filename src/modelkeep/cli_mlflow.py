@@ -96,5 +96,5 @@ def import_mlflow_command(
         _emit_json(report.to_dict())
     else:
         _status(ctx, str(report))
-    if report.refused:
+    if report.refused or report.failed:
         ctx.exit(1)

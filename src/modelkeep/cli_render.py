@@ -152,11 +152,13 @@ def print_info(record: ModelMetadata, location: str | None, signature: dict[str,
         )
     section("Environment", record.environment)
     if record.input_signature:
-        section("Input signature", record.input_signature)
+        section("Input signature", _compact_signature(record.input_signature))
     if record.lineage:
         section("Lineage", record.lineage)
     section("Signature", {k: signature.get(k) for k in ("status", "scheme", "signer", "fingerprint", "reason")})
     widths = _widths([[key, value] for key, value, _title in grid])
+    if not _terminal():
+        return click.echo("\n".join(_plain_info(grid, widths[0])))
     bold, title_style = _bold(), _bold(underline=True)
     if not _fits(widths[0] + 2 + widths[1]):
         return _print_info_with_rich(grid)
@@ -165,8 +167,48 @@ def print_info(record: ModelMetadata, location: str | None, signature: dict[str,
         pad = " " * (widths[0] - _cell_len(key))
         # rich styles a title's text, and pads the rest of the cell in the column's style
         first = bold(title_style(key) + pad) if is_title else bold(key + pad)
-        lines.append(first + "  " + value + " " * (widths[1] - _cell_len(value)))
+        lines.append((first + "  " + value).rstrip())
     click.echo("\n".join(lines))
+
+
+#: Piped ``info`` is wrapped to this many columns (``COLUMNS`` overrides it).
+PIPE_WIDTH = 100
+
+
+def _plain_info(grid: list[tuple[str, str, bool]], key_width: int) -> list[str]:
+    """``info`` for a file or a pipe: plain text, no trailing blanks, long values wrapped under
+    their column (words are not split, so a hash or a path stays whole)."""
+    import os
+    import textwrap
+
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else PIPE_WIDTH
+    room = max(30, width - key_width - 2)
+    lines = []
+    for key, value, is_title in grid:
+        if is_title:
+            lines.append(key)
+            continue
+        parts = textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False) or [""]
+        lines.append((key + " " * (key_width - _cell_len(key)) + "  " + parts[0]).rstrip())
+        lines += [" " * (key_width + 2) + part for part in parts[1:]]
+    return lines
+
+
+def _compact_signature(signature: dict[str, Any]) -> dict[str, Any]:
+    """The input signature with each column named once: ``name (dtype)``, and no separate
+    ``feature_names`` list when the columns already name them."""
+    out = dict(signature)
+    columns = out.get("columns")
+    if isinstance(columns, list) and all(isinstance(c, dict) and "name" in c for c in columns):
+        if out.get("feature_names") == [c["name"] for c in columns]:
+            del out["feature_names"]
+        out["columns"] = ", ".join(
+            f"{c['name']} ({', '.join([str(c.get('dtype'))] + (['nullable'] if c.get('nullable') else []))})"
+            for c in columns
+        )
+    elif isinstance(out.get("feature_names"), list):
+        out["feature_names"] = ", ".join(str(n) for n in out["feature_names"])
+    return out
 
 
 def _print_info_with_rich(grid: list[tuple[str, str, bool]]) -> None:

@@ -8,7 +8,7 @@ import click
 
 
 @click.command()
-@click.argument("filter_text", metavar="FILTER", required=False)
+@click.argument("filter_text", metavar="[FILTER]", required=False)
 @click.option("--model-name", help="Only versions of this model.")
 @click.option(
     "--order-by",
@@ -16,7 +16,8 @@ import click
     multiple=True,
     help="Sort field: -accuracy, 'accuracy DESC' or version (repeatable; default: model, then version).",
 )
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Page size.")
+# The same default page size as ModelPersistence.search_versions(limit=100).
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Page size.")
 @click.option("--page-token", help="Continue after the page that printed this token.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout and nothing else.")
 @click.pass_context

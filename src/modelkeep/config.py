@@ -101,6 +101,18 @@ class PersistenceSettings(KeySettings):
     def _auto_memory(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.strip().lower() in {"", "auto"} else v
 
+    #: Bytes one load may allocate (default: max(256 MiB, 32 x the artifact's size)); "2GiB" works.
+    max_load_memory: int | None = None
+
+    @field_validator("max_load_memory", mode="before")
+    @classmethod
+    def _parse_memory(cls, v: Any) -> Any:
+        from .formats.budget import parse_size
+
+        if v is None or (isinstance(v, str) and v.strip().lower() in {"", "none", "default"}):
+            return None
+        return parse_size(v)
+
     @field_validator("trusted_types", mode="before")
     @classmethod
     def _split_types(cls, v: Any) -> Any:
@@ -187,6 +199,7 @@ class Settings(BaseModel):
             "quarantine": p.quarantine,
             "quarantine_timeout": p.quarantine_timeout,
             "quarantine_memory_mb": p.quarantine_memory_mb,
+            "max_load_memory": p.max_load_memory,
         }
 
     def release_logging(self) -> None:
@@ -273,6 +286,32 @@ def _name_env_var(message: str, exc: ValidationError, from_env: dict[tuple[str, 
             detail = msg.removeprefix(f"{key}:").strip()
             return f"invalid value for {var} (the environment variable, setting {section}.{key}): {detail}"
     return message
+
+
+def persistence_defaults(**explicit: Any) -> dict[str, Any]:
+    """``ModelPersistence()``'s settings: each ``explicit`` value that is not ``None``, else its
+    ``MODELKEEP_*`` variable, else the default; so a variable means the same in the library as
+    in the CLI. Only values taken from the environment are validated here (an error names the
+    variable). ``trusted_types`` adds the given names to ``MODELKEEP_TRUSTED_TYPES``, as
+    ``--trust`` adds to the configured ones."""
+    from_env = {
+        ("persistence", key): var
+        for var, (section, key) in ENV_VARS.items()
+        if section == "persistence" and key in explicit and var in os.environ
+        if explicit[key] is None or key == "trusted_types"
+    }
+    data = {key: os.environ[var] for (_section, key), var in from_env.items()}
+    if "compress" in data and explicit.get("serialization_format") is not None:
+        data["serialization_format"] = explicit["serialization_format"]  # the codec must fit the format
+    try:
+        settings = Settings.model_validate({"persistence": data}).persistence
+    except ValidationError as exc:
+        raise ConfigError(_name_env_var(_describe(exc), exc, from_env)) from exc
+    resolved = {key: getattr(settings, key) if value is None else value for key, value in explicit.items()}
+    resolved = {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in resolved.items()}
+    if "trusted_types" in explicit:
+        resolved["trusted_types"] = list(dict.fromkeys([*settings.trusted_types, *(explicit["trusted_types"] or [])]))
+    return resolved
 
 
 def key_settings(**explicit: Any) -> KeySettings:

@@ -39,6 +39,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_QUARANTINE": ("persistence", "quarantine"),
     "MODELKEEP_QUARANTINE_TIMEOUT": ("persistence", "quarantine_timeout"),
     "MODELKEEP_QUARANTINE_MEMORY_MB": ("persistence", "quarantine_memory_mb"),
+    "MODELKEEP_MAX_LOAD_MEMORY": ("persistence", "max_load_memory"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {

@@ -83,12 +83,15 @@ def copy_registry(
     conflicts: list[str] = []
     report = CopyReport()
     damaged = [r for name in names for r in source.list_version_records(name) if r.damaged]
+    for r in damaged:  # a signed record replayed into another row: its own SignatureError
+        source.index.get(r.model_name, r.version)
     if damaged:
         shown = ", ".join(f"{r.model_name} {r.version} ({r.damaged})" for r in damaged[:5])
         raise IntegrityError(
             f"{len(damaged)} version(s) have a damaged index row: {shown}; nothing was copied "
             "(run modelkeep verify, and reindex to rebuild them from the sidecar files)"
         )
+    dest.ensure_registry()  # a copy is a save: it may create the destination registry
     for name in names:
         for record in source.list_version_records(name):
             existing = dest.index.get(record.model_name, record.version)

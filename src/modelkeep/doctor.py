@@ -2,15 +2,19 @@
 
 One check per line: the index is reachable and at the schema this modelkeep
 reads; the store is reachable, writable and readable (a small probe object
-under ``.tmp/`` is written, read back and removed); where the signing key and
-the trusted types come from; any write claims left by writers that died.
+under ``.tmp/`` is written, read back and removed; a local folder that does not
+exist is not created); which key signs a save (the per-user ECDSA key is reported,
+never created) and where the trusted types come from; any write claims left by
+writers that died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelKeepError
@@ -82,27 +86,67 @@ def run_doctor(settings: Settings) -> DoctorReport:
         report.checks.append(_check_index(SqlIndex, index_url, p.connect_timeout, p.read_timeout))
 
     if store is not None:
-        key = f"{TMP_DIR}/doctor-{uuid.uuid4().hex}.probe"
-        probe = b"modelkeep doctor probe\n"
-        try:
-            store.write_bytes(key, probe)
-            try:
-                if store.read_bytes(key) != probe:
-                    raise ModelKeepError("the probe read back differs from what was written")
-            finally:
-                store.delete(key, missing_ok=True)
-            report.checks.append(
-                Check("store", True, f"{store.url}: writable and readable (probe written and removed)")
-            )
-        except (ModelKeepError, OSError) as exc:
-            report.checks.append(Check("store", False, f"{store.url}: {exc}"))
-
-    key_from = _source("MODELKEEP_SIGNING_KEY", p.signing_key is not None)
-    report.checks.append(Check("signing key", True, f"from {key_from}" if key_from != "not set" else "not set"))
+        report.checks.append(_check_store(store, TMP_DIR))
+    report.checks.append(_signing_check(p))
     types_from = _source("MODELKEEP_TRUSTED_TYPES", bool(p.trusted_types))
     detail = f"{len(p.trusted_types)} from {types_from}" if p.trusted_types else "none (built-in allow-list only)"
     report.checks.append(Check("trusted types", True, detail))
     return report
+
+
+def _check_store(store: Any, tmp_dir: str) -> Check:
+    """Write, read back and remove a probe; a local folder that does not exist is not created
+    (only a save creates it): the check then says whether a save could create it."""
+    where = store.location()
+    root = str(where) if isinstance(where, Path) else None
+    if root is not None and not os.path.isdir(root):
+        parent = os.path.dirname(os.path.abspath(root))
+        while not os.path.exists(parent) and parent != os.path.dirname(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            return Check("store", False, f"{root} cannot be created: cannot write into {parent}, a file, not a folder")
+        if os.access(parent, os.W_OK | os.X_OK):
+            return Check("store", True, f"{root} does not exist yet; the first save creates it (under {parent})")
+        return Check("store", False, f"{root} cannot be created: cannot write into {parent} (permission denied)")
+    tmp_existed = root is not None and os.path.isdir(os.path.join(root, tmp_dir))
+    key = f"{tmp_dir}/doctor-{uuid.uuid4().hex}.probe"
+    probe = b"modelkeep doctor probe\n"
+    try:
+        store.write_bytes(key, probe)
+        try:
+            if store.read_bytes(key) != probe:
+                raise ModelKeepError("the probe read back differs from what was written")
+        finally:
+            store.delete(key, missing_ok=True)
+            if root is not None and not tmp_existed:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(root, tmp_dir))
+        return Check("store", True, f"{store.url}: writable and readable (probe written and removed)")
+    except (ModelKeepError, OSError) as exc:
+        return Check("store", False, f"{store.url}: {exc}")
+
+
+def _signing_check(p: Any) -> Check:
+    """What signs a save, as ``ModelPersistence`` resolves it; the per-user key is only read, never made."""
+    from . import keys
+
+    if p.signing_key is not None:
+        return Check("signing key", True, f"shared HMAC key from {_source('MODELKEEP_SIGNING_KEY', True)}")
+    if p.signing_key_file:
+        where = _source("MODELKEEP_SIGNING_KEY_FILE", True)
+        try:
+            key = keys.load_private_key(p.signing_key_file)
+        except ModelKeepError as exc:
+            return Check("signing key", False, f"{p.signing_key_file} (from {where}): {exc}")
+        return Check("signing key", True, f"ECDSA key {p.signing_key_file} from {where}: {key.public.label}")
+    path = keys.user_key_path()
+    try:
+        user = keys.user_key(create=False)
+    except ModelKeepError as exc:
+        return Check("signing key", False, f"per-user ECDSA key {path}: {exc}")
+    if user is None:
+        return Check("signing key", True, f"per-user ECDSA key {path}: not created yet (the first save creates it)")
+    return Check("signing key", True, f"per-user ECDSA key {path}: {user.public.label}")
 
 
 def _check_index(sql_index: Any, url: str, connect_timeout: float, read_timeout: float) -> Check:
@@ -110,7 +154,7 @@ def _check_index(sql_index: Any, url: str, connect_timeout: float, read_timeout:
     from .index.migrations import SCHEMA_VERSION
 
     try:
-        index = sql_index(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        index = sql_index(url, connect_timeout=connect_timeout, read_timeout=read_timeout, create=False)
     except ModelKeepError as exc:
         return Check("index", False, str(exc))
     try:

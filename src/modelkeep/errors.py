@@ -133,8 +133,19 @@ class SignatureError(IntegrityError):
     """A version's manifest signature is missing or does not verify with the key."""
 
 
+class RollbackError(SignatureError):
+    """ "latest" or an alias resolves to an older signed version than this reader has already
+    seen in the same registry, with no signed removal of the newer one: the index was rolled back."""
+
+
 class UnsafeModelError(IntegrityError, pickle.UnpicklingError):
-    """The artifact references a global that modelkeep refuses to load."""
+    """The artifact references a global that modelkeep refuses to load.
+
+    ``refused`` names the ``module.qualname`` globals or types that were refused (empty when
+    the refusal is not about a name that could be trusted), so a remedy can name them.
+    """
+
+    refused: tuple[str, ...] = ()
 
 
 class SerializationError(ModelKeepError, TypeError):

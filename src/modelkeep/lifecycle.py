@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from .errors import InvalidNameError, VersionNotFoundError
 from .identity import AccessPolicy, Identity, acting, acting_as
@@ -25,6 +25,8 @@ from .versions import validate_alias, validate_model_name, validate_version
 
 if TYPE_CHECKING:
     from .index import SqlIndex
+    from .index.lifecycle import AliasState
+    from .signing import Keyring
     from .storage import ArtifactStore
     from .users import UserStore
 
@@ -90,11 +92,24 @@ def split_reference(model_name: str, version: str | None, alias: str | None) -> 
     return model_name, version, alias
 
 
-class LifecycleMixin:
-    """Aliases, tags, descriptions, history and the trash, on :class:`ModelPersistence`."""
+class Reference(NamedTuple):
+    """How a load named its version: through ``alias`` (with the alias row's ``state``), as the
+    latest, or by number (neither)."""
 
-    index: SqlIndex
+    alias: str | None
+    state: AliasState | None
+    latest: bool
+
+
+class LifecycleMixin:
+    """Aliases, tags, descriptions, history and the trash, on :class:`ModelPersistence`.
+
+    Alias moves and removals to the trash are signed with the registry's key
+    (:mod:`modelkeep.events`), so that readers can tell them from a rolled-back index.
+    """
+
     store: ArtifactStore
+    keyring: Keyring
     #: Who uses this object (see :mod:`modelkeep.identity`); ``None``: no role checks.
     identity: Identity | None = None
     #: Protected aliases and who may move them (checked when an identity acts).
@@ -128,18 +143,30 @@ class LifecycleMixin:
         with acting_as(who):
             yield who
 
+    @property
+    def index(self) -> SqlIndex:  # ModelPersistence.index
+        raise NotImplementedError
+
     # -- references -------------------------------------------------------------------
     def _lookup(self, model_name: str, version: str | None, alias: str | None) -> ModelMetadata:
         """The live record ``name[@alias]`` / ``version`` / ``alias=`` names (latest by default)."""
+        return self._resolve_reference(model_name, version, alias)[0]
+
+    def _resolve_reference(
+        self, model_name: str, version: str | None, alias: str | None
+    ) -> tuple[ModelMetadata, Reference]:
+        """The live record a reference names, and how it was named (for the rollback checks)."""
         model_name, version, alias = split_reference(model_name, version, alias)
+        state = None
         if alias is not None:
-            target = self.index.lifecycle.resolve_alias(model_name, alias)
-            if version is not None and version != target:
+            state = self.index.lifecycle.alias_state(model_name, alias)
+            if version is not None and version != state.version:
                 raise InvalidNameError(
-                    f"alias '{alias}' of model '{model_name}' points at version '{target}', not '{version}'"
+                    f"alias '{alias}' of model '{model_name}' points at version '{state.version}', not '{version}'"
                 )
-            version = target
-        return self.index.resolve(model_name, version)
+            version = state.version
+            return self.index.resolve(model_name, version), Reference(alias, state, latest=False)
+        return self.index.resolve(model_name, version), Reference(None, None, latest=version is None)
 
     # -- aliases ----------------------------------------------------------------------
     def set_alias(self, model_name: str, alias: str, version: str, *, expected: str | None = None) -> None:
@@ -148,11 +175,12 @@ class LifecycleMixin:
         With ``expected``, a compare-and-set: raises :class:`AliasConflictError` if
         the alias points anywhere else right now (someone moved it meanwhile).
         ``expected=""`` means the alias must not exist yet. Every move is recorded in
-        the history. With an identity, a protected alias needs an admin (or a named user).
+        the history, and signed with this registry's key (setting an alias to where it already
+        points re-signs it). With an identity, a protected alias needs an admin (or a named user).
         """
         with self._as("editor", "move aliases") as who:
             self.access.require_alias(who, alias, "move it")
-            self.index.lifecycle.set_alias(model_name, alias, version, expected=expected)
+            self.index.lifecycle.set_alias(model_name, alias, version, expected=expected, sign=self.keyring.sign_event)
 
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> None:
         """Remove an alias (recorded in the history); :class:`AliasNotFoundError` if absent.
@@ -241,7 +269,7 @@ class LifecycleMixin:
                 for alias, target in self.get_aliases(model_name).items():
                     if target == version:
                         self.access.require_alias(who, alias, "remove it by forcing a delete")
-            self.index.lifecycle.trash(model_name, version, force=force)
+            self.index.lifecycle.trash(model_name, version, force=force, sign=self.keyring.sign_event)
         logger.info("deleted %s version %s (moved to the trash)", model_name, version)
 
     def restore(self, model_name: str, version: str) -> None:
@@ -320,7 +348,7 @@ class LifecycleMixin:
         if dry_run:
             return self.index.lifecycle.prune(model_name, keep_last, dry_run=True)
         with self._as("editor", "prune versions"):
-            return self.index.lifecycle.prune(model_name, keep_last, dry_run=dry_run)
+            return self.index.lifecycle.prune(model_name, keep_last, dry_run=dry_run, sign=self.keyring.sign_event)
 
     def _purge_for_gc(self, older_than: Age, *, dry_run: bool) -> list[tuple[str, str]]:
         if dry_run:

@@ -36,14 +36,26 @@ def check_mmap_mode(mmap_mode: Any) -> None:
         )
 
 
-def warn_mmap_ignored(mmap_mode: str | None, fmt: Any, artifact: Any, is_local: bool) -> None:
-    """Warn when ``mmap_mode`` is set but this artifact will be read into memory."""
+def warn_mmap_ignored(mmap_mode: str | None, fmt: Any, artifact: Any, is_local: bool, expected: Any = None) -> None:
+    """Warn when ``mmap_mode`` is set but this artifact will be read into memory.
+
+    ``expected`` (the artifact's :class:`~modelkeep.storage.hashing.Expected`) tells an
+    uncompressed joblib artifact with no payload ranges apart: it has no array big enough
+    to map, or was saved before 0.2, and it is read into private memory once, so that the
+    bytes parsed are the bytes hashed (mapping it by path would parse the file a second time)."""
     if mmap_mode is None or getattr(fmt, "uses_blobs", False):  # native maps its blobs itself
         return
     if not is_local:
         reason = "it is on a remote store"
     elif artifact.compression is not None and fmt.name in ("joblib", "pickle"):
         reason = f"it is compressed ({artifact.compression}); save with compress=False to map it"
+    elif fmt.supports_mmap(artifact.compression) and expected is not None and not expected.fast:
+        reason = (
+            "it was saved before modelkeep 0.2, so no array ranges were recorded to check it by "
+            "(save it again to map it)"
+        )
+    elif fmt.supports_mmap(artifact.compression) and expected is not None:
+        reason = "it holds no array large enough to map (64 KiB or more), so there is nothing to map"
     else:
         reason = f"the {fmt.name} format cannot be memory-mapped (use joblib with compress=False, or native)"
     warnings.warn(

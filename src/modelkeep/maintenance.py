@@ -244,11 +244,12 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
         model_name = validate_model_name(model_name)
     store = p.store
     report = VerifyReport()
-    records = [r for r in p.index.iter_records() if model_name is None or r.model_name == model_name]
+    checked = [row for row in p.index.iter_checked_records() if model_name in (None, row.model_name)]
+    records = [row.record for row in checked]
     referenced: set[str] = set()
     used_blobs: dict[str, int] = {}
     blob_owners: dict[str, list[ModelMetadata]] = defaultdict(list)
-    for record in records:
+    for record, bound_model, bound_version, unbound in checked:
         report.versions_checked += 1
         if record.damaged:
             row = f"index row of {record.model_name} {record.version}"
@@ -258,6 +259,11 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
             referenced |= referenced_keys(record)
         except UnsafeKeyError as exc:
             report.problems.append(Problem(UNSAFE, str(exc), "the index names a key outside the store", *_who(record)))
+            continue
+        if unbound is not None:  # a record replayed into another row: its bytes are not that row's
+            kind = SIGNATURE if isinstance(unbound, SignatureError) else CORRUPT
+            key = record.artifact.key if record.artifact else sidecar_key(record.model_name, record.version)
+            report.problems.append(Problem(kind, key, str(unbound), bound_model, bound_version))
             continue
         report.problems.extend(_check_record(p, record, report))
         for sha, size in record.artifact.extra.get("blobs", []) if record.artifact else []:
@@ -361,7 +367,7 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
             return None
         return item
 
-    records = list(p.index.iter_records())
+    records = [row.record for row in p.index.iter_checked_records()]  # keep every file any row names
     referenced: set[str] = set()
     for record in records:
         referenced |= referenced_keys(record)

@@ -150,6 +150,7 @@ def screen(
             "extra": art.extra,
             "trusted": list(persistence.trusted_types),
             "signed": verdict.trusted,
+            "max_load_memory": getattr(persistence, "max_load_memory", None),
             "input_signature": record.input_signature,
             "result": os.path.join(folder, "result.json"),
             "formats": {k: v for k, v in FORMATS.items() if isinstance(v, str)},  # formats the caller added too
@@ -370,6 +371,9 @@ def _reraise(result: dict[str, Any], where: str, cap: int) -> None:
         except TypeError:  # an error that carries more than a message
             error = None
         if error is not None:
+            error.cli_spelling = {str(k): str(v) for k, v in (result.get("cli") or {}).items()}
+            if isinstance(error, UnsafeModelError):
+                error.refused = tuple(str(n) for n in result.get("refused") or ())
             raise error
     raise SerializationError(f"cannot deserialize the artifact: {name}: {message}")
 
@@ -392,6 +396,9 @@ def child_main() -> None:
         result, code = {"ok": False, "error": "MemoryError", "message": ""}, 3
     except Exception as exc:
         result, code = {"ok": False, "error": type(exc).__name__, "message": str(exc)[:2000]}, 3
+        # what a remedy needs (modelkeep.remedies): the refused names and the CLI spelling
+        result["refused"] = [str(n) for n in getattr(exc, "refused", ())]
+        result["cli"] = {str(k): str(v) for k, v in getattr(exc, "cli_spelling", {}).items()}
     with open(job["result"], "w", encoding="utf-8") as f:
         json.dump(result, f)
     sys.stdout.flush()
@@ -415,7 +422,12 @@ def _child_load(job: dict[str, Any]) -> Any:
             data = f.read()
         if hashlib.sha256(data).hexdigest() != job["sha256"]:  # exactly the bytes the caller checked
             raise IntegrityError("the quarantined copy of the artifact is not the recorded artifact")
-    options: dict[str, Any] = {"extra": job["extra"], "trusted": job["trusted"], "signed": job["signed"]}
+    options: dict[str, Any] = {
+        "extra": job["extra"],
+        "trusted": job["trusted"],
+        "signed": job["signed"],
+        "max_load_memory": job.get("max_load_memory"),  # the same budget as the caller's load
+    }
     fmt = get_format(job["format"])
     if "blobs" in job:
         from .blobs import BlobStore

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from .blobs import BlobStore
     from .config import Settings
+    from .freshness import Freshness
     from .index.claims import VersionClaim
     from .input_signature import InputCheck
     from .maintenance import GcReport, VerifyReport
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
     from .storage import StagedArtifact
 
 logger = logging.getLogger("modelkeep")
+#: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
+_NOT_MAPPED: Any = object()
 
 #: ``progress(description, total_bytes_or_None)`` -> context manager yielding ``advance(n)``.
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
@@ -78,13 +81,43 @@ def _no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
     yield lambda _n: None
 
 
+#: What ``ModelPersistence()`` uses for an argument left at ``None`` when no ``MODELKEEP_*`` variable sets it.
+_DEFAULTS: dict[str, Any] = {
+    "models_dir": "models",
+    "serialization_format": "joblib",
+    "compress": True,
+    "trusted_types": [],
+    "connect_timeout": timeouts.CONNECT_TIMEOUT,
+    "read_timeout": timeouts.READ_TIMEOUT,
+    "quarantine": "auto",
+    "quarantine_timeout": quarantine_mod.DEFAULT_TIMEOUT,
+}
+
+
+def _settings_from_environment(**explicit: Any) -> dict[str, Any]:
+    """Each argument as given, else its ``MODELKEEP_*`` variable, else the default (as the CLI reads them)."""
+    from .config_sources import ENV_VARS
+
+    if any(var in os.environ for var in ENV_VARS):
+        from .config import persistence_defaults
+
+        return persistence_defaults(**explicit)
+    resolved = {key: _DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
+    resolved["trusted_types"] = list(explicit["trusted_types"] or [])
+    return resolved
+
+
 class ModelPersistence(LifecycleMixin):
     """Save, version, find, compare and load models in one registry.
 
+    Every argument left at ``None`` is read from its ``MODELKEEP_*`` environment
+    variable, as the CLI reads it (``MODELKEEP_MODELS_DIR``, ``MODELKEEP_TRUSTED_TYPES``...),
+    else takes its default.
+
     Args:
-        models_dir: where artifacts go: a local folder or any fsspec URL.
+        models_dir: where artifacts go: a local folder or any fsspec URL (default ``"models"``).
         serialization_format: ``"joblib"`` (default) or ``"pickle"``.
-        compress: ``True`` for the format's default codec, ``False``, or a
+        compress: ``True`` (default) for the format's default codec, ``False``, or a
             codec spec such as ``("zlib", 3)``, ``"lz4:1"`` or a level.
         registry_path: folder of the embedded SQLite index (default: ``models_dir``).
         registry_url: a SQLAlchemy URL for a shared index (PostgreSQL); wins
@@ -101,24 +134,30 @@ class ModelPersistence(LifecycleMixin):
             ``MODELKEEP_REQUIRE_SIGNATURES``, else on when a key is configured).
         progress: a progress-bar factory; see :data:`ProgressFactory`.
         index_schema: PostgreSQL schema for the index tables (default: the search path).
-        create: create the embedded registry if it does not exist; with ``False``
-            a missing ``registry.db`` raises :class:`RegistryNotFoundError`.
-        trusted_types: extra types the ``skops`` format may construct at load
-            (beyond skops' own safe defaults). They come only from here or the
-            config, never from an artifact or its metadata.
+        create: with ``True`` (default) the first save creates the registry when none
+            exists; reads of a missing registry raise :class:`RegistryNotFoundError`
+            (naming the path) and create nothing. With ``False`` a missing registry
+            (no ``registry.db``; on PostgreSQL, no tables) raises right here.
+        trusted_types: extra types a load may construct, beyond the built-in
+            allow-list; added to ``MODELKEEP_TRUSTED_TYPES``. They come only from
+            here or the config, never from an artifact or its metadata.
         connect_timeout, read_timeout: seconds to wait for S3 and PostgreSQL to
             connect and to answer (see :mod:`modelkeep.timeouts`).
         quarantine: ``"auto"`` (default) loads versions not signed by a trusted key in a
             short-lived child process first, ``"always"`` every version, ``"never"`` none
             (see :mod:`modelkeep.quarantine`); ``quarantine_timeout`` (seconds) and
             ``quarantine_memory_mb`` (the child's address-space cap) bound that child.
+        max_load_memory: bytes one load may allocate while unpickling (an int, or text
+            such as ``"2GiB"``); default ``max(256 MiB, 32 x the artifact's size)``. A
+            pickle that claims more is refused with :class:`UnsafeModelError`
+            (see :mod:`modelkeep.formats.budget`).
     """
 
     def __init__(
         self,
-        models_dir: str | os.PathLike[str] = "models",
-        serialization_format: str = "joblib",
-        compress: Any = True,
+        models_dir: str | os.PathLike[str] | None = None,
+        serialization_format: str | None = None,
+        compress: Any = None,
         registry_path: str | os.PathLike[str] | None = None,
         *,
         registry_url: str | None = None,
@@ -131,16 +170,56 @@ class ModelPersistence(LifecycleMixin):
         signing_key_file: str | os.PathLike[str] | None = None,
         trusted_keys: list[str] | None = None,
         require_signatures: bool | None = None,
-        connect_timeout: float = timeouts.CONNECT_TIMEOUT,
-        read_timeout: float = timeouts.READ_TIMEOUT,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         identity: Identity | None = None,
         token: str | None = None,
         protected_aliases: list[str] | None = None,
         protected_alias_users: list[str] | None = None,
-        quarantine: str = "auto",
-        quarantine_timeout: float = quarantine_mod.DEFAULT_TIMEOUT,
+        quarantine: str | None = None,
+        quarantine_timeout: float | None = None,
         quarantine_memory_mb: int | None = None,
+        max_load_memory: int | str | None = None,
     ) -> None:
+        settings = _settings_from_environment(
+            models_dir=models_dir,
+            serialization_format=serialization_format,
+            compress=compress,
+            registry_path=registry_path,
+            registry_url=registry_url,
+            storage_options=storage_options,
+            trusted_types=trusted_types,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            protected_aliases=protected_aliases,
+            protected_alias_users=protected_alias_users,
+            token=token,
+            quarantine=quarantine,
+            quarantine_timeout=quarantine_timeout,
+            quarantine_memory_mb=quarantine_memory_mb,
+            max_load_memory=max_load_memory,
+        )
+        max_load_memory = settings["max_load_memory"]
+        quarantine, quarantine_timeout = settings["quarantine"], settings["quarantine_timeout"]
+        quarantine_memory_mb = settings["quarantine_memory_mb"]
+        protected_aliases, protected_alias_users = settings["protected_aliases"], settings["protected_alias_users"]
+        token = settings["token"]
+        models_dir, serialization_format = settings["models_dir"], settings["serialization_format"]
+        compress, registry_path, registry_url = (
+            settings["compress"],
+            settings["registry_path"],
+            settings["registry_url"],
+        )
+        storage_options, trusted_types = settings["storage_options"] or None, settings["trusted_types"]
+        connect_timeout, read_timeout = settings["connect_timeout"], settings["read_timeout"]
+        assert models_dir is not None and serialization_format is not None
+        from .formats.budget import parse_size
+
+        try:
+            #: Bytes one load may allocate (``None``: from each artifact's size).
+            self.max_load_memory: int | None = None if max_load_memory is None else parse_size(max_load_memory)
+        except ValueError as exc:
+            raise ConfigError(f"max_load_memory {exc}") from None
         self.quarantine = quarantine_mod.check_mode(quarantine)
         self.quarantine_timeout = quarantine_timeout
         self.quarantine_memory_mb = quarantine_memory_mb
@@ -157,22 +236,25 @@ class ModelPersistence(LifecycleMixin):
                     "point registry_url at a shared database (for example PostgreSQL), or pass "
                     "registry_path to keep a local, per-machine index on purpose"
                 )
-            folder = Path(registry_path) if registry_path is not None else Path(self.store.root)
-            if not create and not (folder / "registry.db").is_file():
-                raise RegistryNotFoundError(
-                    f"no modelkeep registry at {str(folder)!r} (registry.db not found): "
-                    "check models_dir, or save a model first"
-                )
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno, f"cannot create the registry folder {str(folder)!r}: {exc.strerror or exc}"
-                ) from exc
-            registry_url = f"sqlite:///{folder.resolve() / 'registry.db'}"
-        self.index = SqlIndex(
-            registry_url, schema=index_schema, connect_timeout=connect_timeout, read_timeout=read_timeout
-        )
+            self._registry_folder: Path | None = Path(
+                registry_path if registry_path is not None else self.store.root
+            ).resolve()
+            registry_url = f"sqlite:///{self._registry_folder / 'registry.db'}"
+        else:
+            self._registry_folder = None
+        self._index_options: dict[str, Any] = {
+            "url": registry_url,
+            "schema": index_schema,
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+        }
+        # Reading never creates a registry: until a save creates it, reads raise RegistryNotFoundError.
+        self._index: SqlIndex | None = None
+        try:
+            self._index = SqlIndex(**self._index_options, create=False)
+        except RegistryNotFoundError:
+            if not create:
+                raise
         #: What this registry signs with and trusts (see :func:`modelkeep.signing.resolve_keyring`).
         self.keyring = signing.resolve_keyring(
             signing_key=signing_key or None,
@@ -191,7 +273,7 @@ class ModelPersistence(LifecycleMixin):
             try:
                 self.sign_in(token, name=os.environ.get("MODELKEEP_USER", "").strip() or None)
             except BaseException:
-                self.index.close()
+                self.close()
                 raise
 
     @classmethod
@@ -201,10 +283,35 @@ class ModelPersistence(LifecycleMixin):
         """A registry opened with validated :class:`~modelkeep.config.Settings` (what the CLI uses)."""
         return cls(**settings.persistence_options(), progress=progress, create=create)
 
+    # -- the index: read, or created by the first save ----------------------------------
+    @property
+    def index(self) -> SqlIndex:
+        """The registry index; :class:`RegistryNotFoundError` (naming the path) while no registry
+        exists here. Only a save creates one (:meth:`ensure_registry`)."""
+        if self._index is None:
+            self._index = SqlIndex(**self._index_options, create=False)
+        return self._index
+
+    def ensure_registry(self) -> SqlIndex:
+        """The index, creating an empty registry here first if there is none (what a save,
+        an import, a copy into this registry and :meth:`reindex` do)."""
+        if self._index is None:
+            if self._registry_folder is not None:
+                try:
+                    self._registry_folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(
+                        exc.errno,
+                        f"cannot create the registry folder {str(self._registry_folder)!r}: {exc.strerror or exc}",
+                    ) from exc
+            self._index = SqlIndex(**self._index_options, create=True)
+        return self._index
+
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
         """Release database connections."""
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
 
     def __enter__(self) -> ModelPersistence:
         return self
@@ -213,7 +320,8 @@ class ModelPersistence(LifecycleMixin):
         self.close()
 
     def __repr__(self) -> str:
-        return f"ModelPersistence(models_dir={str(self.models_dir)!r}, registry={self.index.safe_url!r})"
+        where = self._index.safe_url if self._index is not None else str(self._registry_folder or "(not created)")
+        return f"ModelPersistence(models_dir={str(self.models_dir)!r}, registry={where!r})"
 
     # -- saving -------------------------------------------------------------------
     def save(
@@ -274,13 +382,19 @@ class ModelPersistence(LifecycleMixin):
         training_data: Any = None,
         training_target: Any = None,
         parent: str | None = None,
+        **custom: Any,
     ) -> ModelMetadata:
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
 
+        It takes the same arguments as :meth:`save`: keyword arguments become custom metadata
+        (``save_version(m, "cancer", algo="svc")``), merged over ``metadata=`` when both are
+        given. ``serialization_format`` / ``compress`` choose this version's format and codec.
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
         to keep a version's original timestamp. When an identity acts (a token), saving needs the
         editor role and the history records its name.
         """
+        if custom:
+            metadata = {**(metadata or {}), **custom}
         started = time.perf_counter()
         model_name = validate_model_name(model_name)
         if version is not None:
@@ -298,6 +412,7 @@ class ModelPersistence(LifecycleMixin):
         from .loading import refuse_unloadable, warn_main_globals
 
         refuse_unloadable(model, fmt.name)
+        self.ensure_registry()
         custom = to_json_safe(dict(metadata or {}))
         if PARAMS_KEY not in custom:
             custom = {**capture_params(model), **custom}
@@ -355,6 +470,8 @@ class ModelPersistence(LifecycleMixin):
                     raise
                 if slot.previous is not None:
                     self._remove_replaced_artifact(slot, record)
+            if slot.previous is not None:  # each alias move signs the bytes it pointed at
+                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -466,6 +583,46 @@ class ModelPersistence(LifecycleMixin):
 
         return BlobStore(self.store)
 
+    def read_file(
+        self, path: str | os.PathLike[str], *, trusted_types: list[str] | None = None, trust_file: bool = False
+    ) -> Any:
+        """Read a model from a pickle or joblib file as :meth:`import_file` does, without saving it
+        (the same checks: what a dry run of an import needs to know)."""
+        from .formats._restricted import TrustPolicy, joblib_load
+        from .loading import describe_unreadable
+
+        if not os.path.exists(path):
+            from .errors import ArtifactNotFoundError
+
+            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
+
+        where = os.fspath(path)
+        try:
+            if trust_file:
+                import joblib
+
+                logger.info("reading %s with plain joblib.load (trust_file)", where)
+                model = joblib.load(where)  # reads joblib and plain pickle files alike
+            else:
+                from .formats.budget import LoadBudget
+
+                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
+                budget = LoadBudget.for_artifact(os.path.getsize(where), self.max_load_memory)
+                model = checked(joblib_load(where, policy, budget=budget))
+        except UnsafeModelError as exc:
+            own = "use trust_file=True (modelkeep save --trust-file)"
+            error = UnsafeModelError(
+                f"{exc} To accept a file you wrote yourself, {own}.",
+                cli={**exc.cli_spelling, own: "use --trust-file"},
+            )
+            error.refused = exc.refused
+            raise error from exc
+        except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except Exception as exc:
+            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
+        return model
+
     def import_file(
         self,
         path: str | os.PathLike[str],
@@ -488,36 +645,10 @@ class ModelPersistence(LifecycleMixin):
         file with plain ``joblib.load``, which runs any code it contains: only for a
         file you wrote yourself.
         """
-        from .formats._restricted import TrustPolicy, joblib_load
-
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
-        from .loading import describe_unreadable
-
-        if not os.path.exists(path):
-            from .errors import ArtifactNotFoundError
-
-            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
-
-        where = os.fspath(path)
-        try:
-            if trust_file:
-                import joblib
-
-                logger.info("reading %s with plain joblib.load (trust_file)", where)
-                model = joblib.load(where)  # reads joblib and plain pickle files alike
-            else:
-                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                model = checked(joblib_load(where, policy))
-        except UnsafeModelError as exc:
-            raise UnsafeModelError(
-                f"{exc} To accept a file you wrote yourself, use trust_file=True (modelkeep save --trust-file)."
-            ) from exc
-        except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except Exception as exc:
-            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
+        model = self.read_file(path, trusted_types=trusted_types, trust_file=trust_file)
         return self.save_version(
             model,
             model_name,
@@ -558,11 +689,11 @@ class ModelPersistence(LifecycleMixin):
         is the :class:`InputCheck`) when it does not fit. Returns the model, or
         ``(model, metadata)``.
         """
-        from .loading import check_mmap_mode, warn_mmap_ignored
+        from .loading import check_mmap_mode
 
         started = time.perf_counter()
         check_mmap_mode(mmap_mode)
-        record = self.get_version(model_name, version, alias=alias)
+        record, reference = self._resolve_reference(model_name, version, alias)
         if validate is not None:
             from .input_signature import InputSchemaError, check
 
@@ -581,29 +712,34 @@ class ModelPersistence(LifecycleMixin):
                 "sidecar files"
             )
         verdict = self.keyring.check(record)
+        freshness = self._freshness()
+        if reference.state is not None and reference.alias is not None:
+            freshness.check_alias(record, reference.alias, reference.state)
+        elif reference.latest:
+            freshness.check_latest(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
-        quarantine_mod.screen(self, record, verdict)  # a child loads untrusted content first
         options: dict[str, Any] = {
             "mmap_mode": mmap_mode,
             "extra": art.extra,
             "trusted": self.trusted_types,
             "signed": verdict.trusted,
+            "max_load_memory": self.max_load_memory,
+            "artifact_size": art.size,
         }
         blobs = self._blobs(fmt)
         if blobs is not None:
             options["blobs"] = blobs
         expected = Expected.of(art.sha256, art.size, art.extra)
-        with self._progress(f"loading {model_name}", art.size) as advance:
-            model = None
-            if mmap_mode is not None and fmt.supports_mmap(art.compression):
-                model = self._load_mapped(fmt, art, expected, options)
-            if model is None:
-                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None)
-                # Hash what is unpickled: the artifact is read once into private memory,
-                # checked, and parsed from there (docs/ARCHITECTURE.md).
-                with self.store.open_artifact(art.key, expected, advance) as verified:
-                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        try:
+            quarantine_mod.screen(self, record, verdict)  # a child loads untrusted content first
+            model = self._load_artifact(f"loading {model_name}", fmt, art, expected, options)
+        except UnsafeModelError as exc:
+            from .remedies import with_remedy
+
+            where = f"model '{record.model_name}' version '{record.version}'"
+            raise with_remedy(exc, where, verdict) from exc
+        freshness.note_loaded(record, verdict)
         environment.report(record)
         logger.info(
             "loaded %s version %s (%d bytes) in %.1f ms",
@@ -614,22 +750,54 @@ class ModelPersistence(LifecycleMixin):
         )
         return (model, record) if return_metadata else model
 
-    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
-        """A memory-mapped load, or ``None`` when this artifact cannot be mapped from this store.
+    def _load_artifact(
+        self, title: str, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]
+    ) -> Any:
+        """Read, check and deserialize a version's artifact (mapped when asked and possible)."""
+        from .loading import warn_mmap_ignored
 
-        Artifacts with payload ranges: the parsed bytes are checked and parsed from private
-        memory, the payload bytes are checked in the file and then mapped from that same open
-        file. Older artifacts: the open file is hashed, then parsed and mapped through that
-        same descriptor. Either way a file renamed over the key meanwhile is not what is read."""
-        if expected.fast:
-            checked = CheckedFiles(keys.checked_files_dir())
-            with self.store.open_mapped(art.key, expected, checked) as verified:
-                if verified is not None:
-                    return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
-        with self.store.verified_path(art.key, art.sha256) as path:
-            if path is not None:
-                return self._deserialize(fmt.load_path, path, art.compression, **options)
-        return None
+        mmap_mode = options["mmap_mode"]
+        with self._progress(title, art.size) as advance:
+            model: Any = _NOT_MAPPED
+            if mmap_mode is not None and fmt.supports_mmap(art.compression):
+                model = self._load_mapped(fmt, art, expected, options)
+            if model is _NOT_MAPPED:
+                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None, expected)
+                # Hash what is unpickled: the artifact is read once into private memory,
+                # checked, and parsed from there (docs/ARCHITECTURE.md).
+                with self.store.open_artifact(art.key, expected, advance) as verified:
+                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        return model
+
+    def _freshness(self) -> Freshness:
+        """The rollback checks of this registry, with what this user has seen of it (see
+        :mod:`modelkeep.freshness`). The registry is named by where it is opened from."""
+        from .freshness import Freshness, SeenMarks
+
+        where = f"store={self.store.url} index={self.index.safe_url} schema={self.index.schema or ''}"
+        return Freshness(self.keyring, self.index.lifecycle, SeenMarks(keys.config_dir() / "seen", where))
+
+    def forget_seen(self, model_name: str | None = None) -> None:
+        """Forget which versions and alias moves this user has seen in this registry (one model,
+        or all): "latest" and aliases are then trusted again as they are. For after versions were
+        removed on purpose without a signing key; see :mod:`modelkeep.freshness`."""
+        self._freshness().marks.forget(None if model_name is None else validate_model_name(model_name))
+
+    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
+        """A memory-mapped load, or ``_NOT_MAPPED`` when this artifact has nothing to map from this store.
+
+        Only artifacts with payload ranges are mapped: the parsed bytes are checked and parsed
+        from private memory, and the payload bytes are checked in the open file and then mapped
+        from that same descriptor. Anything else is read once into private memory by the caller:
+        a load never opens the artifact again (by name or ``/proc/self/fd``) after hashing it,
+        because another process could rewrite the file in between."""
+        if not expected.fast or not expected.ranges:
+            return _NOT_MAPPED
+        checked = CheckedFiles(keys.checked_files_dir())
+        with self.store.open_mapped(art.key, expected, checked) as verified:
+            if verified is not None:
+                return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        return _NOT_MAPPED
 
     @staticmethod
     def _deserialize(fn: Callable[..., Any], source: Any, compression: str | None, **options: Any) -> Any:
@@ -650,7 +818,9 @@ class ModelPersistence(LifecycleMixin):
     ) -> Path:
         """Write a version to ``output`` in the format its suffix names
         (``.joblib``, ``.pkl``, ``.pickle``, ``.pkl.gz``). An existing file is
-        only replaced with ``force=True``."""
+        only replaced with ``force=True``. A ``.joblib`` file is compressed as the
+        stored version is, with a codec plain ``joblib.load`` reads (see
+        :func:`modelkeep.exporting.export_compression`); a ``.pkl`` file is a plain pickle."""
         out = Path(output)
         fmt_name, compressed = format_for_suffix(out.name)
         if out.is_dir():
@@ -660,10 +830,17 @@ class ModelPersistence(LifecycleMixin):
                 f"output file {str(out)!r} already exists; pass force=True to replace it",
                 cli={"force=True": "--force"},
             )
-        model = self.load(model_name, version)
+        from .exporting import export_compression
+
+        model, record = self.load(model_name, version, return_metadata=True)
+        assert record.artifact is not None
         fmt = get_format(fmt_name)
+        compression, note = export_compression(
+            out.name, fmt_name, compressed, record.artifact.format, record.artifact.compression
+        )
         with atomic_file(out) as f:
-            fmt.dump(model, f, fmt.normalize_compression(compressed))
+            fmt.dump(model, f, fmt.normalize_compression(compression or False))
+        logger.info("exported %s version %s to %s, %s", record.model_name, record.version, out, note)
         return out
 
     def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
@@ -846,6 +1023,7 @@ class ModelPersistence(LifecycleMixin):
         """Rebuild the index from the sidecar metadata files; returns the number of versions."""
         from .maintenance import rebuild_index
 
+        self.ensure_registry()
         return rebuild_index(self)
 
     def backfill_params(

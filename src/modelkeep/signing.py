@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ ECDSA_SCHEME = "ecdsa-p256"
 #: Prefix of an HMAC signature string (the only scheme of modelkeep 0.1).
 SCHEME = HMAC_SCHEME + ":"
 _ECDSA_DOMAIN = b"modelkeep-signature-v1\n"
+#: Prefix of what an event signature covers (alias moves, removals), so that no event
+#: signature can pass for a version's, or the other way round.
+_EVENT_DOMAIN = b"modelkeep-event-v1\n"
 
 #: Verdict statuses.
 TRUSTED = "trusted"
@@ -92,9 +96,24 @@ def sign(record: ModelMetadata, key: str | bytes | PrivateKey) -> str:
     """The signature of ``record``'s manifest: HMAC with a secret, ECDSA with a :class:`PrivateKey`."""
     if isinstance(key, (str, bytes)):
         return SCHEME + hmac.new(key_bytes(key), _canonical(manifest(record)), hashlib.sha256).hexdigest()
-    raw = key.sign(_ecdsa_payload(record, key.fingerprint, key.name))
+    return _ecdsa_text(key, key.sign(_ecdsa_payload(record, key.fingerprint, key.name)))
+
+
+def _ecdsa_text(key: PrivateKey, raw: bytes) -> str:
     text = f"{ECDSA_SCHEME}:{key.fingerprint}:{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
     return f"{text}:{key.name}" if key.name else text
+
+
+def _event_ecdsa_payload(event: dict[str, Any], fingerprint: str, name: str | None) -> bytes:
+    return _EVENT_DOMAIN + _canonical({"event": event, "signer": fingerprint, "name": name})
+
+
+def sign_event(event: dict[str, Any], key: str | bytes | PrivateKey) -> str:
+    """The signature of an event (a JSON-able dict such as an alias move), in the same
+    schemes as a version's; see :func:`event_verdict`."""
+    if isinstance(key, (str, bytes)):
+        return SCHEME + hmac.new(key_bytes(key), _EVENT_DOMAIN + _canonical(event), hashlib.sha256).hexdigest()
+    return _ecdsa_text(key, key.sign(_event_ecdsa_payload(event, key.fingerprint, key.name)))
 
 
 @dataclass(frozen=True)
@@ -164,14 +183,47 @@ def verdict(
     trusted: dict[str, PublicKey] | None = None,
 ) -> Verdict:
     """Judge ``record``'s signature against an HMAC secret and/or trusted public keys."""
-    sig = record.signature
+    return _judge(
+        record.signature,
+        lambda key: sign(record, key),
+        lambda fp, name: _ecdsa_payload(record, fp, name),
+        hmac_key=hmac_key,
+        trusted=trusted,
+    )
+
+
+def event_verdict(
+    signature: str | None,
+    event: dict[str, Any],
+    *,
+    hmac_key: str | bytes | None = None,
+    trusted: dict[str, PublicKey] | None = None,
+) -> Verdict:
+    """Judge an event's ``signature`` (see :func:`sign_event`) as :func:`verdict` judges a version's."""
+    return _judge(
+        signature,
+        lambda key: sign_event(event, key),
+        lambda fp, name: _event_ecdsa_payload(event, fp, name),
+        hmac_key=hmac_key,
+        trusted=trusted,
+    )
+
+
+def _judge(
+    sig: str | None,
+    hmac_signature: Callable[[str | bytes], str],
+    ecdsa_payload: Callable[[str, str | None], bytes],
+    *,
+    hmac_key: str | bytes | None,
+    trusted: dict[str, PublicKey] | None,
+) -> Verdict:
     if not sig:
         return Verdict(UNSIGNED, reason="not signed")
     parsed = parse(sig)
     if parsed.scheme == HMAC_SCHEME:
         if not hmac_key:
             return Verdict(UNTRUSTED, HMAC_SCHEME, reason="signed with a shared HMAC key, and none is configured")
-        if hmac.compare_digest(sig, sign(record, hmac_key)):
+        if hmac.compare_digest(sig, hmac_signature(hmac_key)):
             return Verdict(TRUSTED, HMAC_SCHEME, reason="valid HMAC signature")
         return Verdict(INVALID, HMAC_SCHEME, reason="wrong key, or the manifest was altered")
     if parsed.scheme == ECDSA_SCHEME and parsed.fingerprint:
@@ -183,7 +235,7 @@ def verdict(
             raw = base64.urlsafe_b64decode(parsed.value + "=" * (-len(parsed.value) % 4))
         except (binascii.Error, ValueError):
             raw = b""
-        if raw and key.verify(raw, _ecdsa_payload(record, fp, name)):
+        if raw and key.verify(raw, ecdsa_payload(fp, name)):
             return Verdict(TRUSTED, ECDSA_SCHEME, fp, key.name or name, reason="valid signature by a trusted key")
         return Verdict(INVALID, ECDSA_SCHEME, fp, name, reason="the signature does not match: the manifest was altered")
     return Verdict(UNTRUSTED, parsed.scheme or None, reason=f"unknown signature scheme {parsed.scheme!r}")
@@ -291,6 +343,18 @@ class Keyring:
         """The signature to store with ``record``, or ``None`` when there is nothing to sign with."""
         key = self.signer()
         return None if key is None else sign(record, key)
+
+    def sign_event(self, event: dict[str, Any]) -> str | None:
+        """The signature of ``event`` (an alias move, a removal), or ``None`` with nothing to sign with."""
+        key = self.signer()
+        return None if key is None else sign_event(event, key)
+
+    def event_verdict(self, signature: str | None, event: dict[str, Any]) -> Verdict:
+        """Judge an event's signature with the keys held here (never raises)."""
+        needs_keys = (signature or "").startswith(ECDSA_SCHEME + ":")
+        return event_verdict(
+            signature, event, hmac_key=self.hmac_key, trusted=self.trusted_keys() if needs_keys else None
+        )
 
     def verdict(self, record: ModelMetadata) -> Verdict:
         """Judge ``record`` (never raises for a bad signature; see :meth:`check`)."""

@@ -42,7 +42,7 @@ def get_format(name: str) -> Format:
         from ..errors import BackendUnavailableError
 
         raise BackendUnavailableError(
-            f"the {name!r} format needs an optional package: {exc} (pip install modelkeep[{name}])"
+            f'the {name!r} format needs an optional package: {exc} (pip install "modelkeep[{name}]")'
         ) from exc
     _cache[name] = fmt
     return fmt

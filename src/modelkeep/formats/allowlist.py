@@ -1,5 +1,12 @@
 """The built-in allow-list: the only globals a pickle may load without the user's say-so.
 
+Two lists: :data:`BUILTIN_ALLOWLIST`, what a pickle may *name* (push as a value), and
+:data:`CALLABLE_ALLOWLIST`, the subset it may *call* while loading (reconstructors and
+classes whose construction takes only data, each reviewed in docs/allowlist-review.md,
+their arguments checked by :mod:`modelkeep.formats.call_guards`). Named-only functions
+(:data:`NAMED_ONLY`) are estimator parameters such as ``f_classif``; other named classes
+are only ever created with a ``__new__`` that runs none of their code.
+
 Every entry is an exact ``(module, qualified name)`` pair, organised per
 framework, reviewed by hand: a class or function is listed only when calling
 it with any arguments a pickle can build (and applying ``__setstate__`` to
@@ -149,8 +156,6 @@ _NUMPY_FUNCTIONS: Section = {
     # random generators: look the bit generator up by name in numpy's own table
     "numpy.random._pickle": ("__bit_generator_ctor", "__generator_ctor", "__randomstate_ctor"),
     "numpy.random.bit_generator": ("__pyx_unpickle_SeedSequence",),
-    # estimators keep it as a parameter (e.g. an aggregation function)
-    "numpy": ("mean", "median"),
 }
 _PANDAS_FUNCTIONS: Section = {
     "pandas._libs.arrays": ("__pyx_unpickle_NDArrayBacked",),
@@ -173,7 +178,15 @@ _SKLEARN_FUNCTIONS: Section = {
     "sklearn.metrics._dist_metrics": ("newObj",),
     "sklearn.neighbors._ball_tree": ("newObj",),
     "sklearn.neighbors._kd_tree": ("newObj",),
-    # defaults of estimator parameters: pure computations on arrays
+    # Cython's generated unpickler of the multiclass loss (multiclass gradient boosting): it
+    # checks the layout checksum, __new__s its class argument and sets no array state
+    "sklearn._loss._loss": ("__pyx_unpickle_CyHalfMultinomialLoss",),
+}
+#: Functions a model holds as a *value* (an estimator parameter, a default): they may be
+#: named in a pickle, never called while loading. ``_kmeans_single_lloyd`` is a Cython
+#: kernel without bounds checks: called on a crafted sparse matrix it writes out of bounds.
+_NUMPY_NAMED_ONLY: Section = {"numpy": ("mean", "median")}
+_SKLEARN_NAMED_ONLY: Section = {
     "sklearn.cluster._kmeans": ("_kmeans_single_lloyd", "_kmeans_single_elkan"),
     "sklearn.feature_selection._univariate_selection": ("chi2", "f_classif", "f_regression"),
     "sklearn.feature_selection._mutual_info": ("mutual_info_classif", "mutual_info_regression"),
@@ -874,11 +887,11 @@ _JOBLIB_CLASSES: Section = {"joblib.numpy_pickle": ("NumpyArrayWrapper",)}
 #: Per framework: the sections that make it up (for review, and for the tests).
 FRAMEWORKS: dict[str, tuple[Section, ...]] = {
     "python": (_PYTHON_CLASSES, _PYTHON_CONSTANTS, _PYTHON_FUNCTIONS),
-    "numpy": (_NUMPY_CLASSES, _NUMPY_FUNCTIONS),
+    "numpy": (_NUMPY_CLASSES, _NUMPY_FUNCTIONS, _NUMPY_NAMED_ONLY),
     "joblib": (_JOBLIB_CLASSES,),
     "pandas": (_PANDAS_CLASSES, _PANDAS_FUNCTIONS, _PANDAS_CONSTANTS),
     "scipy": (_SCIPY_CLASSES, _SCIPY_FUNCTIONS),
-    "sklearn": (_SKLEARN_CLASSES, _SKLEARN_FUNCTIONS),
+    "sklearn": (_SKLEARN_CLASSES, _SKLEARN_FUNCTIONS, _SKLEARN_NAMED_ONLY),
     "xgboost": (_XGBOOST_CLASSES,),
     "lightgbm": (_LIGHTGBM_CLASSES,),
     "catboost": (_CATBOOST_CLASSES,),
@@ -893,6 +906,8 @@ FUNCTION_SECTIONS: tuple[Section, ...] = (
     _SCIPY_FUNCTIONS,
     _SKLEARN_FUNCTIONS,
     _TORCH_FUNCTIONS,
+    _NUMPY_NAMED_ONLY,
+    _SKLEARN_NAMED_ONLY,
 )
 #: Sections of non-callable constants.
 CONSTANT_SECTIONS: tuple[Section, ...] = (_PYTHON_CONSTANTS, _PANDAS_CONSTANTS, _TORCH_CONSTANTS)
@@ -904,3 +919,89 @@ def _pairs(sections: tuple[Section, ...]) -> frozenset[tuple[str, str]]:
 
 #: The built-in allow-list: exact ``(module, qualified name)`` pairs.
 BUILTIN_ALLOWLIST: frozenset[tuple[str, str]] = _pairs(tuple(s for group in FRAMEWORKS.values() for s in group))
+
+
+# -- what may be called ----------------------------------------------------------------------
+#
+# Being named (above) lets a pickle push a global as a value. Calling is narrower: only the
+# entries below may be the callable of REDUCE, or of INST/OBJ with arguments, or be created by
+# NEWOBJ / copyreg.__newobj__ when their ``__new__`` runs code of their own. Every other
+# allow-listed class can still be created by NEWOBJ (``cls.__new__(cls)``) when its ``__new__``
+# is the one of ``object`` or of a builtin container, which runs no code of the class: that is
+# how pickle builds estimators, boosters, statsmodels results and torch modules, and why none of
+# their constructors (``Booster(model_file=...)``) is ever reached from a pickle.
+#
+# The written review of each entry (why hostile arguments are harmless, or how
+# modelkeep.formats.call_guards checks them) is docs/allowlist-review.md; the short version
+# sits next to each group here. "Guarded" means call_guards checks the arguments first.
+
+#: Reconstructor functions that may be called: every function section except the named-only ones.
+_CALLABLE_FUNCTION_SECTIONS: tuple[Section, ...] = (
+    # codecs: guarded (str argument, latin-1/utf-8/ascii only: no codec module is imported by name)
+    # copyreg: guarded (the class must be allow-listed; its own __new__ is checked like NEWOBJ)
+    # getattr: replaced (reads only zoneinfo.ZoneInfo._unpickle, itself replaced by a checked key)
+    _PYTHON_FUNCTIONS,
+    # _reconstruct/_mareconstruct: guarded (subtype allow-listed, shape x itemsize charged to the
+    # load's memory budget); _frombuffer: a view of an existing buffer, no allocation; scalar:
+    # itemsize charged; random ctors: guarded (bit generator named in numpy's table or an
+    # allow-listed class, and the ctor argument must be numpy's own __bit_generator_ctor)
+    _NUMPY_FUNCTIONS,
+    # pandas' unpickle helpers: guarded (class argument allow-listed and of the right kind, time
+    # zone strings validated, lazy ranges charged); they build from arrays already in the pickle
+    _PANDAS_FUNCTIONS,
+    # scipy's asarray alias: np.asarray of data already in the pickle (ranges charged)
+    _SCIPY_FUNCTIONS,
+    # sklearn newObj: cls.__new__(cls) of an allow-listed class, checked like NEWOBJ
+    _SKLEARN_FUNCTIONS,
+    # torch: _rebuild_* wrap an existing storage (torch checks size/stride against it), backward
+    # hooks must be empty; _load_from_bytes is replaced by torch.load(weights_only=True)
+    _TORCH_FUNCTIONS,
+)
+
+#: Classes that may be called with arguments (their constructor or own ``__new__`` runs).
+_CALLABLE_CLASSES: Section = {
+    # Python values: build from their arguments only. bytes/bytearray/containers allocate by a
+    # count or consume an iterable: guarded (charged to the memory budget, lazy ranges included).
+    # Fraction parses exponents: guarded (string length and exponent bounded). ZoneInfo: guarded
+    # (key must be an IANA name from zoneinfo.available_timezones(): no path).
+    **_PYTHON_CLASSES,
+    # numpy: dtypes and scalars are values; ndarray/void/SeedSequence allocate by a count:
+    # guarded (shape x itemsize, pool_size charged). Random generators seed from their arguments.
+    **_NUMPY_CLASSES,
+    # pandas: data containers, scalars, offsets and dtypes built from data. Every call into pandas
+    # is guarded: any "dateutil/..." time zone (which dateutil would open as a file) must name an
+    # IANA zone; lazy ranges and index x columns products are charged to the memory budget.
+    "pandas": tuple(n for n in _PANDAS_CLASSES["pandas"] if n not in ("DataFrame", "Series")),
+    "pandas._libs.sparse": _PANDAS_CLASSES["pandas._libs.sparse"],
+    "pandas._libs.tslibs.offsets": _PANDAS_CLASSES["pandas._libs.tslibs.offsets"],
+    "pandas.arrays": _PANDAS_CLASSES["pandas.arrays"],
+    "pandas.core.internals.managers": ("BlockManager",),
+    # scipy: a LinearOperator over two arrays already in the pickle
+    "scipy.optimize._lbfgsb_py": ("LbfgsInvHessProduct",),
+    # sklearn Cython types rebuilt by __reduce__ with their constructor arguments (counts:
+    # guarded; their state goes through formats.state_checks before BUILD)
+    "sklearn._loss._loss": _SKLEARN_CLASSES["sklearn._loss._loss"],
+    "sklearn.linear_model._sgd_fast": _SKLEARN_CLASSES["sklearn.linear_model._sgd_fast"],
+    "sklearn.metrics._dist_metrics": _SKLEARN_CLASSES["sklearn.metrics._dist_metrics"],
+    "sklearn.neighbors._ball_tree": _SKLEARN_CLASSES["sklearn.neighbors._ball_tree"],
+    "sklearn.neighbors._kd_tree": _SKLEARN_CLASSES["sklearn.neighbors._kd_tree"],
+    "sklearn.tree._tree": _SKLEARN_CLASSES["sklearn.tree._tree"],
+    # a namedtuple and a warning: tuple.__new__ / BaseException.__new__ of their arguments
+    "sklearn.gaussian_process.kernels": ("Hyperparameter",),
+    "sklearn.exceptions": ("ConvergenceWarning",),
+    # statsmodels' Cython state-space types, rebuilt from arrays already in the pickle
+    "statsmodels.tsa.statespace._initialization": _STATSMODELS_CLASSES["statsmodels.tsa.statespace._initialization"],
+    "statsmodels.tsa.statespace._kalman_filter": _STATSMODELS_CLASSES["statsmodels.tsa.statespace._kalman_filter"],
+    "statsmodels.tsa.statespace._kalman_smoother": _STATSMODELS_CLASSES["statsmodels.tsa.statespace._kalman_smoother"],
+    "statsmodels.tsa.statespace._representation": _STATSMODELS_CLASSES["statsmodels.tsa.statespace._representation"],
+    "statsmodels.tsa.statespace._simulation_smoother": _STATSMODELS_CLASSES[
+        "statsmodels.tsa.statespace._simulation_smoother"
+    ],
+    # torch values: a shape tuple, a device name, dtypes
+    "torch": ("Size", "device", "dtype"),
+}
+
+#: Named-only functions: resolvable as values, never callable.
+NAMED_ONLY: frozenset[tuple[str, str]] = _pairs((_NUMPY_NAMED_ONLY, _SKLEARN_NAMED_ONLY))
+#: What may be called while unpickling (a subset of :data:`BUILTIN_ALLOWLIST`).
+CALLABLE_ALLOWLIST: frozenset[tuple[str, str]] = _pairs((*_CALLABLE_FUNCTION_SECTIONS, _CALLABLE_CLASSES))

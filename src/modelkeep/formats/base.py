@@ -79,13 +79,8 @@ class Format(ABC):
         :attr:`uses_blobs` is true.
         """
 
-    def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
-        """Deserialize from a local path; formats that can memory-map override this."""
-        with open(path, "rb") as f:
-            return self.load(f, compression, **options)
-
     def supports_mmap(self, compression: str | None) -> bool:
-        """Whether ``load_path(..., mmap_mode=...)`` maps arrays instead of copying them."""
+        """Whether uncompressed artifacts of this format can map their arrays (``mmap_mode``)."""
         return False
 
     # -- versioning ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from ..errors import BackendUnavailableError
+from .budget import BoundedReader, LoadBudget
 
 STREAM_CODECS = ("zstd",)
 
@@ -39,10 +40,12 @@ def compressing(file: Any, codec: str, level: int) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def decompressing(file: IO[bytes], codec: str) -> Iterator[IO[bytes]]:
-    """A buffered reader of the decompressed stream (``peek`` works, as joblib needs)."""
+def decompressing(file: IO[bytes], codec: str, budget: LoadBudget | None = None) -> Iterator[IO[bytes]]:
+    """A buffered reader of the decompressed stream (``peek`` works, as joblib needs); with a
+    ``budget``, reading past its limit raises :class:`~modelkeep.errors.UnsafeModelError`."""
     if codec != "zstd":
         raise ValueError(f"unknown stream codec {codec!r}")
     zstd = _zstd()
     with zstd.ZstdDecompressor().stream_reader(file, closefd=False) as raw:
-        yield io.BufferedReader(raw, buffer_size=1 << 20)
+        source: Any = raw if budget is None else BoundedReader(raw, budget, f"a {codec}-compressed artifact")
+        yield io.BufferedReader(source, buffer_size=1 << 20)

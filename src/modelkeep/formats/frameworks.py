@@ -78,7 +78,8 @@ class FrameworkFormat(Format):
         if compress is None or compress is False or compress is True or compress == 0:
             return None  # the framework's own format is stored as the framework writes it
         raise ConfigError(
-            f"the {self.name} format stores the framework's own model file as is; use compress=True or False"
+            f"the {self.name} format stores the framework's own model file as is; use compress=True or False",
+            cli={"use compress=True or False": "use --compress or --no-compress"},
         )
 
     def accepts(self, obj: Any) -> bool:

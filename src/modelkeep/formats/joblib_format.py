@@ -63,59 +63,44 @@ class JoblibFormat(Format):
         self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
     ) -> dict[str, Any] | None:
         """``joblib.dump``; returns ``{"globals": [...]}``, every global the pickle references."""
-        import joblib
-
-        from ._restricted import GLOBALS_KEY, recording_joblib_globals
+        from ._restricted import GLOBALS_KEY, joblib_dump, recording_joblib_globals
 
         with recording_joblib_globals() as found:
             if compression is None:
-                joblib.dump(obj, file)
+                joblib_dump(obj, file)
             else:
                 codec, level = compression.split(":")
                 if codec in STREAM_CODECS:
                     with compressing(file, codec, int(level)) as zfile:
-                        joblib.dump(obj, zfile)
+                        joblib_dump(obj, zfile)
                 else:
-                    joblib.dump(obj, file, compress=(codec, int(level)))
+                    joblib_dump(obj, file, (codec, int(level)))
         return {GLOBALS_KEY: sorted(found)}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
         """``joblib.load`` under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
-        from ._restricted import TrustPolicy, joblib_load
+        from ._restricted import TrustPolicy, joblib_load, source_size
+        from .budget import LoadBudget
 
         policy = TrustPolicy.for_load(options)
+        budget = LoadBudget.for_load(options, source_size(file))
         codec = compression.split(":")[0] if compression else None
         if codec in STREAM_CODECS:
-            with decompressing(file, codec) as plain:
-                return checked(joblib_load(plain, policy))
+            with decompressing(file, codec, budget) as plain:
+                return checked(joblib_load(plain, policy, budget=budget))
         verified = options.get("verified")
         if verified is None or verified.mapped is None:
-            return checked(joblib_load(file, policy, verified=verified))
+            return checked(joblib_load(file, policy, verified=verified, budget=budget))
         mode = options.get("mmap_mode") or "r"
         try:
-            return checked(joblib_load(file, policy, verified=verified, map_mode=mode))
+            return checked(joblib_load(file, policy, verified=verified, map_mode=mode, budget=budget))
         except ValueError as exc:
             if mode != "r" or "read-only" not in str(exc):
                 raise
             logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", file, exc)
             file.seek(0)
-            return checked(joblib_load(file, policy, verified=verified, map_mode="c"))
-
-    def load_path(self, path: str, compression: str | None, **options: Any) -> Any:
-        from ._restricted import TrustPolicy, joblib_load
-
-        mmap_mode = options.get("mmap_mode")
-        policy = TrustPolicy.for_load(options)
-        try:
-            return checked(joblib_load(path, policy, mmap_mode))
-        except ValueError as exc:
-            # Some objects (statsmodels' ARIMA results, Cython memoryviews) rebuild themselves
-            # from writable buffers only: map them copy-on-write instead. The file is never
-            # written either way; pages the object writes to become private copies.
-            if mmap_mode != "r" or "read-only" not in str(exc):
-                raise
-            logger.warning("cannot map %s read-only (%s); mapping it copy-on-write (mmap_mode='c')", path, exc)
-            return checked(joblib_load(path, policy, "c"))
+            budget = LoadBudget.for_load(options, source_size(file))
+            return checked(joblib_load(file, policy, verified=verified, map_mode="c", budget=budget))
 
     def supports_mmap(self, compression: str | None) -> bool:
         return compression is None

@@ -89,14 +89,20 @@ class NativeFormat(Format):
         return extra
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        from ._restricted import RestrictedUnpickler, TrustPolicy
+        from ._restricted import RestrictedUnpickler, TrustPolicy, source_size
+        from .budget import LoadBudget
 
         blobs = options["blobs"]
         extra = options.get("extra") or {}
         digests = [(sha, int(size)) for sha, size in extra.get("blobs", [])]
         mmap = options.get("mmap_mode") is not None
         buffers = blobs.read_many(digests, verify=not mmap, mmap=mmap)
-        return checked(RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options)).load())
+        # the blobs are the arrays' bytes: they count toward the size the budget scales with
+        size = (options.get("artifact_size") or source_size(file) or 0) + sum(n for _sha, n in digests)
+        budget = LoadBudget.for_artifact(size, options.get("max_load_memory"))
+        return checked(
+            RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options), budget=budget).load()
+        )
 
     def supports_mmap(self, compression: str | None) -> bool:
         return False  # mapping happens per blob in load(); the stream itself is tiny

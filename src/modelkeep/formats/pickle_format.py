@@ -61,10 +61,15 @@ class PickleFormat(Format):
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
         """Unpickle under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
-        from ._restricted import RestrictedUnpickler, TrustPolicy
+        import io
+
+        from ._restricted import RestrictedUnpickler, TrustPolicy, source_size
+        from .budget import BoundedReader, LoadBudget
 
         policy = TrustPolicy.for_load(options)
+        budget = LoadBudget.for_load(options, source_size(file))
         if compression is None:
-            return checked(RestrictedUnpickler(file, policy=policy).load())
+            return checked(RestrictedUnpickler(file, policy=policy, budget=budget).load())
         with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-            return checked(RestrictedUnpickler(gz, policy=policy).load())
+            bounded = io.BufferedReader(BoundedReader(gz, budget, "a gzip-compressed artifact"), 1 << 20)
+            return checked(RestrictedUnpickler(bounded, policy=policy, budget=budget).load())

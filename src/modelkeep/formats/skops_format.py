@@ -1,10 +1,12 @@
 """skops: a zip of JSON and arrays for scikit-learn models, loaded without unpickling.
 
 skops only constructs types it trusts: its own default list (scikit-learn,
-numpy, scipy and builtins it knows are safe) plus the types the *caller*
-names. modelkeep takes those from ``ModelPersistence(trusted_types=...)`` or
-the ``trusted_types`` config key, never from the artifact or its metadata, so
-a stored file cannot vouch for itself (compare mlflow PR #25686).
+numpy, scipy and builtins it knows are safe), the types of modelkeep's built-in
+allow-list (so a forest loads from skops as it does from joblib, with the same
+native-state checks), plus the types the *caller* names. modelkeep takes those
+from ``ModelPersistence(trusted_types=...)`` or the ``trusted_types`` config key,
+never from the artifact or its metadata, so a stored file cannot vouch for itself
+(compare mlflow PR #25686).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import zipfile
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import ConfigError, SerializationError, UnsafeModelError
+from ..errors import BackendUnavailableError, ConfigError, SerializationError, UnsafeModelError
 from . import state_checks
+from .allowlist import BUILTIN_ALLOWLIST
 from .base import Format, Writable
 
 if TYPE_CHECKING:
@@ -62,6 +65,30 @@ def _unloadable(node: Any, seen: dict[tuple[str, str], bool]) -> Iterator[str]:
             yield from _unloadable(value, seen)
 
 
+#: The general advice of a refusal (:mod:`modelkeep.remedies` replaces it with the exact fix).
+HOW_TO_TRUST = (
+    "Review them; if you trust them, pass trusted_types=[...] to ModelPersistence (or set trusted_types in the config)."
+)
+
+
+def _skops() -> Any:
+    """The ``skops`` package, or :class:`BackendUnavailableError` naming the extra to install."""
+    try:
+        import skops.io
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f'the skops format needs the skops package ({exc}): pip install "modelkeep[skops]"'
+        ) from exc
+    return skops
+
+
+def builtin_allows_type(dotted: str) -> bool:
+    """Whether a skops type name (``"sklearn.tree._tree.Tree"``) is in modelkeep's built-in
+    allow-list, the list a joblib or pickle load of the same model trusts."""
+    parts = dotted.split(".")
+    return any((".".join(parts[:i]), ".".join(parts[i:])) in BUILTIN_ALLOWLIST for i in range(1, len(parts)))
+
+
 class SkopsFormat(Format):
     """``skops.io.dump`` / ``skops.io.load``: no pickle, only trusted types are built."""
 
@@ -94,7 +121,7 @@ class SkopsFormat(Format):
         self, obj: Any, file: Writable, compression: str | None, *, blobs: BlobStore | None = None
     ) -> dict[str, Any] | None:
         """Write ``obj`` as a skops zip; refuses objects skops could write but never load."""
-        import skops.io
+        skops = _skops()
 
         if compression is None:
             kwargs: dict[str, Any] = {"compression": zipfile.ZIP_STORED}
@@ -121,21 +148,26 @@ class SkopsFormat(Format):
 
         An artifact with any other type raises :class:`UnsafeModelError` naming the types.
         """
-        import skops.io
+        skops = _skops()
         from skops.io.exceptions import UntrustedTypesFoundException
 
         trusted = [str(t) for t in options.get("trusted") or []]
         data = file.read()
-        untrusted = [t for t in skops.io.get_untrusted_types(data=data) if t not in trusted]
+        found = skops.io.get_untrusted_types(data=data)
+        untrusted = [t for t in found if t not in trusted and not builtin_allows_type(t)]
         if untrusted:
-            raise UnsafeModelError(
+            error = UnsafeModelError(
                 f"refused to load: the skops artifact contains types that are not trusted: {', '.join(untrusted)}. "
-                "Review them; if you trust them, pass trusted_types=[...] to ModelPersistence "
-                "(or set trusted_types in the config). modelkeep never takes trusted types from the artifact.",
+                f"{HOW_TO_TRUST} modelkeep never takes trusted types from the artifact.",
                 cli={"pass trusted_types=[...] to ModelPersistence": "pass --trust TYPE"},
             )
+            error.refused = tuple(untrusted)
+            raise error
+        # Types of modelkeep's built-in allow-list load from skops as they do from joblib,
+        # and their native state is checked like an unpickled one.
+        accepted = [*trusted, *(t for t in found if t not in trusted)]
         try:
-            obj = skops.io.load(io.BytesIO(data), trusted=trusted or None)
+            obj = skops.io.load(io.BytesIO(data), trusted=accepted or None)
         except UntrustedTypesFoundException as exc:  # pragma: no cover - caught by the audit above
             raise UnsafeModelError(f"refused to load: {exc}") from exc
         # skops rebuilds native objects (trees, KD trees, sparse matrices) from unchecked arrays

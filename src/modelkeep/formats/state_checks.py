@@ -125,10 +125,15 @@ def check_build(target: Any, state: Any) -> None:
         check(target, state)
 
 
+def call_check_for(func: Any) -> CallCheck | None:
+    """The registered argument check of the callable ``func``, if any (unpicklers look it up once per global)."""
+    _ensure_loaded()
+    return _CALL_CHECKS.get(_key(func))
+
+
 def check_call(func: Any, args: tuple[Any, ...]) -> None:
     """Before ``REDUCE``/``NEWOBJ``: refuse ``args`` for ``func`` if its registered check finds them unsafe."""
-    _ensure_loaded()
-    check = _CALL_CHECKS.get(_key(func))
+    check = call_check_for(func)
     if check is not None:
         check(func, args)
 

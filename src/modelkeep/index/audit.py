@@ -59,8 +59,10 @@ def write_history(
     before: Any = None,
     after: Any = None,
     at: str | None = None,
+    signature: str | None = None,
 ) -> None:
-    """Append one audit row; call it inside the transaction of the change it records."""
+    """Append one audit row; call it inside the transaction of the change it records
+    (``signature``: of the signed event the row records, see :mod:`modelkeep.events`)."""
     conn.execute(
         insert(history).values(
             at=at or now(),
@@ -72,6 +74,7 @@ def write_history(
             key=key,
             before=None if before is None else json.dumps(before, separators=(",", ":")),
             after=None if after is None else json.dumps(after, separators=(",", ":")),
+            signature=signature,
         )
     )
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -25,7 +25,9 @@ from ..errors import (
     VersionNotFoundError,
     no_versions,
 )
+from ..events import alias_event, next_seq, removal_event
 from ..metadata import HistoryEntry
+from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import LIVE, MODEL_LEVEL, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
@@ -37,7 +39,19 @@ from .schema import aliases, history, models, tags, versions
 if TYPE_CHECKING:
     from .sql import SqlIndex
 
+#: Signs an event dict (:mod:`modelkeep.events`): the signature, or ``None`` with no key.
+Signer = Callable[[dict[str, Any]], "str | None"]
 MAX_TAG_KEY = 256
+
+
+class AliasState(NamedTuple):
+    """An alias's row: the version it points at, its move number and its signature."""
+
+    version: str
+    seq: int | None
+    signature: str | None
+
+
 MAX_TEXT = 1 << 20
 
 
@@ -111,14 +125,44 @@ class Lifecycle:
         ).scalar()
         return None if found is None else text_value(found)
 
+    def _sha256(self, conn: Connection, model_name: str, version: str) -> str:
+        return str(
+            conn.execute(
+                select(versions.c.sha256).where(versions.c.model_name == model_name, versions.c.version == version)
+            ).scalar_one()
+        )
+
+    def _alias_names(self, conn: Connection, model_name: str) -> list[str]:
+        return list(
+            conn.execute(select(aliases.c.alias).where(aliases.c.model_name == model_name).order_by(aliases.c.alias))
+            .scalars()
+            .all()
+        )
+
+    def _no_alias(self, conn: Connection, model_name: str, alias: str) -> AliasNotFoundError:
+        """The error for an unknown alias, suggesting the ones that exist (:func:`alias_hint`)."""
+        hint = alias_hint(alias, self._alias_names(conn, model_name))
+        return AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'{hint}")
+
     # -- aliases --------------------------------------------------------------------
     @_retry_on_disconnect
-    def set_alias(self, model_name: str, alias: str, version: str, *, expected: str | None = None) -> str | None:
+    def set_alias(
+        self,
+        model_name: str,
+        alias: str,
+        version: str,
+        *,
+        expected: str | None = None,
+        sign: Signer | None = None,
+    ) -> str | None:
         """Point ``alias`` at ``version`` (a live version); returns where it pointed before.
 
         With ``expected``, a compare-and-set: :class:`AliasConflictError` unless the
         alias currently points at ``expected`` (``""``: unless it does not exist).
-        Setting it to where it already points changes nothing and writes no history.
+        Setting it to where it already points changes nothing and writes no history (but
+        re-signs the alias, so that an unsigned alias, or one whose version was overwritten
+        since, carries a valid signature). ``sign`` signs the move
+        (:func:`modelkeep.events.alias_event`), numbered above the alias's previous move.
         """
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
@@ -128,6 +172,13 @@ class Lifecycle:
         with self._locked(model_name) as conn:
             self._require_live(conn, model_name, version)
             current = self._alias_target(conn, model_name, alias)
+            if current is None:  # one alias per name whatever its case: "Production" is not a second "production"
+                twin = [a for a in self._alias_names(conn, model_name) if a.lower() == alias.lower()]
+                if twin:
+                    raise InvalidNameError(
+                        f"model '{model_name}' already has the alias '{twin[0]}', which differs from '{alias}' "
+                        f"only in case: use '{twin[0]}' (alias names that differ only in case are refused)"
+                    )
             if expected is not None and current != (expected or None):
                 where = f"points at version '{current}'" if current else "does not exist"
                 wanted = f"'{expected}'" if expected else "absent"
@@ -135,21 +186,104 @@ class Lifecycle:
                     f"alias '{alias}' of model '{model_name}' {where}, not {wanted} as expected; "
                     "someone else moved it: check and try again"
                 )
+            state = self._alias_state(conn, model_name, alias)
+            seq = next_seq(state.seq if state is not None else None)
+            signature = None
+            if sign is not None:
+                signature = sign(alias_event(model_name, alias, version, self._sha256(conn, model_name, version), seq))
             if current == version:
+                if signature is not None:  # unsigned, or signed for bytes since overwritten: sign it now
+                    conn.execute(
+                        update(aliases)
+                        .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
+                        .values(seq=seq, signature=signature)
+                    )
                 return current
             at = now()
+            values = {"version": version, "updated_at": at, "seq": seq, "signature": signature}
             if current is None:
-                conn.execute(insert(aliases).values(model_name=model_name, alias=alias, version=version, updated_at=at))
+                conn.execute(insert(aliases).values(model_name=model_name, alias=alias, **values))
             else:
+                conn.execute(
+                    update(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias).values(**values)
+                )
+            write_history(
+                conn,
+                "alias_set",
+                model_name,
+                version=version,
+                alias=alias,
+                before=current,
+                after=version,
+                at=at,
+                signature=signature,
+            )
+            return current
+
+    @_retry_on_disconnect
+    def resign_aliases(self, model_name: str, version: str, sign: Signer) -> list[str]:
+        """Re-sign every alias that points at ``version`` (after an overwrite changed its bytes,
+        which each move's signature names); returns those aliases."""
+        with self._locked(model_name) as conn:
+            pointing = list(
+                conn.execute(
+                    select(aliases.c.alias, aliases.c.seq).where(
+                        aliases.c.model_name == model_name, aliases.c.version == version
+                    )
+                )
+            )
+            if not pointing:
+                return []
+            sha256 = self._sha256(conn, model_name, version)
+            for alias, previous in pointing:
+                seq = next_seq(previous if isinstance(previous, int) else None)
                 conn.execute(
                     update(aliases)
                     .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
-                    .values(version=version, updated_at=at)
+                    .values(seq=seq, signature=sign(alias_event(model_name, alias, version, sha256, seq)))
                 )
-            write_history(
-                conn, "alias_set", model_name, version=version, alias=alias, before=current, after=version, at=at
+            return [alias for alias, _ in pointing]
+
+    @staticmethod
+    def _alias_state(conn: Connection, model_name: str, alias: str) -> AliasState | None:
+        row = conn.execute(
+            select(aliases.c.version, aliases.c.seq, aliases.c.signature).where(
+                aliases.c.model_name == model_name, aliases.c.alias == alias
             )
-            return current
+        ).first()
+        if row is None:
+            return None
+        seq = row[1] if isinstance(row[1], int) and not isinstance(row[1], bool) else None
+        signature = row[2] if isinstance(row[2], str) else None  # a damaged row may hold other types
+        return AliasState(text_value(row[0]), seq, signature)
+
+    @_retry_on_disconnect
+    def alias_state(self, model_name: str, alias: str) -> AliasState:
+        """Where ``alias`` points, with its move number and signature (what a reader checks);
+        :class:`AliasNotFoundError` if there is no such alias."""
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        with self._index._read() as conn:
+            found = self._alias_state(conn, model_name, alias)
+        if found is None:
+            raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+        return found
+
+    @_retry_on_disconnect
+    def signed_removals(self, model_name: str, version: str) -> list[tuple[str, str]]:
+        """``(at, signature)`` of each signed removal of ``version`` (trash) in the history, newest first."""
+        with self._index._read() as conn:
+            rows = conn.execute(
+                select(history.c.at, history.c.signature)
+                .where(
+                    history.c.model_name == model_name,
+                    history.c.version == version,
+                    history.c.action == "delete",
+                    history.c.signature.is_not(None),
+                )
+                .order_by(history.c.id.desc())
+            )
+            return [(str(at), str(sig)) for at, sig in rows]
 
     @_retry_on_disconnect
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
@@ -160,7 +294,7 @@ class Lifecycle:
         with self._locked(model_name) as conn:
             current = self._alias_target(conn, model_name, alias)
             if current is None:
-                raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+                raise self._no_alias(conn, model_name, alias)
             if expected is not None and current != expected:
                 raise AliasConflictError(
                     f"alias '{alias}' of model '{model_name}' points at version '{current}', not '{expected}' "
@@ -190,7 +324,7 @@ class Lifecycle:
         with self._index._read() as conn:
             found = self._alias_target(conn, model_name, alias)
             if found is None:
-                raise AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'")
+                raise self._no_alias(conn, model_name, alias)
             return found
 
     # -- tags and descriptions --------------------------------------------------------
@@ -294,7 +428,9 @@ class Lifecycle:
             ).scalar()
 
     # -- trash ----------------------------------------------------------------------
-    def _trash(self, conn: Connection, model_name: str, version: str, *, force: bool, reason: str | None) -> str:
+    def _trash(
+        self, conn: Connection, model_name: str, version: str, *, force: bool, reason: str | None, sign: Signer | None
+    ) -> str:
         pointing = list(
             conn.execute(
                 select(aliases.c.alias)
@@ -306,7 +442,8 @@ class Lifecycle:
         if pointing and not force:
             raise VersionInUseError(
                 f"model '{model_name}' version '{version}' is what alias(es) {', '.join(pointing)} point at; "
-                "move the alias first, or force the delete (which removes the alias too)"
+                "move the alias first, or delete with force=True (which removes the alias too)",
+                cli={"delete with force=True": "pass --force"},
             )
         for alias in pointing:
             conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
@@ -321,15 +458,20 @@ class Lifecycle:
             after["reason"] = reason
         if pointing:
             after["removed_aliases"] = pointing
-        write_history(conn, "delete", model_name, version=version, after=after, at=at)
+        signature = None
+        if sign is not None:
+            signature = sign(removal_event(model_name, version, self._sha256(conn, model_name, version), at))
+        write_history(conn, "delete", model_name, version=version, after=after, at=at, signature=signature)
         return at
 
     @_retry_on_disconnect
-    def trash(self, model_name: str, version: str, *, force: bool = False) -> str:
+    def trash(self, model_name: str, version: str, *, force: bool = False, sign: Signer | None = None) -> str:
         """Move a live version to the trash; returns the time it was trashed.
 
         An aliased version raises :class:`VersionInUseError` unless ``force``, which
         removes its aliases (each recorded in the history) in the same transaction.
+        ``sign`` signs the removal (:func:`modelkeep.events.removal_event`), so that readers
+        who saw this version as the latest accept the one before it.
         """
         model_name = validate_model_name(model_name)
         version = validate_version(version)
@@ -339,7 +481,7 @@ class Lifecycle:
                 raise self._index._missing(conn, model_name, version)
             if deleted_at is not None:
                 raise VersionNotFoundError(f"model '{model_name}' version '{version}' is already in the trash")
-            return self._trash(conn, model_name, version, force=force, reason=None)
+            return self._trash(conn, model_name, version, force=force, reason=None, sign=sign)
 
     @_retry_on_disconnect
     def trashed_version(self, model_name: str, version: str) -> bool:
@@ -380,7 +522,7 @@ class Lifecycle:
             return [(m, v, d) for m, v, d in conn.execute(query.order_by(versions.c.deleted_at, versions.c.id))]
 
     @_retry_on_disconnect
-    def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
+    def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False, sign: Signer | None = None) -> list[str]:
         """Trash every live version but the newest ``keep_last`` (in version order), never an
         aliased one; returns the versions trashed (or, ``dry_run``, that would be)."""
         model_name = validate_model_name(model_name)
@@ -398,7 +540,9 @@ class Lifecycle:
             chosen = [v for v in newest_first[keep_last:] if v not in aliased]
             if not dry_run:
                 for version in chosen:
-                    self._trash(conn, model_name, version, force=False, reason=f"prune keep_last={keep_last}")
+                    self._trash(
+                        conn, model_name, version, force=False, reason=f"prune keep_last={keep_last}", sign=sign
+                    )
             return chosen
 
     def _version_state_any(self, conn: Connection, model_name: str) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, func, insert, null, select
+from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
 from .schema import aliases, claims, fields, history, models, tags, tokens, users, versions
@@ -49,6 +49,22 @@ def add_column(conn: Connection, table_name: str, column: Column[object]) -> Non
     conn.exec_driver_sql(f"ALTER TABLE {_qualified(conn, table_name)} ADD COLUMN {column.name} {kind}")
 
 
+# The version-2 shapes of the tables that later steps changed (step 6 added columns).
+_V2 = MetaData()
+_ALIASES_V2 = Table(
+    aliases.name,
+    _V2,
+    *(c._copy() for c in aliases.columns if c.name not in ("seq", "signature")),
+    *(Index(i.name, *(c.name for c in i.columns)) for i in aliases.indexes),
+)
+_HISTORY_V2 = Table(
+    history.name,
+    _V2,
+    *(c._copy() for c in history.columns if c.name != "signature"),
+    *(Index(i.name, *(c.name for c in i.columns)) for i in history.indexes),
+)
+
+
 def _baseline(conn: Connection, dialect: str) -> None:
     """Version 1, the 0.1 release: versions, info and blob_refs. Nothing to upgrade from."""
 
@@ -58,9 +74,9 @@ def _lifecycle(conn: Connection, dialect: str) -> None:
     v = versions
     add_column(conn, v.name, Column("deleted_at", v.c.deleted_at.type))
     add_column(conn, v.name, Column("description", v.c.description.type))
-    # These tables are new in this step, so their current definitions are the step's. If a
-    # later step changes one of them, copy its version-2 definition here first.
-    for table in (models, aliases, tags, history):
+    # These tables are new in this step, so their current definitions are the step's, except
+    # for aliases and history, which schema 6 changed: their version-2 definitions are below.
+    for table in (models, _ALIASES_V2, tags, _HISTORY_V2):
         table.create(conn, checkfirst=True)
     conn.execute(
         insert(models).from_select(
@@ -97,12 +113,22 @@ def _users(conn: Connection, dialect: str) -> None:
         table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
 
 
+def _signed_events(conn: Connection, dialect: str) -> None:
+    """Version 6: signed alias moves (``modelkeep_aliases.seq`` and ``.signature``) and signed
+    events in the history (``modelkeep_history.signature``). Existing aliases and history rows
+    stay unsigned (NULL): moving an alias again signs it."""
+    add_column(conn, aliases.name, Column("seq", aliases.c.seq.type))
+    add_column(conn, aliases.name, Column("signature", aliases.c.signature.type))
+    add_column(conn, history.name, Column("signature", history.c.signature.type))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
     Migration(3, "search: scalar fields of every version, indexed", _search),
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
     Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
+    Migration(6, "signed alias moves and signed history events", _signed_events),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

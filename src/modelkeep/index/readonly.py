@@ -22,12 +22,15 @@ from typing import Any
 from ..metadata import ModelMetadata, ModelSummary
 from ..search.api import Database
 from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
-from .rows import fill_lifecycle, parse_record, text_value
+from .rows import BOUND_COLUMNS, bound_record, fill_lifecycle, text_value
 
 #: Version order as the library's ``ORDER_ASC`` / ``ORDER_DESC`` (index/common.py).
 _ASC = "parsed ASC, sort_key ASC, id ASC"
 _DESC = "parsed DESC, sort_key DESC, id DESC"
 _LIVE = "deleted_at IS NULL"
+#: The columns each record is checked against (see :func:`.rows.binding_error`), after ``record``.
+_BOUND = ", ".join(BOUND_COLUMNS)
+_N = 1 + len(BOUND_COLUMNS)
 
 
 class ReadOnlyIndex:
@@ -78,23 +81,23 @@ class ReadOnlyIndex:
     def list_records(self, model_name: str) -> list[ModelMetadata]:
         """Live records of a model, ascending, with aliases, tags and descriptions (as ``SqlIndex.list_records``)."""
         rows = self._rows(
-            f"SELECT record, description, version FROM {VERSIONS} WHERE model_name = ? AND {_LIVE} ORDER BY {_ASC}",
+            f"SELECT record, {_BOUND}, description FROM {VERSIONS} WHERE model_name = ? AND {_LIVE} ORDER BY {_ASC}",
             (model_name,),
         )
-        return self._with_lifecycle(model_name, [(parse_record(r[0], model_name, r[2]), r[1]) for r in rows])
+        return self._with_lifecycle(model_name, [(bound_record(*r[:_N], strict=False), r[_N]) for r in rows])
 
     def resolve(self, model_name: str, version: str | None) -> ModelMetadata | None:
         """The live record of ``version`` (latest when ``None``) with its lifecycle fields, or
         ``None`` when there is none (the library then says why)."""
-        base = f"SELECT record, description, version FROM {VERSIONS} WHERE model_name = ? AND {_LIVE}"
+        base = f"SELECT record, {_BOUND}, description FROM {VERSIONS} WHERE model_name = ? AND {_LIVE}"
         if version is None:
             row = self._conn.execute(f"{base} ORDER BY {_DESC} LIMIT 1", (model_name,)).fetchone()
         else:
             row = self._conn.execute(f"{base} AND version = ?", (model_name, version)).fetchone()
         if row is None:
             return None
-        record = parse_record(row[0], model_name, row[2])
-        return self._with_lifecycle(model_name, [(record, row[1])], version=record.version)[0]
+        record = bound_record(*row[:_N])
+        return self._with_lifecycle(model_name, [(record, row[_N])], version=record.version)[0]
 
     def alias_target(self, model_name: str, alias: str) -> str | None:
         """The version ``alias`` points at, or ``None``."""

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import FormatVersionError
+from ..errors import FormatVersionError, IntegrityError, SignatureError
 from ..metadata import HistoryEntry, ModelMetadata
 
 MAX_DEPTH = 3
@@ -121,6 +121,83 @@ def text_value(value: Any) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
+
+
+#: The ``modelkeep_versions`` columns a row's record must agree with, after ``record`` itself.
+#: ``model_name`` and ``version`` are what a query selects a row by (what was asked for, or
+#: what "latest" resolved to); the others name the bytes the row stands for.
+BOUND_COLUMNS = ("model_name", "version", "artifact_key", "sha256", "size")
+
+
+def binding_error(
+    record: ModelMetadata, model_name: Any, version: Any, artifact_key: Any, sha256: Any, size: Any
+) -> IntegrityError | None:
+    """Why ``record`` (from a row's JSON ``record`` column) does not belong to the row
+    ``model_name``/``version`` whose other columns are given, or ``None`` when it does (or when
+    the record is already marked ``damaged``: it cannot be loaded anyway).
+
+    A signature covers the record's own name, version, artifact key, digest and size, so a
+    record signed for ``other 1.0.0`` copied into the row of ``fraud 2.0.0`` (with that row's
+    ``artifact_key``, ``sha256`` and ``size``) still verifies: only comparing it with the row it
+    was selected by shows the replay. That is a :class:`SignatureError` when the record carries a
+    signature, and an :class:`IntegrityError` (a corrupt row) when it does not."""
+    if record.damaged:
+        return None
+    art = record.artifact
+    model_name, version = text_value(model_name), text_value(version)
+    where = f"model '{model_name}' version '{version}'"
+    if record.model_name != model_name or record.version != version:
+        found = f"{record.model_name} {record.version}"
+    elif art is None:
+        return IntegrityError(f"{where}: its index record names no artifact; the index row is corrupt")
+    elif art.key != text_value(artifact_key):
+        found = f"artifact {art.key!r}, but the index row names {text_value(artifact_key)!r}"
+    elif art.sha256 != text_value(sha256) or not _same_size(art.size, size):
+        found = (
+            f"SHA-256 {art.sha256[:16]}... ({art.size} bytes), "
+            f"but the index row says {text_value(sha256)[:16]}... ({text_value(size)} bytes)"
+        )
+    else:
+        return None
+    if record.signature:
+        return SignatureError(
+            f"{where} carries a record signed for {found}: the index was altered (a signed record "
+            "replayed under another name, version or artifact); restore the index from a backup"
+        )
+    return IntegrityError(
+        f"{where} holds a record made for {found}: the index row is corrupt or was altered; "
+        "restore the index from a backup"
+    )
+
+
+def _same_size(recorded: Any, cell: Any) -> bool:
+    try:
+        return int(recorded) == int(cell) and not isinstance(cell, bool)
+    except (TypeError, ValueError):
+        return False
+
+
+def bound_record(
+    raw: Any, model_name: Any, version: Any, artifact_key: Any, sha256: Any, size: Any, *, strict: bool = True
+) -> ModelMetadata:
+    """The record in a row's ``record`` column (a ``damaged`` placeholder when unreadable, see
+    :func:`parse_record`), after checking that it is the record of that row: a mismatch raises
+    (see :func:`binding_error`), or with ``strict=False`` (listings) gives a ``damaged``
+    placeholder saying why, so that one altered row does not fail a whole page."""
+    record = parse_record(raw, model_name, version)
+    error = binding_error(record, model_name, version, artifact_key, sha256, size)
+    if error is None:
+        return record
+    if strict:
+        raise error
+    return ModelMetadata(
+        model_name=text_value(model_name),
+        model_type="",
+        version=text_value(version),
+        created_at="",
+        updated_at="",
+        damaged=str(error),
+    )
 
 
 def fill_lifecycle(

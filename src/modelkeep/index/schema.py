@@ -97,6 +97,10 @@ aliases = Table(
     Column("alias", String(64), primary_key=True),
     Column("version", String(64), nullable=False),
     Column("updated_at", String(40), nullable=False),
+    # Signed moves (schema 6): a number that grows with every move of this alias, and the
+    # mover's signature over (model, alias, version, its SHA-256, seq); NULL when unsigned.
+    Column("seq", BigInteger, nullable=True),
+    Column("signature", Text, nullable=True),
     Index("ix_modelkeep_aliases_version", "model_name", "version"),
 )
 
@@ -125,6 +129,8 @@ history = Table(
     Column("key", String(256), nullable=True),
     Column("before", Text, nullable=True),
     Column("after", Text, nullable=True),
+    # Schema 5: the signature of a signed event (an alias move, a version's removal), or NULL.
+    Column("signature", Text, nullable=True),
     Index("ix_modelkeep_history_model", "model_name", "id"),
     Index("ix_modelkeep_history_alias", "model_name", "alias", "id"),
 )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -38,7 +39,9 @@ from ..errors import (
     ConfigError,
     ConnectionLostError,
     IncompatibleRegistryError,
+    IntegrityError,
     ModelNotFoundError,
+    RegistryNotFoundError,
     StorageError,
     VersionExistsError,
     VersionInUseError,
@@ -57,7 +60,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .rows import parse_record, text_value
+from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
 from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
@@ -74,6 +77,20 @@ def normalize_url(url: str) -> str:
         if url.startswith(bare):
             return "postgresql+psycopg://" + url[len(bare) :]
     return url
+
+
+def missing_registry(where: str, schema: str | None = None) -> RegistryNotFoundError:
+    """The error for a read of a registry that does not exist: a local folder without
+    ``registry.db``, or a database (``schema``) without modelkeep's tables."""
+    if "://" not in where:
+        text = f"no modelkeep registry at {where!r} (registry.db not found): check models_dir, or save a model first"
+    else:
+        inside = f", schema {schema!r}" if schema else ""
+        text = (
+            f"no modelkeep registry in {where}{inside} (its tables do not exist): "
+            "check registry_url, or save a model first"
+        )
+    return RegistryNotFoundError(text, cli={"models_dir": "--models-dir", "registry_url": "--registry-url"})
 
 
 class Reservation:
@@ -135,13 +152,34 @@ class Reservation:
 
 
 _record = parse_record
+#: A row's ``record`` and the columns it must agree with (:data:`.rows.BOUND_COLUMNS`).
+_RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
+_N = len(_RECORD_COLUMNS)
+
+
+class CheckedRow(NamedTuple):
+    """One index row: its record, the model name and version it is stored under, and why the
+    record does not belong to it (``None`` when it does)."""
+
+    record: ModelMetadata
+    model_name: str
+    version: str
+    error: IntegrityError | None
+
+
+def _bound(row: Any, *, strict: bool = True) -> ModelMetadata:
+    """The record of a row selected with :data:`_RECORD_COLUMNS` first, checked against the row
+    (see :func:`.rows.bound_record`: a mismatch raises, or in a listing marks the record damaged)."""
+    return bound_record(*row[:_N], strict=strict)
 
 
 class SqlIndex:
     """Versions of every model, keyed by ``(model_name, version)``.
 
     ``url`` is any SQLAlchemy URL; ``schema`` (PostgreSQL) puts the tables in
-    a schema of their own, created if needed.
+    a schema of their own, created if needed. With ``create=False`` a registry that
+    does not exist yet (no SQLite file; on PostgreSQL, no tables) raises
+    :class:`RegistryNotFoundError` and nothing is created.
     """
 
     def __init__(
@@ -151,6 +189,7 @@ class SqlIndex:
         schema: str | None = None,
         connect_timeout: float = timeouts.CONNECT_TIMEOUT,
         read_timeout: float = timeouts.READ_TIMEOUT,
+        create: bool = True,
     ) -> None:
         self.url = normalize_url(url)
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
@@ -160,6 +199,9 @@ class SqlIndex:
             raise ConfigError(f"registry_url {url!r} is not a valid database URL: {exc}") from exc
         self.dialect = parsed.get_backend_name()
         self.schema = schema
+        database = parsed.database or ":memory:"
+        if not create and self.dialect == "sqlite" and database != ":memory:" and not os.path.isfile(database):
+            raise missing_registry(os.path.dirname(os.path.abspath(database)))
         try:
             if self.dialect == "sqlite":
                 engine = create_engine(self.url, connect_args={"timeout": 60})
@@ -175,7 +217,7 @@ class SqlIndex:
         if schema is not None:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
-        self._open_schema()
+        self._open_schema(create)
 
     # -- plumbing ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -229,8 +271,8 @@ class SqlIndex:
             conn.execute(text(f"SELECT {fn}(hashtext('modelkeep:blobs'))"))
 
     @_retry_on_disconnect
-    def _open_schema(self) -> None:
-        """Create a new registry, or bring an older one up to :data:`SCHEMA_VERSION`.
+    def _open_schema(self, create: bool = True) -> None:
+        """Create a new registry (unless ``create`` is false), or bring an older one up to :data:`SCHEMA_VERSION`.
 
         The usual case (already current) costs one read. Otherwise, under the write
         lock (and on PostgreSQL a schema-wide advisory lock), the steps of
@@ -240,6 +282,11 @@ class SqlIndex:
         try:
             if self._stamped_version() == SCHEMA_VERSION:
                 return
+            if not create:
+                with self._read() as conn:
+                    if self._schema_of(conn) is None:
+                        self.engine.dispose()
+                        raise missing_registry(self.safe_url, self.schema)
             with self._write() as conn:
                 if self.dialect == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:schema'))"))
@@ -533,10 +580,10 @@ class SqlIndex:
         )
 
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
-        raw = conn.execute(
-            select(versions.c.record).where(versions.c.model_name == model_name, versions.c.version == version)
-        ).scalar()
-        return None if raw is None else _record(raw, model_name, version)
+        row = conn.execute(
+            select(*_RECORD_COLUMNS).where(versions.c.model_name == model_name, versions.c.version == version)
+        ).first()
+        return None if row is None else _bound(row)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
@@ -558,7 +605,7 @@ class SqlIndex:
 
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
-        query = select(versions.c.record, versions.c.description, versions.c.deleted_at, versions.c.version).where(
+        query = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
             versions.c.model_name == model_name
         )
         if version is None:
@@ -569,10 +616,10 @@ class SqlIndex:
             row = conn.execute(query.where(versions.c.version == version)).first()
             if row is None:
                 raise self._missing(conn, model_name, version)
-            if row[2] is not None:
+            if row[_N + 1] is not None:
                 raise trashed_error(model_name, version)
-        rec = _record(row[0], model_name, row[3])
-        return attach_lifecycle(conn, model_name, [(rec, row[1])], version=rec.version)[0]
+        rec = _bound(row)
+        return attach_lifecycle(conn, model_name, [(rec, row[_N])], version=rec.version)[0]
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
@@ -607,19 +654,30 @@ class SqlIndex:
         """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
         with self._read() as conn:
             rows = conn.execute(
-                select(versions.c.record, versions.c.description, versions.c.version)
+                select(*_RECORD_COLUMNS, versions.c.description)
                 .where(versions.c.model_name == model_name, LIVE)
                 .order_by(*_ORDER_ASC)
             )
-            return attach_lifecycle(conn, model_name, [(_record(r[0], model_name, r[2]), r[1]) for r in rows])
+            return attach_lifecycle(conn, model_name, [(_bound(r, strict=False), r[_N]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
         """Every record of every model, trashed ones included: they still own their files
-        (for verify, gc and copy)."""
+        (for gc and re-signing). A record that does not belong to its row raises (see
+        :func:`.rows.binding_error`); :meth:`iter_checked_records` reports it instead."""
+        for row in self.iter_checked_records():
+            if row.error is not None:
+                raise row.error
+            yield row.record
+
+    def iter_checked_records(self) -> Iterator[CheckedRow]:
+        """Every row of every model, trashed ones included, with its record and the reason that
+        record does not belong to it (``None`` when it does), for ``verify`` and ``gc``."""
         with self._read() as conn:
-            query = select(versions.c.record, versions.c.model_name, versions.c.version)
-            for raw, name, version in conn.execute(query.order_by(versions.c.model_name, *_ORDER_ASC)):
-                yield _record(raw, name, version)
+            query = select(*_RECORD_COLUMNS).order_by(versions.c.model_name, *_ORDER_ASC)
+            for row in conn.execute(query):
+                record = _record(row[0], row[1], row[2])
+                name, version = text_value(row[1]), text_value(row[2])
+                yield CheckedRow(record, name, version, binding_error(record, *row[1:_N]))
 
     @_retry_on_disconnect
     def summaries(self) -> list[ModelSummary]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _lifecycle
 from ..errors import (
     ArtifactNotFoundError,
+    BackendUnavailableError,
     IntegrityError,
     InvalidNameError,
     MetadataError,
@@ -52,11 +53,15 @@ class ImportedVersion:
 
 @dataclass
 class ImportReport:
-    """What :func:`import_mlflow` did. ``skipped`` and ``refused`` hold ``(name, mlflow_version, reason)``."""
+    """What :func:`import_mlflow` did. ``skipped``, ``refused`` and ``failed`` hold
+    ``(name, mlflow_version, reason)``: ``refused`` is the safe-loading policy's verdict (or a
+    file that cannot be read), ``failed`` a version this installation cannot read (a missing
+    optional package, named with the extra to install)."""
 
     imported: list[ImportedVersion] = field(default_factory=list)
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
     refused: list[tuple[str, int, str]] = field(default_factory=list)
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
     lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per model: the description, tags, aliases (alias -> modelkeep version), version tags and
     version descriptions found in MLflow."""
@@ -75,6 +80,7 @@ class ImportReport:
             "imported": [v.to_dict() for v in self.imported],
             "skipped": [list(s) for s in self.skipped],
             "refused": [list(r) for r in self.refused],
+            "failed": [list(f) for f in self.failed],
             "lifecycle": self.lifecycle,
             "lifecycle_applied": self.lifecycle_applied,
         }
@@ -84,12 +90,14 @@ class ImportReport:
         lines = [
             f"{verb} {len(self.imported)} version(s) ({len(self.archived)} as MLflow model folders), "
             f"skipped {len(self.skipped)}, refused {len(self.refused)}"
+            + (f", failed {len(self.failed)}" if self.failed else "")
         ]
         for v in self.imported:
             how = "as its MLflow model folder" if v.kind == "mlflow-folder" else v.serialization_format or v.flavor
             lines.append(f"  {verb} {v.model_name} {v.mlflow_version} -> {v.version} ({how})")
         lines += [f"  skipped {n} {v}: {why}" for n, v, why in self.skipped]
         lines += [f"  refused {n} {v}: {why}" for n, v, why in self.refused]
+        lines += [f"  failed {n} {v}: {why}" for n, v, why in self.failed]
         return "\n".join(lines)
 
 
@@ -205,7 +213,7 @@ def _import_model(
             if version.deleted:
                 report.skipped.append((name, version.version, "soft-deleted in MLflow (Deleted_Internal)"))
                 continue
-            existing = persistence.get_metadata(name, target)
+            existing = _existing(persistence, name, target)
             if existing is not None:
                 if _imported_from(existing, version):
                     report.skipped.append((name, version.version, f"already imported as {target}"))
@@ -218,6 +226,8 @@ def _import_model(
             imported = _import_version(persistence, store, version, target, dry_run=report.dry_run)
             report.imported.append(imported)
             present.add(target)
+        except BackendUnavailableError as exc:  # not a verdict on the file: this installation lacks a package
+            report.failed.append((name, version.version, str(exc)))
         except (ArtifactNotFoundError, MetadataError, SerializationError, IntegrityError) as exc:
             # A file the safe-loading policy refuses (UnsafeModelError is an IntegrityError),
             # or one that cannot be read: nothing of this version was stored.
@@ -238,6 +248,17 @@ def _import_model(
         report.lifecycle_applied = _lifecycle.apply_lifecycle(persistence, name, lifecycle, present)
 
 
+def _existing(persistence: ModelPersistence, name: str, version: str) -> ModelMetadata | None:
+    """The registry's record of ``name`` ``version``; ``None`` in a registry not created yet
+    (a dry run into a new registry creates nothing)."""
+    from ..errors import RegistryNotFoundError
+
+    try:
+        return persistence.get_metadata(name, version)
+    except RegistryNotFoundError:
+        return None
+
+
 def _imported_from(record: ModelMetadata, version: SourceVersion) -> bool:
     origin = record.metadata.get("mlflow")
     return (
@@ -256,20 +277,25 @@ def _import_version(
     result = ImportedVersion(
         version.model_name, version.version, target, kind, mlmodel.flavor, mlmodel.serialization_format
     )
-    if dry_run:
-        return result
-    metadata = _metadata(store, version, mlmodel)
-    created_at = _iso(version.created_ms)
-    name = version.model_name
+    # A dry run reads each file exactly as the import does (the safe-loading policy, the
+    # format's package), so what it promises is what the import does; only the save is left out.
     if kind == "native" and mlmodel.serialization_format in PICKLE_FORMATS:
-        persistence.import_file(mlmodel.model_file(), name, target, metadata=metadata, created_at=created_at)
+        model = persistence.read_file(mlmodel.model_file())
+        fmt = None
     elif kind == "native":
         model = load_skops(mlmodel.model_file(), persistence.trusted_types)
-        persistence.save_version(model, name, target, metadata=metadata, created_at=created_at)
+        fmt = None
     else:
-        persistence.save_version(
-            archive(mlmodel), name, target, serialization_format="archive", metadata=metadata, created_at=created_at
-        )
+        model = archive(mlmodel)
+        fmt = "archive"
+    if dry_run:
+        return result
+    name = version.model_name
+    metadata = _metadata(store, version, mlmodel)
+    persistence.save_version(
+        model, name, target, serialization_format=fmt, metadata=metadata, created_at=_iso(version.created_ms)
+    )
+    if kind != "native":
         logger.info("%s %s: flavor %s kept as its MLflow model folder", name, version.version, mlmodel.flavor)
     return result
 

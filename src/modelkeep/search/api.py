@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import FilterError, ModelNotFoundError
 from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
-from ..index.rows import parse_record, scalar_fields, text_value
+from ..index.rows import BOUND_COLUMNS, bound_record, scalar_fields, text_value
 from ..metadata import ModelMetadata, ModelSummary
 from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
@@ -33,6 +33,8 @@ _T = TypeVar("_T")
 MAX_LIMIT = 10_000
 #: Order used when ``order_by`` is not given.
 DEFAULT_ORDER = [OrderKey("model_name"), OrderKey("version")]
+#: The row columns each found record is checked against (see :func:`~modelkeep.index.rows.binding_error`).
+_BOUND = ", ".join(f"v.{name}" for name in BOUND_COLUMNS)
 
 
 @dataclass
@@ -160,16 +162,17 @@ def search_versions_in(
         conds.append(after(parts, _decode_token(page_token, fingerprint, len(parts)), params))
     columns = ", ".join(f"{expr} AS k{i}" for i, (expr, _desc) in enumerate(parts))
     sql = (
-        f"SELECT v.record, v.description, v.model_name, v.version, {columns} FROM {source} WHERE {' AND '.join(conds)}"
+        f"SELECT v.record, {_BOUND}, v.description, {columns} FROM {source} WHERE {' AND '.join(conds)}"
         f" ORDER BY {order_clause(parts)} LIMIT {params.bind(limit + 1)}"
     )
     rows = db.rows(sql, params.values)
     page = rows[:limit]
-    records = [parse_record(r[0], r[2], r[3]) for r in page]
-    _attach_lifecycle(db, records, [r[1] for r in page])
+    n = 1 + len(BOUND_COLUMNS)
+    records = [bound_record(*r[:n], strict=False) for r in page]
+    _attach_lifecycle(db, records, [r[n] for r in page])
     token = None
     if len(rows) > limit:
-        token = _encode_token(fingerprint, list(page[-1][4:]))
+        token = _encode_token(fingerprint, list(page[-1][n + 1 :]))
     return SearchPage(records, token)
 
 

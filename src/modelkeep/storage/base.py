@@ -197,12 +197,6 @@ class ArtifactStore(ABC):
         ``None`` if the backend has no local files or the record has no payload ranges."""
         yield None
 
-    @contextlib.contextmanager
-    def verified_path(self, key: str, sha256: str) -> Iterator[str | None]:
-        """A local path naming exactly the file that was just hashed (``None`` if the
-        backend has no local files); for deserializers that memory-map by path."""
-        yield None
-
     # -- reading: built on the primitives -------------------------------------------
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 from ..errors import StorageError, UnsafeKeyError
 from ..layout import TMP_DIR, check_key
 from .base import IO_WORKERS, ArtifactStore
-from .hashing import CHUNK, Advance, Expected, VerifiedArtifact, check_digest, hashing_sink, no_advance
+from .hashing import CHUNK, Advance, Expected, VerifiedArtifact, check_digest, no_advance
 from .verified import CheckedFiles, ReadInto, check_mapped
 
 #: Largest single ``os.write`` when writing a blob.
@@ -151,18 +151,6 @@ class LocalStore(ArtifactStore):
             finally:
                 if out is not None:
                     out.file.close()
-
-    @contextlib.contextmanager
-    def verified_path(self, key: str, sha256: str) -> Iterator[str | None]:
-        """Hash the open file, then yield a path to that same open file (``/proc/self/fd/N``
-        on Linux), so a file renamed over ``key`` after the check is not the one parsed."""
-        with self.open_read(key) as f:
-            w = hashing_sink()
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                w.write(chunk)
-            check_digest(self.display_path(key), sha256, w.hexdigest())
-            by_fd = f"/proc/self/fd/{f.fileno()}"
-            yield by_fd if os.path.exists(by_fd) else self.full_path(key)
 
     def map(self, key: str) -> Any | None:
         import mmap

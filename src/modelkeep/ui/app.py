@@ -26,7 +26,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import environment
-from ..errors import AliasConflictError, AuthenticationError, ModelKeepError, PermissionDeniedError
+from ..errors import (
+    AliasConflictError,
+    AuthenticationError,
+    FilterError,
+    ModelKeepError,
+    PermissionDeniedError,
+    VersionInUseError,
+)
 from ..identity import Identity, acting_as
 from ..lifecycle import ALIAS_ACTIONS
 from ..metadata import ModelMetadata
@@ -34,14 +41,23 @@ from ..registry import ModelPersistence
 from .auth import LOOPBACK_HOSTS, SESSION_COOKIE, AuthSettings, HostGate, Sessions, SignInLimiter
 from .security import COOKIE, FIELD, CsrfGuard
 from .views import (
+    SEARCH_EXAMPLES,
+    breakable,
     cell,
     chart_series,
     comparison_rows,
+    history_diff,
     human_size,
     is_scalar,
+    lineage_view,
     load_snippet,
     metric_names,
     numeric_metrics,
+    search_hint,
+    short_type,
+    signature_view,
+    small_multiples,
+    time_html,
 )
 
 HERE = Path(__file__).parent
@@ -82,6 +98,10 @@ class _Pages:
         self.templates.env.filters["cell"] = cell
         self.templates.env.filters["size"] = human_size
         self.templates.env.filters["q"] = lambda s: quote(str(s), safe="")
+        self.templates.env.filters["when"] = time_html
+        self.templates.env.filters["diff"] = history_diff
+        self.templates.env.filters["short_type"] = short_type
+        self.templates.env.filters["breakable"] = breakable
 
     # -- plumbing -------------------------------------------------------------
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
@@ -274,7 +294,10 @@ class _Pages:
     async def models(self, request: Request) -> Response:
         query = request.query_params.get("q", "").strip()
         if query:
-            page = await self.call(self.p.search_versions, query, limit=self.page_size)
+            try:
+                page = await self.call(self.p.search_versions, query, limit=self.page_size)
+            except FilterError as exc:
+                return await self.search_error(request, query, exc)
             return self.render(
                 request,
                 "search.html",
@@ -286,6 +309,26 @@ class _Pages:
         summaries = await self.call(self.p.model_summaries)
         aliases = {s.name: await self.call(self.p.get_aliases, s.name) for s in summaries}
         return self.render(request, "models.html", summaries=summaries, aliases=aliases, query="")
+
+    async def search_error(self, request: Request, query: str, exc: FilterError) -> Response:
+        """The search page again, with the query kept, the problem marked and a suggestion."""
+        recent = await self.call(self.p.search_versions, None, limit=200)
+        fields = [*metric_names(recent.items), *{f"tags.{k}": None for r in recent.items for k in r.tags}]
+        hint, fixed = search_hint(query, str(exc), fields)
+        return self.render(
+            request,
+            "search.html",
+            status=400,
+            query=query,
+            error=str(exc),
+            position=exc.position,
+            hint=hint,
+            fixed=fixed,
+            examples=SEARCH_EXAMPLES,
+            records=[],
+            metrics=[],
+            more=False,
+        )
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -307,6 +350,7 @@ class _Pages:
             records=page.items,
             metrics=metric_names(page.items),
             chart_metrics=numeric_metrics(page.items),
+            chart_points=f"{CHART_POINTS:,}",
             order=order,
             next_page=page.next_page_token,
             aliases=aliases,
@@ -341,6 +385,8 @@ class _Pages:
             params=record.metadata.get("model_params") or {},
             env_diffs=environment.differences(record.environment),
             signature=await self.call(self.p.signature_status, name, record.version),
+            input_signature=signature_view(record.input_signature),
+            lineage=lineage_view(record.lineage),
             snippet=load_snippet(record, str(self.p.models_dir), _registry_url(self.p)),
             all_aliases=all_aliases,
             aliases_seen=json.dumps(all_aliases),
@@ -354,16 +400,6 @@ class _Pages:
         records = [await self.call(self.p.get_version, name, v) for v in chosen]
         rows = comparison_rows(records)
         numeric = numeric_metrics(records)
-        chart = {
-            "metrics": numeric,
-            "series": [
-                {
-                    "version": r.version,
-                    "values": [_number(r.metadata.get(m)) for m in numeric],
-                }
-                for r in records
-            ],
-        }
         return self.render(
             request,
             "compare.html",
@@ -371,7 +407,7 @@ class _Pages:
             records=records,
             rows=rows,
             diff_only=request.query_params.get("diff") == "1",
-            chart=chart,
+            multiples=small_multiples(records, numeric),
         )
 
     async def history(self, request: Request) -> Response:
@@ -504,8 +540,22 @@ class _Pages:
 
     async def trash(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
-        await self.form(request)
-        await self.act(request, self.p.delete, name, version)
+        form = await self.form(request)
+        try:
+            await self.act(request, self.p.delete, name, version, force=bool(form.get("force")))
+        except VersionInUseError as exc:
+            record = await self.call(self.p.get_version, name, version)
+            others = await self.call(self.p.list_versions, name)
+            return self.render(
+                request,
+                "trash_confirm.html",
+                status=409,
+                name=name,
+                version=version,
+                detail=str(exc),
+                pointing=sorted(getattr(record, "aliases", []) or []),
+                targets=[v for v in reversed(others) if v != version][:50],
+            )
         return self.back(f"/models/{quote(name)}", f"version {version} moved to the trash")
 
     async def restore(self, request: Request) -> Response:
@@ -560,12 +610,6 @@ def _local_path(target: str) -> str:
 
 def _is_conflict(exc: Exception) -> bool:
     return "conflict" in type(exc).__name__.lower() or isinstance(exc, FileExistsError)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
-        return float(value)
-    return None
 
 
 def _registry_url(p: ModelPersistence) -> str | None:
