@@ -353,3 +353,39 @@ def test_other_interfaces_need_tokens(registry: tuple[Path, dict[str, Any]]) -> 
     assert "refusing to serve on 0.0.0.0 without tokens" in result.output
     result = CliRunner().invoke(cli, ["--models-dir", str(folder), "serve", "churn@nonesuch"])
     assert result.exit_code != 0 and "nonesuch" in result.output and "Traceback" not in result.output
+
+
+def test_a_crafted_native_version_never_takes_the_server_down(registry: tuple[Path, dict[str, Any]]) -> None:
+    """Issue 30: someone who can write the store and the index points ``production`` at a
+    version whose pickled decision tree has a child a billion nodes past its node array (plain
+    ``joblib.load`` + ``predict`` of it dies with SIGSEGV: tests/test_native_state.py). The
+    server loads new targets through ``ModelPersistence.load`` with the default quarantine, so the
+    version is refused before it is swapped in: the server keeps answering with the old version
+    and says it is behind."""
+    from ._native_fuzz import tree_attack
+    from .test_tampering import forge_record
+
+    folder, models = registry
+    X, _ = _data()
+    body = {"dataframe_split": json.loads(X.head(5).to_json(orient="split", index=False))}
+    s = Server(folder, "churn@production", "--poll", str(POLL))
+    p = ModelPersistence(models_dir=folder, compress=False)
+    try:
+        p.save({"placeholder": 1}, "churn", "9")
+        payload, _x = tree_attack()
+        forge_record(p, "churn", "9", payload, globals=[])  # unsigned, as the attacker holds no key
+        p.set_alias("churn", "production", "9")
+        deadline = time.monotonic() + 60
+        while (s.client.get("/health").json().get("behind") or {}).get("version") != "9":
+            assert s.proc.poll() is None, f"the server died: {s.output()}"
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.1)
+        assert s.proc.poll() is None
+        r = _post(s.client, body, headers=JSON)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        assert r.json()["predictions"] == models["1"].predict(X.head(5)).tolist()
+        assert "UnsafeModelError" in s.client.get("/health").json()["behind"]["reason"]
+    finally:
+        p.set_alias("churn", "production", "1")
+        p.close()
+        s.stop()
