@@ -850,6 +850,15 @@ class ModelPersistence(LifecycleMixin):
 
         return check(self.get_version(model_name, version).input_signature, X)
 
+    def serve(self, reference: str, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> None:
+        """Serve ``reference``'s predictions over HTTP until Ctrl-C (``"churn@production"`` follows
+        the alias; ``"churn@3"`` is pinned). ``options`` are those of :func:`modelkeep.serve.serve`
+        and :func:`modelkeep.serve.create_app` (``poll``, ``token_file``, ``batch_max_rows``...);
+        one process (``modelkeep serve --workers N`` pre-forks). Needs the ``[serve]`` extra."""
+        from .serve import serve
+
+        serve(self, reference, host, port, **options)
+
     # -- querying -----------------------------------------------------------------
     def resolve_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> str:
         """The concrete version string ``version`` (or "latest", or an alias) refers to."""

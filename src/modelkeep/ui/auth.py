@@ -55,9 +55,10 @@ def host_name(header: str) -> str:
 class HostGate:
     """ASGI middleware: 400 for any request whose ``Host`` is not allowed."""
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed: Iterable[str], what: str = "modelkeep UI") -> None:
         self.app = app
         self.allowed = frozenset(h.strip("[]").lower() for h in allowed)
+        self.what = what
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -68,7 +69,7 @@ class HostGate:
             await self.app(scope, receive, send)
             return
         body = (
-            f"Invalid Host header {raw!r}: this modelkeep UI answers only to "
+            f"Invalid Host header {raw!r}: this {self.what} answers only to "
             f"{', '.join(sorted(self.allowed))}. If that is the name you use, restart it with "
             f"--allowed-host {host_name(raw) or 'NAME'}.\n"
         ).encode()

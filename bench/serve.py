@@ -1,0 +1,243 @@
+"""``modelkeep serve`` against ``mlflow models serve``, same models, same machine, one run.
+
+For a small sklearn pipeline and a large random forest:
+
+* start-up: from process start to the first 200 answer to a one-row ``/invocations``;
+* requests per second and p50/p99 latency at concurrency 1 and 16 (one-row JSON bodies,
+  ``dataframe_split``, from client threads on this machine);
+* modelkeep with batching (``--batch-max-rows 64 --batch-wait-ms 2``) at concurrency 16.
+
+MLflow runs from its own virtual environment (``--mlflow-python``, default
+``/tmp/mlflow-venv/bin/python``; create it with ``python -m venv /tmp/mlflow-venv &&
+/tmp/mlflow-venv/bin/pip install mlflow scikit-learn``): the model is fitted there from the same
+seed, logged to a SQLite MLflow registry, aliased ``production``, and served with
+``mlflow models serve -m models:/NAME@production --env-manager local``. Without that venv,
+modelkeep is measured alone and the output says so.
+
+    PYTHONPATH=src python bench/serve.py [--seconds 4] [--forest-trees 300] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+#: Fits the bench models from a seed; run by this interpreter and by MLflow's.
+FIT = """
+import numpy as np, pandas as pd
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+def fit(kind, trees):
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(20000, 20)), columns=[f"f{i}" for i in range(20)])
+    y = (X.f0 + X.f1 * X.f2 + rng.normal(scale=0.5, size=len(X)) > 0).astype(int)
+    if kind == "pipeline":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y), X
+    return RandomForestClassifier(n_estimators=trees, min_samples_leaf=1, n_jobs=1, random_state=0).fit(X, y), X
+"""
+
+MLFLOW_SETUP = (
+    FIT
+    + """
+import sys, mlflow
+from mlflow.models import infer_signature
+mlflow.set_tracking_uri(sys.argv[1])
+kind, trees = sys.argv[2], int(sys.argv[3])
+model, X = fit(kind, trees)
+with mlflow.start_run():
+    info = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        registered_model_name=kind,
+        signature=infer_signature(X, model.predict(X.head(100))),
+        serialization_format="cloudpickle",  # MLflow 3's skops default refuses forests without a trust list
+    )
+client = mlflow.MlflowClient()
+version = client.search_model_versions(f"name='{kind}'")[0].version
+client.set_registered_model_alias(kind, "production", version)
+print("ok")
+"""
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _body(columns: list[str], row: list[float]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
+
+
+def _start(
+    cmd: list[str], port: int, body: bytes, env: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a server; seconds from process start to the first 200 on /invocations."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/invocations"
+    with httpx.Client(timeout=60) as c:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                r = c.post(url, content=body, headers={"content-type": "application/json"})
+                if r.status_code == 200:
+                    return proc, time.perf_counter() - started
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - started > 300:
+                raise RuntimeError(f"no 200 within 300 s: {log.read_text()[-2000:]}")
+            time.sleep(0.02)
+
+
+def _load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+    """Requests/s and latency percentiles of one-row requests from ``concurrency`` client threads."""
+    url = f"http://127.0.0.1:{port}/invocations"
+    latencies: list[float] = []
+    errors = [0]
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine: list[float] = []
+        with httpx.Client(timeout=60) as c:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = c.post(url, content=body, headers={"content-type": "application/json"})
+                mine.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "rps": len(latencies) / took,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "requests": len(latencies),
+        "errors": errors[0],
+    }
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(2)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _measure(name: str, cmd: list[str], port: int, body: bytes, env: dict[str, str], args: Any, log: Path) -> dict:
+    proc, startup = _start(cmd, port, body, env, log)
+    try:
+        out = {"server": name, "startup_s": startup}
+        for c in (1, 16):
+            out[f"c{c}"] = _load(port, body, c, args.seconds)
+        return out
+    finally:
+        _stop(proc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=4.0, help="load duration per concurrency level")
+    ap.add_argument("--forest-trees", type=int, default=300)
+    ap.add_argument("--mlflow-python", default="/tmp/mlflow-venv/bin/python")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--models", default="pipeline,forest", help="which models, comma-separated")
+    args = ap.parse_args()
+
+    from modelkeep import ModelPersistence
+
+    namespace: dict[str, Any] = {}
+    exec(FIT, namespace)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
+    env["MODELKEEP_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["MODELKEEP_CONFIG_DIR"] = env["MODELKEEP_CONFIG_DIR"]
+    mlflow_ok = Path(args.mlflow_python).exists() and (
+        subprocess.run([args.mlflow_python, "-c", "import mlflow, sklearn"], capture_output=True).returncode == 0
+    )
+    results: list[dict[str, Any]] = []
+    p = ModelPersistence(tmp / "models", compress=False)  # uncompressed: mapped at load, shared by workers
+    for kind in args.models.split(","):
+        model, X = namespace["fit"](kind, args.forest_trees)
+        p.save(model, kind, "1", input_example=X.head(5))
+        p.set_alias(kind, "production", "1")
+        size = p.get_version(kind, "1").artifact.size  # type: ignore[union-attr]
+        body = _body(list(X.columns), X.iloc[0].tolist())
+        base = [sys.executable, "-m", "modelkeep", "--models-dir", str(tmp / "models"), "serve", f"{kind}@production"]
+        for label, extra in (("modelkeep", []), ("modelkeep, batching", ["--batch-max-rows", "64"])):
+            port = _free_port()
+            cmd = [*base, "--port", str(port), *extra]
+            row = _measure(label, cmd, port, body, env, args, tmp / f"{kind}-{port}.log")
+            row.update(model=kind, artifact_mb=size / 1e6)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        if mlflow_ok:
+            uri = f"sqlite:///{tmp / 'mlflow.db'}"
+            venv_bin = str(Path(args.mlflow_python).parent)  # mlflow execs `uvicorn`: the venv's, not ours
+            mlenv = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            mlenv.update(MLFLOW_TRACKING_URI=uri, PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
+            setup = subprocess.run(
+                [args.mlflow_python, "-c", MLFLOW_SETUP, uri, kind, str(args.forest_trees)],
+                env=mlenv,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+            )
+            if setup.returncode != 0:
+                print(f"mlflow setup failed: {setup.stderr[-2000:]}", file=sys.stderr)
+                continue
+            port = _free_port()
+            mlflow_bin = str(Path(args.mlflow_python).parent / "mlflow")
+            cmd = [mlflow_bin, "models", "serve", "-m", f"models:/{kind}@production", "--env-manager", "local"]
+            cmd += ["-p", str(port), "-h", "127.0.0.1"]
+            row = _measure("mlflow models serve", cmd, port, body, mlenv, args, tmp / f"mlflow-{kind}.log")
+            row.update(model=kind)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    if not mlflow_ok:
+        print(f"MLflow comparison not done: no usable MLflow at {args.mlflow_python}", file=sys.stderr)
+    print()
+    print("| model | server | start-up to first 200 | c=1 req/s | c=1 p50 / p99 | c=16 req/s | c=16 p50 / p99 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        c1, c16 = r["c1"], r["c16"]
+        print(
+            f"| {r['model']} | {r['server']} | {r['startup_s']:.2f} s | {c1['rps']:.0f} | "
+            f"{c1['p50_ms']:.1f} / {c1['p99_ms']:.1f} ms | {c16['rps']:.0f} | "
+            f"{c16['p50_ms']:.1f} / {c16['p99_ms']:.1f} ms |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
