@@ -4,7 +4,8 @@ Saves a large random forest and a dict of float arrays once, in the joblib
 (uncompressed and zstd), pickle and native formats, then loads each version
 alternately with the baseline code (``--baseline-src``, default: the source
 tree of ``main`` exported by ``git archive``) and with this checkout, each in
-its own child process so that neither inherits the other's imports. Prints
+its own child process so that neither inherits the other's imports. Each side saves
+its own copy of the same objects, since an older release refuses a newer index schema. Prints
 the median load time of each and the ratio ``after / before``.
 
     python bench/safe_load.py [--forest-mb 75] [--arrays-mb 100] [--rounds 3] [--repeats 3]
@@ -43,6 +44,20 @@ for case in json.loads(sys.argv[4]):
 print(json.dumps(out))
 """
 
+#: Saves the objects with one side's code, so each side loads a registry its own release wrote
+#: (a newer release's index schema is refused by an older one, by design).
+_SAVE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import joblib
+from modelkeep import ModelPersistence
+root, objects = sys.argv[2], joblib.load(sys.argv[3])
+for case, fmt, compress in json.loads(sys.argv[4]):
+    with ModelPersistence(f"{root}/{case}", serialization_format=fmt, compress=compress) as p:
+        for name, obj in objects.items():
+            p.save(obj, name, "1.0.0")
+"""
+
 
 def _export_baseline(target: Path) -> Path:
     base = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -64,26 +79,28 @@ def main() -> None:
     from common import CACHE_DIR
     from workloads import array_dict, cached_forest
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from modelkeep import ModelPersistence
-
     with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
         baseline = args.baseline_src or _export_baseline(Path(tmp))
         objects = {"forest": cached_forest(args.forest_mb, CACHE_DIR), "arrays": array_dict(args.arrays_mb)}
-        names = []
-        for fmt, compress in CASES:
-            case = f"{fmt}-{'z' if compress else 'raw'}"
-            names.append(case)
-            with ModelPersistence(f"{tmp}/{case}", serialization_format=fmt, compress=compress) as p:
-                for name, obj in objects.items():
-                    p.save(obj, name, "1.0.0")
+        import joblib
+
+        joblib.dump(objects, f"{tmp}/objects.joblib")
         del objects
+        cases = [(f"{fmt}-{'z' if compress else 'raw'}", fmt, compress) for fmt, compress in CASES]
+        names = [case for case, _fmt, _compress in cases]
+        sides = {"before": str(baseline), "after": str(ROOT / "src")}
+        env = {**os.environ, "PYTHONPATH": ""}
+        for label, src in sides.items():
+            subprocess.run(
+                [sys.executable, "-c", _SAVE, src, f"{tmp}/{label}", f"{tmp}/objects.joblib", json.dumps(cases)],
+                check=True,
+                env=env,
+            )
         runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
         for _ in range(args.rounds):
-            for label, src in (("before", str(baseline)), ("after", str(ROOT / "src"))):
-                env = {**os.environ, "PYTHONPATH": ""}
+            for label, src in sides.items():
                 done = subprocess.run(
-                    [sys.executable, "-c", _CHILD, src, tmp, str(args.repeats), json.dumps(names)],
+                    [sys.executable, "-c", _CHILD, src, f"{tmp}/{label}", str(args.repeats), json.dumps(names)],
                     capture_output=True,
                     text=True,
                     check=True,

@@ -60,7 +60,7 @@ def check_single_parent_tree(what: str, left: Any, right: Any, internal: Any) ->
 
     n = left.shape[0]
     parents = np.flatnonzero(internal)
-    lc, rc = left[parents].astype(np.int64), right[parents].astype(np.int64)
+    lc, rc = left[parents].astype(np.int64, copy=False), right[parents].astype(np.int64, copy=False)
     if ((lc <= parents) | (lc >= n) | (rc <= parents) | (rc >= n)).any():
         for side, child in (("left", lc), ("right", rc)):
             bad = (child <= parents) | (child >= n)
@@ -129,7 +129,8 @@ def check_tree(tree: Any, state: Any) -> None:
     values = _array(state["values"], "Tree values", 3, np.float64)
     if values.shape != shape:
         raise refuse(f"Tree values have shape {values.shape}, expected {shape}")
-    left, right, feature = nodes["left_child"], nodes["right_child"], nodes["feature"]
+    # contiguous copies of the three fields: every test below then runs on plain int arrays
+    left, right, feature = (np.ascontiguousarray(nodes[k]) for k in ("left_child", "right_child", "feature"))
     leaf_l, leaf_r = left == TREE_LEAF, right == TREE_LEAF
     if (leaf_l != leaf_r).any():
         i = _first_bad(leaf_l != leaf_r)
