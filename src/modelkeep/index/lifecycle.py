@@ -319,13 +319,7 @@ class Lifecycle:
     @_retry_on_disconnect
     def resolve_alias(self, model_name: str, alias: str) -> str:
         """The version ``alias`` points at; :class:`AliasNotFoundError` if there is no such alias."""
-        model_name = validate_model_name(model_name)
-        alias = validate_alias(alias)
-        with self._index._read() as conn:
-            found = self._alias_target(conn, model_name, alias)
-            if found is None:
-                raise self._no_alias(conn, model_name, alias)
-            return found
+        return self.alias_state(model_name, alias).version
 
     # -- tags and descriptions --------------------------------------------------------
     def _tag_scope(self, conn: Connection, model_name: str, version: str | None) -> str:

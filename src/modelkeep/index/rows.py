@@ -77,6 +77,12 @@ def parse_record(raw: Any, model_name: str | None = None, version: str | None = 
         problem = f"the record is not readable: {_reason(exc)}"
     if problem is None:
         return record
+    return damaged_record(model_name, version, problem)
+
+
+def damaged_record(model_name: Any, version: Any, problem: str) -> ModelMetadata:
+    """The placeholder listed for a row that cannot be read as written: its name and version
+    (as text), no artifact, and ``damaged`` saying why."""
     return ModelMetadata(
         model_name=text_value(model_name),
         model_type="",
@@ -190,14 +196,7 @@ def bound_record(
         return record
     if strict:
         raise error
-    return ModelMetadata(
-        model_name=text_value(model_name),
-        model_type="",
-        version=text_value(version),
-        created_at="",
-        updated_at="",
-        damaged=str(error),
-    )
+    return damaged_record(model_name, version, str(error))
 
 
 def fill_lifecycle(
