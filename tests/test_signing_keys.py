@@ -332,3 +332,25 @@ def test_re_signing_skips_versions_nobody_here_vouches_for(tmp_path: Path) -> No
         assert p.signature_status("m", "1.0.0").status == "untrusted"
         assert p.sign("m", "1.0.0", include_untrusted=True).signed == [("m", "1.0.0")]
         assert p.signature_status("m", "1.0.0").trusted
+
+
+def test_re_signing_skips_a_version_replaced_while_it_was_being_signed(
+    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        p.save({"v": 1}, "m", "1.0.0")
+    with index_target.persistence(models, signing_key_file=str(key_pair(tmp_path, "new")[0])) as p:
+        verify = p.store.verify
+
+        def verify_then_overwrite(key: str, sha256: str) -> None:
+            verify(key, sha256)  # the bytes re-hashed, then another writer replaces the version
+            with index_target.persistence(models) as other:
+                other.save({"v": 2}, "m", "1.0.0", overwrite=True)
+
+        monkeypatch.setattr(p.store, "verify", verify_then_overwrite)
+        report = p.sign("m", include_untrusted=True)
+        assert report.signed == [] and [(m, v, why) for m, v, why in report.skipped] == [
+            ("m", "1.0.0", "changed while signing; run again")
+        ]
+        assert p.load("m", "1.0.0") == {"v": 2}  # the other writer's version, not re-signed over

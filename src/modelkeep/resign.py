@@ -46,6 +46,10 @@ class ResignReport:
         )
 
 
+class _ChangedMeanwhile(Exception):
+    """The version was replaced or removed between reading it and reserving it: roll back."""
+
+
 def resign_versions(
     p: ModelPersistence,
     model_name: str | None = None,
@@ -84,14 +88,17 @@ def resign_versions(
             report.skipped.append((*where, "no artifact"))
             continue
         p.store.verify(record.artifact.key, record.artifact.sha256)  # vouch only for intact bytes
-        with p.index.reserve(record.model_name, record.version, overwrite=True) as slot:
-            now = slot.previous
-            if now is None or now.to_dict() != record.to_dict():  # deleted or replaced meanwhile
-                report.skipped.append((*where, "changed while signing; run again"))
-                continue
-            signed = replace(record, signature=keyring.sign(record))
-            p.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(signed))
-            slot.put(signed)
+        try:
+            with p.index.reserve(record.model_name, record.version, overwrite=True) as slot:
+                now = slot.previous
+                if now is None or now.to_dict() != record.to_dict():  # deleted or replaced meanwhile
+                    raise _ChangedMeanwhile  # leaves the reservation without writing anything
+                signed = replace(record, signature=keyring.sign(record))
+                p.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(signed))
+                slot.put(signed)
+        except _ChangedMeanwhile:
+            report.skipped.append((*where, "changed while signing; run again"))
+            continue
         report.signed.append(where)
     logger.info("re-signed: %s", report)
     return report
