@@ -212,8 +212,6 @@ class Freshness:
                 f"{where} points at version '{state.version}' by a move signed by {found.signer or 'a shared key'}, "
                 f"which is not one of the trusted releasers ({', '.join(r[:16] for r in releasers)})"
             )
-        if required:
-            self._check_not_replayed(name, alias, state, where)
         if seen is not None and (state.seq or 0) < seen:
             self._rolled_back(
                 f"{where} points at version '{state.version}' by an older move than this reader has already "
@@ -221,7 +219,9 @@ class Freshness:
                 "its number to use it anyway",
                 required,
             )
-        elif seen is None or (state.seq or 0) > seen:
+        elif required:
+            self._check_not_replayed(name, alias, state, where)
+        if seen is None or (state.seq or 0) > seen:
             self.marks.update(name, aliases={alias: state.seq or 0})
         return found
 
