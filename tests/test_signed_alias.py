@@ -164,3 +164,18 @@ def test_serve_require_signatures_refuses_an_alias_rewritten_in_the_index(tmp_pa
     finally:
         server.stop()
         persistence.close()
+
+
+def test_an_alias_set_again_by_a_mover_with_a_slow_clock_is_numbered_above_its_history(
+    churn: ModelPersistence, index_target: IndexTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Move numbers come from the clock; after a removal, a mover whose clock is an hour behind
+    must still number above the moves the history records, or readers would call it a replay."""
+    before = row(churn)["seq"]
+    churn.delete_alias("churn", "production")
+    real = time.time_ns
+    monkeypatch.setattr("modelkeep.events.time.time_ns", lambda: real() - 3600 * 10**9)
+    churn.set_alias("churn", "production", "3")
+    assert row(churn)["seq"] > before
+    with fresh_reader(churn, index_target) as reader:
+        assert reader.load("churn@production", require_signed_alias=True) == {"v": "3"}

@@ -15,7 +15,7 @@ import datetime as _dt
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from ..errors import (
     AliasConflictError,
@@ -201,7 +201,9 @@ class Lifecycle:
                     "someone else moved it: check and try again"
                 )
             state = self._alias_state(conn, model_name, alias)
-            seq = next_seq(state.seq if state is not None else None)
+            # Above the row's last move, or (set again after a removal) above every move in the
+            # history, so that a mover with a slower clock never numbers below an earlier move.
+            seq = next_seq(state.seq if state is not None else self._last_seq(conn, model_name, alias))
             at = now()
             # A re-sign (same version) keeps the move's from-version and time; a move records its own.
             resign = state is not None and current == version
@@ -280,6 +282,14 @@ class Lifecycle:
                     .values(seq=seq, signature=sign(event))
                 )
             return [alias for alias, *_ in pointing]
+
+    @staticmethod
+    def _last_seq(conn: Connection, model_name: str, alias: str) -> int | None:
+        """The highest move number the history records for ``alias``."""
+        found = conn.execute(
+            select(func.max(history.c.seq)).where(history.c.model_name == model_name, history.c.alias == alias)
+        ).scalar()
+        return found if isinstance(found, int) and not isinstance(found, bool) else None
 
     @staticmethod
     def _alias_state(conn: Connection, model_name: str, alias: str) -> AliasState | None:
