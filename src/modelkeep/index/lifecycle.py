@@ -176,7 +176,10 @@ class Lifecycle:
         Setting it to where it already points changes nothing and writes no history (but
         re-signs the alias, so that an unsigned alias, or one whose version was overwritten
         since, carries a valid signature). ``sign`` signs the move
-        (:func:`modelkeep.events.alias_event`), numbered above the alias's previous move.
+        (:func:`modelkeep.events.alias_event`: from-version, to-version, time), numbered above the
+        alias's previous move. A move (not a re-sign) is judged by the policies that govern it
+        (:mod:`modelkeep.index.policies`) in this same transaction: :class:`PolicyError` if any
+        condition fails.
         """
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
@@ -207,7 +210,7 @@ class Lifecycle:
             at = now()
             # A re-sign (same version) keeps the move's from-version and time; a move records its own.
             resign = state is not None and current == version
-            previous, moved_at = (state.previous, state.at) if state is not None and resign else (current, at)
+            previous, moved_at = (state.previous, state.at) if resign and state is not None else (current, at)
             signature = None
             if sign is not None:
                 sha256 = self._sha256(conn, model_name, version)
