@@ -470,7 +470,13 @@ def test_an_older_signed_alias_move_replayed_is_a_rollback(two_versions: ModelPe
         conn.execute(
             update(aliases)
             .where(aliases.c.alias == "prod")
-            .values(version=old["version"], seq=old["seq"], signature=old["signature"])
+            .values(
+                version=old["version"],
+                seq=old["seq"],
+                signature=old["signature"],
+                previous=old["previous"],  # the move signs where it came from and when
+                updated_at=old["updated_at"],
+            )
         )
     with pytest.raises(RollbackError, match="older move than this reader has already seen"):
         p.load("fraud@prod")

@@ -543,6 +543,10 @@ cli.add_command(cli_search.search)
 cli.add_command(cli_ui.ui)
 cli.add_command(cli_serve.serve)
 cli.add_command(cli_users.users)
+from .cli_policy import approve, policy  # noqa: E402  (commands defined in their own modules)
+
+cli.add_command(policy)
+cli.add_command(approve)
 
 
 from .cli_mlflow import import_mlflow_command  # noqa: E402  (commands defined in their own modules)

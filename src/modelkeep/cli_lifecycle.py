@@ -94,13 +94,28 @@ def alias() -> None:
 @click.option("--alias", "alias_name", required=True, help="Alias to set, e.g. production.")
 @click.option("--version", required=True, help="Version the alias should point at.")
 @click.option("--expected", help="Only move the alias if it points at this version now (compare-and-set).")
+@click.option("--dry-run", is_flag=True, help="Only say whether the move would pass its policies, and why.")
 @json_option
 @click.pass_context
 def alias_set(
-    ctx: click.Context, model_name: str, alias_name: str, version: str, expected: str | None, as_json: bool
+    ctx: click.Context,
+    model_name: str,
+    alias_name: str,
+    version: str,
+    expected: str | None,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
-    """Point an alias at a version (moving it if it exists)."""
+    """Point an alias at a version (moving it if it exists). A move its policy refuses is an
+    error naming each failed condition; --dry-run says whether it would pass (exit 1 if not)."""
     p = _open(ctx)
+    if dry_run:
+        check = p.check_alias_move(model_name, alias_name, version)
+        if as_json:
+            _emit_json(check.to_dict())
+        else:
+            click.echo(str(check))
+        ctx.exit(0 if check.ok else 1)
     before = p.get_aliases(model_name).get(alias_name)
     p.set_alias(model_name, alias_name, version, expected=expected)
     if as_json:

@@ -76,10 +76,12 @@ class PersistenceSettings(KeySettings):
     #: Aliases only admins (or ``protected_alias_users``) may move, when an identity acts.
     protected_aliases: list[str] = Field(default_factory=lambda: ["production"])
     protected_alias_users: list[str] = Field(default_factory=list)
+    #: Key fingerprints whose alias moves are trusted; when set, loads through an alias need one.
+    trusted_releasers: list[str] = Field(default_factory=list)
     #: A personal API token (``modelkeep users token``): act as its owner, with their role.
     token: SecretStr | None = None
 
-    @field_validator("protected_aliases", "protected_alias_users", mode="before")
+    @field_validator("protected_aliases", "protected_alias_users", "trusted_releasers", mode="before")
     @classmethod
     def _split_names(cls, v: Any) -> Any:
         if isinstance(v, str):  # MODELKEEP_PROTECTED_ALIASES="production,prod-eu"
@@ -195,6 +197,7 @@ class Settings(BaseModel):
             "read_timeout": p.read_timeout,
             "protected_aliases": p.protected_aliases,
             "protected_alias_users": p.protected_alias_users or None,
+            "trusted_releasers": p.trusted_releasers or None,
             "token": p.token.get_secret_value() if p.token else None,
             "quarantine": p.quarantine,
             "quarantine_timeout": p.quarantine_timeout,

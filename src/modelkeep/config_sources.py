@@ -35,6 +35,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_READ_TIMEOUT": ("persistence", "read_timeout"),
     "MODELKEEP_PROTECTED_ALIASES": ("persistence", "protected_aliases"),
     "MODELKEEP_PROTECTED_ALIAS_USERS": ("persistence", "protected_alias_users"),
+    "MODELKEEP_TRUSTED_RELEASERS": ("persistence", "trusted_releasers"),
     "MODELKEEP_TOKEN": ("persistence", "token"),
     "MODELKEEP_QUARANTINE": ("persistence", "quarantine"),
     "MODELKEEP_QUARANTINE_TIMEOUT": ("persistence", "quarantine_timeout"),

@@ -72,6 +72,18 @@ class PermissionDeniedError(ModelKeepError, PermissionError):
     """The acting user's role (or an alias's protection) does not allow this change."""
 
 
+class PolicyError(PermissionDeniedError):
+    """An alias move breaks the alias's promotion policy (:mod:`modelkeep.policies`).
+
+    ``failures`` lists ``(condition, what was seen)`` for each condition that failed; the
+    message names them all.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.failures: list[tuple[str, str]] = list(failures or [])
+
+
 class UserNotFoundError(ModelKeepError, KeyError):
     """No user of that name (``modelkeep users list`` shows who exists)."""
 

@@ -16,10 +16,45 @@ ALIAS = "alias"
 REMOVAL = "removal"
 
 
-def alias_event(model_name: str, alias: str, version: str, sha256: str, seq: int) -> dict[str, Any]:
+def alias_event(
+    model_name: str,
+    alias: str,
+    version: str,
+    sha256: str,
+    seq: int,
+    *,
+    previous: str | None = None,
+    at: str | None = None,
+) -> dict[str, Any]:
     """``alias`` of ``model_name`` points at ``version`` (whose artifact has ``sha256``) as
-    of move number ``seq`` (see :func:`next_seq`)."""
-    return {"event": ALIAS, "model_name": model_name, "alias": alias, "version": version, "sha256": sha256, "seq": seq}
+    of move number ``seq`` (see :func:`next_seq`), moved from ``previous`` (``None``: it did
+    not exist) at time ``at``.
+
+    Without ``at`` this is the event of modelkeep before schema 7 (no from-version, no time),
+    which readers still verify (:func:`alias_events`)."""
+    event: dict[str, Any] = {
+        "event": ALIAS,
+        "model_name": model_name,
+        "alias": alias,
+        "version": version,
+        "sha256": sha256,
+        "seq": seq,
+    }
+    if at is not None:
+        event["from"] = previous
+        event["at"] = at
+    return event
+
+
+def alias_events(
+    model_name: str, alias: str, version: str, sha256: str, seq: int, previous: str | None, at: str | None
+) -> list[dict[str, Any]]:
+    """The events a stored move may have signed: the current form (with from-version and time),
+    then the older one without them."""
+    legacy = alias_event(model_name, alias, version, sha256, seq)
+    if at is None:
+        return [legacy]
+    return [alias_event(model_name, alias, version, sha256, seq, previous=previous, at=at), legacy]
 
 
 def removal_event(model_name: str, version: str, sha256: str, at: str) -> dict[str, Any]:

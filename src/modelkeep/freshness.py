@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RollbackError, SignatureError
-from .events import alias_event, removal_event
+from .events import alias_events, removal_event
+from .keys import names_key
 from .signing import INVALID, Keyring, Verdict
 from .versions import sort_key
 
@@ -150,20 +151,39 @@ class Freshness:
         self.lifecycle = lifecycle
         self.marks = marks
 
-    def _rolled_back(self, message: str) -> None:
-        if self.keyring.required:
+    def _rolled_back(self, message: str, required: bool | None = None) -> None:
+        if self.keyring.required or required:
             raise RollbackError(message)
         warnings.warn(RollbackWarning(message), stacklevel=4)
 
     # -- aliases ------------------------------------------------------------------
-    def check_alias(self, record: ModelMetadata, alias: str, state: AliasState) -> Verdict:
-        """Judge the move that made ``alias`` point at ``record``, before anything is read."""
+    def move_verdict(self, model_name: str, alias: str, state: AliasState, sha256: str) -> Verdict:
+        """Judge one signed move: the current event (with from-version and time), else the older
+        form without them (moves signed before schema 7)."""
+        events = alias_events(model_name, alias, state.version, sha256, state.seq or 0, state.previous, state.at)
+        verdicts = [self.keyring.event_verdict(state.signature, event) for event in events]
+        return next((v for v in verdicts if v.trusted), verdicts[0])
+
+    def check_alias(
+        self,
+        record: ModelMetadata,
+        alias: str,
+        state: AliasState,
+        *,
+        require: bool = False,
+        releasers: tuple[str, ...] = (),
+    ) -> Verdict:
+        """Judge the move that made ``alias`` point at ``record``, before anything is read.
+
+        ``require`` (``load(..., require_signed_alias=True)``) or ``releasers`` (fingerprints:
+        ``trusted_releasers``) refuse a move that is not signed by a trusted key (one of the
+        releasers), and an older signed move replayed over a newer one the history records."""
         art = record.artifact
         assert art is not None
         name = record.model_name
         where = f"alias '{alias}' of model '{name}'"
-        event = alias_event(name, alias, state.version, art.sha256, state.seq or 0)
-        found = self.keyring.event_verdict(state.signature, event)
+        required = require or bool(releasers) or self.keyring.required
+        found = self.move_verdict(name, alias, state, art.sha256)
         if found.status == INVALID:
             raise SignatureError(
                 f"{where} points at version '{state.version}', but the signature of that move does not match: "
@@ -177,24 +197,46 @@ class Freshness:
                 self._rolled_back(
                     f"{where} points at version '{state.version}' by a move that is not signed by a trusted key "
                     f"({found.reason}), but this reader has already seen a signed move of it: the index may have "
-                    "been rolled back"
+                    "been rolled back",
+                    required,
                 )
-            elif self.keyring.required:
+            elif required:
                 raise SignatureError(
                     f"{where} points at version '{state.version}' by a move that is not signed by a trusted key "
                     f"({found.reason}); move the alias again with a signing key (modelkeep alias set), or load "
                     "the version by its number"
                 )
             return found
+        if releasers and not any(names_key(r, found.fingerprint) for r in releasers):
+            raise SignatureError(
+                f"{where} points at version '{state.version}' by a move signed by {found.signer or 'a shared key'}, "
+                f"which is not one of the trusted releasers ({', '.join(r[:16] for r in releasers)})"
+            )
         if seen is not None and (state.seq or 0) < seen:
             self._rolled_back(
                 f"{where} points at version '{state.version}' by an older move than this reader has already "
                 f"seen (move {state.seq} < {seen}): the index may have been rolled back; load the version by "
-                "its number to use it anyway"
+                "its number to use it anyway",
+                required,
             )
-        elif seen is None or (state.seq or 0) > seen:
+        elif required:
+            self._check_not_replayed(name, alias, state, where)
+        if seen is None or (state.seq or 0) > seen:
             self.marks.update(name, aliases={alias: state.seq or 0})
         return found
+
+    def _check_not_replayed(self, name: str, alias: str, state: AliasState, where: str) -> None:
+        """Refuse an alias row that is an older signed move copied back over a newer one the
+        history still records (or a newer move whose record was altered)."""
+        for later, sha256 in self.lifecycle.signed_moves_after(name, alias, state.seq or 0):
+            verdict = self.move_verdict(name, alias, later, sha256)
+            if verdict.trusted or verdict.status == INVALID:
+                what = "a newer signed move" if verdict.trusted else "a newer move whose record was altered"
+                raise RollbackError(
+                    f"{where} points at version '{state.version}' by move {state.seq}, but the history records "
+                    f"{what} (number {later.seq}, to version '{later.version}', at {later.at}): an older signed "
+                    "move was replayed into the index; move the alias again with a signing key"
+                )
 
     # -- latest -------------------------------------------------------------------
     def check_latest(self, record: ModelMetadata) -> None:

@@ -218,21 +218,28 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
 
 def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
     """Read a PEM P-256 public key (a trusted key); :class:`ConfigError` names a bad file."""
+    where = Path(path)
+    return public_key_from_pem(_read(where, "trusted key file"), f"trusted key file {str(where)!r}", str(where))
+
+
+def public_key_from_pem(text: bytes, what: str = "public key", source: str | None = None) -> PublicKey:
+    """A P-256 public key from PEM text; :class:`ConfigError` (starting with ``what``) otherwise."""
     from cryptography.hazmat.primitives import serialization
 
-    where = Path(path)
-    text = _read(where, "trusted key file")
     if b"PRIVATE KEY-----" in text:
-        raise ConfigError(
-            f"trusted key file {str(where)!r} holds a private key; give its public key instead "
-            "('modelkeep keys export-public')"
-        )
+        raise ConfigError(f"{what} holds a private key; give its public key instead ('modelkeep keys export-public')")
     try:
         key = serialization.load_pem_public_key(text)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"trusted key file {str(where)!r} is not a PEM public key: {exc}") from None
-    _check_curve(key, f"trusted key file {str(where)!r}")
-    return PublicKey(key, _read_name(text), str(where))  # type: ignore[arg-type]
+        raise ConfigError(f"{what} is not a PEM public key: {exc}") from None
+    _check_curve(key, what)
+    return PublicKey(key, _read_name(text), source)  # type: ignore[arg-type]
+
+
+def names_key(entry: str, fingerprint: str | None) -> bool:
+    """Whether ``entry`` (a fingerprint, or a prefix of at least 16 hex digits) names ``fingerprint``."""
+    entry = entry.strip().lower()
+    return fingerprint is not None and len(entry) >= 16 and fingerprint.startswith(entry)
 
 
 def _make_private_dir(folder: Path) -> None:

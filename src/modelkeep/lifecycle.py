@@ -177,6 +177,8 @@ class LifecycleMixin:
         ``expected=""`` means the alias must not exist yet. Every move is recorded in
         the history, and signed with this registry's key (setting an alias to where it already
         points re-signs it). With an identity, a protected alias needs an admin (or a named user).
+        A move that breaks the alias's promotion policy (:meth:`set_policy`) raises
+        :class:`PolicyError`, naming each failed condition and the value seen.
         """
         with self._as("editor", "move aliases") as who:
             self.access.require_alias(who, alias, "move it")

@@ -43,10 +43,11 @@ from .formats.state_checks import checked
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
-from .lifecycle import Age, LifecycleMixin, acts
+from .lifecycle import Age, acts
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
+from .promotions import PromotionMixin
 from .storage import open_store
 from .storage.hashing import BLAKE3_KEY, Advance, Expected
 from .storage.local import atomic_file
@@ -107,7 +108,7 @@ def _settings_from_environment(**explicit: Any) -> dict[str, Any]:
     return resolved
 
 
-class ModelPersistence(LifecycleMixin):
+class ModelPersistence(PromotionMixin):
     """Save, version, find, compare and load models in one registry.
 
     Every argument left at ``None`` is read from its ``MODELKEEP_*`` environment
@@ -180,6 +181,7 @@ class ModelPersistence(LifecycleMixin):
         quarantine_timeout: float | None = None,
         quarantine_memory_mb: int | None = None,
         max_load_memory: int | str | None = None,
+        trusted_releasers: list[str] | None = None,
     ) -> None:
         settings = _settings_from_environment(
             models_dir=models_dir,
@@ -193,6 +195,7 @@ class ModelPersistence(LifecycleMixin):
             read_timeout=read_timeout,
             protected_aliases=protected_aliases,
             protected_alias_users=protected_alias_users,
+            trusted_releasers=trusted_releasers,
             token=token,
             quarantine=quarantine,
             quarantine_timeout=quarantine_timeout,
@@ -268,6 +271,7 @@ class ModelPersistence(LifecycleMixin):
         # Who acts, and the protected aliases (see modelkeep.identity): with a token, its owner
         # (who must be MODELKEEP_USER when that is set); otherwise ``identity``, or nobody.
         self.access = AccessPolicy.build(protected_aliases, protected_alias_users)
+        self.trusted_releasers = tuple(r.strip().lower() for r in settings["trusted_releasers"] or () if r.strip())
         self.identity = identity
         if token:
             try:
@@ -670,6 +674,7 @@ class ModelPersistence(LifecycleMixin):
         mmap_mode: str | None = None,
         alias: str | None = None,
         validate: Any = None,
+        require_signed_alias: bool = False,
     ) -> Any:
         """Load a version (the latest when ``version`` is ``None``).
 
@@ -686,7 +691,10 @@ class ModelPersistence(LifecycleMixin):
         into memory with a :class:`MmapIgnoredWarning`. Any other ``mmap_mode`` is a
         :class:`ConfigError`. ``validate=X`` checks data ``X`` against the version's
         input signature first and raises :class:`InputSchemaError` (its ``.result``
-        is the :class:`InputCheck`) when it does not fit. Returns the model, or
+        is the :class:`InputCheck`) when it does not fit. ``require_signed_alias=True`` (or
+        ``trusted_releasers``) refuses a load through an alias unless the alias's current move
+        is signed by a trusted key (one of the releasers), and is not an older signed move
+        replayed (:class:`SignatureError`, :class:`RollbackError`). Returns the model, or
         ``(model, metadata)``.
         """
         from .loading import check_mmap_mode
@@ -714,7 +722,13 @@ class ModelPersistence(LifecycleMixin):
         verdict = self.keyring.check(record)
         freshness = self._freshness()
         if reference.state is not None and reference.alias is not None:
-            freshness.check_alias(record, reference.alias, reference.state)
+            freshness.check_alias(
+                record,
+                reference.alias,
+                reference.state,
+                require=require_signed_alias,
+                releasers=self.trusted_releasers,
+            )
         elif reference.latest:
             freshness.check_latest(record)
         fmt = get_format(art.format)

@@ -60,9 +60,11 @@ def write_history(
     after: Any = None,
     at: str | None = None,
     signature: str | None = None,
+    seq: int | None = None,
 ) -> None:
     """Append one audit row; call it inside the transaction of the change it records
-    (``signature``: of the signed event the row records, see :mod:`modelkeep.events`)."""
+    (``signature``: of the signed event the row records, see :mod:`modelkeep.events`;
+    ``seq``: the move number that event covers)."""
     conn.execute(
         insert(history).values(
             at=at or now(),
@@ -75,6 +77,7 @@ def write_history(
             before=None if before is None else json.dumps(before, separators=(",", ":")),
             after=None if after is None else json.dumps(after, separators=(",", ":")),
             signature=signature,
+            seq=seq,
         )
     )
 

@@ -15,7 +15,7 @@ import datetime as _dt
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from ..errors import (
     AliasConflictError,
@@ -27,17 +27,28 @@ from ..errors import (
 )
 from ..events import alias_event, next_seq, removal_event
 from ..metadata import HistoryEntry
+from ..policies import refusal
 from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import LIVE, MODEL_LEVEL, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .common import trashed_error
+from .policies import check_move, lock_policies
 from .rows import history_entry, text_value
 from .schema import aliases, history, models, tags, versions
 
 if TYPE_CHECKING:
+    from ..policies import Policy
     from .sql import SqlIndex
+
+
+def signer_fingerprint(signature: str | None) -> str | None:
+    """The fingerprint of the key that made ``signature`` (``None`` for HMAC or no signature)."""
+    from ..signing import parse
+
+    return parse(signature).fingerprint if signature else None
+
 
 #: Signs an event dict (:mod:`modelkeep.events`): the signature, or ``None`` with no key.
 Signer = Callable[[dict[str, Any]], "str | None"]
@@ -45,11 +56,14 @@ MAX_TAG_KEY = 256
 
 
 class AliasState(NamedTuple):
-    """An alias's row: the version it points at, its move number and its signature."""
+    """An alias's row: the version it points at, its move number and its signature, and
+    (schema 7) the version it was moved from and when, which the signature also covers."""
 
     version: str
     seq: int | None
     signature: str | None
+    previous: str | None = None
+    at: str | None = None
 
 
 MAX_TEXT = 1 << 20
@@ -162,7 +176,10 @@ class Lifecycle:
         Setting it to where it already points changes nothing and writes no history (but
         re-signs the alias, so that an unsigned alias, or one whose version was overwritten
         since, carries a valid signature). ``sign`` signs the move
-        (:func:`modelkeep.events.alias_event`), numbered above the alias's previous move.
+        (:func:`modelkeep.events.alias_event`: from-version, to-version, time), numbered above the
+        alias's previous move. A move (not a re-sign) is judged by the policies that govern it
+        (:mod:`modelkeep.index.policies`) in this same transaction: :class:`PolicyError` if any
+        condition fails.
         """
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
@@ -187,20 +204,30 @@ class Lifecycle:
                     "someone else moved it: check and try again"
                 )
             state = self._alias_state(conn, model_name, alias)
-            seq = next_seq(state.seq if state is not None else None)
+            # Above the row's last move, or (set again after a removal) above every move in the
+            # history, so that a mover with a slower clock never numbers below an earlier move.
+            seq = next_seq(state.seq if state is not None else self._last_seq(conn, model_name, alias))
+            at = now()
+            # A re-sign (same version) keeps the move's from-version and time; a move records its own.
+            resign = state is not None and current == version
+            previous, moved_at = (state.previous, state.at) if resign and state is not None else (current, at)
             signature = None
             if sign is not None:
-                signature = sign(alias_event(model_name, alias, version, self._sha256(conn, model_name, version), seq))
+                sha256 = self._sha256(conn, model_name, version)
+                signature = sign(alias_event(model_name, alias, version, sha256, seq, previous=previous, at=moved_at))
             if current == version:
                 if signature is not None:  # unsigned, or signed for bytes since overwritten: sign it now
                     conn.execute(
                         update(aliases)
                         .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
-                        .values(seq=seq, signature=signature)
+                        .values(seq=seq, signature=signature, previous=previous, updated_at=moved_at)
                     )
                 return current
-            at = now()
-            values = {"version": version, "updated_at": at, "seq": seq, "signature": signature}
+            lock_policies(self._index, conn, exclusive=False)
+            _, failures = check_move(self._index, conn, model_name, alias, version, signer_fingerprint(signature))
+            if failures:
+                raise refusal(model_name, alias, version, failures)
+            values = {"version": version, "updated_at": at, "seq": seq, "signature": signature, "previous": previous}
             if current is None:
                 conn.execute(insert(aliases).values(model_name=model_name, alias=alias, **values))
             else:
@@ -217,8 +244,22 @@ class Lifecycle:
                 after=version,
                 at=at,
                 signature=signature,
+                seq=seq if signature is not None else None,
             )
             return current
+
+    @_retry_on_disconnect
+    def check_alias_move(
+        self, model_name: str, alias: str, version: str, *, fingerprint: str | None = None
+    ) -> tuple[list[Policy], list[tuple[str, str]]]:
+        """The policies governing a move of ``alias`` to ``version`` and the conditions it would
+        break, judged as :meth:`set_alias` judges them (``fingerprint``: the mover's signing key)."""
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        version = validate_version(version)
+        with self._index._read() as conn:
+            self._require_live(conn, model_name, version)
+            return check_move(self._index, conn, model_name, alias, version, fingerprint)
 
     @_retry_on_disconnect
     def resign_aliases(self, model_name: str, version: str, sign: Signer) -> list[str]:
@@ -227,7 +268,7 @@ class Lifecycle:
         with self._locked(model_name) as conn:
             pointing = list(
                 conn.execute(
-                    select(aliases.c.alias, aliases.c.seq).where(
+                    select(aliases.c.alias, aliases.c.seq, aliases.c.previous, aliases.c.updated_at).where(
                         aliases.c.model_name == model_name, aliases.c.version == version
                     )
                 )
@@ -235,27 +276,37 @@ class Lifecycle:
             if not pointing:
                 return []
             sha256 = self._sha256(conn, model_name, version)
-            for alias, previous in pointing:
-                seq = next_seq(previous if isinstance(previous, int) else None)
+            for alias, last, previous, at in pointing:
+                seq = next_seq(last if isinstance(last, int) else None)
+                event = alias_event(model_name, alias, version, sha256, seq, previous=previous, at=at)
                 conn.execute(
                     update(aliases)
                     .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
-                    .values(seq=seq, signature=sign(alias_event(model_name, alias, version, sha256, seq)))
+                    .values(seq=seq, signature=sign(event))
                 )
-            return [alias for alias, _ in pointing]
+            return [alias for alias, *_ in pointing]
+
+    @staticmethod
+    def _last_seq(conn: Connection, model_name: str, alias: str) -> int | None:
+        """The highest move number the history records for ``alias``."""
+        found = conn.execute(
+            select(func.max(history.c.seq)).where(history.c.model_name == model_name, history.c.alias == alias)
+        ).scalar()
+        return found if isinstance(found, int) and not isinstance(found, bool) else None
 
     @staticmethod
     def _alias_state(conn: Connection, model_name: str, alias: str) -> AliasState | None:
         row = conn.execute(
-            select(aliases.c.version, aliases.c.seq, aliases.c.signature).where(
-                aliases.c.model_name == model_name, aliases.c.alias == alias
-            )
+            select(
+                aliases.c.version, aliases.c.seq, aliases.c.signature, aliases.c.previous, aliases.c.updated_at
+            ).where(aliases.c.model_name == model_name, aliases.c.alias == alias)
         ).first()
         if row is None:
             return None
         seq = row[1] if isinstance(row[1], int) and not isinstance(row[1], bool) else None
-        signature = row[2] if isinstance(row[2], str) else None  # a damaged row may hold other types
-        return AliasState(text_value(row[0]), seq, signature)
+        # A damaged row may hold other types: they then verify as nothing.
+        signature, previous, at = (value if isinstance(value, str) else None for value in row[2:5])
+        return AliasState(text_value(row[0]), seq, signature, previous, at)
 
     @_retry_on_disconnect
     def alias_state(self, model_name: str, alias: str) -> AliasState:
@@ -284,6 +335,33 @@ class Lifecycle:
                 .order_by(history.c.id.desc())
             )
             return [(str(at), str(sig)) for at, sig in rows]
+
+    @_retry_on_disconnect
+    def signed_moves_after(self, model_name: str, alias: str, seq: int) -> list[tuple[AliasState, str]]:
+        """Each signed move of ``alias`` in the history numbered above ``seq``, with the SHA-256
+        the index now has for its version (what a reader checks for a replayed older move)."""
+        with self._index._read() as conn:
+            rows = conn.execute(
+                select(history.c.after, history.c.before, history.c.at, history.c.seq, history.c.signature)
+                .where(
+                    history.c.model_name == model_name,
+                    history.c.alias == alias,
+                    history.c.action == "alias_set",
+                    history.c.signature.is_not(None),
+                    history.c.seq > seq,
+                )
+                .order_by(history.c.id)
+            )
+            found = []
+            for after, before, at, number, signature in rows:
+                version, previous = (_json_text(v) for v in (after, before))
+                if version is None or not isinstance(number, int):
+                    continue
+                sha = conn.execute(
+                    select(versions.c.sha256).where(versions.c.model_name == model_name, versions.c.version == version)
+                ).scalar()
+                found.append((AliasState(version, number, str(signature), previous, str(at)), str(sha or "")))
+            return found
 
     @_retry_on_disconnect
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
@@ -609,6 +687,17 @@ class Lifecycle:
                     scope = text_value(version) or None
                     out.append((f"tag {text_value(key)}", text_value(name), scope, _wrong(bad)))
         return out
+
+
+def _json_text(value: object) -> str | None:
+    """A history ``before``/``after`` cell holding a JSON string, as that string (else ``None``)."""
+    import json
+
+    try:
+        found = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _wrong(found: list[str]) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
-from .schema import aliases, claims, fields, history, models, tags, tokens, users, versions
+from .schema import aliases, approvals, claims, fields, history, models, policies, tags, tokens, users, versions
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,13 @@ _V2 = MetaData()
 _ALIASES_V2 = Table(
     aliases.name,
     _V2,
-    *(c._copy() for c in aliases.columns if c.name not in ("seq", "signature")),
+    *(c._copy() for c in aliases.columns if c.name not in ("seq", "signature", "previous")),
     *(Index(i.name, *(c.name for c in i.columns)) for i in aliases.indexes),
 )
 _HISTORY_V2 = Table(
     history.name,
     _V2,
-    *(c._copy() for c in history.columns if c.name != "signature"),
+    *(c._copy() for c in history.columns if c.name not in ("signature", "seq")),
     *(Index(i.name, *(c.name for c in i.columns)) for i in history.indexes),
 )
 
@@ -122,6 +122,17 @@ def _signed_events(conn: Connection, dialect: str) -> None:
     add_column(conn, history.name, Column("signature", history.c.signature.type))
 
 
+def _policies(conn: Connection, dialect: str) -> None:
+    """Version 7: promotion policies and approvals (new, empty tables), and what signed alias
+    moves now cover: the version moved from (``modelkeep_aliases.previous``) and each move's
+    number in the history (``modelkeep_history.seq``). Older rows keep NULL there; their
+    signatures (model, alias, version, SHA-256, number) still verify."""
+    for table in (policies, approvals):
+        table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+    add_column(conn, aliases.name, Column("previous", aliases.c.previous.type))
+    add_column(conn, history.name, Column("seq", history.c.seq.type))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -129,6 +140,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
     Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
     Migration(6, "signed alias moves and signed history events", _signed_events),
+    Migration(7, "promotion policies and approvals; alias moves signed with where they came from", _policies),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

@@ -101,6 +101,8 @@ aliases = Table(
     # mover's signature over (model, alias, version, its SHA-256, seq); NULL when unsigned.
     Column("seq", BigInteger, nullable=True),
     Column("signature", Text, nullable=True),
+    # Schema 7: the version the alias pointed at before this move (signed with it), NULL if none.
+    Column("previous", String(64), nullable=True),
     Index("ix_modelkeep_aliases_version", "model_name", "version"),
 )
 
@@ -131,6 +133,8 @@ history = Table(
     Column("after", Text, nullable=True),
     # Schema 5: the signature of a signed event (an alias move, a version's removal), or NULL.
     Column("signature", Text, nullable=True),
+    # Schema 7: the move number of a signed alias move (what its signature covers), else NULL.
+    Column("seq", BigInteger, nullable=True),
     Index("ix_modelkeep_history_model", "model_name", "id"),
     Index("ix_modelkeep_history_alias", "model_name", "alias", "id"),
 )
@@ -202,4 +206,31 @@ tokens = Table(
     Column("label", String(128), nullable=False),
     Column("created_at", String(40), nullable=False),
     Index("ix_modelkeep_tokens_user", "user_name"),
+)
+
+
+# -- promotion policies (schema 7) -----------------------------------------------
+
+# Rules for moving an alias: a glob of model names, an alias, and the conditions as JSON
+# (see modelkeep.policies). Changes are recorded in the history (policy_set, policy_delete).
+policies = Table(
+    "modelkeep_policies",
+    metadata_obj,
+    Column("model_glob", String(128), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("conditions", Text, nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Column("updated_by", String(256), nullable=False),
+)
+
+# Approvals of one version (with the SHA-256 approved) for one alias, one row per user.
+approvals = Table(
+    "modelkeep_approvals",
+    metadata_obj,
+    Column("model_name", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("user_name", String(256), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("at", String(40), nullable=False),
 )

@@ -296,3 +296,22 @@ def _metric_value(record: ModelMetadata, metric: str) -> Any:
 def matching_versions(index: SqlIndex, model_name: str, filter: str | Node | None) -> list[ModelMetadata]:
     """Every live version of ``model_name`` matching ``filter``, in version order (for compare)."""
     return list(iter_versions(index, filter, model_name=model_name, order_by="version"))
+
+
+def version_matches(db: Database, filter: str | Node, model_name: str, version: str) -> bool:
+    """Whether live ``version`` of ``model_name`` matches ``filter``: the ``WHERE`` of
+    :func:`search_versions_in`, for one row (what promotion policies check, on the
+    connection of the move's transaction)."""
+    node = _filter_node(filter)
+    if node is None:
+        return True
+    params = Params()
+    compiler = Compiler(db.dialect, _resolve(db, field_names(node)), params, db.schema)
+    conds = [
+        "v.deleted_at IS NULL",
+        f"v.model_name = {params.bind(model_name)}",
+        f"v.version = {params.bind(version)}",
+        compiler.where(node),
+    ]
+    sql = f"SELECT 1 FROM {db.table(VERSIONS)} AS v WHERE {' AND '.join(conds)}"
+    return bool(db.rows(sql, params.values))

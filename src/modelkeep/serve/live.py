@@ -7,7 +7,8 @@ time. A request takes the current one at its start and keeps it to its end, so a
 With an alias, :meth:`LiveModel.follow` polls it every ``poll`` seconds with one indexed
 query (``index.lifecycle.resolve_alias``). When it points elsewhere, the new version is
 loaded through :meth:`ModelPersistence.load` (hash and signature checked), refused if
-``require_signatures`` and its signature is not trusted, and warmed with one predict on a
+``require_signatures`` and its signature (or the alias move that points at it: see
+:meth:`ModelPersistence.verify_alias`) is not trusted, and warmed with one predict on a
 row made from its input signature; only then is it swapped in. A failure keeps the old
 model and records why (:attr:`LiveModel.behind`); the same target is retried with
 growing pauses, and at once when the alias moves again.
@@ -102,6 +103,9 @@ class LiveModel:
                 f"version {version} is {verdict.status} ({verdict.reason or 'no trusted signature'}) and the server "
                 "was started with --require-signatures"
             )
+        if self.require_signatures and self.alias is not None:
+            # The alias itself must have been moved here by a trusted signed move (not rewritten or replayed).
+            self.p.verify_alias(self.name, self.alias, version=version)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MmapIgnoredWarning: not every artifact can be mapped
             model, record = self.p.load(self.name, version, return_metadata=True, mmap_mode="r" if self.mmap else None)

@@ -32,6 +32,7 @@ from ..errors import (
     FilterError,
     ModelKeepError,
     PermissionDeniedError,
+    PolicyError,
     VersionInUseError,
 )
 from ..identity import Identity, acting_as
@@ -390,6 +391,7 @@ class _Pages:
             snippet=load_snippet(record, str(self.p.models_dir), _registry_url(self.p)),
             all_aliases=all_aliases,
             aliases_seen=json.dumps(all_aliases),
+            approvals=await self.call(self.p.approvals, name, record.version),
         )
 
     async def compare(self, request: Request) -> Response:
@@ -480,7 +482,28 @@ class _Pages:
             await self.act(request, self.p.set_alias, name, alias, version, expected=expected)
         except AliasConflictError as exc:
             return await self.conflict(request, name, alias, version, expected, form, exc)
+        except PolicyError as exc:
+            return self.render(
+                request,
+                "policy_refused.html",
+                status=403,
+                name=name,
+                alias=alias,
+                version=version,
+                failures=exc.failures,
+                detail=str(exc),
+                next_page=_local_path(form.get("next") or f"/models/{quote(name)}"),
+            )
         return self.back(_local_path(form.get("next") or f"/models/{quote(name)}"), f"{alias} -> {version}")
+
+    async def approve(self, request: Request) -> Response:
+        """Approve this version for an alias, as the signed-in user (an editor or admin)."""
+        name, version = request.path_params["name"], request.path_params["version"]
+        form = await self.form(request)
+        alias = form.get("alias", "").strip()
+        row = await self.act(request, self.p.approve, name, version, alias)
+        back = f"/models/{quote(name)}/versions/{quote(version)}"
+        return self.back(back, f"{row['user']} approved version {version} for {alias}")
 
     async def delete_alias(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -649,6 +672,7 @@ def create_app(
         Route("/models/{name}/description", gate(pages.describe, timed=False), methods=post),
         Route("/models/{name}/versions/{version}/delete", gate(pages.trash, timed=False), methods=post),
         Route("/models/{name}/versions/{version}/restore", gate(pages.restore, timed=False), methods=post),
+        Route("/models/{name}/versions/{version}/approve", gate(pages.approve, timed=False), methods=post),
         Route("/users", gate(pages.users_page), methods=get),
         Route("/users/{action}", gate(pages.users_change, timed=False), methods=post),
         Route("/signin", pages.signin_page, methods=get),
