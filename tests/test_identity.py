@@ -120,6 +120,12 @@ def test_cli_users_and_token(
     assert (
         run("alias", "set", "--model-name", "m", "--alias", "staging", "--version", "1.0.0", env=as_bob).returncode == 0
     )
+    assert run("alias", "set", "--model-name", "m", "--alias", "production", "--version", "1.0.0").returncode == 0
+    kept = run("alias", "rm", "--model-name", "m", "--alias", "production", env=as_bob)
+    assert kept.returncode == 1 and "protected" in kept.stderr and "Traceback" not in kept.stderr
+    assert "production" in run("alias", "list", "--model-name", "m").stdout
+    removed = run("alias", "rm", "--model-name", "m", "--alias", "staging", env=as_bob)
+    assert removed.returncode == 0 and "pointed at 1.0.0" in removed.stdout + removed.stderr
     no_admin = run("users", "remove", "ann", env=as_bob)
     assert no_admin.returncode == 1 and "needs the admin role" in no_admin.stderr
     assert run("users", "remove", "bob").returncode == 0

@@ -133,7 +133,7 @@ def alias_set(
 def alias_rm(ctx: click.Context, model_name: str, alias_name: str, as_json: bool) -> None:
     """Remove an alias (the version stays)."""
     p = _open(ctx)
-    version = p.index.lifecycle.delete_alias(model_name, alias_name)
+    version = p.delete_alias(model_name, alias_name)  # the library's role and protected-alias checks
     if as_json:
         _emit_json({"model_name": model_name, "alias": alias_name, "version": version})
     else:

@@ -184,14 +184,15 @@ class LifecycleMixin:
             self.access.require_alias(who, alias, "move it")
             self.index.lifecycle.set_alias(model_name, alias, version, expected=expected, sign=self.keyring.sign_event)
 
-    def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> None:
-        """Remove an alias (recorded in the history); :class:`AliasNotFoundError` if absent.
+    def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
+        """Remove an alias (recorded in the history) and return the version it pointed at;
+        :class:`AliasNotFoundError` if absent.
 
         With ``expected``, only if it still points there (:class:`AliasConflictError` otherwise).
         """
         with self._as("editor", "remove aliases") as who:
             self.access.require_alias(who, alias, "remove it")
-            self.index.lifecycle.delete_alias(model_name, alias, expected=expected)
+            return self.index.lifecycle.delete_alias(model_name, alias, expected=expected)
 
     def get_aliases(self, model_name: str) -> dict[str, str]:
         """``{alias: version}`` of a model."""
