@@ -754,7 +754,7 @@ def _relaxed_sync(conn: Connection, relax: bool) -> Iterator[None]:
     try:  # on the driver's connection: in autocommit mode, outside any transaction
         raw.cursor().execute("PRAGMA synchronous = NORMAL")
     except sqlite3.Error as exc:  # as SQLAlchemy would raise it (a closed connection is retried)
-        lost = conn.dialect.is_disconnect(exc, raw, None)
+        lost = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
         if lost:
             conn.invalidate(exc)
         raise DBAPIError.instance(
