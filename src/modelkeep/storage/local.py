@@ -36,6 +36,12 @@ def _unlinker() -> ThreadPoolExecutor:
     return _unlink_pool
 
 
+def wait_for_background_unlinks() -> None:
+    """Block until the unlinks :meth:`LocalStore.delete_soon` handed to the helper thread are done."""
+    if _unlink_pool is not None and _unlink_pid == os.getpid():
+        _unlink_pool.submit(lambda: None).result()
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
