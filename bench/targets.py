@@ -104,9 +104,11 @@ def _small_vs_joblib(results: dict[str, Any]) -> list[Verdict]:
     total = syncs.get("total syncs")
     if verdict.met is False and base and total and fsync:
         floor = base + (total - 1) * fsync
+        load = _get(results, "meta", "load_average", "small")
+        busy = f", load average {load[0]:g} → {load[1]:g} on {_cores(results)} cores" if load else ""
         verdict = dataclasses.replace(
             verdict,
-            note=f"{verdict.note}; floor of its {total} syncs at this run's fsync latency ({_ms(fsync)}): "
+            note=f"{verdict.note}; floor of its {total} syncs at this run's fsync latency ({_ms(fsync)}{busy}): "
             f"joblib + {total - 1} fsyncs = {floor / base:.2f}{X}",
         )
     if total is None:
@@ -171,10 +173,18 @@ def _with_floors(
         return verdict
     why = ", ".join(f"{name} {t / base:.2f}{X}" for name, t in floors if t is not None)
     if step == "save":
-        sha, write = floors[0][1], floors[1][1]
+        sha, write, blake = (t for _, t in floors)
         if sha is not None and write is not None:
             why += f"; SHA-256 overlapping the write + fsync: ≥ {max(sha, write) / base:.2f}{X}"
-    return dataclasses.replace(verdict, note=f"{verdict.note}; same bytes, same run: {why} {baseline}")
+        if sha is not None and blake is not None:
+            why += f"; with no idle core for the hashing threads: ≥ {(base + sha + blake) / base:.2f}{X}"
+    load = _get(results, "meta", "load_average", "large")
+    busy = f" (load average {load[0]:g} → {load[1]:g} on {_cores(results)} cores)" if load else ""
+    return dataclasses.replace(verdict, note=f"{verdict.note}; same bytes, same run{busy}: {why} {baseline}")
+
+
+def _cores(results: dict[str, Any]) -> str:
+    return str(_get(results, "meta", "cores") or "?")
 
 
 def _agreement(results: dict[str, Any], workload: str) -> Verdict:
