@@ -92,6 +92,7 @@ def small_section(results: dict[str, Any]) -> list[str]:
         ]
     lines += ["Save (modelkeep: save + register in one call):", ""]
     lines += timing_table(small.get("save"), "joblib.dump+fsync")
+    lines += _save_costs(small)
     mlflow = results.get("mlflow") or {}
     lines += _mlflow_comparison(small, mlflow)
     lines += ["Load:", ""]
@@ -99,6 +100,35 @@ def small_section(results: dict[str, Any]) -> list[str]:
     mlflow_load = (mlflow.get("small") or {}).get("load")
     if mlflow_load:
         lines += [f"MLflow load_model(models:/...): {fmt_time(mlflow_load['median'])}.", ""]
+    return lines
+
+
+def _counts(counts: dict[str, Any], skip: tuple[str, ...]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if kind not in skip)
+
+
+def _save_costs(small: dict[str, Any]) -> list[str]:
+    """The syncs of one small save (SQLite) and its round trips and times on PostgreSQL."""
+    lines: list[str] = []
+    syncs = small.get("syncs_per_save") or {}
+    if "total syncs" in syncs:
+        lines += [
+            f"One save made {syncs['total syncs']} syncs ({_counts(syncs, ('total syncs',))}), counted by "
+            "bench/save_costs.py; docs/ARCHITECTURE.md says why each is needed.",
+            "",
+        ]
+    pg = small.get("postgres") or {}
+    trips = pg.get("round_trips_per_save") or {}
+    if "total round trips" in trips:
+        lines += [
+            f"On PostgreSQL one save made {trips['total round trips']} network round trips "
+            f"({_counts(trips, ('total round trips', 'claim protocol minimum'))}); the claim protocol needs "
+            f"at least {trips['claim protocol minimum']} (two transactions, each sent in one batch).",
+            "",
+            *timing_table(pg.get("save"), "joblib.dump+fsync"),
+        ]
+    elif pg:
+        lines += [f"PostgreSQL: {pg.get('skipped') or pg.get('error')}", ""]
     return lines
 
 
@@ -129,7 +159,8 @@ def large_section(results: dict[str, Any]) -> list[str]:
         if data.get("floors"):
             lines += [
                 "What the hardware allows, on the same bytes in the same run (a verified load cannot beat the",
-                "read plus whatever hashing does not overlap it; a save cannot beat the SHA-256 of its bytes):",
+                "read plus whatever hashing does not overlap it; a save cannot beat the SHA-256 of its bytes,",
+                "nor writing them and waiting for the fsync):",
                 "",
                 *timing_table(data["floors"], "read into memory (page cache)", size),
             ]

@@ -101,6 +101,7 @@ class Runner:
         self.settings = settings
         self.modelkeep = modelkeep
         self._objects: dict[str, Any] | None = None
+        self.load_average: dict[str, list[float]] = {}
 
     def objects(self) -> dict[str, Any]:
         if self._objects is None:
@@ -144,11 +145,14 @@ class Runner:
         for name in names:
             log(f"section {name}")
             began = time.monotonic()
+            load_before = os.getloadavg()[0]
             try:
                 results[name] = self.section(name)()
             except Exception as exc:
                 results[name] = {"error": error_text(exc)}
             seconds[name] = round(time.monotonic() - began, 1)
+            # How busy the machine was (1-minute load average before and after): timings mean little under load.
+            self.load_average[name] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         return results, seconds
 
 
@@ -177,9 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"modelkeep unavailable ({modelkeep_error}); measuring baselines only")
     began = time.monotonic()
     results: dict[str, Any] = {"meta": environment(args, modelkeep_error)}
-    sections, seconds = Runner(settings, modelkeep).run(selected_sections(args))
+    runner = Runner(settings, modelkeep)
+    sections, seconds = runner.run(selected_sections(args))
     results.update(sections)
     results["meta"]["section_seconds"] = seconds
+    results["meta"]["load_average"] = runner.load_average
     results["meta"]["joblib_classes_replaced"] = baselines.joblib_patched_by_others()
     results["meta"]["duration_s"] = time.monotonic() - began
     readme = write_outputs(results, args.quick, args.output)

@@ -8,6 +8,7 @@ from typing import Any
 
 from baselines import joblib_read, joblib_save, pickle_read, pickle_save
 from common import Settings, compare_interleaved, error_text, fsync_latency, log, scratch_dir
+from save_costs import count_round_trips, count_syncs, postgres_url
 from subject import open_registry
 from workloads import pickled_size, small_model
 
@@ -104,6 +105,56 @@ def run(settings: Settings, modelkeep: Any) -> dict[str, Any]:
         log("small: load")
         out["load"] = compare_interleaved(_load_cases(root, registries), settings.small_model_repeats, warmup=2)
         out["fsync_after"] = fsync_latency(root)
+        default = registries.get("modelkeep (default)")
+        if default is not None:
+            out["syncs_per_save"] = _counted(lambda: count_syncs(default, lambda: default.save(model, NAME)))
         for registry in registries.values():
             registry.close()
+        if modelkeep is not None:
+            out["postgres"] = _postgres(modelkeep, model, root, settings)
     return out
+
+
+def _counted(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return {"error": error_text(exc)}
+
+
+def _postgres(modelkeep: Any, model: Any, root: Path, settings: Settings) -> dict[str, Any]:
+    """Round trips of one save against PostgreSQL (in a schema of its own), and save times."""
+    url = postgres_url()
+    if not url:
+        return {"skipped": "set MODELKEEP_BENCH_POSTGRES_URL (or MODELKEEP_TEST_POSTGRES_URL)"}
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"mk_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        registry = modelkeep.ModelPersistence(models_dir=str(root / "pg"), registry_url=url, index_schema=schema)
+        try:
+            log("small: PostgreSQL save")
+            timed = compare_interleaved(
+                {
+                    "joblib.dump+fsync": lambda i: joblib_save(model, root / f"pg{i}.joblib"),
+                    "modelkeep save (PostgreSQL index)": lambda i: registry.save(model, NAME),
+                },
+                max(5, settings.small_model_repeats // 3),
+                warmup=2,
+                before=_retrain(model),
+            )
+            trips = _counted(lambda: count_round_trips(registry, lambda: registry.save(model, NAME)))
+            return {"save": timed, "round_trips_per_save": trips}
+        finally:
+            registry.close()
+    except Exception as exc:
+        return {"error": error_text(exc)}
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

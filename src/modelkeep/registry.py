@@ -527,15 +527,20 @@ class ModelPersistence(PromotionMixin):
 
     def _write_claimed_files(self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact) -> None:
         """Put the attempt's files in place, once the database confirms the claim is still its own:
-        the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact."""
+        the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact.
+        Both go to the version's folder, which is ``fsync``'ed once for the two, before the row
+        that references them is committed."""
         assert record.artifact is not None
         key = record.artifact.key
         slot.check()
-        self._write_sidecar(record)
-        slot.check()
-        same = self.index.find_artifact(record.artifact.sha256, exclude_key=key)
-        if not (same and self.store.link(same, key)):  # identical bytes: share them
-            staged.commit(key)
+        with self.store.one_folder_sync():
+            self._write_sidecar(record)
+            slot.check()
+            same = self.index.find_artifact(record.artifact.sha256, exclude_key=key)
+            if same and self.store.link(same, key):  # identical bytes: share them
+                staged.drop_duplicate()
+            else:
+                staged.commit(key)
 
     def _write_sidecar(self, record: ModelMetadata) -> None:
         self.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(record))

@@ -419,7 +419,7 @@ def take(
     for try_number in range(1, tries + 1):
         claimed_at = utc_now()
         try:
-            with index._write() as conn:
+            with index._write(power_safe=False) as conn:  # see _relaxed_sync: a claim dies with its writer
                 index._lock_model(conn, model_name)
                 chosen, previous = _choose(index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist)
                 conn.execute(

@@ -221,10 +221,17 @@ class SqlIndex:
 
     # -- plumbing ---------------------------------------------------------------
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, *, power_safe: bool = True) -> Iterator[Connection]:
+        """A write transaction. ``power_safe=False`` (SQLite only; see :func:`_relaxed_sync`)
+        commits without waiting for the disk: durable if the process crashes, not if the
+        machine loses power. Only for rows that mean nothing once their process is gone."""
         committing = False
         try:
-            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+            with (
+                self.engine.connect().execution_options(**{_WRITE: True}) as conn,
+                _relaxed_sync(conn, self.dialect == "sqlite" and not power_safe),
+                conn.begin(),
+            ):
                 yield conn
                 committing = True
         except SAIntegrityError as exc:
@@ -727,6 +734,39 @@ class SqlIndex:
     def artifact_keys(self) -> set[str]:
         with self._read() as conn:
             return {r[0] for r in conn.execute(select(versions.c.artifact_key))}
+
+
+@contextlib.contextmanager
+def _relaxed_sync(conn: Connection, relax: bool) -> Iterator[None]:
+    """Commit the block's SQLite transaction with ``synchronous = NORMAL``: in WAL mode the
+    commit is then atomic and survives a crash of the process, but its WAL frames are synced
+    only by the next ``FULL`` commit (or checkpoint), so a power cut may undo it. Write claims
+    use it: a claim fences other writers only while its own process lives, and a power cut
+    ends every process; the files such a writer placed are named by no row and are removed
+    by ``gc`` (tests/test_crash.py). Restored to ``FULL`` when the block ends."""
+    if not relax:
+        yield
+        return
+    import sqlite3
+
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    try:  # on the driver's connection: in autocommit mode, outside any transaction
+        raw.cursor().execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.Error as exc:  # as SQLAlchemy would raise it (a closed connection is retried)
+        lost = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            "PRAGMA synchronous = NORMAL", None, exc, sqlite3.Error, connection_invalidated=lost
+        ) from exc
+    try:
+        yield
+    finally:
+        try:
+            raw.cursor().execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:  # never hand this connection out again with the relaxed setting
+            conn.invalidate()
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -73,6 +73,13 @@ class StagedArtifact:
         self.store.move(self.tmp_key, key)
         self.committed = True
 
+    def drop_duplicate(self) -> None:
+        """The staged bytes were not needed (identical bytes are already stored): remove them,
+        off the caller's path where the backend can (:meth:`ArtifactStore.delete_soon`)."""
+        if not self.committed:
+            self.committed = True  # nothing left for discard()
+            self.store.delete_soon(self.tmp_key, self.size)
+
     def discard(self) -> None:
         """Remove the staged bytes unless committed; best effort (``gc`` removes leftovers)."""
         if self.committed:
@@ -165,6 +172,22 @@ class ArtifactStore(ABC):
             with st.open() as w:
                 w.write(data)
             st.commit(key)
+
+    @contextlib.contextmanager
+    def one_folder_sync(self) -> Iterator[None]:
+        """Files moved into place in this block (by this thread) are made durable together when
+        it exits cleanly: a local disk ``fsync``'s each folder they went to once, instead of once
+        per file. Until then a power cut may undo the moves, so nothing may reference the files
+        before the block ends. Object stores have nothing to sync."""
+        yield
+
+    def delete_soon(self, key: str, size: int) -> None:
+        """Delete ``key`` (a staged file nobody references); backends may do it in the background,
+        as unlinking a large file costs milliseconds per 100 MB. A leftover is ``gc``'s."""
+        try:
+            self.delete(key, missing_ok=True)
+        except Exception as exc:
+            logger.debug("could not remove staged file %s: %s", self.display_path(key), exc)
 
     def write_many(self, items: Mapping[str, memoryview]) -> None:
         """Write immutable files (content-addressed blobs) atomically, in parallel."""

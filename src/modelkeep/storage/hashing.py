@@ -196,7 +196,7 @@ class _Trailer:
             while not self._stop:
                 self._wake.clear()
                 finished = self._writer.finished  # read before the size: then the size is final
-                target = self._writer.size
+                target = self._writer.flushed
                 if done >= target:
                     if finished:
                         return
@@ -228,7 +228,18 @@ class HashingWriter(io.RawIOBase):
     and computes the SHA-256 while they are written, and BLAKE3 runs once :meth:`done_writing`
     says the file is complete (while the caller's ``fsync`` waits); otherwise the written buffers
     are queued for a thread per digest (:class:`BackgroundHash`).
+
+    Writes smaller than :attr:`GATHER_MIN` are gathered into one buffer of up to
+    :attr:`GATHER` bytes before they reach ``raw``: a pickler writes many small pieces, and one
+    system call each made a save of an unbuffered file 1.5x slower than ``joblib.dump`` into a
+    buffered one. ``size`` (and :meth:`tell`) count every byte given; ``flushed`` only those
+    handed to ``raw``, which is all the hashing threads read back.
     """
+
+    #: Writes smaller than this are gathered before they reach the file.
+    GATHER_MIN = 64 << 10
+    #: The gathering buffer is written out once it holds this many bytes.
+    GATHER = 1 << 20
 
     #: Bytes of the written file mapped at a time to hash it (a multiple of the page size).
     MAP_CHUNK = 8 << 20
@@ -248,6 +259,8 @@ class HashingWriter(io.RawIOBase):
         self._in_payload = False
         self.ranges: list[Range] = []
         self.size = 0
+        self.flushed = 0
+        self._gathered = bytearray()
         self.finished = False
         self._trailers: list[_Trailer] = []
         self._whole: threading.Thread | None = None
@@ -281,18 +294,39 @@ class HashingWriter(io.RawIOBase):
             blake = self._queued.get("payload" if self._in_payload else "skeleton")
             if blake is not None:
                 blake.update(view, stable=stable)
+        self.size += n
+        if n < self.GATHER_MIN:
+            self._gathered += view
+            if len(self._gathered) >= self.GATHER:
+                self._flush_gathered()
+        else:
+            self._flush_gathered()
+            self._write_raw(view)
+        self._advance(n)
+        return n
+
+    def _write_raw(self, view: memoryview) -> None:
+        n = view.nbytes
         written = 0
         while written < n:  # raw (unbuffered) writes may be partial
             written += self._raw.write(view[written:]) or 0
-        self.size += n
-        if self._fd is not None and self.size - self._woken >= self.TRAIL_MIN:
-            self._woken = self.size  # wake the hasher once per TRAIL_MIN bytes, not per write
+        self.flushed += n
+        if self._fd is not None and self.flushed - self._woken >= self.TRAIL_MIN:
+            self._woken = self.flushed  # wake the hasher once per TRAIL_MIN bytes, not per write
             if not self._trailers:
                 self._start_trailers(self._fd)
             for trailer in self._trailers:
                 trailer.wake()
-        self._advance(n)
-        return n
+
+    def _flush_gathered(self) -> None:
+        if self._gathered:
+            gathered, self._gathered = self._gathered, bytearray()
+            self._write_raw(memoryview(gathered))
+
+    def flush(self) -> None:
+        """Hand the gathered small writes to the file."""
+        if not self.closed:
+            self._flush_gathered()
 
     def _start_trailers(self, fd: int) -> None:
         # The SHA-256 trails the writer on its own core; BLAKE3, several times faster, waits for
@@ -304,6 +338,7 @@ class HashingWriter(io.RawIOBase):
         the whole file starts now on a helper thread, to run while the caller makes it durable."""
         if self.finished:
             return
+        self._flush_gathered()
         self.finished = True
         for trailer in self._trailers:
             trailer.wake()
@@ -404,6 +439,7 @@ class HashingWriter(io.RawIOBase):
             if self._whole is not None:
                 self._whole.join()
         self._close_fd()
+        self._gathered = bytearray()  # a writer closed before done_writing() was abandoned
         for h in (self._queued or {}).values():
             h.close()
         super().close()

@@ -1,0 +1,139 @@
+"""The durable writes of a save on the embedded default (SQLite + local folder), and why the
+one it no longer waits for is safe to skip.
+
+A save makes four syncs: the staged artifact and the sidecar are each ``fsync``'ed, their
+version folder is ``fsync``'ed once for both renames, and the row's commit syncs the WAL.
+The write claim commits with ``synchronous = NORMAL`` (no WAL sync): it survives the crash
+of its process, and a power cut, which may undo it, also ends the process it fenced for.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import stat
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from modelkeep import ModelPersistence, VersionExistsError
+from modelkeep.index.claims import list_claims
+from modelkeep.maintenance import CORRUPT, MISSING, ORPHANED, SIGNATURE
+
+from ._workers import payload, save_then_die
+
+CTX = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[ModelPersistence]:
+    p = ModelPersistence(models_dir=tmp_path / "models")
+    p.ensure_registry()
+    yield p
+    p.close()
+
+
+def _count_syncs(p: ModelPersistence, monkeypatch: pytest.MonkeyPatch, model: Any) -> Counter[str]:
+    """Save ``model`` once and count file and folder fsyncs and commits by their sync level."""
+    counts: Counter[str] = Counter()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        counts["folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"] += 1
+        real_fsync(fd)
+
+    def on_commit(conn: Any) -> None:
+        level = conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+        counts["commit FULL" if level == 2 else f"commit level {level}"] += 1
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    event.listen(p.index.engine, "commit", on_commit)
+    try:
+        p.save(model, "counted")
+    finally:
+        event.remove(p.index.engine, "commit", on_commit)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    return counts
+
+
+def test_a_small_save_makes_four_syncs(registry: ModelPersistence, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry.save(payload(0, 0), "counted")  # the model's folder and the WAL exist from here on
+    counts = _count_syncs(registry, monkeypatch, payload(0, 1))
+    assert counts == {"file": 2, "folder": 1, "commit FULL": 1, "commit level 1": 1}, counts
+    # Every pooled connection is back at FULL: the claim's relaxed level never leaks to a row.
+    conns = [registry.index.engine.raw_connection() for _ in range(2)]
+    try:
+        assert [c.cursor().execute("PRAGMA synchronous").fetchone()[0] for c in conns] == [2, 2]
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_a_claim_that_fails_leaves_its_connection_at_full(
+    registry: ModelPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim transaction raises (the version exists): its connection goes back to the pool
+    at FULL, and the next save's row commit still syncs the WAL."""
+    registry.save(payload(0, 0), "counted", "1.0.0")
+    with pytest.raises(VersionExistsError), registry.index.claim("counted", "1.0.0"):
+        pass
+    counts = _count_syncs(registry, monkeypatch, payload(0, 2))
+    assert counts == {"file": 2, "folder": 1, "commit FULL": 1, "commit level 1": 1}, counts
+
+
+def _kill_after_artifact(models: Path, url: str) -> None:
+    proc = CTX.Process(target=save_then_die, args=(str(models), url, None, "commit", None))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == -signal.SIGKILL
+
+
+def test_a_claim_survives_the_crash_of_its_process(tmp_path: Path) -> None:
+    """synchronous=NORMAL in WAL mode: a committed claim outlives a SIGKILL of its writer."""
+    models, url = tmp_path / "models", f"sqlite:///{tmp_path / 'registry.db'}"
+    with ModelPersistence(models_dir=models, registry_url=url) as p:
+        p.save(payload(0, 0), "victim")
+    _kill_after_artifact(models, url)
+    with ModelPersistence(models_dir=models, registry_url=url) as p:
+        held = list_claims(p.index, "victim")
+        assert [(c.model_name, c.version) for c in held] == [("victim", "1.0.1")]
+        # The next writer sees that its process is gone and takes the version.
+        assert p.save(payload(0, 2), "victim") == models / "victim" / "1.0.1" / "victim_v1.0.1.joblib"
+        assert p.load("victim", "1.0.1")["seq"] == 2
+        assert list_claims(p.index) == []
+
+
+def test_a_claim_undone_by_a_power_cut_leaves_only_orphans(tmp_path: Path) -> None:
+    """The worst a power cut can do to an unsynced claim: the writer placed its sidecar and
+    artifact (both synced) and the claim is gone (its WAL frames never reached the disk).
+    Nothing registered points at those files, verify calls them orphans, a new save takes the
+    version over, and gc leaves a clean registry."""
+    models, url = tmp_path / "models", f"sqlite:///{tmp_path / 'registry.db'}"
+    with ModelPersistence(models_dir=models, registry_url=url) as p:
+        p.save(payload(0, 0), "victim")
+    _kill_after_artifact(models, url)
+    # The power cut: the claim's commit is undone, the files that were fsync'ed stay.
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        assert db.execute("DELETE FROM modelkeep_claims").rowcount == 1
+    left = sorted(path.name for path in (models / "victim" / "1.0.1").iterdir())
+    assert left == ["victim_v1.0.1.joblib", "victim_v1.0.1_metadata.json"]
+
+    with ModelPersistence(models_dir=models, registry_url=url) as p:
+        assert p.list_versions("victim") == ["1.0.0"]
+        report = p.verify()
+        assert report.of_kind(MISSING, CORRUPT, SIGNATURE) == []
+        assert {pr.kind for pr in report.problems} == {ORPHANED}
+        assert p.save(payload(0, 3), "victim") == models / "victim" / "1.0.1" / "victim_v1.0.1.joblib"
+        assert p.load("victim", "1.0.1")["seq"] == 3
+        p.save(payload(0, 4), "victim")
+        p.gc(min_age_seconds=0)
+        final = p.verify()
+        assert final.ok, final.to_dict()
+        assert [p.load("victim", v)["seq"] for v in p.list_versions("victim")] == [0, 3, 4]
+        assert p.reindex() == 3
