@@ -507,3 +507,36 @@ def test_a_crafted_native_version_never_takes_the_server_down(registry: tuple[Pa
         p.set_alias("churn", "production", "1")
         p.close()
         s.stop()
+
+
+def test_all_float_signatures_read_number_rows_as_one_array_and_refuse_the_rest() -> None:
+    """The short path for a signature of float64 columns (one array, no per-column inference) gives
+    the frame the long path gives, and sends text, nulls and wrong widths to the same 400/422s."""
+    from modelkeep import input_signature
+    from modelkeep.serve.bodies import BadInput, check, parse
+
+    X = pd.DataFrame({"a": [0.5, 1.0], "b": [2.0, -3.25], "c": [1e300, 0.0]})
+    sig = input_signature.infer(object(), X)
+    assert all(c["dtype"] == "float64" for c in sig["columns"])
+
+    def read(body: Any) -> Any:
+        return check(parse(json.dumps(body).encode(), "application/json", sig), sig)
+
+    rows = [[0.5, 2, 1e300], [1, -3.25, 0]]  # ints among floats: JSON writes 1.0 as 1
+    want = pd.DataFrame(rows, columns=["a", "b", "c"]).astype("float64")
+    for body in ({"dataframe_split": {"columns": ["a", "b", "c"], "data": rows}}, {"instances": rows}):
+        got = read(body)
+        assert list(got.dtypes) == ["float64"] * 3
+        pd.testing.assert_frame_equal(got, want)
+    cases = [
+        ([[0.5, "2", 1.0]], 422, "b"),  # text is never read as a number
+        ([[0.5, None, 1.0]], 400, "b"),  # a null where the signature says never missing
+        ([[0.5, 2.0]], 400, "columns"),  # a row of the wrong width
+    ]
+    for data, status, says in cases:
+        with pytest.raises(BadInput) as caught:
+            read({"dataframe_split": {"columns": ["a", "b", "c"], "data": data}})
+        assert caught.value.status == status and says in json.dumps(caught.value.detail), caught.value.detail
+    with pytest.raises(BadInput) as caught:
+        read({"dataframe_split": {"columns": ["b", "a", "c"], "data": rows}})
+    assert caught.value.status == 422 and caught.value.detail["reordered"]
