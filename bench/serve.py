@@ -1,20 +1,27 @@
 """``modelkeep serve`` against ``mlflow models serve``, same models, same machine, one run.
 
-For a small sklearn pipeline and a large random forest:
+For a small sklearn pipeline and a ~100 MB random forest (``--forest-trees``, 320 by default;
+the artifact size is printed):
 
-* start-up: from process start to the first 200 answer to a one-row ``/invocations``;
-* requests per second and p50/p99 latency at concurrency 1 and 16 (one-row JSON bodies,
-  ``dataframe_split``, from client threads on this machine);
-* modelkeep with batching (``--batch-max-rows 64 --batch-wait-ms 2``) at concurrency 16.
+* start-up: from process start to the first 200 answer to a one-row ``/invocations``, next to
+  the floor measured in the same round (a fresh interpreter importing pandas and the model's
+  scikit-learn modules, which any Python server of the model must do);
+* requests per second and p50/p99 latency at concurrency 1 and 16: one-row ``dataframe_split``
+  JSON bodies over 1 or 16 keep-alive connections from one small asyncio HTTP/1.1 client (the
+  same client for both servers, cheap enough that the servers, not the client, are measured);
+* modelkeep with batching (``--batch-max-rows 64 --batch-wait-ms 2``).
+
+Each server is started once untimed (both read their imports from a warm page cache), then
+``--rounds`` times, interleaved, with the same ``--workers`` on both sides (MLflow's default is 1).
 
 MLflow runs from its own virtual environment (``--mlflow-python``, default
 ``/tmp/mlflow-venv/bin/python``; create it with ``python -m venv /tmp/mlflow-venv &&
-/tmp/mlflow-venv/bin/pip install mlflow scikit-learn``): the model is fitted there from the same
-seed, logged to a SQLite MLflow registry, aliased ``production``, and served with
+/tmp/mlflow-venv/bin/pip install mlflow scikit-learn pandas``): the model is fitted there from the
+same seed, logged to a SQLite MLflow registry, aliased ``production``, and served with
 ``mlflow models serve -m models:/NAME@production --env-manager local``. Without that venv,
 modelkeep is measured alone and the output says so.
 
-    PYTHONPATH=src python bench/serve.py [--seconds 4] [--forest-trees 300] [--json out.json]
+    PYTHONPATH=src python bench/serve.py [--seconds 4] [--rounds 2] [--workers 1] [--json out.json]
 """
 
 from __future__ import annotations
