@@ -1,25 +1,33 @@
 """``modelkeep serve`` against ``mlflow models serve``, same models, same machine, one run.
 
-For a small sklearn pipeline and a large random forest:
+For a small sklearn pipeline and a ~100 MB random forest (``--forest-trees``, 320 by default;
+the artifact size is printed):
 
-* start-up: from process start to the first 200 answer to a one-row ``/invocations``;
-* requests per second and p50/p99 latency at concurrency 1 and 16 (one-row JSON bodies,
-  ``dataframe_split``, from client threads on this machine);
-* modelkeep with batching (``--batch-max-rows 64 --batch-wait-ms 2``) at concurrency 16.
+* start-up: from process start to the first 200 answer to a one-row ``/invocations``, next to
+  the floor measured in the same round (a fresh interpreter importing pandas and the model's
+  scikit-learn modules, which any Python server of the model must do);
+* requests per second and p50/p99 latency at concurrency 1 and 16: one-row ``dataframe_split``
+  JSON bodies over 1 or 16 keep-alive connections from one small asyncio HTTP/1.1 client (the
+  same client for both servers, cheap enough that the servers, not the client, are measured);
+* modelkeep with batching (``--batch-max-rows 64 --batch-wait-ms 2``).
+
+Each server is started once untimed (both read their imports from a warm page cache), then
+``--rounds`` times, interleaved, with the same ``--workers`` on both sides (MLflow's default is 1).
 
 MLflow runs from its own virtual environment (``--mlflow-python``, default
 ``/tmp/mlflow-venv/bin/python``; create it with ``python -m venv /tmp/mlflow-venv &&
-/tmp/mlflow-venv/bin/pip install mlflow scikit-learn``): the model is fitted there from the same
-seed, logged to a SQLite MLflow registry, aliased ``production``, and served with
+/tmp/mlflow-venv/bin/pip install mlflow scikit-learn pandas``): the model is fitted there from the
+same seed, logged to a SQLite MLflow registry, aliased ``production``, and served with
 ``mlflow models serve -m models:/NAME@production --env-manager local``. Without that venv,
 modelkeep is measured alone and the output says so.
 
-    PYTHONPATH=src python bench/serve.py [--seconds 4] [--forest-trees 300] [--json out.json]
+    PYTHONPATH=src python bench/serve.py [--seconds 4] [--rounds 2] [--workers 1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -27,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -107,33 +114,62 @@ def _start(
             time.sleep(0.02)
 
 
+def _request(port: int, body: bytes) -> bytes:
+    return (
+        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one HTTP/1.1 response: (status, whether the server keeps the connection open)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection", "").lower() != "close"
+
+
 def _load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str, float]:
-    """Requests/s and latency percentiles of one-row requests from ``concurrency`` client threads."""
-    url = f"http://127.0.0.1:{port}/invocations"
+    """Requests/s and latency percentiles of one-row requests over ``concurrency`` keep-alive connections.
+
+    The client is a small asyncio HTTP/1.1 loop (one process, one thread): it costs the shared
+    cores far less per request than a thread per connection with a full HTTP client would, so
+    the figures measure the server more than the client. It is the same client for both servers.
+    """
+    request = _request(port, body)
     latencies: list[float] = []
     errors = [0]
-    stop = time.perf_counter() + seconds
-    lock = threading.Lock()
 
-    def client() -> None:
-        mine: list[float] = []
-        with httpx.Client(timeout=60) as c:
+    async def connection(stop: float) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
             while time.perf_counter() < stop:
                 t = time.perf_counter()
-                r = c.post(url, content=body, headers={"content-type": "application/json"})
-                mine.append(time.perf_counter() - t)
-                if r.status_code != 200:
+                writer.write(request)
+                status, keep = await _answer(reader)
+                latencies.append(time.perf_counter() - t)
+                if status != 200:
                     errors[0] += 1
-        with lock:
-            latencies.extend(mine)
+                if not keep:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - began
+    async def run() -> float:
+        began = time.perf_counter()
+        await asyncio.gather(*(connection(began + seconds) for _ in range(concurrency)))
+        return time.perf_counter() - began
+
+    took = asyncio.run(run())
     latencies.sort()
     return {
         "rps": len(latencies) / took,
@@ -142,6 +178,13 @@ def _load(port: int, body: bytes, concurrency: int, seconds: float) -> dict[str,
         "requests": len(latencies),
         "errors": errors[0],
     }
+
+
+def _floor(python: str, modules: str, env: dict[str, str]) -> float:
+    """Seconds for ``python`` to start and import what the model needs (no server can start faster)."""
+    began = time.perf_counter()
+    subprocess.run([python, "-c", f"import {modules}"], env=env, check=True)
+    return time.perf_counter() - began
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -164,13 +207,42 @@ def _measure(name: str, cmd: list[str], port: int, body: bytes, env: dict[str, s
         _stop(proc)
 
 
+NEEDS = {  # what each model's predict imports: the start-up floor
+    "pipeline": "pandas, sklearn.pipeline, sklearn.linear_model, sklearn.preprocessing",
+    "forest": "pandas, sklearn.ensemble",
+}
+
+
+def _mlflow_setup(args: Any, tmp: Path, env: dict[str, str], kind: str) -> tuple[list[str], dict[str, str]] | None:
+    """Log ``kind`` to a SQLite MLflow registry, alias it; the command and env that serve it (None on failure)."""
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    venv_bin = str(Path(args.mlflow_python).parent)  # mlflow execs `uvicorn`: the venv's, not ours
+    mlenv = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    mlenv.update(MLFLOW_TRACKING_URI=uri, PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
+    setup = subprocess.run(
+        [args.mlflow_python, "-c", MLFLOW_SETUP, uri, kind, str(args.forest_trees)],
+        env=mlenv,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+    )
+    if setup.returncode != 0:
+        print(f"mlflow setup failed: {setup.stderr[-2000:]}", file=sys.stderr)
+        return None
+    cmd = [str(Path(venv_bin) / "mlflow"), "models", "serve", "-m", f"models:/{kind}@production"]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-w", str(args.workers)]
+    return cmd, mlenv
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=4.0, help="load duration per concurrency level")
-    ap.add_argument("--forest-trees", type=int, default=300)
+    ap.add_argument("--forest-trees", type=int, default=320, help="320 trees make a ~100 MB joblib file")
     ap.add_argument("--mlflow-python", default="/tmp/mlflow-venv/bin/python")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--models", default="pipeline,forest", help="which models, comma-separated")
+    ap.add_argument("--rounds", type=int, default=2, help="measure every server this many times, interleaved")
+    ap.add_argument("--workers", type=int, default=1, help="workers of both servers (MLflow's default is 1)")
     args = ap.parse_args()
 
     from modelkeep import ModelPersistence
@@ -184,6 +256,8 @@ def main() -> None:
     mlflow_ok = Path(args.mlflow_python).exists() and (
         subprocess.run([args.mlflow_python, "-c", "import mlflow, sklearn"], capture_output=True).returncode == 0
     )
+    if not mlflow_ok:
+        print(f"MLflow comparison not done: no usable MLflow at {args.mlflow_python}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     p = ModelPersistence(tmp / "models", compress=False)  # uncompressed: mapped at load, shared by workers
     for kind in args.models.split(","):
@@ -191,52 +265,70 @@ def main() -> None:
         p.save(model, kind, "1", input_example=X.head(5))
         p.set_alias(kind, "production", "1")
         size = p.get_version(kind, "1").artifact.size  # type: ignore[union-attr]
+        print(f"{kind}: joblib artifact {size / 1e6:.1f} MB", flush=True)
         body = _body(list(X.columns), X.iloc[0].tolist())
         base = [sys.executable, "-m", "modelkeep", "--models-dir", str(tmp / "models"), "serve", f"{kind}@production"]
-        for label, extra in (("modelkeep", []), ("modelkeep, batching", ["--batch-max-rows", "64"])):
+        servers: list[tuple[str, list[str], dict[str, str]]] = [
+            ("modelkeep", [*base, "--workers", str(args.workers)], env),
+            ("modelkeep, batching", [*base, "--workers", str(args.workers), "--batch-max-rows", "64"], env),
+        ]
+        ml = _mlflow_setup(args, tmp, env, kind) if mlflow_ok else None
+        if ml is not None:
+            servers.append(("mlflow models serve", *ml))
+        for label, cmd, server_env in servers:  # one untimed start each: both read their imports from a warm cache
             port = _free_port()
-            cmd = [*base, "--port", str(port), *extra]
-            row = _measure(label, cmd, port, body, env, args, tmp / f"{kind}-{port}.log")
-            row.update(model=kind, artifact_mb=size / 1e6)
-            results.append(row)
-            print(json.dumps(row), flush=True)
-        if mlflow_ok:
-            uri = f"sqlite:///{tmp / 'mlflow.db'}"
-            venv_bin = str(Path(args.mlflow_python).parent)  # mlflow execs `uvicorn`: the venv's, not ours
-            mlenv = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-            mlenv.update(MLFLOW_TRACKING_URI=uri, PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
-            setup = subprocess.run(
-                [args.mlflow_python, "-c", MLFLOW_SETUP, uri, kind, str(args.forest_trees)],
-                env=mlenv,
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-            )
-            if setup.returncode != 0:
-                print(f"mlflow setup failed: {setup.stderr[-2000:]}", file=sys.stderr)
-                continue
-            port = _free_port()
-            mlflow_bin = str(Path(args.mlflow_python).parent / "mlflow")
-            cmd = [mlflow_bin, "models", "serve", "-m", f"models:/{kind}@production", "--env-manager", "local"]
-            cmd += ["-p", str(port), "-h", "127.0.0.1"]
-            row = _measure("mlflow models serve", cmd, port, body, mlenv, args, tmp / f"mlflow-{kind}.log")
-            row.update(model=kind)
-            results.append(row)
-            print(json.dumps(row), flush=True)
-    if not mlflow_ok:
-        print(f"MLflow comparison not done: no usable MLflow at {args.mlflow_python}", file=sys.stderr)
+            port_args = ["--port", str(port)] if label.startswith("modelkeep") else ["-p", str(port)]
+            proc, _ = _start([*cmd, *port_args], port, body, server_env, tmp / "warm.log")
+            _stop(proc)
+        for round_ in range(1, args.rounds + 1):
+            floor = _floor(sys.executable, NEEDS[kind], env)
+            print(f"round {round_}: python + import {NEEDS[kind]}: {floor:.2f} s", flush=True)
+            for label, cmd, server_env in servers:
+                port = _free_port()
+                port_args = ["--port", str(port)] if label.startswith("modelkeep") else ["-p", str(port)]
+                row = _measure(label, [*cmd, *port_args], port, body, server_env, args, tmp / f"{kind}-{port}.log")
+                row.update(model=kind, artifact_mb=size / 1e6, round=round_, floor_s=floor, workers=args.workers)
+                results.append(row)
+                print(json.dumps(row), flush=True)
     print()
-    print("| model | server | start-up to first 200 | c=1 req/s | c=1 p50 / p99 | c=16 req/s | c=16 p50 / p99 |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| model | round | server | start-up to first 200 | c=1 req/s | c=1 p50 / p99 | c=16 req/s | c=16 p50 / p99 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         c1, c16 = r["c1"], r["c16"]
         print(
-            f"| {r['model']} | {r['server']} | {r['startup_s']:.2f} s | {c1['rps']:.0f} | "
+            f"| {r['model']} | {r['round']} | {r['server']} | {r['startup_s']:.2f} s | {c1['rps']:.0f} | "
             f"{c1['p50_ms']:.1f} / {c1['p99_ms']:.1f} ms | {c16['rps']:.0f} | "
             f"{c16['p50_ms']:.1f} / {c16['p99_ms']:.1f} ms |"
         )
+    _ratios(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _ratios(results: list[dict[str, Any]]) -> None:
+    """modelkeep against MLflow in each round: the issue's three targets."""
+    print()
+    print(
+        "| model | round | modelkeep server | start-up vs MLflow (<= 0.2) | floor vs MLflow "
+        "| c=16 req/s vs MLflow (>= 1.5) | c=16 p99 vs MLflow (<= 1) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        ml = [
+            m
+            for m in results
+            if m["server"].startswith("mlflow") and (m["model"], m["round"]) == (r["model"], r["round"])
+        ]
+        if not ml or r["server"].startswith("mlflow"):
+            continue
+        m = ml[0]
+        print(
+            f"| {r['model']} | {r['round']} | {r['server']} | {r['startup_s'] / m['startup_s']:.2f}x | "
+            f"{r['floor_s'] / m['startup_s']:.2f}x | {r['c16']['rps'] / m['c16']['rps']:.2f}x | "
+            f"{r['c16']['p99_ms'] / m['c16']['p99_ms']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

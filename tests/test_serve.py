@@ -80,25 +80,28 @@ def _free_port() -> int:
 class Server:
     """A ``modelkeep serve`` child process; :meth:`stop` sends SIGINT and checks it exits cleanly."""
 
-    def __init__(self, folder: Path, *args: str) -> None:
+    def __init__(self, folder: Path, *args: str, ready: int = 200, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder.parent / f"serve-{self.port}.log"
         cmd = [sys.executable, "-m", "modelkeep", "--models-dir", str(folder), "serve", *args]
         self.proc = subprocess.Popen(
-            [*cmd, "--port", str(self.port)], stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+            [*cmd, "--port", str(self.port)],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"the server exited: {self.output()}"
             try:
-                if self.client.get("/health", headers=self.auth()).status_code == 200:
+                if self.client.get("/health", headers=self.auth()).status_code == ready:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"the server never became healthy: {self.output()}")
+        raise AssertionError(f"/health never answered {ready}: {self.output()}")
 
     def auth(self) -> dict[str, str]:
         return {}
@@ -300,7 +303,9 @@ def test_two_workers_batching_tokens_and_host_check(registry: tuple[Path, dict[s
         p.users.add("ci", None, "viewer")
         user_token = p.users.new_token("ci")
     args = ["--workers", "2", "--batch-max-rows", "64", "--batch-wait-ms", "20", "--token-file", str(token_file)]
-    s = Server(folder, "churn@production", *args)
+    args += ["--poll", str(POLL)]
+    # TMPDIR: where the server makes its private metrics folder, so the test can see it go on exit.
+    s = Server(folder, "churn@production", *args, env={"TMPDIR": str(tmp_path)})
     auth = {**JSON, "authorization": f"Bearer {token}"}
     results: dict[int, Any] = {}
 
@@ -326,6 +331,8 @@ def test_two_workers_batching_tokens_and_host_check(registry: tuple[Path, dict[s
             else:
                 assert status == 200, answer
                 assert answer["predictions"] == models["1"].predict(part).tolist(), i
+        _metrics_are_summed_over_workers(s, tmp_path, auth, sent=27, rows=sum(1 + i % 5 for i in results if i % 7 != 3))
+        _alias_move_shows_once_in_metrics(s, folder, auth)
 
         body = {"instances": [[1.0, 2]]}
         assert _post(s.client, body, headers=JSON).status_code == 401
@@ -344,6 +351,117 @@ def test_two_workers_batching_tokens_and_host_check(registry: tuple[Path, dict[s
         s.stop()
         with ModelPersistence(models_dir=folder) as p:
             p.users.remove("ci")
+            p.set_alias("churn", "production", "1")
+    assert not list(tmp_path.glob("modelkeep-serve-metrics-*")), "the metrics folder outlived the server"
+
+
+def _sample(text: str, line_start: str) -> float:
+    """The value of the one sample line of ``text`` that starts with ``line_start`` (0 when absent)."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start + " ")]
+    assert len(values) <= 1, values
+    return values[0] if values else 0.0
+
+
+OK_200 = 'modelkeep_serve_requests_total{endpoint="invocations",status="200"}'
+
+
+def _per_worker_requests(tmp_path: Path) -> list[float]:
+    """Each worker's own count of 200s on /invocations, read from its file in the shared folder."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    (folder,) = tmp_path.glob("modelkeep-serve-metrics-*")
+    counts = []
+    for f in sorted(folder.glob("counter_*.db")):
+        n = 0.0
+        for metric in MultiProcessCollector.merge([str(f)], accumulate=False):
+            for sample in metric.samples:
+                if sample.name == "modelkeep_serve_requests_total" and sample.labels == {
+                    "endpoint": "invocations",
+                    "status": "200",
+                }:
+                    n += sample.value
+        counts.append(n)
+    return counts
+
+
+def _metrics_are_summed_over_workers(s: Server, tmp_path: Path, auth: dict[str, str], *, sent: int, rows: int) -> None:
+    """Whichever worker answers /metrics, it reports every worker's requests (and both workers answered some)."""
+    body = {"instances": [[1.0, 2]]}
+    for _ in range(200):  # new connections until both workers have answered (the kernel picks the worker)
+        if len(_per_worker_requests(tmp_path)) == 2 and min(_per_worker_requests(tmp_path)) > 0:
+            break
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            assert _post(c, body, headers=auth).status_code == 200
+        sent += 1
+        rows += 1
+    per_worker = _per_worker_requests(tmp_path)
+    assert len(per_worker) == 2 and min(per_worker) > 0, per_worker
+    for _ in range(6):  # fresh connections: the scrapes land on either worker
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            text = c.get("/metrics", headers=auth).text
+        assert _sample(text, OK_200) == sent, (per_worker, text)
+        assert _sample(text, 'modelkeep_serve_errors_total{endpoint="invocations",status="500"}') == 5
+        assert _sample(text, "modelkeep_serve_rows_predicted_total") == rows
+        assert _sample(text, 'modelkeep_serve_request_seconds_count{endpoint="invocations"}') == sent + 5
+        assert _sample(text, 'modelkeep_serve_live_version{model="churn",version="1"}') == 1
+
+
+def _alias_move_shows_once_in_metrics(s: Server, folder: Path, auth: dict[str, str]) -> None:
+    """Both workers follow the alias; /metrics shows one live version and one reload, not one per worker."""
+    moved = time.time()
+    with ModelPersistence(models_dir=folder) as p:
+        p.set_alias("churn", "production", "2")
+    deadline = time.monotonic() + 30
+    while True:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            text = c.get("/metrics", headers=auth).text
+        if 'version="1"' not in text:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(POLL)
+    for _ in range(4):
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            text = c.get("/metrics", headers=auth).text
+            assert c.get("/model", headers=auth).json()["version"] == "2"
+        assert _sample(text, 'modelkeep_serve_live_version{model="churn",version="2"}') == 1
+        assert _sample(text, "modelkeep_serve_reloads_total") == 1
+        assert _sample(text, "modelkeep_serve_last_reload_timestamp_seconds") >= moved - 1
+        assert _sample(text, "modelkeep_serve_behind") == 0
+
+
+def test_health_is_503_until_a_model_can_be_served(registry: tuple[Path, dict[str, Any]]) -> None:
+    """The alias points at a tampered version when the server starts: /health (and every model
+    endpoint) answers 503 and says why; once the alias moves to a good version, 200."""
+    folder, models = registry
+    X, y = _data()
+    with ModelPersistence(models_dir=folder) as p:
+        p.save(make_pipeline(StandardScaler(), LogisticRegression(C=0.3)).fit(X, y), "churn", "6", input_example=X)
+        _tamper(folder, "6")
+        p.set_alias("churn", "staging", "6")
+    s = Server(folder, "churn@staging", "--poll", str(POLL), ready=503)
+    try:
+        health = s.client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed", health.text
+        assert "IntegrityError" in health.json()["error"]
+        body = {"dataframe_split": json.loads(X.head(3).to_json(orient="split", index=False))}
+        assert _post(s.client, body, headers=JSON).status_code == 503
+        assert s.client.get("/model").status_code == 503
+        assert s.proc.poll() is None
+        with ModelPersistence(models_dir=folder) as p:
+            p.set_alias("churn", "staging", "1")
+        deadline = time.monotonic() + 30
+        while (r := s.client.get("/health")).status_code != 200:
+            assert r.status_code == 503, r.text
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(POLL / 2)
+        assert r.json() == {"status": "ok", "version": "1"}
+        r = _post(s.client, body, headers=JSON)
+        assert r.status_code == 200 and r.json()["predictions"] == models["1"].predict(X.head(3)).tolist()
+        assert 'modelkeep_serve_live_version{model="churn",version="1"} 1.0' in s.client.get("/metrics").text
+    finally:
+        with ModelPersistence(models_dir=folder) as p:
+            p.delete_alias("churn", "staging")
+        s.stop()
 
 
 def test_other_interfaces_need_tokens(registry: tuple[Path, dict[str, Any]]) -> None:
@@ -389,3 +507,36 @@ def test_a_crafted_native_version_never_takes_the_server_down(registry: tuple[Pa
         p.set_alias("churn", "production", "1")
         p.close()
         s.stop()
+
+
+def test_all_float_signatures_read_number_rows_as_one_array_and_refuse_the_rest() -> None:
+    """The short path for a signature of float64 columns (one array, no per-column inference) gives
+    the frame the long path gives, and sends text, nulls and wrong widths to the same 400/422s."""
+    from modelkeep import input_signature
+    from modelkeep.serve.bodies import BadInput, check, parse
+
+    X = pd.DataFrame({"a": [0.5, 1.0], "b": [2.0, -3.25], "c": [1e300, 0.0]})
+    sig = input_signature.infer(object(), X)
+    assert all(c["dtype"] == "float64" for c in sig["columns"])
+
+    def read(body: Any) -> Any:
+        return check(parse(json.dumps(body).encode(), "application/json", sig), sig)
+
+    rows = [[0.5, 2, 1e300], [1, -3.25, 0]]  # ints among floats: JSON writes 1.0 as 1
+    want = pd.DataFrame(rows, columns=["a", "b", "c"]).astype("float64")
+    for body in ({"dataframe_split": {"columns": ["a", "b", "c"], "data": rows}}, {"instances": rows}):
+        got = read(body)
+        assert list(got.dtypes) == ["float64"] * 3
+        pd.testing.assert_frame_equal(got, want)
+    cases = [
+        ([[0.5, "2", 1.0]], 422, "b"),  # text is never read as a number
+        ([[0.5, None, 1.0]], 400, "b"),  # a null where the signature says never missing
+        ([[0.5, 2.0]], 400, "columns"),  # a row of the wrong width
+    ]
+    for data, status, says in cases:
+        with pytest.raises(BadInput) as caught:
+            read({"dataframe_split": {"columns": ["a", "b", "c"], "data": data}})
+        assert caught.value.status == status and says in json.dumps(caught.value.detail), caught.value.detail
+    with pytest.raises(BadInput) as caught:
+        read({"dataframe_split": {"columns": ["b", "a", "c"], "data": rows}})
+    assert caught.value.status == 422 and caught.value.detail["reordered"]

@@ -182,10 +182,12 @@ def check_estimator(est: Any, state: Any) -> None:
     """An estimator whose trees predict on input checked against *its* ``n_features_in_``
     (``tree_`` of a decision tree; ``estimators_`` of forests and gradient boosting, which call
     the trees without checking the input again) must have trees of exactly that width."""
+    attrs = _merged(est, state)
+    if attrs.get("tree_") is None and not _iter_estimators(attrs.get("estimators_")):
+        return  # no tree to check: skip importing sklearn.tree (about 0.1 s of a server's start-up)
     import numpy as np
     from sklearn.tree._tree import Tree
 
-    attrs = _merged(est, state)
     name = type(est).__name__
     tree = attrs.get("tree_")
     if isinstance(tree, Tree):

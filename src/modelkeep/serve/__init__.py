@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     from ..registry import ModelPersistence
 
 __all__ = ["create_app", "read_token_file", "serve"]
+
+#: Environment variable prometheus_client reads for its multiprocess mode (``--workers`` > 1).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Environment variable that carries a worker's settings (``--workers`` > 1).
 SPEC_ENV = "MODELKEEP_SERVE_SPEC"
@@ -109,11 +114,17 @@ def serve(
         allowed_hosts=hosts,
     )
     shown = f"[{host}]" if ":" in host else host
+    metrics_dir: str | None = None
+    server: Any = None
     if workers > 1:
         if settings_spec is None:
             raise ConfigError("workers > 1 needs the registry's settings; use 'modelkeep serve --workers N'")
+        # The workers' metrics meet in a private folder (0700), so /metrics reports them all.
+        metrics_dir = tempfile.mkdtemp(prefix="modelkeep-serve-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
         os.environ[SPEC_ENV] = json.dumps(
-            {"settings": settings_spec, "reference": reference, "app": app_options}, default=str
+            {"settings": settings_spec, "reference": reference, "app": {**app_options, "metrics_dir": metrics_dir}},
+            default=str,
         )
     else:
         assert persistence is not None
@@ -134,6 +145,18 @@ def serve(
             "put a TLS proxy in front",
             file=sys.stderr,
         )
+    try:
+        _run(server, host, port, workers)
+    finally:
+        if metrics_dir is not None:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    echo("modelkeep serve stopped.")
+
+
+def _run(server: Any, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     with contextlib.suppress(KeyboardInterrupt):
         if workers > 1:  # uvicorn's own supervisor: it pre-forks, restarts dead workers, stops them on Ctrl-C
             uvicorn.run(
@@ -147,4 +170,3 @@ def serve(
             )
         else:
             server.run()
-    echo("modelkeep serve stopped.")

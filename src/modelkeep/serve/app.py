@@ -273,6 +273,7 @@ def create_app(
     batch_max_rows: int | None = None,
     batch_wait_ms: float = 2.0,
     mmap: bool = True,
+    metrics_dir: str | None = None,
 ) -> Starlette:
     """A prediction server for ``reference`` (``"churn@production"``, ``"churn@3"``, ``"churn"``) as an ASGI app.
 
@@ -282,16 +283,18 @@ def create_app(
     ``token_file_tokens`` or (with ``user_tokens``) a registry user's API token. Requests
     whose ``Host`` is not a loopback name or one of ``allowed_hosts`` get a 400.
     ``batch_max_rows`` turns on batching (requests merged for up to ``batch_wait_ms``).
+    ``metrics_dir`` is the folder the workers of one server share their metrics in
+    (prometheus_client's multiprocess mode; ``PROMETHEUS_MULTIPROC_DIR`` must name it before
+    ``prometheus_client`` is imported), so ``/metrics`` reports them all.
     """
     name, version, alias = parse_reference(reference)
-    metrics = Metrics()
+    metrics = Metrics(metrics_dir)
 
     def swapped(new: Loaded, old: Loaded | None) -> None:
-        metrics.live.clear()
-        metrics.live.labels(new.record.model_name, new.record.version).set(1)
+        metrics.serving(new.record.model_name, new.record.version, old.record.version if old else None)
         metrics.behind.set(0)
         if old is not None:
-            metrics.reloads.inc()
+            metrics.reloads.set(live.reloads)
             metrics.last_reload.set(new.since)
 
     def failed(behind: Behind) -> None:
@@ -319,6 +322,7 @@ def create_app(
         await server.start_now()
         yield
         live.stop()
+        metrics.close()
 
     ep = server.endpoint
     routes = [
