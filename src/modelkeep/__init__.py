@@ -36,6 +36,7 @@ from .errors import (
     VersionInUseError,
     VersionNotFoundError,
     VersionTrashedError,
+    WebhookNotFoundError,
 )
 from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
@@ -107,5 +108,6 @@ __all__ = [
     "VersionInUseError",
     "VersionNotFoundError",
     "VersionTrashedError",
+    "WebhookNotFoundError",
     "__version__",
 ]

@@ -22,7 +22,20 @@ from dataclasses import dataclass
 from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
-from .schema import aliases, claims, fields, history, models, tags, tokens, users, versions
+from .schema import (
+    aliases,
+    claims,
+    deliveries,
+    delivery_attempts,
+    fields,
+    history,
+    models,
+    tags,
+    tokens,
+    users,
+    versions,
+    webhooks,
+)
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,13 @@ def _signed_events(conn: Connection, dialect: str) -> None:
     add_column(conn, history.name, Column("signature", history.c.signature.type))
 
 
+def _webhooks(conn: Connection, dialect: str) -> None:
+    """Version 7: ``modelkeep_webhooks``, ``modelkeep_deliveries`` (the outbox) and
+    ``modelkeep_delivery_attempts`` (the delivery log); new tables, empty."""
+    for table in (webhooks, deliveries, delivery_attempts):
+        table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -129,6 +149,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
     Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
     Migration(6, "signed alias moves and signed history events", _signed_events),
+    Migration(7, "webhooks, their outbox and delivery log", _webhooks),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).
