@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
 #: Rows read per query.
 BATCH = 500
+#: How long a read that does not follow waits for transactions that may still commit an
+#: earlier id (seconds); the events they commit are left out when they take longer.
+PATIENCE = 1.0
 
 
 class Settled:
@@ -42,6 +46,16 @@ class Settled:
         self._waiting = [(t, w) for t, w in self._waiting if t > self.value]
         return self.value
 
+    def settle(self, patience: float, pause: float = 0.01) -> int:
+        """:meth:`advance` until the largest committed id seen first is settled, or for at
+        most ``patience`` seconds (a transaction left open holds it back that long)."""
+        deadline = time.monotonic() + patience
+        value = self.advance()
+        while self._waiting and time.monotonic() < deadline:
+            time.sleep(pause)
+            value = self.advance()
+        return value
+
 
 def iter_events(
     rows: WebhookRows,
@@ -60,7 +74,7 @@ def iter_events(
     cursor = since or 0
     stop = stop or threading.Event()
     while True:
-        upto = settled.advance()
+        upto = settled.advance() if follow else settled.settle(PATIENCE)
         while cursor < upto:
             batch = rows.history_rows(cursor, upto, model=model, limit=BATCH)
             for row in batch:
