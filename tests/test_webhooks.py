@@ -199,7 +199,9 @@ def test_receiver_down_then_up_gets_every_event_once_in_order(
         assert "Connection" in failed[0]["error"] or "refused" in failed[0]["error"].lower()
         receiver.start()  # back up, same port
         wait_for(
-            lambda: {d.status for d in persistence.webhooks.deliveries(hook, limit=100)} == {"delivered"},
+            lambda: (
+                [d.status for d in persistence.webhooks.deliveries(hook, limit=100)] == ["delivered"] * len(EXPECTED)
+            ),
             what="every delivery",
         )
     finally:
