@@ -552,3 +552,28 @@ def test_events_watch_prints_json_lines(cli_registry: dict[str, str]) -> None:
         _, err = watch.communicate(timeout=30)
     assert watch.returncode == 0 and "Traceback" not in err
     assert (line["type"], line["model"], line["version"], line["id"]) == ("version.created", "churn", "1.0.0", 1)
+
+
+@pytest.mark.parametrize("command", [["ui", "--port", "0"], ["serve", "churn@production", "--port", "0"]])
+def test_ui_and_serve_dispatch_events_with_the_flag(
+    command: list[str], cli_registry: dict[str, str], receiver: Receiver, secret_file: Path
+) -> None:
+    with _open(cli_registry) as p:
+        hook = p.webhooks.add(receiver.url, events="alias.*", secret_file=secret_file)
+        p.save({"w": 1}, "churn", version="1.0.0")
+        p.set_alias("churn", "production", "1.0.0")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "modelkeep", *command, "--dispatch-events"],
+            env=cli_registry,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: len(receiver.received) == 1 or server.poll() is not None, what="the alias event")
+            assert server.poll() is None, server.communicate()
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.communicate(timeout=60)
+        assert receiver.events()[0]["type"] == "alias.set"
+        assert p.webhooks.deliveries(hook)[0].status == "delivered"

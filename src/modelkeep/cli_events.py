@@ -16,6 +16,7 @@ import click
 from .cli_context import open_registry, print_status
 
 if TYPE_CHECKING:
+    from .registry import ModelPersistence
     from .webhooks.settings import DispatchSettings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout and nothing else.")
@@ -39,6 +40,29 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+#: ``--dispatch-events``, the flag of ``modelkeep ui`` and ``modelkeep serve``.
+dispatch_events_option = click.option(
+    "--dispatch-events", is_flag=True, help="Also deliver webhook events (as 'modelkeep events dispatch' does)."
+)
+
+
+@contextlib.contextmanager
+def dispatching(persistence: ModelPersistence, enabled: bool) -> Iterator[None]:
+    """Run the webhook dispatcher in a background thread while the block runs (when ``enabled``);
+    stop it and give its leases up afterwards."""
+    if not enabled:
+        yield
+        return
+    from .webhooks.dispatch import start_in_thread
+
+    dispatcher, thread = start_in_thread(persistence.webhooks.rows)
+    try:
+        yield
+    finally:
+        dispatcher.stop.set()
+        thread.join(dispatcher.settings.timeout + 5)
 
 
 def dispatch_options(command: Any) -> Any:

@@ -183,9 +183,10 @@ class Dispatcher:
         return outcome.ok
 
 
-def start_in_thread(rows: WebhookRows, settings: DispatchSettings | None = None) -> Dispatcher:
+def start_in_thread(rows: WebhookRows, settings: DispatchSettings | None = None) -> tuple[Dispatcher, threading.Thread]:
     """A :class:`Dispatcher` running in a daemon thread (``modelkeep ui/serve --dispatch-events``);
     set its ``stop`` to end it."""
     dispatcher = Dispatcher(rows, settings)
-    threading.Thread(target=dispatcher.run, name="modelkeep-webhooks", daemon=True).start()
-    return dispatcher
+    thread = threading.Thread(target=dispatcher.run, name="modelkeep-webhooks", daemon=True)
+    thread.start()
+    return dispatcher, thread
