@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,8 @@ class Dispatcher:
         self.owner = owner_id()
         self.settled = Settled(rows)
         self.stop = threading.Event()
-        self._held: set[int] = set()
+        #: Webhook id -> when (monotonic) the lease this dispatcher holds on it was last renewed.
+        self._held: dict[int, float] = {}
 
     def run(self) -> None:
         """Poll, enqueue and deliver until :attr:`stop` is set; then give the leases up."""
@@ -80,7 +82,7 @@ class Dispatcher:
 
     def release(self) -> None:
         """Give up every lease this dispatcher holds."""
-        for webhook_id in sorted(self._held):
+        for webhook_id in sorted(self._held):  # a dict: its keys
             try:
                 self.rows.release(webhook_id, self.owner)
             except ModelKeepError as exc:
@@ -100,14 +102,25 @@ class Dispatcher:
             has_due = hook.id in due and due[hook.id] <= stamp
             if not (has_new or has_due):
                 continue
-            if self.rows.lease(hook.id, self.owner, self.settings.lease) is None:
-                self._held.discard(hook.id)
+            if not self._hold(hook.id):
                 continue
-            self._held.add(hook.id)
             if has_new:
                 busy |= self._enqueue(hook, upto)
             busy |= self._deliver(hook)
         return busy
+
+    def _hold(self, webhook_id: int) -> bool:
+        """Make sure this dispatcher holds the webhook's lease, renewing it (a write) only once
+        a third of it has passed; ``False`` when another dispatcher holds it."""
+        renewed = self._held.get(webhook_id)
+        if renewed is not None and time.monotonic() - renewed < self.settings.lease / 3:
+            return True
+        started = time.monotonic()
+        if self.rows.lease(webhook_id, self.owner, self.settings.lease) is None:
+            self._held.pop(webhook_id, None)
+            return False
+        self._held[webhook_id] = started
+        return True
 
     def _enqueue(self, hook: WebhookRow, upto: int) -> bool:
         cursor = hook.cursor
@@ -136,8 +149,7 @@ class Dispatcher:
             if item.next_attempt_at > later(0):
                 blocked.add(item.model)
                 continue
-            if self.rows.lease(hook.id, self.owner, self.settings.lease) is None:
-                self._held.discard(hook.id)
+            if not self._hold(hook.id):
                 break  # lost the lease (stalled past it): the new holder carries on
             sent = True
             if not self.attempt(hook, item):

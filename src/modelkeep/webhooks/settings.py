@@ -11,7 +11,7 @@ class DispatchSettings:
     """How the dispatcher polls, retries and leases (seconds unless named otherwise)."""
 
     #: Pause between looks at the history when there was nothing to do.
-    poll: float = 0.2
+    poll: float = 0.1
     #: Timeout of each network step of a POST.
     timeout: float = 10.0
     #: Wait before the first retry; doubles with each further attempt ...
