@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity import Identity, acting
-from .events import PING, parse_patterns
 
 if TYPE_CHECKING:
     from ..identity import AccessPolicy
@@ -50,6 +49,7 @@ class WebhookStore:
         delivery: the index keeps only its absolute path. Returns the webhook's id.
         """
         from .delivery import check_url, read_secret
+        from .events import parse_patterns
 
         self._admin("manage webhooks")
         try:
@@ -80,6 +80,7 @@ class WebhookStore:
         """POST a signed ``ping`` event to the webhook now (not through the outbox) and return
         how it went."""
         from .delivery import body_of, headers_for, post, read_secret, sign
+        from .events import PING
 
         hook = self.rows.get(webhook_id)
         delivery_id = uuid.uuid4().hex
@@ -146,6 +147,7 @@ class EventsMixin:
         smaller history id has committed or never will, so none is skipped.
         """
         from ..index.webhooks import WebhookRows
+        from .events import parse_patterns
         from .feed import iter_events
 
         patterns = None
