@@ -258,6 +258,8 @@ def test_an_earlier_id_committed_late_is_not_skipped(tmp_path: Path, receiver: R
                 p.set_tag("churn", "fast", "1")  # id N+1, committed first
                 fast_id = p.history()[-1].id
                 assert fast_id > slow_id
+                late = p.webhooks.add(receiver.url, events="tag.*", secret_file=secret_file)
+                assert p.webhooks.get(late).cursor == fast_id  # not 0: an open transaction replays nothing
                 dispatcher.run_once()
                 dispatcher.run_once()
                 assert receiver.events() == []
@@ -577,3 +579,14 @@ def test_ui_and_serve_dispatch_events_with_the_flag(
             server.communicate(timeout=60)
         assert receiver.events()[0]["type"] == "alias.set"
         assert p.webhooks.deliveries(hook)[0].status == "delivered"
+
+
+def test_a_damaged_history_row_is_still_an_event(persistence: ModelPersistence) -> None:
+    """A history value that is not JSON (a hostile or broken index) does not stop the stream:
+    the event carries it as text and says why in ``damaged``."""
+    persistence.save({"w": 1}, "churn", version="1.0.0")
+    with persistence.index._write() as conn:
+        conn.execute(update(history).values(after="{not json"))
+    [event] = list(persistence.events())
+    assert event["type"] == "version.created" and event["after"] == "{not json"
+    assert "after is not JSON" in event["damaged"]

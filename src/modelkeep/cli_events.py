@@ -241,16 +241,14 @@ def watch(
     import shlex
     import subprocess
 
-    from .webhooks.feed import Settled
-
     p = open_registry(ctx)
     argv = shlex.split(command) if command is not None else None
     if argv == []:
         raise click.BadParameter("empty command", param_hint="--exec")
-    if since is None:
+    if since is None:  # from now on: after the largest committed id
         from .index.webhooks import WebhookRows
 
-        since = Settled(WebhookRows(p.index)).advance()
+        since, _writers = WebhookRows(p.index).horizon()
     click.echo(f"Watching events after id {since} (Ctrl-C to stop).", err=True)
     stop = threading.Event()
     with stop_on_signals(stop):
