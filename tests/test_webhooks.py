@@ -590,3 +590,31 @@ def test_a_damaged_history_row_is_still_an_event(persistence: ModelPersistence) 
     [event] = list(persistence.events())
     assert event["type"] == "version.created" and event["after"] == "{not json"
     assert "after is not JSON" in event["damaged"]
+
+
+def test_the_ui_shows_the_delivery_log_to_admins_only(
+    local_persistence: ModelPersistence, receiver: Receiver, secret_file: Path
+) -> None:
+    from modelkeep.ui import create_app
+    from tests.test_ui_auth import PASSWORDS, ROLES, _signed_in
+
+    p = local_persistence
+    for name in ("eddie", "ada"):
+        p.users.add(name, PASSWORDS[name], ROLES[name])
+    hook = p.webhooks.add(receiver.url, events="alias.*", secret_file=secret_file)
+    p.save({"w": 1}, "churn", version="1.0.0")
+    p.set_alias("churn", "production", "1.0.0")
+    p.webhooks.dispatcher(FAST).run_once()
+    [delivery] = p.webhooks.deliveries(hook)
+    app = create_app(p)
+    eddie = _signed_in(app, "eddie")
+    assert 'id="webhooks-link"' not in eddie.get("/").text
+    assert eddie.get("/webhooks").status_code == 403
+    ada = _signed_in(app, "ada")
+    assert 'id="webhooks-link"' in ada.get("/").text
+    page = ada.get("/webhooks")
+    assert page.status_code == 200
+    assert f'data-webhook="{hook}"' in page.text and receiver.url in page.text
+    assert f'data-delivery="{delivery.delivery_id}" data-status="delivered"' in page.text
+    assert "alias.set churn" in page.text and "ok 200" in page.text
+    assert str(secret_file) not in page.text  # not even the secret's path

@@ -75,8 +75,8 @@ class Dispatcher:
                 except ModelKeepError as exc:  # the database is away: say so, and keep trying
                     logger.warning("webhook dispatcher: %s", exc)
                     busy = False
-                if not busy:
-                    self.stop.wait(self.settings.poll)
+                if not busy:  # events held back by open transactions: look again soon
+                    self.stop.wait(min(self.settings.poll, 0.01) if self.settled.held_back else self.settings.poll)
         finally:
             self.release()
 

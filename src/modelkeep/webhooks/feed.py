@@ -46,6 +46,11 @@ class Settled:
         self._waiting = [(t, w) for t, w in self._waiting if t > self.value]
         return self.value
 
+    @property
+    def held_back(self) -> bool:
+        """Whether a committed id is waiting for open transactions (look again soon)."""
+        return bool(self._waiting)
+
     def settle(self, patience: float, pause: float = 0.01) -> int:
         """:meth:`advance` until the largest committed id seen first is settled, or for at
         most ``patience`` seconds (a transaction left open holds it back that long)."""
