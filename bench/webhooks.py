@@ -1,7 +1,7 @@
 """Webhook latency: from an alias move's commit to its POST arriving at a receiver on loopback.
 
 A real ``modelkeep events dispatch`` subprocess delivers to an ``http.server`` receiver in this
-process. For each of ``--moves`` alias moves (a random 0-100 ms pause between them, so that
+process. For each of ``--moves`` alias moves (a random 100-300 ms pause between them, so that
 moves land at every phase of the poll), the time after ``set_alias`` returns (committed) is
 compared with the time the receiver reads the POST. Rows:
 
@@ -72,13 +72,41 @@ def _moves(p: ModelPersistence, n: int, after_commit: Any) -> dict[int, float]:
     committed: dict[int, float] = {}
     rng = random.Random(0)
     for i in range(n):
-        time.sleep(rng.uniform(0, 0.1))
+        time.sleep(rng.uniform(0.1, 0.3))  # promotions are rare: no queue builds up between them
         p.set_alias("churn", "production", "1.0.0" if i % 2 else "1.1.0")
         at = time.time()
         event_id = p.history(limit=1)[0].id
         committed[event_id] = at
         after_commit(event_id)
     return committed
+
+
+def _burst(p: ModelPersistence, env: dict[str, str], secret: Path, n: int) -> dict[str, Any]:
+    """Throughput: ``n`` moves committed while no dispatcher runs, then one started: the time
+    from its first to its last POST."""
+    receiver = Arrivals()
+    hook = p.webhooks.add(receiver.url, events="alias.*", secret_file=secret)
+    committed = _moves_at_once(p, n)
+    dispatcher = subprocess.Popen(
+        [sys.executable, "-m", "modelkeep", "events", "dispatch"], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not set(committed) <= set(receiver.at) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        dispatcher.terminate()
+        dispatcher.wait(30)
+    p.webhooks.remove(hook)
+    times = sorted(receiver.at[i] for i in committed if i in receiver.at)
+    per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    return {"variant": f"burst of {n}: deliveries per second", "per_second": per_second, "n": len(times)}
+
+
+def _moves_at_once(p: ModelPersistence, n: int) -> list[int]:
+    for i in range(n):
+        p.set_alias("churn", "production", "1.0.0" if i % 2 else "1.1.0")
+    return [e.id for e in p.history(limit=n)]
 
 
 def measure(url: str | None, schema: str | None, moves: int, work: Path) -> list[dict[str, Any]]:
@@ -126,10 +154,12 @@ def measure(url: str | None, schema: str | None, moves: int, work: Path) -> list
         rows.append(
             {"variant": f"dispatcher --poll {poll:g}", **_percentiles(latencies), "lost": moves - len(latencies)}
         )
+    rows.append(_burst(p, env, secret, moves))
     p.close()
     base = rows[0]["p50_ms"]
     for row in rows:
-        row["p50_vs_direct"] = row["p50_ms"] / base
+        if "p50_ms" in row:
+            row["p50_vs_direct"] = row["p50_ms"] / base
     return rows
 
 
@@ -160,6 +190,9 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for backend, rows in results.items():
         for r in rows:
+            if "per_second" in r:
+                print(f"| {backend} | {r['variant']} | {r['per_second']:.0f}/s | | | {r['n']} |")
+                continue
             print(
                 f"| {backend} | {r['variant']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['p50_vs_direct']:.1f}x | {r['n']} |"

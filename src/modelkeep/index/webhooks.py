@@ -136,6 +136,7 @@ class WebhookRows:
             writers = conn.execute(
                 text(
                     "SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation' "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                     "AND relation = to_regclass(:table) AND mode = 'RowExclusiveLock' AND granted "
                     "AND pid <> pg_backend_pid()"
                 ),
