@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from ..index.webhooks import WebhookRows
 
 logger = logging.getLogger("modelkeep")
+#: Seconds to wait after an error before trying again.
+ERROR_PAUSE = 1.0
 
 
 def owner_id() -> str:
@@ -71,12 +73,17 @@ class Dispatcher:
         try:
             while not self.stop.is_set():
                 try:
-                    busy = self.run_once()
+                    pause = 0.0 if self.run_once() else self.settings.poll
+                    if pause and self.settled.held_back:  # events held back by open transactions: look soon
+                        pause = min(pause, 0.01)
                 except ModelKeepError as exc:  # the database is away: say so, and keep trying
                     logger.warning("webhook dispatcher: %s", exc)
-                    busy = False
-                if not busy:  # events held back by open transactions: look again soon
-                    self.stop.wait(min(self.settings.poll, 0.01) if self.settled.held_back else self.settings.poll)
+                    pause = max(self.settings.poll, ERROR_PAUSE)
+                except Exception:  # a bug or an unreadable row: log it whole, and keep trying
+                    logger.exception("webhook dispatcher: unexpected error")
+                    pause = max(self.settings.poll, ERROR_PAUSE)
+                if pause:
+                    self.stop.wait(pause)
         finally:
             self.release()
 
