@@ -618,3 +618,22 @@ def test_the_ui_shows_the_delivery_log_to_admins_only(
     assert f'data-delivery="{delivery.delivery_id}" data-status="delivered"' in page.text
     assert "alias.set churn" in page.text and "ok 200" in page.text
     assert str(secret_file) not in page.text  # not even the secret's path
+
+
+def test_only_an_admin_identity_manages_webhooks(
+    local_persistence: ModelPersistence, receiver: Receiver, secret_file: Path
+) -> None:
+    from modelkeep import PermissionDeniedError
+    from modelkeep.identity import Identity
+
+    p = local_persistence
+    hook = p.webhooks.add(receiver.url, events="*", secret_file=secret_file)  # no identity: no role checks
+    p.identity = Identity("eddie", "editor")
+    with pytest.raises(PermissionDeniedError, match="manage webhooks"):
+        p.webhooks.add(receiver.url, events="*", secret_file=secret_file)
+    with pytest.raises(PermissionDeniedError):
+        p.webhooks.remove(hook)
+    assert [h.id for h in p.webhooks.list()] == [hook]  # reading is allowed
+    p.identity = Identity("ada", "admin")
+    p.webhooks.remove(hook)
+    assert p.webhooks.list() == []
