@@ -576,9 +576,11 @@ def test_ui_and_serve_dispatch_events_with_the_flag(
             assert server.poll() is None, server.communicate()
         finally:
             server.send_signal(signal.SIGTERM)
-            server.communicate(timeout=60)
+            _, err = server.communicate(timeout=60)
+        assert server.returncode == 0 and "Traceback" not in err, err
         assert receiver.events()[0]["type"] == "alias.set"
         assert p.webhooks.deliveries(hook)[0].status == "delivered"
+        assert p.webhooks.get(hook).lease_owner is None  # stopped with the server, its lease given back
 
 
 def test_a_damaged_history_row_is_still_an_event(persistence: ModelPersistence) -> None:

@@ -58,11 +58,21 @@ def dispatching(persistence: ModelPersistence, enabled: bool) -> Iterator[None]:
     from .webhooks.dispatch import start_in_thread
 
     dispatcher, thread = start_in_thread(persistence.webhooks.rows)
+    # A server that re-raises SIGTERM once it has shut down (uvicorn does) would otherwise end the
+    # process there, before the leases are given back: exit through the stack instead.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_quietly) if main else None
     try:
         yield
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         dispatcher.stop.set()
         thread.join(dispatcher.settings.timeout + 5)
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def dispatch_options(command: Any) -> Any:
