@@ -155,13 +155,6 @@ class WebhookRows:
         with self._index._read() as conn:
             return [dict(r._mapping) for r in conn.execute(query.order_by(history.c.id).limit(limit))]
 
-    @_retry_on_disconnect
-    def history_row(self, history_id: int) -> dict[str, Any] | None:
-        """One history row, or ``None`` when there is none with that id."""
-        with self._index._read() as conn:
-            row = conn.execute(select(history).where(history.c.id == history_id)).first()
-        return None if row is None else dict(row._mapping)
-
     # -- webhooks ---------------------------------------------------------------------
     @_retry_on_disconnect
     def add(self, url: str, events: str, model_glob: str | None, secret_file: str, cursor: int) -> int:
@@ -310,8 +303,9 @@ class WebhookRows:
             return {int(w): str(t) for w, t in conn.execute(query)}
 
     @_retry_on_disconnect
-    def start_attempt(self, delivery: Delivery) -> tuple[int, int]:
-        """Log a new attempt as ``sending``; returns (attempt row id, attempt number)."""
+    def start_attempt(self, delivery: Delivery) -> tuple[int, int, dict[str, Any] | None]:
+        """Log a new attempt as ``sending``; returns (attempt row id, attempt number, the
+        event's history row or ``None`` when it is gone), in one transaction."""
         number = delivery.attempts + 1
         stamp = now()
         with self._index._write() as conn:
@@ -325,7 +319,8 @@ class WebhookRows:
                     delivery_id=delivery.delivery_id, attempt=number, at=stamp, status=SENDING
                 )
             )
-            return _new_id(result), number
+            row = conn.execute(select(history).where(history.c.id == delivery.history_id)).first()
+            return _new_id(result), number, None if row is None else dict(row._mapping)
 
     @_retry_on_disconnect
     def finish_attempt(

@@ -165,8 +165,7 @@ class Dispatcher:
 
     def attempt(self, hook: WebhookRow, item: Delivery) -> bool:
         """One attempt at ``item``, logged; ``True`` when the receiver answered 2xx."""
-        attempt_id, number = self.rows.start_attempt(item)
-        row = self.rows.history_row(item.history_id)
+        attempt_id, number, row = self.rows.start_attempt(item)
         if row is None:
             outcome = http.Outcome(False, None, "the history row of this event is gone", 0.0)
         else:
