@@ -143,8 +143,9 @@ class EventsMixin:
 
         ``model`` keeps one model's events, ``types`` those matching the patterns
         (``"alias.*,version.created"``). With ``follow`` it waits for new events, looking
-        every ``poll`` seconds, until ``stop`` is set; an event is yielded only once every
-        smaller history id has committed or never will, so none is skipped.
+        every ``poll`` seconds, until ``stop`` is set. An event is yielded only once every
+        smaller history id has committed or never will, so none is skipped; without ``follow``,
+        a transaction left open more than a second ends the list before the events it may precede.
         """
         from ..index.webhooks import WebhookRows
         from .events import parse_patterns
