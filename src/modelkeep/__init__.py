@@ -37,6 +37,7 @@ from .errors import (
     VersionInUseError,
     VersionNotFoundError,
     VersionTrashedError,
+    WebhookNotFoundError,
 )
 from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
 
@@ -109,5 +110,6 @@ __all__ = [
     "VersionInUseError",
     "VersionNotFoundError",
     "VersionTrashedError",
+    "WebhookNotFoundError",
     "__version__",
 ]

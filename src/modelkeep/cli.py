@@ -564,6 +564,10 @@ cli.add_command(doctor)
 from .cli_params import backfill_params  # noqa: E402
 
 cli.add_command(backfill_params)
+from .cli_events import events, webhooks  # noqa: E402
+
+cli.add_command(webhooks)
+cli.add_command(events)
 
 
 def main(argv: list[str] | None = None) -> None:

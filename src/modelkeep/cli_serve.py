@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .cli_context import cli_state, open_registry
+from .cli_events import dispatch_events_option, dispatching
 
 
 @click.command("serve")
@@ -31,6 +32,7 @@ from .cli_context import cli_state, open_registry
 @click.option("--batch-max-rows", type=click.IntRange(1), help="Merge concurrent requests up to this many rows.")
 @click.option("--batch-wait-ms", default=2.0, show_default=True, type=click.FloatRange(0), help="Longest batch wait.")
 @click.option("--no-mmap", is_flag=True, help="Read artifacts into memory instead of mapping them.")
+@dispatch_events_option
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -47,6 +49,7 @@ def serve(
     batch_max_rows: int | None,
     batch_wait_ms: float,
     no_mmap: bool,
+    dispatch_events: bool,
 ) -> None:
     """Serve a model's predictions over HTTP (MLflow's /invocations protocol, /predict, /health,
     /model, /metrics).
@@ -68,6 +71,7 @@ def serve(
     persistence.get_version(name, version, alias=alias)  # a missing model, version or alias is reported first
     state = cli_state(ctx)
     spec = {"config_path": state.config_path, "overrides": state.overrides, "trust": state.trust}
+    ctx.with_resource(dispatching(persistence, dispatch_events))  # stopped when the command ends
     run(
         persistence,
         reference,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .cli_events import dispatch_events_option, dispatching
+
 
 @click.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
@@ -45,6 +47,7 @@ import click
 @click.option("--secure-cookies", is_flag=True, help="Mark cookies Secure over plain HTTP (a TLS proxy is in front).")
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key.")
+@dispatch_events_option
 @click.pass_context
 def ui(
     ctx: click.Context,
@@ -62,6 +65,7 @@ def ui(
     secure_cookies: bool,
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
+    dispatch_events: bool,
 ) -> None:
     """Browse, compare and promote models in a web page.
 
@@ -94,6 +98,7 @@ def ui(
     persistence = open_registry(ctx)
     if protected_alias:
         persistence.access = AccessPolicy.build(protected_alias, persistence.access.alias_movers)
+    ctx.with_resource(dispatching(persistence, dispatch_events))  # stopped when the command ends
     web.serve(
         persistence,
         host,

@@ -238,3 +238,7 @@ class InputSchemaError(ModelKeepError, ValueError):
     def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class WebhookNotFoundError(ModelKeepError, KeyError):
+    """No webhook (or delivery) with that id in this registry."""

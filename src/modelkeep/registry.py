@@ -53,6 +53,7 @@ from .storage.hashing import BLAKE3_KEY, Advance, Expected
 from .storage.local import atomic_file
 from .storage.verified import CheckedFiles
 from .versions import validate_model_name, validate_version
+from .webhooks.api import EventsMixin
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,7 +109,7 @@ def _settings_from_environment(**explicit: Any) -> dict[str, Any]:
     return resolved
 
 
-class ModelPersistence(PromotionMixin):
+class ModelPersistence(PromotionMixin, EventsMixin):
     """Save, version, find, compare and load models in one registry.
 
     Every argument left at ``None`` is read from its ``MODELKEEP_*`` environment

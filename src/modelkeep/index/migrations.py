@@ -22,7 +22,22 @@ from dataclasses import dataclass
 from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
-from .schema import aliases, approvals, claims, fields, history, models, policies, tags, tokens, users, versions
+from .schema import (
+    aliases,
+    approvals,
+    claims,
+    deliveries,
+    delivery_attempts,
+    fields,
+    history,
+    models,
+    policies,
+    tags,
+    tokens,
+    users,
+    versions,
+    webhooks,
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,13 @@ def _policies(conn: Connection, dialect: str) -> None:
     add_column(conn, history.name, Column("seq", history.c.seq.type))
 
 
+def _webhooks(conn: Connection, dialect: str) -> None:
+    """Version 8: ``modelkeep_webhooks``, ``modelkeep_deliveries`` (the outbox) and
+    ``modelkeep_delivery_attempts`` (the delivery log); new tables, empty."""
+    for table in (webhooks, deliveries, delivery_attempts):
+        table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -141,6 +163,7 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
     Migration(6, "signed alias moves and signed history events", _signed_events),
     Migration(7, "promotion policies and approvals; alias moves signed with where they came from", _policies),
+    Migration(8, "webhooks, their outbox and delivery log", _webhooks),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

@@ -234,3 +234,60 @@ approvals = Table(
     Column("sha256", String(64), nullable=False),
     Column("at", String(40), nullable=False),
 )
+
+
+# -- webhooks (schema 8) ---------------------------------------------------------
+
+# Subscribers to the history: where to POST which events. ``cursor`` is the last history id
+# whose matching events were queued in ``modelkeep_deliveries`` (the outbox). Only the *path*
+# of the HMAC secret is kept here, never the secret (see docs/events.md). ``lease_owner`` and
+# ``lease_until`` let one dispatcher at a time deliver for the webhook.
+webhooks = Table(
+    "modelkeep_webhooks",
+    metadata_obj,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("events", Text, nullable=False),  # comma-separated patterns: alias.*,version.created
+    Column("model_glob", String(256), nullable=True),
+    Column("secret_file", Text, nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("lease_owner", String(256), nullable=True),
+    Column("lease_until", String(40), nullable=True),
+)
+
+# The outbox: one row per (webhook, history event) to deliver, with its delivery id (the same
+# on every retry, for de-duplication) and its state: pending, delivered or failed (given up).
+deliveries = Table(
+    "modelkeep_deliveries",
+    metadata_obj,
+    Column("delivery_id", String(64), primary_key=True),
+    Column("webhook_id", BigInteger, nullable=False),
+    Column("history_id", BigInteger, nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", String(40), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    UniqueConstraint("webhook_id", "history_id", name="uq_modelkeep_deliveries_event"),
+    Index("ix_modelkeep_deliveries_pending", "webhook_id", "status", "history_id"),
+)
+
+# Every attempt at a delivery: when, how it ended (sending, ok, error, interrupted), the
+# receiver's status code, and the error text.
+delivery_attempts = Table(
+    "modelkeep_delivery_attempts",
+    metadata_obj,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("delivery_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("response_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("duration_ms", Double, nullable=True),
+    Index("ix_modelkeep_delivery_attempts_delivery", "delivery_id", "attempt"),
+)

@@ -68,6 +68,8 @@ PAGE_SIZE = 50
 CHART_POINTS = 2000
 #: Rows of alias moves shown on a model page (the newest, filtered in SQL).
 TIMELINE_ROWS = 50
+#: Deliveries the webhooks page shows (the newest), each with its attempts.
+DELIVERY_ROWS = 50
 
 
 class _SignInNeeded(Exception):
@@ -449,6 +451,14 @@ class _Pages:
         tokens = {r.name: len(await self.call(self.p.users.tokens, r.name)) for r in rows}
         return self.render(request, "users.html", rows=rows, tokens=tokens, roles=("viewer", "editor", "admin"))
 
+    async def webhooks_page(self, request: Request) -> Response:
+        """The webhooks and their delivery log, newest first (admins only: URLs and receivers'
+        errors can say more than a viewer should see)."""
+        self.require_admin(request)
+        hooks = await self.call(self.p.webhooks.list)
+        log = await self.call(self.p.webhooks.deliveries, None, limit=DELIVERY_ROWS)
+        return self.render(request, "webhooks.html", hooks=hooks, deliveries=log)
+
     async def users_change(self, request: Request) -> Response:
         """Add a user, change a role, revoke tokens or remove a user (an admin, never themselves)."""
         who = self.require_admin(request)
@@ -674,6 +684,7 @@ def create_app(
         Route("/models/{name}/versions/{version}/restore", gate(pages.restore, timed=False), methods=post),
         Route("/models/{name}/versions/{version}/approve", gate(pages.approve, timed=False), methods=post),
         Route("/users", gate(pages.users_page), methods=get),
+        Route("/webhooks", gate(pages.webhooks_page), methods=get),
         Route("/users/{action}", gate(pages.users_change, timed=False), methods=post),
         Route("/signin", pages.signin_page, methods=get),
         Route("/signin", pages.signin, methods=post),
