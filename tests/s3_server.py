@@ -133,6 +133,8 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.fault: Fault = lambda _method, _path: None
+        #: ``truncate(method, path) -> bytes of the body to send before the connection drops, or None``
+        self.truncate: Callable[[str, str], int | None] = lambda _method, _path: None
         self.requests: list[tuple[str, str]] = []
         self.injected: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
@@ -191,7 +193,14 @@ class FaultProxy:
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                cut = proxy.truncate(self.command, self.path) if self.command != "HEAD" else None
+                if cut is not None:  # promise the whole body, send part of it, hang up
+                    with proxy._lock:
+                        proxy.injected.append((self.command, self.path, -cut))
+                    self.wfile.write(data[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 up.close()
 
