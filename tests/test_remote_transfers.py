@@ -6,6 +6,7 @@ Sizes stay at a few MiB with small parts: moto keeps every object in memory.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 
 from modelkeep import ModelPersistence
-from modelkeep.errors import StorageError
-from modelkeep.storage import verified
+from modelkeep.errors import ConfigError, IntegrityError, StorageError
+from modelkeep.storage import S3Store, verified
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
 MiB = 1 << 20
@@ -69,3 +70,117 @@ def test_truncated_download_is_a_storage_error_and_frees_its_buffers(
     loaded = p.load("m", rec.version)
     assert np.array_equal(loaded["weights"], model["weights"])
     p.close()
+
+
+# -- parallel transfers -------------------------------------------------------------------------
+def _part_kind(method: str, path: str) -> str:
+    if method == "PUT" and "partNumber=" in path:
+        return "part"
+    if method == "GET" and "/m/" in path:
+        return "get"
+    return method
+
+
+def _slow_parts(method: str, path: str) -> float:
+    return 0.05 if _part_kind(method, path) in ("part", "get") else 0.0
+
+
+def test_parts_go_up_in_parallel_within_the_memory_bound(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Several parts are on the wire at once, never more than max_concurrency, and the bytes
+    written but not yet received stay under (max_concurrency + 1) parts."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, max_concurrency=3, part_size="5MiB")
+    assert isinstance(p.store, S3Store) and (p.store.max_concurrency, p.store.part_size) == (3, 5 * MiB)
+    fault_proxy.kind, fault_proxy.delay = _part_kind, _slow_parts
+    received = 0
+    ahead: list[int] = []
+    written = 0
+
+    def advance(n: int) -> None:
+        nonlocal written
+        written += n
+
+    def watch(method: str, path: str) -> None:
+        nonlocal received
+        if _part_kind(method, path) == "part":
+            ahead.append(written - received)
+            received += 5 * MiB
+        return None
+
+    fault_proxy.fault = watch  # type: ignore[assignment]
+    data = np.random.default_rng(1).bytes(26 * MiB)
+    with p.store.staged() as st:
+        with st.open(advance) as w:
+            for i in range(0, len(data), MiB):
+                w.write(data[i : i + MiB])
+        st.commit("m/1.0.0/m.joblib")
+    assert fault_proxy.peak["part"] == 3  # parallel, and never more than allowed
+    assert ahead and max(ahead) <= 4 * 5 * MiB + MiB
+    assert s3_bucket.pending_uploads() == []
+    stored = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="models/m/1.0.0/m.joblib")["Body"].read()
+    assert stored == data and hashlib.sha256(data).hexdigest() == st.sha256
+    p.close()
+
+
+def test_save_and_load_through_parallel_ranged_gets(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, max_concurrency=4, part_size="5MiB")
+    assert isinstance(p.store, S3Store)
+    p.store.read_chunk = 2 * MiB
+    model = _model(12 * MiB, seed=2)
+    rec = p.save_version(model, "m", compress=False)
+    fault_proxy.kind, fault_proxy.delay = _part_kind, _slow_parts
+    fault_proxy.requests.clear()
+    loaded = p.load("m", rec.version)
+    assert np.array_equal(loaded["weights"], model["weights"])
+    gets = [path for m, path in fault_proxy.requests if _part_kind(m, path) == "get"]
+    assert len(gets) == 7  # ceil((12 MiB + header + 1 probe byte) / 2 MiB), each byte fetched once
+    assert 2 <= fault_proxy.peak["get"] <= 4
+    p.close()
+
+
+def test_a_replaced_object_is_refused_before_it_is_parsed(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Bytes swapped under the key (same length, or longer) fail the digest or the probe byte."""
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,
+        part_size="5MiB",
+    )
+    rec = p.save_version(_model(11 * MiB, seed=3), "m", compress=False)
+    assert rec.artifact is not None
+    key = f"models/{rec.artifact.key}"
+    original = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read()
+    flipped = bytearray(original)
+    flipped[-100] ^= 1
+    for tampered in (bytes(flipped), original + b"\x00"):
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=tampered)
+        with pytest.raises(IntegrityError):
+            p.load("m", rec.version)
+    p.close()
+
+
+def test_transfer_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODELKEEP_MAX_CONCURRENCY", "3")
+    monkeypatch.setenv("MODELKEEP_PART_SIZE", "6MiB")
+    kwargs: dict[str, Any] = {
+        "models_dir": s3_bucket.url(),
+        "registry_url": f"sqlite:///{tmp_path / 'registry.db'}",
+        "storage_options": s3_bucket.storage_options,
+    }
+    with ModelPersistence(**kwargs) as p:
+        assert isinstance(p.store, S3Store)
+        assert (p.store.max_concurrency, p.store.part_size) == (3, 6 * MiB)
+    with ModelPersistence(**kwargs, max_concurrency=5) as p:
+        assert isinstance(p.store, S3Store) and p.store.max_concurrency == 5
+    monkeypatch.setenv("MODELKEEP_PART_SIZE", "1MiB")
+    with pytest.raises(ConfigError, match="part_size must be at least 5 MiB"):
+        ModelPersistence(**kwargs)
+    monkeypatch.setenv("MODELKEEP_PART_SIZE", "8MiB")
+    monkeypatch.setenv("MODELKEEP_MAX_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="MODELKEEP_MAX_CONCURRENCY"):
+        ModelPersistence(**kwargs)

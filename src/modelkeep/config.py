@@ -103,8 +103,17 @@ class PersistenceSettings(KeySettings):
 
     #: Bytes one load may allocate (default: max(256 MiB, 32 x the artifact's size)); "2GiB" works.
     max_load_memory: int | None = None
+    #: Requests in flight for one S3 transfer (default: sized to the machine, see storage/s3.py).
+    max_concurrency: int | None = Field(default=None, gt=0)
+    #: Multipart part size of S3 uploads (default 8 MiB; S3's minimum is 5 MiB); "16MiB" works.
+    part_size: int | None = None
 
-    @field_validator("max_load_memory", mode="before")
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _auto_concurrency(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in {"", "auto"} else v
+
+    @field_validator("max_load_memory", "part_size", mode="before")
     @classmethod
     def _parse_memory(cls, v: Any) -> Any:
         from .formats.budget import parse_size
@@ -200,6 +209,8 @@ class Settings(BaseModel):
             "quarantine_timeout": p.quarantine_timeout,
             "quarantine_memory_mb": p.quarantine_memory_mb,
             "max_load_memory": p.max_load_memory,
+            "max_concurrency": p.max_concurrency,
+            "part_size": p.part_size,
         }
 
     def release_logging(self) -> None:

@@ -107,6 +107,30 @@ def _settings_from_environment(**explicit: Any) -> dict[str, Any]:
     return resolved
 
 
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _part_size(value: Any) -> int | None:
+    """``part_size`` in bytes: S3 refuses parts under 5 MiB (all but the last)."""
+    if value is None:
+        return None
+    from .formats.budget import parse_size
+    from .storage.s3 import MIN_PART_SIZE
+
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"part_size {exc}") from None
+    if size < MIN_PART_SIZE:
+        raise ConfigError(f"part_size must be at least 5 MiB (S3's smallest part), got {value!r}")
+    return size
+
+
 class ModelPersistence(LifecycleMixin):
     """Save, version, find, compare and load models in one registry.
 
@@ -151,6 +175,10 @@ class ModelPersistence(LifecycleMixin):
             such as ``"2GiB"``); default ``max(256 MiB, 32 x the artifact's size)``. A
             pickle that claims more is refused with :class:`UnsafeModelError`
             (see :mod:`modelkeep.formats.budget`).
+        max_concurrency: requests in flight for one S3 upload or download (default: sized
+            to the machine, at least 8); memory is about this many parts.
+        part_size: multipart part size of S3 uploads (bytes or text such as ``"16MiB"``;
+            default 8 MiB, at least S3's 5 MiB).
     """
 
     def __init__(
@@ -180,6 +208,8 @@ class ModelPersistence(LifecycleMixin):
         quarantine_timeout: float | None = None,
         quarantine_memory_mb: int | None = None,
         max_load_memory: int | str | None = None,
+        max_concurrency: int | None = None,
+        part_size: int | str | None = None,
     ) -> None:
         settings = _settings_from_environment(
             models_dir=models_dir,
@@ -198,6 +228,8 @@ class ModelPersistence(LifecycleMixin):
             quarantine_timeout=quarantine_timeout,
             quarantine_memory_mb=quarantine_memory_mb,
             max_load_memory=max_load_memory,
+            max_concurrency=max_concurrency,
+            part_size=part_size,
         )
         max_load_memory = settings["max_load_memory"]
         quarantine, quarantine_timeout = settings["quarantine"], settings["quarantine_timeout"]
@@ -226,7 +258,14 @@ class ModelPersistence(LifecycleMixin):
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
-        self.store = open_store(models_dir, storage_options, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self.store = open_store(
+            models_dir,
+            storage_options,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_concurrency=_positive("max_concurrency", settings["max_concurrency"]),
+            part_size=_part_size(settings["part_size"]),
+        )
         #: The store's root: a :class:`~pathlib.Path` for a local folder, else its URL.
         self.models_dir: str | Path = self.store.location()
         if registry_url is None:
