@@ -16,6 +16,7 @@ import pytest
 from modelkeep import ModelPersistence
 from modelkeep.errors import ConfigError, IntegrityError, StorageError
 from modelkeep.storage import S3Store, verified
+from modelkeep.storage import s3 as s3_module
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
 MiB = 1 << 20
@@ -184,3 +185,50 @@ def test_transfer_settings_come_from_the_environment(
     monkeypatch.setenv("MODELKEEP_MAX_CONCURRENCY", "0")
     with pytest.raises(ConfigError, match="MODELKEEP_MAX_CONCURRENCY"):
         ModelPersistence(**kwargs)
+
+
+# -- committing under S3's single-copy limit ----------------------------------------------------
+def _is_part_copy(method: str, path: str) -> bool:
+    return method == "PUT" and "partNumber=" in path and "/m/" in path
+
+
+@pytest.mark.parametrize("lowered", [True, False], ids=["part-copy", "single-copy-refused"])
+def test_commit_over_the_single_copy_limit(
+    lowered: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy refuses a single CopyObject above 6 MiB, as S3 does above 5 GiB. With the
+    limit lowered to match, a 14 MiB artifact commits as parallel UploadPartCopy parts;
+    without, the commit fails cleanly: nothing under the final key, no upload left open."""
+    fault_proxy.copy_limit = 6 * MiB
+    if lowered:
+        monkeypatch.setattr(s3_module, "COPY_LIMIT", 6 * MiB)
+        monkeypatch.setattr(s3_module, "COPY_PART_SIZE", 5 * MiB)
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    model = _model(14 * MiB, seed=4)
+    if not lowered:
+        with pytest.raises(StorageError, match=r"cannot commit .*larger than the maximum allowable size"):
+            p.save_version(model, "m", compress=False)
+        assert [k for k in s3_bucket.object_keys() if not k.startswith("models/.tmp/")] == []
+        assert s3_bucket.pending_uploads() == []
+        return
+    rec = p.save_version(model, "m", compress=False)
+    copies = [path for m, path in fault_proxy.requests if _is_part_copy(m, path)]
+    assert len(copies) == 3  # 5 + 5 + 4 MiB, copied server-side
+    assert not any(status == 400 for _, _, status in fault_proxy.injected)
+    assert s3_bucket.pending_uploads() == []
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+
+
+def test_a_failed_part_copy_aborts_the_upload(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "COPY_LIMIT", 6 * MiB)
+    monkeypatch.setattr(s3_module, "COPY_PART_SIZE", 5 * MiB)
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    fault_proxy.fault = lambda m, path: 500 if _is_part_copy(m, path) and "partNumber=2" in path else None
+    with pytest.raises(StorageError, match="cannot commit"):
+        p.save_version(_model(14 * MiB, seed=5), "m", compress=False)
+    assert fault_proxy.injected
+    assert s3_bucket.pending_uploads() == []
+    assert [k for k in s3_bucket.object_keys() if "/1.0.0/" in k and k.endswith(".joblib")] == []
+    assert p.list_versions("m") == []
