@@ -45,8 +45,9 @@ def test_truncated_download_is_a_storage_error_and_frees_its_buffers(
     cut: int, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A GET whose body stops early (the server promised more bytes) is one StorageError,
-    not a BufferError from the verified-read path, and leaves no buffer mapped."""
-    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    not a BufferError from the verified-read path, and leaves no buffer mapped (the cache is
+    off here: the load reads the store straight into private memory)."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, cache_max_bytes=0)
     model = _model(6 * MiB)
     rec = p.save_version(model, "m", compress=False)
     assert rec.artifact is not None
@@ -70,6 +71,23 @@ def test_truncated_download_is_a_storage_error_and_frees_its_buffers(
     fault_proxy.truncate = lambda m, path: None
     loaded = p.load("m", rec.version)
     assert np.array_equal(loaded["weights"], model["weights"])
+    p.close()
+
+
+def test_truncated_download_into_the_cache_leaves_nothing(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    from modelkeep.storage.cache import cache_dir
+
+    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    rec = p.save_version(_model(6 * MiB), "m", compress=False)
+    assert rec.artifact is not None
+    key = rec.artifact.key
+    fault_proxy.truncate = lambda m, path: 1000 if m == "GET" and key in path else None
+    with pytest.raises(StorageError, match="cannot read"):
+        p.load("m", rec.version)
+    assert list((cache_dir() / "tmp").iterdir()) == []
+    assert not (cache_dir() / "sha256" / rec.artifact.sha256[:2] / rec.artifact.sha256).exists()
     p.close()
 
 
@@ -127,7 +145,7 @@ def test_parts_go_up_in_parallel_within_the_memory_bound(
 def test_save_and_load_through_parallel_ranged_gets(
     s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    p = _proxied(s3_bucket, fault_proxy, tmp_path, max_concurrency=4, part_size="5MiB")
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, max_concurrency=4, part_size="5MiB", cache_max_bytes=0)
     assert isinstance(p.store, S3Store)
     p.store.read_chunk = 2 * MiB
     model = _model(12 * MiB, seed=2)
@@ -142,13 +160,18 @@ def test_save_and_load_through_parallel_ranged_gets(
     p.close()
 
 
-def test_a_replaced_object_is_refused_before_it_is_parsed(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    """Bytes swapped under the key (same length, or longer) fail the digest or the probe byte."""
+@pytest.mark.parametrize("cache_max_bytes", [0, None], ids=["direct", "through-the-cache"])
+def test_a_replaced_object_is_refused_before_it_is_parsed(
+    cache_max_bytes: int | None, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """Bytes swapped under the key (same length, or longer) fail the digest or the probe byte,
+    whether the load reads the store directly or downloads into the cache."""
     p = ModelPersistence(
         models_dir=s3_bucket.url(),
         registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
         storage_options=s3_bucket.storage_options,
         part_size="5MiB",
+        cache_max_bytes=cache_max_bytes,
     )
     rec = p.save_version(_model(11 * MiB, seed=3), "m", compress=False)
     assert rec.artifact is not None

@@ -560,6 +560,9 @@ cli.add_command(doctor)
 from .cli_params import backfill_params  # noqa: E402
 
 cli.add_command(backfill_params)
+from .cli_cache import cache  # noqa: E402
+
+cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -107,6 +107,17 @@ class PersistenceSettings(KeySettings):
     max_concurrency: int | None = Field(default=None, gt=0)
     #: Multipart part size of S3 uploads (default 8 MiB; S3's minimum is 5 MiB); "16MiB" works.
     part_size: int | None = None
+    #: Size cap of the local cache of remote artifacts (default 10 GiB; 0 turns it off).
+    cache_max_bytes: int | None = None
+
+    @field_validator("cache_max_bytes", mode="before")
+    @classmethod
+    def _parse_cache_size(cls, v: Any) -> Any:
+        from .formats.budget import parse_size
+
+        if v is None or (isinstance(v, str) and v.strip().lower() in {"", "default"}):
+            return None
+        return 0 if str(v).strip() in {"0", "off"} else parse_size(v)
 
     @field_validator("max_concurrency", mode="before")
     @classmethod
@@ -211,6 +222,7 @@ class Settings(BaseModel):
             "max_load_memory": p.max_load_memory,
             "max_concurrency": p.max_concurrency,
             "part_size": p.part_size,
+            "cache_max_bytes": p.cache_max_bytes,
         }
 
     def release_logging(self) -> None:

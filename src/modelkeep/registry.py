@@ -27,6 +27,7 @@ from . import environment, keys, lineage, signing, timeouts
 from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
+    IntegrityError,
     MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
@@ -49,6 +50,7 @@ from .params import PARAMS_KEY
 from .params import capture as capture_params
 from .storage import open_store
 from .storage.hashing import BLAKE3_KEY, Advance, Expected
+from .storage.hashing import no_advance as _no_advance
 from .storage.local import atomic_file
 from .storage.verified import CheckedFiles
 from .versions import validate_model_name, validate_version
@@ -66,7 +68,8 @@ if TYPE_CHECKING:
     from .resign import ResignReport
     from .search import SearchPage
     from .search.grammar import Node
-    from .storage import StagedArtifact
+    from .storage import ArtifactStore, StagedArtifact
+    from .storage.cache import ArtifactCache
 
 logger = logging.getLogger("modelkeep")
 #: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
@@ -131,6 +134,23 @@ def _part_size(value: Any) -> int | None:
     return size
 
 
+def _open_cache(store: Any, max_bytes: Any) -> ArtifactCache | None:
+    """The local cache for a remote store (``max_bytes``: bytes or text such as ``"20GiB"``)."""
+    from .storage import LocalStore
+    from .storage.cache import open_cache
+
+    if isinstance(store, LocalStore):
+        return None
+    if max_bytes is not None and not (isinstance(max_bytes, int) and max_bytes == 0):
+        from .formats.budget import parse_size
+
+        try:
+            max_bytes = 0 if str(max_bytes).strip() == "0" else parse_size(max_bytes)
+        except ValueError as exc:
+            raise ConfigError(f"cache_max_bytes {exc}") from None
+    return open_cache(max_bytes)
+
+
 class ModelPersistence(LifecycleMixin):
     """Save, version, find, compare and load models in one registry.
 
@@ -179,6 +199,9 @@ class ModelPersistence(LifecycleMixin):
             to the machine, at least 8); memory is about this many parts.
         part_size: multipart part size of S3 uploads (bytes or text such as ``"16MiB"``;
             default 8 MiB, at least S3's 5 MiB).
+        cache_max_bytes: the size cap of the local cache of remote artifacts, shared by every
+            registry of this user (``MODELKEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkeep``);
+            default 10 GiB, ``0`` turns the cache off (see :mod:`modelkeep.storage.cache`).
     """
 
     def __init__(
@@ -210,6 +233,7 @@ class ModelPersistence(LifecycleMixin):
         max_load_memory: int | str | None = None,
         max_concurrency: int | None = None,
         part_size: int | str | None = None,
+        cache_max_bytes: int | str | None = None,
     ) -> None:
         settings = _settings_from_environment(
             models_dir=models_dir,
@@ -230,6 +254,7 @@ class ModelPersistence(LifecycleMixin):
             max_load_memory=max_load_memory,
             max_concurrency=max_concurrency,
             part_size=part_size,
+            cache_max_bytes=cache_max_bytes,
         )
         max_load_memory = settings["max_load_memory"]
         quarantine, quarantine_timeout = settings["quarantine"], settings["quarantine_timeout"]
@@ -266,6 +291,9 @@ class ModelPersistence(LifecycleMixin):
             max_concurrency=_positive("max_concurrency", settings["max_concurrency"]),
             part_size=_part_size(settings["part_size"]),
         )
+        #: The local cache of a remote store's artifacts (``None`` for a local store, or when
+        #: ``cache_max_bytes`` is 0); see :mod:`modelkeep.storage.cache`.
+        self.cache: ArtifactCache | None = _open_cache(self.store, settings["cache_max_bytes"])
         #: The store's root: a :class:`~pathlib.Path` for a local folder, else its URL.
         self.models_dir: str | Path = self.store.location()
         if registry_url is None:
@@ -792,20 +820,52 @@ class ModelPersistence(LifecycleMixin):
     def _load_artifact(
         self, title: str, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]
     ) -> Any:
-        """Read, check and deserialize a version's artifact (mapped when asked and possible)."""
+        """Read, check and deserialize a version's artifact (mapped when asked and possible);
+        a remote store's artifact is read from the local cache (see :mod:`.storage.cache`)."""
+        with self._progress(title, art.size) as advance:
+            store, key = self._artifact_source(art, advance)
+            if store is not self.store:
+                advance = _no_advance  # the download drew the bar; the local read is quick
+            try:
+                return self._read_and_parse(store, key, fmt, art, expected, options, advance)
+            except IntegrityError as exc:
+                if store is self.store or self.cache is None:
+                    raise
+                self.cache.discard(art.sha256, str(exc))  # a tampered cache: read the store instead
+                return self._read_and_parse(self.store, art.key, fmt, art, expected, options, advance)
+
+    def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str]:
+        """Where to read the artifact from: the local cache for a remote store (downloaded into
+        it first, and checked, when missing), else the store itself."""
+        if self.cache is None:
+            return self.store, art.key
+        entry = self.cache.lookup(art.sha256)
+        if entry is None:
+            entry = self.cache.fetch(self.store, art.key, art.sha256, art.size, advance)
+        return (self.cache.store, entry) if entry is not None else (self.store, art.key)
+
+    def _read_and_parse(
+        self,
+        store: ArtifactStore,
+        key: str,
+        fmt: Format,
+        art: ArtifactInfo,
+        expected: Expected,
+        options: dict[str, Any],
+        advance: Advance,
+    ) -> Any:
         from .loading import warn_mmap_ignored
 
         mmap_mode = options["mmap_mode"]
-        with self._progress(title, art.size) as advance:
-            model: Any = _NOT_MAPPED
-            if mmap_mode is not None and fmt.supports_mmap(art.compression):
-                model = self._load_mapped(fmt, art, expected, options)
-            if model is _NOT_MAPPED:
-                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None, expected)
-                # Hash what is unpickled: the artifact is read once into private memory,
-                # checked, and parsed from there (docs/ARCHITECTURE.md).
-                with self.store.open_artifact(art.key, expected, advance) as verified:
-                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        model: Any = _NOT_MAPPED
+        if mmap_mode is not None and fmt.supports_mmap(art.compression):
+            model = self._load_mapped(store, key, fmt, art, expected, options)
+        if model is _NOT_MAPPED:
+            warn_mmap_ignored(mmap_mode, fmt, art, store.local_path(key) is not None, expected)
+            # Hash what is unpickled: the artifact is read once into private memory,
+            # checked, and parsed from there (docs/ARCHITECTURE.md).
+            with store.open_artifact(key, expected, advance) as verified:
+                model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
         return model
 
     def _freshness(self) -> Freshness:
@@ -822,7 +882,15 @@ class ModelPersistence(LifecycleMixin):
         removed on purpose without a signing key; see :mod:`modelkeep.freshness`."""
         self._freshness().marks.forget(None if model_name is None else validate_model_name(model_name))
 
-    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
+    def _load_mapped(
+        self,
+        store: ArtifactStore,
+        key: str,
+        fmt: Format,
+        art: ArtifactInfo,
+        expected: Expected,
+        options: dict[str, Any],
+    ) -> Any:
         """A memory-mapped load, or ``_NOT_MAPPED`` when this artifact has nothing to map from this store.
 
         Only artifacts with payload ranges are mapped: the parsed bytes are checked and parsed
@@ -833,7 +901,7 @@ class ModelPersistence(LifecycleMixin):
         if not expected.fast or not expected.ranges:
             return _NOT_MAPPED
         checked = CheckedFiles(keys.checked_files_dir())
-        with self.store.open_mapped(art.key, expected, checked) as verified:
+        with store.open_mapped(key, expected, checked) as verified:
             if verified is not None:
                 return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
         return _NOT_MAPPED
