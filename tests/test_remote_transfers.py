@@ -7,6 +7,13 @@ Sizes stay at a few MiB with small parts: moto keeps every object in memory.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ from modelkeep.storage import s3 as s3_module
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.s3
 
@@ -255,3 +263,70 @@ def test_a_failed_part_copy_aborts_the_upload(
     assert s3_bucket.pending_uploads() == []
     assert [k for k in s3_bucket.object_keys() if "/1.0.0/" in k and k.endswith(".joblib")] == []
     assert p.list_versions("m") == []
+
+
+# -- abandoned uploads ------------------------------------------------------------------------
+SAVER = """
+import json, sys
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     part_size="5MiB", max_concurrency=2)
+p.save_version({"w": np.random.default_rng(0).bytes(40 << 20)}, "m", compress=False)
+print("finished")
+"""
+
+
+def test_gc_aborts_the_upload_a_killed_save_left_open(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """SIGKILL in the middle of a multipart upload leaves it open on S3 (billed, invisible in
+    listings). gc keeps it while it may still be a save in progress, then aborts it and
+    reports its bytes; an upload outside the registry's prefix is not touched."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    p.save_version({"x": 1}, "other")  # the registry exists
+    parts_seen = threading.Event()
+    seen = 0
+
+    def slow_parts(method: str, path: str) -> float:
+        nonlocal seen
+        if _part_kind(method, path) == "part":
+            seen += 1
+            if seen >= 2:
+                parts_seen.set()
+            return 0.5
+        return 0.0
+
+    fault_proxy.kind, fault_proxy.delay = _part_kind, slow_parts
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_options(fault_proxy.endpoint_url),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    saver = subprocess.Popen([sys.executable, "-c", SAVER, json.dumps(spec)], env=env, stdout=subprocess.PIPE)
+    try:
+        assert parts_seen.wait(120), "the save never started uploading parts"
+        time.sleep(0.6)  # some parts have landed
+    finally:
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(30)
+    assert saver.returncode == -signal.SIGKILL
+    fault_proxy.delay = lambda _m, _p: 0.0
+    outside = s3_bucket.client.create_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin")["UploadId"]
+    left = [k for k in s3_bucket.pending_uploads() if k.startswith("models/")]
+    assert len(left) == 1 and left[0].startswith("models/.tmp/")
+
+    young = p.gc()  # default min_age: an hour; the upload may still be someone's save
+    assert not [i for i in young.removed if "upload" in i.key]
+    assert [i for i in young.kept if "upload" in i.key]
+    dry = p.gc(dry_run=True, min_age_seconds=0)
+    assert [i for i in dry.removed if "upload" in i.key] and len(s3_bucket.pending_uploads()) == 2
+    report = p.gc(min_age_seconds=0)
+    aborted = [i for i in report.removed if "upload" in i.key]
+    assert len(aborted) == 1 and aborted[0].size >= 5 * MiB and report.bytes_freed >= aborted[0].size
+    assert report.ok
+    assert s3_bucket.pending_uploads() == ["elsewhere/big.bin"]
+    s3_bucket.client.abort_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin", UploadId=outside)
+    p.close()

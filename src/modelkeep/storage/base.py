@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +39,18 @@ logger = logging.getLogger("modelkeep")
 
 #: Threads that write many small immutable files (blobs) at once: mostly waiting on I/O.
 IO_WORKERS = 8
+
+
+_STAGED = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{32}\.part")
+
+
+def staged_at(key: str) -> float | None:
+    """When the staged key ``key`` was named (seconds since the epoch, from :meth:`ArtifactStore.stage`),
+    or ``None`` for another name. It bounds the age of an upload whose store does not say when it began."""
+    name = key.rsplit("/", 1)[-1]
+    if not _STAGED.fullmatch(name):
+        return None
+    return int(name.split("-", 1)[0], 16) / 1e9
 
 
 class StagedArtifact:
@@ -148,7 +162,7 @@ class ArtifactStore(ABC):
     # -- writing: built on the primitives ------------------------------------------
     def stage(self) -> StagedArtifact:
         """A new staged artifact under ``.tmp/``; commit or discard it."""
-        return StagedArtifact(self, f"{TMP_DIR}/{uuid.uuid4().hex}.part")
+        return StagedArtifact(self, f"{TMP_DIR}/{time.time_ns():x}-{uuid.uuid4().hex}.part")
 
     @contextlib.contextmanager
     def staged(self) -> Iterator[StagedArtifact]:

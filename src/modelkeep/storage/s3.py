@@ -24,11 +24,13 @@ import contextlib
 import io
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, BinaryIO
 
+from .base import staged_at
 from .remote import ObjectStore
 from .verified import ChunkReader, ReadInto
 
@@ -194,7 +196,9 @@ class S3Store(ObjectStore):
     # -- housekeeping ----------------------------------------------------------------------
     def pending_uploads(self) -> list[dict[str, Any]]:
         """Multipart uploads started under this store's root and neither completed nor aborted:
-        ``{"key", "upload_id", "initiated" (datetime), "size" (bytes of parts so far)}``."""
+        ``{"key", "upload_id", "initiated" (seconds since the epoch), "size" (bytes of parts
+        so far)}``. ``initiated`` is the later of the store's date and the time in a staged key's
+        name (some S3 implementations report a fixed date), so an upload never looks older than it is."""
         bucket, prefix = self.bucket_key("x")
         prefix = prefix[:-1]
         out: list[dict[str, Any]] = []
@@ -207,7 +211,7 @@ class S3Store(ObjectStore):
                         {
                             "key": upload["Key"][len(prefix) :],
                             "upload_id": upload["UploadId"],
-                            "initiated": upload["Initiated"],
+                            "initiated": _initiated(upload),
                             "size": self._parts_size(bucket, upload["Key"], upload["UploadId"]),
                         }
                     )
@@ -229,6 +233,15 @@ class S3Store(ObjectStore):
         bucket, path = self.bucket_key(key)
         with self.translated("abort the upload of", key):
             self.call("abort_multipart_upload", Bucket=bucket, Key=path, UploadId=upload_id).result()
+
+
+def _initiated(upload: dict[str, Any]) -> float:
+    when: Any = upload.get("Initiated")
+    stamps: list[float] = [when.timestamp()] if hasattr(when, "timestamp") else []
+    named = staged_at(str(upload.get("Key", "")))
+    if named is not None:
+        stamps.append(named)
+    return max(stamps) if stamps else time.time()
 
 
 async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int | None) -> bytes:
