@@ -298,7 +298,7 @@ class ParallelUpload(io.RawIOBase):
                 self._upload_id = started.result()["UploadId"]
             while len(self._in_flight) >= store.max_concurrency:  # memory: parts in flight x part size
                 self._wait_oldest()
-            body, self._buf = bytes(self._buf), bytearray()
+            body, self._buf = self._buf, bytearray()  # handed over whole: no copy
             number = self._next_part
             self._next_part += 1
             future = store.call(
