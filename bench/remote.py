@@ -58,7 +58,9 @@ from modelkeep import ModelPersistence
 kind = spec["kind"]
 opts = {"client_kwargs": {"endpoint_url": spec["endpoint"]}}
 def remote(**kw):
-    return ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=opts, **kw)
+    # moto assembles a completed upload, or a copy, in Python: it takes longer than the default 10 s
+    return ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=opts,
+                            read_timeout=600, **kw)
 # Each phase first saves or loads a tiny model: imports, the S3 session and the per-user key are
 # one-time costs of a process, as creating its client is for boto3 (outside its timing too).
 WARM = {"x": np.arange(10)}
@@ -106,7 +108,8 @@ if spec["kind"] == "upload":
 elif spec["kind"] == "download":
     s3.download_file(spec["bucket"], spec["key"], spec["file"])
 else:
-    s3.copy_object(Bucket=spec["bucket"], Key=spec["key"] + ".copy", CopySource={"Bucket": spec["bucket"], "Key": spec["key"]})
+    source = {"Bucket": spec["bucket"], "Key": spec["key"]}
+    s3.copy_object(Bucket=spec["bucket"], Key=spec["key"] + ".copy", CopySource=source)
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
@@ -195,7 +198,9 @@ def measure(spec: dict[str, Any], env: dict[str, str], s3: Any, work: Path, repe
         up = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "upload", "file": str(artifact),
                          "bucket": "bench", "key": f"baseline/{i}"}, env)  # fmt: skip
         rows["upload_file"].append(up["seconds"])
-        copy = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "copy", "bucket": "bench", "key": f"baseline/{i}"}, env)
+        copy = _run(
+            BOTO, {"endpoint": spec["endpoint"], "kind": "copy", "bucket": "bench", "key": f"baseline/{i}"}, env
+        )
         rows["copy"].append(copy["seconds"])
         s3.delete_object(Bucket="bench", Key=f"baseline/{i}.copy")
         s3.delete_object(Bucket="bench", Key=f"baseline/{i}")
@@ -239,8 +244,12 @@ def print_report(r: dict[str, Any]) -> None:
     up = (size / s["save"], size / s["upload_file"])
     down = (size / s["load"], size / s["download_file"])
     print(f"| upload (save_version vs upload_file) | {up[0]:.0f} MiB/s | {up[1]:.0f} MiB/s | {up[0] / up[1]:.2f}x |")
-    print(f"| download (load vs download_file) | {down[0]:.0f} MiB/s | {down[1]:.0f} MiB/s | {down[0] / down[1]:.2f}x |")
-    print(f"commit copy alone (CopyObject of {size} MiB, server-side): {s['copy']:.2f} s of the save's {s['save']:.2f} s")
+    print(
+        f"| download (load vs download_file) | {down[0]:.0f} MiB/s | {down[1]:.0f} MiB/s | {down[0] / down[1]:.2f}x |"
+    )
+    print(
+        f"commit copy alone (CopyObject of {size} MiB, server-side): {s['copy']:.2f} s of the save's {s['save']:.2f} s"
+    )
     print(
         f"cached load {r['cached_load_s'] * 1000:.0f} ms vs local-store load {r['local_load_s'] * 1000:.0f} ms: "
         f"{r['cached_load_s'] / r['local_load_s']:.2f}x (first load, filling the cache: {r['first_cached_load_s']:.2f} s)"

@@ -330,3 +330,65 @@ def test_gc_aborts_the_upload_a_killed_save_left_open(
     assert s3_bucket.pending_uploads() == ["elsewhere/big.bin"]
     s3_bucket.client.abort_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin", UploadId=outside)
     p.close()
+
+
+RESUMER = """
+import json, sys
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     part_size="5MiB", max_concurrency=2)
+rec = p.save_version({"w": np.random.default_rng(7).bytes(40 << 20)}, "big", compress=False, resume=True)
+print(rec.version)
+"""
+
+
+def test_a_save_killed_mid_upload_resumes_without_sending_its_parts_again(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """SIGKILL after a few parts of a resumable save; the next save with resume=True sends
+    only the parts that are missing, and the version loads back whole."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    p.save_version({"x": 1}, "other")
+    landed = threading.Event()
+    parts: list[str] = []
+
+    def slow_parts(method: str, path: str) -> float:
+        if _part_kind(method, path) == "part":
+            parts.append(path)
+            if len(parts) >= 4:
+                landed.set()
+            return 0.3
+        return 0.0
+
+    fault_proxy.kind, fault_proxy.delay = _part_kind, slow_parts
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_options(fault_proxy.endpoint_url),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    saver = subprocess.Popen([sys.executable, "-c", RESUMER, json.dumps(spec)], env=env, stdout=subprocess.PIPE)
+    try:
+        assert landed.wait(120), "the save never started uploading parts"
+        time.sleep(0.5)
+    finally:
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(30)
+    assert saver.returncode == -signal.SIGKILL
+    pending = [k for k in s3_bucket.pending_uploads() if k.startswith("models/.tmp/resume-")]
+    assert len(pending) == 1
+    before = len(parts)
+    fault_proxy.delay = lambda _m, _p: 0.0
+    done = subprocess.run(
+        [sys.executable, "-c", RESUMER, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    resent = len(parts) - before
+    assert resent < 8  # 40 MiB in 5 MiB parts: the parts the killed save uploaded were not sent again
+    assert s3_bucket.pending_uploads() == []
+    loaded = p.load("big", done.stdout.strip())
+    assert loaded["w"] == np.random.default_rng(7).bytes(40 << 20)
+    assert [k for k in s3_bucket.object_keys() if "/.tmp/" in k] == []
+    p.close()

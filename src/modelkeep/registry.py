@@ -402,6 +402,7 @@ class ModelPersistence(LifecycleMixin):
         training_data: Any = None,
         training_target: Any = None,
         parent: str | None = None,
+        resume: bool = False,
         **metadata: Any,
     ) -> str | Path:
         """Save ``model`` as a new version and return where its artifact is.
@@ -418,6 +419,7 @@ class ModelPersistence(LifecycleMixin):
         ``training_target`` are fingerprinted, the git commit is recorded when
         saving inside a repository, and ``parent`` (``"1.0.0"`` or
         ``"other-model:1.0.0"``) names the version this one derives from.
+        ``resume=True`` continues an interrupted S3 upload of the same save (see :meth:`save_version`).
         """
         rec = self.save_version(
             model,
@@ -429,6 +431,7 @@ class ModelPersistence(LifecycleMixin):
             training_data=training_data,
             training_target=training_target,
             parent=parent,
+            resume=resume,
         )
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
@@ -449,6 +452,7 @@ class ModelPersistence(LifecycleMixin):
         training_data: Any = None,
         training_target: Any = None,
         parent: str | None = None,
+        resume: bool = False,
         **custom: Any,
     ) -> ModelMetadata:
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
@@ -459,6 +463,11 @@ class ModelPersistence(LifecycleMixin):
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
         to keep a version's original timestamp. When an identity acts (a token), saving needs the
         editor role and the history records its name.
+
+        ``resume=True`` (S3): an interrupted upload of the same save (same model, version
+        argument, format and codec) is continued: the model is serialized again, and each part
+        whose bytes are already uploaded is not sent again. A failed resumable upload stays
+        open for the next attempt; ``gc`` aborts it if none comes.
         """
         if custom:
             metadata = {**(metadata or {}), **custom}
@@ -496,7 +505,8 @@ class ModelPersistence(LifecycleMixin):
                 cli={"overwrite=True": "--overwrite"},
             )
 
-        with self.store.staged() as staged:
+        attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
+        with self.store.staged(resume=attempt) as staged:
             with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
                 try:
                     extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -30,7 +31,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, BinaryIO
 
-from .base import staged_at
+from ..errors import StorageError
+from .base import RESUMABLE_PREFIX, staged_at
 from .remote import ObjectStore
 from .verified import ChunkReader, ReadInto
 
@@ -52,6 +54,8 @@ def default_max_concurrency() -> int:
 
 class S3Store(ObjectStore):
     """An S3 bucket (s3fs) with parallel multipart uploads, ranged downloads and copies."""
+
+    resumable_uploads = True
 
     def __init__(self, fs: Any, root: str, protocol: str, *, max_concurrency: int | None = None, **kwargs: Any) -> None:
         super().__init__(fs, root, protocol, **kwargs)
@@ -78,7 +82,7 @@ class S3Store(ObjectStore):
     # -- writing -----------------------------------------------------------------------
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
-        upload = ParallelUpload(self, key)
+        upload = ParallelUpload(self, key, resumable=key.startswith(RESUMABLE_PREFIX))
         try:
             yield upload  # type: ignore[misc]
             with self.translated("write", key):
@@ -263,10 +267,16 @@ class ParallelUpload(io.RawIOBase):
     while the caller goes on writing, at most ``store.max_concurrency`` at a time. Parts
     double in size every 1,000 parts, so no artifact reaches S3's 10,000-part limit."""
 
-    def __init__(self, store: S3Store, key: str) -> None:
+    def __init__(self, store: S3Store, key: str, *, resumable: bool = False) -> None:
         super().__init__()
         self._store = store
         self._key = key
+        #: Keep the upload open on failure, and reuse the parts an earlier attempt uploaded.
+        self.resumable = resumable
+        self._earlier: dict[int, tuple[str, int]] = {}
+        self._md5s: list[bytes] = []
+        #: Parts sent by this attempt, and parts found already uploaded (resumed).
+        self.sent = self.reused = 0
         self._bucket, self._path = store.bucket_key(key)
         self._part_size = max(MIN_PART_SIZE, store.part_size)
         self._buf = bytearray()
@@ -294,6 +304,8 @@ class ParallelUpload(io.RawIOBase):
         store = self._store
         with store.translated("upload", self._key):
             if self._upload_id is None:
+                self._upload_id = self._resumed_upload() if self.resumable else None
+            if self._upload_id is None:
                 started = store.call("create_multipart_upload", Bucket=self._bucket, Key=self._path)
                 self._upload_id = started.result()["UploadId"]
             while len(self._in_flight) >= store.max_concurrency:  # memory: parts in flight x part size
@@ -301,6 +313,14 @@ class ParallelUpload(io.RawIOBase):
             body, self._buf = self._buf, bytearray()  # handed over whole: no copy
             number = self._next_part
             self._next_part += 1
+            if self.resumable:
+                md5 = hashlib.md5(body, usedforsecurity=False)
+                self._md5s.append(md5.digest())
+                if self._earlier.get(number) == (f'"{md5.hexdigest()}"', len(body)):
+                    self._etags[number] = self._earlier[number][0]  # this part is already there
+                    self.reused += 1
+                    return
+            self.sent += 1
             future = store.call(
                 "upload_part",
                 Bucket=self._bucket,
@@ -312,6 +332,25 @@ class ParallelUpload(io.RawIOBase):
             self._in_flight.append((number, future))
         if number % 1000 == 0:
             self._part_size *= 2
+
+    def _resumed_upload(self) -> str | None:
+        """The newest open upload of this key and its parts (MD5 ETag and size by number)."""
+        store = self._store
+        found = store.call("list_multipart_uploads", Bucket=self._bucket, Prefix=self._path).result()
+        uploads = [u for u in found.get("Uploads", []) if u["Key"] == self._path]
+        if not uploads:
+            return None
+        upload_id = str(max(uploads, key=_initiated)["UploadId"])
+        marker = 0
+        while True:
+            page = store.call(
+                "list_parts", Bucket=self._bucket, Key=self._path, UploadId=upload_id, PartNumberMarker=marker
+            ).result()
+            for part in page.get("Parts", []):
+                self._earlier[int(part["PartNumber"])] = (str(part["ETag"]), int(part["Size"]))
+            if not page.get("IsTruncated"):
+                return upload_id
+            marker = int(page["NextPartNumberMarker"])
 
     def _wait_oldest(self) -> None:
         number, future = self._in_flight.popleft()
@@ -329,18 +368,33 @@ class ParallelUpload(io.RawIOBase):
             while self._in_flight:
                 self._wait_oldest()
             parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._etags.items())]
-            store.call(
+            done = store.call(
                 "complete_multipart_upload",
                 Bucket=self._bucket,
                 Key=self._path,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": parts},
             ).result()
+            if self.resumable:
+                self._check_whole(str(done.get("ETag", "")))
         self._done = True
         store.fs.invalidate_cache()
 
+    def _check_whole(self, etag: str) -> None:
+        """A resumable upload's key is shared by every attempt of the same save: make sure the
+        completed object is made of this attempt's parts (S3's multipart ETag is the MD5 of the
+        parts' MD5s), not of a concurrent attempt's."""
+        wanted = f'"{hashlib.md5(b"".join(self._md5s), usedforsecurity=False).hexdigest()}-{len(self._md5s)}"'
+        if etag != wanted:
+            _quietly(lambda: self._store.call("delete_object", Bucket=self._bucket, Key=self._path).result())
+            raise StorageError(
+                f"cannot write {self._store.display_path(self._key)}: another attempt of the same save "
+                "changed its parts meanwhile; save again"
+            )
+
     def abort(self) -> None:
-        """Throw the upload away: parts in flight are waited for, then the upload is aborted."""
+        """Throw the upload away: parts in flight are waited for, then the upload is aborted
+        (a resumable one stays open for the next attempt; ``gc`` aborts it if none comes)."""
         if self._done:
             return
         self._done = True
@@ -351,7 +405,7 @@ class ParallelUpload(io.RawIOBase):
             with contextlib.suppress(BaseException):
                 future.result()
         self._in_flight.clear()
-        if self._upload_id is not None and not self._store.unreachable:
+        if self._upload_id is not None and not self._store.unreachable and not self.resumable:
             upload_id = self._upload_id
             _quietly(
                 lambda: self._store.call(
