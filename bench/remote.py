@@ -250,9 +250,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(
         f"commit copy alone (CopyObject of {size} MiB, server-side): {s['copy']:.2f} s of the save's {s['save']:.2f} s"
     )
+    cached, local = r["cached_load_s"], r["local_load_s"]
     print(
-        f"cached load {r['cached_load_s'] * 1000:.0f} ms vs local-store load {r['local_load_s'] * 1000:.0f} ms: "
-        f"{r['cached_load_s'] / r['local_load_s']:.2f}x (first load, filling the cache: {r['first_cached_load_s']:.2f} s)"
+        f"cached load {cached * 1000:.0f} ms vs local-store load {local * 1000:.0f} ms: {cached / local:.2f}x "
+        f"(first load, filling the cache: {r['first_cached_load_s']:.2f} s)"
     )
     print("peak RSS over the process's RSS before the phase (MiB):", json.dumps(r["peak_rss_over_start_mb"]))
 
