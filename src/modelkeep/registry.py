@@ -196,7 +196,7 @@ class ModelPersistence(LifecycleMixin):
             pickle that claims more is refused with :class:`UnsafeModelError`
             (see :mod:`modelkeep.formats.budget`).
         max_concurrency: requests in flight for one S3 upload or download (default: sized
-            to the machine, at least 8); memory is about this many parts.
+            to the machine, at least 16); memory is about this many parts.
         part_size: multipart part size of S3 uploads (bytes or text such as ``"16MiB"``;
             default 8 MiB, at least S3's 5 MiB).
         cache_max_bytes: the size cap of the local cache of remote artifacts, shared by every
