@@ -69,6 +69,7 @@ def private_config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     never the real home; subprocess workers inherit it through the environment."""
     folder = tmp_path_factory.mktemp("config") / "modelkeep"
     monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(folder.parent / "cache"))  # never the real ~/.cache
     for name in KEY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return folder

@@ -9,7 +9,9 @@ Registered from ``conftest.py`` with ``pytest_plugins = ["tests.s3_server"]``.
   the test. ``s3_bucket.url`` / ``.storage_options`` go straight into
   ``ModelPersistence(models_dir=..., storage_options=...)``.
 * ``fault_proxy``: an HTTP proxy in front of moto that can answer chosen
-  requests with an S3 ``5xx`` error instead of forwarding them.
+  requests with an S3 ``5xx`` error instead of forwarding them, cut a body short,
+  hold requests, count how many are in flight at once, and refuse a single
+  ``CopyObject`` above a size limit (S3's is 5 GiB; tests lower it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import http.client
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -133,6 +136,16 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.fault: Fault = lambda _method, _path: None
+        #: ``truncate(method, path) -> bytes of the body to send before the connection drops, or None``
+        self.truncate: Callable[[str, str], int | None] = lambda _method, _path: None
+        #: ``delay(method, path) -> seconds to hold the request before forwarding it``
+        self.delay: Callable[[str, str], float] = lambda _method, _path: 0.0
+        #: refuse a single ``CopyObject`` of a source larger than this, as S3 does above 5 GiB
+        self.copy_limit: int | None = None
+        #: requests being answered now, and the most seen at once, per ``kind(method, path)``
+        self.kind: Callable[[str, str], str] = lambda method, _path: method
+        self.active: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         self.injected: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
@@ -158,12 +171,50 @@ class FaultProxy:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _handle(self) -> None:
+                kind = proxy.kind(self.command, self.path)
+                with proxy._lock:
+                    proxy.active[kind] = proxy.active.get(kind, 0) + 1
+                    proxy.peak[kind] = max(proxy.peak.get(kind, 0), proxy.active[kind])
+                try:
+                    self._answer()
+                finally:
+                    with proxy._lock:
+                        proxy.active[kind] -= 1
+
+            def _too_big_to_copy(self) -> bool:
+                source = self.headers.get("x-amz-copy-source")
+                if proxy.copy_limit is None or not source or "partNumber=" in self.path:
+                    return False
+                up = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                try:
+                    up.request("HEAD", "/" + source.lstrip("/").split("?", 1)[0])
+                    size = int(up.getresponse().getheader("Content-Length") or 0)
+                finally:
+                    up.close()
+                return size > proxy.copy_limit
+
+            def _answer(self) -> None:
                 body = self._body()
+                time.sleep(proxy.delay(self.command, self.path))
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
                     status = proxy.fault(self.command, self.path)
                     if status is not None:
                         proxy.injected.append((self.command, self.path, status))
+                if status is None and self._too_big_to_copy():
+                    with proxy._lock:
+                        proxy.injected.append((self.command, self.path, 400))
+                    payload = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidRequest</Code>'
+                        b"<Message>The specified copy source is larger than the maximum allowable size "
+                        b"for a copy source</Message></Error>"
+                    )
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if status == 0:  # as if the server died: no answer, the connection just closes
                     self.close_connection = True
                     return
@@ -191,7 +242,14 @@ class FaultProxy:
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                cut = proxy.truncate(self.command, self.path) if self.command != "HEAD" else None
+                if cut is not None:  # promise the whole body, send part of it, hang up
+                    with proxy._lock:
+                        proxy.injected.append((self.command, self.path, -cut))
+                    self.wfile.write(data[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 up.close()
 

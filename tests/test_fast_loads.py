@@ -135,7 +135,8 @@ def test_a_mapped_load_maps_the_payloads(p: ModelPersistence, mode: str) -> None
 
 
 def test_a_remote_store_reads_payloads_the_same_way(tmp_path: Path) -> None:
-    with ModelPersistence(f"memory://mk-{uuid.uuid4().hex}", registry_path=tmp_path, compress=False) as p:
+    url = f"memory://mk-{uuid.uuid4().hex}"
+    with ModelPersistence(url, registry_path=tmp_path, compress=False, cache_max_bytes=0) as p:  # read the store
         p.save(arrays(), "m", "1.0.0")
         assert_same(p.load("m", "1.0.0"), arrays())
         key = p.get_version("m", "1.0.0").artifact.key  # type: ignore[union-attr]

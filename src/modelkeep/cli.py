@@ -568,6 +568,9 @@ from .cli_events import events, webhooks  # noqa: E402
 
 cli.add_command(webhooks)
 cli.add_command(events)
+from .cli_cache import cache  # noqa: E402
+
+cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> None:

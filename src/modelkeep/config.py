@@ -105,8 +105,28 @@ class PersistenceSettings(KeySettings):
 
     #: Bytes one load may allocate (default: max(256 MiB, 32 x the artifact's size)); "2GiB" works.
     max_load_memory: int | None = None
+    #: Requests in flight for one S3 transfer (default: sized to the machine, see storage/s3.py).
+    max_concurrency: int | None = Field(default=None, gt=0)
+    #: Multipart part size of S3 uploads (default 8 MiB; S3's minimum is 5 MiB); "16MiB" works.
+    part_size: int | None = None
+    #: Size cap of the local cache of remote artifacts (default 10 GiB; 0 turns it off).
+    cache_max_bytes: int | None = None
 
-    @field_validator("max_load_memory", mode="before")
+    @field_validator("cache_max_bytes", mode="before")
+    @classmethod
+    def _parse_cache_size(cls, v: Any) -> Any:
+        from .formats.budget import parse_size
+
+        if v is None or (isinstance(v, str) and v.strip().lower() in {"", "default"}):
+            return None
+        return 0 if str(v).strip() in {"0", "off"} else parse_size(v)
+
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _auto_concurrency(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in {"", "auto"} else v
+
+    @field_validator("max_load_memory", "part_size", mode="before")
     @classmethod
     def _parse_memory(cls, v: Any) -> Any:
         from .formats.budget import parse_size
@@ -203,6 +223,9 @@ class Settings(BaseModel):
             "quarantine_timeout": p.quarantine_timeout,
             "quarantine_memory_mb": p.quarantine_memory_mb,
             "max_load_memory": p.max_load_memory,
+            "max_concurrency": p.max_concurrency,
+            "part_size": p.part_size,
+            "cache_max_bytes": p.cache_max_bytes,
         }
 
     def release_logging(self) -> None:

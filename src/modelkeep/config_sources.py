@@ -41,6 +41,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODELKEEP_QUARANTINE_TIMEOUT": ("persistence", "quarantine_timeout"),
     "MODELKEEP_QUARANTINE_MEMORY_MB": ("persistence", "quarantine_memory_mb"),
     "MODELKEEP_MAX_LOAD_MEMORY": ("persistence", "max_load_memory"),
+    "MODELKEEP_MAX_CONCURRENCY": ("persistence", "max_concurrency"),
+    "MODELKEEP_PART_SIZE": ("persistence", "part_size"),
+    "MODELKEEP_CACHE_MAX_BYTES": ("persistence", "cache_max_bytes"),
 }
 #: keyword override -> (section, key), for ``load_settings(models_dir=...)``
 OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | {

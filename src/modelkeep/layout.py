@@ -6,7 +6,7 @@ Every module that names a file in the store asks this one::
     <model>/<version>/<model>_v<version>.r<12 hex><ext>       an overwrite's artifact (a revision)
     <model>/<version>/<model>_v<version>_metadata.json        the sidecar: the record as JSON
     .blobs/<first two hex digits>/<sha256>                    content-addressed buffers (native format)
-    .tmp/<hex>.part                                           staged bytes of a save in progress
+    .tmp/<time>-<hex>.part                                    staged bytes of a save in progress
 
 Keys always use ``/``; the storage backend maps them to paths or object names.
 This module does no I/O and imports nothing from modelkeep but the metadata types.

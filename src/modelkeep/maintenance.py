@@ -16,10 +16,12 @@ left naming a missing or half-written artifact.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -345,6 +347,36 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
 # -- gc -------------------------------------------------------------------------------------
 
 
+def _abandoned_uploads(
+    store: Any, now: float, min_age_seconds: float, report: GcReport
+) -> list[tuple[Leftover, Callable[[], None]]]:
+    """Multipart uploads under the store's root that no save completed or aborted (a killed
+    process leaves them: billed, and invisible in listings), with the call that aborts each;
+    those younger than ``min_age_seconds`` go to ``report.kept`` (a save may be uploading)."""
+    pending = getattr(store, "pending_uploads", None)
+    if pending is None:
+        return []
+    try:
+        found = pending()
+    except ModelKeepError as exc:
+        report.errors.append(f"multipart uploads: {exc}")
+        return []
+    out: list[tuple[Leftover, Callable[[], None]]] = []
+    for upload in found:
+        age = now - float(upload["initiated"])
+        item = Leftover(
+            f"{upload['key']} (upload {upload['upload_id']})",
+            "multipart upload an interrupted save never completed",
+            int(upload["size"]),
+            round(age, 3),
+        )
+        if min_age_seconds > 0 and age < min_age_seconds:
+            report.kept.append(item)
+            continue
+        out.append((item, functools.partial(store.abort_upload, upload["key"], upload["upload_id"])))
+    return out
+
+
 def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_seconds: float = 3600.0) -> GcReport:
     """Remove crash leftovers: staged temp files, and artifacts, sidecars and blobs no version uses.
 
@@ -396,7 +428,10 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
         if c.age_seconds(now) >= max(min_age_seconds, CLAIM_LEASE_SECONDS) or owner_is_dead(c.owner)
     }
 
+    uploads = _abandoned_uploads(store, now, min_age_seconds, report)
+
     if dry_run:
+        report.removed.extend(item for item, _ in uploads)
         report.removed.extend(temporary)
         for items in per_dir.values():
             report.removed.extend(items)
@@ -405,6 +440,12 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
         report.released_claims.extend(str(c) for _, c in sorted(stale_claims.items()))
         return report
 
+    for item, abort in uploads:
+        try:
+            abort()
+            report.removed.append(item)
+        except ModelKeepError as exc:
+            report.errors.append(f"{item.key}: {exc}")
     for item in temporary:
         _remove(store, item, report)
     for where in sorted(set(per_dir) | stale_sidecars | set(stale_claims)):

@@ -27,6 +27,7 @@ from . import environment, keys, lineage, signing, timeouts
 from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
+    IntegrityError,
     MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
@@ -50,6 +51,7 @@ from .params import capture as capture_params
 from .promotions import PromotionMixin
 from .storage import open_store
 from .storage.hashing import BLAKE3_KEY, Advance, Expected
+from .storage.hashing import no_advance as _no_advance
 from .storage.local import atomic_file
 from .storage.verified import CheckedFiles
 from .versions import validate_model_name, validate_version
@@ -68,7 +70,8 @@ if TYPE_CHECKING:
     from .resign import ResignReport
     from .search import SearchPage
     from .search.grammar import Node
-    from .storage import StagedArtifact
+    from .storage import ArtifactStore, StagedArtifact
+    from .storage.cache import ArtifactCache
 
 logger = logging.getLogger("modelkeep")
 #: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
@@ -107,6 +110,47 @@ def _settings_from_environment(**explicit: Any) -> dict[str, Any]:
     resolved = {key: _DEFAULTS.get(key) if value is None else value for key, value in explicit.items()}
     resolved["trusted_types"] = list(explicit["trusted_types"] or [])
     return resolved
+
+
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _part_size(value: Any) -> int | None:
+    """``part_size`` in bytes: S3 refuses parts under 5 MiB (all but the last)."""
+    if value is None:
+        return None
+    from .formats.budget import parse_size
+    from .storage.s3 import MIN_PART_SIZE
+
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"part_size {exc}") from None
+    if size < MIN_PART_SIZE:
+        raise ConfigError(f"part_size must be at least 5 MiB (S3's smallest part), got {value!r}")
+    return size
+
+
+def _open_cache(store: Any, max_bytes: Any) -> ArtifactCache | None:
+    """The local cache for a remote store (``max_bytes``: bytes or text such as ``"20GiB"``)."""
+    from .storage import LocalStore
+    from .storage.cache import open_cache
+
+    if isinstance(store, LocalStore):
+        return None
+    if max_bytes is not None and not (isinstance(max_bytes, int) and max_bytes == 0):
+        from .formats.budget import parse_size
+
+        try:
+            max_bytes = 0 if str(max_bytes).strip() == "0" else parse_size(max_bytes)
+        except ValueError as exc:
+            raise ConfigError(f"cache_max_bytes {exc}") from None
+    return open_cache(max_bytes)
 
 
 class ModelPersistence(PromotionMixin, EventsMixin):
@@ -153,6 +197,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             such as ``"2GiB"``); default ``max(256 MiB, 32 x the artifact's size)``. A
             pickle that claims more is refused with :class:`UnsafeModelError`
             (see :mod:`modelkeep.formats.budget`).
+        max_concurrency: requests in flight for one S3 upload or download (default: sized
+            to the machine, at least 16); memory is about this many parts.
+        part_size: multipart part size of S3 uploads (bytes or text such as ``"16MiB"``;
+            default 8 MiB, at least S3's 5 MiB).
+        cache_max_bytes: the size cap of the local cache of remote artifacts, shared by every
+            registry of this user (``MODELKEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkeep``);
+            default 10 GiB, ``0`` turns the cache off (see :mod:`modelkeep.storage.cache`).
     """
 
     def __init__(
@@ -183,6 +234,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         quarantine_memory_mb: int | None = None,
         max_load_memory: int | str | None = None,
         trusted_releasers: list[str] | None = None,
+        max_concurrency: int | None = None,
+        part_size: int | str | None = None,
+        cache_max_bytes: int | str | None = None,
     ) -> None:
         settings = _settings_from_environment(
             models_dir=models_dir,
@@ -202,6 +256,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             quarantine_timeout=quarantine_timeout,
             quarantine_memory_mb=quarantine_memory_mb,
             max_load_memory=max_load_memory,
+            max_concurrency=max_concurrency,
+            part_size=part_size,
+            cache_max_bytes=cache_max_bytes,
         )
         max_load_memory = settings["max_load_memory"]
         quarantine, quarantine_timeout = settings["quarantine"], settings["quarantine_timeout"]
@@ -230,7 +287,17 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         self.format: Format = get_format(serialization_format)
         self.compression = self.format.normalize_compression(compress)
         self.compress = compress
-        self.store = open_store(models_dir, storage_options, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self.store = open_store(
+            models_dir,
+            storage_options,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_concurrency=_positive("max_concurrency", settings["max_concurrency"]),
+            part_size=_part_size(settings["part_size"]),
+        )
+        #: The local cache of a remote store's artifacts (``None`` for a local store, or when
+        #: ``cache_max_bytes`` is 0); see :mod:`modelkeep.storage.cache`.
+        self.cache: ArtifactCache | None = _open_cache(self.store, settings["cache_max_bytes"])
         #: The store's root: a :class:`~pathlib.Path` for a local folder, else its URL.
         self.models_dir: str | Path = self.store.location()
         if registry_url is None:
@@ -340,6 +407,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         training_data: Any = None,
         training_target: Any = None,
         parent: str | None = None,
+        resume: bool = False,
         **metadata: Any,
     ) -> str | Path:
         """Save ``model`` as a new version and return where its artifact is.
@@ -356,6 +424,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         ``training_target`` are fingerprinted, the git commit is recorded when
         saving inside a repository, and ``parent`` (``"1.0.0"`` or
         ``"other-model:1.0.0"``) names the version this one derives from.
+        ``resume=True`` continues an interrupted S3 upload of the same save (see :meth:`save_version`).
         """
         rec = self.save_version(
             model,
@@ -367,6 +436,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             training_data=training_data,
             training_target=training_target,
             parent=parent,
+            resume=resume,
         )
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
@@ -387,6 +457,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         training_data: Any = None,
         training_target: Any = None,
         parent: str | None = None,
+        resume: bool = False,
         **custom: Any,
     ) -> ModelMetadata:
         """Like :meth:`save`, but returns the full :class:`ModelMetadata` record.
@@ -397,6 +468,11 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
         to keep a version's original timestamp. When an identity acts (a token), saving needs the
         editor role and the history records its name.
+
+        ``resume=True`` (S3): an interrupted upload of the same save (same model, version
+        argument, format and codec) is continued: the model is serialized again, and each part
+        whose bytes are already uploaded is not sent again. A failed resumable upload stays
+        open for the next attempt; ``gc`` aborts it if none comes.
         """
         if custom:
             metadata = {**(metadata or {}), **custom}
@@ -434,7 +510,8 @@ class ModelPersistence(PromotionMixin, EventsMixin):
                 cli={"overwrite=True": "--overwrite"},
             )
 
-        with self.store.staged() as staged:
+        attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
+        with self.store.staged(resume=attempt) as staged:
             with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
                 try:
                     extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
@@ -773,20 +850,52 @@ class ModelPersistence(PromotionMixin, EventsMixin):
     def _load_artifact(
         self, title: str, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]
     ) -> Any:
-        """Read, check and deserialize a version's artifact (mapped when asked and possible)."""
+        """Read, check and deserialize a version's artifact (mapped when asked and possible);
+        a remote store's artifact is read from the local cache (see :mod:`.storage.cache`)."""
+        with self._progress(title, art.size) as advance:
+            store, key = self._artifact_source(art, advance)
+            if store is not self.store:
+                advance = _no_advance  # the download drew the bar; the local read is quick
+            try:
+                return self._read_and_parse(store, key, fmt, art, expected, options, advance)
+            except IntegrityError as exc:
+                if store is self.store or self.cache is None:
+                    raise
+                self.cache.discard(art.sha256, str(exc))  # a tampered cache: read the store instead
+                return self._read_and_parse(self.store, art.key, fmt, art, expected, options, advance)
+
+    def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str]:
+        """Where to read the artifact from: the local cache for a remote store (downloaded into
+        it first, and checked, when missing), else the store itself."""
+        if self.cache is None:
+            return self.store, art.key
+        entry = self.cache.lookup(art.sha256)
+        if entry is None:
+            entry = self.cache.fetch(self.store, art.key, art.sha256, art.size, advance)
+        return (self.cache.store, entry) if entry is not None else (self.store, art.key)
+
+    def _read_and_parse(
+        self,
+        store: ArtifactStore,
+        key: str,
+        fmt: Format,
+        art: ArtifactInfo,
+        expected: Expected,
+        options: dict[str, Any],
+        advance: Advance,
+    ) -> Any:
         from .loading import warn_mmap_ignored
 
         mmap_mode = options["mmap_mode"]
-        with self._progress(title, art.size) as advance:
-            model: Any = _NOT_MAPPED
-            if mmap_mode is not None and fmt.supports_mmap(art.compression):
-                model = self._load_mapped(fmt, art, expected, options)
-            if model is _NOT_MAPPED:
-                warn_mmap_ignored(mmap_mode, fmt, art, self.store.local_path(art.key) is not None, expected)
-                # Hash what is unpickled: the artifact is read once into private memory,
-                # checked, and parsed from there (docs/ARCHITECTURE.md).
-                with self.store.open_artifact(art.key, expected, advance) as verified:
-                    model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+        model: Any = _NOT_MAPPED
+        if mmap_mode is not None and fmt.supports_mmap(art.compression):
+            model = self._load_mapped(store, key, fmt, art, expected, options)
+        if model is _NOT_MAPPED:
+            warn_mmap_ignored(mmap_mode, fmt, art, store.local_path(key) is not None, expected)
+            # Hash what is unpickled: the artifact is read once into private memory,
+            # checked, and parsed from there (docs/ARCHITECTURE.md).
+            with store.open_artifact(key, expected, advance) as verified:
+                model = self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
         return model
 
     def _freshness(self) -> Freshness:
@@ -803,7 +912,15 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         removed on purpose without a signing key; see :mod:`modelkeep.freshness`."""
         self._freshness().marks.forget(None if model_name is None else validate_model_name(model_name))
 
-    def _load_mapped(self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any]) -> Any:
+    def _load_mapped(
+        self,
+        store: ArtifactStore,
+        key: str,
+        fmt: Format,
+        art: ArtifactInfo,
+        expected: Expected,
+        options: dict[str, Any],
+    ) -> Any:
         """A memory-mapped load, or ``_NOT_MAPPED`` when this artifact has nothing to map from this store.
 
         Only artifacts with payload ranges are mapped: the parsed bytes are checked and parsed
@@ -814,7 +931,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         if not expected.fast or not expected.ranges:
             return _NOT_MAPPED
         checked = CheckedFiles(keys.checked_files_dir())
-        with self.store.open_mapped(art.key, expected, checked) as verified:
+        with store.open_mapped(key, expected, checked) as verified:
             if verified is not None:
                 return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
         return _NOT_MAPPED

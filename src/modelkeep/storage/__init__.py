@@ -18,11 +18,14 @@ from .base import ArtifactStore, StagedArtifact
 from .hashing import Advance, HashingWriter, check_digest
 from .local import LocalStore
 from .remote import FsspecStore, ObjectStore
+from .s3 import S3Store, default_max_concurrency, tuned_options
 
 #: Filesystems where one upload is all-or-nothing and a copy happens server-side.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
 #: Extras that bring a scheme's fsspec implementation.
 EXTRAS = {"s3": "s3", "s3a": "s3"}
+#: Filesystems that get :class:`S3Store`'s parallel transfers (when fsspec gives s3fs).
+S3_PROTOCOLS = frozenset(timeouts.S3_PROTOCOLS)
 
 
 def is_local(root: str | os.PathLike[str]) -> bool:
@@ -44,11 +47,15 @@ def open_store(
     *,
     connect_timeout: float = timeouts.CONNECT_TIMEOUT,
     read_timeout: float = timeouts.READ_TIMEOUT,
+    max_concurrency: int | None = None,
+    part_size: int | None = None,
 ) -> ArtifactStore:
     """The backend for ``root``: a local path, ``file://...``, or any fsspec URL.
 
     ``connect_timeout`` and ``read_timeout`` (seconds) bound each request to a
     remote store (S3 also gets bounded retries; see :mod:`modelkeep.timeouts`).
+    ``max_concurrency`` bounds the requests in flight of one S3 transfer and ``part_size``
+    sets its multipart part size (see :mod:`.s3`).
     """
     root_str = os.fspath(root)
     if is_local(root_str):
@@ -58,6 +65,8 @@ def open_store(
 
     try:
         options = timeouts.s3_storage_options(root_str, storage_options, connect_timeout, read_timeout)
+        if scheme in timeouts.S3_PROTOCOLS:
+            options = tuned_options(options, max_concurrency or default_max_concurrency())
         fs, path = url_to_fs(root_str, **(options or {}))
     except (ImportError, ValueError) as exc:
         extra = EXTRAS.get(scheme)
@@ -66,8 +75,22 @@ def open_store(
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols or "local" in protocols:
         return LocalStore(path)
-    cls = ObjectStore if OBJECT_STORES.intersection(protocols) else FsspecStore
-    return cls(fs, path, protocols[0], connect_timeout=connect_timeout, read_timeout=read_timeout)
+    store: FsspecStore
+    if S3_PROTOCOLS.intersection(protocols) and hasattr(fs, "_call_s3"):
+        store = S3Store(
+            fs,
+            path,
+            protocols[0],
+            max_concurrency=max_concurrency,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+    else:
+        cls = ObjectStore if OBJECT_STORES.intersection(protocols) else FsspecStore
+        store = cls(fs, path, protocols[0], connect_timeout=connect_timeout, read_timeout=read_timeout)
+    if part_size is not None:
+        store.part_size = part_size
+    return store
 
 
 __all__ = [
@@ -78,6 +101,7 @@ __all__ = [
     "HashingWriter",
     "LocalStore",
     "ObjectStore",
+    "S3Store",
     "StagedArtifact",
     "check_digest",
     "is_local",

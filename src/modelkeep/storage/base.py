@@ -11,7 +11,10 @@ most a staged file, which ``gc`` removes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import re
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +40,20 @@ logger = logging.getLogger("modelkeep")
 
 #: Threads that write many small immutable files (blobs) at once: mostly waiting on I/O.
 IO_WORKERS = 8
+
+
+#: Staged keys of resumable saves (:meth:`ArtifactStore.stage` with ``resume``).
+RESUMABLE_PREFIX = f"{TMP_DIR}/resume-"
+_STAGED = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{32}\.part")
+
+
+def staged_at(key: str) -> float | None:
+    """When the staged key ``key`` was named (seconds since the epoch, from :meth:`ArtifactStore.stage`),
+    or ``None`` for another name. It bounds the age of an upload whose store does not say when it began."""
+    name = key.rsplit("/", 1)[-1]
+    if not _STAGED.fullmatch(name):
+        return None
+    return int(name.split("-", 1)[0], 16) / 1e9
 
 
 class StagedArtifact:
@@ -108,6 +125,8 @@ class ArtifactStore(ABC):
     shared: bool = True
     #: Set when a remote call timed out or could not connect (cleanup then stops trying).
     unreachable: bool = False
+    #: Whether an interrupted upload can be continued (:meth:`stage` with ``resume``).
+    resumable_uploads: bool = False
 
     # -- naming -----------------------------------------------------------------
     def full_path(self, key: str) -> str:
@@ -153,14 +172,19 @@ class ArtifactStore(ABC):
         return False
 
     # -- writing: built on the primitives ------------------------------------------
-    def stage(self) -> StagedArtifact:
-        """A new staged artifact under ``.tmp/``; commit or discard it."""
-        return StagedArtifact(self, f"{TMP_DIR}/{uuid.uuid4().hex}.part")
+    def stage(self, resume: str | None = None) -> StagedArtifact:
+        """A new staged artifact under ``.tmp/``; commit or discard it. With ``resume`` (a name
+        for what is being saved), the key is always the same for that name, so a store that can
+        (S3) continues an upload an earlier, interrupted attempt left open (see :mod:`.s3`)."""
+        if resume is not None and self.resumable_uploads:
+            digest = hashlib.sha256(resume.encode("utf-8")).hexdigest()[:32]
+            return StagedArtifact(self, f"{RESUMABLE_PREFIX}{digest}.part")
+        return StagedArtifact(self, f"{TMP_DIR}/{time.time_ns():x}-{uuid.uuid4().hex}.part")
 
     @contextlib.contextmanager
-    def staged(self) -> Iterator[StagedArtifact]:
+    def staged(self, resume: str | None = None) -> Iterator[StagedArtifact]:
         """Context manager around :meth:`stage` that discards on any exit unless committed."""
-        st = self.stage()
+        st = self.stage(resume)
         try:
             yield st
         finally:

@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -43,6 +44,13 @@ def private_buffer(size: int, *, dense: bool = True) -> Any:
         with contextlib.suppress(OSError):
             buf.madvise(advice)
     return buf
+
+
+def close_buffer(buf: Any) -> None:
+    """Unmap a buffer from :func:`private_buffer` now; if a view of it is still alive
+    somewhere, it is unmapped when that view goes (closing must not mask the real error)."""
+    with contextlib.suppress(BufferError):
+        buf.close()
 
 
 class ChunkReader:
@@ -125,17 +133,24 @@ def read_artifact(
                 continue
             _fill(readinto, view[seg.start : seg.data_start], payload, advance, where)
             data = private_buffer(seg.end - seg.data_start)
+            out.buffers[seg.start] = data
             _fill(readinto, memoryview(data) if seg.end > seg.data_start else memoryview(b""), payload, advance, where)
             out.ranges[seg.start] = (seg.start, seg.data_start, seg.end)
-            out.buffers[seg.start] = data
         _check(expected, skeleton, payload, where)
         checked = True
+    except BaseException as exc:
+        # The frames between here and the failed read still hold views of these buffers;
+        # drop them, or closing a buffer raises BufferError instead of the read's own error.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         view.release()  # before closing the buffer it views
         skeleton.close()
         payload.close()
         if not checked:
-            buf.close()
+            for data in out.buffers.values():
+                close_buffer(data)
+            close_buffer(buf)
     buf.seek(0)
     return out
 

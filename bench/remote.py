@@ -1,0 +1,262 @@
+"""Remote (S3) transfers against moto on loopback, with boto3 as the baseline, in one run.
+
+* upload: ``ModelPersistence.save_version`` (serialize, hash SHA-256 + BLAKE3, parallel multipart
+  upload, server-side commit copy) against ``boto3``'s ``upload_file`` of the same bytes from a
+  local file with its default ``TransferConfig`` (multipart, 10 threads);
+* the commit alone: a server-side ``CopyObject`` of the artifact, as the save's commit does;
+* download: ``load`` with the cache off (parallel ranged GETs into private memory, digests
+  checked, then parsed) against ``download_file`` to a local file;
+* cached load: a ``load`` from a new registry object once the artifact is in the local cache,
+  against a ``load`` of the same model from a local store;
+* peak RSS of each modelkeep phase (its own process), over the RSS before the phase.
+
+moto runs in its own process (``python -m moto.server``) and keeps every object in memory, so the
+artifact is 512 MiB by default (``--size-mb``). Each phase runs ``--repeats`` times, alternating
+modelkeep and boto3; medians are reported.
+
+    PYTHONPATH=src python bench/remote.py [--size-mb 512] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+AWS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+#: One phase, in a process of its own (so its peak RSS is its own): prints a JSON result.
+PHASE = r"""
+import json, os, resource, sys, time
+spec = json.loads(sys.argv[1])
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import numpy as np
+from modelkeep import ModelPersistence
+kind = spec["kind"]
+opts = {"client_kwargs": {"endpoint_url": spec["endpoint"]}}
+def remote(**kw):
+    # moto assembles a completed upload, or a copy, in Python: it takes longer than the default 10 s
+    return ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=opts,
+                            read_timeout=600, **kw)
+# Each phase first saves or loads a tiny model: imports, the S3 session and the per-user key are
+# one-time costs of a process, as creating its client is for boto3 (outside its timing too).
+WARM = {"x": np.arange(10)}
+if kind == "save":
+    model = {"w": np.random.default_rng(0).standard_normal(spec["size"] // 8)}
+    p = remote(cache_max_bytes=0)
+    p.save_version(WARM, "warm")
+    before = rss_mb()
+    t = time.perf_counter()
+    rec = p.save_version(model, "m", compress=False)
+    out = {"seconds": time.perf_counter() - t, "version": rec.version, "key": rec.artifact.key}
+elif kind in ("load", "load-cached"):
+    p = remote(cache_max_bytes=0 if kind == "load" else None)
+    p.load("warm")
+    before = rss_mb()
+    t = time.perf_counter()
+    model = p.load("m", spec["version"])
+    out = {"seconds": time.perf_counter() - t}
+elif kind == "load-local":
+    p = ModelPersistence(models_dir=spec["local"])
+    p.load("warm")
+    before = rss_mb()
+    t = time.perf_counter()
+    model = p.load("m", spec["version"])
+    out = {"seconds": time.perf_counter() - t}
+elif kind == "save-local":
+    model = {"w": np.random.default_rng(0).standard_normal(spec["size"] // 8)}
+    p = ModelPersistence(models_dir=spec["local"])
+    p.save_version(WARM, "warm")
+    before = rss_mb()
+    rec = p.save_version(model, "m", compress=False)
+    out = {"seconds": 0.0, "version": rec.version}
+out.update(rss_before_mb=before, peak_rss_mb=peak_mb())
+print(json.dumps(out))
+"""
+
+#: boto3's own transfers with their default TransferConfig.
+BOTO = r"""
+import json, sys, time, boto3
+spec = json.loads(sys.argv[1])
+s3 = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1")
+t = time.perf_counter()
+if spec["kind"] == "upload":
+    s3.upload_file(spec["file"], spec["bucket"], spec["key"])
+elif spec["kind"] == "download":
+    s3.download_file(spec["bucket"], spec["key"], spec["file"])
+else:
+    source = {"Bucket": spec["bucket"], "Key": spec["key"]}
+    s3.copy_object(Bucket=spec["bucket"], Key=spec["key"] + ".copy", CopySource=source)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(script: str, spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=3600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    size = args.size_mb * MiB
+
+    port = _free_port()
+    env = {**os.environ, **AWS, "PYTHONPATH": str(ROOT / "src"), "MODELKEEP_GIT": "0"}
+    work = Path(tempfile.mkdtemp(prefix="mk-bench-remote-"))
+    env["MODELKEEP_CACHE_DIR"] = str(work / "cache")
+    env["MODELKEEP_CONFIG_DIR"] = str(work / "config")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        import boto3
+
+        os.environ.update(AWS)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        for _ in range(100):
+            try:
+                s3.list_buckets()
+                break
+            except Exception:
+                time.sleep(0.1)
+        s3.create_bucket(Bucket="bench")
+        spec = {
+            "endpoint": endpoint,
+            "url": "s3://bench/models",
+            "registry": f"sqlite:///{work / 'registry.db'}",
+            "local": str(work / "local"),
+            "size": size,
+        }
+        results = measure(spec, env, s3, work, args.repeats)
+        results["size_mb"] = args.size_mb
+        results["load_average"] = os.getloadavg()
+        print_report(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        server.terminate()
+        server.wait(30)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(spec: dict[str, Any], env: dict[str, str], s3: Any, work: Path, repeats: int) -> dict[str, Any]:
+    rows: dict[str, list[float]] = {k: [] for k in ("save", "upload_file", "copy", "load", "download_file")}
+    rss: dict[str, list[float]] = {"save": [], "load": [], "load-cached": [], "load-local": []}
+    version = key = ""
+    for i in range(repeats):
+        saved = _run(PHASE, {**spec, "kind": "save"}, env)
+        version, key = saved["version"], saved["key"]
+        rows["save"].append(saved["seconds"])
+        rss["save"].append(saved["peak_rss_mb"] - saved["rss_before_mb"])
+        artifact = work / "artifact.joblib"
+        if i == 0:  # the same bytes, as a local file for boto3 to upload
+            s3.download_file("bench", f"models/{key}", str(artifact))
+        up = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "upload", "file": str(artifact),
+                         "bucket": "bench", "key": f"baseline/{i}"}, env)  # fmt: skip
+        rows["upload_file"].append(up["seconds"])
+        copy = _run(
+            BOTO, {"endpoint": spec["endpoint"], "kind": "copy", "bucket": "bench", "key": f"baseline/{i}"}, env
+        )
+        rows["copy"].append(copy["seconds"])
+        s3.delete_object(Bucket="bench", Key=f"baseline/{i}.copy")
+        s3.delete_object(Bucket="bench", Key=f"baseline/{i}")
+        loaded = _run(PHASE, {**spec, "kind": "load", "version": version}, env)
+        rows["load"].append(loaded["seconds"])
+        rss["load"].append(loaded["peak_rss_mb"] - loaded["rss_before_mb"])
+        down = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "download", "file": str(work / "down.bin"),
+                           "bucket": "bench", "key": f"models/{key}"}, env)  # fmt: skip
+        rows["download_file"].append(down["seconds"])
+        (work / "down.bin").unlink()
+        if i < repeats - 1:  # moto keeps objects in memory: one artifact at a time (the row stays)
+            s3.delete_object(Bucket="bench", Key=f"models/{key}")
+    # cached load against a local-store load of the same model
+    first = _run(PHASE, {**spec, "kind": "load-cached", "version": version}, env)  # fills the cache
+    local = _run(PHASE, {**spec, "kind": "save-local"}, env)
+    cached_times, local_times = [], []
+    for _ in range(repeats):
+        c = _run(PHASE, {**spec, "kind": "load-cached", "version": version}, env)
+        cached_times.append(c["seconds"])
+        rss["load-cached"].append(c["peak_rss_mb"] - c["rss_before_mb"])
+        lo = _run(PHASE, {**spec, "kind": "load-local", "version": local["version"]}, env)
+        local_times.append(lo["seconds"])
+        rss["load-local"].append(lo["peak_rss_mb"] - lo["rss_before_mb"])
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    return {
+        "seconds": med,
+        "first_cached_load_s": first["seconds"],
+        "cached_load_s": statistics.median(cached_times),
+        "local_load_s": statistics.median(local_times),
+        "peak_rss_over_start_mb": {k: max(v) for k, v in rss.items() if v},
+        "runs": rows,
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    size = r["size_mb"]
+    s = r["seconds"]
+    print(f"artifact: {size} MiB; load average at the end: {', '.join(f'{x:.1f}' for x in r['load_average'])}")
+    print("| transfer | modelkeep | boto3 | modelkeep / boto3 throughput |")
+    print("|---|---:|---:|---:|")
+    up = (size / s["save"], size / s["upload_file"])
+    down = (size / s["load"], size / s["download_file"])
+    print(f"| upload (save_version vs upload_file) | {up[0]:.0f} MiB/s | {up[1]:.0f} MiB/s | {up[0] / up[1]:.2f}x |")
+    print(
+        f"| download (load vs download_file) | {down[0]:.0f} MiB/s | {down[1]:.0f} MiB/s | {down[0] / down[1]:.2f}x |"
+    )
+    print(
+        f"commit copy alone (CopyObject of {size} MiB, server-side): {s['copy']:.2f} s of the save's {s['save']:.2f} s"
+    )
+    cached, local = r["cached_load_s"], r["local_load_s"]
+    print(
+        f"cached load {cached * 1000:.0f} ms vs local-store load {local * 1000:.0f} ms: {cached / local:.2f}x "
+        f"(first load, filling the cache: {r['first_cached_load_s']:.2f} s)"
+    )
+    print("peak RSS over the process's RSS before the phase (MiB):", json.dumps(r["peak_rss_over_start_mb"]))
+
+
+if __name__ == "__main__":
+    main()

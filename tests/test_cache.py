@@ -1,0 +1,271 @@
+"""The local cache of remote artifacts (issue 27): hits, misses, LRU eviction under four
+processes, and a cache folder someone else wrote treated like a hostile store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelkeep import ModelPersistence
+from modelkeep.storage.cache import ArtifactCache, cache_dir
+from tests.s3_server import FaultProxy, S3Bucket, s3_options
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.s3
+
+
+def _registry(bucket: S3Bucket, tmp_path: Path, endpoint: str | None = None, **kwargs: Any) -> ModelPersistence:
+    p = ModelPersistence(
+        models_dir=bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_options(endpoint) if endpoint else bucket.storage_options,
+        **kwargs,
+    )
+    p.ensure_registry()
+    return p
+
+
+def _model(n_bytes: int, seed: int) -> dict[str, Any]:
+    return {"weights": np.random.default_rng(seed).standard_normal(n_bytes // 8), "seed": seed}
+
+
+def _artifact_gets(proxy: FaultProxy, key: str) -> int:
+    return sum(1 for m, path in proxy.requests if m == "GET" and key in path)
+
+
+def _entry_path(sha256: str) -> Path:
+    return cache_dir() / "sha256" / sha256[:2] / sha256
+
+
+def test_a_miss_downloads_once_then_every_load_reads_the_cache(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url)
+    model = _model(2 * MiB, seed=1)
+    rec = p.save_version(model, "m", compress=False)
+    assert rec.artifact is not None
+    key, sha = rec.artifact.key, rec.artifact.sha256
+    assert not _entry_path(sha).exists()  # a save does not fill the cache
+    assert np.array_equal(p.load("m")["weights"], model["weights"])  # miss: downloaded and checked
+    assert _entry_path(sha).is_file() and _artifact_gets(fault_proxy, key) >= 1
+    assert hashlib.sha256(_entry_path(sha).read_bytes()).hexdigest() == sha
+    assert oct(_entry_path(sha).stat().st_mode & 0o777) == oct(0o400)
+    fault_proxy.requests.clear()
+    # another registry object (the cache is shared), with a memory-mapped load: no GET of the artifact
+    q = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mmap_mode ignored: it is on a remote store"
+        mapped = q.load("m", mmap_mode="r")
+    assert np.array_equal(mapped["weights"], model["weights"])
+    assert _artifact_gets(fault_proxy, key) == 0
+    # ... and from a new process
+    script = (
+        "import sys, json; from modelkeep import ModelPersistence; "
+        "p = ModelPersistence(models_dir=sys.argv[1], registry_url=sys.argv[2], "
+        "storage_options=json.loads(sys.argv[3])); print(float(p.load('m')['weights'].sum()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, s3_bucket.url(), f"sqlite:///{tmp_path / 'registry.db'}",
+         json.dumps(s3_options(fault_proxy.endpoint_url))],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert float(out.stdout) == pytest.approx(float(model["weights"].sum()))
+    assert _artifact_gets(fault_proxy, key) == 0
+    p.close()
+    q.close()
+
+
+def test_cache_off_and_local_stores_never_cache(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    p = _registry(s3_bucket, tmp_path, cache_max_bytes=0)
+    assert p.cache is None
+    p.save_version(_model(MiB, seed=2), "m")
+    p.load("m")
+    assert not (cache_dir() / "sha256").exists()
+    with ModelPersistence(models_dir=tmp_path / "local") as local:
+        assert local.cache is None
+
+
+# -- a hostile cache folder --------------------------------------------------------------------
+def _tamper_in_place(path: Path) -> None:
+    path.chmod(0o600)
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _swap_for_a_link(path: Path) -> None:
+    elsewhere = path.parent.parent.parent / "elsewhere"
+    elsewhere.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(elsewhere)
+
+
+def _hard_link(path: Path) -> None:
+    os.link(path, path.parent.parent.parent / "second-name")
+
+
+@pytest.mark.parametrize(
+    "attack", [_tamper_in_place, _swap_for_a_link, _hard_link], ids=["tampered", "link", "hardlink"]
+)
+def test_an_entry_changed_by_someone_else_is_refused(
+    attack: Any, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tampered, linked or hard-linked entry is never parsed: the load reads the store
+    (one more GET), the entry is replaced by checked bytes, and a warning says so."""
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url)
+    model = _model(2 * MiB, seed=3)
+    rec = p.save_version(model, "m", compress=False)
+    assert rec.artifact is not None
+    p.load("m")
+    entry = _entry_path(rec.artifact.sha256)
+    attack(entry)
+    fault_proxy.requests.clear()
+    with caplog.at_level(logging.WARNING, logger="modelkeep"):
+        for mmap_mode in (None, "r"):
+            assert np.array_equal(p.load("m", mmap_mode=mmap_mode)["weights"], model["weights"])
+    assert _artifact_gets(fault_proxy, rec.artifact.key) >= 1
+    assert "cache entry" in caplog.text
+    assert not entry.is_symlink() and hashlib.sha256(entry.read_bytes()).hexdigest() == rec.artifact.sha256
+    p.close()
+
+
+def test_a_cache_folder_others_can_write_is_not_used(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    p = _registry(s3_bucket, tmp_path)
+    rec = p.save_version(_model(MiB, seed=4), "m")
+    assert rec.artifact is not None
+    cache_dir().mkdir(parents=True)
+    cache_dir().chmod(0o777)
+    p.load("m")
+    assert not _entry_path(rec.artifact.sha256).exists()
+    assert p.cache is not None and p.cache.lookup(rec.artifact.sha256) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_an_entry_owned_by_another_user_is_not_trusted(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    p = _registry(s3_bucket, tmp_path)
+    rec = p.save_version(_model(MiB, seed=5), "m")
+    assert rec.artifact is not None and p.cache is not None
+    p.load("m")
+    os.chown(_entry_path(rec.artifact.sha256), 4242, 4242)
+    assert p.cache.lookup(rec.artifact.sha256) is None
+
+
+# -- eviction ----------------------------------------------------------------------------------
+def test_least_recently_used_entries_go_first(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    p = _registry(s3_bucket, tmp_path, cache_max_bytes=int(2.5 * MiB))
+    shas = []
+    for i in range(3):
+        rec = p.save_version(_model(MiB, seed=10 + i), "m")
+        assert rec.artifact is not None
+        shas.append(rec.artifact.sha256)
+    p.load("m", "1.0.0")
+    p.load("m", "1.0.1")
+    p.load("m", "1.0.0")  # 1.0.0 is now the most recently used
+    p.load("m", "1.0.2")  # does not fit: 1.0.1 goes
+    assert [_entry_path(s).exists() for s in shas] == [True, False, True]
+    assert p.cache is not None and p.cache.info().bytes <= 2.5 * MiB
+    too_big = p.save_version(_model(3 * MiB, seed=20), "big")
+    p.load("big")  # larger than the whole cache: read from the store, nothing evicted
+    assert too_big.artifact is not None and not _entry_path(too_big.artifact.sha256).exists()
+    assert [_entry_path(s).exists() for s in shas] == [True, False, True]
+
+
+WORKER = """
+import json, sys, random
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     cache_max_bytes=spec["cap"])
+rng = random.Random(spec["worker"])
+versions = spec["versions"]
+for _ in range(spec["loads"]):
+    v = rng.choice(versions)
+    m = p.load("m", v)
+    assert m["seed"] == spec["seeds"][v], (v, m["seed"])
+    assert float(m["weights"][0]) == spec["first"][v]
+print("ok")
+"""
+
+
+def test_four_processes_share_the_cache_within_its_cap(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Four processes load six versions at random through a cache that holds three: every
+    load is right, the cap holds, and what remains are complete, checked entries."""
+    cap = int(3.5 * MiB)
+    p = _registry(s3_bucket, tmp_path)
+    seeds, first = {}, {}
+    for i in range(6):
+        model = _model(MiB, seed=100 + i)
+        rec = p.save_version(model, "m")
+        seeds[rec.version], first[rec.version] = 100 + i, float(model["weights"][0])
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_bucket.storage_options,
+        "cap": cap,
+        "versions": sorted(seeds),
+        "seeds": seeds,
+        "first": first,
+        "loads": 12,
+    }
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, json.dumps({**spec, "worker": w})],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(4)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == "ok"
+    cache = ArtifactCache(max_bytes=cap)
+    found = cache.info()
+    assert 1 <= found.entries <= 3 and found.bytes <= cap
+    for sha, _size, _used in cache.entries():
+        assert hashlib.sha256(_entry_path(sha).read_bytes()).hexdigest() == sha
+    assert list((cache_dir() / "tmp").iterdir()) == []
+
+
+# -- the command line -------------------------------------------------------------------------
+def test_cache_info_prune_clear(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    p = _registry(s3_bucket, tmp_path)
+    for i in range(2):
+        p.save_version(_model(MiB, seed=30 + i), "m")
+        p.load("m")
+    (cache_dir() / "sha256" / "zz").mkdir()  # odd things someone left there
+    (cache_dir() / "sha256" / "zz" / "not-a-digest").write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "modelkeep", "cache", *args], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    info = run("info")
+    assert info.returncode == 0, info.stderr
+    assert str(cache_dir()) in info.stdout and "entries: 2," in info.stdout and "cap 10.0 GiB" in info.stdout
+    pruned = run("prune", "--max-bytes", "1.5MiB")
+    assert pruned.returncode == 0 and "removed 2 file(s)" in pruned.stdout  # one entry and the odd file
+    assert ArtifactCache().info().entries == 1
+    bad = run("prune", "--max-bytes", "lots")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--max-bytes" in bad.stderr
+    cleared = run("clear")
+    assert cleared.returncode == 0 and "removed 1 file(s)" in cleared.stdout
+    assert ArtifactCache().info().entries == 0

@@ -1,0 +1,394 @@
+"""Transfers to and from S3 (moto on loopback): truncated downloads, parallel parts, commits
+under S3's single-copy limit, and abandoned multipart uploads (issue 27, part 1).
+
+Sizes stay at a few MiB with small parts: moto keeps every object in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelkeep import ModelPersistence
+from modelkeep.errors import ConfigError, IntegrityError, StorageError
+from modelkeep.storage import S3Store, verified
+from modelkeep.storage import s3 as s3_module
+from tests.s3_server import FaultProxy, S3Bucket, s3_options
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.s3
+
+
+def _proxied(bucket: S3Bucket, proxy: FaultProxy, tmp_path: Path, **kwargs: Any) -> ModelPersistence:
+    p = ModelPersistence(
+        models_dir=bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_options(proxy.endpoint_url),
+        **kwargs,
+    )
+    p.ensure_registry()
+    return p
+
+
+def _model(n_bytes: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {"weights": rng.integers(0, 1 << 62, size=n_bytes // 8, dtype=np.int64), "seed": seed}
+
+
+@pytest.mark.parametrize("cut", [0, 100, 3 * MiB + 5])
+def test_truncated_download_is_a_storage_error_and_frees_its_buffers(
+    cut: int, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET whose body stops early (the server promised more bytes) is one StorageError,
+    not a BufferError from the verified-read path, and leaves no buffer mapped (the cache is
+    off here: the load reads the store straight into private memory)."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, cache_max_bytes=0)
+    model = _model(6 * MiB)
+    rec = p.save_version(model, "m", compress=False)
+    assert rec.artifact is not None
+    key = rec.artifact.key
+    fault_proxy.truncate = lambda m, path: cut if m == "GET" and key in path else None
+    made: list[Any] = []
+    original = verified.private_buffer
+
+    def recorded(size: int, *, dense: bool = True) -> Any:
+        made.append(original(size, dense=dense))
+        return made[-1]
+
+    monkeypatch.setattr(verified, "private_buffer", recorded)
+    for _ in range(3):
+        with pytest.raises(StorageError) as info:
+            p.load("m", rec.version)
+        assert "\n" not in str(info.value)
+        assert "BufferError" not in repr(info.value.__cause__)
+    assert fault_proxy.injected  # the fault really happened
+    assert made and all(buf.closed for buf in made)  # unmapped at once, not left to the collector
+    fault_proxy.truncate = lambda m, path: None
+    loaded = p.load("m", rec.version)
+    assert np.array_equal(loaded["weights"], model["weights"])
+    p.close()
+
+
+def test_truncated_download_into_the_cache_leaves_nothing(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    from modelkeep.storage.cache import cache_dir
+
+    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    rec = p.save_version(_model(6 * MiB), "m", compress=False)
+    assert rec.artifact is not None
+    key = rec.artifact.key
+    fault_proxy.truncate = lambda m, path: 1000 if m == "GET" and key in path else None
+    with pytest.raises(StorageError, match="cannot read"):
+        p.load("m", rec.version)
+    assert list((cache_dir() / "tmp").iterdir()) == []
+    assert not (cache_dir() / "sha256" / rec.artifact.sha256[:2] / rec.artifact.sha256).exists()
+    p.close()
+
+
+# -- parallel transfers -------------------------------------------------------------------------
+def _part_kind(method: str, path: str) -> str:
+    if method == "PUT" and "partNumber=" in path:
+        return "part"
+    if method == "GET" and "/m/" in path:
+        return "get"
+    return method
+
+
+def _slow_parts(method: str, path: str) -> float:
+    return 0.05 if _part_kind(method, path) in ("part", "get") else 0.0
+
+
+def test_parts_go_up_in_parallel_within_the_memory_bound(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Several parts are on the wire at once, never more than max_concurrency, and the bytes
+    written but not yet received stay under (max_concurrency + 1) parts."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, max_concurrency=3, part_size="5MiB")
+    assert isinstance(p.store, S3Store) and (p.store.max_concurrency, p.store.part_size) == (3, 5 * MiB)
+    fault_proxy.kind, fault_proxy.delay = _part_kind, _slow_parts
+    received = 0
+    ahead: list[int] = []
+    written = 0
+
+    def advance(n: int) -> None:
+        nonlocal written
+        written += n
+
+    def watch(method: str, path: str) -> None:
+        nonlocal received
+        if _part_kind(method, path) == "part":
+            ahead.append(written - received)
+            received += 5 * MiB
+        return None
+
+    fault_proxy.fault = watch  # type: ignore[assignment]
+    data = np.random.default_rng(1).bytes(26 * MiB)
+    with p.store.staged() as st:
+        with st.open(advance) as w:
+            for i in range(0, len(data), MiB):
+                w.write(data[i : i + MiB])
+        st.commit("m/1.0.0/m.joblib")
+    assert fault_proxy.peak["part"] == 3  # parallel, and never more than allowed
+    assert ahead and max(ahead) <= 4 * 5 * MiB + MiB
+    assert s3_bucket.pending_uploads() == []
+    stored = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="models/m/1.0.0/m.joblib")["Body"].read()
+    assert stored == data and hashlib.sha256(data).hexdigest() == st.sha256
+    p.close()
+
+
+def test_save_and_load_through_parallel_ranged_gets(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, max_concurrency=4, part_size="5MiB", cache_max_bytes=0)
+    assert isinstance(p.store, S3Store)
+    p.store.read_chunk = 2 * MiB
+    model = _model(12 * MiB, seed=2)
+    rec = p.save_version(model, "m", compress=False)
+    fault_proxy.kind, fault_proxy.delay = _part_kind, _slow_parts
+    fault_proxy.requests.clear()
+    loaded = p.load("m", rec.version)
+    assert np.array_equal(loaded["weights"], model["weights"])
+    gets = [path for m, path in fault_proxy.requests if _part_kind(m, path) == "get"]
+    assert len(gets) == 7  # ceil((12 MiB + header + 1 probe byte) / 2 MiB), each byte fetched once
+    assert 2 <= fault_proxy.peak["get"] <= 4
+    p.close()
+
+
+@pytest.mark.parametrize("cache_max_bytes", [0, None], ids=["direct", "through-the-cache"])
+def test_a_replaced_object_is_refused_before_it_is_parsed(
+    cache_max_bytes: int | None, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """Bytes swapped under the key (same length, or longer) fail the digest or the probe byte,
+    whether the load reads the store directly or downloads into the cache."""
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,
+        part_size="5MiB",
+        cache_max_bytes=cache_max_bytes,
+    )
+    rec = p.save_version(_model(11 * MiB, seed=3), "m", compress=False)
+    assert rec.artifact is not None
+    key = f"models/{rec.artifact.key}"
+    original = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read()
+    flipped = bytearray(original)
+    flipped[-100] ^= 1
+    for tampered in (bytes(flipped), original + b"\x00"):
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=tampered)
+        with pytest.raises(IntegrityError):
+            p.load("m", rec.version)
+    p.close()
+
+
+def test_transfer_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODELKEEP_MAX_CONCURRENCY", "3")
+    monkeypatch.setenv("MODELKEEP_PART_SIZE", "6MiB")
+    kwargs: dict[str, Any] = {
+        "models_dir": s3_bucket.url(),
+        "registry_url": f"sqlite:///{tmp_path / 'registry.db'}",
+        "storage_options": s3_bucket.storage_options,
+    }
+    with ModelPersistence(**kwargs) as p:
+        assert isinstance(p.store, S3Store)
+        assert (p.store.max_concurrency, p.store.part_size) == (3, 6 * MiB)
+    with ModelPersistence(**kwargs, max_concurrency=5) as p:
+        assert isinstance(p.store, S3Store) and p.store.max_concurrency == 5
+    monkeypatch.setenv("MODELKEEP_PART_SIZE", "1MiB")
+    with pytest.raises(ConfigError, match="part_size must be at least 5 MiB"):
+        ModelPersistence(**kwargs)
+    monkeypatch.setenv("MODELKEEP_PART_SIZE", "8MiB")
+    monkeypatch.setenv("MODELKEEP_MAX_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="MODELKEEP_MAX_CONCURRENCY"):
+        ModelPersistence(**kwargs)
+
+
+# -- committing under S3's single-copy limit ----------------------------------------------------
+def _is_part_copy(method: str, path: str) -> bool:
+    return method == "PUT" and "partNumber=" in path and "/m/" in path
+
+
+@pytest.mark.parametrize("lowered", [True, False], ids=["part-copy", "single-copy-refused"])
+def test_commit_over_the_single_copy_limit(
+    lowered: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy refuses a single CopyObject above 6 MiB, as S3 does above 5 GiB. With the
+    limit lowered to match, a 14 MiB artifact commits as parallel UploadPartCopy parts;
+    without, the commit fails cleanly: nothing under the final key, no upload left open."""
+    fault_proxy.copy_limit = 6 * MiB
+    if lowered:
+        monkeypatch.setattr(s3_module, "COPY_LIMIT", 6 * MiB)
+        monkeypatch.setattr(s3_module, "COPY_PART_SIZE", 5 * MiB)
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    model = _model(14 * MiB, seed=4)
+    if not lowered:
+        with pytest.raises(StorageError, match=r"cannot commit .*larger than the maximum allowable size"):
+            p.save_version(model, "m", compress=False)
+        assert [k for k in s3_bucket.object_keys() if not k.startswith("models/.tmp/")] == []
+        assert s3_bucket.pending_uploads() == []
+        return
+    rec = p.save_version(model, "m", compress=False)
+    copies = [path for m, path in fault_proxy.requests if _is_part_copy(m, path)]
+    assert len(copies) == 3  # 5 + 5 + 4 MiB, copied server-side
+    assert not any(status == 400 for _, _, status in fault_proxy.injected)
+    assert s3_bucket.pending_uploads() == []
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+
+
+def test_a_failed_part_copy_aborts_the_upload(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "COPY_LIMIT", 6 * MiB)
+    monkeypatch.setattr(s3_module, "COPY_PART_SIZE", 5 * MiB)
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    fault_proxy.fault = lambda m, path: 500 if _is_part_copy(m, path) and "partNumber=2" in path else None
+    with pytest.raises(StorageError, match="cannot commit"):
+        p.save_version(_model(14 * MiB, seed=5), "m", compress=False)
+    assert fault_proxy.injected
+    assert s3_bucket.pending_uploads() == []
+    assert [k for k in s3_bucket.object_keys() if "/1.0.0/" in k and k.endswith(".joblib")] == []
+    assert p.list_versions("m") == []
+
+
+# -- abandoned uploads ------------------------------------------------------------------------
+SAVER = """
+import json, sys
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     part_size="5MiB", max_concurrency=2)
+p.save_version({"w": np.random.default_rng(0).bytes(40 << 20)}, "m", compress=False)
+print("finished")
+"""
+
+
+def test_gc_aborts_the_upload_a_killed_save_left_open(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """SIGKILL in the middle of a multipart upload leaves it open on S3 (billed, invisible in
+    listings). gc keeps it while it may still be a save in progress, then aborts it and
+    reports its bytes; an upload outside the registry's prefix is not touched."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    p.save_version({"x": 1}, "other")  # the registry exists
+    parts_seen = threading.Event()
+    seen = 0
+
+    def slow_parts(method: str, path: str) -> float:
+        nonlocal seen
+        if _part_kind(method, path) == "part":
+            seen += 1
+            if seen >= 2:
+                parts_seen.set()
+            return 0.5
+        return 0.0
+
+    fault_proxy.kind, fault_proxy.delay = _part_kind, slow_parts
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_options(fault_proxy.endpoint_url),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    saver = subprocess.Popen([sys.executable, "-c", SAVER, json.dumps(spec)], env=env, stdout=subprocess.PIPE)
+    try:
+        assert parts_seen.wait(120), "the save never started uploading parts"
+        time.sleep(0.6)  # some parts have landed
+    finally:
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(30)
+    assert saver.returncode == -signal.SIGKILL
+    fault_proxy.delay = lambda _m, _p: 0.0
+    outside = s3_bucket.client.create_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin")["UploadId"]
+    left = [k for k in s3_bucket.pending_uploads() if k.startswith("models/")]
+    assert len(left) == 1 and left[0].startswith("models/.tmp/")
+
+    young = p.gc()  # default min_age: an hour; the upload may still be someone's save
+    assert not [i for i in young.removed if "upload" in i.key]
+    assert [i for i in young.kept if "upload" in i.key]
+    dry = p.gc(dry_run=True, min_age_seconds=0)
+    assert [i for i in dry.removed if "upload" in i.key] and len(s3_bucket.pending_uploads()) == 2
+    report = p.gc(min_age_seconds=0)
+    aborted = [i for i in report.removed if "upload" in i.key]
+    assert len(aborted) == 1 and aborted[0].size >= 5 * MiB and report.bytes_freed >= aborted[0].size
+    assert report.ok
+    assert s3_bucket.pending_uploads() == ["elsewhere/big.bin"]
+    s3_bucket.client.abort_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin", UploadId=outside)
+    p.close()
+
+
+RESUMER = """
+import json, sys
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     part_size="5MiB", max_concurrency=2)
+rec = p.save_version({"w": np.random.default_rng(7).bytes(40 << 20)}, "big", compress=False, resume=True)
+print(rec.version)
+"""
+
+
+def test_a_save_killed_mid_upload_resumes_without_sending_its_parts_again(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """SIGKILL after a few parts of a resumable save; the next save with resume=True sends
+    only the parts that are missing, and the version loads back whole."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path)
+    p.save_version({"x": 1}, "other")
+    landed = threading.Event()
+    parts: list[str] = []
+
+    def slow_parts(method: str, path: str) -> float:
+        if _part_kind(method, path) == "part":
+            parts.append(path)
+            if len(parts) >= 4:
+                landed.set()
+            return 0.3
+        return 0.0
+
+    fault_proxy.kind, fault_proxy.delay = _part_kind, slow_parts
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_options(fault_proxy.endpoint_url),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    saver = subprocess.Popen([sys.executable, "-c", RESUMER, json.dumps(spec)], env=env, stdout=subprocess.PIPE)
+    try:
+        assert landed.wait(120), "the save never started uploading parts"
+        time.sleep(0.5)
+    finally:
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(30)
+    assert saver.returncode == -signal.SIGKILL
+    pending = [k for k in s3_bucket.pending_uploads() if k.startswith("models/.tmp/resume-")]
+    assert len(pending) == 1
+    before = len(parts)
+    fault_proxy.delay = lambda _m, _p: 0.0
+    done = subprocess.run(
+        [sys.executable, "-c", RESUMER, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    resent = len(parts) - before
+    assert resent < 8  # 40 MiB in 5 MiB parts: the parts the killed save uploaded were not sent again
+    assert s3_bucket.pending_uploads() == []
+    loaded = p.load("big", done.stdout.strip())
+    assert loaded["w"] == np.random.default_rng(7).bytes(40 << 20)
+    assert [k for k in s3_bucket.object_keys() if "/.tmp/" in k] == []
+    p.close()
