@@ -331,6 +331,13 @@ def run(n_versions: int, n_models: int, repeats: int, postgres: bool = True) -> 
     return results
 
 
+def run_section(quick: bool) -> dict[str, Any]:
+    """The ``search`` section of ``bench/run.py``: 1,000,000 versions (20,000 with ``--quick``)."""
+    if quick:
+        return run(20_000, 20, 3)
+    return run(1_000_000, 1_000, 11)
+
+
 def report(results: dict[str, Any]) -> str:
     sq, pg = results.get("sqlite", {}), results.get("postgresql", {})
     lines = [
@@ -343,13 +350,17 @@ def report(results: dict[str, Any]) -> str:
     for key, i in rows:
         a = sq.get(key) if i is None else sq[key][i]
         b = pg.get(key) if i is None else (pg.get(key) or [None] * (i + 1))[i]
-        label = "floor: 10 rows off the `(key, num)` index" if key == "floor" else f"`{a.get('filter')}`"
+        label = "floor: 10 rows off the `(key, num)` index" if key == "floor" else f"`{a.get('filter') or '(none)'}`"
         order = "" if key == "floor" else f"`{a.get('order_by')}`"
         pg_ms = f"{b['wall_ms']:.1f} ms" if b else pg.get("error", "n/a")
         lines.append(f"| {label} | {order} | {a['cpu_ms']:.1f} ms | {a['wall_ms']:.1f} ms | {pg_ms} |")
     lines += ["", "| UI page (SQLite) | server time | queries |", "|---|---:|---:|"]
     for label, r in results.get("ui", {}).items():
         lines.append(f"| {label} | {r['server_ms']:.1f} ms | {r['queries']} |")
+    for kind, r in (("SQLite", sq), ("PostgreSQL", pg)):
+        if r.get("plan"):
+            lines += ["", f"{kind} plan of `accuracy > 0.5` by `-auc` (its first segment):", ""]
+            lines += [f"    {step}" for step in r["plan"]]
     mem = results.get("memory", {})
     if mem:
         lines.append(

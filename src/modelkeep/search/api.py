@@ -166,6 +166,8 @@ def search_versions_in(
     last = None
     if page_token:
         last = _decode_token(page_token, fingerprint, query.size)
+        if query.segmented and (type(last[0]) is not int or last[0] not in SEGMENTS):
+            raise FilterError("page_token is not a token this search returned: bad segment")
     rows: list[tuple[list[Any], list[Any]]] = []  # (record columns, order values)
     for segment in query.segments(last):
         rows += query.run(segment, last, limit + 1 - len(rows))
@@ -345,6 +347,26 @@ def _metric_value(record: ModelMetadata, metric: str) -> Any:
         if key is not None and key in values:
             return values[key]
     return None
+
+
+def metric_history(index: SqlIndex, model_name: str, metric: str, limit: int = 2000) -> list[tuple[str, float | None]]:
+    """(version, value) of the newest ``limit`` live versions of ``model_name``, oldest first.
+
+    The value is the version's number for the custom field ``metric`` (booleans as
+    1/0), or ``None`` when it has none. Reads two columns per version (the version
+    row and one field row), never the records: what a chart of many versions needs.
+    """
+    limit = _check_limit(limit)
+    with connected(index) as db:
+        params = Params()
+        sql = (
+            f"SELECT v.version, f.num FROM {db.table(VERSIONS)} AS v"
+            f" LEFT OUTER JOIN {db.table(FIELDS)} AS f ON f.version_id = v.id AND f.key = {params.bind(metric)}"
+            f" WHERE v.model_name = {params.bind(model_name)} AND v.deleted_at IS NULL"
+            f" ORDER BY v.parsed DESC, v.sort_key DESC, v.id ASC LIMIT {params.bind(limit)}"
+        )
+        rows = db.rows(sql, params.values)
+    return [(text_value(version), None if num is None else float(num)) for version, num in reversed(rows)]
 
 
 def matching_versions(index: SqlIndex, model_name: str, filter: str | Node | None) -> list[ModelMetadata]:
