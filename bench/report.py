@@ -326,6 +326,17 @@ def startup_section(results: dict[str, Any]) -> list[str]:
     return lines + _table(header, body)
 
 
+def search_section(results: dict[str, Any]) -> list[str]:
+    """Search and the UI at 1M versions (bench/search_scale.py)."""
+    import search_scale
+
+    search = results.get("search")
+    lines = ["## Search and the UI at scale", ""]
+    if not search or "sqlite" not in search:
+        return [*lines, f"_{(search or {}).get('error', 'section not run')}_", ""]
+    return [*lines, *search_scale.report(search).splitlines(), ""]
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -350,7 +361,7 @@ def header_section(results: dict[str, Any]) -> list[str]:
         "",
         "`python bench/run.py --quick` is a smoke run of a minute or two that writes "
         "`bench/.tmp/README.quick.md` instead of this file. `--only` / `--skip` take section names "
-        "(small, large, compression, memory, index, dedup, mlflow, startup). Raw numbers of the last "
+        "(small, large, compression, memory, index, dedup, mlflow, startup, search). Raw numbers of the last "
         "run are in `bench/results.json`.",
         "",
         f"This page: {mode}, {meta['date']}, {meta['duration_s'] / 60:.1f} min.",
@@ -400,7 +411,7 @@ def render(results: dict[str, Any], plot_name: str | None) -> str:
     for section in (small_section, large_section, compression_section, memory_section):
         lines += section(results)
     lines += index_section(results, plot_name)
-    for section in (dedup_section, mlflow_section, startup_section):
+    for section in (dedup_section, mlflow_section, startup_section, search_section):
         lines += section(results)
     lines += standalone_sections()
     return "\n".join(lines).rstrip() + "\n"

@@ -23,7 +23,7 @@ from typing import Any
 import baselines  # first, so it records joblib's own classes before modelkeep can swap them
 from common import BENCH_DIR, TMP_ROOT, Settings, error_text, load_modelkeep, log
 
-SECTIONS = ("small", "large", "compression", "memory", "index", "dedup", "mlflow", "startup")
+SECTIONS = ("small", "large", "compression", "memory", "index", "dedup", "mlflow", "startup", "search")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,6 +124,7 @@ class Runner:
         import large
         import memory
         import mlflow_baseline
+        import search_scale
         import small
 
         s, mk = self.settings, self.modelkeep
@@ -136,6 +137,7 @@ class Runner:
             "dedup": lambda: dedup.run(s, mk),
             "mlflow": lambda: mlflow_baseline.run(s),
             "startup": run_startup,
+            "search": lambda: search_scale.run_section(s.quick),
         }[name]
 
     def run(self, names: list[str]) -> tuple[dict[str, Any], dict[str, float]]:

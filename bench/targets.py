@@ -307,6 +307,46 @@ def _startup(results: dict[str, Any]) -> list[Verdict]:
     return verdicts
 
 
+def _search(results: dict[str, Any]) -> list[Verdict]:
+    """Search and the UI at 1M versions (bench/search_scale.py); a miss names the index-walk floor."""
+    search = results.get("search")
+    if not isinstance(search, dict) or "sqlite" not in search:
+        reason = (search or {}).get("error", "section not run") if isinstance(search, dict) else "section not run"
+        return [Verdict("Search at 1M versions", DASH, "≤ 50.00 ms", None, str(reason))]
+    size = f"{search['versions']:,} versions"
+    verdicts = []
+    for kind, label, clock in (("sqlite", "SQLite", "cpu_ms"), ("postgresql", "PostgreSQL", "wall_ms")):
+        r = search.get(kind) or {}
+        if "bounded" not in r:
+            verdicts.append(Verdict(f"Search, {size}, {label}", DASH, "≤ 50.00 ms", None, r.get("error", "not run")))
+            continue
+        what = "CPU" if clock == "cpu_ms" else "wall"
+        floor = f"floor (10 rows off the (key, num) index): {_ms(r['floor'][clock] / 1e3)}"
+        bounded = _limit_verdict(f"Filtered top 10, {size}, {label} ({what})", r["bounded"][clock] / 1e3, 0.050)
+        worst = max(r["unbounded"], key=lambda q: q[clock])
+        unbounded = _limit_verdict(
+            f"Sort on an unbounded field (worst of {len(r['unbounded'])}: `{worst['order_by']}`), {size}, {label}",
+            worst[clock] / 1e3,
+            0.200,
+        )
+        for v in (bounded, unbounded):
+            verdicts.append(dataclasses.replace(v, note=f"{v.note}; {floor}" if v.met is False else v.note))
+    ui = search.get("ui") or {}
+    for label, limit in (("model page", 0.200), ("chart data (2,000 points)", 0.050)):
+        ms = _get(ui, label, "server_ms")
+        verdicts.append(_limit_verdict(f"UI {label}, {size}", None if ms is None else ms / 1e3, limit))
+    queries = _get(ui, "models page", "queries")
+    verdicts.append(
+        _limit_verdict(f"UI models page, {search['models']:,} models: queries", queries, 10, lambda v: f"{v:.0f}")
+    )
+    mem = search.get("memory") or {}
+    for key, label in (("search_peak_rss_mib", "search process"), ("ui_peak_rss_mib", "UI model page process")):
+        value = mem.get(key)
+        measured = DASH if value is None else f"{value:.0f} MiB"
+        verdicts.append(Verdict(f"Peak RSS, {label}, {size}", measured, "report only", value is not None))
+    return verdicts
+
+
 def evaluate(results: dict[str, Any]) -> list[Verdict]:
     """Every target, in the order of the issue."""
     return [
@@ -318,4 +358,5 @@ def evaluate(results: dict[str, Any]) -> list[Verdict]:
         *_mmap(results),
         *_dedup(results),
         *_startup(results),
+        *_search(results),
     ]

@@ -267,7 +267,7 @@ def test_pages_escape_what_users_wrote(client: TestClient, registry: ModelPersis
 def test_view_helpers(registry: ModelPersistence) -> None:
     records = registry.list_version_records("churn")
     assert metric_names(records)[:2] == ["accuracy", "f1"]
-    series = chart_series(records, "missing", {})
+    series = chart_series(registry.metric_history("churn", "missing"), "missing", {})
     assert series["values"] == [None, None, None]
     rows = {r.field: r for r in comparison_rows(records)}
     assert rows["accuracy"].differs and not rows["dataset"].differs

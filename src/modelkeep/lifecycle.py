@@ -198,6 +198,10 @@ class LifecycleMixin:
         """``{alias: version}`` of a model."""
         return self.index.lifecycle.get_aliases(model_name)
 
+    def all_aliases(self) -> dict[str, dict[str, str]]:
+        """``{model: {alias: version}}`` of every model with aliases (one query, however many models)."""
+        return self.index.lifecycle.all_aliases()
+
     # -- tags and descriptions ------------------------------------------------------------
     def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
         """Set a key/value tag on the model, or on one version with ``version=``."""

@@ -1115,6 +1115,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
 
         return search_models(self.index, filter, limit=limit, page_token=page_token)
 
+    def metric_history(self, model_name: str, metric: str, *, limit: int = 2000) -> list[tuple[str, float | None]]:
+        """``(version, value)`` of the newest ``limit`` live versions of a model, oldest first:
+        the number each has for ``metric`` (``None`` when it has none). Reads no records."""
+        from .search import metric_history
+
+        return metric_history(self.index, validate_model_name(model_name), metric, limit)
+
     def best_version(
         self, model_name: str, metric: str, mode: str = "max", filter: str | Node | None = None
     ) -> ModelMetadata:

@@ -395,6 +395,20 @@ class Lifecycle:
             return {text_value(a): text_value(v) for a, v in rows}
 
     @_retry_on_disconnect
+    def all_aliases(self) -> dict[str, dict[str, str]]:
+        """``{model: {alias: version}}`` of every model that has aliases, in one query."""
+        with self._index._read() as conn:
+            rows = conn.execute(
+                select(aliases.c.model_name, aliases.c.alias, aliases.c.version).order_by(
+                    aliases.c.model_name, aliases.c.alias
+                )
+            )
+            out: dict[str, dict[str, str]] = {}
+            for m, a, v in rows:
+                out.setdefault(text_value(m), {})[text_value(a)] = text_value(v)
+            return out
+
+    @_retry_on_disconnect
     def resolve_alias(self, model_name: str, alias: str) -> str:
         """The version ``alias`` points at; :class:`AliasNotFoundError` if there is no such alias."""
         return self.alias_state(model_name, alias).version

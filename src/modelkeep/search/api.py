@@ -23,7 +23,18 @@ from ..errors import FilterError, ModelNotFoundError
 from ..index.names import ALIASES, FIELDS, TAGS, VERSIONS
 from ..index.rows import BOUND_COLUMNS, bound_record, scalar_fields, text_value
 from ..metadata import ModelMetadata, ModelSummary
-from .compile import Compiler, Params, Resolved, after, field_names, order_clause, resolve_name, table
+from .compile import (
+    SEGMENT_NUMBERS,
+    SEGMENTS,
+    Compiler,
+    Params,
+    Resolved,
+    after,
+    field_names,
+    order_clause,
+    resolve_name,
+    table,
+)
 from .grammar import And, Compare, Node, OrderKey, parse_filter, parse_order_by, unparse
 
 if TYPE_CHECKING:
@@ -149,31 +160,76 @@ def search_versions_in(
     keys = parse_order_by(order_by) or DEFAULT_ORDER
     limit = _check_limit(limit)
     wanted = (field_names(node) if node is not None else []) + [k.field for k in keys]
-    params = Params()
-    compiler = Compiler(db.dialect, _resolve(db, list(dict.fromkeys(wanted))), params, db.schema)
-    source, parts = compiler.order(keys, node)
-    conds = ["v.deleted_at IS NULL"]
-    if model_name is not None:
-        conds.append(f"v.model_name = {params.bind(model_name)}")
-    if node is not None:
-        conds.append(compiler.where(node))
+    resolved = _resolve(db, list(dict.fromkeys(wanted)))
     fingerprint = _fingerprint(unparse(node) if node else None, model_name, [(k.field, k.descending) for k in keys])
+    query = _Query(db, resolved, node, keys, model_name)
+    last = None
     if page_token:
-        conds.append(after(parts, _decode_token(page_token, fingerprint, len(parts)), params))
-    columns = ", ".join(f"{expr} AS k{i}" for i, (expr, _desc) in enumerate(parts))
-    sql = (
-        f"SELECT v.record, {_BOUND}, v.description, {columns} FROM {source} WHERE {' AND '.join(conds)}"
-        f" ORDER BY {order_clause(parts)} LIMIT {params.bind(limit + 1)}"
-    )
-    rows = db.rows(sql, params.values)
+        last = _decode_token(page_token, fingerprint, query.size)
+        if query.segmented and (type(last[0]) is not int or last[0] not in SEGMENTS):
+            raise FilterError("page_token is not a token this search returned: bad segment")
+    rows: list[tuple[list[Any], list[Any]]] = []  # (record columns, order values)
+    for segment in query.segments(last):
+        rows += query.run(segment, last, limit + 1 - len(rows))
+        if len(rows) > limit:
+            break
     page = rows[:limit]
     n = 1 + len(BOUND_COLUMNS)
-    records = [bound_record(*r[:n], strict=False) for r in page]
-    _attach_lifecycle(db, records, [r[n] for r in page])
-    token = None
-    if len(rows) > limit:
-        token = _encode_token(fingerprint, list(page[-1][n + 1 :]))
+    records = [bound_record(*r[:n], strict=False) for r, _ in page]
+    _attach_lifecycle(db, records, [r[n] for r, _ in page])
+    token = _encode_token(fingerprint, page[-1][1]) if len(rows) > limit else None
     return SearchPage(records, token)
+
+
+class _Query:
+    """The statements of one search: a single one, or one per segment of the first key's
+    order (:data:`~modelkeep.search.compile.SEGMENTS`) when that key is an unbounded field."""
+
+    def __init__(
+        self,
+        db: Database,
+        resolved: dict[str, Resolved],
+        node: Node | None,
+        keys: list[OrderKey],
+        model_name: str | None,
+    ) -> None:
+        self.db, self.resolved, self.node, self.keys, self.model_name = db, resolved, node, keys, model_name
+        probe = Compiler(db.dialect, resolved, Params(), db.schema)
+        self.segmented = probe.segmented(keys, node)
+        self.size = len(probe.order(keys, node, SEGMENT_NUMBERS if self.segmented else None)[1])
+
+    def segments(self, last: list[Any] | None) -> list[int | None]:
+        """The segments still to visit after the row whose order values are ``last``."""
+        if not self.segmented:
+            return [None]
+        first = last[0] if last is not None else SEGMENTS[0]
+        return [s for s in SEGMENTS if s >= first]
+
+    def run(self, segment: int | None, last: list[Any] | None, limit: int) -> list[tuple[list[Any], list[Any]]]:
+        """Up to ``limit`` rows of ``segment`` after ``last``: (record columns, all order values)."""
+        params = Params()
+        compiler = Compiler(self.db.dialect, self.resolved, params, self.db.schema)
+        source, parts = compiler.order(self.keys, self.node, segment)
+        fixed = compiler.fixed
+        conds = ["v.deleted_at IS NULL", *compiler.conds]
+        if self.model_name is not None:
+            conds.append(f"v.model_name = {params.bind(self.model_name)}")
+        if self.node is not None:
+            conds.append(compiler.where(self.node))
+        moving = [i for i in range(len(parts)) if i not in fixed]
+        if last is not None and (segment is None or last[0] == segment):
+            conds.append(after([parts[i] for i in moving], [last[i] for i in moving], params))
+        columns = ", ".join(f"{parts[i][0]} AS k{i}" for i in moving)
+        sql = (
+            f"SELECT v.record, {_BOUND}, v.description, {columns} FROM {source} WHERE {' AND '.join(conds)}"
+            f" ORDER BY {order_clause([parts[i] for i in moving])} LIMIT {params.bind(limit)}"
+        )
+        n = 2 + len(BOUND_COLUMNS)
+        out = []
+        for row in self.db.rows(sql, params.values):
+            values = iter(row[n:])
+            out.append((list(row[:n]), [fixed[i] if i in fixed else next(values) for i in range(len(parts))]))
+        return out
 
 
 def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: list[str | None]) -> None:
@@ -291,6 +347,26 @@ def _metric_value(record: ModelMetadata, metric: str) -> Any:
         if key is not None and key in values:
             return values[key]
     return None
+
+
+def metric_history(index: SqlIndex, model_name: str, metric: str, limit: int = 2000) -> list[tuple[str, float | None]]:
+    """(version, value) of the newest ``limit`` live versions of ``model_name``, oldest first.
+
+    The value is the version's number for the custom field ``metric`` (booleans as
+    1/0), or ``None`` when it has none. Reads two columns per version (the version
+    row and one field row), never the records: what a chart of many versions needs.
+    """
+    limit = _check_limit(limit)
+    with connected(index) as db:
+        params = Params()
+        sql = (
+            f"SELECT v.version, f.num FROM {db.table(VERSIONS)} AS v"
+            f" LEFT OUTER JOIN {db.table(FIELDS)} AS f ON f.version_id = v.id AND f.key = {params.bind(metric)}"
+            f" WHERE v.model_name = {params.bind(model_name)} AND v.deleted_at IS NULL"
+            f" ORDER BY v.parsed DESC, v.sort_key DESC, v.id ASC LIMIT {params.bind(limit)}"
+        )
+        rows = db.rows(sql, params.values)
+    return [(text_value(version), None if num is None else float(num)) for version, num in reversed(rows)]
 
 
 def matching_versions(index: SqlIndex, model_name: str, filter: str | Node | None) -> list[ModelMetadata]:

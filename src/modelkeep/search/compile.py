@@ -47,6 +47,13 @@ _ASCII_FOLD = str.maketrans(_ASCII_UPPER, _ASCII_UPPER.lower())
 #: One order part: (SQL expression, descending).
 Part = tuple[str, bool]
 
+#: The segments of a custom field's order, in order: versions whose value is a number,
+#: then a string, then versions without the field. A search ordered by an unbounded
+#: field runs one statement per segment (until the page is full), each walked in the
+#: order of an index (``(key, num, version_id)`` for numbers) and stopped at the limit,
+#: instead of sorting every version by a computed rank.
+SEGMENT_NUMBERS, SEGMENT_STRINGS, SEGMENT_MISSING = SEGMENTS = (0, 1, 2)
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -134,6 +141,14 @@ class Compiler:
         self.schema = schema
         # The filter condition that ``order`` turned into its driving join (see there).
         self._driving: Compare | None = None
+        #: After :meth:`order` with a ``segment``: conditions the segment adds to the WHERE
+        #: clause, and the order parts that are one constant in it (index -> value).
+        self.conds: list[str] = []
+        self.fixed: dict[int, Any] = {}
+        # SQLite, in a segment walked along an index: custom-field conditions become
+        # correlated probes of this version id instead of ``v.id IN (...)`` lists, which
+        # SQLite would otherwise build in full (and drive the join from) before the walk.
+        self._probe: str | None = None
 
     # -- helpers -------------------------------------------------------------------
     def table(self, name: str) -> str:
@@ -231,27 +246,41 @@ class Compiler:
         if node is self._driving:
             assert isinstance(node, Compare)
             return f"order_0.num {node.op} {self.params.bind(_number(node.value))}"
-        matching = f"SELECT f.version_id FROM {self.table(FIELDS)} AS f WHERE f.key = {self.params.bind(key)}"
+        probe = f"f.version_id = {self._probe} AND " if self._probe is not None else ""
+        matching = f"SELECT f.version_id FROM {self.table(FIELDS)} AS f WHERE {probe}f.key = {self.params.bind(key)}"
+        if self._probe is not None:  # a correlated probe of the primary key (see ``order``)
+            if isinstance(node, IsNull):
+                return f"EXISTS ({matching})" if node.negated else f"NOT (EXISTS ({matching}))"
+            return f"EXISTS ({matching} AND {self._field_condition(node)})"
         if isinstance(node, IsNull):
             return f"v.id IN ({matching})" if node.negated else f"v.id NOT IN ({matching})"
+        return f"v.id IN ({matching} AND {self._field_condition(node)})"
+
+    def _field_condition(self, node: Compare | In) -> str:
+        """The condition on one field row ``f`` for a comparison or ``IN`` list."""
         if isinstance(node, In):
             numbers = [_number(x) for x in node.values if not isinstance(x, str)]
             strings = [x for x in node.values if isinstance(x, str)]
             conds = ([self._in("f.num", numbers)] if numbers else []) + (
                 [self._in(self.text("f.str"), strings)] if strings else []
             )
-            return f"v.id IN ({matching} AND ({' OR '.join(conds)}))"
-        assert isinstance(node, Compare)
+            return f"({' OR '.join(conds)})"
         if isinstance(node.value, str):
-            cond = self.compare_text("f.str", node.op, node.value)
-        elif node.op in ("LIKE", "ILIKE"):
+            return self.compare_text("f.str", node.op, node.value)
+        if node.op in ("LIKE", "ILIKE"):
             raise FilterError(f"{node.field} {node.op} needs a quoted pattern")  # pragma: no cover - parser
-        else:
-            cond = f"f.num {node.op} {self.params.bind(_number(node.value))}"
-        return f"v.id IN ({matching} AND {cond})"
+        return f"f.num {node.op} {self.params.bind(_number(node.value))}"
 
     # -- ordering ------------------------------------------------------------------
-    def order(self, keys: list[OrderKey], node: Node | None = None) -> tuple[str, list[Part]]:
+    def segmented(self, keys: list[OrderKey], node: Node | None) -> bool:
+        """Whether :meth:`order` must run as three segments: the first key is a custom
+        field that the filter does not require to be a number (see :data:`SEGMENTS`)."""
+        first = self.resolved[keys[0].field] if keys else None
+        return first is not None and first.kind == "field" and _numeric_condition(node, keys[0].field) is None
+
+    def order(
+        self, keys: list[OrderKey], node: Node | None = None, segment: int | None = None
+    ) -> tuple[str, list[Part]]:
         """The versions table ``v`` with what ``keys`` need joined; and (expression, descending) pairs.
 
         The last pair is always the version's unique id, so the order is total.
@@ -260,11 +289,18 @@ class Compiler:
         a number (``accuracy > 0.9 AND ...``), every match has a numeric value, so the
         order is just that number: the query is then driven by the field's index in
         order and stops after ``limit`` rows. Call :meth:`where` after this.
+
+        Otherwise, when the first key is a custom field, the caller passes ``segment``
+        (see :meth:`segmented`): one statement per segment of that key's order, each
+        of which an index walks in order (:data:`SEGMENTS`). The parts keep the shape
+        of the whole order (so a page token is the same in every segment); those that
+        are constant in the segment are in :attr:`fixed`, its conditions in :attr:`conds`.
         """
         source = f"{self.table(VERSIONS)} AS v"
         parts: list[Part] = []
         first = self.resolved[keys[0].field] if keys else None
         leaf = _numeric_condition(node, keys[0].field) if keys and first and first.kind == "field" else None
+        id_expr = "v.id"
         if leaf is not None and first is not None:
             source += (
                 f" JOIN {self.table(FIELDS)} AS order_0"
@@ -273,7 +309,11 @@ class Compiler:
             self._driving = leaf
             parts.append(("order_0.num", keys[0].descending))
             keys = keys[1:]
-        for i, key in enumerate(keys, start=1 if leaf is not None else 0):
+            id_expr = "order_0.version_id"
+        elif segment is not None and first is not None and first.kind == "field":
+            source, id_expr = self._segment(source, first.key, keys[0].descending, segment, parts)
+            keys = keys[1:]
+        for i, key in enumerate(keys, start=1 if parts else 0):
             target = self.resolved[key.field]
             desc = key.descending
             alias = f"order_{i}"
@@ -308,8 +348,35 @@ class Compiler:
                 ]
             else:
                 raise FilterError(f"cannot order by {key.field!r}: a version may have several aliases")
-        parts.append(("order_0.version_id" if self._driving else "v.id", False))
+        parts.append((id_expr, False))
         return source, parts
+
+    def _segment(self, source: str, key: str, desc: bool, segment: int, parts: list[Part]) -> tuple[str, str]:
+        """Join and order for one segment of a custom field's order; returns (source, id expression).
+
+        The three parts of the field's order are (rank, number, string); in segment
+        ``s`` the rank is ``s`` and the parts that segment lacks are constants.
+        """
+        k = self.params.bind(key)
+        if segment == SEGMENT_MISSING:
+            self.conds.append(
+                f"NOT EXISTS (SELECT 1 FROM {self.table(FIELDS)} AS f WHERE f.version_id = v.id AND f.key = {k})"
+            )
+            self.fixed.update({0: SEGMENT_MISSING, 1: 0.0, 2: ""})
+            parts += [("NULL", False), ("NULL", desc), ("NULL", desc)]
+            return source, "v.id"
+        source += f" JOIN {self.table(FIELDS)} AS order_0 ON order_0.version_id = v.id AND order_0.key = {k}"
+        if not self.postgres:  # PostgreSQL plans IN and EXISTS alike, from its statistics
+            self._probe = "order_0.version_id"
+        if segment == SEGMENT_NUMBERS:
+            self.conds.append("order_0.num IS NOT NULL")
+            self.fixed.update({0: SEGMENT_NUMBERS, 2: ""})
+            parts += [("NULL", False), ("order_0.num", desc), ("NULL", desc)]
+        else:
+            self.conds.append("order_0.str IS NOT NULL")
+            self.fixed.update({0: SEGMENT_STRINGS, 1: 0.0})
+            parts += [("NULL", False), ("NULL", desc), (self.text("order_0.str"), desc)]
+        return source, "order_0.version_id"
 
 
 def _numeric_condition(node: Node | None, name: str) -> Compare | None:

@@ -310,7 +310,8 @@ class _Pages:
                 more=page.next_page_token is not None,
             )
         summaries = await self.call(self.p.model_summaries)
-        aliases = {s.name: await self.call(self.p.get_aliases, s.name) for s in summaries}
+        every = await self.call(self.p.all_aliases)  # one query, however many models
+        aliases = {s.name: every.get(s.name, {}) for s in summaries}
         return self.render(request, "models.html", summaries=summaries, aliases=aliases, query="")
 
     async def search_error(self, request: Request, query: str, exc: FilterError) -> Response:
@@ -367,10 +368,9 @@ class _Pages:
     async def chart(self, request: Request) -> Response:
         name = request.path_params["name"]
         metric = request.query_params.get("metric", "")
-        page = await self.call(self.p.search_versions, None, model_name=name, order_by=["-version"], limit=CHART_POINTS)
-        records = list(reversed(page.items))
+        points = await self.call(self.p.metric_history, name, metric, limit=CHART_POINTS)
         aliases = await self.call(self.p.get_aliases, name)
-        return JSONResponse(chart_series(records, metric, aliases))
+        return JSONResponse(chart_series(points, metric, aliases))
 
     async def version(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]

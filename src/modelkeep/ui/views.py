@@ -186,11 +186,12 @@ def comparison_rows(records: Sequence[ModelMetadata]) -> list[ComparisonRow]:
     return rows
 
 
-def chart_series(records: Sequence[ModelMetadata], metric: str, aliases: dict[str, str]) -> dict[str, Any]:
+def chart_series(points: Sequence[tuple[str, float | None]], metric: str, aliases: dict[str, str]) -> dict[str, Any]:
     """Data for the metric-across-versions chart: x positions, labels, values, alias marks.
 
-    ``records`` are in version order. A version without the metric (or with a
-    non-finite value) is a gap (``None``), not a zero.
+    ``points`` are (version, value) in version order
+    (:meth:`~modelkeep.ModelPersistence.metric_history`). A version without the
+    metric (or with a non-finite value) is a gap (``None``), not a zero.
     """
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
@@ -199,22 +200,17 @@ def chart_series(records: Sequence[ModelMetadata], metric: str, aliases: dict[st
     values: list[float | None] = []
     marks: list[float | None] = []
     marked: list[dict[str, Any]] = []
-    for i, rec in enumerate(records):
-        raw = rec.metadata.get(metric)
-        value = (
-            float(raw)
-            if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(float(raw))
-            else None
-        )
-        labels.append(rec.version)
+    for i, (version, raw) in enumerate(points):
+        value = raw if raw is not None and math.isfinite(raw) else None
+        labels.append(version)
         values.append(value)
-        names = sorted(by_version.get(rec.version, []))
+        names = sorted(by_version.get(version, []))
         marks.append(value if names else None)
         if names:
-            marked.append({"x": i, "version": rec.version, "aliases": names, "value": value})
+            marked.append({"x": i, "version": version, "aliases": names, "value": value})
     return {
         "metric": metric,
-        "x": list(range(len(records))),
+        "x": list(range(len(points))),
         "labels": labels,
         "values": values,
         "marks": marks,
