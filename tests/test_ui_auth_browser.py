@@ -1,8 +1,8 @@
 """The team flow in Debian's Chromium: sign in, roles, protected ``production``, a stale
 page's 409, history by name, a wrong ``Host``, sign-out, and no console errors.
 
-One test, one server (the real ``modelkeep ui`` command), one browser; launched as in
-``test_ui_browser.py``. Chromium resolves ``attacker.example`` to 127.0.0.1
+One test, one server (the real ``modelkeep ui`` command), one browser; started by the helpers in
+``tests/_browser.py``. Chromium resolves ``attacker.example`` to 127.0.0.1
 (``--host-resolver-rules``), which is what DNS rebinding achieves.
 """
 
@@ -10,37 +10,22 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelkeep import ModelPersistence
 from modelkeep.index.audit import actor
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _shot, _wait_until_serving
-
-USERS = {"vera": ("viewer", "viewer-pass-1"), "eddie": ("editor", "editor-pass-1"), "ada": ("admin", "admin-pass-1")}
-
-
-def _sign_in(page: Any, url: str, name: str) -> None:
-    page.goto(url + "models/churn")
-    assert "/signin" in page.url
-    page.fill("#username", name)
-    page.fill("#password", USERS[name][1])
-    page.click("#signin-form button")
-    page.wait_for_url(url + "models/churn")
-    assert page.locator("#signed-in-as").inner_text() == f"{name} ({USERS[name][0]})"
-
-
-def _set_alias(page: Any, alias: str, version: str) -> None:
-    page.fill('#alias-form input[name="alias"]', alias)
-    page.fill('#alias-form input[name="version"]', version)
-    page.click("#alias-form button")
-
-
-def _sign_out(page: Any) -> None:
-    page.click("#signout-form button")
-    page.wait_for_url(re.compile(r".*/signin.*"))
+from tests._browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    USERS,
+    _set_alias,
+    _shot,
+    _sign_in,
+    _sign_out,
+    start_ui,
+)
 
 
 def test_team_flow_in_chromium(tmp_path: Path, classifier: Any) -> None:
@@ -54,16 +39,9 @@ def test_team_flow_in_chromium(tmp_path: Path, classifier: Any) -> None:
     p.set_alias("churn", "staging", "1.1.0")
     for name, (role, password) in USERS.items():
         p.users.add(name, password, role)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelkeep", "--models-dir", str(folder), "ui", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    url, proc = start_ui(folder)
+    port = urlsplit(url).port
     try:
-        _wait_until_serving(port)
-        url = f"http://127.0.0.1:{port}/"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,

@@ -1,20 +1,14 @@
 """End-to-end: the real ``modelkeep ui`` command, driven by a real headless Chromium.
 
-The browser is Debian's ``chromium`` (``.ci/run`` installs it with apt-get;
-nothing is downloaded at run time), driven by Playwright through its
-``executable_path``. Set ``MODELKEEP_UI_SCREENSHOTS=docs/screenshots`` to
-write the README's screenshots while the test runs.
+The browser and server helpers are in ``tests/_browser.py`` (Debian's ``chromium``, nothing
+downloaded at run time). Set ``MODELKEEP_UI_SCREENSHOTS=docs/screenshots`` to write the README's
+screenshots while the test runs.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,24 +16,7 @@ from typing import Any
 import pytest
 
 from modelkeep import ModelPersistence
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SHOTS = os.environ.get("MODELKEEP_UI_SCREENSHOTS")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests._browser import CHROMIUM, CHROMIUM_ARGS, LOW_CONTRAST_JS, _console_errors, _shot, start_ui
 
 
 @pytest.fixture
@@ -78,95 +55,11 @@ def models_dir(tmp_path: Path, classifier: Any, iris_data: Any) -> Path:
 
 @pytest.fixture
 def server(models_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelkeep", "--models-dir", str(models_dir), "ui", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"(http://\S+)", line)
-    assert match, f"no URL printed: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
-    url = match.group(1)
-    _wait_until_serving(port)
+    url, proc = start_ui(models_dir)
     yield url, proc
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
-
-
-def _wait_until_serving(port: int) -> None:
-    import time
-
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"the UI did not start listening on port {port}")
-
-
-def _shot(page: Any, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
-
-
-#: Text whose colour has less than the WCAG AA contrast with its background (4.5:1, 3:1 for large text).
-LOW_CONTRAST_JS = r"""
-() => {
-  function rgb(s) { const m = s.match(/[\d.]+/g); return m ? m.map(Number) : [0, 0, 0, 1]; }
-  function lum(c) {
-    const a = c.slice(0, 3).map(v => {
-      v /= 255;
-      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
-    });
-    return 0.2126 * a[0] + 0.7152 * a[1] + 0.0722 * a[2];
-  }
-  function bg(el) {
-    for (let e = el; e; e = e.parentElement) {
-      const c = rgb(getComputedStyle(e).backgroundColor);
-      if (c.length < 4 || c[3] > 0.5) return c;
-    }
-    return [255, 255, 255, 1];
-  }
-  const bad = [];
-  document.querySelectorAll("body *").forEach(el => {
-    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
-    if (!own || !el.offsetParent) return;
-    const st = getComputedStyle(el);
-    if (st.visibility === "hidden" || el.closest(".sr-only, .skip")) return;
-    const l1 = lum(rgb(st.color)), l2 = lum(bg(el));
-    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
-    const size = parseFloat(st.fontSize), bold = parseInt(st.fontWeight) >= 700;
-    const need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
-    const text = el.textContent.trim().slice(0, 30);
-    if (ratio < need) bad.push(`${el.tagName}.${el.className} "${text}" ${ratio.toFixed(2)}`);
-  });
-  return bad;
-}
-"""
-
-
-def _console_errors(page: Any) -> list[str]:
-    """Console errors and failed requests of ``page``, except the status of a page that is
-    meant to be an error page (a 400 search error, a 409 trash confirmation)."""
-    errors: list[str] = []
-
-    def on_console(msg: Any) -> None:
-        if msg.type != "error":
-            return
-        if msg.text.startswith("Failed to load resource") and msg.location.get("url") == page.url:
-            return  # the document's own 4xx status, checked by the test itself
-        errors.append(f"console: {msg.text} at {msg.location.get('url')}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
-    return errors
 
 
 def test_click_through_list_model_version_compare_promote_and_history(
