@@ -217,6 +217,7 @@ class Lifecycle:
                 after=version,
                 at=at,
                 signature=signature,
+                state={"seq": seq},
             )
             return current
 

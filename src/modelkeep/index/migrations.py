@@ -49,7 +49,7 @@ def add_column(conn: Connection, table_name: str, column: Column[object]) -> Non
     conn.exec_driver_sql(f"ALTER TABLE {_qualified(conn, table_name)} ADD COLUMN {column.name} {kind}")
 
 
-# The version-2 shapes of the tables that later steps changed (step 6 added columns).
+# The version-2 shapes of the tables that later steps changed (steps 6 and 7 added columns).
 _V2 = MetaData()
 _ALIASES_V2 = Table(
     aliases.name,
@@ -60,7 +60,7 @@ _ALIASES_V2 = Table(
 _HISTORY_V2 = Table(
     history.name,
     _V2,
-    *(c._copy() for c in history.columns if c.name != "signature"),
+    *(c._copy() for c in history.columns if c.name not in ("signature", "event_id")),
     *(Index(i.name, *(c.name for c in i.columns)) for i in history.indexes),
 )
 
@@ -122,6 +122,13 @@ def _signed_events(conn: Connection, dialect: str) -> None:
     add_column(conn, history.name, Column("signature", history.c.signature.type))
 
 
+def _store_events(conn: Connection, dialect: str) -> None:
+    """Version 7: ``modelkeep_history.event_id``, the event file each history row has in the
+    store (:mod:`modelkeep.eventlog`). Existing rows keep NULL: the first write through a
+    registry that has a store writes their event files out (see ``SqlIndex.export_events``)."""
+    add_column(conn, history.name, Column("event_id", history.c.event_id.type))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -129,6 +136,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "team-mode write claims (modelkeep_claims)", _claims),
     Migration(5, "UI users and API tokens (modelkeep_users, modelkeep_tokens)", _users),
     Migration(6, "signed alias moves and signed history events", _signed_events),
+    Migration(7, "history rows name their event files in the store", _store_events),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

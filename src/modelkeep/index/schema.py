@@ -131,6 +131,9 @@ history = Table(
     Column("after", Text, nullable=True),
     # Schema 5: the signature of a signed event (an alias move, a version's removal), or NULL.
     Column("signature", Text, nullable=True),
+    # Schema 7: the random id of the row's event file in the store (see modelkeep.eventlog),
+    # NULL for rows written before it and not yet written out.
+    Column("event_id", String(32), nullable=True),
     Index("ix_modelkeep_history_model", "model_name", "id"),
     Index("ix_modelkeep_history_alias", "model_name", "alias", "id"),
 )

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,7 +53,17 @@ from ..errors import (
 from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version
-from .audit import LIVE, artifact_summary, attach_lifecycle, now, touch_model, write_history
+from .audit import (
+    LIVE,
+    PENDING,
+    ROW_COLUMNS,
+    HistoryRow,
+    artifact_summary,
+    attach_lifecycle,
+    now,
+    touch_model,
+    write_history,
+)
 from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import connection_lost as _connection_lost
@@ -61,13 +72,15 @@ from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
-from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
+from .schema import aliases, blob_refs, fields, history, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
     from .claims import VersionClaim
     from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
+#: Writes the event files of history rows into the store (see :attr:`SqlIndex.journal`).
+Journal = Callable[[list[HistoryRow]], None]
 logger = logging.getLogger("modelkeep")
 
 
@@ -217,6 +230,10 @@ class SqlIndex:
         if schema is not None:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
+        #: Writes each history row's event file into the store before its transaction commits
+        #: (set by the registry; ``None``: the index alone, no event files).
+        self.journal: Journal | None = None
+        self._exported = False  # rows from before schema 7 have been written out
         self._open_schema(create)
 
     # -- plumbing ---------------------------------------------------------------
@@ -225,7 +242,12 @@ class SqlIndex:
         committing = False
         try:
             with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
-                yield conn
+                conn.info[PENDING] = []
+                try:
+                    yield conn
+                    self._write_events(conn)
+                finally:
+                    conn.info.pop(PENDING, None)
                 committing = True
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
@@ -237,6 +259,51 @@ class SqlIndex:
                 ) from exc
             self._raise_db_error(exc)
             raise
+
+    def _write_events(self, conn: Connection) -> None:
+        """Write the event files of the history rows this transaction added (fsync'ed, before
+        COMMIT: a crash in between leaves a file no row names, which gc removes), preceded the
+        first time by those of rows written before schema 7 (the upgrade: see :meth:`export_events`)."""
+        if self.journal is None:
+            return
+        queued: list[HistoryRow] = conn.info.get(PENDING) or []
+        if not self._exported:
+            queued = self._unexported(conn) + queued
+            self._exported = True
+        if queued:
+            self.journal(queued)
+
+    def _unexported(self, conn: Connection) -> list[HistoryRow]:
+        """History rows without an event file yet (written by an older release), given one."""
+        if conn.execute(select(history.c.id).where(history.c.event_id.is_(None)).limit(1)).first() is None:
+            return []
+        if self.dialect == "postgresql":  # one writer at a time names them
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:export-events'))"))
+        out = []
+        alias_seq = {
+            (r[0], r[1], r[2], r[3]): r[4]
+            for r in conn.execute(
+                select(aliases.c.model_name, aliases.c.alias, aliases.c.version, aliases.c.signature, aliases.c.seq)
+            )
+        }
+        for row in conn.execute(select(history).where(history.c.event_id.is_(None)).order_by(history.c.id)).all():
+            values = {c: row._mapping[c] if row._mapping[c] is None else text_value(row._mapping[c]) for c in ROW_COLUMNS}
+            event_id = uuid.uuid4().hex
+            conn.execute(update(history).where(history.c.id == row.id).values(event_id=event_id))
+            key = (values["model_name"], values["alias"], values["version"], values["signature"])
+            seq = alias_seq.get(key) if values["action"] == "alias_set" else None
+            state = {"seq": seq} if isinstance(seq, int) else {}
+            out.append(HistoryRow(int(row.id), event_id, values, state))
+        return out
+
+    def export_events(self) -> int:
+        """Write out the event files of history rows that have none (rows of an older release);
+        returns how many. Every write does this once; ``gc`` and ``reindex`` call it first."""
+        with self._write() as conn:
+            found = self._unexported(conn)
+            if found and self.journal is not None:
+                self.journal(found)
+        return len(found)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
