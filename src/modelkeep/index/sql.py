@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import os
 import uuid
@@ -279,22 +281,31 @@ class SqlIndex:
             return []
         if self.dialect == "postgresql":  # one writer at a time names them
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:export-events'))"))
+        seqs = _alias_seqs(conn)
         out = []
-        alias_seq = {
-            (r[0], r[1], r[2], r[3]): r[4]
-            for r in conn.execute(
-                select(aliases.c.model_name, aliases.c.alias, aliases.c.version, aliases.c.signature, aliases.c.seq)
-            )
-        }
         for row in conn.execute(select(history).where(history.c.event_id.is_(None)).order_by(history.c.id)).all():
-            values = {c: row._mapping[c] if row._mapping[c] is None else text_value(row._mapping[c]) for c in ROW_COLUMNS}
-            event_id = uuid.uuid4().hex
-            conn.execute(update(history).where(history.c.id == row.id).values(event_id=event_id))
-            key = (values["model_name"], values["alias"], values["version"], values["signature"])
-            seq = alias_seq.get(key) if values["action"] == "alias_set" else None
-            state = {"seq": seq} if isinstance(seq, int) else {}
-            out.append(HistoryRow(int(row.id), event_id, values, state))
+            event = _history_row(row._mapping, seqs, uuid.uuid4().hex)
+            conn.execute(update(history).where(history.c.id == event.seq).values(event_id=event.event_id))
+            out.append(event)
         return out
+
+    @_retry_on_disconnect
+    def history_rows(self, model_name: str, *, stored: bool = False) -> list[Any]:
+        """The model's history rows as event files carry them (:class:`HistoryRow`), oldest first
+        (what ``copy`` and bundles carry); a row not written out yet gets an id derived from its
+        content. With ``stored``, ``(row, whether its event id is in the index)`` pairs."""
+        with self._read() as conn:
+            seqs = _alias_seqs(conn)
+            query = select(history).where(history.c.model_name == model_name).order_by(history.c.id)
+            found = [(r._mapping, r._mapping["event_id"]) for r in conn.execute(query)]
+        rows = [(_history_row(m, seqs, eid), isinstance(eid, str)) for m, eid in found]
+        return rows if stored else [row for row, _ in rows]
+
+    @_retry_on_disconnect
+    def history_models(self) -> list[str]:
+        """Every model name the history mentions."""
+        with self._read() as conn:
+            return sorted(text_value(n) for n in conn.execute(select(history.c.model_name).distinct()).scalars())
 
     def export_events(self) -> int:
         """Write out the event files of history rows that have none (rows of an older release);
@@ -794,6 +805,23 @@ class SqlIndex:
     def artifact_keys(self) -> set[str]:
         with self._read() as conn:
             return {r[0] for r in conn.execute(select(versions.c.artifact_key))}
+
+
+def _alias_seqs(conn: Connection) -> dict[tuple[Any, ...], Any]:
+    """``(model, alias, version, signature) -> seq`` of every alias: the move number a history
+    row that made the alias's current signed move needs in its event file."""
+    query = select(aliases.c.model_name, aliases.c.alias, aliases.c.version, aliases.c.signature, aliases.c.seq)
+    return {tuple(r[:4]): r[4] for r in conn.execute(query)}
+
+
+def _history_row(mapping: Any, seqs: dict[tuple[Any, ...], Any], event_id: str | None) -> HistoryRow:
+    values = {c: mapping[c] if mapping[c] is None else text_value(mapping[c]) for c in ROW_COLUMNS}
+    if not isinstance(event_id, str) or len(event_id) != 32:
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+        event_id = digest[:32]
+    seq = seqs.get((values["model_name"], values["alias"], values["version"], values["signature"]))
+    keep = values["action"] == "alias_set" and isinstance(seq, int) and values["signature"] is not None
+    return HistoryRow(int(mapping["id"]), event_id, values, {"seq": seq} if keep else {})
 
 
 def _sqlite_setup(engine: Engine) -> None:
