@@ -204,19 +204,32 @@ def rebuild(index: SqlIndex, records: list[ModelMetadata], events: list[HistoryR
             write_history(conn, "reindex", name, at=at)
 
 
-def carry(index: SqlIndex, model_name: str, events: list[HistoryRow], *, skip: Callable[[HistoryRow], bool]) -> int:
+def carry(
+    index: SqlIndex,
+    model_name: str,
+    events: list[HistoryRow],
+    carried: set[str],
+    *,
+    skip: Callable[[HistoryRow], bool],
+) -> int:
     """Append to ``index`` the ``events`` of ``model_name`` (another registry's) it does not have
-    yet (by event id), with their times and actors, and redo their effects on the versions it
-    holds; each gets a number and an event file here. ``skip`` leaves events out. Returns how many."""
+    yet (by event id), with their times and actors, and redo their effects on ``carried`` (the
+    versions that came along); each gets a number and an event file here. Rows about a version
+    ``index`` holds that did not come along, and those ``skip`` names, are left out. Returns how
+    many were added."""
     with index._write() as conn:
         index._lock_model(conn, model_name)
         known = set(
             conn.execute(select(history.c.event_id).where(history.c.model_name == model_name)).scalars().all()
         )
-        present = set(conn.execute(select(versions.c.version).where(versions.c.model_name == model_name)).scalars())
+        held = set(conn.execute(select(versions.c.version).where(versions.c.model_name == model_name)).scalars())
+        present = held & carried
         added = 0
         for event in events:
+            version = event.row.get("version")
             if event.event_id in known or event.row["model_name"] != model_name or skip(event):
+                continue
+            if version in held and version not in present:
                 continue
             written = insert_history(conn, event.row, event_id=event.event_id, state=event.state)
             apply_event(conn, written, present, where="copy")
