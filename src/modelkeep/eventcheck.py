@@ -5,9 +5,11 @@ transaction commits. A crash can leave:
 
 * a file no row names: its transaction never committed (killed between the write and COMMIT).
   The change did not happen; ``gc`` removes the file;
-* a row without a valid file: a row from an older release not written out yet, a file a power
-  cut lost (event files skip the directory ``fsync``), a file cut short, or one someone edited.
+* a row without a valid file: a file a power cut lost (event files skip the directory ``fsync``), a file cut short, or one someone edited.
   ``gc`` writes it again from the row.
+
+Rows an older release wrote have no file until the first write through this release (or
+``gc``, or ``reindex``) writes them all out; ``verify`` does not count them as a fault.
 
 Repairs run under the model's write lock, which every writer holds from its event file's write
 until its COMMIT, so a change in progress is never mistaken for a leftover.
@@ -36,11 +38,14 @@ class EventDiff:
     unwritten: list[tuple[HistoryRow, str]] = field(default_factory=list)
     #: Files no row names: ``(key, why)``.
     orphaned: list[tuple[str, str]] = field(default_factory=list)
+    #: Rows an older release wrote, not written out yet (the next write does it; not a fault).
+    unexported: list[HistoryRow] = field(default_factory=list)
 
     @property
     def models(self) -> set[str]:
         """The models concerned."""
         out = {str(row.row["model_name"]) for row, _ in self.unwritten}
+        out |= {str(row.row["model_name"]) for row in self.unexported}
         for key, _ in self.orphaned:
             parts = key.split("/")
             out.add(parts[1] if len(parts) > 1 else "")
@@ -64,8 +69,7 @@ def compare(p: ModelPersistence, model_name: str | None = None) -> EventDiff:
         keys = p.store.list_keys(prefix)
     except (ArtifactNotFoundError, FileNotFoundError):
         keys = []
-    for row in unnamed:
-        diff.unwritten.append((row, "written by an older release, not in the store yet"))
+    diff.unexported = unnamed
     for key in keys:
         if key not in rows:
             why = "no history row names it (a change that never committed)"
