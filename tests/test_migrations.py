@@ -8,7 +8,6 @@ also proves that ``schema.py`` equals "version 1 plus every migration step".
 from __future__ import annotations
 
 import shutil
-
 import threading
 from pathlib import Path
 from typing import Any

@@ -237,7 +237,9 @@ def test_0_2_registry_writes_its_history_out_and_rebuilds_from_its_store(tmp_pat
                 "tags": p.get_tags(name),
                 "description": p.get_description(name),
                 "history": [
-                    [e.at, e.actor, e.action, e.version, e.alias, e.key] for e in p.history(name) if e.action != "reindex"
+                    [e.at, e.actor, e.action, e.version, e.alias, e.key]
+                    for e in p.history(name)
+                    if e.action != "reindex"
                 ],
             }
             for name in p.list_models()

@@ -107,7 +107,9 @@ def copy_registry(
     trashed = {(m, v) for m, v, _at in source.index.lifecycle.trashed()}
     for name in names:
         live = source.list_version_records(name)
-        in_trash = [r for r in source.index.iter_records() if (r.model_name, r.version) in trashed and r.model_name == name]
+        in_trash = [
+            r for r in source.index.iter_records() if (r.model_name, r.version) in trashed and r.model_name == name
+        ]
         for record in live + in_trash:  # trashed versions come along, and the history trashes them
             existing = dest.index.get(record.model_name, record.version)
             if existing is not None and _same_bytes(existing, record):

@@ -5,8 +5,8 @@ transaction commits. A crash can leave:
 
 * a file no row names: its transaction never committed (killed between the write and COMMIT).
   The change did not happen; ``gc`` removes the file;
-* a row without a valid file: a file a power cut lost (event files skip the directory ``fsync``), a file cut short, or one someone edited.
-  ``gc`` writes it again from the row.
+* a row without a valid file: a file a power cut lost (event files skip the directory
+  ``fsync``), a file cut short, or one someone edited. ``gc`` writes it again from the row.
 
 Rows an older release wrote have no file until the first write through this release (or
 ``gc``, or ``reindex``) writes them all out; ``verify`` does not count them as a fault.

@@ -326,7 +326,9 @@ def _event_problems(p: ModelPersistence, model_name: str | None) -> list[Problem
 
     diff = compare(p, model_name)
     out = [
-        Problem(EVENT, key_of(row), f"history row {describe(row)}: {why}", str(row.row["model_name"]), row.row["version"])
+        Problem(
+            EVENT, key_of(row), f"history row {describe(row)}: {why}", str(row.row["model_name"]), row.row["version"]
+        )
         for row, why in diff.unwritten
     ]
     out.extend(Problem(EVENT, key, why) for key, why in diff.orphaned)
@@ -519,9 +521,10 @@ def rebuild_index(p: ModelPersistence) -> int:
 
     For disaster recovery (a lost or damaged index) and after moving a store
     (artifact keys are relative to the store root, so they stay valid). History rows the
-    current index has that are not in the store yet (an older release's) are written out
-    first (files no row names are kept: ``gc`` removes those); then the index is replaced. Each history row comes back with its number, time and
-    actor, and one ``reindex`` row per model is added. A sidecar is skipped, with a warning,
+    current index has that are not in the store yet (an older release's, or files lost) are
+    written out first (files no row names are kept: ``gc`` removes those); then the index is
+    replaced. Each history row comes back with its number, time and actor, and one ``reindex``
+    row per model is added. A sidecar is skipped, with a warning,
     when it is unreadable, sits in the wrong folder, names an artifact outside its version
     folder, or its artifact (or a blob) is missing; an event file when it is unreadable or its
     signature is refused (invalid, or not trusted while signatures are required). Digests are

@@ -195,8 +195,8 @@ def rebuild(index: SqlIndex, records: list[ModelMetadata], events: list[HistoryR
             insert_history(conn, event.row, event_id=event.event_id, seq=event.seq, state=event.state, queue=False)
             apply_event(conn, event, present.get(event.row["model_name"], set()), where="reindex")
         if index.dialect == "postgresql" and events:
-            table = _qualified(conn, history.name)
-            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"))
+            name = _qualified(conn, history.name)
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT MAX(id) FROM {name}))"))
         at = now()
         index._drop_dangling(conn, {(m, v) for m, vs in present.items() for v in vs}, at)
         for name in sorted(present):
@@ -219,9 +219,7 @@ def carry(
     many were added."""
     with index._write() as conn:
         index._lock_model(conn, model_name)
-        known = set(
-            conn.execute(select(history.c.event_id).where(history.c.model_name == model_name)).scalars().all()
-        )
+        known = set(conn.execute(select(history.c.event_id).where(history.c.model_name == model_name)).scalars().all())
         held = set(conn.execute(select(versions.c.version).where(versions.c.model_name == model_name)).scalars())
         present = held & carried
         added = 0
