@@ -34,7 +34,7 @@ class Migration:
     upgrade: Callable[[Connection, str], None]
 
 
-def _qualified(conn: Connection, table_name: str) -> str:
+def qualified_table(conn: Connection, table_name: str) -> str:
     """``table_name`` quoted, and prefixed with the PostgreSQL schema the engine maps to."""
     preparer = conn.dialect.identifier_preparer
     translate = conn.get_execution_options().get("schema_translate_map") or {}
@@ -46,7 +46,7 @@ def _qualified(conn: Connection, table_name: str) -> str:
 def add_column(conn: Connection, table_name: str, column: Column[object]) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for a nullable column (SQLite and PostgreSQL)."""
     kind = column.type.compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE {_qualified(conn, table_name)} ADD COLUMN {column.name} {kind}")
+    conn.exec_driver_sql(f"ALTER TABLE {qualified_table(conn, table_name)} ADD COLUMN {column.name} {kind}")
 
 
 # The version-2 shapes of the tables that later steps changed (steps 6 and 7 added columns).

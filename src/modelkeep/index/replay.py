@@ -22,7 +22,7 @@ from ..errors import InvalidNameError
 from ..metadata import ModelMetadata
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import HistoryRow, insert_history, now, touch_model, write_history
-from .migrations import _qualified
+from .migrations import qualified_table
 from .schema import aliases, blob_refs, fields, history, models, tags, versions
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def rebuild(index: SqlIndex, records: list[ModelMetadata], events: list[HistoryR
             insert_history(conn, event.row, event_id=event.event_id, seq=event.seq, state=event.state, queue=False)
             apply_event(conn, event, present.get(event.row["model_name"], set()), where="reindex")
         if index.dialect == "postgresql" and events:
-            name = _qualified(conn, history.name)
+            name = qualified_table(conn, history.name)
             conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT MAX(id) FROM {name}))"))
         at = now()
         index._drop_dangling(conn, {(m, v) for m, vs in present.items() for v in vs}, at)
