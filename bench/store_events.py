@@ -66,9 +66,7 @@ def main() -> None:
                     schemas[i] = f"bench_events_{os.getpid()}_{i}"
                     conn.execute(text(f'CREATE SCHEMA "{schemas[i]}"'))
         try:
-            registries = {
-                v: _open(v, Path(tmp) / str(i), args.pg_url, schemas.get(i)) for i, v in enumerate(VARIANTS)
-            }
+            registries = {v: _open(v, Path(tmp) / str(i), args.pg_url, schemas.get(i)) for i, v in enumerate(VARIANTS)}
             ops: dict[str, Callable[[object, int], None]] = {
                 "alias": lambda p, i: p.set_alias("m", "production", f"1.0.{i % 2}"),  # type: ignore[attr-defined]
                 "tag": lambda p, i: p.set_tag("m", "round", str(i)),  # type: ignore[attr-defined]
@@ -88,7 +86,7 @@ def main() -> None:
                         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
                 engine.dispose()
     backend = "PostgreSQL" if args.pg_url else "SQLite"
-    print(f"| backend | variant | alias move (median ms) | ratio | tag set (median ms) | ratio |")
+    print("| backend | variant | alias move (median ms) | ratio | tag set (median ms) | ratio |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     base = {op: statistics.median(times[("index only", op)]) for op in ("alias", "tag")}
     for variant in VARIANTS:

@@ -249,7 +249,9 @@ class SqlIndex:
                     yield conn
                     self._write_events(conn)
                 finally:
-                    conn.info.pop(PENDING, None)
+                    # A connection that died in the block raises on any use: its error is the one to report.
+                    with contextlib.suppress(SQLAlchemyError):
+                        conn.info.pop(PENDING, None)
                 committing = True
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
