@@ -408,3 +408,52 @@ def lifecycle_fixture(p: ModelPersistence) -> None:
     p.set_tag("victim", "stage", "prod", version="1.0.1")
     p.set_description("victim", "original")
     p.delete("victim", "1.0.0")
+
+
+#: Where :func:`alias_move_then_die` kills itself, in the order an alias move passes them: its
+#: history row inserted, its event file half written, the file written and ``fsync``'ed (COMMIT
+#: not sent), and the transaction committed.
+ALIAS_MOVE_STEPS = ("row", "event_partial", "event_written", "committed")
+
+
+def alias_move_then_die(models_dir: str, url: str, schema: str | None, step: str) -> None:
+    """Move ``victim``'s ``production`` alias (:func:`lifecycle_fixture`) and SIGKILL at ``step``."""
+    import modelkeep.index.lifecycle as lifecycle_mod
+    from modelkeep.storage.local import LocalStore
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if step == "row":
+        original = lifecycle_mod.write_history
+
+        def write_history(*args: Any, **kwargs: Any) -> None:
+            original(*args, **kwargs)
+            die()
+
+        lifecycle_mod.write_history = write_history  # type: ignore[assignment]
+    elif step in ("event_partial", "event_written"):
+        original_new = LocalStore.write_new
+
+        def write_new(self: LocalStore, key: str, data: bytes) -> None:
+            if step == "event_partial":
+                with open(self.full_path(key), "wb") as f:  # what a kill mid-write leaves
+                    f.write(data[: len(data) // 2])
+            else:
+                original_new(self, key, data)
+            die()
+
+        LocalStore.write_new = write_new  # type: ignore[method-assign]
+    elif step == "committed":
+        original_set = lifecycle_mod.Lifecycle.set_alias
+
+        def set_alias(self: Any, *args: Any, **kwargs: Any) -> Any:
+            original_set(self, *args, **kwargs)
+            die()
+
+        lifecycle_mod.Lifecycle.set_alias = set_alias  # type: ignore[method-assign]
+    else:
+        raise ValueError(step)
+    with open_registry(models_dir, url, schema) as p:
+        p.set_alias("victim", "production", "1.0.2", expected="1.0.1")
+    raise AssertionError("the alias move should have been killed")

@@ -188,7 +188,7 @@ def test_a_sparse_member_claiming_a_gibibyte_is_refused_before_a_byte_is_written
     ``import_bundle`` under the same limit: refused by type, with nothing written.
     """
     hostile = sparse_bundle(tmp_path, bundle)
-    assert hostile.stat().st_size < 16 << 10  # a few KB
+    assert hostile.stat().st_size < 32 << 10  # a few KB (with its history as event files)
     with tarfile.open(hostile) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".joblib"))
         assert member.isfile() and member.issparse() and member.size == GIB  # what the old check saw

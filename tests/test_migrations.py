@@ -7,6 +7,7 @@ also proves that ``schema.py`` equals "version 1 plus every migration step".
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, inspect, text
 from modelkeep import IncompatibleRegistryError, ModelPersistence
 from modelkeep.index import SqlIndex
 from modelkeep.index.migrations import MIGRATIONS, SCHEMA_VERSION, pending
+from modelkeep.layout import EVENT_DIR
 from tests.conftest import IndexTarget
 
 _V2_TABLES = ("modelkeep_models", "modelkeep_aliases", "modelkeep_tags", "modelkeep_history")
@@ -61,6 +63,7 @@ def _old_registry(index_target: IndexTarget, tmp_path: Path, classifier: Any) ->
     p.save(classifier, "fraud", accuracy=0.8)
     _downgrade_to_v1(p.index, index_target)
     p.close()
+    shutil.rmtree(tmp_path / "models" / EVENT_DIR)  # schema 1 had no history, so no event files either
     return p
 
 

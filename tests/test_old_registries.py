@@ -183,3 +183,83 @@ def test_0_1_registry_opens_upgrades_loads_and_verifies(old_registry: dict[str, 
         model, record = signed.load("signed", return_metadata=True)
         signing.verify(record, SIGNING_KEY_0_1)
         _check_loaded("signed", model)
+
+
+# -- upgrade, then rebuild from the store alone (event files: schema 7) ------------------------
+STORE_0_2 = DATA / "registry_0_2"
+#: What make_registry_0_2.py listed: model -> versions, aliases, tags, description, history.
+SUMMARY_0_2: dict[str, Any] = json.loads((DATA / "registry_0_2.json").read_text())
+
+
+def _lose_index(registry: dict[str, Any]) -> None:
+    """Delete ``registry.db``, or drop and recreate the PostgreSQL schema."""
+    if "index_schema" not in registry:
+        (registry["models_dir"] / "registry.db").unlink()
+        return
+    engine = create_engine(normalize_url(registry["registry_url"]))
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{registry["index_schema"]}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{registry["index_schema"]}"'))
+    engine.dispose()
+
+
+def test_0_1_registry_upgrades_then_rebuilds_from_its_store(old_registry: dict[str, Any]) -> None:
+    """0.1 had no lifecycle: after the upgrade, what is set from then on survives losing the index."""
+    with ModelPersistence(**old_registry, create=False) as p:
+        p.set_alias("churn", "production", "1.0.1")
+        p.set_tag("prices", "team", "pricing")
+        p.delete("churn", "1.0.0")
+        history = [(e.id, e.at, e.actor, e.action) for e in p.history()]
+    _lose_index(old_registry)
+    with ModelPersistence(**old_registry) as p:
+        assert p.reindex() == sum(len(v) for v in SUMMARY_0_1.values())
+        assert p.get_aliases("churn") == {"production": "1.0.1"}
+        assert p.get_tags("prices") == {"team": "pricing"}
+        assert [v for m, v, _ in p.list_trash()] == ["1.0.0"]
+        assert [(e.id, e.at, e.actor, e.action) for e in p.history() if e.action != "reindex"] == history
+        assert p.verify().ok
+
+
+def test_0_2_registry_writes_its_history_out_and_rebuilds_from_its_store(tmp_path: Path) -> None:
+    """A registry of the release before event files: its history rows are only in registry.db.
+    It opens and verifies as it is; the first write puts every old row in the store, so that
+    losing the index afterwards loses nothing."""
+    store = tmp_path / "store"
+    shutil.copytree(STORE_0_2, store)
+    for path in store.rglob("*"):
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+    def answers(p: ModelPersistence) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: {
+                "versions": p.list_versions(name),
+                "aliases": p.get_aliases(name),
+                "tags": p.get_tags(name),
+                "description": p.get_description(name),
+                "history": [
+                    [e.at, e.actor, e.action, e.version, e.alias, e.key]
+                    for e in p.history(name)
+                    if e.action != "reindex"
+                ],
+            }
+            for name in p.list_models()
+        }
+        out["trash"] = [list(t) for t in p.list_trash()]
+        return out
+
+    with ModelPersistence(store, create=False) as p:
+        assert answers(p) == SUMMARY_0_2
+        assert p.verify().ok
+        assert p.get_tags("churn", version="1.0.2") == {"approved": "yes"}
+        p.set_tag("fraud", "team", "risk")  # the first write: every old row gets its event file
+        assert len(p.store.list_keys(".events")) == len(p.history())
+        assert p.verify().ok
+        expected = answers(p)
+    (store / "registry.db").unlink()
+    with ModelPersistence(store) as p:
+        p.reindex()
+        assert answers(p) == expected
+        assert p.get_tags("churn", version="1.0.2") == {"approved": "yes"}
+        assert p.get_description("churn", version="1.0.2") == "the good one"
+        assert p.load("churn@production") == {"churn": 2}
+        assert p.verify().ok

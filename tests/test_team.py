@@ -75,13 +75,15 @@ def test_save_list_load_delete_round_trip(
     assert meta.version == "1.0.1" and meta.metadata["accuracy"] == 0.98
     assert (loaded.predict(X) == classifier.predict(X)).all()
     assert team.model_summaries()[0].version_count == 2
-    assert s3_bucket.object_keys() == [
+    keys = s3_bucket.object_keys()
+    assert [k for k in keys if not k.startswith("models/.events/")] == [
         "models/iris/1.0.0/iris_v1.0.0.joblib",
         "models/iris/1.0.0/iris_v1.0.0_metadata.json",
         "models/iris/1.0.1/iris_v1.0.1.joblib",
         "models/iris/1.0.1/iris_v1.0.1_metadata.json",
     ]
-    body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=s3_bucket.object_keys()[1])["Body"]
+    assert len([k for k in keys if k.startswith("models/.events/iris/")]) == 2  # one event file per save
+    body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="models/iris/1.0.0/iris_v1.0.0_metadata.json")["Body"]
     sidecar = json.loads(body.read())
     assert sidecar["artifact"]["sha256"] == team.get_version("iris", "1.0.0").artifact.sha256  # type: ignore[union-attr]
     team.delete("iris", "1.0.0")

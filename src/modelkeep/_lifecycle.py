@@ -56,14 +56,20 @@ def supported(persistence: Any) -> bool:
 
 
 def alias_moves(
-    persistence: Any, model_name: str, lifecycle: Lifecycle, versions: set[str]
+    persistence: Any,
+    model_name: str,
+    lifecycle: Lifecycle,
+    versions: set[str],
+    current: dict[str, str] | None = None,
 ) -> dict[str, tuple[str | None, str]]:
     """``alias -> (current version or None, version)`` for each alias ``lifecycle`` would set
-    to another version than the registry's (only aliases naming one of ``versions``)."""
+    to another version than the registry's (only aliases naming one of ``versions``), or than
+    ``current`` when given (the aliases before an import)."""
     wanted = {a: v for a, v in lifecycle.aliases.items() if v in versions}
     if not wanted:
         return {}
-    current = persistence.get_aliases(model_name) if supported(persistence) else {}
+    if current is None:
+        current = persistence.get_aliases(model_name) if supported(persistence) else {}
     return {a: (current.get(a), v) for a, v in sorted(wanted.items()) if current.get(a) != v}
 
 

@@ -48,8 +48,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__, _lifecycle
 from ._tarsafe import check_member, check_total, copy_member
-from .errors import IntegrityError, MetadataError, SignatureError
-from .layout import blob_key, sidecar_bytes, sidecar_key
+from .errors import IntegrityError, MetadataError, ModelKeepError, SignatureError
+from .layout import blob_key, event_parts, sidecar_bytes, sidecar_key
 from .metadata import ModelMetadata, utc_now
 from .versions import validate_model_name, validate_version
 
@@ -266,7 +266,11 @@ def export_bundle(
     if versions is None:
         records = persistence.list_version_records(model_name)
     else:
-        records = [persistence.get_version(model_name, validate_version(v)) for v in versions]
+        # A version named explicitly may be in the trash: it travels, and the history trashes it again.
+        records = [
+            persistence.index.get(model_name, v) or persistence.get_version(model_name, v)
+            for v in map(validate_version, versions)
+        ]
     for record in records:
         persistence.keyring.check(record)
     signer = persistence.keyring.signer()
@@ -318,7 +322,14 @@ def _write_versions(
             }
         )
     name = records[0].model_name if records else ""
-    versions = [r.version for r in records]
+    live = set(persistence.index.list_versions(name)) if name else set()
+    versions = [r.version for r in records if r.version in live]  # lifecycle getters refuse trashed ones
+    if name:  # the model's history as event files, replayed by the import (modelkeep.eventlog)
+        from .eventlog import key_of, render
+
+        for event in persistence.index.history_rows(name):
+            member = STORE_PREFIX + key_of(event)
+            files[member] = _add_bytes(tar, member, render(event, persistence.keyring))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -399,15 +410,31 @@ def import_bundle(
             if staging.reindex() != len(manifest["versions"]):
                 raise BundleError("the bundle's sidecar files do not describe the versions its manifest lists")
             _check_records(staging, manifest)
-            copied = copy_registry(staging, persistence, models=names)
+            current = {name: persistence.get_aliases(name) for name in names if _has_model(persistence, name)}
+            carried = {parts[2] for m in manifest["files"] if (parts := event_parts(m[len(STORE_PREFIX) :]))}
+            copied = copy_registry(
+                staging, persistence, models=names, with_aliases=with_aliases, events=carried.__contains__
+            )
     report.imported, report.skipped = copied.copied, copied.skipped
-    _apply_lifecycle(persistence, manifest, report, with_aliases=with_aliases)
+    _apply_lifecycle(persistence, manifest, report, with_aliases=with_aliases, current=current)
     logger.info("imported bundle %s: %s", path, report)
     return report
 
 
+def _has_model(persistence: ModelPersistence, name: str) -> bool:
+    try:
+        return name in persistence.list_models()
+    except ModelKeepError:  # no registry here yet
+        return False
+
+
 def _apply_lifecycle(
-    persistence: ModelPersistence, manifest: dict[str, Any], report: BundleReport, *, with_aliases: bool
+    persistence: ModelPersistence,
+    manifest: dict[str, Any],
+    report: BundleReport,
+    *,
+    with_aliases: bool,
+    current: dict[str, dict[str, str]],
 ) -> None:
     """Apply the manifest's lifecycle section to the models and versions the bundle carries only."""
     versions_of: dict[str, set[str]] = {}
@@ -438,7 +465,7 @@ def _apply_lifecycle(
         lifecycle.version_descriptions = {v: d for v, d in lifecycle.version_descriptions.items() if v in carried}
         lifecycle.aliases = {a: v for a, v in lifecycle.aliases.items() if v in carried}
         report.lifecycle[name] = lifecycle.to_dict()
-        moves = _lifecycle.alias_moves(persistence, name, lifecycle, carried)
+        moves = _lifecycle.alias_moves(persistence, name, lifecycle, carried, current.get(str(name), {}))
         if moves:
             report.alias_moves[name] = {a: {"from": old, "to": new} for a, (old, new) in moves.items()}
         applied = _lifecycle.apply_lifecycle(persistence, name, lifecycle, carried, with_aliases=with_aliases)
@@ -518,7 +545,7 @@ def _check_records(staging: ModelPersistence, manifest: dict[str, Any]) -> None:
     """Every sidecar must name the artifact, digest, size and blobs the manifest lists for it."""
     files: dict[str, Any] = manifest["files"]
     for entry in manifest["versions"]:
-        record = staging.get_metadata(entry["model_name"], entry["version"])
+        record = staging.index.get(entry["model_name"], entry["version"])  # trashed ones too
         art = None if record is None else record.artifact
         want = files.get(entry["artifact"], {})
         blobs = sorted(STORE_PREFIX + blob_key(str(sha)) for sha, _ in (art.extra.get("blobs") or [] if art else []))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from .metadata import ModelMetadata
 from .versions import validate_model_name
 
 if TYPE_CHECKING:
+    from .index.audit import HistoryRow
     from .registry import ModelPersistence, ProgressFactory
     from .storage import Advance, ArtifactStore, StagedArtifact
 
@@ -42,11 +43,14 @@ class CopyReport:
     """Versions that replaced a different artifact (only with ``overwrite=True``)."""
     bytes_copied: int = 0
     """Artifact bytes uploaded (sidecars not counted)."""
+    events_carried: int = 0
+    """History rows (lifecycle events) added to the destination."""
 
     def __str__(self) -> str:
         return (
             f"copied {len(self.copied)} version(s) ({self.bytes_copied} bytes), "
             f"skipped {len(self.skipped)} already present, overwrote {len(self.overwritten)}"
+            + (f", carried {self.events_carried} history row(s)" if self.events_carried else "")
         )
 
 
@@ -62,6 +66,8 @@ def copy_registry(
     models: Iterable[str] | None = None,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    with_aliases: bool = True,
+    events: Callable[[str], bool] | None = None,
 ) -> CopyReport:
     """Copy every version of ``models`` (default: all models) from ``source`` to ``dest``.
 
@@ -71,6 +77,12 @@ def copy_registry(
     anything is copied. With a signing key on ``source``, signatures are
     checked before copying (records keep their signature, so ``dest`` must use
     the same key to load them).
+
+    The source's history comes along (its event files are written in ``dest``): each row
+    ``dest`` does not have yet, with its time and actor, and its effect on the versions copied
+    (aliases, tags, descriptions, trash), so copying twice adds nothing. Without
+    ``with_aliases`` alias moves are left out; ``events`` (an event id -> bool) picks the rows
+    carried (a bundle's own, not the ones its staging registry added).
 
     Raises :class:`ModelNotFoundError` for a requested model that has no
     versions, :class:`IntegrityError` if a source artifact does not match its
@@ -92,8 +104,13 @@ def copy_registry(
             "(run modelkeep verify, and reindex to rebuild them from the sidecar files)"
         )
     dest.ensure_registry()  # a copy is a save: it may create the destination registry
+    trashed = {(m, v) for m, v, _at in source.index.lifecycle.trashed()}
     for name in names:
-        for record in source.list_version_records(name):
+        live = source.list_version_records(name)
+        in_trash = [
+            r for r in source.index.iter_records() if (r.model_name, r.version) in trashed and r.model_name == name
+        ]
+        for record in live + in_trash:  # trashed versions come along, and the history trashes them
             existing = dest.index.get(record.model_name, record.version)
             if existing is not None and _same_bytes(existing, record):
                 report.skipped.append((record.model_name, record.version))
@@ -113,8 +130,32 @@ def copy_registry(
         report.copied.append((record.model_name, record.version))
         if existing is not None:
             report.overwritten.append((record.model_name, record.version))
+    for name in names:
+        carried = {v for m, v in report.copied + report.skipped if m == name}
+        report.events_carried += carry_history(source, dest, name, carried, with_aliases=with_aliases, events=events)
     logger.info("copy from %r to %r: %s", source, dest, report)
     return report
+
+
+def carry_history(
+    source: ModelPersistence,
+    dest: ModelPersistence,
+    model_name: str,
+    versions: set[str],
+    *,
+    with_aliases: bool,
+    events: Callable[[str], bool] | None = None,
+) -> int:
+    """Append ``source``'s history of ``model_name`` to ``dest`` (rows it lacks), redoing their
+    effects on ``versions`` only; returns how many rows were added."""
+    from .index.replay import carry
+
+    def skip(event: HistoryRow) -> bool:
+        if events is not None and not events(event.event_id):
+            return True
+        return not with_aliases and event.row["action"] in ("alias_set", "alias_delete")
+
+    return carry(dest.index, model_name, source.index.history_rows(model_name), versions, skip=skip)
 
 
 def _same_bytes(a: ModelMetadata, b: ModelMetadata) -> bool:
@@ -139,7 +180,7 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
             try:
                 dest._write_claimed_files(slot, copied, staged)
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
-                slot.put(copied, before_commit=dest._blobs_check(art.extra))
+                slot.put(copied, before_commit=dest._blobs_check(art.extra), history=False)
             except BaseException:
                 slot.abandon(dest._attempt_files(slot, key), dest._remove_quietly, dest._write_sidecar)
                 raise

@@ -7,6 +7,7 @@ Every module that names a file in the store asks this one::
     <model>/<version>/<model>_v<version>_metadata.json        the sidecar: the record as JSON
     .blobs/<first two hex digits>/<sha256>                    content-addressed buffers (native format)
     .tmp/<time>-<hex>.part                                    staged bytes of a save in progress
+    .events/<model>/<seq, 12 digits>-<32 hex>.json            one lifecycle event (a history row)
 
 Keys always use ``/``; the storage backend maps them to paths or object names.
 This module does no I/O and imports nothing from modelkeep but the metadata types.
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 TMP_DIR = ".tmp"
 #: Content-addressed blobs of the ``native`` format.
 BLOB_DIR = ".blobs"
+#: Append-only lifecycle events, one file per history row (see :mod:`modelkeep.eventlog`).
+EVENT_DIR = ".events"
 SIDECAR_SUFFIX = "_metadata.json"
+_EVENT_NAME = re.compile(r"([0-9]{12,19})-([0-9a-f]{32})\.json")
 _REVISION = re.compile(r"^\.r[0-9a-f]{12}(?=\.)")
 _BLOB_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -124,3 +128,18 @@ def record_blobs(record: ModelMetadata) -> set[str]:
     """The content-addressed blobs a record references (native format)."""
     extra = record.artifact.extra if record.artifact is not None else {}
     return {str(item[0]) for item in extra.get("blobs", [])}
+
+
+def event_key(model_name: str, seq: int, event_id: str) -> str:
+    """The event file of history row ``seq`` (its id in the registry that wrote it):
+    ``.events/<model>/<seq>-<event_id>.json``, so that a listing sorts in history order."""
+    return f"{EVENT_DIR}/{model_name}/{seq:012d}-{event_id}.json"
+
+
+def event_parts(key: str) -> tuple[str, int, str] | None:
+    """``(model, seq, event_id)`` of an event file's key, or ``None`` if ``key`` is not one."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != EVENT_DIR or parts[1].startswith("."):
+        return None
+    found = _EVENT_NAME.fullmatch(parts[2])
+    return None if found is None else (parts[1], int(found[1]), found[2])

@@ -76,6 +76,9 @@ ORPHANED = "orphaned"
 DAMAGED = "damaged"
 """An index row that cannot be read as written (a record, history value, alias or tag that is not
 valid JSON or has the wrong type): listings show it as damaged instead of failing."""
+EVENT = "event"
+"""The history and the store's event files disagree: a row whose file is missing or wrong, or a
+file no row names (left by a change that never committed). ``gc`` repairs both."""
 CLAIM = "claim"
 """A version's write claim left by a writer that died, or held for longer than :data:`CLAIM_REPORT_AGE`."""
 
@@ -315,7 +318,23 @@ def verify_registry(p: ModelPersistence, model_name: str | None = None) -> Verif
         where = version_dir(key)
         if where is not None and key not in referenced and where not in busy:
             report.problems.append(Problem(ORPHANED, key, "no index entry names this file", *where))
+    report.problems.extend(_event_problems(p, model_name))
     return report
+
+
+def _event_problems(p: ModelPersistence, model_name: str | None) -> list[Problem]:
+    from .eventcheck import compare, describe
+    from .eventlog import key_of
+
+    diff = compare(p, model_name)
+    out = [
+        Problem(
+            EVENT, key_of(row), f"history row {describe(row)}: {why}", str(row.row["model_name"]), row.row["version"]
+        )
+        for row, why in diff.unwritten
+    ]
+    out.extend(Problem(EVENT, key, why) for key, why in diff.orphaned)
+    return out
 
 
 def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyReport) -> list[Problem]:
@@ -448,6 +467,7 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
             report.errors.append(f"{item.key}: {exc}")
     for item in temporary:
         _remove(store, item, report)
+    _repair_events(p, report)
     for where in sorted(set(per_dir) | stale_sidecars | set(stale_claims)):
         _cleanversion_dir(p, where, per_dir.get(where, []), where in stale_sidecars, report, now)
     if blob_candidates:
@@ -469,6 +489,21 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
         len(report.repaired),
     )
     return report
+
+
+def _repair_events(p: ModelPersistence, report: GcReport) -> None:
+    """Make the event files agree with the history (see :mod:`modelkeep.eventcheck`)."""
+    from .eventcheck import repair
+
+    try:
+        removed, written = repair(p)
+    except ModelKeepError as exc:
+        report.errors.append(f"event files: {exc}")
+        return
+    report.removed.extend(Leftover(key, "event file of a change that never committed", 0, None) for key in removed)
+    report.repaired.extend(written)
+    if removed or written:
+        logger.info("gc: removed %d event file(s), wrote %d from the history", len(removed), len(written))
 
 
 def _remove(store: ArtifactStore, item: Leftover, report: GcReport) -> None:
@@ -521,18 +556,31 @@ def _cleanversion_dir(
 
 
 def rebuild_index(p: ModelPersistence) -> int:
-    """Rebuild the index from the sidecar metadata files; returns the number of versions indexed.
+    """Rebuild the index from the store: versions from the sidecar metadata files, and aliases,
+    tags, descriptions, the trash and the history from the event files; returns the number of
+    versions indexed.
 
     For disaster recovery (a lost or damaged index) and after moving a store
-    (artifact keys are relative to the store root, so they stay valid). The
-    current index entries are replaced. A sidecar is skipped, with a warning,
-    when it is unreadable, sits in the wrong folder, names an artifact outside
-    its version folder, or its artifact (or a blob) is missing. Digests are not
-    re-checked here (run :func:`verify_registry` afterwards); loading still
-    checks them, and a signing key still guards every version. Run it while no
-    one is saving to the registry.
+    (artifact keys are relative to the store root, so they stay valid). History rows the
+    current index has that are not in the store yet (an older release's, or files lost) are
+    written out first (files no row names are kept: ``gc`` removes those); then the index is
+    replaced. Each history row comes back with its number, time and actor, and one ``reindex``
+    row per model is added. A sidecar is skipped, with a warning,
+    when it is unreadable, sits in the wrong folder, names an artifact outside its version
+    folder, or its artifact (or a blob) is missing; an event file when it is unreadable or its
+    signature is refused (invalid, or not trusted while signatures are required). Digests are
+    not re-checked here (run :func:`verify_registry` afterwards); loading still checks them,
+    and a signing key still guards every version. Run it while no one is saving to the registry.
     """
+    from .eventcheck import repair
+    from .eventlog import read_events
+    from .index.replay import rebuild
+
     store = p.store
+    try:
+        repair(p, remove_orphans=False)  # rows of the current index the store lacks
+    except ModelKeepError as exc:  # a damaged index: rebuild from what the store has
+        logger.warning("reindex: could not write out the current history first: %s", exc)
     records: list[ModelMetadata] = []
     for key in store.list_keys():
         where = version_dir(key)
@@ -542,8 +590,11 @@ def rebuild_index(p: ModelPersistence) -> int:
         if record is not None:
             records.append(record)
     records.sort(key=lambda r: (r.created_at, r.updated_at, r.model_name, r.version))
-    p.index.replace_all(records)
-    logger.info("reindex: %d version(s) indexed from their sidecar files", len(records))
+    events, refused = read_events(store, p.keyring)
+    for item in refused:
+        logger.warning("reindex: skipping %s: %s", store.display_path(item.key), item.why)
+    rebuild(p.index, records, events)
+    logger.info("reindex: %d version(s) and %d history row(s) from the store", len(records), len(events))
     return len(records)
 
 

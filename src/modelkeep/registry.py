@@ -321,11 +321,6 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         }
         # Reading never creates a registry: until a save creates it, reads raise RegistryNotFoundError.
         self._index: SqlIndex | None = None
-        try:
-            self._index = SqlIndex(**self._index_options, create=False)
-        except RegistryNotFoundError:
-            if not create:
-                raise
         #: What this registry signs with and trusts (see :func:`modelkeep.signing.resolve_keyring`).
         self.keyring = signing.resolve_keyring(
             signing_key=signing_key or None,
@@ -333,6 +328,11 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             trusted_keys=trusted_keys,
             require_signatures=require_signatures,
         )
+        try:
+            self._index = self._journaled(SqlIndex(**self._index_options, create=False))
+        except RegistryNotFoundError:
+            if not create:
+                raise
         self.signing_key = self.keyring.hmac_key
         self.trusted_types: list[str] = list(trusted_types or [])
         self._progress: ProgressFactory = progress or _no_progress
@@ -361,8 +361,15 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """The registry index; :class:`RegistryNotFoundError` (naming the path) while no registry
         exists here. Only a save creates one (:meth:`ensure_registry`)."""
         if self._index is None:
-            self._index = SqlIndex(**self._index_options, create=False)
+            self._index = self._journaled(SqlIndex(**self._index_options, create=False))
         return self._index
+
+    def _journaled(self, index: SqlIndex) -> SqlIndex:
+        """``index``, writing each history row's event file into this registry's store."""
+        from .eventlog import EventJournal
+
+        index.journal = EventJournal(self.store, self.keyring)
+        return index
 
     def ensure_registry(self) -> SqlIndex:
         """The index, creating an empty registry here first if there is none (what a save,
@@ -376,7 +383,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
                         exc.errno,
                         f"cannot create the registry folder {str(self._registry_folder)!r}: {exc.strerror or exc}",
                     ) from exc
-            self._index = SqlIndex(**self._index_options, create=True)
+            self._index = self._journaled(SqlIndex(**self._index_options, create=True))
         return self._index
 
     # -- lifecycle ----------------------------------------------------------------

@@ -12,6 +12,8 @@ import getpass
 import json
 import os
 import socket
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
@@ -25,6 +27,24 @@ from .schema import aliases, history, models, tags, versions
 MODEL_LEVEL = ""
 #: ``WHERE`` clause of versions that are not in the trash.
 LIVE = versions.c.deleted_at.is_(None)
+
+
+#: The history columns an event file carries, as stored (``before``/``after`` are JSON text).
+ROW_COLUMNS = ("at", "actor", "action", "model_name", "version", "alias", "key", "before", "after", "signature")
+#: ``Connection.info`` key of the rows written in the open write transaction (see :class:`HistoryRow`).
+PENDING = "modelkeep_pending_events"
+
+
+@dataclass
+class HistoryRow:
+    """One history row as its event file carries it: ``seq`` (its id in this index), its
+    ``event_id``, the columns of :data:`ROW_COLUMNS`, and ``state``: what replaying it needs
+    that the row does not say (an alias move's number)."""
+
+    seq: int
+    event_id: str
+    row: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def now() -> str:
@@ -61,25 +81,63 @@ def write_history(
     at: str | None = None,
     signature: str | None = None,
     seq: int | None = None,
+    state: dict[str, Any] | None = None,
 ) -> None:
     """Append one audit row; call it inside the transaction of the change it records
     (``signature``: of the signed event the row records, see :mod:`modelkeep.events`;
-    ``seq``: the move number that event covers)."""
-    conn.execute(
-        insert(history).values(
-            at=at or now(),
-            actor=actor(),
-            action=action,
-            model_name=model_name,
-            version=version,
-            alias=alias,
-            key=key,
-            before=None if before is None else json.dumps(before, separators=(",", ":")),
-            after=None if after is None else json.dumps(after, separators=(",", ":")),
-            signature=signature,
-            seq=seq,
-        )
-    )
+    ``seq``: the move number that event covers; ``state``: what its event file adds for a
+    replay, see :class:`HistoryRow`).
+
+    The row is also queued for the store: the index writes its event file before the
+    transaction commits (``SqlIndex.journal``)."""
+    values = {
+        "at": at or now(),
+        "actor": actor(),
+        "action": action,
+        "model_name": model_name,
+        "version": version,
+        "alias": alias,
+        "key": key,
+        "before": None if before is None else json.dumps(before, separators=(",", ":")),
+        "after": None if after is None else json.dumps(after, separators=(",", ":")),
+        "signature": signature,
+    }
+    insert_history(conn, values, move_seq=seq, state=state)
+
+
+def signed_move_seq(values: dict[str, Any], state: dict[str, Any] | None) -> int | None:
+    """The move number a replayed history row records in ``modelkeep_history.seq``: a signed
+    alias move's, which its event file keeps in ``state`` (the signature covers it)."""
+    seq = (state or {}).get("seq")
+    if values.get("action") != "alias_set" or values.get("signature") is None:
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def insert_history(
+    conn: Connection,
+    values: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    row_id: int | None = None,
+    move_seq: int | None = None,
+    state: dict[str, Any] | None = None,
+    queue: bool = True,
+) -> HistoryRow:
+    """Insert one history row as given (``values``: the columns of :data:`ROW_COLUMNS`);
+    ``row_id`` keeps a replayed row's id, ``event_id`` its event file's id, ``move_seq`` the
+    signed move number (by default the one ``state`` carries). With ``queue`` the row's event
+    file is written before the transaction commits."""
+    event_id = event_id or uuid.uuid4().hex
+    extra: dict[str, Any] = {} if row_id is None else {"id": row_id}
+    seq = move_seq if move_seq is not None else signed_move_seq(values, state)
+    result = conn.execute(insert(history).values(**values, event_id=event_id, seq=seq, **extra))
+    found = result.inserted_primary_key
+    ident = row_id if row_id is not None else int(found[0]) if found is not None else -1
+    written = HistoryRow(ident, event_id, {c: values.get(c) for c in ROW_COLUMNS}, dict(state or {}))
+    if queue:
+        conn.info.setdefault(PENDING, []).append(written)
+    return written
 
 
 def touch_model(conn: Connection, model_name: str, at: str) -> None:

@@ -228,14 +228,17 @@ class VersionClaim:
         if current is None or current.token != self.token:
             raise self._lost()
 
-    def put(self, record: ModelMetadata, *, before_commit: Callable[[], None] | None = None) -> None:
+    def put(
+        self, record: ModelMetadata, *, before_commit: Callable[[], None] | None = None, history: bool = True
+    ) -> None:
         """Commit ``record`` as the version, if the claim is still ours (fencing).
 
         A new version's claim is removed in the same commit; an overwrite keeps
         it until the block ends (its sidecar and old artifact are handled under
         it). ``before_commit`` runs inside the transaction, after the shared blob
         lock is taken when the record uses blobs. A dropped COMMIT is resolved by
-        reading back; :class:`CommitUnknownError` when even that fails.
+        reading back; :class:`CommitUnknownError` when even that fails. Without ``history``
+        no history row is written (a copy carries the source's instead).
         """
 
         release = self.previous is None
@@ -254,7 +257,10 @@ class VersionClaim:
                     self.index.lock_blobs(conn, exclusive=False)
                 if before_commit is not None:
                     before_commit()
-                self.index.reservation(conn, self.model_name, self.version, current).put(record)
+                slot = self.index.reservation(conn, self.model_name, self.version, current)
+                if not history:  # a copy that carries the source's own history rows
+                    slot.history_action = None
+                slot.put(record)
                 if release:
                     conn.execute(delete(claims).where(claims.c.token == self.token))
 

@@ -245,6 +245,7 @@ class Lifecycle:
                 at=at,
                 signature=signature,
                 seq=seq if signature is not None else None,
+                state={"seq": seq},
             )
             return current
 

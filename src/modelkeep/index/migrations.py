@@ -49,7 +49,7 @@ class Migration:
     upgrade: Callable[[Connection, str], None]
 
 
-def _qualified(conn: Connection, table_name: str) -> str:
+def qualified_table(conn: Connection, table_name: str) -> str:
     """``table_name`` quoted, and prefixed with the PostgreSQL schema the engine maps to."""
     preparer = conn.dialect.identifier_preparer
     translate = conn.get_execution_options().get("schema_translate_map") or {}
@@ -61,10 +61,10 @@ def _qualified(conn: Connection, table_name: str) -> str:
 def add_column(conn: Connection, table_name: str, column: Column[object]) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for a nullable column (SQLite and PostgreSQL)."""
     kind = column.type.compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE {_qualified(conn, table_name)} ADD COLUMN {column.name} {kind}")
+    conn.exec_driver_sql(f"ALTER TABLE {qualified_table(conn, table_name)} ADD COLUMN {column.name} {kind}")
 
 
-# The version-2 shapes of the tables that later steps changed (step 6 added columns).
+# The version-2 shapes of the tables that later steps changed (steps 6, 7 and 9 added columns).
 _V2 = MetaData()
 _ALIASES_V2 = Table(
     aliases.name,
@@ -75,7 +75,7 @@ _ALIASES_V2 = Table(
 _HISTORY_V2 = Table(
     history.name,
     _V2,
-    *(c._copy() for c in history.columns if c.name not in ("signature", "seq")),
+    *(c._copy() for c in history.columns if c.name not in ("signature", "seq", "event_id")),
     *(Index(i.name, *(c.name for c in i.columns)) for i in history.indexes),
 )
 
@@ -155,6 +155,13 @@ def _webhooks(conn: Connection, dialect: str) -> None:
         table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
 
 
+def _store_events(conn: Connection, dialect: str) -> None:
+    """Version 9: ``modelkeep_history.event_id``, the event file each history row has in the
+    store (:mod:`modelkeep.eventlog`). Existing rows keep NULL: the first write through a
+    registry that has a store writes their event files out (see ``SqlIndex.export_events``)."""
+    add_column(conn, history.name, Column("event_id", history.c.event_id.type))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -164,6 +171,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "signed alias moves and signed history events", _signed_events),
     Migration(7, "promotion policies and approvals; alias moves signed with where they came from", _policies),
     Migration(8, "webhooks, their outbox and delivery log", _webhooks),
+    Migration(9, "history rows name their event files in the store", _store_events),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

@@ -135,6 +135,9 @@ history = Table(
     Column("signature", Text, nullable=True),
     # Schema 7: the move number of a signed alias move (what its signature covers), else NULL.
     Column("seq", BigInteger, nullable=True),
+    # Schema 9: the random id of the row's event file in the store (see modelkeep.eventlog),
+    # NULL for rows written before it and not yet written out.
+    Column("event_id", String(32), nullable=True),
     Index("ix_modelkeep_history_model", "model_name", "id"),
     Index("ix_modelkeep_history_alias", "model_name", "alias", "id"),
 )

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,7 +55,17 @@ from ..errors import (
 from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version
-from .audit import LIVE, artifact_summary, attach_lifecycle, now, touch_model, write_history
+from .audit import (
+    LIVE,
+    PENDING,
+    ROW_COLUMNS,
+    HistoryRow,
+    artifact_summary,
+    attach_lifecycle,
+    now,
+    touch_model,
+    write_history,
+)
 from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import connection_lost as _connection_lost
@@ -61,13 +74,15 @@ from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
-from .schema import aliases, blob_refs, fields, info, metadata_obj, tags, versions
+from .schema import aliases, blob_refs, fields, history, info, metadata_obj, tags, versions
 
 if TYPE_CHECKING:
     from .claims import VersionClaim
     from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
+#: Writes the event files of history rows into the store (see :attr:`SqlIndex.journal`).
+Journal = Callable[[list[HistoryRow]], None]
 logger = logging.getLogger("modelkeep")
 
 
@@ -217,6 +232,10 @@ class SqlIndex:
         if schema is not None:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine: Engine = engine
+        #: Writes each history row's event file into the store before its transaction commits
+        #: (set by the registry; ``None``: the index alone, no event files).
+        self.journal: Journal | None = None
+        self._exported = False  # rows from before schema 7 have been written out
         self._open_schema(create)
 
     # -- plumbing ---------------------------------------------------------------
@@ -232,7 +251,14 @@ class SqlIndex:
                 _relaxed_sync(conn, self.dialect == "sqlite" and not power_safe),
                 conn.begin(),
             ):
-                yield conn
+                conn.info[PENDING] = []
+                try:
+                    yield conn
+                    self._write_events(conn)
+                finally:
+                    # A connection that died in the block raises on any use: its error is the one to report.
+                    with contextlib.suppress(SQLAlchemyError):
+                        conn.info.pop(PENDING, None)
                 committing = True
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
@@ -244,6 +270,60 @@ class SqlIndex:
                 ) from exc
             self._raise_db_error(exc)
             raise
+
+    def _write_events(self, conn: Connection) -> None:
+        """Write the event files of the history rows this transaction added (fsync'ed, before
+        COMMIT: a crash in between leaves a file no row names, which gc removes), preceded the
+        first time by those of rows written before schema 7 (the upgrade: see :meth:`export_events`)."""
+        if self.journal is None:
+            return
+        queued: list[HistoryRow] = conn.info.get(PENDING) or []
+        if not self._exported:
+            queued = self._unexported(conn) + queued
+            self._exported = True
+        if queued:
+            self.journal(queued)
+
+    def _unexported(self, conn: Connection) -> list[HistoryRow]:
+        """History rows without an event file yet (written by an older release), given one."""
+        if conn.execute(select(history.c.id).where(history.c.event_id.is_(None)).limit(1)).first() is None:
+            return []
+        if self.dialect == "postgresql":  # one writer at a time names them
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('modelkeep:export-events'))"))
+        seqs = _alias_seqs(conn)
+        out = []
+        for row in conn.execute(select(history).where(history.c.event_id.is_(None)).order_by(history.c.id)).all():
+            event = _history_row(row._mapping, seqs, uuid.uuid4().hex)
+            conn.execute(update(history).where(history.c.id == event.seq).values(event_id=event.event_id))
+            out.append(event)
+        return out
+
+    @_retry_on_disconnect
+    def history_rows(self, model_name: str, *, stored: bool = False) -> list[Any]:
+        """The model's history rows as event files carry them (:class:`HistoryRow`), oldest first
+        (what ``copy`` and bundles carry); a row not written out yet gets an id derived from its
+        content. With ``stored``, ``(row, whether its event id is in the index)`` pairs."""
+        with self._read() as conn:
+            seqs = _alias_seqs(conn)
+            query = select(history).where(history.c.model_name == model_name).order_by(history.c.id)
+            found = [(r._mapping, r._mapping["event_id"]) for r in conn.execute(query)]
+        rows = [(_history_row(m, seqs, eid), isinstance(eid, str)) for m, eid in found]
+        return rows if stored else [row for row, _ in rows]
+
+    @_retry_on_disconnect
+    def history_models(self) -> list[str]:
+        """Every model name the history mentions."""
+        with self._read() as conn:
+            return sorted(text_value(n) for n in conn.execute(select(history.c.model_name).distinct()).scalars())
+
+    def export_events(self) -> int:
+        """Write out the event files of history rows that have none (rows of an older release);
+        returns how many. Every write does this once; ``gc`` and ``reindex`` call it first."""
+        with self._write() as conn:
+            found = self._unexported(conn)
+            if found and self.journal is not None:
+                self.journal(found)
+        return len(found)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -767,6 +847,23 @@ def _relaxed_sync(conn: Connection, relax: bool) -> Iterator[None]:
             raw.cursor().execute("PRAGMA synchronous = FULL")
         except sqlite3.Error:  # never hand this connection out again with the relaxed setting
             conn.invalidate()
+
+
+def _alias_seqs(conn: Connection) -> dict[tuple[Any, ...], Any]:
+    """``(model, alias, version, signature) -> seq`` of every alias: the move number a history
+    row that made the alias's current signed move needs in its event file."""
+    query = select(aliases.c.model_name, aliases.c.alias, aliases.c.version, aliases.c.signature, aliases.c.seq)
+    return {tuple(r[:4]): r[4] for r in conn.execute(query)}
+
+
+def _history_row(mapping: Any, seqs: dict[tuple[Any, ...], Any], event_id: str | None) -> HistoryRow:
+    values = {c: mapping[c] if mapping[c] is None else text_value(mapping[c]) for c in ROW_COLUMNS}
+    if not isinstance(event_id, str) or len(event_id) != 32:
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+        event_id = digest[:32]
+    seq = seqs.get((values["model_name"], values["alias"], values["version"], values["signature"]))
+    keep = values["action"] == "alias_set" and isinstance(seq, int) and values["signature"] is not None
+    return HistoryRow(int(mapping["id"]), event_id, values, {"seq": seq} if keep else {})
 
 
 def _sqlite_setup(engine: Engine) -> None:

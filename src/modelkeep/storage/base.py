@@ -213,6 +213,11 @@ class ArtifactStore(ABC):
         except Exception as exc:
             logger.debug("could not remove staged file %s: %s", self.display_path(key), exc)
 
+    def write_new(self, key: str, data: bytes) -> None:
+        """Write a small immutable file under a key nobody else uses (an event file): a
+        single durable write, no rename. Backends without a cheaper way use :meth:`write_bytes`."""
+        self.write_bytes(key, data)
+
     def write_many(self, items: Mapping[str, memoryview]) -> None:
         """Write immutable files (content-addressed blobs) atomically, in parallel."""
         if len(items) <= 1:

@@ -159,6 +159,18 @@ class LocalStore(ArtifactStore):
         for parent in {os.path.dirname(self.full_path(key)) for key in items}:
             fsync_dir(parent)
 
+    def write_new(self, key: str, data: bytes) -> None:
+        """Create ``key`` (which must not exist) and ``fsync`` it: no temporary file, no rename,
+        no directory ``fsync``. A crash mid-write leaves a short file under the key, which the
+        caller (the event log) tells apart by content; the directory entry of a file whose
+        rename a power cut lost is rewritten from the index row that names it (``gc``)."""
+        path = self.full_path(key)
+        try:
+            with durable_write(path, mode=0o444) as f:
+                f.write(data)
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot write {path}") from exc
+
     def _write_immutable(self, key: str, data: memoryview) -> None:
         final = self.full_path(key)
         tmp = self.full_path(f"{TMP_DIR}/{uuid.uuid4().hex}.blob")
