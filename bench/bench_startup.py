@@ -35,12 +35,21 @@ TARGETS = {
     "modelkeep list --model-name (1,000 versions)": 0.150,
     "modelkeep info --model-name (1,000 versions)": 0.150,
     "modelkeep search --limit 10 (1,000 versions)": 0.150,
+    # issue 29: the same answers with settings from the environment, a config file, or PostgreSQL
+    "modelkeep list (1,000 versions, MODELKEEP_* settings)": 0.150,
+    "modelkeep search --limit 10 (1,000 versions, MODELKEEP_* settings)": 0.150,
+    "modelkeep list (1,000 versions, config file)": 0.150,
+    "modelkeep info --model-name (1,000 versions, config file)": 0.150,
 }
+#: PostgreSQL rows: 150 ms plus one round trip (measured in the same run and added to the target).
+PG_TARGET_S = 0.150
+#: The database the PostgreSQL rows use (skipped when unset); each run uses a fresh schema.
+PG_URL_VAR = "MODELKEEP_BENCH_POSTGRES_URL"
 #: Builds the 1,000-version registry in a subprocess (so this process never imports modelkeep).
 _BUILD = """
 import sys
 from modelkeep import ModelPersistence
-with ModelPersistence(sys.argv[1], compress=False) as p:
+with ModelPersistence(sys.argv[1], compress=False, registry_url=(sys.argv[2] if len(sys.argv) > 2 else None)) as p:
     for m in range({models}):
         name = f"model_{{m}}"
         for v in range({versions}):
@@ -64,6 +73,31 @@ def _environment() -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     return env
+
+
+def _postgres(tmp: str, env: dict[str, str]) -> tuple[str, float] | None:
+    """A PostgreSQL URL on a fresh schema holding the 1,000-version registry, and one round
+    trip's time (median of ``SELECT 1``); ``None`` when :data:`PG_URL_VAR` is unset."""
+    base = os.environ.get(PG_URL_VAR)
+    if not base:
+        return None
+    import uuid
+
+    import psycopg
+
+    schema = f"bench_cli_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        trips = []
+        for _ in range(20):
+            began = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            trips.append(time.perf_counter() - began)
+    sep = "&" if "?" in base else "?"
+    url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    build = _BUILD.format(models=MODELS, versions=VERSIONS_PER_MODEL)
+    subprocess.run([sys.executable, "-c", build, str(Path(tmp) / "pg-store"), url], check=True, env=env)
+    return url, statistics.median(trips)
 
 
 def _time(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> list[float]:
@@ -104,9 +138,36 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                 [*on_big, "search", "accuracy > 0.5 AND tags.stage = 'dev'", "--limit", "10"],
             ),
         ]
+        # the same registry named by MODELKEEP_* variables, then by a config file
+        settings_env = {**env, "MODELKEEP_MODELS_DIR": big, "MODELKEEP_LOG_LEVEL": "WARNING"}
+        config = Path(tmp) / "bench-config.yaml"
+        config.write_text(f"persistence:\n  models_dir: {big}\nlogging:\n  level: WARNING\n")
+        on_config = [*modelkeep, "--config", str(config)]
+        search = ["search", "accuracy > 0.5 AND tags.stage = 'dev'", "--limit", "10"]
+        runs_with: list[tuple[str, list[str], dict[str, str], float | None]] = [
+            (name, argv, env, TARGETS.get(name)) for name, argv in commands
+        ]
+        info = ["info", "--model-name", "model_3"]
+        with_settings, with_config = "(1,000 versions, MODELKEEP_* settings)", "(1,000 versions, config file)"
+        runs_with += [
+            (f"modelkeep list {with_settings}", [*modelkeep, "list"], settings_env, None),
+            (f"modelkeep search --limit 10 {with_settings}", [*modelkeep, *search], settings_env, None),
+            (f"modelkeep list {with_config}", [*on_config, "list"], env, None),
+            (f"modelkeep info --model-name {with_config}", [*on_config, *info], env, None),
+        ]
+        postgres = _postgres(tmp, env)
+        if postgres is not None:
+            url, trip = postgres
+            on_pg = [*modelkeep, "--models-dir", str(Path(tmp) / "pg-store"), "--registry-url", url]
+            for name, argv in (
+                ("modelkeep list (1,000 versions, PostgreSQL)", [*on_pg, "list"]),
+                ("modelkeep info --model-name (1,000 versions, PostgreSQL)", [*on_pg, *info]),
+                ("modelkeep search --limit 10 (1,000 versions, PostgreSQL)", [*on_pg, *search]),
+            ):
+                runs_with.append((name, argv, env, PG_TARGET_S + trip))
         results: list[dict[str, Any]] = []
-        for name, argv in commands:
-            times = _time(argv, runs, tmp, env)
+        for name, argv, run_env, target in runs_with:
+            times = _time(argv, runs, tmp, run_env)
             results.append(
                 {
                     "name": name,
@@ -114,7 +175,7 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                     "runs": runs,
                     "median_s": statistics.median(times),
                     "min_s": min(times),
-                    "target_s": TARGETS.get(name),
+                    "target_s": target if target is not None else TARGETS.get(name),
                 }
             )
     baseline: float = results[0]["median_s"]
