@@ -36,8 +36,9 @@ TARGETS = {
     "modelkeep info --model-name (1,000 versions)": 0.150,
     "modelkeep search --limit 10 (1,000 versions)": 0.150,
     # issue 29: the same answers with settings from the environment, a config file, or PostgreSQL
-    "modelkeep list (1,000 versions, MODELKEEP_* settings)": 0.150,
-    "modelkeep search --limit 10 (1,000 versions, MODELKEEP_* settings)": 0.150,
+    "modelkeep list (1,000 versions, MODELKEEP_MODELS_DIR)": 0.150,
+    "modelkeep search --limit 10 (1,000 versions, MODELKEEP_MODELS_DIR)": 0.150,
+    "modelkeep list (1,000 versions, MODELKEEP_MODELS_DIR and MODELKEEP_LOG_LEVEL)": 0.150,
     "modelkeep list (1,000 versions, config file)": 0.150,
     "modelkeep info --model-name (1,000 versions, config file)": 0.150,
 }
@@ -139,7 +140,8 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
             ),
         ]
         # the same registry named by MODELKEEP_* variables, then by a config file
-        settings_env = {**env, "MODELKEEP_MODELS_DIR": big, "MODELKEEP_LOG_LEVEL": "WARNING"}
+        dir_env = {**env, "MODELKEEP_MODELS_DIR": big}
+        settings_env = {**dir_env, "MODELKEEP_LOG_LEVEL": "WARNING"}
         config = Path(tmp) / "bench-config.yaml"
         config.write_text(f"persistence:\n  models_dir: {big}\nlogging:\n  level: WARNING\n")
         on_config = [*modelkeep, "--config", str(config)]
@@ -148,10 +150,12 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
             (name, argv, env, TARGETS.get(name)) for name, argv in commands
         ]
         info = ["info", "--model-name", "model_3"]
-        with_settings, with_config = "(1,000 versions, MODELKEEP_* settings)", "(1,000 versions, config file)"
+        with_dir, with_config = "(1,000 versions, MODELKEEP_MODELS_DIR)", "(1,000 versions, config file)"
+        with_settings = "(1,000 versions, MODELKEEP_MODELS_DIR and MODELKEEP_LOG_LEVEL)"
         runs_with += [
+            (f"modelkeep list {with_dir}", [*modelkeep, "list"], dir_env, None),
+            (f"modelkeep search --limit 10 {with_dir}", [*modelkeep, *search], dir_env, None),
             (f"modelkeep list {with_settings}", [*modelkeep, "list"], settings_env, None),
-            (f"modelkeep search --limit 10 {with_settings}", [*modelkeep, *search], settings_env, None),
             (f"modelkeep list {with_config}", [*on_config, "list"], env, None),
             (f"modelkeep info --model-name {with_config}", [*on_config, *info], env, None),
         ]
