@@ -296,3 +296,18 @@ def test_mutated_streams_load_the_same_or_not_at_all(protocol: int) -> None:
     assert child.returncode == 0, child.stderr[-3000:]
     proven, same = (int(n) for n in child.stdout.split())
     assert proven > 20 and same > 20  # the fuzz really reached the C unpickler
+
+
+def test_a_graph_too_big_for_the_final_check_is_refused_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restricted path's last pass refuses more than MAX_LOADED_OBJECTS containers; the
+    scan counts them, so such a graph goes there (the limit lowered to keep the test small)."""
+    import modelkeep.formats._fastpath as fastpath
+    from modelkeep.formats import state_checks
+
+    data = pickle.dumps([(i,) for i in range(2_000)], protocol=5)
+    assert prove_plain(data)
+    monkeypatch.setattr(fastpath, "MAX_LOADED_OBJECTS", 1_000)
+    monkeypatch.setattr(state_checks, "MAX_LOADED_OBJECTS", 1_000)
+    assert prove_plain(data) is False
+    with pytest.raises(UnsafeModelError, match="too many to check"):
+        PickleFormat().load(_mapped(data), None)

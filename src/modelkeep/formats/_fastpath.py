@@ -20,6 +20,8 @@ restricted unpickler load the stream as before. The proof refuses (falls back on
 - nesting deeper than :data:`FAST_DEPTH` (the C unpickler hashes a dict key or set item
   recursively: a million nested tuples as a key crash the interpreter), more than
   ``MAX_DEPTH`` marks or ``MAX_STACK`` stack items (the restricted unpickler's limits);
+- more containers than :data:`~modelkeep.formats.state_checks.MAX_LOADED_OBJECTS` (the final
+  state-check pass refuses a graph that big, so the restricted path decides);
 - a stream whose bytes, with :data:`~modelkeep.formats._restricted.ITEM_BYTES` per item,
   could pass the load's :class:`~modelkeep.formats.budget.LoadBudget`.
 
@@ -39,6 +41,7 @@ from ..errors import UnsafeModelError
 from . import state_checks
 from ._restricted import ITEM_BYTES, MAX_DEPTH, MAX_STACK
 from .budget import LoadBudget
+from .state_checks import MAX_LOADED_OBJECTS
 
 #: The proof refuses containers nested deeper than this (honest data nests a few levels).
 FAST_DEPTH = 1_000
@@ -63,7 +66,6 @@ def _table() -> list[int]:
         (pickle.BININT1, 1),
         (pickle.BININT2, 2),
         (pickle.BINFLOAT, 8),
-        (pickle.NEXT_BUFFER, 0),
     ):
         sizes[op[0]] = size
     return sizes
@@ -113,6 +115,7 @@ _OP = {
     _BINBYTES8,
     _BYTEARRAY8,
     _READONLY_BUFFER,
+    _NEXT_BUFFER,
 ) = (
     _OP[name]
     for name in (
@@ -152,6 +155,7 @@ _OP = {
         "BINBYTES8",
         "BYTEARRAY8",
         "READONLY_BUFFER",
+        "NEXT_BUFFER",
     )
 )
 _SHORT_COUNTED = frozenset({_SHORT_BINUNICODE, _SHORT_BINBYTES, _LONG1})
@@ -195,6 +199,7 @@ def _walk(data: bytes) -> bool:
     memo: list[int] = []
     push, pop, remember = stack.append, stack.pop, memo.append
     pos = 0
+    objects = 0  # containers and buffers created: what the final state-check pass would walk
     while True:
         op = data[pos]
         pos += 1
@@ -208,16 +213,19 @@ def _walk(data: bytes) -> bool:
             pos += 1 + data[pos]
             push(0)
         elif op == _TUPLE3:
+            objects += 1
             depth = max(pop(), pop(), stack[-1]) + 1
             if depth > FAST_DEPTH:
                 return False
             stack[-1] = depth
         elif op == _TUPLE2:
+            objects += 1
             depth = max(pop(), stack[-1]) + 1
             if depth > FAST_DEPTH:
                 return False
             stack[-1] = depth
         elif op == _TUPLE1:
+            objects += 1
             depth = stack[-1] + 1
             if depth > FAST_DEPTH:
                 return False
@@ -240,6 +248,7 @@ def _walk(data: bytes) -> bool:
         elif op in _EMPTY:
             if len(stack) >= MAX_STACK:
                 return False
+            objects += 1
             push(1)
         elif op in _GETS:
             width = 1 if op == _BINGET else 4
@@ -258,6 +267,7 @@ def _walk(data: bytes) -> bool:
                 stack[-1] = depth
         elif op in _FROM_MARK:
             start = marks.pop()
+            objects += 1
             depth = max(stack[start:], default=0) + 1
             if depth > FAST_DEPTH:
                 return False
@@ -293,13 +303,16 @@ def _walk(data: bytes) -> bool:
                 pop()
         elif op == _POP_MARK:
             del stack[marks.pop() :]
+        elif op == _NEXT_BUFFER:
+            objects += 1
+            push(0)
         elif op == _READONLY_BUFFER:
             if stack[-1]:
                 return False
         elif op == _PROTO:
             pos += 1
-        elif op == _STOP:
-            return len(stack) == 1 and not marks
+        elif op == _STOP:  # a graph the final pass would refuse as too big to check: not proven
+            return len(stack) == 1 and not marks and objects < MAX_LOADED_OBJECTS
         else:
             return False  # globals, calls, BUILD, DUP, persistent ids, protocol 0-1 text opcodes
 
