@@ -46,6 +46,8 @@ TARGETS = {
 PG_TARGET_S = 0.150
 #: The database the PostgreSQL rows use (skipped when unset); each run uses a fresh schema.
 PG_URL_VAR = "MODELKEEP_BENCH_POSTGRES_URL"
+#: Creates an empty registry (reading never creates one, and list refuses a folder without one).
+_EMPTY = "from modelkeep import ModelPersistence\nwith ModelPersistence({models_dir!r}) as p:\n    p.ensure_registry()"
 #: Builds the 1,000-version registry in a subprocess (so this process never imports modelkeep).
 _BUILD = """
 import sys
@@ -119,7 +121,7 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
         models_dir = str(Path(tmp) / "models")
         # An empty registry (list refuses a folder that has none, to catch typos).
         subprocess.run(
-            [sys.executable, "-c", f"from modelkeep import ModelPersistence; ModelPersistence({models_dir!r}).close()"],
+            [sys.executable, "-c", _EMPTY.format(models_dir=models_dir)],
             check=True,
             env=env,
         )
