@@ -78,9 +78,10 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _postgres(tmp: str, env: dict[str, str]) -> tuple[str, float] | None:
-    """A PostgreSQL URL on a fresh schema holding the 1,000-version registry, and one round
-    trip's time (median of ``SELECT 1``); ``None`` when :data:`PG_URL_VAR` is unset."""
+def _postgres(tmp: str, env: dict[str, str]) -> tuple[str, float, str] | None:
+    """A PostgreSQL URL on a fresh schema holding the 1,000-version registry, one round trip's
+    time (median of ``SELECT 1``) and the schema (:func:`_drop`); ``None`` when :data:`PG_URL_VAR`
+    is unset."""
     base = os.environ.get(PG_URL_VAR)
     if not base:
         return None
@@ -99,8 +100,20 @@ def _postgres(tmp: str, env: dict[str, str]) -> tuple[str, float] | None:
     sep = "&" if "?" in base else "?"
     url = f"{base}{sep}options=-csearch_path%3D{schema}"
     build = _BUILD.format(models=MODELS, versions=VERSIONS_PER_MODEL)
-    subprocess.run([sys.executable, "-c", build, str(Path(tmp) / "pg-store"), url], check=True, env=env)
-    return url, statistics.median(trips)
+    try:
+        subprocess.run([sys.executable, "-c", build, str(Path(tmp) / "pg-store"), url], check=True, env=env)
+    except BaseException:
+        _drop(schema)
+        raise
+    return url, statistics.median(trips), schema
+
+
+def _drop(schema: str) -> None:
+    """Remove the schema :func:`_postgres` made."""
+    import psycopg
+
+    with psycopg.connect(os.environ[PG_URL_VAR], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _time(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> list[float]:
@@ -163,7 +176,7 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
         ]
         postgres = _postgres(tmp, env)
         if postgres is not None:
-            url, trip = postgres
+            url, trip, _schema = postgres
             on_pg = [*modelkeep, "--models-dir", str(Path(tmp) / "pg-store"), "--registry-url", url]
             for name, argv in (
                 ("modelkeep list (1,000 versions, PostgreSQL)", [*on_pg, "list"]),
@@ -171,23 +184,28 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                 ("modelkeep search --limit 10 (1,000 versions, PostgreSQL)", [*on_pg, *search]),
             ):
                 runs_with.append((name, argv, env, PG_TARGET_S + trip))
-        results: list[dict[str, Any]] = []
-        for name, argv, run_env, target in runs_with:
-            times = _time(argv, runs, tmp, run_env)
-            results.append(
-                {
-                    "name": name,
-                    "argv": argv,
-                    "runs": runs,
-                    "median_s": statistics.median(times),
-                    "min_s": min(times),
-                    "target_s": target if target is not None else TARGETS.get(name),
-                }
-            )
+        try:
+            results = [_row(name, argv, runs, tmp, run_env, target) for name, argv, run_env, target in runs_with]
+        finally:
+            if postgres is not None:
+                _drop(postgres[2])
     baseline: float = results[0]["median_s"]
     for result in results:
         result["ratio"] = result["median_s"] / baseline
     return results
+
+
+def _row(name: str, argv: list[str], runs: int, cwd: str, env: dict[str, str], target: float | None) -> dict[str, Any]:
+    """One command's result dict."""
+    times = _time(argv, runs, cwd, env)
+    return {
+        "name": name,
+        "argv": argv,
+        "runs": runs,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "target_s": target if target is not None else TARGETS.get(name),
+    }
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:
