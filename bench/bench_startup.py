@@ -35,12 +35,24 @@ TARGETS = {
     "modelkeep list --model-name (1,000 versions)": 0.150,
     "modelkeep info --model-name (1,000 versions)": 0.150,
     "modelkeep search --limit 10 (1,000 versions)": 0.150,
+    # issue 29: the same answers with settings from the environment, a config file, or PostgreSQL
+    "modelkeep list (1,000 versions, MODELKEEP_MODELS_DIR)": 0.150,
+    "modelkeep search --limit 10 (1,000 versions, MODELKEEP_MODELS_DIR)": 0.150,
+    "modelkeep list (1,000 versions, MODELKEEP_MODELS_DIR and MODELKEEP_LOG_LEVEL)": 0.150,
+    "modelkeep list (1,000 versions, config file)": 0.150,
+    "modelkeep info --model-name (1,000 versions, config file)": 0.150,
 }
+#: PostgreSQL rows: 150 ms plus one round trip (measured in the same run and added to the target).
+PG_TARGET_S = 0.150
+#: The database the PostgreSQL rows use (skipped when unset); each run uses a fresh schema.
+PG_URL_VAR = "MODELKEEP_BENCH_POSTGRES_URL"
+#: Creates an empty registry (reading never creates one, and list refuses a folder without one).
+_EMPTY = "from modelkeep import ModelPersistence\nwith ModelPersistence({models_dir!r}) as p:\n    p.ensure_registry()"
 #: Builds the 1,000-version registry in a subprocess (so this process never imports modelkeep).
 _BUILD = """
 import sys
 from modelkeep import ModelPersistence
-with ModelPersistence(sys.argv[1], compress=False) as p:
+with ModelPersistence(sys.argv[1], compress=False, registry_url=(sys.argv[2] if len(sys.argv) > 2 else None)) as p:
     for m in range({models}):
         name = f"model_{{m}}"
         for v in range({versions}):
@@ -66,6 +78,44 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def _postgres(tmp: str, env: dict[str, str]) -> tuple[str, float, str] | None:
+    """A PostgreSQL URL on a fresh schema holding the 1,000-version registry, one round trip's
+    time (median of ``SELECT 1``) and the schema (:func:`_drop`); ``None`` when :data:`PG_URL_VAR`
+    is unset."""
+    base = os.environ.get(PG_URL_VAR)
+    if not base:
+        return None
+    import uuid
+
+    import psycopg
+
+    schema = f"bench_cli_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        trips = []
+        for _ in range(20):
+            began = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            trips.append(time.perf_counter() - began)
+    sep = "&" if "?" in base else "?"
+    url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    build = _BUILD.format(models=MODELS, versions=VERSIONS_PER_MODEL)
+    try:
+        subprocess.run([sys.executable, "-c", build, str(Path(tmp) / "pg-store"), url], check=True, env=env)
+    except BaseException:
+        _drop(schema)
+        raise
+    return url, statistics.median(trips), schema
+
+
+def _drop(schema: str) -> None:
+    """Remove the schema :func:`_postgres` made."""
+    import psycopg
+
+    with psycopg.connect(os.environ[PG_URL_VAR], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def _time(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> list[float]:
     subprocess.run(argv, cwd=cwd, env=env, capture_output=True, check=True)  # warm the disk cache
     times = []
@@ -84,7 +134,7 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
         models_dir = str(Path(tmp) / "models")
         # An empty registry (list refuses a folder that has none, to catch typos).
         subprocess.run(
-            [sys.executable, "-c", f"from modelkeep import ModelPersistence; ModelPersistence({models_dir!r}).close()"],
+            [sys.executable, "-c", _EMPTY.format(models_dir=models_dir)],
             check=True,
             env=env,
         )
@@ -104,23 +154,58 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                 [*on_big, "search", "accuracy > 0.5 AND tags.stage = 'dev'", "--limit", "10"],
             ),
         ]
-        results: list[dict[str, Any]] = []
-        for name, argv in commands:
-            times = _time(argv, runs, tmp, env)
-            results.append(
-                {
-                    "name": name,
-                    "argv": argv,
-                    "runs": runs,
-                    "median_s": statistics.median(times),
-                    "min_s": min(times),
-                    "target_s": TARGETS.get(name),
-                }
-            )
+        # the same registry named by MODELKEEP_* variables, then by a config file
+        dir_env = {**env, "MODELKEEP_MODELS_DIR": big}
+        settings_env = {**dir_env, "MODELKEEP_LOG_LEVEL": "WARNING"}
+        config = Path(tmp) / "bench-config.yaml"
+        config.write_text(f"persistence:\n  models_dir: {big}\nlogging:\n  level: WARNING\n")
+        on_config = [*modelkeep, "--config", str(config)]
+        search = ["search", "accuracy > 0.5 AND tags.stage = 'dev'", "--limit", "10"]
+        runs_with: list[tuple[str, list[str], dict[str, str], float | None]] = [
+            (name, argv, env, TARGETS.get(name)) for name, argv in commands
+        ]
+        info = ["info", "--model-name", "model_3"]
+        with_dir, with_config = "(1,000 versions, MODELKEEP_MODELS_DIR)", "(1,000 versions, config file)"
+        with_settings = "(1,000 versions, MODELKEEP_MODELS_DIR and MODELKEEP_LOG_LEVEL)"
+        runs_with += [
+            (f"modelkeep list {with_dir}", [*modelkeep, "list"], dir_env, None),
+            (f"modelkeep search --limit 10 {with_dir}", [*modelkeep, *search], dir_env, None),
+            (f"modelkeep list {with_settings}", [*modelkeep, "list"], settings_env, None),
+            (f"modelkeep list {with_config}", [*on_config, "list"], env, None),
+            (f"modelkeep info --model-name {with_config}", [*on_config, *info], env, None),
+        ]
+        postgres = _postgres(tmp, env)
+        if postgres is not None:
+            url, trip, _schema = postgres
+            on_pg = [*modelkeep, "--models-dir", str(Path(tmp) / "pg-store"), "--registry-url", url]
+            for name, argv in (
+                ("modelkeep list (1,000 versions, PostgreSQL)", [*on_pg, "list"]),
+                ("modelkeep info --model-name (1,000 versions, PostgreSQL)", [*on_pg, *info]),
+                ("modelkeep search --limit 10 (1,000 versions, PostgreSQL)", [*on_pg, *search]),
+            ):
+                runs_with.append((name, argv, env, PG_TARGET_S + trip))
+        try:
+            results = [_row(name, argv, runs, tmp, run_env, target) for name, argv, run_env, target in runs_with]
+        finally:
+            if postgres is not None:
+                _drop(postgres[2])
     baseline: float = results[0]["median_s"]
     for result in results:
         result["ratio"] = result["median_s"] / baseline
     return results
+
+
+def _row(name: str, argv: list[str], runs: int, cwd: str, env: dict[str, str], target: float | None) -> dict[str, Any]:
+    """One command's result dict."""
+    times = _time(argv, runs, cwd, env)
+    return {
+        "name": name,
+        "argv": argv,
+        "runs": runs,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "target_s": target if target is not None else TARGETS.get(name),
+    }
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:

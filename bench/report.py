@@ -337,6 +337,33 @@ def search_section(results: dict[str, Any]) -> list[str]:
     return [*lines, *search_scale.report(search).splitlines(), ""]
 
 
+def unpickle_section(results: dict[str, Any]) -> list[str]:
+    """Object-heavy unpickling (bench/unpickle.py): medians per workload and format."""
+    section = results.get("unpickle")
+    lines = ["## Unpickling object-heavy pickles (bench/unpickle.py)", ""]
+    if not section or "rows" not in section:
+        return [*lines, f"_{(section or {}).get('error') or 'section not run'}_", ""]
+    header = ["workload", "format", "fast path", "pickle.loads", "format load", "ratio", "restricted", "scan floor"]
+    body = [
+        [
+            row["workload"],
+            row["format"],
+            "yes" if row["fast_path"] else "no",
+            fmt_time(row["pickle.loads_s"]),
+            fmt_time(row["format load_s"]),
+            f"{row['ratio']:.2f}x",
+            f"{row['restricted_ratio']:.2f}x",
+            f"{row['floor_ratio']:.2f}x",
+        ]
+        for row in section["rows"]
+    ]
+    note = (
+        "_ratio: the format's load over `pickle.loads`; restricted: the restricted unpickler alone (the path "
+        "before the fast path); scan floor: the fast path's pre-scan plus `pickle.loads`, over `pickle.loads`._"
+    )
+    return [*lines, *_table(header, body), note, ""]
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -361,7 +388,8 @@ def header_section(results: dict[str, Any]) -> list[str]:
         "",
         "`python bench/run.py --quick` is a smoke run of a minute or two that writes "
         "`bench/.tmp/README.quick.md` instead of this file. `--only` / `--skip` take section names "
-        "(small, large, compression, memory, index, dedup, mlflow, startup, search). Raw numbers of the last "
+        "(small, large, compression, memory, index, dedup, mlflow, startup, search, unpickle). Raw numbers of the "
+        "last "
         "run are in `bench/results.json`.",
         "",
         f"This page: {mode}, {meta['date']}, {meta['duration_s'] / 60:.1f} min.",
@@ -411,7 +439,7 @@ def render(results: dict[str, Any], plot_name: str | None) -> str:
     for section in (small_section, large_section, compression_section, memory_section):
         lines += section(results)
     lines += index_section(results, plot_name)
-    for section in (dedup_section, mlflow_section, startup_section, search_section):
+    for section in (dedup_section, mlflow_section, startup_section, search_section, unpickle_section):
         lines += section(results)
     lines += standalone_sections()
     return "\n".join(lines).rstrip() + "\n"

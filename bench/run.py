@@ -23,7 +23,7 @@ from typing import Any
 import baselines  # first, so it records joblib's own classes before modelkeep can swap them
 from common import BENCH_DIR, TMP_ROOT, Settings, error_text, load_modelkeep, log
 
-SECTIONS = ("small", "large", "compression", "memory", "index", "dedup", "mlflow", "startup", "search")
+SECTIONS = ("small", "large", "compression", "memory", "index", "dedup", "mlflow", "startup", "search", "unpickle")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,6 +126,7 @@ class Runner:
         import mlflow_baseline
         import search_scale
         import small
+        import unpickle
 
         s, mk = self.settings, self.modelkeep
         return {
@@ -138,6 +139,7 @@ class Runner:
             "mlflow": lambda: mlflow_baseline.run(s),
             "startup": run_startup,
             "search": lambda: search_scale.run_section(s.quick),
+            "unpickle": lambda: unpickle.run(rounds=3 if s.quick else 5, quick=s.quick),
         }[name]
 
     def run(self, names: list[str]) -> tuple[dict[str, Any], dict[str, float]]:

@@ -347,6 +347,30 @@ def _search(results: dict[str, Any]) -> list[Verdict]:
     return verdicts
 
 
+def _unpickle(results: dict[str, Any]) -> list[Verdict]:
+    """Object-heavy pickles (bench/unpickle.py): format load within 1.5x of ``pickle.loads``."""
+    rows = _get(results, "unpickle", "rows") or []
+    verdicts = []
+    for row in rows:
+        if not isinstance(row, dict) or row.get("workload", "").startswith("forest"):
+            continue
+        verdict = _ratio_verdict(
+            f"Unpickle {row['workload']}, {row['format']} format vs pickle.loads",
+            row.get("format load_s"),
+            row.get("pickle.loads_s"),
+            row.get("target", 1.5),
+        )
+        if verdict.met is False:  # the floor: the pre-scan in Python plus the C unpickler
+            verdict = dataclasses.replace(
+                verdict, note=f"{verdict.note}; floor: pre-scan + pickle.loads = {row.get('floor_ratio')}{X}"
+            )
+        verdicts.append(verdict)
+    if not verdicts:
+        reason = _get(results, "unpickle", "error") or "no measurement"
+        return [Verdict("Unpickle object-heavy pickles vs pickle.loads", DASH, f"≤ 1.50{X}", None, str(reason))]
+    return verdicts
+
+
 def evaluate(results: dict[str, Any]) -> list[Verdict]:
     """Every target, in the order of the issue."""
     return [
@@ -359,4 +383,5 @@ def evaluate(results: dict[str, Any]) -> list[Verdict]:
         *_dedup(results),
         *_startup(results),
         *_search(results),
+        *_unpickle(results),
     ]

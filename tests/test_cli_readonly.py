@@ -193,6 +193,47 @@ def test_settings_from_any_source_go_through_the_library(
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: invalid value for MODELKEEP_COMPRESS")
 
 
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_modelkeep_models_dir_is_read_by_the_read_only_path_with_the_same_answers(
+    registry: Path, served: dict[str, int], args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MODELKEEP_MODELS_DIR is a plain string to config.py too: the read-only path honours it,
+    and a --models-dir option still wins over it, as in the library."""
+    monkeypatch.chdir(registry.parent)
+    monkeypatch.setenv("MODELKEEP_MODELS_DIR", str(registry))
+    runs = {fast: CliRunner().invoke(cli, args, env={ENV_SWITCH: "1" if fast else "0"}) for fast in (False, True)}
+    assert runs[False].exit_code == 0, runs[False].stderr
+    assert (runs[True].exit_code, runs[True].stdout, runs[True].stderr) == (
+        runs[False].exit_code,
+        runs[False].stdout,
+        runs[False].stderr,
+    )
+    assert served == {"read_only": 1, "library": 1}
+    monkeypatch.setenv("MODELKEEP_MODELS_DIR", str(registry.parent / "elsewhere"))
+    assert _invoke(registry, args, fast=True) == _invoke(registry, args, fast=False)
+    assert served == {"read_only": 2, "library": 2}
+
+
+def test_modelkeep_models_dir_with_another_setting_goes_through_the_library(
+    registry: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(registry.parent)
+    monkeypatch.setenv("MODELKEEP_MODELS_DIR", str(registry))
+    monkeypatch.setenv("MODELKEEP_COMPRESS", "sometimes")
+    bad = CliRunner().invoke(cli, ["list"])
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: invalid value for MODELKEEP_COMPRESS")
+    monkeypatch.setenv("MODELKEEP_MODELS_DIR", "")
+    monkeypatch.delenv("MODELKEEP_COMPRESS")
+    empty = {fast: _outcome_of(["list"], fast) for fast in (False, True)}
+    assert empty[True] == empty[False]
+    assert served["read_only"] == 0
+
+
+def _outcome_of(args: list[str], fast: bool) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, args, env={ENV_SWITCH: "1" if fast else "0"})
+    return result.exit_code, result.stdout, result.stderr
+
+
 def test_an_old_registry_is_upgraded_by_the_library_then_read_the_same(
     tmp_path: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,9 +2,9 @@
 
 Opening :class:`~modelkeep.ModelPersistence` imports SQLAlchemy and pydantic, which
 costs several times what these commands need. So when the settings are certainly the
-defaults (no config file, no ``MODELKEEP_*`` setting, no ``--registry-url``, no
-``--verbose``) and the models folder is local, the command reads the registry's
-``registry.db`` read-only with the standard ``sqlite3`` module
+defaults (no config file, no ``MODELKEEP_*`` setting but ``MODELKEEP_MODELS_DIR``, which
+config.py takes as it is, no ``--registry-url``, no ``--verbose``) and the models folder is
+local, the command reads the registry's ``registry.db`` read-only with the standard ``sqlite3`` module
 (:class:`~modelkeep.index.readonly.ReadOnlyIndex`). Anything that path does not
 answer (a missing registry or version, an index of another schema, an unknown alias)
 goes to the library, which gives its usual answer or error; so do PostgreSQL
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_context import cli_state, log_to_stderr, open_registry
-from .config_sources import DEFAULT_MODELS_DIR, defaults_apply
+from .config_sources import DEFAULT_MODELS_DIR, PLAIN_VARS, defaults_apply
 from .errors import no_versions
 from .lifecycle import split_reference
 from .metadata import ModelMetadata, ModelSummary
@@ -97,10 +97,15 @@ def read_registry(ctx: click.Context) -> ReadOnlyRegistry | ModelPersistence:
 def _open_read_only(
     ctx: click.Context, config_path: Path | None, overrides: dict[str, Any], verbose: bool | None
 ) -> ReadOnlyRegistry | None:
-    if verbose or not defaults_apply(config_path) or set(overrides) - {"models_dir", "trusted_keys"}:
+    import os
+
+    if verbose or set(overrides) - {"models_dir", "trusted_keys"}:
         return None
-    models_dir = str(overrides.get("models_dir", DEFAULT_MODELS_DIR))
-    if not is_local(models_dir):
+    if not defaults_apply(config_path, besides=PLAIN_VARS):
+        return None
+    # as config.py: the option, else MODELKEEP_MODELS_DIR (a plain string), else the default
+    models_dir = str(overrides.get("models_dir", os.environ.get("MODELKEEP_MODELS_DIR", DEFAULT_MODELS_DIR)))
+    if not models_dir or not is_local(models_dir):
         return None
     from .index.readonly import ReadOnlyIndex
 

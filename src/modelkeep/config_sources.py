@@ -52,8 +52,14 @@ OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | 
 }
 
 
-def defaults_apply(config_path: str | os.PathLike[str] | None) -> bool:
-    """True when there is no config file to read and no ``MODELKEEP_*`` setting in the environment."""
+#: Variables whose value config.py takes as it is (a plain string, no validation, nothing to
+#: refuse): the read-only path may read them itself and still agree with the library.
+PLAIN_VARS = frozenset({"MODELKEEP_MODELS_DIR"})
+
+
+def defaults_apply(config_path: str | os.PathLike[str] | None, *, besides: frozenset[str] = frozenset()) -> bool:
+    """True when there is no config file to read and no ``MODELKEEP_*`` setting in the environment
+    (other than the variables in ``besides``, which the caller reads itself)."""
     if config_path is not None or Path(DEFAULT_CONFIG_FILE).is_file():
         return False
-    return not any(var in os.environ for var in ENV_VARS)
+    return not any(var in os.environ for var in ENV_VARS if var not in besides)

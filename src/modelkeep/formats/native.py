@@ -89,6 +89,7 @@ class NativeFormat(Format):
         return extra
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
+        from ._fastpath import MISS, load_plain
         from ._restricted import RestrictedUnpickler, TrustPolicy, source_size
         from .budget import LoadBudget
 
@@ -100,6 +101,9 @@ class NativeFormat(Format):
         # the blobs are the arrays' bytes: they count toward the size the budget scales with
         size = (options.get("artifact_size") or source_size(file) or 0) + sum(n for _sha, n in digests)
         budget = LoadBudget.for_artifact(size, options.get("max_load_memory"))
+        fast = load_plain(file, budget, buffers)  # plain data: the C unpickler (formats/_fastpath.py)
+        if fast is not MISS:
+            return fast
         return checked(
             RestrictedUnpickler(file, buffers=buffers, policy=TrustPolicy.for_load(options), budget=budget).load()
         )

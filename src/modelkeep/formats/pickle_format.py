@@ -60,16 +60,34 @@ class PickleFormat(Format):
         return None if found is None else {GLOBALS_KEY: found}
 
     def load(self, file: IO[bytes], compression: str | None, **options: Any) -> Any:
-        """Unpickle under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``)."""
+        """Unpickle under the allow-list policy (``trusted``, and ``extra["globals"]`` when ``signed``).
+
+        A stream proven to be plain data (:mod:`modelkeep.formats._fastpath`) is loaded by the C
+        unpickler; every other one by the restricted unpickler."""
         import io
 
+        from ._fastpath import MISS, PREFIX_BYTES, load_plain, prove_plain
         from ._restricted import RestrictedUnpickler, TrustPolicy, source_size
         from .budget import BoundedReader, LoadBudget
 
         policy = TrustPolicy.for_load(options)
         budget = LoadBudget.for_load(options, source_size(file))
         if compression is None:
+            fast = load_plain(file, budget)
+            if fast is not MISS:
+                return fast
             return checked(RestrictedUnpickler(file, policy=policy, budget=budget).load())
+        start = file.tell()
+        with gzip.GzipFile(fileobj=file, mode="rb") as gz:
+            bounded = io.BufferedReader(BoundedReader(gz, budget, "a gzip-compressed artifact"), 1 << 20)
+            head = bounded.read(PREFIX_BYTES)
+            if prove_plain(head, partial=True) is not False:  # plain so far: decompress it all, then prove it
+                whole = io.BytesIO(head + bounded.read())
+                fast = load_plain(whole, budget)
+                if fast is not MISS:
+                    return fast
+                return checked(RestrictedUnpickler(whole, policy=policy, budget=budget).load())
+        file.seek(start)  # not plain: stream it through the restricted unpickler, as before
         with gzip.GzipFile(fileobj=file, mode="rb") as gz:
             bounded = io.BufferedReader(BoundedReader(gz, budget, "a gzip-compressed artifact"), 1 << 20)
             return checked(RestrictedUnpickler(bounded, policy=policy, budget=budget).load())
