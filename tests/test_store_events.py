@@ -274,3 +274,46 @@ def snapshot_of(p: ModelPersistence) -> dict[str, Any]:
         "description": p.get_description("victim"),
         "history": [_entry(e) for e in p.history() if e.action != "reindex"],
     }
+
+
+def test_policies_and_approvals_come_back_from_the_store(
+    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelkeep import PolicyError, keys
+
+    releaser = keys.generate("releaser")
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        monkeypatch.setenv("MODELKEEP_USER", "alice")
+        p.save({"v": 1}, "churn", "1.0.0", metrics={"accuracy": 0.95})
+        p.save({"v": 2}, "churn", "1.0.1", metrics={"accuracy": 0.99})
+        p.set_policy("churn*", "production", filter="metrics.accuracy >= 0.9", approvals=1)
+        p.set_policy("churn", "canary", require_signature=[releaser.public.pem().decode()])
+        p.set_policy("fraud-[ab]", "staging", approvals=2)
+        p.remove_policy("fraud-[ab]", "staging")
+        monkeypatch.setenv("MODELKEEP_USER", "bob")
+        p.approve("churn", "1.0.0", "production")
+        policies, approvals = p.policies(), p.approvals("churn")
+        refused = p.check_alias_move("churn", "production", "1.0.1")
+    _drop_index(index_target, models)
+    with index_target.persistence(models) as p:
+        p.reindex()
+        assert p.policies() == policies  # the signing key too, not only its fingerprint
+        assert p.approvals("churn") == approvals
+        assert p.check_alias_move("churn", "production", "1.0.1") == refused
+        with pytest.raises(PolicyError, match="approvals"):
+            p.set_alias("churn", "production", "1.0.1")
+        p.set_alias("churn", "production", "1.0.0")  # bob's approval counts again
+        assert p.get_aliases("churn") == {"production": "1.0.0"}
+
+
+@pytest.mark.parametrize("glob", ["../../escape*", "a/b", ".hidden", ""])
+def test_a_policy_model_glob_cannot_name_a_path(tmp_path: Path, glob: str) -> None:
+    from modelkeep import InvalidNameError
+
+    with ModelPersistence(tmp_path / "models") as p:
+        p.save({"v": 1}, "churn", "1.0.0")
+        with pytest.raises(InvalidNameError, match="policy model must be a model name or a glob"):
+            p.set_policy(glob, "production", approvals=1)
+        assert p.policies() == []
+        assert not (tmp_path / "escape*").exists() and not (tmp_path / "models" / EVENT_DIR / "a").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,22 @@ POLICY_SET = "policy_set"
 POLICY_DELETE = "policy_delete"
 APPROVE = "approve"
 MAX_GLOB = 128
+#: A model name (letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit) in which
+#: ``*``, ``?`` and ``[...]`` may stand for characters; never a path (no ``/``, no leading ``.``).
+_GLOB = re.compile(r"[A-Za-z0-9*?\[][A-Za-z0-9._\-*?\[\]!]*")
+
+
+def validate_model_glob(model: object) -> str:
+    """``model`` as a policy's model name or glob (``churn``, ``churn*``, ``team-[ab]-*``);
+    :class:`InvalidNameError` otherwise. A glob is also a folder name in the store's event
+    files, so it is held to model names' characters plus the glob's own."""
+    if not isinstance(model, str) or len(model.strip()) > MAX_GLOB or not _GLOB.fullmatch(model.strip()):
+        raise InvalidNameError(
+            f"policy model must be a model name or a glob of one (letters, digits, '.', '_', '-' and "
+            f"'*', '?', '[...]', starting with a letter, digit or glob character; at most {MAX_GLOB}), "
+            f"got {model!r}"
+        )
+    return model.strip()
 
 
 @dataclass(frozen=True)
@@ -157,8 +174,7 @@ def make_policy(
     :class:`~modelkeep.errors.FilterError` for a filter that does not parse."""
     from .search.grammar import parse_filter, unparse
 
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_GLOB or "\x00" in model:
-        raise InvalidNameError(f"policy model must be a model name or glob of at most {MAX_GLOB} characters")
+    model = validate_model_glob(model)
     alias = validate_alias(alias)
     if filter is not None and not filter.strip():
         filter = None

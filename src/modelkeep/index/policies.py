@@ -81,6 +81,9 @@ def put_policy(conn: Connection, policy: Policy) -> Policy:
         before=None if before is None else before.to_dict()["conditions"],
         after=stored.to_dict()["conditions"],
         at=at,
+        # The history shows signing keys by fingerprint; the event file keeps the conditions
+        # as stored, public keys included, so that a rebuild from the store restores them.
+        state={"conditions": policy.conditions()},
     )
     return stored
 

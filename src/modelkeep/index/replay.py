@@ -20,10 +20,11 @@ from sqlalchemy import Connection, delete, insert, select, text, update
 
 from ..errors import InvalidNameError
 from ..metadata import ModelMetadata
+from ..policies import APPROVE, POLICY_DELETE, POLICY_SET, validate_model_glob
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import HistoryRow, insert_history, now, touch_model, write_history
 from .migrations import qualified_table
-from .schema import aliases, blob_refs, fields, history, models, tags, versions
+from .schema import aliases, approvals, blob_refs, fields, history, models, policies, tags, versions
 
 if TYPE_CHECKING:
     from .sql import SqlIndex
@@ -144,10 +145,56 @@ def _trash(conn: Connection, event: HistoryRow, present: set[str]) -> None:
     )
 
 
+@applies(POLICY_SET, POLICY_DELETE)
+def _policy(conn: Connection, event: HistoryRow, present: set[str]) -> None:
+    r = event.row
+    glob, alias = validate_model_glob(r["model_name"]), validate_alias(r["alias"])
+    conn.execute(delete(policies).where(policies.c.model_glob == glob, policies.c.alias == alias))
+    if r["action"] == POLICY_DELETE:
+        return
+    conditions = event.state.get("conditions")
+    if not isinstance(conditions, dict):  # written before the event kept them: the history's view
+        conditions = _json(r["after"])
+    if not isinstance(conditions, dict):
+        raise InvalidNameError("a policy change names no conditions")
+    # Stored as given; a reader judges it with policies.from_row, which refuses what it cannot read.
+    stored = json.dumps(conditions, sort_keys=True)
+    row = {"model_glob": glob, "alias": alias, "conditions": stored, "updated_at": r["at"], "updated_by": r["actor"]}
+    conn.execute(insert(policies).values(**row))
+
+
+@applies(APPROVE)
+def _approve(conn: Connection, event: HistoryRow, present: set[str]) -> None:
+    r = event.row
+    version, alias = _live_version(event, present), validate_alias(r["alias"])
+    after = _json(r["after"])
+    sha256 = after.get("sha256") if isinstance(after, dict) else None
+    if version is None or not isinstance(sha256, str):
+        return
+    key = (
+        approvals.c.model_name == r["model_name"],
+        approvals.c.version == version,
+        approvals.c.alias == alias,
+        approvals.c.user_name == r["actor"],
+    )
+    conn.execute(delete(approvals).where(*key))
+    conn.execute(
+        insert(approvals).values(
+            model_name=r["model_name"], version=version, alias=alias, user_name=r["actor"], sha256=sha256, at=r["at"]
+        )
+    )
+
+
+def _about_policies(event: HistoryRow) -> bool:
+    """A policy change: its ``model_name`` is a glob of model names, not a model."""
+    return event.row["action"] in (POLICY_SET, POLICY_DELETE)
+
+
 def apply_event(conn: Connection, event: HistoryRow, present: set[str], *, where: str) -> None:
     """Redo ``event``'s effect (nothing for actions without an applier); a row a hostile or
     damaged store made unusable is logged and skipped."""
-    touch_model(conn, event.row["model_name"], event.row["at"])
+    if not _about_policies(event):
+        touch_model(conn, event.row["model_name"], event.row["at"])
     applier = APPLIERS.get(str(event.row["action"]))
     if applier is None:
         return
@@ -164,7 +211,7 @@ def usable(events: Iterable[HistoryRow], *, where: str) -> list[HistoryRow]:
     chosen: dict[int, HistoryRow] = {}
     for event in events:
         try:
-            validate_model_name(event.row["model_name"])
+            (validate_model_glob if _about_policies(event) else validate_model_name)(event.row["model_name"])
         except InvalidNameError as exc:
             logger.warning("%s: skipping event %s: %s", where, event.seq, exc)
             continue
@@ -185,7 +232,7 @@ def rebuild(index: SqlIndex, records: list[ModelMetadata], events: list[HistoryR
         names = {r[0] for r in conn.execute(select(versions.c.model_name).distinct())}
         for name in sorted(names | {r.model_name for r in records} | {e.row["model_name"] for e in events}):
             index._lock_model(conn, name)
-        for table in (blob_refs, fields, versions, aliases, tags, history, models):
+        for table in (blob_refs, fields, versions, aliases, tags, history, models, policies, approvals):
             conn.execute(delete(table))
         present: dict[str, set[str]] = {}
         for record in records:

@@ -235,7 +235,7 @@ class SqlIndex:
         #: Writes each history row's event file into the store before its transaction commits
         #: (set by the registry; ``None``: the index alone, no event files).
         self.journal: Journal | None = None
-        self._exported = False  # rows from before schema 7 have been written out
+        self._exported = False  # rows from before schema 9 have been written out
         self._open_schema(create)
 
     # -- plumbing ---------------------------------------------------------------
@@ -274,7 +274,7 @@ class SqlIndex:
     def _write_events(self, conn: Connection) -> None:
         """Write the event files of the history rows this transaction added (fsync'ed, before
         COMMIT: a crash in between leaves a file no row names, which gc removes), preceded the
-        first time by those of rows written before schema 7 (the upgrade: see :meth:`export_events`)."""
+        first time by those of rows written before schema 9 (the upgrade: see :meth:`export_events`)."""
         if self.journal is None:
             return
         queued: list[HistoryRow] = conn.info.get(PENDING) or []
