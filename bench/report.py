@@ -370,6 +370,18 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _dates_note(meta: dict[str, Any]) -> str:
+    """Which sections were measured when, if not all in this run (a partial run keeps the rest)."""
+    dates: dict[str, str] = meta.get("section_dates") or {}
+    if len(set(dates.values())) <= 1:
+        return ""
+    by_date: dict[str, list[str]] = {}
+    for name, date in dates.items():
+        by_date.setdefault(date, []).append(name)
+    parts = [f"{', '.join(names)}: {date}" for date, names in sorted(by_date.items(), reverse=True)]
+    return " Sections measured at different times (" + "; ".join(parts) + "); see each section's load average."
+
+
 def header_section(results: dict[str, Any]) -> list[str]:
     meta = results["meta"]
     mode = (
@@ -392,7 +404,7 @@ def header_section(results: dict[str, Any]) -> list[str]:
         "last "
         "run are in `bench/results.json`.",
         "",
-        f"This page: {mode}, {meta['date']}, {meta['duration_s'] / 60:.1f} min.",
+        f"This page: {mode}, {meta['date']}, {meta['duration_s'] / 60:.1f} min.{_dates_note(meta)}",
         f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gb']:.0f} GB RAM, {meta['platform']}. "
         f"Python {meta['python']}; " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items()) + ".",
         "",

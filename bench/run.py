@@ -160,6 +160,25 @@ class Runner:
         return results, seconds
 
 
+def keep_other_sections(results: dict[str, Any], previous_path: Path) -> None:
+    """A run of some sections (``--only``/``--skip``) keeps the other sections' figures of the
+    last run in ``results`` (with when and under what load they were measured), so the page
+    still shows every section, each with its own date."""
+    try:
+        previous = json.loads(previous_path.read_text())
+    except (OSError, ValueError):
+        return
+    meta, old = results["meta"], previous.get("meta", {})
+    for name in SECTIONS:
+        if name in results or name not in previous:
+            continue
+        results[name] = previous[name]
+        meta["section_dates"][name] = old.get("section_dates", {}).get(name, old.get("date", "unknown date"))
+        for key in ("section_seconds", "load_average"):
+            if name in old.get(key, {}):
+                meta[key][name] = old[key][name]
+
+
 def write_outputs(results: dict[str, Any], quick: bool, output: Path | None) -> Path:
     """Write results JSON, the index plot and the README; returns the README path."""
     import index_scaling
@@ -190,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     results.update(sections)
     results["meta"]["section_seconds"] = seconds
     results["meta"]["load_average"] = runner.load_average
+    results["meta"]["section_dates"] = {name: results["meta"]["date"] for name in sections}
+    if not args.quick and args.output is None:
+        keep_other_sections(results, BENCH_DIR / "results.json")
     results["meta"]["joblib_classes_replaced"] = baselines.joblib_patched_by_others()
     results["meta"]["duration_s"] = time.monotonic() - began
     readme = write_outputs(results, args.quick, args.output)

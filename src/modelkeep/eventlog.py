@@ -2,8 +2,9 @@
 
 Every history row (an alias move, a tag, a description, a trash, restore or purge, a save, and any
 action added later) is also written to the store as ``.events/<model>/<seq>-<event_id>.json``
-(:func:`modelkeep.layout.event_key`) by the index's write transaction, ``fsync``'ed before
-that transaction commits, so the store can rebuild what the index knows: ``reindex`` replays the
+(:func:`modelkeep.layout.event_key`) by the index's write transaction before it commits
+(written, not ``fsync``'ed: a power cut that loses it leaves a row whose file ``gc`` rewrites),
+so the store can rebuild what the index knows: ``reindex`` replays the
 files (:mod:`modelkeep.index.replay`), ``copy`` and bundles carry them. The file is the row
 itself (its columns as stored, its original time and actor) plus ``state``, what a replay needs
 that the row does not say (an alias move's number), and a signature over both made with the

@@ -160,13 +160,14 @@ class LocalStore(ArtifactStore):
             fsync_dir(parent)
 
     def write_new(self, key: str, data: bytes) -> None:
-        """Create ``key`` (which must not exist) and ``fsync`` it: no temporary file, no rename,
-        no directory ``fsync``. A crash mid-write leaves a short file under the key, which the
-        caller (the event log) tells apart by content; the directory entry of a file whose
-        rename a power cut lost is rewritten from the index row that names it (``gc``)."""
+        """Create ``key`` (which must not exist): no temporary file, no rename, no ``fsync``.
+        The file outlives a crash of the process (it is in the page cache before the index
+        commits the row that names it); a power cut may lose it or cut it short, and then
+        ``gc`` rewrites it from that row, as ``verify`` reports. The index row is what a save
+        or a lifecycle change waits for; the event file is the store's copy of it."""
         path = self.full_path(key)
         try:
-            with durable_write(path, mode=0o444) as f:
+            with durable_write(path, mode=0o444, sync=False) as f:
                 f.write(data)
         except OSError as exc:
             raise _storage_error(exc, f"cannot write {path}") from exc
@@ -281,15 +282,17 @@ class LocalStore(ArtifactStore):
 
 
 @contextlib.contextmanager
-def durable_write(path: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
-    """A new file at ``path`` (which must not exist), ``fsync``'ed when the block exits cleanly."""
+def durable_write(path: str, *, mode: int = 0o666, sync: bool = True) -> Iterator[BinaryIO]:
+    """A new file at ``path`` (which must not exist), ``fsync``'ed when the block exits cleanly
+    (unless ``sync`` is false: then it outlives a crash of the process, not a power cut)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Opened read-write (new files get their access from this call, whatever ``mode`` says), so the
     # hashing threads can read the written bytes back through the same descriptor.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     with open(fd, "wb", buffering=0) as f:
         yield f
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
 
 def durable_replace(src: str, dst: str, *, sync_dir: bool = True) -> None:

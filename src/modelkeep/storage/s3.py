@@ -60,12 +60,12 @@ class S3Store(ObjectStore):
 
     def __init__(self, fs: Any, root: str, protocol: str, *, max_concurrency: int | None = None, **kwargs: Any) -> None:
         super().__init__(fs, root, protocol, **kwargs)
-        from . import remote
+        from .remote import READ_CHUNK  # read now, not at import: tests lower it
 
         #: Requests in flight for one transfer; memory is about this many parts.
         self.max_concurrency = max(1, max_concurrency or default_max_concurrency())
         #: Size of each ranged GET.
-        self.read_chunk = remote.READ_CHUNK
+        self.read_chunk = READ_CHUNK
 
     # -- running s3fs's coroutines ---------------------------------------------------
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
