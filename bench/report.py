@@ -388,6 +388,8 @@ def header_section(results: dict[str, Any]) -> list[str]:
         "quick smoke run (`--quick`): small sizes, few repeats; not the reference figures"
         if meta["quick"]
         else "full run"
+        if len(set((meta.get("section_dates") or {}).values())) <= 1
+        else "the last run of each section"
     )
     lines = [
         "# modelkeep benchmarks",

@@ -4,8 +4,8 @@ Run: ``python bench/store_events.py [--repeats N] [--pg-url URL]``. Three varian
 registry in one run, interleaved operation by operation so that machine load hits them alike:
 
 * ``index only``: the index transaction alone (``SqlIndex.journal`` unset), the release before;
-* ``event file``: what modelkeep does: one small file created, written and ``fsync``'ed before COMMIT
-  (no temporary file, no rename, no directory ``fsync``);
+* ``event file``: what modelkeep does: one small file created and written before COMMIT (no
+  temporary file, no rename, no ``fsync``: a file a power cut loses is rewritten by ``gc``);
 * ``event file + dir fsync``: the file staged, renamed into place and its directory ``fsync``'ed,
   as sidecars are written (``ArtifactStore.write_bytes``).
 
