@@ -408,7 +408,10 @@ def test_library_cli_and_ui_refuse_the_same_moves_with_the_same_reasons(
             index_target, root, "alias", "set", "--model-name", "churn", "--alias", "production", "--version", version
         )
         assert cli.returncode != 0 and "Traceback" not in cli.stderr
-        assert cli.stderr.strip() == f"Error: {library}"
+        # The same reasons, and the remedy spelled for the command line.
+        assert cli.stderr.strip() == f"Error: {library.for_cli()}"
+        assert f"modelkeep approve churn {version} --for production" in cli.stderr
+        assert f"approve('churn', '{version}', 'production')" in str(library)
         dry = _cli(
             index_target,
             root,

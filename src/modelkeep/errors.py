@@ -79,8 +79,10 @@ class PolicyError(PermissionDeniedError):
     message names them all.
     """
 
-    def __init__(self, message: str, failures: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, failures: list[tuple[str, str]] | None = None, *, cli: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, cli=cli)
         self.failures: list[tuple[str, str]] = list(failures or [])
 
 

@@ -283,10 +283,13 @@ def judge(policy: Policy, facts: MoveFacts) -> list[tuple[str, str]]:
 def refusal(model_name: str, alias: str, version: str, failures: list[tuple[str, str]]) -> PolicyError:
     """The error for a refused move: every failed condition and the value seen, on one line."""
     reasons = "; ".join(f"{condition}: seen {seen}" for condition, seen in failures)
-    return PolicyError(
-        f"moving alias '{alias}' of model '{model_name}' to version '{version}' breaks its policy: {reasons}",
-        failures,
-    )
+    message = f"moving alias '{alias}' of model '{model_name}' to version '{version}' breaks its policy: {reasons}"
+    cli: dict[str, str] = {}
+    if any(condition.startswith("approvals") for condition, _ in failures):
+        api = f"approve({model_name!r}, {version!r}, {alias!r})"
+        message += f" (someone other than its author approves it: {api})"
+        cli[api] = f"modelkeep approve {model_name} {version} --for {alias}"
+    return PolicyError(message, failures, cli=cli)
 
 
 @dataclass(frozen=True)
