@@ -68,7 +68,7 @@ def test_named_users_and_configured_aliases(reg: ModelPersistence) -> None:
     with acting_as(Identity("eddie", "editor")), pytest.raises(PermissionDeniedError, match="rel-eng"):
         reg.set_alias("churn", "champion", "1.1.0")
     with acting_as(Identity("vera", "viewer")):
-        with pytest.raises(PermissionDeniedError, match="needs the editor role"):
+        with pytest.raises(PermissionDeniedError, match="needs the writer role"):
             reg.set_tag("churn", "k", "v")
         with pytest.raises(PermissionDeniedError, match="may not save versions"):
             reg.save({"v": 2}, "churn", "2.0.0")
@@ -111,7 +111,7 @@ def test_cli_users_and_token(
     short = run("users", "add", "cy", "--password-stdin", stdin="short\n")
     assert short.returncode == 1 and "at least 8 characters" in short.stderr
     listed = run("users", "list").stdout
-    assert "ann\tadmin\tpassword" in listed and "bob\teditor\tno password" in listed and "$argon2" not in listed
+    assert "ann\tadmin\tpassword" in listed and "bob\tmaintainer\tno password" in listed and "$argon2" not in listed
     token = run("users", "token", "bob").stdout.strip()
     assert token.startswith("mkt_")
     as_bob = {"MODELKEEP_TOKEN": token}

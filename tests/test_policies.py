@@ -208,7 +208,7 @@ def test_only_admins_change_policies_editors_approve_viewers_do_nothing(
         ada.set_policy("churn", "production", approvals=1)
         with pytest.raises(PermissionDeniedError, match="needs the admin role"):
             ed.remove_policy("churn", "production")
-        with pytest.raises(PermissionDeniedError, match="needs the editor role"):
+        with pytest.raises(PermissionDeniedError, match="needs the maintainer role"):
             vi.approve("churn", "2", "production")
         ed.approve("churn", "2", "production")
         ada.set_alias("churn", "production", "2")

@@ -90,7 +90,7 @@ def test_passwords_are_hashed_by_argon2_and_checked_by_it(reg: ModelPersistence)
     PasswordHasher().verify(stored.password_hash, PASSWORDS["eddie"])  # argon2 itself accepts it
     with pytest.raises(VerifyMismatchError):
         PasswordHasher().verify(stored.password_hash, "editor-pass-2")
-    assert reg.users.check_password("eddie", PASSWORDS["eddie"]).role == "editor"
+    assert reg.users.check_password("eddie", PASSWORDS["eddie"]).role == "maintainer"
     for name, password in [("eddie", "editor-pass-2"), ("nobody", "whatever-1"), ("eddie", "")]:
         with pytest.raises(AuthenticationError, match="wrong user name or password"):
             reg.users.check_password(name, password)

@@ -31,7 +31,7 @@ from .cli_events import dispatch_events_option, dispatching
 )
 @click.option(
     "--proxy-role",
-    type=click.Choice(["viewer", "editor", "admin"]),
+    type=click.Choice(["none", "viewer", "writer", "maintainer", "editor", "admin"]),
     default="viewer",
     show_default=True,
     help="With --auth proxy: the role of a user who has no account in 'modelkeep users'.",

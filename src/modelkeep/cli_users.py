@@ -1,4 +1,5 @@
-"""``modelkeep users``: the accounts that sign in to ``modelkeep ui`` (kept in the index)."""
+"""``modelkeep users``: the accounts that sign in to ``modelkeep ui`` and own API tokens (kept in
+the index), their roles, grants and tokens."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from .cli_context import open_registry, print_status, stdin_is_interactive
 if TYPE_CHECKING:
     from .registry import ModelPersistence
 
-ROLE_CHOICE = click.Choice(["viewer", "editor", "admin"])
+#: A user's registry role (``editor`` is still accepted: it is stored as ``maintainer``).
+ROLE_CHOICE = click.Choice(["none", "viewer", "writer", "maintainer", "admin", "editor"], case_sensitive=False)
+#: The role of a grant on some models.
+GRANT_CHOICE = click.Choice(["viewer", "writer", "maintainer", "admin", "editor"], case_sensitive=False)
 
 
 def _registry(ctx: click.Context) -> ModelPersistence:
@@ -32,10 +36,11 @@ def _password(from_stdin: bool, *, confirm: bool = True) -> str:
 
 @click.group("users")
 def users() -> None:
-    """Who may sign in to the UI, with which role (viewer, editor, admin).
+    """Who may sign in or use a token, with which role (none, viewer, writer, maintainer, admin).
 
     Users live in the registry's index, so everyone who shares the index shares
-    them. Only an argon2 hash of each password is stored.
+    them. Only an argon2 hash of each password is stored. A grant gives a role on
+    the models a glob names; 'editor' is the old name of maintainer.
     """
 
 
@@ -47,8 +52,11 @@ def users() -> None:
 @click.pass_context
 def add(ctx: click.Context, name: str, role: str, password_stdin: bool, no_password: bool) -> None:
     """Add a user (asks for the password twice unless --password-stdin)."""
+    from .identity import validate_role
+
     p = _registry(ctx)
     password = None if no_password else _password(password_stdin)
+    role = validate_role(role, allow_none=True)
     p.users.add(name, password, role)
     print_status(ctx, f"Added {role} {name}.")
 
@@ -56,7 +64,7 @@ def add(ctx: click.Context, name: str, role: str, password_stdin: bool, no_passw
 @users.command("list")
 @click.pass_context
 def list_users(ctx: click.Context) -> None:
-    """Each user with their role and number of API tokens."""
+    """Each user with their role, number of API tokens and grants."""
     p = open_registry(ctx)
     rows = p.users.list()
     if not rows:
@@ -65,7 +73,9 @@ def list_users(ctx: click.Context) -> None:
     for row in rows:
         tokens = len(p.users.tokens(row.name))
         login = "password" if row.password_hash else "no password"
-        click.echo(f"{row.name}\t{row.role}\t{login}\t{tokens} token(s)\tadded {row.created_at[:19]}")
+        grants = ", ".join(f"{role} on {glob}" for glob, role in p.users.grants(row.name))
+        line = f"{row.name}\t{row.role}\t{login}\t{tokens} token(s)\tadded {row.created_at[:19]}"
+        click.echo(line + (f"\t{grants}" if grants else ""))
 
 
 @users.command("remove")
@@ -92,24 +102,90 @@ def passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
 @click.argument("role", type=ROLE_CHOICE)
 @click.pass_context
 def role(ctx: click.Context, name: str, role: str) -> None:
-    """Change a user's role."""
+    """Change a user's registry role (none: only what their grants give)."""
+    from .identity import validate_role
+
+    role = validate_role(role, allow_none=True)
     _registry(ctx).users.set_role(name, role)
-    print_status(ctx, f"{name} is now {'an' if role in ('editor', 'admin') else 'a'} {role}.")
+    print_status(ctx, f"{name} is now {'an' if role == 'admin' else 'a'} {role}.")
 
 
 @users.command("token")
 @click.argument("name")
-@click.option("--label", default="", help="What the token is for (shown by 'users list').")
-@click.option("--revoke", is_flag=True, help="Revoke every token of NAME instead.")
+@click.option("--label", default="", help="What the token is for (shown by 'users tokens').")
+@click.option("--expires", metavar="AGE", default=None, help="Refuse the token after this long: 30d, 12h, 90m, 2w.")
+@click.option("--revoke", is_flag=True, help="Revoke every token of NAME instead (same as 'users revoke NAME').")
 @click.pass_context
-def token(ctx: click.Context, name: str, label: str, revoke: bool) -> None:
+def token(ctx: click.Context, name: str, label: str, expires: str | None, revoke: bool) -> None:
     """Make a personal API token for NAME and print it (once: only its hash is kept).
 
-    Use it as MODELKEEP_TOKEN (library and CLI act as NAME, with NAME's role) or as
+    Use it as MODELKEEP_TOKEN (library and CLI act as NAME, with NAME's role and grants) or as
     'Authorization: Bearer <token>' against the UI.
     """
     p = _registry(ctx)
     if revoke:
         print_status(ctx, f"Revoked {p.users.revoke_tokens(name)} token(s) of {name}.")
         return
-    click.echo(p.users.new_token(name, label))
+    expires_in = None
+    if expires is not None:
+        from .lifecycle import parse_age
+
+        expires_in = parse_age(expires)
+    click.echo(p.users.new_token(name, label, expires_in=expires_in))
+
+
+@users.command("tokens")
+@click.argument("name")
+@click.pass_context
+def tokens(ctx: click.Context, name: str) -> None:
+    """NAME's API tokens: id (for 'users revoke NAME --token ID'), label, created, expires."""
+    p = _registry(ctx)
+    from .users import validate_user_name
+
+    if p.users.get(validate_user_name(name)) is None:
+        raise click.ClickException(f"no user '{name}': see 'modelkeep users list'")
+    found = p.users.tokens(name)
+    if not found:
+        click.echo(f"{name} has no API tokens. Make one with: modelkeep users token {name}")
+        return
+    for t in found:
+        expires = f"expires {t.expires_at[:19]}" if t.expires_at else "never expires"
+        click.echo(f"{t.token_id or '(no id)'}\t{t.label}\tcreated {t.created_at[:19]}\t{expires}")
+
+
+@users.command("revoke")
+@click.argument("name")
+@click.option("--token", "token_id", metavar="ID", default=None, help="Revoke only this token (see 'users tokens').")
+@click.pass_context
+def revoke(ctx: click.Context, name: str, token_id: str | None) -> None:
+    """Revoke NAME's API tokens (every one, or the one --token names); they are refused at once."""
+    p = _registry(ctx)
+    if token_id is None:
+        print_status(ctx, f"Revoked {p.users.revoke_tokens(name)} token(s) of {name}.")
+        return
+    p.users.revoke_token(name, token_id)
+    print_status(ctx, f"Revoked token {token_id} of {name}.")
+
+
+@users.command("grant")
+@click.argument("name")
+@click.argument("glob")
+@click.argument("role", type=GRANT_CHOICE)
+@click.pass_context
+def grant(ctx: click.Context, name: str, glob: str, role: str) -> None:
+    """Give NAME ROLE on the models GLOB names (churn-*), on top of their registry role."""
+    from .identity import validate_role
+
+    role = validate_role(role)
+    _registry(ctx).users.grant(name, glob, role)
+    print_status(ctx, f"{name} is {'an' if role == 'admin' else 'a'} {role} of the models '{glob}' names.")
+
+
+@users.command("ungrant")
+@click.argument("name")
+@click.argument("glob")
+@click.pass_context
+def ungrant(ctx: click.Context, name: str, glob: str) -> None:
+    """Remove NAME's grant on GLOB (as it was granted)."""
+    _registry(ctx).users.revoke_grant(name, glob)
+    print_status(ctx, f"Removed the grant of {name} on '{glob}'.")

@@ -59,8 +59,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def acts(role: str, what: str) -> Callable[[_F], _F]:
-    """Decorate a :class:`LifecycleMixin` method that changes the registry: it needs ``role`` when
-    an identity acts, and runs as that identity (whose name the history then records)."""
+    """Decorate a :class:`LifecycleMixin` method that changes the registry: it needs ``role``
+    registry-wide when an identity acts, and runs as that identity (whose name the history then
+    records). Methods about one model check ``self._as(role, what, model_name)`` instead."""
 
     def decorate(method: _F) -> _F:
         @functools.wraps(method)
@@ -126,9 +127,9 @@ class LifecycleMixin:
     def sign_in(self, token: str, *, name: str | None = None) -> Identity:
         """Act as the owner of API ``token`` from now on: their role is checked and their name
         goes into the history. ``name`` (e.g. ``MODELKEEP_USER``) must then be that owner.
-        Raises :class:`~modelkeep.errors.AuthenticationError` for an unknown token."""
-        row = self.users.check_token(token, name=name)
-        self.identity = Identity(row.name, row.role)
+        Raises :class:`~modelkeep.errors.AuthenticationError` for an unknown, revoked or expired
+        token. The identity carries the owner's grants as they are now."""
+        self.identity = self.users.token_identity(token, name=name)
         return self.identity
 
     def _who(self) -> Identity | None:
@@ -136,10 +137,11 @@ class LifecycleMixin:
         return acting() or self.identity
 
     @contextlib.contextmanager
-    def _as(self, role: str, what: str) -> Iterator[Identity | None]:
-        """Check ``role``, then run the block as the acting identity (for the history)."""
+    def _as(self, role: str, what: str, model_name: str | None = None) -> Iterator[Identity | None]:
+        """Check ``role`` (on ``model_name``, else registry-wide), then run the block as the
+        acting identity (for the history)."""
         who = self._who()
-        self.access.require(who, role, what)
+        self.access.require(who, role, what, model_name)
         with acting_as(who):
             yield who
 
@@ -180,8 +182,8 @@ class LifecycleMixin:
         A move that breaks the alias's promotion policy (:meth:`set_policy`) raises
         :class:`PolicyError`, naming each failed condition and the value seen.
         """
-        with self._as("editor", "move aliases") as who:
-            self.access.require_alias(who, alias, "move it")
+        with self._as("maintainer", "move aliases", model_name) as who:
+            self.access.require_alias(who, alias, "move it", model_name)
             self.index.lifecycle.set_alias(model_name, alias, version, expected=expected, sign=self.keyring.sign_event)
 
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
@@ -190,8 +192,8 @@ class LifecycleMixin:
 
         With ``expected``, only if it still points there (:class:`AliasConflictError` otherwise).
         """
-        with self._as("editor", "remove aliases") as who:
-            self.access.require_alias(who, alias, "remove it")
+        with self._as("maintainer", "remove aliases", model_name) as who:
+            self.access.require_alias(who, alias, "remove it", model_name)
             return self.index.lifecycle.delete_alias(model_name, alias, expected=expected)
 
     def get_aliases(self, model_name: str) -> dict[str, str]:
@@ -205,12 +207,12 @@ class LifecycleMixin:
     # -- tags and descriptions ------------------------------------------------------------
     def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
         """Set a key/value tag on the model, or on one version with ``version=``."""
-        with self._as("editor", "set tags"):
+        with self._as("writer", "set tags", model_name):
             self.index.lifecycle.set_tag(model_name, key, value, version=version)
 
     def delete_tag(self, model_name: str, key: str, *, version: str | None = None) -> None:
         """Remove a tag from the model, or from one version with ``version=``."""
-        with self._as("editor", "remove tags"):
+        with self._as("writer", "remove tags", model_name):
             self.index.lifecycle.delete_tag(model_name, key, version=version)
 
     def get_tags(self, model_name: str, *, version: str | None = None) -> dict[str, str]:
@@ -219,7 +221,7 @@ class LifecycleMixin:
 
     def set_description(self, model_name: str, text: str | None, *, version: str | None = None) -> None:
         """Describe the model, or one version with ``version=``; ``None`` clears it."""
-        with self._as("editor", "change descriptions"):
+        with self._as("writer", "change descriptions", model_name):
             self.index.lifecycle.set_description(model_name, text, version=version)
 
     def get_description(self, model_name: str, *, version: str | None = None) -> str | None:
@@ -271,17 +273,17 @@ class LifecycleMixin:
         ``force``, which removes those aliases too (recorded in the history); with an
         identity, a protected one among them needs an admin.
         """
-        with self._as("editor", "move versions to the trash") as who:
+        with self._as("maintainer", "move versions to the trash", model_name) as who:
             if force and who is not None:
                 for alias, target in self.get_aliases(model_name).items():
                     if target == version:
-                        self.access.require_alias(who, alias, "remove it by forcing a delete")
+                        self.access.require_alias(who, alias, "remove it by forcing a delete", model_name)
             self.index.lifecycle.trash(model_name, version, force=force, sign=self.keyring.sign_event)
         logger.info("deleted %s version %s (moved to the trash)", model_name, version)
 
     def restore(self, model_name: str, version: str) -> None:
         """Bring a version back from the trash."""
-        with self._as("editor", "restore versions"):
+        with self._as("maintainer", "restore versions", model_name):
             self.index.lifecycle.restore(model_name, version)
         logger.info("restored %s version %s from the trash", model_name, version)
 
@@ -298,9 +300,9 @@ class LifecycleMixin:
         trash; ``older_than`` (``"30d"``, seconds, a timedelta) keeps younger trash.
         Shared bytes are kept while another version references them (dedup and blobs).
         A ``version`` that is not in the trash raises :class:`VersionNotFoundError`.
-        With an identity, purging needs the admin role.
+        With an identity, purging needs the admin role (on ``model_name``, or registry-wide).
         """
-        with self._as("admin", "purge the trash"):
+        with self._as("admin", "purge the trash", model_name):
             return self._purge(model_name, version, older_than)
 
     def _purge(self, model_name: str | None, version: str | None, older_than: Age | None) -> list[tuple[str, str]]:
@@ -351,10 +353,11 @@ class LifecycleMixin:
 
     def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
         """Trash every version of ``model_name`` but the newest ``keep_last`` (version order),
-        never an aliased one. Returns the versions trashed (``dry_run``: that would be)."""
+        never an aliased one. Returns the versions trashed (``dry_run``: that would be).
+        With an identity, pruning needs the admin role on the model."""
         if dry_run:
             return self.index.lifecycle.prune(model_name, keep_last, dry_run=True)
-        with self._as("editor", "prune versions"):
+        with self._as("admin", "prune versions", model_name):
             return self.index.lifecycle.prune(model_name, keep_last, dry_run=dry_run, sign=self.keyring.sign_event)
 
     def _purge_for_gc(self, older_than: Age, *, dry_run: bool) -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ the dry run of a move, and the signed-move check a reader (or ``serve``) can req
 Policies are stored in the index (:mod:`modelkeep.index.policies`) and judged by
 :mod:`modelkeep.policies`; ``set_alias`` checks them itself, in the transaction that moves
 the alias, so every interface obeys them. Changing a policy needs the admin role and
-approving a version the editor role, when an identity acts; with no identity (no token, no
+approving a version the maintainer role on its model, when an identity acts; with no identity (no token, no
 UI sign-in) the library behaves as it does for protected aliases: whoever can write the
 index may change them. Either way the history records who did (``policy_set``,
 ``policy_delete``, ``approve``).
@@ -97,10 +97,11 @@ class PromotionMixin(LifecycleMixin):
     # -- approvals -----------------------------------------------------------------
     def approve(self, model_name: str, version: str, alias: str) -> dict[str, str]:
         """Approve ``version`` (its current bytes) for ``alias`` as the acting user; returns the
-        approval. An approval by the version's author is recorded but never counts."""
+        approval. An approval by the version's author is recorded but never counts. Needs the
+        maintainer role on the model when an identity acts."""
         model_name, version = validate_model_name(model_name), validate_version(version)
         alias = validate_alias(alias)
-        with self._as("editor", "approve versions"):
+        with self._as("maintainer", "approve versions", model_name):
             who = self._policies.approve(model_name, version, alias)
         return next(a for a in self._policies.approvals(model_name, version, alias) if a["user"] == who)
 

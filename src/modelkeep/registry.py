@@ -44,7 +44,7 @@ from .formats.state_checks import checked
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
-from .lifecycle import Age, acts
+from .lifecycle import Age
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
@@ -369,6 +369,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         from .eventlog import EventJournal
 
         index.journal = EventJournal(self.store, self.keyring)
+        index.reader = self._who  # reads answer as this registry's identity sees the models
         return index
 
     def ensure_registry(self) -> SqlIndex:
@@ -448,7 +449,6 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         assert rec.artifact is not None
         return self.store.location(rec.artifact.key)
 
-    @acts("editor", "save versions")
     def save_version(
         self,
         model: Any,
@@ -473,8 +473,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         (``save_version(m, "cancer", algo="svc")``), merged over ``metadata=`` when both are
         given. ``serialization_format`` / ``compress`` choose this version's format and codec.
         ``created_at`` (ISO-8601) records that creation time instead of now; importers use it
-        to keep a version's original timestamp. When an identity acts (a token), saving needs the
-        editor role and the history records its name.
+        to keep a version's original timestamp. When an identity acts (a token), saving a new
+        version needs the writer role on the model, replacing one (``overwrite``) the maintainer
+        role, and the history records its name.
 
         ``resume=True`` (S3): an interrupted upload of the same save (same model, version
         argument, format and codec) is continued: the model is serialized again, and each part
@@ -483,8 +484,45 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """
         if custom:
             metadata = {**(metadata or {}), **custom}
-        started = time.perf_counter()
         model_name = validate_model_name(model_name)
+        with self._as("writer", "save versions", model_name) as who:
+            return self._save_version(
+                who,
+                model,
+                model_name,
+                version,
+                overwrite=overwrite,
+                serialization_format=serialization_format,
+                compress=compress,
+                metadata=metadata,
+                created_at=created_at,
+                input_example=input_example,
+                training_data=training_data,
+                training_target=training_target,
+                parent=parent,
+                resume=resume,
+            )
+
+    def _save_version(
+        self,
+        who: Identity | None,
+        model: Any,
+        model_name: str,
+        version: str | None,
+        *,
+        overwrite: bool,
+        serialization_format: str | None,
+        compress: Any,
+        metadata: dict[str, Any] | None,
+        created_at: str | None,
+        input_example: Any,
+        training_data: Any,
+        training_target: Any,
+        parent: str | None,
+        resume: bool,
+    ) -> ModelMetadata:
+        """:meth:`save_version` once the writer role is checked (``who`` acting)."""
+        started = time.perf_counter()
         if version is not None:
             version = validate_version(version)
         fmt = self.format if serialization_format is None else get_format(serialization_format)
@@ -507,7 +545,10 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         signature, lineage_parts, git = self._describe(
             model, model_name, input_example, training_data, training_target, parent
         )
-        if version is not None and not overwrite and self.index.get(model_name, version) is not None:
+        existing = None if version is None else self.index.get(model_name, version)
+        if existing is not None and overwrite:  # replacing a version: a maintainer's call
+            self.access.require(who, "maintainer", "overwrite versions", model_name)
+        if version is not None and existing is not None and not overwrite:
             if self.index.lifecycle.trashed_version(model_name, version):
                 raise VersionTrashedError(
                     f"model '{model_name}' version '{version}' is in the trash; restore or purge it"
@@ -536,6 +577,8 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             warn_main_globals(extra)
             warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
             with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+                if slot.previous is not None:  # saved by someone else since the check above
+                    self.access.require(who, "maintainer", "overwrite versions", model_name)
                 now = utc_now()
                 key = self._new_artifact_key(slot, fmt.extension(compression))
                 record = ModelMetadata(
@@ -1038,7 +1081,8 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """
         from .resign import resign_versions
 
-        return resign_versions(self, model_name, version, include_untrusted=include_untrusted)
+        with self._as("admin", "re-sign versions"):
+            return resign_versions(self, model_name, version, include_untrusted=include_untrusted)
 
     def list_models(self) -> list[str]:
         """Names of all models with at least one version, sorted."""
@@ -1142,9 +1186,17 @@ class ModelPersistence(PromotionMixin, EventsMixin):
 
     # -- maintenance (implemented in modelkeep.maintenance) -------------------------
     def verify(self, model_name: str | None = None) -> VerifyReport:
-        """Re-hash every artifact; report entries that are missing, corrupt or orphaned."""
+        """Re-hash every artifact; report entries that are missing, corrupt or orphaned.
+
+        When an identity acts, a model it may not see is reported missing, as if it did not
+        exist, and the whole registry (``model_name=None``) needs a registry role of viewer or
+        stronger (it reports on every model and on files no version names)."""
         from .maintenance import verify_registry
 
+        if model_name is not None and not self.index.may_view(validate_model_name(model_name)):
+            raise no_versions(model_name)  # what verify says of a model with nothing stored
+        if model_name is None:
+            self.access.require(self._who(), "viewer", "verify the whole registry")
         return verify_registry(self, model_name)
 
     def gc(
@@ -1159,8 +1211,12 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         Files younger than ``min_age_seconds`` are kept: they may belong to a
         save in progress. ``purge_deleted_older_than`` (``"30d"``, seconds, a
         timedelta) first purges versions that have been in the trash that long.
-        ``dry_run`` only reports what would be removed.
+        ``dry_run`` only reports what would be removed. Needs the admin role when an identity acts.
         """
+        with self._as("admin", "collect garbage"):
+            return self._gc(dry_run, min_age_seconds, purge_deleted_older_than)
+
+    def _gc(self, dry_run: bool, min_age_seconds: float, purge_deleted_older_than: Age | None) -> GcReport:
         from .maintenance import collect_garbage
 
         purged = (
@@ -1171,11 +1227,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         return report
 
     def reindex(self) -> int:
-        """Rebuild the index from the sidecar metadata files; returns the number of versions."""
+        """Rebuild the index from the sidecar metadata files; returns the number of versions.
+        Needs the admin role when an identity acts."""
         from .maintenance import rebuild_index
 
-        self.ensure_registry()
-        return rebuild_index(self)
+        with self._as("admin", "rebuild the index"):
+            self.ensure_registry()
+            return rebuild_index(self)
 
     def backfill_params(
         self, model_name: str | None = None, version: str | None = None, *, dry_run: bool = False
@@ -1189,4 +1247,5 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """
         from .params_backfill import backfill_params
 
-        return backfill_params(self, model_name, version, dry_run=dry_run)
+        with self._as("admin", "rewrite recorded parameters"):
+            return backfill_params(self, model_name, version, dry_run=dry_run)

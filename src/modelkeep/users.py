@@ -4,7 +4,9 @@ Users live in the registry's index (``modelkeep_users``), so a team that shares
 an index shares its users. Passwords are hashed with argon2id by
 `argon2-cffi <https://argon2-cffi.readthedocs.io>`_ (its default, RFC 9106 low-memory
 parameters) and only the hash is stored. A personal API token is 32 random bytes
-shown once; only its SHA-256 is stored (a random 256-bit secret needs no slow hash).
+shown once; only its SHA-256 is stored (a random 256-bit secret needs no slow hash),
+with a short public id to list and revoke it by, and an optional expiry. A user's
+grants (a role on the models a glob names, :mod:`modelkeep.identity`) are kept here too.
 
 Needs the ``[ui]`` extra for argon2 (password checks); tokens work without it.
 """
@@ -12,6 +14,7 @@ Needs the ``[ui]`` extra for argon2 (password checks); tokens work without it.
 from __future__ import annotations
 
 import builtins
+import datetime as _dt
 import hashlib
 import hmac
 import re
@@ -20,14 +23,14 @@ from typing import TYPE_CHECKING
 
 from .errors import AuthenticationError, BackendUnavailableError, InvalidNameError, UserNotFoundError
 from .identity import Identity, validate_role
-from .index.users import UserRow, UserRows
+from .index.users import TokenRow, UserRow, UserRows
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
     from .index import SqlIndex
 
-__all__ = ["TOKEN_PREFIX", "UserNotFoundError", "UserStore", "validate_user_name"]
+__all__ = ["TOKEN_PREFIX", "TokenRow", "UserNotFoundError", "UserStore", "validate_user_name"]
 
 #: API tokens start with this, so a leaked one is easy to recognise (and to grep for).
 TOKEN_PREFIX = "mkt_"
@@ -53,6 +56,10 @@ def _hasher() -> PasswordHasher:
     return PasswordHasher()
 
 
+def _utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
 def hash_token(token: str) -> str:
     """What the index keeps of an API token."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -69,9 +76,11 @@ class UserStore:
 
     # -- accounts -------------------------------------------------------------------
     def add(self, name: str, password: str | None, role: str = "viewer") -> None:
-        """A new user; ``password=None`` makes one who signs in only through an SSO proxy or a token."""
+        """A new user; ``password=None`` makes one who signs in only through an SSO proxy or a token.
+        ``role`` is their registry role (:data:`~modelkeep.identity.REGISTRY_ROLES`; ``editor`` is
+        stored as ``maintainer``, ``none`` gives access only through :meth:`grant`)."""
         name = validate_user_name(name)
-        validate_role(role)
+        role = validate_role(role, allow_none=True)
         self._rows.add(name, role, None if password is None else self._hash(password))
 
     def set_password(self, name: str, password: str) -> None:
@@ -79,7 +88,8 @@ class UserStore:
         self._rows.update(validate_user_name(name), password_hash=self._hash(password))
 
     def set_role(self, name: str, role: str) -> None:
-        self._rows.update(validate_user_name(name), role=validate_role(role))
+        """Change the registry role of ``name`` (``none``: only their grants)."""
+        self._rows.update(validate_user_name(name), role=validate_role(role, allow_none=True))
 
     def remove(self, name: str) -> None:
         """Remove a user and their tokens."""
@@ -96,24 +106,62 @@ class UserStore:
         return self._rows.count()
 
     def identity(self, name: str) -> Identity | None:
-        """The current role of ``name`` as an :class:`Identity`, or ``None`` if there is no such user."""
+        """The current role and grants of ``name`` as an :class:`Identity`, or ``None`` if there
+        is no such user."""
         row = self._rows.get(name)
-        return None if row is None else Identity(row.name, row.role)
+        return None if row is None else self.identity_of(row)
+
+    def identity_of(self, row: UserRow) -> Identity:
+        """The :class:`Identity` of a user row: its role and its grants as stored now."""
+        return Identity(row.name, row.role, tuple(self._rows.grants_of(row.name)))
+
+    # -- grants ---------------------------------------------------------------------
+    def grant(self, name: str, glob: str, role: str) -> None:
+        """Give ``name`` ``role`` on the models ``glob`` names (``churn-*``), replacing their grant
+        on that glob. The role on a model is the strongest of the registry role and every
+        matching grant, so a grant only ever adds."""
+        from .policies import validate_model_glob
+
+        self._rows.grant(validate_user_name(name), validate_model_glob(glob), validate_role(role))
+
+    def revoke_grant(self, name: str, glob: str) -> None:
+        """Remove ``name``'s grant on ``glob`` (as granted); :class:`UserNotFoundError` if there is none."""
+        if self._rows.revoke_grant(validate_user_name(name), glob) == 0:
+            raise UserNotFoundError(f"user '{name}' has no grant on '{glob}': see 'modelkeep users grants {name}'")
+
+    def grants(self, name: str) -> builtins.list[tuple[str, str]]:
+        """``(glob, role)`` of each of ``name``'s grants, by glob."""
+        return self._rows.grants_of(validate_user_name(name))
 
     # -- tokens ---------------------------------------------------------------------
-    def new_token(self, name: str, label: str = "") -> str:
-        """A new personal API token for ``name``; shown once, only its hash is kept."""
+    def new_token(self, name: str, label: str = "", *, expires_in: float | _dt.timedelta | None = None) -> str:
+        """A new personal API token for ``name``; shown once, only its hash is kept.
+        ``expires_in`` (seconds or a timedelta): :meth:`check_token` refuses it after that long."""
+        expires_at = None
+        if expires_in is not None:
+            seconds = expires_in.total_seconds() if isinstance(expires_in, _dt.timedelta) else expires_in
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                raise InvalidNameError(f"a token's expiry must be a positive number of seconds, got {expires_in!r}")
+            expires_at = (_utc_now() + _dt.timedelta(seconds=seconds)).isoformat()
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self._rows.add_token(validate_user_name(name), hash_token(token), label[:128] or "token")
+        self._rows.add_token(
+            validate_user_name(name), hash_token(token), label[:128] or "token", secrets.token_hex(6), expires_at
+        )
         return token
 
-    def tokens(self, name: str) -> builtins.list[tuple[str, str]]:
-        """``(label, created_at)`` of each of ``name``'s tokens."""
+    def tokens(self, name: str) -> builtins.list[TokenRow]:
+        """Each of ``name``'s tokens: id, label, created and expires (``None``: never), oldest first."""
         return self._rows.tokens_of(name)
 
     def revoke_tokens(self, name: str) -> int:
         """Remove every token of ``name``; returns how many there were."""
         return self._rows.revoke_tokens(name)
+
+    def revoke_token(self, name: str, token_id: str) -> None:
+        """Remove one token of ``name``, by the id :meth:`tokens` lists; :class:`UserNotFoundError`
+        if they have no token with that id."""
+        if self._rows.revoke_token(validate_user_name(name), str(token_id).strip()) == 0:
+            raise UserNotFoundError(f"user '{name}' has no token '{token_id}': see 'modelkeep users tokens {name}'")
 
     # -- checks ---------------------------------------------------------------------
     def check_password(self, name: str, password: str) -> UserRow:
@@ -139,16 +187,27 @@ class UserStore:
         return row
 
     def check_token(self, token: str, *, name: str | None = None) -> UserRow:
-        """The user ``token`` belongs to; :class:`AuthenticationError` if it is unknown, or when
-        ``name`` is given and the token belongs to someone else."""
+        """The user ``token`` belongs to; :class:`AuthenticationError` if it is unknown (forged,
+        revoked, or its user removed), expired, or when ``name`` is given and the token belongs to
+        someone else. :meth:`token_identity` gives their :class:`Identity` with grants."""
         if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
             raise AuthenticationError("not a modelkeep API token (they start with 'mkt_')")
-        row = self._rows.token_owner(hash_token(token))
-        if row is None:
+        owner = self._rows.token_owner(hash_token(token))
+        if owner is None:
             raise AuthenticationError("unknown or revoked API token: make one with 'modelkeep users token NAME'")
-        if name is not None and not hmac.compare_digest(row.name, name):
+        if owner.expires_at is not None and _dt.datetime.fromisoformat(owner.expires_at) <= _utc_now():
+            raise AuthenticationError(
+                f"this API token ({owner.token_id}) expired at {owner.expires_at[:19]} UTC: "
+                f"make a new one with 'modelkeep users token {owner.user.name}'"
+            )
+        if name is not None and not hmac.compare_digest(owner.user.name, name):
             raise AuthenticationError(f"this API token belongs to another user, not to {name!r}")
-        return row
+        return owner.user
+
+    def token_identity(self, token: str, *, name: str | None = None) -> Identity:
+        """The :class:`Identity` (role and grants) of the owner of ``token``, checked as
+        :meth:`check_token` checks it."""
+        return self.identity_of(self.check_token(token, name=name))
 
     @staticmethod
     def _hash(password: str) -> str:

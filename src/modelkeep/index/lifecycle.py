@@ -124,13 +124,16 @@ class Lifecycle:
 
     def _require_live(self, conn: Connection, model_name: str, version: str) -> None:
         exists, deleted_at = self._version_state(conn, model_name, version)
-        if not exists:
+        if not exists or not self._index.may_view(model_name):  # an invisible model: as if missing
             raise self._index._missing(conn, model_name, version)
         if deleted_at is not None:
             raise trashed_error(model_name, version)
 
     def _require_model(self, conn: Connection, model_name: str) -> None:
-        if conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first() is None:
+        if (
+            not self._index.may_view(model_name)  # an invisible model: as if missing
+            or conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first() is None
+        ):
             raise no_versions(model_name)
 
     def _alias_target(self, conn: Connection, model_name: str, alias: str) -> str | None:
@@ -154,8 +157,9 @@ class Lifecycle:
         )
 
     def _no_alias(self, conn: Connection, model_name: str, alias: str) -> AliasNotFoundError:
-        """The error for an unknown alias, suggesting the ones that exist (:func:`alias_hint`)."""
-        hint = alias_hint(alias, self._alias_names(conn, model_name))
+        """The error for an unknown alias, suggesting the ones that exist (:func:`alias_hint`)
+        (none of a model the reader may not see: it has no aliases for them)."""
+        hint = alias_hint(alias, self._alias_names(conn, model_name) if self._index.may_view(model_name) else [])
         return AliasNotFoundError(f"model '{model_name}' has no alias '{alias}'{hint}")
 
     # -- aliases --------------------------------------------------------------------
@@ -316,7 +320,7 @@ class Lifecycle:
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
         with self._index._read() as conn:
-            found = self._alias_state(conn, model_name, alias)
+            found = self._alias_state(conn, model_name, alias) if self._index.may_view(model_name) else None
             if found is None:
                 raise self._no_alias(conn, model_name, alias)
         return found
@@ -387,6 +391,8 @@ class Lifecycle:
     def get_aliases(self, model_name: str) -> dict[str, str]:
         """``{alias: version}`` of a model, sorted by alias."""
         model_name = validate_model_name(model_name)
+        if not self._index.may_view(model_name):
+            return {}
         with self._index._read() as conn:
             rows = conn.execute(
                 select(aliases.c.alias, aliases.c.version)
@@ -407,7 +413,7 @@ class Lifecycle:
             out: dict[str, dict[str, str]] = {}
             for m, a, v in rows:
                 out.setdefault(text_value(m), {})[text_value(a)] = text_value(v)
-            return out
+            return {m: found for m, found in out.items() if self._index.may_view(m)}
 
     @_retry_on_disconnect
     def resolve_alias(self, model_name: str, alias: str) -> str:
@@ -464,6 +470,8 @@ class Lifecycle:
         """The model's tags (``version=None``) or one version's, sorted by key."""
         model_name = validate_model_name(model_name)
         scope = MODEL_LEVEL if version is None else validate_version(version)
+        if version is None and not self._index.may_view(model_name):
+            return {}
         with self._index._read() as conn:
             if version is not None:
                 self._require_live(conn, model_name, scope)
@@ -606,7 +614,8 @@ class Lifecycle:
         if older_than is not None:
             query = query.where(versions.c.deleted_at < as_utc_iso(older_than))
         with self._index._read() as conn:
-            return [(m, v, d) for m, v, d in conn.execute(query.order_by(versions.c.deleted_at, versions.c.id))]
+            rows = conn.execute(query.order_by(versions.c.deleted_at, versions.c.id))
+            return [(m, v, d) for m, v, d in rows if self._index.may_view(m)]
 
     @_retry_on_disconnect
     def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False, sign: Signer | None = None) -> list[str]:
@@ -621,7 +630,9 @@ class Lifecycle:
                     select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_DESC)
                 ).scalars()
             )
-            if not newest_first and not self._version_state_any(conn, model_name):
+            if not self._index.may_view(model_name) or (
+                not newest_first and not self._version_state_any(conn, model_name)
+            ):
                 raise no_versions(model_name)
             aliased = set(conn.execute(select(aliases.c.version).where(aliases.c.model_name == model_name)).scalars())
             chosen = [v for v in newest_first[keep_last:] if v not in aliased]
@@ -671,6 +682,9 @@ class Lifecycle:
                 raise InvalidNameError(f"limit must be a whole number >= 0, got {limit!r}")
             query = query.limit(limit)
         with self._index._read() as conn:
+            seen = self._index.visible_names(conn, history.c.model_name)
+            if seen is not None:  # only the rows of models the reader may see, limit and all
+                query = query.where(history.c.model_name.in_(seen))
             rows = list(conn.execute(query))
         return [history_entry(r._mapping) for r in reversed(rows)]
 

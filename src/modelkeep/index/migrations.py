@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select
+from sqlalchemy import Column, Connection, Index, MetaData, Table, func, insert, null, select, update
 
 from .names import SCHEMA_VERSION as NAMED_SCHEMA_VERSION
 from .schema import (
@@ -29,6 +29,7 @@ from .schema import (
     deliveries,
     delivery_attempts,
     fields,
+    grants,
     history,
     models,
     policies,
@@ -79,6 +80,14 @@ _HISTORY_V2 = Table(
     *(Index(i.name, *(c.name for c in i.columns)) for i in history.indexes),
 )
 
+# The version-5 shape of the tokens table (step 10 added token_id and expires_at).
+_TOKENS_V5 = Table(
+    tokens.name,
+    _V2,
+    *(c._copy() for c in tokens.columns if c.name not in ("token_id", "expires_at")),
+    *(Index(i.name, *(c.name for c in i.columns)) for i in tokens.indexes),
+)
+
 
 def _baseline(conn: Connection, dialect: str) -> None:
     """Version 1, the 0.1 release: versions, info and blob_refs. Nothing to upgrade from."""
@@ -124,8 +133,8 @@ def _users(conn: Connection, dialect: str) -> None:
     New tables, empty: a registry had no users before, so the UI stays sign-in free on
     loopback until someone adds one (``modelkeep users add``).
     """
-    for table in (users, tokens):
-        table.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+    for table in (users, _TOKENS_V5):
+        table.create(conn, checkfirst=True)  # new in this step; tokens as it was then (step 10 changed it)
 
 
 def _signed_events(conn: Connection, dialect: str) -> None:
@@ -162,6 +171,20 @@ def _store_events(conn: Connection, dialect: str) -> None:
     add_column(conn, history.name, Column("event_id", history.c.event_id.type))
 
 
+def _roles(conn: Connection, dialect: str) -> None:
+    """Version 10: the writer and maintainer roles, per-model grants, token ids and expiry.
+
+    Users whose role is ``editor`` become ``maintainer`` (what an editor could do; see
+    :mod:`modelkeep.identity`). ``modelkeep_grants`` is new and empty. Each existing token gets
+    an id, the first 12 hex digits of its SHA-256 (the hash of a random 256-bit secret, which
+    says nothing about the secret), and no expiry."""
+    conn.execute(update(users).where(users.c.role == "editor").values(role="maintainer"))
+    grants.create(conn, checkfirst=True)  # new in this step: see the note in _lifecycle
+    add_column(conn, tokens.name, Column("token_id", tokens.c.token_id.type))
+    add_column(conn, tokens.name, Column("expires_at", tokens.c.expires_at.type))
+    conn.execute(update(tokens).values(token_id=func.substr(tokens.c.token_hash, 1, 12)))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -172,6 +195,7 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "promotion policies and approvals; alias moves signed with where they came from", _policies),
     Migration(8, "webhooks, their outbox and delivery log", _webhooks),
     Migration(9, "history rows name their event files in the store", _store_events),
+    Migration(10, "writer and maintainer roles (editor rewritten), per-model grants, token ids and expiry", _roles),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

@@ -15,4 +15,4 @@ TAGS = "modelkeep_tags"
 FIELDS = "modelkeep_fields"
 
 #: The index schema this code reads and writes (the last step of :mod:`.migrations`).
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10

@@ -217,6 +217,9 @@ class PolicyStore:
 
     @retry_on_disconnect
     def approvals(self, model_name: str, version: str | None = None, alias: str | None = None) -> list[dict[str, str]]:
-        """Approvals of a model (one version, one alias), oldest first."""
+        """Approvals of a model (one version, one alias), oldest first (none of a model the reader
+        may not see)."""
+        if not self._index.may_view(model_name):
+            return []
         with self._index._read() as conn:
             return approval_rows(conn, model_name, version, alias)

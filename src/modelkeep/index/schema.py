@@ -208,7 +208,23 @@ tokens = Table(
     Column("user_name", String(128), nullable=False),
     Column("label", String(128), nullable=False),
     Column("created_at", String(40), nullable=False),
+    # Schema 10: a short public id to list and revoke one token by, and an optional expiry.
+    Column("token_id", String(32), nullable=True),
+    Column("expires_at", String(40), nullable=True),
     Index("ix_modelkeep_tokens_user", "user_name"),
+)
+
+# -- grants (schema 10) ----------------------------------------------------------
+
+# A role on the models a glob names, on top of the user's registry role (which may be
+# ``none``: then the grants are all the user may see). See modelkeep.identity.
+grants = Table(
+    "modelkeep_grants",
+    metadata_obj,
+    Column("user_name", String(128), primary_key=True),
+    Column("model_glob", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", String(40), nullable=False),
 )
 
 

@@ -52,6 +52,7 @@ from ..errors import (
     VersionTrashedError,
     no_versions,
 )
+from ..identity import Identity, acting, may_view
 from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version
@@ -236,6 +237,9 @@ class SqlIndex:
         #: (set by the registry; ``None``: the index alone, no event files).
         self.journal: Journal | None = None
         self._exported = False  # rows from before schema 9 have been written out
+        #: Who reads when no identity acts for the block (:func:`~modelkeep.identity.acting_as`):
+        #: the registry sets its own (a token's owner); ``None``: nobody, every model visible.
+        self.reader: Callable[[], Identity | None] | None = None
         self._open_schema(create)
 
     # -- plumbing ---------------------------------------------------------------
@@ -437,6 +441,25 @@ class SqlIndex:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # -- visibility (see modelkeep.identity) --------------------------------------
+    def viewer(self) -> Identity | None:
+        """The identity reading now: the one acting for this block, else the registry's own."""
+        return acting() or (self.reader() if self.reader is not None else None)
+
+    def may_view(self, model_name: str) -> bool:
+        """Whether the reader may see ``model_name``. Every read of one model asks this first and
+        answers as if the model did not exist when it may not (never a hint that it does)."""
+        return may_view(self.viewer(), model_name)
+
+    def visible_names(self, conn: Connection, column: Any) -> list[str] | None:
+        """The values of the model-name ``column`` the reader may see (``None``: all of them),
+        for a ``WHERE column IN (...)`` that keeps a listing's order and limits exact."""
+        who = self.viewer()
+        if who is None or who.sees_everything():
+            return None
+        names = conn.execute(select(column).where(column.is_not(None)).distinct()).scalars()
+        return sorted(n for n in names if may_view(who, n))
 
     # -- writing ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -674,7 +697,7 @@ class SqlIndex:
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
-        if exists is None:
+        if exists is None or not self.may_view(model_name):
             return no_versions(model_name, self._model_names(conn))
         from ..suggest import versions_hint
 
@@ -686,12 +709,15 @@ class SqlIndex:
         ]
         return VersionNotFoundError(f"Model '{model_name}' has no version '{version}'{versions_hint(version, names)}")
 
-    @staticmethod
-    def _model_names(conn: Connection) -> list[str]:
-        return [r[0] for r in conn.execute(select(versions.c.model_name).where(LIVE).distinct())]
+    def _model_names(self, conn: Connection) -> list[str]:
+        """The live models the reader may see (what "did you mean" suggests from)."""
+        names = [r[0] for r in conn.execute(select(versions.c.model_name).where(LIVE).distinct())]
+        return [n for n in names if self.may_view(n)]
 
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
+        if not self.may_view(model_name):  # as if it did not exist
+            raise no_versions(model_name, self._model_names(conn))
         query = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
             versions.c.model_name == model_name
         )
@@ -723,13 +749,16 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def list_models(self) -> list[str]:
+        """The live models the reader may see, by name."""
         with self._read() as conn:
             rows = conn.execute(select(versions.c.model_name).where(LIVE).distinct().order_by(versions.c.model_name))
-            return [r[0] for r in rows]
+            return [r[0] for r in rows if self.may_view(r[0])]
 
     @_retry_on_disconnect
     def list_versions(self, model_name: str) -> list[str]:
         """Version strings in ascending version order (unparsed ones first, by creation)."""
+        if not self.may_view(model_name):
+            return []
         with self._read() as conn:
             rows = conn.execute(
                 select(versions.c.version).where(versions.c.model_name == model_name, LIVE).order_by(*_ORDER_ASC)
@@ -739,6 +768,8 @@ class SqlIndex:
     @_retry_on_disconnect
     def list_records(self, model_name: str) -> list[ModelMetadata]:
         """Live versions' records, ascending, with aliases, tags and descriptions (three queries)."""
+        if not self.may_view(model_name):
+            return []
         with self._read() as conn:
             rows = conn.execute(
                 select(*_RECORD_COLUMNS, versions.c.description)
@@ -787,7 +818,7 @@ class SqlIndex:
             .order_by(ranked.c.model_name)
         )
         with self._read() as conn:
-            return [ModelSummary(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(query)]
+            return [ModelSummary(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(query) if self.may_view(r[0])]
 
     @_retry_on_disconnect
     def count_artifact_refs(self, artifact_key: str) -> int:

@@ -143,7 +143,24 @@ def search_versions(index: SqlIndex, filter: str | Node | None = None, **options
     """Live versions matching ``filter``, in ``order_by`` order, one page at a time
     (the options of :func:`search_versions_in`, on a connection of ``index``)."""
     with connected(index) as db:
-        return search_versions_in(db, filter, **options)
+        return search_versions_in(db, filter, only_models=_visible_models(index, db), **options)
+
+
+def _visible_models(index: SqlIndex, db: Database) -> list[str] | None:
+    """The models the reader may see (``None``: all), for a search's ``WHERE``, so that a page of a
+    reader with grants only is as full, and its token as exact, as anyone else's."""
+    who = index.viewer()
+    if who is None or who.sees_everything():
+        return None
+    names = db.rows(f"SELECT DISTINCT model_name FROM {db.table(VERSIONS)} WHERE deleted_at IS NULL", {})
+    return sorted(n for n in (text_value(r[0]) for r in names) if index.may_view(n))
+
+
+def _only(names: list[str] | None, params: Params) -> list[str]:
+    """The ``WHERE`` terms that keep a search to ``names`` (none for ``None``: every model)."""
+    if names is None:
+        return []
+    return [f"v.model_name IN {params.many(names)}" if names else "1 = 0"]
 
 
 def search_versions_in(
@@ -154,15 +171,17 @@ def search_versions_in(
     order_by: str | list[str] | None = None,
     limit: int = 100,
     page_token: str | None = None,
+    only_models: list[str] | None = None,
 ) -> SearchPage[ModelMetadata]:
-    """:func:`search_versions` on ``db`` (what the command line's read-only path calls)."""
+    """:func:`search_versions` on ``db`` (what the command line's read-only path calls);
+    ``only_models``: only versions of these models (``None``: any)."""
     node = _filter_node(filter)
     keys = parse_order_by(order_by) or DEFAULT_ORDER
     limit = _check_limit(limit)
     wanted = (field_names(node) if node is not None else []) + [k.field for k in keys]
     resolved = _resolve(db, list(dict.fromkeys(wanted)))
     fingerprint = _fingerprint(unparse(node) if node else None, model_name, [(k.field, k.descending) for k in keys])
-    query = _Query(db, resolved, node, keys, model_name)
+    query = _Query(db, resolved, node, keys, model_name, only_models)
     last = None
     if page_token:
         last = _decode_token(page_token, fingerprint, query.size)
@@ -192,8 +211,10 @@ class _Query:
         node: Node | None,
         keys: list[OrderKey],
         model_name: str | None,
+        only_models: list[str] | None = None,
     ) -> None:
         self.db, self.resolved, self.node, self.keys, self.model_name = db, resolved, node, keys, model_name
+        self.only_models = only_models
         probe = Compiler(db.dialect, resolved, Params(), db.schema)
         self.segmented = probe.segmented(keys, node)
         self.size = len(probe.order(keys, node, SEGMENT_NUMBERS if self.segmented else None)[1])
@@ -214,6 +235,7 @@ class _Query:
         conds = ["v.deleted_at IS NULL", *compiler.conds]
         if self.model_name is not None:
             conds.append(f"v.model_name = {params.bind(self.model_name)}")
+        conds += _only(self.only_models, params)
         if self.node is not None:
             conds.append(compiler.where(self.node))
         moving = [i for i in range(len(parts)) if i not in fixed]
@@ -298,7 +320,7 @@ def search_models(
         params = Params()
         compiler = Compiler(db.dialect, _resolve(db, field_names(node) if node is not None else []), params, db.schema)
         name = compiler.text("v.model_name")
-        conds = ["v.deleted_at IS NULL"]
+        conds = ["v.deleted_at IS NULL", *_only(_visible_models(index, db), params)]
         if node is not None:
             conds.append(compiler.where(node))
         fingerprint = _fingerprint("models", unparse(node) if node else None)
@@ -357,6 +379,8 @@ def metric_history(index: SqlIndex, model_name: str, metric: str, limit: int = 2
     row and one field row), never the records: what a chart of many versions needs.
     """
     limit = _check_limit(limit)
+    if not index.may_view(model_name):
+        return []  # as for a model with no versions
     with connected(index) as db:
         params = Params()
         sql = (

@@ -35,7 +35,7 @@ from ..errors import (
     PolicyError,
     VersionInUseError,
 )
-from ..identity import Identity, acting_as
+from ..identity import REGISTRY_ROLES, Identity, acting_as
 from ..lifecycle import ALIAS_ACTIONS
 from ..metadata import ModelMetadata
 from ..registry import ModelPersistence
@@ -111,8 +111,8 @@ class _Pages:
         cookie = request.cookies.get(COOKIE) or self.guard.new_cookie()
         who: Identity | None = getattr(request.state, "user", None)
         context.update(
-            # A viewer sees the pages as a read-only UI: no forms.
-            read_only=self.read_only or (who is not None and not who.at_least("editor")),
+            # A viewer (with no grant to write anything) sees the pages as a read-only UI: no forms.
+            read_only=self.read_only or (who is not None and not who.may_somewhere("writer")),
             user=who,
             signin_free=getattr(request.state, "signin_free", False),
             auth_mode=self.auth.mode,
@@ -148,7 +148,7 @@ class _Pages:
         if self.read_only:
             raise HTTPException(403, "this UI is read-only (started with --read-only)")
         who: Identity | None = getattr(request.state, "user", None)
-        if who is not None and not who.at_least("editor"):
+        if who is not None and not who.may_somewhere("writer"):
             raise HTTPException(403, f"{who.name} is a {who.role}: viewers cannot change anything")
         data = await request.form()
         fields = {k: str(v) for k, v in data.items()}
@@ -179,18 +179,18 @@ class _Pages:
             if scheme.lower() != "bearer" or not token.strip():
                 raise HTTPException(401, "only 'Authorization: Bearer <API token>' is understood")
             try:
-                row = await self.call(self.p.users.check_token, token.strip())
+                who = await self.call(self.p.users.token_identity, token.strip())
             except AuthenticationError as exc:
                 raise HTTPException(401, str(exc)) from None
-            if session is not None and session.user != row.name:
+            if session is not None and session.user != who.name:
                 raise HTTPException(401, "the API token belongs to another user than the one signed in")
             request.state.via = "token"
-            return Identity(row.name, row.role)
+            return who
         if session is not None:
             found = await self.call(self.p.users.get, session.user)
             if found is not None and found.password_hash == session.password_hash:
                 request.state.via = "session"
-                return Identity(found.name, found.role)
+                return await self.call(self.p.users.identity_of, found)
             self.sessions.end(request.cookies.get(SESSION_COOKIE))  # removed, or password changed
         if self.anonymous and await self.call(self.p.users.count) == 0:
             request.state.signin_free = True
@@ -441,7 +441,7 @@ class _Pages:
             )
         if not who.at_least("admin"):
             raise HTTPException(
-                403, f"{who.name} is {'an' if who.role == 'editor' else 'a'} {who.role}: only admins manage users"
+                403, f"{who.name} is {'an' if who.role[0] in 'aeiou' else 'a'} {who.role}: only admins manage users"
             )
         return who
 
@@ -449,7 +449,7 @@ class _Pages:
         self.require_admin(request)
         rows = await self.call(self.p.users.list)
         tokens = {r.name: len(await self.call(self.p.users.tokens, r.name)) for r in rows}
-        return self.render(request, "users.html", rows=rows, tokens=tokens, roles=("viewer", "editor", "admin"))
+        return self.render(request, "users.html", rows=rows, tokens=tokens, roles=REGISTRY_ROLES)
 
     async def webhooks_page(self, request: Request) -> Response:
         """The webhooks and their delivery log, newest first (admins only: URLs and receivers'
@@ -507,7 +507,7 @@ class _Pages:
         return self.back(_local_path(form.get("next") or f"/models/{quote(name)}"), f"{alias} -> {version}")
 
     async def approve(self, request: Request) -> Response:
-        """Approve this version for an alias, as the signed-in user (an editor or admin)."""
+        """Approve this version for an alias, as the signed-in user (a maintainer or admin)."""
         name, version = request.path_params["name"], request.path_params["version"]
         form = await self.form(request)
         alias = form.get("alias", "").strip()
