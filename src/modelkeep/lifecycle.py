@@ -119,10 +119,11 @@ class LifecycleMixin:
     # -- identity ---------------------------------------------------------------------
     @functools.cached_property
     def users(self) -> UserStore:
-        """The registry's users and API tokens (see :class:`modelkeep.users.UserStore`)."""
+        """The registry's users, grants and API tokens (see :class:`modelkeep.users.UserStore`);
+        changing them needs the admin role when an identity acts."""
         from .users import UserStore
 
-        return UserStore(self.index)
+        return UserStore(self.index, self._who)
 
     def sign_in(self, token: str, *, name: str | None = None) -> Identity:
         """Act as the owner of API ``token`` from now on: their role is checked and their name

@@ -19,10 +19,11 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import AuthenticationError, BackendUnavailableError, InvalidNameError, UserNotFoundError
-from .identity import Identity, validate_role
+from .identity import AccessPolicy, Identity, acting, validate_role
 from .index.users import TokenRow, UserRow, UserRows
 
 if TYPE_CHECKING:
@@ -66,13 +67,23 @@ def hash_token(token: str) -> str:
 
 
 class UserStore:
-    """Add, change, remove and authenticate the users of one registry's index."""
+    """Add, change, remove and authenticate the users of one registry's index.
 
-    def __init__(self, index: SqlIndex) -> None:
+    When an identity acts (:func:`~modelkeep.identity.acting_as`, or ``who`` here: the registry's
+    own), every change (users, roles, passwords, grants, tokens) needs the admin role; reading and
+    checking passwords and tokens need nothing."""
+
+    def __init__(self, index: SqlIndex, who: Callable[[], Identity | None] | None = None) -> None:
         self._rows = UserRows(index)
+        self._who = who
         # Verifying an unknown user still costs one argon2 check, so timing does not tell
         # which names exist.
         self._dummy_hash: str | None = None
+
+    def _admin(self, what: str) -> None:
+        """Refuse ``what`` unless no identity acts or the acting one is an admin."""
+        who = acting() or (self._who() if self._who is not None else None)
+        AccessPolicy().require(who, "admin", what)
 
     # -- accounts -------------------------------------------------------------------
     def add(self, name: str, password: str | None, role: str = "viewer") -> None:
@@ -81,18 +92,22 @@ class UserStore:
         stored as ``maintainer``, ``none`` gives access only through :meth:`grant`)."""
         name = validate_user_name(name)
         role = validate_role(role, allow_none=True)
+        self._admin("manage users")
         self._rows.add(name, role, None if password is None else self._hash(password))
 
     def set_password(self, name: str, password: str) -> None:
         """Change a password (signs the user out of running UIs: their sessions hold the old hash)."""
+        self._admin("manage users")
         self._rows.update(validate_user_name(name), password_hash=self._hash(password))
 
     def set_role(self, name: str, role: str) -> None:
         """Change the registry role of ``name`` (``none``: only their grants)."""
+        self._admin("manage users")
         self._rows.update(validate_user_name(name), role=validate_role(role, allow_none=True))
 
     def remove(self, name: str) -> None:
-        """Remove a user and their tokens."""
+        """Remove a user, their tokens and their grants."""
+        self._admin("manage users")
         self._rows.remove(validate_user_name(name))
 
     def list(self) -> builtins.list[UserRow]:
@@ -122,12 +137,15 @@ class UserStore:
         matching grant, so a grant only ever adds."""
         from .policies import validate_model_glob
 
-        self._rows.grant(validate_user_name(name), validate_model_glob(glob), validate_role(role))
+        glob, role = validate_model_glob(glob), validate_role(role)
+        self._admin("grant roles")
+        self._rows.grant(validate_user_name(name), glob, role)
 
     def revoke_grant(self, name: str, glob: str) -> None:
         """Remove ``name``'s grant on ``glob`` (as granted); :class:`UserNotFoundError` if there is none."""
+        self._admin("grant roles")
         if self._rows.revoke_grant(validate_user_name(name), glob) == 0:
-            raise UserNotFoundError(f"user '{name}' has no grant on '{glob}': see 'modelkeep users grants {name}'")
+            raise UserNotFoundError(f"user '{name}' has no grant on '{glob}': see 'modelkeep users list'")
 
     def grants(self, name: str) -> builtins.list[tuple[str, str]]:
         """``(glob, role)`` of each of ``name``'s grants, by glob."""
@@ -143,6 +161,7 @@ class UserStore:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
                 raise InvalidNameError(f"a token's expiry must be a positive number of seconds, got {expires_in!r}")
             expires_at = (_utc_now() + _dt.timedelta(seconds=seconds)).isoformat()
+        self._admin("make API tokens")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self._rows.add_token(
             validate_user_name(name), hash_token(token), label[:128] or "token", secrets.token_hex(6), expires_at
@@ -155,11 +174,13 @@ class UserStore:
 
     def revoke_tokens(self, name: str) -> int:
         """Remove every token of ``name``; returns how many there were."""
+        self._admin("revoke API tokens")
         return self._rows.revoke_tokens(name)
 
     def revoke_token(self, name: str, token_id: str) -> None:
         """Remove one token of ``name``, by the id :meth:`tokens` lists; :class:`UserNotFoundError`
         if they have no token with that id."""
+        self._admin("revoke API tokens")
         if self._rows.revoke_token(validate_user_name(name), str(token_id).strip()) == 0:
             raise UserNotFoundError(f"user '{name}' has no token '{token_id}': see 'modelkeep users tokens {name}'")
 
