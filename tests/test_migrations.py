@@ -161,3 +161,49 @@ def test_concurrent_openers_upgrade_once(index_target: IndexTarget, tmp_path: Pa
         assert p.list_versions("churn") == ["1.0.0", "1.1.0"]
     finally:
         p.close()
+
+
+def test_roles_step_turns_editors_into_maintainers_and_keeps_tokens_working(
+    index_target: IndexTarget, tmp_path: Path
+) -> None:
+    """The step that brought writer/maintainer, grants and token ids and expiry: a registry from
+    just before it (editors, tokens without ids) opens with its editors as maintainers, and each
+    token still signs in, now with an id to revoke it by."""
+    from modelkeep.identity import Identity
+    from modelkeep.index.migrations import MIGRATIONS
+
+    step = next(m for m in MIGRATIONS if m.upgrade.__name__ == "_roles")
+    p = index_target.persistence(tmp_path / "models")
+    p.save({"v": 1}, "churn", "1.0.0")
+    p.users.add("eddie", None, "maintainer")
+    p.users.add("vera", None, "viewer")
+    token = p.users.new_token("eddie", "ci")
+    users, tokens = _qualify(index_target, "modelkeep_users"), _qualify(index_target, "modelkeep_tokens")
+    with p.index.engine.begin() as conn:  # back to the schema before the step, as it wrote them
+        conn.execute(text(f"DROP TABLE {_qualify(index_target, 'modelkeep_grants')}"))
+        for column in ("token_id", "expires_at"):
+            conn.execute(text(f"ALTER TABLE {tokens} DROP COLUMN {column}"))
+        conn.execute(text(f"UPDATE {users} SET role = 'editor' WHERE name = 'eddie'"))
+        conn.execute(
+            text(
+                f"UPDATE {_qualify(index_target, 'modelkeep_info')} SET value = '{step.version - 1}'"
+                " WHERE key = 'schema_version'"
+            )
+        )
+    p.close()
+
+    upgraded = index_target.persistence(tmp_path / "models")
+    assert _stamp(upgraded.index, index_target) == SCHEMA_VERSION
+    assert [(u.name, u.role) for u in upgraded.users.list()] == [("eddie", "maintainer"), ("vera", "viewer")]
+    (listed,) = upgraded.users.tokens("eddie")
+    assert listed.label == "ci" and listed.expires_at is None and len(listed.token_id) == 12
+    with ModelPersistence(
+        models_dir=upgraded.models_dir, registry_url=upgraded.index.url, index_schema=upgraded.index.schema, token=token
+    ) as eddie:
+        assert eddie.identity == Identity("eddie", "maintainer")
+        eddie.set_alias("churn", "staging", "1.0.0")
+    upgraded.users.grant("vera", "churn*", "writer")
+    assert upgraded.users.identity("vera") == Identity("vera", "viewer", (("churn*", "writer"),))
+    upgraded.users.revoke_token("eddie", listed.token_id)
+    assert upgraded.users.tokens("eddie") == []
+    upgraded.close()

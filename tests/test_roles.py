@@ -461,3 +461,43 @@ def test_cli_tokens_grants_and_revocation(local_persistence: ModelPersistence) -
     assert missing.returncode == 1 and "no grant" in missing.stderr
     assert run("users", "revoke", "gina").returncode == 0
     assert run("list", token=other).returncode == 1
+
+
+def test_events_leave_out_the_models_an_identity_may_not_view(teams: ModelPersistence) -> None:
+    every = {e["model"] for e in teams.events()}
+    assert {"churn-eu", "churn-us", "fraud"} <= every
+    with opened(teams, teams.users.new_token("gina")) as gina:
+        assert {e["model"] for e in gina.events()} == {"churn-eu", "churn-us"}
+        assert list(gina.events(model="fraud")) == []
+
+
+def test_the_web_ui_shows_a_user_only_the_models_they_may_view(local_persistence: ModelPersistence) -> None:
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from modelkeep.ui import create_app
+
+    p = local_persistence
+    for name in ("churn-eu", "fraud"):
+        p.save({"m": name}, name, "1.0.0")
+    p.users.add("ada", None, "admin")
+    p.users.add("gina", None, "none")
+    p.users.grant("gina", "churn-*", "viewer")
+    headers = {"Authorization": f"Bearer {p.users.new_token('gina')}"}
+    client = TestClient(create_app(p), base_url="http://127.0.0.1:8765")
+    home = client.get("/", headers=headers)
+    assert home.status_code == 200 and "churn-eu" in home.text and "fraud" not in home.text
+    assert "fraud" not in client.get("/history", headers=headers).text
+
+    def get(path: str, model: str) -> Any:
+        return client.get(path.format(model), headers=headers)
+
+    for path in ("/models/{}", "/models/{}/versions/1.0.0", "/models/{}/compare", "/api/models/{}/chart?metric=m"):
+        hidden, missing = get(path, "fraud"), get(path, "fraux")
+        assert hidden.status_code == missing.status_code  # 404 for the pages; an empty chart
+        assert hidden.text.replace("fraud", "?") == missing.text.replace("fraux", "?")
+    assert get("/models/{}", "fraud").status_code == get("/models/{}/versions/1.0.0", "fraud").status_code == 404
+    assert get("/api/models/{}/chart?metric=m", "fraud").json()["x"] == []
+    assert client.get("/models/churn-eu", headers=headers).status_code == 200
+    admin = {"Authorization": f"Bearer {p.users.new_token('ada')}"}
+    assert "fraud" in client.get("/", headers=admin).text

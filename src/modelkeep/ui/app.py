@@ -221,7 +221,10 @@ class _Pages:
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
                 raise HTTPException(401, "sign in first (or send 'Authorization: Bearer <API token>')") from None
-            response = await handler(request)
+            # The whole request reads as the signed-in user (worker threads inherit the context),
+            # so the models they may not view are missing from every page, as in the library.
+            with acting_as(request.state.user):
+                response = await handler(request)
             if timed:
                 response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
             return response

@@ -146,6 +146,7 @@ class EventsMixin:
         every ``poll`` seconds, until ``stop`` is set. An event is yielded only once every
         smaller history id has committed or never will, so none is skipped; without ``follow``,
         a transaction left open more than a second ends the list before the events it may precede.
+        When an identity acts, the events of models it may not view are left out.
         """
         from ..index.webhooks import WebhookRows
         from .events import parse_patterns
@@ -157,6 +158,13 @@ class EventsMixin:
                 patterns = parse_patterns(types)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        yield from iter_events(
-            WebhookRows(self.index), since=since, model=model, types=patterns, follow=follow, poll=poll, stop=stop
-        )
+        index = self.index
+        for event in iter_events(
+            WebhookRows(index), since=since, model=model, types=patterns, follow=follow, poll=poll, stop=stop
+        ):
+            # Only the events of models the reader may see (as ``history`` does); one a reader with
+            # grants only cannot place (no model) is theirs to see only with a registry role.
+            who = index.viewer()
+            seen = event.get("model")
+            if who is None or who.sees_everything() or (isinstance(seen, str) and index.may_view(seen)):
+                yield event
