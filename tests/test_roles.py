@@ -272,6 +272,12 @@ def test_reading_an_invisible_model_answers_exactly_as_a_missing_one(teams: Mode
         assert "churn-eu" in str(_error(lambda: gina.get_version("churn-e")))
         with pytest.raises(ModelNotFoundError, match="no live version of model 'fraud'"):
             gina.best_version("fraud", "accuracy")
+        from modelkeep.bundle import export_bundle
+
+        for versions in (None, ["1.0.0"], ["1.1.0"]):  # 1.1.0 is in the trash, which a bundle may take
+            with pytest.raises(ModelNotFoundError, match="No versions found for model 'fraud'"):
+                export_bundle(gina, "fraud", tmp_path / "fraud.mkb", versions=versions)
+        assert not (tmp_path / "fraud.mkb").exists()
         assert not (tmp_path / "fraud.joblib").exists()
         with pytest.raises(PermissionDeniedError, match="verify the whole registry"):
             gina.verify()

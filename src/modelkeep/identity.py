@@ -11,10 +11,11 @@ role            may
 ``viewer``      read: list, search, history, compare, load, export, verify a version
 ``writer``      save *new* versions (never replace one), set and remove tags, change descriptions
 ``maintainer``  overwrite a version, move and remove aliases that are not protected, approve a
-                version for an alias, trash, restore and prune versions (``editor``, the name of
-                this role before 0.3, is still accepted and means ``maintainer``)
-``admin``       move and remove protected aliases, purge the trash, manage users and their grants
-                and tokens, promotion policies, webhooks, ``gc`` and ``reindex``
+                version for an alias, trash and restore versions (``editor``, the name of this
+                role before 0.3, is still accepted and means ``maintainer``)
+``admin``       move and remove protected aliases, purge the trash, prune, manage users, their
+                grants and tokens, promotion policies, webhooks, ``gc``, ``reindex``, re-signing,
+                ``backfill_params``, and ``verify`` the whole registry
 ==============  ==================================================================================
 
 A grant (``UserStore.grant("ann", "churn-*", "writer")``) gives a role on the models whose names
@@ -126,12 +127,7 @@ class Identity:
 
 def may_view(who: Identity | None, model: str) -> bool:
     """Whether ``who`` (``None``: nobody in particular, no checks) may see ``model``."""
-    return who is None or who.may(model, "viewer")
-
-
-def visible(who: Identity | None, models: Iterable[str]) -> list[str]:
-    """The names in ``models`` that ``who`` may see, in order."""
-    return list(models) if who is None or who.sees_everything() else [m for m in models if may_view(who, m)]
+    return who is None or who.sees_everything() or who.may(model, "viewer")
 
 
 _ACTING: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("modelkeep_acting", default=None)

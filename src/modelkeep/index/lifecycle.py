@@ -682,7 +682,7 @@ class Lifecycle:
                 raise InvalidNameError(f"limit must be a whole number >= 0, got {limit!r}")
             query = query.limit(limit)
         with self._index._read() as conn:
-            seen = self._index.visible_names(conn, history.c.model_name)
+            seen = self._index.visible_names(conn)
             if seen is not None:  # only the rows of models the reader may see, limit and all
                 query = query.where(history.c.model_name.in_(seen))
             rows = list(conn.execute(query))

@@ -75,7 +75,7 @@ from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
-from .schema import aliases, blob_refs, fields, history, info, metadata_obj, tags, versions
+from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, tags, versions
 
 if TYPE_CHECKING:
     from .claims import VersionClaim
@@ -452,14 +452,14 @@ class SqlIndex:
         answers as if the model did not exist when it may not (never a hint that it does)."""
         return may_view(self.viewer(), model_name)
 
-    def visible_names(self, conn: Connection, column: Any) -> list[str] | None:
-        """The values of the model-name ``column`` the reader may see (``None``: all of them),
-        for a ``WHERE column IN (...)`` that keeps a listing's order and limits exact."""
+    def visible_names(self, conn: Connection) -> list[str] | None:
+        """The models the reader may see (``None``: all of them), from ``modelkeep_models`` (one
+        row per model ever saved), for a ``WHERE model_name IN (...)`` that keeps a listing's
+        order and limit exact."""
         who = self.viewer()
         if who is None or who.sees_everything():
             return None
-        names = conn.execute(select(column).where(column.is_not(None)).distinct()).scalars()
-        return sorted(n for n in names if may_view(who, n))
+        return sorted(n for n in conn.execute(select(models.c.model_name)).scalars() if may_view(who, n))
 
     # -- writing ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -736,7 +736,9 @@ class SqlIndex:
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
-        """The record of one version, or ``None``."""
+        """The record of one version (trashed too), or ``None`` (also for a model the reader may not see)."""
+        if not self.may_view(model_name):
+            return None
         with self._read() as conn:
             return self._get(conn, model_name, version)
 
@@ -795,6 +797,8 @@ class SqlIndex:
             for row in conn.execute(query):
                 record = _record(row[0], row[1], row[2])
                 name, version = text_value(row[1]), text_value(row[2])
+                if not self.may_view(name):  # only a reader with grants only: every other sees all
+                    continue
                 yield CheckedRow(record, name, version, binding_error(record, *row[1:_N]))
 
     @_retry_on_disconnect
