@@ -191,6 +191,8 @@ def teams(persistence: ModelPersistence) -> ModelPersistence:
         p.set_alias(name, "production", "1.0.0")
         p.set_tag(name, "team", "x")
     p.delete("fraud", "1.1.0")
+    p.set_policy("fraud", "production", approvals=1)
+    p.set_policy("churn-*", "production", approvals=0)
     p.users.add("gina", None, "none")
     p.users.grant("gina", "churn-*", "writer")
     return p
@@ -226,7 +228,7 @@ def test_models_an_identity_may_not_view_are_absent_from_every_listing(teams: Mo
         first = gina.search_versions(limit=1)
         second = gina.search_versions(limit=100, page_token=first.next_page_token)
         assert len(first.items) + len(second.items) == 4 and second.next_page_token is None
-        assert {e.model_name for e in gina.history()} == set(seen)
+        assert {e.model_name for e in gina.history()} == {*seen, "churn-*"}  # with churn-*'s policy
         assert gina.history("fraud") == [] and gina.alias_history("fraud", "production") == []
         assert len(gina.history(limit=3)) == 3 and gina.history(limit=3) == gina.history()[-3:]
         assert set(gina.all_aliases()) == set(seen)
@@ -234,6 +236,7 @@ def test_models_an_identity_may_not_view_are_absent_from_every_listing(teams: Mo
         assert gina.list_versions("fraud") == [] and gina.get_aliases("fraud") == {} and gina.get_tags("fraud") == {}
         assert gina.metric_history("fraud", "accuracy") == [] and gina.approvals("fraud") == []
         assert gina.get_metadata("fraud") is None
+        assert gina.policies("fraud") == [] and [x.model for x in gina.policies()] == ["churn-*"]
     # The owner with no identity still sees everything.
     assert teams.list_models() == ["churn-eu", "churn-us", "fraud"]
 
@@ -473,7 +476,9 @@ def test_events_leave_out_the_models_an_identity_may_not_view(teams: ModelPersis
     every = {e["model"] for e in teams.events()}
     assert {"churn-eu", "churn-us", "fraud"} <= every
     with opened(teams, teams.users.new_token("gina")) as gina:
-        assert {e["model"] for e in gina.events()} == {"churn-eu", "churn-us"}
+        # A policy's events carry its glob: gina sees the one on churn-*, not the one on fraud.
+        assert {e["model"] for e in gina.events()} == {"churn-eu", "churn-us", "churn-*"}
+        assert {e.model_name for e in gina.history()} == {"churn-eu", "churn-us", "churn-*"}
         assert list(gina.events(model="fraud")) == []
 
 

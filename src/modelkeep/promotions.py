@@ -80,9 +80,16 @@ class PromotionMixin(LifecycleMixin):
             return self._policies.set(policy)
 
     def policies(self, model_name: str | None = None) -> list[Policy]:
-        """Every policy, or those that govern ``model_name``."""
+        """Every policy, or those that govern ``model_name``. An identity with grants only sees
+        the policies of the models it may see (none for a model it may not)."""
         found = self._policies.all()
-        return found if model_name is None else [p for p in found if p.matches(model_name)]
+        if model_name is not None:
+            return [p for p in found if p.matches(model_name)] if self.index.may_view(model_name) else []
+        who = self.index.viewer()
+        if who is None or who.sees_everything():
+            return found
+        seen = self.index.list_models()  # only those it may see
+        return [p for p in found if any(p.matches(m) for m in seen)]
 
     def remove_policy(self, model: str, alias: str) -> Policy:
         """Remove the policy for ``model`` (the glob as set) and ``alias``; returns it.

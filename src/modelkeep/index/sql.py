@@ -75,7 +75,7 @@ from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
-from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, tags, versions
+from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, policies, tags, versions
 
 if TYPE_CHECKING:
     from .claims import VersionClaim
@@ -453,13 +453,14 @@ class SqlIndex:
         return may_view(self.viewer(), model_name)
 
     def visible_names(self, conn: Connection) -> list[str] | None:
-        """The models the reader may see (``None``: all of them), from ``modelkeep_models`` (one
-        row per model ever saved), for a ``WHERE model_name IN (...)`` that keeps a listing's
-        order and limit exact."""
+        """The model names the reader may see (``None``: all of them): models ever saved
+        (``modelkeep_models``) and the globs of current promotion policies, for a
+        ``WHERE model_name IN (...)`` that keeps a listing's order and limit exact."""
         who = self.viewer()
         if who is None or who.sees_everything():
             return None
-        return sorted(n for n in conn.execute(select(models.c.model_name)).scalars() if may_view(who, n))
+        names = conn.execute(select(models.c.model_name).union(select(policies.c.model_glob))).scalars()
+        return sorted(n for n in names if may_view(who, n))
 
     # -- writing ----------------------------------------------------------------
     @contextlib.contextmanager
