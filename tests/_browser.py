@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelkeep.identity import validate_role
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -142,7 +144,8 @@ def _sign_in(page: Any, url: str, name: str) -> None:
     page.fill("#password", USERS[name][1])
     page.click("#signin-form button")
     page.wait_for_url(url + "models/churn")
-    assert page.locator("#signed-in-as").inner_text() == f"{name} ({USERS[name][0]})"
+    # The header names the role as stored: "editor" is stored as what it now means, maintainer.
+    assert page.locator("#signed-in-as").inner_text() == f"{name} ({validate_role(USERS[name][0])})"
 
 
 def _set_alias(page: Any, alias: str, version: str) -> None:
