@@ -94,10 +94,18 @@ def test_single_put_round_trip(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     etags = upload_plan(json.loads(json.dumps(plan.to_json())), path, progress=sent.append)
     assert len(etags) == 1 and etags[0] and sent == [len(data)]
     done = complete_upload(store, plan)
-    assert done.key == plan.key and done.sha256 == hashlib.sha256(data).hexdigest() and done.size == len(data)
-    assert _stored(s3_bucket, plan.key) == data
+    assert (
+        done.key != plan.key
+        and done.key.startswith(".tmp/")
+        and done.sha256 == hashlib.sha256(data).hexdigest()
+        and done.size == len(data)
+    )
+    assert _stored(s3_bucket, done.key) == data
+    # the PUT URL still works, but the checked bytes live under a key it does not name
+    _put(plan.parts[0].url, data[::-1], plan.parts[0].headers)
+    assert _stored(s3_bucket, done.key) == data
 
-    url = presign_get(store, plan.key, expires=600)
+    url = presign_get(store, done.key, expires=600)
     source = UrlSource(url, len(data), part_size=MiB, max_concurrency=3)
     with source.open_artifact(Expected(done.sha256 or "", len(data))) as art:
         assert art.file.read() == data
@@ -150,8 +158,9 @@ def test_empty_file_round_trip(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     path = _file(tmp_path, b"")
     plan = _plan(store, path, multipart=False)
     upload_plan(plan, path)
-    assert complete_upload(store, plan).sha256 == hashlib.sha256(b"").hexdigest()
-    assert list(download_ranges(presign_get(store, plan.key), 0)) == [b""]
+    done = complete_upload(store, plan)
+    assert done.sha256 == hashlib.sha256(b"").hexdigest()
+    assert list(download_ranges(presign_get(store, done.key), 0)) == [b""]
 
 
 # -- tampering, against plain moto: the server's read-back refuses it --------------------------
@@ -301,13 +310,13 @@ def test_expired_urls_are_refused(s3_bucket: S3Bucket, strict_s3: FaultProxy, tm
         upload_plan(plan, path)
     fresh = _plan(store, path, multipart=False)
     upload_plan(fresh, path)
-    complete_upload(store, fresh)
-    url = presign_get(store, fresh.key, expires=1)
+    done = complete_upload(store, fresh)
+    url = presign_get(store, done.key, expires=1)
     time.sleep(2.2)
     with pytest.raises(StorageError, match="presigned URL expired"):
         list(download_ranges(url, len(data)))
     with pytest.raises(ConfigError, match="expires must be 1 to 604800"):
-        presign_get(store, fresh.key, expires=0)
+        presign_get(store, done.key, expires=0)
 
 
 # -- downloads refuse an object of another size -----------------------------------------------

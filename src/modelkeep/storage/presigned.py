@@ -99,8 +99,9 @@ class UploadPlan:
 
 @dataclass(frozen=True)
 class CompletedUpload:
-    """A staged upload checked against its plan: commit ``key`` (a staged key) under the
-    version's key with ``store.move`` once the version's claim is taken."""
+    """A staged upload checked against its plan: commit ``key`` (a staged key; for a checked
+    single ``PUT`` a server-side copy under a new name, which no client holds a URL for) under
+    the version's key with ``store.move`` once the version's claim is taken."""
 
     key: str
     size: int
@@ -353,22 +354,30 @@ def complete_upload(
     declared = [p.sha256 for p in plan.parts]
     if not verify:
         return CompletedUpload(plan.key, plan.size, plan.sha256, declared)
+    key = plan.key
+    if plan.kind == "single":
+        # The client's PUT URL works until it expires: check (and hand on) a server-side copy
+        # it has no URL for, or it could replace the bytes between the check and the commit.
+        key = store.stage().tmp_key
+        store.move(plan.key, key)
     try:
-        sha256, part_sha256s, blake3 = _read_back(store, plan, ranges)
+        sha256, part_sha256s, blake3 = _read_back(store, key, plan, ranges)
+        for n, (want, got) in enumerate(zip(declared, part_sha256s, strict=True), 1):
+            if want != got:
+                raise IntegrityError(f"part {n}'s bytes hash to {got[:16]}..., declared {want[:16]}...")
+        if plan.sha256 is not None and plan.sha256 != sha256:
+            raise IntegrityError(f"its bytes hash to {sha256[:16]}..., declared {plan.sha256[:16]}...")
     except IntegrityError as exc:
+        with contextlib.suppress(Exception):
+            store.delete(key, missing_ok=True)
         raise _refuse(store, plan, str(exc)) from None
-    for n, (want, got) in enumerate(zip(declared, part_sha256s, strict=True), 1):
-        if want != got:
-            raise _refuse(store, plan, f"part {n}'s bytes hash to {got[:16]}..., declared {want[:16]}...")
-    if plan.sha256 is not None and plan.sha256 != sha256:
-        raise _refuse(store, plan, f"its bytes hash to {sha256[:16]}..., declared {plan.sha256[:16]}...")
-    return CompletedUpload(plan.key, plan.size, sha256, part_sha256s, blake3)
+    return CompletedUpload(key, plan.size, sha256, part_sha256s, blake3)
 
 
 def _read_back(
-    store: S3Store, plan: UploadPlan, ranges: Sequence[Sequence[int]] | None
+    store: S3Store, key: str, plan: UploadPlan, ranges: Sequence[Sequence[int]] | None
 ) -> tuple[str, list[str], dict[str, Any] | None]:
-    """Hash the staged object as stored: whole-file and per-part SHA-256, and BLAKE3 split by
+    """Hash the staged object ``key`` as stored: whole-file and per-part SHA-256, and BLAKE3 split by
     ``ranges``; :class:`IntegrityError` if it is shorter or longer than planned."""
     whole = new_hash("sha256")
     split = SplitHash([tuple(r) for r in ranges]) if ranges is not None else None  # type: ignore[misc]
@@ -376,8 +385,8 @@ def _read_back(
     part_hashes: list[str] = []
     current = new_hash("sha256")
     pos = 0
-    with store.stream_range(plan.key, plan.size, probe=True) as chunks:
-        for chunk in _exact(chunks, plan.size, store.display_path(plan.key)):
+    with store.stream_range(key, plan.size, probe=True) as chunks:
+        for chunk in _exact(chunks, plan.size, store.display_path(key)):
             view = memoryview(chunk)
             whole.update(view)
             if split is not None:
