@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from ..errors import ArtifactNotFoundError, ConfigError, IntegrityError, StorageError
 from ..layout import TMP_DIR
-from .hashing import SplitHash, new_hash
+from .hashing import BackgroundHash, SplitHash, new_hash
 from .s3 import MIN_PART_SIZE, S3Store
 
 #: S3's largest part, and largest single ``PUT``.
@@ -379,27 +379,30 @@ def _read_back(
 ) -> tuple[str, list[str], dict[str, Any] | None]:
     """Hash the staged object ``key`` as stored: whole-file and per-part SHA-256, and BLAKE3 split by
     ``ranges``; :class:`IntegrityError` if it is shorter or longer than planned."""
-    whole = new_hash("sha256")
+    whole = BackgroundHash("sha256")  # on a helper thread, while this one hashes the parts
     split = SplitHash([tuple(r) for r in ranges]) if ranges is not None else None  # type: ignore[misc]
     bounds = [p.end for p in plan.parts]
     part_hashes: list[str] = []
     current = new_hash("sha256")
     pos = 0
-    with store.stream_range(key, plan.size, probe=True) as chunks:
-        for chunk in _exact(chunks, plan.size, store.display_path(key)):
-            view = memoryview(chunk)
-            whole.update(view)
-            if split is not None:
-                split.update(view)
-            while view.nbytes:
-                take = min(view.nbytes, bounds[len(part_hashes)] - pos)
-                current.update(view[:take])
-                view, pos = view[take:], pos + take
-                if pos == bounds[len(part_hashes)] and len(part_hashes) < len(bounds) - 1:
-                    part_hashes.append(current.hexdigest())
-                    current = new_hash("sha256")
-    part_hashes.append(current.hexdigest())
-    sha256 = whole.hexdigest()
+    try:
+        with store.stream_range(key, plan.size, probe=True) as chunks:
+            for chunk in _exact(chunks, plan.size, store.display_path(key)):
+                view = memoryview(chunk)
+                whole.update(view)  # bytes: never changed, hashed later
+                if split is not None:
+                    split.update(view)
+                while view.nbytes:
+                    take = min(view.nbytes, bounds[len(part_hashes)] - pos)
+                    current.update(view[:take])
+                    view, pos = view[take:], pos + take
+                    if pos == bounds[len(part_hashes)] and len(part_hashes) < len(bounds) - 1:
+                        part_hashes.append(current.hexdigest())
+                        current = new_hash("sha256")
+        part_hashes.append(current.hexdigest())
+        sha256 = whole.hexdigest()
+    finally:
+        whole.close()
     record: dict[str, Any] | None = None
     if split is not None:
         record = {"sha256": sha256, "skeleton": split.skeleton.hexdigest()}
