@@ -28,7 +28,7 @@ from .cli_context import cli_state, log_to_stderr, open_registry
 from .errors import no_versions
 from .lifecycle import split_reference
 from .metadata import ModelMetadata, ModelSummary
-from .plain_settings import ReadSettings, read_settings
+from .plain_settings import ReadSettings, read_settings, sqlite_file
 from .search.api import SearchPage, search_versions_in
 from .signing import Keyring
 from .storage import LocalStore, local_root
@@ -118,17 +118,10 @@ def _open_read_only(
     index = _open_index(settings, Path(store.root))
     if index is None:
         return None
-    try:
-        # As ModelPersistence: configured keys are read (and reported) when the registry opens.
-        keyring = Keyring(
-            hmac_key=settings.signing_key,
-            signing_key_file=settings.signing_key_file,
-            trusted_keys=settings.trusted_keys,
-            require_signatures=settings.require_signatures,
-        )
-    except Exception:
+    keyring = read_keyring(settings)
+    if keyring is None:
         index.close()
-        return None  # the library raises the same error, after checking what comes first
+        return None
     logging.getLogger("modelkeep").setLevel(settings.log_level)
     log_to_stderr(False)
     reader = ReadOnlyRegistry(ctx, index, store, keyring)
@@ -136,31 +129,39 @@ def _open_read_only(
     return reader
 
 
+def read_keyring(settings: ReadSettings) -> Keyring | None:
+    """The keys ``ModelPersistence`` would hold with ``settings`` (configured keys are read, and
+    so checked, when a registry opens), or ``None`` when they do not load: the library then
+    raises its error, after checking what comes first."""
+    try:
+        return Keyring(
+            hmac_key=settings.signing_key,
+            signing_key_file=settings.signing_key_file,
+            trusted_keys=settings.trusted_keys,
+            require_signatures=settings.require_signatures,
+        )
+    except Exception:
+        return None
+
+
 def _open_index(settings: ReadSettings, store_root: Path) -> ReadOnlyIndex | None:
     """The index ``ModelPersistence`` would open for ``settings``: ``registry.db`` in
     ``registry_path`` or the models folder, a ``sqlite:///FILE`` URL, or PostgreSQL."""
-    from .index.readonly import POSTGRES_SCHEMES, ReadOnlyIndex
+    from . import timeouts
+    from .index.readonly import ReadOnlyIndex
 
     url = settings.registry_url
     if url is None:
         folder = Path(settings.registry_path if settings.registry_path is not None else store_root)
         return ReadOnlyIndex.open(folder.resolve() / "registry.db")
-    scheme = url.split("://", 1)[0]
-    if scheme == "sqlite":
-        database = url.removeprefix("sqlite:///")
-        # Only a plain file name: SQLAlchemy reads queries, escapes and :memory: its own way.
-        if database == url or not database or any(c in database for c in "?%#") or database == ":memory:":
-            return None
+    database = sqlite_file(url)
+    if database is not None:
         return ReadOnlyIndex.open(Path(database))
-    if scheme in POSTGRES_SCHEMES:
-        from . import timeouts
-
-        return ReadOnlyIndex.open_postgres(
-            url,
-            timeouts.CONNECT_TIMEOUT if settings.connect_timeout is None else settings.connect_timeout,
-            timeouts.READ_TIMEOUT if settings.read_timeout is None else settings.read_timeout,
-        )
-    return None
+    return ReadOnlyIndex.open_postgres(  # read_settings took no other URL
+        url,
+        timeouts.CONNECT_TIMEOUT if settings.connect_timeout is None else settings.connect_timeout,
+        timeouts.READ_TIMEOUT if settings.read_timeout is None else settings.read_timeout,
+    )
 
 
-__all__ = ["ENV_SWITCH", "ReadOnlyRegistry", "read_registry"]
+__all__ = ["ENV_SWITCH", "ReadOnlyRegistry", "read_keyring", "read_registry"]

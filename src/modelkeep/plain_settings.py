@@ -13,7 +13,7 @@ setting the library refuses, nor read one differently.
 A few settings always go to the library, because they change more than what is read:
 ``logging.file`` (the library writes its log records there), ``token`` (signing in reads
 the users table and can fail), a remote ``models_dir`` (fsspec), and a ``registry_url``
-that is neither a plain SQLite file nor PostgreSQL.
+that is neither a plain SQLite file (:func:`sqlite_file`) nor PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES
+
+#: The URL schemes SQLAlchemy reads as PostgreSQL through psycopg 3 (see ``index.sql.normalize_url``).
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
 class _Unsure(Exception):
@@ -184,11 +187,9 @@ _CHECKED: dict[str, Any] = {
 }
 
 
-def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
-    from .formats import FORMATS, get_format
-    from .storage import is_local
-
-    known = {
+#: Every ``persistence`` key of :class:`modelkeep.config.PersistenceSettings` (a test keeps them equal).
+KNOWN_KEYS = frozenset(
+    {
         "models_dir",
         "registry_path",
         "registry_url",
@@ -208,7 +209,14 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
         "cache_max_bytes",
         *_CHECKED,
     }
-    if set(p) - known:
+)
+
+
+def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
+    from .formats import FORMATS, get_format
+    from .storage import is_local
+
+    if set(p) - KNOWN_KEYS:
         raise _Unsure
     for key, check in _CHECKED.items():
         if key in p:
@@ -249,11 +257,18 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
     cache = p.get("cache_max_bytes")
     if cache is not None and str(cache).strip() not in {"0", "off"}:
         _size(cache, empty={"", "default"})
+    registry_url = _text(p.get("registry_url"), optional=True)
+    if (
+        registry_url is not None
+        and sqlite_file(registry_url) is None
+        and registry_url.split("://", 1)[0] not in POSTGRES_SCHEMES
+    ):
+        raise _Unsure  # another database, or a URL SQLAlchemy reads its own way
     signing_key = _text(p.get("signing_key"), optional=True)
     return ReadSettings(
         models_dir=models_dir,
         registry_path=_text(p.get("registry_path"), optional=True),
-        registry_url=_text(p.get("registry_url"), optional=True),
+        registry_url=registry_url,
         signing_key=signing_key or None,
         signing_key_file=_text(p.get("signing_key_file"), optional=True),
         trusted_keys=_names(p.get("trusted_keys"), split_paths=True),
@@ -262,6 +277,15 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
         read_timeout=_positive_float(p["read_timeout"]) if "read_timeout" in p else None,
         log_level=log_level,
     )
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a ``sqlite:///FILE`` URL when FILE is a plain name (no query, escape or
+    ``:memory:``, which SQLAlchemy reads its own way), else ``None``."""
+    database = url.removeprefix("sqlite:///")
+    if database == url or not database or database == ":memory:" or any(c in database for c in "?%#"):
+        return None
+    return database
 
 
 def read_settings(config_path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> ReadSettings | None:
@@ -281,4 +305,4 @@ def read_settings(config_path: str | os.PathLike[str] | None, overrides: dict[st
         return None
 
 
-__all__ = ["ReadSettings", "read_settings"]
+__all__ = ["KNOWN_KEYS", "POSTGRES_SCHEMES", "ReadSettings", "read_settings", "sqlite_file"]

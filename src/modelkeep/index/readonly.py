@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..metadata import ModelMetadata, ModelSummary
+from ..plain_settings import POSTGRES_SCHEMES
 from ..search.api import Database
 from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
 from .rows import BOUND_COLUMNS, bound_record, fill_lifecycle, text_value
@@ -38,8 +39,6 @@ _BOUND = ", ".join(BOUND_COLUMNS)
 _N = 1 + len(BOUND_COLUMNS)
 #: ``:name`` bound parameters, found as SQLAlchemy's ``text()`` finds them.
 _BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
-#: The URL schemes SQLAlchemy reads as PostgreSQL through psycopg 3 (see ``index.sql.normalize_url``).
-POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 _SCHEMA_QUERY = f"SELECT value FROM {INFO} WHERE key = 'schema_version'"
 
 Rows = Callable[[str, dict[str, Any]], list[Any]]
