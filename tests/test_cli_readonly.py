@@ -475,8 +475,11 @@ def test_a_registry_url_goes_through_the_library(
     assert result.exit_code == 1 and result.stderr.startswith("Error:") and "Traceback" not in result.stderr
 
 
-def _imported_modules(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _imported_modules(
+    args: list[str], cwd: Path, settings: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_") or k == "MODELKEEP_CONFIG_DIR"}
+    env.update(settings or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "modelkeep", *args],
@@ -506,4 +509,20 @@ def test_read_commands_do_not_import_the_heavy_libraries(registry: Path, args: l
     result, names = _imported_modules(["--models-dir", str(registry), *args], registry.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "modelkeep.cli" in names  # the importtime output was read
+    assert not [m for m in names if m.split(".")[0] in HEAVY]
+
+
+@pytest.mark.parametrize(
+    "args", [["list"], ["info", "--model-name", "fraud"], ["search", "accuracy > 0.5"]], ids=" ".join
+)
+def test_read_commands_with_settings_do_not_import_the_heavy_libraries(
+    backend: Registry, args: list[str], tmp_path: Path
+) -> None:
+    """Settings from a config file and the environment, and PostgreSQL: still no SQLAlchemy or pydantic."""
+    env, _options = _settings(backend, "environment", tmp_path)
+    _settings(backend, "config.yaml", tmp_path)
+    result, names = _imported_modules(args, tmp_path, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "modelkeep.plain_settings" in names and "yaml" in names  # the settings were read
+    assert ("psycopg" in names) == (backend.url is not None)
     assert not [m for m in names if m.split(".")[0] in HEAVY]
