@@ -316,7 +316,8 @@ def _settings(where: Registry, case: str, tmp: Path) -> tuple[dict[str, str], li
     assert case == "--config and the environment"  # the environment and options win over the file
     (tmp / "other.yaml").write_text(text.replace(str(where.models), str(tmp / "nowhere")))
     env = {"MODELKEEP_MODELS_DIR": str(where.models), "MODELKEEP_REQUIRE_SIGNATURES": "false"}
-    return env, ["--config", str(tmp / "other.yaml"), "--quiet", "--trusted-key", str(pub)]
+    options = ["--config", str(tmp / "other.yaml"), "--quiet", "--trusted-key", str(pub), "--quarantine", "never"]
+    return env, [*options, "--max-load-memory", "4GiB", "--path", str(tmp), "--trust", "mypkg.Model"]
 
 
 @pytest.mark.parametrize(
