@@ -228,8 +228,8 @@ def test_errors_read_the_same_on_both_paths(
     assert _invoke(backend, args, fast=True) == expected
 
 
-def test_search_pages_are_the_same_on_both_paths(registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(registry.parent)
+def test_search_pages_are_the_same_on_both_paths(backend: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(backend.models.parent)
     import json
 
     pages: dict[bool, list[Any]] = {}
@@ -238,7 +238,7 @@ def test_search_pages_are_the_same_on_both_paths(registry: Path, monkeypatch: py
         while True:
             extra = ["--page-token", token] if token else []
             code, out, _err = _invoke(
-                registry, ["search", "--order-by", "-accuracy", "--limit", "2", "--json", *extra], fast=fast
+                backend, ["search", "--order-by", "-accuracy", "--limit", "2", "--json", *extra], fast=fast
             )
             assert code == 0
             page = json.loads(out)
