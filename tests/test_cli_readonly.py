@@ -465,15 +465,41 @@ def test_a_newer_registry_still_asks_for_an_upgrade(registry: Path, monkeypatch:
         assert _invoke(registry, args, fast=True) == expected
 
 
-def test_a_registry_url_goes_through_the_library(
+def test_a_database_the_read_only_path_cannot_reach_goes_to_the_library(
     registry: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL (any --registry-url) is the library's: only its routing is checked here."""
+    """No server there: the read-only path's connection fails, and the library reports it."""
     monkeypatch.chdir(registry.parent)
     url = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"
-    result = CliRunner().invoke(cli, ["--models-dir", str(registry), "--registry-url", url, "list"])
-    assert served == {"read_only": 0, "library": 1}
-    assert result.exit_code == 1 and result.stderr.startswith("Error:") and "Traceback" not in result.stderr
+    outcomes = [_invoke(registry, ["--registry-url", url, "list"], fast=fast) for fast in (False, True)]
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == 1 and outcomes[0][2].startswith("Error:") and "Traceback" not in outcomes[0][2]
+    assert served == {"read_only": 0, "library": 2}
+
+
+@pytest.mark.postgres
+def test_a_database_without_a_registry_reads_the_same(
+    tmp_path: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tables missing (nothing saved yet), or another registry's newer schema: the library's errors."""
+    monkeypatch.chdir(tmp_path)
+    with postgres_schema() as schema:
+        url = _postgres_url(schema)
+        for args in (["list"], ["info", "--model-name", "churn"], ["search", "accuracy > 1"]):
+            expected = _invoke(tmp_path, ["--registry-url", url, *args], fast=False)
+            assert expected[0] == 1 and "no modelkeep registry" in expected[2], expected
+            assert _invoke(tmp_path, ["--registry-url", url, *args], fast=True) == expected
+        with ModelPersistence(tmp_path / "models", registry_url=url) as p:
+            p.save({"w": 1}, "churn", "1.0.0")
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE modelkeep_info SET value = '99' WHERE key = 'schema_version'")
+        for args in (["list"], ["info", "--model-name", "churn"]):
+            expected = _invoke(tmp_path / "models", ["--registry-url", url, *args], fast=False)
+            assert expected[0] == 1 and "upgrade modelkeep" in expected[2], expected
+            assert _invoke(tmp_path / "models", ["--registry-url", url, *args], fast=True) == expected
+    assert served["read_only"] == 0
 
 
 def _imported_modules(
