@@ -114,13 +114,12 @@ def _open_read_only(
     settings = read_settings(config_path, {**overrides, "log_level": level})
     if settings is None:
         return None
+    keyring = read_keyring(settings)  # before the index, as ModelPersistence
+    if keyring is None:
+        return None
     store = LocalStore(local_root(settings.models_dir))
     index = _open_index(settings, Path(store.root))
     if index is None:
-        return None
-    keyring = read_keyring(settings)
-    if keyring is None:
-        index.close()
         return None
     logging.getLogger("modelkeep").setLevel(settings.log_level)
     log_to_stderr(False)

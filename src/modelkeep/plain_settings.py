@@ -124,7 +124,7 @@ def _require(v: Any) -> bool | None:
 
 def _compress(v: Any) -> Any:
     """As ``PersistenceSettings._parse_compress``."""
-    if isinstance(v, bool) or (isinstance(v, int) and not isinstance(v, bool)):
+    if isinstance(v, int):  # booleans too
         return v
     if isinstance(v, str):
         text = v.strip().lower()

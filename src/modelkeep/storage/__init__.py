@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f".{_REMOTE[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 #: Filesystems where one upload is all-or-nothing and a copy happens server-side.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
 #: Extras that bring a scheme's fsspec implementation.
