@@ -29,7 +29,6 @@ from .errors import no_versions
 from .lifecycle import split_reference
 from .metadata import ModelMetadata, ModelSummary
 from .plain_settings import ReadSettings, read_settings, sqlite_file
-from .search.api import SearchPage, search_versions_in
 from .signing import Keyring
 from .storage import LocalStore, local_root
 from .versions import validate_model_name
@@ -37,6 +36,7 @@ from .versions import validate_model_name
 if TYPE_CHECKING:
     from .index.readonly import ReadOnlyIndex
     from .registry import ModelPersistence
+    from .search.api import SearchPage
     from .search.grammar import Node
 
 #: Set to "0" to send every command through the library (the conformance tests do).
@@ -81,6 +81,8 @@ class ReadOnlyRegistry:
 
     def search_versions(self, filter: str | Node | None = None, **options: Any) -> SearchPage[ModelMetadata]:
         """As :meth:`ModelPersistence.search_versions`, through the library's own query builder."""
+        from .search.api import search_versions_in  # only search needs it: list and info skip the import
+
         return search_versions_in(self.index.database(), filter, **options)
 
     def close(self) -> None:

@@ -21,12 +21,11 @@ import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..metadata import ModelMetadata, ModelSummary
 from ..plain_settings import POSTGRES_SCHEMES
-from ..search.api import Database
 from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
 from .rows import BOUND_COLUMNS, bound_record, fill_lifecycle, text_value
 
@@ -40,6 +39,9 @@ _N = 1 + len(BOUND_COLUMNS)
 #: ``:name`` bound parameters, found as SQLAlchemy's ``text()`` finds them.
 _BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
 _SCHEMA_QUERY = f"SELECT value FROM {INFO} WHERE key = 'schema_version'"
+
+if TYPE_CHECKING:
+    from ..search.api import Database
 
 Rows = Callable[[str, dict[str, Any]], list[Any]]
 
@@ -162,6 +164,8 @@ class ReadOnlyIndex:
 
     def database(self) -> Database:
         """This connection for the library's search (:func:`~modelkeep.search.api.search_versions_in`)."""
+        from ..search.api import Database
+
         return Database(self.dialect, None, self._rows)
 
     def _with_lifecycle(
