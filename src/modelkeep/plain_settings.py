@@ -250,7 +250,7 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
     _size(p.get("max_load_memory"), empty={"", "none", "default"})
     part_size = _size(p.get("part_size"), empty={"", "none", "default"})
     if part_size is not None:
-        from .storage.s3 import MIN_PART_SIZE
+        from .storage.base import MIN_PART_SIZE
 
         if part_size < MIN_PART_SIZE:
             raise _Unsure
