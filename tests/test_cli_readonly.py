@@ -298,6 +298,13 @@ def _settings(where: Registry, case: str, tmp: Path) -> tuple[dict[str, str], li
             "MODELKEEP_REQUIRE_SIGNATURES": "no",
         }
         return env, []
+    if case == "registry_path or a sqlite URL":  # the index named apart from the models folder
+        if where.url:
+            return {"MODELKEEP_REGISTRY_URL": where.url}, ["--models-dir", str(where.models)]
+        return {"MODELKEEP_REGISTRY_PATH": str(where.models)}, ["--models-dir", str(where.models)]
+    if case == "a sqlite:/// URL":
+        url = where.url or f"sqlite:///{where.models / 'registry.db'}"
+        return {"MODELKEEP_MODELS_DIR": str(where.models)}, ["--registry-url", url]
     registry_url = f"  registry_url: '{where.url}'\n" if where.url else ""
     text = (
         "logging:\n  level: ERROR\npersistence:\n"
@@ -321,7 +328,16 @@ def _settings(where: Registry, case: str, tmp: Path) -> tuple[dict[str, str], li
 
 
 @pytest.mark.parametrize(
-    "case", ["environment", "keys from the environment", "config.yaml", "--config", "--config and the environment"]
+    "case",
+    [
+        "environment",
+        "keys from the environment",
+        "registry_path or a sqlite URL",
+        "a sqlite:/// URL",
+        "config.yaml",
+        "--config",
+        "--config and the environment",
+    ],
 )
 def test_settings_from_every_source_are_read_by_the_read_only_path_with_the_same_answers(
     backend: Registry, served: dict[str, int], case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
