@@ -7,10 +7,17 @@ metrics and a tag, one alias per model)::
 
     python bench/bench_startup.py [--runs 15]
 
+Issue 29's rows run the same commands with settings from many ``MODELKEEP_*``
+variables, from a config file, and on PostgreSQL (when ``MODELKEEP_BENCH_POSTGRES_URL``
+names a database), and a few of them again through the library
+(``MODELKEEP_CLI_FAST_PATH=0``) for comparison.
+
 A bench runner can import this module and call :func:`run`, which returns one
-dict per command: ``name``, ``argv``, ``runs``, ``median_s``, ``min_s`` and
-``ratio`` (median over the ``python -c pass`` median), and ``target_s`` for the
-commands issue 17 sets a time for (see :data:`TARGETS`).
+dict per command: ``name``, ``argv``, ``runs``, ``median_s``, ``min_s``,
+``cpu_median_s`` (user + system CPU of the process: less sensitive to a busy
+machine than wall time) and ``ratio`` (median over the ``python -c pass``
+median), and ``target_s`` for the commands issues 17 and 29 set a time for (see
+:data:`TARGETS`).
 """
 
 from __future__ import annotations
@@ -41,7 +48,55 @@ TARGETS = {
     "modelkeep list (1,000 versions, MODELKEEP_MODELS_DIR and MODELKEEP_LOG_LEVEL)": 0.150,
     "modelkeep list (1,000 versions, config file)": 0.150,
     "modelkeep info --model-name (1,000 versions, config file)": 0.150,
+    "modelkeep list (1,000 versions, 20 MODELKEEP_* settings)": 0.150,
+    "modelkeep info --model-name (1,000 versions, 20 MODELKEEP_* settings)": 0.150,
+    "modelkeep search --limit 10 (1,000 versions, 20 MODELKEEP_* settings)": 0.150,
+    "modelkeep list (1,000 versions, full config file)": 0.150,
+    "modelkeep info --model-name (1,000 versions, full config file)": 0.150,
+    "modelkeep search --limit 10 (1,000 versions, full config file)": 0.150,
 }
+#: Issue 29: settings as a deployment sets them (all valid, none changing what a read prints).
+MANY_SETTINGS = {
+    "MODELKEEP_LOG_LEVEL": "warning",
+    "MODELKEEP_SERIALIZATION_FORMAT": "joblib",
+    "MODELKEEP_COMPRESS": "zstd:3",
+    "MODELKEEP_STORAGE_OPTIONS": "{}",
+    "MODELKEEP_TRUSTED_TYPES": "mypkg.Model",
+    "MODELKEEP_CONNECT_TIMEOUT": "5",
+    "MODELKEEP_READ_TIMEOUT": "30",
+    "MODELKEEP_PROTECTED_ALIASES": "production,prod-eu",
+    "MODELKEEP_PROTECTED_ALIAS_USERS": "alice",
+    "MODELKEEP_TRUSTED_RELEASERS": "",
+    "MODELKEEP_REQUIRE_SIGNATURES": "auto",
+    "MODELKEEP_QUARANTINE": "auto",
+    "MODELKEEP_QUARANTINE_TIMEOUT": "60",
+    "MODELKEEP_QUARANTINE_MEMORY_MB": "auto",
+    "MODELKEEP_MAX_LOAD_MEMORY": "4GiB",
+    "MODELKEEP_MAX_CONCURRENCY": "8",
+    "MODELKEEP_PART_SIZE": "16MiB",
+    "MODELKEEP_CACHE_MAX_BYTES": "20GiB",
+    "MODELKEEP_TOKEN": "",
+}
+FULL_CONFIG = """\
+logging:
+  level: WARNING
+persistence:
+  models_dir: {models_dir}
+  registry_path: null
+  serialization_format: joblib
+  compress: true
+  storage_options: {{}}
+  trusted_keys: []
+  require_signatures: auto
+  connect_timeout: 5
+  read_timeout: 30
+  protected_aliases: [production]
+  quarantine: auto
+  max_load_memory: 4GiB
+  cache_max_bytes: 20GiB
+"""
+#: Set to "0" in a row's environment to time the library's path (modelkeep/cli_readonly.py).
+FAST_PATH_VAR = "MODELKEEP_CLI_FAST_PATH"
 #: PostgreSQL rows: 150 ms plus one round trip (measured in the same run and added to the target).
 PG_TARGET_S = 0.150
 #: The database the PostgreSQL rows use (skipped when unset); each run uses a fresh schema.
@@ -116,14 +171,20 @@ def _drop(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def _time(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> list[float]:
+def _time(argv: list[str], runs: int, cwd: str, env: dict[str, str]) -> tuple[list[float], list[float]]:
+    """Wall times and CPU times (user + system of the child) of ``runs`` runs."""
+    import resource
+
     subprocess.run(argv, cwd=cwd, env=env, capture_output=True, check=True)  # warm the disk cache
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         times.append(time.perf_counter() - start)
-    return times
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return times, cpu
 
 
 def run(runs: int = 15) -> list[dict[str, Any]]:
@@ -174,6 +235,23 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
             (f"modelkeep list {with_config}", [*on_config, "list"], env, None),
             (f"modelkeep info --model-name {with_config}", [*on_config, *info], env, None),
         ]
+        # issue 29: many settings from the environment, a full config file, and the library's path
+        many_env = {**dir_env, **MANY_SETTINGS}
+        full = Path(tmp) / "full-config.yaml"
+        full.write_text(FULL_CONFIG.format(models_dir=big))
+        on_full = [*modelkeep, "--config", str(full)]
+        with_many, with_full = "(1,000 versions, 20 MODELKEEP_* settings)", "(1,000 versions, full config file)"
+        library_env = {**many_env, FAST_PATH_VAR: "0"}
+        runs_with += [
+            (f"modelkeep list {with_many}", [*modelkeep, "list"], many_env, None),
+            (f"modelkeep info --model-name {with_many}", [*modelkeep, *info], many_env, None),
+            (f"modelkeep search --limit 10 {with_many}", [*modelkeep, *search], many_env, None),
+            (f"modelkeep list {with_full}", [*on_full, "list"], env, None),
+            (f"modelkeep info --model-name {with_full}", [*on_full, *info], env, None),
+            (f"modelkeep search --limit 10 {with_full}", [*on_full, *search], env, None),
+            (f"modelkeep list {with_many} through the library", [*modelkeep, "list"], library_env, None),
+            (f"modelkeep info --model-name {with_many} through the library", [*modelkeep, *info], library_env, None),
+        ]
         postgres = _postgres(tmp, env)
         if postgres is not None:
             url, trip, _schema = postgres
@@ -184,6 +262,20 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                 ("modelkeep search --limit 10 (1,000 versions, PostgreSQL)", [*on_pg, *search]),
             ):
                 runs_with.append((name, argv, env, PG_TARGET_S + trip))
+            runs_with += [
+                (
+                    "modelkeep list (1,000 versions, PostgreSQL, 20 MODELKEEP_* settings)",
+                    [*on_pg, "list"],
+                    {**env, **MANY_SETTINGS},
+                    PG_TARGET_S + trip,
+                ),
+                (
+                    "modelkeep list (1,000 versions, PostgreSQL) through the library",
+                    [*on_pg, "list"],
+                    {**env, FAST_PATH_VAR: "0"},
+                    None,
+                ),
+            ]
         try:
             results = [_row(name, argv, runs, tmp, run_env, target) for name, argv, run_env, target in runs_with]
         finally:
@@ -197,13 +289,14 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
 
 def _row(name: str, argv: list[str], runs: int, cwd: str, env: dict[str, str], target: float | None) -> dict[str, Any]:
     """One command's result dict."""
-    times = _time(argv, runs, cwd, env)
+    times, cpu = _time(argv, runs, cwd, env)
     return {
         "name": name,
         "argv": argv,
         "runs": runs,
         "median_s": statistics.median(times),
         "min_s": min(times),
+        "cpu_median_s": statistics.median(cpu),
         "target_s": target if target is not None else TARGETS.get(name),
     }
 
@@ -211,15 +304,16 @@ def _row(name: str, argv: list[str], runs: int, cwd: str, env: dict[str, str], t
 def to_markdown(results: list[dict[str, Any]]) -> str:
     """A markdown table of the results."""
     lines = [
-        "| command | median (ms) | min (ms) | ratio to python -c pass | target |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| command | median (ms) | min (ms) | CPU median (ms) | ratio to python -c pass | target |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         target = r.get("target_s")
         verdict = "" if target is None else "met" if r["median_s"] <= target else "**not met**"
         goal = "" if target is None else f"≤ {target * 1000:.0f} ms: {verdict}"
         lines.append(
-            f"| `{r['name']}` | {r['median_s'] * 1000:.0f} | {r['min_s'] * 1000:.0f} | {r['ratio']:.1f} | {goal} |"
+            f"| `{r['name']}` | {r['median_s'] * 1000:.0f} | {r['min_s'] * 1000:.0f} | "
+            f"{r.get('cpu_median_s', float('nan')) * 1000:.0f} | {r['ratio']:.1f} | {goal} |"
         )
     return "\n".join(lines)
 

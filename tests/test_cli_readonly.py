@@ -1,11 +1,13 @@
 """The read-only path of ``list``, ``info`` and ``search`` (modelkeep/cli_readonly.py).
 
-Every command runs twice on the same registry: through the library
-(``MODELKEEP_CLI_FAST_PATH=0``) and through the read-only path; exit code, stdout
-and stderr must be identical, ``--json`` included. The read-only path must also
-really serve the commands it can (no fallback to the library), leave an old or a
-newer index to the library, and keep SQLAlchemy, pydantic, pandas and numpy out of
-the process (checked with ``python -X importtime`` in a subprocess).
+Every command runs twice on the same registry, SQLite and PostgreSQL: through the
+library (``MODELKEEP_CLI_FAST_PATH=0``) and through the read-only path; exit code,
+stdout and stderr must be identical, ``--json`` included, with settings from the
+environment, config files and options (modelkeep/plain_settings.py). The read-only
+path must also really serve the commands it can (no fallback to the library), leave
+an old or a newer index and settings it cannot vouch for to the library, and keep
+SQLAlchemy, pydantic, pandas and numpy out of the process (checked with
+``python -X importtime`` in a subprocess).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +26,42 @@ import pytest
 from click.testing import CliRunner
 
 import modelkeep.cli_readonly
-from modelkeep import ModelPersistence
+from modelkeep import ModelPersistence, keys
 from modelkeep.cli import cli
 from modelkeep.cli_readonly import ENV_SWITCH
 from modelkeep.index.readonly import ReadOnlyIndex
+from tests.conftest import KEY_VARIABLES, PG_URL, postgres_schema
 
 DATA = Path(__file__).resolve().parent / "data"
 SRC = Path(__file__).resolve().parent.parent / "src"
 HEAVY = ("sqlalchemy", "pydantic", "pandas", "numpy")
 
 
-def _build(models_dir: Path) -> None:
-    with ModelPersistence(models_dir) as p:
+@dataclass
+class Registry:
+    """A registry built by :func:`_build`: its models folder, its index URL (``None``: the
+    folder's ``registry.db``) and the key files of its signed versions."""
+
+    models: Path
+    url: str | None
+    keys: Path
+
+    def options(self) -> list[str]:
+        """The global options that name this registry."""
+        return ["--models-dir", str(self.models), *(["--registry-url", self.url] if self.url else [])]
+
+
+def _build(models_dir: Path, url: str | None = None, keys_dir: Path | None = None) -> None:
+    """Versions, overwrites, aliases, tags, descriptions and trash; with ``keys_dir``, fraud's
+    versions are signed by a key pair written there and one churn version by an HMAC secret."""
+    signer: dict[str, Any] = {}
+    if keys_dir is not None:
+        key = keys.generate("release")
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        keys.write_key_file(keys_dir / "release.pem", key.pem())
+        keys.write_key_file(keys_dir / "release.pub", key.public.pem(), mode=0o644)
+        signer = {"signing_key_file": keys_dir / "release.pem"}
+    with ModelPersistence(models_dir, registry_url=url) as p:
         for i, version in enumerate(["1.0.0", "1.2.0", "1.10.0", "2.0.0-rc1", "legacy"]):
             p.save(
                 {"w": i},
@@ -46,9 +73,14 @@ def _build(models_dir: Path) -> None:
                 note="line one\nline two" if i == 1 else "plain",
             )
         p.save({"w": 9}, "churn", "1.2.0", overwrite=True, accuracy=0.95, dataset="v7")
+        p.save("tiny", "empty_soon", "1.0.0")
+    with ModelPersistence(models_dir, registry_url=url, **signer) as p:
         p.save([1, 2, 3], "fraud", "0.1.0", accuracy=0.3, flag=True)
         p.save([4], "fraud", "0.2.0", accuracy=0.99)
-        p.save("tiny", "empty_soon", "1.0.0")
+    if keys_dir is not None:
+        with ModelPersistence(models_dir, registry_url=url, signing_key=HMAC_SECRET) as p:
+            p.save({"w": 5}, "churn", "3.0.0", accuracy=0.42, dataset="v3")
+    with ModelPersistence(models_dir, registry_url=url) as p:
         p.set_alias("churn", "production", "1.10.0")
         p.set_alias("churn", "staging", "1.10.0")
         p.set_alias("fraud", "production", "0.1.0")
@@ -61,10 +93,39 @@ def _build(models_dir: Path) -> None:
         p.delete("empty_soon", "1.0.0")  # a model with nothing live
 
 
+HMAC_SECRET = "a-shared-secret"
+
+
+def _postgres_url(schema: str) -> str:
+    """The test database, with ``schema`` first on the search path (libpq's ``options``)."""
+    assert PG_URL is not None
+    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """The registry on each index backend (PostgreSQL: a private schema), built once per module:
+    the tests that use it only read it."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    models = tmp / "models"
+    with pytest.MonkeyPatch.context() as mp:  # as conftest's private_config_dir, which is per test
+        mp.setenv("MODELKEEP_CONFIG_DIR", str(tmp / "builder-config"))
+        for name in KEY_VARIABLES:
+            mp.delenv(name, raising=False)
+        if request.param == "sqlite":
+            _build(models, keys_dir=tmp / "keys")
+            yield Registry(models, None, tmp / "keys")
+            return
+        with postgres_schema() as schema:
+            url = _postgres_url(schema)
+            _build(models, url, keys_dir=tmp / "keys")
+            yield Registry(models, url, tmp / "keys")
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
     models = tmp_path / "models"
-    _build(models)
+    _build(models, keys_dir=tmp_path / "keys")
     return models
 
 
@@ -81,6 +142,8 @@ COMMANDS: list[list[str]] = [
     ["info", "--model-name", "churn@production", "--json"],
     ["info", "--model-name", "churn", "--version", "@staging", "--json"],
     ["info", "--model-name", "fraud", "--version", "0.1.0"],
+    ["info", "--model-name", "fraud", "--version", "0.2.0", "--json"],  # signed by a key file
+    ["info", "--model-name", "churn", "--version", "3.0.0", "--json"],  # signed with an HMAC secret
     ["search", "--json"],
     ["search"],
     ["search", "accuracy > 0.5", "--json"],
@@ -108,8 +171,9 @@ ERRORS: list[list[str]] = [
 ]
 
 
-def _invoke(models: Path, args: list[str], *, fast: bool) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["--models-dir", str(models), *args], env={ENV_SWITCH: "1" if fast else "0"})
+def _invoke(where: Path | Registry, args: list[str], *, fast: bool) -> tuple[int, str, str]:
+    options = where.options() if isinstance(where, Registry) else ["--models-dir", str(where)]
+    result = CliRunner().invoke(cli, [*options, *args], env={ENV_SWITCH: "1" if fast else "0"})
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -118,10 +182,16 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """Counts how often the read-only path opened an index, and how often it asked the library."""
     counts = {"read_only": 0, "library": 0}
     real_open = ReadOnlyIndex.open.__func__  # type: ignore[attr-defined]
+    real_postgres = ReadOnlyIndex.open_postgres.__func__  # type: ignore[attr-defined]
     real_library = modelkeep.cli_readonly.open_registry
 
-    def spy_open(cls: type[ReadOnlyIndex], path: Path) -> ReadOnlyIndex | None:
-        found = real_open(cls, path)
+    def spy_open(cls: type[ReadOnlyIndex], *args: Any) -> ReadOnlyIndex | None:
+        found = real_open(cls, *args)
+        counts["read_only"] += found is not None
+        return found  # type: ignore[no-any-return]
+
+    def spy_postgres(cls: type[ReadOnlyIndex], *args: Any) -> ReadOnlyIndex | None:
+        found = real_postgres(cls, *args)
         counts["read_only"] += found is not None
         return found  # type: ignore[no-any-return]
 
@@ -130,33 +200,36 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
         return real_library(ctx, **kwargs)
 
     monkeypatch.setattr(ReadOnlyIndex, "open", classmethod(spy_open))
+    monkeypatch.setattr(ReadOnlyIndex, "open_postgres", classmethod(spy_postgres))
     monkeypatch.setattr(modelkeep.cli_readonly, "open_registry", spy_library)
     yield counts
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
 def test_read_only_path_answers_exactly_as_the_library(
-    registry: Path, served: dict[str, int], args: list[str], monkeypatch: pytest.MonkeyPatch
+    backend: Registry, served: dict[str, int], args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(registry.parent)
-    expected = _invoke(registry, args, fast=False)
+    monkeypatch.chdir(backend.models.parent)
+    expected = _invoke(backend, args, fast=False)
     assert expected[0] == 0, expected
     assert served == {"read_only": 0, "library": 1}
-    got = _invoke(registry, args, fast=True)
+    got = _invoke(backend, args, fast=True)
     assert got == expected
     assert served == {"read_only": 1, "library": 1}, "the read-only path handed this command to the library"
 
 
 @pytest.mark.parametrize("args", ERRORS, ids=" ".join)
-def test_errors_read_the_same_on_both_paths(registry: Path, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(registry.parent)
-    expected = _invoke(registry, args, fast=False)
+def test_errors_read_the_same_on_both_paths(
+    backend: Registry, args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(backend.models.parent)
+    expected = _invoke(backend, args, fast=False)
     assert expected[0] != 0 and expected[2].startswith("Error:") and "Traceback" not in expected[2], expected
-    assert _invoke(registry, args, fast=True) == expected
+    assert _invoke(backend, args, fast=True) == expected
 
 
-def test_search_pages_are_the_same_on_both_paths(registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(registry.parent)
+def test_search_pages_are_the_same_on_both_paths(backend: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(backend.models.parent)
     import json
 
     pages: dict[bool, list[Any]] = {}
@@ -165,7 +238,7 @@ def test_search_pages_are_the_same_on_both_paths(registry: Path, monkeypatch: py
         while True:
             extra = ["--page-token", token] if token else []
             code, out, _err = _invoke(
-                registry, ["search", "--order-by", "-accuracy", "--limit", "2", "--json", *extra], fast=fast
+                backend, ["search", "--order-by", "-accuracy", "--limit", "2", "--json", *extra], fast=fast
             )
             assert code == 0
             page = json.loads(out)
@@ -177,20 +250,168 @@ def test_search_pages_are_the_same_on_both_paths(registry: Path, monkeypatch: py
     assert pages[True] == pages[False] and len(pages[True]) > 2
 
 
-def test_settings_from_any_source_go_through_the_library(
-    registry: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
+#: A few commands of each kind, for the settings below.
+SOME_COMMANDS: list[list[str]] = [
+    ["list"],
+    ["list", "--model-name", "churn", "--json"],
+    ["info", "--model-name", "churn@production"],
+    ["info", "--model-name", "fraud", "--version", "0.2.0", "--json"],
+    ["info", "--model-name", "churn", "--version", "3.0.0"],
+    ["search", "accuracy > 0.4 AND tags.stage = 'prod'", "--order-by", "-accuracy", "--json"],
+]
+
+
+def _settings(where: Registry, case: str, tmp: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment and global options of one way of naming ``where``'s registry with settings."""
+    index = {"MODELKEEP_REGISTRY_URL": where.url} if where.url else {}
+    pub, pem = where.keys / "release.pub", where.keys / "release.pem"
+    if case == "environment":
+        env = {
+            "MODELKEEP_MODELS_DIR": str(where.models),
+            **index,
+            "MODELKEEP_LOG_LEVEL": "warning",
+            "MODELKEEP_SERIALIZATION_FORMAT": "pickle",
+            "MODELKEEP_COMPRESS": "false",
+            "MODELKEEP_STORAGE_OPTIONS": "{}",
+            "MODELKEEP_TRUSTED_TYPES": "mypkg.Model,other.Thing",
+            "MODELKEEP_CONNECT_TIMEOUT": "5",
+            "MODELKEEP_READ_TIMEOUT": "12.5",
+            "MODELKEEP_PROTECTED_ALIASES": "production,prod-eu",
+            "MODELKEEP_PROTECTED_ALIAS_USERS": "alice",
+            "MODELKEEP_TRUSTED_RELEASERS": "",
+            "MODELKEEP_QUARANTINE": "never",
+            "MODELKEEP_QUARANTINE_TIMEOUT": "30",
+            "MODELKEEP_QUARANTINE_MEMORY_MB": "auto",
+            "MODELKEEP_MAX_LOAD_MEMORY": "2GiB",
+            "MODELKEEP_MAX_CONCURRENCY": "4",
+            "MODELKEEP_PART_SIZE": "16MiB",
+            "MODELKEEP_CACHE_MAX_BYTES": "off",
+            "MODELKEEP_TOKEN": "",
+        }
+        return env, []
+    if case == "keys from the environment":  # changes what info says about signatures
+        env = {
+            "MODELKEEP_MODELS_DIR": str(where.models),
+            **index,
+            "MODELKEEP_TRUSTED_KEYS": str(pub),
+            "MODELKEEP_SIGNING_KEY": HMAC_SECRET,
+            "MODELKEEP_REQUIRE_SIGNATURES": "no",
+        }
+        return env, []
+    if case == "registry_path or a sqlite URL":  # the index named apart from the models folder
+        if where.url:
+            return {"MODELKEEP_REGISTRY_URL": where.url}, ["--models-dir", str(where.models)]
+        return {"MODELKEEP_REGISTRY_PATH": str(where.models)}, ["--models-dir", str(where.models)]
+    if case == "a sqlite:/// URL":
+        url = where.url or f"sqlite:///{where.models / 'registry.db'}"
+        return {"MODELKEEP_MODELS_DIR": str(where.models)}, ["--registry-url", url]
+    registry_url = f"  registry_url: '{where.url}'\n" if where.url else ""
+    text = (
+        "logging:\n  level: ERROR\npersistence:\n"
+        f"  models_dir: {where.models}\n{registry_url}"
+        "  serialization_format: joblib\n  compress: zstd:3\n  storage_options: {}\n"
+        f"  signing_key_file: {pem}\n  trusted_keys: [{pub}]\n  require_signatures: true\n"
+        "  protected_aliases: [production]\n  connect_timeout: 3\n  quarantine_memory_mb: 512\n"
+        "  max_load_memory: 1073741824\n  cache_max_bytes: 20GiB\n  trusted_types: []\n"
+    )
+    if case == "config.yaml":
+        (tmp / "config.yaml").write_text(text)
+        return {}, []
+    if case == "--config":
+        (tmp / "other.yaml").write_text(text)
+        return {}, ["--config", str(tmp / "other.yaml")]
+    assert case == "--config and the environment"  # the environment and options win over the file
+    (tmp / "other.yaml").write_text(text.replace(str(where.models), str(tmp / "nowhere")))
+    env = {"MODELKEEP_MODELS_DIR": str(where.models), "MODELKEEP_REQUIRE_SIGNATURES": "false"}
+    options = ["--config", str(tmp / "other.yaml"), "--quiet", "--trusted-key", str(pub), "--quarantine", "never"]
+    return env, [*options, "--max-load-memory", "4GiB", "--path", str(tmp), "--trust", "mypkg.Model"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "environment",
+        "keys from the environment",
+        "registry_path or a sqlite URL",
+        "a sqlite:/// URL",
+        "config.yaml",
+        "--config",
+        "--config and the environment",
+    ],
+)
+def test_settings_from_every_source_are_read_by_the_read_only_path_with_the_same_answers(
+    backend: Registry, served: dict[str, int], case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A config file or a MODELKEEP_* setting: validated by config.py, so the library path."""
-    monkeypatch.chdir(registry.parent)
-    monkeypatch.setenv("MODELKEEP_COMPRESS", "false")
-    assert _invoke(registry, ["list"], fast=True)[0] == 0
-    monkeypatch.delenv("MODELKEEP_COMPRESS")
-    (registry.parent / "config.yaml").write_text(f"persistence:\n  models_dir: {registry}\n")
-    assert CliRunner().invoke(cli, ["list"]).exit_code == 0
-    assert served == {"read_only": 0, "library": 2}
-    monkeypatch.setenv("MODELKEEP_COMPRESS", "sometimes")
-    bad = CliRunner().invoke(cli, ["--models-dir", str(registry), "list"])
-    assert bad.exit_code == 1 and bad.stderr.startswith("Error: invalid value for MODELKEEP_COMPRESS")
+    monkeypatch.chdir(tmp_path)
+    env, options = _settings(backend, case, tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for args in SOME_COMMANDS:
+        runs = {
+            fast: CliRunner().invoke(cli, [*options, *args], env={ENV_SWITCH: "1" if fast else "0"})
+            for fast in (False, True)
+        }
+        expected = (runs[False].exit_code, runs[False].stdout, runs[False].stderr)
+        assert expected[0] == 0, expected
+        assert (runs[True].exit_code, runs[True].stdout, runs[True].stderr) == expected, args
+    assert served == {"read_only": len(SOME_COMMANDS), "library": len(SOME_COMMANDS)}
+
+
+#: Settings the read-only path leaves to the library: invalid, or more than a read (see plain_settings.py).
+LIBRARY_SETTINGS: dict[str, tuple[dict[str, str], str | None]] = {
+    "bad compress": ({"MODELKEEP_COMPRESS": "sometimes"}, None),
+    "bad codec for the format": ({"MODELKEEP_SERIALIZATION_FORMAT": "pickle", "MODELKEEP_COMPRESS": "zstd:3"}, None),
+    "unknown format": ({"MODELKEEP_SERIALIZATION_FORMAT": "parquet"}, None),
+    "bad quarantine": ({"MODELKEEP_QUARANTINE": "maybe"}, None),
+    "zero timeout": ({"MODELKEEP_CONNECT_TIMEOUT": "0"}, None),
+    "part size under 5 MiB": ({"MODELKEEP_PART_SIZE": "1MiB"}, None),
+    "bad size": ({"MODELKEEP_MAX_LOAD_MEMORY": "lots"}, None),
+    "bad JSON": ({"MODELKEEP_STORAGE_OPTIONS": "{nope"}, None),
+    "bad boolean": ({"MODELKEEP_REQUIRE_SIGNATURES": "sure"}, None),
+    "spaced boolean": ({"MODELKEEP_REQUIRE_SIGNATURES": " yes"}, None),
+    "missing key file": ({"MODELKEEP_TRUSTED_KEYS": "/nonexistent/key.pub"}, None),
+    "a token": ({"MODELKEEP_TOKEN": "mk_not_a_real_token"}, None),
+    "a log file": ({}, "logging:\n  file: logs/modelkeep.log\n"),
+    "unknown key": ({}, "persistence:\n  models_dri: elsewhere\n"),
+    "unknown section": ({}, "storage:\n  models_dir: elsewhere\n"),
+    "not YAML": ({}, "persistence: [unclosed\n"),
+    "not a mapping": ({}, "- a list\n"),
+    "a typed value of another type": ({}, "persistence:\n  connect_timeout: true\n"),
+    "a remote models folder": ({"MODELKEEP_MODELS_DIR": "memory://bucket/models"}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(LIBRARY_SETTINGS), ids=str)
+def test_settings_the_read_only_path_cannot_vouch_for_go_to_the_library(
+    backend: Registry, served: dict[str, int], case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env, config = LIBRARY_SETTINGS[case]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(config)
+    options = [] if "MODELKEEP_MODELS_DIR" in env else backend.options()
+    for args in (["list"], ["info", "--model-name", "churn"], ["search", "accuracy > 0.5"]):
+        runs = {
+            fast: CliRunner().invoke(cli, [*options, *args], env={ENV_SWITCH: "1" if fast else "0"})
+            for fast in (False, True)
+        }
+        outcome = [(r.exit_code, r.stdout, r.stderr) for r in (runs[False], runs[True])]
+        assert outcome[0] == outcome[1], args
+        assert "Traceback" not in outcome[0][2]
+    assert served["library"] == 6  # each command, on each path
+
+
+def test_a_missing_config_file_reads_the_same(
+    backend: Registry, served: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for config in (tmp_path / "missing.yaml", tmp_path):
+        expected = _invoke(backend, ["--config", str(config), "list"], fast=False)
+        assert expected[0] == 1 and expected[2].startswith("Error: config file"), expected
+        assert _invoke(backend, ["--config", str(config), "list"], fast=True) == expected
+    assert served["read_only"] == 0
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
@@ -260,19 +481,48 @@ def test_a_newer_registry_still_asks_for_an_upgrade(registry: Path, monkeypatch:
         assert _invoke(registry, args, fast=True) == expected
 
 
-def test_a_registry_url_goes_through_the_library(
+def test_a_database_the_read_only_path_cannot_reach_goes_to_the_library(
     registry: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL (any --registry-url) is the library's: only its routing is checked here."""
+    """No server there: the read-only path's connection fails, and the library reports it."""
     monkeypatch.chdir(registry.parent)
     url = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"
-    result = CliRunner().invoke(cli, ["--models-dir", str(registry), "--registry-url", url, "list"])
-    assert served == {"read_only": 0, "library": 1}
-    assert result.exit_code == 1 and result.stderr.startswith("Error:") and "Traceback" not in result.stderr
+    outcomes = [_invoke(registry, ["--registry-url", url, "list"], fast=fast) for fast in (False, True)]
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == 1 and outcomes[0][2].startswith("Error:") and "Traceback" not in outcomes[0][2]
+    assert served == {"read_only": 0, "library": 2}
 
 
-def _imported_modules(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+@pytest.mark.postgres
+def test_a_database_without_a_registry_reads_the_same(
+    tmp_path: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tables missing (nothing saved yet), or another registry's newer schema: the library's errors."""
+    monkeypatch.chdir(tmp_path)
+    with postgres_schema() as schema:
+        url = _postgres_url(schema)
+        for args in (["list"], ["info", "--model-name", "churn"], ["search", "accuracy > 1"]):
+            expected = _invoke(tmp_path, ["--registry-url", url, *args], fast=False)
+            assert expected[0] == 1 and "no modelkeep registry" in expected[2], expected
+            assert _invoke(tmp_path, ["--registry-url", url, *args], fast=True) == expected
+        with ModelPersistence(tmp_path / "models", registry_url=url) as p:
+            p.save({"w": 1}, "churn", "1.0.0")
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE modelkeep_info SET value = '99' WHERE key = 'schema_version'")
+        for args in (["list"], ["info", "--model-name", "churn"]):
+            expected = _invoke(tmp_path / "models", ["--registry-url", url, *args], fast=False)
+            assert expected[0] == 1 and "upgrade modelkeep" in expected[2], expected
+            assert _invoke(tmp_path / "models", ["--registry-url", url, *args], fast=True) == expected
+    assert served["read_only"] == 0
+
+
+def _imported_modules(
+    args: list[str], cwd: Path, settings: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_") or k == "MODELKEEP_CONFIG_DIR"}
+    env.update(settings or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "modelkeep", *args],
@@ -302,4 +552,20 @@ def test_read_commands_do_not_import_the_heavy_libraries(registry: Path, args: l
     result, names = _imported_modules(["--models-dir", str(registry), *args], registry.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "modelkeep.cli" in names  # the importtime output was read
+    assert not [m for m in names if m.split(".")[0] in HEAVY]
+
+
+@pytest.mark.parametrize(
+    "args", [["list"], ["info", "--model-name", "fraud"], ["search", "accuracy > 0.5"]], ids=" ".join
+)
+def test_read_commands_with_settings_do_not_import_the_heavy_libraries(
+    backend: Registry, args: list[str], tmp_path: Path
+) -> None:
+    """Settings from a config file and the environment, and PostgreSQL: still no SQLAlchemy or pydantic."""
+    env, _options = _settings(backend, "environment", tmp_path)
+    _settings(backend, "config.yaml", tmp_path)
+    result, names = _imported_modules(args, tmp_path, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "modelkeep.plain_settings" in names and "yaml" in names  # the settings were read
+    assert ("psycopg" in names) == (backend.url is not None)
     assert not [m for m in names if m.split(".")[0] in HEAVY]

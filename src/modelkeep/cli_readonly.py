@@ -1,15 +1,20 @@
 """The read-only path of ``modelkeep list``, ``info`` and ``search``: answers at once.
 
 Opening :class:`~modelkeep.ModelPersistence` imports SQLAlchemy and pydantic, which
-costs several times what these commands need. So when the settings are certainly the
-defaults (no config file, no ``MODELKEEP_*`` setting but ``MODELKEEP_MODELS_DIR``, which
-config.py takes as it is, no ``--registry-url``, no ``--verbose``) and the models folder is
-local, the command reads the registry's ``registry.db`` read-only with the standard ``sqlite3`` module
-(:class:`~modelkeep.index.readonly.ReadOnlyIndex`). Anything that path does not
-answer (a missing registry or version, an index of another schema, an unknown alias)
-goes to the library, which gives its usual answer or error; so do PostgreSQL
-registries and every other command. ``tests/test_cli_readonly.py`` runs the same
-commands through both paths and compares their output.
+costs several times what these commands need. So these commands first read the settings
+without pydantic (:func:`~modelkeep.plain_settings.read_settings`: the config file,
+``MODELKEEP_*`` variables and the global options, accepted only where they certainly read
+as the library reads them), and read the index directly
+(:class:`~modelkeep.index.readonly.ReadOnlyIndex`): a local ``registry.db`` read-only with
+the standard ``sqlite3`` module, or PostgreSQL with psycopg, without SQLAlchemy.
+
+They go to the library instead, which gives its usual answer or error, for: ``--verbose``;
+settings that ``read_settings`` leaves to it (a value it cannot vouch for, a log file, a
+token, a remote models folder, another database); an index it does not serve (missing, of
+another schema, unreachable); keys that do not load; and, once open, anything it does not
+answer (a missing model, version or alias). So does every other command.
+``tests/test_cli_readonly.py`` runs the same commands through both paths and compares
+their output.
 """
 
 from __future__ import annotations
@@ -20,18 +25,18 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_context import cli_state, log_to_stderr, open_registry
-from .config_sources import DEFAULT_MODELS_DIR, PLAIN_VARS, defaults_apply
 from .errors import no_versions
 from .lifecycle import split_reference
 from .metadata import ModelMetadata, ModelSummary
-from .search.api import SearchPage, search_versions_in
+from .plain_settings import ReadSettings, read_settings, sqlite_file
 from .signing import Keyring
-from .storage import LocalStore, is_local, local_root
+from .storage import LocalStore, local_root
 from .versions import validate_model_name
 
 if TYPE_CHECKING:
     from .index.readonly import ReadOnlyIndex
     from .registry import ModelPersistence
+    from .search.api import SearchPage
     from .search.grammar import Node
 
 #: Set to "0" to send every command through the library (the conformance tests do).
@@ -76,6 +81,8 @@ class ReadOnlyRegistry:
 
     def search_versions(self, filter: str | Node | None = None, **options: Any) -> SearchPage[ModelMetadata]:
         """As :meth:`ModelPersistence.search_versions`, through the library's own query builder."""
+        from .search.api import search_versions_in  # only search needs it: list and info skip the import
+
         return search_versions_in(self.index.database(), filter, **options)
 
     def close(self) -> None:
@@ -97,32 +104,65 @@ def read_registry(ctx: click.Context) -> ReadOnlyRegistry | ModelPersistence:
 def _open_read_only(
     ctx: click.Context, config_path: Path | None, overrides: dict[str, Any], verbose: bool | None
 ) -> ReadOnlyRegistry | None:
-    import os
+    """The read-only registry, or ``None`` for the library: ``--verbose`` (its debug log is the
+    library's), settings only the library can read (:func:`~modelkeep.plain_settings.read_settings`),
+    an index it does not serve (see :class:`~modelkeep.index.readonly.ReadOnlyIndex`), or keys
+    that do not load (the library reports them)."""
+    import logging
 
-    if verbose or set(overrides) - {"models_dir", "trusted_keys"}:
+    if verbose:
         return None
-    if not defaults_apply(config_path, besides=PLAIN_VARS):
+    level = None if verbose is None else "ERROR"  # as open_registry: --quiet logs errors only
+    settings = read_settings(config_path, {**overrides, "log_level": level})
+    if settings is None:
         return None
-    # as config.py: the option, else MODELKEEP_MODELS_DIR (a plain string), else the default
-    models_dir = str(overrides.get("models_dir", os.environ.get("MODELKEEP_MODELS_DIR", DEFAULT_MODELS_DIR)))
-    if not models_dir or not is_local(models_dir):
+    keyring = read_keyring(settings)  # before the index, as ModelPersistence
+    if keyring is None:
         return None
-    from .index.readonly import ReadOnlyIndex
-
-    store = LocalStore(local_root(models_dir))
-    index = ReadOnlyIndex.open(Path(store.root) / "registry.db")
+    store = LocalStore(local_root(settings.models_dir))
+    index = _open_index(settings, Path(store.root))
     if index is None:
         return None
-    try:
-        # As ModelPersistence: configured public keys are read (and reported) when the registry opens.
-        keyring = Keyring(trusted_keys=overrides.get("trusted_keys"))
-    except BaseException:
-        index.close()
-        raise
+    logging.getLogger("modelkeep").setLevel(settings.log_level)
     log_to_stderr(False)
     reader = ReadOnlyRegistry(ctx, index, store, keyring)
     ctx.call_on_close(reader.close)
     return reader
 
 
-__all__ = ["ENV_SWITCH", "ReadOnlyRegistry", "read_registry"]
+def read_keyring(settings: ReadSettings) -> Keyring | None:
+    """The keys ``ModelPersistence`` would hold with ``settings`` (configured keys are read, and
+    so checked, when a registry opens), or ``None`` when they do not load: the library then
+    raises its error, after checking what comes first."""
+    try:
+        return Keyring(
+            hmac_key=settings.signing_key,
+            signing_key_file=settings.signing_key_file,
+            trusted_keys=settings.trusted_keys,
+            require_signatures=settings.require_signatures,
+        )
+    except Exception:
+        return None
+
+
+def _open_index(settings: ReadSettings, store_root: Path) -> ReadOnlyIndex | None:
+    """The index ``ModelPersistence`` would open for ``settings``: ``registry.db`` in
+    ``registry_path`` or the models folder, a ``sqlite:///FILE`` URL, or PostgreSQL."""
+    from . import timeouts
+    from .index.readonly import ReadOnlyIndex
+
+    url = settings.registry_url
+    if url is None:
+        folder = Path(settings.registry_path if settings.registry_path is not None else store_root)
+        return ReadOnlyIndex.open(folder.resolve() / "registry.db")
+    database = sqlite_file(url)
+    if database is not None:
+        return ReadOnlyIndex.open(Path(database))
+    return ReadOnlyIndex.open_postgres(  # read_settings took no other URL
+        url,
+        timeouts.CONNECT_TIMEOUT if settings.connect_timeout is None else settings.connect_timeout,
+        timeouts.READ_TIMEOUT if settings.read_timeout is None else settings.read_timeout,
+    )
+
+
+__all__ = ["ENV_SWITCH", "ReadOnlyRegistry", "read_keyring", "read_registry"]

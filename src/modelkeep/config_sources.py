@@ -1,15 +1,11 @@
 """Where settings come from, without validating them (no pydantic).
 
-:mod:`modelkeep.config` reads and validates these sources. The command line's
-read-only path (:mod:`modelkeep.cli_readonly`) asks :func:`defaults_apply` first:
-when no source says anything, the validated settings are the defaults, and a read
-command does not need to import pydantic to know them.
+:mod:`modelkeep.config` reads and validates these sources; so does
+:mod:`modelkeep.plain_settings`, without pydantic, for the command line's read-only
+path (:mod:`modelkeep.cli_readonly`).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 #: ``persistence.models_dir`` when nothing sets it.
 DEFAULT_MODELS_DIR = "models"
@@ -50,16 +46,3 @@ OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | 
     "log_level": ("logging", "level"),
     "log_file": ("logging", "file"),
 }
-
-
-#: Variables whose value config.py takes as it is (a plain string, no validation, nothing to
-#: refuse): the read-only path may read them itself and still agree with the library.
-PLAIN_VARS = frozenset({"MODELKEEP_MODELS_DIR"})
-
-
-def defaults_apply(config_path: str | os.PathLike[str] | None, *, besides: frozenset[str] = frozenset()) -> bool:
-    """True when there is no config file to read and no ``MODELKEEP_*`` setting in the environment
-    (other than the variables in ``besides``, which the caller reads itself)."""
-    if config_path is not None or Path(DEFAULT_CONFIG_FILE).is_file():
-        return False
-    return not any(var in os.environ for var in ENV_VARS if var not in besides)

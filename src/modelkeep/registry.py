@@ -125,7 +125,7 @@ def _part_size(value: Any) -> int | None:
     if value is None:
         return None
     from .formats.budget import parse_size
-    from .storage.s3 import MIN_PART_SIZE
+    from .storage.base import MIN_PART_SIZE
 
     try:
         size = parse_size(value)

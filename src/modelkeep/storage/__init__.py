@@ -9,7 +9,7 @@ and ``memory://`` get :class:`ObjectStore`; any other fsspec filesystem gets
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import timeouts
 from ..errors import BackendUnavailableError
@@ -17,8 +17,22 @@ from ..layout import TMP_DIR
 from .base import ArtifactStore, StagedArtifact
 from .hashing import Advance, HashingWriter, check_digest
 from .local import LocalStore
-from .remote import FsspecStore, ObjectStore
-from .s3 import S3Store, default_max_concurrency, tuned_options
+
+if TYPE_CHECKING:
+    from .remote import FsspecStore, ObjectStore
+    from .s3 import S3Store
+
+#: The remote backends, imported on first use: a local registry never needs them (S3's imports asyncio).
+_REMOTE = {"FsspecStore": "remote", "ObjectStore": "remote", "S3Store": "s3"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REMOTE:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_REMOTE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Filesystems where one upload is all-or-nothing and a copy happens server-side.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
@@ -62,6 +76,9 @@ def open_store(
         return LocalStore(local_root(root_str))
     scheme = root_str.split("://", 1)[0]
     from fsspec.core import url_to_fs
+
+    from .remote import FsspecStore, ObjectStore
+    from .s3 import S3Store, default_max_concurrency, tuned_options
 
     try:
         options = timeouts.s3_storage_options(root_str, storage_options, connect_timeout, read_timeout)

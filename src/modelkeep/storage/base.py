@@ -42,6 +42,10 @@ logger = logging.getLogger("modelkeep")
 IO_WORKERS = 8
 
 
+#: S3's smallest multipart part (all but the last); here, not in s3.py, so that checking a
+#: ``part_size`` setting does not import the S3 backend.
+MIN_PART_SIZE = 5 << 20
+
 #: Staged keys of resumable saves (:meth:`ArtifactStore.stage` with ``resume``).
 RESUMABLE_PREFIX = f"{TMP_DIR}/resume-"
 _STAGED = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{32}\.part")

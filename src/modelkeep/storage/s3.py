@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 from ..errors import StorageError
-from .base import RESUMABLE_PREFIX, staged_at
+from .base import MIN_PART_SIZE, RESUMABLE_PREFIX, staged_at
 from .remote import ObjectStore
 from .verified import ChunkReader, ReadInto
 
@@ -42,8 +42,6 @@ logger = logging.getLogger("modelkeep")
 COPY_LIMIT = 5 << 30
 #: Part size of a multipart copy (S3 allows 5 MiB to 5 GiB per part).
 COPY_PART_SIZE = 512 << 20
-#: S3's smallest part (all but the last).
-MIN_PART_SIZE = 5 << 20
 
 
 def default_max_concurrency() -> int:
