@@ -153,6 +153,17 @@ def _open_cache(store: Any, max_bytes: Any) -> ArtifactCache | None:
     return open_cache(max_bytes)
 
 
+def _server_url(models_dir: Any, registry_url: Any) -> str | None:
+    """The registry server URL a registry is opened with, if any (explicit arguments first)."""
+    from .api.wire import is_http_url
+
+    for value in (registry_url, models_dir):
+        if value is not None:
+            return str(value) if is_http_url(value) else None
+    env = os.environ.get("MODELKEEP_REGISTRY_URL", "").strip()
+    return env if is_http_url(env) else None
+
+
 class ModelPersistence(PromotionMixin, EventsMixin):
     """Save, version, find, compare and load models in one registry.
 
@@ -205,6 +216,16 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             registry of this user (``MODELKEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkeep``);
             default 10 GiB, ``0`` turns the cache off (see :mod:`modelkeep.storage.cache`).
     """
+
+    def __new__(cls, models_dir: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A registry server's URL (``https://host:port``, as ``models_dir`` or ``registry_url``, or
+        ``MODELKEEP_REGISTRY_URL``) gives an :class:`~modelkeep.api.client.HttpRegistry` instead."""
+        url = _server_url(models_dir, kwargs.get("registry_url"))
+        if url is None:
+            return super().__new__(cls)
+        from .api.client import HttpRegistry
+
+        return HttpRegistry(url, **{k: v for k, v in kwargs.items() if k != "registry_url"})
 
     def __init__(
         self,
