@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from ..errors import BackendUnavailableError, ConfigError, ModelKeepError, StorageError
 from ..metadata import ModelMetadata
+from .client_transfers import TransferMixin
 from .wire import API_PREFIX, PROTOCOL, PROTOCOL_HEADER, error_from_body
 
 #: Seconds to wait for the server to accept a connection, and for each read.
@@ -38,7 +39,7 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class HttpRegistry:
+class HttpRegistry(TransferMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
     def __init__(

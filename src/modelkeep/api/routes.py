@@ -128,8 +128,11 @@ class Api:
         return json_response({"record": record.to_dict()})
 
     def endpoints(self) -> list[Endpoint]:
-        """Every route of the API (more are added by the modules that extend :class:`Api`)."""
+        """Every route of the API: these, and the transfers of :mod:`modelkeep.api.transfers`."""
+        from .transfers import transfer_endpoints
+
         return [
+            *transfer_endpoints(self),
             Endpoint("GET", "/", self.about, "The server, its protocol version, and who you are"),
             Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
             Endpoint("GET", "/models/{name}/versions", self.list_versions, "A model's live versions, oldest first"),
