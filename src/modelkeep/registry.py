@@ -14,21 +14,20 @@ See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, keys, lineage, signing, timeouts
+from . import environment, keys, saving, signing, timeouts
 from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
     IntegrityError,
-    MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
     SerializationError,
@@ -39,18 +38,15 @@ from .errors import (
     no_versions,
 )
 from .formats import Format, format_for_suffix, get_format
-from .formats._restricted import warn_untrusted_globals
 from .formats.state_checks import checked
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, acts
-from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
-from .params import PARAMS_KEY
-from .params import capture as capture_params
+from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, utc_now
 from .promotions import PromotionMixin
 from .storage import open_store
-from .storage.hashing import BLAKE3_KEY, Advance, Expected
+from .storage.hashing import Advance, Expected
 from .storage.hashing import no_advance as _no_advance
 from .storage.local import atomic_file
 from .storage.verified import CheckedFiles
@@ -508,25 +504,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
-        fmt = self.format if serialization_format is None else get_format(serialization_format)
-        compression = (
-            self.compression
-            if compress is None and serialization_format is None
-            else fmt.normalize_compression(self.compress if compress is None else compress)
+        fmt, compression = saving.choose_format(
+            self.format, self.compression, self.compress, serialization_format, compress, model
         )
-        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
-            from .formats.frameworks import resolve_auto
-
-            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
-        from .loading import refuse_unloadable, warn_main_globals
-
-        refuse_unloadable(model, fmt.name)
         self.ensure_registry()
-        custom = to_json_safe(dict(metadata or {}))
-        if PARAMS_KEY not in custom:
-            custom = {**capture_params(model), **custom}
-        signature, lineage_parts, git = self._describe(
-            model, model_name, input_example, training_data, training_target, parent
+        custom = saving.custom_metadata(model, metadata)
+        described = saving.describe(
+            model, model_name, input_example, training_data, training_target, parent, self.get_version
         )
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
             if self.index.lifecycle.trashed_version(model_name, version):
@@ -540,48 +524,20 @@ class ModelPersistence(PromotionMixin, EventsMixin):
 
         attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
         with self.store.staged(resume=attempt) as staged:
-            with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
-                try:
-                    extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
-                    extra.update(fmt.protocol_record())
-                except ModelKeepError:
-                    raise
-                except OSError:
-                    raise
-                except Exception as exc:
-                    raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
-            if staged.blake3 is not None:
-                extra[BLAKE3_KEY] = staged.blake3
-            env = environment.capture(model, environment.modules_of(extra, fmt.name))
-            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
-            warn_main_globals(extra)
-            warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
-            with self.index.claim(model_name, version, overwrite=overwrite) as slot:
-                now = utc_now()
-                key = self._new_artifact_key(slot, fmt.extension(compression))
-                record = ModelMetadata(
-                    model_name=model_name,
-                    model_type=type(model).__name__,
-                    version=slot.version,
-                    created_at=created_at or (slot.previous.created_at if slot.previous else now),
-                    updated_at=now,
-                    metadata=custom,
-                    artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
-                    environment=env,
-                    input_signature=signature,
-                    lineage=lineage_record,
+            with self._progress(f"saving {model_name}", None) as advance:
+                draft = saving.serialize(
+                    model,
+                    model_name,
+                    fmt,
+                    compression,
+                    staged,
+                    advance,
+                    custom=custom,
+                    described=described,
+                    blobs=self._blobs(fmt),
+                    trusted_types=self.trusted_types,
                 )
-                record.signature = self.keyring.sign(record)
-                try:
-                    self._write_claimed_files(slot, record, staged)
-                    slot.put(record, before_commit=self._blobs_check(extra))
-                except BaseException:
-                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
-                    raise
-                if slot.previous is not None:
-                    self._remove_replaced_artifact(slot, record)
-            if slot.previous is not None:  # each alias move signs the bytes it pointed at
-                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+            record = self.commit_staged(staged, draft, version, overwrite=overwrite, created_at=created_at)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -592,33 +548,52 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         )
         return record
 
-    def _describe(
+    def commit_staged(
         self,
-        model: Any,
-        model_name: str,
-        input_example: Any,
-        training_data: Any,
-        training_target: Any,
-        parent: str | None,
-    ) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
-        """The input signature, the lineage parts and a running ``git status`` for a save
-        (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized."""
-        from . import input_signature
+        staged: StagedArtifact,
+        draft: ModelMetadata,
+        version: str | None,
+        *,
+        overwrite: bool = False,
+        created_at: str | None = None,
+        sign: Callable[[ModelMetadata], str | None] | None = None,
+        key_for: Callable[[VersionClaim, str], str] | None = None,
+    ) -> ModelMetadata:
+        """The second half of a save: claim ``version`` (the next free one when ``None``), put the
+        staged artifact and the sidecar in place, and commit the index row and its history entry.
 
-        try:
-            signature = input_signature.infer(model, input_example)
-        except TypeError as exc:
-            raise MetadataError(str(exc)) from exc
-        parent_ref = None
-        if parent is not None:
-            parent_ref = lineage.parse_parent(parent, model_name)
-            self.get_version(*parent_ref)  # VersionNotFoundError when the parent does not exist
-        parts = {
-            "data_fingerprint": lineage.fingerprint(training_data) if training_data is not None else None,
-            "target_fingerprint": lineage.fingerprint(training_target) if training_target is not None else None,
-            "parent": parent_ref,
-        }
-        return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
+        ``draft`` is what :func:`modelkeep.saving.serialize` returns (its version, key and times
+        are set here). ``sign(record)`` gives the signature to store (default: this registry's
+        key); ``key_for(claim, extension)`` the artifact key (default: the usual one). A registry
+        server passes both, to keep the signature its client made (:mod:`modelkeep.api.transfers`);
+        either may raise to refuse the claim, which is then released with nothing written. The
+        caller checks permissions (:meth:`save_version` does, through ``acts``)."""
+        assert draft.artifact is not None
+        model_name = draft.model_name
+        ext = get_format(draft.artifact.format).extension(draft.artifact.compression)
+        with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+            now = utc_now()
+            key = (key_for or self._new_artifact_key)(slot, ext)
+            record = dataclasses.replace(
+                draft,
+                version=slot.version,
+                created_at=created_at or (slot.previous.created_at if slot.previous else now),
+                updated_at=now,
+                artifact=dataclasses.replace(draft.artifact, key=key),
+                signature=None,
+            )
+            record.signature = (sign or self.keyring.sign)(record)
+            try:
+                self._write_claimed_files(slot, record, staged)
+                slot.put(record, before_commit=self._blobs_check(draft.artifact.extra))
+            except BaseException:
+                slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
+                raise
+            if slot.previous is not None:
+                self._remove_replaced_artifact(slot, record)
+        if slot.previous is not None:  # each alias move signs the bytes it pointed at
+            self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+        return record
 
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
