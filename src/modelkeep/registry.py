@@ -37,8 +37,7 @@ from .errors import (
     VersionTrashedError,
     no_versions,
 )
-from .formats import Format, format_for_suffix, get_format
-from .formats.state_checks import checked
+from .formats import Format, get_format
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
@@ -48,7 +47,6 @@ from .promotions import PromotionMixin
 from .storage import open_store
 from .storage.hashing import Advance, Expected
 from .storage.hashing import no_advance as _no_advance
-from .storage.local import atomic_file
 from .storage.verified import CheckedFiles
 from .versions import validate_model_name, validate_version
 from .webhooks.api import EventsMixin
@@ -595,6 +593,15 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         return record
 
+    @acts("editor", "save versions")
+    def commit_uploaded(
+        self, staged: StagedArtifact, draft: ModelMetadata, version: str | None, **options: Any
+    ) -> ModelMetadata:
+        """:meth:`commit_staged` for an artifact a registry server's client uploaded: as the acting
+        identity, who needs the editor role (see :mod:`modelkeep.api.transfers`)."""
+        self.ensure_registry()
+        return self.commit_staged(staged, draft, version, **options)
+
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
     def _new_artifact_key(slot: VersionClaim, extension: str) -> str:
@@ -678,40 +685,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
     ) -> Any:
         """Read a model from a pickle or joblib file as :meth:`import_file` does, without saving it
         (the same checks: what a dry run of an import needs to know)."""
-        from .formats._restricted import TrustPolicy, joblib_load
-        from .loading import describe_unreadable
+        from .exporting import read_model_file
 
-        if not os.path.exists(path):
-            from .errors import ArtifactNotFoundError
-
-            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
-
-        where = os.fspath(path)
-        try:
-            if trust_file:
-                import joblib
-
-                logger.info("reading %s with plain joblib.load (trust_file)", where)
-                model = joblib.load(where)  # reads joblib and plain pickle files alike
-            else:
-                from .formats.budget import LoadBudget
-
-                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                budget = LoadBudget.for_artifact(os.path.getsize(where), self.max_load_memory)
-                model = checked(joblib_load(where, policy, budget=budget))
-        except UnsafeModelError as exc:
-            own = "use trust_file=True (modelkeep save --trust-file)"
-            error = UnsafeModelError(
-                f"{exc} To accept a file you wrote yourself, {own}.",
-                cli={**exc.cli_spelling, own: "use --trust-file"},
-            )
-            error.refused = exc.refused
-            raise error from exc
-        except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except Exception as exc:
-            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
-        return model
+        return read_model_file(path, [*self.trusted_types, *(trusted_types or [])], trust_file, self.max_load_memory)
 
     def import_file(
         self,
@@ -961,27 +937,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         only replaced with ``force=True``. A ``.joblib`` file is compressed as the
         stored version is, with a codec plain ``joblib.load`` reads (see
         :func:`modelkeep.exporting.export_compression`); a ``.pkl`` file is a plain pickle."""
-        out = Path(output)
-        fmt_name, compressed = format_for_suffix(out.name)
-        if out.is_dir():
-            raise StorageError(f"output {str(out)!r} is a directory; give a file name such as model.joblib")
-        if out.exists() and not force:
-            raise VersionExistsError(
-                f"output file {str(out)!r} already exists; pass force=True to replace it",
-                cli={"force=True": "--force"},
-            )
-        from .exporting import export_compression
+        from .exporting import write_export
 
-        model, record = self.load(model_name, version, return_metadata=True)
-        assert record.artifact is not None
-        fmt = get_format(fmt_name)
-        compression, note = export_compression(
-            out.name, fmt_name, compressed, record.artifact.format, record.artifact.compression
-        )
-        with atomic_file(out) as f:
-            fmt.dump(model, f, fmt.normalize_compression(compression or False))
-        logger.info("exported %s version %s to %s, %s", record.model_name, record.version, out, note)
-        return out
+        return write_export(self, model_name, version, output, force=force)
 
     def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
         """Check data ``X`` (DataFrame, array or tensor) against a version's input signature:
