@@ -669,6 +669,7 @@ def create_app(
     pages = _Pages(persistence, read_only=read_only, page_size=page_size, auth=auth, anonymous=anonymous)
     get, post = ["GET"], ["POST"]
     gate = pages.gate
+
     async def identify_api(request: Request) -> Identity | None:
         try:
             return await pages.identify(request)
