@@ -18,7 +18,7 @@ import pytest
 
 from modelkeep import ModelPersistence
 
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests._http_server"]
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
 

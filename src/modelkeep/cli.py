@@ -528,7 +528,7 @@ from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli'
 cli.add_command(keys)
 cli.add_command(sign)
 cli.add_command(export_signed)
-from . import cli_lifecycle, cli_search, cli_serve, cli_ui, cli_users  # noqa: E402  (commands defined in their own modules)
+from . import cli_lifecycle, cli_search, cli_serve, cli_server, cli_ui, cli_users  # noqa: E402  (commands defined in their own modules)
 
 cli.add_command(cli_lifecycle.alias)
 cli.add_command(cli_lifecycle.tag)
@@ -541,6 +541,7 @@ cli.add_command(cli_lifecycle.prune)
 
 cli.add_command(cli_search.search)
 cli.add_command(cli_ui.ui)
+cli.add_command(cli_server.server)
 cli.add_command(cli_serve.serve)
 cli.add_command(cli_users.users)
 from .cli_policy import approve, policy  # noqa: E402  (commands defined in their own modules)

@@ -57,8 +57,9 @@ def serve(
     allow_anonymous: bool = False,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    title: str = "UI",
 ) -> None:
-    """Serve the UI until Ctrl-C.
+    """Serve the UI until Ctrl-C (``title`` names it in messages: ``modelkeep {title}: URL``).
 
     With ``local`` accounts and no users configured, the UI is sign-in free on a
     loopback address; bound anywhere else it refuses to start (``ConfigError`` that
@@ -115,7 +116,7 @@ def serve(
             ssl_keyfile=ssl_keyfile,
         )
     )
-    echo(f"modelkeep UI: {url} (read-only)" if read_only else f"modelkeep UI: {url}")
+    echo(f"modelkeep {title}: {url} (read-only)" if read_only else f"modelkeep {title}: {url}")
     echo("Press Ctrl-C to stop.")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
@@ -123,4 +124,4 @@ def serve(
     # re-raises the signal, which here only means "stopped as asked".
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    echo("modelkeep UI stopped.")
+    echo(f"modelkeep {title} stopped.")
