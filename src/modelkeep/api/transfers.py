@@ -74,8 +74,10 @@ class Upload:
     created: float = field(default_factory=time.monotonic)
 
 
-class StaleUpload(VersionExistsError):
-    """The version or key a client signed for was taken meanwhile: plan, sign and commit again."""
+def stale(message: str) -> VersionExistsError:
+    """The version or key a client signed for was taken meanwhile: it plans, signs and commits
+    again (a plain :class:`VersionExistsError`, so it crosses the wire as that class)."""
+    return VersionExistsError(message)
 
 
 def _expected(request: Request) -> Expected:
@@ -174,7 +176,7 @@ def _key_rule(proposed: str) -> Any:
             and re.fullmatch(stem + r"\.r[0-9a-f]{12}" + re.escape(extension), proposed)
         ):
             return proposed
-        raise StaleUpload(
+        raise stale(
             f"model '{slot.model_name}' version '{slot.version}' is not what the client planned "
             f"(artifact key {proposed!r}); plan and sign again"
         )
@@ -331,11 +333,8 @@ class Transfers:
         try:
             draft = draft_from_client(body.get("record"), name, upload)
             record = await self.api.call(request, self._commit, upload, draft, body)
-        except StaleUpload:
-            self._put_back(upload_id, upload)  # the client plans, signs and commits it again
-            raise
         except BaseException:
-            self._put_back(upload_id, upload)
+            self._put_back(upload_id, upload)  # e.g. a version taken meanwhile: the client commits it again
             raise
         return _json({"record": record.to_dict()}, 201)
 
@@ -353,7 +352,7 @@ class Transfers:
 
         def sign(record: ModelMetadata) -> str | None:
             if manifest(record) != wanted:
-                raise StaleUpload(
+                raise stale(
                     f"model '{record.model_name}' version '{record.version}' is not the version the client "
                     f"signed for ({draft.version}); plan and sign again"
                 )
