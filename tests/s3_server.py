@@ -140,6 +140,11 @@ class FaultProxy:
         self.truncate: Callable[[str, str], int | None] = lambda _method, _path: None
         #: ``delay(method, path) -> seconds to hold the request before forwarding it``
         self.delay: Callable[[str, str], float] = lambda _method, _path: 0.0
+        #: ``refuse(method, path, headers, body) -> (status, S3 error code, message) or None``:
+        #: answer as S3 would where moto is lenient (moto checks neither checksums nor expiry)
+        self.refuse: Callable[[str, str, dict[str, str], bytes], tuple[int, str, str] | None] = (
+            lambda _method, _path, _headers, _body: None
+        )
         #: refuse a single ``CopyObject`` of a source larger than this, as S3 does above 5 GiB
         self.copy_limit: int | None = None
         #: requests being answered now, and the most seen at once, per ``kind(method, path)``
@@ -181,6 +186,17 @@ class FaultProxy:
                     with proxy._lock:
                         proxy.active[kind] -= 1
 
+            def _error(self, status: int, code: str, message: str) -> None:
+                payload = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message></Error>"
+                ).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _too_big_to_copy(self) -> bool:
                 source = self.headers.get("x-amz-copy-source")
                 if proxy.copy_limit is None or not source or "partNumber=" in self.path:
@@ -201,6 +217,14 @@ class FaultProxy:
                     status = proxy.fault(self.command, self.path)
                     if status is not None:
                         proxy.injected.append((self.command, self.path, status))
+                refused = (
+                    None if status is not None else proxy.refuse(self.command, self.path, dict(self.headers), body)
+                )
+                if refused is not None:
+                    with proxy._lock:
+                        proxy.injected.append((self.command, self.path, refused[0]))
+                    self._error(*refused)
+                    return
                 if status is None and self._too_big_to_copy():
                     with proxy._lock:
                         proxy.injected.append((self.command, self.path, 400))

@@ -430,11 +430,14 @@ def _quietly(action: Callable[[], Any]) -> None:
 
 def tuned_options(options: dict[str, Any] | None, max_concurrency: int) -> dict[str, Any] | None:
     """s3fs ``storage_options`` with a connection pool large enough for ``max_concurrency``
-    requests in flight (botocore's default pool holds 10)."""
+    requests in flight (botocore's default pool holds 10), and SigV4 named explicitly: botocore
+    signs requests with it anyway, but presigns URLs with SigV2 unless told (see :mod:`.presigned`)."""
     if options is None:
         return None
     config = options.setdefault("config_kwargs", {})
     config.setdefault("max_pool_connections", max(10, max_concurrency + 2))
+    if not options.get("anon"):
+        config.setdefault("signature_version", "s3v4")
     return options
 
 

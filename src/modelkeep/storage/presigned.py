@@ -1,0 +1,436 @@
+"""Presigned S3 transfers, server side: the server holds the credentials, clients get URLs.
+
+An upload is planned (:func:`plan_upload`) from what the client declares: the size and the
+SHA-256 of the whole file (one ``PUT``) or of each part (a multipart upload). Every URL is
+signed *with* its declared ``x-amz-checksum-sha256`` header, so S3 itself refuses bytes that
+do not hash to it (``BadDigest``) and a client cannot swap the header. The upload is staged
+under the registry's ``.tmp/`` prefix with a staged key's name, so ``gc`` aborts an abandoned
+multipart upload and removes an abandoned object like any interrupted save's.
+
+:func:`complete_upload` lists the parts S3 holds and refuses a missing, extra or resized part
+or one whose checksum differs from the plan, completes the upload, and then (by default) reads
+the staged object once through the hashing path (ranged GETs, parts in flight) to check the
+whole file and every part against the declaration before anyone commits it. That read is the
+check that does not depend on the S3 implementation: moto (the test server) enforces neither
+checksums nor expiry, and S3-compatible stores differ. It returns the SHA-256 and, given the
+artifact's payload ranges, the BLAKE3 record a load checks, computed by the server from the
+stored bytes, not taken from the client.
+
+:func:`presign_get` signs a ``GET`` that honours ``Range``, for
+:func:`modelkeep.storage.presigned_client.download_ranges`. The client side (no credentials,
+only URLs) is :mod:`.presigned_client`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from ..errors import ArtifactNotFoundError, ConfigError, IntegrityError, StorageError
+from ..layout import TMP_DIR
+from .hashing import SplitHash, new_hash
+from .s3 import MIN_PART_SIZE, S3Store
+
+#: S3's largest part, and largest single ``PUT``.
+MAX_PART_SIZE = 5 << 30
+#: S3's most parts in one upload.
+MAX_PARTS = 10_000
+#: A SigV4 presigned URL lives at most seven days.
+MAX_EXPIRES = 7 * 24 * 3600
+#: Part size when the caller names none.
+DEFAULT_PART_SIZE = 64 << 20
+
+
+@dataclass(frozen=True)
+class PartUrl:
+    """One ``PUT`` of a plan: bytes ``[start, end)`` of the file go to ``url`` with ``headers``."""
+
+    number: int
+    start: int
+    end: int
+    #: The declared SHA-256 of these bytes (hex); its base64 form is in ``headers``.
+    sha256: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """What a client needs to upload a file straight to the bucket, and what the server checks.
+
+    JSON-able (:meth:`to_json` / :meth:`from_json`). The server keeps its own copy (the plan
+    holds the declared digests :func:`complete_upload` checks against): never take a plan
+    back from a client."""
+
+    kind: Literal["single", "multipart"]
+    #: The staged key, relative to the store's root (under ``.tmp/``).
+    key: str
+    size: int
+    part_size: int
+    #: The declared SHA-256 of the whole file (hex), if the client declared it.
+    sha256: str | None
+    upload_id: str | None
+    parts: tuple[PartUrl, ...]
+    #: When the URLs stop working (seconds since the epoch).
+    expires_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A dict of JSON types (what a server sends a client)."""
+        out = asdict(self)
+        out["parts"] = [asdict(p) for p in self.parts]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UploadPlan:
+        """The plan :meth:`to_json` wrote; :class:`ConfigError` naming what is wrong otherwise."""
+        try:
+            parts = tuple(PartUrl(**p) for p in data["parts"])
+            plan = cls(**{**data, "parts": parts})
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"not an upload plan: {exc}") from exc
+        if plan.kind not in ("single", "multipart"):
+            raise ConfigError(f"not an upload plan: kind {plan.kind!r} is neither 'single' nor 'multipart'")
+        return plan
+
+
+@dataclass(frozen=True)
+class CompletedUpload:
+    """A staged upload checked against its plan: commit ``key`` (a staged key; for a checked
+    single ``PUT`` a server-side copy under a new name, which no client holds a URL for) under
+    the version's key with ``store.move`` once the version's claim is taken."""
+
+    key: str
+    size: int
+    #: SHA-256 of the whole file as stored (hex); ``None`` if the bytes were not read back.
+    sha256: str | None
+    #: SHA-256 of each part as declared and, when read back, as stored (hex).
+    part_sha256s: list[str]
+    #: The BLAKE3 record a load checks (``{"sha256", "skeleton", ["payload", "ranges"]}``),
+    #: when the bytes were read back.
+    blake3: dict[str, Any] | None = None
+
+
+def b64_sha256(hex_digest: str) -> str:
+    """The base64 form S3's ``x-amz-checksum-sha256`` header takes, of a hex SHA-256."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
+
+
+def _hex_sha256(value: str, what: str) -> str:
+    try:
+        raw = bytes.fromhex(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{what} is not a hex SHA-256: {value!r}") from exc
+    if len(raw) != 32:
+        raise ConfigError(f"{what} is not a hex SHA-256 (64 hex digits): {value!r}")
+    return raw.hex()
+
+
+def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` byte ranges of a file of ``size`` bytes cut in ``part_size`` parts."""
+    return [(start, min(size, start + part_size)) for start in range(0, size, part_size)] or [(0, 0)]
+
+
+async def _presign(fs: Any, method: str, params: dict[str, Any], expires: int) -> str:
+    await fs.set_session()
+    url: str = await fs.s3.generate_presigned_url(method, Params=params, ExpiresIn=expires)
+    return url
+
+
+def _presigned(store: S3Store, method: str, params: dict[str, Any], expires: int) -> str:
+    url = str(store.submit(_presign(store.fs, method, params, expires)).result())
+    if "X-Amz-Signature=" not in url:  # SigV2 signs no checksum header and lives past 7 days
+        raise ConfigError(
+            "presigned URLs need SigV4: open the store with storage_options "
+            "{'config_kwargs': {'signature_version': 's3v4'}} (open_store sets it unless anon)"
+        )
+    return url
+
+
+def _check_s3(store: Any) -> S3Store:
+    if not isinstance(store, S3Store):
+        raise ConfigError(f"presigned transfers need an S3 store, not {store.url}; stream the bytes instead")
+    return store
+
+
+def plan_upload(
+    store: S3Store,
+    size: int,
+    *,
+    sha256: str | None = None,
+    part_sha256s: Sequence[str] | None = None,
+    part_size: int = DEFAULT_PART_SIZE,
+    expires: int = 3600,
+    staging_key: str | None = None,
+) -> UploadPlan:
+    """Plan an upload of ``size`` bytes straight to the bucket, staged under ``.tmp/``.
+
+    With ``part_sha256s`` (the SHA-256 of each ``part_size`` slice of the file, hex) it is a
+    multipart upload created with ``ChecksumAlgorithm=SHA256``, one presigned ``UploadPart``
+    per part carrying that part's checksum; otherwise one presigned ``PUT`` carrying
+    ``sha256`` (required then). ``sha256`` is the whole file's; with parts it is optional and
+    checked by :func:`complete_upload` when given. ``expires`` (seconds, at most seven days)
+    bounds how long the URLs work. ``staging_key`` defaults to a fresh staged key
+    (``store.stage()``), whose name ``gc`` reads the upload's age from.
+    """
+    store = _check_s3(store)
+    if not isinstance(size, int) or size < 0:
+        raise ConfigError(f"upload size must be a whole number of bytes >= 0, not {size!r}")
+    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
+        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+    key = staging_key if staging_key is not None else store.stage().tmp_key
+    if not key.startswith(TMP_DIR + "/"):
+        raise ConfigError(f"an upload is staged under {TMP_DIR}/ (where gc finds it), not at {key!r}")
+    whole = _hex_sha256(sha256, "sha256") if sha256 is not None else None
+    bucket, path = store.bucket_key(key)
+    expires_at = time.time() + expires
+    if part_sha256s is None:
+        if whole is None:
+            raise ConfigError("a single-PUT upload needs the file's sha256 (S3 checks the bytes against it)")
+        if size > MAX_PART_SIZE:
+            raise ConfigError(f"{size} bytes is over S3's single-PUT limit ({MAX_PART_SIZE}); declare part_sha256s")
+        headers = {"x-amz-checksum-sha256": b64_sha256(whole)}
+        params: dict[str, Any] = {"Bucket": bucket, "Key": path, "ChecksumSHA256": headers["x-amz-checksum-sha256"]}
+        with store.translated("sign an upload to", key):
+            url = _presigned(store, "put_object", params, expires)
+        part = PartUrl(1, 0, size, whole, url, headers)
+        return UploadPlan("single", key, size, max(size, 1), whole, None, (part,), expires_at)
+    if not isinstance(part_size, int) or not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise ConfigError(
+            f"part_size must be {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes (S3's limits), not {part_size!r}"
+        )
+    ranges = part_ranges(size, part_size)
+    if len(ranges) > MAX_PARTS:
+        raise ConfigError(f"{len(ranges)} parts is over S3's {MAX_PARTS}; use a larger part_size")
+    if len(part_sha256s) != len(ranges):
+        raise ConfigError(
+            f"{size} bytes in parts of {part_size} make {len(ranges)} parts, "
+            f"but {len(part_sha256s)} part_sha256s were declared"
+        )
+    digests = [_hex_sha256(d, f"part {n} sha256") for n, d in enumerate(part_sha256s, 1)]
+    with store.translated("start an upload to", key):
+        started = store.call("create_multipart_upload", Bucket=bucket, Key=path, ChecksumAlgorithm="SHA256").result()
+        upload_id = str(started["UploadId"])
+    try:
+        parts = []
+        for n, ((start, end), digest) in enumerate(zip(ranges, digests, strict=True), 1):
+            headers = {"x-amz-checksum-sha256": b64_sha256(digest)}
+            params = {
+                "Bucket": bucket,
+                "Key": path,
+                "UploadId": upload_id,
+                "PartNumber": n,
+                "ChecksumSHA256": headers["x-amz-checksum-sha256"],
+            }
+            with store.translated("sign an upload to", key):
+                parts.append(PartUrl(n, start, end, digest, _presigned(store, "upload_part", params, expires), headers))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.abort_upload(key, upload_id)
+        raise
+    return UploadPlan("multipart", key, size, part_size, whole, upload_id, tuple(parts), expires_at)
+
+
+def presign_get(store: S3Store, key: str, expires: int = 3600) -> str:
+    """A URL that reads ``key`` for ``expires`` seconds (at most seven days), ``Range``
+    requests included: the byte source of :func:`.presigned_client.download_ranges`."""
+    store = _check_s3(store)
+    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
+        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+    bucket, path = store.bucket_key(key)
+    with store.translated("sign a download of", key):
+        return _presigned(store, "get_object", {"Bucket": bucket, "Key": path}, expires)
+
+
+def abort_upload(store: S3Store, plan: UploadPlan) -> None:
+    """Throw a planned upload away: abort its multipart upload (parts freed) or delete the
+    object a single ``PUT`` left. Idempotent; an upload already gone is not an error."""
+    store = _check_s3(store)
+    failed: StorageError | None = None
+    if plan.upload_id is not None:
+        bucket, path = store.bucket_key(plan.key)
+        try:
+            with store.translated("abort the upload of", plan.key):
+                store.call("abort_multipart_upload", Bucket=bucket, Key=path, UploadId=plan.upload_id).result()
+        except ArtifactNotFoundError:
+            pass  # completed or aborted already (NoSuchUpload)
+        except StorageError as exc:
+            failed = exc
+    store.delete(plan.key, missing_ok=True)  # a completed upload, or a single PUT, left an object
+    if failed is not None:
+        raise failed
+
+
+def _listed_parts(store: S3Store, plan: UploadPlan) -> list[dict[str, Any]]:
+    bucket, path = store.bucket_key(plan.key)
+    out: list[dict[str, Any]] = []
+    marker = 0
+    with store.translated("list the parts of", plan.key):
+        while True:
+            page = store.call(
+                "list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=marker
+            ).result()
+            out.extend(page.get("Parts", []))
+            if not page.get("IsTruncated"):
+                return out
+            marker = int(page["NextPartNumberMarker"])
+
+
+def _refuse(store: S3Store, plan: UploadPlan, why: str) -> IntegrityError:
+    """Abort the upload, and the error to raise: the bytes are not what was declared."""
+    with contextlib.suppress(Exception):
+        abort_upload(store, plan)
+    return IntegrityError(f"refusing the upload to {store.display_path(plan.key)}: {why}; nothing was committed")
+
+
+def _check_parts(store: S3Store, plan: UploadPlan) -> list[dict[str, Any]]:
+    """The parts to complete with, after checking S3's listing against the plan."""
+    listed = {int(p["PartNumber"]): p for p in _listed_parts(store, plan)}
+    planned = {p.number: p for p in plan.parts}
+    missing = sorted(set(planned) - set(listed))
+    extra = sorted(set(listed) - set(planned))
+    if missing:
+        raise _refuse(store, plan, f"part(s) {missing} of {len(planned)} were never uploaded")
+    if extra:
+        raise _refuse(store, plan, f"part(s) {extra} were not in the plan of {len(planned)} parts")
+    out = []
+    for n, part in sorted(planned.items()):
+        got = listed[n]
+        if int(got.get("Size", -1)) != part.end - part.start:
+            raise _refuse(store, plan, f"part {n} has {got.get('Size')} bytes, declared {part.end - part.start}")
+        checksum = got.get("ChecksumSHA256")
+        if checksum is not None and checksum != part.headers["x-amz-checksum-sha256"]:
+            raise _refuse(store, plan, f"part {n}'s SHA-256 is {checksum}, declared {b64_sha256(part.sha256)}")
+        entry = {"PartNumber": n, "ETag": got["ETag"]}
+        if checksum is not None:
+            entry["ChecksumSHA256"] = checksum
+        out.append(entry)
+    return out
+
+
+def complete_upload(
+    store: S3Store,
+    plan: UploadPlan,
+    *,
+    verify: bool = True,
+    ranges: Sequence[Sequence[int]] | None = None,
+) -> CompletedUpload:
+    """Check what the client uploaded against ``plan`` (the server's own copy), complete it,
+    and return the staged key to commit.
+
+    A multipart upload's parts are listed first: a part missing, added beyond the plan, of
+    another size, or with another SHA-256 than declared refuses the upload (aborted). With
+    ``verify`` (the default) the staged object is then read once, ranged GETs in parallel,
+    and its size, every part's SHA-256 and the whole file's (when declared) must match;
+    ``ranges`` (the artifact's payload ranges, from the client's format) add the BLAKE3
+    record a load checks. A mismatch deletes the staged object and raises
+    :class:`IntegrityError`; S3 failures are :class:`StorageError`. Without ``verify`` the
+    server relies on S3 having checked each signed checksum (real S3 does; moto does not),
+    and no byte passes through it.
+    """
+    store = _check_s3(store)
+    bucket, path = store.bucket_key(plan.key)
+    if plan.kind == "multipart":
+        parts = _check_parts(store, plan)
+        with store.translated("complete the upload of", plan.key):
+            store.call(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=path,
+                UploadId=plan.upload_id,
+                MultipartUpload={"Parts": parts},
+            ).result()
+    else:
+        try:
+            stored = store.size(plan.key)
+        except FileNotFoundError:
+            raise _refuse(store, plan, "nothing was uploaded") from None
+        if stored != plan.size:
+            raise _refuse(store, plan, f"it has {stored} bytes, declared {plan.size}")
+    store.fs.invalidate_cache()
+    declared = [p.sha256 for p in plan.parts]
+    if not verify:
+        return CompletedUpload(plan.key, plan.size, plan.sha256, declared)
+    key = plan.key
+    if plan.kind == "single":
+        # The client's PUT URL works until it expires: check (and hand on) a server-side copy
+        # it has no URL for, or it could replace the bytes between the check and the commit.
+        key = store.stage().tmp_key
+        store.move(plan.key, key)
+    try:
+        sha256, part_sha256s, blake3 = _read_back(store, key, plan, ranges)
+        for n, (want, got) in enumerate(zip(declared, part_sha256s, strict=True), 1):
+            if want != got:
+                raise IntegrityError(f"part {n}'s bytes hash to {got[:16]}..., declared {want[:16]}...")
+        if plan.sha256 is not None and plan.sha256 != sha256:
+            raise IntegrityError(f"its bytes hash to {sha256[:16]}..., declared {plan.sha256[:16]}...")
+    except IntegrityError as exc:
+        with contextlib.suppress(Exception):
+            store.delete(key, missing_ok=True)
+        raise _refuse(store, plan, str(exc)) from None
+    return CompletedUpload(key, plan.size, sha256, part_sha256s, blake3)
+
+
+def _read_back(
+    store: S3Store, key: str, plan: UploadPlan, ranges: Sequence[Sequence[int]] | None
+) -> tuple[str, list[str], dict[str, Any] | None]:
+    """Hash the staged object ``key`` as stored: whole-file and per-part SHA-256, and BLAKE3 split by
+    ``ranges``; :class:`IntegrityError` if it is shorter or longer than planned."""
+    whole = new_hash("sha256")
+    split = SplitHash([tuple(r) for r in ranges]) if ranges is not None else None  # type: ignore[misc]
+    bounds = [p.end for p in plan.parts]
+    part_hashes: list[str] = []
+    current = new_hash("sha256")
+    pos = 0
+    with store.stream_range(key, plan.size, probe=True) as chunks:
+        for chunk in _exact(chunks, plan.size, store.display_path(key)):
+            view = memoryview(chunk)
+            whole.update(view)
+            if split is not None:
+                split.update(view)
+            while view.nbytes:
+                take = min(view.nbytes, bounds[len(part_hashes)] - pos)
+                current.update(view[:take])
+                view, pos = view[take:], pos + take
+                if pos == bounds[len(part_hashes)] and len(part_hashes) < len(bounds) - 1:
+                    part_hashes.append(current.hexdigest())
+                    current = new_hash("sha256")
+    part_hashes.append(current.hexdigest())
+    sha256 = whole.hexdigest()
+    record: dict[str, Any] | None = None
+    if split is not None:
+        record = {"sha256": sha256, "skeleton": split.skeleton.hexdigest()}
+        if ranges:
+            record["payload"] = split.payload.hexdigest()
+            record["ranges"] = [list(r) for r in ranges]
+    return sha256, part_hashes, record
+
+
+def _exact(chunks: Iterator[bytes], size: int, where: str) -> Iterator[bytes]:
+    """``chunks`` cut at ``size`` bytes; :class:`IntegrityError` if they end before or go past it."""
+    got = 0
+    for chunk in chunks:
+        if got + len(chunk) > size:
+            raise IntegrityError(f"{where} is longer than the {size} bytes declared")
+        got += len(chunk)
+        yield chunk
+    if got != size:
+        raise IntegrityError(f"{where} has {got} bytes, declared {size}")
+
+
+__all__ = [
+    "DEFAULT_PART_SIZE",
+    "MAX_EXPIRES",
+    "CompletedUpload",
+    "PartUrl",
+    "UploadPlan",
+    "abort_upload",
+    "b64_sha256",
+    "complete_upload",
+    "part_ranges",
+    "plan_upload",
+    "presign_get",
+]

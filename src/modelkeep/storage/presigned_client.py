@@ -1,0 +1,425 @@
+"""Presigned S3 transfers, client side: no credentials, only the URLs a server handed out.
+
+* :func:`declare` hashes a file once into what :func:`.presigned.plan_upload` needs: the
+  SHA-256 of the whole file and of each part.
+* :func:`upload_plan` sends a plan's parts, ``max_concurrency`` ``PUT``\\ s in flight (memory:
+  that many parts, plus the one being read), each retried on connection errors and 5xx
+  answers. A refusal from S3 is a :class:`StorageError` that says why: the bytes did not
+  match their declared SHA-256, the URL expired, or the request did not match its signature.
+* :func:`download_ranges` reads a presigned ``GET`` as ranged requests in flight, yielded in
+  order; every answer's ``Content-Range`` must name the expected total, and the last request
+  asks for one byte more, so a shorter or grown object is refused.
+* :class:`UrlSource` feeds those chunks to :func:`.verified.read_artifact`: the same checked
+  load path as a store's (nothing is parsed before the digests match).
+
+Error messages name the URL without its query: the signature is a credential while it lives.
+httpx is imported when first used (``pip install modelkeep[client]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ArtifactNotFoundError, BackendUnavailableError, ConfigError, IntegrityError, StorageError
+from .hashing import Advance, Expected, VerifiedArtifact, no_advance
+from .presigned import PartUrl, UploadPlan, part_ranges
+from .verified import ChunkReader, read_artifact
+
+#: Requests in flight when nothing says otherwise.
+DEFAULT_CONCURRENCY = 8
+#: Size of each ranged GET.
+DEFAULT_READ_PART = 8 << 20
+#: Attempts after the first, on a connection error or a 5xx answer.
+DEFAULT_RETRIES = 3
+
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise BackendUnavailableError("presigned transfers need httpx: pip install modelkeep[client]") from exc
+    return httpx
+
+
+def where(url: str) -> str:
+    """``url`` without its query (the signature), for messages."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a client declares before an upload (:func:`declare`)."""
+
+    size: int
+    sha256: str
+    part_size: int
+    part_sha256s: list[str]
+
+
+@contextlib.contextmanager
+def _opened(source: Any) -> Iterator[IO[bytes]]:
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            yield f
+    else:
+        yield source
+
+
+def _read_exact(f: IO[bytes], n: int) -> bytes:
+    data = f.read(n)
+    if len(data) == n or not data:
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < n:
+        more = f.read(n - got)
+        if not more:
+            break
+        pieces.append(more)
+        got += len(more)
+    return b"".join(pieces)
+
+
+def _read_into(f: IO[bytes], view: memoryview) -> int:
+    """Fill ``view`` from ``f``; the bytes read (fewer only at the end of ``f``)."""
+    readinto = getattr(f, "readinto", None)
+    got = 0
+    while got < view.nbytes:
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = f.read(view.nbytes - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    return got
+
+
+class _Slices:
+    """A request body over a part's buffer, sent in slices without copying the part (an
+    iterable, so each retry sends it again from its start)."""
+
+    SLICE = 1 << 20
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, self._view.nbytes, self.SLICE):
+            yield self._view[start : start + self.SLICE]  # type: ignore[misc]
+
+
+def declare(source: str | os.PathLike[str] | IO[bytes], part_size: int) -> Declaration:
+    """Read ``source`` (a path, or a binary file at its start) once and return its size, its
+    SHA-256 and the SHA-256 of each ``part_size`` slice (hex). Memory: one part."""
+    if part_size <= 0:
+        raise ConfigError(f"part_size must be a positive number of bytes, not {part_size!r}")
+    whole = hashlib.sha256()
+    parts: list[str] = []
+    size = 0
+    with _opened(source) as f:
+        while True:
+            data = _read_exact(f, part_size)
+            if not data and parts:
+                break
+            whole.update(data)
+            parts.append(hashlib.sha256(data).hexdigest())
+            size += len(data)
+            if len(data) < part_size:
+                break
+    return Declaration(size, whole.hexdigest(), part_size, parts)
+
+
+_CODE = re.compile(rb"<Code>([^<]*)</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+
+
+def _refusal(what: str, url: str, status: int, body: bytes) -> StorageError:
+    """The error for S3's refusal of a presigned request, saying what it means."""
+    code_match, message_match = _CODE.search(body), _MESSAGE.search(body)
+    code = code_match.group(1).decode("utf-8", "replace") if code_match else ""
+    message = message_match.group(1).decode("utf-8", "replace") if message_match else ""
+    if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"):
+        reason = "S3 refused the bytes: they did not match their declared SHA-256"
+    elif "expired" in message.lower() or code == "ExpiredToken":
+        reason = "the presigned URL expired; ask the server for a new plan"
+    elif code == "SignatureDoesNotMatch":
+        reason = "the request did not match its signature (a signed header was changed or left out)"
+    elif status == 403:
+        reason = "access denied (the URL expired or was not signed for this request)"
+    else:
+        reason = "refused"
+    detail = f" ({code}: {message})" if code or message else ""
+    return StorageError(f"cannot {what} {where(url)}: HTTP {status}, {reason}{detail}")
+
+
+def _request(
+    client: Any,
+    method: str,
+    url: str,
+    what: str,
+    retries: int,
+    *,
+    ok: tuple[int, ...],
+    **kwargs: Any,
+) -> Any:
+    """One request, retried on connection errors and 5xx answers; anything else not in
+    ``ok`` is a :class:`StorageError` saying what S3 meant."""
+    httpx = _httpx()
+    for attempt in range(retries + 1):
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            if attempt == retries:
+                raise StorageError(
+                    f"cannot {what} {where(url)}: {type(exc).__name__} after {attempt + 1} attempts"
+                ) from exc
+        else:
+            if response.status_code in ok:
+                return response
+            if response.status_code < 500 or attempt == retries:
+                if response.status_code == 404:
+                    raise ArtifactNotFoundError(f"cannot {what} {where(url)}: not found")
+                raise _refusal(what, url, response.status_code, response.content)
+        time.sleep(min(2.0, 0.1 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _client(client: Any, max_concurrency: int, timeout: float) -> contextlib.AbstractContextManager[Any]:
+    if client is not None:
+        return contextlib.nullcontext(client)
+    httpx = _httpx()
+    limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+    return httpx.Client(timeout=timeout, limits=limits)
+
+
+def upload_plan(
+    plan: UploadPlan | dict[str, Any],
+    source: str | os.PathLike[str] | IO[bytes],
+    *,
+    max_concurrency: int = DEFAULT_CONCURRENCY,
+    timeout: float = 60.0,
+    retries: int = DEFAULT_RETRIES,
+    progress: Callable[[int], None] | None = None,
+    client: Any = None,
+) -> list[str]:
+    """Upload ``source`` (a path, or a binary file at its start) by ``plan``'s URLs; return
+    each part's ETag, in part order.
+
+    Parts are read in order and sent as soon as read, at most ``max_concurrency`` at once,
+    so memory stays near ``(max_concurrency + 1) x plan.part_size`` whatever the file's size.
+    ``progress`` is called with the bytes of each part once S3 has it. ``client`` is an
+    ``httpx.Client`` to use (one with a pool of ``max_concurrency`` is made otherwise).
+    A refusal (see the module) or a failure after ``retries`` is a :class:`StorageError`;
+    a source of another size than planned is a :class:`ConfigError`. The server aborts a
+    failed upload (the client has no credentials to)."""
+    if isinstance(plan, dict):
+        plan = UploadPlan.from_json(plan)
+    if max_concurrency < 1:
+        raise ConfigError(f"max_concurrency must be at least 1, not {max_concurrency!r}")
+    if isinstance(source, (str, os.PathLike)) and os.path.getsize(source) != plan.size:
+        raise ConfigError(f"{os.fspath(source)} has {os.path.getsize(source)} bytes, the plan {plan.size}")
+    etags: dict[int, str] = {}
+    in_flight: deque[tuple[PartUrl, bytearray, Future[str]]] = deque()
+    free: list[bytearray] = []  # at most max_concurrency + 1 part buffers, reused
+
+    with _client(client, max_concurrency, timeout) as http, ThreadPoolExecutor(max_concurrency) as pool:
+
+        def put(part: PartUrl, body: memoryview) -> str:
+            what = f"upload part {part.number} of {len(plan.parts)} to"
+            headers = {**part.headers, "Content-Length": str(body.nbytes)}
+            response = _request(http, "PUT", part.url, what, retries, ok=(200,), content=_Slices(body), headers=headers)
+            return str(response.headers.get("ETag", ""))
+
+        def wait_oldest() -> None:
+            part, buf, future = in_flight.popleft()
+            etags[part.number] = future.result()
+            free.append(buf)
+            if progress is not None:
+                progress(part.end - part.start)
+
+        try:
+            with _opened(source) as f:
+                for part in plan.parts:
+                    while len(in_flight) >= max_concurrency:  # memory: parts in flight x part size
+                        wait_oldest()
+                    buf = free.pop() if free else bytearray(plan.part_size)
+                    body = memoryview(buf)[: part.end - part.start]
+                    got = _read_into(f, body)
+                    if got != body.nbytes:
+                        raise ConfigError(f"the source ended at {part.start + got} bytes; the plan has {plan.size}")
+                    in_flight.append((part, buf, pool.submit(put, part, body)))
+                if f.read(1):
+                    raise ConfigError(f"the source has more than the {plan.size} bytes planned")
+            while in_flight:
+                wait_oldest()
+        except BaseException:
+            for _, _, future in in_flight:
+                future.cancel()
+            raise
+    return [etags[p.number] for p in plan.parts]
+
+
+def _ranges(size: int, part_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each GET; the last asks for one byte past ``size`` (the probe),
+    and is never the probe byte alone."""
+    end = size + 1
+    ranges = [(start, min(end, start + part_size)) for start in range(0, end, part_size)]
+    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] == 1:
+        ranges[-2:] = [(ranges[-2][0], end)]
+    return ranges
+
+
+_TOTAL = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _get(client: Any, url: str, size: int, start: int, stop: int, retries: int) -> bytes:
+    """Bytes ``[start, min(stop, size))`` of the object behind ``url``;
+    :class:`IntegrityError` if it is not ``size`` bytes long."""
+    shown = where(url)
+    if size == 0:  # an empty object has no byte to ask a range of
+        response = _request(client, "GET", url, "download", retries, ok=(200,))
+        if response.content:
+            raise IntegrityError(f"integrity check failed for {shown}: it is longer than the 0 bytes expected")
+        return b""
+    response = _request(
+        client, "GET", url, "download", retries, ok=(206, 416), headers={"Range": f"bytes={start}-{stop - 1}"}
+    )
+    if response.status_code == 416:
+        raise IntegrityError(f"integrity check failed for {shown}: it is shorter than the {size} bytes expected")
+    match = _TOTAL.fullmatch(response.headers.get("Content-Range", ""))
+    if match is None or match.group(3) == "*":
+        raise StorageError(f"cannot download {shown}: the answer to a ranged GET has no Content-Range total")
+    total = int(match.group(3))
+    if total != size:
+        shape = "longer" if total > size else "shorter"
+        raise IntegrityError(
+            f"integrity check failed for {shown}: it is {shape} ({total} bytes) than the {size} expected"
+        )
+    data: bytes = response.content
+    if len(data) != min(stop, size) - start or int(match.group(1)) != start:
+        raise IntegrityError(
+            f"integrity check failed for {shown}: a ranged GET returned {len(data)} bytes at {match.group(1)}"
+        )
+    return data
+
+
+def download_ranges(
+    url: str,
+    size: int,
+    *,
+    max_concurrency: int = DEFAULT_CONCURRENCY,
+    part_size: int = DEFAULT_READ_PART,
+    timeout: float = 60.0,
+    retries: int = DEFAULT_RETRIES,
+    client: Any = None,
+) -> Iterator[bytes]:
+    """The ``size`` bytes behind a presigned ``GET`` ``url`` in order, as ranged GETs of
+    ``part_size``, ``max_concurrency`` in flight (memory: that many chunks).
+
+    Each answer's ``Content-Range`` must say the object has ``size`` bytes and the last
+    request asks one byte past it, so an object shorter or longer than ``size`` is an
+    :class:`IntegrityError` (possibly after chunks were yielded: hash what you read, as
+    :class:`UrlSource` does, before using it). Refusals are :class:`StorageError`."""
+    if max_concurrency < 1 or part_size < 1:
+        raise ConfigError("max_concurrency and part_size must be at least 1")
+    if size < 0:
+        raise ConfigError(f"size must be >= 0, not {size!r}")
+    with _client(client, max_concurrency, timeout) as http, ThreadPoolExecutor(max_concurrency) as pool:
+        pending: deque[Future[bytes]] = deque()
+        todo = iter(_ranges(size, part_size))
+        try:
+            for start, stop in todo:
+                pending.append(pool.submit(_get, http, url, size, start, stop, retries))
+                if len(pending) >= max_concurrency:
+                    break
+            while pending:
+                chunk = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_get, http, url, size, *nxt, retries))
+                yield chunk
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class UrlSource:
+    """A read-only artifact behind a presigned ``GET``: what a client without credentials
+    loads from, through the same checked path as a store (:meth:`open_artifact`)."""
+
+    def __init__(
+        self,
+        url: str,
+        size: int,
+        *,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+        part_size: int = DEFAULT_READ_PART,
+        timeout: float = 60.0,
+        client: Any = None,
+    ) -> None:
+        self.url = url
+        self._size = size
+        self.max_concurrency, self.part_size, self.timeout, self.client = max_concurrency, part_size, timeout, client
+
+    def size(self) -> int:
+        """The size the server said the object has (the download refuses any other)."""
+        return self._size
+
+    def display_path(self) -> str:
+        """The URL without its signature."""
+        return where(self.url)
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[Iterator[bytes]]:
+        """The object's bytes in order (:func:`download_ranges`)."""
+        chunks = download_ranges(
+            self.url,
+            self._size,
+            max_concurrency=self.max_concurrency,
+            part_size=self.part_size,
+            timeout=self.timeout,
+            client=self.client,
+        )
+        try:
+            yield chunks
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def open_artifact(self, expected: Expected | str, advance: Advance = no_advance) -> Iterator[VerifiedArtifact]:
+        """The bytes in private memory after checking them against ``expected`` (a record's
+        digests, or a SHA-256), as :meth:`ArtifactStore.open_artifact` gives them: read once,
+        nothing returned before every digest matches."""
+        if isinstance(expected, str):
+            expected = Expected(expected, self._size)
+        with self.stream() as chunks:
+            out = read_artifact(ChunkReader(chunks).readinto, self._size, expected, self.display_path(), advance)
+        try:
+            yield out
+        finally:
+            out.file.close()
+
+
+__all__ = [
+    "Declaration",
+    "UrlSource",
+    "declare",
+    "download_ranges",
+    "part_ranges",
+    "upload_plan",
+    "where",
+]

@@ -1,0 +1,461 @@
+"""Presigned S3 transfers (issue 28, storage layer): the server plans and checks, a client with
+no credentials moves the bytes with httpx straight to and from the bucket (moto on loopback).
+
+moto enforces neither the signed ``x-amz-checksum-sha256`` nor a URL's expiry, so tampering is
+shown twice: against plain moto, where :func:`complete_upload` reading the staged object back
+is what refuses it, and through a proxy that answers as S3 does (``BadDigest``, ``Request has
+expired``), where the client must say what the refusal means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from modelkeep import ModelPersistence
+from modelkeep.errors import ConfigError, IntegrityError, StorageError
+from modelkeep.storage import S3Store, open_store
+from modelkeep.storage.hashing import Expected, HashingWriter
+from modelkeep.storage.presigned import (
+    UploadPlan,
+    abort_upload,
+    b64_sha256,
+    complete_upload,
+    plan_upload,
+    presign_get,
+)
+from modelkeep.storage.presigned_client import UrlSource, declare, download_ranges, upload_plan
+from tests.s3_server import FaultProxy, S3Bucket, s3_options
+
+MiB = 1 << 20
+PART = 5 * MiB  # S3's smallest part
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.s3
+
+
+def _store(bucket: S3Bucket, endpoint: str | None = None) -> S3Store:
+    store = open_store(bucket.url(), s3_options(endpoint or bucket.endpoint_url))
+    assert isinstance(store, S3Store)
+    return store
+
+
+def _data(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def _file(tmp_path: Path, data: bytes, name: str = "artifact.bin") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _stored(bucket: S3Bucket, key: str) -> bytes:
+    body: bytes = bucket.client.get_object(Bucket=bucket.name, Key=f"models/{key}")["Body"].read()
+    return body
+
+
+def _plan(store: S3Store, path: Path, *, multipart: bool, expires: int = 600) -> UploadPlan:
+    dec = declare(path, PART)
+    if multipart:
+        return plan_upload(
+            store, dec.size, sha256=dec.sha256, part_sha256s=dec.part_sha256s, part_size=PART, expires=expires
+        )
+    return plan_upload(store, dec.size, sha256=dec.sha256, expires=expires)
+
+
+# -- round trips ----------------------------------------------------------------------------
+
+
+def test_single_put_round_trip(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """One presigned PUT with its SHA-256 in the signed headers, completed and read back by
+    the server, then loaded by a client through the checked load path."""
+    store = _store(s3_bucket)
+    data = _data(3 * MiB + 7)
+    path = _file(tmp_path, data)
+    plan = _plan(store, path, multipart=False)
+    assert plan.kind == "single" and plan.key.startswith(".tmp/") and len(plan.parts) == 1
+    query = parse_qs(urlsplit(plan.parts[0].url).query)
+    assert "x-amz-checksum-sha256" in query["X-Amz-SignedHeaders"][0].split(";")  # S3 checks the bytes
+    assert plan.parts[0].headers == {"x-amz-checksum-sha256": b64_sha256(hashlib.sha256(data).hexdigest())}
+    sent: list[int] = []
+    etags = upload_plan(json.loads(json.dumps(plan.to_json())), path, progress=sent.append)
+    assert len(etags) == 1 and etags[0] and sent == [len(data)]
+    done = complete_upload(store, plan)
+    assert (
+        done.key != plan.key
+        and done.key.startswith(".tmp/")
+        and done.sha256 == hashlib.sha256(data).hexdigest()
+        and done.size == len(data)
+    )
+    assert _stored(s3_bucket, done.key) == data
+    # the PUT URL still works, but the checked bytes live under a key it does not name
+    _put(plan.parts[0].url, data[::-1], plan.parts[0].headers)
+    assert _stored(s3_bucket, done.key) == data
+
+    url = presign_get(store, done.key, expires=600)
+    source = UrlSource(url, len(data), part_size=MiB, max_concurrency=3)
+    with source.open_artifact(Expected(done.sha256 or "", len(data))) as art:
+        assert art.file.read() == data
+    assert "X-Amz-Signature" not in source.display_path()
+
+
+def test_multipart_round_trip_with_blake3_record(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Parts in parallel, each with its own signed checksum; the server's read-back gives the
+    per-part digests and the BLAKE3 record a load checks, computed from the stored bytes."""
+    store = _store(s3_bucket)
+    data = _data(3 * PART + 12345, seed=1)
+    path = _file(tmp_path, data)
+    dec = declare(path, PART)
+    plan = plan_upload(store, dec.size, sha256=dec.sha256, part_sha256s=dec.part_sha256s, part_size=PART)
+    assert plan.kind == "multipart" and plan.upload_id and [p.number for p in plan.parts] == [1, 2, 3, 4]
+    assert [(p.start, p.end) for p in plan.parts][-1] == (3 * PART, len(data))
+    assert UploadPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    sent: list[int] = []
+    with open(path, "rb") as reader:  # a reader works as well as a path
+        etags = upload_plan(plan, reader, max_concurrency=3, progress=sent.append)
+    assert len(set(etags)) == 4 and sum(sent) == len(data)
+    ranges = [[100, 200, PART + 50], [2 * PART, 2 * PART + 8, 3 * PART]]
+    done = complete_upload(store, plan, ranges=ranges)
+    assert done.part_sha256s == dec.part_sha256s and done.sha256 == dec.sha256
+    # the record the save path (HashingWriter with the same payload ranges) would have written
+    writer = HashingWriter(io.BytesIO())
+    pos = 0
+    for start, data_start, end in ranges:
+        writer.write(data[pos:start])
+        with writer.payload(end - data_start):
+            writer.write(data[start:end])
+        pos = end
+    writer.write(data[pos:])
+    writer.done_writing()
+    assert done.blake3 == writer.blake3_record()
+    assert s3_bucket.pending_uploads() == []
+    assert _stored(s3_bucket, plan.key) == data
+
+    url = presign_get(store, plan.key)
+    chunks = list(download_ranges(url, len(data), part_size=3 * MiB, max_concurrency=4))
+    assert b"".join(chunks) == data and max(len(c) for c in chunks) <= 3 * MiB
+    expected = Expected.of(done.sha256 or "", len(data), {"blake3": done.blake3})
+    assert expected.fast  # the BLAKE3 record is one a load accepts
+    with UrlSource(url, len(data)).open_artifact(expected) as art:
+        assert bytes(art.file.read(100)) == data[:100]
+
+
+def test_empty_file_round_trip(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _store(s3_bucket)
+    path = _file(tmp_path, b"")
+    plan = _plan(store, path, multipart=False)
+    upload_plan(plan, path)
+    done = complete_upload(store, plan)
+    assert done.sha256 == hashlib.sha256(b"").hexdigest()
+    assert list(download_ranges(presign_get(store, done.key), 0)) == [b""]
+
+
+# -- tampering, against plain moto: the server's read-back refuses it --------------------------
+
+
+def _put(url: str, body: bytes, headers: dict[str, str]) -> None:
+    httpx.put(url, content=body, headers=headers, timeout=60).raise_for_status()
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_wrong_bytes_for_their_declared_digest_are_refused(
+    multipart: bool, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """A client sends other bytes of the same size with the declared checksum header (moto
+    takes them): completing refuses, and nothing stays staged."""
+    store = _store(s3_bucket)
+    data = _data(2 * PART + 10, seed=2)
+    plan = _plan(store, _file(tmp_path, data), multipart=multipart)
+    evil = bytearray(data)
+    evil[PART + 3] ^= 1
+    for part in plan.parts:
+        _put(part.url, bytes(evil[part.start : part.end]), part.headers)
+    with pytest.raises(IntegrityError, match="refusing the upload") as info:
+        complete_upload(store, plan)
+    assert "hash to" in str(info.value) and "\n" not in str(info.value)
+    assert s3_bucket.object_keys("models/.tmp/") == [] and s3_bucket.pending_uploads() == []
+
+
+def test_swapped_parts_are_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _store(s3_bucket)
+    data = _data(2 * PART, seed=3)
+    plan = _plan(store, _file(tmp_path, data), multipart=True)
+    one, two = plan.parts
+    _put(one.url, data[two.start : two.end], one.headers)
+    _put(two.url, data[one.start : one.end], two.headers)
+    with pytest.raises(IntegrityError, match=r"part 1's bytes hash to"):
+        complete_upload(store, plan)
+    assert s3_bucket.object_keys("models/") == []
+
+
+def test_missing_part_is_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _store(s3_bucket)
+    data = _data(3 * PART, seed=4)
+    plan = _plan(store, _file(tmp_path, data), multipart=True)
+    for part in (plan.parts[0], plan.parts[2]):
+        _put(part.url, data[part.start : part.end], part.headers)
+    with pytest.raises(IntegrityError, match=r"part\(s\) \[2\] of 3 were never uploaded"):
+        complete_upload(store, plan)
+    assert s3_bucket.pending_uploads() == []  # aborted: no billed parts left behind
+
+
+def test_part_added_after_the_plan_is_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Someone able to upload parts (a leaked credential) adds part 3 to a two-part plan."""
+    store = _store(s3_bucket)
+    data = _data(2 * PART, seed=5)
+    plan = _plan(store, _file(tmp_path, data), multipart=True)
+    for part in plan.parts:
+        _put(part.url, data[part.start : part.end], part.headers)
+    s3_bucket.client.upload_part(
+        Bucket=s3_bucket.name, Key=f"models/{plan.key}", UploadId=plan.upload_id, PartNumber=3, Body=b"payload"
+    )
+    with pytest.raises(IntegrityError, match=r"part\(s\) \[3\] were not in the plan"):
+        complete_upload(store, plan)
+    assert s3_bucket.pending_uploads() == [] and s3_bucket.object_keys("models/") == []
+
+
+def test_resized_part_and_nothing_uploaded_are_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _store(s3_bucket)
+    data = _data(2 * PART + 100, seed=6)
+    plan = _plan(store, _file(tmp_path, data), multipart=True)
+    for part in plan.parts:
+        body = data[part.start : part.end]
+        _put(part.url, body + b"!" if part.number == 3 else body, part.headers)
+    with pytest.raises(IntegrityError, match="part 3 has 101 bytes, declared 100"):
+        complete_upload(store, plan)
+    single = _plan(store, _file(tmp_path, data[:1000], "small.bin"), multipart=False)
+    with pytest.raises(IntegrityError, match="nothing was uploaded"):
+        complete_upload(store, single)
+    grown = _plan(store, _file(tmp_path, data[:1000], "small.bin"), multipart=False)
+    _put(grown.parts[0].url, data[:1001], grown.parts[0].headers)
+    with pytest.raises(IntegrityError, match="1001 bytes, declared 1000"):
+        complete_upload(store, grown)
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []
+
+
+# -- what S3 itself refuses (moto does not): a proxy that answers as S3 does -------------------
+
+
+def s3_rules(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
+    """S3's answers to a presigned request that moto lets through: an expired URL, and a body
+    that does not hash to its signed ``x-amz-checksum-sha256`` (or a changed header)."""
+    query = parse_qs(urlsplit(path).query)
+    if "X-Amz-Date" not in query:
+        return None
+    signed = time.mktime(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")) - time.timezone
+    if time.time() > signed + int(query["X-Amz-Expires"][0]):
+        return 403, "AccessDenied", "Request has expired"
+    header = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-sha256")
+    if "x-amz-checksum-sha256" in query["X-Amz-SignedHeaders"][0].split(";"):
+        if header is None:
+            return 403, "SignatureDoesNotMatch", "The request signature we calculated does not match"
+        if header != b64_sha256(hashlib.sha256(body).hexdigest()):
+            return 400, "BadDigest", "The SHA256 you specified did not match the calculated checksum."
+    return None
+
+
+@pytest.fixture
+def strict_s3(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
+    fault_proxy.refuse = s3_rules
+    yield fault_proxy
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_s3_refusal_of_tampered_bytes_is_a_clear_error(
+    multipart: bool, s3_bucket: S3Bucket, strict_s3: FaultProxy, tmp_path: Path
+) -> None:
+    """The plan signs each declared checksum, so S3 refuses other bytes at the PUT; the client
+    says so in one line without the URL's signature, and does not retry a refusal."""
+    store = _store(s3_bucket, strict_s3.endpoint_url)
+    data = _data(2 * PART + 1, seed=7)
+    path = _file(tmp_path, data)
+    plan = _plan(store, path, multipart=multipart)
+    evil = bytearray(data)
+    evil[-1] ^= 0xFF
+    path.write_bytes(evil)
+    with pytest.raises(StorageError, match="did not match their declared SHA-256") as info:
+        upload_plan(plan, path, max_concurrency=2)
+    message = str(info.value)
+    assert "BadDigest" in message and "X-Amz-Signature" not in message and "\n" not in message
+    assert [status for _, _, status in strict_s3.injected] == [400]  # refused once, not retried
+    abort_upload(store, plan)
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []
+    # the same check refuses a client that leaves the signed header out
+    clean = _plan(store, _file(tmp_path, data, "clean.bin"), multipart=multipart)
+    refused = httpx.put(clean.parts[0].url, content=data[: clean.parts[0].end])
+    assert refused.status_code == 403
+    abort_upload(store, clean)
+
+
+def test_expired_urls_are_refused(s3_bucket: S3Bucket, strict_s3: FaultProxy, tmp_path: Path) -> None:
+    store = _store(s3_bucket, strict_s3.endpoint_url)
+    data = _data(1000)
+    path = _file(tmp_path, data)
+    plan = _plan(store, path, multipart=False, expires=1)
+    time.sleep(2.2)
+    with pytest.raises(StorageError, match="presigned URL expired"):
+        upload_plan(plan, path)
+    fresh = _plan(store, path, multipart=False)
+    upload_plan(fresh, path)
+    done = complete_upload(store, fresh)
+    url = presign_get(store, done.key, expires=1)
+    time.sleep(2.2)
+    with pytest.raises(StorageError, match="presigned URL expired"):
+        list(download_ranges(url, len(data)))
+    with pytest.raises(ConfigError, match="expires must be 1 to 604800"):
+        presign_get(store, done.key, expires=0)
+
+
+# -- downloads refuse an object of another size -----------------------------------------------
+
+
+@pytest.mark.parametrize("change", [-1, +1, -3 * MiB, +3 * MiB])
+def test_download_refuses_truncated_or_grown_object(change: int, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _store(s3_bucket)
+    size = 4 * MiB + 3
+    data = _data(size, seed=8)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="models/m/1/m.bin", Body=data)
+    url = presign_get(store, "m/1/m.bin")
+    assert b"".join(download_ranges(url, size, part_size=MiB)) == data
+    changed = data[: size + change] if change < 0 else data + _data(change, seed=9)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="models/m/1/m.bin", Body=changed)
+    with pytest.raises(IntegrityError, match="shorter" if change < 0 else "longer"):
+        b"".join(download_ranges(url, size, part_size=MiB, max_concurrency=2))
+    with pytest.raises(IntegrityError), UrlSource(url, size).open_artifact(hashlib.sha256(data).hexdigest()):
+        pass
+
+
+def test_download_refuses_same_size_other_bytes_through_urlsource(s3_bucket: S3Bucket) -> None:
+    store = _store(s3_bucket)
+    data = _data(2 * MiB, seed=10)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="models/m/1/m.bin", Body=data[::-1])
+    source = UrlSource(presign_get(store, "m/1/m.bin"), len(data), part_size=MiB)
+    with (
+        pytest.raises(IntegrityError, match="differ from those saved"),
+        source.open_artifact(hashlib.sha256(data).hexdigest()),
+    ):
+        pass
+
+
+def test_cut_body_is_retried_then_a_storage_error(s3_bucket: S3Bucket, fault_proxy: FaultProxy) -> None:
+    """A GET whose body stops short of its Content-Length is retried; if it keeps happening
+    the download fails with one StorageError (never returns short bytes)."""
+    store = _store(s3_bucket, fault_proxy.endpoint_url)
+    data = _data(3 * MiB, seed=11)
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="models/m/1/m.bin", Body=data)
+    url = presign_get(store, "m/1/m.bin")
+    cuts = iter([100])  # the first GET is cut, its retry is whole
+    fault_proxy.truncate = lambda m, p: next(cuts, None) if m == "GET" else None
+    assert b"".join(download_ranges(url, len(data), part_size=MiB, max_concurrency=1)) == data
+    assert [s for *_, s in fault_proxy.injected] == [-100]
+    fault_proxy.truncate = lambda m, p: 100 if m == "GET" else None
+    with pytest.raises(StorageError, match="after 2 attempts"):
+        list(download_ranges(url, len(data), part_size=MiB, retries=1))
+
+
+# -- housekeeping ---------------------------------------------------------------------------------
+
+
+def test_abandoned_presigned_multipart_upload_is_aborted_by_gc(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A client that never finishes leaves a billed, invisible multipart upload under .tmp/:
+    gc keeps it while young (its age comes from the staged key's name) and aborts it after."""
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,
+    )
+    p.ensure_registry()
+    assert isinstance(p.store, S3Store)
+    data = _data(2 * PART, seed=12)
+    plan = _plan(p.store, _file(tmp_path, data), multipart=True)
+    first = plan.parts[0]
+    _put(first.url, data[first.start : first.end], first.headers)
+    assert s3_bucket.pending_uploads() == [f"models/{plan.key}"]
+    young = p.gc()
+    assert [i for i in young.kept if plan.upload_id and plan.upload_id in i.key]
+    report = p.gc(min_age_seconds=0)
+    aborted = [i for i in report.removed if plan.upload_id and plan.upload_id in i.key]
+    assert len(aborted) == 1 and aborted[0].size == PART and report.ok
+    assert s3_bucket.pending_uploads() == []
+    abort_upload(p.store, plan)  # already gone: not an error
+    p.close()
+
+
+def test_bad_input_is_refused_clearly(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    store = _store(s3_bucket)
+    digest = hashlib.sha256(b"x").hexdigest()
+    with pytest.raises(ConfigError, match="need an S3 store"):
+        plan_upload(open_store(tmp_path), 1, sha256=digest)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="needs the file's sha256"):
+        plan_upload(store, 10)
+    with pytest.raises(ConfigError, match="make 2 parts, but 1 part_sha256s"):
+        plan_upload(store, PART + 1, part_sha256s=[digest], part_size=PART)
+    with pytest.raises(ConfigError, match="part_size must be"):
+        plan_upload(store, 10, part_sha256s=[digest], part_size=1024)
+    with pytest.raises(ConfigError, match="not a hex SHA-256"):
+        plan_upload(store, 10, sha256="../../etc")
+    with pytest.raises(ConfigError, match=r"staged under \.tmp/"):
+        plan_upload(store, 1, sha256=digest, staging_key="m/1/m.bin")
+    with pytest.raises(ConfigError, match="not an upload plan"):
+        UploadPlan.from_json({"kind": "single"})
+    plan = plan_upload(store, 1, sha256=digest)
+    with pytest.raises(ConfigError, match="has 2 bytes, the plan 1"):
+        upload_plan(plan, _file(tmp_path, b"xy"))
+    assert s3_bucket.pending_uploads() == []
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+UPLOADER = """
+import json, sys, resource
+from modelkeep.storage.presigned import UploadPlan
+from modelkeep.storage.presigned_client import upload_plan
+import httpx
+
+spec = json.loads(sys.argv[1])
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+with httpx.Client() as warm:  # load httpx's lazily imported parts before the baseline
+    pass
+before = rss("VmRSS:")
+upload_plan(UploadPlan.from_json(spec["plan"]), spec["path"], max_concurrency=spec["concurrency"])
+print(json.dumps({"before": before, "peak": rss("VmHWM:")}))
+"""
+
+
+def test_upload_memory_is_bounded_by_parts_in_flight(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A 64 MiB upload in 5 MiB parts, 2 in flight, in a process of its own: its peak RSS grows
+    by a few parts, not by the file."""
+    store = _store(s3_bucket)
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        for seed in range(16):
+            f.write(_data(4 * MiB, seed=seed))
+    plan = _plan(store, path, multipart=True)
+    assert len(plan.parts) == 13
+    spec = {"plan": plan.to_json(), "path": str(path), "concurrency": 2}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", UPLOADER, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    rss = json.loads(out.stdout)
+    grown = rss["peak"] - rss["before"]
+    print(f"peak RSS grew by {grown / MiB:.1f} MiB for a 64 MiB upload (2 x 5 MiB parts in flight)")
+    assert grown < (2 + 1) * PART + 16 * MiB  # parts in flight + the one being read + slack
+    done = complete_upload(store, plan)
+    assert done.size == 64 * MiB and done.sha256 == declare(path, PART).sha256
