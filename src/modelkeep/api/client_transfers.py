@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 UPLOAD_READ = 1 << 20
 #: Bytes per chunk of a download.
 DOWNLOAD_CHUNK = 1 << 20
+#: Artifacts from this size up go straight to an S3 store's bucket (smaller ones through the server).
+PRESIGNED_MIN = 8 << 20
+#: Part size of a presigned multipart upload.
+PRESIGNED_PART = 16 << 20
 #: How many times a save plans and signs again when other writers keep taking its version.
 COMMIT_ATTEMPTS = 8
 
@@ -85,14 +89,29 @@ class VersionFiles(ArtifactStore):
 
     @contextlib.contextmanager
     def stream(self, key: str) -> Iterator[Iterator[bytes]]:
+        """``key``'s bytes: streamed by the server, or, when it redirects to a presigned S3 URL,
+        read from the bucket with ranged GETs in parallel (:mod:`modelkeep.storage.presigned_client`)."""
         httpx = _httpx()
         path = self._path(key)
         try:
             with self.client._http.stream("GET", path) as response:
-                if response.status_code >= 400:
+                if response.status_code in (302, 303, 307, 308) and "location" in response.headers:
+                    location = str(response.headers["location"])
+                elif response.status_code >= 400:
                     response.read()
                     self.client.decode(response)
-                yield self._chunks(response)
+                    location = ""
+                else:
+                    location = ""
+                    yield self._chunks(response)
+            if location:
+                from ..storage.presigned_client import download_ranges
+
+                chunks = download_ranges(location, self.size(key), timeout=self.client._http.timeout.read or 60.0)
+                try:
+                    yield chunks
+                finally:
+                    chunks.close()  # type: ignore[attr-defined]
         except httpx.TimeoutException as exc:
             raise StorageError(f"the registry server {self.client.url} did not answer in time ({exc})") from None
         except httpx.TransportError as exc:
@@ -359,19 +378,23 @@ class TransferMixin:
         art = draft.artifact
         name = draft.model_name
         plan_params = {"version": version or "", "overwrite": "1" if overwrite else "", "extension": ext}
-        expected = {"size": art.size, "sha256": art.sha256, "blake3": art.extra.get(BLAKE3_KEY)}
-        with open(path, "rb") as f:
-            answer = self.request(
-                "POST",
-                "/uploads",
-                params={"model": name, **plan_params},
-                content=_read_chunks(f),
-                headers={
-                    EXPECTED_HEADER: json.dumps(expected),
-                    "Content-Length": str(art.size),
-                    "Content-Type": "application/octet-stream",
-                },
-            )
+        answer = None
+        if art.size >= PRESIGNED_MIN and getattr(self, "_presigned_ok", True):
+            answer = self._upload_presigned(path, art, {"model": name, **plan_params})
+        if answer is None:
+            expected = {"size": art.size, "sha256": art.sha256, "blake3": art.extra.get(BLAKE3_KEY)}
+            with open(path, "rb") as f:
+                answer = self.request(
+                    "POST",
+                    "/uploads",
+                    params={"model": name, **plan_params},
+                    content=_read_chunks(f),
+                    headers={
+                        EXPECTED_HEADER: json.dumps(expected),
+                        "Content-Length": str(art.size),
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
         upload, plan = answer["upload"], answer["plan"]
         try:
             for _attempt in range(COMMIT_ATTEMPTS):
@@ -399,6 +422,35 @@ class TransferMixin:
             if upload is not None:
                 with contextlib.suppress(ModelKeepError):
                     self.request("DELETE", f"/uploads/{upload}")
+
+    def _upload_presigned(self, path: Path, art: Any, params: dict[str, str]) -> dict[str, Any] | None:
+        """Upload straight to the server's bucket when its store is S3 (the server plans the upload
+        and checks it at the commit); ``None`` when the server streams bytes itself."""
+        from ..errors import ConfigError
+        from ..storage.presigned_client import declare, upload_plan
+
+        declared = declare(path, PRESIGNED_PART)
+        body = {
+            **params,
+            "overwrite": bool(params.get("overwrite")),
+            "size": declared.size,
+            "sha256": declared.sha256,
+            "part_size": declared.part_size,
+            "part_sha256s": declared.part_sha256s,
+            "blake3": art.extra.get(BLAKE3_KEY),
+        }
+        try:
+            answer: dict[str, Any] = self.request("POST", "/uploads/presigned", json=body)
+        except ConfigError:  # not an S3 store: stream through the server from now on
+            self._presigned_ok = False
+            return None
+        try:
+            upload_plan(answer["presigned"], path, timeout=self._http.timeout.read or 60.0)
+        except BaseException:
+            with contextlib.suppress(ModelKeepError):
+                self.request("DELETE", f"/uploads/{answer['upload']}")
+            raise
+        return answer
 
     def _signed(self, draft: ModelMetadata, version: str, key: str) -> ModelMetadata:
         assert draft.artifact is not None

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from ..errors import IntegrityError, MetadataError, VersionExistsError
 from ..formats import get_format
@@ -51,12 +51,17 @@ from ..versions import next_version, validate_model_name, validate_version
 if TYPE_CHECKING:
     from ..index.claims import VersionClaim
     from ..storage import ArtifactStore
-    from .routes import Api, Endpoint
+    from .endpoint import Endpoint
+    from .routes import Api
 
 #: Header of an upload: ``{"size", "sha256", "blake3"}`` as the client measured them.
 EXPECTED_HEADER = "X-Modelkeep-Expected"
 #: Bytes gathered from the request before one write to the store (the server's memory per upload).
 UPLOAD_CHUNK = 4 << 20
+#: Seconds a presigned download URL works.
+PRESIGNED_GET_SECONDS = 900
+#: Header of a redirect to a presigned download: the artifact's size.
+SIZE_HEADER = "X-Modelkeep-Size"
 #: Seconds an upload waits for its commit.
 UPLOAD_TTL = 3600.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -72,6 +77,8 @@ class Upload:
     blake3: dict[str, Any] | None
     user: str | None
     created: float = field(default_factory=time.monotonic)
+    #: For an upload straight to S3: the server's copy of the plan, completed at the commit.
+    presigned: Any = None
 
 
 def stale(message: str) -> VersionExistsError:
@@ -240,6 +247,11 @@ class Transfers:
         store: ArtifactStore = self.api.p.store
         return store
 
+    @property
+    def s3(self) -> Any:
+        """The store, for :mod:`modelkeep.storage.presigned` (which refuses any but S3 clearly)."""
+        return self.api.p.store
+
     def _user(self, request: Request) -> str | None:
         who = getattr(request.state, "user", None)
         return None if who is None else str(who.name)
@@ -251,7 +263,12 @@ class Transfers:
             gone = [self.uploads.pop(k) for k in old]
         for upload in gone:
             with contextlib.suppress(Exception):
-                self.store.delete(upload.tmp_key, missing_ok=True)
+                if upload.presigned is not None:
+                    from ..storage.presigned import abort_upload
+
+                    abort_upload(self.s3, upload.presigned)
+                else:
+                    self.store.delete(upload.tmp_key, missing_ok=True)
 
     def _take(self, upload_id: Any, request: Request) -> Upload:
         with self._lock:
@@ -310,6 +327,66 @@ class Transfers:
             out["plan"] = {"version": version, "key": key}
         return _json(out, 201)
 
+    async def upload_presigned(self, request: Request) -> Response:
+        """Plan an upload straight to the bucket (S3 stores): the client declares the size and the
+        SHA-256 of the file and of each part (and its BLAKE3 record); S3 is asked to refuse other
+        bytes, and the commit reads the staged object back to check it (:func:`.presigned.complete_upload`)."""
+        from ..storage.presigned import plan_upload
+        from .endpoint import read_json
+
+        self._expire()
+        body = await read_json(request)
+        try:
+            size, sha, part_size = int(body["size"]), str(body["sha256"]), int(body["part_size"])
+            parts = [str(d) for d in body["part_sha256s"]]
+        except (KeyError, TypeError, ValueError):
+            raise MetadataError("a presigned upload needs size, sha256, part_size and part_sha256s") from None
+        blake = body.get("blake3")
+        expected = Expected.of(sha, size, {BLAKE3_KEY: blake} if isinstance(blake, dict) else None)
+        if blake is not None and not expected.fast:
+            raise MetadataError("the upload's blake3 record is malformed")
+        name = body.get("model")
+        plan_for = None
+        if name:
+            name = validate_model_name(str(name))
+            version = validate_version(str(body["version"])) if body.get("version") else None
+            extension = str(body.get("extension", ""))
+            if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
+                raise MetadataError(f"bad artifact extension {extension!r}")
+            plan_for = (name, version, bool(body.get("overwrite")), extension)
+        upload_plan = await run_in_threadpool(
+            lambda: plan_upload(self.s3, size, sha256=sha, part_sha256s=parts, part_size=part_size)
+        )
+        blake3 = _blake3_record(expected)
+        upload = Upload(upload_plan.key, size, sha, blake3, self._user(request), presigned=upload_plan)
+        upload_id = uuid.uuid4().hex
+        self._put_back(upload_id, upload)
+        out: dict[str, Any] = {"upload": upload_id, "presigned": upload_plan.to_json()}
+        if plan_for is not None:
+            version, key = await self.api.call(request, plan, self.api.p, *plan_for)
+            out["plan"] = {"version": version, "key": key}
+        return _json(out, 201)
+
+    def _complete(self, upload: Upload) -> None:
+        """Check a presigned upload's staged object against its plan and the declared digests
+        (read back once by the server), so the commit moves checked bytes; once."""
+        from ..storage.presigned import abort_upload, complete_upload
+
+        if upload.presigned is None:
+            return
+        ranges = (upload.blake3 or {}).get("ranges") or []
+        try:
+            done = complete_upload(self.s3, upload.presigned, ranges=ranges)
+            if done.sha256 != upload.sha256 or done.blake3 != upload.blake3:
+                with contextlib.suppress(Exception):
+                    self.store.delete(done.key, missing_ok=True)
+                raise IntegrityError("the uploaded bytes do not match their declared digests")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                abort_upload(self.s3, upload.presigned)
+            raise
+        upload.tmp_key, upload.presigned = done.key, None
+
     async def plan(self, request: Request) -> Response:
         """The version and key a save would get now."""
         name = validate_model_name(request.path_params["name"])
@@ -319,17 +396,23 @@ class Transfers:
     async def discard(self, request: Request) -> Response:
         """Drop a pending upload (the client gave up)."""
         upload = self._take(request.path_params["upload"], request)
-        await run_in_threadpool(self.store.delete, upload.tmp_key, missing_ok=True)
+        if upload.presigned is not None:
+            from ..storage.presigned import abort_upload
+
+            await run_in_threadpool(abort_upload, self.s3, upload.presigned)
+        else:
+            await run_in_threadpool(self.store.delete, upload.tmp_key, missing_ok=True)
         return _json({"discarded": True})
 
     async def commit(self, request: Request) -> Response:
         """Commit a pending upload as a version, with the record and signature the client made."""
-        from .routes import read_json
+        from .endpoint import read_json
 
         name = validate_model_name(request.path_params["name"])
         body = await read_json(request)
         upload_id = str(body.get("upload", ""))
         upload = self._take(upload_id, request)
+        await run_in_threadpool(self._complete, upload)  # a refused presigned upload is aborted, not put back
         try:
             draft = draft_from_client(body.get("record"), name, upload)
             record = await self.api.call(request, self._commit, upload, draft, body)
@@ -399,6 +482,13 @@ class Transfers:
         return await self._send(blob_key(sha), int(sizes[sha]))
 
     async def _send(self, key: str, size: int) -> Response:
+        from ..storage.s3 import S3Store
+
+        if isinstance(self.store, S3Store):  # the bytes go bucket -> client (see presigned_client)
+            from ..storage.presigned import presign_get
+
+            url = await run_in_threadpool(presign_get, self.store, key, PRESIGNED_GET_SECONDS)
+            return RedirectResponse(url, status_code=307, headers={SIZE_HEADER: str(size)})
         local = self.store.local_path(key)
         if local is not None:
             if not local.is_file():
@@ -419,7 +509,7 @@ class Transfers:
     async def missing_blobs(self, request: Request) -> Response:
         """Which of ``{"blobs": [[sha, size], ...]}`` the store lacks (to upload before the commit)."""
         from ..blobs import BlobStore
-        from .routes import read_json
+        from .endpoint import read_json
 
         body = await read_json(request)
         wanted = body.get("blobs")
@@ -476,19 +566,20 @@ def _blob_list(value: Any) -> bool:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    from .routes import json_response
+    from .endpoint import json_response
 
     return json_response(data, status)
 
 
 def transfer_endpoints(api: Api) -> list[Endpoint]:
     """The routes that upload and download artifacts."""
-    from .routes import Endpoint
+    from .endpoint import Endpoint
 
     t = Transfers(api)
     api.transfers = t  # type: ignore[attr-defined]
     return [
         Endpoint("POST", "/uploads", t.upload, "Stage an artifact's bytes (streamed); answers an upload id and a plan"),
+        Endpoint("POST", "/uploads/presigned", t.upload_presigned, "Plan an upload straight to S3 (S3 stores only)"),
         Endpoint("DELETE", "/uploads/{upload}", t.discard, "Drop a pending upload"),
         Endpoint("GET", "/models/{name}/plan", t.plan, "The version and artifact key a save would get now"),
         Endpoint(
