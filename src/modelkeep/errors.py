@@ -242,5 +242,9 @@ class InputSchemaError(ModelKeepError, ValueError):
         self.result = result
 
 
+class RequestError(ModelKeepError, ValueError):
+    """A request to ``modelkeep server`` that it cannot read: a missing or mistyped argument."""
+
+
 class WebhookNotFoundError(ModelKeepError, KeyError):
     """No webhook (or delivery) with that id in this registry."""
