@@ -18,7 +18,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..errors import AuthenticationError, BackendUnavailableError, ConfigError, ModelKeepError, StorageError
+from ..errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ConfigError,
+    ModelKeepError,
+    ServerOnlyError,
+    StorageError,
+)
 from ..identity import Identity
 from .client_transfers import TransferMixin
 from .wire import (
@@ -481,6 +488,13 @@ class HttpRegistry(TransferMixin):
         """Not over HTTP (yet): the event feed is read on the server's host."""
         raise server_only("events")
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class lacks: a local registry's parts (store, webhooks,
+        # access...) are on the server's host. ServerOnlyError is an AttributeError: hasattr works.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise server_only(f"'{name}'")
+
     def ensure_registry(self) -> None:
         """Nothing to do: the server's registry exists (its first save creates it)."""
 
@@ -542,9 +556,9 @@ class RemoteUsers:
         return int(self._r.request("DELETE", f"/users/{segment(name)}/tokens")["revoked"])
 
 
-def server_only(what: str) -> ConfigError:
+def server_only(what: str) -> ServerOnlyError:
     """The error for something a registry server's client cannot do."""
-    return ConfigError(
+    return ServerOnlyError(
         f"{what} is not available through a registry server: run it on the server's host, "
         "against the registry itself (its models_dir and registry_url)"
     )
