@@ -83,6 +83,8 @@ class HttpServer:
     side: ServerSide
     process: subprocess.Popen[bytes] | None = None
     _stop: Any = None
+    #: In-process servers: the very registry object the server calls (its engine, its store).
+    served: ModelPersistence | None = None
 
     def direct(self, **kwargs: Any) -> ModelPersistence:
         """The server's registry opened without HTTP (as the server opens it)."""
@@ -227,11 +229,57 @@ def _in_process(side: ServerSide, token: str) -> Iterator[HttpServer]:
         thread.join(timeout=30)
         persistence.close()
 
-    running = HttpServer(f"http://127.0.0.1:{port}", token, side, None, stop)
+    running = HttpServer(f"http://127.0.0.1:{port}", token, side, None, stop, persistence)
     try:
         yield running
     finally:
         running.stop()
+
+
+class OverHttp:
+    """A registry used through a server, as a suite written for ``ModelPersistence`` uses it.
+
+    Every attribute the HTTP client has comes from the client (so it runs over HTTP); the rest
+    (``save``/``load`` until the client has them, ``store``, ...) from the server's registry
+    the server itself uses (in process). ``.client`` and ``.direct`` are both reachable.
+    """
+
+    def __init__(self, server: HttpServer, client: Any, direct: ModelPersistence) -> None:
+        self.server, self.client, self.direct = server, client, direct
+
+    #: What the client refuses (it runs on the server's host): the suites use the registry itself.
+    SERVER_SIDE = frozenset({"index", "gc", "reindex", "backfill_params", "sign", "verify_alias", "events"})
+
+    def __getattr__(self, name: str) -> Any:
+        client = self.__dict__["client"]
+        if name not in self.SERVER_SIDE and (hasattr(type(client), name) or name in vars(client)):
+            return getattr(client, name)
+        return getattr(self.__dict__["direct"], name)
+
+    def close(self) -> None:
+        self.client.close()
+        self.direct.close()
+
+    def __enter__(self) -> OverHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OverHttp({self.server.url})"
+
+
+@contextlib.contextmanager
+def over_http(side: ServerSide, workdir: Path) -> Iterator[OverHttp]:
+    """An in-process server on ``side``'s registry, used as :class:`OverHttp` (the admin's token)."""
+    with running_server(side, workdir, in_process=True) as server:
+        assert server.served is not None
+        registry = OverHttp(server, server.client(), server.served)
+        try:
+            yield registry
+        finally:
+            registry.client.close()  # the served registry is closed with the server
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -270,8 +318,5 @@ def any_registry(registry_kind: str, tmp_path: Path) -> Iterator[Any]:
         yield p
         p.close()
         return
-    with running_server(side, tmp_path / "server", in_process=True) as server:
-        client = server.client()
-        client.server = server  # tests that need the registry behind it: any_registry.server.direct()
-        yield client
-        client.close()
+    with over_http(side, tmp_path / "server") as registry:
+        yield registry

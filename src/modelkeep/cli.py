@@ -261,7 +261,7 @@ def save(
         metadata=metadata,
         trust_file=trust_file,
     )
-    location = _artifact_location(open_registry(ctx).store, record)
+    location = _artifact_location(open_registry(ctx), record)
     if as_json:
         emit_json({**record.to_dict(), "path": location})
     else:
@@ -338,7 +338,7 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
     registry = read_registry(ctx)
     record = registry.get_version(model_name, version)
-    location = _artifact_location(registry.store, record)
+    location = _artifact_location(registry, record)
     verdict = registry.keyring.verdict(record)
     if as_json:
         emit_json(
@@ -599,8 +599,12 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return data
 
 
-def _artifact_location(store: ArtifactStore, record: ModelMetadata) -> str | None:
-    """Where the version's artifact lives: a local path, or a URL for remote stores."""
+def _artifact_location(registry: Any, record: ModelMetadata) -> str | None:
+    """Where the version's artifact lives: a local path, or a URL for remote stores (behind
+    a registry server: the server's URL and the artifact's key there)."""
     if record.artifact is None:
         return None
+    store: ArtifactStore | None = getattr(registry, "store", None)
+    if store is None:
+        return f"{registry.url} ({record.artifact.key})"
     return str(store.display_path(record.artifact.key))

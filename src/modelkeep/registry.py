@@ -1031,6 +1031,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """
         from .compare import comparison_frame
 
+        return comparison_frame(self._comparison_records(model_name, versions, filter), params)
+
+    def _comparison_records(
+        self, model_name: str, versions: list[str] | None, filter: str | Node | None
+    ) -> list[ModelMetadata]:
+        """The records :meth:`compare_versions` compares (``modelkeep server`` sends these, and
+        its client builds the same DataFrame from them)."""
         if filter is not None:
             from .search import matching_versions
 
@@ -1038,11 +1045,10 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             if versions is not None:
                 wanted = {self.get_version(model_name, v).version for v in versions}
                 records = [r for r in records if r.version in wanted]
-        elif versions is None:
-            records = self.list_version_records(model_name)
-        else:
-            records = [self.get_version(model_name, v) for v in versions]
-        return comparison_frame(records, params)
+            return records
+        if versions is None:
+            return self.list_version_records(model_name)
+        return [self.get_version(model_name, v) for v in versions]
 
     # -- search (implemented in modelkeep.search) ------------------------------------
     def search_versions(
