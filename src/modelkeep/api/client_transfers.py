@@ -199,7 +199,9 @@ class TransferMixin:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - HttpRegistry's
         raise NotImplementedError
 
-    def get_version(self, model_name: str, version: str | None = None) -> ModelMetadata:  # pragma: no cover
+    def get_version(  # pragma: no cover - HttpRegistry's
+        self, model_name: str, version: str | None = None, *, alias: str | None = None
+    ) -> ModelMetadata:
         raise NotImplementedError
 
     @cached_property
@@ -529,8 +531,7 @@ class TransferMixin:
         name, version, alias = split_reference(model_name, version, alias)
         if require_signed_alias:
             raise ConfigError("require_signed_alias cannot be checked through a registry server yet: load by version")
-        reference = f"@{alias}" if alias is not None else version
-        record = self.get_version(name, reference)
+        record = self.get_version(name, version, alias=alias)
         if validate is not None:
             from ..input_signature import InputSchemaError, check
 

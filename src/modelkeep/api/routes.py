@@ -12,9 +12,7 @@ list builds the Starlette routes and the OpenAPI document served at ``/api/v1/op
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,44 +30,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 #: Who sent a request (``None``: a sign-in free server); raises HTTPException or AuthenticationError.
 Identify = Callable[[Request], Awaitable[Identity | None]]
 
-#: Largest JSON request body read into memory (uploads stream, and are not JSON).
-MAX_JSON_BODY = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One route of the API: ``path`` is relative to :data:`~modelkeep.api.wire.API_PREFIX`."""
-
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-
-
-def json_response(data: Any, status: int = 200) -> JSONResponse:
-    """``data`` as a JSON response (records go through their ``to_dict`` first)."""
-    return JSONResponse(data, status_code=status)
+# Declared in .endpoint, which .transfers shares without importing this module back.
+from .endpoint import MAX_JSON_BODY, Endpoint, json_response, read_json  # noqa: E402,F401
 
 
 def error_response(exc: ModelKeepError) -> JSONResponse:
     """A library error as the API's JSON error."""
     return JSONResponse(error_body(exc), status_code=status_for(exc))
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object body (``{}`` when empty); a clear 400 when it is not one."""
-    body = await request.body()
-    if len(body) > MAX_JSON_BODY:
-        raise HTTPException(413, f"a JSON body is limited to {MAX_JSON_BODY} bytes")
-    if not body:
-        return {}
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise HTTPException(400, "the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "the request body must be a JSON object")
-    return data
 
 
 class Api:
