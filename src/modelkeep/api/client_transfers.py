@@ -196,6 +196,11 @@ class TransferMixin:
     options: dict[str, Any]
     _http: Any
 
+    @property
+    def keyring(self) -> signing.Keyring:  # pragma: no cover - HttpRegistry's (a cached property)
+        """This client's keys: it signs saves and judges loads with them."""
+        raise NotImplementedError
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - HttpRegistry's
         raise NotImplementedError
 
@@ -235,19 +240,9 @@ class TransferMixin:
             quarantine_timeout=float(s["quarantine_timeout"] or quarantine_mod.DEFAULT_TIMEOUT),
             quarantine_memory_mb=s["quarantine_memory_mb"],
             max_load_memory=None if s["max_load_memory"] is None else parse_size(s["max_load_memory"]),
-            keyring=signing.resolve_keyring(
-                signing_key=o.get("signing_key") or None,
-                signing_key_file=o.get("signing_key_file"),
-                trusted_keys=o.get("trusted_keys"),
-                require_signatures=o.get("require_signatures"),
-            ),
+            keyring=self.keyring,
             cache=open_cache(0 if str(cache_max).strip() == "0" else cache_max),
         )
-
-    @property
-    def keyring(self) -> signing.Keyring:
-        """What this client signs with and trusts (the server never sees the keys)."""
-        return self._settings.keyring
 
     @property
     def trusted_types(self) -> list[str]:
