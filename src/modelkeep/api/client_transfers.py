@@ -161,6 +161,18 @@ def _httpx() -> Any:
     return httpx
 
 
+class _Scratch(LocalStore):
+    """The client's scratch folder for one save: its files only feed an upload, so they are not
+    ``fsync``'ed (a crash loses nothing committed; the folder is removed after the save)."""
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        from ..storage.local import durable_write
+
+        with durable_write(self.full_path(key), sync=False) as f:
+            yield f
+
+
 @dataclasses.dataclass
 class _Settings:
     """A client's own save and load settings (arguments, else ``MODELKEEP_*`` variables)."""
@@ -321,7 +333,7 @@ class TransferMixin:
             lambda name, v: self.get_version(name, v),
         )
         with tempfile.TemporaryDirectory(prefix="modelkeep-upload-") as scratch_dir:
-            scratch = LocalStore(scratch_dir)
+            scratch = _Scratch(scratch_dir)
             blobs = None
             if fmt.uses_blobs:
                 from ..blobs import BlobStore
@@ -346,7 +358,7 @@ class TransferMixin:
                 assert path is not None
                 return self._upload_and_commit(path, draft, version, overwrite, created_at, fmt.extension(compression))
 
-    def _upload_blobs(self, scratch: LocalStore, draft: ModelMetadata) -> None:
+    def _upload_blobs(self, scratch: _Scratch, draft: ModelMetadata) -> None:
         """Send the blobs of a native-format save that the server's store lacks."""
         assert draft.artifact is not None
         wanted = [[str(sha), int(size)] for sha, size in draft.artifact.extra.get("blobs") or ()]

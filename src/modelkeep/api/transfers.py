@@ -32,6 +32,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,18 +115,20 @@ class _Sink:
         self.split = SplitHash(expected.ranges) if expected.fast else None
         self.size = 0
         self._stack = contextlib.ExitStack()
+        self._pool = self._stack.enter_context(ThreadPoolExecutor(1))
         self._raw = self._stack.enter_context(store.open_write(tmp_key))
 
     def write(self, data: bytes | bytearray) -> None:
         self.size += len(data)
         if self.size > (self.expected.size or 0):
             raise IntegrityError(f"the upload is longer than the {self.expected.size} bytes announced")
+        blake = self._pool.submit(self.split.update, data) if self.split is not None else None
         view = memoryview(data)
         while view:
             view = view[self._raw.write(view) or 0 :]
-        self.sha.update(data)
-        if self.split is not None:
-            self.split.update(data)
+        self.sha.update(data)  # hashlib and blake3 release the GIL: the two digests run side by side
+        if blake is not None:
+            blake.result()
 
     def finish(self) -> None:
         """Make the bytes durable, then check them against what the client announced."""
