@@ -148,3 +148,40 @@ def test_a_large_upload_streams_through_the_server_in_bounded_memory(http_server
     grew = after_load - before
     print(f"server peak RSS {before / MiB:.0f} MiB -> {during_save / MiB:.0f} (save) -> {after_load / MiB:.0f} (load)")
     assert grew < 64 * MiB, f"the server's peak memory grew by {grew / MiB:.0f} MiB for a 256 MiB artifact"
+
+
+def test_a_server_killed_during_a_presigned_upload_commits_nothing(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL + S3: the server dies while the client sends parts straight to the bucket. The
+    commit cannot happen (one-line StorageError), the open multipart upload is gc's once the
+    server is back, and the save succeeds when tried again."""
+    from modelkeep.storage import presigned_client
+    from tests.conftest import PG_URL, postgres_schema
+
+    if PG_URL is None:
+        pytest.fail("set MODELKEEP_TEST_POSTGRES_URL: this test needs PostgreSQL")
+    upload_plan = presigned_client.upload_plan
+    model = {"w": np.random.default_rng(5).random(12 * MiB // 8)}
+    with postgres_schema() as schema:
+        side = ServerSide(s3_bucket.url(), PG_URL, schema, s3_bucket.storage_options)
+        with running_server(side, tmp_path / "first") as server, server.client() as client:
+
+            def dying(plan: Any, source: Any, **kwargs: Any) -> Any:
+                server.kill()  # the plan is out; the parts go to the bucket without the server
+                return upload_plan(plan, source, **kwargs)
+
+            monkeypatch.setattr(presigned_client, "upload_plan", dying)
+            with pytest.raises(StorageError) as caught:
+                client.save_version(model, "big", compress=False)
+            assert "\n" not in str(caught.value) and server.url in str(caught.value)
+        monkeypatch.setattr(presigned_client, "upload_plan", upload_plan)
+        with running_server(side, tmp_path / "second") as server, server.client() as client:
+            assert "big" not in client.list_models()
+            with server.direct() as direct:
+                report = direct.gc(min_age_seconds=0)
+                assert any(TMP_DIR in item.key for item in report.removed), report
+                assert direct.verify().ok
+            rec = client.save_version(model, "big", compress=False)
+            assert rec.version == "1.0.0"
+            assert np.array_equal(client.load("big")["w"], model["w"])
