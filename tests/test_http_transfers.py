@@ -349,3 +349,18 @@ def test_a_presigned_upload_of_other_bytes_is_refused_at_the_commit(
         assert "big" not in c.list_models()
     with http_server_pg_s3.direct() as d:
         assert d.verify().ok
+
+
+@pytest.mark.parametrize(
+    "name", ["save", "save_version", "load", "read_file", "import_file", "export_file", "check_input"]
+)
+def test_transfer_methods_take_the_arguments_of_a_local_registry(name: str) -> None:
+    """User code written for ModelPersistence runs unchanged against a server."""
+    import inspect
+
+    from modelkeep.api.client import HttpRegistry
+
+    def params(fn: Any) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    assert params(getattr(HttpRegistry, name)) == params(getattr(ModelPersistence, name))
