@@ -81,7 +81,7 @@ class VersionFiles(ArtifactStore):
         if key == self.record.artifact.key:
             return f"{self._base}/artifact"
         if key.startswith(BLOB_DIR + "/"):
-            return f"{self._base}/blobs/{key.rsplit('/', 1)[-1]}"
+            return f"{self._base}/blobs/{_segment(key.rsplit('/', 1)[-1])}"
         raise self.not_found(key)
 
     def display_path(self, key: str) -> str:
