@@ -33,6 +33,7 @@ from modelkeep.storage.presigned import (
     abort_upload,
     b64_sha256,
     complete_upload,
+    enforces_checksums,
     plan_upload,
     presign_get,
 )
@@ -298,6 +299,31 @@ def test_s3_refusal_of_tampered_bytes_is_a_clear_error(
     refused = httpx.put(clean.parts[0].url, content=data[: clean.parts[0].end])
     assert refused.status_code == 403
     abort_upload(store, clean)
+
+
+def test_read_back_only_where_the_store_does_not_enforce_checksums(
+    s3_bucket: S3Bucket, strict_s3: FaultProxy, tmp_path: Path
+) -> None:
+    """The probe finds that moto takes mismatched bytes and that S3 (as the proxy answers)
+    refuses them; only for the former does completing read the staged object back."""
+    assert enforces_checksums(_store(s3_bucket)) is False
+    store = _store(s3_bucket, strict_s3.endpoint_url)
+    assert enforces_checksums(store) is True
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []
+    data = _data(2 * PART + 1, seed=13)
+    path = _file(tmp_path, data)
+    plan = _plan(store, path, multipart=True)
+    upload_plan(plan, path)
+    strict_s3.requests.clear()
+    done = complete_upload(store, plan)
+    reads = [r for r in strict_s3.requests if r[0] == "GET" and "uploadId=" not in r[1]]  # not ListParts
+    assert not reads  # no byte came through the server
+    assert done.key == plan.key and done.sha256 is None and done.part_sha256s == declare(path, PART).part_sha256s
+    assert _stored(s3_bucket, done.key) == data
+    single = _plan(store, path, multipart=False)
+    upload_plan(single, path)
+    checked = complete_upload(store, single, verify=True)  # asked for: read back
+    assert checked.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_expired_urls_are_refused(s3_bucket: S3Bucket, strict_s3: FaultProxy, tmp_path: Path) -> None:

@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import logging
 import time
+import urllib.error
+import urllib.request
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ..errors import ArtifactNotFoundError, ConfigError, IntegrityError, StorageError
 from ..layout import TMP_DIR
-from .hashing import SplitHash, new_hash
+from .hashing import BackgroundHash, SplitHash, new_hash
 from .s3 import MIN_PART_SIZE, S3Store
 
 #: S3's largest part, and largest single ``PUT``.
@@ -43,6 +48,8 @@ MAX_PARTS = 10_000
 MAX_EXPIRES = 7 * 24 * 3600
 #: Part size when the caller names none.
 DEFAULT_PART_SIZE = 64 << 20
+
+logger = logging.getLogger("modelkeep")
 
 
 @dataclass(frozen=True)
@@ -315,7 +322,7 @@ def complete_upload(
     store: S3Store,
     plan: UploadPlan,
     *,
-    verify: bool = True,
+    verify: bool | None = None,
     ranges: Sequence[Sequence[int]] | None = None,
 ) -> CompletedUpload:
     """Check what the client uploaded against ``plan`` (the server's own copy), complete it,
@@ -323,15 +330,19 @@ def complete_upload(
 
     A multipart upload's parts are listed first: a part missing, added beyond the plan, of
     another size, or with another SHA-256 than declared refuses the upload (aborted). With
-    ``verify`` (the default) the staged object is then read once, ranged GETs in parallel,
-    and its size, every part's SHA-256 and the whole file's (when declared) must match;
-    ``ranges`` (the artifact's payload ranges, from the client's format) add the BLAKE3
-    record a load checks. A mismatch deletes the staged object and raises
-    :class:`IntegrityError`; S3 failures are :class:`StorageError`. Without ``verify`` the
-    server relies on S3 having checked each signed checksum (real S3 does; moto does not),
-    and no byte passes through it.
+    ``verify`` the staged object is then read once, ranged GETs in parallel, and its size,
+    every part's SHA-256 and the whole file's (when declared) must match; ``ranges`` (the
+    artifact's payload ranges, from the client's format) add the BLAKE3 record a load
+    checks. A mismatch deletes the staged object and raises :class:`IntegrityError`; S3
+    failures are :class:`StorageError`. Without ``verify`` the server relies on S3 having
+    checked each signed checksum, and no byte passes through it (``sha256`` and ``blake3``
+    of the result are then ``None``: record the client's, which every load checks).
+    ``verify=None`` (the default) reads back unless :func:`enforces_checksums` found that
+    this store refuses mismatched bytes (real S3 does; moto does not).
     """
     store = _check_s3(store)
+    if verify is None:
+        verify = not enforces_checksums(store)
     bucket, path = store.bucket_key(plan.key)
     if plan.kind == "multipart":
         parts = _check_parts(store, plan)
@@ -353,7 +364,7 @@ def complete_upload(
     store.fs.invalidate_cache()
     declared = [p.sha256 for p in plan.parts]
     if not verify:
-        return CompletedUpload(plan.key, plan.size, plan.sha256, declared)
+        return CompletedUpload(plan.key, plan.size, None, declared)  # plan.sha256 is the client's word
     key = plan.key
     if plan.kind == "single":
         # The client's PUT URL works until it expires: check (and hand on) a server-side copy
@@ -374,32 +385,99 @@ def complete_upload(
     return CompletedUpload(key, plan.size, sha256, part_sha256s, blake3)
 
 
+_ENFORCES: weakref.WeakKeyDictionary[S3Store, bool] = weakref.WeakKeyDictionary()
+
+
+def enforces_checksums(store: S3Store) -> bool:
+    """Whether ``store`` refuses presigned ``PUT``\\ s, single and ``UploadPart``, whose bytes
+    do not match their signed ``x-amz-checksum-sha256``, while taking matching ones: probed
+    once per store object with two tiny uploads under ``.tmp/`` (removed), then remembered.
+    A store that fails the probe in any way counts as not enforcing (the safe answer)."""
+    store = _check_s3(store)
+    known = _ENFORCES.get(store)
+    if known is None:
+        try:
+            known = _probe_single(store) and _probe_part(store)
+        except (OSError, ValueError) as exc:  # StorageError, urllib's errors, ConfigError
+            logger.debug("checksum probe of %s failed: %s", store.url, exc)
+            known = False
+        _ENFORCES[store] = known
+    return known
+
+
+def _put_status(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    # urllib would call the body a form (application/x-www-form-urlencoded) otherwise
+    request = urllib.request.Request(
+        url, data=body, method="PUT", headers={**headers, "Content-Type": "application/octet-stream"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _probe_single(store: S3Store) -> bool:
+    key = store.stage().tmp_key
+    bucket, path = store.bucket_key(key)
+    declared = b64_sha256(hashlib.sha256(b"declared").hexdigest())
+    headers = {"x-amz-checksum-sha256": declared}
+    url = _presigned(store, "put_object", {"Bucket": bucket, "Key": path, "ChecksumSHA256": declared}, 60)
+    try:
+        refused = _put_status(url, b"other", headers, store.read_timeout) in (400, 403)
+        taken = _put_status(url, b"declared", headers, store.read_timeout) == 200
+    finally:
+        store.delete(key, missing_ok=True)
+    return refused and taken
+
+
+def _probe_part(store: S3Store) -> bool:
+    key = store.stage().tmp_key
+    bucket, path = store.bucket_key(key)
+    started = store.call("create_multipart_upload", Bucket=bucket, Key=path, ChecksumAlgorithm="SHA256").result()
+    upload_id = str(started["UploadId"])
+    declared = b64_sha256(hashlib.sha256(b"declared").hexdigest())
+    params = {"Bucket": bucket, "Key": path, "UploadId": upload_id, "PartNumber": 1, "ChecksumSHA256": declared}
+    try:
+        url = _presigned(store, "upload_part", params, 60)
+        headers = {"x-amz-checksum-sha256": declared}
+        refused = _put_status(url, b"other", headers, store.read_timeout) in (400, 403)
+        taken = _put_status(url, b"declared", headers, store.read_timeout) == 200
+    finally:
+        with contextlib.suppress(Exception):
+            store.abort_upload(key, upload_id)
+    return refused and taken
+
+
 def _read_back(
     store: S3Store, key: str, plan: UploadPlan, ranges: Sequence[Sequence[int]] | None
 ) -> tuple[str, list[str], dict[str, Any] | None]:
     """Hash the staged object ``key`` as stored: whole-file and per-part SHA-256, and BLAKE3 split by
     ``ranges``; :class:`IntegrityError` if it is shorter or longer than planned."""
-    whole = new_hash("sha256")
+    whole = BackgroundHash("sha256")  # on a helper thread, while this one hashes the parts
     split = SplitHash([tuple(r) for r in ranges]) if ranges is not None else None  # type: ignore[misc]
     bounds = [p.end for p in plan.parts]
     part_hashes: list[str] = []
     current = new_hash("sha256")
     pos = 0
-    with store.stream_range(key, plan.size, probe=True) as chunks:
-        for chunk in _exact(chunks, plan.size, store.display_path(key)):
-            view = memoryview(chunk)
-            whole.update(view)
-            if split is not None:
-                split.update(view)
-            while view.nbytes:
-                take = min(view.nbytes, bounds[len(part_hashes)] - pos)
-                current.update(view[:take])
-                view, pos = view[take:], pos + take
-                if pos == bounds[len(part_hashes)] and len(part_hashes) < len(bounds) - 1:
-                    part_hashes.append(current.hexdigest())
-                    current = new_hash("sha256")
-    part_hashes.append(current.hexdigest())
-    sha256 = whole.hexdigest()
+    try:
+        with store.stream_range(key, plan.size, probe=True) as chunks:
+            for chunk in _exact(chunks, plan.size, store.display_path(key)):
+                view = memoryview(chunk)
+                whole.update(view)  # bytes: never changed, hashed later
+                if split is not None:
+                    split.update(view)
+                while view.nbytes:
+                    take = min(view.nbytes, bounds[len(part_hashes)] - pos)
+                    current.update(view[:take])
+                    view, pos = view[take:], pos + take
+                    if pos == bounds[len(part_hashes)] and len(part_hashes) < len(bounds) - 1:
+                        part_hashes.append(current.hexdigest())
+                        current = new_hash("sha256")
+        part_hashes.append(current.hexdigest())
+        sha256 = whole.hexdigest()
+    finally:
+        whole.close()
     record: dict[str, Any] | None = None
     if split is not None:
         record = {"sha256": sha256, "skeleton": split.skeleton.hexdigest()}
@@ -430,6 +508,7 @@ __all__ = [
     "abort_upload",
     "b64_sha256",
     "complete_upload",
+    "enforces_checksums",
     "part_ranges",
     "plan_upload",
     "presign_get",
