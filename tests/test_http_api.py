@@ -11,6 +11,7 @@ PostgreSQL + S3 backend).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from modelkeep import (
 from modelkeep.api.client import HttpRegistry
 from modelkeep.api.wire import API_PREFIX, PROTOCOL, PROTOCOL_HEADER
 from modelkeep.errors import InvalidNameError, RequestError, ServerOnlyError, UserNotFoundError
+from modelkeep.identity import Identity
 from modelkeep.ui import create_app
 from modelkeep.ui.security import FIELD
 
@@ -464,6 +466,17 @@ def test_what_only_the_server_host_does_is_a_clear_error(server: HttpServer) -> 
         assert isinstance(_raised(p.gc), ConfigError)
 
 
+def test_the_environment_names_the_server_and_the_token(server: HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = server.add_user("env", "viewer")
+    monkeypatch.setenv("MODELKEEP_REGISTRY_URL", server.url)
+    monkeypatch.setenv("MODELKEEP_TOKEN", token)
+    with ModelPersistence() as p:
+        assert isinstance(p, HttpRegistry)
+        assert p.list_models() == ["churn", "fraud"] and p.identity == Identity("env", "viewer")
+    with ModelPersistence(registry_url=server.url, token=server.token) as p:  # arguments win
+        assert p.identity == Identity("admin", "admin")
+
+
 def test_plain_http_to_a_network_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="use https"):
         HttpRegistry("http://models.example:8766", token="mkt_x")
@@ -511,7 +524,7 @@ def test_signature_status_uses_the_clients_trusted_keys_not_the_servers(tmp_path
 
 def run_cli(*args: str, url: str, token: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {
-        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("MODELKEEP_REGISTRY")},
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_REGISTRY")},
         "MODELKEEP_REGISTRY_URL": url,
         "MODELKEEP_TOKEN": token,
     }
@@ -555,6 +568,21 @@ def test_the_cli_works_against_a_server_process(http_server: HttpServer, tmp_pat
     assert "run it on the server's host" in fails("webhooks", "list")
     assert "not a modelkeep API token" in fails("list", token="forged")
     assert "signed in as admin (admin)" in ok("doctor")
+    # A config file naming the server works as the variables do (here with the viewer's token).
+    (tmp_path / "client.yaml").write_text(f"persistence:\n  registry_url: {http_server.url}\n  token: {viewer}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "modelkeep", "--config", "client.yaml", "alias", "list", "--model-name", "churn"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={
+            k: v
+            for k, v in __import__("os").environ.items()
+            if not k.startswith(("MODELKEEP_REGISTRY", "MODELKEEP_TOKEN"))
+        },
+    )
+    assert done.returncode == 0 and "staging" in done.stdout, done.stderr
 
 
 def test_the_server_refuses_a_network_address_with_no_users(tmp_path: Path) -> None:
