@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -620,3 +621,39 @@ def test_raw_http_against_a_server_process(http_server: HttpServer) -> None:
         remote.set_alias("no such model!", "x", "1")
     with pytest.raises(RequestError), http_server.client() as remote:
         remote.request("PUT", "/models/m/aliases/x", json={"version": 1})
+
+
+def test_the_server_also_answers_predictions_for_token_holders(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    side = ServerSide(str(tmp_path / "served"))
+    with ModelPersistence(**side.options()) as p:
+        p.save(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), "churn", "1.0.0")
+        p.set_alias("churn", "production", "1.0.0")
+    with running_server(side, tmp_path / "server", args=("--serve", "churn@production")) as server:
+        viewer = server.add_user("viv", "viewer")
+        with httpx.Client(base_url=server.url + "/serve/churn@production", timeout=60) as http:
+            for _ in range(300):  # the first version loads in the background
+                if http.get("/health").status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert http.post("/predict", json={"instances": [[0.0]]}).status_code == 401
+            forged = http.post("/predict", json={"instances": [[0.0]]}, headers=bearer("mkt_" + "A" * 43))
+            assert forged.status_code == 401
+            answer = http.post("/predict", json={"instances": [[0.0], [1.0]]}, headers=bearer(viewer))
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"] == [0, 1]
+            assert http.get("/model", headers=bearer(viewer)).json()["version"] == "1.0.0"
+        assert server.client().list_models() == ["churn"]  # the API beside it
+
+
+def test_a_malformed_serve_reference_is_refused_before_starting(tmp_path: Path) -> None:
+    with ModelPersistence(tmp_path / "models") as p:
+        p.save({"w": 1}, "m")
+    done = subprocess.run(
+        [sys.executable, "-m", "modelkeep", "--models-dir", str(tmp_path / "models"), "server", "--serve", "bad name!"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stderr.startswith("Error: ") and "Traceback" not in done.stderr
