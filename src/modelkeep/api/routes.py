@@ -24,7 +24,16 @@ from starlette.routing import Route
 from .._version import __version__
 from ..errors import AuthenticationError, ModelKeepError, PermissionDeniedError, RequestError
 from ..identity import Identity, acting_as
-from .wire import API_PREFIX, PROTOCOL, error_body, move_check_to_wire, policy_to_wire, record_to_wire, status_for
+from .wire import (
+    API_PREFIX,
+    PROTOCOL,
+    PROTOCOL_HEADER,
+    error_body,
+    move_check_to_wire,
+    policy_to_wire,
+    record_to_wire,
+    status_for,
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 #: Who sent a request (``None``: a sign-in free server); raises HTTPException or AuthenticationError.
@@ -61,7 +70,15 @@ class Api:
 
         async def wrapper(request: Request) -> Response:
             try:
+                check_protocol(request)
                 request.state.user = await self.identify(request)
+                # A browser session's cookie rides along on cross-site requests; a custom header
+                # cannot be sent cross-site without a CORS preflight, which this server refuses.
+                by_session = getattr(request.state, "via", None) == "session"
+                if by_session and request.method != "GET" and PROTOCOL_HEADER.lower() not in request.headers:
+                    raise PermissionDeniedError(
+                        f"a change through the API with a browser session needs the {PROTOCOL_HEADER} header"
+                    )
                 return await handler(request)
             except ModelKeepError as exc:
                 return error_response(exc)
@@ -508,6 +525,21 @@ class Query:
 
     def flag(self, key: str) -> bool:
         return (self.params.get(key) or "").lower() in ("1", "true", "yes")
+
+
+def check_protocol(request: Request) -> None:
+    """Refuse a client that speaks a newer protocol than this server (it would misread answers)."""
+    sent = request.headers.get(PROTOCOL_HEADER)
+    if sent is None:
+        return
+    try:
+        version = int(sent)
+    except ValueError:
+        raise RequestError(f"{PROTOCOL_HEADER} must be a number, got {sent[:40]!r}") from None
+    if version > PROTOCOL:
+        raise RequestError(
+            f"this client speaks protocol {version}, but the server ({__version__}) only {PROTOCOL}: upgrade the server"
+        )
 
 
 def _from_http(exc: HTTPException) -> ModelKeepError:
