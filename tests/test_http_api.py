@@ -34,6 +34,7 @@ from modelkeep import (
     ModelNotFoundError,
     ModelPersistence,
     PermissionDeniedError,
+    StorageError,
     VersionNotFoundError,
     keys,
 )
@@ -657,3 +658,15 @@ def test_a_malformed_serve_reference_is_refused_before_starting(tmp_path: Path) 
         timeout=120,
     )
     assert done.returncode == 1 and done.stderr.startswith("Error: ") and "Traceback" not in done.stderr
+
+
+def test_a_killed_server_is_a_clear_error_and_changes_nothing(http_server: HttpServer) -> None:
+    with http_server.direct() as p:
+        fill(p)
+    client = http_server.client()
+    client.set_tag("churn", "before", "yes")
+    http_server.kill()
+    with pytest.raises(StorageError, match=re.escape(f"cannot reach the registry server {http_server.url}")):
+        client.set_tag("churn", "after", "yes")
+    with http_server.direct() as p:
+        assert p.get_tags("churn") == {"team": "risk", "before": "yes"}

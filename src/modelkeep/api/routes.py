@@ -581,10 +581,10 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
 def api_routes(api: Api) -> list[Route]:
     """The Starlette routes of ``api``, plus ``/api/v1/openapi.json`` (served without sign-in)."""
     endpoints = api.endpoints()
-    document = openapi(endpoints)
+    document = json.dumps(openapi(endpoints)).encode()  # rendered once: it never changes
 
     async def schema(_request: Request) -> Response:
-        return json_response(document)
+        return Response(document, media_type="application/json")
 
     routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
     routes += [Route(API_PREFIX + ep.path, api.guarded(ep.handler), methods=[ep.method]) for ep in endpoints]
