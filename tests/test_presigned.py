@@ -154,6 +154,36 @@ def test_multipart_round_trip_with_blake3_record(s3_bucket: S3Bucket, tmp_path: 
         assert bytes(art.file.read(100)) == data[:100]
 
 
+def test_a_saved_version_loads_through_a_url_as_through_the_store(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A version saved by the registry (joblib, uncompressed: payload ranges, BLAKE3 record) read by a
+    client with only a URL: the same checked bytes, payload buffers and ranges as the store's
+    own verified read; one flipped byte in the bucket is refused by both."""
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,
+        cache_max_bytes=0,
+    )
+    p.ensure_registry()
+    model = {"w": np.random.default_rng(14).standard_normal(300_000), "name": "m"}
+    rec = p.save_version(model, "m", serialization_format="joblib", compress=False)
+    art = rec.artifact
+    assert art is not None
+    expected = Expected.of(art.sha256, art.size, art.extra)
+    assert expected.fast and expected.ranges  # the load checks BLAKE3 by payload ranges
+    source = UrlSource(presign_get(p.store, art.key), art.size, part_size=MiB)
+    with source.open_artifact(expected) as by_url, p.store.open_artifact(art.key, expected) as by_store:
+        assert by_url.ranges == by_store.ranges and by_url.ranges
+        assert by_url.file.read() == by_store.file.read()
+        assert {k: bytes(v) for k, v in by_url.buffers.items()} == {k: bytes(v) for k, v in by_store.buffers.items()}
+    stored = bytearray(_stored(s3_bucket, art.key))
+    stored[-10] ^= 1
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=f"models/{art.key}", Body=bytes(stored))
+    with pytest.raises(IntegrityError, match="differ from those saved"), source.open_artifact(expected):
+        pass
+    p.close()
+
+
 def test_empty_file_round_trip(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     store = _store(s3_bucket)
     path = _file(tmp_path, b"")
