@@ -12,6 +12,7 @@ list builds the Starlette routes and the OpenAPI document served at ``/api/v1/op
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
