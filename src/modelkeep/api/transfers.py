@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 EXPECTED_HEADER = "X-Modelkeep-Expected"
 #: Bytes gathered from the request before one write to the store (the server's memory per upload).
 UPLOAD_CHUNK = 4 << 20
+#: Artifacts from this size up are read from an S3 store's bucket by the client (a presigned GET);
+#: smaller ones are streamed by the server, which costs fewer round trips than a redirect.
+PRESIGNED_GET_MIN = 8 << 20
 #: Seconds a presigned download URL works.
 PRESIGNED_GET_SECONDS = 900
 #: Header of a redirect to a presigned download: the artifact's size.
@@ -491,7 +494,7 @@ class Transfers:
     async def _send(self, key: str, size: int) -> Response:
         from ..storage.s3 import S3Store
 
-        if isinstance(self.store, S3Store):  # the bytes go bucket -> client (see presigned_client)
+        if isinstance(self.store, S3Store) and size >= PRESIGNED_GET_MIN:  # bucket -> client directly
             from ..storage.presigned import presign_get
 
             url = await run_in_threadpool(presign_get, self.store, key, PRESIGNED_GET_SECONDS)
