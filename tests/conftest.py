@@ -18,7 +18,7 @@ import pytest
 
 from modelkeep import ModelPersistence
 
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests._http_server"]
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -132,9 +132,30 @@ def index_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ind
         yield IndexTarget("postgresql", PG_URL, schema)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``ALSO_OVER_HTTP = True`` runs its ``persistence`` tests twice: on the
+    registry itself, and through a ``modelkeep server`` in front of it (``tests/_http_server.py``)."""
+    if "persistence" in metafunc.fixturenames and getattr(metafunc.module, "ALSO_OVER_HTTP", False):
+        metafunc.parametrize("registry_via", ["direct", "http"])
+
+
 @pytest.fixture
-def persistence(index_target: IndexTarget, tmp_path: Path) -> Iterator[ModelPersistence]:
-    """A ModelPersistence on a fresh local folder, over each index backend."""
+def registry_via() -> str:
+    """How ``persistence`` is reached: ``"direct"``, or ``"http"`` (see :func:`pytest_generate_tests`)."""
+    return "direct"
+
+
+@pytest.fixture
+def persistence(index_target: IndexTarget, tmp_path: Path, registry_via: str) -> Iterator[ModelPersistence]:
+    """A ModelPersistence on a fresh local folder, over each index backend (and, in modules
+    with ``ALSO_OVER_HTTP``, through a registry server too)."""
+    if registry_via == "http":
+        from tests._http_server import ServerSide, over_http
+
+        side = ServerSide(str(tmp_path / "models"), index_target.url, index_target.schema)
+        with over_http(side, tmp_path / "server") as registry:
+            yield registry  # type: ignore[misc]
+        return
     p = index_target.persistence(tmp_path / "models")
     yield p
     p.close()

@@ -25,6 +25,9 @@ from modelkeep.lifecycle import parse_age
 from .conftest import IndexTarget
 from .test_migrations import _downgrade_to_v1
 
+#: Also run through a registry server (conftest.pytest_generate_tests).
+ALSO_OVER_HTTP = True
+
 
 def test_load_get_and_compare_by_alias(persistence: ModelPersistence) -> None:
     for i in range(3):

@@ -25,6 +25,9 @@ from modelkeep.index.schema import aliases, tags, versions
 from modelkeep.search.grammar import And, Compare, In, IsNull, Node, Not, Or, OrderKey, unparse
 from modelkeep.versions import sort_key
 
+#: Also run through a registry server (conftest.pytest_generate_tests).
+ALSO_OVER_HTTP = True
+
 INJECTION = "x'); DROP TABLE modelkeep_versions; --"
 
 # (model, version, custom fields) in save order; the position is the creation order.

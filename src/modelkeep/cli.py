@@ -261,7 +261,7 @@ def save(
         metadata=metadata,
         trust_file=trust_file,
     )
-    location = _artifact_location(open_registry(ctx).store, record)
+    location = _artifact_location(open_registry(ctx), record)
     if as_json:
         emit_json({**record.to_dict(), "path": location})
     else:
@@ -338,7 +338,7 @@ def info(ctx: click.Context, model_name: str, version: str | None, as_json: bool
 
     registry = read_registry(ctx)
     record = registry.get_version(model_name, version)
-    location = _artifact_location(registry.store, record)
+    location = _artifact_location(registry, record)
     verdict = registry.keyring.verdict(record)
     if as_json:
         emit_json(
@@ -528,7 +528,7 @@ from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli'
 cli.add_command(keys)
 cli.add_command(sign)
 cli.add_command(export_signed)
-from . import cli_lifecycle, cli_search, cli_serve, cli_ui, cli_users  # noqa: E402  (commands defined in their own modules)
+from . import cli_lifecycle, cli_search, cli_serve, cli_server, cli_ui, cli_users  # noqa: E402  (commands defined in their own modules)
 
 cli.add_command(cli_lifecycle.alias)
 cli.add_command(cli_lifecycle.tag)
@@ -541,6 +541,7 @@ cli.add_command(cli_lifecycle.prune)
 
 cli.add_command(cli_search.search)
 cli.add_command(cli_ui.ui)
+cli.add_command(cli_server.server)
 cli.add_command(cli_serve.serve)
 cli.add_command(cli_users.users)
 from .cli_policy import approve, policy  # noqa: E402  (commands defined in their own modules)
@@ -598,8 +599,12 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     return data
 
 
-def _artifact_location(store: ArtifactStore, record: ModelMetadata) -> str | None:
-    """Where the version's artifact lives: a local path, or a URL for remote stores."""
+def _artifact_location(registry: Any, record: ModelMetadata) -> str | None:
+    """Where the version's artifact lives: a local path, or a URL for remote stores (behind
+    a registry server: the server's URL and the artifact's key there)."""
     if record.artifact is None:
         return None
+    store: ArtifactStore | None = getattr(registry, "store", None)
+    if store is None:
+        return f"{registry.url} ({record.artifact.key})"
     return str(store.display_path(record.artifact.key))

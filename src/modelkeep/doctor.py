@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .api.wire import is_http_url
 from .errors import ModelKeepError
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ def run_doctor(settings: Settings) -> DoctorReport:
 
     report = DoctorReport()
     p = settings.persistence
+    server = next((u for u in (p.registry_url, p.models_dir) if is_http_url(u)), None)
+    if server is not None:  # a registry server: the store and the index are its business
+        report.checks.append(_check_server(server, p.token.get_secret_value() if p.token else None))
+        _key_checks(report, p)
+        return report
     store = None
     try:
         store = open_store(
@@ -87,11 +93,30 @@ def run_doctor(settings: Settings) -> DoctorReport:
 
     if store is not None:
         report.checks.append(_check_store(store, TMP_DIR))
+    _key_checks(report, p)
+    return report
+
+
+def _key_checks(report: DoctorReport, p: Any) -> None:
+    """What signs a save, and where the trusted types come from (local settings, server or not)."""
     report.checks.append(_signing_check(p))
     types_from = _source("MODELKEEP_TRUSTED_TYPES", bool(p.trusted_types))
     detail = f"{len(p.trusted_types)} from {types_from}" if p.trusted_types else "none (built-in allow-list only)"
     report.checks.append(Check("trusted types", True, detail))
-    return report
+
+
+def _check_server(url: str, token: str | None) -> Check:
+    """The registry server answers, and who this client is signed in as there."""
+    from .api.client import HttpRegistry
+
+    try:
+        with HttpRegistry(url, token=token) as client:
+            info = client.server_info()
+    except ModelKeepError as exc:
+        return Check("server", False, f"{url}: {exc}")
+    user = info.get("user")
+    who = f"signed in as {user.get('name')} ({user.get('role')})" if isinstance(user, dict) else "no sign-in"
+    return Check("server", True, f"{url}: modelkeep {info.get('version')}, protocol {info.get('protocol')}, {who}")
 
 
 def _check_store(store: Any, tmp_dir: str) -> Check:

@@ -242,5 +242,14 @@ class InputSchemaError(ModelKeepError, ValueError):
         self.result = result
 
 
+class RequestError(ModelKeepError, ValueError):
+    """A request to ``modelkeep server`` that it cannot read: a missing or mistyped argument."""
+
+
+class ServerOnlyError(ConfigError, AttributeError):
+    """What a client of ``modelkeep server`` cannot do (``gc``, ``reindex``, the store itself...):
+    it runs on the server's host. An ``AttributeError`` too, so ``hasattr`` says no."""
+
+
 class WebhookNotFoundError(ModelKeepError, KeyError):
     """No webhook (or delivery) with that id in this registry."""

@@ -14,21 +14,20 @@ See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import environment, keys, lineage, signing, timeouts
+from . import environment, keys, saving, signing, timeouts
 from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
     IntegrityError,
-    MetadataError,
     ModelKeepError,
     RegistryNotFoundError,
     SerializationError,
@@ -38,21 +37,16 @@ from .errors import (
     VersionTrashedError,
     no_versions,
 )
-from .formats import Format, format_for_suffix, get_format
-from .formats._restricted import warn_untrusted_globals
-from .formats.state_checks import checked
+from .formats import Format, get_format
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age
-from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
-from .params import PARAMS_KEY
-from .params import capture as capture_params
+from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, utc_now
 from .promotions import PromotionMixin
 from .storage import open_store
-from .storage.hashing import BLAKE3_KEY, Advance, Expected
+from .storage.hashing import Advance, Expected
 from .storage.hashing import no_advance as _no_advance
-from .storage.local import atomic_file
 from .storage.verified import CheckedFiles
 from .versions import validate_model_name, validate_version
 from .webhooks.api import EventsMixin
@@ -153,6 +147,17 @@ def _open_cache(store: Any, max_bytes: Any) -> ArtifactCache | None:
     return open_cache(max_bytes)
 
 
+def _server_url(models_dir: Any, registry_url: Any) -> str | None:
+    """The registry server URL a registry is opened with, if any (explicit arguments first)."""
+    from .api.wire import is_http_url
+
+    for value in (registry_url, models_dir):
+        if value is not None:
+            return str(value) if is_http_url(value) else None
+    env = os.environ.get("MODELKEEP_REGISTRY_URL", "").strip()
+    return env if is_http_url(env) else None
+
+
 class ModelPersistence(PromotionMixin, EventsMixin):
     """Save, version, find, compare and load models in one registry.
 
@@ -205,6 +210,16 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             registry of this user (``MODELKEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelkeep``);
             default 10 GiB, ``0`` turns the cache off (see :mod:`modelkeep.storage.cache`).
     """
+
+    def __new__(cls, models_dir: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A registry server's URL (``https://host:port``, as ``models_dir`` or ``registry_url``, or
+        ``MODELKEEP_REGISTRY_URL``) gives an :class:`~modelkeep.api.client.HttpRegistry` instead."""
+        url = _server_url(models_dir, kwargs.get("registry_url"))
+        if url is None:
+            return super().__new__(cls)
+        from .api.client import HttpRegistry
+
+        return HttpRegistry(url, **{k: v for k, v in kwargs.items() if k != "registry_url"})
 
     def __init__(
         self,
@@ -525,25 +540,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         started = time.perf_counter()
         if version is not None:
             version = validate_version(version)
-        fmt = self.format if serialization_format is None else get_format(serialization_format)
-        compression = (
-            self.compression
-            if compress is None and serialization_format is None
-            else fmt.normalize_compression(self.compress if compress is None else compress)
+        fmt, compression = saving.choose_format(
+            self.format, self.compression, self.compress, serialization_format, compress, model
         )
-        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
-            from .formats.frameworks import resolve_auto
-
-            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
-        from .loading import refuse_unloadable, warn_main_globals
-
-        refuse_unloadable(model, fmt.name)
         self.ensure_registry()
-        custom = to_json_safe(dict(metadata or {}))
-        if PARAMS_KEY not in custom:
-            custom = {**capture_params(model), **custom}
-        signature, lineage_parts, git = self._describe(
-            model, model_name, input_example, training_data, training_target, parent
+        custom = saving.custom_metadata(model, metadata)
+        described = saving.describe(
+            model, model_name, input_example, training_data, training_target, parent, self.get_version
         )
         existing = None if version is None else self.index.get(model_name, version)
         if existing is not None and overwrite:  # replacing a version: a maintainer's call
@@ -560,50 +563,20 @@ class ModelPersistence(PromotionMixin, EventsMixin):
 
         attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
         with self.store.staged(resume=attempt) as staged:
-            with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
-                try:
-                    extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
-                    extra.update(fmt.protocol_record())
-                except ModelKeepError:
-                    raise
-                except OSError:
-                    raise
-                except Exception as exc:
-                    raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
-            if staged.blake3 is not None:
-                extra[BLAKE3_KEY] = staged.blake3
-            env = environment.capture(model, environment.modules_of(extra, fmt.name))
-            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
-            warn_main_globals(extra)
-            warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
-            with self.index.claim(model_name, version, overwrite=overwrite) as slot:
-                if slot.previous is not None:  # saved by someone else since the check above
-                    self.access.require(who, "maintainer", "overwrite versions", model_name)
-                now = utc_now()
-                key = self._new_artifact_key(slot, fmt.extension(compression))
-                record = ModelMetadata(
-                    model_name=model_name,
-                    model_type=type(model).__name__,
-                    version=slot.version,
-                    created_at=created_at or (slot.previous.created_at if slot.previous else now),
-                    updated_at=now,
-                    metadata=custom,
-                    artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
-                    environment=env,
-                    input_signature=signature,
-                    lineage=lineage_record,
+            with self._progress(f"saving {model_name}", None) as advance:
+                draft = saving.serialize(
+                    model,
+                    model_name,
+                    fmt,
+                    compression,
+                    staged,
+                    advance,
+                    custom=custom,
+                    described=described,
+                    blobs=self._blobs(fmt),
+                    trusted_types=self.trusted_types,
                 )
-                record.signature = self.keyring.sign(record)
-                try:
-                    self._write_claimed_files(slot, record, staged)
-                    slot.put(record, before_commit=self._blobs_check(extra))
-                except BaseException:
-                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
-                    raise
-                if slot.previous is not None:
-                    self._remove_replaced_artifact(slot, record)
-            if slot.previous is not None:  # each alias move signs the bytes it pointed at
-                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+            record = self.commit_staged(staged, draft, version, overwrite=overwrite, created_at=created_at)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -614,33 +587,64 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         )
         return record
 
-    def _describe(
+    def commit_staged(
         self,
-        model: Any,
-        model_name: str,
-        input_example: Any,
-        training_data: Any,
-        training_target: Any,
-        parent: str | None,
-    ) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
-        """The input signature, the lineage parts and a running ``git status`` for a save
-        (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized."""
-        from . import input_signature
+        staged: StagedArtifact,
+        draft: ModelMetadata,
+        version: str | None,
+        *,
+        overwrite: bool = False,
+        created_at: str | None = None,
+        sign: Callable[[ModelMetadata], str | None] | None = None,
+        key_for: Callable[[VersionClaim, str], str] | None = None,
+    ) -> ModelMetadata:
+        """The second half of a save: claim ``version`` (the next free one when ``None``), put the
+        staged artifact and the sidecar in place, and commit the index row and its history entry.
 
-        try:
-            signature = input_signature.infer(model, input_example)
-        except TypeError as exc:
-            raise MetadataError(str(exc)) from exc
-        parent_ref = None
-        if parent is not None:
-            parent_ref = lineage.parse_parent(parent, model_name)
-            self.get_version(*parent_ref)  # VersionNotFoundError when the parent does not exist
-        parts = {
-            "data_fingerprint": lineage.fingerprint(training_data) if training_data is not None else None,
-            "target_fingerprint": lineage.fingerprint(training_target) if training_target is not None else None,
-            "parent": parent_ref,
-        }
-        return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
+        ``draft`` is what :func:`modelkeep.saving.serialize` returns (its version, key and times
+        are set here). ``sign(record)`` gives the signature to store (default: this registry's
+        key); ``key_for(claim, extension)`` the artifact key (default: the usual one). A registry
+        server passes both, to keep the signature its client made (:mod:`modelkeep.api.transfers`);
+        either may raise to refuse the claim, which is then released with nothing written. The
+        caller checks the writer role (:meth:`save_version` and :meth:`commit_uploaded` do); replacing
+        a version needs the maintainer role, checked here under the claim."""
+        assert draft.artifact is not None
+        model_name = draft.model_name
+        ext = get_format(draft.artifact.format).extension(draft.artifact.compression)
+        with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+            if slot.previous is not None:  # replacing a version (perhaps saved since the caller looked)
+                self.access.require(self._who(), "maintainer", "overwrite versions", model_name)
+            now = utc_now()
+            key = (key_for or self._new_artifact_key)(slot, ext)
+            record = dataclasses.replace(
+                draft,
+                version=slot.version,
+                created_at=created_at or (slot.previous.created_at if slot.previous else now),
+                updated_at=now,
+                artifact=dataclasses.replace(draft.artifact, key=key),
+                signature=None,
+            )
+            record.signature = (sign or self.keyring.sign)(record)
+            try:
+                self._write_claimed_files(slot, record, staged)
+                slot.put(record, before_commit=self._blobs_check(draft.artifact.extra))
+            except BaseException:
+                slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
+                raise
+            if slot.previous is not None:
+                self._remove_replaced_artifact(slot, record)
+        if slot.previous is not None:  # each alias move signs the bytes it pointed at
+            self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+        return record
+
+    def commit_uploaded(
+        self, staged: StagedArtifact, draft: ModelMetadata, version: str | None, **options: Any
+    ) -> ModelMetadata:
+        """:meth:`commit_staged` for an artifact a registry server's client uploaded: as the acting
+        identity, who needs the writer role on the model (see :mod:`modelkeep.api.transfers`)."""
+        with self._as("writer", "save versions", draft.model_name):
+            self.ensure_registry()
+            return self.commit_staged(staged, draft, version, **options)
 
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
@@ -725,40 +729,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
     ) -> Any:
         """Read a model from a pickle or joblib file as :meth:`import_file` does, without saving it
         (the same checks: what a dry run of an import needs to know)."""
-        from .formats._restricted import TrustPolicy, joblib_load
-        from .loading import describe_unreadable
+        from .exporting import read_model_file
 
-        if not os.path.exists(path):
-            from .errors import ArtifactNotFoundError
-
-            raise ArtifactNotFoundError(f"Model file not found: {os.fspath(path)!r}")
-
-        where = os.fspath(path)
-        try:
-            if trust_file:
-                import joblib
-
-                logger.info("reading %s with plain joblib.load (trust_file)", where)
-                model = joblib.load(where)  # reads joblib and plain pickle files alike
-            else:
-                from .formats.budget import LoadBudget
-
-                policy = TrustPolicy(frozenset([*self.trusted_types, *(trusted_types or [])]))
-                budget = LoadBudget.for_artifact(os.path.getsize(where), self.max_load_memory)
-                model = checked(joblib_load(where, policy, budget=budget))
-        except UnsafeModelError as exc:
-            own = "use trust_file=True (modelkeep save --trust-file)"
-            error = UnsafeModelError(
-                f"{exc} To accept a file you wrote yourself, {own}.",
-                cli={**exc.cli_spelling, own: "use --trust-file"},
-            )
-            error.refused = exc.refused
-            raise error from exc
-        except (ModelKeepError, FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except Exception as exc:
-            raise SerializationError(describe_unreadable(os.fspath(path), exc)) from exc
-        return model
+        return read_model_file(path, [*self.trusted_types, *(trusted_types or [])], trust_file, self.max_load_memory)
 
     def import_file(
         self,
@@ -1008,27 +981,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         only replaced with ``force=True``. A ``.joblib`` file is compressed as the
         stored version is, with a codec plain ``joblib.load`` reads (see
         :func:`modelkeep.exporting.export_compression`); a ``.pkl`` file is a plain pickle."""
-        out = Path(output)
-        fmt_name, compressed = format_for_suffix(out.name)
-        if out.is_dir():
-            raise StorageError(f"output {str(out)!r} is a directory; give a file name such as model.joblib")
-        if out.exists() and not force:
-            raise VersionExistsError(
-                f"output file {str(out)!r} already exists; pass force=True to replace it",
-                cli={"force=True": "--force"},
-            )
-        from .exporting import export_compression
+        from .exporting import write_export
 
-        model, record = self.load(model_name, version, return_metadata=True)
-        assert record.artifact is not None
-        fmt = get_format(fmt_name)
-        compression, note = export_compression(
-            out.name, fmt_name, compressed, record.artifact.format, record.artifact.compression
-        )
-        with atomic_file(out) as f:
-            fmt.dump(model, f, fmt.normalize_compression(compression or False))
-        logger.info("exported %s version %s to %s, %s", record.model_name, record.version, out, note)
-        return out
+        return write_export(self, model_name, version, output, force=force)
 
     def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
         """Check data ``X`` (DataFrame, array or tensor) against a version's input signature:
@@ -1121,6 +1076,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """
         from .compare import comparison_frame
 
+        return comparison_frame(self._comparison_records(model_name, versions, filter), params)
+
+    def _comparison_records(
+        self, model_name: str, versions: list[str] | None, filter: str | Node | None
+    ) -> list[ModelMetadata]:
+        """The records :meth:`compare_versions` compares (``modelkeep server`` sends these, and
+        its client builds the same DataFrame from them)."""
         if filter is not None:
             from .search import matching_versions
 
@@ -1128,11 +1090,10 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             if versions is not None:
                 wanted = {self.get_version(model_name, v).version for v in versions}
                 records = [r for r in records if r.version in wanted]
-        elif versions is None:
-            records = self.list_version_records(model_name)
-        else:
-            records = [self.get_version(model_name, v) for v in versions]
-        return comparison_frame(records, params)
+            return records
+        if versions is None:
+            return self.list_version_records(model_name)
+        return [self.get_version(model_name, v) for v in versions]
 
     # -- search (implemented in modelkeep.search) ------------------------------------
     def search_versions(

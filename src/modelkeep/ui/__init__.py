@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from .auth import AuthSettings
 
 
+#: Where ``modelkeep server --serve MODEL@ALIAS`` answers predictions: ``/serve/MODEL@ALIAS/predict``.
+PREDICTIONS_PREFIX = "/serve"
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` only accepts connections from this machine."""
     if host == "localhost":
@@ -57,8 +61,10 @@ def serve(
     allow_anonymous: bool = False,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    title: str = "UI",
+    predictions: tuple[str, ...] = (),
 ) -> None:
-    """Serve the UI until Ctrl-C.
+    """Serve the UI until Ctrl-C (``title`` names it in messages: ``modelkeep {title}: URL``).
 
     With ``local`` accounts and no users configured, the UI is sign-in free on a
     loopback address; bound anywhere else it refuses to start (``ConfigError`` that
@@ -84,6 +90,12 @@ def serve(
             "or bind to 127.0.0.1, or pass --allow-anonymous to serve everyone on purpose"
         )
     app = create_app(persistence, read_only=read_only, auth=auth, anonymous=loopback or allow_anonymous)
+    for reference in predictions:  # modelkeep server --serve MODEL@ALIAS
+        from ..serve import create_app as prediction_app
+
+        # Every request but /health needs a registry user's API token (the server's users).
+        served = prediction_app(persistence, reference, require_tokens=True, allowed_hosts=auth.allowed_hosts)
+        app.mount(f"{PREDICTIONS_PREFIX}/{reference}", served)
     scheme = "https" if ssl_certfile else "http"
     shown = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{shown}:{port}/"
@@ -115,7 +127,7 @@ def serve(
             ssl_keyfile=ssl_keyfile,
         )
     )
-    echo(f"modelkeep UI: {url} (read-only)" if read_only else f"modelkeep UI: {url}")
+    echo(f"modelkeep {title}: {url} (read-only)" if read_only else f"modelkeep {title}: {url}")
     echo("Press Ctrl-C to stop.")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
@@ -123,4 +135,4 @@ def serve(
     # re-raises the signal, which here only means "stopped as asked".
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    echo("modelkeep UI stopped.")
+    echo(f"modelkeep {title} stopped.")

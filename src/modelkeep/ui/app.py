@@ -672,7 +672,17 @@ def create_app(
     pages = _Pages(persistence, read_only=read_only, page_size=page_size, auth=auth, anonymous=anonymous)
     get, post = ["GET"], ["POST"]
     gate = pages.gate
+
+    async def identify_api(request: Request) -> Identity | None:
+        try:
+            return await pages.identify(request)
+        except _SignInNeeded:
+            raise AuthenticationError("send 'Authorization: Bearer <API token>' (modelkeep users token NAME)") from None
+
+    from ..api.routes import Api, api_routes
+
     routes = [
+        *api_routes(Api(persistence, identify_api)),
         Route("/", gate(pages.models), methods=get),
         Route("/history", gate(pages.history), methods=get),
         Route("/models/{name}", gate(pages.model), methods=get),

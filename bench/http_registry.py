@@ -1,0 +1,223 @@
+"""Saves and loads through ``modelkeep server`` against direct access to the same backend, in one run.
+
+``python bench/http_registry.py`` (add ``--s3`` for the PostgreSQL-or-SQLite + moto S3 case with
+presigned transfers, ``--pg-url`` for a PostgreSQL index there). For each backend, one registry is
+opened twice from this process: directly (``ModelPersistence(folder)``), and through a ``modelkeep
+server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:PORT", token=...)``).
+
+* small: a LogisticRegression saved and loaded ``--small-repeats`` times per path, interleaved
+  (direct, http, direct, ...); medians, and http minus direct (target: within 5 ms);
+* large: a float64 array of ``--large-mb`` MiB saved uncompressed and loaded ``--large-repeats``
+  times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3).
+
+``MODELKEEP_GIT=0`` (no ``git status`` in the lineage) and no local cache of remote artifacts
+(``cache_max_bytes=0``), so every load moves the bytes. Prints a Markdown table, and JSON with
+``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+AWS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    import httpx
+
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
+@contextmanager
+def _server(options: dict[str, Any], work: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """A ``modelkeep server`` subprocess on the registry ``options`` describe: (url, admin token)."""
+    from modelkeep import ModelPersistence
+
+    with ModelPersistence(**options) as p:
+        p.ensure_registry()
+        if p.users.get("bench") is None:
+            p.users.add("bench", None, "admin")
+        token = p.users.new_token("bench", "bench")
+    config = work / "server.json"
+    persistence = {k: v for k, v in options.items() if k in ("models_dir", "registry_url", "storage_options")}
+    config.write_text(json.dumps({"persistence": persistence}))
+    port = _free_port()
+    cmd = [sys.executable, "-m", "modelkeep", "--config", str(config), "server", "--port", str(port)]
+    server_env = {k: v for k, v in env.items() if k not in ("MODELKEEP_REGISTRY_URL", "MODELKEEP_TOKEN")}
+    process = subprocess.Popen(cmd, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url + "/api/v1/openapi.json", process, "modelkeep server")
+        yield url, token
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure(direct: Any, http: Any, small_repeats: int, large_mb: int, large_repeats: int) -> dict[str, Any]:
+    """Interleaved small and large saves and loads, direct and through the server."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 10))
+    small = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    paths = {"direct": direct, "http": http}
+    for name, p in paths.items():  # warm up: imports, keys, connections
+        p.save_version(small, f"warm-{name}")
+        p.load(f"warm-{name}")
+    times: dict[str, list[float]] = {f"{k}_{op}": [] for k in paths for op in ("small_save", "small_load")}
+    for _ in range(small_repeats):
+        for name, p in paths.items():
+            times[f"{name}_small_save"].append(_timed(lambda p=p, name=name: p.save_version(small, f"small-{name}")))
+            times[f"{name}_small_load"].append(_timed(lambda p=p, name=name: p.load(f"small-{name}")))
+    big = {"w": rng.random(large_mb * MiB // 8)}
+    for op in ("large_save", "large_load"):
+        for name in paths:
+            times[f"{name}_{op}"] = []
+    for _ in range(large_repeats):
+        for name, p in paths.items():
+            times[f"{name}_large_save"].append(
+                _timed(lambda p=p, name=name: p.save_version(big, f"large-{name}", compress=False))
+            )
+            times[f"{name}_large_load"].append(_timed(lambda p=p, name=name: p.load(f"large-{name}")))
+    out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
+    out["raw"] = times
+    out["large_mb"] = large_mb
+    return out
+
+
+def report(label: str, r: dict[str, Any]) -> str:
+    """Markdown rows for one backend."""
+    mb = r["large_mb"]
+    rows = []
+    for op in ("save", "load"):
+        d, h = r[f"direct_small_{op}"] * 1e3, r[f"http_small_{op}"] * 1e3
+        rows.append(f"| {label} | small {op} (median) | {d:.2f} ms | {h:.2f} ms | {h - d:+.2f} ms |")
+    for op in ("save", "load"):
+        d, h = mb / r[f"direct_large_{op}"], mb / r[f"http_large_{op}"]
+        rows.append(f"| {label} | {mb} MiB {op} (median) | {d:.0f} MiB/s | {h:.0f} MiB/s | {h / d:.2f}x |")
+    return "\n".join(rows)
+
+
+@contextmanager
+def _moto(env: dict[str, str]) -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait(endpoint, process, "moto")
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def run_backend(label: str, options: dict[str, Any], work: Path, env: dict[str, str], args: Any) -> dict[str, Any]:
+    from modelkeep import ModelPersistence
+
+    with _server(options, work, env) as (url, token):
+        direct = ModelPersistence(**options, cache_max_bytes=0, read_timeout=600)
+        http = ModelPersistence(url, token=token, cache_max_bytes=0, read_timeout=600)
+        try:
+            return measure(direct, http, args.small_repeats, args.large_mb, args.large_repeats)
+        finally:
+            direct.close()
+            http.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small-repeats", type=int, default=30)
+    parser.add_argument("--large-mb", type=int, default=256)
+    parser.add_argument("--large-repeats", type=int, default=3)
+    parser.add_argument("--s3", action="store_true", help="also PostgreSQL/SQLite + moto S3 (presigned)")
+    parser.add_argument("--s3-large-mb", type=int, default=128, help="moto keeps objects in memory")
+    parser.add_argument(
+        "--pg-url",
+        help="PostgreSQL index for the S3 case (default: SQLite); give it a schema of its own, "
+        "e.g. ...?options=-csearch_path%%3Dbench_http (the schema must exist)",
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mk-bench-http-"))
+    env = {**os.environ, **AWS, "PYTHONPATH": str(ROOT / "src"), "MODELKEEP_GIT": "0"}
+    env["MODELKEEP_CACHE_DIR"] = str(work / "cache")
+    env["MODELKEEP_CONFIG_DIR"] = str(work / "config")
+    os.environ.update({k: env[k] for k in (*AWS, "MODELKEEP_GIT", "MODELKEEP_CACHE_DIR", "MODELKEEP_CONFIG_DIR")})
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {"started": started}
+    lines = ["| backend | measure | direct | through the server | http vs direct |", "|---|---|---:|---:|---:|"]
+    results["local"] = run_backend("SQLite + folder", {"models_dir": str(work / "local")}, work, env, args)
+    lines.append(report("SQLite + folder (streamed)", results["local"]))
+    if args.s3:
+        with _moto(env) as endpoint:
+            options: dict[str, Any] = {
+                "models_dir": "s3://bench/models",
+                "storage_options": {"client_kwargs": {"endpoint_url": endpoint}},
+                "registry_url": args.pg_url or f"sqlite:///{work / 's3-registry.db'}",
+            }
+            s3_args = argparse.Namespace(**{**vars(args), "large_mb": args.s3_large_mb})
+            results["s3"] = run_backend("S3", options, work, env, s3_args)
+            index = "PostgreSQL" if args.pg_url else "SQLite"
+            lines.append(report(f"{index} + moto S3 (presigned)", results["s3"]))
+    results["load_average"] = [load_before, os.getloadavg()]
+    print(f"{started}; load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

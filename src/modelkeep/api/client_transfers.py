@@ -1,0 +1,629 @@
+"""The client side of artifact transfers: save and load through a registry server.
+
+A save runs the first half of a local save here (:mod:`modelkeep.saving`: validate, describe,
+serialize to a scratch file with its digests), uploads the bytes, signs the record with this
+client's key for the version and key the server plans, and asks the server to commit it
+(:mod:`modelkeep.api.transfers` has the protocol). A load reads the record, then the bytes
+through :class:`VersionFiles`, a read-only :class:`~modelkeep.storage.ArtifactStore` over HTTP,
+and from there takes the same verified path as a local load: digests checked before anything
+is parsed, the signature judged with this client's keys, the client's ``trusted_types``,
+quarantine and memory budget, and the local cache of remote artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .. import environment, saving, signing
+from .. import quarantine as quarantine_mod
+from ..errors import (
+    ConfigError,
+    IntegrityError,
+    ModelKeepError,
+    SerializationError,
+    StorageError,
+    UnsafeModelError,
+    VersionExistsError,
+)
+from ..formats import get_format
+from ..layout import BLOB_DIR, blob_key
+from ..metadata import ModelMetadata, utc_now
+from ..storage import ArtifactStore, LocalStore
+from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
+from ..versions import validate_model_name, validate_version
+
+if TYPE_CHECKING:
+    from ..input_signature import InputCheck
+    from ..storage.cache import ArtifactCache
+
+#: Bytes read from a local file per chunk of an upload.
+UPLOAD_READ = 1 << 20
+#: Bytes per chunk of a download.
+DOWNLOAD_CHUNK = 1 << 20
+#: Artifacts from this size up go straight to an S3 store's bucket (smaller ones through the server).
+PRESIGNED_MIN = 8 << 20
+#: Part size of a presigned multipart upload.
+PRESIGNED_PART = 16 << 20
+#: How many times a save plans and signs again when other writers keep taking its version.
+COMMIT_ATTEMPTS = 8
+
+
+def _segment(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+class VersionFiles(ArtifactStore):
+    """One version's files on a registry server, as a read-only store: its artifact (under its
+    record's key) and, for the native format, its blobs. Reads stream; nothing is kept."""
+
+    shared = True
+
+    def __init__(self, client: Any, record: ModelMetadata) -> None:
+        assert record.artifact is not None
+        self.client = client
+        self.record = record
+        self.root = ""
+        self.url = f"{client.url}/models/{record.model_name}/{record.version}"
+        self._base = f"/models/{_segment(record.model_name)}/versions/{_segment(record.version)}"
+
+    def _path(self, key: str) -> str:
+        assert self.record.artifact is not None
+        if key == self.record.artifact.key:
+            return f"{self._base}/artifact"
+        if key.startswith(BLOB_DIR + "/"):
+            return f"{self._base}/blobs/{_segment(key.rsplit('/', 1)[-1])}"
+        raise self.not_found(key)
+
+    def display_path(self, key: str) -> str:
+        return f"{self.client.url}/{key}"
+
+    @contextlib.contextmanager
+    def stream(self, key: str) -> Iterator[Iterator[bytes]]:
+        """``key``'s bytes: streamed by the server, or, when it redirects to a presigned S3 URL,
+        read from the bucket with ranged GETs in parallel (:mod:`modelkeep.storage.presigned_client`)."""
+        httpx = _httpx()
+        path = self._path(key)
+        try:
+            with self.client._http.stream("GET", path) as response:
+                if response.status_code in (302, 303, 307, 308) and "location" in response.headers:
+                    location = str(response.headers["location"])
+                elif response.status_code >= 400:
+                    response.read()
+                    self.client.decode(response)
+                    location = ""
+                else:
+                    location = ""
+                    yield self._chunks(response)
+            if location:
+                from ..storage.presigned_client import download_ranges
+
+                chunks = download_ranges(location, self.size(key), timeout=self.client._http.timeout.read or 60.0)
+                try:
+                    yield chunks
+                finally:
+                    chunks.close()  # type: ignore[attr-defined]
+        except httpx.TimeoutException as exc:
+            raise StorageError(f"the registry server {self.client.url} did not answer in time ({exc})") from None
+        except httpx.TransportError as exc:
+            raise StorageError(f"lost the registry server {self.client.url} while downloading: {exc}") from None
+
+    @staticmethod
+    def _chunks(response: Any) -> Iterator[bytes]:
+        yield from response.iter_bytes(DOWNLOAD_CHUNK)
+
+    def open_read(self, key: str) -> BinaryIO:
+        import io
+
+        with self.stream(key) as chunks:
+            return io.BytesIO(b"".join(chunks))
+
+    def size(self, key: str) -> int:
+        assert self.record.artifact is not None
+        if key == self.record.artifact.key:
+            return self.record.artifact.size
+        for sha, size in self.record.artifact.extra.get("blobs") or ():
+            if key == blob_key(str(sha)):
+                return int(size)
+        raise self.not_found(key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ModelKeepError:
+            return False
+        return True
+
+    def _read_only(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise StorageError("a version's files on a registry server are read-only")
+
+    open_write = move = delete = _read_only
+
+    def age_seconds(self, key: str, now: float) -> float | None:
+        return None
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return []
+
+
+def _httpx() -> Any:
+    import httpx
+
+    return httpx
+
+
+class _Scratch(LocalStore):
+    """The client's scratch folder for one save: its files only feed an upload, so they are not
+    ``fsync``'ed (a crash loses nothing committed; the folder is removed after the save)."""
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        from ..storage.local import durable_write
+
+        with durable_write(self.full_path(key), sync=False) as f:
+            yield f
+
+
+@dataclasses.dataclass
+class _Settings:
+    """A client's own save and load settings (arguments, else ``MODELKEEP_*`` variables)."""
+
+    format: Any
+    compression: str | None
+    compress: Any
+    trusted_types: list[str]
+    quarantine: str
+    quarantine_timeout: float
+    quarantine_memory_mb: int | None
+    max_load_memory: int | None
+    keyring: signing.Keyring
+    cache: ArtifactCache | None
+
+
+class _Screened:
+    """What :func:`modelkeep.quarantine.screen` reads of a registry, for a load over HTTP."""
+
+    def __init__(self, settings: _Settings, store: ArtifactStore) -> None:
+        self.store = store
+        self.quarantine = settings.quarantine
+        self.quarantine_timeout = settings.quarantine_timeout
+        self.quarantine_memory_mb = settings.quarantine_memory_mb
+        self.trusted_types = settings.trusted_types
+        self.max_load_memory = settings.max_load_memory
+
+
+class TransferMixin:
+    """Save, load and export for :class:`~modelkeep.api.client.HttpRegistry`."""
+
+    url: str
+    options: dict[str, Any]
+    _http: Any
+
+    @property
+    def keyring(self) -> signing.Keyring:  # pragma: no cover - HttpRegistry's (a cached property)
+        """This client's keys: it signs saves and judges loads with them."""
+        raise NotImplementedError
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - HttpRegistry's
+        raise NotImplementedError
+
+    def get_version(  # pragma: no cover - HttpRegistry's
+        self, model_name: str, version: str | None = None, *, alias: str | None = None
+    ) -> ModelMetadata:
+        raise NotImplementedError
+
+    @cached_property
+    def _settings(self) -> _Settings:
+        from ..config import persistence_defaults
+        from ..formats.budget import parse_size
+        from ..storage.cache import open_cache
+
+        o = self.options
+        s = persistence_defaults(
+            serialization_format=o.get("serialization_format"),
+            compress=o.get("compress"),
+            trusted_types=o.get("trusted_types"),
+            quarantine=o.get("quarantine"),
+            quarantine_timeout=o.get("quarantine_timeout"),
+            quarantine_memory_mb=o.get("quarantine_memory_mb"),
+            max_load_memory=o.get("max_load_memory"),
+            cache_max_bytes=o.get("cache_max_bytes"),
+        )
+        fmt = get_format(s["serialization_format"] or "joblib")
+        compress = True if s["compress"] is None else s["compress"]
+        cache_max = s["cache_max_bytes"]
+        if cache_max is not None and str(cache_max).strip() != "0":
+            cache_max = parse_size(cache_max)
+        return _Settings(
+            format=fmt,
+            compression=fmt.normalize_compression(compress),
+            compress=compress,
+            trusted_types=list(s["trusted_types"] or []),
+            quarantine=quarantine_mod.check_mode(s["quarantine"] or "auto"),
+            quarantine_timeout=float(s["quarantine_timeout"] or quarantine_mod.DEFAULT_TIMEOUT),
+            quarantine_memory_mb=s["quarantine_memory_mb"],
+            max_load_memory=None if s["max_load_memory"] is None else parse_size(s["max_load_memory"]),
+            keyring=self.keyring,
+            cache=open_cache(0 if str(cache_max).strip() == "0" else cache_max),
+        )
+
+    @property
+    def trusted_types(self) -> list[str]:
+        """Extra types a load may construct, beyond the built-in allow-list."""
+        return self._settings.trusted_types
+
+    # -- saving -----------------------------------------------------------------
+    def save(
+        self,
+        model: Any,
+        model_name: str,
+        version: str | None = None,
+        *,
+        overwrite: bool = False,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
+        resume: bool = False,
+        **metadata: Any,
+    ) -> str:
+        """Save ``model`` as a new version on the server; returns the artifact's URL on the server."""
+        rec = self.save_version(
+            model,
+            model_name,
+            version,
+            overwrite=overwrite,
+            metadata=metadata,
+            input_example=input_example,
+            training_data=training_data,
+            training_target=training_target,
+            parent=parent,
+            resume=resume,
+        )
+        assert rec.artifact is not None
+        return f"{self.url}/{rec.artifact.key}"
+
+    def save_version(
+        self,
+        model: Any,
+        model_name: str,
+        version: str | None = None,
+        *,
+        overwrite: bool = False,
+        serialization_format: str | None = None,
+        compress: Any = None,
+        metadata: dict[str, Any] | None = None,
+        created_at: str | None = None,
+        input_example: Any = None,
+        training_data: Any = None,
+        training_target: Any = None,
+        parent: str | None = None,
+        resume: bool = False,
+        **custom: Any,
+    ) -> ModelMetadata:
+        """Like :meth:`ModelPersistence.save_version`: serialized and signed here, committed by the
+        server as the token's user. ``resume`` is accepted for compatibility; an interrupted upload
+        is sent again whole."""
+        if custom:
+            metadata = {**(metadata or {}), **custom}
+        model_name = validate_model_name(model_name)
+        if version is not None:
+            version = validate_version(version)
+        s = self._settings
+        fmt, compression = saving.choose_format(
+            s.format, s.compression, s.compress, serialization_format, compress, model
+        )
+        custom_fields = saving.custom_metadata(model, metadata)
+        described = saving.describe(
+            model,
+            model_name,
+            input_example,
+            training_data,
+            training_target,
+            parent,
+            lambda name, v: self.get_version(name, v),
+        )
+        with tempfile.TemporaryDirectory(prefix="modelkeep-upload-") as scratch_dir:
+            scratch = _Scratch(scratch_dir)
+            blobs = None
+            if fmt.uses_blobs:
+                from ..blobs import BlobStore
+
+                blobs = BlobStore(scratch)
+            with scratch.staged() as staged:
+                draft = saving.serialize(
+                    model,
+                    model_name,
+                    fmt,
+                    compression,
+                    staged,
+                    no_advance,
+                    custom=custom_fields,
+                    described=described,
+                    blobs=blobs,
+                    trusted_types=s.trusted_types,
+                )
+                if blobs is not None:
+                    self._upload_blobs(scratch, draft)
+                path = scratch.local_path(staged.tmp_key)
+                assert path is not None
+                return self._upload_and_commit(path, draft, version, overwrite, created_at, fmt.extension(compression))
+
+    def _upload_blobs(self, scratch: _Scratch, draft: ModelMetadata) -> None:
+        """Send the blobs of a native-format save that the server's store lacks."""
+        assert draft.artifact is not None
+        wanted = [[str(sha), int(size)] for sha, size in draft.artifact.extra.get("blobs") or ()]
+        if not wanted:
+            return
+        missing = self.request("POST", "/blobs/missing", json={"blobs": wanted})["missing"]
+        for sha in missing:
+            local = scratch.local_path(blob_key(str(sha)))
+            if local is None or not local.is_file():
+                raise StorageError(f"blob {str(sha)[:16]} was not written by the save")
+            with open(local, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self.request(
+                    "PUT",
+                    f"/blobs/{sha}",
+                    content=_read_chunks(f),
+                    headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                )
+
+    def _upload_and_commit(
+        self, path: Path, draft: ModelMetadata, version: str | None, overwrite: bool, created_at: str | None, ext: str
+    ) -> ModelMetadata:
+        from .transfers import EXPECTED_HEADER
+
+        assert draft.artifact is not None
+        art = draft.artifact
+        name = draft.model_name
+        plan_params = {"version": version or "", "overwrite": "1" if overwrite else "", "extension": ext}
+        answer = None
+        if art.size >= PRESIGNED_MIN and getattr(self, "_presigned_ok", True):
+            answer = self._upload_presigned(path, art, {"model": name, **plan_params})
+        if answer is None:
+            expected = {"size": art.size, "sha256": art.sha256, "blake3": art.extra.get(BLAKE3_KEY)}
+            with open(path, "rb") as f:
+                answer = self.request(
+                    "POST",
+                    "/uploads",
+                    params={"model": name, **plan_params},
+                    content=_read_chunks(f),
+                    headers={
+                        EXPECTED_HEADER: json.dumps(expected),
+                        "Content-Length": str(art.size),
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+        upload, plan = answer["upload"], answer["plan"]
+        try:
+            for _attempt in range(COMMIT_ATTEMPTS):
+                record = self._signed(draft, plan["version"], plan["key"])
+                body = {
+                    "upload": upload,
+                    "record": record.to_dict(),
+                    "auto_version": version is None,
+                    "overwrite": overwrite,
+                    "created_at": created_at,
+                }
+                try:
+                    out = self.request("POST", f"/models/{_segment(name)}/commit", json=body)
+                except VersionExistsError as exc:
+                    if type(exc) is not VersionExistsError or (version is not None and not overwrite):
+                        raise
+                    plan = self.request("GET", f"/models/{_segment(name)}/plan", params=plan_params)
+                    continue
+                upload = None
+                return ModelMetadata.from_dict(out["record"])
+            raise VersionExistsError(
+                f"could not save model '{name}': other writers took {COMMIT_ATTEMPTS} versions in a row; save again"
+            )
+        finally:
+            if upload is not None:
+                with contextlib.suppress(ModelKeepError):
+                    self.request("DELETE", f"/uploads/{upload}")
+
+    def _upload_presigned(self, path: Path, art: Any, params: dict[str, str]) -> dict[str, Any] | None:
+        """Upload straight to the server's bucket when its store is S3 (the server plans the upload
+        and checks it at the commit); ``None`` when the server streams bytes itself."""
+        from ..errors import ConfigError
+        from ..storage.presigned_client import declare, upload_plan
+
+        declared = declare(path, PRESIGNED_PART)
+        body = {
+            **params,
+            "overwrite": bool(params.get("overwrite")),
+            "size": declared.size,
+            "sha256": declared.sha256,
+            "part_size": declared.part_size,
+            "part_sha256s": declared.part_sha256s,
+            "blake3": art.extra.get(BLAKE3_KEY),
+        }
+        try:
+            answer: dict[str, Any] = self.request("POST", "/uploads/presigned", json=body)
+        except ConfigError:  # not an S3 store: stream through the server from now on
+            self._presigned_ok = False
+            return None
+        try:
+            upload_plan(answer["presigned"], path, timeout=self._http.timeout.read or 60.0)
+        except BaseException:
+            with contextlib.suppress(ModelKeepError):
+                self.request("DELETE", f"/uploads/{answer['upload']}")
+            raise
+        return answer
+
+    def _signed(self, draft: ModelMetadata, version: str, key: str) -> ModelMetadata:
+        assert draft.artifact is not None
+        now = utc_now()
+        record = dataclasses.replace(
+            draft,
+            version=version,
+            created_at=now,
+            updated_at=now,
+            artifact=dataclasses.replace(draft.artifact, key=key),
+        )
+        record.signature = self._settings.keyring.sign(record)
+        return record
+
+    def import_file(
+        self,
+        path: str | os.PathLike[str],
+        model_name: str,
+        version: str | None = None,
+        *,
+        overwrite: bool = False,
+        serialization_format: str | None = None,
+        compress: Any = None,
+        metadata: dict[str, Any] | None = None,
+        trusted_types: list[str] | None = None,
+        trust_file: bool = False,
+        created_at: str | None = None,
+    ) -> ModelMetadata:
+        """Register a model from a local pickle or joblib file on the server (read here under the
+        same policy as a local :meth:`ModelPersistence.import_file`)."""
+        model_name = validate_model_name(model_name)
+        if version is not None:
+            version = validate_version(version)
+        model = self.read_file(path, trusted_types=trusted_types, trust_file=trust_file)
+        return self.save_version(
+            model,
+            model_name,
+            version,
+            overwrite=overwrite,
+            serialization_format=serialization_format,
+            compress=compress,
+            metadata=metadata,
+            created_at=created_at,
+        )
+
+    def read_file(
+        self, path: str | os.PathLike[str], *, trusted_types: list[str] | None = None, trust_file: bool = False
+    ) -> Any:
+        """Read a local pickle or joblib file as :meth:`ModelPersistence.read_file` does."""
+        from ..exporting import read_model_file
+
+        return read_model_file(
+            path, [*self._settings.trusted_types, *(trusted_types or [])], trust_file, self._settings.max_load_memory
+        )
+
+    # -- loading ----------------------------------------------------------------
+    def load(
+        self,
+        model_name: str,
+        version: str | None = None,
+        return_metadata: bool = False,
+        *,
+        mmap_mode: str | None = None,
+        alias: str | None = None,
+        validate: Any = None,
+        require_signed_alias: bool = False,
+    ) -> Any:
+        """Load a version from the server, checked as a local load is: the artifact's digests
+        before anything is parsed, the signature with this client's trusted keys (so a server
+        that swaps bytes or records cannot pass a model this client trusts), this client's
+        ``trusted_types``, quarantine and memory budget. ``mmap_mode`` reads into memory."""
+        from ..lifecycle import split_reference
+        from ..loading import check_mmap_mode, warn_mmap_ignored
+
+        check_mmap_mode(mmap_mode)
+        name, version, alias = split_reference(model_name, version, alias)
+        if require_signed_alias:
+            raise ConfigError("require_signed_alias cannot be checked through a registry server yet: load by version")
+        record = self.get_version(name, version, alias=alias)
+        if validate is not None:
+            from ..input_signature import InputSchemaError, check
+
+            result = check(record.input_signature, validate)
+            if not result.ok:
+                raise InputSchemaError(
+                    f"input does not fit model '{record.model_name}' version {record.version}: {result}", result
+                )
+        art = record.artifact
+        if art is None or record.damaged:
+            raise IntegrityError(f"model '{record.model_name}' version '{record.version}' has no loadable artifact")
+        s = self._settings
+        verdict = s.keyring.check(record)
+        fmt = get_format(art.format)
+        fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
+        files = VersionFiles(self, record)
+        options: dict[str, Any] = {
+            "mmap_mode": None,
+            "extra": art.extra,
+            "trusted": s.trusted_types,
+            "signed": verdict.trusted,
+            "max_load_memory": s.max_load_memory,
+            "artifact_size": art.size,
+        }
+        if fmt.uses_blobs:
+            from ..blobs import BlobStore
+
+            options["blobs"] = BlobStore(files)
+        expected = Expected.of(art.sha256, art.size, art.extra)
+        warn_mmap_ignored(mmap_mode, fmt, art, False, expected)
+        try:
+            quarantine_mod.screen(_Screened(s, files), record, verdict)  # type: ignore[arg-type]
+            model = self._read_verified(files, fmt, art, expected, options)
+        except UnsafeModelError as exc:
+            from ..remedies import with_remedy
+
+            raise with_remedy(exc, f"model '{record.model_name}' version '{record.version}'", verdict) from exc
+        environment.report(record)
+        return (model, record) if return_metadata else model
+
+    def _read_verified(
+        self, files: VersionFiles, fmt: Any, art: Any, expected: Expected, options: dict[str, Any]
+    ) -> Any:
+        """Read the artifact once (from the local cache when it fits), check it, then parse it."""
+        cache = self._settings.cache
+        store: ArtifactStore = files
+        key = art.key
+        if cache is not None:
+            entry = cache.lookup(art.sha256) or cache.fetch(files, art.key, art.sha256, art.size)
+            if entry is not None:
+                store, key = cache.store, entry
+        try:
+            return self._parse(store, key, fmt, art, expected, options)
+        except IntegrityError as exc:
+            if store is files or cache is None:
+                raise
+            cache.discard(art.sha256, str(exc))
+            return self._parse(files, art.key, fmt, art, expected, options)
+
+    @staticmethod
+    def _parse(store: ArtifactStore, key: str, fmt: Any, art: Any, expected: Expected, options: dict[str, Any]) -> Any:
+        with store.open_artifact(key, expected) as verified:
+            try:
+                return fmt.load(verified.file, art.compression, verified=verified, **options)
+            except ModelKeepError:
+                raise
+            except Exception as exc:
+                raise SerializationError(f"cannot deserialize the artifact: {exc}") from exc
+
+    def export_file(
+        self, model_name: str, version: str | None, output: str | os.PathLike[str], *, force: bool = False
+    ) -> Path:
+        """Load a version from the server (checked) and write it to a local ``output`` file in the
+        format its suffix names, as :meth:`ModelPersistence.export_file` does."""
+        from ..exporting import write_export
+
+        return write_export(self, model_name, version, output, force=force)
+
+    def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
+        """Check data ``X`` against a version's input signature (only the record is fetched)."""
+        from ..input_signature import check
+
+        return check(self.get_version(model_name, version).input_signature, X)
+
+
+def _read_chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(UPLOAD_READ):
+        yield chunk

@@ -1,0 +1,592 @@
+"""The server side of the HTTP registry: JSON routes under ``/api/v1``.
+
+:func:`api_routes` builds the routes for one registry. Every handler runs behind ``identify``
+(the UI's: API tokens, sessions, the SSO header), then calls the library in a worker thread
+inside :func:`modelkeep.identity.acting_as`, so the library's role checks, visibility rules and
+history rows apply exactly as they do locally. A library error is answered with
+:func:`modelkeep.api.wire.error_body` and :func:`modelkeep.api.wire.status_for`.
+
+Each route is declared once, as an :class:`Endpoint` (method, path, handler, summary); the same
+list builds the Starlette routes and the OpenAPI document served at ``/api/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._version import __version__
+from ..errors import AuthenticationError, ModelKeepError, PermissionDeniedError, RequestError
+from ..identity import Identity, acting_as
+from .wire import (
+    API_PREFIX,
+    PROTOCOL,
+    PROTOCOL_HEADER,
+    error_body,
+    move_check_to_wire,
+    policy_to_wire,
+    record_to_wire,
+    status_for,
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+#: Who sent a request (``None``: a sign-in free server); raises HTTPException or AuthenticationError.
+Identify = Callable[[Request], Awaitable[Identity | None]]
+
+# Declared in .endpoint, which .transfers shares without importing this module back.
+from .endpoint import MAX_JSON_BODY, Endpoint, json_response, read_json  # noqa: E402,F401
+
+
+def error_response(exc: ModelKeepError) -> JSONResponse:
+    """A library error as the API's JSON error."""
+    return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+
+class Api:
+    """The handlers of one server, bound to one registry (``persistence``)."""
+
+    def __init__(self, persistence: Any, identify: Identify) -> None:
+        self.p = persistence
+        self.identify = identify
+
+    async def call(self, request: Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a library call in a worker thread, as the request's identity."""
+        who: Identity | None = getattr(request.state, "user", None)
+
+        def run() -> Any:
+            with acting_as(who):
+                return fn(*args, **kwargs)
+
+        return await run_in_threadpool(run)
+
+    def guarded(self, handler: Handler) -> Handler:
+        """``handler`` behind the identity check, with every failure answered as a JSON error."""
+
+        async def wrapper(request: Request) -> Response:
+            try:
+                check_protocol(request)
+                request.state.user = await self.identify(request)
+                # A browser session's cookie rides along on cross-site requests; a custom header
+                # cannot be sent cross-site without a CORS preflight, which this server refuses.
+                by_session = getattr(request.state, "via", None) == "session"
+                if by_session and request.method != "GET" and PROTOCOL_HEADER.lower() not in request.headers:
+                    raise PermissionDeniedError(
+                        f"a change through the API with a browser session needs the {PROTOCOL_HEADER} header"
+                    )
+                return await handler(request)
+            except ModelKeepError as exc:
+                return error_response(exc)
+            except HTTPException as exc:
+                return error_response(_from_http(exc))
+
+        return wrapper
+
+    # -- endpoints: the server and the registry -------------------------------------------------
+    async def about(self, request: Request) -> Response:
+        who: Identity | None = getattr(request.state, "user", None)
+        return json_response(
+            {
+                "server": "modelkeep",
+                "version": __version__,
+                "protocol": PROTOCOL,
+                "user": None if who is None else {"name": who.name, "role": who.role},
+            }
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        return json_response({"models": await self.call(request, self.p.list_models)})
+
+    async def model_summaries(self, request: Request) -> Response:
+        found = await self.call(request, self.p.model_summaries)
+        return json_response({"models": [s.to_dict() for s in found]})
+
+    async def all_aliases(self, request: Request) -> Response:
+        return json_response({"aliases": await self.call(request, self.p.all_aliases)})
+
+    async def history(self, request: Request) -> Response:
+        q = Query(request)
+        actions = q.text("actions")
+        entries = await self.call(
+            request,
+            self.p.history,
+            q.text("model"),
+            alias=q.text("alias"),
+            since=q.text("since"),
+            until=q.text("until"),
+            limit=q.integer("limit"),
+            actions=None if actions is None else tuple(a for a in actions.split(",") if a),
+        )
+        return json_response({"history": [e.to_dict() for e in entries]})
+
+    async def verify(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        report = await self.call(request, self.p.verify, body.text("model_name"))
+        return json_response({"report": report.to_dict()})
+
+    # -- search ------------------------------------------------------------------------------
+    async def search_versions(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        order_by = body.get("order_by")
+        if order_by is not None and not isinstance(order_by, str) and not _str_list(order_by):
+            raise RequestError("'order_by' must be text or a list of text")
+        page = await self.call(
+            request,
+            self.p.search_versions,
+            body.text("filter"),
+            model_name=body.text("model_name"),
+            order_by=order_by,
+            limit=body.integer("limit", 100),
+            page_token=body.text("page_token"),
+        )
+        items = [record_to_wire(r) for r in page.items]
+        return json_response({"items": items, "next_page_token": page.next_page_token})
+
+    async def search_models(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        page = await self.call(
+            request,
+            self.p.search_models,
+            body.text("filter"),
+            limit=body.integer("limit", 100),
+            page_token=body.text("page_token"),
+        )
+        return json_response({"items": [s.to_dict() for s in page.items], "next_page_token": page.next_page_token})
+
+    # -- one model ---------------------------------------------------------------------------
+    async def list_versions(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        return json_response({"versions": await self.call(request, self.p.list_versions, name)})
+
+    async def list_version_records(self, request: Request) -> Response:
+        found = await self.call(request, self.p.list_version_records, request.path_params["name"])
+        return json_response({"records": [record_to_wire(r) for r in found]})
+
+    async def get_version(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        record = await self.call(
+            request,
+            self.p.get_version,
+            name,
+            None if version == LATEST else version,
+            alias=Query(request).text("alias"),
+        )
+        return json_response({"record": record_to_wire(record)})
+
+    async def compare_records(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        versions = body.get("versions")
+        if versions is not None and not _str_list(versions):
+            raise RequestError("'versions' must be a list of text")
+        records = await self.call(
+            request, self.p._comparison_records, request.path_params["name"], versions, body.text("filter")
+        )
+        return json_response({"records": [record_to_wire(r) for r in records]})
+
+    async def best_version(self, request: Request) -> Response:
+        q = Query(request)
+        record = await self.call(
+            request,
+            self.p.best_version,
+            request.path_params["name"],
+            q.required("metric"),
+            q.text("mode") or "max",
+            q.text("filter"),
+        )
+        return json_response({"record": record_to_wire(record)})
+
+    async def metric_history(self, request: Request) -> Response:
+        name, metric = request.path_params["name"], request.path_params["metric"]
+        points = await self.call(
+            request, self.p.metric_history, name, metric, limit=Query(request).integer("limit") or 2000
+        )
+        return json_response({"points": [list(p) for p in points]})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def get_aliases(self, request: Request) -> Response:
+        return json_response({"aliases": await self.call(request, self.p.get_aliases, request.path_params["name"])})
+
+    async def set_alias(self, request: Request) -> Response:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        body = Body(await read_json(request))
+        version, expected = body.required("version"), body.text("expected")
+        await self.call(request, self.p.set_alias, name, alias, version, expected=expected)
+        return json_response({"ok": True})
+
+    async def delete_alias(self, request: Request) -> Response:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        was = await self.call(request, self.p.delete_alias, name, alias, expected=Query(request).text("expected"))
+        return json_response({"version": was})
+
+    async def alias_history(self, request: Request) -> Response:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        entries = await self.call(request, self.p.alias_history, name, alias)
+        return json_response({"history": [e.to_dict() for e in entries]})
+
+    async def alias_at(self, request: Request) -> Response:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        found = await self.call(request, self.p.alias_at, name, alias, Query(request).required("when"))
+        return json_response({"version": found})
+
+    async def check_alias_move(self, request: Request) -> Response:
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        check = await self.call(request, self.p.check_alias_move, name, alias, Query(request).required("version"))
+        return json_response({"check": move_check_to_wire(check)})
+
+    async def get_tags(self, request: Request) -> Response:
+        name, version = request.path_params["name"], Query(request).text("version")
+        return json_response({"tags": await self.call(request, self.p.get_tags, name, version=version)})
+
+    async def set_tag(self, request: Request) -> Response:
+        name, key = request.path_params["name"], request.path_params["key"]
+        body = Body(await read_json(request))
+        value = body.get("value")
+        if not isinstance(value, str):
+            raise RequestError("'value' must be text")
+        await self.call(request, self.p.set_tag, name, key, value, version=body.text("version"))
+        return json_response({"ok": True})
+
+    async def delete_tag(self, request: Request) -> Response:
+        name, key = request.path_params["name"], request.path_params["key"]
+        await self.call(request, self.p.delete_tag, name, key, version=Query(request).text("version"))
+        return json_response({"ok": True})
+
+    async def get_description(self, request: Request) -> Response:
+        name, version = request.path_params["name"], Query(request).text("version")
+        return json_response({"description": await self.call(request, self.p.get_description, name, version=version)})
+
+    async def set_description(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        text = body.get("text")
+        if text is not None and not isinstance(text, str):
+            raise RequestError("'text' must be text or null")
+        name, version = request.path_params["name"], body.text("version")
+        await self.call(request, self.p.set_description, name, text, version=version)
+        return json_response({"ok": True})
+
+    # -- the trash ---------------------------------------------------------------------------
+    async def delete(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        await self.call(request, self.p.delete, name, version, force=Query(request).flag("force"))
+        return json_response({"ok": True})
+
+    async def restore(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        await self.call(request, self.p.restore, name, version)
+        return json_response({"ok": True})
+
+    async def list_trash(self, request: Request) -> Response:
+        found = await self.call(request, self.p.list_trash, Query(request).text("model"))
+        return json_response({"trash": [list(row) for row in found]})
+
+    async def purge(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        older_than = body.get("older_than")
+        if older_than is not None and (isinstance(older_than, bool) or not isinstance(older_than, (str, int, float))):
+            raise RequestError("'older_than' must be text such as '30d' or a number of seconds")
+        found = await self.call(
+            request, self.p.purge, body.text("model_name"), body.text("version"), older_than=older_than
+        )
+        return json_response({"purged": [list(row) for row in found]})
+
+    async def prune(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        keep = body.integer("keep_last")
+        if keep is None:
+            raise RequestError("'keep_last' is required")
+        found = await self.call(
+            request, self.p.prune, request.path_params["name"], keep, dry_run=bool(body.get("dry_run", False))
+        )
+        return json_response({"versions": found})
+
+    # -- promotion policies and approvals ----------------------------------------------------
+    async def policies(self, request: Request) -> Response:
+        found = await self.call(request, self.p.policies, Query(request).text("model"))
+        return json_response({"policies": [policy_to_wire(p) for p in found]})
+
+    async def set_policy(self, request: Request) -> Response:
+        body = Body(await read_json(request))
+        signers = body.get("require_signature")
+        allowed = body.get("allowed")
+        if signers is not None and not (_str_list(signers) and all("-----BEGIN" in k for k in signers)):
+            # PEM text only: a file name would be read on the server's disk
+            raise RequestError("'require_signature' must be a list of PEM public keys")
+        if allowed is not None and not _str_list(allowed):
+            raise RequestError("'allowed' must be a list of text")
+        policy = await self.call(
+            request,
+            self.p.set_policy,
+            body.required("model"),
+            body.required("alias"),
+            filter=body.text("filter"),
+            require_signature=signers,
+            require_input_signature=bool(body.get("require_input_signature", False)),
+            approvals=body.integer("approvals", 0),
+            allowed=allowed,
+        )
+        return json_response({"policy": policy_to_wire(policy)})
+
+    async def remove_policy(self, request: Request) -> Response:
+        model, alias = request.path_params["model"], request.path_params["alias"]
+        return json_response({"policy": policy_to_wire(await self.call(request, self.p.remove_policy, model, alias))})
+
+    async def approve(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        alias = Body(await read_json(request)).required("alias")
+        return json_response({"approval": await self.call(request, self.p.approve, name, version, alias)})
+
+    async def approvals(self, request: Request) -> Response:
+        q = Query(request)
+        found = await self.call(
+            request, self.p.approvals, request.path_params["name"], q.text("version"), alias=q.text("alias")
+        )
+        return json_response({"approvals": found})
+
+    # -- users and tokens (admins only) ------------------------------------------------------
+    async def _admin(self, request: Request, what: str) -> Any:
+        """The registry's user store, once the caller is known to be an admin."""
+        who: Identity | None = getattr(request.state, "user", None)
+        self.p.access.require(who, "admin", what)
+        return self.p.users
+
+    async def list_users(self, request: Request) -> Response:
+        users = await self._admin(request, "list users")
+        rows = await self.call(request, users.list)
+        out = []
+        for row in rows:
+            tokens = await self.call(request, users.tokens, row.name)
+            out.append(
+                {
+                    "name": row.name,
+                    "role": row.role,
+                    "password": bool(row.password_hash),
+                    "tokens": len(tokens),
+                    "created_at": row.created_at,
+                    "updated_at": row.updated_at,
+                }
+            )
+        return json_response({"users": out})
+
+    async def add_user(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        body = Body(await read_json(request))
+        await self.call(request, users.add, body.required("name"), body.text("password"), body.text("role") or "viewer")
+        return json_response({"ok": True}, status=201)
+
+    async def remove_user(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        await self.call(request, users.remove, request.path_params["user"])
+        return json_response({"ok": True})
+
+    async def set_role(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        role = Body(await read_json(request)).required("role")
+        await self.call(request, users.set_role, request.path_params["user"], role)
+        return json_response({"ok": True})
+
+    async def set_password(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        password = Body(await read_json(request)).required("password")
+        await self.call(request, users.set_password, request.path_params["user"], password)
+        return json_response({"ok": True})
+
+    async def new_token(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        label = Body(await read_json(request)).text("label") or ""
+        token = await self.call(request, users.new_token, request.path_params["user"], label)
+        return json_response({"token": token}, status=201)
+
+    async def list_tokens(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        found = await self.call(request, users.tokens, request.path_params["user"])
+        return json_response({"tokens": [list(t) for t in found]})
+
+    async def revoke_tokens(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        return json_response({"revoked": await self.call(request, users.revoke_tokens, request.path_params["user"])})
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every route of the API: these, and the transfers of :mod:`modelkeep.api.transfers`."""
+        from .transfers import transfer_endpoints
+
+        m, v, a = "/models/{name}", "/models/{name}/versions/{version}", "/models/{name}/aliases/{alias}"
+        return [
+            *transfer_endpoints(self),
+            Endpoint("GET", "/", self.about, "The server, its protocol version, and who you are"),
+            Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
+            Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),
+            Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model"),
+            Endpoint("GET", "/history", self.history, "The audit log (?model, alias, since, until, limit, actions)"),
+            Endpoint("POST", "/verify", self.verify, "Re-hash artifacts on the server and report problems"),
+            Endpoint("POST", "/search/versions", self.search_versions, "Live versions matching a filter, a page"),
+            Endpoint("POST", "/search/models", self.search_models, "Models with a version matching a filter"),
+            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)"),
+            Endpoint("POST", "/purge", self.purge, "Delete trashed versions for good"),
+            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)"),
+            Endpoint("PUT", "/policies", self.set_policy, "Set the policy for moving an alias (admin)"),
+            Endpoint("DELETE", "/policies/{model}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"),
+            Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first"),
+            Endpoint("GET", m + "/records", self.list_version_records, "Every live version's record, oldest first"),
+            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)"),
+            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)"),
+            Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash"),
+            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias"),
+            Endpoint("GET", m + "/approvals", self.approvals, "Approvals of a model (?version, alias)"),
+            Endpoint("POST", m + "/prune", self.prune, "Trash all but the newest versions"),
+            Endpoint("POST", m + "/compare", self.compare_records, "The records compare_versions compares"),
+            Endpoint("GET", m + "/best", self.best_version, "The best version by a metric (?metric, mode, filter)"),
+            Endpoint("GET", m + "/metrics/{metric}", self.metric_history, "A metric over the newest versions"),
+            Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases"),
+            Endpoint("PUT", a, self.set_alias, "Point an alias at a version (compare-and-set with 'expected')"),
+            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)"),
+            Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed"),
+            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)"),
+            Endpoint("GET", a + "/check", self.check_alias_move, "Whether a move would pass its policies (?version)"),
+            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)"),
+            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag"),
+            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)"),
+            Endpoint("GET", m + "/description", self.get_description, "A model's or version's description"),
+            Endpoint("PUT", m + "/description", self.set_description, "Set or clear a description"),
+            Endpoint("GET", "/users", self.list_users, "Users and their roles (admin)"),
+            Endpoint("POST", "/users", self.add_user, "Add a user (admin)"),
+            Endpoint("DELETE", "/users/{user}", self.remove_user, "Remove a user and their tokens (admin)"),
+            Endpoint("PUT", "/users/{user}/role", self.set_role, "Change a user's role (admin)"),
+            Endpoint("PUT", "/users/{user}/password", self.set_password, "Set a user's password (admin)"),
+            Endpoint("POST", "/users/{user}/tokens", self.new_token, "Make an API token for a user (admin)"),
+            Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: labels and dates (admin)"),
+            Endpoint("DELETE", "/users/{user}/tokens", self.revoke_tokens, "Revoke every token of a user (admin)"),
+        ]
+
+
+#: The version segment that names a model's latest version.
+LATEST = "latest"
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+class Body:
+    """Typed access to a JSON request body; a wrong type is a clear :class:`RequestError`."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RequestError(f"{key!r} must be text, got {type(value).__name__}")
+        return value
+
+    def required(self, key: str) -> str:
+        value = self.text(key)
+        if value is None:
+            raise RequestError(f"{key!r} is required")
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> Any:
+        value = self.data.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RequestError(f"{key!r} must be an integer, got {type(value).__name__}")
+        return value
+
+
+class Query:
+    """Typed access to a request's query string."""
+
+    def __init__(self, request: Request) -> None:
+        self.params = request.query_params
+
+    def text(self, key: str) -> str | None:
+        return self.params.get(key)
+
+    def required(self, key: str) -> str:
+        value = self.params.get(key)
+        if value is None:
+            raise RequestError(f"the query parameter {key!r} is required")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self.params.get(key)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise RequestError(f"the query parameter {key!r} must be an integer, got {value!r}") from None
+
+    def flag(self, key: str) -> bool:
+        return (self.params.get(key) or "").lower() in ("1", "true", "yes")
+
+
+def check_protocol(request: Request) -> None:
+    """Refuse a client that speaks a newer protocol than this server (it would misread answers)."""
+    sent = request.headers.get(PROTOCOL_HEADER)
+    if sent is None:
+        return
+    try:
+        version = int(sent)
+    except ValueError:
+        raise RequestError(f"{PROTOCOL_HEADER} must be a number, got {sent[:40]!r}") from None
+    if version > PROTOCOL:
+        raise RequestError(
+            f"this client speaks protocol {version}, but the server ({__version__}) only {PROTOCOL}: upgrade the server"
+        )
+
+
+def _from_http(exc: HTTPException) -> ModelKeepError:
+    detail = str(exc.detail)
+    if exc.status_code == 401:
+        return AuthenticationError(detail)
+    if exc.status_code == 403:
+        return PermissionDeniedError(detail)
+    return ModelKeepError(detail)
+
+
+def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document describing ``endpoints``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        params = [
+            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            for part in ep.path.split("/")
+            if part.startswith("{") and part.endswith("}")
+        ]
+        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = {
+            "summary": ep.summary,
+            "operationId": ep.handler.__name__,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "Success"},
+                "default": {"description": "An error: {'error': {'class', 'message', 'cli'}}"},
+            },
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "modelkeep registry API", "version": __version__},
+        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"token": []}],
+        "paths": paths,
+    }
+
+
+def api_routes(api: Api) -> list[Route]:
+    """The Starlette routes of ``api``, plus ``/api/v1/openapi.json`` (served without sign-in)."""
+    endpoints = api.endpoints()
+    document = json.dumps(openapi(endpoints)).encode()  # rendered once: it never changes
+
+    async def schema(_request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
+    routes += [Route(API_PREFIX + ep.path, api.guarded(ep.handler), methods=[ep.method]) for ep in endpoints]
+    return routes

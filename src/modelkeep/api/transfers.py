@@ -1,0 +1,602 @@
+"""Server routes that move artifact bytes: uploads for saves, downloads for loads.
+
+A save over HTTP (the client half is :mod:`modelkeep.api.client_transfers`):
+
+1. ``POST /uploads?model=..&version=..&overwrite=..&extension=..`` streams the artifact the client
+   serialized, with the digests it computed in ``X-Modelkeep-Expected``. The server stages the
+   bytes under the store's ``.tmp/`` (in chunks of at most :data:`UPLOAD_CHUNK`, so memory stays
+   bounded), hashing them as they arrive (SHA-256, and BLAKE3 split by the recorded payload
+   ranges); bytes that do not match are refused (422) and removed. It answers an upload id and
+   the version and artifact key it would assign (the *plan*).
+2. The client signs its record for that version and key with its own key, then
+   ``POST /models/{name}/commit`` ``{upload, record, auto_version, overwrite, created_at}``.
+   The server rebuilds the record from the fields a client may set, with the digests it
+   measured, and commits it through :meth:`ModelPersistence.commit_staged` as the authenticated
+   user (the library's role checks and history apply). The client's signature is kept only if
+   the record it signed is exactly what is committed; when another writer took the version
+   meanwhile the answer is 409, and the client asks ``GET /models/{name}/plan`` again, re-signs
+   and commits the same upload. Uploads live in memory for :data:`UPLOAD_TTL` seconds; their
+   staged files are ``gc``'s when the server dies.
+
+A load reads the record (``GET /models/{name}/versions/{version}``), then the bytes:
+``GET .../artifact`` (ranged GETs work on a local store) and, for the native format, ``GET
+.../blobs/{sha}``. The client checks digests and signature with its own keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+
+from ..errors import IntegrityError, MetadataError, VersionExistsError
+from ..formats import get_format
+from ..layout import artifact_key, blob_key, revision_key
+from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
+from ..signing import manifest
+from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
+from ..versions import next_version, validate_model_name, validate_version
+
+if TYPE_CHECKING:
+    from ..index.claims import VersionClaim
+    from ..storage import ArtifactStore
+    from .endpoint import Endpoint
+    from .routes import Api
+
+#: Header of an upload: ``{"size", "sha256", "blake3"}`` as the client measured them.
+EXPECTED_HEADER = "X-Modelkeep-Expected"
+#: Bytes gathered from the request before one write to the store (the server's memory per upload).
+UPLOAD_CHUNK = 4 << 20
+#: Artifacts from this size up are read from an S3 store's bucket by the client (a presigned GET);
+#: smaller ones are streamed by the server, which costs fewer round trips than a redirect.
+PRESIGNED_GET_MIN = 8 << 20
+#: Seconds a presigned download URL works.
+PRESIGNED_GET_SECONDS = 900
+#: Header of a redirect to a presigned download: the artifact's size.
+SIZE_HEADER = "X-Modelkeep-Size"
+#: Seconds an upload waits for its commit.
+UPLOAD_TTL = 3600.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class Upload:
+    """Bytes staged by ``POST /uploads``, waiting for their commit."""
+
+    tmp_key: str
+    size: int
+    sha256: str
+    blake3: dict[str, Any] | None
+    user: str | None
+    created: float = field(default_factory=time.monotonic)
+    #: For an upload straight to S3: the server's copy of the plan, completed at the commit.
+    presigned: Any = None
+
+
+def stale(message: str) -> VersionExistsError:
+    """The version or key a client signed for was taken meanwhile: it plans, signs and commits
+    again (a plain :class:`VersionExistsError`, so it crosses the wire as that class)."""
+    return VersionExistsError(message)
+
+
+def _expected(request: Request) -> Expected:
+    raw = request.headers.get(EXPECTED_HEADER)
+    if not raw:
+        raise HTTPException(400, f"an upload needs the {EXPECTED_HEADER} header (size, sha256, blake3)")
+    try:
+        data = json.loads(raw)
+        size, sha = int(data["size"]), str(data["sha256"])
+    except (ValueError, KeyError, TypeError):
+        raise HTTPException(400, f"the {EXPECTED_HEADER} header is not valid JSON with size and sha256") from None
+    if size < 0 or not _SHA256.fullmatch(sha):
+        raise HTTPException(400, f"the {EXPECTED_HEADER} header has a bad size or sha256")
+    blake = data.get("blake3")
+    expected = Expected.of(sha, size, {BLAKE3_KEY: blake} if isinstance(blake, dict) else None)
+    if blake is not None and not expected.fast:
+        raise HTTPException(400, f"the {EXPECTED_HEADER} header's blake3 record is malformed")
+    return expected
+
+
+class _Sink:
+    """Writes an upload to a staged key, hashing it as it goes (run in worker threads)."""
+
+    def __init__(self, store: ArtifactStore, tmp_key: str, expected: Expected) -> None:
+        self.store, self.tmp_key, self.expected = store, tmp_key, expected
+        self.sha = hashlib.sha256()
+        self.split = SplitHash(expected.ranges) if expected.fast else None
+        self.size = 0
+        self._stack = contextlib.ExitStack()
+        self._pool = self._stack.enter_context(ThreadPoolExecutor(1))
+        self._raw = self._stack.enter_context(store.open_write(tmp_key))
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.size += len(data)
+        if self.size > (self.expected.size or 0):
+            raise IntegrityError(f"the upload is longer than the {self.expected.size} bytes announced")
+        blake = self._pool.submit(self.split.update, data) if self.split is not None else None
+        view = memoryview(data)
+        while view:
+            view = view[self._raw.write(view) or 0 :]
+        self.sha.update(data)  # hashlib and blake3 release the GIL: the two digests run side by side
+        if blake is not None:
+            blake.result()
+
+    def finish(self) -> None:
+        """Make the bytes durable, then check them against what the client announced."""
+        self._stack.close()
+        exp = self.expected
+        if self.size != exp.size or self.sha.hexdigest() != exp.sha256:
+            raise IntegrityError(
+                f"the uploaded bytes ({self.size} bytes, SHA-256 {self.sha.hexdigest()[:16]}...) are not those "
+                f"announced ({exp.size} bytes, SHA-256 {exp.sha256[:16]}...); the upload was damaged, send it again"
+            )
+        if self.split is not None:
+            ok = self.split.skeleton.hexdigest() == exp.skeleton and (
+                not exp.ranges or self.split.payload.hexdigest() == exp.payload
+            )
+            if not ok:
+                raise IntegrityError("the uploaded bytes do not match their announced BLAKE3 digests")
+
+    def abort(self, exc: BaseException) -> None:
+        with contextlib.suppress(BaseException):
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        with contextlib.suppress(Exception):
+            self.store.delete(self.tmp_key, missing_ok=True)
+
+
+def plan(p: Any, model_name: str, version: str | None, overwrite: bool, extension: str) -> tuple[str, str]:
+    """The version and artifact key a save of ``model_name`` would get now (a claim may still find
+    them taken: then the commit answers 409 and the client plans again)."""
+    index = p.index
+    if version is None:
+        with index.engine.connect() as conn:
+            top = index.highest_version(conn, model_name)
+        version = next_version(top, lambda v: index.get(model_name, v) is not None)
+        previous = None
+    else:
+        previous = index.get(model_name, version) if overwrite else None
+    key = artifact_key(model_name, version, extension)
+    if previous is not None and previous.artifact is not None and previous.artifact.key == key:
+        key = revision_key(model_name, version, extension)
+    return version, key
+
+
+def _key_rule(proposed: str) -> Any:
+    """``key_for`` of :meth:`ModelPersistence.commit_staged`: the client's key, when it is the key
+    this claim may use (the usual one, or a fresh revision key for an overwrite)."""
+
+    def key_for(slot: VersionClaim, extension: str) -> str:
+        usual = artifact_key(slot.model_name, slot.version, extension)
+        prev = slot.previous.artifact.key if slot.previous is not None and slot.previous.artifact else None
+        if proposed == usual and prev != usual:
+            return proposed
+        stem = re.escape(usual[: -len(extension)] if extension else usual)
+        if (
+            prev is not None
+            and proposed != prev
+            and re.fullmatch(stem + r"\.r[0-9a-f]{12}" + re.escape(extension), proposed)
+        ):
+            return proposed
+        raise stale(
+            f"model '{slot.model_name}' version '{slot.version}' is not what the client planned "
+            f"(artifact key {proposed!r}); plan and sign again"
+        )
+
+    return key_for
+
+
+def draft_from_client(data: Any, name: str, upload: Upload) -> ModelMetadata:
+    """The record a client asks to commit, rebuilt from the fields a client may set, with the
+    digests the server measured; a malformed or inconsistent record raises :class:`MetadataError`
+    (:class:`IntegrityError` when its digests are not the uploaded bytes')."""
+    if not isinstance(data, dict):
+        raise MetadataError("the commit's record must be a JSON object")
+    client = ModelMetadata.from_dict(data)
+    if client.model_name != name:
+        raise MetadataError(f"the record names model {client.model_name!r}, not {name!r}")
+    validate_version(client.version)
+    art = client.artifact
+    if art is None:
+        raise MetadataError("the record has no artifact")
+    if art.size != upload.size or art.sha256 != upload.sha256 or art.extra.get(BLAKE3_KEY) != upload.blake3:
+        raise IntegrityError("the record's size and digests are not those of the uploaded bytes")
+    fmt = get_format(art.format)
+    if fmt.normalize_compression(art.compression) != art.compression:
+        raise MetadataError(f"compression {art.compression!r} is not one the {fmt.name} format writes")
+    fmt.check_protocol(art.extra, f"model '{name}'")
+    blobs = art.extra.get("blobs")
+    if blobs is not None and not _blob_list(blobs):
+        raise MetadataError("the record's blob list is malformed")
+    for label, value in (("metadata", client.metadata), ("environment", client.environment)):
+        if not isinstance(value, dict):
+            raise MetadataError(f"the record's {label} must be an object")
+    for label, opt in (("input_signature", client.input_signature), ("lineage", client.lineage)):
+        if opt is not None and not isinstance(opt, dict):
+            raise MetadataError(f"the record's {label} must be an object")
+    return ModelMetadata(
+        model_name=name,
+        model_type=str(client.model_type),
+        version=client.version,
+        created_at="",
+        updated_at="",
+        metadata=to_json_safe(client.metadata),
+        artifact=ArtifactInfo(art.key, fmt.name, art.compression, upload.size, upload.sha256, art.extra),
+        environment=client.environment,
+        signature=client.signature,
+        input_signature=client.input_signature,
+        lineage=client.lineage,
+    )
+
+
+class Transfers:
+    """The transfer handlers of one :class:`~modelkeep.api.routes.Api`, and its pending uploads."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.uploads: dict[str, Upload] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> ArtifactStore:
+        store: ArtifactStore = self.api.p.store
+        return store
+
+    @property
+    def s3(self) -> Any:
+        """The store, for :mod:`modelkeep.storage.presigned` (which refuses any but S3 clearly)."""
+        return self.api.p.store
+
+    def _user(self, request: Request) -> str | None:
+        who = getattr(request.state, "user", None)
+        return None if who is None else str(who.name)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            old = [k for k, u in self.uploads.items() if now - u.created > UPLOAD_TTL]
+            gone = [self.uploads.pop(k) for k in old]
+        for upload in gone:
+            with contextlib.suppress(Exception):
+                if upload.presigned is not None:
+                    from ..storage.presigned import abort_upload
+
+                    abort_upload(self.s3, upload.presigned)
+                else:
+                    self.store.delete(upload.tmp_key, missing_ok=True)
+
+    def _take(self, upload_id: Any, request: Request) -> Upload:
+        with self._lock:
+            upload = self.uploads.pop(str(upload_id), None)
+        if upload is None or upload.user != self._user(request):
+            if upload is not None:
+                self._put_back(str(upload_id), upload)
+            raise MetadataError(f"no pending upload {upload_id!r}: it was committed, expired or never made")
+        return upload
+
+    def _put_back(self, upload_id: str, upload: Upload) -> None:
+        with self._lock:
+            self.uploads[upload_id] = upload
+
+    # -- saving -----------------------------------------------------------------
+    def _plan_args(self, request: Request, name: str) -> tuple[str | None, bool, str]:
+        q = request.query_params
+        version = q.get("version") or None
+        if version is not None:
+            version = validate_version(version)
+        extension = q.get("extension", "")
+        if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
+            raise MetadataError(f"bad artifact extension {extension!r}")
+        return version, q.get("overwrite", "") in ("1", "true"), extension
+
+    async def upload(self, request: Request) -> Response:
+        """Stage the request body as an artifact, checked against its announced digests."""
+        self._expire()
+        expected = _expected(request)
+        name = request.query_params.get("model")
+        plan_for = None
+        if name:
+            name = validate_model_name(name)
+            plan_for = (name, *self._plan_args(request, name))
+        staged = self.store.stage()
+        sink = await run_in_threadpool(_Sink, self.store, staged.tmp_key, expected)
+        try:
+            pending = bytearray()
+            async for chunk in request.stream():
+                pending += chunk
+                if len(pending) >= UPLOAD_CHUNK:
+                    await run_in_threadpool(sink.write, pending)
+                    pending = bytearray()
+            if pending:
+                await run_in_threadpool(sink.write, pending)
+            await run_in_threadpool(sink.finish)
+        except BaseException as exc:
+            await run_in_threadpool(sink.abort, exc)
+            raise
+        upload = Upload(staged.tmp_key, sink.size, sink.sha.hexdigest(), _blake3_record(expected), self._user(request))
+        upload_id = uuid.uuid4().hex
+        self._put_back(upload_id, upload)
+        out: dict[str, Any] = {"upload": upload_id, "size": upload.size, "sha256": upload.sha256}
+        if plan_for is not None:
+            version, key = await self.api.call(request, plan, self.api.p, *plan_for)
+            out["plan"] = {"version": version, "key": key}
+        return _json(out, 201)
+
+    async def upload_presigned(self, request: Request) -> Response:
+        """Plan an upload straight to the bucket (S3 stores): the client declares the size and the
+        SHA-256 of the file and of each part (and its BLAKE3 record); S3 is asked to refuse other
+        bytes, and the commit reads the staged object back to check it (:func:`.presigned.complete_upload`)."""
+        from ..storage.presigned import plan_upload
+        from .endpoint import read_json
+
+        self._expire()
+        body = await read_json(request)
+        try:
+            size, sha, part_size = int(body["size"]), str(body["sha256"]), int(body["part_size"])
+            parts = [str(d) for d in body["part_sha256s"]]
+        except (KeyError, TypeError, ValueError):
+            raise MetadataError("a presigned upload needs size, sha256, part_size and part_sha256s") from None
+        blake = body.get("blake3")
+        expected = Expected.of(sha, size, {BLAKE3_KEY: blake} if isinstance(blake, dict) else None)
+        if blake is not None and not expected.fast:
+            raise MetadataError("the upload's blake3 record is malformed")
+        name = body.get("model")
+        plan_for = None
+        if name:
+            name = validate_model_name(str(name))
+            version = validate_version(str(body["version"])) if body.get("version") else None
+            extension = str(body.get("extension", ""))
+            if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
+                raise MetadataError(f"bad artifact extension {extension!r}")
+            plan_for = (name, version, bool(body.get("overwrite")), extension)
+        upload_plan = await run_in_threadpool(
+            lambda: plan_upload(self.s3, size, sha256=sha, part_sha256s=parts, part_size=part_size)
+        )
+        blake3 = _blake3_record(expected)
+        upload = Upload(upload_plan.key, size, sha, blake3, self._user(request), presigned=upload_plan)
+        upload_id = uuid.uuid4().hex
+        self._put_back(upload_id, upload)
+        out: dict[str, Any] = {"upload": upload_id, "presigned": upload_plan.to_json()}
+        if plan_for is not None:
+            version, key = await self.api.call(request, plan, self.api.p, *plan_for)
+            out["plan"] = {"version": version, "key": key}
+        return _json(out, 201)
+
+    def _complete(self, upload: Upload) -> None:
+        """Check a presigned upload's staged object against its plan and the declared digests
+        (read back once by the server), so the commit moves checked bytes; once."""
+        from ..storage.presigned import abort_upload, complete_upload
+
+        if upload.presigned is None:
+            return
+        ranges = (upload.blake3 or {}).get("ranges") or []
+        try:
+            done = complete_upload(self.s3, upload.presigned, ranges=ranges)
+            # Not read back (``sha256`` None) only where S3 refused any part whose bytes did not hash
+            # to its signed checksum; the whole file's digests are then the client's declaration,
+            # which every load checks again before parsing.
+            read_back = done.sha256 is not None
+            if read_back and (done.sha256 != upload.sha256 or done.blake3 != upload.blake3):
+                with contextlib.suppress(Exception):
+                    self.store.delete(done.key, missing_ok=True)
+                raise IntegrityError("the uploaded bytes do not match their declared digests")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                abort_upload(self.s3, upload.presigned)
+            raise
+        upload.tmp_key, upload.presigned = done.key, None
+
+    async def plan(self, request: Request) -> Response:
+        """The version and key a save would get now."""
+        name = validate_model_name(request.path_params["name"])
+        version, key = await self.api.call(request, plan, self.api.p, name, *self._plan_args(request, name))
+        return _json({"version": version, "key": key})
+
+    async def discard(self, request: Request) -> Response:
+        """Drop a pending upload (the client gave up)."""
+        upload = self._take(request.path_params["upload"], request)
+        if upload.presigned is not None:
+            from ..storage.presigned import abort_upload
+
+            await run_in_threadpool(abort_upload, self.s3, upload.presigned)
+        else:
+            await run_in_threadpool(self.store.delete, upload.tmp_key, missing_ok=True)
+        return _json({"discarded": True})
+
+    async def commit(self, request: Request) -> Response:
+        """Commit a pending upload as a version, with the record and signature the client made."""
+        from .endpoint import read_json
+
+        name = validate_model_name(request.path_params["name"])
+        body = await read_json(request)
+        upload_id = str(body.get("upload", ""))
+        upload = self._take(upload_id, request)
+        await run_in_threadpool(self._complete, upload)  # a refused presigned upload is aborted, not put back
+        try:
+            draft = draft_from_client(body.get("record"), name, upload)
+            record = await self.api.call(request, self._commit, upload, draft, body)
+        except BaseException:
+            self._put_back(upload_id, upload)  # e.g. a version taken meanwhile: the client commits it again
+            raise
+        return _json({"record": record.to_dict()}, 201)
+
+    def _commit(self, upload: Upload, draft: ModelMetadata, body: dict[str, Any]) -> ModelMetadata:
+        from ..storage import StagedArtifact
+
+        p = self.api.p
+        overwrite = bool(body.get("overwrite"))
+        auto = bool(body.get("auto_version"))
+        created_at = body.get("created_at")
+        if created_at is not None and not isinstance(created_at, str):
+            raise MetadataError("created_at must be an ISO-8601 string")
+        assert draft.artifact is not None
+        wanted = manifest(draft)
+
+        def sign(record: ModelMetadata) -> str | None:
+            if manifest(record) != wanted:
+                raise stale(
+                    f"model '{record.model_name}' version '{record.version}' is not the version the client "
+                    f"signed for ({draft.version}); plan and sign again"
+                )
+            return draft.signature
+
+        staged = StagedArtifact(self.store, upload.tmp_key)
+        staged.size, staged.sha256 = upload.size, upload.sha256
+        return p.commit_uploaded(
+            staged,
+            draft,
+            None if auto else draft.version,
+            overwrite=overwrite,
+            created_at=created_at,
+            sign=sign,
+            key_for=_key_rule(draft.artifact.key),
+        )
+
+    # -- loading ----------------------------------------------------------------
+    async def _record(self, request: Request) -> ModelMetadata:
+        name, version = request.path_params["name"], request.path_params["version"]
+        record: ModelMetadata = await self.api.call(
+            request, self.api.p.get_version, name, None if version == "latest" else version
+        )
+        if record.artifact is None:
+            raise IntegrityError(f"model '{record.model_name}' version '{record.version}' has no artifact")
+        return record
+
+    async def artifact(self, request: Request) -> Response:
+        """A version's artifact bytes (``Range`` requests work on a local store)."""
+        record = await self._record(request)
+        assert record.artifact is not None
+        return await self._send(record.artifact.key, record.artifact.size)
+
+    async def blob(self, request: Request) -> Response:
+        """One blob of a native-format version (only the blobs its record lists)."""
+        record = await self._record(request)
+        assert record.artifact is not None
+        sha = request.path_params["sha"]
+        sizes = {b[0]: b[1] for b in record.artifact.extra.get("blobs") or () if isinstance(b, list) and len(b) == 2}
+        if sha not in sizes:
+            raise MetadataError(
+                f"blob {sha[:16]!r} is not part of model '{record.model_name}' version '{record.version}'"
+            )
+        return await self._send(blob_key(sha), int(sizes[sha]))
+
+    async def _send(self, key: str, size: int) -> Response:
+        from ..storage.s3 import S3Store
+
+        if isinstance(self.store, S3Store) and size >= PRESIGNED_GET_MIN:  # bucket -> client directly
+            from ..storage.presigned import presign_get
+
+            url = await run_in_threadpool(presign_get, self.store, key, PRESIGNED_GET_SECONDS)
+            return RedirectResponse(url, status_code=307, headers={SIZE_HEADER: str(size)})
+        local = self.store.local_path(key)
+        if local is not None:
+            if not local.is_file():
+                raise self.store.not_found(key)
+            return FileResponse(local, media_type="application/octet-stream")
+        stream_cm = self.store.stream(key)
+        chunks = await run_in_threadpool(stream_cm.__enter__)
+
+        def body() -> Any:
+            try:
+                yield from chunks
+            finally:
+                stream_cm.__exit__(None, None, None)
+
+        return StreamingResponse(body(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
+
+    # -- native-format blobs ----------------------------------------------------
+    async def missing_blobs(self, request: Request) -> Response:
+        """Which of ``{"blobs": [[sha, size], ...]}`` the store lacks (to upload before the commit)."""
+        from ..blobs import BlobStore
+        from .endpoint import read_json
+
+        body = await read_json(request)
+        wanted = body.get("blobs")
+        if wanted is None or not _blob_list(wanted):
+            raise MetadataError("blobs must be a list of [sha256, size]")
+        missing = await run_in_threadpool(BlobStore(self.store).missing, [(s, n) for s, n in wanted])
+        return _json({"missing": missing})
+
+    async def put_blob(self, request: Request) -> Response:
+        """Store one blob; its bytes must hash to its name."""
+        sha = request.path_params["sha"]
+        if not _SHA256.fullmatch(sha):
+            raise MetadataError("a blob is named by its SHA-256 (64 hex digits)")
+        size = int(request.headers.get("content-length") or -1)
+        if size < 0:
+            raise HTTPException(411, "a blob upload needs a Content-Length")
+        expected = Expected(sha, size)
+        staged = self.store.stage()
+        sink = await run_in_threadpool(_Sink, self.store, staged.tmp_key, expected)
+        try:
+            pending = bytearray()
+            async for chunk in request.stream():
+                pending += chunk
+                if len(pending) >= UPLOAD_CHUNK:
+                    await run_in_threadpool(sink.write, pending)
+                    pending = bytearray()
+            if pending:
+                await run_in_threadpool(sink.write, pending)
+            await run_in_threadpool(sink.finish)
+            await run_in_threadpool(staged.commit, blob_key(sha))
+        except BaseException as exc:
+            await run_in_threadpool(sink.abort, exc)
+            raise
+        return _json({"stored": sha}, 201)
+
+
+def _blake3_record(expected: Expected) -> dict[str, Any] | None:
+    """The ``extra["blake3"]`` record of checked digests (as :class:`HashingWriter` records them)."""
+    if not expected.fast:
+        return None
+    record: dict[str, Any] = {"sha256": expected.sha256, "skeleton": expected.skeleton}
+    if expected.ranges:
+        record["payload"] = expected.payload
+        record["ranges"] = [list(r) for r in expected.ranges]
+    return record
+
+
+def _blob_list(value: Any) -> bool:
+    """Whether ``value`` is a list of ``[sha256, size]`` pairs."""
+    return isinstance(value, list) and all(
+        isinstance(b, list) and len(b) == 2 and isinstance(b[0], str) and _SHA256.fullmatch(b[0]) and type(b[1]) is int
+        for b in value
+    )
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    from .endpoint import json_response
+
+    return json_response(data, status)
+
+
+def transfer_endpoints(api: Api) -> list[Endpoint]:
+    """The routes that upload and download artifacts."""
+    from .endpoint import Endpoint
+
+    t = Transfers(api)
+    api.transfers = t  # type: ignore[attr-defined]
+    return [
+        Endpoint("POST", "/uploads", t.upload, "Stage an artifact's bytes (streamed); answers an upload id and a plan"),
+        Endpoint("POST", "/uploads/presigned", t.upload_presigned, "Plan an upload straight to S3 (S3 stores only)"),
+        Endpoint("DELETE", "/uploads/{upload}", t.discard, "Drop a pending upload"),
+        Endpoint("GET", "/models/{name}/plan", t.plan, "The version and artifact key a save would get now"),
+        Endpoint(
+            "POST", "/models/{name}/commit", t.commit, "Commit an upload as a version, with the client's signature"
+        ),
+        Endpoint("GET", "/models/{name}/versions/{version}/artifact", t.artifact, "A version's artifact bytes"),
+        Endpoint("GET", "/models/{name}/versions/{version}/blobs/{sha}", t.blob, "One blob of a native-format version"),
+        Endpoint("POST", "/blobs/missing", t.missing_blobs, "Which blobs the store lacks"),
+        Endpoint("PUT", "/blobs/{sha}", t.put_blob, "Store one blob (its bytes must hash to its name)"),
+    ]

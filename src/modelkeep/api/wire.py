@@ -1,0 +1,222 @@
+"""How records and errors cross the wire between ``modelkeep server`` and its clients.
+
+An error response is ``{"error": {"class": "VersionNotFoundError", "message": "...", "cli": {...}}}``
+with an HTTP status chosen by :func:`status_for`. :func:`error_from_body` turns it back into an
+instance of the same :mod:`modelkeep.errors` class (never any other class: an unknown or
+non-modelkeep name becomes a plain :class:`~modelkeep.errors.ModelKeepError`), so a client
+raises exactly what a local registry would.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import errors
+
+if TYPE_CHECKING:
+    from ..maintenance import VerifyReport
+    from ..metadata import HistoryEntry, ModelMetadata, ModelSummary
+    from ..policies import MoveCheck, Policy
+
+#: The API's version, the path prefix of every route: ``/api/v1/...``.
+API_PREFIX = "/api/v1"
+#: Header carrying the client's protocol version; a server refuses clients newer than it knows.
+PROTOCOL_HEADER = "X-Modelkeep-Protocol"
+PROTOCOL = 1
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a library error is answered with."""
+    if isinstance(exc, errors.AuthenticationError):
+        return 401
+    if isinstance(exc, errors.PermissionDeniedError):
+        return 403
+    if isinstance(exc, (errors.RegistryNotFoundError, errors.ArtifactNotFoundError, KeyError)):
+        return 404
+    if isinstance(exc, (errors.VersionExistsError, errors.AliasConflictError, errors.VersionInUseError)):
+        return 409
+    if isinstance(exc, (errors.IntegrityError,)):
+        return 422
+    if isinstance(exc, (errors.StorageError, errors.BackendUnavailableError)):
+        return 503
+    return 400
+
+
+def error_body(exc: errors.ModelKeepError) -> dict[str, Any]:
+    """The JSON body describing ``exc``."""
+    body: dict[str, Any] = {
+        "class": type(exc).__name__,
+        "message": str(exc),
+        "cli": dict(getattr(exc, "cli_spelling", {}) or {}),
+    }
+    for attr in ("position", "refused", "failures"):
+        value = getattr(exc, attr, None)
+        if value not in (None, (), []):
+            body[attr] = list(value) if isinstance(value, (tuple, list)) else value
+    return {"error": body}
+
+
+def _error_class(name: Any) -> type[errors.ModelKeepError]:
+    found = getattr(errors, name, None) if isinstance(name, str) else None
+    if isinstance(found, type) and issubclass(found, errors.ModelKeepError):
+        return found
+    return errors.ModelKeepError
+
+
+def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
+    """The error a server's response describes (``body`` is the decoded JSON, or anything else)."""
+    detail = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(detail, dict):
+        text = str(body)[:500] if body else ""
+        if status == 401:
+            return errors.AuthenticationError(f"the server refused the credentials (HTTP 401) {text}".strip())
+        if status == 403:
+            return errors.PermissionDeniedError(f"the server refused the request (HTTP 403) {text}".strip())
+        if status == 404:
+            return errors.ModelNotFoundError(f"not found on the server (HTTP 404) {text}".strip())
+        return errors.StorageError(f"the server answered HTTP {status} {text}".strip())
+    cls = _error_class(detail.get("class"))
+    message = str(detail.get("message", ""))
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    cli = detail.get("cli")
+    exc.cli_spelling = {str(k): str(v) for k, v in cli.items()} if isinstance(cli, dict) else {}
+    if "position" in detail and isinstance(detail["position"], int):
+        exc.position = detail["position"]  # type: ignore[attr-defined]
+    if "refused" in detail and isinstance(detail["refused"], list):
+        exc.refused = tuple(str(r) for r in detail["refused"])  # type: ignore[attr-defined]
+    if "failures" in detail and isinstance(detail["failures"], list):
+        exc.failures = [tuple(f) for f in detail["failures"] if isinstance(f, list)]  # type: ignore[attr-defined]
+    return exc
+
+
+def is_http_url(value: Any) -> bool:
+    """Whether ``value`` names a registry server (``http://`` or ``https://``)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+# -- records ---------------------------------------------------------------------------------------
+def record_to_wire(record: ModelMetadata) -> dict[str, Any]:
+    """A version's record with its lifecycle state (aliases, tags, description) beside it."""
+    return {**record.to_dict(), "lifecycle": record.lifecycle_dict()}
+
+
+def record_from_wire(data: Any) -> ModelMetadata:
+    """Inverse of :func:`record_to_wire` (a malformed record raises :class:`~modelkeep.errors.MetadataError`)."""
+    from ..metadata import ModelMetadata
+
+    if not isinstance(data, dict):
+        raise errors.MetadataError(f"the server sent a record that is not an object: {str(data)[:200]}")
+    record = ModelMetadata.from_dict(data)
+    life = data.get("lifecycle")
+    if isinstance(life, dict):
+        record.aliases = [str(a) for a in life.get("aliases") or []]
+        record.tags = {str(k): str(v) for k, v in (life.get("tags") or {}).items()}
+        description = life.get("description")
+        record.description = None if description is None else str(description)
+        damaged = life.get("damaged")
+        record.damaged = None if damaged is None else str(damaged)
+    return record
+
+
+def summary_from_wire(data: dict[str, Any]) -> ModelSummary:
+    """A :class:`~modelkeep.metadata.ModelSummary` from its ``to_dict``."""
+    from ..metadata import ModelSummary
+
+    return ModelSummary(
+        name=str(data["name"]),
+        version_count=int(data["version_count"]),
+        latest_version=str(data["latest_version"]),
+        updated_at=str(data["updated_at"]),
+    )
+
+
+def history_from_wire(data: dict[str, Any]) -> HistoryEntry:
+    """A :class:`~modelkeep.metadata.HistoryEntry` from its ``to_dict``."""
+    from ..metadata import HistoryEntry
+
+    optional = ("version", "alias", "key", "before", "after", "damaged")
+    extra: dict[str, Any] = {name: data.get(name) for name in optional}
+    return HistoryEntry(
+        id=int(data["id"]),
+        at=str(data["at"]),
+        actor=str(data["actor"]),
+        action=str(data["action"]),
+        model_name=str(data["model_name"]),
+        **extra,
+    )
+
+
+def policy_to_wire(policy: Policy) -> dict[str, Any]:
+    """A promotion policy with its conditions as stored (public keys included: they are public)."""
+    return {
+        "model": policy.model,
+        "alias": policy.alias,
+        "conditions": policy.conditions(),
+        "updated_at": policy.updated_at,
+        "updated_by": policy.updated_by,
+    }
+
+
+def policy_from_wire(data: dict[str, Any]) -> Policy:
+    """Inverse of :func:`policy_to_wire`."""
+    from ..policies import Policy
+
+    c = data.get("conditions") or {}
+    return Policy(
+        model=str(data["model"]),
+        alias=str(data["alias"]),
+        filter=c.get("filter"),
+        require_signature=dict(c.get("require_signature") or {}),
+        require_input_signature=bool(c.get("require_input_signature", False)),
+        approvals=int(c.get("approvals", 0)),
+        allowed=tuple(c.get("allowed") or ()),
+        updated_at=data.get("updated_at"),
+        updated_by=data.get("updated_by"),
+    )
+
+
+def move_check_to_wire(check: MoveCheck) -> dict[str, Any]:
+    """A :class:`~modelkeep.policies.MoveCheck` (policies in full, so the client can rebuild it)."""
+    return {
+        "model_name": check.model_name,
+        "alias": check.alias,
+        "version": check.version,
+        "policies": [policy_to_wire(p) for p in check.policies],
+        "failures": [list(f) for f in check.failures],
+    }
+
+
+def move_check_from_wire(data: dict[str, Any]) -> MoveCheck:
+    """Inverse of :func:`move_check_to_wire`."""
+    from ..policies import MoveCheck
+
+    return MoveCheck(
+        model_name=str(data["model_name"]),
+        alias=str(data["alias"]),
+        version=str(data["version"]),
+        policies=[policy_from_wire(p) for p in data.get("policies") or []],
+        failures=[(str(c), str(s)) for c, s in data.get("failures") or []],
+    )
+
+
+def verify_report_from_wire(data: dict[str, Any]) -> VerifyReport:
+    """A :class:`~modelkeep.maintenance.VerifyReport` from its ``to_dict``."""
+    from ..maintenance import Problem, VerifyReport
+
+    return VerifyReport(
+        versions_checked=int(data.get("versions_checked", 0)),
+        blobs_checked=int(data.get("blobs_checked", 0)),
+        bytes_checked=int(data.get("bytes_checked", 0)),
+        problems=[
+            Problem(
+                kind=str(p["kind"]),
+                key=str(p["key"]),
+                detail=str(p["detail"]),
+                model_name=p.get("model_name"),
+                version=p.get("version"),
+            )
+            for p in data.get("problems") or []
+        ],
+        signatures={str(k): int(v) for k, v in (data.get("signatures") or {}).items()},
+    )

@@ -1,0 +1,187 @@
+"""Faults of saves and loads through a registry server: a server killed mid-upload, a server that
+stalls, and the server's memory while a large upload streams through it.
+
+These run a real ``modelkeep server`` process (tests/_http_server.py), so it can be killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelkeep.api import client_transfers
+from modelkeep.api.client import HttpRegistry
+from modelkeep.errors import StorageError
+from modelkeep.layout import TMP_DIR
+
+from ._http_server import HttpServer, ServerSide, running_server
+
+MiB = 1 << 20
+
+
+def _staged_bytes(models_dir: str) -> int:
+    tmp = Path(models_dir) / TMP_DIR
+    return sum(p.stat().st_size for p in tmp.glob("*.part")) if tmp.exists() else 0
+
+
+def _throttled(delay: float) -> Any:
+    """An upload reader that pauses between 1 MiB chunks, so a test can act mid-upload."""
+
+    def read_chunks(f: Any) -> Iterator[bytes]:
+        while chunk := f.read(MiB):
+            time.sleep(delay)
+            yield chunk
+
+    return read_chunks
+
+
+def test_a_server_killed_mid_upload_commits_nothing_and_a_retry_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side = ServerSide(str(tmp_path / "models"))
+    model = {"weights": np.random.default_rng(1).random(48 * MiB // 8)}  # 48 MiB of float64
+    monkeypatch.setattr(client_transfers, "_read_chunks", _throttled(0.02))
+    outcome: list[BaseException | None] = []
+    with running_server(side, tmp_path / "first") as server:
+        client = server.client()
+
+        def save() -> None:
+            try:
+                client.save_version(model, "big", compress=False)
+                outcome.append(None)
+            except BaseException as exc:  # the thread reports what the client raised
+                outcome.append(exc)
+
+        saver = threading.Thread(target=save)
+        saver.start()
+        deadline = time.monotonic() + 120
+        while _staged_bytes(side.models_dir) < 8 * MiB and saver.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert saver.is_alive(), "the upload finished before the server could be killed"
+        server.kill()
+        saver.join(timeout=120)
+        client.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageError), outcome
+    message = str(outcome[0])
+    assert "\n" not in message and server.url in message  # one line naming the server
+
+    with running_server(side, tmp_path / "second") as server, server.client() as client:  # back again
+        assert "big" not in client.list_models()
+        with server.direct() as direct:
+            assert direct.list_models() == []
+            report = direct.gc(min_age_seconds=0)  # the half upload is a staged file: gc's
+            assert any(TMP_DIR in item.key for item in report.removed), report
+            assert _staged_bytes(side.models_dir) == 0
+            assert direct.verify().ok
+        monkeypatch.setattr(client_transfers, "_read_chunks", _throttled(0))
+        rec = client.save_version(model, "big", compress=False)
+        assert rec.version == "1.0.0"
+        assert np.array_equal(client.load("big")["weights"], model["weights"])
+
+
+@contextlib.contextmanager
+def _stalling_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_a_stalled_server_is_a_clear_error_after_the_read_timeout() -> None:
+    with _stalling_server() as url, HttpRegistry(url, read_timeout=0.5) as client:
+        with pytest.raises(StorageError, match="did not answer in time"):
+            client.load("m")
+        with pytest.raises(StorageError, match="did not answer in time"):
+            client.save_version({"a": np.zeros(4 * MiB)}, "m", compress=False)  # larger than socket buffers
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_a_large_upload_streams_through_the_server_in_bounded_memory(http_server: HttpServer) -> None:
+    """256 MiB through the server: its peak memory grows by far less than the artifact."""
+    assert http_server.process is not None
+    size = 256 * MiB
+    model = {"weights": np.random.default_rng(2).random(size // 8)}
+    with http_server.client() as client:
+        client.save_version({"warm": np.zeros(1000)}, "warm")
+        client.load("warm")
+        before = _peak_rss(http_server.process.pid)
+        rec = client.save_version(model, "big", compress=False)
+        during_save = _peak_rss(http_server.process.pid)
+        back = client.load("big")
+        after_load = _peak_rss(http_server.process.pid)
+    assert rec.artifact is not None and rec.artifact.size > size
+    assert np.array_equal(back["weights"], model["weights"])
+    grew = after_load - before
+    print(f"server peak RSS {before / MiB:.0f} MiB -> {during_save / MiB:.0f} (save) -> {after_load / MiB:.0f} (load)")
+    assert grew < 64 * MiB, f"the server's peak memory grew by {grew / MiB:.0f} MiB for a 256 MiB artifact"
+
+
+def test_a_server_killed_during_a_presigned_upload_commits_nothing(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL + S3: the server dies while the client sends parts straight to the bucket. The
+    commit cannot happen (one-line StorageError), the open multipart upload is gc's once the
+    server is back, and the save succeeds when tried again."""
+    from modelkeep.storage import presigned_client
+    from tests.conftest import PG_URL, postgres_schema
+
+    if PG_URL is None:
+        pytest.fail("set MODELKEEP_TEST_POSTGRES_URL: this test needs PostgreSQL")
+    upload_plan = presigned_client.upload_plan
+    model = {"w": np.random.default_rng(5).random(12 * MiB // 8)}
+    with postgres_schema() as schema:
+        side = ServerSide(s3_bucket.url(), PG_URL, schema, s3_bucket.storage_options)
+        with running_server(side, tmp_path / "first") as server, server.client() as client:
+
+            def dying(plan: Any, source: Any, **kwargs: Any) -> Any:
+                server.kill()  # the plan is out; the parts go to the bucket without the server
+                return upload_plan(plan, source, **kwargs)
+
+            monkeypatch.setattr(presigned_client, "upload_plan", dying)
+            with pytest.raises(StorageError) as caught:
+                client.save_version(model, "big", compress=False)
+            assert "\n" not in str(caught.value) and server.url in str(caught.value)
+        monkeypatch.setattr(presigned_client, "upload_plan", upload_plan)
+        with running_server(side, tmp_path / "second") as server, server.client() as client:
+            assert "big" not in client.list_models()
+            with server.direct() as direct:
+                report = direct.gc(min_age_seconds=0)
+                assert any(TMP_DIR in item.key for item in report.removed), report
+                assert direct.verify().ok
+            rec = client.save_version(model, "big", compress=False)
+            assert rec.version == "1.0.0"
+            assert np.array_equal(client.load("big")["w"], model["w"])
