@@ -425,20 +425,35 @@ def test_users_and_tokens_through_the_client(server: HttpServer) -> None:
         assert admin.identity is not None and (admin.identity.name, admin.identity.role) == ("admin", "admin")
         admin.users.add("carol", "carol-pass-1", "viewer")
         token = admin.users.new_token("carol", "laptop")
-        assert [label for label, _ in admin.users.tokens("carol")] == ["laptop"]
+        spare = admin.users.new_token("carol", "ci", expires_in=3600)
+        listed = admin.users.tokens("carol")
+        assert [t.label for t in listed] == ["laptop", "ci"]
+        assert listed[0].expires_at is None and listed[1].expires_at is not None
         row = admin.users.get("carol")
         assert row is not None and row.role == "viewer" and row.password_hash == "(set)"  # no hash leaves
         with pytest.raises(UserNotFoundError):
             admin.users.set_role("nobody", "admin")
     with server.client(token) as carol:
-        with pytest.raises(PermissionDeniedError, match="needs the editor role"):
+        with pytest.raises(PermissionDeniedError, match="needs the writer role"):
             carol.set_tag("churn", "x", "y")
         with pytest.raises(PermissionDeniedError, match="admin"):
             carol.users.list()
     with server.client() as admin:
-        admin.users.set_role("carol", "editor")
+        admin.users.grant("carol", "churn*", "writer")  # a writer on churn only
+        assert admin.users.grants("carol") == [("churn*", "writer")]
     with server.client(token) as carol:
         carol.set_tag("churn", "x", "y")
+        with pytest.raises(PermissionDeniedError, match="needs the writer role"):
+            carol.set_tag("fraud", "x", "y")
+    with server.client() as admin:
+        admin.users.revoke_grant("carol", "churn*")
+        admin.users.set_role("carol", "editor")  # the old name of maintainer
+        assert admin.users.get("carol").role == "maintainer"  # type: ignore[union-attr]
+        admin.users.revoke_token("carol", listed[1].token_id)
+    with pytest.raises(AuthenticationError), server.client(spare) as carol:
+        carol.list_models()
+    with server.client(token) as carol:
+        carol.set_tag("fraud", "x", "y")
     with server.client() as admin:
         assert admin.users.revoke_tokens("carol") == 1
     with pytest.raises(AuthenticationError), server.client(token) as carol:
@@ -560,7 +575,7 @@ def test_the_cli_works_against_a_server_process(http_server: HttpServer, tmp_pat
     assert "staging" in ok("alias", "list", "--model-name", "churn")
     history = ok("history", "--model-name", "churn")
     assert re.search(r"admin\s+alias_set", history) and re.search(r"admin\s+tag_set", history)
-    assert "needs the editor role" in fails(
+    assert "needs the maintainer role" in fails(
         "alias", "set", "--model-name", "churn", "--alias", "staging", "--version", "1.0.1", token=viewer
     )
     assert "vic" in ok("users", "list")
@@ -670,3 +685,51 @@ def test_a_killed_server_is_a_clear_error_and_changes_nothing(http_server: HttpS
         client.set_tag("churn", "after", "yes")
     with http_server.direct() as p:
         assert p.get_tags("churn") == {"team": "risk", "before": "yes"}
+
+
+def test_a_writer_saves_but_never_deletes_through_the_server(server: HttpServer) -> None:
+    token = server.add_user("wren", "writer")
+    with server.client(token) as wren:
+        saved = wren.save_version({"w": 1}, "churn", accuracy=0.95)
+        wren.set_tag("churn", "owner", "wren", version=saved.version)
+        refusals = [
+            lambda: wren.save_version({"w": 2}, "churn", saved.version, overwrite=True),
+            lambda: wren.delete("churn", saved.version),
+            lambda: wren.set_alias("churn", "staging", saved.version),
+            lambda: wren.purge("churn"),
+        ]
+        for refused in refusals:
+            with pytest.raises(PermissionDeniedError):
+                refused()
+        assert wren.load("churn", saved.version) == {"w": 1}
+    with server.direct() as p:
+        assert p.get_version("churn", saved.version).artifact.sha256 == saved.artifact.sha256  # type: ignore[union-attr]
+        assert saved.version in p.list_versions("churn")
+        rows = [h for h in p.history("churn") if h.version == saved.version]
+        assert rows and {h.actor for h in rows} == {"wren"}
+
+
+def test_a_grant_holder_cannot_reach_artifacts_of_models_it_cannot_see(server: HttpServer) -> None:
+    with server.direct() as p:
+        p.users.add("gus", None, "none")
+        p.users.grant("gus", "churn", "viewer")
+        token = p.users.new_token("gus", "tests")
+        fraud = p.get_version("fraud")
+    with server.client(token) as gus:
+        assert gus.list_models() == ["churn"]
+        with pytest.raises(ModelNotFoundError):
+            gus.load("fraud")
+        assert gus.load("churn") is not None
+
+    def get(path: str) -> httpx.Response:
+        return httpx.get(server.url + API_PREFIX + path, headers=bearer(token))
+
+    for path, status in (
+        (f"/models/fraud/versions/{fraud.version}", 404),
+        (f"/models/fraud/versions/{fraud.version}/artifact", 404),
+        ("/models/fraud/versions", 200),  # a model with no versions lists none, locally too
+    ):
+        hidden, missing = get(path), get(path.replace("fraud", "fraux"))
+        assert (path, hidden.status_code, missing.status_code) == (path, status, status)
+        # An invisible model answers exactly as a missing one does: nothing says it exists.
+        assert hidden.text == missing.text.replace("fraux", "fraud")

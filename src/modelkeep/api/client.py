@@ -44,7 +44,7 @@ from .wire import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..index.users import UserRow
+    from ..index.users import TokenRow, UserRow
     from ..input_signature import InputCheck
     from ..lifecycle import Age
     from ..maintenance import VerifyReport
@@ -543,17 +543,40 @@ class RemoteUsers:
         """How many users there are."""
         return len(self.list())
 
-    def new_token(self, name: str, label: str = "") -> str:
-        """A new API token for ``name`` (shown once)."""
-        return str(self._r.request("POST", f"/users/{segment(name)}/tokens", json={"label": label})["token"])
+    def new_token(self, name: str, label: str = "", *, expires_in: float | _dt.timedelta | None = None) -> str:
+        """A new API token for ``name`` (shown once); ``expires_in`` seconds (or a timedelta) bound its life."""
+        if isinstance(expires_in, _dt.timedelta):
+            expires_in = expires_in.total_seconds()
+        body = {"label": label, "expires_in": expires_in}
+        return str(self._r.request("POST", f"/users/{segment(name)}/tokens", json=body)["token"])
 
-    def tokens(self, name: str) -> builtins.list[tuple[str, str]]:
-        """``(label, created_at)`` of each of ``name``'s tokens."""
-        return [(str(a), str(b)) for a, b in self._r.request("GET", f"/users/{segment(name)}/tokens")["tokens"]]
+    def tokens(self, name: str) -> builtins.list[TokenRow]:
+        """Each of ``name``'s tokens: id, label, creation and expiry."""
+        from ..index.users import TokenRow
+
+        found = self._r.request("GET", f"/users/{segment(name)}/tokens")["tokens"]
+        return [TokenRow(t["token_id"], t["label"], t["created_at"], t["expires_at"]) for t in found]
 
     def revoke_tokens(self, name: str) -> int:
         """Revoke every token of ``name``; returns how many."""
         return int(self._r.request("DELETE", f"/users/{segment(name)}/tokens")["revoked"])
+
+    def revoke_token(self, name: str, token_id: str) -> None:
+        """Revoke one of ``name``'s tokens by its id (see :meth:`tokens`)."""
+        self._r.request("DELETE", f"/users/{segment(name)}/tokens/{segment(token_id)}")
+
+    def grant(self, name: str, glob: str, role: str) -> None:
+        """Give ``name`` ``role`` on the models ``glob`` matches."""
+        self._r.request("PUT", f"/users/{segment(name)}/grants", json={"glob": glob, "role": role})
+
+    def revoke_grant(self, name: str, glob: str) -> None:
+        """Take back ``name``'s grant on ``glob``."""
+        self._r.request("DELETE", f"/users/{segment(name)}/grants", params={"glob": glob})
+
+    def grants(self, name: str) -> builtins.list[tuple[str, str]]:
+        """``(glob, role)`` of each of ``name``'s grants."""
+        found = self._r.request("GET", f"/users/{segment(name)}/grants")["grants"]
+        return [(str(g["glob"]), str(g["role"])) for g in found]
 
 
 def server_only(what: str) -> ServerOnlyError:

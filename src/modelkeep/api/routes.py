@@ -12,6 +12,7 @@ list builds the Starlette routes and the OpenAPI document served at ``/api/v1/op
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -398,18 +399,48 @@ class Api:
 
     async def new_token(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
-        label = Body(await read_json(request)).text("label") or ""
-        token = await self.call(request, users.new_token, request.path_params["user"], label)
+        body = Body(await read_json(request))
+        expires = body.data.get("expires_in")
+        if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+            raise RequestError("'expires_in' must be a number of seconds, or null")
+        token = await self.call(
+            request, users.new_token, request.path_params["user"], body.text("label") or "", expires_in=expires
+        )
         return json_response({"token": token}, status=201)
 
     async def list_tokens(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
         found = await self.call(request, users.tokens, request.path_params["user"])
-        return json_response({"tokens": [list(t) for t in found]})
+        return json_response({"tokens": [dataclasses.asdict(t) for t in found]})
 
     async def revoke_tokens(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
         return json_response({"revoked": await self.call(request, users.revoke_tokens, request.path_params["user"])})
+
+    async def revoke_token(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        user, token_id = request.path_params["user"], request.path_params["token_id"]
+        await self.call(request, users.revoke_token, user, token_id)
+        return json_response({"ok": True})
+
+    async def list_grants(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        found = await self.call(request, users.grants, request.path_params["user"])
+        return json_response({"grants": [{"glob": glob, "role": role} for glob, role in found]})
+
+    async def grant(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        body = Body(await read_json(request))
+        await self.call(request, users.grant, request.path_params["user"], body.required("glob"), body.required("role"))
+        return json_response({"ok": True})
+
+    async def revoke_grant(self, request: Request) -> Response:
+        users = await self._admin(request, "manage users")
+        glob = Query(request).text("glob")
+        if not glob:
+            raise RequestError("say which grant to remove: ?glob=PATTERN")
+        await self.call(request, users.revoke_grant, request.path_params["user"], glob)
+        return json_response({"ok": True})
 
     def endpoints(self) -> list[Endpoint]:
         """Every route of the API: these, and the transfers of :mod:`modelkeep.api.transfers`."""
@@ -459,8 +490,14 @@ class Api:
             Endpoint("PUT", "/users/{user}/role", self.set_role, "Change a user's role (admin)"),
             Endpoint("PUT", "/users/{user}/password", self.set_password, "Set a user's password (admin)"),
             Endpoint("POST", "/users/{user}/tokens", self.new_token, "Make an API token for a user (admin)"),
-            Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: labels and dates (admin)"),
+            Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: id, label, dates (admin)"),
             Endpoint("DELETE", "/users/{user}/tokens", self.revoke_tokens, "Revoke every token of a user (admin)"),
+            Endpoint(
+                "DELETE", "/users/{user}/tokens/{token_id}", self.revoke_token, "Revoke one token by its id (admin)"
+            ),
+            Endpoint("GET", "/users/{user}/grants", self.list_grants, "A user's roles on model globs (admin)"),
+            Endpoint("PUT", "/users/{user}/grants", self.grant, "Give a user a role on a model glob (admin)"),
+            Endpoint("DELETE", "/users/{user}/grants", self.revoke_grant, "Take back a user's grant (?glob=) (admin)"),
         ]
 
 
