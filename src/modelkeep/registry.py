@@ -17,9 +17,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from . import environment, keys, lineage, signing, timeouts
 from . import quarantine as quarantine_mod
 from .errors import (
     ConfigError,
+    FilterError,
     IntegrityError,
     MetadataError,
     ModelKeepError,
@@ -36,6 +38,7 @@ from .errors import (
     UnsafeModelError,
     VersionExistsError,
     VersionTrashedError,
+    for_item,
     no_versions,
 )
 from .formats import Format, format_for_suffix, get_format
@@ -45,7 +48,7 @@ from .identity import AccessPolicy, Identity
 from .index import SqlIndex
 from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age, acts
-from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, to_json_safe, utc_now
+from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, SaveItem, to_json_safe, utc_now
 from .params import PARAMS_KEY
 from .params import capture as capture_params
 from .promotions import PromotionMixin
@@ -78,6 +81,9 @@ logger = logging.getLogger("modelkeep")
 _NOT_MAPPED: Any = object()
 
 #: ``progress(description, total_bytes_or_None)`` -> context manager yielding ``advance(n)``.
+#: Threads that serialize and ``fsync`` a ``save_many`` batch's files.
+BULK_THREADS = 4
+
 ProgressFactory = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 
 
@@ -151,6 +157,21 @@ def _open_cache(store: Any, max_bytes: Any) -> ArtifactCache | None:
         except ValueError as exc:
             raise ConfigError(f"cache_max_bytes {exc}") from None
     return open_cache(max_bytes)
+
+
+@dataclass(frozen=True)
+class _BulkItem:
+    """One checked item of :meth:`ModelPersistence.save_many`, ready to serialize."""
+
+    position: int
+    model: Any
+    model_name: str
+    version: str | None
+    fmt: Format
+    compression: str | None
+    custom: dict[str, Any]
+    signature: dict[str, Any] | None
+    created_at: str | None
 
 
 class ModelPersistence(PromotionMixin, EventsMixin):
@@ -487,23 +508,11 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
-        fmt = self.format if serialization_format is None else get_format(serialization_format)
-        compression = (
-            self.compression
-            if compress is None and serialization_format is None
-            else fmt.normalize_compression(self.compress if compress is None else compress)
-        )
-        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
-            from .formats.frameworks import resolve_auto
+        fmt, compression = self._format_for(model, serialization_format, compress)
+        from .loading import warn_main_globals
 
-            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
-        from .loading import refuse_unloadable, warn_main_globals
-
-        refuse_unloadable(model, fmt.name)
         self.ensure_registry()
-        custom = to_json_safe(dict(metadata or {}))
-        if PARAMS_KEY not in custom:
-            custom = {**capture_params(model), **custom}
+        custom = self._custom_metadata(model, metadata)
         signature, lineage_parts, git = self._describe(
             model, model_name, input_example, training_data, training_target, parent
         )
@@ -519,18 +528,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
 
         attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
         with self.store.staged(resume=attempt) as staged:
-            with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
-                try:
-                    extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
-                    extra.update(fmt.protocol_record())
-                except ModelKeepError:
-                    raise
-                except OSError:
-                    raise
-                except Exception as exc:
-                    raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
-            if staged.blake3 is not None:
-                extra[BLAKE3_KEY] = staged.blake3
+            extra = self._dump(model, model_name, fmt, compression, staged)
             env = environment.capture(model, environment.modules_of(extra, fmt.name))
             lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
             warn_main_globals(extra)
@@ -570,6 +568,220 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             (time.perf_counter() - started) * 1000,
         )
         return record
+
+    @acts("editor", "save versions")
+    def save_many(
+        self,
+        items: Iterable[SaveItem | Mapping[str, Any]],
+        *,
+        serialization_format: str | None = None,
+        compress: Any = None,
+        batch_size: int = 256,
+    ) -> list[ModelMetadata]:
+        """Save many new versions (a model per customer, say) in few transactions; their records,
+        in the order given.
+
+        Each item is a :class:`SaveItem` or a mapping with ``model`` and ``model_name`` (and
+        optionally ``version``, ``metadata``, ``created_at``; other keys are custom metadata,
+        as ``save``'s keyword arguments are): ``{"model": m, "model_name": "churn_0042",
+        "auc": 0.91}``. Every version gets what :meth:`save` gives it: its artifact ``fsync``'ed
+        before its row commits, a signed record, a sidecar, a history row and its event file;
+        ``version=None`` takes the model's next patch version. What changes is the cost: every
+        item is checked before anything is written, then each ``batch_size`` items are claimed
+        in one transaction, their files written with one ``fsync`` per folder, and their rows
+        committed in one transaction, whole or not at all, with a single git lookup for the call.
+
+        A bad item (no model, a bad name, a version given twice or already saved, an object
+        the format cannot store) raises the usual error class, its message starting with the
+        item (``items[3] (model 'churn_0042'): ...``, position in ``.item``); nothing of its
+        batch is registered and that batch's files are removed. Batches before it stay
+        registered (``.registered`` on the error lists their records). Overwrites, training
+        data fingerprints and parents are :meth:`save`'s.
+        """
+        from . import input_signature
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MetadataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        prepared: list[_BulkItem] = []
+        seen: dict[tuple[str, str], int] = {}
+        for position, raw in enumerate(items):
+            name: object = raw.get("model_name") if isinstance(raw, Mapping) else getattr(raw, "model_name", None)
+            try:
+                item = SaveItem.of(raw)
+                name = validate_model_name(item.model_name)
+                version = None if item.version is None else validate_version(item.version)
+                if version is not None:
+                    first = seen.setdefault((name, version), position)
+                    if first != position:
+                        raise VersionExistsError(f"version '{version}' is also items[{first}]")
+                fmt, compression = self._format_for(item.model, serialization_format, compress)
+                custom = self._custom_metadata(item.model, item.metadata)
+                try:
+                    signature = input_signature.infer(item.model, None)
+                except TypeError as exc:
+                    raise MetadataError(str(exc)) from exc
+                prepared.append(
+                    _BulkItem(
+                        position,
+                        item.model,
+                        name,
+                        version,
+                        fmt,
+                        compression,
+                        custom,
+                        to_json_safe(signature, "input_signature"),
+                        item.created_at,
+                    )
+                )
+            except Exception as exc:
+                raise for_item(exc, position, name) from exc
+        if not prepared:
+            return []
+        self.ensure_registry()
+        git = lineage.finish_git(lineage.start_git())  # one lookup for the whole call
+        saved: list[ModelMetadata] = []
+        for start in range(0, len(prepared), batch_size):
+            try:
+                saved.extend(self._save_batch(prepared[start : start + batch_size], git))
+            except ModelKeepError as exc:
+                exc.registered = tuple(saved)  # the earlier batches, committed whole
+                raise
+        return saved
+
+    def _save_batch(self, batch: list[_BulkItem], git: dict[str, Any] | None) -> list[ModelMetadata]:
+        """One batch of :meth:`save_many`: stage every artifact, claim every version in one
+        transaction, write the files, commit every row in one transaction."""
+        from .index.claims import check_many, put_many, take_many
+        from .loading import warn_main_globals
+
+        started = time.perf_counter()
+        staged = [self.store.stage() for _ in batch]
+        sidecars: list[StagedArtifact] = []
+        try:
+            # Serialize on a few threads: each artifact's fsync waits for the disk while the next
+            # one is pickled, and a disk journals concurrent fsyncs together.
+            with ThreadPoolExecutor(max_workers=BULK_THREADS, thread_name_prefix="modelkeep-bulk") as pool:
+                dumps = [
+                    pool.submit(self._dump, item.model, item.model_name, item.fmt, item.compression, st)
+                    for item, st in zip(batch, staged, strict=True)
+                ]
+                extras: list[dict[str, Any]] = []
+                for item, dumped in zip(batch, dumps, strict=True):
+                    try:
+                        extras.append(dumped.result())
+                    except Exception as exc:
+                        pool.shutdown(cancel_futures=True)
+                        raise for_item(exc, item.position, item.model_name) from exc
+            for extra, item in zip(extras, batch, strict=True):
+                warn_main_globals(extra)
+                warn_untrusted_globals(extra, self.trusted_types, f"model '{item.model_name}'")
+            slots = take_many(self.index, [(item.model_name, item.version) for item in batch])
+            records: list[ModelMetadata] = []
+            try:
+                now = utc_now()
+                for item, slot, st, extra in zip(batch, slots, staged, extras, strict=True):
+                    key = artifact_key(slot.model_name, slot.version, item.fmt.extension(item.compression))
+                    env = environment.capture(item.model, environment.modules_of(extra, item.fmt.name))
+                    record = ModelMetadata(
+                        model_name=slot.model_name,
+                        model_type=type(item.model).__name__,
+                        version=slot.version,
+                        created_at=item.created_at or now,
+                        updated_at=now,
+                        metadata=item.custom,
+                        artifact=ArtifactInfo(key, item.fmt.name, item.compression, st.size, st.sha256, extra),
+                        environment=env,
+                        input_signature=item.signature,
+                        lineage=lineage.capture(git=git),
+                    )
+                    record.signature = self.keyring.sign(record)
+                    records.append(record)
+                with ThreadPoolExecutor(max_workers=BULK_THREADS, thread_name_prefix="modelkeep-bulk") as pool:
+                    pending = [pool.submit(self._stage_sidecar, record) for record in records]
+                for future in pending:  # every one kept, so a failure discards them all
+                    if future.exception() is None:
+                        sidecars.append(future.result())
+                for future in pending:
+                    future.result()  # the first failure, raised
+                check_many(self.index, slots)
+                stored = self.index.find_artifacts({st.sha256 for st in staged})  # identical bytes: share them
+                with self.store.one_folder_sync():  # each version's folder fsync'ed once, before the commit
+                    for record, st, sidecar in zip(records, staged, sidecars, strict=True):
+                        assert record.artifact is not None
+                        sidecar.commit(sidecar_key(record.model_name, record.version))
+                        same = stored.get(st.sha256)
+                        if same and self.store.link(same, record.artifact.key):
+                            st.drop_duplicate()
+                        else:
+                            st.commit(record.artifact.key)
+                            stored.setdefault(st.sha256, record.artifact.key)
+                checks = [c for e in extras if (c := self._blobs_check(e)) is not None]
+
+                def check_blobs() -> None:
+                    for check in checks:
+                        check()
+
+                put_many(self.index, slots, records, before_commit=check_blobs if checks else None)
+            except BaseException:
+                for item, slot in zip(batch, slots, strict=True):
+                    key = artifact_key(slot.model_name, slot.version, item.fmt.extension(item.compression))
+                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
+                raise
+        finally:
+            for st in (*staged, *sidecars):
+                st.discard()  # what was not committed (a failed batch's): gc removes what this misses
+        logger.info(
+            "saved %d versions in one batch (%d bytes) in %.1f ms",
+            len(records),
+            sum(st.size for st in staged),
+            (time.perf_counter() - started) * 1000,
+        )
+        return records
+
+    def _format_for(self, model: Any, serialization_format: str | None, compress: Any) -> tuple[Format, str | None]:
+        """The format and codec ``model`` is saved with (``"auto"`` resolved); refuses an object
+        that format could not load back (``loading.refuse_unloadable``)."""
+        from .loading import refuse_unloadable
+
+        fmt = self.format if serialization_format is None else get_format(serialization_format)
+        compression = (
+            self.compression
+            if compress is None and serialization_format is None
+            else fmt.normalize_compression(self.compress if compress is None else compress)
+        )
+        if fmt.name == "auto":  # the safest format that stores this object (formats/frameworks.py)
+            from .formats.frameworks import resolve_auto
+
+            fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
+        refuse_unloadable(model, fmt.name)
+        return fmt, compression
+
+    @staticmethod
+    def _custom_metadata(model: Any, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        """The version's custom metadata as JSON-safe values, with the model's parameters."""
+        custom = to_json_safe(dict(metadata or {}))
+        if PARAMS_KEY not in custom:
+            custom = {**capture_params(model), **custom}
+        return custom
+
+    def _dump(
+        self, model: Any, model_name: str, fmt: Format, compression: str | None, staged: StagedArtifact
+    ) -> dict[str, Any]:
+        """Serialize ``model`` into ``staged`` (hashed as it streams, ``fsync``'ed when done);
+        the format's ``extra`` record with its protocol and BLAKE3 digests."""
+        with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
+            try:
+                extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
+                extra.update(fmt.protocol_record())
+            except ModelKeepError:
+                raise
+            except OSError:
+                raise
+            except Exception as exc:
+                raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+        if staged.blake3 is not None:
+            extra[BLAKE3_KEY] = staged.blake3
+        return extra
 
     def _describe(
         self,
@@ -626,6 +838,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
                 staged.drop_duplicate()
             else:
                 staged.commit(key)
+
+    def _stage_sidecar(self, record: ModelMetadata) -> StagedArtifact:
+        """The record's sidecar written under ``.tmp/`` and ``fsync``'ed, to be committed later."""
+        st = self.store.stage()
+        with st.open() as out:
+            out.write(sidecar_bytes(record))
+        return st
 
     def _write_sidecar(self, record: ModelMetadata) -> None:
         self.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(record))
@@ -1055,9 +1274,14 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             raise no_versions(model_name)
         return records
 
-    def model_summaries(self) -> list[ModelSummary]:
-        """Each model with its version count, latest version and last update."""
-        return self.index.summaries()
+    def model_summaries(self, *, limit: int | None = None, after: str | None = None) -> list[ModelSummary]:
+        """Each model with live versions, by name, with its version count, latest version and last
+        update; at most ``limit`` of them, those named after ``after`` (a page: pass the last
+        name of one page as ``after`` for the next). The index answers in one statement, reading
+        indexes rather than version rows, so a page costs the same however many versions there are."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise FilterError(f"limit must be a positive integer (a number of models), got {limit!r}")
+        return self.index.summaries(limit=limit, after=after)
 
     def compare_versions(
         self,

@@ -162,6 +162,14 @@ def _store_events(conn: Connection, dialect: str) -> None:
     add_column(conn, history.name, Column("event_id", history.c.event_id.type))
 
 
+def _live_versions_index(conn: Connection, dialect: str) -> None:
+    """Version 10: ``ix_modelkeep_versions_live`` on (model_name, deleted_at, updated_at), so the
+    models page counts each model's live versions and finds its last update off the index
+    alone. Building the index reads every existing row once: that is the backfill."""
+    live = next(i for i in versions.indexes if i.name == "ix_modelkeep_versions_live")
+    live.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -172,6 +180,7 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "promotion policies and approvals; alias moves signed with where they came from", _policies),
     Migration(8, "webhooks, their outbox and delivery log", _webhooks),
     Migration(9, "history rows name their event files in the store", _store_events),
+    Migration(10, "models page: live versions per model counted off an index", _live_versions_index),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).
