@@ -200,3 +200,20 @@ def test_a_batch_killed_mid_way_registers_nothing(index_target: IndexTarget, tmp
         assert final.ok, final.to_dict()
         assert p.store.list_keys(".tmp") == []
         assert p.reindex() == 13
+
+
+def test_a_batch_on_s3_uploads_on_threads_and_loads_back(s3_bucket: Any, tmp_path: Path) -> None:
+    """The staging threads share one S3 store: every artifact and sidecar lands whole."""
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,
+    )
+    records = p.save_many(batch_items(10))
+    assert p.list_models() == [f"batch-{i:03d}" for i in range(10)]
+    for r in records:
+        assert p.load(r.model_name, r.version)["seq"] == int(r.model_name[-3:])
+        assert p.store.exists(sidecar_key(r.model_name, r.version))
+    assert p.verify().ok
+    assert not [k for k in s3_bucket.object_keys() if "/.tmp/" in k]
+    p.close()
