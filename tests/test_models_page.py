@@ -4,6 +4,7 @@ name, with counts and latest versions that agree with the versions themselves (S
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,3 +93,17 @@ def test_summaries_count_live_versions_and_name_the_latest(persistence: ModelPer
     assert p.model_summaries(after="fraud") == []
     with pytest.raises(FilterError, match="limit must be a positive integer"):
         p.model_summaries(limit=0)
+
+
+def test_a_copied_registry_lists_every_model(persistence: ModelPersistence, tmp_path: Path) -> None:
+    """Copies write no history row of their own, yet every copied model gets its models row."""
+    from modelkeep.copying import copy_registry
+
+    persistence.save_many([{"model": {"w": i}, "model_name": f"m{i}"} for i in range(3)])
+    dest = ModelPersistence(models_dir=tmp_path / "copy")
+    dest.ensure_registry()
+    copy_registry(persistence, dest)
+    assert [(s.name, s.version_count) for s in dest.model_summaries()] == [("m0", 1), ("m1", 1), ("m2", 1)]
+    dest.reindex()
+    assert [s.name for s in dest.model_summaries()] == ["m0", "m1", "m2"]
+    dest.close()

@@ -152,9 +152,11 @@ class Reservation:
                 insert(blob_refs),
                 [{"model_name": self.model_name, "version": self.version, "sha256": sha} for sha in shas],
             )
+        at = now()
+        # Every model with a version has its models row (the models page walks those rows),
+        # a copy's or a reindex's too, which write no history row of their own here.
+        touch_model(self._conn, self.model_name, at)
         if self.history_action is not None:
-            at = now()
-            touch_model(self._conn, self.model_name, at)
             write_history(
                 self._conn,
                 self.history_action,
