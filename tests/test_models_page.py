@@ -107,3 +107,26 @@ def test_a_copied_registry_lists_every_model(persistence: ModelPersistence, tmp_
     dest.reindex()
     assert [s.name for s in dest.model_summaries()] == ["m0", "m1", "m2"]
     dest.close()
+
+
+@pytest.mark.parametrize("order", ["-version", "version"])
+def test_version_order_pages_walk_every_version_once(persistence: ModelPersistence, order: str) -> None:
+    """The model page's version order (sorted on the bare columns so an index delivers it) keeps
+    unparsed versions (no sort key) in their place and pages through each version once."""
+    names = ["1.0.0", "nightly-b", "2.0.0", "nightly-a", "1.10.0", "1.2.0", "nightly-c"]
+    persistence.save_many([{"model": {"v": v}, "model_name": "churn", "version": v} for v in names])
+    ascending = persistence.list_versions("churn")  # unparsed first, in the order saved; then by version
+    unparsed = ["nightly-b", "nightly-a", "nightly-c"]
+    assert ascending == [*unparsed, "1.0.0", "1.2.0", "1.10.0", "2.0.0"]
+    # Newest first: the parsed versions from the highest; unparsed ones keep the order they were saved in.
+    expected = ascending if order == "version" else ["2.0.0", "1.10.0", "1.2.0", "1.0.0", *unparsed]
+    seen: list[str] = []
+    token = None
+    while True:
+        page = persistence.search_versions(None, model_name="churn", order_by=[order], limit=2, page_token=token)
+        seen += [r.version for r in page.items]
+        token = page.next_page_token
+        if token is None:
+            break
+    assert seen == expected
+    assert set(seen) == set(names) and len(seen) == len(names)
