@@ -323,15 +323,13 @@ class Compiler:
                 col, kind = COLUMNS[target.key]
                 parts.append((self.text(col) if kind == "text" else col, desc))
             elif target.kind == "version":
-                parsed, key = (
-                    "CASE WHEN v.parsed IS TRUE THEN 1 ELSE 0 END",
-                    f"coalesce(v.sort_key, {self.params.bind(b'')})",
-                )
-                parts += [(parsed, desc), (key, desc)]
+                parsed = "CASE WHEN v.parsed IS TRUE THEN 1 ELSE 0 END"
+                sort = f"coalesce(v.sort_key, {self.params.bind(b'')})"
+                parts += [(parsed, desc), (sort, desc)]
                 # parsed is never NULL and sort_key is NULL exactly when parsed is false (index/common.py's
                 # record_row), so the bare columns sort alike, and on them ORDER BY walks
                 # ix_modelkeep_versions_order instead of sorting every version of the model.
-                self.sort_as.update({parsed: "v.parsed", key: "v.sort_key"})
+                self.sort_as.update({parsed: "v.parsed", sort: "v.sort_key"})
             elif target.kind == "field":
                 source += (
                     f" LEFT OUTER JOIN {self.table(FIELDS)} AS {alias}"
