@@ -339,6 +339,22 @@ def _search(results: dict[str, Any]) -> list[Verdict]:
     verdicts.append(
         _limit_verdict(f"UI models page, {search['models']:,} models: queries", queries, 10, lambda v: f"{v:.0f}")
     )
+    models_ms = _get(ui, "models page", "server_ms")
+    measured = DASH if models_ms is None else _ms(models_ms / 1e3)
+    verdicts.append(
+        Verdict(f"UI models page (first 200 models), {size}", measured, "report only", models_ms is not None)
+    )
+    bulk = search.get("bulk") or {}
+    if "speedup" in bulk:
+        verdicts.append(
+            Verdict(
+                f"save_many vs a loop of save(), per version ({bulk['versions']:,} real versions)",
+                f"{bulk['speedup']:.1f}{X} faster ({_ms(bulk['bulk_ms_per_version'] / 1e3)} vs "
+                f"{_ms(bulk['loop_ms_per_version'] / 1e3)})",
+                "report only",
+                True,
+            )
+        )
     mem = search.get("memory") or {}
     for key, label in (("search_peak_rss_mib", "search process"), ("ui_peak_rss_mib", "UI model page process")):
         value = mem.get(key)

@@ -67,8 +67,8 @@ def run(n_versions: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="modelkeep-ui-bench-") as tmp:
         big = ModelPersistence(models_dir=Path(tmp) / "big")
         small = ModelPersistence(models_dir=Path(tmp) / "small")
-        build(big.index, n_versions, 1)
-        build(small.index, 100, 1)
+        build(big.ensure_registry(), n_versions, 1)  # opening a registry creates nothing
+        build(small.ensure_registry(), 100, 1)
         for p in (big, small):
             _register_models(p)
             p.set_alias("model_000", "production", "1.42.0")

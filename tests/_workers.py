@@ -175,6 +175,60 @@ def save_then_die(models_dir: str, url: str, schema: str | None, phase: str, ver
     raise AssertionError("the save should have been killed")
 
 
+#: Where :func:`save_many_then_die` kills itself, in the order a batch passes them.
+BATCH_PHASES = ("claimed", "files", "index")
+
+
+def save_many_then_die(models_dir: str, url: str, schema: str | None, phase: str, count: int) -> None:
+    """Start ``save_many`` of ``count`` models (``batch-000``...) and SIGKILL this process at ``phase``:
+    after the batch's claims commit, half-way through moving its artifacts into place, or with
+    every row inserted but the transaction not committed."""
+    from modelkeep.index import claims
+    from modelkeep.index.sql import SqlIndex
+    from modelkeep.storage import StagedArtifact
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if phase == "claimed":
+        original_take = claims.take_many
+
+        def take_many(*args: Any, **kwargs: Any) -> Any:
+            original_take(*args, **kwargs)
+            die()
+
+        claims.take_many = take_many  # type: ignore[assignment]
+    elif phase == "files":
+        original_commit = StagedArtifact.commit
+        moved = [0]
+
+        def commit(self: StagedArtifact, key: str) -> None:
+            original_commit(self, key)
+            moved[0] += not key.endswith("_metadata.json")
+            if moved[0] == count // 2:
+                die()
+
+        StagedArtifact.commit = commit  # type: ignore[method-assign]
+    elif phase == "index":
+        original_put = SqlIndex.put_new_versions
+
+        def put_new_versions(conn: Any, records: Any) -> None:
+            original_put(conn, records)
+            die()
+
+        SqlIndex.put_new_versions = staticmethod(put_new_versions)  # type: ignore[method-assign,assignment]
+    else:
+        raise ValueError(phase)
+    with open_registry(models_dir, url, schema) as p:
+        p.save_many(batch_items(count))
+    raise AssertionError("the batch should have been killed")
+
+
+def batch_items(count: int) -> list[dict[str, Any]]:
+    """``count`` small models, one per customer, with a metric each."""
+    return [{"model": payload(2, i, 4 << 10), "model_name": f"batch-{i:03d}", "auc": i / count} for i in range(count)]
+
+
 # -- gadgets for the tampering tests -----------------------------------------------------------
 
 

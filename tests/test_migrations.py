@@ -26,6 +26,7 @@ _V2_COLUMNS = ("deleted_at", "description")
 _V3_TABLES = ("modelkeep_fields",)
 _V4_TABLES = ("modelkeep_claims",)  # write claims
 _V5_TABLES = ("modelkeep_users", "modelkeep_tokens")  # UI users and API tokens
+_V10_INDEX = "ix_modelkeep_versions_live"  # the models page's live-version count
 
 
 def _qualify(target: IndexTarget, name: str) -> str:
@@ -42,6 +43,7 @@ def _downgrade_to_v1(index: SqlIndex, target: IndexTarget) -> None:
     with index.engine.begin() as conn:
         for table in _V2_TABLES + _V3_TABLES + _V4_TABLES + _V5_TABLES:
             conn.execute(text(f"DROP TABLE {_qualify(target, table)}"))
+        conn.execute(text(f"DROP INDEX {_qualify(target, _V10_INDEX)}"))  # it covers deleted_at
         for column in _V2_COLUMNS:
             conn.execute(text(f"ALTER TABLE {_qualify(target, 'modelkeep_versions')} DROP COLUMN {column}"))
         conn.execute(text(f"UPDATE {_qualify(target, 'modelkeep_info')} SET value = '1' WHERE key = 'schema_version'"))
@@ -91,6 +93,12 @@ def test_old_registry_is_upgraded_to_the_current_shape(
         for table in _V2_TABLES + _V4_TABLES + _V5_TABLES:
             assert table in shape
         assert set(_V2_COLUMNS) <= shape["modelkeep_versions"]
+        indexes = inspect(upgraded.index.engine).get_indexes("modelkeep_versions", schema=index_target.schema)
+        assert _V10_INDEX in {i["name"] for i in indexes}  # step 10 built the models page's index
+        assert [(s.name, s.version_count, s.latest_version) for s in upgraded.model_summaries()] == [
+            ("churn", 2, "1.1.0"),
+            ("fraud", 1, "1.0.0"),
+        ]
         # Everything written before the upgrade is still there and loads.
         assert upgraded.list_versions("churn") == ["1.0.0", "1.1.0"]
         assert (

@@ -16,6 +16,7 @@ from .errors import (
     ArtifactNotFoundError,
     AuthenticationError,
     BackendUnavailableError,
+    BatchItemError,
     ConfigError,
     FilterError,
     IncompatibleRegistryError,
@@ -39,7 +40,7 @@ from .errors import (
     VersionTrashedError,
     WebhookNotFoundError,
 )
-from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary
+from .metadata import ArtifactInfo, HistoryEntry, ModelMetadata, ModelSummary, SaveItem
 
 if TYPE_CHECKING:
     from .environment import EnvironmentDiff, EnvironmentMismatchWarning
@@ -79,6 +80,7 @@ __all__ = [
     "ArtifactNotFoundError",
     "AuthenticationError",
     "BackendUnavailableError",
+    "BatchItemError",
     "ConfigError",
     "HistoryEntry",
     "FilterError",
@@ -102,6 +104,7 @@ __all__ = [
     "RegistryNotFoundError",
     "RollbackError",
     "RollbackWarning",
+    "SaveItem",
     "SerializationError",
     "SignatureError",
     "StorageError",

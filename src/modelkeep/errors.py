@@ -19,6 +19,12 @@ class ModelKeepError(Exception):
     interface tells the user what to type in that interface.
     """
 
+    #: For an error about one item of :meth:`ModelPersistence.save_many`: its position in the
+    #: items given (``None`` otherwise). See :func:`for_item`.
+    item: int | None = None
+    #: For an error from ``save_many``: the records of the batches registered before it.
+    registered: tuple[Any, ...] = ()
+
     def __init__(self, *args: object, cli: dict[str, str] | None = None) -> None:
         super().__init__(*args)
         self.cli_spelling: dict[str, str] = dict(cli or {})
@@ -195,6 +201,27 @@ class FormatVersionError(SerializationError):
     """An artifact or sidecar was written by a newer modelkeep, in a protocol this one cannot read."""
 
 
+class BatchItemError(ModelKeepError, ValueError):
+    """One item given to :meth:`ModelPersistence.save_many` is not something that can be saved
+    (not a mapping or ``SaveItem``, no model, an unknown field...); ``.item`` is its position."""
+
+
+def for_item(exc: BaseException, position: int, model_name: object) -> ModelKeepError:
+    """``exc`` again (same class when it is a modelkeep error, else :class:`BatchItemError`), its
+    message prefixed with the batch item it is about: ``items[3] (model 'churn_0042'): ...``."""
+    text = f"items[{position}] (model {model_name!r}): {exc}"
+    new: ModelKeepError
+    if isinstance(exc, ModelKeepError):
+        try:
+            new = type(exc)(text, cli=exc.cli_spelling)
+        except TypeError:  # a subclass with a constructor of its own
+            new = BatchItemError(text)
+    else:
+        new = BatchItemError(text)
+    new.item = position
+    return new
+
+
 def no_versions(model_name: str, known_models: list[str] | None = None) -> ModelNotFoundError:
     """The error for a model with no versions ("No versions found for model 'x'"), suggesting close names."""
     from .suggest import did_you_mean
@@ -209,6 +236,7 @@ __all__ = [
     "AliasNotFoundError",
     "ArtifactNotFoundError",
     "BackendUnavailableError",
+    "BatchItemError",
     "ClaimLostError",
     "CommitUnknownError",
     "ConfigError",

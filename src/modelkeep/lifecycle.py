@@ -14,7 +14,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from .errors import InvalidNameError, VersionNotFoundError
@@ -201,9 +201,10 @@ class LifecycleMixin:
         """``{alias: version}`` of a model."""
         return self.index.lifecycle.get_aliases(model_name)
 
-    def all_aliases(self) -> dict[str, dict[str, str]]:
-        """``{model: {alias: version}}`` of every model with aliases (one query, however many models)."""
-        return self.index.lifecycle.all_aliases()
+    def all_aliases(self, models: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
+        """``{model: {alias: version}}`` of every model with aliases, or of ``models`` only
+        (one query, however many models)."""
+        return self.index.lifecycle.all_aliases(models)
 
     # -- tags and descriptions ------------------------------------------------------------
     def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:

@@ -304,3 +304,47 @@ class HistoryEntry:
         if self.damaged is not None:
             out["damaged"] = self.damaged
         return out
+
+
+#: The fields of a :class:`SaveItem`; any other key of a mapping item is custom metadata.
+SAVE_ITEM_FIELDS = ("model", "model_name", "version", "metadata", "created_at")
+
+
+@dataclass
+class SaveItem:
+    """One version for :meth:`ModelPersistence.save_many`: the object, its model's name, the
+    version (``None``: the next patch version), custom metadata (metrics, dataset...) and,
+    for importers, an ISO-8601 creation time to keep. A mapping with these keys works too,
+    its other keys becoming metadata, as ``save``'s keyword arguments do."""
+
+    model: Any
+    model_name: str
+    version: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+
+    @classmethod
+    def of(cls, item: Any) -> SaveItem:
+        """``item`` as a :class:`SaveItem` (a ``SaveItem`` or a mapping); :class:`MetadataError`
+        names what is missing or wrong."""
+        if isinstance(item, SaveItem):
+            return item
+        if not hasattr(item, "keys"):
+            raise MetadataError(
+                f"expected a SaveItem or a mapping with 'model' and 'model_name', got {type(item).__name__}"
+            )
+        values = dict(item)
+        missing = [k for k in ("model", "model_name") if k not in values]
+        if missing:
+            raise MetadataError(f"missing {' and '.join(repr(k) for k in missing)}")
+        extra = {k: v for k, v in values.items() if k not in SAVE_ITEM_FIELDS}
+        given = values.get("metadata") or {}
+        if not hasattr(given, "keys"):
+            raise MetadataError(f"'metadata' must be a mapping, got {type(given).__name__}")
+        return cls(
+            model=values["model"],
+            model_name=values["model_name"],
+            version=values.get("version"),
+            metadata={**dict(given), **extra},
+            created_at=values.get("created_at"),
+        )

@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import environment, keys, saving, signing, timeouts
 from . import quarantine as quarantine_mod
+from .bulk import BulkSaveMixin
 from .errors import (
     ConfigError,
+    FilterError,
     IntegrityError,
     ModelKeepError,
     RegistryNotFoundError,
@@ -158,7 +160,7 @@ def _server_url(models_dir: Any, registry_url: Any) -> str | None:
     return env if is_http_url(env) else None
 
 
-class ModelPersistence(PromotionMixin, EventsMixin):
+class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
     """Save, version, find, compare and load models in one registry.
 
     Every argument left at ``None`` is read from its ``MODELKEEP_*`` environment
@@ -1054,9 +1056,14 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             raise no_versions(model_name)
         return records
 
-    def model_summaries(self) -> list[ModelSummary]:
-        """Each model with its version count, latest version and last update."""
-        return self.index.summaries()
+    def model_summaries(self, *, limit: int | None = None, after: str | None = None) -> list[ModelSummary]:
+        """Each model with live versions, by name, with its version count, latest version and last
+        update; at most ``limit`` of them, those named after ``after`` (a page: pass the last
+        name of one page as ``after`` for the next). The index answers in one statement, reading
+        indexes rather than version rows, so a page costs the same however many versions there are."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise FilterError(f"limit must be a positive integer (a number of models), got {limit!r}")
+        return self.index.summaries(limit=limit, after=after)
 
     def compare_versions(
         self,

@@ -42,9 +42,11 @@ from ..errors import (
     ClaimLostError,
     CommitUnknownError,
     ConnectionLostError,
+    ModelKeepError,
     SaveInProgressError,
     VersionExistsError,
     VersionTrashedError,
+    for_item,
 )
 from ..layout import record_blobs
 from ..metadata import ModelMetadata, utc_now
@@ -513,6 +515,147 @@ def claimed(
             claim.abandon([], lambda _key: None)
         elif claim.state == COMMITTED:
             claim.release()
+
+
+# -- batches (ModelPersistence.save_many) ------------------------------------------------------------
+
+
+def take_many(index: SqlIndex, wanted: list[tuple[str, str | None]]) -> list[VersionClaim]:
+    """Claim a new version for each ``(model_name, version or None)`` in one committed
+    transaction, with the same rules as :func:`take` (no overwrite). A refusal names the
+    item (:func:`~modelkeep.errors.for_item`) and leaves no claim; the models are locked in
+    name order, so two batches never wait on each other in a cycle."""
+    tokens = [uuid.uuid4().hex for _ in wanted]
+    owner = owner_label()
+    tries = len(RETRY_PAUSES) + 1
+    for try_number in range(1, tries + 1):
+        claimed_at = utc_now()
+        chosen: list[str] = []
+        try:
+            with index._write(power_safe=False) as conn:  # see take(): a claim dies with its writer
+                for name in sorted({m for m, _ in wanted}):
+                    index._lock_model(conn, name)
+                rows = []
+                for position, (model_name, version) in enumerate(wanted):
+                    try:
+                        picked, _ = _choose(index, conn, model_name, version, overwrite=False, must_exist=False)
+                    except ModelKeepError as exc:
+                        raise for_item(exc, position, model_name) from exc
+                    chosen.append(picked)
+                    row = {
+                        "model_name": model_name,
+                        "version": picked,
+                        "token": tokens[position],
+                        "owner": owner,
+                        "claimed_at": claimed_at,
+                        "purpose": SAVE,
+                    }
+                    conn.execute(insert(claims).values(**row))  # _choose of the next item must see it
+                    rows.append(row)
+            break
+        except ConnectionLostError as exc:
+            if try_number == tries:
+                raise
+            logger.warning("%s; retrying on a new connection", exc)
+            time.sleep(RETRY_PAUSES[try_number - 1])
+        except CommitUnknownError:
+            found = _find_token(index, tokens[0])  # one transaction: all of them or none
+            if found is not None:
+                claimed_at = found.claimed_at
+                break
+            if try_number == tries:
+                raise
+    return [
+        VersionClaim(index, model_name, version, token, claimed_at, None, SAVE)
+        for (model_name, _), version, token in zip(wanted, chosen, tokens, strict=True)
+    ]
+
+
+def check_many(index: SqlIndex, slots: list[VersionClaim]) -> None:
+    """:meth:`VersionClaim.check` for a batch, in one query: raise :class:`ClaimLostError` unless
+    every claim is still this batch's and younger than :data:`CLAIM_LEASE_SECONDS`."""
+    for slot in slots:
+        if time.monotonic() - slot.taken > CLAIM_LEASE_SECONDS:
+            slot.check()  # raises the lease error
+    with index._read() as conn:
+        held = set(conn.execute(select(claims.c.token).where(claims.c.token.in_([s.token for s in slots]))).scalars())
+    for slot in slots:
+        if slot.token not in held:
+            slot.state = RELEASED
+            raise slot._lost()
+
+
+def put_many(
+    index: SqlIndex,
+    slots: list[VersionClaim],
+    records: list[ModelMetadata],
+    *,
+    before_commit: Callable[[], None] | None = None,
+) -> None:
+    """Commit every ``records[i]`` as the new version ``slots[i]`` claims, in one transaction
+    that first checks every claim is still this batch's (fencing) and removes them all: the
+    batch is registered whole or not at all. History rows and event files as :meth:`VersionClaim.put`.
+    A dropped COMMIT is resolved by reading back the first record."""
+    tokens = [s.token for s in slots]
+    names = sorted({s.model_name for s in slots})
+
+    def attempt() -> None:
+        with index._write() as conn:
+            for name in names:
+                index._lock_model(conn, name)
+            held = set(conn.execute(select(claims.c.token).where(claims.c.token.in_(tokens))).scalars())
+            for slot in slots:
+                if slot.token not in held:
+                    slot.state = RELEASED
+                    raise slot._lost()
+            taken = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    select(versions.c.model_name, versions.c.version).where(
+                        versions.c.model_name.in_(names), versions.c.version.in_({s.version for s in slots})
+                    )
+                )
+            }
+            for slot in slots:
+                if (slot.model_name, slot.version) in taken:
+                    raise VersionExistsError(
+                        f"model '{slot.model_name}' version '{slot.version}' was written by another "
+                        "writer without a claim (an older modelkeep?); nothing of the batch was registered"
+                    )
+            if any(record_blobs(r) for r in records):
+                index.lock_blobs(conn, exclusive=False)
+            if before_commit is not None:
+                before_commit()
+            index.put_new_versions(conn, records)
+            conn.execute(delete(claims).where(claims.c.token.in_(tokens)))
+
+    first = record_row(records[0])["record"]
+    tries = len(RETRY_PAUSES) + 1
+    for try_number in range(1, tries + 1):
+        try:
+            attempt()
+            break
+        except ConnectionLostError as exc:  # dropped before COMMIT: nothing was written
+            if try_number == tries:
+                raise
+            logger.warning("%s; retrying on a new connection", exc)
+            time.sleep(RETRY_PAUSES[try_number - 1])
+        except CommitUnknownError as exc:
+            outcome = slots[0]._read_back(first)
+            if outcome == COMMITTED:
+                break
+            if outcome == RELEASED:
+                raise slots[0]._lost() from exc
+            if outcome == UNKNOWN:
+                for slot in slots:
+                    slot.state = UNKNOWN  # nothing may be cleaned up now: gc settles it later
+                raise
+            if try_number == tries:
+                raise
+            logger.warning("%s; it was not; committing again", exc)
+    for slot, record in zip(slots, records, strict=True):
+        slot.record = record
+        slot.state = RELEASED
 
 
 @_retry_on_disconnect

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -402,17 +402,24 @@ class Lifecycle:
             return {text_value(a): text_value(v) for a, v in rows}
 
     @_retry_on_disconnect
-    def all_aliases(self) -> dict[str, dict[str, str]]:
-        """``{model: {alias: version}}`` of every model that has aliases, in one query."""
+    def all_aliases(self, models: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
+        """``{model: {alias: version}}`` of every model that has aliases (only of ``models``,
+        when given: a page of the models page), in one query."""
+        query = select(aliases.c.model_name, aliases.c.alias, aliases.c.version).order_by(
+            aliases.c.model_name, aliases.c.alias
+        )
+        wanted = None if models is None else set(models)
+        if wanted is not None:
+            if not wanted:
+                return {}
+            # The page's range of names, not an IN list: the same statement for any page.
+            query = query.where(aliases.c.model_name.between(min(wanted), max(wanted)))
         with self._index._read() as conn:
-            rows = conn.execute(
-                select(aliases.c.model_name, aliases.c.alias, aliases.c.version).order_by(
-                    aliases.c.model_name, aliases.c.alias
-                )
-            )
             out: dict[str, dict[str, str]] = {}
-            for m, a, v in rows:
-                out.setdefault(text_value(m), {})[text_value(a)] = text_value(v)
+            for m, a, v in conn.execute(query):
+                name = text_value(m)
+                if wanted is None or name in wanted:
+                    out.setdefault(name, {})[text_value(a)] = text_value(v)
             return {m: found for m, found in out.items() if self._index.may_view(m)}
 
     @_retry_on_disconnect

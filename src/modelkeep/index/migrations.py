@@ -185,6 +185,14 @@ def _roles(conn: Connection, dialect: str) -> None:
     conn.execute(update(tokens).values(token_id=func.substr(tokens.c.token_hash, 1, 12)))
 
 
+def _live_versions_index(conn: Connection, dialect: str) -> None:
+    """Version 11: ``ix_modelkeep_versions_live`` on (model_name, deleted_at, updated_at), so the
+    models page counts each model's live versions and finds its last update off the index
+    alone. Building the index reads every existing row once: that is the backfill."""
+    live = next(i for i in versions.indexes if i.name == "ix_modelkeep_versions_live")
+    live.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0.1 baseline: versions, info, blob_refs", _baseline),
     Migration(2, "lifecycle: soft delete, descriptions, models, aliases, tags, history", _lifecycle),
@@ -196,6 +204,7 @@ MIGRATIONS: list[Migration] = [
     Migration(8, "webhooks, their outbox and delivery log", _webhooks),
     Migration(9, "history rows name their event files in the store", _store_events),
     Migration(10, "writer and maintainer roles (editor rewritten), per-model grants, token ids and expiry", _roles),
+    Migration(11, "models page: live versions per model counted off an index", _live_versions_index),
 ]
 
 #: The schema this code writes; bumped by appending a step to :data:`MIGRATIONS` (and in :mod:`.names`).

@@ -13,6 +13,7 @@ INFO = "modelkeep_info"
 ALIASES = "modelkeep_aliases"
 TAGS = "modelkeep_tags"
 FIELDS = "modelkeep_fields"
+MODELS = "modelkeep_models"
 
 #: The index schema this code reads and writes (the last step of :mod:`.migrations`).
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11

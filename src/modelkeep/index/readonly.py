@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..metadata import ModelMetadata, ModelSummary
 from ..plain_settings import POSTGRES_SCHEMES
-from .names import ALIASES, INFO, SCHEMA_VERSION, TAGS, VERSIONS
+from .names import ALIASES, INFO, MODELS, SCHEMA_VERSION, TAGS, VERSIONS
 from .rows import BOUND_COLUMNS, bound_record, fill_lifecycle, text_value
 
 #: Version order as the library's ``ORDER_ASC`` / ``ORDER_DESC`` (index/common.py).
@@ -124,13 +124,12 @@ class ReadOnlyIndex:
 
     def summaries(self) -> list[ModelSummary]:
         """Each model with live versions: count, latest version, last update (as ``SqlIndex.summaries``)."""
+        own = f"v.model_name = m.model_name AND v.{_LIVE}"
         sql = (
-            "SELECT model_name, n, version, updated FROM ("
-            " SELECT model_name, version, count(*) OVER (PARTITION BY model_name) AS n,"
-            " max(updated_at) OVER (PARTITION BY model_name) AS updated,"
-            f" row_number() OVER (PARTITION BY model_name ORDER BY {_DESC}) AS rank"
-            f" FROM {VERSIONS} WHERE {_LIVE}"
-            ") AS ranked WHERE rank = 1 ORDER BY model_name"
+            f"SELECT m.model_name, (SELECT count(*) FROM {VERSIONS} AS v WHERE {own}),"
+            f" (SELECT v.version FROM {VERSIONS} AS v WHERE {own} ORDER BY v.{_DESC.replace(', ', ', v.')} LIMIT 1),"
+            f" (SELECT max(v.updated_at) FROM {VERSIONS} AS v WHERE {own})"
+            f" FROM {MODELS} AS m WHERE EXISTS (SELECT 1 FROM {VERSIONS} AS v WHERE {own}) ORDER BY m.model_name"
         )
         return [ModelSummary(r[0], int(r[1]), r[2], r[3]) for r in self._rows(sql, {})]
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from .names import ALIASES, FIELDS, INFO, TAGS, VERSIONS
+from .names import ALIASES, FIELDS, INFO, MODELS, TAGS, VERSIONS
 
 metadata_obj = MetaData()
 
@@ -55,6 +55,9 @@ versions = Table(
     Index("ix_modelkeep_versions_order", "model_name", "parsed", "sort_key"),
     Index("ix_modelkeep_versions_sha256", "sha256"),
     Index("ix_modelkeep_versions_artifact_key", "artifact_key"),
+    # Schema 10: a model's live versions counted, and its last update found, off the index alone
+    # (the models page asks both of every model it shows; see SqlIndex.summaries).
+    Index("ix_modelkeep_versions_live", "model_name", "deleted_at", "updated_at"),
 )
 
 info = Table(
@@ -81,7 +84,7 @@ blob_refs = Table(
 
 # One row per model that has (or had) versions: the model's own description.
 models = Table(
-    "modelkeep_models",
+    MODELS,
     metadata_obj,
     Column("model_name", String(128), primary_key=True),
     Column("description", Text, nullable=True),

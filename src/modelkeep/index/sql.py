@@ -24,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     inspect,
@@ -72,7 +73,7 @@ from .common import ORDER_DESC as _ORDER_DESC
 from .common import connection_lost as _connection_lost
 from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
-from .fields import drop_fields, index_fields
+from .fields import drop_fields, field_rows, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
 from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, policies, tags, versions
@@ -152,9 +153,11 @@ class Reservation:
                 insert(blob_refs),
                 [{"model_name": self.model_name, "version": self.version, "sha256": sha} for sha in shas],
             )
+        at = now()
+        # Every model with a version has its models row (the models page walks those rows),
+        # a copy's or a reindex's too, which write no history row of their own here.
+        touch_model(self._conn, self.model_name, at)
         if self.history_action is not None:
-            at = now()
-            touch_model(self._conn, self.model_name, at)
             write_history(
                 self._conn,
                 self.history_action,
@@ -165,6 +168,43 @@ class Reservation:
                 at=at,
             )
         self.record = record
+
+
+def put_new_versions(conn: Connection, records: list[ModelMetadata]) -> None:
+    """Insert new versions' rows, inside the caller's write transaction (models locked, versions
+    claimed): what :meth:`Reservation.put` writes for each new version (row, searchable fields,
+    blob references, the model's row, a ``save`` history row and its event file), with one
+    multi-row statement per table instead of one statement per row (``save_many``)."""
+    conn.execute(insert(versions), [record_row(r) for r in records])
+    names = sorted({r.model_name for r in records})
+    wanted = {(r.model_name, r.version) for r in records}
+    ids = {
+        (m, v): int(i)
+        for i, m, v in conn.execute(
+            select(versions.c.id, versions.c.model_name, versions.c.version).where(
+                versions.c.model_name.in_(names), versions.c.version.in_({r.version for r in records})
+            )
+        )
+        if (m, v) in wanted
+    }
+    field_list = [f for r in records for f in field_rows(ids[(r.model_name, r.version)], r.metadata)]
+    if field_list:
+        conn.execute(insert(fields), field_list)
+    refs = [
+        {"model_name": r.model_name, "version": r.version, "sha256": sha} for r in records for sha in record_blobs(r)
+    ]
+    if refs:
+        conn.execute(insert(blob_refs), refs)
+    at = now()
+    known = set(conn.execute(select(models.c.model_name).where(models.c.model_name.in_(names))).scalars())
+    new_models = [n for n in names if n not in known]
+    if new_models:
+        conn.execute(
+            insert(models),
+            [{"model_name": n, "description": None, "created_at": at, "updated_at": at} for n in new_models],
+        )
+    for r in records:
+        write_history(conn, "save", r.model_name, version=r.version, after=artifact_summary(r), at=at)
 
 
 _record = parse_record
@@ -535,6 +575,11 @@ class SqlIndex:
         ).scalar()
         return None if top is None else str(top)
 
+    @staticmethod
+    def put_new_versions(conn: Connection, records: list[ModelMetadata]) -> None:
+        """:func:`put_new_versions` (for write claims' batches, which do not import this module)."""
+        put_new_versions(conn, records)
+
     def reservation(
         self, conn: Connection, model_name: str, version: str, previous: ModelMetadata | None
     ) -> Reservation:
@@ -803,25 +848,35 @@ class SqlIndex:
                 yield CheckedRow(record, name, version, binding_error(record, *row[1:_N]))
 
     @_retry_on_disconnect
-    def summaries(self) -> list[ModelSummary]:
-        live = select(versions).where(LIVE).subquery()
-        ranked = select(
-            live.c.model_name,
-            live.c.version,
-            func.count().over(partition_by=live.c.model_name).label("n"),
-            func.max(live.c.updated_at).over(partition_by=live.c.model_name).label("updated"),
-            func.row_number()
-            .over(
-                partition_by=live.c.model_name,
-                order_by=(live.c.parsed.desc(), live.c.sort_key.desc(), live.c.id.desc()),
-            )
-            .label("rank"),
-        ).subquery()
-        query = (
-            select(ranked.c.model_name, ranked.c.n, ranked.c.version, ranked.c.updated)
-            .where(ranked.c.rank == 1)
-            .order_by(ranked.c.model_name)
+    def summaries(self, *, limit: int | None = None, after: str | None = None) -> list[ModelSummary]:
+        """Models with live versions, by name: count, latest version, last update.
+
+        One statement whatever the number of models or versions: it walks ``modelkeep_models``
+        by name (``after`` a name, at most ``limit`` of them) and asks three correlated,
+        index-backed questions per model (``ix_modelkeep_versions_live`` for the count and the
+        last update, ``ix_modelkeep_versions_order`` for the latest version), so a page costs
+        a seek per model and an index-only count of its live versions, never a scan of the
+        version rows.
+        """
+        own = (versions.c.model_name == models.c.model_name, LIVE)
+        count = select(func.count()).select_from(versions).where(*own).scalar_subquery()
+        updated = select(func.max(versions.c.updated_at)).where(*own).scalar_subquery()
+        latest = (
+            select(versions.c.version)
+            .where(*own)
+            .order_by(versions.c.parsed.desc(), versions.c.sort_key.desc(), versions.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
         )
+        query = (
+            select(models.c.model_name, count, latest, updated)
+            .where(exists().where(*own))
+            .order_by(models.c.model_name)
+        )
+        if after is not None:
+            query = query.where(models.c.model_name > after)
+        if limit is not None:
+            query = query.limit(limit)
         with self._read() as conn:
             return [ModelSummary(r[0], int(r[1]), r[2], r[3]) for r in conn.execute(query) if self.may_view(r[0])]
 
@@ -845,6 +900,17 @@ class SqlIndex:
                 .where(versions.c.sha256 == sha256, versions.c.artifact_key != exclude_key)
                 .limit(1)
             ).scalar()
+
+    @_retry_on_disconnect
+    def find_artifacts(self, shas: set[str]) -> dict[str, str]:
+        """:meth:`find_artifact` for many digests in one query: ``{sha256: some stored key}``."""
+        if not shas:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                select(versions.c.sha256, versions.c.artifact_key).where(versions.c.sha256.in_(sorted(shas)))
+            )
+            return {text_value(sha): text_value(key) for sha, key in rows}
 
     @_retry_on_disconnect
     def artifact_keys(self) -> set[str]:

@@ -244,7 +244,7 @@ class _Query:
         columns = ", ".join(f"{parts[i][0]} AS k{i}" for i in moving)
         sql = (
             f"SELECT v.record, {_BOUND}, v.description, {columns} FROM {source} WHERE {' AND '.join(conds)}"
-            f" ORDER BY {order_clause([parts[i] for i in moving])} LIMIT {params.bind(limit)}"
+            f" ORDER BY {order_clause([parts[i] for i in moving], compiler.sort_as)} LIMIT {params.bind(limit)}"
         )
         n = 2 + len(BOUND_COLUMNS)
         out = []

@@ -145,6 +145,8 @@ class Compiler:
         #: clause, and the order parts that are one constant in it (index -> value).
         self.conds: list[str] = []
         self.fixed: dict[int, Any] = {}
+        #: ORDER BY spellings of parts that sort exactly as a plain column does (see :func:`order_clause`).
+        self.sort_as: dict[str, str] = {}
         # SQLite, in a segment walked along an index: custom-field conditions become
         # correlated probes of this version id instead of ``v.id IN (...)`` lists, which
         # SQLite would otherwise build in full (and drive the join from) before the walk.
@@ -321,10 +323,13 @@ class Compiler:
                 col, kind = COLUMNS[target.key]
                 parts.append((self.text(col) if kind == "text" else col, desc))
             elif target.kind == "version":
-                parts += [
-                    ("CASE WHEN v.parsed IS TRUE THEN 1 ELSE 0 END", desc),
-                    (f"coalesce(v.sort_key, {self.params.bind(b'')})", desc),
-                ]
+                parsed = "CASE WHEN v.parsed IS TRUE THEN 1 ELSE 0 END"
+                sort = f"coalesce(v.sort_key, {self.params.bind(b'')})"
+                parts += [(parsed, desc), (sort, desc)]
+                # parsed is never NULL and sort_key is NULL exactly when parsed is false (index/common.py's
+                # record_row), so the bare columns sort alike, and on them ORDER BY walks
+                # ix_modelkeep_versions_order instead of sorting every version of the model.
+                self.sort_as.update({parsed: "v.parsed", sort: "v.sort_key"})
             elif target.kind == "field":
                 source += (
                     f" LEFT OUTER JOIN {self.table(FIELDS)} AS {alias}"
@@ -398,9 +403,11 @@ def after(parts: list[Part], last: list[Any], params: Params) -> str:
     return "(" + " OR ".join(ors) + ")"
 
 
-def order_clause(parts: list[Part]) -> str:
-    """The ``ORDER BY`` list of ``parts``."""
-    return ", ".join(f"{expr} {'DESC' if desc else 'ASC'}" for expr, desc in parts)
+def order_clause(parts: list[Part], sort_as: dict[str, str] | None = None) -> str:
+    """The ``ORDER BY`` list of ``parts``, each spelled as ``sort_as`` says when it has an
+    equivalent that an index can deliver in order (:attr:`Compiler.sort_as`)."""
+    spell = sort_as or {}
+    return ", ".join(f"{spell.get(expr, expr)} {'DESC' if desc else 'ASC'}" for expr, desc in parts)
 
 
 def _number(value: Value) -> float:

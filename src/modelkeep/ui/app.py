@@ -66,6 +66,8 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 #: At most this many (newest) versions are plotted on a model's chart.
 CHART_POINTS = 2000
+#: Models per page of the models page (by name; "next" continues after the last one shown).
+MODELS_PAGE = 200
 #: Rows of alias moves shown on a model page (the newest, filtered in SQL).
 TIMELINE_ROWS = 50
 #: Deliveries the webhooks page shows (the newest), each with its attempts.
@@ -312,10 +314,23 @@ class _Pages:
                 metrics=metric_names(page.items),
                 more=page.next_page_token is not None,
             )
-        summaries = await self.call(self.p.model_summaries)
-        every = await self.call(self.p.all_aliases)  # one query, however many models
+        # One page of models by name (keyset: ?after=<last name shown>), so the page runs the same
+        # two statements and reads the same few index entries per model however many there are.
+        after = request.query_params.get("after") or None
+        summaries = await self.call(self.p.model_summaries, limit=MODELS_PAGE + 1, after=after)
+        more = len(summaries) > MODELS_PAGE
+        summaries = summaries[:MODELS_PAGE]
+        every = await self.call(self.p.all_aliases, [s.name for s in summaries])  # one query
         aliases = {s.name: every.get(s.name, {}) for s in summaries}
-        return self.render(request, "models.html", summaries=summaries, aliases=aliases, query="")
+        return self.render(
+            request,
+            "models.html",
+            summaries=summaries,
+            aliases=aliases,
+            query="",
+            after=after,
+            next_after=summaries[-1].name if more else None,
+        )
 
     async def search_error(self, request: Request, query: str, exc: FilterError) -> Response:
         """The search page again, with the query kept, the problem marked and a suggestion."""
