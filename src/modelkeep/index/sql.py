@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
+_SINGLE = "modelkeep_single_statement"
 #: Writes the event files of history rows into the store (see :attr:`SqlIndex.journal`).
 Journal = Callable[[list[HistoryRow]], None]
 logger = logging.getLogger("modelkeep")
@@ -353,13 +354,15 @@ class SqlIndex:
 
     @contextlib.contextmanager
     def _read(self, *, single: bool = False) -> Iterator[Connection]:
-        """A read. ``single``: the block runs one statement, which on PostgreSQL is then sent
-        without BEGIN and ROLLBACK around it (autocommit: the same snapshot a one-statement
-        transaction has under READ COMMITTED, two round trips fewer)."""
+        """A read. ``single``: the block runs one statement, which is then sent without BEGIN
+        and ROLLBACK around it: in autocommit the statement is its own transaction, with the
+        snapshot a one-statement transaction has (on PostgreSQL two round trips fewer)."""
         try:
             with self.engine.connect() as conn:
                 if single and self.dialect == "postgresql":
                     conn.execution_options(isolation_level="AUTOCOMMIT")
+                elif single and self.dialect == "sqlite":
+                    conn.execution_options(**{_SINGLE: True})
                 yield conn
         except DBAPIError as exc:
             self._raise_db_error(exc)
@@ -904,4 +907,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_SINGLE):  # one statement: sqlite3 runs it in a transaction of its own
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN")
