@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -499,12 +498,13 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
         from .loading import refuse_unloadable, warn_main_globals
 
+        git = lineage.start_git()  # `git status` runs while the model is described and serialized
         refuse_unloadable(model, fmt.name)
         self.ensure_registry()
         custom = to_json_safe(dict(metadata or {}))
         if PARAMS_KEY not in custom:
             custom = {**capture_params(model), **custom}
-        signature, lineage_parts, git = self._describe(
+        signature, lineage_parts = self._describe(
             model, model_name, input_example, training_data, training_target, parent
         )
         if version is not None and not overwrite and self.index.get(model_name, version) is not None:
@@ -532,10 +532,11 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             if staged.blake3 is not None:
                 extra[BLAKE3_KEY] = staged.blake3
             env = environment.capture(model, environment.modules_of(extra, fmt.name))
-            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
             warn_main_globals(extra)
             warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
             with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+                # git has had the claim's transaction to finish as well
+                lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
                 now = utc_now()
                 key = self._new_artifact_key(slot, fmt.extension(compression))
                 record = ModelMetadata(
@@ -579,9 +580,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         training_data: Any,
         training_target: Any,
         parent: str | None,
-    ) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
-        """The input signature, the lineage parts and a running ``git status`` for a save
-        (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized."""
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The input signature and the lineage parts of a save (modelkeep.input_signature,
+        modelkeep.lineage); ``git status`` is started by the caller, before this."""
         from . import input_signature
 
         try:
@@ -597,7 +598,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             "target_fingerprint": lineage.fingerprint(training_target) if training_target is not None else None,
             "parent": parent_ref,
         }
-        return to_json_safe(signature, "input_signature"), parts, lineage.start_git()
+        return to_json_safe(signature, "input_signature"), parts
 
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod

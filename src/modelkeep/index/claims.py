@@ -290,7 +290,6 @@ class VersionClaim:
         """
 
         release = self.previous is None
-        mine = record_row(record)["record"]
 
         def attempt() -> None:
             with self.index._write() as conn:
@@ -332,7 +331,7 @@ class VersionClaim:
                 logger.warning("%s; retrying on a new connection", exc)
                 time.sleep(RETRY_PAUSES[try_number - 1])
             except CommitUnknownError as exc:
-                outcome = self._read_back(mine)
+                outcome = self._read_back(record_row(record)["record"])
                 if outcome == COMMITTED:
                     logger.info("the commit of %s %s went through before the connection dropped", *self._names())
                     break
