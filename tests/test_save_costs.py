@@ -7,7 +7,7 @@ Query, waits for the server's answer), so nothing the driver sends on its own is
 
 The minimum the claim protocol allows is two round trips: the claim is committed before any
 file is written and the row after the files are durable, two transactions of one batch each.
-A save makes 21 (see docs/ARCHITECTURE.md, "What a save sends to the index").
+A save makes 20 (see docs/ARCHITECTURE.md, "What a save sends to the index").
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from .conftest import PG_URL
 SQLITE_STATEMENTS = [
     # the claim: one transaction, committed without waiting for the disk
     "BEGIN IMMEDIATE",
-    "SELECT modelkeep_claims",  # the model's claims (a dead writer's are released)
-    "SELECT modelkeep_versions",  # the highest version
+    "SELECT highest",  # the highest version and the model's claims (a dead writer's are released)
     "SELECT modelkeep_versions",  # the next one is free
     "INSERT INTO modelkeep_claims",
     # the checks before the sidecar and before the artifact: one statement each, no transaction
@@ -50,7 +49,7 @@ SQLITE_STATEMENTS = [
 
 #: PostgreSQL round trips of a small save, by kind: a pre-ping per connection checkout (the
 #: claim, two checks, the row), BEGIN and COMMIT of the two write transactions, and statements.
-POSTGRES_ROUND_TRIPS = {"pre-ping": 4, "BEGIN": 2, "statement": 13, "COMMIT": 2}
+POSTGRES_ROUND_TRIPS = {"pre-ping": 4, "BEGIN": 2, "statement": 12, "COMMIT": 2}
 CLAIM_PROTOCOL_MINIMUM = 2
 
 
@@ -65,9 +64,8 @@ def _first_words(statement: str) -> str:
     if text.startswith("SELECT (SELECT"):
         return "SELECT (SELECT " + text.split()[2].split(".")[0]
     words = text.split()
-    if words[0] == "SELECT":
-        table = re.search(r"\bFROM (\w+)", text)
-        return f"SELECT {table.group(1) if table else words[1]}"
+    if words[0] == "SELECT":  # the table (or subquery) of the first column
+        return f"SELECT {words[1].split('.')[0]}"
     if words[0] in ("INSERT", "DELETE"):
         return " ".join(words[:3])
     return text

@@ -162,6 +162,21 @@ _CLAIM_ROW = select(claims).where(
     claims.c.model_name == bindparam("model_name"), claims.c.version == bindparam("version")
 )
 _MODEL_CLAIMS = select(claims).where(claims.c.model_name == bindparam("model_name"))
+_TOP = (
+    select(
+        select(versions.c.version)
+        .where(versions.c.model_name == bindparam("model_name"), versions.c.parsed.is_(True))
+        .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("top")
+    )
+).subquery("highest")
+#: The model's highest version (as :meth:`SqlIndex.highest_version`) on every row of its claims,
+#: and on one row of ``NULL`` claim columns when it has none.
+_CLAIMS_AND_TOP = select(_TOP.c.top, *claims.c).select_from(
+    _TOP.outerjoin(claims, claims.c.model_name == bindparam("model_name"))
+)
 _DROP_CLAIM = delete(claims).where(claims.c.token == bindparam("token"))
 _VERSION_EXISTS = select(versions.c.id).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
@@ -529,14 +544,18 @@ def _choose(
     index: SqlIndex, conn: Connection, model_name: str, version: str | None, *, overwrite: bool, must_exist: bool
 ) -> tuple[str, ModelMetadata | None]:
     """The version to claim and its committed record (if any), under the model's write lock."""
-    held = {c.version: c for c in map(_info, conn.execute(_MODEL_CLAIMS, {"model_name": model_name}))}
+    if version is None:  # the model's claims and its highest version, in one statement
+        rows = conn.execute(_CLAIMS_AND_TOP, {"model_name": model_name}).all()
+        top = rows[0].top if rows and rows[0].top is not None else None
+        held = {c.version: c for c in (_info(r) for r in rows if r.token is not None)}
+    else:
+        held = {c.version: c for c in map(_info, conn.execute(_MODEL_CLAIMS, {"model_name": model_name}))}
     for info in list(held.values()):
         if owner_is_dead(info.owner):  # its process is gone: it can write nothing any more
             logger.info("releasing the claim of a process that died: %s", info)
             conn.execute(_DROP_CLAIM, {"token": info.token})
             del held[info.version]
     if version is None:
-        top = index.highest_version(conn, model_name)
         keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
         highest = max(keyed)[1] if keyed else None
 
