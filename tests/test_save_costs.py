@@ -7,7 +7,7 @@ Query, waits for the server's answer), so nothing the driver sends on its own is
 
 The minimum the claim protocol allows is two round trips: the claim is committed before any
 file is written and the row after the files are durable, two transactions of one batch each.
-A save makes 20 (see docs/ARCHITECTURE.md, "What a save sends to the index").
+A save makes 24 (see docs/ARCHITECTURE.md, "What a save sends to the index").
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ SQLITE_STATEMENTS = [
 ]
 
 #: PostgreSQL round trips of a small save, by kind: a pre-ping per connection checkout (the
-#: claim, two checks, the row), BEGIN and COMMIT of the two write transactions, and statements.
-POSTGRES_ROUND_TRIPS = {"pre-ping": 4, "BEGIN": 2, "statement": 12, "COMMIT": 2}
+#: claim, two checks, the row), BEGIN of each, COMMIT of the two write transactions, ROLLBACK of
+#: the two reads, and the statements.
+POSTGRES_ROUND_TRIPS = {"pre-ping": 4, "BEGIN": 4, "statement": 12, "COMMIT": 2, "ROLLBACK": 2}
 CLAIM_PROTOCOL_MINIMUM = 2
 
 

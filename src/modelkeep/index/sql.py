@@ -354,14 +354,14 @@ class SqlIndex:
 
     @contextlib.contextmanager
     def _read(self, *, single: bool = False) -> Iterator[Connection]:
-        """A read. ``single``: the block runs one statement, which is then sent without BEGIN
-        and ROLLBACK around it: in autocommit the statement is its own transaction, with the
-        snapshot a one-statement transaction has (on PostgreSQL two round trips fewer)."""
+        """A read. ``single`` (SQLite): the block runs one statement, which is then sent without
+        BEGIN around it; sqlite3 runs it in a transaction of its own. PostgreSQL reads keep their
+        BEGIN and ROLLBACK: switching a pooled connection to autocommit and back is state that
+        must not outlive a connection killed in between (a later write would then commit
+        statement by statement)."""
         try:
             with self.engine.connect() as conn:
-                if single and self.dialect == "postgresql":
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
-                elif single and self.dialect == "sqlite":
+                if single and self.dialect == "sqlite":
                     conn.execution_options(**{_SINGLE: True})
                 yield conn
         except DBAPIError as exc:
