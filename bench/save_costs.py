@@ -5,10 +5,12 @@
 syncs the WAL at a commit only when the connection's ``synchronous`` is FULL (read
 from the connection as the commit starts).
 
-``count_round_trips`` counts, with SQLAlchemy's event hooks, what one save sends to a
-PostgreSQL server: every statement, every BEGIN (the driver sends it on its own before a
-transaction's first statement), COMMIT and ROLLBACK, and the liveness ping the pool
-sends at each checkout (``pool_pre_ping``). Each is one network round trip.
+``count_round_trips`` counts, with SQLAlchemy's event hooks and psycopg's connection state,
+what one save sends to a PostgreSQL server: every statement, every BEGIN (the driver sends it
+on its own before a transaction's first statement, never in autocommit), COMMIT and ROLLBACK
+(only inside a transaction), and the liveness ping the pool sends at each checkout
+(``pool_pre_ping``). Each is one network round trip; tests/test_save_costs.py reads the same
+number from libpq's trace.
 """
 
 from __future__ import annotations
@@ -73,32 +75,50 @@ def count_syncs(registry: Any, save: Callable[[], object]) -> dict[str, int]:
 
 
 def count_round_trips(registry: Any, save: Callable[[], object]) -> dict[str, int]:
-    """Network round trips of one ``save()`` against a PostgreSQL index, by kind."""
+    """Network round trips of one ``save()`` against a PostgreSQL index, by kind.
+
+    What goes on the wire is told from the driver's state, not from SQLAlchemy's events alone:
+    psycopg sends BEGIN before a statement only on a connection outside autocommit and outside
+    a transaction, and a COMMIT or ROLLBACK only inside one (a one-statement read in
+    autocommit sends neither). Checked against libpq's own trace of a save."""
     counts: Counter[str] = Counter()
     engine = registry.index.engine
 
-    def on_statement(*_args: Any) -> None:
+    def raw(conn: Any) -> Any:
+        return conn.connection.dbapi_connection
+
+    def in_transaction(dbapi: Any) -> bool:
+        return int(dbapi.info.transaction_status) != 0  # psycopg.pq.TransactionStatus.IDLE
+
+    def on_statement(conn: Any, *_args: Any) -> None:
+        dbapi = raw(conn)
+        if not dbapi.autocommit and not in_transaction(dbapi):
+            counts["BEGIN"] += 1
         counts["statements"] += 1
 
-    def on(kind: str) -> Callable[..., None]:
-        def count(*_args: Any) -> None:
-            counts[kind] += 1
+    def on_end(kind: str) -> Callable[..., None]:
+        def count(conn: Any) -> None:
+            if in_transaction(raw(conn)):
+                counts[kind] += 1
 
         return count
 
+    def on_ping(*_args: Any) -> None:
+        counts["pre-ping"] += 1
+
     hooks = [
         (engine, "before_cursor_execute", on_statement),
-        (engine, "begin", on("BEGIN")),
-        (engine, "commit", on("COMMIT")),
-        (engine, "rollback", on("ROLLBACK")),
+        (engine, "commit", on_end("COMMIT")),
+        (engine, "rollback", on_end("ROLLBACK")),
     ]
     if getattr(engine.pool, "_pre_ping", False):
-        hooks.append((engine.pool, "checkout", on("pre-ping")))
+        hooks.append((engine.pool, "checkout", on_ping))
     with contextlib.ExitStack() as stack:
         for target, name, fn in hooks:
             stack.enter_context(_listening(target, name, fn))
         save()
-    counts["total round trips"] = sum(counts.values())
+    counts["total round trips"] = counts["pre-ping"] + counts["BEGIN"] + counts["statements"]
+    counts["total round trips"] += counts["COMMIT"] + counts["ROLLBACK"]
     counts["claim protocol minimum"] = CLAIM_PROTOCOL_MIN_ROUND_TRIPS
     return dict(counts)
 

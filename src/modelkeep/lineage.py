@@ -16,6 +16,7 @@ copy); a changed value, column name, dtype or order gives another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -132,6 +133,12 @@ def _git_status(where: Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": dirty, "branch": None if branch == "(detached)" else branch}
 
 
+@functools.lru_cache(maxsize=4)
+def _which_git(path: str | None) -> str | None:
+    """Where ``git`` is on ``path`` (looked up once per PATH: each save asks)."""
+    return shutil.which("git", path=path)
+
+
 def start_git(cwd: str | os.PathLike[str] | None = None) -> Future[dict[str, Any] | None] | None:
     """Start reading the git state of the repository around ``cwd`` (default: the working
     directory) on a helper thread, so it runs while the model is serialized; ``None``
@@ -140,7 +147,7 @@ def start_git(cwd: str | os.PathLike[str] | None = None) -> Future[dict[str, Any
     if os.environ.get("MODELKEEP_GIT", "1") == "0":
         return None
     where = Path(cwd) if cwd is not None else Path.cwd()
-    if _git_root(where.resolve()) is None or shutil.which("git") is None:
+    if _git_root(where.resolve()) is None or _which_git(os.environ.get("PATH")) is None:
         return None
     if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")

@@ -669,8 +669,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         slot.check()
         with self.store.one_folder_sync():
             self._write_sidecar(record)
-            slot.check()
-            same = self.index.find_artifact(record.artifact.sha256, exclude_key=key)
+            same = slot.check_placing(record.artifact.sha256, key)  # the claim, and stored identical bytes
             if same and self.store.link(same, key):  # identical bytes: share them
                 staged.drop_duplicate()
             else:

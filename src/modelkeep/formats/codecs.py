@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -28,15 +30,39 @@ def _zstd() -> Any:
     return zstandard
 
 
+_idle = threading.local()  # per thread: (pid, {level: a ZstdCompressor not in use})
+
+
+def _take_compressor(zstd: Any, level: int) -> Any:
+    """A compressor for ``level``: this thread's idle one, else a new one.
+
+    A multi-threaded zstd context starts its worker threads when it is made, which costs more
+    than compressing a small model; kept per thread (a compressor is not thread-safe) and per
+    process (a forked child has none of its parent's workers), it is made once."""
+    held: tuple[int, dict[int, Any]] | None = getattr(_idle, "compressors", None)
+    if held is None or held[0] != os.getpid():
+        held = (os.getpid(), {})
+        _idle.compressors = held
+    found = held[1].pop(level, None)  # out of the cache while in use: a nested use makes its own
+    # threads=-1: compress on every core while the caller pickles (still one standard frame).
+    return found if found is not None else zstd.ZstdCompressor(level=level, threads=-1)
+
+
+def _give_back(level: int, compressor: Any) -> None:
+    held = getattr(_idle, "compressors", None)
+    if held is not None and held[0] == os.getpid():
+        held[1][level] = compressor
+
+
 @contextlib.contextmanager
 def compressing(file: Any, codec: str, level: int) -> Iterator[Any]:
     """A writer that compresses into ``file``; the frame is finished on exit."""
     if codec != "zstd":
         raise ValueError(f"unknown stream codec {codec!r}")
-    zstd = _zstd()
-    # threads=-1: compress on every core while the caller pickles (still one standard frame).
-    with zstd.ZstdCompressor(level=level, threads=-1).stream_writer(file, closefd=False) as writer:
+    compressor = _take_compressor(_zstd(), level)
+    with compressor.stream_writer(file, closefd=False) as writer:
         yield writer
+    _give_back(level, compressor)  # only after a finished frame: a failed one's state is dropped
 
 
 @contextlib.contextmanager

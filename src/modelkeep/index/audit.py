@@ -8,6 +8,7 @@ Low-level helpers used inside the index's own transactions (no locking here);
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import getpass
 import json
 import os
@@ -141,10 +142,27 @@ def insert_history(
 
 
 def touch_model(conn: Connection, model_name: str, at: str) -> None:
-    """Make sure the model has its ``modelkeep_models`` row (call under the model's lock)."""
-    found = conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first()
-    if found is None:
-        conn.execute(insert(models).values(model_name=model_name, description=None, created_at=at, updated_at=at))
+    """Make sure the model has its ``modelkeep_models`` row (call under the model's lock): one
+    ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL both speak it)."""
+    values = {"model_name": model_name, "description": None, "created_at": at, "updated_at": at}
+    upsert = _touch_statement(conn.dialect.name)
+    if upsert is not None:
+        conn.execute(upsert, values)
+    elif conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first() is None:
+        conn.execute(insert(models).values(**values))
+
+
+@functools.cache
+def _touch_statement(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(models).on_conflict_do_nothing(index_elements=[models.c.model_name])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(models).on_conflict_do_nothing(index_elements=[models.c.model_name])
+    return None  # another database: read, then insert
 
 
 def artifact_summary(record: ModelMetadata) -> dict[str, Any]:

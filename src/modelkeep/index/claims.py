@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from ..errors import (
     ClaimLostError,
@@ -158,15 +158,64 @@ def _info(row: Any) -> ClaimInfo:
     return ClaimInfo(row.model_name, row.version, row.token, row.owner, row.claimed_at, row.purpose)
 
 
+# The statements of every save, built once: SQLAlchemy then reuses their compiled form without
+# rebuilding the expression and its cache key on each call.
+_CLAIM_ROW = select(claims).where(
+    claims.c.model_name == bindparam("model_name"), claims.c.version == bindparam("version")
+)
+_MODEL_CLAIMS = select(claims).where(claims.c.model_name == bindparam("model_name"))
+_TOP = (
+    select(
+        select(versions.c.version)
+        .where(versions.c.model_name == bindparam("model_name"), versions.c.parsed.is_(True))
+        .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("top")
+    )
+).subquery("highest")
+#: The model's highest version (as :meth:`SqlIndex.highest_version`) on every row of its claims,
+#: and on one row of ``NULL`` claim columns when it has none.
+_CLAIMS_AND_TOP = select(_TOP.c.top, *claims.c).select_from(
+    _TOP.outerjoin(claims, claims.c.model_name == bindparam("model_name"))
+)
+_DROP_CLAIM = delete(claims).where(claims.c.token == bindparam("token"))
+_VERSION_EXISTS = select(versions.c.id).where(
+    versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
+)
+#: The claim's token and an artifact with the same bytes, in one statement (see :meth:`VersionClaim.check_placing`).
+_TOKEN_AND_DUPLICATE = select(
+    select(claims.c.token)
+    .where(claims.c.model_name == bindparam("model_name"), claims.c.version == bindparam("version"))
+    .scalar_subquery()
+    .label("token"),
+    select(versions.c.artifact_key)
+    .where(versions.c.sha256 == bindparam("sha256"), versions.c.artifact_key != bindparam("exclude_key"))
+    .limit(1)
+    .scalar_subquery()
+    .label("duplicate"),
+)
+
+
 def _claim_row(conn: Connection, model_name: str, version: str) -> ClaimInfo | None:
-    row = conn.execute(select(claims).where(claims.c.model_name == model_name, claims.c.version == version)).first()
+    row = conn.execute(_CLAIM_ROW, {"model_name": model_name, "version": version}).first()
     return None if row is None else _info(row)
 
 
 @_retry_on_disconnect
 def _read_claim(index: SqlIndex, model_name: str, version: str) -> ClaimInfo | None:
-    with index._read() as conn:
+    with index._read(single=True) as conn:
         return _claim_row(conn, model_name, version)
+
+
+@_retry_on_disconnect
+def _read_token_and_duplicate(
+    index: SqlIndex, model_name: str, version: str, sha256: str, exclude_key: str
+) -> tuple[str | None, str | None]:
+    with index._read(single=True) as conn:
+        params = {"model_name": model_name, "version": version, "sha256": sha256, "exclude_key": exclude_key}
+        row = conn.execute(_TOKEN_AND_DUPLICATE, params).one()
+    return row.token, row.duplicate
 
 
 def in_progress(info: ClaimInfo) -> SaveInProgressError:
@@ -208,15 +257,29 @@ class VersionClaim:
     def check(self) -> None:
         """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the
         database) and younger than :data:`CLAIM_LEASE_SECONDS`. Call it before each write."""
+        self._check_lease()
+        current = _read_claim(self.index, self.model_name, self.version)
+        if current is None or current.token != self.token:
+            self.state = RELEASED
+            raise self._lost()
+
+    def check_placing(self, sha256: str, key: str) -> str | None:
+        """:meth:`check`, and in the same read the key of an artifact already stored with the bytes
+        ``sha256`` (other than ``key``; ``None`` when there is none), so that the last check
+        before the artifact is placed costs no extra round trip for the content dedup."""
+        self._check_lease()
+        token, duplicate = _read_token_and_duplicate(self.index, self.model_name, self.version, sha256, key)
+        if token != self.token:
+            self.state = RELEASED
+            raise self._lost()
+        return duplicate
+
+    def _check_lease(self) -> None:
         if time.monotonic() - self.taken > CLAIM_LEASE_SECONDS:
             raise ClaimLostError(
                 f"this save held its write claim on model '{self.model_name}' version '{self.version}' "
                 f"for more than {CLAIM_LEASE_SECONDS:g} s; it stops before writing, as gc may release it"
             )
-        current = _read_claim(self.index, self.model_name, self.version)
-        if current is None or current.token != self.token:
-            self.state = RELEASED
-            raise self._lost()
 
     def _lost(self) -> ClaimLostError:
         return ClaimLostError(
@@ -244,17 +307,27 @@ class VersionClaim:
         """
 
         release = self.previous is None
-        mine = record_row(record)["record"]
 
         def attempt() -> None:
             with self.index._write() as conn:
-                self._fence(conn)
-                current = self.index._get(conn, self.model_name, self.version)
-                if current is not None and (self.previous is None or current.to_dict() != self.previous.to_dict()):
-                    raise VersionExistsError(
-                        f"model '{self.model_name}' version '{self.version}' was written by another "
-                        "writer without a claim (an older modelkeep?); nothing was registered"
-                    )
+                if release:
+                    # A new version: the claim is removed by the commit anyway, so removing it
+                    # first is the fence (no row removed: it is not ours any more), and a row
+                    # written meanwhile without a claim fails the insert (Reservation.put).
+                    self.index._lock_model(conn, self.model_name)
+                    if conn.execute(_DROP_CLAIM, {"token": self.token}).rowcount != 1:
+                        raise self._lost()
+                    current = None
+                else:
+                    self._fence(conn)
+                    current = self.index._get(conn, self.model_name, self.version)
+                    previous = self.previous
+                    assert previous is not None
+                    if current is not None and current.to_dict() != previous.to_dict():
+                        raise VersionExistsError(
+                            f"model '{self.model_name}' version '{self.version}' was written by another "
+                            "writer without a claim (an older modelkeep?); nothing was registered"
+                        )
                 if record_blobs(record):
                     self.index.lock_blobs(conn, exclusive=False)
                 if before_commit is not None:
@@ -263,8 +336,6 @@ class VersionClaim:
                 if not history:  # a copy that carries the source's own history rows
                     slot.history_action = None
                 slot.put(record)
-                if release:
-                    conn.execute(delete(claims).where(claims.c.token == self.token))
 
         tries = len(RETRY_PAUSES) + 1
         for try_number in range(1, tries + 1):
@@ -277,7 +348,7 @@ class VersionClaim:
                 logger.warning("%s; retrying on a new connection", exc)
                 time.sleep(RETRY_PAUSES[try_number - 1])
             except CommitUnknownError as exc:
-                outcome = self._read_back(mine)
+                outcome = self._read_back(record_row(record)["record"])
                 if outcome == COMMITTED:
                     logger.info("the commit of %s %s went through before the connection dropped", *self._names())
                     break
@@ -475,18 +546,26 @@ def _choose(
     index: SqlIndex, conn: Connection, model_name: str, version: str | None, *, overwrite: bool, must_exist: bool
 ) -> tuple[str, ModelMetadata | None]:
     """The version to claim and its committed record (if any), under the model's write lock."""
-    held = {c.version: c for c in map(_info, conn.execute(select(claims).where(claims.c.model_name == model_name)))}
+    if version is None:  # the model's claims and its highest version, in one statement
+        rows = conn.execute(_CLAIMS_AND_TOP, {"model_name": model_name}).all()
+        top = rows[0].top if rows and rows[0].top is not None else None
+        held = {c.version: c for c in (_info(r) for r in rows if r.token is not None)}
+    else:
+        held = {c.version: c for c in map(_info, conn.execute(_MODEL_CLAIMS, {"model_name": model_name}))}
     for info in list(held.values()):
         if owner_is_dead(info.owner):  # its process is gone: it can write nothing any more
             logger.info("releasing the claim of a process that died: %s", info)
-            conn.execute(delete(claims).where(claims.c.token == info.token))
+            conn.execute(_DROP_CLAIM, {"token": info.token})
             del held[info.version]
     if version is None:
-        top = index.highest_version(conn, model_name)
         keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
         highest = max(keyed)[1] if keyed else None
-        chosen = next_version(highest, lambda v: v in held or index._get(conn, model_name, v) is not None)
-        return chosen, None
+
+        def taken(v: str) -> bool:
+            params = {"model_name": model_name, "version": v}
+            return v in held or conn.execute(_VERSION_EXISTS, params).first() is not None
+
+        return next_version(highest, taken), None
     if version in held:
         raise in_progress(held[version])
     previous = index._get(conn, model_name, version)

@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from ..metadata import ModelMetadata
 from .rows import MAX_DEPTH, MAX_KEY_LENGTH, scalar_fields
@@ -26,15 +26,29 @@ def field_rows(version_id: int, metadata: dict[str, Any]) -> Iterator[dict[str, 
             yield {"version_id": version_id, "key": key, "num": value, "str": None}
 
 
-def index_fields(conn: Connection, record: ModelMetadata) -> None:
-    """(Re)write the field rows of ``record``'s version, inside the caller's transaction."""
-    version_id = conn.execute(
-        select(versions.c.id).where(versions.c.model_name == record.model_name, versions.c.version == record.version)
-    ).scalar_one()
-    conn.execute(delete(fields).where(fields.c.version_id == version_id))
-    rows = list(field_rows(int(version_id), record.metadata))
+_VERSION_ID = select(versions.c.id).where(
+    versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
+)
+_DROP_VERSION_FIELDS = delete(fields).where(fields.c.version_id == bindparam("version_id"))
+_INSERT_FIELDS = insert(fields)
+
+
+def index_fields(
+    conn: Connection, record: ModelMetadata, *, version_id: int | None = None, fresh: bool = False
+) -> None:
+    """(Re)write the field rows of ``record``'s version, inside the caller's transaction.
+
+    ``version_id``: the row's id when the caller knows it (it just inserted the row); ``fresh``:
+    that id was never used before (a sequence's), so no field rows can name it yet."""
+    if version_id is None:
+        params = {"model_name": record.model_name, "version": record.version}
+        version_id = int(conn.execute(_VERSION_ID, params).scalar_one())
+        fresh = False
+    if not fresh:
+        conn.execute(_DROP_VERSION_FIELDS, {"version_id": version_id})
+    rows = list(field_rows(version_id, record.metadata))
     if rows:
-        conn.execute(insert(fields), rows)
+        conn.execute(_INSERT_FIELDS, rows)
 
 
 def drop_fields(conn: Connection, model_name: str, version: str | None = None) -> None:

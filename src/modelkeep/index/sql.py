@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     from .lifecycle import Lifecycle
 
 _WRITE = "modelkeep_write"
+_SINGLE = "modelkeep_single_statement"
 #: Writes the event files of history rows into the store (see :attr:`SqlIndex.journal`).
 Journal = Callable[[list[HistoryRow]], None]
 logger = logging.getLogger("modelkeep")
@@ -137,8 +139,21 @@ class Reservation:
     def put(self, record: ModelMetadata) -> None:
         """Write ``record`` for the reserved version; committed when the block exits."""
         row = record_row(record)
+        version_id: int | None = None
+        fresh_id = False
         if self.previous is None:
-            self._conn.execute(insert(versions).values(**row))
+            try:
+                result = self._conn.execute(_INSERT_VERSION, row)
+            except SAIntegrityError as exc:  # a row no writer claimed (an older modelkeep, or by hand)
+                raise VersionExistsError(
+                    f"model '{self.model_name}' version '{self.version}' was written by another "
+                    "writer without a claim (an older modelkeep?); nothing was registered"
+                ) from exc
+            found = result.inserted_primary_key
+            version_id = None if found is None or found[0] is None else int(found[0])
+            # A PostgreSQL id comes from a sequence, never handed out twice; SQLite may reuse
+            # the rowid of a row removed by hand, whose field rows may be left over.
+            fresh_id = version_id is not None and self._index.dialect == "postgresql"
         else:
             self._conn.execute(
                 update(versions)
@@ -146,7 +161,8 @@ class Reservation:
                 .values(**row)
             )
             drop_blob_refs(self._conn, self.model_name, self.version)
-        index_fields(self._conn, record)  # search: the record's scalar fields, one row each
+        # search: the record's scalar fields, one row each
+        index_fields(self._conn, record, version_id=version_id, fresh=fresh_id)
         shas = record_blobs(record)
         if shas:
             self._conn.execute(
@@ -211,6 +227,17 @@ _record = parse_record
 #: A row's ``record`` and the columns it must agree with (:data:`.rows.BOUND_COLUMNS`).
 _RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
 _N = len(_RECORD_COLUMNS)
+# Statements of every save, built once (SQLAlchemy reuses their compiled form and cache key).
+_GET_RECORD = select(*_RECORD_COLUMNS).where(
+    versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
+)
+_HIGHEST = (
+    select(versions.c.version)
+    .where(versions.c.model_name == bindparam("model_name"), versions.c.parsed.is_(True))
+    .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
+    .limit(1)
+)
+_INSERT_VERSION = insert(versions)
 
 
 class CheckedRow(NamedTuple):
@@ -370,9 +397,16 @@ class SqlIndex:
         return len(found)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, *, single: bool = False) -> Iterator[Connection]:
+        """A read. ``single`` (SQLite): the block runs one statement, which is then sent without
+        BEGIN around it; sqlite3 runs it in a transaction of its own. PostgreSQL reads keep their
+        BEGIN and ROLLBACK: switching a pooled connection to autocommit and back is state that
+        must not outlive a connection killed in between (a later write would then commit
+        statement by statement)."""
         try:
             with self.engine.connect() as conn:
+                if single and self.dialect == "sqlite":
+                    conn.execution_options(**{_SINGLE: True})
                 yield conn
         except DBAPIError as exc:
             self._raise_db_error(exc)
@@ -567,12 +601,7 @@ class SqlIndex:
     @staticmethod
     def highest_version(conn: Connection, model_name: str) -> str | None:
         """The model's highest parsed version in the index (trashed ones included), or ``None``."""
-        top = conn.execute(
-            select(versions.c.version)
-            .where(versions.c.model_name == model_name, versions.c.parsed.is_(True))
-            .order_by(versions.c.sort_key.desc(), versions.c.id.desc())
-            .limit(1)
-        ).scalar()
+        top = conn.execute(_HIGHEST, {"model_name": model_name}).scalar()
         return None if top is None else str(top)
 
     @staticmethod
@@ -736,9 +765,7 @@ class SqlIndex:
         )
 
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
-        row = conn.execute(
-            select(*_RECORD_COLUMNS).where(versions.c.model_name == model_name, versions.c.version == version)
-        ).first()
+        row = conn.execute(_GET_RECORD, {"model_name": model_name, "version": version}).first()
         return None if row is None else _bound(row)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
@@ -894,7 +921,7 @@ class SqlIndex:
     def find_artifact(self, sha256: str, *, exclude_key: str) -> str | None:
         """The key of some stored artifact with exactly these bytes, other than ``exclude_key``
         (a trashed version's too: its bytes stay until it is purged, and purge counts references)."""
-        with self._read() as conn:
+        with self._read(single=True) as conn:
             return conn.execute(
                 select(versions.c.artifact_key)
                 .where(versions.c.sha256 == sha256, versions.c.artifact_key != exclude_key)
@@ -982,4 +1009,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_SINGLE):  # one statement: sqlite3 runs it in a transaction of its own
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN")

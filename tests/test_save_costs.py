@@ -1,0 +1,177 @@
+"""What one small save sends to the index, pinned so that it cannot grow silently.
+
+SQLite (the embedded default): the statements and transactions of a save, counted with
+SQLAlchemy's cursor and transaction events. PostgreSQL: the network round trips, read from
+libpq's own trace of the connections (every message the client ends with Sync, or a simple
+Query, waits for the server's answer), so nothing the driver sends on its own is missed.
+
+The minimum the claim protocol allows is two round trips: the claim is committed before any
+file is written and the row after the files are durable, two transactions of one batch each.
+A save makes 24 (see docs/ARCHITECTURE.md, "What a save sends to the index").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from modelkeep import ModelPersistence
+
+from ._workers import payload
+from .conftest import PG_URL
+
+#: The statements of a small save on SQLite, in order (the BEGINs are sent by modelkeep itself).
+SQLITE_STATEMENTS = [
+    # the claim: one transaction, committed without waiting for the disk
+    "BEGIN IMMEDIATE",
+    "SELECT highest",  # the highest version and the model's claims (a dead writer's are released)
+    "SELECT modelkeep_versions",  # the next one is free
+    "INSERT INTO modelkeep_claims",
+    # the checks before the sidecar and before the artifact: one statement each, no transaction
+    "SELECT modelkeep_claims",
+    "SELECT (SELECT modelkeep_claims",  # the claim and stored identical bytes, in one statement
+    # the row: one transaction, the only commit that syncs the WAL
+    "BEGIN IMMEDIATE",
+    "DELETE FROM modelkeep_claims",  # the fence: the claim is still this save's
+    "INSERT INTO modelkeep_versions",
+    "DELETE FROM modelkeep_fields",  # SQLite may reuse the id of a row removed by hand
+    "INSERT INTO modelkeep_fields",
+    "INSERT INTO modelkeep_models",  # ON CONFLICT DO NOTHING
+    "INSERT INTO modelkeep_history",
+]
+
+#: PostgreSQL round trips of a small save, by kind: a pre-ping per connection checkout (the
+#: claim, two checks, the row), BEGIN of each, COMMIT of the two write transactions, ROLLBACK of
+#: the two reads, and the statements.
+POSTGRES_ROUND_TRIPS = {"pre-ping": 4, "BEGIN": 4, "statement": 12, "COMMIT": 2, "ROLLBACK": 2}
+CLAIM_PROTOCOL_MINIMUM = 2
+
+
+def _model(seq: int) -> dict[str, Any]:
+    return payload(0, seq, 4 << 10)
+
+
+def _first_words(statement: str) -> str:
+    """``SELECT modelkeep_claims`` for ``SELECT modelkeep_claims.model_name, ...``."""
+    text = " ".join(statement.split())
+    text = re.sub(r"\bmk_test_\w+\.", "", text)
+    if text.startswith("SELECT (SELECT"):
+        return "SELECT (SELECT " + text.split()[2].split(".")[0]
+    words = text.split()
+    if words[0] == "SELECT":  # the table (or subquery) of the first column
+        return f"SELECT {words[1].split('.')[0]}"
+    if words[0] in ("INSERT", "DELETE"):
+        return " ".join(words[:3])
+    return text
+
+
+def test_a_small_save_on_sqlite_sends_its_pinned_statements(tmp_path: Path) -> None:
+    with ModelPersistence(models_dir=tmp_path / "models") as p:
+        p.save(_model(0), "counted")  # the model's row and the schema check are behind us
+        sent: list[str] = []
+        transactions: Counter[str] = Counter()
+
+        def on_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            sent.append(_first_words(statement))
+
+        def on(kind: str) -> Any:
+            return lambda _conn: transactions.update([kind])
+
+        hooks = [("before_cursor_execute", on_statement), ("begin", on("begin")), ("commit", on("commit"))]
+        for name, fn in hooks:
+            event.listen(p.index.engine, name, fn)
+        try:
+            p.save(_model(1), "counted", accuracy=0.9)  # a field row for search
+        finally:
+            for name, fn in hooks:
+                event.remove(p.index.engine, name, fn)
+        assert sent == SQLITE_STATEMENTS
+        # Two write transactions (claim, row), two one-statement reads; only the writes commit.
+        assert transactions == {"begin": 4, "commit": 2}
+        assert p.load("counted", "1.0.1")["seq"] == 1
+
+
+@contextlib.contextmanager
+def _libpq_trace(engine: Any, path: Path) -> Iterator[Any]:
+    """Trace every connection of ``engine`` opened from here on; ``start()`` in the block begins
+    writing what they send to ``path`` (flushed when the block ends)."""
+    from psycopg import pq
+
+    opened: list[Any] = []
+    state = {"on": False}
+    with path.open("w") as sink:
+
+        def trace(dbapi: Any) -> None:
+            dbapi.pgconn.trace(sink.fileno())
+            dbapi.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+        def on_connect(dbapi: Any, _record: Any) -> None:
+            opened.append(dbapi)
+            if state["on"]:
+                trace(dbapi)
+
+        def start() -> None:
+            state["on"] = True
+            for dbapi in opened:
+                if not dbapi.closed:
+                    trace(dbapi)
+
+        event.listen(engine, "connect", on_connect)
+        try:
+            yield start
+        finally:
+            event.remove(engine, "connect", on_connect)
+            for dbapi in opened:
+                if not dbapi.closed:
+                    dbapi.pgconn.untrace()  # flushes
+
+
+def _round_trips(trace: str) -> Counter[str]:
+    """Client messages that wait for the server, by kind, from a libpq trace.
+
+    psycopg prepares a statement on the server the fifth time one connection runs it: a Parse
+    of a named statement with a Sync of its own, once per connection and statement, after which
+    the statement costs one round trip as before. Those are counted apart, as ``prepare``."""
+    counts: Counter[str] = Counter()
+    previous = ""
+    for line in trace.splitlines():
+        fields = line.split("\t")
+        if len(fields) < 3 or fields[0] != "F":
+            continue
+        message, previous = previous, fields[2] if fields[2] != "Parse" else f"Parse {fields[3].split()[0]}"
+        if fields[2] == "Sync":
+            counts["prepare" if message.startswith('Parse "_pg3') else "statement"] += 1
+        elif fields[2] == "Query":
+            sql = fields[3].strip().strip('"')
+            kind = "pre-ping" if sql == ";" else sql.split()[0]
+            counts[kind] += 1
+    return counts
+
+
+@pytest.mark.postgres
+def test_a_small_save_on_postgresql_makes_its_pinned_round_trips(pg_schema: str, tmp_path: Path) -> None:
+    assert PG_URL is not None
+    p = ModelPersistence(models_dir=tmp_path / "models", registry_url=PG_URL, index_schema=pg_schema)
+    try:
+        p.ensure_registry()
+        p.index.engine.dispose()  # every connection from here on is seen by the tracer
+        with _libpq_trace(p.index.engine, tmp_path / "libpq.trace") as start:
+            for seq in range(2):  # the pool holds its connections, the model its row
+                p.save(_model(seq), "counted", accuracy=0.9)
+            start()
+            p.save(_model(2), "counted", accuracy=0.9)
+        counts = _round_trips((tmp_path / "libpq.trace").read_text())
+    finally:
+        p.close()
+    counts.pop("prepare", None)
+    assert counts == POSTGRES_ROUND_TRIPS, counts
+    # What separates the save from the protocol's minimum: a ping per connection checkout,
+    # BEGIN, COMMIT and the model lock of each write transaction, and one statement per step.
+    assert sum(counts.values()) > CLAIM_PROTOCOL_MINIMUM
