@@ -497,7 +497,7 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             from .formats.frameworks import resolve_auto
 
             fmt, compression = resolve_auto(model, self.compress if compress is None else compress)
-        from .loading import refuse_unloadable, warn_main_globals
+        from .loading import refuse_unloadable
 
         refuse_unloadable(model, fmt.name)
         self.ensure_registry()
@@ -517,50 +517,31 @@ class ModelPersistence(PromotionMixin, EventsMixin):
                 cli={"overwrite=True": "--overwrite"},
             )
 
-        attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
-        with self.store.staged(resume=attempt) as staged:
-            with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
-                try:
-                    extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
-                    extra.update(fmt.protocol_record())
-                except ModelKeepError:
-                    raise
-                except OSError:
-                    raise
-                except Exception as exc:
-                    raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
-            if staged.blake3 is not None:
-                extra[BLAKE3_KEY] = staged.blake3
-            env = environment.capture(model, environment.modules_of(extra, fmt.name))
-            lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
-            warn_main_globals(extra)
-            warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
-            with self.index.claim(model_name, version, overwrite=overwrite) as slot:
-                now = utc_now()
-                key = self._new_artifact_key(slot, fmt.extension(compression))
-                record = ModelMetadata(
-                    model_name=model_name,
-                    model_type=type(model).__name__,
-                    version=slot.version,
-                    created_at=created_at or (slot.previous.created_at if slot.previous else now),
-                    updated_at=now,
-                    metadata=custom,
-                    artifact=ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra),
-                    environment=env,
-                    input_signature=signature,
-                    lineage=lineage_record,
-                )
-                record.signature = self.keyring.sign(record)
-                try:
-                    self._write_claimed_files(slot, record, staged)
-                    slot.put(record, before_commit=self._blobs_check(extra))
-                except BaseException:
-                    slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
-                    raise
-                if slot.previous is not None:
-                    self._remove_replaced_artifact(slot, record)
-            if slot.previous is not None:  # each alias move signs the bytes it pointed at
-                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+        args = (model, model_name, fmt, compression, lineage_parts, git)
+        if self.store.direct_uploads and not resume:  # upload straight to the final key, under the claim
+            with self.index.claim(model_name, version, overwrite=overwrite) as slot, slot.kept_alive():
+                key = self._new_artifact_key(slot, fmt.extension(compression), taken=self.store.exists)
+                staged: StagedArtifact = self.store.stage_direct(key, slot.check)
+                try:  # the parts go up during serialization; the object appears only at commit
+                    extra, env, lineage_record = self._write_artifact(*args, staged)
+                    art = ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra)
+                    record = self._commit_claimed(
+                        slot, staged, art, model, custom, created_at, (env, signature, lineage_record)
+                    )
+                finally:
+                    staged.discard()  # aborts the upload unless it was completed
+        else:
+            attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
+            with self.store.staged(resume=attempt) as staged:
+                extra, env, lineage_record = self._write_artifact(*args, staged)
+                with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+                    key = self._new_artifact_key(slot, fmt.extension(compression))
+                    art = ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra)
+                    record = self._commit_claimed(
+                        slot, staged, art, model, custom, created_at, (env, signature, lineage_record)
+                    )
+        if slot.previous is not None:  # each alias move signs the bytes it pointed at
+            self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -569,6 +550,76 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             fmt.name,
             (time.perf_counter() - started) * 1000,
         )
+        return record
+
+    def _write_artifact(
+        self,
+        model: Any,
+        model_name: str,
+        fmt: Format,
+        compression: str | None,
+        lineage_parts: dict[str, Any],
+        git: Future[dict[str, Any] | None] | None,
+        staged: StagedArtifact,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Serialize ``model`` into ``staged`` (hashed as it streams); the artifact's extra
+        record, the environment and the lineage of the save."""
+        with self._progress(f"saving {model_name}", None) as advance, staged.open(advance) as out:
+            try:
+                extra = fmt.dump(model, out, compression, blobs=self._blobs(fmt)) or {}
+                extra.update(fmt.protocol_record())
+            except ModelKeepError:
+                raise
+            except OSError:
+                raise
+            except Exception as exc:
+                raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+        if staged.blake3 is not None:
+            extra[BLAKE3_KEY] = staged.blake3
+        env = environment.capture(model, environment.modules_of(extra, fmt.name))
+        lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
+        from .loading import warn_main_globals
+
+        warn_main_globals(extra)
+        warn_untrusted_globals(extra, self.trusted_types, f"model '{model_name}'")
+        return extra, env, lineage_record
+
+    def _commit_claimed(
+        self,
+        slot: VersionClaim,
+        staged: StagedArtifact,
+        artifact: ArtifactInfo,
+        model: Any,
+        custom: dict[str, Any],
+        created_at: str | None,
+        described: tuple[dict[str, Any], Any, Any],
+    ) -> ModelMetadata:
+        """Under ``slot``: the signed record of the save, its files put in place and its row
+        committed (fenced); a failure removes the attempt's files and releases the claim.
+        ``described`` is the environment, input signature and lineage of the save."""
+        env, signature, lineage_record = described
+        now = utc_now()
+        record = ModelMetadata(
+            model_name=slot.model_name,
+            model_type=type(model).__name__,
+            version=slot.version,
+            created_at=created_at or (slot.previous.created_at if slot.previous else now),
+            updated_at=now,
+            metadata=custom,
+            artifact=artifact,
+            environment=env,
+            input_signature=signature,
+            lineage=lineage_record,
+        )
+        record.signature = self.keyring.sign(record)
+        try:
+            self._write_claimed_files(slot, record, staged)
+            slot.put(record, before_commit=self._blobs_check(artifact.extra))
+        except BaseException:
+            slot.abandon(self._attempt_files(slot, artifact.key), self._remove_quietly, self._write_sidecar)
+            raise
+        if slot.previous is not None:
+            self._remove_replaced_artifact(slot, record)
         return record
 
     def _describe(
@@ -601,12 +652,15 @@ class ModelPersistence(PromotionMixin, EventsMixin):
 
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
-    def _new_artifact_key(slot: VersionClaim, extension: str) -> str:
+    def _new_artifact_key(slot: VersionClaim, extension: str, taken: Callable[[str], bool] | None = None) -> str:
         """The seed's key for a new version; for an overwrite, a fresh revision key whenever the
-        committed row names the usual one (its bytes are never replaced)."""
+        committed row names the usual one (its bytes are never replaced). With ``taken`` (an
+        upload straight to the key, which never replaces an object), also a revision key when
+        an object is already there (a crash leftover gc has not removed yet)."""
         key = artifact_key(slot.model_name, slot.version, extension)
         previous = slot.previous
-        if previous is not None and previous.artifact is not None and previous.artifact.key == key:
+        replaced = previous is not None and previous.artifact is not None and previous.artifact.key == key
+        if replaced or (taken is not None and taken(key)):
             key = revision_key(slot.model_name, slot.version, extension)
         return key
 
