@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import delete
 
 from modelkeep import ModelPersistence
-from modelkeep.errors import ConfigError, IntegrityError, StorageError
+from modelkeep.errors import ClaimLostError, ConfigError, IntegrityError, StorageError
+from modelkeep.index import claims as claims_module
 from modelkeep.index.claims import list_claims
+from modelkeep.index.schema import claims as claims_table
 from modelkeep.storage import S3Store, verified
 from modelkeep.storage import s3 as s3_module
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
@@ -337,6 +340,63 @@ def test_an_object_already_under_the_key_is_never_replaced(
     bodies = [s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=k)["Body"].read() for k in there]
     assert bodies in ([], [b"another writer's bytes"])
     assert p.list_versions("m") == ["1.0.0"] and s3_bucket.pending_uploads() == []
+    p.close()
+
+
+@pytest.mark.parametrize("renewing", [True, False], ids=["renewed", "lease-runs-out"])
+def test_an_upload_longer_than_the_lease_keeps_its_claim_by_renewing_it(
+    renewing: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is lowered to 1 s and each part takes 0.4 s, one at a time: the upload outlives
+    several leases. The heartbeat's renewals keep the claim and the save commits; without them
+    the writer stops before completing: no object, no upload left open, no version."""
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(claims_module, "CLAIM_RENEW_SECONDS", 0.1 if renewing else 3600.0)
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB", max_concurrency=1)
+    fault_proxy.kind = _part_kind
+    fault_proxy.delay = lambda m, path: 0.4 if _part_kind(m, path) == "part" else 0.0
+    model = _model(16 * MiB, seed=11)
+    if renewing:
+        rec = p.save_version(model, "m", compress=False)
+        assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+        assert fault_proxy.copies == [] and list_claims(p.index) == []
+    else:
+        with pytest.raises(ClaimLostError, match="without renewing"):
+            p.save_version(model, "m", compress=False)
+        assert p.list_versions("m") == [] and s3_bucket.object_keys() == []
+    assert s3_bucket.pending_uploads() == []
+    p.close()
+
+
+def test_a_claim_taken_over_mid_upload_never_becomes_visible(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A's claim is released while its parts go up (as gc does with a stale claim) and B saves
+    the same version: A stops before its upload completes, and B's version stays whole."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    other = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,  # straight to moto, not through the proxy
+    )
+    b_records: list[Any] = []
+
+    def take_over(method: str, path: str) -> None:
+        if method == "PUT" and "partNumber=2" in path and not b_records:
+            with p.index._write() as conn:
+                conn.execute(delete(claims_table))
+            b_records.append(other.save_version({"writer": "B"}, "fenced", "1.0.0"))
+        return None
+
+    fault_proxy.fault = take_over  # type: ignore[assignment]
+    with pytest.raises(ClaimLostError, match="released"):
+        p.save_version(_model(14 * MiB, seed=12), "fenced", "1.0.0", compress=False)
+    assert b_records and p.list_versions("fenced") == ["1.0.0"]
+    assert p.load("fenced", "1.0.0") == {"writer": "B"}
+    assert s3_bucket.pending_uploads() == []  # A's upload was aborted, never completed
+    assert [k for k in s3_bucket.object_keys() if k.endswith(".joblib")] == [f"models/{b_records[0].artifact.key}"]
+    assert p.verify().ok, p.verify().to_dict()
+    other.close()
     p.close()
 
 

@@ -367,8 +367,11 @@ class ParallelUpload(io.RawIOBase):
         self._etags[number] = future.result()["ETag"]
 
     def send_all(self) -> None:
-        """Send every full part written so far and wait for the parts in flight; what is left
-        (less than a part, or a file smaller than one part) goes with :meth:`complete`."""
+        """Send every byte written so far and wait for the parts in flight, so that
+        :meth:`complete` has only the completion left to do (a file smaller than one part
+        stays in memory: it is one ``PUT`` then)."""
+        if self._upload_id is not None and self._buf:
+            self._send_part()
         while self._in_flight:
             self._wait_oldest()
 
