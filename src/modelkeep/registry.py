@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from .search import SearchPage
     from .search.grammar import Node
     from .storage import ArtifactStore, StagedArtifact
-    from .storage.cache import ArtifactCache
+    from .storage.cache import ArtifactCache, PendingEntry
 
 logger = logging.getLogger("modelkeep")
 #: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
@@ -522,24 +522,36 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             with self.index.claim(model_name, version, overwrite=overwrite) as slot, slot.kept_alive():
                 key = self._new_artifact_key(slot, fmt.extension(compression), taken=self.store.exists)
                 staged: StagedArtifact = self.store.stage_direct(key, slot.check)
+                cached = self._tee_to_cache(staged)
                 try:  # the parts go up during serialization; the object appears only at commit
                     extra, env, lineage_record = self._write_artifact(*args, staged)
                     art = ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra)
                     record = self._commit_claimed(
                         slot, staged, art, model, custom, created_at, (env, signature, lineage_record)
                     )
+                    if cached is not None:
+                        cached.admit(staged.sha256, staged.size)
                 finally:
                     staged.discard()  # aborts the upload unless it was completed
+                    if cached is not None:
+                        cached.discard()
         else:
             attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
             with self.store.staged(resume=attempt) as staged:
-                extra, env, lineage_record = self._write_artifact(*args, staged)
-                with self.index.claim(model_name, version, overwrite=overwrite) as slot:
-                    key = self._new_artifact_key(slot, fmt.extension(compression))
-                    art = ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra)
-                    record = self._commit_claimed(
-                        slot, staged, art, model, custom, created_at, (env, signature, lineage_record)
-                    )
+                cached = self._tee_to_cache(staged)
+                try:
+                    extra, env, lineage_record = self._write_artifact(*args, staged)
+                    with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+                        key = self._new_artifact_key(slot, fmt.extension(compression))
+                        art = ArtifactInfo(key, fmt.name, compression, staged.size, staged.sha256, extra)
+                        record = self._commit_claimed(
+                            slot, staged, art, model, custom, created_at, (env, signature, lineage_record)
+                        )
+                    if cached is not None:
+                        cached.admit(staged.sha256, staged.size)
+                finally:
+                    if cached is not None:
+                        cached.discard()
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
             self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         logger.info(
@@ -551,6 +563,17 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             (time.perf_counter() - started) * 1000,
         )
         return record
+
+    def _tee_to_cache(self, staged: StagedArtifact) -> PendingEntry | None:
+        """For a remote store with a cache: a new cache entry that receives every byte the save
+        uploads, admitted under the SHA-256 the save computed once the version is committed, so
+        the first load after a save reads the local disk (see :mod:`.storage.cache`)."""
+        if self.cache is None:
+            return None
+        pending = self.cache.begin_entry()
+        if pending is not None:
+            staged.tee = pending.write
+        return pending
 
     def _write_artifact(
         self,
@@ -914,6 +937,8 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         """Read, check and deserialize a version's artifact (mapped when asked and possible);
         a remote store's artifact is read from the local cache (see :mod:`.storage.cache`)."""
         with self._progress(title, art.size) as advance:
+            if self.cache is not None and options["mmap_mode"] is None and self.cache.lookup(art.sha256) is None:
+                return self._load_into_cache(fmt, art, expected, options, advance)
             store, key = self._artifact_source(art, advance)
             if store is not self.store:
                 advance = _no_advance  # the download drew the bar; the local read is quick
@@ -924,6 +949,17 @@ class ModelPersistence(PromotionMixin, EventsMixin):
                     raise
                 self.cache.discard(art.sha256, str(exc))  # a tampered cache: read the store instead
                 return self._read_and_parse(self.store, art.key, fmt, art, expected, options, advance)
+
+    def _load_into_cache(
+        self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any], advance: Advance
+    ) -> Any:
+        """A load whose artifact is not cached yet: the store is read once into private memory
+        and checked there (one hash), those checked bytes become the cache entry, and the model
+        is parsed from the same memory."""
+        assert self.cache is not None
+        with self.store.open_artifact(art.key, expected, advance) as verified:
+            self.cache.keep_verified(art.sha256, verified, art.size)
+            return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
 
     def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str]:
         """Where to read the artifact from: the local cache for a remote store (downloaded into

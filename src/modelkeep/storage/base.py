@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import re
 import time
@@ -67,6 +68,8 @@ class StagedArtifact:
         #: The BLAKE3 digests a load checks (see :mod:`.hashing`); ``None`` until written.
         self.blake3: dict[str, Any] | None = None
         self.committed = False
+        #: Also gets every byte written, in order (a save fills the local cache with it).
+        self.tee: Callable[[memoryview], None] | None = None
 
     @contextlib.contextmanager
     def open(self, advance: Advance = no_advance) -> Iterator[HashingWriter]:
@@ -77,7 +80,10 @@ class StagedArtifact:
         writer = None
         try:
             with self._open_raw() as raw:
-                writer = HashingWriter(raw, advance, reread_fd=self.store.reread_fd(raw))
+                reread = self.store.reread_fd(raw)
+                if self.tee is not None:
+                    raw = _Tee(raw, self.tee)  # type: ignore[assignment]
+                writer = HashingWriter(raw, advance, reread_fd=reread)
                 yield writer
                 writer.done_writing()  # hashing that needs the whole file runs during the fsync
             self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()
@@ -111,6 +117,26 @@ class StagedArtifact:
             self.store.delete(self.tmp_key, missing_ok=True)
         except Exception as exc:  # never hide the error that made us discard; gc removes leftovers
             logger.debug("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
+
+
+class _Tee(io.RawIOBase):
+    """Writes to ``raw`` and hands the same bytes to ``copy``."""
+
+    def __init__(self, raw: BinaryIO, copy: Callable[[memoryview], None]) -> None:
+        super().__init__()
+        self._raw, self._copy = raw, copy
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = self._raw.write(view)
+        self._copy(view[:n] if n is not None else view)
+        return view.nbytes if n is None else n
+
+    def flush(self) -> None:
+        self._raw.flush()
 
 
 class PendingUpload(Protocol):
