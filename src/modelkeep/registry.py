@@ -939,8 +939,8 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         with self._progress(title, art.size) as advance:
             if self.cache is not None and options["mmap_mode"] is None and self.cache.lookup(art.sha256) is None:
                 return self._load_into_cache(fmt, art, expected, options, advance)
-            store, key = self._artifact_source(art, advance)
-            if store is not self.store:
+            store, key, fetched = self._artifact_source(art, advance)
+            if fetched:
                 advance = _no_advance  # the download drew the bar; the local read is quick
             try:
                 return self._read_and_parse(store, key, fmt, art, expected, options, advance)
@@ -961,15 +961,17 @@ class ModelPersistence(PromotionMixin, EventsMixin):
             self.cache.keep_verified(art.sha256, verified, art.size)
             return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
 
-    def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str]:
+    def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str, bool]:
         """Where to read the artifact from: the local cache for a remote store (downloaded into
-        it first, and checked, when missing), else the store itself."""
+        it first, and checked, when missing), else the store itself; and whether it was
+        downloaded now (the download then drew the progress bar)."""
         if self.cache is None:
-            return self.store, art.key
+            return self.store, art.key, False
         entry = self.cache.lookup(art.sha256)
-        if entry is None:
-            entry = self.cache.fetch(self.store, art.key, art.sha256, art.size, advance)
-        return (self.cache.store, entry) if entry is not None else (self.store, art.key)
+        if entry is not None:
+            return self.cache.store, entry, False
+        entry = self.cache.fetch(self.store, art.key, art.sha256, art.size, advance)
+        return (self.cache.store, entry, True) if entry is not None else (self.store, art.key, False)
 
     def _read_and_parse(
         self,

@@ -12,9 +12,11 @@ at once, with the credentials, endpoint, timeouts and retries s3fs was given.
 * Downloads (:meth:`S3Store.stream`): ranged ``GET``\\ s, ``max_concurrency`` in flight,
   yielded in order; a load checks the digests of what it read before anything is parsed
   (see :mod:`.verified`), so bytes of a half-replaced object are refused, never parsed.
-* Commits (:meth:`S3Store.move`): a server-side ``CopyObject`` up to :data:`COPY_LIMIT`
-  (S3's 5 GiB single-copy limit), above it a multipart ``UploadPartCopy`` with the parts
-  in parallel, aborted on failure. No byte passes through the client.
+* Saves upload straight to the version's final key (:meth:`S3Store.begin_direct`) under its
+  claim: the upload completes after the claim's check, with ``If-None-Match: *``; no copy.
+* Commits of staged bytes (:meth:`S3Store.move`, a resumable save): a server-side ``CopyObject``
+  up to :data:`COPY_LIMIT` (S3's 5 GiB single-copy limit), above it a multipart
+  ``UploadPartCopy`` with the parts in parallel, aborted on failure. No byte passes through the client.
 """
 
 from __future__ import annotations
