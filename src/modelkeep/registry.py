@@ -521,7 +521,9 @@ class ModelPersistence(PromotionMixin, EventsMixin):
         if self.store.direct_uploads and not resume:  # upload straight to the final key, under the claim
             with self.index.claim(model_name, version, overwrite=overwrite) as slot, slot.kept_alive():
                 key = self._new_artifact_key(slot, fmt.extension(compression), taken=self.store.exists)
-                staged: StagedArtifact = self.store.stage_direct(key, slot.check)
+                # _write_claimed_files checks the claim in the database just before the commit;
+                # the upload's completion re-checks the lease, which needs no round trip
+                staged: StagedArtifact = self.store.stage_direct(key, slot.check_lease)
                 cached = self._tee_to_cache(staged)
                 try:  # the parts go up during serialization; the object appears only at commit
                     extra, env, lineage_record = self._write_artifact(*args, staged)

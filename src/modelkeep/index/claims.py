@@ -217,12 +217,18 @@ class VersionClaim:
         """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the
         database) and its lease (taken or last renewed) is younger than :data:`CLAIM_LEASE_SECONDS`.
         Call it before each write."""
-        if time.monotonic() - self.taken > CLAIM_LEASE_SECONDS:
-            raise self._expired()
+        self.check_lease()
         current = _read_claim(self.index, self.model_name, self.version)
         if current is None or current.token != self.token:
             self.state = RELEASED
             raise self._lost()
+
+    def check_lease(self) -> None:
+        """Raise :class:`ClaimLostError` once the lease (taken or last renewed) is older than
+        :data:`CLAIM_LEASE_SECONDS`; no database read (for the instant before a write that
+        directly follows :meth:`check`)."""
+        if time.monotonic() - self.taken > CLAIM_LEASE_SECONDS:
+            raise self._expired()
 
     def _expired(self) -> ClaimLostError:
         return ClaimLostError(
