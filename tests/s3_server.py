@@ -152,6 +152,8 @@ class FaultProxy:
         self.active: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        #: paths of the server-side copies asked for (``CopyObject`` and ``UploadPartCopy``)
+        self.copies: list[str] = []
         self.injected: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         proxy = self
@@ -214,6 +216,8 @@ class FaultProxy:
                 time.sleep(proxy.delay(self.command, self.path))
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
+                    if self.headers.get("x-amz-copy-source"):
+                        proxy.copies.append(self.path)
                     status = proxy.fault(self.command, self.path)
                     if status is not None:
                         proxy.injected.append((self.command, self.path, status))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from modelkeep import ModelPersistence
+from modelkeep.errors import StorageError
 from modelkeep.storage.cache import ArtifactCache, cache_dir
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
@@ -48,17 +49,64 @@ def _entry_path(sha256: str) -> Path:
     return cache_dir() / "sha256" / sha256[:2] / sha256
 
 
+def _count_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every read-and-check of an artifact's bytes (verified.read_artifact), by where it read."""
+    from modelkeep.storage import base
+
+    seen: list[str] = []
+    original = base.read_artifact
+
+    def counted(readinto: Any, size: int, expected: Any, where: str, *args: Any) -> Any:
+        seen.append(where.split("/models/", 1)[-1])
+        return original(readinto, size, expected, where, *args)
+
+    monkeypatch.setattr(base, "read_artifact", counted)
+    monkeypatch.setattr(ArtifactCache, "fetch", lambda *_a, **_k: pytest.fail("downloaded into the cache, then read"))
+    return seen
+
+
+def test_a_save_fills_the_cache_and_its_first_load_reads_it(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A save to S3 writes the bytes it uploads into the cache too (admitted under the SHA-256
+    it computed, once the version is committed): the first load makes no GET of the artifact.
+    A save that fails admits nothing."""
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url, part_size="5MiB")
+    model = _model(7 * MiB, seed=21)
+    rec = p.save_version(model, "m", compress=False)
+    assert rec.artifact is not None
+    entry = _entry_path(rec.artifact.sha256)
+    assert entry.is_file() and oct(entry.stat().st_mode & 0o777) == oct(0o400)
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == rec.artifact.sha256
+    fault_proxy.requests.clear()
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+    assert _artifact_gets(fault_proxy, rec.artifact.key) == 0
+    small = p.save_version({"tiny": 1}, "t")  # one PUT, cached the same way
+    assert small.artifact is not None and _entry_path(small.artifact.sha256).is_file()
+    fault_proxy.fault = lambda m, path: 500 if m == "PUT" and "partNumber=2" in path else None
+    with pytest.raises(StorageError):
+        p.save_version(_model(12 * MiB, seed=22), "m", compress=False)
+    assert len(ArtifactCache().entries()) == 2 and list((cache_dir() / "tmp").iterdir()) == []
+    fault_proxy.fault = lambda _m, _p: None
+    p.close()
+
+
 def test_a_miss_downloads_once_then_every_load_reads_the_cache(
     s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url)
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url, cache_max_bytes=0)
     model = _model(2 * MiB, seed=1)
     rec = p.save_version(model, "m", compress=False)
+    p.close()
     assert rec.artifact is not None
     key, sha = rec.artifact.key, rec.artifact.sha256
-    assert not _entry_path(sha).exists()  # a save does not fill the cache
-    assert np.array_equal(p.load("m")["weights"], model["weights"])  # miss: downloaded and checked
+    assert not _entry_path(sha).exists()  # saved with the cache off
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url)
+    with pytest.MonkeyPatch.context() as patch:
+        checks = _count_checks(patch)
+        assert np.array_equal(p.load("m")["weights"], model["weights"])  # miss: downloaded and checked
     assert _entry_path(sha).is_file() and _artifact_gets(fault_proxy, key) >= 1
+    assert checks == [key]  # read and hashed once: the entry is written from the checked bytes
     assert hashlib.sha256(_entry_path(sha).read_bytes()).hexdigest() == sha
     assert oct(_entry_path(sha).stat().st_mode & 0o777) == oct(0o400)
     fault_proxy.requests.clear()
@@ -143,11 +191,12 @@ def test_an_entry_changed_by_someone_else_is_refused(
 
 
 def test_a_cache_folder_others_can_write_is_not_used(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    p = _registry(s3_bucket, tmp_path)
-    rec = p.save_version(_model(MiB, seed=4), "m")
-    assert rec.artifact is not None
     cache_dir().mkdir(parents=True)
     cache_dir().chmod(0o777)
+    p = _registry(s3_bucket, tmp_path)
+    rec = p.save_version(_model(MiB, seed=4), "m")  # a save does not fill such a cache either
+    assert rec.artifact is not None
+    assert not _entry_path(rec.artifact.sha256).exists()
     p.load("m")
     assert not _entry_path(rec.artifact.sha256).exists()
     assert p.cache is not None and p.cache.lookup(rec.artifact.sha256) is None
@@ -187,6 +236,7 @@ WORKER = """
 import json, sys, random
 import numpy as np
 from modelkeep import ModelPersistence
+from modelkeep.errors import StorageError
 spec = json.loads(sys.argv[1])
 p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
                      cache_max_bytes=spec["cap"])
@@ -205,7 +255,7 @@ def test_four_processes_share_the_cache_within_its_cap(s3_bucket: S3Bucket, tmp_
     """Four processes load six versions at random through a cache that holds three: every
     load is right, the cap holds, and what remains are complete, checked entries."""
     cap = int(3.5 * MiB)
-    p = _registry(s3_bucket, tmp_path)
+    p = _registry(s3_bucket, tmp_path, cache_max_bytes=0)  # the loads fill the cache, not the saves
     seeds, first = {}, {}
     for i in range(6):
         model = _model(MiB, seed=100 + i)

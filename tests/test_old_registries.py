@@ -220,14 +220,57 @@ def test_0_1_registry_upgrades_then_rebuilds_from_its_store(old_registry: dict[s
         assert p.verify().ok
 
 
-def test_0_2_registry_writes_its_history_out_and_rebuilds_from_its_store(tmp_path: Path) -> None:
-    """A registry of the release before event files: its history rows are only in registry.db.
-    It opens and verifies as it is; the first write puts every old row in the store, so that
-    losing the index afterwards loses nothing."""
+def _copy_0_2_index_to_postgres(sqlite_file: Path, schema: str) -> None:
+    """The 0.2 tables, as 0.2 created them in its SQLite file (read back by reflection, with
+    SQLite's BLOB and DOUBLE as PostgreSQL's bytea and double precision), created in ``schema``,
+    and every row copied over."""
+    assert PG_URL is not None
+    from sqlalchemy import BLOB, DOUBLE, Double, LargeBinary
+
+    source = create_engine(f"sqlite:///{sqlite_file}")
+    md = MetaData()
+    md.reflect(source)
+    for table in md.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, BLOB):
+                column.type = LargeBinary()
+            elif isinstance(column.type, DOUBLE):
+                column.type = Double()
+    dest = create_engine(normalize_url(PG_URL)).execution_options(schema_translate_map={None: schema})
+    with source.connect() as src, dest.begin() as dst:
+        md.create_all(dst)
+        for table in md.sorted_tables:
+            rows = [dict(r._mapping) for r in src.execute(select(table))]
+            if rows:
+                dst.execute(insert(table), rows)
+        for name in ("modelkeep_versions", "modelkeep_history"):  # go on numbering above the copied rows
+            top = dst.execute(select(func.max(md.tables[name].c.id))).scalar() or 0
+            dst.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{schema}\".{name}', 'id'), {top + 1}, false)"))
+    source.dispose()
+    dest.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def registry_0_2(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """How to open a copy of the 0.2 registry (schema 6, history rows only in its index) with
+    the current code, on each index backend."""
     store = tmp_path / "store"
     shutil.copytree(STORE_0_2, store)
     for path in store.rglob("*"):
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    if request.param == "sqlite":
+        yield {"models_dir": store}
+        return
+    schema: str = request.getfixturevalue("pg_schema")
+    _copy_0_2_index_to_postgres(store / "registry.db", schema)
+    (store / "registry.db").unlink()  # the PostgreSQL index is the only one
+    yield {"models_dir": store, "registry_url": PG_URL, "index_schema": schema}
+
+
+def test_0_2_registry_writes_its_history_out_and_rebuilds_from_its_store(registry_0_2: dict[str, Any]) -> None:
+    """A registry of the release before event files: its history rows are only in its index
+    (SQLite, or PostgreSQL). It opens and verifies as it is; the first write puts every old
+    row in the store, so that losing the index afterwards loses nothing."""
 
     def answers(p: ModelPersistence) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -247,7 +290,7 @@ def test_0_2_registry_writes_its_history_out_and_rebuilds_from_its_store(tmp_pat
         out["trash"] = [list(t) for t in p.list_trash()]
         return out
 
-    with ModelPersistence(store, create=False) as p:
+    with ModelPersistence(**registry_0_2, create=False) as p:
         assert answers(p) == SUMMARY_0_2
         assert p.verify().ok
         assert p.get_tags("churn", version="1.0.2") == {"approved": "yes"}
@@ -255,8 +298,8 @@ def test_0_2_registry_writes_its_history_out_and_rebuilds_from_its_store(tmp_pat
         assert len(p.store.list_keys(".events")) == len(p.history())
         assert p.verify().ok
         expected = answers(p)
-    (store / "registry.db").unlink()
-    with ModelPersistence(store) as p:
+    _lose_index(registry_0_2)
+    with ModelPersistence(**registry_0_2) as p:
         p.reindex()
         assert answers(p) == expected
         assert p.get_tags("churn", version="1.0.2") == {"approved": "yes"}

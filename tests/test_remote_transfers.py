@@ -19,9 +19,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import delete
 
 from modelkeep import ModelPersistence
-from modelkeep.errors import ConfigError, IntegrityError, StorageError
+from modelkeep.errors import ClaimLostError, ConfigError, IntegrityError, StorageError
+from modelkeep.index import claims as claims_module
+from modelkeep.index.claims import list_claims
+from modelkeep.index.schema import claims as claims_table
 from modelkeep.storage import S3Store, verified
 from modelkeep.storage import s3 as s3_module
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
@@ -87,14 +91,16 @@ def test_truncated_download_into_the_cache_leaves_nothing(
 ) -> None:
     from modelkeep.storage.cache import cache_dir
 
+    saver = _proxied(s3_bucket, fault_proxy, tmp_path, cache_max_bytes=0)  # a save fills the cache
+    rec = saver.save_version(_model(6 * MiB), "m", compress=False)
+    saver.close()
     p = _proxied(s3_bucket, fault_proxy, tmp_path)
-    rec = p.save_version(_model(6 * MiB), "m", compress=False)
     assert rec.artifact is not None
     key = rec.artifact.key
     fault_proxy.truncate = lambda m, path: 1000 if m == "GET" and key in path else None
     with pytest.raises(StorageError, match="cannot read"):
         p.load("m", rec.version)
-    assert list((cache_dir() / "tmp").iterdir()) == []
+    assert not (cache_dir() / "tmp").exists() or list((cache_dir() / "tmp").iterdir()) == []
     assert not (cache_dir() / "sha256" / rec.artifact.sha256[:2] / rec.artifact.sha256).exists()
     p.close()
 
@@ -174,14 +180,15 @@ def test_a_replaced_object_is_refused_before_it_is_parsed(
 ) -> None:
     """Bytes swapped under the key (same length, or longer) fail the digest or the probe byte,
     whether the load reads the store directly or downloads into the cache."""
-    p = ModelPersistence(
-        models_dir=s3_bucket.url(),
-        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        storage_options=s3_bucket.storage_options,
-        part_size="5MiB",
-        cache_max_bytes=cache_max_bytes,
-    )
-    rec = p.save_version(_model(11 * MiB, seed=3), "m", compress=False)
+    options: dict[str, Any] = {
+        "models_dir": s3_bucket.url(),
+        "registry_url": f"sqlite:///{tmp_path / 'registry.db'}",
+        "storage_options": s3_bucket.storage_options,
+        "part_size": "5MiB",
+    }
+    with ModelPersistence(**options, cache_max_bytes=0) as saver:  # a save would fill the cache
+        rec = saver.save_version(_model(11 * MiB, seed=3), "m", compress=False)
+    p = ModelPersistence(**options, cache_max_bytes=cache_max_bytes)
     assert rec.artifact is not None
     key = f"models/{rec.artifact.key}"
     original = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read()
@@ -227,9 +234,10 @@ def _is_part_copy(method: str, path: str) -> bool:
 def test_commit_over_the_single_copy_limit(
     lowered: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The proxy refuses a single CopyObject above 6 MiB, as S3 does above 5 GiB. With the
-    limit lowered to match, a 14 MiB artifact commits as parallel UploadPartCopy parts;
-    without, the commit fails cleanly: nothing under the final key, no upload left open."""
+    """A resumable save stages its bytes and commits them by a server-side copy. The proxy
+    refuses a single CopyObject above 6 MiB, as S3 does above 5 GiB. With the limit lowered to
+    match, a 14 MiB artifact commits as parallel UploadPartCopy parts; without, the commit
+    fails cleanly: nothing under the final key, no upload left open."""
     fault_proxy.copy_limit = 6 * MiB
     if lowered:
         monkeypatch.setattr(s3_module, "COPY_LIMIT", 6 * MiB)
@@ -238,11 +246,11 @@ def test_commit_over_the_single_copy_limit(
     model = _model(14 * MiB, seed=4)
     if not lowered:
         with pytest.raises(StorageError, match=r"cannot commit .*larger than the maximum allowable size"):
-            p.save_version(model, "m", compress=False)
+            p.save_version(model, "m", compress=False, resume=True)
         assert [k for k in s3_bucket.object_keys() if not k.startswith("models/.tmp/")] == []
         assert s3_bucket.pending_uploads() == []
         return
-    rec = p.save_version(model, "m", compress=False)
+    rec = p.save_version(model, "m", compress=False, resume=True)
     copies = [path for m, path in fault_proxy.requests if _is_part_copy(m, path)]
     assert len(copies) == 3  # 5 + 5 + 4 MiB, copied server-side
     assert not any(status == 400 for _, _, status in fault_proxy.injected)
@@ -258,11 +266,141 @@ def test_a_failed_part_copy_aborts_the_upload(
     p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
     fault_proxy.fault = lambda m, path: 500 if _is_part_copy(m, path) and "partNumber=2" in path else None
     with pytest.raises(StorageError, match="cannot commit"):
-        p.save_version(_model(14 * MiB, seed=5), "m", compress=False)
+        p.save_version(_model(14 * MiB, seed=5), "m", compress=False, resume=True)
     assert fault_proxy.injected
     assert s3_bucket.pending_uploads() == []
     assert [k for k in s3_bucket.object_keys() if "/1.0.0/" in k and k.endswith(".joblib")] == []
     assert p.list_versions("m") == []
+
+
+# -- uploads straight to the final key (issue 27: no second copy) --------------------------------
+def test_a_save_over_the_single_copy_limit_copies_nothing(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A save uploads straight to its final key under the version's claim: the proxy refuses
+    any single CopyObject above 6 MiB (S3's 5 GiB limit, lowered) and COPY_LIMIT is not
+    lowered to match, yet a 14 MiB artifact commits, with no copy and nothing staged."""
+    fault_proxy.copy_limit = 6 * MiB
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    model = _model(14 * MiB, seed=6)
+    rec = p.save_version(model, "m", compress=False)
+    assert rec.artifact is not None and rec.artifact.key == "m/1.0.0/m_v1.0.0.joblib"  # the seed's layout
+    assert fault_proxy.copies == []
+    assert not [path for _m, path in fault_proxy.requests if "/.tmp/" in path]
+    parts = [path for m, path in fault_proxy.requests if m == "PUT" and "partNumber=" in path]
+    assert len(parts) == 3 and all("/m/1.0.0/m_v1.0.0.joblib" in path for path in parts)
+    assert s3_bucket.pending_uploads() == []
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+    over = p.save_version(_model(14 * MiB, seed=7), "m", rec.version, compress=False, overwrite=True)
+    assert over.artifact is not None and over.artifact.key.startswith("m/1.0.0/m_v1.0.0.r")  # a new revision key
+    assert fault_proxy.copies == []
+    assert [k for k in s3_bucket.object_keys() if k.endswith(".joblib")] == [f"models/{over.artifact.key}"]
+    assert p.verify().ok
+    p.close()
+
+
+def test_a_failed_direct_upload_leaves_nothing(s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    """A part refused by the server: the multipart upload is aborted, no object, no version,
+    no claim left; the next save of the same version goes through."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    fault_proxy.fault = lambda m, path: 500 if m == "PUT" and "partNumber=2" in path else None
+    with pytest.raises(StorageError, match="cannot upload"):
+        p.save_version(_model(14 * MiB, seed=8), "m", "1.0.0", compress=False)
+    assert fault_proxy.injected
+    assert s3_bucket.pending_uploads() == [] and s3_bucket.object_keys() == []
+    assert p.list_versions("m") == [] and list_claims(p.index) == []
+    fault_proxy.fault = lambda _m, _p: None
+    assert p.save_version({"ok": 1}, "m", "1.0.0").version == "1.0.0"
+    p.close()
+
+
+def test_an_object_already_under_the_key_is_never_replaced(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A crash leftover under the seed's key makes the save take a revision key; an object
+    that appears under the key while the save uploads (a writer whose claim was taken over)
+    is not overwritten: the completion is conditional, the save fails and registers nothing."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    leftover = "models/m/1.0.0/m_v1.0.0.joblib"
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=leftover, Body=b"left by a crash")
+    rec = p.save_version(_model(7 * MiB, seed=9), "m", "1.0.0", compress=False)
+    assert rec.artifact is not None and rec.artifact.key.startswith("m/1.0.0/m_v1.0.0.r")
+    body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=leftover)["Body"].read()
+    assert body == b"left by a crash"
+
+    intruder = "models/m/2.0.0/m_v2.0.0.joblib"
+
+    def sneak_in(method: str, path: str) -> None:
+        if method == "PUT" and "partNumber=1" in path and "/2.0.0/" in path:
+            s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=intruder, Body=b"another writer's bytes")
+        return None
+
+    fault_proxy.fault = sneak_in  # type: ignore[assignment]
+    with pytest.raises(StorageError, match="an object appeared under that key"):
+        p.save_version(_model(7 * MiB, seed=10), "m", "2.0.0", compress=False)
+    # the failed attempt may remove the unreferenced object under its claim (gc would), but never replaced it
+    there = [k for k in s3_bucket.object_keys() if "/2.0.0/" in k]
+    bodies = [s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=k)["Body"].read() for k in there]
+    assert bodies in ([], [b"another writer's bytes"])
+    assert p.list_versions("m") == ["1.0.0"] and s3_bucket.pending_uploads() == []
+    p.close()
+
+
+@pytest.mark.parametrize("renewing", [True, False], ids=["renewed", "lease-runs-out"])
+def test_an_upload_longer_than_the_lease_keeps_its_claim_by_renewing_it(
+    renewing: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is lowered to 1 s and each part takes 0.4 s, one at a time: the upload outlives
+    several leases. The heartbeat's renewals keep the claim and the save commits; without them
+    the writer stops before completing: no object, no upload left open, no version."""
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(claims_module, "CLAIM_RENEW_SECONDS", 0.1 if renewing else 3600.0)
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB", max_concurrency=1)
+    fault_proxy.kind = _part_kind
+    fault_proxy.delay = lambda m, path: 0.4 if _part_kind(m, path) == "part" else 0.0
+    model = _model(16 * MiB, seed=11)
+    if renewing:
+        rec = p.save_version(model, "m", compress=False)
+        assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+        assert fault_proxy.copies == [] and list_claims(p.index) == []
+    else:
+        with pytest.raises(ClaimLostError, match="without renewing"):
+            p.save_version(model, "m", compress=False)
+        assert p.list_versions("m") == [] and s3_bucket.object_keys() == []
+    assert s3_bucket.pending_uploads() == []
+    p.close()
+
+
+def test_a_claim_taken_over_mid_upload_never_becomes_visible(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A's claim is released while its parts go up (as gc does with a stale claim) and B saves
+    the same version: A stops before its upload completes, and B's version stays whole."""
+    p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB")
+    other = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,  # straight to moto, not through the proxy
+    )
+    b_records: list[Any] = []
+
+    def take_over(method: str, path: str) -> None:
+        if method == "PUT" and "partNumber=2" in path and not b_records:
+            with p.index._write() as conn:
+                conn.execute(delete(claims_table))
+            b_records.append(other.save_version({"writer": "B"}, "fenced", "1.0.0"))
+        return None
+
+    fault_proxy.fault = take_over  # type: ignore[assignment]
+    with pytest.raises(ClaimLostError, match="released"):
+        p.save_version(_model(14 * MiB, seed=12), "fenced", "1.0.0", compress=False)
+    assert b_records and p.list_versions("fenced") == ["1.0.0"]
+    assert p.load("fenced", "1.0.0") == {"writer": "B"}
+    assert s3_bucket.pending_uploads() == []  # A's upload was aborted, never completed
+    assert [k for k in s3_bucket.object_keys() if k.endswith(".joblib")] == [f"models/{b_records[0].artifact.key}"]
+    assert p.verify().ok, p.verify().to_dict()
+    other.close()
+    p.close()
 
 
 # -- abandoned uploads ------------------------------------------------------------------------
@@ -316,7 +454,8 @@ def test_gc_aborts_the_upload_a_killed_save_left_open(
     fault_proxy.delay = lambda _m, _p: 0.0
     outside = s3_bucket.client.create_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin")["UploadId"]
     left = [k for k in s3_bucket.pending_uploads() if k.startswith("models/")]
-    assert len(left) == 1 and left[0].startswith("models/.tmp/")
+    assert left == ["models/m/1.0.0/m_v1.0.0.joblib"]  # uploaded straight to its final key, never completed
+    assert p.list_versions("m") == []
 
     young = p.gc()  # default min_age: an hour; the upload may still be someone's save
     assert not [i for i in young.removed if "upload" in i.key]
@@ -329,6 +468,8 @@ def test_gc_aborts_the_upload_a_killed_save_left_open(
     assert report.ok
     assert s3_bucket.pending_uploads() == ["elsewhere/big.bin"]
     s3_bucket.client.abort_multipart_upload(Bucket=s3_bucket.name, Key="elsewhere/big.bin", UploadId=outside)
+    assert p.save_version({"w": b"after"}, "m").version == "1.0.0"  # the killed save's claim is gone
+    assert p.load("m", "1.0.0") == {"w": b"after"} and p.verify().ok
     p.close()
 
 

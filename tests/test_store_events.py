@@ -120,6 +120,34 @@ def test_reindex_after_losing_the_index_brings_everything_back(built: Any) -> No
         assert p.get_aliases("churn")["production"] == "1.0.2"
 
 
+def test_an_alias_re_signed_by_an_overwrite_survives_losing_the_index(
+    index_target: IndexTarget, tmp_path: Path
+) -> None:
+    """An overwrite re-signs the aliases of its version (the move's signature names the bytes):
+    the re-sign is a history row and an event file, so a rebuild from the store alone gives the
+    alias its new signature, and a load that requires a signed alias still succeeds."""
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        p.save({"v": 1}, "churn", "1.0.0")
+        p.save({"v": 2}, "churn", "1.0.1")
+        p.set_alias("churn", "production", "1.0.0")
+        p.set_alias("churn", "production", "1.0.1")
+        p.save({"v": "2, retrained"}, "churn", "1.0.1", overwrite=True)
+        (resign,) = [e for e in p.history("churn") if e.action == "alias_resign"]
+        assert (resign.alias, resign.version) == ("production", "1.0.1")
+        assert [e["type"] for e in p.events(types="alias.*")] == ["alias.set", "alias.moved", "alias.resigned"]
+        state = p.index.lifecycle.alias_state("churn", "production")
+        assert p.load("churn@production", require_signed_alias=True) == {"v": "2, retrained"}
+        before = [(e.action, e.version, e.alias, e.at) for e in p.history("churn")]
+    _drop_index(index_target, models)
+    with index_target.persistence(models) as p:
+        p.reindex()
+        assert p.index.lifecycle.alias_state("churn", "production") == state  # signature, number, from, time
+        assert p.load("churn@production", require_signed_alias=True) == {"v": "2, retrained"}
+        assert [(e.action, e.version, e.alias, e.at) for e in p.history("churn") if e.action != "reindex"] == before
+        assert p.verify().ok
+
+
 def test_copy_carries_the_history(built: Any, tmp_path: Path) -> None:
     target, models, before, _ = built
     with target.persistence(models) as src, ModelPersistence(tmp_path / "dest") as dest:

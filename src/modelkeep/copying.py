@@ -153,7 +153,7 @@ def carry_history(
     def skip(event: HistoryRow) -> bool:
         if events is not None and not events(event.event_id):
             return True
-        return not with_aliases and event.row["action"] in ("alias_set", "alias_delete")
+        return not with_aliases and event.row["action"] in ("alias_set", "alias_delete", "alias_resign")
 
     return carry(dest.index, model_name, source.index.history_rows(model_name), versions, skip=skip)
 

@@ -36,7 +36,7 @@ from .errors import (
     UnsafeKeyError,
     no_versions,
 )
-from .index.claims import CLAIM_LEASE_SECONDS, list_claims, owner_is_dead, settle_version
+from .index.claims import CLAIM_LEASE_SECONDS, ClaimInfo, list_claims, owner_is_dead, settle_version
 from .layout import (
     BLOB_DIR,
     blob_digest,
@@ -367,11 +367,13 @@ def _check_record(p: ModelPersistence, record: ModelMetadata, report: VerifyRepo
 
 
 def _abandoned_uploads(
-    store: Any, now: float, min_age_seconds: float, report: GcReport
+    store: Any, now: float, min_age_seconds: float, report: GcReport, claims: dict[tuple[str, str], ClaimInfo]
 ) -> list[tuple[Leftover, Callable[[], None]]]:
     """Multipart uploads under the store's root that no save completed or aborted (a killed
     process leaves them: billed, and invisible in listings), with the call that aborts each;
-    those younger than ``min_age_seconds`` go to ``report.kept`` (a save may be uploading)."""
+    those younger than ``min_age_seconds`` go to ``report.kept`` (a save may be uploading).
+    An upload straight to a version's folder is as young as the version's claim (some S3
+    implementations report a fixed start date), and is always kept while that claim is live."""
     pending = getattr(store, "pending_uploads", None)
     if pending is None:
         return []
@@ -383,13 +385,19 @@ def _abandoned_uploads(
     out: list[tuple[Leftover, Callable[[], None]]] = []
     for upload in found:
         age = now - float(upload["initiated"])
+        claim = claims.get(tuple(str(upload["key"]).split("/")[:2]))  # type: ignore[arg-type]
+        live = False
+        if claim is not None:
+            held_for = claim.age_seconds(now)
+            age = min(age, held_for)
+            live = held_for < CLAIM_LEASE_SECONDS and not owner_is_dead(claim.owner)
         item = Leftover(
             f"{upload['key']} (upload {upload['upload_id']})",
             "multipart upload an interrupted save never completed",
             int(upload["size"]),
             round(age, 3),
         )
-        if min_age_seconds > 0 and age < min_age_seconds:
+        if live or (min_age_seconds > 0 and age < min_age_seconds):
             report.kept.append(item)
             continue
         out.append((item, functools.partial(store.abort_upload, upload["key"], upload["upload_id"])))
@@ -447,7 +455,8 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
         if c.age_seconds(now) >= max(min_age_seconds, CLAIM_LEASE_SECONDS) or owner_is_dead(c.owner)
     }
 
-    uploads = _abandoned_uploads(store, now, min_age_seconds, report)
+    claims_now = {(c.model_name, c.version): c for c in list_claims(p.index)}
+    uploads = _abandoned_uploads(store, now, min_age_seconds, report, claims_now)
 
     if dry_run:
         report.removed.extend(item for item, _ in uploads)

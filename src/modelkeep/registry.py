@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from .search import SearchPage
     from .search.grammar import Node
     from .storage import ArtifactStore, StagedArtifact
-    from .storage.cache import ArtifactCache
+    from .storage.cache import ArtifactCache, PendingEntry
 
 logger = logging.getLogger("modelkeep")
 #: What :meth:`ModelPersistence._load_mapped` returns when it mapped nothing (a model may be ``None``).
@@ -564,21 +564,37 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             )
 
         attempt = f"{model_name}\0{version or ''}\0{fmt.name}\0{compression}" if resume else None
-        with self.store.staged(resume=attempt) as staged:
-            with self._progress(f"saving {model_name}", None) as advance:
-                draft = saving.serialize(
-                    model,
-                    model_name,
-                    fmt,
-                    compression,
-                    staged,
-                    advance,
-                    custom=custom,
-                    described=described,
-                    blobs=self._blobs(fmt),
-                    trusted_types=self.trusted_types,
-                )
-            record = self.commit_staged(staged, draft, version, overwrite=overwrite, created_at=created_at)
+        if self.store.direct_uploads and not resume:  # upload straight to the final key, under the claim
+            with self.index.claim(model_name, version, overwrite=overwrite) as slot, slot.kept_alive():
+                if slot.previous is not None:  # replacing a version (perhaps saved since the check above)
+                    self.access.require(who, "maintainer", "overwrite versions", model_name)
+                key = self._new_artifact_key(slot, fmt.extension(compression), taken=self.store.exists)
+                # _write_claimed_files checks the claim in the database just before the commit;
+                # the upload's completion re-checks the lease, which needs no round trip
+                staged: StagedArtifact = self.store.stage_direct(key, slot.check_lease)
+                cached = self._tee_to_cache(staged)
+                try:  # the parts go up during serialization; the object appears only at commit
+                    draft = self._serialize(model, model_name, fmt, compression, staged, custom, described)
+                    record = self._commit_claimed(slot, staged, draft, key, created_at)
+                    if cached is not None:
+                        cached.admit(staged.sha256, staged.size)
+                finally:
+                    staged.discard()  # aborts the upload unless it was completed
+                    if cached is not None:
+                        cached.discard()
+            if slot.previous is not None:  # each alias move signs the bytes it pointed at
+                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+        else:
+            with self.store.staged(resume=attempt) as staged:
+                cached = self._tee_to_cache(staged)
+                try:
+                    draft = self._serialize(model, model_name, fmt, compression, staged, custom, described)
+                    record = self.commit_staged(staged, draft, version, overwrite=overwrite, created_at=created_at)
+                    if cached is not None:
+                        cached.admit(staged.sha256, staged.size)
+                finally:
+                    if cached is not None:
+                        cached.discard()
         logger.info(
             "saved %s version %s (%d bytes, %s) in %.1f ms",
             model_name,
@@ -587,6 +603,76 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             fmt.name,
             (time.perf_counter() - started) * 1000,
         )
+        return record
+
+    def _tee_to_cache(self, staged: StagedArtifact) -> PendingEntry | None:
+        """For a remote store with a cache: a new cache entry that receives every byte the save
+        uploads, admitted under the SHA-256 the save computed once the version is committed, so
+        the first load after a save reads the local disk (see :mod:`.storage.cache`)."""
+        if self.cache is None:
+            return None
+        pending = self.cache.begin_entry()
+        if pending is not None:
+            staged.tee = pending.write
+        return pending
+
+    def _serialize(
+        self,
+        model: Any,
+        model_name: str,
+        fmt: Format,
+        compression: str | None,
+        staged: StagedArtifact,
+        custom: dict[str, Any],
+        described: Any,
+    ) -> ModelMetadata:
+        """:func:`modelkeep.saving.serialize` into ``staged``, with this registry's progress bar,
+        blob store and trusted types: the draft record."""
+        with self._progress(f"saving {model_name}", None) as advance:
+            return saving.serialize(
+                model,
+                model_name,
+                fmt,
+                compression,
+                staged,
+                advance,
+                custom=custom,
+                described=described,
+                blobs=self._blobs(fmt),
+                trusted_types=self.trusted_types,
+            )
+
+    def _commit_claimed(
+        self,
+        slot: VersionClaim,
+        staged: StagedArtifact,
+        draft: ModelMetadata,
+        key: str,
+        created_at: str | None,
+        sign: Callable[[ModelMetadata], str | None] | None = None,
+    ) -> ModelMetadata:
+        """Under ``slot``: the signed record of the save (``draft`` with its version, key and
+        times), its files put in place and its row committed (fenced); a failure removes the
+        attempt's files and releases the claim."""
+        assert draft.artifact is not None
+        now = utc_now()
+        record = dataclasses.replace(
+            draft,
+            version=slot.version,
+            created_at=created_at or (slot.previous.created_at if slot.previous else now),
+            updated_at=now,
+            artifact=dataclasses.replace(draft.artifact, key=key),
+            signature=None,
+        )
+        record.signature = (sign or self.keyring.sign)(record)
+        try:
+            self._write_claimed_files(slot, record, staged)
+            slot.put(record, before_commit=self._blobs_check(draft.artifact.extra))
+        except BaseException:
+            slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
+            raise
+        if slot.previous is not None:
+            self._remove_replaced_artifact(slot, record)
         return record
 
     def commit_staged(
@@ -616,25 +702,8 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         with self.index.claim(model_name, version, overwrite=overwrite) as slot:
             if slot.previous is not None:  # replacing a version (perhaps saved since the caller looked)
                 self.access.require(self._who(), "maintainer", "overwrite versions", model_name)
-            now = utc_now()
             key = (key_for or self._new_artifact_key)(slot, ext)
-            record = dataclasses.replace(
-                draft,
-                version=slot.version,
-                created_at=created_at or (slot.previous.created_at if slot.previous else now),
-                updated_at=now,
-                artifact=dataclasses.replace(draft.artifact, key=key),
-                signature=None,
-            )
-            record.signature = (sign or self.keyring.sign)(record)
-            try:
-                self._write_claimed_files(slot, record, staged)
-                slot.put(record, before_commit=self._blobs_check(draft.artifact.extra))
-            except BaseException:
-                slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
-                raise
-            if slot.previous is not None:
-                self._remove_replaced_artifact(slot, record)
+            record = self._commit_claimed(slot, staged, draft, key, created_at, sign)
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
             self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         return record
@@ -650,12 +719,15 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
 
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
-    def _new_artifact_key(slot: VersionClaim, extension: str) -> str:
+    def _new_artifact_key(slot: VersionClaim, extension: str, taken: Callable[[str], bool] | None = None) -> str:
         """The seed's key for a new version; for an overwrite, a fresh revision key whenever the
-        committed row names the usual one (its bytes are never replaced)."""
+        committed row names the usual one (its bytes are never replaced). With ``taken`` (an
+        upload straight to the key, which never replaces an object), also a revision key when
+        an object is already there (a crash leftover gc has not removed yet)."""
         key = artifact_key(slot.model_name, slot.version, extension)
         previous = slot.previous
-        if previous is not None and previous.artifact is not None and previous.artifact.key == key:
+        replaced = previous is not None and previous.artifact is not None and previous.artifact.key == key
+        if replaced or (taken is not None and taken(key)):
             key = revision_key(slot.model_name, slot.version, extension)
         return key
 
@@ -877,8 +949,10 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         """Read, check and deserialize a version's artifact (mapped when asked and possible);
         a remote store's artifact is read from the local cache (see :mod:`.storage.cache`)."""
         with self._progress(title, art.size) as advance:
-            store, key = self._artifact_source(art, advance)
-            if store is not self.store:
+            if self.cache is not None and options["mmap_mode"] is None and self.cache.lookup(art.sha256) is None:
+                return self._load_into_cache(fmt, art, expected, options, advance)
+            store, key, fetched = self._artifact_source(art, advance)
+            if fetched:
                 advance = _no_advance  # the download drew the bar; the local read is quick
             try:
                 return self._read_and_parse(store, key, fmt, art, expected, options, advance)
@@ -888,15 +962,28 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
                 self.cache.discard(art.sha256, str(exc))  # a tampered cache: read the store instead
                 return self._read_and_parse(self.store, art.key, fmt, art, expected, options, advance)
 
-    def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str]:
+    def _load_into_cache(
+        self, fmt: Format, art: ArtifactInfo, expected: Expected, options: dict[str, Any], advance: Advance
+    ) -> Any:
+        """A load whose artifact is not cached yet: the store is read once into private memory
+        and checked there (one hash), those checked bytes become the cache entry, and the model
+        is parsed from the same memory."""
+        assert self.cache is not None
+        with self.store.open_artifact(art.key, expected, advance) as verified:
+            self.cache.keep_verified(art.sha256, verified, art.size)
+            return self._deserialize(fmt.load, verified.file, art.compression, verified=verified, **options)
+
+    def _artifact_source(self, art: ArtifactInfo, advance: Advance) -> tuple[ArtifactStore, str, bool]:
         """Where to read the artifact from: the local cache for a remote store (downloaded into
-        it first, and checked, when missing), else the store itself."""
+        it first, and checked, when missing), else the store itself; and whether it was
+        downloaded now (the download then drew the progress bar)."""
         if self.cache is None:
-            return self.store, art.key
+            return self.store, art.key, False
         entry = self.cache.lookup(art.sha256)
-        if entry is None:
-            entry = self.cache.fetch(self.store, art.key, art.sha256, art.size, advance)
-        return (self.cache.store, entry) if entry is not None else (self.store, art.key)
+        if entry is not None:
+            return self.cache.store, entry, False
+        entry = self.cache.fetch(self.store, art.key, art.sha256, art.size, advance)
+        return (self.cache.store, entry, True) if entry is not None else (self.store, art.key, False)
 
     def _read_and_parse(
         self,

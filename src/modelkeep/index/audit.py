@@ -106,11 +106,16 @@ def write_history(
     insert_history(conn, values, move_seq=seq, state=state)
 
 
+#: The history action of an alias re-signed after its version was overwritten (same version, same
+#: from-version and time; a new move number and signature over the new bytes).
+ALIAS_RESIGN = "alias_resign"
+
+
 def signed_move_seq(values: dict[str, Any], state: dict[str, Any] | None) -> int | None:
     """The move number a replayed history row records in ``modelkeep_history.seq``: a signed
-    alias move's, which its event file keeps in ``state`` (the signature covers it)."""
+    alias move's or re-sign's, which its event file keeps in ``state`` (the signature covers it)."""
     seq = (state or {}).get("seq")
-    if values.get("action") != "alias_set" or values.get("signature") is None:
+    if values.get("action") not in ("alias_set", ALIAS_RESIGN) or values.get("signature") is None:
         return None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 

@@ -19,6 +19,12 @@ other than the writer's own, might reference.
   and PID namespace, that PID no longer running the same process) is released
   by the next writer; any other stale claim is released by ``gc`` once older
   than its ``min_age`` and reported by ``verify``.
+* Leases: a claim is good for :data:`CLAIM_LEASE_SECONDS` from when it was taken
+  or last renewed (``claimed_at``). A save that uploads under its claim for
+  longer (straight to the final key on S3) renews it from a heartbeat thread
+  (:meth:`VersionClaim.kept_alive`); a renewal is fenced by the token, never
+  revives an expired lease, and a killed writer's heartbeat dies with it, so its
+  claim still goes stale and gc (or the next writer) can take the version.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from ..errors import (
     ClaimLostError,
@@ -67,6 +74,9 @@ DELETE = "delete"
 #: provably dead, whatever its --min-age: a stale claim is only taken from a writer that
 #: has already stopped writing.
 CLAIM_LEASE_SECONDS = 900.0
+#: How often :meth:`VersionClaim.kept_alive` renews a claim's lease (seconds): several
+#: renewals fit in one lease, so a slow or failed renewal or two do not let it run out.
+CLAIM_RENEW_SECONDS = CLAIM_LEASE_SECONDS / 6
 #: Pauses between read-backs of an unknown commit outcome (the database may be restarting).
 READ_BACK_PAUSES = (0.0, 0.2, 0.5, 1.0, 2.0)
 
@@ -256,8 +266,9 @@ class VersionClaim:
 
     def check(self) -> None:
         """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the
-        database) and younger than :data:`CLAIM_LEASE_SECONDS`. Call it before each write."""
-        self._check_lease()
+        database) and its lease (taken or last renewed) is younger than :data:`CLAIM_LEASE_SECONDS`.
+        Call it before each write."""
+        self.check_lease()
         current = _read_claim(self.index, self.model_name, self.version)
         if current is None or current.token != self.token:
             self.state = RELEASED
@@ -267,19 +278,70 @@ class VersionClaim:
         """:meth:`check`, and in the same read the key of an artifact already stored with the bytes
         ``sha256`` (other than ``key``; ``None`` when there is none), so that the last check
         before the artifact is placed costs no extra round trip for the content dedup."""
-        self._check_lease()
+        self.check_lease()
         token, duplicate = _read_token_and_duplicate(self.index, self.model_name, self.version, sha256, key)
         if token != self.token:
             self.state = RELEASED
             raise self._lost()
         return duplicate
 
-    def _check_lease(self) -> None:
+    def check_lease(self) -> None:
+        """Raise :class:`ClaimLostError` once the lease (taken or last renewed) is older than
+        :data:`CLAIM_LEASE_SECONDS`; no database read (for the instant before a write that
+        directly follows :meth:`check`)."""
         if time.monotonic() - self.taken > CLAIM_LEASE_SECONDS:
-            raise ClaimLostError(
-                f"this save held its write claim on model '{self.model_name}' version '{self.version}' "
-                f"for more than {CLAIM_LEASE_SECONDS:g} s; it stops before writing, as gc may release it"
-            )
+            raise self._expired()
+
+    def _expired(self) -> ClaimLostError:
+        return ClaimLostError(
+            f"this save held its write claim on model '{self.model_name}' version '{self.version}' "
+            f"for more than {CLAIM_LEASE_SECONDS:g} s without renewing it; it stops before writing, "
+            "as gc may release it"
+        )
+
+    def renew(self) -> None:
+        """Extend the lease by :data:`CLAIM_LEASE_SECONDS` from now: ``claimed_at`` is rewritten
+        if the claim is still this attempt's. :class:`ClaimLostError` when it is not, or when
+        the lease already ran out (gc may have released it: an expired lease is never revived).
+        Nothing happens once the claim is no longer held (committed, released)."""
+        if self.state != CLAIMED:
+            return
+        started = time.monotonic()
+        if started - self.taken > CLAIM_LEASE_SECONDS:
+            raise self._expired()
+        now = utc_now()
+        with self.index._write(power_safe=False) as conn:  # like take(): a claim dies with its writer
+            renewed = conn.execute(update(claims).where(claims.c.token == self.token).values(claimed_at=now)).rowcount
+        if renewed != 1:
+            raise self._lost()
+        self.taken, self.claimed_at = started, now  # the lease runs from before the renewal was sent
+
+    @contextlib.contextmanager
+    def kept_alive(self) -> Iterator[VersionClaim]:
+        """Renew the lease every :data:`CLAIM_RENEW_SECONDS` from a daemon thread for the block
+        (a long upload under the claim). A renewal that fails is retried at the next beat; the
+        lease simply runs out if none succeeds, and :meth:`check` then stops the writer. The
+        thread dies with the process, so a killed writer's claim goes stale as usual."""
+        stop = threading.Event()
+        every = CLAIM_RENEW_SECONDS
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self.renew()
+                except ClaimLostError as exc:
+                    logger.warning("%s", exc)
+                    return
+                except Exception as exc:  # the database may be away for a moment: try at the next beat
+                    logger.debug("could not renew the claim on %s %s: %s", *self._names(), exc)
+
+        thread = threading.Thread(target=beat, name=f"claim-lease-{self.token[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def _lost(self) -> ClaimLostError:
         return ClaimLostError(

@@ -30,7 +30,7 @@ from ..metadata import HistoryEntry
 from ..policies import refusal
 from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
-from .audit import LIVE, MODEL_LEVEL, now, write_history
+from .audit import ALIAS_RESIGN, LIVE, MODEL_LEVEL, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .common import trashed_error
@@ -269,7 +269,9 @@ class Lifecycle:
     @_retry_on_disconnect
     def resign_aliases(self, model_name: str, version: str, sign: Signer) -> list[str]:
         """Re-sign every alias that points at ``version`` (after an overwrite changed its bytes,
-        which each move's signature names); returns those aliases."""
+        which each move's signature names); returns those aliases. Each re-sign writes an
+        ``alias_resign`` history row (signature and move number; the move's from-version and
+        time are unchanged), so that a rebuild from the store's event files restores it."""
         with self._locked(model_name) as conn:
             pointing = list(
                 conn.execute(
@@ -284,10 +286,22 @@ class Lifecycle:
             for alias, last, previous, at in pointing:
                 seq = next_seq(last if isinstance(last, int) else None)
                 event = alias_event(model_name, alias, version, sha256, seq, previous=previous, at=at)
+                signature = sign(event)
                 conn.execute(
                     update(aliases)
                     .where(aliases.c.model_name == model_name, aliases.c.alias == alias)
-                    .values(seq=seq, signature=sign(event))
+                    .values(seq=seq, signature=signature)
+                )
+                write_history(
+                    conn,
+                    ALIAS_RESIGN,
+                    model_name,
+                    version=version,
+                    alias=alias,
+                    after={"sha256": sha256},
+                    signature=signature,
+                    seq=seq,
+                    state={"seq": seq},
                 )
             return [alias for alias, *_ in pointing]
 

@@ -22,7 +22,7 @@ from ..errors import InvalidNameError
 from ..metadata import ModelMetadata
 from ..policies import APPROVE, POLICY_DELETE, POLICY_SET, validate_model_glob
 from ..versions import validate_alias, validate_model_name, validate_version
-from .audit import HistoryRow, insert_history, now, touch_model, write_history
+from .audit import ALIAS_RESIGN, HistoryRow, insert_history, now, touch_model, write_history
 from .migrations import qualified_table
 from .schema import aliases, approvals, blob_refs, fields, history, models, policies, tags, versions
 
@@ -77,6 +77,19 @@ def _alias_set(conn: Connection, event: HistoryRow, present: set[str]) -> None:
         conn.execute(insert(aliases).values(model_name=r["model_name"], alias=alias, **values))
     else:
         conn.execute(update(aliases).where(*where).values(**values))
+
+
+@applies(ALIAS_RESIGN)
+def _alias_resign(conn: Connection, event: HistoryRow, present: set[str]) -> None:
+    """A re-sign after an overwrite: the alias keeps its version, from-version and time (set by
+    the move replayed before it) and takes the new move number and signature."""
+    r = event.row
+    version, alias = _live_version(event, present), validate_alias(r["alias"])
+    seq = event.state.get("seq")
+    if version is None or not isinstance(seq, int) or isinstance(seq, bool):
+        return
+    where = (aliases.c.model_name == r["model_name"], aliases.c.alias == alias, aliases.c.version == version)
+    conn.execute(update(aliases).where(*where).values(seq=seq, signature=r["signature"]))
 
 
 @applies("alias_delete")

@@ -59,6 +59,7 @@ from ..layout import record_blobs
 from ..metadata import ModelMetadata, ModelSummary
 from ..versions import next_version
 from .audit import (
+    ALIAS_RESIGN,
     LIVE,
     PENDING,
     ROW_COLUMNS,
@@ -991,7 +992,8 @@ def _history_row(mapping: Any, seqs: dict[tuple[Any, ...], Any], event_id: str |
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
         event_id = digest[:32]
     seq = seqs.get((values["model_name"], values["alias"], values["version"], values["signature"]))
-    keep = values["action"] == "alias_set" and isinstance(seq, int) and values["signature"] is not None
+    signed = values["action"] in ("alias_set", ALIAS_RESIGN) and values["signature"] is not None
+    keep = signed and isinstance(seq, int)
     return HistoryRow(int(mapping["id"]), event_id, values, {"seq": seq} if keep else {})
 
 

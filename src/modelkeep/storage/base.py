@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import re
 import time
@@ -20,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 from ..errors import ArtifactNotFoundError, IntegrityError
 from ..layout import TMP_DIR, check_key
@@ -71,6 +72,8 @@ class StagedArtifact:
         #: The BLAKE3 digests a load checks (see :mod:`.hashing`); ``None`` until written.
         self.blake3: dict[str, Any] | None = None
         self.committed = False
+        #: Also gets every byte written, in order (a save fills the local cache with it).
+        self.tee: Callable[[memoryview], None] | None = None
 
     @contextlib.contextmanager
     def open(self, advance: Advance = no_advance) -> Iterator[HashingWriter]:
@@ -80,14 +83,20 @@ class StagedArtifact:
         finish while ``fsync`` waits for the disk."""
         writer = None
         try:
-            with self.store.open_write(self.tmp_key) as raw:
-                writer = HashingWriter(raw, advance, reread_fd=self.store.reread_fd(raw))
+            with self._open_raw() as raw:
+                reread = self.store.reread_fd(raw)
+                if self.tee is not None:
+                    raw = _Tee(raw, self.tee)  # type: ignore[assignment]
+                writer = HashingWriter(raw, advance, reread_fd=reread)
                 yield writer
                 writer.done_writing()  # hashing that needs the whole file runs during the fsync
             self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()
         finally:
             if writer is not None:
                 writer.close()
+
+    def _open_raw(self) -> contextlib.AbstractContextManager[BinaryIO]:
+        return self.store.open_write(self.tmp_key)
 
     def commit(self, key: str) -> None:
         """Move the staged bytes to ``key`` atomically, replacing what was there."""
@@ -114,6 +123,82 @@ class StagedArtifact:
             logger.debug("could not remove staged file %s: %s", self.store.display_path(self.tmp_key), exc)
 
 
+class _Tee(io.RawIOBase):
+    """Writes to ``raw`` and hands the same bytes to ``copy``."""
+
+    def __init__(self, raw: BinaryIO, copy: Callable[[memoryview], None]) -> None:
+        super().__init__()
+        self._raw, self._copy = raw, copy
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = self._raw.write(view)
+        self._copy(view[:n] if n is not None else view)
+        return view.nbytes if n is None else n
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+class PendingUpload(Protocol):
+    """An upload to a final key that stays invisible until :meth:`complete` (see
+    :meth:`ArtifactStore.begin_direct`)."""
+
+    def write(self, data: Any) -> int: ...
+
+    def send_all(self) -> None:
+        """Send every byte written so far; the object still does not appear."""
+
+    def complete(self) -> None:
+        """Make the object appear whole, unless one is already under the key (then an error)."""
+
+    def abort(self) -> None:
+        """Throw the upload away (nothing appears); idempotent, best effort."""
+
+
+class DirectArtifact(StagedArtifact):
+    """Bytes uploaded straight to their final key under a version's claim (stores with
+    :attr:`ArtifactStore.direct_uploads`). Writing sends the bytes, but nothing is visible
+    under the key until :meth:`commit`, which first runs ``before_complete`` (the claim's
+    check), then completes the upload, never over an object already there. No copy follows.
+    :meth:`discard` aborts an upload that was not committed."""
+
+    def __init__(self, store: ArtifactStore, key: str, before_complete: Callable[[], None]) -> None:
+        super().__init__(store, key)
+        self.before_complete = before_complete
+        self._upload: PendingUpload | None = None
+
+    @contextlib.contextmanager
+    def _open_raw(self) -> Iterator[BinaryIO]:
+        upload = self._upload = self.store.begin_direct(self.tmp_key)
+        try:
+            yield upload  # type: ignore[misc]
+            with self.store.translated("upload", self.tmp_key):
+                upload.send_all()
+        except BaseException:
+            upload.abort()
+            raise
+
+    def commit(self, key: str) -> None:
+        if key != self.tmp_key or self._upload is None:
+            raise ValueError(f"{key!r} is not where these bytes were uploaded ({self.tmp_key!r})")
+        self.before_complete()
+        with self.store.translated("write", key):
+            self._upload.complete()
+        self.committed = True
+
+    def drop_duplicate(self) -> None:
+        self.discard()
+        self.committed = True
+
+    def discard(self) -> None:
+        if not self.committed and self._upload is not None:
+            self._upload.abort()
+
+
 class ArtifactStore(ABC):
     """Keys (``name/version/file``) mapped to files under one root.
 
@@ -131,6 +216,9 @@ class ArtifactStore(ABC):
     unreachable: bool = False
     #: Whether an interrupted upload can be continued (:meth:`stage` with ``resume``).
     resumable_uploads: bool = False
+    #: Whether a save can upload straight to its final key (:meth:`stage_direct`): the bytes
+    #: stay invisible until the upload completes, so no staged copy is needed (S3).
+    direct_uploads: bool = False
 
     # -- naming -----------------------------------------------------------------
     def full_path(self, key: str) -> str:
@@ -184,6 +272,23 @@ class ArtifactStore(ABC):
             digest = hashlib.sha256(resume.encode("utf-8")).hexdigest()[:32]
             return StagedArtifact(self, f"{RESUMABLE_PREFIX}{digest}.part")
         return StagedArtifact(self, f"{TMP_DIR}/{time.time_ns():x}-{uuid.uuid4().hex}.part")
+
+    def stage_direct(self, key: str, before_complete: Callable[[], None]) -> DirectArtifact:
+        """An upload straight to ``key`` (see :class:`DirectArtifact`); only for stores with
+        :attr:`direct_uploads`, and only under the claim of ``key``'s version."""
+        if not self.direct_uploads:
+            raise NotImplementedError(f"{type(self).__name__} cannot upload straight to a final key")
+        return DirectArtifact(self, key, before_complete)
+
+    def begin_direct(self, key: str) -> PendingUpload:
+        """An upload to ``key`` that stays invisible until completed (stores with
+        :attr:`direct_uploads` only; see :class:`DirectArtifact`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot upload straight to a final key")
+
+    @contextlib.contextmanager
+    def translated(self, action: str, key: str) -> Iterator[None]:
+        """Turn a backend's failures into modelkeep errors (remote stores override it)."""
+        yield
 
     @contextlib.contextmanager
     def staged(self, resume: str | None = None) -> Iterator[StagedArtifact]:

@@ -28,6 +28,7 @@ another is still writing. A process that has an entry open keeps reading it afte
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -37,10 +38,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import IntegrityError, ModelKeepError
 from .base import ArtifactStore
-from .hashing import Advance, new_hash, no_advance
+from .hashing import Advance, VerifiedArtifact, new_hash, no_advance
 from .local import LocalStore
 
 logger = logging.getLogger("modelkeep")
@@ -145,6 +147,42 @@ class ArtifactCache:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+    def begin_entry(self) -> PendingEntry | None:
+        """A new entry to write bytes into, admitted under its SHA-256 by
+        :meth:`PendingEntry.admit` (a save writes the bytes it uploads; a load the bytes it
+        checked itself); ``None`` when the cache folder is unusable."""
+        if not self._prepare():
+            return None
+        tmp = self._path("tmp", f"{uuid.uuid4().hex}.part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            logger.debug("not caching: %s", exc)
+            return None
+        return PendingEntry(self, fd, tmp)
+
+    def keep_verified(self, sha256: str, verified: VerifiedArtifact, size: int) -> str | None:
+        """Add the bytes of an artifact a load has just read and checked (``verified``) as
+        ``sha256``'s entry, without hashing them again; best effort (``None`` when not added)."""
+        if size > self.max_bytes or self.entry_key(sha256) is None:
+            return None
+        pending = self.begin_entry()
+        if pending is None:
+            return None
+        held: Any = verified.file.getbuffer() if isinstance(verified.file, io.BytesIO) else verified.file
+        whole = memoryview(held)
+        try:
+            at = 0
+            for start in sorted(verified.ranges):  # payloads live in buffers of their own
+                _, data_start, end = verified.ranges[start]
+                pending.write(whole[at:data_start])
+                pending.write(memoryview(verified.buffers[start])[: end - data_start])
+                at = end
+            pending.write(whole[at:size])
+        finally:
+            whole.release()
+        return pending.admit(sha256, size)
 
     def discard(self, sha256: str, reason: str) -> None:
         """Remove ``sha256``'s entry (it failed its check), saying why."""
@@ -294,6 +332,67 @@ class ArtifactCache:
                 with contextlib.suppress(OSError):
                     os.unlink(self._path("used", name))
         return removed, freed
+
+
+class PendingEntry:
+    """An entry being written under ``tmp/`` (see :meth:`ArtifactCache.begin_entry`). A write
+    that fails (a full disk) only means the entry is not admitted: it never fails the caller."""
+
+    def __init__(self, cache: ArtifactCache, fd: int, tmp: str) -> None:
+        self.cache = cache
+        self._fd: int | None = fd
+        self._tmp = tmp
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (best effort)."""
+        if self._fd is None:
+            return
+        view = memoryview(data).cast("B")
+        try:
+            n = view.nbytes
+            while view.nbytes:
+                view = view[os.write(self._fd, view) :]
+            self.size += n
+        except OSError as exc:
+            logger.debug("not caching %s: %s", self._tmp, exc)
+            self.discard()
+
+    def admit(self, sha256: str, size: int) -> str | None:
+        """Make the bytes written ``sha256``'s entry (the caller hashed them, or checked them
+        against the record) unless they are not ``size`` bytes or exceed the cap; returns the
+        entry's key, or ``None``."""
+        entry = self.cache.entry_key(sha256)
+        if self._fd is None or entry is None or self.size != size or size > self.cache.max_bytes:
+            self.discard()
+            return None
+        cache = self.cache
+        try:
+            os.close(self._fd)
+            self._fd = None
+            os.chmod(self._tmp, 0o400)
+            with cache._locked():
+                final = cache._path(*entry.split("/"))
+                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                cache.store.full_path(os.path.dirname(entry))  # UnsafeKeyError for a linked folder
+                os.replace(self._tmp, final)
+                cache._mark_used(sha256)
+                cache._evict(cache.max_bytes, keep=sha256)
+            return entry
+        except (OSError, ModelKeepError) as exc:
+            logger.debug("not caching %s: %s", sha256, exc)
+            return None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Throw the bytes away (idempotent)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
 
 
 def _own_regular_file(st: os.stat_result) -> bool:

@@ -12,9 +12,11 @@ at once, with the credentials, endpoint, timeouts and retries s3fs was given.
 * Downloads (:meth:`S3Store.stream`): ranged ``GET``\\ s, ``max_concurrency`` in flight,
   yielded in order; a load checks the digests of what it read before anything is parsed
   (see :mod:`.verified`), so bytes of a half-replaced object are refused, never parsed.
-* Commits (:meth:`S3Store.move`): a server-side ``CopyObject`` up to :data:`COPY_LIMIT`
-  (S3's 5 GiB single-copy limit), above it a multipart ``UploadPartCopy`` with the parts
-  in parallel, aborted on failure. No byte passes through the client.
+* Saves upload straight to the version's final key (:meth:`S3Store.begin_direct`) under its
+  claim: the upload completes after the claim's check, with ``If-None-Match: *``; no copy.
+* Commits of staged bytes (:meth:`S3Store.move`, a resumable save): a server-side ``CopyObject``
+  up to :data:`COPY_LIMIT` (S3's 5 GiB single-copy limit), above it a multipart
+  ``UploadPartCopy`` with the parts in parallel, aborted on failure. No byte passes through the client.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class S3Store(ObjectStore):
     """An S3 bucket (s3fs) with parallel multipart uploads, ranged downloads and copies."""
 
     resumable_uploads = True
+    direct_uploads = True
 
     def __init__(self, fs: Any, root: str, protocol: str, *, max_concurrency: int | None = None, **kwargs: Any) -> None:
         super().__init__(fs, root, protocol, **kwargs)
@@ -89,6 +92,12 @@ class S3Store(ObjectStore):
         except BaseException:
             upload.abort()  # never complete a partial upload
             raise
+
+    def begin_direct(self, key: str) -> ParallelUpload:
+        """A multipart upload straight to ``key``: parts go up while the caller writes, invisible
+        until :meth:`ParallelUpload.complete`, which sends ``If-None-Match: *`` so that it never
+        replaces an object already under ``key``."""
+        return ParallelUpload(self, key, exclusive=True)
 
     def move(self, src_key: str, dst_key: str) -> None:
         with self.translated("commit", dst_key):
@@ -266,10 +275,12 @@ class ParallelUpload(io.RawIOBase):
     while the caller goes on writing, at most ``store.max_concurrency`` at a time. Parts
     double in size every 1,000 parts, so no artifact reaches S3's 10,000-part limit."""
 
-    def __init__(self, store: S3Store, key: str, *, resumable: bool = False) -> None:
+    def __init__(self, store: S3Store, key: str, *, resumable: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         self._store = store
         self._key = key
+        #: Complete only if no object is under the key yet (``If-None-Match: *``).
+        self.exclusive = exclusive
         #: Keep the upload open on failure, and reuse the parts an earlier attempt uploaded.
         self.resumable = resumable
         self._earlier: dict[int, tuple[str, int]] = {}
@@ -355,11 +366,20 @@ class ParallelUpload(io.RawIOBase):
         number, future = self._in_flight.popleft()
         self._etags[number] = future.result()["ETag"]
 
+    def send_all(self) -> None:
+        """Send every byte written so far and wait for the parts in flight, so that
+        :meth:`complete` has only the completion left to do (a file smaller than one part
+        stays in memory: it is one ``PUT`` then)."""
+        if self._upload_id is not None and self._buf:
+            self._send_part()
+        while self._in_flight:
+            self._wait_oldest()
+
     def complete(self) -> None:
         """Send what is left and complete the upload: the object appears whole, now."""
         store = self._store
         if self._upload_id is None:  # smaller than one part: one PUT
-            store.call("put_object", Bucket=self._bucket, Key=self._path, Body=bytes(self._buf)).result()
+            self._finish("put_object", Body=bytes(self._buf))
             self._buf = bytearray()
         else:
             if self._buf:
@@ -367,17 +387,31 @@ class ParallelUpload(io.RawIOBase):
             while self._in_flight:
                 self._wait_oldest()
             parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._etags.items())]
-            done = store.call(
-                "complete_multipart_upload",
-                Bucket=self._bucket,
-                Key=self._path,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-            ).result()
+            done = self._finish("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": parts})
             if self.resumable:
                 self._check_whole(str(done.get("ETag", "")))
         self._done = True
         store.fs.invalidate_cache()
+
+    def _finish(self, method: str, **kwargs: Any) -> Any:
+        """The call that makes the object appear; an exclusive one only where none is yet."""
+        store = self._store
+        if not self.exclusive:
+            return store.call(method, Bucket=self._bucket, Key=self._path, **kwargs).result()
+        try:
+            return store.call(method, Bucket=self._bucket, Key=self._path, IfNoneMatch="*", **kwargs).result()
+        except Exception as exc:
+            text = f"{exc} {exc.__cause__ or ''}"
+            if "PreconditionFailed" in text or "412" in text:
+                raise StorageError(
+                    f"cannot write {store.display_path(self._key)}: an object appeared under that key while "
+                    "this save was uploading (was its claim taken over?); nothing was registered"
+                ) from exc
+            if "NotImplemented" not in text:
+                raise
+        # a store without conditional writes: the claim alone keeps other writers away, as before
+        logger.debug("%s has no conditional writes; completing %s without one", store.url, self._key)
+        return store.call(method, Bucket=self._bucket, Key=self._path, **kwargs).result()
 
     def _check_whole(self, etag: str) -> None:
         """A resumable upload's key is shared by every attempt of the same save: make sure the

@@ -26,6 +26,7 @@ EVENT_OF_ACTION: dict[str, str] = {
     "backfill_params": "version.params_backfilled",
     "alias_set": "alias.set",
     "alias_delete": "alias.removed",
+    "alias_resign": "alias.resigned",
     "tag_set": "tag.set",
     "tag_delete": "tag.removed",
     "reindex": "registry.reindexed",
