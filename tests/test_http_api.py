@@ -733,3 +733,19 @@ def test_a_grant_holder_cannot_reach_artifacts_of_models_it_cannot_see(server: H
         assert (path, hidden.status_code, missing.status_code) == (path, status, status)
         # An invisible model answers exactly as a missing one does: nothing says it exists.
         assert hidden.text == missing.text.replace("fraux", "fraud")
+
+
+def test_a_viewer_cannot_put_bytes_in_the_store(
+    raw: TestClient, tokens: dict[str, str], registry: ModelPersistence
+) -> None:
+    staging = Path(str(registry.models_dir)) / ".tmp"
+    before = sorted(staging.rglob("*")) if staging.exists() else []
+    body = b"\x80\x04K\x01." * 1000
+    answers = [
+        raw.post(API + "/uploads?model=churn", content=body, headers=bearer(tokens["vi"])),
+        raw.post(API + "/uploads", content=body, headers=bearer(tokens["vi"])),
+        raw.put(API + "/blobs/" + "ab" * 32, content=body, headers=bearer(tokens["vi"])),
+    ]
+    assert [a.status_code for a in answers] == [403, 403, 403]
+    assert {a.json()["error"]["class"] for a in answers} == {"PermissionDeniedError"}
+    assert (sorted(staging.rglob("*")) if staging.exists() else []) == before  # nothing was written

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from ..errors import IntegrityError, MetadataError, VersionExistsError
+from ..errors import IntegrityError, MetadataError, PermissionDeniedError, VersionExistsError
 from ..formats import get_format
 from ..layout import artifact_key, blob_key, revision_key
 from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
@@ -262,6 +262,15 @@ class Transfers:
         who = getattr(request.state, "user", None)
         return None if who is None else str(who.name)
 
+    def _may_upload(self, request: Request, model_name: str | None) -> None:
+        """Refuse bytes from a user who could not commit them: the writer role on ``model_name``
+        (or, for a blob, which names no model, on some model). Nothing reaches the store first."""
+        who = getattr(request.state, "user", None)
+        if model_name is not None:
+            self.api.p.access.require(who, "writer", "upload artifacts", model_name)
+        elif who is not None and not who.may_somewhere("writer"):
+            raise PermissionDeniedError(f"{who.name} ({who.role}) may not upload: it needs the writer role")
+
     def _expire(self) -> None:
         now = time.monotonic()
         with self._lock:
@@ -303,11 +312,13 @@ class Transfers:
     async def upload(self, request: Request) -> Response:
         """Stage the request body as an artifact, checked against its announced digests."""
         self._expire()
-        expected = _expected(request)
         name = request.query_params.get("model")
         plan_for = None
         if name:
             name = validate_model_name(name)
+        self._may_upload(request, name or None)
+        expected = _expected(request)
+        if name:
             plan_for = (name, *self._plan_args(request, name))
         staged = self.store.stage()
         sink = await run_in_threadpool(_Sink, self.store, staged.tmp_key, expected)
@@ -353,6 +364,7 @@ class Transfers:
             raise MetadataError("the upload's blake3 record is malformed")
         name = body.get("model")
         plan_for = None
+        self._may_upload(request, validate_model_name(str(name)) if name else None)
         if name:
             name = validate_model_name(str(name))
             version = validate_version(str(body["version"])) if body.get("version") else None
@@ -533,6 +545,7 @@ class Transfers:
         sha = request.path_params["sha"]
         if not _SHA256.fullmatch(sha):
             raise MetadataError("a blob is named by its SHA-256 (64 hex digits)")
+        self._may_upload(request, None)
         size = int(request.headers.get("content-length") or -1)
         if size < 0:
             raise HTTPException(411, "a blob upload needs a Content-Length")
