@@ -90,6 +90,9 @@ def test_versions_overwrites_and_history_match_a_local_save(server: HttpServer) 
         assert c.list_versions("m") == ["1.0.0", "1.0.1", "2.0.0"]
         where = c.save({"b": 1}, "other")
         assert isinstance(where, str) and where.startswith(server.url)
+        fetched = httpx.get(where, headers={"Authorization": f"Bearer {server.token}"}, follow_redirects=True)
+        other = c.get_version("other")
+        assert fetched.status_code == 200 and hashlib.sha256(fetched.content).hexdigest() == other.artifact.sha256  # type: ignore[union-attr]
     with server.direct() as d:
         assert d.verify().ok
         assert {h.actor for h in d.history("m")} == {"admin"}  # the authenticated user, not the server

@@ -39,6 +39,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
+from .wire import API_PREFIX
 
 if TYPE_CHECKING:
     from ..input_signature import InputCheck
@@ -276,7 +277,8 @@ class TransferMixin:
         resume: bool = False,
         **metadata: Any,
     ) -> str:
-        """Save ``model`` as a new version on the server; returns the artifact's URL on the server."""
+        """Save ``model`` as a new version on the server; returns the URL its artifact downloads
+        from (``GET`` with this client's token; :meth:`load` is what checks it)."""
         rec = self.save_version(
             model,
             model_name,
@@ -289,8 +291,10 @@ class TransferMixin:
             parent=parent,
             resume=resume,
         )
-        assert rec.artifact is not None
-        return f"{self.url}/{rec.artifact.key}"
+        from urllib.parse import quote
+
+        name, version = quote(rec.model_name, safe=""), quote(rec.version, safe="")
+        return f"{self.url}{API_PREFIX}/models/{name}/versions/{version}/artifact"
 
     def save_version(
         self,
