@@ -240,6 +240,26 @@ def draft_from_client(data: Any, name: str, upload: Upload) -> ModelMetadata:
     )
 
 
+async def _receive(request: Request, store: ArtifactStore, tmp_key: str, expected: Expected) -> _Sink:
+    """Stream the request body into ``tmp_key`` in :data:`UPLOAD_CHUNK` writes (bounded memory),
+    checked against ``expected`` as it arrives; on any failure the staged bytes are removed."""
+    sink = await run_in_threadpool(_Sink, store, tmp_key, expected)
+    try:
+        pending = bytearray()
+        async for chunk in request.stream():
+            pending += chunk
+            if len(pending) >= UPLOAD_CHUNK:
+                await run_in_threadpool(sink.write, pending)
+                pending = bytearray()
+        if pending:
+            await run_in_threadpool(sink.write, pending)
+        await run_in_threadpool(sink.finish)
+    except BaseException as exc:
+        await run_in_threadpool(sink.abort, exc)
+        raise
+    return sink
+
+
 class Transfers:
     """The transfer handlers of one :class:`~modelkeep.api.routes.Api`, and its pending uploads."""
 
@@ -321,20 +341,7 @@ class Transfers:
         if name:
             plan_for = (name, *self._plan_args(request, name))
         staged = self.store.stage()
-        sink = await run_in_threadpool(_Sink, self.store, staged.tmp_key, expected)
-        try:
-            pending = bytearray()
-            async for chunk in request.stream():
-                pending += chunk
-                if len(pending) >= UPLOAD_CHUNK:
-                    await run_in_threadpool(sink.write, pending)
-                    pending = bytearray()
-            if pending:
-                await run_in_threadpool(sink.write, pending)
-            await run_in_threadpool(sink.finish)
-        except BaseException as exc:
-            await run_in_threadpool(sink.abort, exc)
-            raise
+        sink = await _receive(request, self.store, staged.tmp_key, expected)
         upload = Upload(staged.tmp_key, sink.size, sink.sha.hexdigest(), _blake3_record(expected), self._user(request))
         upload_id = uuid.uuid4().hex
         self._put_back(upload_id, upload)
@@ -551,17 +558,8 @@ class Transfers:
             raise HTTPException(411, "a blob upload needs a Content-Length")
         expected = Expected(sha, size)
         staged = self.store.stage()
-        sink = await run_in_threadpool(_Sink, self.store, staged.tmp_key, expected)
+        sink = await _receive(request, self.store, staged.tmp_key, expected)
         try:
-            pending = bytearray()
-            async for chunk in request.stream():
-                pending += chunk
-                if len(pending) >= UPLOAD_CHUNK:
-                    await run_in_threadpool(sink.write, pending)
-                    pending = bytearray()
-            if pending:
-                await run_in_threadpool(sink.write, pending)
-            await run_in_threadpool(sink.finish)
             await run_in_threadpool(staged.commit, blob_key(sha))
         except BaseException as exc:
             await run_in_threadpool(sink.abort, exc)
