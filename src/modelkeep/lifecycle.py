@@ -14,8 +14,8 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import InvalidNameError, VersionNotFoundError
 from .identity import AccessPolicy, Identity, acting, acting_as
@@ -53,25 +53,6 @@ def parse_age(age: Age) -> _dt.timedelta:
     if seconds < 0:
         raise InvalidNameError(f"age {age!r} must not be negative")
     return _dt.timedelta(seconds=seconds)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def acts(role: str, what: str) -> Callable[[_F], _F]:
-    """Decorate a :class:`LifecycleMixin` method that changes the registry: it needs ``role``
-    registry-wide when an identity acts, and runs as that identity (whose name the history then
-    records). Methods about one model check ``self._as(role, what, model_name)`` instead."""
-
-    def decorate(method: _F) -> _F:
-        @functools.wraps(method)
-        def wrapper(self: LifecycleMixin, *args: Any, **kwargs: Any) -> Any:
-            with self._as(role, what):
-                return method(self, *args, **kwargs)
-
-        return cast(_F, wrapper)
-
-    return decorate
 
 
 def split_reference(model_name: str, version: str | None, alias: str | None) -> tuple[str, str | None, str | None]:
