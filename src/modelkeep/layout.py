@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import UnsafeKeyError
@@ -45,6 +46,23 @@ def artifact_key(model_name: str, version: str, extension: str) -> str:
 def revision_key(model_name: str, version: str, extension: str) -> str:
     """A fresh key for an overwrite, beside the usual one: ``<name>/<version>/<name>_v<version>.r<hex><ext>``."""
     return f"{model_name}/{version}/{model_name}_v{version}.r{uuid.uuid4().hex[:12]}{extension}"
+
+
+def new_artifact_key(
+    model_name: str,
+    version: str,
+    extension: str,
+    replaced_key: str | None = None,
+    taken: Callable[[str], bool] | None = None,
+) -> str:
+    """The key a save of ``version`` writes its artifact under: the usual :func:`artifact_key`, or
+    a fresh :func:`revision_key` when the row being replaced names the usual one (its bytes are
+    never replaced), or when ``taken(key)`` says an object already sits there (an upload straight
+    to the key never replaces one)."""
+    key = artifact_key(model_name, version, extension)
+    if replaced_key == key or (taken is not None and taken(key)):
+        return revision_key(model_name, version, extension)
+    return key
 
 
 def artifact_extension(model_name: str, version: str, key: str) -> str:

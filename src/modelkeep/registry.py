@@ -42,7 +42,7 @@ from .errors import (
 from .formats import Format, get_format
 from .identity import AccessPolicy, Identity
 from .index import SqlIndex
-from .layout import artifact_key, revision_key, sidecar_bytes, sidecar_key
+from .layout import new_artifact_key, sidecar_bytes, sidecar_key
 from .lifecycle import Age
 from .metadata import ArtifactInfo, ModelMetadata, ModelSummary, utc_now
 from .promotions import PromotionMixin
@@ -720,16 +720,11 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
     def _new_artifact_key(slot: VersionClaim, extension: str, taken: Callable[[str], bool] | None = None) -> str:
-        """The seed's key for a new version; for an overwrite, a fresh revision key whenever the
-        committed row names the usual one (its bytes are never replaced). With ``taken`` (an
-        upload straight to the key, which never replaces an object), also a revision key when
-        an object is already there (a crash leftover gc has not removed yet)."""
-        key = artifact_key(slot.model_name, slot.version, extension)
-        previous = slot.previous
-        replaced = previous is not None and previous.artifact is not None and previous.artifact.key == key
-        if replaced or (taken is not None and taken(key)):
-            key = revision_key(slot.model_name, slot.version, extension)
-        return key
+        """:func:`~modelkeep.layout.new_artifact_key` for the version ``slot`` holds (an overwrite
+        never writes over the bytes its committed row names; with ``taken``, an upload straight to
+        the key never lands on a crash leftover gc has not removed yet)."""
+        previous = slot.previous.artifact if slot.previous is not None else None
+        return new_artifact_key(slot.model_name, slot.version, extension, previous.key if previous else None, taken)
 
     def _write_claimed_files(self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact) -> None:
         """Put the attempt's files in place, once the database confirms the claim is still its own:

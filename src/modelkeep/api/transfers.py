@@ -43,7 +43,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 
 from ..errors import IntegrityError, MetadataError, PermissionDeniedError, VersionExistsError
 from ..formats import get_format
-from ..layout import artifact_key, blob_key, revision_key
+from ..layout import artifact_key, blob_key, new_artifact_key
 from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
 from ..signing import manifest
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
@@ -167,10 +167,8 @@ def plan(p: Any, model_name: str, version: str | None, overwrite: bool, extensio
         previous = None
     else:
         previous = index.get(model_name, version) if overwrite else None
-    key = artifact_key(model_name, version, extension)
-    if previous is not None and previous.artifact is not None and previous.artifact.key == key:
-        key = revision_key(model_name, version, extension)
-    return version, key
+    replaced = previous.artifact.key if previous is not None and previous.artifact is not None else None
+    return version, new_artifact_key(model_name, version, extension, replaced)
 
 
 def _key_rule(proposed: str) -> Any:
