@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -399,29 +399,7 @@ class VersionClaim:
                     slot.history_action = None
                 slot.put(record)
 
-        tries = len(RETRY_PAUSES) + 1
-        for try_number in range(1, tries + 1):
-            try:
-                attempt()
-                break
-            except ConnectionLostError as exc:  # dropped before COMMIT: nothing was written
-                if try_number == tries:
-                    raise
-                logger.warning("%s; retrying on a new connection", exc)
-                time.sleep(RETRY_PAUSES[try_number - 1])
-            except CommitUnknownError as exc:
-                outcome = self._read_back(record_row(record)["record"])
-                if outcome == COMMITTED:
-                    logger.info("the commit of %s %s went through before the connection dropped", *self._names())
-                    break
-                if outcome == RELEASED:
-                    raise self._lost() from exc
-                if outcome == UNKNOWN:
-                    self.state = UNKNOWN  # nothing may be cleaned up now: gc settles it later
-                    raise
-                if try_number == tries:  # known not committed, claim still ours: abandon() cleans up
-                    raise
-                logger.warning("%s; it was not; committing again", exc)
+        commit_retrying(attempt, [self], record_row(record)["record"])
         self.record = record
         self.state = RELEASED if release else COMMITTED
 
@@ -770,33 +748,44 @@ def put_many(
             index.put_new_versions(conn, records)
             conn.execute(delete(claims).where(claims.c.token.in_(tokens)))
 
-    first = record_row(records[0])["record"]
+    commit_retrying(attempt, slots, record_row(records[0])["record"])
+    for slot, record in zip(slots, records, strict=True):
+        slot.record = record
+        slot.state = RELEASED
+
+
+def commit_retrying(attempt: Callable[[], None], slots: Sequence[VersionClaim], first_row: str) -> None:
+    """Run the row transaction ``attempt`` of ``slots`` (one save, or a ``save_many`` batch), on a
+    fresh connection when it dropped before COMMIT. When it dropped during COMMIT, the first
+    slot's row (``first_row``, as stored) is read back: committed is done, released is a lost
+    claim, unknown marks every slot :data:`UNKNOWN` (nothing may be cleaned up; gc settles it),
+    and known-not-committed with the claim still held commits again (``abandon`` cleans up
+    after the last try)."""
+    owner = slots[0]
     tries = len(RETRY_PAUSES) + 1
     for try_number in range(1, tries + 1):
         try:
             attempt()
-            break
+            return
         except ConnectionLostError as exc:  # dropped before COMMIT: nothing was written
             if try_number == tries:
                 raise
             logger.warning("%s; retrying on a new connection", exc)
             time.sleep(RETRY_PAUSES[try_number - 1])
         except CommitUnknownError as exc:
-            outcome = slots[0]._read_back(first)
+            outcome = owner._read_back(first_row)
             if outcome == COMMITTED:
-                break
+                logger.info("the commit of %s %s went through before the connection dropped", *owner._names())
+                return
             if outcome == RELEASED:
-                raise slots[0]._lost() from exc
+                raise owner._lost() from exc
             if outcome == UNKNOWN:
                 for slot in slots:
-                    slot.state = UNKNOWN  # nothing may be cleaned up now: gc settles it later
+                    slot.state = UNKNOWN
                 raise
             if try_number == tries:
                 raise
             logger.warning("%s; it was not; committing again", exc)
-    for slot, record in zip(slots, records, strict=True):
-        slot.record = record
-        slot.state = RELEASED
 
 
 @_retry_on_disconnect
