@@ -249,7 +249,7 @@ class OverHttp:
         self.server, self.client, self.direct = server, client, direct
 
     #: What the client refuses (it runs on the server's host): the suites use the registry itself.
-    SERVER_SIDE = frozenset({"index", "gc", "reindex", "backfill_params", "sign", "verify_alias", "events"})
+    SERVER_SIDE = frozenset({"index", "gc", "reindex", "backfill_params"})
 
     def __getattr__(self, name: str) -> Any:
         client = self.__dict__["client"]

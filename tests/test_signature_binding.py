@@ -35,6 +35,13 @@ from modelkeep.loading import MmapIgnoredWarning
 from modelkeep.metadata import ModelMetadata
 from modelkeep.storage import verified as verified_module
 
+from ._http_server import OverHttp
+from .conftest import IndexTarget
+
+#: The tests on ``persistence`` run directly and through a registry server too: the attacker
+#: writes the server's index and store; the client judges with its own keys.
+ALSO_OVER_HTTP = True
+
 SIGNED = {"who": "the signed model", "weights": [1.0, 2.0, 3.0]}
 ATTACKER = {"who": "the attacker"}
 
@@ -289,12 +296,16 @@ def test_copy_refuses_the_replayed_row(replayed: ModelPersistence, tmp_path: Pat
         assert dest.list_models() == []
 
 
-def test_ui_version_page_refuses_it(replayed: ModelPersistence) -> None:
+def test_ui_version_page_refuses_it(index_target: IndexTarget, tmp_path: Path) -> None:
+    """The UI runs beside the registry (a server's UI too): this one is not run over HTTP."""
     from starlette.testclient import TestClient
 
     from modelkeep.ui import create_app
 
-    with TestClient(create_app(replayed, read_only=True), base_url="http://127.0.0.1") as client:
+    with (
+        index_target.persistence(tmp_path / "models") as registry,
+        TestClient(create_app(make_replayed(registry), read_only=True), base_url="http://127.0.0.1") as client,
+    ):
         page = client.get("/models/fraud/versions/2.0.0")
         assert page.status_code == 400
         assert "carries a record signed for other 1.0.0" in page.text
@@ -430,6 +441,8 @@ def test_an_old_signed_trash_replayed_after_a_restore_is_refused(
 def test_a_forged_trash_signature_is_not_accepted(two_versions: ModelPersistence) -> None:
     p = two_versions
     p.keyring.use_user_key = False  # a writer without the key trashes (unsigned)...
+    if isinstance(p, OverHttp):
+        p.direct.keyring.use_user_key = False  # (through a server that has none either)
     p.delete("fraud", "2.0.0")
     assert p.index.lifecycle.signed_removals("fraud", "2.0.0") == []
     with p.index.engine.begin() as conn:  # ...and the attacker pastes a signature from elsewhere

@@ -21,7 +21,12 @@ from modelkeep import keys as k
 from modelkeep.events import alias_event
 from modelkeep.index.schema import aliases
 
+from ._http_server import OverHttp
 from .conftest import IndexTarget
+
+#: Every test on a registry runs directly and through a registry server (``persistence``): the
+#: server's client judges alias moves with its own keys, and the attacker writes the server's index.
+ALSO_OVER_HTTP = True
 
 
 def row(p: ModelPersistence, alias: str = "production") -> dict[str, Any]:
@@ -47,7 +52,12 @@ def churn(persistence: ModelPersistence) -> ModelPersistence:
 
 
 def fresh_reader(p: ModelPersistence, index_target: IndexTarget, **options: Any) -> ModelPersistence:
-    """Another reader of the same registry that has never loaded anything from it."""
+    """Another reader of the same registry that has never loaded anything from it (over HTTP:
+    another client of the same server, judging with its own keys)."""
+    if isinstance(p, OverHttp):
+        client = p.server.client(**options)
+        client.forget_seen()
+        return client  # type: ignore[no-any-return]
     reader = index_target.persistence(p.store.root, **options)
     reader.forget_seen()
     return reader

@@ -8,6 +8,7 @@ format registered for the test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,9 +30,45 @@ from modelkeep.formats.pickle_format import PickleFormat
 from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.maintenance import SIGNATURE
 
+from ._http_server import HttpServer, ServerSide, running_server
 from .conftest import IndexTarget
 
 SEEN: list[bool | None] = []
+
+
+class Registries:
+    """Opens the test's registry with a reader's or writer's options: directly (``direct``), or as
+    a client of a registry server in front of it (``http``; started on first use, in process). Over
+    HTTP the keys are the client's; :meth:`served` is the server's own registry, what a
+    compromised server (or anyone with its index and store) writes to."""
+
+    def __init__(self, kind: str, index_target: IndexTarget, workdir: Path, stack: contextlib.ExitStack) -> None:
+        self.kind, self.target, self.workdir, self.stack = kind, index_target, workdir, stack
+        self.servers: dict[str, HttpServer] = {}
+
+    def __call__(self, models: Path, **options: Any) -> Any:
+        if self.kind == "direct":
+            return self.target.persistence(models, **options)
+        if str(models) not in self.servers:
+            side = ServerSide(str(models), self.target.url, self.target.schema)
+            workdir = self.workdir / f"server-{len(self.servers)}"
+            self.servers[str(models)] = self.stack.enter_context(running_server(side, workdir, in_process=True))
+        return self.servers[str(models)].client(**options)
+
+    def served(self, registry: Any) -> ModelPersistence:
+        """The registry itself: ``registry`` when direct, else the one its server uses."""
+        if self.kind == "direct":
+            return registry  # type: ignore[no-any-return]
+        found = next(s.served for s in self.servers.values() if s.url == registry.url)
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+def registries(index_target: IndexTarget, registry_kind: str, tmp_path: Path) -> Iterator[Registries]:
+    """:class:`Registries` of this test, on each index backend, direct and over HTTP."""
+    with contextlib.ExitStack() as stack:
+        yield Registries(registry_kind, index_target, tmp_path, stack)
 
 
 class SpyFormat(PickleFormat):
@@ -73,14 +111,14 @@ def other_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_reader_with_only_the_public_key_verifies_and_loads_but_cannot_sign(
-    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: list[bool | None]
+    registries: Registries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: list[bool | None]
 ) -> None:
     private, public = key_pair(tmp_path, "ci-writer")
     models = tmp_path / "models"
-    with index_target.persistence(models, signing_key_file=str(private), serialization_format="spy") as writer:
+    with registries(models, signing_key_file=str(private), serialization_format="spy") as writer:
         writer.save({"w": 1}, "m", "1.0.0")
     monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(tmp_path / "server-config"))  # a production server
-    with index_target.persistence(models, trusted_keys=[str(public)], require_signatures=True) as reader:
+    with registries(models, trusted_keys=[str(public)], require_signatures=True) as reader:
         assert reader.load("m", "1.0.0") == {"w": 1}
         assert spy == [True]
         status = reader.signature_status("m", "1.0.0")
@@ -96,16 +134,16 @@ def test_a_reader_with_only_the_public_key_verifies_and_loads_but_cannot_sign(
         assert own is not None
         fake = signing.sign(forged, own).split(":")
         fake[1] = status.fingerprint  # claim to be the writer
-        reader.index.put(dataclasses.replace(forged, signature=":".join(fake)))
+        registries.served(reader).index.put(dataclasses.replace(forged, signature=":".join(fake)))
     monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(tmp_path / "second-server-config"))
-    with index_target.persistence(models, trusted_keys=[str(public)]) as second:
+    with registries(models, trusted_keys=[str(public)]) as second:
         with pytest.raises(SignatureError, match="the manifest was altered"):
             second.load("m", "1.0.0")
         assert second.signature_status("m", "1.0.1").status == "untrusted"
         assert second.load("m", "1.0.1") == {"evil": 1}
         assert spy == [True, False]  # loads, but its recorded globals are not trusted
     with (
-        index_target.persistence(models, trusted_keys=[str(public)], require_signatures=True) as strict,
+        registries(models, trusted_keys=[str(public)], require_signatures=True) as strict,
         pytest.raises(SignatureError, match="not signed by a trusted key"),
     ):
         strict.load("m", "1.0.1")
@@ -175,14 +213,15 @@ def test_the_per_user_key_is_created_once_by_racing_processes(private_config_dir
 
 
 @pytest.mark.parametrize("kind", ["hmac", "ecdsa", "per-user"])
-def test_a_tampered_manifest_fails_under_every_scheme(index_target: IndexTarget, tmp_path: Path, kind: str) -> None:
+def test_a_tampered_manifest_fails_under_every_scheme(registries: Registries, tmp_path: Path, kind: str) -> None:
     private, _ = key_pair(tmp_path, "writer")
     options: dict[str, Any] = {
         "hmac": {"signing_key": "team-secret"},
         "ecdsa": {"signing_key_file": str(private)},
         "per-user": {},
     }[kind]
-    with index_target.persistence(tmp_path / "models", serialization_format="pickle", **options) as p:
+    with registries(tmp_path / "models", serialization_format="pickle", **options) as p:
+        served = registries.served(p)  # the attacker writes the index and the store
         rec = p.save_version({"v": 1}, "m", "1.0.0")
         assert rec.artifact is not None
         assert rec.signature is not None and rec.signature.startswith("hmac" if kind == "hmac" else "ecdsa-p256")
@@ -192,13 +231,14 @@ def test_a_tampered_manifest_fails_under_every_scheme(index_target: IndexTarget,
             {"extra": {"globals": [*rec.artifact.extra["globals"], "posix.system"]}},
         ):
             forged = dataclasses.replace(rec, artifact=dataclasses.replace(rec.artifact, **change))
-            p.index.put(forged)
-            p.store.write_bytes(sidecar_key("m", "1.0.0"), sidecar_bytes(forged))
+            served.index.put(forged)
+            served.store.write_bytes(sidecar_key("m", "1.0.0"), sidecar_bytes(forged))
             with pytest.raises(SignatureError, match="signature check failed"):
                 p.load("m", "1.0.0")
-            assert [x.version for x in p.verify().of_kind(SIGNATURE)] == ["1.0.0"]
-        p.index.put(rec)
-        p.store.write_bytes(sidecar_key("m", "1.0.0"), sidecar_bytes(rec))
+            if registries.kind == "direct":  # a server's verify judges with the server's keys, not these
+                assert [x.version for x in p.verify().of_kind(SIGNATURE)] == ["1.0.0"]
+        served.index.put(rec)
+        served.store.write_bytes(sidecar_key("m", "1.0.0"), sidecar_bytes(rec))
         assert p.load("m", "1.0.0") == {"v": 1}
         assert p.verify().ok
 
@@ -296,35 +336,35 @@ def test_bad_key_files_are_config_errors_naming_the_file(tmp_path: Path) -> None
 
 
 def test_after_rotating_a_key_file_old_and_new_versions_verify_until_re_signed(
-    index_target: IndexTarget, tmp_path: Path, other_user: Path
+    registries: Registries, tmp_path: Path, other_user: Path
 ) -> None:
     old_private, old_public = key_pair(tmp_path, "2025")
     new_private, new_public = key_pair(tmp_path, "2026")
     models = tmp_path / "models"
-    with index_target.persistence(models, signing_key_file=str(old_private)) as p:
+    with registries(models, signing_key_file=str(old_private)) as p:
         p.save({"v": 1}, "m", "1.0.0")
         p.save({"v": 2}, "m", "1.0.1")
     rotated = {"signing_key_file": str(new_private), "trusted_keys": [str(old_public)]}
-    with index_target.persistence(models, **rotated) as p:
+    with registries(models, **rotated) as p:
         p.save({"v": 3}, "m", "1.0.2")
         assert [p.load("m", v)["v"] for v in ("1.0.0", "1.0.1", "1.0.2")] == [1, 2, 3]
         assert {p.signature_status("m", v).name for v in ("1.0.0", "1.0.2")} == {"2025", "2026"}
         report = p.sign()
         assert (report.signed, report.unchanged) == ([("m", "1.0.0"), ("m", "1.0.1")], [("m", "1.0.2")])
         assert p.verify().ok
-    with index_target.persistence(models, trusted_keys=[str(new_public)], require_signatures=True) as reader:
+    with registries(models, trusted_keys=[str(new_public)], require_signatures=True) as reader:
         assert [reader.load("m", v)["v"] for v in ("1.0.0", "1.0.1", "1.0.2")] == [1, 2, 3]
         assert {reader.signature_status("m", v).name for v in ("1.0.0", "1.0.1", "1.0.2")} == {"2026"}
         sidecar = json.loads((models / sidecar_key("m", "1.0.0")).read_text())
         assert sidecar["signature"] == reader.get_version("m", "1.0.0").signature  # reindex keeps it
 
 
-def test_re_signing_skips_versions_nobody_here_vouches_for(tmp_path: Path) -> None:
+def test_re_signing_skips_versions_nobody_here_vouches_for(registries: Registries, tmp_path: Path) -> None:
     intruder_private, _ = key_pair(tmp_path, "intruder")
     models = tmp_path / "models"
-    with ModelPersistence(models, signing_key_file=str(intruder_private)) as intruder:
+    with registries(models, signing_key_file=str(intruder_private)) as intruder:
         intruder.save({"planted": 1}, "m", "1.0.0")
-    with ModelPersistence(models) as p:
+    with registries(models) as p:
         p.save({"mine": 1}, "m", "1.0.1")
         report = p.sign("m")
         assert report.signed == [] and report.unchanged == [("m", "1.0.1")]
@@ -335,20 +375,24 @@ def test_re_signing_skips_versions_nobody_here_vouches_for(tmp_path: Path) -> No
 
 
 def test_re_signing_skips_a_version_replaced_while_it_was_being_signed(
-    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    registries: Registries, index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     models = tmp_path / "models"
-    with index_target.persistence(models) as p:
+    with registries(models) as p:
         p.save({"v": 1}, "m", "1.0.0")
-    with index_target.persistence(models, signing_key_file=str(key_pair(tmp_path, "new")[0])) as p:
-        verify = p.store.verify
+    with registries(models, signing_key_file=str(key_pair(tmp_path, "new")[0])) as p:
+        # Where the bytes are re-hashed: the registry's store, or (over HTTP) the client's download.
+        from modelkeep.api.client_transfers import VersionFiles
 
-        def verify_then_overwrite(key: str, sha256: str) -> None:
-            verify(key, sha256)  # the bytes re-hashed, then another writer replaces the version
+        owner: Any = p.store if registries.kind == "direct" else VersionFiles
+        verify = owner.verify
+
+        def verify_then_overwrite(*args: Any) -> None:
+            verify(*args)  # the bytes re-hashed, then another writer replaces the version
             with index_target.persistence(models) as other:
                 other.save({"v": 2}, "m", "1.0.0", overwrite=True)
 
-        monkeypatch.setattr(p.store, "verify", verify_then_overwrite)
+        monkeypatch.setattr(owner, "verify", verify_then_overwrite)
         report = p.sign("m", include_untrusted=True)
         assert report.signed == [] and [(m, v, why) for m, v, why in report.skipped] == [
             ("m", "1.0.0", "changed while signing; run again")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import InvalidNameError, VersionNotFoundError
+from .errors import AliasConflictError, InvalidNameError, SignatureError, VersionNotFoundError
 from .identity import AccessPolicy, Identity, acting, acting_as
 from .layout import record_blobs
 from .metadata import HistoryEntry, ModelMetadata
@@ -167,6 +167,75 @@ class LifecycleMixin:
         with self._as("maintainer", "move aliases", model_name) as who:
             self.access.require_alias(who, alias, "move it", model_name)
             self.index.lifecycle.set_alias(model_name, alias, version, expected=expected, sign=self.keyring.sign_event)
+
+    def plan_alias_move(self, model_name: str, alias: str, version: str) -> dict[str, Any]:
+        """The alias-move event (:func:`modelkeep.events.alias_event`) that moving ``alias`` to
+        ``version`` now would sign: for a signer whose key is elsewhere (a registry server's
+        client), which signs it and hands it to :meth:`set_alias_signed`. Nothing is written."""
+        return self.index.lifecycle.plan_move(model_name, alias, version)
+
+    def set_alias_signed(
+        self,
+        model_name: str,
+        alias: str,
+        version: str,
+        *,
+        event: dict[str, Any],
+        signature: str,
+        public_key: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        """:meth:`set_alias`, with the move signed elsewhere: ``event`` is the planned move
+        (:meth:`plan_alias_move`) and ``signature`` its signature by the mover's own key, stored
+        as made; the move happens only if it is still exactly that event (else
+        :class:`AliasConflictError`: plan and sign again). A public-key signature comes with
+        ``public_key`` (PEM) and must verify under it, so that the fingerprint a promotion policy
+        checks is the mover's; a shared-key (HMAC) one cannot be checked here, and is stored for
+        readers to judge. The same roles, protected aliases and policies apply as to :meth:`set_alias`."""
+        check_event_signature("an alias move", event, signature, public_key)
+        seq, at = event.get("seq"), event.get("at")
+        sign = _as_planned(event, signature, f"alias '{alias}' of model '{model_name}' changed since its move")
+
+        with self._as("maintainer", "move aliases", model_name) as who:
+            self.access.require_alias(who, alias, "move it", model_name)
+            self.index.lifecycle.set_alias(
+                model_name,
+                alias,
+                version,
+                expected=expected,
+                sign=sign,
+                move=(seq, at),  # type: ignore[arg-type]
+            )
+
+    def plan_removal(self, model_name: str, version: str) -> dict[str, Any]:
+        """The removal event (:func:`modelkeep.events.removal_event`) that moving ``version`` to the
+        trash now would sign, for a signer elsewhere (see :meth:`delete_signed`). Nothing is written."""
+        return self.index.lifecycle.plan_removal(model_name, version)
+
+    def delete_signed(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        event: dict[str, Any],
+        signature: str,
+        public_key: str | None = None,
+        force: bool = False,
+    ) -> None:
+        """:meth:`delete`, with the removal signed elsewhere: ``event`` is the planned removal
+        (:meth:`plan_removal`) and ``signature`` its signature by the remover's own key (checked
+        as :meth:`set_alias_signed` checks a move's). :class:`AliasConflictError` when the
+        version changed since the plan, or the plan is too old: plan and sign again."""
+        check_event_signature("a removal", event, signature, public_key)
+        sign = _as_planned(event, signature, f"model '{model_name}' version '{version}' changed since its removal")
+        at = event.get("at")
+        with self._as("maintainer", "move versions to the trash", model_name) as who:
+            if force and who is not None:
+                for alias, target in self.get_aliases(model_name).items():
+                    if target == version:
+                        self.access.require_alias(who, alias, "remove it by forcing a delete", model_name)
+            self.index.lifecycle.trash(model_name, version, force=force, sign=sign, at=str(at))
+        logger.info("deleted %s version %s (moved to the trash, signed by the client)", model_name, version)
 
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
         """Remove an alias (recorded in the history) and return the version it pointed at;
@@ -353,3 +422,41 @@ class LifecycleMixin:
 def lifecycle_json(record: ModelMetadata) -> dict[str, Any]:
     """``record.to_dict()`` plus its aliases, tags and description (for ``--json`` output)."""
     return {**record.to_dict(), **record.lifecycle_dict()}
+
+
+def check_event_signature(what: str, event: Any, signature: Any, public_key: str | None) -> None:
+    """Check a signature of ``event`` made elsewhere before it is stored: a public-key one must
+    verify under ``public_key`` (PEM), whose fingerprint it names, so that the fingerprint a
+    policy checks is the signer's; a shared-key (HMAC) one cannot be checked without the secret.
+    :class:`SignatureError` otherwise."""
+    from .signing import ECDSA_SCHEME, HMAC_SCHEME, event_verdict, parse
+
+    if not isinstance(event, dict) or not isinstance(signature, str) or not signature:
+        raise SignatureError(f"{what} signed elsewhere needs the planned event and its signature")
+    parsed = parse(signature)
+    if parsed.scheme == ECDSA_SCHEME:
+        from .keys import public_key_from_pem
+
+        if not isinstance(public_key, str):
+            raise SignatureError(f"a public-key signature of {what} needs the signer's public key")
+        key = public_key_from_pem(public_key.encode(), "the signer's public key")
+        if key.fingerprint != parsed.fingerprint:
+            raise SignatureError(
+                f"{what} is signed by key {str(parsed.fingerprint)[:16]}, not by the public key sent "
+                f"({key.fingerprint[:16]})"
+            )
+        if not event_verdict(signature, event, trusted={key.fingerprint: key}).trusted:
+            raise SignatureError(f"the signature of {what} does not match the event sent")
+    elif parsed.scheme != HMAC_SCHEME:
+        raise SignatureError(f"unknown signature scheme {parsed.scheme!r}")
+
+
+def _as_planned(event: dict[str, Any], signature: str, changed: str) -> Any:
+    """A signer that returns ``signature`` for exactly ``event``, else :class:`AliasConflictError`."""
+
+    def sign(built: dict[str, Any]) -> str:
+        if built != event:
+            raise AliasConflictError(f"{changed} was planned: plan and sign again")
+        return signature
+
+    return sign

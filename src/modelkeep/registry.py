@@ -1122,6 +1122,25 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         with self._as("admin", "re-sign versions"):
             return resign_versions(self, model_name, version, include_untrusted=include_untrusted)
 
+    def store_signature(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        manifest: dict[str, Any],
+        signature: str,
+        public_key: str | None = None,
+    ) -> ModelMetadata:
+        """Store a signature made elsewhere (a registry server's client re-signing with its own
+        key) as ``version``'s, only if ``manifest`` (what it signed) is the manifest stored now:
+        :class:`VersionExistsError` otherwise (fetch and sign again). A public-key signature comes
+        with its ``public_key`` (PEM) and must verify under it; a shared-key one is stored for
+        readers to judge. Needs the admin role when an identity acts, as :meth:`sign` does."""
+        from .resign import store_signature
+
+        with self._as("admin", "re-sign versions"):
+            return store_signature(self, model_name, version, manifest, signature, public_key)
+
     def list_models(self) -> list[str]:
         """Names of all models with at least one version, sorted."""
         return self.index.list_models()

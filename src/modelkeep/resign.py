@@ -17,6 +17,7 @@ from .errors import SignatureError
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
+    from .metadata import ModelMetadata
     from .registry import ModelPersistence
 
 logger = logging.getLogger("modelkeep")
@@ -102,3 +103,49 @@ def resign_versions(
         report.signed.append(where)
     logger.info("re-signed: %s", report)
     return report
+
+
+def store_signature(
+    p: ModelPersistence,
+    model_name: str,
+    version: str,
+    signed: dict[str, Any],
+    signature: str,
+    public_key: str | None = None,
+) -> ModelMetadata:
+    """Store ``signature``, made elsewhere over the manifest ``signed``, as ``version``'s (sidecar
+    first, then the index row), only if ``signed`` is the manifest stored now; see
+    :meth:`ModelPersistence.store_signature`. Returns the record as stored."""
+    from .errors import VersionExistsError
+    from .layout import sidecar_bytes, sidecar_key
+    from .signing import ECDSA_SCHEME, HMAC_SCHEME, manifest, parse, verdict
+
+    record = p.get_version(validate_model_name(model_name), validate_version(version))
+    where = f"model '{record.model_name}' version '{record.version}'"
+    if manifest(record) != signed:
+        raise VersionExistsError(f"{where} is not the version that was signed (it changed): fetch and sign it again")
+    parsed = parse(signature) if isinstance(signature, str) and signature else None
+    if parsed is None:
+        raise SignatureError(f"no signature to store for {where}")
+    if parsed.scheme == ECDSA_SCHEME:
+        from .keys import public_key_from_pem
+
+        if not isinstance(public_key, str):
+            raise SignatureError("a public-key signature needs the signer's public key")
+        key = public_key_from_pem(public_key.encode(), "the signer's public key")
+        if not verdict(replace(record, signature=signature), trusted={key.fingerprint: key}).trusted:
+            raise SignatureError(f"the signature sent for {where} is not a valid signature of it by the key sent")
+    elif parsed.scheme != HMAC_SCHEME:
+        raise SignatureError(f"unknown signature scheme {parsed.scheme!r}")
+    try:
+        with p.index.reserve(record.model_name, record.version, overwrite=True) as slot:
+            now = slot.previous
+            if now is None or now.to_dict() != record.to_dict():  # deleted or replaced meanwhile
+                raise _ChangedMeanwhile
+            stored = replace(record, signature=signature)
+            p.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(stored))
+            slot.put(stored)
+    except _ChangedMeanwhile:
+        raise VersionExistsError(f"{where} changed while it was being signed: fetch and sign it again") from None
+    logger.info("stored a signature made elsewhere for %s", where)
+    return stored

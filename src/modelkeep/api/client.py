@@ -27,6 +27,7 @@ from ..errors import (
     StorageError,
 )
 from ..identity import Identity
+from .client_signing import SigningMixin
 from .client_transfers import TransferMixin
 from .wire import (
     API_PREFIX,
@@ -74,7 +75,7 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class HttpRegistry(TransferMixin):
+class HttpRegistry(SigningMixin, TransferMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
     def __init__(
@@ -302,11 +303,6 @@ class HttpRegistry(TransferMixin):
         return verify_report_from_wire(self.request("POST", "/verify", json={"model_name": model_name})["report"])
 
     # -- aliases, tags, descriptions, history ----------------------------------------------------
-    def set_alias(self, model_name: str, alias: str, version: str, *, expected: str | None = None) -> None:
-        """Point ``alias`` at a live ``version`` (with ``expected``: compare-and-set)."""
-        body = {"version": version, "expected": expected}
-        self.request("PUT", f"/models/{segment(model_name)}/aliases/{segment(alias)}", json=body)
-
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
         """Remove ``alias``; returns the version it pointed at."""
         path = f"/models/{segment(model_name)}/aliases/{segment(alias)}"
@@ -380,11 +376,6 @@ class HttpRegistry(TransferMixin):
         return [history_from_wire(e) for e in self.request("GET", "/history", params=params)["history"]]
 
     # -- the trash ---------------------------------------------------------------------------------
-    def delete(self, model_name: str, version: str, *, force: bool = False) -> None:
-        """Move a version to the trash (``force``: even when an alias points at it)."""
-        path = f"/models/{segment(model_name)}/versions/{segment(version)}"
-        self.request("DELETE", path, params={"force": "1"} if force else None)
-
     def restore(self, model_name: str, version: str) -> None:
         """Bring a version back from the trash."""
         self.request("POST", f"/models/{segment(model_name)}/versions/{segment(version)}/restore")
@@ -475,18 +466,6 @@ class HttpRegistry(TransferMixin):
     def backfill_params(self, *args: Any, **kwargs: Any) -> Any:
         """Not over HTTP: the backfill loads and rewrites records on the server's host."""
         raise server_only("backfill-params")
-
-    def sign(self, *args: Any, **kwargs: Any) -> Any:
-        """Not over HTTP (yet): re-signing rewrites stored records."""
-        raise server_only("sign")
-
-    def verify_alias(self, model_name: str, alias: str, *, version: str | None = None) -> Verdict:
-        """Not over HTTP (yet): checking signed alias moves needs the event files the server keeps."""
-        raise server_only("verify-alias")
-
-    def events(self, *args: Any, **kwargs: Any) -> Any:
-        """Not over HTTP (yet): the event feed is read on the server's host."""
-        raise server_only("events")
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this class lacks: a local registry's parts (store, webhooks,

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from .. import environment, saving, signing
 from .. import quarantine as quarantine_mod
 from ..errors import (
-    ConfigError,
     IntegrityError,
     ModelKeepError,
     SerializationError,
@@ -220,6 +219,14 @@ class TransferMixin:
     def get_version(  # pragma: no cover - HttpRegistry's
         self, model_name: str, version: str | None = None, *, alias: str | None = None
     ) -> ModelMetadata:
+        raise NotImplementedError
+
+    def _freshness(self) -> Any:  # pragma: no cover - SigningMixin's
+        raise NotImplementedError
+
+    def _checked_alias(  # pragma: no cover - SigningMixin's
+        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False
+    ) -> tuple[ModelMetadata, Any]:
         raise NotImplementedError
 
     @cached_property
@@ -540,9 +547,12 @@ class TransferMixin:
 
         check_mmap_mode(mmap_mode)
         name, version, alias = split_reference(model_name, version, alias)
-        if require_signed_alias:
-            raise ConfigError("require_signed_alias cannot be checked through a registry server yet: load by version")
-        record = self.get_version(name, version, alias=alias)
+        freshness = self._freshness()  # rollback checks with what this user has seen (SigningMixin)
+        if alias is not None:  # the alias's move is judged here, with this client's keys
+            record = self._checked_alias(name, alias, version=version, require=require_signed_alias)[0]
+        else:
+            record = self.get_version(name, version)
+            _check_bound(record, name, version)
         if validate is not None:
             from ..input_signature import InputSchemaError, check
 
@@ -556,6 +566,8 @@ class TransferMixin:
             raise IntegrityError(f"model '{record.model_name}' version '{record.version}' has no loadable artifact")
         s = self._settings
         verdict = s.keyring.check(record)
+        if alias is None and version is None:
+            freshness.check_latest(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
         files = VersionFiles(self, record)
@@ -580,6 +592,7 @@ class TransferMixin:
             from ..remedies import with_remedy
 
             raise with_remedy(exc, f"model '{record.model_name}' version '{record.version}'", verdict) from exc
+        freshness.note_loaded(record, verdict)
         environment.report(record)
         return (model, record) if return_metadata else model
 
@@ -626,6 +639,24 @@ class TransferMixin:
         from ..input_signature import check
 
         return check(self.get_version(model_name, version).input_signature, X)
+
+
+def _check_bound(record: ModelMetadata, model_name: str, version: str | None) -> None:
+    """Refuse a record the server answered for another model or version than asked for (its
+    signature would verify, as it covers the record's own name and version): what a local
+    registry refuses as a replayed row, checked here so that the server's word is not needed."""
+    if record.model_name == model_name and (version is None or record.version == version):
+        return
+    from ..errors import SignatureError
+
+    where = f"model '{model_name}' version '{version or 'latest'}'"
+    found = f"{record.model_name} {record.version}"
+    if record.signature:
+        raise SignatureError(
+            f"the server answered {where} with a record signed for {found}: a signed record replayed under "
+            "another name or version"
+        )
+    raise IntegrityError(f"the server answered {where} with a record made for {found}")
 
 
 def _read_chunks(f: BinaryIO) -> Iterator[bytes]:

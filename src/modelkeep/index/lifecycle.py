@@ -50,6 +50,38 @@ def signer_fingerprint(signature: str | None) -> str | None:
     return parse(signature).fingerprint if signature else None
 
 
+#: Seconds a planned alias move's time may be away from the server's clock when it is made.
+MOVE_SKEW = 300.0
+
+
+def _planned(
+    model_name: str, alias: str, move: tuple[int, str], last: int | None, *, check_time: bool
+) -> tuple[int, str]:
+    """``move`` (``(seq, at)`` of :meth:`Lifecycle.plan_move`), checked: numbered above ``last``
+    and (``check_time``) timed within :data:`MOVE_SKEW` of now; else :class:`AliasConflictError`."""
+    seq, at = move
+    where = f"alias '{alias}' of model '{model_name}'"
+    if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(at, str):
+        raise AliasConflictError(f"the planned move of {where} needs a move number and a time")
+    if seq <= (last or 0):
+        raise AliasConflictError(f"{where} was moved since this move was planned (move {last}): plan it again")
+    if check_time:
+        _check_planned_time(f"the planned move of {where}", at)
+    return seq, at
+
+
+def _check_planned_time(what: str, at: Any) -> None:
+    """Refuse a planned event's time that is not an aware ISO time within :data:`MOVE_SKEW` of now."""
+    try:
+        when = _dt.datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise AliasConflictError(f"{what} has no valid time: {str(at)[:40]!r}")
+    if abs((_dt.datetime.now(_dt.timezone.utc) - when).total_seconds()) > MOVE_SKEW:
+        raise AliasConflictError(f"{what} was planned too long ago ({at}): plan it again")
+
+
 #: Signs an event dict (:mod:`modelkeep.events`): the signature, or ``None`` with no key.
 Signer = Callable[[dict[str, Any]], "str | None"]
 MAX_TAG_KEY = 256
@@ -172,6 +204,7 @@ class Lifecycle:
         *,
         expected: str | None = None,
         sign: Signer | None = None,
+        move: tuple[int, str] | None = None,
     ) -> str | None:
         """Point ``alias`` at ``version`` (a live version); returns where it pointed before.
 
@@ -184,6 +217,11 @@ class Lifecycle:
         alias's previous move. A move (not a re-sign) is judged by the policies that govern it
         (:mod:`modelkeep.index.policies`) in this same transaction: :class:`PolicyError` if any
         condition fails.
+
+        ``move`` (``(seq, at)``, from :meth:`plan_move`) numbers and times the move as planned,
+        for a signature made elsewhere (a registry server's client signs the event it planned):
+        :class:`AliasConflictError` if that number is no longer above the alias's last move, or
+        the time is more than :data:`MOVE_SKEW` seconds away from now.
         """
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
@@ -210,8 +248,10 @@ class Lifecycle:
             state = self._alias_state(conn, model_name, alias)
             # Above the row's last move, or (set again after a removal) above every move in the
             # history, so that a mover with a slower clock never numbers below an earlier move.
-            seq = next_seq(state.seq if state is not None else self._last_seq(conn, model_name, alias))
-            at = now()
+            last = state.seq if state is not None else self._last_seq(conn, model_name, alias)
+            seq, at = next_seq(last), now()
+            if move is not None:
+                seq, at = _planned(model_name, alias, move, last, check_time=current != version)
             # A re-sign (same version) keeps the move's from-version and time; a move records its own.
             resign = state is not None and current == version
             previous, moved_at = (state.previous, state.at) if resign and state is not None else (current, at)
@@ -252,6 +292,24 @@ class Lifecycle:
                 state={"seq": seq},
             )
             return current
+
+    @_retry_on_disconnect
+    def plan_move(self, model_name: str, alias: str, version: str) -> dict[str, Any]:
+        """The event :meth:`set_alias` would sign if ``alias`` moved to ``version`` now (number,
+        from-version, time and the version's SHA-256), for a signer elsewhere; pass its ``seq``
+        and ``at`` back as ``move``. Nothing is written."""
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        version = validate_version(version)
+        with self._index._read() as conn:
+            self._require_live(conn, model_name, version)
+            state = self._alias_state(conn, model_name, alias)
+            seq = next_seq(state.seq if state is not None else self._last_seq(conn, model_name, alias))
+            sha256 = self._sha256(conn, model_name, version)
+            if state is not None and state.version == version:  # a re-sign keeps the move's from and time
+                return alias_event(model_name, alias, version, sha256, seq, previous=state.previous, at=state.at)
+            previous = state.version if state is not None else None
+            return alias_event(model_name, alias, version, sha256, seq, previous=previous, at=now())
 
     @_retry_on_disconnect
     def check_alias_move(
@@ -545,7 +603,15 @@ class Lifecycle:
 
     # -- trash ----------------------------------------------------------------------
     def _trash(
-        self, conn: Connection, model_name: str, version: str, *, force: bool, reason: str | None, sign: Signer | None
+        self,
+        conn: Connection,
+        model_name: str,
+        version: str,
+        *,
+        force: bool,
+        reason: str | None,
+        sign: Signer | None,
+        at: str | None = None,
     ) -> str:
         pointing = list(
             conn.execute(
@@ -554,7 +620,7 @@ class Lifecycle:
                 .order_by(aliases.c.alias)
             ).scalars()
         )
-        at = now()
+        at = at or now()
         if pointing and not force:
             raise VersionInUseError(
                 f"model '{model_name}' version '{version}' is what alias(es) {', '.join(pointing)} point at; "
@@ -581,14 +647,20 @@ class Lifecycle:
         return at
 
     @_retry_on_disconnect
-    def trash(self, model_name: str, version: str, *, force: bool = False, sign: Signer | None = None) -> str:
+    def trash(
+        self, model_name: str, version: str, *, force: bool = False, sign: Signer | None = None, at: str | None = None
+    ) -> str:
         """Move a live version to the trash; returns the time it was trashed.
 
         An aliased version raises :class:`VersionInUseError` unless ``force``, which
         removes its aliases (each recorded in the history) in the same transaction.
         ``sign`` signs the removal (:func:`modelkeep.events.removal_event`), so that readers
-        who saw this version as the latest accept the one before it.
+        who saw this version as the latest accept the one before it. ``at`` (from
+        :meth:`plan_removal`, for a signer elsewhere) is the removal's time, within
+        :data:`MOVE_SKEW` seconds of now, else :class:`AliasConflictError` (plan again).
         """
+        if at is not None:
+            _check_planned_time(f"the removal of model '{model_name}' version '{version}'", at)
         model_name = validate_model_name(model_name)
         version = validate_version(version)
         with self._locked(model_name) as conn:
@@ -597,7 +669,17 @@ class Lifecycle:
                 raise self._index._missing(conn, model_name, version)
             if deleted_at is not None:
                 raise VersionNotFoundError(f"model '{model_name}' version '{version}' is already in the trash")
-            return self._trash(conn, model_name, version, force=force, reason=None, sign=sign)
+            return self._trash(conn, model_name, version, force=force, reason=None, sign=sign, at=at)
+
+    @_retry_on_disconnect
+    def plan_removal(self, model_name: str, version: str) -> dict[str, Any]:
+        """The removal event :meth:`trash` would sign if ``version`` went to the trash now, for a
+        signer elsewhere; pass its ``at`` back to :meth:`trash`. Nothing is written."""
+        model_name = validate_model_name(model_name)
+        version = validate_version(version)
+        with self._index._read() as conn:
+            self._require_live(conn, model_name, version)
+            return removal_event(model_name, version, self._sha256(conn, model_name, version), now())
 
     @_retry_on_disconnect
     def trashed_version(self, model_name: str, version: str) -> bool:
