@@ -255,10 +255,8 @@ def watch(
     argv = shlex.split(command) if command is not None else None
     if argv == []:
         raise click.BadParameter("empty command", param_hint="--exec")
-    if since is None:  # from now on: after the largest committed id
-        from .index.webhooks import WebhookRows
-
-        since, _writers = WebhookRows(p.index).horizon()
+    if since is None:  # from now on: after the largest committed id (a registry server's too)
+        since = p.event_horizon()
     click.echo(f"Watching events after id {since} (Ctrl-C to stop).", err=True)
     stop = threading.Event()
     with stop_on_signals(stop):

@@ -312,6 +312,10 @@ class SigningMixin:
         return report
 
     # -- the event feed -----------------------------------------------------------------------------
+    def event_horizon(self) -> int:
+        """The server's largest committed event id: :meth:`events` from it yields what happens from now on."""
+        return int(self.request("GET", "/events/horizon")["since"])
+
     def events(
         self,
         since: int | None = None,

@@ -185,13 +185,18 @@ class SigningRoutes:
         from .routes import Query
 
         q = Query(request)
-        since, limit = q.integer("since"), q.integer("limit") or EVENTS_PAGE
+        since, limit = q.integer("since"), q.integer("limit")
+        limit = EVENTS_PAGE if limit is None else limit
         if limit < 1:
             raise RequestError("the query parameter 'limit' must be positive")
         page = await self.api.call(
             request, self._events, since, q.text("model"), q.text("types"), min(limit, EVENTS_PAGE)
         )
         return json_response({"events": page})
+
+    async def event_horizon(self, request: Request) -> Response:
+        """The largest committed event id (a watcher starts after it)."""
+        return json_response({"since": await self.api.call(request, self.api.p.event_horizon)})
 
     def _events(self, since: int | None, model: str | None, types: str | None, limit: int) -> list[dict[str, Any]]:
         return list(itertools.islice(self.api.p.events(since, model, types), limit))
@@ -210,4 +215,5 @@ def signing_endpoints(api: Api) -> list[Endpoint]:
         Endpoint("POST", v + "/trash", s.trash_signed, "Move a version to the trash, signed by the client (?force)"),
         Endpoint("GET", v + "/removals", s.removals, "The signed removals of a version, newest first"),
         Endpoint("GET", "/events", s.events, "A page of the event feed (?since, model, types, limit)"),
+        Endpoint("GET", "/events/horizon", s.event_horizon, "The largest committed event id (watch from there)"),
     ]

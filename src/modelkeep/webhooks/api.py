@@ -126,6 +126,13 @@ class EventsMixin:
         """The registry's webhooks (see :class:`WebhookStore` and docs/events.md)."""
         return WebhookStore(self)
 
+    def event_horizon(self) -> int:
+        """The largest committed history id: ``events(since=...)`` from it yields what happens from
+        now on (``modelkeep events watch`` starts there)."""
+        from ..index.webhooks import WebhookRows
+
+        return WebhookRows(self.index).horizon()[0]
+
     def events(
         self,
         since: int | None = None,
