@@ -223,6 +223,13 @@ def test_raw_signed_moves_are_checked_by_the_server(
     answer = api(server, "POST", path + "/signed", json=body)
     assert answer.status_code == 409 and answer.json()["error"]["class"] == "AliasConflictError"
     assert alias_row(server)["version"] == "1" != before["version"]
+    # A fresh plan, signed, but with its time moved an hour back (a backdated move): refused.
+    event = api(server, "GET", path + "/plan", params={"version": "3"}).json()["event"]
+    backdated = {**event, "at": "2020-01-01T00:00:00.000000+00:00"}
+    body = {"version": "3", "event": backdated, "signature": sign_event(backdated, alice_key), "public_key": public}
+    answer = api(server, "POST", path + "/signed", json=body)
+    assert answer.status_code == 409 and "planned too long ago" in answer.json()["error"]["message"]
+    assert alias_row(server)["version"] == "1"
     viewer = server.add_user("vic", "viewer")
     answer = api(server, "POST", path + "/signed", token=viewer, json=body)
     assert answer.status_code == 403
