@@ -231,6 +231,92 @@ def put_new_versions(conn: Connection, records: list[ModelMetadata]) -> None:
         write_history(conn, "save", r.model_name, version=r.version, after=artifact_summary(r), at=at)
 
 
+def put_fenced_version(conn: Connection, record: ModelMetadata, token: str) -> bool:
+    """PostgreSQL: commit a new version under its claim in one statement, inside the caller's write
+    transaction (model locked): the claim's delete is the fence, and only when it removed the claim
+    do the version row, its field rows, the model's row (``ON CONFLICT DO NOTHING``) and the
+    ``save`` history row go in (data-modifying CTEs, each gated on the one before). What
+    :meth:`Reservation.put` writes for a new version without blobs, in one round trip instead of
+    five. False when the claim is not ``token``'s any more (nothing written); a row some writer
+    put there without a claim fails the insert on the unique key (:class:`VersionExistsError`)."""
+    from sqlalchemy import String, Text, column, true, values
+    from sqlalchemy.dialects import postgresql
+
+    from .audit import actor, signed_move_seq
+    from .schema import claims
+
+    def constants(row: dict[str, Any], table: Any) -> Any:
+        return select(*(bindparam(f"{table.name}_{k}", v, type_=table.c[k].type).label(k) for k, v in row.items()))
+
+    drop_claim = delete(claims).where(claims.c.token == bindparam("fence_token", token))
+    fence = drop_claim.returning(claims.c.token).cte("fence")
+    row = record_row(record)
+    new_row = (
+        insert(versions)
+        .from_select(list(row), constants(row, versions).where(select(fence.c.token).exists()))
+        .returning(versions.c.id)
+        .cte("new_version")
+    )
+    at = now()
+    touched = {"model_name": record.model_name, "description": None, "created_at": at, "updated_at": at}
+    model_row = (
+        postgresql.insert(models)
+        .from_select(list(touched), constants(touched, models).where(select(new_row.c.id).exists()))
+        .on_conflict_do_nothing(index_elements=[models.c.model_name])
+        .cte("model_row")
+    )
+    entry = {
+        "at": at,
+        "actor": actor(),
+        "action": "save",
+        "model_name": record.model_name,
+        "version": record.version,
+        "alias": None,
+        "key": None,
+        "before": None,
+        "after": json.dumps(artifact_summary(record), separators=(",", ":")),
+        "signature": None,
+    }
+    event_id = uuid.uuid4().hex
+    stored = {**entry, "event_id": event_id, "seq": signed_move_seq(entry, None)}
+    history_row = (
+        insert(history)
+        .from_select(list(stored), constants(stored, history).where(select(new_row.c.id).exists()))
+        .returning(history.c.id)
+        .cte("history_row")
+    )
+    ctes: list[Any] = [model_row]
+    found = list(field_rows(0, record.metadata))
+    if found:
+        given = values(column("key", String), column("num", fields.c.num.type), column("str", Text), name="given").data(
+            [(f["key"], f["num"], f["str"]) for f in found]
+        )
+        ctes.append(
+            insert(fields)
+            .from_select(
+                ["version_id", "key", "num", "str"],
+                select(new_row.c.id, given.c.key, given.c.num, given.c.str).join_from(new_row, given, true()),
+            )
+            .cte("field_rows")
+        )
+    query = select(
+        select(new_row.c.id).scalar_subquery().label("version_id"),
+        select(history_row.c.id).scalar_subquery().label("history_id"),
+    ).add_cte(*ctes)
+    try:
+        version_id, history_id = conn.execute(query).one()
+    except SAIntegrityError as exc:  # a row no writer claimed (an older modelkeep, or by hand)
+        raise VersionExistsError(
+            f"model '{record.model_name}' version '{record.version}' was written by another "
+            "writer without a claim (an older modelkeep?); nothing was registered"
+        ) from exc
+    if version_id is None:
+        return False
+    written = HistoryRow(int(history_id), event_id, entry, {})
+    conn.info.setdefault(PENDING, []).append(written)
+    return True
+
+
 _record = parse_record
 #: A row's ``record`` and the columns it must agree with (:data:`.rows.BOUND_COLUMNS`).
 _RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
