@@ -239,7 +239,7 @@ def put_fenced_version(conn: Connection, record: ModelMetadata, token: str) -> b
     :meth:`Reservation.put` writes for a new version without blobs, in one round trip instead of
     five. False when the claim is not ``token``'s any more (nothing written); a row some writer
     put there without a claim fails the insert on the unique key (:class:`VersionExistsError`)."""
-    from sqlalchemy import String, Text, column, true, values
+    from sqlalchemy import Double, String, Text, cast, column, true, values
     from sqlalchemy.dialects import postgresql
 
     from .audit import actor, signed_move_seq
@@ -295,7 +295,9 @@ def put_fenced_version(conn: Connection, record: ModelMetadata, token: str) -> b
             insert(fields)
             .from_select(
                 ["version_id", "key", "num", "str"],
-                select(new_row.c.id, given.c.key, given.c.num, given.c.str).join_from(new_row, given, true()),
+                select(new_row.c.id, given.c.key, cast(given.c.num, Double), cast(given.c.str, Text)).join_from(
+                    new_row, given, true()
+                ),
             )
             .cte("field_rows")
         )
