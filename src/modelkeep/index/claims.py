@@ -61,7 +61,6 @@ from ..versions import next_version, sort_key
 from .common import RETRY_PAUSES, record_row
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .schema import claims, versions
-from .sql import put_fenced_version
 
 if TYPE_CHECKING:
     from .sql import SqlIndex
@@ -392,7 +391,10 @@ class VersionClaim:
             with self.index._write() as conn:
                 if one_statement:
                     self.index._lock_model(conn, self.model_name)
-                    if not put_fenced_version(conn, record, self.token):
+                    slot = self.index.reservation(conn, self.model_name, self.version, None)
+                    slot.fence = self.token
+                    slot.put(record)
+                    if slot.record is None:
                         raise self._lost()
                     if before_commit is not None:
                         before_commit()

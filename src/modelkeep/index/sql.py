@@ -139,6 +139,10 @@ class Reservation:
         self.record: ModelMetadata | None = None
         #: The audit row ``put`` writes (``None``: none, as for reindex).
         self.history_action: str | None = "save" if previous is None else "overwrite"
+        #: A claim's token: ``put`` first removes that claim (the fence) and writes nothing when it
+        #: is gone (``record`` stays ``None``). PostgreSQL only, a new version without blobs: the
+        #: fence and every row then go in one statement (:func:`put_fenced_version`).
+        self.fence: str | None = None
 
     def lock_blobs(self) -> None:
         """Hold the shared blob lock until commit: gc cannot remove blobs meanwhile."""
@@ -146,6 +150,11 @@ class Reservation:
 
     def put(self, record: ModelMetadata) -> None:
         """Write ``record`` for the reserved version; committed when the block exits."""
+        if self.fence is not None:
+            assert self.previous is None and self.history_action == "save" and not record_blobs(record)
+            if put_fenced_version(self._conn, record, self.fence):
+                self.record = record
+            return
         row = record_row(record)
         version_id: int | None = None
         fresh_id = False
