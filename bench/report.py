@@ -107,6 +107,35 @@ def _counts(counts: dict[str, Any], skip: tuple[str, ...]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.items() if kind not in skip)
 
 
+#: What each round trip of a small save on PostgreSQL is for, and why it is not folded into another
+#: (docs/ARCHITECTURE.md, "What a save sends to the index"; pinned by tests/test_save_costs.py).
+POSTGRES_TRIPS = [
+    "What each round trip is for (pinned by tests/test_save_costs.py):",
+    "",
+    "1. the claim: `BEGIN` and the model's advisory lock, one message. The lock is a statement of",
+    "   its own: a statement's snapshot is taken before a lock inside it is granted, and the lock",
+    "   must be held before any row lock (gc takes them in that order).",
+    "2. the claim: the model's claims and highest version. The next version is chosen in Python",
+    "   (version rules; a claim whose process is provably dead is released first).",
+    "3. the claim: its insert, which also checks that the chosen version has no row.",
+    "4. the claim: `COMMIT`. The claim is committed before any file is written.",
+    "5. the check before the sidecar: the claim is still this save's (a stale claim released by gc",
+    "   or by hand stops the writer before it touches the version's folder).",
+    "6. the check before the artifact, which also finds stored identical bytes (dedup).",
+    "7. the row: `BEGIN` and the model's lock, one message (as 1).",
+    "8. the row: one statement; the claim's delete is the fence, and only when it removed the claim",
+    "   do the version row, its field rows, the model's row and the history row go in.",
+    "9. the row: `COMMIT`. Its own round trip: the history row's event file is written (and",
+    "   fsync'ed) into the store between the statement, which returns the row's id that names the",
+    "   file, and the commit.",
+    "",
+    "Not done: psycopg's pipeline mode could send 1 with 2, 3 with 4 and 7 with 8 (6 round trips);",
+    "fewer needs a change to the protocol itself (checks 5 and 6 folded into one, or the event file",
+    "written without the row's id). Connections are pinged only after 1 s idle (no ping in a loop",
+    "of saves); reads run in autocommit (no `BEGIN`/`ROLLBACK`).",
+]
+
+
 def _save_costs(small: dict[str, Any]) -> list[str]:
     """The syncs of one small save (SQLite) and its round trips and times on PostgreSQL."""
     lines: list[str] = []
@@ -124,6 +153,8 @@ def _save_costs(small: dict[str, Any]) -> list[str]:
             f"On PostgreSQL one save made {trips['total round trips']} network round trips "
             f"({_counts(trips, ('total round trips', 'claim protocol minimum'))}); the claim protocol needs "
             f"at least {trips['claim protocol minimum']} (two transactions, each sent in one batch).",
+            "",
+            *POSTGRES_TRIPS,
             "",
             *timing_table(pg.get("save"), "joblib.dump+fsync"),
         ]

@@ -5,12 +5,10 @@
 syncs the WAL at a commit only when the connection's ``synchronous`` is FULL (read
 from the connection as the commit starts).
 
-``count_round_trips`` counts, with SQLAlchemy's event hooks and psycopg's connection state,
-what one save sends to a PostgreSQL server: every statement, every BEGIN (the driver sends it
-on its own before a transaction's first statement, never in autocommit), COMMIT and ROLLBACK
-(only inside a transaction), and the liveness ping the pool sends at each checkout
-(``pool_pre_ping``). Each is one network round trip; tests/test_save_costs.py reads the same
-number from libpq's trace.
+``count_round_trips`` counts what one save sends to a PostgreSQL server, from libpq's trace of
+the connections: every statement, BEGIN (with the model lock in one message when that is the
+transaction's first statement), COMMIT, ROLLBACK, and a liveness ping of a connection that sat
+idle. Each is one network round trip; tests/test_save_costs.py pins the same number.
 """
 
 from __future__ import annotations
@@ -77,50 +75,64 @@ def count_syncs(registry: Any, save: Callable[[], object]) -> dict[str, int]:
 def count_round_trips(registry: Any, save: Callable[[], object]) -> dict[str, int]:
     """Network round trips of one ``save()`` against a PostgreSQL index, by kind.
 
-    What goes on the wire is told from the driver's state, not from SQLAlchemy's events alone:
-    psycopg sends BEGIN before a statement only on a connection outside autocommit and outside
-    a transaction, and a COMMIT or ROLLBACK only inside one (a one-statement read in
-    autocommit sends neither). Checked against libpq's own trace of a save."""
-    counts: Counter[str] = Counter()
+    Read from libpq's own trace of the connections, as tests/test_save_costs.py does: every
+    message the client ends with Sync, or a simple Query, waits for the server's answer, so
+    nothing the driver or the pool sends on its own (BEGIN, a liveness ping) is missed. The pool
+    is emptied first and two saves run untraced, so the counted save runs on connections used a
+    moment ago, as in a loop of saves. psycopg prepares a statement on the server the fifth time
+    one connection runs it (a Parse with a Sync of its own, once per connection and statement);
+    those are counted apart, as ``prepare``, and not in the total."""
+    import tempfile
+
+    from psycopg import pq
+
     engine = registry.index.engine
+    opened: list[Any] = []
 
-    def raw(conn: Any) -> Any:
-        return conn.connection.dbapi_connection
+    def on_connect(dbapi: Any, _record: Any) -> None:
+        opened.append(dbapi)
 
-    def in_transaction(dbapi: Any) -> bool:
-        return int(dbapi.info.transaction_status) != 0  # psycopg.pq.TransactionStatus.IDLE
-
-    def on_statement(conn: Any, *_args: Any) -> None:
-        dbapi = raw(conn)
-        if not dbapi.autocommit and not in_transaction(dbapi):
-            counts["BEGIN"] += 1
-        counts["statements"] += 1
-
-    def on_end(kind: str) -> Callable[..., None]:
-        def count(conn: Any) -> None:
-            if in_transaction(raw(conn)):
-                counts[kind] += 1
-
-        return count
-
-    def on_ping(*_args: Any) -> None:
-        counts["pre-ping"] += 1
-
-    hooks = [
-        (engine, "before_cursor_execute", on_statement),
-        (engine, "commit", on_end("COMMIT")),
-        (engine, "rollback", on_end("ROLLBACK")),
-    ]
-    if getattr(engine.pool, "_pre_ping", False):
-        hooks.append((engine.pool, "checkout", on_ping))
-    with contextlib.ExitStack() as stack:
-        for target, name, fn in hooks:
-            stack.enter_context(_listening(target, name, fn))
+    engine.dispose()
+    with tempfile.TemporaryDirectory() as tmp, _listening(engine, "connect", on_connect):
         save()
-    counts["total round trips"] = counts["pre-ping"] + counts["BEGIN"] + counts["statements"]
-    counts["total round trips"] += counts["COMMIT"] + counts["ROLLBACK"]
+        save()
+        path = os.path.join(tmp, "libpq.trace")
+        with open(path, "w") as sink:
+            live = [dbapi for dbapi in opened if not dbapi.closed]
+            for dbapi in live:
+                dbapi.pgconn.trace(sink.fileno())
+                dbapi.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            try:
+                save()
+            finally:
+                for dbapi in live:
+                    if not dbapi.closed:
+                        dbapi.pgconn.untrace()  # flushes
+        with open(path) as f:
+            counts = _round_trips(f.read())
+    counts["total round trips"] = sum(n for kind, n in counts.items() if kind != "prepare")
     counts["claim protocol minimum"] = CLAIM_PROTOCOL_MIN_ROUND_TRIPS
     return dict(counts)
+
+
+def _round_trips(trace: str) -> Counter[str]:
+    """Client messages that wait for the server, by kind, from a libpq trace."""
+    counts: Counter[str] = Counter()
+    previous = ""
+    for line in trace.splitlines():
+        fields = line.split("\t")
+        if len(fields) < 3 or fields[0] != "F":
+            continue
+        message, previous = previous, fields[2] if fields[2] != "Parse" else f"Parse {fields[3].split()[0]}"
+        if fields[2] == "Sync":
+            counts["prepare" if message.startswith('Parse "_pg3') else "statements"] += 1
+        elif fields[2] == "Query":
+            sql = fields[3].strip().strip('"')
+            if sql.startswith("BEGIN; SELECT pg_advisory_xact_lock("):
+                counts["BEGIN + model lock"] += 1
+            else:
+                counts["pre-ping" if sql == ";" else sql.split()[0]] += 1
+    return counts
 
 
 def postgres_url() -> str | None:

@@ -193,6 +193,21 @@ _DROP_CLAIM = delete(claims).where(claims.c.token == bindparam("token"))
 _VERSION_EXISTS = select(versions.c.id).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
+#: A claim's insert that inserts nothing when the version has a row (PostgreSQL: the check that the
+#: next version is free, in the same round trip as the claim; see :func:`take`).
+_CLAIM_IF_FREE = (
+    insert(claims)
+    .from_select(
+        ["model_name", "version", "token", "owner", "claimed_at", "purpose"],
+        select(*(bindparam(c, type_=claims.c[c].type).label(c) for c in ("model_name", "version", "token", "owner")))
+        .add_columns(
+            bindparam("claimed_at", type_=claims.c.claimed_at.type).label("claimed_at"),
+            bindparam("purpose", type_=claims.c.purpose.type).label("purpose"),
+        )
+        .where(~_VERSION_EXISTS.exists()),
+    )
+    .returning(claims.c.token)
+)
 #: The claim's token and an artifact with the same bytes, in one statement (see :meth:`VersionClaim.check_placing`).
 _TOKEN_AND_DUPLICATE = select(
     select(claims.c.token)
@@ -369,9 +384,21 @@ class VersionClaim:
         """
 
         release = self.previous is None
+        # PostgreSQL, a new version without blobs: the fence and every row in one statement
+        one_statement = release and history and self.index.dialect == "postgresql" and not record_blobs(record)
 
         def attempt() -> None:
             with self.index._write() as conn:
+                if one_statement:
+                    self.index._lock_model(conn, self.model_name)
+                    slot = self.index.reservation(conn, self.model_name, self.version, None)
+                    slot.fence = self.token
+                    slot.put(record)
+                    if slot.record is None:
+                        raise self._lost()
+                    if before_commit is not None:
+                        before_commit()
+                    return
                 if release:
                     # A new version: the claim is removed by the commit anyway, so removing it
                     # first is the fence (no row removed: it is not ours any more), and a row
@@ -540,17 +567,27 @@ def take(
         try:
             with index._write(power_safe=False) as conn:  # see _relaxed_sync: a claim dies with its writer
                 index._lock_model(conn, model_name)
-                chosen, previous = _choose(index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist)
-                conn.execute(
-                    insert(claims).values(
-                        model_name=model_name,
-                        version=chosen,
-                        token=token,
-                        owner=owner,
-                        claimed_at=claimed_at,
-                        purpose=purpose,
-                    )
+                # PostgreSQL: the next version's check that it has no row rides on the claim's insert
+                defer = version is None and index.dialect == "postgresql"
+                chosen, previous = _choose(
+                    index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist, defer=defer
                 )
+                row = {
+                    "model_name": model_name,
+                    "version": chosen,
+                    "token": token,
+                    "owner": owner,
+                    "claimed_at": claimed_at,
+                    "purpose": purpose,
+                }
+                if defer and conn.execute(_CLAIM_IF_FREE, row).first() is None:  # it has a row: look row by row
+                    chosen, previous = _choose(
+                        index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist
+                    )
+                    row["version"] = chosen
+                    defer = False
+                if not defer:
+                    conn.execute(insert(claims).values(**row))
             return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose)
         except ConnectionLostError as exc:
             if try_number == tries:
@@ -583,9 +620,18 @@ def _find_token(index: SqlIndex, token: str) -> ClaimInfo | None:
 
 
 def _choose(
-    index: SqlIndex, conn: Connection, model_name: str, version: str | None, *, overwrite: bool, must_exist: bool
+    index: SqlIndex,
+    conn: Connection,
+    model_name: str,
+    version: str | None,
+    *,
+    overwrite: bool,
+    must_exist: bool,
+    defer: bool = False,
 ) -> tuple[str, ModelMetadata | None]:
-    """The version to claim and its committed record (if any), under the model's write lock."""
+    """The version to claim and its committed record (if any), under the model's write lock.
+    ``defer`` (automatic versions): skip only claimed versions, and leave the check that the
+    version has no row to the claim's insert (:data:`_CLAIM_IF_FREE`)."""
     if version is None:  # the model's claims and its highest version, in one statement
         rows = conn.execute(_CLAIMS_AND_TOP, {"model_name": model_name}).all()
         top = rows[0].top if rows and rows[0].top is not None else None
@@ -603,7 +649,7 @@ def _choose(
 
         def taken(v: str) -> bool:
             params = {"model_name": model_name, "version": v}
-            return v in held or conn.execute(_VERSION_EXISTS, params).first() is not None
+            return v in held or (not defer and conn.execute(_VERSION_EXISTS, params).first() is not None)
 
         return next_version(highest, taken), None
     if version in held:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -86,6 +87,12 @@ if TYPE_CHECKING:
 
 _WRITE = "modelkeep_write"
 _SINGLE = "modelkeep_single_statement"
+#: ``conn.info`` key of a PostgreSQL write transaction whose ``BEGIN`` is not sent yet (see :meth:`SqlIndex._write`).
+_BEGIN = "modelkeep_begin_pending"
+#: A pooled PostgreSQL connection is pinged before use only after it sat idle this long (seconds);
+#: one used more recently is trusted (a dead one fails its first statement, before any commit,
+#: and the caller's retry takes a new connection).
+IDLE_PING_SECONDS = 1.0
 #: Writes the event files of history rows into the store (see :attr:`SqlIndex.journal`).
 Journal = Callable[[list[HistoryRow]], None]
 logger = logging.getLogger("modelkeep")
@@ -132,6 +139,10 @@ class Reservation:
         self.record: ModelMetadata | None = None
         #: The audit row ``put`` writes (``None``: none, as for reindex).
         self.history_action: str | None = "save" if previous is None else "overwrite"
+        #: A claim's token: ``put`` first removes that claim (the fence) and writes nothing when it
+        #: is gone (``record`` stays ``None``). PostgreSQL only, a new version without blobs: the
+        #: fence and every row then go in one statement (:func:`put_fenced_version`).
+        self.fence: str | None = None
 
     def lock_blobs(self) -> None:
         """Hold the shared blob lock until commit: gc cannot remove blobs meanwhile."""
@@ -139,6 +150,11 @@ class Reservation:
 
     def put(self, record: ModelMetadata) -> None:
         """Write ``record`` for the reserved version; committed when the block exits."""
+        if self.fence is not None:
+            assert self.previous is None and self.history_action == "save" and not record_blobs(record)
+            if put_fenced_version(self._conn, record, self.fence):
+                self.record = record
+            return
         row = record_row(record)
         version_id: int | None = None
         fresh_id = False
@@ -224,6 +240,94 @@ def put_new_versions(conn: Connection, records: list[ModelMetadata]) -> None:
         write_history(conn, "save", r.model_name, version=r.version, after=artifact_summary(r), at=at)
 
 
+def put_fenced_version(conn: Connection, record: ModelMetadata, token: str) -> bool:
+    """PostgreSQL: commit a new version under its claim in one statement, inside the caller's write
+    transaction (model locked): the claim's delete is the fence, and only when it removed the claim
+    do the version row, its field rows, the model's row (``ON CONFLICT DO NOTHING``) and the
+    ``save`` history row go in (data-modifying CTEs, each gated on the one before). What
+    :meth:`Reservation.put` writes for a new version without blobs, in one round trip instead of
+    five. False when the claim is not ``token``'s any more (nothing written); a row some writer
+    put there without a claim fails the insert on the unique key (:class:`VersionExistsError`)."""
+    from sqlalchemy import Double, String, Text, cast, column, true, values
+    from sqlalchemy.dialects import postgresql
+
+    from .audit import actor, signed_move_seq
+    from .schema import claims
+
+    def constants(row: dict[str, Any], table: Any) -> Any:
+        return select(*(bindparam(f"{table.name}_{k}", v, type_=table.c[k].type).label(k) for k, v in row.items()))
+
+    drop_claim = delete(claims).where(claims.c.token == bindparam("fence_token", token))
+    fence = drop_claim.returning(claims.c.token).cte("fence")
+    row = record_row(record)
+    new_row = (
+        insert(versions)
+        .from_select(list(row), constants(row, versions).where(select(fence.c.token).exists()))
+        .returning(versions.c.id)
+        .cte("new_version")
+    )
+    at = now()
+    touched = {"model_name": record.model_name, "description": None, "created_at": at, "updated_at": at}
+    model_row = (
+        postgresql.insert(models)
+        .from_select(list(touched), constants(touched, models).where(select(new_row.c.id).exists()))
+        .on_conflict_do_nothing(index_elements=[models.c.model_name])
+        .cte("model_row")
+    )
+    entry = {
+        "at": at,
+        "actor": actor(),
+        "action": "save",
+        "model_name": record.model_name,
+        "version": record.version,
+        "alias": None,
+        "key": None,
+        "before": None,
+        "after": json.dumps(artifact_summary(record), separators=(",", ":")),
+        "signature": None,
+    }
+    event_id = uuid.uuid4().hex
+    stored = {**entry, "event_id": event_id, "seq": signed_move_seq(entry, None)}
+    history_row = (
+        insert(history)
+        .from_select(list(stored), constants(stored, history).where(select(new_row.c.id).exists()))
+        .returning(history.c.id)
+        .cte("history_row")
+    )
+    ctes: list[Any] = [model_row]
+    found = list(field_rows(0, record.metadata))
+    if found:
+        given = values(column("key", String), column("num", fields.c.num.type), column("str", Text), name="given").data(
+            [(f["key"], f["num"], f["str"]) for f in found]
+        )
+        ctes.append(
+            insert(fields)
+            .from_select(
+                ["version_id", "key", "num", "str"],
+                select(new_row.c.id, given.c.key, cast(given.c.num, Double), cast(given.c.str, Text)).join_from(
+                    new_row, given, true()
+                ),
+            )
+            .cte("field_rows")
+        )
+    query = select(
+        select(new_row.c.id).scalar_subquery().label("version_id"),
+        select(history_row.c.id).scalar_subquery().label("history_id"),
+    ).add_cte(*ctes)
+    try:
+        version_id, history_id = conn.execute(query).one()
+    except SAIntegrityError as exc:  # a row no writer claimed (an older modelkeep, or by hand)
+        raise VersionExistsError(
+            f"model '{record.model_name}' version '{record.version}' was written by another "
+            "writer without a claim (an older modelkeep?); nothing was registered"
+        ) from exc
+    if version_id is None:
+        return False
+    written = HistoryRow(int(history_id), event_id, entry, {})
+    conn.info.setdefault(PENDING, []).append(written)
+    return True
+
+
 _record = parse_record
 #: A row's ``record`` and the columns it must agree with (:data:`.rows.BOUND_COLUMNS`).
 _RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
@@ -292,7 +396,8 @@ class SqlIndex:
                 _sqlite_setup(engine)
             else:
                 args = timeouts.postgres_connect_args(dict(parsed.query), connect_timeout, read_timeout)
-                engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=args)
+                engine = create_engine(self.url, pool_size=2, max_overflow=4, connect_args=args)
+                _postgres_setup(engine)
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the database driver for {parsed.drivername!r} is not installed: {exc} "
@@ -315,15 +420,27 @@ class SqlIndex:
     def _write(self, *, power_safe: bool = True) -> Iterator[Connection]:
         """A write transaction. ``power_safe=False`` (SQLite only; see :func:`_relaxed_sync`)
         commits without waiting for the disk: durable if the process crashes, not if the
-        machine loses power. Only for rows that mean nothing once their process is gone."""
+        machine loses power. Only for rows that mean nothing once their process is gone.
+
+        On PostgreSQL the connection runs in the driver's autocommit mode and the transaction's
+        ``BEGIN`` is sent by modelkeep in the same round trip as its first statement (psycopg
+        would send it as a query of its own): by :meth:`_lock_model` when that comes first, else
+        just before the first statement. A write never depends on the driver's mode to be one
+        transaction; COMMIT and ROLLBACK are sent as before."""
         committing = False
+        postgres = self.dialect == "postgresql"
+        options: dict[str, Any] = {_WRITE: True}
+        if postgres:  # BEGIN is ours to send, with the first statement (see _postgres_setup)
+            options["isolation_level"] = "AUTOCOMMIT"
         try:
             with (
-                self.engine.connect().execution_options(**{_WRITE: True}) as conn,
+                self.engine.connect().execution_options(**options) as conn,
                 _relaxed_sync(conn, self.dialect == "sqlite" and not power_safe),
                 conn.begin(),
             ):
                 conn.info[PENDING] = []
+                if postgres:
+                    conn.info[_BEGIN] = True
                 try:
                     yield conn
                     self._write_events(conn)
@@ -331,6 +448,7 @@ class SqlIndex:
                     # A connection that died in the block raises on any use: its error is the one to report.
                     with contextlib.suppress(SQLAlchemyError):
                         conn.info.pop(PENDING, None)
+                        conn.info.pop(_BEGIN, None)  # the info outlives the checkout
                 committing = True
         except SAIntegrityError as exc:
             raise VersionExistsError(f"version already exists (concurrent writer): {exc.orig}") from exc
@@ -400,14 +518,17 @@ class SqlIndex:
     @contextlib.contextmanager
     def _read(self, *, single: bool = False) -> Iterator[Connection]:
         """A read. ``single`` (SQLite): the block runs one statement, which is then sent without
-        BEGIN around it; sqlite3 runs it in a transaction of its own. PostgreSQL reads keep their
-        BEGIN and ROLLBACK: switching a pooled connection to autocommit and back is state that
-        must not outlive a connection killed in between (a later write would then commit
-        statement by statement)."""
+        BEGIN around it; sqlite3 runs it in a transaction of its own. PostgreSQL reads run in
+        autocommit, without BEGIN and ROLLBACK: under READ COMMITTED every statement of a
+        transaction takes a snapshot of its own anyway, so a read transaction adds two round
+        trips and no consistency. The pool puts the connection back out of autocommit when it
+        is returned, and a write never relies on that (:meth:`_write` sends its own BEGIN)."""
         try:
             with self.engine.connect() as conn:
                 if single and self.dialect == "sqlite":
                     conn.execution_options(**{_SINGLE: True})
+                elif self.dialect == "postgresql":
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield conn
         except DBAPIError as exc:
             self._raise_db_error(exc)
@@ -424,8 +545,19 @@ class SqlIndex:
             raise StorageError(f"registry database error: {exc.orig}") from exc
 
     def _lock_model(self, conn: Connection, model_name: str) -> None:
-        if self.dialect == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "modelkeep:" + model_name})
+        """Take the model's write lock (PostgreSQL: a transaction-scoped advisory lock; as the
+        transaction's first statement it goes in one round trip with its BEGIN)."""
+        if self.dialect != "postgresql":
+            return
+        if conn.info.pop(_BEGIN, False):
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            from psycopg import sql
+
+            key = sql.Literal("modelkeep:" + model_name).as_string(raw)  # type: ignore[arg-type]
+            conn.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock(hashtext({key}))")
+            return
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "modelkeep:" + model_name})
 
     def lock_blobs(self, conn: Connection, *, exclusive: bool) -> None:
         """Savers that reference blobs hold this shared; blob removal holds it exclusive.
@@ -995,6 +1127,38 @@ def _history_row(mapping: Any, seqs: dict[tuple[Any, ...], Any], event_id: str |
     signed = values["action"] in ("alias_set", ALIAS_RESIGN) and values["signature"] is not None
     keep = signed and isinstance(seq, int)
     return HistoryRow(int(mapping["id"]), event_id, values, {"seq": seq} if keep else {})
+
+
+def _postgres_setup(engine: Engine) -> None:
+    """A ping before a pooled connection is used only when it sat idle for :data:`IDLE_PING_SECONDS`
+    (``pool_pre_ping`` would cost a round trip at every checkout), and the ``BEGIN`` of a write
+    transaction whose first statement is not the model lock (see :meth:`SqlIndex._write`)."""
+    from sqlalchemy.exc import DisconnectionError
+
+    idle_since = "modelkeep_idle_since"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi: Any, record: Any) -> None:
+        record.info[idle_since] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi: Any, record: Any) -> None:
+        if record is not None:
+            record.info[idle_since] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(idle_since, 0.0) <= IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi)
+        except Exception as exc:  # the pool replaces it with a new connection
+            raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _begin(conn: Connection, cursor: Any, *_args: Any) -> None:
+        if conn.info.pop(_BEGIN, False):
+            cursor.execute("BEGIN")
 
 
 def _sqlite_setup(engine: Engine) -> None:
