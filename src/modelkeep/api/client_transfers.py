@@ -234,6 +234,18 @@ class TransferMixin:
         raise NotImplementedError
 
     @cached_property
+    def _scratch(self) -> _Scratch:
+        """The folder a save serializes its artifact to before sending it (each save a file of its
+        own, removed after the save); made once per client, as making and removing a folder per
+        save costs more than a small save's request, and removed with the client."""
+        import shutil
+        import weakref
+
+        folder = tempfile.mkdtemp(prefix="modelkeep-upload-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return _Scratch(folder)
+
+    @cached_property
     def _next_versions(self) -> dict[str, str]:
         """Model name -> the version this client expects the server to give its next save (the
         one after its last save), so a small save signs for it and goes in one request."""
@@ -369,12 +381,12 @@ class TransferMixin:
             parent,
             lambda name, v: self.get_version(name, v),
         )
-        with tempfile.TemporaryDirectory(prefix="modelkeep-upload-") as scratch_dir:
-            scratch = _Scratch(scratch_dir)
-            blobs = None
-            if fmt.uses_blobs:
+        with contextlib.ExitStack() as stack:
+            scratch, blobs = self._scratch, None
+            if fmt.uses_blobs:  # its blobs are this save's alone: a folder of its own, removed after
                 from ..blobs import BlobStore
 
+                scratch = _Scratch(stack.enter_context(tempfile.TemporaryDirectory(prefix="modelkeep-upload-")))
                 blobs = BlobStore(scratch)
             with scratch.staged() as staged:
                 draft = saving.serialize(
