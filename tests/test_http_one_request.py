@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -25,6 +26,7 @@ from modelkeep.errors import IntegrityError, ModelNotFoundError, PermissionDenie
 from modelkeep.layout import TMP_DIR
 
 from ._http_server import HttpServer, ServerSide, running_server
+from .s3_server import FaultProxy, S3Bucket, s3_options
 
 API = "/api/v1"
 
@@ -225,3 +227,23 @@ def test_a_one_request_load_of_a_model_out_of_sight_answers_as_a_missing_one(ser
         hidden, missing = raw.get("/models/fraud/versions/1.0.0/load"), raw.get("/models/fraux/versions/1.0.0/load")
         assert hidden.status_code == missing.status_code == 404
         assert hidden.text == missing.text.replace("fraux", "fraud")  # nothing says it exists
+
+
+def test_a_small_load_from_s3_is_one_get_of_the_object_and_a_small_save_is_not_presigned(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Behind the server, S3 sees one GET for a small load (the record gives the size: no HEAD
+    first), and a small save goes through the server in one request, not through presigned URLs."""
+    side = ServerSide(
+        s3_bucket.url(), f"sqlite:///{tmp_path / 'index.db'}", storage_options=s3_options(fault_proxy.endpoint_url)
+    )
+    with running_server(side, tmp_path / "server", in_process=True) as server, server.client(cache_max_bytes=0) as c:
+        seen = _requests(c)
+        rec = c.save_version({"w": np.arange(50)}, "m")
+        assert rec.artifact is not None and seen == ["POST /models/m/save"]
+        seen.clear()
+        fault_proxy.requests.clear()
+        assert c.load("m")["w"].tolist() == list(range(50))
+        assert seen == ["GET /models/m/versions/latest/load"]
+        reads = [method for method, path in fault_proxy.requests if unquote(path).endswith(rec.artifact.key)]
+        assert reads == ["GET"]
