@@ -247,3 +247,30 @@ def test_a_small_load_from_s3_is_one_get_of_the_object_and_a_small_save_is_not_p
         assert seen == ["GET /models/m/versions/latest/load"]
         reads = [method for method, path in fault_proxy.requests if unquote(path).endswith(rec.artifact.key)]
         assert reads == ["GET"]
+
+
+def test_a_server_without_the_one_request_routes_is_used_the_two_request_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client talking to an older server (no ``/save`` or ``/load`` route: a plain 404) falls back
+    to upload-then-commit and record-then-artifact, and stays there."""
+    from modelkeep.api import transfers
+
+    every = transfers.transfer_endpoints
+    monkeypatch.setattr(
+        transfers, "transfer_endpoints", lambda api: [e for e in every(api) if not e.path.endswith(("/save", "/load"))]
+    )
+    side = ServerSide(str(tmp_path / "models"))
+    with running_server(side, tmp_path / "server", in_process=True) as server, _signed_client(server, tmp_path) as c:
+        seen = _requests(c)
+        c.save_version({"w": 1}, "m")
+        assert [s.split("?")[0] for s in seen] == ["POST /models/m/save", "POST /uploads", "POST /models/m/commit"]
+        seen.clear()
+        assert c.load("m") == {"w": 1}
+        c.save_version({"w": 2}, "m")
+        assert [s.split("?")[0] for s in seen] == [
+            "GET /models/m/versions/latest",
+            "GET /models/m/versions/1.0.0/artifact",
+            "POST /uploads",
+            "POST /models/m/commit",
+        ]
