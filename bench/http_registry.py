@@ -7,6 +7,7 @@ server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:P
 
 * small: a LogisticRegression saved and loaded ``--small-repeats`` times per path, interleaved
   (direct, http, direct, ...); medians, and http minus direct (target: within 5 ms);
+* the floor: one bare HTTP round trip, and one signed-in API call, on the client's connection;
 * large: a float64 array of ``--large-mb`` MiB saved uncompressed and loaded ``--large-repeats``
   times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3).
 
@@ -112,6 +113,13 @@ def measure(direct: Any, http: Any, small_repeats: int, large_mb: int, large_rep
         for name, p in paths.items():
             times[f"{name}_small_save"].append(_timed(lambda p=p, name=name: p.save_version(small, f"small-{name}")))
             times[f"{name}_small_load"].append(_timed(lambda p=p, name=name: p.load(f"small-{name}")))
+    # The floor under "through the server", on the same connection: one bare HTTP round trip (HEAD of
+    # the OpenAPI document, no sign-in, no body) and one signed-in API call (GET /api/v1/: the token
+    # is checked against the index, a JSON answer).
+    times["bare_round_trip"], times["api_round_trip"] = [], []
+    for _ in range(small_repeats):
+        times["bare_round_trip"].append(_timed(lambda: http._http.head("/openapi.json").raise_for_status()))
+        times["api_round_trip"].append(_timed(http.server_info))
     big = {"w": rng.random(large_mb * MiB // 8)}
     for op in ("large_save", "large_load"):
         for name in paths:
@@ -135,6 +143,8 @@ def report(label: str, r: dict[str, Any]) -> str:
     for op in ("save", "load"):
         d, h = r[f"direct_small_{op}"] * 1e3, r[f"http_small_{op}"] * 1e3
         rows.append(f"| {label} | small {op} (median) | {d:.2f} ms | {h:.2f} ms | {h - d:+.2f} ms |")
+    bare, api = r["bare_round_trip"] * 1e3, r["api_round_trip"] * 1e3
+    rows.append(f"| {label} | one round trip: bare / signed-in API (median) | | {bare:.2f} / {api:.2f} ms | |")
     for op in ("save", "load"):
         d, h = mb / r[f"direct_large_{op}"], mb / r[f"http_large_{op}"]
         rows.append(f"| {label} | {mb} MiB {op} (median) | {d:.0f} MiB/s | {h:.0f} MiB/s | {h / d:.2f}x |")

@@ -3,9 +3,10 @@
 A save runs the first half of a local save here (:mod:`modelkeep.saving`: validate, describe,
 serialize to a scratch file with its digests), uploads the bytes, signs the record with this
 client's key for the version and key the server plans, and asks the server to commit it
-(:mod:`modelkeep.api.transfers` has the protocol). A load reads the record, then the bytes
-through :class:`VersionFiles`, a read-only :class:`~modelkeep.storage.ArtifactStore` over HTTP,
-and from there takes the same verified path as a local load: digests checked before anything
+(:mod:`modelkeep.api.transfers` has the protocol); a small artifact goes with its signed record
+in one request. A load reads the record (with a small artifact's bytes in the same response), then
+any other bytes through :class:`VersionFiles`, a read-only :class:`~modelkeep.storage.ArtifactStore`
+over HTTP, and from there takes the same verified path as a local load: digests checked before anything
 is parsed, the signature judged with this client's keys, the client's ``trusted_types``,
 quarantine and memory budget, and the local cache of remote artifacts.
 """
@@ -50,6 +51,8 @@ UPLOAD_READ = 1 << 20
 DOWNLOAD_CHUNK = 1 << 20
 #: Artifacts from this size up go straight to an S3 store's bucket (smaller ones through the server).
 PRESIGNED_MIN = 8 << 20
+#: Artifacts up to this size are saved in one request (the server's limit, :data:`.transfers.INLINE_MAX`).
+INLINE_MAX = 1 << 20
 #: Part size of a presigned multipart upload.
 PRESIGNED_PART = 16 << 20
 #: How many times a save plans and signs again when other writers keep taking its version.
@@ -68,10 +71,12 @@ class VersionFiles(ArtifactStore):
 
     shared = True
 
-    def __init__(self, client: Any, record: ModelMetadata) -> None:
+    def __init__(self, client: Any, record: ModelMetadata, inline: bytes | None = None) -> None:
         assert record.artifact is not None
         self.client = client
         self.record = record
+        #: The artifact's bytes as the server sent them with the record (checked like any read).
+        self.inline = inline
         self.root = ""
         self.url = f"{client.url}/models/{record.model_name}/{record.version}"
         self._base = f"/models/{_segment(record.model_name)}/versions/{_segment(record.version)}"
@@ -93,6 +98,9 @@ class VersionFiles(ArtifactStore):
         read from the bucket with ranged GETs in parallel (:mod:`modelkeep.storage.presigned_client`)."""
         httpx = _httpx()
         path = self._path(key)
+        if self.inline is not None and path.endswith("/artifact"):
+            yield iter((self.inline,))
+            return
         try:
             with self.client._http.stream("GET", path) as response:
                 if response.status_code in (302, 303, 307, 308) and "location" in response.headers:
@@ -216,6 +224,9 @@ class TransferMixin:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - HttpRegistry's
         raise NotImplementedError
 
+    def decode(self, response: Any) -> Any:  # pragma: no cover - HttpRegistry's
+        raise NotImplementedError
+
     def get_version(  # pragma: no cover - HttpRegistry's
         self, model_name: str, version: str | None = None, *, alias: str | None = None
     ) -> ModelMetadata:
@@ -228,6 +239,40 @@ class TransferMixin:
         self, model_name: str, alias: str, *, version: str | None = None, require: bool = False
     ) -> tuple[ModelMetadata, Any]:
         raise NotImplementedError
+
+    @cached_property
+    def _scratch(self) -> _Scratch:
+        """The folder a save serializes its artifact to before sending it (each save a file of its
+        own, removed after the save); made once per client, as making and removing a folder per
+        save costs more than a small save's request, and removed with the client."""
+        import shutil
+        import weakref
+
+        folder = tempfile.mkdtemp(prefix="modelkeep-upload-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return _Scratch(folder)
+
+    @cached_property
+    def _next_versions(self) -> dict[str, str]:
+        """Model name -> the version this client expects the server to give its next save (the
+        one after its last save), so a small save signs for it and goes in one request."""
+        return {}
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request's response (a lost or silent server raises :class:`StorageError`), or
+        ``None`` when the server predates the route (answered before :meth:`decode` is tried)."""
+        httpx = _httpx()
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise StorageError(f"the registry server {self.url} did not answer in time ({exc})") from None
+        except httpx.TransportError as exc:
+            raise StorageError(f"cannot reach the registry server {self.url}: {exc}") from None
+        no_route = response.status_code in (404, 405) and "json" not in response.headers.get("content-type", "")
+        if no_route:  # an older server: save and load the two-request way from now on
+            self._inline_ok = False
+            return None
+        return response
 
     @cached_property
     def _settings(self) -> _Settings:
@@ -343,12 +388,12 @@ class TransferMixin:
             parent,
             lambda name, v: self.get_version(name, v),
         )
-        with tempfile.TemporaryDirectory(prefix="modelkeep-upload-") as scratch_dir:
-            scratch = _Scratch(scratch_dir)
-            blobs = None
-            if fmt.uses_blobs:
+        with contextlib.ExitStack() as stack:
+            scratch, blobs = self._scratch, None
+            if fmt.uses_blobs:  # its blobs are this save's alone: a folder of its own, removed after
                 from ..blobs import BlobStore
 
+                scratch = _Scratch(stack.enter_context(tempfile.TemporaryDirectory(prefix="modelkeep-upload-")))
                 blobs = BlobStore(scratch)
             with scratch.staged() as staged:
                 draft = saving.serialize(
@@ -399,7 +444,12 @@ class TransferMixin:
         name = draft.model_name
         plan_params = {"version": version or "", "overwrite": "1" if overwrite else "", "extension": ext}
         answer = None
-        if art.size >= PRESIGNED_MIN and getattr(self, "_presigned_ok", True):
+        if art.size <= INLINE_MAX and getattr(self, "_inline_ok", True):
+            one = self._save_inline(path, draft, version, overwrite, created_at, ext)
+            if isinstance(one, ModelMetadata):
+                return one
+            answer = one  # staged, but not under the version signed for: sign again below
+        if answer is None and art.size >= PRESIGNED_MIN and getattr(self, "_presigned_ok", True):
             answer = self._upload_presigned(path, art, {"model": name, **plan_params})
         if answer is None:
             expected = {"size": art.size, "sha256": art.sha256, "blake3": art.extra.get(BLAKE3_KEY)}
@@ -434,7 +484,7 @@ class TransferMixin:
                     plan = self.request("GET", f"/models/{_segment(name)}/plan", params=plan_params)
                     continue
                 upload = None
-                return ModelMetadata.from_dict(out["record"])
+                return self._saved(ModelMetadata.from_dict(out["record"]))
             raise VersionExistsError(
                 f"could not save model '{name}': other writers took {COMMIT_ATTEMPTS} versions in a row; save again"
             )
@@ -442,6 +492,84 @@ class TransferMixin:
             if upload is not None:
                 with contextlib.suppress(ModelKeepError):
                     self.request("DELETE", f"/uploads/{upload}")
+
+    def _saved(self, record: ModelMetadata) -> ModelMetadata:
+        """Note the version after ``record``'s as the next save's guess; returns ``record``."""
+        from ..versions import next_version
+
+        self._next_versions[record.model_name] = next_version(record.version)
+        return record
+
+    def _save_inline(
+        self, path: Path, draft: ModelMetadata, version: str | None, overwrite: bool, created_at: str | None, ext: str
+    ) -> ModelMetadata | dict[str, Any] | None:
+        """Save a small artifact in one request, signed for the version and key the server is
+        expected to give it. Returns the committed record; or ``{upload, plan}`` when the server
+        staged the bytes but plans another version or key (sign again and commit); or ``None``
+        when the server has no one-request save."""
+        from ..layout import artifact_key
+        from ..versions import next_version
+        from .transfers import BUNDLE_TYPE, EXPECTED_HEADER, RECORD_LENGTH_HEADER
+
+        assert draft.artifact is not None
+        art, name = draft.artifact, draft.model_name
+        guess = version or self._next_versions.get(name) or next_version(None)
+        record = self._signed(draft, guess, artifact_key(name, guess, ext))
+        head = json.dumps(
+            {
+                "record": record.to_dict(),
+                "auto_version": version is None,
+                "overwrite": overwrite,
+                "created_at": created_at,
+                "extension": ext,
+            }
+        ).encode()
+        data = path.read_bytes()
+        if len(data) != art.size:
+            raise StorageError(f"the serialized artifact changed size while saving ({len(data)} != {art.size} bytes)")
+        expected = {"size": art.size, "sha256": art.sha256, "blake3": art.extra.get(BLAKE3_KEY)}
+        response = self._send(
+            "POST",
+            f"/models/{_segment(name)}/save",
+            content=head + data,
+            headers={
+                EXPECTED_HEADER: json.dumps(expected),
+                RECORD_LENGTH_HEADER: str(len(head)),
+                "Content-Type": BUNDLE_TYPE,
+            },
+        )
+        if response is None:
+            return None
+        out = self.decode(response)
+        if "record" in out:
+            return self._saved(ModelMetadata.from_dict(out["record"]))
+        return {"upload": out["upload"], "plan": out["plan"]}
+
+    def _fetch(self, name: str, version: str | None, alias: str | None) -> tuple[ModelMetadata, bytes | None]:
+        """A version's record and, when the server sends them along, its artifact's bytes
+        (unchecked yet: the load checks them as any read) in one request."""
+        from .transfers import BUNDLE_TYPE, RECORD_LENGTH_HEADER
+        from .wire import record_from_wire
+
+        response = None
+        if getattr(self, "_inline_ok", True):
+            path = f"/models/{_segment(name)}/versions/{_segment(version or 'latest')}/load"
+            response = self._send("GET", path, params={"alias": alias} if alias else None)
+        if response is None:
+            return self.get_version(name, version, alias=alias), None
+        if response.status_code == 200 and response.headers.get("content-type", "").startswith(BUNDLE_TYPE):
+            content = response.content
+            try:
+                head = int(response.headers.get(RECORD_LENGTH_HEADER, ""))
+                if not 0 < head <= len(content):
+                    raise ValueError(head)
+                found = json.loads(content[:head])
+            except ValueError:
+                raise StorageError(f"the registry server {self.url} sent a malformed record and artifact") from None
+            if not isinstance(found, dict):
+                raise StorageError(f"the registry server {self.url} sent a malformed record and artifact")
+            return record_from_wire(found.get("record")), content[head:]
+        return record_from_wire(self.decode(response)["record"]), None
 
     def _upload_presigned(self, path: Path, art: Any, params: dict[str, str]) -> dict[str, Any] | None:
         """Upload straight to the server's bucket when its store is S3 (the server plans the upload
@@ -548,10 +676,11 @@ class TransferMixin:
         check_mmap_mode(mmap_mode)
         name, version, alias = split_reference(model_name, version, alias)
         freshness = self._freshness()  # rollback checks with what this user has seen (SigningMixin)
+        inline: bytes | None = None
         if alias is not None:  # the alias's move is judged here, with this client's keys
             record = self._checked_alias(name, alias, version=version, require=require_signed_alias)[0]
-        else:
-            record = self.get_version(name, version)
+        else:  # one request: the record and, for a small artifact, its bytes (checked below as any read)
+            record, inline = self._fetch(name, version, None)
             _check_bound(record, name, version)
         if validate is not None:
             from ..input_signature import InputSchemaError, check
@@ -570,7 +699,7 @@ class TransferMixin:
             freshness.check_latest(record)
         fmt = get_format(art.format)
         fmt.check_protocol(art.extra, f"model '{record.model_name}' version '{record.version}'")
-        files = VersionFiles(self, record)
+        files = VersionFiles(self, record, inline)
         options: dict[str, Any] = {
             "mmap_mode": None,
             "extra": art.extra,

@@ -18,9 +18,22 @@ A save over HTTP (the client half is :mod:`modelkeep.api.client_transfers`):
    and commits the same upload. Uploads live in memory for :data:`UPLOAD_TTL` seconds; their
    staged files are ``gc``'s when the server dies.
 
+A small save (artifact up to :data:`INLINE_MAX`) takes one request: ``POST /models/{name}/save``
+with the digests in ``X-Modelkeep-Expected`` and a body of ``{record, auto_version, overwrite,
+created_at, extension}`` as JSON (its length in :data:`RECORD_LENGTH_HEADER`) followed by the
+artifact. The client signs for the version and key it expects the server to plan (the next version
+after its last save of the model, or the version it names); the server checks the writer role
+before reading the body, the digests before staging the bytes, and commits as in step 2. When the
+version or key was not the one the server would give (or was taken), the staged bytes are kept as
+a pending upload and the answer (202) is ``{upload, plan}``: the client signs again and commits
+it as in step 2, without sending the bytes again.
+
 A load reads the record (``GET /models/{name}/versions/{version}``), then the bytes:
 ``GET .../artifact`` (ranged GETs work on a local store) and, for the native format, ``GET
-.../blobs/{sha}``. The client checks digests and signature with its own keys.
+.../blobs/{sha}``. ``GET .../load`` does both in one request: ``{"record": ...}`` as JSON, and,
+when the artifact is at most :data:`INLINE_MAX` bytes, the artifact after it (media type
+:data:`BUNDLE_TYPE`, the JSON's length in :data:`RECORD_LENGTH_HEADER`). The client checks digests
+and signature with its own keys, whichever way the bytes came.
 """
 
 from __future__ import annotations
@@ -41,13 +54,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from ..errors import IntegrityError, MetadataError, PermissionDeniedError, VersionExistsError
+from ..errors import IntegrityError, MetadataError, PermissionDeniedError, RequestError, VersionExistsError
 from ..formats import get_format
 from ..layout import artifact_key, blob_key, new_artifact_key
 from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
 from ..signing import manifest
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
 from ..versions import next_version, validate_model_name, validate_version
+from .endpoint import MAX_JSON_BODY
 
 if TYPE_CHECKING:
     from ..index.claims import VersionClaim
@@ -68,6 +82,13 @@ PRESIGNED_GET_SECONDS = 900
 SIZE_HEADER = "X-Modelkeep-Size"
 #: Seconds an upload waits for its commit.
 UPLOAD_TTL = 3600.0
+#: Artifacts up to this size are saved in one request (``POST /models/{name}/save``) and come
+#: back with their record in one response (``GET .../load``): the server holds one in memory.
+INLINE_MAX = 1 << 20
+#: Header of a one-request save or load: how many bytes of the body are the JSON before the artifact.
+RECORD_LENGTH_HEADER = "X-Modelkeep-Record-Length"
+#: Media type of a body that is a JSON object (:data:`RECORD_LENGTH_HEADER` bytes), then an artifact.
+BUNDLE_TYPE = "application/vnd.modelkeep.record+artifact"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -112,20 +133,27 @@ def _expected(request: Request) -> Expected:
 class _Sink:
     """Writes an upload to a staged key, hashing it as it goes (run in worker threads)."""
 
-    def __init__(self, store: ArtifactStore, tmp_key: str, expected: Expected) -> None:
+    def __init__(self, store: ArtifactStore, tmp_key: str, expected: Expected, *, parallel: bool = True) -> None:
         self.store, self.tmp_key, self.expected = store, tmp_key, expected
         self.sha = hashlib.sha256()
         self.split = SplitHash(expected.ranges) if expected.fast else None
         self.size = 0
         self._stack = contextlib.ExitStack()
-        self._pool = self._stack.enter_context(ThreadPoolExecutor(1))
+        # A second thread hashes BLAKE3 beside SHA-256 for streamed uploads; a small body in one
+        # write is hashed in turn (starting a thread would cost more than it saves).
+        self._pool = self._stack.enter_context(ThreadPoolExecutor(1)) if parallel else None
         self._raw = self._stack.enter_context(store.open_write(tmp_key))
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.size += len(data)
         if self.size > (self.expected.size or 0):
             raise IntegrityError(f"the upload is longer than the {self.expected.size} bytes announced")
-        blake = self._pool.submit(self.split.update, data) if self.split is not None else None
+        blake = None
+        if self.split is not None:
+            if self._pool is None:
+                self.split.update(data)
+            else:
+                blake = self._pool.submit(self.split.update, data)
         view = memoryview(data)
         while view:
             view = view[self._raw.write(view) or 0 :]
@@ -480,7 +508,107 @@ class Transfers:
             key_for=_key_rule(draft.artifact.key),
         )
 
+    # -- small saves in one request ------------------------------------------------
+    async def save(self, request: Request) -> Response:
+        """Stage, check and commit a small artifact sent with its signed record in one request."""
+        self._expire()
+        name = validate_model_name(request.path_params["name"])
+        self._may_upload(request, name)  # before a byte of the body is read
+        expected = _expected(request)
+        if expected.size is None or expected.size > INLINE_MAX:
+            raise RequestError(f"a one-request save is limited to {INLINE_MAX} bytes: upload it first")
+        try:
+            head = int(request.headers.get(RECORD_LENGTH_HEADER, ""))
+        except ValueError:
+            raise RequestError(f"a one-request save needs the {RECORD_LENGTH_HEADER} header") from None
+        if not 0 < head <= MAX_JSON_BODY:
+            raise RequestError(f"the record of a one-request save is limited to {MAX_JSON_BODY} bytes")
+        body = await _read_exactly(request, head + expected.size)
+        out = await self.api.call(request, self._save, name, body, head, expected, self._user(request))
+        return _json(out, 201 if "record" in out else 202)
+
+    def _save(self, name: str, body: bytes, head: int, expected: Expected, user: str | None) -> dict[str, Any]:
+        """The worker-thread half of :meth:`save`: check, stage, commit (or keep and plan)."""
+        try:
+            form = json.loads(body[:head])
+        except ValueError:
+            raise MetadataError("the record of a one-request save is not JSON") from None
+        if not isinstance(form, dict):
+            raise MetadataError("the record of a one-request save must be a JSON object")
+        extension = str(form.get("extension", ""))
+        if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
+            raise MetadataError(f"bad artifact extension {extension!r}")
+        staged = self.store.stage()
+        upload = Upload(staged.tmp_key, int(expected.size or 0), expected.sha256, _blake3_record(expected), user)
+        draft = draft_from_client(form.get("record"), name, upload)  # nothing staged for a bad record
+        sink = _Sink(self.store, staged.tmp_key, expected, parallel=False)
+        try:
+            sink.write(memoryview(body)[head:])
+            sink.finish()  # the bytes are those announced (and so those the record names)
+        except BaseException as exc:
+            sink.abort(exc)
+            raise
+        auto, overwrite = bool(form.get("auto_version")), bool(form.get("overwrite"))
+        try:
+            try:
+                record = self._commit(upload, draft, form)
+            except VersionExistsError as exc:
+                if type(exc) is not VersionExistsError or not (auto or overwrite):
+                    raise
+                # Not the version or key the client signed for: the bytes stay staged, as an upload
+                # the client signs again for and commits (POST .../commit).
+                version, key = plan(self.api.p, name, None if auto else draft.version, overwrite, extension)
+                upload_id = uuid.uuid4().hex
+                self._put_back(upload_id, upload)
+                return {"upload": upload_id, "plan": {"version": version, "key": key}}
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.delete(staged.tmp_key, missing_ok=True)
+            raise
+        return {"record": record.to_dict()}
+
     # -- loading ----------------------------------------------------------------
+    async def load(self, request: Request) -> Response:
+        """A version's record and, when it is small, its artifact, in one response."""
+        from .endpoint import json_response
+        from .wire import record_to_wire
+
+        name, version = request.path_params["name"], request.path_params["version"]
+        alias = request.query_params.get("alias")
+        record, data = await self.api.call(request, self._load, name, None if version == "latest" else version, alias)
+        head = bytes(json_response({"record": record_to_wire(record)}).body)
+        if data is None:
+            return Response(head, media_type="application/json")
+        return Response(head + data, media_type=BUNDLE_TYPE, headers={RECORD_LENGTH_HEADER: str(len(head))})
+
+    def _load(self, name: str, version: str | None, alias: str | None) -> tuple[ModelMetadata, bytes | None]:
+        """The record, and the artifact's bytes when they are small and readable (else ``None``:
+        the client reads them as before, and meets any error there)."""
+        from ..errors import ModelKeepError
+
+        record: ModelMetadata = self.api.p.get_version(name, version, alias=alias)
+        art = record.artifact
+        if art is None or record.damaged or art.size > INLINE_MAX:
+            return record, None
+        try:
+            return record, self._read_small(art.key, art.size)
+        except (ModelKeepError, OSError):
+            return record, None
+
+    def _read_small(self, key: str, size: int) -> bytes:
+        """``key``'s bytes, at most one more than ``size`` (the client then finds it too long),
+        in one read: one GET on S3 (the size is the record's, so no HEAD first)."""
+        from ..storage.s3 import S3Store
+
+        if isinstance(self.store, S3Store):
+            with self.store.translated("read", key), self.store.stream_range(key, size, probe=True) as chunks:
+                return b"".join(chunks)
+        local = self.store.local_path(key)
+        if local is not None:
+            with open(local, "rb") as f:
+                return f.read(size + 1)
+        return self.store.read_bytes(key)
+
     async def _record(self, request: Request) -> ModelMetadata:
         name, version = request.path_params["name"], request.path_params["version"]
         record: ModelMetadata = await self.api.call(
@@ -565,6 +693,21 @@ class Transfers:
         return _json({"stored": sha}, 201)
 
 
+async def _read_exactly(request: Request, length: int) -> bytes:
+    """The request body, which must be ``length`` bytes (its ``Content-Length``); reading stops
+    past that, so memory stays bounded by what the headers announced and the server allows."""
+    if request.headers.get("content-length") != str(length):
+        raise RequestError(f"the body must have a Content-Length of {length} (record and artifact)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > length:
+            raise RequestError("the body is longer than its Content-Length")
+    if len(body) != length:
+        raise RequestError(f"the body ended after {len(body)} of {length} bytes")
+    return bytes(body)
+
+
 def _blake3_record(expected: Expected) -> dict[str, Any] | None:
     """The ``extra["blake3"]`` record of checked digests (as :class:`HashingWriter` records them)."""
     if not expected.fast:
@@ -603,6 +746,10 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
         Endpoint("GET", "/models/{name}/plan", t.plan, "The version and artifact key a save would get now"),
         Endpoint(
             "POST", "/models/{name}/commit", t.commit, "Commit an upload as a version, with the client's signature"
+        ),
+        Endpoint("POST", "/models/{name}/save", t.save, "Save a small artifact with its signed record in one request"),
+        Endpoint(
+            "GET", "/models/{name}/versions/{version}/load", t.load, "A version's record, and its artifact if small"
         ),
         Endpoint("GET", "/models/{name}/versions/{version}/artifact", t.artifact, "A version's artifact bytes"),
         Endpoint("GET", "/models/{name}/versions/{version}/blobs/{sha}", t.blob, "One blob of a native-format version"),
