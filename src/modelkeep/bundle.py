@@ -406,7 +406,12 @@ def import_bundle(
         report.signature = {**verdict.to_dict(), "signer": verdict.signer}
         report.signature_checked = verdict.trusted
         names = sorted({str(v["model_name"]) for v in manifest["versions"]})
-        with ModelPersistence(Path(tmp) / "store", registry_path=Path(tmp) / "index") as staging:
+        index = Path(tmp) / "index"
+        index.mkdir()
+        # The URL explicitly: MODELKEEP_REGISTRY_URL, when set, would otherwise win over the scratch
+        # index, and the reindex below would rebuild the team's shared index from this bundle.
+        scratch = f"sqlite:///{index / 'registry.db'}"
+        with ModelPersistence(Path(tmp) / "store", registry_url=scratch) as staging:
             if staging.reindex() != len(manifest["versions"]):
                 raise BundleError("the bundle's sidecar files do not describe the versions its manifest lists")
             _check_records(staging, manifest)
