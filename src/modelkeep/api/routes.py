@@ -51,11 +51,13 @@ def error_response(exc: ModelKeepError) -> JSONResponse:
 
 
 class Api:
-    """The handlers of one server, bound to one registry (``persistence``)."""
+    """The handlers of one server, bound to one registry (``persistence``); ``max_upload_bytes``
+    caps every streamed request body (uploads, blobs, bundles; ``None``: no cap)."""
 
-    def __init__(self, persistence: Any, identify: Identify) -> None:
+    def __init__(self, persistence: Any, identify: Identify, *, max_upload_bytes: int | None = None) -> None:
         self.p = persistence
         self.identify = identify
+        self.max_upload_bytes = max_upload_bytes
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a library call in a worker thread, as the request's identity."""
@@ -98,6 +100,7 @@ class Api:
                 "version": __version__,
                 "protocol": PROTOCOL,
                 "user": None if who is None else {"name": who.name, "role": who.role},
+                "max_upload_bytes": self.max_upload_bytes,
             }
         )
 
