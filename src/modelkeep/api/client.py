@@ -27,6 +27,7 @@ from ..errors import (
     StorageError,
 )
 from ..identity import Identity
+from .client_bundles import BundleMixin
 from .client_transfers import TransferMixin
 from .wire import (
     API_PREFIX,
@@ -74,7 +75,7 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class HttpRegistry(TransferMixin):
+class HttpRegistry(TransferMixin, BundleMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
     def __init__(
