@@ -501,8 +501,29 @@ def import_checked(
             )
     report.imported, report.skipped = copied.copied, copied.skipped
     _apply_lifecycle(persistence, manifest, report, with_aliases=with_aliases, current=current)
+    _record_import(persistence, names, report)
     logger.info("imported bundle %s: %s", path, report)
     return report
+
+
+def _record_import(persistence: ModelPersistence, names: list[str], report: BundleReport) -> None:
+    """One ``import`` history row per model the bundle carries, by whoever imported it (the rows
+    the bundle carried keep their own actors): the versions it added and skipped, and its signer."""
+    from .index.audit import write_history
+
+    with persistence.index._write() as conn:
+        for name in names:
+            write_history(
+                conn,
+                "import",
+                name,
+                after={
+                    "imported": sorted(v for m, v in report.imported if m == name),
+                    "skipped": sorted(v for m, v in report.skipped if m == name),
+                    "signature": report.signature.get("status"),
+                    "signer": report.signature.get("signer"),
+                },
+            )
 
 
 def _has_model(persistence: ModelPersistence, name: str) -> bool:
