@@ -145,3 +145,12 @@ def test_a_bundle_import_is_recorded_with_who_imported_it(tmp_path: Path, server
         ("walt", ["1.0.0"], []),
         ("walt", [], ["1.0.0"]),
     ]
+
+
+def test_the_history_page_shows_the_user_log_to_admins_without_a_model_link(server: HttpServer) -> None:
+    manage_users(server)
+    page = httpx.get(f"{server.url}/history", headers=auth(server.token), timeout=30)
+    assert page.status_code == 200 and "user_role" in page.text
+    assert 'href="/models/_users"' not in page.text
+    viewer = server.add_user("vera", "viewer")
+    assert "user_role" not in httpx.get(f"{server.url}/history", headers=auth(viewer), timeout=30).text
