@@ -267,3 +267,37 @@ def test_hostile_bundles_are_refused_over_http_with_nothing_registered(
     with tarfile.open(local_bundle) as tar:
         assert tar.getmember(MANIFEST).size > 0
     assert post_bundle(server, server.token, local_bundle).status_code == 201  # the real one passes
+
+
+def test_an_import_moves_and_trashes_only_what_the_importer_may(tmp_path: Path, server: HttpServer) -> None:
+    """A bundle's history is replayed into the registry: its alias moves need the roles a move
+    needs (production is protected: admins), and its trash rows the maintainer role; a writer's
+    import of a bundle that would do more is refused before anything is registered."""
+    with ModelPersistence(tmp_path / "source") as p:
+        p.save({"w": 1}, "churn", "1.0.0")
+        p.save({"w": 2}, "churn", "1.1.0")
+        p.set_alias("churn", "production", "1.1.0")
+        aliased = p.export_bundle("churn", tmp_path / "aliased.mkb")
+        p.delete("churn", "1.0.0")
+        trashing = p.export_bundle("churn", tmp_path / "trashing.mkb", versions=["1.0.0"])
+    writer, maintainer = server.add_user("walt", "writer"), server.add_user("mo", "maintainer")
+    for token in (writer, maintainer):
+        with server.client(token) as c, pytest.raises(PermissionDeniedError, match="production"):
+            c.import_bundle(aliased, with_aliases=True)
+    with server.direct() as d:
+        assert nothing_registered(d)
+    with server.client(writer) as c:  # without with_aliases, the moves are only reported
+        report = c.import_bundle(aliased)
+        assert report.imported == [("churn", "1.0.0"), ("churn", "1.1.0")] and c.get_aliases("churn") == {}
+        with pytest.raises(PermissionDeniedError, match="maintainer"):  # would trash 1.0.0, which is here
+            c.import_bundle(trashing)
+        assert c.list_versions("churn") == ["1.0.0", "1.1.0"]
+    with server.client() as admin:
+        admin.import_bundle(aliased, with_aliases=True)
+        assert admin.get_aliases("churn") == {"production": "1.1.0"}
+    from modelkeep.identity import Identity
+
+    with ModelPersistence(tmp_path / "local", identity=Identity("walt", "writer")) as local:  # the library's rule
+        with pytest.raises(PermissionDeniedError, match="production"):
+            local.import_bundle(aliased, with_aliases=True)
+        assert nothing_registered(local)

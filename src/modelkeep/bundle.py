@@ -73,6 +73,20 @@ MAX_MANIFEST_BYTES = 64 << 20
 _BUNDLE_DOMAIN = b"modelkeep-bundle-signature-v1\n"
 
 
+#: History actions that move aliases: a bundle's are replayed only ``with_aliases``.
+ALIAS_ACTIONS = ("alias_set", "alias_delete", "alias_resign")
+#: The role a history row a bundle carries needs, when replayed, of whoever imports it through a
+#: server (besides the writer role every import needs), by action; alias moves need what moving
+#: the alias needs (:meth:`~modelkeep.identity.AccessPolicy.require_alias`).
+REPLAY_ROLES = {
+    "delete": "maintainer",
+    "restore": "maintainer",
+    "approve": "maintainer",
+    "policy_set": "admin",
+    "policy_delete": "admin",
+}
+
+
 class BundleError(IntegrityError):
     """A bundle is malformed, tampered with, or of a newer format; nothing was registered."""
 
@@ -469,7 +483,10 @@ def import_checked(
 ) -> BundleReport:
     """:func:`import_bundle` into a local registry; ``allow_models`` is called with the model names
     the manifest lists, once its signature is checked and before a byte is unpacked (a server
-    refuses there a bundle carrying a model the user may not write)."""
+    refuses there a bundle carrying a model the user may not write).
+
+    When an identity acts, what replaying the bundle would change is checked against its roles
+    before anything is registered (:func:`_check_replay_roles`)."""
     from .copying import copy_registry
     from .registry import ModelPersistence
 
@@ -494,8 +511,16 @@ def import_checked(
                 if staging.reindex() != len(manifest["versions"]):
                     raise BundleError("the bundle's sidecar files do not describe the versions its manifest lists")
                 _check_records(staging, manifest)
-            current = {name: persistence.get_aliases(name) for name in names if _has_model(persistence, name)}
             carried = {parts[2] for m in manifest["files"] if (parts := event_parts(m[len(STORE_PREFIX) :]))}
+            if persistence._who() is not None:  # an identity acts: its roles bound what the history does
+                replayed = [
+                    e
+                    for name in names
+                    for e in staging.index.history_rows(name)
+                    if e.event_id in carried and (with_aliases or e.row["action"] not in ALIAS_ACTIONS)
+                ]
+                _check_replay_roles(persistence, manifest, replayed, with_aliases=with_aliases)
+            current = {name: persistence.get_aliases(name) for name in names if _has_model(persistence, name)}
             copied = copy_registry(
                 staging, persistence, models=names, with_aliases=with_aliases, events=carried.__contains__
             )
@@ -504,6 +529,31 @@ def import_checked(
     _record_import(persistence, names, report)
     logger.info("imported bundle %s: %s", path, report)
     return report
+
+
+def _check_replay_roles(
+    persistence: ModelPersistence, manifest: dict[str, Any], replayed: list[Any], *, with_aliases: bool
+) -> None:
+    """Refuse (:class:`PermissionDeniedError`) an import whose replayed history rows or lifecycle
+    section would do what the acting identity may not: move an alias (as moving it needs: a
+    protected one needs an admin), trash or restore a version (maintainer), change a promotion
+    policy (admin). Every import needs the writer role on each model it carries, checked by the copy."""
+    who, access = persistence._who(), persistence.access
+    for name in sorted({str(v["model_name"]) for v in manifest["versions"]}):
+        access.require(who, "writer", "import bundles", name)
+    for event in replayed:
+        row = event.row
+        action, model = str(row["action"]), str(row["model_name"])
+        if action in ALIAS_ACTIONS:
+            alias = str(row.get("alias") or "")
+            access.require_alias(who, alias, f"move alias '{alias}' with a bundle", model)
+        elif action in REPLAY_ROLES:
+            access.require(who, REPLAY_ROLES[action], f"import a bundle whose history does {action}", model)
+    lifecycle = manifest.get("lifecycle") if with_aliases else None
+    for model, data in (lifecycle if isinstance(lifecycle, dict) else {}).items():
+        aliases = data.get("aliases") if isinstance(data, dict) else None
+        for alias in aliases if isinstance(aliases, dict) else {}:
+            access.require_alias(who, str(alias), f"move alias '{alias}' with a bundle", str(model))
 
 
 def _record_import(persistence: ModelPersistence, names: list[str], report: BundleReport) -> None:
