@@ -290,3 +290,21 @@ def test_readme_bundle_examples_run_as_shown(tmp_path: Path, iris_data: Any, mon
         "churn 1.1.0 joblib store/churn/1.1.0/churn_v1.1.0.joblib",
         "churn 2.0.0 native store/churn/2.0.0/churn_v2.0.0.mkpkl",
     ]
+
+
+def test_an_import_never_touches_the_index_in_modelkeep_registry_url(
+    tmp_path: Path, classifier: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import's scratch registry used to take MODELKEEP_REGISTRY_URL over its own folder, and
+    rebuilt that index (the team's) from the bundle: the team's models were gone."""
+    with ModelPersistence(tmp_path / "source") as p:
+        p.save(classifier, "churn", "1.0.0")
+        bundle = export_bundle(p, "churn", tmp_path / "churn.mkb")
+    with ModelPersistence(tmp_path / "team") as team:
+        team.save({"w": 1}, "fraud", "1.0.0")
+    monkeypatch.setenv("MODELKEEP_REGISTRY_URL", f"sqlite:///{tmp_path / 'team' / 'registry.db'}")
+    with ModelPersistence(tmp_path / "dest", registry_url=f"sqlite:///{tmp_path / 'dest.db'}") as dest:
+        assert import_bundle(dest, bundle).imported == [("churn", "1.0.0")]
+    monkeypatch.delenv("MODELKEEP_REGISTRY_URL")
+    with ModelPersistence(tmp_path / "team") as team:
+        assert team.list_models() == ["fraud"] and team.list_versions("fraud") == ["1.0.0"]

@@ -52,7 +52,9 @@ def _check_yaml(block: Block, folder: Path) -> None:
     from modelkeep.config import load_settings
 
     data = yaml.safe_load(block.code)
-    assert isinstance(data, dict) and set(data) <= {"logging", "persistence"}, f"{block.where}: not a config file"
+    assert isinstance(data, dict) and set(data) <= {"logging", "persistence", "server"}, (
+        f"{block.where}: not a config file"
+    )
     config = folder / "docs-block.yaml"
     config.write_text(block.code, encoding="utf-8")
     load_settings(config)  # raises ConfigError, naming the key, on anything modelkeep would refuse

@@ -65,7 +65,8 @@ def snapshot(p: ModelPersistence) -> dict[str, Any]:
             "description": p.get_description(name),
             "version_tags": {v: p.get_tags(name, version=v) for v in versions},
             "version_descriptions": {v: p.get_description(name, version=v) for v in versions},
-            "history": [_entry(e) for e in p.history(name) if e.action != "reindex"],
+            # Without the rows of the copy itself: a reindex's, and who imported a bundle.
+            "history": [_entry(e) for e in p.history(name) if e.action not in ("reindex", "import")],
         }
     return out
 

@@ -42,6 +42,7 @@ import logging
 import os
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import __version__, _lifecycle
 from ._tarsafe import check_member, check_total, copy_member
 from .errors import IntegrityError, MetadataError, ModelKeepError, SignatureError
+from .identity import Identity, acting, acting_as
 from .layout import blob_key, event_parts, sidecar_bytes, sidecar_key
 from .metadata import ModelMetadata, utc_now
 from .versions import validate_model_name, validate_version
@@ -69,6 +71,20 @@ STORE_PREFIX = "store/"
 #: Largest ``manifest.json`` / ``manifest.sig`` read into memory.
 MAX_MANIFEST_BYTES = 64 << 20
 _BUNDLE_DOMAIN = b"modelkeep-bundle-signature-v1\n"
+
+
+#: History actions that move aliases: a bundle's are replayed only ``with_aliases``.
+ALIAS_ACTIONS = ("alias_set", "alias_delete", "alias_resign")
+#: The role a history row a bundle carries needs, when replayed, of whoever imports it through a
+#: server (besides the writer role every import needs), by action; alias moves need what moving
+#: the alias needs (:meth:`~modelkeep.identity.AccessPolicy.require_alias`).
+REPLAY_ROLES = {
+    "delete": "maintainer",
+    "restore": "maintainer",
+    "approve": "maintainer",
+    "policy_set": "admin",
+    "policy_delete": "admin",
+}
 
 
 class BundleError(IntegrityError):
@@ -108,6 +124,25 @@ class BundleReport:
             "aliases_applied": self.aliases_applied,
             "ignored": self.ignored,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleReport:
+        """The report :meth:`to_dict` gave (what a registry server answers an import with)."""
+
+        def pairs(key: str) -> list[tuple[str, str]]:
+            return [(str(m), str(v)) for m, v in data.get(key) or []]
+
+        return cls(
+            imported=pairs("imported"),
+            skipped=pairs("skipped"),
+            signature_checked=bool(data.get("signature_checked")),
+            lifecycle_applied=bool(data.get("lifecycle_applied")),
+            lifecycle=dict(data.get("lifecycle") or {}),
+            signature=dict(data.get("signature") or {}),
+            alias_moves=dict(data.get("alias_moves") or {}),
+            aliases_applied=bool(data.get("aliases_applied")),
+            ignored=[str(i) for i in data.get("ignored") or []],
+        )
 
     def __str__(self) -> str:
         status = self.signature.get("status")
@@ -256,12 +291,46 @@ def export_bundle(
     and every version's signature is checked as a load checks it. The manifest is signed with
     the key ``persistence`` signs versions with (a private key file, the shared HMAC key, or
     the per-user ECDSA key). The file appears only when complete (written beside it, then renamed).
+
+    ``persistence`` may be a registry server's client (:class:`~modelkeep.api.client.HttpRegistry`):
+    then the server builds the bundle and this client checks it with its own keys and signs it.
     """
+    if _is_remote(persistence):
+        return Path(persistence.export_bundle(model_name, output, versions=versions, force=force))
+    return write_bundle(
+        persistence, model_name, output, versions=versions, force=force, signer=persistence.keyring.signer()
+    )
+
+
+def _is_remote(persistence: Any) -> bool:
+    """Whether ``persistence`` is a registry server's client (which has no index or store here)."""
+    from .api.client import HttpRegistry
+
+    return isinstance(persistence, HttpRegistry)
+
+
+def refuse_existing(output: str | os.PathLike[str], force: bool) -> Path:
+    """``output`` as a path; :class:`VersionExistsError` when it exists and ``force`` is not set."""
     out = Path(output)
     if out.exists() and not force:
         from .errors import VersionExistsError
 
         raise VersionExistsError(f"output file {str(out)!r} already exists; use force to replace it")
+    return out
+
+
+def write_bundle(
+    persistence: ModelPersistence,
+    model_name: str,
+    output: str | os.PathLike[str],
+    *,
+    versions: list[str] | None = None,
+    force: bool = False,
+    signer: str | bytes | PrivateKey | None = None,
+) -> Path:
+    """:func:`export_bundle` with the manifest signed by ``signer`` (``None``: left unsigned, what
+    a registry server sends: its client checks the bundle and signs it with its own key)."""
+    out = refuse_existing(output, force)
     model_name = validate_model_name(model_name)
     if versions is None:
         records = persistence.list_version_records(model_name)
@@ -273,7 +342,6 @@ def export_bundle(
         ]
     for record in records:
         persistence.keyring.check(record)
-    signer = persistence.keyring.signer()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -396,29 +464,116 @@ def import_bundle(
     Tags and descriptions in the bundle are applied to the models and versions it carries,
     never to others; its aliases are listed in ``alias_moves`` and moved only with
     ``with_aliases``.
+
+    ``persistence`` may be a registry server's client: then this client checks the manifest's
+    signature with its own keys, and the server runs every other check before it registers anything.
     """
+    if _is_remote(persistence):
+        return persistence.import_bundle(path, with_aliases=with_aliases, max_bundle_bytes=max_bundle_bytes)
+    return import_checked(persistence, path, with_aliases=with_aliases, max_bundle_bytes=max_bundle_bytes)
+
+
+def import_checked(
+    persistence: ModelPersistence,
+    path: str | os.PathLike[str],
+    *,
+    with_aliases: bool = False,
+    max_bundle_bytes: int | None = None,
+    allow_models: Callable[[list[str]], None] | None = None,
+) -> BundleReport:
+    """:func:`import_bundle` into a local registry; ``allow_models`` is called with the model names
+    the manifest lists, once its signature is checked and before a byte is unpacked (a server
+    refuses there a bundle carrying a model the user may not write).
+
+    When an identity acts, what replaying the bundle would change is checked against its roles
+    before anything is registered (:func:`_check_replay_roles`)."""
     from .copying import copy_registry
     from .registry import ModelPersistence
 
     report = BundleReport()
     with tempfile.TemporaryDirectory(prefix="modelkeep-bundle-") as tmp:
-        manifest, verdict = _unpack_verified(Path(path), Path(tmp) / "store", persistence.keyring, max_bundle_bytes)
+        manifest, verdict = _unpack_verified(
+            Path(path), Path(tmp) / "store", persistence.keyring, max_bundle_bytes, allow_models
+        )
         report.signature = {**verdict.to_dict(), "signer": verdict.signer}
         report.signature_checked = verdict.trusted
         names = sorted({str(v["model_name"]) for v in manifest["versions"]})
-        with ModelPersistence(Path(tmp) / "store", registry_path=Path(tmp) / "index") as staging:
-            if staging.reindex() != len(manifest["versions"]):
-                raise BundleError("the bundle's sidecar files do not describe the versions its manifest lists")
-            _check_records(staging, manifest)
-            current = {name: persistence.get_aliases(name) for name in names if _has_model(persistence, name)}
+        index = Path(tmp) / "index"
+        index.mkdir()
+        # The URL explicitly: MODELKEEP_REGISTRY_URL, when set, would otherwise win over the scratch
+        # index, and the reindex below would rebuild the team's shared index from this bundle.
+        scratch = f"sqlite:///{index / 'registry.db'}"
+        with ModelPersistence(Path(tmp) / "store", registry_url=scratch) as staging:
+            # The staging registry is this import's own scratch: whoever imports owns it (a server's
+            # user has only the roles it was given on the destination, checked by the copy below).
+            who = acting()
+            with acting_as(None if who is None else Identity(who.name, "admin")):
+                if staging.reindex() != len(manifest["versions"]):
+                    raise BundleError("the bundle's sidecar files do not describe the versions its manifest lists")
+                _check_records(staging, manifest)
             carried = {parts[2] for m in manifest["files"] if (parts := event_parts(m[len(STORE_PREFIX) :]))}
+            if persistence._who() is not None:  # an identity acts: its roles bound what the history does
+                replayed = [
+                    e
+                    for name in names
+                    for e in staging.index.history_rows(name)
+                    if e.event_id in carried and (with_aliases or e.row["action"] not in ALIAS_ACTIONS)
+                ]
+                _check_replay_roles(persistence, manifest, replayed, with_aliases=with_aliases)
+            current = {name: persistence.get_aliases(name) for name in names if _has_model(persistence, name)}
             copied = copy_registry(
                 staging, persistence, models=names, with_aliases=with_aliases, events=carried.__contains__
             )
     report.imported, report.skipped = copied.copied, copied.skipped
     _apply_lifecycle(persistence, manifest, report, with_aliases=with_aliases, current=current)
+    _record_import(persistence, names, report)
     logger.info("imported bundle %s: %s", path, report)
     return report
+
+
+def _check_replay_roles(
+    persistence: ModelPersistence, manifest: dict[str, Any], replayed: list[Any], *, with_aliases: bool
+) -> None:
+    """Refuse (:class:`PermissionDeniedError`) an import whose replayed history rows or lifecycle
+    section would do what the acting identity may not: move an alias (as moving it needs: a
+    protected one needs an admin), trash or restore a version (maintainer), change a promotion
+    policy (admin). Every import needs the writer role on each model it carries, checked by the copy."""
+    who, access = persistence._who(), persistence.access
+    for name in sorted({str(v["model_name"]) for v in manifest["versions"]}):
+        access.require(who, "writer", "import bundles", name)
+    for event in replayed:
+        row = event.row
+        action, model = str(row["action"]), str(row["model_name"])
+        if action in ALIAS_ACTIONS:
+            alias = str(row.get("alias") or "")
+            access.require_alias(who, alias, f"move alias '{alias}' with a bundle", model)
+        elif action in REPLAY_ROLES:
+            access.require(who, REPLAY_ROLES[action], f"import a bundle whose history does {action}", model)
+    lifecycle = manifest.get("lifecycle") if with_aliases else None
+    for model, data in (lifecycle if isinstance(lifecycle, dict) else {}).items():
+        aliases = data.get("aliases") if isinstance(data, dict) else None
+        for alias in aliases if isinstance(aliases, dict) else {}:
+            access.require_alias(who, str(alias), f"move alias '{alias}' with a bundle", str(model))
+
+
+def _record_import(persistence: ModelPersistence, names: list[str], report: BundleReport) -> None:
+    """One ``import`` history row per model the bundle carries, by whoever imported it (the rows
+    the bundle carried keep their own actors): the versions it added and skipped, and its signer."""
+    from .index.audit import write_history
+
+    with persistence.index._write() as conn:
+        for name in names:
+            write_history(
+                conn,
+                "import",
+                name,
+                after={
+                    "imported": sorted(v for m, v in report.imported if m == name),
+                    "skipped": sorted(v for m, v in report.skipped if m == name),
+                    "signature": report.signature.get("status"),
+                    "signer": report.signature.get("signer"),
+                },
+            )
 
 
 def _has_model(persistence: ModelPersistence, name: str) -> bool:
@@ -479,7 +634,11 @@ def _apply_lifecycle(
 
 
 def _unpack_verified(
-    path: Path, dest: Path, keyring: Keyring, max_bundle_bytes: int | None
+    path: Path,
+    dest: Path,
+    keyring: Keyring,
+    max_bundle_bytes: int | None,
+    allow_models: Callable[[list[str]], None] | None = None,
 ) -> tuple[dict[str, Any], Verdict]:
     """Check and unpack ``path`` into ``dest``; returns the manifest and its signature's verdict."""
     try:
@@ -515,6 +674,8 @@ def _unpack_verified(
         if signature and not verdict.trusted:
             logger.warning("%s: %s; its signature was not checked", path, verdict.reason)
         manifest = _parse_manifest(data)
+        if allow_models is not None:
+            allow_models(sorted({str(v["model_name"]) for v in manifest["versions"]}))
         files: dict[str, Any] = manifest["files"]
         expected = set(files) | {MANIFEST} | ({SIGNATURE} if signature is not None else set())
         extra, missing = sorted(set(members) - expected), sorted(set(files) - set(members))
@@ -622,3 +783,98 @@ def _extract_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path
             f"{size} bytes; manifest says {str(want.get('sha256'))[:16]}..., {want.get('size')} bytes): "
             "the bundle was altered or damaged; nothing was imported"
         )
+
+
+# -- a registry server's client: what it checks itself --------------------------------------
+def _listed(tar: tarfile.TarFile, path: Path) -> dict[str, tarfile.TarInfo]:
+    """The bundle's regular members by name (unsafe or repeated members refused)."""
+    try:
+        listed = tar.getmembers()
+    except tarfile.TarError as exc:
+        raise BundleError(f"{str(path)!r} is damaged (truncated or not a tar file): {exc}") from exc
+    members: dict[str, tarfile.TarInfo] = {}
+    for member in listed:
+        try:
+            name = check_member(member)
+        except IntegrityError as exc:
+            raise BundleError(str(exc)) from exc
+        if name in members:
+            raise BundleError(f"the bundle holds {name!r} twice")
+        if member.isfile():
+            members[name] = member
+    if MANIFEST not in members:
+        raise BundleError(f"{str(path)!r} has no {MANIFEST}: not a modelkeep bundle")
+    return members
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, mode="r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise BundleError(f"{str(path)!r} is not a modelkeep bundle (not a tar file): {exc}") from exc
+
+
+def read_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes, str | None]:
+    """A bundle's parsed manifest, its exact bytes and its signature (``None``: unsigned); what a
+    server's client reads before it sends the bundle (the server checks the rest again)."""
+    path = Path(path)
+    with _open_tar(path) as tar:
+        members = _listed(tar, path)
+        data = _read_small(tar, members[MANIFEST])
+        signature = _read_small(tar, members[SIGNATURE]).decode("ascii", "replace") if SIGNATURE in members else None
+    return _parse_manifest(data), data, signature
+
+
+def check_received(path: str | os.PathLike[str], keyring: Keyring) -> bytes:
+    """Check a bundle a registry server built (unsigned) before this client signs it: every member
+    hashes to what the manifest declares, each version's record names those bytes, and each
+    record's signature passes ``keyring`` as a load's would (so a server cannot slip in a version
+    this client would refuse). Returns the manifest's bytes; :class:`BundleError` or
+    :class:`SignatureError` otherwise."""
+    path = Path(path)
+    with _open_tar(path) as tar:
+        members = _listed(tar, path)
+        if SIGNATURE in members:
+            raise BundleError("the server sent a signed bundle; its client signs bundles itself")
+        data = _read_small(tar, members[MANIFEST])
+        manifest = _parse_manifest(data)
+        files: dict[str, Any] = manifest["files"]
+        if set(members) - {MANIFEST} != set(files):
+            raise BundleError("the server's bundle holds other files than its manifest lists")
+        sidecars = {str(e.get("sidecar")): e for e in manifest["versions"]}
+        for name, want in sorted(files.items()):
+            member = members[name]
+            if not isinstance(want, dict) or member.size != want.get("size"):
+                raise BundleError(f"{name}: its size is not the one the server's manifest declares")
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file
+            sha, kept = hashlib.sha256(), bytearray()
+            with source:
+                while chunk := source.read(1 << 20):
+                    sha.update(chunk)
+                    if name in sidecars and len(kept) <= MAX_MANIFEST_BYTES:
+                        kept += chunk
+            if sha.hexdigest() != want.get("sha256"):
+                raise BundleError(f"{name} does not match the server's manifest: the bundle was damaged")
+            if name in sidecars:
+                entry = sidecars[name]
+                try:
+                    record = ModelMetadata.from_dict(json.loads(bytes(kept)))
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise BundleError(f"{name} is not a version record: {exc}") from exc
+                art = record.artifact
+                if (
+                    (record.model_name, record.version) != (entry["model_name"], entry["version"])
+                    or art is None
+                    or STORE_PREFIX + art.key != entry["artifact"]
+                    or art.sha256 != entry["sha256"]
+                ):
+                    raise BundleError(f"{name} does not describe the version the server's manifest lists")
+                keyring.check(record)
+    return data
+
+
+def append_signature(path: str | os.PathLike[str], data: bytes, signer: str | bytes | PrivateKey) -> None:
+    """Sign the manifest ``data`` of the unsigned bundle at ``path`` with ``signer`` (appended)."""
+    with tarfile.open(path, mode="a", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, SIGNATURE, sign_manifest(data, signer).encode() + b"\n")

@@ -27,8 +27,14 @@ DEFAULT_SERVER_PORT = 8766
     help="Also answer predictions at /serve/MODEL@ALIAS/predict (and /invocations, /health, /model), "
     "following the alias, for API token holders (repeatable; needs the [serve] extra).",
 )
+@click.option(
+    "--max-upload-size",
+    metavar="SIZE",
+    help="Refuse request bodies (uploads, blobs, bundles) larger than SIZE with HTTP 413, e.g. 10GiB "
+    "(default: the config's server.max_upload_bytes, else no cap).",
+)
 @click.pass_context
-def server(ctx: click.Context, predictions: tuple[str, ...], **options: Any) -> None:
+def server(ctx: click.Context, predictions: tuple[str, ...], max_upload_size: str | None, **options: Any) -> None:
     """Serve the registry to a team: the web UI and the JSON API (/api/v1, OpenAPI at /api/v1/openapi.json).
 
     Clients need only the URL and a token ('modelkeep users token NAME'):
@@ -47,4 +53,28 @@ def server(ctx: click.Context, predictions: tuple[str, ...], **options: Any) -> 
 
         for reference in predictions:
             parse_reference(reference)  # a malformed reference is reported before the server starts
-    start_web(ctx, allow_anonymous=False, title="server", predictions=predictions, **options)
+    start_web(
+        ctx,
+        allow_anonymous=False,
+        title="server",
+        predictions=predictions,
+        max_upload_bytes=_upload_cap(ctx, max_upload_size),
+        **options,
+    )
+
+
+def _upload_cap(ctx: click.Context, text: str | None) -> int | None:
+    """``--max-upload-size``, else the config's ``server.max_upload_bytes`` (``None``: no cap)."""
+    from .cli_context import cli_state, open_registry
+    from .formats.budget import parse_size
+
+    if text is not None:
+        if text.strip().lower() in ("none", "off"):
+            return None
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-upload-size") from None
+    open_registry(ctx)  # reads the config
+    settings = cli_state(ctx).settings
+    return None if settings is None else settings.server.max_upload_bytes

@@ -32,6 +32,24 @@ class LoggingSettings(BaseModel):
         return v.upper() if isinstance(v, str) else v
 
 
+class ServerSettings(BaseModel):
+    """``modelkeep server``'s own settings (the ``server:`` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: Largest request body the server accepts (an upload, a blob, a bundle), in bytes or text such
+    #: as ``10GiB``; larger ones are refused with HTTP 413. ``None`` (default): no cap.
+    max_upload_bytes: int | None = None
+
+    @field_validator("max_upload_bytes", mode="before")
+    @classmethod
+    def _parse_upload_cap(cls, v: Any) -> Any:
+        from .formats.budget import parse_size
+
+        if v is None or (isinstance(v, str) and v.strip().lower() in {"", "none", "off"}):
+            return None
+        return parse_size(v)
+
+
 class KeySettings(BaseModel):
     """Where signing keys and trusted keys come from (see :func:`key_settings`)."""
 
@@ -193,6 +211,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     def persistence_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~modelkeep.ModelPersistence` from these settings.
@@ -362,7 +381,11 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     parts = [p for p in parts if p not in {"bool", "int", "str", "tuple[str,int]"}]
     loc = prefix + ".".join(parts)
     if err["type"] == "extra_forbidden":
-        sections: dict[str, type[BaseModel]] = {"logging": LoggingSettings, "persistence": PersistenceSettings}
+        sections: dict[str, type[BaseModel]] = {
+            "logging": LoggingSettings,
+            "persistence": PersistenceSettings,
+            "server": ServerSettings,
+        }
         section = sections.get(parts[0], Settings) if len(parts) > 1 else Settings
         allowed = ", ".join(section.model_fields)
         return f"unknown config key {loc}; allowed keys here: {allowed}"

@@ -274,6 +274,11 @@ class RequestError(ModelKeepError, ValueError):
     """A request to ``modelkeep server`` that it cannot read: a missing or mistyped argument."""
 
 
+class UploadTooLargeError(RequestError):
+    """A body sent to ``modelkeep server`` (an upload, a blob, a bundle) is larger than the server's
+    ``server.max_upload_bytes`` (``modelkeep server --max-upload-size``); answered with HTTP 413."""
+
+
 class ServerOnlyError(ConfigError, AttributeError):
     """What a client of ``modelkeep server`` cannot do (``gc``, ``reindex``, the store itself...):
     it runs on the server's host. An ``AttributeError`` too, so ``hasattr`` says no."""

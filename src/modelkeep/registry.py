@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .blobs import BlobStore
+    from .bundle import BundleReport
     from .config import Settings
     from .freshness import Freshness
     from .index.claims import VersionClaim
@@ -1067,6 +1068,34 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         from .exporting import write_export
 
         return write_export(self, model_name, version, output, force=force)
+
+    def export_bundle(
+        self,
+        model_name: str,
+        output: str | os.PathLike[str],
+        *,
+        versions: list[str] | None = None,
+        force: bool = False,
+    ) -> Path:
+        """Write ``model_name``'s versions (all by default) to the bundle file ``output``
+        (see :func:`modelkeep.bundle.export_bundle`)."""
+        from .bundle import export_bundle
+
+        return export_bundle(self, model_name, output, versions=versions, force=force)
+
+    def import_bundle(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        with_aliases: bool = False,
+        max_bundle_bytes: int | None = None,
+    ) -> BundleReport:
+        """Verify the bundle at ``path`` completely, then register its versions here
+        (see :func:`modelkeep.bundle.import_bundle`)."""
+        from .bundle import import_bundle
+
+        self.ensure_registry()
+        return import_bundle(self, path, with_aliases=with_aliases, max_bundle_bytes=max_bundle_bytes)
 
     def check_input(self, model_name: str, version: str | None, X: Any) -> InputCheck:
         """Check data ``X`` (DataFrame, array or tensor) against a version's input signature:

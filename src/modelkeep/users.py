@@ -74,7 +74,7 @@ class UserStore:
     checking passwords and tokens need nothing."""
 
     def __init__(self, index: SqlIndex, who: Callable[[], Identity | None] | None = None) -> None:
-        self._rows = UserRows(index)
+        self._rows = UserRows(index, who)
         self._who = who
         # Verifying an unknown user still costs one argon2 check, so timing does not tell
         # which names exist.

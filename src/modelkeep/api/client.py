@@ -27,6 +27,7 @@ from ..errors import (
     StorageError,
 )
 from ..identity import Identity
+from .client_bundles import BundleMixin
 from .client_signing import SigningMixin
 from .client_transfers import TransferMixin
 from .wire import (
@@ -75,7 +76,7 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class HttpRegistry(SigningMixin, TransferMixin):
+class HttpRegistry(SigningMixin, TransferMixin, BundleMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
     def __init__(

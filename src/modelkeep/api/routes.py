@@ -51,11 +51,13 @@ def error_response(exc: ModelKeepError) -> JSONResponse:
 
 
 class Api:
-    """The handlers of one server, bound to one registry (``persistence``)."""
+    """The handlers of one server, bound to one registry (``persistence``); ``max_upload_bytes``
+    caps every streamed request body (uploads, blobs, bundles; ``None``: no cap)."""
 
-    def __init__(self, persistence: Any, identify: Identify) -> None:
+    def __init__(self, persistence: Any, identify: Identify, *, max_upload_bytes: int | None = None) -> None:
         self.p = persistence
         self.identify = identify
+        self.max_upload_bytes = max_upload_bytes
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a library call in a worker thread, as the request's identity."""
@@ -98,6 +100,7 @@ class Api:
                 "version": __version__,
                 "protocol": PROTOCOL,
                 "user": None if who is None else {"name": who.name, "role": who.role},
+                "max_upload_bytes": self.max_upload_bytes,
             }
         )
 
@@ -444,6 +447,7 @@ class Api:
 
     def endpoints(self) -> list[Endpoint]:
         """Every route of the API: these, and the transfers of :mod:`modelkeep.api.transfers`."""
+        from .bundle_routes import bundle_endpoints
         from .signing_routes import signing_endpoints
         from .transfers import transfer_endpoints
 
@@ -451,6 +455,7 @@ class Api:
         return [
             *transfer_endpoints(self),
             *signing_endpoints(self),
+            *bundle_endpoints(self),
             Endpoint("GET", "/", self.about, "The server, its protocol version, and who you are"),
             Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
             Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),

@@ -62,8 +62,11 @@ from ..signing import manifest
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
 from ..versions import next_version, validate_model_name, validate_version
 from .endpoint import MAX_JSON_BODY
+from .wire import too_large
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from ..index.claims import VersionClaim
     from ..storage import ArtifactStore
     from .endpoint import Endpoint
@@ -266,13 +269,38 @@ def draft_from_client(data: Any, name: str, upload: Upload) -> ModelMetadata:
     )
 
 
-async def _receive(request: Request, store: ArtifactStore, tmp_key: str, expected: Expected) -> _Sink:
+def check_declared_size(request: Request, limit: int | None, declared: int | None = None) -> None:
+    """Refuse a body whose ``Content-Length`` (or ``declared`` size) is over ``limit`` before reading it."""
+    if limit is None:
+        return
+    length = request.headers.get("content-length", "")
+    if (length.isdigit() and int(length) > limit) or (declared is not None and declared > limit):
+        raise too_large(limit)
+
+
+async def capped_stream(request: Request, limit: int | None) -> AsyncIterator[bytes]:
+    """The request body's chunks, refused (:class:`UploadTooLargeError`) as soon as more than
+    ``limit`` bytes arrive, whatever the headers said (a chunked body declares no length)."""
+    check_declared_size(request, limit)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise too_large(limit)
+        yield chunk
+
+
+async def _receive(
+    request: Request, store: ArtifactStore, tmp_key: str, expected: Expected, limit: int | None = None
+) -> _Sink:
     """Stream the request body into ``tmp_key`` in :data:`UPLOAD_CHUNK` writes (bounded memory),
-    checked against ``expected`` as it arrives; on any failure the staged bytes are removed."""
+    checked against ``expected`` and the upload cap ``limit`` as it arrives; on any failure the
+    staged bytes are removed."""
+    check_declared_size(request, limit, expected.size)
     sink = await run_in_threadpool(_Sink, store, tmp_key, expected)
     try:
         pending = bytearray()
-        async for chunk in request.stream():
+        async for chunk in capped_stream(request, limit):
             pending += chunk
             if len(pending) >= UPLOAD_CHUNK:
                 await run_in_threadpool(sink.write, pending)
@@ -367,7 +395,7 @@ class Transfers:
         if name:
             plan_for = (name, *self._plan_args(request, name))
         staged = self.store.stage()
-        sink = await _receive(request, self.store, staged.tmp_key, expected)
+        sink = await _receive(request, self.store, staged.tmp_key, expected, self.api.max_upload_bytes)
         upload = Upload(staged.tmp_key, sink.size, sink.sha.hexdigest(), _blake3_record(expected), self._user(request))
         upload_id = uuid.uuid4().hex
         self._put_back(upload_id, upload)
@@ -395,6 +423,8 @@ class Transfers:
         expected = Expected.of(sha, size, {BLAKE3_KEY: blake} if isinstance(blake, dict) else None)
         if blake is not None and not expected.fast:
             raise MetadataError("the upload's blake3 record is malformed")
+        if self.api.max_upload_bytes is not None and size > self.api.max_upload_bytes:
+            raise too_large(self.api.max_upload_bytes)
         name = body.get("model")
         plan_for = None
         self._may_upload(request, validate_model_name(str(name)) if name else None)
@@ -684,7 +714,7 @@ class Transfers:
             raise HTTPException(411, "a blob upload needs a Content-Length")
         expected = Expected(sha, size)
         staged = self.store.stage()
-        sink = await _receive(request, self.store, staged.tmp_key, expected)
+        sink = await _receive(request, self.store, staged.tmp_key, expected, self.api.max_upload_bytes)
         try:
             await run_in_threadpool(staged.commit, blob_key(sha))
         except BaseException as exc:

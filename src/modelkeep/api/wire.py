@@ -33,6 +33,8 @@ def status_for(exc: BaseException) -> int:
         return 403
     if isinstance(exc, (errors.RegistryNotFoundError, errors.ArtifactNotFoundError, KeyError)):
         return 404
+    if isinstance(exc, errors.UploadTooLargeError):
+        return 413
     if isinstance(exc, (errors.VersionExistsError, errors.AliasConflictError, errors.VersionInUseError)):
         return 409
     if isinstance(exc, (errors.IntegrityError,)):
@@ -219,4 +221,17 @@ def verify_report_from_wire(data: dict[str, Any]) -> VerifyReport:
             for p in data.get("problems") or []
         ],
         signatures={str(k): int(v) for k, v in (data.get("signatures") or {}).items()},
+    )
+
+
+def too_large(limit: int) -> errors.UploadTooLargeError:
+    """The refusal of a request body over a server's upload cap (HTTP 413), saying how to raise it."""
+    shown = f"{limit} bytes"
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if limit >= size:
+            shown = f"{limit / size:.1f} {unit} ({limit} bytes)"
+            break
+    return errors.UploadTooLargeError(
+        f"the upload is larger than this server's limit of {shown}; an admin raises it with "
+        "server.max_upload_bytes in the server's config, or modelkeep server --max-upload-size"
     )

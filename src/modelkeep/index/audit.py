@@ -30,6 +30,23 @@ MODEL_LEVEL = ""
 LIVE = versions.c.deleted_at.is_(None)
 
 
+#: The ``model_name`` of the history rows about users, tokens and grants (not a model: a model
+#: name cannot start with ``_``). Their ``key`` is the user; only admins read them.
+USERS_LOG = "_users"
+#: The actions of those rows. ``before``/``after`` hold roles, token ids, labels and globs, never a
+#: password, a password hash or a token.
+USER_ACTIONS = (
+    "user_add",
+    "user_remove",
+    "user_role",
+    "user_password",
+    "token_new",
+    "token_revoke",
+    "grant",
+    "grant_revoke",
+)
+
+
 #: The history columns an event file carries, as stored (``before``/``after`` are JSON text).
 ROW_COLUMNS = ("at", "actor", "action", "model_name", "version", "alias", "key", "before", "after", "signature")
 #: ``Connection.info`` key of the rows written in the open write transaction (see :class:`HistoryRow`).

@@ -30,7 +30,7 @@ from ..metadata import HistoryEntry
 from ..policies import refusal
 from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
-from .audit import ALIAS_RESIGN, LIVE, MODEL_LEVEL, now, write_history
+from .audit import ALIAS_RESIGN, LIVE, MODEL_LEVEL, USERS_LOG, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .common import trashed_error
@@ -766,11 +766,13 @@ class Lifecycle:
         """Audit rows, oldest first; ``limit`` keeps the most recent ones.
 
         ``since`` is inclusive, ``until`` exclusive; both take datetimes (naive = UTC)
-        or ISO-8601 strings.
+        or ISO-8601 strings. The rows about users, tokens and grants (model ``_users``, see
+        :data:`~.audit.USERS_LOG`) are listed only to admins (and when no identity acts).
         """
         query = select(history)
         if model_name is not None:
-            query = query.where(history.c.model_name == validate_model_name(model_name))
+            name = model_name if model_name == USERS_LOG else validate_model_name(model_name)
+            query = query.where(history.c.model_name == name)
         if alias is not None:
             query = query.where(history.c.alias == validate_alias(alias))
         if since is not None:
@@ -784,6 +786,9 @@ class Lifecycle:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise InvalidNameError(f"limit must be a whole number >= 0, got {limit!r}")
             query = query.limit(limit)
+        who = self._index.viewer()
+        if who is not None and not who.at_least("admin"):  # users, tokens and grants: admins only
+            query = query.where(history.c.model_name != USERS_LOG)
         with self._index._read() as conn:
             seen = self._index.visible_names(conn)
             if seen is not None:  # only the rows of models the reader may see, limit and all

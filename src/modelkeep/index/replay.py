@@ -22,7 +22,16 @@ from ..errors import InvalidNameError
 from ..metadata import ModelMetadata
 from ..policies import APPROVE, POLICY_DELETE, POLICY_SET, validate_model_glob
 from ..versions import validate_alias, validate_model_name, validate_version
-from .audit import ALIAS_RESIGN, HistoryRow, insert_history, now, touch_model, write_history
+from .audit import (
+    ALIAS_RESIGN,
+    USER_ACTIONS,
+    USERS_LOG,
+    HistoryRow,
+    insert_history,
+    now,
+    touch_model,
+    write_history,
+)
 from .migrations import qualified_table
 from .schema import aliases, approvals, blob_refs, fields, history, models, policies, tags, versions
 
@@ -203,9 +212,16 @@ def _about_policies(event: HistoryRow) -> bool:
     return event.row["action"] in (POLICY_SET, POLICY_DELETE)
 
 
+def _about_users(event: HistoryRow) -> bool:
+    """A change to users, tokens or grants: its ``model_name`` is :data:`~.audit.USERS_LOG`."""
+    return event.row["model_name"] == USERS_LOG and event.row["action"] in USER_ACTIONS
+
+
 def apply_event(conn: Connection, event: HistoryRow, present: set[str], *, where: str) -> None:
     """Redo ``event``'s effect (nothing for actions without an applier); a row a hostile or
     damaged store made unusable is logged and skipped."""
+    if _about_users(event):
+        return  # kept in the history only: the users table is not in the store
     if not _about_policies(event):
         touch_model(conn, event.row["model_name"], event.row["at"])
     applier = APPLIERS.get(str(event.row["action"]))
@@ -224,7 +240,8 @@ def usable(events: Iterable[HistoryRow], *, where: str) -> list[HistoryRow]:
     chosen: dict[int, HistoryRow] = {}
     for event in events:
         try:
-            (validate_model_glob if _about_policies(event) else validate_model_name)(event.row["model_name"])
+            if not _about_users(event):
+                (validate_model_glob if _about_policies(event) else validate_model_name)(event.row["model_name"])
         except InvalidNameError as exc:
             logger.warning("%s: skipping event %s: %s", where, event.seq, exc)
             continue

@@ -7,13 +7,15 @@ tokens (SHA-256) before they reach this module, and checks them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from ..errors import InvalidNameError, UserNotFoundError
-from .audit import now
+from ..identity import Identity, acting, acting_as
+from .audit import USERS_LOG, now, write_history
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .schema import grants, tokens, users
 
@@ -55,8 +57,11 @@ class TokenOwner:
 class UserRows:
     """Users and tokens of one :class:`SqlIndex`."""
 
-    def __init__(self, index: SqlIndex) -> None:
+    def __init__(self, index: SqlIndex, who: Callable[[], Identity | None] | None = None) -> None:
         self._index = index
+        #: Who acts when no :func:`~modelkeep.identity.acting_as` block says (the registry's own
+        #: identity): the actor of the history rows of changes.
+        self._who = who
 
     @_retry_on_disconnect
     def add(self, name: str, role: str, password_hash: str | None) -> None:
@@ -67,6 +72,7 @@ class UserRows:
             conn.execute(
                 insert(users).values(name=name, role=role, password_hash=password_hash, created_at=at, updated_at=at)
             )
+            self._log(conn, "user_add", name, after={"role": role, "password": password_hash is not None})
 
     @_retry_on_disconnect
     def get(self, name: str) -> UserRow | None:
@@ -92,17 +98,24 @@ class UserRows:
         if password_hash is not None:
             values["password_hash"] = password_hash
         with self._index._write() as conn:
+            before = conn.execute(select(users.c.role).where(users.c.name == name)).scalar()
             if conn.execute(update(users).where(users.c.name == name).values(**values)).rowcount == 0:
                 raise UserNotFoundError(f"no user '{name}': see 'modelkeep users list'")
+            if role is not None:
+                self._log(conn, "user_role", name, before=before, after=role)
+            if password_hash is not None:
+                self._log(conn, "user_password", name)  # that it changed: never the password or its hash
 
     @_retry_on_disconnect
     def remove(self, name: str) -> None:
         """Remove a user and every token of theirs."""
         with self._index._write() as conn:
-            conn.execute(delete(tokens).where(tokens.c.user_name == name))
-            conn.execute(delete(grants).where(grants.c.user_name == name))
+            role = conn.execute(select(users.c.role).where(users.c.name == name)).scalar()
+            revoked = conn.execute(delete(tokens).where(tokens.c.user_name == name)).rowcount
+            dropped = conn.execute(delete(grants).where(grants.c.user_name == name)).rowcount
             if conn.execute(delete(users).where(users.c.name == name)).rowcount == 0:
                 raise UserNotFoundError(f"no user '{name}': see 'modelkeep users list'")
+            self._log(conn, "user_remove", name, before={"role": role, "tokens": revoked, "grants": dropped})
 
     @_retry_on_disconnect
     def add_token(self, name: str, token_hash: str, label: str, token_id: str, expires_at: str | None) -> None:
@@ -118,6 +131,14 @@ class UserRows:
                     expires_at=expires_at,
                 )
             )
+            self._log(conn, "token_new", name, after={"token_id": token_id, "label": label, "expires_at": expires_at})
+
+    def _log(self, conn: Connection, action: str, user: str, *, before: Any = None, after: Any = None) -> None:
+        """One history row about ``user`` (see :data:`~.audit.USERS_LOG`), in the change's
+        transaction, by the identity acting (else the registry's own)."""
+        who = acting() or (self._who() if self._who is not None else None)
+        with acting_as(who):
+            write_history(conn, action, USERS_LOG, key=user, before=before, after=after)
 
     @staticmethod
     def _require_user(conn: Connection, name: str) -> None:
@@ -151,14 +172,21 @@ class UserRows:
     @_retry_on_disconnect
     def revoke_tokens(self, name: str) -> int:
         with self._index._write() as conn:
-            return int(conn.execute(delete(tokens).where(tokens.c.user_name == name)).rowcount)
+            ids = conn.execute(select(tokens.c.token_id).where(tokens.c.user_name == name)).scalars().all()
+            revoked = int(conn.execute(delete(tokens).where(tokens.c.user_name == name)).rowcount)
+            if revoked:
+                self._log(conn, "token_revoke", name, before={"token_ids": sorted(str(i) for i in ids)})
+            return revoked
 
     @_retry_on_disconnect
     def revoke_token(self, name: str, token_id: str) -> int:
         """Remove ``name``'s token ``token_id``; returns 1, or 0 when they have no such token."""
         with self._index._write() as conn:
             found = delete(tokens).where(tokens.c.user_name == name, tokens.c.token_id == token_id)
-            return int(conn.execute(found).rowcount)
+            revoked = int(conn.execute(found).rowcount)
+            if revoked:
+                self._log(conn, "token_revoke", name, before={"token_ids": [token_id]})
+            return revoked
 
     # -- grants -------------------------------------------------------------------------
     @_retry_on_disconnect
@@ -167,15 +195,27 @@ class UserRows:
         with self._index._write() as conn:
             self._require_user(conn, name)
             where = (grants.c.user_name == name, grants.c.model_glob == glob)
+            before = conn.execute(select(grants.c.role).where(*where)).scalar()
             if conn.execute(update(grants).where(*where).values(role=role)).rowcount == 0:
                 conn.execute(insert(grants).values(user_name=name, model_glob=glob, role=role, created_at=now()))
+            self._log(
+                conn,
+                "grant",
+                name,
+                before=None if before is None else {"glob": glob, "role": before},
+                after={"glob": glob, "role": role},
+            )
 
     @_retry_on_disconnect
     def revoke_grant(self, name: str, glob: str) -> int:
         """Remove ``name``'s grant on ``glob``; returns 1, or 0 when there was none."""
         with self._index._write() as conn:
-            found = delete(grants).where(grants.c.user_name == name, grants.c.model_glob == glob)
-            return int(conn.execute(found).rowcount)
+            where = (grants.c.user_name == name, grants.c.model_glob == glob)
+            role = conn.execute(select(grants.c.role).where(*where)).scalar()
+            removed = int(conn.execute(delete(grants).where(*where)).rowcount)
+            if removed:
+                self._log(conn, "grant_revoke", name, before={"glob": glob, "role": role})
+            return removed
 
     @_retry_on_disconnect
     def grants_of(self, name: str) -> list[tuple[str, str]]:

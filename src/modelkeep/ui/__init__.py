@@ -42,11 +42,12 @@ def create_app(
     read_only: bool = False,
     auth: AuthSettings | None = None,
     anonymous: bool = True,
+    max_upload_bytes: int | None = None,
 ) -> Starlette:
     """The UI of ``persistence``'s registry as an ASGI application (see :func:`modelkeep.ui.app.create_app`)."""
     from .app import create_app as build
 
-    return build(persistence, read_only=read_only, auth=auth, anonymous=anonymous)
+    return build(persistence, read_only=read_only, auth=auth, anonymous=anonymous, max_upload_bytes=max_upload_bytes)
 
 
 def serve(
@@ -63,6 +64,7 @@ def serve(
     ssl_keyfile: str | None = None,
     title: str = "UI",
     predictions: tuple[str, ...] = (),
+    max_upload_bytes: int | None = None,
 ) -> None:
     """Serve the UI until Ctrl-C (``title`` names it in messages: ``modelkeep {title}: URL``).
 
@@ -89,7 +91,13 @@ def serve(
             "change aliases and the trash): add one first with 'modelkeep users add NAME --role admin', "
             "or bind to 127.0.0.1, or pass --allow-anonymous to serve everyone on purpose"
         )
-    app = create_app(persistence, read_only=read_only, auth=auth, anonymous=loopback or allow_anonymous)
+    app = create_app(
+        persistence,
+        read_only=read_only,
+        auth=auth,
+        anonymous=loopback or allow_anonymous,
+        max_upload_bytes=max_upload_bytes,
+    )
     for reference in predictions:  # modelkeep server --serve MODEL@ALIAS
         from ..serve import create_app as prediction_app
 

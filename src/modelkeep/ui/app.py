@@ -675,6 +675,7 @@ def create_app(
     page_size: int = PAGE_SIZE,
     auth: AuthSettings | None = None,
     anonymous: bool = True,
+    max_upload_bytes: int | None = None,
 ) -> Starlette:
     """The UI for ``persistence``'s registry as an ASGI app (serve it with uvicorn).
 
@@ -682,6 +683,7 @@ def create_app(
     ``anonymous``, a UI with ``local`` accounts and no users configured serves
     everyone without sign-in (``serve`` allows that only on loopback). Requests
     whose ``Host`` is not a loopback name or one of ``auth.allowed_hosts`` get a 400.
+    ``max_upload_bytes`` caps the API's streamed request bodies (HTTP 413 above it; ``None``: no cap).
     """
     auth = auth or AuthSettings()
     pages = _Pages(persistence, read_only=read_only, page_size=page_size, auth=auth, anonymous=anonymous)
@@ -697,7 +699,7 @@ def create_app(
     from ..api.routes import Api, api_routes
 
     routes = [
-        *api_routes(Api(persistence, identify_api)),
+        *api_routes(Api(persistence, identify_api, max_upload_bytes=max_upload_bytes)),
         Route("/", gate(pages.models), methods=get),
         Route("/history", gate(pages.history), methods=get),
         Route("/models/{name}", gate(pages.model), methods=get),

@@ -155,6 +155,7 @@ class EventsMixin:
         a transaction left open more than a second ends the list before the events it may precede.
         When an identity acts, the events of models it may not view are left out.
         """
+        from ..index.audit import USERS_LOG
         from ..index.webhooks import WebhookRows
         from .events import parse_patterns
         from .feed import iter_events
@@ -173,5 +174,7 @@ class EventsMixin:
             # grants only cannot place (no model) is theirs to see only with a registry role.
             who = index.viewer()
             seen = event.get("model")
+            if seen == USERS_LOG and who is not None and not who.at_least("admin"):
+                continue  # users, tokens and grants: admins only (as in ``history``)
             if who is None or who.sees_everything() or (isinstance(seen, str) and index.may_view(seen)):
                 yield event

@@ -33,6 +33,16 @@ EVENT_OF_ACTION: dict[str, str] = {
     "policy_set": "policy.set",
     "policy_delete": "policy.removed",
     "approve": "approval.added",
+    "import": "bundle.imported",
+    # Users, tokens and grants (model ``_users``, see modelkeep.index.audit.USERS_LOG):
+    "user_add": "user.added",
+    "user_remove": "user.removed",
+    "user_role": "user.role_changed",
+    "user_password": "user.password_set",
+    "token_new": "token.created",
+    "token_revoke": "token.revoked",
+    "grant": "grant.set",
+    "grant_revoke": "grant.removed",
 }
 ALIAS_MOVED = "alias.moved"
 #: Every name an event can have (besides ``history.<action>`` for unknown actions), sorted.
