@@ -406,7 +406,11 @@ def import_bundle(
         report.signature = {**verdict.to_dict(), "signer": verdict.signer}
         report.signature_checked = verdict.trusted
         names = sorted({str(v["model_name"]) for v in manifest["versions"]})
-        with ModelPersistence(Path(tmp) / "store", registry_path=Path(tmp) / "index") as staging:
+        # A private SQLite index named outright: MODELKEEP_REGISTRY_URL / MODELKEEP_TOKEN (the
+        # destination's, perhaps a team database or a registry server) must not reach it.
+        (Path(tmp) / "index").mkdir()
+        staging_url = f"sqlite:///{(Path(tmp) / 'index' / 'registry.db').resolve()}"
+        with ModelPersistence(Path(tmp) / "store", registry_url=staging_url, token="") as staging:
             if staging.reindex() != len(manifest["versions"]):
                 raise BundleError("the bundle's sidecar files do not describe the versions its manifest lists")
             _check_records(staging, manifest)
