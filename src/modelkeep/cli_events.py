@@ -259,10 +259,12 @@ def watch(
         from .index.webhooks import WebhookRows
 
         since, _writers = WebhookRows(p.index).horizon()
-    click.echo(f"Watching events after id {since} (Ctrl-C to stop).", err=True)
     stop = threading.Event()
+    # the feed before the banner: a registry server's client refuses it at once (one error line)
+    feed = p.events(since=since, model=model_name, types=patterns, follow=True, poll=poll, stop=stop)
+    click.echo(f"Watching events after id {since} (Ctrl-C to stop).", err=True)
     with stop_on_signals(stop):
-        for event in p.events(since=since, model=model_name, types=patterns, follow=True, poll=poll, stop=stop):
+        for event in feed:
             if alias is not None and event["alias"] != alias:
                 continue
             line = json.dumps(event, separators=(",", ":"))
