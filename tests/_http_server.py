@@ -237,6 +237,47 @@ def _in_process(side: ServerSide, token: str) -> Iterator[HttpServer]:
         running.stop()
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """An object in a remote store (the ``http-pg-s3`` server's bucket), standing where the
+    suites expect the :class:`~pathlib.Path` a local registry's ``save()`` returns: it answers
+    ``exists()`` / ``read_bytes()`` from the bucket itself."""
+
+    store: Any = field(repr=False)
+    key: str
+
+    def exists(self) -> bool:
+        """The object is in the bucket, or (for a folder, such as ``.parent``) something under it is."""
+        return bool(self.store.exists(self.key)) or self.is_dir()
+
+    def is_file(self) -> bool:
+        return bool(self.store.exists(self.key))
+
+    def is_dir(self) -> bool:
+        return any(key != self.key for key in self.store.list_keys(self.key))
+
+    @property
+    def parent(self) -> StoredObject:
+        return StoredObject(self.store, self.key.rsplit("/", 1)[0] if "/" in self.key else "")
+
+    def read_bytes(self) -> bytes:
+        return bytes(self.store.read_bytes(self.key))
+
+    def write_bytes(self, data: bytes) -> None:
+        """Replace the object in the bucket (what a test that damages an artifact does)."""
+        self.store.write_bytes(self.key, data)
+
+    def unlink(self) -> None:
+        self.store.delete(self.key)
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return str(self.store.location(self.key))
+
+
 class OverHttp:
     """A registry used through a server, as a suite written for ``ModelPersistence`` uses it.
 
@@ -247,6 +288,8 @@ class OverHttp:
 
     def __init__(self, server: HttpServer, client: Any, direct: ModelPersistence) -> None:
         self.server, self.client, self.direct = server, client, direct
+        #: Set by :func:`over_http_pg_s3`: how the client's transfers went.
+        self.counts: TransferCounts | None = None
 
     #: What the client refuses (it runs on the server's host): the suites use the registry itself.
     SERVER_SIDE = frozenset({"index", "gc", "reindex", "backfill_params"})
@@ -263,7 +306,8 @@ class OverHttp:
         url = self.client.save(model, model_name, version, **kwargs)
         saved = url.split("/versions/")[1].split("/")[0]
         record = self.client.get_version(model_name, unquote(saved))
-        return self.direct.store.location(record.artifact.key)
+        location = self.direct.store.location(record.artifact.key)
+        return location if isinstance(location, Path) else StoredObject(self.direct.store, record.artifact.key)
 
     def close(self) -> None:
         self.client.close()
@@ -289,6 +333,68 @@ def over_http(side: ServerSide, workdir: Path) -> Iterator[OverHttp]:
             yield registry
         finally:
             registry.client.close()  # the served registry is closed with the server
+
+
+@dataclass
+class TransferCounts:
+    """How a client's artifact transfers went, from the server's answers (see :func:`count_transfers`)."""
+
+    #: ``POST /uploads/presigned`` answered with a plan: the bytes went straight to the bucket.
+    presigned_uploads: int = 0
+    #: ``POST /uploads`` answered: the bytes streamed through the server.
+    streamed_uploads: int = 0
+    #: An artifact ``GET`` answered with a redirect to a presigned URL.
+    presigned_downloads: int = 0
+    #: An artifact ``GET`` answered with the bytes themselves.
+    streamed_downloads: int = 0
+
+
+def count_transfers(client: Any) -> TransferCounts:
+    """Count ``client``'s uploads and artifact downloads by how the server answered them."""
+    counts = TransferCounts()
+
+    def seen(response: Any) -> None:
+        method, path = response.request.method, response.request.url.path
+        if response.status_code >= 400:
+            return
+        if method == "POST" and path.endswith("/uploads/presigned"):
+            counts.presigned_uploads += 1
+        elif method == "POST" and path.endswith("/uploads"):
+            counts.streamed_uploads += 1
+        elif method == "GET" and path.endswith("/artifact"):
+            if response.status_code in (302, 303, 307, 308):
+                counts.presigned_downloads += 1
+            else:
+                counts.streamed_downloads += 1
+
+    client._http.event_hooks["response"].append(seen)
+    return counts
+
+
+#: The artifact size from which the ``http-pg-s3`` variant transfers through presigned URLs: every
+#: artifact (the defaults, 8 MiB, would leave the suites' small models streaming through the server).
+PRESIGNED_FROM = 1
+
+
+@contextlib.contextmanager
+def over_http_pg_s3(index_target: Any, request: pytest.FixtureRequest, workdir: Path) -> Iterator[OverHttp]:
+    """An in-process server on ``index_target`` (PostgreSQL, its own schema) and a fresh moto S3
+    bucket, with presigned uploads and downloads from :data:`PRESIGNED_FROM` bytes, used as
+    :class:`OverHttp`. On exit it checks that no artifact went through the server instead of the
+    bucket (``.counts`` says how they went), so the variant cannot quietly stream."""
+    from modelkeep.api import client_transfers, transfers
+
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(client_transfers, "PRESIGNED_MIN", PRESIGNED_FROM)
+    monkeypatch.setattr(transfers, "PRESIGNED_GET_MIN", PRESIGNED_FROM)
+    bucket = request.getfixturevalue("s3_bucket")
+    side = ServerSide(bucket.url(), index_target.url, index_target.schema, bucket.storage_options)
+    with over_http(side, workdir) as registry:
+        registry.counts = count_transfers(registry.client)
+        yield registry
+        counts = registry.counts
+    assert counts.streamed_uploads == 0, f"uploads streamed through the server, not presigned: {counts}"
+    assert counts.streamed_downloads == 0, f"downloads streamed through the server, not presigned: {counts}"
 
 
 # -- fixtures -------------------------------------------------------------------------------------

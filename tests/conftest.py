@@ -132,21 +132,57 @@ def index_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ind
         yield IndexTarget("postgresql", PG_URL, schema)
 
 
+#: How a module with ``ALSO_OVER_HTTP`` reaches ``persistence``, per index backend: directly, through
+#: an in-process server on the same index and a local folder, and (PostgreSQL only: the S3 variant
+#: is about the store, a SQLite copy of it would add time and nothing else) through a server on
+#: PostgreSQL + a moto S3 bucket with presigned transfers (``tests/_http_server.py``).
+OVER_HTTP_VARIANTS = {
+    "sqlite-direct": ("sqlite", "direct"),
+    "postgresql-direct": pytest.param("postgresql", "direct", marks=pytest.mark.postgres),
+    "sqlite-http": ("sqlite", "http"),
+    "postgresql-http": pytest.param("postgresql", "http", marks=pytest.mark.postgres),
+    "postgresql-http-pg-s3": pytest.param("postgresql", "http-pg-s3", marks=pytest.mark.postgres),
+}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A module that sets ``ALSO_OVER_HTTP = True`` runs its ``persistence`` tests twice: on the
-    registry itself, and through a ``modelkeep server`` in front of it (``tests/_http_server.py``)."""
-    if "persistence" in metafunc.fixturenames and getattr(metafunc.module, "ALSO_OVER_HTTP", False):
-        metafunc.parametrize("registry_via", ["direct", "http"])
+    """A module that sets ``ALSO_OVER_HTTP`` runs its ``persistence`` tests on the registry itself
+    and through a ``modelkeep server`` in front of it (:data:`OVER_HTTP_VARIANTS`): ``True`` for
+    every variant, or a collection of the ``*-http*`` variants' names to run (the direct ones
+    always run).
+
+    A test marked ``direct_only(reason)`` (it needs the registry's internals) runs directly only;
+    one marked ``local_files(reason)`` (it reads or writes the registry's files as local paths)
+    not on the S3 variant. The pairs are given as a ``parametrize`` mark (not
+    ``metafunc.parametrize``) so that pytest's own fixture parametrization sees ``index_target``
+    taken and does not add its params again."""
+    over_http = getattr(metafunc.module, "ALSO_OVER_HTTP", False)
+    if "persistence" not in metafunc.fixturenames or not over_http:
+        return
+    names = [n for n in OVER_HTTP_VARIANTS if "direct" in n or over_http is True or n in over_http]
+    if metafunc.definition.get_closest_marker("direct_only") is not None:
+        names = [n for n in names if "direct" in n]
+    if metafunc.definition.get_closest_marker("local_files") is not None:
+        names = [n for n in names if not n.endswith("pg-s3")]
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize(
+            ("index_target", "registry_via"), [OVER_HTTP_VARIANTS[n] for n in names], indirect=["index_target"]
+        )
+    )
 
 
 @pytest.fixture
 def registry_via() -> str:
-    """How ``persistence`` is reached: ``"direct"``, or ``"http"`` (see :func:`pytest_generate_tests`)."""
+    """How ``persistence`` is reached: ``"direct"``, ``"http"`` or ``"http-pg-s3"`` (see
+    :func:`pytest_generate_tests`)."""
     return "direct"
 
 
 @pytest.fixture
-def persistence(index_target: IndexTarget, tmp_path: Path, registry_via: str) -> Iterator[ModelPersistence]:
+def persistence(
+    index_target: IndexTarget, tmp_path: Path, registry_via: str, request: pytest.FixtureRequest
+) -> Iterator[ModelPersistence]:
     """A ModelPersistence on a fresh local folder, over each index backend (and, in modules
     with ``ALSO_OVER_HTTP``, through a registry server too)."""
     if registry_via == "http":
@@ -154,6 +190,12 @@ def persistence(index_target: IndexTarget, tmp_path: Path, registry_via: str) ->
 
         side = ServerSide(str(tmp_path / "models"), index_target.url, index_target.schema)
         with over_http(side, tmp_path / "server") as registry:
+            yield registry  # type: ignore[misc]
+        return
+    if registry_via == "http-pg-s3":
+        from tests._http_server import over_http_pg_s3
+
+        with over_http_pg_s3(index_target, request, tmp_path / "server") as registry:
             yield registry  # type: ignore[misc]
         return
     p = index_target.persistence(tmp_path / "models")

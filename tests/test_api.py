@@ -38,6 +38,10 @@ from modelkeep import (
     VersionNotFoundError,
 )
 
+#: Also run through a registry server (conftest.pytest_generate_tests): on SQLite + a folder, and on
+#: PostgreSQL + S3 with presigned transfers (a server on PostgreSQL + a folder adds time, not cover).
+ALSO_OVER_HTTP = ("sqlite-http", "postgresql-http-pg-s3")
+
 
 def _artifact_path(p: ModelPersistence, name: str, version: str) -> Path:
     rec = p.get_version(name, version)
@@ -101,6 +105,7 @@ def test_save_allocates_patch_versions_from_1_0_0(persistence: ModelPersistence,
     assert persistence.list_versions("clf") == ["1.0.0", "1.0.1", "1.0.2"]
 
 
+@pytest.mark.local_files("checks the seed layout of files on the local disk")
 def test_save_returns_existing_path_in_seed_layout(persistence: ModelPersistence, classifier: Any) -> None:
     path = persistence.save(classifier, "clf", "2.1.0", accuracy=0.9)
     root = Path(persistence.models_dir)
@@ -112,6 +117,7 @@ def test_save_returns_existing_path_in_seed_layout(persistence: ModelPersistence
     assert _files(root / "clf") == {"2.1.0/clf_v2.1.0.joblib", "2.1.0/clf_v2.1.0_metadata.json"}
 
 
+@pytest.mark.local_files("reads the sidecar file from the local disk")
 def test_sidecar_json_matches_get_metadata(persistence: ModelPersistence, classifier: Any) -> None:
     persistence.save(classifier, "clf", "1.0.0", accuracy=0.95, features=["a", "b"])
     sidecar = json.loads(_sidecar_path(persistence, "clf", "1.0.0").read_text())
@@ -122,6 +128,7 @@ def test_sidecar_json_matches_get_metadata(persistence: ModelPersistence, classi
     assert sidecar["artifact"]["sha256"] == meta.artifact.sha256  # type: ignore[union-attr]
 
 
+@pytest.mark.local_files("stats the artifact file on the local disk")
 def test_save_version_returns_full_record(persistence: ModelPersistence, classifier: Any) -> None:
     rec = persistence.save_version(classifier, "clf", metadata={"accuracy": 0.9})
     assert isinstance(rec, ModelMetadata)
@@ -175,6 +182,7 @@ def test_explicit_version_existing_raises_and_original_stays(persistence: ModelP
     assert persistence.list_versions("m") == ["1.0.0"]
 
 
+@pytest.mark.local_files("reads the sidecar file from the local disk")
 def test_overwrite_replaces_version_and_keeps_created_at(persistence: ModelPersistence) -> None:
     persistence.save({"v": 1}, "m", "1.0.0", accuracy=0.5)
     first = persistence.get_version("m", "1.0.0")
@@ -191,6 +199,7 @@ def test_overwrite_replaces_version_and_keeps_created_at(persistence: ModelPersi
     assert json.loads(_sidecar_path(persistence, "m", "1.0.0").read_text()) == second.to_dict()
 
 
+@pytest.mark.local_files("looks for the new artifact on the local disk")
 def test_overwrite_in_another_format_removes_old_artifact(persistence: ModelPersistence) -> None:
     old = persistence.save({"v": 1}, "m", "1.0.0")
     rec = persistence.save_version({"v": 2}, "m", "1.0.0", overwrite=True, serialization_format="pickle")
@@ -200,6 +209,7 @@ def test_overwrite_in_another_format_removes_old_artifact(persistence: ModelPers
     assert persistence.load("m") == {"v": 2}
 
 
+@pytest.mark.local_files("lists the registry's files on the local disk")
 def test_unstorable_metadata_raises_and_writes_nothing(persistence: ModelPersistence) -> None:
     persistence.save({"v": 1}, "m", "1.0.0")
     before = _files(Path(persistence.models_dir))
@@ -212,6 +222,7 @@ def test_unstorable_metadata_raises_and_writes_nothing(persistence: ModelPersist
     assert persistence.list_versions("m") == ["1.0.0"]
 
 
+@pytest.mark.local_files("lists the registry's files on the local disk")
 @pytest.mark.parametrize("fmt", ["joblib", "pickle"])
 def test_unpicklable_model_raises_serialization_error(persistence: ModelPersistence, fmt: str, tmp_path: Path) -> None:
     persistence.save({"v": 1}, "m", "1.0.0")
@@ -397,6 +408,7 @@ def test_compare_versions_unknown(persistence: ModelPersistence) -> None:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.local_files("reads the sidecar file from the local disk")
 def test_delete_then_purge_removes_files_and_entry_only_for_that_version(persistence: ModelPersistence) -> None:
     keep = persistence.save({"v": 1}, "m", "1.0.0")
     gone = persistence.save({"v": 2}, "m", "1.1.0")
@@ -415,6 +427,7 @@ def test_delete_then_purge_removes_files_and_entry_only_for_that_version(persist
     assert other.exists() and persistence.load("other") == {"v": 3}
 
 
+@pytest.mark.local_files("checks the model's folder on the local disk")
 def test_delete_last_version_removes_model(persistence: ModelPersistence) -> None:
     persistence.save({"v": 1}, "m", "1.0.0")
     persistence.save({"v": 2}, "keep", "1.0.0")
@@ -551,6 +564,7 @@ def test_export_file_unknown_suffix_or_version(persistence: ModelPersistence, tm
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.local_files("reads the sidecar file from the local disk")
 def test_environment_recorded_at_save(persistence: ModelPersistence, classifier: Any) -> None:
     import sklearn
 
@@ -708,6 +722,7 @@ def test_config_errors_from_constructor(tmp_path: Path) -> None:
         ModelPersistence(models_dir=tmp_path / "m", compress=("zlib", 12))
 
 
+@pytest.mark.local_files("blocks a folder on the local disk")
 def test_storage_error_when_the_disk_refuses(persistence: ModelPersistence) -> None:
     root = Path(persistence.models_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -308,3 +308,23 @@ def test_an_import_never_touches_the_index_in_modelkeep_registry_url(
     monkeypatch.delenv("MODELKEEP_REGISTRY_URL")
     with ModelPersistence(tmp_path / "team") as team:
         assert team.list_models() == ["fraud"] and team.list_versions("fraud") == ["1.0.0"]
+
+
+def test_an_import_stages_privately_whatever_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle is checked in a private staging registry: MODELKEEP_REGISTRY_URL (here the
+    destination's own index, as a CLI user's shell sets it) is the destination's, never the
+    staging's, so the check cannot rebuild the destination's index from the bundle alone."""
+    with ModelPersistence(tmp_path / "a") as a:
+        a.save({"w": 1}, "churn", "1.0.0")
+        bundle = export_bundle(a, "churn", tmp_path / "churn.mkb")
+    (tmp_path / "b").mkdir()
+    url = f"sqlite:///{tmp_path / 'b' / 'registry.db'}"
+    with ModelPersistence(tmp_path / "b", registry_url=url) as b:
+        b.save({"k": 1}, "keep", "1.0.0")
+    monkeypatch.setenv("MODELKEEP_REGISTRY_URL", url)
+    with ModelPersistence(tmp_path / "b") as b:
+        report = import_bundle(b, bundle)
+        assert [tuple(v) for v in report.imported] == [("churn", "1.0.0")]
+        assert b.list_models() == ["churn", "keep"] and b.load("keep") == {"k": 1}

@@ -162,7 +162,7 @@ def test_a_server_killed_during_a_presigned_upload_commits_nothing(
     if PG_URL is None:
         pytest.fail("set MODELKEEP_TEST_POSTGRES_URL: this test needs PostgreSQL")
     upload_plan = presigned_client.upload_plan
-    model = {"w": np.random.default_rng(5).random(12 * MiB // 8)}
+    model = {"w": np.random.default_rng(5).random(20 * MiB // 8)}  # two parts: a multipart upload
     with postgres_schema() as schema:
         side = ServerSide(s3_bucket.url(), PG_URL, schema, s3_bucket.storage_options)
         with running_server(side, tmp_path / "first") as server, server.client() as client:

@@ -367,3 +367,30 @@ def test_transfer_methods_take_the_arguments_of_a_local_registry(name: str) -> N
         return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
     assert params(getattr(HttpRegistry, name)) == params(getattr(ModelPersistence, name))
+
+
+@pytest.mark.postgres
+def test_the_pg_s3_conformance_variant_moves_bytes_through_presigned_urls(
+    pg_schema: str, request: pytest.FixtureRequest, tmp_path: Path, s3_bucket: Any
+) -> None:
+    """The ``http-pg-s3`` way to ``persistence`` (conftest) lowers the presigned threshold so the
+    suites' small models take presigned URLs; counted from the server's answers, and the bytes
+    are in the bucket. Its exit check refuses any upload or download streamed by the server."""
+    from ._http_server import over_http_pg_s3
+    from .conftest import PG_URL, IndexTarget
+
+    assert PG_URL is not None
+    target = IndexTarget("postgresql", PG_URL, pg_schema)
+    with (
+        pytest.raises(AssertionError, match="uploads streamed through the server"),
+        over_http_pg_s3(target, request, tmp_path / "server") as registry,
+    ):
+        registry.save({"v": 1}, "m", "1.0.0")
+        assert registry.load("m") == {"v": 1}
+        counts = registry.counts
+        assert counts is not None
+        assert (counts.presigned_uploads, counts.streamed_uploads) == (1, 0)
+        assert (counts.presigned_downloads, counts.streamed_downloads) == (1, 0)
+        record = registry.get_version("m", "1.0.0")
+        assert record.artifact is not None and f"models/{record.artifact.key}" in s3_bucket.object_keys()
+        counts.streamed_uploads += 1  # as if a save had streamed: the exit check refuses it

@@ -15,6 +15,10 @@ import pytest
 from modelkeep import ArtifactInfo, MetadataError, ModelMetadata, ModelPersistence, ModelSummary
 from modelkeep.metadata import MAX_ARRAY_ELEMENTS, SIDECAR_SCHEMA, to_json_safe, utc_now
 
+#: Also run through a registry server (conftest.pytest_generate_tests): on SQLite + a folder, and on
+#: PostgreSQL + S3 with presigned transfers (a server on PostgreSQL + a folder adds time, not cover).
+ALSO_OVER_HTTP = ("sqlite-http", "postgresql-http-pg-s3")
+
 
 def _record(**changes: Any) -> ModelMetadata:
     base: dict[str, Any] = {
@@ -116,6 +120,7 @@ def test_utc_now_is_iso_utc() -> None:
     assert abs((dt.datetime.now(dt.timezone.utc) - now).total_seconds()) < 5
 
 
+@pytest.mark.local_files("reads the sidecar file from the local disk")
 def test_saved_record_round_trips(persistence: ModelPersistence, classifier: Any) -> None:
     persistence.save(classifier, "clf", accuracy=0.9, dataset={"name": "iris", "rows": 150})
     meta = persistence.get_version("clf")

@@ -31,6 +31,10 @@ from modelkeep.versions import (
 
 from .conftest import IndexTarget
 
+#: Also run through a registry server (conftest.pytest_generate_tests): on SQLite + a folder, and on
+#: PostgreSQL + S3 with presigned transfers (a server on PostgreSQL + a folder adds time, not cover).
+ALSO_OVER_HTTP = ("sqlite-http", "postgresql-http-pg-s3")
+
 # --------------------------------------------------------------------------------------
 # A reference implementation of semver 2.0.0 precedence for x.y.z[-pre] (no build part).
 # --------------------------------------------------------------------------------------
@@ -337,6 +341,7 @@ def _snapshot(p: ModelPersistence) -> tuple[set[str], list[str]]:
     return files, p.list_models()
 
 
+@pytest.mark.local_files("lists the registry's files on the local disk")
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)
 def test_invalid_model_names_are_refused_before_writing(persistence: ModelPersistence, bad: str) -> None:
     persistence.save({"i": 0}, "existing", "1.0.0")
@@ -350,6 +355,7 @@ def test_invalid_model_names_are_refused_before_writing(persistence: ModelPersis
         validate_model_name(bad)
 
 
+@pytest.mark.local_files("lists the registry's files on the local disk")
 @pytest.mark.parametrize("bad", BAD_VERSIONS, ids=repr)
 def test_invalid_versions_are_refused_before_writing(persistence: ModelPersistence, bad: str) -> None:
     persistence.save({"i": 0}, "existing", "1.0.0")

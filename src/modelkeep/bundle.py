@@ -500,10 +500,11 @@ def import_checked(
         names = sorted({str(v["model_name"]) for v in manifest["versions"]})
         index = Path(tmp) / "index"
         index.mkdir()
-        # The URL explicitly: MODELKEEP_REGISTRY_URL, when set, would otherwise win over the scratch
-        # index, and the reindex below would rebuild the team's shared index from this bundle.
-        scratch = f"sqlite:///{index / 'registry.db'}"
-        with ModelPersistence(Path(tmp) / "store", registry_url=scratch) as staging:
+        # A private SQLite index named outright: MODELKEEP_REGISTRY_URL / MODELKEEP_TOKEN (the
+        # destination's, perhaps a team database or a registry server) must not reach it, or the
+        # reindex below would rebuild the team's shared index from this bundle.
+        scratch = f"sqlite:///{(index / 'registry.db').resolve()}"
+        with ModelPersistence(Path(tmp) / "store", registry_url=scratch, token="") as staging:
             # The staging registry is this import's own scratch: whoever imports owns it (a server's
             # user has only the roles it was given on the destination, checked by the copy below).
             who = acting()

@@ -30,7 +30,7 @@ from .cli_render import (
     verify_summary,
     version_row,
 )
-from .errors import ModelKeepError
+from .errors import ModelKeepError, ServerOnlyError
 from .formats import FORMATS  # a dict of names; the formats themselves load lazily
 
 if TYPE_CHECKING:
@@ -64,6 +64,15 @@ def _one_line(exc: BaseException) -> str:
     return "\n".join(out)
 
 
+def _server_only_line(command_path: str) -> str:
+    """The error for a command that cannot run through a registry server (``registry_url`` is
+    ``http(s)://``): what to do instead."""
+    return (
+        f"'{command_path}' needs the registry itself, not a registry server: run it on the server's host "
+        "with the server's models_dir and registry_url (unset MODELKEEP_REGISTRY_URL / MODELKEEP_TOKEN there)"
+    )
+
+
 class _Group(click.Group):
     """Library errors (:class:`ModelKeepError`) and the operating system's (``OSError``:
     missing files, permissions, a full disk) become one ``Error:`` line, exit 1. Anything
@@ -80,6 +89,9 @@ class _Group(click.Group):
                 import traceback
 
                 traceback.print_exc(file=sys.stderr)
+            if isinstance(exc, ServerOnlyError) and state is not None and state.command_path:
+                # the library names the part it lacks ('store', 'index'); a user typed a command
+                raise click.ClickException(_server_only_line(state.command_path)) from exc
             raise click.ClickException(_one_line(exc)) from exc
         except Exception as exc:
             import traceback

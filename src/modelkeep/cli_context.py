@@ -29,6 +29,8 @@ class CliState:
     trust: list[str] = field(default_factory=list)  # --trust names, added to the configured trusted_types
     settings: Settings | None = None
     persistence: ModelPersistence | None = None
+    #: The command that opened the registry, as typed (``modelkeep events dispatch``), for errors.
+    command_path: str | None = None
 
 
 def cli_state(ctx: click.Context) -> CliState:
@@ -45,6 +47,7 @@ def open_registry(ctx: click.Context, *, create: bool = False) -> ModelPersisten
     so that a mistyped ``--models-dir`` is an error rather than a new empty registry.
     """
     state = cli_state(ctx)
+    state.command_path = ctx.command_path
     if state.persistence is None:
         from ._progress import ProgressBar
         from .config import load_settings

@@ -257,10 +257,12 @@ def watch(
         raise click.BadParameter("empty command", param_hint="--exec")
     if since is None:  # from now on: after the largest committed id (a registry server's too)
         since = p.event_horizon()
-    click.echo(f"Watching events after id {since} (Ctrl-C to stop).", err=True)
     stop = threading.Event()
+    # the feed before the banner: a feed that cannot start refuses at once (one error line)
+    feed = p.events(since=since, model=model_name, types=patterns, follow=True, poll=poll, stop=stop)
+    click.echo(f"Watching events after id {since} (Ctrl-C to stop).", err=True)
     with stop_on_signals(stop):
-        for event in p.events(since=since, model=model_name, types=patterns, follow=True, poll=poll, stop=stop):
+        for event in feed:
             if alias is not None and event["alias"] != alias:
                 continue
             line = json.dumps(event, separators=(",", ":"))

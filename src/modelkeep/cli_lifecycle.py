@@ -321,13 +321,15 @@ def purge(
     import datetime as dt
 
     from .cli_context import stdin_is_interactive as _stdin_is_interactive
+    from .index.lifecycle import as_utc_iso
     from .lifecycle import parse_age
 
     if version is not None and model_name is None:
         raise click.UsageError("--version needs --model-name")
     p = _open(ctx)
-    cutoff = None if older_than is None else dt.datetime.now(dt.timezone.utc) - parse_age(older_than)
-    candidates = [(m, v) for m, v, _ in p.index.lifecycle.trashed(model_name, older_than=cutoff)]
+    cutoff = None if older_than is None else as_utc_iso(dt.datetime.now(dt.timezone.utc) - parse_age(older_than))
+    # the public list_trash (not the index): a registry server's client has it too
+    candidates = [(m, v) for m, v, at in p.list_trash(model_name) if cutoff is None or at < cutoff]
     if version is not None:
         candidates = [(m, v) for m, v in candidates if v == version]
         if not candidates:

@@ -119,6 +119,10 @@ def start_web(
         secure_cookies=secure_cookies,
     )
     persistence = open_registry(ctx)
+    from .api.client import HttpRegistry, server_only
+
+    if isinstance(persistence, HttpRegistry):  # a server in front of a server: serve the registry itself
+        raise server_only(f"'{ctx.command_path}'")
     if protected_alias:
         persistence.access = AccessPolicy.build(protected_alias, persistence.access.alias_movers)
     ctx.with_resource(dispatching(persistence, dispatch_events))  # stopped when the command ends

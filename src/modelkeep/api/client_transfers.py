@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +46,8 @@ from .wire import API_PREFIX
 if TYPE_CHECKING:
     from ..input_signature import InputCheck
     from ..storage.cache import ArtifactCache
+
+logger = logging.getLogger("modelkeep")
 
 #: Bytes read from a local file per chunk of an upload.
 UPLOAD_READ = 1 << 20
@@ -369,6 +373,7 @@ class TransferMixin:
         """Like :meth:`ModelPersistence.save_version`: serialized and signed here, committed by the
         server as the token's user. ``resume`` is accepted for compatibility; an interrupted upload
         is sent again whole."""
+        started = time.perf_counter()
         if custom:
             metadata = {**(metadata or {}), **custom}
         model_name = validate_model_name(model_name)
@@ -412,7 +417,20 @@ class TransferMixin:
                     self._upload_blobs(scratch, draft)
                 path = scratch.local_path(staged.tmp_key)
                 assert path is not None
-                return self._upload_and_commit(path, draft, version, overwrite, created_at, fmt.extension(compression))
+                record = self._upload_and_commit(
+                    path, draft, version, overwrite, created_at, fmt.extension(compression)
+                )
+        # one line per save, as a local registry logs it (the server logs trashing and purging)
+        logger.info(
+            "saved %s version %s (%d bytes, %s) to %s in %.1f ms",
+            record.model_name,
+            record.version,
+            record.artifact.size if record.artifact is not None else 0,
+            fmt.name,
+            self.url,
+            (time.perf_counter() - started) * 1000,
+        )
+        return record
 
     def _upload_blobs(self, scratch: _Scratch, draft: ModelMetadata) -> None:
         """Send the blobs of a native-format save that the server's store lacks."""
@@ -673,6 +691,7 @@ class TransferMixin:
         from ..lifecycle import split_reference
         from ..loading import check_mmap_mode, warn_mmap_ignored
 
+        started = time.perf_counter()
         check_mmap_mode(mmap_mode)
         name, version, alias = split_reference(model_name, version, alias)
         freshness = self._freshness()  # rollback checks with what this user has seen (SigningMixin)
@@ -723,6 +742,14 @@ class TransferMixin:
             raise with_remedy(exc, f"model '{record.model_name}' version '{record.version}'", verdict) from exc
         freshness.note_loaded(record, verdict)
         environment.report(record)
+        logger.info(
+            "loaded %s version %s (%d bytes) from %s in %.1f ms",
+            record.model_name,
+            record.version,
+            art.size,
+            self.url,
+            (time.perf_counter() - started) * 1000,
+        )
         return (model, record) if return_metadata else model
 
     def _read_verified(

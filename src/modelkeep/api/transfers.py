@@ -435,8 +435,12 @@ class Transfers:
             if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
                 raise MetadataError(f"bad artifact extension {extension!r}")
             plan_for = (name, version, bool(body.get("overwrite")), extension)
+        # A file of one part goes up as one PUT, not a one-part multipart upload: one request
+        # instead of three, and the object's checksum is its own SHA-256 (a multipart upload's is
+        # a checksum of the parts' checksums, which some S3 servers return as if it were the file's).
+        single = len(parts) == 1 and parts[0] == sha and 0 <= size <= part_size
         upload_plan = await run_in_threadpool(
-            lambda: plan_upload(self.s3, size, sha256=sha, part_sha256s=parts, part_size=part_size)
+            lambda: plan_upload(self.s3, size, sha256=sha, part_sha256s=None if single else parts, part_size=part_size)
         )
         blake3 = _blake3_record(expected)
         upload = Upload(upload_plan.key, size, sha, blake3, self._user(request), presigned=upload_plan)

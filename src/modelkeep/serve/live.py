@@ -89,6 +89,10 @@ class LiveModel:
     def target(self) -> str:
         """The version to serve now: the alias target (one indexed query) or the pinned version."""
         if self.alias is not None:
+            from ..api.client import HttpRegistry
+
+            if isinstance(self.p, HttpRegistry):  # a registry server's client: one request
+                return self.p.resolve_version(self.name, alias=self.alias)
             return self.p.index.lifecycle.resolve_alias(self.name, self.alias)
         return self.p.resolve_version(self.name, self.version)
 

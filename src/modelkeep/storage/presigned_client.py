@@ -192,6 +192,8 @@ def _request(
                 return response
             if response.status_code < 500 or attempt == retries:
                 if response.status_code == 404:
+                    if what == "download":  # in the words a local or streamed load uses
+                        raise ArtifactNotFoundError(f"Model file not found: {where(url)}")
                     raise ArtifactNotFoundError(f"cannot {what} {where(url)}: not found")
                 raise _refusal(what, url, response.status_code, response.content)
         time.sleep(min(2.0, 0.1 * 2**attempt))
