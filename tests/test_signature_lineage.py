@@ -206,6 +206,11 @@ def test_git_commit_and_dirty_flag_are_recorded(tmp_path: Path, monkeypatch: pyt
     assert git_state() is None
 
 
+def _kept(folder: Path) -> bool:
+    """Whether a reusable git status of ``folder`` is kept."""
+    return isinstance(lineage._snapshots.get(str(folder)), lineage._GitSnapshot)
+
+
 def _repo_with_one_commit(repo: Path) -> Callable[..., str]:
     repo.mkdir()
 
@@ -298,10 +303,13 @@ def test_git_state_read_while_files_are_fresh_is_not_reused(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path / "repo")
     commit = git("rev-parse", "HEAD")
     assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
-    assert str(tmp_path / "repo") not in lineage._snapshots  # the commit was made just now
+    assert not _kept(tmp_path / "repo")  # the commit was made just now
     monkeypatch.setattr(lineage, "RACY_NS", 0)
     assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
-    assert str(tmp_path / "repo") in lineage._snapshots
+    assert not _kept(tmp_path / "repo")  # for 2 s after such a read, git is asked alone
+    monkeypatch.setitem(lineage._snapshots, str(tmp_path / "repo"), 0.0)  # ... and then
+    assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
+    assert _kept(tmp_path / "repo")
 
 
 def test_git_state_is_not_reused_with_a_submodule_or_git_variables(
@@ -316,9 +324,19 @@ def test_git_state_is_not_reused_with_a_submodule_or_git_variables(
     monkeypatch.setattr(lineage, "RACY_NS", 0)
     monkeypatch.chdir(tmp_path / "repo")
     assert git_state()["dirty"] is False  # type: ignore[index]
-    assert str(tmp_path / "repo") not in lineage._snapshots
+    assert not _kept(tmp_path / "repo")
     (tmp_path / "repo" / "sub" / "train.py").write_text("print(3)\n")
-    assert git_state()["dirty"] is True  # type: ignore[index]
+    runs: list[str] = []
+    real_run = subprocess.run
+
+    def counting_run(args: Any, *rest: Any, **options: Any) -> Any:
+        runs.append(args[2])
+        return real_run(args, *rest, **options)
+
+    with monkeypatch.context() as m:
+        m.setattr(lineage.subprocess, "run", counting_run)
+        assert git_state()["dirty"] is True  # type: ignore[index]
+    assert runs == ["status"]  # git alone: not the listing of a snapshot that would not be kept
     del sub
 
     plain = tmp_path / "plain"
@@ -326,7 +344,7 @@ def test_git_state_is_not_reused_with_a_submodule_or_git_variables(
     monkeypatch.chdir(plain)
     monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "other-index"))
     assert git_state()["dirty"] is True  # type: ignore[index]  # an empty index: every file removed
-    assert str(plain) not in lineage._snapshots
+    assert not _kept(plain)
 
 
 def test_info_shows_signature_and_lineage(tmp_path: Path, fitted: Any, frame: tuple[pd.DataFrame, np.ndarray]) -> None:

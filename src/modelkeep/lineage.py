@@ -117,6 +117,10 @@ MAX_CACHED_FILES = 10_000
 #: within the file system's timestamp granularity without their ``stat`` showing it ("racy git"),
 #: so a status read while one is that fresh is not reused.
 RACY_NS = 2_000_000_000
+#: After a status that cannot be reused for lasting reasons (submodules, too many files, git could
+#: not list them), for this many seconds the saves ask ``git status`` alone, not the three
+#: processes that reading a snapshot takes.
+RETRY_STRUCTURE = 60.0
 #: Variables that change which repository, index or work tree ``git`` uses: with any set, no reuse.
 _GIT_LOCATION_VARIABLES = (
     "GIT_DIR",
@@ -178,7 +182,8 @@ class _GitSnapshot:
         return True
 
 
-_snapshots: dict[str, _GitSnapshot] = {}
+#: Per folder: its last reusable status, or until when (``time.monotonic()``) to ask git alone.
+_snapshots: dict[str, _GitSnapshot | float] = {}
 _snapshots_lock = threading.Lock()
 
 
@@ -253,26 +258,27 @@ def _metadata_paths(where: Path, top: Path, git_dir: str, common_dir: str, index
     return paths
 
 
-def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | None]:
+def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | None, float]:
     """``git status`` of the repository around ``where``, and a snapshot of it with the ``stat``
     of what it depends on, taken before and after it; no snapshot when the answer may not be
     reused (see :class:`_GitSnapshot`): the files changed while it was read or too recently,
-    the repository has submodules or too many files, or ``git`` could not list them."""
+    the repository has submodules or too many files, or ``git`` could not list them. The third
+    value: for how many seconds to ask ``git status`` alone before trying a snapshot again."""
     started = time.time_ns()
     layout = _run_git(_LAYOUT, where)
     lines = os.fsdecode(layout).splitlines() if layout else []
     if len(lines) != 4:
-        return _read_status(where), None
+        return _read_status(where), None, RETRY_STRUCTURE
     top, git_dir, common_dir, index = (os.path.join(where, line) for line in lines)
     try:
         paths = _metadata_paths(where, Path(top), git_dir, common_dir, index)
     except ValueError:
-        return _read_status(where), None
+        return _read_status(where), None, RETRY_STRUCTURE
     before = _stats(paths)
     listing = _run_git(["ls-files", "-z", "--stage", "--full-name", "--", ":/"], where)
     entries = [entry for entry in (listing or b"").split(b"\0") if entry]
     if listing is None or len(entries) > MAX_CACHED_FILES or any(e.startswith(b"160000 ") for e in entries):
-        return _read_status(where), None  # (a submodule's state is not in the stat of its folder)
+        return _read_status(where), None, RETRY_STRUCTURE  # (a submodule's state is not in its folder's stat)
     tracked = sorted({os.path.join(top, *os.fsdecode(e.split(b"\t", 1)[1]).split("/")) for e in entries})
     paths += tracked
     before += _stats(tracked)
@@ -280,8 +286,8 @@ def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | N
     after = _stats(paths)
     fresh = started - RACY_NS
     if after != before or any(st is not None and max(st[2], st[3]) >= fresh for st in after):
-        return result, None
-    return result, _GitSnapshot(paths, after, result)
+        return result, None, RACY_NS / 1e9
+    return result, _GitSnapshot(paths, after, result), 0.0
 
 
 def _git_status(where: Path) -> dict[str, Any] | None:
@@ -292,14 +298,13 @@ def _git_status(where: Path) -> dict[str, Any] | None:
     key = str(where)
     with _snapshots_lock:
         snapshot = _snapshots.get(key)
-    if snapshot is not None and snapshot.still_valid():
+    if isinstance(snapshot, _GitSnapshot) and snapshot.still_valid():
         return None if snapshot.result is None else dict(snapshot.result)
-    result, snapshot = _read_snapshot(where)
+    if isinstance(snapshot, float) and time.monotonic() < snapshot:
+        return _read_status(where)  # one process, not the three of a snapshot that would not be kept
+    result, kept, retry = _read_snapshot(where)
     with _snapshots_lock:
-        if snapshot is None:
-            _snapshots.pop(key, None)
-        else:
-            _snapshots[key] = snapshot
+        _snapshots[key] = kept if kept is not None else time.monotonic() + retry
     return None if result is None else dict(result)
 
 
