@@ -290,16 +290,25 @@ def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | N
     return result, _GitSnapshot(paths, after, result), 0.0
 
 
+def _reused(where: Path) -> tuple[bool, dict[str, Any] | None]:
+    """``(True, status)`` when the last status read in ``where`` still holds (:class:`_GitSnapshot`)."""
+    if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
+        return False, None
+    with _snapshots_lock:
+        snapshot = _snapshots.get(str(where))
+    if isinstance(snapshot, _GitSnapshot) and snapshot.still_valid():
+        return True, None if snapshot.result is None else dict(snapshot.result)
+    return False, None
+
+
 def _git_status(where: Path) -> dict[str, Any] | None:
-    """``git status`` of the repository around ``where``, or the last one read there while
-    nothing it depends on has changed since (:class:`_GitSnapshot`)."""
+    """``git status`` of the repository around ``where`` (when :func:`_reused` found none to
+    reuse), read so that it can be reused when nothing changes (:func:`_read_snapshot`)."""
     if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
         return _read_status(where)
     key = str(where)
     with _snapshots_lock:
         snapshot = _snapshots.get(key)
-    if isinstance(snapshot, _GitSnapshot) and snapshot.still_valid():
-        return None if snapshot.result is None else dict(snapshot.result)
     if isinstance(snapshot, float) and time.monotonic() < snapshot:
         return _read_status(where)  # one process, not the three of a snapshot that would not be kept
     result, kept, retry = _read_snapshot(where)
@@ -316,14 +325,22 @@ def _which_git(path: str | None) -> str | None:
 
 def start_git(cwd: str | os.PathLike[str] | None = None) -> Future[dict[str, Any] | None] | None:
     """Start reading the git state of the repository around ``cwd`` (default: the working
-    directory) on a helper thread, so it runs while the model is serialized; ``None``
-    outside a repository, without git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
+    directory) on a helper thread, so it runs while the model is serialized (a status kept from
+    an earlier call is checked and returned at once); ``None`` outside a repository, without
+    git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
     global _executor, _executor_pid
     if os.environ.get("MODELKEEP_GIT", "1") == "0":
         return None
     where = (Path(cwd) if cwd is not None else Path.cwd()).resolve()
     if _git_root(where) is None or _which_git(os.environ.get("PATH")) is None:
         return None
+    # The check of a kept status runs here, before the model is serialized: hundreds of short
+    # system calls on the helper thread would each wait for the GIL the pickler holds.
+    reused, status = _reused(where)
+    if reused:
+        done: Future[dict[str, Any] | None] = Future()
+        done.set_result(status)
+        return done
     if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")
         _executor_pid = os.getpid()
