@@ -113,12 +113,14 @@ def _small_vs_joblib(results: dict[str, Any]) -> list[Verdict]:
             f"joblib + {total - 1} fsyncs = {floor / base:.2f}{X}"
         )
         raw = _median(results, "small", "save", SMALL_FLOOR)
+        no_git = _median(results, "small", "save", "modelkeep (default) save, MODELKEEP_GIT=0")
         if raw is not None:
+            git = f", {_ms(mk - no_git)} of it checking the git state for the lineage" if no_git else ""
             note += (
                 f"; the same durable steps done raw in this run (joblib.dump + fsync, sidecar + fsync, 2 renames, "
                 f"folder fsync, one SQLite WAL commit): {_ms(raw)} = {raw / base:.2f}{X}; the other "
                 f"{_ms(max(mk - raw, 0.0))} are the registry's own work (claim transaction and checks, record, "
-                "signature, hashing, event file)"
+                f"signature, hashing, event file{git})"
             )
         verdict = dataclasses.replace(verdict, note=note)
     if total is None:
