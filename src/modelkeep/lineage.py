@@ -21,7 +21,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -183,8 +182,8 @@ class _GitSnapshot:
 
 
 #: Per folder: its last reusable status, or until when (``time.monotonic()``) to ask git alone.
+#: Read and replaced whole (atomic under the GIL), with no lock a fork could leave held.
 _snapshots: dict[str, _GitSnapshot | float] = {}
-_snapshots_lock = threading.Lock()
 
 
 def _stats(paths: list[str]) -> list[_Stat]:
@@ -294,8 +293,7 @@ def _reused(where: Path) -> tuple[bool, dict[str, Any] | None]:
     """``(True, status)`` when the last status read in ``where`` still holds (:class:`_GitSnapshot`)."""
     if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
         return False, None
-    with _snapshots_lock:
-        snapshot = _snapshots.get(str(where))
+    snapshot = _snapshots.get(str(where))
     if isinstance(snapshot, _GitSnapshot) and snapshot.still_valid():
         return True, None if snapshot.result is None else dict(snapshot.result)
     return False, None
@@ -307,13 +305,11 @@ def _git_status(where: Path) -> dict[str, Any] | None:
     if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
         return _read_status(where)
     key = str(where)
-    with _snapshots_lock:
-        snapshot = _snapshots.get(key)
+    snapshot = _snapshots.get(key)
     if isinstance(snapshot, float) and time.monotonic() < snapshot:
         return _read_status(where)  # one process, not the three of a snapshot that would not be kept
     result, kept, retry = _read_snapshot(where)
-    with _snapshots_lock:
-        _snapshots[key] = kept if kept is not None else time.monotonic() + retry
+    _snapshots[key] = kept if kept is not None else time.monotonic() + retry
     return None if result is None else dict(result)
 
 
