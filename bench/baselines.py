@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,42 @@ def pickle_read(path: Path) -> Any:
     """``pickle.load`` of ``path``."""
     with open(path, "rb") as fh:
         return pickle.load(fh)
+
+
+def floor_index(path: Path) -> sqlite3.Connection:
+    """A SQLite database set up as modelkeep's index is for a save's commit (WAL, ``synchronous=FULL``)."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS versions (id INTEGER PRIMARY KEY, record TEXT NOT NULL)")
+    conn.commit()
+    return conn
+
+
+def _fsync_folder(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_floor(obj: object, root: Path, i: int, index: sqlite3.Connection, record: bytes) -> None:
+    """The durable steps of a save that keeps modelkeep's guarantees, done raw with no registry
+    around them: ``joblib.dump`` of ``obj`` to a staged file + fsync, ``record`` (the sidecar) to
+    another + fsync, both renamed into a new version folder, that folder fsync'ed once, then one
+    row committed to ``index`` (see :func:`floor_index`): the 4 syncs of a save."""
+    folder = root / f"floor-v{i}"
+    folder.mkdir()
+    staged = root / f"floor-{i}.part"
+    joblib_save(obj, staged)
+    sidecar = root / f"floor-{i}.json.part"
+    with open(sidecar, "wb") as fh:
+        fh.write(record)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(sidecar, folder / "metadata.json")
+    os.replace(staged, folder / "model.joblib")
+    _fsync_folder(folder)
+    index.execute("INSERT INTO versions (record) VALUES (?)", (record.decode(),))
+    index.commit()

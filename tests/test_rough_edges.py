@@ -36,6 +36,29 @@ def test_zstd_artifact_reads_without_modelkeep_as_the_readme_says(local_persiste
     np.testing.assert_array_equal(model["w"], np.arange(10.0))
 
 
+@pytest.mark.parametrize("n", [10, 40_000, 200_000])  # 80 B, 320 KB (past codecs.SMALL_STREAM), 1.6 MB
+def test_zstd_artifact_is_one_standard_frame_whatever_its_size(local_persistence: ModelPersistence, n: int) -> None:
+    """A small stream is compressed in one call and a large one by zstd's worker threads: both
+    are a single standard frame that zstd alone decodes, and both load."""
+    import joblib
+    import zstandard
+
+    rng = np.random.default_rng(n)
+    model = {"w": rng.integers(0, 50, n), "name": "m" * (n % 7)}
+    path = local_persistence.save(model, "m")
+    data = Path(path).read_bytes()
+    params = zstandard.get_frame_parameters(data)
+    assert params.content_size in (
+        zstandard.CONTENTSIZE_UNKNOWN,
+        len(zstandard.ZstdDecompressor().stream_reader(data).read()),
+    )
+    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False).read()
+    assert joblib.load(io.BytesIO(plain))["w"].tolist() == model["w"].tolist()
+    loaded = local_persistence.load("m")
+    np.testing.assert_array_equal(loaded["w"], model["w"])
+    assert loaded["name"] == model["name"]
+
+
 @pytest.mark.parametrize("mode", ["r+", "w+", "x", "R", ""])
 def test_invalid_mmap_mode_is_always_a_config_error(tmp_path: Path, mode: str) -> None:
     with ModelPersistence(models_dir=tmp_path / "m", compress=False) as p:

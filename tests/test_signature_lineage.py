@@ -4,8 +4,10 @@ SQLite and PostgreSQL, shown by ``info``, and checked at load."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelkeep import InputSchemaError, ModelPersistence, VersionNotFoundError
+from modelkeep import InputSchemaError, ModelPersistence, VersionNotFoundError, lineage
 from modelkeep.input_signature import check, infer
 from modelkeep.lineage import fingerprint, git_state
 
@@ -202,6 +204,147 @@ def test_git_commit_and_dirty_flag_are_recorded(tmp_path: Path, monkeypatch: pyt
     assert dirty.lineage is not None and dirty.lineage["git"]["dirty"] is True
     monkeypatch.chdir(tmp_path)
     assert git_state() is None
+
+
+def _kept(folder: Path) -> bool:
+    """Whether a reusable git status of ``folder`` is kept."""
+    return isinstance(lineage._snapshots.get(str(folder)), lineage._GitSnapshot)
+
+
+def _repo_with_one_commit(repo: Path) -> Callable[..., str]:
+    repo.mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (repo / "train.py").write_text("print(1)\n")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "util.py").write_text("X = 1\n")
+    git("add", "train.py", "pkg/util.py")
+    git("commit", "-qm", "first")
+    return git
+
+
+def test_git_state_is_reused_only_while_nothing_it_depends_on_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save reuses the last ``git status`` while no tracked file, ref, index or config shows a
+    new stat; every change a user makes between two saves is still seen, and ``git`` runs again."""
+    git = _repo_with_one_commit(tmp_path / "repo")
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(lineage, "RACY_NS", 0)  # files written by this test count as settled
+    runs: list[str] = []
+    real_run = subprocess.run
+
+    def counting_run(args: Any, *rest: Any, **options: Any) -> Any:
+        if list(args[:2]) == ["git", "--no-optional-locks"]:
+            runs.append(args[2])
+        return real_run(args, *rest, **options)
+
+    monkeypatch.setattr(lineage.subprocess, "run", counting_run)
+    monkeypatch.chdir(repo / "pkg")  # a save from a subfolder sees the whole work tree
+    first = git("rev-parse", "HEAD")
+    with ModelPersistence(models_dir=tmp_path / "models") as p:
+
+        def saved_git() -> dict[str, Any]:
+            rec = p.save_version({"a": len(runs)}, "m")
+            assert rec.lineage is not None
+            return dict(rec.lineage["git"])
+
+        assert saved_git() == {"commit": first, "dirty": False, "branch": "main"}
+        assert "status" in runs
+        runs.clear()
+        assert saved_git() == {"commit": first, "dirty": False, "branch": "main"}
+        assert runs == []  # nothing changed: no git process
+
+        (repo / "train.py").write_text("print(2)\n")  # same size
+        assert saved_git()["dirty"] is True
+        assert "status" in runs
+        runs.clear()
+        assert saved_git()["dirty"] is True and runs == []
+
+        old = (repo / "train.py").stat()
+        (repo / "train.py").write_text("print(1)\n")  # back to the committed bytes
+        os.utime(repo / "train.py", ns=(old.st_atime_ns, old.st_mtime_ns))  # same size, same mtime
+        assert saved_git()["dirty"] is False  # its ctime moved: git is asked again
+
+        (repo / "pkg" / "util.py").unlink()  # a removed tracked file
+        assert saved_git()["dirty"] is True
+        git("checkout", "-q", "--", "pkg/util.py")
+        assert saved_git()["dirty"] is False
+
+        (repo / "pkg" / "util.py").chmod(0o755)  # a mode change git tracks
+        assert saved_git()["dirty"] is True
+        (repo / "pkg" / "util.py").chmod(0o644)
+        assert saved_git()["dirty"] is False
+
+        (repo / "new.py").write_text("Y = 2\n")
+        git("add", "new.py")  # staged only: the index changed
+        assert saved_git()["dirty"] is True
+        git("commit", "-qm", "second")  # the branch ref moved
+        second = git("rev-parse", "HEAD")
+        assert saved_git() == {"commit": second, "dirty": False, "branch": "main"}
+
+        git("checkout", "-q", "-b", "other")  # HEAD names another branch
+        assert saved_git() == {"commit": second, "dirty": False, "branch": "other"}
+        git("checkout", "-q", "--detach")
+        assert saved_git() == {"commit": second, "dirty": False, "branch": None}
+        runs.clear()
+        assert saved_git() == {"commit": second, "dirty": False, "branch": None} and runs == []
+
+
+def test_git_state_read_while_files_are_fresh_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file changed within the file system's timestamp granularity may change again without
+    its stat showing it, so a status read right after a change is not kept ("racy git")."""
+    git = _repo_with_one_commit(tmp_path / "repo")
+    monkeypatch.chdir(tmp_path / "repo")
+    commit = git("rev-parse", "HEAD")
+    assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
+    assert not _kept(tmp_path / "repo")  # the commit was made just now
+    monkeypatch.setattr(lineage, "RACY_NS", 0)
+    assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
+    assert not _kept(tmp_path / "repo")  # for 2 s after such a read, git is asked alone
+    monkeypatch.setitem(lineage._snapshots, str(tmp_path / "repo"), 0.0)  # ... and then
+    assert git_state() == {"commit": commit, "dirty": False, "branch": "main"}
+    assert _kept(tmp_path / "repo")
+
+
+def test_git_state_is_not_reused_with_a_submodule_or_git_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submodule's changes do not show in the stat of the superproject's files, and ``GIT_*``
+    variables may point git elsewhere: both are asked ``git status`` at every save."""
+    git = _repo_with_one_commit(tmp_path / "repo")
+    sub = _repo_with_one_commit(tmp_path / "sub")
+    git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(tmp_path / "sub"), "sub")
+    git("commit", "-qm", "with a submodule")
+    monkeypatch.setattr(lineage, "RACY_NS", 0)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert git_state()["dirty"] is False  # type: ignore[index]
+    assert not _kept(tmp_path / "repo")
+    (tmp_path / "repo" / "sub" / "train.py").write_text("print(3)\n")
+    runs: list[str] = []
+    real_run = subprocess.run
+
+    def counting_run(args: Any, *rest: Any, **options: Any) -> Any:
+        runs.append(args[2])
+        return real_run(args, *rest, **options)
+
+    with monkeypatch.context() as m:
+        m.setattr(lineage.subprocess, "run", counting_run)
+        assert git_state()["dirty"] is True  # type: ignore[index]
+    assert runs == ["status"]  # git alone: not the listing of a snapshot that would not be kept
+    del sub
+
+    plain = tmp_path / "plain"
+    _repo_with_one_commit(plain)
+    monkeypatch.chdir(plain)
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "other-index"))
+    assert git_state()["dirty"] is True  # type: ignore[index]  # an empty index: every file removed
+    assert not _kept(plain)
 
 
 def test_info_shows_signature_and_lineage(tmp_path: Path, fitted: Any, frame: tuple[pd.DataFrame, np.ndarray]) -> None:

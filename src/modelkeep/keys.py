@@ -18,6 +18,7 @@ The per-user folder (:func:`config_dir`) holds:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -149,8 +150,9 @@ class PrivateKey:
     name: str | None = None
     path: Path | None = None
 
-    @property
+    @functools.cached_property
     def public(self) -> PublicKey:
+        """The public half (computed once: each signature names its fingerprint, twice)."""
         return PublicKey(self.key.public_key(), self.name, str(self.path) if self.path else None)
 
     @property

@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,23 +106,111 @@ def _git_root(start: Path) -> Path | None:
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 
+#: ``git`` runs without taking the index lock (it would refresh the index's stat data): a save must
+#: not make the user's own ``git commit`` fail on ``index.lock``, nor change what it then compares.
+_GIT = ("git", "--no-optional-locks")
+#: A repository with more tracked files than this is asked ``git status`` at every save: checking
+#: that many files in Python would cost about what ``git`` does.
+MAX_CACHED_FILES = 10_000
+#: Files changed this recently (ns, against the clock when the status was read) may change again
+#: within the file system's timestamp granularity without their ``stat`` showing it ("racy git"),
+#: so a status read while one is that fresh is not reused.
+RACY_NS = 2_000_000_000
+#: After a status that cannot be reused for lasting reasons (submodules, too many files, git could
+#: not list them), for this many seconds the saves ask ``git status`` alone, not the three
+#: processes that reading a snapshot takes.
+RETRY_STRUCTURE = 60.0
+#: Variables that change which repository, index or work tree ``git`` uses: with any set, no reuse.
+_GIT_LOCATION_VARIABLES = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_COMMON_DIR",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+    "GIT_CONFIG",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG_PARAMETERS",
+)
 
-def _git_status(where: Path) -> dict[str, Any] | None:
+#: Where the work tree, its git folders and its index are (one line each).
+_LAYOUT = [
+    "rev-parse",
+    "--path-format=absolute",
+    "--show-toplevel",
+    "--absolute-git-dir",
+    "--git-common-dir",
+    "--git-path",
+    "index",
+]
+
+#: One stat signature: (inode, size, mtime, ctime, mode), ``None`` for a missing path.
+_Stat = tuple[int, int, int, int, int] | None
+
+
+class _GitSnapshot:
+    """A ``git status`` result and the ``stat`` of everything it depends on when it was read.
+
+    While none of ``paths`` (the repository's ``HEAD``, current branch ref, packed refs, index,
+    config files, the ``.git`` entries ``git`` finds the repository through, and every tracked
+    file) shows another inode, size, mtime, ctime or mode, ``git status`` would print the same:
+    a commit, a branch switch, ``git add``, an edit, a removal or a ``chmod`` each changes one of
+    them. A snapshot is only kept when nothing changed while it was read and nothing was
+    changed within :data:`RACY_NS` of it (see :func:`_read_snapshot`)."""
+
+    __slots__ = ("paths", "result", "stats")
+
+    def __init__(self, paths: list[str], stats: list[_Stat], result: dict[str, Any] | None) -> None:
+        self.paths, self.stats, self.result = paths, stats, result
+
+    def still_valid(self) -> bool:
+        """Whether every path still has the ``stat`` it had when the status was read."""
+        lstat = os.lstat
+        for path, old in zip(self.paths, self.stats, strict=True):
+            try:
+                st = lstat(path)
+            except OSError:
+                if old is not None:
+                    return False
+                continue
+            if old is None or old != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode):
+                return False
+        return True
+
+
+#: Per folder: its last reusable status, or until when (``time.monotonic()``) to ask git alone.
+#: Read and replaced whole (atomic under the GIL), with no lock a fork could leave held.
+_snapshots: dict[str, _GitSnapshot | float] = {}
+
+
+def _stats(paths: list[str]) -> list[_Stat]:
+    out: list[_Stat] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode))
+    return out
+
+
+def _run_git(args: list[str], where: Path) -> bytes | None:
+    """``git args`` in ``where``: its output, or ``None`` when it fails."""
     try:
-        proc = subprocess.run(
-            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        proc = subprocess.run([*_GIT, *args], cwd=where, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    if proc.returncode != 0:
-        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _parse_status(out: bytes) -> dict[str, Any] | None:
     commit = branch = None
     dirty = False
-    for line in proc.stdout.splitlines():
+    for line in out.decode("utf-8", errors="replace").splitlines():
         if line.startswith("# branch.oid "):
             commit = line.split(" ", 2)[2]
         elif line.startswith("# branch.head "):
@@ -133,6 +222,97 @@ def _git_status(where: Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": dirty, "branch": None if branch == "(detached)" else branch}
 
 
+def _read_status(where: Path) -> dict[str, Any] | None:
+    out = _run_git(["status", "--porcelain=v2", "--branch", "--untracked-files=no"], where)
+    return None if out is None else _parse_status(out)
+
+
+def _metadata_paths(where: Path, top: Path, git_dir: str, common_dir: str, index: str) -> list[str]:
+    """The files besides the tracked ones whose change may change ``git status``'s answer: the
+    ``.git`` entries between ``where`` and the top (how ``git`` finds the repository), ``HEAD``,
+    the index, the refs ``HEAD`` may resolve through, and the config files."""
+    folders = [where, *where.parents]
+    if top not in folders:
+        raise ValueError(f"{where} is not inside {top}")
+    paths = [os.path.join(folder, ".git") for folder in folders[: folders.index(top) + 1]]
+    head = os.path.join(git_dir, "HEAD")
+    paths += [head, index, os.path.join(common_dir, "packed-refs"), os.path.join(common_dir, "reftable", "tables.list")]
+    try:
+        with open(head, "rb") as fh:
+            target = os.fsdecode(fh.read(4096).strip())
+    except OSError:
+        target = ""
+    if target.startswith("ref: "):
+        paths.append(os.path.join(common_dir, *target[5:].split("/")))
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    paths += [
+        os.path.join(common_dir, "config"),
+        os.path.join(git_dir, "config.worktree"),
+        os.path.join(common_dir, "info", "attributes"),
+        os.path.join(home, ".gitconfig"),
+        os.path.join(xdg, "git", "config"),
+        "/etc/gitconfig",
+    ]
+    return paths
+
+
+def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | None, float]:
+    """``git status`` of the repository around ``where``, and a snapshot of it with the ``stat``
+    of what it depends on, taken before and after it; no snapshot when the answer may not be
+    reused (see :class:`_GitSnapshot`): the files changed while it was read or too recently,
+    the repository has submodules or too many files, or ``git`` could not list them. The third
+    value: for how many seconds to ask ``git status`` alone before trying a snapshot again."""
+    started = time.time_ns()
+    layout = _run_git(_LAYOUT, where)
+    lines = os.fsdecode(layout).splitlines() if layout else []
+    if len(lines) != 4:
+        return _read_status(where), None, RETRY_STRUCTURE
+    top, git_dir, common_dir, index = (os.path.join(where, line) for line in lines)
+    try:
+        paths = _metadata_paths(where, Path(top), git_dir, common_dir, index)
+    except ValueError:
+        return _read_status(where), None, RETRY_STRUCTURE
+    before = _stats(paths)
+    listing = _run_git(["ls-files", "-z", "--stage", "--full-name", "--", ":/"], where)
+    entries = [entry for entry in (listing or b"").split(b"\0") if entry]
+    if listing is None or len(entries) > MAX_CACHED_FILES or any(e.startswith(b"160000 ") for e in entries):
+        return _read_status(where), None, RETRY_STRUCTURE  # (a submodule's state is not in its folder's stat)
+    tracked = sorted({os.path.join(top, *os.fsdecode(e.split(b"\t", 1)[1]).split("/")) for e in entries})
+    paths += tracked
+    before += _stats(tracked)
+    result = _read_status(where)
+    after = _stats(paths)
+    fresh = started - RACY_NS
+    if after != before or any(st is not None and max(st[2], st[3]) >= fresh for st in after):
+        return result, None, RACY_NS / 1e9
+    return result, _GitSnapshot(paths, after, result), 0.0
+
+
+def _reused(where: Path) -> tuple[bool, dict[str, Any] | None]:
+    """``(True, status)`` when the last status read in ``where`` still holds (:class:`_GitSnapshot`)."""
+    if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
+        return False, None
+    snapshot = _snapshots.get(str(where))
+    if isinstance(snapshot, _GitSnapshot) and snapshot.still_valid():
+        return True, None if snapshot.result is None else dict(snapshot.result)
+    return False, None
+
+
+def _git_status(where: Path) -> dict[str, Any] | None:
+    """``git status`` of the repository around ``where`` (when :func:`_reused` found none to
+    reuse), read so that it can be reused when nothing changes (:func:`_read_snapshot`)."""
+    if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
+        return _read_status(where)
+    key = str(where)
+    snapshot = _snapshots.get(key)
+    if isinstance(snapshot, float) and time.monotonic() < snapshot:
+        return _read_status(where)  # one process, not the three of a snapshot that would not be kept
+    result, kept, retry = _read_snapshot(where)
+    _snapshots[key] = kept if kept is not None else time.monotonic() + retry
+    return None if result is None else dict(result)
+
+
 @functools.lru_cache(maxsize=4)
 def _which_git(path: str | None) -> str | None:
     """Where ``git`` is on ``path`` (looked up once per PATH: each save asks)."""
@@ -141,14 +321,22 @@ def _which_git(path: str | None) -> str | None:
 
 def start_git(cwd: str | os.PathLike[str] | None = None) -> Future[dict[str, Any] | None] | None:
     """Start reading the git state of the repository around ``cwd`` (default: the working
-    directory) on a helper thread, so it runs while the model is serialized; ``None``
-    outside a repository, without git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
+    directory) on a helper thread, so it runs while the model is serialized (a status kept from
+    an earlier call is checked and returned at once); ``None`` outside a repository, without
+    git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
     global _executor, _executor_pid
     if os.environ.get("MODELKEEP_GIT", "1") == "0":
         return None
-    where = Path(cwd) if cwd is not None else Path.cwd()
-    if _git_root(where.resolve()) is None or _which_git(os.environ.get("PATH")) is None:
+    where = (Path(cwd) if cwd is not None else Path.cwd()).resolve()
+    if _git_root(where) is None or _which_git(os.environ.get("PATH")) is None:
         return None
+    # The check of a kept status runs here, before the model is serialized: hundreds of short
+    # system calls on the helper thread would each wait for the GIL the pickler holds.
+    reused, status = _reused(where)
+    if reused:
+        done: Future[dict[str, Any] | None] = Future()
+        done.set_result(status)
+        return done
     if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")
         _executor_pid = os.getpid()
