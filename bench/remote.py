@@ -10,13 +10,17 @@
   checked, then parsed) against ``download_file`` to a local file;
 * cached load: a ``load`` from a new registry object once the artifact is in the local cache,
   against a ``load`` of the same model from a local store;
-* peak RSS of each modelkeep phase (its own process), over the RSS before the phase.
+* peak RSS of each modelkeep phase (its own process), over the RSS before the phase;
+* where the upload's time goes: the CPU seconds of the client process and of moto during the save
+  and during ``upload_file`` (moto shares the machine's cores with the client), the time each
+  spent completing its multipart upload, and the save's CPU work alone (serializing, SHA-256 and
+  BLAKE3 into a sink that keeps nothing: no upload), the floor that ``upload_file`` does not pay.
 
 moto runs in its own process (``python -m moto.server``) and keeps every object in memory, so the
 artifact is 512 MiB by default (``--size-mb``). Each phase runs ``--repeats`` times, alternating
 modelkeep and boto3; medians are reported.
 
-    PYTHONPATH=src python bench/remote.py [--size-mb 512] [--repeats 3] [--json out.json]
+    PYTHONPATH=src python bench/remote.py [--size-mb 512] [--repeats 3] [--uploads-only] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ AWS = {
 PHASE = r"""
 import json, os, resource, sys, time
 spec = json.loads(sys.argv[1])
+def cpu_s(pid=None):  # user + system CPU seconds of this process, or of process pid (moto)
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 def rss_mb():
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -82,10 +93,28 @@ if kind == "save":
     p.save_version(WARM, "warm")
     completing.clear()
     before = rss_mb()
+    cpu0, moto0 = cpu_s(), cpu_s(spec["moto_pid"])
     t = time.perf_counter()
     rec = p.save_version(model, "m", compress=False)
     out = {"seconds": time.perf_counter() - t, "version": rec.version, "key": rec.artifact.key,
-           "commit_seconds": sum(completing)}
+           "commit_seconds": sum(completing), "cpu_s": cpu_s() - cpu0, "moto_cpu_s": cpu_s(spec["moto_pid"]) - moto0}
+elif kind == "save-cpu":  # the save's CPU work alone: serialize, SHA-256 and BLAKE3 into a sink
+    from modelkeep.formats import get_format
+    from modelkeep.storage.hashing import HashingWriter, _Discard
+    model = {"w": np.random.default_rng(0).standard_normal(spec["size"] // 8)}
+    fmt = get_format("joblib")
+    warm = HashingWriter(_Discard())
+    fmt.dump(WARM, warm, None)
+    warm.blake3_record()
+    warm.close()
+    before = rss_mb()
+    cpu0 = cpu_s()
+    t = time.perf_counter()
+    sink = HashingWriter(_Discard())  # the same writer a save to S3 uses: hashing on helper threads
+    fmt.dump(model, sink, None)
+    digests = sink.blake3_record()
+    sink.close()
+    out = {"seconds": time.perf_counter() - t, "cpu_s": cpu_s() - cpu0}
 elif kind in ("load", "load-cached"):
     p = remote(cache_max_bytes=0 if kind == "load" else None)
     p.load("warm")
@@ -113,12 +142,32 @@ print(json.dumps(out))
 
 #: boto3's own transfers with their default TransferConfig.
 BOTO = r"""
-import json, sys, time, boto3
+import json, os, resource, sys, time, boto3
 spec = json.loads(sys.argv[1])
+def cpu_s(pid=None):
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 s3 = boto3.client("s3", endpoint_url=spec["endpoint"], region_name="us-east-1")
+completing = []  # the time upload_file spends completing its multipart upload
+def started(**_):
+    completing.append(-time.perf_counter())
+def finished(**_):
+    completing[-1] += time.perf_counter()
+s3.meta.events.register("before-call.s3.CompleteMultipartUpload", started)
+s3.meta.events.register("after-call.s3.CompleteMultipartUpload", finished)
 t = time.perf_counter()
 if spec["kind"] == "upload":
+    cpu0, moto0 = cpu_s(), cpu_s(spec["moto_pid"])
+    t = time.perf_counter()
     s3.upload_file(spec["file"], spec["bucket"], spec["key"])
+    elapsed = time.perf_counter() - t
+    print(json.dumps({"seconds": elapsed, "commit_seconds": sum(completing), "cpu_s": cpu_s() - cpu0,
+                      "moto_cpu_s": cpu_s(spec["moto_pid"]) - moto0}))
+    sys.exit(0)
 elif spec["kind"] == "download":
     s3.download_file(spec["bucket"], spec["key"], spec["file"])
 else:
@@ -149,6 +198,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--uploads-only", action="store_true", help="measure saves and upload_file only (no loads, no cache)"
+    )
     args = parser.parse_args()
     size = args.size_mb * MiB
 
@@ -182,8 +234,9 @@ def main() -> None:
             "registry": f"sqlite:///{work / 'registry.db'}",
             "local": str(work / "local"),
             "size": size,
+            "moto_pid": server.pid,
         }
-        results = measure(spec, env, s3, work, args.repeats)
+        results = measure(spec, env, s3, work, args.repeats, loads=not args.uploads_only)
         results["size_mb"] = args.size_mb
         results["load_average"] = os.getloadavg()
         print_report(results)
@@ -197,8 +250,12 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure(spec: dict[str, Any], env: dict[str, str], s3: Any, work: Path, repeats: int) -> dict[str, Any]:
-    rows: dict[str, list[float]] = {k: [] for k in ("save", "commit", "upload_file", "copy", "load", "download_file")}
+def measure(
+    spec: dict[str, Any], env: dict[str, str], s3: Any, work: Path, repeats: int, *, loads: bool = True
+) -> dict[str, Any]:
+    names = ("save", "commit", "save_cpu", "save_moto_cpu", "upload_file", "upload_commit", "upload_cpu")
+    names += ("upload_moto_cpu", "save_work", "save_work_cpu", "copy", "load", "download_file")
+    rows: dict[str, list[float]] = {k: [] for k in names}
     rss: dict[str, list[float]] = {"save": [], "load": [], "load-cached": [], "load-local": []}
     version = key = ""
     for i in range(repeats):
@@ -206,28 +263,44 @@ def measure(spec: dict[str, Any], env: dict[str, str], s3: Any, work: Path, repe
         version, key = saved["version"], saved["key"]
         rows["save"].append(saved["seconds"])
         rows["commit"].append(saved["commit_seconds"])
+        rows["save_cpu"].append(saved["cpu_s"])
+        rows["save_moto_cpu"].append(saved["moto_cpu_s"])
         rss["save"].append(saved["peak_rss_mb"] - saved["rss_before_mb"])
         artifact = work / "artifact.joblib"
         if i == 0:  # the same bytes, as a local file for boto3 to upload
             s3.download_file("bench", f"models/{key}", str(artifact))
-        up = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "upload", "file": str(artifact),
-                         "bucket": "bench", "key": f"baseline/{i}"}, env)  # fmt: skip
+        up = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "upload", "file": str(artifact), "bucket": "bench",
+                         "key": f"baseline/{i}", "moto_pid": spec["moto_pid"]}, env)  # fmt: skip
         rows["upload_file"].append(up["seconds"])
+        rows["upload_commit"].append(up["commit_seconds"])
+        rows["upload_cpu"].append(up["cpu_s"])
+        rows["upload_moto_cpu"].append(up["moto_cpu_s"])
+        work_alone = _run(PHASE, {**spec, "kind": "save-cpu"}, env)
+        rows["save_work"].append(work_alone["seconds"])
+        rows["save_work_cpu"].append(work_alone["cpu_s"])
         copy = _run(
-            BOTO, {"endpoint": spec["endpoint"], "kind": "copy", "bucket": "bench", "key": f"baseline/{i}"}, env
+            BOTO,
+            {"endpoint": spec["endpoint"], "kind": "copy", "bucket": "bench", "key": f"baseline/{i}"},
+            env,
         )
         rows["copy"].append(copy["seconds"])
         s3.delete_object(Bucket="bench", Key=f"baseline/{i}.copy")
         s3.delete_object(Bucket="bench", Key=f"baseline/{i}")
-        loaded = _run(PHASE, {**spec, "kind": "load", "version": version}, env)
-        rows["load"].append(loaded["seconds"])
-        rss["load"].append(loaded["peak_rss_mb"] - loaded["rss_before_mb"])
-        down = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "download", "file": str(work / "down.bin"),
-                           "bucket": "bench", "key": f"models/{key}"}, env)  # fmt: skip
-        rows["download_file"].append(down["seconds"])
-        (work / "down.bin").unlink()
+        if loads:
+            loaded = _run(PHASE, {**spec, "kind": "load", "version": version}, env)
+            rows["load"].append(loaded["seconds"])
+            rss["load"].append(loaded["peak_rss_mb"] - loaded["rss_before_mb"])
+            down = _run(BOTO, {"endpoint": spec["endpoint"], "kind": "download", "file": str(work / "down.bin"),
+                               "bucket": "bench", "key": f"models/{key}"}, env)  # fmt: skip
+            rows["download_file"].append(down["seconds"])
+            (work / "down.bin").unlink()
         if i < repeats - 1:  # moto keeps objects in memory: one artifact at a time (the row stays)
             s3.delete_object(Bucket="bench", Key=f"models/{key}")
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
+    out: dict[str, Any] = {"seconds": med, "peak_rss_over_start_mb": {k: max(v) for k, v in rss.items() if v}}
+    out["runs"] = rows
+    if not loads:
+        return out
     # cached load against a local-store load of the same model
     first = _run(PHASE, {**spec, "kind": "load-cached", "version": version}, env)  # fills the cache
     local = _run(PHASE, {**spec, "kind": "save-local"}, env)
@@ -239,39 +312,57 @@ def measure(spec: dict[str, Any], env: dict[str, str], s3: Any, work: Path, repe
         lo = _run(PHASE, {**spec, "kind": "load-local", "version": local["version"]}, env)
         local_times.append(lo["seconds"])
         rss["load-local"].append(lo["peak_rss_mb"] - lo["rss_before_mb"])
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    return {
-        "seconds": med,
-        "first_cached_load_s": first["seconds"],
-        "cached_load_s": statistics.median(cached_times),
-        "local_load_s": statistics.median(local_times),
-        "peak_rss_over_start_mb": {k: max(v) for k, v in rss.items() if v},
-        "runs": rows,
-    }
+    out.update(
+        first_cached_load_s=first["seconds"],
+        cached_load_s=statistics.median(cached_times),
+        local_load_s=statistics.median(local_times),
+        peak_rss_over_start_mb={k: max(v) for k, v in rss.items() if v},
+    )
+    return out
 
 
 def print_report(r: dict[str, Any]) -> None:
     size = r["size_mb"]
     s = r["seconds"]
+    cores = os.cpu_count() or 1
     print(f"artifact: {size} MiB; load average at the end: {', '.join(f'{x:.1f}' for x in r['load_average'])}")
     print("| transfer | modelkeep | boto3 | modelkeep / boto3 throughput |")
     print("|---|---:|---:|---:|")
     up = (size / s["save"], size / s["upload_file"])
-    down = (size / s["load"], size / s["download_file"])
     print(f"| upload (save_version vs upload_file) | {up[0]:.0f} MiB/s | {up[1]:.0f} MiB/s | {up[0] / up[1]:.2f}x |")
+    if "load" in s:
+        down = (size / s["load"], size / s["download_file"])
+        print(
+            f"| download (load vs download_file) | {down[0]:.0f} MiB/s | {down[1]:.0f} MiB/s "
+            f"| {down[0] / down[1]:.2f}x |"
+        )
+
+    # where an upload's time goes: client and moto share the machine's cores
+    def floor(client: float, moto: float) -> float:
+        return max(moto, (client + moto) / cores)  # moto's Python runs on one core at a time
+
+    ours, theirs = floor(s["save_cpu"], s["save_moto_cpu"]), floor(s["upload_cpu"], s["upload_moto_cpu"])
+    print()
+    print(f"| upload, {size} MiB (medians, seconds) | save_version | upload_file |")
+    print("|---|---:|---:|")
+    print(f"| wall | {s['save']:.2f} | {s['upload_file']:.2f} |")
+    print(f"| CPU of the client process | {s['save_cpu']:.2f} | {s['upload_cpu']:.2f} |")
+    print(f"| CPU of moto | {s['save_moto_cpu']:.2f} | {s['upload_moto_cpu']:.2f} |")
+    print(f"| completing the multipart upload (wall) | {s['commit']:.2f} | {s['upload_commit']:.2f} |")
     print(
-        f"| download (load vs download_file) | {down[0]:.0f} MiB/s | {down[1]:.0f} MiB/s | {down[0] / down[1]:.2f}x |"
+        f"| the save's own work alone: serialize + SHA-256 + BLAKE3, no upload (wall / CPU) "
+        f"| {s['save_work']:.2f} / {s['save_work_cpu']:.2f} | 0 |"
     )
-    print(
-        f"commit (completing the upload straight to the final key): {s['commit']:.2f} s of the save's "
-        f"{s['save']:.2f} s; a server-side CopyObject of the same {size} MiB (the staged commit's copy): "
-        f"{s['copy']:.2f} s"
-    )
-    cached, local = r["cached_load_s"], r["local_load_s"]
-    print(
-        f"cached load {cached * 1000:.0f} ms vs local-store load {local * 1000:.0f} ms: {cached / local:.2f}x "
-        f"(first load, filling the cache: {r['first_cached_load_s']:.2f} s)"
-    )
+    print(f"| CPU floor on {cores} cores: max(moto CPU, (client + moto CPU) / {cores}) | {ours:.2f} | {theirs:.2f} |")
+    print(f"throughput ratio the CPU floors allow: {theirs / ours:.2f}x (measured {up[0] / up[1]:.2f}x)")
+    if "copy" in s:
+        print(f"a server-side CopyObject of the same {size} MiB (the staged commit's copy): {s['copy']:.2f} s")
+    if "cached_load_s" in r:
+        cached, local = r["cached_load_s"], r["local_load_s"]
+        print(
+            f"cached load {cached * 1000:.0f} ms vs local-store load {local * 1000:.0f} ms: {cached / local:.2f}x "
+            f"(first load, filling the cache: {r['first_cached_load_s']:.2f} s)"
+        )
     print("peak RSS over the process's RSS before the phase (MiB):", json.dumps(r["peak_rss_over_start_mb"]))
 
 

@@ -6,6 +6,7 @@ Sizes stay at a few MiB with small parts: moto keeps every object in memory.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +345,83 @@ def test_an_object_already_under_the_key_is_never_replaced(
     bodies = [s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=k)["Body"].read() for k in there]
     assert bodies in ([], [b"another writer's bytes"])
     assert p.list_versions("m") == ["1.0.0"] and s3_bucket.pending_uploads() == []
+    p.close()
+
+
+def _crc32(data: bytes) -> str:
+    """A CRC32 as S3 writes it: base64 of the big-endian 4 bytes."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+
+
+def _spy_calls(store: S3Store) -> list[tuple[str, dict[str, Any]]]:
+    """Record every S3 call ``store`` makes (method and arguments but the body), calls still made."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    call = store.call
+
+    def recording(method: str, **kwargs: Any) -> Any:
+        calls.append((method, {k: v for k, v in kwargs.items() if k != "Body"}))
+        return call(method, **kwargs)
+
+    store.call = recording  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_save_declares_crc32_and_completes_with_each_parts_checksum(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """As boto3's upload_file does: the upload declares CRC32 when it starts, so the store keeps a
+    composite checksum of the parts (instead of hashing the whole object again when it completes),
+    and the completion lists each part's CRC32 as the store answered it."""
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=s3_bucket.storage_options,
+        part_size="5MiB",
+        max_concurrency=2,
+        cache_max_bytes=0,
+    )
+    assert isinstance(p.store, S3Store) and p.store.upload_checksum == "CRC32"
+    calls = _spy_calls(p.store)
+    model = _model(12 * MiB, seed=21)
+    rec = p.save_version(model, "m", compress=False)
+    assert rec.artifact is not None
+    started = [kw for m, kw in calls if m == "create_multipart_upload"]
+    assert [kw.get("ChecksumAlgorithm") for kw in started] == ["CRC32"]
+    sent = [kw for m, kw in calls if m == "upload_part"]
+    assert len(sent) == 3 and all(kw["ChecksumAlgorithm"] == "CRC32" for kw in sent)
+    (done,) = [kw for m, kw in calls if m == "complete_multipart_upload"]
+    listed = done["MultipartUpload"]["Parts"]
+    key = f"models/{rec.artifact.key}"
+    stored = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read()
+    parts = [stored[i : i + 5 * MiB] for i in range(0, len(stored), 5 * MiB)]
+    assert [part["ChecksumCRC32"] for part in listed] == [_crc32(b) for b in parts]
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key, ChecksumMode="ENABLED")
+    composite = _crc32(b"".join(zlib.crc32(b).to_bytes(4, "big") for b in parts))  # the CRC32 of the parts' CRC32s
+    assert head["ChecksumCRC32"].split("-")[0] == composite
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+    p.close()
+
+
+def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Stores that reject checksums are used with ``request_checksum_calculation="when_required"``:
+    then no upload declares one and the completion lists none, as with boto3."""
+    options = s3_bucket.storage_options
+    options["config_kwargs"] = {**options["config_kwargs"], "request_checksum_calculation": "when_required"}
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=options,
+        part_size="5MiB",
+        cache_max_bytes=0,
+    )
+    assert isinstance(p.store, S3Store) and p.store.upload_checksum is None
+    calls = _spy_calls(p.store)
+    model = _model(11 * MiB, seed=22)
+    rec = p.save_version(model, "m", compress=False)
+    assert [kw.get("ChecksumAlgorithm") for m, kw in calls if m in ("create_multipart_upload", "upload_part")] == [
+        None
+    ] * 4
+    (done,) = [kw for m, kw in calls if m == "complete_multipart_upload"]
+    assert all(set(part) == {"PartNumber", "ETag"} for part in done["MultipartUpload"]["Parts"])
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
     p.close()
 
 

@@ -67,6 +67,20 @@ class S3Store(ObjectStore):
         self.max_concurrency = max(1, max_concurrency or default_max_concurrency())
         #: Size of each ranged GET.
         self.read_chunk = READ_CHUNK
+        self._upload_checksum: tuple[str | None] | None = None
+
+    @property
+    def upload_checksum(self) -> str | None:
+        """The checksum algorithm a multipart upload declares when it starts (``"CRC32"``), as
+        boto3's ``upload_file`` does: unless the client is configured with
+        ``request_checksum_calculation="when_required"`` (stores that reject checksums), botocore
+        sends a CRC32 with every part anyway; declaring it makes the store keep a composite
+        checksum of the parts, instead of computing one of its own over the whole object when
+        the upload completes (moto copies the object twice more to do that)."""
+        if self._upload_checksum is None:
+            setting = self.submit(_checksum_setting(self.fs, self.bucket_key("x")[0])).result()
+            self._upload_checksum = ("CRC32" if setting == "when_supported" else None,)
+        return self._upload_checksum[0]
 
     # -- running s3fs's coroutines ---------------------------------------------------
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
@@ -256,6 +270,14 @@ def _initiated(upload: dict[str, Any]) -> float:
     return max(stamps) if stamps else time.time()
 
 
+async def _checksum_setting(fs: Any, bucket: str) -> str | None:
+    """The client's ``request_checksum_calculation`` (``"when_supported"`` by default)."""
+    await fs.set_session()
+    s3 = await fs.get_s3(bucket)
+    setting = getattr(s3.meta.config, "request_checksum_calculation", None)
+    return None if setting is None else str(setting)
+
+
 async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int | None) -> bytes:
     """Bytes ``[start, stop)`` of an object (fewer at its end; all of it when ``stop`` is
     ``None``); one GET, with s3fs's retries."""
@@ -284,6 +306,8 @@ class ParallelUpload(io.RawIOBase):
         #: Keep the upload open on failure, and reuse the parts an earlier attempt uploaded.
         self.resumable = resumable
         self._earlier: dict[int, tuple[str, int]] = {}
+        #: The checksum algorithm declared for the upload (see :attr:`S3Store.upload_checksum`).
+        self._algorithm: str | None = None
         self._md5s: list[bytes] = []
         #: Parts sent by this attempt, and parts found already uploaded (resumed).
         self.sent = self.reused = 0
@@ -293,6 +317,8 @@ class ParallelUpload(io.RawIOBase):
         self._upload_id: str | None = None
         self._in_flight: deque[tuple[int, Future[Any]]] = deque()
         self._etags: dict[int, str] = {}
+        #: Each part's checksum, as the store answered it (with :attr:`_algorithm` only).
+        self._checksums: dict[int, str] = {}
         self._next_part = 1
         self._done = False
 
@@ -316,7 +342,11 @@ class ParallelUpload(io.RawIOBase):
             if self._upload_id is None:
                 self._upload_id = self._resumed_upload() if self.resumable else None
             if self._upload_id is None:
-                started = store.call("create_multipart_upload", Bucket=self._bucket, Key=self._path)
+                # a direct upload is never copied afterwards (moto gives a copy of a composite
+                # checksum the wrong checksum): only it declares one
+                self._algorithm = store.upload_checksum if self.exclusive else None
+                declared = {} if self._algorithm is None else {"ChecksumAlgorithm": self._algorithm}
+                started = store.call("create_multipart_upload", Bucket=self._bucket, Key=self._path, **declared)
                 self._upload_id = started.result()["UploadId"]
             while len(self._in_flight) >= store.max_concurrency:  # memory: parts in flight x part size
                 self._wait_oldest()
@@ -331,6 +361,7 @@ class ParallelUpload(io.RawIOBase):
                     self.reused += 1
                     return
             self.sent += 1
+            declared = {} if self._algorithm is None else {"ChecksumAlgorithm": self._algorithm}
             future = store.call(
                 "upload_part",
                 Bucket=self._bucket,
@@ -338,6 +369,7 @@ class ParallelUpload(io.RawIOBase):
                 UploadId=self._upload_id,
                 PartNumber=number,
                 Body=body,
+                **declared,
             )
             self._in_flight.append((number, future))
         if number % 1000 == 0:
@@ -364,7 +396,15 @@ class ParallelUpload(io.RawIOBase):
 
     def _wait_oldest(self) -> None:
         number, future = self._in_flight.popleft()
-        self._etags[number] = future.result()["ETag"]
+        answer = future.result()
+        self._etags[number] = answer["ETag"]
+        if self._algorithm is not None:
+            checksum = answer.get(f"Checksum{self._algorithm}")
+            if checksum is None:  # the store ignores checksums: complete the upload without them
+                self._checksums.clear()
+                self._algorithm = None
+            else:
+                self._checksums[number] = checksum
 
     def send_all(self) -> None:
         """Send every byte written so far and wait for the parts in flight, so that
@@ -386,12 +426,19 @@ class ParallelUpload(io.RawIOBase):
                 self._send_part()
             while self._in_flight:
                 self._wait_oldest()
-            parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._etags.items())]
+            parts = [self._part(n, etag) for n, etag in sorted(self._etags.items())]
             done = self._finish("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": parts})
             if self.resumable:
                 self._check_whole(str(done.get("ETag", "")))
         self._done = True
         store.fs.invalidate_cache()
+
+    def _part(self, number: int, etag: str) -> dict[str, Any]:
+        """One part as :meth:`complete` lists it: with its checksum when the upload declared one."""
+        part: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+        if self._algorithm is not None:
+            part[f"Checksum{self._algorithm}"] = self._checksums[number]
+        return part
 
     def _finish(self, method: str, **kwargs: Any) -> Any:
         """The call that makes the object appear; an exclusive one only where none is yet."""
