@@ -1,7 +1,7 @@
 """Every ``modelkeep`` command through a registry server (issue 28): ``MODELKEEP_REGISTRY_URL``
 and ``MODELKEEP_TOKEN`` name a ``modelkeep server`` process, and each command either works (exit 0,
 the expected output, the change visible on the server's registry) or, when it needs the registry
-itself (gc, reindex, webhooks, bundles...), says so in one ``Error:`` line naming the command and
+itself (gc, reindex, webhooks, copy...), says so in one ``Error:`` line naming the command and
 what to do instead: exit 1, no traceback.
 
 :data:`CASES` has one entry per command of the click tree; a command added without one fails
@@ -60,7 +60,15 @@ class Serves:
     args: tuple[str, ...]
 
 
-Case = Works | OnServerHost | Serves
+@dataclass(frozen=True)
+class Follows:
+    """A command that follows the server's event feed until stopped (``events watch``): it prints
+    one JSON line per event already in the feed."""
+
+    args: tuple[str, ...]
+
+
+Case = Works | OnServerHost | Serves | Follows
 
 
 def cases(tmp: Path) -> dict[str, Case]:
@@ -117,14 +125,14 @@ def cases(tmp: Path) -> dict[str, Case]:
         "gc": OnServerHost(),
         "reindex": OnServerHost(("--yes",)),
         "backfill-params": OnServerHost(),
-        "sign": OnServerHost(("--all",)),
-        "keys forget-seen": OnServerHost(),
+        "sign": Works(("--all",)),
+        "keys forget-seen": Works(()),
         "copy": OnServerHost(("--to-models-dir", f"{t}/copy")),
-        "export": OnServerHost(("--model-name", "churn", "-o", f"{t}/out.bundle")),
+        "export": Works(("--model-name", "churn", "-o", f"{t}/out.bundle")),
         "export-signed": OnServerHost(("--model-name", "churn", "--out", f"{t}/signed")),
-        "import": OnServerHost((f"{t}/churn.bundle",)),
+        "import": Works((f"{t}/churn.bundle",)),
         "events dispatch": OnServerHost(),
-        "events watch": OnServerHost(),
+        "events watch": Follows(("--since", "0", "--poll", "0.05")),
         "webhooks add": OnServerHost(
             ("http://127.0.0.1:9/hook", "--events", "alias.*", "--secret-file", f"{t}/secret")
         ),
@@ -190,6 +198,36 @@ def _serve(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> str:
             process.wait(timeout=15)
 
 
+def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) -> str:
+    """Run a feed-following command until it prints an event as a JSON line; what went wrong, or ``""``."""
+    import json
+    import select
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelkeep", *path.split(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+        cwd=cwd,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        line = process.stdout.readline() if ready else b""
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return f"printed no event line: {line[:300]!r}"
+        return "" if isinstance(event, dict) and "id" in event and "type" in event else f"not an event: {event!r}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
 def test_every_command_through_a_server(
     http_server: HttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,6 +244,10 @@ def test_every_command_through_a_server(
     for path, case in cases(tmp_path).items():
         if isinstance(case, Serves):
             if failed := _serve(case.args, env, tmp_path):
+                problems.append(f"{path}: {failed}")
+            continue
+        if isinstance(case, Follows):
+            if failed := _follow(path, case.args, env, tmp_path):
                 problems.append(f"{path}: {failed}")
             continue
         args = [*path.split(), *case.args]
