@@ -351,6 +351,8 @@ class TransferCounts:
 
 def count_transfers(client: Any) -> TransferCounts:
     """Count ``client``'s uploads and artifact downloads by how the server answered them."""
+    from modelkeep.api.transfers import BUNDLE_TYPE
+
     counts = TransferCounts()
 
     def seen(response: Any) -> None:
@@ -361,6 +363,9 @@ def count_transfers(client: Any) -> TransferCounts:
             counts.presigned_uploads += 1
         elif method == "POST" and path.endswith("/uploads"):
             counts.streamed_uploads += 1
+        elif method == "GET" and path.endswith("/load"):  # a one-request load: bytes from the server?
+            if response.headers.get("content-type", "").startswith(BUNDLE_TYPE):
+                counts.streamed_downloads += 1
         elif method == "GET" and path.endswith("/artifact"):
             if response.status_code in (302, 303, 307, 308):
                 counts.presigned_downloads += 1

@@ -303,10 +303,10 @@ def export_bundle(
 
 
 def _is_remote(persistence: Any) -> bool:
-    """Whether ``persistence`` is a registry server's client (which has no index or store here)."""
-    from .api.client import HttpRegistry
-
-    return isinstance(persistence, HttpRegistry)
+    """Whether ``persistence`` is a registry server's client (which has no index or store here:
+    :attr:`~modelkeep.api.client.HttpRegistry.is_remote`; asked by name, as the client's module
+    imports this one)."""
+    return getattr(type(persistence), "is_remote", False) is True
 
 
 def refuse_existing(output: str | os.PathLike[str], force: bool) -> Path:
@@ -488,8 +488,8 @@ def import_checked(
     When an identity acts, what replaying the bundle would change is checked against its roles
     before anything is registered (:func:`_check_replay_roles`)."""
     from .copying import copy_registry
-    from .registry import ModelPersistence
 
+    local = type(persistence)  # the staging registry is a local one too (registry.py imports this module)
     report = BundleReport()
     with tempfile.TemporaryDirectory(prefix="modelkeep-bundle-") as tmp:
         manifest, verdict = _unpack_verified(
@@ -504,7 +504,7 @@ def import_checked(
         # destination's, perhaps a team database or a registry server) must not reach it, or the
         # reindex below would rebuild the team's shared index from this bundle.
         scratch = f"sqlite:///{(index / 'registry.db').resolve()}"
-        with ModelPersistence(Path(tmp) / "store", registry_url=scratch, token="") as staging:
+        with local(Path(tmp) / "store", registry_url=scratch, token="") as staging:
             # The staging registry is this import's own scratch: whoever imports owns it (a server's
             # user has only the roles it was given on the destination, checked by the copy below).
             who = acting()

@@ -79,6 +79,9 @@ def segment(value: str) -> str:
 class HttpRegistry(SigningMixin, TransferMixin, BundleMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
+    #: Always true: the registry is behind a server (a local :class:`ModelPersistence` has no such attribute).
+    is_remote = True
+
     def __init__(
         self,
         url: str,

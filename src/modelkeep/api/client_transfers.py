@@ -462,7 +462,8 @@ class TransferMixin:
         name = draft.model_name
         plan_params = {"version": version or "", "overwrite": "1" if overwrite else "", "extension": ext}
         answer = None
-        if art.size <= INLINE_MAX and getattr(self, "_inline_ok", True):
+        # one request for a small artifact, unless it is big enough to go to the bucket directly
+        if art.size <= INLINE_MAX and art.size < PRESIGNED_MIN and getattr(self, "_inline_ok", True):
             one = self._save_inline(path, draft, version, overwrite, created_at, ext)
             if isinstance(one, ModelMetadata):
                 return one

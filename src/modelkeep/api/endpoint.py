@@ -1,8 +1,9 @@
 """How a route of the API is declared and answered: :class:`Endpoint`, JSON in and out.
 
-Shared by :mod:`.routes` (which builds the Starlette routes and the OpenAPI document from the
-endpoints) and :mod:`.transfers` (whose endpoints :mod:`.routes` includes), so neither imports
-the other back.
+Typed access to a request (:class:`Body`, :class:`Query`) is here too. Shared by :mod:`.routes`
+(which builds the Starlette routes and the OpenAPI document from the endpoints) and by the modules
+whose endpoints :mod:`.routes` includes (:mod:`.transfers`, :mod:`.signing_routes`,
+:mod:`.bundle_routes`), so none of them imports :mod:`.routes` back.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from ..errors import RequestError
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -51,3 +54,59 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HTTPException(400, "the request body must be a JSON object")
     return data
+
+
+class Body:
+    """Typed access to a JSON request body; a wrong type is a clear :class:`RequestError`."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RequestError(f"{key!r} must be text, got {type(value).__name__}")
+        return value
+
+    def required(self, key: str) -> str:
+        value = self.text(key)
+        if value is None:
+            raise RequestError(f"{key!r} is required")
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> Any:
+        value = self.data.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RequestError(f"{key!r} must be an integer, got {type(value).__name__}")
+        return value
+
+
+class Query:
+    """Typed access to a request's query string."""
+
+    def __init__(self, request: Request) -> None:
+        self.params = request.query_params
+
+    def text(self, key: str) -> str | None:
+        return self.params.get(key)
+
+    def required(self, key: str) -> str:
+        value = self.params.get(key)
+        if value is None:
+            raise RequestError(f"the query parameter {key!r} is required")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self.params.get(key)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise RequestError(f"the query parameter {key!r} must be an integer, got {value!r}") from None
+
+    def flag(self, key: str) -> bool:
+        return (self.params.get(key) or "").lower() in ("1", "true", "yes")

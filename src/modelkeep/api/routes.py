@@ -42,7 +42,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 Identify = Callable[[Request], Awaitable[Identity | None]]
 
 # Declared in .endpoint, which .transfers shares without importing this module back.
-from .endpoint import MAX_JSON_BODY, Endpoint, json_response, read_json  # noqa: E402,F401
+from .endpoint import MAX_JSON_BODY, Body, Endpoint, Query, json_response, read_json  # noqa: E402,F401
 
 
 def error_response(exc: ModelKeepError) -> JSONResponse:
@@ -514,62 +514,6 @@ LATEST = "latest"
 
 def _str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-class Body:
-    """Typed access to a JSON request body; a wrong type is a clear :class:`RequestError`."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def text(self, key: str) -> str | None:
-        value = self.data.get(key)
-        if value is not None and not isinstance(value, str):
-            raise RequestError(f"{key!r} must be text, got {type(value).__name__}")
-        return value
-
-    def required(self, key: str) -> str:
-        value = self.text(key)
-        if value is None:
-            raise RequestError(f"{key!r} is required")
-        return value
-
-    def integer(self, key: str, default: int | None = None) -> Any:
-        value = self.data.get(key, default)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise RequestError(f"{key!r} must be an integer, got {type(value).__name__}")
-        return value
-
-
-class Query:
-    """Typed access to a request's query string."""
-
-    def __init__(self, request: Request) -> None:
-        self.params = request.query_params
-
-    def text(self, key: str) -> str | None:
-        return self.params.get(key)
-
-    def required(self, key: str) -> str:
-        value = self.params.get(key)
-        if value is None:
-            raise RequestError(f"the query parameter {key!r} is required")
-        return value
-
-    def integer(self, key: str) -> int | None:
-        value = self.params.get(key)
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise RequestError(f"the query parameter {key!r} must be an integer, got {value!r}") from None
-
-    def flag(self, key: str) -> bool:
-        return (self.params.get(key) or "").lower() in ("1", "true", "yes")
 
 
 def check_protocol(request: Request) -> None:

@@ -28,7 +28,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AliasConflictError, RequestError
-from .endpoint import Endpoint, json_response, read_json
+from .endpoint import Body, Endpoint, Query, json_response, read_json
 from .wire import record_to_wire
 
 if TYPE_CHECKING:
@@ -77,8 +77,6 @@ class SigningRoutes:
 
     async def plan_move(self, request: Request) -> Response:
         """The alias-move event the client signs (``?version=``, and ``?expected=`` to compare first)."""
-        from .routes import Query
-
         name, alias = request.path_params["name"], request.path_params["alias"]
         q = Query(request)
         event = await self.api.call(request, self._plan, name, alias, q.required("version"), q.text("expected"))
@@ -99,8 +97,6 @@ class SigningRoutes:
 
     async def move_signed(self, request: Request) -> Response:
         """Move an alias with the signature the client made of its planned event."""
-        from .routes import Body
-
         name, alias = request.path_params["name"], request.path_params["alias"]
         body = Body(await read_json(request))
         event = body.get("event")
@@ -126,8 +122,6 @@ class SigningRoutes:
 
     async def trash_signed(self, request: Request) -> Response:
         """Move a version to the trash with the client's signature of its planned removal."""
-        from .routes import Body
-
         name, version = request.path_params["name"], request.path_params["version"]
         body = Body(await read_json(request))
         event = body.get("event")
@@ -162,8 +156,6 @@ class SigningRoutes:
 
     async def store_signature(self, request: Request) -> Response:
         """Store a version's signature made by the client (admin), if it signed the stored manifest."""
-        from .routes import Body
-
         name, version = request.path_params["name"], request.path_params["version"]
         body = Body(await read_json(request))
         signed = body.get("manifest")
@@ -182,8 +174,6 @@ class SigningRoutes:
 
     async def events(self, request: Request) -> Response:
         """One page of the event feed (``?since`` exclusive, ``model``, ``types``, ``limit``)."""
-        from .routes import Query
-
         q = Query(request)
         since, limit = q.integer("since"), q.integer("limit")
         limit = EVENTS_PAGE if limit is None else limit

@@ -551,6 +551,8 @@ class Transfers:
         expected = _expected(request)
         if expected.size is None or expected.size > INLINE_MAX:
             raise RequestError(f"a one-request save is limited to {INLINE_MAX} bytes: upload it first")
+        if self.api.max_upload_bytes is not None and expected.size > self.api.max_upload_bytes:
+            raise too_large(self.api.max_upload_bytes)  # the cap holds for every way bytes come in
         try:
             head = int(request.headers.get(RECORD_LENGTH_HEADER, ""))
         except ValueError:
@@ -622,12 +624,18 @@ class Transfers:
 
         record: ModelMetadata = self.api.p.get_version(name, version, alias=alias)
         art = record.artifact
-        if art is None or record.damaged or art.size > INLINE_MAX:
+        if art is None or record.damaged or art.size > INLINE_MAX or self._presigned_get(art.size):
             return record, None
         try:
             return record, self._read_small(art.key, art.size)
         except (ModelKeepError, OSError):
             return record, None
+
+    def _presigned_get(self, size: int) -> bool:
+        """Whether the client reads an artifact of ``size`` bytes from the bucket itself."""
+        from ..storage.s3 import S3Store
+
+        return isinstance(self.store, S3Store) and size >= PRESIGNED_GET_MIN
 
     def _read_small(self, key: str, size: int) -> bytes:
         """``key``'s bytes, at most one more than ``size`` (the client then finds it too long),
@@ -673,7 +681,7 @@ class Transfers:
     async def _send(self, key: str, size: int) -> Response:
         from ..storage.s3 import S3Store
 
-        if isinstance(self.store, S3Store) and size >= PRESIGNED_GET_MIN:  # bucket -> client directly
+        if isinstance(self.store, S3Store) and self._presigned_get(size):  # bucket -> client directly
             from ..storage.presigned import presign_get
 
             url = await run_in_threadpool(presign_get, self.store, key, PRESIGNED_GET_SECONDS)
