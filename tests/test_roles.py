@@ -381,6 +381,11 @@ def test_one_token_is_revoked_by_its_id_and_the_others_keep_working(persistence:
     assert persistence.users.revoke_tokens("wes") == 1
     with pytest.raises(AuthenticationError, match="unknown or revoked"):
         opened(persistence, laptop)
+    assert persistence.users.revoke_tokens("wes") == 0 and persistence.users.tokens("wes") == []
+    # a mistyped name is an error, not "revoked 0 tokens" (which would reassure an admin wrongly)
+    for call in (persistence.users.revoke_tokens, persistence.users.tokens):
+        with pytest.raises(UserNotFoundError, match="no user 'wess'"):
+            call("wess")
 
 
 def test_an_expired_token_is_refused_and_says_so(

@@ -162,6 +162,7 @@ class UserRows:
     def tokens_of(self, name: str) -> list[TokenRow]:
         """Each of ``name``'s tokens, oldest first."""
         with self._index._read() as conn:
+            self._require_user(conn, name)  # an unknown name is a typo, not a user without tokens
             rows = conn.execute(
                 select(tokens.c.token_id, tokens.c.label, tokens.c.created_at, tokens.c.expires_at)
                 .where(tokens.c.user_name == name)
@@ -172,6 +173,7 @@ class UserRows:
     @_retry_on_disconnect
     def revoke_tokens(self, name: str) -> int:
         with self._index._write() as conn:
+            self._require_user(conn, name)  # "revoked 0 tokens" of a mistyped name would reassure wrongly
             ids = conn.execute(select(tokens.c.token_id).where(tokens.c.user_name == name)).scalars().all()
             revoked = int(conn.execute(delete(tokens).where(tokens.c.user_name == name)).rowcount)
             if revoked:
