@@ -75,6 +75,17 @@ class ServerSide:
         return {"persistence": persistence}
 
 
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Stop ``process`` if it still runs: SIGTERM, then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
 @dataclass
 class HttpServer:
     """A running server: ``url``, the admin's ``token``, and the registry behind it (``side``)."""
@@ -190,13 +201,7 @@ def running_server(
             continue
 
         def stop(process: subprocess.Popen[bytes] = process) -> None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=15)
+            stop_process(process)
 
         server = HttpServer(url, token, side, process, stop)
         try:

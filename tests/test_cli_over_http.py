@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from modelkeep.bundle import export_bundle
 from modelkeep.cli import cli
-from tests._http_server import HttpServer, free_port
+from tests._http_server import HttpServer, free_port, stop_process
 from tests.test_http_api import fill
 
 #: What a command that needs the registry itself says, besides its own name.
@@ -190,12 +190,7 @@ def _serve(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> str:
             time.sleep(0.1)
         return f"serve did not answer /health with version 1.0.1: {log.read_text(errors='replace')[-2000:]}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) -> str:
@@ -220,12 +215,7 @@ def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) ->
             return f"printed no event line: {line[:300]!r}"
         return "" if isinstance(event, dict) and "id" in event and "type" in event else f"not an event: {event!r}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 def test_every_command_through_a_server(

@@ -24,7 +24,6 @@ from ..errors import (
     ConfigError,
     ModelKeepError,
     ServerOnlyError,
-    StorageError,
 )
 from ..identity import Identity
 from .client_bundles import BundleMixin
@@ -40,6 +39,7 @@ from .wire import (
     policy_from_wire,
     record_from_wire,
     summary_from_wire,
+    transport_error,
     verify_report_from_wire,
 )
 
@@ -117,10 +117,8 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin):
         httpx = _httpx()
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise StorageError(f"the registry server {self.url} did not answer in time ({exc})") from None
-        except httpx.TransportError as exc:
-            raise StorageError(f"cannot reach the registry server {self.url}: {exc}") from None
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_error(self.url, exc) from None
         return self.decode(response)
 
     def decode(self, response: Any) -> Any:

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StorageError
 from ..versions import validate_model_name, validate_version
+from .wire import transport_error
 
 if TYPE_CHECKING:
     from ..bundle import BundleReport
@@ -145,11 +145,7 @@ class BundleMixin:
                 with open(target, "wb") as f:
                     for chunk in response.iter_bytes(SEND_CHUNK):
                         f.write(chunk)
-        except httpx.TimeoutException as exc:
+        except httpx.TransportError as exc:  # timeouts included
             with contextlib.suppress(OSError):
                 target.unlink()
-            raise StorageError(f"the registry server {self.url} did not answer in time ({exc})") from None
-        except httpx.TransportError as exc:
-            with contextlib.suppress(OSError):
-                target.unlink()
-            raise StorageError(f"lost the registry server {self.url} while downloading: {exc}") from None
+            raise transport_error(self.url, exc, downloading=True) from None

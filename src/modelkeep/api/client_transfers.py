@@ -41,7 +41,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
-from .wire import API_PREFIX
+from .wire import API_PREFIX, transport_error
 
 if TYPE_CHECKING:
     from ..input_signature import InputCheck
@@ -124,10 +124,8 @@ class VersionFiles(ArtifactStore):
                     yield chunks
                 finally:
                     chunks.close()  # type: ignore[attr-defined]
-        except httpx.TimeoutException as exc:
-            raise StorageError(f"the registry server {self.client.url} did not answer in time ({exc})") from None
-        except httpx.TransportError as exc:
-            raise StorageError(f"lost the registry server {self.client.url} while downloading: {exc}") from None
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_error(self.client.url, exc, downloading=True) from None
 
     @staticmethod
     def _chunks(response: Any) -> Iterator[bytes]:
@@ -268,10 +266,8 @@ class TransferMixin:
         httpx = _httpx()
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise StorageError(f"the registry server {self.url} did not answer in time ({exc})") from None
-        except httpx.TransportError as exc:
-            raise StorageError(f"cannot reach the registry server {self.url}: {exc}") from None
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_error(self.url, exc) from None
         no_route = response.status_code in (404, 405) and "json" not in response.headers.get("content-type", "")
         if no_route:  # an older server: save and load the two-request way from now on
             self._inline_ok = False

@@ -92,6 +92,18 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     return exc
 
 
+def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> errors.StorageError:
+    """A client's failed exchange with the registry server at ``url`` (an ``httpx`` transport
+    error: timeout, refused or dropped connection) as the :class:`StorageError` the client raises."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.StorageError(f"the registry server {url} did not answer in time ({exc})")
+    if downloading:
+        return errors.StorageError(f"lost the registry server {url} while downloading: {exc}")
+    return errors.StorageError(f"cannot reach the registry server {url}: {exc}")
+
+
 def is_http_url(value: Any) -> bool:
     """Whether ``value`` names a registry server (``http://`` or ``https://``)."""
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
