@@ -19,6 +19,7 @@ from .versions import validate_model_name, validate_version
 if TYPE_CHECKING:
     from .metadata import ModelMetadata
     from .registry import ModelPersistence
+    from .signing import Keyring
 
 logger = logging.getLogger("modelkeep")
 
@@ -31,6 +32,22 @@ class ResignReport:
     signed: list[tuple[str, str]] = field(default_factory=list)
     unchanged: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (model, version, reason)
+
+    def to_sign(
+        self, keyring: Keyring, record: ModelMetadata, identity: tuple[str, str | None], include_untrusted: bool
+    ) -> bool:
+        """Whether ``record`` is to be signed again with the key ``identity`` names (``(scheme,
+        fingerprint)``); if not, it is noted here: unchanged (that key already vouches for it), or
+        skipped (its signature is not trusted, and ``include_untrusted`` is off)."""
+        where = (record.model_name, record.version)
+        verdict = keyring.verdict(record)
+        if verdict.trusted and (verdict.scheme, verdict.fingerprint) == identity:
+            self.unchanged.append(where)
+            return False
+        if not verdict.trusted and not include_untrusted:
+            self.skipped.append((*where, f"{verdict.status}: {verdict.reason}"))
+            return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,14 +94,9 @@ def resign_versions(
         records = [p.get_version(model_name, validate_version(version))]
     identity = (HMAC_SCHEME, None) if isinstance(key, (str, bytes)) else (ECDSA_SCHEME, key.fingerprint)
     for record in records:
+        if not report.to_sign(keyring, record, identity, include_untrusted):
+            continue
         where = (record.model_name, record.version)
-        verdict = keyring.verdict(record)
-        if verdict.trusted and (verdict.scheme, verdict.fingerprint) == identity:
-            report.unchanged.append(where)
-            continue
-        if not verdict.trusted and not include_untrusted:
-            report.skipped.append((*where, f"{verdict.status}: {verdict.reason}"))
-            continue
         if record.artifact is None:
             report.skipped.append((*where, "no artifact"))
             continue

@@ -288,14 +288,9 @@ class SigningMixin:
         identity = (HMAC_SCHEME, None) if private is None else (ECDSA_SCHEME, private.fingerprint)
         public = None if private is None else private.public.pem().decode()
         for record in records:
+            if not report.to_sign(self.keyring, record, identity, include_untrusted):
+                continue
             where = (record.model_name, record.version)
-            verdict = self.keyring.verdict(record)
-            if verdict.trusted and (verdict.scheme, verdict.fingerprint) == identity:
-                report.unchanged.append(where)
-                continue
-            if not verdict.trusted and not include_untrusted:
-                report.skipped.append((*where, f"{verdict.status}: {verdict.reason}"))
-                continue
             art = record.artifact
             if art is None:
                 report.skipped.append((*where, "no artifact"))
