@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from modelkeep import ModelPersistence
-from modelkeep.errors import StorageError
+from modelkeep.errors import IntegrityError, StorageError
 from modelkeep.storage.cache import ArtifactCache, cache_dir
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
@@ -43,6 +43,21 @@ def _model(n_bytes: int, seed: int) -> dict[str, Any]:
 
 def _artifact_gets(proxy: FaultProxy, key: str) -> int:
     return sum(1 for m, path in proxy.requests if m == "GET" and key in path)
+
+
+def _load_in_a_new_process(bucket: S3Bucket, tmp_path: Path, proxy: FaultProxy, expression: str) -> str:
+    """What ``expression`` (of the loaded model ``m``) prints in a new process loading model 'm'."""
+    script = (
+        "import sys, json; from modelkeep import ModelPersistence; "
+        "p = ModelPersistence(models_dir=sys.argv[1], registry_url=sys.argv[2], "
+        f"storage_options=json.loads(sys.argv[3])); m = p.load('m'); print({expression})"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, bucket.url(), f"sqlite:///{tmp_path / 'registry.db'}",
+         json.dumps(s3_options(proxy.endpoint_url))],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return out.stdout
 
 
 def _entry_path(sha256: str) -> Path:
@@ -120,17 +135,8 @@ def test_a_miss_downloads_once_then_every_load_reads_the_cache(
     assert np.array_equal(mapped["weights"], model["weights"])
     assert _artifact_gets(fault_proxy, key) == 0
     # ... and from a new process
-    script = (
-        "import sys, json; from modelkeep import ModelPersistence; "
-        "p = ModelPersistence(models_dir=sys.argv[1], registry_url=sys.argv[2], "
-        "storage_options=json.loads(sys.argv[3])); print(float(p.load('m')['weights'].sum()))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script, s3_bucket.url(), f"sqlite:///{tmp_path / 'registry.db'}",
-         json.dumps(s3_options(fault_proxy.endpoint_url))],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert float(out.stdout) == pytest.approx(float(model["weights"].sum()))
+    out = _load_in_a_new_process(s3_bucket, tmp_path, fault_proxy, "float(m['weights'].sum())")
+    assert float(out) == pytest.approx(float(model["weights"].sum()))
     assert _artifact_gets(fault_proxy, key) == 0
     p.close()
     q.close()
@@ -236,7 +242,7 @@ WORKER = """
 import json, sys, random
 import numpy as np
 from modelkeep import ModelPersistence
-from modelkeep.errors import StorageError
+from modelkeep.errors import IntegrityError, StorageError
 spec = json.loads(sys.argv[1])
 p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
                      cache_max_bytes=spec["cap"])
@@ -319,3 +325,90 @@ def test_cache_info_prune_clear(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     cleared = run("clear")
     assert cleared.returncode == 0 and "removed 1 file(s)" in cleared.stdout
     assert ArtifactCache().info().entries == 0
+
+
+# -- native-format blobs -------------------------------------------------------------------------
+def _native_model(seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {"a": rng.standard_normal(300_000), "b": rng.integers(0, 9, 200_000), "seed": seed}
+
+
+def _blob_shas(rec: Any) -> list[str]:
+    assert rec.artifact is not None
+    return [sha for sha, _size in rec.artifact.extra["blobs"]]
+
+
+def _blob_gets(proxy: FaultProxy) -> int:
+    return _artifact_gets(proxy, "/.blobs/")
+
+
+def _same(loaded: dict[str, Any], model: dict[str, Any]) -> bool:
+    return all(np.array_equal(loaded[k], model[k]) for k in ("a", "b")) and loaded["seed"] == model["seed"]
+
+
+def test_native_blobs_are_cached_like_artifacts(s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    """The native format keeps arrays as content-addressed blobs: a save caches them, a miss
+    downloads each once, and every later load (mapped or not, from another process) reads the
+    cache and makes no GET of a blob."""
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url, serialization_format="native", compress=False)
+    model = _native_model(seed=31)
+    rec = p.save_version(model, "m")
+    shas = _blob_shas(rec)
+    assert len(shas) == 2 and all(_entry_path(sha).is_file() for sha in shas)  # the save filled the cache
+    fault_proxy.requests.clear()
+    assert _same(p.load("m"), model) and _blob_gets(fault_proxy) == 0
+    assert p.cache is not None
+    p.cache.clear()
+    assert _same(p.load("m"), model)  # a miss: each blob downloaded and checked once, then kept
+    assert _blob_gets(fault_proxy) == 2
+    assert all(hashlib.sha256(_entry_path(sha).read_bytes()).hexdigest() == sha for sha in shas)
+    fault_proxy.requests.clear()
+    assert _same(p.load("m", mmap_mode="r"), model)
+    assert int(_load_in_a_new_process(s3_bucket, tmp_path, fault_proxy, "int(m['b'].sum())")) == int(model["b"].sum())
+    assert _blob_gets(fault_proxy) == 0
+    p.close()
+
+
+@pytest.mark.parametrize(
+    "attack", [_tamper_in_place, _swap_for_a_link, _hard_link], ids=["tampered", "link", "hardlink"]
+)
+def test_a_tampered_blob_entry_is_refused(
+    attack: Any, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blob entry someone changed, linked or hard-linked is never handed to the unpickler,
+    mapped or not: the blob is read from the store again and the entry replaced."""
+    p = _registry(s3_bucket, tmp_path, fault_proxy.endpoint_url, serialization_format="native", compress=False)
+    model = _native_model(seed=32)
+    sha = _blob_shas(p.save_version(model, "m"))[0]
+    with caplog.at_level(logging.WARNING, logger="modelkeep"):
+        for mmap_mode in (None, "r"):
+            (cache_dir() / "second-name").unlink(missing_ok=True)  # the hard link of the round before
+            attack(_entry_path(sha))
+            fault_proxy.requests.clear()
+            assert _same(p.load("m", mmap_mode=mmap_mode), model)
+            assert _blob_gets(fault_proxy) == 1  # the refused blob only
+    assert "cache entry" in caplog.text
+    entry = _entry_path(sha)
+    assert not entry.is_symlink() and hashlib.sha256(entry.read_bytes()).hexdigest() == sha
+    p.close()
+
+
+@pytest.mark.parametrize("cache_max_bytes", [0, None], ids=["no-cache", "cache"])
+def test_a_swapped_blob_in_the_bucket_is_refused_by_a_mapped_load(
+    cache_max_bytes: int | None, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """Pages mapped from a local store skip the blob hash; bytes downloaded from S3 for a load
+    with ``mmap_mode`` never do: whoever can write the bucket cannot swap an array's bytes."""
+    p = _registry(s3_bucket, tmp_path, serialization_format="native", compress=False, cache_max_bytes=cache_max_bytes)
+    rec = p.save_version(_native_model(seed=33), "m")
+    if p.cache is not None:
+        p.cache.clear()
+    assert rec.artifact is not None
+    sha, size = rec.artifact.extra["blobs"][0]
+    key = next(k for k in s3_bucket.object_keys() if k.endswith(sha))
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=key, Body=b"\x00" * int(size))  # same size
+    for mmap_mode in ("r", None):
+        with pytest.raises(IntegrityError):
+            p.load("m", mmap_mode=mmap_mode)
+    assert not _entry_path(sha).exists()  # nothing unchecked entered the cache
+    p.close()

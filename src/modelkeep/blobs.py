@@ -4,6 +4,14 @@ Layout: ``<models_dir>/.blobs/<first two hex digits>/<sha256>`` (see
 :mod:`modelkeep.layout`). A blob is immutable once written (atomically, through
 the store's :meth:`~modelkeep.storage.ArtifactStore.write_many`), so versions
 that share an array share its bytes, and loads can memory-map blobs safely.
+
+A remote store's blobs go through the local cache of remote artifacts
+(:mod:`modelkeep.storage.cache`), which is content-addressed by SHA-256 like the blobs
+themselves: a blob read from the store (and checked) or written by a save becomes an entry,
+and a later load reads the entry, hashing it again before it is used (a cache folder is
+treated like a store someone else may write: an entry that fails its check is removed and
+the blob is read from the store). Bytes read from a store that cannot map them are always
+checked, memory-mapped load or not: only pages mapped from a local store skip the hash here.
 """
 
 from __future__ import annotations
@@ -12,11 +20,14 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import IntegrityError
+from .errors import IntegrityError, ModelKeepError
 from .layout import BLOB_DIR, blob_key
 from .storage import ArtifactStore, check_digest
+
+if TYPE_CHECKING:
+    from .storage.cache import ArtifactCache
 
 #: Threads that hash and read blobs (CPU-bound; hashlib releases the GIL).
 WORKERS = max(2, min(8, (os.cpu_count() or 2)))
@@ -29,10 +40,12 @@ def sha256_of(view: memoryview) -> str:
 
 
 class BlobStore:
-    """Put, check and open blobs in an :class:`ArtifactStore`."""
+    """Put, check and open blobs in an :class:`ArtifactStore` (through ``cache``, the local
+    cache of a remote store's artifacts, when given)."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore, cache: ArtifactCache | None = None) -> None:
         self.store = store
+        self.cache = cache
 
     def hash_all(self, views: Sequence[memoryview]) -> list[str]:
         """SHA-256 of every buffer, hashed in parallel."""
@@ -60,14 +73,21 @@ class BlobStore:
         if not blobs:
             return 0
         self.store.write_many({blob_key(sha): view for sha, view in blobs.items()})
+        for sha, view in blobs.items():
+            self._keep(sha, view)  # the first load after the save reads the local disk
         return sum(v.nbytes for v in blobs.values())
 
     def read(self, sha: str, size: int, *, verify: bool = True, mmap: bool = False) -> Any:
         """A blob's bytes (a read-only memory map with ``mmap=True`` where the store can map).
 
-        With ``mmap=True`` only the blob's size is checked here: the mapped pages
-        are raw array data, which cannot run code; ``verify()`` re-hashes them.
+        With ``mmap=True`` only the size of a blob mapped from a local store is checked here:
+        the mapped pages are raw array data, which cannot run code; ``verify()`` re-hashes them.
+        Bytes that are read (a remote store's, a cache entry's) are always hashed.
         """
+        if self.cache is not None:
+            cached = self._read_cached(sha, size, mmap)
+            if cached is not None:
+                return cached
         key = blob_key(sha)
         mapped = self.store.map(key) if mmap else None
         if mapped is not None:
@@ -77,9 +97,38 @@ class BlobStore:
                 self._check(sha, memoryview(mapped))
             return mapped
         data = self.store.read_exact(key, size)
-        if verify:
+        if verify or mmap:  # not mapped: these bytes came over the wire or into private memory
             self._check(sha, memoryview(data))
+        self._keep(sha, memoryview(data))
         return data  # writable, so loaded arrays are writable like joblib's
+
+    def _read_cached(self, sha: str, size: int, mmap: bool) -> Any:
+        """``sha``'s bytes from the cache, checked (``None``: not cached, or the entry failed
+        its check and was removed)."""
+        assert self.cache is not None
+        entry = self.cache.lookup(sha)
+        if entry is None:
+            return None
+        try:
+            data = self.cache.store.map(entry) if mmap else None
+            if data is None:
+                data = self.cache.store.read_exact(entry, size)
+            if len(data) != size:
+                raise IntegrityError(f"blob {sha[:12]} has {len(data)} bytes, recorded {size}")
+            self._check(sha, memoryview(data))
+        except (OSError, ModelKeepError) as exc:
+            self.cache.discard(sha, str(exc))  # a tampered or truncated entry: read the store
+            return None
+        return data
+
+    def _keep(self, sha: str, view: memoryview) -> None:
+        """Add a blob whose bytes were hashed to ``sha`` to the cache (best effort)."""
+        if self.cache is None or view.nbytes > self.cache.max_bytes:
+            return
+        pending = self.cache.begin_entry()
+        if pending is not None:
+            pending.write(view)
+            pending.admit(sha, view.nbytes)
 
     def read_many(self, digests: Sequence[tuple[str, int]], *, verify: bool = True, mmap: bool = False) -> list[Any]:
         """Every blob, read (and verified) in parallel."""

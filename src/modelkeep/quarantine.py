@@ -206,7 +206,7 @@ def _blob_root(persistence: ModelPersistence, extra: dict[str, Any], folder: str
     root = getattr(persistence.store, "root", None)
     if isinstance(root, str) and persistence.store.local_path(blob_key("0" * 64)) is not None:
         return root
-    blobs = BlobStore(persistence.store)
+    blobs = BlobStore(persistence.store, getattr(persistence, "cache", None))  # through the local cache
     for sha, size in extra.get("blobs") or []:
         target = os.path.join(folder, "blobs", blob_key(str(sha)))
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)

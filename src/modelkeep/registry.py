@@ -786,12 +786,13 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         return check
 
     def _blobs(self, fmt: Format) -> BlobStore | None:
-        """The blob store, for formats that keep large buffers there (``None`` for the others)."""
+        """The blob store, for formats that keep large buffers there (``None`` for the others);
+        a remote store's blobs go through the local cache (see :mod:`.blobs`)."""
         if not fmt.uses_blobs:
             return None
         from .blobs import BlobStore
 
-        return BlobStore(self.store)
+        return BlobStore(self.store, self.cache)
 
     def read_file(
         self, path: str | os.PathLike[str], *, trusted_types: list[str] | None = None, trust_file: bool = False
