@@ -107,6 +107,9 @@ def test_a_path_on_the_servers_disk_is_never_taken_as_the_secret(server: HttpSer
 def test_an_admin_runs_webhooks_through_the_server(server: HttpServer, tmp_path: Path) -> None:
     receiver = Receiver()
     secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"\xff" * 32)
+    with server.client() as admin, pytest.raises(ConfigError, match="must be text"):
+        admin.webhooks.add(receiver.url, events="*", secret_file=secret_file)
     secret_file.write_text(SECRET + "\n")
     with server.client() as admin:
         hook = admin.webhooks.add(receiver.url, events="alias.*", secret_file=secret_file, model="churn*")
@@ -135,6 +138,13 @@ def test_an_admin_runs_webhooks_through_the_server(server: HttpServer, tmp_path:
         with pytest.raises(KeyError, match="no webhook 7"):
             admin.webhooks.test(7)
     receiver.stop()
+
+
+def test_the_openapi_document_lists_the_admin_routes(server: HttpServer) -> None:
+    paths = httpx.get(server.url + API_PREFIX + "/openapi.json", timeout=30).json()["paths"]
+    for method, path, _body in ROUTES:
+        generic = path.replace("/1", "/{webhook}").replace("/x/", "/{delivery}/")
+        assert "admin)" in paths[API_PREFIX + generic][method.lower()]["summary"], (method, path)
 
 
 def test_gc_and_reindex_run_on_the_server_and_answer_its_report(server: HttpServer) -> None:

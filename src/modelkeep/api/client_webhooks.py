@@ -49,9 +49,14 @@ class RemoteWebhooks:
     ) -> int:
         """Subscribe ``url`` to ``events`` for models matching ``model``; the secret is read from
         ``secret_file`` here and kept by the server. Returns the webhook's id."""
+        from ..errors import ConfigError
         from ..webhooks.delivery import read_secret
 
-        secret = read_secret(os.path.abspath(os.fspath(secret_file))).decode("utf-8", "strict")
+        path = os.path.abspath(os.fspath(secret_file))
+        try:
+            secret = read_secret(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"the webhook secret in {path!r} must be text (UTF-8) to go to a server") from None
         patterns = events if isinstance(events, str) else ",".join(events)
         body = {"url": url, "events": patterns, "model": model, "secret": secret}
         return int(self._r.request("POST", "/webhooks", json=body)["id"])
