@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -170,18 +171,19 @@ def test_every_command_has_a_case(tmp_path: Path) -> None:
     assert sorted(cases(tmp_path)) == sorted(command_paths())
 
 
+def _start(args: list[str], env: dict[str, str], cwd: Path, stdout: Any, stderr: Any) -> subprocess.Popen[bytes]:
+    """``modelkeep ARGS`` as a process of its own, with ``env`` added to this one's environment."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelkeep", *args], stdout=stdout, stderr=stderr, env={**os.environ, **env}, cwd=cwd
+    )
+
+
 def _serve(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> str:
     """Start ``modelkeep serve`` on the server's registry; what went wrong, or ``""`` once it answers."""
     port = free_port()
     log = cwd / "serve.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelkeep", "serve", *args, "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            cwd=cwd,
-        )
+        process = _start(["serve", *args, "--port", str(port)], env, cwd, out, subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
@@ -206,13 +208,7 @@ def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) ->
     import json
     import select
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelkeep", *path.split(), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-        cwd=cwd,
-    )
+    process = _start([*path.split(), *args], env, cwd, subprocess.PIPE, subprocess.PIPE)
     try:
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 60)
@@ -228,13 +224,7 @@ def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) ->
 
 def _dispatch(args: tuple[str, ...], env: dict[str, str], cwd: Path, receiver: Receiver) -> str:
     """Run ``events dispatch`` until the receiver has an event besides the ping; what went wrong, or ``""``."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelkeep", "events", "dispatch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-        cwd=cwd,
-    )
+    process = _start(["events", "dispatch", *args], env, cwd, subprocess.PIPE, subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:

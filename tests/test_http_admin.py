@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the server fixture is imported from test_http_api and taken by name)
 """The admin routes of a registry server (issue 28): gc, reindex, webhooks, event dispatch, sent
 as raw HTTP, the way anyone who can reach the port would send them; and ``copy`` with a server on
 either side.
@@ -10,7 +11,6 @@ never shown again, and its deliveries leave from the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from modelkeep.api.webhook_routes import secrets_dir
 from modelkeep.api.wire import API_PREFIX
 from modelkeep.copy_through import copy_through_bundles
 from modelkeep.errors import ConfigError, VersionExistsError
-from tests._http_server import HttpServer, ServerSide, running_server
+from tests._http_server import HttpServer
 from tests._receiver import Receiver, wait_for
-from tests.test_http_api import bearer, fill
+from tests.test_http_api import bearer, server  # noqa: F401  (the fixture: a filled registry's server, in process)
 
 SECRET = "a secret of the webhook, 32 bytes"
 
@@ -40,16 +40,6 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/deliveries", None),
     ("POST", "/deliveries/x/redeliver", None),
 ]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[HttpServer]:
-    """A server (in process) on a filled registry; its token is an admin's."""
-    side = ServerSide(str(tmp_path / "served"))
-    with ModelPersistence(**side.options()) as p:
-        fill(p)
-    with running_server(side, tmp_path / "server", in_process=True) as running:
-        yield running
 
 
 def call(server: HttpServer, token: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
