@@ -17,17 +17,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .bundle import is_remote
 from .copying import CopyReport
 from .errors import ConfigError, VersionExistsError
 from .versions import validate_model_name
 
+__all__ = ["SOURCE_SERVER_VARIABLES", "copy_through_bundles", "is_remote", "open_destination"]
+
 #: What names the source when it is a registry server, left out of a destination given by its folder.
 SOURCE_SERVER_VARIABLES = ("MODELKEEP_REGISTRY_URL", "MODELKEEP_TOKEN", "MODELKEEP_USER")
-
-
-def is_remote(registry: Any) -> bool:
-    """Whether ``registry`` is a registry server's client (:class:`~modelkeep.api.client.HttpRegistry`)."""
-    return bool(getattr(registry, "is_remote", False))
 
 
 def open_destination(

@@ -86,8 +86,9 @@ def export_signed(
     assert art is not None
     # through a registry server: the version's files as the server streams them (checked here)
     from .api.client_transfers import VersionFiles
+    from .bundle import is_remote
 
-    store = VersionFiles(p, record) if getattr(p, "is_remote", False) else p.store
+    store = VersionFiles(p, record) if is_remote(p) else p.store
     _copy_verified(store, art.key, art.sha256, out / art.key.rsplit("/", 1)[-1])
     for sha, _size in art.extra.get("blobs") or []:
         from .layout import blob_key
