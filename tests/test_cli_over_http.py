@@ -1,8 +1,8 @@
 """Every ``modelkeep`` command through a registry server (issue 28): ``MODELKEEP_REGISTRY_URL``
 and ``MODELKEEP_TOKEN`` name a ``modelkeep server`` process, and each command either works (exit 0,
-the expected output, the change visible on the server's registry) or, when it needs the registry
-itself (gc, reindex, webhooks, copy...), says so in one ``Error:`` line naming the command and
-what to do instead: exit 1, no traceback.
+the expected output, the change visible on the server's registry) or, when it needs the registry's
+host itself (backfill-params, which unpickles; ui and server, which start servers), says so in one
+``Error:`` line naming the command and what to do instead: exit 1, no traceback.
 
 :data:`CASES` has one entry per command of the click tree; a command added without one fails
 :func:`test_every_command_has_a_case`. The commands run in process (click's runner: the server is
@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -29,6 +30,7 @@ from click.testing import CliRunner
 from modelkeep.bundle import export_bundle
 from modelkeep.cli import cli
 from tests._http_server import HttpServer, free_port, stop_process
+from tests._receiver import Receiver
 from tests.test_http_api import fill
 
 #: What a command that needs the registry itself says, besides its own name.
@@ -68,14 +70,26 @@ class Follows:
     args: tuple[str, ...]
 
 
-Case = Works | OnServerHost | Serves | Follows
+@dataclass(frozen=True)
+class Dispatches:
+    """``events dispatch``: runs until stopped; the server delivers the pending events to the
+    test's webhook receiver meanwhile."""
+
+    args: tuple[str, ...]
 
 
-def cases(tmp: Path) -> dict[str, Case]:
-    """Each command's case, in the order they run (later ones use what earlier ones made)."""
+Case = Works | OnServerHost | Serves | Follows | Dispatches
+
+
+def cases(tmp: Path, hook: str = "http://127.0.0.1:9/hook") -> dict[str, Case]:
+    """Each command's case, in the order they run (later ones use what earlier ones made);
+    ``hook`` is the URL of the webhook receiver."""
     t = str(tmp)
     return {
         "list": Works((), "churn"),
+        "webhooks add": Works((hook, "--events", "*", "--secret-file", f"{t}/secret"), "Added webhook 1"),
+        "webhooks list": Works((), hook),
+        "webhooks test": Works(("1",), "HTTP 200"),
         "info": Works(("--model-name", "churn@production"), "1.0.1"),
         "search": Works(("accuracy > 0.92",), "1.0.1"),
         "compare": Works(("--model-name", "churn"), "accuracy"),
@@ -121,26 +135,21 @@ def cases(tmp: Path) -> dict[str, Case]:
         "cache prune": Works((), "removed"),
         "cache clear": Works((), "removed"),
         "serve": Serves(("churn@production", "--poll", "0.05")),
-        # what needs the registry itself
-        "gc": OnServerHost(),
-        "reindex": OnServerHost(("--yes",)),
+        "gc": Works(("--dry-run",), "would remove"),
+        "reindex": Works(("--yes",), "Reindexed"),
+        # what needs the registry's host itself
         "backfill-params": OnServerHost(),
         "sign": Works(("--all",)),
         "keys forget-seen": Works(()),
-        "copy": OnServerHost(("--to-models-dir", f"{t}/copy")),
+        "copy": Works(("--to-models-dir", f"{t}/copy"), "copied 6 version(s)"),
         "export": Works(("--model-name", "churn", "-o", f"{t}/out.bundle")),
-        "export-signed": OnServerHost(("--model-name", "churn", "--out", f"{t}/signed")),
+        "export-signed": Works(("--model-name", "churn", "--out", f"{t}/signed"), "its signature"),
         "import": Works((f"{t}/churn.bundle",)),
-        "events dispatch": OnServerHost(),
+        "events dispatch": Dispatches(("--poll", "0.05")),
         "events watch": Follows(("--since", "0", "--poll", "0.05")),
-        "webhooks add": OnServerHost(
-            ("http://127.0.0.1:9/hook", "--events", "alias.*", "--secret-file", f"{t}/secret")
-        ),
-        "webhooks list": OnServerHost(),
-        "webhooks deliveries": OnServerHost(),
-        "webhooks test": OnServerHost(("1",)),
-        "webhooks redeliver": OnServerHost(("1",)),
-        "webhooks rm": OnServerHost(("1",)),
+        "webhooks deliveries": Works(("1", "--status", "delivered"), "delivered"),
+        "webhooks redeliver": Works((), "queued again"),  # the newest delivery: its id is added below
+        "webhooks rm": Works(("1",), "Removed webhook 1"),
         "server": OnServerHost(("--port", "0")),
         "ui": OnServerHost(("--port", "0")),
     }
@@ -162,18 +171,19 @@ def test_every_command_has_a_case(tmp_path: Path) -> None:
     assert sorted(cases(tmp_path)) == sorted(command_paths())
 
 
+def _start(args: list[str], env: dict[str, str], cwd: Path, stdout: Any, stderr: Any) -> subprocess.Popen[bytes]:
+    """``modelkeep ARGS`` as a process of its own, with ``env`` added to this one's environment."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelkeep", *args], stdout=stdout, stderr=stderr, env={**os.environ, **env}, cwd=cwd
+    )
+
+
 def _serve(args: tuple[str, ...], env: dict[str, str], cwd: Path) -> str:
     """Start ``modelkeep serve`` on the server's registry; what went wrong, or ``""`` once it answers."""
     port = free_port()
     log = cwd / "serve.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelkeep", "serve", *args, "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            cwd=cwd,
-        )
+        process = _start(["serve", *args, "--port", str(port)], env, cwd, out, subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
@@ -198,13 +208,7 @@ def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) ->
     import json
     import select
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelkeep", *path.split(), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-        cwd=cwd,
-    )
+    process = _start([*path.split(), *args], env, cwd, subprocess.PIPE, subprocess.PIPE)
     try:
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 60)
@@ -216,6 +220,21 @@ def _follow(path: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) ->
         return "" if isinstance(event, dict) and "id" in event and "type" in event else f"not an event: {event!r}"
     finally:
         stop_process(process)
+
+
+def _dispatch(args: tuple[str, ...], env: dict[str, str], cwd: Path, receiver: Receiver) -> str:
+    """Run ``events dispatch`` until the receiver has an event besides the ping; what went wrong, or ``""``."""
+    process = _start(["events", "dispatch", *args], env, cwd, subprocess.PIPE, subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(e["type"] != "ping" for e in receiver.events()):
+                return ""
+            time.sleep(0.05)
+    finally:
+        stop_process(process)
+    said = process.stdout.read().decode(errors="replace")[-1000:] if process.stdout else ""
+    return f"no event reached the webhook: {said!r}"
 
 
 def test_every_command_through_a_server(
@@ -231,7 +250,12 @@ def test_every_command_through_a_server(
     env = {"MODELKEEP_REGISTRY_URL": http_server.url, "MODELKEEP_TOKEN": http_server.token}
     runner = CliRunner()
     problems: list[str] = []
-    for path, case in cases(tmp_path).items():
+    receiver = Receiver()
+    for path, case in cases(tmp_path, receiver.url).items():
+        if isinstance(case, Dispatches):
+            if failed := _dispatch(case.args, env, tmp_path, receiver):
+                problems.append(f"{path}: {failed}")
+            continue
         if isinstance(case, Serves):
             if failed := _serve(case.args, env, tmp_path):
                 problems.append(f"{path}: {failed}")
@@ -241,6 +265,9 @@ def test_every_command_through_a_server(
                 problems.append(f"{path}: {failed}")
             continue
         args = [*path.split(), *case.args]
+        if path == "webhooks redeliver":
+            with http_server.direct() as p:
+                args += [d.delivery_id for d in p.webhooks.deliveries(limit=1)]
         stdin = case.stdin if isinstance(case, Works) else None
         done = runner.invoke(cli, args, prog_name="modelkeep", env={**env, "MODELKEEP_MODELS_DIR": None}, input=stdin)
         said = f"exit {done.exit_code}, stdout {done.stdout[-300:]!r}, stderr {done.stderr[-600:]!r}"
@@ -269,3 +296,7 @@ def test_every_command_through_a_server(
         assert p.users.get("bob") is None
         assert p.history(model_name="new")[-1].actor == "admin"
     assert joblib.load(tmp_path / "out.joblib") == {"w": 2}
+    receiver.stop()
+    # the webhook was signed with the secret the client read, which the server kept for it
+    assert receiver.received and all(r.signed_by(b"a webhook secret") for r in receiver.received)
+    assert (tmp_path / "copy").is_dir() and (tmp_path / "signed.sig").is_file()

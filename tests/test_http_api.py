@@ -476,11 +476,11 @@ def test_sign_in_switches_the_token(server: HttpServer) -> None:
 
 def test_what_only_the_server_host_does_is_a_clear_error(server: HttpServer) -> None:
     with server.client() as p:
-        for call in (p.gc, p.reindex, p.backfill_params, lambda: p.store, lambda: p.webhooks):
+        for call in (p.backfill_params, lambda: p.store, lambda: p.index):
             with pytest.raises(ServerOnlyError, match="run it on the server's host"):
                 call()
         assert not hasattr(p, "store")  # an AttributeError too
-        assert isinstance(_raised(p.gc), ConfigError)
+        assert isinstance(_raised(p.backfill_params), ConfigError)
 
 
 def test_the_environment_names_the_server_and_the_token(server: HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -581,8 +581,9 @@ def test_the_cli_works_against_a_server_process(http_server: HttpServer, tmp_pat
     assert "vic" in ok("users", "list")
     assert ok("users", "token", "vic").startswith("mkt_")
     assert "admin role" in fails("users", "list", token=viewer)
-    assert "run it on the server's host" in fails("gc")
-    assert "run it on the server's host" in fails("webhooks", "list")
+    assert "run it on the server's host" in fails("backfill-params")
+    assert "admin role" in fails("gc", token=viewer) and "removed 0 file(s)" in ok("gc")
+    assert "admin role" in fails("webhooks", "list", token=viewer) and "No webhooks" in ok("webhooks", "list")
     assert "not a modelkeep API token" in fails("list", token="forged")
     assert "signed in as admin (admin)" in ok("doctor")
     # A config file naming the server works as the variables do (here with the viewer's token).

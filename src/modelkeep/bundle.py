@@ -295,14 +295,14 @@ def export_bundle(
     ``persistence`` may be a registry server's client (:class:`~modelkeep.api.client.HttpRegistry`):
     then the server builds the bundle and this client checks it with its own keys and signs it.
     """
-    if _is_remote(persistence):
+    if is_remote(persistence):
         return Path(persistence.export_bundle(model_name, output, versions=versions, force=force))
     return write_bundle(
         persistence, model_name, output, versions=versions, force=force, signer=persistence.keyring.signer()
     )
 
 
-def _is_remote(persistence: Any) -> bool:
+def is_remote(persistence: Any) -> bool:
     """Whether ``persistence`` is a registry server's client (which has no index or store here:
     :attr:`~modelkeep.api.client.HttpRegistry.is_remote`; asked by name, as the client's module
     imports this one)."""
@@ -468,7 +468,7 @@ def import_bundle(
     ``persistence`` may be a registry server's client: then this client checks the manifest's
     signature with its own keys, and the server runs every other check before it registers anything.
     """
-    if _is_remote(persistence):
+    if is_remote(persistence):
         return persistence.import_bundle(path, with_aliases=with_aliases, max_bundle_bytes=max_bundle_bytes)
     return import_checked(persistence, path, with_aliases=with_aliases, max_bundle_bytes=max_bundle_bytes)
 

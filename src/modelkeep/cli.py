@@ -450,18 +450,19 @@ def copy(
     destination already holds with the same SHA-256 are skipped.
     """
     from ._progress import ProgressBar
-    from .config import load_settings
     from .copying import copy_registry
 
     if to_config is None and to_models_dir is None and to_registry_url is None:
         raise click.UsageError("give the destination: --to-config, --to-models-dir and/or --to-registry-url")
-    source = open_registry(ctx)
-    settings = load_settings(to_config, models_dir=to_models_dir, registry_url=to_registry_url)
-    progress = ProgressBar(enabled=False if cli_state(ctx).verbose is False else None)
-    from .registry import ModelPersistence
+    from .copy_through import copy_through_bundles, is_remote, open_destination
 
-    dest = ctx.with_resource(ModelPersistence.from_settings(settings, progress=progress))
-    report = copy_registry(source, dest, models=list(model_names) or None, overwrite=overwrite, progress=progress)
+    source = open_registry(ctx)
+    progress = ProgressBar(enabled=False if cli_state(ctx).verbose is False else None)
+    dest = ctx.with_resource(open_destination(to_config, to_models_dir, to_registry_url, progress))
+    if is_remote(source) or is_remote(dest):
+        report = copy_through_bundles(source, dest, models=list(model_names) or None, overwrite=overwrite)
+    else:
+        report = copy_registry(source, dest, models=list(model_names) or None, overwrite=overwrite, progress=progress)
     if as_json:
         emit_json(copy_report_json(report))
     else:

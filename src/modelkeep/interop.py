@@ -25,11 +25,12 @@ from .errors import BackendUnavailableError, SignatureError, VersionExistsError
 if TYPE_CHECKING:
     from .keys import PrivateKey
     from .registry import ModelPersistence
+    from .storage import ArtifactStore
 
 
-def _copy_verified(p: ModelPersistence, key: str, sha256: str, target: Path) -> None:
+def _copy_verified(store: ArtifactStore, key: str, sha256: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with p.store.open_verified(key, sha256, lambda _n: None) as src, open(target, "wb") as out:
+    with store.open_verified(key, sha256, lambda _n: None) as src, open(target, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
         out.flush()
         os.fsync(out.fileno())
@@ -47,7 +48,8 @@ def export_signed(
     """Write the version to ``out_dir`` and its OpenSSF signature to ``signature``
     (default: ``<out_dir>.sig``); returns both paths.
 
-    Only a version that carries a signature this registry trusts is exported: the
+    Through a registry server the files stream from the server and are checked here, and the
+    keys are this client's. Only a version that carries a signature this registry trusts is exported: the
     export vouches for it with the same key. The signing key must be an ECDSA key
     (``signing_key_file`` or the per-user key): an HMAC secret cannot make a
     public-key signature.
@@ -82,11 +84,16 @@ def export_signed(
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     art = record.artifact
     assert art is not None
-    _copy_verified(p, art.key, art.sha256, out / art.key.rsplit("/", 1)[-1])
+    # through a registry server: the version's files as the server streams them (checked here)
+    from .api.client_transfers import VersionFiles
+    from .bundle import is_remote
+
+    store = VersionFiles(p, record) if is_remote(p) else p.store
+    _copy_verified(store, art.key, art.sha256, out / art.key.rsplit("/", 1)[-1])
     for sha, _size in art.extra.get("blobs") or []:
         from .layout import blob_key
 
-        _copy_verified(p, blob_key(str(sha)), str(sha), out / "blobs" / str(sha))
+        _copy_verified(store, blob_key(str(sha)), str(sha), out / "blobs" / str(sha))
     meta = out / f"{record.model_name}_v{record.version}_metadata.json"
     meta.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     _sign_folder(ms_signing, out, sig, key)

@@ -26,9 +26,11 @@ from ..errors import (
     ServerOnlyError,
 )
 from ..identity import Identity
+from .client_admin import AdminMixin
 from .client_bundles import BundleMixin
 from .client_signing import SigningMixin
 from .client_transfers import TransferMixin
+from .client_webhooks import WebhooksMixin
 from .wire import (
     API_PREFIX,
     PROTOCOL,
@@ -76,7 +78,7 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class HttpRegistry(SigningMixin, TransferMixin, BundleMixin):
+class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, WebhooksMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
     #: Always true: the registry is behind a server (a local :class:`ModelPersistence` has no such attribute).
@@ -457,16 +459,9 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin):
         return move_check_from_wire(self.request("GET", path, params={"version": version})["check"])
 
     # -- what only the server's host can do -------------------------------------------------------
-    def gc(self, *args: Any, **kwargs: Any) -> Any:
-        """Not over HTTP: garbage collection runs on the server's host."""
-        raise server_only("gc")
-
-    def reindex(self) -> int:
-        """Not over HTTP: rebuilding the index runs on the server's host."""
-        raise server_only("reindex")
-
     def backfill_params(self, *args: Any, **kwargs: Any) -> Any:
-        """Not over HTTP: the backfill loads and rewrites records on the server's host."""
+        """Not over HTTP: the backfill unpickles every old version, which a server never does for
+        a client (loads happen on the client, with its keys and allow-list)."""
         raise server_only("backfill-params")
 
     def __getattr__(self, name: str) -> Any:

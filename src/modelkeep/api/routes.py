@@ -447,15 +447,19 @@ class Api:
 
     def endpoints(self) -> list[Endpoint]:
         """Every route of the API: these, and the transfers of :mod:`modelkeep.api.transfers`."""
+        from .admin_routes import admin_endpoints
         from .bundle_routes import bundle_endpoints
         from .signing_routes import signing_endpoints
         from .transfers import transfer_endpoints
+        from .webhook_routes import webhook_endpoints
 
         m, v, a = "/models/{name}", "/models/{name}/versions/{version}", "/models/{name}/aliases/{alias}"
         return [
             *transfer_endpoints(self),
             *signing_endpoints(self),
             *bundle_endpoints(self),
+            *admin_endpoints(self),
+            *webhook_endpoints(self),
             Endpoint("GET", "/", self.about, "The server, its protocol version, and who you are"),
             Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
             Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),

@@ -1,0 +1,106 @@
+"""Server routes for the jobs that scan or rebuild the server's own registry (admins only).
+
+The client half is :mod:`modelkeep.api.client_admin`; each job runs on the server, as the
+request's identity, and answers the report the command line prints:
+
+* ``POST /admin/gc`` ``{dry_run, min_age_seconds, purge_deleted_older_than}``: garbage
+  collection (:meth:`ModelPersistence.gc`), answering ``{"report": GcReport.to_dict()}``.
+* ``POST /admin/reindex``: rebuild the index from the sidecar files
+  (:meth:`ModelPersistence.reindex`), answering ``{"versions": count}``.
+* ``POST /events/dispatch`` ``{timeout, backoff, max_backoff, max_attempts, lease}``: one pass
+  of the webhook dispatcher on the server (the deliveries leave from the server, as ever),
+  answering ``{"busy": bool}``; ``modelkeep events dispatch`` against a server calls it in a loop.
+
+``backfill-params`` has no route: it unpickles every old version, which a server never does
+for a client (loads happen on the client, with the client's keys and allow-list).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RequestError
+from .endpoint import Body, Endpoint, json_response, read_json
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from .routes import Api
+
+#: The dispatcher settings a client may choose for one pass (``poll`` stays on the client).
+PASS_SETTINGS = ("timeout", "backoff", "max_backoff", "max_attempts", "lease")
+
+
+def require_admin(api: Api, request: Request, what: str) -> None:
+    """Refuse ``what`` unless the request's identity is an admin (anyone on a sign-in free server)."""
+    api.p.access.require(getattr(request.state, "user", None), "admin", what)
+
+
+class AdminRoutes:
+    """The handlers of :func:`admin_endpoints`, bound to one :class:`~modelkeep.api.routes.Api`."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    async def gc(self, request: Request) -> Response:
+        """Collect garbage in the server's store and answer the report."""
+        require_admin(self.api, request, "collect garbage")
+        body = Body(await read_json(request))
+        min_age = body.get("min_age_seconds", 3600.0)
+        if isinstance(min_age, bool) or not isinstance(min_age, (int, float)) or min_age < 0:
+            raise RequestError("'min_age_seconds' must be a number of seconds, 0 or more")
+        older = body.get("purge_deleted_older_than")
+        if older is not None and (isinstance(older, bool) or not isinstance(older, (str, int, float))):
+            raise RequestError("'purge_deleted_older_than' must be text such as '30d' or a number of seconds")
+        report = await self.api.call(
+            request,
+            self.api.p.gc,
+            dry_run=bool(body.get("dry_run", False)),
+            min_age_seconds=float(min_age),
+            purge_deleted_older_than=older,
+        )
+        return json_response({"report": report.to_dict()})
+
+    async def reindex(self, request: Request) -> Response:
+        """Rebuild the server's index from its sidecar files; answer how many versions it holds."""
+        require_admin(self.api, request, "rebuild the index")
+        return json_response({"versions": await self.api.call(request, self.api.p.reindex)})
+
+    async def dispatch(self, request: Request) -> Response:
+        """One pass of the webhook dispatcher on the server."""
+        require_admin(self.api, request, "dispatch webhook events")
+        settings = dispatch_settings(Body(await read_json(request)))
+        return json_response({"busy": await self.api.call(request, self._dispatch_once, settings)})
+
+    def _dispatch_once(self, settings: Any) -> bool:
+        dispatcher = self.api.p.webhooks.dispatcher(settings)
+        try:
+            return bool(dispatcher.run_once())
+        finally:
+            dispatcher.release()  # the next pass may be another request, another dispatcher
+
+
+def dispatch_settings(body: Body) -> Any:
+    """The :class:`~modelkeep.webhooks.settings.DispatchSettings` a dispatch request asks for."""
+    from ..webhooks.settings import DispatchSettings
+
+    chosen: dict[str, Any] = {}
+    for key in PASS_SETTINGS:
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise RequestError(f"{key!r} must be a number, 0 or more")
+        chosen[key] = int(value) if key == "max_attempts" else float(value)
+    return DispatchSettings(**chosen)
+
+
+def admin_endpoints(api: Api) -> list[Endpoint]:
+    """The routes of garbage collection, reindexing and webhook dispatch (admins only)."""
+    s = AdminRoutes(api)
+    return [
+        Endpoint("POST", "/admin/gc", s.gc, "Collect garbage in the server's store; the report (admin)"),
+        Endpoint("POST", "/admin/reindex", s.reindex, "Rebuild the index from the sidecar files (admin)"),
+        Endpoint("POST", "/events/dispatch", s.dispatch, "One pass of the server's webhook dispatcher (admin)"),
+    ]
