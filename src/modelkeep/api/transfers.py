@@ -23,7 +23,7 @@ with the digests in ``X-Modelkeep-Expected`` and a body of ``{record, auto_versi
 created_at, extension}`` as JSON (its length in :data:`RECORD_LENGTH_HEADER`) followed by the
 artifact. The client signs for the version and key it expects the server to plan (the next version
 after its last save of the model, or the version it names); the server checks the writer role
-before reading the body, the digests before storing a byte, and commits
+before reading the body (see :mod:`.token_hints`), the digests before storing a byte, and commits
 as in step 2, except that on a store that takes uploads straight to their final key (S3) the bytes
 are not staged: the commit puts them at the version's key under its claim, as a direct save does
 (:class:`~modelkeep.storage.base.InlineArtifact`). When the version or key was not the one the
@@ -833,9 +833,19 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
         Endpoint(
             "POST", "/models/{name}/commit", t.commit, "Commit an upload as a version, with the client's signature"
         ),
-        Endpoint("POST", "/models/{name}/save", t.save, "Save a small artifact with its signed record in one request"),
         Endpoint(
-            "GET", "/models/{name}/versions/{version}/load", t.load, "A version's record, and its artifact if small"
+            "POST",
+            "/models/{name}/save",
+            t.save,
+            "Save a small artifact with its signed record in one request",
+            hinted=True,
+        ),
+        Endpoint(
+            "GET",
+            "/models/{name}/versions/{version}/load",
+            t.load,
+            "A version's record, and its artifact if small",
+            hinted=True,
         ),
         Endpoint("GET", "/models/{name}/versions/{version}/artifact", t.artifact, "A version's artifact bytes"),
         Endpoint("GET", "/models/{name}/versions/{version}/blobs/{sha}", t.blob, "One blob of a native-format version"),
