@@ -140,6 +140,31 @@ def test_a_revoked_token_is_refused(raw: TestClient, tokens: dict[str, str]) -> 
     assert response.json()["error"]["class"] == "AuthenticationError"
 
 
+def test_a_token_revoked_through_one_server_process_is_refused_at_once_by_another(tmp_path: Path) -> None:
+    """Two server processes on one registry. A token one of them has just checked for saves and
+    loads (the routes that reuse a recent check: modelkeep.api.token_hints) is refused there at
+    once when an admin revokes it through the other; a user made a viewer there saves no more."""
+    side = ServerSide(str(tmp_path / "models"))
+    with running_server(side, tmp_path / "b") as b, running_server(side, tmp_path / "a", in_process=True) as a:
+        ed, kim = b.add_user("ed", "writer"), b.add_user("kim", "writer")
+        with b.client(token=ed) as ed_b, b.client(token=kim) as kim_b, a.client() as admin_a:
+            for c, name in ((ed_b, "m"), (kim_b, "k")):
+                for n in range(3):  # the first request checks the token; the others reuse that check
+                    c.save_version({"n": n}, name)
+                    assert c.load(name) == {"n": n}
+            assert admin_a.users.revoke_tokens("ed") == 1
+            admin_a.users.set_role("kim", "viewer")
+            with pytest.raises(AuthenticationError):
+                ed_b.load("m")
+            with pytest.raises(AuthenticationError):
+                ed_b.save_version({"n": 9}, "m")
+            with pytest.raises(PermissionDeniedError):
+                kim_b.save_version({"n": 9}, "k")
+            assert kim_b.load("k") == {"n": 2}  # a viewer still reads
+        with b.direct() as p:
+            assert p.list_versions("m") == p.list_versions("k") == ["1.0.0", "1.0.1", "1.0.2"]
+
+
 def test_a_removed_users_token_is_refused(raw: TestClient, tokens: dict[str, str]) -> None:
     assert raw.delete(API + "/users/vi", headers=bearer(tokens["ada"])).status_code == 200
     assert raw.get(API + "/models", headers=bearer(tokens["vi"])).status_code == 401

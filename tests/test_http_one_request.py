@@ -274,3 +274,70 @@ def test_a_server_without_the_one_request_routes_is_used_the_two_request_way(
             "POST /uploads",
             "POST /models/m/commit",
         ]
+
+
+@pytest.fixture
+def s3_server(s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path) -> Iterator[HttpServer]:
+    """An in-process server on an S3 store (behind the fault proxy) with a SQLite index."""
+    side = ServerSide(
+        s3_bucket.url(), f"sqlite:///{tmp_path / 'index.db'}", storage_options=s3_options(fault_proxy.endpoint_url)
+    )
+    with running_server(side, tmp_path / "server", in_process=True) as server:
+        yield server
+
+
+def test_a_small_save_to_s3_puts_its_bytes_straight_at_their_key(
+    s3_server: HttpServer, s3_bucket: S3Bucket, fault_proxy: FaultProxy
+) -> None:
+    """As a direct save does: one PUT of the final key under the claim, nothing staged, no copy."""
+    with s3_server.client(cache_max_bytes=0) as c:
+        c.save_version({"w": 0}, "warm")
+        fault_proxy.requests.clear()
+        fault_proxy.copies.clear()
+        rec = c.save_version({"w": np.arange(50)}, "m")
+        assert rec.artifact is not None and c.load("m")["w"].tolist() == list(range(50))
+    paths = [(method, unquote(path).split("?")[0]) for method, path in fault_proxy.requests]
+    assert [m for m, p in paths if p.endswith(rec.artifact.key)] == ["PUT", "GET"]  # the save's PUT, the load's GET
+    assert not [p for _m, p in paths if f"/{TMP_DIR}/" in p] and fault_proxy.copies == []
+    assert not [k for k in s3_bucket.object_keys() if f"/{TMP_DIR}/" in k] and s3_bucket.pending_uploads() == []
+
+
+def test_a_one_request_save_to_s3_with_bytes_not_those_announced_leaves_nothing_after_gc(
+    s3_server: HttpServer, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Swapped bytes, a record for other bytes, and a final PUT the store fails: no version, and
+    no object at the final key (nor staged, nor a pending upload) once gc has run."""
+    record, data = _client_record(tmp_path)
+    key = record["artifact"]["key"]
+    evil = bytes(b ^ 1 for b in data)
+    other = json.loads(json.dumps(record))
+    other["artifact"]["sha256"] = hashlib.sha256(evil).hexdigest()
+    with httpx.Client(base_url=s3_server.url + API, headers={"Authorization": f"Bearer {s3_server.token}"}) as raw:
+        swapped = raw.post("/models/m/save", **_one_request(record, evil, announced=data))
+        mismatched = raw.post("/models/m/save", **_one_request(other, data))
+        assert [swapped.status_code, mismatched.status_code] == [422, 422]
+        assert {swapped.json()["error"]["class"], mismatched.json()["error"]["class"]} == {"IntegrityError"}
+        fault_proxy.fault = lambda method, path: 500 if method == "PUT" and unquote(path).endswith(key) else None
+        failed = raw.post("/models/m/save", **_one_request(record, data))
+        assert failed.status_code >= 500 and [p for m, p, _s in fault_proxy.injected if m == "PUT"]
+    fault_proxy.fault = lambda _method, _path: None
+    with s3_server.direct() as d:
+        d.gc(min_age_seconds=0)
+        assert d.list_models() == [] and d.index.get("m", "1.0.0") is None
+    assert not [k for k in s3_bucket.object_keys() if k.endswith(key) or f"/{TMP_DIR}/" in k]
+    assert s3_bucket.pending_uploads() == []
+
+
+def test_a_crashed_saves_leftover_at_the_key_does_not_fail_a_small_save_to_s3(
+    s3_server: HttpServer, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """An object left at the usual key by a crashed save (no row names it, gc has not run): the
+    upload never replaces it blindly; the failed attempt removes it, and the client signs again."""
+    with _signed_client(s3_server, tmp_path, cache_max_bytes=0) as c:
+        seen = _requests(c)
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key="models/m/1.0.0/m_v1.0.0.joblib", Body=b"leftover")
+        rec = c.save_version({"w": np.arange(7)}, "m")
+        assert rec.version == "1.0.0" and seen == ["POST /models/m/save", "POST /models/m/commit"]
+        assert c.load("m")["w"].tolist() == list(range(7))  # the signed bytes, not the leftover
+    with s3_server.direct() as d:
+        assert d.verify().ok

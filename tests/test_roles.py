@@ -324,6 +324,27 @@ def test_removing_a_grant_or_the_user_takes_the_access_away(teams: ModelPersiste
         opened(teams, token)
 
 
+def test_a_tokens_identity_and_grants_come_from_one_query(teams: ModelPersistence) -> None:
+    """What a server asks of every request signed in by token: one round trip to the index."""
+    from sqlalchemy import event
+
+    teams.users.grant("gina", "fraud", "viewer")
+    token, plain = teams.users.new_token("gina"), user_with_token(teams, "pat", "viewer")
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(teams.index.engine, "before_cursor_execute", note)
+    try:
+        gina, pat = teams.users.token_identity(token), teams.users.token_identity(plain)
+    finally:
+        event.remove(teams.index.engine, "before_cursor_execute", note)
+    assert gina == Identity("gina", "none", (("churn-*", "writer"), ("fraud", "viewer")))
+    assert gina == teams.users.identity("gina") and pat == Identity("pat", "viewer", ())
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
+
+
 @pytest.mark.parametrize("glob", ["../fraud", "churn/*", "", " ", "x" * 200, "*;DROP"])
 def test_a_grant_glob_is_held_to_model_name_characters(persistence: ModelPersistence, glob: str) -> None:
     persistence.users.add("gina", None, "none")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from .errors import AuthenticationError, BackendUnavailableError, InvalidNameError, UserNotFoundError
 from .identity import AccessPolicy, Identity, acting, validate_role
-from .index.users import TokenRow, UserRow, UserRows
+from .index.users import TokenOwner, TokenRow, UserRow, UserRows
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -211,9 +211,18 @@ class UserStore:
         """The user ``token`` belongs to; :class:`AuthenticationError` if it is unknown (forged,
         revoked, or its user removed), expired, or when ``name`` is given and the token belongs to
         someone else. :meth:`token_identity` gives their :class:`Identity` with grants."""
+        return self._token_owner(token, name, with_grants=False).user
+
+    def token_identity(self, token: str, *, name: str | None = None) -> Identity:
+        """The :class:`Identity` (role and grants) of the owner of ``token``, checked as
+        :meth:`check_token` checks it (in one query with the grants)."""
+        owner = self._token_owner(token, name, with_grants=True)
+        return Identity(owner.user.name, owner.user.role, owner.grants)
+
+    def _token_owner(self, token: str, name: str | None, *, with_grants: bool) -> TokenOwner:
         if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
             raise AuthenticationError("not a modelkeep API token (they start with 'mkt_')")
-        owner = self._rows.token_owner(hash_token(token))
+        owner = self._rows.token_owner(hash_token(token), with_grants=with_grants)
         if owner is None:
             raise AuthenticationError("unknown or revoked API token: make one with 'modelkeep users token NAME'")
         if owner.expires_at is not None and _dt.datetime.fromisoformat(owner.expires_at) <= _utc_now():
@@ -223,12 +232,7 @@ class UserStore:
             )
         if name is not None and not hmac.compare_digest(owner.user.name, name):
             raise AuthenticationError(f"this API token belongs to another user, not to {name!r}")
-        return owner.user
-
-    def token_identity(self, token: str, *, name: str | None = None) -> Identity:
-        """The :class:`Identity` (role and grants) of the owner of ``token``, checked as
-        :meth:`check_token` checks it."""
-        return self.identity_of(self.check_token(token, name=name))
+        return owner
 
     @staticmethod
     def _hash(password: str) -> str:

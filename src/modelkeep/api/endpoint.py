@@ -33,6 +33,10 @@ class Endpoint:
     path: str
     handler: Handler
     summary: str
+    #: The handler does its work only through :meth:`Api.call <modelkeep.api.routes.Api.call>`, which
+    #: checks a token-signed request's token again in the work's thread: what comes before may use
+    #: the identity the token had a moment ago (see :mod:`modelkeep.api.token_hints`).
+    hinted: bool = False
 
 
 def json_response(data: Any, status: int = 200) -> JSONResponse:

@@ -52,30 +52,53 @@ def error_response(exc: ModelKeepError) -> JSONResponse:
 
 class Api:
     """The handlers of one server, bound to one registry (``persistence``); ``max_upload_bytes``
-    caps every streamed request body (uploads, blobs, bundles; ``None``: no cap)."""
+    caps every streamed request body (uploads, blobs, bundles; ``None``: no cap). ``bearer(request)``
+    is the API token a request is signed in by alone, if so: the routes marked ``hinted`` then
+    check it in the same worker thread as their work (:mod:`.token_hints`)."""
 
-    def __init__(self, persistence: Any, identify: Identify, *, max_upload_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        persistence: Any,
+        identify: Identify,
+        *,
+        max_upload_bytes: int | None = None,
+        bearer: Callable[[Request], str | None] | None = None,
+    ) -> None:
+        from .token_hints import TokenHints
+
         self.p = persistence
         self.identify = identify
         self.max_upload_bytes = max_upload_bytes
+        self.bearer = bearer
+        self.hints = TokenHints(lambda token: self.p.users.token_identity(token))
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a library call in a worker thread, as the request's identity."""
+        """Run a library call in a worker thread, as the request's identity (its token checked
+        there first when the identity so far is a hint)."""
         who: Identity | None = getattr(request.state, "user", None)
+        hinted: str | None = getattr(request.state, "hinted_token", None)
 
         def run() -> Any:
-            with acting_as(who):
+            with acting_as(who if hinted is None else self.hints.check(hinted)):
                 return fn(*args, **kwargs)
 
         return await run_in_threadpool(run)
 
-    def guarded(self, handler: Handler) -> Handler:
-        """``handler`` behind the identity check, with every failure answered as a JSON error."""
+    def guarded(self, handler: Handler, *, hinted: bool = False) -> Handler:
+        """``handler`` behind the identity check, with every failure answered as a JSON error
+        (``hinted``: from a token's recent check, checked again by :meth:`call`; see :mod:`.token_hints`)."""
 
         async def wrapper(request: Request) -> Response:
             try:
                 check_protocol(request)
-                request.state.user = await self.identify(request)
+                token = self.bearer(request) if hinted and self.bearer is not None else None
+                hint = None if token is None else self.hints.get(token)
+                if hint is not None:
+                    request.state.user, request.state.via, request.state.hinted_token = hint, "token", token
+                else:
+                    request.state.user = await self.identify(request)
+                    if token is not None and getattr(request.state, "via", None) == "token":
+                        self.hints.put(token, request.state.user)
                 # A browser session's cookie rides along on cross-site requests; a custom header
                 # cannot be sent cross-site without a CORS preflight, which this server refuses.
                 by_session = getattr(request.state, "via", None) == "session"
@@ -580,5 +603,7 @@ def api_routes(api: Api) -> list[Route]:
         return Response(document, media_type="application/json")
 
     routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
-    routes += [Route(API_PREFIX + ep.path, api.guarded(ep.handler), methods=[ep.method]) for ep in endpoints]
+    routes += [
+        Route(API_PREFIX + ep.path, api.guarded(ep.handler, hinted=ep.hinted), methods=[ep.method]) for ep in endpoints
+    ]
     return routes

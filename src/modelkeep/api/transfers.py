@@ -23,10 +23,13 @@ with the digests in ``X-Modelkeep-Expected`` and a body of ``{record, auto_versi
 created_at, extension}`` as JSON (its length in :data:`RECORD_LENGTH_HEADER`) followed by the
 artifact. The client signs for the version and key it expects the server to plan (the next version
 after its last save of the model, or the version it names); the server checks the writer role
-before reading the body, the digests before staging the bytes, and commits as in step 2. When the
-version or key was not the one the server would give (or was taken), the staged bytes are kept as
-a pending upload and the answer (202) is ``{upload, plan}``: the client signs again and commits
-it as in step 2, without sending the bytes again.
+before reading the body (see :mod:`.token_hints`), the digests before storing a byte, and commits
+as in step 2, except that on a store that takes uploads straight to their final key (S3) the bytes
+are not staged: the commit puts them at the version's key under its claim, as a direct save does
+(:class:`~modelkeep.storage.base.InlineArtifact`). When the version or key was not the one the
+server would give (or was taken, or a crashed save's leftover sat at the key), the bytes are kept
+staged as a pending upload and the answer (202) is ``{upload, plan}``: the client signs again and
+commits it as in step 2, without sending the bytes again.
 
 A load reads the record (``GET /models/{name}/versions/{version}``), then the bytes:
 ``GET .../artifact`` (ranged GETs work on a local store) and, for the native format, ``GET
@@ -54,7 +57,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from ..errors import IntegrityError, MetadataError, PermissionDeniedError, RequestError, VersionExistsError
+from ..errors import (
+    IntegrityError,
+    MetadataError,
+    PermissionDeniedError,
+    RequestError,
+    StorageError,
+    VersionExistsError,
+)
 from ..formats import get_format
 from ..layout import artifact_key, blob_key, new_artifact_key
 from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
@@ -68,7 +78,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from ..index.claims import VersionClaim
-    from ..storage import ArtifactStore
+    from ..storage import ArtifactStore, StagedArtifact
     from .endpoint import Endpoint
     from .routes import Api
 
@@ -136,15 +146,15 @@ def _expected(request: Request) -> Expected:
 class _Sink:
     """Writes an upload to a staged key, hashing it as it goes (run in worker threads)."""
 
-    def __init__(self, store: ArtifactStore, tmp_key: str, expected: Expected, *, parallel: bool = True) -> None:
+    def __init__(self, store: ArtifactStore, tmp_key: str, expected: Expected) -> None:
         self.store, self.tmp_key, self.expected = store, tmp_key, expected
         self.sha = hashlib.sha256()
         self.split = SplitHash(expected.ranges) if expected.fast else None
         self.size = 0
         self._stack = contextlib.ExitStack()
-        # A second thread hashes BLAKE3 beside SHA-256 for streamed uploads; a small body in one
-        # write is hashed in turn (starting a thread would cost more than it saves).
-        self._pool = self._stack.enter_context(ThreadPoolExecutor(1)) if parallel else None
+        # A second thread hashes BLAKE3 beside SHA-256 (a one-request save's body, in memory
+        # whole, is hashed in turn by check_bytes: starting a thread would cost more than it saves).
+        self._pool = self._stack.enter_context(ThreadPoolExecutor(1))
         self._raw = self._stack.enter_context(store.open_write(tmp_key))
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -153,13 +163,8 @@ class _Sink:
             raise IntegrityError(f"the upload is longer than the {self.expected.size} bytes announced")
         blake = None
         if self.split is not None:
-            if self._pool is None:
-                self.split.update(data)
-            else:
-                blake = self._pool.submit(self.split.update, data)
-        view = memoryview(data)
-        while view:
-            view = view[self._raw.write(view) or 0 :]
+            blake = self._pool.submit(self.split.update, data)
+        _write_all(self._raw, data)
         self.sha.update(data)  # hashlib and blake3 release the GIL: the two digests run side by side
         if blake is not None:
             blake.result()
@@ -167,24 +172,42 @@ class _Sink:
     def finish(self) -> None:
         """Make the bytes durable, then check them against what the client announced."""
         self._stack.close()
-        exp = self.expected
-        if self.size != exp.size or self.sha.hexdigest() != exp.sha256:
-            raise IntegrityError(
-                f"the uploaded bytes ({self.size} bytes, SHA-256 {self.sha.hexdigest()[:16]}...) are not those "
-                f"announced ({exp.size} bytes, SHA-256 {exp.sha256[:16]}...); the upload was damaged, send it again"
-            )
-        if self.split is not None:
-            ok = self.split.skeleton.hexdigest() == exp.skeleton and (
-                not exp.ranges or self.split.payload.hexdigest() == exp.payload
-            )
-            if not ok:
-                raise IntegrityError("the uploaded bytes do not match their announced BLAKE3 digests")
+        _check_digests(self.size, self.sha.hexdigest(), self.split, self.expected)
 
     def abort(self, exc: BaseException) -> None:
         with contextlib.suppress(BaseException):
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
         with contextlib.suppress(Exception):
             self.store.delete(self.tmp_key, missing_ok=True)
+
+
+def _write_all(raw: Any, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[raw.write(view) or 0 :]
+
+
+def _check_digests(size: int, sha256: str, split: SplitHash | None, expected: Expected) -> None:
+    """Refuse (:class:`IntegrityError`) bytes whose size and digests are not those announced."""
+    if size != expected.size or sha256 != expected.sha256:
+        raise IntegrityError(
+            f"the uploaded bytes ({size} bytes, SHA-256 {sha256[:16]}...) are not those announced "
+            f"({expected.size} bytes, SHA-256 {expected.sha256[:16]}...); the upload was damaged, send it again"
+        )
+    if split is not None:
+        ok = split.skeleton.hexdigest() == expected.skeleton and (
+            not expected.ranges or split.payload.hexdigest() == expected.payload
+        )
+        if not ok:
+            raise IntegrityError("the uploaded bytes do not match their announced BLAKE3 digests")
+
+
+def check_bytes(data: bytes | memoryview, expected: Expected) -> None:
+    """:func:`_check_digests` of bytes held whole in memory (a one-request save's)."""
+    split = SplitHash(expected.ranges) if expected.fast else None
+    if split is not None:
+        split.update(data)
+    _check_digests(len(data), hashlib.sha256(data).hexdigest(), split, expected)
 
 
 def plan(p: Any, model_name: str, version: str | None, overwrite: bool, extension: str) -> tuple[str, str]:
@@ -510,7 +533,10 @@ class Transfers:
             raise
         return _json({"record": record.to_dict()}, 201)
 
-    def _commit(self, upload: Upload, draft: ModelMetadata, body: dict[str, Any]) -> ModelMetadata:
+    def _commit(
+        self, upload: Upload, draft: ModelMetadata, body: dict[str, Any], staged: StagedArtifact | None = None
+    ) -> ModelMetadata:
+        """Commit ``staged`` (default: the upload's staged key) as the version ``draft`` names."""
         from ..storage import StagedArtifact
 
         p = self.api.p
@@ -530,8 +556,9 @@ class Transfers:
                 )
             return draft.signature
 
-        staged = StagedArtifact(self.store, upload.tmp_key)
-        staged.size, staged.sha256 = upload.size, upload.sha256
+        if staged is None:
+            staged = StagedArtifact(self.store, upload.tmp_key)
+            staged.size, staged.sha256 = upload.size, upload.sha256
         return p.commit_uploaded(
             staged,
             draft,
@@ -564,7 +591,9 @@ class Transfers:
         return _json(out, 201 if "record" in out else 202)
 
     def _save(self, name: str, body: bytes, head: int, expected: Expected, user: str | None) -> dict[str, Any]:
-        """The worker-thread half of :meth:`save`: check, stage, commit (or keep and plan)."""
+        """The worker-thread half of :meth:`save`: check, then commit (or stage, and plan)."""
+        from ..storage.base import InlineArtifact
+
         try:
             form = json.loads(body[:head])
         except ValueError:
@@ -574,34 +603,49 @@ class Transfers:
         extension = str(form.get("extension", ""))
         if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
             raise MetadataError(f"bad artifact extension {extension!r}")
-        staged = self.store.stage()
-        upload = Upload(staged.tmp_key, int(expected.size or 0), expected.sha256, _blake3_record(expected), user)
-        draft = draft_from_client(form.get("record"), name, upload)  # nothing staged for a bad record
-        sink = _Sink(self.store, staged.tmp_key, expected, parallel=False)
-        try:
-            sink.write(memoryview(body)[head:])
-            sink.finish()  # the bytes are those announced (and so those the record names)
-        except BaseException as exc:
-            sink.abort(exc)
-            raise
+        data = memoryview(body)[head:]
+        upload = Upload("", int(expected.size or 0), expected.sha256, _blake3_record(expected), user)
+        draft = draft_from_client(form.get("record"), name, upload)  # nothing stored for a bad record
+        check_bytes(data, expected)  # the bytes are those announced (and so those the record names)
         auto, overwrite = bool(form.get("auto_version")), bool(form.get("overwrite"))
+        # A store that takes uploads straight to their final key (S3) gets the bytes there under the
+        # version's claim, as a direct save's: no staged copy, no server-side copy after it.
+        staged = InlineArtifact(self.store, data, upload.sha256) if self.store.direct_uploads else None
         try:
+            if staged is None:
+                upload.tmp_key = self._stage_bytes(data)
             try:
-                record = self._commit(upload, draft, form)
-            except VersionExistsError as exc:
-                if type(exc) is not VersionExistsError or not (auto or overwrite):
+                record = self._commit(upload, draft, form, staged)
+            except (VersionExistsError, StorageError) as exc:
+                collided = staged is not None and staged.collided
+                if not collided and (type(exc) is not VersionExistsError or not (auto or overwrite)):
                     raise
-                # Not the version or key the client signed for: the bytes stay staged, as an upload
-                # the client signs again for and commits (POST .../commit).
+                # Not the version or key the client signed for (or a crashed save's leftover sat
+                # at that key; the failed attempt removed it): the bytes are kept staged, as an
+                # upload the client signs again for and commits (POST .../commit).
+                upload.tmp_key = upload.tmp_key or self._stage_bytes(data)
                 version, key = plan(self.api.p, name, None if auto else draft.version, overwrite, extension)
                 upload_id = uuid.uuid4().hex
                 self._put_back(upload_id, upload)
                 return {"upload": upload_id, "plan": {"version": version, "key": key}}
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.store.delete(staged.tmp_key, missing_ok=True)
+            if upload.tmp_key:
+                with contextlib.suppress(Exception):
+                    self.store.delete(upload.tmp_key, missing_ok=True)
             raise
         return {"record": record.to_dict()}
+
+    def _stage_bytes(self, data: memoryview) -> str:
+        """Write checked bytes to a new staged key, and return it."""
+        tmp_key = self.store.stage().tmp_key
+        try:
+            with self.store.open_write(tmp_key) as raw:
+                _write_all(raw, data)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.delete(tmp_key, missing_ok=True)
+            raise
+        return tmp_key
 
     # -- loading ----------------------------------------------------------------
     async def load(self, request: Request) -> Response:
@@ -789,9 +833,19 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
         Endpoint(
             "POST", "/models/{name}/commit", t.commit, "Commit an upload as a version, with the client's signature"
         ),
-        Endpoint("POST", "/models/{name}/save", t.save, "Save a small artifact with its signed record in one request"),
         Endpoint(
-            "GET", "/models/{name}/versions/{version}/load", t.load, "A version's record, and its artifact if small"
+            "POST",
+            "/models/{name}/save",
+            t.save,
+            "Save a small artifact with its signed record in one request",
+            hinted=True,
+        ),
+        Endpoint(
+            "GET",
+            "/models/{name}/versions/{version}/load",
+            t.load,
+            "A version's record, and its artifact if small",
+            hinted=True,
         ),
         Endpoint("GET", "/models/{name}/versions/{version}/artifact", t.artifact, "A version's artifact bytes"),
         Endpoint("GET", "/models/{name}/versions/{version}/blobs/{sha}", t.blob, "One blob of a native-format version"),

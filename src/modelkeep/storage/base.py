@@ -199,6 +199,41 @@ class DirectArtifact(StagedArtifact):
             self._upload.abort()
 
 
+class InlineArtifact(StagedArtifact):
+    """Checked bytes held in memory (a small artifact a registry server received whole), put
+    straight at their final key by :meth:`commit`, under the version's claim, as a
+    :class:`DirectArtifact`'s are: nothing staged, no copy, never over an object already
+    there (stores with :attr:`ArtifactStore.direct_uploads`). When an object is there (a
+    leftover of a crashed save that ``gc`` has not removed yet), :meth:`commit` raises and
+    :attr:`collided` is set; the failed attempt's clean-up removes the leftover."""
+
+    def __init__(self, store: ArtifactStore, data: bytes | memoryview, sha256: str) -> None:
+        super().__init__(store, "")
+        self._data = data
+        self.size, self.sha256 = len(data), sha256
+        #: Whether :meth:`commit` found an object under its key.
+        self.collided = False
+
+    def commit(self, key: str) -> None:
+        upload = self.store.begin_direct(key)
+        try:
+            upload.write(self._data)
+            with self.store.translated("write", key):
+                upload.complete()
+        except BaseException:
+            upload.abort()
+            with contextlib.suppress(Exception):  # only on this failure path: no check on the way in
+                self.collided = self.store.exists(key)
+            raise
+        self.tmp_key, self.committed = key, True
+
+    def drop_duplicate(self) -> None:
+        self.committed = True  # nothing was stored
+
+    def discard(self) -> None:
+        """Nothing to remove: the bytes reach the store only in :meth:`commit`, whole or not at all."""
+
+
 class ArtifactStore(ABC):
     """Keys (``name/version/file``) mapped to files under one root.
 

@@ -199,6 +199,14 @@ class _Pages:
             return None
         raise _SignInNeeded()
 
+    def bearer_alone(self, request: Request) -> str | None:
+        """The API token of a request that :meth:`identify` would know by that token alone (local
+        accounts, a bearer token, no session cookie), else ``None``."""
+        if self.auth.mode != "local" or SESSION_COOKIE in request.cookies:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
     async def _from_proxy(self, request: Request) -> Identity:
         client = request.client.host if request.client else None
         if not self.auth.from_trusted_proxy(client):
@@ -699,7 +707,7 @@ def create_app(
     from ..api.routes import Api, api_routes
 
     routes = [
-        *api_routes(Api(persistence, identify_api, max_upload_bytes=max_upload_bytes)),
+        *api_routes(Api(persistence, identify_api, max_upload_bytes=max_upload_bytes, bearer=pages.bearer_alone)),
         Route("/", gate(pages.models), methods=get),
         Route("/history", gate(pages.history), methods=get),
         Route("/models/{name}", gate(pages.model), methods=get),
