@@ -172,7 +172,13 @@ class _Trailer:
     """Hashes what a :class:`HashingWriter` has written so far by mapping it back from the file
     (the page cache) on a helper thread, trailing the writer: the caller's buffers are never
     held, so the memory they used is reused at once instead of fresh pages being faulted in,
-    and nothing is copied."""
+    and nothing is copied.
+
+    It hashes whole chunks of :attr:`CHUNK` bytes (a shorter one only at the end): every step
+    costs a map, an unmap (which interrupts the writer's core to flush its TLB) and a few takes
+    of the GIL from the writer's thread, which pickles in Python and holds the GIL between
+    writes. Stepping each time 1 MiB was written took 110 steps for a 110 MB forest instead of
+    14, and the save switched threads 142 times instead of 62."""
 
     #: Bytes mapped and hashed at a time.
     CHUNK = 8 << 20
@@ -197,9 +203,9 @@ class _Trailer:
                 self._wake.clear()
                 finished = self._writer.finished  # read before the size: then the size is final
                 target = self._writer.flushed
-                if done >= target:
-                    if finished:
-                        return
+                if done >= target and finished:
+                    return
+                if target - done < self.CHUNK and not finished:  # a whole chunk, or the end
                     self._wake.wait()
                     continue
                 end = min(target, done + self.CHUNK)
@@ -243,9 +249,10 @@ class HashingWriter(io.RawIOBase):
 
     #: Bytes of the written file mapped at a time to hash it (a multiple of the page size).
     MAP_CHUNK = 8 << 20
-    #: Below this size a re-readable file is hashed in the writer's thread when it finishes; the
-    #: hashing thread is woken each time this many more bytes were written.
+    #: Below this size a re-readable file is hashed in the writer's thread when it finishes.
     TRAIL_MIN = 1 << 20
+    #: The hashing thread is woken each time this many more bytes were written (its chunk).
+    WAKE = _Trailer.CHUNK
 
     def __init__(
         self, raw: IO[bytes], advance: Advance = no_advance, *, blake3: bool = True, reread_fd: int | None = None
@@ -311,10 +318,10 @@ class HashingWriter(io.RawIOBase):
         while written < n:  # raw (unbuffered) writes may be partial
             written += self._raw.write(view[written:]) or 0
         self.flushed += n
-        if self._fd is not None and self.flushed - self._woken >= self.TRAIL_MIN:
-            self._woken = self.flushed  # wake the hasher once per TRAIL_MIN bytes, not per write
-            if not self._trailers:
-                self._start_trailers(self._fd)
+        if self._fd is not None and not self._trailers and self.flushed >= self.TRAIL_MIN:
+            self._start_trailers(self._fd)
+        if self._trailers and self.flushed - self._woken >= self.WAKE:
+            self._woken = self.flushed  # wake the hasher once per chunk, not per write
             for trailer in self._trailers:
                 trailer.wake()
 
