@@ -143,14 +143,16 @@ def save_then_die(models_dir: str, url: str, schema: str | None, phase: str, ver
 
         HashingWriter.write = write  # type: ignore[method-assign]
     elif phase == "sidecar":  # sidecar written, artifact not yet moved into place
-        original_write_bytes = ArtifactStore.write_bytes
+        from modelkeep.storage.local import LocalStore
 
-        def write_bytes(self: ArtifactStore, key: str, data: bytes) -> None:
-            original_write_bytes(self, key, data)
-            if key.endswith("_metadata.json"):
-                die()
+        for store_class in (ArtifactStore, LocalStore):  # a local store writes small files its own way
 
-        ArtifactStore.write_bytes = write_bytes  # type: ignore[method-assign]
+            def write_bytes(self: ArtifactStore, key: str, data: bytes, _write: Any = store_class.write_bytes) -> None:
+                _write(self, key, data)
+                if key.endswith("_metadata.json"):
+                    die()
+
+            store_class.write_bytes = write_bytes  # type: ignore[method-assign]
     elif phase == "commit":  # artifact in place, index row not yet written
         original_commit = StagedArtifact.commit
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,38 @@ def test_git_state_is_reused_only_while_nothing_it_depends_on_changes(
         assert saved_git() == {"commit": second, "dirty": False, "branch": None}
         runs.clear()
         assert saved_git() == {"commit": second, "dirty": False, "branch": None} and runs == []
+
+
+def test_a_kept_git_status_is_checked_after_the_model_is_serialized(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of a kept status runs once the model is serialized, on the helper thread while
+    the staged file is fsync'ed (lineage.PendingGit): a file edited while the model was being
+    pickled is seen as dirty, and the save's own thread does not make the check."""
+    _repo_with_one_commit(tmp_path / "repo")
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(lineage, "RACY_NS", 0)  # files written by this test count as settled
+    monkeypatch.chdir(repo)
+    checked_on: list[str] = []
+    real_reused = lineage._reused
+
+    def reused(where: Path) -> Any:
+        checked_on.append(threading.current_thread().name)
+        return real_reused(where)
+
+    monkeypatch.setattr(lineage, "_reused", reused)
+
+    class EditedWhilePickled:
+        def __reduce__(self) -> Any:
+            (repo / "train.py").write_text("print(2)\n")  # same size, during serialization
+            return (dict, ())
+
+    with ModelPersistence(models_dir=tmp_path / "models") as p:
+        p.save_version({"a": 0}, "m")  # reads git and keeps its status
+        assert _kept(repo)
+        rec = p.save_version({"a": EditedWhilePickled()}, "m", serialization_format="pickle")
+    assert rec.lineage is not None and rec.lineage["git"]["dirty"] is True
+    assert checked_on and all(name.startswith("modelkeep-git") for name in checked_on), checked_on
 
 
 def test_git_state_read_while_files_are_fresh_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

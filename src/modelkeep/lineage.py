@@ -289,9 +289,14 @@ def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | N
     return result, _GitSnapshot(paths, after, result), 0.0
 
 
+def _relocated() -> bool:
+    """Whether a variable tells ``git`` to use another repository, index or work tree (no reuse)."""
+    return any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES)
+
+
 def _reused(where: Path) -> tuple[bool, dict[str, Any] | None]:
     """``(True, status)`` when the last status read in ``where`` still holds (:class:`_GitSnapshot`)."""
-    if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
+    if _relocated():
         return False, None
     snapshot = _snapshots.get(str(where))
     if isinstance(snapshot, _GitSnapshot) and snapshot.still_valid():
@@ -302,7 +307,7 @@ def _reused(where: Path) -> tuple[bool, dict[str, Any] | None]:
 def _git_status(where: Path) -> dict[str, Any] | None:
     """``git status`` of the repository around ``where`` (when :func:`_reused` found none to
     reuse), read so that it can be reused when nothing changes (:func:`_read_snapshot`)."""
-    if any(os.environ.get(name) for name in _GIT_LOCATION_VARIABLES):
+    if _relocated():
         return _read_status(where)
     key = str(where)
     snapshot = _snapshots.get(key)
@@ -319,31 +324,63 @@ def _which_git(path: str | None) -> str | None:
     return shutil.which("git", path=path)
 
 
-def start_git(cwd: str | os.PathLike[str] | None = None) -> Future[dict[str, Any] | None] | None:
-    """Start reading the git state of the repository around ``cwd`` (default: the working
-    directory) on a helper thread, so it runs while the model is serialized (a status kept from
-    an earlier call is checked and returned at once); ``None`` outside a repository, without
-    git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
+class PendingGit:
+    """The git state of a save, being read (:func:`start_git`): a ``git status`` already running
+    on the helper thread, or a kept status (:class:`_GitSnapshot`) still to be checked.
+
+    The check of a kept status is hundreds of short system calls; on a helper thread each would
+    wait for the GIL while the pickler holds it, so it runs once :meth:`overlap` says the caller
+    is about to wait without the GIL (the ``fsync`` of the serialized model), or else in the
+    caller's thread when :meth:`result` is asked for. Either way the status is checked once the
+    model is serialized, not before."""
+
+    __slots__ = ("_future", "_where")
+
+    def __init__(self, where: Path, future: Future[dict[str, Any] | None] | None = None) -> None:
+        self._where, self._future = where, future
+
+    def overlap(self) -> None:
+        """Check the kept status on the helper thread from now on (call it just before a wait
+        that releases the GIL, such as an ``fsync``); nothing when git is already running."""
+        if self._future is None:
+            self._future = _submit(_kept_or_read, self._where)
+
+    def result(self) -> dict[str, Any] | None:
+        """The commit, branch and dirty flag (``None`` outside a repository's history)."""
+        if self._future is None:
+            return _kept_or_read(self._where)
+        return self._future.result()
+
+
+def _kept_or_read(where: Path) -> dict[str, Any] | None:
+    reused, status = _reused(where)
+    return status if reused else _git_status(where)
+
+
+def _submit(fn: Any, where: Path) -> Future[dict[str, Any] | None]:
     global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")
+        _executor_pid = os.getpid()
+    return _executor.submit(fn, where)
+
+
+def start_git(cwd: str | os.PathLike[str] | None = None) -> PendingGit | None:
+    """Start reading the git state of the repository around ``cwd`` (default: the working
+    directory): ``git status`` starts on a helper thread at once, so it runs while the model is
+    serialized; a status kept from an earlier call is checked later (:class:`PendingGit`).
+    ``None`` outside a repository, without git, or with ``MODELKEEP_GIT=0``. See :func:`finish_git`."""
     if os.environ.get("MODELKEEP_GIT", "1") == "0":
         return None
     where = (Path(cwd) if cwd is not None else Path.cwd()).resolve()
     if _git_root(where) is None or _which_git(os.environ.get("PATH")) is None:
         return None
-    # The check of a kept status runs here, before the model is serialized: hundreds of short
-    # system calls on the helper thread would each wait for the GIL the pickler holds.
-    reused, status = _reused(where)
-    if reused:
-        done: Future[dict[str, Any] | None] = Future()
-        done.set_result(status)
-        return done
-    if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
-        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")
-        _executor_pid = os.getpid()
-    return _executor.submit(_git_status, where)
+    if not _relocated() and isinstance(_snapshots.get(str(where)), _GitSnapshot):
+        return PendingGit(where)
+    return PendingGit(where, _submit(_git_status, where))
 
 
-def finish_git(pending: Future[dict[str, Any] | None] | None) -> dict[str, Any] | None:
+def finish_git(pending: PendingGit | None) -> dict[str, Any] | None:
     """The commit, branch and dirty flag from :func:`start_git`, or ``None``."""
     return None if pending is None else pending.result()
 

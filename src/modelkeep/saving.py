@@ -11,7 +11,6 @@ The result is a *draft*: a :class:`ModelMetadata` whose version, key and times a
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import environment, lineage
@@ -68,9 +67,9 @@ def describe(
     training_target: Any,
     parent: str | None,
     lookup: Lookup,
-) -> tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None]:
-    """The input signature, the lineage parts and a running ``git status`` for a save
-    (modelkeep.input_signature, modelkeep.lineage); git runs while the model is serialized.
+) -> tuple[dict[str, Any] | None, dict[str, Any], lineage.PendingGit | None]:
+    """The input signature, the lineage parts and the git state being read for a save
+    (modelkeep.input_signature, modelkeep.lineage.PendingGit); git runs while the model is serialized.
     ``lookup`` checks that ``parent`` exists."""
     from . import input_signature
 
@@ -99,7 +98,7 @@ def serialize(
     advance: Advance,
     *,
     custom: dict[str, Any],
-    described: tuple[dict[str, Any] | None, dict[str, Any], Future[dict[str, Any] | None] | None],
+    described: tuple[dict[str, Any] | None, dict[str, Any], lineage.PendingGit | None],
     blobs: BlobStore | None,
     trusted_types: list[str],
 ) -> ModelMetadata:
@@ -117,11 +116,13 @@ def serialize(
             raise
         except Exception as exc:
             raise SerializationError(f"cannot serialize {type(model).__name__} with {fmt.name}: {exc}") from exc
+        if described[2] is not None:  # a kept git status is checked while the file is fsync'ed
+            described[2].overlap()
     if staged.blake3 is not None:
         extra[BLAKE3_KEY] = staged.blake3
     signature, lineage_parts, git = described
-    env = environment.capture(model, environment.modules_of(extra, fmt.name))
     lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
+    env = environment.capture(model, environment.modules_of(extra, fmt.name))
     warn_main_globals(extra)
     warn_untrusted_globals(extra, trusted_types, f"model '{model_name}'")
     return ModelMetadata(

@@ -190,6 +190,8 @@ _CLAIMS_AND_TOP = select(_TOP.c.top, *claims.c).select_from(
     _TOP.outerjoin(claims, claims.c.model_name == bindparam("model_name"))
 )
 _DROP_CLAIM = delete(claims).where(claims.c.token == bindparam("token"))
+#: Built once (a statement built per claim cost ~0.1 ms of a small save).
+_INSERT_CLAIM = insert(claims)
 _VERSION_EXISTS = select(versions.c.id).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
@@ -587,7 +589,7 @@ def take(
                     row["version"] = chosen
                     defer = False
                 if not defer:
-                    conn.execute(insert(claims).values(**row))
+                    conn.execute(_INSERT_CLAIM, row)
             return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose)
         except ConnectionLostError as exc:
             if try_number == tries:
@@ -715,7 +717,7 @@ def take_many(index: SqlIndex, wanted: list[tuple[str, str | None]]) -> list[Ver
                         "claimed_at": claimed_at,
                         "purpose": SAVE,
                     }
-                    conn.execute(insert(claims).values(**row))  # _choose of the next item must see it
+                    conn.execute(_INSERT_CLAIM, row)  # _choose of the next item must see it
                     rows.append(row)
             break
         except ConnectionLostError as exc:

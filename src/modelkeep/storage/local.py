@@ -159,6 +159,28 @@ class LocalStore(ArtifactStore):
         for parent in {os.path.dirname(self.full_path(key)) for key in items}:
             fsync_dir(parent)
 
+    def write_bytes(self, key: str, data: bytes | memoryview) -> None:
+        """Write a small file atomically: a staged file ``fsync``'ed, then renamed over ``key``
+        (the folder synced at once, or by the enclosing :meth:`one_folder_sync`). The same steps
+        as :meth:`ArtifactStore.write_bytes` without its digests, which nobody reads for a sidecar
+        (their writer and its threads were ~0.3 ms of a small save)."""
+        tmp_key = self.stage().tmp_key
+        tmp = self.full_path(tmp_key)
+        try:
+            with durable_write(tmp) as f:
+                view, written = memoryview(data).cast("B"), 0
+                while written < view.nbytes:  # an unbuffered write may be short
+                    written += f.write(view[written : written + WRITE_SLICE]) or 0
+            self.move(tmp_key, key)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _storage_error(exc, f"cannot write {self.display_path(key)}") from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
     def write_new(self, key: str, data: bytes) -> None:
         """Create ``key`` (which must not exist): no temporary file, no rename, no ``fsync``.
         The file outlives a crash of the process (it is in the page cache before the index
