@@ -5,9 +5,10 @@ library (``MODELKEEP_CLI_FAST_PATH=0``) and through the read-only path; exit cod
 stdout and stderr must be identical, ``--json`` included, with settings from the
 environment, config files and options (modelkeep/plain_settings.py). The read-only
 path must also really serve the commands it can (no fallback to the library), leave
-an old or a newer index and settings it cannot vouch for to the library, and keep
-SQLAlchemy, pydantic, pandas and numpy out of the process (checked with
-``python -X importtime`` in a subprocess).
+an old or a newer index and settings it cannot vouch for to the library, keep
+SQLAlchemy, pydantic, pandas, numpy and psycopg out of the process (checked with
+``python -X importtime`` in a subprocess), and on PostgreSQL read in one round trip
+(``search``: three), treating a hostile index as the library does.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tests.conftest import KEY_VARIABLES, PG_URL, postgres_schema
 
 DATA = Path(__file__).resolve().parent / "data"
 SRC = Path(__file__).resolve().parent.parent / "src"
-HEAVY = ("sqlalchemy", "pydantic", "pandas", "numpy")
+HEAVY = ("sqlalchemy", "pydantic", "pandas", "numpy", "psycopg")
 
 
 @dataclass
@@ -515,7 +516,9 @@ def test_a_database_without_a_registry_reads_the_same(
             expected = _invoke(tmp_path / "models", ["--registry-url", url, *args], fast=False)
             assert expected[0] == 1 and "upgrade modelkeep" in expected[2], expected
             assert _invoke(tmp_path / "models", ["--registry-url", url, *args], fast=True) == expected
-    assert served["read_only"] == 0
+    # the read-only path connected, found no registry (or another schema) in its first round
+    # trip, and left each of the 5 commands to the library, as the library path did
+    assert served == {"read_only": 5, "library": 10}
 
 
 def _imported_modules(
@@ -567,5 +570,105 @@ def test_read_commands_with_settings_do_not_import_the_heavy_libraries(
     result, names = _imported_modules(args, tmp_path, env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "modelkeep.plain_settings" in names and "yaml" in names  # the settings were read
-    assert ("psycopg" in names) == (backend.url is not None)
+    assert ("modelkeep.index.libpq" in names) == (backend.url is not None)  # libpq itself, not psycopg
     assert not [m for m in names if m.split(".")[0] in HEAVY]
+
+
+def _open_index(where: Registry) -> ReadOnlyIndex:
+    """The read-only index of ``where``, as the read path opens it."""
+    if where.url:
+        index = ReadOnlyIndex.open_postgres(where.url, 10, 10)
+    else:
+        index = ReadOnlyIndex.open(where.models / "registry.db")
+    assert index is not None
+    return index
+
+
+def _search(index: ReadOnlyIndex) -> list[Any]:
+    from modelkeep.search.api import search_versions_in
+
+    return search_versions_in(index.database(), "accuracy > 0.4 AND tags.stage = 'prod'").items
+
+
+READS: dict[str, Any] = {
+    "list": lambda index: index.summaries(),
+    "list --model-name": lambda index: index.list_records("churn"),
+    "info": lambda index: index.resolve("churn", None),
+    "info --version": lambda index: index.resolve("churn", "1.2.0"),
+    "info name@alias": lambda index: index.resolve("churn", None, "production"),
+    "search": _search,
+}
+
+
+def test_on_postgresql_a_read_takes_one_round_trip_and_a_search_three(backend: Registry) -> None:
+    """BEGIN, the schema check and every statement of a read go in one pipeline after the
+    connection's own round trips; a search needs three (its field names, the page, the page's
+    aliases and tags), each depending on the one before. SQLite has no network: none."""
+    for name, read in READS.items():
+        index = _open_index(backend)
+        try:
+            assert read(index), name
+            assert index.round_trips == ((3 if name == "search" else 1) if backend.url else 0), name
+        finally:
+            index.close()
+
+
+@pytest.mark.postgres
+def test_a_hostile_postgres_index_reads_the_same_on_both_paths(
+    tmp_path: Path, served: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record replayed into another version's row is refused (info) or listed as damaged by
+    both paths alike; a column whose type was changed under the read path makes it ask the
+    library instead of reading the values its own way."""
+    import psycopg
+
+    monkeypatch.chdir(tmp_path)
+    commands = [
+        ["list", "--model-name", "churn", "--json"],
+        ["info", "--model-name", "churn"],
+        ["info", "--model-name", "churn@production", "--json"],
+        ["search", "accuracy > 0.1", "--json"],
+    ]
+    with postgres_schema() as schema:
+        where = Registry(tmp_path / "models", _postgres_url(schema), tmp_path / "keys")
+        with ModelPersistence(where.models, registry_url=where.url) as p:
+            p.save({"w": 1}, "churn", "1.0.0", accuracy=0.5)
+            p.save({"w": 2}, "churn", "2.0.0", accuracy=0.9)
+            p.set_tag("churn", "stage", "prod", version="2.0.0")
+            p.set_alias("churn", "production", "2.0.0")
+        with psycopg.connect(where.url or "", autocommit=True) as conn:
+            conn.execute(
+                "UPDATE modelkeep_versions SET record = (SELECT record FROM modelkeep_versions"
+                " WHERE version = '1.0.0') WHERE version = '2.0.0'"
+            )
+        outcomes = [(_invoke(where, args, fast=False), _invoke(where, args, fast=True)) for args in commands]
+        assert [library for library, _ in outcomes] == [fast for _, fast in outcomes]
+        assert "carries a record signed for churn 1.0.0" in outcomes[1][0][2]
+        assert "damaged" in outcomes[0][0][1]
+        assert served == {"read_only": 4, "library": 4}  # the read path answered each itself
+        with psycopg.connect(where.url or "", autocommit=True) as conn:
+            conn.execute("ALTER TABLE modelkeep_tags ALTER COLUMN value TYPE json USING to_json(value)")
+        for args in commands:
+            assert _invoke(where, args, fast=True) == _invoke(where, args, fast=False), args
+        assert served == {"read_only": 8, "library": 12}  # the read path asked the library each time
+
+
+def test_a_page_token_with_a_value_libpq_does_not_send_reads_the_same(
+    backend: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page token is the caller's text: a NUL in one of its values (which PostgreSQL text
+    cannot hold, and libpq would cut short) is refused alike by both paths on PostgreSQL, in
+    one line (the driver's traceback before), and read alike on SQLite."""
+    import base64
+    import json
+
+    monkeypatch.chdir(backend.models.parent)
+    first = ["search", "--limit", "2", "--json"]
+    token = json.loads(_invoke(backend, first, fast=True)[1])["next_page_token"]
+    data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    data["k"] = [v + "\x00" if isinstance(v, str) else v for v in data["k"]]
+    assert any("\x00" in v for v in data["k"] if isinstance(v, str))
+    hostile = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+    outcomes = [_invoke(backend, [*first, "--page-token", hostile], fast=fast) for fast in (False, True)]
+    assert outcomes[0] == outcomes[1]
+    assert "Traceback" not in outcomes[0][2]

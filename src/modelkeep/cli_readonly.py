@@ -6,21 +6,24 @@ without pydantic (:func:`~modelkeep.plain_settings.read_settings`: the config fi
 ``MODELKEEP_*`` variables and the global options, accepted only where they certainly read
 as the library reads them), and read the index directly
 (:class:`~modelkeep.index.readonly.ReadOnlyIndex`): a local ``registry.db`` read-only with
-the standard ``sqlite3`` module, or PostgreSQL with psycopg, without SQLAlchemy.
+the standard ``sqlite3`` module, or PostgreSQL through libpq itself
+(:mod:`~modelkeep.index.libpq`), without SQLAlchemy or even psycopg.
 
 They go to the library instead, which gives its usual answer or error, for: ``--verbose``;
 settings that ``read_settings`` leaves to it (a value it cannot vouch for, a log file, a
 token, a remote models folder, another database); an index it does not serve (missing, of
 another schema, unreachable); keys that do not load; and, once open, anything it does not
-answer (a missing model, version or alias). So does every other command.
+answer (a missing model, version or alias; a statement that fails, or a value it does not
+read: :class:`~modelkeep.index.readonly.Unanswerable`). So does every other command.
 ``tests/test_cli_readonly.py`` runs the same commands through both paths and compares
 their output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from .search.api import SearchPage
     from .search.grammar import Node
 
+_T = TypeVar("_T")
 #: Set to "0" to send every command through the library (the conformance tests do).
 ENV_SWITCH = "MODELKEEP_CLI_FAST_PATH"
 
@@ -57,13 +61,25 @@ class ReadOnlyRegistry:
     def _library(self) -> ModelPersistence:
         return open_registry(self._ctx)
 
+    def _answer(self, read: Callable[[], _T], ask: Callable[[ModelPersistence], _T]) -> _T:
+        """``read()`` from the index, or the library's ``ask`` when the index cannot answer it exactly."""
+        from .index.readonly import Unanswerable
+
+        try:
+            return read()
+        except Unanswerable:
+            return ask(self._library())
+
     def model_summaries(self) -> list[ModelSummary]:
         """As :meth:`ModelPersistence.model_summaries`."""
-        return self.index.summaries()
+        return self._answer(self.index.summaries, lambda p: p.model_summaries())
 
     def list_version_records(self, model_name: str) -> list[ModelMetadata]:
         """As :meth:`ModelPersistence.list_version_records`."""
-        records = self.index.list_records(validate_model_name(model_name))
+        records = self._answer(
+            lambda: self.index.list_records(validate_model_name(model_name)),
+            lambda p: p.list_version_records(model_name),
+        )
         if not records:
             raise no_versions(model_name)
         return records
@@ -71,19 +87,19 @@ class ReadOnlyRegistry:
     def get_version(self, model_name: str, version: str | None = None) -> ModelMetadata:
         """As :meth:`ModelPersistence.get_version` (``name@alias`` and ``version="@alias"`` too)."""
         name, number, alias = split_reference(model_name, version, None)
-        if alias is not None:
-            target = self.index.alias_target(name, alias)
-            if target is None or (number is not None and number != target):
-                return self._library().get_version(model_name, version)
-            number = target
-        found = self.index.resolve(name, number)
+        found = self._answer(
+            lambda: self.index.resolve(name, number, alias), lambda p: p.get_version(model_name, version)
+        )
         return found if found is not None else self._library().get_version(model_name, version)
 
     def search_versions(self, filter: str | Node | None = None, **options: Any) -> SearchPage[ModelMetadata]:
         """As :meth:`ModelPersistence.search_versions`, through the library's own query builder."""
         from .search.api import search_versions_in  # only search needs it: list and info skip the import
 
-        return search_versions_in(self.index.database(), filter, **options)
+        return self._answer(
+            lambda: search_versions_in(self.index.database(), filter, **options),
+            lambda p: p.search_versions(filter, **options),
+        )
 
     def close(self) -> None:
         self.index.close()

@@ -59,14 +59,22 @@ class SearchPage(Generic[_T]):
 @dataclass
 class Database:
     """Where search SQL runs: the dialect, the PostgreSQL schema of the tables (``None``: the
-    search path), and ``rows(sql, params)``, which runs one statement and returns its rows."""
+    search path), and ``rows(sql, params)``, which runs one statement and returns its rows;
+    ``batch(statements)``, when given, runs several in one round trip (the read-only path's)."""
 
     dialect: str
     schema: str | None
     rows: Callable[[str, dict[str, Any]], list[Any]]
+    batch: Callable[[list[tuple[str, dict[str, Any]]]], list[list[Any]]] | None = None
 
     def table(self, name: str) -> str:
         return table(name, self.schema)
+
+    def many(self, statements: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
+        """The rows of each of ``statements``, which do not depend on each other."""
+        if self.batch is not None:
+            return self.batch(statements)
+        return [self.rows(sql, params) for sql, params in statements]
 
 
 @contextlib.contextmanager
@@ -84,10 +92,8 @@ def _filter_node(filter: str | Node | None) -> Node | None:
     return parse_filter(filter) if isinstance(filter, str) else filter
 
 
-def _present(db: Database, table_name: str, keys: set[str]) -> set[str]:
-    """Which of ``keys`` occur in the table's ``key`` column (one query; each key is one index probe)."""
-    if not keys:
-        return set()
+def _present(db: Database, table_name: str, keys: set[str]) -> tuple[str, dict[str, Any]]:
+    """The query of which of ``keys`` occur in the table's ``key`` column (each key is one index probe)."""
     params = Params()
     probes = []
     for key in sorted(keys):
@@ -95,14 +101,17 @@ def _present(db: Database, table_name: str, keys: set[str]) -> set[str]:
         probes.append(
             f"SELECT CAST({k} AS VARCHAR(256)) WHERE EXISTS (SELECT 1 FROM {db.table(table_name)} WHERE key = {k})"
         )
-    return {r[0] for r in db.rows(" UNION ALL ".join(probes), params.values)}
+    return " UNION ALL ".join(probes), params.values
 
 
 def _resolve(db: Database, wanted: list[str]) -> dict[str, Resolved]:
-    """Resolve every field name, with one query for the custom fields and one for the tags."""
+    """Resolve every field name, with one query for the custom fields and one for the tags (in one batch)."""
     candidates = {n[8:] for n in wanted if n.startswith("metrics.")} | set(wanted)
-    known_fields = _present(db, FIELDS, candidates)
-    known_tags = _present(db, TAGS, {n[5:] for n in wanted if n.startswith("tags.")})
+    probes = {FIELDS: candidates, TAGS: {n[5:] for n in wanted if n.startswith("tags.")}}
+    asked = [name for name, keys in probes.items() if keys]
+    found = dict(zip(asked, db.many([_present(db, name, probes[name]) for name in asked]), strict=True))
+    known_fields = {r[0] for r in found.get(FIELDS, [])}
+    known_tags = {r[0] for r in found.get(TAGS, [])}
 
     def check(kind: str, key: str) -> bool:
         return key in (known_tags if kind == "tag" else known_fields)
@@ -127,7 +136,9 @@ def _encode_token(fingerprint: str, values: list[Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_token(token: str, fingerprint: str, size: int) -> list[Any]:
+def _decode_token(db: Database, token: str, fingerprint: str, size: int) -> list[Any]:
+    """The order values of a page token; a token no search on ``db`` can have returned is a
+    :class:`FilterError` (PostgreSQL text holds no NUL: the driver would fail on it)."""
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         values = [bytes.fromhex(v["b"]) if isinstance(v, dict) else v for v in data["k"]]
@@ -136,6 +147,8 @@ def _decode_token(token: str, fingerprint: str, size: int) -> list[Any]:
         raise FilterError(f"page_token is not a token this search returned: {exc}") from exc
     if not ok:
         raise FilterError("page_token belongs to a different search (filter, model_name or order_by changed)")
+    if db.dialect == "postgresql" and any(isinstance(v, str) and "\x00" in v for v in values):
+        raise FilterError("page_token is not a token this search returned: a NUL in a value")
     return values
 
 
@@ -184,7 +197,7 @@ def search_versions_in(
     query = _Query(db, resolved, node, keys, model_name, only_models)
     last = None
     if page_token:
-        last = _decode_token(page_token, fingerprint, query.size)
+        last = _decode_token(db, page_token, fingerprint, query.size)
         if query.segmented and (type(last[0]) is not int or last[0] not in SEGMENTS):
             raise FilterError("page_token is not a token this search returned: bad segment")
     rows: list[tuple[list[Any], list[Any]]] = []  # (record columns, order values)
@@ -261,22 +274,22 @@ def _attach_lifecycle(db: Database, records: list[ModelMetadata], descriptions: 
     model_names = sorted({r.model_name for r in records})
     wanted = {(r.model_name, r.version) for r in records}
     found_aliases: dict[tuple[str, str], list[str]] = {}
-    params = Params()
-    sql = (
+    alias_params, tag_params = Params(), Params()
+    alias_sql = (
         f"SELECT model_name, alias, version FROM {db.table(ALIASES)}"
-        f" WHERE model_name IN {params.many(model_names)} ORDER BY alias"
+        f" WHERE model_name IN {alias_params.many(model_names)} ORDER BY alias"
     )
-    for mn, alias, version in db.rows(sql, params.values):
+    tag_sql = (
+        f"SELECT model_name, version, key, value FROM {db.table(TAGS)}"
+        f" WHERE model_name IN {tag_params.many(model_names)}"
+        f" AND version IN {tag_params.many(sorted({v for _, v in wanted}))} ORDER BY key"
+    )
+    alias_rows, tag_rows = db.many([(alias_sql, alias_params.values), (tag_sql, tag_params.values)])
+    for mn, alias, version in alias_rows:
         if (mn, text_value(version)) in wanted:
             found_aliases.setdefault((mn, text_value(version)), []).append(text_value(alias))
     found_tags: dict[tuple[str, str], dict[str, str]] = {}
-    params = Params()
-    sql = (
-        f"SELECT model_name, version, key, value FROM {db.table(TAGS)}"
-        f" WHERE model_name IN {params.many(model_names)} AND version IN {params.many(sorted({v for _, v in wanted}))}"
-        " ORDER BY key"
-    )
-    for mn, version, key, value in db.rows(sql, params.values):
+    for mn, version, key, value in tag_rows:
         if (mn, text_value(version)) in wanted:
             found_tags.setdefault((mn, text_value(version)), {})[text_value(key)] = text_value(value)
     for record, description in zip(records, descriptions, strict=True):
@@ -325,7 +338,7 @@ def search_models(
             conds.append(compiler.where(node))
         fingerprint = _fingerprint("models", unparse(node) if node else None)
         if page_token:
-            conds.append(f"{name} > {params.bind(_decode_token(page_token, fingerprint, 1)[0])}")
+            conds.append(f"{name} > {params.bind(_decode_token(db, page_token, fingerprint, 1)[0])}")
         sql = (
             f"SELECT v.model_name FROM {db.table(VERSIONS)} AS v WHERE {' AND '.join(conds)}"
             f" GROUP BY v.model_name ORDER BY {name} LIMIT {params.bind(limit + 1)}"
