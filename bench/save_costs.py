@@ -8,7 +8,8 @@ from the connection as the commit starts).
 ``count_round_trips`` counts what one save sends to a PostgreSQL server, from libpq's trace of
 the connections: every statement, every message of several statements (the claim's lock, insert
 and dedup lookup; a transaction's BEGIN with the model lock and, for the row, its statement),
-COMMIT, ROLLBACK, and a liveness ping of a connection that sat idle. Each is one network round trip; tests/test_save_costs.py pins the same number.
+COMMIT, ROLLBACK, and a liveness ping of a connection that sat idle. Each is one network round
+trip; tests/test_save_costs.py pins the same number.
 """
 
 from __future__ import annotations

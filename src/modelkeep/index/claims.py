@@ -25,6 +25,18 @@ other than the writer's own, might reference.
   (:meth:`VersionClaim.kept_alive`); a renewal is fenced by the token, never
   revives an expired lease, and a killed writer's heartbeat dies with it, so its
   claim still goes stale and gc (or the next writer) can take the version.
+* Checks without a read (PostgreSQL, where a read is a network round trip; a save whose
+  bytes were staged before its claim): while the lease is younger than
+  :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, :meth:`VersionClaim.check`
+  with ``trust_lease`` reads nothing. Nobody can have taken the claim by then: gc releases
+  a claim only once ``claimed_at`` (written before the claim was sent) is
+  :data:`CLAIM_LEASE_SECONDS` old by its own clock, or when the claim's process is provably
+  dead (then it writes nothing more); a writer releases only a provably dead writer's claim;
+  and the writer counts its lease on its monotonic clock from before the claim was sent. The
+  other half of the lease is the margin for a gc host whose clock runs ahead of the writer's.
+  Past it the check reads the claim as before, and the row's statement always does (the
+  fence). Not covered: a live claim deleted by hand while its writer places its files is
+  only caught by that fence (nothing is registered).
 """
 
 from __future__ import annotations
