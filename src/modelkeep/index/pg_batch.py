@@ -15,10 +15,6 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-#: ``conn.info`` key of a PostgreSQL write transaction whose ``BEGIN`` is not sent yet (see
-#: :meth:`modelkeep.index.sql.SqlIndex._write`). A script takes the transaction's start over.
-BEGIN_PENDING = "modelkeep_begin_pending"
-
 
 def literal_sql(conn: Connection, statement: Any) -> str:
     """``statement`` (SQLAlchemy Core) as SQL text for ``conn``: schema names translated as the
@@ -37,12 +33,12 @@ def literal_sql(conn: Connection, statement: Any) -> str:
 
 
 def run_script(conn: Connection, script: str) -> list[list[tuple[Any, ...]]]:
-    """Send ``script`` (statements separated by ``;``) in one message; the rows of each statement
+    """Send ``script`` (statements separated by ``;``) through the driver's connection, bypassing
+    SQLAlchemy's statement hooks, in one message; the rows of each statement
     (``[]`` for one that returns none). Errors are raised as SQLAlchemy raises them (a dropped
     connection invalidated), so the callers' handling of :class:`DBAPIError` applies."""
     import psycopg
 
-    conn.info.pop(BEGIN_PENDING, None)  # the script sends its own BEGIN, or needs none
     raw = conn.connection.dbapi_connection
     assert raw is not None
     cursor = raw.cursor()

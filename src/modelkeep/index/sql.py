@@ -78,7 +78,6 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, field_rows, index_fields
 from .migrations import SCHEMA_VERSION, pending
-from .pg_batch import BEGIN_PENDING as _BEGIN
 from .pg_batch import literal_sql, run_script
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
 from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, policies, tags, versions
@@ -89,6 +88,8 @@ if TYPE_CHECKING:
 
 _WRITE = "modelkeep_write"
 _SINGLE = "modelkeep_single_statement"
+#: ``conn.info`` key of a PostgreSQL write transaction whose ``BEGIN`` is not sent yet (see :meth:`SqlIndex._write`).
+_BEGIN = "modelkeep_begin_pending"
 #: A pooled PostgreSQL connection is pinged before use only after it sat idle this long (seconds);
 #: one used more recently is trusted (a dead one fails its first statement, before any commit,
 #: and the caller's retry takes a new connection).
@@ -577,7 +578,7 @@ class SqlIndex:
         as the transaction's first statements: BEGIN, the lock and ``statement`` in one message
         (one round trip; the lock is still a statement of its own, so ``statement``'s snapshot is
         taken once the lock is held)."""
-        if self.dialect == "postgresql" and conn.info.get(_BEGIN):
+        if self.dialect == "postgresql" and conn.info.pop(_BEGIN, False):
             script = f"BEGIN; {self._lock_sql(conn, model_name)}; {literal_sql(conn, statement)}"
             (row,) = run_script(conn, script)[-1]
             return row
