@@ -644,14 +644,17 @@ def take(
                 raise
             logger.warning("%s; retrying on a new connection", exc)
             time.sleep(RETRY_PAUSES[try_number - 1])
-        except CommitUnknownError:
+        except CommitUnknownError as exc:
             found = _find_token(index, token)
             if found is not None:
                 return VersionClaim(
                     index, model_name, found.version, token, found.claimed_at, previous, purpose, taken=started
                 )
+            # read back: not committed, so nothing was written (as a connection lost before COMMIT)
             if try_number == tries:
-                raise
+                raise ConnectionLostError(f"{exc}; it was not committed: nothing was written") from exc
+            logger.warning("%s; it was not committed; retrying on a new connection", exc)
+            time.sleep(RETRY_PAUSES[try_number - 1])
     raise AssertionError("unreachable")
 
 

@@ -98,8 +98,8 @@ def quick_claim(
             results = run_script(conn, _script(index, conn, row, version, sha256))
     except ConnectionLostError as exc:  # perhaps before the message went out, perhaps after it committed
         raise CommitUnknownError(
-            f"lost the connection to the registry database {index.safe_url} while claiming a version; "
-            f"the claim may or may not have been committed: {exc}"
+            f"lost the connection to the registry database {index.safe_url} while claiming a version "
+            f"(perhaps after the claim was committed): {getattr(exc.__cause__, 'orig', None) or exc}"
         ) from exc
     inserted = results[1]
     if not inserted:
