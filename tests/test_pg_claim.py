@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,12 @@ from modelkeep.index.claims import list_claims
 from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.versions import next_version
 
+from . import test_pg_round_trips
 from .conftest import PG_URL
 
+registry = test_pg_round_trips.registry  # the fixture: a PostgreSQL registry in a schema of its own
+
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def registry(pg_schema: str, tmp_path: Path) -> Iterator[ModelPersistence]:
-    assert PG_URL is not None
-    with ModelPersistence(models_dir=tmp_path / "models", registry_url=PG_URL, index_schema=pg_schema) as p:
-        p.ensure_registry()
-        yield p
 
 
 def _admin_engine() -> Any:

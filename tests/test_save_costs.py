@@ -13,6 +13,7 @@ A save makes 3 (9 before issue 29; see bench/README.md, "What each round trip is
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -138,39 +139,17 @@ def _libpq_trace(engine: Any, path: Path) -> Iterator[Any]:
 
 
 def _round_trips(trace: str) -> Counter[str]:
-    """Client messages that wait for the server, by kind, from a libpq trace.
-
-    psycopg prepares a statement on the server the fifth time one connection runs it: a Parse
-    of a named statement with a Sync of its own, once per connection and statement, after which
-    the statement costs one round trip as before. Those are counted apart, as ``prepare``."""
-    counts: Counter[str] = Counter()
-    previous = ""
-    for line in trace.splitlines():
-        fields = line.split("\t")
-        if len(fields) < 3 or fields[0] != "F":
-            continue
-        message, previous = previous, fields[2] if fields[2] != "Parse" else f"Parse {fields[3].split()[0]}"
-        if fields[2] == "Sync":
-            counts["prepare" if message.startswith('Parse "_pg3') else "statement"] += 1
-        elif fields[2] == "Query":
-            counts[_query_kind(fields[3].strip().strip('"'))] += 1
+    """Client messages that wait for the server, by kind, from a libpq trace: bench/save_costs.py's
+    own count, so that the test and the bench count alike (``prepare``: psycopg preparing a
+    statement on the server the fifth time one connection runs it, once per connection and
+    statement; counted apart)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "save_costs.py"
+    spec = importlib.util.spec_from_file_location("_bench_save_costs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    counts: Counter[str] = module._round_trips(trace)
     return counts
-
-
-_LOCK = re.compile(r"(BEGIN; )?SELECT pg_advisory_xact_lock\(hashtext\('(?:[^']|'')*'\)\)(.*)", re.DOTALL)
-
-
-def _query_kind(sql: str) -> str:
-    """What a simple Query message carries: the model's lock with what follows it in the message."""
-    locked = _LOCK.fullmatch(sql)
-    if locked is None:
-        return "pre-ping" if sql == ";" else sql.split()[0]
-    rest = locked[2].strip()
-    if locked[1]:
-        return "BEGIN + model lock + statement" if rest else "BEGIN + model lock"
-    if rest.startswith("; INSERT INTO") and "modelkeep_claims" in rest.split()[3]:
-        return "claim: lock + insert + dedup lookup" if "; SELECT artifact_key" in rest else "claim: lock + insert"
-    return "SELECT"
 
 
 @pytest.mark.postgres
