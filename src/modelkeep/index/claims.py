@@ -72,7 +72,6 @@ from ..metadata import ModelMetadata, utc_now
 from ..versions import next_version, sort_key
 from .common import RETRY_PAUSES, record_row
 from .common import retry_on_disconnect as _retry_on_disconnect
-from .pg_claim import quick_claim
 from .schema import claims, versions
 
 if TYPE_CHECKING:
@@ -607,6 +606,8 @@ def take(
         claimed_at = utc_now()
         try:
             if quick:
+                from .pg_claim import quick_claim  # psycopg is there: PostgreSQL only
+
                 row = {"model_name": model_name, "token": token, "owner": owner, "at": claimed_at, "purpose": purpose}
                 got = quick_claim(index, row, version, sha256)
                 if got is not None:
