@@ -14,22 +14,31 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.util import LRUCache
+
+#: Compiled forms of the statements :func:`literal_sql` renders, by SQLAlchemy's cache key (the
+#: row's statement is built anew at each save, with the same shape: compiling it again each time
+#: would cost more than the round trip saved).
+_COMPILED: Any = LRUCache(64)
 
 
 def literal_sql(conn: Connection, statement: Any) -> str:
-    """``statement`` (SQLAlchemy Core) as SQL text for ``conn``: schema names translated as the
-    connection would, parameters quoted by psycopg."""
+    """``statement`` (SQLAlchemy Core) as SQL text for ``conn``: compiled once per shape (as
+    SQLAlchemy's own execution does), schema names translated as the connection would,
+    parameters quoted by psycopg."""
     import psycopg
 
-    options = conn.get_execution_options()
-    compiled = statement.compile(
-        dialect=conn.dialect,
-        schema_translate_map=options.get("schema_translate_map"),
-        render_schema_translate=True,
+    schemas = conn.get_execution_options().get("schema_translate_map")
+    compiled, extracted, *_ = statement._compile_w_cache(
+        dialect=conn.dialect, compiled_cache=_COMPILED, column_keys=[], schema_translate_map=schemas
     )
+    params = compiled.construct_params(extracted_parameters=extracted)
+    text = compiled.string
+    if schemas:
+        text = compiled.preparer._render_schema_translates(text, schemas)
     raw = conn.connection.dbapi_connection
     assert raw is not None
-    return psycopg.ClientCursor(raw).mogrify(compiled.string, compiled.params)  # type: ignore[call-overload]
+    return psycopg.ClientCursor(raw).mogrify(text, params)  # type: ignore[call-overload]
 
 
 def run_script(conn: Connection, script: str) -> list[list[tuple[Any, ...]]]:
