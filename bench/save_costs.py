@@ -6,15 +6,17 @@ syncs the WAL at a commit only when the connection's ``synchronous`` is FULL (re
 from the connection as the commit starts).
 
 ``count_round_trips`` counts what one save sends to a PostgreSQL server, from libpq's trace of
-the connections: every statement, BEGIN (with the model lock in one message when that is the
-transaction's first statement), COMMIT, ROLLBACK, and a liveness ping of a connection that sat
-idle. Each is one network round trip; tests/test_save_costs.py pins the same number.
+the connections: every statement, every message of several statements (the claim's lock, insert
+and dedup lookup; a transaction's BEGIN with the model lock and, for the row, its statement),
+COMMIT, ROLLBACK, and a liveness ping of a connection that sat idle. Each is one network round
+trip; tests/test_save_costs.py pins the same number.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -127,12 +129,25 @@ def _round_trips(trace: str) -> Counter[str]:
         if fields[2] == "Sync":
             counts["prepare" if message.startswith('Parse "_pg3') else "statements"] += 1
         elif fields[2] == "Query":
-            sql = fields[3].strip().strip('"')
-            if sql.startswith("BEGIN; SELECT pg_advisory_xact_lock("):
-                counts["BEGIN + model lock"] += 1
-            else:
-                counts["pre-ping" if sql == ";" else sql.split()[0]] += 1
+            counts[_query_kind(fields[3].strip().strip('"'))] += 1
     return counts
+
+
+_LOCK = re.compile(r"(BEGIN; )?SELECT pg_advisory_xact_lock\(hashtext\('(?:[^']|'')*'\)\)(.*)", re.DOTALL)
+
+
+def _query_kind(sql: str) -> str:
+    """What a simple Query message carries: the model's lock with what follows it in the message
+    (the claim's one message, the row's BEGIN, lock and statement), else its first word."""
+    locked = _LOCK.fullmatch(sql)
+    if locked is None:
+        return "pre-ping" if sql == ";" else sql.split()[0]
+    rest = locked[2].strip()
+    if locked[1]:
+        return "BEGIN + model lock + statement" if rest else "BEGIN + model lock"
+    if rest.startswith("; INSERT INTO") and "modelkeep_claims" in rest.split()[3]:
+        return "claim: lock + insert + dedup lookup" if "; SELECT artifact_key" in rest else "claim: lock + insert"
+    return "SELECT"
 
 
 def postgres_url() -> str | None:

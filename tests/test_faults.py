@@ -113,10 +113,10 @@ def _install(
     elif step == "after-claim":
         check = VersionClaim.check
 
-        def hooked_check(self: VersionClaim) -> None:
+        def hooked_check(self: VersionClaim, **options: Any) -> None:
             if self.index is a.index:
                 fire()
-            check(self)
+            check(self, **options)
 
         mp.setattr(VersionClaim, "check", hooked_check)
     elif step == "upload":

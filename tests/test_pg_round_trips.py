@@ -53,8 +53,8 @@ def test_the_row_statement_is_fenced_by_the_claim(
     before = {t: _count(registry, pg_schema, t) for t in ("modelkeep_history", "modelkeep_fields")}
     check_placing = VersionClaim.check_placing
 
-    def then_released(self: VersionClaim, sha256: str, key: str) -> str | None:
-        found = check_placing(self, sha256, key)  # the last check passes; the claim goes right after
+    def then_released(self: VersionClaim, sha256: str, key: str, **options: Any) -> str | None:
+        found = check_placing(self, sha256, key, **options)  # the last check passes; the claim goes right after
         _admin(f'DELETE FROM "{pg_schema}".modelkeep_claims')
         return found
 
@@ -76,8 +76,8 @@ def test_a_row_written_without_a_claim_fails_the_row_statement(
     history = _count(registry, pg_schema, "modelkeep_history")
     check_placing = VersionClaim.check_placing
 
-    def then_row_by_hand(self: VersionClaim, sha256: str, key: str) -> str | None:
-        found = check_placing(self, sha256, key)
+    def then_row_by_hand(self: VersionClaim, sha256: str, key: str, **options: Any) -> str | None:
+        found = check_placing(self, sha256, key, **options)
         _admin(
             f'INSERT INTO "{pg_schema}".modelkeep_versions (model_name, version, parsed, sort_key, model_type, '
             "artifact_key, format, size, sha256, created_at, updated_at, record) "

@@ -651,10 +651,12 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         key: str,
         created_at: str | None,
         sign: Callable[[ModelMetadata], str | None] | None = None,
+        *,
+        trust_lease: bool = False,
     ) -> ModelMetadata:
         """Under ``slot``: the signed record of the save (``draft`` with its version, key and
         times), its files put in place and its row committed (fenced); a failure removes the
-        attempt's files and releases the claim."""
+        attempt's files and releases the claim. ``trust_lease``: see :meth:`_write_claimed_files`."""
         assert draft.artifact is not None
         now = utc_now()
         record = dataclasses.replace(
@@ -667,7 +669,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         )
         record.signature = (sign or self.keyring.sign)(record)
         try:
-            self._write_claimed_files(slot, record, staged)
+            self._write_claimed_files(slot, record, staged, trust_lease=trust_lease)
             slot.put(record, before_commit=self._blobs_check(draft.artifact.extra))
         except BaseException:
             slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
@@ -700,11 +702,12 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         assert draft.artifact is not None
         model_name = draft.model_name
         ext = get_format(draft.artifact.format).extension(draft.artifact.compression)
-        with self.index.claim(model_name, version, overwrite=overwrite) as slot:
+        sha256 = draft.artifact.sha256  # looked up for the dedup with the claim
+        with self.index.claim(model_name, version, overwrite=overwrite, sha256=sha256) as slot:
             if slot.previous is not None:  # replacing a version (perhaps saved since the caller looked)
                 self.access.require(self._who(), "maintainer", "overwrite versions", model_name)
             key = (key_for or self._new_artifact_key)(slot, ext)
-            record = self._commit_claimed(slot, staged, draft, key, created_at, sign)
+            record = self._commit_claimed(slot, staged, draft, key, created_at, sign, trust_lease=True)
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
             self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
         return record
@@ -727,17 +730,22 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         previous = slot.previous.artifact if slot.previous is not None else None
         return new_artifact_key(slot.model_name, slot.version, extension, previous.key if previous else None, taken)
 
-    def _write_claimed_files(self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact) -> None:
+    def _write_claimed_files(
+        self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact, *, trust_lease: bool = False
+    ) -> None:
         """Put the attempt's files in place, once the database confirms the claim is still its own:
         the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact.
         Both go to the version's folder, which is ``fsync``'ed once for the two, before the row
-        that references them is committed."""
+        that references them is committed. ``trust_lease`` (a save whose bytes were staged before
+        the claim, so only moments ago on PostgreSQL): a young lease stands for the database's word
+        (:meth:`VersionClaim.check`); an upload straight to the key, which took long, reads it."""
         assert record.artifact is not None
         key = record.artifact.key
-        slot.check()
+        slot.check(trust_lease=trust_lease)
         with self.store.one_folder_sync():
             self._write_sidecar(record)
-            same = slot.check_placing(record.artifact.sha256, key)  # the claim, and stored identical bytes
+            # the claim, and stored identical bytes
+            same = slot.check_placing(record.artifact.sha256, key, trust_lease=trust_lease)
             if same and self.store.link(same, key):  # identical bytes: share them
                 staged.drop_duplicate()
             else:

@@ -25,6 +25,18 @@ other than the writer's own, might reference.
   (:meth:`VersionClaim.kept_alive`); a renewal is fenced by the token, never
   revives an expired lease, and a killed writer's heartbeat dies with it, so its
   claim still goes stale and gc (or the next writer) can take the version.
+* Checks without a read (PostgreSQL, where a read is a network round trip; a save whose
+  bytes were staged before its claim): while the lease is younger than
+  :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, :meth:`VersionClaim.check`
+  with ``trust_lease`` reads nothing. Nobody can have taken the claim by then: gc releases
+  a claim only once ``claimed_at`` (written before the claim was sent) is
+  :data:`CLAIM_LEASE_SECONDS` old by its own clock, or when the claim's process is provably
+  dead (then it writes nothing more); a writer releases only a provably dead writer's claim;
+  and the writer counts its lease on its monotonic clock from before the claim was sent. The
+  other half of the lease is the margin for a gc host whose clock runs ahead of the writer's.
+  Past it the check reads the claim as before, and the row's statement always does (the
+  fence). Not covered: a live claim deleted by hand while its writer places its files is
+  only caught by that fence (nothing is registered).
 """
 
 from __future__ import annotations
@@ -74,6 +86,9 @@ DELETE = "delete"
 #: provably dead, whatever its --min-age: a stale claim is only taken from a writer that
 #: has already stopped writing.
 CLAIM_LEASE_SECONDS = 900.0
+#: :meth:`VersionClaim.check` with ``trust_lease`` reads nothing while the lease is younger than
+#: this fraction of :data:`CLAIM_LEASE_SECONDS`: the rest is the margin for clocks that disagree.
+LEASE_TRUSTED_FRACTION = 0.5
 #: How often :meth:`VersionClaim.kept_alive` renews a claim's lease (seconds): several
 #: renewals fit in one lease, so a slow or failed renewal or two do not let it run out.
 CLAIM_RENEW_SECONDS = CLAIM_LEASE_SECONDS / 6
@@ -279,23 +294,42 @@ class VersionClaim:
     purpose: str = SAVE
     state: str = CLAIMED
     record: ModelMetadata | None = field(default=None, repr=False)
+    #: ``time.monotonic()`` when the lease began: before the claim (or its last renewal) was sent.
     taken: float = field(default_factory=time.monotonic, repr=False)
+    #: ``(sha256, keys)``: stored artifacts with those bytes, read with the claim (see :func:`take`).
+    duplicates: tuple[str, tuple[str, ...]] | None = field(default=None, repr=False)
 
-    def check(self) -> None:
+    def check(self, *, trust_lease: bool = False) -> None:
         """Raise :class:`ClaimLostError` unless the claim is still this attempt's (read from the
         database) and its lease (taken or last renewed) is younger than :data:`CLAIM_LEASE_SECONDS`.
-        Call it before each write."""
+        Call it before each write.
+
+        ``trust_lease`` (PostgreSQL, where the read is a network round trip): no read while the
+        lease is younger than :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, as
+        nobody can have taken the claim yet (see the module's docstring, "Checks without a read")."""
         self.check_lease()
+        if trust_lease and self.lease_trusted():
+            return
         current = _read_claim(self.index, self.model_name, self.version)
         if current is None or current.token != self.token:
             self.state = RELEASED
             raise self._lost()
 
-    def check_placing(self, sha256: str, key: str) -> str | None:
+    def lease_trusted(self) -> bool:
+        """Whether :meth:`check` may skip its read: PostgreSQL, and the lease is younger than
+        :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS` (SQLite always reads: it is
+        no round trip there)."""
+        young = time.monotonic() - self.taken < CLAIM_LEASE_SECONDS * LEASE_TRUSTED_FRACTION
+        return young and self.index.dialect == "postgresql"
+
+    def check_placing(self, sha256: str, key: str, *, trust_lease: bool = False) -> str | None:
         """:meth:`check`, and in the same read the key of an artifact already stored with the bytes
         ``sha256`` (other than ``key``; ``None`` when there is none), so that the last check
-        before the artifact is placed costs no extra round trip for the content dedup."""
+        before the artifact is placed costs no extra round trip for the content dedup. With
+        ``trust_lease``, a lease :meth:`check` trusts, and those keys read with the claim: no read."""
         self.check_lease()
+        if trust_lease and self.lease_trusted() and self.duplicates is not None and self.duplicates[0] == sha256:
+            return next((k for k in self.duplicates[1] if k != key), None)
         token, duplicate = _read_token_and_duplicate(self.index, self.model_name, self.version, sha256, key)
         if token != self.token:
             self.state = RELEASED
@@ -391,8 +425,7 @@ class VersionClaim:
 
         def attempt() -> None:
             with self.index._write() as conn:
-                if one_statement:
-                    self.index._lock_model(conn, self.model_name)
+                if one_statement:  # the model's lock goes with the statement (Reservation.fence)
                     slot = self.index.reservation(conn, self.model_name, self.version, None)
                     slot.fence = self.token
                     slot.put(record)
@@ -557,16 +590,34 @@ def take(
     overwrite: bool = False,
     purpose: str = SAVE,
     must_exist: bool = False,
+    sha256: str | None = None,
 ) -> VersionClaim:
-    """Commit a claim on ``version`` (the next free one when ``None``) and return it."""
+    """Commit a claim on ``version`` (the next free one when ``None``) and return it. ``sha256``:
+    the bytes the save will place, looked up for the content dedup with the claim when that costs
+    no round trip (:meth:`VersionClaim.check_placing` then needs no read)."""
 
     token = uuid.uuid4().hex
     owner = owner_label()
     previous: ModelMetadata | None = None
+    started = time.monotonic()  # the lease runs from before the claim is sent (see VersionClaim.check)
+    # PostgreSQL: the usual claim (no other claim on the model, a plain next patch or a new
+    # explicit version) is one message, with the dedup lookup of ``sha256`` (see .pg_claim)
+    quick = index.dialect == "postgresql" and purpose == SAVE and not must_exist
     tries = len(RETRY_PAUSES) + 1
     for try_number in range(1, tries + 1):
         claimed_at = utc_now()
         try:
+            if quick:
+                from .pg_claim import quick_claim  # psycopg is there: PostgreSQL only
+
+                row = {"model_name": model_name, "token": token, "owner": owner, "at": claimed_at, "purpose": purpose}
+                got = quick_claim(index, row, version, sha256)
+                if got is not None:
+                    same = None if sha256 is None else (sha256, got[1])
+                    return VersionClaim(
+                        index, model_name, got[0], token, claimed_at, None, purpose, taken=started, duplicates=same
+                    )
+                quick = False  # not the usual case: choose the version below, as everywhere else
             with index._write(power_safe=False) as conn:  # see _relaxed_sync: a claim dies with its writer
                 index._lock_model(conn, model_name)
                 # PostgreSQL: the next version's check that it has no row rides on the claim's insert
@@ -590,18 +641,23 @@ def take(
                     defer = False
                 if not defer:
                     conn.execute(_INSERT_CLAIM, row)
-            return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose)
+            return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose, taken=started)
         except ConnectionLostError as exc:
             if try_number == tries:
                 raise
             logger.warning("%s; retrying on a new connection", exc)
             time.sleep(RETRY_PAUSES[try_number - 1])
-        except CommitUnknownError:
+        except CommitUnknownError as exc:
             found = _find_token(index, token)
             if found is not None:
-                return VersionClaim(index, model_name, found.version, token, found.claimed_at, previous, purpose)
+                return VersionClaim(
+                    index, model_name, found.version, token, found.claimed_at, previous, purpose, taken=started
+                )
+            # read back: not committed, so nothing was written (as a connection lost before COMMIT)
             if try_number == tries:
-                raise
+                raise ConnectionLostError(f"{exc}; it was not committed: nothing was written") from exc
+            logger.warning("%s; it was not committed; retrying on a new connection", exc)
+            time.sleep(RETRY_PAUSES[try_number - 1])
     raise AssertionError("unreachable")
 
 
@@ -671,10 +727,10 @@ def _choose(
 
 @contextlib.contextmanager
 def claimed(
-    index: SqlIndex, model_name: str, version: str | None, *, overwrite: bool = False
+    index: SqlIndex, model_name: str, version: str | None, *, overwrite: bool = False, sha256: str | None = None
 ) -> Iterator[VersionClaim]:
     """Hold a committed claim for the block; released (or left to gc when unknown) afterwards."""
-    claim = take(index, model_name, version, overwrite=overwrite)
+    claim = take(index, model_name, version, overwrite=overwrite, sha256=sha256)
     try:
         yield claim
     finally:

@@ -78,6 +78,7 @@ from .common import drop_blob_refs, record_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, field_rows, index_fields
 from .migrations import SCHEMA_VERSION, pending
+from .pg_batch import literal_sql, run_script
 from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
 from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, policies, tags, versions
 
@@ -141,7 +142,8 @@ class Reservation:
         self.history_action: str | None = "save" if previous is None else "overwrite"
         #: A claim's token: ``put`` first removes that claim (the fence) and writes nothing when it
         #: is gone (``record`` stays ``None``). PostgreSQL only, a new version without blobs: the
-        #: fence and every row then go in one statement (:func:`put_fenced_version`).
+        #: fence and every row then go in one statement (:func:`put_fenced_version`), which takes
+        #: the model's lock itself (the caller has not), in one message with its BEGIN.
         self.fence: str | None = None
 
     def lock_blobs(self) -> None:
@@ -152,7 +154,11 @@ class Reservation:
         """Write ``record`` for the reserved version; committed when the block exits."""
         if self.fence is not None:
             assert self.previous is None and self.history_action == "save" and not record_blobs(record)
-            if put_fenced_version(self._conn, record, self.fence):
+
+            def locked(query: Any) -> Any:
+                return self._index._locked_one(self._conn, self.model_name, query)
+
+            if put_fenced_version(self._conn, record, self.fence, run=locked):
                 self.record = record
             return
         row = record_row(record)
@@ -240,14 +246,17 @@ def put_new_versions(conn: Connection, records: list[ModelMetadata]) -> None:
         write_history(conn, "save", r.model_name, version=r.version, after=artifact_summary(r), at=at)
 
 
-def put_fenced_version(conn: Connection, record: ModelMetadata, token: str) -> bool:
+def put_fenced_version(
+    conn: Connection, record: ModelMetadata, token: str, *, run: Callable[[Any], Any] | None = None
+) -> bool:
     """PostgreSQL: commit a new version under its claim in one statement, inside the caller's write
     transaction (model locked): the claim's delete is the fence, and only when it removed the claim
     do the version row, its field rows, the model's row (``ON CONFLICT DO NOTHING``) and the
     ``save`` history row go in (data-modifying CTEs, each gated on the one before). What
     :meth:`Reservation.put` writes for a new version without blobs, in one round trip instead of
     five. False when the claim is not ``token``'s any more (nothing written); a row some writer
-    put there without a claim fails the insert on the unique key (:class:`VersionExistsError`)."""
+    put there without a claim fails the insert on the unique key (:class:`VersionExistsError`).
+    ``run(query)`` sends the statement and returns its one row (default: ``conn.execute``)."""
     from sqlalchemy import Double, String, Text, cast, column, true, values
     from sqlalchemy.dialects import postgresql
 
@@ -315,7 +324,7 @@ def put_fenced_version(conn: Connection, record: ModelMetadata, token: str) -> b
         select(history_row.c.id).scalar_subquery().label("history_id"),
     ).add_cte(*ctes)
     try:
-        version_id, history_id = conn.execute(query).one()
+        version_id, history_id = run(query) if run is not None else conn.execute(query).one()
     except SAIntegrityError as exc:  # a row no writer claimed (an older modelkeep, or by hand)
         raise VersionExistsError(
             f"model '{record.model_name}' version '{record.version}' was written by another "
@@ -550,14 +559,31 @@ class SqlIndex:
         if self.dialect != "postgresql":
             return
         if conn.info.pop(_BEGIN, False):
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            from psycopg import sql
-
-            key = sql.Literal("modelkeep:" + model_name).as_string(raw)  # type: ignore[arg-type]
-            conn.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock(hashtext({key}))")
+            conn.exec_driver_sql(f"BEGIN; {self._lock_sql(conn, model_name)}")
             return
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "modelkeep:" + model_name})
+
+    @staticmethod
+    def _lock_sql(conn: Connection, model_name: str) -> str:
+        """The statement of the model's write lock (PostgreSQL), as text."""
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        from psycopg import sql
+
+        key = sql.Literal("modelkeep:" + model_name).as_string(raw)  # type: ignore[arg-type]
+        return f"SELECT pg_advisory_xact_lock(hashtext({key}))"
+
+    def _locked_one(self, conn: Connection, model_name: str, statement: Any) -> Any:
+        """Take the model's write lock, then run ``statement`` and return its one row. PostgreSQL,
+        as the transaction's first statements: BEGIN, the lock and ``statement`` in one message
+        (one round trip; the lock is still a statement of its own, so ``statement``'s snapshot is
+        taken once the lock is held)."""
+        if self.dialect == "postgresql" and conn.info.pop(_BEGIN, False):
+            script = f"BEGIN; {self._lock_sql(conn, model_name)}; {literal_sql(conn, statement)}"
+            (row,) = run_script(conn, script)[-1]
+            return row
+        self._lock_model(conn, model_name)
+        return conn.execute(statement).one()
 
     def lock_blobs(self, conn: Connection, *, exclusive: bool) -> None:
         """Savers that reference blobs hold this shared; blob removal holds it exclusive.
@@ -717,7 +743,7 @@ class SqlIndex:
                 logger.warning("%s; retrying once on a new connection", exc)
 
     def claim(
-        self, model_name: str, version: str | None, *, overwrite: bool = False
+        self, model_name: str, version: str | None, *, overwrite: bool = False, sha256: str | None = None
     ) -> contextlib.AbstractContextManager[VersionClaim]:
         """Claim a version (the next free one when ``None``) in a committed row for the block.
 
@@ -725,11 +751,12 @@ class SqlIndex:
         :meth:`VersionClaim.put` commits the row only if it still is: see
         :mod:`modelkeep.index.claims`. Raises :class:`VersionExistsError` for an
         existing version without ``overwrite``, and :class:`SaveInProgressError`
-        when another save holds that version.
+        when another save holds that version. ``sha256``: the bytes the save will place (the
+        content dedup's lookup then rides on the claim where it can; see :func:`.claims.take`).
         """
         from .claims import claimed
 
-        return claimed(self, model_name, version, overwrite=overwrite)
+        return claimed(self, model_name, version, overwrite=overwrite, sha256=sha256)
 
     @staticmethod
     def highest_version(conn: Connection, model_name: str) -> str | None:

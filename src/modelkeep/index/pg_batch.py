@@ -1,0 +1,67 @@
+"""PostgreSQL: several statements in one network round trip.
+
+A simple Query message may carry several statements separated by semicolons; the server runs
+them in order, each with a snapshot of its own (READ COMMITTED), and answers once. Without
+``BEGIN`` among them they form one implicit transaction, committed when the last one succeeds
+(and rolled back whole when one fails); with ``BEGIN`` first the transaction stays open for the
+caller to finish. The extended protocol SQLAlchemy uses sends one statement per message, so the
+parameters are merged into the text here, by psycopg's own quoting (:class:`psycopg.ClientCursor`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.util import LRUCache
+
+#: Compiled forms of the statements :func:`literal_sql` renders, by SQLAlchemy's cache key (the
+#: row's statement is built anew at each save, with the same shape: compiling it again each time
+#: would cost more than the round trip saved).
+_COMPILED: Any = LRUCache(64)
+
+
+def literal_sql(conn: Connection, statement: Any) -> str:
+    """``statement`` (SQLAlchemy Core) as SQL text for ``conn``: compiled once per shape (as
+    SQLAlchemy's own execution does), schema names translated as the connection would,
+    parameters quoted by psycopg."""
+    import psycopg
+
+    schemas = conn.get_execution_options().get("schema_translate_map")
+    compiled, extracted, *_ = statement._compile_w_cache(
+        dialect=conn.dialect, compiled_cache=_COMPILED, column_keys=[], schema_translate_map=schemas
+    )
+    params = compiled.construct_params(extracted_parameters=extracted)
+    text = compiled.string
+    if schemas:
+        text = compiled.preparer._render_schema_translates(text, schemas)
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    return psycopg.ClientCursor(raw).mogrify(text, params)  # type: ignore[call-overload]
+
+
+def run_script(conn: Connection, script: str) -> list[list[tuple[Any, ...]]]:
+    """Send ``script`` (statements separated by ``;``) through the driver's connection, bypassing
+    SQLAlchemy's statement hooks, in one message; the rows of each statement
+    (``[]`` for one that returns none). Errors are raised as SQLAlchemy raises them (a dropped
+    connection invalidated), so the callers' handling of :class:`DBAPIError` applies."""
+    import psycopg
+
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(script)
+        results = []
+        while True:
+            results.append(list(cursor.fetchall()) if cursor.description is not None else [])
+            if not cursor.nextset():
+                return results
+    except psycopg.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(script, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+    finally:
+        cursor.close()

@@ -1,0 +1,167 @@
+"""A PostgreSQL save's claim in one message, and its checks without a read (issue 29): the claim's
+insert sees a claim committed while it waited for the model's lock; the next version it picks is
+the one :func:`modelkeep.versions.next_version` picks; a young lease stands for the claim checks,
+and a writer whose claim was taken over once the lease ran out still stops before it writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from modelkeep import ModelPersistence, maintenance
+from modelkeep.errors import ClaimLostError
+from modelkeep.index import claims as claims_module
+from modelkeep.index import sql as index_sql
+from modelkeep.index.claims import list_claims
+from modelkeep.layout import sidecar_bytes, sidecar_key
+from modelkeep.versions import next_version
+
+from . import test_pg_round_trips
+from .conftest import PG_URL
+
+registry = test_pg_round_trips.registry  # the fixture: a PostgreSQL registry in a schema of its own
+
+pytestmark = pytest.mark.postgres
+
+
+def _admin_engine() -> Any:
+    assert PG_URL is not None
+    return create_engine(index_sql.normalize_url(PG_URL))
+
+
+def test_the_claim_sees_a_claim_committed_while_it_waited_for_the_model_lock(
+    registry: ModelPersistence, pg_schema: str
+) -> None:
+    """The lock is a statement of its own in the claim's message: had the insert's snapshot been
+    taken before the lock was granted, it would not see the other claim and would insert 1.0.0
+    over it (a unique-key error)."""
+    engine = _admin_engine()
+    outcome: dict[str, Any] = {}
+    try:
+        with engine.connect() as admin, engine.connect() as watcher:
+            tx = admin.begin()
+            admin.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('modelkeep:waiting'))")
+            admin.exec_driver_sql(
+                f'INSERT INTO "{pg_schema}".modelkeep_claims (model_name, version, token, owner, claimed_at, purpose) '
+                "VALUES ('waiting', '1.0.0', %s, 'elsewhere/ns/1/1', %s, 'save')",
+                ("0" * 32, time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())),
+            )
+
+            def save() -> None:
+                try:
+                    outcome["record"] = registry.save_version({"v": 1}, "waiting")
+                except Exception as exc:  # reported below
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=save)
+            thread.start()
+            for _ in range(200):  # until the save waits for the model's lock
+                waiting = watcher.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND pid <> pg_backend_pid()"
+                ).scalar_one()
+                if waiting:
+                    break
+                time.sleep(0.05)
+            assert waiting, "the save never waited for the model's lock"
+            tx.commit()
+            thread.join(60)
+        assert "error" not in outcome, outcome
+        assert outcome["record"].version == "1.0.1"  # 1.0.0 is the other writer's
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("top", ["v1.2.3", "1.0.9", "2.0.0-rc1", "1.2", "01.2.3", "1.2.3+build"])
+def test_the_next_version_is_the_one_next_version_picks(registry: ModelPersistence, top: str) -> None:
+    registry.save_version({"v": 0}, "next", top)
+    assert registry.save_version({"v": 1}, "next").version == next_version(top)
+    assert list_claims(registry.index) == []
+
+
+@pytest.fixture
+def short_lease(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(maintenance, "CLAIM_LEASE_SECONDS", 1.0)  # gc's own copy
+    return 1.0
+
+
+def _pause_after_the_claim(
+    p: ModelPersistence, monkeypatch: pytest.MonkeyPatch, seconds: float, then: Any
+) -> list[tuple[str, str]]:
+    """Make ``p``'s next save wait ``seconds`` once its version is claimed, then call ``then()``
+    before it writes anything; returns the ``(model, version)`` it claimed."""
+    original = type(p)._new_artifact_key
+    claimed: list[tuple[str, str]] = []
+
+    def paused(slot: Any, extension: str, taken: Any = None) -> str:
+        if not claimed and slot.index is p.index:
+            claimed.append((slot.model_name, slot.version))
+            time.sleep(seconds)
+            then()
+        return original(slot, extension, taken)
+
+    monkeypatch.setattr(type(p), "_new_artifact_key", staticmethod(paused))
+    return claimed
+
+
+def _version_files(p: ModelPersistence, model: str, version: str) -> set[str]:
+    folder = Path(p.store.display_path(f"{model}/{version}"))
+    return {f.name for f in folder.iterdir()}
+
+
+def test_a_claim_taken_over_after_its_lease_stops_the_old_writer_before_it_writes(
+    registry: ModelPersistence, pg_schema: str, tmp_path: Path, short_lease: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's claim outlives its lease before A writes; gc releases it as stale and B saves the same
+    version. A stops with ClaimLostError and the version's folder holds B's files only."""
+    assert PG_URL is not None
+    other = ModelPersistence(models_dir=tmp_path / "models", registry_url=PG_URL, index_schema=pg_schema)
+    b_records: list[Any] = []
+
+    def take_over() -> None:
+        report = other.gc(min_age_seconds=0)
+        assert report.released_claims, report.to_dict()  # A's, as stale
+        b_records.append(other.save_version({"writer": "B"}, "taken", "1.0.0"))
+
+    claimed = _pause_after_the_claim(registry, monkeypatch, short_lease * 1.2, take_over)
+    with pytest.raises(ClaimLostError):
+        registry.save_version({"writer": "A"}, "taken")
+    monkeypatch.undo()
+    assert claimed == [("taken", "1.0.0")]
+    (b,) = b_records
+    assert registry.load("taken", "1.0.0") == {"writer": "B"}
+    assert _version_files(registry, "taken", "1.0.0") == {
+        Path(b.artifact.key).name,
+        Path(sidecar_key("taken", "1.0.0")).name,
+    }
+    assert registry.store.read_bytes(sidecar_key("taken", "1.0.0")) == sidecar_bytes(b)
+    assert registry.verify().ok, registry.verify().to_dict()
+    other.close()
+
+
+def test_past_half_its_lease_a_writer_reads_its_claim_before_writing(
+    registry: ModelPersistence, pg_schema: str, short_lease: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past :data:`LEASE_TRUSTED_FRACTION` of the lease the check reads the database again: a
+    claim released meanwhile (by hand here, as gc cannot yet) stops the writer before any file."""
+    engine = _admin_engine()
+
+    def release_by_hand() -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DELETE FROM "{pg_schema}".modelkeep_claims')
+
+    fraction = claims_module.LEASE_TRUSTED_FRACTION
+    _pause_after_the_claim(registry, monkeypatch, short_lease * (fraction + 0.2), release_by_hand)
+    try:
+        with pytest.raises(ClaimLostError, match="released"):
+            registry.save_version({"writer": "A"}, "late")
+    finally:
+        engine.dispose()
+    monkeypatch.undo()
+    assert registry.list_versions("late") == []
+    assert not Path(registry.store.display_path("late/1.0.0")).exists()  # nothing was written there
