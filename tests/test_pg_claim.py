@@ -165,3 +165,30 @@ def test_past_half_its_lease_a_writer_reads_its_claim_before_writing(
     monkeypatch.undo()
     assert registry.list_versions("late") == []
     assert not Path(registry.store.display_path("late/1.0.0")).exists()  # nothing was written there
+
+
+def test_the_row_statement_renders_the_same_without_sqlalchemys_private_cache(
+    registry: ModelPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's one-message statement is compiled through SQLAlchemy's private compile cache;
+    were that API gone in a later SQLAlchemy, the public compile renders the same SQL (schema
+    translated, values quoted) and saves still work."""
+    from sqlalchemy import insert
+
+    from modelkeep.index import pg_batch
+    from modelkeep.index.schema import tags
+
+    statement = insert(tags).values(model_name="m'; DROP TABLE x; --", version="1.0.0", key="k", value="v")
+    with registry.index.engine.connect() as conn:
+        cached = pg_batch.literal_sql(conn, statement)
+        fallbacks: list[str] = []
+
+        def gone(*_args: Any) -> Any:
+            fallbacks.append("public compile")
+            raise AttributeError("_compile_w_cache")  # as a later SQLAlchemy without it would
+
+        monkeypatch.setattr(pg_batch, "_cached", gone)
+        public = pg_batch.literal_sql(conn, statement)
+    assert public == cached and "''; DROP TABLE x; --'" in public and str(registry.index.schema) in public
+    registry.save_version({"w": [1, 2, 3]}, "m")  # the row statement through the fallback
+    assert len(fallbacks) >= 2 and registry.load("m") == {"w": [1, 2, 3]}

@@ -29,6 +29,19 @@ def literal_sql(conn: Connection, statement: Any) -> str:
     import psycopg
 
     schemas = conn.get_execution_options().get("schema_translate_map")
+    try:
+        text, params = _cached(conn, statement, schemas)
+    except (AttributeError, TypeError):  # SQLAlchemy's private cache API moved: compile each time
+        compiled = statement.compile(dialect=conn.dialect, schema_translate_map=schemas, render_schema_translate=True)
+        text, params = compiled.string, compiled.params
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    return psycopg.ClientCursor(raw).mogrify(text, params)  # type: ignore[call-overload]
+
+
+def _cached(conn: Connection, statement: Any, schemas: Any) -> tuple[str, Any]:
+    """SQL text and parameters through SQLAlchemy's own compile cache (private API: the caller
+    falls back on a public compile when it is gone)."""
     compiled, extracted, *_ = statement._compile_w_cache(
         dialect=conn.dialect, compiled_cache=_COMPILED, column_keys=[], schema_translate_map=schemas
     )
@@ -36,9 +49,7 @@ def literal_sql(conn: Connection, statement: Any) -> str:
     text = compiled.string
     if schemas:
         text = compiled.preparer._render_schema_translates(text, schemas)
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    return psycopg.ClientCursor(raw).mogrify(text, params)  # type: ignore[call-overload]
+    return text, params
 
 
 def run_script(conn: Connection, script: str) -> list[list[tuple[Any, ...]]]:
