@@ -28,6 +28,7 @@ from modelkeep import (
 from modelkeep.index.sql import Reservation
 from modelkeep.metadata import to_json_safe
 from modelkeep.storage import ArtifactStore, HashingWriter, StagedArtifact
+from modelkeep.storage.local import LocalStore
 from modelkeep.versions import validate_model_name, validate_version
 
 from .conftest import IndexTarget
@@ -277,14 +278,15 @@ FAIL_AT = ["sidecar", "commit", "index"]
 def _fail_at(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
     """Make one step of the next save fail, as a full disk or a lost database would."""
     if step == "sidecar":
-        original = ArtifactStore.write_bytes
+        for cls in (ArtifactStore, LocalStore):  # a local store writes small files its own way
+            original = cls.write_bytes
 
-        def write_bytes(self: ArtifactStore, key: str, data: bytes) -> None:
-            if key.endswith("_metadata.json"):
-                raise StorageError(errno.ENOSPC, "No space left on device")
-            original(self, key, data)
+            def write_bytes(self: ArtifactStore, key: str, data: bytes, original: Any = original) -> None:
+                if key.endswith("_metadata.json"):
+                    raise StorageError(errno.ENOSPC, "No space left on device")
+                original(self, key, data)
 
-        monkeypatch.setattr(ArtifactStore, "write_bytes", write_bytes)
+            monkeypatch.setattr(cls, "write_bytes", write_bytes)
     elif step == "commit":
         original_commit = StagedArtifact.commit
 
@@ -374,18 +376,30 @@ def test_unpicklable_models_raise_serialization_error_and_leave_nothing(tmp_path
 
 
 def _disk_with(monkeypatch: pytest.MonkeyPatch, free_bytes: int) -> None:
-    """Every write through modelkeep's hashing writer draws on ``free_bytes``; then ENOSPC."""
+    """Every write through modelkeep's hashing writer, and every small file a local store writes
+    (a sidecar), draws on ``free_bytes``; then ENOSPC."""
     left = {"bytes": free_bytes}
     original = HashingWriter.write
+    original_small = LocalStore.write_bytes
 
-    def write(self: HashingWriter, data: Any) -> int:
-        n = memoryview(data).nbytes
+    def draw(n: int) -> None:
         if n > left["bytes"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         left["bytes"] -= n
+
+    def write(self: HashingWriter, data: Any) -> int:
+        draw(memoryview(data).nbytes)
         return original(self, data)
 
+    def write_bytes(self: LocalStore, key: str, data: bytes | memoryview) -> None:
+        try:
+            draw(memoryview(data).nbytes)
+        except OSError as exc:
+            raise StorageError(exc.errno, exc.strerror) from exc  # as LocalStore.write_bytes reports it
+        original_small(self, key, data)
+
     monkeypatch.setattr(HashingWriter, "write", write)
+    monkeypatch.setattr(LocalStore, "write_bytes", write_bytes)
 
 
 @pytest.mark.parametrize("where", ["artifact", "sidecar"])
