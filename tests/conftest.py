@@ -63,6 +63,23 @@ KEY_VARIABLES = (
 )
 
 
+def _private_settings(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    mp.setenv("MODELKEEP_CONFIG_DIR", str(folder))
+    mp.setenv("MODELKEEP_CACHE_DIR", str(folder.parent / "cache"))  # never the real ~/.cache
+    for name in KEY_VARIABLES:
+        mp.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The config folder module- and session-scoped fixtures see (they are set up before a
+    test's :func:`private_config_dir`): the session's own, never the real home."""
+    folder = tmp_path_factory.mktemp("session-config") / "modelkeep"
+    with pytest.MonkeyPatch.context() as mp:
+        _private_settings(mp, folder)
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Each test gets its own per-user config folder (and so its own per-user signing key),
@@ -73,10 +90,7 @@ def private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     and every later load quarantined in a child process as signed by an untrusted key)."""
     folder = tmp_path_factory.mktemp("config") / "modelkeep"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MODELKEEP_CONFIG_DIR", str(folder))
-        mp.setenv("MODELKEEP_CACHE_DIR", str(folder.parent / "cache"))  # never the real ~/.cache
-        for name in KEY_VARIABLES:
-            mp.delenv(name, raising=False)
+        _private_settings(mp, folder)
         yield folder
 
 

@@ -27,3 +27,14 @@ def test_the_private_config_dir_outlives_a_tests_monkeypatch_undo(
         assert p.load("m") == {"a": 1}
         assert quarantine.children_started() == before
     assert (private_config_dir / "signing_key.pem").is_file()
+
+
+@pytest.fixture(scope="module")
+def module_settings() -> tuple[str, str]:
+    return os.environ["MODELKEEP_CONFIG_DIR"], os.environ["MODELKEEP_CACHE_DIR"]
+
+
+def test_module_scoped_fixtures_never_see_the_real_home(module_settings: tuple[str, str]) -> None:
+    """Set up before any test's private folder, a module fixture gets the session's, not ~/.config."""
+    for folder in module_settings:
+        assert not Path(folder).is_relative_to(Path.home()), folder
