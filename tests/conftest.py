@@ -63,16 +63,35 @@ KEY_VARIABLES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def private_config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own per-user config folder (and so its own per-user signing key),
-    never the real home; subprocess workers inherit it through the environment."""
-    folder = tmp_path_factory.mktemp("config") / "modelkeep"
-    monkeypatch.setenv("MODELKEEP_CONFIG_DIR", str(folder))
-    monkeypatch.setenv("MODELKEEP_CACHE_DIR", str(folder.parent / "cache"))  # never the real ~/.cache
+def _private_settings(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    mp.setenv("MODELKEEP_CONFIG_DIR", str(folder))
+    mp.setenv("MODELKEEP_CACHE_DIR", str(folder.parent / "cache"))  # never the real ~/.cache
     for name in KEY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    return folder
+        mp.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The config folder module- and session-scoped fixtures see (they are set up before a
+    test's :func:`private_config_dir`): the session's own, never the real home."""
+    folder = tmp_path_factory.mktemp("session-config") / "modelkeep"
+    with pytest.MonkeyPatch.context() as mp:
+        _private_settings(mp, folder)
+        yield folder
+
+
+@pytest.fixture(autouse=True)
+def private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Each test gets its own per-user config folder (and so its own per-user signing key),
+    never the real home; subprocess workers inherit it through the environment.
+
+    Set with a MonkeyPatch of its own, so that a test calling ``monkeypatch.undo()`` to remove
+    its hooks keeps this folder (it fell back to the real home: keys and caches written there,
+    and every later load quarantined in a child process as signed by an untrusted key)."""
+    folder = tmp_path_factory.mktemp("config") / "modelkeep"
+    with pytest.MonkeyPatch.context() as mp:
+        _private_settings(mp, folder)
+        yield folder
 
 
 @dataclass

@@ -8,7 +8,6 @@ fully clean after ``gc``.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 import signal
 import time
@@ -19,10 +18,8 @@ import pytest
 from modelkeep import ModelPersistence
 from modelkeep.maintenance import CORRUPT, MISSING, SIDECAR, SIGNATURE
 
-from ._workers import PHASES, payload, save_forever, save_then_die
+from ._workers import CTX, PHASES, payload, save_forever, save_then_die
 from .conftest import IndexTarget
-
-CTX = multiprocessing.get_context("spawn")
 
 
 def assert_consistent_after_crash(p: ModelPersistence, *, fresh_save_within: float = 15.0) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from modelkeep import ModelPersistence, UnsafeModelError
+from modelkeep import ModelPersistence, UnsafeModelError, quarantine
 from modelkeep.cli import cli
 from modelkeep.formats._restricted import RestrictedUnpickler, TrustPolicy, joblib_load, restricted_loads
 
@@ -81,12 +81,16 @@ def test_the_gadget_fires_under_plain_pickle(fired: dict[str, Any], gadget: Gadg
 
 @pytest.fixture(scope="module")
 def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelPersistence]]:
-    """One registry per format variant, each holding a clean version 'victim' 1.0.0, with no key."""
+    """One registry per format variant, each holding a clean version 'victim' 1.0.0, with no key.
+
+    Without the quarantine: the refusal under test is the loader's own, in this process (the
+    quarantined child runs the very same load; each variant goes through it in
+    :func:`test_a_forged_version_is_refused_in_the_quarantine_child_too`)."""
     root = tmp_path_factory.mktemp("registries")
     opened: dict[str, ModelPersistence] = {}
     try:
         for name, (fmt, compress, _wrap) in VARIANTS.items():
-            p = ModelPersistence(root / name, serialization_format=fmt, compress=compress)
+            p = ModelPersistence(root / name, serialization_format=fmt, compress=compress, quarantine="never")
             opened[name] = p
             p.save({"weights": [1.0, 2.0]}, "victim", "1.0.0")
         yield opened
@@ -114,6 +118,30 @@ def test_a_forged_version_carrying_the_gadget_is_refused(
     forge_record(p, "victim", "1.0.0", VARIANTS[variant][2](payload), globals=forged_globals, blobs=[])
     with pytest.raises(UnsafeModelError) as info:
         p.load("victim", "1.0.0")
+    assert _refusal_names_a_global_of(info.value, payload)
+    assert not ctx.fired()
+
+
+#: The gadget sent through the quarantine in every format variant: a shell command, the classic.
+QUARANTINED = next(gd for gd in GADGETS if gd.id == "os.system")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_forged_version_is_refused_in_the_quarantine_child_too(
+    registries: dict[str, ModelPersistence], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    """The default load (``quarantine="auto"``) of a forged, unsigned version: the child refuses
+    it and the refusal comes back naming the global, with nothing fired on either side."""
+    ctx = Ctx(tmp_path / "g")
+    ctx.setup()
+    payload = QUARANTINED.payload(ctx)
+    p = registries[variant]
+    forge_record(p, "victim", "1.0.0", VARIANTS[variant][2](payload), globals=gadget_globals(payload), blobs=[])
+    monkeypatch.setattr(p, "quarantine", "auto")
+    started = quarantine.children_started()
+    with pytest.raises(UnsafeModelError) as info:
+        p.load("victim", "1.0.0")
+    assert quarantine.children_started() == started + 1
     assert _refusal_names_a_global_of(info.value, payload)
     assert not ctx.fired()
 

@@ -4,7 +4,6 @@ and PostgreSQL. The history is replayed to check it agrees with the state at eve
 from __future__ import annotations
 
 import collections
-import multiprocessing
 import signal
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from modelkeep import ModelPersistence
 
 from ._workers import (
+    CTX,
     LIFECYCLE_OPS,
     alias_or_trash,
     lifecycle_fixture,
@@ -109,8 +109,7 @@ def test_sigkill_during_a_lifecycle_change(index_target: IndexTarget, tmp_path: 
         before_tags = p.get_tags("victim", version="1.0.1")
         before_trash = [t[:2] for t in p.list_trash()]
 
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=lifecycle_then_die, args=(str(models), index_target.url, index_target.schema, op))
+    proc = CTX.Process(target=lifecycle_then_die, args=(str(models), index_target.url, index_target.schema, op))
     proc.start()
     proc.join(120)
     assert proc.exitcode == -signal.SIGKILL

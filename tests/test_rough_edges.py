@@ -199,7 +199,7 @@ def test_info_on_a_pipeline_keeps_one_line_per_row(tmp_path: Path, iris_data: An
     assert "\n" not in str(steps)
     out = subprocess.run(
         [sys.executable, "-m", "modelkeep", "--models-dir", "models", "info", "--model-name", "pipe"],
-        cwd=tmp_path, capture_output=True, text=True, check=True, env={"COLUMNS": "400", **_env()},
+        cwd=tmp_path, capture_output=True, text=True, check=True, env={**_env(), "COLUMNS": "400"},
     ).stdout  # fmt: skip
     rows = [line for line in out.splitlines() if "steps" in line]
     assert len(rows) == 1 and "LogisticRegression" in rows[0] and "StandardScaler" in rows[0]

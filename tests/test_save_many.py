@@ -4,7 +4,6 @@ nothing (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,8 @@ from modelkeep.index.claims import list_claims
 from modelkeep.layout import EVENT_DIR, sidecar_key
 from modelkeep.maintenance import CORRUPT, MISSING, SIGNATURE
 
-from ._workers import BATCH_PHASES, batch_items, save_many_then_die
+from ._workers import BATCH_PHASES, CTX, batch_items, save_many_then_die
 from .conftest import IndexTarget
-
-CTX = multiprocessing.get_context("spawn")
 
 
 class Unpicklable:

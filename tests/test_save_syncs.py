@@ -9,7 +9,6 @@ of its process, and a power cut, which may undo it, also ends the process it fen
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -26,9 +25,7 @@ from modelkeep import ModelPersistence, VersionExistsError
 from modelkeep.index.claims import list_claims
 from modelkeep.maintenance import CORRUPT, MISSING, ORPHANED, SIGNATURE
 
-from ._workers import payload, save_then_die
-
-CTX = multiprocessing.get_context("spawn")
+from ._workers import CTX, payload, save_then_die
 
 
 @pytest.fixture

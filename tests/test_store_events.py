@@ -6,7 +6,6 @@ bundle round trip keeps aliases, tags, descriptions, the trash and the history, 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -23,10 +22,8 @@ from modelkeep.index.sql import normalize_url
 from modelkeep.layout import EVENT_DIR
 from modelkeep.maintenance import EVENT
 
-from ._workers import ALIAS_MOVE_STEPS, alias_move_then_die, lifecycle_fixture
+from ._workers import ALIAS_MOVE_STEPS, CTX, alias_move_then_die, lifecycle_fixture
 from .conftest import IndexTarget
-
-CTX = multiprocessing.get_context("spawn")
 
 MODELS = ("churn", "fraud")
 
