@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from modelkeep import ModelPersistence, maintenance
+from modelkeep import ModelPersistence
 from modelkeep.errors import ClaimLostError
 from modelkeep.index import claims as claims_module
 from modelkeep.index import sql as index_sql
@@ -86,7 +86,6 @@ def test_the_next_version_is_the_one_next_version_picks(registry: ModelPersisten
 @pytest.fixture
 def short_lease(monkeypatch: pytest.MonkeyPatch) -> float:
     monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", 1.0)
-    monkeypatch.setattr(maintenance, "CLAIM_LEASE_SECONDS", 1.0)  # gc's own copy
     return 1.0
 
 

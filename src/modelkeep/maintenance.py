@@ -36,7 +36,7 @@ from .errors import (
     UnsafeKeyError,
     no_versions,
 )
-from .index.claims import CLAIM_LEASE_SECONDS, ClaimInfo, list_claims, owner_is_dead, settle_version
+from .index.claims import ClaimInfo, lease_seconds, list_claims, owner_is_dead, settle_version
 from .layout import (
     BLOB_DIR,
     blob_digest,
@@ -390,7 +390,7 @@ def _abandoned_uploads(
         if claim is not None:
             held_for = claim.age_seconds(now)
             age = min(age, held_for)
-            live = held_for < CLAIM_LEASE_SECONDS and not owner_is_dead(claim.owner)
+            live = held_for < lease_seconds() and not owner_is_dead(claim.owner)
         item = Leftover(
             f"{upload['key']} (upload {upload['upload_id']})",
             "multipart upload an interrupted save never completed",
@@ -452,7 +452,7 @@ def collect_garbage(p: ModelPersistence, *, dry_run: bool = False, min_age_secon
     stale_claims = {
         (c.model_name, c.version): c
         for c in list_claims(p.index)
-        if c.age_seconds(now) >= max(min_age_seconds, CLAIM_LEASE_SECONDS) or owner_is_dead(c.owner)
+        if c.age_seconds(now) >= max(min_age_seconds, lease_seconds()) or owner_is_dead(c.owner)
     }
 
     claims_now = {(c.model_name, c.version): c for c in list_claims(p.index)}

@@ -92,6 +92,14 @@ LEASE_TRUSTED_FRACTION = 0.5
 #: How often :meth:`VersionClaim.kept_alive` renews a claim's lease (seconds): several
 #: renewals fit in one lease, so a slow or failed renewal or two do not let it run out.
 CLAIM_RENEW_SECONDS = CLAIM_LEASE_SECONDS / 6
+
+
+def lease_seconds() -> float:
+    """:data:`CLAIM_LEASE_SECONDS` as it is now: read at call time, so another module's check of a
+    lease (gc's) follows the one value a test or a deployment sets here, never a copy."""
+    return CLAIM_LEASE_SECONDS
+
+
 #: Pauses between read-backs of an unknown commit outcome (the database may be restarting).
 READ_BACK_PAUSES = (0.0, 0.2, 0.5, 1.0, 2.0)
 
