@@ -173,3 +173,37 @@ def test_copy_into_and_out_of_a_server(server: HttpServer, tmp_path: Path) -> No
         with pytest.raises(ConfigError, match="overwrite"):
             copy_through_bundles(local, remote, overwrite=True)
         assert remote.list_versions("churn") == ["1.0.0", "1.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ('{"timeout": 86400}', "'timeout' must be a number of seconds from 0.1 to 60"),
+        ('{"timeout": 0}', "'timeout' must be a number of seconds from 0.1 to 60"),
+        ('{"lease": 1e12}', "'lease' must be a number of seconds from 0.5 to 3600"),
+        ('{"max_attempts": 1000000}', "'max_attempts' must be a whole number from 1 to 1000"),
+        ('{"max_attempts": 2.5}', "'max_attempts' must be a whole number from 1 to 1000"),
+        ('{"backoff": -1}', "'backoff' must be a number of seconds from 0 to 86400"),
+        ('{"timeout": "10"}', "'timeout' must be a number of seconds from 0.1 to 60"),
+        ('{"timeout": NaN}', "NaN is not a JSON number"),
+        ('{"lease": Infinity}', "Infinity is not a JSON number"),
+        ('{"max_backoff": 1e400}', "1e400 is too large for a number here"),
+    ],
+)
+def test_a_dispatch_pass_refuses_settings_out_of_range_before_it_runs(server: HttpServer, raw: str, says: str) -> None:
+    """One pass runs in a worker thread of the server: an admin's day-long timeout, a NaN (which
+    passes every ``< 0`` check) or a number JSON cannot hold is refused, naming the setting."""
+    answer = httpx.post(
+        server.url + API_PREFIX + "/events/dispatch",
+        content=raw,
+        headers={**bearer(server.token), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert says in answer.text
+
+
+def test_a_dispatch_pass_takes_settings_within_range(server: HttpServer) -> None:
+    body = {"timeout": 60, "backoff": 0, "max_backoff": 604800, "max_attempts": 1, "lease": 0.5}
+    answer = call(server, server.token, "POST", "/events/dispatch", body)
+    assert answer.status_code == 200 and answer.json() == {"busy": False}, answer.text

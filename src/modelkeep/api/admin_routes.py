@@ -28,8 +28,16 @@ if TYPE_CHECKING:
 
     from .routes import Api
 
-#: The dispatcher settings a client may choose for one pass (``poll`` stays on the client).
-PASS_SETTINGS = ("timeout", "backoff", "max_backoff", "max_attempts", "lease")
+#: The dispatcher settings a client may choose for one pass (``poll`` stays on the client), with
+#: the range each must fall in: a pass runs in one of the server's worker threads, so an admin's
+#: typo (a timeout of a day) must not hold it, and the lower bounds are the command line's.
+PASS_SETTINGS: dict[str, tuple[float, float]] = {
+    "timeout": (0.1, 60.0),
+    "backoff": (0.0, 86_400.0),
+    "max_backoff": (0.0, 7 * 86_400.0),
+    "max_attempts": (1, 1_000),
+    "lease": (0.5, 3_600.0),
+}
 
 
 def require_admin(api: Api, request: Request, what: str) -> None:
@@ -86,13 +94,15 @@ def dispatch_settings(body: Body) -> Any:
     from ..webhooks.settings import DispatchSettings
 
     chosen: dict[str, Any] = {}
-    for key in PASS_SETTINGS:
+    for key, (low, high) in PASS_SETTINGS.items():
         value = body.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise RequestError(f"{key!r} must be a number, 0 or more")
-        chosen[key] = int(value) if key == "max_attempts" else float(value)
+        whole = key == "max_attempts"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not low <= value <= high:
+            kind = "a whole number" if whole else "a number of seconds"
+            raise RequestError(f"{key!r} must be {kind} from {low:g} to {high:g}")
+        chosen[key] = int(value) if whole else float(value)
     return DispatchSettings(**chosen)
 
 

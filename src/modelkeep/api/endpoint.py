@@ -9,6 +9,7 @@ whose endpoints :mod:`.routes` includes (:mod:`.transfers`, :mod:`.signing_route
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +53,32 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not body:
         return {}
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise HTTPException(400, "the request body is not JSON") from None
+        data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
+    except ValueError as exc:
+        raise HTTPException(400, f"the request body is not JSON{_why(exc)}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, "the request body must be a JSON object")
     return data
+
+
+def _not_json(literal: str) -> float:
+    """``NaN`` and ``Infinity``: Python's reader takes them, JSON has no such numbers, and a
+    NaN slips past every range check (``nan < 0`` is false)."""
+    raise ValueError(f"{literal} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, refusing one too large for a float (``1e400`` reads as infinity)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large for a number here")
+    return value
+
+
+def _why(exc: ValueError) -> str:
+    """The reason of a refusal of ours (a non-finite number), not the parser's position text."""
+    text = str(exc)
+    return f" ({text})" if text.endswith((" is not a JSON number", " is too large for a number here")) else ""
 
 
 class Body:
