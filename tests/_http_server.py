@@ -297,7 +297,7 @@ class OverHttp:
         self.counts: TransferCounts | None = None
 
     #: What the client refuses (it runs on the server's host): the suites use the registry itself.
-    SERVER_SIDE = frozenset({"index", "backfill_params"})
+    SERVER_SIDE = frozenset({"index"})
 
     def __getattr__(self, name: str) -> Any:
         client = self.__dict__["client"]

@@ -32,6 +32,7 @@ SECRET = "a secret of the webhook, 32 bytes"
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/admin/gc", {"dry_run": True}),
     ("POST", "/admin/reindex", None),
+    ("POST", "/admin/backfill-params", {}),
     ("POST", "/events/dispatch", {}),
     ("GET", "/webhooks", None),
     ("POST", "/webhooks", {"url": "http://127.0.0.1:9/hook", "events": "*", "secret": SECRET}),

@@ -501,11 +501,11 @@ def test_sign_in_switches_the_token(server: HttpServer) -> None:
 
 def test_what_only_the_server_host_does_is_a_clear_error(server: HttpServer) -> None:
     with server.client() as p:
-        for call in (p.backfill_params, lambda: p.store, lambda: p.index):
+        for call in (lambda: p.store, lambda: p.index):
             with pytest.raises(ServerOnlyError, match="run it on the server's host"):
                 call()
         assert not hasattr(p, "store")  # an AttributeError too
-        assert isinstance(_raised(p.backfill_params), ConfigError)
+        assert isinstance(_raised(lambda: p.store), ConfigError)
 
 
 def test_the_environment_names_the_server_and_the_token(server: HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -606,7 +606,7 @@ def test_the_cli_works_against_a_server_process(http_server: HttpServer, tmp_pat
     assert "vic" in ok("users", "list")
     assert ok("users", "token", "vic").startswith("mkt_")
     assert "admin role" in fails("users", "list", token=viewer)
-    assert "run it on the server's host" in fails("backfill-params")
+    assert "admin role" in fails("backfill-params", token=viewer) and "checked 3 version(s)" in ok("backfill-params")
     assert "admin role" in fails("gc", token=viewer) and "removed 0 file(s)" in ok("gc")
     assert "admin role" in fails("webhooks", "list", token=viewer) and "No webhooks" in ok("webhooks", "list")
     assert "not a modelkeep API token" in fails("list", token="forged")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the server fixture is imported from test_http_api and taken by name)
 """A pipeline's nested parameters are recorded flat (``step__param``), bounded, searchable,
 comparable, and backfilled for versions saved before 0.2 (issue 23, "Searchable pipelines").
 
@@ -29,10 +30,11 @@ from sklearn.tree import DecisionTreeClassifier
 
 from modelkeep import FilterError, ModelPersistence
 from modelkeep.cli import cli
-from modelkeep.errors import MetadataError
+from modelkeep.errors import MetadataError, PermissionDeniedError
 from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.metadata import to_json_safe
 from modelkeep.params import MAX_KEYS, MAX_STRING, bounded, capture
+from tests.test_http_api import server  # noqa: F401  (the fixture: a filled registry's server, in process)
 
 C_VALUES = (0.01, 0.1, 1.0, 10.0)
 
@@ -431,3 +433,98 @@ def test_backfill_of_pipelines_saved_by_0_1(index_target: Any, tmp_path: Path, i
         X, _ = iris_data
         assert p.load("pipe", "1.0.2").predict(X[:5]).shape == (5,)  # the artifacts are untouched
         assert p.verify().ok
+
+
+# -- backfill through a registry server ---------------------------------------------------
+
+
+def _old_pipelines_on(server: Any, iris_data: Any) -> list[str]:
+    """Four pipelines on the server's registry, with the records modelkeep 0.1 wrote."""
+    with server.direct() as direct:
+        versions = _save_pipelines(direct, iris_data)
+        for v, C in zip(versions, C_VALUES, strict=True):
+            _rewrite_as_0_1(direct, "pipe", v, _params_0_1(_pipeline(C)))
+    return versions
+
+
+def test_backfill_through_a_server_loads_on_the_client_and_records_on_the_server(server: Any, iris_data: Any) -> None:
+    """``backfill-params`` against a server: the client loads each old version (its own keys and
+    allow-list), the server records what it captured, as the admin who asked."""
+    versions = _old_pipelines_on(server, iris_data)
+    for role in ("viewer", "writer", "maintainer"):
+        with server.client(server.add_user(f"{role}-user", role)) as p, pytest.raises(PermissionDeniedError):
+            p.backfill_params()
+    with server.client() as p:
+        dry = p.backfill_params(dry_run=True)
+        assert dry.updated == [("pipe", v) for v in versions] and not dry.skipped
+        assert "logisticregression__C" not in p.get_version("pipe", versions[0]).metadata["model_params"]
+        report = p.backfill_params()
+        assert report.updated == [("pipe", v) for v in versions] and not report.skipped
+        assert _found(p, "params.logisticregression__C < 1") == versions[:2]
+        again = p.backfill_params()
+        assert (again.updated, again.skipped) == ([], [])
+    with server.direct() as direct:
+        rows = direct.history("pipe", actions=("backfill_params",))
+        assert [(e.version, e.actor) for e in rows] == [(v, "admin") for v in versions]
+        assert direct.get_version("pipe", versions[0]).metadata["accuracy"] == pytest.approx(0.9001)
+        assert direct.verify().ok
+
+
+def test_cli_backfill_through_a_server(server: Any, iris_data: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = _old_pipelines_on(server, iris_data)
+    monkeypatch.setenv("MODELKEEP_REGISTRY_URL", server.url)
+    monkeypatch.setenv("MODELKEEP_TOKEN", server.token)
+    done = CliRunner().invoke(cli, ["backfill-params"])
+    assert done.exit_code == 0, done.output
+    assert f"recorded pipe {versions[0]}" in done.output
+    found = CliRunner().invoke(cli, ["search", "params.logisticregression__C < 1", "--json"])
+    assert found.exit_code == 0, found.output
+    assert [r["version"] for r in json.loads(found.output)["items"]] == versions[:2]
+
+
+def _post_backfill(server: Any, body: dict[str, Any]) -> Any:
+    import httpx
+
+    from modelkeep.api.wire import API_PREFIX
+
+    headers = {"Authorization": f"Bearer {server.token}"}
+    return httpx.post(server.url + API_PREFIX + "/admin/backfill-params", json=body, headers=headers, timeout=30)
+
+
+def test_a_backfill_request_takes_only_what_a_backfill_could_produce(server: Any, iris_data: Any) -> None:
+    """Sent as raw HTTP, even by an admin: the route is no back door for rewriting a record. It
+    refuses other fields, parameters that drop a name recorded before, a version whose record
+    changed since the client read it, and one whose parameters are not in the 0.1 shape."""
+    versions = _old_pipelines_on(server, iris_data)
+    with server.direct() as direct:
+        record = direct.get_version("pipe", versions[0])
+        flat = direct.save_version(LogisticRegression(C=2.0), "flat")
+        flat_record = direct.get_version("flat", flat.version)
+    expect = json.loads(json.dumps(record.to_dict()))
+    deep = capture(_pipeline(C_VALUES[0]))
+    base = {"model_name": "pipe", "version": versions[0], "expect": expect}
+    refused = {
+        "another field": {**base, "fields": {**deep, "accuracy": 1.0}},
+        "a name dropped": {**base, "fields": {"model_params": {"logisticregression__C": 0.01}}},
+        "not an object": {**base, "fields": {"model_params": "[('clf', Evil())]"}},
+        "changed since read": {**base, "fields": deep, "expect": {**expect, "metadata": {}}},
+        "not the 0.1 shape": {
+            "model_name": "flat",
+            "version": flat.version,
+            "fields": capture(LogisticRegression(C=3.0)),
+            "expect": json.loads(json.dumps(flat_record.to_dict())),
+        },
+    }
+    for why, body in refused.items():
+        answer = _post_backfill(server, body)
+        assert answer.status_code in (400, 409), (why, answer.text)
+        expected = "VersionExistsError" if why == "changed since read" else "MetadataError"
+        assert answer.json()["error"]["class"] == expected, (why, answer.text)
+    with server.direct() as direct:
+        assert direct.get_version("pipe", versions[0]).to_dict() == record.to_dict()
+        assert direct.get_version("flat", flat.version).to_dict() == flat_record.to_dict()
+        assert not direct.history("pipe", actions=("backfill_params",))
+    answer = _post_backfill(server, {**base, "fields": deep})
+    assert answer.status_code == 200, answer.text
+    with server.direct() as direct:
+        assert direct.get_version("pipe", versions[0]).metadata["model_params"]["logisticregression__C"] == 0.01

@@ -19,6 +19,8 @@ def backfill_params(
     Each such version is loaded as `modelkeep load` loads it (signature, digests,
     allow-list, your trust settings) and its parameters are recorded again from
     the model. Versions that do not load are skipped and listed (exit 1).
+    Through a registry server, the versions load here and the server records
+    what was captured (admins only).
     """
     from .cli_context import open_registry
     from .cli_context import print_status as _status

@@ -17,13 +17,15 @@ so signed versions stay signed.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelKeepError, VersionTrashedError
+from .errors import MetadataError, ModelKeepError, VersionExistsError
 from .layout import sidecar_bytes, sidecar_key
-from .params import PARAMS_KEY, TRUNCATED_KEY, capture, looks_recorded_before_0_2, shallow_keys
+from .params import PARAMS_KEY, TRUNCATED_KEY, bounded, capture, looks_recorded_before_0_2, shallow_keys
 from .versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
@@ -92,14 +94,29 @@ class _Changed(Exception):
     """The version changed between its load and its rewrite (rolls the rewrite back)."""
 
 
+#: Rewrites one version's record with the captured fields: in the index and store on a registry's host,
+#: a request to :func:`rewrite_from_client`'s route through a server.
+Rewrite = Callable[["ModelMetadata", dict[str, Any]], None]
+#: What a client may send for one version (:func:`rewrite_from_client`): a JSON-encoded truncation report.
+MAX_TRUNCATION_REPORT = 64 * 1024
+#: Why a rewrite found the version changed since it was read.
+CHANGED = "the version changed while its parameters were recorded; run again"
+
+
 def backfill_params(
-    p: ModelPersistence,
+    p: Any,
     model_name: str | None = None,
     version: str | None = None,
     *,
     dry_run: bool = False,
+    rewrite: Rewrite | None = None,
 ) -> BackfillReport:
-    """Record deep parameters for the live versions that lack them; see the module docstring."""
+    """Record deep parameters for the live versions that lack them; see the module docstring.
+
+    ``p`` is a :class:`~modelkeep.registry.ModelPersistence` or a registry server's client: the
+    versions are read and loaded through its public methods (a client loads with its own keys
+    and allow-list), and each one is written by ``rewrite`` (by default in ``p``'s own index and store)."""
+    write: Rewrite = rewrite if rewrite is not None else (lambda record, fields: _rewrite(p, record, fields))
     report = BackfillReport(dry_run=dry_run)
     for record in _records(p, model_name, version):
         report.checked += 1
@@ -121,9 +138,9 @@ def backfill_params(
             continue
         if not dry_run:
             try:
-                _rewrite(p, record, fields)
-            except (_Changed, VersionTrashedError):
-                reason = "the version changed while its parameters were recorded; run again"
+                write(record, fields)
+            except (_Changed, VersionExistsError) as exc:  # trashed, being saved or changed meanwhile
+                reason = CHANGED if isinstance(exc, _Changed) else str(exc)
                 report.skipped.append(Skipped(*where, reason, reason))
                 continue
         report.updated.append(where)
@@ -131,11 +148,11 @@ def backfill_params(
     return report
 
 
-def _records(p: ModelPersistence, model_name: str | None, version: str | None) -> list[ModelMetadata]:
+def _records(p: Any, model_name: str | None, version: str | None) -> list[ModelMetadata]:
     if model_name is None:
         if version is not None:
             raise ValueError("a version needs a model name")
-        return [r for name in p.list_models() for r in p.index.list_records(name)]
+        return [r for name in p.list_models() for r in p.list_version_records(name)]
     if version is None:
         return p.list_version_records(validate_model_name(model_name))
     return [p.get_version(model_name, validate_version(version))]
@@ -151,3 +168,37 @@ def _rewrite(p: ModelPersistence, record: ModelMetadata, fields: dict[str, Any])
         slot.history_action = HISTORY_ACTION
         p.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(updated))
         slot.put(updated)
+
+
+def rewrite_from_client(p: ModelPersistence, model_name: str, version: str, fields: Any, expect: Any) -> None:
+    """Record the deep parameters a registry server's client captured from its own load of a
+    version (``modelkeep backfill-params`` through a server: the server never unpickles).
+
+    The server cannot check that the client loaded the model, so it takes only what a backfill
+    could have produced: the version must still read as ``expect`` (the record the client saw)
+    and still have parameters in the shape of modelkeep before 0.2; ``fields`` holds
+    ``model_params`` (bounded again here, as a save bounds them) and at most a truncation
+    report, and the new parameters keep every name the old ones had. Anything else is a
+    :class:`~modelkeep.errors.MetadataError`; a version changed since the client read it is a
+    :class:`~modelkeep.errors.VersionExistsError` ("run again")."""
+    record = p.get_version(validate_model_name(model_name), validate_version(version))
+    if record.to_dict() != expect:
+        raise VersionExistsError(f"{model_name} {version}: {CHANGED}")
+    old = record.metadata.get(PARAMS_KEY)
+    if not isinstance(old, dict) or not looks_recorded_before_0_2(old):
+        raise MetadataError(f"{model_name} {version}: its parameters are not in the shape of modelkeep before 0.2")
+    if not isinstance(fields, dict) or PARAMS_KEY not in fields or not set(fields) <= {PARAMS_KEY, TRUNCATED_KEY}:
+        raise MetadataError(f"'fields' must hold {PARAMS_KEY!r} and at most {TRUNCATED_KEY!r}")
+    params = fields[PARAMS_KEY]
+    if not isinstance(params, dict) or not set(old) <= set(params):
+        raise MetadataError(f"{PARAMS_KEY!r} must be an object keeping every parameter name recorded before")
+    checked = bounded(params)
+    truncated = fields.get(TRUNCATED_KEY)
+    if truncated is not None:
+        if not isinstance(truncated, dict) or len(json.dumps(truncated)) > MAX_TRUNCATION_REPORT:
+            raise MetadataError(f"{TRUNCATED_KEY!r} must be an object of at most {MAX_TRUNCATION_REPORT} bytes")
+        checked.setdefault(TRUNCATED_KEY, truncated)
+    try:
+        _rewrite(p, record, checked)
+    except _Changed:
+        raise VersionExistsError(f"{model_name} {version}: {CHANGED}") from None

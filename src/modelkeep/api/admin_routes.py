@@ -11,8 +11,12 @@ request's identity, and answers the report the command line prints:
   of the webhook dispatcher on the server (the deliveries leave from the server, as ever),
   answering ``{"busy": bool}``; ``modelkeep events dispatch`` against a server calls it in a loop.
 
-``backfill-params`` has no route: it unpickles every old version, which a server never does
-for a client (loads happen on the client, with the client's keys and allow-list).
+* ``POST /admin/backfill-params`` ``{model_name, version, fields, expect}``: record the deep
+  parameters of one version saved before 0.2, as captured by the client. ``modelkeep
+  backfill-params`` against a server loads each old version on the client (with the client's
+  keys and allow-list: a server never unpickles) and sends what it captured; the server takes
+  only what a backfill could have produced (:func:`modelkeep.params_backfill.rewrite_from_client`).
+  An empty body only checks that the caller is an admin.
 """
 
 from __future__ import annotations
@@ -81,6 +85,20 @@ class AdminRoutes:
         settings = dispatch_settings(Body(await read_json(request)))
         return json_response({"busy": await self.api.call(request, self._dispatch_once, settings)})
 
+    async def backfill_params(self, request: Request) -> Response:
+        """Record the deep parameters a client captured from its own load of one version (an empty
+        body only checks that the caller may: the client asks before it loads anything)."""
+        require_admin(self.api, request, "rewrite recorded parameters")
+        body = Body(await read_json(request))
+        if not body.data:
+            return json_response({})
+        from ..params_backfill import rewrite_from_client
+
+        name, version = body.required("model_name"), body.required("version")
+        fields, expect = body.get("fields"), body.get("expect")
+        await self.api.call(request, rewrite_from_client, self.api.p, name, version, fields, expect)
+        return json_response({})
+
     def _dispatch_once(self, settings: Any) -> bool:
         dispatcher = self.api.p.webhooks.dispatcher(settings)
         try:
@@ -113,4 +131,10 @@ def admin_endpoints(api: Api) -> list[Endpoint]:
         Endpoint("POST", "/admin/gc", s.gc, "Collect garbage in the server's store; the report (admin)"),
         Endpoint("POST", "/admin/reindex", s.reindex, "Rebuild the index from the sidecar files (admin)"),
         Endpoint("POST", "/events/dispatch", s.dispatch, "One pass of the server's webhook dispatcher (admin)"),
+        Endpoint(
+            "POST",
+            "/admin/backfill-params",
+            s.backfill_params,
+            "Record the deep parameters a client captured from its own load of one version (admin)",
+        ),
     ]

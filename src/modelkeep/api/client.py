@@ -459,11 +459,6 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         return move_check_from_wire(self.request("GET", path, params={"version": version})["check"])
 
     # -- what only the server's host can do -------------------------------------------------------
-    def backfill_params(self, *args: Any, **kwargs: Any) -> Any:
-        """Not over HTTP: the backfill unpickles every old version, which a server never does for
-        a client (loads happen on the client, with its keys and allow-list)."""
-        raise server_only("backfill-params")
-
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this class lacks: a local registry's parts (store, webhooks,
         # access...) are on the server's host. ServerOnlyError is an AttributeError: hasattr works.
