@@ -230,9 +230,18 @@ def test_swapped_parts_are_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     one, two = plan.parts
     _put(one.url, data[two.start : two.end], one.headers)
     _put(two.url, data[one.start : one.end], two.headers)
-    with pytest.raises(IntegrityError, match=r"part 1's bytes hash to"):
+    with pytest.raises(IntegrityError, match=r"its bytes hash to .*, declared"):
         complete_upload(store, plan)
     assert s3_bucket.object_keys("models/") == []
+    # without a whole-file SHA-256 declared, each part is read back and checked on its own
+    dec = declare(_file(tmp_path, data, "parts.bin"), PART)
+    parts_only = plan_upload(store, dec.size, part_sha256s=dec.part_sha256s, part_size=PART)
+    one, two = parts_only.parts
+    _put(one.url, data[two.start : two.end], one.headers)
+    _put(two.url, data[one.start : one.end], two.headers)
+    with pytest.raises(IntegrityError, match=r"part 1's bytes hash to"):
+        complete_upload(store, parts_only)
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []
 
 
 def test_missing_part_is_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
@@ -532,6 +541,21 @@ def test_abandoned_presigned_multipart_upload_is_aborted_by_gc(s3_bucket: S3Buck
     assert s3_bucket.pending_uploads() == []
     abort_upload(p.store, plan)  # already gone: not an error
     p.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, PART - 1, PART, 3 * PART, 3 * PART + 7])
+def test_declare_hashes_every_part_and_takes_a_known_whole_digest(n: int, tmp_path: Path) -> None:
+    """The parts are hashed on helper threads, in order; a SHA-256 the caller already has (a
+    save's) is taken as the whole file's instead of hashing every byte a second time."""
+    data = _data(n, seed=n % 97)
+    path = _file(tmp_path, data)
+    cuts = range(0, max(n, 1), PART)
+    want = [hashlib.sha256(data[start : start + PART]).hexdigest() for start in cuts]
+    dec = declare(path, PART)
+    assert (dec.size, dec.sha256, dec.part_sha256s) == (n, hashlib.sha256(data).hexdigest(), want)
+    with open(path, "rb") as f:
+        known = declare(f, PART, sha256=dec.sha256)
+    assert known == dec
 
 
 def test_bad_input_is_refused_clearly(s3_bucket: S3Bucket, tmp_path: Path) -> None:
