@@ -408,6 +408,45 @@ def test_through_the_server_s3_refuses_other_bytes_than_declared_and_nothing_is_
         assert d.verify().ok
 
 
+def test_parts_declared_for_other_bytes_than_the_record_commit_nothing_a_load_takes(
+    strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where S3 checks each part, the server reads nothing back, so the whole file's digests
+    in the record are the writer's word: a writer that declares the parts of other bytes than
+    those its record names gets them stored (S3 checked only the parts), and no load, through
+    the server or direct, ever returns them; ``verify`` reports the version."""
+    from modelkeep.storage import presigned_client
+
+    honest_declare, honest_upload = presigned_client.declare, presigned_client.upload_plan
+
+    def evil_of(path: Path) -> Path:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        evil = path.with_suffix(".evil")
+        evil.write_bytes(bytes(data))
+        return evil
+
+    def declare_other(source: Any, part_size: int, *, sha256: str | None = None) -> Any:
+        return honest_declare(evil_of(Path(source)), part_size, sha256=sha256)  # the record's SHA-256
+
+    def upload_other(plan: Any, source: Any, **kwargs: Any) -> Any:
+        return honest_upload(plan, Path(source).with_suffix(".evil"), **kwargs)
+
+    monkeypatch.setattr(presigned_client, "declare", declare_other)
+    monkeypatch.setattr(presigned_client, "upload_plan", upload_other)
+    big = {"w": np.random.default_rng(9).random(40 * MiB // 8)}
+    with strict_server.client(cache_max_bytes=0) as c:
+        c.save_version(big, "big", compress=False)
+        assert [status for *_, status in strict_s3.injected] == [400, 400]  # only the server's probe of the store
+        assert _staged_reads(strict_s3) == []  # S3 took the parts (they match their checksums), nothing read back
+        with pytest.raises(IntegrityError):
+            c.load("big")
+    with strict_server.direct() as d:
+        with pytest.raises(IntegrityError):
+            d.load("big")
+        assert not d.verify().ok
+
+
 @pytest.mark.parametrize("multipart", [False, True])
 def test_a_raw_client_that_commits_after_s3_refused_its_bytes_is_refused(
     multipart: bool, strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, tmp_path: Path
