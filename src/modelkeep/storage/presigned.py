@@ -11,9 +11,9 @@ multipart upload and removes an abandoned object like any interrupted save's.
 or one whose checksum differs from the plan, completes the upload, and then (by default) reads
 the staged object once through the hashing path (ranged GETs, parts in flight) to check the
 whole file (or, without a declared whole-file SHA-256, every part) against the declaration
-before anyone commits it. That read is the
-check that does not depend on the S3 implementation: moto (the test server) enforces neither
-checksums nor expiry, and S3-compatible stores differ. It returns the SHA-256 and, given the
+before anyone commits it. That read is the check that does not depend on the S3
+implementation: moto (the test server) enforces neither checksums nor expiry, and
+S3-compatible stores differ. It returns the SHA-256 and, given the
 artifact's payload ranges, the BLAKE3 record a load checks, computed by the server from the
 stored bytes, not taken from the client.
 
