@@ -1,7 +1,10 @@
 """Saves and loads through ``modelkeep server`` against direct access to the same backend, in one run.
 
 ``python bench/http_registry.py`` (add ``--s3`` for the PostgreSQL-or-SQLite + moto S3 case with
-presigned transfers, ``--pg-url`` for a PostgreSQL index there). For each backend, one registry is
+presigned transfers, ``--pg-url`` for a PostgreSQL index there; ``--enforced`` adds the same case with
+both paths' S3 traffic through a proxy that refuses presigned bodies not matching their signed
+``x-amz-checksum-sha256``, as S3 does and moto does not, so the server skips its read-back as it
+does on S3: ``tests/s3_proxy.py`` in a process of its own, hashing on the same cores). For each backend, one registry is
 opened twice from this process: directly (``ModelPersistence(folder)``), and through a ``modelkeep
 server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:PORT", token=...)``).
 
@@ -152,6 +155,36 @@ def report(label: str, r: dict[str, Any]) -> str:
 
 
 @contextmanager
+def _enforcing_proxy(upstream: str, env: dict[str, str]) -> Iterator[str]:
+    """``tests/s3_proxy.py --enforce`` in front of ``upstream``, in its own process: its endpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.s3_proxy", upstream, "--enforce"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        endpoint = process.stdout.readline().decode().strip()
+        if not endpoint.startswith("http://"):
+            raise RuntimeError(f"the S3 proxy did not start (exit {process.poll()})")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _enforces(options: dict[str, Any]) -> bool:
+    """Whether the server's store will skip the read-back (the probe it runs itself)."""
+    from modelkeep.storage import open_store
+    from modelkeep.storage.presigned import enforces_checksums
+
+    store = open_store(options["models_dir"], storage_options=options["storage_options"])
+    return enforces_checksums(store)  # type: ignore[arg-type]
+
+
+@contextmanager
 def _moto(env: dict[str, str]) -> Iterator[str]:
     port = _free_port()
     process = subprocess.Popen(
@@ -197,6 +230,12 @@ def main() -> None:
         help="PostgreSQL index for the S3 case (default: SQLite); give it a schema of its own, "
         "e.g. ...?options=-csearch_path%%3Dbench_http (the schema must exist)",
     )
+    parser.add_argument(
+        "--enforced",
+        action="store_true",
+        help="with --s3, also the S3 case through a proxy that enforces the signed checksums (no read-back)",
+    )
+    parser.add_argument("--enforced-pg-url", help="PostgreSQL index for --enforced (default: SQLite)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -222,6 +261,19 @@ def main() -> None:
             results["s3"] = run_backend("S3", options, work, env, s3_args)
             index = "PostgreSQL" if args.pg_url else "SQLite"
             lines.append(report(f"{index} + moto S3 (presigned)", results["s3"]))
+            if args.enforced:
+                with _enforcing_proxy(endpoint, env) as proxy:
+                    enforced: dict[str, Any] = {
+                        "models_dir": "s3://bench/enforced",
+                        "storage_options": {"client_kwargs": {"endpoint_url": proxy}},
+                        "registry_url": args.enforced_pg_url or f"sqlite:///{work / 's3-enforced.db'}",
+                    }
+                    if not _enforces(enforced):
+                        raise RuntimeError("the proxy does not enforce checksums: the server would read back")
+                    results["s3_enforced"] = run_backend("S3 enforced", enforced, work, env, s3_args)
+                index = "PostgreSQL" if args.enforced_pg_url else "SQLite"
+                label = f"{index} + moto S3 behind a checksum-enforcing proxy (presigned, no read-back)"
+                lines.append(report(label, results["s3_enforced"]))
     results["load_average"] = [load_before, os.getloadavg()]
     print(f"{started}; load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print("\n".join(lines))

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -38,6 +39,8 @@ from modelkeep.storage.presigned import (
     presign_get,
 )
 from modelkeep.storage.presigned_client import UrlSource, declare, download_ranges, upload_plan
+from tests._http_server import HttpServer, ServerSide, running_server
+from tests.s3_proxy import s3_rules
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
 MiB = 1 << 20
@@ -227,9 +230,18 @@ def test_swapped_parts_are_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     one, two = plan.parts
     _put(one.url, data[two.start : two.end], one.headers)
     _put(two.url, data[one.start : one.end], two.headers)
-    with pytest.raises(IntegrityError, match=r"part 1's bytes hash to"):
+    with pytest.raises(IntegrityError, match=r"its bytes hash to .*, declared"):
         complete_upload(store, plan)
     assert s3_bucket.object_keys("models/") == []
+    # without a whole-file SHA-256 declared, each part is read back and checked on its own
+    dec = declare(_file(tmp_path, data, "parts.bin"), PART)
+    parts_only = plan_upload(store, dec.size, part_sha256s=dec.part_sha256s, part_size=PART)
+    one, two = parts_only.parts
+    _put(one.url, data[two.start : two.end], one.headers)
+    _put(two.url, data[one.start : one.end], two.headers)
+    with pytest.raises(IntegrityError, match=r"part 1's bytes hash to"):
+        complete_upload(store, parts_only)
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []
 
 
 def test_missing_part_is_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
@@ -278,24 +290,6 @@ def test_resized_part_and_nothing_uploaded_are_refused(s3_bucket: S3Bucket, tmp_
 
 
 # -- what S3 itself refuses (moto does not): a proxy that answers as S3 does -------------------
-
-
-def s3_rules(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
-    """S3's answers to a presigned request that moto lets through: an expired URL, and a body
-    that does not hash to its signed ``x-amz-checksum-sha256`` (or a changed header)."""
-    query = parse_qs(urlsplit(path).query)
-    if "X-Amz-Date" not in query:
-        return None
-    signed = time.mktime(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")) - time.timezone
-    if time.time() > signed + int(query["X-Amz-Expires"][0]):
-        return 403, "AccessDenied", "Request has expired"
-    header = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-sha256")
-    if "x-amz-checksum-sha256" in query["X-Amz-SignedHeaders"][0].split(";"):
-        if header is None:
-            return 403, "SignatureDoesNotMatch", "The request signature we calculated does not match"
-        if header != b64_sha256(hashlib.sha256(body).hexdigest()):
-            return 400, "BadDigest", "The SHA256 you specified did not match the calculated checksum."
-    return None
 
 
 @pytest.fixture
@@ -354,6 +348,144 @@ def test_read_back_only_where_the_store_does_not_enforce_checksums(
     upload_plan(single, path)
     checked = complete_upload(store, single, verify=True)  # asked for: read back
     assert checked.sha256 == hashlib.sha256(data).hexdigest()
+
+
+# -- through ``modelkeep server``, against a store that enforces the signed checksums ------------
+
+
+@pytest.fixture
+def strict_server(s3_bucket: S3Bucket, strict_s3: FaultProxy, tmp_path: Path) -> Iterator[HttpServer]:
+    """A server whose S3 store (behind the proxy) refuses bodies that do not match their signed
+    checksums, as S3 does: it finds so with its probe, and reads nothing back at the commit."""
+    side = ServerSide(
+        s3_bucket.url(), f"sqlite:///{tmp_path / 'index.db'}", storage_options=s3_options(strict_s3.endpoint_url)
+    )
+    with running_server(side, tmp_path / "server", in_process=True) as server:
+        yield server
+
+
+def _staged_reads(proxy: FaultProxy) -> list[str]:
+    """Paths of GETs of objects (not ListParts) under ``.tmp/``: the server reading an upload back."""
+    return [path for method, path in proxy.requests if method == "GET" and "/.tmp/" in path and "uploadId=" not in path]
+
+
+@pytest.mark.parametrize("mib", [10, 40])  # one PUT; three parts of 16 MiB
+def test_through_the_server_s3_refuses_other_bytes_than_declared_and_nothing_is_committed(
+    mib: int, strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that declares its file's digests and PUTs other bytes by the presigned URLs: the
+    enforcing store refuses them (so the server, which reads nothing back there, never sees them),
+    the save fails in one line, nothing is committed or left staged; honest bytes then save and
+    load, with no byte read back by the server."""
+    from modelkeep.storage import presigned_client
+
+    honest_upload = presigned_client.upload_plan
+
+    def tampered(plan: Any, source: Any, **kwargs: Any) -> Any:
+        data = bytearray(Path(source).read_bytes())
+        data[len(data) // 2] ^= 0xFF  # the declared digests are the honest file's
+        evil = Path(source).with_suffix(".evil")
+        evil.write_bytes(bytes(data))
+        return honest_upload(plan, evil, **kwargs)
+
+    big = {"w": np.random.default_rng(mib).random(mib * MiB // 8)}
+    with strict_server.client(cache_max_bytes=0) as c:
+        monkeypatch.setattr(presigned_client, "upload_plan", tampered)
+        with pytest.raises(StorageError, match="did not match their declared SHA-256") as info:
+            c.save_version(big, "big", compress=False)
+        assert "\n" not in str(info.value) and "X-Amz-Signature" not in str(info.value)
+        assert "big" not in c.list_models()
+        assert [status for _, _, status in strict_s3.injected] == [400]  # BadDigest, from the store
+        assert s3_bucket.pending_uploads() == []
+        assert not [k for k in s3_bucket.object_keys("models/") if "/.tmp/" in f"/{k}" or "big" in k]
+        monkeypatch.setattr(presigned_client, "upload_plan", honest_upload)
+        strict_s3.requests.clear()
+        rec = c.save_version(big, "big", compress=False)
+        assert _staged_reads(strict_s3) == []  # S3 checked the bytes; the server read none back
+        assert np.array_equal(c.load("big")["w"], big["w"])
+    with strict_server.direct() as d:
+        assert d.get_version("big").artifact.sha256 == rec.artifact.sha256  # type: ignore[union-attr]
+        assert d.verify().ok
+
+
+def test_parts_declared_for_other_bytes_than_the_record_commit_nothing_a_load_takes(
+    strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where S3 checks each part, the server reads nothing back, so the whole file's digests
+    in the record are the writer's word: a writer that declares the parts of other bytes than
+    those its record names gets them stored (S3 checked only the parts), and no load, through
+    the server or direct, ever returns them; ``verify`` reports the version."""
+    from modelkeep.storage import presigned_client
+
+    honest_declare, honest_upload = presigned_client.declare, presigned_client.upload_plan
+
+    def evil_of(path: Path) -> Path:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        evil = path.with_suffix(".evil")
+        evil.write_bytes(bytes(data))
+        return evil
+
+    def declare_other(source: Any, part_size: int, *, sha256: str | None = None) -> Any:
+        return honest_declare(evil_of(Path(source)), part_size, sha256=sha256)  # the record's SHA-256
+
+    def upload_other(plan: Any, source: Any, **kwargs: Any) -> Any:
+        return honest_upload(plan, Path(source).with_suffix(".evil"), **kwargs)
+
+    monkeypatch.setattr(presigned_client, "declare", declare_other)
+    monkeypatch.setattr(presigned_client, "upload_plan", upload_other)
+    big = {"w": np.random.default_rng(9).random(40 * MiB // 8)}
+    with strict_server.client(cache_max_bytes=0) as c:
+        c.save_version(big, "big", compress=False)
+        assert [status for *_, status in strict_s3.injected] == [400, 400]  # only the server's probe of the store
+        assert _staged_reads(strict_s3) == []  # S3 took the parts (they match their checksums), nothing read back
+        with pytest.raises(IntegrityError):
+            c.load("big")
+    with strict_server.direct() as d:
+        with pytest.raises(IntegrityError):
+            d.load("big")
+        assert not d.verify().ok
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_raw_client_that_commits_after_s3_refused_its_bytes_is_refused(
+    multipart: bool, strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """An attacker with raw HTTP: it asks for a plan declaring one file's digests, PUTs other
+    bytes with the signed header (S3 says BadDigest) and without it (S3 says the signature does
+    not match), then commits anyway. The server finds the parts missing, aborts, commits nothing."""
+    data = _data(2 * PART + 1, seed=21)
+    dec = declare(_file(tmp_path, data), PART)
+    parts = dec.part_sha256s if multipart else [dec.sha256]
+    evil = bytearray(data)
+    evil[PART + 7] ^= 0xFF  # in the second part
+    with strict_server.client() as c:
+        answer = c.request(
+            "POST",
+            "/uploads/presigned",
+            json={
+                "model": "m",
+                "extension": ".joblib",
+                "size": dec.size,
+                "sha256": dec.sha256,
+                "part_size": PART if multipart else dec.size,
+                "part_sha256s": parts,
+            },
+        )
+        plan = UploadPlan.from_json(answer["presigned"])
+        assert plan.kind == ("multipart" if multipart else "single")
+        for part in plan.parts:
+            body = bytes(evil[part.start : part.end])
+            assert httpx.put(part.url, content=body, headers=part.headers).status_code in (200, 400)
+            assert httpx.put(part.url, content=body).status_code == 403  # the signed header left out
+        refused = [status for _, _, status in strict_s3.injected]
+        assert refused.count(400) == 1 and refused.count(403) == len(plan.parts)  # BadDigest once: one part differs
+        missing = r"part\(s\) \[2\] of 3 were never uploaded" if multipart else "nothing was uploaded"
+        with pytest.raises(IntegrityError, match=missing):
+            c.request("POST", "/models/m/commit", json={"upload": answer["upload"], "record": {}})
+        assert "m" not in c.list_models()
+    assert s3_bucket.pending_uploads() == []
+    assert not [k for k in s3_bucket.object_keys("models/") if "/.tmp/" in f"/{k}" or k.startswith("models/m/")]
 
 
 def test_expired_urls_are_refused(s3_bucket: S3Bucket, strict_s3: FaultProxy, tmp_path: Path) -> None:
@@ -448,6 +580,21 @@ def test_abandoned_presigned_multipart_upload_is_aborted_by_gc(s3_bucket: S3Buck
     assert s3_bucket.pending_uploads() == []
     abort_upload(p.store, plan)  # already gone: not an error
     p.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, PART - 1, PART, 3 * PART, 3 * PART + 7])
+def test_declare_hashes_every_part_and_takes_a_known_whole_digest(n: int, tmp_path: Path) -> None:
+    """The parts are hashed on helper threads, in order; a SHA-256 the caller already has (a
+    save's) is taken as the whole file's instead of hashing every byte a second time."""
+    data = _data(n, seed=n % 97)
+    path = _file(tmp_path, data)
+    cuts = range(0, max(n, 1), PART)
+    want = [hashlib.sha256(data[start : start + PART]).hexdigest() for start in cuts]
+    dec = declare(path, PART)
+    assert (dec.size, dec.sha256, dec.part_sha256s) == (n, hashlib.sha256(data).hexdigest(), want)
+    with open(path, "rb") as f:
+        known = declare(f, PART, sha256=dec.sha256)
+    assert known == dec
 
 
 def test_bad_input_is_refused_clearly(s3_bucket: S3Bucket, tmp_path: Path) -> None:

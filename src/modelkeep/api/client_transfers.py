@@ -592,7 +592,7 @@ class TransferMixin:
         from ..errors import ConfigError
         from ..storage.presigned_client import declare, upload_plan
 
-        declared = declare(path, PRESIGNED_PART)
+        declared = declare(path, PRESIGNED_PART, sha256=art.sha256)  # the save hashed the file already
         body = {
             **params,
             "overwrite": bool(params.get("overwrite")),

@@ -10,9 +10,10 @@ multipart upload and removes an abandoned object like any interrupted save's.
 :func:`complete_upload` lists the parts S3 holds and refuses a missing, extra or resized part
 or one whose checksum differs from the plan, completes the upload, and then (by default) reads
 the staged object once through the hashing path (ranged GETs, parts in flight) to check the
-whole file and every part against the declaration before anyone commits it. That read is the
-check that does not depend on the S3 implementation: moto (the test server) enforces neither
-checksums nor expiry, and S3-compatible stores differ. It returns the SHA-256 and, given the
+whole file (or, without a declared whole-file SHA-256, every part) against the declaration
+before anyone commits it. That read is the check that does not depend on the S3
+implementation: moto (the test server) enforces neither checksums nor expiry, and
+S3-compatible stores differ. It returns the SHA-256 and, given the
 artifact's payload ranges, the BLAKE3 record a load checks, computed by the server from the
 stored bytes, not taken from the client.
 
@@ -114,7 +115,9 @@ class CompletedUpload:
     size: int
     #: SHA-256 of the whole file as stored (hex); ``None`` if the bytes were not read back.
     sha256: str | None
-    #: SHA-256 of each part as declared and, when read back, as stored (hex).
+    #: SHA-256 of each part as declared (hex); read back and checked one by one only when the
+    #: whole file's SHA-256 was not declared (when it was, the stored bytes hashing to it is the
+    #: check: they are the file the client declared).
     part_sha256s: list[str]
     #: The BLAKE3 record a load checks (``{"sha256", "skeleton", ["payload", "ranges"]}``),
     #: when the bytes were read back.
@@ -330,8 +333,8 @@ def complete_upload(
 
     A multipart upload's parts are listed first: a part missing, added beyond the plan, of
     another size, or with another SHA-256 than declared refuses the upload (aborted). With
-    ``verify`` the staged object is then read once, ranged GETs in parallel, and its size,
-    every part's SHA-256 and the whole file's (when declared) must match; ``ranges`` (the
+    ``verify`` the staged object is then read once, ranged GETs in parallel, and its size and
+    the whole file's SHA-256 (or, when none was declared, every part's) must match; ``ranges`` (the
     artifact's payload ranges, from the client's format) add the BLAKE3 record a load
     checks. A mismatch deletes the staged object and raises :class:`IntegrityError`; S3
     failures are :class:`StorageError`. Without ``verify`` the server relies on S3 having
@@ -372,17 +375,17 @@ def complete_upload(
         key = store.stage().tmp_key
         store.move(plan.key, key)
     try:
-        sha256, part_sha256s, blake3 = _read_back(store, key, plan, ranges)
-        for n, (want, got) in enumerate(zip(declared, part_sha256s, strict=True), 1):
-            if want != got:
-                raise IntegrityError(f"part {n}'s bytes hash to {got[:16]}..., declared {want[:16]}...")
+        sha256, stored_parts, blake3 = _read_back(store, key, plan, ranges)
         if plan.sha256 is not None and plan.sha256 != sha256:
             raise IntegrityError(f"its bytes hash to {sha256[:16]}..., declared {plan.sha256[:16]}...")
+        for n, (want, got) in enumerate(zip(declared, stored_parts or declared, strict=True), 1):
+            if want != got:
+                raise IntegrityError(f"part {n}'s bytes hash to {got[:16]}..., declared {want[:16]}...")
     except IntegrityError as exc:
         with contextlib.suppress(Exception):
             store.delete(key, missing_ok=True)
         raise _refuse(store, plan, str(exc)) from None
-    return CompletedUpload(key, plan.size, sha256, part_sha256s, blake3)
+    return CompletedUpload(key, plan.size, sha256, stored_parts or declared, blake3)
 
 
 _ENFORCES: weakref.WeakKeyDictionary[S3Store, bool] = weakref.WeakKeyDictionary()
@@ -451,11 +454,14 @@ def _probe_part(store: S3Store) -> bool:
 
 def _read_back(
     store: S3Store, key: str, plan: UploadPlan, ranges: Sequence[Sequence[int]] | None
-) -> tuple[str, list[str], dict[str, Any] | None]:
-    """Hash the staged object ``key`` as stored: whole-file and per-part SHA-256, and BLAKE3 split by
-    ``ranges``; :class:`IntegrityError` if it is shorter or longer than planned."""
-    whole = BackgroundHash("sha256")  # on a helper thread, while this one hashes the parts
+) -> tuple[str, list[str] | None, dict[str, Any] | None]:
+    """Hash the staged object ``key`` as stored: its SHA-256, BLAKE3 split by ``ranges``, and,
+    only when the plan declares no whole-file SHA-256, each part's (else ``None``: the whole
+    file's digest is the check, and a second SHA-256 pass over every byte would add nothing);
+    :class:`IntegrityError` if it is shorter or longer than planned."""
+    whole = BackgroundHash("sha256")  # on a helper thread, while this one hashes the rest
     split = SplitHash([tuple(r) for r in ranges]) if ranges is not None else None  # type: ignore[misc]
+    by_part = plan.sha256 is None
     bounds = [p.end for p in plan.parts]
     part_hashes: list[str] = []
     current = new_hash("sha256")
@@ -467,7 +473,7 @@ def _read_back(
                 whole.update(view)  # bytes: never changed, hashed later
                 if split is not None:
                     split.update(view)
-                while view.nbytes:
+                while by_part and view.nbytes:
                     take = min(view.nbytes, bounds[len(part_hashes)] - pos)
                     current.update(view[:take])
                     view, pos = view[take:], pos + take
@@ -484,7 +490,7 @@ def _read_back(
         if ranges:
             record["payload"] = split.payload.hexdigest()
             record["ranges"] = [list(r) for r in ranges]
-    return sha256, part_hashes, record
+    return sha256, part_hashes if by_part else None, record
 
 
 def _exact(chunks: Iterator[bytes], size: int, where: str) -> Iterator[bytes]:
