@@ -332,6 +332,32 @@ def test_bad_key_files_are_config_errors_naming_the_file(tmp_path: Path) -> None
         ModelPersistence(tmp_path / "models", signing_key_file=str(ed))
 
 
+def test_keys_are_read_by_cryptographys_own_loaders_without_its_ssh_support(tmp_path: Path) -> None:
+    """Reading keys skips ``serialization``'s ``__init__`` (its SSH support: ciphers, bcrypt;
+    ~12 ms of ``modelkeep info``), with the very loaders and encodings that package exports."""
+    from cryptography.hazmat.primitives import serialization
+
+    reading = keys._reading()
+    for name in ("load_pem_private_key", "load_pem_public_key", "Encoding", "PublicFormat"):
+        assert getattr(reading, name) is getattr(serialization, name)
+    private, public = key_pair(tmp_path, "k")
+    script = (
+        "import sys\n"
+        "from modelkeep import keys\n"
+        f"priv = keys.load_private_key({str(private)!r})\n"
+        f"pub = keys.load_public_key({str(public)!r})\n"
+        "print(priv.fingerprint, pub.fingerprint, pub.name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat.primitives.serialization')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    fingerprints, loaded = out.splitlines()
+    key = serialization.load_pem_public_key(public.read_bytes())
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    expected = hashlib.sha256(der).hexdigest()
+    assert fingerprints == f"{expected} {expected} k"
+    assert loaded == "[]"
+
+
 # -- rotation ----------------------------------------------------------------------------------
 
 
