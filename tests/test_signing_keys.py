@@ -334,7 +334,7 @@ def test_bad_key_files_are_config_errors_naming_the_file(tmp_path: Path) -> None
 
 def test_keys_are_read_by_cryptographys_own_loaders_without_its_ssh_support(tmp_path: Path) -> None:
     """Reading keys skips ``serialization``'s ``__init__`` (its SSH support: ciphers, bcrypt;
-    ~12 ms of ``modelkeep info``), with the very loaders and encodings that package exports."""
+    ~10 ms of ``modelkeep info``), with the very loaders and encodings that package exports."""
     from cryptography.hazmat.primitives import serialization
 
     reading = keys._reading()

@@ -92,11 +92,11 @@ def check_name(name: str | None) -> str | None:
 def _reading() -> Any:
     """What reading a key needs of ``cryptography.hazmat.primitives.serialization``: its PEM
     loaders and encodings, without importing that package, whose ``__init__`` imports its SSH
-    key support (ciphers, bcrypt): about 12 ms of ``modelkeep info``'s 150 (issue 29), which
+    key support (ciphers, bcrypt): about 10 ms of ``modelkeep info``'s 150 (issue 29), which
     only reads the per-user key to check a signature. They are the same objects: the package
     re-exports the Rust binding's loaders (``serialization.base``) and the encodings of
-    ``primitives._serialization`` (``tests/test_keys.py`` checks it); any other layout of a
-    future ``cryptography`` takes the package itself."""
+    ``primitives._serialization`` (``tests/test_signing_keys.py`` checks it); any other layout
+    of a future ``cryptography`` takes the package itself."""
     if _READING:
         return _READING[0]
     try:
