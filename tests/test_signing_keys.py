@@ -358,6 +358,23 @@ def test_keys_are_read_by_cryptographys_own_loaders_without_its_ssh_support(tmp_
     assert loaded == "[]"
 
 
+def test_keys_are_read_through_serialization_when_cryptography_is_laid_out_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``cryptography`` without the modules :func:`keys._reading` takes its loaders from
+    still reads keys, through the ``serialization`` package, with the same fingerprints."""
+    from cryptography.hazmat.primitives import serialization
+
+    private, public = key_pair(tmp_path, "k")
+    expected = keys.load_public_key(public).fingerprint
+    monkeypatch.setattr(keys, "_READING", [])
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.bindings._rust", None)  # import fails
+    assert keys._reading() is serialization
+    assert keys.load_private_key(private).fingerprint == keys.load_public_key(public).fingerprint == expected
+    with pytest.raises(ConfigError, match="holds a private key"):
+        keys.load_public_key(private)
+
+
 # -- rotation ----------------------------------------------------------------------------------
 
 
