@@ -332,6 +332,49 @@ def test_bad_key_files_are_config_errors_naming_the_file(tmp_path: Path) -> None
         ModelPersistence(tmp_path / "models", signing_key_file=str(ed))
 
 
+def test_keys_are_read_by_cryptographys_own_loaders_without_its_ssh_support(tmp_path: Path) -> None:
+    """Reading keys skips ``serialization``'s ``__init__`` (its SSH support: ciphers, bcrypt;
+    ~10 ms of ``modelkeep info``), with the very loaders and encodings that package exports."""
+    from cryptography.hazmat.primitives import serialization
+
+    reading = keys._reading()
+    for name in ("load_pem_private_key", "load_pem_public_key", "Encoding", "PublicFormat"):
+        assert getattr(reading, name) is getattr(serialization, name)
+    private, public = key_pair(tmp_path, "k")
+    script = (
+        "import sys\n"
+        "from modelkeep import keys\n"
+        f"priv = keys.load_private_key({str(private)!r})\n"
+        f"pub = keys.load_public_key({str(public)!r})\n"
+        "print(priv.fingerprint, pub.fingerprint, pub.name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat.primitives.serialization')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    fingerprints, loaded = out.splitlines()
+    key = serialization.load_pem_public_key(public.read_bytes())
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    expected = hashlib.sha256(der).hexdigest()
+    assert fingerprints == f"{expected} {expected} k"
+    assert loaded == "[]"
+
+
+def test_keys_are_read_through_serialization_when_cryptography_is_laid_out_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``cryptography`` without the modules :func:`keys._reading` takes its loaders from
+    still reads keys, through the ``serialization`` package, with the same fingerprints."""
+    from cryptography.hazmat.primitives import serialization
+
+    private, public = key_pair(tmp_path, "k")
+    expected = keys.load_public_key(public).fingerprint
+    monkeypatch.setattr(keys, "_READING", [])
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.bindings._rust", None)  # import fails
+    assert keys._reading() is serialization
+    assert keys.load_private_key(private).fingerprint == keys.load_public_key(public).fingerprint == expected
+    with pytest.raises(ConfigError, match="holds a private key"):
+        keys.load_public_key(private)
+
+
 # -- rotation ----------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
@@ -88,9 +89,39 @@ def check_name(name: str | None) -> str | None:
     return name
 
 
-def _der(public_key: ec.EllipticCurvePublicKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+def _reading() -> Any:
+    """What reading a key needs of ``cryptography.hazmat.primitives.serialization``: its PEM
+    loaders and encodings, without importing that package, whose ``__init__`` imports its SSH
+    key support (ciphers, bcrypt): about 10 ms of ``modelkeep info``'s 150 (issue 29), which
+    only reads the per-user key to check a signature. They are the same objects: the package
+    re-exports the Rust binding's loaders (``serialization.base``) and the encodings of
+    ``primitives._serialization`` (``tests/test_signing_keys.py`` checks it); any other layout
+    of a future ``cryptography`` takes the package itself."""
+    if _READING:
+        return _READING[0]
+    try:
+        from cryptography.hazmat.bindings._rust import openssl
+        from cryptography.hazmat.primitives import _serialization
 
+        reading: Any = SimpleNamespace(
+            load_pem_private_key=openssl.keys.load_pem_private_key,
+            load_pem_public_key=openssl.keys.load_pem_public_key,
+            Encoding=_serialization.Encoding,
+            PublicFormat=_serialization.PublicFormat,
+        )
+    except (ImportError, AttributeError):
+        from cryptography.hazmat.primitives import serialization
+
+        reading = serialization
+    _READING.append(reading)
+    return reading
+
+
+_READING: list[Any] = []
+
+
+def _der(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    serialization = _reading()
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -206,7 +237,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     """Read an unencrypted PEM P-256 private key; :class:`ConfigError` names a bad file."""
-    from cryptography.hazmat.primitives import serialization
+    serialization = _reading()
 
     where = Path(path)
     text = _read(where, "signing key file")
@@ -215,7 +246,7 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"signing key file {str(where)!r} is not an unencrypted PEM private key: {exc}") from None
     _check_curve(key, f"signing key file {str(where)!r}")
-    return PrivateKey(key, _read_name(text), where)  # type: ignore[arg-type]
+    return PrivateKey(key, _read_name(text), where)
 
 
 def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
@@ -226,8 +257,7 @@ def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
 
 def public_key_from_pem(text: bytes, what: str = "public key", source: str | None = None) -> PublicKey:
     """A P-256 public key from PEM text; :class:`ConfigError` (starting with ``what``) otherwise."""
-    from cryptography.hazmat.primitives import serialization
-
+    serialization = _reading()
     if b"PRIVATE KEY-----" in text:
         raise ConfigError(f"{what} holds a private key; give its public key instead ('modelkeep keys export-public')")
     try:
@@ -235,7 +265,7 @@ def public_key_from_pem(text: bytes, what: str = "public key", source: str | Non
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{what} is not a PEM public key: {exc}") from None
     _check_curve(key, what)
-    return PublicKey(key, _read_name(text), source)  # type: ignore[arg-type]
+    return PublicKey(key, _read_name(text), source)
 
 
 def names_key(entry: str, fingerprint: str | None) -> bool:

@@ -26,7 +26,6 @@ checks that on the same registries, SQLite and PostgreSQL.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +127,8 @@ class ReadOnlyIndex:
         upgrade, a newer one the library's "upgrade modelkeep" error)."""
         if not path.is_file():
             return None
+        import sqlite3  # here: PostgreSQL's commands need none of it (~1 ms)
+
         try:
             conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
         except sqlite3.Error:
