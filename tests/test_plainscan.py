@@ -75,9 +75,13 @@ def test_the_c_scanner_is_built_and_used() -> None:
     """``pip install -e .`` (and CI's ``pip install -e ".[test]"``) compile the extension: the
     pure-Python scan is only the fallback of an install without a compiler."""
     assert _fastpath.SCANNER == "c"
-    assert _fastpath._plainscan is not None
+    from modelkeep.formats._plainscan import walk
+
     data = pickle.dumps(PLAIN["tuples"], protocol=5)
-    assert _fastpath._plainscan.walk(data, _fastpath.FAST_DEPTH, 10, 10**6, 10**6) is True
+    assert walk(data, _fastpath.FAST_DEPTH, 10, 10**6, 10**6) is True
+    from modelkeep.doctor import _scanner_check
+
+    assert _scanner_check().detail == "compiled (formats/_plainscan.c)"
 
 
 # -- generated plain data ---------------------------------------------------------------------

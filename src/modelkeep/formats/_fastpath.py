@@ -58,12 +58,12 @@ PREFIX_BYTES = 1 << 20
 _MISS = object()
 
 try:
-    from . import _plainscan  # type: ignore[attr-defined]
+    from ._plainscan import walk as _c_walk
 except ImportError:  # built without a compiler: the pure-Python scan
-    _plainscan = None
+    _c_walk = None
 
 #: Which scan :func:`prove_plain` runs: ``"c"`` (the compiled extension) or ``"python"``.
-SCANNER = "python" if _plainscan is None else "c"
+SCANNER = "python" if _c_walk is None else "c"
 
 
 def _table() -> list[int]:
@@ -197,8 +197,8 @@ def prove_plain(data: Any, *, partial: bool = False) -> bool | None:
     with the restricted unpickler, which refuses what is unsafe with its own error. With
     ``partial=True``, ``data`` is the start of a stream: running off its end gives ``None``
     ("plain so far")."""
-    if _plainscan is not None:
-        proven = _plainscan.walk(data, FAST_DEPTH, MAX_DEPTH, MAX_STACK, MAX_LOADED_OBJECTS)
+    if _c_walk is not None:
+        proven = _c_walk(data, FAST_DEPTH, MAX_DEPTH, MAX_STACK, MAX_LOADED_OBJECTS)
         if proven is None:  # where _walk raises IndexError
             return None if partial else False
         return bool(proven)
