@@ -372,7 +372,11 @@ def unpickle_section(results: dict[str, Any]) -> list[str]:
     lines = ["## Unpickling object-heavy pickles (bench/unpickle.py)", ""]
     if not section or "rows" not in section:
         return [*lines, f"_{(section or {}).get('error') or 'section not run'}_", ""]
+    scanner = section.get("scanner", "python")
+    ab = all("python_scan_ratio" in row for row in section["rows"])
     header = ["workload", "format", "fast path", "pickle.loads", "format load", "ratio", "restricted", "scan floor"]
+    if ab:
+        header += ["ratio, Python scan", "floor, Python scan"]
     body = [
         [
             row["workload"],
@@ -383,12 +387,17 @@ def unpickle_section(results: dict[str, Any]) -> list[str]:
             f"{row['ratio']:.2f}x",
             f"{row['restricted_ratio']:.2f}x",
             f"{row['floor_ratio']:.2f}x",
+            *([f"{row['python_scan_ratio']:.2f}x", f"{row['python_floor_ratio']:.2f}x"] if ab else []),
         ]
         for row in section["rows"]
     ]
+    which = "the C extension (formats/_plainscan.c)" if scanner == "c" else "pure Python (the extension was not built)"
     note = (
         "_ratio: the format's load over `pickle.loads`; restricted: the restricted unpickler alone (the path "
-        "before the fast path); scan floor: the fast path's pre-scan plus `pickle.loads`, over `pickle.loads`._"
+        "before the fast path); scan floor: the fast path's pre-scan plus `pickle.loads`, over `pickle.loads`. "
+        f"Pre-scan: {which}"
+        + ("; the last two columns: the same with the pure-Python scan, timed in the same rounds" if ab else "")
+        + "._"
     )
     return [*lines, *_table(header, body), note, ""]
 

@@ -401,9 +401,10 @@ def _unpickle(results: dict[str, Any]) -> list[Verdict]:
             row.get("pickle.loads_s"),
             row.get("target", 1.5),
         )
-        if verdict.met is False:  # the floor: the pre-scan in Python plus the C unpickler
+        if verdict.met is False:  # the floor: the pre-scan (C, or the Python fallback) plus the C unpickler
+            scan = "C pre-scan" if row.get("scanner") == "c" else "Python pre-scan"
             verdict = dataclasses.replace(
-                verdict, note=f"{verdict.note}; floor: pre-scan + pickle.loads = {row.get('floor_ratio')}{X}"
+                verdict, note=f"{verdict.note}; floor: {scan} + pickle.loads = {row.get('floor_ratio')}{X}"
             )
         verdicts.append(verdict)
     if not verdicts:

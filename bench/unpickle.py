@@ -5,13 +5,17 @@ Each workload is pickled once (protocol 5); every round then loads the same byte
 the integrity check: the fast path of formats/_fastpath.py when the stream is proven plain,
 else the restricted unpickler), with the restricted unpickler alone (the path before the fast
 path), and runs the fast path's pre-scan alone (its floor: the fast path costs at least the
-scan plus the C unpickler). Rounds interleave the sides; medians are reported::
+scan plus the C unpickler). The pre-scan is the compiled one (formats/_plainscan.c) when it was
+built: then the format load and the scan are also timed with the pure-Python scan (the fallback
+of an install without a compiler), interleaved, for the A/B. Rounds interleave the sides;
+medians are reported::
 
     PYTHONPATH=src python bench/unpickle.py [--rounds 5] [--quick]
 
-:func:`run` returns ``{"rows": [...]}``, one row per (workload, format) with the medians in
-seconds and ``ratio`` (format load / ``pickle.loads``), which bench/targets.py checks
-against the issue's 1.5x.
+:func:`run` returns ``{"scanner": "c" | "python", "rows": [...]}``, one row per (workload,
+format) with the medians in seconds and ``ratio`` (format load / ``pickle.loads``), which
+bench/targets.py checks against the issue's 1.5x; with the C scanner, ``python_scan_ratio`` and
+``python_floor_ratio`` are the same figures with the Python scan.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def _time(fn: Callable[[], Any]) -> float:
 def _sides(obj: Any, fmt: str, blob_dir: str) -> dict[str, Callable[[], Any]]:
     """Loaders of the same object: baseline, format load, restricted unpickler, scan."""
     from modelkeep.blobs import BlobStore
-    from modelkeep.formats._fastpath import prove_plain
+    from modelkeep.formats import _fastpath
+    from modelkeep.formats._fastpath import prove_plain, prove_plain_python
     from modelkeep.formats._restricted import RestrictedUnpickler, TrustPolicy
     from modelkeep.formats.budget import LoadBudget
     from modelkeep.formats.native import NativeFormat
@@ -106,16 +111,29 @@ def _sides(obj: Any, fmt: str, blob_dir: str) -> dict[str, Callable[[], Any]]:
         )
         return checked(unpickler.load())
 
-    return {
+    def with_python_scan() -> Any:
+        compiled, _fastpath._c_walk = _fastpath._c_walk, None
+        try:
+            return format_load()
+        finally:
+            _fastpath._c_walk = compiled
+
+    sides = {
         "pickle.loads": lambda: pickle.loads(data, buffers=buffers),
         "format load": format_load,
         "restricted unpickler": restricted,
         "pre-scan": lambda: prove_plain(data),
     }
+    if _fastpath.SCANNER == "c":
+        sides["format load, python scan"] = with_python_scan
+        sides["python pre-scan"] = lambda: prove_plain_python(data)
+    return sides
 
 
 def run(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
     """Medians per (workload, format); ``ratio`` is format load over ``pickle.loads``."""
+    from modelkeep.formats._fastpath import SCANNER
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="mk-unpickle-") as blob_dir:
         for label, obj in workloads(quick).items():
@@ -126,19 +144,23 @@ def run(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
                     for name, fn in sides.items():
                         times[name].append(_time(fn))
                 med = {name: statistics.median(ts) for name, ts in times.items()}
-                rows.append(
-                    {
-                        "workload": label,
-                        "format": fmt,
-                        "fast_path": bool(sides["pre-scan"]()),
-                        **{f"{name}_s": round(value, 5) for name, value in med.items()},
-                        "ratio": round(med["format load"] / med["pickle.loads"], 3),
-                        "restricted_ratio": round(med["restricted unpickler"] / med["pickle.loads"], 3),
-                        "floor_ratio": round((med["pre-scan"] + med["pickle.loads"]) / med["pickle.loads"], 3),
-                        "target": TARGET_RATIO,
-                    }
-                )
-    return {"rows": rows}
+                base = med["pickle.loads"]
+                row = {
+                    "workload": label,
+                    "format": fmt,
+                    "scanner": SCANNER,
+                    "fast_path": bool(sides["pre-scan"]()),
+                    **{f"{name}_s": round(value, 5) for name, value in med.items()},
+                    "ratio": round(med["format load"] / base, 3),
+                    "restricted_ratio": round(med["restricted unpickler"] / base, 3),
+                    "floor_ratio": round((med["pre-scan"] + base) / base, 3),
+                    "target": TARGET_RATIO,
+                }
+                if "python pre-scan" in med:
+                    row["python_scan_ratio"] = round(med["format load, python scan"] / base, 3)
+                    row["python_floor_ratio"] = round((med["python pre-scan"] + base) / base, 3)
+                rows.append(row)
+    return {"scanner": SCANNER, "rows": rows}
 
 
 def main() -> None:
@@ -148,13 +170,17 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     result = run(args.rounds, args.quick)
-    print("| workload | format | fast path | pickle.loads | format load | ratio | restricted | scan floor |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    ab = result["scanner"] == "c"
+    print(f"pre-scan: {'C extension (formats/_plainscan.c)' if ab else 'pure Python (the extension is not built)'}")
+    extra = " python scan | python scan floor |" if ab else ""
+    print(f"| workload | format | fast path | pickle.loads | format load | ratio | restricted | scan floor |{extra}")
+    print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if ab else ""))
     for row in result["rows"]:
+        tail = f" {row['python_scan_ratio']:.2f}x | {row['python_floor_ratio']:.2f}x |" if ab else ""
         print(
             f"| {row['workload']} | {row['format']} | {'yes' if row['fast_path'] else 'no'} "
             f"| {row['pickle.loads_s'] * 1e3:.0f} ms | {row['format load_s'] * 1e3:.0f} ms | {row['ratio']:.2f}x "
-            f"| {row['restricted_ratio']:.2f}x | {row['floor_ratio']:.2f}x |"
+            f"| {row['restricted_ratio']:.2f}x | {row['floor_ratio']:.2f}x |{tail}"
         )
     if args.json:
         with open(args.json, "w") as out:

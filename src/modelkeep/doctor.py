@@ -5,7 +5,7 @@ reads; the store is reachable, writable and readable (a small probe object
 under ``.tmp/`` is written, read back and removed; a local folder that does not
 exist is not created); which key signs a save (the per-user ECDSA key is reported,
 never created) and where the trusted types come from; any write claims left by
-writers that died.
+writers that died; and whether the pre-scan of plain pickles runs compiled.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
     if server is not None:  # a registry server: the store and the index are its business
         report.checks.append(_check_server(server, p.token.get_secret_value() if p.token else None))
         _key_checks(report, p)
+        report.checks.append(_scanner_check())
         return report
     store = None
     try:
@@ -94,7 +95,23 @@ def run_doctor(settings: Settings) -> DoctorReport:
     if store is not None:
         report.checks.append(_check_store(store, TMP_DIR))
     _key_checks(report, p)
+    report.checks.append(_scanner_check())
     return report
+
+
+def _scanner_check() -> Check:
+    """Which pre-scan proves a pickle plain data (formats/_fastpath.py): never a failure, the
+    pure-Python one is only slower."""
+    from .formats._fastpath import SCANNER
+
+    if SCANNER == "c":
+        return Check("pickle pre-scan", True, "compiled (formats/_plainscan.c)")
+    return Check(
+        "pickle pre-scan",
+        True,
+        "pure Python: the C extension was not built (reinstall with a C compiler and the Python headers); "
+        "pickles of many small objects load a few times slower",
+    )
 
 
 def _key_checks(report: DoctorReport, p: Any) -> None:

@@ -16,7 +16,8 @@ restricted unpickler load the stream as before. The proof refuses (falls back on
   computes is the depth of the result), and a memo ``PUT`` past the next free index (the C
   unpickler grows its memo array to twice the index, touching every slot);
 - a length (``BINUNICODE``, ``BINBYTES8``, ``BYTEARRAY8``, ``LONG4``, ``FRAME`` ...) past the
-  end of the stream (the C unpickler allocates what a length claims before it reads);
+  end of the stream (the C unpickler allocates what a length claims before it reads); for the
+  prefix of a compressed stream (``partial=True``) that is "plain so far", as a cut opcode is;
 - nesting deeper than :data:`FAST_DEPTH` (the C unpickler hashes a dict key or set item
   recursively: a million nested tuples as a key crash the interpreter), more than
   ``MAX_DEPTH`` marks or ``MAX_STACK`` stack items (the restricted unpickler's limits);
@@ -25,8 +26,11 @@ restricted unpickler load the stream as before. The proof refuses (falls back on
 - a stream whose bytes, with :data:`~modelkeep.formats._restricted.ITEM_BYTES` per item,
   could pass the load's :class:`~modelkeep.formats.budget.LoadBudget`.
 
-The scan is a loop over the opcodes in Python: it costs about as much as the C unpickler
-itself, which is the floor of this design (bench/unpickle.py measures both).
+The scan runs in C when the optional extension :mod:`modelkeep.formats._plainscan` was built
+(``pip install`` compiles ``_plainscan.c``; :data:`SCANNER` says ``"c"``): the same proof,
+opcode for opcode, at a small fraction of the C unpickler's time. Without a compiler the install
+still succeeds and the scan is the loop over the opcodes in Python below (:data:`SCANNER` is
+``"python"``), which costs about as much as the C unpickler itself (bench/unpickle.py measures both).
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ MIN_FAST_BYTES = 4096
 PREFIX_BYTES = 1 << 20
 
 _MISS = object()
+
+try:
+    from ._plainscan import walk as _c_walk
+except ImportError:  # built without a compiler: the pure-Python scan
+    _c_walk = None
+
+#: Which scan :func:`prove_plain` runs: ``"c"`` (the compiled extension) or ``"python"``.
+SCANNER = "python" if _c_walk is None else "c"
 
 
 def _table() -> list[int]:
@@ -185,6 +197,16 @@ def prove_plain(data: Any, *, partial: bool = False) -> bool | None:
     with the restricted unpickler, which refuses what is unsafe with its own error. With
     ``partial=True``, ``data`` is the start of a stream: running off its end gives ``None``
     ("plain so far")."""
+    if _c_walk is not None:
+        proven = _c_walk(data, FAST_DEPTH, MAX_DEPTH, MAX_STACK, MAX_LOADED_OBJECTS)
+        if proven is None:  # where _walk raises IndexError
+            return None if partial else False
+        return bool(proven)
+    return prove_plain_python(data, partial=partial)
+
+
+def prove_plain_python(data: Any, *, partial: bool = False) -> bool | None:
+    """:func:`prove_plain` by the pure-Python scan (what runs without the compiled extension)."""
     try:
         return _walk(data)
     except IndexError:  # a truncated argument or an empty stack: let the full unpickler say so
@@ -276,14 +298,16 @@ def _walk(data: bytes) -> bool:
         elif op == _FRAME:
             length = int.from_bytes(data[pos : pos + 8], "little")
             pos += 8
-            if length > end - pos:
-                return False
+            if length > end - pos:  # past the end: not proven (for a prefix, plain so far)
+                raise IndexError
         elif op in _COUNTED:
             width, signed = _COUNTED[op]
             length = int.from_bytes(data[pos : pos + width], "little", signed=signed)
             pos += width
-            if length < 0 or length > end - pos:
-                return False  # the C unpickler would allocate the claimed length first
+            if pos > end or length > end - pos:  # the C unpickler would allocate the claimed length first:
+                raise IndexError  # not proven (but a prefix cut in the middle of a string is plain so far)
+            if length < 0:
+                return False
             pos += length
             push(0)
         elif op in _PUTS:
