@@ -6,9 +6,11 @@ waits for each part in turn. :class:`S3Store` submits the coroutines itself
 at once, with the credentials, endpoint, timeouts and retries s3fs was given.
 
 * Uploads (:class:`ParallelUpload`): a multipart upload whose parts go up while the caller
-  writes; memory stays near ``(max_concurrency + 1) x part_size``. The SHA-256 and BLAKE3
-  digests are still computed by :class:`~.hashing.HashingWriter` from the same stream, in
-  one pass. A file smaller than one part is one ``PUT``. A failure aborts the upload.
+  writes; memory stays near ``(max_concurrency + 1) x part_size`` (one longer part, an
+  immutable ``bytes`` write sent uncopied, may be alone in flight). Each part goes to botocore
+  as a file object, which aiohttp sends in slices. The SHA-256 and BLAKE3 digests are still
+  computed by :class:`~.hashing.HashingWriter` from the same stream, in one pass. A file
+  smaller than one part is one ``PUT``. A failure aborts the upload.
 * Downloads (:meth:`S3Store.stream`): ranged ``GET``\\ s, ``max_concurrency`` in flight,
   yielded in order; a load checks the digests of what it read before anything is parsed
   (see :mod:`.verified`), so bytes of a half-replaced object are refused, never parsed.
@@ -30,7 +32,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, BinaryIO
 
 from ..errors import StorageError
@@ -294,8 +296,18 @@ class ParallelUpload(io.RawIOBase):
     """A write-only file that uploads to S3 as a multipart upload with several parts in flight.
 
     Bytes are gathered into parts of ``store.part_size``; each full part is sent at once
-    while the caller goes on writing, at most ``store.max_concurrency`` at a time. Parts
-    double in size every 1,000 parts, so no artifact reaches S3's 10,000-part limit."""
+    while the caller goes on writing, at most ``store.max_concurrency`` at a time (and at most
+    that many parts' worth of bytes). Parts double in size every 1,000 parts, so no artifact
+    reaches S3's 10,000-part limit.
+
+    A write of a whole ``bytes`` object (immutable: nobody can change it while it is sent) of
+    one to :attr:`WHOLE_PARTS` parts ends a part: appended to the bytes gathered, if any, or
+    else sent as a part of its own as it is, without being copied into a part buffer (joblib
+    writes arrays as 16 MiB ``bytes`` chunks: every chunk but the first is sent uncopied). A
+    part is never shorter than ``part_size``, so this never makes more parts."""
+
+    #: A write of a whole ``bytes`` object up to this many parts long may be sent uncopied.
+    WHOLE_PARTS = 4
 
     def __init__(self, store: S3Store, key: str, *, resumable: bool = False, exclusive: bool = False) -> None:
         super().__init__()
@@ -313,9 +325,13 @@ class ParallelUpload(io.RawIOBase):
         self.sent = self.reused = 0
         self._bucket, self._path = store.bucket_key(key)
         self._part_size = max(MIN_PART_SIZE, store.part_size)
-        self._buf = bytearray()
+        #: The bytes gathered for the next part. A part goes to botocore as a file object, which
+        #: aiohttp sends in slices; a ``bytearray`` body was copied whole into a fresh buffer with
+        #: the request's headers, then again into the socket's send buffer.
+        self._buf = io.BytesIO()
         self._upload_id: str | None = None
-        self._in_flight: deque[tuple[int, Future[Any]]] = deque()
+        self._in_flight: deque[tuple[int, Future[Any], int]] = deque()
+        self._in_flight_bytes = 0
         self._etags: dict[int, str] = {}
         #: Each part's checksum, as the store answered it (with :attr:`_algorithm` only).
         self._checksums: dict[int, str] = {}
@@ -328,15 +344,24 @@ class ParallelUpload(io.RawIOBase):
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         n = view.nbytes
+        whole, part = view.obj, self._part_size
+        if type(whole) is bytes and n == len(whole) and part <= n <= self.WHOLE_PARTS * part:
+            if self._buf.tell():  # the gathered bytes and this write make one part: the next write starts a part
+                self._buf.write(view)
+                self._send_part()
+            else:  # immutable and long enough to be a part of its own: sent as it is
+                self._send_part(whole)
+            return n
         while view.nbytes:
-            take = min(view.nbytes, self._part_size - len(self._buf))
-            self._buf += view[:take]
+            take = min(view.nbytes, self._part_size - self._buf.tell())
+            self._buf.write(view[:take])
             view = view[take:]
-            if len(self._buf) >= self._part_size:
+            if self._buf.tell() >= self._part_size:
                 self._send_part()
         return n
 
-    def _send_part(self) -> None:
+    def _send_part(self, whole: bytes | None = None) -> None:
+        """Send the gathered bytes as the next part, or ``whole`` (nothing gathered) as it is."""
         store = self._store
         with store.translated("upload", self._key):
             if self._upload_id is None:
@@ -348,15 +373,25 @@ class ParallelUpload(io.RawIOBase):
                 declared = {} if self._algorithm is None else {"ChecksumAlgorithm": self._algorithm}
                 started = store.call("create_multipart_upload", Bucket=self._bucket, Key=self._path, **declared)
                 self._upload_id = started.result()["UploadId"]
-            while len(self._in_flight) >= store.max_concurrency:  # memory: parts in flight x part size
-                self._wait_oldest()
-            body, self._buf = self._buf, bytearray()  # handed over whole: no copy
+            if whole is None:
+                body, self._buf = self._buf, io.BytesIO()  # handed over whole: no copy
+            else:
+                body = io.BytesIO(whole)  # shares the bytes (what botocore does with a bytes body)
+            size = body.tell() if whole is None else len(whole)
+            body.seek(0)
+            # memory: at most max_concurrency parts, and that many parts' worth of bytes, in flight
+            limit = store.max_concurrency * self._part_size
+            while self._in_flight and (
+                len(self._in_flight) >= store.max_concurrency or self._in_flight_bytes + size > limit
+            ):
+                self._wait_any()
             number = self._next_part
             self._next_part += 1
             if self.resumable:
-                md5 = hashlib.md5(body, usedforsecurity=False)
+                with body.getbuffer() as view:
+                    md5 = hashlib.md5(view, usedforsecurity=False)
                 self._md5s.append(md5.digest())
-                if self._earlier.get(number) == (f'"{md5.hexdigest()}"', len(body)):
+                if self._earlier.get(number) == (f'"{md5.hexdigest()}"', size):
                     self._etags[number] = self._earlier[number][0]  # this part is already there
                     self.reused += 1
                     return
@@ -371,7 +406,8 @@ class ParallelUpload(io.RawIOBase):
                 Body=body,
                 **declared,
             )
-            self._in_flight.append((number, future))
+            self._in_flight.append((number, future, size))
+            self._in_flight_bytes += size
         if number % 1000 == 0:
             self._part_size *= 2
 
@@ -394,8 +430,22 @@ class ParallelUpload(io.RawIOBase):
                 return upload_id
             marker = int(page["NextPartNumberMarker"])
 
+    def _wait_any(self) -> None:
+        """Wait until a part in flight is answered, and take every answered one: a new part goes
+        up as soon as any slot is free (the store answers parts out of order; waiting for the
+        oldest left slots idle while it was still being received)."""
+        wait([future for _, future, _ in self._in_flight], return_when=FIRST_COMPLETED)
+        for entry in [entry for entry in self._in_flight if entry[1].done()]:
+            self._in_flight.remove(entry)
+            self._take(entry)
+
     def _wait_oldest(self) -> None:
-        number, future = self._in_flight.popleft()
+        self._take(self._in_flight.popleft())
+
+    def _take(self, entry: tuple[int, Future[Any], int]) -> None:
+        """Record an answered part's ETag (and checksum); raises if the part failed."""
+        number, future, size = entry
+        self._in_flight_bytes -= size
         answer = future.result()
         self._etags[number] = answer["ETag"]
         if self._algorithm is not None:
@@ -410,7 +460,7 @@ class ParallelUpload(io.RawIOBase):
         """Send every byte written so far and wait for the parts in flight, so that
         :meth:`complete` has only the completion left to do (a file smaller than one part
         stays in memory: it is one ``PUT`` then)."""
-        if self._upload_id is not None and self._buf:
+        if self._upload_id is not None and self._buf.tell():
             self._send_part()
         while self._in_flight:
             self._wait_oldest()
@@ -419,10 +469,10 @@ class ParallelUpload(io.RawIOBase):
         """Send what is left and complete the upload: the object appears whole, now."""
         store = self._store
         if self._upload_id is None:  # smaller than one part: one PUT
-            self._finish("put_object", Body=bytes(self._buf))
-            self._buf = bytearray()
+            self._finish("put_object", Body=self._buf.getvalue())
+            self._buf = io.BytesIO()
         else:
-            if self._buf:
+            if self._buf.tell():
                 self._send_part()
             while self._in_flight:
                 self._wait_oldest()
@@ -478,13 +528,14 @@ class ParallelUpload(io.RawIOBase):
         if self._done:
             return
         self._done = True
-        self._buf = bytearray()
-        for _, future in self._in_flight:
+        self._buf = io.BytesIO()
+        for _, future, _ in self._in_flight:
             future.cancel()
-        for _, future in self._in_flight:
+        for _, future, _ in self._in_flight:
             with contextlib.suppress(BaseException):
                 future.result()
         self._in_flight.clear()
+        self._in_flight_bytes = 0
         if self._upload_id is not None and not self._store.unreachable and not self.resumable:
             upload_id = self._upload_id
             _quietly(
