@@ -108,7 +108,9 @@ def test_large_artifact_is_uploaded_in_parts_with_progress(
         rec = p.save_version(model, "big")
         assert rec.artifact is not None and rec.artifact.size > 20 * MiB
         parts = [path for m, path in fault_proxy.requests if m == "PUT" and "partNumber=" in path]
-        assert len(parts) >= 3  # 8 MiB parts, uploaded while joblib was still writing
+        # parts of at least 8 MiB, uploaded while joblib was still writing (a whole 16 MiB chunk
+        # of joblib's goes up as one part, uncopied: storage/s3.py ParallelUpload)
+        assert len(parts) >= 2
         loaded = p.load("big")
     assert np.array_equal(loaded["weights"], model["weights"])
     assert events == [("saving big", None, rec.artifact.size), ("loading big", rec.artifact.size, rec.artifact.size)]
