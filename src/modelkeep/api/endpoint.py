@@ -55,30 +55,29 @@ async def read_json(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except ValueError as exc:
-        raise HTTPException(400, f"the request body is not JSON{_why(exc)}") from None
+        why = f" ({exc})" if isinstance(exc, _NotANumber) else ""  # ours name the literal; the parser's, a position
+        raise HTTPException(400, f"the request body is not JSON{why}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, "the request body must be a JSON object")
     return data
 
 
+class _NotANumber(ValueError):
+    """A number JSON cannot hold, refused while the body is read (its message names the literal)."""
+
+
 def _not_json(literal: str) -> float:
     """``NaN`` and ``Infinity``: Python's reader takes them, JSON has no such numbers, and a
     NaN slips past every range check (``nan < 0`` is false)."""
-    raise ValueError(f"{literal} is not a JSON number")
+    raise _NotANumber(f"{literal} is not a JSON number")
 
 
 def _finite(text: str) -> float:
     """A JSON number as a float, refusing one too large for a float (``1e400`` reads as infinity)."""
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is too large for a number here")
+        raise _NotANumber(f"{text[:40]} is too large for a number here")
     return value
-
-
-def _why(exc: ValueError) -> str:
-    """The reason of a refusal of ours (a non-finite number), not the parser's position text."""
-    text = str(exc)
-    return f" ({text})" if text.endswith((" is not a JSON number", " is too large for a number here")) else ""
 
 
 class Body:
