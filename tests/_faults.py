@@ -17,6 +17,7 @@ import random
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 from sqlalchemy import event
@@ -144,6 +145,14 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     worker = spec["worker"]
     rng = random.Random(worker)
+    debug = os.environ.get("MODELKEEP_FAULTS_DEBUG")
+    if debug and debug != "1":  # a folder: this writer's modelkeep log goes there
+        import logging
+
+        handler = logging.FileHandler(os.path.join(debug, f"writer{worker}.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("modelkeep").addHandler(handler)
+        logging.getLogger("modelkeep").setLevel(logging.DEBUG)
     saved, failed = [], []
     for attempt in range(10):  # opening may meet the killer too, as a script would: try again
         try:
@@ -180,6 +189,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 )
             except ModelKeepError as exc:  # allowed: reported as failed, must then not be listed as ours
                 failed.append({"i": i, "error": f"{type(exc).__name__}: {exc}"})
+                if os.environ.get("MODELKEEP_FAULTS_DEBUG"):  # where it failed, for the test's report
+                    failed[-1]["traceback"] = traceback.format_exc()
                 continue
             assert rec.artifact is not None
             saved.append({"i": i, "version": rec.version, "sha256": rec.artifact.sha256})

@@ -442,3 +442,79 @@ def test_random_connection_kills_with_eight_writers_on_sqlite_lose_nothing(tmp_p
     with ModelPersistence(models_dir=models, registry_url=url) as p:
         assert_nothing_lost(p, saved, claims_left=True)
     assert len(saved) + len(failed) == 8 * 4
+
+
+# -- an overwrite's follow-ups, after its row is committed ---------------------------------------
+
+
+def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_its_commit_ack(
+    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overwrite's row is committed; the connection then dies as the COMMIT of the re-sign of
+    the aliases that point at it goes through (its answer lost). The version holds the new bytes,
+    so the save must return them, not raise: a writer that is told "failed" must not own the version."""
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        p.save_version(model_for(0, 0), "m", "1.0.0")
+        p.set_alias("m", "production", "1.0.0")
+        killer = ConnectionKiller(p, _admin_url())
+        lifecycle = type(p.index.lifecycle)
+        resign = lifecycle.resign_aliases
+        in_resign: list[bool] = []
+        fired: list[bool] = []
+
+        def hooked_resign(self: Any, *args: Any, **kwargs: Any) -> Any:
+            in_resign.append(True)
+            try:
+                return resign(self, *args, **kwargs)
+            finally:
+                in_resign.clear()
+
+        dialect = p.index.engine.dialect
+        do_commit = dialect.do_commit
+
+        def commit_then_drop(dbapi_conn: Any) -> None:
+            do_commit(dbapi_conn)
+            if in_resign and not fired:
+                fired.append(True)
+                killer.raise_disconnect(dbapi_conn)
+
+        monkeypatch.setattr(lifecycle, "resign_aliases", hooked_resign)
+        monkeypatch.setattr(dialect, "do_commit", commit_then_drop)
+        record = p.save_version(model_for(1, 1), "m", "1.0.0", overwrite=True)
+        monkeypatch.undo()
+        assert fired, "the re-sign's commit was never reached"
+    with index_target.persistence(models) as fresh:
+        assert_nothing_lost(fresh, [("m", "1.0.0", record.artifact.sha256)])  # type: ignore[union-attr]
+        assert fresh.load("m", alias="production")["i"] == 1
+        assert fresh.verify().ok, fresh.verify().to_dict()
+
+
+def test_overwrite_that_committed_is_reported_saved_when_its_old_artifact_cannot_be_counted(
+    index_target: IndexTarget, tmp_path: Path
+) -> None:
+    """The overwrite's row is committed; then every connection that asks whether another version
+    shares the replaced artifact dies (all the retries). The save returns; the old bytes stay for gc."""
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        old = p.save_version(model_for(0, 0), "m", "1.0.0")
+        killer = ConnectionKiller(p, _admin_url())
+        kills: list[str] = []
+
+        def kill_the_count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "count(" in statement.lower() and "artifact_key" in statement:
+                kills.append(statement)
+                killer.raise_disconnect(conn.connection)
+
+        event.listen(p.index.engine, "before_cursor_execute", kill_the_count)
+        try:
+            record = p.save_version(model_for(1, 1), "m", "1.0.0", overwrite=True)
+        finally:
+            event.remove(p.index.engine, "before_cursor_execute", kill_the_count)
+        assert len(kills) >= 2, "the count was not retried and killed each time"
+        assert old.artifact is not None and p.store.exists(old.artifact.key)  # left for gc
+    with index_target.persistence(models) as fresh:
+        assert_nothing_lost(fresh, [("m", "1.0.0", record.artifact.sha256)])  # type: ignore[union-attr]
+        fresh.gc(min_age_seconds=0)
+        assert not fresh.store.exists(old.artifact.key)
+        assert fresh.verify().ok, fresh.verify().to_dict()

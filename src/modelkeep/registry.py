@@ -27,6 +27,7 @@ from . import environment, keys, saving, signing, timeouts
 from . import quarantine as quarantine_mod
 from .bulk import BulkSaveMixin
 from .errors import (
+    CommitUnknownError,
     ConfigError,
     FilterError,
     IntegrityError,
@@ -584,7 +585,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
                     if cached is not None:
                         cached.discard()
             if slot.previous is not None:  # each alias move signs the bytes it pointed at
-                self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+                self._resign_after_overwrite(model_name, record.version)
         else:
             with self.store.staged(resume=attempt) as staged:
                 cached = self._tee_to_cache(staged)
@@ -709,7 +710,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             key = (key_for or self._new_artifact_key)(slot, ext)
             record = self._commit_claimed(slot, staged, draft, key, created_at, sign, trust_lease=True)
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
-            self.index.lifecycle.resign_aliases(model_name, record.version, self.keyring.sign_event)
+            self._resign_after_overwrite(model_name, record.version)
         return record
 
     def commit_uploaded(
@@ -756,11 +757,42 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
 
     def _remove_replaced_artifact(self, slot: VersionClaim, record: ModelMetadata) -> None:
         """After an overwrite's commit, still under its claim: remove the artifact it replaced
-        unless another version shares it."""
+        unless another version shares it. The overwrite has landed, so a database that cannot
+        say whether another version shares it fails nothing: the artifact stays, for ``gc``."""
         assert record.artifact is not None
         old = slot.previous.artifact if slot.previous is not None else None
-        if old is not None and old.key != record.artifact.key and self.index.count_artifact_refs(old.key) == 0:
+        if old is None or old.key == record.artifact.key:
+            return
+        try:
+            shared = self.index.count_artifact_refs(old.key) > 0
+        except StorageError as exc:
+            logger.debug("left %s for gc: %s", self.store.display_path(old.key), exc)
+            return
+        if not shared:
             self._remove_quietly(old.key)
+
+    def _resign_after_overwrite(self, model_name: str, version: str) -> None:
+        """After a committed overwrite of ``version``: re-sign the aliases that point at it (each
+        alias move signs the bytes it pointed at). The overwrite has landed, so this never turns
+        the save into an error: a re-sign whose COMMIT lost its answer is done again (re-signing
+        the same bytes twice is harmless), and one the database does not take is logged, with
+        its remedy (moving an alias signs it anew)."""
+        for _try in range(3):
+            try:
+                self.index.lifecycle.resign_aliases(model_name, version, self.keyring.sign_event)
+                return
+            except CommitUnknownError as exc:  # perhaps committed: doing it again is harmless
+                failure: StorageError = exc
+            except StorageError as exc:  # lost connections were retried already
+                failure = exc
+                break
+        logger.warning(
+            "model '%s' version '%s' was saved, but the aliases pointing at it could not be re-signed for "
+            "its new bytes (%s); set them again (`modelkeep alias set`) before loading through them",
+            model_name,
+            version,
+            failure,
+        )
 
     @staticmethod
     def _attempt_files(slot: VersionClaim, key: str) -> list[str]:
