@@ -141,7 +141,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Save ``count`` versions (some explicit-version overwrites), reporting successes and failures;
     with ``stop_file``, keep saving after ``count`` until that file exists."""
     from modelkeep import ModelPersistence
-    from modelkeep.errors import ModelKeepError
+    from modelkeep.errors import CommitUnknownError, ModelKeepError
 
     worker = spec["worker"]
     rng = random.Random(worker)
@@ -189,6 +189,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 )
             except ModelKeepError as exc:  # allowed: reported as failed, must then not be listed as ours
                 failed.append({"i": i, "error": f"{type(exc).__name__}: {exc}"})
+                if isinstance(exc, CommitUnknownError) and exc.records:  # the library says: may have landed
+                    failed[-1]["unknown"] = [{"version": r.version, "sha256": r.artifact.sha256} for r in exc.records]
                 if os.environ.get("MODELKEEP_FAULTS_DEBUG"):  # where it failed, for the test's report
                     failed[-1]["traceback"] = traceback.format_exc()
                 continue

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import event
 
 from modelkeep import ModelPersistence
-from modelkeep.errors import ModelKeepError, SaveInProgressError, StorageError
+from modelkeep.errors import CommitUnknownError, ConnectionLostError, ModelKeepError, SaveInProgressError, StorageError
 from modelkeep.index import claims as claims_mod
 from modelkeep.index.claims import VersionClaim, list_claims
 from modelkeep.index.sql import Reservation
@@ -193,17 +193,29 @@ def _install(
         raise ValueError(step)
 
 
-def assert_nothing_lost(p: ModelPersistence, saved: list[tuple[str, str, str]], *, claims_left: bool = False) -> None:
+def assert_nothing_lost(
+    p: ModelPersistence,
+    saved: list[tuple[str, str, str]],
+    *,
+    claims_left: bool = False,
+    unknown: Sequence[tuple[str, str, str]] = (),
+) -> None:
     """Every ``(model, version, sha256)`` reported saved is listed, loads and verifies; no sidecar
     is missing; no claim is left (``claims_left``: claims of failed saves whose writers are gone
-    may remain, and gc releases them). A version saved more than once holds one of its saves."""
+    may remain, and gc releases them). A version saved more than once holds one of its saves, or
+    one of the ``unknown`` ones: saves that raised :class:`CommitUnknownError` naming that record
+    (the library said it may have landed; every other failed save must not own the version)."""
     reported: dict[tuple[str, str], set[str]] = {}
     for name, version, sha in saved:
         reported.setdefault((name, version), set()).add(sha)
+    maybe: dict[tuple[str, str], set[str]] = {}
+    for name, version, sha in unknown:
+        maybe.setdefault((name, version), set()).add(sha)
     for (name, version), shas in reported.items():
         assert version in p.list_versions(name), f"{name} {version} was reported saved and is missing"
         record = p.get_version(name, version)
-        assert record.artifact is not None and record.artifact.sha256 in shas, f"{name} {version} holds other bytes"
+        allowed = shas | maybe.get((name, version), set())
+        assert record.artifact is not None and record.artifact.sha256 in allowed, f"{name} {version} holds other bytes"
         p.load(name, version)  # re-hashes before unpickling
     report = p.verify()
     assert report.of_kind(MISSING, CORRUPT, SIDECAR) == [], report.to_dict()
@@ -352,6 +364,11 @@ def _collect(procs: list[Any], name: str) -> tuple[list[tuple[str, str, str]], l
     return saved, failed, self_kills
 
 
+def _unknown(failed: list[Any], name: str) -> list[tuple[str, str, str]]:
+    """The records of failed saves whose outcome the library declared unknown (they may have landed)."""
+    return [(name, u["version"], u["sha256"]) for f in failed for u in f.get("unknown", ())]
+
+
 #: Saves per writer in the random-kill run, at least; writers then keep saving until the killer
 #: (one kill every 50-200 ms) has landed KILLS_WANTED kills, however fast the saves are.
 SAVES_PER_WRITER = 4
@@ -390,7 +407,7 @@ def test_random_backend_kills_with_eight_writers_lose_nothing(s3_bucket: Any, tm
         saved, failed, _ = _collect(procs, name)
         assert kills >= 20, f"only {kills} backend kills"
         with ModelPersistence(models_dir=s3_bucket.url(), registry_url=PG_URL, **options) as p:
-            assert_nothing_lost(p, saved, claims_left=True)
+            assert_nothing_lost(p, saved, claims_left=True, unknown=_unknown(failed, name))
     assert len(saved) + len(failed) >= 8 * SAVES_PER_WRITER
     assert len(saved) >= (len(saved) + len(failed)) // 2, f"too few saves succeeded: {failed}"
 
@@ -440,7 +457,7 @@ def test_random_connection_kills_with_eight_writers_on_sqlite_lose_nothing(tmp_p
     saved, failed, self_kills = _collect(procs, name)
     assert self_kills >= 20, f"only {self_kills} connection kills"
     with ModelPersistence(models_dir=models, registry_url=url) as p:
-        assert_nothing_lost(p, saved, claims_left=True)
+        assert_nothing_lost(p, saved, claims_left=True, unknown=_unknown(failed, name))
     assert len(saved) + len(failed) == 8 * 4
 
 
@@ -518,3 +535,107 @@ def test_overwrite_that_committed_is_reported_saved_when_its_old_artifact_cannot
         fresh.gc(min_age_seconds=0)
         assert not fresh.store.exists(old.artifact.key)
         assert fresh.verify().ok, fresh.verify().to_dict()
+
+
+def test_a_save_whose_every_commit_was_lost_before_it_landed_says_nothing_was_registered(
+    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies just before each COMMIT of the version's row reaches the server, at
+    every retry: the read-back knows each time that nothing landed, so the save fails with
+    :class:`ConnectionLostError` ("not committed"), never "may or may not have been saved", and
+    leaves the version as it was."""
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        old = p.save_version(model_for(0, 0), "m", "1.0.0")
+        killer = ConnectionKiller(p, _admin_url())
+        in_put: list[bool] = []
+        put = Reservation.put
+
+        def hooked_put(self: Reservation, record: Any) -> None:
+            put(self, record)
+            in_put.append(True)
+
+        dialect = p.index.engine.dialect
+        do_commit = dialect.do_commit
+        drops: list[bool] = []
+
+        def drop_then_commit(dbapi_conn: Any) -> None:
+            if in_put:
+                in_put.clear()
+                drops.append(True)
+                killer.kill()  # the COMMIT goes out on a dead connection
+            do_commit(dbapi_conn)
+
+        monkeypatch.setattr(Reservation, "put", hooked_put)
+        monkeypatch.setattr(dialect, "do_commit", drop_then_commit)
+        with pytest.raises(StorageError) as caught:
+            p.save_version(model_for(1, 1), "m", "1.0.0", overwrite=True)
+        monkeypatch.undo()
+        assert len(drops) >= 2, "the commit was not retried"
+        assert isinstance(caught.value, ConnectionLostError), caught.value
+        assert "not committed" in str(caught.value)
+    with index_target.persistence(models) as fresh:
+        assert_nothing_lost(fresh, [("m", "1.0.0", old.artifact.sha256)])  # type: ignore[union-attr]
+        fresh.gc(min_age_seconds=0)  # the event files of the commits that never landed
+        assert fresh.verify().ok, fresh.verify().to_dict()
+
+
+def test_a_save_whose_commit_outcome_stays_unknown_names_the_record_it_may_have_registered(
+    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT of a new version goes through but its answer is lost, and every read-back of
+    the outcome loses its connection too: the save raises :class:`CommitUnknownError` (not a plain
+    failure), carrying the record it may have registered, which is what the version then holds."""
+    models = tmp_path / "models"
+    with index_target.persistence(models) as p:
+        p.save_version(model_for(0, 0), "m", "1.0.0")
+        killer = ConnectionKiller(p, _admin_url())
+        in_put: list[bool] = []
+        reading_back: list[bool] = []
+        put = Reservation.put
+        read_back = VersionClaim._read_back
+
+        def hooked_put(self: Reservation, record: Any) -> None:
+            put(self, record)
+            in_put.append(True)
+
+        def hooked_read_back(self: VersionClaim, mine: str) -> str:
+            reading_back.append(True)
+            try:
+                return read_back(self, mine)
+            finally:
+                reading_back.clear()
+
+        dialect = p.index.engine.dialect
+        do_commit = dialect.do_commit
+
+        def commit_then_drop(dbapi_conn: Any) -> None:
+            do_commit(dbapi_conn)
+            if in_put:
+                in_put.clear()
+                killer.raise_disconnect(dbapi_conn)
+
+        read_kills: list[str] = []
+
+        def kill_reads(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if reading_back:
+                read_kills.append(statement)
+                killer.raise_disconnect(conn.connection)
+
+        monkeypatch.setattr(Reservation, "put", hooked_put)
+        monkeypatch.setattr(VersionClaim, "_read_back", hooked_read_back)
+        monkeypatch.setattr(dialect, "do_commit", commit_then_drop)
+        event.listen(p.index.engine, "before_cursor_execute", kill_reads)
+        try:
+            with pytest.raises(CommitUnknownError) as caught:
+                p.save_version(model_for(1, 1), "m")
+        finally:
+            event.remove(p.index.engine, "before_cursor_execute", kill_reads)
+            monkeypatch.undo()
+        assert len(read_kills) == len(claims_mod.READ_BACK_PAUSES), read_kills
+        (maybe,) = caught.value.records
+        assert maybe.version == "1.0.1" and maybe.artifact is not None
+    with index_target.persistence(models) as fresh:
+        # it did land: the version holds the bytes of the record the error named
+        assert_nothing_lost(fresh, [("m", "1.0.1", maybe.artifact.sha256)])
+        assert fresh.load("m", "1.0.1")["i"] == 1

@@ -190,7 +190,15 @@ class ClaimLostError(StorageError):
 
 
 class CommitUnknownError(StorageError):
-    """The connection dropped while committing and the outcome could not be read back."""
+    """The connection dropped while committing and the outcome could not be read back.
+
+    ``records``: when a save (or a ``save_many`` batch) raises it, the version records whose
+    commit may or may not have landed, so that the caller can tell, once the database answers,
+    whether each exists (``get_version`` holds that record's SHA-256 if it does; ``gc`` settles
+    the claim). Empty for other writes.
+    """
+
+    records: tuple[Any, ...] = ()
 
 
 class BackendUnavailableError(ModelKeepError, ImportError):

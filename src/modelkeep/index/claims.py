@@ -469,7 +469,7 @@ class VersionClaim:
                     slot.history_action = None
                 slot.put(record)
 
-        commit_retrying(attempt, [self], record_row(record)["record"])
+        commit_retrying(attempt, [self], [record])
         self.record = record
         self.state = RELEASED if release else COMMITTED
 
@@ -860,20 +860,24 @@ def put_many(
             index.put_new_versions(conn, records)
             conn.execute(delete(claims).where(claims.c.token.in_(tokens)))
 
-    commit_retrying(attempt, slots, record_row(records[0])["record"])
+    commit_retrying(attempt, slots, records)
     for slot, record in zip(slots, records, strict=True):
         slot.record = record
         slot.state = RELEASED
 
 
-def commit_retrying(attempt: Callable[[], None], slots: Sequence[VersionClaim], first_row: str) -> None:
-    """Run the row transaction ``attempt`` of ``slots`` (one save, or a ``save_many`` batch), on a
-    fresh connection when it dropped before COMMIT. When it dropped during COMMIT, the first
-    slot's row (``first_row``, as stored) is read back: committed is done, released is a lost
-    claim, unknown marks every slot :data:`UNKNOWN` (nothing may be cleaned up; gc settles it),
-    and known-not-committed with the claim still held commits again (``abandon`` cleans up
-    after the last try)."""
+def commit_retrying(
+    attempt: Callable[[], None], slots: Sequence[VersionClaim], records: Sequence[ModelMetadata]
+) -> None:
+    """Run the row transaction ``attempt`` of ``slots`` (one save, or a ``save_many`` batch, whose
+    ``records`` it commits), on a fresh connection when it dropped before COMMIT. When it dropped
+    during COMMIT, the first slot's row is read back: committed is done, released is a lost
+    claim, unknown marks every slot :data:`UNKNOWN` (nothing may be cleaned up; gc settles it) and
+    raises :class:`CommitUnknownError` carrying ``records`` (the caller can look them up later),
+    and known-not-committed with the claim still held commits again (after the last try,
+    :class:`ConnectionLostError`: nothing was registered, and ``abandon`` cleans up)."""
     owner = slots[0]
+    first_row = record_row(records[0])["record"]
     tries = len(RETRY_PAUSES) + 1
     for try_number in range(1, tries + 1):
         try:
@@ -894,9 +898,14 @@ def commit_retrying(attempt: Callable[[], None], slots: Sequence[VersionClaim], 
             if outcome == UNKNOWN:
                 for slot in slots:
                     slot.state = UNKNOWN
+                exc.records = tuple(records)
                 raise
-            if try_number == tries:
-                raise
+            if try_number == tries:  # read back: not committed, and the claim is still ours
+                raise ConnectionLostError(
+                    f"lost the connection to the registry database {owner.index.safe_url} while committing "
+                    f"model '{owner.model_name}' version '{owner.version}', {tries} times; each time the "
+                    "outcome was read back: not committed, nothing was registered"
+                ) from exc
             logger.warning("%s; it was not; committing again", exc)
 
 
