@@ -464,6 +464,36 @@ def test_random_connection_kills_with_eight_writers_on_sqlite_lose_nothing(tmp_p
 # -- an overwrite's follow-ups, after its row is committed ---------------------------------------
 
 
+def _flag_during(mp: pytest.MonkeyPatch, owner: Any, name: str) -> list[bool]:
+    """Patch the method ``owner.name`` to hold a flag (a non-empty list) while it runs; the flag."""
+    flag: list[bool] = []
+    original = getattr(owner, name)
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        flag.append(True)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            flag.clear()
+
+    mp.setattr(owner, name, hooked)
+    return flag
+
+
+def _flag_after(mp: pytest.MonkeyPatch, owner: Any, name: str) -> list[bool]:
+    """Patch the method ``owner.name`` to raise a flag once it returned (the caller lowers it)."""
+    flag: list[bool] = []
+    original = getattr(owner, name)
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        flag.append(True)
+        return result
+
+    mp.setattr(owner, name, hooked)
+    return flag
+
+
 def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_its_commit_ack(
     index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -475,18 +505,8 @@ def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_
         p.save_version(model_for(0, 0), "m", "1.0.0")
         p.set_alias("m", "production", "1.0.0")
         killer = ConnectionKiller(p, _admin_url())
-        lifecycle = type(p.index.lifecycle)
-        resign = lifecycle.resign_aliases
-        in_resign: list[bool] = []
+        in_resign = _flag_during(monkeypatch, type(p.index.lifecycle), "resign_aliases")
         fired: list[bool] = []
-
-        def hooked_resign(self: Any, *args: Any, **kwargs: Any) -> Any:
-            in_resign.append(True)
-            try:
-                return resign(self, *args, **kwargs)
-            finally:
-                in_resign.clear()
-
         dialect = p.index.engine.dialect
         do_commit = dialect.do_commit
 
@@ -496,7 +516,6 @@ def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_
                 fired.append(True)
                 killer.raise_disconnect(dbapi_conn)
 
-        monkeypatch.setattr(lifecycle, "resign_aliases", hooked_resign)
         monkeypatch.setattr(dialect, "do_commit", commit_then_drop)
         record = p.save_version(model_for(1, 1), "m", "1.0.0", overwrite=True)
         monkeypatch.undo()
@@ -548,12 +567,7 @@ def test_a_save_whose_every_commit_was_lost_before_it_landed_says_nothing_was_re
     with index_target.persistence(models) as p:
         old = p.save_version(model_for(0, 0), "m", "1.0.0")
         killer = ConnectionKiller(p, _admin_url())
-        in_put: list[bool] = []
-        put = Reservation.put
-
-        def hooked_put(self: Reservation, record: Any) -> None:
-            put(self, record)
-            in_put.append(True)
+        in_put = _flag_after(monkeypatch, Reservation, "put")
 
         dialect = p.index.engine.dialect
         do_commit = dialect.do_commit
@@ -566,7 +580,6 @@ def test_a_save_whose_every_commit_was_lost_before_it_landed_says_nothing_was_re
                 killer.kill()  # the COMMIT goes out on a dead connection
             do_commit(dbapi_conn)
 
-        monkeypatch.setattr(Reservation, "put", hooked_put)
         monkeypatch.setattr(dialect, "do_commit", drop_then_commit)
         with pytest.raises(StorageError) as caught:
             p.save_version(model_for(1, 1), "m", "1.0.0", overwrite=True)
@@ -590,31 +603,9 @@ def test_a_save_whose_commit_outcome_stays_unknown_names_the_record_it_may_have_
     with index_target.persistence(models) as p:
         p.save_version(model_for(0, 0), "m", "1.0.0")
         killer = ConnectionKiller(p, _admin_url())
-        in_put: list[bool] = []
-        reading_back: list[bool] = []
-        put = Reservation.put
-        read_back = VersionClaim._read_back
-
-        def hooked_put(self: Reservation, record: Any) -> None:
-            put(self, record)
-            in_put.append(True)
-
-        def hooked_read_back(self: VersionClaim, mine: str) -> str:
-            reading_back.append(True)
-            try:
-                return read_back(self, mine)
-            finally:
-                reading_back.clear()
-
-        dialect = p.index.engine.dialect
-        do_commit = dialect.do_commit
-
-        def commit_then_drop(dbapi_conn: Any) -> None:
-            do_commit(dbapi_conn)
-            if in_put:
-                in_put.clear()
-                killer.raise_disconnect(dbapi_conn)
-
+        committed: list[bool] = []
+        _install("commit-ack-lost", p, killer, lambda: committed.append(True), monkeypatch)
+        reading_back = _flag_during(monkeypatch, VersionClaim, "_read_back")
         read_kills: list[str] = []
 
         def kill_reads(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -622,9 +613,6 @@ def test_a_save_whose_commit_outcome_stays_unknown_names_the_record_it_may_have_
                 read_kills.append(statement)
                 killer.raise_disconnect(conn.connection)
 
-        monkeypatch.setattr(Reservation, "put", hooked_put)
-        monkeypatch.setattr(VersionClaim, "_read_back", hooked_read_back)
-        monkeypatch.setattr(dialect, "do_commit", commit_then_drop)
         event.listen(p.index.engine, "before_cursor_execute", kill_reads)
         try:
             with pytest.raises(CommitUnknownError) as caught:
@@ -632,7 +620,7 @@ def test_a_save_whose_commit_outcome_stays_unknown_names_the_record_it_may_have_
         finally:
             event.remove(p.index.engine, "before_cursor_execute", kill_reads)
             monkeypatch.undo()
-        assert len(read_kills) == len(claims_mod.READ_BACK_PAUSES), read_kills
+        assert committed and len(read_kills) == len(claims_mod.READ_BACK_PAUSES), read_kills
         (maybe,) = caught.value.records
         assert maybe.version == "1.0.1" and maybe.artifact is not None
     with index_target.persistence(models) as fresh:
