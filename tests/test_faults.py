@@ -494,18 +494,17 @@ def _flag_after(mp: pytest.MonkeyPatch, owner: Any, name: str) -> list[bool]:
     return flag
 
 
-def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_its_commit_ack(
-    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _overwrite_losing_the_resign_commit_ack(
+    open_registry: Callable[[], ModelPersistence], mp: pytest.MonkeyPatch
 ) -> None:
     """The overwrite's row is committed; the connection then dies as the COMMIT of the re-sign of
     the aliases that point at it goes through (its answer lost). The version holds the new bytes,
     so the save must return them, not raise: a writer that is told "failed" must not own the version."""
-    models = tmp_path / "models"
-    with index_target.persistence(models) as p:
+    with open_registry() as p:
         p.save_version(model_for(0, 0), "m", "1.0.0")
         p.set_alias("m", "production", "1.0.0")
         killer = ConnectionKiller(p, _admin_url())
-        in_resign = _flag_during(monkeypatch, type(p.index.lifecycle), "resign_aliases")
+        in_resign = _flag_during(mp, type(p.index.lifecycle), "resign_aliases")
         fired: list[bool] = []
         dialect = p.index.engine.dialect
         do_commit = dialect.do_commit
@@ -516,14 +515,33 @@ def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_
                 fired.append(True)
                 killer.raise_disconnect(dbapi_conn)
 
-        monkeypatch.setattr(dialect, "do_commit", commit_then_drop)
+        mp.setattr(dialect, "do_commit", commit_then_drop)
         record = p.save_version(model_for(1, 1), "m", "1.0.0", overwrite=True)
-        monkeypatch.undo()
+        mp.undo()
         assert fired, "the re-sign's commit was never reached"
-    with index_target.persistence(models) as fresh:
+    with open_registry() as fresh:
         assert_nothing_lost(fresh, [("m", "1.0.0", record.artifact.sha256)])  # type: ignore[union-attr]
         assert fresh.load("m", alias="production")["i"] == 1
         assert fresh.verify().ok, fresh.verify().to_dict()
+
+
+def test_overwrite_that_committed_is_reported_saved_when_the_alias_resign_loses_its_commit_ack(
+    index_target: IndexTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _overwrite_losing_the_resign_commit_ack(lambda: index_target.persistence(tmp_path / "models"), monkeypatch)
+
+
+@pytest.mark.postgres
+@pytest.mark.s3
+def test_overwrite_straight_to_s3_is_reported_saved_when_the_alias_resign_loses_its_commit_ack(
+    s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on PostgreSQL + S3, where the overwrite uploads straight to its final key (the
+    random-kill test's path)."""
+    from .test_team import team_persistence
+
+    with pg_schema() as schema:
+        _overwrite_losing_the_resign_commit_ack(lambda: team_persistence(s3_bucket, schema), monkeypatch)
 
 
 def test_overwrite_that_committed_is_reported_saved_when_its_old_artifact_cannot_be_counted(
