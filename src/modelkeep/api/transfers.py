@@ -60,6 +60,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from ..errors import (
     IntegrityError,
     MetadataError,
+    ModelKeepError,
     PermissionDeniedError,
     RequestError,
     StorageError,
@@ -71,7 +72,7 @@ from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
 from ..signing import manifest
 from ..storage.base import StagedArtifact
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
-from ..versions import next_version, validate_model_name, validate_version
+from ..versions import next_version, sort_key, validate_model_name, validate_version
 from .endpoint import MAX_JSON_BODY
 from .wire import too_large
 
@@ -217,12 +218,20 @@ def check_bytes(data: bytes | memoryview, expected: Expected) -> None:
 
 def plan(p: Any, model_name: str, version: str | None, overwrite: bool, extension: str) -> tuple[str, str]:
     """The version and artifact key a save of ``model_name`` would get now (a claim may still find
-    them taken: then the commit answers 409 and the client plans again)."""
+    them taken: then the commit answers 409 and the client plans again). An automatic version is
+    the one a claim would take: after the highest version and the highest claimed one (a large
+    save through a server holds its claim while its client uploads), skipping taken ones."""
+    from ..index.claims import list_claims
+
     index = p.index
     if version is None:
         with index.engine.connect() as conn:
             top = index.highest_version(conn, model_name)
-        version = next_version(top, lambda v: index.get(model_name, v) is not None)
+        held = {c.version for c in list_claims(index, model_name)}
+        keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
+        version = next_version(
+            max(keyed)[1] if keyed else None, lambda v: v in held or index.get(model_name, v) is not None
+        )
         previous = None
     else:
         previous = index.get(model_name, version) if overwrite else None
@@ -669,7 +678,16 @@ class Transfers:
                     f"this upload was planned and claimed for ({slot.version!r} at {presigned.key!r})"
                 )
             created_at = _created_at(body)
-        except BaseException:
+        except ModelKeepError:
+            # Bytes not those planned are refused first (the upload dropped), as at any commit;
+            # otherwise the upload stays pending for a commit with a well-formed record.
+            from ..storage.presigned import check_parts
+
+            try:
+                await run_in_threadpool(check_parts, self.s3, presigned)
+            except IntegrityError:
+                await run_in_threadpool(self._drop, upload)
+                raise
             self._put_back(upload_id, upload)
             raise
         staged = _ClaimedParts(self.s3, upload)

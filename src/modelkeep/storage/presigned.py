@@ -339,6 +339,13 @@ def _check_parts(store: S3Store, plan: UploadPlan) -> list[dict[str, Any]]:
     return out
 
 
+def check_parts(store: S3Store, plan: UploadPlan) -> None:
+    """Refuse (:class:`IntegrityError`, the upload aborted) a multipart upload whose parts, as
+    S3 lists them, are not those planned: one missing, added, resized or with another SHA-256.
+    Nothing is completed (:func:`complete_upload` checks the same before completing)."""
+    _check_parts(_check_s3(store), plan)
+
+
 def complete_upload(
     store: S3Store,
     plan: UploadPlan,
@@ -531,6 +538,7 @@ __all__ = [
     "UploadPlan",
     "abort_upload",
     "b64_sha256",
+    "check_parts",
     "complete_upload",
     "enforces_checksums",
     "part_ranges",
