@@ -31,6 +31,14 @@ server would give (or was taken, or a crashed save's leftover sat at the key), t
 staged as a pending upload and the answer (202) is ``{upload, plan}``: the client signs again and
 commits it as in step 2, without sending the bytes again.
 
+A large save to an S3 store skips the server: ``POST /uploads/presigned`` declares the file's
+size and SHA-256 and each part's, and the answer is a plan of presigned part URLs. For a multipart
+upload the server first claims the version (:meth:`ModelPersistence.claim_upload`) and plans the
+parts at its final key, keeping the claim's lease alive until the commit; the commit takes a record
+naming that version and key only, and completes the upload there under the claim, with no copy
+(:meth:`ModelPersistence.commit_claimed_upload`, :class:`_ClaimedParts`). A one-part upload (one
+presigned ``PUT``) is staged under ``.tmp/``, checked, and moved at the commit as above.
+
 A load reads the record (``GET /models/{name}/versions/{version}``), then the bytes:
 ``GET .../artifact`` (ranged GETs work on a local store) and, for the native format, ``GET
 .../blobs/{sha}``. ``GET .../load`` does both in one request: ``{"record": ...}`` as JSON, and,

@@ -5,7 +5,9 @@ SHA-256 of the whole file (one ``PUT``) or of each part (a multipart upload). Ev
 signed *with* its declared ``x-amz-checksum-sha256`` header, so S3 itself refuses bytes that
 do not hash to it (``BadDigest``) and a client cannot swap the header. The upload is staged
 under the registry's ``.tmp/`` prefix with a staged key's name, so ``gc`` aborts an abandoned
-multipart upload and removes an abandoned object like any interrupted save's.
+multipart upload and removes an abandoned object like any interrupted save's; or a multipart
+upload goes to a version's final key under the version's claim (``final=True``), completed there
+with ``If-None-Match: *``, as a direct save's (:class:`.s3.ParallelUpload`).
 
 :func:`complete_upload` lists the parts S3 holds and refuses a missing, extra or resized part
 or one whose checksum differs from the plan, completes the upload, and then (by default) reads
