@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelkeep.errors import IntegrityError, SaveInProgressError
+from modelkeep.errors import IntegrityError, MetadataError, SaveInProgressError
 from modelkeep.index import claims
 from modelkeep.index.claims import list_claims
 from modelkeep.layout import TMP_DIR
@@ -183,3 +183,38 @@ def test_the_server_keeps_a_pending_uploads_claim_alive(
         c.request("DELETE", f"/uploads/{answer['upload']}")
         assert list_claims(d.index) == []
     assert s3_bucket.pending_uploads() == []  # the dropped upload was aborted: its part URLs lead nowhere
+
+
+def test_an_expired_upload_releases_its_claim_and_aborts_its_parts(
+    pg_s3_server: HttpServer, s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload whose client went away: once it is older than ``UPLOAD_TTL`` the next upload
+    request drops it (its multipart upload aborted, its claim released), so its version is free."""
+    from modelkeep.api import transfers
+
+    source = tmp_path / "f.bin"
+    source.write_bytes(np.random.default_rng(6).bytes(MIN_PART_SIZE + 1))
+    dec = presigned_client.declare(source, MIN_PART_SIZE)
+    body = {
+        "extension": ".joblib",
+        "size": dec.size,
+        "sha256": dec.sha256,
+        "part_size": dec.part_size,
+        "part_sha256s": dec.part_sha256s,
+    }
+    with pg_s3_server.client() as c, pg_s3_server.direct() as d:
+        gone = c.request("POST", "/uploads/presigned", json={**body, "model": "gone", "version": "1.0.0"})
+        presigned_client.upload_plan(gone["presigned"], source)
+        monkeypatch.setattr(transfers, "UPLOAD_TTL", 0.0)
+        kept = c.request("POST", "/uploads/presigned", json={**body, "model": "kept"})  # expires the first
+        monkeypatch.setattr(transfers, "UPLOAD_TTL", 3600.0)
+        for _ in range(400):  # dropped on a thread of its own: give it up to 20 s under load
+            if [i.model_name for i in list_claims(d.index)] == ["kept"]:
+                break
+            time.sleep(0.05)
+        assert [i.model_name for i in list_claims(d.index)] == ["kept"]
+        assert s3_bucket.pending_uploads() == ["models/kept/1.0.0/kept_v1.0.0.joblib"]
+        assert not s3_bucket.object_keys("models/gone/")
+        with pytest.raises(MetadataError, match="no pending upload"):
+            c.request("POST", "/models/gone/commit", json={"upload": gone["upload"], "record": {}})
+        c.request("DELETE", f"/uploads/{kept['upload']}")

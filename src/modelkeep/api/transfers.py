@@ -470,7 +470,11 @@ class Transfers:
         with self._lock:
             old = [k for k, u in self.uploads.items() if now - u.created > UPLOAD_TTL]
             gone = [self.uploads.pop(k) for k in old]
-        for upload in gone:
+        if gone:  # off the event loop: aborts and claim releases are round trips
+            threading.Thread(target=self._drop_all, args=(gone,), name="drop-uploads", daemon=True).start()
+
+    def _drop_all(self, uploads: list[Upload]) -> None:
+        for upload in uploads:
             self._drop(upload)
 
     def _drop(self, upload: Upload) -> None:
