@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelkeep.errors import MetadataError, SaveInProgressError
+from modelkeep.errors import MetadataError, PermissionDeniedError, SaveInProgressError
 from modelkeep.index import claims
 from modelkeep.index.claims import list_claims
 from modelkeep.layout import TMP_DIR
@@ -189,3 +189,30 @@ def test_an_expired_upload_releases_its_claim_and_aborts_its_parts(
         with pytest.raises(MetadataError, match="no pending upload"):
             c.request("POST", "/models/gone/commit", json={"upload": gone["upload"], "record": {}})
         c.request("DELETE", f"/uploads/{kept['upload']}")
+
+
+def test_a_large_overwrite_needs_a_maintainer_and_replaces_the_artifact_in_place(
+    pg_s3_server: HttpServer, s3_bucket: Any
+) -> None:
+    """Replacing a version with a large artifact: a writer is refused when the upload is planned
+    (no claim is left, nothing uploaded); a maintainer's upload goes to a fresh revision key under
+    the claim, and the replaced artifact is removed once the new row is committed."""
+    old, new = _big(7), _big(8)
+    writer = pg_s3_server.add_user("wendy", "writer")
+    with pg_s3_server.client(cache_max_bytes=0) as c:
+        first = c.save_version(old, "big", version="1.0.0", compress=False)
+    with pg_s3_server.client(writer) as w, pytest.raises(PermissionDeniedError, match="maintainer"):
+        w.save_version(new, "big", version="1.0.0", overwrite=True, compress=False)
+    with pg_s3_server.direct() as d:
+        assert list_claims(d.index) == []
+    assert s3_bucket.pending_uploads() == []
+    with pg_s3_server.client(cache_max_bytes=0) as c:
+        second = c.save_version(new, "big", version="1.0.0", overwrite=True, compress=False)
+        assert second.artifact.key != first.artifact.key and second.artifact.key.startswith("big/1.0.0/")
+        assert np.array_equal(c.load("big", "1.0.0")["w"], new["w"])
+        assert c.keyring.check(c.get_version("big", "1.0.0")).trusted
+    keys = s3_bucket.object_keys("models/big/")
+    assert f"models/{second.artifact.key}" in keys and f"models/{first.artifact.key}" not in keys
+    with pg_s3_server.direct() as d:
+        assert list_claims(d.index) == []
+        assert d.verify().ok
