@@ -153,9 +153,10 @@ def test_a_large_upload_streams_through_the_server_in_bounded_memory(http_server
 def test_a_server_killed_during_a_presigned_upload_commits_nothing(
     tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL + S3: the server dies while the client sends parts straight to the bucket. The
-    commit cannot happen (one-line StorageError), the open multipart upload is gc's once the
-    server is back, and the save succeeds when tried again."""
+    """PostgreSQL + S3: the server dies while the client sends parts straight to the bucket (to
+    the version's final key, under the claim the plan took). The commit cannot happen (one-line
+    StorageError), the claim and the open multipart upload are gc's once the server is back, and
+    the save succeeds when tried again."""
     from modelkeep.storage import presigned_client
     from tests.conftest import PG_URL, postgres_schema
 
@@ -180,7 +181,11 @@ def test_a_server_killed_during_a_presigned_upload_commits_nothing(
             assert "big" not in client.list_models()
             with server.direct() as direct:
                 report = direct.gc(min_age_seconds=0)
-                assert any(TMP_DIR in item.key for item in report.removed), report
+                # the parts went to the version's final key under the claim the plan took: the
+                # dead server's claim is released and its open upload aborted, its bytes reported
+                assert [c for c in report.released_claims if c.startswith("save of big 1.0.0 ")], report
+                aborted = [i for i in report.removed if i.key.startswith("big/1.0.0/") and "upload" in i.key]
+                assert len(aborted) == 1 and aborted[0].size > 0, report
                 assert direct.verify().ok
             rec = client.save_version(model, "big", compress=False)
             assert rec.version == "1.0.0"

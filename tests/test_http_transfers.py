@@ -28,6 +28,7 @@ from modelkeep.errors import (
     SignatureError,
     VersionExistsError,
 )
+from modelkeep.index.claims import list_claims
 from modelkeep.layout import TMP_DIR
 
 from ._http_server import HttpServer, ServerSide, running_server
@@ -328,11 +329,14 @@ def test_large_saves_and_loads_go_straight_to_the_bucket(
         assert d.get_version("big").signature == rec.signature
 
 
+@pytest.mark.parametrize("mib", [10, 20])
 def test_a_presigned_upload_of_other_bytes_is_refused_at_the_commit(
-    http_server_pg_s3: HttpServer, monkeypatch: pytest.MonkeyPatch
+    mib: int, http_server_pg_s3: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """moto does not enforce the signed checksums: the server reads the staged object back and
-    refuses bytes other than those declared, and nothing is committed."""
+    """moto does not enforce the signed checksums: the server reads the upload back and refuses
+    bytes other than those declared, and nothing is committed. 10 MiB is one presigned PUT, staged
+    under .tmp/; 20 MiB is a multipart upload to the version's final key under its claim, whose
+    object the refusal removes, releasing the claim (the version is free for the next save)."""
     from modelkeep.storage import presigned_client
 
     plan_upload = presigned_client.upload_plan
@@ -345,13 +349,19 @@ def test_a_presigned_upload_of_other_bytes_is_refused_at_the_commit(
         return plan_upload(plan, evil, **kwargs)
 
     monkeypatch.setattr(presigned_client, "upload_plan", tampered)
-    big = {"w": np.random.default_rng(4).random(10 * (1 << 20) // 8)}
+    big = {"w": np.random.default_rng(4).random(mib * (1 << 20) // 8)}
     with http_server_pg_s3.client() as c:
         with pytest.raises(IntegrityError):
             c.save_version(big, "big", compress=False)
         assert "big" not in c.list_models()
+    assert s3_bucket.pending_uploads() == []
+    assert not [k for k in s3_bucket.object_keys("models/") if k.startswith(("models/big/", f"models/{TMP_DIR}/"))]
     with http_server_pg_s3.direct() as d:
         assert d.verify().ok
+        assert list_claims(d.index) == []
+    monkeypatch.setattr(presigned_client, "upload_plan", plan_upload)
+    with http_server_pg_s3.client() as c:
+        assert c.save_version(big, "big", compress=False).version == "1.0.0"
 
 
 @pytest.mark.parametrize(

@@ -722,6 +722,55 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             self.ensure_registry()
             return self.commit_staged(staged, draft, version, **options)
 
+    def claim_upload(
+        self, model_name: str, version: str | None, extension: str, *, overwrite: bool = False
+    ) -> tuple[VersionClaim, str]:
+        """For a registry server whose client uploads an artifact straight to the store's final key
+        (:mod:`modelkeep.api.transfers`): claim ``version`` (the next free one when ``None``) as the
+        acting identity, who needs the writer role (the maintainer role to replace a version), and
+        the key the bytes go to. The caller keeps the claim's lease alive until it passes the claim
+        to :meth:`commit_claimed_upload` or abandons it."""
+        from .index.claims import take
+
+        with self._as("writer", "save versions", model_name) as who:
+            self.ensure_registry()
+            slot = take(self.index, model_name, version, overwrite=overwrite)
+            try:
+                if slot.previous is not None:
+                    self.access.require(who, "maintainer", "overwrite versions", model_name)
+                key = self._new_artifact_key(slot, extension, taken=self.store.exists)
+            except BaseException:
+                slot.abandon([], self._remove_quietly)
+                raise
+        return slot, key
+
+    def commit_claimed_upload(
+        self,
+        slot: VersionClaim,
+        staged: StagedArtifact,
+        draft: ModelMetadata,
+        *,
+        created_at: str | None = None,
+        sign: Callable[[ModelMetadata], str | None] | None = None,
+    ) -> ModelMetadata:
+        """Commit the bytes uploaded under :meth:`claim_upload`'s claim (``staged.commit`` makes
+        them appear at ``draft``'s artifact key) as the version ``slot`` holds, as the acting
+        identity; a failure removes the attempt's files and releases the claim."""
+        from .index.claims import CLAIMED, COMMITTED
+
+        assert draft.artifact is not None
+        with self._as("writer", "save versions", draft.model_name):
+            try:
+                record = self._commit_claimed(slot, staged, draft, draft.artifact.key, created_at, sign)
+            finally:
+                if slot.state == COMMITTED:  # an overwrite: its claim outlives the row's commit
+                    slot.release()
+                elif slot.state == CLAIMED:
+                    slot.abandon([], self._remove_quietly)
+        if slot.previous is not None:  # each alias move signs the bytes it pointed at
+            self.index.lifecycle.resign_aliases(draft.model_name, record.version, self.keyring.sign_event)
+        return record
+
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
     @staticmethod
     def _new_artifact_key(slot: VersionClaim, extension: str, taken: Callable[[str], bool] | None = None) -> str:

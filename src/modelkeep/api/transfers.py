@@ -31,6 +31,14 @@ server would give (or was taken, or a crashed save's leftover sat at the key), t
 staged as a pending upload and the answer (202) is ``{upload, plan}``: the client signs again and
 commits it as in step 2, without sending the bytes again.
 
+A large save to an S3 store skips the server: ``POST /uploads/presigned`` declares the file's
+size and SHA-256 and each part's, and the answer is a plan of presigned part URLs. For a multipart
+upload the server first claims the version (:meth:`ModelPersistence.claim_upload`) and plans the
+parts at its final key, keeping the claim's lease alive until the commit; the commit takes a record
+naming that version and key only, and completes the upload there under the claim, with no copy
+(:meth:`ModelPersistence.commit_claimed_upload`, :class:`_ClaimedParts`). A one-part upload (one
+presigned ``PUT``) is staged under ``.tmp/``, checked, and moved at the commit as above.
+
 A load reads the record (``GET /models/{name}/versions/{version}``), then the bytes:
 ``GET .../artifact`` (ranged GETs work on a local store) and, for the native format, ``GET
 .../blobs/{sha}``. ``GET .../load`` does both in one request: ``{"record": ...}`` as JSON, and,
@@ -60,6 +68,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response, Stream
 from ..errors import (
     IntegrityError,
     MetadataError,
+    ModelKeepError,
     PermissionDeniedError,
     RequestError,
     StorageError,
@@ -69,8 +78,9 @@ from ..formats import get_format
 from ..layout import artifact_key, blob_key, new_artifact_key
 from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
 from ..signing import manifest
+from ..storage.base import StagedArtifact
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
-from ..versions import next_version, validate_model_name, validate_version
+from ..versions import next_version, sort_key, validate_model_name, validate_version
 from .endpoint import MAX_JSON_BODY
 from .wire import too_large
 
@@ -78,7 +88,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from ..index.claims import VersionClaim
-    from ..storage import ArtifactStore, StagedArtifact
+    from ..storage import ArtifactStore
     from .endpoint import Endpoint
     from .routes import Api
 
@@ -117,6 +127,10 @@ class Upload:
     created: float = field(default_factory=time.monotonic)
     #: For an upload straight to S3: the server's copy of the plan, completed at the commit.
     presigned: Any = None
+    #: For a multipart upload straight to a version's final key: the version's write claim,
+    #: taken when the upload was planned, and what keeps its lease alive until the commit.
+    claim: VersionClaim | None = None
+    lease: contextlib.ExitStack | None = None
 
 
 def stale(message: str) -> VersionExistsError:
@@ -212,12 +226,20 @@ def check_bytes(data: bytes | memoryview, expected: Expected) -> None:
 
 def plan(p: Any, model_name: str, version: str | None, overwrite: bool, extension: str) -> tuple[str, str]:
     """The version and artifact key a save of ``model_name`` would get now (a claim may still find
-    them taken: then the commit answers 409 and the client plans again)."""
+    them taken: then the commit answers 409 and the client plans again). An automatic version is
+    the one a claim would take: after the highest version and the highest claimed one (a large
+    save through a server holds its claim while its client uploads), skipping taken ones."""
+    from ..index.claims import list_claims
+
     index = p.index
     if version is None:
         with index.engine.connect() as conn:
             top = index.highest_version(conn, model_name)
-        version = next_version(top, lambda v: index.get(model_name, v) is not None)
+        held = {c.version for c in list_claims(index, model_name)}
+        keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
+        version = next_version(
+            max(keyed)[1] if keyed else None, lambda v: v in held or index.get(model_name, v) is not None
+        )
         previous = None
     else:
         previous = index.get(model_name, version) if overwrite else None
@@ -247,6 +269,30 @@ def _key_rule(proposed: str) -> Any:
         )
 
     return key_for
+
+
+def _signer(draft: ModelMetadata) -> Any:
+    """``sign`` of a commit: the client's signature of ``draft``, for the record committed only if
+    it is exactly what the client signed (else :func:`stale`)."""
+    wanted = manifest(draft)
+
+    def sign(record: ModelMetadata) -> str | None:
+        if manifest(record) != wanted:
+            raise stale(
+                f"model '{record.model_name}' version '{record.version}' is not the version the client "
+                f"signed for ({draft.version}); plan and sign again"
+            )
+        return draft.signature
+
+    return sign
+
+
+def _created_at(body: dict[str, Any]) -> str | None:
+    """A commit's ``created_at`` (an ISO-8601 string, or ``None``)."""
+    created_at = body.get("created_at")
+    if created_at is not None and not isinstance(created_at, str):
+        raise MetadataError("created_at must be an ISO-8601 string")
+    return created_at
 
 
 def draft_from_client(data: Any, name: str, upload: Upload) -> ModelMetadata:
@@ -337,6 +383,57 @@ async def _receive(
     return sink
 
 
+def _ranges(upload: Upload) -> list[Any]:
+    """The payload ranges of ``upload``'s BLAKE3 record, for the read-back's digests."""
+    return list((upload.blake3 or {}).get("ranges") or [])
+
+
+def _check_completed(store: Any, done: Any, upload: Upload) -> None:
+    """Refuse a completed presigned upload (:class:`~.presigned.CompletedUpload` ``done``) whose
+    bytes, read back, are not those declared; its object is removed. Not read back (``sha256``
+    ``None``) only where S3 refused any part whose bytes did not hash to its signed checksum; the
+    whole file's digests are then the client's declaration, which every load checks again."""
+    if done.sha256 is not None and (done.sha256 != upload.sha256 or done.blake3 != upload.blake3):
+        with contextlib.suppress(Exception):
+            store.delete(done.key, missing_ok=True)
+        raise IntegrityError("the uploaded bytes do not match their declared digests")
+
+
+class _ClaimedParts(StagedArtifact):
+    """A presigned multipart upload straight to a version's final key, under the version's claim
+    (taken when the upload was planned): :meth:`commit` completes it there, never over an object
+    already there, and checks the bytes as a staged upload's are checked; no copy follows.
+    :meth:`discard` aborts an upload that was not completed (what is under the key is the claim's
+    clean-up's to remove)."""
+
+    def __init__(self, store: Any, upload: Upload) -> None:
+        super().__init__(store, upload.presigned.key)
+        self.s3: Any = store
+        self.upload = upload
+        self.size, self.sha256 = upload.size, upload.sha256
+
+    def commit(self, key: str) -> None:
+        from ..storage.presigned import complete_upload
+
+        if key != self.tmp_key or self.upload.claim is None:
+            raise ValueError(f"{key!r} is not where these bytes were uploaded ({self.tmp_key!r})")
+        self.upload.claim.check_lease()
+        done = complete_upload(self.s3, self.upload.presigned, ranges=_ranges(self.upload))
+        _check_completed(self.s3, done, self.upload)
+        self.committed = True
+
+    def drop_duplicate(self) -> None:
+        self.discard()
+        self.committed = True
+
+    def discard(self) -> None:
+        from ..storage.presigned import abort_upload
+
+        if not self.committed:
+            with contextlib.suppress(Exception):
+                abort_upload(self.s3, self.upload.presigned)
+
+
 class Transfers:
     """The transfer handlers of one :class:`~modelkeep.api.routes.Api`, and its pending uploads."""
 
@@ -373,14 +470,29 @@ class Transfers:
         with self._lock:
             old = [k for k, u in self.uploads.items() if now - u.created > UPLOAD_TTL]
             gone = [self.uploads.pop(k) for k in old]
-        for upload in gone:
-            with contextlib.suppress(Exception):
-                if upload.presigned is not None:
-                    from ..storage.presigned import abort_upload
+        if gone:  # off the event loop: aborts and claim releases are round trips
+            threading.Thread(target=self._drop_all, args=(gone,), name="drop-uploads", daemon=True).start()
 
-                    abort_upload(self.s3, upload.presigned)
-                else:
-                    self.store.delete(upload.tmp_key, missing_ok=True)
+    def _drop_all(self, uploads: list[Upload]) -> None:
+        for upload in uploads:
+            self._drop(upload)
+
+    def _drop(self, upload: Upload) -> None:
+        """Throw a pending upload away (best effort: ``gc`` removes what is left): its staged bytes,
+        or its presigned upload, and, for one to a version's final key, its claim (whose clean-up
+        removes what is under the key only while the claim is still this upload's)."""
+        with contextlib.suppress(Exception):
+            if upload.presigned is not None:
+                from ..storage.presigned import abort_upload
+
+                abort_upload(self.s3, upload.presigned)
+            else:
+                self.store.delete(upload.tmp_key, missing_ok=True)
+        if upload.claim is not None:
+            key = upload.presigned.key
+            upload.claim.abandon([key], lambda k: self.store.delete(k, missing_ok=True))
+        if upload.lease is not None:
+            upload.lease.close()
 
     def _take(self, upload_id: Any, request: Request) -> Upload:
         with self._lock:
@@ -462,18 +574,56 @@ class Transfers:
         # instead of three, and the object's checksum is its own SHA-256 (a multipart upload's is
         # a checksum of the parts' checksums, which some S3 servers return as if it were the file's).
         single = len(parts) == 1 and parts[0] == sha and 0 <= size <= part_size
-        upload_plan = await run_in_threadpool(
-            lambda: plan_upload(self.s3, size, sha256=sha, part_sha256s=None if single else parts, part_size=part_size)
-        )
-        blake3 = _blake3_record(expected)
-        upload = Upload(upload_plan.key, size, sha, blake3, self._user(request), presigned=upload_plan)
-        upload_id = uuid.uuid4().hex
-        self._put_back(upload_id, upload)
-        out: dict[str, Any] = {"upload": upload_id, "presigned": upload_plan.to_json()}
-        if plan_for is not None:
-            version, key = await self.api.call(request, plan, self.api.p, *plan_for)
-            out["plan"] = {"version": version, "key": key}
+        upload = Upload("", size, sha, _blake3_record(expected), self._user(request))
+        out: dict[str, Any] = {"upload": uuid.uuid4().hex}
+        if plan_for is not None and not single:
+            # The version is claimed now and the parts go straight to its final key: the commit
+            # completes the upload there, with no copy (a single PUT is staged: its URL could
+            # replace the object after the commit checked it).
+            out["plan"] = await self.api.call(request, self._plan_claimed, upload, plan_for, parts, part_size)
+        else:
+            upload.presigned = await run_in_threadpool(
+                lambda: plan_upload(
+                    self.s3, size, sha256=sha, part_sha256s=None if single else parts, part_size=part_size
+                )
+            )
+            if plan_for is not None:
+                version, key = await self.api.call(request, plan, self.api.p, *plan_for)
+                out["plan"] = {"version": version, "key": key}
+        upload.tmp_key = upload.presigned.key
+        self._put_back(out["upload"], upload)
+        out["presigned"] = upload.presigned.to_json()
         return _json(out, 201)
+
+    def _plan_claimed(
+        self, upload: Upload, plan_for: tuple[str, str | None, bool, str], parts: list[str], part_size: int
+    ) -> dict[str, str]:
+        """Claim the version ``plan_for`` names (model, version or ``None``, overwrite, extension),
+        plan ``upload``'s multipart upload at its final key, and keep the claim's lease alive while
+        the client uploads (no request reaches the server until the commit: every part's URL is in
+        the plan), for at most :data:`UPLOAD_TTL`. A server killed meanwhile renews nothing, so its
+        claim goes stale and ``gc`` aborts the upload, as a killed direct save's."""
+        from ..storage.presigned import plan_upload
+
+        name, version, overwrite, extension = plan_for
+        slot, key = self.api.p.claim_upload(name, version, extension, overwrite=overwrite)
+        lease = contextlib.ExitStack()
+        try:
+            upload.presigned = plan_upload(
+                self.s3,
+                upload.size,
+                sha256=upload.sha256,
+                part_sha256s=parts,
+                part_size=part_size,
+                staging_key=key,
+                final=True,
+            )
+            lease.enter_context(slot.kept_alive(until=time.monotonic() + UPLOAD_TTL))
+        except BaseException:
+            slot.abandon([], lambda _key: None)  # nothing was written under the key
+            raise
+        upload.claim, upload.lease = slot, lease
+        return {"version": slot.version, "key": key}
 
     def _complete(self, upload: Upload) -> None:
         """Check a presigned upload's staged object against its plan and the declared digests
@@ -482,17 +632,9 @@ class Transfers:
 
         if upload.presigned is None:
             return
-        ranges = (upload.blake3 or {}).get("ranges") or []
         try:
-            done = complete_upload(self.s3, upload.presigned, ranges=ranges)
-            # Not read back (``sha256`` None) only where S3 refused any part whose bytes did not hash
-            # to its signed checksum; the whole file's digests are then the client's declaration,
-            # which every load checks again before parsing.
-            read_back = done.sha256 is not None
-            if read_back and (done.sha256 != upload.sha256 or done.blake3 != upload.blake3):
-                with contextlib.suppress(Exception):
-                    self.store.delete(done.key, missing_ok=True)
-                raise IntegrityError("the uploaded bytes do not match their declared digests")
+            done = complete_upload(self.s3, upload.presigned, ranges=_ranges(upload))
+            _check_completed(self.s3, done, upload)
         except BaseException:
             with contextlib.suppress(Exception):
                 abort_upload(self.s3, upload.presigned)
@@ -508,12 +650,7 @@ class Transfers:
     async def discard(self, request: Request) -> Response:
         """Drop a pending upload (the client gave up)."""
         upload = self._take(request.path_params["upload"], request)
-        if upload.presigned is not None:
-            from ..storage.presigned import abort_upload
-
-            await run_in_threadpool(abort_upload, self.s3, upload.presigned)
-        else:
-            await run_in_threadpool(self.store.delete, upload.tmp_key, missing_ok=True)
+        await run_in_threadpool(self._drop, upload)
         return _json({"discarded": True})
 
     async def commit(self, request: Request) -> Response:
@@ -524,6 +661,8 @@ class Transfers:
         body = await read_json(request)
         upload_id = str(body.get("upload", ""))
         upload = self._take(upload_id, request)
+        if upload.claim is not None:
+            return await self._commit_claimed(request, upload_id, upload, name, body)
         await run_in_threadpool(self._complete, upload)  # a refused presigned upload is aborted, not put back
         try:
             draft = draft_from_client(body.get("record"), name, upload)
@@ -533,29 +672,63 @@ class Transfers:
             raise
         return _json({"record": record.to_dict()}, 201)
 
+    async def _commit_claimed(
+        self, request: Request, upload_id: str, upload: Upload, name: str, body: dict[str, Any]
+    ) -> Response:
+        """Commit an upload to a version's final key under the claim taken when it was planned: the
+        record must name that version and key. A malformed record leaves the upload pending (the
+        client may commit again); any later failure (bytes not those declared, a lost claim) drops
+        it, and the claim's clean-up removes what the attempt wrote."""
+        slot, presigned = upload.claim, upload.presigned
+        assert slot is not None and presigned is not None
+        try:
+            draft = draft_from_client(body.get("record"), name, upload)
+            assert draft.artifact is not None
+            if (name, draft.version, draft.artifact.key) != (slot.model_name, slot.version, presigned.key):
+                raise MetadataError(
+                    f"the record names version {draft.version!r} at {draft.artifact.key!r}, not the version "
+                    f"this upload was planned and claimed for ({slot.version!r} at {presigned.key!r})"
+                )
+            created_at = _created_at(body)
+        except ModelKeepError:
+            # Bytes not those planned are refused first (the upload dropped), as at any commit;
+            # otherwise the upload stays pending for a commit with a well-formed record.
+            from ..storage.presigned import check_parts
+
+            try:
+                await run_in_threadpool(check_parts, self.s3, presigned)
+            except IntegrityError:
+                await run_in_threadpool(self._drop, upload)
+                raise
+            self._put_back(upload_id, upload)
+            raise
+        staged = _ClaimedParts(self.s3, upload)
+        try:
+            record = await self.api.call(
+                request,
+                self.api.p.commit_claimed_upload,
+                slot,
+                staged,
+                draft,
+                created_at=created_at,
+                sign=_signer(draft),
+            )
+        except BaseException:
+            await run_in_threadpool(self._drop, upload)
+            raise
+        if upload.lease is not None:
+            await run_in_threadpool(upload.lease.close)
+        return _json({"record": record.to_dict()}, 201)
+
     def _commit(
         self, upload: Upload, draft: ModelMetadata, body: dict[str, Any], staged: StagedArtifact | None = None
     ) -> ModelMetadata:
         """Commit ``staged`` (default: the upload's staged key) as the version ``draft`` names."""
-        from ..storage import StagedArtifact
-
         p = self.api.p
         overwrite = bool(body.get("overwrite"))
         auto = bool(body.get("auto_version"))
-        created_at = body.get("created_at")
-        if created_at is not None and not isinstance(created_at, str):
-            raise MetadataError("created_at must be an ISO-8601 string")
+        created_at = _created_at(body)
         assert draft.artifact is not None
-        wanted = manifest(draft)
-
-        def sign(record: ModelMetadata) -> str | None:
-            if manifest(record) != wanted:
-                raise stale(
-                    f"model '{record.model_name}' version '{record.version}' is not the version the client "
-                    f"signed for ({draft.version}); plan and sign again"
-                )
-            return draft.signature
-
         if staged is None:
             staged = StagedArtifact(self.store, upload.tmp_key)
             staged.size, staged.sha256 = upload.size, upload.sha256
@@ -565,7 +738,7 @@ class Transfers:
             None if auto else draft.version,
             overwrite=overwrite,
             created_at=created_at,
-            sign=sign,
+            sign=_signer(draft),
             key_for=_key_rule(draft.artifact.key),
         )
 

@@ -376,16 +376,19 @@ class VersionClaim:
         self.taken, self.claimed_at = started, now  # the lease runs from before the renewal was sent
 
     @contextlib.contextmanager
-    def kept_alive(self) -> Iterator[VersionClaim]:
+    def kept_alive(self, until: float | None = None) -> Iterator[VersionClaim]:
         """Renew the lease every :data:`CLAIM_RENEW_SECONDS` from a daemon thread for the block
         (a long upload under the claim). A renewal that fails is retried at the next beat; the
         lease simply runs out if none succeeds, and :meth:`check` then stops the writer. The
-        thread dies with the process, so a killed writer's claim goes stale as usual."""
+        thread dies with the process, so a killed writer's claim goes stale as usual. ``until``
+        (a ``time.monotonic()`` instant): no renewal after it, so a claim whose owner forgot it
+        (an upload a registry server's client never committed) goes stale even while the
+        process lives."""
         stop = threading.Event()
         every = CLAIM_RENEW_SECONDS
 
         def beat() -> None:
-            while not stop.wait(every):
+            while not stop.wait(every) and (until is None or time.monotonic() < until):
                 try:
                     self.renew()
                 except ClaimLostError as exc:

@@ -5,7 +5,9 @@ SHA-256 of the whole file (one ``PUT``) or of each part (a multipart upload). Ev
 signed *with* its declared ``x-amz-checksum-sha256`` header, so S3 itself refuses bytes that
 do not hash to it (``BadDigest``) and a client cannot swap the header. The upload is staged
 under the registry's ``.tmp/`` prefix with a staged key's name, so ``gc`` aborts an abandoned
-multipart upload and removes an abandoned object like any interrupted save's.
+multipart upload and removes an abandoned object like any interrupted save's; or a multipart
+upload goes to a version's final key under the version's claim (``final=True``), completed there
+with ``If-None-Match: *``, as a direct save's (:class:`.s3.ParallelUpload`).
 
 :func:`complete_upload` lists the parts S3 holds and refuses a missing, extra or resized part
 or one whose checksum differs from the plan, completes the upload, and then (by default) reads
@@ -175,6 +177,7 @@ def plan_upload(
     part_size: int = DEFAULT_PART_SIZE,
     expires: int = 3600,
     staging_key: str | None = None,
+    final: bool = False,
 ) -> UploadPlan:
     """Plan an upload of ``size`` bytes straight to the bucket, staged under ``.tmp/``.
 
@@ -185,6 +188,11 @@ def plan_upload(
     checked by :func:`complete_upload` when given. ``expires`` (seconds, at most seven days)
     bounds how long the URLs work. ``staging_key`` defaults to a fresh staged key
     (``store.stage()``), whose name ``gc`` reads the upload's age from.
+
+    ``final``: ``staging_key`` is a version's final key, which the caller holds the write claim
+    of (a multipart upload only: nothing appears under the key until :func:`complete_upload`,
+    which then never writes over an object already there; ``gc`` keeps the upload while the
+    claim is live, and aborts it once the claim is stale).
     """
     store = _check_s3(store)
     if not isinstance(size, int) or size < 0:
@@ -192,7 +200,10 @@ def plan_upload(
     if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
         raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
     key = staging_key if staging_key is not None else store.stage().tmp_key
-    if not key.startswith(TMP_DIR + "/"):
+    if final and (staging_key is None or part_sha256s is None or _staged(key)):
+        # a single PUT's URL could replace the object after the commit checked it
+        raise ConfigError("an upload straight to a final key is a multipart upload to a key outside .tmp/")
+    if not final and not _staged(key):
         raise ConfigError(f"an upload is staged under {TMP_DIR}/ (where gc finds it), not at {key!r}")
     whole = _hex_sha256(sha256, "sha256") if sha256 is not None else None
     bucket, path = store.bucket_key(key)
@@ -244,6 +255,11 @@ def plan_upload(
     return UploadPlan("multipart", key, size, part_size, whole, upload_id, tuple(parts), expires_at)
 
 
+def _staged(key: str) -> bool:
+    """Whether ``key`` is a staged key (under ``.tmp/``), not a version's final key."""
+    return key.startswith(TMP_DIR + "/")
+
+
 def presign_get(store: S3Store, key: str, expires: int = 3600) -> str:
     """A URL that reads ``key`` for ``expires`` seconds (at most seven days), ``Range``
     requests included: the byte source of :func:`.presigned_client.download_ranges`."""
@@ -257,7 +273,10 @@ def presign_get(store: S3Store, key: str, expires: int = 3600) -> str:
 
 def abort_upload(store: S3Store, plan: UploadPlan) -> None:
     """Throw a planned upload away: abort its multipart upload (parts freed) or delete the
-    object a single ``PUT`` left. Idempotent; an upload already gone is not an error."""
+    object a single ``PUT`` left. Idempotent; an upload already gone is not an error. An upload
+    to a version's final key (``plan_upload(final=True)``) is only aborted: what is under that
+    key is removed by the claim's clean-up, which first checks that the claim is still the
+    caller's (another writer may own the key once it is not)."""
     store = _check_s3(store)
     failed: StorageError | None = None
     if plan.upload_id is not None:
@@ -269,7 +288,8 @@ def abort_upload(store: S3Store, plan: UploadPlan) -> None:
             pass  # completed or aborted already (NoSuchUpload)
         except StorageError as exc:
             failed = exc
-    store.delete(plan.key, missing_ok=True)  # a completed upload, or a single PUT, left an object
+    if _staged(plan.key):
+        store.delete(plan.key, missing_ok=True)  # a completed upload, or a single PUT, left an object
     if failed is not None:
         raise failed
 
@@ -321,6 +341,13 @@ def _check_parts(store: S3Store, plan: UploadPlan) -> list[dict[str, Any]]:
     return out
 
 
+def check_parts(store: S3Store, plan: UploadPlan) -> None:
+    """Refuse (:class:`IntegrityError`, the upload aborted) a multipart upload whose parts, as
+    S3 lists them, are not those planned: one missing, added, resized or with another SHA-256.
+    Nothing is completed (:func:`complete_upload` checks the same before completing)."""
+    _check_parts(_check_s3(store), plan)
+
+
 def complete_upload(
     store: S3Store,
     plan: UploadPlan,
@@ -346,17 +373,17 @@ def complete_upload(
     store = _check_s3(store)
     if verify is None:
         verify = not enforces_checksums(store)
-    bucket, path = store.bucket_key(plan.key)
     if plan.kind == "multipart":
         parts = _check_parts(store, plan)
         with store.translated("complete the upload of", plan.key):
-            store.call(
+            # a version's final key: never over an object already there (If-None-Match: *)
+            store.finish(
                 "complete_multipart_upload",
-                Bucket=bucket,
-                Key=path,
+                plan.key,
+                exclusive=not _staged(plan.key),
                 UploadId=plan.upload_id,
                 MultipartUpload={"Parts": parts},
-            ).result()
+            )
     else:
         try:
             stored = store.size(plan.key)
@@ -513,6 +540,7 @@ __all__ = [
     "UploadPlan",
     "abort_upload",
     "b64_sha256",
+    "check_parts",
     "complete_upload",
     "enforces_checksums",
     "part_ranges",

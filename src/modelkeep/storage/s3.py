@@ -115,6 +115,28 @@ class S3Store(ObjectStore):
         replaces an object already under ``key``."""
         return ParallelUpload(self, key, exclusive=True)
 
+    def finish(self, method: str, key: str, *, exclusive: bool, **kwargs: Any) -> Any:
+        """``method`` (``put_object``, ``complete_multipart_upload``) on ``key``, the call that makes
+        an object appear; ``exclusive``: only where none is yet (``If-None-Match: *``, for an upload
+        straight to a version's key under its claim)."""
+        bucket, path = self.bucket_key(key)
+        if not exclusive:
+            return self.call(method, Bucket=bucket, Key=path, **kwargs).result()
+        try:
+            return self.call(method, Bucket=bucket, Key=path, IfNoneMatch="*", **kwargs).result()
+        except Exception as exc:
+            text = f"{exc} {exc.__cause__ or ''}"
+            if "PreconditionFailed" in text or "412" in text:
+                raise StorageError(
+                    f"cannot write {self.display_path(key)}: an object appeared under that key while "
+                    "this save was uploading (was its claim taken over?); nothing was registered"
+                ) from exc
+            if "NotImplemented" not in text:
+                raise
+        # a store without conditional writes: the claim alone keeps other writers away, as before
+        logger.debug("%s has no conditional writes; completing %s without one", self.url, key)
+        return self.call(method, Bucket=bucket, Key=path, **kwargs).result()
+
     def move(self, src_key: str, dst_key: str) -> None:
         with self.translated("commit", dst_key):
             size = self.size(src_key)
@@ -492,23 +514,7 @@ class ParallelUpload(io.RawIOBase):
 
     def _finish(self, method: str, **kwargs: Any) -> Any:
         """The call that makes the object appear; an exclusive one only where none is yet."""
-        store = self._store
-        if not self.exclusive:
-            return store.call(method, Bucket=self._bucket, Key=self._path, **kwargs).result()
-        try:
-            return store.call(method, Bucket=self._bucket, Key=self._path, IfNoneMatch="*", **kwargs).result()
-        except Exception as exc:
-            text = f"{exc} {exc.__cause__ or ''}"
-            if "PreconditionFailed" in text or "412" in text:
-                raise StorageError(
-                    f"cannot write {store.display_path(self._key)}: an object appeared under that key while "
-                    "this save was uploading (was its claim taken over?); nothing was registered"
-                ) from exc
-            if "NotImplemented" not in text:
-                raise
-        # a store without conditional writes: the claim alone keeps other writers away, as before
-        logger.debug("%s has no conditional writes; completing %s without one", store.url, self._key)
-        return store.call(method, Bucket=self._bucket, Key=self._path, **kwargs).result()
+        return self._store.finish(method, self._key, exclusive=self.exclusive, **kwargs)
 
     def _check_whole(self, etag: str) -> None:
         """A resumable upload's key is shared by every attempt of the same save: make sure the
