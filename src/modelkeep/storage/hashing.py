@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import hashlib
 import io
 import mmap
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -168,6 +170,37 @@ def _mapped(fd: int, start: int, end: int, chunk: int) -> Iterator[memoryview]:
         start = stop
 
 
+#: ``sync_file_range(2)``'s flag that starts writing dirty pages back without waiting for them.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range(2)`` (``None`` elsewhere, or where libc lacks it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call  # type: ignore[no-any-return]
+
+
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Ask the kernel to start writing the bytes ``[start, end)`` of ``fd`` to the disk now,
+    without waiting (``sync_file_range(2)`` with ``SYNC_FILE_RANGE_WRITE``), so that the
+    ``fsync`` which ends the write finds most of the file already on its way. Only a hint: it
+    makes nothing durable, and a write-back error is not reported here (this call leaves the
+    file's error state alone) but by that ``fsync``. Nothing happens where the call is missing."""
+    call = _sync_file_range()
+    if call is not None and end > start:
+        call(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
+
 class _Trailer:
     """Hashes what a :class:`HashingWriter` has written so far by mapping it back from the file
     (the page cache) on a helper thread, trailing the writer: the caller's buffers are never
@@ -178,7 +211,14 @@ class _Trailer:
     costs a map, an unmap (which interrupts the writer's core to flush its TLB) and a few takes
     of the GIL from the writer's thread, which pickles in Python and holds the GIL between
     writes. Stepping each time 1 MiB was written took 110 steps for a 110 MB forest instead of
-    14, and the save switched threads 142 times instead of 62."""
+    14, and the save switched threads 142 times instead of 62.
+
+    Each step also starts the write-back of every whole page written so far
+    (:func:`start_writeback`), so the disk writes while the format pickles: the caller's
+    ``fsync`` of a 110 MB forest then waited for about 10 ms of writing instead of 60 (a file
+    otherwise stays only in the page cache until that ``fsync``). A partly written last page
+    is left out: the writer's next bytes go to it, and a page under write-back may make them
+    wait."""
 
     #: Bytes mapped and hashed at a time.
     CHUNK = 8 << 20
@@ -197,12 +237,16 @@ class _Trailer:
         self._wake.set()
 
     def _run(self) -> None:
-        done = 0
+        done = submitted = 0
         try:
             while not self._stop:
                 self._wake.clear()
                 finished = self._writer.finished  # read before the size: then the size is final
                 target = self._writer.flushed
+                pages = target - target % mmap.PAGESIZE
+                if pages > submitted:
+                    start_writeback(self._fd, submitted, pages)
+                    submitted = pages
                 if done >= target and finished:
                     return
                 if target - done < self.CHUNK and not finished:  # a whole chunk, or the end
