@@ -175,6 +175,8 @@ class _Scratch(LocalStore):
     """The client's scratch folder for one save: its files only feed an upload, so they are not
     ``fsync``'ed (a crash loses nothing committed; the folder is removed after the save)."""
 
+    syncs_writes = False  # nor written back early: they may never need the disk
+
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         from ..storage.local import durable_write

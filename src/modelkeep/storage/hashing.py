@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import hashlib
 import io
 import mmap
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -168,6 +170,37 @@ def _mapped(fd: int, start: int, end: int, chunk: int) -> Iterator[memoryview]:
         start = stop
 
 
+#: ``sync_file_range(2)``'s flag that starts writing dirty pages back without waiting for them.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range(2)`` (``None`` elsewhere, or where libc lacks it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Ask the kernel to start writing the bytes ``[start, end)`` of ``fd`` to the disk now,
+    without waiting (``sync_file_range(2)`` with ``SYNC_FILE_RANGE_WRITE``), so that the
+    ``fsync`` which ends the write finds most of the file already on its way. Only a hint: it
+    makes nothing durable, and a write-back error is not reported here (this call leaves the
+    file's error state alone) but by that ``fsync``. Nothing happens where the call is missing."""
+    call = _sync_file_range()
+    if call is not None and end > start:
+        call(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
+
 class _Trailer:
     """Hashes what a :class:`HashingWriter` has written so far by mapping it back from the file
     (the page cache) on a helper thread, trailing the writer: the caller's buffers are never
@@ -178,13 +211,21 @@ class _Trailer:
     costs a map, an unmap (which interrupts the writer's core to flush its TLB) and a few takes
     of the GIL from the writer's thread, which pickles in Python and holds the GIL between
     writes. Stepping each time 1 MiB was written took 110 steps for a 110 MB forest instead of
-    14, and the save switched threads 142 times instead of 62."""
+    14, and the save switched threads 142 times instead of 62.
+
+    With ``writeback`` (the file is ``fsync``'ed once written), each step also starts the
+    write-back of every whole page written so far (:func:`start_writeback`), so the disk
+    writes while the format pickles: the ``fsync``'s of a 110 MB forest's save then waited
+    12-22 ms in all instead of 66-100 (a file otherwise stays only in the page cache until its
+    ``fsync``). A partly written last page is left out: the writer's next bytes go to it, and
+    a page under write-back may make them wait."""
 
     #: Bytes mapped and hashed at a time.
     CHUNK = 8 << 20
 
-    def __init__(self, fd: int, writer: HashingWriter, hasher: Any) -> None:
+    def __init__(self, fd: int, writer: HashingWriter, hasher: Any, *, writeback: bool) -> None:
         self._fd = fd
+        self._writeback = writeback
         self._writer = writer
         self._hasher = hasher
         self._wake = threading.Event()
@@ -197,12 +238,16 @@ class _Trailer:
         self._wake.set()
 
     def _run(self) -> None:
-        done = 0
+        done = submitted = 0
         try:
             while not self._stop:
                 self._wake.clear()
                 finished = self._writer.finished  # read before the size: then the size is final
                 target = self._writer.flushed
+                pages = target - target % mmap.PAGESIZE
+                if self._writeback and pages > submitted:
+                    start_writeback(self._fd, submitted, pages)
+                    submitted = pages
                 if done >= target and finished:
                     return
                 if target - done < self.CHUNK and not finished:  # a whole chunk, or the end
@@ -233,7 +278,8 @@ class HashingWriter(io.RawIOBase):
     reads the file being written), one thread maps the written bytes back from the page cache
     and computes the SHA-256 while they are written, and BLAKE3 runs once :meth:`done_writing`
     says the file is complete (while the caller's ``fsync`` waits); otherwise the written buffers
-    are queued for a thread per digest (:class:`BackgroundHash`).
+    are queued for a thread per digest (:class:`BackgroundHash`). ``writeback`` says the caller
+    will ``fsync`` the file: the first thread then starts its write-back as it goes.
 
     Writes smaller than :attr:`GATHER_MIN` are gathered into one buffer of up to
     :attr:`GATHER` bytes before they reach ``raw``: a pickler writes many small pieces, and one
@@ -255,7 +301,13 @@ class HashingWriter(io.RawIOBase):
     WAKE = _Trailer.CHUNK
 
     def __init__(
-        self, raw: IO[bytes], advance: Advance = no_advance, *, blake3: bool = True, reread_fd: int | None = None
+        self,
+        raw: IO[bytes],
+        advance: Advance = no_advance,
+        *,
+        blake3: bool = True,
+        reread_fd: int | None = None,
+        writeback: bool = False,
     ) -> None:
         super().__init__()
         self._raw = raw
@@ -263,6 +315,7 @@ class HashingWriter(io.RawIOBase):
         # Its own descriptor: the hashing may finish after the writer's file is closed.
         self._fd = os.dup(reread_fd) if reread_fd is not None else None
         self._blake3 = blake3
+        self._writeback = writeback
         self._in_payload = False
         self.ranges: list[Range] = []
         self.size = 0
@@ -338,7 +391,7 @@ class HashingWriter(io.RawIOBase):
     def _start_trailers(self, fd: int) -> None:
         # The SHA-256 trails the writer on its own core; BLAKE3, several times faster, waits for
         # done_writing() and then runs while the caller's fsync leaves the writer's core idle.
-        self._trailers.append(_Trailer(fd, self, self._sha))
+        self._trailers.append(_Trailer(fd, self, self._sha, writeback=self._writeback))
 
     def done_writing(self) -> None:
         """No more bytes will be written: the size is final. With a re-readable file, BLAKE3 of

@@ -53,6 +53,7 @@ class LocalStore(ArtifactStore):
     the new one, never a mix."""
 
     shared = False
+    syncs_writes = True
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
