@@ -768,7 +768,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
                 elif slot.state == CLAIMED:
                     slot.abandon([], self._remove_quietly)
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
-            self.index.lifecycle.resign_aliases(draft.model_name, record.version, self.keyring.sign_event)
+            self._resign_after_overwrite(draft.model_name, record.version)
         return record
 
     # -- writing under a claim (see modelkeep.index.claims) -------------------------
