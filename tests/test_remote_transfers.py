@@ -506,6 +506,63 @@ def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucke
     p.close()
 
 
+def _signed_payloads(store: S3Store) -> list[tuple[str, str]]:
+    """Record (operation, ``X-Amz-Content-SHA256``) of every request s3fs's client sends."""
+    sent: list[tuple[str, str]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        sha = request.headers.get("X-Amz-Content-SHA256", b"")
+        sent.append((event_name.rsplit(".", 1)[-1], sha.decode() if isinstance(sha, bytes) else sha))
+
+    async def hook() -> None:
+        await store.fs.set_session()
+        client = await store.fs.get_s3(store.bucket_key("x")[0])
+        client.meta.events.register("before-send.s3", record, unique_id="test-signed-payloads")
+
+    store.submit(hook()).result()
+    return sent
+
+
+@pytest.mark.parametrize("explicit", [None, True], ids=["default", "payload-signing-asked-for"])
+def test_parts_are_not_hashed_again_for_their_signature(
+    s3_bucket: S3Bucket, tmp_path: Path, explicit: bool | None
+) -> None:
+    """Over plain HTTP botocore signs a request with the SHA-256 of its body. A save's parts are
+    signed ``UNSIGNED-PAYLOAD`` instead (as botocore does over HTTPS): the save already hashes
+    every byte, records the digests, and a load checks them. Every other request (the small
+    artifact's PUT, the completion) keeps its payload's SHA-256, and so do parts when the client's
+    config asks for payload signing."""
+    options = s3_bucket.storage_options
+    if explicit is not None:
+        options["config_kwargs"] = {**options["config_kwargs"], "s3": {"payload_signing_enabled": explicit}}
+    p = ModelPersistence(
+        models_dir=s3_bucket.url(),
+        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        storage_options=options,
+        part_size="5MiB",
+        max_concurrency=2,
+        cache_max_bytes=0,
+    )
+    assert isinstance(p.store, S3Store)
+    p.save_version({"x": 1}, "small")  # one PUT
+    sent = _signed_payloads(p.store)
+    model = _model(12 * MiB, seed=23)
+    rec = p.save_version(model, "m", compress=False)
+    parts = [sha for op, sha in sent if op == "UploadPart"]
+    assert len(parts) >= 2
+    if explicit:
+        assert all(re.fullmatch("[0-9a-f]{64}", sha) for sha in parts)
+    else:
+        assert set(parts) == {"UNSIGNED-PAYLOAD"}
+    others = [(op, sha) for op, sha in sent if op != "UploadPart"]
+    assert others and all(sha != "UNSIGNED-PAYLOAD" for _, sha in others)
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+    sent.clear()
+    p.save_version({"x": 2}, "small")
+    assert [op for op, sha in sent if op == "PutObject" and re.fullmatch("[0-9a-f]{64}", sha)]
+    p.close()
+
+
 @pytest.mark.parametrize("renewing", [True, False], ids=["renewed", "lease-runs-out"])
 def test_an_upload_longer_than_the_lease_keeps_its_claim_by_renewing_it(
     renewing: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
