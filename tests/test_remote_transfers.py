@@ -392,6 +392,56 @@ def test_an_upload_sends_whole_bytes_uncopied_and_copies_buffers_the_caller_may_
     p.close()
 
 
+#: Uploads two 12 MiB ``bytes`` as two parts, in a process of its own (moto runs in the tests'
+#: process), and prints the peak of the memory Python allocated meanwhile.
+TRACED_UPLOAD = r"""
+import json, sys, tracemalloc
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     part_size="5MiB", max_concurrency=2)
+rng = np.random.default_rng(4)
+warm = p.store.begin_direct("m/0/x.bin")  # the client, its models and connections: made before tracing
+warm.write(rng.bytes(6 << 20))
+warm.complete()
+chunks = [rng.bytes(12 << 20), rng.bytes(12 << 20)]
+upload = p.store.begin_direct("m/1/x.bin")
+tracemalloc.start()
+for chunk in chunks:
+    upload.write(chunk)
+upload.send_all()
+peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+upload.complete()
+print(json.dumps({"peak": peak, "sent": upload.sent}))
+"""
+
+
+def test_a_whole_bytes_part_is_not_copied_on_its_way_to_the_socket(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A part sent as the caller's ``bytes`` stays uncopied down to aiohttp, which reads it in
+    slices: ``BytesIO.getbuffer`` (aiohttp asks it for the body's length) would copy all of it
+    first. The memory Python allocates while 24 MiB go up as two 12 MiB parts stays far below one part."""
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_bucket.storage_options,
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", TRACED_UPLOAD, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["sent"] == 2
+    assert result["peak"] < 6 * MiB, f"{result['peak'] / MiB:.1f} MiB allocated: a part was copied"
+    stored = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="models/m/1/x.bin")["Body"].read()
+    rng = np.random.default_rng(4)
+    rng.bytes(6 * MiB)
+    assert stored == rng.bytes(12 * MiB) + rng.bytes(12 * MiB)
+    assert s3_bucket.pending_uploads() == []
+
+
 def test_a_part_answered_late_does_not_hold_back_the_parts_after_it(
     s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:

@@ -293,7 +293,20 @@ _UNSIGNED_PART_HOOK = "modelkeep-unsigned-part"
 
 class _PartBody(io.BytesIO):
     """The body of a part of a :class:`ParallelUpload`: artifact bytes whose SHA-256 and BLAKE3
-    the save records and every load checks (see :func:`_unsigned_part`)."""
+    the save records and every load checks (see :func:`_unsigned_part`).
+
+    Made from a whole ``bytes`` object, it shares it, as ``BytesIO`` does, and :meth:`getbuffer`
+    is a read-only view of it: ``BytesIO.getbuffer`` would first copy the bytes into a buffer
+    of its own (aiohttp calls it for the body's length; nothing writes to a part)."""
+
+    def __init__(self, whole: bytes | None = None) -> None:
+        super().__init__(whole)
+        self._whole = whole
+
+    def getbuffer(self) -> memoryview:
+        if self._whole is not None:
+            return memoryview(self._whole)
+        return super().getbuffer()
 
 
 def _unsigned_part(request: Any, **_: Any) -> None:
