@@ -300,7 +300,7 @@ class _PartBody(io.BytesIO):
     of its own (aiohttp calls it for the body's length; nothing writes to a part)."""
 
     def __init__(self, whole: bytes | None = None) -> None:
-        super().__init__(whole)
+        super().__init__(b"" if whole is None else whole)
         self._whole = whole
 
     def getbuffer(self) -> memoryview:
