@@ -532,18 +532,24 @@ def test_a_save_declares_crc32_and_completes_with_each_parts_checksum(s3_bucket:
     p.close()
 
 
-def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    """Stores that reject checksums are used with ``request_checksum_calculation="when_required"``:
-    then no upload declares one and the completion lists none, as with boto3."""
-    options = s3_bucket.storage_options
-    options["config_kwargs"] = {**options["config_kwargs"], "request_checksum_calculation": "when_required"}
-    p = ModelPersistence(
-        models_dir=s3_bucket.url(),
+def _configured(bucket: S3Bucket, tmp_path: Path, config: dict[str, Any], **kwargs: Any) -> ModelPersistence:
+    """A registry on ``bucket`` whose botocore client gets ``config`` too; 5 MiB parts, no cache."""
+    options = bucket.storage_options
+    options["config_kwargs"] = {**options["config_kwargs"], **config}
+    return ModelPersistence(
+        models_dir=bucket.url(),
         registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
         storage_options=options,
         part_size="5MiB",
         cache_max_bytes=0,
+        **kwargs,
     )
+
+
+def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Stores that reject checksums are used with ``request_checksum_calculation="when_required"``:
+    then no upload declares one and the completion lists none, as with boto3."""
+    p = _configured(s3_bucket, tmp_path, {"request_checksum_calculation": "when_required"})
     assert isinstance(p.store, S3Store) and p.store.upload_checksum is None
     calls = _spy_calls(p.store)
     model = _model(11 * MiB, seed=22)
@@ -582,17 +588,8 @@ def test_parts_are_not_hashed_again_for_their_signature(
     every byte, records the digests, and a load checks them. Every other request (the small
     artifact's PUT, the completion) keeps its payload's SHA-256, and so do parts when the client's
     config asks for payload signing."""
-    options = s3_bucket.storage_options
-    if explicit is not None:
-        options["config_kwargs"] = {**options["config_kwargs"], "s3": {"payload_signing_enabled": explicit}}
-    p = ModelPersistence(
-        models_dir=s3_bucket.url(),
-        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        storage_options=options,
-        part_size="5MiB",
-        max_concurrency=2,
-        cache_max_bytes=0,
-    )
+    config = {} if explicit is None else {"s3": {"payload_signing_enabled": explicit}}
+    p = _configured(s3_bucket, tmp_path, config, max_concurrency=2)
     assert isinstance(p.store, S3Store)
     p.save_version({"x": 1}, "small")  # one PUT
     sent = _signed_payloads(p.store)
