@@ -8,7 +8,8 @@ at once, with the credentials, endpoint, timeouts and retries s3fs was given.
 * Uploads (:class:`ParallelUpload`): a multipart upload whose parts go up while the caller
   writes; memory stays near ``(max_concurrency + 1) x part_size`` (one longer part, an
   immutable ``bytes`` write sent uncopied, may be alone in flight). Each part goes to botocore
-  as a file object, which aiohttp sends in slices. The SHA-256 and BLAKE3 digests are still
+  as a file object, which aiohttp sends in slices, signed ``UNSIGNED-PAYLOAD`` (no second
+  SHA-256 of it, see :func:`_unsigned_part`). The SHA-256 and BLAKE3 digests are still
   computed by :class:`~.hashing.HashingWriter` from the same stream, in one pass. A file
   smaller than one part is one ``PUT``. A failure aborts the upload.
 * Downloads (:meth:`S3Store.stream`): ranged ``GET``\\ s, ``max_concurrency`` in flight,
