@@ -392,6 +392,56 @@ def test_an_upload_sends_whole_bytes_uncopied_and_copies_buffers_the_caller_may_
     p.close()
 
 
+#: Uploads two 12 MiB ``bytes`` as two parts, in a process of its own (moto runs in the tests'
+#: process), and prints the peak of the memory Python allocated meanwhile.
+TRACED_UPLOAD = r"""
+import json, sys, tracemalloc
+import numpy as np
+from modelkeep import ModelPersistence
+spec = json.loads(sys.argv[1])
+p = ModelPersistence(models_dir=spec["url"], registry_url=spec["registry"], storage_options=spec["options"],
+                     part_size="5MiB", max_concurrency=2)
+rng = np.random.default_rng(4)
+warm = p.store.begin_direct("m/0/x.bin")  # the client, its models and connections: made before tracing
+warm.write(rng.bytes(6 << 20))
+warm.complete()
+chunks = [rng.bytes(12 << 20), rng.bytes(12 << 20)]
+upload = p.store.begin_direct("m/1/x.bin")
+tracemalloc.start()
+for chunk in chunks:
+    upload.write(chunk)
+upload.send_all()
+peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+upload.complete()
+print(json.dumps({"peak": peak, "sent": upload.sent}))
+"""
+
+
+def test_a_whole_bytes_part_is_not_copied_on_its_way_to_the_socket(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """A part sent as the caller's ``bytes`` stays uncopied down to aiohttp, which reads it in
+    slices: ``BytesIO.getbuffer`` (aiohttp asks it for the body's length) would copy all of it
+    first. The memory Python allocates while 24 MiB go up as two 12 MiB parts stays far below one part."""
+    spec = {
+        "url": s3_bucket.url(),
+        "registry": f"sqlite:///{tmp_path / 'registry.db'}",
+        "options": s3_bucket.storage_options,
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", TRACED_UPLOAD, json.dumps(spec)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["sent"] == 2
+    assert result["peak"] < 6 * MiB, f"{result['peak'] / MiB:.1f} MiB allocated: a part was copied"
+    stored = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key="models/m/1/x.bin")["Body"].read()
+    rng = np.random.default_rng(4)
+    rng.bytes(6 * MiB)
+    assert stored == rng.bytes(12 * MiB) + rng.bytes(12 * MiB)
+    assert s3_bucket.pending_uploads() == []
+
+
 def test_a_part_answered_late_does_not_hold_back_the_parts_after_it(
     s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -482,18 +532,24 @@ def test_a_save_declares_crc32_and_completes_with_each_parts_checksum(s3_bucket:
     p.close()
 
 
-def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    """Stores that reject checksums are used with ``request_checksum_calculation="when_required"``:
-    then no upload declares one and the completion lists none, as with boto3."""
-    options = s3_bucket.storage_options
-    options["config_kwargs"] = {**options["config_kwargs"], "request_checksum_calculation": "when_required"}
-    p = ModelPersistence(
-        models_dir=s3_bucket.url(),
+def _configured(bucket: S3Bucket, tmp_path: Path, config: dict[str, Any], **kwargs: Any) -> ModelPersistence:
+    """A registry on ``bucket`` whose botocore client gets ``config`` too; 5 MiB parts, no cache."""
+    options = bucket.storage_options
+    options["config_kwargs"] = {**options["config_kwargs"], **config}
+    return ModelPersistence(
+        models_dir=bucket.url(),
         registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
         storage_options=options,
         part_size="5MiB",
         cache_max_bytes=0,
+        **kwargs,
     )
+
+
+def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Stores that reject checksums are used with ``request_checksum_calculation="when_required"``:
+    then no upload declares one and the completion lists none, as with boto3."""
+    p = _configured(s3_bucket, tmp_path, {"request_checksum_calculation": "when_required"})
     assert isinstance(p.store, S3Store) and p.store.upload_checksum is None
     calls = _spy_calls(p.store)
     model = _model(11 * MiB, seed=22)
@@ -503,6 +559,54 @@ def test_a_client_that_sends_checksums_only_when_required_declares_none(s3_bucke
     (done,) = [kw for m, kw in calls if m == "complete_multipart_upload"]
     assert all(set(part) == {"PartNumber", "ETag"} for part in done["MultipartUpload"]["Parts"])
     assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+    p.close()
+
+
+def _signed_payloads(store: S3Store) -> list[tuple[str, str]]:
+    """Record (operation, ``X-Amz-Content-SHA256``) of every request s3fs's client sends."""
+    sent: list[tuple[str, str]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        sha = request.headers.get("X-Amz-Content-SHA256", b"")
+        sent.append((event_name.rsplit(".", 1)[-1], sha.decode() if isinstance(sha, bytes) else sha))
+
+    async def hook() -> None:
+        await store.fs.set_session()
+        client = await store.fs.get_s3(store.bucket_key("x")[0])
+        client.meta.events.register("before-send.s3", record, unique_id="test-signed-payloads")
+
+    store.submit(hook()).result()
+    return sent
+
+
+@pytest.mark.parametrize("explicit", [None, True], ids=["default", "payload-signing-asked-for"])
+def test_parts_are_not_hashed_again_for_their_signature(
+    s3_bucket: S3Bucket, tmp_path: Path, explicit: bool | None
+) -> None:
+    """Over plain HTTP botocore signs a request with the SHA-256 of its body. A save's parts are
+    signed ``UNSIGNED-PAYLOAD`` instead (as botocore does over HTTPS): the save already hashes
+    every byte, records the digests, and a load checks them. Every other request (the small
+    artifact's PUT, the completion) keeps its payload's SHA-256, and so do parts when the client's
+    config asks for payload signing."""
+    config = {} if explicit is None else {"s3": {"payload_signing_enabled": explicit}}
+    p = _configured(s3_bucket, tmp_path, config, max_concurrency=2)
+    assert isinstance(p.store, S3Store)
+    p.save_version({"x": 1}, "small")  # one PUT
+    sent = _signed_payloads(p.store)
+    model = _model(12 * MiB, seed=23)
+    rec = p.save_version(model, "m", compress=False)
+    parts = [sha for op, sha in sent if op == "UploadPart"]
+    assert len(parts) >= 2
+    if explicit:
+        assert all(re.fullmatch("[0-9a-f]{64}", sha) for sha in parts)
+    else:
+        assert set(parts) == {"UNSIGNED-PAYLOAD"}
+    others = [(op, sha) for op, sha in sent if op != "UploadPart"]
+    assert others and all(sha != "UNSIGNED-PAYLOAD" for _, sha in others)
+    assert np.array_equal(p.load("m", rec.version)["weights"], model["weights"])
+    sent.clear()
+    p.save_version({"x": 2}, "small")
+    assert [op for op, sha in sent if op == "PutObject" and re.fullmatch("[0-9a-f]{64}", sha)]
     p.close()
 
 

@@ -8,7 +8,8 @@ at once, with the credentials, endpoint, timeouts and retries s3fs was given.
 * Uploads (:class:`ParallelUpload`): a multipart upload whose parts go up while the caller
   writes; memory stays near ``(max_concurrency + 1) x part_size`` (one longer part, an
   immutable ``bytes`` write sent uncopied, may be alone in flight). Each part goes to botocore
-  as a file object, which aiohttp sends in slices. The SHA-256 and BLAKE3 digests are still
+  as a file object, which aiohttp sends in slices, signed ``UNSIGNED-PAYLOAD`` (no second
+  SHA-256 of it, see :func:`_unsigned_part`). The SHA-256 and BLAKE3 digests are still
   computed by :class:`~.hashing.HashingWriter` from the same stream, in one pass. A file
   smaller than one part is one ``PUT``. A failure aborts the upload.
 * Downloads (:meth:`S3Store.stream`): ranged ``GET``\\ s, ``max_concurrency`` in flight,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import io
 import logging
@@ -80,9 +82,14 @@ class S3Store(ObjectStore):
         checksum of the parts, instead of computing one of its own over the whole object when
         the upload completes (moto copies the object twice more to do that)."""
         if self._upload_checksum is None:
-            setting = self.submit(_checksum_setting(self.fs, self.bucket_key("x")[0])).result()
-            self._upload_checksum = ("CRC32" if setting == "when_supported" else None,)
-        return self._upload_checksum[0]
+            self.prepare_upload()
+        return self._upload_checksum[0]  # type: ignore[index]
+
+    def prepare_upload(self) -> None:
+        """Ready s3fs's current client for a :class:`ParallelUpload` (its parts are signed without
+        a second SHA-256, see :func:`_unsigned_part`) and read :attr:`upload_checksum` again."""
+        setting = self.submit(_prepare_client(self.fs, self.bucket_key("x")[0])).result()
+        self._upload_checksum = ("CRC32" if setting == "when_supported" else None,)
 
     # -- running s3fs's coroutines ---------------------------------------------------
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
@@ -294,12 +301,60 @@ def _initiated(upload: dict[str, Any]) -> float:
     return max(stamps) if stamps else time.time()
 
 
-async def _checksum_setting(fs: Any, bucket: str) -> str | None:
-    """The client's ``request_checksum_calculation`` (``"when_supported"`` by default)."""
+async def _prepare_client(fs: Any, bucket: str) -> str | None:
+    """The client's ``request_checksum_calculation`` (``"when_supported"`` by default); and
+    :func:`_unsigned_part` hooked into it, once (``unique_id``), so that parts are not hashed twice."""
     await fs.set_session()
     s3 = await fs.get_s3(bucket)
+    s3.meta.events.register("before-sign.s3.UploadPart", _unsigned_part, unique_id=_UNSIGNED_PART_HOOK)
     setting = getattr(s3.meta.config, "request_checksum_calculation", None)
     return None if setting is None else str(setting)
+
+
+_UNSIGNED_PART_HOOK = "modelkeep-unsigned-part"
+
+
+class _PartBody(io.BytesIO):
+    """The body of a part of a :class:`ParallelUpload`: artifact bytes whose SHA-256 and BLAKE3
+    the save records and every load checks (see :func:`_unsigned_part`).
+
+    Made from a whole ``bytes`` object, it shares it, as ``BytesIO`` does, and :meth:`getbuffer`
+    is a read-only view of it: ``BytesIO.getbuffer`` would first copy the bytes into a buffer
+    of its own (aiohttp calls it for the body's length; nothing writes to a part)."""
+
+    def __init__(self, whole: bytes | None = None) -> None:
+        super().__init__(b"" if whole is None else whole)
+        self._whole = whole
+
+    def getbuffer(self) -> memoryview:
+        if self._whole is not None:
+            return memoryview(self._whole)
+        return super().getbuffer()
+
+
+def _unsigned_part(request: Any, **_: Any) -> None:
+    """Sign a part of a :class:`ParallelUpload` without a SHA-256 of its payload
+    (``UNSIGNED-PAYLOAD``), as botocore already does for every part over HTTPS.
+
+    Over plain HTTP botocore reads each part once more to SHA-256 it for the signature (about a
+    quarter of a save's client CPU, on top of the save's own SHA-256 of the whole artifact). The
+    part still carries its CRC32 (a signed header) against accidental damage, and a part altered
+    on the way cannot pass a load: the artifact's SHA-256 and BLAKE3, recorded by the save, are
+    checked before anything is parsed. Only parts of a :class:`ParallelUpload` (:class:`_PartBody`)
+    are concerned, and an explicit ``s3={"payload_signing_enabled": ...}`` in the client's config wins.
+    """
+    if not isinstance(getattr(request, "body", None), _PartBody):
+        return
+    context = request.context
+    config = context.get("client_config")
+    if config is None:
+        return
+    chosen = getattr(config, "s3", None) or {}
+    if chosen.get("payload_signing_enabled") is not None:
+        return
+    unsigned = copy.copy(config)  # the client's own config is shared: a copy for this request
+    unsigned.s3 = {**chosen, "payload_signing_enabled": False}
+    context["client_config"] = unsigned
 
 
 async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int | None) -> bytes:
@@ -350,7 +405,7 @@ class ParallelUpload(io.RawIOBase):
         #: The bytes gathered for the next part. A part goes to botocore as a file object, which
         #: aiohttp sends in slices; a ``bytearray`` body was copied whole into a fresh buffer with
         #: the request's headers, then again into the socket's send buffer.
-        self._buf = io.BytesIO()
+        self._buf: io.BytesIO = _PartBody()
         self._upload_id: str | None = None
         self._in_flight: deque[tuple[int, Future[Any], int]] = deque()
         self._in_flight_bytes = 0
@@ -387,6 +442,7 @@ class ParallelUpload(io.RawIOBase):
         store = self._store
         with store.translated("upload", self._key):
             if self._upload_id is None:
+                store.prepare_upload()  # once per upload: s3fs may have made a new client since
                 self._upload_id = self._resumed_upload() if self.resumable else None
             if self._upload_id is None:
                 # a direct upload is never copied afterwards (moto gives a copy of a composite
@@ -396,9 +452,9 @@ class ParallelUpload(io.RawIOBase):
                 started = store.call("create_multipart_upload", Bucket=self._bucket, Key=self._path, **declared)
                 self._upload_id = started.result()["UploadId"]
             if whole is None:
-                body, self._buf = self._buf, io.BytesIO()  # handed over whole: no copy
+                body, self._buf = self._buf, _PartBody()  # handed over whole: no copy
             else:
-                body = io.BytesIO(whole)  # shares the bytes (what botocore does with a bytes body)
+                body = _PartBody(whole)  # shares the bytes (what botocore does with a bytes body)
             size = body.tell() if whole is None else len(whole)
             body.seek(0)
             # memory: at most max_concurrency parts, and that many parts' worth of bytes, in flight
