@@ -737,7 +737,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact.
         Both go to the version's folder, which is ``fsync``'ed once for the two, before the row
         that references them is committed. ``trust_lease`` (a save whose bytes were staged before
-        the claim, so only moments ago on PostgreSQL): a young lease stands for the database's word
+        the claim, so only moments ago): a young lease stands for the database's word
         (:meth:`VersionClaim.check`); an upload straight to the key, which took long, reads it."""
         assert record.artifact is not None
         key = record.artifact.key

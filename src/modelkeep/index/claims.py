@@ -25,18 +25,18 @@ other than the writer's own, might reference.
   (:meth:`VersionClaim.kept_alive`); a renewal is fenced by the token, never
   revives an expired lease, and a killed writer's heartbeat dies with it, so its
   claim still goes stale and gc (or the next writer) can take the version.
-* Checks without a read (PostgreSQL, where a read is a network round trip; a save whose
-  bytes were staged before its claim): while the lease is younger than
-  :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, :meth:`VersionClaim.check`
-  with ``trust_lease`` reads nothing. Nobody can have taken the claim by then: gc releases
-  a claim only once ``claimed_at`` (written before the claim was sent) is
-  :data:`CLAIM_LEASE_SECONDS` old by its own clock, or when the claim's process is provably
-  dead (then it writes nothing more); a writer releases only a provably dead writer's claim;
-  and the writer counts its lease on its monotonic clock from before the claim was sent. The
-  other half of the lease is the margin for a gc host whose clock runs ahead of the writer's.
-  Past it the check reads the claim as before, and the row's statement always does (the
-  fence). Not covered: a live claim deleted by hand while its writer places its files is
-  only caught by that fence (nothing is registered).
+* Checks without a read (a save whose bytes were staged before its claim; on PostgreSQL a read
+  is a network round trip, on SQLite a connection checkout and a transaction of its own): while
+  the lease is younger than :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`,
+  :meth:`VersionClaim.check` with ``trust_lease`` reads nothing. Nobody can have taken the claim
+  by then: gc releases a claim only once ``claimed_at`` (written before the claim was sent) is
+  :data:`CLAIM_LEASE_SECONDS` old by its own clock, or when the claim's process is provably dead
+  (then it writes nothing more); a writer releases only a provably dead writer's claim; and the
+  writer counts its lease on its monotonic clock from before the claim was sent. The other half
+  of the lease is the margin for a gc host whose clock runs ahead of the writer's. Past it the
+  check reads the claim as before, and the row's statement always does (the fence). Not covered:
+  a live claim deleted by hand while its writer places its files is only caught by that fence
+  (nothing is registered).
 """
 
 from __future__ import annotations
@@ -246,6 +246,10 @@ _TOKEN_AND_DUPLICATE = select(
     .label("duplicate"),
 )
 
+#: Up to two keys of stored artifacts with the bytes ``sha256`` (the claim's dedup lookup on SQLite;
+#: two, so that one other than the new version's own key is among them, as in .pg_claim).
+_DUPLICATES = select(versions.c.artifact_key).where(versions.c.sha256 == bindparam("sha256")).limit(2)
+
 
 def _claim_row(conn: Connection, model_name: str, version: str) -> ClaimInfo | None:
     row = conn.execute(_CLAIM_ROW, {"model_name": model_name, "version": version}).first()
@@ -312,7 +316,7 @@ class VersionClaim:
         database) and its lease (taken or last renewed) is younger than :data:`CLAIM_LEASE_SECONDS`.
         Call it before each write.
 
-        ``trust_lease`` (PostgreSQL, where the read is a network round trip): no read while the
+        ``trust_lease`` (a save whose bytes were staged before its claim): no read while the
         lease is younger than :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, as
         nobody can have taken the claim yet (see the module's docstring, "Checks without a read")."""
         self.check_lease()
@@ -324,11 +328,11 @@ class VersionClaim:
             raise self._lost()
 
     def lease_trusted(self) -> bool:
-        """Whether :meth:`check` may skip its read: PostgreSQL, and the lease is younger than
-        :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS` (SQLite always reads: it is
-        no round trip there)."""
-        young = time.monotonic() - self.taken < CLAIM_LEASE_SECONDS * LEASE_TRUSTED_FRACTION
-        return young and self.index.dialect == "postgresql"
+        """Whether :meth:`check` may skip its read: the lease is younger than
+        :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS` (on either database: the
+        argument of "Checks without a read" holds for SQLite too, where a read is no round trip
+        but costs a connection checkout and a transaction of its own)."""
+        return time.monotonic() - self.taken < CLAIM_LEASE_SECONDS * LEASE_TRUSTED_FRACTION
 
     def check_placing(self, sha256: str, key: str, *, trust_lease: bool = False) -> str | None:
         """:meth:`check`, and in the same read the key of an artifact already stored with the bytes
@@ -649,7 +653,14 @@ def take(
                     defer = False
                 if not defer:
                     conn.execute(_INSERT_CLAIM, row)
-            return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose, taken=started)
+                # SQLite: stored identical bytes looked up in the claim's transaction, not in a read
+                # of its own before the artifact is placed (as .pg_claim does on PostgreSQL)
+                same = None
+                if sha256 is not None and purpose == SAVE and index.dialect == "sqlite":
+                    same = (sha256, tuple(conn.execute(_DUPLICATES, {"sha256": sha256}).scalars()))
+            return VersionClaim(
+                index, model_name, chosen, token, claimed_at, previous, purpose, taken=started, duplicates=same
+            )
         except ConnectionLostError as exc:
             if try_number == tries:
                 raise
