@@ -419,16 +419,23 @@ class VersionClaim:
             raise self._lost()
 
     def put(
-        self, record: ModelMetadata, *, before_commit: Callable[[], None] | None = None, history: bool = True
+        self,
+        record: ModelMetadata,
+        *,
+        before_commit: Callable[[], None] | None = None,
+        history: bool = True,
+        files_durable: Callable[[], None] | None = None,
     ) -> None:
         """Commit ``record`` as the version, if the claim is still ours (fencing).
 
         A new version's claim is removed in the same commit; an overwrite keeps
         it until the block ends (its sidecar and old artifact are handled under
         it). ``before_commit`` runs inside the transaction, after the shared blob
-        lock is taken when the record uses blobs. A dropped COMMIT is resolved by
-        reading back; :class:`CommitUnknownError` when even that fails. Without ``history``
-        no history row is written (a copy carries the source's instead).
+        lock is taken when the record uses blobs. ``files_durable`` waits until the files
+        the row names are durable (their folder's ``fsync`` on a helper thread): it is called
+        after the row's statements, inside the transaction, so nothing commits before it returns.
+        A dropped COMMIT is resolved by reading back; :class:`CommitUnknownError` when even that
+        fails. Without ``history`` no history row is written (a copy carries the source's instead).
         """
 
         release = self.previous is None
@@ -445,6 +452,8 @@ class VersionClaim:
                         raise self._lost()
                     if before_commit is not None:
                         before_commit()
+                    if files_durable is not None:
+                        files_durable()
                     return
                 if release:
                     # A new version: the claim is removed by the commit anyway, so removing it
@@ -472,6 +481,8 @@ class VersionClaim:
                 if not history:  # a copy that carries the source's own history rows
                     slot.history_action = None
                 slot.put(record)
+                if files_durable is not None:  # the row's statements ran while the folder synced
+                    files_durable()
 
         commit_retrying(attempt, [self], record_row(record)["record"])
         self.record = record
