@@ -33,8 +33,7 @@ SQLITE_STATEMENTS = [
     # the claim: one transaction, committed without waiting for the disk
     "BEGIN IMMEDIATE",
     "SELECT highest",  # the highest version and the model's claims (a dead writer's are released)
-    "SELECT modelkeep_versions",  # the next one is free
-    "INSERT INTO modelkeep_claims",
+    "INSERT INTO modelkeep_claims",  # ... SELECT ... WHERE NOT EXISTS: only if the next one is free
     "SELECT modelkeep_versions",  # stored identical bytes (dedup), looked up with the claim
     # no check reads the claim before the sidecar or the artifact: the lease is young
     # (VersionClaim.check, claims.py's "Checks without a read")

@@ -218,20 +218,16 @@ _INSERT_CLAIM = insert(claims)
 _VERSION_EXISTS = select(versions.c.id).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
-#: A claim's insert that inserts nothing when the version has a row (PostgreSQL: the check that the
-#: next version is free, in the same round trip as the claim; see :func:`take`).
-_CLAIM_IF_FREE = (
-    insert(claims)
-    .from_select(
-        ["model_name", "version", "token", "owner", "claimed_at", "purpose"],
-        select(*(bindparam(c, type_=claims.c[c].type).label(c) for c in ("model_name", "version", "token", "owner")))
-        .add_columns(
-            bindparam("claimed_at", type_=claims.c.claimed_at.type).label("claimed_at"),
-            bindparam("purpose", type_=claims.c.purpose.type).label("purpose"),
-        )
-        .where(~_VERSION_EXISTS.exists()),
+#: A claim's insert that inserts nothing when the version has a row (its row count says which): the
+#: check that the next version is free, in the claim's own statement (see :func:`take`).
+_CLAIM_IF_FREE = insert(claims).from_select(
+    ["model_name", "version", "token", "owner", "claimed_at", "purpose"],
+    select(*(bindparam(c, type_=claims.c[c].type).label(c) for c in ("model_name", "version", "token", "owner")))
+    .add_columns(
+        bindparam("claimed_at", type_=claims.c.claimed_at.type).label("claimed_at"),
+        bindparam("purpose", type_=claims.c.purpose.type).label("purpose"),
     )
-    .returning(claims.c.token)
+    .where(~_VERSION_EXISTS.exists()),
 )
 #: The claim's token and an artifact with the same bytes, in one statement (see :meth:`VersionClaim.check_placing`).
 _TOKEN_AND_DUPLICATE = select(
@@ -643,8 +639,8 @@ def take(
                 quick = False  # not the usual case: choose the version below, as everywhere else
             with index._write(power_safe=False) as conn:  # see _relaxed_sync: a claim dies with its writer
                 index._lock_model(conn, model_name)
-                # PostgreSQL: the next version's check that it has no row rides on the claim's insert
-                defer = version is None and index.dialect == "postgresql"
+                # the next version's check that it has no row rides on the claim's insert
+                defer = version is None
                 chosen, previous = _choose(
                     index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist, defer=defer
                 )
@@ -656,7 +652,7 @@ def take(
                     "claimed_at": claimed_at,
                     "purpose": purpose,
                 }
-                if defer and conn.execute(_CLAIM_IF_FREE, row).first() is None:  # it has a row: look row by row
+                if defer and conn.execute(_CLAIM_IF_FREE, row).rowcount != 1:  # it has a row: look row by row
                     chosen, previous = _choose(
                         index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist
                     )
