@@ -218,8 +218,8 @@ _INSERT_CLAIM = insert(claims)
 _VERSION_EXISTS = select(versions.c.id).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
-#: A claim's insert that inserts nothing when the version has a row (its row count says which): the
-#: check that the next version is free, in the claim's own statement (see :func:`take`).
+#: A claim's insert that inserts nothing when the version has a row (on SQLite its row count says
+#: which): the check that the next version is free, in the claim's own statement (see :func:`take`).
 _CLAIM_IF_FREE = insert(claims).from_select(
     ["model_name", "version", "token", "owner", "claimed_at", "purpose"],
     select(*(bindparam(c, type_=claims.c[c].type).label(c) for c in ("model_name", "version", "token", "owner")))
@@ -229,6 +229,9 @@ _CLAIM_IF_FREE = insert(claims).from_select(
     )
     .where(~_VERSION_EXISTS.exists()),
 )
+#: PostgreSQL: the row it returns says whether it claimed (the row count can be another statement's,
+#: as modelkeep sends the transaction's BEGIN in the same message; see SqlIndex._write).
+_CLAIM_IF_FREE_RETURNING = _CLAIM_IF_FREE.returning(claims.c.token)
 #: The claim's token and an artifact with the same bytes, in one statement (see :meth:`VersionClaim.check_placing`).
 _TOKEN_AND_DUPLICATE = select(
     select(claims.c.token)
@@ -652,7 +655,7 @@ def take(
                     "claimed_at": claimed_at,
                     "purpose": purpose,
                 }
-                if defer and conn.execute(_CLAIM_IF_FREE, row).rowcount != 1:  # it has a row: look row by row
+                if defer and not _claimed_if_free(index, conn, row):  # it has a row: look row by row
                     chosen, previous = _choose(
                         index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist
                     )
@@ -685,6 +688,13 @@ def take(
             logger.warning("%s; it was not committed; retrying on a new connection", exc)
             time.sleep(RETRY_PAUSES[try_number - 1])
     raise AssertionError("unreachable")
+
+
+def _claimed_if_free(index: SqlIndex, conn: Connection, row: dict[str, str]) -> bool:
+    """Insert the claim ``row`` unless its version has a row; whether it was inserted."""
+    if index.dialect == "postgresql":
+        return conn.execute(_CLAIM_IF_FREE_RETURNING, row).first() is not None
+    return bool(conn.execute(_CLAIM_IF_FREE, row).rowcount == 1)
 
 
 def _find_token(index: SqlIndex, token: str) -> ClaimInfo | None:
