@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 
 from modelkeep import ModelPersistence
-from modelkeep.errors import ClaimLostError
 from modelkeep.index import claims as claims_module
 from modelkeep.index.claims import list_claims
-from modelkeep.layout import sidecar_bytes, sidecar_key
 
-from .test_pg_claim import _pause_after_the_claim, _version_files
+from .test_pg_claim import late_writer_reads_again, taken_over_writer_stops
 
 
 @pytest.fixture
@@ -63,28 +61,7 @@ def test_a_claim_taken_over_after_its_lease_stops_the_old_writer_before_it_write
 ) -> None:
     """A's claim outlives its lease before A writes; gc releases it as stale and B saves the same
     version. A stops with ClaimLostError and the version's folder holds B's files only."""
-    other = ModelPersistence(models_dir=tmp_path / "models")
-    b_records: list[Any] = []
-
-    def take_over() -> None:
-        report = other.gc(min_age_seconds=0)
-        assert report.released_claims, report.to_dict()  # A's, as stale
-        b_records.append(other.save_version({"writer": "B"}, "taken", "1.0.0"))
-
-    claimed = _pause_after_the_claim(registry, monkeypatch, short_lease * 1.2, take_over)
-    with pytest.raises(ClaimLostError):
-        registry.save_version({"writer": "A"}, "taken")
-    monkeypatch.undo()
-    assert claimed == [("taken", "1.0.0")]
-    (b,) = b_records
-    assert registry.load("taken", "1.0.0") == {"writer": "B"}
-    assert _version_files(registry, "taken", "1.0.0") == {
-        Path(b.artifact.key).name,
-        Path(sidecar_key("taken", "1.0.0")).name,
-    }
-    assert registry.store.read_bytes(sidecar_key("taken", "1.0.0")) == sidecar_bytes(b)
-    assert registry.verify().ok, registry.verify().to_dict()
-    other.close()
+    taken_over_writer_stops(registry, ModelPersistence(models_dir=tmp_path / "models"), short_lease, monkeypatch)
 
 
 def test_past_half_its_lease_a_writer_reads_its_claim_before_writing(
@@ -97,13 +74,7 @@ def test_past_half_its_lease_a_writer_reads_its_claim_before_writing(
         with sqlite3.connect(tmp_path / "models" / "registry.db") as db:
             db.execute("DELETE FROM modelkeep_claims")
 
-    fraction = claims_module.LEASE_TRUSTED_FRACTION
-    _pause_after_the_claim(registry, monkeypatch, short_lease * (fraction + 0.2), release_by_hand)
-    with pytest.raises(ClaimLostError, match="released"):
-        registry.save_version({"writer": "A"}, "late")
-    monkeypatch.undo()
-    assert registry.list_versions("late") == []
-    assert not Path(registry.store.display_path("late/1.0.0")).exists()  # nothing was written there
+    late_writer_reads_again(registry, short_lease, monkeypatch, release_by_hand)
 
 
 def test_a_claim_whose_next_version_has_a_row_looks_version_by_version(

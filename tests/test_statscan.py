@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from modelkeep import lineage
+
+from .test_signature_lineage import _repo_with_one_commit
 
 
 def _paths(tmp_path: Path) -> list[str]:
@@ -104,18 +105,8 @@ def test_threads_check_at_once(tmp_path: Path) -> None:
 
 def test_a_repository_is_checked_through_the_c_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kept status of a real repository is checked by the compiled code, and sees an edit."""
+    git = _repo_with_one_commit(tmp_path / "repo")
     repo = tmp_path / "repo"
-    repo.mkdir()
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-    git("init", "-q", "-b", "main")
-    git("config", "user.email", "t@example.com")
-    git("config", "user.name", "t")
-    (repo / "train.py").write_text("print(1)\n")
-    git("add", "train.py")
-    git("commit", "-qm", "first")
     monkeypatch.setattr(lineage, "RACY_NS", 0)
     monkeypatch.chdir(repo)
     calls: list[int] = []
