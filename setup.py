@@ -1,7 +1,8 @@
-"""Builds the optional C pre-scan of formats/_fastpath.py; everything else is in pyproject.toml.
+"""Builds the optional C pre-scan of formats/_fastpath.py and the optional C stat check of
+lineage.py; everything else is in pyproject.toml.
 
-``optional=True``: without a compiler the install still succeeds and the pure-Python scan is used
-(``modelkeep.formats._fastpath.SCANNER`` says which one runs).
+``optional=True``: without a compiler the install still succeeds and the pure-Python code is used
+(``modelkeep.formats._fastpath.SCANNER`` and ``modelkeep.lineage.STAT_CHECK`` say which one runs).
 """
 
 from setuptools import Extension, setup
@@ -12,6 +13,7 @@ setup(
             "modelkeep.formats._plainscan",
             ["src/modelkeep/formats/_plainscan.c"],
             optional=True,
-        )
+        ),
+        Extension("modelkeep._statscan", ["src/modelkeep/_statscan.c"], optional=True),
     ]
 )

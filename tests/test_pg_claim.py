@@ -120,6 +120,15 @@ def test_a_claim_taken_over_after_its_lease_stops_the_old_writer_before_it_write
     version. A stops with ClaimLostError and the version's folder holds B's files only."""
     assert PG_URL is not None
     other = ModelPersistence(models_dir=tmp_path / "models", registry_url=PG_URL, index_schema=pg_schema)
+    taken_over_writer_stops(registry, other, short_lease, monkeypatch)
+
+
+def taken_over_writer_stops(
+    registry: ModelPersistence, other: ModelPersistence, lease: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A (``registry``) pauses past its lease once it claimed; gc of ``other`` releases the claim
+    and ``other`` saves the same version: A raises ClaimLostError and B's files alone are there
+    (also run on SQLite by tests/test_sqlite_claim.py)."""
     b_records: list[Any] = []
 
     def take_over() -> None:
@@ -127,7 +136,7 @@ def test_a_claim_taken_over_after_its_lease_stops_the_old_writer_before_it_write
         assert report.released_claims, report.to_dict()  # A's, as stale
         b_records.append(other.save_version({"writer": "B"}, "taken", "1.0.0"))
 
-    claimed = _pause_after_the_claim(registry, monkeypatch, short_lease * 1.2, take_over)
+    claimed = _pause_after_the_claim(registry, monkeypatch, lease * 1.2, take_over)
     with pytest.raises(ClaimLostError):
         registry.save_version({"writer": "A"}, "taken")
     monkeypatch.undo()
@@ -154,13 +163,22 @@ def test_past_half_its_lease_a_writer_reads_its_claim_before_writing(
         with engine.begin() as conn:
             conn.exec_driver_sql(f'DELETE FROM "{pg_schema}".modelkeep_claims')
 
-    fraction = claims_module.LEASE_TRUSTED_FRACTION
-    _pause_after_the_claim(registry, monkeypatch, short_lease * (fraction + 0.2), release_by_hand)
     try:
-        with pytest.raises(ClaimLostError, match="released"):
-            registry.save_version({"writer": "A"}, "late")
+        late_writer_reads_again(registry, short_lease, monkeypatch, release_by_hand)
     finally:
         engine.dispose()
+
+
+def late_writer_reads_again(
+    registry: ModelPersistence, lease: float, monkeypatch: pytest.MonkeyPatch, release_by_hand: Any
+) -> None:
+    """``registry``'s save pauses past half its lease once it claimed, and ``release_by_hand()``
+    removes the claim: the save reads it again, stops with ClaimLostError and writes nothing
+    (also run on SQLite by tests/test_sqlite_claim.py)."""
+    fraction = claims_module.LEASE_TRUSTED_FRACTION
+    _pause_after_the_claim(registry, monkeypatch, lease * (fraction + 0.2), release_by_hand)
+    with pytest.raises(ClaimLostError, match="released"):
+        registry.save_version({"writer": "A"}, "late")
     monkeypatch.undo()
     assert registry.list_versions("late") == []
     assert not Path(registry.store.display_path("late/1.0.0")).exists()  # nothing was written there

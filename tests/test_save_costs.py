@@ -33,11 +33,10 @@ SQLITE_STATEMENTS = [
     # the claim: one transaction, committed without waiting for the disk
     "BEGIN IMMEDIATE",
     "SELECT highest",  # the highest version and the model's claims (a dead writer's are released)
-    "SELECT modelkeep_versions",  # the next one is free
-    "INSERT INTO modelkeep_claims",
-    # the checks before the sidecar and before the artifact: one statement each, no transaction
-    "SELECT modelkeep_claims",
-    "SELECT (SELECT modelkeep_claims",  # the claim and stored identical bytes, in one statement
+    "INSERT INTO modelkeep_claims",  # ... SELECT ... WHERE NOT EXISTS: only if the next one is free
+    "SELECT modelkeep_versions",  # stored identical bytes (dedup), looked up with the claim
+    # no check reads the claim before the sidecar or the artifact: the lease is young
+    # (VersionClaim.check, claims.py's "Checks without a read")
     # the row: one transaction, the only commit that syncs the WAL
     "BEGIN IMMEDIATE",
     "DELETE FROM modelkeep_claims",  # the fence: the claim is still this save's
@@ -98,8 +97,8 @@ def test_a_small_save_on_sqlite_sends_its_pinned_statements(tmp_path: Path) -> N
             for name, fn in hooks:
                 event.remove(p.index.engine, name, fn)
         assert sent == SQLITE_STATEMENTS
-        # Two write transactions (claim, row), two one-statement reads; only the writes commit.
-        assert transactions == {"begin": 4, "commit": 2}
+        # Two write transactions (claim, row) and no read; both commit.
+        assert transactions == {"begin": 2, "commit": 2}
         assert p.load("counted", "1.0.1")["seq"] == 1
 
 

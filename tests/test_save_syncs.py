@@ -13,6 +13,8 @@ import os
 import signal
 import sqlite3
 import stat
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +72,42 @@ def test_a_small_save_makes_four_syncs(registry: ModelPersistence, monkeypatch: 
     finally:
         for c in conns:
             c.close()
+
+
+def test_the_folder_sync_runs_beside_the_row_and_ends_before_its_commit(
+    registry: ModelPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version folder's fsync runs on a helper thread while the row's statements are sent,
+    and the row's COMMIT waits for it: slowed down, it still ends before the commit that names
+    the files, so a power cut can never leave a committed row whose files' renames are undone."""
+    registry.save(payload(0, 0), "counted")
+    order: list[str] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        real_fsync(fd)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            time.sleep(0.3)  # a slow disk: the row's statements are long sent by now
+            order.append(f"folder synced on {threading.current_thread().name.split('_')[0]}")
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT INTO modelkeep_history"):
+            order.append("history row sent")
+
+    def on_commit(conn: Any) -> None:
+        if conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] == 2:
+            order.append("row committed")
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    event.listen(registry.index.engine, "before_cursor_execute", on_statement)
+    event.listen(registry.index.engine, "commit", on_commit)
+    try:
+        registry.save(payload(0, 1), "counted")
+    finally:
+        event.remove(registry.index.engine, "before_cursor_execute", on_statement)
+        event.remove(registry.index.engine, "commit", on_commit)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert order == ["history row sent", "folder synced on modelkeep-sync", "row committed"], order
 
 
 def test_a_claim_that_fails_leaves_its_connection_at_full(

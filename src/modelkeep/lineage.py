@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,14 @@ from .errors import MetadataError
 
 #: Fingerprint layout version, part of the hashed bytes.
 FINGERPRINT_VERSION = 1
+
+try:
+    from ._statscan import signatures as _c_signatures
+except ImportError:  # built without a compiler (or on Windows): the check loops in Python
+    _c_signatures = None
+
+#: Which check of a kept git status runs: ``"c"`` (the compiled ``_statscan``) or ``"python"``.
+STAT_CHECK = "python" if _c_signatures is None else "c"
 
 
 def _update_array(h: Any, arr: Any) -> int:
@@ -161,13 +170,18 @@ class _GitSnapshot:
     them. A snapshot is only kept when nothing changed while it was read and nothing was
     changed within :data:`RACY_NS` of it (see :func:`_read_snapshot`)."""
 
-    __slots__ = ("paths", "result", "stats")
+    __slots__ = ("encoded", "packed", "paths", "result", "stats")
 
     def __init__(self, paths: list[str], stats: list[_Stat], result: dict[str, Any] | None) -> None:
         self.paths, self.stats, self.result = paths, stats, result
+        # for the compiled check: the paths as bytes and the stats as it reads them (_pack)
+        self.encoded = tuple(os.fsencode(path) for path in paths)
+        self.packed = _pack(stats)
 
     def still_valid(self) -> bool:
         """Whether every path still has the ``stat`` it had when the status was read."""
+        if _c_signatures is not None:  # the same comparison, without the GIL (_statscan.c)
+            return bool(_c_signatures(self.encoded) == self.packed)
         lstat = os.lstat
         for path, old in zip(self.paths, self.stats, strict=True):
             try:
@@ -179,6 +193,18 @@ class _GitSnapshot:
             if old is None or old != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode):
                 return False
         return True
+
+
+_U64 = (1 << 64) - 1
+#: What :func:`_pack` (and ``_statscan.signatures``) write for a path whose ``lstat`` fails.
+_MISSING = (_U64,) * 5
+
+
+def _pack(stats: list[_Stat]) -> bytes:
+    """``stats`` as ``_statscan.signatures`` returns them: five native unsigned 64-bit numbers
+    per path (negative ones modulo 2**64), all ones for a missing path."""
+    flat = [n & _U64 for st in stats for n in (_MISSING if st is None else st)]
+    return struct.pack(f"={len(flat)}Q", *flat)
 
 
 #: Per folder: its last reusable status, or until when (``time.monotonic()``) to ask git alone.

@@ -670,8 +670,8 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         )
         record.signature = (sign or self.keyring.sign)(record)
         try:
-            self._write_claimed_files(slot, record, staged, trust_lease=trust_lease)
-            slot.put(record, before_commit=self._blobs_check(draft.artifact.extra))
+            durable = self._write_claimed_files(slot, record, staged, trust_lease=trust_lease)
+            slot.put(record, before_commit=self._blobs_check(draft.artifact.extra), files_durable=durable)
         except BaseException:
             slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
             raise
@@ -782,17 +782,21 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
 
     def _write_claimed_files(
         self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact, *, trust_lease: bool = False
-    ) -> None:
+    ) -> Callable[[], None] | None:
         """Put the attempt's files in place, once the database confirms the claim is still its own:
         the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact.
         Both go to the version's folder, which is ``fsync``'ed once for the two, before the row
-        that references them is committed. ``trust_lease`` (a save whose bytes were staged before
-        the claim, so only moments ago on PostgreSQL): a young lease stands for the database's word
-        (:meth:`VersionClaim.check`); an upload straight to the key, which took long, reads it."""
+        that references them is committed: on a helper thread, while the row's statements run;
+        the callable returned (``None``: nothing to wait for) waits for it, and the row's
+        transaction calls it before its COMMIT (:meth:`VersionClaim.put`'s ``files_durable``).
+        ``trust_lease`` (a save whose bytes were staged before the claim, so only moments ago): a
+        young lease stands for the database's word (:meth:`VersionClaim.check`); an upload
+        straight to the key, which took long, reads it."""
         assert record.artifact is not None
         key = record.artifact.key
         slot.check(trust_lease=trust_lease)
-        with self.store.one_folder_sync():
+        waiters: list[Callable[[], None]] = []
+        with self.store.one_folder_sync(waiters):
             self._write_sidecar(record)
             # the claim, and stored identical bytes
             same = slot.check_placing(record.artifact.sha256, key, trust_lease=trust_lease)
@@ -800,6 +804,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
                 staged.drop_duplicate()
             else:
                 staged.commit(key)
+        return waiters[0] if waiters else None
 
     def _write_sidecar(self, record: ModelMetadata) -> None:
         self.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(record))

@@ -25,18 +25,18 @@ other than the writer's own, might reference.
   (:meth:`VersionClaim.kept_alive`); a renewal is fenced by the token, never
   revives an expired lease, and a killed writer's heartbeat dies with it, so its
   claim still goes stale and gc (or the next writer) can take the version.
-* Checks without a read (PostgreSQL, where a read is a network round trip; a save whose
-  bytes were staged before its claim): while the lease is younger than
-  :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, :meth:`VersionClaim.check`
-  with ``trust_lease`` reads nothing. Nobody can have taken the claim by then: gc releases
-  a claim only once ``claimed_at`` (written before the claim was sent) is
-  :data:`CLAIM_LEASE_SECONDS` old by its own clock, or when the claim's process is provably
-  dead (then it writes nothing more); a writer releases only a provably dead writer's claim;
-  and the writer counts its lease on its monotonic clock from before the claim was sent. The
-  other half of the lease is the margin for a gc host whose clock runs ahead of the writer's.
-  Past it the check reads the claim as before, and the row's statement always does (the
-  fence). Not covered: a live claim deleted by hand while its writer places its files is
-  only caught by that fence (nothing is registered).
+* Checks without a read (a save whose bytes were staged before its claim; on PostgreSQL a read
+  is a network round trip, on SQLite a connection checkout and a transaction of its own): while
+  the lease is younger than :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`,
+  :meth:`VersionClaim.check` with ``trust_lease`` reads nothing. Nobody can have taken the claim
+  by then: gc releases a claim only once ``claimed_at`` (written before the claim was sent) is
+  :data:`CLAIM_LEASE_SECONDS` old by its own clock, or when the claim's process is provably dead
+  (then it writes nothing more); a writer releases only a provably dead writer's claim; and the
+  writer counts its lease on its monotonic clock from before the claim was sent. The other half
+  of the lease is the margin for a gc host whose clock runs ahead of the writer's. Past it the
+  check reads the claim as before, and the row's statement always does (the fence). Not covered:
+  a live claim deleted by hand while its writer places its files is only caught by that fence
+  (nothing is registered).
 """
 
 from __future__ import annotations
@@ -218,21 +218,20 @@ _INSERT_CLAIM = insert(claims)
 _VERSION_EXISTS = select(versions.c.id).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
-#: A claim's insert that inserts nothing when the version has a row (PostgreSQL: the check that the
-#: next version is free, in the same round trip as the claim; see :func:`take`).
-_CLAIM_IF_FREE = (
-    insert(claims)
-    .from_select(
-        ["model_name", "version", "token", "owner", "claimed_at", "purpose"],
-        select(*(bindparam(c, type_=claims.c[c].type).label(c) for c in ("model_name", "version", "token", "owner")))
-        .add_columns(
-            bindparam("claimed_at", type_=claims.c.claimed_at.type).label("claimed_at"),
-            bindparam("purpose", type_=claims.c.purpose.type).label("purpose"),
-        )
-        .where(~_VERSION_EXISTS.exists()),
+#: A claim's insert that inserts nothing when the version has a row (on SQLite its row count says
+#: which): the check that the next version is free, in the claim's own statement (see :func:`take`).
+_CLAIM_IF_FREE = insert(claims).from_select(
+    ["model_name", "version", "token", "owner", "claimed_at", "purpose"],
+    select(*(bindparam(c, type_=claims.c[c].type).label(c) for c in ("model_name", "version", "token", "owner")))
+    .add_columns(
+        bindparam("claimed_at", type_=claims.c.claimed_at.type).label("claimed_at"),
+        bindparam("purpose", type_=claims.c.purpose.type).label("purpose"),
     )
-    .returning(claims.c.token)
+    .where(~_VERSION_EXISTS.exists()),
 )
+#: PostgreSQL: the row it returns says whether it claimed (the row count can be another statement's,
+#: as modelkeep sends the transaction's BEGIN in the same message; see SqlIndex._write).
+_CLAIM_IF_FREE_RETURNING = _CLAIM_IF_FREE.returning(claims.c.token)
 #: The claim's token and an artifact with the same bytes, in one statement (see :meth:`VersionClaim.check_placing`).
 _TOKEN_AND_DUPLICATE = select(
     select(claims.c.token)
@@ -245,6 +244,10 @@ _TOKEN_AND_DUPLICATE = select(
     .scalar_subquery()
     .label("duplicate"),
 )
+
+#: Up to two keys of stored artifacts with the bytes ``sha256`` (the claim's dedup lookup on SQLite;
+#: two, so that one other than the new version's own key is among them, as in .pg_claim).
+_DUPLICATES = select(versions.c.artifact_key).where(versions.c.sha256 == bindparam("sha256")).limit(2)
 
 
 def _claim_row(conn: Connection, model_name: str, version: str) -> ClaimInfo | None:
@@ -312,7 +315,7 @@ class VersionClaim:
         database) and its lease (taken or last renewed) is younger than :data:`CLAIM_LEASE_SECONDS`.
         Call it before each write.
 
-        ``trust_lease`` (PostgreSQL, where the read is a network round trip): no read while the
+        ``trust_lease`` (a save whose bytes were staged before its claim): no read while the
         lease is younger than :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS`, as
         nobody can have taken the claim yet (see the module's docstring, "Checks without a read")."""
         self.check_lease()
@@ -324,11 +327,11 @@ class VersionClaim:
             raise self._lost()
 
     def lease_trusted(self) -> bool:
-        """Whether :meth:`check` may skip its read: PostgreSQL, and the lease is younger than
-        :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS` (SQLite always reads: it is
-        no round trip there)."""
-        young = time.monotonic() - self.taken < CLAIM_LEASE_SECONDS * LEASE_TRUSTED_FRACTION
-        return young and self.index.dialect == "postgresql"
+        """Whether :meth:`check` may skip its read: the lease is younger than
+        :data:`LEASE_TRUSTED_FRACTION` of :data:`CLAIM_LEASE_SECONDS` (on either database: the
+        argument of "Checks without a read" holds for SQLite too, where a read is no round trip
+        but costs a connection checkout and a transaction of its own)."""
+        return time.monotonic() - self.taken < CLAIM_LEASE_SECONDS * LEASE_TRUSTED_FRACTION
 
     def check_placing(self, sha256: str, key: str, *, trust_lease: bool = False) -> str | None:
         """:meth:`check`, and in the same read the key of an artifact already stored with the bytes
@@ -418,16 +421,23 @@ class VersionClaim:
             raise self._lost()
 
     def put(
-        self, record: ModelMetadata, *, before_commit: Callable[[], None] | None = None, history: bool = True
+        self,
+        record: ModelMetadata,
+        *,
+        before_commit: Callable[[], None] | None = None,
+        history: bool = True,
+        files_durable: Callable[[], None] | None = None,
     ) -> None:
         """Commit ``record`` as the version, if the claim is still ours (fencing).
 
         A new version's claim is removed in the same commit; an overwrite keeps
         it until the block ends (its sidecar and old artifact are handled under
         it). ``before_commit`` runs inside the transaction, after the shared blob
-        lock is taken when the record uses blobs. A dropped COMMIT is resolved by
-        reading back; :class:`CommitUnknownError` when even that fails. Without ``history``
-        no history row is written (a copy carries the source's instead).
+        lock is taken when the record uses blobs. ``files_durable`` waits until the files
+        the row names are durable (their folder's ``fsync`` on a helper thread): it is called
+        after the row's statements, inside the transaction, so nothing commits before it returns.
+        A dropped COMMIT is resolved by reading back; :class:`CommitUnknownError` when even that
+        fails. Without ``history`` no history row is written (a copy carries the source's instead).
         """
 
         release = self.previous is None
@@ -444,6 +454,8 @@ class VersionClaim:
                         raise self._lost()
                     if before_commit is not None:
                         before_commit()
+                    if files_durable is not None:
+                        files_durable()
                     return
                 if release:
                     # A new version: the claim is removed by the commit anyway, so removing it
@@ -471,6 +483,8 @@ class VersionClaim:
                 if not history:  # a copy that carries the source's own history rows
                     slot.history_action = None
                 slot.put(record)
+                if files_durable is not None:  # the row's statements ran while the folder synced
+                    files_durable()
 
         commit_retrying(attempt, [self], [record])
         self.record = record
@@ -631,8 +645,8 @@ def take(
                 quick = False  # not the usual case: choose the version below, as everywhere else
             with index._write(power_safe=False) as conn:  # see _relaxed_sync: a claim dies with its writer
                 index._lock_model(conn, model_name)
-                # PostgreSQL: the next version's check that it has no row rides on the claim's insert
-                defer = version is None and index.dialect == "postgresql"
+                # the next version's check that it has no row rides on the claim's insert
+                defer = version is None
                 chosen, previous = _choose(
                     index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist, defer=defer
                 )
@@ -644,7 +658,7 @@ def take(
                     "claimed_at": claimed_at,
                     "purpose": purpose,
                 }
-                if defer and conn.execute(_CLAIM_IF_FREE, row).first() is None:  # it has a row: look row by row
+                if defer and not _claimed_if_free(index, conn, row):  # it has a row: look row by row
                     chosen, previous = _choose(
                         index, conn, model_name, version, overwrite=overwrite, must_exist=must_exist
                     )
@@ -652,7 +666,14 @@ def take(
                     defer = False
                 if not defer:
                     conn.execute(_INSERT_CLAIM, row)
-            return VersionClaim(index, model_name, chosen, token, claimed_at, previous, purpose, taken=started)
+                # SQLite: stored identical bytes looked up in the claim's transaction, not in a read
+                # of its own before the artifact is placed (as .pg_claim does on PostgreSQL)
+                same = None
+                if sha256 is not None and purpose == SAVE and index.dialect == "sqlite":
+                    same = (sha256, tuple(conn.execute(_DUPLICATES, {"sha256": sha256}).scalars()))
+            return VersionClaim(
+                index, model_name, chosen, token, claimed_at, previous, purpose, taken=started, duplicates=same
+            )
         except ConnectionLostError as exc:
             if try_number == tries:
                 raise
@@ -670,6 +691,13 @@ def take(
             logger.warning("%s; it was not committed; retrying on a new connection", exc)
             time.sleep(RETRY_PAUSES[try_number - 1])
     raise AssertionError("unreachable")
+
+
+def _claimed_if_free(index: SqlIndex, conn: Connection, row: dict[str, str]) -> bool:
+    """Insert the claim ``row`` unless its version has a row; whether it was inserted."""
+    if index.dialect == "postgresql":
+        return conn.execute(_CLAIM_IF_FREE_RETURNING, row).first() is not None
+    return bool(conn.execute(_CLAIM_IF_FREE, row).rowcount == 1)
 
 
 def _find_token(index: SqlIndex, token: str) -> ClaimInfo | None:

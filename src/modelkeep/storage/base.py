@@ -346,11 +346,16 @@ class ArtifactStore(ABC):
             st.commit(key)
 
     @contextlib.contextmanager
-    def one_folder_sync(self) -> Iterator[None]:
+    def one_folder_sync(self, waiters: list[Callable[[], None]] | None = None) -> Iterator[None]:
         """Files moved into place in this block (by this thread) are made durable together when
         it exits cleanly: a local disk ``fsync``'s each folder they went to once, instead of once
         per file. Until then a power cut may undo the moves, so nothing may reference the files
-        before the block ends. Object stores have nothing to sync."""
+        before the block ends. Object stores have nothing to sync.
+
+        With ``waiters`` (a list), the folders are ``fsync``'ed on a helper thread from the
+        block's clean exit on, and a callable that waits for that is appended to the list: the
+        caller calls it before anything may reference the files (a save: just before its row's
+        COMMIT, so the row's statements run while the disk syncs the folder)."""
         yield
 
     def delete_soon(self, key: str, size: int) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +36,25 @@ def _unlinker() -> ThreadPoolExecutor:
     return _unlink_pool
 
 
+_sync_pool: ThreadPoolExecutor | None = None
+_sync_pid = 0
+
+
+def _helper() -> ThreadPoolExecutor:
+    """The thread that ``fsync``'s folders for :meth:`LocalStore.one_folder_sync` with waiters;
+    one per process (a forked child starts its own), apart from the unlinks, which may be long."""
+    global _sync_pool, _sync_pid
+    if _sync_pool is None or _sync_pid != os.getpid():
+        _sync_pool = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-sync")
+        _sync_pid = os.getpid()
+    return _sync_pool
+
+
+def _fsync_dirs(folders: Iterable[str]) -> None:
+    for folder in folders:
+        fsync_dir(folder)
+
+
 def wait_for_background_unlinks() -> None:
     """Block until the unlinks :meth:`LocalStore.delete_soon` handed to the helper thread are done."""
     if _unlink_pool is not None and _unlink_pid == os.getpid():
@@ -61,7 +80,7 @@ class LocalStore(ArtifactStore):
         self._batch = threading.local()  # folders whose fsync one_folder_sync() put off
 
     @contextlib.contextmanager
-    def one_folder_sync(self) -> Iterator[None]:
+    def one_folder_sync(self, waiters: list[Callable[[], None]] | None = None) -> Iterator[None]:
         if getattr(self._batch, "folders", None) is not None:  # nested: the outer block syncs
             yield
             return
@@ -71,8 +90,11 @@ class LocalStore(ArtifactStore):
             yield
         finally:
             self._batch.folders = None
-        for folder in folders:  # only on a clean exit: a failed save's files are removed anyway
-            fsync_dir(folder)
+        # only on a clean exit: a failed save's files are removed anyway
+        if waiters is not None and folders:
+            waiters.append(_helper().submit(_fsync_dirs, list(folders)).result)
+            return
+        _fsync_dirs(folders)
 
     def _replace(self, src: str, dst: str) -> None:
         """``durable_replace``, or, inside :meth:`one_folder_sync`, the rename alone (the block
