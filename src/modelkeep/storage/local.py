@@ -23,31 +23,31 @@ WRITE_SLICE = 64 << 20
 #: Unreferenced staged files at least this large are unlinked on a helper thread.
 BACKGROUND_UNLINK_MIN = 8 << 20
 
-_unlink_pool: ThreadPoolExecutor | None = None
-_unlink_pid = 0
+
+class _ProcessWorker:
+    """One helper thread of a process (a forked child starts its own), made on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pid != os.getpid():
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+            self._pid = os.getpid()
+        return self._pool
+
+    def drain(self) -> None:
+        """Block until what this process handed to the thread so far is done."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.submit(lambda: None).result()
 
 
-def _unlinker() -> ThreadPoolExecutor:
-    """One helper thread per process (a forked child starts its own)."""
-    global _unlink_pool, _unlink_pid
-    if _unlink_pool is None or _unlink_pid != os.getpid():
-        _unlink_pool = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-unlink")
-        _unlink_pid = os.getpid()
-    return _unlink_pool
-
-
-_sync_pool: ThreadPoolExecutor | None = None
-_sync_pid = 0
-
-
-def _helper() -> ThreadPoolExecutor:
-    """The thread that ``fsync``'s folders for :meth:`LocalStore.one_folder_sync` with waiters;
-    one per process (a forked child starts its own), apart from the unlinks, which may be long."""
-    global _sync_pool, _sync_pid
-    if _sync_pool is None or _sync_pid != os.getpid():
-        _sync_pool = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-sync")
-        _sync_pid = os.getpid()
-    return _sync_pool
+#: Unlinks of large unreferenced files (:meth:`LocalStore.delete_soon`), which may be long.
+_unlinker = _ProcessWorker("modelkeep-unlink")
+#: ``fsync`` of folders for :meth:`LocalStore.one_folder_sync` with waiters, apart from the unlinks.
+_syncer = _ProcessWorker("modelkeep-sync")
 
 
 def _fsync_dirs(folders: Iterable[str]) -> None:
@@ -57,8 +57,7 @@ def _fsync_dirs(folders: Iterable[str]) -> None:
 
 def wait_for_background_unlinks() -> None:
     """Block until the unlinks :meth:`LocalStore.delete_soon` handed to the helper thread are done."""
-    if _unlink_pool is not None and _unlink_pid == os.getpid():
-        _unlink_pool.submit(lambda: None).result()
+    _unlinker.drain()
 
 
 def _unlink_quietly(path: str) -> None:
@@ -92,7 +91,7 @@ class LocalStore(ArtifactStore):
             self._batch.folders = None
         # only on a clean exit: a failed save's files are removed anyway
         if waiters is not None and folders:
-            waiters.append(_helper().submit(_fsync_dirs, list(folders)).result)
+            waiters.append(_syncer.pool().submit(_fsync_dirs, list(folders)).result)
             return
         _fsync_dirs(folders)
 
@@ -156,7 +155,7 @@ class LocalStore(ArtifactStore):
             super().delete_soon(key, size)
             return
         path = self.full_path(key)
-        _unlinker().submit(_unlink_quietly, path)
+        _unlinker.pool().submit(_unlink_quietly, path)
 
     def link(self, src_key: str, dst_key: str) -> bool:
         """Make ``dst_key`` a hard link to ``src_key`` (dedup: identical bytes are stored once)."""
