@@ -1095,11 +1095,8 @@ def _recording_pickler() -> type[Any]:
             # fewer per object (~10,000 in a 100-tree forest: ~8 ms of a save's 70 ms thread).
             kind = type(obj)
             np = self.np
-            if kind is str:
-                if self._mk_names is not None:  # only set while recording, inside save_global
-                    self._mk_names.append(obj)
-                pickle._Pickler.save(self, obj, *args)  # type: ignore[attr-defined]
-                return
+            if kind is str and self._mk_names is not None:  # only set while recording, in save_global
+                self._mk_names.append(obj)
             if np is None or kind not in (np.ndarray, np.matrix, np.memmap):
                 pickle._Pickler.save(self, obj, *args)  # type: ignore[attr-defined]
                 return
@@ -1107,18 +1104,18 @@ def _recording_pickler() -> type[Any]:
             if found is None:
                 base.save(self, obj, *args)
                 return
-            if np is not None and type(obj) in (np.ndarray, np.matrix) and obj.dtype.hasobject:
+            if kind in (np.ndarray, np.matrix) and obj.dtype.hasobject:
                 nested = scan_pickle_globals(pickle.dumps(obj, protocol=5))  # what joblib writes
                 if nested is None:
                     raise pickle.PicklingError("cannot record the globals of an object array")
                 found.update(nested)
             marker = getattr(self.file_handle, "payload", None)
-            if marker is None or np is None or type(obj) not in (np.ndarray, np.memmap) or obj.dtype.hasobject:
+            if marker is None or kind not in (np.ndarray, np.memmap) or obj.dtype.hasobject:
                 base.save(self, obj, *args)
                 return
             # joblib's own branch for arrays (NumpyPickler.save), with the raw bytes marked as a
             # payload: a load reads them into the array's own memory, or maps them, unparsed.
-            obj = np.asanyarray(obj) if type(obj) is np.memmap else obj
+            obj = np.asanyarray(obj) if kind is np.memmap else obj
             wrapper = self._create_array_wrapper(obj)
             pickle._Pickler.save(self, wrapper)  # type: ignore[attr-defined]
             if self.proto >= 4:
