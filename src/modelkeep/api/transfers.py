@@ -480,7 +480,10 @@ class Transfers:
     def _drop(self, upload: Upload) -> None:
         """Throw a pending upload away (best effort: ``gc`` removes what is left): its staged bytes,
         or its presigned upload, and, for one to a version's final key, its claim (whose clean-up
-        removes what is under the key only while the claim is still this upload's)."""
+        removes what is under the key only while the claim is still this upload's). The lease's
+        heartbeat stops first: it must not renew a claim that is being given up."""
+        if upload.lease is not None:
+            upload.lease.close()
         with contextlib.suppress(Exception):
             if upload.presigned is not None:
                 from ..storage.presigned import abort_upload
@@ -491,8 +494,6 @@ class Transfers:
         if upload.claim is not None:
             key = upload.presigned.key
             upload.claim.abandon([key], lambda k: self.store.delete(k, missing_ok=True))
-        if upload.lease is not None:
-            upload.lease.close()
 
     def _take(self, upload_id: Any, request: Request) -> Upload:
         with self._lock:
