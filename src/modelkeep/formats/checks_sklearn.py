@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .state_checks import refuse, register_build, register_call
+from .tree_links import check_single_parent_tree, check_tree_links
+from .tree_links import first_bad as _first_bad
 
 #: A tree's node count, class count or depth above this is refused as absurd (2**31: int32).
 MAX_SIZE = 2**31 - 1
@@ -45,48 +47,6 @@ def _array(value: Any, what: str, ndim: int, dtype: Any = None, kind: str | None
     return value
 
 
-def _first_bad(mask: Any) -> int:
-    """The index of the first true entry of ``mask``."""
-    import numpy as np
-
-    return int(np.flatnonzero(mask)[0])
-
-
-def check_single_parent_tree(what: str, left: Any, right: Any, internal: Any) -> int:
-    """Children of internal nodes above their parent, every node but the root the child of
-    exactly one parent (so a walk ends, and a stack sized by node count cannot overflow).
-    Returns the depth of the tree."""
-    import numpy as np
-
-    n = left.shape[0]
-    parents = np.flatnonzero(internal)
-    lc, rc = left[parents].astype(np.int64, copy=False), right[parents].astype(np.int64, copy=False)
-    if ((lc <= parents) | (lc >= n) | (rc <= parents) | (rc >= n)).any():
-        for side, child in (("left", lc), ("right", rc)):
-            bad = (child <= parents) | (child >= n)
-            if bad.any():
-                j = _first_bad(bad)
-                i = int(parents[j])
-                raise refuse(f"{what} node {i} has {side} child {int(child[j])} outside {i + 1}..{n - 1}")
-    children = np.concatenate([lc, rc]).astype(np.intp)
-    counts = np.bincount(children, minlength=n)  # children > parents >= 0: never the root
-    if n and (counts[1:] != 1).any():
-        i = 1 + _first_bad(counts[1:] != 1)
-        raise refuse(f"{what} node {i} is the child of {int(counts[i])} nodes (a tree needs exactly one parent)")
-    if n < 2:
-        return 0
-    # depth by pointer jumping: rank[i] is the distance from i to nxt[i]; log2(depth) rounds
-    parent = np.zeros(n, dtype=np.intp)
-    parent[children] = np.concatenate([parents, parents])
-    rank = np.ones(n, dtype=np.intp)
-    rank[0] = 0
-    nxt = parent
-    while nxt.any():
-        rank = rank + rank[nxt]
-        nxt = nxt[nxt]
-    return int(rank.max())
-
-
 # ---------------------------------------------------------------- sklearn.tree._tree.Tree
 
 
@@ -111,7 +71,7 @@ def check_tree(tree: Any, state: Any) -> None:
     children within ``node_count`` (both, or both ``TREE_LEAF``), features below ``n_features``,
     a proper tree (children after parents, one parent each), ``max_depth`` at least its depth."""
     import numpy as np
-    from sklearn.tree._tree import NODE_DTYPE, TREE_LEAF
+    from sklearn.tree._tree import NODE_DTYPE
 
     if not isinstance(state, Mapping):
         raise refuse(f"Tree state is {type(state).__name__}, not a dict")
@@ -129,19 +89,7 @@ def check_tree(tree: Any, state: Any) -> None:
     values = _array(state["values"], "Tree values", 3, np.float64)
     if values.shape != shape:
         raise refuse(f"Tree values have shape {values.shape}, expected {shape}")
-    # contiguous copies of the three fields: every test below then runs on plain int arrays
-    left, right, feature = (np.ascontiguousarray(nodes[k]) for k in ("left_child", "right_child", "feature"))
-    leaf_l, leaf_r = left == TREE_LEAF, right == TREE_LEAF
-    if (leaf_l != leaf_r).any():
-        i = _first_bad(leaf_l != leaf_r)
-        raise refuse(f"Tree node {i} has children {int(left[i])} and {int(right[i])}: one leaf marker, one node")
-    internal = ~leaf_l
-    n_features = int(tree.n_features)
-    bad = internal & ((feature < 0) | (feature >= n_features))
-    if bad.any():
-        i = _first_bad(bad)
-        raise refuse(f"Tree node {i} splits on feature {int(feature[i])} outside 0..{n_features - 1}")
-    depth = check_single_parent_tree("Tree", left, right, internal)
+    depth = check_tree_links(nodes, int(tree.n_features))
     max_depth = _int(state["max_depth"], "Tree max_depth", 0, n)
     if depth > max_depth:
         raise refuse(f"Tree max_depth is {max_depth} but the tree is {depth} deep")
