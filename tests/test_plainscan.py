@@ -81,7 +81,19 @@ def test_the_c_scanner_is_built_and_used() -> None:
     assert walk(data, _fastpath.FAST_DEPTH, 10, 10**6, 10**6) is True
     from modelkeep.doctor import _scanner_check
 
-    assert _scanner_check().detail == "compiled (formats/_plainscan.c)"
+    assert _scanner_check().detail == "compiled (formats/_plainscan.c, formats/_treelinks.c, _statscan.c)"
+
+
+def test_doctor_names_each_extension_that_was_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without a compiler still passes doctor, and the line says what runs slower."""
+    from modelkeep.doctor import _scanner_check
+    from modelkeep.formats import tree_links
+
+    monkeypatch.setattr(tree_links, "TREE_SCANNER", "python")
+    check = _scanner_check()
+    assert check.ok
+    assert "formats/_treelinks.c (large tree ensembles load slower)" in check.detail
+    assert "_plainscan.c" not in check.detail
 
 
 # -- generated plain data ---------------------------------------------------------------------

@@ -5,7 +5,7 @@ reads; the store is reachable, writable and readable (a small probe object
 under ``.tmp/`` is written, read back and removed; a local folder that does not
 exist is not created); which key signs a save (the per-user ECDSA key is reported,
 never created) and where the trusted types come from; any write claims left by
-writers that died; and whether the pre-scan of plain pickles runs compiled.
+writers that died; and whether the optional C extensions (pickle pre-scan, tree check, git check) were built.
 """
 
 from __future__ import annotations
@@ -100,17 +100,26 @@ def run_doctor(settings: Settings) -> DoctorReport:
 
 
 def _scanner_check() -> Check:
-    """Which pre-scan proves a pickle plain data (formats/_fastpath.py): never a failure, the
-    pure-Python one is only slower."""
+    """Which of the optional C extensions were built (setup.py): never a failure, each has a
+    pure-Python fallback that gives the same answers, only slower."""
     from .formats._fastpath import SCANNER
+    from .formats.tree_links import TREE_SCANNER
+    from .lineage import STAT_CHECK
 
-    if SCANNER == "c":
-        return Check("pickle pre-scan", True, "compiled (formats/_plainscan.c)")
+    built = {
+        "formats/_plainscan.c": (SCANNER, "pickles of many small objects load a few times slower"),
+        "formats/_treelinks.c": (TREE_SCANNER, "large tree ensembles load slower"),
+        "_statscan.c": (STAT_CHECK, "the lineage's git check of a small save is slower"),
+    }
+    missing = [f"{name} ({cost})" for name, (which, cost) in built.items() if which != "c"]
+    if not missing:
+        return Check("compiled extensions", True, "compiled (" + ", ".join(built) + ")")
     return Check(
-        "pickle pre-scan",
+        "compiled extensions",
         True,
-        "pure Python: the C extension was not built (reinstall with a C compiler and the Python headers); "
-        "pickles of many small objects load a few times slower",
+        "pure Python for "
+        + "; ".join(missing)
+        + ": the C extensions were not built (reinstall with a C compiler and the Python headers)",
     )
 
 
