@@ -27,14 +27,16 @@ import pytest
 
 from modelkeep import ModelPersistence
 from modelkeep.errors import ConfigError, IntegrityError, StorageError
-from modelkeep.storage import S3Store, open_store
+from modelkeep.storage import S3Store, open_store, presigned
 from modelkeep.storage.hashing import Expected, HashingWriter
 from modelkeep.storage.presigned import (
     UploadPlan,
     abort_upload,
     b64_sha256,
     complete_upload,
+    composite,
     enforces_checksums,
+    measures_checksums,
     plan_upload,
     presign_get,
 )
@@ -117,8 +119,9 @@ def test_single_put_round_trip(s3_bucket: S3Bucket, tmp_path: Path) -> None:
 
 
 def test_multipart_round_trip_with_blake3_record(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    """Parts in parallel, each with its own signed checksum; the server's read-back gives the
-    per-part digests and the BLAKE3 record a load checks, computed from the stored bytes."""
+    """Parts in parallel, each with its own signed checksum; the server's read-back (asked for:
+    moto's composite checksum spares it by default) gives the per-part digests and the BLAKE3
+    record a load checks, computed from the stored bytes."""
     store = _store(s3_bucket)
     data = _data(3 * PART + 12345, seed=1)
     path = _file(tmp_path, data)
@@ -132,7 +135,7 @@ def test_multipart_round_trip_with_blake3_record(s3_bucket: S3Bucket, tmp_path: 
         etags = upload_plan(plan, reader, max_concurrency=3, progress=sent.append)
     assert len(set(etags)) == 4 and sum(sent) == len(data)
     ranges = [[100, 200, PART + 50], [2 * PART, 2 * PART + 8, 3 * PART]]
-    done = complete_upload(store, plan, ranges=ranges)
+    done = complete_upload(store, plan, ranges=ranges, verify=True)
     assert done.part_sha256s == dec.part_sha256s and done.sha256 == dec.sha256
     # the record the save path (HashingWriter with the same payload ranges) would have written
     writer = HashingWriter(io.BytesIO())
@@ -350,6 +353,60 @@ def test_read_back_only_where_the_store_does_not_enforce_checksums(
     assert checked.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def _uploaded(store: S3Store, path: Path) -> UploadPlan:
+    """A multipart plan for ``path``, its parts uploaded (not completed)."""
+    plan = _plan(store, path, multipart=True)
+    upload_plan(plan, path)
+    return plan
+
+
+def _object_reads(proxy: FaultProxy) -> list[str]:
+    """Paths of GETs of objects through ``proxy`` (not ListParts, not listings): bytes read back."""
+    return [p for method, p in proxy.requests if method == "GET" and "uploadId=" not in p and "list-type=" not in p]
+
+
+def test_where_the_store_measures_the_parts_their_composite_checksum_spares_the_read_back(
+    s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto takes a part whose bytes do not match its signed checksum, but the composite SHA-256
+    it reports for a completed upload is of the bytes it holds (the probe sends a part with the
+    wrong checksum to find so). A composite equal to the declared parts' says every stored part
+    is the one declared: nothing is read back. Another composite is read back, which says what
+    differs and refuses it. A store that reports the composite of the checksums it was told, not
+    of its bytes, fails the probe, and its uploads are read back."""
+    store = _store(s3_bucket, fault_proxy.endpoint_url)
+    assert enforces_checksums(store) is False and measures_checksums(store) is True
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []  # the probes cleaned up
+    path = _file(tmp_path, data := _data(2 * PART + 1, seed=31))
+    plan = _uploaded(store, path)
+    fault_proxy.requests.clear()
+    done = complete_upload(store, plan)
+    assert _object_reads(fault_proxy) == []  # no byte came through the server
+    assert done.sha256 is None and done.part_sha256s == [p.sha256 for p in plan.parts]
+    assert _stored(s3_bucket, done.key) == data
+
+    evil = bytearray(data)
+    evil[PART + 5] ^= 1  # the second part's bytes are not those declared
+    bad = _plan(store, path, multipart=True)
+    for part in bad.parts:
+        _put(part.url, bytes(evil[part.start : part.end]), part.headers)
+    fault_proxy.requests.clear()
+    with pytest.raises(IntegrityError, match=r"refusing the upload .*hash to"):
+        complete_upload(store, bad)
+    assert _object_reads(fault_proxy)  # the composite differed: read back, to say what
+    assert s3_bucket.pending_uploads() == [] and not s3_bucket.object_keys(f"models/{bad.key}")
+
+    echoing = _store(s3_bucket, fault_proxy.endpoint_url)
+    told = composite([hashlib.sha256(b"declared").hexdigest()])  # what the probe's part declared
+    monkeypatch.setattr(presigned, "stored_composite", lambda *_args: told)
+    assert measures_checksums(echoing) is False
+    monkeypatch.undo()
+    again = _uploaded(echoing, path)
+    fault_proxy.requests.clear()
+    assert complete_upload(echoing, again).sha256 == hashlib.sha256(data).hexdigest()  # read back
+    assert _object_reads(fault_proxy)
+
+
 # -- through ``modelkeep server``, against a store that enforces the signed checksums ------------
 
 
@@ -445,6 +502,61 @@ def test_parts_declared_for_other_bytes_than_the_record_commit_nothing_a_load_ta
         with pytest.raises(IntegrityError):
             d.load("big")
         assert not d.verify().ok
+
+
+@pytest.fixture
+def lenient_server(s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path) -> Iterator[HttpServer]:
+    """A server on plain moto (behind a proxy that only counts requests): its store takes parts
+    whose bytes do not match their signed checksums, and reports composite checksums of what it holds."""
+    side = ServerSide(
+        s3_bucket.url(), f"sqlite:///{tmp_path / 'index.db'}", storage_options=s3_options(fault_proxy.endpoint_url)
+    )
+    with running_server(side, tmp_path / "server", in_process=True) as server:
+        yield server
+
+
+def test_on_a_lenient_store_the_parts_are_checked_by_their_composite_and_the_record_is_the_writers_word(
+    lenient_server: HttpServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the server need not read a large upload back on a store that does not enforce the signed
+    checksums but measures them (moto): what it must not commit is parts other than those planned
+    (missing, added, resized, or, by the store's composite SHA-256 of what it holds, other bytes
+    than declared: refused at the commit, test_a_presigned_upload_of_other_bytes_is_refused_at_the_commit).
+    The whole file's SHA-256 and BLAKE3 record are the writer's signed word, as on S3 (which checks
+    only the parts): no hash of the parts binds them, so only reading every byte could, and every
+    load reads and checks them anyway. A writer that declares the parts of other bytes than its
+    record names gets them committed with no byte read back, and no load returns them;
+    ``verify`` reports the version. An honest save reads nothing back either."""
+    from modelkeep.storage import presigned_client
+
+    honest_declare, honest_upload = presigned_client.declare, presigned_client.upload_plan
+    big = {"w": np.random.default_rng(10).random(40 * MiB // 8)}
+    with lenient_server.client(cache_max_bytes=0) as c:
+        fault_proxy.requests.clear()
+        c.save_version(big, "honest", compress=False)
+        assert _object_reads(fault_proxy) == []  # the parts' composite matched: nothing read back
+        assert np.array_equal(c.load("honest")["w"], big["w"])
+
+        def declare_other(source: Any, part_size: int, *, sha256: str | None = None) -> Any:
+            data = bytearray(Path(source).read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            Path(source).with_suffix(".evil").write_bytes(bytes(data))
+            return honest_declare(Path(source).with_suffix(".evil"), part_size, sha256=sha256)  # the record's SHA-256
+
+        def upload_other(plan: Any, source: Any, **kwargs: Any) -> Any:
+            return honest_upload(plan, Path(source).with_suffix(".evil"), **kwargs)
+
+        monkeypatch.setattr(presigned_client, "declare", declare_other)
+        monkeypatch.setattr(presigned_client, "upload_plan", upload_other)
+        fault_proxy.requests.clear()
+        c.save_version(big, "big", compress=False)
+        assert _object_reads(fault_proxy) == []  # the parts are those declared: nothing read back
+        with pytest.raises(IntegrityError):
+            c.load("big")
+    with lenient_server.direct() as d:
+        with pytest.raises(IntegrityError):
+            d.load("big")
+        assert [(problem.kind, problem.model_name) for problem in d.verify().problems] == [("corrupt", "big")]
 
 
 @pytest.mark.parametrize("multipart", [False, True])
@@ -660,5 +772,5 @@ def test_upload_memory_is_bounded_by_parts_in_flight(s3_bucket: S3Bucket, tmp_pa
     grown = rss["peak"] - rss["before"]
     print(f"peak RSS grew by {grown / MiB:.1f} MiB for a 64 MiB upload (2 x 5 MiB parts in flight)")
     assert grown < (2 + 1) * PART + 16 * MiB  # parts in flight + the one being read + slack
-    done = complete_upload(store, plan)
+    done = complete_upload(store, plan, verify=True)  # read back: the stored bytes are the file's
     assert done.size == 64 * MiB and done.sha256 == declare(path, PART).sha256

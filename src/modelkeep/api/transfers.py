@@ -391,8 +391,10 @@ def _ranges(upload: Upload) -> list[Any]:
 def _check_completed(store: Any, done: Any, upload: Upload) -> None:
     """Refuse a completed presigned upload (:class:`~.presigned.CompletedUpload` ``done``) whose
     bytes, read back, are not those declared; its object is removed. Not read back (``sha256``
-    ``None``) only where S3 refused any part whose bytes did not hash to its signed checksum; the
-    whole file's digests are then the client's declaration, which every load checks again."""
+    ``None``) only where the parts are known to be those declared: S3 refused any part whose
+    bytes did not hash to its signed checksum, or the store's composite SHA-256 of the parts it
+    holds is the declared parts'. The whole file's digests are then the client's signed
+    declaration, which every load checks again before parsing."""
     if done.sha256 is not None and (done.sha256 != upload.sha256 or done.blake3 != upload.blake3):
         with contextlib.suppress(Exception):
             store.delete(done.key, missing_ok=True)
@@ -544,7 +546,7 @@ class Transfers:
     async def upload_presigned(self, request: Request) -> Response:
         """Plan an upload straight to the bucket (S3 stores): the client declares the size and the
         SHA-256 of the file and of each part (and its BLAKE3 record); S3 is asked to refuse other
-        bytes, and the commit reads the staged object back to check it (:func:`.presigned.complete_upload`)."""
+        bytes, and the commit checks that the stored parts are those declared (:func:`.presigned.complete_upload`)."""
         from ..storage.presigned import plan_upload
         from .endpoint import read_json
 

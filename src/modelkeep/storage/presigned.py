@@ -10,14 +10,17 @@ upload goes to a version's final key under the version's claim (``final=True``),
 with ``If-None-Match: *``, as a direct save's (:class:`.s3.ParallelUpload`).
 
 :func:`complete_upload` lists the parts S3 holds and refuses a missing, extra or resized part
-or one whose checksum differs from the plan, completes the upload, and then (by default) reads
-the staged object once through the hashing path (ranged GETs, parts in flight) to check the
-whole file (or, without a declared whole-file SHA-256, every part) against the declaration
-before anyone commits it. That read is the check that does not depend on the S3
-implementation: moto (the test server) enforces neither checksums nor expiry, and
-S3-compatible stores differ. It returns the SHA-256 and, given the
-artifact's payload ranges, the BLAKE3 record a load checks, computed by the server from the
-stored bytes, not taken from the client.
+or one whose checksum differs from the plan, completes the upload, and then checks that the
+stored parts are those declared: nothing more where the store refused other bytes
+(:func:`enforces_checksums`: S3); where it took them but reports, for a completed upload, the
+composite SHA-256 of the bytes it holds (:func:`measures_checksums`: moto), that composite must
+be the declared parts'; otherwise (or when it is not) the object is read once through the
+hashing path (ranged GETs, parts in flight) and the whole file (or, without a declared
+whole-file SHA-256, every part) checked against the declaration. A read-back returns the SHA-256
+and, given the artifact's payload ranges, the BLAKE3 record a load checks, computed by the
+server from the stored bytes. Without one, the whole file's digests are the client's signed
+word: no hash of the parts binds them (S3 cannot check a multipart object's whole SHA-256), only
+reading every byte could, and every load reads and checks them before parsing a byte.
 
 :func:`presign_get` signs a ``GET`` that honours ``Range``, for
 :func:`modelkeep.storage.presigned_client.download_ranges`. The client side (no credentials,
@@ -34,7 +37,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -368,11 +371,16 @@ def complete_upload(
     checked each signed checksum, and no byte passes through it (``sha256`` and ``blake3``
     of the result are then ``None``: record the client's, which every load checks).
     ``verify=None`` (the default) reads back unless :func:`enforces_checksums` found that
-    this store refuses mismatched bytes (real S3 does; moto does not).
+    this store refuses mismatched bytes (real S3 does; moto does not), or, for a multipart
+    upload, :func:`measures_checksums` found that it reports the composite SHA-256 of the bytes
+    it holds and that composite is the declared parts' (moto; one ``HEAD``). A composite that
+    differs is read back, which says what differs and refuses it.
     """
     store = _check_s3(store)
+    measured = False
     if verify is None:
         verify = not enforces_checksums(store)
+        measured = verify and plan.kind == "multipart" and measures_checksums(store)
     if plan.kind == "multipart":
         parts = _check_parts(store, plan)
         with store.translated("complete the upload of", plan.key):
@@ -393,8 +401,10 @@ def complete_upload(
             raise _refuse(store, plan, f"it has {stored} bytes, declared {plan.size}")
     store.fs.invalidate_cache()
     declared = [p.sha256 for p in plan.parts]
-    if not verify:
-        return CompletedUpload(plan.key, plan.size, None, declared)  # plan.sha256 is the client's word
+    if not verify or (measured and stored_composite(store, plan.key, len(plan.parts)) == composite(declared)):
+        # the parts are those declared (S3 refused others, or the store's composite of what it
+        # holds says so); plan.sha256 and the BLAKE3 record are the client's word, which every load checks
+        return CompletedUpload(plan.key, plan.size, None, declared)
     key = plan.key
     if plan.kind == "single":
         # The client's PUT URL works until it expires: check (and hand on) a server-side copy
@@ -416,6 +426,50 @@ def complete_upload(
 
 
 _ENFORCES: weakref.WeakKeyDictionary[S3Store, bool] = weakref.WeakKeyDictionary()
+_MEASURES: weakref.WeakKeyDictionary[S3Store, bool] = weakref.WeakKeyDictionary()
+
+
+def composite(part_sha256s: Sequence[str]) -> str:
+    """S3's composite SHA-256 of a multipart object with these parts' SHA-256s (hex): the
+    SHA-256 of their raw digests in part order, base64 (without S3's ``-<parts>`` suffix)."""
+    joined = b"".join(bytes.fromhex(d) for d in part_sha256s)
+    return base64.b64encode(hashlib.sha256(joined).digest()).decode("ascii")
+
+
+def stored_composite(store: S3Store, key: str, parts: int) -> str | None:
+    """The composite SHA-256 ``store`` reports for the completed multipart object ``key`` of
+    ``parts`` parts (``HEAD`` with ``ChecksumMode=ENABLED``), or ``None`` when it reports none,
+    one of another kind or for another number of parts."""
+    bucket, path = store.bucket_key(key)
+    with store.translated("read the checksum of", key):
+        head = store.call("head_object", Bucket=bucket, Key=path, ChecksumMode="ENABLED").result()
+    value = head.get("ChecksumSHA256")
+    if not isinstance(value, str) or head.get("ChecksumType", "COMPOSITE") != "COMPOSITE":
+        return None
+    digest, _, count = value.partition("-")
+    if count and count != str(parts):
+        return None
+    return digest
+
+
+def measures_checksums(store: S3Store) -> bool:
+    """Whether ``store``, which takes presigned parts whose bytes do not match their signed
+    ``x-amz-checksum-sha256`` (:func:`enforces_checksums` is false: moto), reports for a completed
+    multipart upload the composite SHA-256 of the bytes it holds, not of the checksums it was
+    told: then that composite matching the declared parts' is the check :func:`complete_upload`
+    makes instead of reading the object back. Probed once per store object with a tiny upload
+    under ``.tmp/`` whose part is sent with the wrong checksum (removed), then remembered; any
+    failure counts as not measuring (the safe answer: the object is read back)."""
+    store = _check_s3(store)
+    known = _MEASURES.get(store)
+    if known is None:
+        try:
+            known = _probe_composite(store)
+        except (OSError, ValueError) as exc:  # StorageError, urllib's errors, ConfigError
+            logger.debug("composite checksum probe of %s failed: %s", store.url, exc)
+            known = False
+        _MEASURES[store] = known
+    return known
 
 
 def enforces_checksums(store: S3Store) -> bool:
@@ -461,22 +515,54 @@ def _probe_single(store: S3Store) -> bool:
     return refused and taken
 
 
-def _probe_part(store: S3Store) -> bool:
+@contextlib.contextmanager
+def _probe_upload(store: S3Store) -> Iterator[tuple[str, str, str, Callable[[], bool]]]:
+    """A multipart upload under ``.tmp/`` that declares SHA-256 checksums: its key, the presigned
+    URL of its part 1 (signed with the checksum of ``b"declared"``), that header's value, and a
+    call that completes the upload with the part the store took (``False`` if it holds none).
+    Aborted, and its object removed, on exit."""
     key = store.stage().tmp_key
     bucket, path = store.bucket_key(key)
     started = store.call("create_multipart_upload", Bucket=bucket, Key=path, ChecksumAlgorithm="SHA256").result()
     upload_id = str(started["UploadId"])
     declared = b64_sha256(hashlib.sha256(b"declared").hexdigest())
     params = {"Bucket": bucket, "Key": path, "UploadId": upload_id, "PartNumber": 1, "ChecksumSHA256": declared}
+
+    def complete() -> bool:
+        listed = store.call("list_parts", Bucket=bucket, Key=path, UploadId=upload_id).result().get("Parts", [])
+        if len(listed) != 1:
+            return False
+        part = {"PartNumber": 1, "ETag": listed[0]["ETag"]}
+        if listed[0].get("ChecksumSHA256") is not None:
+            part["ChecksumSHA256"] = listed[0]["ChecksumSHA256"]
+        parts = {"Parts": [part]}
+        store.call(
+            "complete_multipart_upload", Bucket=bucket, Key=path, UploadId=upload_id, MultipartUpload=parts
+        ).result()
+        return True
+
     try:
-        url = _presigned(store, "upload_part", params, 60)
-        headers = {"x-amz-checksum-sha256": declared}
-        refused = _put_status(url, b"other", headers, store.read_timeout) in (400, 403)
-        taken = _put_status(url, b"declared", headers, store.read_timeout) == 200
+        yield key, _presigned(store, "upload_part", params, 60), declared, complete
     finally:
         with contextlib.suppress(Exception):
             store.abort_upload(key, upload_id)
+        with contextlib.suppress(Exception):
+            store.delete(key, missing_ok=True)
+
+
+def _probe_part(store: S3Store) -> bool:
+    with _probe_upload(store) as (_key, url, declared, _complete):
+        headers = {"x-amz-checksum-sha256": declared}
+        refused = _put_status(url, b"other", headers, store.read_timeout) in (400, 403)
+        taken = _put_status(url, b"declared", headers, store.read_timeout) == 200
     return refused and taken
+
+
+def _probe_composite(store: S3Store) -> bool:
+    with _probe_upload(store) as (key, url, declared, complete):
+        if _put_status(url, b"other", {"x-amz-checksum-sha256": declared}, store.read_timeout) != 200:
+            return False  # refused: nothing to measure (the store enforces the checksum)
+        return complete() and stored_composite(store, key, 1) == composite([hashlib.sha256(b"other").hexdigest()])
 
 
 def _read_back(
@@ -542,8 +628,11 @@ __all__ = [
     "b64_sha256",
     "check_parts",
     "complete_upload",
+    "composite",
     "enforces_checksums",
+    "measures_checksums",
     "part_ranges",
     "plan_upload",
     "presign_get",
+    "stored_composite",
 ]
