@@ -13,6 +13,13 @@ reading the file into memory, and SHA-256 and BLAKE3 over it. A verified load ca
 beat the read plus the part of the hashing that does not overlap it, and a save cannot
 beat the SHA-256 of its bytes (the artifact's identity), however the work is arranged.
 
+The save tables also time, interleaved with the saves, the whole work a save must do done raw
+(``FLOOR``, baselines.save_floor with ``hashed``): ``joblib.dump`` into a tee that hands every
+byte to SHA-256 and BLAKE3 on two threads, its fsync, then the sidecar + fsync, two renames, one
+folder fsync and a SQLite commit. A save slower than ``joblib.dump`` + fsync by more than its
+target is compared with that row, measured under the same load, rather than with the partial
+floors above, each of which leaves out the others' work.
+
 Saving the same object again would let modelkeep's content dedup skip the
 write, which a retrained model would not get; so the default-format registry
 deletes the previous repetition's version first, and the native format writes
