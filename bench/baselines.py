@@ -101,32 +101,51 @@ def _fsync_folder(path: Path) -> None:
         os.close(fd)
 
 
+def _start_writeback() -> Any:
+    """Linux's ``sync_file_range(2)`` (``None`` elsewhere): start writing a range back, no wait."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return call
+
+
 class _HashTee:
     """A file-like sink for ``joblib.dump``: every byte goes to ``fh`` and to a SHA-256 and a
     BLAKE3 each fed on a thread of its own, the least a save that records both digests of its
     bytes must compute. Small writes are gathered (one copy, as the file's own buffer makes)
     and handed over per MiB; larger ones, ``bytes`` that no one changes, are handed over as they
-    are (joblib writes array data as ``bytes`` chunks of up to 16 MiB)."""
+    are (joblib writes array data as ``bytes`` chunks of up to 16 MiB). At most ``PENDING``
+    chunks wait per thread (the writer waits beyond), so the memory held stays bounded, and the
+    disk is asked to start writing every ``WRITEBACK`` bytes, as the final fsync must wait for
+    all of them (what a save does too; neither adds work)."""
 
     GATHER_MIN = 64 << 10
     GATHER = 1 << 20
+    PENDING = 8
+    WRITEBACK = 8 << 20
 
     def __init__(self, fh: Any) -> None:
         from blake3 import blake3
 
         self._fh = fh
         self._small = bytearray()
-        self._queues: list[queue.SimpleQueue[Any]] = []
+        self._queues: list[queue.Queue[Any]] = []
         self._threads = []
+        self._writeback = _start_writeback()
+        self._written = self._submitted = 0
         self.digests = ["", ""]  # SHA-256, BLAKE3
         for slot, h in enumerate((hashlib.sha256(), blake3())):
-            q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            q: queue.Queue[Any] = queue.Queue(self.PENDING)
             thread = threading.Thread(target=self._hash, args=(h, q, slot), daemon=True)
             thread.start()
             self._queues.append(q)
             self._threads.append(thread)
 
-    def _hash(self, h: Any, q: queue.SimpleQueue[Any], slot: int) -> None:
+    def _hash(self, h: Any, q: queue.Queue[Any], slot: int) -> None:
         while (data := q.get()) is not None:
             h.update(data)
         self.digests[slot] = h.hexdigest()
@@ -137,6 +156,12 @@ class _HashTee:
 
     def write(self, data: Any) -> int:
         n = self._fh.write(data)
+        self._written += len(data)
+        if self._writeback is not None and self._written - self._submitted >= self.WRITEBACK:
+            self._fh.flush()
+            end = self._written - self._written % 4096
+            self._writeback(self._fh.fileno(), self._submitted, end - self._submitted, 2)  # SYNC_FILE_RANGE_WRITE
+            self._submitted = end
         if len(data) < self.GATHER_MIN:
             self._small += data
             if len(self._small) >= self.GATHER:
