@@ -9,9 +9,12 @@ baselines put joblib's own classes back for the duration of each call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,15 +101,122 @@ def _fsync_folder(path: Path) -> None:
         os.close(fd)
 
 
-def save_floor(obj: object, root: Path, i: int, index: sqlite3.Connection, record: bytes) -> None:
+def _start_writeback() -> Any:
+    """Linux's ``sync_file_range(2)`` (``None`` elsewhere): start writing a range back, no wait."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return call
+
+
+class _HashTee:
+    """A file-like sink for ``joblib.dump``: every byte goes to ``fh`` and to a SHA-256 and a
+    BLAKE3 each fed on a thread of its own, the least a save that records both digests of its
+    bytes must compute. Small writes are gathered (one copy, as the file's own buffer makes)
+    and handed over per MiB; larger ones, ``bytes`` that no one changes, are handed over as they
+    are (joblib writes array data as ``bytes`` chunks of up to 16 MiB). At most ``PENDING``
+    chunks wait per thread (the writer waits beyond), so the memory held stays bounded, and the
+    disk is asked to start writing every ``WRITEBACK`` bytes, as the final fsync must wait for
+    all of them (what a save does too; neither adds work)."""
+
+    GATHER_MIN = 64 << 10
+    GATHER = 1 << 20
+    PENDING = 8
+    WRITEBACK = 8 << 20
+
+    def __init__(self, fh: Any) -> None:
+        from blake3 import blake3
+
+        self._fh = fh
+        self._small = bytearray()
+        self._queues: list[queue.Queue[Any]] = []
+        self._threads = []
+        self._writeback = _start_writeback()
+        self._written = self._submitted = 0
+        self.digests = ["", ""]  # SHA-256, BLAKE3
+        for slot, h in enumerate((hashlib.sha256(), blake3())):
+            q: queue.Queue[Any] = queue.Queue(self.PENDING)
+            thread = threading.Thread(target=self._hash, args=(h, q, slot), daemon=True)
+            thread.start()
+            self._queues.append(q)
+            self._threads.append(thread)
+
+    def _hash(self, h: Any, q: queue.Queue[Any], slot: int) -> None:
+        while (data := q.get()) is not None:
+            h.update(data)
+        self.digests[slot] = h.hexdigest()
+
+    def _hand(self, data: Any) -> None:
+        for q in self._queues:
+            q.put(data)
+
+    def write(self, data: Any) -> int:
+        n = self._fh.write(data)
+        self._written += len(data)
+        if self._writeback is not None and self._written - self._submitted >= self.WRITEBACK:
+            self._fh.flush()
+            end = self._written - self._written % 4096
+            self._writeback(self._fh.fileno(), self._submitted, end - self._submitted, 2)  # SYNC_FILE_RANGE_WRITE
+            self._submitted = end
+        if len(data) < self.GATHER_MIN:
+            self._small += data
+            if len(self._small) >= self.GATHER:
+                self._hand(bytes(self._small))
+                self._small.clear()
+        else:
+            if self._small:
+                self._hand(bytes(self._small))
+                self._small.clear()
+            self._hand(data if isinstance(data, bytes) else bytes(data))
+        return int(n)
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def finish(self) -> list[str]:
+        """Wait for both digests (SHA-256, BLAKE3)."""
+        if self._small:
+            self._hand(bytes(self._small))
+        self._hand(None)
+        for thread in self._threads:
+            thread.join()
+        return self.digests
+
+
+def joblib_save_hashed(obj: object, path: Path) -> list[str]:
+    """:func:`joblib_save` whose bytes are also hashed with SHA-256 and BLAKE3 on two threads
+    as they are written; the digests are waited for after the fsync (which they overlap)."""
+    with open(path, "wb") as fh, pristine_joblib():
+        tee = _HashTee(fh)
+        try:
+            joblib.dump(obj, tee)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            digests = tee.finish()
+    return digests
+
+
+def save_floor(
+    obj: object, root: Path, i: int, index: sqlite3.Connection, record: bytes, *, hashed: bool = False
+) -> None:
     """The durable steps of a save that keeps modelkeep's guarantees, done raw with no registry
-    around them: ``joblib.dump`` of ``obj`` to a staged file + fsync, ``record`` (the sidecar) to
-    another + fsync, both renamed into a new version folder, that folder fsync'ed once, then one
-    row committed to ``index`` (see :func:`floor_index`): the 4 syncs of a save."""
+    around them: ``joblib.dump`` of ``obj`` to a staged file + fsync (with ``hashed``, its bytes
+    hashed with SHA-256 and BLAKE3 on threads as they are written: :func:`joblib_save_hashed`),
+    ``record`` (the sidecar) to another + fsync, both renamed into a new version folder, that
+    folder fsync'ed once, then one row committed to ``index`` (see :func:`floor_index`): the 4
+    syncs of a save."""
     folder = root / f"floor-v{i}"
     folder.mkdir()
     staged = root / f"floor-{i}.part"
-    joblib_save(obj, staged)
+    if hashed:
+        joblib_save_hashed(obj, staged)
+    else:
+        joblib_save(obj, staged)
     sidecar = root / f"floor-{i}.json.part"
     with open(sidecar, "wb") as fh:
         fh.write(record)

@@ -172,3 +172,39 @@ def test_a_claim_undone_by_a_power_cut_leaves_only_orphans(tmp_path: Path) -> No
         assert final.ok, final.to_dict()
         assert [p.load("victim", v)["seq"] for v in p.list_versions("victim")] == [0, 3, 4]
         assert p.reindex() == 3
+
+
+def test_a_duplicate_staged_copy_is_unlinked_after_the_row_commits(
+    registry: ModelPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save of bytes already stored links them and drops its own staged copy, but only once
+    its row is committed: unlinking a large file journals the freeing of its blocks, and the
+    folder's fsync and the row's WAL sync would wait for that journal commit. The copy is
+    still removed by the end of the save's background work."""
+    from modelkeep.storage import local
+
+    model = payload(1, 2, nbytes=(8 << 20) + 1)  # large enough for the background unlink
+    registry.save(model, "dup", "1.0.0")
+    order: list[str] = []
+    real_unlink = local._unlink_quietly
+
+    def unlink(path: str) -> None:
+        order.append("staged copy unlinked")
+        real_unlink(path)
+
+    def on_commit(conn: Any) -> None:
+        if conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] == 2:
+            order.append("row committed")
+
+    monkeypatch.setattr(local, "_unlink_quietly", unlink)
+    event.listen(registry.index.engine, "commit", on_commit)
+    try:
+        registry.save(model, "dup", "2.0.0")
+        local.wait_for_background_unlinks()
+    finally:
+        event.remove(registry.index.engine, "commit", on_commit)
+    assert order == ["row committed", "staged copy unlinked"], order
+    assert registry.store.list_keys(".tmp") == []
+    first, second = (registry.get_metadata("dup", v).artifact for v in ("1.0.0", "2.0.0"))  # type: ignore[union-attr]
+    assert first is not None and second is not None
+    assert os.path.samefile(registry.store.full_path(first.key), registry.store.full_path(second.key))

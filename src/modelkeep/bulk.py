@@ -74,6 +74,7 @@ class BulkSaveMixin:
         def _blobs_check(self, extra: dict[str, Any]) -> Callable[[], None] | None: ...
         def _attempt_files(self, slot: Any, key: str) -> list[str]: ...
         def _remove_quietly(self, key: str) -> None: ...
+        def _drop_duplicate(self, staged: StagedArtifact) -> None: ...
         def _write_sidecar(self, record: ModelMetadata) -> None: ...
 
     def save_many(
@@ -205,13 +206,14 @@ class BulkSaveMixin:
                     future.result()  # the first failure, raised
                 check_many(self.index, slots)
                 stored = self.index.find_artifacts({st.sha256 for st in staged})  # identical bytes: share them
+                duplicates: list[StagedArtifact] = []  # dropped once the rows are committed (not beside the syncs)
                 with self.store.one_folder_sync():  # each version's folder fsync'ed once, before the commit
                     for record, st, sidecar in zip(records, staged, sidecars, strict=True):
                         assert record.artifact is not None
                         sidecar.commit(sidecar_key(record.model_name, record.version))
                         same = stored.get(st.sha256)
                         if same and self.store.link(same, record.artifact.key):
-                            st.drop_duplicate()
+                            duplicates.append(st)
                         else:
                             st.commit(record.artifact.key)
                             stored.setdefault(st.sha256, record.artifact.key)
@@ -227,6 +229,8 @@ class BulkSaveMixin:
                     key = artifact_key(slot.model_name, slot.version, item.fmt.extension(item.compression))
                     slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
                 raise
+            for st in duplicates:
+                self._drop_duplicate(st)
         finally:
             for st in (*staged, *sidecars):
                 st.discard()  # what was not committed (a failed batch's): gc removes what this misses

@@ -178,12 +178,14 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
             copied = _for_dest(record, slot.previous, source, dest)
             key = copied.artifact.key  # type: ignore[union-attr]
             try:
-                dest._write_claimed_files(slot, copied, staged)
+                _, duplicate = dest._write_claimed_files(slot, copied, staged)
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
                 slot.put(copied, before_commit=dest._blobs_check(art.extra), history=False)
             except BaseException:
                 slot.abandon(dest._attempt_files(slot, key), dest._remove_quietly, dest._write_sidecar)
                 raise
+            if duplicate:
+                dest._drop_duplicate(staged)
             if slot.previous is not None:
                 dest._remove_replaced_artifact(slot, copied)
     return art.size

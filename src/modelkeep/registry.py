@@ -670,11 +670,13 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         )
         record.signature = (sign or self.keyring.sign)(record)
         try:
-            durable = self._write_claimed_files(slot, record, staged, trust_lease=trust_lease)
+            durable, duplicate = self._write_claimed_files(slot, record, staged, trust_lease=trust_lease)
             slot.put(record, before_commit=self._blobs_check(draft.artifact.extra), files_durable=durable)
         except BaseException:
             slot.abandon(self._attempt_files(slot, key), self._remove_quietly, self._write_sidecar)
             raise
+        if duplicate:
+            self._drop_duplicate(staged)
         if slot.previous is not None:
             self._remove_replaced_artifact(slot, record)
         return record
@@ -782,13 +784,17 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
 
     def _write_claimed_files(
         self, slot: VersionClaim, record: ModelMetadata, staged: StagedArtifact, *, trust_lease: bool = False
-    ) -> Callable[[], None] | None:
+    ) -> tuple[Callable[[], None] | None, bool]:
         """Put the attempt's files in place, once the database confirms the claim is still its own:
         the sidecar (an overwrite's is restored from the index if the commit fails), then the artifact.
         Both go to the version's folder, which is ``fsync``'ed once for the two, before the row
         that references them is committed: on a helper thread, while the row's statements run;
-        the callable returned (``None``: nothing to wait for) waits for it, and the row's
+        the callable returned first (``None``: nothing to wait for) waits for it, and the row's
         transaction calls it before its COMMIT (:meth:`VersionClaim.put`'s ``files_durable``).
+        The second is whether identical stored bytes were linked instead: the caller drops the
+        staged copy (:meth:`StagedArtifact.drop_duplicate`) once the row is committed, so that
+        unlinking it (100 MB of blocks freed, journaled) does not run beside the folder's and the
+        row's syncs, which would wait for it; a failed commit discards it as any staged file.
         ``trust_lease`` (a save whose bytes were staged before the claim, so only moments ago): a
         young lease stands for the database's word (:meth:`VersionClaim.check`); an upload
         straight to the key, which took long, reads it."""
@@ -800,11 +806,18 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             self._write_sidecar(record)
             # the claim, and stored identical bytes
             same = slot.check_placing(record.artifact.sha256, key, trust_lease=trust_lease)
-            if same and self.store.link(same, key):  # identical bytes: share them
-                staged.drop_duplicate()
-            else:
+            duplicate = bool(same and self.store.link(same, key))  # identical bytes: share them
+            if not duplicate:
                 staged.commit(key)
-        return waiters[0] if waiters else None
+        return (waiters[0] if waiters else None), duplicate
+
+    def _drop_duplicate(self, staged: StagedArtifact) -> None:
+        """After the commit of a version that links identical stored bytes: remove its staged copy.
+        The version has landed, so a store that fails to remove it fails nothing (``gc`` does)."""
+        try:
+            staged.drop_duplicate()
+        except Exception as exc:
+            logger.debug("left %s for gc: %s", self.store.display_path(staged.tmp_key), exc)
 
     def _write_sidecar(self, record: ModelMetadata) -> None:
         self.store.write_bytes(sidecar_key(record.model_name, record.version), sidecar_bytes(record))
