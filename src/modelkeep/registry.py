@@ -590,8 +590,16 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             with self.store.staged(resume=attempt) as staged:
                 cached = self._tee_to_cache(staged)
                 try:
-                    draft = self._serialize(model, model_name, fmt, compression, staged, custom, described)
-                    record = self.commit_staged(staged, draft, version, overwrite=overwrite, created_at=created_at)
+                    # the git state is joined once the version is claimed: it is checked meanwhile
+                    draft = self._serialize(model, model_name, fmt, compression, staged, custom, described, True)
+                    record = self.commit_staged(
+                        staged,
+                        draft,
+                        version,
+                        overwrite=overwrite,
+                        created_at=created_at,
+                        complete=lambda d: saving.with_git(d, described),
+                    )
                     if cached is not None:
                         cached.admit(staged.sha256, staged.size)
                 finally:
@@ -627,9 +635,10 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         staged: StagedArtifact,
         custom: dict[str, Any],
         described: Any,
+        git_later: bool = False,
     ) -> ModelMetadata:
         """:func:`modelkeep.saving.serialize` into ``staged``, with this registry's progress bar,
-        blob store and trusted types: the draft record."""
+        blob store and trusted types: the draft record (``git_later``: without its git state yet)."""
         with self._progress(f"saving {model_name}", None) as advance:
             return saving.serialize(
                 model,
@@ -642,6 +651,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
                 described=described,
                 blobs=self._blobs(fmt),
                 trusted_types=self.trusted_types,
+                git_later=git_later,
             )
 
     def _commit_claimed(
@@ -654,10 +664,14 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         sign: Callable[[ModelMetadata], str | None] | None = None,
         *,
         trust_lease: bool = False,
+        complete: Callable[[ModelMetadata], ModelMetadata] | None = None,
     ) -> ModelMetadata:
         """Under ``slot``: the signed record of the save (``draft`` with its version, key and
         times), its files put in place and its row committed (fenced); a failure removes the
-        attempt's files and releases the claim. ``trust_lease``: see :meth:`_write_claimed_files`."""
+        attempt's files and releases the claim. ``trust_lease``: see :meth:`_write_claimed_files`;
+        ``complete(draft)``: the draft made whole (the save's git state, read while the claim was taken)."""
+        if complete is not None:
+            draft = complete(draft)
         assert draft.artifact is not None
         now = utc_now()
         record = dataclasses.replace(
@@ -691,6 +705,7 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         created_at: str | None = None,
         sign: Callable[[ModelMetadata], str | None] | None = None,
         key_for: Callable[[VersionClaim, str], str] | None = None,
+        complete: Callable[[ModelMetadata], ModelMetadata] | None = None,
     ) -> ModelMetadata:
         """The second half of a save: claim ``version`` (the next free one when ``None``), put the
         staged artifact and the sidecar in place, and commit the index row and its history entry.
@@ -701,7 +716,9 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         server passes both, to keep the signature its client made (:mod:`modelkeep.api.transfers`);
         either may raise to refuse the claim, which is then released with nothing written. The
         caller checks the writer role (:meth:`save_version` and :meth:`commit_uploaded` do); replacing
-        a version needs the maintainer role, checked here under the claim."""
+        a version needs the maintainer role, checked here under the claim. ``complete(draft)``,
+        when given, makes the draft whole once the version is claimed (a save's git state, still
+        being read while the claim is taken: :func:`modelkeep.saving.with_git`)."""
         assert draft.artifact is not None
         model_name = draft.model_name
         ext = get_format(draft.artifact.format).extension(draft.artifact.compression)
@@ -710,7 +727,9 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
             if slot.previous is not None:  # replacing a version (perhaps saved since the caller looked)
                 self.access.require(self._who(), "maintainer", "overwrite versions", model_name)
             key = (key_for or self._new_artifact_key)(slot, ext)
-            record = self._commit_claimed(slot, staged, draft, key, created_at, sign, trust_lease=True)
+            record = self._commit_claimed(
+                slot, staged, draft, key, created_at, sign, trust_lease=True, complete=complete
+            )
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
             self._resign_after_overwrite(model_name, record.version)
         return record

@@ -10,6 +10,7 @@ The result is a *draft*: a :class:`ModelMetadata` whose version, key and times a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -101,9 +102,14 @@ def serialize(
     described: tuple[dict[str, Any] | None, dict[str, Any], lineage.PendingGit | None],
     blobs: BlobStore | None,
     trusted_types: list[str],
+    git_later: bool = False,
 ) -> ModelMetadata:
     """Serialize ``model`` into ``staged`` (hashed as it streams) and return the draft record:
-    everything but the version, the artifact key, the times and the signature."""
+    everything but the version, the artifact key, the times and the signature.
+
+    ``git_later``: the git state is still being read when this returns (on the helper thread,
+    started once the model was serialized); the draft's lineage leaves it out until
+    :func:`with_git` adds it, so the caller can claim its version meanwhile."""
     from .loading import warn_main_globals
 
     with staged.open(advance) as out:
@@ -121,7 +127,7 @@ def serialize(
     if staged.blake3 is not None:
         extra[BLAKE3_KEY] = staged.blake3
     signature, lineage_parts, git = described
-    lineage_record = lineage.capture(**lineage_parts, git=lineage.finish_git(git))
+    lineage_record = lineage.capture(**lineage_parts, git=None if git_later else lineage.finish_git(git))
     env = environment.capture(model, environment.modules_of(extra, fmt.name))
     warn_main_globals(extra)
     warn_untrusted_globals(extra, trusted_types, f"model '{model_name}'")
@@ -137,3 +143,14 @@ def serialize(
         input_signature=signature,
         lineage=lineage_record,
     )
+
+
+def with_git(
+    draft: ModelMetadata, described: tuple[dict[str, Any] | None, dict[str, Any], lineage.PendingGit | None]
+) -> ModelMetadata:
+    """``draft`` (from :func:`serialize` with ``git_later``) with the git state in its lineage,
+    waiting for it if it is still being read."""
+    git = lineage.finish_git(described[2])
+    if git is None:
+        return draft
+    return dataclasses.replace(draft, lineage=lineage.capture(**described[1], git=git))

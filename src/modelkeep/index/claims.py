@@ -435,7 +435,8 @@ class VersionClaim:
         it). ``before_commit`` runs inside the transaction, after the shared blob
         lock is taken when the record uses blobs. ``files_durable`` waits until the files
         the row names are durable (their folder's ``fsync`` on a helper thread): it is called
-        after the row's statements, inside the transaction, so nothing commits before it returns.
+        after the row's statements and its event file, just before the COMMIT, so nothing
+        commits before it returns and the folder syncs while they are written.
         A dropped COMMIT is resolved by reading back; :class:`CommitUnknownError` when even that
         fails. Without ``history`` no history row is written (a copy carries the source's instead).
         """
@@ -445,7 +446,8 @@ class VersionClaim:
         one_statement = release and history and self.index.dialect == "postgresql" and not record_blobs(record)
 
         def attempt() -> None:
-            with self.index._write() as conn:
+            # the files' wait comes after the rows and their event files, just before the COMMIT
+            with self.index._write(before_commit=files_durable) as conn:
                 if one_statement:  # the model's lock goes with the statement (Reservation.fence)
                     slot = self.index.reservation(conn, self.model_name, self.version, None)
                     slot.fence = self.token
@@ -454,8 +456,6 @@ class VersionClaim:
                         raise self._lost()
                     if before_commit is not None:
                         before_commit()
-                    if files_durable is not None:
-                        files_durable()
                     return
                 if release:
                     # A new version: the claim is removed by the commit anyway, so removing it
@@ -483,8 +483,6 @@ class VersionClaim:
                 if not history:  # a copy that carries the source's own history rows
                     slot.history_action = None
                 slot.put(record)
-                if files_durable is not None:  # the row's statements ran while the folder synced
-                    files_durable()
 
         commit_retrying(attempt, [self], [record])
         self.record = record
@@ -908,7 +906,6 @@ def commit_retrying(
     and known-not-committed with the claim still held commits again (after the last try,
     :class:`ConnectionLostError`: nothing was registered, and ``abandon`` cleans up)."""
     owner = slots[0]
-    first_row = record_row(records[0])["record"]
     tries = len(RETRY_PAUSES) + 1
     for try_number in range(1, tries + 1):
         try:
@@ -920,7 +917,7 @@ def commit_retrying(
             logger.warning("%s; retrying on a new connection", exc)
             time.sleep(RETRY_PAUSES[try_number - 1])
         except CommitUnknownError as exc:
-            outcome = owner._read_back(first_row)
+            outcome = owner._read_back(record_row(records[0])["record"])  # its row as the attempt wrote it
             if outcome == COMMITTED:
                 logger.info("the commit of %s %s went through before the connection dropped", *owner._names())
                 return

@@ -477,10 +477,14 @@ class SqlIndex:
 
     # -- plumbing ---------------------------------------------------------------
     @contextlib.contextmanager
-    def _write(self, *, power_safe: bool = True) -> Iterator[Connection]:
+    def _write(
+        self, *, power_safe: bool = True, before_commit: Callable[[], None] | None = None
+    ) -> Iterator[Connection]:
         """A write transaction. ``power_safe=False`` (SQLite only; see :func:`_relaxed_sync`)
         commits without waiting for the disk: durable if the process crashes, not if the
         machine loses power. Only for rows that mean nothing once their process is gone.
+        ``before_commit`` runs last before the COMMIT, once the block and its event files are
+        written (a wait for the files the rows name to be durable: it overlaps that work).
 
         On PostgreSQL the connection runs in the driver's autocommit mode and the transaction's
         ``BEGIN`` is sent by modelkeep in the same round trip as its first statement (psycopg
@@ -504,6 +508,8 @@ class SqlIndex:
                 try:
                     yield conn
                     self._write_events(conn)
+                    if before_commit is not None:
+                        before_commit()
                 finally:
                     # A connection that died in the block raises on any use: its error is the one to report.
                     with contextlib.suppress(SQLAlchemyError):

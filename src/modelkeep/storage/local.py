@@ -329,10 +329,14 @@ class LocalStore(ArtifactStore):
 def durable_write(path: str, *, mode: int = 0o666, sync: bool = True) -> Iterator[BinaryIO]:
     """A new file at ``path`` (which must not exist), ``fsync``'ed when the block exits cleanly
     (unless ``sync`` is false: then it outlives a crash of the process, not a power cut)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Opened read-write (new files get their access from this call, whatever ``mode`` says), so the
     # hashing threads can read the written bytes back through the same descriptor.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:  # the folder is usually there: made only when missing (three system calls fewer per file)
+        fd = os.open(path, flags, mode)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, flags, mode)
     with open(fd, "wb", buffering=0) as f:
         yield f
         if sync:
@@ -342,8 +346,11 @@ def durable_write(path: str, *, mode: int = 0o666, sync: bool = True) -> Iterato
 def durable_replace(src: str, dst: str, *, sync_dir: bool = True) -> None:
     """Rename ``src`` over ``dst`` (atomic), then make the rename durable."""
     parent = os.path.dirname(dst) or "."  # a bare file name lives in the working directory
-    os.makedirs(parent, exist_ok=True)
-    os.replace(src, dst)
+    try:  # the folder is made only when missing (a missing ``src`` fails again below)
+        os.replace(src, dst)
+    except FileNotFoundError:
+        os.makedirs(parent, exist_ok=True)
+        os.replace(src, dst)
     if sync_dir:
         fsync_dir(parent)
 
