@@ -23,10 +23,11 @@ import shutil
 import struct
 import subprocess
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from ._workers import ProcessWorker
 from .errors import MetadataError
 
 #: Fingerprint layout version, part of the hashed bytes.
@@ -112,8 +113,8 @@ def _git_root(start: Path) -> Path | None:
     return None
 
 
-_executor: ThreadPoolExecutor | None = None
-_executor_pid = 0
+#: The thread that reads the git state while a save serializes its model.
+_git_worker = ProcessWorker("modelkeep-git")
 
 #: ``git`` runs without taking the index lock (it would refresh the index's stat data): a save must
 #: not make the user's own ``git commit`` fail on ``index.lock``, nor change what it then compares.
@@ -384,11 +385,7 @@ def _kept_or_read(where: Path) -> dict[str, Any] | None:
 
 
 def _submit(fn: Any, where: Path) -> Future[dict[str, Any] | None]:
-    global _executor, _executor_pid
-    if _executor is None or _executor_pid != os.getpid():  # a forked child has no worker thread
-        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkeep-git")
-        _executor_pid = os.getpid()
-    return _executor.submit(fn, where)
+    return _git_worker.pool().submit(fn, where)
 
 
 def start_git(cwd: str | os.PathLike[str] | None = None) -> PendingGit | None:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._workers import ProcessWorker
 from ..errors import StorageError, UnsafeKeyError
 from ..layout import TMP_DIR, check_key
 from .base import IO_WORKERS, ArtifactStore
@@ -24,30 +25,10 @@ WRITE_SLICE = 64 << 20
 BACKGROUND_UNLINK_MIN = 8 << 20
 
 
-class _ProcessWorker:
-    """One helper thread of a process (a forked child starts its own), made on first use."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
-
-    def pool(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pid != os.getpid():
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._name)
-            self._pid = os.getpid()
-        return self._pool
-
-    def drain(self) -> None:
-        """Block until what this process handed to the thread so far is done."""
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.submit(lambda: None).result()
-
-
 #: Unlinks of large unreferenced files (:meth:`LocalStore.delete_soon`), which may be long.
-_unlinker = _ProcessWorker("modelkeep-unlink")
+_unlinker = ProcessWorker("modelkeep-unlink")
 #: ``fsync`` of folders for :meth:`LocalStore.one_folder_sync` with waiters, apart from the unlinks.
-_syncer = _ProcessWorker("modelkeep-sync")
+_syncer = ProcessWorker("modelkeep-sync")
 
 
 def _fsync_dirs(folders: Iterable[str]) -> None:
