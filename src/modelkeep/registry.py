@@ -777,17 +777,12 @@ class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):
         """Commit the bytes uploaded under :meth:`claim_upload`'s claim (``staged.commit`` makes
         them appear at ``draft``'s artifact key) as the version ``slot`` holds, as the acting
         identity; a failure removes the attempt's files and releases the claim."""
-        from .index.claims import CLAIMED, COMMITTED
-
         assert draft.artifact is not None
         with self._as("writer", "save versions", draft.model_name):
             try:
                 record = self._commit_claimed(slot, staged, draft, draft.artifact.key, created_at, sign)
             finally:
-                if slot.state == COMMITTED:  # an overwrite: its claim outlives the row's commit
-                    slot.release()
-                elif slot.state == CLAIMED:
-                    slot.abandon([], self._remove_quietly)
+                slot.end()
         if slot.previous is not None:  # each alias move signs the bytes it pointed at
             self._resign_after_overwrite(draft.model_name, record.version)
         return record

@@ -579,6 +579,15 @@ class VersionClaim:
                 break
         self.state = RELEASED
 
+    def end(self) -> None:
+        """After the block that held the claim: remove it once its row is committed (an
+        overwrite's claim outlives the row's commit), give it up with nothing written when no row
+        was committed; a claim whose commit's outcome is unknown is left for ``gc``."""
+        if self.state == CLAIMED:
+            self.abandon([], lambda _key: None)
+        elif self.state == COMMITTED:
+            self.release()
+
     def release(self) -> None:
         """Remove the claim (after a committed overwrite's follow-up work, or a finished delete)."""
         if self.state == RELEASED:
@@ -771,10 +780,7 @@ def claimed(
     try:
         yield claim
     finally:
-        if claim.state == CLAIMED:
-            claim.abandon([], lambda _key: None)
-        elif claim.state == COMMITTED:
-            claim.release()
+        claim.end()
 
 
 # -- batches (ModelPersistence.save_many) ------------------------------------------------------------
