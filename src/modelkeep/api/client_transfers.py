@@ -51,8 +51,6 @@ logger = logging.getLogger("modelkeep")
 
 #: Bytes read from a local file per chunk of an upload.
 UPLOAD_READ = 1 << 20
-#: Bytes per chunk of a download.
-DOWNLOAD_CHUNK = 1 << 20
 #: Artifacts from this size up go straight to an S3 store's bucket (smaller ones through the server).
 PRESIGNED_MIN = 8 << 20
 #: Artifacts up to this size are saved in one request (the server's limit, :data:`.transfers.INLINE_MAX`).
@@ -129,7 +127,9 @@ class VersionFiles(ArtifactStore):
 
     @staticmethod
     def _chunks(response: Any) -> Iterator[bytes]:
-        yield from response.iter_bytes(DOWNLOAD_CHUNK)
+        # As they arrive: the reader copies them into the artifact's buffer, so gathering them
+        # into larger chunks first would only copy every byte once more.
+        yield from response.iter_bytes()
 
     def open_read(self, key: str) -> BinaryIO:
         import io
