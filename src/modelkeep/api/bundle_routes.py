@@ -31,7 +31,7 @@ from starlette.responses import FileResponse, Response
 
 from ..errors import RequestError
 from ..versions import validate_model_name, validate_version
-from .transfers import UPLOAD_CHUNK, capped_stream
+from .transfers import spool
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -102,13 +102,7 @@ class Bundles:
         fd, tmp = tempfile.mkstemp(prefix="modelkeep-import-", suffix=".mkb")
         try:
             with os.fdopen(fd, "wb") as f:
-                pending = bytearray()
-                async for chunk in capped_stream(request, self.api.max_upload_bytes):
-                    pending += chunk
-                    if len(pending) >= UPLOAD_CHUNK:  # the server's memory per import
-                        await run_in_threadpool(f.write, pending)
-                        pending = bytearray()
-                await run_in_threadpool(f.write, pending)
+                await spool(request, self.api.max_upload_bytes, f.writelines)  # bounded memory per import
             await run_in_threadpool(self.api.p.ensure_registry)
             report = await self.api.call(
                 request,

@@ -4,9 +4,10 @@ A save over HTTP (the client half is :mod:`modelkeep.api.client_transfers`):
 
 1. ``POST /uploads?model=..&version=..&overwrite=..&extension=..`` streams the artifact the client
    serialized, with the digests it computed in ``X-Modelkeep-Expected``. The server stages the
-   bytes under the store's ``.tmp/`` (in chunks of at most :data:`UPLOAD_CHUNK`, so memory stays
-   bounded), hashing them as they arrive (SHA-256, and BLAKE3 split by the recorded payload
-   ranges); bytes that do not match are refused (422) and removed. It answers an upload id and
+   bytes under the store's ``.tmp/`` (in batches of about :data:`UPLOAD_CHUNK`, one written while
+   the next arrives, so memory stays bounded: :func:`spool`), hashing them as they arrive (SHA-256,
+   and BLAKE3 split by the recorded payload ranges); bytes that do not match are refused (422) and
+   removed. It answers an upload id and
    the version and artifact key it would assign (the *plan*).
 2. The client signs its record for that version and key with its own key, then
    ``POST /models/{name}/commit`` ``{upload, record, auto_version, overwrite, created_at}``.
@@ -49,14 +50,17 @@ and signature with its own keys, whichever way the bytes came.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import mmap
 import re
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,13 +83,13 @@ from ..layout import artifact_key, blob_key, new_artifact_key
 from ..metadata import ArtifactInfo, ModelMetadata, to_json_safe
 from ..signing import manifest
 from ..storage.base import StagedArtifact
-from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash
+from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash, start_writeback
 from ..versions import next_version, sort_key, validate_model_name, validate_version
 from .endpoint import MAX_JSON_BODY
 from .wire import too_large
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from ..index.claims import VersionClaim
     from ..storage import ArtifactStore
@@ -173,18 +177,28 @@ class _Sink:
         # whole, is hashed in turn by check_bytes: starting a thread would cost more than it saves).
         self._pool = self._stack.enter_context(ThreadPoolExecutor(1))
         self._raw = self._stack.enter_context(store.open_write(tmp_key))
+        # A file the store fsyncs once written: its write-back starts as it goes (as a direct
+        # save's does, :func:`~modelkeep.storage.hashing.start_writeback`), so finish() waits less.
+        self._fd = store.reread_fd(self._raw) if store.syncs_writes else None
+        self._written_back = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.size += len(data)
+    def write(self, chunks: list[bytes]) -> None:
+        """Write and hash one batch of the body's chunks (as received: not joined, no copy)."""
+        self.size += sum(map(len, chunks))
         if self.size > (self.expected.size or 0):
             raise IntegrityError(f"the upload is longer than the {self.expected.size} bytes announced")
         blake = None
         if self.split is not None:
-            blake = self._pool.submit(self.split.update, data)
-        _write_all(self._raw, data)
-        self.sha.update(data)  # hashlib and blake3 release the GIL: the two digests run side by side
+            blake = self._pool.submit(_hash_all, self.split, chunks)
+        for chunk in chunks:
+            _write_all(self._raw, chunk)
+        _hash_all(self.sha, chunks)  # hashlib and blake3 release the GIL: the two digests run side by side
         if blake is not None:
             blake.result()
+        if self._fd is not None:
+            pages = self.size - self.size % mmap.PAGESIZE
+            start_writeback(self._fd, self._written_back, pages)
+            self._written_back = pages
 
     def finish(self) -> None:
         """Make the bytes durable, then check them against what the client announced."""
@@ -196,6 +210,11 @@ class _Sink:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
         with contextlib.suppress(Exception):
             self.store.delete(self.tmp_key, missing_ok=True)
+
+
+def _hash_all(hasher: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
 
 
 def _write_all(raw: Any, data: bytes | bytearray | memoryview) -> None:
@@ -362,23 +381,59 @@ async def capped_stream(request: Request, limit: int | None) -> AsyncIterator[by
         yield chunk
 
 
+async def spool(request: Request, limit: int | None, write: Callable[[list[bytes]], Any]) -> None:
+    """Hand the request body (refused past ``limit`` bytes, :func:`capped_stream`) to ``write``
+    in batches of chunks of about :data:`UPLOAD_CHUNK` bytes (as received, not joined), each on a
+    thread of its own while the next batch arrives, so receiving, hashing and writing overlap: at
+    most two batches in memory, one ``write`` at a time, in order. When this returns or raises,
+    no ``write`` is running (the caller may close or remove what it writes to)."""
+    pool: ThreadPoolExecutor | None = None
+    writing: Future[Any] | None = None
+    try:
+        batch: list[bytes] = []
+        size = 0
+        async for chunk in capped_stream(request, limit):
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= UPLOAD_CHUNK:
+                if writing is not None:
+                    await asyncio.wrap_future(writing)
+                pool = pool or ThreadPoolExecutor(1, thread_name_prefix="modelkeep-upload")
+                writing = pool.submit(write, batch)
+                batch, size = [], 0
+        if writing is not None:
+            await asyncio.wrap_future(writing)
+        if batch:
+            await run_in_threadpool(write, batch)
+    finally:
+        if writing is not None and not writing.done():
+            await _written(writing)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+async def _written(writing: Future[Any]) -> None:
+    """Wait for a batch's write after the body failed (its own error does not matter then); if
+    this task is cancelled meanwhile, block until the write ends (one batch: milliseconds)."""
+    try:
+        await asyncio.shield(asyncio.wrap_future(writing))
+    except asyncio.CancelledError:
+        wait_futures([writing])
+        raise
+    except Exception:
+        pass
+
+
 async def _receive(
     request: Request, store: ArtifactStore, tmp_key: str, expected: Expected, limit: int | None = None
 ) -> _Sink:
-    """Stream the request body into ``tmp_key`` in :data:`UPLOAD_CHUNK` writes (bounded memory),
-    checked against ``expected`` and the upload cap ``limit`` as it arrives; on any failure the
-    staged bytes are removed."""
+    """Stream the request body into ``tmp_key`` (:func:`spool`: bounded memory, the next batch
+    received while one is hashed and written), checked against ``expected`` and the upload cap
+    ``limit`` as it arrives; on any failure the staged bytes are removed."""
     check_declared_size(request, limit, expected.size)
     sink = await run_in_threadpool(_Sink, store, tmp_key, expected)
     try:
-        pending = bytearray()
-        async for chunk in capped_stream(request, limit):
-            pending += chunk
-            if len(pending) >= UPLOAD_CHUNK:
-                await run_in_threadpool(sink.write, pending)
-                pending = bytearray()
-        if pending:
-            await run_in_threadpool(sink.write, pending)
+        await spool(request, limit, sink.write)
         await run_in_threadpool(sink.finish)
     except BaseException as exc:
         await run_in_threadpool(sink.abort, exc)
