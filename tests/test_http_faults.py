@@ -150,6 +150,56 @@ def test_a_large_upload_streams_through_the_server_in_bounded_memory(http_server
     assert grew < 64 * MiB, f"the server's peak memory grew by {grew / MiB:.0f} MiB for a 256 MiB artifact"
 
 
+#: A client in a process of its own: saves and loads a 256 MiB array through the server, and
+#: prints its peak RSS (VmHWM) before, after the save and after the load, in bytes.
+_CLIENT = """
+import json, sys
+import numpy as np
+from modelkeep.api.client import HttpRegistry
+
+def peak():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+url, token = sys.argv[1], sys.argv[2]
+model = {"weights": np.random.default_rng(3).random((256 << 20) // 8)}
+with HttpRegistry(url, token=token, cache_max_bytes=0) as client:
+    client.save_version({"warm": np.zeros(1000)}, "warm")
+    client.load("warm")
+    before = peak()
+    rec = client.save_version(model, "big-client", compress=False)
+    saved = peak()
+    back = client.load("big-client")
+    loaded = peak()
+assert np.array_equal(back["weights"], model["weights"])
+print(json.dumps({"size": rec.artifact.size, "before": before, "saved": saved, "loaded": loaded}))
+"""
+
+
+def test_a_large_transfer_keeps_the_client_in_bounded_memory(http_server: HttpServer) -> None:
+    """256 MiB saved and loaded through the server by a client process: the save adds far less
+    than the artifact to its peak memory (the bytes stream from its scratch file), and the load
+    about one artifact (the arrays it returns), not two (nothing holds the bytes besides them)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CLIENT, http_server.url, http_server.token],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rss = json.loads(out.stdout.strip().splitlines()[-1])
+    size = 256 * MiB
+    assert rss["size"] > size
+    save_grew, load_grew = rss["saved"] - rss["before"], rss["loaded"] - rss["saved"]
+    print(f"client peak RSS grew by {save_grew / MiB:.0f} MiB (save), then {load_grew / MiB:.0f} MiB (load)")
+    assert save_grew < 64 * MiB, f"the save grew the client's peak memory by {save_grew / MiB:.0f} MiB"
+    assert load_grew < size + 64 * MiB, f"the load grew the client's peak memory by {load_grew / MiB:.0f} MiB"
+
+
 def test_a_server_killed_during_a_presigned_upload_commits_nothing(
     tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modelkeep import ModelPersistence, keys
-from modelkeep.api.transfers import EXPECTED_HEADER
+from modelkeep.api.transfers import EXPECTED_HEADER, UPLOAD_CHUNK
 from modelkeep.errors import (
     IntegrityError,
     MetadataError,
@@ -153,6 +154,56 @@ def test_bytes_that_differ_from_their_announced_digest_are_refused_and_removed(s
         assert longer.status_code == 422
     tmp = Path(server.side.models_dir) / TMP_DIR
     assert not tmp.exists() or not any(tmp.iterdir())
+
+
+def _staged(server: HttpServer) -> list[Path]:
+    tmp = Path(server.side.models_dir) / TMP_DIR
+    return sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+def test_an_upload_of_many_batches_is_checked_as_it_streams_and_leaves_nothing_when_refused(
+    server: HttpServer,
+) -> None:
+    """Bodies of several :data:`UPLOAD_CHUNK` batches (each written and hashed on a thread while
+    the next arrives): longer than announced (found on that thread, mid-body), other bytes than
+    announced (found once all are written), or cut off by the client: refused, and nothing stays
+    staged. The same bytes announced truly are staged whole."""
+    import socket
+
+    data = np.random.default_rng(5).bytes(3 * UPLOAD_CHUNK + 12345)
+    with _raw(server) as http:
+        try:
+            longer = _upload(http, data, announced=data[: UPLOAD_CHUNK + 1])
+        except httpx.TransportError:  # refused while the client was still sending
+            pass
+        else:
+            assert longer.status_code == 422 and longer.json()["error"]["class"] == "IntegrityError"
+        assert _staged(server) == []
+        flipped = bytearray(data)
+        flipped[-1] ^= 1
+        other = _upload(http, bytes(flipped), announced=data)
+        assert other.status_code == 422 and other.json()["error"]["class"] == "IntegrityError"
+        assert _staged(server) == []
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    expected = json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    head = (
+        f"POST /api/v1/uploads HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.token}\r\n"
+        f"{EXPECTED_HEADER}: {expected}\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + data[: 2 * UPLOAD_CHUNK + 1000])  # then the client goes away
+    for _ in range(300):  # the server notices the closed connection and removes what it staged
+        if not _staged(server):
+            break
+        time.sleep(0.05)
+    assert _staged(server) == []
+
+    with _raw(server) as http:
+        accepted = _upload(http, data)
+    assert accepted.status_code == 201 and accepted.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    staged = _staged(server)
+    assert len(staged) == 1 and staged[0].read_bytes() == data
 
 
 def _client_record(server: HttpServer, tmp_path: Path) -> tuple[dict[str, Any], bytes]:
