@@ -12,7 +12,12 @@ server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:P
   (direct, http, direct, ...); medians, and http minus direct (target: within 5 ms);
 * the floor: one bare HTTP round trip, and one signed-in API call, on the client's connection;
 * large: a float64 array of ``--large-mb`` MiB saved uncompressed and loaded ``--large-repeats``
-  times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3).
+  times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3);
+* the floor under a large transfer through the server (SQLite + folder only), interleaved with
+  it: the same number of bytes posted from a file with httpx to a minimal Starlette endpoint
+  under uvicorn that reads and drops them, and read back from it (a ``FileResponse`` in 1 MiB
+  chunks, as the server's) without being kept: loopback and the HTTP stacks alone, no hashing,
+  no disk, no copy into a buffer.
 
 ``MODELKEEP_GIT=0`` (no ``git status`` in the lineage) and no local cache of remote artifacts
 (``cache_max_bytes=0``), so every load moves the bytes. Prints a Markdown table, and JSON with
@@ -93,14 +98,89 @@ def _server(options: dict[str, Any], work: Path, env: dict[str, str]) -> Iterato
         process.wait(30)
 
 
+#: The floor's server: ``python -c FLOOR_APP PORT FILE``.
+FLOOR_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+class File(FileResponse):
+    chunk_size = 1 << 20
+
+async def up(request):
+    n = 0
+    async for chunk in request.stream():
+        n += len(chunk)
+    return Response(str(n))
+
+async def down(request):
+    return File(sys.argv[2])
+
+app = Starlette(routes=[Route("/up", up, methods=["POST"]), Route("/down", down)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="off", proxy_headers=False)
+"""
+
+
+class Floor:
+    """Raw HTTP transfers of ``path``'s bytes to and from a minimal endpoint (:data:`FLOOR_APP`)."""
+
+    def __init__(self, path: Path, env: dict[str, str]) -> None:
+        import httpx
+
+        self.path, self.size = path, path.stat().st_size
+        port = _free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", FLOOR_APP, str(port), str(path)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        _wait(url + "/ready", self.process, "the floor's server")  # any answer will do (a 404)
+        self.http = httpx.Client(base_url=url, timeout=600)
+
+    def upload(self) -> None:
+        def chunks() -> Iterator[bytes]:
+            with open(self.path, "rb") as f:
+                while chunk := f.read(MiB):
+                    yield chunk
+
+        headers = {"Content-Length": str(self.size), "Content-Type": "application/octet-stream"}
+        response = self.http.post("/up", content=chunks(), headers=headers)
+        response.raise_for_status()
+        assert int(response.text) == self.size
+
+    def download(self) -> None:
+        got = 0
+        with self.http.stream("GET", "/down") as response:
+            response.raise_for_status()
+            for chunk in response.iter_raw():
+                got += len(chunk)
+        assert got == self.size
+
+    def close(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        self.process.wait(30)
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
-def measure(direct: Any, http: Any, small_repeats: int, large_mb: int, large_repeats: int) -> dict[str, Any]:
-    """Interleaved small and large saves and loads, direct and through the server."""
+def measure(
+    direct: Any,
+    http: Any,
+    small_repeats: int,
+    large_mb: int,
+    large_repeats: int,
+    floor: Callable[[bytes], Floor] | None = None,
+) -> dict[str, Any]:
+    """Interleaved small and large saves and loads, direct and through the server (and, given
+    ``floor``, which starts a :class:`Floor` for some bytes, raw HTTP transfers of as many bytes)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -127,12 +207,22 @@ def measure(direct: Any, http: Any, small_repeats: int, large_mb: int, large_rep
     for op in ("large_save", "large_load"):
         for name in paths:
             times[f"{name}_{op}"] = []
-    for _ in range(large_repeats):
-        for name, p in paths.items():
-            times[f"{name}_large_save"].append(
-                _timed(lambda p=p, name=name: p.save_version(big, f"large-{name}", compress=False))
-            )
-            times[f"{name}_large_load"].append(_timed(lambda p=p, name=name: p.load(f"large-{name}")))
+    raw = floor(big["w"].tobytes()) if floor is not None else None
+    if raw is not None:
+        times["floor_upload"], times["floor_download"] = [], []
+    try:
+        for _ in range(large_repeats):
+            for name, p in paths.items():
+                times[f"{name}_large_save"].append(
+                    _timed(lambda p=p, name=name: p.save_version(big, f"large-{name}", compress=False))
+                )
+                times[f"{name}_large_load"].append(_timed(lambda p=p, name=name: p.load(f"large-{name}")))
+            if raw is not None:
+                times["floor_upload"].append(_timed(raw.upload))
+                times["floor_download"].append(_timed(raw.download))
+    finally:
+        if raw is not None:
+            raw.close()
     out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
     out["raw"] = times
     out["large_mb"] = large_mb
@@ -151,6 +241,10 @@ def report(label: str, r: dict[str, Any]) -> str:
     for op in ("save", "load"):
         d, h = mb / r[f"direct_large_{op}"], mb / r[f"http_large_{op}"]
         rows.append(f"| {label} | {mb} MiB {op} (median) | {d:.0f} MiB/s | {h:.0f} MiB/s | {h / d:.2f}x |")
+    if "floor_upload" in r:
+        up, down = mb / r["floor_upload"], mb / r["floor_download"]
+        measure = f"{mb} MiB raw HTTP floor: upload / download (median)"
+        rows.append(f"| {label} | {measure} | | {up:.0f} / {down:.0f} MiB/s | |")
     return "\n".join(rows)
 
 
@@ -205,14 +299,28 @@ def _moto(env: dict[str, str]) -> Iterator[str]:
         process.wait(30)
 
 
-def run_backend(label: str, options: dict[str, Any], work: Path, env: dict[str, str], args: Any) -> dict[str, Any]:
+def run_backend(
+    label: str, options: dict[str, Any], work: Path, env: dict[str, str], args: Any, *, floor: bool = False
+) -> dict[str, Any]:
     from modelkeep import ModelPersistence
+
+    def start_floor(data: bytes) -> Floor:
+        path = work / "floor.bin"
+        path.write_bytes(data)
+        return Floor(path, env)
 
     with _server(options, work, env) as (url, token):
         direct = ModelPersistence(**options, cache_max_bytes=0, read_timeout=600)
         http = ModelPersistence(url, token=token, cache_max_bytes=0, read_timeout=600)
         try:
-            return measure(direct, http, args.small_repeats, args.large_mb, args.large_repeats)
+            return measure(
+                direct,
+                http,
+                args.small_repeats,
+                args.large_mb,
+                args.large_repeats,
+                start_floor if floor else None,
+            )
         finally:
             direct.close()
             http.close()
@@ -236,6 +344,9 @@ def main() -> None:
         help="with --s3, also the S3 case through a proxy that enforces the signed checksums (no read-back)",
     )
     parser.add_argument("--enforced-pg-url", help="PostgreSQL index for --enforced (default: SQLite)")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the raw HTTP floor under the SQLite + folder rows"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -248,7 +359,9 @@ def main() -> None:
     load_before = os.getloadavg()
     results: dict[str, Any] = {"started": started}
     lines = ["| backend | measure | direct | through the server | http vs direct |", "|---|---|---:|---:|---:|"]
-    results["local"] = run_backend("SQLite + folder", {"models_dir": str(work / "local")}, work, env, args)
+    results["local"] = run_backend(
+        "SQLite + folder", {"models_dir": str(work / "local")}, work, env, args, floor=not args.no_floor
+    )
     lines.append(report("SQLite + folder (streamed)", results["local"]))
     if args.s3:
         with _moto(env) as endpoint:
