@@ -19,6 +19,7 @@ import pytest
 
 from modelkeep import ModelPersistence, UnsafeModelError
 from modelkeep.formats import tree_links
+from modelkeep.formats.state_checks import refuse
 
 from ._native_fuzz import tree_attack
 from .test_native_state import _plant
@@ -118,22 +119,43 @@ def test_broken_trees_get_the_same_answer_from_both() -> None:
 
 
 def test_every_kind_of_fault_is_worded_the_same() -> None:
+    """Each fault the compiled scan reports (every branch of ``tree_links._fault``), crafted on
+    a real tree: the scan's own kind, and the same whole message from both checks."""
+    from modelkeep.formats._treelinks import links
+
     nodes, n_features, _ = _fitted_nodes(60, 1)
+    n = nodes.shape[0]
     split = _split(nodes)
     i = int(split[1])
+    left_i, right_i = int(nodes["left_child"][i]), int(nodes["right_child"][i])
     root_right, first_left = int(nodes["right_child"][0]), int(nodes["left_child"][0])
-    cases = {
-        "one leaf marker": ("right_child", i, -1, "one leaf marker, one node"),
-        "feature": ("feature", i, n_features, f"splits on feature {n_features} outside"),
-        "left child before": ("left_child", i, i, f"has left child {i} outside"),
-        "right child past": ("right_child", i, nodes.shape[0], "has right child"),
-        "two parents": ("right_child", first_left, root_right, "nodes (a tree needs exactly one parent)"),
-    }
-    for what, (key, node, value, message) in cases.items():
+    orphan = int(nodes["right_child"][first_left])
+    cases = [  # (field, node, value, kind _treelinks reports, whole message)
+        ("right_child", i, -1, 1, f"Tree node {i} has children {left_i} and -1: one leaf marker, one node"),
+        ("left_child", i, -1, 1, f"Tree node {i} has children -1 and {right_i}: one leaf marker, one node"),
+        ("feature", i, n_features, 2, f"Tree node {i} splits on feature {n_features} outside 0..{n_features - 1}"),
+        ("feature", i, -3, 2, f"Tree node {i} splits on feature -3 outside 0..{n_features - 1}"),
+        ("left_child", i, i, 3, f"Tree node {i} has left child {i} outside {i + 1}..{n - 1}"),
+        ("left_child", i, n, 3, f"Tree node {i} has left child {n} outside {i + 1}..{n - 1}"),
+        ("right_child", i, 0, 4, f"Tree node {i} has right child 0 outside {i + 1}..{n - 1}"),
+        ("right_child", i, n + 5, 4, f"Tree node {i} has right child {n + 5} outside {i + 1}..{n - 1}"),
+        (
+            "right_child",
+            first_left,
+            root_right,
+            5,
+            f"Tree node {min(orphan, root_right)} is the child of {0 if orphan < root_right else 2} nodes "
+            "(a tree needs exactly one parent)",
+        ),
+    ]
+    for key, node, value, kind, message in cases:
         broken = nodes.copy()
         broken[key][node] = value
-        kind, text = _same(broken, n_features)
-        assert kind == "refused" and message in text, what
+        offsets = [broken.dtype.fields[k][1] for k in ("left_child", "right_child", "feature")]
+        assert links(broken, n, broken.dtype.itemsize, *offsets, n_features)[0] == kind, (key, value)
+        assert _same(broken, n_features) == ("refused", str(refuse(message))), (key, value)
+    unknown = refuse("Tree nodes failed an unknown link check (99, 3)")
+    assert str(tree_links._fault(99, 3, nodes, n_features)) == str(unknown)
 
 
 def test_single_nodes_and_bare_roots() -> None:

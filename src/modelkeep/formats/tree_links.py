@@ -38,6 +38,31 @@ def first_bad(mask: Any) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+# The refusals, one builder per fault, shared by the compiled check's :func:`_fault`, the numpy
+# check and :func:`check_single_parent_tree` (whose other caller checks ``TreePredictor`` nodes):
+# one wording per fault, whichever check found it.
+
+
+def leaf_mismatch(what: str, i: int, left: int, right: int) -> Exception:
+    """Node ``i`` has one child ``TREE_LEAF`` and the other a node."""
+    return refuse(f"{what} node {i} has children {left} and {right}: one leaf marker, one node")
+
+
+def feature_outside(what: str, i: int, feature: int, n_features: int) -> Exception:
+    """Split node ``i`` reads a feature outside ``0..n_features - 1``."""
+    return refuse(f"{what} node {i} splits on feature {feature} outside 0..{n_features - 1}")
+
+
+def child_outside(what: str, i: int, side: str, child: int, n: int) -> Exception:
+    """Split node ``i`` has its ``side`` child outside ``i + 1..n - 1``."""
+    return refuse(f"{what} node {i} has {side} child {child} outside {i + 1}..{n - 1}")
+
+
+def not_one_parent(what: str, i: int, count: int) -> Exception:
+    """Node ``i`` (not the root) is the child of ``count`` nodes, not one."""
+    return refuse(f"{what} node {i} is the child of {count} nodes (a tree needs exactly one parent)")
+
+
 def check_single_parent_tree(what: str, left: Any, right: Any, internal: Any) -> int:
     """Children of internal nodes above their parent, every node but the root the child of
     exactly one parent (so a walk ends, and a stack sized by node count cannot overflow).
@@ -53,12 +78,12 @@ def check_single_parent_tree(what: str, left: Any, right: Any, internal: Any) ->
             if bad.any():
                 j = first_bad(bad)
                 i = int(parents[j])
-                raise refuse(f"{what} node {i} has {side} child {int(child[j])} outside {i + 1}..{n - 1}")
+                raise child_outside(what, i, side, int(child[j]), n)
     children = np.concatenate([lc, rc]).astype(np.intp)
     counts = np.bincount(children, minlength=n)  # children > parents >= 0: never the root
     if n and (counts[1:] != 1).any():
         i = 1 + first_bad(counts[1:] != 1)
-        raise refuse(f"{what} node {i} is the child of {int(counts[i])} nodes (a tree needs exactly one parent)")
+        raise not_one_parent(what, i, int(counts[i]))
     if n < 2:
         return 0
     # depth by pointer jumping: rank[i] is the distance from i to nxt[i]; log2(depth) rounds
@@ -101,21 +126,21 @@ def _native_int64_fields(nodes: Any) -> bool:
 
 
 def _fault(kind: int, i: int, nodes: Any, n_features: int) -> Exception:
-    """The refusal for the fault ``kind`` at node ``i`` that ``_treelinks.links`` found, worded
-    as :func:`_check_numpy` words it."""
+    """The refusal for the fault ``kind`` at node ``i`` that ``_treelinks.links`` found, from the
+    same builders :func:`_check_numpy` raises."""
     n = nodes.shape[0]
     left, right = int(nodes["left_child"][i]), int(nodes["right_child"][i])
     if kind == _LEAF_MISMATCH:
-        return refuse(f"Tree node {i} has children {left} and {right}: one leaf marker, one node")
+        return leaf_mismatch("Tree", i, left, right)
     if kind == _BAD_FEATURE:
-        return refuse(f"Tree node {i} splits on feature {int(nodes['feature'][i])} outside 0..{n_features - 1}")
+        return feature_outside("Tree", i, int(nodes["feature"][i]), n_features)
     if kind in (_BAD_LEFT, _BAD_RIGHT):
         side, child = ("left", left) if kind == _BAD_LEFT else ("right", right)
-        return refuse(f"Tree node {i} has {side} child {child} outside {i + 1}..{n - 1}")
+        return child_outside("Tree", i, side, child, n)
     if kind == _NOT_ONE_PARENT:
         internal = nodes["left_child"] != -1
         count = int((internal & (nodes["left_child"] == i)).sum() + (internal & (nodes["right_child"] == i)).sum())
-        return refuse(f"Tree node {i} is the child of {count} nodes (a tree needs exactly one parent)")
+        return not_one_parent("Tree", i, count)
     return refuse(f"Tree nodes failed an unknown link check ({kind}, {i})")
 
 
@@ -129,10 +154,10 @@ def _check_numpy(nodes: Any, n_features: int) -> int:
     leaf_l, leaf_r = left == TREE_LEAF, right == TREE_LEAF
     if (leaf_l != leaf_r).any():
         i = first_bad(leaf_l != leaf_r)
-        raise refuse(f"Tree node {i} has children {int(left[i])} and {int(right[i])}: one leaf marker, one node")
+        raise leaf_mismatch("Tree", i, int(left[i]), int(right[i]))
     internal = ~leaf_l
     bad = internal & ((feature < 0) | (feature >= n_features))
     if bad.any():
         i = first_bad(bad)
-        raise refuse(f"Tree node {i} splits on feature {int(feature[i])} outside 0..{n_features - 1}")
+        raise feature_outside("Tree", i, int(feature[i]), n_features)
     return check_single_parent_tree("Tree", left, right, internal)
