@@ -203,22 +203,29 @@ def test_the_compiled_function_refuses_records_that_do_not_fit_its_buffer() -> N
 # ---------------------------------------- histogram gradient boosting predictors (TreePredictor)
 
 
-def _predictor_answer(nodes: Any, n_bitsets: int, n_features: int | None, scanner: str) -> tuple[str, Any]:
+def _predictor_answer(nodes: Any, scanner: str, *args: Any) -> tuple[str, Any]:
     try:
-        return "depth", tree_links.check_predictor_links(nodes, n_bitsets, n_features, scanner=scanner)
+        return "depth", tree_links.check_predictor_links(nodes, *args, scanner=scanner)
     except UnsafeModelError as exc:
         return "refused", str(exc)
 
 
-def _same_predictor(nodes: Any, n_bitsets: int, n_features: int | None = None) -> tuple[str, Any]:
+def _same_predictor(
+    nodes: Any, n_bitsets: int | None, n_features: int | None = None, categorical: Any = None
+) -> tuple[str, Any]:
     """Both predictor checks' answer, which must be the same."""
-    c = _predictor_answer(nodes, n_bitsets, n_features, "c")
-    assert c == _predictor_answer(nodes, n_bitsets, n_features, "python")
+    c = _predictor_answer(nodes, "c", n_bitsets, n_features, categorical)
+    assert c == _predictor_answer(nodes, "python", n_bitsets, n_features, categorical)
     return c
 
 
+#: The categorical flags of the fitted predictors' features: the model's encoder puts its
+#: categorical feature (column 3 of its input) first.
+CATEGORICAL = np.array([True, False, False, False, False])
+
+
 def _fitted_predictors(seed: int, max_iter: int = 3, categorical: bool = True) -> tuple[list[Any], int]:
-    """The predictors of a real fitted HGB classifier (a categorical feature 3) and its width."""
+    """The predictors of a real fitted HGB classifier (a categorical feature) and its width."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     rng = np.random.default_rng(seed)
@@ -249,6 +256,8 @@ def test_honest_predictors_get_their_depth_from_both(seed: int, max_iter: int, c
         depth = int(nodes["depth"].max())  # the depth the grower recorded in each node
         assert _same_predictor(nodes, _rows(predictor)) == ("depth", depth)
         assert _same_predictor(nodes, _rows(predictor), n_features) == ("depth", depth)
+        flags = CATEGORICAL if categorical else np.zeros(n_features, dtype=bool)
+        assert _same_predictor(nodes, None, n_features, flags) == ("depth", depth)
 
 
 def _break_predictor(nodes: np.ndarray, rng: random.Random) -> None:
@@ -257,7 +266,7 @@ def _break_predictor(nodes: np.ndarray, rng: random.Random) -> None:
     split = np.flatnonzero(nodes["is_leaf"] == 0)
     i = int(rng.choice(split)) if split.size else 0
     side = rng.choice(["left", "right"])
-    how = rng.randrange(8)
+    how = rng.randrange(9)
     if how == 0:
         nodes[side][i] = rng.choice([0, i, n, n + 7, 2**31, 2**32 - 1])
     elif how == 1:
@@ -272,6 +281,8 @@ def _break_predictor(nodes: np.ndarray, rng: random.Random) -> None:
         nodes["is_categorical"][i], nodes["bitset_idx"][i] = 1, rng.choice([0, 1, 2, 2**31, 2**32 - 1])
     elif how == 6:
         nodes["left"][i], nodes["right"][i] = nodes["right"][i], nodes["left"][i]  # harmless
+    elif how == 7:
+        nodes["is_categorical"][i] = 1 - nodes["is_categorical"][i]  # a split made (or unmade) categorical
     else:
         nodes[side][rng.randrange(n)] = rng.randrange(0, n + 3)
 
@@ -286,7 +297,8 @@ def test_broken_predictors_get_the_same_answer_from_both() -> None:
         for _fault in range(rng.choice([1, 1, 2, 3])):  # several faults: the first reported must agree
             _break_predictor(nodes, rng)
         n_features = rng.choice([None, 5])
-        refused += _same_predictor(nodes, _rows(predictor), n_features)[0] == "refused"
+        flags = rng.choice([None, CATEGORICAL, CATEGORICAL[:3], np.zeros(0, dtype=bool)])
+        refused += _same_predictor(nodes, rng.choice([None, _rows(predictor)]), n_features, flags)[0] == "refused"
     assert refused > 350  # most mutations break the predictor (swaps and re-marked leaves may not)
 
 
@@ -303,6 +315,8 @@ def test_every_kind_of_predictor_fault_is_worded_the_same() -> None:
     i = int(split[1])
     root_right, first_left = int(nodes["right"][0]), int(nodes["left"][0])
     orphan = int(nodes["right"][first_left])
+    j = next(int(k) for k in split if nodes["feature_idx"][k] != 0 and not nodes["is_categorical"][k])
+    fj = int(nodes["feature_idx"][j])
     cases = [  # (field, node, value, n_features given, kind, whole message)
         ("feature_idx", i, -2, None, 2, f"TreePredictor node {i} splits on feature -2, below 0"),
         ("feature_idx", i, 5, 5, 2, f"TreePredictor node {i} splits on feature 5 outside 0..4"),
@@ -319,20 +333,40 @@ def test_every_kind_of_predictor_fault_is_worded_the_same() -> None:
             "nodes (a tree needs exactly one parent)",
         ),
         ("bitset_idx", i, rows, None, 6, f"TreePredictor node {i} uses bitset {rows} of {rows} bitset rows"),
+        (
+            "is_categorical",
+            j,
+            1,
+            None,
+            7,
+            f"TreePredictor node {j} is a categorical split on feature {fj}, which is not categorical",
+        ),
+        (
+            "feature_idx",
+            j,
+            4,
+            5,
+            7,
+            f"TreePredictor node {j} is a categorical split on feature 4, which is not categorical",
+        ),
     ]
     fields = [k for k, _ in tree_links._PREDICTOR_FIELDS]
     for key, node, value, width, kind, message in cases:
         broken = nodes.copy()
         broken[key][node] = value
+        flags = CATEGORICAL
         if key == "bitset_idx":
             broken["is_categorical"][node] = 1
+        if key == "feature_idx" and kind == 7:  # a feature past the four flags given
+            broken["is_categorical"][node], broken["bitset_idx"][node], flags = 1, 0, CATEGORICAL[:4]
         offsets = [broken.dtype.fields[k][1] for k in fields]
         bound = 2**63 - 1 if width is None else width
-        assert predictor_links(broken, n, broken.dtype.itemsize, *offsets, bound, rows)[0] == kind, (key, value)
-        assert _same_predictor(broken, rows, width) == ("refused", str(refuse(message))), (key, value)
+        answer = predictor_links(broken, n, broken.dtype.itemsize, *offsets, bound, rows, flags)
+        assert answer[0] == kind, (key, value)
+        assert _same_predictor(broken, rows, width, flags) == ("refused", str(refuse(message))), (key, value)
     assert n_features == 5
     unknown = refuse("TreePredictor nodes failed an unknown link check (99, 3)")
-    assert str(tree_links._fault(99, 3, nodes, None, n_bitsets=rows)) == str(unknown)
+    assert str(tree_links._fault(99, 3, nodes, None, what="TreePredictor", predictor=True)) == str(unknown)
 
 
 def test_predictor_views_and_byte_orders_give_the_same_answer() -> None:
@@ -356,19 +390,23 @@ def test_the_compiled_predictor_function_refuses_records_that_do_not_fit_its_buf
     nodes = _fitted_predictors(5, 1)[0][0].nodes
     n, size = nodes.shape[0], nodes.dtype.itemsize
     offsets = [nodes.dtype.fields[k][1] for k, _ in tree_links._PREDICTOR_FIELDS]
-    assert predictor_links(nodes, n, size, *offsets, 5, 1)[0] == 0
+    assert predictor_links(nodes, n, size, *offsets, 5, 1, None)[0] == 0
     for index, bad in [(0, size - 3), (1, -1), (2, size - 7), (3, size), (4, -5), (5, size - 3), (5, 2**40)]:
         moved = list(offsets)
         moved[index] = bad
         with pytest.raises(ValueError, match="do not fit"):
-            predictor_links(nodes, n, size, *moved, 5, 1)
+            predictor_links(nodes, n, size, *moved, 5, 1, None)
     for count, itemsize in [(n + 1, size), (-1, size), (n, 7)]:
         with pytest.raises(ValueError, match="do not fit"):
-            predictor_links(nodes, count, itemsize, *offsets, 5, 1)
-    assert predictor_links(b"", 0, 64, 0, 8, 16, 24, 25, 26, 5, 1) == (0, 0)
+            predictor_links(nodes, count, itemsize, *offsets, 5, 1, None)
+    assert predictor_links(b"", 0, 64, 0, 8, 16, 24, 25, 26, 5, 1, b"") == (0, 0)
+    with pytest.raises(TypeError):  # the categorical flags must be a buffer
+        predictor_links(nodes, n, size, *offsets, 5, 1, [True] * 5)
 
 
-def _bad_predictor_model() -> bytes:
+def _bad_predictor_model(how: str) -> bytes:
+    """A pickled HGB regressor on 4 features whose second predictor is broken ``how``: a link
+    (refused by the predictor's own check), or what only the estimator knows is wrong."""
     import pickle
 
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -377,17 +415,38 @@ def _bad_predictor_model() -> bytes:
     x = rng.standard_normal((100, 4))
     model = HistGradientBoostingRegressor(max_iter=3).fit(x, x[:, 0])
     predictor = model._predictors[1][0]
-    predictor.nodes = predictor.nodes.copy()
-    predictor.nodes["right"][0] = 0  # the root its own child: a walk that never ends
+    nodes = predictor.nodes = predictor.nodes.copy()
+    split = int(np.flatnonzero(nodes["is_leaf"] == 0)[1])
+    if how == "link":
+        nodes["right"][0] = 0  # the root its own child: a walk that never ends
+    elif how == "width":
+        nodes["feature_idx"][split] = 4  # reads X[:, 4] of 4-column input
+    else:  # a categorical split (on a bitset row that exists) on a feature that is not categorical
+        nodes["is_categorical"][split], nodes["bitset_idx"][split] = 1, 0
+        predictor.binned_left_cat_bitsets = np.zeros((1, 8), np.uint32)
+        predictor.raw_left_cat_bitsets = np.zeros((1, 8), np.uint32)
     return pickle.dumps(model)
+
+
+_HGB = r"HistGradientBoostingRegressor predictor 1,0 node \d+"
 
 
 PLANTED = {  # a model, the compiled check the numpy one replaces, and the refusal
     "tree": (lambda: tree_attack()[0], "_c_links", r"Tree node 0 has left child 1000000000"),
     "predictor": (
-        _bad_predictor_model,
+        lambda: _bad_predictor_model("link"),
         "_c_predictor_links",
         r"TreePredictor node 0 has right child 0 outside 1\.\.\d+",
+    ),
+    "predictor-width": (
+        lambda: _bad_predictor_model("width"),
+        "_c_predictor_links",
+        _HGB + r" splits on feature 4 outside 0\.\.3",
+    ),
+    "predictor-categorical": (
+        lambda: _bad_predictor_model("categorical"),
+        "_c_predictor_links",
+        _HGB + r" is a categorical split on feature \d, which is not categorical",
     ),
 }
 

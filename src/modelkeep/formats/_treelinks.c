@@ -15,15 +15,18 @@
  *   (5, i)  node i >= 1 is not the child of exactly one node
  *
  * predictor_links(nodes, n, itemsize, off_left, off_right, off_feature, off_is_leaf,
- *                 off_is_categorical, off_bitset_idx, n_features, n_bitsets) -> (kind, value)
+ *                 off_is_categorical, off_bitset_idx, n_features, n_bitsets, categorical)
+ *     -> (kind, value)
  *
  * The same for the nodes of a histogram gradient boosting ``TreePredictor``
  * (``PREDICTOR_RECORD_DTYPE``): a node is a leaf when its ``is_leaf`` byte is not 0 (so kind 1
  * cannot happen), ``left``/``right`` are native unsigned 32-bit integers, ``feature_idx`` a
- * native 64-bit integer, and one more fault comes last (tree_links._check_predictor_numpy):
+ * native 64-bit integer, and two more faults come last (tree_links._check_predictor_numpy):
  *
  *   (6, i)  categorical split node i (``is_categorical`` byte not 0) has a ``bitset_idx``
  *           (unsigned 32-bit) of n_bitsets or more
+ *   (7, i)  categorical split node i splits on a feature whose byte in ``categorical`` (a
+ *           buffer, one byte a feature) is 0 or past its end; ``None`` skips this check
  *
  * Children after their parent and one parent each make the nodes one tree rooted at node 0
  * (no cycle: a walk ends). All of it is one pass in index order, reading each record once (a
@@ -47,13 +50,16 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { LINKS_OK = 0, LEAF_MISMATCH = 1, BAD_FEATURE = 2, BAD_LEFT = 3, BAD_RIGHT = 4, NOT_ONE_PARENT = 5, BAD_BITSET = 6 };
+enum { LINKS_OK = 0, LEAF_MISMATCH = 1, BAD_FEATURE = 2, BAD_LEFT = 3, BAD_RIGHT = 4, NOT_ONE_PARENT = 5 };
+enum { BAD_BITSET = 6, NOT_CATEGORICAL = 7 }; /* TreePredictor nodes only */
 
 /* Where the fields are in each record (offsets in bytes), and the bounds they are checked against. */
 typedef struct {
     Py_ssize_t size, left, right, feature;
     Py_ssize_t is_leaf, is_categorical, bitset_idx; /* TreePredictor records only */
     int64_t n_features, n_bitsets;
+    const unsigned char *categorical; /* one byte a feature, or NULL: no check */
+    Py_ssize_t n_categorical;
 } layout;
 
 /* Fields read with memcpy: records need not be aligned. */
@@ -82,7 +88,7 @@ u32_at(const char *rec, Py_ssize_t offset)
 static inline int
 scan(const char *base, Py_ssize_t n, const layout *lay, const int predictor, int64_t *work, Py_ssize_t *where)
 {
-    Py_ssize_t first[BAD_BITSET + 1] = {-1, -1, -1, -1, -1, -1, -1};
+    Py_ssize_t first[NOT_CATEGORICAL + 1] = {-1, -1, -1, -1, -1, -1, -1, -1};
     int64_t deepest = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *rec = base + i * lay->size;
@@ -111,9 +117,14 @@ scan(const char *base, Py_ssize_t n, const layout *lay, const int predictor, int
         if ((f < 0 || f >= lay->n_features) && first[BAD_FEATURE] < 0) {
             first[BAD_FEATURE] = i;
         }
-        if (predictor && rec[lay->is_categorical] != 0 && u32_at(rec, lay->bitset_idx) >= lay->n_bitsets &&
-            first[BAD_BITSET] < 0) {
-            first[BAD_BITSET] = i;
+        if (predictor && rec[lay->is_categorical] != 0) {
+            if (u32_at(rec, lay->bitset_idx) >= lay->n_bitsets && first[BAD_BITSET] < 0) {
+                first[BAD_BITSET] = i;
+            }
+            if (lay->categorical != NULL && first[NOT_CATEGORICAL] < 0 &&
+                (f < 0 || f >= (int64_t)lay->n_categorical || lay->categorical[f] == 0)) {
+                first[NOT_CATEGORICAL] = i;
+            }
         }
         int64_t below = (DEPTH(work[i]) + 1) << 2;
         if (l <= (int64_t)i || l >= (int64_t)n) {
@@ -134,7 +145,7 @@ scan(const char *base, Py_ssize_t n, const layout *lay, const int predictor, int
             deepest = DEPTH(below);
         }
     }
-    for (int kind = LEAF_MISMATCH; kind <= BAD_BITSET; kind++) {
+    for (int kind = LEAF_MISMATCH; kind <= NOT_CATEGORICAL; kind++) {
         if (first[kind] >= 0) {
             *where = first[kind];
             return kind;
@@ -197,20 +208,33 @@ static PyObject *
 predictor_links(PyObject *self, PyObject *args)
 {
     (void)self;
-    Py_buffer view;
+    Py_buffer view, categorical = {0};
     Py_ssize_t n;
     long long n_features, n_bitsets;
+    PyObject *mask;
     layout lay = {0};
-    if (!PyArg_ParseTuple(args, "y*nnnnnnnnLL", &view, &n, &lay.size, &lay.left, &lay.right, &lay.feature,
-                          &lay.is_leaf, &lay.is_categorical, &lay.bitset_idx, &n_features, &n_bitsets)) {
+    if (!PyArg_ParseTuple(args, "y*nnnnnnnnLLO", &view, &n, &lay.size, &lay.left, &lay.right, &lay.feature,
+                          &lay.is_leaf, &lay.is_categorical, &lay.bitset_idx, &n_features, &n_bitsets, &mask)) {
         return NULL;
+    }
+    if (mask != Py_None) {
+        if (PyObject_GetBuffer(mask, &categorical, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        lay.categorical = (const unsigned char *)categorical.buf;
+        lay.n_categorical = categorical.len;
     }
     lay.n_features = (int64_t)n_features;
     lay.n_bitsets = (int64_t)n_bitsets;
     int ok = fits(lay.left, 4, lay.size) && fits(lay.right, 4, lay.size) && fits(lay.feature, 8, lay.size) &&
              fits(lay.is_leaf, 1, lay.size) && fits(lay.is_categorical, 1, lay.size) &&
              fits(lay.bitset_idx, 4, lay.size);
-    return run(&view, n, &lay, 1, ok);
+    PyObject *answer = run(&view, n, &lay, 1, ok);
+    if (mask != Py_None) {
+        PyBuffer_Release(&categorical);
+    }
+    return answer;
 }
 
 static PyMethodDef methods[] = {
@@ -220,9 +244,11 @@ static PyMethodDef methods[] = {
      "(0, depth) for a proper tree, else (kind, node) of the first fault (see _treelinks.c)."},
     {"predictor_links", predictor_links, METH_VARARGS,
      "predictor_links(nodes, n, itemsize, off_left, off_right, off_feature, off_is_leaf,\n"
-     "                off_is_categorical, off_bitset_idx, n_features, n_bitsets) -> (kind, value)\n\n"
+     "                off_is_categorical, off_bitset_idx, n_features, n_bitsets, categorical)\n"
+     "    -> (kind, value)\n\n"
      "The same check for the n records of a histogram gradient boosting TreePredictor's nodes,\n"
-     "and categorical splits' bitset rows below n_bitsets (see _treelinks.c)."},
+     "with categorical splits on bitset rows below n_bitsets and on features marked in the\n"
+     "bytes of categorical (unless None) (see _treelinks.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -392,6 +392,7 @@ def check_hist_gradient_boosting(est: Any, state: Any) -> None:
     """Predictors read ``X[:, feature_idx]`` of input checked against ``n_features_in_``, and
     look categorical splits up in bitsets built from ``_bin_mapper.is_categorical_``."""
     import numpy as np
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
 
     check_estimator(est, state)
     attrs = _merged(est, state)
@@ -402,21 +403,23 @@ def check_hist_gradient_boosting(est: Any, state: Any) -> None:
     n = _n_features_in(attrs, name)
     mapper = attrs.get("_bin_mapper")
     categorical = getattr(mapper, "is_categorical_", None)
+    mask = np.zeros(0, dtype=bool)  # without is_categorical_ no split may be categorical
     if categorical is not None:
         categorical = np.asarray(categorical)
-        if categorical.shape != (n,):
-            raise refuse(f"{name} _bin_mapper.is_categorical_ has shape {categorical.shape}, expected ({n},)")
+        if categorical.shape != (n,) or categorical.dtype.kind not in "biu":
+            raise refuse(
+                f"{name} _bin_mapper.is_categorical_ is {categorical.dtype} {categorical.shape}, expected ({n},) flags"
+            )
+        mask = categorical != 0
     for i, stage in enumerate(predictors):
         for k, predictor in enumerate(stage):
             nodes = getattr(predictor, "nodes", None)
             if nodes is None:
                 raise refuse(f"{name} predictor {i},{k} has no nodes")
-            split = nodes[nodes["is_leaf"] == 0]
-            if split.size and int(split["feature_idx"].max()) >= n:
-                raise refuse(f"{name} predictor {i},{k} splits on feature {int(split['feature_idx'].max())} of {n}")
-            cat = split[split["is_categorical"] != 0]["feature_idx"]
-            if cat.size and (categorical is None or not categorical[cat].all()):
-                raise refuse(f"{name} predictor {i},{k} has a categorical split on a feature that is not categorical")
+            if not isinstance(nodes, np.ndarray) or nodes.dtype != PREDICTOR_RECORD_DTYPE or nodes.ndim != 1:
+                raise refuse(f"{name} predictor {i},{k} nodes are not a 1-d {PREDICTOR_RECORD_DTYPE} array")
+            # features below n_features_in_, categorical splits on categorical features only
+            check_predictor_links(nodes, None, n, mask, what=f"{name} predictor {i},{k}")
 
 
 @register_build("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper")

@@ -14,7 +14,8 @@ over the records, no copy; :data:`TREE_SCANNER` says ``"c"``), else in numpy
 
 :func:`check_predictor_links` is the same check for the nodes of a histogram gradient boosting
 ``TreePredictor`` (``PREDICTOR_RECORD_DTYPE``: an ``is_leaf`` flag, unsigned 32-bit children),
-which also refuses a categorical split whose ``bitset_idx`` is past the bitset rows; in C
+which also refuses a categorical split whose ``bitset_idx`` is past the bitset rows, or (given
+the estimator's ``is_categorical_``) whose feature is not categorical; in C
 (``_treelinks.predictor_links``) or numpy (:func:`_check_predictor_numpy`), compared the same way.
 """
 
@@ -47,7 +48,7 @@ _PREDICTOR_FIELDS = (
     ("bitset_idx", "u4"),
 )
 #: The faults ``_treelinks`` reports, by kind (0 is a proper tree).
-_LEAF_MISMATCH, _BAD_FEATURE, _BAD_LEFT, _BAD_RIGHT, _NOT_ONE_PARENT, _BAD_BITSET = range(1, 7)
+_LEAF_MISMATCH, _BAD_FEATURE, _BAD_LEFT, _BAD_RIGHT, _NOT_ONE_PARENT, _BAD_BITSET, _NOT_CATEGORICAL = range(1, 8)
 #: The feature bound of a predictor whose input width is not known yet (it is checked later).
 _NO_BOUND = 2**63 - 1
 
@@ -90,6 +91,11 @@ def not_one_parent(what: str, i: int, count: int) -> Exception:
 def bitset_outside(what: str, i: int, bitset: int, rows: int) -> Exception:
     """Categorical split node ``i`` looks its categories up in a bitset row past the ``rows`` there are."""
     return refuse(f"{what} node {i} uses bitset {bitset} of {rows} bitset rows")
+
+
+def not_categorical(what: str, i: int, feature: int) -> Exception:
+    """Categorical split node ``i`` splits on a feature that has no category bitsets."""
+    return refuse(f"{what} node {i} is a categorical split on feature {feature}, which is not categorical")
 
 
 def check_single_parent_tree(what: str, left: Any, right: Any, internal: Any) -> int:
@@ -169,11 +175,19 @@ def _layout_offsets(dtype: Any, layout: tuple[tuple[str, str], ...]) -> tuple[in
     return tuple(int(fields[k][1]) for k, _ in layout)
 
 
-def _fault(kind: int, i: int, nodes: Any, n_features: int | None, *, n_bitsets: int | None = None) -> Exception:
+def _fault(
+    kind: int,
+    i: int,
+    nodes: Any,
+    n_features: int | None,
+    *,
+    what: str = "Tree",
+    predictor: bool = False,
+    n_bitsets: int | None = None,
+) -> Exception:
     """The refusal for the fault ``kind`` at node ``i`` that ``_treelinks`` found, from the same
-    builders the numpy checks raise. ``n_bitsets`` is given for ``TreePredictor`` nodes."""
-    predictor = n_bitsets is not None
-    what, (lk, rk, fk) = ("TreePredictor", ("left", "right", "feature_idx")) if predictor else ("Tree", _FIELDS)
+    builders the numpy checks raise (``predictor``: ``TreePredictor`` nodes)."""
+    lk, rk, fk = ("left", "right", "feature_idx") if predictor else _FIELDS
     n = nodes.shape[0]
     left, right = int(nodes[lk][i]), int(nodes[rk][i])
     if kind == _LEAF_MISMATCH:
@@ -187,8 +201,10 @@ def _fault(kind: int, i: int, nodes: Any, n_features: int | None, *, n_bitsets: 
         internal = nodes["is_leaf"] == 0 if predictor else nodes["left_child"] != -1
         count = int((internal & (nodes[lk] == i)).sum() + (internal & (nodes[rk] == i)).sum())
         return not_one_parent(what, i, count)
-    if kind == _BAD_BITSET and n_bitsets is not None:
+    if kind == _BAD_BITSET and predictor and n_bitsets is not None:
         return bitset_outside(what, i, int(nodes["bitset_idx"][i]), n_bitsets)
+    if kind == _NOT_CATEGORICAL and predictor:
+        return not_categorical(what, i, int(nodes[fk][i]))
     return refuse(f"{what} nodes failed an unknown link check ({kind}, {i})")
 
 
@@ -212,28 +228,39 @@ def _check_numpy(nodes: Any, n_features: int) -> int:
 
 
 def check_predictor_links(
-    nodes: Any, n_bitsets: int, n_features: int | None = None, *, scanner: str | None = None
+    nodes: Any,
+    n_bitsets: int | None = None,
+    n_features: int | None = None,
+    categorical: Any = None,
+    *,
+    what: str = "TreePredictor",
+    scanner: str | None = None,
 ) -> int:
     """Refuse the ``PREDICTOR_RECORD_DTYPE`` array ``nodes`` of a histogram gradient boosting
     ``TreePredictor`` unless the children of its split nodes make one tree (after their parent,
-    inside the array, one parent each), their features are at least 0 (and below
-    ``n_features`` when given) and their categorical splits use one of the ``n_bitsets`` bitset
-    rows; return its depth. ``scanner`` as for :func:`check_tree_links`."""
+    inside the array, one parent each) and their features are at least 0, and, for what is
+    given: features below ``n_features``, categorical splits on one of the ``n_bitsets`` bitset
+    rows and on a feature true in ``categorical`` (a 1-d bool array, a value per feature).
+    Returns the depth. ``what`` names the nodes in the refusal; ``scanner`` as for
+    :func:`check_tree_links`."""
+    import numpy as np
+
+    mask = None if categorical is None else np.ascontiguousarray(categorical, dtype=bool)
     use_c = _c_predictor_links is not None if scanner is None else scanner == "c"
     offsets = _offsets(nodes, _PREDICTOR_FIELDS) if use_c and _c_predictor_links is not None else None
     if offsets is not None and _c_predictor_links is not None:
-        import numpy as np
-
         nodes = np.ascontiguousarray(nodes)
-        bound = _NO_BOUND if n_features is None else n_features
-        kind, value = _c_predictor_links(nodes, nodes.shape[0], nodes.dtype.itemsize, *offsets, bound, n_bitsets)
+        features, rows = (_NO_BOUND if v is None else v for v in (n_features, n_bitsets))
+        kind, value = _c_predictor_links(nodes, nodes.shape[0], nodes.dtype.itemsize, *offsets, features, rows, mask)
         if kind == 0:
             return int(value)
-        raise _fault(kind, value, nodes, n_features, n_bitsets=n_bitsets)
-    return _check_predictor_numpy(nodes, n_bitsets, n_features)
+        raise _fault(kind, value, nodes, n_features, what=what, predictor=True, n_bitsets=n_bitsets)
+    return _check_predictor_numpy(nodes, n_bitsets, n_features, mask, what)
 
 
-def _check_predictor_numpy(nodes: Any, n_bitsets: int, n_features: int | None) -> int:
+def _check_predictor_numpy(
+    nodes: Any, n_bitsets: int | None, n_features: int | None, categorical: Any, what: str
+) -> int:
     """:func:`check_predictor_links` in numpy, testing for the faults in the compiled check's order."""
     import numpy as np
 
@@ -242,11 +269,20 @@ def _check_predictor_numpy(nodes: Any, n_bitsets: int, n_features: int | None) -
     bad = internal & ((feature < 0) | (feature >= (_NO_BOUND if n_features is None else n_features)))
     if bad.any():
         i = first_bad(bad)
-        raise feature_outside("TreePredictor", i, int(feature[i]), n_features)
+        raise feature_outside(what, i, int(feature[i]), n_features)
     left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
-    depth = check_single_parent_tree("TreePredictor", left, right, internal)
-    bad = internal & (nodes["is_categorical"] != 0) & (nodes["bitset_idx"] >= n_bitsets)
+    depth = check_single_parent_tree(what, left, right, internal)
+    split = internal & (nodes["is_categorical"] != 0)
+    bad = split & (nodes["bitset_idx"] >= (_NO_BOUND if n_bitsets is None else n_bitsets))
     if bad.any():
         i = first_bad(bad)
-        raise bitset_outside("TreePredictor", i, int(nodes["bitset_idx"][i]), n_bitsets)
+        raise bitset_outside(what, i, int(nodes["bitset_idx"][i]), _NO_BOUND if n_bitsets is None else n_bitsets)
+    if categorical is not None:
+        inside = (feature >= 0) & (feature < categorical.shape[0])
+        marked = np.zeros(feature.shape[0], dtype=bool)
+        marked[inside] = categorical[feature[inside]]
+        bad = split & ~marked
+        if bad.any():
+            i = first_bad(bad)
+            raise not_categorical(what, i, int(feature[i]))
     return depth
