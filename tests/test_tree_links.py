@@ -302,6 +302,42 @@ def test_broken_predictors_get_the_same_answer_from_both() -> None:
     assert refused > 350  # most mutations break the predictor (swaps and re-marked leaves may not)
 
 
+def _features_answer(nodes: Any, flags: Any, scanner: str) -> str | None:
+    try:
+        tree_links.check_predictor_features(nodes, 5, flags, what="HGB predictor 0,0", scanner=scanner)
+    except UnsafeModelError as exc:
+        return str(exc)
+    return None
+
+
+def test_the_estimator_check_of_predictor_features_is_the_same_from_both() -> None:
+    """What the estimator checks of predictors whose links passed: features below its width,
+    categorical splits on its categorical features (the numpy check tests only these)."""
+    rng = random.Random(27)
+    honest = [p for seed in range(3) for p in _fitted_predictors(seed, 4)[0]]
+    refused = 0
+    for _ in range(400):
+        nodes = rng.choice(honest).nodes.copy()
+        split = np.flatnonzero(nodes["is_leaf"] == 0)
+        for _fault in range(rng.choice([0, 1, 2])):
+            i = int(rng.choice(split))
+            if rng.random() < 0.5:
+                nodes["feature_idx"][i] = rng.choice([0, 1, 4, 5, 6, 2**40, INT64.max])
+            else:
+                nodes["is_categorical"][i] = 1 - nodes["is_categorical"][i]
+        flags = rng.choice([CATEGORICAL, CATEGORICAL[:3], np.zeros(0, dtype=bool), np.ones(5, dtype=bool)])
+        c = _features_answer(nodes, flags, "c")
+        assert c == _features_answer(nodes, flags, "python")
+        refused += c is not None
+    assert 100 < refused < 400
+    node = int(np.flatnonzero(honest[0].nodes["is_leaf"] == 0)[0])
+    wide = honest[0].nodes.copy()
+    wide["feature_idx"][node] = 5
+    assert _features_answer(wide, CATEGORICAL, "python") == str(
+        refuse(f"HGB predictor 0,0 node {node} splits on feature 5 outside 0..4")
+    )
+
+
 def test_every_kind_of_predictor_fault_is_worded_the_same() -> None:
     """Each fault ``_treelinks.predictor_links`` reports, crafted on a real predictor: the
     scan's own kind, and the same whole message from both checks."""

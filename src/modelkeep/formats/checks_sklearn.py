@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .state_checks import refuse, register_build, register_call
-from .tree_links import check_predictor_links, check_tree_links
+from .tree_links import check_predictor_features, check_predictor_links, check_tree_links
 from .tree_links import first_bad as _first_bad
 
 #: A tree's node count, class count or depth above this is refused as absurd (2**31: int32).
@@ -418,8 +418,7 @@ def check_hist_gradient_boosting(est: Any, state: Any) -> None:
                 raise refuse(f"{name} predictor {i},{k} has no nodes")
             if not isinstance(nodes, np.ndarray) or nodes.dtype != PREDICTOR_RECORD_DTYPE or nodes.ndim != 1:
                 raise refuse(f"{name} predictor {i},{k} nodes are not a 1-d {PREDICTOR_RECORD_DTYPE} array")
-            # features below n_features_in_, categorical splits on categorical features only
-            check_predictor_links(nodes, None, n, mask, what=f"{name} predictor {i},{k}")
+            check_predictor_features(nodes, n, mask, what=f"{name} predictor {i},{k}")
 
 
 @register_build("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper")

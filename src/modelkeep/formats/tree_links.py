@@ -258,10 +258,29 @@ def check_predictor_links(
     return _check_predictor_numpy(nodes, n_bitsets, n_features, mask, what)
 
 
+def check_predictor_features(
+    nodes: Any, n_features: int, categorical: Any, *, what: str, scanner: str | None = None
+) -> None:
+    """For the estimator holding a ``TreePredictor`` whose nodes passed :func:`check_predictor_links`:
+    refuse them unless every split's feature is below ``n_features`` and every categorical
+    split's feature is true in ``categorical``. The compiled pass checks the links again on the
+    way (one pass either way); the numpy check tests only these two (an estimator holds hundreds
+    of predictors, and their links were checked at each predictor)."""
+    import numpy as np
+
+    use_c = _c_predictor_links is not None if scanner is None else scanner == "c"
+    if use_c and _c_predictor_links is not None and _offsets(nodes, _PREDICTOR_FIELDS) is not None:
+        check_predictor_links(nodes, None, n_features, categorical, what=what, scanner="c")
+    else:
+        mask = np.ascontiguousarray(categorical, dtype=bool)
+        _check_predictor_numpy(nodes, None, n_features, mask, what, links=False)
+
+
 def _check_predictor_numpy(
-    nodes: Any, n_bitsets: int | None, n_features: int | None, categorical: Any, what: str
+    nodes: Any, n_bitsets: int | None, n_features: int | None, categorical: Any, what: str, *, links: bool = True
 ) -> int:
-    """:func:`check_predictor_links` in numpy, testing for the faults in the compiled check's order."""
+    """:func:`check_predictor_links` in numpy, testing for the faults in the compiled check's order
+    (``links=False``: not the links, nor the depth, which is then -1)."""
     import numpy as np
 
     internal = nodes["is_leaf"] == 0
@@ -270,8 +289,10 @@ def _check_predictor_numpy(
     if bad.any():
         i = first_bad(bad)
         raise feature_outside(what, i, int(feature[i]), n_features)
-    left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
-    depth = check_single_parent_tree(what, left, right, internal)
+    depth = -1
+    if links:
+        left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
+        depth = check_single_parent_tree(what, left, right, internal)
     split = internal & (nodes["is_categorical"] != 0)
     bad = split & (nodes["bitset_idx"] >= (_NO_BOUND if n_bitsets is None else n_bitsets))
     if bad.any():
