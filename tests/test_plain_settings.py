@@ -145,3 +145,25 @@ def test_options_win_over_the_environment_and_the_file_as_in_the_library(
     assert read is not None
     assert (read.models_dir, read.trusted_keys, read.log_level) == ("from-option", ["b.pub"], "ERROR")
     _agree(read, load_settings(config, **overrides))
+
+
+def test_compress_is_parsed_as_the_library_parses_it() -> None:
+    """The read-only path's reading of ``compress`` (plain_settings._compress) is the library's
+    (``PersistenceSettings`` validating it) for every spelling the library accepts, and the
+    read-only path's check of it (``normalize_compression``) refuses every one it refuses."""
+    from pydantic import ValidationError
+
+    from modelkeep.formats import get_format
+    from modelkeep.plain_settings import _compress
+
+    accepted = []
+    for value in [*VALUES, " ZSTD:3 ", "Off", True, False, 0, 3, 22]:
+        try:
+            library = PersistenceSettings(compress=value).compress
+        except ValidationError:
+            with pytest.raises(Exception):  # noqa: B017 - any refusal sends the read to the library
+                get_format("joblib").normalize_compression(_compress(value))
+            continue
+        assert _compress(value) == library and type(_compress(value)) is type(library), value
+        accepted.append(value)
+    assert {"zstd:3", " ZSTD:3 ", "off", "Off", " Yes", "08", True, 0, 3} <= set(accepted)

@@ -207,6 +207,40 @@ def test_git_commit_and_dirty_flag_are_recorded(tmp_path: Path, monkeypatch: pyt
     assert git_state() is None
 
 
+def test_the_git_state_joined_after_the_claim_only_fills_the_git_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frame: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    """A local save reads git while the version is claimed (saving.with_git): the lineage is
+    captured once, and the record gets the same lineage, in the same key order, as one capture
+    with the git state would make."""
+    git = _repo_with_one_commit(tmp_path / "repo")
+    monkeypatch.chdir(tmp_path / "repo")
+    X, y = frame
+    captures: list[dict[str, Any]] = []
+    real_capture = lineage.capture
+
+    def counted(**parts: Any) -> Any:
+        captures.append(parts)
+        return real_capture(**parts)
+
+    monkeypatch.setattr(lineage, "capture", counted)
+    with ModelPersistence(models_dir=tmp_path / "models") as p:
+        p.save_version({"v": 1}, "m")
+        captures.clear()
+        rec = p.save_version({"v": 2}, "m", training_data=X, training_target=y, parent="1.0.0")
+        stored = p.get_version("m", rec.version)
+    assert len(captures) == 1 and captures[0]["git"] is None  # captured once, git joined later
+    state = {"commit": git("rev-parse", "HEAD"), "dirty": False, "branch": "main"}
+    expected = real_capture(
+        data_fingerprint=fingerprint(X), target_fingerprint=fingerprint(y), parent=("m", "1.0.0"), git=state
+    )
+    assert expected is not None and list(expected) == ["training_data", "training_target", "git", "parent"]
+    for record in (rec.lineage, stored.lineage):
+        assert record == expected and list(record) == list(expected)
+    assert lineage.with_git(None, state) == real_capture(git=state)
+    assert lineage.with_git({"parent": expected["parent"]}, None) == {"parent": expected["parent"]}
+
+
 def _kept(folder: Path) -> bool:
     """Whether a reusable git status of ``folder`` is kept."""
     return isinstance(lineage._snapshots.get(str(folder)), lineage._GitSnapshot)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from . import timeouts
-from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES
+from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES, parse_compress
 from .errors import ConfigError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -173,16 +173,7 @@ class PersistenceSettings(KeySettings):
     @classmethod
     def _parse_compress(cls, v: Any) -> Any:
         # Environment variables arrive as text: "false", "1", "zstd:3", "zlib".
-        if isinstance(v, str):
-            text = v.strip().lower()
-            if text in {"true", "yes", "on"}:
-                return True
-            if text in {"false", "no", "off", "none", ""}:
-                return False
-            if text.isdigit():
-                return int(text)
-            return text
-        return v
+        return parse_compress(v) if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _check_compress(self) -> PersistenceSettings:

@@ -46,3 +46,17 @@ OVERRIDES = {key: where for where in ENV_VARS.values() for key in [where[1]]} | 
     "log_level": ("logging", "level"),
     "log_file": ("logging", "file"),
 }
+
+
+def parse_compress(text: str) -> bool | int | str:
+    """A ``compress`` setting given as text (environment variables arrive as text): ``"true"``,
+    ``"yes"``, ``"on"`` -> ``True``; ``"false"``, ``"no"``, ``"off"``, ``"none"``, ``""`` ->
+    ``False``; digits -> a level; anything else (``"zstd:3"``, ``"zlib"``) as it is, lowercased,
+    for the format to judge. :mod:`modelkeep.config` and :mod:`modelkeep.plain_settings` both read
+    it here, so the read-only path cannot read it otherwise."""
+    text = text.strip().lower()
+    if text in {"true", "yes", "on"}:
+        return True
+    if text in {"false", "no", "off", "none", ""}:
+        return False
+    return int(text) if text.isdigit() else text

@@ -440,3 +440,15 @@ def capture(
     if parent is not None:
         out["parent"] = {"model_name": parent[0], "version": parent[1]}
     return out or None
+
+
+def with_git(record: dict[str, Any] | None, git: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``record`` (from :func:`capture` without git) with ``git`` as its git field, in the place
+    :func:`capture` puts it: the record a capture with ``git`` makes, without capturing again."""
+    if git is None:
+        return record
+    out = {k: v for k, v in (record or {}).items() if k not in ("git", "parent")}
+    out["git"] = git
+    if record is not None and "parent" in record:
+        out["parent"] = record["parent"]
+    return out

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES
+from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES, parse_compress
 
 #: The URL schemes SQLAlchemy reads as PostgreSQL through psycopg 3 (see ``index.sql.normalize_url``).
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -127,12 +127,7 @@ def _compress(v: Any) -> Any:
     if isinstance(v, int):  # booleans too
         return v
     if isinstance(v, str):
-        text = v.strip().lower()
-        if text in {"true", "yes", "on"}:
-            return True
-        if text in {"false", "no", "off", "none", ""}:
-            return False
-        return int(text) if text.isdigit() else text
+        return parse_compress(v)
     raise _Unsure
 
 

@@ -149,8 +149,9 @@ def with_git(
     draft: ModelMetadata, described: tuple[dict[str, Any] | None, dict[str, Any], lineage.PendingGit | None]
 ) -> ModelMetadata:
     """``draft`` (from :func:`serialize` with ``git_later``) with the git state in its lineage,
-    waiting for it if it is still being read."""
+    waiting for it if it is still being read. Only the git field of the draft's lineage is
+    set: the rest was captured once, by :func:`serialize`."""
     git = lineage.finish_git(described[2])
     if git is None:
         return draft
-    return dataclasses.replace(draft, lineage=lineage.capture(**described[1], git=git))
+    return dataclasses.replace(draft, lineage=lineage.with_git(draft.lineage, git))

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .state_checks import refuse, register_build, register_call
-from .tree_links import check_single_parent_tree, check_tree_links
+from .tree_links import check_predictor_features, check_predictor_links, check_tree_links
 from .tree_links import first_bad as _first_bad
 
 #: A tree's node count, class count or depth above this is refused as absurd (2**31: int32).
@@ -366,8 +366,9 @@ def _check_pyfunc(name: str, func: Any) -> None:
 
 @register_build("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor")
 def check_tree_predictor(predictor: Any, state: Any) -> None:
-    """Nodes exactly ``PREDICTOR_RECORD_DTYPE``; ``left``/``right`` of split nodes after the node
-    and within the array, one parent each; categorical splits index existing bitset rows."""
+    """Nodes exactly ``PREDICTOR_RECORD_DTYPE``; both bitset arrays ``(n, 8)`` uint32; split nodes
+    on features at least 0, with ``left``/``right`` after the node and within the array, one
+    parent each, and categorical splits on existing bitset rows (tree_links.check_predictor_links)."""
     import numpy as np
     from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
 
@@ -377,24 +378,13 @@ def check_tree_predictor(predictor: Any, state: Any) -> None:
         raise refuse(f"TreePredictor nodes have dtype {nodes.dtype}, expected {PREDICTOR_RECORD_DTYPE}")
     if nodes.shape[0] < 1:
         raise refuse("TreePredictor has no nodes")
-    internal = nodes["is_leaf"] == 0
-    left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
-    check_single_parent_tree("TreePredictor", left, right, internal)
-    bad = internal & (nodes["feature_idx"] < 0)
-    if bad.any():
-        i = _first_bad(bad)
-        raise refuse(f"TreePredictor node {i} splits on feature {int(nodes['feature_idx'][i])}")
     rows = []
     for key in ("binned_left_cat_bitsets", "raw_left_cat_bitsets"):
         bits = _array(attrs.get(key), f"TreePredictor {key}", 2, np.uint32)
         if bits.shape[1] != 8:
             raise refuse(f"TreePredictor {key} has shape {bits.shape}, expected (n, 8)")
         rows.append(bits.shape[0])
-    categorical = internal & (nodes["is_categorical"] != 0)
-    bad = categorical & (nodes["bitset_idx"] >= min(rows))
-    if bad.any():
-        i = _first_bad(bad)
-        raise refuse(f"TreePredictor node {i} uses bitset {int(nodes['bitset_idx'][i])} of {min(rows)} bitset rows")
+    check_predictor_links(nodes, min(rows))
 
 
 @register_build("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "BaseHistGradientBoosting")
@@ -402,6 +392,7 @@ def check_hist_gradient_boosting(est: Any, state: Any) -> None:
     """Predictors read ``X[:, feature_idx]`` of input checked against ``n_features_in_``, and
     look categorical splits up in bitsets built from ``_bin_mapper.is_categorical_``."""
     import numpy as np
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
 
     check_estimator(est, state)
     attrs = _merged(est, state)
@@ -412,21 +403,22 @@ def check_hist_gradient_boosting(est: Any, state: Any) -> None:
     n = _n_features_in(attrs, name)
     mapper = attrs.get("_bin_mapper")
     categorical = getattr(mapper, "is_categorical_", None)
+    mask = np.zeros(0, dtype=bool)  # without is_categorical_ no split may be categorical
     if categorical is not None:
         categorical = np.asarray(categorical)
-        if categorical.shape != (n,):
-            raise refuse(f"{name} _bin_mapper.is_categorical_ has shape {categorical.shape}, expected ({n},)")
+        if categorical.shape != (n,) or categorical.dtype.kind not in "biu":
+            raise refuse(
+                f"{name} _bin_mapper.is_categorical_ is {categorical.dtype} {categorical.shape}, expected ({n},) flags"
+            )
+        mask = categorical != 0
     for i, stage in enumerate(predictors):
         for k, predictor in enumerate(stage):
             nodes = getattr(predictor, "nodes", None)
             if nodes is None:
                 raise refuse(f"{name} predictor {i},{k} has no nodes")
-            split = nodes[nodes["is_leaf"] == 0]
-            if split.size and int(split["feature_idx"].max()) >= n:
-                raise refuse(f"{name} predictor {i},{k} splits on feature {int(split['feature_idx'].max())} of {n}")
-            cat = split[split["is_categorical"] != 0]["feature_idx"]
-            if cat.size and (categorical is None or not categorical[cat].all()):
-                raise refuse(f"{name} predictor {i},{k} has a categorical split on a feature that is not categorical")
+            if not isinstance(nodes, np.ndarray) or nodes.dtype != PREDICTOR_RECORD_DTYPE or nodes.ndim != 1:
+                raise refuse(f"{name} predictor {i},{k} nodes are not a 1-d {PREDICTOR_RECORD_DTYPE} array")
+            check_predictor_features(nodes, n, mask, what=f"{name} predictor {i},{k}")
 
 
 @register_build("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper")
