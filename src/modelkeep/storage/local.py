@@ -125,7 +125,10 @@ class LocalStore(ArtifactStore):
     ) -> contextlib.AbstractContextManager[BinaryIO]:
         """The file's ``fsync`` runs on a helper thread from the block's clean exit on (the
         hashing threads' last reads and the claim go on meanwhile); ``synced`` gets its waiter,
-        which raises :class:`StorageError` when it failed."""
+        which raises :class:`StorageError` when it failed. A store that does not sync its writes
+        (:attr:`syncs_writes` false: a client's scratch folder) writes as :meth:`open_write` does."""
+        if not self.syncs_writes:
+            return self.open_write(key)
         return self._open_write(key, synced)
 
     @contextlib.contextmanager
