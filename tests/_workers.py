@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,23 @@ def save_then_die(models_dir: str, url: str, schema: str | None, phase: str, ver
             die()
 
         Reservation.put = put  # type: ignore[method-assign]
+    elif phase == "syncing":  # claimed, sidecar written, the artifact's move waiting for its fsync
+        from modelkeep.storage import local
+
+        original_commit = StagedArtifact.commit
+        moving = threading.Event()
+
+        def commit(self: StagedArtifact, key: str) -> None:
+            moving.set()
+            original_commit(self, key)  # waits for the staged file's fsync on the helper thread
+
+        def die_before_fsync(fd: int, path: str) -> None:
+            assert threading.current_thread() is not threading.main_thread(), "the staged file syncs on the helper"
+            assert moving.wait(60), "the save did not get to the artifact's move while its fsync was pending"
+            die()
+
+        StagedArtifact.commit = commit  # type: ignore[method-assign]
+        local._fsync_closing = die_before_fsync  # type: ignore[attr-defined]
     else:
         raise ValueError(phase)
     with open_registry(models_dir, url, schema) as p:

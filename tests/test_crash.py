@@ -82,6 +82,34 @@ def test_sigkill_at_each_step_of_a_save(index_target: IndexTarget, tmp_path: Pat
         assert p.load("victim", "1.0.0")["seq"] == original["seq"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-version", "overwrite"])
+def test_sigkill_while_the_staged_file_syncs_on_the_helper(
+    index_target: IndexTarget, tmp_path: Path, overwrite: bool
+) -> None:
+    """A local store fsync's the staged artifact on a helper thread while the save claims its
+    version and writes its sidecar; the artifact's move waits for that fsync. Killed while it is
+    pending, with the claim committed and the sidecar in place: the staged file was never moved,
+    nothing is registered, the leftovers are reported, and gc leaves a clean registry."""
+    models = tmp_path / "models"
+    original = payload(0, 0)
+    with index_target.persistence(models) as p:
+        p.save(original, "victim", "1.0.0")
+        before = p.get_version("victim", "1.0.0")
+
+    assert _kill_at(index_target, models, "syncing", "1.0.0" if overwrite else None) == -signal.SIGKILL
+
+    with index_target.persistence(models) as p:
+        assert p.store.list_keys(".tmp"), "the staged file should never have been moved"
+        assert p.list_versions("victim") == ["1.0.0"], "a version was registered by a save that never committed"
+        assert p.get_version("victim", "1.0.0").artifact == before.artifact
+        report = p.verify()
+        assert report.of_kind(MISSING, CORRUPT, SIGNATURE) == []
+        assert report.problems, "the killed save's files should show up as leftovers"
+        assert_consistent_after_crash(p)
+        assert p.load("victim", "1.0.0")["seq"] == original["seq"]
+        assert p.reindex() == 2
+
+
 @pytest.mark.slow
 def test_sigkill_in_a_loop_never_corrupts_the_registry(index_target: IndexTarget, tmp_path: Path) -> None:
     models = tmp_path / "models"

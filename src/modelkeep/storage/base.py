@@ -74,13 +74,16 @@ class StagedArtifact:
         self.committed = False
         #: Also gets every byte written, in order (a save fills the local cache with it).
         self.tee: Callable[[memoryview], None] | None = None
+        #: Waits for the written bytes to be durable (a local store ``fsync``'s them on a helper
+        #: thread: :meth:`ArtifactStore.open_staged_write`); :meth:`commit` calls them first.
+        self._synced: list[Callable[[], None]] = []
 
     @contextlib.contextmanager
     def open(self, advance: Advance = no_advance) -> Iterator[HashingWriter]:
-        """Open the staged file for writing; on success it is flushed and made durable.
+        """Open the staged file for writing; on success it is flushed and made durable (on a
+        local disk by a helper thread: :meth:`commit` waits for it before the move).
 
-        The digests are read after the file is made durable, so the hashing threads
-        finish while ``fsync`` waits for the disk."""
+        The digests are read once the file is written, while ``fsync`` waits for the disk."""
         writer = None
         try:
             with self._open_raw() as raw:
@@ -96,10 +99,14 @@ class StagedArtifact:
                 writer.close()
 
     def _open_raw(self) -> contextlib.AbstractContextManager[BinaryIO]:
-        return self.store.open_write(self.tmp_key)
+        return self.store.open_staged_write(self.tmp_key, self._synced)
 
     def commit(self, key: str) -> None:
-        """Move the staged bytes to ``key`` atomically, replacing what was there."""
+        """Move the staged bytes to ``key`` atomically, replacing what was there, once they are
+        durable (never a moved file whose bytes a power cut could lose)."""
+        while self._synced:
+            self._synced[0]()
+            self._synced.pop(0)
         self.store.move(self.tmp_key, key)
         self.committed = True
 
@@ -291,6 +298,14 @@ class ArtifactStore(ABC):
     #: Whether :meth:`open_write` ``fsync``'s what it wrote: then hashing a staged file starts its
     #: write-back as it goes (:func:`.hashing.start_writeback`), for that ``fsync`` to find it written.
     syncs_writes = False
+
+    def open_staged_write(
+        self, key: str, synced: list[Callable[[], None]]
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        """:meth:`open_write` for a :class:`StagedArtifact`'s bytes. A store may make them durable
+        after the block, in the background, and append to ``synced`` a callable that waits for
+        that (and raises its error): :meth:`StagedArtifact.commit` calls it before the move."""
+        return self.open_write(key)
 
     def reread_fd(self, raw: BinaryIO) -> int | None:
         """A descriptor that reads back what is written to ``raw`` (from :meth:`open_write`), so

@@ -36,6 +36,16 @@ def _fsync_dirs(folders: Iterable[str]) -> None:
         fsync_dir(folder)
 
 
+def _fsync_closing(fd: int, path: str) -> None:
+    """``fsync`` and close ``fd`` (a staged file's, on the helper thread)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _storage_error(exc, f"cannot write {path}") from exc
+    finally:
+        os.close(fd)
+
+
 def wait_for_background_unlinks() -> None:
     """Block until the unlinks :meth:`LocalStore.delete_soon` handed to the helper thread are done."""
     _unlinker.drain()
@@ -107,12 +117,28 @@ class LocalStore(ArtifactStore):
         return Path(self.full_path(key) if key else self.root)
 
     # -- writing ---------------------------------------------------------------
+    def open_write(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        return self._open_write(key, None)
+
+    def open_staged_write(
+        self, key: str, synced: list[Callable[[], None]]
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        """The file's ``fsync`` runs on a helper thread from the block's clean exit on (the
+        hashing threads' last reads and the claim go on meanwhile); ``synced`` gets its waiter,
+        which raises :class:`StorageError` when it failed. A store that does not sync its writes
+        (:attr:`syncs_writes` false: a client's scratch folder) writes as :meth:`open_write` does."""
+        if not self.syncs_writes:
+            return self.open_write(key)
+        return self._open_write(key, synced)
+
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def _open_write(self, key: str, synced: list[Callable[[], None]] | None) -> Iterator[BinaryIO]:
         path = self.full_path(key)
         try:
-            with durable_write(path) as f:
+            with durable_write(path, sync=synced is None) as f:
                 yield f
+                if synced is not None:  # a descriptor of its own: the block closes this one
+                    synced.append(_syncer.pool().submit(_fsync_closing, os.dup(f.fileno()), path).result)
         except StorageError:
             raise
         except OSError as exc:
