@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from modelkeep import IntegrityError, ModelPersistence, SerializationError
 from modelkeep.layout import sidecar_bytes, sidecar_key
 from modelkeep.metadata import ArtifactInfo
 from modelkeep.storage import verified
-from modelkeep.storage.hashing import BLAKE3_KEY, PAYLOAD_MIN, BackgroundHash, Expected, new_hash
+from modelkeep.storage.hashing import BLAKE3_KEY, PAYLOAD_MIN, Expected
 
 from .test_tampering import artifact_path
 
@@ -159,53 +157,6 @@ def test_a_flipped_byte_anywhere_is_caught(p: ModelPersistence, where: str, mmap
     flip(artifact_path(p, "m", "1.0.0"), offset)
     with pytest.raises(IntegrityError, match="integrity check failed"):
         p.load("m", "1.0.0", mmap_mode=mmap_mode)
-
-
-@pytest.mark.parametrize("chunk", [0, 2, 5])
-def test_a_flipped_byte_in_any_chunk_of_a_large_payload_is_caught(p: ModelPersistence, chunk: int) -> None:
-    """A payload of several read chunks: the read runs ahead of the hash by at most two chunks,
-    and whichever thread hashes a chunk, every byte is checked before anything is parsed."""
-    big = {"w": np.random.default_rng(3).random(6 * verified.READ_CHUNK // 8)}
-    rec = p.save_version(big, "big", "1.0.0")
-    assert_same(p.load("big", "1.0.0"), big)
-    _start, data_start, end = rec.artifact.extra[BLAKE3_KEY]["ranges"][0]  # type: ignore[union-attr]
-    flip(artifact_path(p, "big", "1.0.0"), min(end - 1, data_start + chunk * verified.READ_CHUNK + 17))
-    with pytest.raises(IntegrityError, match="integrity check failed"):
-        p.load("big", "1.0.0")
-
-
-@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
-def test_a_reader_whose_hash_helper_gets_no_core_hashes_in_order_itself(algorithm: str) -> None:
-    """The helper thread held up (as on a machine with no idle core): the caller hashes the
-    waiting chunks itself once ``max_pending`` bytes wait, in order, and the digest is the
-    digest of every byte given."""
-    chunk = 1 << 20
-    data = np.random.default_rng(5).integers(0, 256, 12 * chunk, dtype=np.uint8).tobytes()
-    hasher = BackgroundHash(algorithm, 2 * chunk, batch=chunk, assist=True)
-    threads: list[int] = []
-    inner = hasher._hash
-
-    class Recording:
-        def update(self, view: Any) -> None:
-            threads.append(threading.get_ident())
-            inner.update(view)
-
-        def hexdigest(self) -> str:
-            return str(inner.hexdigest())
-
-    hasher._hash = Recording()
-    hasher._pool = ThreadPoolExecutor(1)
-    held = threading.Event()
-    hasher._pool.submit(held.wait)  # the helper thread is busy elsewhere
-    view = memoryview(data)
-    for start in range(0, len(data), chunk):
-        hasher.update(view[start : start + chunk])
-    assert threads and set(threads) == {threading.get_ident()}  # only the caller could hash
-    held.set()
-    expected = new_hash(algorithm)
-    expected.update(data)
-    assert hasher.hexdigest() == expected.hexdigest()
-    hasher.close()
 
 
 def forge(p: ModelPersistence, name: str, version: str, **blake3: Any) -> None:

@@ -69,38 +69,23 @@ class BackgroundHash:
 
     :meth:`update` queues buffers that stay unchanged until hashed (``bytes``, or views of
     buffers the caller never reuses); at most ``max_pending`` bytes wait, which bounds the
-    memory held. Updates are handed over in batches of ``batch`` bytes: each hand-over costs
+    memory held. Updates are handed over in batches of ``BATCH`` bytes: each hand-over costs
     the helper a wait for the GIL (up to the interpreter's switch interval while the caller
     runs Python code), so few large hand-overs keep it hashing. Small updates are gathered
     into one buffer first.
-
-    Whoever hashes takes the oldest queued batch and hashes it under one lock, so the digest
-    sees the bytes in order whichever thread does the work. With ``assist``, a caller that finds
-    ``max_pending`` bytes waiting hashes the oldest batch itself instead of waiting for the
-    helper. A reader that fills memory faster than it can be hashed then runs at most
-    ``max_pending`` ahead of the hash: with a small bound, each batch is hashed while it is
-    still in the CPU's cache, by the helper on an idle core, and by the reader when no core is
-    free for the helper (which then runs only when the reader waits).
     """
 
     #: Updates smaller than this are copied into one gathering buffer.
     OVERLAP_MIN = 64 << 10
-    #: Bytes handed to the helper at a time (by default).
+    #: Bytes handed to the helper at a time.
     BATCH = 8 << 20
 
-    def __init__(
-        self, algorithm: str, max_pending: int = 128 << 20, *, batch: int | None = None, assist: bool = False
-    ) -> None:
+    def __init__(self, algorithm: str, max_pending: int = 128 << 20) -> None:
         self._hash = new_hash(algorithm)
         self._max_pending = max_pending
-        self._batch_size = self.BATCH if batch is None else batch
-        self._assist = assist
         self._pool: ThreadPoolExecutor | None = None
-        self._tasks: deque[Future[bool]] = deque()  # one per queued batch, in order
-        self._queue: deque[tuple[list[memoryview], int]] = deque()  # batches no one took yet
-        self._queued_bytes = 0  # in ``_queue`` and in the batch being hashed
-        self._turn = threading.Lock()  # held while a batch is taken and hashed
-        self._count = threading.Lock()  # guards ``_queued_bytes`` (changed by both threads)
+        self._pending: deque[tuple[Future[None], int]] = deque()
+        self._pending_bytes = 0
         self._small = bytearray()
         self._batch: list[memoryview] = []
         self._batch_bytes = 0
@@ -119,10 +104,9 @@ class BackgroundHash:
             self._batch_bytes += n
         else:
             self._drain()  # keep the byte order
-            with self._turn:
-                self._hash.update(view)
+            self._hash.update(view)
             return
-        if self._batch_bytes >= self._batch_size:
+        if self._batch_bytes >= self.BATCH:
             self._submit()
 
     def _gather(self) -> None:
@@ -138,38 +122,27 @@ class BackgroundHash:
         self._batch, self._batch_bytes = [], 0
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="modelkeep-hash")
-        while self._tasks and self._queued_bytes + n > self._max_pending:
-            if not (self._assist and self._hash_next()):
-                self._pop()
-        with self._count:
-            self._queued_bytes += n
-        self._queue.append((batch, n))
-        self._tasks.append(self._pool.submit(self._hash_next))
+        while self._pending and self._pending_bytes + n > self._max_pending:
+            self._pop()
+        self._pending.append((self._pool.submit(self._hash_all, batch), n))
+        self._pending_bytes += n
 
-    def _hash_next(self) -> bool:
-        """Hash the oldest queued batch, if any is left; whether one was hashed here."""
-        with self._turn:
-            if not self._queue:
-                return False
-            batch, n = self._queue.popleft()
-            for view in batch:
-                self._hash.update(view)
-            with self._count:
-                self._queued_bytes -= n
-            return True
+    def _hash_all(self, views: list[memoryview]) -> None:
+        for view in views:
+            self._hash.update(view)
 
     def _pop(self) -> None:
-        self._tasks.popleft().result()
+        future, n = self._pending.popleft()
+        self._pending_bytes -= n
+        future.result()
 
     def _drain(self) -> None:
         """Hash everything given so far (the helper's queue, then the rest here)."""
         self._gather()
         batch, self._batch, self._batch_bytes = self._batch, [], 0
-        while self._tasks:
+        while self._pending:
             self._pop()
-        with self._turn:
-            for view in batch:
-                self._hash.update(view)
+        self._hash_all(batch)
 
     def hexdigest(self) -> str:
         """The digest of everything passed to :meth:`update` (waits for the helper)."""

@@ -85,17 +85,10 @@ def _fill(readinto: ReadInto, view: memoryview, hasher: BackgroundHash, advance:
 
 
 def _hashers(expected: Expected) -> tuple[BackgroundHash, BackgroundHash]:
-    """The digests a read feeds: one chunk per hand-over, and the read runs at most two chunks
-    ahead of the hash, so each chunk is hashed while it is still in the CPU's cache (by the
-    reader itself when it finds two chunks waiting: no core is free for the helper)."""
     if expected.fast:
-        return _reader_hash("blake3"), _reader_hash("blake3")
-    one = _reader_hash("sha256")  # artifacts from before 0.2: the SHA-256 of the whole file
+        return BackgroundHash("blake3"), BackgroundHash("blake3")
+    one = BackgroundHash("sha256")  # artifacts from before 0.2: the SHA-256 of the whole file
     return one, one
-
-
-def _reader_hash(algorithm: str) -> BackgroundHash:
-    return BackgroundHash(algorithm, 2 * READ_CHUNK, batch=READ_CHUNK, assist=True)
 
 
 def _check(expected: Expected, skeleton: Any, payload: Any, where: str) -> None:
