@@ -42,10 +42,13 @@ one, so only it got handed-back pages: 2.95x joblib for the array dict against 1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +67,7 @@ from common import (
     time_call,
 )
 from subject import drop_version, open_registry
-from targets import LARGE_FLOOR
+from targets import FRESH_READ, FRESH_READ_HASHED, LARGE_FLOOR, MAPPED_BLAKE3
 from workloads import array_dict, cached_forest, pickled_size
 
 JOBLIB = "joblib.dump+fsync"
@@ -84,6 +87,8 @@ MK_MMAP_FIRST = f"{MK} mmap_mode=r, first check"
 CHECKED_MIN_AGE_S = 1.1
 #: Memory touched and freed before each timed call, beyond the model's pickled size.
 WARM_MARGIN = 64 << 20
+#: Bytes per read of the fresh-memory floors (a verified load's read size).
+FRESH_CHUNK = 4 << 20
 
 
 def workloads(settings: Settings) -> dict[str, Any]:
@@ -295,6 +300,30 @@ def floors(path: Path, repeats: int) -> dict[str, Any]:
             os.fsync(fh.fileno())
         copy.unlink()
 
+    def read_fresh(hashed: bool) -> None:
+        """Into memory that is new to this process, as a load's arrays are (4 MiB a read);
+        ``hashed``: each chunk handed to BLAKE3 on one helper thread as soon as it is read."""
+        hasher = blake3()
+        out = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        with contextlib.suppress(AttributeError, OSError):
+            out.madvise(mmap.MADV_HUGEPAGE)  # the cheapest fresh memory the kernel offers
+        with ThreadPoolExecutor(1) as pool, open(path, "rb", buffering=0) as fh:
+            got, target = 0, memoryview(out)
+            while got < size:
+                n = fh.readinto(target[got : got + FRESH_CHUNK])
+                if hashed:
+                    pool.submit(hasher.update, target[got : got + n])
+                got += n
+        hasher.digest()
+
+    def blake3_mapped() -> None:
+        with (
+            open(path, "rb") as fh,
+            mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as pages,
+            memoryview(pages) as mapped,
+        ):
+            blake3(mapped, max_threads=blake3.AUTO).digest()
+
     read()
     view = memoryview(buf)
     steps = {
@@ -303,8 +332,23 @@ def floors(path: Path, repeats: int) -> dict[str, Any]:
         "SHA-256, one core": lambda: hashlib.sha256(view).digest(),
         "BLAKE3, one core": lambda: blake3(view).digest(),
         "BLAKE3, all cores": lambda: blake3(view, max_threads=blake3.AUTO).digest(),
+        FRESH_READ: lambda: read_fresh(hashed=False),
+        FRESH_READ_HASHED: lambda: read_fresh(hashed=True),
+        MAPPED_BLAKE3: blake3_mapped,
     }
-    return {name: summarize([time_call(fn) for _ in range(max(3, repeats))]) for name, fn in steps.items()}
+    fresh = (FRESH_READ, FRESH_READ_HASHED)
+    return {
+        name: summarize([_floor_call(fn, size if name in fresh else 0) for _ in range(max(3, repeats))])
+        for name, fn in steps.items()
+    }
+
+
+def _floor_call(fn: Any, fresh_bytes: int) -> float:
+    """One timed floor step; a step that reads into fresh memory gets warm free pages first,
+    untimed, as every timed load does (:func:`warm_free_pages`)."""
+    if fresh_bytes:
+        warm_free_pages(fresh_bytes + WARM_MARGIN)
+    return time_call(fn)
 
 
 def run(settings: Settings, modelkeep: Any, objects: dict[str, Any]) -> dict[str, Any]:

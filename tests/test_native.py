@@ -112,6 +112,21 @@ def test_mmap_load_maps_blobs_read_only(native: ModelPersistence) -> None:
     assert writable["a1"].flags.writeable
 
 
+def test_mmap_load_refuses_a_blob_of_the_wrong_size(native: ModelPersistence) -> None:
+    """The blobs of a mapped load are mapped on the caller's thread: each one's size is still
+    checked against the record before anything is unpickled over it."""
+    arrays = {f"a{i}": np.arange(50_000, dtype=np.float64) * i for i in range(3)}
+    record = native.save_version(arrays, "arrays")
+    assert record.artifact is not None
+    sha, size = record.artifact.extra["blobs"][-1]
+    path = Path(native.store.full_path(blob_key(sha)))
+    path.chmod(0o644)
+    with path.open("ab") as fh:
+        fh.write(b"\0" * 8)  # one more float than recorded
+    with pytest.raises(IntegrityError, match=f"{size} bytes|recorded {size}"):
+        native.load("arrays", mmap_mode="r")
+
+
 def test_loadable_from_files_without_the_index(native: ModelPersistence) -> None:
     arrays = {"w": np.linspace(0, 1, 50_000), "b": np.ones(3)}
     path = native.save(arrays, "plain")

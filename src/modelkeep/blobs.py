@@ -88,19 +88,25 @@ class BlobStore:
             cached = self._read_cached(sha, size, mmap)
             if cached is not None:
                 return cached
-        key = blob_key(sha)
-        mapped = self.store.map(key) if mmap else None
+        mapped = self._map(sha, size, verify=verify) if mmap else None
+        if mapped is not None:
+            return mapped
+        data = self.store.read_exact(blob_key(sha), size)
+        if verify or mmap:  # not mapped: these bytes came over the wire or into private memory
+            self._check(sha, memoryview(data))
+        self._keep(sha, memoryview(data))
+        return data  # writable, so loaded arrays are writable like joblib's
+
+    def _map(self, sha: str, size: int, *, verify: bool) -> Any:
+        """``sha``'s blob mapped from the store, its size checked (and its bytes with ``verify``);
+        ``None`` when the store cannot map."""
+        mapped = self.store.map(blob_key(sha))
         if mapped is not None:
             if len(mapped) != size:
                 raise IntegrityError(f"blob {sha[:12]} has {len(mapped)} bytes, recorded {size}")
             if verify:
                 self._check(sha, memoryview(mapped))
-            return mapped
-        data = self.store.read_exact(key, size)
-        if verify or mmap:  # not mapped: these bytes came over the wire or into private memory
-            self._check(sha, memoryview(data))
-        self._keep(sha, memoryview(data))
-        return data  # writable, so loaded arrays are writable like joblib's
+        return mapped
 
     def _read_cached(self, sha: str, size: int, mmap: bool) -> Any:
         """``sha``'s bytes from the cache, checked (``None``: not cached, or the entry failed
@@ -131,7 +137,14 @@ class BlobStore:
             pending.admit(sha, view.nbytes)
 
     def read_many(self, digests: Sequence[tuple[str, int]], *, verify: bool = True, mmap: bool = False) -> list[Any]:
-        """Every blob, read (and verified) in parallel."""
+        """Every blob, read (and verified) in parallel.
+
+        Blobs mapped from a local store without a hash are mapped on this thread: a map is two
+        system calls, less than starting the pool's threads would cost."""
+        if mmap and not verify and self.cache is None:
+            mapped = [self._map(sha, size, verify=False) for sha, size in digests]
+            if all(m is not None for m in mapped):
+                return mapped
         if len(digests) <= 1:
             return [self.read(sha, size, verify=verify, mmap=mmap) for sha, size in digests]
         with ThreadPoolExecutor(WORKERS) as pool:

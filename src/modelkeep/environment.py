@@ -59,14 +59,10 @@ def _module_version(module: str) -> str | None:
     version = getattr(mod, "__version__", None) if mod is not None else None
     if isinstance(version, str):
         return version
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
     for dist in dict.fromkeys((_distribution_name(module) or module, module)):
-        try:
-            return dist_version(dist)
-        except PackageNotFoundError:
-            continue
+        found = _installed(dist)
+        if found is not None:
+            return found
     return None
 
 
@@ -107,7 +103,11 @@ def capture(model: Any, modules: Iterable[str] = ()) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=256)
 def _installed(distribution: str) -> str | None:
+    """The installed version of ``distribution``, read from its metadata once per process (a
+    load compares it with the record every time: ~0.7 ms a lookup, for a package the process
+    has not imported)."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
