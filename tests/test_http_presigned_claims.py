@@ -23,6 +23,7 @@ from modelkeep.errors import (
     MetadataError,
     PermissionDeniedError,
     SaveInProgressError,
+    SerializationError,
     UploadTooLargeError,
 )
 from modelkeep.index import claims
@@ -325,3 +326,25 @@ def test_an_upload_in_parts_is_held_to_the_upload_cap_part_by_part(
             assert "\n" not in str(caught.value)
             assert "big" not in c.list_models() and list_claims(d.index) == []
         assert s3_bucket.pending_uploads() == []
+
+
+def test_a_save_that_fails_to_serialize_after_its_first_parts_leaves_no_claim_and_no_upload(
+    pg_s3_server: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload in parts starts (the version claimed, parts sent) before the artifact is whole: a
+    model whose serialization fails after 20 MiB went out drops the upload, so its parts are
+    aborted, its claim released and the version free for the next save."""
+
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise TypeError("not today")
+
+    sent: list[str] = []
+    with pg_s3_server.client(cache_max_bytes=0) as c, pg_s3_server.direct() as d:
+        with monkeypatch.context() as m, pytest.raises(SerializationError, match="not today"):
+            before_first_part(m, sent.append)
+            c.save_version({**_big(14), "z": Unpicklable()}, "big", version="1.0.0", compress=False)
+        assert len(sent) == 1  # a part had gone to the bucket
+        assert list_claims(d.index) == [] and "big" not in d.list_models()
+        assert s3_bucket.pending_uploads() == [] and not s3_bucket.object_keys("models/big/")
+        assert c.save_version(_big(14), "big", version="1.0.0", compress=False).version == "1.0.0"

@@ -267,17 +267,18 @@ class TransferMixin:
         one after its last save), so a small save signs for it and goes in one request."""
         return {}
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, *, missing: str = "_inline_ok", **kwargs: Any) -> Any:
         """One request's response (a lost or silent server raises :class:`StorageError`), or
-        ``None`` when the server predates the route (answered before :meth:`decode` is tried)."""
+        ``None`` when the server predates the route (answered before :meth:`decode` is tried; the
+        attribute ``missing`` then says so, for the next saves and loads)."""
         httpx = _httpx()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:  # timeouts included
             raise transport_error(self.url, exc) from None
         no_route = response.status_code in (404, 405) and "json" not in response.headers.get("content-type", "")
-        if no_route:  # an older server: save and load the two-request way from now on
-            self._inline_ok = False
+        if no_route:  # an older server: the older way from now on (two requests, a whole-file plan)
+            setattr(self, missing, False)
             return None
         return response
 
@@ -477,9 +478,10 @@ class TransferMixin:
         body = {"model": name, "version": version or "", "overwrite": overwrite, "extension": ext}
 
         def start() -> dict[str, Any] | None:
-            response = self._send("POST", "/uploads/parts", json={**body, "part_size": STREAMED_PART})
+            response = self._send(
+                "POST", "/uploads/parts", missing="_parts_ok", json={**body, "part_size": STREAMED_PART}
+            )
             if response is None:  # an older server: the presigned plan of a whole file (below)
-                self._parts_ok = False
                 return None
             try:
                 answer: dict[str, Any] = self.decode(response)
