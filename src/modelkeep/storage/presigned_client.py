@@ -19,6 +19,7 @@ httpx is imported when first used (``pip install modelkeep[client]``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -220,12 +221,19 @@ def _put_part(client: Any, url: str, headers: dict[str, str], body: memoryview, 
     return str(response.headers.get("ETag", ""))
 
 
+@functools.cache
+def _tls() -> Any:
+    """The TLS settings every client made here shares (httpx's defaults): building them reads the
+    CA bundle, ~20 ms of CPU that a client made per transfer would pay on every load and save."""
+    return _httpx().create_ssl_context()
+
+
 def _client(client: Any, max_concurrency: int, timeout: float) -> contextlib.AbstractContextManager[Any]:
     if client is not None:
         return contextlib.nullcontext(client)
     httpx = _httpx()
     limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-    return httpx.Client(timeout=timeout, limits=limits)
+    return httpx.Client(timeout=timeout, limits=limits, verify=_tls())
 
 
 def upload_plan(
