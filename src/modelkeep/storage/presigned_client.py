@@ -334,7 +334,7 @@ class PartSender:
         self._fill = 0
         self._number = 0
         self._free: list[bytearray] = []
-        self._in_flight: deque[tuple[bytearray, Future[str | None]]] = deque()
+        self._in_flight: deque[tuple[bytearray | None, Future[str | None]]] = deque()
         self._started: Future[Any] | None = None
         self._stack = contextlib.ExitStack()
         self._pool: ThreadPoolExecutor | None = None
@@ -347,22 +347,30 @@ class PartSender:
         return self._started is not None
 
     def write(self, data: Any) -> None:
-        """Take the next bytes of the file (copied: the caller may reuse its buffer)."""
+        """Take the next bytes of the file: copied into a part buffer (the caller may reuse its
+        own), except whole parts of a ``bytes`` object (immutable), sent as they are."""
         if self.error is not None:
             return
         view = memoryview(data).cast("B")
+        stable = type(view.obj) is bytes
         while view.nbytes:
+            if stable and not self._fill and view.nbytes >= self.part_size:
+                if not self._ship(view[: self.part_size]):
+                    return
+                view = view[self.part_size :]
+                continue
             if not self._buf:
                 self._buf = self._free.pop() if self._free else bytearray(self.part_size)
             take = min(view.nbytes, self.part_size - self._fill)
             self._buf[self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
-            if self._fill == self.part_size and not self._ship():
+            if self._fill == self.part_size and not self._ship(memoryview(self._buf)):
                 return
 
-    def _ship(self) -> bool:
-        """Send the filled part; ``False`` once sending has failed."""
+    def _ship(self, body: memoryview) -> bool:
+        """Send ``body`` as the next part (the part buffer's bytes, or a slice of an immutable
+        write); ``False`` once sending has failed."""
         try:
             if self._pool is None:
                 # the pool is shut down (its parts waited for) before the connections close
@@ -372,12 +380,13 @@ class PartSender:
             while len(self._in_flight) >= self.max_in_flight:
                 self._wait_oldest()
             self._number += 1
-            buf, size, number = self._buf, self._fill, self._number
-            self._in_flight.append((buf, self._pool.submit(self._send, number, memoryview(buf)[:size])))
+            owned = self._buf if body.obj is self._buf else None  # a buffer to reuse once sent
+            self._in_flight.append((owned, self._pool.submit(self._send, self._number, body)))
         except BaseException as exc:
             self._fail(exc)
             return False
-        self._buf, self._fill = bytearray(0), 0
+        if owned is not None:
+            self._buf, self._fill = bytearray(0), 0
         return True
 
     def _send(self, number: int, body: memoryview) -> str | None:
@@ -394,7 +403,8 @@ class PartSender:
     def _wait_oldest(self) -> None:
         buf, future = self._in_flight.popleft()
         future.result()
-        self._free.append(buf)
+        if buf is not None:
+            self._free.append(buf)
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -408,10 +418,12 @@ class PartSender:
         or ``None`` when nothing was started or the server takes no upload in parts. A failure is
         raised (the caller then calls :meth:`abort`)."""
         try:
-            if self._started is None or self.error is not None:
+            if self.error is not None:
+                raise self.error
+            if self._started is None:
                 return None
             if self._fill:
-                self._ship()
+                self._ship(memoryview(self._buf)[: self._fill])
             while self._in_flight and self.error is None:
                 try:
                     self._wait_oldest()
