@@ -23,6 +23,7 @@ from modelkeep.errors import StorageError
 from modelkeep.layout import TMP_DIR
 
 from ._http_server import HttpServer, ServerSide, running_server
+from ._presigned_hooks import before_first_part, whole_file
 
 MiB = 1 << 20
 
@@ -200,33 +201,30 @@ def test_a_large_transfer_keeps_the_client_in_bounded_memory(http_server: HttpSe
     assert load_grew < size + 64 * MiB, f"the load grew the client's peak memory by {load_grew / MiB:.0f} MiB"
 
 
+@pytest.mark.parametrize("whole", [False, True])
 def test_a_server_killed_during_a_presigned_upload_commits_nothing(
-    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+    whole: bool, tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL + S3: the server dies while the client sends parts straight to the bucket (to
-    the version's final key, under the claim the plan took). The commit cannot happen (one-line
-    StorageError), the claim and the open multipart upload are gc's once the server is back, and
-    the save succeeds when tried again."""
-    from modelkeep.storage import presigned_client
+    the version's final key, under the claim the plan took), once the first part's URL is out:
+    sent in parts as it is serialized, the next part's URL cannot be had; by a whole-file plan,
+    the commit cannot happen. Either way a one-line StorageError; the claim and the open multipart
+    upload are gc's once the server is back, and the save succeeds when tried again."""
     from tests.conftest import PG_URL, postgres_schema
 
     if PG_URL is None:
         pytest.fail("set MODELKEEP_TEST_POSTGRES_URL: this test needs PostgreSQL")
-    upload_plan = presigned_client.upload_plan
     model = {"w": np.random.default_rng(5).random(20 * MiB // 8)}  # two parts: a multipart upload
     with postgres_schema() as schema:
         side = ServerSide(s3_bucket.url(), PG_URL, schema, s3_bucket.storage_options)
         with running_server(side, tmp_path / "first") as server, server.client() as client:
-
-            def dying(plan: Any, source: Any, **kwargs: Any) -> Any:
-                server.kill()  # the plan is out; the parts go to the bucket without the server
-                return upload_plan(plan, source, **kwargs)
-
-            monkeypatch.setattr(presigned_client, "upload_plan", dying)
-            with pytest.raises(StorageError) as caught:
-                client.save_version(model, "big", compress=False)
+            whole_file(client, whole)
+            with monkeypatch.context() as m:
+                # the first part's URL is out; the parts go to the bucket without the server
+                before_first_part(m, lambda _url: server.kill())
+                with pytest.raises(StorageError) as caught:
+                    client.save_version(model, "big", compress=False)
             assert "\n" not in str(caught.value) and server.url in str(caught.value)
-        monkeypatch.setattr(presigned_client, "upload_plan", upload_plan)
         with running_server(side, tmp_path / "second") as server, server.client() as client:
             assert "big" not in client.list_models()
             with server.direct() as direct:

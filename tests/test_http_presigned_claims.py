@@ -13,19 +13,27 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
 
-from modelkeep.errors import MetadataError, PermissionDeniedError, SaveInProgressError
+from modelkeep.errors import (
+    IntegrityError,
+    MetadataError,
+    PermissionDeniedError,
+    SaveInProgressError,
+    SerializationError,
+    UploadTooLargeError,
+)
 from modelkeep.index import claims
 from modelkeep.index.claims import list_claims
 from modelkeep.layout import TMP_DIR
-from modelkeep.storage import S3Store, presigned_client
-from modelkeep.storage.presigned import UploadPlan
+from modelkeep.storage import S3Store, presigned, presigned_client
 from modelkeep.storage.s3 import MIN_PART_SIZE
 
 from ._http_server import HttpServer, ServerSide, running_server
+from ._presigned_hooks import before_first_part, whole_file
 
 MiB = 1 << 20
 pytestmark = pytest.mark.postgres
@@ -45,11 +53,12 @@ def pg_s3_server(tmp_path: Path, s3_bucket: Any) -> Iterator[HttpServer]:
 
 
 def _big(seed: int) -> dict[str, np.ndarray]:
-    return {"w": np.random.default_rng(seed).random(20 * MiB // 8)}  # two 16 MiB parts: multipart
+    return {"w": np.random.default_rng(seed).random(20 * MiB // 8)}  # over one part either way: multipart
 
 
+@pytest.mark.parametrize("whole", [False, True])  # sent in parts as serialized; by a whole-file plan
 def test_a_large_save_claims_its_version_at_the_plan_and_uploads_to_its_final_key(
-    pg_s3_server: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+    whole: bool, pg_s3_server: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the client uploads, its version is claimed (a second client asking for it gets the
     usual conflict; an automatic version skips it) and the parts go to the version's final key;
@@ -58,28 +67,28 @@ def test_a_large_save_claims_its_version_at_the_plan_and_uploads_to_its_final_ke
     move = S3Store.move
     monkeypatch.setattr(S3Store, "move", lambda self, a, b: moved.append((a, b)) or move(self, a, b))
     seen: dict[str, Any] = {}
-    upload_plan = presigned_client.upload_plan
     model = _big(1)
 
     with pg_s3_server.client(cache_max_bytes=0) as c, pg_s3_server.client(cache_max_bytes=0) as other:
+        whole_file(c, whole)
 
-        def watched(plan: Any, source: Any, **kwargs: Any) -> Any:
-            seen["plan"] = UploadPlan.from_json(plan)
+        def watched(url: str) -> None:
+            seen["url"] = url
             assert pg_s3_server.served is not None
             seen["claims"] = [(i.model_name, i.version) for i in list_claims(pg_s3_server.served.index)]
             with pytest.raises(SaveInProgressError, match="in progress"):
                 other.save_version({"w": np.zeros(3)}, "big", version="1.0.0")
             seen["auto"] = other.save_version({"w": np.zeros(3)}, "big").version
-            return upload_plan(plan, source, **kwargs)
 
-        monkeypatch.setattr(presigned_client, "upload_plan", watched)
-        rec = c.save_version(model, "big", version="1.0.0", compress=False)
-        monkeypatch.setattr(presigned_client, "upload_plan", upload_plan)
+        with monkeypatch.context() as m:
+            before_first_part(m, watched)
+            rec = c.save_version(model, "big", version="1.0.0", compress=False)
         assert np.array_equal(c.load("big", "1.0.0")["w"], model["w"])
         assert c.keyring.check(c.get_version("big", "1.0.0")).trusted
 
-    plan = seen["plan"]
-    assert plan.kind == "multipart" and plan.key == rec.artifact.key == "big/1.0.0/big_v1.0.0.joblib"
+    assert rec.artifact.key == "big/1.0.0/big_v1.0.0.joblib"
+    assert presigned_client.where(seen["url"]).endswith("/models/big/1.0.0/big_v1.0.0.joblib")
+    assert {"uploadId", "partNumber"} <= set(parse_qs(urlsplit(seen["url"]).query))  # a multipart upload's part
     assert seen["claims"] == [("big", "1.0.0")] and seen["auto"] == "1.0.1"
     assert [m for m in moved if rec.artifact.key in m] == []  # completed in place, not copied there
     assert s3_bucket.pending_uploads() == []
@@ -216,3 +225,126 @@ def test_a_large_overwrite_needs_a_maintainer_and_replaces_the_artifact_in_place
     with pg_s3_server.direct() as d:
         assert list_claims(d.index) == []
         assert d.verify().ok
+
+
+# -- an upload in parts: each part's URL asked for (and signed with its SHA-256) as it is serialized --
+
+
+def _part(data: bytes, number: int, part_size: int) -> dict[str, Any]:
+    chunk = data[(number - 1) * part_size : number * part_size]
+    return {"number": number, "size": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()}
+
+
+def test_part_urls_are_signed_one_by_one_for_their_upload_and_owner_only(
+    pg_s3_server: HttpServer, s3_bucket: Any
+) -> None:
+    """``POST /uploads/parts`` claims the version and starts the multipart upload at its final key
+    with no part URL; each part's URL is then signed for the SHA-256 and size declared for it.
+    Refused: a part number out of S3's range, a part larger than the part size, a malformed
+    SHA-256, a part declared again with other bytes, another user's request, and any part once
+    the upload was dropped (its multipart upload aborted, its claim released)."""
+    data = np.random.default_rng(11).bytes(MIN_PART_SIZE + 7)
+    start = {"model": "m", "version": "3.0.0", "extension": ".joblib", "part_size": MIN_PART_SIZE}
+    writer = pg_s3_server.add_user("wanda", "writer")
+    with pg_s3_server.client() as c, pg_s3_server.client(writer) as other, pg_s3_server.direct() as d:
+        started = c.request("POST", "/uploads/parts", json=start)
+        assert started["plan"] == {"version": "3.0.0", "key": "m/3.0.0/m_v3.0.0.joblib"}
+        assert [(i.model_name, i.version) for i in list_claims(d.index)] == [("m", "3.0.0")]
+        assert s3_bucket.pending_uploads() == ["models/m/3.0.0/m_v3.0.0.joblib"]
+        parts = f"/uploads/{started['upload']}/parts"
+        first = _part(data, 1, MIN_PART_SIZE)
+        for bad in ({**first, "number": 0}, {**first, "number": 10_001}, {**first, "size": MIN_PART_SIZE + 1}):
+            with pytest.raises(MetadataError):
+                c.request("POST", parts, json=bad)
+        with pytest.raises(MetadataError):
+            c.request("POST", parts, json={**first, "sha256": "not hex"})
+        signed = c.request("POST", parts, json=first)
+        assert signed["number"] == 1 and "X-Amz-Signature=" in signed["url"]
+        assert signed["headers"]["x-amz-checksum-sha256"] == presigned.b64_sha256(first["sha256"])
+        assert c.request("POST", parts, json=first)["headers"] == signed["headers"]  # asked again: same part
+        with pytest.raises(MetadataError, match="other bytes"):
+            c.request("POST", parts, json={**first, "sha256": hashlib.sha256(b"other").hexdigest()})
+        with pytest.raises(MetadataError, match="no pending upload"):
+            other.request("POST", parts, json=_part(data, 2, MIN_PART_SIZE))  # not its upload
+        c.request("DELETE", f"/uploads/{started['upload']}")
+        with pytest.raises(MetadataError, match="no pending upload"):
+            c.request("POST", parts, json=_part(data, 2, MIN_PART_SIZE))
+        assert s3_bucket.pending_uploads() == [] and list_claims(d.index) == []
+
+
+def test_a_save_in_parts_with_a_part_never_sent_commits_nothing_and_its_parts_close_at_the_commit(
+    pg_s3_server: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose second part's URL was signed but whose bytes never reached the bucket: the
+    commit finds the part missing, aborts the upload and releases the claim; nothing is committed.
+    An honest save then commits, and its upload takes no part URL any more."""
+    put = presigned_client._put_part
+
+    def lost(client: Any, url: str, *args: Any) -> str:
+        if parse_qs(urlsplit(url).query)["partNumber"] == ["2"]:
+            return '"lost"'
+        return put(client, url, *args)
+
+    model = _big(12)
+    with pg_s3_server.client(cache_max_bytes=0) as c:
+        with monkeypatch.context() as m:
+            m.setattr(presigned_client, "_put_part", lost)
+            with pytest.raises(IntegrityError, match=r"part\(s\) \[2\] of \d+ were never uploaded"):
+                c.save_version(model, "big", compress=False)
+        assert "big" not in c.list_models()
+        assert s3_bucket.pending_uploads() == [] and not s3_bucket.object_keys("models/big/")
+        sent: list[dict[str, Any]] = []
+        finish = presigned_client.PartSender.finish
+        monkeypatch.setattr(presigned_client.PartSender, "finish", lambda self: sent.append(finish(self)) or sent[-1])
+        assert c.save_version(model, "big", compress=False).version == "1.0.0"
+        with pytest.raises(MetadataError, match="no pending upload"):
+            c.request("POST", f"/uploads/{sent[0]['upload']}/parts", json=_part(b"x" * 9, 1, MIN_PART_SIZE))
+        assert np.array_equal(c.load("big")["w"], model["w"])
+    with pg_s3_server.direct() as d:
+        assert list_claims(d.index) == [] and d.verify().ok
+
+
+def test_an_upload_in_parts_is_held_to_the_upload_cap_part_by_part(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's cap holds before any byte goes to the bucket: no part URL is signed for bytes
+    past it (413, naming the limit), and a save over it fails in one line with its claim released."""
+    side = ServerSide(s3_bucket.url(), f"sqlite:///{tmp_path / 'index.db'}", storage_options=s3_bucket.storage_options)
+    with running_server(side, tmp_path / "server", args=("--max-upload-size", "24MiB")) as server:
+        with server.client(cache_max_bytes=0) as c, server.direct() as d:
+            start = {"model": "m", "extension": ".joblib", "part_size": MIN_PART_SIZE}
+            started = c.request("POST", "/uploads/parts", json=start)
+            parts = f"/uploads/{started['upload']}/parts"
+            data = b"y" * MIN_PART_SIZE
+            for n in range(1, 5):  # 20 MiB: under the cap
+                c.request("POST", parts, json=_part(data * 5, n, MIN_PART_SIZE))
+            with pytest.raises(UploadTooLargeError, match="--max-upload-size"):
+                c.request("POST", parts, json=_part(data * 5, 5, MIN_PART_SIZE))
+            c.request("DELETE", f"/uploads/{started['upload']}")
+            with pytest.raises(UploadTooLargeError) as caught:
+                c.save_version({"w": np.random.default_rng(13).random(40 * MiB // 8)}, "big", compress=False)
+            assert "\n" not in str(caught.value)
+            assert "big" not in c.list_models() and list_claims(d.index) == []
+        assert s3_bucket.pending_uploads() == []
+
+
+def test_a_save_that_fails_to_serialize_after_its_first_parts_leaves_no_claim_and_no_upload(
+    pg_s3_server: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload in parts starts (the version claimed, parts sent) before the artifact is whole: a
+    model whose serialization fails after 20 MiB went out drops the upload, so its parts are
+    aborted, its claim released and the version free for the next save."""
+
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise TypeError("not today")
+
+    sent: list[str] = []
+    with pg_s3_server.client(cache_max_bytes=0) as c, pg_s3_server.direct() as d:
+        with monkeypatch.context() as m, pytest.raises(SerializationError, match="not today"):
+            before_first_part(m, sent.append)
+            c.save_version({**_big(14), "z": Unpicklable()}, "big", version="1.0.0", compress=False)
+        assert len(sent) == 1  # a part had gone to the bucket
+        assert list_claims(d.index) == [] and "big" not in d.list_models()
+        assert s3_bucket.pending_uploads() == [] and not s3_bucket.object_keys("models/big/")
+        assert c.save_version(_big(14), "big", version="1.0.0", compress=False).version == "1.0.0"

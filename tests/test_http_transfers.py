@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modelkeep import ModelPersistence, keys
+from modelkeep.api.client_transfers import STREAMED_PART
 from modelkeep.api.transfers import EXPECTED_HEADER, UPLOAD_CHUNK
 from modelkeep.errors import (
     IntegrityError,
@@ -33,6 +34,7 @@ from modelkeep.index.claims import list_claims
 from modelkeep.layout import TMP_DIR
 
 from ._http_server import HttpServer, ServerSide, running_server
+from ._presigned_hooks import tamper_parts, whole_file
 
 FORMATS = ["joblib", "pickle", "skops", "native"]
 
@@ -358,8 +360,8 @@ def test_large_saves_and_loads_go_straight_to_the_bucket(
     from modelkeep.storage import presigned_client
 
     used: list[str] = []
-    plan_upload, download_ranges = presigned_client.upload_plan, presigned_client.download_ranges
-    monkeypatch.setattr(presigned_client, "upload_plan", lambda *a, **k: used.append("put") or plan_upload(*a, **k))
+    put_part, download_ranges = presigned_client._put_part, presigned_client.download_ranges
+    monkeypatch.setattr(presigned_client, "_put_part", lambda *a, **k: used.append("put") or put_part(*a, **k))
     monkeypatch.setattr(
         presigned_client, "download_ranges", lambda *a, **k: used.append("get") or download_ranges(*a, **k)
     )
@@ -371,7 +373,7 @@ def test_large_saves_and_loads_go_straight_to_the_bucket(
             assert (c.load(f"pipe-{fmt}").predict(X) == pipe.predict(X)).all()
         assert used == []  # small artifacts stream through the server, both ways
         rec = c.save_version(big, "big", compress=False)
-        assert used.count("put") == 1
+        assert used.count("put") == -(-rec.artifact.size // STREAMED_PART)  # its parts, sent as serialized
         assert np.array_equal(c.load("big")["w"], big["w"])
         assert "get" in used
         assert c.keyring.check(c.get_version("big")).trusted
@@ -380,28 +382,19 @@ def test_large_saves_and_loads_go_straight_to_the_bucket(
         assert d.get_version("big").signature == rec.signature
 
 
-@pytest.mark.parametrize("mib", [10, 20])
+@pytest.mark.parametrize(("mib", "whole"), [(10, True), (20, False), (20, True)])
 def test_a_presigned_upload_of_other_bytes_is_refused_at_the_commit(
-    mib: int, http_server_pg_s3: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+    mib: int, whole: bool, http_server_pg_s3: HttpServer, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """moto does not enforce the signed checksums: the server reads the upload back and refuses
-    bytes other than those declared, and nothing is committed. 10 MiB is one presigned PUT, staged
-    under .tmp/; 20 MiB is a multipart upload to the version's final key under its claim, whose
-    object the refusal removes, releasing the claim (the version is free for the next save)."""
-    from modelkeep.storage import presigned_client
-
-    plan_upload = presigned_client.upload_plan
-
-    def tampered(plan: Any, source: Any, **kwargs: Any) -> Any:
-        data = bytearray(Path(source).read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        evil = Path(source).with_suffix(".evil")
-        evil.write_bytes(bytes(data))
-        return plan_upload(plan, evil, **kwargs)
-
-    monkeypatch.setattr(presigned_client, "upload_plan", tampered)
+    bytes other than those declared, and nothing is committed. 10 MiB by a whole-file plan is one
+    presigned PUT, staged under .tmp/; 20 MiB is a multipart upload to the version's final key under its claim (sent in
+    parts as it is serialized, or by a whole-file plan), whose object the refusal removes, releasing
+    the claim (the version is free for the next save)."""
+    tamper_parts(monkeypatch)
     big = {"w": np.random.default_rng(4).random(mib * (1 << 20) // 8)}
     with http_server_pg_s3.client() as c:
+        whole_file(c, whole)
         with pytest.raises(IntegrityError):
             c.save_version(big, "big", compress=False)
         assert "big" not in c.list_models()
@@ -410,7 +403,7 @@ def test_a_presigned_upload_of_other_bytes_is_refused_at_the_commit(
     with http_server_pg_s3.direct() as d:
         assert d.verify().ok
         assert list_claims(d.index) == []
-    monkeypatch.setattr(presigned_client, "upload_plan", plan_upload)
+    monkeypatch.undo()
     with http_server_pg_s3.client() as c:
         assert c.save_version(big, "big", compress=False).version == "1.0.0"
 

@@ -42,6 +42,7 @@ from modelkeep.storage.presigned import (
 )
 from modelkeep.storage.presigned_client import UrlSource, declare, download_ranges, upload_plan
 from tests._http_server import HttpServer, ServerSide, running_server
+from tests._presigned_hooks import send_other_bytes, tamper_parts, whole_file
 from tests.s3_proxy import s3_rules
 from tests.s3_server import FaultProxy, S3Bucket, s3_options
 
@@ -426,38 +427,37 @@ def _staged_reads(proxy: FaultProxy) -> list[str]:
     return [path for method, path in proxy.requests if method == "GET" and "/.tmp/" in path and "uploadId=" not in path]
 
 
-@pytest.mark.parametrize("mib", [10, 40])  # one PUT; three parts of 16 MiB
+@pytest.mark.parametrize(
+    ("mib", "whole"),
+    [(10, True), (40, False), (40, True)],  # one PUT; parts, sent as serialized or by a whole-file plan
+)
 def test_through_the_server_s3_refuses_other_bytes_than_declared_and_nothing_is_committed(
-    mib: int, strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+    mib: int,
+    whole: bool,
+    strict_server: HttpServer,
+    strict_s3: FaultProxy,
+    s3_bucket: S3Bucket,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A client that declares its file's digests and PUTs other bytes by the presigned URLs: the
-    enforcing store refuses them (so the server, which reads nothing back there, never sees them),
-    the save fails in one line, nothing is committed or left staged; honest bytes then save and
-    load, with no byte read back by the server."""
-    from modelkeep.storage import presigned_client
-
-    honest_upload = presigned_client.upload_plan
-
-    def tampered(plan: Any, source: Any, **kwargs: Any) -> Any:
-        data = bytearray(Path(source).read_bytes())
-        data[len(data) // 2] ^= 0xFF  # the declared digests are the honest file's
-        evil = Path(source).with_suffix(".evil")
-        evil.write_bytes(bytes(data))
-        return honest_upload(plan, evil, **kwargs)
-
+    """A client that declares its file's digests (or each part's, as it sends them) and PUTs other
+    bytes by the presigned URLs: the enforcing store refuses them (so the server, which reads nothing
+    back there, never sees them), the save fails in one line, nothing is committed or left staged,
+    the version's claim is released; honest bytes then save and load, with no byte read back."""
     big = {"w": np.random.default_rng(mib).random(mib * MiB // 8)}
     with strict_server.client(cache_max_bytes=0) as c:
-        monkeypatch.setattr(presigned_client, "upload_plan", tampered)
-        with pytest.raises(StorageError, match="did not match their declared SHA-256") as info:
-            c.save_version(big, "big", compress=False)
+        whole_file(c, whole)
+        with monkeypatch.context() as m:
+            tamper_parts(m)
+            with pytest.raises(StorageError, match="did not match their declared SHA-256") as info:
+                c.save_version(big, "big", compress=False)
         assert "\n" not in str(info.value) and "X-Amz-Signature" not in str(info.value)
         assert "big" not in c.list_models()
-        assert [status for _, _, status in strict_s3.injected] == [400]  # BadDigest, from the store
+        assert {status for _, _, status in strict_s3.injected} == {400}  # BadDigest, from the store
         assert s3_bucket.pending_uploads() == []
         assert not [k for k in s3_bucket.object_keys("models/") if "/.tmp/" in f"/{k}" or "big" in k]
-        monkeypatch.setattr(presigned_client, "upload_plan", honest_upload)
         strict_s3.requests.clear()
         rec = c.save_version(big, "big", compress=False)
+        assert rec.version == "1.0.0"  # the failed save's claim was released
         assert _staged_reads(strict_s3) == []  # S3 checked the bytes; the server read none back
         assert np.array_equal(c.load("big")["w"], big["w"])
     with strict_server.direct() as d:
@@ -465,34 +465,41 @@ def test_through_the_server_s3_refuses_other_bytes_than_declared_and_nothing_is_
         assert d.verify().ok
 
 
-def test_parts_declared_for_other_bytes_than_the_record_commit_nothing_a_load_takes(
-    strict_server: HttpServer, strict_s3: FaultProxy, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Where S3 checks each part, the server reads nothing back, so the whole file's digests
-    in the record are the writer's word: a writer that declares the parts of other bytes than
-    those its record names gets them stored (S3 checked only the parts), and no load, through
-    the server or direct, ever returns them; ``verify`` reports the version."""
+def _declare_other_bytes(monkeypatch: pytest.MonkeyPatch, whole: bool) -> None:
+    """A writer that declares (and sends) the parts of another file than the one its record names:
+    by the whole-file plan, or as it serializes (byte 20 MiB flipped, in the second part)."""
+    if not whole:
+        send_other_bytes(monkeypatch, 20 * MiB)
+        return
     from modelkeep.storage import presigned_client
 
     honest_declare, honest_upload = presigned_client.declare, presigned_client.upload_plan
 
-    def evil_of(path: Path) -> Path:
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        evil = path.with_suffix(".evil")
-        evil.write_bytes(bytes(data))
-        return evil
-
     def declare_other(source: Any, part_size: int, *, sha256: str | None = None) -> Any:
-        return honest_declare(evil_of(Path(source)), part_size, sha256=sha256)  # the record's SHA-256
+        data = bytearray(Path(source).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        Path(source).with_suffix(".evil").write_bytes(bytes(data))
+        return honest_declare(Path(source).with_suffix(".evil"), part_size, sha256=sha256)  # the record's SHA-256
 
     def upload_other(plan: Any, source: Any, **kwargs: Any) -> Any:
         return honest_upload(plan, Path(source).with_suffix(".evil"), **kwargs)
 
     monkeypatch.setattr(presigned_client, "declare", declare_other)
     monkeypatch.setattr(presigned_client, "upload_plan", upload_other)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_parts_declared_for_other_bytes_than_the_record_commit_nothing_a_load_takes(
+    whole: bool, strict_server: HttpServer, strict_s3: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where S3 checks each part, the server reads nothing back, so the whole file's digests
+    in the record are the writer's word: a writer that declares the parts of other bytes than
+    those its record names gets them stored (S3 checked only the parts), and no load, through
+    the server or direct, ever returns them; ``verify`` reports the version."""
+    _declare_other_bytes(monkeypatch, whole)
     big = {"w": np.random.default_rng(9).random(40 * MiB // 8)}
     with strict_server.client(cache_max_bytes=0) as c:
+        whole_file(c, whole)
         c.save_version(big, "big", compress=False)
         assert [status for *_, status in strict_s3.injected] == [400, 400]  # only the server's probe of the store
         assert _staged_reads(strict_s3) == []  # S3 took the parts (they match their checksums), nothing read back
@@ -515,8 +522,9 @@ def lenient_server(s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path)
         yield server
 
 
+@pytest.mark.parametrize("whole", [False, True])
 def test_on_a_lenient_store_the_parts_are_checked_by_their_composite_and_the_record_is_the_writers_word(
-    lenient_server: HttpServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+    whole: bool, lenient_server: HttpServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Why the server need not read a large upload back on a store that does not enforce the signed
     checksums but measures them (moto): what it must not commit is parts other than those planned
@@ -527,27 +535,14 @@ def test_on_a_lenient_store_the_parts_are_checked_by_their_composite_and_the_rec
     load reads and checks them anyway. A writer that declares the parts of other bytes than its
     record names gets them committed with no byte read back, and no load returns them;
     ``verify`` reports the version. An honest save reads nothing back either."""
-    from modelkeep.storage import presigned_client
-
-    honest_declare, honest_upload = presigned_client.declare, presigned_client.upload_plan
     big = {"w": np.random.default_rng(10).random(40 * MiB // 8)}
     with lenient_server.client(cache_max_bytes=0) as c:
+        whole_file(c, whole)
         fault_proxy.requests.clear()
         c.save_version(big, "honest", compress=False)
         assert _object_reads(fault_proxy) == []  # the parts' composite matched: nothing read back
         assert np.array_equal(c.load("honest")["w"], big["w"])
-
-        def declare_other(source: Any, part_size: int, *, sha256: str | None = None) -> Any:
-            data = bytearray(Path(source).read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            Path(source).with_suffix(".evil").write_bytes(bytes(data))
-            return honest_declare(Path(source).with_suffix(".evil"), part_size, sha256=sha256)  # the record's SHA-256
-
-        def upload_other(plan: Any, source: Any, **kwargs: Any) -> Any:
-            return honest_upload(plan, Path(source).with_suffix(".evil"), **kwargs)
-
-        monkeypatch.setattr(presigned_client, "declare", declare_other)
-        monkeypatch.setattr(presigned_client, "upload_plan", upload_other)
+        _declare_other_bytes(monkeypatch, whole)
         fault_proxy.requests.clear()
         c.save_version(big, "big", compress=False)
         assert _object_reads(fault_proxy) == []  # the parts are those declared: nothing read back

@@ -55,8 +55,13 @@ UPLOAD_READ = 1 << 20
 PRESIGNED_MIN = 8 << 20
 #: Artifacts up to this size are saved in one request (the server's limit, :data:`.transfers.INLINE_MAX`).
 INLINE_MAX = 1 << 20
-#: Part size of a presigned multipart upload.
+#: Part size of a presigned multipart upload planned for a whole file (``POST /uploads/presigned``).
 PRESIGNED_PART = 16 << 20
+#: Part size of an upload in parts, sent as the artifact is serialized (``POST /uploads/parts``): as a
+#: direct save's parts, so the first goes out as early and the last (sent once serializing ends) is as short.
+STREAMED_PART = 8 << 20
+#: Parts of an upload in parts in flight at once (memory: this many parts, and the one being filled).
+STREAMED_IN_FLIGHT = 8
 #: How many times a save plans and signs again when other writers keep taking its version.
 COMMIT_ATTEMPTS = 8
 
@@ -262,17 +267,18 @@ class TransferMixin:
         one after its last save), so a small save signs for it and goes in one request."""
         return {}
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, *, missing: str = "_inline_ok", **kwargs: Any) -> Any:
         """One request's response (a lost or silent server raises :class:`StorageError`), or
-        ``None`` when the server predates the route (answered before :meth:`decode` is tried)."""
+        ``None`` when the server predates the route (answered before :meth:`decode` is tried; the
+        attribute ``missing`` then says so, for the next saves and loads)."""
         httpx = _httpx()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:  # timeouts included
             raise transport_error(self.url, exc) from None
         no_route = response.status_code in (404, 405) and "json" not in response.headers.get("content-type", "")
-        if no_route:  # an older server: save and load the two-request way from now on
-            self._inline_ok = False
+        if no_route:  # an older server: the older way from now on (two requests, a whole-file plan)
+            setattr(self, missing, False)
             return None
         return response
 
@@ -398,26 +404,35 @@ class TransferMixin:
 
                 scratch = _Scratch(stack.enter_context(tempfile.TemporaryDirectory(prefix="modelkeep-upload-")))
                 blobs = BlobStore(scratch)
+            ext = fmt.extension(compression)
             with scratch.staged() as staged:
-                draft = saving.serialize(
-                    model,
-                    model_name,
-                    fmt,
-                    compression,
-                    staged,
-                    no_advance,
-                    custom=custom_fields,
-                    described=described,
-                    blobs=blobs,
-                    trusted_types=s.trusted_types,
-                )
+                # A large artifact goes to an S3 store's bucket part by part as it is serialized.
+                sender = None if blobs is not None else self._part_sender(model_name, version, overwrite, ext)
+                if sender is not None:
+                    staged.tee = sender.write
+                try:
+                    draft = saving.serialize(
+                        model,
+                        model_name,
+                        fmt,
+                        compression,
+                        staged,
+                        no_advance,
+                        custom=custom_fields,
+                        described=described,
+                        blobs=blobs,
+                        trusted_types=s.trusted_types,
+                    )
+                    sent = sender.finish() if sender is not None else None
+                except BaseException:
+                    if sender is not None:
+                        sender.abort()
+                    raise
                 if blobs is not None:
                     self._upload_blobs(scratch, draft)
                 path = scratch.local_path(staged.tmp_key)
                 assert path is not None
-                record = self._upload_and_commit(
-                    path, draft, version, overwrite, created_at, fmt.extension(compression)
-                )
+                record = self._upload_and_commit(path, draft, version, overwrite, created_at, ext, sent)
         # one line per save, as a local registry logs it (the server logs trashing and purging)
         logger.info(
             "saved %s version %s (%d bytes, %s) to %s in %.1f ms",
@@ -450,18 +465,69 @@ class TransferMixin:
                     headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
                 )
 
+    def _part_sender(self, name: str, version: str | None, overwrite: bool, ext: str) -> Any:
+        """A :class:`~modelkeep.storage.presigned_client.PartSender` that sends this save's artifact
+        to the server's bucket as it is serialized, once it fills a part (``POST /uploads/parts``
+        claims the version and starts the upload; ``POST /uploads/{upload}/parts`` signs each part
+        with its SHA-256); ``None`` when the server is known to take no upload in parts."""
+        if not getattr(self, "_presigned_ok", True) or not getattr(self, "_parts_ok", True):
+            return None
+        from ..errors import ConfigError
+        from ..storage.presigned_client import PartSender
+
+        body = {"model": name, "version": version or "", "overwrite": overwrite, "extension": ext}
+
+        def start() -> dict[str, Any] | None:
+            response = self._send(
+                "POST", "/uploads/parts", missing="_parts_ok", json={**body, "part_size": STREAMED_PART}
+            )
+            if response is None:  # an older server: the presigned plan of a whole file (below)
+                return None
+            try:
+                answer: dict[str, Any] = self.decode(response)
+            except ConfigError:  # not an S3 store: stream through the server from now on
+                self._presigned_ok = False
+                return None
+            return answer
+
+        def sign(answer: dict[str, Any], number: int, size: int, sha256: str) -> dict[str, Any]:
+            part = {"number": number, "size": size, "sha256": sha256}
+            signed: dict[str, Any] = self.request("POST", f"/uploads/{answer['upload']}/parts", json=part)
+            return signed
+
+        def drop(answer: dict[str, Any]) -> None:
+            self.request("DELETE", f"/uploads/{answer['upload']}")
+
+        return PartSender(
+            start,
+            sign,
+            drop,
+            STREAMED_PART,
+            max_in_flight=STREAMED_IN_FLIGHT,
+            timeout=self._http.timeout.read or 60.0,
+        )
+
     def _upload_and_commit(
-        self, path: Path, draft: ModelMetadata, version: str | None, overwrite: bool, created_at: str | None, ext: str
+        self,
+        path: Path,
+        draft: ModelMetadata,
+        version: str | None,
+        overwrite: bool,
+        created_at: str | None,
+        ext: str,
+        sent: dict[str, Any] | None = None,
     ) -> ModelMetadata:
+        """Send the artifact at ``path`` (unless ``sent``: the answer of an upload in parts that
+        already sent it) and commit it, signed for the version and key the server plans."""
         from .transfers import EXPECTED_HEADER
 
         assert draft.artifact is not None
         art = draft.artifact
         name = draft.model_name
         plan_params = {"version": version or "", "overwrite": "1" if overwrite else "", "extension": ext}
-        answer = None
+        answer = sent
         # one request for a small artifact, unless it is big enough to go to the bucket directly
-        if art.size <= INLINE_MAX and art.size < PRESIGNED_MIN and getattr(self, "_inline_ok", True):
+        if answer is None and art.size <= INLINE_MAX and art.size < PRESIGNED_MIN and getattr(self, "_inline_ok", True):
             one = self._save_inline(path, draft, version, overwrite, created_at, ext)
             if isinstance(one, ModelMetadata):
                 return one

@@ -110,6 +110,8 @@ PRESIGNED_GET_MIN = 8 << 20
 PRESIGNED_GET_SECONDS = 900
 #: Header of a redirect to a presigned download: the artifact's size.
 SIZE_HEADER = "X-Modelkeep-Size"
+#: Seconds a part URL of an upload in parts works.
+PART_URL_SECONDS = 3600
 #: Seconds an upload waits for its commit.
 UPLOAD_TTL = 3600.0
 #: Artifacts up to this size are saved in one request (``POST /models/{name}/save``) and come
@@ -138,6 +140,9 @@ class Upload:
     #: taken when the upload was planned, and what keeps its lease alive until the commit.
     claim: VersionClaim | None = None
     lease: contextlib.ExitStack | None = None
+    #: For an upload whose parts are declared one at a time (``POST /uploads/parts``): part number
+    #: -> ``(size, SHA-256)`` as declared when its URL was signed; ``None`` for any other upload.
+    parts: dict[int, tuple[int, str]] | None = None
 
 
 def stale(message: str) -> VersionExistsError:
@@ -666,11 +671,10 @@ class Transfers:
         claim goes stale and ``gc`` aborts the upload, as a killed direct save's."""
         from ..storage.presigned import plan_upload
 
-        name, version, overwrite, extension = plan_for
-        slot, key = self.api.p.claim_upload(name, version, extension, overwrite=overwrite)
-        lease = contextlib.ExitStack()
-        try:
-            upload.presigned = plan_upload(
+        return self._claimed(
+            upload,
+            plan_for,
+            lambda key: plan_upload(
                 self.s3,
                 upload.size,
                 sha256=upload.sha256,
@@ -678,13 +682,119 @@ class Transfers:
                 part_size=part_size,
                 staging_key=key,
                 final=True,
-            )
+            ),
+        )
+
+    def _claimed(
+        self, upload: Upload, plan_for: tuple[str, str | None, bool, str], start: Callable[[str], Any]
+    ) -> dict[str, str]:
+        """Claim the version ``plan_for`` names, start ``upload``'s multipart upload at its final key
+        (``start(key)`` gives the plan), and keep the claim's lease alive for at most :data:`UPLOAD_TTL`."""
+        name, version, overwrite, extension = plan_for
+        slot, key = self.api.p.claim_upload(name, version, extension, overwrite=overwrite)
+        lease = contextlib.ExitStack()
+        try:
+            upload.presigned = start(key)
             lease.enter_context(slot.kept_alive(until=time.monotonic() + UPLOAD_TTL))
         except BaseException:
             slot.abandon([], lambda _key: None)  # nothing was written under the key
             raise
         upload.claim, upload.lease = slot, lease
         return {"version": slot.version, "key": key}
+
+    async def upload_parts(self, request: Request) -> Response:
+        """Start an upload straight to S3 whose parts are declared one at a time, as the client
+        serializes: the version is claimed and a multipart upload created at its final key, with no
+        part URL yet (``POST /uploads/{upload}/parts`` signs each; the commit says the file's size
+        and digests, and completes the parts declared, checked as any presigned upload's)."""
+        from ..storage.presigned import _check_s3, start_parts
+        from .endpoint import read_json
+
+        self._expire()
+        _check_s3(self.s3)  # before any claim: a store that is not S3 streams through the server
+        body = await read_json(request)
+        name = validate_model_name(str(body.get("model", "")))
+        self._may_upload(request, name)
+        version = validate_version(str(body["version"])) if body.get("version") else None
+        extension = str(body.get("extension", ""))
+        if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
+            raise MetadataError(f"bad artifact extension {extension!r}")
+        part_size = body.get("part_size")
+        if type(part_size) is not int:
+            raise MetadataError("an upload in parts needs a part_size (bytes)")
+        upload = Upload("", 0, "", None, self._user(request), parts={})
+        plan_for = (name, version, bool(body.get("overwrite")), extension)
+        out: dict[str, Any] = {"upload": uuid.uuid4().hex, "part_size": part_size}
+        out["plan"] = await self.api.call(
+            request, self._claimed, upload, plan_for, lambda key: start_parts(self.s3, key, part_size=part_size)
+        )
+        upload.tmp_key = upload.presigned.key
+        self._put_back(out["upload"], upload)
+        return _json(out, 201)
+
+    async def sign_part(self, request: Request) -> Response:
+        """The presigned URL of one part of an upload started by ``POST /uploads/parts``, signed
+        with the SHA-256 the client declares for it (S3 refuses other bytes); a part number out of
+        range, past the upload cap, or declared before with other bytes is refused, as is any part
+        of an upload that was committed, dropped or expired."""
+        from ..storage.presigned import MAX_PARTS, sign_part
+        from .endpoint import read_json
+
+        body = await read_json(request)
+        upload_id = str(request.path_params["upload"])
+        with self._lock:
+            upload = self.uploads.get(upload_id)
+        if upload is None or upload.user != self._user(request) or upload.parts is None:
+            raise MetadataError(f"no pending upload in parts {upload_id!r}: it was committed, expired or never made")
+        number, size, sha = body.get("number"), body.get("size"), str(body.get("sha256", ""))
+        part_size = upload.presigned.part_size
+        if type(number) is not int or not 1 <= number <= MAX_PARTS:
+            raise MetadataError(f"a part number is 1 to {MAX_PARTS}, not {number!r}")
+        if type(size) is not int or not 1 <= size <= part_size or not _SHA256.fullmatch(sha):
+            raise MetadataError(f"part {number} needs a size of 1 to {part_size} bytes and a hex sha256")
+        limit = self.api.max_upload_bytes
+        if limit is not None and (number - 1) * part_size + size > limit:
+            raise too_large(limit)
+        with self._lock:
+            if upload.parts.setdefault(number, (size, sha)) != (size, sha):
+                raise MetadataError(f"part {number} of this upload was declared with other bytes")
+        start = (number - 1) * part_size
+        key, upload_ref = upload.presigned.key, upload.presigned.upload_id
+        part = await run_in_threadpool(
+            sign_part, self.s3, key, upload_ref, number, start, start + size, sha, PART_URL_SECONDS
+        )
+        return _json({"number": number, "url": part.url, "headers": part.headers}, 201)
+
+    def _declared(self, upload: Upload, data: Any) -> None:
+        """An upload in parts gets its size and digests from the record the client commits (its
+        signed word, as a presigned plan's declaration is), and the plan to complete: exactly the
+        parts a file of that size cuts into, as declared (:func:`.presigned.declared_plan`)."""
+        from ..storage.presigned import declared_plan
+
+        if upload.parts is None:
+            return
+        art = data.get("artifact") if isinstance(data, dict) else None
+        if (
+            not isinstance(art, dict)
+            or type(art.get("size")) is not int
+            or not _SHA256.fullmatch(str(art.get("sha256")))
+        ):
+            raise MetadataError("the record of an upload in parts needs its artifact's size and sha256")
+        size, sha = int(art["size"]), str(art["sha256"])
+        if self.api.max_upload_bytes is not None and size > self.api.max_upload_bytes:
+            raise too_large(self.api.max_upload_bytes)
+        blake = (art.get("extra") or {}).get(BLAKE3_KEY) if isinstance(art.get("extra"), dict) else None
+        expected = Expected.of(sha, size, {BLAKE3_KEY: blake} if isinstance(blake, dict) else None)
+        if blake is not None and not expected.fast:
+            raise MetadataError("the upload's blake3 record is malformed")
+        with self._lock:
+            declared = dict(upload.parts)
+        for n, (got, _sha) in declared.items():
+            want = min(upload.presigned.part_size, size - (n - 1) * upload.presigned.part_size)
+            if got != want:
+                raise IntegrityError(f"part {n} was declared with {got} bytes; a file of {size} bytes has {want} there")
+        upload.presigned = declared_plan(upload.presigned, size, sha, {n: d for n, (_, d) in declared.items()})
+        upload.size, upload.sha256, upload.blake3 = size, sha, _blake3_record(expected)
 
     def _complete(self, upload: Upload) -> None:
         """Check a presigned upload's staged object against its plan and the declared digests
@@ -740,8 +850,14 @@ class Transfers:
         record must name that version and key. A malformed record leaves the upload pending (the
         client may commit again); any later failure (bytes not those declared, a lost claim) drops
         it, and the claim's clean-up removes what the attempt wrote."""
-        slot, presigned = upload.claim, upload.presigned
-        assert slot is not None and presigned is not None
+        slot = upload.claim
+        assert slot is not None and upload.presigned is not None
+        try:
+            self._declared(upload, body.get("record"))
+        except ModelKeepError:
+            self._put_back(upload_id, upload)  # nothing checked yet: the client may commit again
+            raise
+        presigned = upload.presigned
         try:
             draft = draft_from_client(body.get("record"), name, upload)
             assert draft.artifact is not None
@@ -1068,6 +1184,18 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
     return [
         Endpoint("POST", "/uploads", t.upload, "Stage an artifact's bytes (streamed); answers an upload id and a plan"),
         Endpoint("POST", "/uploads/presigned", t.upload_presigned, "Plan an upload straight to S3 (S3 stores only)"),
+        Endpoint(
+            "POST",
+            "/uploads/parts",
+            t.upload_parts,
+            "Claim a version and start an upload straight to S3 whose parts are signed one by one (S3 stores only)",
+        ),
+        Endpoint(
+            "POST",
+            "/uploads/{upload}/parts",
+            t.sign_part,
+            "The presigned URL of one part of an upload in parts, signed with its declared SHA-256",
+        ),
         Endpoint("DELETE", "/uploads/{upload}", t.discard, "Drop a pending upload"),
         Endpoint("GET", "/models/{name}/plan", t.plan, "The version and artifact key a save would get now"),
         Endpoint(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -222,10 +223,7 @@ def plan_upload(
             url = _presigned(store, "put_object", params, expires)
         part = PartUrl(1, 0, size, whole, url, headers)
         return UploadPlan("single", key, size, max(size, 1), whole, None, (part,), expires_at)
-    if not isinstance(part_size, int) or not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
-        raise ConfigError(
-            f"part_size must be {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes (S3's limits), not {part_size!r}"
-        )
+    _check_part_size(part_size)
     ranges = part_ranges(size, part_size)
     if len(ranges) > MAX_PARTS:
         raise ConfigError(f"{len(ranges)} parts is over S3's {MAX_PARTS}; use a larger part_size")
@@ -235,27 +233,88 @@ def plan_upload(
             f"but {len(part_sha256s)} part_sha256s were declared"
         )
     digests = [_hex_sha256(d, f"part {n} sha256") for n, d in enumerate(part_sha256s, 1)]
-    with store.translated("start an upload to", key):
-        started = store.call("create_multipart_upload", Bucket=bucket, Key=path, ChecksumAlgorithm="SHA256").result()
-        upload_id = str(started["UploadId"])
+    upload_id = _create_multipart(store, key)
     try:
-        parts = []
-        for n, ((start, end), digest) in enumerate(zip(ranges, digests, strict=True), 1):
-            headers = {"x-amz-checksum-sha256": b64_sha256(digest)}
-            params = {
-                "Bucket": bucket,
-                "Key": path,
-                "UploadId": upload_id,
-                "PartNumber": n,
-                "ChecksumSHA256": headers["x-amz-checksum-sha256"],
-            }
-            with store.translated("sign an upload to", key):
-                parts.append(PartUrl(n, start, end, digest, _presigned(store, "upload_part", params, expires), headers))
+        parts = [
+            sign_part(store, key, upload_id, n, start, end, digest, expires)
+            for n, ((start, end), digest) in enumerate(zip(ranges, digests, strict=True), 1)
+        ]
     except BaseException:
         with contextlib.suppress(Exception):
             store.abort_upload(key, upload_id)
         raise
     return UploadPlan("multipart", key, size, part_size, whole, upload_id, tuple(parts), expires_at)
+
+
+def _check_part_size(part_size: Any) -> None:
+    if not isinstance(part_size, int) or not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise ConfigError(
+            f"part_size must be {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes (S3's limits), not {part_size!r}"
+        )
+
+
+def _create_multipart(store: S3Store, key: str) -> str:
+    """Start a multipart upload to ``key`` whose parts carry SHA-256 checksums; its upload id."""
+    bucket, path = store.bucket_key(key)
+    with store.translated("start an upload to", key):
+        started = store.call("create_multipart_upload", Bucket=bucket, Key=path, ChecksumAlgorithm="SHA256").result()
+    return str(started["UploadId"])
+
+
+def sign_part(
+    store: S3Store, key: str, upload_id: str, number: int, start: int, end: int, sha256: str, expires: int
+) -> PartUrl:
+    """The presigned ``UploadPart`` of part ``number`` (bytes ``[start, end)``) of the multipart
+    upload ``upload_id`` to ``key``, signed *with* the part's declared SHA-256 (hex), so S3
+    refuses other bytes and the client cannot swap the header."""
+    bucket, path = store.bucket_key(key)
+    headers = {"x-amz-checksum-sha256": b64_sha256(sha256)}
+    params = {
+        "Bucket": bucket,
+        "Key": path,
+        "UploadId": upload_id,
+        "PartNumber": number,
+        "ChecksumSHA256": headers["x-amz-checksum-sha256"],
+    }
+    with store.translated("sign an upload to", key):
+        return PartUrl(number, start, end, sha256, _presigned(store, "upload_part", params, expires), headers)
+
+
+def start_parts(store: S3Store, key: str, *, part_size: int = DEFAULT_PART_SIZE, expires: int = 3600) -> UploadPlan:
+    """Start a multipart upload straight to the version's final key ``key`` (the caller holds its
+    write claim) whose parts are declared one at a time, as the client has them
+    (:func:`sign_part` for each, then :func:`declared_plan` at the commit). The plan it returns
+    has no part and no size yet: enough to abort it (:func:`abort_upload`)."""
+    store = _check_s3(store)
+    _check_part_size(part_size)
+    if _staged(key):
+        raise ConfigError("an upload whose parts are declared one by one goes to a version's final key")
+    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
+        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+    upload_id = _create_multipart(store, key)
+    return UploadPlan("multipart", key, 0, part_size, None, upload_id, (), time.time() + expires)
+
+
+def declared_plan(started: UploadPlan, size: int, sha256: str, part_sha256s: dict[int, str]) -> UploadPlan:
+    """The plan :func:`complete_upload` checks a :func:`start_parts` upload against, once the
+    client says how big the file is: ``part_sha256s`` (part number -> the SHA-256 declared when
+    its URL was signed) must hold exactly the parts a file of ``size`` bytes cuts into
+    (:class:`IntegrityError` otherwise, nothing completed)."""
+    ranges = part_ranges(size, started.part_size)
+    if size <= 0 or len(ranges) > MAX_PARTS:
+        raise IntegrityError(f"a file of {size} bytes cannot be the upload of {len(part_sha256s)} parts")
+    numbers = set(range(1, len(ranges) + 1))
+    if set(part_sha256s) != numbers:
+        missing, extra = sorted(numbers - set(part_sha256s)), sorted(set(part_sha256s) - numbers)
+        raise IntegrityError(
+            f"{size} bytes make {len(ranges)} parts of {started.part_size}, but "
+            + (f"part(s) {missing} were never declared" if missing else f"part(s) {extra} were declared beyond them")
+        )
+    parts = tuple(
+        PartUrl(n, start, end, part_sha256s[n], "", {"x-amz-checksum-sha256": b64_sha256(part_sha256s[n])})
+        for n, (start, end) in enumerate(ranges, 1)
+    )
+    return dataclasses.replace(started, size=size, sha256=_hex_sha256(sha256, "sha256"), parts=parts)
 
 
 def _staged(key: str) -> bool:
@@ -629,10 +688,13 @@ __all__ = [
     "check_parts",
     "complete_upload",
     "composite",
+    "declared_plan",
     "enforces_checksums",
     "measures_checksums",
     "part_ranges",
     "plan_upload",
     "presign_get",
+    "sign_part",
+    "start_parts",
     "stored_composite",
 ]

@@ -19,6 +19,7 @@ httpx is imported when first used (``pip install modelkeep[client]``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -213,12 +214,26 @@ def _request(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _put_part(client: Any, url: str, headers: dict[str, str], body: memoryview, what: str, retries: int) -> str:
+    """``PUT`` one part's bytes to its presigned URL; its ETag."""
+    headers = {**headers, "Content-Length": str(body.nbytes)}
+    response = _request(client, "PUT", url, what, retries, ok=(200,), content=_Slices(body), headers=headers)
+    return str(response.headers.get("ETag", ""))
+
+
+@functools.cache
+def _tls() -> Any:
+    """The TLS settings every client made here shares (httpx's defaults): building them reads the
+    CA bundle, ~20 ms of CPU that a client made per transfer would pay on every load and save."""
+    return _httpx().create_ssl_context()
+
+
 def _client(client: Any, max_concurrency: int, timeout: float) -> contextlib.AbstractContextManager[Any]:
     if client is not None:
         return contextlib.nullcontext(client)
     httpx = _httpx()
     limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-    return httpx.Client(timeout=timeout, limits=limits)
+    return httpx.Client(timeout=timeout, limits=limits, verify=_tls())
 
 
 def upload_plan(
@@ -254,10 +269,9 @@ def upload_plan(
     with _client(client, max_concurrency, timeout) as http, ThreadPoolExecutor(max_concurrency) as pool:
 
         def put(part: PartUrl, body: memoryview) -> str:
-            what = f"upload part {part.number} of {len(plan.parts)} to"
-            headers = {**part.headers, "Content-Length": str(body.nbytes)}
-            response = _request(http, "PUT", part.url, what, retries, ok=(200,), content=_Slices(body), headers=headers)
-            return str(response.headers.get("ETag", ""))
+            return _put_part(
+                http, part.url, part.headers, body, f"upload part {part.number} of {len(plan.parts)} to", retries
+            )
 
         def wait_oldest() -> None:
             part, buf, future = in_flight.popleft()
@@ -286,6 +300,154 @@ def upload_plan(
                 future.cancel()
             raise
     return [etags[p.number] for p in plan.parts]
+
+
+class PartSender:
+    """Sends a file to the bucket while it is being written: each ``part_size`` slice, once
+    written, is hashed (SHA-256) on a helper thread, its URL asked for with that checksum
+    (``sign(started, number, size, sha256)`` -> ``{"url", "headers"}``), and ``PUT``, at most
+    ``max_in_flight`` parts at once (memory: that many parts plus the one being filled; a write
+    waits for the oldest part when they are all in flight).
+
+    Nothing is sent until a whole part is written: ``start()`` (the upload's plan, or ``None``
+    when the server takes no upload in parts) is asked for then, beside the first part, so a
+    file smaller than one part is never started. :meth:`write` never raises (a file write must
+    not fail for its upload's sake): a failure stops the sending, and :meth:`finish` raises it.
+    :meth:`abort` stops and calls ``drop(started)`` (the server aborts the upload)."""
+
+    def __init__(
+        self,
+        start: Callable[[], Any],
+        sign: Callable[[Any, int, int, str], dict[str, Any]],
+        drop: Callable[[Any], None],
+        part_size: int,
+        *,
+        max_in_flight: int = 4,
+        timeout: float = 60.0,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        if part_size <= 0 or max_in_flight < 1:
+            raise ConfigError("part_size and max_in_flight must be at least 1")
+        self._start, self._sign, self._drop = start, sign, drop
+        self.part_size, self.max_in_flight, self.timeout, self.retries = part_size, max_in_flight, timeout, retries
+        self._buf = bytearray(0)
+        self._fill = 0
+        self._number = 0
+        self._free: list[bytearray] = []
+        self._in_flight: deque[tuple[bytearray | None, Future[str | None]]] = deque()
+        self._started: Future[Any] | None = None
+        self._stack = contextlib.ExitStack()
+        self._pool: ThreadPoolExecutor | None = None
+        self._http: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether a part was sent for (the upload was asked for)."""
+        return self._started is not None
+
+    def write(self, data: Any) -> None:
+        """Take the next bytes of the file: copied into a part buffer (the caller may reuse its
+        own), except whole parts of a ``bytes`` object (immutable), sent as they are."""
+        if self.error is not None:
+            return
+        view = memoryview(data).cast("B")
+        stable = type(view.obj) is bytes
+        while view.nbytes:
+            if stable and not self._fill and view.nbytes >= self.part_size:
+                if not self._ship(view[: self.part_size]):
+                    return
+                view = view[self.part_size :]
+                continue
+            if not self._buf:
+                self._buf = self._free.pop() if self._free else bytearray(self.part_size)
+            take = min(view.nbytes, self.part_size - self._fill)
+            self._buf[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.part_size and not self._ship(memoryview(self._buf)):
+                return
+
+    def _ship(self, body: memoryview) -> bool:
+        """Send ``body`` as the next part (the part buffer's bytes, or a slice of an immutable
+        write); ``False`` once sending has failed."""
+        try:
+            if self._pool is None:
+                # the pool is shut down (its parts waited for) before the connections close
+                self._http = self._stack.enter_context(_client(None, self.max_in_flight, self.timeout))
+                self._pool = self._stack.enter_context(ThreadPoolExecutor(self.max_in_flight + 1))
+                self._started = self._pool.submit(self._start)
+            while len(self._in_flight) >= self.max_in_flight:
+                self._wait_oldest()
+            self._number += 1
+            owned = self._buf if body.obj is self._buf else None  # a buffer to reuse once sent
+            self._in_flight.append((owned, self._pool.submit(self._send, self._number, body)))
+        except BaseException as exc:
+            self._fail(exc)
+            return False
+        if owned is not None:
+            self._buf, self._fill = bytearray(0), 0
+        return True
+
+    def _send(self, number: int, body: memoryview) -> str | None:
+        assert self._started is not None
+        sha256 = hashlib.sha256(body).hexdigest()  # while the upload is being started, for the first part
+        started = self._started.result()
+        if started is None:  # the server takes no upload in parts: nothing to send
+            return None
+        part = self._sign(started, number, body.nbytes, sha256)
+        return _put_part(
+            self._http, str(part["url"]), dict(part["headers"]), body, f"upload part {number} to", self.retries
+        )
+
+    def _wait_oldest(self) -> None:
+        buf, future = self._in_flight.popleft()
+        future.result()
+        if buf is not None:
+            self._free.append(buf)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        for _, future in self._in_flight:
+            future.cancel()
+        self._free.clear()
+        self._buf = bytearray(0)
+
+    def finish(self) -> Any:
+        """Send the last part and wait for every part; the upload's plan (``start()``'s answer),
+        or ``None`` when nothing was started or the server takes no upload in parts. A failure is
+        raised (the caller then calls :meth:`abort`)."""
+        try:
+            if self.error is not None:
+                raise self.error
+            if self._started is None:
+                return None
+            if self._fill:
+                self._ship(memoryview(self._buf)[: self._fill])
+            while self._in_flight and self.error is None:
+                try:
+                    self._wait_oldest()
+                except BaseException as exc:
+                    self._fail(exc)
+            if self.error is not None:
+                raise self.error
+            return self._started.result()
+        finally:
+            if self.error is None:
+                self._stack.close()
+
+    def abort(self) -> None:
+        """Stop sending and have the started upload dropped (best effort)."""
+        for _, future in self._in_flight:
+            future.cancel()
+        self._stack.close()  # waits for the parts being sent
+        self._in_flight.clear()
+        started = self._started
+        if started is not None and not started.cancelled() and started.exception() is None:
+            answer = started.result()
+            if answer is not None:
+                with contextlib.suppress(Exception):
+                    self._drop(answer)
 
 
 def _ranges(size: int, part_size: int) -> list[tuple[int, int]]:
@@ -431,6 +593,7 @@ class UrlSource:
 
 __all__ = [
     "Declaration",
+    "PartSender",
     "UrlSource",
     "declare",
     "download_ranges",
