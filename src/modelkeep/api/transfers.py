@@ -707,11 +707,11 @@ class Transfers:
         serializes: the version is claimed and a multipart upload created at its final key, with no
         part URL yet (``POST /uploads/{upload}/parts`` signs each; the commit says the file's size
         and digests, and completes the parts declared, checked as any presigned upload's)."""
-        from ..storage.presigned import _check_s3, start_parts
+        from ..storage.presigned import check_s3, start_parts
         from .endpoint import read_json
 
         self._expire()
-        _check_s3(self.s3)  # before any claim: a store that is not S3 streams through the server
+        check_s3(self.s3)  # before any claim: a store that is not S3 streams through the server
         body = await read_json(request)
         name = validate_model_name(str(body.get("model", "")))
         self._may_upload(request, name)

@@ -166,7 +166,8 @@ def _presigned(store: S3Store, method: str, params: dict[str, Any], expires: int
     return url
 
 
-def _check_s3(store: Any) -> S3Store:
+def check_s3(store: Any) -> S3Store:
+    """``store``, if it is an S3 store (presigned URLs need one); :class:`ConfigError` otherwise."""
     if not isinstance(store, S3Store):
         raise ConfigError(f"presigned transfers need an S3 store, not {store.url}; stream the bytes instead")
     return store
@@ -198,7 +199,7 @@ def plan_upload(
     which then never writes over an object already there; ``gc`` keeps the upload while the
     claim is live, and aborts it once the claim is stale).
     """
-    store = _check_s3(store)
+    store = check_s3(store)
     if not isinstance(size, int) or size < 0:
         raise ConfigError(f"upload size must be a whole number of bytes >= 0, not {size!r}")
     if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
@@ -285,7 +286,7 @@ def start_parts(store: S3Store, key: str, *, part_size: int = DEFAULT_PART_SIZE,
     write claim) whose parts are declared one at a time, as the client has them
     (:func:`sign_part` for each, then :func:`declared_plan` at the commit). The plan it returns
     has no part and no size yet: enough to abort it (:func:`abort_upload`)."""
-    store = _check_s3(store)
+    store = check_s3(store)
     _check_part_size(part_size)
     if _staged(key):
         raise ConfigError("an upload whose parts are declared one by one goes to a version's final key")
@@ -325,7 +326,7 @@ def _staged(key: str) -> bool:
 def presign_get(store: S3Store, key: str, expires: int = 3600) -> str:
     """A URL that reads ``key`` for ``expires`` seconds (at most seven days), ``Range``
     requests included: the byte source of :func:`.presigned_client.download_ranges`."""
-    store = _check_s3(store)
+    store = check_s3(store)
     if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
         raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
     bucket, path = store.bucket_key(key)
@@ -339,7 +340,7 @@ def abort_upload(store: S3Store, plan: UploadPlan) -> None:
     to a version's final key (``plan_upload(final=True)``) is only aborted: what is under that
     key is removed by the claim's clean-up, which first checks that the claim is still the
     caller's (another writer may own the key once it is not)."""
-    store = _check_s3(store)
+    store = check_s3(store)
     failed: StorageError | None = None
     if plan.upload_id is not None:
         bucket, path = store.bucket_key(plan.key)
@@ -407,7 +408,7 @@ def check_parts(store: S3Store, plan: UploadPlan) -> None:
     """Refuse (:class:`IntegrityError`, the upload aborted) a multipart upload whose parts, as
     S3 lists them, are not those planned: one missing, added, resized or with another SHA-256.
     Nothing is completed (:func:`complete_upload` checks the same before completing)."""
-    _check_parts(_check_s3(store), plan)
+    _check_parts(check_s3(store), plan)
 
 
 def complete_upload(
@@ -435,7 +436,7 @@ def complete_upload(
     it holds and that composite is the declared parts' (moto; one ``HEAD``). A composite that
     differs is read back, which says what differs and refuses it.
     """
-    store = _check_s3(store)
+    store = check_s3(store)
     measured = False
     if verify is None:
         verify = not enforces_checksums(store)
@@ -519,7 +520,7 @@ def measures_checksums(store: S3Store) -> bool:
     makes instead of reading the object back. Probed once per store object with a tiny upload
     under ``.tmp/`` whose part is sent with the wrong checksum (removed), then remembered; any
     failure counts as not measuring (the safe answer: the object is read back)."""
-    store = _check_s3(store)
+    store = check_s3(store)
     known = _MEASURES.get(store)
     if known is None:
         try:
@@ -536,7 +537,7 @@ def enforces_checksums(store: S3Store) -> bool:
     do not match their signed ``x-amz-checksum-sha256``, while taking matching ones: probed
     once per store object with two tiny uploads under ``.tmp/`` (removed), then remembered.
     A store that fails the probe in any way counts as not enforcing (the safe answer)."""
-    store = _check_s3(store)
+    store = check_s3(store)
     known = _ENFORCES.get(store)
     if known is None:
         try:
@@ -686,6 +687,7 @@ __all__ = [
     "abort_upload",
     "b64_sha256",
     "check_parts",
+    "check_s3",
     "complete_upload",
     "composite",
     "declared_plan",
