@@ -102,3 +102,34 @@ def test_a_failed_part_is_raised_by_finish_and_the_upload_is_dropped(bucket: tup
         sender.finish()
     sender.abort()
     assert ("drop", {"upload": "u1"}) in log
+
+
+def test_a_server_that_takes_no_parts_costs_one_part_buffer_and_signs_nothing() -> None:
+    """``start()`` answers ``None`` (a folder store's server): the second part waits for that
+    answer rather than filling more buffers, and nothing after is copied, hashed or signed, so
+    the writes of a large file hold about one part (the bytes then go through the server)."""
+    import time
+    import tracemalloc
+
+    log: list[Any] = []
+
+    def start() -> None:
+        time.sleep(0.2)  # slower than the writes: without the wait, every write would fill a part
+        log.append("start")
+
+    def sign(*args: Any) -> dict[str, Any]:
+        log.append(args)
+        raise AssertionError("a part was signed although the server takes none")
+
+    sender = PartSender(start, sign, lambda started: log.append(("drop", started)), PART, max_in_flight=8)
+    chunk = bytearray(PART // 2)
+    tracemalloc.start()
+    try:
+        for _ in range(40):  # 20 parts' worth, in writes the caller reuses
+            sender.write(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sender.finish() is None
+    assert log == ["start"]
+    assert peak < 3 * PART, f"the writes held {peak / PART:.1f} parts"

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -348,8 +349,9 @@ class PartSender:
 
     def write(self, data: Any) -> None:
         """Take the next bytes of the file: copied into a part buffer (the caller may reuse its
-        own), except whole parts of a ``bytes`` object (immutable), sent as they are."""
-        if self.error is not None:
+        own), except whole parts of a ``bytes`` object (immutable), sent as they are; nothing
+        once the server took no upload in parts (``start()`` answered ``None``)."""
+        if self.error is not None or self._declined():
             return
         view = memoryview(data).cast("B")
         stable = type(view.obj) is bytes
@@ -377,6 +379,12 @@ class PartSender:
                 self._http = self._stack.enter_context(_client(None, self.max_in_flight, self.timeout))
                 self._pool = self._stack.enter_context(ThreadPoolExecutor(self.max_in_flight + 1))
                 self._started = self._pool.submit(self._start)
+            elif self._started is not None and not self._started.done():
+                # a second part waits for the upload's start: a server that takes no upload in
+                # parts (a folder store) must not cost this save a part buffer more
+                futures_wait([self._started])
+            if self._declined():
+                return False
             while len(self._in_flight) >= self.max_in_flight:
                 self._wait_oldest()
             self._number += 1
@@ -399,6 +407,16 @@ class PartSender:
         return _put_part(
             self._http, str(part["url"]), dict(part["headers"]), body, f"upload part {number} to", self.retries
         )
+
+    def _declined(self) -> bool:
+        """Whether the server answered that it takes no upload in parts (every part buffer is
+        then let go: the bytes go through the server once the file is written)."""
+        started = self._started
+        if started is None or not started.done() or started.exception() is not None or started.result() is not None:
+            return False
+        self._free.clear()
+        self._buf, self._fill = bytearray(0), 0
+        return True
 
     def _wait_oldest(self) -> None:
         buf, future = self._in_flight.popleft()
