@@ -202,8 +202,7 @@ def plan_upload(
     store = check_s3(store)
     if not isinstance(size, int) or size < 0:
         raise ConfigError(f"upload size must be a whole number of bytes >= 0, not {size!r}")
-    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
-        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+    _check_expires(expires)
     key = staging_key if staging_key is not None else store.stage().tmp_key
     if final and (staging_key is None or part_sha256s is None or _staged(key)):
         # a single PUT's URL could replace the object after the commit checked it
@@ -254,6 +253,11 @@ def _check_part_size(part_size: Any) -> None:
         )
 
 
+def _check_expires(expires: Any) -> None:
+    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
+        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+
+
 def _create_multipart(store: S3Store, key: str) -> str:
     """Start a multipart upload to ``key`` whose parts carry SHA-256 checksums; its upload id."""
     bucket, path = store.bucket_key(key)
@@ -290,8 +294,7 @@ def start_parts(store: S3Store, key: str, *, part_size: int = DEFAULT_PART_SIZE,
     _check_part_size(part_size)
     if _staged(key):
         raise ConfigError("an upload whose parts are declared one by one goes to a version's final key")
-    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
-        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+    _check_expires(expires)
     upload_id = _create_multipart(store, key)
     return UploadPlan("multipart", key, 0, part_size, None, upload_id, (), time.time() + expires)
 
@@ -327,8 +330,7 @@ def presign_get(store: S3Store, key: str, expires: int = 3600) -> str:
     """A URL that reads ``key`` for ``expires`` seconds (at most seven days), ``Range``
     requests included: the byte source of :func:`.presigned_client.download_ranges`."""
     store = check_s3(store)
-    if not isinstance(expires, int) or not 1 <= expires <= MAX_EXPIRES:
-        raise ConfigError(f"expires must be 1 to {MAX_EXPIRES} seconds (S3's limit), not {expires!r}")
+    _check_expires(expires)
     bucket, path = store.bucket_key(key)
     with store.translated("sign a download of", key):
         return _presigned(store, "get_object", {"Bucket": bucket, "Key": path}, expires)
