@@ -28,13 +28,17 @@ from modelkeep import ModelPersistence
 from ._workers import payload
 from .conftest import PG_URL
 
-#: The statements of a small save on SQLite, in order (the BEGINs are sent by modelkeep itself).
+#: What a small save sends to SQLite, in order, as the driver's trace callback sees it (the
+#: statements go straight to the driver's cursor, not through SQLAlchemy: index/common.py's run).
 SQLITE_STATEMENTS = [
     # the claim: one transaction, committed without waiting for the disk
+    "PRAGMA synchronous = NORMAL",
     "BEGIN IMMEDIATE",
     "SELECT highest",  # the highest version and the model's claims (a dead writer's are released)
     "INSERT INTO modelkeep_claims",  # ... SELECT ... WHERE NOT EXISTS: only if the next one is free
     "SELECT modelkeep_versions",  # stored identical bytes (dedup), looked up with the claim
+    "COMMIT",
+    "PRAGMA synchronous = FULL",
     # no check reads the claim before the sidecar or the artifact: the lease is young
     # (VersionClaim.check, claims.py's "Checks without a read")
     # the row: one transaction, the only commit that syncs the WAL
@@ -45,6 +49,7 @@ SQLITE_STATEMENTS = [
     "INSERT INTO modelkeep_fields",
     "INSERT INTO modelkeep_models",  # ON CONFLICT DO NOTHING
     "INSERT INTO modelkeep_history",
+    "COMMIT",
 ]
 
 #: PostgreSQL round trips of a small save, by kind: the claim is one message and one implicit
@@ -82,13 +87,14 @@ def test_a_small_save_on_sqlite_sends_its_pinned_statements(tmp_path: Path) -> N
         sent: list[str] = []
         transactions: Counter[str] = Counter()
 
-        def on_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            sent.append(_first_words(statement))
+        def on_connect(dbapi: Any, _record: Any) -> None:  # after the engine's own setup statements
+            dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
 
         def on(kind: str) -> Any:
             return lambda _conn: transactions.update([kind])
 
-        hooks = [("before_cursor_execute", on_statement), ("begin", on("begin")), ("commit", on("commit"))]
+        p.index.engine.pool.dispose()  # the save's connection is a new one, traced
+        hooks = [("connect", on_connect), ("begin", on("begin")), ("commit", on("commit"))]
         for name, fn in hooks:
             event.listen(p.index.engine, name, fn)
         try:
@@ -96,6 +102,7 @@ def test_a_small_save_on_sqlite_sends_its_pinned_statements(tmp_path: Path) -> N
         finally:
             for name, fn in hooks:
                 event.remove(p.index.engine, name, fn)
+            p.index.engine.pool.dispose()
         assert sent == SQLITE_STATEMENTS
         # Two write transactions (claim, row) and no read; both commit.
         assert transactions == {"begin": 2, "commit": 2}

@@ -90,22 +90,27 @@ def test_the_folder_sync_runs_beside_the_row_and_ends_before_its_commit(
             time.sleep(0.3)  # a slow disk: the row's statements are long sent by now
             order.append(f"folder synced on {threading.current_thread().name.split('_')[0]}")
 
-    def on_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def on_statement(statement: str) -> None:  # the driver's trace: the row's statements skip SQLAlchemy
         if statement.startswith("INSERT INTO modelkeep_history"):
             order.append("history row sent")
+
+    def on_connect(dbapi: Any, _record: Any) -> None:
+        dbapi.set_trace_callback(on_statement)
 
     def on_commit(conn: Any) -> None:
         if conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] == 2:
             order.append("row committed")
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
-    event.listen(registry.index.engine, "before_cursor_execute", on_statement)
+    registry.index.engine.pool.dispose()  # the save's connection is a new one, traced
+    event.listen(registry.index.engine, "connect", on_connect)
     event.listen(registry.index.engine, "commit", on_commit)
     try:
         registry.save(payload(0, 1), "counted")
     finally:
-        event.remove(registry.index.engine, "before_cursor_execute", on_statement)
+        event.remove(registry.index.engine, "connect", on_connect)
         event.remove(registry.index.engine, "commit", on_commit)
+        registry.index.engine.pool.dispose()
         monkeypatch.setattr(os, "fsync", real_fsync)
     assert order == ["history row sent", "folder synced on modelkeep-sync", "row committed"], order
 

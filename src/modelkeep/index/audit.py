@@ -21,6 +21,7 @@ from sqlalchemy import Connection, insert, select
 
 from ..identity import acting
 from ..metadata import ModelMetadata
+from .common import run
 from .rows import fill_lifecycle
 from .schema import aliases, history, models, tags, versions
 
@@ -166,7 +167,7 @@ def insert_history(
     event_id = event_id or uuid.uuid4().hex
     extra: dict[str, Any] = {} if row_id is None else {"id": row_id}
     seq = move_seq if move_seq is not None else signed_move_seq(values, state)
-    result = conn.execute(_INSERT_HISTORY, {**values, "event_id": event_id, "seq": seq, **extra})
+    result = run(conn, _INSERT_HISTORY, {**values, "event_id": event_id, "seq": seq, **extra})
     found = result.inserted_primary_key
     ident = row_id if row_id is not None else int(found[0]) if found is not None else -1
     written = HistoryRow(ident, event_id, {c: values.get(c) for c in ROW_COLUMNS}, dict(state or {}))
@@ -186,7 +187,7 @@ def touch_model(conn: Connection, model_name: str, at: str) -> None:
     values = {"model_name": model_name, "description": None, "created_at": at, "updated_at": at}
     upsert = _touch_statement(conn.dialect.name)
     if upsert is not None:
-        conn.execute(upsert, values)
+        run(conn, upsert, values)
     elif conn.execute(select(models.c.model_name).where(models.c.model_name == model_name)).first() is None:
         conn.execute(insert(models).values(**values))
 

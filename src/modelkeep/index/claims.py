@@ -70,7 +70,7 @@ from ..errors import (
 from ..layout import record_blobs
 from ..metadata import ModelMetadata, utc_now
 from ..versions import next_version, sort_key
-from .common import RETRY_PAUSES, record_row
+from .common import RETRY_PAUSES, record_row, run
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .schema import claims, versions
 
@@ -462,7 +462,7 @@ class VersionClaim:
                     # first is the fence (no row removed: it is not ours any more), and a row
                     # written meanwhile without a claim fails the insert (Reservation.put).
                     self.index._lock_model(conn, self.model_name)
-                    if conn.execute(_DROP_CLAIM, {"token": self.token}).rowcount != 1:
+                    if run(conn, _DROP_CLAIM, {"token": self.token}).rowcount != 1:
                         raise self._lost()
                     current = None
                 else:
@@ -672,12 +672,12 @@ def take(
                     row["version"] = chosen
                     defer = False
                 if not defer:
-                    conn.execute(_INSERT_CLAIM, row)
+                    run(conn, _INSERT_CLAIM, row)
                 # SQLite: stored identical bytes looked up in the claim's transaction, not in a read
                 # of its own before the artifact is placed (as .pg_claim does on PostgreSQL)
                 same = None
                 if sha256 is not None and purpose == SAVE and index.dialect == "sqlite":
-                    same = (sha256, tuple(conn.execute(_DUPLICATES, {"sha256": sha256}).scalars()))
+                    same = (sha256, tuple(run(conn, _DUPLICATES, {"sha256": sha256}).scalars()))
             return VersionClaim(
                 index, model_name, chosen, token, claimed_at, previous, purpose, taken=started, duplicates=same
             )
@@ -704,7 +704,7 @@ def _claimed_if_free(index: SqlIndex, conn: Connection, row: dict[str, str]) -> 
     """Insert the claim ``row`` unless its version has a row; whether it was inserted."""
     if index.dialect == "postgresql":
         return conn.execute(_CLAIM_IF_FREE_RETURNING, row).first() is not None
-    return bool(conn.execute(_CLAIM_IF_FREE, row).rowcount == 1)
+    return bool(run(conn, _CLAIM_IF_FREE, row).rowcount == 1)
 
 
 def _find_token(index: SqlIndex, token: str) -> ClaimInfo | None:
@@ -737,15 +737,15 @@ def _choose(
     ``defer`` (automatic versions): skip only claimed versions, and leave the check that the
     version has no row to the claim's insert (:data:`_CLAIM_IF_FREE`)."""
     if version is None:  # the model's claims and its highest version, in one statement
-        rows = conn.execute(_CLAIMS_AND_TOP, {"model_name": model_name}).all()
+        rows = run(conn, _CLAIMS_AND_TOP, {"model_name": model_name}).all()
         top = rows[0].top if rows and rows[0].top is not None else None
         held = {c.version: c for c in (_info(r) for r in rows if r.token is not None)}
     else:
-        held = {c.version: c for c in map(_info, conn.execute(_MODEL_CLAIMS, {"model_name": model_name}))}
+        held = {c.version: c for c in map(_info, run(conn, _MODEL_CLAIMS, {"model_name": model_name}))}
     for info in list(held.values()):
         if owner_is_dead(info.owner):  # its process is gone: it can write nothing any more
             logger.info("releasing the claim of a process that died: %s", info)
-            conn.execute(_DROP_CLAIM, {"token": info.token})
+            run(conn, _DROP_CLAIM, {"token": info.token})
             del held[info.version]
     if version is None:
         keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
@@ -753,7 +753,7 @@ def _choose(
 
         def taken(v: str) -> bool:
             params = {"model_name": model_name, "version": v}
-            return v in held or (not defer and conn.execute(_VERSION_EXISTS, params).first() is not None)
+            return v in held or (not defer and run(conn, _VERSION_EXISTS, params).first() is not None)
 
         return next_version(highest, taken), None
     if version in held:

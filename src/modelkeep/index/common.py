@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+from collections import namedtuple
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, delete
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 
 from ..errors import ConnectionLostError, VersionNotFoundError
 from ..metadata import ModelMetadata
@@ -90,3 +92,103 @@ def record_row(record: ModelMetadata) -> dict[str, Any]:
         "updated_at": record.updated_at,
         "record": json.dumps(record.to_dict(), separators=(",", ":")),  # keeps the caller's field order
     }
+
+
+# -- a save's fixed statements, sent straight to SQLite's driver ------------------------------------
+
+
+class DriverResult:
+    """What :func:`run` returns on SQLite: the driver's cursor, read like the part of SQLAlchemy's
+    ``CursorResult`` a save uses (rows with named columns, ``rowcount``, the inserted id)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, names: Any) -> None:
+        self._cursor = cursor
+        self._names = names
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    @property
+    def inserted_primary_key(self) -> tuple[Any, ...]:
+        return (self._cursor.lastrowid,)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.all())
+
+    def all(self) -> list[Any]:
+        make = self._names._make
+        return [make(row) for row in self._cursor.fetchall()]
+
+    def first(self) -> Any:
+        row = self._cursor.fetchone()
+        return None if row is None else self._names._make(row)
+
+    def scalars(self) -> Iterator[Any]:
+        return (row[0] for row in self._cursor.fetchall())
+
+    def scalar(self) -> Any:
+        row = self._cursor.fetchone()
+        return None if row is None else row[0]
+
+    def scalar_one(self) -> Any:
+        rows = self._cursor.fetchall()
+        if len(rows) != 1:
+            raise NoResultFound("no row was found") if not rows else MultipleResultsFound("more than one row")
+        return rows[0][0]
+
+
+#: ``(statement, parameter names) -> [SQL, default parameters, row type]``: each fixed statement
+#: compiled for SQLite once, from the same SQLAlchemy construct the other databases run; the row
+#: type is made from the first result's column names.
+_DRIVER_SQL: dict[tuple[Any, tuple[str, ...]], list[Any]] = {}
+_SQLITE_NAMED: list[Any] = []
+
+
+def _driver_sql(statement: Any, keys: tuple[str, ...]) -> list[Any]:
+    found = _DRIVER_SQL.get((statement, keys))
+    if found is None:
+        if not _SQLITE_NAMED:
+            from sqlalchemy.dialects.sqlite import pysqlite
+
+            _SQLITE_NAMED.append(pysqlite.dialect(paramstyle="named"))
+        compiled = statement.compile(dialect=_SQLITE_NAMED[0], column_keys=list(keys))
+        # the values the construct holds itself (LIMIT 1), not the caller's parameters
+        defaults = {n: b.value for n, b in compiled.binds.items() if not b.required and b.value is not None}
+        found = _DRIVER_SQL[(statement, keys)] = [str(compiled), defaults, None]
+    return found
+
+
+def run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
+    """``conn.execute(statement, params)``, but on SQLite sent straight to the driver's cursor.
+
+    For the fixed statements of a small save: through SQLAlchemy's execution layer each cost
+    several times what SQLite takes to run it. The SQL is SQLAlchemy's own for ``statement``
+    (compiled once), run inside the caller's transaction (its BEGIN and COMMIT still go through
+    SQLAlchemy). An error is raised as SQLAlchemy raises it (the
+    :class:`~sqlalchemy.exc.DBAPIError` subclass of the driver's error, the connection
+    invalidated when it is gone), so callers translate it as before. ``params``: one set, or a
+    list of them (``executemany``). Statement events (``before_cursor_execute``) do not see
+    these statements; the driver's own trace callback does (tests/test_save_costs.py)."""
+    if conn.dialect.name != "sqlite":
+        return conn.execute(statement, params)
+    many = isinstance(params, list)
+    entry = _driver_sql(statement, tuple(params[0] if many else params))  # type: ignore[index]
+    sql, defaults = entry[0], entry[1]
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = None
+    try:
+        cursor = raw.cursor()
+        if many:
+            cursor.executemany(sql, [{**defaults, **p} for p in params])  # type: ignore[union-attr]
+        else:
+            cursor.execute(sql, {**defaults, **params})  # type: ignore[dict-item]
+    except sqlite3.Error as exc:  # as SQLAlchemy raises it: DBAPIError, invalidated if the connection is gone
+        lost = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, params, exc, sqlite3.Error, connection_invalidated=lost) from exc
+    if entry[2] is None and cursor.description is not None:
+        entry[2] = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
+    return DriverResult(cursor, entry[2])

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from ..metadata import ModelMetadata
+from .common import run
 from .rows import MAX_DEPTH, MAX_KEY_LENGTH, scalar_fields
 
 __all__ = ["MAX_DEPTH", "MAX_KEY_LENGTH", "backfill", "drop_fields", "field_rows", "index_fields", "scalar_fields"]
@@ -42,13 +43,13 @@ def index_fields(
     that id was never used before (a sequence's), so no field rows can name it yet."""
     if version_id is None:
         params = {"model_name": record.model_name, "version": record.version}
-        version_id = int(conn.execute(_VERSION_ID, params).scalar_one())
+        version_id = int(run(conn, _VERSION_ID, params).scalar_one())
         fresh = False
     if not fresh:
-        conn.execute(_DROP_VERSION_FIELDS, {"version_id": version_id})
+        run(conn, _DROP_VERSION_FIELDS, {"version_id": version_id})
     rows = list(field_rows(version_id, record.metadata))
     if rows:
-        conn.execute(_INSERT_FIELDS, rows)
+        run(conn, _INSERT_FIELDS, rows)
 
 
 def drop_fields(conn: Connection, model_name: str, version: str | None = None) -> None:

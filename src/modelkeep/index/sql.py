@@ -74,7 +74,7 @@ from .audit import (
 from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import connection_lost as _connection_lost
-from .common import drop_blob_refs, record_row, trashed_error
+from .common import drop_blob_refs, record_row, run, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, field_rows, index_fields
 from .migrations import SCHEMA_VERSION, pending
@@ -212,7 +212,7 @@ class Reservation:
         fresh_id = False
         if self.previous is None:
             try:
-                result = self._conn.execute(_INSERT_VERSION, row)
+                result = run(self._conn, _INSERT_VERSION, row)
             except SAIntegrityError as exc:  # a row no writer claimed (an older modelkeep, or by hand)
                 raise VersionExistsError(
                     f"model '{self.model_name}' version '{self.version}' was written by another "
