@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from modelkeep import ModelPersistence
+from modelkeep.errors import ConnectionLostError, VersionExistsError
 from modelkeep.index import claims as claims_module
-from modelkeep.index.claims import list_claims
+from modelkeep.index.claims import VersionClaim, list_claims
+from modelkeep.index.common import run
 
 from .test_pg_claim import late_writer_reads_again, taken_over_writer_stops
 
@@ -97,3 +100,79 @@ def test_a_claim_whose_next_version_has_a_row_looks_version_by_version(
     assert offered == ["1.0.0"]
     assert registry.load("m", "1.0.0") == {"v": 0} and registry.load("m", "1.0.1") == {"v": 1}
     assert list_claims(registry.index) == []
+
+
+# -- the save's statements sent straight to the driver (index/common.py: run, send) -----------------
+
+
+def test_a_row_written_without_a_claim_still_fails_the_save_through_the_driver(
+    registry: ModelPersistence, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's insert goes to the driver's cursor: the unique index's error is still raised as
+    SQLAlchemy's IntegrityError, which the save turns into VersionExistsError, and nothing of the
+    save is registered (the hand-written row carries another version's record: its claim is left
+    for gc, as before)."""
+    registry.save({"v": 0}, "unclaimed")
+    check_placing = VersionClaim.check_placing
+
+    def then_row_by_hand(self: VersionClaim, sha256: str, key: str, **options: Any) -> str | None:
+        found = check_placing(self, sha256, key, **options)
+        with sqlite3.connect(tmp_path / "models" / "registry.db") as db:
+            db.execute(
+                "INSERT INTO modelkeep_versions (model_name, version, parsed, sort_key, model_type, artifact_key, "
+                "format, size, sha256, created_at, updated_at, record) SELECT model_name, ?, parsed, sort_key, "
+                "model_type, artifact_key, format, size, sha256, created_at, updated_at, record "
+                "FROM modelkeep_versions WHERE version = '1.0.0'",
+                (self.version,),
+            )
+        return found
+
+    with sqlite3.connect(tmp_path / "models" / "registry.db") as db:
+        history = db.execute("SELECT count(*) FROM modelkeep_history").fetchone()[0]
+    monkeypatch.setattr(VersionClaim, "check_placing", then_row_by_hand)
+    with pytest.raises(VersionExistsError, match="without a claim"):
+        registry.save({"v": 1}, "unclaimed")
+    monkeypatch.undo()
+    with sqlite3.connect(tmp_path / "models" / "registry.db") as db:
+        assert db.execute("SELECT count(*) FROM modelkeep_history").fetchone()[0] == history
+    assert registry.load("unclaimed", "1.0.0") == {"v": 0}
+
+
+def test_a_closed_driver_connection_is_a_lost_connection_and_the_save_retries(registry: ModelPersistence) -> None:
+    """A statement sent to a closed driver connection raises what SQLAlchemy raises for it (a
+    DBAPIError with the connection invalidated, so the index says ConnectionLostError), and the
+    pool's next connection works: the claim transaction is retried and the save lands."""
+    registry.save({"v": 0}, "m")
+    with registry.index.engine.connect() as conn:
+        conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(DBAPIError) as caught:
+            run(conn, claims_module._DUPLICATES, {"sha256": "0" * 64})
+        assert caught.value.connection_invalidated
+    with registry.index.engine.connect() as conn:  # the invalidated connection was replaced
+        conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+    # the pooled connection is closed under the pool: the claim's BEGIN (sent to the driver) fails,
+    # is retried on a new connection, and the save lands
+    assert registry.save_version({"v": 1}, "m").version == "1.0.1"
+    assert list_claims(registry.index) == []
+    with pytest.raises(ConnectionLostError), registry.index._write() as conn:
+        conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        run(conn, claims_module._DROP_CLAIM, {"token": "x"})
+
+
+def test_the_driver_returns_what_sqlalchemy_returns(registry: ModelPersistence) -> None:
+    """The claim's read of the model's claims and highest version, the dedup lookup and the
+    inserted row's id, through the driver and through SQLAlchemy: the same rows."""
+    first = registry.save_version({"v": 0}, "m")
+    registry.save_version({"v": 1}, "m")
+    assert first.artifact is not None
+    cases = [
+        (claims_module._CLAIMS_AND_TOP, {"model_name": "m"}),
+        (claims_module._DUPLICATES, {"sha256": first.artifact.sha256}),
+        (claims_module._VERSION_EXISTS, {"model_name": "m", "version": "1.0.1"}),
+    ]
+    with registry.index.engine.connect() as conn:
+        for statement, params in cases:
+            assert [tuple(r) for r in run(conn, statement, params).all()] == [
+                tuple(r) for r in conn.execute(statement, params).all()
+            ]
+        assert run(conn, claims_module._CLAIMS_AND_TOP, {"model_name": "m"}).first().top == "1.0.1"

@@ -175,20 +175,31 @@ def run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str
     many = isinstance(params, list)
     entry = _driver_sql(statement, tuple(params[0] if many else params))  # type: ignore[index]
     sql, defaults = entry[0], entry[1]
+    if many:
+        cursor = send(conn, sql, [{**defaults, **p} for p in params], many=True)  # type: ignore[union-attr]
+    else:
+        cursor = send(conn, sql, {**defaults, **params})  # type: ignore[dict-item]
+    if entry[2] is None and cursor.description is not None:
+        entry[2] = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
+    return DriverResult(cursor, entry[2])
+
+
+def send(conn: Connection, sql: str, params: Any = (), *, many: bool = False) -> sqlite3.Cursor:
+    """Run ``sql`` on the SQLite driver's connection under ``conn`` (see :func:`run`); a driver
+    error is raised as SQLAlchemy raises it: the :class:`~sqlalchemy.exc.DBAPIError` subclass of
+    the driver's error, with the connection invalidated when it is gone."""
     raw = conn.connection.dbapi_connection
     assert raw is not None
     cursor = None
     try:
         cursor = raw.cursor()
         if many:
-            cursor.executemany(sql, [{**defaults, **p} for p in params])  # type: ignore[union-attr]
+            cursor.executemany(sql, params)
         else:
-            cursor.execute(sql, {**defaults, **params})  # type: ignore[dict-item]
-    except sqlite3.Error as exc:  # as SQLAlchemy raises it: DBAPIError, invalidated if the connection is gone
+            cursor.execute(sql, params)
+        return cursor
+    except sqlite3.Error as exc:
         lost = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
         if lost:
             conn.invalidate(exc)
         raise DBAPIError.instance(sql, params, exc, sqlite3.Error, connection_invalidated=lost) from exc
-    if entry[2] is None and cursor.description is not None:
-        entry[2] = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
-    return DriverResult(cursor, entry[2])

@@ -74,7 +74,7 @@ from .audit import (
 from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
 from .common import connection_lost as _connection_lost
-from .common import drop_blob_refs, record_row, run, trashed_error
+from .common import drop_blob_refs, record_row, run, send, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, field_rows, index_fields
 from .migrations import SCHEMA_VERSION, pending
@@ -1262,4 +1262,5 @@ def _sqlite_setup(engine: Engine) -> None:
         options = conn.get_execution_options()
         if options.get(_SINGLE):  # one statement: sqlite3 runs it in a transaction of its own
             return
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN")
+        # straight to the driver (two per save through SQLAlchemy's execution layer cost ~0.1 ms)
+        send(conn, "BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN")
