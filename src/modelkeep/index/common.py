@@ -172,15 +172,14 @@ def run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str
     these statements; the driver's own trace callback does (tests/test_save_costs.py)."""
     if conn.dialect.name != "sqlite":
         return conn.execute(statement, params)
-    many = isinstance(params, list)
-    entry = _driver_sql(statement, tuple(params[0] if many else params))  # type: ignore[index]
-    sql, defaults = entry[0], entry[1]
-    if many:
-        cursor = send(conn, sql, [{**defaults, **p} for p in params], many=True)  # type: ignore[union-attr]
+    if isinstance(params, list):
+        entry = _driver_sql(statement, tuple(params[0]))
+        cursor = send(conn, entry[0], [{**entry[1], **p} for p in params], many=True)
     else:
-        cursor = send(conn, sql, {**defaults, **params})  # type: ignore[dict-item]
+        entry = _driver_sql(statement, tuple(params))
+        cursor = send(conn, entry[0], {**entry[1], **params})
     if entry[2] is None and cursor.description is not None:
-        entry[2] = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
+        entry[2] = namedtuple("Row", [d[0] for d in cursor.description], rename=True)
     return DriverResult(cursor, entry[2])
 
 
@@ -190,7 +189,7 @@ def send(conn: Connection, sql: str, params: Any = (), *, many: bool = False) ->
     the driver's error, with the connection invalidated when it is gone."""
     raw = conn.connection.dbapi_connection
     assert raw is not None
-    cursor = None
+    cursor: Any = None
     try:
         cursor = raw.cursor()
         if many:
