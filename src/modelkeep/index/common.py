@@ -198,7 +198,14 @@ def send(conn: Connection, sql: str, params: Any = (), *, many: bool = False) ->
             cursor.execute(sql, params)
         return cursor
     except sqlite3.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(sql, params, exc, sqlite3.Error, connection_invalidated=lost) from exc
+        raise driver_error(conn, cursor, sql, params, exc, sqlite3.Error) from exc
+
+
+def driver_error(conn: Connection, cursor: Any, statement: str, params: Any, exc: Any, error: type) -> DBAPIError:
+    """What SQLAlchemy raises for the driver's ``exc`` (an ``error``) from a statement sent on the
+    driver's connection under ``conn``: the :class:`~sqlalchemy.exc.DBAPIError` subclass of the
+    driver's error, with ``conn`` invalidated when the connection is gone."""
+    lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+    if lost:
+        conn.invalidate(exc)
+    return DBAPIError.instance(statement, params, exc, error, connection_invalidated=lost)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import LRUCache
+
+from .common import driver_error
 
 #: Compiled forms of the statements :func:`literal_sql` renders, by SQLAlchemy's cache key (the
 #: row's statement is built anew at each save, with the same shape: compiling it again each time
@@ -70,9 +71,6 @@ def run_script(conn: Connection, script: str) -> list[list[tuple[Any, ...]]]:
             if not cursor.nextset():
                 return results
     except psycopg.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(script, None, exc, psycopg.Error, connection_invalidated=lost) from exc
+        raise driver_error(conn, cursor, script, None, exc, psycopg.Error) from exc
     finally:
         cursor.close()

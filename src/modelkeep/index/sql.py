@@ -1177,15 +1177,8 @@ def _relaxed_sync(conn: Connection, relax: bool) -> Iterator[None]:
 
     raw = conn.connection.dbapi_connection
     assert raw is not None
-    try:  # on the driver's connection: in autocommit mode, outside any transaction
-        raw.cursor().execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.Error as exc:  # as SQLAlchemy would raise it (a closed connection is retried)
-        lost = conn.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            "PRAGMA synchronous = NORMAL", None, exc, sqlite3.Error, connection_invalidated=lost
-        ) from exc
+    # on the driver's connection: in autocommit mode, outside any transaction (a closed connection is retried)
+    send(conn, "PRAGMA synchronous = NORMAL")
     try:
         yield
     finally:
