@@ -93,6 +93,32 @@ def test_a_file_under_one_part_starts_nothing(bucket: tuple[str, dict[str, bytes
     assert sender.finish() is None and not sender.started and log == []
 
 
+def test_a_small_file_holds_its_own_bytes_not_a_part_buffer(bucket: tuple[str, dict[str, bytes]]) -> None:
+    """The tee of every save through a server: a file far under one part allocates about its
+    own size (the first part's buffer grows as written), and is still sent whole once it fills
+    a part."""
+    import tracemalloc
+
+    big = PartSender(lambda: None, lambda *_: {}, lambda _: None, 64 * PART)
+    tracemalloc.start()
+    try:
+        for _ in range(4):
+            big.write(bytearray(1000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert big.finish() is None and not big.started
+    assert peak < 64 * 1000, f"4 writes of 1000 bytes held {peak} bytes"
+    url, got = bucket
+    data = np.random.default_rng(1).bytes(2 * PART + 5)
+    log: list[Any] = []
+    sender = _sender(url, log)
+    for start in range(0, len(data), 1000):  # small writes the caller reuses
+        sender.write(bytearray(data[start : start + 1000]))
+    assert sender.finish() == {"upload": "u1"}
+    assert [got[f"/u1/{n}"] for n in (1, 2, 3)] == [data[:PART], data[PART : 2 * PART], data[2 * PART :]]
+
+
 def test_a_failed_part_is_raised_by_finish_and_the_upload_is_dropped(bucket: tuple[str, dict[str, bytes]]) -> None:
     log: list[Any] = []
     sender = _sender(bucket[0], log, fail_part=2)

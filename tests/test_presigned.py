@@ -274,6 +274,48 @@ def test_part_added_after_the_plan_is_refused(s3_bucket: S3Bucket, tmp_path: Pat
     assert s3_bucket.pending_uploads() == [] and s3_bucket.object_keys("models/") == []
 
 
+def test_a_listing_asked_for_before_the_completion_is_checked_as_one_asked_for_then(
+    s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """A claimed commit asks for the parts' listing as it begins (list_parts_soon): a part it
+    shows missing still refuses the upload, and a part sent again with other bytes after it
+    was taken makes S3 refuse the completion (the listed ETag is no longer the part's), so
+    nothing appears under the key."""
+    from modelkeep.storage.presigned import list_parts_soon
+
+    store = _store(s3_bucket)
+    data = _data(2 * PART + 10, seed=8)
+    plan = _plan(store, _file(tmp_path, data), multipart=True)
+    for part in plan.parts:
+        _put(part.url, data[part.start : part.end], part.headers)
+    listing = list_parts_soon(store, plan)
+    done = complete_upload(store, plan, listing=listing)
+    assert _stored(s3_bucket, done.key) == data
+    store.delete(done.key)
+
+    missing = _plan(store, _file(tmp_path, data, "missing.bin"), multipart=True)
+    _put(missing.parts[0].url, data[:PART], missing.parts[0].headers)
+    early = list_parts_soon(store, missing)
+    for part in missing.parts[1:]:  # sent after the listing was asked for and answered
+        early.result()
+        _put(part.url, data[part.start : part.end], part.headers)
+    with pytest.raises(IntegrityError, match=r"part\(s\) \[2, 3\] of 3 were never uploaded"):
+        complete_upload(store, missing, listing=early)
+
+    resent = _plan(store, _file(tmp_path, data, "resent.bin"), multipart=True)
+    for part in resent.parts:
+        _put(part.url, data[part.start : part.end], part.headers)
+    early = list_parts_soon(store, resent)
+    early.result()
+    other = bytearray(data[:PART])
+    other[0] ^= 0xFF
+    _put(resent.parts[0].url, bytes(other), resent.parts[0].headers)  # moto takes it (S3 would refuse)
+    with pytest.raises(StorageError, match="cannot complete the upload"):
+        complete_upload(store, resent, listing=early)
+    abort_upload(store, resent)
+    assert s3_bucket.object_keys("models/") == [] and s3_bucket.pending_uploads() == []
+
+
 def test_resized_part_and_nothing_uploaded_are_refused(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     store = _store(s3_bucket)
     data = _data(2 * PART + 100, seed=6)

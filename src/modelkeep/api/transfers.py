@@ -471,10 +471,12 @@ class _ClaimedParts(StagedArtifact):
     :meth:`discard` aborts an upload that was not completed (what is under the key is the claim's
     clean-up's to remove)."""
 
-    def __init__(self, store: Any, upload: Upload) -> None:
+    def __init__(self, store: Any, upload: Upload, listing: Any = None) -> None:
         super().__init__(store, upload.presigned.key)
         self.s3: Any = store
         self.upload = upload
+        #: S3's listing of the parts, asked for when the commit began (:func:`.presigned.list_parts_soon`)
+        self.listing = listing
         self.size, self.sha256 = upload.size, upload.sha256
 
     def commit(self, key: str) -> None:
@@ -483,7 +485,7 @@ class _ClaimedParts(StagedArtifact):
         if key != self.tmp_key or self.upload.claim is None:
             raise ValueError(f"{key!r} is not where these bytes were uploaded ({self.tmp_key!r})")
         self.upload.claim.check_lease()
-        done = complete_upload(self.s3, self.upload.presigned, ranges=_ranges(self.upload))
+        done = complete_upload(self.s3, self.upload.presigned, ranges=_ranges(self.upload), listing=self.listing)
         _check_completed(self.s3, done, self.upload)
         self.committed = True
 
@@ -879,7 +881,11 @@ class Transfers:
                 raise
             self._put_back(upload_id, upload)
             raise
-        staged = _ClaimedParts(self.s3, upload)
+        # S3's listing of the parts, checked at the completion, is asked for now: it answers while
+        # the commit checks the claim and writes the sidecar, which come first
+        from ..storage.presigned import list_parts_soon
+
+        staged = _ClaimedParts(self.s3, upload, list_parts_soon(self.s3, presigned))
         try:
             record = await self.api.call(
                 request,

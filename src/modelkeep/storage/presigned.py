@@ -39,6 +39,7 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -359,15 +360,28 @@ def abort_upload(store: S3Store, plan: UploadPlan) -> None:
         raise failed
 
 
-def _listed_parts(store: S3Store, plan: UploadPlan) -> list[dict[str, Any]]:
+def list_parts_soon(store: S3Store, plan: UploadPlan) -> Future[Any]:
+    """Ask S3 now for the (first page of the) parts of ``plan``'s multipart upload, for a
+    :func:`complete_upload` to come (its ``listing``): the request runs while the caller does
+    other work before the completion (a claimed commit checks its claim and writes the sidecar),
+    and still answers before the completion is sent. Its errors are raised where it is read."""
+    bucket, path = check_s3(store).bucket_key(plan.key)
+    future: Future[Any] = store.call("list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=0)
+    return future
+
+
+def _listed_parts(store: S3Store, plan: UploadPlan, first: Future[Any] | None = None) -> list[dict[str, Any]]:
     bucket, path = store.bucket_key(plan.key)
     out: list[dict[str, Any]] = []
     marker = 0
     with store.translated("list the parts of", plan.key):
         while True:
-            page = store.call(
-                "list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=marker
-            ).result()
+            asked = first if first is not None and marker == 0 else None
+            if asked is None:
+                asked = store.call(
+                    "list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=marker
+                )
+            page = asked.result()
             out.extend(page.get("Parts", []))
             if not page.get("IsTruncated"):
                 return out
@@ -381,9 +395,10 @@ def _refuse(store: S3Store, plan: UploadPlan, why: str) -> IntegrityError:
     return IntegrityError(f"refusing the upload to {store.display_path(plan.key)}: {why}; nothing was committed")
 
 
-def _check_parts(store: S3Store, plan: UploadPlan) -> list[dict[str, Any]]:
-    """The parts to complete with, after checking S3's listing against the plan."""
-    listed = {int(p["PartNumber"]): p for p in _listed_parts(store, plan)}
+def _check_parts(store: S3Store, plan: UploadPlan, first: Future[Any] | None = None) -> list[dict[str, Any]]:
+    """The parts to complete with, after checking S3's listing against the plan (``first``: its
+    first page, asked for earlier by :func:`list_parts_soon`)."""
+    listed = {int(p["PartNumber"]): p for p in _listed_parts(store, plan, first)}
     planned = {p.number: p for p in plan.parts}
     missing = sorted(set(planned) - set(listed))
     extra = sorted(set(listed) - set(planned))
@@ -419,6 +434,7 @@ def complete_upload(
     *,
     verify: bool | None = None,
     ranges: Sequence[Sequence[int]] | None = None,
+    listing: Future[Any] | None = None,
 ) -> CompletedUpload:
     """Check what the client uploaded against ``plan`` (the server's own copy), complete it,
     and return the staged key to commit.
@@ -437,6 +453,10 @@ def complete_upload(
     upload, :func:`measures_checksums` found that it reports the composite SHA-256 of the bytes
     it holds and that composite is the declared parts' (moto; one ``HEAD``). A composite that
     differs is read back, which says what differs and refuses it.
+
+    ``listing``: the parts' listing asked for already (:func:`list_parts_soon`, after every part
+    was sent), checked here as one asked for now would be; the completion names the ETags it
+    lists, so a part sent again since makes S3 refuse the completion (``InvalidPart``).
     """
     store = check_s3(store)
     measured = False
@@ -444,7 +464,7 @@ def complete_upload(
         verify = not enforces_checksums(store)
         measured = verify and plan.kind == "multipart" and measures_checksums(store)
     if plan.kind == "multipart":
-        parts = _check_parts(store, plan)
+        parts = _check_parts(store, plan, listing)
         with store.translated("complete the upload of", plan.key):
             # a version's final key: never over an object already there (If-None-Match: *)
             store.finish(
@@ -694,6 +714,7 @@ __all__ = [
     "composite",
     "declared_plan",
     "enforces_checksums",
+    "list_parts_soon",
     "measures_checksums",
     "part_ranges",
     "plan_upload",

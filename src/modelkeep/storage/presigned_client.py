@@ -308,7 +308,8 @@ class PartSender:
     written, is hashed (SHA-256) on a helper thread, its URL asked for with that checksum
     (``sign(started, number, size, sha256)`` -> ``{"url", "headers"}``), and ``PUT``, at most
     ``max_in_flight`` parts at once (memory: that many parts plus the one being filled; a write
-    waits for the oldest part when they are all in flight).
+    waits for the oldest part when they are all in flight). The first part's buffer grows as it
+    is written, so a file smaller than a part costs a copy of its own bytes, not a part buffer.
 
     Nothing is sent until a whole part is written: ``start()`` (the upload's plan, or ``None``
     when the server takes no upload in parts) is asked for then, beside the first part, so a
@@ -351,7 +352,10 @@ class PartSender:
         """Take the next bytes of the file: copied into a part buffer (the caller may reuse its
         own), except whole parts of a ``bytes`` object (immutable), sent as they are; nothing
         once the server took no upload in parts (``start()`` answered ``None``)."""
-        if self.error is not None or self._declined():
+        if self.error is not None:
+            return
+        if self._declined():
+            self._let_go()
             return
         view = memoryview(data).cast("B")
         stable = type(view.obj) is bytes
@@ -361,10 +365,15 @@ class PartSender:
                     return
                 view = view[self.part_size :]
                 continue
-            if not self._buf:
+            if not self._buf and (self._free or self._number):
+                # the file is large (a part was sent): a whole part buffer, filled in place
                 self._buf = self._free.pop() if self._free else bytearray(self.part_size)
             take = min(view.nbytes, self.part_size - self._fill)
-            self._buf[self._fill : self._fill + take] = view[:take]
+            if len(self._buf) == self._fill:
+                # the first part grows as written: a small file costs its own bytes, not a part
+                self._buf += view[:take]
+            else:
+                self._buf[self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
             if self._fill == self.part_size and not self._ship(memoryview(self._buf)):
@@ -384,6 +393,7 @@ class PartSender:
                 # parts (a folder store) must not cost this save a part buffer more
                 futures_wait([self._started])
             if self._declined():
+                self._let_go()
                 return False
             while len(self._in_flight) >= self.max_in_flight:
                 self._wait_oldest()
@@ -409,14 +419,17 @@ class PartSender:
         )
 
     def _declined(self) -> bool:
-        """Whether the server answered that it takes no upload in parts (every part buffer is
-        then let go: the bytes go through the server once the file is written)."""
+        """Whether the server answered that it takes no upload in parts (the bytes then go
+        through the server once the file is written: :meth:`_let_go` of every part buffer)."""
         started = self._started
-        if started is None or not started.done() or started.exception() is not None or started.result() is not None:
-            return False
+        return not (
+            started is None or not started.done() or started.exception() is not None or started.result() is not None
+        )
+
+    def _let_go(self) -> None:
+        """Drop every part buffer and the bytes gathered (nothing more is sent)."""
         self._free.clear()
         self._buf, self._fill = bytearray(0), 0
-        return True
 
     def _wait_oldest(self) -> None:
         buf, future = self._in_flight.popleft()
@@ -428,8 +441,7 @@ class PartSender:
         self.error = exc
         for _, future in self._in_flight:
             future.cancel()
-        self._free.clear()
-        self._buf = bytearray(0)
+        self._let_go()
 
     def finish(self) -> Any:
         """Send the last part and wait for every part; the upload's plan (``start()``'s answer),
