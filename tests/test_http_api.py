@@ -45,6 +45,7 @@ from modelkeep.identity import Identity
 from modelkeep.ui import create_app
 from modelkeep.ui.security import FIELD
 
+from ._cli_in_process import run_cli as run_cli_in_process
 from ._http_server import HttpServer, ServerSide, running_server
 from .test_signing_keys import key_pair
 
@@ -564,30 +565,29 @@ def test_signature_status_uses_the_clients_trusted_keys_not_the_servers(tmp_path
 # -- the server process and the command line -------------------------------------------------------
 
 
-def run_cli(*args: str, url: str, token: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_REGISTRY")},
-        "MODELKEEP_REGISTRY_URL": url,
-        "MODELKEEP_TOKEN": token,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "modelkeep", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
-    )
+def run_cli(*args: str, url: str, token: str) -> subprocess.CompletedProcess[str]:
+    """``modelkeep ARGS`` as a client of the server at ``url`` with ``token``, in this process (the
+    server is the separate process; ``python -m modelkeep`` itself is run once, below)."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MODELKEEP_REGISTRY")}
+    return run_cli_in_process(*args, env={**env, "MODELKEEP_REGISTRY_URL": url, "MODELKEEP_TOKEN": token})
 
 
-def test_the_cli_works_against_a_server_process(http_server: HttpServer, tmp_path: Path) -> None:
+def test_the_cli_works_against_a_server_process(
+    http_server: HttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     with http_server.direct() as p:
         fill(p)
     viewer = http_server.add_user("vic", "viewer")
     admin = http_server.token
 
     def ok(*args: str, token: str = admin) -> str:
-        done = run_cli(*args, url=http_server.url, token=token, cwd=tmp_path)
+        done = run_cli(*args, url=http_server.url, token=token)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     def fails(*args: str, token: str = admin) -> str:
-        done = run_cli(*args, url=http_server.url, token=token, cwd=tmp_path)
+        done = run_cli(*args, url=http_server.url, token=token)
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
         return done.stderr

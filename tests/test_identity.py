@@ -8,13 +8,14 @@ without one the library behaves as before. Runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from modelkeep import AuthenticationError, ModelPersistence, PermissionDeniedError
 from modelkeep.identity import AccessPolicy, Identity, acting_as
+
+from ._cli_in_process import run_cli
 
 
 @pytest.fixture
@@ -97,14 +98,10 @@ def test_cli_users_and_token(
 ) -> None:
     local_persistence.save({"a": 1}, "m", "1.0.0")
     local_persistence.close()
-    base = [sys.executable, "-m", "modelkeep", "--models-dir", str(local_persistence.models_dir)]
+    models_dir = str(local_persistence.models_dir)
 
     def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        import os
-
-        return subprocess.run(
-            [*base, *args], input=stdin, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120
-        )
+        return run_cli("--models-dir", models_dir, *args, stdin=stdin, env=env)  # in process: the CLI's answers
 
     assert run("users", "add", "ann", "--role", "admin", "--password-stdin", stdin="long-enough-1\n").returncode == 0
     assert run("users", "add", "bob", "--role", "editor", "--no-password").returncode == 0

@@ -26,6 +26,7 @@ from modelkeep.index.schema import policies
 from modelkeep.ui import create_app
 from modelkeep.ui.security import FIELD
 
+from ._cli_in_process import run_cli
 from .conftest import IndexTarget
 
 
@@ -369,14 +370,13 @@ def test_processes_racing_approve_and_move(churn: ModelPersistence, index_target
 
 
 def _cli(index_target: IndexTarget, root: Path, *args: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = {**os.environ, "MODELKEEP_USER": user, "MODELKEEP_MODELS_DIR": str(root)}
+    """``modelkeep ARGS`` as ``user`` on this registry, in process (its answers are under test,
+    not the process boundary: ~20 commands here)."""
     url = index_target.url
     if index_target.schema:  # the libpq way to put the tables in a schema
         url = f"{url}?options=-csearch_path%3D{index_target.schema}"
-    env["MODELKEEP_REGISTRY_URL"] = url
-    return subprocess.run([sys.executable, "-m", "modelkeep", *args], capture_output=True, text=True, env=env)
+    env = {"MODELKEEP_USER": user, "MODELKEEP_MODELS_DIR": str(root), "MODELKEEP_REGISTRY_URL": url}
+    return run_cli(*args, env=env)
 
 
 def test_library_cli_and_ui_refuse_the_same_moves_with_the_same_reasons(

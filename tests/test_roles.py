@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import secrets
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import pytest
 from modelkeep import AuthenticationError, ModelPersistence, PermissionDeniedError
 from modelkeep.errors import AliasNotFoundError, InvalidNameError, ModelNotFoundError, UserNotFoundError, no_versions
 from modelkeep.identity import ROLES, Identity, acting_as, validate_role
+
+from ._cli_in_process import run_cli
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -450,19 +451,18 @@ def test_only_an_admin_changes_users_grants_and_tokens(persistence: ModelPersist
     assert persistence.users.identity("wes") == Identity("wes", "writer")
 
 
-def test_cli_tokens_grants_and_revocation(local_persistence: ModelPersistence) -> None:
+def test_cli_tokens_grants_and_revocation(
+    local_persistence: ModelPersistence, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     local_persistence.save({"a": 1}, "churn-eu", "1.0.0")
     local_persistence.save({"a": 1}, "fraud", "1.0.0")
     local_persistence.close()
-    base = [sys.executable, "-m", "modelkeep", "--models-dir", str(local_persistence.models_dir)]
+    models_dir = str(local_persistence.models_dir)
+    monkeypatch.chdir(tmp_path)
 
     def run(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-        import os
-
-        env = {k: v for k, v in os.environ.items() if k != "MODELKEEP_TOKEN"}
-        if token is not None:
-            env["MODELKEEP_TOKEN"] = token
-        return subprocess.run([*base, *args], capture_output=True, text=True, env=env, timeout=120)
+        # In process: the CLI's answers are under test, not its start-up (~20 commands here).
+        return run_cli("--models-dir", models_dir, *args, env={"MODELKEEP_TOKEN": token})
 
     def listed(token: str) -> list[str]:
         done = run("list", "--json", token=token)
