@@ -9,7 +9,7 @@ import sqlite3
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, delete
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
@@ -138,14 +138,25 @@ class DriverResult:
         return rows[0][0]
 
 
-#: ``(statement, parameter names) -> [SQL, default parameters, row type]``: each fixed statement
-#: compiled for SQLite once, from the same SQLAlchemy construct the other databases run; the row
-#: type is made from the first result's column names.
-_DRIVER_SQL: dict[tuple[Any, tuple[str, ...]], list[Any]] = {}
+class DriverStatement(NamedTuple):
+    """One fixed statement as :func:`run` sends it to SQLite's driver."""
+
+    #: The SQL SQLAlchemy compiles for the statement (named parameters).
+    sql: str
+    #: The values the construct holds itself (``LIMIT 1``), not the caller's parameters.
+    defaults: dict[str, Any]
+    #: The rows' type, made from the first result's column names (``None`` until then, or for a
+    #: statement that returns no rows).
+    row_type: Any = None
+
+
+#: ``(statement, parameter names) -> DriverStatement``: each fixed statement compiled for SQLite
+#: once, from the same SQLAlchemy construct the other databases run.
+_DRIVER_SQL: dict[tuple[Any, tuple[str, ...]], DriverStatement] = {}
 _SQLITE_NAMED: list[Any] = []
 
 
-def _driver_sql(statement: Any, keys: tuple[str, ...]) -> list[Any]:
+def _driver_sql(statement: Any, keys: tuple[str, ...]) -> DriverStatement:
     found = _DRIVER_SQL.get((statement, keys))
     if found is None:
         if not _SQLITE_NAMED:
@@ -153,9 +164,8 @@ def _driver_sql(statement: Any, keys: tuple[str, ...]) -> list[Any]:
 
             _SQLITE_NAMED.append(pysqlite.dialect(paramstyle="named"))
         compiled = statement.compile(dialect=_SQLITE_NAMED[0], column_keys=list(keys))
-        # the values the construct holds itself (LIMIT 1), not the caller's parameters
         defaults = {n: b.value for n, b in compiled.binds.items() if not b.required and b.value is not None}
-        found = _DRIVER_SQL[(statement, keys)] = [str(compiled), defaults, None]
+        found = _DRIVER_SQL[(statement, keys)] = DriverStatement(str(compiled), defaults)
     return found
 
 
@@ -173,14 +183,17 @@ def run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str
     if conn.dialect.name != "sqlite":
         return conn.execute(statement, params)
     if isinstance(params, list):
-        entry = _driver_sql(statement, tuple(params[0]))
-        cursor = send(conn, entry[0], [{**entry[1], **p} for p in params], many=True)
+        key = (statement, tuple(params[0]))
+        entry = _driver_sql(*key)
+        cursor = send(conn, entry.sql, [{**entry.defaults, **p} for p in params], many=True)
     else:
-        entry = _driver_sql(statement, tuple(params))
-        cursor = send(conn, entry[0], {**entry[1], **params})
-    if entry[2] is None and cursor.description is not None:
-        entry[2] = namedtuple("Row", [d[0] for d in cursor.description], rename=True)
-    return DriverResult(cursor, entry[2])
+        key = (statement, tuple(params))
+        entry = _driver_sql(*key)
+        cursor = send(conn, entry.sql, {**entry.defaults, **params})
+    if entry.row_type is None and cursor.description is not None:
+        row_type = namedtuple("Row", [d[0] for d in cursor.description], rename=True)  # type: ignore[misc]
+        entry = _DRIVER_SQL[key] = entry._replace(row_type=row_type)
+    return DriverResult(cursor, entry.row_type)
 
 
 def send(conn: Connection, sql: str, params: Any = (), *, many: bool = False) -> sqlite3.Cursor:
