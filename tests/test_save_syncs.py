@@ -213,3 +213,41 @@ def test_a_duplicate_staged_copy_is_unlinked_after_the_row_commits(
     first, second = (registry.get_metadata("dup", v).artifact for v in ("1.0.0", "2.0.0"))  # type: ignore[union-attr]
     assert first is not None and second is not None
     assert os.path.samefile(registry.store.full_path(first.key), registry.store.full_path(second.key))
+
+
+def test_a_copied_version_s_folder_is_synced_before_its_row_commits(
+    registry: ModelPersistence, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``copy_registry`` into a local registry puts each version's files in place as a save does
+    (one folder ``fsync`` for both renames, on a helper thread): the copied row's COMMIT waits for
+    it, so a power cut cannot leave a committed row whose renames are undone."""
+    from modelkeep.copying import copy_registry
+
+    registry.save(payload(0, 0), "copied")
+    order: list[str] = []
+    real_fsync = os.fsync
+
+    with ModelPersistence(models_dir=tmp_path / "dest") as dest:
+        dest.ensure_registry()
+
+        def slow_fsync(fd: int) -> None:
+            real_fsync(fd)
+            if stat.S_ISDIR(os.fstat(fd).st_mode) and threading.current_thread() is not threading.main_thread():
+                time.sleep(0.3)  # a slow disk: the copied row's statements are long sent by now
+                order.append("folder synced")
+
+        def on_commit(conn: Any) -> None:
+            level = conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+            order.append("row committed" if level == 2 else f"commit level {level}")
+
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        event.listen(dest.index.engine, "commit", on_commit)
+        try:
+            copy_registry(registry, dest, with_aliases=False)
+        finally:
+            event.remove(dest.index.engine, "commit", on_commit)
+            monkeypatch.setattr(os, "fsync", real_fsync)
+        # the claim (no WAL sync), the folder's fsync, then the copied row's commit (and the
+        # history it carries, committed after it)
+        assert order[:3] == ["commit level 1", "folder synced", "row committed"], order
+        assert dest.load("copied", "1.0.0")["seq"] == 0

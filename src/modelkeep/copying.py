@@ -178,9 +178,10 @@ def _copy_version(source: ModelPersistence, dest: ModelPersistence, record: Mode
             copied = _for_dest(record, slot.previous, source, dest)
             key = copied.artifact.key  # type: ignore[union-attr]
             try:
-                _, duplicate = dest._write_claimed_files(slot, copied, staged)
+                durable, duplicate = dest._write_claimed_files(slot, copied, staged)
                 dest.store.verify(key, art.sha256)  # what is stored, not just what was sent
-                slot.put(copied, before_commit=dest._blobs_check(art.extra), history=False)
+                # the row's COMMIT waits for the folder's fsync, as a save's does
+                slot.put(copied, before_commit=dest._blobs_check(art.extra), history=False, files_durable=durable)
             except BaseException:
                 slot.abandon(dest._attempt_files(slot, key), dest._remove_quietly, dest._write_sidecar)
                 raise
