@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from modelkeep.errors import (
+    AuthenticationError,
     IntegrityError,
     MetadataError,
     PermissionDeniedError,
@@ -348,3 +349,25 @@ def test_a_save_that_fails_to_serialize_after_its_first_parts_leaves_no_claim_an
         assert list_claims(d.index) == [] and "big" not in d.list_models()
         assert s3_bucket.pending_uploads() == [] and not s3_bucket.object_keys("models/big/")
         assert c.save_version(_big(14), "big", version="1.0.0", compress=False).version == "1.0.0"
+
+
+def test_a_revoked_token_gets_no_more_part_urls_and_cannot_commit(pg_s3_server: HttpServer, s3_bucket: Any) -> None:
+    """Every request of an upload in parts checks the bearer token (the upload is bound to its
+    user too, not to the token): once the token is revoked, neither another part's URL nor the
+    commit is given, and another user cannot sign parts of the upload."""
+    data = np.random.default_rng(22).bytes(2 * MIN_PART_SIZE)
+    writer = pg_s3_server.add_user("wes", "writer")
+    start = {"model": "m", "extension": ".joblib", "part_size": MIN_PART_SIZE}
+    with pg_s3_server.client(writer) as w, pg_s3_server.client() as admin, pg_s3_server.direct() as d:
+        started = w.request("POST", "/uploads/parts", json=start)
+        parts = f"/uploads/{started['upload']}/parts"
+        w.request("POST", parts, json=_part(data, 1, MIN_PART_SIZE))
+        assert admin.users.revoke_tokens("wes") == 1
+        with pytest.raises(AuthenticationError):
+            w.request("POST", parts, json=_part(data, 2, MIN_PART_SIZE))
+        with pytest.raises(AuthenticationError):
+            w.request("POST", "/models/m/commit", json={"upload": started["upload"]})
+        with pytest.raises(MetadataError, match="no pending upload"):  # bound to its user, not to any token
+            admin.request("POST", parts, json=_part(data, 2, MIN_PART_SIZE))
+        assert [(i.model_name, i.version) for i in list_claims(d.index)] == [("m", "1.0.0")]
+        assert "m" not in d.list_models()

@@ -365,22 +365,24 @@ def list_parts_soon(store: S3Store, plan: UploadPlan) -> Future[Any]:
     :func:`complete_upload` to come (its ``listing``): the request runs while the caller does
     other work before the completion (a claimed commit checks its claim and writes the sidecar),
     and still answers before the completion is sent. Its errors are raised where it is read."""
-    bucket, path = check_s3(store).bucket_key(plan.key)
-    future: Future[Any] = store.call("list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=0)
+    return _ask_parts(check_s3(store), plan, 0)
+
+
+def _ask_parts(store: S3Store, plan: UploadPlan, marker: int) -> Future[Any]:
+    """Ask S3 for the page of ``plan``'s parts after part number ``marker``; its answer, to come."""
+    bucket, path = store.bucket_key(plan.key)
+    future: Future[Any] = store.call(
+        "list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=marker
+    )
     return future
 
 
 def _listed_parts(store: S3Store, plan: UploadPlan, first: Future[Any] | None = None) -> list[dict[str, Any]]:
-    bucket, path = store.bucket_key(plan.key)
     out: list[dict[str, Any]] = []
     marker = 0
     with store.translated("list the parts of", plan.key):
         while True:
-            asked = first if first is not None and marker == 0 else None
-            if asked is None:
-                asked = store.call(
-                    "list_parts", Bucket=bucket, Key=path, UploadId=plan.upload_id, PartNumberMarker=marker
-                )
+            asked = first if first is not None and marker == 0 else _ask_parts(store, plan, marker)
             page = asked.result()
             out.extend(page.get("Parts", []))
             if not page.get("IsTruncated"):

@@ -354,8 +354,7 @@ class PartSender:
         once the server took no upload in parts (``start()`` answered ``None``)."""
         if self.error is not None:
             return
-        if self._declined():
-            self._let_go()
+        if self._let_go_if_declined():
             return
         view = memoryview(data).cast("B")
         stable = type(view.obj) is bytes
@@ -392,8 +391,7 @@ class PartSender:
                 # a second part waits for the upload's start: a server that takes no upload in
                 # parts (a folder store) must not cost this save a part buffer more
                 futures_wait([self._started])
-            if self._declined():
-                self._let_go()
+            if self._let_go_if_declined():
                 return False
             while len(self._in_flight) >= self.max_in_flight:
                 self._wait_oldest()
@@ -418,13 +416,14 @@ class PartSender:
             self._http, str(part["url"]), dict(part["headers"]), body, f"upload part {number} to", self.retries
         )
 
-    def _declined(self) -> bool:
-        """Whether the server answered that it takes no upload in parts (the bytes then go
-        through the server once the file is written: :meth:`_let_go` of every part buffer)."""
+    def _let_go_if_declined(self) -> bool:
+        """Whether the server answered that it takes no upload in parts: then every part buffer
+        is let go (:meth:`_let_go`; the bytes go through the server once the file is written)."""
         started = self._started
-        return not (
-            started is None or not started.done() or started.exception() is not None or started.result() is not None
-        )
+        if started is None or not started.done() or started.exception() is not None or started.result() is not None:
+            return False
+        self._let_go()
+        return True
 
     def _let_go(self) -> None:
         """Drop every part buffer and the bytes gathered (nothing more is sent)."""
