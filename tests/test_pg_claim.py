@@ -178,11 +178,29 @@ def late_writer_reads_again(
 ) -> None:
     """``registry``'s save pauses past half its lease once it claimed, and ``release_by_hand()``
     removes the claim: the save reads it again, stops with ClaimLostError and writes nothing
-    (also run on SQLite by tests/test_sqlite_claim.py)."""
+    (also run on SQLite by tests/test_sqlite_claim.py).
+
+    The pause is the claim's clock set back, not a sleep: after a real 0.7 s pause a 1 s lease
+    left 0.3 s for the rest of the save, and a loaded machine (two xdist workers) took longer, so
+    the lease expired before the read this test is about. So the lease is 60 s here, the claim
+    made 0.7 of it old once it is released, and the save has 18 s to reach its read."""
     fraction = claims_module.LEASE_TRUSTED_FRACTION
-    _pause_after_the_claim(registry, monkeypatch, lease * (fraction + 0.2), release_by_hand)
+    lease = max(lease, 60.0)
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", lease)
+    original = type(registry)._new_artifact_key
+    aged: list[float] = []
+
+    def released_and_aged(slot: Any, extension: str, taken: Any = None) -> str:
+        if not aged and slot.index is registry.index:
+            release_by_hand()
+            slot.taken = time.monotonic() - lease * (fraction + 0.2)  # past the trusted fraction
+            aged.append(slot.taken)
+        return original(slot, extension, taken)
+
+    monkeypatch.setattr(type(registry), "_new_artifact_key", staticmethod(released_and_aged))
     with pytest.raises(ClaimLostError, match="released"):
         registry.save_version({"writer": "A"}, "late")
+    assert aged, "the save never claimed a version"
     monkeypatch.undo()
     assert registry.list_versions("late") == []
     assert not Path(registry.store.display_path("late/1.0.0")).exists()  # nothing was written there
