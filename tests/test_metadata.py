@@ -141,6 +141,14 @@ class Color(enum.Enum):
     NUM = 2
 
 
+def _stable_id(value: Any) -> str:
+    """``repr``, with a set's items sorted: its order follows the hash seed, which differs between
+    pytest-xdist's workers, and every worker must collect the same test ids."""
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}({sorted(value)!r})"
+    return repr(value)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -171,7 +179,7 @@ class Color(enum.Enum):
         (np.array(5), 5),
         ({"nested": [{"x": np.float64(1.5)}]}, {"nested": [{"x": 1.5}]}),
     ],
-    ids=repr,
+    ids=_stable_id,
 )
 def test_to_json_safe_conversions(value: Any, expected: Any) -> None:
     out = to_json_safe(value)

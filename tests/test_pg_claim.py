@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +41,32 @@ def test_the_claim_sees_a_claim_committed_while_it_waited_for_the_model_lock(
     """The lock is a statement of its own in the claim's message: had the insert's snapshot been
     taken before the lock was granted, it would not see the other claim and would insert 1.0.0
     over it (a unique-key error)."""
+    name = f"waiting-{uuid.uuid4().hex[:8]}"  # its lock is no other test's, in this run or another
     engine = _admin_engine()
     outcome: dict[str, Any] = {}
     try:
         with engine.connect() as admin, engine.connect() as watcher:
             tx = admin.begin()
-            admin.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('modelkeep:waiting'))")
+            admin.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", ("modelkeep:" + name,))
             admin.exec_driver_sql(
                 f'INSERT INTO "{pg_schema}".modelkeep_claims (model_name, version, token, owner, claimed_at, purpose) '
-                "VALUES ('waiting', '1.0.0', %s, 'elsewhere/ns/1/1', %s, 'save')",
-                ("0" * 32, time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())),
+                "VALUES (%s, '1.0.0', %s, 'elsewhere/ns/1/1', %s, 'save')",
+                (name, "0" * 32, time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())),
             )
 
             def save() -> None:
                 try:
-                    outcome["record"] = registry.save_version({"v": 1}, "waiting")
+                    outcome["record"] = registry.save_version({"v": 1}, name)
                 except Exception as exc:  # reported below
                     outcome["error"] = exc
 
             thread = threading.Thread(target=save)
             thread.start()
             for _ in range(200):  # until the save waits for the model's lock
-                waiting = watcher.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND pid <> pg_backend_pid()"
+                waiting = watcher.exec_driver_sql(  # for this model's lock, not for another test's
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint",
+                    ("modelkeep:" + name,),
                 ).scalar_one()
                 if waiting:
                     break
@@ -174,11 +178,29 @@ def late_writer_reads_again(
 ) -> None:
     """``registry``'s save pauses past half its lease once it claimed, and ``release_by_hand()``
     removes the claim: the save reads it again, stops with ClaimLostError and writes nothing
-    (also run on SQLite by tests/test_sqlite_claim.py)."""
+    (also run on SQLite by tests/test_sqlite_claim.py).
+
+    The pause is the claim's clock set back, not a sleep: after a real 0.7 s pause a 1 s lease
+    left 0.3 s for the rest of the save, and a loaded machine (two xdist workers) took longer, so
+    the lease expired before the read this test is about. So the lease is 60 s here, the claim
+    made 0.7 of it old once it is released, and the save has 18 s to reach its read."""
     fraction = claims_module.LEASE_TRUSTED_FRACTION
-    _pause_after_the_claim(registry, monkeypatch, lease * (fraction + 0.2), release_by_hand)
+    lease = max(lease, 60.0)
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", lease)
+    original = type(registry)._new_artifact_key
+    aged: list[float] = []
+
+    def released_and_aged(slot: Any, extension: str, taken: Any = None) -> str:
+        if not aged and slot.index is registry.index:
+            release_by_hand()
+            slot.taken = time.monotonic() - lease * (fraction + 0.2)  # past the trusted fraction
+            aged.append(slot.taken)
+        return original(slot, extension, taken)
+
+    monkeypatch.setattr(type(registry), "_new_artifact_key", staticmethod(released_and_aged))
     with pytest.raises(ClaimLostError, match="released"):
         registry.save_version({"writer": "A"}, "late")
+    assert aged, "the save never claimed a version"
     monkeypatch.undo()
     assert registry.list_versions("late") == []
     assert not Path(registry.store.display_path("late/1.0.0")).exists()  # nothing was written there

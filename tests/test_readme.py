@@ -1,7 +1,8 @@
 """Every code block of README.md and of every docs/*.md page runs as shown.
 
-The blocks of a page run in order, in one fresh temporary folder per section (``## ...``), so a
-block may use the files an earlier block of its section wrote, as a reader following along would,
+The blocks of a section (``## ...``) run in order, in one fresh temporary folder per section, so a
+block may use the files an earlier block of its section wrote, as a reader following along would
+(the sections of a page run at the same time: none reads another's folder),
 with ``MODELKEEP_*`` variables cleared, a per-user config folder of the section's own, and this
 interpreter's ``bin`` first on PATH.
 
@@ -18,10 +19,15 @@ as shown by their own tests (``RUN_ELSEWHERE``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,13 +66,52 @@ def _check_yaml(block: Block, folder: Path) -> None:
     load_settings(config)  # raises ConfigError, naming the key, on anything modelkeep would refuse
 
 
+#: A fixed port a block's server listens on (``--port 18080``): two sections showing the same one
+#: (the README's and docs/serve.md's) must not run at once, in this run or in another on the machine.
+FIXED_PORT = re.compile(r"--port\s+(\d+)")
+
+
+@contextlib.contextmanager
+def _ports_held(blocks: list[Block]) -> Iterator[None]:
+    """Hold a machine-wide lock file per fixed port the ``blocks`` listen on, in port order."""
+    with contextlib.ExitStack() as stack:
+        for port in sorted({int(p) for b in blocks for p in FIXED_PORT.findall(b.code)}):
+            lock = stack.enter_context(open(Path(tempfile.gettempdir()) / f"modelkeep-tests-port-{port}.lock", "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _run_section(blocks: list[Block], folder: Path, base_env: dict[str, str]) -> None:
+    """Run one section's blocks in order, in its own folder, each in a fresh process."""
+    folder.mkdir(exist_ok=True)
+    # Each section is a fresh reader: its own per-user keys, never the real home's.
+    env = {**base_env, "MODELKEEP_CONFIG_DIR": str(folder / ".user-config")}
+    with _ports_held(blocks):
+        for block in blocks:
+            if block.language == "yaml":
+                _check_yaml(block, folder)
+                continue
+            cmd = (
+                [sys.executable, "-c", block.code]
+                if block.language == "python"
+                else ["bash", "-euo", "pipefail", "-c", block.code]
+            )
+            proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, (
+                f"{block.where} ({block.language}) failed:\n{block.code}\n{proc.stderr[-3000:]}"
+            )
+
+
 @pytest.mark.parametrize("page", PAGES, ids=_page_id)
 def test_every_code_block_of_the_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sections of a page run at the same time (each has its own folder and config, as a
+    fresh reader would); the blocks of a section in order."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MODELKEEP_GIT"] = "0"
     for name in [k for k in os.environ if k.startswith("MODELKEEP_")]:
         monkeypatch.delenv(name)  # the yaml check runs in this process
+    sections: dict[int, list[Block]] = {}
     for block in page_blocks(page):
         assert block.language in LANGUAGES, f"{block.where}: give the block one of the languages {sorted(LANGUAGES)}"
         if block.skip is not None:
@@ -74,20 +119,14 @@ def test_every_code_block_of_the_page_runs(page: Path, tmp_path: Path, monkeypat
             continue
         if block.language == "text" or _runs_elsewhere(block):
             continue
-        folder = tmp_path / f"section-{block.section}"
-        folder.mkdir(exist_ok=True)
-        if block.language == "yaml":
-            _check_yaml(block, folder)
-            continue
-        cmd = (
-            [sys.executable, "-c", block.code]
-            if block.language == "python"
-            else ["bash", "-euo", "pipefail", "-c", block.code]
-        )
-        # Each section is a fresh reader: its own per-user keys, never the real home's.
-        env["MODELKEEP_CONFIG_DIR"] = str(folder / ".user-config")
-        proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{block.where} ({block.language}) failed:\n{block.code}\n{proc.stderr[-3000:]}"
+        sections.setdefault(block.section, []).append(block)
+    with ThreadPoolExecutor(max_workers=max(1, len(sections))) as pool:
+        runs = [
+            pool.submit(_run_section, blocks, tmp_path / f"section-{section}", env)
+            for section, blocks in sections.items()
+        ]
+    for run in runs:
+        run.result()  # the first failed section's assertion, in page order
 
 
 def test_skipped_blocks_are_few_and_give_a_reason() -> None:
