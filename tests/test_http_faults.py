@@ -124,6 +124,76 @@ def test_a_stalled_server_is_a_clear_error_after_the_read_timeout() -> None:
             client.save_version({"a": np.zeros(4 * MiB)}, "m", compress=False)  # larger than socket buffers
 
 
+@contextlib.contextmanager
+def _server_closing_its_kept_connection() -> Iterator[tuple[str, list[str]]]:
+    """A server that answers the first request of each connection, keeps the connection open, and
+    closes it without answering when the next request arrives on it: what a client meets when it
+    reuses an idle connection just as the server's keep-alive runs out. Yields the URL and the
+    request lines it received, answered or not."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return b""
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        return head
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            head = read_request(conn)
+            seen.append(head.split(b"\r\n")[0].decode())
+            body = b'{"answered": true}'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            head = read_request(conn)  # the reused connection: closed with no answer
+            if head:
+                seen.append(head.split(b"\r\n")[0].decode())
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
+
+
+def test_a_read_on_a_connection_the_server_closed_unanswered_is_sent_again_and_a_write_is_not() -> None:
+    """A kept-alive connection the server drops without answering: a request that changes nothing
+    (GET) goes again on a new connection and succeeds; one that may change something (POST) is
+    never sent twice: the client raises a clear error, and the server saw it once."""
+    with _server_closing_its_kept_connection() as (url, seen), HttpRegistry(url) as client:
+        assert client.request("GET", "/one") == {"answered": True}
+        assert client.request("GET", "/two") == {"answered": True}  # first try dropped unanswered
+        assert seen == ["GET /api/v1/one HTTP/1.1", "GET /api/v1/two HTTP/1.1", "GET /api/v1/two HTTP/1.1"]
+        seen.clear()
+        with pytest.raises(StorageError, match="cannot reach the registry server"):
+            client.request("POST", "/three", json={"x": 1})
+        assert seen == ["POST /api/v1/three HTTP/1.1"]
+
+
 def _peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -104,6 +104,34 @@ def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> e
     return errors.StorageError(f"cannot reach the registry server {url}: {exc}")
 
 
+#: Requests a client sends once more when the server dropped a kept-alive connection without
+#: answering (a server closes an idle connection whenever it likes, and a client may reuse it at
+#: that moment): sending them again changes nothing.
+RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+#: How long a client keeps an idle connection to the server: less than the server's keep-alive
+#: (uvicorn's 5 s), so the client lets it go before the server closes it.
+KEEPALIVE_SECONDS = 4.0
+
+
+def exchange(http: Any, url: str, method: str, path: str, **kwargs: Any) -> Any:
+    """``http.request(method, path, **kwargs)`` on the client's ``httpx.Client``: its response, or
+    the :func:`transport_error` it met. A request in :data:`RESENDABLE` whose connection the server
+    dropped without answering is sent once more, on a new connection."""
+    import httpx
+
+    try:
+        return http.request(method, path, **kwargs)
+    except httpx.RemoteProtocolError as exc:
+        if method.upper() not in RESENDABLE:
+            raise transport_error(url, exc) from None
+    except httpx.TransportError as exc:  # timeouts included
+        raise transport_error(url, exc) from None
+    try:
+        return http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise transport_error(url, exc) from None
+
+
 def is_http_url(value: Any) -> bool:
     """Whether ``value`` names a registry server (``http://`` or ``https://``)."""
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
