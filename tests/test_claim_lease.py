@@ -36,11 +36,17 @@ def registry(index_target: IndexTarget, tmp_path: Path) -> Any:
     p.close()
 
 
-def test_a_renewed_claim_outlives_its_lease_and_gc_keeps_it(registry: ModelPersistence, short_lease: float) -> None:
+def test_a_renewed_claim_outlives_its_lease_and_gc_keeps_it(
+    registry: ModelPersistence, short_lease: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 2 s lease renewed every 0.1 s: a renewal may come up to 1.9 s late on a busy machine (two
+    # test workers on two cores) before the lease is lost, not the 0.9 s a 1 s lease leaves.
+    lease = 2 * short_lease
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", lease)
     index = registry.index
     with index.claim("m", None) as slot, slot.kept_alive():
         first = slot.claimed_at
-        time.sleep(short_lease * 2.5)  # two and a half leases
+        time.sleep(lease * 2.5)  # two and a half leases
         slot.check()  # still ours, and the lease was renewed meanwhile
         (held,) = list_claims(index, "m")
         assert held.token == slot.token and held.claimed_at > first

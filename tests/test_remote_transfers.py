@@ -614,14 +614,15 @@ def test_parts_are_not_hashed_again_for_their_signature(
 def test_an_upload_longer_than_the_lease_keeps_its_claim_by_renewing_it(
     renewing: bool, s3_bucket: S3Bucket, fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The lease is lowered to 1 s and each part takes 0.4 s, one at a time: the upload outlives
-    several leases. The heartbeat's renewals keep the claim and the save commits; without them
-    the writer stops before completing: no object, no upload left open, no version."""
-    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", 1.0)
+    """The lease is lowered to 2 s and each of the 4 parts takes 1 s, one at a time: the upload
+    outlives two leases. The heartbeat's renewals (every 0.1 s, so one may come 1.9 s late on a
+    busy machine) keep the claim and the save commits; without them the writer stops before
+    completing: no object, no upload left open, no version."""
+    monkeypatch.setattr(claims_module, "CLAIM_LEASE_SECONDS", 2.0)
     monkeypatch.setattr(claims_module, "CLAIM_RENEW_SECONDS", 0.1 if renewing else 3600.0)
     p = _proxied(s3_bucket, fault_proxy, tmp_path, part_size="5MiB", max_concurrency=1)
     fault_proxy.kind = _part_kind
-    fault_proxy.delay = lambda m, path: 0.4 if _part_kind(m, path) == "part" else 0.0
+    fault_proxy.delay = lambda m, path: 1.0 if _part_kind(m, path) == "part" else 0.0
     model = _model(16 * MiB, seed=11)
     if renewing:
         rec = p.save_version(model, "m", compress=False)
