@@ -1,8 +1,7 @@
 """Every code block of README.md and of every docs/*.md page runs as shown.
 
 The blocks of a section (``## ...``) run in order, in one fresh temporary folder per section, so a
-block may use the files an earlier block of its section wrote, as a reader following along would
-(the sections of a page run at the same time: none reads another's folder),
+block may use the files an earlier block of its section wrote, as a reader following along would,
 with ``MODELKEEP_*`` variables cleared, a per-user config folder of the section's own, and this
 interpreter's ``bin`` first on PATH.
 
@@ -27,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,8 +102,8 @@ def _run_section(blocks: list[Block], folder: Path, base_env: dict[str, str]) ->
 
 @pytest.mark.parametrize("page", PAGES, ids=_page_id)
 def test_every_code_block_of_the_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sections of a page run at the same time (each has its own folder and config, as a
-    fresh reader would); the blocks of a section in order."""
+    """Each section in its own folder with its own config, as a fresh reader would; the blocks
+    of a section in order."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MODELKEEP_GIT"] = "0"
@@ -120,13 +118,8 @@ def test_every_code_block_of_the_page_runs(page: Path, tmp_path: Path, monkeypat
         if block.language == "text" or _runs_elsewhere(block):
             continue
         sections.setdefault(block.section, []).append(block)
-    with ThreadPoolExecutor(max_workers=max(1, len(sections))) as pool:
-        runs = [
-            pool.submit(_run_section, blocks, tmp_path / f"section-{section}", env)
-            for section, blocks in sections.items()
-        ]
-    for run in runs:
-        run.result()  # the first failed section's assertion, in page order
+    for section, blocks in sections.items():
+        _run_section(blocks, tmp_path / f"section-{section}", env)
 
 
 def test_skipped_blocks_are_few_and_give_a_reason() -> None:
