@@ -182,16 +182,20 @@ def _server_closing_its_kept_connection() -> Iterator[tuple[str, list[str]]]:
 
 def test_a_read_on_a_connection_the_server_closed_unanswered_is_sent_again_and_a_write_is_not() -> None:
     """A kept-alive connection the server drops without answering: a request that changes nothing
-    (GET) goes again on a new connection and succeeds; one that may change something (POST) is
+    (GET, streamed or not) goes again on a new connection and succeeds; one that may change something (POST) is
     never sent twice: the client raises a clear error, and the server saw it once."""
     with _server_closing_its_kept_connection() as (url, seen), HttpRegistry(url) as client:
         assert client.request("GET", "/one") == {"answered": True}
         assert client.request("GET", "/two") == {"answered": True}  # first try dropped unanswered
         assert seen == ["GET /api/v1/one HTTP/1.1", "GET /api/v1/two HTTP/1.1", "GET /api/v1/two HTTP/1.1"]
         seen.clear()
+        with client._http.stream("GET", "/three") as streamed:  # a download goes the same way
+            assert streamed.read() == b'{"answered": true}'
+        assert seen == ["GET /api/v1/three HTTP/1.1", "GET /api/v1/three HTTP/1.1"]
+        seen.clear()
         with pytest.raises(StorageError, match="cannot reach the registry server"):
-            client.request("POST", "/three", json={"x": 1})
-        assert seen == ["POST /api/v1/three HTTP/1.1"]
+            client.request("POST", "/four", json={"x": 1})
+        assert seen == ["POST /api/v1/four HTTP/1.1"]
 
 
 def _peak_rss(pid: int) -> int:

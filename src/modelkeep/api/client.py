@@ -33,16 +33,16 @@ from .client_transfers import TransferMixin
 from .client_webhooks import WebhooksMixin
 from .wire import (
     API_PREFIX,
-    KEEPALIVE_SECONDS,
     PROTOCOL,
     PROTOCOL_HEADER,
     error_from_body,
-    exchange,
     history_from_wire,
     move_check_from_wire,
     policy_from_wire,
     record_from_wire,
+    resending_transport,
     summary_from_wire,
+    transport_error,
     verify_report_from_wire,
 )
 
@@ -112,13 +112,19 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         headers = {PROTOCOL_HEADER: str(PROTOCOL)}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS)
-        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout, limits=limits)
+        self._http = httpx.Client(
+            base_url=self.url + API_PREFIX, headers=headers, timeout=timeout, transport=resending_transport()
+        )
 
     # -- plumbing -------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON; a JSON error raises its library error."""
-        return self.decode(exchange(self._http, self.url, method, path, **kwargs))
+        httpx = _httpx()
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_error(self.url, exc) from None
+        return self.decode(response)
 
     def decode(self, response: Any) -> Any:
         """The JSON of a successful ``response``, else the error it carries, raised."""

@@ -41,7 +41,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
-from .wire import API_PREFIX, exchange, transport_error
+from .wire import API_PREFIX, transport_error
 
 if TYPE_CHECKING:
     from ..input_signature import InputCheck
@@ -271,7 +271,11 @@ class TransferMixin:
         """One request's response (a lost or silent server raises :class:`StorageError`), or
         ``None`` when the server predates the route (answered before :meth:`decode` is tried; the
         attribute ``missing`` then says so, for the next saves and loads)."""
-        response = exchange(self._http, self.url, method, path, **kwargs)
+        httpx = _httpx()
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_error(self.url, exc) from None
         no_route = response.status_code in (404, 405) and "json" not in response.headers.get("content-type", "")
         if no_route:  # an older server: the older way from now on (two requests, a whole-file plan)
             setattr(self, missing, False)

@@ -113,23 +113,25 @@ RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 KEEPALIVE_SECONDS = 4.0
 
 
-def exchange(http: Any, url: str, method: str, path: str, **kwargs: Any) -> Any:
-    """``http.request(method, path, **kwargs)`` on the client's ``httpx.Client``: its response, or
-    the :func:`transport_error` it met. A request in :data:`RESENDABLE` whose connection the server
-    dropped without answering is sent once more, on a new connection."""
+def resending_transport() -> Any:
+    """The ``httpx`` transport of a client of the registry server: it lets idle connections go
+    after :data:`KEEPALIVE_SECONDS`, and sends a request in :data:`RESENDABLE` once more, on a new
+    connection, when the server dropped its connection without answering. Every request of the
+    client goes through it, streamed downloads included; a write is never sent twice."""
     import httpx
 
-    try:
-        return http.request(method, path, **kwargs)
-    except httpx.RemoteProtocolError as exc:
-        if method.upper() not in RESENDABLE:
-            raise transport_error(url, exc) from None
-    except httpx.TransportError as exc:  # timeouts included
-        raise transport_error(url, exc) from None
-    try:
-        return http.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        raise transport_error(url, exc) from None
+    class ResendingTransport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                return super().handle_request(request)
+            except httpx.RemoteProtocolError:
+                if request.method not in RESENDABLE:
+                    raise
+            return super().handle_request(request)
+
+    return ResendingTransport(
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS)
+    )
 
 
 def is_http_url(value: Any) -> bool:
