@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -137,8 +138,6 @@ class VersionFiles(ArtifactStore):
         yield from response.iter_bytes()
 
     def open_read(self, key: str) -> BinaryIO:
-        import io
-
         with self.stream(key) as chunks:
             return io.BytesIO(b"".join(chunks))
 
@@ -188,6 +187,49 @@ class _Scratch(LocalStore):
 
         with durable_write(self.full_path(key), sync=False) as f:
             yield f
+
+
+class _UntilTaken(io.RawIOBase):
+    """The scratch file of a save whose parts go to the server's bucket as it serializes: every
+    byte goes to ``sender`` (:class:`~modelkeep.storage.presigned_client.PartSender`), and to the
+    file only until the server takes the upload in parts. From then on nothing reads the file (a
+    failed part is sent again from its part buffer, and a failed upload fails the save), so the
+    rest of the artifact is not written to a local disk, nor read back to be hashed (the digests
+    come from the bytes as written). While the server has not answered, and when it declines (a
+    folder store, an older server), the file gets every byte: the streamed or whole-file
+    upload reads it."""
+
+    def __init__(self, sender: Any) -> None:
+        super().__init__()
+        self._sender = sender
+        self._raw: BinaryIO | None = None
+        #: Whether the file holds every byte written.
+        self.complete = True
+
+    def around(self, raw: BinaryIO) -> BinaryIO:
+        """This file, writing to ``raw`` (:attr:`.StagedArtifact.wrap`)."""
+        self._raw = raw
+        return self  # type: ignore[return-value]
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        assert self._raw is not None, "written before StagedArtifact.open"
+        view = memoryview(data).cast("B")
+        self._sender.write(view)
+        if self.complete and self._sender.taken:
+            self.complete = False
+            self._raw.truncate(0)  # its bytes will not be read: let the pages go
+        if self.complete:
+            written = 0
+            while written < view.nbytes:  # an unbuffered file's writes may be partial
+                written += self._raw.write(view[written:]) or 0
+        return view.nbytes
+
+    def flush(self) -> None:
+        if self._raw is not None:
+            self._raw.flush()
 
 
 @dataclasses.dataclass
@@ -408,8 +450,9 @@ class TransferMixin:
             with scratch.staged() as staged:
                 # A large artifact goes to an S3 store's bucket part by part as it is serialized.
                 sender = None if blobs is not None else self._part_sender(model_name, version, overwrite, ext)
-                if sender is not None:
-                    staged.tee = sender.write
+                spool = None if sender is None else _UntilTaken(sender)
+                if spool is not None:
+                    staged.wrap = spool.around
                 try:
                     draft = saving.serialize(
                         model,
@@ -424,6 +467,8 @@ class TransferMixin:
                         trusted_types=s.trusted_types,
                     )
                     sent = sender.finish() if sender is not None else None
+                    if sent is None and spool is not None and not spool.complete:  # the file is not whole
+                        raise RuntimeError("modelkeep bug: the server took the upload in parts, but it sent no plan")
                 except BaseException:
                     if sender is not None:
                         sender.abort()

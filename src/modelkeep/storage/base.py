@@ -47,6 +47,10 @@ IO_WORKERS = 8
 #: ``part_size`` setting does not import the S3 backend.
 MIN_PART_SIZE = 5 << 20
 
+#: Bytes written to a wrapped staged file (:attr:`StagedArtifact.wrap`) that may wait to be hashed:
+#: they are held in memory until then, not re-read from the file.
+WRAPPED_PENDING = 16 << 20
+
 #: Staged keys of resumable saves (:meth:`ArtifactStore.stage` with ``resume``).
 RESUMABLE_PREFIX = f"{TMP_DIR}/resume-"
 _STAGED = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{32}\.part")
@@ -74,6 +78,10 @@ class StagedArtifact:
         self.committed = False
         #: Also gets every byte written, in order (a save fills the local cache with it).
         self.tee: Callable[[memoryview], None] | None = None
+        #: Wraps the store's file in one that takes every byte written but may keep only some of
+        #: them in the file (a client's save that sends its parts to a bucket as it serializes);
+        #: the bytes are then hashed as they are written, not read back from the file.
+        self.wrap: Callable[[BinaryIO], BinaryIO] | None = None
         #: Waits for the written bytes to be durable (a local store ``fsync``'s them on a helper
         #: thread: :meth:`ArtifactStore.open_staged_write`); :meth:`commit` calls them first.
         self._synced: list[Callable[[], None]] = []
@@ -87,10 +95,18 @@ class StagedArtifact:
         writer = None
         try:
             with self._open_raw() as raw:
-                reread = self.store.reread_fd(raw)
+                reread = self.store.reread_fd(raw) if self.wrap is None else None
+                if self.wrap is not None:
+                    raw = self.wrap(raw)
                 if self.tee is not None:
                     raw = _Tee(raw, self.tee)  # type: ignore[assignment]
-                writer = HashingWriter(raw, advance, reread_fd=reread, writeback=self.store.syncs_writes)
+                writer = HashingWriter(
+                    raw,
+                    advance,
+                    reread_fd=reread,
+                    writeback=self.store.syncs_writes,
+                    max_pending=WRAPPED_PENDING if self.wrap is not None else 128 << 20,
+                )
                 yield writer
                 writer.done_writing()  # hashing that needs the whole file runs during the fsync
             self.sha256, self.size, self.blake3 = writer.hexdigest(), writer.size, writer.blake3_record()

@@ -278,8 +278,9 @@ class HashingWriter(io.RawIOBase):
     reads the file being written), one thread maps the written bytes back from the page cache
     and computes the SHA-256 while they are written, and BLAKE3 runs once :meth:`done_writing`
     says the file is complete (while the caller's ``fsync`` waits); otherwise the written buffers
-    are queued for a thread per digest (:class:`BackgroundHash`). ``writeback`` says the caller
-    will ``fsync`` the file: the first thread then starts its write-back as it goes.
+    are queued for a thread per digest (:class:`BackgroundHash`), each holding at most
+    ``max_pending`` bytes not hashed yet. ``writeback`` says the caller will ``fsync`` the file:
+    the first thread then starts its write-back as it goes.
 
     Writes smaller than :attr:`GATHER_MIN` are gathered into one buffer of up to
     :attr:`GATHER` bytes before they reach ``raw``: a pickler writes many small pieces, and one
@@ -308,6 +309,7 @@ class HashingWriter(io.RawIOBase):
         blake3: bool = True,
         reread_fd: int | None = None,
         writeback: bool = False,
+        max_pending: int = 128 << 20,
     ) -> None:
         super().__init__()
         self._raw = raw
@@ -328,9 +330,11 @@ class HashingWriter(io.RawIOBase):
         self._hashed = False
         self._woken = 0
         if reread_fd is None:
-            self._queued: dict[str, BackgroundHash] | None = {"sha256": BackgroundHash("sha256")}
+            self._queued: dict[str, BackgroundHash] | None = {"sha256": BackgroundHash("sha256", max_pending)}
             if blake3:
-                self._queued.update(skeleton=BackgroundHash("blake3"), payload=BackgroundHash("blake3"))
+                self._queued.update(
+                    skeleton=BackgroundHash("blake3", max_pending), payload=BackgroundHash("blake3", max_pending)
+                )
         else:
             self._queued = None
             self._sha = new_hash("sha256")

@@ -348,6 +348,17 @@ class PartSender:
         """Whether a part was sent for (the upload was asked for)."""
         return self._started is not None
 
+    @property
+    def taken(self) -> bool:
+        """Whether the server took the upload in parts (``start()`` answered a plan): from then
+        on every byte goes to the bucket from this sender's part buffers (a failed ``PUT`` is
+        retried from its buffer), or the upload fails (:meth:`finish` raises); never ``False``
+        again once ``True``. ``False`` while ``start()`` has not answered, and when it declined or failed."""
+        started = self._started
+        if started is None or not started.done() or started.cancelled() or started.exception() is not None:
+            return False
+        return started.result() is not None
+
     def write(self, data: Any) -> None:
         """Take the next bytes of the file: copied into a part buffer (the caller may reuse its
         own), except whole parts of a ``bytes`` object (immutable), sent as they are; nothing
