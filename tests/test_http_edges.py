@@ -8,17 +8,20 @@ Every test talks to a real server over real HTTP (``tests/_http_server.py``, in 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from modelkeep import ModelPersistence
+from modelkeep import ModelNotFoundError, ModelPersistence
+from modelkeep.api.client import HttpRegistry
 from modelkeep.api.wire import API_PREFIX
-from modelkeep.errors import InvalidNameError, WebhookNotFoundError
+from modelkeep.errors import ConfigError, InvalidNameError, RequestError, WebhookNotFoundError
 from modelkeep.lifecycle import parse_age
 
+from ._cli_in_process import run_cli
 from ._http_server import HttpServer, ServerSide, running_server
 
 #: Larger than any 64-bit integer: SQLite refuses to bind it, PostgreSQL has no column for it.
@@ -40,6 +43,11 @@ def server(tmp_path: Path) -> Iterator[HttpServer]:
 def call(server: HttpServer, method: str, path: str, **kwargs: object) -> httpx.Response:
     headers = {"Authorization": f"Bearer {server.token}"}
     return httpx.request(method, server.url + API_PREFIX + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def allowed(response: httpx.Response) -> set[str]:
+    """The methods a 405's ``Allow`` header names (in no fixed order)."""
+    return {m.strip() for m in response.headers["allow"].split(",")}
 
 
 def error_of(response: httpx.Response) -> dict[str, str]:
@@ -80,6 +88,41 @@ def test_an_age_older_than_the_calendar_selects_nothing(server: HttpServer) -> N
     assert server.client().purge(older_than="10000000d") == []
     with server.direct() as p:
         assert p.purge(older_than="10000000d") == [] and len(p.list_trash()) == 1
+
+
+# -- paths under /api/ that match no route --------------------------------------------------------
+
+
+def test_an_unknown_api_route_or_method_answers_json_with_allow(server: HttpServer) -> None:
+    missing = call(server, "GET", "/no-such-route")
+    assert missing.status_code == 404 and error_of(missing)["class"] == "RequestError"
+    assert "no API route GET /api/v1/no-such-route" in error_of(missing)["message"]
+    for method in ("POST", "TRACE"):
+        wrong = call(server, method, "/models")
+        assert wrong.status_code == 405 and allowed(wrong) == {"GET", "HEAD"}
+        assert error_of(wrong)["class"] == "RequestError" and f"{method} is not a method" in error_of(wrong)["message"]
+    # A client newer than the server, calling a route this one lacks: not a missing model.
+    with server.client() as client, pytest.raises(RequestError, match="no API route") as raised:
+        client.request("GET", "/models/churn/no-such-route")
+    assert not isinstance(raised.value, ModelNotFoundError)
+    # The UI's pages keep their HTML, and a 405 there says what is allowed too.
+    page = httpx.post(server.url + "/history", timeout=30)
+    assert page.status_code == 405 and allowed(page) == {"GET", "HEAD"} and "<html" in page.text
+
+
+def test_a_wrong_registry_url_is_one_line_naming_the_fix(server: HttpServer) -> None:
+    token = server.token
+    with HttpRegistry(server.url + "/models", token=token) as wrong, pytest.raises(ConfigError) as raised:
+        wrong.list_models()  # the UI's HTML 404 page, before: a ModelNotFoundError quoting it
+    assert "did not answer like a modelkeep registry server (HTTP 404" in str(raised.value)
+    assert "server's root" in str(raised.value) and "<" not in str(raised.value)
+    with HttpRegistry(server.url + API_PREFIX, token=token) as doubled, pytest.raises(RequestError) as raised:
+        doubled.list_models()
+    assert f"the registry URL is the server's root, without {API_PREFIX}" in str(raised.value)
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MODELKEEP_")}
+    done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": server.url + "/x", "MODELKEEP_TOKEN": token})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("Error: ") and "server's root" in done.stderr and "<" not in done.stderr
 
 
 # -- the library's errors ------------------------------------------------------------------------

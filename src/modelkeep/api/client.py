@@ -37,6 +37,7 @@ from .wire import (
     PROTOCOL_HEADER,
     error_from_body,
     history_from_wire,
+    is_api_error,
     move_check_from_wire,
     policy_from_wire,
     record_from_wire,
@@ -133,6 +134,13 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         except ValueError:
             body = response.text
         if response.status_code >= 400:
+            if response.status_code in (404, 405) and not is_api_error(body):
+                # every route of the API answers its errors in JSON: this is not the API
+                raise ConfigError(
+                    f"{self.url} did not answer like a modelkeep registry server (HTTP {response.status_code} "
+                    f"for {response.request.url.path}): the registry URL is the server's root, such as "
+                    "https://models.example:8766 (MODELKEEP_REGISTRY_URL, or registry_url)"
+                )
             raise error_from_body(response.status_code, body)
         return body
 

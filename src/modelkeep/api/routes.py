@@ -558,6 +558,30 @@ def check_protocol(request: Request) -> None:
         )
 
 
+def route_error(request: Request, exc: HTTPException) -> JSONResponse | None:
+    """The JSON answer to a request under ``/api/`` that reached no route of the API (404), or a
+    route without that method (405, with its ``Allow`` header); ``None`` for any other path
+    (the UI's pages answer those). A client then raises :class:`~modelkeep.errors.RequestError`
+    naming the route, never the error of a missing model, and never reads an HTML page."""
+    path = request.url.path
+    routed = request.scope.get("endpoint") is not None  # a route's own 404 (a UI page's) is its business
+    if not path.startswith("/api/") or not (exc.status_code == 405 or (exc.status_code == 404 and not routed)):
+        return None
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not a method of {path} (it takes {allowed or 'none'})"
+    elif path.startswith(API_PREFIX + "/api/"):
+        message = f"no API route {path}: the registry URL is the server's root, without {API_PREFIX}"
+    else:
+        message = (
+            f"this server (modelkeep {__version__}, protocol {PROTOCOL}) has no API route {request.method} {path}: "
+            f"see {API_PREFIX}/openapi.json"
+        )
+    response = JSONResponse(error_body(RequestError(message)), status_code=exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
+
+
 def _from_http(exc: HTTPException) -> ModelKeepError:
     detail = str(exc.detail)
     if exc.status_code == 401:

@@ -69,7 +69,7 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     """The error a server's response describes (``body`` is the decoded JSON, or anything else)."""
     detail = body.get("error") if isinstance(body, dict) else None
     if not isinstance(detail, dict):
-        text = str(body)[:500] if body else ""
+        text = _one_line(body)
         if status == 401:
             return errors.AuthenticationError(f"the server refused the credentials (HTTP 401) {text}".strip())
         if status == 403:
@@ -90,6 +90,19 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     if "failures" in detail and isinstance(detail["failures"], list):
         exc.failures = [tuple(f) for f in detail["failures"] if isinstance(f, list)]  # type: ignore[attr-defined]
     return exc
+
+
+def is_api_error(body: Any) -> bool:
+    """Whether ``body`` (decoded JSON, or text) is this API's error, ``{"error": {...}}``."""
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def _one_line(body: Any) -> str:
+    """A body that is no API error, for one line of a message: an HTML page is named, not quoted."""
+    if not body:
+        return ""
+    text = " ".join(str(body).split())
+    return "(an HTML page)" if text[:15].lower().startswith(("<!doctype", "<html")) else text[:300]
 
 
 def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> errors.StorageError:
