@@ -8,6 +8,7 @@ Every test talks to a real server over real HTTP (``tests/_http_server.py``, in 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from modelkeep import ModelNotFoundError, ModelPersistence
 from modelkeep.api.client import HttpRegistry
 from modelkeep.api.wire import API_PREFIX
-from modelkeep.errors import ConfigError, InvalidNameError, RequestError, WebhookNotFoundError
+from modelkeep.errors import ConfigError, InvalidNameError, RequestError, ServerError, WebhookNotFoundError
 from modelkeep.lifecycle import parse_age
 
 from ._cli_in_process import run_cli
@@ -125,7 +126,34 @@ def test_a_wrong_registry_url_is_one_line_naming_the_fix(server: HttpServer) -> 
     assert done.stderr.startswith("Error: ") and "server's root" in done.stderr and "<" not in done.stderr
 
 
-# -- the library's errors ------------------------------------------------------------------------
+# -- a bug on the server -------------------------------------------------------------------------
+
+
+def test_a_server_bug_is_a_server_error_with_an_incident_not_a_storage_error(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.served is not None
+
+    def broken(*args: object, **kwargs: object) -> list[str]:
+        raise ZeroDivisionError("secret detail from /srv/models")
+
+    for name in ("list_models", "model_summaries"):  # the library's calls behind GET /models and 'modelkeep list'
+        monkeypatch.setattr(server.served, name, broken)
+    with caplog.at_level(logging.ERROR, logger="modelkeep"):
+        response = call(server, "GET", "/models")
+    assert response.status_code == 500 and error_of(response)["class"] == "ServerError"
+    message = error_of(response)["message"]
+    assert "internal error in modelkeep" in message and "ZeroDivisionError" in message
+    assert "secret" not in response.text and "Traceback" not in response.text
+    incident = message.rsplit("incident ", 1)[1]
+    logged = [r for r in caplog.records if incident in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # the traceback, in the server's log
+    with server.client() as client, pytest.raises(ServerError, match="incident"):
+        client.list_models()
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MODELKEEP_")}
+    done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": server.url, "MODELKEEP_TOKEN": server.token})
+    assert done.returncode == 70 and "Traceback" not in done.stderr  # a bug: exit 70, as locally
+    assert done.stderr.startswith("Error: internal error in modelkeep") and done.stderr.count("\n") == 1
 
 
 def test_a_library_error_is_still_the_librarys_class(server: HttpServer) -> None:

@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._version import __version__
-from ..errors import AuthenticationError, ModelKeepError, PermissionDeniedError, RequestError
+from ..errors import (
+    AuthenticationError,
+    ModelKeepError,
+    PermissionDeniedError,
+    RequestError,
+    ServerError,
+    StorageError,
+)
 from ..identity import Identity, acting_as
 from .wire import (
     API_PREFIX,
@@ -37,6 +46,7 @@ from .wire import (
     status_for,
 )
 
+logger = logging.getLogger("modelkeep")
 Handler = Callable[[Request], Awaitable[Response]]
 #: Who sent a request (``None``: a sign-in free server); raises HTTPException or AuthenticationError.
 Identify = Callable[[Request], Awaitable[Identity | None]]
@@ -48,6 +58,25 @@ from .endpoint import MAX_JSON_BODY, Body, Endpoint, Query, json_response, read_
 def error_response(exc: ModelKeepError) -> JSONResponse:
     """A library error as the API's JSON error."""
     return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """What a request that failed with anything but a library error gets: a JSON
+    :class:`~modelkeep.errors.ServerError` (500), or a :class:`~modelkeep.errors.StorageError`
+    (503) for the server's own operating-system errors, naming an incident id; the traceback
+    goes to the server's log under that id, and nothing of it (paths, SQL, values) to the client."""
+    incident = secrets.token_hex(6)
+    logger.error("incident %s: %s %s failed", incident, request.method, request.url.path, exc_info=exc)
+    if isinstance(exc, OSError):
+        error: ModelKeepError = StorageError(
+            f"the server's storage failed ({type(exc).__name__}); its log has the details under incident {incident}"
+        )
+    else:
+        error = ServerError(
+            f"internal error in modelkeep {__version__} on the server ({type(exc).__name__}), not in the request: "
+            f"please report it with the server's log of incident {incident}"
+        )
+    return error_response(error)
 
 
 class Api:
@@ -111,6 +140,10 @@ class Api:
                 return error_response(exc)
             except HTTPException as exc:
                 return error_response(_from_http(exc))
+            except ClientDisconnect:
+                raise  # nobody to answer
+            except Exception as exc:  # a bug (or the server's own disk): logged here, never the client's fault
+                return unexpected_error(request, exc)
 
         return wrapper
 

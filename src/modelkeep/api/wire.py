@@ -41,6 +41,8 @@ def status_for(exc: BaseException) -> int:
         return 422
     if isinstance(exc, (errors.StorageError, errors.BackendUnavailableError)):
         return 503
+    if isinstance(exc, errors.ServerError):
+        return 500
     return 400
 
 
@@ -76,6 +78,8 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
             return errors.PermissionDeniedError(f"the server refused the request (HTTP 403) {text}".strip())
         if status == 404:
             return errors.ModelNotFoundError(f"not found on the server (HTTP 404) {text}".strip())
+        if status == 500:  # a server that failed before it could say how (a proxy passes 502-504)
+            return errors.ServerError(f"the server failed on this request (HTTP 500) {text}".strip())
         return errors.StorageError(f"the server answered HTTP {status} {text}".strip())
     cls = _error_class(detail.get("class"))
     message = str(detail.get("message", ""))
