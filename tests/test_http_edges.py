@@ -160,3 +160,31 @@ def test_a_library_error_is_still_the_librarys_class(server: HttpServer) -> None
     # Through the client too: the library's class, which no answer for a server's bug may replace.
     with server.client() as client, pytest.raises(WebhookNotFoundError):
         client.webhooks.remove(HUGE)
+
+
+# -- the store is shared: what it holds is no reader's business ---------------------------------
+
+
+def test_only_a_user_who_may_upload_asks_which_blobs_the_store_holds(server: HttpServer) -> None:
+    import hashlib
+
+    data = b"weights of a model only admins see" * 100
+    sha = hashlib.sha256(data).hexdigest()
+    assert call(server, "PUT", f"/blobs/{sha}", content=data).status_code == 201  # the admin's upload
+    with server.direct() as p:
+        p.users.add("reader", None, "none")
+        p.users.grant("reader", "churn", "viewer")
+        reader = p.users.new_token("reader", "tests")
+        writer = server.add_user("writer", "writer")
+    probe = {"blobs": [[sha, len(data)], ["ab" * 32, 10]]}
+
+    def ask(token: str) -> httpx.Response:
+        url = server.url + API_PREFIX + "/blobs/missing"
+        return httpx.post(url, json=probe, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    # Before, any token learned that someone had stored exactly these bytes.
+    refused = ask(reader)
+    assert refused.status_code == 403 and error_of(refused)["class"] == "PermissionDeniedError"
+    assert sha not in refused.text
+    answered = ask(writer)  # what a writer's save of a native-format model asks before uploading
+    assert answered.status_code == 200 and answered.json()["missing"] == ["ab" * 32]

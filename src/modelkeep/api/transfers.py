@@ -1108,6 +1108,9 @@ class Transfers:
         from ..blobs import BlobStore
         from .endpoint import read_json
 
+        # The store is shared by every model: its answer says whether anyone stored given
+        # bytes, so only a user who could upload them asks (as for PUT /blobs/{sha}).
+        self._may_upload(request, None)
         body = await read_json(request)
         wanted = body.get("blobs")
         if wanted is None or not _blob_list(wanted):
