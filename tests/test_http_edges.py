@@ -102,6 +102,13 @@ def test_an_unknown_api_route_or_method_answers_json_with_allow(server: HttpServ
         wrong = call(server, method, "/models")
         assert wrong.status_code == 405 and allowed(wrong) == {"GET", "HEAD"}
         assert error_of(wrong)["class"] == "RequestError" and f"{method} is not a method" in error_of(wrong)["message"]
+    # A path with several methods names them all, not only those of its first route.
+    for path, methods in (
+        ("/models/churn/aliases/x", {"PUT", "DELETE"}),
+        ("/users/u/tokens", {"GET", "HEAD", "POST", "DELETE"}),
+    ):
+        assert allowed(call(server, "OPTIONS", path)) == methods
+    assert call(server, "HEAD", "/models").status_code == 200
     # A client newer than the server, calling a route this one lacks: not a missing model.
     with server.client() as client, pytest.raises(RequestError, match="no API route") as raised:
         client.request("GET", "/models/churn/no-such-route")

@@ -659,8 +659,23 @@ def api_routes(api: Api) -> list[Route]:
     async def schema(_request: Request) -> Response:
         return Response(document, media_type="application/json")
 
+    # One route per path, whatever its methods: a 405 then names them all in its Allow header
+    # (with a route per method, only the first route's).
+    by_path: dict[str, dict[str, Handler]] = {}
+    for ep in endpoints:
+        by_path.setdefault(ep.path, {})[ep.method] = api.guarded(ep.handler, hinted=ep.hinted)
     routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
     routes += [
-        Route(API_PREFIX + ep.path, api.guarded(ep.handler, hinted=ep.hinted), methods=[ep.method]) for ep in endpoints
+        Route(API_PREFIX + path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
     ]
     return routes
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    """The handler of a path that answers each method with its own (``HEAD`` with ``GET``'s)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
