@@ -101,6 +101,21 @@ def is_api_error(body: Any) -> bool:
     return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
+def no_such_route(response: Any) -> bool:
+    """Whether an httpx ``response`` says the server has no such route (an older server): a 404 or
+    405 that is not JSON (a server before they were JSON), or a ``RequestError`` (a route's own
+    404 names what is missing: a model, a version, an upload)."""
+    if response.status_code not in (404, 405):
+        return False
+    if "json" not in response.headers.get("content-type", ""):
+        return True
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    return is_api_error(body) and body["error"].get("class") == "RequestError"
+
+
 def _one_line(body: Any) -> str:
     """A body that is no API error, for one line of a message: an HTML page is named, not quoted."""
     if not body:
