@@ -195,3 +195,34 @@ def test_only_a_user_who_may_upload_asks_which_blobs_the_store_holds(server: Htt
     assert sha not in refused.text
     answered = ask(writer)  # what a writer's save of a native-format model asks before uploading
     assert answered.status_code == 200 and answered.json()["missing"] == ["ab" * 32]
+
+
+# -- what a request gets wrong is a RequestError, and a flag is a JSON boolean ------------------------
+
+
+def test_a_malformed_transfer_names_the_request_error_class(server: HttpServer) -> None:
+    # Raised as HTTP errors inside the transfers, these came back as a bare ModelKeepError.
+    response = call(server, "POST", "/uploads?model=churn", content=b"bytes")
+    assert response.status_code == 400 and error_of(response)["class"] == "RequestError"
+    assert "X-Modelkeep-Expected" in error_of(response)["message"]
+    response = call(server, "PUT", "/models/churn/aliases/staging", content=b"{not json")
+    assert response.status_code == 400 and error_of(response)["class"] == "RequestError"
+
+
+def test_a_flag_that_is_not_a_json_boolean_is_refused_before_anything_changes(server: HttpServer) -> None:
+    with server.direct() as p:
+        p.save({"w": 3}, "churn", "1.0.2")
+    # bool(0) is False: {"dry_run": 0} pruned for real, and {"overwrite": "false"} overwrote.
+    for value in (0, "false", {}):
+        response = call(server, "POST", "/models/churn/prune", json={"keep_last": 0, "dry_run": value})
+        assert response.status_code == 400 and error_of(response)["class"] == "RequestError", response.text
+        assert "'dry_run' must be true or false" in error_of(response)["message"]
+    for path, body in (
+        ("/admin/gc", {"dry_run": 0}),
+        ("/policies", {"model": "churn", "alias": "production", "require_input_signature": "no"}),
+    ):
+        assert call(server, "PUT" if path == "/policies" else "POST", path, json=body).status_code == 400
+    with server.direct() as p:
+        assert p.list_versions("churn") == ["1.0.0", "1.0.2"] and p.policies("churn") == []
+    dry = call(server, "POST", "/models/churn/prune", json={"keep_last": 0, "dry_run": True})
+    assert dry.status_code == 200 and sorted(dry.json()["versions"]) == ["1.0.0", "1.0.2"]

@@ -68,7 +68,7 @@ class AdminRoutes:
         report = await self.api.call(
             request,
             self.api.p.gc,
-            dry_run=bool(body.get("dry_run", False)),
+            dry_run=body.flag("dry_run"),
             min_age_seconds=float(min_age),
             purge_deleted_older_than=older,
         )

@@ -80,6 +80,15 @@ def _finite(text: str) -> float:
     return value
 
 
+def flag(data: dict[str, Any], key: str) -> bool:
+    """A JSON body's ``true``/``false`` member (absent or ``null``: false). Anything else is a
+    :class:`RequestError`: ``bool("false")`` is true, and these flags overwrite and delete."""
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise RequestError(f"{key!r} must be true or false, got {type(value).__name__}")
+
+
 class Body:
     """Typed access to a JSON request body; a wrong type is a clear :class:`RequestError`."""
 
@@ -100,6 +109,10 @@ class Body:
         if value is None:
             raise RequestError(f"{key!r} is required")
         return value
+
+    def flag(self, key: str) -> bool:
+        """``true``/``false`` (absent: false); see :func:`flag`."""
+        return flag(self.data, key)
 
     def integer(self, key: str, default: int | None = None) -> Any:
         value = self.data.get(key, default)

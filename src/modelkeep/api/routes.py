@@ -33,6 +33,7 @@ from ..errors import (
     RequestError,
     ServerError,
     StorageError,
+    UploadTooLargeError,
 )
 from ..identity import Identity, acting_as
 from .wire import (
@@ -138,8 +139,8 @@ class Api:
                 return await handler(request)
             except ModelKeepError as exc:
                 return error_response(exc)
-            except HTTPException as exc:
-                return error_response(_from_http(exc))
+            except HTTPException as exc:  # the status it chose (411, 413...), with an error class
+                return JSONResponse(error_body(_from_http(exc)), status_code=exc.status_code)
             except ClientDisconnect:
                 raise  # nobody to answer
             except Exception as exc:  # a bug (or the server's own disk): logged here, never the client's fault
@@ -360,9 +361,7 @@ class Api:
         keep = body.integer("keep_last")
         if keep is None:
             raise RequestError("'keep_last' is required")
-        found = await self.call(
-            request, self.p.prune, request.path_params["name"], keep, dry_run=bool(body.get("dry_run", False))
-        )
+        found = await self.call(request, self.p.prune, request.path_params["name"], keep, dry_run=body.flag("dry_run"))
         return json_response({"versions": found})
 
     # -- promotion policies and approvals ----------------------------------------------------
@@ -386,7 +385,7 @@ class Api:
             body.required("alias"),
             filter=body.text("filter"),
             require_signature=signers,
-            require_input_signature=bool(body.get("require_input_signature", False)),
+            require_input_signature=body.flag("require_input_signature"),
             approvals=body.integer("approvals", 0),
             allowed=allowed,
         )
@@ -621,7 +620,9 @@ def _from_http(exc: HTTPException) -> ModelKeepError:
         return AuthenticationError(detail)
     if exc.status_code == 403:
         return PermissionDeniedError(detail)
-    return ModelKeepError(detail)
+    if exc.status_code == 413:
+        return UploadTooLargeError(detail)
+    return RequestError(detail)  # a 400 or 411: something in the request
 
 
 def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:

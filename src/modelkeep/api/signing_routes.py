@@ -135,7 +135,7 @@ class SigningRoutes:
             event=event,
             signature=body.required("signature"),
             public_key=body.text("public_key"),
-            force=bool(body.get("force", False)),
+            force=body.flag("force"),
         )
         return json_response({"ok": True})
 

@@ -85,7 +85,7 @@ from ..signing import manifest
 from ..storage.base import StagedArtifact
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash, start_writeback
 from ..versions import next_version, sort_key, validate_model_name, validate_version
-from .endpoint import MAX_JSON_BODY
+from .endpoint import MAX_JSON_BODY, flag
 from .wire import too_large
 
 if TYPE_CHECKING:
@@ -637,7 +637,7 @@ class Transfers:
             extension = str(body.get("extension", ""))
             if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
                 raise MetadataError(f"bad artifact extension {extension!r}")
-            plan_for = (name, version, bool(body.get("overwrite")), extension)
+            plan_for = (name, version, flag(body, "overwrite"), extension)
         # A file of one part goes up as one PUT, not a one-part multipart upload: one request
         # instead of three, and the object's checksum is its own SHA-256 (a multipart upload's is
         # a checksum of the parts' checksums, which some S3 servers return as if it were the file's).
@@ -725,7 +725,7 @@ class Transfers:
         if type(part_size) is not int:
             raise MetadataError("an upload in parts needs a part_size (bytes)")
         upload = Upload("", 0, "", None, self._user(request), parts={})
-        plan_for = (name, version, bool(body.get("overwrite")), extension)
+        plan_for = (name, version, flag(body, "overwrite"), extension)
         out: dict[str, Any] = {"upload": uuid.uuid4().hex, "part_size": part_size}
         out["plan"] = await self.api.call(
             request, self._claimed, upload, plan_for, lambda key: start_parts(self.s3, key, part_size=part_size)
@@ -908,8 +908,8 @@ class Transfers:
     ) -> ModelMetadata:
         """Commit ``staged`` (default: the upload's staged key) as the version ``draft`` names."""
         p = self.api.p
-        overwrite = bool(body.get("overwrite"))
-        auto = bool(body.get("auto_version"))
+        overwrite = flag(body, "overwrite")
+        auto = flag(body, "auto_version")
         created_at = _created_at(body)
         assert draft.artifact is not None
         if staged is None:
@@ -963,7 +963,7 @@ class Transfers:
         upload = Upload("", int(expected.size or 0), expected.sha256, _blake3_record(expected), user)
         draft = draft_from_client(form.get("record"), name, upload)  # nothing stored for a bad record
         check_bytes(data, expected)  # the bytes are those announced (and so those the record names)
-        auto, overwrite = bool(form.get("auto_version")), bool(form.get("overwrite"))
+        auto, overwrite = flag(form, "auto_version"), flag(form, "overwrite")
         # A store that takes uploads straight to their final key (S3) gets the bytes there under the
         # version's claim, as a direct save's: no staged copy, no server-side copy after it.
         staged = InlineArtifact(self.store, data, upload.sha256) if self.store.direct_uploads else None
