@@ -226,3 +226,69 @@ def test_a_flag_that_is_not_a_json_boolean_is_refused_before_anything_changes(se
         assert p.list_versions("churn") == ["1.0.0", "1.0.2"] and p.policies("churn") == []
     dry = call(server, "POST", "/models/churn/prune", json={"keep_last": 0, "dry_run": True})
     assert dry.status_code == 200 and sorted(dry.json()["versions"]) == ["1.0.0", "1.0.2"]
+
+
+# -- the OpenAPI document says what the routes answer -------------------------------------------
+
+
+def test_the_openapi_document_declares_what_the_routes_answer(server: HttpServer) -> None:
+    import hashlib
+
+    document = httpx.get(server.url + API_PREFIX + "/openapi.json", timeout=30).json()
+    assert "Error" in document["components"]["schemas"]
+
+    def declared(method: str, path: str) -> dict[str, object]:
+        operation: dict[str, object] = document["paths"][API_PREFIX + path][method.lower()]
+        return operation
+
+    data = b"blob bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    cases = [  # (method, documented path, request path, request arguments)
+        ("POST", "/users", "/users", {"json": {"name": "newbie", "role": "viewer"}}),
+        ("POST", "/users/{user}/tokens", "/users/newbie/tokens", {"json": {"label": "x"}}),
+        ("PUT", "/blobs/{sha}", f"/blobs/{sha}", {"content": data}),
+        ("GET", "/models/{name}/versions/{version}", "/models/churn/versions/latest", {}),
+        ("GET", "/models/{name}/versions/{version}/artifact", "/models/churn/versions/1.0.0/artifact", {}),
+        ("GET", "/models/{name}/bundle", "/models/churn/bundle", {}),
+        ("GET", "/models/{name}/versions/{version}", "/models/nope/versions/latest", {}),
+    ]
+    for method, documented, path, kwargs in cases:
+        response = call(server, method, path, **kwargs)
+        responses: dict[str, dict[str, dict[str, object]]] = declared(method, documented)["responses"]  # type: ignore[assignment]
+        answer = responses.get(str(response.status_code)) or responses["default"]
+        assert response.is_success == (str(response.status_code) in responses), (path, response.status_code)
+        media = response.headers["content-type"].split(";")[0]
+        assert media in answer["content"], (path, media, answer)
+    # The parameters a route requires are declared required.
+    best = declared("GET", "/models/{name}/best")["parameters"]
+    assert {"name": "metric", "in": "query", "required": True, "schema": {"type": "string"}} in best  # type: ignore[operator]
+    body = declared("PUT", "/models/{name}/aliases/{alias}")["requestBody"]
+    assert body["content"]["application/json"]["schema"]["required"] == ["version"]  # type: ignore[index]
+
+
+def test_every_argument_a_handler_reads_by_name_is_in_the_document(tmp_path: Path) -> None:
+    """The handlers' own reads (``q.text("model")``, ``body.get("dry_run")``, ...) against what
+    their endpoint declares, so the document cannot fall behind a new argument. Reads in helpers
+    the handler calls are not seen; the declared ones are checked by the test above for a sample."""
+    import inspect
+    import re
+
+    from modelkeep.api.routes import Api
+
+    with ModelPersistence(tmp_path / "models") as p:
+        endpoints = Api(p, identify=None).endpoints()  # type: ignore[arg-type]
+    # q.text("x"), body.get("x"), query_params.get("x"), Body(...).required("x"), flag(body, "x")
+    read = re.compile(
+        r"(?:\bq|\bbody|\bform|query_params|\))\.(?:text|required|integer|flag|get)\(\"(\w+)\"|flag\(\w+, \"(\w+)\"\)"
+    )
+    unread = {"content-length"}  # transport, not the API's
+    seen: dict[tuple[str, str], set[str]] = {}
+    for ep in endpoints:
+        source = inspect.getsource(ep.handler)
+        names = seen[ep.method, ep.path] = {a or b for a, b in read.findall(source)} - unread
+        declared = {spec.split(":")[0].rstrip("!") for spec in (*ep.query, *ep.headers, *(ep.body or ()))}
+        assert names <= declared, (ep.method, ep.path, names - declared)
+    # The reads are found (a pattern that matched nothing would pass the loop above).
+    assert seen["GET", "/history"] == {"model", "alias", "since", "until", "limit", "actions"}
+    assert seen["POST", "/models/{name}/commit"] >= {"upload", "record"}
+    assert seen["POST", "/models/{name}/prune"] == {"keep_last", "dry_run"}

@@ -128,13 +128,26 @@ def admin_endpoints(api: Api) -> list[Endpoint]:
     """The routes of garbage collection, reindexing and webhook dispatch (admins only)."""
     s = AdminRoutes(api)
     return [
-        Endpoint("POST", "/admin/gc", s.gc, "Collect garbage in the server's store; the report (admin)"),
+        Endpoint(
+            "POST",
+            "/admin/gc",
+            s.gc,
+            "Collect garbage in the server's store; the report (admin)",
+            body=("min_age_seconds:number", "purge_deleted_older_than:any", "dry_run:boolean"),
+        ),
         Endpoint("POST", "/admin/reindex", s.reindex, "Rebuild the index from the sidecar files (admin)"),
-        Endpoint("POST", "/events/dispatch", s.dispatch, "One pass of the server's webhook dispatcher (admin)"),
+        Endpoint(
+            "POST",
+            "/events/dispatch",
+            s.dispatch,
+            "One pass of the server's webhook dispatcher (admin)",
+            body=tuple(f"{key}:{'integer' if key == 'max_attempts' else 'number'}" for key in PASS_SETTINGS),
+        ),
         Endpoint(
             "POST",
             "/admin/backfill-params",
             s.backfill_params,
             "Record the deep parameters a client captured from its own load of one version (admin)",
+            body=("model_name!", "version!", "fields:any", "expect:any"),
         ),
     ]

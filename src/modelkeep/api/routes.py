@@ -519,51 +519,173 @@ class Api:
             Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
             Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),
             Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model"),
-            Endpoint("GET", "/history", self.history, "The audit log (?model, alias, since, until, limit, actions)"),
-            Endpoint("POST", "/verify", self.verify, "Re-hash artifacts on the server and report problems"),
-            Endpoint("POST", "/search/versions", self.search_versions, "Live versions matching a filter, a page"),
-            Endpoint("POST", "/search/models", self.search_models, "Models with a version matching a filter"),
-            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)"),
-            Endpoint("POST", "/purge", self.purge, "Delete trashed versions for good"),
-            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)"),
-            Endpoint("PUT", "/policies", self.set_policy, "Set the policy for moving an alias (admin)"),
+            Endpoint(
+                "GET",
+                "/history",
+                self.history,
+                "The audit log (?model, alias, since, until, limit, actions)",
+                query=("model", "alias", "since", "until", "limit:integer", "actions"),
+            ),
+            Endpoint(
+                "POST",
+                "/verify",
+                self.verify,
+                "Re-hash artifacts on the server and report problems",
+                body=("model_name",),
+            ),
+            Endpoint(
+                "POST",
+                "/search/versions",
+                self.search_versions,
+                "Live versions matching a filter, a page",
+                body=("filter", "model_name", "order_by:any", "limit:integer", "page_token"),
+            ),
+            Endpoint(
+                "POST",
+                "/search/models",
+                self.search_models,
+                "Models with a version matching a filter",
+                body=("filter", "limit:integer", "page_token"),
+            ),
+            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)", query=("model",)),
+            Endpoint(
+                "POST",
+                "/purge",
+                self.purge,
+                "Delete trashed versions for good",
+                body=("model_name", "version", "older_than:any"),
+            ),
+            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)", query=("model",)),
+            Endpoint(
+                "PUT",
+                "/policies",
+                self.set_policy,
+                "Set the policy for moving an alias (admin)",
+                body=(
+                    "model!",
+                    "alias!",
+                    "filter",
+                    "require_signature:array",
+                    "require_input_signature:boolean",
+                    "approvals:integer",
+                    "allowed:array",
+                ),
+            ),
             Endpoint("DELETE", "/policies/{model}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"),
             Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first"),
             Endpoint("GET", m + "/records", self.list_version_records, "Every live version's record, oldest first"),
-            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)"),
-            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)"),
+            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)", query=("alias",)),
+            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)", query=("force:boolean",)),
             Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash"),
-            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias"),
-            Endpoint("GET", m + "/approvals", self.approvals, "Approvals of a model (?version, alias)"),
-            Endpoint("POST", m + "/prune", self.prune, "Trash all but the newest versions"),
-            Endpoint("POST", m + "/compare", self.compare_records, "The records compare_versions compares"),
-            Endpoint("GET", m + "/best", self.best_version, "The best version by a metric (?metric, mode, filter)"),
-            Endpoint("GET", m + "/metrics/{metric}", self.metric_history, "A metric over the newest versions"),
+            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias", body=("alias!",)),
+            Endpoint(
+                "GET",
+                m + "/approvals",
+                self.approvals,
+                "Approvals of a model (?version, alias)",
+                query=("version", "alias"),
+            ),
+            Endpoint(
+                "POST",
+                m + "/prune",
+                self.prune,
+                "Trash all but the newest versions",
+                body=("keep_last:integer!", "dry_run:boolean"),
+            ),
+            Endpoint(
+                "POST",
+                m + "/compare",
+                self.compare_records,
+                "The records compare_versions compares",
+                body=("versions:array", "filter"),
+            ),
+            Endpoint(
+                "GET",
+                m + "/best",
+                self.best_version,
+                "The best version by a metric (?metric, mode, filter)",
+                query=("metric!", "mode", "filter"),
+            ),
+            Endpoint(
+                "GET",
+                m + "/metrics/{metric}",
+                self.metric_history,
+                "A metric over the newest versions",
+                query=("limit:integer",),
+            ),
             Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases"),
-            Endpoint("PUT", a, self.set_alias, "Point an alias at a version (compare-and-set with 'expected')"),
-            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)"),
+            Endpoint(
+                "PUT",
+                a,
+                self.set_alias,
+                "Point an alias at a version (compare-and-set with 'expected')",
+                body=("version!", "expected"),
+            ),
+            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)", query=("expected",)),
             Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed"),
-            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)"),
-            Endpoint("GET", a + "/check", self.check_alias_move, "Whether a move would pass its policies (?version)"),
-            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)"),
-            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag"),
-            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)"),
-            Endpoint("GET", m + "/description", self.get_description, "A model's or version's description"),
-            Endpoint("PUT", m + "/description", self.set_description, "Set or clear a description"),
+            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)", query=("when!",)),
+            Endpoint(
+                "GET",
+                a + "/check",
+                self.check_alias_move,
+                "Whether a move would pass its policies (?version)",
+                query=("version!",),
+            ),
+            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)", query=("version",)),
+            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag", body=("value!", "version")),
+            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)", query=("version",)),
+            Endpoint(
+                "GET",
+                m + "/description",
+                self.get_description,
+                "A model's or version's description",
+                query=("version",),
+            ),
+            Endpoint(
+                "PUT", m + "/description", self.set_description, "Set or clear a description", body=("text", "version")
+            ),
             Endpoint("GET", "/users", self.list_users, "Users and their roles (admin)"),
-            Endpoint("POST", "/users", self.add_user, "Add a user (admin)"),
+            Endpoint(
+                "POST",
+                "/users",
+                self.add_user,
+                "Add a user (admin)",
+                body=("name!", "password", "role"),
+                success=(201,),
+            ),
             Endpoint("DELETE", "/users/{user}", self.remove_user, "Remove a user and their tokens (admin)"),
-            Endpoint("PUT", "/users/{user}/role", self.set_role, "Change a user's role (admin)"),
-            Endpoint("PUT", "/users/{user}/password", self.set_password, "Set a user's password (admin)"),
-            Endpoint("POST", "/users/{user}/tokens", self.new_token, "Make an API token for a user (admin)"),
+            Endpoint("PUT", "/users/{user}/role", self.set_role, "Change a user's role (admin)", body=("role!",)),
+            Endpoint(
+                "PUT", "/users/{user}/password", self.set_password, "Set a user's password (admin)", body=("password!",)
+            ),
+            Endpoint(
+                "POST",
+                "/users/{user}/tokens",
+                self.new_token,
+                "Make an API token for a user (admin)",
+                body=("label", "expires_in:number"),
+                success=(201,),
+            ),
             Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: id, label, dates (admin)"),
             Endpoint("DELETE", "/users/{user}/tokens", self.revoke_tokens, "Revoke every token of a user (admin)"),
             Endpoint(
                 "DELETE", "/users/{user}/tokens/{token_id}", self.revoke_token, "Revoke one token by its id (admin)"
             ),
             Endpoint("GET", "/users/{user}/grants", self.list_grants, "A user's roles on model globs (admin)"),
-            Endpoint("PUT", "/users/{user}/grants", self.grant, "Give a user a role on a model glob (admin)"),
-            Endpoint("DELETE", "/users/{user}/grants", self.revoke_grant, "Take back a user's grant (?glob=) (admin)"),
+            Endpoint(
+                "PUT",
+                "/users/{user}/grants",
+                self.grant,
+                "Give a user a role on a model glob (admin)",
+                body=("glob!", "role!"),
+            ),
+            Endpoint(
+                "DELETE",
+                "/users/{user}/grants",
+                self.revoke_grant,
+                "Take back a user's grant (?glob=) (admin)",
+                query=("glob!",),
+            ),
         ]
 
 
@@ -625,28 +747,107 @@ def _from_http(exc: HTTPException) -> ModelKeepError:
     return RequestError(detail)  # a 400 or 411: something in the request
 
 
+#: What each path parameter takes (the library's name rules; what a regular expression cannot say,
+#: such as "no '..'" or "an alias does not look like a version", is still a 400).
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 128}
+_VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]*$", "maxLength": 64}
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "name": _NAME,
+    "model": _NAME,
+    "version": _VERSION,
+    "alias": _VERSION,
+    "user": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@+-]*$", "maxLength": 128},
+    "sha": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "webhook": {"type": "integer"},
+}
+_TYPES = {"integer": "integer", "number": "number", "boolean": "boolean", "object": "object", "array": "array"}
+#: The body of every error answer.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["class", "message", "cli"],
+            "properties": {
+                "class": {"type": "string", "description": "the modelkeep.errors class a client raises"},
+                "message": {"type": "string"},
+                "cli": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    },
+}
+
+
+def _member(spec: str) -> tuple[str, dict[str, Any], bool]:
+    """``"limit:integer"`` -> ``("limit", {"type": "integer"}, False)``; a ``!`` marks it required."""
+    name, _, kind = spec.partition(":")
+    required = name.endswith("!") or kind.endswith("!")
+    name, kind = name.rstrip("!"), kind.rstrip("!")
+    schema: dict[str, Any] = {} if kind == "any" else {"type": _TYPES.get(kind, "string")}
+    return name, schema, required
+
+
+def _success_schema(media: str) -> dict[str, Any]:
+    return {"schema": {"type": "object"}} if media == "application/json" else {}
+
+
 def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing ``endpoints``."""
     paths: dict[str, dict[str, Any]] = {}
+    error = {
+        "description": "An error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     for ep in endpoints:
-        params = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        params: list[dict[str, Any]] = [
+            {
+                "name": part[1:-1],
+                "in": "path",
+                "required": True,
+                "schema": PATH_PARAMETERS.get(part[1:-1], {"type": "string"}),
+            }
             for part in ep.path.split("/")
             if part.startswith("{") and part.endswith("}")
         ]
-        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = {
+        for where, specs in (("query", ep.query), ("header", ep.headers)):
+            for spec in specs:
+                name, schema, required = _member(spec)
+                params.append({"name": name, "in": where, "required": required, "schema": schema})
+        operation: dict[str, Any] = {
             "summary": ep.summary,
             "operationId": ep.handler.__name__,
             "parameters": params,
             "responses": {
-                "200": {"description": "Success"},
-                "default": {"description": "An error: {'error': {'class', 'message', 'cli'}}"},
+                **{
+                    str(status): {
+                        "description": "Success",
+                        "content": {media: _success_schema(media) for media in ep.returns},
+                    }
+                    for status in ep.success
+                },
+                "default": error,
             },
         }
+        if ep.body is not None:
+            members = [_member(spec) for spec in ep.body]
+            body: dict[str, Any] = {"type": "object", "properties": {name: schema for name, schema, _ in members}}
+            if any(required for *_, required in members):
+                body["required"] = [name for name, _, required in members if required]
+            operation["requestBody"] = {
+                "required": bool(body.get("required")),
+                "content": {"application/json": {"schema": body}},
+            }
+        elif ep.stream is not None:
+            operation["requestBody"] = {"required": True, "content": {ep.stream: {}}}
+        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelkeep registry API", "version": __version__},
-        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR_SCHEMA},
+        },
         "security": [{"token": []}],
         "paths": paths,
     }

@@ -1190,32 +1190,70 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
 
     t = Transfers(api)
     api.transfers = t  # type: ignore[attr-defined]
+    octets = "application/octet-stream"
+    expected = (EXPECTED_HEADER + "!",)
+    planned = ("version", "extension", "overwrite:boolean")  # what a plan needs besides the model
     return [
-        Endpoint("POST", "/uploads", t.upload, "Stage an artifact's bytes (streamed); answers an upload id and a plan"),
-        Endpoint("POST", "/uploads/presigned", t.upload_presigned, "Plan an upload straight to S3 (S3 stores only)"),
+        Endpoint(
+            "POST",
+            "/uploads",
+            t.upload,
+            "Stage an artifact's bytes (streamed); answers an upload id and a plan",
+            query=("model", *planned),
+            headers=expected,
+            stream=octets,
+            success=(201,),
+        ),
+        Endpoint(
+            "POST",
+            "/uploads/presigned",
+            t.upload_presigned,
+            "Plan an upload straight to S3 (S3 stores only)",
+            body=("size:integer!", "sha256!", "part_size:integer!", "part_sha256s:array!", "blake3", "model", *planned),
+            success=(201,),
+        ),
         Endpoint(
             "POST",
             "/uploads/parts",
             t.upload_parts,
             "Claim a version and start an upload straight to S3 whose parts are signed one by one (S3 stores only)",
+            body=("model!", "part_size:integer", "size:integer", "sha256", "blake3", *planned),
+            success=(201,),
         ),
         Endpoint(
             "POST",
             "/uploads/{upload}/parts",
             t.sign_part,
             "The presigned URL of one part of an upload in parts, signed with its declared SHA-256",
+            body=("number:integer!", "size:integer!", "sha256!"),
+            success=(201,),
         ),
         Endpoint("DELETE", "/uploads/{upload}", t.discard, "Drop a pending upload"),
-        Endpoint("GET", "/models/{name}/plan", t.plan, "The version and artifact key a save would get now"),
         Endpoint(
-            "POST", "/models/{name}/commit", t.commit, "Commit an upload as a version, with the client's signature"
+            "GET",
+            "/models/{name}/plan",
+            t.plan,
+            "The version and artifact key a save would get now",
+            query=("extension!", "version", "overwrite:boolean"),
+        ),
+        Endpoint(
+            "POST",
+            "/models/{name}/commit",
+            t.commit,
+            "Commit an upload as a version, with the client's signature",
+            body=("upload!", "record:object!", "overwrite:boolean", "auto_version:boolean"),
+            success=(201,),
         ),
         Endpoint(
             "POST",
             "/models/{name}/save",
             t.save,
-            "Save a small artifact with its signed record in one request",
+            "Save a small artifact with its signed record in one request: the JSON of the record "
+            "(its length in X-Modelkeep-Record-Length), then the bytes",
             hinted=True,
+            headers=(*expected, RECORD_LENGTH_HEADER + ":integer!"),
+            stream=octets,
+            success=(201, 202),
         ),
         Endpoint(
             "GET",
@@ -1223,9 +1261,31 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
             t.load,
             "A version's record, and its artifact if small",
             hinted=True,
+            query=("alias",),
+            returns=("application/json", BUNDLE_TYPE),
         ),
-        Endpoint("GET", "/models/{name}/versions/{version}/artifact", t.artifact, "A version's artifact bytes"),
-        Endpoint("GET", "/models/{name}/versions/{version}/blobs/{sha}", t.blob, "One blob of a native-format version"),
-        Endpoint("POST", "/blobs/missing", t.missing_blobs, "Which blobs the store lacks"),
-        Endpoint("PUT", "/blobs/{sha}", t.put_blob, "Store one blob (its bytes must hash to its name)"),
+        Endpoint(
+            "GET",
+            "/models/{name}/versions/{version}/artifact",
+            t.artifact,
+            "A version's artifact bytes (or a redirect to a presigned URL)",
+            success=(200, 307),
+            returns=(octets,),
+        ),
+        Endpoint(
+            "GET",
+            "/models/{name}/versions/{version}/blobs/{sha}",
+            t.blob,
+            "One blob of a native-format version",
+            returns=(octets,),
+        ),
+        Endpoint("POST", "/blobs/missing", t.missing_blobs, "Which blobs the store lacks", body=("blobs:array!",)),
+        Endpoint(
+            "PUT",
+            "/blobs/{sha}",
+            t.put_blob,
+            "Store one blob (its bytes must hash to its name)",
+            stream=octets,
+            success=(201,),
+        ),
     ]
