@@ -19,7 +19,14 @@ import pytest
 from modelkeep import ModelNotFoundError, ModelPersistence
 from modelkeep.api.client import HttpRegistry
 from modelkeep.api.wire import API_PREFIX
-from modelkeep.errors import ConfigError, InvalidNameError, RequestError, ServerError, WebhookNotFoundError
+from modelkeep.errors import (
+    ConfigError,
+    InvalidNameError,
+    PermissionDeniedError,
+    RequestError,
+    ServerError,
+    WebhookNotFoundError,
+)
 from modelkeep.lifecycle import parse_age
 
 from ._cli_in_process import run_cli
@@ -296,3 +303,37 @@ def test_every_argument_a_handler_reads_by_name_is_in_the_document(tmp_path: Pat
     assert seen["GET", "/history"] == {"model", "alias", "since", "until", "limit", "actions"}
     assert seen["POST", "/models/{name}/commit"] >= {"upload", "record"}
     assert seen["POST", "/models/{name}/prune"] == {"keep_last", "dry_run"}
+
+
+# -- users, as the command line sees them through a server -----------------------------------------
+
+
+def test_an_admin_cannot_remove_or_demote_themselves_through_the_server(server: HttpServer) -> None:
+    # The UI refused it; the API did not, and the last admin could lock every admin out.
+    with server.client() as admin:
+        with pytest.raises(PermissionDeniedError, match="another admin can"):
+            admin.users.remove("admin")
+        with pytest.raises(PermissionDeniedError, match="another admin can"):
+            admin.users.set_role("admin", "viewer")
+        admin.users.set_role("admin", "admin")  # no change: nothing to refuse
+        admin.users.add("other", None, "admin")
+        other = admin.users.new_token("other", "tests")
+    with server.direct() as p:
+        assert p.users.get("admin") is not None and p.users.get("admin").role == "admin"  # type: ignore[union-attr]
+    with server.client(other) as second:  # another admin can
+        second.users.set_role("admin", "viewer")
+        second.users.remove("admin")
+    with server.direct() as p:
+        assert p.users.get("admin") is None
+
+
+def test_a_missing_token_says_to_set_modelkeep_token(server: HttpServer) -> None:
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MODELKEEP_")}
+    done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": server.url})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "needs an API token: set MODELKEEP_TOKEN" in done.stderr and "modelkeep users token NAME" in done.stderr
+    # With a token, the server's own word is kept (here: a revoked one).
+    with server.direct() as p:
+        p.users.revoke_tokens("admin")
+    done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": server.url, "MODELKEEP_TOKEN": server.token})
+    assert done.returncode == 1 and "unknown or revoked API token" in done.stderr

@@ -141,6 +141,11 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
                     f"for {response.request.url.path}): the registry URL is the server's root, such as "
                     "https://models.example:8766 (MODELKEEP_REGISTRY_URL, or registry_url)"
                 )
+            if response.status_code == 401 and not self.token:  # the server's message is for curl users
+                raise AuthenticationError(
+                    f"{self.url} needs an API token: set MODELKEEP_TOKEN (or pass token=); "
+                    "an admin makes one with 'modelkeep users token NAME'"
+                )
             raise error_from_body(response.status_code, body)
         return body
 

@@ -440,12 +440,15 @@ class Api:
 
     async def remove_user(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
+        _not_yourself(request, "remove")
         await self.call(request, users.remove, request.path_params["user"])
         return json_response({"ok": True})
 
     async def set_role(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
         role = Body(await read_json(request)).required("role")
+        if role != "admin":
+            _not_yourself(request, "demote")
         await self.call(request, users.set_role, request.path_params["user"], role)
         return json_response({"ok": True})
 
@@ -687,6 +690,17 @@ class Api:
                 query=("glob!",),
             ),
         ]
+
+
+def _not_yourself(request: Request, what: str) -> None:
+    """Refuse an admin removing or demoting themselves, as the UI does: the last admin would lock
+    every admin out of the server, which only its host could undo."""
+    who: Identity | None = getattr(request.state, "user", None)
+    if who is not None and who.name == request.path_params["user"]:
+        raise PermissionDeniedError(
+            f"{who.name} may not {what} themselves through the server: another admin can, "
+            "or 'modelkeep users' on the server's host"
+        )
 
 
 #: The version segment that names a model's latest version.
