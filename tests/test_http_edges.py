@@ -337,3 +337,13 @@ def test_a_missing_token_says_to_set_modelkeep_token(server: HttpServer) -> None
         p.users.revoke_tokens("admin")
     done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": server.url, "MODELKEEP_TOKEN": server.token})
     assert done.returncode == 1 and "unknown or revoked API token" in done.stderr
+
+
+def test_a_server_that_is_down_is_one_line_saying_what_to_check(tmp_path: Path) -> None:
+    from ._http_server import free_port
+
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MODELKEEP_")}
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": url, "MODELKEEP_TOKEN": "mkt_x"})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"cannot reach the registry server {url}" in done.stderr and "is it running" in done.stderr

@@ -133,7 +133,10 @@ def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> e
         return errors.StorageError(f"the registry server {url} did not answer in time ({exc})")
     if downloading:
         return errors.StorageError(f"lost the registry server {url} while downloading: {exc}")
-    return errors.StorageError(f"cannot reach the registry server {url}: {exc}")
+    return errors.StorageError(
+        f"cannot reach the registry server {url}: {exc} (is it running, and is that its URL? "
+        "MODELKEEP_REGISTRY_URL or registry_url names it)"
+    )
 
 
 #: Requests a client sends once more when the server dropped a kept-alive connection without
