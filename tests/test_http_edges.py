@@ -347,3 +347,15 @@ def test_a_server_that_is_down_is_one_line_saying_what_to_check(tmp_path: Path) 
     done = run_cli("list", env={**env, "MODELKEEP_REGISTRY_URL": url, "MODELKEEP_TOKEN": "mkt_x"})
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert f"cannot reach the registry server {url}" in done.stderr and "is it running" in done.stderr
+
+
+def test_a_host_the_server_does_not_answer_to_is_a_config_error_for_clients(server: HttpServer) -> None:
+    # A client reaching the server by a name missing from --allowed-host read a text/plain 400 as
+    # "the server answered HTTP 400" (a StorageError); the API's answer is its JSON error now.
+    headers = {"Authorization": f"Bearer {server.token}", "Host": "models.example"}
+    refused = httpx.get(server.url + API_PREFIX + "/models", headers=headers, timeout=30)
+    assert refused.status_code == 400 and error_of(refused)["class"] == "ConfigError"
+    assert "--allowed-host models.example" in error_of(refused)["message"]
+    page = httpx.get(server.url + "/", headers=headers, timeout=30)  # a browser still reads text
+    assert page.status_code == 400 and page.headers["content-type"].startswith("text/plain")
+    assert "--allowed-host models.example" in page.text
