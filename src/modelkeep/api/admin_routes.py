@@ -147,7 +147,8 @@ def admin_endpoints(api: Api) -> list[Endpoint]:
             "POST",
             "/admin/backfill-params",
             s.backfill_params,
-            "Record the deep parameters a client captured from its own load of one version (admin)",
-            body=("model_name!", "version!", "fields:any", "expect:any"),
+            "Record the deep parameters a client captured from its own load of one version: model_name and "
+            "version, or an empty body to ask whether the caller may (admin)",
+            body=("model_name", "version", "fields:any", "expect:any"),
         ),
     ]
