@@ -1,9 +1,13 @@
 """What fuzzing the registry server's API (schemathesis, against its own OpenAPI document) and
 running its commands as a new user found: numbers too large for the index answered with 500,
-HTML pages for API paths that match no route, a server's own bug that reached the client as a
-storage error, and a wrong registry URL reported as a missing model with an HTML page quoted.
+HTML pages (and partial Allow headers) for API paths that match no route, a server's own bug
+that reached the client as a storage error, a wrong registry URL reported as a missing model with
+an HTML page quoted, flags read with ``bool()``, a blob probe open to every token, a document
+without parameters, bodies or 201s, an admin able to remove themselves, and unclear messages for
+a missing token, a server that is down and a Host the server does not answer to.
 
-Every test talks to a real server over real HTTP (``tests/_http_server.py``, in process).
+The tests talk to a real server over real HTTP (``tests/_http_server.py``, in process), but for
+the document's check against the handlers' source and a server that is down by design.
 """
 
 from __future__ import annotations
