@@ -241,6 +241,13 @@ def test_a_flag_that_is_not_a_json_boolean_is_refused_before_anything_changes(se
         assert p.list_versions("churn") == ["1.0.0", "1.0.2"] and p.policies("churn") == []
     dry = call(server, "POST", "/models/churn/prune", json={"keep_last": 0, "dry_run": True})
     assert dry.status_code == 200 and sorted(dry.json()["versions"]) == ["1.0.0", "1.0.2"]
+    # The client sends what a local registry takes (any truthy value) as a JSON boolean.
+    with server.client() as client:
+        assert sorted(client.prune("churn", 0, dry_run=1)) == ["1.0.0", "1.0.2"]  # type: ignore[arg-type]
+        assert client.gc(dry_run=1).dry_run  # type: ignore[arg-type]
+        client.save({"w": 4}, "churn", "1.0.0", overwrite=1)  # type: ignore[arg-type]
+    with server.direct() as p:
+        assert p.list_versions("churn") == ["1.0.0", "1.0.2"] and p.load("churn", "1.0.0") == {"w": 4}
 
 
 # -- the OpenAPI document says what the routes answer -------------------------------------------

@@ -415,7 +415,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
         """Trash all but the newest ``keep_last`` versions (not those an alias points at)."""
-        body = {"keep_last": keep_last, "dry_run": dry_run}
+        body = {"keep_last": keep_last, "dry_run": bool(dry_run)}  # the server takes JSON booleans only
         return [str(v) for v in self.request("POST", f"/models/{segment(model_name)}/prune", json=body)["versions"]]
 
     # -- promotion policies and approvals --------------------------------------------------------
@@ -439,7 +439,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
             "alias": alias,
             "filter": filter,
             "require_signature": signers,
-            "require_input_signature": require_input_signature,
+            "require_input_signature": bool(require_input_signature),
             "approvals": approvals,
             "allowed": None if allowed is None else list(allowed),
         }

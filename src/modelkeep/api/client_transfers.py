@@ -474,7 +474,7 @@ class TransferMixin:
         from ..errors import ConfigError
         from ..storage.presigned_client import PartSender
 
-        body = {"model": name, "version": version or "", "overwrite": overwrite, "extension": ext}
+        body = {"model": name, "version": version or "", "overwrite": bool(overwrite), "extension": ext}
 
         def start() -> dict[str, Any] | None:
             response = self._send(
@@ -555,7 +555,7 @@ class TransferMixin:
                     "upload": upload,
                     "record": record.to_dict(),
                     "auto_version": version is None,
-                    "overwrite": overwrite,
+                    "overwrite": bool(overwrite),
                     "created_at": created_at,
                 }
                 try:
@@ -601,7 +601,7 @@ class TransferMixin:
             {
                 "record": record.to_dict(),
                 "auto_version": version is None,
-                "overwrite": overwrite,
+                "overwrite": bool(overwrite),
                 "created_at": created_at,
                 "extension": ext,
             }
