@@ -30,7 +30,7 @@ from .cli_render import (
     verify_summary,
     version_row,
 )
-from .errors import ModelKeepError, ServerOnlyError
+from .errors import ModelKeepError, ServerError, ServerOnlyError
 from .formats import FORMATS  # a dict of names; the formats themselves load lazily
 
 if TYPE_CHECKING:
@@ -76,7 +76,9 @@ def _server_only_line(command_path: str) -> str:
 class _Group(click.Group):
     """Library errors (:class:`ModelKeepError`) and the operating system's (``OSError``:
     missing files, permissions, a full disk) become one ``Error:`` line, exit 1. Anything
-    else is a bug in modelkeep: it is shown as one, with its traceback, exit 70."""
+    else is a bug in modelkeep: it is shown as one, with its traceback, exit 70; so is a
+    registry server's bug (:class:`~modelkeep.errors.ServerError`), in one line, since its
+    traceback is in the server's log."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -92,6 +94,9 @@ class _Group(click.Group):
             if isinstance(exc, ServerOnlyError) and state is not None and state.command_path:
                 # the library names the part it lacks ('store', 'index'); a user typed a command
                 raise click.ClickException(_server_only_line(state.command_path)) from exc
+            if isinstance(exc, ServerError):  # a bug on the server: its log has the traceback
+                click.echo(f"Error: {_one_line(exc)}", err=True)
+                ctx.exit(EXIT_INTERNAL_ERROR)
             raise click.ClickException(_one_line(exc)) from exc
         except Exception as exc:
             import traceback

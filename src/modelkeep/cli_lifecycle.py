@@ -318,16 +318,14 @@ def purge(
     as_json: bool,
 ) -> None:
     """Remove trashed versions for good, files included (asks for confirmation unless --yes)."""
-    import datetime as dt
-
     from .cli_context import stdin_is_interactive as _stdin_is_interactive
     from .index.lifecycle import as_utc_iso
-    from .lifecycle import parse_age
+    from .lifecycle import age_cutoff
 
     if version is not None and model_name is None:
         raise click.UsageError("--version needs --model-name")
     p = _open(ctx)
-    cutoff = None if older_than is None else as_utc_iso(dt.datetime.now(dt.timezone.utc) - parse_age(older_than))
+    cutoff = None if older_than is None else as_utc_iso(age_cutoff(older_than))
     # the public list_trash (not the index): a registry server's client has it too
     candidates = [(m, v) for m, v, at in p.list_trash(model_name) if cutoff is None or at < cutoff]
     if version is not None:

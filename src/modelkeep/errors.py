@@ -287,6 +287,12 @@ class UploadTooLargeError(RequestError):
     ``server.max_upload_bytes`` (``modelkeep server --max-upload-size``); answered with HTTP 413."""
 
 
+class ServerError(ModelKeepError):
+    """``modelkeep server`` failed on a request with an error of its own (HTTP 500): a bug in
+    modelkeep on the server, not in the request. The server's log holds the traceback, under the
+    incident id the message names."""
+
+
 class ServerOnlyError(ConfigError, AttributeError):
     """What a client of ``modelkeep server`` cannot do (``gc``, ``reindex``, the store itself...):
     it runs on the server's host. An ``AttributeError`` too, so ``hasattr`` says no."""

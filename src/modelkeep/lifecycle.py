@@ -52,7 +52,20 @@ def parse_age(age: Age) -> _dt.timedelta:
         raise InvalidNameError(f"age {age!r} is not understood; use e.g. '30d', '12h', '90m' or seconds")
     if seconds < 0:
         raise InvalidNameError(f"age {age!r} must not be negative")
-    return _dt.timedelta(seconds=seconds)
+    try:
+        return _dt.timedelta(seconds=seconds)
+    except OverflowError:  # beyond timedelta.max (about 2.7 million years), or infinite
+        raise InvalidNameError(f"age {age!r} is too large; use e.g. '30d', '12h', '90m' or seconds") from None
+
+
+def age_cutoff(age: Age) -> _dt.datetime:
+    """The time ``age`` ago (UTC): an age reaching back before year 1 is year 1, so that
+    "older than" it selects nothing rather than failing."""
+    delta = parse_age(age)
+    try:
+        return _dt.datetime.now(_dt.timezone.utc) - delta
+    except OverflowError:
+        return _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
 
 
 def split_reference(model_name: str, version: str | None, alias: str | None) -> tuple[str, str | None, str | None]:
@@ -365,7 +378,7 @@ class LifecycleMixin:
         else:
             cutoff = None
             if older_than is not None:
-                cutoff = _dt.datetime.now(_dt.timezone.utc) - parse_age(older_than)
+                cutoff = age_cutoff(older_than)
             targets = [(m, v) for m, v, _ in self.index.lifecycle.trashed(model_name, older_than=cutoff)]
         done = []
         for name, ver in targets:
@@ -414,7 +427,7 @@ class LifecycleMixin:
 
     def _purge_for_gc(self, older_than: Age, *, dry_run: bool) -> list[tuple[str, str]]:
         if dry_run:
-            cutoff = _dt.datetime.now(_dt.timezone.utc) - parse_age(older_than)
+            cutoff = age_cutoff(older_than)
             return [(m, v) for m, v, _ in self.index.lifecycle.trashed(older_than=cutoff)]
         return self.purge(older_than=older_than)
 

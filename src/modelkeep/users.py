@@ -160,7 +160,10 @@ class UserStore:
             seconds = expires_in.total_seconds() if isinstance(expires_in, _dt.timedelta) else expires_in
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
                 raise InvalidNameError(f"a token's expiry must be a positive number of seconds, got {expires_in!r}")
-            expires_at = (_utc_now() + _dt.timedelta(seconds=seconds)).isoformat()
+            try:
+                expires_at = (_utc_now() + _dt.timedelta(seconds=seconds)).isoformat()
+            except OverflowError:  # past year 9999
+                raise InvalidNameError(f"a token's expiry of {expires_in!r} seconds is too far away") from None
         self._admin("make API tokens")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self._rows.add_token(

@@ -68,7 +68,7 @@ class AdminRoutes:
         report = await self.api.call(
             request,
             self.api.p.gc,
-            dry_run=bool(body.get("dry_run", False)),
+            dry_run=body.flag("dry_run"),
             min_age_seconds=float(min_age),
             purge_deleted_older_than=older,
         )
@@ -128,13 +128,27 @@ def admin_endpoints(api: Api) -> list[Endpoint]:
     """The routes of garbage collection, reindexing and webhook dispatch (admins only)."""
     s = AdminRoutes(api)
     return [
-        Endpoint("POST", "/admin/gc", s.gc, "Collect garbage in the server's store; the report (admin)"),
+        Endpoint(
+            "POST",
+            "/admin/gc",
+            s.gc,
+            "Collect garbage in the server's store; the report (admin)",
+            body=("min_age_seconds:number", "purge_deleted_older_than:any", "dry_run:boolean"),
+        ),
         Endpoint("POST", "/admin/reindex", s.reindex, "Rebuild the index from the sidecar files (admin)"),
-        Endpoint("POST", "/events/dispatch", s.dispatch, "One pass of the server's webhook dispatcher (admin)"),
+        Endpoint(
+            "POST",
+            "/events/dispatch",
+            s.dispatch,
+            "One pass of the server's webhook dispatcher (admin)",
+            body=tuple(f"{key}:{'integer' if key == 'max_attempts' else 'number'}" for key in PASS_SETTINGS),
+        ),
         Endpoint(
             "POST",
             "/admin/backfill-params",
             s.backfill_params,
-            "Record the deep parameters a client captured from its own load of one version (admin)",
+            "Record the deep parameters a client captured from its own load of one version: model_name and "
+            "version, or an empty body to ask whether the caller may (admin)",
+            body=("model_name", "version", "fields:any", "expect:any"),
         ),
     ]

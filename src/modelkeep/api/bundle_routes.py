@@ -127,6 +127,21 @@ def bundle_endpoints(api: Api) -> list[Endpoint]:
 
     b = Bundles(api)
     return [
-        Endpoint("GET", "/models/{name}/bundle", b.export, "A bundle of a model's versions (?versions=a,b), unsigned"),
-        Endpoint("POST", "/bundles", b.import_, "Import the bundle in the body (?models=a,b, with_aliases)"),
+        Endpoint(
+            "GET",
+            "/models/{name}/bundle",
+            b.export,
+            "A bundle of a model's versions (?versions=a,b), unsigned",
+            query=("versions",),
+            returns=(BUNDLE_MEDIA_TYPE,),
+        ),
+        Endpoint(
+            "POST",
+            "/bundles",
+            b.import_,
+            "Import the bundle in the body (?models=a,b, with_aliases)",
+            query=("models!", "with_aliases:boolean", "max_bundle_bytes:integer"),
+            stream=BUNDLE_MEDIA_TYPE,
+            success=(201,),
+        ),
     ]

@@ -37,6 +37,7 @@ from .wire import (
     PROTOCOL_HEADER,
     error_from_body,
     history_from_wire,
+    is_api_error,
     move_check_from_wire,
     policy_from_wire,
     record_from_wire,
@@ -133,6 +134,18 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         except ValueError:
             body = response.text
         if response.status_code >= 400:
+            if response.status_code in (404, 405) and not is_api_error(body):
+                # every route of the API answers its errors in JSON: this is not the API
+                raise ConfigError(
+                    f"{self.url} did not answer like a modelkeep registry server (HTTP {response.status_code} "
+                    f"for {response.request.url.path}): the registry URL is the server's root, such as "
+                    "https://models.example:8766 (MODELKEEP_REGISTRY_URL, or registry_url)"
+                )
+            if response.status_code == 401 and not self.token:  # the server's message is for curl users
+                raise AuthenticationError(
+                    f"{self.url} needs an API token: set MODELKEEP_TOKEN (or pass token=); "
+                    "an admin makes one with 'modelkeep users token NAME'"
+                )
             raise error_from_body(response.status_code, body)
         return body
 
@@ -402,7 +415,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
         """Trash all but the newest ``keep_last`` versions (not those an alias points at)."""
-        body = {"keep_last": keep_last, "dry_run": dry_run}
+        body = {"keep_last": keep_last, "dry_run": bool(dry_run)}  # the server takes JSON booleans only
         return [str(v) for v in self.request("POST", f"/models/{segment(model_name)}/prune", json=body)["versions"]]
 
     # -- promotion policies and approvals --------------------------------------------------------
@@ -426,7 +439,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
             "alias": alias,
             "filter": filter,
             "require_signature": signers,
-            "require_input_signature": require_input_signature,
+            "require_input_signature": bool(require_input_signature),
             "approvals": approvals,
             "allowed": None if allowed is None else list(allowed),
         }

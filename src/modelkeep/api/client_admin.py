@@ -33,7 +33,7 @@ class AdminMixin:
         older = purge_deleted_older_than
         if isinstance(older, _dt.timedelta):
             older = older.total_seconds()
-        body = {"dry_run": dry_run, "min_age_seconds": min_age_seconds, "purge_deleted_older_than": older}
+        body = {"dry_run": bool(dry_run), "min_age_seconds": min_age_seconds, "purge_deleted_older_than": older}
         return gc_report_from_wire(self.request("POST", "/admin/gc", json=body)["report"])
 
     def reindex(self) -> int:

@@ -249,7 +249,7 @@ class SigningMixin:
                 or any(event.get(k) != v for k, v in asked.items())
             ):
                 raise SignatureError(f"the server planned another removal than the one asked for: {str(event)[:300]}")
-            body = {"force": force, "event": event, "signature": sign_event(event, key), "public_key": public}
+            body = {"force": bool(force), "event": event, "signature": sign_event(event, key), "public_key": public}
             try:
                 self.request("POST", path + "/trash", json=body)
                 return

@@ -42,7 +42,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
-from .wire import API_PREFIX, transport_error
+from .wire import API_PREFIX, no_such_route, transport_error
 
 if TYPE_CHECKING:
     from ..input_signature import InputCheck
@@ -318,8 +318,7 @@ class TransferMixin:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:  # timeouts included
             raise transport_error(self.url, exc) from None
-        no_route = response.status_code in (404, 405) and "json" not in response.headers.get("content-type", "")
-        if no_route:  # an older server: the older way from now on (two requests, a whole-file plan)
+        if no_such_route(response):  # an older server: the older way from now on (two requests, a whole-file plan)
             setattr(self, missing, False)
             return None
         return response
@@ -520,7 +519,7 @@ class TransferMixin:
         from ..errors import ConfigError
         from ..storage.presigned_client import PartSender
 
-        body = {"model": name, "version": version or "", "overwrite": overwrite, "extension": ext}
+        body = {"model": name, "version": version or "", "overwrite": bool(overwrite), "extension": ext}
 
         def start() -> dict[str, Any] | None:
             response = self._send(
@@ -601,7 +600,7 @@ class TransferMixin:
                     "upload": upload,
                     "record": record.to_dict(),
                     "auto_version": version is None,
-                    "overwrite": overwrite,
+                    "overwrite": bool(overwrite),
                     "created_at": created_at,
                 }
                 try:
@@ -647,7 +646,7 @@ class TransferMixin:
             {
                 "record": record.to_dict(),
                 "auto_version": version is None,
-                "overwrite": overwrite,
+                "overwrite": bool(overwrite),
                 "created_at": created_at,
                 "extension": ext,
             }

@@ -38,6 +38,20 @@ class Endpoint:
     #: checks a token-signed request's token again in the work's thread: what comes before may use
     #: the identity the token had a moment ago (see :mod:`modelkeep.api.token_hints`).
     hinted: bool = False
+    #: The query parameters it reads, for the OpenAPI document: ``"name"`` (text, optional),
+    #: ``"name!"`` (required), ``"name:integer"`` (or ``number``, ``boolean``).
+    query: tuple[str, ...] = ()
+    #: The request headers it reads (besides ``Authorization``), in the same spelling.
+    headers: tuple[str, ...] = ()
+    #: The members of the JSON object body it reads, in the same spelling (types also ``object``,
+    #: ``array``, ``any``); ``None``: it reads no JSON body.
+    body: tuple[str, ...] | None = None
+    #: The media type of a body it streams instead (an artifact, a blob, a bundle).
+    stream: str | None = None
+    #: The statuses of its successful answers.
+    success: tuple[int, ...] = (200,)
+    #: The media types of its successful answers.
+    returns: tuple[str, ...] = ("application/json",)
 
 
 def json_response(data: Any, status: int = 200) -> JSONResponse:
@@ -80,6 +94,15 @@ def _finite(text: str) -> float:
     return value
 
 
+def flag(data: dict[str, Any], key: str) -> bool:
+    """A JSON body's ``true``/``false`` member (absent or ``null``: false). Anything else is a
+    :class:`RequestError`: ``bool("false")`` is true, and these flags overwrite and delete."""
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise RequestError(f"{key!r} must be true or false, got {type(value).__name__}")
+
+
 class Body:
     """Typed access to a JSON request body; a wrong type is a clear :class:`RequestError`."""
 
@@ -100,6 +123,10 @@ class Body:
         if value is None:
             raise RequestError(f"{key!r} is required")
         return value
+
+    def flag(self, key: str) -> bool:
+        """``true``/``false`` (absent: false); see :func:`flag`."""
+        return flag(self.data, key)
 
     def integer(self, key: str, default: int | None = None) -> Any:
         value = self.data.get(key, default)

@@ -14,17 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._version import __version__
-from ..errors import AuthenticationError, ModelKeepError, PermissionDeniedError, RequestError
+from ..errors import (
+    AuthenticationError,
+    ModelKeepError,
+    PermissionDeniedError,
+    RequestError,
+    ServerError,
+    StorageError,
+    UploadTooLargeError,
+)
 from ..identity import Identity, acting_as
 from .wire import (
     API_PREFIX,
@@ -37,6 +47,7 @@ from .wire import (
     status_for,
 )
 
+logger = logging.getLogger("modelkeep")
 Handler = Callable[[Request], Awaitable[Response]]
 #: Who sent a request (``None``: a sign-in free server); raises HTTPException or AuthenticationError.
 Identify = Callable[[Request], Awaitable[Identity | None]]
@@ -48,6 +59,25 @@ from .endpoint import MAX_JSON_BODY, Body, Endpoint, Query, json_response, read_
 def error_response(exc: ModelKeepError) -> JSONResponse:
     """A library error as the API's JSON error."""
     return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """What a request that failed with anything but a library error gets: a JSON
+    :class:`~modelkeep.errors.ServerError` (500), or a :class:`~modelkeep.errors.StorageError`
+    (503) for the server's own operating-system errors, naming an incident id; the traceback
+    goes to the server's log under that id, and nothing of it (paths, SQL, values) to the client."""
+    incident = secrets.token_hex(6)
+    logger.error("incident %s: %s %s failed", incident, request.method, request.url.path, exc_info=exc)
+    if isinstance(exc, OSError):
+        error: ModelKeepError = StorageError(
+            f"the server's storage failed ({type(exc).__name__}); its log has the details under incident {incident}"
+        )
+    else:
+        error = ServerError(
+            f"internal error in modelkeep {__version__} on the server ({type(exc).__name__}), not in the request: "
+            f"please report it with the server's log of incident {incident}"
+        )
+    return error_response(error)
 
 
 class Api:
@@ -109,8 +139,12 @@ class Api:
                 return await handler(request)
             except ModelKeepError as exc:
                 return error_response(exc)
-            except HTTPException as exc:
-                return error_response(_from_http(exc))
+            except HTTPException as exc:  # the status it chose (411, 413...), with an error class
+                return JSONResponse(error_body(_from_http(exc)), status_code=exc.status_code)
+            except ClientDisconnect:
+                raise  # nobody to answer
+            except Exception as exc:  # a bug (or the server's own disk): logged here, never the client's fault
+                return unexpected_error(request, exc)
 
         return wrapper
 
@@ -327,9 +361,7 @@ class Api:
         keep = body.integer("keep_last")
         if keep is None:
             raise RequestError("'keep_last' is required")
-        found = await self.call(
-            request, self.p.prune, request.path_params["name"], keep, dry_run=bool(body.get("dry_run", False))
-        )
+        found = await self.call(request, self.p.prune, request.path_params["name"], keep, dry_run=body.flag("dry_run"))
         return json_response({"versions": found})
 
     # -- promotion policies and approvals ----------------------------------------------------
@@ -353,7 +385,7 @@ class Api:
             body.required("alias"),
             filter=body.text("filter"),
             require_signature=signers,
-            require_input_signature=bool(body.get("require_input_signature", False)),
+            require_input_signature=body.flag("require_input_signature"),
             approvals=body.integer("approvals", 0),
             allowed=allowed,
         )
@@ -408,12 +440,15 @@ class Api:
 
     async def remove_user(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
+        _not_yourself(request, "remove")
         await self.call(request, users.remove, request.path_params["user"])
         return json_response({"ok": True})
 
     async def set_role(self, request: Request) -> Response:
         users = await self._admin(request, "manage users")
         role = Body(await read_json(request)).required("role")
+        if role != "admin":
+            _not_yourself(request, "demote")
         await self.call(request, users.set_role, request.path_params["user"], role)
         return json_response({"ok": True})
 
@@ -487,52 +522,185 @@ class Api:
             Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
             Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),
             Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model"),
-            Endpoint("GET", "/history", self.history, "The audit log (?model, alias, since, until, limit, actions)"),
-            Endpoint("POST", "/verify", self.verify, "Re-hash artifacts on the server and report problems"),
-            Endpoint("POST", "/search/versions", self.search_versions, "Live versions matching a filter, a page"),
-            Endpoint("POST", "/search/models", self.search_models, "Models with a version matching a filter"),
-            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)"),
-            Endpoint("POST", "/purge", self.purge, "Delete trashed versions for good"),
-            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)"),
-            Endpoint("PUT", "/policies", self.set_policy, "Set the policy for moving an alias (admin)"),
+            Endpoint(
+                "GET",
+                "/history",
+                self.history,
+                "The audit log (?model, alias, since, until, limit, actions)",
+                query=("model", "alias", "since", "until", "limit:integer", "actions"),
+            ),
+            Endpoint(
+                "POST",
+                "/verify",
+                self.verify,
+                "Re-hash artifacts on the server and report problems",
+                body=("model_name",),
+            ),
+            Endpoint(
+                "POST",
+                "/search/versions",
+                self.search_versions,
+                "Live versions matching a filter, a page",
+                body=("filter", "model_name", "order_by:any", "limit:integer", "page_token"),
+            ),
+            Endpoint(
+                "POST",
+                "/search/models",
+                self.search_models,
+                "Models with a version matching a filter",
+                body=("filter", "limit:integer", "page_token"),
+            ),
+            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)", query=("model",)),
+            Endpoint(
+                "POST",
+                "/purge",
+                self.purge,
+                "Delete trashed versions for good",
+                body=("model_name", "version", "older_than:any"),
+            ),
+            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)", query=("model",)),
+            Endpoint(
+                "PUT",
+                "/policies",
+                self.set_policy,
+                "Set the policy for moving an alias (admin)",
+                body=(
+                    "model!",
+                    "alias!",
+                    "filter",
+                    "require_signature:array",
+                    "require_input_signature:boolean",
+                    "approvals:integer",
+                    "allowed:array",
+                ),
+            ),
             Endpoint("DELETE", "/policies/{model}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"),
             Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first"),
             Endpoint("GET", m + "/records", self.list_version_records, "Every live version's record, oldest first"),
-            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)"),
-            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)"),
+            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)", query=("alias",)),
+            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)", query=("force:boolean",)),
             Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash"),
-            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias"),
-            Endpoint("GET", m + "/approvals", self.approvals, "Approvals of a model (?version, alias)"),
-            Endpoint("POST", m + "/prune", self.prune, "Trash all but the newest versions"),
-            Endpoint("POST", m + "/compare", self.compare_records, "The records compare_versions compares"),
-            Endpoint("GET", m + "/best", self.best_version, "The best version by a metric (?metric, mode, filter)"),
-            Endpoint("GET", m + "/metrics/{metric}", self.metric_history, "A metric over the newest versions"),
+            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias", body=("alias!",)),
+            Endpoint(
+                "GET",
+                m + "/approvals",
+                self.approvals,
+                "Approvals of a model (?version, alias)",
+                query=("version", "alias"),
+            ),
+            Endpoint(
+                "POST",
+                m + "/prune",
+                self.prune,
+                "Trash all but the newest versions",
+                body=("keep_last:integer!", "dry_run:boolean"),
+            ),
+            Endpoint(
+                "POST",
+                m + "/compare",
+                self.compare_records,
+                "The records compare_versions compares",
+                body=("versions:array", "filter"),
+            ),
+            Endpoint(
+                "GET",
+                m + "/best",
+                self.best_version,
+                "The best version by a metric (?metric, mode, filter)",
+                query=("metric!", "mode", "filter"),
+            ),
+            Endpoint(
+                "GET",
+                m + "/metrics/{metric}",
+                self.metric_history,
+                "A metric over the newest versions",
+                query=("limit:integer",),
+            ),
             Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases"),
-            Endpoint("PUT", a, self.set_alias, "Point an alias at a version (compare-and-set with 'expected')"),
-            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)"),
+            Endpoint(
+                "PUT",
+                a,
+                self.set_alias,
+                "Point an alias at a version (compare-and-set with 'expected')",
+                body=("version!", "expected"),
+            ),
+            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)", query=("expected",)),
             Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed"),
-            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)"),
-            Endpoint("GET", a + "/check", self.check_alias_move, "Whether a move would pass its policies (?version)"),
-            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)"),
-            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag"),
-            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)"),
-            Endpoint("GET", m + "/description", self.get_description, "A model's or version's description"),
-            Endpoint("PUT", m + "/description", self.set_description, "Set or clear a description"),
+            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)", query=("when!",)),
+            Endpoint(
+                "GET",
+                a + "/check",
+                self.check_alias_move,
+                "Whether a move would pass its policies (?version)",
+                query=("version!",),
+            ),
+            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)", query=("version",)),
+            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag", body=("value!", "version")),
+            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)", query=("version",)),
+            Endpoint(
+                "GET",
+                m + "/description",
+                self.get_description,
+                "A model's or version's description",
+                query=("version",),
+            ),
+            Endpoint(
+                "PUT", m + "/description", self.set_description, "Set or clear a description", body=("text", "version")
+            ),
             Endpoint("GET", "/users", self.list_users, "Users and their roles (admin)"),
-            Endpoint("POST", "/users", self.add_user, "Add a user (admin)"),
+            Endpoint(
+                "POST",
+                "/users",
+                self.add_user,
+                "Add a user (admin)",
+                body=("name!", "password", "role"),
+                success=(201,),
+            ),
             Endpoint("DELETE", "/users/{user}", self.remove_user, "Remove a user and their tokens (admin)"),
-            Endpoint("PUT", "/users/{user}/role", self.set_role, "Change a user's role (admin)"),
-            Endpoint("PUT", "/users/{user}/password", self.set_password, "Set a user's password (admin)"),
-            Endpoint("POST", "/users/{user}/tokens", self.new_token, "Make an API token for a user (admin)"),
+            Endpoint("PUT", "/users/{user}/role", self.set_role, "Change a user's role (admin)", body=("role!",)),
+            Endpoint(
+                "PUT", "/users/{user}/password", self.set_password, "Set a user's password (admin)", body=("password!",)
+            ),
+            Endpoint(
+                "POST",
+                "/users/{user}/tokens",
+                self.new_token,
+                "Make an API token for a user (admin)",
+                body=("label", "expires_in:number"),
+                success=(201,),
+            ),
             Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: id, label, dates (admin)"),
             Endpoint("DELETE", "/users/{user}/tokens", self.revoke_tokens, "Revoke every token of a user (admin)"),
             Endpoint(
                 "DELETE", "/users/{user}/tokens/{token_id}", self.revoke_token, "Revoke one token by its id (admin)"
             ),
             Endpoint("GET", "/users/{user}/grants", self.list_grants, "A user's roles on model globs (admin)"),
-            Endpoint("PUT", "/users/{user}/grants", self.grant, "Give a user a role on a model glob (admin)"),
-            Endpoint("DELETE", "/users/{user}/grants", self.revoke_grant, "Take back a user's grant (?glob=) (admin)"),
+            Endpoint(
+                "PUT",
+                "/users/{user}/grants",
+                self.grant,
+                "Give a user a role on a model glob (admin)",
+                body=("glob!", "role!"),
+            ),
+            Endpoint(
+                "DELETE",
+                "/users/{user}/grants",
+                self.revoke_grant,
+                "Take back a user's grant (?glob=) (admin)",
+                query=("glob!",),
+            ),
         ]
+
+
+def _not_yourself(request: Request, what: str) -> None:
+    """Refuse an admin removing or demoting themselves, as the UI does: the last admin would lock
+    every admin out of the server, which only its host could undo."""
+    who: Identity | None = getattr(request.state, "user", None)
+    if who is not None and who.name == request.path_params["user"]:
+        raise PermissionDeniedError(
+            f"{who.name} may not {what} themselves through the server: another admin can, "
+            "or 'modelkeep users' on the server's host"
+        )
 
 
 #: The version segment that names a model's latest version.
@@ -558,37 +726,142 @@ def check_protocol(request: Request) -> None:
         )
 
 
+def route_error(request: Request, exc: HTTPException) -> JSONResponse | None:
+    """The JSON answer to a request under ``/api/`` that reached no route of the API (404), or a
+    route without that method (405, with its ``Allow`` header); ``None`` for any other path
+    (the UI's pages answer those). A client then raises :class:`~modelkeep.errors.RequestError`
+    naming the route, never the error of a missing model, and never reads an HTML page."""
+    path = request.url.path
+    routed = request.scope.get("endpoint") is not None  # a route's own 404 (a UI page's) is its business
+    if not path.startswith("/api/") or not (exc.status_code == 405 or (exc.status_code == 404 and not routed)):
+        return None
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not a method of {path} (it takes {allowed or 'none'})"
+    elif path.startswith(API_PREFIX + "/api/"):
+        message = f"no API route {path}: the registry URL is the server's root, without {API_PREFIX}"
+    else:
+        message = (
+            f"this server (modelkeep {__version__}, protocol {PROTOCOL}) has no API route {request.method} {path}: "
+            f"see {API_PREFIX}/openapi.json"
+        )
+    response = JSONResponse(error_body(RequestError(message)), status_code=exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
+
+
 def _from_http(exc: HTTPException) -> ModelKeepError:
     detail = str(exc.detail)
     if exc.status_code == 401:
         return AuthenticationError(detail)
     if exc.status_code == 403:
         return PermissionDeniedError(detail)
-    return ModelKeepError(detail)
+    if exc.status_code == 413:
+        return UploadTooLargeError(detail)
+    return RequestError(detail)  # a 400 or 411: something in the request
+
+
+#: What each path parameter takes (the library's name rules; what a regular expression cannot say,
+#: such as "no '..'" or "an alias does not look like a version", is still a 400).
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 128}
+_VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]*$", "maxLength": 64}
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "name": _NAME,
+    "model": _NAME,
+    "version": _VERSION,
+    "alias": _VERSION,
+    "user": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@+-]*$", "maxLength": 128},
+    "sha": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "webhook": {"type": "integer"},
+}
+_TYPES = {"integer": "integer", "number": "number", "boolean": "boolean", "object": "object", "array": "array"}
+#: The body of every error answer.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["class", "message", "cli"],
+            "properties": {
+                "class": {"type": "string", "description": "the modelkeep.errors class a client raises"},
+                "message": {"type": "string"},
+                "cli": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    },
+}
+
+
+def _member(spec: str) -> tuple[str, dict[str, Any], bool]:
+    """``"limit:integer"`` -> ``("limit", {"type": "integer"}, False)``; a ``!`` marks it required."""
+    name, _, kind = spec.partition(":")
+    required = name.endswith("!") or kind.endswith("!")
+    name, kind = name.rstrip("!"), kind.rstrip("!")
+    schema: dict[str, Any] = {} if kind == "any" else {"type": _TYPES.get(kind, "string")}
+    return name, schema, required
+
+
+def _success_schema(media: str) -> dict[str, Any]:
+    return {"schema": {"type": "object"}} if media == "application/json" else {}
 
 
 def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing ``endpoints``."""
     paths: dict[str, dict[str, Any]] = {}
+    error = {
+        "description": "An error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     for ep in endpoints:
-        params = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        params: list[dict[str, Any]] = [
+            {
+                "name": part[1:-1],
+                "in": "path",
+                "required": True,
+                "schema": PATH_PARAMETERS.get(part[1:-1], {"type": "string"}),
+            }
             for part in ep.path.split("/")
             if part.startswith("{") and part.endswith("}")
         ]
-        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = {
+        for where, specs in (("query", ep.query), ("header", ep.headers)):
+            for spec in specs:
+                name, schema, required = _member(spec)
+                params.append({"name": name, "in": where, "required": required, "schema": schema})
+        operation: dict[str, Any] = {
             "summary": ep.summary,
             "operationId": ep.handler.__name__,
             "parameters": params,
             "responses": {
-                "200": {"description": "Success"},
-                "default": {"description": "An error: {'error': {'class', 'message', 'cli'}}"},
+                **{
+                    str(status): {
+                        "description": "Success",
+                        "content": {media: _success_schema(media) for media in ep.returns},
+                    }
+                    for status in ep.success
+                },
+                "default": error,
             },
         }
+        if ep.body is not None:
+            members = [_member(spec) for spec in ep.body]
+            body: dict[str, Any] = {"type": "object", "properties": {name: schema for name, schema, _ in members}}
+            if any(required for *_, required in members):
+                body["required"] = [name for name, _, required in members if required]
+            operation["requestBody"] = {
+                "required": bool(body.get("required")),
+                "content": {"application/json": {"schema": body}},
+            }
+        elif ep.stream is not None:
+            operation["requestBody"] = {"required": True, "content": {ep.stream: {}}}
+        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelkeep registry API", "version": __version__},
-        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR_SCHEMA},
+        },
         "security": [{"token": []}],
         "paths": paths,
     }
@@ -602,8 +875,23 @@ def api_routes(api: Api) -> list[Route]:
     async def schema(_request: Request) -> Response:
         return Response(document, media_type="application/json")
 
+    # One route per path, whatever its methods: a 405 then names them all in its Allow header
+    # (with a route per method, only the first route's).
+    by_path: dict[str, dict[str, Handler]] = {}
+    for ep in endpoints:
+        by_path.setdefault(ep.path, {})[ep.method] = api.guarded(ep.handler, hinted=ep.hinted)
     routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
     routes += [
-        Route(API_PREFIX + ep.path, api.guarded(ep.handler, hinted=ep.hinted), methods=[ep.method]) for ep in endpoints
+        Route(API_PREFIX + path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
     ]
     return routes
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    """The handler of a path that answers each method with its own (``HEAD`` with ``GET``'s)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint

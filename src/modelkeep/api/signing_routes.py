@@ -135,7 +135,7 @@ class SigningRoutes:
             event=event,
             signature=body.required("signature"),
             public_key=body.text("public_key"),
-            force=bool(body.get("force", False)),
+            force=body.flag("force"),
         )
         return json_response({"ok": True})
 
@@ -198,12 +198,42 @@ def signing_endpoints(api: Api) -> list[Endpoint]:
     a, v = "/models/{name}/aliases/{alias}", "/models/{name}/versions/{version}"
     return [
         Endpoint("GET", a + "/state", s.alias_state, "An alias's signed move, its record and later signed moves"),
-        Endpoint("GET", a + "/plan", s.plan_move, "The alias-move event a client signs (?version, expected)"),
-        Endpoint("POST", a + "/signed", s.move_signed, "Move an alias with the client's signature of its plan"),
-        Endpoint("PUT", v + "/signature", s.store_signature, "Store a version's signature made by the client (admin)"),
+        Endpoint(
+            "GET",
+            a + "/plan",
+            s.plan_move,
+            "The alias-move event a client signs (?version, expected)",
+            query=("version!", "expected"),
+        ),
+        Endpoint(
+            "POST",
+            a + "/signed",
+            s.move_signed,
+            "Move an alias with the client's signature of its plan",
+            body=("event:object!", "version!", "signature!", "public_key", "expected"),
+        ),
+        Endpoint(
+            "PUT",
+            v + "/signature",
+            s.store_signature,
+            "Store a version's signature made by the client (admin)",
+            body=("manifest:object!", "signature!", "public_key"),
+        ),
         Endpoint("GET", v + "/removal-plan", s.plan_removal, "The removal event a client signs before a trash"),
-        Endpoint("POST", v + "/trash", s.trash_signed, "Move a version to the trash, signed by the client (?force)"),
+        Endpoint(
+            "POST",
+            v + "/trash",
+            s.trash_signed,
+            "Move a version to the trash, signed by the client (?force)",
+            body=("event:object!", "signature!", "public_key", "force:boolean"),
+        ),
         Endpoint("GET", v + "/removals", s.removals, "The signed removals of a version, newest first"),
-        Endpoint("GET", "/events", s.events, "A page of the event feed (?since, model, types, limit)"),
+        Endpoint(
+            "GET",
+            "/events",
+            s.events,
+            "A page of the event feed (?since, model, types, limit)",
+            query=("since:integer", "model", "types", "limit:integer"),
+        ),
         Endpoint("GET", "/events/horizon", s.event_horizon, "The largest committed event id (watch from there)"),
     ]

@@ -85,7 +85,7 @@ from ..signing import manifest
 from ..storage.base import StagedArtifact
 from ..storage.hashing import BLAKE3_KEY, Expected, SplitHash, start_writeback
 from ..versions import next_version, sort_key, validate_model_name, validate_version
-from .endpoint import MAX_JSON_BODY
+from .endpoint import MAX_JSON_BODY, flag
 from .wire import too_large
 
 if TYPE_CHECKING:
@@ -637,7 +637,7 @@ class Transfers:
             extension = str(body.get("extension", ""))
             if not re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){1,3}", extension):
                 raise MetadataError(f"bad artifact extension {extension!r}")
-            plan_for = (name, version, bool(body.get("overwrite")), extension)
+            plan_for = (name, version, flag(body, "overwrite"), extension)
         # A file of one part goes up as one PUT, not a one-part multipart upload: one request
         # instead of three, and the object's checksum is its own SHA-256 (a multipart upload's is
         # a checksum of the parts' checksums, which some S3 servers return as if it were the file's).
@@ -725,7 +725,7 @@ class Transfers:
         if type(part_size) is not int:
             raise MetadataError("an upload in parts needs a part_size (bytes)")
         upload = Upload("", 0, "", None, self._user(request), parts={})
-        plan_for = (name, version, bool(body.get("overwrite")), extension)
+        plan_for = (name, version, flag(body, "overwrite"), extension)
         out: dict[str, Any] = {"upload": uuid.uuid4().hex, "part_size": part_size}
         out["plan"] = await self.api.call(
             request, self._claimed, upload, plan_for, lambda key: start_parts(self.s3, key, part_size=part_size)
@@ -908,8 +908,8 @@ class Transfers:
     ) -> ModelMetadata:
         """Commit ``staged`` (default: the upload's staged key) as the version ``draft`` names."""
         p = self.api.p
-        overwrite = bool(body.get("overwrite"))
-        auto = bool(body.get("auto_version"))
+        overwrite = flag(body, "overwrite")
+        auto = flag(body, "auto_version")
         created_at = _created_at(body)
         assert draft.artifact is not None
         if staged is None:
@@ -963,7 +963,7 @@ class Transfers:
         upload = Upload("", int(expected.size or 0), expected.sha256, _blake3_record(expected), user)
         draft = draft_from_client(form.get("record"), name, upload)  # nothing stored for a bad record
         check_bytes(data, expected)  # the bytes are those announced (and so those the record names)
-        auto, overwrite = bool(form.get("auto_version")), bool(form.get("overwrite"))
+        auto, overwrite = flag(form, "auto_version"), flag(form, "overwrite")
         # A store that takes uploads straight to their final key (S3) gets the bytes there under the
         # version's claim, as a direct save's: no staged copy, no server-side copy after it.
         staged = InlineArtifact(self.store, data, upload.sha256) if self.store.direct_uploads else None
@@ -1108,6 +1108,9 @@ class Transfers:
         from ..blobs import BlobStore
         from .endpoint import read_json
 
+        # The store is shared by every model: its answer says whether anyone stored given
+        # bytes, so only a user who could upload them asks (as for PUT /blobs/{sha}).
+        self._may_upload(request, None)
         body = await read_json(request)
         wanted = body.get("blobs")
         if wanted is None or not _blob_list(wanted):
@@ -1187,32 +1190,70 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
 
     t = Transfers(api)
     api.transfers = t  # type: ignore[attr-defined]
+    octets = "application/octet-stream"
+    expected = (EXPECTED_HEADER + "!",)
+    planned = ("version", "extension", "overwrite:boolean")  # what a plan needs besides the model
     return [
-        Endpoint("POST", "/uploads", t.upload, "Stage an artifact's bytes (streamed); answers an upload id and a plan"),
-        Endpoint("POST", "/uploads/presigned", t.upload_presigned, "Plan an upload straight to S3 (S3 stores only)"),
+        Endpoint(
+            "POST",
+            "/uploads",
+            t.upload,
+            "Stage an artifact's bytes (streamed); answers an upload id and a plan",
+            query=("model", *planned),
+            headers=expected,
+            stream=octets,
+            success=(201,),
+        ),
+        Endpoint(
+            "POST",
+            "/uploads/presigned",
+            t.upload_presigned,
+            "Plan an upload straight to S3 (S3 stores only)",
+            body=("size:integer!", "sha256!", "part_size:integer!", "part_sha256s:array!", "blake3", "model", *planned),
+            success=(201,),
+        ),
         Endpoint(
             "POST",
             "/uploads/parts",
             t.upload_parts,
             "Claim a version and start an upload straight to S3 whose parts are signed one by one (S3 stores only)",
+            body=("model!", "part_size:integer", "size:integer", "sha256", "blake3", *planned),
+            success=(201,),
         ),
         Endpoint(
             "POST",
             "/uploads/{upload}/parts",
             t.sign_part,
             "The presigned URL of one part of an upload in parts, signed with its declared SHA-256",
+            body=("number:integer!", "size:integer!", "sha256!"),
+            success=(201,),
         ),
         Endpoint("DELETE", "/uploads/{upload}", t.discard, "Drop a pending upload"),
-        Endpoint("GET", "/models/{name}/plan", t.plan, "The version and artifact key a save would get now"),
         Endpoint(
-            "POST", "/models/{name}/commit", t.commit, "Commit an upload as a version, with the client's signature"
+            "GET",
+            "/models/{name}/plan",
+            t.plan,
+            "The version and artifact key a save would get now",
+            query=("extension!", "version", "overwrite:boolean"),
+        ),
+        Endpoint(
+            "POST",
+            "/models/{name}/commit",
+            t.commit,
+            "Commit an upload as a version, with the client's signature",
+            body=("upload!", "record:object!", "overwrite:boolean", "auto_version:boolean"),
+            success=(201,),
         ),
         Endpoint(
             "POST",
             "/models/{name}/save",
             t.save,
-            "Save a small artifact with its signed record in one request",
+            "Save a small artifact with its signed record in one request: the JSON of the record "
+            "(its length in X-Modelkeep-Record-Length), then the bytes",
             hinted=True,
+            headers=(*expected, RECORD_LENGTH_HEADER + ":integer!"),
+            stream=octets,
+            success=(201, 202),
         ),
         Endpoint(
             "GET",
@@ -1220,9 +1261,31 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
             t.load,
             "A version's record, and its artifact if small",
             hinted=True,
+            query=("alias",),
+            returns=("application/json", BUNDLE_TYPE),
         ),
-        Endpoint("GET", "/models/{name}/versions/{version}/artifact", t.artifact, "A version's artifact bytes"),
-        Endpoint("GET", "/models/{name}/versions/{version}/blobs/{sha}", t.blob, "One blob of a native-format version"),
-        Endpoint("POST", "/blobs/missing", t.missing_blobs, "Which blobs the store lacks"),
-        Endpoint("PUT", "/blobs/{sha}", t.put_blob, "Store one blob (its bytes must hash to its name)"),
+        Endpoint(
+            "GET",
+            "/models/{name}/versions/{version}/artifact",
+            t.artifact,
+            "A version's artifact bytes (or a redirect to a presigned URL)",
+            success=(200, 307),
+            returns=(octets,),
+        ),
+        Endpoint(
+            "GET",
+            "/models/{name}/versions/{version}/blobs/{sha}",
+            t.blob,
+            "One blob of a native-format version",
+            returns=(octets,),
+        ),
+        Endpoint("POST", "/blobs/missing", t.missing_blobs, "Which blobs the store lacks", body=("blobs:array!",)),
+        Endpoint(
+            "PUT",
+            "/blobs/{sha}",
+            t.put_blob,
+            "Store one blob (its bytes must hash to its name)",
+            stream=octets,
+            success=(201,),
+        ),
     ]

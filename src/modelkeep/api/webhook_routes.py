@@ -163,9 +163,28 @@ def webhook_endpoints(api: Api) -> list[Endpoint]:
     w = "/webhooks/{webhook}"
     return [
         Endpoint("GET", "/webhooks", s.list, "Every webhook, without its secret (admin)"),
-        Endpoint("POST", "/webhooks", s.add, "Add a webhook; the server keeps the secret sent (admin)"),
+        Endpoint(
+            "POST",
+            "/webhooks",
+            s.add,
+            "Add a webhook; the server keeps the secret sent (admin)",
+            body=("url!", "events!", "secret!", "model"),
+            success=(201,),
+        ),
         Endpoint("DELETE", w, s.remove, "Remove a webhook, its queue and its delivery log (admin)"),
-        Endpoint("POST", w + "/test", s.test, "The server POSTs a signed ping to the webhook now (admin)"),
-        Endpoint("GET", "/deliveries", s.deliveries, "The delivery log, newest first (?webhook, status, limit; admin)"),
+        Endpoint(
+            "POST",
+            w + "/test",
+            s.test,
+            "The server POSTs a signed ping to the webhook now (admin)",
+            body=("timeout:number",),
+        ),
+        Endpoint(
+            "GET",
+            "/deliveries",
+            s.deliveries,
+            "The delivery log, newest first (?webhook, status, limit; admin)",
+            query=("webhook:integer", "status", "limit:integer"),
+        ),
         Endpoint("POST", "/deliveries/{delivery}/redeliver", s.redeliver, "Queue a delivery again (admin)"),
     ]

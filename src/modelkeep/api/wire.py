@@ -41,6 +41,8 @@ def status_for(exc: BaseException) -> int:
         return 422
     if isinstance(exc, (errors.StorageError, errors.BackendUnavailableError)):
         return 503
+    if isinstance(exc, errors.ServerError):
+        return 500
     return 400
 
 
@@ -69,13 +71,15 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     """The error a server's response describes (``body`` is the decoded JSON, or anything else)."""
     detail = body.get("error") if isinstance(body, dict) else None
     if not isinstance(detail, dict):
-        text = str(body)[:500] if body else ""
+        text = _one_line(body)
         if status == 401:
             return errors.AuthenticationError(f"the server refused the credentials (HTTP 401) {text}".strip())
         if status == 403:
             return errors.PermissionDeniedError(f"the server refused the request (HTTP 403) {text}".strip())
         if status == 404:
             return errors.ModelNotFoundError(f"not found on the server (HTTP 404) {text}".strip())
+        if status == 500:  # a server that failed before it could say how (a proxy passes 502-504)
+            return errors.ServerError(f"the server failed on this request (HTTP 500) {text}".strip())
         return errors.StorageError(f"the server answered HTTP {status} {text}".strip())
     cls = _error_class(detail.get("class"))
     message = str(detail.get("message", ""))
@@ -92,6 +96,34 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     return exc
 
 
+def is_api_error(body: Any) -> bool:
+    """Whether ``body`` (decoded JSON, or text) is this API's error, ``{"error": {...}}``."""
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def no_such_route(response: Any) -> bool:
+    """Whether an httpx ``response`` says the server has no such route (an older server): a 404 or
+    405 that is not JSON (a server before they were JSON), or a ``RequestError`` (a route's own
+    404 names what is missing: a model, a version, an upload)."""
+    if response.status_code not in (404, 405):
+        return False
+    if "json" not in response.headers.get("content-type", ""):
+        return True
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    return is_api_error(body) and body["error"].get("class") == "RequestError"
+
+
+def _one_line(body: Any) -> str:
+    """A body that is no API error, for one line of a message: an HTML page is named, not quoted."""
+    if not body:
+        return ""
+    text = " ".join(str(body).split())
+    return "(an HTML page)" if text[:15].lower().startswith(("<!doctype", "<html")) else text[:300]
+
+
 def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> errors.StorageError:
     """A client's failed exchange with the registry server at ``url`` (an ``httpx`` transport
     error: timeout, refused or dropped connection) as the :class:`StorageError` the client raises."""
@@ -101,7 +133,10 @@ def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> e
         return errors.StorageError(f"the registry server {url} did not answer in time ({exc})")
     if downloading:
         return errors.StorageError(f"lost the registry server {url} while downloading: {exc}")
-    return errors.StorageError(f"cannot reach the registry server {url}: {exc}")
+    return errors.StorageError(
+        f"cannot reach the registry server {url}: {exc} (is it running, and is that its URL? "
+        "MODELKEEP_REGISTRY_URL or registry_url names it)"
+    )
 
 
 #: Requests a client sends once more when the server dropped a kept-alive connection without

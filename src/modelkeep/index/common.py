@@ -29,6 +29,15 @@ ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.a
 ORDER_DESC = (versions.c.parsed.desc(), versions.c.sort_key.desc(), versions.c.id.desc())
 
 
+#: The largest integer a SQLite or PostgreSQL (``bigint``) column or ``LIMIT`` takes.
+SQL_INT_MAX = 2**63 - 1
+
+
+def fits_sql_int(value: int) -> bool:
+    """Whether ``value`` fits a 64-bit SQL integer: a larger id names no row (and would fail to bind)."""
+    return -SQL_INT_MAX - 1 <= value <= SQL_INT_MAX
+
+
 #: Pauses before the retries of a read or write transaction whose connection dropped
 #: (a failover or restart can drop a new connection too).
 RETRY_PAUSES = (0.0, 0.2, 1.0)

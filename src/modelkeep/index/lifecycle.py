@@ -32,8 +32,8 @@ from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import ALIAS_RESIGN, LIVE, MODEL_LEVEL, USERS_LOG, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
+from .common import SQL_INT_MAX, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
-from .common import trashed_error
 from .policies import check_move, lock_policies
 from .rows import history_entry, text_value
 from .schema import aliases, history, models, tags, versions
@@ -130,7 +130,10 @@ def as_utc_iso(when: _dt.datetime | _dt.date | str) -> str:
         when = _dt.datetime(when.year, when.month, when.day)
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.timezone.utc)
-    return when.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+    try:
+        return when.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidNameError(f"{when.isoformat()!r} is out of range in UTC") from None
 
 
 class Lifecycle:
@@ -785,7 +788,7 @@ class Lifecycle:
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise InvalidNameError(f"limit must be a whole number >= 0, got {limit!r}")
-            query = query.limit(limit)
+            query = query.limit(min(limit, SQL_INT_MAX))  # more rows than that: every row
         who = self._index.viewer()
         if who is not None and not who.at_least("admin"):  # users, tokens and grants: admins only
             query = query.where(history.c.model_name != USERS_LOG)

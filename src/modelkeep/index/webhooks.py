@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
 
-from ..errors import WebhookNotFoundError
+from ..errors import InvalidNameError, WebhookNotFoundError
 from .audit import actor, now
+from .common import SQL_INT_MAX, fits_sql_int
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .schema import deliveries, delivery_attempts, history, webhooks
 
@@ -182,8 +183,10 @@ class WebhookRows:
     @_retry_on_disconnect
     def get(self, webhook_id: int) -> WebhookRow:
         """One webhook; :class:`WebhookNotFoundError` when there is none with that id."""
-        with self._index._read() as conn:
-            row = conn.execute(select(webhooks).where(webhooks.c.id == webhook_id)).first()
+        row = None
+        if fits_sql_int(webhook_id):
+            with self._index._read() as conn:
+                row = conn.execute(select(webhooks).where(webhooks.c.id == webhook_id)).first()
         if row is None:
             raise WebhookNotFoundError(f"no webhook {webhook_id} (see 'modelkeep webhooks list')")
         return WebhookRow(*row)
@@ -191,6 +194,8 @@ class WebhookRows:
     @_retry_on_disconnect
     def remove(self, webhook_id: int) -> None:
         """Remove a webhook with its outbox and delivery log."""
+        if not fits_sql_int(webhook_id):
+            raise WebhookNotFoundError(f"no webhook {webhook_id} (see 'modelkeep webhooks list')")
         with self._index._write() as conn:
             if conn.execute(delete(webhooks).where(webhooks.c.id == webhook_id)).rowcount == 0:
                 raise WebhookNotFoundError(f"no webhook {webhook_id} (see 'modelkeep webhooks list')")
@@ -375,7 +380,10 @@ class WebhookRows:
             conditions.append(deliveries.c.status == status)
         if conditions:
             query = query.where(and_(*conditions))
-        query = query.order_by(deliveries.c.history_id.desc(), deliveries.c.webhook_id).limit(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidNameError(f"limit must be a whole number >= 1, got {limit!r}")
+        query = query.order_by(deliveries.c.history_id.desc(), deliveries.c.webhook_id)
+        query = query.limit(min(limit, SQL_INT_MAX))
         with self._index._read() as conn:
             rows = [Delivery(*r) for r in conn.execute(query)]
             logs = _attempts(conn, [r.delivery_id for r in rows])

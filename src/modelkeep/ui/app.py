@@ -626,7 +626,14 @@ class _Pages:
     # -- errors ---------------------------------------------------------------
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return self.render(request, "error.html", status=exc.status_code, code=exc.status_code, detail=exc.detail)
+        from ..api.routes import route_error
+
+        answer = route_error(request, exc)  # under /api/: JSON, for clients
+        if answer is not None:
+            return answer
+        page = self.render(request, "error.html", status=exc.status_code, code=exc.status_code, detail=exc.detail)
+        page.headers.update(exc.headers or {})  # a 405's Allow
+        return page
 
     async def library_error(self, request: Request, exc: Exception) -> Response:
         code = (

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import secrets
 import threading
 import time
@@ -68,19 +69,22 @@ class HostGate:
         if host_name(raw) in self.allowed:
             await self.app(scope, receive, send)
             return
-        body = (
+        text = (
             f"Invalid Host header {raw!r}: this {self.what} answers only to "
             f"{', '.join(sorted(self.allowed))}. If that is the name you use, restart it with "
-            f"--allowed-host {host_name(raw) or 'NAME'}.\n"
-        ).encode()
+            f"--allowed-host {host_name(raw) or 'NAME'}."
+        )
+        media, body = b"text/plain; charset=utf-8", (text + "\n").encode()
+        if str(scope.get("path", "")).startswith("/api/"):  # a client: the API's JSON error, with its class
+            from ..api.wire import error_body
+            from ..errors import ConfigError
+
+            media, body = b"application/json", json.dumps(error_body(ConfigError(text))).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 400,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
+                "headers": [(b"content-type", media), (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -156,6 +156,7 @@ class EventsMixin:
         When an identity acts, the events of models it may not view are left out.
         """
         from ..index.audit import USERS_LOG
+        from ..index.common import SQL_INT_MAX
         from ..index.webhooks import WebhookRows
         from .events import parse_patterns
         from .feed import iter_events
@@ -166,6 +167,8 @@ class EventsMixin:
                 patterns = parse_patterns(types)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if since is not None:  # ids run from 1 to a 64-bit integer: outside that, before or after all of them
+            since = max(0, min(since, SQL_INT_MAX))
         index = self.index
         for event in iter_events(
             WebhookRows(index), since=since, model=model, types=patterns, follow=follow, poll=poll, stop=stop
