@@ -165,11 +165,16 @@ CHANGES = {
 }
 
 
-@pytest.mark.parametrize("via", ["git_state", "save"])
+@pytest.mark.parametrize(
+    ("via", "compiled"), [("git_state", True), ("save", True), ("git_state", False)], ids=["c", "save", "python"]
+)
 @pytest.mark.parametrize("change", list(CHANGES), ids=list(CHANGES))
 def test_every_change_is_seen_through_the_watch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_checks: list[int], change: str, via: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_checks: list[int], change: str, via: str, compiled: bool
 ) -> None:
+    """Through ``git_state`` or a save, with the compiled full check or the Python one."""
+    if not compiled:
+        monkeypatch.setattr(lineage, "_c_signatures", None)
     repo = _repo(tmp_path, monkeypatch)
 
     def git(*args: str) -> str:
@@ -311,13 +316,16 @@ FALLBACKS = {
 }
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
 @pytest.mark.parametrize("fallback", list(FALLBACKS), ids=list(FALLBACKS))
 def test_without_a_watch_every_save_checks_in_full(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_checks: list[int], fallback: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_checks: list[int], fallback: str, compiled: bool
 ) -> None:
     """No inotify, no instance left, the watch limit reached, or a folder on a file system whose
     changes may not go through this kernel: the status is kept without a watch, and every reuse
     lstats every path, as without inotify."""
+    if not compiled:
+        monkeypatch.setattr(lineage, "_c_signatures", None)
     repo = _repo(tmp_path, monkeypatch)
     FALLBACKS[fallback](monkeypatch)
     kept = git_state()

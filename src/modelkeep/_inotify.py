@@ -31,6 +31,7 @@ import select
 import struct
 import sys
 import threading
+from typing import Any
 
 # <linux/inotify.h>
 IN_MODIFY = 0x00000002
@@ -102,36 +103,35 @@ class _Libc:
         self.add_watch.restype = ctypes.c_int
         self.statfs = libc.statfs
         self.statfs.argtypes, self.statfs.restype = [ctypes.c_char_p, ctypes.c_void_p], ctypes.c_int
-        # struct statfs is at most 120 bytes on Linux; f_type, its first field, a native word
-        self._buffer = ctypes.create_string_buffer(256)
-        self._f_type = ctypes.c_long.from_buffer(self._buffer)
         self.get_errno = ctypes.get_errno
+        self._ctypes = ctypes
 
     def fs_type(self, folder: bytes) -> int | None:
         """``statfs(folder).f_type`` as an unsigned 32-bit number (the magic numbers are; a
         32-bit ``long`` holds some as negative), or ``None`` when it fails."""
-        if self.statfs(folder, self._buffer) != 0:
+        # struct statfs is at most 120 bytes on Linux, f_type its first field, a native word; a
+        # buffer per call, as threads may ask at once
+        buffer = self._ctypes.create_string_buffer(256)
+        if self.statfs(folder, buffer) != 0:
             return None
-        value = int(self._f_type.value)
+        value = int(self._ctypes.c_long.from_buffer(buffer).value)
         return value & 0xFFFFFFFF if -(1 << 31) <= value < 1 << 32 else None
 
 
 _libc: _Libc | None = None
-_libc_lock = threading.Lock()
 
 
 def _load() -> _Libc | None:
-    """The C library's inotify calls, ``None`` where there are none (not Linux, no symbols)."""
+    """The C library's inotify calls, ``None`` where there are none (not Linux, no symbols).
+    No lock: two threads may both load them, and either result serves."""
     global _libc
     if not sys.platform.startswith("linux"):
         return None
     if _libc is None:
-        with _libc_lock:
-            if _libc is None:
-                try:
-                    _libc = _Libc()
-                except (OSError, AttributeError):
-                    return None
+        try:
+            _libc = _Libc()
+        except (OSError, AttributeError):
+            return None
     return _libc
 
 
@@ -194,7 +194,7 @@ class Watch:
         libc = _load()
         if libc is None:
             return False
-        self.sources.append((paths, resolve))
+        self.sources.append((list(paths), resolve))  # a copy: the caller may extend its list
         wanted = interest(paths, resolve)
         for folder in sorted(wanted, key=lambda f: (f.count(os.sep), f)):  # parents first
             path = os.fsencode(folder)
@@ -249,13 +249,14 @@ class Watch:
                 return None
         return watch
 
-    def close(self) -> None:
+    def close(self, _getpid: Any = os.getpid, _close: Any = os.close) -> None:
         """Close the descriptor (only in the process that made it, and only once). Not while
         another thread may still poll it (its number could be reused): the owner drops its last
-        reference instead, and the collector closes it."""
+        reference instead, and the collector closes it (``os`` bound here for a collection at
+        interpreter exit)."""
         fd, self.fd = self.fd, -1
-        if fd >= 0 and self.pid == os.getpid():
-            os.close(fd)
+        if fd >= 0 and self.pid == _getpid():
+            _close(fd)
 
     def __del__(self) -> None:
         self.close()
@@ -270,7 +271,11 @@ def open_watch(paths: list[str], resolve: bool = False) -> Watch | None:
     fd = libc.init1(IN_NONBLOCK | IN_CLOEXEC)
     if fd < 0:
         return None
-    watch = Watch(fd)
+    try:
+        watch = Watch(fd)
+    except OSError:  # poll could not register it
+        os.close(fd)
+        return None
     if not watch.add(paths, resolve):
         watch.close()
         return None
