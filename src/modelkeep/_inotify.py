@@ -136,29 +136,31 @@ def _load() -> _Libc | None:
 
 
 #: For one watched folder: the names in it whose events matter, or ``None`` for all of them.
-Names = set[bytes] | None
+Names = set[str] | None
 
 
 def interest(paths: list[str], resolve: bool = False) -> dict[str, Names]:
-    """For every folder on the way from ``/`` to each of ``paths`` (and, with ``resolve``, to its
-    folder's real path too): the names in it that lead to one of ``paths``. A path named ``.git``
-    may be a folder whose own ``stat`` is checked: every event in it matters (``None``)."""
+    """For every folder on the way from ``/`` to each of ``paths`` (absolute and normalized, as
+    ``lineage`` makes them; with ``resolve``, also to its folder's real path): the names in it
+    that lead to one of ``paths``. A path named ``.git`` may be a folder whose own ``stat`` is
+    checked: every event in it matters (``None``)."""
     out: dict[str, Names] = {}
     for path in paths:
         chains = [path]
         if resolve:
-            real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+            folder, _, name = path.rpartition(os.sep)
+            real = os.path.join(os.path.realpath(folder or os.sep), name)
             if real != path:
                 chains.append(real)
         for child in chains:
-            if os.path.basename(child) == ".git":
+            if child.endswith(os.sep + ".git"):
                 out[child] = None
             while True:
-                parent = os.path.dirname(child)
-                if parent == child:
-                    break
+                parent, _, name = child.rpartition(os.sep)
+                if not name:
+                    break  # at /
+                parent = parent or os.sep
                 names = out.setdefault(parent, set())
-                name = os.fsencode(os.path.basename(child))
                 if names is not None:
                     if name in names:
                         break  # the way up from here is already in
@@ -234,7 +236,7 @@ class Watch:
             while offset + _EVENT.size <= len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
                 start = offset + _EVENT.size
-                name = data[start : start + length].split(b"\0", 1)[0]
+                name = os.fsdecode(data[start : start + length].split(b"\0", 1)[0])
                 offset = start + length
                 names = self.names.get(wd, None)
                 if mask & _ABOUT_THE_WATCH or not name or names is None or name in names:
