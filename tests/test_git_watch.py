@@ -36,7 +36,10 @@ Git = Callable[..., str]
 
 @pytest.fixture
 def full_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Settled files (RACY_NS=0), no periodic full check, and a record of the full checks."""
+    """Settled files (RACY_NS=0), no periodic full check, no status kept by an earlier test, and
+    a record of the full checks."""
+    monkeypatch.setattr(lineage, "_snapshots", {})
+    monkeypatch.setattr(lineage, "_watched", ())
     monkeypatch.setattr(lineage, "RACY_NS", 0)
     monkeypatch.setattr(lineage, "WATCH_RECHECK", 3600.0)
     calls: list[int] = []
@@ -471,3 +474,27 @@ def test_the_watch_is_not_read_by_the_first_check_after_it_is_made(
     git_state()
     time.sleep(0.01)
     assert _kept(repo).quiet()
+
+
+def test_a_process_holds_few_watches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_checks: list[int]) -> None:
+    """Saving from more folders than MAX_WATCHES: the oldest statuses lose their watch (and its
+    inotify instance) and are checked in full; each still sees a change."""
+    before = _open_fds()
+    repos = [tmp_path / f"repo{n}" for n in range(lineage.MAX_WATCHES + 2)]
+    kept = []
+    for repo in repos:
+        _repo_with_one_commit(repo)
+        monkeypatch.chdir(repo)
+        kept.append(git_state())
+    watched = [repo for repo in repos if _kept(repo).watch is not None]
+    assert watched == repos[-lineage.MAX_WATCHES :]
+    assert _open_fds() - before == lineage.MAX_WATCHES
+    for repo, state in zip(repos, kept, strict=True):
+        monkeypatch.chdir(repo)
+        assert git_state() == state
+        _same_size_same_mtime(repo / "train.py")
+        assert git_state() == _truth(repo) != state
+    assert len(full_checks) >= 2 * 2  # the two without a watch, twice each
+    for repo in repos:
+        del lineage._snapshots[str(repo)]
+    assert _open_fds() == before

@@ -430,7 +430,29 @@ def _git_status(where: Path) -> dict[str, Any] | None:
         return _read_status(where)  # one process, not the three of a snapshot that would not be kept
     result, kept, retry = _read_snapshot(where)
     _snapshots[key] = kept if kept is not None else time.monotonic() + retry
+    if kept is not None and kept.watch is not None:
+        _keep_few_watches(key)
     return None if result is None else dict(result)
+
+
+#: The most kept statuses of a process that hold an inotify watch: each is an inotify instance
+#: (the kernel allows a user 128 by default, for all their programs) and a watch per folder. A
+#: process saving from more folders checks the older ones' statuses in full.
+MAX_WATCHES = 4
+#: The folders whose kept status got a watch, oldest first (replaced whole, as _snapshots).
+_watched: tuple[str, ...] = ()
+
+
+def _keep_few_watches(key: str) -> None:
+    """Note that ``key``'s new status has a watch; drop the watches of the oldest beyond
+    :data:`MAX_WATCHES` (their descriptors close once no thread still checks with them)."""
+    global _watched
+    order = (*(k for k in _watched if k != key), key)
+    _watched = order[-MAX_WATCHES:]
+    for old in order[:-MAX_WATCHES]:
+        snapshot = _snapshots.get(old)
+        if isinstance(snapshot, _GitSnapshot):
+            snapshot.watch = None
 
 
 @functools.lru_cache(maxsize=4)
