@@ -11,7 +11,10 @@ system call :mod:`select` makes.
 What a watch covers: every folder on the way from ``/`` to each watched path (a rename or removal
 of any of them changes what the path names, and is reported to the watch on its parent), also
 through the symbolic links those folders resolve through. A folder that does not exist is not
-watched: its creation is reported to the watch on its existing parent. Whether a folder's file
+watched: its creation is reported to the watch on its existing parent. An event matters only when
+it names a file or folder on the way to a watched path, or is about a watched folder itself (or
+the queue): a log written beside a tracked file, or a temporary file in ``/tmp`` above a
+repository, is read and ignored (:meth:`Watch.drain`). Whether a folder's file
 system sends every change through this kernel is read with ``statfs`` (its ``f_type``, the magic
 number of the file system the folder is on, not a path looked up in ``/proc/self/mountinfo``,
 which a bind mount or an escaped name may mislead); a watch is only made when every folder is on
