@@ -108,6 +108,7 @@ def test_a_repository_is_checked_through_the_c_check(tmp_path: Path, monkeypatch
     git = _repo_with_one_commit(tmp_path / "repo")
     repo = tmp_path / "repo"
     monkeypatch.setattr(lineage, "RACY_NS", 0)
+    monkeypatch.setattr(lineage, "WATCH_RECHECK", 0.0)  # every reuse checks in full, watch or not
     monkeypatch.chdir(repo)
     calls: list[int] = []
     real = lineage._c_signatures

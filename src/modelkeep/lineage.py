@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from . import _inotify
 from ._workers import ProcessWorker
 from .errors import MetadataError
 
@@ -126,6 +127,10 @@ MAX_CACHED_FILES = 10_000
 #: within the file system's timestamp granularity without their ``stat`` showing it ("racy git"),
 #: so a status read while one is that fresh is not reused.
 RACY_NS = 2_000_000_000
+#: Even when its inotify watch reports nothing, a kept status is checked in full (every path
+#: ``lstat``-ed) when its last full check is this many seconds old: a bound on how long a change
+#: inotify does not see (a write through ``mmap``, through a hard link elsewhere) may go unseen.
+WATCH_RECHECK = 1.0
 #: After a status that cannot be reused for lasting reasons (submodules, too many files, git could
 #: not list them), for this many seconds the saves ask ``git status`` alone, not the three
 #: processes that reading a snapshot takes.
@@ -169,18 +174,98 @@ class _GitSnapshot:
     file) shows another inode, size, mtime, ctime or mode, ``git status`` would print the same:
     a commit, a branch switch, ``git add``, an edit, a removal or a ``chmod`` each changes one of
     them. A snapshot is only kept when nothing changed while it was read and nothing was
-    changed within :data:`RACY_NS` of it (see :func:`_read_snapshot`)."""
+    changed within :data:`RACY_NS` of it (see :func:`_read_snapshot`).
 
-    __slots__ = ("encoded", "packed", "paths", "result", "stats")
+    On Linux it also holds an inotify watch on the folders of those paths, made before their
+    ``stat`` was first read (:mod:`modelkeep._inotify`): while the watch reports nothing and the
+    last full check is under :data:`WATCH_RECHECK` seconds old, the paths are not ``lstat``-ed
+    (:meth:`quiet`). Any event, and a watch that is missing or made by another process (a forked
+    child), leads to the full check."""
 
-    def __init__(self, paths: list[str], stats: list[_Stat], result: dict[str, Any] | None) -> None:
+    __slots__ = ("checked", "encoded", "packed", "paths", "reshaped", "result", "stale", "stats", "unsettled", "watch")
+
+    def __init__(
+        self,
+        paths: list[str],
+        stats: list[_Stat],
+        result: dict[str, Any] | None,
+        watch: _inotify.Watch | None = None,
+        checked: float = 0.0,
+    ) -> None:
         self.paths, self.stats, self.result = paths, stats, result
         # for the compiled check: the paths as bytes and the stats as it reads them (_pack)
         self.encoded = tuple(os.fsencode(path) for path in paths)
         self.packed = _pack(stats)
+        #: the watch, if any, and when its last full check started (time.monotonic())
+        self.watch, self.checked = watch, checked
+        #: a full check failed (for good); events that matter were read and await a full check;
+        #: events were read after which the watch must be made again
+        self.stale = self.unsettled = self.reshaped = False
+
+    def quiet(self) -> bool:
+        """Whether the watch says nothing changed: no event that matters waits or awaits its
+        full check, no other thread is reading events, and the last full check passed under
+        :data:`WATCH_RECHECK` seconds ago. Events that do not matter (another file of a watched
+        folder) are read here; one that matters is left to :meth:`still_valid`."""
+        watch = self.watch
+        if watch is None or watch.pid != os.getpid():
+            return False
+        if not watch.quiet():
+            if not watch.lock.acquire(blocking=False):
+                return False
+            try:
+                matters, intact = watch.drain()
+                self.unsettled |= matters
+                self.reshaped |= not intact
+            finally:
+                watch.lock.release()
+        # read after the peek: a thread that took events before it still holds the lock, or has
+        # already said what they were, or what its check found
+        return (
+            not watch.lock.locked()
+            and not (self.stale or self.unsettled or self.reshaped)
+            and time.monotonic() - self.checked < WATCH_RECHECK
+        )
 
     def still_valid(self) -> bool:
-        """Whether every path still has the ``stat`` it had when the status was read."""
+        """Whether every path still has the ``stat`` it had when the status was read: at once
+        when :meth:`quiet`; else the waiting events are read first, then every path is
+        ``lstat``-ed (a change made meanwhile is either seen or waits for the next check)."""
+        if self.quiet():
+            return True
+        watch = self.watch
+        if watch is None:
+            return self._unchanged_or_stale()
+        if watch.pid != os.getpid():  # a forked child: the parent's events are not its to read
+            return self._checked(watch.renew())
+        if not watch.lock.acquire(blocking=False):  # another thread is reading them: check without
+            return self._unchanged_or_stale()
+        try:
+            intact = watch.drain()[1] and not self.reshaped
+            return self._checked(watch if intact else watch.renew())
+        finally:
+            watch.lock.release()
+
+    def _checked(self, watch: _inotify.Watch | None) -> bool:
+        """The full check, with ``watch`` (drained or made before it, ``None`` when it could not
+        be made again) kept from now on when it passes."""
+        started = time.monotonic()
+        if not self._unchanged_or_stale():
+            return False
+        # the flags before the watch: events of a new watch are read only once it is in place
+        self.unsettled = self.reshaped = False
+        self.checked, self.watch = started, watch
+        return True
+
+    def _unchanged_or_stale(self) -> bool:
+        if self.unchanged():
+            return True
+        self.stale = True  # for good: a thread holding this snapshot must not find it quiet
+        return False
+
+    def unchanged(self) -> bool:
+        """Whether every path still has the ``stat`` it had when the status was read (all of them
+        ``lstat``-ed)."""
         if _c_signatures is not None:  # the same comparison, without the GIL (_statscan.c)
             return bool(_c_signatures(self.encoded) == self.packed)
         lstat = os.lstat
@@ -290,7 +375,7 @@ def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | N
     reused (see :class:`_GitSnapshot`): the files changed while it was read or too recently,
     the repository has submodules or too many files, or ``git`` could not list them. The third
     value: for how many seconds to ask ``git status`` alone before trying a snapshot again."""
-    started = time.time_ns()
+    started, checked = time.time_ns(), time.monotonic()
     layout = _run_git(_LAYOUT, where)
     lines = os.fsdecode(layout).splitlines() if layout else []
     if len(lines) != 4:
@@ -300,12 +385,15 @@ def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | N
         paths = _metadata_paths(where, Path(top), git_dir, common_dir, index)
     except ValueError:
         return _read_status(where), None, RETRY_STRUCTURE
+    watch = _inotify.open_watch(paths, resolve=True)  # before the stats: no change falls between
     before = _stats(paths)
     listing = _run_git(["ls-files", "-z", "--stage", "--full-name", "--", ":/"], where)
     entries = [entry for entry in (listing or b"").split(b"\0") if entry]
     if listing is None or len(entries) > MAX_CACHED_FILES or any(e.startswith(b"160000 ") for e in entries):
         return _read_status(where), None, RETRY_STRUCTURE  # (a submodule's state is not in its folder's stat)
     tracked = sorted({os.path.join(top, *os.fsdecode(e.split(b"\t", 1)[1]).split("/")) for e in entries})
+    if watch is not None and not watch.add(tracked):
+        watch = None
     paths += tracked
     before += _stats(tracked)
     result = _read_status(where)
@@ -313,7 +401,7 @@ def _read_snapshot(where: Path) -> tuple[dict[str, Any] | None, _GitSnapshot | N
     fresh = started - RACY_NS
     if after != before or any(st is not None and max(st[2], st[3]) >= fresh for st in after):
         return result, None, RACY_NS / 1e9
-    return result, _GitSnapshot(paths, after, result), 0.0
+    return result, _GitSnapshot(paths, after, result, watch, checked), 0.0
 
 
 def _relocated() -> bool:
@@ -342,7 +430,29 @@ def _git_status(where: Path) -> dict[str, Any] | None:
         return _read_status(where)  # one process, not the three of a snapshot that would not be kept
     result, kept, retry = _read_snapshot(where)
     _snapshots[key] = kept if kept is not None else time.monotonic() + retry
+    if kept is not None and kept.watch is not None:
+        _keep_few_watches(key)
     return None if result is None else dict(result)
+
+
+#: The most kept statuses of a process that hold an inotify watch: each is an inotify instance
+#: (the kernel allows a user 128 by default, for all their programs) and a watch per folder. A
+#: process saving from more folders checks the older ones' statuses in full.
+MAX_WATCHES = 4
+#: The folders whose kept status got a watch, oldest first (replaced whole, as _snapshots).
+_watched: tuple[str, ...] = ()
+
+
+def _keep_few_watches(key: str) -> None:
+    """Note that ``key``'s new status has a watch; drop the watches of the oldest beyond
+    :data:`MAX_WATCHES` (their descriptors close once no thread still checks with them)."""
+    global _watched
+    order = (*(k for k in _watched if k != key), key)
+    _watched = order[-MAX_WATCHES:]
+    for old in order[:-MAX_WATCHES]:
+        snapshot = _snapshots.get(old)
+        if isinstance(snapshot, _GitSnapshot):
+            snapshot.watch = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -359,24 +469,42 @@ class PendingGit:
     wait for the GIL while the pickler holds it, so it runs once :meth:`overlap` says the caller
     is about to wait without the GIL (the ``fsync`` of the serialized model), or else in the
     caller's thread when :meth:`result` is asked for. Either way the status is checked once the
-    model is serialized, not before."""
+    model is serialized, not before. When the kept status's inotify watch says nothing changed
+    (:meth:`_GitSnapshot.quiet`, one ``poll``), :meth:`overlap` takes it in the caller's thread:
+    handing that to the helper thread would cost more than it."""
 
-    __slots__ = ("_future", "_where")
+    __slots__ = ("_future", "_kept", "_where")
 
     def __init__(self, where: Path, future: Future[dict[str, Any] | None] | None = None) -> None:
         self._where, self._future = where, future
+        self._kept: tuple[dict[str, Any] | None] | None = None
 
     def overlap(self) -> None:
-        """Check the kept status on the helper thread from now on (call it just before a wait
-        that releases the GIL, such as an ``fsync``); nothing when git is already running."""
-        if self._future is None:
-            self._future = _submit(_kept_or_read, self._where)
+        """Check the kept status from now on: at once when its watch says nothing changed, else
+        on the helper thread (call it just before a wait that releases the GIL, such as an
+        ``fsync``); nothing when git is already running."""
+        if self._future is None and self._kept is None:
+            self._kept = _quiet(self._where)
+            if self._kept is None:
+                self._future = _submit(_kept_or_read, self._where)
 
     def result(self) -> dict[str, Any] | None:
         """The commit, branch and dirty flag (``None`` outside a repository's history)."""
+        if self._kept is not None:
+            return self._kept[0]
         if self._future is None:
             return _kept_or_read(self._where)
         return self._future.result()
+
+
+def _quiet(where: Path) -> tuple[dict[str, Any] | None] | None:
+    """``(status,)`` when the status kept for ``where`` holds by its watch alone (:meth:`_GitSnapshot.quiet`).
+    Only for a :class:`PendingGit` that :func:`start_git` made without a future: no ``GIT_*``
+    location variable was set when the save began."""
+    snapshot = _snapshots.get(str(where))
+    if isinstance(snapshot, _GitSnapshot) and snapshot.quiet():
+        return (None if snapshot.result is None else dict(snapshot.result),)
+    return None
 
 
 def _kept_or_read(where: Path) -> dict[str, Any] | None:
