@@ -332,15 +332,25 @@ def test_a_tokens_identity_and_grants_come_from_one_query(teams: ModelPersistenc
     teams.users.grant("gina", "fraud", "viewer")
     token, plain = teams.users.new_token("gina"), user_with_token(teams, "pat", "viewer")
     statements: list[str] = []
+    engine = teams.index.engine
 
     def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    event.listen(teams.index.engine, "before_cursor_execute", note)
+    def on_connect(dbapi: Any, _record: Any) -> None:  # SQLite: the query goes straight to the driver
+        dbapi.set_trace_callback(statements.append)
+
+    sqlite = engine.dialect.name == "sqlite"
+    hooks = [("connect", on_connect)] if sqlite else [("before_cursor_execute", note)]
+    engine.pool.dispose()  # a new connection, traced from its first statement
+    for name, fn in hooks:
+        event.listen(engine, name, fn)
     try:
         gina, pat = teams.users.token_identity(token), teams.users.token_identity(plain)
     finally:
-        event.remove(teams.index.engine, "before_cursor_execute", note)
+        for name, fn in hooks:
+            event.remove(engine, name, fn)
+        engine.pool.dispose()
     assert gina == Identity("gina", "none", (("churn-*", "writer"), ("fraud", "viewer")))
     assert gina == teams.users.identity("gina") and pat == Identity("pat", "viewer", ())
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2

@@ -11,13 +11,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from ..errors import InvalidNameError, UserNotFoundError
 from ..identity import Identity, acting, acting_as
 from .audit import USERS_LOG, now, write_history
 from .common import retry_on_disconnect as _retry_on_disconnect
+from .common import run
 from .schema import grants, tokens, users
+
+#: The owner of a token hash, with the token's id and expiry; and the same with the owner's grants.
+_OWNER = (
+    select(users, tokens.c.token_id, tokens.c.expires_at)
+    .join(tokens, tokens.c.user_name == users.c.name)
+    .where(tokens.c.token_hash == bindparam("token_hash"))
+)
+_OWNER_WITH_GRANTS = (
+    _OWNER.add_columns(grants.c.model_glob, grants.c.role)
+    .outerjoin(grants, grants.c.user_name == users.c.name)
+    .order_by(grants.c.model_glob)
+)
 
 if TYPE_CHECKING:
     from .sql import SqlIndex
@@ -151,15 +164,8 @@ class UserRows:
     def token_owner(self, token_hash: str, *, with_grants: bool = False) -> TokenOwner | None:
         """The user a token hash belongs to, with the token's id and expiry (and ``with_grants``,
         the user's grants), joined in one query: a request signed in by token costs one round trip."""
-        query = select(users, tokens.c.token_id, tokens.c.expires_at).join(tokens, tokens.c.user_name == users.c.name)
-        if with_grants:
-            query = (
-                query.add_columns(grants.c.model_glob, grants.c.role)
-                .outerjoin(grants, grants.c.user_name == users.c.name)
-                .order_by(grants.c.model_glob)
-            )
-        with self._index._read() as conn:
-            rows = conn.execute(query.where(tokens.c.token_hash == token_hash)).all()
+        with self._index._read() as conn:  # every API request asks: a statement built once, sent as is
+            rows = list(run(conn, _OWNER_WITH_GRANTS if with_grants else _OWNER, {"token_hash": token_hash}))
         if not rows:
             return None
         row = rows[0]
