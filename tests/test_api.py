@@ -706,6 +706,14 @@ def test_error_hierarchy() -> None:
     }
     for err, builtin in pairs.items():
         assert issubclass(err, ModelKeepError) and issubclass(err, builtin), err
+    # and every other class of the hierarchy is also some built-in error besides Exception
+    import modelkeep.errors as errors_module
+
+    classes = [c for c in vars(errors_module).values() if isinstance(c, type) and issubclass(c, ModelKeepError)]
+    for err in classes:
+        if err is not ModelKeepError:
+            generic = (Exception, BaseException, object)
+            assert any(b.__module__ == "builtins" and b not in generic for b in err.__mro__[1:]), err
     assert issubclass(VersionNotFoundError, ModelNotFoundError)
     assert issubclass(SignatureError, IntegrityError)
     # KeyError.__str__ would quote the message; ours stay readable

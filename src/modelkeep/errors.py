@@ -287,7 +287,7 @@ class UploadTooLargeError(RequestError):
     ``server.max_upload_bytes`` (``modelkeep server --max-upload-size``); answered with HTTP 413."""
 
 
-class ServerError(ModelKeepError):
+class ServerError(ModelKeepError, RuntimeError):
     """``modelkeep server`` failed on a request with an error of its own (HTTP 500): a bug in
     modelkeep on the server, not in the request. The server's log holds the traceback, under the
     incident id the message names."""
