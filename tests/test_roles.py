@@ -479,7 +479,8 @@ def test_cli_tokens_grants_and_revocation(
         assert done.returncode == 0, done.stderr
         return [row["name"] for row in json.loads(done.stdout)]
 
-    assert run("users", "add", "gina", "--role", "none", "--no-password").returncode == 0
+    added = run("users", "add", "gina", "--role", "none", "--no-password")
+    assert added.returncode == 0 and "modelkeep users grant gina GLOB ROLE" in added.stdout + added.stderr
     granted = run("users", "grant", "gina", "churn-*", "writer")
     assert granted.returncode == 0, granted.stderr
     bad = run("users", "grant", "gina", "../x", "writer")
@@ -488,6 +489,8 @@ def test_cli_tokens_grants_and_revocation(
     assert "writer on churn-*" in run("users", "list").stdout
     token = run("users", "token", "gina", "--label", "ci", "--expires", "30d").stdout.strip()
     other = run("users", "token", "gina").stdout.strip()
+    never = run("users", "token", "gina", "--expires", "0s")
+    assert never.returncode == 1 and never.stderr.strip().endswith("got 0 seconds"), never.stderr
     assert token.startswith("mkt_") and other.startswith("mkt_")
     lines = run("users", "tokens", "gina").stdout.splitlines()
     assert len(lines) == 2 and "\tci\t" in lines[0] and "expires 20" in lines[0] and "never expires" in lines[1]

@@ -61,7 +61,12 @@ def add(ctx: click.Context, name: str, role: str, password_stdin: bool, no_passw
     password = None if no_password else _password(password_stdin)
     role = validate_role(role, allow_none=True)
     p.users.add(name, password, role)
-    print_status(ctx, f"Added {role} {name}.")
+    if role == "none":  # no registry role: they see only the models granted to them
+        print_status(
+            ctx, f"Added {name}, with no registry role: give them models with 'modelkeep users grant {name} GLOB ROLE'."
+        )
+    else:
+        print_status(ctx, f"Added {role} {name}.")
 
 
 @users.command("list")

@@ -159,7 +159,9 @@ class UserStore:
         if expires_in is not None:
             seconds = expires_in.total_seconds() if isinstance(expires_in, _dt.timedelta) else expires_in
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-                raise InvalidNameError(f"a token's expiry must be a positive number of seconds, got {expires_in!r}")
+                number = not isinstance(seconds, bool) and isinstance(seconds, (int, float))
+                shown = f"{seconds:g} seconds" if number else repr(expires_in)  # not "datetime.timedelta(0)"
+                raise InvalidNameError(f"a token's expiry must be a positive number of seconds, got {shown}")
             try:
                 expires_at = (_utc_now() + _dt.timedelta(seconds=seconds)).isoformat()
             except OverflowError:  # past year 9999
