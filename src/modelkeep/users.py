@@ -37,12 +37,12 @@ __all__ = ["TOKEN_PREFIX", "TokenRow", "UserNotFoundError", "UserStore", "valida
 TOKEN_PREFIX = "mkt_"
 #: Shortest password accepted.
 MIN_PASSWORD = 8
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 
 
 def validate_user_name(name: str) -> str:
     """Letters, digits and ``. _ @ + -``, up to 128 characters (an e-mail address fits)."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not USER_NAME_RE.fullmatch(name):
         raise InvalidNameError(
             f"user name {name!r} is not valid: use letters, digits and . _ @ + - (up to 128 characters)"
         )
@@ -195,7 +195,7 @@ class UserStore:
         from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
         hasher = _hasher()
-        row = self._rows.get(name) if _NAME_RE.fullmatch(name or "") else None
+        row = self._rows.get(name) if USER_NAME_RE.fullmatch(name or "") else None
         stored = row.password_hash if row is not None else None
         if stored is None:
             if self._dummy_hash is None:

@@ -22,8 +22,10 @@ from .errors import InvalidNameError
 MAX_NAME_LENGTH = 128
 MAX_VERSION_LENGTH = 64
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+#: What a model name may hold (VERSION_RE: a version or an alias); api/routes.py gives the OpenAPI
+#: document these same rules.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 # Names that Windows cannot create as files, and names modelkeep keeps for itself.
 _RESERVED = {
     "con",
@@ -81,12 +83,12 @@ def _check(value: object, what: str, pattern: re.Pattern[str], max_len: int) -> 
 
 def validate_model_name(name: object) -> str:
     """Return ``name`` if it is a safe model name, else raise :class:`InvalidNameError`."""
-    return _check(name, "model name", _NAME_RE, MAX_NAME_LENGTH)
+    return _check(name, "model name", NAME_RE, MAX_NAME_LENGTH)
 
 
 def validate_version(version: object) -> str:
     """Return ``version`` if it is a safe version string, else raise :class:`InvalidNameError`."""
-    return _check(version, "version", _VERSION_RE, MAX_VERSION_LENGTH)
+    return _check(version, "version", VERSION_RE, MAX_VERSION_LENGTH)
 
 
 def validate_alias(alias: object) -> str:
@@ -95,7 +97,7 @@ def validate_alias(alias: object) -> str:
     Aliases follow the version rules, must not look like a version (``1.0``, ``v2``),
     and ``latest`` is reserved.
     """
-    name = _check(alias, "alias", _VERSION_RE, MAX_VERSION_LENGTH)
+    name = _check(alias, "alias", VERSION_RE, MAX_VERSION_LENGTH)
     if parse_version(name) is not None:
         raise InvalidNameError(f"alias {name!r} looks like a version; pick a name such as 'production'")
     return name

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +37,8 @@ from ..errors import (
     UploadTooLargeError,
 )
 from ..identity import Identity, acting_as
+from ..users import USER_NAME_RE
+from ..versions import MAX_NAME_LENGTH, MAX_VERSION_LENGTH, NAME_RE, VERSION_RE
 from .wire import (
     API_PREFIX,
     PROTOCOL,
@@ -763,14 +766,20 @@ def _from_http(exc: HTTPException) -> ModelKeepError:
 
 #: What each path parameter takes (the library's name rules; what a regular expression cannot say,
 #: such as "no '..'" or "an alias does not look like a version", is still a 400).
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 128}
-_VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]*$", "maxLength": 64}
+def _matching(rule: re.Pattern[str], max_length: int | None = None) -> dict[str, Any]:
+    """A string schema for the library's own name rule (``rule`` must match whole)."""
+    schema: dict[str, Any] = {"type": "string", "pattern": f"^{rule.pattern}$"}
+    return schema if max_length is None else {**schema, "maxLength": max_length}
+
+
+_NAME = _matching(NAME_RE, MAX_NAME_LENGTH)
+_VERSION = _matching(VERSION_RE, MAX_VERSION_LENGTH)
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "name": _NAME,
     "model": _NAME,
     "version": _VERSION,
     "alias": _VERSION,
-    "user": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@+-]*$", "maxLength": 128},
+    "user": _matching(USER_NAME_RE),
     "sha": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     "webhook": {"type": "integer"},
 }
