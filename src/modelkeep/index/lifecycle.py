@@ -111,6 +111,11 @@ def _text(value: object, what: str, max_len: int) -> str:
     return value
 
 
+def _already_trashed(model_name: str, version: str) -> VersionNotFoundError:
+    """The error for trashing a version that is in the trash already."""
+    return VersionNotFoundError(f"model '{model_name}' version '{version}' is already in the trash")
+
+
 def validate_tag_key(key: object) -> str:
     """A tag key: a non-empty string of at most 256 characters without NUL."""
     key = _text(key, "tag key", MAX_TAG_KEY)
@@ -157,12 +162,18 @@ class Lifecycle:
         ).first()
         return (False, None) if row is None else (True, row[0])
 
-    def _require_live(self, conn: Connection, model_name: str, version: str) -> None:
+    def _require_live(
+        self,
+        conn: Connection,
+        model_name: str,
+        version: str,
+        trashed: Callable[[str, str], Exception] = trashed_error,
+    ) -> None:
         exists, deleted_at = self._version_state(conn, model_name, version)
         if not exists or not self._index.may_view(model_name):  # an invisible model: as if missing
             raise self._index._missing(conn, model_name, version)
         if deleted_at is not None:
-            raise trashed_error(model_name, version)
+            raise trashed(model_name, version)
 
     def _require_model(self, conn: Connection, model_name: str) -> None:
         if (
@@ -671,7 +682,7 @@ class Lifecycle:
             if not exists:
                 raise self._index._missing(conn, model_name, version)
             if deleted_at is not None:
-                raise VersionNotFoundError(f"model '{model_name}' version '{version}' is already in the trash")
+                raise _already_trashed(model_name, version)
             return self._trash(conn, model_name, version, force=force, reason=None, sign=sign, at=at)
 
     @_retry_on_disconnect
@@ -681,7 +692,7 @@ class Lifecycle:
         model_name = validate_model_name(model_name)
         version = validate_version(version)
         with self._index._read() as conn:
-            self._require_live(conn, model_name, version)
+            self._require_live(conn, model_name, version, _already_trashed)  # the words of trash()
             return removal_event(model_name, version, self._sha256(conn, model_name, version), now())
 
     @_retry_on_disconnect
