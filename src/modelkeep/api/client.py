@@ -16,7 +16,6 @@ import functools
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from ..errors import (
     AuthenticationError,
@@ -46,6 +45,9 @@ from .wire import (
     transport_error,
     verify_report_from_wire,
 )
+from .wire import (
+    path_segment as segment,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,11 +75,6 @@ def _httpx() -> Any:
             "a registry server URL needs the HTTP client: pip install 'modelkeep[client]'"
         ) from exc
     return httpx
-
-
-def segment(value: str) -> str:
-    """``value`` as one URL path segment (a model name never turns into two)."""
-    return quote(value, safe="")
 
 
 class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, WebhooksMixin):
@@ -147,6 +144,12 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
                     "an admin makes one with 'modelkeep users token NAME'"
                 )
             raise error_from_body(response.status_code, body)
+        if response.status_code >= 300:  # not followed (a token must not go where it points): nothing was done
+            raise ConfigError(
+                f"{self.url} redirected {response.request.method} {response.request.url.path} to "
+                f"{response.headers.get('location', 'elsewhere')}: the registry URL is the server's own address "
+                "(MODELKEEP_REGISTRY_URL, or registry_url)"
+            )
         return body
 
     def close(self) -> None:
@@ -219,11 +222,11 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def list_versions(self, model_name: str) -> list[str]:
         """A model's live versions, oldest first."""
-        return list(self.request("GET", f"/models/{segment(model_name)}/versions")["versions"])
+        return list(self.request("GET", f"/models/{segment(model_name, 'model name')}/versions")["versions"])
 
     def list_version_records(self, model_name: str) -> list[ModelMetadata]:
         """Every version's record, ascending; :class:`ModelNotFoundError` if none."""
-        found = self.request("GET", f"/models/{segment(model_name)}/records")["records"]
+        found = self.request("GET", f"/models/{segment(model_name, 'model name')}/records")["records"]
         return [record_from_wire(r) for r in found]
 
     def model_summaries(self) -> list[ModelSummary]:
@@ -232,7 +235,8 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def get_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> ModelMetadata:
         """One version's record (the latest by default; ``"churn@production"`` and ``alias=`` work)."""
-        path = f"/models/{segment(model_name)}/versions/{segment(version or 'latest')}"
+        wanted = "latest" if version is None else version  # "" is refused, as locally
+        path = f"/models/{segment(model_name, 'model name')}/versions/{segment(wanted, 'version')}"
         return record_from_wire(self.request("GET", path, params=_params(alias=alias))["record"])
 
     def get_metadata(
@@ -271,7 +275,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         from ..compare import comparison_frame
 
         body = {"versions": versions, "filter": _filter_text(filter)}
-        found = self.request("POST", f"/models/{segment(model_name)}/compare", json=body)["records"]
+        found = self.request("POST", f"/models/{segment(model_name, 'model name')}/compare", json=body)["records"]
         return comparison_frame([record_from_wire(r) for r in found], params)
 
     def search_versions(
@@ -308,7 +312,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def metric_history(self, model_name: str, metric: str, *, limit: int = 2000) -> list[tuple[str, float | None]]:
         """``(version, value)`` of the newest ``limit`` live versions of a model, oldest first."""
-        path = f"/models/{segment(model_name)}/metrics/{segment(metric)}"
+        path = f"/models/{segment(model_name, 'model name')}/metrics/{segment(metric)}"
         return [(str(v), value) for v, value in self.request("GET", path, params={"limit": limit})["points"]]
 
     def best_version(
@@ -316,7 +320,9 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     ) -> ModelMetadata:
         """The live version with the highest (``"max"``) or lowest (``"min"``) ``metric``."""
         params = _params(metric=metric, mode=mode, filter=_filter_text(filter))
-        return record_from_wire(self.request("GET", f"/models/{segment(model_name)}/best", params=params)["record"])
+        return record_from_wire(
+            self.request("GET", f"/models/{segment(model_name, 'model name')}/best", params=params)["record"]
+        )
 
     def verify(self, model_name: str | None = None) -> VerifyReport:
         """Re-hash every artifact on the server; report entries that are missing, corrupt or orphaned."""
@@ -325,12 +331,12 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     # -- aliases, tags, descriptions, history ----------------------------------------------------
     def delete_alias(self, model_name: str, alias: str, *, expected: str | None = None) -> str:
         """Remove ``alias``; returns the version it pointed at."""
-        path = f"/models/{segment(model_name)}/aliases/{segment(alias)}"
+        path = f"/models/{segment(model_name, 'model name')}/aliases/{segment(alias, 'alias')}"
         return str(self.request("DELETE", path, params=_params(expected=expected))["version"])
 
     def get_aliases(self, model_name: str) -> dict[str, str]:
         """A model's aliases: alias -> version."""
-        return dict(self.request("GET", f"/models/{segment(model_name)}/aliases")["aliases"])
+        return dict(self.request("GET", f"/models/{segment(model_name, 'model name')}/aliases")["aliases"])
 
     def all_aliases(self) -> dict[str, dict[str, str]]:
         """Every model's aliases: model -> alias -> version."""
@@ -338,39 +344,41 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def alias_history(self, model_name: str, alias: str) -> list[HistoryEntry]:
         """Every move of ``alias``, oldest first."""
-        found = self.request("GET", f"/models/{segment(model_name)}/aliases/{segment(alias)}/history")["history"]
+        found = self.request(
+            "GET", f"/models/{segment(model_name, 'model name')}/aliases/{segment(alias, 'alias')}/history"
+        )["history"]
         return [history_from_wire(e) for e in found]
 
     def alias_at(self, model_name: str, alias: str, when: _dt.datetime | str) -> str | None:
         """The version ``alias`` pointed at, at time ``when`` (``None``: it did not exist)."""
         at = when.isoformat() if isinstance(when, _dt.datetime) else when
-        path = f"/models/{segment(model_name)}/aliases/{segment(alias)}/at"
+        path = f"/models/{segment(model_name, 'model name')}/aliases/{segment(alias, 'alias')}/at"
         found = self.request("GET", path, params={"when": at})["version"]
         return None if found is None else str(found)
 
     def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
         """Set tag ``key`` of a model (or of one ``version``)."""
         body = {"value": value, "version": version}
-        self.request("PUT", f"/models/{segment(model_name)}/tags/{segment(key)}", json=body)
+        self.request("PUT", f"/models/{segment(model_name, 'model name')}/tags/{segment(key, 'tag key')}", json=body)
 
     def delete_tag(self, model_name: str, key: str, *, version: str | None = None) -> None:
         """Remove tag ``key`` of a model (or of one ``version``)."""
-        path = f"/models/{segment(model_name)}/tags/{segment(key)}"
+        path = f"/models/{segment(model_name, 'model name')}/tags/{segment(key, 'tag key')}"
         self.request("DELETE", path, params=_params(version=version))
 
     def get_tags(self, model_name: str, *, version: str | None = None) -> dict[str, str]:
         """Tags of a model (or of one ``version``)."""
-        path = f"/models/{segment(model_name)}/tags"
+        path = f"/models/{segment(model_name, 'model name')}/tags"
         return dict(self.request("GET", path, params=_params(version=version))["tags"])
 
     def set_description(self, model_name: str, text: str | None, *, version: str | None = None) -> None:
         """Set (``None``: clear) the description of a model or of one ``version``."""
         body = {"text": text, "version": version}
-        self.request("PUT", f"/models/{segment(model_name)}/description", json=body)
+        self.request("PUT", f"/models/{segment(model_name, 'model name')}/description", json=body)
 
     def get_description(self, model_name: str, *, version: str | None = None) -> str | None:
         """The description of a model (or of one ``version``), or ``None``."""
-        path = f"/models/{segment(model_name)}/description"
+        path = f"/models/{segment(model_name, 'model name')}/description"
         found = self.request("GET", path, params=_params(version=version))["description"]
         return None if found is None else str(found)
 
@@ -398,7 +406,9 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     # -- the trash ---------------------------------------------------------------------------------
     def restore(self, model_name: str, version: str) -> None:
         """Bring a version back from the trash."""
-        self.request("POST", f"/models/{segment(model_name)}/versions/{segment(version)}/restore")
+        self.request(
+            "POST", f"/models/{segment(model_name, 'model name')}/versions/{segment(version, 'version')}/restore"
+        )
 
     def list_trash(self, model_name: str | None = None) -> list[tuple[str, str, str]]:
         """``(model, version, deleted_at)`` of every trashed version (of one model)."""
@@ -416,7 +426,10 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def prune(self, model_name: str, keep_last: int, *, dry_run: bool = False) -> list[str]:
         """Trash all but the newest ``keep_last`` versions (not those an alias points at)."""
         body = {"keep_last": keep_last, "dry_run": bool(dry_run)}  # the server takes JSON booleans only
-        return [str(v) for v in self.request("POST", f"/models/{segment(model_name)}/prune", json=body)["versions"]]
+        return [
+            str(v)
+            for v in self.request("POST", f"/models/{segment(model_name, 'model name')}/prune", json=body)["versions"]
+        ]
 
     # -- promotion policies and approvals --------------------------------------------------------
     def set_policy(
@@ -453,11 +466,13 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def remove_policy(self, model: str, alias: str) -> Policy:
         """Remove the policy for ``model`` (the glob as set) and ``alias``; returns it."""
-        return policy_from_wire(self.request("DELETE", f"/policies/{segment(model)}/{segment(alias)}")["policy"])
+        return policy_from_wire(
+            self.request("DELETE", f"/policies/{segment(model)}/{segment(alias, 'alias')}")["policy"]
+        )
 
     def approve(self, model_name: str, version: str, alias: str) -> dict[str, str]:
         """Approve ``version`` for ``alias`` as this client's user; returns the approval."""
-        path = f"/models/{segment(model_name)}/versions/{segment(version)}/approvals"
+        path = f"/models/{segment(model_name, 'model name')}/versions/{segment(version, 'version')}/approvals"
         return dict(self.request("POST", path, json={"alias": alias})["approval"])
 
     def approvals(
@@ -466,12 +481,15 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         """Approvals of a model (one version, one alias), oldest first."""
         params = _params(version=version, alias=alias)
         return [
-            dict(a) for a in self.request("GET", f"/models/{segment(model_name)}/approvals", params=params)["approvals"]
+            dict(a)
+            for a in self.request("GET", f"/models/{segment(model_name, 'model name')}/approvals", params=params)[
+                "approvals"
+            ]
         ]
 
     def check_alias_move(self, model_name: str, alias: str, version: str) -> MoveCheck:
         """Whether moving ``alias`` to ``version`` would pass its policies now, and why."""
-        path = f"/models/{segment(model_name)}/aliases/{segment(alias)}/check"
+        path = f"/models/{segment(model_name, 'model name')}/aliases/{segment(alias, 'alias')}/check"
         return move_check_from_wire(self.request("GET", path, params={"version": version})["check"])
 
     # -- what only the server's host can do -------------------------------------------------------
@@ -503,15 +521,15 @@ class RemoteUsers:
 
     def set_password(self, name: str, password: str) -> None:
         """Set a user's password."""
-        self._r.request("PUT", f"/users/{segment(name)}/password", json={"password": password})
+        self._r.request("PUT", f"/users/{segment(name, 'user name')}/password", json={"password": password})
 
     def set_role(self, name: str, role: str) -> None:
         """Change a user's role."""
-        self._r.request("PUT", f"/users/{segment(name)}/role", json={"role": role})
+        self._r.request("PUT", f"/users/{segment(name, 'user name')}/role", json={"role": role})
 
     def remove(self, name: str) -> None:
         """Remove a user and their tokens."""
-        self._r.request("DELETE", f"/users/{segment(name)}")
+        self._r.request("DELETE", f"/users/{segment(name, 'user name')}")
 
     def list(self) -> builtins.list[UserRow]:
         """Every user (a password shows as ``"(set)"``: hashes never leave the server)."""
@@ -535,34 +553,34 @@ class RemoteUsers:
         if isinstance(expires_in, _dt.timedelta):
             expires_in = expires_in.total_seconds()
         body = {"label": label, "expires_in": expires_in}
-        return str(self._r.request("POST", f"/users/{segment(name)}/tokens", json=body)["token"])
+        return str(self._r.request("POST", f"/users/{segment(name, 'user name')}/tokens", json=body)["token"])
 
     def tokens(self, name: str) -> builtins.list[TokenRow]:
         """Each of ``name``'s tokens: id, label, creation and expiry."""
         from ..index.users import TokenRow
 
-        found = self._r.request("GET", f"/users/{segment(name)}/tokens")["tokens"]
+        found = self._r.request("GET", f"/users/{segment(name, 'user name')}/tokens")["tokens"]
         return [TokenRow(t["token_id"], t["label"], t["created_at"], t["expires_at"]) for t in found]
 
     def revoke_tokens(self, name: str) -> int:
         """Revoke every token of ``name``; returns how many."""
-        return int(self._r.request("DELETE", f"/users/{segment(name)}/tokens")["revoked"])
+        return int(self._r.request("DELETE", f"/users/{segment(name, 'user name')}/tokens")["revoked"])
 
     def revoke_token(self, name: str, token_id: str) -> None:
         """Revoke one of ``name``'s tokens by its id (see :meth:`tokens`)."""
-        self._r.request("DELETE", f"/users/{segment(name)}/tokens/{segment(token_id)}")
+        self._r.request("DELETE", f"/users/{segment(name, 'user name')}/tokens/{segment(token_id)}")
 
     def grant(self, name: str, glob: str, role: str) -> None:
         """Give ``name`` ``role`` on the models ``glob`` matches."""
-        self._r.request("PUT", f"/users/{segment(name)}/grants", json={"glob": glob, "role": role})
+        self._r.request("PUT", f"/users/{segment(name, 'user name')}/grants", json={"glob": glob, "role": role})
 
     def revoke_grant(self, name: str, glob: str) -> None:
         """Take back ``name``'s grant on ``glob``."""
-        self._r.request("DELETE", f"/users/{segment(name)}/grants", params={"glob": glob})
+        self._r.request("DELETE", f"/users/{segment(name, 'user name')}/grants", params={"glob": glob})
 
     def grants(self, name: str) -> builtins.list[tuple[str, str]]:
         """``(glob, role)`` of each of ``name``'s grants."""
-        found = self._r.request("GET", f"/users/{segment(name)}/grants")["grants"]
+        found = self._r.request("GET", f"/users/{segment(name, 'user name')}/grants")["grants"]
         return [(str(g["glob"]), str(g["role"])) for g in found]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..versions import validate_model_name, validate_version
+from .wire import path_segment as _segment
 from .wire import transport_error
 
 if TYPE_CHECKING:
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
 
 #: Bytes read from a bundle file per chunk sent.
 SEND_CHUNK = 1 << 20
-
-
-def _segment(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
 
 
 class BundleMixin:

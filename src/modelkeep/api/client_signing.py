@@ -26,10 +26,10 @@ import time
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from ..errors import AliasConflictError, InvalidNameError, SignatureError, VersionExistsError
 from ..versions import validate_alias, validate_model_name, validate_version
+from .wire import path_segment as _segment
 from .wire import record_from_wire
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 
 #: How often a signed alias move is planned and sent again when another move got in between.
 MOVE_ATTEMPTS = 3
-
-
-def _segment(value: str) -> str:
-    return quote(value, safe="")
 
 
 def _state(data: Any) -> AliasState:
@@ -72,7 +68,7 @@ class _Served:
         return [(state, sha) for state, sha in self.later if (state.seq or 0) > seq]
 
     def signed_removals(self, model_name: str, version: str) -> list[tuple[str, str]]:
-        path = f"/models/{_segment(model_name)}/versions/{_segment(version)}/removals"
+        path = f"/models/{_segment(model_name, 'model name')}/versions/{_segment(version, 'version')}/removals"
         found = self.client.request("GET", path)["removals"]
         return [(str(at), str(sig)) for at, sig in found if isinstance(at, str) and isinstance(sig, str)]
 
@@ -142,7 +138,7 @@ class SigningMixin:
         from ..errors import IntegrityError
 
         model_name, alias = validate_model_name(model_name), validate_alias(alias)
-        path = f"/models/{_segment(model_name)}/aliases/{_segment(alias)}/state"
+        path = f"/models/{_segment(model_name, 'model name')}/aliases/{_segment(alias, 'alias')}/state"
         found = self.request("GET", path)
         state = _state(found.get("state") if isinstance(found, dict) else None)
         record = record_from_wire(found["record"])
@@ -174,7 +170,7 @@ class SigningMixin:
     def set_alias(self, model_name: str, alias: str, version: str, *, expected: str | None = None) -> None:
         """Point ``alias`` at a live ``version`` (with ``expected``: compare-and-set). With a
         signing key here, the move is signed here (the key never leaves this client)."""
-        path = f"/models/{_segment(model_name)}/aliases/{_segment(alias)}"
+        path = f"/models/{_segment(model_name, 'model name')}/aliases/{_segment(alias, 'alias')}"
         key = self.keyring.signer()
         if key is None:
             self.request("PUT", path, json={"version": version, "expected": expected})
@@ -229,7 +225,7 @@ class SigningMixin:
         """Move a version to the trash (``force``: even when an alias points at it). With a
         signing key here, the removal is signed here, so that readers who saw this version as
         the latest accept the one before it."""
-        path = f"/models/{_segment(model_name)}/versions/{_segment(version)}"
+        path = f"/models/{_segment(model_name, 'model name')}/versions/{_segment(version, 'version')}"
         key = self.keyring.signer()
         if key is None:
             self.request("DELETE", path, params={"force": "1"} if force else None)

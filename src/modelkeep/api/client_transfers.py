@@ -43,6 +43,7 @@ from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
 from .wire import API_PREFIX, no_such_route, transport_error
+from .wire import path_segment as _segment
 
 if TYPE_CHECKING:
     from ..input_signature import InputCheck
@@ -65,12 +66,6 @@ STREAMED_PART = 8 << 20
 STREAMED_IN_FLIGHT = 8
 #: How many times a save plans and signs again when other writers keep taking its version.
 COMMIT_ATTEMPTS = 8
-
-
-def _segment(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
 
 
 class VersionFiles(ArtifactStore):
@@ -680,7 +675,8 @@ class TransferMixin:
 
         response = None
         if getattr(self, "_inline_ok", True):
-            path = f"/models/{_segment(name)}/versions/{_segment(version or 'latest')}/load"
+            wanted = "latest" if version is None else version  # "" is refused, as locally
+            path = f"/models/{_segment(name)}/versions/{_segment(wanted, 'version')}/load"
             response = self._send("GET", path, params={"alias": alias} if alias else None)
         if response is None:
             return self.get_version(name, version, alias=alias), None

@@ -10,8 +10,10 @@ raises exactly what a local registry would.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .. import errors
+from ..versions import validate_alias, validate_model_name, validate_version
 
 if TYPE_CHECKING:
     from ..maintenance import VerifyReport
@@ -94,6 +96,45 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     if "failures" in detail and isinstance(detail["failures"], list):
         exc.failures = [tuple(f) for f in detail["failures"] if isinstance(f, list)]  # type: ignore[attr-defined]
     return exc
+
+
+def path_segment(value: str, what: str = "") -> str:
+    """``value`` as exactly one URL path segment, or the error a local registry raises for it.
+
+    Percent-encoding keeps a ``/`` from splitting a name in two for the client, but the server
+    decodes the path before routing, so ``a/b`` and an empty value reach no route (or another
+    one); such a value is refused here, by the library's own validator when ``what`` names one
+    ("model name", "version", "alias", "tag key", "user name"). ``.`` and ``..`` are sent
+    percent-encoded: a URL normalizer removes them as dot segments (``versions/..`` would
+    become the model's own path), but the server's router takes them as the value they are."""
+    if not value or "/" in value:
+        _check_as(what, value)
+        shown = repr(value) if len(value) <= 80 else repr(value[:77] + "...")
+        raise errors.InvalidNameError(
+            f"{what or 'value'} {shown} cannot be sent to a registry server: "
+            + ("it is empty" if not value else "it contains '/'")
+        )
+    if not value.strip("."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def _check_as(what: str, value: str) -> None:
+    """Validate ``value`` as the local registry validates a ``what`` (nothing for other kinds)."""
+    if what == "model name":
+        validate_model_name(value)
+    elif what == "version":
+        validate_version(value)
+    elif what == "alias":
+        validate_alias(value)
+    elif what == "tag key":
+        from ..index.lifecycle import validate_tag_key
+
+        validate_tag_key(value)
+    elif what == "user name":
+        from ..users import validate_user_name
+
+        validate_user_name(value)
 
 
 def is_api_error(body: Any) -> bool:

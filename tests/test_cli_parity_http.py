@@ -1,0 +1,174 @@
+"""The same wrong input, the same answer, locally and through a registry server (issue 28).
+
+Each case runs one ``modelkeep`` command twice: on a local registry, and with
+``MODELKEEP_REGISTRY_URL`` and ``MODELKEEP_TOKEN`` naming a real server (real HTTP on loopback)
+over an equivalent registry; the exit code and the one ``Error:`` line must be the same. Then the
+server's registry must be as it was: a name the URL could not carry (``..``, ``a/b``, an empty
+tag key) once reached another route or none (``users revoke vic --token ..`` removed the user
+``vic``; ``tag set churn "" v`` printed success and set nothing). The Python API cases compare
+the class and message of what is raised, as the issue asks.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelkeep import ModelPersistence
+from modelkeep.errors import ConfigError
+from tests._cli_in_process import run_cli
+from tests._http_server import HttpServer, ServerSide, running_server
+from tests.test_http_api import fill
+
+
+@dataclass
+class Twins:
+    """A local registry and a server over an equivalent one; ``vic`` (a viewer) has one token on each."""
+
+    local: Path
+    server: HttpServer
+
+    def run(self, where: str, *args: str) -> Any:
+        """``modelkeep ARGS`` on the local registry (``where="local"``) or through the server."""
+        if where == "local":
+            env = {"MODELKEEP_MODELS_DIR": str(self.local), "MODELKEEP_REGISTRY_URL": None, "MODELKEEP_TOKEN": None}
+        else:
+            env = {"MODELKEEP_MODELS_DIR": None, "MODELKEEP_REGISTRY_URL": self.server.url}
+            env["MODELKEEP_TOKEN"] = self.server.token
+        return run_cli(*args, env=env)
+
+
+def _fill(p: ModelPersistence) -> None:
+    fill(p)
+    p.users.add("vic", None, "viewer")
+    p.users.new_token("vic", "tests")
+
+
+@pytest.fixture
+def twins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Twins]:
+    monkeypatch.chdir(tmp_path)  # a command that wrongly wrote a file would write it here
+    with ModelPersistence(tmp_path / "local") as p:
+        _fill(p)
+    side = ServerSide(str(tmp_path / "served"))
+    with ModelPersistence(**side.options()) as p:
+        _fill(p)
+    with running_server(side, tmp_path / "server", in_process=True) as server:
+        yield Twins(tmp_path / "local", server)
+
+
+def _state(p: ModelPersistence) -> tuple[Any, ...]:
+    """What a refused command must leave alone."""
+    return (
+        {m: p.list_versions(m) for m in p.list_models()},
+        p.list_trash(),
+        p.get_aliases("churn"),
+        p.get_tags("churn"),
+        [(u.name, u.role) for u in p.users.list()],
+        len(p.users.tokens("vic")),
+    )
+
+
+WRONG = [
+    ("info", "--model-name", "churn", "--version", "../x"),
+    ("info", "--model-name", "churn", "--version", ".."),
+    ("load", "--model-name", "churn", "--version", "a/b", "--output", "out.joblib"),
+    ("describe", "--model-name", "churn", "--version", "..", "text"),
+    ("tag", "set", "--model-name", "churn", "", "v"),
+    ("tag", "rm", "--model-name", "churn", ".."),
+    ("tag", "list", "--model-name", "churn", "--version", "."),
+    ("alias", "set", "--model-name", "churn", "--alias", "a/b", "--version", "1.0.0"),
+    ("alias", "rm", "--model-name", "churn", "--alias", ".."),
+    ("alias", "history", "--model-name", "churn", "--alias", "."),
+    ("delete", "--model-name", "churn", "--version", "1.0.2"),  # in the trash already
+    ("delete", "--model-name", "churn", "--version", ".."),
+    ("restore", "--model-name", "churn", "--version", ".."),
+    ("approve", "churn", "..", "--for", "production"),
+    ("users", "revoke", "vic", "--token", ".."),
+    ("users", "revoke", "vic", "--token", "."),
+    ("users", "role", "..", "viewer"),
+]
+
+
+@pytest.mark.parametrize("args", WRONG, ids=[" ".join(a) for a in WRONG])
+def test_same_error_line_locally_and_through_a_server(twins: Twins, args: tuple[str, ...]) -> None:
+    with twins.server.direct() as p:
+        before = _state(p)
+    local, remote = twins.run("local", *args), twins.run("server", *args)
+    assert local.returncode == 1 and local.stderr.startswith("Error: ") and local.stderr.count("\n") == 1
+    assert (remote.returncode, remote.stderr, remote.stdout) == (local.returncode, local.stderr, local.stdout)
+    with twins.server.direct() as p:
+        assert _state(p) == before
+    assert not (Path.cwd() / "out.joblib").exists()
+
+
+API_WRONG: dict[str, Callable[[Any], object]] = {
+    "version ''": lambda p: p.get_version("churn", ""),
+    "load version ''": lambda p: p.load("churn", ""),
+    "version '..'": lambda p: p.get_version("churn", ".."),
+    "version '../x'": lambda p: p.get_version("churn", "../x"),
+    "trash a trashed version": lambda p: p.delete("churn", "1.0.2"),
+    "tag key ''": lambda p: p.set_tag("churn", "", "v"),
+    "remove tag '.'": lambda p: p.delete_tag("churn", "."),
+    "alias 'a/b'": lambda p: p.set_alias("churn", "a/b", "1.0.0"),
+    "token id '..'": lambda p: p.users.revoke_token("vic", ".."),
+    "token id '.'": lambda p: p.users.revoke_token("vic", "."),
+    "user name '..'": lambda p: p.users.set_role("..", "viewer"),
+}
+
+
+@pytest.mark.parametrize("call", list(API_WRONG.values()), ids=list(API_WRONG))
+def test_same_exception_locally_and_through_a_server(twins: Twins, call: Callable[[Any], object]) -> None:
+    raised = []
+    with ModelPersistence(twins.local) as local, twins.server.client() as remote:
+        for p in (local, remote):
+            with pytest.raises(Exception) as caught:
+                call(p)
+            raised.append((type(caught.value), str(caught.value)))
+    assert raised[1] == raised[0]
+    with twins.server.direct() as p:
+        assert len(p.users.tokens("vic")) == 1 and p.users.get("vic") is not None and "" not in p.get_tags("churn")
+
+
+class _Redirects(BaseHTTPRequestHandler):
+    """Answers every request with a redirect, as a proxy sending http to https does."""
+
+    def _redirect(self) -> None:
+        self.send_response(307)
+        self.send_header("Location", "https://models.example" + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = do_POST = do_DELETE = _redirect
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def redirecting_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirects)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirect_is_no_success(redirecting_url: str) -> None:
+    """An unfollowed redirect did nothing: it was taken as success (an empty answer), so a tag
+    "was set" and reads crashed on the missing body."""
+    from modelkeep.api.client import HttpRegistry
+
+    said = re.escape("redirected PUT /api/v1/models/churn/tags/k to https://models.example")
+    with HttpRegistry(redirecting_url, token="mkt_x") as client, pytest.raises(ConfigError, match=said):
+        client.set_tag("churn", "k", "v")
+    done = run_cli("tag", "set", "--model-name", "churn", "k", "v", env={"MODELKEEP_REGISTRY_URL": redirecting_url})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "redirected PUT" in done.stderr
+    assert done.stdout == ""
