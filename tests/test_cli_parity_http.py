@@ -172,3 +172,13 @@ def test_a_redirect_is_no_success(redirecting_url: str) -> None:
     done = run_cli("tag", "set", "--model-name", "churn", "k", "v", env={"MODELKEEP_REGISTRY_URL": redirecting_url})
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "redirected PUT" in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:9", "file:///tmp/models", "127.0.0.1:8766"])
+def test_a_registry_url_of_no_kind_is_a_user_error(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL neither a database nor a server (a wrong scheme, none) was an internal error with a
+    traceback (SQLAlchemy's NoSuchModuleError): it is the user's to fix, and says what fits."""
+    monkeypatch.chdir(tmp_path)
+    done = run_cli("list", env={"MODELKEEP_REGISTRY_URL": url, "MODELKEEP_MODELS_DIR": None})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"Error: registry_url {url!r}") and "a registry server's https://" in done.stderr

@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from .. import timeouts
@@ -94,6 +94,8 @@ _BEGIN = "modelkeep_begin_pending"
 #: one used more recently is trusted (a dead one fails its first statement, before any commit,
 #: and the caller's retry takes a new connection).
 IDLE_PING_SECONDS = 1.0
+#: What a registry_url may look like, for the error that names one that is not.
+URL_FORMS = "sqlite:///path/to/registry.db, postgresql://user@host/db, or a registry server's https://host:port"
 #: Writes the event files of history rows into the store (see :attr:`SqlIndex.journal`).
 Journal = Callable[[list[HistoryRow]], None]
 logger = logging.getLogger("modelkeep")
@@ -439,7 +441,7 @@ class SqlIndex:
         try:
             parsed = make_url(self.url)
         except Exception as exc:  # sqlalchemy raises ArgumentError with a terse text
-            raise ConfigError(f"registry_url {url!r} is not a valid database URL: {exc}") from exc
+            raise ConfigError(f"registry_url {url!r} is not a valid database URL: {exc} ({URL_FORMS})") from exc
         self.dialect = parsed.get_backend_name()
         self.schema = schema
         database = parsed.database or ":memory:"
@@ -453,6 +455,10 @@ class SqlIndex:
                 args = timeouts.postgres_connect_args(dict(parsed.query), connect_timeout, read_timeout)
                 engine = create_engine(self.url, pool_size=2, max_overflow=4, connect_args=args)
                 _postgres_setup(engine)
+        except NoSuchModuleError as exc:  # a scheme no dialect has (ftp://, postgres://): the user's to fix
+            raise ConfigError(
+                f"registry_url {url!r} names no database modelkeep can open ({parsed.drivername}://): use {URL_FORMS}"
+            ) from exc
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the database driver for {parsed.drivername!r} is not installed: {exc} "
