@@ -15,7 +15,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from . import timeouts
-from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES, parse_compress
+from .config_sources import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_MODELS_DIR,
+    ENV_VARS,
+    OVERRIDES,
+    drop_outranked_server,
+    parse_compress,
+)
 from .errors import ConfigError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -272,7 +279,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    return data
+    # a section with nothing under it (every key commented out) is an empty section
+    return {section: {} if values is None else values for section, values in data.items()}
 
 
 def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -295,10 +303,13 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
         data = _read_yaml(path)
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     from_env: dict[tuple[str, str], str] = {}
+    env = {key: os.environ[var] for var, (part, key) in ENV_VARS.items() if part == "persistence" and var in os.environ}
+    drop_outranked_server(data.get("persistence") or {}, env)
     for var, (section, key) in ENV_VARS.items():
         if var in os.environ:
             data.setdefault(section, {})[key] = os.environ[var]
             from_env[(section, key)] = var
+    drop_outranked_server(data.get("persistence") or {}, overrides)
     for name, value in overrides.items():
         if name not in OVERRIDES:
             raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(sorted(OVERRIDES))}")
@@ -337,6 +348,7 @@ def persistence_defaults(**explicit: Any) -> dict[str, Any]:
         if explicit[key] is None or key == "trusted_types"
     }
     data = {key: os.environ[var] for (_section, key), var in from_env.items()}
+    drop_outranked_server(data, explicit)  # ModelPersistence("folder") opens the folder
     if "compress" in data and explicit.get("serialization_format") is not None:
         data["serialization_format"] = explicit["serialization_format"]  # the codec must fit the format
     try:

@@ -7,6 +7,8 @@ path (:mod:`modelkeep.cli_readonly`).
 
 from __future__ import annotations
 
+from typing import Any
+
 #: ``persistence.models_dir`` when nothing sets it.
 DEFAULT_MODELS_DIR = "models"
 #: The config file read when ``--config`` / ``config_path`` is not given, if it exists.
@@ -60,3 +62,23 @@ def parse_compress(text: str) -> bool | int | str:
     if text in {"false", "no", "off", "none", ""}:
         return False
     return int(text) if text.isdigit() else text
+
+
+def is_server_url(value: Any) -> bool:
+    """Whether ``value`` names a registry server (``http://`` or ``https://``)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+def drop_outranked_server(persistence: dict[str, Any], later: dict[str, Any]) -> None:
+    """Before a later source's ``persistence`` values (``later``) go over the earlier ones: a local
+    ``models_dir`` it names, without a ``registry_url`` of its own, opens that folder, so a
+    registry server's URL that only an earlier source named is dropped from ``persistence``.
+    The environment is later than the config file, and the command line's options or the
+    library's arguments later than both: ``modelkeep --models-dir DIR`` opens ``DIR`` as
+    ``ModelPersistence("DIR")`` does, whatever ``MODELKEEP_REGISTRY_URL`` says. Within one
+    source a server URL wins, as it does over every ``models_dir``."""
+    models_dir = later.get("models_dir")
+    if models_dir is None or is_server_url(models_dir) or later.get("registry_url") is not None:
+        return
+    if is_server_url(persistence.get("registry_url")):
+        del persistence["registry_url"]

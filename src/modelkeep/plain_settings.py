@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_sources import DEFAULT_CONFIG_FILE, DEFAULT_MODELS_DIR, ENV_VARS, OVERRIDES, parse_compress
+from .config_sources import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_MODELS_DIR,
+    ENV_VARS,
+    OVERRIDES,
+    drop_outranked_server,
+    parse_compress,
+)
 
 #: The URL schemes SQLAlchemy reads as PostgreSQL through psycopg 3 (see ``index.sql.normalize_url``).
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -140,7 +147,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise _Unsure from None
     if not isinstance(data, dict):
         raise _Unsure
-    return data
+    # a section with nothing under it (every key commented out) is an empty section
+    return {section: {} if values is None else values for section, values in data.items()}
 
 
 def _sources(config_path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -158,9 +166,12 @@ def _sources(config_path: str | os.PathLike[str] | None, overrides: dict[str, An
     merged: dict[str, dict[str, Any]] = {"logging": {}, "persistence": {}}
     for section, values in data.items():
         merged[section].update(values)
+    env = {key: os.environ[var] for var, (part, key) in ENV_VARS.items() if part == "persistence" and var in os.environ}
+    drop_outranked_server(merged["persistence"], env)
     for var, (section, key) in ENV_VARS.items():
         if var in os.environ:
             merged[section][key] = os.environ[var]
+    drop_outranked_server(merged["persistence"], overrides)
     for name, value in overrides.items():
         if name not in OVERRIDES:
             raise _Unsure

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .. import errors
+from ..config_sources import is_server_url
 from ..versions import validate_alias, validate_model_name, validate_version
 
 if TYPE_CHECKING:
@@ -210,9 +211,8 @@ def resending_transport() -> Any:
     )
 
 
-def is_http_url(value: Any) -> bool:
-    """Whether ``value`` names a registry server (``http://`` or ``https://``)."""
-    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+#: Whether a value names a registry server (``http://`` or ``https://``).
+is_http_url = is_server_url
 
 
 # -- records ---------------------------------------------------------------------------------------
