@@ -185,8 +185,9 @@ class SigningMixin:
         public = key.public.pem().decode() if isinstance(key, PrivateKey) else None
         params = {"version": version} if expected is None else {"version": version, "expected": expected}
         for attempt in range(1, MOVE_ATTEMPTS + 1):
-            event = self.request("GET", path + "/plan", params=params)["event"]
-            self._check_plan(event, model_name, alias, version)
+            plan = self.request("GET", path + "/plan", params=params)
+            event = plan["event"]
+            self._check_plan(event, model_name, alias, version, plan.get("record"))
             body = {
                 "version": version,
                 "expected": expected,
@@ -201,8 +202,10 @@ class SigningMixin:
                 if attempt == MOVE_ATTEMPTS:
                     raise
 
-    def _check_plan(self, event: Any, model_name: str, alias: str, version: str) -> None:
-        """Refuse to sign anything but the move asked for, to the bytes the server serves for it."""
+    def _check_plan(self, event: Any, model_name: str, alias: str, version: str, record: Any = None) -> None:
+        """Refuse to sign anything but the move asked for, to the bytes the server serves for it
+        (``record``: the version's record the plan came with, else it is asked for; either way
+        it is the server's word, judged here with this client's keys)."""
         from ..events import ALIAS
         from ..signing import INVALID
 
@@ -212,13 +215,18 @@ class SigningMixin:
             raise SignatureError(f"the server planned another alias move than the one asked for: {str(event)[:300]}")
         if set(event) != {*asked, "sha256", "seq", "from", "at"}:
             raise SignatureError(f"the server planned an alias move with unexpected fields: {sorted(event)}")
-        record = self.get_version(model_name, version)
-        if record.artifact is None or event.get("sha256") != record.artifact.sha256:
+        found = self.get_version(model_name, version) if record is None else record_from_wire(record)
+        if (found.model_name, found.version) != (model_name, version):
+            raise SignatureError(
+                f"the server planned the move of alias '{alias}' with the record of model '{found.model_name}' "
+                f"version '{found.version}', not of version '{version}'"
+            )
+        if found.artifact is None or event.get("sha256") != found.artifact.sha256:
             raise SignatureError(
                 f"the server planned the move of alias '{alias}' to bytes other than those of model "
                 f"'{model_name}' version '{version}'"
             )
-        if self.keyring.verdict(record).status == INVALID:
+        if self.keyring.verdict(found).status == INVALID:
             raise SignatureError(
                 f"model '{model_name}' version '{version}' has a signature that does not match (checked here): "
                 "its record or bytes were altered; an alias is not moved to it"

@@ -8,7 +8,8 @@ A registry server never signs for a client and a client never trusts the server'
   time), the record it points at, and each later signed move the history records. The client
   judges them with its own trusted keys (:class:`modelkeep.freshness.Freshness`).
 * **Moving an alias with the client's key.** ``GET .../plan?version=`` answers the event the move
-  would be now (:meth:`ModelPersistence.plan_alias_move`); the client checks and signs it, then
+  would be now (:meth:`ModelPersistence.plan_alias_move`) and the record of the version it moves
+  to; the client checks the event against that record and signs it, then
   ``POST .../signed`` ``{version, expected, event, signature, public_key}`` makes the move only if
   it is still exactly that event (:meth:`ModelPersistence.set_alias_signed`), else 409 and the
   client plans again. The private key never leaves the client.
@@ -76,13 +77,15 @@ class SigningRoutes:
         }
 
     async def plan_move(self, request: Request) -> Response:
-        """The alias-move event the client signs (``?version=``, and ``?expected=`` to compare first)."""
+        """The alias-move event the client signs (``?version=``, and ``?expected=`` to compare first),
+        with the record of the version it moves to: the client checks the event against it (the
+        bytes it names, its signature with the client's keys) without asking for it again."""
         name, alias = request.path_params["name"], request.path_params["alias"]
         q = Query(request)
-        event = await self.api.call(request, self._plan, name, alias, q.required("version"), q.text("expected"))
-        return json_response({"event": event})
+        event, record = await self.api.call(request, self._plan, name, alias, q.required("version"), q.text("expected"))
+        return json_response({"event": event, "record": record_to_wire(record)})
 
-    def _plan(self, name: str, alias: str, version: str, expected: str | None) -> dict[str, Any]:
+    def _plan(self, name: str, alias: str, version: str, expected: str | None) -> tuple[dict[str, Any], Any]:
         p = self.api.p
         if expected is not None:
             current = p.get_aliases(name).get(alias)
@@ -93,7 +96,7 @@ class SigningRoutes:
                     "as expected; someone else moved it: check and try again"
                 )
         event: dict[str, Any] = p.plan_alias_move(name, alias, version)
-        return event
+        return event, p.get_version(name, version)
 
     async def move_signed(self, request: Request) -> Response:
         """Move an alias with the signature the client made of its planned event."""
