@@ -210,7 +210,11 @@ def test_no_admin_route_takes_a_hint() -> None:
 
     api = Api(ModelPersistence.__new__(ModelPersistence), nobody)
     hinted = [e for e in api.endpoints() if e.hinted]
-    one_request = {"POST /models/{name}/save", "GET /models/{name}/versions/{version}/load"}
+    one_request = {
+        "POST /models/{name}/save",
+        "GET /models/{name}/versions/{version}/load",
+        "GET /models/{name}/aliases/{alias}/load",
+    }
     assert {f"{e.method} {e.path}" for e in hinted} == {*HINTED, *one_request}  # each name in HINTED is a route's
     assert not [f"{e.method} {e.path}" for e in hinted if "admin" in e.summary or e.path.startswith("/users")]
 

@@ -136,14 +136,15 @@ class SigningMixin:
 
     # -- checking aliases -------------------------------------------------------------------------
     def _checked_alias(
-        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False
+        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False, found: Any = None
     ) -> tuple[ModelMetadata, Verdict]:
-        """The record ``alias`` points at, after its move was judged with this client's keys."""
+        """The record ``alias`` points at, after its move was judged with this client's keys
+        (``found``: what ``GET .../state`` answers, when the caller has it already)."""
         from ..errors import IntegrityError
 
         model_name, alias = validate_model_name(model_name), validate_alias(alias)
-        path = f"/models/{_segment(model_name)}/aliases/{_segment(alias)}/state"
-        found = self.request("GET", path)
+        if found is None:
+            found = self.request("GET", f"/models/{_segment(model_name)}/aliases/{_segment(alias)}/state")
         state = _state(found.get("state") if isinstance(found, dict) else None)
         record = record_from_wire(found["record"])
         if record.model_name != model_name or record.version != state.version or record.artifact is None:

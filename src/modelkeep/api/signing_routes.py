@@ -53,6 +53,21 @@ def state_to_wire(state: Any) -> dict[str, Any]:
     }
 
 
+def alias_state_of(p: Any, name: str, alias: str) -> tuple[dict[str, Any], Any]:
+    """What a reader checks a load through ``alias`` with (the alias row, the record it points at,
+    each later signed move), as JSON, and that record (run in a worker thread, as the caller)."""
+    lifecycle = p.index.lifecycle
+    state = lifecycle.alias_state(name, alias)  # an invisible model's alias: as if missing
+    record = p.get_version(name, state.version)
+    later = lifecycle.signed_moves_after(record.model_name, alias, state.seq or 0)
+    found = {
+        "state": state_to_wire(state),
+        "record": record_to_wire(record),
+        "later": [{"state": state_to_wire(s), "sha256": sha} for s, sha in later],
+    }
+    return found, record
+
+
 class SigningRoutes:
     """The handlers of :func:`signing_endpoints`, bound to one :class:`~modelkeep.api.routes.Api`."""
 
@@ -65,16 +80,7 @@ class SigningRoutes:
         return json_response(await self.api.call(request, self._alias_state, name, alias))
 
     def _alias_state(self, name: str, alias: str) -> dict[str, Any]:
-        p = self.api.p
-        lifecycle = p.index.lifecycle
-        state = lifecycle.alias_state(name, alias)  # an invisible model's alias: as if missing
-        record = p.get_version(name, state.version)
-        later = lifecycle.signed_moves_after(record.model_name, alias, state.seq or 0)
-        return {
-            "state": state_to_wire(state),
-            "record": record_to_wire(record),
-            "later": [{"state": state_to_wire(s), "sha256": sha} for s, sha in later],
-        }
+        return alias_state_of(self.api.p, name, alias)[0]
 
     async def plan_move(self, request: Request) -> Response:
         """The alias-move event the client signs (``?version=``, and ``?expected=`` to compare first),
