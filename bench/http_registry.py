@@ -11,8 +11,8 @@ server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:P
 * small: a LogisticRegression saved and loaded ``--small-repeats`` times per path, interleaved
   (direct, http, direct, ...), and as often, in the same rounds, the other small operations: its
   versions listed, its record read (``get_version``), an alias moved between two of its versions
-  (signed by the mover's key, on the client through the server); medians, and http minus direct
-  (target: within 5 ms);
+  (signed by the mover's key, on the client through the server) and the model loaded through it;
+  medians, and http minus direct (target: within 5 ms);
 * the floor: one bare HTTP round trip, and one signed-in API call, on the client's connection;
 * large: a float64 array of ``--large-mb`` MiB saved uncompressed and loaded ``--large-repeats``
   times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3);
@@ -168,10 +168,16 @@ class Floor:
         self.process.wait(30)
 
 
-#: The small operations, in the order of the table: save, load, list_versions, get_version, set_alias.
-SMALL_OPS = ("save", "load", "list", "info", "alias")
+#: The small operations, in the order of the table: save, load, list_versions, get_version,
+#: set_alias, and a load through that alias.
+SMALL_OPS = ("save", "load", "list", "info", "alias", "alias_load")
 #: How the table names each.
-SMALL_LABELS = {"list": "list versions", "info": "info (get_version)", "alias": "set_alias (signed)"}
+SMALL_LABELS = {
+    "list": "list versions",
+    "info": "info (get_version)",
+    "alias": "set_alias (signed)",
+    "alias_load": "load by alias",
+}
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -210,6 +216,7 @@ def measure(
             times[f"{name}_small_info"].append(_timed(lambda p=p, m=model: p.get_version(m)))
             to = p.list_versions(model)[i % 2]  # a real move each time: between the first two versions
             times[f"{name}_small_alias"].append(_timed(lambda p=p, m=model, v=to: p.set_alias(m, "bench", v)))
+            times[f"{name}_small_alias_load"].append(_timed(lambda p=p, m=model: p.load(f"{m}@bench")))
     # The floor under "through the server", on the same connection: one bare HTTP round trip (HEAD of
     # the OpenAPI document, no sign-in, no body) and one signed-in API call (GET /api/v1/: the token
     # is checked against the index, a JSON answer).
