@@ -9,7 +9,10 @@ opened twice from this process: directly (``ModelPersistence(folder)``), and thr
 server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:PORT", token=...)``).
 
 * small: a LogisticRegression saved and loaded ``--small-repeats`` times per path, interleaved
-  (direct, http, direct, ...); medians, and http minus direct (target: within 5 ms);
+  (direct, http, direct, ...), and as often, in the same rounds, the other small operations: its
+  versions listed, its record read (``get_version``), an alias moved between two of its versions
+  (signed by the mover's key, on the client through the server) and the model loaded through it;
+  medians, and http minus direct (target: within 5 ms);
 * the floor: one bare HTTP round trip, and one signed-in API call, on the client's connection;
 * large: a float64 array of ``--large-mb`` MiB saved uncompressed and loaded ``--large-repeats``
   times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3);
@@ -165,6 +168,18 @@ class Floor:
         self.process.wait(30)
 
 
+#: The small operations, in the order of the table: save, load, list_versions, get_version,
+#: set_alias, and a load through that alias.
+SMALL_OPS = ("save", "load", "list", "info", "alias", "alias_load")
+#: How the table names each.
+SMALL_LABELS = {
+    "list": "list versions",
+    "info": "info (get_version)",
+    "alias": "set_alias (signed)",
+    "alias_load": "load by alias",
+}
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
@@ -191,11 +206,17 @@ def measure(
     for name, p in paths.items():  # warm up: imports, keys, connections
         p.save_version(small, f"warm-{name}")
         p.load(f"warm-{name}")
-    times: dict[str, list[float]] = {f"{k}_{op}": [] for k in paths for op in ("small_save", "small_load")}
-    for _ in range(small_repeats):
+    times: dict[str, list[float]] = {f"{k}_small_{op}": [] for k in paths for op in SMALL_OPS}
+    for i in range(small_repeats):
         for name, p in paths.items():
-            times[f"{name}_small_save"].append(_timed(lambda p=p, name=name: p.save_version(small, f"small-{name}")))
-            times[f"{name}_small_load"].append(_timed(lambda p=p, name=name: p.load(f"small-{name}")))
+            model = f"small-{name}"
+            times[f"{name}_small_save"].append(_timed(lambda p=p, m=model: p.save_version(small, m)))
+            times[f"{name}_small_load"].append(_timed(lambda p=p, m=model: p.load(m)))
+            times[f"{name}_small_list"].append(_timed(lambda p=p, m=model: p.list_versions(m)))
+            times[f"{name}_small_info"].append(_timed(lambda p=p, m=model: p.get_version(m)))
+            to = p.list_versions(model)[i % 2]  # a real move each time: between the first two versions
+            times[f"{name}_small_alias"].append(_timed(lambda p=p, m=model, v=to: p.set_alias(m, "bench", v)))
+            times[f"{name}_small_alias_load"].append(_timed(lambda p=p, m=model: p.load(f"{m}@bench")))
     # The floor under "through the server", on the same connection: one bare HTTP round trip (HEAD of
     # the OpenAPI document, no sign-in, no body) and one signed-in API call (GET /api/v1/: the token
     # is checked against the index, a JSON answer).
@@ -233,9 +254,12 @@ def report(label: str, r: dict[str, Any]) -> str:
     """Markdown rows for one backend."""
     mb = r["large_mb"]
     rows = []
-    for op in ("save", "load"):
+    for op in SMALL_OPS:
+        if f"http_small_{op}" not in r:  # a JSON of an older run
+            continue
         d, h = r[f"direct_small_{op}"] * 1e3, r[f"http_small_{op}"] * 1e3
-        rows.append(f"| {label} | small {op} (median) | {d:.2f} ms | {h:.2f} ms | {h - d:+.2f} ms |")
+        what = SMALL_LABELS.get(op, op)
+        rows.append(f"| {label} | small {what} (median) | {d:.2f} ms | {h:.2f} ms | {h - d:+.2f} ms |")
     bare, api = r["bare_round_trip"] * 1e3, r["api_round_trip"] * 1e3
     rows.append(f"| {label} | one round trip: bare / signed-in API (median) | | {bare:.2f} / {api:.2f} ms | |")
     for op in ("save", "load"):

@@ -166,6 +166,59 @@ def test_a_token_revoked_through_one_server_process_is_refused_at_once_by_anothe
             assert p.list_versions("m") == p.list_versions("k") == ["1.0.0", "1.0.1", "1.0.2"]
 
 
+def test_reads_and_alias_moves_reuse_a_tokens_check_only_until_their_work_runs(
+    raw: TestClient, registry: ModelPersistence, tokens: dict[str, str]
+) -> None:
+    """The reads and lifecycle changes take a token's recent check as a hint (one worker-thread hop,
+    not two: modelkeep.api.token_hints) and check the token again in the thread of their work: a
+    demotion, a removed grant or a revoked token counts from the very next request."""
+    ed, admin = bearer(tokens["ed"]), bearer(tokens["ada"])
+    registry.users.add("gus", None, "viewer")
+    registry.users.grant("gus", "fraud", "editor")
+    gus = bearer(registry.users.new_token("gus", "tests"))
+    assert raw.put(API + "/models/churn/aliases/staging", headers=ed, json={"version": "1.0.0"}).status_code == 200
+    assert raw.put(API + "/models/fraud/tags/x", headers=gus, json={"value": "1"}).status_code == 200
+    assert raw.get(API + "/models/fraud/versions/latest", headers=gus).status_code == 200
+    assert raw.put(API + "/users/ed/role", headers=admin, json={"role": "viewer"}).status_code == 200
+    moved = raw.put(API + "/models/churn/aliases/staging", headers=ed, json={"version": "1.0.1"})
+    assert moved.status_code == 403 and moved.json()["error"]["class"] == "PermissionDeniedError"
+    assert raw.get(API + "/models/churn/aliases", headers=ed).json() == {
+        "aliases": {"production": "1.0.1", "staging": "1.0.0"}
+    }
+    assert raw.delete(API + "/users/gus/grants", headers=admin, params={"glob": "fraud"}).status_code == 200
+    tagged = raw.put(API + "/models/fraud/tags/x", headers=gus, json={"value": "2"})
+    assert tagged.status_code == 403, tagged.text
+    assert registry.get_tags("fraud") == {"x": "1"}
+    assert raw.delete(API + "/users/ed/tokens", headers=admin).json() == {"revoked": 1}
+    for method, path, body in (
+        ("GET", "/models/churn/versions/latest", None),
+        ("POST", "/search/versions", {"filter": "accuracy > 0"}),
+        ("GET", "/models/churn/aliases/production/plan?version=1.0.0", None),
+    ):
+        response = raw.request(method, API + path, headers=ed, json=body)
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"]["class"] == "AuthenticationError"
+
+
+def test_no_admin_route_takes_a_hint() -> None:
+    """The admin routes check the caller's role on the event loop, before their work's thread: a
+    hint (a token's identity a moment ago) must never decide that. Every route named as hinted exists."""
+    from modelkeep.api.routes import HINTED, Api
+
+    async def nobody(_request: Any) -> None:
+        return None
+
+    api = Api(ModelPersistence.__new__(ModelPersistence), nobody)
+    hinted = [e for e in api.endpoints() if e.hinted]
+    one_request = {
+        "POST /models/{name}/save",
+        "GET /models/{name}/versions/{version}/load",
+        "GET /models/{name}/aliases/{alias}/load",
+    }
+    assert {f"{e.method} {e.path}" for e in hinted} == {*HINTED, *one_request}  # each name in HINTED is a route's
+    assert not [f"{e.method} {e.path}" for e in hinted if "admin" in e.summary or e.path.startswith("/users")]
+
+
 def test_a_removed_users_token_is_refused(raw: TestClient, tokens: dict[str, str]) -> None:
     assert raw.delete(API + "/users/vi", headers=bearer(tokens["ada"])).status_code == 200
     assert raw.get(API + "/models", headers=bearer(tokens["vi"])).status_code == 401

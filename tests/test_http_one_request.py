@@ -22,7 +22,12 @@ import pytest
 
 from modelkeep import ModelPersistence, keys
 from modelkeep.api.transfers import BUNDLE_TYPE, EXPECTED_HEADER, INLINE_MAX, RECORD_LENGTH_HEADER
-from modelkeep.errors import IntegrityError, ModelNotFoundError, PermissionDeniedError, VersionExistsError
+from modelkeep.errors import (
+    IntegrityError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    VersionExistsError,
+)
 from modelkeep.layout import TMP_DIR
 
 from ._http_server import HttpServer, ServerSide, running_server
@@ -77,10 +82,9 @@ def test_a_small_save_and_load_take_one_request_each_and_stay_signed(server: Htt
         seen.clear()
         assert c.load("m@prod")["w"].tolist() == list(range(10))
         assert c.load("m", "1.0.1")["w"].tolist() == list(range(20))
-        # By alias: the alias's state first (its move is judged here, with this client's keys),
-        # then the artifact; by version: one request.
-        assert seen[0] == "GET /models/m/aliases/prod/state" and len(seen) == 3, seen
-        assert seen[2] == "GET /models/m/versions/1.0.1/load"
+        # By alias: what its move is judged with (here, with this client's keys) and the artifact
+        # in one request; by version: one request.
+        assert seen == ["GET /models/m/aliases/prod/load", "GET /models/m/versions/1.0.1/load"], seen
         assert c.signature_status("m", "1.0.0").trusted
     with server.direct() as d:
         assert d.get_version("m", "1.0.1").signature == second.signature  # the client's own, kept as made
@@ -126,6 +130,36 @@ def test_tampered_bytes_in_a_one_request_load_are_refused_by_the_client(server: 
         with pytest.raises(IntegrityError):
             c.load("m")
         assert seen == ["GET /models/m/versions/latest/load"]  # refused from that response, before parsing
+
+
+def test_a_load_by_alias_judges_the_move_and_checks_the_bytes_that_came_with_it(
+    server: HttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer of ``GET .../aliases/{alias}/load`` is judged as ``.../state``'s was: a record
+    other than the one the alias points at is refused, and bytes swapped on the server are
+    refused from that one response, before anything is parsed."""
+    with _signed_client(server, tmp_path) as c:
+        rec = c.save_version({"w": np.arange(100)}, "m")
+        c.save_version({"w": np.arange(5)}, "m")
+        c.set_alias("m", "prod", rec.version)
+        assert server.served is not None
+        real = server.served.get_version
+        monkeypatch.setattr(server.served, "get_version", lambda name, version=None, **kw: real(name, "1.0.1", **kw))
+        seen = _requests(c)
+        with pytest.raises(IntegrityError, match="not of the version the alias points at"):
+            c.load("m@prod")
+        assert seen == ["GET /models/m/aliases/prod/load"]
+        monkeypatch.undo()
+        assert rec.artifact is not None
+        path = Path(server.side.models_dir) / rec.artifact.key
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.chmod(0o644)
+        path.write_bytes(bytes(data))
+        seen.clear()
+        with pytest.raises(IntegrityError):
+            c.load("m@prod", require_signed_alias=True)
+        assert seen == ["GET /models/m/aliases/prod/load"]
 
 
 def _one_request(record: dict[str, Any], data: bytes, announced: bytes | None = None, **form: Any) -> dict[str, Any]:
@@ -274,6 +308,13 @@ def test_a_server_without_the_one_request_routes_is_used_the_two_request_way(
             "POST /uploads",
             "POST /models/m/commit",
         ]
+        c.set_alias("m", "prod", "1.0.0")
+        seen.clear()
+        assert c.load("m@prod") == {"w": 1}
+        assert c.load("m@prod") == {"w": 1}
+        prod = "GET /models/m/aliases/prod"
+        # the artifact from the client's cache (read above); no /load asked for again
+        assert seen == [f"{prod}/load", f"{prod}/state", f"{prod}/state"]
 
 
 @pytest.fixture

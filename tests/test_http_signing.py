@@ -8,6 +8,8 @@ patched method of the served registry), or sends raw requests. Clients hold thei
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from modelkeep import ModelPersistence, RollbackError, SignatureError, keys
+from modelkeep.api.endpoint import json_response
 from modelkeep.api.wire import API_PREFIX, PROTOCOL, PROTOCOL_HEADER
 from modelkeep.errors import AliasConflictError, PermissionDeniedError, PolicyError, VersionExistsError
 from modelkeep.events import alias_event
@@ -25,6 +28,7 @@ from modelkeep.index.schema import aliases, history
 from modelkeep.signing import manifest, sign_event
 
 from ._http_server import HttpServer, ServerSide, running_server
+from .test_http_one_request import _requests
 from .test_signing_keys import key_pair
 
 
@@ -193,6 +197,74 @@ def test_the_client_signs_only_the_move_it_asked_for(
         with pytest.raises(SignatureError, match=says):
             churn.set_alias("churn", "production", "3")
         assert alias_row(server) == before
+
+
+def test_a_move_takes_two_requests_and_is_checked_against_the_record_its_plan_came_with(
+    server: HttpServer, churn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan answers the record of the version the move goes to (no request of its own for it),
+    and the client judges it as it judged a record it asked for: a server that sends another
+    version's record, other bytes, or a record its signature does not match gets no signature."""
+    seen = _requests(churn)
+    churn.set_alias("churn", "production", "3")
+    path = "/models/churn/aliases/production"
+    assert [s.split("?")[0] for s in seen] == [f"GET {path}/plan", f"POST {path}/signed"]
+    before = alias_row(server)
+    real = served(server).get_version
+
+    def another_version(name: str, version: str | None = None, **kwargs: Any) -> Any:
+        return real(name, "1", **kwargs)
+
+    def other_bytes(name: str, version: str | None = None, **kwargs: Any) -> Any:
+        record = real(name, version, **kwargs)
+        return dataclasses.replace(record, artifact=dataclasses.replace(record.artifact, sha256="0" * 64))
+
+    def altered(name: str, version: str | None = None, **kwargs: Any) -> Any:
+        record = real(name, version, **kwargs)  # the same bytes, a record Alice did not sign
+        return dataclasses.replace(record, artifact=dataclasses.replace(record.artifact, size=record.artifact.size + 1))
+
+    lies = (
+        (another_version, "with the record of model 'churn' version '1'"),
+        (other_bytes, "to bytes other than those"),
+        (altered, "has a signature that does not match"),
+    )
+    for lie, says in lies:
+        monkeypatch.setattr(served(server), "get_version", lie)
+        with pytest.raises(SignatureError, match=says):
+            churn.set_alias("churn", "production", "2")
+        assert alias_row(server) == before
+
+
+def test_a_server_whose_plan_has_no_record_is_asked_for_it(
+    tmp_path: Path, alice: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older server answers the plan's event alone: the client reads the record itself, and
+    checks the plan against it as before."""
+    from modelkeep.api import signing_routes
+
+    plan_move = signing_routes.SigningRoutes.plan_move
+
+    async def event_only(self: Any, request: Any) -> Any:
+        answer = await plan_move(self, request)
+        return json_response({"event": json.loads(answer.body)["event"]})
+
+    monkeypatch.setattr(signing_routes.SigningRoutes, "plan_move", event_only)
+    side = ServerSide(str(tmp_path / "models"))
+    with (
+        running_server(side, tmp_path / "server", in_process=True) as old,
+        old.client(signing_key_file=str(alice[0])) as c,
+    ):
+        c.save({"v": 1}, "churn", "1")
+        seen = _requests(c)
+        c.set_alias("churn", "production", "1")
+        path = "/models/churn/aliases/production"
+        assert [s.split("?")[0] for s in seen] == [
+            f"GET {path}/plan",
+            "GET /models/churn/versions/1",
+            f"POST {path}/signed",
+        ]
+        assert c.get_aliases("churn") == {"production": "1"}
+        assert alias_row(old)["signature"].startswith("ecdsa-p256:")
 
 
 def test_raw_signed_moves_are_checked_by_the_server(

@@ -132,14 +132,16 @@ class SigningMixin:
 
     # -- checking aliases -------------------------------------------------------------------------
     def _checked_alias(
-        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False
+        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False, found: Any = None
     ) -> tuple[ModelMetadata, Verdict]:
-        """The record ``alias`` points at, after its move was judged with this client's keys."""
+        """The record ``alias`` points at, after its move was judged with this client's keys
+        (``found``: what ``GET .../state`` answers, when the caller has it already)."""
         from ..errors import IntegrityError
 
         model_name, alias = validate_model_name(model_name), validate_alias(alias)
-        path = f"/models/{_segment(model_name, 'model name')}/aliases/{_segment(alias, 'alias')}/state"
-        found = self.request("GET", path)
+        if found is None:
+            path = f"/models/{_segment(model_name, 'model name')}/aliases/{_segment(alias, 'alias')}/state"
+            found = self.request("GET", path)
         state = _state(found.get("state") if isinstance(found, dict) else None)
         record = record_from_wire(found["record"])
         if record.model_name != model_name or record.version != state.version or record.artifact is None:
@@ -181,8 +183,9 @@ class SigningMixin:
         public = key.public.pem().decode() if isinstance(key, PrivateKey) else None
         params = {"version": version} if expected is None else {"version": version, "expected": expected}
         for attempt in range(1, MOVE_ATTEMPTS + 1):
-            event = self.request("GET", path + "/plan", params=params)["event"]
-            self._check_plan(event, model_name, alias, version)
+            plan = self.request("GET", path + "/plan", params=params)
+            event = plan["event"]
+            self._check_plan(event, model_name, alias, version, plan.get("record"))
             body = {
                 "version": version,
                 "expected": expected,
@@ -197,8 +200,10 @@ class SigningMixin:
                 if attempt == MOVE_ATTEMPTS:
                     raise
 
-    def _check_plan(self, event: Any, model_name: str, alias: str, version: str) -> None:
-        """Refuse to sign anything but the move asked for, to the bytes the server serves for it."""
+    def _check_plan(self, event: Any, model_name: str, alias: str, version: str, record: Any = None) -> None:
+        """Refuse to sign anything but the move asked for, to the bytes the server serves for it
+        (``record``: the version's record the plan came with, else it is asked for; either way
+        it is the server's word, judged here with this client's keys)."""
         from ..events import ALIAS
         from ..signing import INVALID
 
@@ -208,13 +213,18 @@ class SigningMixin:
             raise SignatureError(f"the server planned another alias move than the one asked for: {str(event)[:300]}")
         if set(event) != {*asked, "sha256", "seq", "from", "at"}:
             raise SignatureError(f"the server planned an alias move with unexpected fields: {sorted(event)}")
-        record = self.get_version(model_name, version)
-        if record.artifact is None or event.get("sha256") != record.artifact.sha256:
+        found = self.get_version(model_name, version) if record is None else record_from_wire(record)
+        if (found.model_name, found.version) != (model_name, version):
+            raise SignatureError(
+                f"the server planned the move of alias '{alias}' with the record of model '{found.model_name}' "
+                f"version '{found.version}', not of version '{version}'"
+            )
+        if found.artifact is None or event.get("sha256") != found.artifact.sha256:
             raise SignatureError(
                 f"the server planned the move of alias '{alias}' to bytes other than those of model "
                 f"'{model_name}' version '{version}'"
             )
-        if self.keyring.verdict(record).status == INVALID:
+        if self.keyring.verdict(found).status == INVALID:
             raise SignatureError(
                 f"model '{model_name}' version '{version}' has a signature that does not match (checked here): "
                 "its record or bytes were altered; an alias is not moved to it"

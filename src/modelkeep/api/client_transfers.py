@@ -4,7 +4,8 @@ A save runs the first half of a local save here (:mod:`modelkeep.saving`: valida
 serialize to a scratch file with its digests), uploads the bytes, signs the record with this
 client's key for the version and key the server plans, and asks the server to commit it
 (:mod:`modelkeep.api.transfers` has the protocol); a small artifact goes with its signed record
-in one request. A load reads the record (with a small artifact's bytes in the same response), then
+in one request. A load reads the record (through an alias, with what its move is judged with),
+with a small artifact's bytes in the same response, then
 any other bytes through :class:`VersionFiles`, a read-only :class:`~modelkeep.storage.ArtifactStore`
 over HTTP, and from there takes the same verified path as a local load: digests checked before anything
 is parsed, the signature judged with this client's keys, the client's ``trusted_types``,
@@ -282,7 +283,7 @@ class TransferMixin:
         raise NotImplementedError
 
     def _checked_alias(  # pragma: no cover - SigningMixin's
-        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False
+        self, model_name: str, alias: str, *, version: str | None = None, require: bool = False, found: Any = None
     ) -> tuple[ModelMetadata, Any]:
         raise NotImplementedError
 
@@ -670,7 +671,6 @@ class TransferMixin:
     def _fetch(self, name: str, version: str | None, alias: str | None) -> tuple[ModelMetadata, bytes | None]:
         """A version's record and, when the server sends them along, its artifact's bytes
         (unchecked yet: the load checks them as any read) in one request."""
-        from .transfers import BUNDLE_TYPE, RECORD_LENGTH_HEADER
         from .wire import record_from_wire
 
         response = None
@@ -680,6 +680,25 @@ class TransferMixin:
             response = self._send("GET", path, params={"alias": alias} if alias else None)
         if response is None:
             return self.get_version(name, version, alias=alias), None
+        found, inline = self._unbundle(response)
+        return record_from_wire(found.get("record")), inline
+
+    def _fetch_alias(self, name: str, alias: str) -> tuple[dict[str, Any] | None, bytes | None]:
+        """What ``GET .../aliases/{alias}/state`` answers and, when small, the artifact the alias
+        points at, in one request (unchecked yet); ``(None, None)`` from an older server."""
+        from ..versions import validate_alias
+
+        if not getattr(self, "_alias_load_ok", True):
+            return None, None
+        path = f"/models/{_segment(validate_model_name(name))}/aliases/{_segment(validate_alias(alias))}/load"
+        response = self._send("GET", path, missing="_alias_load_ok")
+        return (None, None) if response is None else self._unbundle(response)
+
+    def _unbundle(self, response: Any) -> tuple[dict[str, Any], bytes | None]:
+        """The JSON object of a one-request load's answer, and the artifact's bytes after it if any."""
+        from .transfers import BUNDLE_TYPE, RECORD_LENGTH_HEADER
+
+        malformed = f"the registry server {self.url} sent a malformed record and artifact"
         if response.status_code == 200 and response.headers.get("content-type", "").startswith(BUNDLE_TYPE):
             content = response.content
             try:
@@ -688,11 +707,13 @@ class TransferMixin:
                     raise ValueError(head)
                 found = json.loads(content[:head])
             except ValueError:
-                raise StorageError(f"the registry server {self.url} sent a malformed record and artifact") from None
-            if not isinstance(found, dict):
-                raise StorageError(f"the registry server {self.url} sent a malformed record and artifact")
-            return record_from_wire(found.get("record")), content[head:]
-        return record_from_wire(self.decode(response)["record"]), None
+                raise StorageError(malformed) from None
+            data: bytes | None = content[head:]
+        else:
+            found, data = self.decode(response), None
+        if not isinstance(found, dict):
+            raise StorageError(malformed)
+        return found, data
 
     def _upload_presigned(self, path: Path, art: Any, params: dict[str, str]) -> dict[str, Any] | None:
         """Upload straight to the server's bucket when its store is S3 (the server plans the upload
@@ -801,8 +822,10 @@ class TransferMixin:
         name, version, alias = split_reference(model_name, version, alias)
         freshness = self._freshness()  # rollback checks with what this user has seen (SigningMixin)
         inline: bytes | None = None
-        if alias is not None:  # the alias's move is judged here, with this client's keys
-            record = self._checked_alias(name, alias, version=version, require=require_signed_alias)[0]
+        if alias is not None:  # the alias's move is judged here, with this client's keys (a small
+            # artifact comes with what that takes, in one request; checked below as any read)
+            found, inline = self._fetch_alias(name, alias)
+            record = self._checked_alias(name, alias, version=version, require=require_signed_alias, found=found)[0]
         else:  # one request: the record and, for a small artifact, its bytes (checked below as any read)
             record, inline = self._fetch(name, version, None)
             _check_bound(record, name, version)

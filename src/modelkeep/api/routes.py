@@ -83,6 +83,58 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(error)
 
 
+#: The routes that take a token's recent check as a hint (:mod:`.token_hints`; ``Endpoint.hinted``):
+#: the reads and lifecycle changes whose handlers do their work only through :meth:`Api.call`, which
+#: checks the token again in the work's thread. Not the admin routes: they check the role on the
+#: event loop. (The one-request save and load are marked where :mod:`.transfers` declares them.)
+HINTED = frozenset(
+    {
+        "GET /models",
+        "GET /summaries",
+        "GET /aliases",
+        "GET /history",
+        "POST /search/versions",
+        "POST /search/models",
+        "GET /trash",
+        "GET /policies",
+        "GET /events",
+        "GET /events/horizon",
+        *(
+            f"{method} /models/{{name}}{path}"
+            for method, path in (
+                ("GET", "/versions"),
+                ("GET", "/records"),
+                ("GET", "/versions/{version}"),
+                ("DELETE", "/versions/{version}"),
+                ("POST", "/versions/{version}/restore"),
+                ("POST", "/versions/{version}/approvals"),
+                ("GET", "/versions/{version}/removal-plan"),
+                ("POST", "/versions/{version}/trash"),
+                ("GET", "/versions/{version}/removals"),
+                ("GET", "/approvals"),
+                ("POST", "/compare"),
+                ("GET", "/best"),
+                ("GET", "/metrics/{metric}"),
+                ("GET", "/aliases"),
+                ("PUT", "/aliases/{alias}"),
+                ("DELETE", "/aliases/{alias}"),
+                ("GET", "/aliases/{alias}/history"),
+                ("GET", "/aliases/{alias}/at"),
+                ("GET", "/aliases/{alias}/check"),
+                ("GET", "/aliases/{alias}/state"),
+                ("GET", "/aliases/{alias}/plan"),
+                ("POST", "/aliases/{alias}/signed"),
+                ("GET", "/tags"),
+                ("PUT", "/tags/{key}"),
+                ("DELETE", "/tags/{key}"),
+                ("GET", "/description"),
+                ("PUT", "/description"),
+            )
+        ),
+    }
+)
+
+
 class Api:
     """The handlers of one server, bound to one registry (``persistence``); ``max_upload_bytes``
     caps every streamed request body (uploads, blobs, bundles; ``None``: no cap). ``bearer(request)``
@@ -515,7 +567,7 @@ class Api:
         from .webhook_routes import webhook_endpoints
 
         m, v, a = "/models/{name}", "/models/{name}/versions/{version}", "/models/{name}/aliases/{alias}"
-        return [
+        every = [
             *transfer_endpoints(self),
             *signing_endpoints(self),
             *bundle_endpoints(self),
@@ -693,6 +745,7 @@ class Api:
                 query=("glob!",),
             ),
         ]
+        return [dataclasses.replace(e, hinted=True) if f"{e.method} {e.path}" in HINTED else e for e in every]
 
 
 def _not_yourself(request: Request, what: str) -> None:

@@ -8,7 +8,8 @@ A registry server never signs for a client and a client never trusts the server'
   time), the record it points at, and each later signed move the history records. The client
   judges them with its own trusted keys (:class:`modelkeep.freshness.Freshness`).
 * **Moving an alias with the client's key.** ``GET .../plan?version=`` answers the event the move
-  would be now (:meth:`ModelPersistence.plan_alias_move`); the client checks and signs it, then
+  would be now (:meth:`ModelPersistence.plan_alias_move`) and the record of the version it moves
+  to; the client checks the event against that record and signs it, then
   ``POST .../signed`` ``{version, expected, event, signature, public_key}`` makes the move only if
   it is still exactly that event (:meth:`ModelPersistence.set_alias_signed`), else 409 and the
   client plans again. The private key never leaves the client.
@@ -52,6 +53,21 @@ def state_to_wire(state: Any) -> dict[str, Any]:
     }
 
 
+def alias_state_of(p: Any, name: str, alias: str) -> tuple[dict[str, Any], Any]:
+    """What a reader checks a load through ``alias`` with (the alias row, the record it points at,
+    each later signed move), as JSON, and that record (run in a worker thread, as the caller)."""
+    lifecycle = p.index.lifecycle
+    state = lifecycle.alias_state(name, alias)  # an invisible model's alias: as if missing
+    record = p.get_version(name, state.version)
+    later = lifecycle.signed_moves_after(record.model_name, alias, state.seq or 0)
+    found = {
+        "state": state_to_wire(state),
+        "record": record_to_wire(record),
+        "later": [{"state": state_to_wire(s), "sha256": sha} for s, sha in later],
+    }
+    return found, record
+
+
 class SigningRoutes:
     """The handlers of :func:`signing_endpoints`, bound to one :class:`~modelkeep.api.routes.Api`."""
 
@@ -64,25 +80,18 @@ class SigningRoutes:
         return json_response(await self.api.call(request, self._alias_state, name, alias))
 
     def _alias_state(self, name: str, alias: str) -> dict[str, Any]:
-        p = self.api.p
-        lifecycle = p.index.lifecycle
-        state = lifecycle.alias_state(name, alias)  # an invisible model's alias: as if missing
-        record = p.get_version(name, state.version)
-        later = lifecycle.signed_moves_after(record.model_name, alias, state.seq or 0)
-        return {
-            "state": state_to_wire(state),
-            "record": record_to_wire(record),
-            "later": [{"state": state_to_wire(s), "sha256": sha} for s, sha in later],
-        }
+        return alias_state_of(self.api.p, name, alias)[0]
 
     async def plan_move(self, request: Request) -> Response:
-        """The alias-move event the client signs (``?version=``, and ``?expected=`` to compare first)."""
+        """The alias-move event the client signs (``?version=``, and ``?expected=`` to compare first),
+        with the record of the version it moves to: the client checks the event against it (the
+        bytes it names, its signature with the client's keys) without asking for it again."""
         name, alias = request.path_params["name"], request.path_params["alias"]
         q = Query(request)
-        event = await self.api.call(request, self._plan, name, alias, q.required("version"), q.text("expected"))
-        return json_response({"event": event})
+        event, record = await self.api.call(request, self._plan, name, alias, q.required("version"), q.text("expected"))
+        return json_response({"event": event, "record": record_to_wire(record)})
 
-    def _plan(self, name: str, alias: str, version: str, expected: str | None) -> dict[str, Any]:
+    def _plan(self, name: str, alias: str, version: str, expected: str | None) -> tuple[dict[str, Any], Any]:
         p = self.api.p
         if expected is not None:
             current = p.get_aliases(name).get(alias)
@@ -93,7 +102,7 @@ class SigningRoutes:
                     "as expected; someone else moved it: check and try again"
                 )
         event: dict[str, Any] = p.plan_alias_move(name, alias, version)
-        return event
+        return event, p.get_version(name, version)
 
     async def move_signed(self, request: Request) -> Response:
         """Move an alias with the signature the client made of its planned event."""

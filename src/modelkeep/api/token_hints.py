@@ -2,7 +2,9 @@
 
 A request signed in by token is checked against the index (the token, its user, their grants:
 one query) in a worker thread, and its work (a save, a load) runs in another. For the routes
-that opt in (``Endpoint.hinted``: the one-request save and load), :class:`TokenHints` keeps
+that opt in (``Endpoint.hinted``: the one-request save and load, the reads and the lifecycle
+changes whose handlers work only through :meth:`Api.call <modelkeep.api.routes.Api.call>`;
+not the admin routes, which check the role on the event loop), :class:`TokenHints` keeps
 the identity a token had when last checked, for :data:`HINT_SECONDS`. Such a request takes its
 identity from the hint on the event loop (no thread, no query) for what comes before its work
 (the writer-role check before a save's body is read), and the token is checked again against

@@ -44,8 +44,11 @@ A load reads the record (``GET /models/{name}/versions/{version}``), then the by
 ``GET .../artifact`` (ranged GETs work on a local store) and, for the native format, ``GET
 .../blobs/{sha}``. ``GET .../load`` does both in one request: ``{"record": ...}`` as JSON, and,
 when the artifact is at most :data:`INLINE_MAX` bytes, the artifact after it (media type
-:data:`BUNDLE_TYPE`, the JSON's length in :data:`RECORD_LENGTH_HEADER`). The client checks digests
-and signature with its own keys, whichever way the bytes came.
+:data:`BUNDLE_TYPE`, the JSON's length in :data:`RECORD_LENGTH_HEADER`). A load through an alias
+reads what its move is judged with (``GET .../aliases/{alias}/state``: the alias row, its record,
+later signed moves); ``GET .../aliases/{alias}/load`` answers that JSON with the small artifact
+after it the same way. The client checks digests, signature and the alias's move with its own keys,
+whichever way the bytes came.
 """
 
 from __future__ import annotations
@@ -1006,30 +1009,43 @@ class Transfers:
     # -- loading ----------------------------------------------------------------
     async def load(self, request: Request) -> Response:
         """A version's record and, when it is small, its artifact, in one response."""
-        from .endpoint import json_response
         from .wire import record_to_wire
 
         name, version = request.path_params["name"], request.path_params["version"]
         alias = request.query_params.get("alias")
         record, data = await self.api.call(request, self._load, name, None if version == "latest" else version, alias)
-        head = bytes(json_response({"record": record_to_wire(record)}).body)
-        if data is None:
-            return Response(head, media_type="application/json")
-        return Response(head + data, media_type=BUNDLE_TYPE, headers={RECORD_LENGTH_HEADER: str(len(head))})
+        return _bundle({"record": record_to_wire(record)}, data)
 
     def _load(self, name: str, version: str | None, alias: str | None) -> tuple[ModelMetadata, bytes | None]:
-        """The record, and the artifact's bytes when they are small and readable (else ``None``:
-        the client reads them as before, and meets any error there)."""
+        record: ModelMetadata = self.api.p.get_version(name, version, alias=alias)
+        return record, self._small_bytes(record)
+
+    async def load_alias(self, request: Request) -> Response:
+        """What a reader checks a load through an alias with (as ``GET .../state``: the alias row,
+        the record it points at, each later signed move) and, when small, that version's artifact,
+        in one response: the client judges the move with its own keys before it parses a byte."""
+        name, alias = request.path_params["name"], request.path_params["alias"]
+        found, data = await self.api.call(request, self._load_alias, name, alias)
+        return _bundle(found, data)
+
+    def _load_alias(self, name: str, alias: str) -> tuple[dict[str, Any], bytes | None]:
+        from .signing_routes import alias_state_of
+
+        found, record = alias_state_of(self.api.p, name, alias)
+        return found, self._small_bytes(record)
+
+    def _small_bytes(self, record: ModelMetadata) -> bytes | None:
+        """The artifact's bytes when they are small and readable (else ``None``: the client reads
+        them as before, and meets any error there)."""
         from ..errors import ModelKeepError
 
-        record: ModelMetadata = self.api.p.get_version(name, version, alias=alias)
         art = record.artifact
         if art is None or record.damaged or art.size > INLINE_MAX or self._presigned_get(art.size):
-            return record, None
+            return None
         try:
-            return record, self._read_small(art.key, art.size)
+            return self._read_small(art.key, art.size)
         except (ModelKeepError, OSError):
-            return record, None
+            return None
 
     def _presigned_get(self, size: int) -> bool:
         """Whether the client reads an artifact of ``size`` bytes from the bucket itself."""
@@ -1178,6 +1194,17 @@ def _blob_list(value: Any) -> bool:
     )
 
 
+def _bundle(found: dict[str, Any], data: bytes | None) -> Response:
+    """``found`` as JSON and, given ``data``, the artifact's bytes after it (its length in
+    :data:`RECORD_LENGTH_HEADER`): the answer of the one-request loads."""
+    from .endpoint import json_response
+
+    head = bytes(json_response(found).body)
+    if data is None:
+        return Response(head, media_type="application/json")
+    return Response(head + data, media_type=BUNDLE_TYPE, headers={RECORD_LENGTH_HEADER: str(len(head))})
+
+
 def _json(data: Any, status: int = 200) -> Response:
     from .endpoint import json_response
 
@@ -1262,6 +1289,15 @@ def transfer_endpoints(api: Api) -> list[Endpoint]:
             "A version's record, and its artifact if small",
             hinted=True,
             query=("alias",),
+            returns=("application/json", BUNDLE_TYPE),
+        ),
+        Endpoint(
+            "GET",
+            "/models/{name}/aliases/{alias}/load",
+            t.load_alias,
+            "What .../state answers (an alias's signed move, its record, later signed moves), and the "
+            "artifact if small",
+            hinted=True,
             returns=("application/json", BUNDLE_TYPE),
         ),
         Endpoint(
