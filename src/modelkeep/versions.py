@@ -13,6 +13,7 @@ Ordering rule (also documented in the README):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class ParsedVersion:
     build: str | None
 
 
+@functools.lru_cache(maxsize=4096)  # a save parses its versions several times; the result is immutable
 def parse_version(version: str) -> ParsedVersion | None:
     """Parse ``version``; return ``None`` for custom strings such as ``alpha-1``."""
     m = _SEMVER_RE.fullmatch(version)
@@ -131,6 +133,7 @@ def _encode_int(n: int) -> bytes:
     return bytes([len(digits)]) + digits
 
 
+@functools.lru_cache(maxsize=4096)  # as parse_version: bytes, immutable
 def sort_key(version: str) -> bytes | None:
     """A byte string whose bytewise order is the version order, or ``None``.
 
