@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,25 @@ def test_symlinked_tmp_folder_does_not_make_save_write_outside(world: dict[str, 
         _attempt(lambda: p.gc(min_age_seconds=0))
     _outside_unchanged(world, before)
     assert sorted(os.listdir(outside)) == ["victim"]
+
+
+@pytest.mark.parametrize("folder", ["churn", ".tmp"])
+def test_a_link_planted_between_two_saves_of_one_registry_is_refused(
+    world: dict[str, Any], classifier: Any, folder: str
+) -> None:
+    # A registry object checks the store's paths at every save, not once: a link planted since is refused.
+    root, outside = world["root"], world["outside"]
+    with ModelPersistence(models_dir=root, create=False) as p:
+        p.save(classifier, "churn")  # the folders are checked, and found to be folders
+        target = root / folder
+        lookalike = outside / "lookalike"
+        shutil.copytree(target, lookalike)
+        shutil.rmtree(target)
+        os.symlink(lookalike, target)
+        before = _snapshot(world)
+        with pytest.raises(ModelKeepError, match="symbolic link"):
+            p.save(classifier, "churn")
+    _outside_unchanged(world, before)
 
 
 def test_symlinked_artifact_file_is_not_read_or_deleted(world: dict[str, Any]) -> None:
