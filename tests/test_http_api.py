@@ -11,6 +11,7 @@ PostgreSQL + S3 backend).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -39,6 +40,7 @@ from modelkeep import (
     keys,
 )
 from modelkeep.api.client import HttpRegistry
+from modelkeep.api.transfers import RECORD_LENGTH_HEADER
 from modelkeep.api.wire import API_PREFIX, PROTOCOL, PROTOCOL_HEADER
 from modelkeep.errors import InvalidNameError, RequestError, ServerOnlyError, UserNotFoundError
 from modelkeep.identity import Identity
@@ -828,3 +830,22 @@ def test_a_viewer_cannot_put_bytes_in_the_store(
     assert [a.status_code for a in answers] == [403, 403, 403]
     assert {a.json()["error"]["class"] for a in answers} == {"PermissionDeniedError"}
     assert (sorted(staging.rglob("*")) if staging.exists() else []) == before  # nothing was written
+
+
+def test_a_load_through_an_alias_in_one_request_shows_nothing_of_a_model_the_user_cannot_see(
+    raw: TestClient, registry: ModelPersistence
+) -> None:
+    """``GET .../aliases/{alias}/load`` hands out an artifact's bytes with the alias's state: a user
+    granted one model gets nothing of another's (the answer of a model that does not exist), and its own."""
+    registry.set_alias("fraud", "production", "1")
+    registry.users.add("nel", None, "none")
+    registry.users.grant("nel", "churn", "viewer")
+    nel = bearer(registry.users.new_token("nel", "tests"))
+    hidden = raw.get(API + "/models/fraud/aliases/production/load", headers=nel)
+    missing = raw.get(API + "/models/nomodel/aliases/production/load", headers=nel)  # no such model
+    assert hidden.status_code == missing.status_code == 404, hidden.text
+    assert hidden.text.replace("fraud", "X") == missing.text.replace("nomodel", "X")  # as if it did not exist
+    own = raw.get(API + "/models/churn/aliases/production/load", headers=nel)
+    assert own.status_code == 200, own.text
+    head = int(own.headers[RECORD_LENGTH_HEADER])  # the JSON, then the small artifact's bytes
+    assert json.loads(own.content[:head])["record"]["version"] == "1.0.1" and len(own.content) > head
