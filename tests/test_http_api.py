@@ -562,6 +562,23 @@ def test_what_only_the_server_host_does_is_a_clear_error(server: HttpServer) -> 
                 call()
         assert not hasattr(p, "store")  # an AttributeError too
         assert isinstance(_raised(lambda: p.store), ConfigError)
+        with pytest.raises(ServerOnlyError, match="'save_many' is not available through a registry server"):
+            p.save_many  # noqa: B018  # a local registry's method, not the client's
+        typo = _raised(lambda: p.lsit_versions)  # not a local registry's name either: Python's own error
+        assert type(typo) is AttributeError and "lsit_versions" in str(typo) and "server" not in str(typo)
+        assert typo.name == "lsit_versions" and typo.obj is p  # what Python's "Did you mean" reads
+
+
+def test_every_name_of_a_local_registry_the_client_lacks_is_server_only(tmp_path: Path) -> None:
+    """:data:`LOCAL_ONLY` is whole: each public name a local registry's instance has is the
+    client's own, a class attribute of ModelPersistence, or in the list (else a typo's error)."""
+    from modelkeep.api.client import LOCAL_ONLY
+
+    with ModelPersistence(tmp_path / "models") as local:
+        local.save({"w": 1}, "m")
+        names = {n for n in vars(local) if not n.startswith("_")}
+    assert names - set(dir(HttpRegistry)) - set(dir(ModelPersistence)) <= LOCAL_ONLY
+    assert names | set(dir(ModelPersistence)) >= LOCAL_ONLY  # no stale entry
 
 
 def test_the_environment_names_the_server_and_the_token(server: HttpServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,6 +77,27 @@ def _httpx() -> Any:
     return httpx
 
 
+#: What a local registry holds in its instance (set by ``ModelPersistence.__init__``) that a
+#: registry server's client does not: asked of an :class:`HttpRegistry`, each is a
+#: :class:`ServerOnlyError`, as every method only the server's host has (a test keeps this whole).
+LOCAL_ONLY = frozenset(
+    {
+        "access",
+        "cache",
+        "compress",
+        "compression",
+        "format",
+        "max_load_memory",
+        "models_dir",
+        "quarantine",
+        "quarantine_memory_mb",
+        "quarantine_timeout",
+        "signing_key",
+        "store",
+    }
+)
+
+
 class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, WebhooksMixin):
     """A registry served by ``modelkeep server`` at ``url``, used with an API ``token``."""
 
@@ -496,8 +517,11 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this class lacks: a local registry's parts (store, webhooks,
         # access...) are on the server's host. ServerOnlyError is an AttributeError: hasattr works.
-        if name.startswith("_"):
-            raise AttributeError(name)
+        # A name no local registry has either (a typo) is Python's own error, with its suggestion.
+        from ..registry import ModelPersistence
+
+        if name.startswith("_") or not (name in LOCAL_ONLY or hasattr(ModelPersistence, name)):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
         raise server_only(f"'{name}'")
 
     def ensure_registry(self) -> None:
