@@ -77,23 +77,36 @@ def _httpx() -> Any:
     return httpx
 
 
-#: What a local registry holds in its instance (set by ``ModelPersistence.__init__``) that a
-#: registry server's client does not: asked of an :class:`HttpRegistry`, each is a
-#: :class:`ServerOnlyError`, as every method only the server's host has (a test keeps this whole).
+#: What a local registry has that a registry server's client does not (its methods and the
+#: attributes ``ModelPersistence.__init__`` sets): asked of an :class:`HttpRegistry`, each is a
+#: :class:`ServerOnlyError`. Listed here, not read off ``ModelPersistence``, which imports this
+#: module; a test keeps the list exact.
 LOCAL_ONLY = frozenset(
     {
         "access",
         "cache",
+        "claim_upload",
+        "commit_claimed_upload",
+        "commit_staged",
+        "commit_uploaded",
         "compress",
         "compression",
+        "delete_signed",
         "format",
+        "from_settings",
         "max_load_memory",
         "models_dir",
+        "plan_alias_move",
+        "plan_removal",
         "quarantine",
         "quarantine_memory_mb",
         "quarantine_timeout",
+        "save_many",
+        "serve",
+        "set_alias_signed",
         "signing_key",
         "store",
+        "store_signature",
     }
 )
 
@@ -518,9 +531,8 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         # Only reached for names this class lacks: a local registry's parts (store, webhooks,
         # access...) are on the server's host. ServerOnlyError is an AttributeError: hasattr works.
         # A name no local registry has either (a typo) is Python's own error, with its suggestion.
-        from ..registry import ModelPersistence
-
-        if name.startswith("_") or not (name in LOCAL_ONLY or hasattr(ModelPersistence, name)):
+        # (A property of this class that raised ServerOnlyError, such as index, lands here too.)
+        if name not in LOCAL_ONLY and not hasattr(type(self), name):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
         raise server_only(f"'{name}'")
 
