@@ -21,7 +21,9 @@ from .config_sources import (
     ENV_VARS,
     OVERRIDES,
     drop_outranked_server,
+    environment_persistence,
     parse_compress,
+    sections,
 )
 from .errors import ConfigError
 
@@ -279,8 +281,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    # a section with nothing under it (every key commented out) is an empty section
-    return {section: {} if values is None else values for section, values in data.items()}
+    return sections(data)
 
 
 def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -303,7 +304,7 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides
         data = _read_yaml(path)
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     from_env: dict[tuple[str, str], str] = {}
-    env = {key: os.environ[var] for var, (part, key) in ENV_VARS.items() if part == "persistence" and var in os.environ}
+    env = environment_persistence()
     drop_outranked_server(data.get("persistence") or {}, env)
     for var, (section, key) in ENV_VARS.items():
         if var in os.environ:

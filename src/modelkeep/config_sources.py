@@ -7,6 +7,7 @@ path (:mod:`modelkeep.cli_readonly`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 #: ``persistence.models_dir`` when nothing sets it.
@@ -62,6 +63,17 @@ def parse_compress(text: str) -> bool | int | str:
     if text in {"false", "no", "off", "none", ""}:
         return False
     return int(text) if text.isdigit() else text
+
+
+def sections(data: dict[str, Any]) -> dict[str, Any]:
+    """A config file's top-level mapping, a section with nothing under it (every key commented
+    out) read as an empty section."""
+    return {section: {} if values is None else values for section, values in data.items()}
+
+
+def environment_persistence() -> dict[str, str]:
+    """The ``persistence`` settings the ``MODELKEEP_*`` variables set, by key."""
+    return {key: os.environ[var] for var, (part, key) in ENV_VARS.items() if part == "persistence" if var in os.environ}
 
 
 def is_server_url(value: Any) -> bool:

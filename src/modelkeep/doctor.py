@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .api.wire import is_http_url
+from .config_sources import is_server_url
 from .errors import ModelKeepError
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
 
     report = DoctorReport()
     p = settings.persistence
-    server = next((u for u in (p.registry_url, p.models_dir) if is_http_url(u)), None)
+    server = next((u for u in (p.registry_url, p.models_dir) if is_server_url(u)), None)
     if server is not None:  # a registry server: the store and the index are its business
         report.checks.append(_check_server(server, p.token.get_secret_value() if p.token else None))
         _key_checks(report, p)

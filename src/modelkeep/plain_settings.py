@@ -32,7 +32,9 @@ from .config_sources import (
     ENV_VARS,
     OVERRIDES,
     drop_outranked_server,
+    environment_persistence,
     parse_compress,
+    sections,
 )
 
 #: The URL schemes SQLAlchemy reads as PostgreSQL through psycopg 3 (see ``index.sql.normalize_url``).
@@ -147,8 +149,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise _Unsure from None
     if not isinstance(data, dict):
         raise _Unsure
-    # a section with nothing under it (every key commented out) is an empty section
-    return {section: {} if values is None else values for section, values in data.items()}
+    return sections(data)
 
 
 def _sources(config_path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -166,7 +167,7 @@ def _sources(config_path: str | os.PathLike[str] | None, overrides: dict[str, An
     merged: dict[str, dict[str, Any]] = {"logging": {}, "persistence": {}}
     for section, values in data.items():
         merged[section].update(values)
-    env = {key: os.environ[var] for var, (part, key) in ENV_VARS.items() if part == "persistence" and var in os.environ}
+    env = environment_persistence()
     drop_outranked_server(merged["persistence"], env)
     for var, (section, key) in ENV_VARS.items():
         if var in os.environ:

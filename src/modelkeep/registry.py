@@ -153,13 +153,13 @@ def _open_cache(store: Any, max_bytes: Any) -> ArtifactCache | None:
 
 def _server_url(models_dir: Any, registry_url: Any) -> str | None:
     """The registry server URL a registry is opened with, if any (explicit arguments first)."""
-    from .api.wire import is_http_url
+    from .config_sources import is_server_url
 
     for value in (registry_url, models_dir):
         if value is not None:
-            return str(value) if is_http_url(value) else None
+            return str(value) if is_server_url(value) else None
     env = os.environ.get("MODELKEEP_REGISTRY_URL", "").strip()
-    return env if is_http_url(env) else None
+    return env if is_server_url(env) else None
 
 
 class ModelPersistence(BulkSaveMixin, PromotionMixin, EventsMixin):

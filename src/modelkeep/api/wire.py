@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .. import errors
-from ..config_sources import is_server_url
 from ..versions import validate_alias, validate_model_name, validate_version
 
 if TYPE_CHECKING:
@@ -209,10 +208,6 @@ def resending_transport() -> Any:
     return ResendingTransport(
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS)
     )
-
-
-#: Whether a value names a registry server (``http://`` or ``https://``).
-is_http_url = is_server_url
 
 
 # -- records ---------------------------------------------------------------------------------------
