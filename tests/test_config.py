@@ -272,6 +272,34 @@ def test_malformed_config_file(tmp_path: Path, text: str, match: str) -> None:
         load_settings(_write(tmp_path / "bad.yaml", text))
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"), [("persistence: foo\n", "'foo'"), ("persistence: [1, 2]\n", "[1, 2]"), ("logging: 3\n", "3")]
+)
+@pytest.mark.parametrize("env", [{}, {"MODELKEEP_COMPRESS": "1", "MODELKEEP_LOG_LEVEL": "INFO"}])
+def test_a_section_holding_a_value_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, shown: str, env: dict[str, str]
+) -> None:
+    """``persistence: foo`` beside a variable of that section was an internal TypeError in the
+    library and the CLI; it is a ConfigError naming the file and the section, on both readers."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "bad.yaml", text)
+    section = text.split(":")[0]
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=rf"bad\.yaml.*section '{section}' must hold settings"):
+        load_settings(path)
+    cli = subprocess.run(
+        [sys.executable, "-m", "modelkeep", "--config", str(path), "list"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert cli.returncode != 0
+    assert cli.stderr.strip().splitlines() == [
+        f"Error: config file {str(path)!r}: section {section!r} must hold settings as 'key: value' lines "
+        f"indented under it, not {shown}"
+    ]
+
+
 def test_missing_explicit_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         ModelPersistenceManager(config_path=tmp_path / "nope.yaml")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .errors import ConfigError
+
 #: ``persistence.models_dir`` when nothing sets it.
 DEFAULT_MODELS_DIR = "models"
 #: The config file read when ``--config`` / ``config_path`` is not given, if it exists.
@@ -65,9 +67,17 @@ def parse_compress(text: str) -> bool | int | str:
     return int(text) if text.isdigit() else text
 
 
-def sections(data: dict[str, Any]) -> dict[str, Any]:
+def sections(data: dict[str, Any], path: str) -> dict[str, dict[str, Any]]:
     """A config file's top-level mapping, a section with nothing under it (every key commented
-    out) read as an empty section."""
+    out) read as an empty section. A section that holds a value instead of settings
+    (``persistence: foo``) is a :class:`~modelkeep.errors.ConfigError` naming the file and the
+    section."""
+    for section, values in data.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(
+                f"config file {path!r}: section {section!r} must hold settings as 'key: value' lines "
+                f"indented under it, not {values!r}"
+            )
     return {section: {} if values is None else values for section, values in data.items()}
 
 

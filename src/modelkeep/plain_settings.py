@@ -36,6 +36,7 @@ from .config_sources import (
     parse_compress,
     sections,
 )
+from .errors import ConfigError
 
 #: The URL schemes SQLAlchemy reads as PostgreSQL through psycopg 3 (see ``index.sql.normalize_url``).
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -149,7 +150,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise _Unsure from None
     if not isinstance(data, dict):
         raise _Unsure
-    return sections(data)
+    try:
+        return sections(data, str(path))
+    except ConfigError:
+        raise _Unsure from None  # the library names the section
 
 
 def _sources(config_path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
