@@ -40,6 +40,7 @@ from modelkeep import (
     keys,
 )
 from modelkeep.api.client import HttpRegistry
+from modelkeep.api.routes import documented_path
 from modelkeep.api.transfers import RECORD_LENGTH_HEADER
 from modelkeep.api.wire import API_PREFIX, PROTOCOL, PROTOCOL_HEADER
 from modelkeep.errors import InvalidNameError, RequestError, ServerOnlyError, UserNotFoundError
@@ -374,7 +375,7 @@ def test_the_openapi_document_lists_every_route(raw: TestClient, registry: Model
     assert document["openapi"].startswith("3.")
     listed = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
     served = {
-        (method, route.path)
+        (method, documented_path(route.path))
         for route in create_app(registry).routes
         if isinstance(route, Route) and route.path.startswith(API_PREFIX) and route.path != API_PREFIX + "/openapi.json"
         for method in (route.methods or set()) - {"HEAD"}

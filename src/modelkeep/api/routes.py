@@ -114,7 +114,7 @@ HINTED = frozenset(
                 ("GET", "/approvals"),
                 ("POST", "/compare"),
                 ("GET", "/best"),
-                ("GET", "/metrics/{metric}"),
+                ("GET", "/metrics/{metric:path}"),
                 ("GET", "/aliases"),
                 ("PUT", "/aliases/{alias}"),
                 ("DELETE", "/aliases/{alias}"),
@@ -125,8 +125,8 @@ HINTED = frozenset(
                 ("GET", "/aliases/{alias}/plan"),
                 ("POST", "/aliases/{alias}/signed"),
                 ("GET", "/tags"),
-                ("PUT", "/tags/{key}"),
-                ("DELETE", "/tags/{key}"),
+                ("PUT", "/tags/{key:path}"),
+                ("DELETE", "/tags/{key:path}"),
                 ("GET", "/description"),
                 ("PUT", "/description"),
             )
@@ -629,7 +629,9 @@ class Api:
                     "allowed:array",
                 ),
             ),
-            Endpoint("DELETE", "/policies/{model}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"),
+            Endpoint(
+                "DELETE", "/policies/{model:path}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"
+            ),
             Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first"),
             Endpoint("GET", m + "/records", self.list_version_records, "Every live version's record, oldest first"),
             Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)", query=("alias",)),
@@ -666,7 +668,7 @@ class Api:
             ),
             Endpoint(
                 "GET",
-                m + "/metrics/{metric}",
+                m + "/metrics/{metric:path}",
                 self.metric_history,
                 "A metric over the newest versions",
                 query=("limit:integer",),
@@ -690,8 +692,8 @@ class Api:
                 query=("version!",),
             ),
             Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)", query=("version",)),
-            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag", body=("value!", "version")),
-            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)", query=("version",)),
+            Endpoint("PUT", m + "/tags/{key:path}", self.set_tag, "Set a tag", body=("value!", "version")),
+            Endpoint("DELETE", m + "/tags/{key:path}", self.delete_tag, "Remove a tag (?version)", query=("version",)),
             Endpoint(
                 "GET",
                 m + "/description",
@@ -727,7 +729,10 @@ class Api:
             Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: id, label, dates (admin)"),
             Endpoint("DELETE", "/users/{user}/tokens", self.revoke_tokens, "Revoke every token of a user (admin)"),
             Endpoint(
-                "DELETE", "/users/{user}/tokens/{token_id}", self.revoke_token, "Revoke one token by its id (admin)"
+                "DELETE",
+                "/users/{user}/tokens/{token_id:path}",
+                self.revoke_token,
+                "Revoke one token by its id (admin)",
             ),
             Endpoint("GET", "/users/{user}/grants", self.list_grants, "A user's roles on model globs (admin)"),
             Endpoint(
@@ -868,6 +873,12 @@ def _success_schema(media: str) -> dict[str, Any]:
     return {"schema": {"type": "object"}} if media == "application/json" else {}
 
 
+def documented_path(path: str) -> str:
+    """A route's path as OpenAPI templates it: ``/tags/{key:path}`` (Starlette's convertor, which
+    lets the value hold ``/``) is ``/tags/{key}``."""
+    return re.sub(r"{(\w+):\w+}", r"{\1}", path)
+
+
 def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing ``endpoints``."""
     paths: dict[str, dict[str, Any]] = {}
@@ -876,15 +887,15 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     for ep in endpoints:
+        template = documented_path(ep.path)
         params: list[dict[str, Any]] = [
             {
-                "name": part[1:-1],
+                "name": name,
                 "in": "path",
                 "required": True,
-                "schema": PATH_PARAMETERS.get(part[1:-1], {"type": "string"}),
+                "schema": PATH_PARAMETERS.get(name, {"type": "string"}),
             }
-            for part in ep.path.split("/")
-            if part.startswith("{") and part.endswith("}")
+            for name in re.findall(r"{(\w+)}", template)
         ]
         for where, specs in (("query", ep.query), ("header", ep.headers)):
             for spec in specs:
@@ -916,7 +927,7 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             }
         elif ep.stream is not None:
             operation["requestBody"] = {"required": True, "content": {ep.stream: {}}}
-        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = operation
+        paths.setdefault(API_PREFIX + template, {})[ep.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelkeep registry API", "version": __version__},
@@ -943,9 +954,13 @@ def api_routes(api: Api) -> list[Route]:
     for ep in endpoints:
         by_path.setdefault(ep.path, {})[ep.method] = api.guarded(ep.handler, hinted=ep.hinted)
     routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
-    routes += [
-        Route(API_PREFIX + path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
-    ]
+    for path, handlers in by_path.items():
+        route = Route(API_PREFIX + path, _by_method(handlers), methods=list(handlers))
+        if ":path}" in path:
+            # A {...:path} value is any text (a tag key may hold a newline): its ".*" must match
+            # "\n" too, or "a\nb" reaches no route and "a\n" the route with "" (before "$").
+            route.path_regex = re.compile(route.path_regex.pattern, re.DOTALL)
+        routes.append(route)
     return routes
 
 
