@@ -45,6 +45,7 @@ from .wire import (
     summary_from_wire,
     transport_error,
     verify_report_from_wire,
+    version_path,
 )
 from .wire import (
     path_segment as segment,
@@ -270,8 +271,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def get_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> ModelMetadata:
         """One version's record (the latest by default; ``"churn@production"`` and ``alias=`` work)."""
-        wanted = "latest" if version is None else version  # "" is refused, as locally
-        path = f"/models/{segment(model_name, 'model name')}/versions/{segment(wanted, 'version')}"
+        path = version_path(model_name, version)
         return record_from_wire(self.request("GET", path, params=_params(alias=alias))["record"])
 
     def get_metadata(

@@ -41,6 +41,7 @@ from ..users import USER_NAME_RE
 from ..versions import MAX_NAME_LENGTH, MAX_VERSION_LENGTH, NAME_RE, VERSION_RE
 from .wire import (
     API_PREFIX,
+    LATEST,
     PROTOCOL,
     PROTOCOL_HEADER,
     error_body,
@@ -762,10 +763,6 @@ def _not_yourself(request: Request, what: str) -> None:
             f"{who.name} may not {what} themselves through the server: another admin can, "
             "or 'modelkeep users' on the server's host"
         )
-
-
-#: The version segment that names a model's latest version.
-LATEST = "latest"
 
 
 def _str_list(value: Any) -> bool:

@@ -98,6 +98,17 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     return exc
 
 
+#: The version segment that names a model's latest version (``GET .../versions/latest``).
+LATEST = "latest"
+
+
+def version_path(model_name: str, version: str | None) -> str:
+    """``/models/{name}/versions/{version}`` for a version, or for the latest when ``None``
+    (``""`` is no version: it is refused, as locally)."""
+    wanted = LATEST if version is None else version
+    return f"/models/{path_segment(model_name, 'model name')}/versions/{path_segment(wanted, 'version')}"
+
+
 #: Longer values are checked by the library's validator of their kind (if it has one) before they
 #: are sent: every kind with a validator has a shorter limit, which the server would apply.
 MAX_NAME_CHECKED = 256
