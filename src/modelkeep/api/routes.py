@@ -84,58 +84,6 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(error)
 
 
-#: The routes that take a token's recent check as a hint (:mod:`.token_hints`; ``Endpoint.hinted``):
-#: the reads and lifecycle changes whose handlers do their work only through :meth:`Api.call`, which
-#: checks the token again in the work's thread. Not the admin routes: they check the role on the
-#: event loop. (The one-request save and load are marked where :mod:`.transfers` declares them.)
-HINTED = frozenset(
-    {
-        "GET /models",
-        "GET /summaries",
-        "GET /aliases",
-        "GET /history",
-        "POST /search/versions",
-        "POST /search/models",
-        "GET /trash",
-        "GET /policies",
-        "GET /events",
-        "GET /events/horizon",
-        *(
-            f"{method} /models/{{name}}{path}"
-            for method, path in (
-                ("GET", "/versions"),
-                ("GET", "/records"),
-                ("GET", "/versions/{version}"),
-                ("DELETE", "/versions/{version}"),
-                ("POST", "/versions/{version}/restore"),
-                ("POST", "/versions/{version}/approvals"),
-                ("GET", "/versions/{version}/removal-plan"),
-                ("POST", "/versions/{version}/trash"),
-                ("GET", "/versions/{version}/removals"),
-                ("GET", "/approvals"),
-                ("POST", "/compare"),
-                ("GET", "/best"),
-                ("GET", "/metrics/{metric:path}"),
-                ("GET", "/aliases"),
-                ("PUT", "/aliases/{alias}"),
-                ("DELETE", "/aliases/{alias}"),
-                ("GET", "/aliases/{alias}/history"),
-                ("GET", "/aliases/{alias}/at"),
-                ("GET", "/aliases/{alias}/check"),
-                ("GET", "/aliases/{alias}/state"),
-                ("GET", "/aliases/{alias}/plan"),
-                ("POST", "/aliases/{alias}/signed"),
-                ("GET", "/tags"),
-                ("PUT", "/tags/{key:path}"),
-                ("DELETE", "/tags/{key:path}"),
-                ("GET", "/description"),
-                ("PUT", "/description"),
-            )
-        ),
-    }
-)
-
-
 class Api:
     """The handlers of one server, bound to one registry (``persistence``); ``max_upload_bytes``
     caps every streamed request body (uploads, blobs, bundles; ``None``: no cap). ``bearer(request)``
@@ -568,22 +516,29 @@ class Api:
         from .webhook_routes import webhook_endpoints
 
         m, v, a = "/models/{name}", "/models/{name}/versions/{version}", "/models/{name}/aliases/{alias}"
-        every = [
+        return [
             *transfer_endpoints(self),
             *signing_endpoints(self),
             *bundle_endpoints(self),
             *admin_endpoints(self),
             *webhook_endpoints(self),
             Endpoint("GET", "/", self.about, "The server, its protocol version, and who you are"),
-            Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
-            Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),
-            Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model"),
+            Endpoint("GET", "/models", self.list_models, "Names of the models you may see", hinted=True),
+            Endpoint(
+                "GET",
+                "/summaries",
+                self.model_summaries,
+                "Each model with its version count and latest version",
+                hinted=True,
+            ),
+            Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model", hinted=True),
             Endpoint(
                 "GET",
                 "/history",
                 self.history,
                 "The audit log (?model, alias, since, until, limit, actions)",
                 query=("model", "alias", "since", "until", "limit:integer", "actions"),
+                hinted=True,
             ),
             Endpoint(
                 "POST",
@@ -598,6 +553,7 @@ class Api:
                 self.search_versions,
                 "Live versions matching a filter, a page",
                 body=("filter", "model_name", "order_by:any", "limit:integer", "page_token"),
+                hinted=True,
             ),
             Endpoint(
                 "POST",
@@ -605,8 +561,9 @@ class Api:
                 self.search_models,
                 "Models with a version matching a filter",
                 body=("filter", "limit:integer", "page_token"),
+                hinted=True,
             ),
-            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)", query=("model",)),
+            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)", query=("model",), hinted=True),
             Endpoint(
                 "POST",
                 "/purge",
@@ -614,7 +571,7 @@ class Api:
                 "Delete trashed versions for good",
                 body=("model_name", "version", "older_than:any"),
             ),
-            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)", query=("model",)),
+            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)", query=("model",), hinted=True),
             Endpoint(
                 "PUT",
                 "/policies",
@@ -633,18 +590,36 @@ class Api:
             Endpoint(
                 "DELETE", "/policies/{model:path}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"
             ),
-            Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first"),
-            Endpoint("GET", m + "/records", self.list_version_records, "Every live version's record, oldest first"),
-            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)", query=("alias",)),
-            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)", query=("force:boolean",)),
-            Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash"),
-            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias", body=("alias!",)),
+            Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first", hinted=True),
+            Endpoint(
+                "GET",
+                m + "/records",
+                self.list_version_records,
+                "Every live version's record, oldest first",
+                hinted=True,
+            ),
+            Endpoint(
+                "GET",
+                v,
+                self.get_version,
+                "One version's record ('latest' allowed; ?alias)",
+                query=("alias",),
+                hinted=True,
+            ),
+            Endpoint(
+                "DELETE", v, self.delete, "Move a version to the trash (?force)", query=("force:boolean",), hinted=True
+            ),
+            Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash", hinted=True),
+            Endpoint(
+                "POST", v + "/approvals", self.approve, "Approve a version for an alias", body=("alias!",), hinted=True
+            ),
             Endpoint(
                 "GET",
                 m + "/approvals",
                 self.approvals,
                 "Approvals of a model (?version, alias)",
                 query=("version", "alias"),
+                hinted=True,
             ),
             Endpoint(
                 "POST",
@@ -659,6 +634,7 @@ class Api:
                 self.compare_records,
                 "The records compare_versions compares",
                 body=("versions:array", "filter"),
+                hinted=True,
             ),
             Endpoint(
                 "GET",
@@ -666,6 +642,7 @@ class Api:
                 self.best_version,
                 "The best version by a metric (?metric, mode, filter)",
                 query=("metric!", "mode", "filter"),
+                hinted=True,
             ),
             Endpoint(
                 "GET",
@@ -673,37 +650,67 @@ class Api:
                 self.metric_history,
                 "A metric over the newest versions",
                 query=("limit:integer",),
+                hinted=True,
             ),
-            Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases"),
+            Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases", hinted=True),
             Endpoint(
                 "PUT",
                 a,
                 self.set_alias,
                 "Point an alias at a version (compare-and-set with 'expected')",
                 body=("version!", "expected"),
+                hinted=True,
             ),
-            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)", query=("expected",)),
-            Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed"),
-            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)", query=("when!",)),
+            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)", query=("expected",), hinted=True),
+            Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed", hinted=True),
+            Endpoint(
+                "GET",
+                a + "/at",
+                self.alias_at,
+                "Where an alias pointed at a time (?when)",
+                query=("when!",),
+                hinted=True,
+            ),
             Endpoint(
                 "GET",
                 a + "/check",
                 self.check_alias_move,
                 "Whether a move would pass its policies (?version)",
                 query=("version!",),
+                hinted=True,
             ),
-            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)", query=("version",)),
-            Endpoint("PUT", m + "/tags/{key:path}", self.set_tag, "Set a tag", body=("value!", "version")),
-            Endpoint("DELETE", m + "/tags/{key:path}", self.delete_tag, "Remove a tag (?version)", query=("version",)),
+            Endpoint(
+                "GET",
+                m + "/tags",
+                self.get_tags,
+                "Tags of a model or version (?version)",
+                query=("version",),
+                hinted=True,
+            ),
+            Endpoint("PUT", m + "/tags/{key:path}", self.set_tag, "Set a tag", body=("value!", "version"), hinted=True),
+            Endpoint(
+                "DELETE",
+                m + "/tags/{key:path}",
+                self.delete_tag,
+                "Remove a tag (?version)",
+                query=("version",),
+                hinted=True,
+            ),
             Endpoint(
                 "GET",
                 m + "/description",
                 self.get_description,
                 "A model's or version's description",
                 query=("version",),
+                hinted=True,
             ),
             Endpoint(
-                "PUT", m + "/description", self.set_description, "Set or clear a description", body=("text", "version")
+                "PUT",
+                m + "/description",
+                self.set_description,
+                "Set or clear a description",
+                body=("text", "version"),
+                hinted=True,
             ),
             Endpoint("GET", "/users", self.list_users, "Users and their roles (admin)"),
             Endpoint(
@@ -751,7 +758,6 @@ class Api:
                 query=("glob!",),
             ),
         ]
-        return [dataclasses.replace(e, hinted=True) if f"{e.method} {e.path}" in HINTED else e for e in every]
 
 
 def _not_yourself(request: Request, what: str) -> None:
