@@ -434,6 +434,26 @@ def test_the_openapi_document_lists_every_route(raw: TestClient, registry: Model
             assert op["summary"] and {p["name"] for p in op["parameters"] if p["in"] == "path"} == names
 
 
+def test_each_route_is_the_first_to_match_its_own_paths(registry: ModelPersistence) -> None:
+    """A {...:path} parameter (a tag key, a metric, a token id, a policy's model, a delivery id)
+    takes '/' and newlines: no such route may swallow another route's paths, nor be shadowed."""
+    from starlette.routing import Match
+
+    app = create_app(registry)
+    checked = 0
+    for route in app.routes:
+        if not isinstance(route, Route) or not route.path.startswith(API_PREFIX):
+            continue
+        for text in ("x", "a/b", "a\nb/../c", ""):
+            path = re.sub(r"{\w+}", "x", re.sub(r"{\w+:path}", text, route.path))
+            for method in route.methods or ():
+                scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+                first = next((r for r in app.routes if r.matches(scope)[0] == Match.FULL), None)
+                assert first is route, (method, path, getattr(first, "path", first))
+                checked += 1
+    assert checked > 300
+
+
 def test_requests_for_another_host_name_are_refused(raw: TestClient, tokens: dict[str, str]) -> None:
     # DNS rebinding: a page on evil.example resolving to this server's address.
     response = raw.get(API + "/models", headers={**bearer(tokens["vi"]), "Host": "evil.example"})
