@@ -182,3 +182,137 @@ def test_a_registry_url_of_no_kind_is_a_user_error(url: str, tmp_path: Path, mon
     done = run_cli("list", env={"MODELKEEP_REGISTRY_URL": url, "MODELKEEP_MODELS_DIR": None})
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"Error: registry_url {url!r}") and "a registry server's https://" in done.stderr
+
+
+# -- any text a local registry takes, through the server too ----------------------------------------
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twins]:
+    """Twins shared by the cases below, which leave both registries as they found them."""
+    tmp = tmp_path_factory.mktemp("parity")
+    with ModelPersistence(tmp / "local") as p:
+        _fill(p)
+    side = ServerSide(str(tmp / "served"))
+    with ModelPersistence(**side.options()) as p:
+        _fill(p)
+    with running_server(side, tmp / "server", in_process=True) as server:
+        yield Twins(tmp / "local", server)
+
+
+#: Tag keys a local registry takes that a URL path does not carry as they are: '/' anywhere (and
+#: dot segments after one), what a URL reads as its query or fragment, a percent sign, spaces,
+#: a newline (a route's '.*' stops at one), non-ASCII, a leading '-', the longest key.
+TEXTS = [
+    "a/b",
+    "/a",
+    "a/",
+    "a//b",
+    "../x",
+    "a/..",
+    "/",
+    "%2F",
+    "a%b",
+    "?x=1#y",
+    " k ",
+    "a\nb",
+    "é/日本",
+    "-k",
+    "k" * 256,
+]
+
+
+def _tag_round(p: Any, key: str) -> tuple[Any, ...]:
+    """Set ``key`` on the model and on a version, read both back, remove both: what each step gives."""
+    p.set_tag("churn", key, "v")
+    p.set_tag("churn", key, "w", version="1.0.0")
+    seen = (p.get_tags("churn").get(key), p.get_tags("churn", version="1.0.0").get(key))
+    p.delete_tag("churn", key)
+    p.delete_tag("churn", key, version="1.0.0")
+    return (seen, key in p.get_tags("churn"), key in p.get_tags("churn", version="1.0.0"))
+
+
+@pytest.mark.parametrize("key", TEXTS, ids=[repr(k[:12]) for k in TEXTS])
+def test_every_tag_key_a_registry_takes_goes_through_a_server(shared: Twins, key: str) -> None:
+    """A tag key with '/' was refused by the client ("cannot be sent to a registry server");
+    a key with a newline reached no route, or the route with the empty key."""
+    with ModelPersistence(shared.local) as local, shared.server.client() as remote:
+        assert _tag_round(local, key) == _tag_round(remote, key) == (("v", "w"), False, False)
+
+
+API_TEXT: dict[str, Callable[[Any], object]] = {
+    "revoke token 'a/b'": lambda p: p.users.revoke_token("vic", "a/b"),
+    "revoke token ''": lambda p: p.users.revoke_token("vic", ""),
+    "revoke token 'a\\nb'": lambda p: p.users.revoke_token("vic", "a\nb"),
+    "revoke token '/..'": lambda p: p.users.revoke_token("vic", "/.."),
+    "remove policy of 'team/*'": lambda p: p.remove_policy("team/*", "production"),
+    "remove policy of ''": lambda p: p.remove_policy("", "production"),
+    "remove policy, bad alias first": lambda p: p.remove_policy("x" * 9000, "a/b"),
+    "redeliver 'a/b'": lambda p: p.webhooks.redeliver("a/b"),
+    "redeliver '..'": lambda p: p.webhooks.redeliver(".."),
+    "tag key too long": lambda p: p.set_tag("churn", "é" * 3000, "v"),
+    "remove tag key too long": lambda p: p.delete_tag("churn", "k" * 257),
+    "tag key only spaces": lambda p: p.set_tag("churn", "  ", "v"),
+    "tag key '\\n'": lambda p: p.delete_tag("churn", "\n"),
+    "version too long": lambda p: p.get_version("churn", "1" * 9000),
+    "user name too long": lambda p: p.users.set_role("u" * 9000, "viewer"),
+}
+
+
+@pytest.mark.parametrize("call", list(API_TEXT.values()), ids=list(API_TEXT))
+def test_any_text_raises_the_same_locally_and_through_a_server(shared: Twins, call: Callable[[Any], object]) -> None:
+    raised = []
+    with ModelPersistence(shared.local) as local, shared.server.client() as remote:
+        for p in (local, remote):
+            with pytest.raises(Exception) as caught:
+                call(p)
+            raised.append((type(caught.value), str(caught.value)))
+    assert raised[1] == raised[0]
+
+
+def test_a_metric_name_with_a_slash_goes_through_a_server(shared: Twins) -> None:
+    with shared.server.direct() as p, ModelPersistence(shared.local) as local:
+        for registry in (p, local):
+            registry.save({"w": 5}, "fraud", "2", **{"val/loss": 0.25, "a\nb": 1.0})
+    try:
+        with ModelPersistence(shared.local) as local, shared.server.client() as remote:
+            for metric in ("val/loss", "a\nb", "", "nope/"):
+                assert remote.metric_history("fraud", metric) == local.metric_history("fraud", metric)
+            assert remote.metric_history("fraud", "val/loss") == [("1", None), ("2", 0.25)]
+    finally:
+        with shared.server.direct() as p, ModelPersistence(shared.local) as local:
+            for registry in (p, local):
+                registry.delete("fraud", "2")
+                registry.purge("fraud", "2")
+
+
+def test_a_value_too_long_for_a_url_is_refused_before_it_is_sent(shared: Twins) -> None:
+    """A token id has no length limit; encoded for a URL, this one would be 90000 characters
+    (httpx raised its own InvalidURL; proxies refuse request lines over 8 KiB)."""
+    from modelkeep.errors import InvalidNameError
+
+    with shared.server.client() as remote, pytest.raises(InvalidNameError, match="too long to send to a registry"):
+        remote.users.revoke_token("vic", "é" * 15000)
+    with shared.server.direct() as p:
+        assert len(p.users.tokens("vic")) == 1
+
+
+CLI_TEXT = [
+    ("tag", "set", "--model-name", "churn", "team/a", "x y"),
+    ("tag", "list", "--model-name", "churn", "--json"),
+    ("tag", "rm", "--model-name", "churn", "team/a"),
+    ("tag", "set", "--model-name", "churn", "--version", "1.0.0", "../k?#", "v"),
+    ("tag", "rm", "--model-name", "churn", "--version", "1.0.0", "../k?#"),
+    ("tag", "list", "--model-name", "churn", "--version", "1.0.0", "--json"),
+    ("tag", "rm", "--model-name", "churn", "no/such"),
+    ("users", "revoke", "vic", "--token", "a/b"),
+    ("users", "revoke", "vic", "--token", "%2F.."),
+    ("policy", "rm", "--model-name", "team/*", "--alias", "production"),
+    ("webhooks", "redeliver", "a/b"),
+]
+
+
+def test_the_command_line_says_the_same_for_any_text(shared: Twins) -> None:
+    """In this order: a tag set, listed and removed, on the model and on a version."""
+    for args in CLI_TEXT:
+        local, remote = shared.run("local", *args), shared.run("server", *args)
+        assert (remote.returncode, remote.stderr, remote.stdout) == (local.returncode, local.stderr, local.stdout), args
+        assert "Traceback" not in local.stderr and local.stderr.count("\n") <= 1

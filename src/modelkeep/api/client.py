@@ -38,12 +38,14 @@ from .wire import (
     history_from_wire,
     is_api_error,
     move_check_from_wire,
+    path_text,
     policy_from_wire,
     record_from_wire,
     resending_transport,
     summary_from_wire,
     transport_error,
     verify_report_from_wire,
+    version_path,
 )
 from .wire import (
     path_segment as segment,
@@ -269,8 +271,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def get_version(self, model_name: str, version: str | None = None, *, alias: str | None = None) -> ModelMetadata:
         """One version's record (the latest by default; ``"churn@production"`` and ``alias=`` work)."""
-        wanted = "latest" if version is None else version  # "" is refused, as locally
-        path = f"/models/{segment(model_name, 'model name')}/versions/{segment(wanted, 'version')}"
+        path = version_path(model_name, version)
         return record_from_wire(self.request("GET", path, params=_params(alias=alias))["record"])
 
     def get_metadata(
@@ -346,7 +347,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def metric_history(self, model_name: str, metric: str, *, limit: int = 2000) -> list[tuple[str, float | None]]:
         """``(version, value)`` of the newest ``limit`` live versions of a model, oldest first."""
-        path = f"/models/{segment(model_name, 'model name')}/metrics/{segment(metric)}"
+        path = f"/models/{segment(model_name, 'model name')}/metrics/{path_text(metric, 'metric')}"
         return [(str(v), value) for v, value in self.request("GET", path, params={"limit": limit})["points"]]
 
     def best_version(
@@ -393,11 +394,11 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def set_tag(self, model_name: str, key: str, value: str, *, version: str | None = None) -> None:
         """Set tag ``key`` of a model (or of one ``version``)."""
         body = {"value": value, "version": version}
-        self.request("PUT", f"/models/{segment(model_name, 'model name')}/tags/{segment(key, 'tag key')}", json=body)
+        self.request("PUT", f"/models/{segment(model_name, 'model name')}/tags/{path_text(key, 'tag key')}", json=body)
 
     def delete_tag(self, model_name: str, key: str, *, version: str | None = None) -> None:
         """Remove tag ``key`` of a model (or of one ``version``)."""
-        path = f"/models/{segment(model_name, 'model name')}/tags/{segment(key, 'tag key')}"
+        path = f"/models/{segment(model_name, 'model name')}/tags/{path_text(key, 'tag key')}"
         self.request("DELETE", path, params=_params(version=version))
 
     def get_tags(self, model_name: str, *, version: str | None = None) -> dict[str, str]:
@@ -500,8 +501,9 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def remove_policy(self, model: str, alias: str) -> Policy:
         """Remove the policy for ``model`` (the glob as set) and ``alias``; returns it."""
+        alias_part = segment(alias, "alias")  # first, as a local registry checks the alias first
         return policy_from_wire(
-            self.request("DELETE", f"/policies/{segment(model)}/{segment(alias, 'alias')}")["policy"]
+            self.request("DELETE", f"/policies/{path_text(model, 'policy model')}/{alias_part}")["policy"]
         )
 
     def approve(self, model_name: str, version: str, alias: str) -> dict[str, str]:
@@ -604,7 +606,7 @@ class RemoteUsers:
 
     def revoke_token(self, name: str, token_id: str) -> None:
         """Revoke one of ``name``'s tokens by its id (see :meth:`tokens`)."""
-        self._r.request("DELETE", f"/users/{segment(name, 'user name')}/tokens/{segment(token_id)}")
+        self._r.request("DELETE", f"/users/{segment(name, 'user name')}/tokens/{path_text(token_id, 'token id')}")
 
     def grant(self, name: str, glob: str, role: str) -> None:
         """Give ``name`` ``role`` on the models ``glob`` matches."""

@@ -43,7 +43,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
-from .wire import API_PREFIX, no_such_route, transport_error
+from .wire import API_PREFIX, no_such_route, transport_error, version_path
 from .wire import path_segment as _segment
 
 if TYPE_CHECKING:
@@ -675,8 +675,7 @@ class TransferMixin:
 
         response = None
         if getattr(self, "_inline_ok", True):
-            wanted = "latest" if version is None else version  # "" is refused, as locally
-            path = f"/models/{_segment(name)}/versions/{_segment(wanted, 'version')}/load"
+            path = version_path(name, version) + "/load"
             response = self._send("GET", path, params={"alias": alias} if alias else None)
         if response is None:
             return self.get_version(name, version, alias=alias), None

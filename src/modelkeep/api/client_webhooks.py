@@ -15,7 +15,8 @@ import os
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+
+from .wire import path_text
 
 if TYPE_CHECKING:
     from ..index.webhooks import Delivery, WebhookRow
@@ -98,7 +99,7 @@ class RemoteWebhooks:
 
     def redeliver(self, delivery_id: str) -> None:
         """Queue a delivery again (a given-up one, or one the receiver lost)."""
-        self._r.request("POST", f"/deliveries/{quote(delivery_id, safe='')}/redeliver")
+        self._r.request("POST", f"/deliveries/{path_text(delivery_id, 'delivery id')}/redeliver")
 
     def dispatcher(self, settings: DispatchSettings | None = None) -> RemoteDispatcher:
         """A dispatcher whose ``run()`` has the server deliver, pass after pass, until ``stop`` is set."""

@@ -36,7 +36,9 @@ class Endpoint:
     summary: str
     #: The handler does its work only through :meth:`Api.call <modelkeep.api.routes.Api.call>`, which
     #: checks a token-signed request's token again in the work's thread: what comes before may use
-    #: the identity the token had a moment ago (see :mod:`modelkeep.api.token_hints`).
+    #: the identity the token had a moment ago (see :mod:`modelkeep.api.token_hints`). Declared by
+    #: the reads and lifecycle changes, and the one-request save and load; never an admin route (it
+    #: checks the role on the event loop, before its work's thread).
     hinted: bool = False
     #: The query parameters it reads, for the OpenAPI document: ``"name"`` (text, optional),
     #: ``"name!"`` (required), ``"name:integer"`` (or ``number``, ``boolean``).

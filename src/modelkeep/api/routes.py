@@ -41,6 +41,7 @@ from ..users import USER_NAME_RE
 from ..versions import MAX_NAME_LENGTH, MAX_VERSION_LENGTH, NAME_RE, VERSION_RE
 from .wire import (
     API_PREFIX,
+    LATEST,
     PROTOCOL,
     PROTOCOL_HEADER,
     error_body,
@@ -81,58 +82,6 @@ def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
             f"please report it with the server's log of incident {incident}"
         )
     return error_response(error)
-
-
-#: The routes that take a token's recent check as a hint (:mod:`.token_hints`; ``Endpoint.hinted``):
-#: the reads and lifecycle changes whose handlers do their work only through :meth:`Api.call`, which
-#: checks the token again in the work's thread. Not the admin routes: they check the role on the
-#: event loop. (The one-request save and load are marked where :mod:`.transfers` declares them.)
-HINTED = frozenset(
-    {
-        "GET /models",
-        "GET /summaries",
-        "GET /aliases",
-        "GET /history",
-        "POST /search/versions",
-        "POST /search/models",
-        "GET /trash",
-        "GET /policies",
-        "GET /events",
-        "GET /events/horizon",
-        *(
-            f"{method} /models/{{name}}{path}"
-            for method, path in (
-                ("GET", "/versions"),
-                ("GET", "/records"),
-                ("GET", "/versions/{version}"),
-                ("DELETE", "/versions/{version}"),
-                ("POST", "/versions/{version}/restore"),
-                ("POST", "/versions/{version}/approvals"),
-                ("GET", "/versions/{version}/removal-plan"),
-                ("POST", "/versions/{version}/trash"),
-                ("GET", "/versions/{version}/removals"),
-                ("GET", "/approvals"),
-                ("POST", "/compare"),
-                ("GET", "/best"),
-                ("GET", "/metrics/{metric}"),
-                ("GET", "/aliases"),
-                ("PUT", "/aliases/{alias}"),
-                ("DELETE", "/aliases/{alias}"),
-                ("GET", "/aliases/{alias}/history"),
-                ("GET", "/aliases/{alias}/at"),
-                ("GET", "/aliases/{alias}/check"),
-                ("GET", "/aliases/{alias}/state"),
-                ("GET", "/aliases/{alias}/plan"),
-                ("POST", "/aliases/{alias}/signed"),
-                ("GET", "/tags"),
-                ("PUT", "/tags/{key}"),
-                ("DELETE", "/tags/{key}"),
-                ("GET", "/description"),
-                ("PUT", "/description"),
-            )
-        ),
-    }
-)
 
 
 class Api:
@@ -567,22 +516,29 @@ class Api:
         from .webhook_routes import webhook_endpoints
 
         m, v, a = "/models/{name}", "/models/{name}/versions/{version}", "/models/{name}/aliases/{alias}"
-        every = [
+        return [
             *transfer_endpoints(self),
             *signing_endpoints(self),
             *bundle_endpoints(self),
             *admin_endpoints(self),
             *webhook_endpoints(self),
             Endpoint("GET", "/", self.about, "The server, its protocol version, and who you are"),
-            Endpoint("GET", "/models", self.list_models, "Names of the models you may see"),
-            Endpoint("GET", "/summaries", self.model_summaries, "Each model with its version count and latest version"),
-            Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model"),
+            Endpoint("GET", "/models", self.list_models, "Names of the models you may see", hinted=True),
+            Endpoint(
+                "GET",
+                "/summaries",
+                self.model_summaries,
+                "Each model with its version count and latest version",
+                hinted=True,
+            ),
+            Endpoint("GET", "/aliases", self.all_aliases, "Every alias of every model", hinted=True),
             Endpoint(
                 "GET",
                 "/history",
                 self.history,
                 "The audit log (?model, alias, since, until, limit, actions)",
                 query=("model", "alias", "since", "until", "limit:integer", "actions"),
+                hinted=True,
             ),
             Endpoint(
                 "POST",
@@ -597,6 +553,7 @@ class Api:
                 self.search_versions,
                 "Live versions matching a filter, a page",
                 body=("filter", "model_name", "order_by:any", "limit:integer", "page_token"),
+                hinted=True,
             ),
             Endpoint(
                 "POST",
@@ -604,8 +561,9 @@ class Api:
                 self.search_models,
                 "Models with a version matching a filter",
                 body=("filter", "limit:integer", "page_token"),
+                hinted=True,
             ),
-            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)", query=("model",)),
+            Endpoint("GET", "/trash", self.list_trash, "Versions in the trash (?model)", query=("model",), hinted=True),
             Endpoint(
                 "POST",
                 "/purge",
@@ -613,7 +571,7 @@ class Api:
                 "Delete trashed versions for good",
                 body=("model_name", "version", "older_than:any"),
             ),
-            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)", query=("model",)),
+            Endpoint("GET", "/policies", self.policies, "Promotion policies (?model)", query=("model",), hinted=True),
             Endpoint(
                 "PUT",
                 "/policies",
@@ -629,19 +587,39 @@ class Api:
                     "allowed:array",
                 ),
             ),
-            Endpoint("DELETE", "/policies/{model}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"),
-            Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first"),
-            Endpoint("GET", m + "/records", self.list_version_records, "Every live version's record, oldest first"),
-            Endpoint("GET", v, self.get_version, "One version's record ('latest' allowed; ?alias)", query=("alias",)),
-            Endpoint("DELETE", v, self.delete, "Move a version to the trash (?force)", query=("force:boolean",)),
-            Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash"),
-            Endpoint("POST", v + "/approvals", self.approve, "Approve a version for an alias", body=("alias!",)),
+            Endpoint(
+                "DELETE", "/policies/{model:path}/{alias}", self.remove_policy, "Remove a promotion policy (admin)"
+            ),
+            Endpoint("GET", m + "/versions", self.list_versions, "A model's live versions, oldest first", hinted=True),
+            Endpoint(
+                "GET",
+                m + "/records",
+                self.list_version_records,
+                "Every live version's record, oldest first",
+                hinted=True,
+            ),
+            Endpoint(
+                "GET",
+                v,
+                self.get_version,
+                "One version's record ('latest' allowed; ?alias)",
+                query=("alias",),
+                hinted=True,
+            ),
+            Endpoint(
+                "DELETE", v, self.delete, "Move a version to the trash (?force)", query=("force:boolean",), hinted=True
+            ),
+            Endpoint("POST", v + "/restore", self.restore, "Bring a version back from the trash", hinted=True),
+            Endpoint(
+                "POST", v + "/approvals", self.approve, "Approve a version for an alias", body=("alias!",), hinted=True
+            ),
             Endpoint(
                 "GET",
                 m + "/approvals",
                 self.approvals,
                 "Approvals of a model (?version, alias)",
                 query=("version", "alias"),
+                hinted=True,
             ),
             Endpoint(
                 "POST",
@@ -656,6 +634,7 @@ class Api:
                 self.compare_records,
                 "The records compare_versions compares",
                 body=("versions:array", "filter"),
+                hinted=True,
             ),
             Endpoint(
                 "GET",
@@ -663,44 +642,75 @@ class Api:
                 self.best_version,
                 "The best version by a metric (?metric, mode, filter)",
                 query=("metric!", "mode", "filter"),
+                hinted=True,
             ),
             Endpoint(
                 "GET",
-                m + "/metrics/{metric}",
+                m + "/metrics/{metric:path}",
                 self.metric_history,
                 "A metric over the newest versions",
                 query=("limit:integer",),
+                hinted=True,
             ),
-            Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases"),
+            Endpoint("GET", m + "/aliases", self.get_aliases, "A model's aliases", hinted=True),
             Endpoint(
                 "PUT",
                 a,
                 self.set_alias,
                 "Point an alias at a version (compare-and-set with 'expected')",
                 body=("version!", "expected"),
+                hinted=True,
             ),
-            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)", query=("expected",)),
-            Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed"),
-            Endpoint("GET", a + "/at", self.alias_at, "Where an alias pointed at a time (?when)", query=("when!",)),
+            Endpoint("DELETE", a, self.delete_alias, "Remove an alias (?expected)", query=("expected",), hinted=True),
+            Endpoint("GET", a + "/history", self.alias_history, "Where an alias has pointed", hinted=True),
+            Endpoint(
+                "GET",
+                a + "/at",
+                self.alias_at,
+                "Where an alias pointed at a time (?when)",
+                query=("when!",),
+                hinted=True,
+            ),
             Endpoint(
                 "GET",
                 a + "/check",
                 self.check_alias_move,
                 "Whether a move would pass its policies (?version)",
                 query=("version!",),
+                hinted=True,
             ),
-            Endpoint("GET", m + "/tags", self.get_tags, "Tags of a model or version (?version)", query=("version",)),
-            Endpoint("PUT", m + "/tags/{key}", self.set_tag, "Set a tag", body=("value!", "version")),
-            Endpoint("DELETE", m + "/tags/{key}", self.delete_tag, "Remove a tag (?version)", query=("version",)),
+            Endpoint(
+                "GET",
+                m + "/tags",
+                self.get_tags,
+                "Tags of a model or version (?version)",
+                query=("version",),
+                hinted=True,
+            ),
+            Endpoint("PUT", m + "/tags/{key:path}", self.set_tag, "Set a tag", body=("value!", "version"), hinted=True),
+            Endpoint(
+                "DELETE",
+                m + "/tags/{key:path}",
+                self.delete_tag,
+                "Remove a tag (?version)",
+                query=("version",),
+                hinted=True,
+            ),
             Endpoint(
                 "GET",
                 m + "/description",
                 self.get_description,
                 "A model's or version's description",
                 query=("version",),
+                hinted=True,
             ),
             Endpoint(
-                "PUT", m + "/description", self.set_description, "Set or clear a description", body=("text", "version")
+                "PUT",
+                m + "/description",
+                self.set_description,
+                "Set or clear a description",
+                body=("text", "version"),
+                hinted=True,
             ),
             Endpoint("GET", "/users", self.list_users, "Users and their roles (admin)"),
             Endpoint(
@@ -727,7 +737,10 @@ class Api:
             Endpoint("GET", "/users/{user}/tokens", self.list_tokens, "A user's tokens: id, label, dates (admin)"),
             Endpoint("DELETE", "/users/{user}/tokens", self.revoke_tokens, "Revoke every token of a user (admin)"),
             Endpoint(
-                "DELETE", "/users/{user}/tokens/{token_id}", self.revoke_token, "Revoke one token by its id (admin)"
+                "DELETE",
+                "/users/{user}/tokens/{token_id:path}",
+                self.revoke_token,
+                "Revoke one token by its id (admin)",
             ),
             Endpoint("GET", "/users/{user}/grants", self.list_grants, "A user's roles on model globs (admin)"),
             Endpoint(
@@ -745,7 +758,6 @@ class Api:
                 query=("glob!",),
             ),
         ]
-        return [dataclasses.replace(e, hinted=True) if f"{e.method} {e.path}" in HINTED else e for e in every]
 
 
 def _not_yourself(request: Request, what: str) -> None:
@@ -757,10 +769,6 @@ def _not_yourself(request: Request, what: str) -> None:
             f"{who.name} may not {what} themselves through the server: another admin can, "
             "or 'modelkeep users' on the server's host"
         )
-
-
-#: The version segment that names a model's latest version.
-LATEST = "latest"
 
 
 def _str_list(value: Any) -> bool:
@@ -868,6 +876,12 @@ def _success_schema(media: str) -> dict[str, Any]:
     return {"schema": {"type": "object"}} if media == "application/json" else {}
 
 
+def documented_path(path: str) -> str:
+    """A route's path as OpenAPI templates it: ``/tags/{key:path}`` (Starlette's convertor, which
+    lets the value hold ``/``) is ``/tags/{key}``."""
+    return re.sub(r"{(\w+):\w+}", r"{\1}", path)
+
+
 def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
     """The OpenAPI 3.1 document describing ``endpoints``."""
     paths: dict[str, dict[str, Any]] = {}
@@ -876,15 +890,15 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     for ep in endpoints:
+        template = documented_path(ep.path)
         params: list[dict[str, Any]] = [
             {
-                "name": part[1:-1],
+                "name": name,
                 "in": "path",
                 "required": True,
-                "schema": PATH_PARAMETERS.get(part[1:-1], {"type": "string"}),
+                "schema": PATH_PARAMETERS.get(name, {"type": "string"}),
             }
-            for part in ep.path.split("/")
-            if part.startswith("{") and part.endswith("}")
+            for name in re.findall(r"{(\w+)}", template)
         ]
         for where, specs in (("query", ep.query), ("header", ep.headers)):
             for spec in specs:
@@ -916,7 +930,7 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             }
         elif ep.stream is not None:
             operation["requestBody"] = {"required": True, "content": {ep.stream: {}}}
-        paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = operation
+        paths.setdefault(API_PREFIX + template, {})[ep.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "modelkeep registry API", "version": __version__},
@@ -943,9 +957,13 @@ def api_routes(api: Api) -> list[Route]:
     for ep in endpoints:
         by_path.setdefault(ep.path, {})[ep.method] = api.guarded(ep.handler, hinted=ep.hinted)
     routes = [Route(API_PREFIX + "/openapi.json", schema, methods=["GET"])]
-    routes += [
-        Route(API_PREFIX + path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
-    ]
+    for path, handlers in by_path.items():
+        route = Route(API_PREFIX + path, _by_method(handlers), methods=list(handlers))
+        if ":path}" in path:
+            # A {...:path} value is any text (a tag key may hold a newline): its ".*" must match
+            # "\n" too, or "a\nb" reaches no route and "a\n" the route with "" (before "$").
+            route.path_regex = re.compile(route.path_regex.pattern, re.DOTALL)
+        routes.append(route)
     return routes
 
 

@@ -206,13 +206,16 @@ def signing_endpoints(api: Api) -> list[Endpoint]:
     s = SigningRoutes(api)
     a, v = "/models/{name}/aliases/{alias}", "/models/{name}/versions/{version}"
     return [
-        Endpoint("GET", a + "/state", s.alias_state, "An alias's signed move, its record and later signed moves"),
+        Endpoint(
+            "GET", a + "/state", s.alias_state, "An alias's signed move, its record and later signed moves", hinted=True
+        ),
         Endpoint(
             "GET",
             a + "/plan",
             s.plan_move,
             "The alias-move event a client signs (?version, expected)",
             query=("version!", "expected"),
+            hinted=True,
         ),
         Endpoint(
             "POST",
@@ -220,6 +223,7 @@ def signing_endpoints(api: Api) -> list[Endpoint]:
             s.move_signed,
             "Move an alias with the client's signature of its plan",
             body=("event:object!", "version!", "signature!", "public_key", "expected"),
+            hinted=True,
         ),
         Endpoint(
             "PUT",
@@ -228,21 +232,27 @@ def signing_endpoints(api: Api) -> list[Endpoint]:
             "Store a version's signature made by the client (admin)",
             body=("manifest:object!", "signature!", "public_key"),
         ),
-        Endpoint("GET", v + "/removal-plan", s.plan_removal, "The removal event a client signs before a trash"),
+        Endpoint(
+            "GET", v + "/removal-plan", s.plan_removal, "The removal event a client signs before a trash", hinted=True
+        ),
         Endpoint(
             "POST",
             v + "/trash",
             s.trash_signed,
             "Move a version to the trash, signed by the client (?force)",
             body=("event:object!", "signature!", "public_key", "force:boolean"),
+            hinted=True,
         ),
-        Endpoint("GET", v + "/removals", s.removals, "The signed removals of a version, newest first"),
+        Endpoint("GET", v + "/removals", s.removals, "The signed removals of a version, newest first", hinted=True),
         Endpoint(
             "GET",
             "/events",
             s.events,
             "A page of the event feed (?since, model, types, limit)",
             query=("since:integer", "model", "types", "limit:integer"),
+            hinted=True,
         ),
-        Endpoint("GET", "/events/horizon", s.event_horizon, "The largest committed event id (watch from there)"),
+        Endpoint(
+            "GET", "/events/horizon", s.event_horizon, "The largest committed event id (watch from there)", hinted=True
+        ),
     ]

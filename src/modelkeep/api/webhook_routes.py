@@ -186,5 +186,5 @@ def webhook_endpoints(api: Api) -> list[Endpoint]:
             "The delivery log, newest first (?webhook, status, limit; admin)",
             query=("webhook:integer", "status", "limit:integer"),
         ),
-        Endpoint("POST", "/deliveries/{delivery}/redeliver", s.redeliver, "Queue a delivery again (admin)"),
+        Endpoint("POST", "/deliveries/{delivery:path}/redeliver", s.redeliver, "Queue a delivery again (admin)"),
     ]

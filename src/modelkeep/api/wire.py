@@ -98,15 +98,38 @@ def error_from_body(status: int, body: Any) -> errors.ModelKeepError:
     return exc
 
 
+#: The version segment that names a model's latest version (``GET .../versions/latest``).
+LATEST = "latest"
+
+
+def version_path(model_name: str, version: str | None) -> str:
+    """``/models/{name}/versions/{version}`` for a version, or for the latest when ``None``
+    (``""`` is no version: it is refused, as locally)."""
+    wanted = LATEST if version is None else version
+    return f"/models/{path_segment(model_name, 'model name')}/versions/{path_segment(wanted, 'version')}"
+
+
+#: Longer values are checked by the library's validator of their kind (if it has one) before they
+#: are sent: every kind with a validator has a shorter limit, which the server would apply.
+MAX_NAME_CHECKED = 256
+#: The longest path parameter a client sends, percent-encoded: proxies commonly refuse request
+#: lines over 8 KiB, and httpx refuses URLs over 64 KiB with its own error.
+MAX_ENCODED = 8000
+
+
 def path_segment(value: str, what: str = "") -> str:
     """``value`` as exactly one URL path segment, or the error a local registry raises for it.
 
-    Percent-encoding keeps a ``/`` from splitting a name in two for the client, but the server
-    decodes the path before routing, so ``a/b`` and an empty value reach no route (or another
-    one); such a value is refused here, by the library's own validator when ``what`` names one
-    ("model name", "version", "alias", "tag key", "user name"). ``.`` and ``..`` are sent
-    percent-encoded: a URL normalizer removes them as dot segments (``versions/..`` would
-    become the model's own path), but the server's router takes them as the value they are."""
+    For the names that cannot hold ``/`` (models, versions, aliases, users; :func:`path_text` is
+    for the rest). Percent-encoding keeps a ``/`` from splitting a name in two for the client,
+    but the server decodes the path before routing, so ``a/b`` and an empty value reach no route
+    (or another one); such a value is refused here, by the library's own validator when ``what``
+    names one ("model name", "version", "alias", "user name"), as is a value too long for its
+    kind. ``.`` and ``..`` are sent percent-encoded: a URL normalizer removes them as dot
+    segments (``versions/..`` would become the model's own path), but the server's router takes
+    them as the value they are."""
+    if len(value) > MAX_NAME_CHECKED:
+        _check_as(what, value)
     if not value or "/" in value:
         _check_as(what, value)
         shown = repr(value) if len(value) <= 80 else repr(value[:77] + "...")
@@ -114,9 +137,32 @@ def path_segment(value: str, what: str = "") -> str:
             f"{what or 'value'} {shown} cannot be sent to a registry server: "
             + ("it is empty" if not value else "it contains '/'")
         )
-    if not value.strip("."):
-        return value.replace(".", "%2E")
-    return quote(value, safe="")
+    return _encoded(value, what)
+
+
+def path_text(value: str, what: str = "") -> str:
+    """``value`` for a path parameter the server routes as ``{...:path}`` (a tag key, a metric, a
+    token id, a policy's model glob, a delivery id): any text the library takes there, ``/`` and
+    the empty text included. Every character but letters, digits and ``-_.~`` is percent-encoded
+    (``/`` as ``%2F``, so no ``..`` inside it is a dot segment to a URL normalizer); a value of dots
+    alone is sent as ``%2E``s, as in :func:`path_segment`. The server decodes the path before
+    routing, and such a route takes whatever stands in its place. ``what`` names the kind for
+    the library's validator, which a value too long for its kind meets before it is sent."""
+    if len(value) > MAX_NAME_CHECKED:
+        _check_as(what, value)
+    return _encoded(value, what)
+
+
+def _encoded(value: str, what: str) -> str:
+    """``value`` percent-encoded as one path segment (see :func:`path_segment`); an
+    :class:`~modelkeep.errors.InvalidNameError` if that is longer than :data:`MAX_ENCODED`."""
+    encoded = value.replace(".", "%2E") if value and not value.strip(".") else quote(value, safe="")
+    if len(encoded) > MAX_ENCODED:
+        raise errors.InvalidNameError(
+            f"{what or 'value'} {value[:40]!r}... ({len(value)} characters) is too long to send to a registry "
+            f"server: encoded for a URL it is {len(encoded)} characters, over {MAX_ENCODED}"
+        )
+    return encoded
 
 
 def _check_as(what: str, value: str) -> None:
