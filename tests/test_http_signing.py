@@ -183,17 +183,19 @@ def test_the_client_signs_only_the_move_it_asked_for(
     server: HttpServer, churn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that plans another move (other bytes, another version) gets no signature."""
-    real = served(server).plan_alias_move
+    lifecycle = served(server).index.lifecycle
+    real = lifecycle.plan_move_with_record
     before = alias_row(server)
 
-    def other_bytes(model_name: str, alias: str, version: str) -> dict[str, Any]:
-        return {**real(model_name, alias, version), "sha256": "0" * 64}
+    def other_bytes(model_name: str, alias: str, version: str, **kwargs: Any) -> Any:
+        event, record = real(model_name, alias, version, **kwargs)
+        return {**event, "sha256": "0" * 64}, record
 
-    def other_version(model_name: str, alias: str, version: str) -> dict[str, Any]:
-        return real(model_name, alias, "1")
+    def other_version(model_name: str, alias: str, version: str, **kwargs: Any) -> Any:
+        return real(model_name, alias, "1", **kwargs)
 
     for lie, says in ((other_bytes, "to bytes other than those"), (other_version, "another alias move")):
-        monkeypatch.setattr(served(server), "plan_alias_move", lie)
+        monkeypatch.setattr(lifecycle, "plan_move_with_record", lie)
         with pytest.raises(SignatureError, match=says):
             churn.set_alias("churn", "production", "3")
         assert alias_row(server) == before
@@ -210,18 +212,20 @@ def test_a_move_takes_two_requests_and_is_checked_against_the_record_its_plan_ca
     path = "/models/churn/aliases/production"
     assert [s.split("?")[0] for s in seen] == [f"GET {path}/plan", f"POST {path}/signed"]
     before = alias_row(server)
-    real = served(server).get_version
+    lifecycle = served(server).index.lifecycle
+    real = lifecycle.plan_move_with_record
 
-    def another_version(name: str, version: str | None = None, **kwargs: Any) -> Any:
-        return real(name, "1", **kwargs)
+    def another_version(name: str, alias: str, version: str, **kwargs: Any) -> Any:
+        return real(name, alias, version, **kwargs)[0], real(name, alias, "1", **kwargs)[1]
 
-    def other_bytes(name: str, version: str | None = None, **kwargs: Any) -> Any:
-        record = real(name, version, **kwargs)
-        return dataclasses.replace(record, artifact=dataclasses.replace(record.artifact, sha256="0" * 64))
+    def other_bytes(name: str, alias: str, version: str, **kwargs: Any) -> Any:
+        event, record = real(name, alias, version, **kwargs)
+        return event, dataclasses.replace(record, artifact=dataclasses.replace(record.artifact, sha256="0" * 64))
 
-    def altered(name: str, version: str | None = None, **kwargs: Any) -> Any:
-        record = real(name, version, **kwargs)  # the same bytes, a record Alice did not sign
-        return dataclasses.replace(record, artifact=dataclasses.replace(record.artifact, size=record.artifact.size + 1))
+    def altered(name: str, alias: str, version: str, **kwargs: Any) -> Any:
+        event, record = real(name, alias, version, **kwargs)  # the same bytes, a record Alice did not sign
+        size = record.artifact.size + 1
+        return event, dataclasses.replace(record, artifact=dataclasses.replace(record.artifact, size=size))
 
     lies = (
         (another_version, "with the record of model 'churn' version '1'"),
@@ -229,7 +233,7 @@ def test_a_move_takes_two_requests_and_is_checked_against_the_record_its_plan_ca
         (altered, "has a signature that does not match"),
     )
     for lie, says in lies:
-        monkeypatch.setattr(served(server), "get_version", lie)
+        monkeypatch.setattr(lifecycle, "plan_move_with_record", lie)
         with pytest.raises(SignatureError, match=says):
             churn.set_alias("churn", "production", "2")
         assert alias_row(server) == before

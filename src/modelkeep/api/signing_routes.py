@@ -9,7 +9,8 @@ A registry server never signs for a client and a client never trusts the server'
   judges them with its own trusted keys (:class:`modelkeep.freshness.Freshness`).
 * **Moving an alias with the client's key.** ``GET .../plan?version=`` answers the event the move
   would be now (:meth:`ModelPersistence.plan_alias_move`) and the record of the version it moves
-  to; the client checks the event against that record and signs it, then
+  to, read in one transaction (:meth:`~modelkeep.index.lifecycle.Lifecycle.plan_move_with_record`);
+  the client checks the event against that record and signs it, then
   ``POST .../signed`` ``{version, expected, event, signature, public_key}`` makes the move only if
   it is still exactly that event (:meth:`ModelPersistence.set_alias_signed`), else 409 and the
   client plans again. The private key never leaves the client.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AliasConflictError, RequestError
+from ..errors import RequestError
 from .endpoint import Body, Endpoint, Query, json_response, read_json
 from .wire import record_to_wire
 
@@ -92,17 +93,9 @@ class SigningRoutes:
         return json_response({"event": event, "record": record_to_wire(record)})
 
     def _plan(self, name: str, alias: str, version: str, expected: str | None) -> tuple[dict[str, Any], Any]:
-        p = self.api.p
-        if expected is not None:
-            current = p.get_aliases(name).get(alias)
-            if current != (expected or None):
-                where = f"points at version '{current}'" if current else "does not exist"
-                raise AliasConflictError(
-                    f"alias '{alias}' of model '{name}' {where}, not {repr(expected) if expected else 'absent'} "
-                    "as expected; someone else moved it: check and try again"
-                )
-        event: dict[str, Any] = p.plan_alias_move(name, alias, version)
-        return event, p.get_version(name, version)
+        # One read transaction: the record, the alias's state (the ``expected`` check) and the event;
+        # the move checks all of it again under the model's lock.
+        return self.api.p.index.lifecycle.plan_move_with_record(name, alias, version, expected=expected)
 
     async def move_signed(self, request: Request) -> Response:
         """Move an alias with the signature the client made of its planned event."""

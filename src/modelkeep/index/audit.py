@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from ..identity import acting
 from ..metadata import ModelMetadata
@@ -216,6 +216,19 @@ def artifact_summary(record: ModelMetadata) -> dict[str, Any]:
     }
 
 
+#: The aliases and tags of one version (what every record read attaches), built once.
+_VERSION_ALIASES = (
+    select(aliases.c.version, aliases.c.alias)
+    .where(aliases.c.model_name == bindparam("model_name"), aliases.c.version == bindparam("version"))
+    .order_by(aliases.c.alias)
+)
+_VERSION_TAGS = (
+    select(tags.c.version, tags.c.key, tags.c.value)
+    .where(tags.c.model_name == bindparam("model_name"), tags.c.version == bindparam("version"))
+    .order_by(tags.c.version, tags.c.key)  # the primary key's order
+)
+
+
 def attach_lifecycle(
     conn: Connection, model_name: str, pairs: list[tuple[ModelMetadata, str | None]], *, version: str | None = None
 ) -> list[ModelMetadata]:
@@ -226,13 +239,13 @@ def attach_lifecycle(
     """
     if not pairs:
         return []
+    if version is not None:  # one version (a record read): statements built once
+        params = {"model_name": model_name, "version": version}
+        return fill_lifecycle(pairs, conn.execute(_VERSION_ALIASES, params), conn.execute(_VERSION_TAGS, params))
     alias_q = select(aliases.c.version, aliases.c.alias).where(aliases.c.model_name == model_name)
-    tag_q = select(tags.c.version, tags.c.key, tags.c.value).where(tags.c.model_name == model_name)
-    if version is not None:
-        alias_q = alias_q.where(aliases.c.version == version)
-        tag_q = tag_q.where(tags.c.version == version)
-    else:
-        tag_q = tag_q.where(tags.c.version != MODEL_LEVEL)
+    tag_q = select(tags.c.version, tags.c.key, tags.c.value).where(
+        tags.c.model_name == model_name, tags.c.version != MODEL_LEVEL
+    )
     return fill_lifecycle(
         pairs,
         conn.execute(alias_q.order_by(aliases.c.alias)),

@@ -15,7 +15,7 @@ import datetime as _dt
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from ..errors import (
     AliasConflictError,
@@ -39,8 +39,24 @@ from .rows import history_entry, text_value
 from .schema import aliases, history, models, tags, versions
 
 if TYPE_CHECKING:
+    from ..metadata import ModelMetadata
     from ..policies import Policy
     from .sql import SqlIndex
+
+# The state reads of every alias move and its plan, built once (SQLAlchemy reuses their
+# compiled form and cache key instead of building and compiling them per call).
+_ONE_VERSION = (versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version"))
+_ONE_ALIAS = (aliases.c.model_name == bindparam("model_name"), aliases.c.alias == bindparam("alias"))
+_VERSION_STATE = select(versions.c.deleted_at).where(*_ONE_VERSION)
+_SHA256 = select(versions.c.sha256).where(*_ONE_VERSION)
+_ALIAS_TARGET = select(aliases.c.version).where(*_ONE_ALIAS)
+_ALIAS_STATE = select(
+    aliases.c.version, aliases.c.seq, aliases.c.signature, aliases.c.previous, aliases.c.updated_at
+).where(*_ONE_ALIAS)
+_ALIAS_NAMES = select(aliases.c.alias).where(aliases.c.model_name == bindparam("model_name")).order_by(aliases.c.alias)
+_LAST_SEQ = select(func.max(history.c.seq)).where(
+    history.c.model_name == bindparam("model_name"), history.c.alias == bindparam("alias")
+)
 
 
 def signer_fingerprint(signature: str | None) -> str | None:
@@ -157,9 +173,7 @@ class Lifecycle:
 
     def _version_state(self, conn: Connection, model_name: str, version: str) -> tuple[bool, str | None]:
         """``(exists, deleted_at)`` of one version."""
-        row = conn.execute(
-            select(versions.c.deleted_at).where(versions.c.model_name == model_name, versions.c.version == version)
-        ).first()
+        row = conn.execute(_VERSION_STATE, {"model_name": model_name, "version": version}).first()
         return (False, None) if row is None else (True, row[0])
 
     def _require_live(
@@ -183,24 +197,14 @@ class Lifecycle:
             raise no_versions(model_name)
 
     def _alias_target(self, conn: Connection, model_name: str, alias: str) -> str | None:
-        found = conn.execute(
-            select(aliases.c.version).where(aliases.c.model_name == model_name, aliases.c.alias == alias)
-        ).scalar()
+        found = conn.execute(_ALIAS_TARGET, {"model_name": model_name, "alias": alias}).scalar()
         return None if found is None else text_value(found)
 
     def _sha256(self, conn: Connection, model_name: str, version: str) -> str:
-        return str(
-            conn.execute(
-                select(versions.c.sha256).where(versions.c.model_name == model_name, versions.c.version == version)
-            ).scalar_one()
-        )
+        return str(conn.execute(_SHA256, {"model_name": model_name, "version": version}).scalar_one())
 
     def _alias_names(self, conn: Connection, model_name: str) -> list[str]:
-        return list(
-            conn.execute(select(aliases.c.alias).where(aliases.c.model_name == model_name).order_by(aliases.c.alias))
-            .scalars()
-            .all()
-        )
+        return list(conn.execute(_ALIAS_NAMES, {"model_name": model_name}).scalars().all())
 
     def _no_alias(self, conn: Connection, model_name: str, alias: str) -> AliasNotFoundError:
         """The error for an unknown alias, suggesting the ones that exist (:func:`alias_hint`)
@@ -317,13 +321,44 @@ class Lifecycle:
         version = validate_version(version)
         with self._index._read() as conn:
             self._require_live(conn, model_name, version)
-            state = self._alias_state(conn, model_name, alias)
-            seq = next_seq(state.seq if state is not None else self._last_seq(conn, model_name, alias))
             sha256 = self._sha256(conn, model_name, version)
-            if state is not None and state.version == version:  # a re-sign keeps the move's from and time
-                return alias_event(model_name, alias, version, sha256, seq, previous=state.previous, at=state.at)
-            previous = state.version if state is not None else None
-            return alias_event(model_name, alias, version, sha256, seq, previous=previous, at=now())
+            return self._plan(conn, model_name, alias, version, sha256, self._alias_state(conn, model_name, alias))
+
+    @_retry_on_disconnect
+    def plan_move_with_record(
+        self, model_name: str, alias: str, version: str, *, expected: str | None = None
+    ) -> tuple[dict[str, Any], ModelMetadata]:
+        """:meth:`plan_move` and the live record of ``version`` (with its aliases, tags and
+        description), read in one transaction: what a registry server's client checks the event
+        against before it signs it. With ``expected``, :class:`AliasConflictError` first unless
+        the alias points there now (``""``: unless it does not exist), as :meth:`set_alias`
+        checks again under the model's lock. Nothing is written."""
+        model_name = validate_model_name(model_name)
+        alias = validate_alias(alias)
+        version = validate_version(version)
+        with self._index._read() as conn:
+            record = self._index._live(conn, model_name, version)  # as if missing when not visible
+            state = self._alias_state(conn, model_name, alias)
+            current = state.version if state is not None else None
+            if expected is not None and current != (expected or None):
+                where = f"points at version '{current}'" if current else "does not exist"
+                raise AliasConflictError(
+                    f"alias '{alias}' of model '{model_name}' {where}, not {repr(expected) if expected else 'absent'} "
+                    "as expected; someone else moved it: check and try again"
+                )
+            art = record.artifact  # the row's sha256, checked against the record when it was read
+            sha256 = art.sha256 if art is not None else self._sha256(conn, model_name, version)
+            return self._plan(conn, model_name, alias, version, sha256, state), record
+
+    def _plan(
+        self, conn: Connection, model_name: str, alias: str, version: str, sha256: str, state: AliasState | None
+    ) -> dict[str, Any]:
+        """The event of moving ``alias`` (now at ``state``) to ``version`` (with ``sha256``) now."""
+        seq = next_seq(state.seq if state is not None else self._last_seq(conn, model_name, alias))
+        if state is not None and state.version == version:  # a re-sign keeps the move's from and time
+            return alias_event(model_name, alias, version, sha256, seq, previous=state.previous, at=state.at)
+        previous = state.version if state is not None else None
+        return alias_event(model_name, alias, version, sha256, seq, previous=previous, at=now())
 
     @_retry_on_disconnect
     def check_alias_move(
@@ -380,18 +415,12 @@ class Lifecycle:
     @staticmethod
     def _last_seq(conn: Connection, model_name: str, alias: str) -> int | None:
         """The highest move number the history records for ``alias``."""
-        found = conn.execute(
-            select(func.max(history.c.seq)).where(history.c.model_name == model_name, history.c.alias == alias)
-        ).scalar()
+        found = conn.execute(_LAST_SEQ, {"model_name": model_name, "alias": alias}).scalar()
         return found if isinstance(found, int) and not isinstance(found, bool) else None
 
     @staticmethod
     def _alias_state(conn: Connection, model_name: str, alias: str) -> AliasState | None:
-        row = conn.execute(
-            select(
-                aliases.c.version, aliases.c.seq, aliases.c.signature, aliases.c.previous, aliases.c.updated_at
-            ).where(aliases.c.model_name == model_name, aliases.c.alias == alias)
-        ).first()
+        row = conn.execute(_ALIAS_STATE, {"model_name": model_name, "alias": alias}).first()
         if row is None:
             return None
         seq = row[1] if isinstance(row[1], int) and not isinstance(row[1], bool) else None

@@ -400,6 +400,10 @@ _HIGHEST = (
     .limit(1)
 )
 _INSERT_VERSION = insert(versions)
+#: One version's row as a record read wants it (record, description, trashed), built once.
+_LIVE_RECORD = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
+    versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
+)
 
 
 class CheckedRow(NamedTuple):
@@ -1014,15 +1018,15 @@ class SqlIndex:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
         if not self.may_view(model_name):  # as if it did not exist
             raise no_versions(model_name, self._model_names(conn))
-        query = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
-            versions.c.model_name == model_name
-        )
         if version is None:
-            row = conn.execute(query.where(LIVE).order_by(*_ORDER_DESC).limit(1)).first()
+            query = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
+                versions.c.model_name == model_name, LIVE
+            )
+            row = conn.execute(query.order_by(*_ORDER_DESC).limit(1)).first()
             if row is None:
                 raise no_versions(model_name, self._model_names(conn))
         else:
-            row = conn.execute(query.where(versions.c.version == version)).first()
+            row = conn.execute(_LIVE_RECORD, {"model_name": model_name, "version": version}).first()
             if row is None:
                 raise self._missing(conn, model_name, version)
             if row[_N + 1] is not None:
