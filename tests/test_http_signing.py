@@ -313,6 +313,26 @@ def test_raw_signed_moves_are_checked_by_the_server(
         vic.set_alias("churn", "production", "3")
 
 
+def test_a_plan_whose_bytes_were_overwritten_before_the_move_is_refused(
+    server: HttpServer, churn: Any, alice: tuple[Path, Path]
+) -> None:
+    """The plan and its record are read without the model's lock: a genuine signature of a plan
+    whose target was overwritten before the move names the old bytes, and the move refuses it."""
+    alice_key = keys.load_private_key(alice[0])
+    path = "/models/churn/aliases/production"
+    plan = api(server, "GET", path + "/plan", params={"version": "3"}).json()
+    assert plan["event"]["sha256"] == plan["record"]["artifact"]["sha256"]
+    churn.save({"v": "3 again"}, "churn", "3", overwrite=True)
+    event, public = plan["event"], alice_key.public.pem().decode()
+    body = {"version": "3", "event": event, "signature": sign_event(event, alice_key), "public_key": public}
+    answer = api(server, "POST", path + "/signed", json=body)
+    assert answer.status_code == 409 and answer.json()["error"]["class"] == "AliasConflictError"
+    assert alias_row(server)["version"] == "2"
+    # A plan with expected= is refused at once when the alias points elsewhere.
+    answer = api(server, "GET", path + "/plan", params={"version": "3", "expected": "1"})
+    assert answer.status_code == 409 and "points at version '2'" in answer.json()["error"]["message"]
+
+
 def test_a_policy_naming_a_key_accepts_only_moves_signed_by_it_on_the_client(
     server: HttpServer, churn: Any, alice: tuple[Path, Path], tmp_path: Path
 ) -> None:
