@@ -178,3 +178,39 @@ def test_a_small_save_on_postgresql_makes_its_pinned_round_trips(pg_schema: str,
     # One over the protocol's minimum: the row's COMMIT waits for the event file, which is named
     # by the history row's id that the row's statement returns.
     assert sum(counts.values()) == 3 == CLAIM_PROTOCOL_MINIMUM + 1
+
+
+#: What moving an alias sends to SQLite, in order (after the model's lock): the target's state and
+#: SHA-256 in one read, the alias's row in one read, the policies, then the move and its history row.
+ALIAS_MOVE_STATEMENTS = [
+    "BEGIN IMMEDIATE",
+    "SELECT modelkeep_versions",  # live? and the SHA-256 the move's signature names
+    "SELECT modelkeep_aliases",  # where it points, its move number, signature, from-version and time
+    "SELECT modelkeep_policies",
+    "UPDATE modelkeep_aliases",
+    "INSERT INTO modelkeep_history",
+    "COMMIT",
+]
+
+
+def test_an_alias_move_reads_each_row_once(tmp_path: Path) -> None:
+    """A move read its target's row twice (live?, then its SHA-256) and the alias's row twice
+    (where, then its move number): on PostgreSQL each read is a round trip."""
+    with ModelPersistence(models_dir=tmp_path / "models", signing_key="k" * 32) as p:
+        p.save(_model(0), "counted", "1")
+        p.save(_model(1), "counted", "2")
+        p.set_alias("counted", "production", "1")
+        sent: list[str] = []
+
+        def on_connect(dbapi: Any, _record: Any) -> None:
+            dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
+
+        p.index.engine.pool.dispose()
+        event.listen(p.index.engine, "connect", on_connect)
+        try:
+            p.set_alias("counted", "production", "2")
+        finally:
+            event.remove(p.index.engine, "connect", on_connect)
+            p.index.engine.pool.dispose()
+        assert [" ".join(s.split()[:2]) if s.startswith("UPDATE") else s for s in sent] == ALIAS_MOVE_STATEMENTS
+        assert p.verify_alias("counted", "production").trusted

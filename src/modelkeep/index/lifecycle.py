@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 # compiled form and cache key instead of building and compiling them per call).
 _ONE_VERSION = (versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version"))
 _ONE_ALIAS = (aliases.c.model_name == bindparam("model_name"), aliases.c.alias == bindparam("alias"))
-_VERSION_STATE = select(versions.c.deleted_at).where(*_ONE_VERSION)
+_VERSION_STATE = select(versions.c.deleted_at, versions.c.sha256).where(*_ONE_VERSION)
 _SHA256 = select(versions.c.sha256).where(*_ONE_VERSION)
 _ALIAS_TARGET = select(aliases.c.version).where(*_ONE_ALIAS)
 _ALIAS_STATE = select(
@@ -173,8 +173,12 @@ class Lifecycle:
 
     def _version_state(self, conn: Connection, model_name: str, version: str) -> tuple[bool, str | None]:
         """``(exists, deleted_at)`` of one version."""
+        return self._version_row(conn, model_name, version)[:2]
+
+    def _version_row(self, conn: Connection, model_name: str, version: str) -> tuple[bool, str | None, str]:
+        """``(exists, deleted_at, sha256)`` of one version, in one statement."""
         row = conn.execute(_VERSION_STATE, {"model_name": model_name, "version": version}).first()
-        return (False, None) if row is None else (True, row[0])
+        return (False, None, "") if row is None else (True, row[0], str(row[1]))
 
     def _require_live(
         self,
@@ -182,12 +186,15 @@ class Lifecycle:
         model_name: str,
         version: str,
         trashed: Callable[[str, str], Exception] = trashed_error,
-    ) -> None:
-        exists, deleted_at = self._version_state(conn, model_name, version)
+    ) -> str:
+        """Refuse a version that is missing (or not visible) or in the trash; returns the SHA-256
+        of its bytes, read by the same statement (what a move or a removal signs)."""
+        exists, deleted_at, sha256 = self._version_row(conn, model_name, version)
         if not exists or not self._index.may_view(model_name):  # an invisible model: as if missing
             raise self._index._missing(conn, model_name, version)
         if deleted_at is not None:
             raise trashed(model_name, version)
+        return sha256
 
     def _require_model(self, conn: Connection, model_name: str) -> None:
         if (
@@ -247,8 +254,9 @@ class Lifecycle:
         if expected:
             expected = validate_version(expected)
         with self._locked(model_name) as conn:
-            self._require_live(conn, model_name, version)
-            current = self._alias_target(conn, model_name, alias)
+            sha256 = self._require_live(conn, model_name, version)
+            state = self._alias_state(conn, model_name, alias)
+            current = state.version if state is not None else None
             if current is None:  # one alias per name whatever its case: "Production" is not a second "production"
                 twin = [a for a in self._alias_names(conn, model_name) if a.lower() == alias.lower()]
                 if twin:
@@ -263,7 +271,6 @@ class Lifecycle:
                     f"alias '{alias}' of model '{model_name}' {where}, not {wanted} as expected; "
                     "someone else moved it: check and try again"
                 )
-            state = self._alias_state(conn, model_name, alias)
             # Above the row's last move, or (set again after a removal) above every move in the
             # history, so that a mover with a slower clock never numbers below an earlier move.
             last = state.seq if state is not None else self._last_seq(conn, model_name, alias)
@@ -275,7 +282,6 @@ class Lifecycle:
             previous, moved_at = (state.previous, state.at) if resign and state is not None else (current, at)
             signature = None
             if sign is not None:
-                sha256 = self._sha256(conn, model_name, version)
                 signature = sign(alias_event(model_name, alias, version, sha256, seq, previous=previous, at=moved_at))
             if current == version:
                 if signature is not None:  # unsigned, or signed for bytes since overwritten: sign it now
@@ -320,8 +326,7 @@ class Lifecycle:
         alias = validate_alias(alias)
         version = validate_version(version)
         with self._index._read() as conn:
-            self._require_live(conn, model_name, version)
-            sha256 = self._sha256(conn, model_name, version)
+            sha256 = self._require_live(conn, model_name, version)
             return self._plan(conn, model_name, alias, version, sha256, self._alias_state(conn, model_name, alias))
 
     @_retry_on_disconnect
@@ -721,8 +726,8 @@ class Lifecycle:
         model_name = validate_model_name(model_name)
         version = validate_version(version)
         with self._index._read() as conn:
-            self._require_live(conn, model_name, version, _already_trashed)  # the words of trash()
-            return removal_event(model_name, version, self._sha256(conn, model_name, version), now())
+            sha256 = self._require_live(conn, model_name, version, _already_trashed)  # the words of trash()
+            return removal_event(model_name, version, sha256, now())
 
     @_retry_on_disconnect
     def trashed_version(self, model_name: str, version: str) -> bool:
