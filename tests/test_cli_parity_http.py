@@ -254,6 +254,14 @@ API_TEXT: dict[str, Callable[[Any], object]] = {
     "tag key '\\n'": lambda p: p.delete_tag("churn", "\n"),
     "version too long": lambda p: p.get_version("churn", "1" * 9000),
     "user name too long": lambda p: p.users.set_role("u" * 9000, "viewer"),
+    # A webhook id that is not a whole number: a bare TypeError ("'<=' not supported") locally,
+    # "no webhook x" or int()'s ValueError through a server.
+    "webhook 'x'": lambda p: p.webhooks.get("x"),
+    "webhook None": lambda p: p.webhooks.get(None),
+    "webhook True": lambda p: p.webhooks.get(True),
+    "remove webhook '1'": lambda p: p.webhooks.remove("1"),
+    "test webhook 1.5": lambda p: p.webhooks.test(1.5),
+    "deliveries of webhook 'x'": lambda p: p.webhooks.deliveries("x"),
 }
 
 
@@ -266,6 +274,13 @@ def test_any_text_raises_the_same_locally_and_through_a_server(shared: Twins, ca
                 call(p)
             raised.append((type(caught.value), str(caught.value)))
     assert raised[1] == raised[0]
+
+
+def test_a_webhook_id_that_is_no_number_is_named(shared: Twins) -> None:
+    with ModelPersistence(shared.local) as local, shared.server.client() as remote:
+        for p in (local, remote):
+            with pytest.raises(TypeError, match=r"a webhook id is a whole number .*, not 'x'"):
+                p.webhooks.test("x")
 
 
 def test_a_metric_name_with_a_slash_goes_through_a_server(shared: Twins) -> None:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..webhooks import webhook_id as checked_id
 from .wire import path_text
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class RemoteWebhooks:
         """One webhook (:class:`~modelkeep.errors.WebhookNotFoundError` if there is none)."""
         from ..errors import WebhookNotFoundError
 
+        webhook_id = checked_id(webhook_id)
         found = next((h for h in self.list() if h.id == webhook_id), None)
         if found is None:
             raise WebhookNotFoundError(f"no webhook {webhook_id} (see 'modelkeep webhooks list')")
@@ -77,13 +79,13 @@ class RemoteWebhooks:
 
     def remove(self, webhook_id: int) -> None:
         """Remove a webhook, its undelivered events and its delivery log."""
-        self._r.request("DELETE", f"/webhooks/{int(webhook_id)}")
+        self._r.request("DELETE", f"/webhooks/{checked_id(webhook_id)}")
 
     def test(self, webhook_id: int, *, timeout: float = 10.0) -> Outcome:
         """Have the server POST a signed ``ping`` to the webhook now; how it went."""
         from ..webhooks.delivery import Outcome
 
-        found = self._r.request("POST", f"/webhooks/{int(webhook_id)}/test", json={"timeout": timeout})
+        found = self._r.request("POST", f"/webhooks/{checked_id(webhook_id)}/test", json={"timeout": timeout})
         return Outcome(bool(found["ok"]), found["code"], found["error"], float(found["duration_ms"]))
 
     def deliveries(
@@ -92,7 +94,7 @@ class RemoteWebhooks:
         """The delivery log, newest first, with every attempt."""
         params: dict[str, Any] = {"limit": limit}
         if webhook_id is not None:
-            params["webhook"] = int(webhook_id)
+            params["webhook"] = checked_id(webhook_id)
         if status is not None:
             params["status"] = status
         return [_delivery(d) for d in self._r.request("GET", "/deliveries", params=params)["deliveries"]]

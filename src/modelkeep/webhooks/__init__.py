@@ -9,3 +9,12 @@ receive them through a durable outbox in the index (see docs/events.md).
 """
 
 from __future__ import annotations
+
+
+def webhook_id(value: object) -> int:
+    """``value`` as a webhook id (the number ``modelkeep webhooks list`` shows), or a
+    :class:`TypeError` naming it; a local registry and a server's client both check it here, so
+    the same wrong value gets the same error from either, before anything is asked."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a webhook id is a whole number (see 'modelkeep webhooks list'), not {value!r}")
+    return value

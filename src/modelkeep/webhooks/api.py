@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity import Identity, acting
+from . import webhook_id as checked_id
 
 if TYPE_CHECKING:
     from ..identity import AccessPolicy
@@ -69,10 +70,11 @@ class WebhookStore:
 
     def get(self, webhook_id: int) -> WebhookRow:
         """One webhook (:class:`~modelkeep.errors.WebhookNotFoundError` if there is none)."""
-        return self.rows.get(webhook_id)
+        return self.rows.get(checked_id(webhook_id))
 
     def remove(self, webhook_id: int) -> None:
         """Remove a webhook, its undelivered events and its delivery log."""
+        checked_id(webhook_id)
         self._admin("manage webhooks")
         self.rows.remove(webhook_id)
 
@@ -82,7 +84,7 @@ class WebhookStore:
         from .delivery import body_of, headers_for, post, read_secret, sign
         from .events import PING
 
-        hook = self.rows.get(webhook_id)
+        hook = self.rows.get(checked_id(webhook_id))
         delivery_id = uuid.uuid4().hex
         event = {"type": PING, "id": None, "model": None, "url": hook.url, "events": hook.events.split(",")}
         body = body_of(event, delivery_id, hook.id)
@@ -95,7 +97,7 @@ class WebhookStore:
         """The delivery log, newest first: each delivery (status ``pending``, ``delivered`` or
         ``failed``) with every attempt (time, outcome, response code, error)."""
         if webhook_id is not None:
-            self.rows.get(webhook_id)
+            self.rows.get(checked_id(webhook_id))
         return self.rows.deliveries(webhook_id, status=status, limit=limit)
 
     def redeliver(self, delivery_id: str) -> None:
