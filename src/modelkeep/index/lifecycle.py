@@ -59,6 +59,19 @@ _LAST_SEQ = select(func.max(history.c.seq)).where(
 )
 
 
+def _check_expected(model_name: str, alias: str, current: str | None, expected: str | None) -> None:
+    """A move's compare-and-set (:meth:`Lifecycle.set_alias`'s ``expected``, checked again under
+    the model's lock after its plan checked it): :class:`AliasConflictError` unless ``alias``
+    points at ``expected`` now (``""``: unless it does not exist)."""
+    if expected is not None and current != (expected or None):
+        where = f"points at version '{current}'" if current else "does not exist"
+        wanted = f"'{expected}'" if expected else "absent"
+        raise AliasConflictError(
+            f"alias '{alias}' of model '{model_name}' {where}, not {wanted} as expected; "
+            "someone else moved it: check and try again"
+        )
+
+
 def signer_fingerprint(signature: str | None) -> str | None:
     """The fingerprint of the key that made ``signature`` (``None`` for HMAC or no signature)."""
     from ..signing import parse
@@ -264,13 +277,7 @@ class Lifecycle:
                         f"model '{model_name}' already has the alias '{twin[0]}', which differs from '{alias}' "
                         f"only in case: use '{twin[0]}' (alias names that differ only in case are refused)"
                     )
-            if expected is not None and current != (expected or None):
-                where = f"points at version '{current}'" if current else "does not exist"
-                wanted = f"'{expected}'" if expected else "absent"
-                raise AliasConflictError(
-                    f"alias '{alias}' of model '{model_name}' {where}, not {wanted} as expected; "
-                    "someone else moved it: check and try again"
-                )
+            _check_expected(model_name, alias, current, expected)
             # Above the row's last move, or (set again after a removal) above every move in the
             # history, so that a mover with a slower clock never numbers below an earlier move.
             last = state.seq if state is not None else self._last_seq(conn, model_name, alias)
@@ -345,12 +352,7 @@ class Lifecycle:
             record = self._index._live(conn, model_name, version)  # as if missing when not visible
             state = self._alias_state(conn, model_name, alias)
             current = state.version if state is not None else None
-            if expected is not None and current != (expected or None):
-                where = f"points at version '{current}'" if current else "does not exist"
-                raise AliasConflictError(
-                    f"alias '{alias}' of model '{model_name}' {where}, not {repr(expected) if expected else 'absent'} "
-                    "as expected; someone else moved it: check and try again"
-                )
+            _check_expected(model_name, alias, current, expected)
             art = record.artifact  # the row's sha256, checked against the record when it was read
             sha256 = art.sha256 if art is not None else self._sha256(conn, model_name, version)
             return self._plan(conn, model_name, alias, version, sha256, state), record
