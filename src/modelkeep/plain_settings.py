@@ -166,7 +166,7 @@ def _sources(config_path: str | os.PathLike[str] | None, overrides: dict[str, An
         if not path.is_file():
             raise _Unsure  # the library names the missing file, or the folder
         data = _read_yaml(path)
-    if set(data) - {"logging", "persistence"} or not all(isinstance(v, dict) for v in data.values()):
+    if set(data) - {"logging", "persistence"}:  # every section is a mapping (_read_yaml)
         raise _Unsure
     merged: dict[str, dict[str, Any]] = {"logging": {}, "persistence": {}}
     for section, values in data.items():
