@@ -339,7 +339,7 @@ def test_processes_racing_approve_and_move(churn: ModelPersistence, index_target
     churn.set_policy("churn", "production", approvals=1)
     script = tmp_path / "race.py"
     script.write_text(
-        "import sys\n"
+        "import sys, time\n"
         "from modelkeep import ModelPersistence, PolicyError\n"
         "from modelkeep.identity import Identity\n"
         "role, name, url, schema, root = sys.argv[1:6]\n"
@@ -348,7 +348,8 @@ def test_processes_racing_approve_and_move(churn: ModelPersistence, index_target
         "if role == 'approve':\n"
         "    p.approve('churn', '2', 'production')\n"
         "else:\n"
-        "    for _ in range(2000):\n"
+        "    deadline = time.monotonic() + 240\n"  # until the approval lands, however fast each try is
+        "    while time.monotonic() < deadline:\n"
         "        try:\n"
         "            p.set_alias('churn', 'production', '2')\n"
         "            print('moved'); break\n"
