@@ -214,3 +214,29 @@ def test_an_alias_move_reads_each_row_once(tmp_path: Path) -> None:
             p.index.engine.pool.dispose()
         assert [" ".join(s.split()[:2]) if s.startswith("UPDATE") else s for s in sent] == ALIAS_MOVE_STATEMENTS
         assert p.verify_alias("counted", "production").trusted
+
+
+def test_a_move_plan_reads_the_record_and_the_alias_in_one_statement(tmp_path: Path) -> None:
+    """A server's signed move plans first: the plan read the record, then its aliases and tags,
+    then the alias's row, each a round trip on PostgreSQL (four; the token check is a fifth)."""
+    with ModelPersistence(models_dir=tmp_path / "models", signing_key="k" * 32) as p:
+        p.save(_model(0), "counted", "1")
+        p.save(_model(1), "counted", "2")
+        p.set_alias("counted", "production", "1")
+        sent: list[str] = []
+
+        def on_connect(dbapi: Any, _record: Any) -> None:
+            dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
+
+        p.index.engine.pool.dispose()
+        event.listen(p.index.engine, "connect", on_connect)
+        try:
+            event_, record = p.index.lifecycle.plan_move_with_record("counted", "production", "2", expected="1")
+        finally:
+            event.remove(p.index.engine, "connect", on_connect)
+            p.index.engine.pool.dispose()
+        # SQLite wraps the read in BEGIN and ROLLBACK (PostgreSQL reads in autocommit).
+        assert [s for s in sent if s not in ("BEGIN", "ROLLBACK")] == ["SELECT modelkeep_versions"]
+        assert (record.model_name, record.version) == ("counted", "2")
+        assert record.artifact is not None and event_["sha256"] == record.artifact.sha256
+        assert (event_["from"], event_["version"]) == ("1", "2")

@@ -9,7 +9,8 @@ A registry server never signs for a client and a client never trusts the server'
   judges them with its own trusted keys (:class:`modelkeep.freshness.Freshness`).
 * **Moving an alias with the client's key.** ``GET .../plan?version=`` answers the event the move
   would be now (:meth:`ModelPersistence.plan_alias_move`) and the record of the version it moves
-  to, read in one transaction (:meth:`~modelkeep.index.lifecycle.Lifecycle.plan_move_with_record`);
+  to (its signed fields, without aliases, tags and description), read with the alias's state in
+  one statement (:meth:`~modelkeep.index.lifecycle.Lifecycle.plan_move_with_record`);
   the client checks the event against that record and signs it, then
   ``POST .../signed`` ``{version, expected, event, signature, public_key}`` makes the move only if
   it is still exactly that event (:meth:`ModelPersistence.set_alias_signed`), else 409 and the
@@ -90,10 +91,10 @@ class SigningRoutes:
         name, alias = request.path_params["name"], request.path_params["alias"]
         q = Query(request)
         event, record = await self.api.call(request, self._plan, name, alias, q.required("version"), q.text("expected"))
-        return json_response({"event": event, "record": record_to_wire(record)})
+        return json_response({"event": event, "record": record.to_dict()})  # its signed fields: no lifecycle
 
     def _plan(self, name: str, alias: str, version: str, expected: str | None) -> tuple[dict[str, Any], Any]:
-        # One read transaction: the record, the alias's state (the ``expected`` check) and the event;
+        # One statement: the record, the alias's state (the ``expected`` check), hence the event;
         # the move checks all of it again under the model's lock.
         return self.api.p.index.lifecycle.plan_move_with_record(name, alias, version, expected=expected)
 

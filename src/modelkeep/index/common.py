@@ -17,11 +17,24 @@ from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from ..errors import ConnectionLostError, VersionNotFoundError
 from ..metadata import ModelMetadata
 from ..versions import sort_key
+from .rows import BOUND_COLUMNS, bound_record
 from .schema import blob_refs, versions
 
 logger = logging.getLogger("modelkeep")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+#: A version's record as a read selects it: the record, then the columns it is checked against.
+RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
+#: How many columns :data:`RECORD_COLUMNS` selects (a statement's other columns come after them).
+RECORD_WIDTH = len(RECORD_COLUMNS)
+
+
+def bound_row(row: Any, *, strict: bool = True) -> ModelMetadata:
+    """The record of a row selected with :data:`RECORD_COLUMNS` first, checked against the row
+    (see :func:`.rows.bound_record`: a mismatch raises, or in a listing marks the record damaged)."""
+    return bound_record(*row[:RECORD_WIDTH], strict=strict)
+
 
 #: Ascending version order: unparsed versions first (by creation), then by ``sort_key``.
 ORDER_ASC = (versions.c.parsed.asc(), versions.c.sort_key.asc(), versions.c.id.asc())

@@ -15,7 +15,7 @@ import datetime as _dt
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from ..errors import (
     AliasConflictError,
@@ -32,7 +32,7 @@ from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import ALIAS_RESIGN, LIVE, MODEL_LEVEL, USERS_LOG, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
-from .common import SQL_INT_MAX, trashed_error
+from .common import RECORD_COLUMNS, RECORD_WIDTH, SQL_INT_MAX, bound_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .policies import check_move, lock_policies
 from .rows import history_entry, text_value
@@ -50,9 +50,19 @@ _ONE_ALIAS = (aliases.c.model_name == bindparam("model_name"), aliases.c.alias =
 _VERSION_STATE = select(versions.c.deleted_at, versions.c.sha256).where(*_ONE_VERSION)
 _SHA256 = select(versions.c.sha256).where(*_ONE_VERSION)
 _ALIAS_TARGET = select(aliases.c.version).where(*_ONE_ALIAS)
-_ALIAS_STATE = select(
-    aliases.c.version, aliases.c.seq, aliases.c.signature, aliases.c.previous, aliases.c.updated_at
-).where(*_ONE_ALIAS)
+_ALIAS_STATE_COLUMNS = (aliases.c.version, aliases.c.seq, aliases.c.signature, aliases.c.previous, aliases.c.updated_at)
+_ALIAS_STATE = select(*_ALIAS_STATE_COLUMNS).where(*_ONE_ALIAS)
+#: A move's plan in one statement: the target's row (its record, whether it is in the trash)
+#: and the alias's row, if any (its state, after the record's columns and ``deleted_at``).
+_PLAN_ROWS = (
+    select(*RECORD_COLUMNS, versions.c.deleted_at, aliases.c.alias, *_ALIAS_STATE_COLUMNS)
+    .select_from(
+        versions.outerjoin(
+            aliases, and_(aliases.c.model_name == versions.c.model_name, aliases.c.alias == bindparam("alias"))
+        )
+    )
+    .where(*_ONE_VERSION)
+)
 _ALIAS_NAMES = select(aliases.c.alias).where(aliases.c.model_name == bindparam("model_name")).order_by(aliases.c.alias)
 _LAST_SEQ = select(func.max(history.c.seq)).where(
     history.c.model_name == bindparam("model_name"), history.c.alias == bindparam("alias")
@@ -81,6 +91,15 @@ def signer_fingerprint(signature: str | None) -> str | None:
 
 #: Seconds a planned alias move's time may be away from the server's clock when it is made.
 MOVE_SKEW = 300.0
+
+
+def _state_of(row: Sequence[Any]) -> AliasState:
+    """An alias's state from the columns of :data:`_ALIAS_STATE` (version, move number,
+    signature, from-version, time)."""
+    seq = row[1] if isinstance(row[1], int) and not isinstance(row[1], bool) else None
+    # A damaged row may hold other types: they then verify as nothing.
+    signature, previous, at = (value if isinstance(value, str) else None for value in row[2:5])
+    return AliasState(text_value(row[0]), seq, signature, previous, at)
 
 
 def _planned(
@@ -340,20 +359,29 @@ class Lifecycle:
     def plan_move_with_record(
         self, model_name: str, alias: str, version: str, *, expected: str | None = None
     ) -> tuple[dict[str, Any], ModelMetadata]:
-        """:meth:`plan_move` and the live record of ``version`` (with its aliases, tags and
-        description), read in one transaction: what a registry server's client checks the event
-        against before it signs it. With ``expected``, :class:`AliasConflictError` first unless
-        the alias points there now (``""``: unless it does not exist), as :meth:`set_alias`
-        checks again under the model's lock. Nothing is written."""
+        """:meth:`plan_move` and the live record of ``version`` (its signed fields: without its
+        aliases, tags and description), read in one statement with the alias's state: what a
+        registry server's client checks the event against before it signs it. With
+        ``expected``, :class:`AliasConflictError` first unless the alias points there now
+        (``""``: unless it does not exist), as :meth:`set_alias` checks again under the model's
+        lock. Nothing is written."""
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
         version = validate_version(version)
-        with self._index._read() as conn:
-            record = self._index._live(conn, model_name, version)  # as if missing when not visible
-            state = self._alias_state(conn, model_name, alias)
-            current = state.version if state is not None else None
-            _check_expected(model_name, alias, current, expected)
-            art = record.artifact  # the row's sha256, checked against the record when it was read
+        index = self._index
+        with index._read() as conn:
+            if not index.may_view(model_name):  # as if it did not exist
+                raise no_versions(model_name, index._model_names(conn))
+            row = conn.execute(_PLAN_ROWS, {"model_name": model_name, "version": version, "alias": alias}).first()
+            if row is None:
+                raise index._missing(conn, model_name, version)
+            if row[RECORD_WIDTH] is not None:
+                raise trashed_error(model_name, version)
+            record = bound_row(row)  # checked against the row: its sha256 is the row's
+            found = row[RECORD_WIDTH + 1 :]
+            state = _state_of(found[1:]) if found[0] is not None else None
+            _check_expected(model_name, alias, state.version if state is not None else None, expected)
+            art = record.artifact
             sha256 = art.sha256 if art is not None else self._sha256(conn, model_name, version)
             return self._plan(conn, model_name, alias, version, sha256, state), record
 
@@ -428,12 +456,7 @@ class Lifecycle:
     @staticmethod
     def _alias_state(conn: Connection, model_name: str, alias: str) -> AliasState | None:
         row = conn.execute(_ALIAS_STATE, {"model_name": model_name, "alias": alias}).first()
-        if row is None:
-            return None
-        seq = row[1] if isinstance(row[1], int) and not isinstance(row[1], bool) else None
-        # A damaged row may hold other types: they then verify as nothing.
-        signature, previous, at = (value if isinstance(value, str) else None for value in row[2:5])
-        return AliasState(text_value(row[0]), seq, signature, previous, at)
+        return None if row is None else _state_of(row)
 
     @_retry_on_disconnect
     def alias_state(self, model_name: str, alias: str) -> AliasState:

@@ -73,13 +73,13 @@ from .audit import (
 )
 from .common import ORDER_ASC as _ORDER_ASC
 from .common import ORDER_DESC as _ORDER_DESC
+from .common import RECORD_COLUMNS, RECORD_WIDTH, bound_row, drop_blob_refs, record_row, run, send, trashed_error
 from .common import connection_lost as _connection_lost
-from .common import drop_blob_refs, record_row, run, send, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .fields import drop_fields, field_rows, index_fields
 from .migrations import SCHEMA_VERSION, pending
 from .pg_batch import literal_sql, run_script
-from .rows import BOUND_COLUMNS, binding_error, bound_record, parse_record, text_value
+from .rows import binding_error, parse_record, text_value
 from .schema import aliases, blob_refs, fields, history, info, metadata_obj, models, policies, tags, versions
 
 if TYPE_CHECKING:
@@ -386,11 +386,8 @@ def put_fenced_version(
 
 
 _record = parse_record
-#: A row's ``record`` and the columns it must agree with (:data:`.rows.BOUND_COLUMNS`).
-_RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
-_N = len(_RECORD_COLUMNS)
 # Statements of every save, built once (SQLAlchemy reuses their compiled form and cache key).
-_GET_RECORD = select(*_RECORD_COLUMNS).where(
+_GET_RECORD = select(*RECORD_COLUMNS).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
 _HIGHEST = (
@@ -401,7 +398,7 @@ _HIGHEST = (
 )
 _INSERT_VERSION = insert(versions)
 #: One version's row as a record read wants it (record, description, trashed), built once.
-_LIVE_RECORD = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
+_LIVE_RECORD = select(*RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
     versions.c.model_name == bindparam("model_name"), versions.c.version == bindparam("version")
 )
 
@@ -414,12 +411,6 @@ class CheckedRow(NamedTuple):
     model_name: str
     version: str
     error: IntegrityError | None
-
-
-def _bound(row: Any, *, strict: bool = True) -> ModelMetadata:
-    """The record of a row selected with :data:`_RECORD_COLUMNS` first, checked against the row
-    (see :func:`.rows.bound_record`: a mismatch raises, or in a listing marks the record damaged)."""
-    return bound_record(*row[:_N], strict=strict)
 
 
 class SqlIndex:
@@ -993,7 +984,7 @@ class SqlIndex:
 
     def _get(self, conn: Connection, model_name: str, version: str) -> ModelMetadata | None:
         row = conn.execute(_GET_RECORD, {"model_name": model_name, "version": version}).first()
-        return None if row is None else _bound(row)
+        return None if row is None else bound_row(row)
 
     def _missing(self, conn: Connection, model_name: str, version: str) -> ModelNotFoundError:
         exists = conn.execute(select(versions.c.id).where(versions.c.model_name == model_name, LIVE).limit(1)).first()
@@ -1019,7 +1010,7 @@ class SqlIndex:
         if not self.may_view(model_name):  # as if it did not exist
             raise no_versions(model_name, self._model_names(conn))
         if version is None:
-            query = select(*_RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
+            query = select(*RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
                 versions.c.model_name == model_name, LIVE
             )
             row = conn.execute(query.order_by(*_ORDER_DESC).limit(1)).first()
@@ -1029,10 +1020,10 @@ class SqlIndex:
             row = conn.execute(_LIVE_RECORD, {"model_name": model_name, "version": version}).first()
             if row is None:
                 raise self._missing(conn, model_name, version)
-            if row[_N + 1] is not None:
+            if row[RECORD_WIDTH + 1] is not None:
                 raise trashed_error(model_name, version)
-        rec = _bound(row)
-        return attach_lifecycle(conn, model_name, [(rec, row[_N])], version=rec.version)[0]
+        rec = bound_row(row)
+        return attach_lifecycle(conn, model_name, [(rec, row[RECORD_WIDTH])], version=rec.version)[0]
 
     @_retry_on_disconnect
     def get(self, model_name: str, version: str) -> ModelMetadata | None:
@@ -1074,11 +1065,11 @@ class SqlIndex:
             return []
         with self._read() as conn:
             rows = conn.execute(
-                select(*_RECORD_COLUMNS, versions.c.description)
+                select(*RECORD_COLUMNS, versions.c.description)
                 .where(versions.c.model_name == model_name, LIVE)
                 .order_by(*_ORDER_ASC)
             )
-            return attach_lifecycle(conn, model_name, [(_bound(r, strict=False), r[_N]) for r in rows])
+            return attach_lifecycle(conn, model_name, [(bound_row(r, strict=False), r[RECORD_WIDTH]) for r in rows])
 
     def iter_records(self) -> Iterator[ModelMetadata]:
         """Every record of every model, trashed ones included: they still own their files
@@ -1093,13 +1084,13 @@ class SqlIndex:
         """Every row of every model, trashed ones included, with its record and the reason that
         record does not belong to it (``None`` when it does), for ``verify`` and ``gc``."""
         with self._read() as conn:
-            query = select(*_RECORD_COLUMNS).order_by(versions.c.model_name, *_ORDER_ASC)
+            query = select(*RECORD_COLUMNS).order_by(versions.c.model_name, *_ORDER_ASC)
             for row in conn.execute(query):
                 record = _record(row[0], row[1], row[2])
                 name, version = text_value(row[1]), text_value(row[2])
                 if not self.may_view(name):  # only a reader with grants only: every other sees all
                     continue
-                yield CheckedRow(record, name, version, binding_error(record, *row[1:_N]))
+                yield CheckedRow(record, name, version, binding_error(record, *row[1:RECORD_WIDTH]))
 
     @_retry_on_disconnect
     def summaries(self, *, limit: int | None = None, after: str | None = None) -> list[ModelSummary]:
