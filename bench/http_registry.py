@@ -13,7 +13,10 @@ server`` subprocess on the same registry (``ModelPersistence("http://127.0.0.1:P
   versions listed, its record read (``get_version``), an alias moved between two of its versions
   (signed by the mover's key, on the client through the server) and the model loaded through it;
   medians, and http minus direct (target: within 5 ms);
-* the floor: one bare HTTP round trip, and one signed-in API call, on the client's connection;
+* the floor: one bare HTTP round trip, and one signed-in API call, on the client's connection,
+  back to back; and, as a signed move meets it in the rounds (the server idle while a direct
+  operation ran), two signed-in API calls right after a direct alias move: a signed move's two
+  requests (plan, signed move) without their work;
 * large: a float64 array of ``--large-mb`` MiB saved uncompressed and loaded ``--large-repeats``
   times per path, interleaved; throughput, and http / direct (target: >= 0.8x with presigned S3);
 * the floor under a large transfer through the server (SQLite + folder only), interleaved with
@@ -207,6 +210,7 @@ def measure(
         p.save_version(small, f"warm-{name}")
         p.load(f"warm-{name}")
     times: dict[str, list[float]] = {f"{k}_small_{op}": [] for k in paths for op in SMALL_OPS}
+    times["idle_two_calls"] = []
     for i in range(small_repeats):
         for name, p in paths.items():
             model = f"small-{name}"
@@ -217,6 +221,11 @@ def measure(
             to = p.list_versions(model)[i % 2]  # a real move each time: between the first two versions
             times[f"{name}_small_alias"].append(_timed(lambda p=p, m=model, v=to: p.set_alias(m, "bench", v)))
             times[f"{name}_small_alias_load"].append(_timed(lambda p=p, m=model: p.load(f"{m}@bench")))
+        # The floor under a signed move through the server, as the move meets it in these rounds (the
+        # server idle while a direct operation ran): two signed-in API calls right after a direct move,
+        # one for each of its requests (the plan, then the signed move), without their work.
+        direct.set_alias("small-direct", "floor", direct.list_versions("small-direct")[i % 2])
+        times["idle_two_calls"].append(_timed(lambda: (http.server_info(), http.server_info())))
     # The floor under "through the server", on the same connection: one bare HTTP round trip (HEAD of
     # the OpenAPI document, no sign-in, no body) and one signed-in API call (GET /api/v1/: the token
     # is checked against the index, a JSON answer).
@@ -262,6 +271,10 @@ def report(label: str, r: dict[str, Any]) -> str:
         rows.append(f"| {label} | small {what} (median) | {d:.2f} ms | {h:.2f} ms | {h - d:+.2f} ms |")
     bare, api = r["bare_round_trip"] * 1e3, r["api_round_trip"] * 1e3
     rows.append(f"| {label} | one round trip: bare / signed-in API (median) | | {bare:.2f} / {api:.2f} ms | |")
+    if "idle_two_calls" in r:
+        two = r["idle_two_calls"] * 1e3
+        measure = "signed move's floor: two signed-in API calls right after a direct move (median)"
+        rows.append(f"| {label} | {measure} | | {two:.2f} ms | |")
     for op in ("save", "load"):
         d, h = mb / r[f"direct_large_{op}"], mb / r[f"http_large_{op}"]
         rows.append(f"| {label} | {mb} MiB {op} (median) | {d:.0f} MiB/s | {h:.0f} MiB/s | {h / d:.2f}x |")
