@@ -178,6 +178,11 @@ def test_alias_compare_and_set(index: SqlIndex) -> None:
     assert index.resolve("m", "1.0.1").aliases == ["production"]
     moves = lc.history("m", alias="production")
     assert [(e.before, e.after) for e in moves] == [(None, "1.0.0"), ("1.0.0", "1.0.1")]
+    # A removal compares as a move does: "" asks that the alias be absent.
+    with pytest.raises(AliasConflictError, match=r"points at version '1\.0\.1', not absent as expected"):
+        lc.delete_alias("m", "production", expected="")
+    with pytest.raises(AliasConflictError, match=r"points at version '1\.0\.1', not '1\.0\.0' as expected"):
+        lc.delete_alias("m", "production", expected="1.0.0")
     assert lc.delete_alias("m", "production") == "1.0.1"
     with pytest.raises(AliasNotFoundError):
         lc.resolve_alias("m", "production")

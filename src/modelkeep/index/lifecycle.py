@@ -523,11 +523,7 @@ class Lifecycle:
             current = self._alias_target(conn, model_name, alias)
             if current is None:
                 raise self._no_alias(conn, model_name, alias)
-            if expected is not None and current != expected:
-                raise AliasConflictError(
-                    f"alias '{alias}' of model '{model_name}' points at version '{current}', not '{expected}' "
-                    "as expected; someone else moved it: check and try again"
-                )
+            _check_expected(model_name, alias, current, expected)
             conn.execute(delete(aliases).where(aliases.c.model_name == model_name, aliases.c.alias == alias))
             write_history(conn, "alias_delete", model_name, version=current, alias=alias, before=current)
             return current
