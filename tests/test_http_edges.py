@@ -286,6 +286,12 @@ def test_the_openapi_document_declares_what_the_routes_answer(server: HttpServer
     assert {"name": "metric", "in": "query", "required": True, "schema": {"type": "string"}} in best  # type: ignore[operator]
     body = declared("PUT", "/models/{name}/aliases/{alias}")["requestBody"]
     assert body["content"]["application/json"]["schema"]["required"] == ["version"]  # type: ignore[index]
+    # A tag key is any text that is not blank, of at most 256 characters, as the library takes it.
+    key = declared("PUT", "/models/{name}/tags/{key}")["parameters"]
+    key_schema = {"type": "string", "pattern": r"\S", "maxLength": 256}
+    assert {"name": "key", "in": "path", "required": True, "schema": key_schema} in key  # type: ignore[operator]
+    too_long = call(server, "PUT", "/models/churn/tags/" + "k" * 257, json={"value": "v"})
+    assert too_long.status_code == 400 and "longer than 256 characters" in too_long.json()["error"]["message"]
 
 
 def test_every_argument_a_handler_reads_by_name_is_in_the_document(tmp_path: Path) -> None:

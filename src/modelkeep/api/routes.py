@@ -37,6 +37,7 @@ from ..errors import (
     UploadTooLargeError,
 )
 from ..identity import Identity, acting_as
+from ..index.lifecycle import MAX_TAG_KEY
 from ..users import USER_NAME_RE
 from ..versions import MAX_NAME_LENGTH, MAX_VERSION_LENGTH, NAME_RE, VERSION_RE
 from .wire import (
@@ -842,6 +843,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "alias": _VERSION,
     "user": _matching(USER_NAME_RE),
     "sha": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "key": {"type": "string", "pattern": r"\S", "maxLength": MAX_TAG_KEY},  # a tag key: any text, not blank
     "webhook": {"type": "integer"},
 }
 _TYPES = {"integer": "integer", "number": "number", "boolean": "boolean", "object": "object", "array": "array"}
