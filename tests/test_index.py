@@ -166,6 +166,36 @@ def test_actor_comes_from_modelkeep_user(index: SqlIndex, monkeypatch: pytest.Mo
     assert index.lifecycle.history("m")[0].actor == "ci-bot"
 
 
+def test_a_move_plan_reads_what_a_move_checks(index: SqlIndex) -> None:
+    """The plan a server's client signs (one statement: the target's row and the alias's row)
+    refuses what the move would refuse, numbers a first move above the alias's history, and
+    shows nothing of a model the reader may not see."""
+    from modelkeep.identity import Identity, acting_as
+
+    for v in ("1.0.0", "1.0.1", "1.0.2"):
+        _add(index, "m", v)
+    lc = index.lifecycle
+    with pytest.raises(VersionNotFoundError, match=r"no version '9\.9\.9'"):
+        lc.plan_move_with_record("m", "production", "9.9.9")
+    with pytest.raises(ModelNotFoundError):
+        lc.plan_move_with_record("nope", "production", "1.0.0")
+    lc.trash("m", "1.0.2")
+    with pytest.raises(VersionNotFoundError, match="in the trash"):
+        lc.plan_move_with_record("m", "production", "1.0.2")
+    event, record = lc.plan_move_with_record("m", "production", "1.0.0")  # a first move: no alias row
+    assert (event["from"], event["version"], record.version) == (None, "1.0.0", "1.0.0")
+    lc.set_alias("m", "production", "1.0.0")
+    moved = lc.alias_state("m", "production").seq
+    event, record = lc.plan_move_with_record("m", "production", "1.0.1", expected="1.0.0")
+    assert (event["from"], event["sha256"], record.version) == ("1.0.0", record.artifact.sha256, "1.0.1")  # type: ignore[union-attr]
+    assert moved is not None and event["seq"] > moved
+    lc.delete_alias("m", "production")  # set again after a removal: numbered above every move so far
+    event, _ = lc.plan_move_with_record("m", "production", "1.0.1")
+    assert event["from"] is None and event["seq"] > moved
+    with acting_as(Identity("outsider", "none", (("other-*", "viewer"),))), pytest.raises(ModelNotFoundError):
+        lc.plan_move_with_record("m", "production", "1.0.1")
+
+
 def test_alias_compare_and_set(index: SqlIndex) -> None:
     for v in ("1.0.0", "1.0.1", "1.0.2"):
         _add(index, "m", v)
