@@ -28,6 +28,8 @@ _T = TypeVar("_T")
 RECORD_COLUMNS = (versions.c.record, *(versions.c[name] for name in BOUND_COLUMNS))
 #: How many columns :data:`RECORD_COLUMNS` selects (a statement's other columns come after them).
 RECORD_WIDTH = len(RECORD_COLUMNS)
+#: Where :data:`RECORD_COLUMNS` puts the row's ``sha256`` (what a record read is checked against).
+RECORD_SHA256 = 1 + BOUND_COLUMNS.index("sha256")
 
 
 def bound_row(row: Any, *, strict: bool = True) -> ModelMetadata:

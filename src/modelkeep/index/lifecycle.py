@@ -32,7 +32,7 @@ from ..suggest import alias_hint
 from ..versions import validate_alias, validate_model_name, validate_version
 from .audit import ALIAS_RESIGN, LIVE, MODEL_LEVEL, USERS_LOG, now, write_history
 from .common import ORDER_DESC as _ORDER_DESC
-from .common import RECORD_COLUMNS, RECORD_WIDTH, SQL_INT_MAX, bound_row, trashed_error
+from .common import RECORD_COLUMNS, RECORD_SHA256, RECORD_WIDTH, SQL_INT_MAX, bound_row, trashed_error
 from .common import retry_on_disconnect as _retry_on_disconnect
 from .policies import check_move, lock_policies
 from .rows import history_entry, text_value
@@ -368,21 +368,15 @@ class Lifecycle:
         model_name = validate_model_name(model_name)
         alias = validate_alias(alias)
         version = validate_version(version)
-        index = self._index
-        with index._read() as conn:
-            if not index.may_view(model_name):  # as if it did not exist
-                raise no_versions(model_name, index._model_names(conn))
-            row = conn.execute(_PLAN_ROWS, {"model_name": model_name, "version": version, "alias": alias}).first()
-            if row is None:
-                raise index._missing(conn, model_name, version)
-            if row[RECORD_WIDTH] is not None:
-                raise trashed_error(model_name, version)
-            record = bound_row(row)  # checked against the row: its sha256 is the row's
+        params = {"model_name": model_name, "version": version, "alias": alias}
+        with self._index._read() as conn:
+            row = self._index._live_row(conn, _PLAN_ROWS, params, model_name, version, deleted_at=RECORD_WIDTH)
+            record = bound_row(row)  # checked against the row
             found = row[RECORD_WIDTH + 1 :]
             state = _state_of(found[1:]) if found[0] is not None else None
             _check_expected(model_name, alias, state.version if state is not None else None, expected)
-            art = record.artifact
-            sha256 = art.sha256 if art is not None else self._sha256(conn, model_name, version)
+            # The row's SHA-256, as a move signs it under the lock (_require_live).
+            sha256 = str(row[RECORD_SHA256])
             return self._plan(conn, model_name, alias, version, sha256, state), record
 
     def _plan(

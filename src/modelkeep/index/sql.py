@@ -1005,23 +1005,42 @@ class SqlIndex:
         names = [r[0] for r in conn.execute(select(versions.c.model_name).where(LIVE).distinct())]
         return [n for n in names if self.may_view(n)]
 
+    def _live_row(
+        self,
+        conn: Connection,
+        statement: Any,
+        params: dict[str, Any],
+        model_name: str,
+        version: str,
+        *,
+        deleted_at: int,
+    ) -> Any:
+        """The row ``statement`` selects for one live ``version`` (``params`` bind it; column
+        ``deleted_at`` is its ``deleted_at``): :class:`ModelNotFoundError` for a model the
+        reader may not see, as if it did not exist, the missing-version error, or the trash's."""
+        if not self.may_view(model_name):
+            raise no_versions(model_name, self._model_names(conn))
+        row = conn.execute(statement, params).first()
+        if row is None:
+            raise self._missing(conn, model_name, version)
+        if row[deleted_at] is not None:
+            raise trashed_error(model_name, version)
+        return row
+
     def _live(self, conn: Connection, model_name: str, version: str | None) -> ModelMetadata:
         """The live record of ``version`` (latest when ``None``) with its aliases, tags and description."""
-        if not self.may_view(model_name):  # as if it did not exist
-            raise no_versions(model_name, self._model_names(conn))
-        if version is None:
+        if version is not None:
+            params = {"model_name": model_name, "version": version}
+            row = self._live_row(conn, _LIVE_RECORD, params, model_name, version, deleted_at=RECORD_WIDTH + 1)
+        else:
+            if not self.may_view(model_name):  # as if it did not exist
+                raise no_versions(model_name, self._model_names(conn))
             query = select(*RECORD_COLUMNS, versions.c.description, versions.c.deleted_at).where(
                 versions.c.model_name == model_name, LIVE
             )
             row = conn.execute(query.order_by(*_ORDER_DESC).limit(1)).first()
             if row is None:
                 raise no_versions(model_name, self._model_names(conn))
-        else:
-            row = conn.execute(_LIVE_RECORD, {"model_name": model_name, "version": version}).first()
-            if row is None:
-                raise self._missing(conn, model_name, version)
-            if row[RECORD_WIDTH + 1] is not None:
-                raise trashed_error(model_name, version)
         rec = bound_row(row)
         return attach_lifecycle(conn, model_name, [(rec, row[RECORD_WIDTH])], version=rec.version)[0]
 
