@@ -81,28 +81,41 @@ def _first_words(statement: str) -> str:
     return text
 
 
+@contextlib.contextmanager
+def _sqlite_statements(p: ModelPersistence) -> Iterator[list[str]]:
+    """The first words of each statement ``p``'s SQLite index runs in the block, in order: its
+    connections are opened anew, each traced from just after the engine's own setup statements."""
+    sent: list[str] = []
+
+    def on_connect(dbapi: Any, _record: Any) -> None:
+        dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
+
+    p.index.engine.pool.dispose()
+    event.listen(p.index.engine, "connect", on_connect)
+    try:
+        yield sent
+    finally:
+        event.remove(p.index.engine, "connect", on_connect)
+        p.index.engine.pool.dispose()
+
+
 def test_a_small_save_on_sqlite_sends_its_pinned_statements(tmp_path: Path) -> None:
     with ModelPersistence(models_dir=tmp_path / "models") as p:
         p.save(_model(0), "counted")  # the model's row and the schema check are behind us
-        sent: list[str] = []
         transactions: Counter[str] = Counter()
-
-        def on_connect(dbapi: Any, _record: Any) -> None:  # after the engine's own setup statements
-            dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
 
         def on(kind: str) -> Any:
             return lambda _conn: transactions.update([kind])
 
-        p.index.engine.pool.dispose()  # the save's connection is a new one, traced
-        hooks = [("connect", on_connect), ("begin", on("begin")), ("commit", on("commit"))]
-        for name, fn in hooks:
-            event.listen(p.index.engine, name, fn)
-        try:
-            p.save(_model(1), "counted", accuracy=0.9)  # a field row for search
-        finally:
+        hooks = [("begin", on("begin")), ("commit", on("commit"))]
+        with _sqlite_statements(p) as sent:  # the save's connection is a new one, traced
             for name, fn in hooks:
-                event.remove(p.index.engine, name, fn)
-            p.index.engine.pool.dispose()
+                event.listen(p.index.engine, name, fn)
+            try:
+                p.save(_model(1), "counted", accuracy=0.9)  # a field row for search
+            finally:
+                for name, fn in hooks:
+                    event.remove(p.index.engine, name, fn)
         assert sent == SQLITE_STATEMENTS
         # Two write transactions (claim, row) and no read; both commit.
         assert transactions == {"begin": 2, "commit": 2}
@@ -200,18 +213,8 @@ def test_an_alias_move_reads_each_row_once(tmp_path: Path) -> None:
         p.save(_model(0), "counted", "1")
         p.save(_model(1), "counted", "2")
         p.set_alias("counted", "production", "1")
-        sent: list[str] = []
-
-        def on_connect(dbapi: Any, _record: Any) -> None:
-            dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
-
-        p.index.engine.pool.dispose()
-        event.listen(p.index.engine, "connect", on_connect)
-        try:
+        with _sqlite_statements(p) as sent:
             p.set_alias("counted", "production", "2")
-        finally:
-            event.remove(p.index.engine, "connect", on_connect)
-            p.index.engine.pool.dispose()
         assert [" ".join(s.split()[:2]) if s.startswith("UPDATE") else s for s in sent] == ALIAS_MOVE_STATEMENTS
         assert p.verify_alias("counted", "production").trusted
 
@@ -223,18 +226,8 @@ def test_a_move_plan_reads_the_record_and_the_alias_in_one_statement(tmp_path: P
         p.save(_model(0), "counted", "1")
         p.save(_model(1), "counted", "2")
         p.set_alias("counted", "production", "1")
-        sent: list[str] = []
-
-        def on_connect(dbapi: Any, _record: Any) -> None:
-            dbapi.set_trace_callback(lambda statement: sent.append(_first_words(statement)))
-
-        p.index.engine.pool.dispose()
-        event.listen(p.index.engine, "connect", on_connect)
-        try:
+        with _sqlite_statements(p) as sent:
             event_, record = p.index.lifecycle.plan_move_with_record("counted", "production", "2", expected="1")
-        finally:
-            event.remove(p.index.engine, "connect", on_connect)
-            p.index.engine.pool.dispose()
         # SQLite wraps the read in BEGIN and ROLLBACK (PostgreSQL reads in autocommit).
         assert [s for s in sent if s not in ("BEGIN", "ROLLBACK")] == ["SELECT modelkeep_versions"]
         assert (record.model_name, record.version) == ("counted", "2")
