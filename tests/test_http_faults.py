@@ -189,9 +189,11 @@ def test_a_read_on_a_connection_the_server_closed_unanswered_is_sent_again_and_a
         assert client.request("GET", "/two") == {"answered": True}  # first try dropped unanswered
         assert seen == ["GET /api/v1/one HTTP/1.1", "GET /api/v1/two HTTP/1.1", "GET /api/v1/two HTTP/1.1"]
         seen.clear()
+        with client._http.stream("GET", "/warm") as streamed:  # streams keep connections of their own
+            assert streamed.read() == b'{"answered": true}'
         with client._http.stream("GET", "/three") as streamed:  # a download goes the same way
             assert streamed.read() == b'{"answered": true}'
-        assert seen == ["GET /api/v1/three HTTP/1.1", "GET /api/v1/three HTTP/1.1"]
+        assert seen == ["GET /api/v1/warm HTTP/1.1", "GET /api/v1/three HTTP/1.1", "GET /api/v1/three HTTP/1.1"]
         seen.clear()
         with pytest.raises(StorageError, match="cannot reach the registry server"):
             client.request("POST", "/four", json={"x": 1})

@@ -149,16 +149,28 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         self._http = httpx.Client(
             base_url=self.url + API_PREFIX, headers=headers, timeout=timeout, transport=resending_transport()
         )
+        # The small requests (every JSON call, one-request saves and loads) skip httpx's own
+        # per-request cost; streamed transfers go through ``_http`` (see .quick).
+        from .quick import QuickHttp
+
+        self._quick = QuickHttp(self.url + API_PREFIX, self._http)
 
     # -- plumbing -------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON; a JSON error raises its library error."""
         httpx = _httpx()
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._exchange(method, path, **kwargs)
         except httpx.TransportError as exc:  # timeouts included
             raise transport_error(self.url, exc) from None
         return self.decode(response)
+
+    def _exchange(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request and its whole response: through :mod:`.quick` unless its body is a stream."""
+        content = kwargs.get("content")
+        if content is None or isinstance(content, bytes):
+            return self._quick.request(method, path, **kwargs)
+        return self._http.request(method, path, **kwargs)
 
     def decode(self, response: Any) -> Any:
         """The JSON of a successful ``response``, else the error it carries, raised."""
@@ -190,6 +202,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
 
     def close(self) -> None:
         """Close the connections to the server."""
+        self._quick.close()
         self._http.close()
 
     def __enter__(self) -> HttpRegistry:

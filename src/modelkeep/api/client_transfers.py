@@ -262,6 +262,7 @@ class TransferMixin:
     url: str
     options: dict[str, Any]
     _http: Any
+    _exchange: Any
 
     @property
     def keyring(self) -> signing.Keyring:  # pragma: no cover - HttpRegistry's (a cached property)
@@ -311,7 +312,7 @@ class TransferMixin:
         attribute ``missing`` then says so, for the next saves and loads)."""
         httpx = _httpx()
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._exchange(method, path, **kwargs)
         except httpx.TransportError as exc:  # timeouts included
             raise transport_error(self.url, exc) from None
         if no_such_route(response):  # an older server: the older way from now on (two requests, a whole-file plan)
