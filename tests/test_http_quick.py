@@ -13,6 +13,7 @@ import datetime as dt
 import http.server
 import ipaddress
 import json
+import os
 import ssl
 import threading
 from collections.abc import Iterator
@@ -137,3 +138,30 @@ def test_a_connection_idle_past_the_keepalive_is_let_go(tmp_path: Path, monkeypa
         clock[0] += quick.KEEPALIVE_SECONDS + 0.1
         ports.append(client.request("GET", "/c")["peer_port"])
     assert ports[0] == ports[1] != ports[2]
+
+
+def test_a_forked_child_keeps_connections_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry client made before a fork (a training script's workers): the child's requests go
+    on a connection of its own, and the parent's kept connection still answers the parent."""
+    cert_file, key_file = _certificate(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    with _tls_server(cert_file, key_file) as (port, seen), HttpRegistry(f"https://127.0.0.1:{port}") as client:
+        parent_port = client.request("GET", "/before")["peer_port"]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report the port its request came from, or the error
+            try:
+                answer = json.dumps(client.request("GET", "/child"))
+            except BaseException as exc:  # reported to the parent, which fails the test
+                answer = json.dumps({"error": repr(exc)})
+            os.write(write, answer.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        after = client.request("GET", "/after")["peer_port"]
+    assert "error" not in child, child
+    assert child["peer_port"] != parent_port
+    assert after == parent_port  # the parent's connection was neither used nor closed by the child
+    assert [line.split()[1] for line in seen] == ["/api/v1/before", "/api/v1/child", "/api/v1/after"]

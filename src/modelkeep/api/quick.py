@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import json as _json
+import os
 import select
 import ssl
 import threading
@@ -72,6 +73,7 @@ class QuickHttp:
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
 
     # -- connections ------------------------------------------------------------------------
     def _connect(self) -> http.client.HTTPConnection:
@@ -95,6 +97,8 @@ class QuickHttp:
     def _take(self) -> tuple[http.client.HTTPConnection, bool]:
         """A live idle connection (``True``: it was kept) or a new one (``False``)."""
         now = time.monotonic()
+        if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
+            self._forget_parents()
         while True:
             with self._lock:
                 if self._closed:
@@ -106,6 +110,16 @@ class QuickHttp:
                 return conn, True
             conn.close()  # let go, or closed by the server (a readable idle socket has hit EOF)
         return self._connect(), False
+
+    def _forget_parents(self) -> None:
+        """In a child forked with kept connections: leave them to the parent (a request sent on one
+        would mix its answer with the parent's) and keep connections anew. Closing the child's
+        copies of their sockets sends nothing: the parent's stay open."""
+        self._lock = threading.Lock()  # the parent's may have been held by another thread at the fork
+        parents, self._idle = self._idle, []
+        self._pid = os.getpid()
+        for _, conn in parents:
+            conn.close()
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
