@@ -165,3 +165,27 @@ def test_a_forked_child_keeps_connections_of_its_own(tmp_path: Path, monkeypatch
     assert child["peer_port"] != parent_port
     assert after == parent_port  # the parent's connection was neither used nor closed by the child
     assert [line.split()[1] for line in seen] == ["/api/v1/before", "/api/v1/child", "/api/v1/after"]
+
+
+def test_a_connection_is_kept_in_a_process_with_over_1024_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a kept connection was closed by the server is asked of its socket with poll():
+    select() cannot take a file descriptor of 1,024 or more, and the connection was dropped."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this machine allows only {hard} open files; the test needs 1,200")
+    cert_file, key_file = _certificate(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with _tls_server(cert_file, key_file) as (port, _), HttpRegistry(f"https://127.0.0.1:{port}") as client:
+            ports = [client.request("GET", f"/{i}")["peer_port"] for i in range(3)]
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(set(ports)) == 1, ports

@@ -213,11 +213,12 @@ def _readable(conn: http.client.HTTPConnection) -> bool:
         return True
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
+    poller = select.poll()  # not select(): a process may hold more than 1,024 files
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)
 
 
 def _ssl_context() -> ssl.SSLContext:
