@@ -377,7 +377,7 @@ def count_transfers(client: Any) -> TransferCounts:
             else:
                 counts.streamed_downloads += 1
 
-    client._http.event_hooks["response"].append(seen)
+    client.event_hooks["response"].append(seen)
     return counts
 
 

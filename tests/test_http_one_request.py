@@ -59,7 +59,7 @@ def _requests(client: Any) -> list[str]:
         path = url.path.removeprefix(API)
         seen.append(f"{response.request.method} {path}" + (f"?{url.query.decode()}" if url.query else ""))
 
-    client._http.event_hooks["response"].append(note)
+    client.event_hooks["response"].append(note)
     return seen
 
 

@@ -37,6 +37,7 @@ from .storage import LocalStore, local_root
 from .versions import validate_model_name
 
 if TYPE_CHECKING:
+    from .api.client import HttpRegistry
     from .index.readonly import ReadOnlyIndex
     from .registry import ModelPersistence
     from .search.api import SearchPage
@@ -105,7 +106,7 @@ class ReadOnlyRegistry:
         self.index.close()
 
 
-def read_registry(ctx: click.Context) -> ReadOnlyRegistry | ModelPersistence:
+def read_registry(ctx: click.Context) -> ReadOnlyRegistry | HttpRegistry | ModelPersistence:
     """The registry for a read command: the read-only path when it can serve it, else the library."""
     import os
 
@@ -119,11 +120,12 @@ def read_registry(ctx: click.Context) -> ReadOnlyRegistry | ModelPersistence:
 
 def _open_read_only(
     ctx: click.Context, config_path: Path | None, overrides: dict[str, Any], verbose: bool | None
-) -> ReadOnlyRegistry | None:
-    """The read-only registry, or ``None`` for the library: ``--verbose`` (its debug log is the
-    library's), settings only the library can read (:func:`~modelkeep.plain_settings.read_settings`),
-    an index it does not serve (see :class:`~modelkeep.index.readonly.ReadOnlyIndex`), or keys
-    that do not load (the library reports them)."""
+) -> ReadOnlyRegistry | HttpRegistry | None:
+    """The read-only registry (or, for a registry server, its client), or ``None`` for the
+    library: ``--verbose`` (its debug log is the library's), settings only the library can read
+    (:func:`~modelkeep.plain_settings.read_settings`), an index it does not serve (see
+    :class:`~modelkeep.index.readonly.ReadOnlyIndex`), or keys that do not load (the library
+    reports them)."""
     import logging
 
     if verbose:
@@ -132,6 +134,8 @@ def _open_read_only(
     settings = read_settings(config_path, {**overrides, "log_level": level})
     if settings is None:
         return None
+    if settings.server_url is not None:
+        return _open_server(ctx, settings)
     keyring = read_keyring(settings)  # before the index, as ModelPersistence
     if keyring is None:
         return None
@@ -144,6 +148,32 @@ def _open_read_only(
     reader = ReadOnlyRegistry(ctx, index, store, keyring)
     ctx.call_on_close(reader.close)
     return reader
+
+
+def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry:
+    """The client of the registry server ``settings`` name, opened with the options the library
+    gives it (``Settings.persistence_options``) that reads use: the token, the timeouts and the
+    keys; the command asks the server as it would through the library."""
+    import logging
+
+    from . import timeouts
+    from .api.client import HttpRegistry
+
+    assert settings.server_url is not None
+    client = HttpRegistry(
+        settings.server_url,
+        token=settings.token,
+        connect_timeout=timeouts.CONNECT_TIMEOUT if settings.connect_timeout is None else settings.connect_timeout,
+        read_timeout=timeouts.READ_TIMEOUT if settings.read_timeout is None else settings.read_timeout,
+        signing_key=settings.signing_key,
+        signing_key_file=settings.signing_key_file,
+        trusted_keys=settings.trusted_keys or None,
+        require_signatures=settings.require_signatures,
+    )
+    logging.getLogger("modelkeep").setLevel(settings.log_level)
+    log_to_stderr(False)
+    ctx.call_on_close(client.close)
+    return client
 
 
 def read_keyring(settings: ReadSettings) -> Keyring | None:

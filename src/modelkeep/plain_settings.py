@@ -11,9 +11,12 @@ which reads, validates and reports as always. So the read path can never accept 
 setting the library refuses, nor read one differently.
 
 A few settings always go to the library, because they change more than what is read:
-``logging.file`` (the library writes its log records there), ``token`` (signing in reads
-the users table and can fail), a remote ``models_dir`` (fsspec), and a ``registry_url``
-that is neither a plain SQLite file (:func:`sqlite_file`) nor PostgreSQL.
+``logging.file`` (the library writes its log records there), ``token`` on a local registry
+(signing in reads the users table and can fail), a remote ``models_dir`` (fsspec), and a
+``registry_url`` that is neither a plain SQLite file (:func:`sqlite_file`), PostgreSQL, nor a
+registry server. A registry server's URL (``registry_url``, or a ``models_dir`` that names
+one, as ``ModelPersistence`` reads them) is read with its ``token``: the command then asks
+that server, through the same client the library opens for it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .config_sources import (
     OVERRIDES,
     drop_outranked_server,
     environment_persistence,
+    is_server_url,
     parse_compress,
     sections,
 )
@@ -60,6 +64,10 @@ class ReadSettings:
     connect_timeout: float | None = None
     read_timeout: float | None = None
     log_level: str = "INFO"
+    #: A registry server's URL: the settings name a registry behind ``modelkeep server``.
+    server_url: str | None = None
+    #: The API token sent to ``server_url`` (only read with one).
+    token: str | None = None
 
 
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -234,8 +242,13 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
             check(p[key])
     models_dir = _text(p.get("models_dir", DEFAULT_MODELS_DIR))
     assert models_dir is not None
-    if not models_dir or not is_local(models_dir):
-        raise _Unsure
+    registry_url = _text(p.get("registry_url"), optional=True)
+    # As ModelPersistence.__new__ reads them: registry_url first, then models_dir.
+    server_url: str | None = registry_url if registry_url is not None else models_dir
+    if not is_server_url(server_url):
+        server_url = None
+        if not models_dir or not is_local(models_dir):
+            raise _Unsure
     options = p.get("storage_options")
     if isinstance(options, str):
         try:
@@ -255,8 +268,8 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
     quarantine = p.get("quarantine", "auto")
     if not isinstance(quarantine, str) or quarantine.strip().lower() not in {"auto", "always", "never"}:
         raise _Unsure
-    token = p.get("token")
-    if token is not None and token != "":
+    token = _text(p.get("token"), optional=True) or None  # as Settings: "" is no token
+    if token is not None and server_url is None:
         raise _Unsure  # signing in reads the users table, and may refuse the token
     _size(p.get("max_load_memory"), empty={"", "none", "default"})
     part_size = _size(p.get("part_size"), empty={"", "none", "default"})
@@ -268,9 +281,9 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
     cache = p.get("cache_max_bytes")
     if cache is not None and str(cache).strip() not in {"0", "off"}:
         _size(cache, empty={"", "default"})
-    registry_url = _text(p.get("registry_url"), optional=True)
     if (
-        registry_url is not None
+        server_url is None
+        and registry_url is not None
         and sqlite_file(registry_url) is None
         and registry_url.split("://", 1)[0] not in POSTGRES_SCHEMES
     ):
@@ -287,6 +300,8 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
         connect_timeout=_positive_float(p["connect_timeout"]) if "connect_timeout" in p else None,
         read_timeout=_positive_float(p["read_timeout"]) if "read_timeout" in p else None,
         log_level=log_level,
+        server_url=server_url,
+        token=token if server_url is not None else None,
     )
 
 

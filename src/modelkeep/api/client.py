@@ -37,6 +37,7 @@ from .wire import (
     error_from_body,
     history_from_wire,
     is_api_error,
+    is_transport_error,
     move_check_from_wire,
     path_text,
     policy_from_wire,
@@ -138,31 +139,52 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
             )
         self.token = token if token is not None else (os.environ.get("MODELKEEP_TOKEN") or None)
         self.options = options
-        httpx = _httpx()
-        timeout = httpx.Timeout(
-            read_timeout if read_timeout is not None else DEFAULT_READ_TIMEOUT,
-            connect=connect_timeout if connect_timeout is not None else DEFAULT_CONNECT_TIMEOUT,
-        )
-        headers = {PROTOCOL_HEADER: str(PROTOCOL)}
+        self._connect_timeout = connect_timeout if connect_timeout is not None else DEFAULT_CONNECT_TIMEOUT
+        self._read_timeout = read_timeout if read_timeout is not None else DEFAULT_READ_TIMEOUT
+        self._headers = {PROTOCOL_HEADER: str(PROTOCOL)}
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        self._http = httpx.Client(
-            base_url=self.url + API_PREFIX, headers=headers, timeout=timeout, transport=resending_transport()
-        )
-        # The small requests (every JSON call, one-request saves and loads) skip httpx's own
-        # per-request cost; streamed transfers go through ``_http`` (see .quick).
+            self._headers["Authorization"] = f"Bearer {self.token}"
         from .quick import QuickHttp
 
-        self._quick = QuickHttp(self.url + API_PREFIX, self._http)
+        # Every request with a whole body and a whole answer (the JSON calls, one-request saves
+        # and loads) goes through .quick; ``_http`` (httpx, made at the first stream) streams.
+        self._quick = QuickHttp(
+            self.url + API_PREFIX, self._headers, connect_timeout=self._connect_timeout, read_timeout=self._read_timeout
+        )
+
+    @functools.cached_property
+    def _http(self) -> Any:
+        """The ``httpx.Client`` of streamed transfers, made when the first one starts (importing
+        httpx and building its client costs a command more than the rest of its start-up). It
+        sends the same headers and calls the same :attr:`event_hooks`."""
+        httpx = _httpx()
+        hooks = self._quick.event_hooks
+        return httpx.Client(
+            base_url=self.url + API_PREFIX,
+            headers=self._headers,
+            timeout=httpx.Timeout(self._read_timeout, connect=self._connect_timeout),
+            transport=resending_transport(),
+            event_hooks={
+                "request": [lambda request: [hook(request) for hook in list(hooks["request"])]],
+                "response": [lambda response: [hook(response) for hook in list(hooks["response"])]],
+            },
+        )
+
+    @property
+    def event_hooks(self) -> dict[str, list[Any]]:
+        """Functions called with each request before it is sent (``"request"``) and each
+        response (``"response"``), streamed or not, as ``httpx.Client.event_hooks``."""
+        return self._quick.event_hooks
 
     # -- plumbing -------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON; a JSON error raises its library error."""
-        httpx = _httpx()
         try:
             response = self._exchange(method, path, **kwargs)
-        except httpx.TransportError as exc:  # timeouts included
-            raise transport_error(self.url, exc) from None
+        except Exception as exc:
+            if is_transport_error(exc):  # timeouts included
+                raise transport_error(self.url, exc) from None
+            raise
         return self.decode(response)
 
     def _exchange(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -203,7 +225,8 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def close(self) -> None:
         """Close the connections to the server."""
         self._quick.close()
-        self._http.close()
+        if "_http" in self.__dict__:
+            self._http.close()
 
     def __enter__(self) -> HttpRegistry:
         return self
@@ -231,20 +254,28 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def sign_in(self, token: str, *, name: str | None = None) -> Identity:
         """Act as the owner of API ``token`` from now on (checked by the server); ``name``, when
         given, must be that owner. Raises :class:`~modelkeep.errors.AuthenticationError`."""
-        previous = self._http.headers.get("Authorization")
-        self._http.headers["Authorization"] = f"Bearer {token}"
+        previous = self._headers.get("Authorization")
+        self._set_authorization(f"Bearer {token}")
         try:
             who = self.identity
             if who is None or (name is not None and who.name != name):
                 raise AuthenticationError(f"the token does not belong to {name!r}" if name else "the token is unknown")
         except BaseException:
-            if previous is None:
-                del self._http.headers["Authorization"]
-            else:
-                self._http.headers["Authorization"] = previous
+            self._set_authorization(previous)
             raise
         self.token = token
         return who
+
+    def _set_authorization(self, value: str | None) -> None:
+        """The ``Authorization`` header of every later request (``None``: none), streamed or not."""
+        targets: list[Any] = [self._headers]
+        if "_http" in self.__dict__:
+            targets.append(self._http.headers)
+        for headers in targets:
+            if value is not None:
+                headers["Authorization"] = value
+            elif "Authorization" in headers:
+                del headers["Authorization"]
 
     @functools.cached_property
     def users(self) -> RemoteUsers:

@@ -27,8 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .. import environment, saving, signing
-from .. import quarantine as quarantine_mod
+from .. import signing
 from ..errors import (
     IntegrityError,
     ModelKeepError,
@@ -43,7 +42,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
-from .wire import API_PREFIX, no_such_route, transport_error, version_path
+from .wire import API_PREFIX, is_transport_error, no_such_route, transport_error, version_path
 from .wire import path_segment as _segment
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class VersionFiles(ArtifactStore):
             if location:
                 from ..storage.presigned_client import download_ranges
 
-                chunks = download_ranges(location, self.size(key), timeout=self.client._http.timeout.read or 60.0)
+                chunks = download_ranges(location, self.size(key), timeout=self.client._read_timeout)
                 try:
                     yield chunks
                 finally:
@@ -263,6 +262,7 @@ class TransferMixin:
     options: dict[str, Any]
     _http: Any
     _exchange: Any
+    _read_timeout: float
 
     @property
     def keyring(self) -> signing.Keyring:  # pragma: no cover - HttpRegistry's (a cached property)
@@ -310,11 +310,12 @@ class TransferMixin:
         """One request's response (a lost or silent server raises :class:`StorageError`), or
         ``None`` when the server predates the route (answered before :meth:`decode` is tried; the
         attribute ``missing`` then says so, for the next saves and loads)."""
-        httpx = _httpx()
         try:
             response = self._exchange(method, path, **kwargs)
-        except httpx.TransportError as exc:  # timeouts included
-            raise transport_error(self.url, exc) from None
+        except Exception as exc:
+            if is_transport_error(exc):  # timeouts included
+                raise transport_error(self.url, exc) from None
+            raise
         if no_such_route(response):  # an older server: the older way from now on (two requests, a whole-file plan)
             setattr(self, missing, False)
             return None
@@ -337,6 +338,8 @@ class TransferMixin:
             max_load_memory=o.get("max_load_memory"),
             cache_max_bytes=o.get("cache_max_bytes"),
         )
+        from .. import quarantine as quarantine_mod
+
         fmt = get_format(s["serialization_format"] or "joblib")
         compress = True if s["compress"] is None else s["compress"]
         cache_max = s["cache_max_bytes"]
@@ -421,6 +424,8 @@ class TransferMixin:
         model_name = validate_model_name(model_name)
         if version is not None:
             version = validate_version(version)
+        from .. import saving  # saves only: the CLI's reads through a server do not import it
+
         s = self._settings
         fmt, compression = saving.choose_format(
             s.format, s.compression, s.compress, serialization_format, compress, model
@@ -545,7 +550,7 @@ class TransferMixin:
             drop,
             STREAMED_PART,
             max_in_flight=STREAMED_IN_FLIGHT,
-            timeout=self._http.timeout.read or 60.0,
+            timeout=self._read_timeout,
         )
 
     def _upload_and_commit(
@@ -737,7 +742,7 @@ class TransferMixin:
             self._presigned_ok = False
             return None
         try:
-            upload_plan(answer["presigned"], path, timeout=self._http.timeout.read or 60.0)
+            upload_plan(answer["presigned"], path, timeout=self._read_timeout)
         except BaseException:
             with contextlib.suppress(ModelKeepError):
                 self.request("DELETE", f"/uploads/{answer['upload']}")
@@ -840,6 +845,9 @@ class TransferMixin:
         art = record.artifact
         if art is None or record.damaged:
             raise IntegrityError(f"model '{record.model_name}' version '{record.version}' has no loadable artifact")
+        from .. import environment
+        from .. import quarantine as quarantine_mod
+
         s = self._settings
         verdict = s.keyring.check(record)
         if alias is None and version is None:

@@ -211,12 +211,26 @@ def _one_line(body: Any) -> str:
     return "(an HTML page)" if text[:15].lower().startswith(("<!doctype", "<html")) else text[:300]
 
 
-def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> errors.StorageError:
-    """A client's failed exchange with the registry server at ``url`` (an ``httpx`` transport
-    error: timeout, refused or dropped connection) as the :class:`StorageError` the client raises."""
-    import httpx
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a request that got no answer (refused, dropped, timed out), from
+    :mod:`.quick` or from ``httpx`` (checked without importing it when no stream imported it)."""
+    import sys
 
-    if isinstance(exc, httpx.TimeoutException):
+    from .quick import TransportError
+
+    httpx = sys.modules.get("httpx")
+    return isinstance(exc, TransportError) or (httpx is not None and isinstance(exc, httpx.TransportError))
+
+
+def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> errors.StorageError:
+    """A client's failed exchange with the registry server at ``url`` (:func:`is_transport_error`:
+    timeout, refused or dropped connection) as the :class:`StorageError` the client raises."""
+    import sys
+
+    from .quick import Timeout
+
+    httpx = sys.modules.get("httpx")
+    if isinstance(exc, Timeout) or (httpx is not None and isinstance(exc, httpx.TimeoutException)):
         return errors.StorageError(f"the registry server {url} did not answer in time ({exc})")
     if downloading:
         return errors.StorageError(f"lost the registry server {url} while downloading: {exc}")
