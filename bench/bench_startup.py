@@ -8,9 +8,9 @@ metrics and a tag, one alias per model)::
     python bench/bench_startup.py [--runs 15]
 
 Issue 29's rows run the same commands with settings from many ``MODELKEEP_*``
-variables, from a config file, and on PostgreSQL (when ``MODELKEEP_BENCH_POSTGRES_URL``
-names a database), and a few of them again through the library
-(``MODELKEEP_CLI_FAST_PATH=0``) for comparison.
+variables, from a config file, on PostgreSQL (when ``MODELKEEP_BENCH_POSTGRES_URL``
+names a database) and through a registry server (``modelkeep server`` on the same folder),
+and a few of them again through the library (``MODELKEEP_CLI_FAST_PATH=0``) for comparison.
 
 A bench runner can import this module and call :func:`run`, which returns one
 dict per command: ``name``, ``argv``, ``runs``, ``median_s``, ``min_s``,
@@ -99,6 +99,11 @@ persistence:
 FAST_PATH_VAR = "MODELKEEP_CLI_FAST_PATH"
 #: PostgreSQL rows: 150 ms plus one round trip (measured in the same run and added to the target).
 PG_TARGET_S = 0.150
+#: Rows through a registry server (``modelkeep server`` on the 1,000-version folder, named by
+#: ``MODELKEEP_REGISTRY_URL`` and ``MODELKEEP_TOKEN``): 150 ms plus the same command's own work
+#: run warm (in one process, after a warm-up: its requests to the server and their answers),
+#: measured in the same run and added to the target.
+SERVER_TARGET_S = 0.150
 #: The database the PostgreSQL rows use (skipped when unset); each run uses a fresh schema.
 PG_URL_VAR = "MODELKEEP_BENCH_POSTGRES_URL"
 #: Creates an empty registry (reading never creates one, and list refuses a folder without one).
@@ -116,6 +121,74 @@ with ModelPersistence(sys.argv[1], compress=False, registry_url=(sys.argv[2] if 
             p.set_tag(name, "stage", "prod" if v % 10 == 0 else "dev", version=version)
         p.set_alias(name, "production", f"1.0.{{{versions} // 2}}")
 """
+
+
+#: Makes an admin token on a registry (argv: its models dir) and prints it.
+_TOKEN = """
+import sys
+from modelkeep import ModelPersistence
+with ModelPersistence(sys.argv[1]) as p:
+    if p.users.get("bench") is None:
+        p.users.add("bench", None, "admin")
+    print(p.users.new_token("bench", "bench"))
+"""
+#: Times a command run warm: argv = the command's arguments as JSON; prints the median seconds.
+_WARM = """
+import json, statistics, sys, time
+from click.testing import CliRunner
+from modelkeep.cli import cli
+args, runner = json.loads(sys.argv[1]), CliRunner()
+for _ in range(3):
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+times = []
+for _ in range(15):
+    started = time.perf_counter()
+    runner.invoke(cli, args)
+    times.append(time.perf_counter() - started)
+print(statistics.median(times))
+"""
+
+
+def _server(big: str, tmp: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
+    """``modelkeep server`` on the registry ``big``: the process, its URL and an admin token."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    made = subprocess.run([sys.executable, "-c", _TOKEN, big], env=env, cwd=tmp, capture_output=True, text=True)
+    token = made.stdout.strip().splitlines()[-1]
+    process = subprocess.Popen(
+        [*_modelkeep_command(), "--models-dir", big, "server", "--port", str(port)],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/api/v1/openapi.json", timeout=2):
+                return process, url, token
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("modelkeep server did not start") from None
+            time.sleep(0.1)
+
+
+def _warm(args: list[str], env: dict[str, str], cwd: str) -> float:
+    """Median seconds of ``modelkeep ARGS`` run in one warm process (no start-up)."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", _WARM, json.dumps(args)], env=env, cwd=cwd, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _modelkeep_command() -> list[str]:
@@ -290,9 +363,28 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                     None,
                 ),
             ]
+        server, url, token = _server(big, tmp, env)
         try:
+            served_env = {**env, "MODELKEEP_REGISTRY_URL": url, "MODELKEEP_TOKEN": token}
+            for name, args in (
+                ("modelkeep list (1,000 versions, through a server)", ["list"]),
+                ("modelkeep info --model-name (1,000 versions, through a server)", info),
+                ("modelkeep search --limit 10 (1,000 versions, through a server)", search),
+            ):
+                target = SERVER_TARGET_S + _warm(args, served_env, tmp)
+                runs_with.append((name, [*modelkeep, *args], served_env, target))
+            runs_with.append(
+                (
+                    "modelkeep list (1,000 versions, through a server) through the library",
+                    [*modelkeep, "list"],
+                    {**served_env, FAST_PATH_VAR: "0"},
+                    None,
+                )
+            )
             results = [_row(name, argv, runs, tmp, run_env, target) for name, argv, run_env, target in runs_with]
         finally:
+            server.terminate()
+            server.wait(30)
             if postgres is not None:
                 _drop(postgres[2])
     baseline: float = results[0]["median_s"]

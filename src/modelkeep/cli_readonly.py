@@ -150,7 +150,7 @@ def _open_read_only(
     return reader
 
 
-def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry:
+def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry | None:
     """The client of the registry server ``settings`` name, opened with the options the library
     gives it (``Settings.persistence_options``) that reads use: the token, the timeouts and the
     keys; the command asks the server as it would through the library."""
@@ -160,6 +160,9 @@ def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry:
     from .api.client import HttpRegistry
 
     assert settings.server_url is not None
+    keyring = read_keyring(settings)  # as HttpRegistry.keyring resolves it from the same settings
+    if keyring is None:
+        return None  # the library reports the keys that do not load
     client = HttpRegistry(
         settings.server_url,
         token=settings.token,
@@ -170,6 +173,7 @@ def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry:
         trusted_keys=settings.trusted_keys or None,
         require_signatures=settings.require_signatures,
     )
+    client.keyring = keyring  # a cached property: what resolve_keyring gives, without pydantic
     logging.getLogger("modelkeep").setLevel(settings.log_level)
     log_to_stderr(False)
     ctx.call_on_close(client.close)
