@@ -20,6 +20,7 @@ from modelkeep.config import PersistenceSettings, Settings, load_settings
 from modelkeep.config_sources import ENV_VARS
 from modelkeep.errors import ModelKeepError
 from modelkeep.plain_settings import KNOWN_KEYS, ReadSettings, read_settings
+from modelkeep.registry import _server_url
 
 VALUES = [
     "", " ", "auto", "AUTO", "default", "none", "off", "on", "yes", " Yes", "TRUE", "true", "False", "0", "1",
@@ -27,6 +28,7 @@ VALUES = [
     "zstd:3", "zlib", "gzip", "lz4", "sometimes", "pickle", "joblib", "native", "skops", "parquet",
     "{}", '{"anon": true}', "{nope", "[1]", "a.pub,b.pub", "production,prod-eu", "info", "DEBUG", "verbose",
     "never", "always", "Always ", "models", "k.pem", "sqlite:///x.db", "sqlite:///", "sqlite://",
+    "http://127.0.0.1:9", "https://models.example:8766", "HTTPS://models.example", "http://models.example", "mkt_abc",
 ]  # fmt: skip
 #: What a read command takes from the settings, as config.py names it (section, key).
 USED = {
@@ -63,6 +65,10 @@ def _agree(read: ReadSettings, settings: Settings) -> None:
     assert read.signing_key == (p.signing_key.get_secret_value() or None if p.signing_key else None)
     assert (read.connect_timeout or timeouts.CONNECT_TIMEOUT) == p.connect_timeout
     assert (read.read_timeout or timeouts.READ_TIMEOUT) == p.read_timeout
+    # The registry server the library opens (ModelPersistence.__new__), and the token it sends there.
+    assert read.server_url == _server_url(p.models_dir, p.registry_url)
+    if read.server_url is not None:
+        assert read.token == (p.token.get_secret_value() if p.token else None)
 
 
 @pytest.fixture
@@ -100,6 +106,20 @@ def test_each_variable_is_accepted_only_as_the_library_accepts_it(
     # Only these are left to the library whatever their value (see plain_settings.py).
     if var not in ("MODELKEEP_LOG_FILE", "MODELKEEP_TOKEN"):
         assert len([v for v in accepted if v.strip()]) >= 1, accepted
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_a_servers_token_is_read_as_the_library_reads_it(
+    value: str, quiet_keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a registry server's URL, the token goes to the read path (a local registry's does not)."""
+    monkeypatch.setenv("MODELKEEP_REGISTRY_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("MODELKEEP_TOKEN", value)
+    read = _fast()
+    settings = _library(quiet_keys)
+    assert read is not None and settings is not None
+    _agree(read, settings)
+    assert read.server_url == "http://127.0.0.1:9" and read.token == (value or None)
 
 
 YAML_VALUES: list[Any] = [

@@ -9,6 +9,11 @@ as the library reads them), and read the index directly
 the standard ``sqlite3`` module, or PostgreSQL through libpq itself
 (:mod:`~modelkeep.index.libpq`), without SQLAlchemy or even psycopg.
 
+Behind a registry server (its URL in the settings) they open the server's client
+(:class:`~modelkeep.api.client.HttpRegistry`) themselves, with the token, timeouts and keys the
+library would give it, and ask the server as the library would; ``tests/test_cli_readonly_http.py``
+compares both paths.
+
 They go to the library instead, which gives its usual answer or error, for: ``--verbose``;
 settings that ``read_settings`` leaves to it (a value it cannot vouch for, a log file, a
 token, a remote models folder, another database); an index it does not serve (missing, of

@@ -91,6 +91,21 @@ def is_server_url(value: Any) -> bool:
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine (``localhost``, ``127.x.x.x`` or ``::1``)."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def insecure_server_url(url: str) -> bool:
+    """Whether a registry server's ``url`` is plain http to another machine (API tokens in clear
+    text over a network), which a client refuses unless ``MODELKEEP_ALLOW_INSECURE_HTTP`` is set."""
+    allowed = os.environ.get("MODELKEEP_ALLOW_INSECURE_HTTP", "").strip() in ("1", "true", "yes")
+    return url.lower().startswith("http://") and not is_loopback_url(url) and not allowed
+
+
 def drop_outranked_server(persistence: dict[str, Any], later: dict[str, Any]) -> None:
     """Before a later source's ``persistence`` values (``later``) go over the earlier ones: a local
     ``models_dir`` it names, without a ``registry_url`` of its own, opens that folder, so a

@@ -36,6 +36,7 @@ from .config_sources import (
     OVERRIDES,
     drop_outranked_server,
     environment_persistence,
+    insecure_server_url,
     is_server_url,
     parse_compress,
     sections,
@@ -249,6 +250,8 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
         server_url = None
         if not models_dir or not is_local(models_dir):
             raise _Unsure
+    elif insecure_server_url(server_url):  # type: ignore[arg-type]
+        raise _Unsure  # the client refuses it, with its own error
     options = p.get("storage_options")
     if isinstance(options, str):
         try:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..config_sources import insecure_server_url
 from ..errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -130,8 +131,7 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         **options: Any,
     ) -> None:
         self.url = url.rstrip("/")
-        insecure_ok = os.environ.get("MODELKEEP_ALLOW_INSECURE_HTTP", "").strip() in ("1", "true", "yes")
-        if self.url.lower().startswith("http://") and not _is_loopback_url(self.url) and not insecure_ok:
+        if insecure_server_url(self.url):
             # Tokens in clear text over a network: refuse unless asked for explicitly.
             raise ConfigError(
                 f"{self.url} is plain http on a network address: use https, or set "
@@ -699,10 +699,3 @@ def _filter_text(value: Any) -> str | None:
     from ..search.grammar import unparse
 
     return unparse(value)
-
-
-def _is_loopback_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
