@@ -189,3 +189,24 @@ def test_a_connection_is_kept_in_a_process_with_over_1024_files(
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(set(ports)) == 1, ports
+
+
+def test_a_client_dropped_without_close_closes_its_connections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripts often drop a registry without ``close()``: its kept sockets close when it is
+    collected (before: a ResourceWarning for each at exit, and the socket held until then)."""
+    import gc
+    import sys
+
+    cert_file, key_file = _certificate(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    with _tls_server(cert_file, key_file) as (port, _):
+        client = HttpRegistry(f"https://127.0.0.1:{port}")
+        client.request("GET", "/ping")
+        kept = [conn for _, conn in client._quick._idle]
+        assert kept and all(conn.sock is not None for conn in kept)
+        del client
+        gc.collect()
+        assert all(conn.sock is None for conn in kept)  # closed
+    assert not [e for e in unraisable if isinstance(e, ResourceWarning)], unraisable

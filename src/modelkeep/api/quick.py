@@ -40,6 +40,7 @@ import select
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
@@ -149,6 +150,9 @@ class QuickHttp:
         self._read_timeout = read_timeout
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
+        # A client dropped without close() (common in scripts) closes its kept sockets when it is
+        # collected, not at the interpreter's exit with a ResourceWarning each.
+        weakref.finalize(self, _close_idle, self._idle)
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
@@ -201,7 +205,8 @@ class QuickHttp:
         would mix its answer with the parent's) and keep connections anew. Closing the child's
         copies of their sockets sends nothing: the parent's stay open."""
         self._lock = threading.Lock()  # the parent's may have been held by another thread at the fork
-        parents, self._idle = self._idle, []
+        parents = self._idle[:]
+        self._idle.clear()
         self._pid = os.getpid()
         for _, conn in parents:
             conn.close()
@@ -217,7 +222,8 @@ class QuickHttp:
         """Close every kept connection; later requests raise :class:`ConnectError`."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
+            idle = self._idle[:]
+            self._idle.clear()
         for _, conn in idle:
             conn.close()
 
@@ -284,6 +290,12 @@ class QuickHttp:
             for hook in self.event_hooks["response"]:
                 hook(response)
             return response
+
+
+def _close_idle(idle: list[tuple[float, http.client.HTTPConnection]]) -> None:
+    for _, conn in idle:
+        conn.close()
+    idle.clear()
 
 
 def _readable(conn: http.client.HTTPConnection) -> bool:
