@@ -20,9 +20,9 @@ one (``status_code``, ``headers``, ``content``, ``json()``, ``text``, ``request.
   with the host name checked;
 - no redirect is followed, and no proxy is used (the client's ``httpx`` transport never used
   the environment's proxies either);
-- an idle connection is let go after :data:`~modelkeep.api.wire.KEEPALIVE_SECONDS`, and one the
+- an idle connection is let go after :data:`KEEPALIVE_SECONDS`, and one the
   server has closed (its socket reads as ready) is not reused;
-- a request in :data:`~modelkeep.api.wire.RESENDABLE` is sent once more on a new connection when
+- a request in :data:`RESENDABLE` is sent once more on a new connection when
   a kept-alive connection was dropped without an answer; a write is never sent twice;
 - the connect timeout applies to connecting, the read timeout to every send and read;
 - the query is encoded as ``httpx.QueryParams`` encodes it, and a JSON body as ``httpx`` does.
@@ -45,10 +45,24 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
-from .wire import KEEPALIVE_SECONDS, RESENDABLE
+__all__ = [
+    "KEEPALIVE_SECONDS",
+    "RESENDABLE",
+    "ConnectError",
+    "QuickHttp",
+    "QuickResponse",
+    "RemoteProtocolError",
+    "Timeout",
+    "TransportError",
+]
 
-__all__ = ["ConnectError", "QuickHttp", "QuickResponse", "RemoteProtocolError", "Timeout", "TransportError"]
-
+#: Requests a client sends once more when the server dropped a kept-alive connection without
+#: answering (a server closes an idle connection whenever it likes, and a client may reuse it at
+#: that moment): sending them again changes nothing.
+RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+#: How long a client keeps an idle connection to the server: less than the server's keep-alive
+#: (uvicorn's 5 s), so the client lets it go before the server closes it.
+KEEPALIVE_SECONDS = 4.0
 #: Headers set here per request, whatever the client's headers say.
 _OWN = frozenset({"accept-encoding", "connection", "host", "content-length", "content-type", "transfer-encoding"})
 

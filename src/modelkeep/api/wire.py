@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from .. import errors
 from ..versions import validate_alias, validate_model_name, validate_version
+from .quick import KEEPALIVE_SECONDS, RESENDABLE, Timeout, TransportError
 
 if TYPE_CHECKING:
     from ..maintenance import VerifyReport
@@ -216,8 +217,6 @@ def is_transport_error(exc: BaseException) -> bool:
     :mod:`.quick` or from ``httpx`` (checked without importing it when no stream imported it)."""
     import sys
 
-    from .quick import TransportError
-
     httpx = sys.modules.get("httpx")
     return isinstance(exc, TransportError) or (httpx is not None and isinstance(exc, httpx.TransportError))
 
@@ -226,8 +225,6 @@ def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> e
     """A client's failed exchange with the registry server at ``url`` (:func:`is_transport_error`:
     timeout, refused or dropped connection) as the :class:`StorageError` the client raises."""
     import sys
-
-    from .quick import Timeout
 
     httpx = sys.modules.get("httpx")
     if isinstance(exc, Timeout) or (httpx is not None and isinstance(exc, httpx.TimeoutException)):
@@ -238,15 +235,6 @@ def transport_error(url: str, exc: Exception, *, downloading: bool = False) -> e
         f"cannot reach the registry server {url}: {exc} (is it running, and is that its URL? "
         "MODELKEEP_REGISTRY_URL or registry_url names it)"
     )
-
-
-#: Requests a client sends once more when the server dropped a kept-alive connection without
-#: answering (a server closes an idle connection whenever it likes, and a client may reuse it at
-#: that moment): sending them again changes nothing.
-RESENDABLE = frozenset({"GET", "HEAD", "OPTIONS"})
-#: How long a client keeps an idle connection to the server: less than the server's keep-alive
-#: (uvicorn's 5 s), so the client lets it go before the server closes it.
-KEEPALIVE_SECONDS = 4.0
 
 
 def resending_transport() -> Any:
