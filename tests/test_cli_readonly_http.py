@@ -2,7 +2,7 @@
 
 With a registry server's URL in the settings (``MODELKEEP_REGISTRY_URL``, ``registry_url`` in a
 config file, or a ``models_dir`` that names one) the read commands open the server's client
-themselves (``cli_readonly._open_server``) instead of going through ``ModelPersistence``: the
+themselves (``cli_readonly._server_client``) instead of going through ``ModelPersistence``: the
 same client, with the same token, timeouts and keys. Every command runs through both paths on
 the same server; exit code, stdout and stderr must be identical, errors included. The read path
 must not import SQLAlchemy, pydantic, pandas, numpy, psycopg, nor httpx (its JSON requests go
@@ -12,8 +12,6 @@ through ``api/quick.py``).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from modelkeep.cli import cli
 from modelkeep.cli_readonly import ENV_SWITCH
 
 from ._http_server import HttpServer, ServerSide, running_server
-from .test_cli_readonly import COMMANDS, ERRORS, HEAVY, SRC, _build
+from .test_cli_readonly import COMMANDS, ERRORS, HEAVY, _build, _imported_modules
 
 #: What the read path through a server must not import either.
 NOT_IMPORTED = (*HEAVY, "httpx", "httpcore")
@@ -144,21 +142,8 @@ def test_a_local_models_dir_on_the_command_line_wins_over_the_servers_variable(
 def test_reads_through_a_server_import_no_heavy_library_nor_httpx(
     server: HttpServer, args: list[str], tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELKEEP_")}
-    env.update(
-        MODELKEEP_REGISTRY_URL=server.url,
-        MODELKEEP_TOKEN=server.token,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])),
-    )
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "modelkeep", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    settings = {"MODELKEEP_REGISTRY_URL": server.url, "MODELKEEP_TOKEN": server.token}
+    result, names = _imported_modules(args, tmp_path, settings)
     assert result.returncode == 0, result.stderr[-2000:]
-    names = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "modelkeep.api.quick" in names  # the server was asked, through the quick path
     assert not [m for m in names if m.split(".")[0] in NOT_IMPORTED]

@@ -139,35 +139,33 @@ def _open_read_only(
     settings = read_settings(config_path, {**overrides, "log_level": level})
     if settings is None:
         return None
-    if settings.server_url is not None:
-        return _open_server(ctx, settings)
-    keyring = read_keyring(settings)  # before the index, as ModelPersistence
+    keyring = read_keyring(settings)  # before the index or the server, as ModelPersistence
     if keyring is None:
         return None
-    store = LocalStore(local_root(settings.models_dir))
-    index = _open_index(settings, Path(store.root))
-    if index is None:
+    reader: ReadOnlyRegistry | HttpRegistry | None
+    if settings.server_url is not None:
+        reader = _server_client(settings, keyring)
+    else:
+        store = LocalStore(local_root(settings.models_dir))
+        index = _open_index(settings, Path(store.root))
+        reader = None if index is None else ReadOnlyRegistry(ctx, index, store, keyring)
+    if reader is None:
         return None
     logging.getLogger("modelkeep").setLevel(settings.log_level)
     log_to_stderr(False)
-    reader = ReadOnlyRegistry(ctx, index, store, keyring)
     ctx.call_on_close(reader.close)
     return reader
 
 
-def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry | None:
+def _server_client(settings: ReadSettings, keyring: Keyring) -> HttpRegistry:
     """The client of the registry server ``settings`` name, opened with the options the library
     gives it (``Settings.persistence_options``) that reads use: the token, the timeouts and the
-    keys; the command asks the server as it would through the library."""
-    import logging
-
+    keys (``keyring``: what ``HttpRegistry.keyring`` resolves from the same settings, read
+    without pydantic); the command asks the server as it would through the library."""
     from . import timeouts
     from .api.client import HttpRegistry
 
     assert settings.server_url is not None
-    keyring = read_keyring(settings)  # as HttpRegistry.keyring resolves it from the same settings
-    if keyring is None:
-        return None  # the library reports the keys that do not load
     client = HttpRegistry(
         settings.server_url,
         token=settings.token,
@@ -178,10 +176,7 @@ def _open_server(ctx: click.Context, settings: ReadSettings) -> HttpRegistry | N
         trusted_keys=settings.trusted_keys or None,
         require_signatures=settings.require_signatures,
     )
-    client.keyring = keyring  # a cached property: what resolve_keyring gives, without pydantic
-    logging.getLogger("modelkeep").setLevel(settings.log_level)
-    log_to_stderr(False)
-    ctx.call_on_close(client.close)
+    client.keyring = keyring  # a cached property
     return client
 
 

@@ -179,20 +179,20 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     # -- plumbing -------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON; a JSON error raises its library error."""
-        try:
-            response = self._exchange(method, path, **kwargs)
-        except Exception as exc:
-            if is_transport_error(exc):  # timeouts included
-                raise transport_error(self.url, exc) from None
-            raise
-        return self.decode(response)
+        return self.decode(self._exchange(method, path, **kwargs))
 
     def _exchange(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One request and its whole response: through :mod:`.quick` unless its body is a stream."""
+        """One request and its whole response: through :mod:`.quick` unless its body is a stream;
+        a request that got no answer (timeouts included) raises :class:`StorageError`."""
         content = kwargs.get("content")
-        if content is None or isinstance(content, bytes):
-            return self._quick.request(method, path, **kwargs)
-        return self._http.request(method, path, **kwargs)
+        try:
+            if content is None or isinstance(content, bytes):
+                return self._quick.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise transport_error(self.url, exc) from None
+            raise
 
     def decode(self, response: Any) -> Any:
         """The JSON of a successful ``response``, else the error it carries, raised."""

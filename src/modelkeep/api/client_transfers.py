@@ -42,7 +42,7 @@ from ..metadata import ModelMetadata, utc_now
 from ..storage import ArtifactStore, LocalStore
 from ..storage.hashing import BLAKE3_KEY, Expected, no_advance
 from ..versions import validate_model_name, validate_version
-from .wire import API_PREFIX, is_transport_error, no_such_route, transport_error, version_path
+from .wire import API_PREFIX, no_such_route, transport_error, version_path
 from .wire import path_segment as _segment
 
 if TYPE_CHECKING:
@@ -310,12 +310,7 @@ class TransferMixin:
         """One request's response (a lost or silent server raises :class:`StorageError`), or
         ``None`` when the server predates the route (answered before :meth:`decode` is tried; the
         attribute ``missing`` then says so, for the next saves and loads)."""
-        try:
-            response = self._exchange(method, path, **kwargs)
-        except Exception as exc:
-            if is_transport_error(exc):  # timeouts included
-                raise transport_error(self.url, exc) from None
-            raise
+        response = self._exchange(method, path, **kwargs)
         if no_such_route(response):  # an older server: the older way from now on (two requests, a whole-file plan)
             setattr(self, missing, False)
             return None
