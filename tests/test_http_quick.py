@@ -167,6 +167,34 @@ def test_a_forked_child_keeps_connections_of_its_own(tmp_path: Path, monkeypatch
     assert [line.split()[1] for line in seen] == ["/api/v1/before", "/api/v1/child", "/api/v1/after"]
 
 
+def test_a_forked_child_streams_on_connections_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the streaming client (httpx, made at a client's first stream): a child forked
+    after its parent streamed gets a client of its own, and the parent keeps its connection."""
+    cert_file, key_file = _certificate(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    with _tls_server(cert_file, key_file) as (port, seen), HttpRegistry(f"https://127.0.0.1:{port}") as client:
+        parent_port = client._http.get("/before").json()["peer_port"]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: stream twice (a client of its own, kept), report the ports or the error
+            try:
+                ports = [client._http.get(f"/child{i}").json()["peer_port"] for i in range(2)]
+                answer = json.dumps({"ports": ports})
+            except BaseException as exc:  # reported to the parent, which fails the test
+                answer = json.dumps({"error": repr(exc)})
+            os.write(write, answer.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        after = client._http.get("/after").json()["peer_port"]
+    assert "error" not in child, child
+    assert parent_port not in child["ports"] and child["ports"][0] == child["ports"][1]
+    assert after == parent_port  # the parent's connection was neither used nor closed by the child
+    assert [line.split()[1] for line in seen] == ["/api/v1/before", "/api/v1/child0", "/api/v1/child1", "/api/v1/after"]
+
+
 def test_a_connection_is_kept_in_a_process_with_over_1024_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -151,12 +151,21 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
         self._quick = QuickHttp(
             self.url + API_PREFIX, self._headers, connect_timeout=self._connect_timeout, read_timeout=self._read_timeout
         )
+        self._streaming: tuple[int, Any] | None = None  # (the process it was made in, the httpx client)
 
-    @functools.cached_property
+    @property
     def _http(self) -> Any:
         """The ``httpx.Client`` of streamed transfers, made when the first one starts (importing
         httpx and building its client costs a command more than the rest of its start-up). It
-        sends the same headers and calls the same :attr:`event_hooks`."""
+        sends the same headers and calls the same :attr:`event_hooks`. A child forked after its
+        parent streamed makes a client of its own: the parent's kept connections stay the parent's
+        (a TLS connection written by both breaks for both), and are not closed by the child."""
+        made = self._streaming
+        if made is None or made[0] != os.getpid():
+            made = self._streaming = (os.getpid(), self._make_http())
+        return made[1]
+
+    def _make_http(self) -> Any:
         httpx = _httpx()
         hooks = self._quick.event_hooks
         return httpx.Client(
@@ -225,8 +234,8 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def close(self) -> None:
         """Close the connections to the server."""
         self._quick.close()
-        if "_http" in self.__dict__:
-            self._http.close()
+        if self._streaming is not None and self._streaming[0] == os.getpid():
+            self._streaming[1].close()
 
     def __enter__(self) -> HttpRegistry:
         return self
@@ -269,8 +278,8 @@ class HttpRegistry(SigningMixin, TransferMixin, BundleMixin, AdminMixin, Webhook
     def _set_authorization(self, value: str | None) -> None:
         """The ``Authorization`` header of every later request (``None``: none), streamed or not."""
         targets: list[Any] = [self._headers]
-        if "_http" in self.__dict__:
-            targets.append(self._http.headers)
+        if self._streaming is not None:
+            targets.append(self._streaming[1].headers)
         for headers in targets:
             if value is not None:
                 headers["Authorization"] = value
