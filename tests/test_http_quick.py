@@ -16,7 +16,7 @@ import json
 import os
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,18 +140,29 @@ def test_a_connection_idle_past_the_keepalive_is_let_go(tmp_path: Path, monkeypa
     assert ports[0] == ports[1] != ports[2]
 
 
-def test_a_forked_child_keeps_connections_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "port_of",
+    [
+        pytest.param(lambda client, path: client.request("GET", path)["peer_port"], id="quick"),
+        # the streaming client (httpx, made at a client's first stream) is the child's own too
+        pytest.param(lambda client, path: client._http.get(path).json()["peer_port"], id="streamed"),
+    ],
+)
+def test_a_forked_child_keeps_connections_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port_of: Callable[[HttpRegistry, str], int]
+) -> None:
     """A registry client made before a fork (a training script's workers): the child's requests go
-    on a connection of its own, and the parent's kept connection still answers the parent."""
+    on a connection of its own (kept for its next request), and the parent's kept connection still
+    answers the parent."""
     cert_file, key_file = _certificate(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
     with _tls_server(cert_file, key_file) as (port, seen), HttpRegistry(f"https://127.0.0.1:{port}") as client:
-        parent_port = client.request("GET", "/before")["peer_port"]
+        parent_port = port_of(client, "/before")
         read, write = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: report the port its request came from, or the error
+        if pid == 0:  # the child: report the ports its requests came from, or the error
             try:
-                answer = json.dumps(client.request("GET", "/child"))
+                answer = json.dumps({"ports": [port_of(client, f"/child{i}") for i in range(2)]})
             except BaseException as exc:  # reported to the parent, which fails the test
                 answer = json.dumps({"error": repr(exc)})
             os.write(write, answer.encode())
@@ -160,35 +171,7 @@ def test_a_forked_child_keeps_connections_of_its_own(tmp_path: Path, monkeypatch
         with os.fdopen(read, "rb") as pipe:
             child = json.loads(pipe.read())
         os.waitpid(pid, 0)
-        after = client.request("GET", "/after")["peer_port"]
-    assert "error" not in child, child
-    assert child["peer_port"] != parent_port
-    assert after == parent_port  # the parent's connection was neither used nor closed by the child
-    assert [line.split()[1] for line in seen] == ["/api/v1/before", "/api/v1/child", "/api/v1/after"]
-
-
-def test_a_forked_child_streams_on_connections_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same for the streaming client (httpx, made at a client's first stream): a child forked
-    after its parent streamed gets a client of its own, and the parent keeps its connection."""
-    cert_file, key_file = _certificate(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-    with _tls_server(cert_file, key_file) as (port, seen), HttpRegistry(f"https://127.0.0.1:{port}") as client:
-        parent_port = client._http.get("/before").json()["peer_port"]
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: stream twice (a client of its own, kept), report the ports or the error
-            try:
-                ports = [client._http.get(f"/child{i}").json()["peer_port"] for i in range(2)]
-                answer = json.dumps({"ports": ports})
-            except BaseException as exc:  # reported to the parent, which fails the test
-                answer = json.dumps({"error": repr(exc)})
-            os.write(write, answer.encode())
-            os._exit(0)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            child = json.loads(pipe.read())
-        os.waitpid(pid, 0)
-        after = client._http.get("/after").json()["peer_port"]
+        after = port_of(client, "/after")
     assert "error" not in child, child
     assert parent_port not in child["ports"] and child["ports"][0] == child["ports"][1]
     assert after == parent_port  # the parent's connection was neither used nor closed by the child
