@@ -325,7 +325,9 @@ def test_removing_a_grant_or_the_user_takes_the_access_away(teams: ModelPersiste
         opened(teams, token)
 
 
-def test_a_tokens_identity_and_grants_come_from_one_query(teams: ModelPersistence) -> None:
+def test_a_tokens_identity_and_grants_come_from_one_query(
+    teams: ModelPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a server asks of every request signed in by token: one round trip to the index."""
     from sqlalchemy import event
 
@@ -334,26 +336,34 @@ def test_a_tokens_identity_and_grants_come_from_one_query(teams: ModelPersistenc
     statements: list[str] = []
     engine = teams.index.engine
 
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
     def on_connect(dbapi: Any, _record: Any) -> None:  # SQLite: the query goes straight to the driver
         dbapi.set_trace_callback(statements.append)
 
     sqlite = engine.dialect.name == "sqlite"
-    hooks = [("connect", on_connect)] if sqlite else [("before_cursor_execute", note)]
+    hooks = [("connect", on_connect)] if sqlite else []
+    if not sqlite:  # PostgreSQL: straight to psycopg too; every statement it sends goes through a cursor
+        import psycopg
+
+        sent = psycopg.Cursor.execute
+
+        def traced(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(str(query))
+            return sent(cursor, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", traced)
     engine.pool.dispose()  # a new connection, traced from its first statement
     for name, fn in hooks:
         event.listen(engine, name, fn)
     try:
         gina, pat = teams.users.token_identity(token), teams.users.token_identity(plain)
+        checks = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     finally:
         for name, fn in hooks:
             event.remove(engine, name, fn)
         engine.pool.dispose()
     assert gina == Identity("gina", "none", (("churn-*", "writer"), ("fraud", "viewer")))
     assert gina == teams.users.identity("gina") and pat == Identity("pat", "viewer", ())
-    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
+    assert len(checks) == 2
 
 
 @pytest.mark.parametrize("glob", ["../fraud", "churn/*", "", " ", "x" * 200, "*;DROP"])

@@ -582,6 +582,22 @@ class SqlIndex:
                 self.journal(found)
         return len(found)
 
+    def fixed_rows(self, statement: Any, params: dict[str, Any]) -> list[Any]:
+        """The rows of one fixed read ``statement`` (a construct built once, at import), by the
+        shortest road: on SQLite through :func:`~.common.run`, on PostgreSQL straight to the driver
+        on a pooled connection (:func:`~.pg_batch.pooled_rows`). For the reads every API request
+        makes (its token check); errors are translated as :meth:`_read` translates them."""
+        if self.dialect != "postgresql":
+            with self._read() as conn:
+                return list(run(conn, statement, params))
+        from .pg_batch import pooled_rows
+
+        try:
+            return pooled_rows(self.engine, self.schema, statement, params)
+        except DBAPIError as exc:
+            self._raise_db_error(exc)
+            raise
+
     @contextlib.contextmanager
     def _read(self, *, single: bool = False) -> Iterator[Connection]:
         """A read. ``single`` (SQLite): the block runs one statement, which is then sent without

@@ -17,7 +17,6 @@ from ..errors import InvalidNameError, UserNotFoundError
 from ..identity import Identity, acting, acting_as
 from .audit import USERS_LOG, now, write_history
 from .common import retry_on_disconnect as _retry_on_disconnect
-from .common import run
 from .schema import grants, tokens, users
 
 #: The owner of a token hash, with the token's id and expiry; and the same with the owner's grants.
@@ -164,8 +163,8 @@ class UserRows:
     def token_owner(self, token_hash: str, *, with_grants: bool = False) -> TokenOwner | None:
         """The user a token hash belongs to, with the token's id and expiry (and ``with_grants``,
         the user's grants), joined in one query: a request signed in by token costs one round trip."""
-        with self._index._read() as conn:  # every API request asks: a statement built once, sent as is
-            rows = list(run(conn, _OWNER_WITH_GRANTS if with_grants else _OWNER, {"token_hash": token_hash}))
+        # every API request asks: a statement built once, sent as is
+        rows = self._index.fixed_rows(_OWNER_WITH_GRANTS if with_grants else _OWNER, {"token_hash": token_hash})
         if not rows:
             return None
         row = rows[0]
