@@ -584,10 +584,10 @@ class SqlIndex:
 
     def fixed_rows(self, statement: Any, params: dict[str, Any]) -> list[Any]:
         """The rows of one fixed read ``statement`` (a construct built once, at import), by the
-        shortest road: on SQLite through :func:`~.common.run`, on PostgreSQL straight to the driver
+        shortest road: on SQLite through :func:`~.common.run`, on PostgreSQL straight to psycopg
         on a pooled connection (:func:`~.pg_batch.pooled_rows`). For the reads every API request
         makes (its token check); errors are translated as :meth:`_read` translates them."""
-        if self.dialect != "postgresql":
+        if self.engine.dialect.driver != "psycopg":  # SQLite (and a driver other than psycopg 3)
             with self._read() as conn:
                 return list(run(conn, statement, params))
         from .pg_batch import pooled_rows
