@@ -488,13 +488,42 @@ def render(results: dict[str, Any], plot_name: str | None) -> str:
     lines = header_section(results)
     lines += targets_section(results)
     lines += [*HOW_TO_READ.splitlines(), ""]
-    for section in (small_section, large_section, compression_section, memory_section):
-        lines += section(results)
-    lines += index_section(results, plot_name)
+    notes = section_notes()
+    sections = [small_section(results), large_section(results), compression_section(results)]
+    sections += [memory_section(results), index_section(results, plot_name)]
     for section in (dedup_section, mlflow_section, startup_section, search_section, unpickle_section):
-        lines += section(results)
+        sections.append(section(results))
+    for written in sections:
+        lines += written
+        heading = next((line for line in written if line.startswith("## ")), None)
+        if heading in notes:
+            while not lines[-1].strip():
+                lines.pop()
+            lines += ["", *notes.pop(heading), ""]
+    if notes:
+        raise ValueError(f"bench/notes.md has notes for sections run.py does not write: {sorted(notes)}")
     lines += standalone_sections()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def section_notes() -> dict[str, list[str]]:
+    """What bench/notes.md says under each heading of a section run.py writes: paragraphs written
+    by hand about a run (why a figure moved, what was tried), appended after that section's
+    tables, so that a run keeps them."""
+    path = Path(__file__).with_name("notes.md")
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    body = text.split("-->", 1)[1] if text.startswith("<!--") else text
+    notes: dict[str, list[str]] = {}
+    heading = None
+    for line in body.strip().splitlines():
+        if line.startswith("## "):
+            heading = line
+            notes[heading] = []
+        elif heading is not None:
+            notes[heading].append(line)
+    return {h: "\n".join(block).strip().splitlines() for h, block in notes.items()}
 
 
 def standalone_sections() -> list[str]:

@@ -8,8 +8,12 @@ from typing import Any
 
 
 def open_registry(modelkeep: Any, root: Path, **options: Any) -> Any:
-    """A ``ModelPersistence`` whose models and index live under ``root``."""
-    return modelkeep.ModelPersistence(models_dir=str(root / "models"), **options)
+    """A ``ModelPersistence`` whose models and index live under ``root``, created empty now:
+    opening a registry creates nothing (a read of one that does not exist raises), and creating
+    its index is not what a benchmark times."""
+    registry = modelkeep.ModelPersistence(models_dir=str(root / "models"), **options)
+    registry.ensure_registry()
+    return registry
 
 
 def artifact_size(registry: Any, name: str, version: str, saved: Path | None = None) -> int:
