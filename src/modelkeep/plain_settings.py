@@ -245,12 +245,12 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
     assert models_dir is not None
     registry_url = _text(p.get("registry_url"), optional=True)
     # As ModelPersistence.__new__ reads them: registry_url first, then models_dir.
-    server_url: str | None = registry_url if registry_url is not None else models_dir
-    if not is_server_url(server_url):
-        server_url = None
+    named = registry_url if registry_url is not None else models_dir
+    server_url = named if is_server_url(named) else None
+    if server_url is None:
         if not models_dir or not is_local(models_dir):
             raise _Unsure
-    elif insecure_server_url(server_url):  # type: ignore[arg-type]
+    elif insecure_server_url(server_url):
         raise _Unsure  # the client refuses it, with its own error
     options = p.get("storage_options")
     if isinstance(options, str):
@@ -304,7 +304,7 @@ def _persistence(p: dict[str, Any], log_level: str) -> ReadSettings:
         read_timeout=_positive_float(p["read_timeout"]) if "read_timeout" in p else None,
         log_level=log_level,
         server_url=server_url,
-        token=token if server_url is not None else None,
+        token=token,  # only with a server: a local registry's token went to the library above
     )
 
 

@@ -219,11 +219,8 @@ class QuickHttp:
         would mix its answer with the parent's) and keep connections anew. Closing the child's
         copies of their sockets sends nothing: the parent's stay open."""
         self._lock = threading.Lock()  # the parent's may have been held by another thread at the fork
-        parents = self._idle[:]
-        self._idle.clear()
         self._pid = os.getpid()
-        for _, conn in parents:
-            conn.close()
+        _close_idle(self._idle)
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -238,8 +235,7 @@ class QuickHttp:
             self._closed = True
             idle = self._idle[:]
             self._idle.clear()
-        for _, conn in idle:
-            conn.close()
+        _close_idle(idle)
 
     # -- requests ---------------------------------------------------------------------------
     def request(
@@ -307,6 +303,8 @@ class QuickHttp:
 
 
 def _close_idle(idle: list[tuple[float, http.client.HTTPConnection]]) -> None:
+    """Close the connections of ``idle`` and empty it (the client's own list at collection or
+    in a forked child, a copy taken under the lock at ``close()``)."""
     for _, conn in idle:
         conn.close()
     idle.clear()

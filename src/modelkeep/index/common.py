@@ -188,9 +188,13 @@ def _driver_sql(statement: Any, keys: tuple[str, ...]) -> DriverStatement:
 
             _SQLITE_NAMED.append(pysqlite.dialect(paramstyle="named"))
         compiled = statement.compile(dialect=_SQLITE_NAMED[0], column_keys=list(keys))
-        defaults = {n: b.value for n, b in compiled.binds.items() if not b.required and b.value is not None}
-        found = _DRIVER_SQL[(statement, keys)] = DriverStatement(str(compiled), defaults)
+        found = _DRIVER_SQL[(statement, keys)] = DriverStatement(str(compiled), own_values(compiled))
     return found
+
+
+def own_values(compiled: Any) -> dict[str, Any]:
+    """The values a compiled statement holds itself (``LIMIT 1``), not the caller's parameters."""
+    return {n: b.value for n, b in compiled.binds.items() if not b.required and b.value is not None}
 
 
 def run(conn: Connection, statement: Any, params: dict[str, Any] | list[dict[str, Any]]) -> Any:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import LRUCache
 
-from .common import driver_error
+from .common import driver_error, own_values
 
 #: Compiled forms of the statements :func:`literal_sql` renders, by SQLAlchemy's cache key (the
 #: row's statement is built anew at each save, with the same shape: compiling it again each time
@@ -96,8 +96,7 @@ def pooled_rows(engine: Engine, schema: str | None, statement: Any, params: dict
     if found is None:
         schemas: dict[str, Any] = {} if schema is None else {"schema_translate_map": {None: schema}}
         compiled = statement.compile(dialect=engine.dialect, render_schema_translate=bool(schemas), **schemas)
-        defaults = {n: b.value for n, b in compiled.binds.items() if not b.required and b.value is not None}
-        found = _POOLED[(statement, schema)] = (compiled.string, defaults)
+        found = _POOLED[(statement, schema)] = (compiled.string, own_values(compiled))
     sql, defaults = found
     raw = engine.raw_connection()
     cursor = None
