@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, insert
 
 from modelkeep import (
     BatchItemError,
@@ -21,7 +21,9 @@ from modelkeep import (
     SerializationError,
     VersionExistsError,
 )
+from modelkeep.errors import SaveInProgressError
 from modelkeep.index.claims import list_claims
+from modelkeep.index.schema import claims
 from modelkeep.layout import EVENT_DIR, sidecar_key
 from modelkeep.maintenance import CORRUPT, MISSING, SIGNATURE
 
@@ -101,6 +103,53 @@ def test_a_batch_commits_in_a_few_transactions(persistence: ModelPersistence) ->
     # Two batches: each one claim transaction and one commit of its rows (reads commit nothing).
     assert len(p.model_summaries()) == 40
     assert len(commits) <= 2 * 2 + 2, commits
+
+
+def test_a_batch_allocates_versions_as_saves_one_after_another_would(persistence: ModelPersistence) -> None:
+    p = persistence
+    p.save({"w": 0}, "epochs", "1.0.0")
+    # Another writer, alive on another machine, holds 1.0.1: automatic versions skip it.
+    with p.index.engine.begin() as conn:
+        conn.execute(
+            insert(claims),
+            {
+                "model_name": "epochs",
+                "version": "1.0.1",
+                "token": "f" * 32,
+                "owner": "elsewhere/pid:[1]/42/1",
+                "claimed_at": "2026-01-01T00:00:00+00:00",
+                "purpose": "save",
+            },
+        )
+    wanted: list[str | None] = [None, None, "5.0.0", None, "2.0.0", None]
+    records = p.save_many([{"model": {"w": i}, "model_name": "epochs", "version": v} for i, v in enumerate(wanted)])
+    assert [r.version for r in records] == ["1.0.2", "1.0.3", "5.0.0", "5.0.1", "2.0.0", "5.0.2"]
+    # The other writer's claim still holds its version, which the batch left alone.
+    with pytest.raises(SaveInProgressError, match=r"version '1\.0\.1' is in progress .*pid 42 on elsewhere"):
+        p.save_many([{"model": {"w": 9}, "model_name": "epochs", "version": "1.0.1"}])
+    assert [c.version for c in list_claims(p.index)] == ["1.0.1"]
+
+
+def test_a_batch_reads_each_models_claims_once(tmp_path: Path) -> None:
+    """n versions of one model in a batch: one read of that model's claims, not one per version
+    (which made a batch of n versions of one model cost n²/2 claim rows and process checks)."""
+    p = ModelPersistence(models_dir=tmp_path / "models")
+    p.save({"w": 0}, "epochs")
+    sent: list[str] = []
+
+    def on_connect(dbapi: Any, _record: Any) -> None:
+        dbapi.set_trace_callback(sent.append)
+
+    p.index.engine.pool.dispose()
+    event.listen(p.index.engine, "connect", on_connect)
+    try:
+        records = p.save_many([{"model": {"w": i}, "model_name": "epochs"} for i in range(60)])
+    finally:
+        event.remove(p.index.engine, "connect", on_connect)
+    assert [r.version for r in records] == [f"1.0.{i}" for i in range(1, 61)]
+    claim_reads = [s for s in sent if s.lstrip().startswith("SELECT") and "modelkeep_claims" in s]
+    # take_many reads the model's claims once; check_many checks the batch's tokens in one query.
+    assert len(claim_reads) <= 3, claim_reads
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
@@ -723,6 +723,44 @@ def _find_token(index: SqlIndex, token: str) -> ClaimInfo | None:
     )
 
 
+@dataclass
+class _ModelClaims:
+    """One model's claims as its writer sees them under the model's write lock: the live claims
+    by version (dead writers' dropped), and its highest parsed version, claimed or committed
+    (known only when read with the model's top version)."""
+
+    held: dict[str, ClaimInfo]
+    highest: str | None
+
+    def add(self, info: ClaimInfo) -> None:
+        """Count a claim this transaction has just inserted (``take_many``'s next item sees it)."""
+        self.held[info.version] = info
+        key = sort_key(info.version)
+        top = None if self.highest is None else sort_key(self.highest)
+        if key is not None and (top is None or (key, info.version) > (top, self.highest)):  # as max() in _model_claims
+            self.highest = info.version
+
+
+def _model_claims(conn: Connection, model_name: str, *, with_top: bool) -> _ModelClaims:
+    """The model's claims (and its highest version when ``with_top``), in one statement; the
+    claims of writers that provably died are dropped."""
+    top = None
+    if with_top:  # the model's claims and its highest version, in one statement
+        rows = run(conn, _CLAIMS_AND_TOP, {"model_name": model_name}).all()
+        top = rows[0].top if rows and rows[0].top is not None else None
+        held = {c.version: c for c in (_info(r) for r in rows if r.token is not None)}
+    else:
+        held = {c.version: c for c in map(_info, run(conn, _MODEL_CLAIMS, {"model_name": model_name}))}
+    mine = owner_label()
+    for info in list(held.values()):
+        if info.owner != mine and owner_is_dead(info.owner):  # its process is gone: it can write nothing any more
+            logger.info("releasing the claim of a process that died: %s", info)
+            run(conn, _DROP_CLAIM, {"token": info.token})
+            del held[info.version]
+    keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
+    return _ModelClaims(held, max(keyed)[1] if keyed else None)
+
+
 def _choose(
     index: SqlIndex,
     conn: Connection,
@@ -732,30 +770,21 @@ def _choose(
     overwrite: bool,
     must_exist: bool,
     defer: bool = False,
+    known: _ModelClaims | None = None,
 ) -> tuple[str, ModelMetadata | None]:
     """The version to claim and its committed record (if any), under the model's write lock.
     ``defer`` (automatic versions): skip only claimed versions, and leave the check that the
-    version has no row to the claim's insert (:data:`_CLAIM_IF_FREE`)."""
-    if version is None:  # the model's claims and its highest version, in one statement
-        rows = run(conn, _CLAIMS_AND_TOP, {"model_name": model_name}).all()
-        top = rows[0].top if rows and rows[0].top is not None else None
-        held = {c.version: c for c in (_info(r) for r in rows if r.token is not None)}
-    else:
-        held = {c.version: c for c in map(_info, run(conn, _MODEL_CLAIMS, {"model_name": model_name}))}
-    for info in list(held.values()):
-        if owner_is_dead(info.owner):  # its process is gone: it can write nothing any more
-            logger.info("releasing the claim of a process that died: %s", info)
-            run(conn, _DROP_CLAIM, {"token": info.token})
-            del held[info.version]
+    version has no row to the claim's insert (:data:`_CLAIM_IF_FREE`). ``known``: the model's
+    claims as this transaction already read them (``take_many``), instead of reading them again."""
+    state = known if known is not None else _model_claims(conn, model_name, with_top=version is None)
+    held = state.held
     if version is None:
-        keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
-        highest = max(keyed)[1] if keyed else None
 
         def taken(v: str) -> bool:
             params = {"model_name": model_name, "version": v}
             return v in held or (not defer and run(conn, _VERSION_EXISTS, params).first() is not None)
 
-        return next_version(highest, taken), None
+        return next_version(state.highest, taken), None
     if version in held:
         raise in_progress(held[version])
     previous = index._get(conn, model_name, version)
@@ -802,22 +831,24 @@ def take_many(index: SqlIndex, wanted: list[tuple[str, str | None]]) -> list[Ver
                 for name in sorted({m for m, _ in wanted}):
                     index._lock_model(conn, name)
                 rows = []
+                # each model's claims read once: a batch of n versions of one model reads n rows, not n²/2
+                models: dict[str, _ModelClaims] = {}
                 for position, (model_name, version) in enumerate(wanted):
                     try:
-                        picked, _ = _choose(index, conn, model_name, version, overwrite=False, must_exist=False)
+                        if model_name not in models:
+                            models[model_name] = _model_claims(conn, model_name, with_top=True)
+                        known = models[model_name]
+                        picked, _ = _choose(
+                            index, conn, model_name, version, overwrite=False, must_exist=False, known=known
+                        )
                     except ModelKeepError as exc:
                         raise for_item(exc, position, model_name) from exc
                     chosen.append(picked)
-                    row = {
-                        "model_name": model_name,
-                        "version": picked,
-                        "token": tokens[position],
-                        "owner": owner,
-                        "claimed_at": claimed_at,
-                        "purpose": SAVE,
-                    }
-                    conn.execute(_INSERT_CLAIM, row)  # _choose of the next item must see it
-                    rows.append(row)
+                    info = ClaimInfo(model_name, picked, tokens[position], owner, claimed_at, SAVE)
+                    known.add(info)
+                    rows.append(asdict(info))
+                if rows:
+                    run(conn, _INSERT_CLAIM, rows)  # one statement: each model's state above counted them
             break
         except ConnectionLostError as exc:
             if try_number == tries:
