@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
     parser.add_argument("--only", default="", help="comma-separated sections to run")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
-    parser.add_argument("--output", type=Path, help="README to write (default depends on --quick)")
+    parser.add_argument(
+        "--output", type=Path, help="README to write, its results JSON beside it (default depends on --quick)"
+    )
     args = parser.parse_args(argv)
     for name in filter(None, (args.only + "," + args.skip).split(",")):
         if name not in SECTIONS:
@@ -185,12 +187,15 @@ def write_outputs(results: dict[str, Any], quick: bool, output: Path | None) -> 
     import report
 
     out_dir = TMP_ROOT if quick else BENCH_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".quick" if quick else ""
-    (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot = out_dir / f"index_scaling{suffix}.png"
-    plotted = "index" in results and index_scaling.plot(results["index"], plot)
     readme = output or out_dir / f"README{suffix}.md"
+    stem = "" if output is None else f"{output.stem}."
+    if output is not None:  # beside that README: bench/results.json stays the one bench/README.md renders
+        out_dir = output.resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot = out_dir / f"{stem}index_scaling{suffix}.png"
+    plotted = "index" in results and index_scaling.plot(results["index"], plot)
     plot_name = os.path.relpath(plot, readme.resolve().parent) if plotted else None
     readme.write_text(report.render(results, plot_name))
     return readme
