@@ -73,12 +73,55 @@ def _server_only_line(command_path: str) -> str:
     )
 
 
+#: Commands defined in modules of their own: ``name -> (module, attribute)``. A module is imported
+#: when one of its commands is named (or ``--help`` lists them all), so ``list`` or ``info`` never
+#: runs the code that defines ``server`` or ``webhooks``.
+LAZY_COMMANDS = {
+    "alias": ("cli_lifecycle", "alias"),
+    "tag": ("cli_lifecycle", "tag"),
+    "describe": ("cli_lifecycle", "describe"),
+    "history": ("cli_lifecycle", "history"),
+    "restore": ("cli_lifecycle", "restore"),
+    "purge": ("cli_lifecycle", "purge"),
+    "prune": ("cli_lifecycle", "prune"),
+    "search": ("cli_search", "search"),
+    "keys": ("cli_keys", "keys"),
+    "sign": ("cli_keys", "sign"),
+    "export-signed": ("cli_keys", "export_signed"),
+    "ui": ("cli_ui", "ui"),
+    "server": ("cli_server", "server"),
+    "serve": ("cli_serve", "serve"),
+    "users": ("cli_users", "users"),
+    "policy": ("cli_policy", "policy"),
+    "approve": ("cli_policy", "approve"),
+    "import-mlflow": ("cli_mlflow", "import_mlflow_command"),
+    "export": ("cli_bundle", "export_command"),
+    "import": ("cli_bundle", "import_command"),
+    "doctor": ("cli_doctor", "doctor"),
+    "backfill-params": ("cli_params", "backfill_params"),
+    "webhooks": ("cli_events", "webhooks"),
+    "events": ("cli_events", "events"),
+    "cache": ("cli_cache", "cache"),
+}
+
+
 class _Group(click.Group):
     """Library errors (:class:`ModelKeepError`) and the operating system's (``OSError``:
     missing files, permissions, a full disk) become one ``Error:`` line, exit 1. Anything
     else is a bug in modelkeep: it is shown as one, with its traceback, exit 70; so is a
     registry server's bug (:class:`~modelkeep.errors.ServerError`), in one line, since its
     traceback is in the server's log."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(f"{__package__}.{module}"), attribute), cmd_name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -539,57 +582,6 @@ def reindex(ctx: click.Context, yes: bool) -> None:
         click.confirm("Replace the index with what the sidecar files describe?", abort=True, err=True)
     count = persistence.reindex()
     print_status(ctx, f"Reindexed {count} version(s)")
-
-
-from .cli_keys import export_signed, keys, sign  # noqa: E402  (they import cli's helpers lazily)
-
-cli.add_command(keys)
-cli.add_command(sign)
-cli.add_command(export_signed)
-from . import cli_lifecycle, cli_search, cli_serve, cli_server, cli_ui, cli_users  # noqa: E402  (commands defined in their own modules)
-
-cli.add_command(cli_lifecycle.alias)
-cli.add_command(cli_lifecycle.tag)
-cli.add_command(cli_lifecycle.describe)
-cli.add_command(cli_lifecycle.history)
-cli.add_command(cli_lifecycle.restore)
-cli.add_command(cli_lifecycle.purge)
-cli.add_command(cli_lifecycle.prune)
-
-
-cli.add_command(cli_search.search)
-cli.add_command(cli_ui.ui)
-cli.add_command(cli_server.server)
-cli.add_command(cli_serve.serve)
-cli.add_command(cli_users.users)
-from .cli_policy import approve, policy  # noqa: E402  (commands defined in their own modules)
-
-cli.add_command(policy)
-cli.add_command(approve)
-
-
-from .cli_mlflow import import_mlflow_command  # noqa: E402  (commands defined in their own modules)
-
-cli.add_command(import_mlflow_command)
-from .cli_bundle import export_command, import_command  # noqa: E402
-
-cli.add_command(export_command)
-cli.add_command(import_command)
-
-
-from .cli_doctor import doctor  # noqa: E402
-
-cli.add_command(doctor)
-from .cli_params import backfill_params  # noqa: E402
-
-cli.add_command(backfill_params)
-from .cli_events import events, webhooks  # noqa: E402
-
-cli.add_command(webhooks)
-cli.add_command(events)
-from .cli_cache import cache  # noqa: E402
-
-cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> None:
