@@ -381,7 +381,11 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                     None,
                 )
             )
-            results = [_row(name, argv, runs, tmp, run_env, target) for name, argv, run_env, target in runs_with]
+            results = [
+                {**_row(name, argv, runs, tmp, run_env, target), "_env": run_env}
+                for name, argv, run_env, target in runs_with
+            ]
+            _add_floors(results, runs, tmp)
         finally:
             server.terminate()
             server.wait(30)
@@ -391,6 +395,52 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
     for result in results:
         result["ratio"] = result["median_s"] / baseline
     return results
+
+
+#: Imports, in a fresh interpreter, every module named in argv[1] (JSON): a command's floor.
+_IMPORT_ALL = """
+import importlib, json, sys
+for name in json.loads(sys.argv[1]):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+"""
+
+
+def _libraries(argv: list[str], env: dict[str, str], cwd: str) -> list[str]:
+    """Every module a command imports that is not modelkeep's own (``-X importtime``), in order."""
+    script = argv[0] if argv[0] != sys.executable else None
+    command = [sys.executable, "-X", "importtime", *([script] if script else []), *argv[1:]]
+    out = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    names = []
+    for line in out.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name.split(".")[0] not in ("modelkeep", "__main__"):
+                names.append(name)
+    return names
+
+
+def _add_floors(results: list[dict[str, Any]], runs: int, cwd: str) -> None:
+    """Give each row with a target its floor, measured as the rows are: a fresh interpreter that
+    imports every library module the command imports (the standard library's, click's,
+    cryptography's...) and none of modelkeep's, so the rest is modelkeep's code and the work."""
+    import json
+
+    floors: dict[tuple[str, ...], dict[str, float]] = {}
+    for row in results:
+        if row.get("target_s") is None:
+            continue
+        env = row.pop("_env")
+        names = tuple(_libraries(row["argv"], env, cwd))
+        if names not in floors:
+            times, _cpu = _time([sys.executable, "-c", _IMPORT_ALL, json.dumps(names)], runs, cwd, env)
+            floors[names] = {"median_s": statistics.median(times), "modules": len(names)}
+        row["floor_s"] = floors[names]["median_s"]
+        row["floor_modules"] = floors[names]["modules"]
+    for row in results:
+        row.pop("_env", None)
 
 
 def _row(name: str, argv: list[str], runs: int, cwd: str, env: dict[str, str], target: float | None) -> dict[str, Any]:
