@@ -7,6 +7,7 @@ Every test gets its own models directory under ``tmp_path``.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -697,6 +698,47 @@ def test_help_imports_no_heavy_module() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY_MODULES)
     assert heavy == [], f"--help imported heavy modules: {heavy[:10]}"
+
+
+#: Runs the CLI on argv in a fresh interpreter, then prints the command modules it imported.
+_COMMAND_MODULES = """
+import sys
+from modelkeep.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.startswith("modelkeep.cli_")), file=sys.stderr)
+"""
+
+
+def _command_modules(*args: str) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMMAND_MODULES, *args],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "Usage: modelkeep" in proc.stdout, proc.stderr
+    lazy = {f"modelkeep.{module}" for module, _ in modelkeep.cli.LAZY_COMMANDS.values()}
+    return lazy & set(ast.literal_eval(proc.stderr.strip().splitlines()[-1]))
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """Commands defined outside cli.py are imported when named: a read command runs none of them."""
+    assert _command_modules("list", "--help") == set()
+    assert _command_modules("alias", "--help") == {"modelkeep.cli_lifecycle"}
+    # --help shows every command's help: it imports them all
+    assert _command_modules("--help") == {f"modelkeep.{module}" for module, _ in modelkeep.cli.LAZY_COMMANDS.values()}
+
+
+def test_a_mistyped_command_is_answered_with_the_close_names() -> None:
+    proc = run_module("serch")
+    assert proc.returncode == 2
+    assert "No such command 'serch'" in proc.stderr and "'search'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # -- copy ---------------------------------------------------------------------

@@ -123,6 +123,14 @@ class _Group(click.Group):
             self.add_command(getattr(importlib.import_module(f"{__package__}.{module}"), attribute), cmd_name)
         return self.commands.get(cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and args[0] not in LAZY_COMMANDS:
+            for name in LAZY_COMMANDS:  # a mistyped command: click's "Did you mean" reads every name
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
