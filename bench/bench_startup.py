@@ -381,11 +381,8 @@ def run(runs: int = 15) -> list[dict[str, Any]]:
                     None,
                 )
             )
-            results = [
-                {**_row(name, argv, runs, tmp, run_env, target), "_env": run_env}
-                for name, argv, run_env, target in runs_with
-            ]
-            _add_floors(results, runs, tmp)
+            results = [_row(name, argv, runs, tmp, run_env, target) for name, argv, run_env, target in runs_with]
+            _add_floors(results, [run_env for _, _, run_env, _ in runs_with], runs, tmp)
         finally:
             server.terminate()
             server.wait(30)
@@ -422,25 +419,22 @@ def _libraries(argv: list[str], env: dict[str, str], cwd: str) -> list[str]:
     return names
 
 
-def _add_floors(results: list[dict[str, Any]], runs: int, cwd: str) -> None:
+def _add_floors(results: list[dict[str, Any]], envs: list[dict[str, str]], runs: int, cwd: str) -> None:
     """Give each row with a target its floor, measured as the rows are: a fresh interpreter that
     imports every library module the command imports (the standard library's, click's,
     cryptography's...) and none of modelkeep's, so the rest is modelkeep's code and the work."""
     import json
 
     floors: dict[tuple[str, ...], dict[str, float]] = {}
-    for row in results:
+    for row, env in zip(results, envs, strict=True):
         if row.get("target_s") is None:
             continue
-        env = row.pop("_env")
         names = tuple(_libraries(row["argv"], env, cwd))
         if names not in floors:
             times, _cpu = _time([sys.executable, "-c", _IMPORT_ALL, json.dumps(names)], runs, cwd, env)
             floors[names] = {"median_s": statistics.median(times), "modules": len(names)}
         row["floor_s"] = floors[names]["median_s"]
         row["floor_modules"] = floors[names]["modules"]
-    for row in results:
-        row.pop("_env", None)
 
 
 def _row(name: str, argv: list[str], runs: int, cwd: str, env: dict[str, str], target: float | None) -> dict[str, Any]:

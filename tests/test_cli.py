@@ -647,15 +647,19 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
-def run_module(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def _run_python(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *python_flags, "-m", "modelkeep", *args],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         env=_subprocess_env(),
         stdin=subprocess.DEVNULL,
         timeout=120,
     )
+
+
+def run_module(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return _run_python(*python_flags, "-m", "modelkeep", *args)
 
 
 def test_installed_console_script(model_file: Path, models_dir: Path) -> None:
@@ -712,26 +716,21 @@ print(sorted(m for m in sys.modules if m.startswith("modelkeep.cli_")), file=sys
 """
 
 
+#: The modules of the commands cli.py imports when they are named.
+_LAZY_MODULES = {f"modelkeep.{module}" for module, _ in modelkeep.cli.LAZY_COMMANDS.values()}
+
+
 def _command_modules(*args: str) -> set[str]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMMAND_MODULES, *args],
-        capture_output=True,
-        text=True,
-        env=_subprocess_env(),
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    proc = _run_python("-c", _COMMAND_MODULES, *args)
     assert proc.returncode == 0 and "Usage: modelkeep" in proc.stdout, proc.stderr
-    lazy = {f"modelkeep.{module}" for module, _ in modelkeep.cli.LAZY_COMMANDS.values()}
-    return lazy & set(ast.literal_eval(proc.stderr.strip().splitlines()[-1]))
+    return _LAZY_MODULES & set(ast.literal_eval(proc.stderr.strip().splitlines()[-1]))
 
 
 def test_a_command_imports_only_its_own_module() -> None:
     """Commands defined outside cli.py are imported when named: a read command runs none of them."""
     assert _command_modules("list", "--help") == set()
     assert _command_modules("alias", "--help") == {"modelkeep.cli_lifecycle"}
-    # --help shows every command's help: it imports them all
-    assert _command_modules("--help") == {f"modelkeep.{module}" for module, _ in modelkeep.cli.LAZY_COMMANDS.values()}
+    assert _command_modules("--help") == _LAZY_MODULES  # --help shows every command's help: it imports them all
 
 
 def test_a_mistyped_command_is_answered_with_the_close_names() -> None:

@@ -735,10 +735,13 @@ class _ModelClaims:
     def add(self, info: ClaimInfo) -> None:
         """Count a claim this transaction has just inserted (``take_many``'s next item sees it)."""
         self.held[info.version] = info
-        key = sort_key(info.version)
-        top = None if self.highest is None else sort_key(self.highest)
-        if key is not None and (top is None or (key, info.version) > (top, self.highest)):  # as max() in _model_claims
-            self.highest = info.version
+        self.highest = _highest([self.highest, info.version])
+
+
+def _highest(versions: Iterable[str | None]) -> str | None:
+    """The highest parsed version among ``versions`` (equal ones: the greater spelling), or ``None``."""
+    keyed = [(k, v) for v in versions if v and (k := sort_key(v)) is not None]
+    return max(keyed)[1] if keyed else None
 
 
 def _model_claims(conn: Connection, model_name: str, *, with_top: bool) -> _ModelClaims:
@@ -757,8 +760,7 @@ def _model_claims(conn: Connection, model_name: str, *, with_top: bool) -> _Mode
             logger.info("releasing the claim of a process that died: %s", info)
             run(conn, _DROP_CLAIM, {"token": info.token})
             del held[info.version]
-    keyed = [(k, v) for v in [*held, *([top] if top else [])] if (k := sort_key(v)) is not None]
-    return _ModelClaims(held, max(keyed)[1] if keyed else None)
+    return _ModelClaims(held, _highest([*held, top]))
 
 
 def _choose(
