@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pickle
 import queue
@@ -227,3 +228,120 @@ def save_floor(
     _fsync_folder(folder)
     index.execute("INSERT INTO versions (record) VALUES (?)", (record.decode(),))
     index.commit()
+
+
+class DesignFloor:
+    """Every step of a modelkeep save on SQLite and a local folder, done raw: what the save's
+    design costs with no registry code around it (no SQLAlchemy, no records, no checks).
+
+    It works on a copy of a real registry's schema (the DDL of ``registry_db``, so the same
+    tables and indexes are updated) and replays the rows of that registry's first version
+    (``model_name``), under new version names: per save, :meth:`save` does what
+    ``docs/ARCHITECTURE.md`` lists (a claim committed without a sync, after reading the model's
+    claims, its highest version and stored identical bytes; the artifact written and fsync'ed;
+    the sidecar signed with ECDSA P-256, written and fsync'ed; both renamed into a new folder,
+    fsync'ed once; then one transaction that deletes the claim and inserts the version row, its
+    search field rows, the model row and the history row, writes the signed event file, and
+    commits with the WAL synced). Time spent here is the floor of the design; time a real save
+    spends above it is the registry's own code."""
+
+    def __init__(self, root: Path, registry_db: Path, model_name: str) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.root = root
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        src = sqlite3.connect(registry_db)
+        src.row_factory = sqlite3.Row
+        try:
+            ddl = [r[0] for r in src.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")]
+            version = src.execute(
+                "SELECT * FROM modelkeep_versions WHERE model_name = ? ORDER BY id LIMIT 1", (model_name,)
+            ).fetchone()
+            if version is None:
+                raise ValueError(f"no version of {model_name!r} in {registry_db}")
+            self._version = dict(version)
+            self._fields = [
+                dict(r) for r in src.execute("SELECT * FROM modelkeep_fields WHERE version_id = ?", (version["id"],))
+            ]
+            self._history = dict(
+                src.execute(
+                    "SELECT * FROM modelkeep_history WHERE model_name = ? AND version = ? ORDER BY id LIMIT 1",
+                    (model_name, version["version"]),
+                ).fetchone()
+            )
+            self._model = dict(
+                src.execute("SELECT * FROM modelkeep_models WHERE model_name = ?", (model_name,)).fetchone()
+            )
+        finally:
+            src.close()
+        self.index = sqlite3.connect(root / "design-floor.db", isolation_level=None, check_same_thread=False)
+        self.index.execute("PRAGMA journal_mode=WAL")
+        self.index.execute("PRAGMA synchronous=FULL")
+        for statement in ddl:
+            self.index.execute(statement)
+        self._model["model_name"] = "floor"
+        self._insert("modelkeep_models", [self._model])
+        (root / "design-floor-events").mkdir()
+
+    def _insert(self, table: str, rows: list[dict[str, Any]], verb: str = "INSERT") -> None:
+        columns = list(rows[0])
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        self.index.executemany(
+            f"{verb} INTO {table} ({names}) VALUES ({marks})", [tuple(r[c] for c in columns) for r in rows]
+        )
+
+    def _sign(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return bytes(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+
+    def save(self, obj: object, i: int) -> None:
+        """One save of ``obj`` as version ``i``, every step as modelkeep takes it, done raw."""
+        name, version = "floor", f"{i}.0.0"
+        idx = self.index
+        idx.execute("PRAGMA synchronous=NORMAL")  # the claim: atomic, not synced (index/sql.py)
+        idx.execute("BEGIN IMMEDIATE")
+        idx.execute("SELECT version, owner FROM modelkeep_claims WHERE model_name = ?", (name,)).fetchall()
+        idx.execute(
+            "SELECT version FROM modelkeep_versions WHERE model_name = ? ORDER BY parsed DESC, sort_key DESC LIMIT 1",
+            (name,),
+        ).fetchall()
+        token = os.urandom(16).hex()
+        idx.execute(
+            "INSERT INTO modelkeep_claims VALUES (?, ?, ?, ?, ?, ?)",
+            (name, version, token, f"pid {os.getpid()}", "2026-12-07T00:00:00+00:00", "save"),
+        )
+        idx.execute("COMMIT")
+        idx.execute("PRAGMA synchronous=FULL")
+        staged = self.root / f"design-{i}.part"
+        joblib_save(obj, staged)
+        digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        idx.execute("SELECT model_name, version FROM modelkeep_versions WHERE sha256 = ? LIMIT 1", (digest,)).fetchall()
+        record = self._version["record"].encode()
+        sidecar = self.root / f"design-{i}.json.part"
+        with open(sidecar, "wb") as fh:
+            fh.write(record + self._sign(record).hex().encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        folder = self.root / f"design-v{i}"
+        folder.mkdir()
+        os.replace(sidecar, folder / "metadata.json")
+        os.replace(staged, folder / "model.joblib")
+        _fsync_folder(folder)
+        idx.execute("BEGIN IMMEDIATE")
+        idx.execute("DELETE FROM modelkeep_claims WHERE token = ?", (token,))
+        row = dict(self._version, id=None, model_name=name, version=version, sha256=digest)
+        self._insert("modelkeep_versions", [row])
+        version_id = idx.execute("SELECT last_insert_rowid()").fetchone()[0]
+        self._insert("modelkeep_fields", [dict(f, version_id=version_id) for f in self._fields])
+        self._insert("modelkeep_models", [self._model], verb="INSERT OR IGNORE")
+        event = json.dumps(dict(self._history, id=None, model_name=name, version=version), sort_keys=True).encode()
+        signature = self._sign(event).hex()
+        self._insert(
+            "modelkeep_history", [dict(self._history, id=None, model_name=name, version=version, signature=signature)]
+        )
+        with open(self.root / "design-floor-events" / f"{i:012d}.json", "xb") as fh:  # written, not fsync'ed
+            fh.write(event)
+        idx.execute("COMMIT")

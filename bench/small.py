@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from baselines import floor_index, joblib_read, joblib_save, pickle_read, pickle_save, save_floor
+from baselines import DesignFloor, floor_index, joblib_read, joblib_save, pickle_read, pickle_save, save_floor
 from common import Settings, compare_interleaved, error_text, fsync_latency, log, scratch_dir
 from save_costs import count_round_trips, count_syncs, postgres_url
 from subject import open_registry
-from targets import SMALL_FLOOR
+from targets import SMALL_DESIGN_FLOOR, SMALL_FLOOR
 from workloads import pickled_size, small_model
 
 NAME = "small"
@@ -38,6 +38,8 @@ def _save_cases(model: object, root: Path, registries: dict[str, Any]) -> dict[s
         cases[f"{label} save"] = lambda i, r=registry: r.save(model, NAME)
     default = registries.get("modelkeep (default)")
     if default is not None:
+        design = DesignFloor(root, Path(default.models_dir) / "registry.db", NAME)
+        cases[SMALL_DESIGN_FLOOR] = lambda i: design.save(model, i)
         # The bench runs inside a git checkout, so each save also reads `git status` for its
         # lineage; this case shows the save without it (as outside a repository).
         cases[NO_GIT] = lambda i: _without_git(lambda: default.save(model, NAME))

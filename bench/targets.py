@@ -14,6 +14,8 @@ DASH = "\u2013"  # en dash, for ranges and missing values
 MK_SMALL_SAVE = "modelkeep (default) save"
 #: bench/small.py's raw save: the durable steps of a save with no registry code (baselines.save_floor).
 SMALL_FLOOR = "floor: joblib.dump+fsync, sidecar+fsync, 2 renames, folder fsync, SQLite commit (raw)"
+#: bench/small.py's design floor: every step of a save done raw (baselines.DesignFloor).
+SMALL_DESIGN_FLOOR = "design floor: every step of a save done raw (claim, 2 signatures, rows, event file)"
 #: bench/large.py's raw save: the same durable steps, the bytes also hashed with SHA-256 and BLAKE3
 #: on two threads as they are written (baselines.save_floor, hashed), as a save must.
 LARGE_FLOOR = "floor: joblib.dump teed to SHA-256 + BLAKE3 threads, the save's 4 syncs (raw)"
@@ -148,6 +150,14 @@ def _small_vs_joblib(results: dict[str, Any]) -> list[Verdict]:
                 f"folder fsync, one SQLite WAL commit): {_ms(raw)} = {raw / base:.2f}{X}; the other "
                 f"{_ms(max(mk - raw, 0.0))} are the registry's own work (claim transaction and checks, record, "
                 f"signature, hashing, event file{git})"
+            )
+        design = _median(results, "small", "save", SMALL_DESIGN_FLOOR)
+        if design is not None:
+            note += (
+                f"; every step of the save's design done raw in this run (the above plus the claim's "
+                f"transaction, 2 ECDSA signatures, the version, field and history rows, the event file): "
+                f"{_ms(design)} = {design / base:.2f}{X}, so no implementation of this design meets 2{X}; "
+                f"modelkeep's code adds {_ms(max(mk - design, 0.0))} ({mk / design:.2f}{X} the design floor)"
             )
         verdict = dataclasses.replace(verdict, note=note)
     if total is None:
