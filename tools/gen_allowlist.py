@@ -21,9 +21,9 @@ def _classes_in(module_name: str, base: type | None = None) -> set[tuple[str, st
     mod = importlib.import_module(module_name)
     out = set()
     for _name, obj in vars(mod).items():
-        if inspect.isclass(obj) and obj.__module__.startswith(module_name.split(".")[0]):
-            if base is None or issubclass(obj, base):
-                out.add((obj.__module__, obj.__qualname__))
+        ours = inspect.isclass(obj) and obj.__module__.startswith(module_name.split(".")[0])
+        if ours and (base is None or issubclass(obj, base)):
+            out.add((obj.__module__, obj.__qualname__))
     return out
 
 
@@ -66,9 +66,10 @@ def main() -> None:
     found["sklearn"] |= sklearn_classes()
     found["torch"] |= torch_classes()
     if len(sys.argv) > 2 and sys.argv[1] == "--observed":
-        for line in open(sys.argv[2]):
-            module, name = line.rstrip("\n").split("\t")
-            found[module.split(".")[0]].add((module, name))
+        with open(sys.argv[2], encoding="utf-8") as observed:
+            for line in observed:
+                module, name = line.rstrip("\n").split("\t")
+                found[module.split(".")[0]].add((module, name))
     for framework, pairs in sorted(found.items()):
         by_module: dict[str, list[str]] = defaultdict(list)
         for module, name in sorted(pairs):
