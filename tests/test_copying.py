@@ -180,3 +180,37 @@ def test_native_format_blobs_are_copied(local: ModelPersistence, team: ModelPers
     for version in ("1.0.0", "1.0.1"):
         loaded = team.load("nat", version)
         assert np.array_equal(loaded["a"], arrays["a"]) and np.array_equal(loaded["b"], arrays["b"])
+
+
+def test_the_trash_comes_along_and_each_record_is_read_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trashed versions are copied and trashed again in the destination, and a copy reads each
+    source record a few times, not once per model: finding the trashed ones used to parse every
+    record of the registry for each model (quadratic: half of a 300-model copy's time)."""
+    from modelkeep.metadata import ModelMetadata
+
+    source = ModelPersistence(models_dir=tmp_path / "source")
+    models = 30
+    for m in range(models):
+        for v in range(2):
+            source.save({"m": m, "v": v}, f"model_{m}")
+    for m in (3, 17):
+        source.delete(f"model_{m}", "1.0.0")
+    parsed = 0
+    real = ModelMetadata.from_dict.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[ModelMetadata], data: Any) -> ModelMetadata:
+        nonlocal parsed
+        parsed += 1
+        return real(cls, data)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(ModelMetadata, "from_dict", classmethod(counting))
+    dest = ModelPersistence(models_dir=tmp_path / "dest")
+    report = copy_registry(source, dest)
+    monkeypatch.undo()
+
+    assert len(report.copied) == 2 * models
+    assert sorted((m, v) for m, v, _at in dest.list_trash()) == [("model_17", "1.0.0"), ("model_3", "1.0.0")]
+    assert dest.list_versions("model_3") == ["1.0.1"]
+    assert parsed <= 4 * 2 * models, f"{parsed} record parses for {2 * models} versions"

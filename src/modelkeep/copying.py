@@ -104,12 +104,14 @@ def copy_registry(
             "(run modelkeep verify, and reindex to rebuild them from the sidecar files)"
         )
     dest.ensure_registry()  # a copy is a save: it may create the destination registry
-    trashed = {(m, v) for m, v, _at in source.index.lifecycle.trashed()}
+    trashed: dict[str, list[str]] = {}  # model -> its trashed versions, oldest trash first
+    for m, v, _at in source.index.lifecycle.trashed():
+        trashed.setdefault(m, []).append(v)
     for name in names:
         live = source.list_version_records(name)
-        in_trash = [
-            r for r in source.index.iter_records() if (r.model_name, r.version) in trashed and r.model_name == name
-        ]
+        # each trashed record fetched by its key: a pass over every record per model was
+        # quadratic in the registry's size (600 versions of 300 models: half a copy's time)
+        in_trash = [r for r in (source.index.get(name, v) for v in trashed.get(name, ())) if r is not None]
         for record in live + in_trash:  # trashed versions come along, and the history trashes them
             existing = dest.index.get(record.model_name, record.version)
             if existing is not None and _same_bytes(existing, record):
