@@ -94,7 +94,8 @@ def floor_index(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _fsync_folder(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """``fsync`` of a file or a folder by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -225,7 +226,7 @@ def save_floor(
         os.fsync(fh.fileno())
     os.replace(sidecar, folder / "metadata.json")
     os.replace(staged, folder / "model.joblib")
-    _fsync_folder(folder)
+    _fsync_path(folder)
     index.execute("INSERT INTO versions (record) VALUES (?)", (record.decode(),))
     index.commit()
 
@@ -242,7 +243,9 @@ class DesignFloor:
     the sidecar signed with ECDSA P-256, written and fsync'ed; both renamed into a new folder,
     fsync'ed once; then one transaction that deletes the claim and inserts the version row, its
     search field rows, the model row and the history row, writes the signed event file, and
-    commits with the WAL synced). Time spent here is the floor of the design; time a real save
+    commits with the WAL synced). As in a save, the artifact's fsync runs on a helper thread
+    while the claim is taken, and the folder's while the row's statements run, each waited for
+    before what depends on it. Time spent here is the floor of the design; time a real save
     spends above it is the registry's own code."""
 
     def __init__(self, root: Path, registry_db: Path, model_name: str) -> None:
@@ -274,6 +277,9 @@ class DesignFloor:
             )
         finally:
             src.close()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="design-floor")
         self.index = sqlite3.connect(root / "design-floor.db", isolation_level=None, check_same_thread=False)
         self.index.execute("PRAGMA journal_mode=WAL")
         self.index.execute("PRAGMA synchronous=FULL")
@@ -282,6 +288,11 @@ class DesignFloor:
         self._model["model_name"] = "floor"
         self._insert("modelkeep_models", [self._model])
         (root / "design-floor-events").mkdir()
+
+    def close(self) -> None:
+        """Close the floor's database and stop its helper thread."""
+        self._helper.shutdown()
+        self.index.close()
 
     def _insert(self, table: str, rows: list[dict[str, Any]], verb: str = "INSERT") -> None:
         columns = list(rows[0])
@@ -301,6 +312,12 @@ class DesignFloor:
         """One save of ``obj`` as version ``i``, every step as modelkeep takes it, done raw."""
         name, version = "floor", f"{i}.0.0"
         idx = self.index
+        staged = self.root / f"design-{i}.part"
+        with open(staged, "wb") as fh, pristine_joblib():
+            joblib.dump(obj, fh)
+        data = staged.read_bytes()  # a save hashes the bytes as they are written
+        digest = hashlib.sha256(data).hexdigest()
+        artifact_synced = self._helper.submit(_fsync_path, staged)  # beside the claim, as a save's
         idx.execute("PRAGMA synchronous=NORMAL")  # the claim: atomic, not synced (index/sql.py)
         idx.execute("BEGIN IMMEDIATE")
         idx.execute("SELECT version, owner FROM modelkeep_claims WHERE model_name = ?", (name,)).fetchall()
@@ -313,12 +330,9 @@ class DesignFloor:
             "INSERT INTO modelkeep_claims VALUES (?, ?, ?, ?, ?, ?)",
             (name, version, token, f"pid {os.getpid()}", "2026-12-07T00:00:00+00:00", "save"),
         )
+        idx.execute("SELECT model_name, version FROM modelkeep_versions WHERE sha256 = ? LIMIT 1", (digest,)).fetchall()
         idx.execute("COMMIT")
         idx.execute("PRAGMA synchronous=FULL")
-        staged = self.root / f"design-{i}.part"
-        joblib_save(obj, staged)
-        digest = hashlib.sha256(staged.read_bytes()).hexdigest()
-        idx.execute("SELECT model_name, version FROM modelkeep_versions WHERE sha256 = ? LIMIT 1", (digest,)).fetchall()
         record = self._version["record"].encode()
         sidecar = self.root / f"design-{i}.json.part"
         with open(sidecar, "wb") as fh:
@@ -328,8 +342,9 @@ class DesignFloor:
         folder = self.root / f"design-v{i}"
         folder.mkdir()
         os.replace(sidecar, folder / "metadata.json")
+        artifact_synced.result()
         os.replace(staged, folder / "model.joblib")
-        _fsync_folder(folder)
+        folder_synced = self._helper.submit(_fsync_path, folder)  # beside the row's statements
         idx.execute("BEGIN IMMEDIATE")
         idx.execute("DELETE FROM modelkeep_claims WHERE token = ?", (token,))
         row = dict(self._version, id=None, model_name=name, version=version, sha256=digest)
@@ -344,4 +359,5 @@ class DesignFloor:
         )
         with open(self.root / "design-floor-events" / f"{i:012d}.json", "xb") as fh:  # written, not fsync'ed
             fh.write(event)
+        folder_synced.result()
         idx.execute("COMMIT")

@@ -81,7 +81,7 @@ def test_the_design_floor_syncs_and_writes_what_a_save_does(tmp_path: Path, monk
     counts["total syncs"] = counts["file fsync"] + counts["folder fsync"] + counts["index commit with WAL sync"]
     assert dict(counts) == real
     floor.save(model, 2)
-    floor.index.close()
+    floor.close()
 
     per_save = _rows(tmp_path / "registry" / "registry.db", "small")
     made = _rows(tmp_path / "design-floor.db", "floor")
