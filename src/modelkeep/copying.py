@@ -94,7 +94,8 @@ def copy_registry(
     plan: list[tuple[ModelMetadata, ModelMetadata | None]] = []
     conflicts: list[str] = []
     report = CopyReport()
-    damaged = [r for name in names for r in source.list_version_records(name) if r.damaged]
+    live = {name: source.list_version_records(name) for name in names}  # read once: checked, then planned
+    damaged = [r for records in live.values() for r in records if r.damaged]
     for r in damaged:  # a signed record replayed into another row: its own SignatureError
         source.index.get(r.model_name, r.version)
     if damaged:
@@ -108,11 +109,10 @@ def copy_registry(
     for m, v, _at in source.index.lifecycle.trashed():
         trashed.setdefault(m, []).append(v)
     for name in names:
-        live = source.list_version_records(name)
         # each trashed record fetched by its key: a pass over every record per model was
         # quadratic in the registry's size (600 versions of 300 models: half a copy's time)
         in_trash = [r for r in (source.index.get(name, v) for v in trashed.get(name, ())) if r is not None]
-        for record in live + in_trash:  # trashed versions come along, and the history trashes them
+        for record in live[name] + in_trash:  # trashed versions come along, and the history trashes them
             existing = dest.index.get(record.model_name, record.version)
             if existing is not None and _same_bytes(existing, record):
                 report.skipped.append((record.model_name, record.version))
