@@ -94,6 +94,14 @@ def floor_index(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path`` and ``fsync`` it (a sidecar's write)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _fsync_path(path: Path) -> None:
     """``fsync`` of a file or a folder by its path."""
     fd = os.open(path, os.O_RDONLY)
@@ -220,10 +228,7 @@ def save_floor(
     else:
         joblib_save(obj, staged)
     sidecar = root / f"floor-{i}.json.part"
-    with open(sidecar, "wb") as fh:
-        fh.write(record)
-        fh.flush()
-        os.fsync(fh.fileno())
+    _write_synced(sidecar, record)
     os.replace(sidecar, folder / "metadata.json")
     os.replace(staged, folder / "model.joblib")
     _fsync_path(folder)
@@ -249,10 +254,12 @@ class DesignFloor:
     spends above it is the registry's own code."""
 
     def __init__(self, root: Path, registry_db: Path, model_name: str) -> None:
+        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
         self.root = root
         self._key = ec.generate_private_key(ec.SECP256R1())
+        self._ecdsa = ec.ECDSA(hashes.SHA256())  # made once: a save's timed steps only sign
         src = sqlite3.connect(registry_db)
         src.row_factory = sqlite3.Row
         try:
@@ -303,10 +310,7 @@ class DesignFloor:
         )
 
     def _sign(self, data: bytes) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        return bytes(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return bytes(self._key.sign(data, self._ecdsa))
 
     def save(self, obj: object, i: int) -> None:
         """One save of ``obj`` as version ``i``, every step as modelkeep takes it, done raw."""
@@ -335,10 +339,7 @@ class DesignFloor:
         idx.execute("PRAGMA synchronous=FULL")
         record = self._version["record"].encode()
         sidecar = self.root / f"design-{i}.json.part"
-        with open(sidecar, "wb") as fh:
-            fh.write(record + self._sign(record).hex().encode())
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_synced(sidecar, record + self._sign(record).hex().encode())
         folder = self.root / f"design-v{i}"
         folder.mkdir()
         os.replace(sidecar, folder / "metadata.json")
