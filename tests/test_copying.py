@@ -206,11 +206,11 @@ def test_the_trash_comes_along_and_each_record_is_read_a_bounded_number_of_times
         return real(cls, data)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(ModelMetadata, "from_dict", classmethod(counting))
-    dest = ModelPersistence(models_dir=tmp_path / "dest")
-    report = copy_registry(source, dest)
-    monkeypatch.undo()
+    with source, ModelPersistence(models_dir=tmp_path / "dest") as dest:
+        report = copy_registry(source, dest)
+        monkeypatch.undo()
 
-    assert len(report.copied) == 2 * models
-    assert sorted((m, v) for m, v, _at in dest.list_trash()) == [("model_17", "1.0.0"), ("model_3", "1.0.0")]
-    assert dest.list_versions("model_3") == ["1.0.1"]
+        assert len(report.copied) == 2 * models
+        assert sorted((m, v) for m, v, _at in dest.list_trash()) == [("model_17", "1.0.0"), ("model_3", "1.0.0")]
+        assert dest.list_versions("model_3") == ["1.0.1"]
     assert parsed <= 4 * 2 * models, f"{parsed} record parses for {2 * models} versions"
